@@ -1,0 +1,34 @@
+# make test: lint, types and tests from nothing (creates .venv). make run: the main job.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SAMPLE ?= config/workflows/production/repo_health.json
+
+.PHONY: venv lint typecheck pytest test run clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+run: venv
+	$(BIN)/codomyrmex-orchestration run $(SAMPLE)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,113 @@
+"""Settings: one frozen pydantic model with named defaults, read from ``CODOMYRMEX_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from codomyrmex_orchestration.errors import InvalidInputError
+
+__all__ = [
+    "DEFAULT_CONFIG_DIR",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_STEPS",
+    "DEFAULT_MAX_WORKERS",
+    "DEFAULT_PORT",
+    "DEFAULT_PROJECTS_DIR",
+    "DEFAULT_STATE_DIR",
+    "DEFAULT_TEMPLATES_DIR",
+    "ENV_PREFIX",
+    "Settings",
+]
+
+ENV_PREFIX = "CODOMYRMEX_"
+DEFAULT_STATE_DIR = Path(".workflows")
+DEFAULT_CONFIG_DIR = Path("config/workflows/production")
+DEFAULT_PROJECTS_DIR = Path("projects")
+DEFAULT_TEMPLATES_DIR = Path("config/templates")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+DEFAULT_MAX_STEPS = 10_000
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
+
+Transport = Literal["stdio", "sse", "streamable-http"]
+LogFormat = Literal["console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Settings(BaseModel):
+    """Everything configurable, with defaults. CLI flags override environment variables.
+
+    Every field ``x`` is read from ``CODOMYRMEX_X`` by :meth:`from_env` (e.g. ``state_dir`` from
+    ``CODOMYRMEX_STATE_DIR``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    projects_dir: Path = DEFAULT_PROJECTS_DIR
+    templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "console"
+    #: shell.run / python.call allowed. ``None``: allowed on stdio and for the CLI, refused on
+    #: network transports (the server decides from the transport).
+    allow_shell: bool | None = None
+    max_workers: int = Field(default=DEFAULT_MAX_WORKERS, ge=1, le=1024)
+    max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
+    max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
+    max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
+    transport: Transport = "stdio"
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    auth_token: SecretStr | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    durable: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``CODOMYRMEX_*`` variables in ``environ``; ``overrides`` win.
+
+        Raises:
+            InvalidInputError: a variable has a value the field does not accept (named).
+        """
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            annotation = str(info.annotation)
+            if "bool" in annotation:
+                low = raw.strip().lower()
+                if low in _TRUE:
+                    values[name] = True
+                elif low in _FALSE:
+                    values[name] = False
+                else:
+                    raise InvalidInputError(
+                        ENV_PREFIX + name.upper(), f"{raw!r} is not a boolean (use 1/0, true/false, yes/no)"
+                    )
+            elif "tuple" in annotation:
+                values[name] = tuple(h.strip() for h in raw.split(",") if h.strip())
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise InvalidInputError(ENV_PREFIX + field.upper(), err["msg"]) from None
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"

@@ -1,0 +1,1 @@
+"""The synchronous orchestration core. Never imports mcp or anyio (ruff TID251 enforces it)."""

@@ -1,0 +1,221 @@
+"""The action registry: ``module.action`` names mapped to the callables that do a step's work."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from codomyrmex_orchestration.errors import ActionRefusedError, StepCancelledError, UnknownActionError
+
+__all__ = [
+    "ActionContext",
+    "ActionDefinition",
+    "ActionFunc",
+    "ActionRegistry",
+    "SubWorkflowRunner",
+]
+
+
+class SubWorkflowRunner(Protocol):
+    """Runs a registered workflow as a child of the current run and returns its outputs."""
+
+    def __call__(self, name: str, parameters: dict[str, Any], *, ctx: ActionContext) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class ActionContext:
+    """What an action gets besides its parameters.
+
+    Attributes:
+        step_name: the step (or task) name.
+        run_id: the workflow run id, or ``None`` for a single task.
+        task_id: the scheduler's id for this attempt's task.
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        cancel_event: set when the step is cancelled or timed out; long actions must watch it.
+        deadline: ``time.monotonic()`` value after which the step is timed out, or ``None``.
+        logger: a structlog logger bound with run/step ids.
+        run_workflow: runs a sub-workflow (set by the WorkflowManager), or ``None``.
+        depth: sub-workflow nesting depth of the current run (0 for a top-level run).
+        extras: free-form data for plugins.
+    """
+
+    step_name: str
+    run_id: str | None = None
+    task_id: str | None = None
+    attempt: int = 1
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None
+    logger: Any = None
+    run_workflow: SubWorkflowRunner | None = None
+    depth: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.logger is None:
+            self.logger = structlog.get_logger("codomyrmex_orchestration.action").bind(
+                step=self.step_name, run_id=self.run_id
+            )
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`StepCancelledError` if the step was cancelled or timed out."""
+        if self.cancel_event.is_set():
+            raise StepCancelledError(self.step_name)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (``None`` when there is none; never negative)."""
+        if self.deadline is None:
+            return None
+        import time
+
+        return max(0.0, self.deadline - time.monotonic())
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early on cancellation. Returns True if cancelled."""
+        return self.cancel_event.wait(max(0.0, seconds))
+
+
+ActionFunc = Callable[[dict[str, Any], ActionContext], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDefinition:
+    """A registered action and what a catalogue shows of it.
+
+    Attributes:
+        module, action: the two halves of the step's ``module.action``.
+        func: ``func(parameters, ctx) -> JSON-serialisable output``; raising fails the step.
+        description: one line for catalogues and the MCP ``list_actions`` tool.
+        parameters: name -> short description of each accepted parameter.
+        output: what the action returns.
+        executes_code: True for actions that run arbitrary code (``shell.run``, ``python.call``);
+            these are refused when the registry's ``allow_code_execution`` is off.
+        network: True for actions that reach the network (``http.request``).
+    """
+
+    module: str
+    action: str
+    func: ActionFunc
+    description: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    executes_code: bool = False
+    network: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.module}.{self.action}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.qualified_name,
+            "module": self.module,
+            "action": self.action,
+            "description": self.description,
+            "parameters": dict(self.parameters),
+            "output": self.output,
+            "executes_code": self.executes_code,
+            "network": self.network,
+        }
+
+
+class ActionRegistry:
+    """Thread-safe map of ``module.action`` -> :class:`ActionDefinition`.
+
+    Args:
+        allow_code_execution: when False, actions flagged ``executes_code`` are refused at
+            validation and at run time with :class:`ActionRefusedError`.
+    """
+
+    def __init__(self, *, allow_code_execution: bool = True) -> None:
+        self._actions: dict[tuple[str, str], ActionDefinition] = {}
+        self._lock = threading.Lock()
+        self.allow_code_execution = allow_code_execution
+
+    def register(self, definition: ActionDefinition, *, replace: bool = False) -> None:
+        key = (definition.module, definition.action)
+        with self._lock:
+            if key in self._actions and not replace:
+                raise ValueError(f"action {definition.qualified_name} is already registered")
+            self._actions[key] = definition
+
+    def action(
+        self,
+        module: str,
+        action: str,
+        *,
+        description: str = "",
+        parameters: dict[str, str] | None = None,
+        output: str = "",
+        executes_code: bool = False,
+        network: bool = False,
+    ) -> Callable[[ActionFunc], ActionFunc]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(func: ActionFunc) -> ActionFunc:
+            self.register(
+                ActionDefinition(
+                    module=module,
+                    action=action,
+                    func=func,
+                    description=description,
+                    parameters=dict(parameters or {}),
+                    output=output,
+                    executes_code=executes_code,
+                    network=network,
+                )
+            )
+            return func
+
+        return decorate
+
+    def unregister(self, module: str, action: str) -> None:
+        with self._lock:
+            self._actions.pop((module, action), None)
+
+    def known(self) -> list[str]:
+        with self._lock:
+            return sorted(f"{m}.{a}" for m, a in self._actions)
+
+    def __contains__(self, qualified: object) -> bool:
+        if not isinstance(qualified, str) or "." not in qualified:
+            return False
+        module, _, action = qualified.rpartition(".")
+        with self._lock:
+            return (module, action) in self._actions
+
+    def get(self, module: str, action: str, *, check_allowed: bool = True) -> ActionDefinition:
+        """Return the definition or raise.
+
+        Raises:
+            UnknownActionError: not registered (the message lists every known action).
+            ActionRefusedError: registered but refused by configuration.
+        """
+        with self._lock:
+            definition = self._actions.get((module, action))
+        if definition is None:
+            raise UnknownActionError(module, action, self.known())
+        if check_allowed and definition.executes_code and not self.allow_code_execution:
+            raise ActionRefusedError(
+                module,
+                action,
+                "it executes arbitrary code and code execution is disabled on this server "
+                "(enable with --allow-shell / CODOMYRMEX_ALLOW_SHELL=1)",
+            )
+        return definition
+
+    def catalogue(self) -> list[dict[str, Any]]:
+        with self._lock:
+            defs = sorted(self._actions.values(), key=lambda d: d.qualified_name)
+        return [d.describe() for d in defs]
+
+    def definitions(self) -> Iterable[ActionDefinition]:
+        with self._lock:
+            return list(self._actions.values())

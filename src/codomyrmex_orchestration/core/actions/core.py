@@ -1,0 +1,72 @@
+"""The ``core`` module: echo, sleep, fail and set — small actions for shaping data, tests and demos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.errors import InvalidInputError, StepCancelledError, StepFailedError
+
+__all__ = ["register"]
+
+
+def echo(params: dict[str, Any], ctx: ActionContext) -> Any:
+    if "message" not in params:
+        raise InvalidInputError("parameters.message", "core.echo needs a 'message' (any JSON value)")
+    return params["message"]
+
+
+def sleep(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    seconds = params.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86_400:
+        raise InvalidInputError("parameters.seconds", "core.sleep needs 'seconds', a number from 0 to 86400")
+    if ctx.wait(float(seconds)):
+        raise StepCancelledError(ctx.step_name, "cancelled while sleeping")
+    return {"slept": seconds}
+
+
+def fail(params: dict[str, Any], ctx: ActionContext) -> Any:
+    raise StepFailedError(ctx.step_name, str(params.get("message", "core.fail was asked to fail")))
+
+
+def set_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    return dict(params)
+
+
+def register(registry: ActionRegistry) -> None:
+    """Add the ``core`` actions to ``registry``."""
+    for definition in (
+        ActionDefinition(
+            "core",
+            "echo",
+            echo,
+            description="Return parameters.message unchanged (any JSON value).",
+            parameters={"message": "any JSON value (required)"},
+            output="the message",
+        ),
+        ActionDefinition(
+            "core",
+            "sleep",
+            sleep,
+            description="Wait for a number of seconds; wakes early and fails as cancelled on cancellation.",
+            parameters={"seconds": "number, 0-86400 (default 0)"},
+            output='{"slept": seconds}',
+        ),
+        ActionDefinition(
+            "core",
+            "fail",
+            fail,
+            description="Fail with parameters.message (for tests, demos and error paths).",
+            parameters={"message": "string (optional)"},
+            output="never returns; the step fails",
+        ),
+        ActionDefinition(
+            "core",
+            "set",
+            set_,
+            description="Return the parameters as a dict, to shape data for later steps.",
+            parameters={"*": "any JSON values"},
+            output="the parameters as an object",
+        ),
+    ):
+        registry.register(definition)

@@ -1,0 +1,289 @@
+"""Pydantic specs and records shared by every part of the core: steps, workflows, tasks and runs.
+
+Specs are what callers write (validated, ``extra="forbid"`` so a misspelt field is named in the error);
+records are what the engine reports (JSON-serialisable with ``model_dump(mode="json")``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+__all__ = [
+    "NAME_PATTERN",
+    "ErrorInfo",
+    "RunRecord",
+    "StepResult",
+    "StepSpec",
+    "TaskPriority",
+    "TaskRecord",
+    "TaskSpec",
+    "TaskStatus",
+    "WorkflowInfo",
+    "WorkflowSpec",
+    "WorkflowStatus",
+    "parse_priority",
+    "utcnow",
+]
+
+#: Workflow and step names: 1-128 letters, digits, ``-``, ``_``, ``.``.
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (what every record stores)."""
+    return datetime.now(UTC)
+
+
+class TaskPriority(enum.IntEnum):
+    """Five priority levels; lower value runs first (the original's values)."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BACKGROUND = 4
+
+
+def parse_priority(value: object) -> TaskPriority:
+    """Accept a ``TaskPriority``, its int value, or its name in any case (``"high"``)."""
+    if isinstance(value, TaskPriority):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("priority must be one of critical, high, normal, low, background (or 0-4)")
+    if isinstance(value, int):
+        try:
+            return TaskPriority(value)
+        except ValueError:
+            pass
+    if isinstance(value, str):
+        try:
+            return TaskPriority[value.strip().upper()]
+        except KeyError:
+            pass
+    raise ValueError(f"priority {value!r} is not one of critical, high, normal, low, background (or 0-4)")
+
+
+Priority = Annotated[TaskPriority, BeforeValidator(parse_priority)]
+
+
+class TaskStatus(enum.StrEnum):
+    """Lifecycle of a task or workflow step."""
+
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+    SKIPPED = "skipped"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_TASK
+
+
+_TERMINAL_TASK = frozenset(
+    {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.SKIPPED,
+        TaskStatus.TIMED_OUT,
+    }
+)
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Lifecycle of a workflow run. INTERRUPTED: the process died while the run was RUNNING."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in {
+            WorkflowStatus.COMPLETED,
+            WorkflowStatus.FAILED,
+            WorkflowStatus.CANCELLED,
+            WorkflowStatus.INTERRUPTED,
+        }
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
+
+
+ResourceAmount = float | int | str
+
+
+class _Retryable(_Spec):
+    """Execution knobs shared by a workflow step and a single task."""
+
+    timeout: float | None = Field(default=None, gt=0, description="Seconds before the step is stopped.")
+    max_retries: int = Field(default=0, ge=0, le=100, description="Extra attempts after a failure.")
+    retry_delay: float = Field(default=0.0, ge=0, le=3600, description="Seconds before the first retry.")
+    backoff: float = Field(default=2.0, ge=1.0, le=10.0, description="Delay multiplier per further retry.")
+    priority: Priority = Field(default=TaskPriority.NORMAL)
+    resources: dict[str, ResourceAmount] = Field(
+        default_factory=dict,
+        description='Resources held while running, e.g. {"compute": 1, "memory": "256MB"}.',
+    )
+
+    def retry_delay_for(self, attempt: int) -> float:
+        """Delay before attempt number ``attempt + 1`` (``attempt`` >= 1 is the one that failed)."""
+        return float(self.retry_delay * (self.backoff ** max(0, attempt - 1)))
+
+
+class StepSpec(_Retryable):
+    """One step of a workflow: run ``module.action`` with ``parameters`` after ``dependencies``."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique within the workflow.")
+    module: str = Field(min_length=1, max_length=128)
+    action: str = Field(min_length=1, max_length=128)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dependencies: list[str] = Field(default_factory=list)
+    run_if: str | None = Field(default=None, max_length=4096, description="Condition; false -> SKIPPED.")
+    required: bool = Field(
+        default=True,
+        description="A failing non-required step does not fail the run nor skip dependents "
+        "that do not reference its output.",
+    )
+
+    @field_validator("dependencies")
+    @classmethod
+    def _deps_are_strings(cls, value: list[str]) -> list[str]:
+        for dep in value:
+            if not dep:
+                raise ValueError("dependency names must be non-empty step names")
+        return value
+
+
+class WorkflowSpec(_Spec):
+    """A named DAG of steps. ``parameters`` holds defaults for ``{{params.x}}`` references."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="1-128 letters, digits, '-', '_', '.'.")
+    description: str = Field(default="", max_length=10_000)
+    steps: list[StepSpec] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    max_parallel: int | None = Field(default=None, ge=1, le=1024)
+    version: str = Field(default="1", max_length=64)
+
+
+class WorkflowInfo(BaseModel):
+    """A line of ``list_workflows``."""
+
+    name: str
+    description: str
+    steps_count: int
+    source: str  # "config" | "api" | "project"
+    path: str | None = None
+
+
+class TaskSpec(_Retryable):
+    """A single task: one action run through the scheduler outside any workflow."""
+
+    name: str = Field(min_length=1, max_length=128)
+    module: str = Field(min_length=1, max_length=128)
+    action: str = Field(min_length=1, max_length=128)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dependencies: list[str] = Field(default_factory=list, description="Task ids that must complete first.")
+
+
+class ErrorInfo(BaseModel):
+    """Why a step or task did not complete."""
+
+    message: str
+    type: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        return cls(message=str(exc) or type(exc).__name__, type=type(exc).__name__)
+
+
+class StepResult(BaseModel):
+    """The state of one step within a run."""
+
+    name: str
+    status: TaskStatus = TaskStatus.PENDING
+    output: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    skipped_reason: str | None = None
+
+
+class RunRecord(BaseModel):
+    """A workflow run: its status and every step's result."""
+
+    run_id: str
+    workflow_name: str
+    status: WorkflowStatus = WorkflowStatus.PENDING
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    steps: dict[str, StepResult] = Field(default_factory=dict)
+    session_id: str | None = None
+    priority: TaskPriority = TaskPriority.NORMAL
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    failed_steps: list[str] = Field(default_factory=list)
+    error: str | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is WorkflowStatus.COMPLETED
+
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of the completed steps, by step name."""
+        return {n: s.output for n, s in self.steps.items() if s.status is TaskStatus.COMPLETED}
+
+
+class TaskRecord(BaseModel):
+    """A task known to the scheduler (a single task or a workflow step)."""
+
+    task_id: str
+    name: str
+    status: TaskStatus = TaskStatus.PENDING
+    priority: TaskPriority = TaskPriority.NORMAL
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    dependencies: list[str] = Field(default_factory=list)
+    run_id: str | None = None
+    step_name: str | None = None
+    submitted_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+
+
+def monotonic() -> float:
+    """Monotonic seconds, for deadlines and durations (never wall time)."""
+    return time.monotonic()
+
+
+def check_name(name: str) -> bool:
+    """True when ``name`` is an acceptable workflow/step name."""
+    return bool(_NAME_RE.match(name))

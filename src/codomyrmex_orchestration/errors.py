@@ -1,0 +1,313 @@
+"""The exception tree of codomyrmex-orchestration.
+
+Every error the package raises on purpose derives from :class:`OrchestrationError`; each subclass
+carries its data as attributes and builds a message that is safe and useful to show a language model
+(what was wrong, which field, what would be accepted). Builtins a caller would naturally catch are
+mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``)::
+
+    OrchestrationError
+    ├── InvalidInputError (ValueError)          .field, .reason
+    │   ├── DAGValidationError                  .problems
+    │   │   └── CycleDetectedError              .cycle
+    │   ├── UnknownActionError                  .module, .action, .known
+    │   ├── TemplateError                       .path
+    │   ├── InvalidNameError                    .kind, .name
+    │   └── LimitExceededError                  .limit, .value
+    ├── NotFoundError (LookupError)             .kind, .key
+    │   ├── WorkflowNotFoundError
+    │   ├── RunNotFoundError
+    │   ├── TaskNotFoundError
+    │   ├── SessionNotFoundError
+    │   ├── ProjectNotFoundError
+    │   └── ResourceNotFoundError
+    ├── AlreadyExistsError (ValueError)         .kind, .key
+    ├── ActionRefusedError (PermissionError)    .module, .action, .reason
+    ├── StepError                               .step
+    │   ├── StepFailedError                     .error_type
+    │   ├── StepTimeoutError (TimeoutError)     .timeout
+    │   └── StepCancelledError
+    ├── WaitTimeoutError (TimeoutError)         .what, .timeout
+    ├── InsufficientResourcesError              .requested, .available
+    ├── InvalidStateError                       .kind, .key, .state
+    ├── SchedulerShutdownError (RuntimeError)
+    └── StateStoreError (OSError)               .path
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "ActionRefusedError",
+    "AlreadyExistsError",
+    "CycleDetectedError",
+    "DAGValidationError",
+    "InsufficientResourcesError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidStateError",
+    "LimitExceededError",
+    "NotFoundError",
+    "OrchestrationError",
+    "ProjectNotFoundError",
+    "ResourceNotFoundError",
+    "RunNotFoundError",
+    "SchedulerShutdownError",
+    "SessionNotFoundError",
+    "StateStoreError",
+    "StepCancelledError",
+    "StepError",
+    "StepFailedError",
+    "StepTimeoutError",
+    "TaskNotFoundError",
+    "TemplateError",
+    "UnknownActionError",
+    "WaitTimeoutError",
+    "WorkflowNotFoundError",
+]
+
+
+class OrchestrationError(Exception):
+    """Root of every error raised on purpose by codomyrmex-orchestration. Never raised bare."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --------------------------------------------------------------------------- input
+
+
+class InvalidInputError(OrchestrationError, ValueError):
+    """An argument or document is malformed; ``field`` names where, ``reason`` says what is accepted."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class DAGValidationError(InvalidInputError):
+    """A workflow graph is invalid. ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, problems: Sequence[str], *, workflow: str | None = None) -> None:
+        self.problems = list(problems)
+        self.workflow = workflow
+        where = f"workflow {workflow!r}" if workflow else "workflow"
+        listing = "; ".join(self.problems)
+        count = len(self.problems)
+        reason = f"{count} problem{'s' if count != 1 else ''}: {listing}"
+        super().__init__("steps", f"{where} is invalid, {reason}")
+
+
+class CycleDetectedError(DAGValidationError):
+    """The step graph has a cycle; ``cycle`` is the path, first node repeated at the end."""
+
+    def __init__(
+        self,
+        cycle: Sequence[str],
+        *,
+        problems: Sequence[str] | None = None,
+        workflow: str | None = None,
+    ) -> None:
+        self.cycle = list(cycle)
+        path = " -> ".join(self.cycle)
+        super().__init__(problems or [f"dependency cycle: {path}"], workflow=workflow)
+
+
+class UnknownActionError(InvalidInputError):
+    """A step names a ``module.action`` that is not registered; ``known`` lists what exists."""
+
+    def __init__(self, module: str, action: str, known: Iterable[str], *, field: str = "action") -> None:
+        self.module = module
+        self.action = action
+        self.known = sorted(known)
+        super().__init__(
+            field,
+            f"unknown action {module}.{action}; known actions: {', '.join(self.known) or '(none)'}",
+        )
+
+
+class TemplateError(InvalidInputError):
+    """A ``{{...}}`` reference or ``run_if`` condition cannot be parsed or resolved."""
+
+    def __init__(self, path: str, reason: str, *, field: str = "parameters") -> None:
+        self.path = path
+        super().__init__(field, f"template {path!r}: {reason}")
+
+
+class InvalidNameError(InvalidInputError):
+    """A name (workflow, project, step) is not acceptable; the message says what is allowed."""
+
+    def __init__(self, kind: str, name: object, rule: str, *, field: str = "name") -> None:
+        self.kind = kind
+        self.name = name
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
+        super().__init__(field, f"invalid {kind} name {shown}: {rule}")
+
+
+class LimitExceededError(InvalidInputError):
+    """A configured limit (steps per workflow, nesting depth, sizes) would be exceeded."""
+
+    def __init__(self, field: str, limit: int | float, value: int | float, what: str) -> None:
+        self.limit = limit
+        self.value = value
+        super().__init__(field, f"{what} is {value}, above the limit of {limit}")
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+class NotFoundError(OrchestrationError, LookupError):
+    """Something looked up by key does not exist."""
+
+    kind = "object"
+
+    def __init__(self, key: str, *, known: Iterable[str] | None = None) -> None:
+        self.key = key
+        message = f"{self.kind} {key!r} not found"
+        if known is not None:
+            names = sorted(known)
+            shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
+            message += f"; known: {shown or '(none)'}"
+        super().__init__(message)
+
+
+class WorkflowNotFoundError(NotFoundError):
+    kind = "workflow"
+
+
+class RunNotFoundError(NotFoundError):
+    kind = "run"
+
+
+class TaskNotFoundError(NotFoundError):
+    kind = "task"
+
+
+class SessionNotFoundError(NotFoundError):
+    kind = "session"
+
+
+class ProjectNotFoundError(NotFoundError):
+    kind = "project"
+
+
+class ResourceNotFoundError(NotFoundError):
+    kind = "resource"
+
+
+class AlreadyExistsError(OrchestrationError, ValueError):
+    """Creating something whose key is taken; ``hint`` says how to replace it if that is allowed."""
+
+    def __init__(self, kind: str, key: str, hint: str = "") -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} already exists" + (f"; {hint}" if hint else ""))
+
+
+class InvalidStateError(OrchestrationError, ValueError):
+    """An operation does not apply to an object in its current state (e.g. resuming a completed run)."""
+
+    def __init__(self, kind: str, key: str, state: str, wanted: str) -> None:
+        self.kind = kind
+        self.key = key
+        self.state = state
+        super().__init__(f"{kind} {key!r} is {state}; {wanted}")
+
+
+# --------------------------------------------------------------------------- execution
+
+
+class ActionRefusedError(OrchestrationError, PermissionError):
+    """An action is disabled by configuration (e.g. ``shell.run`` with ``allow_shell`` off)."""
+
+    def __init__(self, module: str, action: str, reason: str) -> None:
+        self.module = module
+        self.action = action
+        self.reason = reason
+        super().__init__(f"action {module}.{action} is refused: {reason}")
+
+
+class StepError(OrchestrationError):
+    """A step or task did not complete."""
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step = step
+        super().__init__(message)
+
+
+class StepFailedError(StepError):
+    """A step raised or returned a failure; ``error_type`` is the original exception's type name."""
+
+    def __init__(self, step: str, reason: str, *, error_type: str = "StepFailedError") -> None:
+        self.reason = reason
+        self.error_type = error_type
+        super().__init__(step, f"step {step!r} failed: {reason}")
+
+
+class StepTimeoutError(StepError, TimeoutError):
+    """A step exceeded its ``timeout`` (seconds)."""
+
+    def __init__(self, step: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(step, f"step {step!r} timed out after {timeout:g} s")
+
+
+class StepCancelledError(StepError):
+    """A step was cancelled before or while running."""
+
+    def __init__(self, step: str, reason: str = "cancelled") -> None:
+        self.reason = reason
+        super().__init__(step, f"step {step!r} was cancelled: {reason}")
+
+
+class WaitTimeoutError(OrchestrationError, TimeoutError):
+    """A bounded wait ended before the awaited thing finished (the thing itself goes on)."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        self.what = what
+        self.timeout = timeout
+        super().__init__(f"{what} did not finish within {timeout:g} s; it is still running")
+
+
+class InsufficientResourcesError(OrchestrationError):
+    """An allocation cannot be satisfied; ``requested`` and ``available`` map resource -> amount."""
+
+    def __init__(
+        self,
+        requested: Mapping[str, float],
+        available: Mapping[str, float],
+        reason: str = "",
+    ) -> None:
+        self.requested = dict(requested)
+        self.available = dict(available)
+        parts = ", ".join(
+            f"{k}: requested {v:g}, available {self.available.get(k, 0):g}" for k, v in requested.items()
+        )
+        super().__init__(f"insufficient resources ({parts})" + (f"; {reason}" if reason else ""))
+
+
+class SchedulerShutdownError(OrchestrationError, RuntimeError):
+    """Work was submitted to a scheduler that is shutting down or shut down."""
+
+    def __init__(self, message: str = "the task scheduler is shut down; no new work is accepted") -> None:
+        super().__init__(message)
+
+
+class StateStoreError(OrchestrationError, OSError):
+    """The durable state store at ``path`` cannot be opened, read or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"state store {path}: {reason}")
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Return ``{"message", "type"}`` describing ``exc`` for run records and tool results."""
+    return {"message": str(exc) or type(exc).__name__, "type": type(exc).__name__}

@@ -1,0 +1,66 @@
+"""Logging: structlog to stderr (never stdout, which is the stdio protocol), console or JSON."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
+    """Send structlog (and stdlib logging) to ``stream`` (default stderr) at ``level``.
+
+    Level filtering happens in the bound logger before any formatting, so debug calls on the hot
+    path cost a method call and nothing more.
+    """
+    numeric = _LEVELS.get(level.lower(), logging.INFO)
+    out = stream if stream is not None else sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries using stdlib logging (mcp, uvicorn, httpx) must not write to stdout either.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
+
+
+def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:
+    """A structlog logger bound to ``name`` and ``bindings``."""
+    return structlog.get_logger(name).bind(**bindings)
+
+
+def ensure_stderr_default() -> None:
+    """Point an unconfigured structlog at stderr: its own default is stdout, the stdio wire."""
+    if not structlog.is_configured():
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        )

@@ -1,0 +1,1 @@
+"""The MCP server adapter: the only package that imports mcp and anyio."""

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from codomyrmex_orchestration.core.models import (
+    RunRecord,
+    StepResult,
+    StepSpec,
+    TaskPriority,
+    TaskStatus,
+    WorkflowSpec,
+)
+
+
+def test_priority_accepts_names_in_any_case_and_ints() -> None:
+    assert StepSpec(name="a", module="core", action="echo", priority="high").priority is TaskPriority.HIGH
+    assert StepSpec(name="a", module="core", action="echo", priority=4).priority is TaskPriority.BACKGROUND
+
+
+def test_unknown_priority_is_rejected_naming_the_choices() -> None:
+    with pytest.raises(ValidationError, match="critical, high, normal, low, background"):
+        StepSpec(name="a", module="core", action="echo", priority="urgent")
+
+
+def test_misspelt_step_field_is_named() -> None:
+    with pytest.raises(ValidationError, match="dependecies"):
+        StepSpec.model_validate({"name": "a", "module": "core", "action": "echo", "dependecies": []})
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x" * 129, "a/b", "ü"])
+def test_workflow_names_outside_the_pattern_are_rejected(name: str) -> None:
+    with pytest.raises(ValidationError):
+        WorkflowSpec(name=name, steps=[StepSpec(name="a", module="core", action="echo")])
+
+
+def test_retry_delay_grows_by_backoff() -> None:
+    spec = StepSpec(name="a", module="m", action="x", retry_delay=0.5, backoff=3)
+    assert [spec.retry_delay_for(n) for n in (1, 2, 3)] == [0.5, 1.5, 4.5]
+
+
+def test_run_record_dumps_to_plain_json() -> None:
+    record = RunRecord(
+        run_id="r1", workflow_name="w", steps={"a": StepResult(name="a", status=TaskStatus.COMPLETED)}
+    )
+    dumped = record.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped))["steps"]["a"]["status"] == "completed"
+    assert isinstance(dumped["created_at"], str)
