@@ -8,6 +8,7 @@ from codomyrmex_orchestration.core.actions._registry import (
     ActionDefinition,
     ActionFunc,
     ActionRegistry,
+    CancelEvent,
     SubWorkflowRunner,
 )
 
@@ -16,6 +17,7 @@ __all__ = [
     "ActionDefinition",
     "ActionFunc",
     "ActionRegistry",
+    "CancelEvent",
     "SubWorkflowRunner",
     "create_registry",
 ]
