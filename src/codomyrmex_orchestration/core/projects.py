@@ -260,6 +260,7 @@ class _Creation:
         self.target = target
         self.root = root
         self.created_target = False
+        self.began = False  # until begin() has looked at the folder, a rollback must touch nothing
         self.before: set[Path] = set()
 
     def begin(self, exist_ok: bool) -> None:
@@ -272,6 +273,7 @@ class _Creation:
         else:
             self.target.mkdir(parents=False)
             self.created_target = True
+        self.began = True
         self.check_inside(self.target)
 
     def check_inside(self, path: Path) -> Path:
@@ -302,6 +304,8 @@ class _Creation:
         return True
 
     def rollback(self) -> None:
+        if not self.began:
+            return
         if self.created_target:
             shutil.rmtree(self.target, ignore_errors=True)
             return
