@@ -441,6 +441,7 @@ class TaskOrchestrator:
             if not self._accepting:
                 raise SchedulerShutdownError()
             failed_dep: _Task | None = None
+            held = False
             deps: list[_Task] = []
             for dep_id in task.dependencies:
                 dep = self._tasks.get(dep_id)
@@ -467,11 +468,21 @@ class TaskOrchestrator:
                         dep.dependents.remove(task)
                 self._skip_locked(task, failed_dep, notices)
             else:
-                self._notice_locked(task, "task.queued", False, notices)
-                if task.unmet == 0:
+                held = bool(self._listeners)
+                if held:
+                    # Hold the task (one extra unmet count) until "task.queued" is delivered, so that
+                    # listeners never see a task start before they saw it queued.
+                    task.unmet += 1
+                    self._notice_locked(task, "task.queued", False, notices)
+                elif task.unmet == 0:
                     self._enqueue_locked(task)
         if notices:
             self._deliver(notices)
+            if held:
+                with self._lock:
+                    task.unmet -= 1
+                    if task.unmet == 0 and task.status is TaskStatus.PENDING:
+                        self._enqueue_locked(task)
         return task_id
 
     def submit_task(
@@ -534,34 +545,23 @@ class TaskOrchestrator:
             return out
 
     def wait(self, task_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> TaskRecord:
-        """Block until the task is final and return its record.
+        """Block until the task is final (and its callbacks have run) and return its record.
 
         Args:
             timeout: seconds; ``None`` means :data:`DEFAULT_WAIT_TIMEOUT` (waits are never unbounded).
 
         Raises:
-            TaskNotFoundError: unknown id.
+            TaskNotFoundError: unknown id (or a finished record already evicted).
             WaitTimeoutError: the task is still not final after ``timeout`` (it goes on running).
         """
-        limit = DEFAULT_WAIT_TIMEOUT if timeout is None else max(0.0, timeout)
-        with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None:
-                raise TaskNotFoundError(task_id)
-            if task.settled:
-                return task.snapshot()
-            if task.done_event is None:
-                task.done_event = threading.Event()
-            event = task.done_event
-        if not event.wait(limit):
-            raise WaitTimeoutError(f"task {task_id!r} ({task.name})", limit)
-        with self._lock:
-            return task.snapshot()
+        return self.wait_all([task_id], timeout)[0]
 
     def wait_all(
         self, task_ids: Iterable[str], timeout: float | None = DEFAULT_WAIT_TIMEOUT
     ) -> list[TaskRecord]:
         """Wait for every task in ``task_ids`` within one overall ``timeout``; records in the same order.
+
+        The tasks are looked up once at the start, so records evicted while waiting are still returned.
 
         Raises:
             TaskNotFoundError: an unknown id.
@@ -569,13 +569,26 @@ class TaskOrchestrator:
         """
         limit = DEFAULT_WAIT_TIMEOUT if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + limit
-        records = []
-        for task_id in list(task_ids):
-            try:
-                records.append(self.wait(task_id, max(0.0, deadline - time.monotonic())))
-            except WaitTimeoutError:
-                raise WaitTimeoutError(f"task {task_id!r} (in wait_all)", limit) from None
-        return records
+        pending: list[tuple[_Task, threading.Event]] = []
+        with self._lock:
+            tasks = []
+            for task_id in task_ids:
+                task = self._tasks.get(task_id)
+                if task is None:
+                    raise TaskNotFoundError(task_id)
+                tasks.append(task)
+                if not task.settled:
+                    if task.done_event is None:
+                        task.done_event = threading.Event()
+                    pending.append((task, task.done_event))
+        for task, event in pending:
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                what = f"task {task.id!r} ({task.name})"
+                if len(tasks) > 1:
+                    what += f" and {len(tasks) - 1} other task(s) waited on together"
+                raise WaitTimeoutError(what, limit)
+        with self._lock:
+            return [task.snapshot() for task in tasks]
 
     def get_execution_stats(self) -> dict[str, Any]:
         """Counts per status and priority, queue depth, running, workers and totals since start."""
