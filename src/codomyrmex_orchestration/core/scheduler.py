@@ -84,6 +84,9 @@ _FINAL_EVENT = {
 }
 _FINAL = frozenset(_FINAL_EVENT)
 
+#: Size of the timer heap above which stale entries are dropped.
+_TIMER_COMPACT_AT = 1024
+
 # Timer kinds in the dispatcher's heap.
 _DEADLINE = 0
 _RETRY = 1
@@ -1043,6 +1046,11 @@ class TaskOrchestrator:
     def _add_timer_locked(self, when: float, kind: int, task: _Task, attempt: int) -> None:
         with self._timer_cond:
             timers = self._timers
+            if len(timers) > _TIMER_COMPACT_AT and len(timers) > 4 * self._active:
+                # Deadlines of attempts that ended stay in the heap until due; drop them in bulk so
+                # long timeouts on many short tasks cannot grow it without bound.
+                timers[:] = [t for t in timers if t[3].attempts == t[4] and t[3].status not in _FINAL]
+                heapq.heapify(timers)
             heapq.heappush(timers, (when, next(self._timer_seq), kind, task, attempt))
             if timers[0][3] is task:
                 self._timer_cond.notify()
