@@ -12,6 +12,7 @@ import ast
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "parse_condition",
     "referenced_steps",
     "resolve",
+    "scan_references",
 ]
 
 #: Upper bound (characters) on the text :func:`resolve` builds for one value; larger -> TemplateError.
@@ -87,7 +89,7 @@ class TemplateContext:
 
 
 def _as_set(known_steps: Collection[str]) -> Collection[str]:
-    if isinstance(known_steps, set | frozenset | Mapping):
+    if isinstance(known_steps, AbstractSet | Mapping):
         return known_steps
     return frozenset(known_steps)
 
@@ -154,25 +156,35 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
     )
 
 
-def _iter_strings(value: Any) -> Iterator[str]:
-    """Every string inside ``value`` (dict keys excluded), without recursion."""
+def _template_strings(value: Any) -> Iterator[str]:
+    """Every string inside ``value`` that contains ``{{`` (dict keys excluded), in document order."""
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
+        item = pop()
+        # Exact type checks first: this runs for every step of every workflow validated.
+        kind = type(item)
+        if kind is str or isinstance(item, str):
+            if "{{" in item:
+                yield item
+        elif kind is dict:
+            extend(reversed(item.values()))
+        elif kind is list or kind is tuple:
+            extend(reversed(item))
         elif isinstance(item, Mapping):
-            stack.extend(reversed(list(item.values())))
+            extend(reversed(list(item.values())))
         elif isinstance(item, list | tuple):
-            stack.extend(reversed(item))
+            extend(reversed(item))
 
 
-def _scan(value: Any, known: Collection[str]) -> tuple[list[Reference], list[TemplateError]]:
+def scan_references(
+    value: Any, known_steps: Collection[str] = ()
+) -> tuple[list[Reference], list[TemplateError]]:
+    """Like :func:`find_references` but never raises: returns the references and every error found."""
+    known = _as_set(known_steps)
     refs: list[Reference] = []
     errors: list[TemplateError] = []
-    for text in _iter_strings(value):
-        if "{{" not in text:
-            continue
+    for text in _template_strings(value):
         for match in _BRACES_RE.finditer(text):
             raw = match.group(1)
             if not _looks_like_reference(raw):
@@ -195,7 +207,7 @@ def find_references(value: Any, known_steps: Collection[str] = ()) -> list[Refer
     Raises:
         TemplateError: a ``{{...}}`` that looks like a reference but is not one (the first found).
     """
-    refs, errors = _scan(value, _as_set(known_steps))
+    refs, errors = scan_references(value, known_steps)
     if errors:
         raise errors[0]
     return refs
