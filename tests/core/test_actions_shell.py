@@ -4,6 +4,7 @@ kills the whole process group on cancellation, deadline and timeout."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -243,3 +244,21 @@ def test_an_already_cancelled_step_does_not_start_the_command(tmp_path: Path) ->
     with pytest.raises(StepCancelledError):
         run({"command": ["touch", str(marker)]}, ctx)
     assert not marker.exists()
+
+
+@pytest.mark.timeout(15)
+def test_a_process_that_left_the_group_does_not_hold_the_step_open(tmp_path: Path) -> None:
+    fifo = tmp_path / "pids"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    job = Background(
+        {"command": f"setsid sleep 30 & echo $! > {fifo}; echo done", "shell": True}, ActionContext("s")
+    )
+    (escaped,) = read_pids(fifo)
+    try:
+        job.join()
+        assert job.error is None
+        assert job.result["stdout"] == "done\n"
+        assert job.finished_at is not None and job.finished_at - started < 3.0
+    finally:
+        os.kill(escaped, signal.SIGKILL)  # it escaped our process group by design of this test

@@ -37,6 +37,8 @@ KILL_GRACE_SECONDS = 0.5
 #: Longest the loop sleeps before looking at the cancellation event and the deadlines again.
 _SLICE = 0.05
 _READ_CHUNK = 65536
+#: After the child exits, how long its pipes may stay open before we stop reading them.
+_DRAIN_SECONDS = 1.0
 _STDERR_TAIL = 2000
 _SH = "/bin/sh"
 
@@ -224,6 +226,7 @@ def _communicate(
     stop: str | None = None
     kill_at: float | None = None
     leader_done = False
+    drain_until: float | None = None
     sinks: dict[int, CappedBuffer] = {}
     pending = memoryview(stdin_text.encode("utf-8")) if stdin_text is not None else memoryview(b"")
     offset = 0
@@ -261,10 +264,13 @@ def _communicate(
                     # The step ends with its leader: stragglers (background jobs, daemons that kept
                     # our pipes open) are killed so nothing outlives the step.
                     _signal_group(pgid, signal.SIGKILL)
-                if leader_done and not sel.get_map():
+                    drain_until = now + _DRAIN_SECONDS
+                if drain_until is not None and (not sel.get_map() or now >= drain_until):
+                    # Pipes still open after the drain period are held by a process that left our
+                    # group (setsid); stop reading rather than wait for it.
                     break
                 wait = _SLICE
-                for moment in (own_deadline, step_deadline, kill_at):
+                for moment in (own_deadline, step_deadline, kill_at, drain_until):
                     if moment is not None:
                         wait = min(wait, max(0.0, moment - now))
                 if not sel.get_map():
