@@ -304,3 +304,46 @@ def test_invalid_spec_errors_name_the_field(manager: WorkflowManager) -> None:
         manager.create_workflow({"name": "t", "steps": [step("a", timeout=-1)]})
     with pytest.raises(DAGValidationError, match="unknown"):
         manager.create_workflow({"name": "t", "steps": [step("a", dependencies=["ghost"])]})
+
+
+def test_nested_sub_workflows_do_not_deadlock_a_one_worker_pool(registry: ActionRegistry) -> None:
+    orch = TaskOrchestrator(1, registry=registry)
+    try:
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        manager.create_workflow("leaf", [step("x", action="echo", parameters={"message": 1})])
+        manager.create_workflow(
+            "middle", [step("m", module="workflow", action="run", parameters={"workflow": "leaf"})]
+        )
+        manager.create_workflow(
+            "top",
+            [
+                step(f"t{i}", module="workflow", action="run", parameters={"workflow": "middle"})
+                for i in range(3)
+            ],
+        )
+        record = manager.execute_workflow("top", timeout=20)
+        assert record.status is WorkflowStatus.COMPLETED, record.error
+        assert orch.get_execution_stats()["blocked_threads"] == 0
+    finally:
+        orch.shutdown(wait=True, timeout=10)
+
+
+def test_cancelling_a_parent_run_cancels_its_running_sub_workflow(manager: WorkflowManager) -> None:
+    manager.create_workflow("sleeper", [step("z", action="sleep", parameters={"seconds": 30})])
+    manager.create_workflow(
+        "outer", [step("sub", module="workflow", action="run", parameters={"workflow": "sleeper"})]
+    )
+    child_started = threading.Event()
+    manager.add_listener(
+        lambda event, payload: (
+            child_started.set() if event == "step.started" and payload["step"] == "z" else None
+        )
+    )
+    record = manager.execute_workflow("outer", wait=False)
+    assert child_started.wait(5)
+    final = manager.cancel_run(record.run_id)
+    assert final.status is WorkflowStatus.CANCELLED
+    children = [r for r in manager.list_runs(workflow_name="sleeper") if r.parent_run_id == record.run_id]
+    assert len(children) == 1
+    child = manager.wait_run(children[0].run_id, timeout=5)
+    assert child.status is WorkflowStatus.CANCELLED

@@ -797,7 +797,8 @@ class WorkflowManager:
                 wake.set()
         remove = ctx.on_cancel(wake.set)
         try:
-            wake.wait(ctx.remaining())
+            with ctx.blocking():
+                wake.wait(ctx.remaining())
         finally:
             remove()
         if not child.done.is_set():
