@@ -240,3 +240,49 @@ def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path
     finally:
         reset_engine()
     assert engine_mod._engine is None
+
+
+def test_steps_hold_real_resources_and_wait_for_capacity(engine: OrchestrationEngine) -> None:
+    cpu = engine.resource_manager.get_resource("compute")
+    compute = cpu.capacity + cpu.burst_limit  # everything, burst included
+    engine.workflow_manager.create_workflow(
+        "hog",
+        [
+            {
+                "name": "h",
+                "module": "test",
+                "action": "gate",
+                "parameters": {"name": "hog"},
+                "resources": {"compute": compute},
+            }
+        ],
+        overwrite=True,
+    )
+    engine.workflow_manager.create_workflow(
+        "small", [{"name": "s", "module": "core", "action": "set", "resources": {"compute": 1}}]
+    )
+    first = engine.execute_workflow("hog", wait=False)
+    started = threading.Event()
+    engine.register_event_handler("step.started", lambda e, p: started.set() if p["step"] == "h" else None)
+    if engine.workflow_manager.get_run(first.run_id).steps["h"].status is not TaskStatus.RUNNING:
+        assert started.wait(5)
+    assert engine.resource_manager.get_usage("compute")["allocated"] == compute
+    waiting = engine.execute_workflow("small", timeout=0.3)
+    assert waiting.status is WorkflowStatus.RUNNING  # admitted only when the hog releases
+    _gate(engine, "hog").set()
+    assert engine.workflow_manager.wait_run(waiting.run_id, 10).status is WorkflowStatus.COMPLETED
+    assert engine.workflow_manager.wait_run(first.run_id, 10).status is WorkflowStatus.COMPLETED
+    assert engine.resource_manager.get_usage("compute")["allocated"] == 0
+
+
+def test_a_step_needing_more_than_exists_fails_at_once_naming_the_resource(
+    engine: OrchestrationEngine,
+) -> None:
+    engine.workflow_manager.create_workflow(
+        "impossible", [{"name": "x", "module": "core", "action": "set", "resources": {"memory": "100000GB"}}]
+    )
+    record = engine.execute_workflow("impossible", timeout=5)
+    assert record.status is WorkflowStatus.FAILED
+    error = record.steps["x"].error
+    assert error is not None and error.type == "InsufficientResourcesError"
+    assert "memory" in error.message
