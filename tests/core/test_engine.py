@@ -286,3 +286,52 @@ def test_a_step_needing_more_than_exists_fails_at_once_naming_the_resource(
     error = record.steps["x"].error
     assert error is not None and error.type == "InsufficientResourcesError"
     assert "memory" in error.message
+
+
+def _engine_on(tmp_path: Path) -> OrchestrationEngine:
+    return OrchestrationEngine(
+        state_dir=tmp_path / "state",
+        config_dir=None,
+        projects_dir=tmp_path / "projects",
+        templates_dir=None,
+        max_workers=2,
+    )
+
+
+def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        kept = first.allocate_resources("alice", {"memory": "64MB"})
+        first.allocate_resources("bob", {"compute": 1}, ttl=0.2)
+        dropped = threading.Event()
+        first.resource_manager.add_release_listener(dropped.set)
+        assert dropped.wait(5)
+        first.store.flush()
+        assert [a["user_id"] for a in first.store.list_allocations()] == ["alice"]
+    finally:
+        first.shutdown()
+    second = _engine_on(tmp_path)
+    try:
+        held = second.resource_manager.get_allocations("alice")
+        assert [(a.resource_id, a.amount) for a in held] == [("memory", kept[0].amount)]
+        assert second.resource_manager.get_allocations("bob") == []
+        assert second.release_resources(requester_id="alice") == 1
+        second.store.flush()
+        assert second.store.list_allocations() == []
+    finally:
+        second.shutdown()
+
+
+def test_projects_are_in_the_durable_registry_after_a_restart(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        first.project_manager.create_project("kept", "research", description="x")
+    finally:
+        first.shutdown()
+    (tmp_path / "projects" / ".projects.json").unlink()
+    second = _engine_on(tmp_path)
+    try:
+        assert [p.name for p in second.project_manager.list_projects()] == ["kept"]
+        assert [p["name"] for p in second.store.list_projects()] == ["kept"]
+    finally:
+        second.shutdown()
