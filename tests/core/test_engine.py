@@ -335,3 +335,25 @@ def test_projects_are_in_the_durable_registry_after_a_restart(tmp_path: Path) ->
         assert [p["name"] for p in second.store.list_projects()] == ["kept"]
     finally:
         second.shutdown()
+
+
+def test_settings_select_the_dask_backend_for_the_engine(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from codomyrmex_orchestration.config import Settings
+
+    settings = Settings(
+        state_dir=tmp_path / "s",
+        config_dir=tmp_path / "c",
+        projects_dir=tmp_path / "p",
+        max_workers=2,
+        executor="dask",
+        dask_n_workers=1,
+        dask_processes=False,
+    )
+    eng = OrchestrationEngine.from_settings(settings)
+    try:
+        assert eng.task_orchestrator.health()["backend"]["name"] == "dask"
+        record = eng.execute_task(TaskSpec(name="e", module="core", action="echo", parameters={"message": 5}))
+        assert record.status is TaskStatus.COMPLETED and record.result == 5
+    finally:
+        eng.shutdown()

@@ -29,6 +29,7 @@ from codomyrmex_orchestration.config import (
     Settings,
 )
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
+from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     TaskPriority,
@@ -211,6 +212,8 @@ class OrchestrationEngine:
         allow_code_execution: allow ``shell.run`` / ``python.call``.
         durable: keep state in SQLite under ``state_dir`` (else in memory).
         resources_config: overrides for resource capacities.
+        backend: where ready steps run (the scheduler's own threads when ``None``; see
+            :func:`~codomyrmex_orchestration.core.backends.create_backend`).
     """
 
     def __init__(
@@ -227,6 +230,7 @@ class OrchestrationEngine:
         resources_config: Mapping[str, Any] | None = None,
         registry: ActionRegistry | None = None,
         store: EngineStateStore | None = None,
+        backend: ExecutionBackend | None = None,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -258,7 +262,7 @@ class OrchestrationEngine:
             config_path=resources_path if resources_path is not None and resources_path.is_file() else None,
         )
         self.task_orchestrator = TaskOrchestrator(
-            max_workers, registry=self.registry, resource_manager=self.resource_manager
+            max_workers, registry=self.registry, resource_manager=self.resource_manager, backend=backend
         )
         self.workflow_manager = WorkflowManager(
             orchestrator=self.task_orchestrator,
@@ -296,6 +300,16 @@ class OrchestrationEngine:
             "durable": settings.durable,
         }
         kwargs.update(overrides)
+        if "backend" not in kwargs and settings.executor != "local":
+            kwargs["backend"] = create_backend(
+                settings.executor,
+                dask_scheduler=settings.dask_scheduler,
+                dask_n_workers=settings.dask_n_workers,
+                dask_processes=settings.dask_processes,
+                dask_worker_resources=settings.dask_worker_resources,
+                dask_resource_map=settings.dask_resource_map,
+                dask_worker_saturation=settings.dask_worker_saturation,
+            )
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ events
