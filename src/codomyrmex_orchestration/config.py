@@ -74,6 +74,9 @@ class Settings(BaseModel):
     auth_token: SecretStr | None = None
     allowed_hosts: tuple[str, ...] = ()
     durable: bool = True
+    #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
+    retention_runs: int = Field(default=10_000, ge=1)
+    retention_events: int = Field(default=100_000, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
     #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
     executor: Executor = "local"

@@ -357,3 +357,20 @@ def test_settings_select_the_dask_backend_for_the_engine(tmp_path: Path) -> None
         assert record.status is TaskStatus.COMPLETED and record.result == 5
     finally:
         eng.shutdown()
+
+
+def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.config import Settings
+
+    settings = Settings(
+        state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", retention_runs=3
+    )
+    eng = OrchestrationEngine.from_settings(settings)
+    try:
+        eng.workflow_manager.create_workflow("r", [{"name": "a", "module": "core", "action": "set"}])
+        ids = [eng.execute_workflow("r", timeout=10).run_id for _ in range(6)]
+        eng.store.flush()
+        kept = [r.run_id for r in eng.workflow_manager.list_runs(limit=100)]
+        assert kept == list(reversed(ids[-3:]))
+    finally:
+        eng.shutdown()

@@ -40,7 +40,13 @@ from codomyrmex_orchestration.core.models import (
 from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
-from codomyrmex_orchestration.core.store import EngineStateStore, MemoryStore, SqliteStore
+from codomyrmex_orchestration.core.store import (
+    DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_RUNS,
+    EngineStateStore,
+    MemoryStore,
+    SqliteStore,
+)
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -212,6 +218,7 @@ class OrchestrationEngine:
         allow_code_execution: allow ``shell.run`` / ``python.call``.
         durable: keep state in SQLite under ``state_dir`` (else in memory).
         resources_config: overrides for resource capacities.
+        retention_runs, retention_events: most finished runs and events the store keeps.
         backend: where ready steps run (the scheduler's own threads when ``None``; see
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
     """
@@ -231,6 +238,8 @@ class OrchestrationEngine:
         registry: ActionRegistry | None = None,
         store: EngineStateStore | None = None,
         backend: ExecutionBackend | None = None,
+        retention_runs: int = DEFAULT_RETENTION_RUNS,
+        retention_events: int = DEFAULT_RETENTION_EVENTS,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -247,7 +256,15 @@ class OrchestrationEngine:
         self._stopping = False
 
         if store is None:
-            store = SqliteStore(self.state_dir / "state.db") if durable else MemoryStore()
+            store = (
+                SqliteStore(
+                    self.state_dir / "state.db",
+                    retention_runs=retention_runs,
+                    retention_events=retention_events,
+                )
+                if durable
+                else MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
+            )
         self.store: EngineStateStore = store
         self.interrupted_runs: list[str] = self.store.recover()
 
@@ -298,6 +315,8 @@ class OrchestrationEngine:
             "max_steps": settings.max_steps,
             "allow_code_execution": settings.allow_shell is not False,
             "durable": settings.durable,
+            "retention_runs": settings.retention_runs,
+            "retention_events": settings.retention_events,
         }
         kwargs.update(overrides)
         if "backend" not in kwargs and settings.executor != "local":
