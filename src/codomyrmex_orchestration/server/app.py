@@ -7,8 +7,9 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import os
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -427,28 +428,86 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
+class _StdinLines:
+    """Lines from the process's stdin, read only when readable, so a signal can cancel the wait.
+
+    mcp's own stdin reader blocks a worker thread in ``read()``, which cancellation cannot interrupt;
+    this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
+    child processes never read the protocol) and the wire is read from a private duplicate.
+    """
+
+    def __init__(self) -> None:
+        self._fd = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        self._buffer = b""
+        self._eof = False
+
+    def close(self) -> None:
+        os.dup2(self._fd, 0)
+        os.close(self._fd)
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while b"\n" not in self._buffer and not self._eof:
+            await anyio.wait_readable(self._fd)
+            chunk = os.read(self._fd, 65536)
+            self._eof = not chunk
+            self._buffer += chunk
+        if not self._buffer:
+            raise StopAsyncIteration
+        line, newline, self._buffer = self._buffer.partition(b"\n")
+        return (line + newline).decode("utf-8", errors="replace")
+
+
 async def _serve_stdio(server: Server[Any]) -> None:
-    async with anyio.create_task_group() as tg:
+    stdin = _StdinLines()
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("server.signal", signal=signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("server.signal", signal=signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
 
-        tg.start_soon(stop_on_signal)
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
-        tg.cancel_scope.cancel()
+            tg.start_soon(stop_on_signal)
+            async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]  # duck-typed: only iterated
+                await server.run(read, write, server.create_initialization_options())
+            tg.cancel_scope.cancel()
+    finally:
+        stdin.close()
 
 
 async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+    import threading
+
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        """uvicorn, minus re-raising the signal after its graceful shutdown: we still have the engine to
+        shut down, and a clean stop should exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
-    # uvicorn handles SIGINT/SIGTERM itself: it stops accepting, finishes responses, runs the lifespan exit.
-    await uvicorn.Server(config).serve()
+    # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
+    await _Server(config).serve()
 
 
 def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) -> int:
