@@ -30,7 +30,8 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     ├── InsufficientResourcesError              .requested, .available
     ├── InvalidStateError                       .kind, .key, .state
     ├── SchedulerShutdownError (RuntimeError)
-    └── StateStoreError (OSError)               .path
+    ├── StateStoreError (OSError)               .path
+    └── ProjectCreationError (OSError)          .name, .path, .reason
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "LimitExceededError",
     "NotFoundError",
     "OrchestrationError",
+    "ProjectCreationError",
     "ProjectNotFoundError",
     "ResourceNotFoundError",
     "RunNotFoundError",
@@ -306,6 +308,19 @@ class StateStoreError(OrchestrationError, OSError):
         self.path = path
         self.reason = reason
         super().__init__(f"state store {path}: {reason}")
+
+
+class ProjectCreationError(OrchestrationError, OSError):
+    """A project folder could not be created at ``path``; what this call created was removed again."""
+
+    def __init__(self, name: str, path: str, reason: str) -> None:
+        self.name = name
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"project {name!r} could not be created at {path}: {reason}; "
+            "everything this attempt had created was removed"
+        )
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:

@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+from codomyrmex_orchestration.core.actions import _plugins
 from codomyrmex_orchestration.core.actions import core as _core
+from codomyrmex_orchestration.core.actions import http as _http
+from codomyrmex_orchestration.core.actions import python as _python
+from codomyrmex_orchestration.core.actions import shell as _shell
+from codomyrmex_orchestration.core.actions import workflow as _workflow
+from codomyrmex_orchestration.core.actions._plugins import ENTRY_POINT_GROUP, load_plugins
 from codomyrmex_orchestration.core.actions._registry import (
     ActionContext,
     ActionDefinition,
     ActionFunc,
     ActionRegistry,
+    CancelEvent,
     SubWorkflowRunner,
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "ActionContext",
     "ActionDefinition",
     "ActionFunc",
     "ActionRegistry",
+    "CancelEvent",
     "SubWorkflowRunner",
     "create_registry",
+    "load_plugins",
 ]
 
 
 def create_registry(*, allow_code_execution: bool = True, load_plugins: bool = True) -> ActionRegistry:
-    """A registry holding every built-in action (and entry-point plugins when ``load_plugins``)."""
+    """A registry holding every built-in action (and entry-point plugins when ``load_plugins``).
+
+    Args:
+        allow_code_execution: when False, ``shell.run`` and ``python.call`` (and any plugin action
+            flagged ``executes_code``) are refused with ``ActionRefusedError``.
+        load_plugins: load entry points of group ``codomyrmex_orchestration.actions``; a broken
+            plugin is logged and skipped.
+    """
     registry = ActionRegistry(allow_code_execution=allow_code_execution)
-    _core.register(registry)
+    for module in (_core, _shell, _python, _http, _workflow):
+        module.register(registry)
+    if load_plugins:
+        # The parameter shadows the function of the same name here.
+        _plugins.load_plugins(registry)
     return registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ __all__ = [
     "ActionDefinition",
     "ActionFunc",
     "ActionRegistry",
+    "CancelEvent",
     "SubWorkflowRunner",
 ]
 
@@ -24,6 +26,49 @@ class SubWorkflowRunner(Protocol):
     """Runs a registered workflow as a child of the current run and returns its outputs."""
 
     def __call__(self, name: str, parameters: dict[str, Any], *, ctx: ActionContext) -> dict[str, Any]: ...
+
+
+class CancelEvent(threading.Event):
+    """A ``threading.Event`` that also runs callbacks when set (once, outside any lock).
+
+    Lets a waiter react to cancellation without a thread parked on ``wait()``: e.g. a sub-workflow
+    step cancels its child run, a subprocess action kills its process group.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._cb_lock = threading.Lock()
+
+    def add_callback(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` when the event is set (at once if it already is). Returns a remover."""
+        with self._cb_lock:
+            already = self.is_set()
+            if not already:
+                self._callbacks.append(fn)
+        if already:
+            fn()
+
+        def remove() -> None:
+            with self._cb_lock:
+                if fn in self._callbacks:
+                    self._callbacks.remove(fn)
+
+        return remove
+
+    def set(self) -> None:
+        with self._cb_lock:
+            first = not self.is_set()
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        if first:
+            for fn in callbacks:
+                try:
+                    fn()
+                except Exception:
+                    structlog.get_logger("codomyrmex_orchestration.action").exception(
+                        "cancel callback failed"
+                    )
 
 
 @dataclass(slots=True)
@@ -47,7 +92,7 @@ class ActionContext:
     run_id: str | None = None
     task_id: str | None = None
     attempt: int = 1
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_event: threading.Event = field(default_factory=CancelEvent)
     deadline: float | None = None
     logger: Any = None
     run_workflow: SubWorkflowRunner | None = None
@@ -73,9 +118,19 @@ class ActionContext:
         """Seconds left before the deadline (``None`` when there is none; never negative)."""
         if self.deadline is None:
             return None
-        import time
-
         return max(0.0, self.deadline - time.monotonic())
+
+    def on_cancel(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` when the step is cancelled or times out. Returns a function that unregisters it.
+
+        Works with any ``threading.Event``; callbacks need a :class:`CancelEvent` (the default).
+        """
+        event = self.cancel_event
+        if isinstance(event, CancelEvent):
+            return event.add_callback(fn)
+        if event.is_set():
+            fn()
+        return lambda: None
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on cancellation. Returns True if cancelled."""

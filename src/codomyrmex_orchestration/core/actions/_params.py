@@ -1,0 +1,154 @@
+"""Parameter checking shared by the built-in actions: each error names ``parameters.<name>`` and says
+what would be accepted, so a language model can correct the step without reading our source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from codomyrmex_orchestration.config import DEFAULT_MAX_OUTPUT_BYTES
+from codomyrmex_orchestration.core.actions._registry import ActionContext
+from codomyrmex_orchestration.errors import InvalidInputError
+
+__all__ = [
+    "MAX_OUTPUT_BYTES_LIMIT",
+    "CappedBuffer",
+    "check_known",
+    "get_bool",
+    "get_max_output_bytes",
+    "get_number",
+    "get_str",
+    "get_str_map",
+    "json_safe",
+]
+
+#: Upper bound for any ``max_output_bytes`` parameter: outputs live in memory and in the state store.
+MAX_OUTPUT_BYTES_LIMIT = 64 * 1024 * 1024
+
+
+def _field(name: str) -> str:
+    return f"parameters.{name}"
+
+
+def check_known(params: Mapping[str, Any], accepted: Mapping[str, str], action: str) -> None:
+    """Reject parameter names ``action`` does not know (a misspelt ``comand`` must not be ignored)."""
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            _field(unknown[0]),
+            f"{action} does not accept {', '.join(repr(u) for u in unknown)}; "
+            f"accepted parameters: {', '.join(sorted(accepted))}",
+        )
+
+
+def get_bool(params: Mapping[str, Any], name: str, default: bool, action: str) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInputError(_field(name), f"{action} needs '{name}' to be true or false, got {value!r}")
+    return value
+
+
+def get_number(
+    params: Mapping[str, Any],
+    name: str,
+    default: float | None,
+    action: str,
+    *,
+    minimum: float = 0.0,
+    maximum: float = 86_400.0,
+    exclusive_minimum: bool = True,
+) -> float | None:
+    """A number in ``(minimum, maximum]`` (or ``[minimum, maximum]``), or ``default`` when absent/null."""
+    value = params.get(name)
+    if value is None:
+        return default
+    low_ok = isinstance(value, int | float) and (value > minimum if exclusive_minimum else value >= minimum)
+    if isinstance(value, bool) or not low_ok or value > maximum:
+        bound = "above" if exclusive_minimum else "at least"
+        raise InvalidInputError(
+            _field(name),
+            f"{action} needs '{name}' to be a number {bound} {minimum:g} and at most {maximum:g}",
+        )
+    return float(value)
+
+
+def get_str(
+    params: Mapping[str, Any], name: str, action: str, *, required: bool = False, default: str | None = None
+) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise InvalidInputError(_field(name), f"{action} needs '{name}', a non-empty string")
+        return default
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidInputError(_field(name), f"{action} needs '{name}' to be a non-empty string")
+    return value
+
+
+def get_str_map(params: Mapping[str, Any], name: str, action: str) -> dict[str, str]:
+    """An object of string keys to string (or number) values; numbers are converted to text."""
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(_field(name), f"{action} needs '{name}' to be an object of string values")
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise InvalidInputError(
+                f"{_field(name)}.{key}",
+                f"{action} needs every value of '{name}' to be a string or a number, got {item!r}",
+            )
+        result[key] = str(item)
+    return result
+
+
+def get_max_output_bytes(params: Mapping[str, Any], ctx: ActionContext, action: str) -> int:
+    """``max_output_bytes`` from the step, else from ``ctx.extras`` (the server's setting), else 1 MiB."""
+    fallback = ctx.extras.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)
+    value = params.get("max_output_bytes", fallback)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OUTPUT_BYTES_LIMIT:
+        raise InvalidInputError(
+            "parameters.max_output_bytes",
+            f"{action} needs 'max_output_bytes' to be an integer from 0 to {MAX_OUTPUT_BYTES_LIMIT}",
+        )
+    return value
+
+
+class CappedBuffer:
+    """Keeps the first ``limit`` bytes written and counts the rest, so a chatty command cannot
+    exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self._data)
+        if room > 0:
+            self._data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    @property
+    def full(self) -> bool:
+        return len(self._data) >= self.limit
+
+    def raw(self) -> bytes:
+        return bytes(self._data)
+
+    def text(self) -> str:
+        """UTF-8 text (invalid bytes replaced), with a marker when bytes were dropped."""
+        text = self._data.decode("utf-8", errors="replace")
+        if self.dropped:
+            text += f"\n…[truncated {self.dropped} bytes]"
+        return text
+
+
+def json_safe(value: Any, what: str) -> Any:
+    """Return ``value`` as it will be stored (a JSON round trip), or raise ``TypeError`` naming ``what``."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not JSON-serialisable ({exc})") from None

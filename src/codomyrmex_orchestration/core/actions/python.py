@@ -1,0 +1,137 @@
+"""The ``python`` module: ``python.call`` imports ``package.module:callable`` and calls it in the step's
+worker thread (stopped cooperatively: a callable that accepts ``ctx`` can watch ``ctx.cancel_event``)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from codomyrmex_orchestration.core.actions._params import check_known, json_safe
+from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError, StepFailedError
+
+__all__ = ["PARAMETERS", "call", "register", "resolve_callable"]
+
+PARAMETERS = {
+    "function": '"package.module:callable" (dotted attributes allowed after the colon, e.g. '
+    '"pkg.mod:Class.method") (required)',
+    "args": "list of positional arguments (default [])",
+    "kwargs": "object of keyword arguments (default {})",
+}
+_ACTION = "python.call"
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_FUNCTION_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+_CONTEXT_NAMES = ("ctx", "context")
+
+
+def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., Any]:
+    """Import ``package.module:attr.path`` and return the callable.
+
+    Raises:
+        InvalidInputError: ``spec`` is not of the form ``package.module:callable``.
+        StepFailedError: the module cannot be imported, the attribute is missing or not callable.
+    """
+    if not isinstance(spec, str) or not _FUNCTION_RE.match(spec):
+        raise InvalidInputError(
+            "parameters.function",
+            f'python.call needs \'function\' as "package.module:callable" (e.g. "json:dumps"), got {spec!r}',
+        )
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        # Any exception while importing (ImportError, SyntaxError, errors in module code) is the
+        # step's failure, reported with the module and the reason.
+        raise StepFailedError(
+            step,
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
+        ) from None
+    walked = module_name
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise StepFailedError(
+                step, f"{walked!r} has no attribute {part!r} (function {spec!r})", error_type="AttributeError"
+            ) from None
+        walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
+    if not callable(target):
+        raise StepFailedError(
+            step, f"{spec!r} is a {type(target).__name__}, not a callable", error_type="TypeError"
+        )
+    return cast(Callable[..., Any], target)
+
+
+def _context_keyword(func: Callable[..., Any]) -> str | None:
+    """The name of a keyword parameter ``ctx``/``context`` of ``func``, if it has one."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    for name in _CONTEXT_NAMES:
+        param = signature.parameters.get(name)
+        if param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            return name
+    return None
+
+
+def call(params: dict[str, Any], ctx: ActionContext) -> Any:
+    """Call ``function(*args, **kwargs)`` (plus ``ctx=``/``context=`` when it accepts one).
+
+    Returns:
+        The callable's return value, as JSON would store it.
+
+    Raises:
+        InvalidInputError: a parameter is malformed.
+        StepFailedError: import/lookup failure, the callable raised, or its result is not JSON-serialisable.
+    """
+    check_known(params, PARAMETERS, _ACTION)
+    args = params.get("args", [])
+    if args is None:
+        args = []
+    if not isinstance(args, list):
+        raise InvalidInputError("parameters.args", "python.call needs 'args' to be a list")
+    kwargs = params.get("kwargs", {})
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidInputError("parameters.kwargs", "python.call needs 'kwargs' to be an object")
+    spec = params.get("function")
+    func = resolve_callable(spec, ctx.step_name)
+    kwargs = dict(kwargs)
+    keyword = _context_keyword(func)
+    if keyword is not None and keyword not in kwargs:
+        kwargs[keyword] = ctx
+    ctx.check_cancelled()
+    try:
+        result = func(*args, **kwargs)
+    except OrchestrationError:
+        raise
+    except Exception as exc:
+        raise StepFailedError(
+            ctx.step_name, f"{spec} raised {type(exc).__name__}: {exc}", error_type=type(exc).__name__
+        ) from exc
+    try:
+        return json_safe(result, f"the return value of {spec} ({type(result).__name__})")
+    except TypeError as exc:
+        raise StepFailedError(ctx.step_name, str(exc), error_type="TypeError") from None
+
+
+def register(registry: ActionRegistry) -> None:
+    """Add ``python.call`` to ``registry``."""
+    registry.register(
+        ActionDefinition(
+            "python",
+            "call",
+            call,
+            description="Import package.module:callable and call it with args/kwargs; a ctx or context "
+            "keyword parameter receives the step's ActionContext.",
+            parameters=dict(PARAMETERS),
+            output="the callable's return value (must be JSON-serialisable)",
+            executes_code=True,
+        )
+    )

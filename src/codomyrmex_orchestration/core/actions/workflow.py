@@ -1,0 +1,62 @@
+"""The ``workflow`` module: ``workflow.run`` runs another registered workflow as a sub-run, through the
+runner the WorkflowManager puts on the context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from codomyrmex_orchestration.config import DEFAULT_MAX_SUBWORKFLOW_DEPTH
+from codomyrmex_orchestration.core.actions._params import check_known, get_str
+from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, StepFailedError
+
+__all__ = ["PARAMETERS", "register", "run"]
+
+PARAMETERS = {
+    "workflow": "name of a registered workflow (required)",
+    "parameters": "object of parameters for the sub-run (default {})",
+}
+_ACTION = "workflow.run"
+
+
+def run(params: dict[str, Any], ctx: ActionContext) -> Any:
+    """Run ``params["workflow"]`` with ``params["parameters"]`` and return the sub-run's outputs.
+
+    Raises:
+        InvalidInputError: a parameter is malformed.
+        LimitExceededError: the sub-run would nest deeper than ``ctx.extras["max_depth"]`` (default 8).
+        StepFailedError: no workflow manager is attached to the context.
+    """
+    check_known(params, PARAMETERS, _ACTION)
+    name = get_str(params, "workflow", _ACTION, required=True)
+    assert name is not None
+    sub_params = params.get("parameters") or {}
+    if not isinstance(sub_params, Mapping):
+        raise InvalidInputError("parameters.parameters", "workflow.run needs 'parameters' to be an object")
+    max_depth = ctx.extras.get("max_depth", DEFAULT_MAX_SUBWORKFLOW_DEPTH)
+    if ctx.depth + 1 > max_depth:
+        raise LimitExceededError(
+            "parameters.workflow", max_depth, ctx.depth + 1, f"sub-workflow nesting depth for {name!r}"
+        )
+    if ctx.run_workflow is None:
+        raise StepFailedError(
+            ctx.step_name, "workflow.run needs a workflow manager", error_type="RuntimeError"
+        )
+    ctx.check_cancelled()
+    return ctx.run_workflow(name, dict(sub_params), ctx=ctx)
+
+
+def register(registry: ActionRegistry) -> None:
+    """Add ``workflow.run`` to ``registry``."""
+    registry.register(
+        ActionDefinition(
+            "workflow",
+            "run",
+            run,
+            description="Run another registered workflow as a sub-run (nesting limited by max_depth) and "
+            "return its outputs.",
+            parameters=dict(PARAMETERS),
+            output="the sub-run's outputs (an object)",
+        )
+    )

@@ -1,0 +1,358 @@
+"""WorkflowDAG: a workflow's steps as a networkx graph — validation, cycles, levels, Mermaid and DOT.
+
+Edges run from a step to the steps that depend on it. Besides the declared ``dependencies``, a step
+that references another step's output or status (in its parameters or ``run_if``) gets that step as
+an inferred upstream. Nothing here recurses over the graph, so very long chains are fine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from collections.abc import Set as AbstractSet
+from itertools import islice, pairwise
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
+from codomyrmex_orchestration.core.templating import parse_condition, scan_references
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    CycleDetectedError,
+    DAGValidationError,
+    InvalidInputError,
+    TemplateError,
+    UnknownActionError,
+)
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.actions import ActionRegistry
+
+__all__ = ["MAX_REPORTED_PROBLEMS", "WorkflowDAG"]
+
+#: problems() lists at most this many problems, then one line saying how many more there are.
+MAX_REPORTED_PROBLEMS = 200
+
+
+def _names(names: Collection[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(n) for n in islice(names, limit))
+    if len(names) > limit:
+        shown += f", ... ({len(names)} in all)"
+    return shown or "(none)"
+
+
+class WorkflowDAG:
+    """The dependency graph of a workflow's steps.
+
+    Building never raises: every problem is collected and reported by :meth:`problems` and
+    :meth:`validate`. Edges of valid dependencies are kept even when other parts are invalid.
+
+    Args:
+        steps: the workflow's steps, in declaration order.
+        registry: when given, every step's ``module.action`` must be registered and allowed.
+        workflow_name: used in error messages.
+
+    Attributes:
+        steps: step name -> spec (the first one, if a name is duplicated).
+        inferred_dependencies: step -> upstream steps found only through template references
+            (parameters or ``run_if``), in order of first appearance.
+    """
+
+    def __init__(
+        self,
+        steps: Sequence[StepSpec],
+        *,
+        registry: ActionRegistry | None = None,
+        workflow_name: str | None = None,
+    ) -> None:
+        self.workflow_name = workflow_name
+        self.steps: dict[str, StepSpec] = {}
+        self.inferred_dependencies: dict[str, list[str]] = {}
+        self._graph: nx.DiGraph | None = None
+        self._problems: list[str] = []
+        self._cycles: list[list[str]] | None = None
+        self._levels: list[list[str]] | None = None
+
+        positions: dict[str, int] = {}
+        for position, step in enumerate(steps, start=1):
+            if step.name in self.steps:
+                self._problems.append(
+                    f"duplicate step name {step.name!r} (steps #{positions[step.name]} and #{position}); "
+                    "step names must be unique"
+                )
+                continue
+            self.steps[step.name] = step
+            positions[step.name] = position
+        if not self.steps:
+            self._problems.append("a workflow needs at least one step")
+        # Plain adjacency lists carry building, validation and levels (the hot path: networkx's
+        # add_edges_from alone takes over a second for 300,000 edges); the networkx graph is built on
+        # first use by the queries that need it (ancestors, descendants, cycle paths, `graph`).
+        self._succ: dict[str, list[str]] = {name: [] for name in self.steps}
+        self._pred: dict[str, list[str]] = {name: [] for name in self.steps}
+
+        known = self.steps.keys()
+        edges: list[tuple[str, str]] = []
+        inferred_edges: list[tuple[str, str]] = []
+        for name, step in self.steps.items():
+            declared: set[str] = set()
+            for dep in step.dependencies:
+                if dep == name:
+                    self._problems.append(f"step {name!r} depends on itself")
+                elif dep not in known:
+                    self._problems.append(
+                        f"step {name!r} depends on unknown step {dep!r}; known steps: {_names(known)}"
+                    )
+                elif dep not in declared:
+                    declared.add(dep)
+                    edges.append((dep, name))
+            inferred = self._template_upstreams(name, step, known)
+            extra = [up for up in inferred if up not in declared]
+            if extra:
+                self.inferred_dependencies[name] = extra
+                inferred_edges.extend((up, name) for up in extra)
+        for up, down in edges + inferred_edges:
+            self._succ[up].append(down)
+            self._pred[down].append(up)
+        self._inferred_edges = set(inferred_edges)
+
+        if registry is not None:
+            self._check_actions(registry)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The steps as a ``networkx.DiGraph`` (upstream -> downstream, declared and inferred edges)."""
+        if self._graph is None:
+            graph = nx.DiGraph()
+            graph.add_nodes_from(self.steps)
+            graph.add_edges_from((up, down) for up, downs in self._succ.items() for down in downs)
+            self._graph = graph
+        return self._graph
+
+    def edges(self) -> list[tuple[str, str, bool]]:
+        """Every edge as ``(upstream, downstream, inferred)``, in step order."""
+        inferred = self._inferred_edges
+        return [(up, down, (up, down) in inferred) for up, downs in self._succ.items() for down in downs]
+
+    @classmethod
+    def from_spec(cls, spec: WorkflowSpec, registry: ActionRegistry | None = None) -> WorkflowDAG:
+        """The DAG of ``spec``'s steps."""
+        return cls(spec.steps, registry=registry, workflow_name=spec.name)
+
+    # ------------------------------------------------------------------ building
+
+    def _template_upstreams(self, name: str, step: StepSpec, known: AbstractSet[str]) -> list[str]:
+        """Steps referenced by ``step``'s parameters and run_if; records bad references as problems."""
+        refs, errors = scan_references(step.parameters, known)
+        self._problems.extend(f"step {name!r} parameters: {exc.reason}" for exc in errors)
+        if step.run_if is not None:
+            try:
+                refs.extend(parse_condition(step.run_if, known).references)
+            except TemplateError as exc:
+                self._problems.append(f"step {name!r} run_if: {exc.reason}")
+        upstreams: list[str] = []
+        for ref in refs:
+            if ref.step is None:
+                continue
+            if ref.step not in known:
+                self._problems.append(
+                    f"step {name!r} references unknown step {ref.step!r} in '{{{{{ref.raw}}}}}'; "
+                    f"known steps: {_names(known)}"
+                )
+            elif ref.step == name:
+                self._problems.append(
+                    f"step {name!r} references its own {ref.attr} in '{{{{{ref.raw}}}}}'; "
+                    "a step can only use results of other steps"
+                )
+            elif ref.step not in upstreams:
+                upstreams.append(ref.step)
+        return upstreams
+
+    def _check_actions(self, registry: ActionRegistry) -> None:
+        # One problem per distinct module.action (naming its steps), not one per step: a workflow of
+        # 10,000 steps with one misspelt action should not produce 10,000 copies of the catalogue.
+        users: dict[tuple[str, str], list[str]] = {}
+        for name, step in self.steps.items():
+            users.setdefault((step.module, step.action), []).append(name)
+        for (module, action), names in users.items():
+            try:
+                registry.get(module, action)
+            except (UnknownActionError, ActionRefusedError) as exc:
+                who = f"step {names[0]!r}" if len(names) == 1 else f"steps {_names(names, 5)}"
+                self._problems.append(f"{who}: {exc}")
+
+    # ------------------------------------------------------------------ validation
+
+    def _kahn(self) -> tuple[list[list[str]], set[str]]:
+        """Kahn levels over the graph, and the nodes left over (those on or behind a cycle)."""
+        indegree = {name: len(ups) for name, ups in self._pred.items()}
+        level = sorted(node for node, deg in indegree.items() if deg == 0)
+        levels: list[list[str]] = []
+        succ = self._succ
+        while level:
+            levels.append(level)
+            following: list[str] = []
+            for node in level:
+                for child in succ[node]:
+                    indegree[child] -= 1
+                    if indegree[child] == 0:
+                        following.append(child)
+            level = sorted(following)
+        placed = sum(len(lv) for lv in levels)
+        leftover = {node for node, deg in indegree.items() if deg > 0} if placed < len(indegree) else set()
+        return levels, leftover
+
+    def _analyse(self) -> None:
+        if self._cycles is not None:
+            return
+        levels, leftover = self._kahn()
+        cycles: list[list[str]] = []
+        if leftover:
+            order = {name: i for i, name in enumerate(self.steps)}
+            sub = nx.DiGraph()
+            sub.add_edges_from((u, v) for u in leftover for v in self._succ[u] if v in leftover)
+            # Every cycle lies inside one strongly connected component: report one cycle per component.
+            components = [c for c in nx.strongly_connected_components(sub) if len(c) > 1]
+            for component in sorted(components, key=lambda c: min(order[n] for n in c)):
+                edges = nx.find_cycle(sub.subgraph(component))
+                path = [tail for tail, _head in edges]
+                start = min(range(len(path)), key=lambda i: order[path[i]])
+                path = path[start:] + path[:start]
+                cycles.append([*path, path[0]])
+        self._cycles = cycles
+        self._levels = levels if not cycles else None
+
+    def _cycle_problem(self, cycle: list[str]) -> str:
+        via = [f"{b!r} references {a!r}" for a, b in pairwise(cycle) if (a, b) in self._inferred_edges]
+        text = f"dependency cycle: {' -> '.join(cycle)} (each step must run before the next)"
+        if via:
+            text += f"; inferred from templates: {', '.join(via)}"
+        return text
+
+    def problems(self) -> list[str]:
+        """Every problem found (empty when the workflow is valid). Never raises.
+
+        Lists at most :data:`MAX_REPORTED_PROBLEMS` problems; a last line then says how many more
+        there are.
+        """
+        self._analyse()
+        assert self._cycles is not None
+        found = [self._cycle_problem(c) for c in self._cycles] + self._problems
+        if len(found) > MAX_REPORTED_PROBLEMS:
+            extra = len(found) - MAX_REPORTED_PROBLEMS
+            found = [*found[:MAX_REPORTED_PROBLEMS], f"... and {extra} more problems"]
+        return found
+
+    def validate(self) -> None:
+        """Raise if the workflow is invalid.
+
+        Raises:
+            CycleDetectedError: the graph has a cycle (``.cycle`` is the first one found, first step
+                repeated at the end); its ``.problems`` lists every other problem too.
+            DAGValidationError: any other problem; ``.problems`` lists them all.
+        """
+        found = self.problems()
+        if not found:
+            return
+        assert self._cycles is not None
+        if self._cycles:
+            raise CycleDetectedError(self._cycles[0], problems=found, workflow=self.workflow_name)
+        raise DAGValidationError(found, workflow=self.workflow_name)
+
+    @property
+    def cycles(self) -> list[list[str]]:
+        """One cycle per strongly connected component that has one (each closed: first == last)."""
+        self._analyse()
+        assert self._cycles is not None
+        return [list(c) for c in self._cycles]
+
+    # ------------------------------------------------------------------ queries
+
+    def _require(self, name: str) -> None:
+        if name not in self.steps:
+            raise InvalidInputError("step", f"unknown step {name!r}; known steps: {_names(self.steps)}")
+
+    def dependencies_of(self, name: str) -> set[str]:
+        """Direct upstreams of ``name``: declared (and known) plus inferred from templates."""
+        self._require(name)
+        return set(self._pred[name])
+
+    def dependents_of(self, name: str) -> set[str]:
+        """Direct downstreams of ``name``."""
+        self._require(name)
+        return set(self._succ[name])
+
+    def execution_levels(self) -> list[list[str]]:
+        """Kahn levels: every step of a level depends only on steps of earlier levels.
+
+        Names are sorted within a level. Unknown dependencies are ignored here (see :meth:`validate`).
+
+        Raises:
+            CycleDetectedError: the graph has a cycle, so no order exists.
+        """
+        self._analyse()
+        if self._levels is None:
+            self.validate()  # raises CycleDetectedError
+        assert self._levels is not None
+        return [list(level) for level in self._levels]
+
+    def topological_order(self) -> list[str]:
+        """Every step after all of its upstreams (level by level). Raises CycleDetectedError."""
+        return [name for level in self.execution_levels() for name in level]
+
+    def upstream(self, name: str) -> set[str]:
+        """All ancestors of ``name`` (steps that must finish before it)."""
+        self._require(name)
+        return set(nx.ancestors(self.graph, name))
+
+    def downstream(self, name: str) -> set[str]:
+        """All descendants of ``name`` (steps that wait for it, directly or not)."""
+        self._require(name)
+        return set(nx.descendants(self.graph, name))
+
+    # ------------------------------------------------------------------ rendering
+
+    def _ids(self) -> dict[str, str]:
+        return {name: f"n{i}" for i, name in enumerate(self.steps)}
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart (``graph TD``): one line per step and per edge.
+
+        Node ids are ``n0``, ``n1``, ... so any step name is safe; labels show the step name and its
+        ``module.action``. Edges inferred from templates are dotted.
+        """
+        ids = self._ids()
+        lines = ["graph TD"]
+        for name, step in self.steps.items():
+            label = f"{_mermaid_text(name)}<br/>{_mermaid_text(f'{step.module}.{step.action}')}"
+            lines.append(f'    {ids[name]}["{label}"]')
+        for up, down, inferred in self.edges():
+            arrow = "-.->" if inferred else "-->"
+            lines.append(f"    {ids[up]} {arrow} {ids[down]}")
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        """A Graphviz DOT digraph; edges inferred from templates are dashed."""
+        title = _dot_quote(self.workflow_name or "workflow")
+        lines = [f"digraph {title} {{", "    rankdir=TB;", "    node [shape=box];"]
+        for name, step in self.steps.items():
+            label = _dot_quote(f"{name}\n{step.module}.{step.action}")
+            lines.append(f"    {_dot_quote(name)} [label={label}];")
+        for up, down, inferred in self.edges():
+            style = " [style=dashed]" if inferred else ""
+            lines.append(f"    {_dot_quote(up)} -> {_dot_quote(down)}{style};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    """Text safe inside a double-quoted Mermaid label (entity codes for the characters that break it)."""
+    text = " ".join(text.splitlines())
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(char, code)
+    return text
+
+
+def _dot_quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'

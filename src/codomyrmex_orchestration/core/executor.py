@@ -1,0 +1,218 @@
+"""ParallelExecutor: the original's context-manager API for running plain callables, as a door into the
+one scheduler (:class:`~codomyrmex_orchestration.core.scheduler.TaskOrchestrator`), not a second engine."""
+
+from __future__ import annotations
+
+import graphlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+from codomyrmex_orchestration.core.actions import ActionContext
+from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
+from codomyrmex_orchestration.core.scheduler import DEFAULT_WAIT_TIMEOUT, TaskOrchestrator
+from codomyrmex_orchestration.errors import CycleDetectedError, InvalidInputError, WaitTimeoutError
+
+__all__ = ["ExecutionResult", "ParallelExecutor"]
+
+#: Seconds to let ``on_done`` callbacks of tasks cancelled at the overall timeout finish.
+_SETTLE_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """The outcome of one callable run by :class:`ParallelExecutor`.
+
+    Attributes:
+        task_name: the key (or ``task_<index>`` for a sequence) the callable was given under.
+        success: True only when the callable returned (status COMPLETED).
+        result: its return value, or ``None``.
+        error: why it did not complete (exception message, skip or timeout reason), or ``None``.
+        error_type: the exception type name (``"StepTimeoutError"``, ``"DependencyFailed"``...), or ``None``.
+        status: the final task status.
+        duration: seconds it ran (0.0 when it never started).
+    """
+
+    task_name: str
+    success: bool
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    status: TaskStatus = TaskStatus.COMPLETED
+    duration: float = 0.0
+
+    @property
+    def execution_time(self) -> float:
+        """The original's name for :attr:`duration`."""
+        return self.duration
+
+    @classmethod
+    def from_record(cls, task_name: str, record: TaskRecord) -> ExecutionResult:
+        return cls(
+            task_name=task_name,
+            success=record.status is TaskStatus.COMPLETED,
+            result=record.result,
+            error=record.error.message if record.error else None,
+            error_type=record.error.type if record.error else None,
+            status=record.status,
+            duration=record.duration_seconds or 0.0,
+        )
+
+
+class ParallelExecutor:
+    """Run callables in parallel, respecting dependencies between them, on the shared scheduler.
+
+    Args:
+        max_workers: workers of the executor's own scheduler (ignored when ``orchestrator`` is given).
+        timeout: seconds for a whole :meth:`execute_tasks` / :meth:`execute_task_group` call; tasks not
+            finished by then are cancelled and reported TIMED_OUT. ``None``: the scheduler's default
+            bounded wait (:data:`~codomyrmex_orchestration.core.scheduler.DEFAULT_WAIT_TIMEOUT`).
+        orchestrator: the scheduler to submit to; when ``None`` the executor creates one and shuts it
+            down on :meth:`close` / context exit.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        timeout: float | None = None,
+        orchestrator: TaskOrchestrator | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
+        self.timeout = timeout
+        self._owned = orchestrator is None
+        self._orchestrator = orchestrator or TaskOrchestrator(max_workers, name="parallel-executor")
+        self.max_workers = self._orchestrator.max_workers
+
+    @property
+    def orchestrator(self) -> TaskOrchestrator:
+        return self._orchestrator
+
+    def close(self) -> None:
+        """Shut down the executor's own scheduler (a shared one is left running)."""
+        if self._owned:
+            self._orchestrator.shutdown(wait=True, cancel_pending=True)
+
+    def __enter__(self) -> ParallelExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute_tasks(
+        self,
+        tasks: Mapping[str, Callable[[], Any]],
+        dependencies: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, ExecutionResult]:
+        """Run every callable once its dependencies completed; return results by name.
+
+        A task whose dependency did not complete is not run (SKIPPED).
+
+        Raises:
+            InvalidInputError: a dependency names an unknown task, or a value is not callable.
+            CycleDetectedError: the dependencies form a cycle (``.cycle`` has the path).
+        """
+        deps = {name: list(dependencies.get(name, ())) if dependencies else [] for name in tasks}
+        for name, fn in tasks.items():
+            if not callable(fn):
+                raise InvalidInputError(
+                    f"tasks.{name}", f"must be a callable taking no arguments, got {fn!r}"
+                )
+        if dependencies:
+            for name, wanted in dependencies.items():
+                if name not in tasks:
+                    raise InvalidInputError(
+                        "dependencies", f"{name!r} has dependencies but is not a task; tasks: {sorted(tasks)}"
+                    )
+                unknown = [d for d in wanted if d not in tasks]
+                if unknown:
+                    raise InvalidInputError(
+                        f"dependencies.{name}", f"unknown task(s) {unknown}; tasks: {sorted(tasks)}"
+                    )
+        sorter = graphlib.TopologicalSorter(deps)
+        try:
+            order = list(sorter.static_order())
+        except graphlib.CycleError as exc:
+            cycle = [str(node) for node in reversed(exc.args[1])]  # graphlib lists it against the edges
+            raise CycleDetectedError(cycle) from None
+
+        records: dict[str, TaskRecord] = {}
+        lock = threading.Lock()
+        all_done = threading.Event()
+        remaining = [len(order)]
+
+        def on_done(record: TaskRecord) -> None:
+            with lock:
+                records[record.task_id] = record
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    all_done.set()
+
+        ids: dict[str, str] = {}
+        orch = self._orchestrator
+        try:
+            for name in order:
+                ids[name] = orch.submit(
+                    _call(tasks[name]),
+                    name=name,
+                    dependencies=[ids[d] for d in deps[name]],
+                    on_done=on_done,
+                )
+        except BaseException:
+            for task_id in ids.values():
+                orch.cancel_task(task_id, reason="the executor's batch could not be submitted")
+            raise
+        if not order:
+            all_done.set()
+        limit = DEFAULT_WAIT_TIMEOUT if self.timeout is None else self.timeout
+        expired = not all_done.wait(limit)
+        if expired:
+            reason = f"the executor's timeout of {limit:g} s expired"
+            for task_id in ids.values():
+                orch.cancel_task(task_id, reason=reason)
+            # Every task is final now (cancel_task finalizes at once); on_done may still be running.
+            if not all_done.wait(_SETTLE_GRACE):
+                raise WaitTimeoutError("the executor's tasks", limit)
+        results = {name: ExecutionResult.from_record(name, records[ids[name]]) for name in tasks}
+        if expired:
+            for name, result in results.items():
+                if result.status is TaskStatus.CANCELLED:
+                    results[name] = _timed_out(result)
+        return results
+
+    @overload
+    def execute_task_group(self, tasks: Mapping[str, Callable[[], Any]]) -> dict[str, ExecutionResult]: ...
+
+    @overload
+    def execute_task_group(self, tasks: Sequence[Callable[[], Any]]) -> list[ExecutionResult]: ...
+
+    def execute_task_group(
+        self, tasks: Sequence[Callable[[], Any]] | Mapping[str, Callable[[], Any]]
+    ) -> list[ExecutionResult] | dict[str, ExecutionResult]:
+        """Run independent callables in parallel: a list in gives a list out (names ``task_<i>``), a
+        mapping in gives a dict out."""
+        if isinstance(tasks, Mapping):
+            return self.execute_tasks(tasks)
+        named = {f"task_{i}": fn for i, fn in enumerate(tasks)}
+        results = self.execute_tasks(named)
+        return [results[name] for name in named]
+
+
+def _call(fn: Callable[[], Any]) -> Callable[[ActionContext], Any]:
+    def run(ctx: ActionContext) -> Any:
+        return fn()
+
+    return run
+
+
+def _timed_out(result: ExecutionResult) -> ExecutionResult:
+    return ExecutionResult(
+        task_name=result.task_name,
+        success=False,
+        result=None,
+        error=result.error,
+        error_type="StepTimeoutError",
+        status=TaskStatus.TIMED_OUT,
+        duration=result.duration,
+    )

@@ -1,0 +1,250 @@
+"""WorkflowDAG: validation reports everything at once, cycles name their path, levels and renderings."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.actions import create_registry
+from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
+from codomyrmex_orchestration.errors import CycleDetectedError, DAGValidationError, InvalidInputError
+
+
+def step(name: str, *deps: str, module: str = "core", action: str = "echo", **extra: Any) -> StepSpec:
+    return StepSpec(name=name, module=module, action=action, dependencies=list(deps), **extra)
+
+
+def diamond() -> list[StepSpec]:
+    return [step("a"), step("b", "a"), step("c", "a"), step("d", "b", "c")]
+
+
+def test_a_valid_diamond_has_no_problems_and_three_levels() -> None:
+    dag = WorkflowDAG(diamond(), registry=create_registry())
+    dag.validate()
+    assert dag.problems() == []
+    assert dag.execution_levels() == [["a"], ["b", "c"], ["d"]]
+    assert dag.topological_order() == ["a", "b", "c", "d"]
+
+
+def test_upstream_and_downstream_are_all_ancestors_and_descendants() -> None:
+    dag = WorkflowDAG([*diamond(), step("e", "d"), step("lonely")])
+    assert dag.upstream("e") == {"a", "b", "c", "d"}
+    assert dag.downstream("b") == {"d", "e"}
+    assert dag.upstream("lonely") == set() == dag.downstream("lonely")
+    assert dag.dependencies_of("d") == {"b", "c"}
+    with pytest.raises(InvalidInputError, match="unknown step 'zz'; known steps: 'a'"):
+        dag.upstream("zz")
+
+
+def test_a_cycle_is_reported_with_its_path() -> None:
+    dag = WorkflowDAG([step("a", "c"), step("b", "a"), step("c", "b"), step("free")])
+    with pytest.raises(CycleDetectedError) as info:
+        dag.validate()
+    assert info.value.cycle == ["a", "b", "c", "a"]
+    assert "dependency cycle: a -> b -> c -> a" in str(info.value)
+    with pytest.raises(CycleDetectedError):
+        dag.execution_levels()
+
+
+def test_every_separate_cycle_is_reported() -> None:
+    dag = WorkflowDAG([step("a", "b"), step("b", "a"), step("x", "y"), step("y", "x"), step("z", "y")])
+    assert dag.cycles == [["a", "b", "a"], ["x", "y", "x"]]
+    assert sum("dependency cycle" in p for p in dag.problems()) == 2
+
+
+def test_all_validation_problems_are_reported_together() -> None:
+    steps = [
+        step("a", "c"),
+        step("b", "a"),
+        step("c", "b"),
+        step("dup"),
+        step("dup"),
+        step("selfish", "selfish"),
+        step("orphan", "ghost"),
+        step("typo", module="core", action="ecco"),
+        step("badref", parameters={"x": "{{steps.nobody.output}}"}),
+        step("badif", run_if="steps.a.output.n >"),
+    ]
+    with pytest.raises(CycleDetectedError) as info:
+        WorkflowDAG(steps, registry=create_registry(), workflow_name="broken").validate()
+    problems = info.value.problems
+    assert len(problems) == 7, problems
+    expected = [
+        "dependency cycle: a -> b -> c -> a",
+        "duplicate step name 'dup' (steps #4 and #5)",
+        "step 'selfish' depends on itself",
+        "step 'orphan' depends on unknown step 'ghost'",
+        "unknown action core.ecco; known actions: core.echo, core.fail, core.set, core.sleep",
+        "step 'badref' references unknown step 'nobody' in '{{steps.nobody.output}}'",
+        "step 'badif' run_if: template 'steps.a.output.n >': cannot parse",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in problems), (fragment, problems)
+    assert "workflow 'broken' is invalid, 7 problems" in str(info.value)
+
+
+def test_problems_without_a_cycle_raise_the_base_validation_error() -> None:
+    dag = WorkflowDAG([step("a", "ghost")])
+    with pytest.raises(DAGValidationError) as info:
+        dag.validate()
+    assert not isinstance(info.value, CycleDetectedError)
+    assert info.value.problems == ["step 'a' depends on unknown step 'ghost'; known steps: 'a'"]
+
+
+def test_unknown_module_or_action_is_rejected_with_the_list_of_known_ones() -> None:
+    registry = create_registry()
+    dag = WorkflowDAG(
+        [step("one", module="nope", action="run"), step("two", module="core", action="explode")],
+        registry=registry,
+    )
+    known = ", ".join(registry.known())
+    assert dag.problems() == [
+        f"step 'one': action: unknown action nope.run; known actions: {known}",
+        f"step 'two': action: unknown action core.explode; known actions: {known}",
+    ]
+    assert WorkflowDAG([step("one", module="nope", action="run")]).problems() == []  # no registry, no check
+
+
+def test_a_refused_action_is_a_validation_problem() -> None:
+    registry = create_registry()
+    registry.action("shell", "run", executes_code=True)(lambda params, ctx: None)
+    registry.allow_code_execution = False
+    problems = WorkflowDAG([step("sh", module="shell", action="run")], registry=registry).problems()
+    assert len(problems) == 1
+    assert "action shell.run is refused" in problems[0]
+
+
+def test_template_references_add_inferred_edges() -> None:
+    dag = WorkflowDAG(
+        [
+            step("fetch"),
+            step("count", parameters={"data": "{{steps.fetch.output}}"}),
+            step("report", "fetch", parameters={"text": "{{fetch.output.title}}: {{count.output}}"}),
+            step("alert", run_if="count.output > 10 and steps.report.status == 'completed'"),
+        ]
+    )
+    dag.validate()
+    assert dag.inferred_dependencies == {
+        "count": ["fetch"],
+        "report": ["count"],
+        "alert": ["count", "report"],
+    }
+    assert dag.dependencies_of("report") == {"fetch", "count"}
+    assert dag.execution_levels() == [["fetch"], ["count"], ["report"], ["alert"]]
+    assert ("count", "report", True) in dag.edges()
+    assert ("fetch", "report", False) in dag.edges()
+
+
+def test_a_cycle_through_inferred_edges_is_caught_and_explained() -> None:
+    dag = WorkflowDAG([step("a", parameters={"x": "{{b.output}}"}), step("b", "a")])
+    with pytest.raises(CycleDetectedError) as info:
+        dag.validate()
+    assert info.value.cycle == ["a", "b", "a"]
+    assert "inferred from templates: 'a' references 'b'" in info.value.problems[0]
+
+
+def test_a_step_referencing_its_own_output_is_a_problem() -> None:
+    problems = WorkflowDAG([step("a", run_if="steps.a.status == 'completed'")]).problems()
+    assert problems == [
+        "step 'a' references its own status in '{{steps.a.status}}'; "
+        "a step can only use results of other steps"
+    ]
+
+
+def test_from_spec_uses_the_workflow_name_in_errors() -> None:
+    spec = WorkflowSpec(name="wf.1", steps=[step("a", "b"), step("b", "a")])
+    with pytest.raises(CycleDetectedError, match=re.escape("workflow 'wf.1' is invalid")):
+        WorkflowDAG.from_spec(spec, create_registry()).validate()
+
+
+def test_mermaid_output_is_a_multi_line_graph_with_safe_ids_and_labels() -> None:
+    steps = [
+        step("fetch.data-1"),
+        step("use", "fetch.data-1", module='we"ird', action="a<b>#"),
+        step("late", parameters={"x": "{{use.output}}"}),
+    ]
+    text = WorkflowDAG(steps).to_mermaid()
+    lines = text.splitlines()
+    assert lines[0] == "graph TD"
+    assert lines[1:] == [
+        '    n0["fetch.data-1<br/>core.echo"]',
+        '    n1["use<br/>we#quot;ird.a#lt;b#gt;#35;"]',
+        '    n2["late<br/>core.echo"]',
+        "    n0 --> n1",
+        "    n1 -.-> n2",
+    ]
+    node_ids = re.findall(r"^\s+(\w+)\[", text, flags=re.MULTILINE)
+    assert node_ids == ["n0", "n1", "n2"]
+
+
+def test_dot_output_quotes_names_and_dashes_inferred_edges() -> None:
+    text = WorkflowDAG(
+        [step("a"), step("b", "a"), step("c", parameters={"x": "{{b.output}}"})], workflow_name="demo"
+    ).to_dot()
+    assert text.splitlines()[0] == 'digraph "demo" {'
+    assert '    "a" [label="a\\ncore.echo"];' in text
+    assert '    "a" -> "b";' in text
+    assert '    "b" -> "c" [style=dashed];' in text
+    assert text.rstrip().endswith("}")
+
+
+def test_a_ten_thousand_step_chain_validates_without_recursion() -> None:
+    n = 10_000
+    assert n > sys.getrecursionlimit()
+    chain = [
+        StepSpec(name=f"s{i}", module="core", action="echo", dependencies=[f"s{i - 1}"] if i else [])
+        for i in range(n)
+    ]
+    dag = WorkflowDAG(chain, registry=create_registry())
+    dag.validate()
+    levels = dag.execution_levels()
+    assert len(levels) == n and levels[-1] == [f"s{n - 1}"]
+    assert len(dag.upstream(f"s{n - 1}")) == n - 1
+    assert len(dag.downstream("s0")) == n - 1
+    assert len(dag.to_mermaid().splitlines()) == 1 + n + (n - 1)
+
+
+def test_a_ten_thousand_step_cycle_is_found_without_recursion() -> None:
+    n = 10_000
+    ring = [
+        StepSpec(name=f"s{i}", module="core", action="echo", dependencies=[f"s{(i - 1) % n}"])
+        for i in range(n)
+    ]
+    with pytest.raises(CycleDetectedError) as info:
+        WorkflowDAG(ring).validate()
+    assert len(info.value.cycle) == n + 1
+    assert info.value.cycle[0] == info.value.cycle[-1] == "s0"
+
+
+def test_twenty_thousand_steps_with_three_dependencies_each_validate_quickly() -> None:
+    n = 20_000
+    steps = [
+        StepSpec.model_construct(
+            name=f"s{i}",
+            module="core",
+            action="echo",
+            parameters={"message": f"{i}"},
+            dependencies=[f"s{j}" for j in (i - 1, i - 7, i - 13) if j >= 0],
+            run_if=None,
+        )
+        for i in range(n)
+    ]
+    start = time.process_time()
+    dag = WorkflowDAG(steps)
+    dag.validate()
+    levels = dag.execution_levels()
+    elapsed = time.process_time() - start
+    assert sum(len(level) for level in levels) == n
+    assert elapsed < 3.0, f"build+validate+levels of {n} steps took {elapsed:.2f} s of CPU"
+
+
+def test_too_many_problems_are_summarised() -> None:
+    steps = [step(f"s{i}", f"ghost{i}") for i in range(250)]
+    problems = WorkflowDAG(steps).problems()
+    assert len(problems) == 201
+    assert problems[-1] == "... and 50 more problems"

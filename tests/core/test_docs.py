@@ -1,0 +1,164 @@
+"""DocumentationGenerator: literal {{variable}} substitution, RASP files with links that resolve, lookup
+order of templates, and regeneration that is idempotent and keeps what a person edited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.docs import (
+    DocumentationGenerator,
+    content_hash,
+    relative_links,
+    render_template,
+)
+from codomyrmex_orchestration.errors import TemplateError
+
+
+def make_tree(root: Path) -> Path:
+    for rel in ("src/pkg", "data", ".git", "src/__pycache__"):
+        (root / rel).mkdir(parents=True)
+    return root
+
+
+def generate(root: Path, templates_dir: Path | None = None, **kwargs: Any) -> list[Path]:
+    generator = DocumentationGenerator(templates_dir)
+    return generator.generate_all_documentation(root, project_name="demo", **kwargs)
+
+
+# ----------------------------------------------------------------------------- substitution
+
+
+@pytest.mark.parametrize("value", [r"C:\new\1x", "$HOME", r"\1 \g<0> \\ $1 ${x}", "{{not_a_var}}"])
+def test_values_are_substituted_literally_with_backslashes_and_dollars_kept(value: str) -> None:
+    assert render_template("<{{description}}>", {"description": value}) == f"<{value}>"
+
+
+def test_an_unknown_placeholder_is_reported_by_name_with_the_known_ones() -> None:
+    with pytest.raises(TemplateError) as info:
+        render_template("hello {{ nmae }}", {"name": "x"}, source="README.template.md")
+    assert info.value.path == "nmae"
+    assert "README.template.md" in str(info.value) and "name" in str(info.value)
+
+
+def test_an_optional_placeholder_becomes_empty_when_the_variable_is_missing() -> None:
+    assert render_template("a{{extra?}}b{{ name? }}", {"name": "N"}) == "abN"
+
+
+def test_dotted_references_are_refused_in_docs_but_kept_for_workflows() -> None:
+    with pytest.raises(TemplateError):
+        render_template("{{steps.a.output}}", {})
+    assert render_template("{{steps.a.output}}/{{x}}", {"x": "1"}, keep_references=True) == (
+        "{{steps.a.output}}/1"
+    )
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_root_gets_four_documents_and_each_nested_directory_two_with_hidden_ones_skipped(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "p")
+    written = generate(root, description="d")
+    names = sorted(p.relative_to(root).as_posix() for p in written)
+    assert names == sorted(
+        [
+            "README.md",
+            "AGENTS.md",
+            "SPEC.md",
+            "PAI.md",
+            "src/README.md",
+            "src/AGENTS.md",
+            "src/pkg/README.md",
+            "src/pkg/AGENTS.md",
+            "data/README.md",
+            "data/AGENTS.md",
+        ]
+    )
+    assert not (root / ".git" / "README.md").exists()
+    assert not (root / "src" / "__pycache__" / "README.md").exists()
+
+
+def test_every_relative_link_in_the_generated_documents_resolves(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "p")
+    written = generate(root)
+    checked = 0
+    for doc in written:
+        links = relative_links(doc.read_text(encoding="utf-8"))
+        for target in links:
+            assert (doc.parent / target).is_file(), f"{doc.relative_to(root)} -> {target}"
+            checked += 1
+    readme = (root / "src" / "README.md").read_text(encoding="utf-8")
+    assert "(../README.md)" in readme and "(pkg/README.md)" in readme
+    assert "(src/AGENTS.md)" in (root / "AGENTS.md").read_text(encoding="utf-8")
+    assert checked > 20
+
+
+def test_regenerating_is_idempotent(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    first = generate(root, hashes=hashes)
+    before = {p: p.read_bytes() for p in first}
+    assert generate(root, hashes=hashes) == []
+    assert {p: p.read_bytes() for p in first} == before
+    assert hashes["README.md"] == content_hash((root / "README.md").read_text(encoding="utf-8"))
+
+
+def test_an_edited_file_is_kept_unless_forced_and_unedited_ones_follow_the_template(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    generate(root, description="first", hashes=hashes)
+    (root / "SPEC.md").write_text("my own spec\n", encoding="utf-8")
+
+    written = generate(root, description="second", hashes=hashes)
+    assert root / "README.md" in written  # not edited: follows the new description
+    assert "second" in (root / "README.md").read_text(encoding="utf-8")
+    assert (root / "SPEC.md").read_text(encoding="utf-8") == "my own spec\n"
+
+    written = generate(root, description="second", hashes=hashes, force=True)
+    assert written == [root / "SPEC.md"]
+    assert "second" in (root / "SPEC.md").read_text(encoding="utf-8")
+
+
+def test_a_file_that_was_never_generated_is_not_overwritten(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "p")
+    (root / "README.md").write_text("written by a person\n", encoding="utf-8")
+    written = generate(root)
+    assert root / "README.md" not in written
+    assert (root / "README.md").read_text(encoding="utf-8") == "written by a person\n"
+
+
+def test_templates_are_looked_up_in_project_folder_then_config_then_package_with_type_overrides(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config" / "templates"
+    (config / "docs").mkdir(parents=True)
+    (config / "docs" / "README.template.md").write_text("config {{project_name}}\n", encoding="utf-8")
+    (config / "docs" / "research_PAI.template.md").write_text("research pai\n", encoding="utf-8")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "AGENTS.template.md").write_text("own agents\n", encoding="utf-8")
+
+    root = make_tree(tmp_path / "p")
+    generate(root, templates_dir=config, project_type="research", project_template_dir=own)
+    assert (root / "README.md").read_text(encoding="utf-8") == "config demo\n"
+    assert (root / "AGENTS.md").read_text(encoding="utf-8") == "own agents\n"
+    assert (root / "PAI.md").read_text(encoding="utf-8") == "research pai\n"
+    assert (root / "SPEC.md").read_text(encoding="utf-8").startswith("# Specification: demo")
+
+    other = make_tree(tmp_path / "q")
+    generate(other, templates_dir=config, project_type="ml_model")
+    assert not (other / "PAI.md").read_text(encoding="utf-8").startswith("research pai")
+
+
+def test_a_template_with_an_unknown_placeholder_writes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "templates"
+    (config / "docs").mkdir(parents=True)
+    (config / "docs" / "directory_AGENTS.template.md").write_text("{{no_such_thing}}\n", encoding="utf-8")
+    root = make_tree(tmp_path / "p")
+    with pytest.raises(TemplateError, match="no_such_thing"):
+        generate(root, templates_dir=config)
+    assert not list(root.rglob("*.md"))

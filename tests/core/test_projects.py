@@ -1,0 +1,452 @@
+"""ProjectManager: typed scaffolds with docs and workflows, names that cannot escape the root, creation
+that cleans up after itself, and a registry that survives a restart."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.docs import relative_links
+from codomyrmex_orchestration.core.models import WorkflowSpec
+from codomyrmex_orchestration.core.projects import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    ProjectManager,
+    ProjectStatus,
+    ProjectType,
+)
+from codomyrmex_orchestration.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    InvalidNameError,
+    ProjectCreationError,
+    ProjectNotFoundError,
+)
+
+ALL_TYPES = list(ProjectType)
+
+
+class RecordingWorkflows:
+    """Stands in for the WorkflowManager (built in parallel): keeps what is registered."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, WorkflowSpec] = {}
+        self.overwrite_flags: list[bool] = []
+
+    def create_workflow(self, spec: WorkflowSpec, /, *, overwrite: bool = False) -> object:
+        self.overwrite_flags.append(overwrite)
+        self.specs[spec.name] = spec
+        return spec
+
+
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    return {
+        p.relative_to(path).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+        for p in sorted(path.rglob("*"))
+    }
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> ProjectManager:
+    return ProjectManager(tmp_path / "projects", templates_dir=tmp_path / "config" / "templates")
+
+
+def run_steps_like_the_builtin_actions(spec: WorkflowSpec) -> dict[str, Any]:
+    """Run shell.run / python.call steps in dependency order with real subprocesses and real calls."""
+    done: dict[str, Any] = {}
+    pending = list(spec.steps)
+    while pending:
+        step = next(s for s in pending if all(d in done for d in s.dependencies))
+        pending.remove(step)
+        params = step.parameters
+        if (step.module, step.action) == ("shell", "run"):
+            proc = subprocess.run(
+                params["command"], cwd=params["cwd"], capture_output=True, text=True, timeout=60, check=False
+            )
+            assert proc.returncode == 0, f"{spec.name}.{step.name}: {proc.stderr}"
+            done[step.name] = proc.stdout
+        elif (step.module, step.action) == ("python", "call"):
+            module, _, attr = params["function"].partition(":")
+            done[step.name] = getattr(importlib.import_module(module), attr)(**params.get("kwargs", {}))
+        else:
+            raise AssertionError(f"unexpected action {step.module}.{step.action}")
+    return done
+
+
+# ----------------------------------------------------------------------------- scaffolding
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=[t.value for t in ALL_TYPES])
+def test_each_type_scaffolds_its_own_layout_files_config_and_docs(
+    manager: ProjectManager, kind: ProjectType
+) -> None:
+    project = manager.create_project("demo", kind.value, description="a demo", owner="ada")
+    root = Path(project.path)
+    template = manager.get_template(kind)
+    assert project.type is kind and project.template == kind.value and project.status is ProjectStatus.ACTIVE
+    for rel in template.directory_structure:
+        assert (root / rel).is_dir(), rel
+        assert (root / rel / "README.md").is_file() and (root / rel / "AGENTS.md").is_file()
+    for rel in template.files:
+        assert (root / rel).is_file(), rel
+        assert "{{" not in (root / rel).read_text(encoding="utf-8")
+    for name in ("README.md", "AGENTS.md", "SPEC.md", "PAI.md"):
+        assert (root / name).is_file()
+    assert template.config_file is not None
+    assert json.loads((root / template.config_file).read_text(encoding="utf-8")) == project.config
+    manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest["name"] == "demo" and manifest["type"] == kind.value and manifest["owner"] == "ada"
+    assert manifest["template"] == kind.value and manifest["template_version"] == template.version
+    assert manifest["created_at"] and manifest["version"] == "0.1.0"
+    assert set(manifest["docs"]) >= {"README.md", "SPEC.md"}
+
+
+def test_the_seven_layouts_really_differ_and_list_templates_says_what_each_makes(
+    manager: ProjectManager,
+) -> None:
+    listed = {t["name"]: t for t in manager.list_templates()}
+    assert set(listed) == {t.value for t in ProjectType}
+    layouts = {frozenset(t["directories"]) for t in listed.values()}
+    assert len(layouts) == 7
+    assert {"src", "data", "output", "reports", "config"} <= set(listed["ai_analysis"]["directories"])
+    assert {"frontend", "backend", "database", "docs", "tests", "deploy"} <= set(
+        listed["web_application"]["directories"]
+    )
+    assert {"pipelines", "data/raw", "data/processed", "data/output", "notebooks", "config", "tests"} <= set(
+        listed["data_pipeline"]["directories"]
+    )
+    for entry in listed.values():
+        assert entry["workflows"] and entry["files"] and entry["description"]
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=[t.value for t in ALL_TYPES])
+def test_every_relative_link_in_a_projects_docs_resolves(manager: ProjectManager, kind: ProjectType) -> None:
+    root = Path(manager.create_project("linked", kind).path)
+    docs = [p for p in root.rglob("*.md") if p.name in {"README.md", "AGENTS.md", "SPEC.md", "PAI.md"}]
+    assert len(docs) >= 4 + 2 * len(manager.get_template(kind).directory_structure)
+    for doc in docs:
+        for target in relative_links(doc.read_text(encoding="utf-8")):
+            assert (doc.parent / target).is_file(), f"{doc.relative_to(root)} -> {target}"
+
+
+def test_a_description_with_backslashes_and_dollars_is_kept_verbatim(manager: ProjectManager) -> None:
+    description = r"C:\new\1x and $HOME and \g<0>"
+    project = manager.create_project("verbatim", "research", description=description, owner="$USER")
+    root = Path(project.path)
+    assert project.description == description
+    assert json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))["description"] == description
+    for doc in ("README.md", "SPEC.md", "AGENTS.md"):
+        assert description in (root / doc).read_text(encoding="utf-8")
+    assert "$USER" in (root / "PAI.md").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/abs", "a/b", "", "x" * 300, "..", ".hidden", "a\\b", "bad name", "semi;colon", "ü"],
+)
+def test_path_escape_and_malformed_names_are_refused_and_nothing_is_written(
+    tmp_path: Path, name: str
+) -> None:
+    manager = ProjectManager(tmp_path / "projects", templates_dir=None)
+    before = snapshot(tmp_path)
+    with pytest.raises(InvalidNameError) as info:
+        manager.create_project(name, "custom")
+    assert "letters, digits" in str(info.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_name_whose_workflow_names_would_be_too_long_is_refused_before_writing(tmp_path: Path) -> None:
+    manager = ProjectManager(tmp_path / "projects", templates_dir=None)
+    with pytest.raises(InvalidNameError, match="shorter project name"):
+        manager.create_project("x" * 128, "custom")
+    assert list((tmp_path / "projects").iterdir()) == []
+
+
+def test_a_path_outside_the_root_is_refused(manager: ProjectManager, tmp_path: Path) -> None:
+    for path in (tmp_path / "elsewhere", "../elsewhere", manager.root):
+        with pytest.raises(InvalidInputError, match="not inside the projects root"):
+            manager.create_project("p", "custom", path=path)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_symlink_planted_in_the_root_is_refused_and_its_target_untouched(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (manager.root / "evil").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidInputError, match="symbolic link"):
+        manager.create_project("evil", "custom", exist_ok=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_symlinked_subfolder_of_an_existing_folder_is_refused_and_the_folder_restored(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = manager.root / "mixed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n", encoding="utf-8")
+    (folder / "src").symlink_to(outside, target_is_directory=True)
+    before = snapshot(folder)
+    with pytest.raises(InvalidInputError, match="outside the project"):
+        manager.create_project("mixed", "custom", exist_ok=True)
+    assert list(outside.iterdir()) == []
+    assert snapshot(folder) == before
+
+
+# ----------------------------------------------------------------------------- existing and failing
+
+
+def test_creating_the_same_project_twice_is_refused(manager: ProjectManager) -> None:
+    manager.create_project("twice", "custom")
+    with pytest.raises(AlreadyExistsError, match="twice"):
+        manager.create_project("twice", "custom")
+    with pytest.raises(AlreadyExistsError):
+        manager.create_project("twice", "custom", exist_ok=True)
+    with pytest.raises(AlreadyExistsError):
+        manager.create_project("other_name", "custom", path="twice", exist_ok=True)
+
+
+def test_an_existing_folder_is_refused_unless_exist_ok_and_then_its_files_are_kept(
+    manager: ProjectManager,
+) -> None:
+    folder = manager.root / "existing"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "main.py").write_text("# mine\n", encoding="utf-8")
+    with pytest.raises(AlreadyExistsError, match="exist_ok"):
+        manager.create_project("existing", "custom")
+    assert sorted(p.name for p in folder.rglob("*")) == ["main.py", "src"]
+
+    project = manager.create_project("existing", "custom", exist_ok=True)
+    assert (folder / "src" / "main.py").read_text(encoding="utf-8") == "# mine\n"
+    assert (folder / "tests" / "test_main.py").is_file() and Path(project.path) == folder
+
+
+def broken_template(templates_dir: Path) -> None:
+    """A template whose second file needs a directory where the first one is a file."""
+    (templates_dir / "projects").mkdir(parents=True)
+    (templates_dir / "projects" / "broken.json").write_text(
+        json.dumps(
+            {
+                "type": "custom",
+                "directory_structure": {"src": "code", "data": "data"},
+                "files": {"notes": "first\n", "notes/inner.txt": "second\n"},
+            }
+        ),
+        encoding="utf-8",
+    )
+
+
+def test_a_failure_midway_leaves_no_partial_folder(manager: ProjectManager, tmp_path: Path) -> None:
+    broken_template(tmp_path / "config" / "templates")
+    with pytest.raises(ProjectCreationError, match="removed") as info:
+        manager.create_project("half", template="broken")
+    assert info.value.name == "half"
+    assert not (manager.root / "half").exists()
+    with pytest.raises(ProjectNotFoundError):
+        manager.get_project("half")
+    assert manager.list_projects() == []
+
+
+def test_a_failure_midway_in_an_existing_folder_removes_only_what_the_call_created(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    broken_template(tmp_path / "config" / "templates")
+    folder = manager.root / "kept"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "raw.csv").write_text("a,b\n", encoding="utf-8")
+    before = snapshot(folder)
+    with pytest.raises(ProjectCreationError):
+        manager.create_project("kept", template="broken", exist_ok=True)
+    assert snapshot(folder) == before
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def test_a_custom_template_in_the_config_folder_is_listed_and_used(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    folder = tmp_path / "config" / "templates" / "projects"
+    (folder / "notebook" / "files").mkdir(parents=True)
+    (folder / "notebook.json").write_text(
+        json.dumps(
+            {
+                "type": "research",
+                "version": "2.1",
+                "description": "a lab notebook",
+                "directory_structure": {"entries": "dated entries"},
+                "workflows": [
+                    {
+                        "name": "list",
+                        "steps": [
+                            {
+                                "name": "ls",
+                                "module": "python",
+                                "action": "call",
+                                "parameters": {
+                                    "function": "os:listdir",
+                                    "kwargs": {"path": "{{project_path}}"},
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    (folder / "notebook" / "files" / "entries").mkdir()
+    (folder / "notebook" / "files" / "entries" / "first.md.tmpl").write_text(
+        "# {{project_name}} by {{author}}\n", encoding="utf-8"
+    )
+    assert "notebook" in {t["name"] for t in manager.list_templates()}
+    with pytest.raises(InvalidInputError, match="contradicts"):
+        manager.create_project("lab", "ml_model", template="notebook")
+    project = manager.create_project("lab", template="notebook", owner="ada")
+    assert project.type is ProjectType.RESEARCH and project.template_version == "2.1"
+    assert (Path(project.path) / "entries" / "first.md").read_text(encoding="utf-8") == "# lab by ada\n"
+    assert project.workflows == ["lab.list"]
+
+
+def test_unknown_types_and_templates_are_refused_with_the_choices(manager: ProjectManager) -> None:
+    with pytest.raises(InvalidInputError, match="ai_analysis"):
+        manager.create_project("p", "spaceship")
+    with pytest.raises(InvalidInputError, match="available"):
+        manager.create_project("p", template="spaceship")
+    assert list(manager.root.iterdir()) == []
+
+
+def test_a_template_path_that_leaves_the_project_is_refused(manager: ProjectManager, tmp_path: Path) -> None:
+    folder = tmp_path / "config" / "templates" / "projects"
+    folder.mkdir(parents=True)
+    (folder / "escape.json").write_text(
+        json.dumps({"type": "custom", "files": {"../../outside.txt": "x"}}), encoding="utf-8"
+    )
+    with pytest.raises(InvalidInputError, match="inside the project"):
+        manager.create_project("p", template="escape")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+# ----------------------------------------------------------------------------- workflows
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=[t.value for t in ALL_TYPES])
+def test_template_workflows_are_registered_as_valid_specs_aimed_at_the_project_folder(
+    tmp_path: Path, kind: ProjectType
+) -> None:
+    workflows = RecordingWorkflows()
+    manager = ProjectManager(tmp_path / "projects", templates_dir=None, workflow_manager=workflows)
+    project = manager.create_project("demo_proj", kind)
+    assert project.workflows == sorted(workflows.specs) and project.workflows
+    assert all(workflows.overwrite_flags)
+    for name, spec in workflows.specs.items():
+        assert name.startswith("demo_proj.")
+        WorkflowSpec.model_validate(spec.model_dump())
+        for step in spec.steps:
+            assert (step.module, step.action) in {("shell", "run"), ("python", "call")}
+            if step.module == "shell":
+                assert step.parameters["cwd"] == project.path
+                assert shutil.which(step.parameters["command"][0]), step.parameters["command"]
+            else:
+                assert str(step.parameters["kwargs"]["path"]).startswith(project.path)
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=[t.value for t in ALL_TYPES])
+def test_template_workflow_steps_succeed_when_run_in_the_project_folder(
+    manager: ProjectManager, kind: ProjectType
+) -> None:
+    project = manager.create_project("runnable", kind)
+    specs = manager.register_workflows("runnable")
+    outputs = [run_steps_like_the_builtin_actions(spec) for spec in specs]
+    assert outputs
+    produced = {
+        ProjectType.AI_ANALYSIS: "reports/summary.json",
+        ProjectType.WEB_APPLICATION: "backend/__pycache__",
+        ProjectType.DATA_PIPELINE: "data/output/summary.json",
+        ProjectType.ML_MODEL: "reports/metrics.json",
+        ProjectType.DOCUMENTATION: "site/index.json",
+        ProjectType.RESEARCH: "results/summary.md",
+        ProjectType.CUSTOM: "src/__pycache__",
+    }[kind]
+    assert (Path(project.path) / produced).exists()
+
+
+# ----------------------------------------------------------------------------- registry and lifecycle
+
+
+def test_a_new_manager_on_the_same_root_lists_the_project(tmp_path: Path) -> None:
+    first = ProjectManager(tmp_path / "projects", templates_dir=None)
+    created = first.create_project("durable", "ml_model", description="kept")
+    first.add_milestone("durable", "v1", due_date="2030-01-31")
+    second = ProjectManager(tmp_path / "projects", templates_dir=None)
+    [found] = second.list_projects()
+    assert found.name == "durable" and found.created_at == created.created_at
+    assert found.milestones[0].name == "v1" and str(found.milestones[0].due_date) == "2030-01-31"
+    assert json.loads((tmp_path / "projects" / INDEX_FILE).read_text())["projects"] == {"durable": "durable"}
+
+
+def test_manifests_on_disk_are_discovered_without_the_index(tmp_path: Path) -> None:
+    ProjectManager(tmp_path / "projects", templates_dir=None).create_project("found", "research")
+    os.remove(tmp_path / "projects" / INDEX_FILE)
+    (tmp_path / "projects" / "not_a_project").mkdir()
+    (tmp_path / "projects" / "corrupt").mkdir()
+    (tmp_path / "projects" / "corrupt" / MANIFEST_FILE).write_text("{not json", encoding="utf-8")
+    again = ProjectManager(tmp_path / "projects", templates_dir=None)
+    assert [p.name for p in again.list_projects()] == ["found"]
+    assert again.get_project("found").type is ProjectType.RESEARCH
+
+
+def test_status_changes_archive_milestones_and_summary_are_saved(tmp_path: Path) -> None:
+    manager = ProjectManager(tmp_path / "projects", templates_dir=None)
+    manager.create_project("a", "ai_analysis")
+    manager.create_project("b", "research")
+    manager.create_project("c", "research")
+    paused = manager.update_project_status("a", "paused")
+    assert paused.status is ProjectStatus.PAUSED and paused.updated_at > paused.created_at
+    assert manager.archive_project("b").status is ProjectStatus.ARCHIVED
+    manager.add_milestone("c", "draft", description="first draft")
+    with pytest.raises(AlreadyExistsError):
+        manager.add_milestone("c", "draft")
+    with pytest.raises(InvalidInputError, match="planning"):
+        manager.update_project_status("a", "sleeping")
+    with pytest.raises(ProjectNotFoundError, match="known: a, b, c"):
+        manager.archive_project("zzz")
+
+    reloaded = ProjectManager(tmp_path / "projects", templates_dir=None)
+    assert [p.name for p in reloaded.list_projects(status="archived")] == ["b"]
+    assert [p.name for p in reloaded.list_projects(type=ProjectType.RESEARCH)] == ["b", "c"]
+    assert reloaded.get_project("c").milestones[0].description == "first draft"
+    summary = reloaded.project_summary()
+    assert summary["total"] == 3
+    assert summary["by_type"]["research"] == 2 and summary["by_type"]["web_application"] == 0
+    assert summary["by_status"] == {
+        "planning": 0,
+        "active": 1,
+        "paused": 1,
+        "completed": 0,
+        "archived": 1,
+        "failed": 0,
+    }
+
+
+def test_regenerating_project_docs_keeps_an_edited_readme_unless_forced(manager: ProjectManager) -> None:
+    root = Path(manager.create_project("docs", "custom").path)
+    assert manager.generate_docs("docs") == []
+    (root / "README.md").write_text("edited\n", encoding="utf-8")
+    assert manager.generate_docs("docs") == []
+    assert (root / "README.md").read_text(encoding="utf-8") == "edited\n"
+    assert manager.generate_docs("docs", force=True) == [root / "README.md"]
+    assert (root / "README.md").read_text(encoding="utf-8").startswith("# docs")

@@ -1,0 +1,537 @@
+"""TaskOrchestrator with real threads: priority, FIFO, timeouts, retries, cancellation, dependencies,
+resource admission, shutdown and callbacks. Coordination is by threading.Event, never by sleeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
+from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    InsufficientResourcesError,
+    SchedulerShutdownError,
+    TaskNotFoundError,
+    UnknownActionError,
+    WaitTimeoutError,
+)
+
+WAIT = 10.0  # bound on every wait in these tests; none should come near it
+
+
+class CountingResources:
+    """A minimal real implementation of the ResourceAdmission protocol: one pool of ``compute`` units."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.max_used = 0
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def check_satisfiable(self, requirements: Mapping[str, Any]) -> None:
+        wanted = int(requirements.get("compute", 0))
+        if wanted > self.capacity:
+            raise InsufficientResourcesError({"compute": wanted}, {"compute": self.capacity})
+
+    def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> object | None:
+        wanted = int(requirements.get("compute", 0))
+        with self._lock:
+            if self.used + wanted > self.capacity:
+                return None
+            self.used += wanted
+            self.max_used = max(self.max_used, self.used)
+            return wanted
+
+    def release_handle(self, handle: object) -> None:
+        assert isinstance(handle, int)
+        with self._lock:
+            self.used -= handle
+        for callback in self._listeners:
+            callback()
+
+    def add_release_listener(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+
+@pytest.fixture
+def make_orch() -> Iterator[Callable[..., TaskOrchestrator]]:
+    made: list[TaskOrchestrator] = []
+
+    def make(max_workers: int = 2, **kwargs: Any) -> TaskOrchestrator:
+        orch = TaskOrchestrator(max_workers, **kwargs)
+        made.append(orch)
+        return orch
+
+    yield make
+    for orch in made:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=5)
+
+
+def blocker(orch: TaskOrchestrator, **kwargs: Any) -> tuple[str, threading.Event]:
+    """Occupy one worker until the returned event is set; returns once the task is running."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(ctx: ActionContext) -> str:
+        started.set()
+        release.wait(WAIT)
+        return "released"
+
+    task_id = orch.submit(hold, name="blocker", **kwargs)
+    assert started.wait(WAIT)
+    return task_id, release
+
+
+def recorder(log: list[str], label: str) -> Callable[[ActionContext], str]:
+    def run(ctx: ActionContext) -> str:
+        log.append(label)
+        return label
+
+    return run
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def test_critical_task_runs_before_background_task_submitted_earlier(make_orch: Any) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    order: list[str] = []
+    low = orch.submit(recorder(order, "background"), name="bg", priority=TaskPriority.BACKGROUND)
+    high = orch.submit(recorder(order, "critical"), name="crit", priority=TaskPriority.CRITICAL)
+    release.set()
+    orch.wait_all([low, high], timeout=WAIT)
+    assert order == ["critical", "background"]
+
+
+def test_tasks_of_one_priority_run_in_submission_order(make_orch: Any) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    order: list[str] = []
+    ids = [orch.submit(recorder(order, str(i)), name=f"t{i}") for i in range(6)]
+    release.set()
+    orch.wait_all(ids, timeout=WAIT)
+    assert order == [str(i) for i in range(6)]
+
+
+def test_each_attempt_gets_a_context_with_its_ids_and_deadline(make_orch: Any) -> None:
+    orch = make_orch()
+    seen: list[ActionContext] = []
+
+    def look(ctx: ActionContext) -> None:
+        seen.append(ctx)
+
+    before = time.monotonic()
+    task_id = orch.submit(look, name="look", run_id="run-1", step_name="step-a", timeout=30)
+    assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
+    (ctx,) = seen
+    assert (ctx.step_name, ctx.run_id, ctx.task_id, ctx.attempt) == ("step-a", "run-1", task_id, 1)
+    assert ctx.deadline is not None and before + 30 <= ctx.deadline <= time.monotonic() + 30
+    assert isinstance(ctx.cancel_event, threading.Event) and not ctx.cancel_event.is_set()
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_a_five_second_sleep_with_a_short_timeout_ends_timed_out_within_a_second(make_orch: Any) -> None:
+    orch = make_orch()
+    start = time.monotonic()
+    task_id = orch.submit_task(
+        TaskSpec(name="nap", module="core", action="sleep", parameters={"seconds": 5}, timeout=0.2)
+    )
+    record = orch.wait(task_id, WAIT)
+    assert time.monotonic() - start < 1.0
+    assert record.status is TaskStatus.TIMED_OUT
+    assert record.error is not None and record.error.type == "StepTimeoutError"
+
+
+def test_an_action_ignoring_cancellation_does_not_cost_the_pool_a_worker(make_orch: Any) -> None:
+    orch = make_orch(1)
+    stuck_release = threading.Event()
+    stuck_thread: list[threading.Thread] = []
+
+    def stubborn(ctx: ActionContext) -> str:
+        stuck_thread.append(threading.current_thread())
+        stuck_release.wait(WAIT)  # ignores ctx.cancel_event on purpose
+        return "late"
+
+    stuck = orch.submit(stubborn, name="stubborn", timeout=0.1)
+    record = orch.wait(stuck, WAIT)
+    assert record.status is TaskStatus.TIMED_OUT
+    # the one worker slot is free again although the thread is still stuck
+    quick = orch.submit(lambda ctx: "quick", name="quick")
+    assert orch.wait(quick, WAIT).result == "quick"
+    assert stuck_thread[0].is_alive()
+    assert orch.health()["abandoned"] == 1
+    stuck_release.set()
+    stuck_thread[0].join(WAIT)
+    assert orch.health()["abandoned"] == 0
+    final = orch.get_task(stuck)
+    assert final.status is TaskStatus.TIMED_OUT and final.result is None  # late value discarded
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_retries_wait_with_exponential_backoff_and_are_counted_in_attempts(make_orch: Any) -> None:
+    orch = make_orch()
+    times: list[float] = []
+
+    def flaky(ctx: ActionContext) -> str:
+        times.append(time.monotonic())
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+        return "third time lucky"
+
+    task_id = orch.submit(flaky, name="flaky", max_retries=3, retry_delay=0.05, backoff=2.0)
+    record = orch.wait(task_id, WAIT)
+    assert record.status is TaskStatus.COMPLETED
+    assert record.attempts == 3 and record.result == "third time lucky"
+    assert times[1] - times[0] >= 0.05
+    assert times[2] - times[1] >= 0.1
+
+
+def test_a_task_that_keeps_failing_ends_failed_after_its_last_retry(make_orch: Any) -> None:
+    orch = make_orch()
+    record = orch.wait(orch.submit(lambda ctx: 1 / 0, name="zero", max_retries=2), WAIT)
+    assert record.status is TaskStatus.FAILED and record.attempts == 3
+    assert record.error is not None and record.error.type == "ZeroDivisionError"
+
+
+def test_a_timed_out_attempt_is_retried(make_orch: Any) -> None:
+    orch = make_orch()
+
+    def slow_first(ctx: ActionContext) -> int:
+        if ctx.attempt == 1:
+            ctx.cancel_event.wait(WAIT)  # cooperative: returns when timed out
+        return ctx.attempt
+
+    record = orch.wait(orch.submit(slow_first, name="slow", timeout=0.1, max_retries=1), WAIT)
+    assert record.status is TaskStatus.COMPLETED and record.attempts == 2 and record.result == 2
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+def test_a_cancelled_queued_task_never_starts(make_orch: Any) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    ran: list[str] = []
+    queued = orch.submit(recorder(ran, "queued"), name="queued")
+    assert orch.cancel_task(queued) is True
+    assert orch.get_task(queued).status is TaskStatus.CANCELLED
+    after = orch.submit(recorder(ran, "after"), name="after")
+    release.set()
+    orch.wait(after, WAIT)
+    assert ran == ["after"]
+    assert orch.cancel_task(queued) is False
+
+
+def test_cancelling_a_running_task_sets_its_event_and_records_it_at_once(make_orch: Any) -> None:
+    orch = make_orch()
+    started, saw_cancel = threading.Event(), threading.Event()
+
+    def cooperative(ctx: ActionContext) -> None:
+        started.set()
+        if ctx.cancel_event.wait(WAIT):
+            saw_cancel.set()
+
+    task_id = orch.submit(cooperative, name="coop")
+    assert started.wait(WAIT)
+    assert orch.cancel_task(task_id, reason="no longer needed")
+    record = orch.get_task(task_id)
+    assert record.status is TaskStatus.CANCELLED
+    assert record.error is not None and "no longer needed" in record.error.message
+    assert saw_cancel.wait(WAIT)
+    assert orch.cancel_task(task_id) is False
+
+
+def test_cancelling_an_unknown_task_raises_task_not_found(make_orch: Any) -> None:
+    with pytest.raises(TaskNotFoundError):
+        make_orch().cancel_task("nope")
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def test_dependents_of_a_failed_task_are_skipped_and_independent_tasks_complete(make_orch: Any) -> None:
+    orch = make_orch()
+    _, release = blocker(orch)
+    bad = orch.submit(lambda ctx: 1 / 0, name="bad")
+    child = orch.submit(lambda ctx: "child", name="child", dependencies=[bad])
+    grandchild = orch.submit(lambda ctx: "grandchild", name="grandchild", dependencies=[child])
+    other = orch.submit(lambda ctx: "other", name="other")
+    release.set()
+    records = orch.wait_all([bad, child, grandchild, other], timeout=WAIT)
+    assert [r.status for r in records] == [
+        TaskStatus.FAILED,
+        TaskStatus.SKIPPED,
+        TaskStatus.SKIPPED,
+        TaskStatus.COMPLETED,
+    ]
+    assert (
+        records[1].error is not None
+        and bad in records[1].error.message
+        and "failed" in records[1].error.message
+    )
+    assert records[2].error is not None and child in records[2].error.message
+
+
+def test_a_dependent_runs_after_its_dependency_completes(make_orch: Any) -> None:
+    orch = make_orch(4)
+    order: list[str] = []
+    gate = threading.Event()
+
+    def first(ctx: ActionContext) -> None:
+        gate.wait(WAIT)
+        order.append("first")
+
+    a = orch.submit(first, name="a")
+    b = orch.submit(recorder(order, "second"), name="b", dependencies=[a])
+    assert orch.get_task(b).status is TaskStatus.PENDING
+    gate.set()
+    assert orch.wait(b, WAIT).status is TaskStatus.COMPLETED
+    assert order == ["first", "second"]
+
+
+def test_dependencies_already_final_count_at_submission(make_orch: Any) -> None:
+    orch = make_orch()
+    done = orch.submit(lambda ctx: 1, name="done")
+    failed = orch.submit(lambda ctx: 1 / 0, name="failed")
+    orch.wait_all([done, failed], timeout=WAIT)
+    runs = orch.submit(lambda ctx: "ran", name="runs", dependencies=[done])
+    skipped = orch.submit(lambda ctx: "ran", name="skipped", dependencies=[done, failed])
+    assert orch.wait(runs, WAIT).result == "ran"
+    record = orch.wait(skipped, WAIT)
+    assert record.status is TaskStatus.SKIPPED and record.attempts == 0
+
+
+def test_an_unknown_dependency_id_is_an_error_at_submission(make_orch: Any) -> None:
+    orch = make_orch()
+    with pytest.raises(TaskNotFoundError, match="no-such-task"):
+        orch.submit(lambda ctx: None, name="x", dependencies=["no-such-task"])
+    assert orch.get_execution_stats()["submitted_total"] == 0
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def test_wait_raises_wait_timeout_error_when_the_task_is_still_running(make_orch: Any) -> None:
+    orch = make_orch()
+    task_id, release = blocker(orch)
+    with pytest.raises(WaitTimeoutError) as info:
+        orch.wait(task_id, timeout=0.05)
+    assert isinstance(info.value, TimeoutError)
+    release.set()
+    assert orch.wait(task_id, timeout=None).result == "released"
+
+
+def test_wait_all_shares_one_timeout(make_orch: Any) -> None:
+    orch = make_orch()
+    task_id, release = blocker(orch)
+    quick = orch.submit(lambda ctx: 1, name="quick")
+    with pytest.raises(WaitTimeoutError):
+        orch.wait_all([quick, task_id], timeout=0.05)
+    release.set()
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def test_a_task_waits_for_resources_until_capacity_is_released(make_orch: Any) -> None:
+    pool = CountingResources(2)
+    orch = make_orch(4, resource_manager=pool)
+    holder, release = blocker(orch, resources={"compute": 1})
+    big = orch.submit(lambda ctx: "big", name="big", resources={"compute": 2})
+    # a task of another priority still runs, so the dispatcher did look at (and hold) "big"
+    other = orch.submit(lambda ctx: "other", name="other", priority=TaskPriority.LOW)
+    assert orch.wait(other, WAIT).status is TaskStatus.COMPLETED
+    assert orch.get_task(big).status is TaskStatus.READY
+    release.set()
+    assert orch.wait(big, WAIT).status is TaskStatus.COMPLETED
+    assert orch.wait(holder, WAIT).status is TaskStatus.COMPLETED
+    assert pool.used == 0 and pool.max_used <= 2
+
+
+def test_an_impossible_resource_requirement_fails_at_submission(make_orch: Any) -> None:
+    orch = make_orch(resource_manager=CountingResources(2))
+    with pytest.raises(InsufficientResourcesError):
+        orch.submit(lambda ctx: None, name="huge", resources={"compute": 3})
+
+
+def test_a_waiting_big_task_is_not_overtaken_by_smaller_tasks_of_its_priority(make_orch: Any) -> None:
+    pool = CountingResources(2)
+    orch = make_orch(4, resource_manager=pool)
+    _, release = blocker(orch, resources={"compute": 1})
+    order: list[str] = []
+    big = orch.submit(recorder(order, "big"), name="big", resources={"compute": 2})
+    smalls = [
+        orch.submit(recorder(order, f"small{i}"), name=f"small{i}", resources={"compute": 1})
+        for i in range(3)
+    ]
+    probe = orch.submit(lambda ctx: None, name="probe", priority=TaskPriority.BACKGROUND)
+    orch.wait(probe, WAIT)  # a worker has passed over the NORMAL level since big and smalls were queued
+    assert order == []  # one unit was free, yet no small task overtook the big one
+    release.set()
+    orch.wait_all([big, *smalls], timeout=WAIT)
+    assert order[0] == "big"
+    assert pool.used == 0
+
+
+def test_resources_are_released_when_a_task_fails_or_times_out(make_orch: Any) -> None:
+    pool = CountingResources(1)
+    orch = make_orch(2, resource_manager=pool)
+    failed = orch.submit(lambda ctx: 1 / 0, name="fails", resources={"compute": 1})
+    timed = orch.submit(
+        lambda ctx: ctx.cancel_event.wait(WAIT), name="slow", timeout=0.05, resources={"compute": 1}
+    )
+    after = orch.submit(lambda ctx: "ok", name="after", resources={"compute": 1})
+    records = orch.wait_all([failed, timed, after], timeout=WAIT)
+    assert [r.status for r in records] == [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.COMPLETED]
+    assert pool.used == 0
+
+
+# --------------------------------------------------------------------------- action tasks
+
+
+def test_submit_task_runs_a_registered_action() -> None:
+    with TaskOrchestrator(2) as orch:
+        task_id = orch.submit_task(
+            TaskSpec(name="hi", module="core", action="echo", parameters={"message": [1]})
+        )
+        assert orch.wait(task_id, WAIT).result == [1]
+
+
+def test_submit_task_rejects_unknown_and_refused_actions_at_submission(make_orch: Any) -> None:
+    registry = create_registry(allow_code_execution=False)
+    registry.register(ActionDefinition("danger", "run", lambda p, c: None, executes_code=True))
+    orch = make_orch(registry=registry)
+    with pytest.raises(UnknownActionError, match=r"core\.echo"):
+        orch.submit_task(TaskSpec(name="x", module="core", action="nope"))
+    with pytest.raises(ActionRefusedError):
+        orch.submit_task(TaskSpec(name="x", module="danger", action="run"))
+    assert orch.get_execution_stats()["submitted_total"] == 0
+
+
+# --------------------------------------------------------------------------- callbacks and listeners
+
+
+def test_failing_listeners_and_callbacks_do_not_break_the_scheduler(make_orch: Any) -> None:
+    orch = make_orch()
+    events: list[tuple[str, TaskStatus]] = []
+    done_calls: list[TaskRecord] = []
+
+    def good_listener(event: str, record: TaskRecord) -> None:
+        events.append((event, record.status))
+
+    def bad_listener(event: str, record: TaskRecord) -> None:
+        raise RuntimeError("listener bug")
+
+    def bad_on_done(record: TaskRecord) -> None:
+        done_calls.append(record)
+        raise RuntimeError("on_done bug")
+
+    def bad_on_start(record: TaskRecord) -> None:
+        raise RuntimeError("on_start bug")
+
+    orch.add_listener(bad_listener)
+    orch.add_listener(good_listener)
+    task_id = orch.submit(lambda ctx: 42, name="answer", on_done=bad_on_done, on_start=bad_on_start)
+    record = orch.wait(task_id, WAIT)
+    assert record.result == 42
+    assert [r.status for r in done_calls] == [TaskStatus.COMPLETED]  # exactly once, with the final record
+    assert events == [
+        ("task.queued", TaskStatus.PENDING),
+        ("task.started", TaskStatus.RUNNING),
+        ("task.completed", TaskStatus.COMPLETED),
+    ]
+    orch.remove_listener(bad_listener)
+    assert orch.wait(orch.submit(lambda ctx: 1, name="next"), WAIT).status is TaskStatus.COMPLETED
+    assert orch.health()["workers_alive"] >= 1
+
+
+def test_on_done_runs_once_for_every_way_a_task_ends(make_orch: Any) -> None:
+    orch = make_orch(1)
+    finals: dict[str, list[TaskStatus]] = {}
+
+    def track(record: TaskRecord) -> None:
+        finals.setdefault(record.name, []).append(record.status)
+
+    _, release = blocker(orch)
+    ok = orch.submit(lambda ctx: 1, name="ok", on_done=track)
+    bad = orch.submit(lambda ctx: 1 / 0, name="bad", on_done=track)
+    skip = orch.submit(lambda ctx: 1, name="skip", dependencies=[bad], on_done=track)
+    cancel = orch.submit(lambda ctx: 1, name="cancel", on_done=track)
+    orch.cancel_task(cancel)
+    release.set()
+    slow = orch.submit(lambda ctx: ctx.cancel_event.wait(WAIT), name="slow", timeout=0.05, on_done=track)
+    orch.wait_all([ok, bad, skip, cancel, slow], timeout=WAIT)
+    assert finals == {
+        "ok": [TaskStatus.COMPLETED],
+        "bad": [TaskStatus.FAILED],
+        "skip": [TaskStatus.SKIPPED],
+        "cancel": [TaskStatus.CANCELLED],
+        "slow": [TaskStatus.TIMED_OUT],
+    }
+
+
+# --------------------------------------------------------------------------- stats, memory, shutdown
+
+
+def test_execution_stats_count_by_status_and_priority(make_orch: Any) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch, priority=TaskPriority.HIGH)
+    queued = orch.submit(lambda ctx: 1, name="q", priority=TaskPriority.LOW)
+    stats = orch.get_execution_stats()
+    assert stats["running"] == 1 and stats["queue_depth"]["low"] == 1 and stats["queued"] == 1
+    assert stats["by_priority"]["high"] == 1 and stats["by_priority"]["low"] == 1
+    assert stats["by_status"]["running"] == 1 and stats["by_status"]["ready"] == 1
+    assert stats["max_workers"] == 1 and stats["workers"] == 1
+    release.set()
+    orch.wait(queued, WAIT)
+    stats = orch.get_execution_stats()
+    assert stats["by_status"]["completed"] == 2 and stats["completed_total"] == 2
+    assert stats["submitted_total"] == 2 and stats["uptime_seconds"] > 0
+
+
+def test_only_the_newest_finished_records_are_kept(make_orch: Any) -> None:
+    orch = make_orch(1, max_finished=2)
+    ids = [orch.submit(lambda ctx: None, name=f"t{i}") for i in range(4)]
+    orch.wait(ids[-1], WAIT)  # one worker, FIFO: the others finished before it
+    with pytest.raises(TaskNotFoundError):
+        orch.get_task(ids[0])
+    assert [r.task_id for r in orch.list_tasks()] == [ids[3], ids[2]]
+
+
+def test_shutdown_stops_every_thread_and_refuses_new_work() -> None:
+    orch = TaskOrchestrator(3, name="leaktest")
+    ids = [orch.submit(lambda ctx: None, name=f"t{i}") for i in range(10)]
+    orch.wait_all(ids, timeout=WAIT)
+    assert orch.health()["dispatcher_alive"]
+    orch.shutdown(wait=True, timeout=WAIT)
+    assert not [t for t in threading.enumerate() if t.name.startswith("leaktest-")]
+    health = orch.health()
+    assert not health["accepting"] and not health["dispatcher_alive"] and health["workers_alive"] == 0
+    with pytest.raises(SchedulerShutdownError):
+        orch.submit(lambda ctx: None, name="late")
+
+
+def test_shutdown_with_cancel_pending_cancels_queued_tasks(make_orch: Any) -> None:
+    orch = make_orch(1)
+    running, release = blocker(orch)
+    queued = orch.submit(lambda ctx: None, name="queued")
+    waiting = orch.submit(lambda ctx: None, name="waiting", dependencies=[queued])
+    stopper = threading.Thread(target=orch.shutdown, kwargs={"cancel_pending": True, "timeout": WAIT})
+    stopper.start()
+    assert orch.wait(queued, WAIT).status is TaskStatus.CANCELLED
+    assert orch.wait(waiting, WAIT).status is TaskStatus.SKIPPED  # its dependency was cancelled
+    release.set()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert orch.get_task(running).status is TaskStatus.COMPLETED

@@ -1,0 +1,510 @@
+"""The state store: one contract run against MemoryStore and SqliteStore, then SQLite-only durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
+    RunRecord,
+    StepResult,
+    StepSpec,
+    TaskStatus,
+    WorkflowSpec,
+    WorkflowStatus,
+    utcnow,
+)
+from codomyrmex_orchestration.core.store import SCHEMA_VERSION, MemoryStore, SqliteStore
+from codomyrmex_orchestration.errors import InvalidInputError, StateStoreError
+
+Store = MemoryStore | SqliteStore
+StoreFactory = Callable[..., Store]
+
+
+def _spec(name: str = "wf") -> WorkflowSpec:
+    return WorkflowSpec(
+        name=name,
+        description="two steps",
+        steps=[
+            StepSpec(name="a", module="core", action="echo", parameters={"x": 1}),
+            StepSpec(name="b", module="core", action="echo", dependencies=["a"]),
+        ],
+        parameters={"p": "v"},
+    )
+
+
+def _run(
+    run_id: str, *, status: WorkflowStatus = WorkflowStatus.RUNNING, age: float = 0.0, **kw: Any
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        workflow_name=kw.pop("workflow_name", "wf"),
+        status=status,
+        created_at=utcnow() - timedelta(seconds=age),
+        **kw,
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+
+    def make(**kw: Any) -> Store:
+        store: Store
+        if request.param == "memory":
+            store = MemoryStore(**kw)
+        else:
+            store = SqliteStore(tmp_path / "state" / "state.db", **kw)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
+
+
+# --------------------------------------------------------------------------- the contract, both stores
+
+
+def test_workflows_round_trip_with_their_source_and_can_be_deleted(store: Store) -> None:
+    store.save_workflow(_spec("one"), "api")
+    store.save_workflow(_spec("two"), "project")
+    store.save_workflow(_spec("one"), "config")  # a second save replaces the first
+    loaded = {spec.name: (spec, source) for spec, source in store.load_workflows()}
+    assert loaded["one"] == (_spec("one"), "config")
+    assert loaded["two"] == (_spec("two"), "project")
+    store.delete_workflow("one")
+    store.delete_workflow("never-existed")
+    assert [spec.name for spec, _ in store.load_workflows()] == ["two"]
+
+
+def test_a_run_round_trips_with_every_step_field(store: Store) -> None:
+    started = utcnow()
+    record = _run(
+        "r1",
+        parameters={"n": 3, "nested": {"k": [1, 2]}},
+        session_id="s1",
+        parent_run_id="p0",
+        started_at=started,
+        failed_steps=["b"],
+        error="b failed",
+    )
+    record.steps["a"] = StepResult(
+        name="a", status=TaskStatus.COMPLETED, output={"v": [1, "x"]}, attempts=2, started_at=started
+    )
+    record.steps["b"] = StepResult(
+        name="b", status=TaskStatus.FAILED, error=ErrorInfo(message="boom", type="RuntimeError")
+    )
+    store.save_run(record)
+    assert store.get_run("r1") == record
+    assert list(store.get_run("r1").steps) == ["a", "b"]  # type: ignore[union-attr]  # asserted above
+    assert store.get_run("missing") is None
+
+
+def test_save_step_is_visible_to_get_run_without_an_explicit_flush(store: Store) -> None:
+    store.save_run(_run("r1"))
+    store.save_step("r1", StepResult(name="a", status=TaskStatus.RUNNING))
+    store.save_step("r1", StepResult(name="a", status=TaskStatus.COMPLETED, output=42))
+    store.save_step("r1", StepResult(name="b", status=TaskStatus.RUNNING))
+    run = store.get_run("r1")
+    assert run is not None
+    assert run.steps["a"].status is TaskStatus.COMPLETED and run.steps["a"].output == 42
+    assert run.steps["b"].status is TaskStatus.RUNNING
+
+
+def test_a_saved_record_is_a_snapshot_not_a_live_reference(store: Store) -> None:
+    record = _run("r1")
+    store.save_run(record)
+    record.status = WorkflowStatus.FAILED
+    record.steps["late"] = StepResult(name="late")
+    stored = store.get_run("r1")
+    assert stored is not None and stored.status is WorkflowStatus.RUNNING and stored.steps == {}
+
+
+def test_a_step_of_an_unknown_run_is_ignored(store: Store) -> None:
+    store.save_step("ghost", StepResult(name="a"))
+    store.flush()
+    assert store.get_run("ghost") is None
+    assert store.list_runs() == []
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_a_non_json_step_output_is_stored_as_its_repr_instead_of_failing(store: Store) -> None:
+    store.save_run(_run("r1"))
+    store.save_step("r1", StepResult(name="a", status=TaskStatus.COMPLETED, output={"obj": _Opaque()}))
+    run = store.get_run("r1")
+    assert run is not None and run.steps["a"].output == {"obj": "<opaque>"}
+
+
+def test_list_runs_is_newest_first_and_filters_by_workflow_and_status(store: Store) -> None:
+    store.save_run(_run("old", age=30, status=WorkflowStatus.COMPLETED))
+    store.save_run(_run("mid", age=20, workflow_name="other"))
+    store.save_run(_run("new", age=10, status=WorkflowStatus.COMPLETED))
+    assert [r.run_id for r in store.list_runs()] == ["new", "mid", "old"]
+    assert [r.run_id for r in store.list_runs(limit=2)] == ["new", "mid"]
+    assert [r.run_id for r in store.list_runs(workflow_name="other")] == ["mid"]
+    assert [r.run_id for r in store.list_runs(status=WorkflowStatus.COMPLETED)] == ["new", "old"]
+    assert store.list_runs(workflow_name="wf", status=WorkflowStatus.RUNNING) == []
+    assert store.list_runs(limit=0) == []
+
+
+def test_recover_marks_pending_and_running_runs_interrupted_and_keeps_their_steps(store: Store) -> None:
+    store.save_run(_run("running", age=3))
+    store.save_run(_run("pending", age=2, status=WorkflowStatus.PENDING))
+    store.save_run(_run("done", age=1, status=WorkflowStatus.COMPLETED))
+    store.save_step("running", StepResult(name="a", status=TaskStatus.COMPLETED, output="kept"))
+    assert store.recover() == ["running", "pending"]
+    running = store.get_run("running")
+    assert running is not None and running.status is WorkflowStatus.INTERRUPTED
+    assert running.error and "in progress" in running.error
+    assert running.steps["a"].output == "kept"
+    assert store.get_run("done").status is WorkflowStatus.COMPLETED  # type: ignore[union-attr]  # saved above
+    assert [r.run_id for r in store.list_runs(status=WorkflowStatus.INTERRUPTED)] == ["pending", "running"]
+    assert store.recover() == []
+
+
+def test_sessions_round_trip_filter_by_status_and_delete(store: Store) -> None:
+    store.save_session("s1", {"id": "s1", "status": "active", "limits": {"tasks": 4}})
+    store.save_session("s2", {"id": "s2", "status": "active"})
+    store.save_session("s2", {"id": "s2", "status": "closed"})
+    assert store.get_session("s1") == {"id": "s1", "status": "active", "limits": {"tasks": 4}}
+    assert [s["id"] for s in store.list_sessions()] == ["s1", "s2"]
+    assert [s["id"] for s in store.list_sessions(status="closed")] == ["s2"]
+    store.delete_session("s1")
+    assert store.get_session("s1") is None
+    assert [s["id"] for s in store.list_sessions()] == ["s2"]
+
+
+def test_projects_round_trip_sorted_by_name_and_delete(store: Store) -> None:
+    store.save_project("zeta", {"name": "zeta", "workflows": ["a"]})
+    store.save_project("alpha", {"name": "alpha"})
+    assert store.get_project("zeta") == {"name": "zeta", "workflows": ["a"]}
+    assert [p["name"] for p in store.list_projects()] == ["alpha", "zeta"]
+    store.delete_project("zeta")
+    assert store.get_project("zeta") is None
+    assert [p["name"] for p in store.list_projects()] == ["alpha"]
+
+
+def test_allocations_round_trip_and_delete(store: Store) -> None:
+    store.save_allocation("a1", {"id": "a1", "resource": "compute", "amount": 2})
+    store.save_allocation("a2", {"id": "a2", "resource": "memory", "amount": 512})
+    store.delete_allocation("a1")
+    assert store.list_allocations() == [{"id": "a2", "resource": "memory", "amount": 512}]
+
+
+def test_events_are_listed_newest_first_and_filtered_by_type(store: Store) -> None:
+    for i in range(5):
+        store.append_event("step.completed" if i % 2 else "run.started", {"i": i})
+    events = store.list_events(limit=3)
+    assert [e["payload"]["i"] for e in events] == [4, 3, 2]
+    assert events[0]["id"] > events[1]["id"] and isinstance(events[0]["ts"], float)
+    assert [e["payload"]["i"] for e in store.list_events(type="step.completed")] == [3, 1]
+    assert store.list_events(type="nothing") == []
+
+
+def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_store: StoreFactory) -> None:
+    store = make_store(retention_runs=3)
+    store.save_run(_run("active-oldest", age=100))
+    for i in range(6):
+        store.save_run(_run(f"done-{i}", age=50 - i, status=WorkflowStatus.COMPLETED))
+        store.save_step(f"done-{i}", StepResult(name="a", status=TaskStatus.COMPLETED))
+    store.flush()
+    kept = [r.run_id for r in store.list_runs()]
+    assert kept == ["done-5", "done-4", "active-oldest"]
+    assert store.get_run("done-0") is None
+    assert store.stats()["rows"]["steps"] == 2  # the trimmed runs' steps went with them
+
+
+def test_retention_keeps_only_the_newest_events(make_store: StoreFactory) -> None:
+    store = make_store(retention_events=10)
+    for i in range(25):
+        store.append_event("tick", {"i": i})
+    store.flush()
+    events = store.list_events(limit=100)
+    assert [e["payload"]["i"] for e in events] == list(range(24, 14, -1))
+
+
+def test_retention_limits_below_one_are_refused(make_store: StoreFactory) -> None:
+    with pytest.raises(InvalidInputError, match="retention_runs"):
+        make_store(retention_runs=0)
+
+
+def test_ten_thousand_step_saves_from_four_threads_are_all_readable_after_flush(store: Store) -> None:
+    runs = [f"run-{t}" for t in range(4)]
+    for run_id in runs:
+        store.save_run(_run(run_id))
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work(run_id: str) -> None:
+        try:
+            start.wait(timeout=10)
+            for i in range(2_500):
+                store.save_step(run_id, StepResult(name=f"s{i}", status=TaskStatus.COMPLETED, output=i))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    store.flush()
+    for run_id in runs:
+        run = store.get_run(run_id)
+        assert run is not None and len(run.steps) == 2_500
+        assert run.steps["s2499"].output == 2499
+    stats = store.stats()
+    assert stats["rows"]["steps"] == 10_000
+    if isinstance(store, SqliteStore):
+        # Group commit: thousands of transitions share a handful of transactions.
+        assert 1 <= stats["batches_committed"] < 1_000
+
+
+def test_health_and_stats_describe_a_working_store(store: Store) -> None:
+    store.save_run(_run("r1"))
+    health = store.health()
+    assert health["ok"] is True, health
+    stats = store.stats()
+    assert stats["rows"]["runs"] == 1 and stats["pending_writes"] == 0
+
+
+# --------------------------------------------------------------------------- SQLite only
+
+
+def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path) as store:
+        store.save_workflow(_spec(), "api")
+        record = _run("r1", status=WorkflowStatus.COMPLETED)
+        record.steps["a"] = StepResult(name="a", status=TaskStatus.COMPLETED, output={"k": "v"})
+        store.save_run(record)
+        store.save_session("s1", {"id": "s1", "status": "active"})
+        store.save_project("p", {"name": "p"})
+        store.save_allocation("a1", {"id": "a1"})
+        store.append_event("run.completed", {"run_id": "r1"})
+    with SqliteStore(path) as store:
+        assert store.load_workflows() == [(_spec(), "api")]
+        assert store.get_run("r1") == record
+        assert store.get_session("s1") == {"id": "s1", "status": "active"}
+        assert store.list_projects() == [{"name": "p"}]
+        assert store.list_allocations() == [{"id": "a1"}]
+        assert store.list_events()[0]["payload"] == {"run_id": "r1"}
+        assert store.stats()["schema_version"] == SCHEMA_VERSION
+
+
+def test_the_database_is_opened_in_wal_mode_with_a_versioned_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+_WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from pathlib import Path
+    from codomyrmex_orchestration.core.models import RunRecord, StepResult, StepSpec, TaskStatus
+    from codomyrmex_orchestration.core.models import WorkflowSpec, WorkflowStatus
+    from codomyrmex_orchestration.core.store import SqliteStore
+
+    store = SqliteStore(Path(sys.argv[1]), flush_interval=60.0)
+    spec = WorkflowSpec(name="wf", steps=[StepSpec(name="a", module="core", action="echo")])
+    store.save_workflow(spec, "api")
+    store.save_project("proj", {"name": "proj"})
+    store.save_run(RunRecord(run_id="r1", workflow_name="wf", status=WorkflowStatus.RUNNING))
+    for i in range(50):
+        store.save_step("r1", StepResult(name=f"s{i}", status=TaskStatus.COMPLETED, output=i))
+    store.flush()
+    print("flushed", flush=True)
+    # Written after the flush and never committed (the interval is a minute): lost by kill -9.
+    store.save_step("r1", StepResult(name="unflushed", status=TaskStatus.COMPLETED))
+    threading.Event().wait()
+    """
+)
+
+
+def test_data_flushed_before_a_kill_9_is_there_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER_SCRIPT, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "flushed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    with SqliteStore(path) as store:
+        assert [spec.name for spec, _ in store.load_workflows()] == ["wf"]
+        assert store.get_project("proj") == {"name": "proj"}
+        assert store.recover() == ["r1"]
+        run = store.get_run("r1")
+        assert run is not None and run.status is WorkflowStatus.INTERRUPTED
+        assert [run.steps[f"s{i}"].output for i in range(50)] == list(range(50))
+        assert "unflushed" not in run.steps
+
+
+def test_a_corrupt_database_file_is_refused_at_open_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite " * 500)
+    with pytest.raises(StateStoreError, match="not a database") as info:
+        SqliteStore(path)
+    assert info.value.path == str(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    path = blocker / "state" / "state.db"
+    with pytest.raises(StateStoreError, match="is a file, not a directory") as info:
+        SqliteStore(path)
+    assert info.value.path == str(path)
+
+
+def test_a_state_dir_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StateStoreError, match="cannot create the state directory"):
+        SqliteStore(Path("/proc/no-such-process/state/state.db"))
+
+
+def test_a_database_with_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateStoreError, match="newer than this program"):
+        SqliteStore(path)
+
+
+def test_health_reports_a_database_file_removed_while_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path) as store:
+        assert store.health()["ok"] is True
+        path.unlink()
+        health = store.health()
+        assert health["ok"] is False and "removed" in health["reason"]
+
+
+def test_a_closed_store_is_unhealthy_and_drops_writes_without_raising(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    store.close()
+    store.close()  # idempotent
+    store.save_step("r1", StepResult(name="a"))
+    health = store.health()
+    assert health["ok"] is False and health["reason"] == "the store is closed"
+    assert health["dropped_writes"] == 1
+    with pytest.raises(StateStoreError, match="closed"):
+        store.get_run("r1")
+
+
+_DISK_FULL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, resource, signal, sys
+    from pathlib import Path
+    from codomyrmex_orchestration.core.store import SqliteStore
+    from codomyrmex_orchestration.errors import StateStoreError
+
+    path = Path(sys.argv[1])
+    store = SqliteStore(path)
+    # The file-size limit makes writes past it fail with EFBIG: a real "disk full" for SQLite.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+    for i in range(200):
+        store.append_event("big", {"blob": "x" * 10_000, "i": i})  # never raises into the caller
+    out = {}
+    try:
+        store.flush()
+        out["flush"] = "ok"
+    except StateStoreError as exc:
+        out["flush"] = str(exc)
+    store.append_event("after", {})
+    out["health"] = store.health()
+    out["stats_dropped"] = store.stats()["dropped_writes"]
+    store.close()
+    print(json.dumps(out), flush=True)
+    """
+)
+
+
+def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert "the writer has failed" in out["flush"] and str(path) in out["flush"]
+    assert out["health"]["ok"] is False
+    assert out["health"]["last_error"]
+    assert out["stats_dropped"] >= 1
+
+
+def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "state.db", flush_interval=10.0) as store:
+        store.save_run(_run("r1"))
+        seen: list[RunRecord | None] = []
+        reader = threading.Thread(target=lambda: seen.append(store.get_run("r1")))
+        reader.start()
+        reader.join(timeout=10)
+        assert seen and seen[0] is not None and seen[0].run_id == "r1"
+
+
+def test_close_commits_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, flush_interval=60.0)
+    store.save_run(_run("r1"))
+    store.close()
+    with SqliteStore(path) as again:
+        assert again.get_run("r1") is not None
+
+
+def test_an_environment_without_write_access_reports_the_directory(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions; the regular-file case covers refusal")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(StateStoreError, match="not writable"):
+            SqliteStore(locked / "state.db")
+    finally:
+        locked.chmod(0o700)
