@@ -111,9 +111,7 @@ def test_unknown_module_or_action_is_rejected_with_the_list_of_known_ones() -> N
 
 
 def test_a_refused_action_is_a_validation_problem() -> None:
-    registry = create_registry()
-    registry.action("shell", "run", executes_code=True)(lambda params, ctx: None)
-    registry.allow_code_execution = False
+    registry = create_registry(allow_code_execution=False)
     problems = WorkflowDAG([step("sh", module="shell", action="run")], registry=registry).problems()
     assert len(problems) == 1
     assert "action shell.run is refused" in problems[0]
