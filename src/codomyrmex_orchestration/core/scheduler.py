@@ -23,13 +23,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
 
-from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, create_registry
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -123,54 +125,13 @@ class _LazyLogger:
         return getattr(self._logger, name)
 
 
-_EVENT_SETUP = threading.Lock()
-
-
-class _CancelEvent(threading.Event):
-    """A ``threading.Event`` whose condition is built on the first ``wait``.
-
-    Every attempt gets a cancel event, but few are ever waited on; building a ``Condition`` up front
-    was the largest per-task cost of the scheduler after the action itself (about 3 µs).
-    """
-
-    def __init__(self) -> None:  # deliberately not calling Event.__init__: no Condition yet
-        self._flag = False
-        self._lazy_cond: threading.Condition | None = None
-
-    def _at_fork_reinit(self) -> None:
-        self._lazy_cond = None
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        with _EVENT_SETUP:
-            self._flag = True
-            cond = self._lazy_cond
-        if cond is not None:
-            with cond:
-                cond.notify_all()
-
-    def clear(self) -> None:
-        with _EVENT_SETUP:
-            self._flag = False
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with _EVENT_SETUP:
-            if self._flag:
-                return True
-            cond = self._lazy_cond
-            if cond is None:
-                cond = self._lazy_cond = threading.Condition(threading.Lock())
-        with cond:
-            return cond.wait_for(lambda: self._flag, timeout)
-
-
 class _Worker:
-    __slots__ = ("abandoned", "thread")
+    __slots__ = ("abandoned", "blocked", "thread")
 
     def __init__(self) -> None:
         self.abandoned = False
+        # Inside ActionContext.blocking(): waiting on other scheduled work, not counted as live.
+        self.blocked = False
         self.thread: threading.Thread | None = None
 
 
@@ -334,6 +295,7 @@ class TaskOrchestrator:
         self._live = 0  # worker threads that own a slot
         self._idle = 0  # workers waiting on _work and not yet notified
         self._abandoned = 0
+        self._blocked = 0
         self._workers: set[_Worker] = set()
         self._worker_seq = itertools.count(1)
         self._accepting = True
@@ -614,6 +576,7 @@ class TaskOrchestrator:
                 "idle_workers": self._idle,
                 "max_workers": self.max_workers,
                 "abandoned_threads": self._abandoned,
+                "blocked_threads": self._blocked,
                 "submitted_total": self._totals["submitted"],
                 "finished_total": finished,
                 "completed_total": self._totals[TaskStatus.COMPLETED.value],
@@ -794,7 +757,7 @@ class TaskOrchestrator:
         if task.mono_started is None:
             task.mono_started = now
             task.started_at = datetime.now(UTC)
-        cancel_event = _CancelEvent()
+        cancel_event = CancelEvent()
         task.cancel_event = cancel_event
         deadline = None
         if task.timeout is not None:
@@ -809,7 +772,33 @@ class TaskOrchestrator:
             cancel_event=cancel_event,
             deadline=deadline,
             logger=_LazyLogger(step=task.step_name or task.name, run_id=task.run_id, task_id=task.id),
+            block_hook=partial(self._blocking, worker),
         )
+
+    @contextmanager
+    def _blocking(self, worker: _Worker) -> Iterator[None]:
+        """While a task waits on other scheduled work, its slot goes to another worker.
+
+        Without this, steps that wait for sub-workflows could fill the pool and wait forever for steps
+        that no worker is left to run. The pool is back to ``max_workers`` once the extra worker idles.
+        """
+        with self._lock:
+            entered = not worker.abandoned and not worker.blocked
+            if entered:
+                worker.blocked = True
+                self._live -= 1
+                self._blocked += 1
+                if any(self._ready):
+                    self._signal_work_locked()
+        try:
+            yield
+        finally:
+            if entered:
+                with self._lock:
+                    worker.blocked = False
+                    self._blocked -= 1
+                    if not worker.abandoned:
+                        self._live += 1
 
     def _worker_loop(self, worker: _Worker) -> None:
         lock = self._lock
@@ -838,7 +827,12 @@ class TaskOrchestrator:
                         self._end_attempt_locked(task, result, error, notices)
                         self._self_serve = False
                 task = None
-                while True:
+                if self._live > self.max_workers:
+                    # A worker lent during a blocking section came back: shrink to max_workers.
+                    self._live -= 1
+                    self._workers.discard(worker)
+                    leave = True
+                while not leave:
                     task = self._pop_locked(notices)
                     if task is not None or notices:
                         break
@@ -904,7 +898,8 @@ class TaskOrchestrator:
             task.cancel_event.set()
         if worker is not None and not worker.abandoned:
             worker.abandoned = True
-            self._live -= 1
+            if not worker.blocked:
+                self._live -= 1
             self._abandoned += 1
             if self._abandoned > self.max_abandoned:
                 _log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,40 +29,39 @@ class SubWorkflowRunner(Protocol):
     def __call__(self, name: str, parameters: dict[str, Any], *, ctx: ActionContext) -> dict[str, Any]: ...
 
 
-class CancelEvent(threading.Event):
-    """A ``threading.Event`` that also runs callbacks when set (once, outside any lock).
+_EVENT_SETUP = threading.Lock()
 
-    Lets a waiter react to cancellation without a thread parked on ``wait()``: e.g. a sub-workflow
-    step cancels its child run, a subprocess action kills its process group.
+
+class CancelEvent(threading.Event):
+    """The cancellation flag of one attempt: a ``threading.Event`` that also runs callbacks when set.
+
+    Callbacks let a waiter react to cancellation without a thread parked on ``wait()`` (a
+    sub-workflow step cancels its child run, a subprocess action kills its process group). The
+    condition behind ``wait()`` is built on first use: every attempt gets an event, few are ever
+    waited on, and building a ``Condition`` up front was the scheduler's largest per-task cost.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._callbacks: list[Callable[[], None]] = []
-        self._cb_lock = threading.Lock()
+    def __init__(self) -> None:  # deliberately not calling Event.__init__: no Condition yet
+        self._flag = False
+        self._lazy_cond: threading.Condition | None = None
+        self._callbacks: list[Callable[[], None]] | None = None
 
-    def add_callback(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Run ``fn`` when the event is set (at once if it already is). Returns a remover."""
-        with self._cb_lock:
-            already = self.is_set()
-            if not already:
-                self._callbacks.append(fn)
-        if already:
-            fn()
+    def _at_fork_reinit(self) -> None:
+        self._lazy_cond = None
 
-        def remove() -> None:
-            with self._cb_lock:
-                if fn in self._callbacks:
-                    self._callbacks.remove(fn)
-
-        return remove
+    def is_set(self) -> bool:
+        return self._flag
 
     def set(self) -> None:
-        with self._cb_lock:
-            first = not self.is_set()
-            super().set()
-            callbacks, self._callbacks = self._callbacks, []
-        if first:
+        with _EVENT_SETUP:
+            first = not self._flag
+            self._flag = True
+            cond = self._lazy_cond
+            callbacks, self._callbacks = self._callbacks, None
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+        if first and callbacks:
             for fn in callbacks:
                 try:
                     fn()
@@ -69,6 +69,38 @@ class CancelEvent(threading.Event):
                     structlog.get_logger("codomyrmex_orchestration.action").exception(
                         "cancel callback failed"
                     )
+
+    def clear(self) -> None:
+        with _EVENT_SETUP:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with _EVENT_SETUP:
+            if self._flag:
+                return True
+            cond = self._lazy_cond
+            if cond is None:
+                cond = self._lazy_cond = threading.Condition(threading.Lock())
+        with cond:
+            return cond.wait_for(lambda: self._flag, timeout)
+
+    def add_callback(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` once when the event is set (at once if it already is). Returns a remover."""
+        with _EVENT_SETUP:
+            already = self._flag
+            if not already:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+        if already:
+            fn()
+
+        def remove() -> None:
+            with _EVENT_SETUP:
+                if self._callbacks is not None and fn in self._callbacks:
+                    self._callbacks.remove(fn)
+
+        return remove
 
 
 @dataclass(slots=True)
@@ -84,6 +116,7 @@ class ActionContext:
         deadline: ``time.monotonic()`` value after which the step is timed out, or ``None``.
         logger: a structlog logger bound with run/step ids.
         run_workflow: runs a sub-workflow (set by the WorkflowManager), or ``None``.
+        block_hook: set by the scheduler; see :meth:`blocking`.
         depth: sub-workflow nesting depth of the current run (0 for a top-level run).
         extras: free-form data for plugins.
     """
@@ -98,6 +131,7 @@ class ActionContext:
     run_workflow: SubWorkflowRunner | None = None
     depth: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    block_hook: Callable[[], AbstractContextManager[None]] | None = None
 
     def __post_init__(self) -> None:
         if self.logger is None:
@@ -131,6 +165,11 @@ class ActionContext:
         if event.is_set():
             fn()
         return lambda: None
+
+    def blocking(self) -> AbstractContextManager[None]:
+        """Wrap a wait on other scheduled work (e.g. a sub-workflow): the scheduler lends the pool
+        another worker meanwhile, so nested work cannot deadlock a full pool."""
+        return self.block_hook() if self.block_hook is not None else nullcontext()
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on cancellation. Returns True if cancelled."""

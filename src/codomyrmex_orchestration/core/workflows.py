@@ -1,0 +1,943 @@
+"""WorkflowManager: workflow CRUD, config loading, and runs driven through the one scheduler.
+
+A run is a small state machine (the ``graphlib`` protocol): steps whose upstreams are all final are
+resolved (templates, ``run_if``) and submitted to the :class:`TaskOrchestrator`; each completion callback
+records the step and submits what became ready. There is no scheduling loop here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from codomyrmex_orchestration.config import (
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+)
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
+    RunRecord,
+    StepResult,
+    StepSpec,
+    TaskPriority,
+    TaskRecord,
+    TaskStatus,
+    WorkflowInfo,
+    WorkflowSpec,
+    WorkflowStatus,
+    utcnow,
+)
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.store import MemoryStore, StateStore
+from codomyrmex_orchestration.core.templating import (
+    Condition,
+    TemplateContext,
+    find_references,
+    parse_condition,
+    resolve,
+)
+from codomyrmex_orchestration.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    InvalidStateError,
+    LimitExceededError,
+    OrchestrationError,
+    RunNotFoundError,
+    StepFailedError,
+    WorkflowNotFoundError,
+)
+
+__all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+StepCallback = Callable[[RunRecord, StepResult], None]
+RunListener = Callable[[str, dict[str, Any]], None]
+
+_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+_STEP_EVENTS = {
+    TaskStatus.COMPLETED: "step.completed",
+    TaskStatus.SKIPPED: "step.skipped",
+    TaskStatus.CANCELLED: "step.cancelled",
+    TaskStatus.TIMED_OUT: "step.timed_out",
+}
+_RUN_EVENTS = {WorkflowStatus.COMPLETED: "run.completed", WorkflowStatus.CANCELLED: "run.cancelled"}
+
+
+class WorkflowValidation(BaseModel):
+    """What validating a workflow tells: its shape, inferred edges and a Mermaid diagram."""
+
+    name: str
+    steps_count: int
+    execution_levels: list[list[str]]
+    inferred_dependencies: dict[str, list[str]]
+    mermaid: str
+
+
+class _Plan:
+    """What a run needs from a validated spec, computed once per registered spec."""
+
+    __slots__ = ("children", "conditions", "dag", "needs_output", "order", "spec", "templated", "uses_status")
+
+    def __init__(self, spec: WorkflowSpec, dag: WorkflowDAG) -> None:
+        self.spec = spec
+        self.dag = dag
+        self.order = dag.topological_order()
+        self.children: dict[str, list[str]] = {name: [] for name in dag.steps}
+        for name in dag.steps:
+            for up in dag.dependencies_of(name):
+                self.children[up].append(name)
+        known = dag.steps.keys()
+        self.conditions: dict[str, Condition] = {}
+        self.templated: set[str] = set()
+        self.needs_output: dict[str, set[str]] = {}
+        self.uses_status: set[str] = set()
+        for name, step in dag.steps.items():
+            refs = find_references(step.parameters, known)
+            if refs:
+                self.templated.add(name)
+            if step.run_if:
+                condition = parse_condition(step.run_if, known)
+                self.conditions[name] = condition
+                refs = [*refs, *condition.references]
+            self.needs_output[name] = {
+                r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step
+            }
+
+    def param_references(self) -> list[tuple[str, str, str]]:
+        """(step, parameter name, raw reference) for every ``{{params.x}}`` in the workflow."""
+        found: list[tuple[str, str, str]] = []
+        known = self.dag.steps.keys()
+        for name, step in self.dag.steps.items():
+            refs = find_references(step.parameters, known)
+            if name in self.conditions:
+                refs = [*refs, *self.conditions[name].references]
+            found.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
+        return found
+
+
+class _StepView(Mapping[str, tuple[str, Any]]):
+    """A live, read-only view of a run's steps for template resolution (no per-step copies)."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: dict[str, StepResult]) -> None:
+        self._steps = steps
+
+    def __getitem__(self, key: str) -> tuple[str, Any]:
+        result = self._steps[key]
+        return result.status.value, result.output
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+
+def _pydantic_message(exc: ValidationError, prefix: str) -> InvalidInputError:
+    problems = []
+    for err in exc.errors()[:20]:
+        loc = ".".join(str(p) for p in err["loc"])
+        problems.append(f"{prefix + '.' if prefix and loc else prefix}{loc}: {err['msg']}")
+    first_loc = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else ""
+    field = f"{prefix}.{first_loc}" if prefix and first_loc else (prefix or first_loc)
+    return InvalidInputError(field, "; ".join(problems))
+
+
+class _Run:
+    """Mutable state of one active run; every field is guarded by ``lock``."""
+
+    __slots__ = (
+        "blocked",
+        "cancelled",
+        "default_resources",
+        "depth",
+        "done",
+        "final",
+        "in_flight",
+        "lock",
+        "max_parallel",
+        "on_step",
+        "params",
+        "plan",
+        "priority",
+        "queue",
+        "record",
+        "remaining",
+        "start_mono",
+        "task_ids",
+        "unfinished",
+        "watchers",
+    )
+
+    def __init__(
+        self,
+        record: RunRecord,
+        plan: _Plan,
+        params: dict[str, Any],
+        priority: TaskPriority,
+        depth: int,
+        on_step: StepCallback | None,
+    ) -> None:
+        self.record = record
+        self.plan = plan
+        self.params = params
+        self.priority = priority
+        self.depth = depth
+        self.on_step = on_step
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.final: RunRecord | None = None
+        self.watchers: list[Callable[[], None]] = []
+        self.cancelled = False
+        self.task_ids: dict[str, str] = {}
+        self.in_flight = 0
+        self.queue: deque[tuple[str, dict[str, Any]]] = deque()
+        # Steps whose failure propagates: required failures and the steps skipped because of them.
+        self.blocked: set[str] = set()
+        self.unfinished = {n for n, s in record.steps.items() if not s.status.is_terminal}
+        self.remaining: dict[str, int] = {}
+        self.start_mono = time.monotonic()
+        self.max_parallel = plan.spec.max_parallel
+        self.default_resources: dict[str, Any] | None = None
+
+
+class WorkflowManager:
+    """Creates, stores, validates and runs workflows.
+
+    Args:
+        orchestrator: the scheduler every step goes through.
+        registry: the action registry steps are validated against.
+        store: where workflows and runs are kept (in memory when omitted).
+        config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
+        max_steps: most steps a workflow may have.
+        max_subworkflow_depth: deepest nesting of ``workflow.run``.
+    """
+
+    def __init__(
+        self,
+        *,
+        orchestrator: TaskOrchestrator,
+        registry: ActionRegistry,
+        store: StateStore | None = None,
+        config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.registry = registry
+        self.store: StateStore = store if store is not None else MemoryStore()
+        self.max_steps = max_steps
+        self.max_subworkflow_depth = max_subworkflow_depth
+        self.config_dir = Path(config_dir) if config_dir is not None else None
+        self._lock = threading.RLock()
+        self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
+        self._active: dict[str, _Run] = {}
+        self._plans: dict[str, _Plan] = {}
+        self._listeners: list[RunListener] = []
+        self.load_errors: list[tuple[str, str]] = []
+        if self.config_dir is not None:
+            self.load_config_dir(self.config_dir)
+        for spec, source in self.store.load_workflows():
+            self._workflows[spec.name] = (spec, source, None)
+
+    # ------------------------------------------------------------------ definitions
+
+    def load_config_dir(self, directory: Path) -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``.
+
+        Returns:
+            The names of the workflows loaded.
+        """
+        loaded: list[str] = []
+        if not directory.is_dir():
+            return loaded
+        for path in sorted(directory.glob("*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                items = document if isinstance(document, list) else [document]
+                for item in items:
+                    spec = self._coerce_spec(item)
+                    self._check(spec)
+                    with self._lock:
+                        self._workflows[spec.name] = (spec, "config", str(path))
+                        self._plans.pop(spec.name, None)
+                    loaded.append(spec.name)
+            except (OSError, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
+                if isinstance(exc, ValidationError):
+                    reason = str(_pydantic_message(exc, ""))
+                self.load_errors.append((str(path), reason))
+                _log.warning("workflow config file rejected", path=str(path), reason=reason)
+        return loaded
+
+    def _coerce_spec(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> WorkflowSpec:
+        if isinstance(spec, WorkflowSpec):
+            return spec
+        if isinstance(spec, str):
+            document: dict[str, Any] = {"name": spec, "steps": list(steps or []), "description": description}
+            if parameters:
+                document["parameters"] = dict(parameters)
+        elif isinstance(spec, Mapping):
+            document = dict(spec)
+        else:
+            raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
+        if isinstance(document.get("steps"), list) and len(document["steps"]) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(document["steps"]), "the number of steps")
+        try:
+            return WorkflowSpec.model_validate(document)
+        except ValidationError as exc:
+            raise _pydantic_message(exc, "") from None
+
+    def _check(self, spec: WorkflowSpec) -> _Plan:
+        if len(spec.steps) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
+        dag = WorkflowDAG.from_spec(spec, self.registry)
+        dag.validate()
+        return _Plan(spec, dag)
+
+    def _plan(self, name: str) -> _Plan:
+        with self._lock:
+            entry = self._workflows.get(name)
+            if entry is None:
+                raise WorkflowNotFoundError(name, known=self._workflows)
+            plan = self._plans.get(name)
+            if plan is not None and plan.spec is entry[0]:
+                return plan
+        plan = self._check(entry[0])
+        with self._lock:
+            if self._workflows.get(name, (None,))[0] is entry[0]:
+                self._plans[name] = plan
+        return plan
+
+    def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
+        """Validate without registering. Raises DAGValidationError / InvalidInputError."""
+        return self._describe(self._check(self._coerce_spec(spec)))
+
+    @staticmethod
+    def _describe(plan: _Plan) -> WorkflowValidation:
+        return WorkflowValidation(
+            name=plan.spec.name,
+            steps_count=len(plan.spec.steps),
+            execution_levels=plan.dag.execution_levels(),
+            inferred_dependencies={k: sorted(v) for k, v in plan.dag.inferred_dependencies.items() if v},
+            mermaid=plan.dag.to_mermaid(),
+        )
+
+    def create_workflow(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        *,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        source: str = "api",
+    ) -> WorkflowSpec:
+        """Validate and register a workflow (persisted in the store).
+
+        Raises:
+            InvalidInputError: malformed spec (the field is named).
+            DAGValidationError: every graph problem at once (CycleDetectedError for cycles).
+            AlreadyExistsError: the name is taken and ``overwrite`` is false.
+        """
+        workflow = self._coerce_spec(spec, steps, description, parameters)
+        plan = self._check(workflow)
+        with self._lock:
+            if workflow.name in self._workflows and not overwrite:
+                raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            self.store.save_workflow(workflow, source)
+            self._workflows[workflow.name] = (workflow, source, None)
+            self._plans[workflow.name] = plan
+        self._emit("workflow.created", {"workflow_name": workflow.name, "source": source})
+        return workflow
+
+    def describe_workflow(self, name: str) -> WorkflowValidation:
+        """Levels, inferred edges and the Mermaid diagram of a registered workflow."""
+        return self._describe(self._plan(name))
+
+    def get_workflow(self, name: str) -> WorkflowSpec:
+        with self._lock:
+            entry = self._workflows.get(name)
+            if entry is None:
+                raise WorkflowNotFoundError(name, known=self._workflows)
+            return entry[0]
+
+    def workflow_source(self, name: str) -> str:
+        with self._lock:
+            entry = self._workflows.get(name)
+            if entry is None:
+                raise WorkflowNotFoundError(name, known=self._workflows)
+            return entry[1]
+
+    def list_workflows(self) -> list[WorkflowInfo]:
+        with self._lock:
+            entries = sorted(self._workflows.values(), key=lambda e: e[0].name)
+        return [
+            WorkflowInfo(
+                name=spec.name,
+                description=spec.description,
+                steps_count=len(spec.steps),
+                source=source,
+                path=path,
+            )
+            for spec, source, path in entries
+        ]
+
+    def delete_workflow(self, name: str) -> bool:
+        """Unregister a workflow (its past runs are kept). Returns False if it did not exist."""
+        with self._lock:
+            if name not in self._workflows:
+                return False
+            del self._workflows[name]
+            self._plans.pop(name, None)
+            self.store.delete_workflow(name)
+        self._emit("workflow.deleted", {"workflow_name": name})
+        return True
+
+    # ------------------------------------------------------------------ listeners
+
+    def add_listener(self, fn: RunListener) -> None:
+        """Call ``fn(event, payload)`` for ``run.*`` and ``step.*`` events (errors are logged)."""
+        with self._lock:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: RunListener) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event, payload)
+            except Exception:
+                _log.exception("run listener failed", listener=repr(fn), run_event=event)
+
+    # ------------------------------------------------------------------ runs
+
+    def execute_workflow(
+        self,
+        name: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        session_id: str | None = None,
+        on_step: StepCallback | None = None,
+        max_parallel: int | None = None,
+        default_resources: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        """Start a run of ``name``.
+
+        Args:
+            parameters: values for ``{{params.x}}`` (override the workflow's defaults).
+            wait: wait for the run to end (bounded by ``timeout``); False returns at once.
+            timeout: most seconds to wait; the run goes on after it (check ``status``).
+            priority: scheduling priority of the run's steps (a step's own priority wins).
+            session_id: recorded on the run.
+            on_step: called with (live run record — read only, step result) on every step transition.
+            max_parallel: cap on this run's steps in flight (tighter of this and the workflow's).
+            default_resources: resources for steps that declare none (resource-aware sessions).
+
+        Returns:
+            The run record: final when the run ended, else as it stands (status ``running``).
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+            InvalidInputError: a ``{{params.x}}`` has no value.
+        """
+        run = self._start_run(
+            self._plan(name),
+            parameters,
+            priority,
+            session_id,
+            on_step,
+            max_parallel=max_parallel,
+            default_resources=default_resources,
+        )
+        if not wait:
+            return self._snapshot(run)
+        return self._wait(run, timeout)
+
+    def _start_run(
+        self,
+        plan: _Plan,
+        parameters: Mapping[str, Any] | None,
+        priority: TaskPriority,
+        session_id: str | None,
+        on_step: StepCallback | None,
+        *,
+        depth: int = 0,
+        parent_run_id: str | None = None,
+        previous: RunRecord | None = None,
+        max_parallel: int | None = None,
+        default_resources: Mapping[str, Any] | None = None,
+    ) -> _Run:
+        spec, dag = plan.spec, plan.dag
+        given = previous.parameters if previous is not None else dict(parameters or {})
+        params = {**spec.parameters, **given}
+        for step_name, param, raw in plan.param_references():
+            if param not in params:
+                raise InvalidInputError(
+                    f"parameters.{param}",
+                    f"required by step {step_name!r} ({{{{{raw}}}}}) and has no default; "
+                    f"given: {', '.join(sorted(params)) or '(none)'}",
+                )
+        if previous is not None:
+            steps = {
+                n: previous.steps[n]
+                if n in previous.steps and previous.steps[n].status is TaskStatus.COMPLETED
+                else StepResult(name=n)
+                for n in dag.steps
+            }
+        else:
+            steps = {n: StepResult(name=n) for n in dag.steps}
+        record = RunRecord(
+            run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
+            workflow_name=spec.name,
+            status=WorkflowStatus.RUNNING,
+            parameters=params,
+            steps=steps,
+            session_id=previous.session_id if previous is not None else session_id,
+            priority=priority,
+            created_at=previous.created_at if previous is not None else utcnow(),
+            started_at=utcnow(),
+            parent_run_id=previous.parent_run_id if previous is not None else parent_run_id,
+        )
+        run = _Run(record, plan, params, priority, depth, on_step)
+        if max_parallel is not None:
+            run.max_parallel = min(max_parallel, run.max_parallel or max_parallel)
+        if default_resources:
+            run.default_resources = dict(default_resources)
+        for name in dag.steps:
+            run.remaining[name] = sum(
+                1 for up in dag.dependencies_of(name) if not steps[up].status.is_terminal
+            )
+        with self._lock:
+            self._active[record.run_id] = run
+        self.store.save_run(record)
+        self._emit(
+            "run.started",
+            {"run_id": record.run_id, "workflow_name": spec.name, "session_id": record.session_id},
+        )
+        if not run.unfinished:
+            self._finish(run)
+        else:
+            self._advance(run, [n for n in plan.order if n in run.unfinished and run.remaining[n] == 0])
+        return run
+
+    # The run's state machine. Transitions happen under run.lock; scheduler calls and user
+    # callbacks happen outside it.
+
+    def _advance(self, run: _Run, ready: Iterable[str]) -> None:
+        """Dispatch ``ready`` steps, finalising skipped/cancelled ones; iterative (no recursion)."""
+        work = deque(ready)
+        while work:
+            name = work.popleft()
+            status, reason, payload = self._decide(run, name)
+            if status is TaskStatus.READY:
+                work.extend(self._submit(run, name, payload))
+                continue
+            result = StepResult(name=name, status=status, skipped_reason=reason)
+            if status is TaskStatus.FAILED:
+                result.error = payload
+            work.extend(self._complete_step(run, result))
+
+    def _decide(self, run: _Run, name: str) -> tuple[TaskStatus, str | None, Any]:
+        """READY with resolved parameters, or the final status of a step that will not run."""
+        plan = run.plan
+        step = plan.dag.steps[name]
+        with run.lock:
+            if run.cancelled:
+                return TaskStatus.CANCELLED, "run cancelled", None
+            upstreams = plan.dag.dependencies_of(name)
+            for up in sorted(upstreams):
+                if up in run.blocked:
+                    return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
+            for up in sorted(plan.needs_output[name]):
+                if run.record.steps[up].status is not TaskStatus.COMPLETED:
+                    return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
+        condition = plan.conditions.get(name)
+        if condition is None and name not in plan.templated:
+            return TaskStatus.READY, None, step.parameters
+        ctx = TemplateContext(
+            params=run.params,
+            steps=_StepView(run.record.steps),
+            run={"id": run.record.run_id, "workflow": run.record.workflow_name},
+        )
+        try:
+            if condition is not None and not condition.evaluate(ctx):
+                return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
+            params = resolve(step.parameters, ctx) if name in plan.templated else step.parameters
+        except OrchestrationError as exc:
+            return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
+        return TaskStatus.READY, None, params
+
+    def _submit(self, run: _Run, name: str, params: dict[str, Any]) -> list[str]:
+        """Hand a ready step to the scheduler (or queue it under ``max_parallel``).
+
+        Returns steps that became ready because submission failed outright.
+        """
+        limit = run.max_parallel
+        with run.lock:
+            if limit is not None and run.in_flight >= limit:
+                run.queue.append((name, params))
+                run.record.steps[name].status = TaskStatus.READY
+                return []
+            run.in_flight += 1
+        step = run.plan.dag.steps[name]
+        priority = step.priority if "priority" in step.model_fields_set else run.priority
+        try:
+            func = self.registry.get(step.module, step.action).func
+
+            def call(ctx: ActionContext) -> Any:
+                ctx.run_workflow = self._run_child
+                ctx.depth = run.depth
+                ctx.extras.setdefault("max_depth", self.max_subworkflow_depth)
+                return func(params, ctx)
+
+            task_id = self.orchestrator.submit(
+                call,
+                name=f"{run.record.workflow_name}.{name}",
+                priority=priority,
+                timeout=step.timeout,
+                max_retries=step.max_retries,
+                retry_delay=step.retry_delay,
+                backoff=step.backoff,
+                resources=step.resources or run.default_resources,
+                run_id=run.record.run_id,
+                step_name=name,
+                on_start=lambda rec: self._on_step_start(run, name, rec),
+                on_done=lambda rec: self._on_step_done(run, name, rec),
+            )
+        except OrchestrationError as exc:
+            result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+            return self._complete_step(run, result, finished_task=True)
+        with run.lock:
+            run.task_ids[name] = task_id
+            cancel_now = run.cancelled
+        if cancel_now:
+            self.orchestrator.cancel_task(task_id, "run cancelled")
+        return []
+
+    def _on_step_start(self, run: _Run, name: str, record: TaskRecord) -> None:
+        with run.lock:
+            result = run.record.steps[name]
+            result.status = TaskStatus.RUNNING
+            result.attempts = record.attempts
+            result.started_at = result.started_at or record.started_at or utcnow()
+            snapshot = result.model_copy()
+        self.store.save_step(run.record.run_id, snapshot)
+        event = "step.retried" if record.attempts > 1 else "step.started"
+        self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": record.attempts})
+        self._notify_step(run, snapshot)
+
+    def _on_step_done(self, run: _Run, name: str, record: TaskRecord) -> None:
+        result = StepResult(
+            name=name,
+            status=record.status,
+            output=record.result if record.status is TaskStatus.COMPLETED else None,
+            error=record.error,
+            attempts=record.attempts,
+            started_at=record.started_at,
+            finished_at=record.finished_at or utcnow(),
+            duration_seconds=record.duration_seconds,
+        )
+        self._advance(run, self._complete_step(run, result, finished_task=True))
+
+    def _complete_step(self, run: _Run, result: StepResult, *, finished_task: bool = False) -> list[str]:
+        """Record a final step result; return the steps it made ready. Finishes the run when done."""
+        name = result.name
+        plan = run.plan
+        ready: list[str] = []
+        requeued: list[tuple[str, dict[str, Any]]] = []
+        with run.lock:
+            if finished_task:
+                run.in_flight -= 1
+                if run.queue and not run.cancelled:
+                    requeued.append(run.queue.popleft())
+            if name not in run.unfinished:
+                return ready
+            run.unfinished.discard(name)
+            run.record.steps[name] = result
+            if result.status in _FAILED and plan.dag.steps[name].required:
+                run.blocked.add(name)
+            elif result.status is TaskStatus.SKIPPED and any(
+                up in run.blocked for up in plan.dag.dependencies_of(name)
+            ):
+                run.blocked.add(name)
+            for down in plan.children[name]:
+                run.remaining[down] -= 1
+                if run.remaining[down] == 0 and down in run.unfinished:
+                    ready.append(down)
+            finished = not run.unfinished
+        self.store.save_step(run.record.run_id, result)
+        self._emit(
+            _STEP_EVENTS.get(result.status, "step.failed"),
+            {
+                "run_id": run.record.run_id,
+                "step": name,
+                "status": result.status.value,
+                "duration_seconds": result.duration_seconds,
+            },
+        )
+        self._notify_step(run, result)
+        for queued_name, params in requeued:
+            ready.extend(self._submit(run, queued_name, params))
+        if finished:
+            self._finish(run)
+        return ready
+
+    def _notify_step(self, run: _Run, result: StepResult) -> None:
+        if run.on_step is None:
+            return
+        try:
+            run.on_step(run.record, result)
+        except Exception:
+            _log.exception("on_step callback failed", run_id=run.record.run_id, step=result.name)
+
+    def _finish(self, run: _Run) -> None:
+        with run.lock:
+            if run.final is not None:
+                return
+            record = run.record
+            required = run.plan.dag.steps
+            failed = [n for n, s in record.steps.items() if s.status in _FAILED and required[n].required]
+            if run.cancelled:
+                record.status = WorkflowStatus.CANCELLED
+                record.error = "run cancelled"
+            elif failed:
+                record.status = WorkflowStatus.FAILED
+                details = []
+                for n in failed:
+                    err = record.steps[n].error
+                    details.append(f"{n} ({err.message if err else record.steps[n].status.value})")
+                record.error = "failed steps: " + "; ".join(details)
+            else:
+                record.status = WorkflowStatus.COMPLETED
+                record.error = None
+            record.failed_steps = failed
+            record.finished_at = utcnow()
+            record.duration_seconds = round(time.monotonic() - run.start_mono, 6)
+            final = record.model_copy(update={"steps": dict(record.steps)})
+            run.final = final
+            watchers, run.watchers = run.watchers, []
+        self.store.save_run(final)
+        self.store.flush()
+        with self._lock:
+            self._active.pop(final.run_id, None)
+        run.done.set()
+        for fn in watchers:
+            fn()
+        self._emit(
+            _RUN_EVENTS.get(final.status, "run.failed"),
+            {
+                "run_id": final.run_id,
+                "workflow_name": final.workflow_name,
+                "session_id": final.session_id,
+                "status": final.status.value,
+                "failed_steps": final.failed_steps,
+                "duration_seconds": final.duration_seconds,
+            },
+        )
+
+    def _snapshot(self, run: _Run) -> RunRecord:
+        with run.lock:
+            if run.final is not None:
+                return run.final.model_copy()
+            return run.record.model_copy(
+                update={"steps": {n: s.model_copy() for n, s in run.record.steps.items()}}
+            )
+
+    def _wait(self, run: _Run, timeout: float | None) -> RunRecord:
+        run.done.wait(timeout)
+        return self._snapshot(run)
+
+    def _run_child(self, name: str, parameters: dict[str, Any], *, ctx: ActionContext) -> dict[str, Any]:
+        """``workflow.run``: a sub-run that ends with its step (cancelled when the step is)."""
+        if ctx.depth + 1 > self.max_subworkflow_depth:
+            raise LimitExceededError(
+                "parameters.workflow", self.max_subworkflow_depth, ctx.depth + 1, "the sub-workflow depth"
+            )
+        child = self._start_run(
+            self._plan(name),
+            parameters,
+            TaskPriority.NORMAL,
+            None,
+            None,
+            depth=ctx.depth + 1,
+            parent_run_id=ctx.run_id,
+        )
+        wake = threading.Event()
+        with child.lock:
+            if child.final is None:
+                child.watchers.append(wake.set)
+            else:
+                wake.set()
+        remove = ctx.on_cancel(wake.set)
+        try:
+            with ctx.blocking():
+                wake.wait(ctx.remaining())
+        finally:
+            remove()
+        if not child.done.is_set():
+            self._cancel(child)
+            child.done.wait(10.0)
+            ctx.check_cancelled()
+        record = self._snapshot(child)
+        if record.status is not WorkflowStatus.COMPLETED:
+            raise StepFailedError(
+                ctx.step_name,
+                f"sub-workflow {name!r} (run {record.run_id}) {record.status.value}: {record.error}",
+            )
+        return {"run_id": record.run_id, "outputs": record.outputs()}
+
+    def _cancel(self, run: _Run) -> None:
+        with run.lock:
+            if run.cancelled or run.final is not None:
+                return
+            run.cancelled = True
+            task_ids = list(run.task_ids.values())
+            run.queue.clear()
+            never_submitted = [n for n in run.plan.order if n in run.unfinished and n not in run.task_ids]
+        for task_id in task_ids:
+            self.orchestrator.cancel_task(task_id, "run cancelled")
+        for n in never_submitted:
+            self._complete_step(
+                run, StepResult(name=n, status=TaskStatus.CANCELLED, skipped_reason="run cancelled")
+            )
+
+    def cancel_run(self, run_id: str) -> RunRecord:
+        """Cancel an active run: queued steps never start, running steps are stopped.
+
+        Raises:
+            RunNotFoundError: unknown run id.
+            InvalidStateError: the run already ended.
+        """
+        with self._lock:
+            run = self._active.get(run_id)
+        if run is None:
+            record = self.get_run(run_id)
+            raise InvalidStateError("run", run_id, record.status.value, "only a running run can be cancelled")
+        self._cancel(run)
+        return self._wait(run, 10.0)
+
+    def wait_run(self, run_id: str, timeout: float | None) -> RunRecord:
+        """Wait up to ``timeout`` seconds for a run; returns the record as it stands then."""
+        with self._lock:
+            run = self._active.get(run_id)
+        if run is None:
+            return self.get_run(run_id)
+        return self._wait(run, timeout)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            run = self._active.get(run_id)
+        if run is not None:
+            return self._snapshot(run)
+        record = self.store.get_run(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id)
+        return record
+
+    def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest first (active runs as they stand)."""
+        with self._lock:
+            active = list(self._active.values())
+        records = {
+            r.run_id: r for r in self.store.list_runs(workflow_name=workflow_name, status=status, limit=limit)
+        }
+        for run in active:
+            snap = self._snapshot(run)
+            if (workflow_name is None or snap.workflow_name == workflow_name) and (
+                status is None or snap.status is status
+            ):
+                records[snap.run_id] = snap
+        ordered = sorted(records.values(), key=lambda r: r.created_at, reverse=True)
+        return ordered[:limit]
+
+    def active_run_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    def resume_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunRecord:
+        """Re-execute the steps of an ended run that had not COMPLETED, reusing completed outputs.
+
+        Raises:
+            InvalidStateError: the run is still active or completed.
+        """
+        with self._lock:
+            if run_id in self._active:
+                raise InvalidStateError("run", run_id, "running", "wait for it or cancel it before resuming")
+        previous = self.get_run(run_id)
+        if previous.status is WorkflowStatus.COMPLETED:
+            raise InvalidStateError("run", run_id, "completed", "there is nothing to resume")
+        run = self._start_run(
+            self._plan(previous.workflow_name), None, previous.priority, None, on_step, previous=previous
+        )
+        if not wait:
+            return self._snapshot(run)
+        return self._wait(run, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            active = list(self._active.values())
+            registered = len(self._workflows)
+            by_source: dict[str, int] = {}
+            for _spec, source, _path in self._workflows.values():
+                by_source[source] = by_source.get(source, 0) + 1
+        steps: dict[str, int] = {}
+        for run in active:
+            with run.lock:
+                for s in run.record.steps.values():
+                    steps[s.status.value] = steps.get(s.status.value, 0) + 1
+        return {
+            "workflows_registered": registered,
+            "workflows_by_source": by_source,
+            "active_runs": len(active),
+            "active_steps_by_status": steps,
+            "load_errors": [{"path": p, "reason": r} for p, r in self.load_errors],
+        }
+
+    def shutdown(self, *, cancel_running: bool = True) -> None:
+        """Cancel active runs (they end CANCELLED) and flush the store."""
+        if cancel_running:
+            with self._lock:
+                active = list(self._active.values())
+            for run in active:
+                self._cancel(run)
+        self.store.flush()

@@ -1,0 +1,349 @@
+"""WorkflowManager: definitions, config loading and runs through the real scheduler and actions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.actions import (
+    ActionContext,
+    ActionDefinition,
+    ActionRegistry,
+    create_registry,
+)
+from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.workflows import WorkflowManager
+from codomyrmex_orchestration.errors import (
+    AlreadyExistsError,
+    CycleDetectedError,
+    DAGValidationError,
+    InvalidInputError,
+    InvalidStateError,
+    WorkflowNotFoundError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def registry() -> ActionRegistry:
+    return create_registry(load_plugins=False)
+
+
+@pytest.fixture
+def orchestrator(registry: ActionRegistry) -> Iterator[TaskOrchestrator]:
+    orch = TaskOrchestrator(4, registry=registry)
+    yield orch
+    orch.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+@pytest.fixture
+def manager(orchestrator: TaskOrchestrator, registry: ActionRegistry) -> WorkflowManager:
+    return WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None)
+
+
+def step(name: str, module: str = "core", action: str = "set", **kw: Any) -> dict[str, Any]:
+    return {"name": name, "module": module, "action": action, **kw}
+
+
+def test_outputs_flow_through_templates_keeping_their_types(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "flow",
+        [
+            step("a", parameters={"items": [1, 2, 3], "meta": {"k": "v"}, "n": 7}),
+            step(
+                "b",
+                parameters={
+                    "items": "{{steps.a.output.items}}",
+                    "n": "{{a.output.n}}",
+                    "text": "n={{steps.a.output.n}} k={{steps.a.output.meta.k}}",
+                },
+            ),
+        ],
+    )
+    record = manager.execute_workflow("flow", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert record.steps["b"].output == {"items": [1, 2, 3], "n": 7, "text": "n=7 k=v"}
+
+
+def test_failure_skips_dependents_completes_independent_branch_and_fails_the_run(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow(
+        "branches",
+        [
+            step("bad", action="fail", parameters={"message": "disk on fire"}),
+            step("after_bad", dependencies=["bad"]),
+            step("after_after", dependencies=["after_bad"]),
+            step("good", parameters={"ok": True}),
+            step("after_good", dependencies=["good"]),
+        ],
+    )
+    record = manager.execute_workflow("branches", timeout=10)
+    assert record.status is WorkflowStatus.FAILED
+    assert record.failed_steps == ["bad"]
+    assert record.error is not None and "bad" in record.error and "disk on fire" in record.error
+    assert record.steps["after_bad"].status is TaskStatus.SKIPPED
+    assert record.steps["after_after"].status is TaskStatus.SKIPPED
+    assert record.steps["good"].status is TaskStatus.COMPLETED
+    assert record.steps["after_good"].status is TaskStatus.COMPLETED
+    assert record.steps["bad"].error is not None and record.steps["bad"].error.type == "StepFailedError"
+
+
+def test_non_required_failure_lets_the_run_succeed_and_skips_only_steps_using_its_output(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow(
+        "optional",
+        [
+            step("maybe", action="fail", required=False),
+            step("independent", dependencies=["maybe"], parameters={"x": 1}),
+            step("uses_it", parameters={"x": "{{steps.maybe.output}}"}),
+            step("checks_status", parameters={"s": "{{steps.maybe.status}}"}),
+        ],
+    )
+    record = manager.execute_workflow("optional", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert record.steps["maybe"].status is TaskStatus.FAILED
+    assert record.steps["independent"].status is TaskStatus.COMPLETED
+    assert record.steps["uses_it"].status is TaskStatus.SKIPPED
+    assert record.steps["checks_status"].output == {"s": "failed"}
+
+
+def test_run_if_false_skips_the_step_and_true_runs_it(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "cond",
+        [
+            step("count", parameters={"n": 5}),
+            step("big", action="echo", run_if="{{steps.count.output.n}} > 10", parameters={"message": "big"}),
+            step(
+                "small",
+                action="echo",
+                run_if="steps.count.output.n <= 10 and not false",
+                parameters={"message": "small"},
+            ),
+        ],
+    )
+    record = manager.execute_workflow("cond", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert record.steps["big"].status is TaskStatus.SKIPPED
+    assert record.steps["small"].output == "small"
+
+
+def test_parameters_default_and_override_and_missing_ones_are_named(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        {
+            "name": "p",
+            "parameters": {"who": "world"},
+            "steps": [step("s", action="echo", parameters={"message": "hi {{params.who}} {{params.n}}"})],
+        }
+    )
+    with pytest.raises(InvalidInputError, match=r"parameters\.n"):
+        manager.execute_workflow("p")
+    record = manager.execute_workflow("p", {"n": 3}, timeout=10)
+    assert record.steps["s"].output == "hi world 3"
+
+
+def test_retries_are_counted_in_attempts(manager: WorkflowManager, registry: ActionRegistry) -> None:
+    calls: list[int] = []
+
+    def flaky(params: dict[str, Any], ctx: ActionContext) -> int:
+        calls.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+        return ctx.attempt
+
+    registry.register(ActionDefinition("test", "flaky", flaky))
+    manager.create_workflow(
+        "retry", [step("f", module="test", action="flaky", max_retries=3, retry_delay=0.01)]
+    )
+    record = manager.execute_workflow("retry", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert record.steps["f"].attempts == 3
+    assert calls == [1, 2, 3]
+
+
+def test_max_parallel_bounds_concurrent_steps(manager: WorkflowManager, registry: ActionRegistry) -> None:
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def track(params: dict[str, Any], ctx: ActionContext) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        ctx.wait(0.02)
+        with lock:
+            running[0] -= 1
+
+    registry.register(ActionDefinition("test", "track", track))
+    manager.create_workflow(
+        {
+            "name": "mp",
+            "max_parallel": 2,
+            "steps": [step(f"s{i}", module="test", action="track") for i in range(8)],
+        }
+    )
+    record = manager.execute_workflow("mp", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert peak[0] <= 2
+
+
+def test_cancel_run_stops_running_and_pending_steps(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "long",
+        [step("sleep", action="sleep", parameters={"seconds": 30}), step("after", dependencies=["sleep"])],
+    )
+    started = threading.Event()
+    record = manager.execute_workflow(
+        "long", wait=False, on_step=lambda run, s: started.set() if s.status is TaskStatus.RUNNING else None
+    )
+    assert started.wait(5)
+    final = manager.cancel_run(record.run_id)
+    assert final.status is WorkflowStatus.CANCELLED
+    assert final.steps["sleep"].status is TaskStatus.CANCELLED
+    assert final.steps["after"].status in {TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+    with pytest.raises(InvalidStateError):
+        manager.cancel_run(record.run_id)
+
+
+def test_wait_timeout_returns_the_running_record_and_the_run_goes_on(manager: WorkflowManager) -> None:
+    manager.create_workflow("slow", [step("gate", action="sleep", parameters={"seconds": 0.3})])
+    record = manager.execute_workflow("slow", timeout=0.01)
+    assert record.status is WorkflowStatus.RUNNING
+    final = manager.wait_run(record.run_id, timeout=10)
+    assert final.status is WorkflowStatus.COMPLETED
+    assert manager.get_run(record.run_id).status is WorkflowStatus.COMPLETED
+
+
+def test_sub_workflow_runs_as_a_child_and_returns_outputs(manager: WorkflowManager) -> None:
+    manager.create_workflow("child", [step("c", action="echo", parameters={"message": "{{params.x}}"})])
+    manager.create_workflow(
+        "parent",
+        [
+            step(
+                "sub",
+                module="workflow",
+                action="run",
+                parameters={"workflow": "child", "parameters": {"x": 41}},
+            )
+        ],
+    )
+    record = manager.execute_workflow("parent", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    output = record.steps["sub"].output
+    assert output["outputs"] == {"c": 41}
+    assert manager.get_run(output["run_id"]).parent_run_id == record.run_id
+
+
+def test_duplicate_names_are_refused_unless_overwrite(manager: WorkflowManager) -> None:
+    manager.create_workflow("dup", [step("a")])
+    with pytest.raises(AlreadyExistsError, match="overwrite"):
+        manager.create_workflow("dup", [step("a")])
+    manager.create_workflow("dup", [step("b")], overwrite=True)
+    assert [s.name for s in manager.get_workflow("dup").steps] == ["b"]
+
+
+def test_invalid_workflows_are_rejected_with_every_problem(manager: WorkflowManager) -> None:
+    with pytest.raises(CycleDetectedError) as info:
+        manager.create_workflow(
+            "bad",
+            [
+                step("a", dependencies=["b"]),
+                step("b", dependencies=["a"]),
+                step("c", module="nope", action="x"),
+            ],
+        )
+    assert "nope.x" in str(info.value)
+    with pytest.raises(WorkflowNotFoundError):
+        manager.execute_workflow("bad")
+
+
+def test_config_dir_loads_good_files_and_reports_bad_ones(
+    tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    (tmp_path / "good.json").write_text(json.dumps({"name": "good", "steps": [step("a")]}))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "cyclic.json").write_text(
+        json.dumps({"name": "cyc", "steps": [step("a", dependencies=["a"])]})
+    )
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=tmp_path)
+    assert [w.name for w in manager.list_workflows()] == ["good"]
+    assert manager.list_workflows()[0].source == "config"
+    reasons = dict(manager.load_errors)
+    assert set(reasons) == {str(tmp_path / "broken.json"), str(tmp_path / "cyclic.json")}
+    assert "a" in reasons[str(tmp_path / "cyclic.json")]
+
+
+@pytest.mark.parametrize("sample", ["repo_health", "fan_out_stats"])
+def test_shipped_sample_workflows_run_to_completion(
+    sample: str, orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    manager = WorkflowManager(
+        orchestrator=orchestrator, registry=registry, config_dir=REPO / "config/workflows/production"
+    )
+    assert manager.load_errors == []
+    params = {"root": str(REPO)} if sample == "repo_health" else None
+    record = manager.execute_workflow(sample, params, timeout=60)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    if sample == "fan_out_stats":
+        assert record.steps["summary"].output["max"] == 93
+        assert record.steps["alert"].status is TaskStatus.COMPLETED
+    else:
+        assert record.steps["report"].output["python"].startswith("3.")
+
+
+def test_invalid_spec_errors_name_the_field(manager: WorkflowManager) -> None:
+    with pytest.raises(InvalidInputError, match=r"steps\.0\.timeout"):
+        manager.create_workflow({"name": "t", "steps": [step("a", timeout=-1)]})
+    with pytest.raises(DAGValidationError, match="unknown"):
+        manager.create_workflow({"name": "t", "steps": [step("a", dependencies=["ghost"])]})
+
+
+def test_nested_sub_workflows_do_not_deadlock_a_one_worker_pool(registry: ActionRegistry) -> None:
+    orch = TaskOrchestrator(1, registry=registry)
+    try:
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        manager.create_workflow("leaf", [step("x", action="echo", parameters={"message": 1})])
+        manager.create_workflow(
+            "middle", [step("m", module="workflow", action="run", parameters={"workflow": "leaf"})]
+        )
+        manager.create_workflow(
+            "top",
+            [
+                step(f"t{i}", module="workflow", action="run", parameters={"workflow": "middle"})
+                for i in range(3)
+            ],
+        )
+        record = manager.execute_workflow("top", timeout=20)
+        assert record.status is WorkflowStatus.COMPLETED, record.error
+        assert orch.get_execution_stats()["blocked_threads"] == 0
+    finally:
+        orch.shutdown(wait=True, timeout=10)
+
+
+def test_cancelling_a_parent_run_cancels_its_running_sub_workflow(manager: WorkflowManager) -> None:
+    manager.create_workflow("sleeper", [step("z", action="sleep", parameters={"seconds": 30})])
+    manager.create_workflow(
+        "outer", [step("sub", module="workflow", action="run", parameters={"workflow": "sleeper"})]
+    )
+    child_started = threading.Event()
+    manager.add_listener(
+        lambda event, payload: (
+            child_started.set() if event == "step.started" and payload["step"] == "z" else None
+        )
+    )
+    record = manager.execute_workflow("outer", wait=False)
+    assert child_started.wait(5)
+    final = manager.cancel_run(record.run_id)
+    assert final.status is WorkflowStatus.CANCELLED
+    children = [r for r in manager.list_runs(workflow_name="sleeper") if r.parent_run_id == record.run_id]
+    assert len(children) == 1
+    child = manager.wait_run(children[0].run_id, timeout=5)
+    assert child.status is WorkflowStatus.CANCELLED
