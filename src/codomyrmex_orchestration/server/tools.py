@@ -233,8 +233,10 @@ def _step_progress(call: _Call) -> Callable[[RunRecord, StepResult], None] | Non
         return None
 
     def on_step(record: RunRecord, step: StepResult) -> None:
-        done = sum(1 for s in record.steps.values() if s.status.is_terminal)
-        report(float(done), float(len(record.steps)) or None, f"step {step.name} {step.status.value}")
+        # Only final transitions: progress must increase with every notification.
+        if step.status.is_terminal:
+            done = sum(1 for s in record.steps.values() if s.status.is_terminal)
+            report(float(done), float(len(record.steps)) or None, f"step {step.name} {step.status.value}")
 
     return on_step
 
@@ -284,7 +286,7 @@ def _create_complex_workflow(
 
 
 def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> Any:
-    record = tools.engine.workflow_manager.resume_run(a.run_id, wait=False)
+    record = tools.engine.workflow_manager.resume_run(a.run_id, wait=False, on_step=_step_progress(call))
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
@@ -313,7 +315,7 @@ def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> A
 def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
     manager = tools.engine.workflow_manager
     spec = manager.get_workflow(a.name)
-    validation = manager.validate_workflow(spec)
+    validation = manager.describe_workflow(a.name)
     return m.WorkflowDetail(
         name=spec.name,
         description=spec.description,
@@ -935,9 +937,12 @@ class OrchestrationMCPTools:
                 return
 
         async def pump() -> None:
+            last = -math.inf
             async with receiver:
                 async for done, total, message in receiver:
-                    if progress is not None:
+                    # Steps finishing together may queue out of order; progress must only increase.
+                    if progress is not None and done > last:
+                        last = done
                         try:
                             await progress(done, total, message)
                         except Exception as exc:  # a client gone away must not fail the call
