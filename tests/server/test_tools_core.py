@@ -269,6 +269,7 @@ async def test_projects_are_created_from_templates_and_listed(client: Client) ->
     )
     assert project["project_name"] == "demo" and project["project_type"] == "data_pipeline"
     assert project["project_path"].endswith("demo")
+    assert "project.json" in project["files_created"] and "README.md" in project["files_created"]
     assert all(w.startswith("demo.") for w in project["workflows"])
     listed = await _ok(client, "list_projects", {"type": "data_pipeline"})
     assert [p["name"] for p in listed["projects"]] == ["demo"]
@@ -323,8 +324,16 @@ async def test_network_transports_refuse_code_execution_by_default(tmp_path: Any
                 {"name": "py", "module": "python", "action": "call", "parameters": {"function": "os:getcwd"}},
             )
             actions = await _ok(client, "list_actions", {})
+            probe = {
+                "name": "ssrf",
+                "module": "http",
+                "action": "request",
+                "parameters": {"url": "http://127.0.0.1:9/"},
+            }
+            ssrf = await _ok(client, "execute_task", probe)
     finally:
         tools.close()
     assert "shell.run" in refused and "refused" in refused
     assert "python.call" in task and "refused" in task
     assert {a["name"]: a["allowed"] for a in actions["actions"]}["shell.run"] is False
+    assert ssrf["status"] == "failed" and ssrf["error"]["type"] == "ActionRefusedError", ssrf

@@ -470,6 +470,11 @@ def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: 
         a.name, template=a.template, description=a.description, owner=a.owner
     )
     data = jsonable(project)
+    path = Path(str(_pick(data, "project_path", "path", default="")))
+    if not data.get("files_created") and path.is_dir():
+        data["files_created"] = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file())[
+            :_MAX_LISTED_FILES
+        ]
     return m.ProjectResult.model_validate(
         {
             **{k: v for k, v in data.items() if k not in ("name", "type", "path")},
@@ -481,6 +486,9 @@ def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: 
             "workflows": list(_pick(data, "workflows", default=[])),
         }
     )
+
+
+_MAX_LISTED_FILES = 500
 
 
 def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> Any:
@@ -844,7 +852,9 @@ class OrchestrationMCPTools:
             with self._engine_lock:
                 if self._engine is None:
                     factory = self._engine_factory or default_engine_factory
-                    self._engine = factory(self.policy)
+                    engine = factory(self.policy)
+                    apply_policy(engine.registry, self.policy)
+                    self._engine = engine
         return self._engine
 
     @property
@@ -982,6 +992,25 @@ class OrchestrationMCPTools:
                 except Exception as exc:  # best effort: the request is gone
                     log.warning("tool.cancel_failed", error=str(exc))
             raise
+
+
+def apply_policy(registry: Any, policy: ServerPolicy) -> None:
+    """Make every network action of ``registry`` run with the policy's ``ctx.extras`` defaults (e.g.
+    ``block_private_addresses`` for ``http.request`` on network transports); a step cannot lift them."""
+    extras = policy.action_extras
+    if not extras:
+        return
+    for definition in registry.definitions():
+        if not definition.network or getattr(definition.func, "_policy_extras", None) == extras:
+            continue
+        original = definition.func
+
+        def guarded(params: dict[str, Any], ctx: Any, _original: Any = original) -> Any:
+            ctx.extras.update(extras)
+            return _original(params, ctx)
+
+        guarded._policy_extras = extras  # type: ignore[attr-defined]  # marks the wrapper: idempotent
+        registry.register(dataclasses.replace(definition, func=guarded), replace=True)
 
 
 def default_engine_factory(policy: ServerPolicy) -> Any:
