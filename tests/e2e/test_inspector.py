@@ -112,7 +112,6 @@ def test_the_inspector_lists_the_tools_over_streamable_http_with_a_token(
 
 
 def test_the_inspector_creates_and_executes_a_workflow_over_stdio(tmp_path: Path) -> None:
-    pytest.importorskip("codomyrmex_orchestration.core.engine", reason="core/engine.py has not landed yet")
     target = [str(SCRIPT), "serve"]
     created = inspector(
         tmp_path,
@@ -143,7 +142,6 @@ def test_the_inspector_creates_and_executes_a_workflow_over_stdio(tmp_path: Path
 def test_the_inspector_creates_and_executes_a_workflow_over_streamable_http(
     tmp_path: Path, http_server: str
 ) -> None:
-    pytest.importorskip("codomyrmex_orchestration.core.engine", reason="core/engine.py has not landed yet")
     target = [http_server, "--transport", "http", "--header", f"Authorization: Bearer {TOKEN}"]
     created = inspector(
         tmp_path,

@@ -1,5 +1,5 @@
 """Tools that need the whole engine (sessions, resources, health, status) and the console script's
-default engine; written against docs/ARCHITECTURE.md. Skipped only while core/engine.py is absent."""
+default engine; written against docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 

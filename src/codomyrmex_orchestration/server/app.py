@@ -545,7 +545,13 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
         pass
     finally:
         try:
-            tools.close()
+            if engine_factory is not None:
+                tools.close()
+            elif tools.engine_started:
+                from codomyrmex_orchestration.core.engine import reset_engine
+
+                tools.cancel_running_tasks()
+                reset_engine()  # the process-wide engine: cancel running work, flush, forget it
         except OrchestrationError as exc:
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
@@ -560,11 +566,8 @@ def _url(settings: Settings) -> str:
 
 def _settings_engine_factory(settings: Settings) -> EngineFactory:
     def make(policy: ServerPolicy) -> Any:
-        import importlib
+        from codomyrmex_orchestration.core.engine import configure_engine
 
-        engine_module = importlib.import_module("codomyrmex_orchestration.core.engine")
-        resolved = settings.model_copy(update={"allow_shell": policy.allow_code_execution})
-        engine_module.configure_engine(resolved)
-        return engine_module.get_orchestration_engine()
+        return configure_engine(settings.model_copy(update={"allow_shell": policy.allow_code_execution}))
 
     return make

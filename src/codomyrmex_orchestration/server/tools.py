@@ -406,6 +406,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     )
     engine = tools.engine
     record = engine.execute_task(spec, wait=False)
+    tools._remember_task(record.task_id)
     if not a.wait or record.status.is_terminal:
         return _task_result(record, None)
     orchestrator = engine.task_orchestrator
@@ -436,12 +437,9 @@ def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 
 def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
     manager = tools.engine.resource_manager
-    kwargs: dict[str, Any] = {}
-    if a.ttl_seconds is not None:
-        kwargs["ttl"] = a.ttl_seconds
     if a.session_id is not None:
-        kwargs["session_id"] = a.session_id
-    allocations = jsonable(manager.allocate_resources(a.user_id, dict(a.requirements), **kwargs))
+        tools.engine.get_session(a.session_id)  # SessionNotFoundError names an unknown session
+    allocations = jsonable(manager.allocate_resources(a.user_id, dict(a.requirements), ttl=a.ttl_seconds))
     if isinstance(allocations, Mapping):
         allocations = (
             list(allocations.values())
@@ -449,7 +447,7 @@ def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs
             else [allocations]
         )
     items = [x if isinstance(x, dict) else {"allocation_id": x} for x in allocations]
-    return m.AllocationResult(user_id=a.user_id, allocations=items)
+    return m.AllocationResult(user_id=a.user_id, allocations=items, session_id=a.session_id)
 
 
 def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
@@ -518,9 +516,9 @@ def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Ca
 
 
 def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> Any:
-    options = a.model_dump(exclude_none=True)
-    session_id = tools.engine.create_session(**options)
-    return m.SessionResult(session_id=session_id, **{k: v for k, v in options.items() if k != "session_id"})
+    engine = tools.engine
+    session_id = engine.create_session(**a.model_dump(exclude_none=True))
+    return m.SessionResult.model_validate(jsonable(engine.get_session(session_id)))
 
 
 def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> Any:
@@ -825,6 +823,8 @@ class OrchestrationMCPTools:
         RuntimeError: the ``mcp`` package cannot be imported (no fallback: the server would be fake).
     """
 
+    _MAX_TRACKED_TASKS = 10_000
+
     def __init__(
         self,
         engine: Any = None,
@@ -840,6 +840,7 @@ class OrchestrationMCPTools:
         self._engine_factory = engine_factory
         self._engine_lock = threading.Lock()
         self._tools = {t.name: t for t in _TOOLS}
+        self._tasks: list[str] = []
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         self._wait_limiter = anyio.CapacityLimiter(wait_threads)
 
@@ -861,8 +862,31 @@ class OrchestrationMCPTools:
     def engine_started(self) -> bool:
         return self._engine is not None
 
+    def _remember_task(self, task_id: str) -> None:
+        with self._engine_lock:
+            self._tasks.append(task_id)
+            del self._tasks[: -self._MAX_TRACKED_TASKS]
+
+    def cancel_running_tasks(self, reason: str = "the server is shutting down") -> int:
+        """Cancel the single tasks this server started that are still running; returns how many.
+
+        Workflow runs are cancelled (and stay resumable) by the engine's shutdown; single tasks are not.
+        """
+        with self._engine_lock:
+            engine, task_ids, self._tasks = self._engine, self._tasks, []
+        if engine is None:
+            return 0
+        cancelled = 0
+        for task_id in task_ids:
+            try:
+                cancelled += bool(engine.task_orchestrator.cancel_task(task_id, reason))
+            except OrchestrationError:
+                continue  # finished and evicted meanwhile
+        return cancelled
+
     def close(self) -> None:
-        """Shut the engine down if this object started it (running work is cancelled or left resumable)."""
+        """Cancel this server's running tasks and shut the engine down if this object built it."""
+        self.cancel_running_tasks()
         with self._engine_lock:
             engine, self._engine = self._engine, None
         if engine is not None and self._engine_factory is not None:
@@ -1014,6 +1038,7 @@ def apply_policy(registry: Any, policy: ServerPolicy) -> None:
 
 
 def default_engine_factory(policy: ServerPolicy) -> Any:
-    """The shared engine from ``codomyrmex_orchestration.core.engine`` (configured by the CLI)."""
-    engine_module = importlib.import_module("codomyrmex_orchestration.core.engine")
-    return engine_module.get_orchestration_engine()
+    """The process-wide engine (``configure_engine`` sets it up; see ``server.app.serve``)."""
+    from codomyrmex_orchestration.core.engine import get_orchestration_engine
+
+    return get_orchestration_engine()
