@@ -166,3 +166,45 @@ def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
 def test_loopback_detection() -> None:
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))
+
+
+async def test_over_http_progress_arrives_and_a_cancelled_request_cancels_the_run(
+    tools: OrchestrationMCPTools,
+) -> None:
+    workflow = {
+        "name": "slow",
+        "steps": [
+            {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {
+                "name": "nap",
+                "module": "core",
+                "action": "sleep",
+                "parameters": {"seconds": 60},
+                "dependencies": ["quick"],
+            },
+        ],
+    }
+    first_step_done = anyio.Event()
+    seen: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append(done)
+        first_step_done.set()
+
+    with anyio.fail_after(30):
+        async with serving(tools, "streamable-http", None) as base, Client(f"{base}/mcp") as client:
+            assert not (await client.call_tool("create_workflow", workflow)).is_error
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: client.call_tool(
+                        "execute_workflow", {"workflow_name": "slow"}, progress_callback=on_progress
+                    )
+                )
+                await first_step_done.wait()
+                runs = await client.call_tool("list_workflow_runs", {"status": "running"})
+                run_id = runs.structured_content["runs"][0]["run_id"]
+                tg.cancel_scope.cancel()  # the client sends notifications/cancelled
+            manager = tools.engine.workflow_manager
+            record = await anyio.to_thread.run_sync(manager.wait_run, run_id, 10.0)
+    assert seen == [1.0]
+    assert record.status.value == "cancelled"
