@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import signal
+import stat
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -443,6 +444,8 @@ class _StdinLines:
         os.close(devnull)
         self._buffer = b""
         self._eof = False
+        # Regular files and some devices cannot be polled (epoll refuses them) but never block.
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
 
     def close(self) -> None:
         os.dup2(self._fd, 0)
@@ -453,7 +456,11 @@ class _StdinLines:
 
     async def __anext__(self) -> str:
         while b"\n" not in self._buffer and not self._eof:
-            await anyio.wait_readable(self._fd)
+            if self._pollable:
+                try:
+                    await anyio.wait_readable(self._fd)
+                except OSError:
+                    self._pollable = False
             chunk = os.read(self._fd, 65536)
             self._eof = not chunk
             self._buffer += chunk
