@@ -25,6 +25,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
 )
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.backends import ActionCall
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -243,6 +244,7 @@ class WorkflowManager:
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
         self.config_dir = Path(config_dir) if config_dir is not None else None
+        self._action_extras = {"max_depth": max_subworkflow_depth}
         self._lock = threading.RLock()
         self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
         self._active: dict[str, _Run] = {}
@@ -621,6 +623,16 @@ class WorkflowManager:
 
             task_id = self.orchestrator.submit(
                 call,
+                # The same step by name, for backends that run it in another process (workflow.run,
+                # which needs this manager, is kept local by them).
+                action=ActionCall(
+                    step.module,
+                    step.action,
+                    params,
+                    depth=run.depth,
+                    extras=self._action_extras,
+                    allow_code_execution=self.registry.allow_code_execution,
+                ),
                 name=f"{run.record.workflow_name}.{name}",
                 priority=priority,
                 timeout=step.timeout,

@@ -436,31 +436,18 @@ def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 
 
 def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
-    manager = tools.engine.resource_manager
-    if a.session_id is not None:
-        tools.engine.get_session(a.session_id)  # SessionNotFoundError names an unknown session
-    allocations = jsonable(manager.allocate_resources(a.user_id, dict(a.requirements), ttl=a.ttl_seconds))
-    if isinstance(allocations, Mapping):
-        allocations = (
-            list(allocations.values())
-            if all(isinstance(v, dict) for v in allocations.values())
-            else [allocations]
-        )
-    items = [x if isinstance(x, dict) else {"allocation_id": x} for x in allocations]
-    return m.AllocationResult(user_id=a.user_id, allocations=items, session_id=a.session_id)
+    allocations = tools.engine.allocate_resources(
+        a.user_id, dict(a.requirements), ttl=a.ttl_seconds, session_id=a.session_id
+    )
+    return m.AllocationResult(user_id=a.user_id, allocations=jsonable(allocations), session_id=a.session_id)
 
 
 def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
     if (a.allocation_id is None) == (a.user_id is None):
         raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
-    manager = tools.engine.resource_manager
-    if a.allocation_id is not None:
-        released = manager.release(a.allocation_id)
-        count = 1 if released is None or released is True else int(bool(released))
-        return m.ReleaseResult(released=count, allocation_id=a.allocation_id)
-    released = manager.deallocate_resources(a.user_id)
-    count = released if isinstance(released, int) else len(released or [])
-    return m.ReleaseResult(released=count, user_id=a.user_id)
+    released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
+    target = {"allocation_id": a.allocation_id} if a.allocation_id is not None else {"user_id": a.user_id}
+    return m.ReleaseResult(released=int(released), **target)
 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
