@@ -72,6 +72,8 @@ class Settings(BaseModel):
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     auth_token: SecretStr | None = None
+    #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
+    auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     durable: bool = True
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
