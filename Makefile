@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test run clean
+.PHONY: venv lint typecheck pytest test run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ pytest: venv
 test: lint typecheck pytest
 
 run: venv
+	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765
+
+run-sample: venv
 	$(BIN)/codomyrmex-orchestration run $(SAMPLE)
 
 clean:

@@ -216,6 +216,23 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.server.app import serve
 
+    if settings.transport != "stdio":
+        path = "/mcp" if settings.transport == "streamable-http" else "/sse"
+        url = f"http://{settings.host}:{settings.port}{path}"
+        auth = (
+            ' --header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"'
+            if settings.auth_token or settings.auth_token_file
+            else ""
+        )
+        transport = "http" if settings.transport == "streamable-http" else "sse"
+        print(
+            f"codomyrmex-orchestration: serving MCP ({settings.transport}) at {url}\n"
+            f"  point a client at it: claude mcp add --transport {transport} orchestration {url}{auth}\n"
+            f"  or list its tools: npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
+            " --method tools/list\n"
+            f"  health: curl http://{settings.host}:{settings.port}/healthz",
+            file=sys.stderr,
+        )
     try:
         return serve(settings)
     except OrchestrationError as exc:
