@@ -374,3 +374,16 @@ def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
         assert kept == list(reversed(ids[-3:]))
     finally:
         eng.shutdown()
+
+
+def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
+    import time
+
+    eng = _engine_on(tmp_path)
+    record = eng.execute_task(
+        TaskSpec(name="long", module="core", action="sleep", parameters={"seconds": 60}), wait=False
+    )
+    started = time.monotonic()
+    eng.shutdown(timeout=30)
+    assert time.monotonic() - started < 5
+    assert eng.task_orchestrator.get_task(record.task_id).status is TaskStatus.CANCELLED

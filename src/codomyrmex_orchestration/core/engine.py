@@ -35,6 +35,7 @@ from codomyrmex_orchestration.core.models import (
     TaskPriority,
     TaskRecord,
     TaskSpec,
+    TaskStatus,
     utcnow,
 )
 from codomyrmex_orchestration.core.projects import ProjectManager
@@ -940,6 +941,10 @@ class OrchestrationEngine:
             self._stopping = True
             self._session_cond.notify_all()
         self.workflow_manager.shutdown(cancel_running=cancel_running)
+        if cancel_running:
+            for status in (TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.PENDING):
+                for task in self.task_orchestrator.list_tasks(status=status, limit=1_000_000):
+                    self.task_orchestrator.cancel_task(task.task_id, "the engine is shutting down")
         self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout)
         self.resource_manager.shutdown()
         self._events.close(timeout)
