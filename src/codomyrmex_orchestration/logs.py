@@ -53,8 +53,12 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
 
 
 def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:
-    """A structlog logger bound to ``name`` and ``bindings``."""
-    return structlog.get_logger(name).bind(**bindings)
+    """A structlog logger bound to ``name`` and ``bindings``.
+
+    A lazy proxy: binding now (at import) would freeze the configuration of that moment, so a later
+    :func:`configure_logging` (``--log-level``) would not apply to module-level loggers.
+    """
+    return structlog.get_logger(name, **bindings)
 
 
 def ensure_stderr_default() -> None:

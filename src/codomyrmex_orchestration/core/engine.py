@@ -210,6 +210,10 @@ class OrchestrationEngine:
         allow_code_execution: allow ``shell.run`` / ``python.call``.
         durable: keep state in SQLite under ``state_dir`` (else in memory).
         resources_config: overrides for resource capacities.
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
+            Right for the one process that owns the state directory (the server); a process that
+            shares it with a live owner (the CLI's ``status``, ``health``, ``run``) passes False so
+            it never declares another process's runs dead.
     """
 
     def __init__(
@@ -226,6 +230,7 @@ class OrchestrationEngine:
         resources_config: Mapping[str, Any] | None = None,
         registry: ActionRegistry | None = None,
         store: StateStore | None = None,
+        recover: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -244,7 +249,9 @@ class OrchestrationEngine:
         if store is None:
             store = SqliteStore(self.state_dir / "state.db") if durable else MemoryStore()
         self.store: StateStore = store
-        self.interrupted_runs: list[str] = self.store.recover() if hasattr(self.store, "recover") else []
+        self.interrupted_runs: list[str] = (
+            self.store.recover() if recover and hasattr(self.store, "recover") else []
+        )
 
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
@@ -655,9 +662,16 @@ class OrchestrationEngine:
         except WaitTimeoutError:
             return self.task_orchestrator.get_task(task_id)
 
-    def resume_run(self, run_id: str, *, wait: bool = True, timeout: float | None = None) -> RunRecord:
+    def resume_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run."""
-        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout)
+        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout, on_step=on_step)
 
     # ------------------------------------------------------------------ health and metrics
 
