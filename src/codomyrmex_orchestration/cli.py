@@ -777,7 +777,6 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "files rejected"
     )
     print(f"runs        {_fmt(report['runs'])}")
-    print(f"steps       {_fmt(report['steps'])}")
     print(f"queue       {_fmt(report['queue'])}")
     rows = [
         [
