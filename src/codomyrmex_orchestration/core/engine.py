@@ -222,6 +222,10 @@ class OrchestrationEngine:
         retention_runs, retention_events: most finished runs and events the store keeps.
         backend: where ready steps run (the scheduler's own threads when ``None``; see
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
+            Right for the one process that owns the state directory (the server); a process that
+            shares it with a live owner (the CLI's ``status``, ``health``, ``run``) passes False so
+            it never declares another process's runs dead.
     """
 
     def __init__(
@@ -241,6 +245,7 @@ class OrchestrationEngine:
         backend: ExecutionBackend | None = None,
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
+        recover: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -267,7 +272,7 @@ class OrchestrationEngine:
                 else MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
             )
         self.store: EngineStateStore = store
-        self.interrupted_runs: list[str] = self.store.recover()
+        self.interrupted_runs: list[str] = self.store.recover() if recover else []
 
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
@@ -768,9 +773,16 @@ class OrchestrationEngine:
         except WaitTimeoutError:
             return self.task_orchestrator.get_task(task_id)
 
-    def resume_run(self, run_id: str, *, wait: bool = True, timeout: float | None = None) -> RunRecord:
+    def resume_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run."""
-        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout)
+        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout, on_step=on_step)
 
     # ------------------------------------------------------------------ health and metrics
 
