@@ -21,13 +21,16 @@ from pydantic import BaseModel, Field, ValidationError
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_STEPS,
+    DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_WORKERS,
     DEFAULT_PROJECTS_DIR,
     DEFAULT_STATE_DIR,
     DEFAULT_TEMPLATES_DIR,
     Settings,
 )
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
@@ -214,6 +217,11 @@ class OrchestrationEngine:
         resources_config: overrides for resource capacities.
         backend: where ready steps run (the scheduler's own threads when ``None``; see
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
+        max_steps: most steps a workflow may have.
+        max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
+            replaced by a truncation marker (``None``: no cap).
+        max_subworkflow_depth: deepest nesting of ``workflow.run``.
+        spill_outputs: write truncated outputs in full under ``state_dir/outputs/`` (durable mode).
     """
 
     def __init__(
@@ -225,6 +233,9 @@ class OrchestrationEngine:
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+        max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+        spill_outputs: bool = True,
         allow_code_execution: bool = True,
         durable: bool = True,
         resources_config: Mapping[str, Any] | None = None,
@@ -261,8 +272,16 @@ class OrchestrationEngine:
             config=resources_config,
             config_path=resources_path if resources_path is not None and resources_path.is_file() else None,
         )
+        self.output_limiter: OutputLimiter | None = None
+        if max_output_bytes is not None:
+            spill_dir = self.state_dir / "outputs" if durable and spill_outputs else None
+            self.output_limiter = OutputLimiter(max_output_bytes, spill_dir=spill_dir)
         self.task_orchestrator = TaskOrchestrator(
-            max_workers, registry=self.registry, resource_manager=self.resource_manager, backend=backend
+            max_workers,
+            registry=self.registry,
+            resource_manager=self.resource_manager,
+            backend=backend,
+            output_limit=self.output_limiter,
         )
         self.workflow_manager = WorkflowManager(
             orchestrator=self.task_orchestrator,
@@ -270,6 +289,8 @@ class OrchestrationEngine:
             store=self.store,
             config_dir=config_dir,
             max_steps=max_steps,
+            max_subworkflow_depth=max_subworkflow_depth,
+            max_output_bytes=max_output_bytes,
         )
         self.project_manager = ProjectManager(
             Path(projects_dir),
@@ -296,6 +317,9 @@ class OrchestrationEngine:
             "templates_dir": settings.templates_dir,
             "max_workers": settings.max_workers,
             "max_steps": settings.max_steps,
+            "max_output_bytes": settings.max_output_bytes,
+            "max_subworkflow_depth": settings.max_subworkflow_depth,
+            "spill_outputs": settings.spill_outputs,
             "allow_code_execution": settings.allow_shell is not False,
             "durable": settings.durable,
         }

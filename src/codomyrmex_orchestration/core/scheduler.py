@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
@@ -263,6 +264,8 @@ class TaskOrchestrator:
             :class:`LocalBackend` (these worker threads). With a remote backend the worker threads are
             dispatch slots, so ``max_workers`` bounds the steps in flight on the cluster. The scheduler
             owns the backend: :meth:`shutdown` closes it.
+        output_limit: applied to every successful return value on the worker thread, outside the lock
+            (the cap on captured output: too-large outputs become a truncation marker); ``None``: none.
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class TaskOrchestrator:
         name: str = "orchestrator",
         max_abandoned: int | None = None,
         backend: ExecutionBackend | None = None,
+        output_limit: OutputLimiter | None = None,
     ) -> None:
         if max_workers is None:
             import os
@@ -292,6 +296,7 @@ class TaskOrchestrator:
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
         self._backend_open = True
+        self.output_limit = output_limit
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers wait here for ready tasks
@@ -900,6 +905,10 @@ class TaskOrchestrator:
                 self._deliver_start(task)
             try:
                 result = task.fn(ctx)
+                if result is not None and self.output_limit is not None:
+                    result = self.output_limit(
+                        result, run_id=task.run_id, step_name=task.step_name, task_id=task.id
+                    )
                 error = None
             except BaseException as exc:  # a worker must survive anything an action raises
                 result = None
