@@ -944,12 +944,25 @@ class OrchestrationEngine:
         with self._lock:
             self._stopping = True
             self._session_cond.notify_all()
-        self.workflow_manager.shutdown(cancel_running=cancel_running)
-        self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout)
-        self.resource_manager.shutdown()
-        self._events.close(timeout)
-        self._reaper.join(timeout)
-        self.store.close()
+        # Every stage runs even if an earlier one fails (a broken store, a stuck backend): shutdown is
+        # what a SIGTERM handler calls, and it must leave nothing running behind it.
+        stages: list[tuple[str, Callable[[], object]]] = [
+            ("workflows", lambda: self.workflow_manager.shutdown(cancel_running=cancel_running)),
+            (
+                "scheduler",
+                lambda: self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout),
+            ),
+            ("resources", self.resource_manager.shutdown),
+            ("events", lambda: self._events.close(timeout)),
+            ("sessions", lambda: self._reaper.join(timeout)),
+            ("store", self.store.close),
+        ]
+        for component, stage in stages:
+            try:
+                stage()
+            except Exception as exc:
+                self._record_error(component, exc)
+                _log.error("shutdown stage failed", component=component, error=f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------- singletons

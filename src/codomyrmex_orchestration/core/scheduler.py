@@ -60,6 +60,8 @@ DEFAULT_WAIT_TIMEOUT = 300.0
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
 #: Seconds ``shutdown`` gives each of its own threads to exit after the work is over.
 _JOIN_GRACE = 5.0
+#: Longest shutdown waits, in all, for threads abandoned in cancelled calls to return.
+_ABANDONED_GRACE = 2.0
 
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
@@ -711,9 +713,17 @@ class TaskOrchestrator:
             self._deliver(notices)
         with self._lock:
             threads = [w.thread for w in self._workers if not w.abandoned and w.thread is not None]
+            abandoned = [w.thread for w in self._workers if w.abandoned and w.thread is not None]
         for thread in [self._dispatcher, *threads]:
             if thread is not threading.current_thread():
                 thread.join(_JOIN_GRACE)
+        # Threads still inside cancelled or timed-out calls: a cooperative action (shell.run killing
+        # its process group) gets a short, bounded grace to clean up before the process may exit;
+        # one that ignores cancellation is left behind (daemon) and reported by health().
+        deadline = time.monotonic() + min(limit, _ABANDONED_GRACE)
+        for thread in abandoned:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._close_backend()
 
     def _close_backend(self) -> None:

@@ -976,4 +976,4 @@ class WorkflowManager:
                 active = list(self._active.values())
             for run in active:
                 self._cancel(run)
-        self.store.flush()
+        self._flush()  # a broken store is logged (and reported by health), never raised from shutdown
