@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test run clean
+.PHONY: venv lint typecheck pytest test run clean durability
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ pytest: venv
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# kill -9 / restart / resume at 10 random points of a 200-step DAG run; prints the figures (make test runs 3).
+durability: venv
+	$(BIN)/python -m tests.helpers.crash_cycles --kill-points 10 $(if $(SEED),--seed $(SEED),)
 
 run: venv
 	$(BIN)/codomyrmex-orchestration run $(SAMPLE)
