@@ -10,6 +10,7 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 
@@ -53,6 +54,21 @@ def orchestrator_with_on_done(n: int, workers: int) -> float:
         return time.perf_counter() - start
 
 
+def _small_ctx(ctx: ActionContext) -> dict[str, object]:
+    return {"exit_code": 0, "stdout": "ok\n", "stderr": ""}
+
+
+def orchestrator_output_cap(n: int, workers: int) -> float:
+    """As :func:`orchestrator`, with the engine's 1 MiB output cap and a small dict output per task."""
+    limiter = OutputLimiter(1024 * 1024)
+    with TaskOrchestrator(max_workers=workers, max_finished=n, output_limit=limiter) as orch:
+        orch.wait(orch.submit(_small_ctx, name="warm"))
+        start = time.perf_counter()
+        ids = [orch.submit(_small_ctx, name="small") for _ in range(n)]
+        orch.wait_all(ids, timeout=120)
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -64,6 +80,7 @@ def main() -> None:
         "ThreadPoolExecutor": raw_pool,
         "TaskOrchestrator": orchestrator,
         "TaskOrchestrator+on_done": orchestrator_with_on_done,
+        "TaskOrchestrator+output_cap": orchestrator_output_cap,
     }
     best = dict.fromkeys(cases, float("inf"))
     raw_pool(1000, w)
