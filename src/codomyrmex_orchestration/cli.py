@@ -87,6 +87,20 @@ def _common(parser: argparse.ArgumentParser, *, quiet_logs: bool = True) -> None
         parser.set_defaults(default_log_level="warning")
 
 
+def _executor_flags(parser: argparse.ArgumentParser) -> None:
+    """Where ready steps run (also CODOMYRMEX_EXECUTOR / CODOMYRMEX_DASK_SCHEDULER)."""
+    parser.add_argument(
+        "--executor",
+        choices=["local", "dask"],
+        help="run steps on this process's threads (local, the default) or a Dask cluster (dask)",
+    )
+    parser.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="tcp://host:8786 of a running Dask scheduler (default with --executor dask: a LocalCluster)",
+    )
+
+
 def _add_run_parser(sub: Any) -> None:
     run = sub.add_parser(
         "run",
@@ -95,6 +109,7 @@ def _add_run_parser(sub: Any) -> None:
         "Exit 0 only if the run completed; Ctrl-C cancels it (exit 130).",
     )
     _common(run)
+    _executor_flags(run)
     run.add_argument("workflow", metavar="FILE|NAME", help="a workflow JSON file or a registered name")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a run parameter")
     run.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
@@ -151,6 +166,7 @@ def _add_resume_parser(sub: Any) -> None:
         "codes as `run`.",
     )
     _common(resume)
+    _executor_flags(resume)
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
     resume.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
@@ -198,6 +214,7 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "(e.g. --port <- CODOMYRMEX_PORT, --allowed-host <- CODOMYRMEX_ALLOWED_HOSTS); flags win.",
     )
     _common(serve, quiet_logs=False)
+    _executor_flags(serve)
     serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"])
     serve.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs a token)")
     serve.add_argument("--port", type=int, help="port (default 8765)")
@@ -329,6 +346,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         state_dir=getattr(args, "state_dir", None),
         config_dir=getattr(args, "config_dir", None),
         projects_dir=getattr(args, "projects_dir", None),
+        executor=getattr(args, "executor", None),
+        dask_scheduler=getattr(args, "dask_scheduler", None),
         **(_serve_overrides(args) if args.command == "serve" else {}),
     )
 

@@ -483,3 +483,33 @@ def test_run_on_a_terminal_draws_a_live_step_table_and_progress_bar(cli: Cli) ->
     assert "2/2 steps done" in output
     assert "\x1b[" in output  # drawn with terminal control codes, in place
     assert "of demo completed in" in output
+
+
+def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(
+        json.dumps(
+            {
+                "name": "on_dask",
+                "steps": [
+                    {
+                        "name": "pid",
+                        "module": "python",
+                        "action": "call",
+                        "parameters": {"function": "os:getpid"},
+                    }
+                ],
+            }
+        )
+    )
+    env = {**os.environ, "CODOMYRMEX_DASK_N_WORKERS": "1"}
+    args = [sys.executable, "-m", "codomyrmex_orchestration", "run", str(workflow), "--json"]
+    args += ["--executor", "dask", "--state-dir", str(tmp_path / "state"), "--config-dir", str(tmp_path)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    record = json.loads(out)
+    assert record["status"] == "completed"
+    pid = record["steps"]["pid"]["output"]
+    assert isinstance(pid, int) and pid != proc.pid  # ran in a Dask worker process, not the CLI
