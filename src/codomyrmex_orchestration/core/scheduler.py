@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
@@ -899,7 +900,9 @@ class TaskOrchestrator:
             if want_start:
                 self._deliver_start(task)
             try:
-                result = task.fn(ctx)
+                # Every output (tasks, workflow steps, any backend) passes here before it becomes a
+                # record, a store row or a tool result: secrets are redacted once, at the source.
+                result = redact(task.fn(ctx))
                 error = None
             except BaseException as exc:  # a worker must survive anything an action raises
                 result = None
