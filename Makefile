@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test run run-sample clean
+.PHONY: venv lint typecheck pytest test fuzz load run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ pytest: venv
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# 10,000 fuzzed tool calls through the MCP client (5,000 per policy), with figures.
+fuzz: venv
+	CODOMYRMEX_FUZZ_CALLS=5000 $(BIN)/pytest tests/server/test_fuzz.py -k fuzzed -s -q
+
+# 50 clients x 200 calls over streamable HTTP against the real server on loopback, with figures.
+load: venv
+	$(BIN)/python -m tests.helpers.load --clients 50 --calls 200
 
 run: venv
 	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765
