@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test run run-sample clean durability
+.PHONY: venv lint typecheck pytest test fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: lint typecheck pytest
 # kill -9 / restart / resume at 10 random points of a 200-step DAG run; prints the figures (make test runs 3).
 durability: venv
 	$(BIN)/python -m tests.helpers.crash_cycles --kill-points 10 $(if $(SEED),--seed $(SEED),)
+
+# 10,000 fuzzed tool calls through the MCP client (5,000 per policy), with figures.
+fuzz: venv
+	CODOMYRMEX_FUZZ_CALLS=5000 $(BIN)/pytest tests/server/test_fuzz.py -k fuzzed -s -q
+
+# 50 clients x 200 calls over streamable HTTP against the real server on loopback, with figures.
+load: venv
+	$(BIN)/python -m tests.helpers.load --clients 50 --calls 200
 
 run: venv
 	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765

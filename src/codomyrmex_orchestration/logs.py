@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from codomyrmex_orchestration._redact import redact, redact_text
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -54,6 +57,7 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -65,9 +69,22 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
+
+
+def _redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """structlog processor: no secret value reaches a log line (see ``_redact``)."""
+    redacted: Mapping[str, Any] = redact(event_dict)
+    return redacted
+
+
+class _RedactingFormatter(logging.Formatter):
+    """The stdlib side (mcp, uvicorn, httpx): formatted lines are redacted too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:

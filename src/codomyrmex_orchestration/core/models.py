@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from codomyrmex_orchestration._redact import redact_text
+
 __all__ = [
     "NAME_PATTERN",
     "ErrorInfo",
@@ -216,7 +218,8 @@ class ErrorInfo(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        return cls(message=str(exc) or type(exc).__name__, type=type(exc).__name__)
+        # Messages quote stderr, URLs and values: secrets must not reach the record (see _redact).
+        return cls(message=redact_text(str(exc) or type(exc).__name__), type=type(exc).__name__)
 
 
 class StepResult(BaseModel):

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
@@ -915,10 +916,15 @@ class TaskOrchestrator:
                 self._deliver_start(task)
             try:
                 result = task.fn(ctx)
-                if result is not None and self.output_limit is not None:
-                    result = self.output_limit(
-                        result, run_id=task.run_id, step_name=task.step_name, task_id=task.id
-                    )
+                if result is not None:
+                    # Every output (tasks, workflow steps, any backend) passes here before it becomes a
+                    # record, a store row or a tool result: secrets are redacted once, at the source,
+                    # then the size cap applies (a spilled file holds the redacted value).
+                    result = redact(result)
+                    if self.output_limit is not None:
+                        result = self.output_limit(
+                            result, run_id=task.run_id, step_name=task.step_name, task_id=task.id
+                        )
                 error = None
             except BaseException as exc:  # a worker must survive anything an action raises
                 result = None

@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
@@ -525,6 +526,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
+    register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
     policy = ServerPolicy.for_transport(transport, settings.allow_shell)
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)

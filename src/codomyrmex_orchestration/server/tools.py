@@ -29,6 +29,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
+from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
@@ -199,7 +200,7 @@ def _describe_validation_error(tool: str, exc: ValidationError, args: type[BaseM
     fields: list[str] = []
     errors = exc.errors()
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        loc = ".".join(str(p) for p in err["loc"]) if err["loc"] else "arguments"
         fields.append(loc)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -907,13 +908,13 @@ class OrchestrationMCPTools:
 
     @staticmethod
     def _render(result: BaseModel) -> ToolResult:
-        structured = jsonable(result.model_dump(mode="json"))
+        structured = redact(jsonable(result.model_dump(mode="json")))
         return ToolResult(text=json.dumps(structured, indent=2, ensure_ascii=False), structured=structured)
 
     @staticmethod
     def _failure(name: str, exc: BaseException) -> ToolResult:
         if isinstance(exc, OrchestrationError):
-            return ToolResult.error(str(exc))
+            return ToolResult.error(redact_text(str(exc)))
         ref = uuid.uuid4().hex[:12]
         log.error("tool.internal_error", tool=name, ref=ref, exc_info=exc)
         return ToolResult.error(f"internal error (ref {ref}); the server logged the details")

@@ -1,0 +1,99 @@
+"""Secret redaction, in one place: values of secret-looking environment variables and registered secrets
+(the bearer token) become ``[REDACTED]`` wherever they would leave the process or reach disk.
+
+A variable is secret when its name contains TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL or KEY (any
+case) and its value has at least :data:`MIN_SECRET_LENGTH` characters (shorter values such as ``1`` would
+redact ordinary text). Applied to action outputs and errors before they are recorded (so run records,
+the state store and tool results never hold them), to tool results, and to every log line. It matches
+exact values: a command that transforms a secret (base64, reversal) is not caught; not passing secrets to
+untrusted steps is the real protection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "is_secret_name", "redact", "redact_text", "register_secret"]
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|KEY", re.IGNORECASE)
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+def is_secret_name(name: str) -> bool:
+    """True for environment variable names whose values are treated as secrets."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def register_secret(value: str | None) -> None:
+    """Treat ``value`` as a secret from now on (e.g. the bearer token read from a file)."""
+    global _generation
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        with _lock:
+            _registered.add(value)
+            _generation += 1
+
+
+def _compute(env: Mapping[str, str]) -> list[str]:
+    values = {v for k, v in env.items() if len(v) >= MIN_SECRET_LENGTH and is_secret_name(k)}
+    with _lock:
+        values |= _registered
+    # Longest first, so a secret containing another is replaced whole.
+    return sorted(values, key=len, reverse=True)
+
+
+_cache: tuple[object, int, list[str]] | None = None
+_generation = 0
+
+
+def _secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values now: recomputed only when the environment or the registered set changed.
+
+    Every task output and log line passes through here, so the scan of the environment (a regex per
+    variable) is cached behind a cheap snapshot of its raw items.
+    """
+    global _cache
+    if environ is not None:
+        return _compute(environ)
+    raw = getattr(os.environ, "_data", None)
+    snapshot: object = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    cached = _cache
+    if cached is not None and cached[1] == _generation and cached[0] == snapshot:
+        return cached[2]
+    values = _compute(os.environ)
+    _cache = (snapshot, _generation, values)
+    return values
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with every secret value replaced by :data:`REDACTED`."""
+    for secret in _secrets() if secrets is None else secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact(value: Any, secrets: list[str] | None = None) -> Any:
+    """``value`` (a JSON-like structure) with secrets replaced in every string, keys included; values
+    without secrets are returned as they are (the same object)."""
+    found = _secrets() if secrets is None else secrets
+    if not found:
+        return value
+    return _walk(value, found)
+
+
+def _walk(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, Mapping):
+        return {_walk(k, secrets): _walk(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_walk(v, secrets) for v in value)
+    return value

@@ -1,0 +1,386 @@
+"""The real ``serve`` subprocess over streamable HTTP on loopback, driven as a hostile or careless client:
+auth on every route, request limits, refused code execution and SSRF, project names that try to escape,
+secrets that must not leak, clients that vanish mid-call, and a small load run."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.helpers.load import run_load
+from tests.helpers.served import Served, served
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "tok-e2e-6f1d2c9a8b7e"
+SECRET = "pw-e2e-0b3c5d7e9f"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **AUTH}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A network-default server: token required, code execution and private addresses refused."""
+    with served(tmp_path_factory.mktemp("locked"), env={"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``--allow-shell``, a token and a secret in the environment, debug logs."""
+    env = {"CODOMYRMEX_AUTH_TOKEN": TOKEN, "SERVICE_PASSWORD": SECRET}
+    root = tmp_path_factory.mktemp("open")
+    (root / "outside").mkdir()
+    (root / "projects").mkdir()
+    (root / "projects" / "planted").symlink_to(root / "outside")
+    with served(root, ["--allow-shell", "--log-level", "debug"], env) as server:
+        yield server
+
+
+def client(server: Served) -> Any:
+    http = httpx2.AsyncClient(headers=AUTH, timeout=60)
+    return http, Client(streamable_http_client(server.url, http_client=http))
+
+
+async def call(server: Served, tool: str, args: dict[str, Any]) -> Any:
+    http, mcp_client = client(server)
+    async with http, mcp_client as c:
+        with anyio.fail_after(60):
+            return await c.call_tool(tool, args)
+
+
+def text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+# --------------------------------------------------------------------------- auth and transport limits
+
+
+def test_every_route_but_healthz_needs_the_token(locked: Served) -> None:
+    from starlette.routing import Mount, Route
+
+    from codomyrmex_orchestration.server.app import build_http_app, build_server
+    from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+    paths = {"/nope", "/mcp/", "/healthz/../mcp"}
+    for transport in ("sse", "streamable-http"):
+        app = build_http_app(build_server(OrchestrationMCPTools()), transport=transport, auth_token=None)
+        paths |= {r.path for r in app.routes if isinstance(r, Route | Mount)}  # type: ignore[attr-defined]
+    assert {"/healthz", "/mcp", "/sse", "/messages"} <= paths
+    with httpx.Client(base_url=locked.base, timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
+        for path in sorted(paths - {"/healthz"}):
+            for method in ("GET", "POST", "DELETE"):
+                response = http.request(method, path, json=INIT, headers={"Accept": MCP_HEADERS["Accept"]})
+                assert response.status_code == 401, (method, path, response.status_code)
+                wrong = http.request(method, path, json=INIT, headers={"Authorization": "Bearer x" + TOKEN})
+                assert wrong.status_code == 401, (method, path)
+
+
+def test_foreign_host_and_origin_are_refused_even_with_the_token(locked: Served) -> None:
+    with httpx.Client(base_url=locked.base, timeout=10) as http:
+        host = http.post("/mcp", json=INIT, headers={**MCP_HEADERS, "Host": "evil.example"})
+        origin = http.post("/mcp", json=INIT, headers={**MCP_HEADERS, "Origin": "https://evil.example"})
+        rebound = http.post(
+            "/mcp", json=INIT, headers={**MCP_HEADERS, "Origin": "http://127.0.0.1.evil.example"}
+        )
+        fine = http.post("/mcp", json=INIT, headers=MCP_HEADERS)
+    assert host.status_code == 421 and origin.status_code == 403 and rebound.status_code == 403
+    assert fine.status_code == 200
+
+
+def test_oversized_and_absurdly_nested_bodies_are_refused_and_the_server_keeps_serving(
+    locked: Served,
+) -> None:
+    big = json.dumps({**INIT, "params": {**INIT["params"], "pad": "x" * (5 * 1024 * 1024)}}).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    with httpx.Client(base_url=locked.base, timeout=30) as http:
+        declared = http.post("/mcp", content=big, headers=MCP_HEADERS)
+        streamed = http.post("/mcp", content=chunks(), headers=MCP_HEADERS)
+        deep = http.post("/mcp", content=b"[" * 200_000 + b"]" * 200_000, headers=MCP_HEADERS)
+        junk = http.post("/mcp", content=b"\xff\xfe{not json", headers=MCP_HEADERS)
+        health = http.get("/healthz")
+    assert declared.status_code == 413 and streamed.status_code == 413
+    assert 400 <= deep.status_code < 500 and 400 <= junk.status_code < 500, (deep.text[:200], junk.text[:200])
+    assert health.status_code == 200 and locked.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- refused actions
+
+
+async def test_shell_and_python_are_refused_over_http_by_default(locked: Served) -> None:
+    shell = await call(
+        locked,
+        "execute_task",
+        {"name": "t", "module": "shell", "action": "run", "parameters": {"command": ["id"]}},
+    )
+    python = await call(
+        locked,
+        "execute_task",
+        {"name": "t", "module": "python", "action": "call", "parameters": {"function": "os.getcwd"}},
+    )
+    workflow = await call(
+        locked,
+        "create_workflow",
+        {
+            "name": "sneaky",
+            "steps": [{"name": "a", "module": "shell", "action": "run", "parameters": {"command": "id"}}],
+        },
+    )
+    for result in (shell, python, workflow):
+        assert result.is_error and "refused" in text(result), text(result)
+    assert "allow-shell" in text(shell) or "allow_shell" in text(shell).lower()
+
+
+@pytest.fixture
+def loopback_listener() -> Iterator[tuple[int, list[Any]]]:
+    """A listener on 127.0.0.1 (and ::1 when available) that records every connection it accepts."""
+    accepted: list[Any] = []
+    sockets = []
+    v4 = socket.create_server(("127.0.0.1", 0))
+    port = v4.getsockname()[1]
+    sockets.append(v4)
+    try:
+        sockets.append(socket.create_server(("::1", port), family=socket.AF_INET6))
+    except OSError:
+        pass
+    stop = threading.Event()
+
+    def accept(sock: socket.socket) -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, peer = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(peer)
+            conn.close()
+
+    threads = [threading.Thread(target=accept, args=(s,), daemon=True) for s in sockets]
+    for t in threads:
+        t.start()
+    yield port, accepted
+    stop.set()
+    for t in threads:
+        t.join(5)
+    for s in sockets:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "127.1",
+        "0.0.0.0",
+        "[::ffff:127.0.0.1]",
+        "2130706433",
+        "169.254.169.254",
+        "10.0.0.1",
+        "192.168.1.1",
+        "[fe80::1]",
+    ],
+)
+async def test_http_request_cannot_reach_internal_addresses_over_http(
+    locked: Served, loopback_listener: tuple[int, list[Any]], host: str
+) -> None:
+    port, accepted = loopback_listener
+    result = await call(
+        locked,
+        "execute_task",
+        {
+            "name": "ssrf",
+            "module": "http",
+            "action": "request",
+            "parameters": {"url": f"http://{host}:{port}/latest/meta-data", "timeout": 2},
+        },
+    )
+    record = result.structured_content or {}
+    assert record.get("status") == "failed", text(result)
+    assert "refused" in json.dumps(record.get("error")).lower(), record
+    assert accepted == [], f"{host}: the server connected before refusing"
+
+
+# --------------------------------------------------------------------------- projects and secrets
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", ".", "a\\b", "x\x00y", "planted", " planted"])
+async def test_project_names_never_escape_the_projects_root(open_server: Served, name: str) -> None:
+    root = open_server.state_dir.parent
+    before = sorted(p.name for p in (root / "projects").iterdir())
+    result = await call(open_server, "create_project", {"name": name, "template": "custom"})
+    assert result.is_error, text(result)
+    assert list((root / "outside").iterdir()) == []
+    assert not await anyio.Path(root / "x").exists() and not await anyio.Path("/abs").exists()
+    assert sorted(p.name for p in (root / "projects").iterdir()) == before
+
+
+async def test_secrets_never_reach_results_logs_or_the_state_db(open_server: Served) -> None:
+    results = [
+        await call(
+            open_server,
+            "execute_task",
+            {"name": "env", "module": "shell", "action": "run", "parameters": {"command": ["env"]}},
+        ),
+        await call(
+            open_server,
+            "execute_task",
+            {
+                "name": "print",
+                "module": "shell",
+                "action": "run",
+                "parameters": {"command": "printenv SERVICE_PASSWORD; printenv CODOMYRMEX_AUTH_TOKEN"},
+            },
+        ),
+        await call(
+            open_server,
+            "execute_task",
+            {
+                "name": "fail",
+                "module": "shell",
+                "action": "run",
+                "parameters": {"command": "echo $SERVICE_PASSWORD >&2; exit 3"},
+            },
+        ),
+        await call(
+            open_server,
+            "execute_task",
+            {
+                "name": "py",
+                "module": "python",
+                "action": "call",
+                "parameters": {"function": "os.getenv", "args": ["SERVICE_PASSWORD"]},
+            },
+        ),
+        await call(
+            open_server,
+            "create_complex_workflow",
+            {
+                "name": "leak",
+                "workflow_definition": {
+                    "steps": [
+                        {
+                            "name": "env",
+                            "module": "shell",
+                            "action": "run",
+                            "parameters": {"command": ["env"]},
+                        },
+                        {
+                            "name": "echo",
+                            "module": "core",
+                            "action": "echo",
+                            "parameters": {"message": "{{steps.env.output.stdout}}"},
+                        },
+                    ]
+                },
+            },
+        ),
+    ]
+    assert all(r.structured_content for r in results), [text(r) for r in results]
+    assert results[0].structured_content["status"] == "completed"
+    shown = "\n".join(text(r) for r in results)
+    assert "SERVICE_PASSWORD=" in shown and "[REDACTED]" in shown  # the variable is there, its value is not
+    for secret in (SECRET, TOKEN):
+        assert secret not in shown
+        assert secret not in open_server.logs()
+        for path in open_server.state_dir.glob("state.db*"):
+            assert secret.encode() not in path.read_bytes(), path
+    with sqlite3.connect(open_server.state_dir / "state.db") as db:
+        dumped = "\n".join(db.iterdump())
+    assert SECRET not in dumped and TOKEN not in dumped
+
+
+# --------------------------------------------------------------------------- clients that vanish, load
+
+
+async def test_a_client_disconnecting_mid_call_leaves_the_server_healthy_and_the_run_truthful(
+    open_server: Served,
+) -> None:
+    workflow = {
+        "name": "nap",
+        "steps": [{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1}}],
+    }
+    assert not (await call(open_server, "create_workflow", {**workflow, "overwrite": True})).is_error
+    async with anyio.create_task_group() as tg:  # the same concurrency as below, waited for: warm pools
+        for _ in range(5):
+            tg.start_soon(call, open_server, "execute_workflow", {"workflow_name": "nap"})
+    threads_before = open_server.threads()
+
+    async def vanish() -> None:
+        async with httpx.AsyncClient(base_url=open_server.base, timeout=10) as http:
+            init = await http.post("/mcp", json=INIT, headers=MCP_HEADERS)
+            session = {
+                **MCP_HEADERS,
+                "mcp-session-id": init.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-06-18",
+            }
+            await http.post(
+                "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+            )
+            request = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "execute_workflow", "arguments": {"workflow_name": "nap"}},
+            }
+            async with http.stream("POST", "/mcp", json=request, headers=session) as response:
+                assert response.status_code == 200
+            # leaving the block closes the connection before the result arrives
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(vanish)
+    with anyio.fail_after(30):
+        while True:
+            runs = await call(open_server, "list_workflow_runs", {"workflow_name": "nap", "limit": 50})
+            statuses = [r["status"] for r in runs.structured_content["runs"]]
+            if len(statuses) == 10 and all(s in ("completed", "cancelled") for s in statuses):
+                break
+            await anyio.sleep(0.2)  # polling another process's state: no event crosses the process boundary
+        health = await call(open_server, "get_health_status", {})
+        while open_server.threads() > threads_before + 2:  # noqa: ASYNC110  # another process: no event to await
+            await anyio.sleep(0.2)  # idle worker threads expire on their own schedule
+    assert health.structured_content["overall_status"] == "healthy"
+    assert open_server.proc.poll() is None
+
+
+def test_a_small_load_run_has_no_errors_and_bounded_memory(tmp_path: Path) -> None:
+    report = run_load(tmp_path, clients=5, calls=20)
+    assert report.errors == 0, report.error_samples
+    assert report.calls == 100
+    assert report.rss_after_kib < report.rss_before_kib + 64 * 1024

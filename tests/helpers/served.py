@@ -1,0 +1,107 @@
+"""The real ``codomyrmex-orchestration serve`` in a subprocess on a free loopback port, with its stderr
+captured to a file, and readings of its RSS and thread count from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SCRIPT = Path(sys.executable).parent / "codomyrmex-orchestration"
+
+
+@dataclass
+class Served:
+    base: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/mcp"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+
+    def logs(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env["CODOMYRMEX_STATE_DIR"] = str(root / "state")
+    env["CODOMYRMEX_CONFIG_DIR"] = str(root / "config")
+    env["CODOMYRMEX_PROJECTS_DIR"] = str(root / "projects")
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def served(
+    root: Path,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    *,
+    token: str | None = None,
+    startup_timeout: float = 30.0,
+) -> Iterator[Served]:
+    """Run ``serve --transport streamable-http`` on 127.0.0.1 until the block ends (then SIGTERM)."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    stderr_path = root / "server.stderr.log"
+    command = [str(SCRIPT), "serve", "--transport", "streamable-http", "--host", "127.0.0.1"]
+    command += ["--port", str(port), *args]
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=root,
+            env=server_env(root, env or {}),
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {stderr_path.read_text()}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+            # Polling a port a subprocess is still opening: there is no event to wait on across processes.
+            time.sleep(0.05)
+        yield Served(base=base, proc=proc, stderr_path=stderr_path, state_dir=root / "state")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
