@@ -304,9 +304,6 @@ class TaskOrchestrator:
         self._all_done.set()
         self._listeners: tuple[TaskListener, ...] = ()
         self._self_serve = False
-        # Per worker thread: delivering the one notice of a task that just ended, with no next task in
-        # hand, so a task its callback submits (a workflow's next step) is popped by this thread next.
-        self._tls = threading.local()
         self._ids = itertools.count(1)
         self._id_prefix = f"t-{uuid.uuid4().hex[:8]}-"
         self._started_mono = time.monotonic()
@@ -695,8 +692,6 @@ class TaskOrchestrator:
         self._ready[task.priority].append(task)
         if self._self_serve:
             self._self_serve = False
-        elif getattr(self._tls, "will_pop", False):
-            self._tls.will_pop = False
         else:
             self._signal_work_locked()
 
@@ -807,7 +802,6 @@ class TaskOrchestrator:
 
     def _worker_loop(self, worker: _Worker) -> None:
         lock = self._lock
-        tls = self._tls
         notices: list[_Notice] = []
         task: _Task | None = None
         result: Any = None
@@ -853,12 +847,7 @@ class TaskOrchestrator:
                     ctx = self._start_locked(task, worker)
                     want_start = task.on_start is not None or bool(self._listeners)
             if notices:
-                if task is None and not leave and len(notices) == 1:
-                    tls.will_pop = True
-                    self._deliver(notices)
-                    tls.will_pop = False
-                else:
-                    self._deliver(notices)
+                self._deliver(notices)
                 notices = []
             if leave:
                 return
