@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import codomyrmex_orchestration as pkg
 
 
@@ -19,3 +23,31 @@ def test_all_matches_public_module_attributes() -> None:
         and getattr(value, "__module__", "").startswith("codomyrmex_orchestration")
     }
     assert public <= set(pkg.__all__), sorted(public - set(pkg.__all__))
+
+
+def test_nothing_the_core_logs_reaches_stdout(tmp_path: Path) -> None:
+    """stdout is the MCP stdio wire: a submodule imported first must still log to stderr."""
+    script = (
+        "import sys; from codomyrmex_orchestration.core.store import SqliteStore; "
+        "SqliteStore(sys.argv[1]).close()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "state.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout == ""
+    assert "state_store_migrated" in proc.stderr
+
+
+def test_the_singletons_are_exported() -> None:
+    for name in (
+        "get_orchestration_engine",
+        "get_workflow_manager",
+        "get_task_orchestrator",
+        "get_resource_manager",
+        "get_project_manager",
+    ):
+        assert callable(getattr(pkg, name))

@@ -1,8 +1,20 @@
-"""codomyrmex-orchestration: an MCP server and a synchronous core that run workflows as DAGs of actions."""
+"""codomyrmex-orchestration: an MCP server and a synchronous core that run workflows as DAGs of actions.
+
+The core is usable from plain Python::
+
+    from codomyrmex_orchestration import get_workflow_manager
+
+    manager = get_workflow_manager()
+    manager.create_workflow("hello", [{"name": "say", "module": "core", "action": "echo",
+                                       "parameters": {"message": "hi"}}])
+    print(manager.execute_workflow("hello").steps["say"].output)
+"""
 
 from __future__ import annotations
 
-from codomyrmex_orchestration import logs as _logs
+# Imported first (isort keeps it first): importing logs points an unconfigured structlog at stderr
+# before any submodule binds a logger, since a logger bound earlier would write to stdout, the wire.
+from codomyrmex_orchestration import logs as _logs  # noqa: F401  (imported for its side effect, see above)
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
@@ -10,6 +22,22 @@ from codomyrmex_orchestration.core.actions import (
     ActionRegistry,
     create_registry,
 )
+from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.docs import DocumentationGenerator
+from codomyrmex_orchestration.core.engine import (
+    OrchestrationEngine,
+    OrchestrationMode,
+    Session,
+    SessionStatus,
+    configure_engine,
+    get_orchestration_engine,
+    get_project_manager,
+    get_resource_manager,
+    get_task_orchestrator,
+    get_workflow_manager,
+    reset_engine,
+)
+from codomyrmex_orchestration.core.executor import ExecutionResult, ParallelExecutor
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
@@ -21,33 +49,74 @@ from codomyrmex_orchestration.core.models import (
     WorkflowSpec,
     WorkflowStatus,
 )
+from codomyrmex_orchestration.core.projects import Project, ProjectManager, ProjectStatus, ProjectType
+from codomyrmex_orchestration.core.resources import (
+    Allocation,
+    Resource,
+    ResourceManager,
+    ResourceStatus,
+    ResourceType,
+)
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
+from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import (
     CycleDetectedError,
     DAGValidationError,
+    InsufficientResourcesError,
     OrchestrationError,
+    TaskNotFoundError,
 )
 
 __version__ = "0.1.0"
-
-_logs.ensure_stderr_default()
 
 __all__ = [
     "ActionContext",
     "ActionDefinition",
     "ActionRegistry",
+    "Allocation",
     "CycleDetectedError",
     "DAGValidationError",
+    "DocumentationGenerator",
+    "ExecutionResult",
+    "InsufficientResourcesError",
+    "MemoryStore",
+    "OrchestrationEngine",
     "OrchestrationError",
+    "OrchestrationMode",
+    "ParallelExecutor",
+    "Project",
+    "ProjectManager",
+    "ProjectStatus",
+    "ProjectType",
+    "Resource",
+    "ResourceManager",
+    "ResourceStatus",
+    "ResourceType",
     "RunRecord",
+    "Session",
+    "SessionStatus",
     "Settings",
+    "SqliteStore",
     "StepResult",
     "StepSpec",
+    "TaskNotFoundError",
+    "TaskOrchestrator",
     "TaskPriority",
     "TaskRecord",
     "TaskSpec",
     "TaskStatus",
+    "WorkflowDAG",
+    "WorkflowManager",
     "WorkflowSpec",
     "WorkflowStatus",
     "__version__",
+    "configure_engine",
     "create_registry",
+    "get_orchestration_engine",
+    "get_project_manager",
+    "get_resource_manager",
+    "get_task_orchestrator",
+    "get_workflow_manager",
+    "reset_engine",
 ]

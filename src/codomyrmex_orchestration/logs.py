@@ -64,3 +64,7 @@ def ensure_stderr_default() -> None:
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
             logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         )
+
+
+# At import, before any other module of the package binds a logger (see ensure_stderr_default).
+ensure_stderr_default()

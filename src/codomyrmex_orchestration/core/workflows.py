@@ -375,6 +375,7 @@ class WorkflowManager:
             self.store.save_workflow(workflow, source)
             self._workflows[workflow.name] = (workflow, source, None)
             self._plans[workflow.name] = plan
+        self.store.flush()
         self._emit("workflow.created", {"workflow_name": workflow.name, "source": source})
         return workflow
 
@@ -418,6 +419,7 @@ class WorkflowManager:
             del self._workflows[name]
             self._plans.pop(name, None)
             self.store.delete_workflow(name)
+        self.store.flush()
         self._emit("workflow.deleted", {"workflow_name": name})
         return True
 
@@ -704,6 +706,10 @@ class WorkflowManager:
                     ready.append(down)
             finished = not run.unfinished
         self.store.save_step(run.record.run_id, result)
+        if ready and result.status is TaskStatus.COMPLETED:
+            # A step's result is durable before anything that depends on it starts: after a crash,
+            # resume never re-runs a step whose dependents already ran.
+            self._flush()
         if self._listeners:
             self._emit(
                 _STEP_EVENTS.get(result.status, "step.failed"),
@@ -720,6 +726,14 @@ class WorkflowManager:
         if finished:
             self._finish(run)
         return ready
+
+    def _flush(self) -> None:
+        try:
+            self.store.flush()
+        except OrchestrationError as exc:
+            # The run goes on in memory; health reports the store. Losing durability must not
+            # also lose the run.
+            _log.error("state store flush failed", error=str(exc))
 
     def _notify_step(self, run: _Run, result: StepResult) -> None:
         if run.on_step is None:
@@ -758,7 +772,7 @@ class WorkflowManager:
         # Every step's final result was saved by _complete_step; save_run upserts, so the run row
         # alone is rewritten here instead of serialising every step a second time.
         self.store.save_run(final.model_copy(update={"steps": {}}))
-        self.store.flush()
+        self._flush()
         with self._lock:
             self._active.pop(final.run_id, None)
         run.done.set()

@@ -1,0 +1,34 @@
+"""Step functions for crash tests, called through python.call in a subprocess and after restart.
+
+Each execution leaves a file behind, so a test can count how many times every step really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def record(directory: str, step: str, value: int) -> int:
+    """Leave one file per execution of ``step``; return ``value`` + 1 (the output checked later)."""
+    Path(directory, f"{step}.{os.getpid()}.{uuid.uuid4().hex}").touch()
+    return value + 1
+
+
+def gate(directory: str, fifo: str) -> str:
+    """Block while ``fifo`` exists and nobody writes to it (the crash point); pass once it is gone."""
+    Path(directory, f"gate.{os.getpid()}.{uuid.uuid4().hex}").touch()
+    if os.path.exists(fifo):
+        with open(fifo, "rb") as handle:  # blocks until a writer opens it: never, in the first run
+            handle.read()
+    return "passed"
+
+
+def executions(directory: str) -> dict[str, int]:
+    """How many times each step ran, from the files :func:`record` left."""
+    counts: dict[str, int] = {}
+    for entry in os.listdir(directory):
+        step = entry.split(".", 1)[0]
+        counts[step] = counts.get(step, 0) + 1
+    return counts
