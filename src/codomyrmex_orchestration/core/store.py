@@ -7,6 +7,7 @@ recording a step transition pays a serialisation and a dict insert, never a comm
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import json
 import os
@@ -173,6 +174,9 @@ class MemoryStore:
         self._event_ids = itertools.count(1)
         self._workflows: dict[str, tuple[str, str]] = {}
         self._runs: dict[str, _MemRun] = {}
+        # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
+        # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
+        self._finished: list[tuple[float, int, str]] = []
         self._sessions: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
@@ -207,6 +211,8 @@ class MemoryStore:
             run.workflow_name = record.workflow_name
             run.record = raw
             run.steps.update(steps)
+            if run.status in _TERMINAL_RUN:
+                heapq.heappush(self._finished, (run.created, run.seq, record.run_id))
             if len(self._runs) > self.retention_runs:
                 self._trim_runs()
 
@@ -218,12 +224,15 @@ class MemoryStore:
                 run.steps[step.name] = raw
 
     def _trim_runs(self) -> None:
+        # A heap rather than sorting every run on each save: past retention, every new run trims one.
         excess = len(self._runs) - self.retention_runs
-        finished = sorted(
-            ((r.created, r.seq, run_id) for run_id, r in self._runs.items() if r.status in _TERMINAL_RUN)
-        )
-        for _, _, run_id in finished[:excess]:
-            del self._runs[run_id]
+        finished = self._finished
+        while excess > 0 and finished:
+            _, seq, run_id = heapq.heappop(finished)
+            run = self._runs.get(run_id)
+            if run is not None and run.seq == seq and run.status in _TERMINAL_RUN:
+                del self._runs[run_id]
+                excess -= 1
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
@@ -259,9 +268,10 @@ class MemoryStore:
                 ((r.created, r.seq, rid, r) for rid, r in self._runs.items() if r.status in _ACTIVE_RUN),
                 key=lambda item: (item[0], item[1]),
             )
-            for _, _, _, run in found:
+            for created, seq, rid, run in found:
                 run.status = WorkflowStatus.INTERRUPTED.value
                 run.record = _interrupted(run.record)
+                heapq.heappush(self._finished, (created, seq, rid))
         return [rid for _, _, rid, _ in found]
 
     # sessions, projects, allocations
