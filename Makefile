@@ -1,11 +1,12 @@
 # make test: lint, types and tests from nothing (creates .venv). make run: the main job.
+# make bench: every benchmark (issue 7), figures to stdout and bench/results/latest.json (a few minutes).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test run clean
+.PHONY: venv lint typecheck pytest test bench run clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ pytest: venv
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+bench: venv
+	$(BIN)/python bench/run_all.py
 
 run: venv
 	$(BIN)/codomyrmex-orchestration run $(SAMPLE)
