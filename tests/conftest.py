@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,49 @@ def _no_thread_leaks() -> Iterator[None]:
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"test leaked threads: {still}"
+
+
+# --------------------------------------------------------------------------- execution backends
+# The scheduler's and workflows' contract tests run once per backend (as CPython's concurrent.futures
+# tests run once per executor): request ``make_backend`` and build each orchestrator with it.
+
+BACKENDS = ("local", "dask")
+DASK_MISSING = "the dask extra is not installed (pip install -e '.[dev,dask]'; make test installs it)"
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """One in-process LocalCluster (2 workers x 2 threads) shared by every dask-backend test."""
+    distributed = pytest.importorskip("distributed", reason=DASK_MISSING)
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address="127.0.0.1:0",  # Dask serves HTTP anyway; never the shared 8787
+        resources={"GPU": 1},
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def make_backend(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """A factory of fresh backends of one kind; a DaskBackend shares the session's cluster.
+
+    Actions of the ``test`` module close over test state, which cannot travel to a worker: they stay on
+    local threads (``local_actions``), while every built-in action goes to the cluster.
+    """
+    from codomyrmex_orchestration.core.backends import LocalBackend
+
+    if request.param == "local":
+        return lambda **kwargs: LocalBackend()
+    client = request.getfixturevalue("dask_client")
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("local_actions", {"workflow.run", "test.*"})
+        return DaskBackend(client=client, **kwargs)
+
+    return make

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(graph)
     graph.add_argument("workflow")
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    _add_serve_parser(sub)
     return parser
 
 
@@ -81,6 +83,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         state_dir=getattr(args, "state_dir", None),
         config_dir=getattr(args, "config_dir", None),
         projects_dir=getattr(args, "projects_dir", None),
+        **(_serve_overrides(args) if args.command == "serve" else {}),
     )
 
 
@@ -170,7 +173,75 @@ def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "graph": _cmd_graph}
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the MCP tools over stdio (default), SSE or streamable HTTP",
+        description="Serve the MCP server. Every flag also reads a CODOMYRMEX_* variable "
+        "(e.g. --port <- CODOMYRMEX_PORT, --allowed-host <- CODOMYRMEX_ALLOWED_HOSTS); flags win.",
+    )
+    _common(serve)
+    serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"])
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs a token)")
+    serve.add_argument("--port", type=int, help="port (default 8765)")
+    serve.add_argument(
+        "--allow-shell",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow shell.run/python.call (default: allowed on stdio, refused on network transports)",
+    )
+    serve.add_argument(
+        "--auth-token-file", help="file holding the bearer token (or set CODOMYRMEX_AUTH_TOKEN)"
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="HOST",
+        help="a Host/Origin name accepted besides loopback (repeatable)",
+    )
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("transport", "host", "port", "allow_shell", "auth_token_file")
+    values: dict[str, Any] = {name: getattr(args, name, None) for name in names}
+    if args.allowed_hosts:
+        values["allowed_hosts"] = tuple(args.allowed_hosts)
+    return values
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration.server.app import serve
+
+    if settings.transport != "stdio":
+        path = "/mcp" if settings.transport == "streamable-http" else "/sse"
+        url = f"http://{settings.host}:{settings.port}{path}"
+        auth = (
+            ' --header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"'
+            if settings.auth_token or settings.auth_token_file
+            else ""
+        )
+        transport = "http" if settings.transport == "streamable-http" else "sse"
+        print(
+            f"codomyrmex-orchestration: serving MCP ({settings.transport}) at {url}\n"
+            f"  point a client at it: claude mcp add --transport {transport} orchestration {url}{auth}\n"
+            f"  or list its tools: npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
+            " --method tools/list\n"
+            f"  health: curl http://{settings.host}:{settings.port}/healthz",
+            file=sys.stderr,
+        )
+    try:
+        return serve(settings)
+    except OrchestrationError as exc:
+        # Configuration refused before serving (e.g. a non-loopback bind without a token).
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "graph": _cmd_graph, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from codomyrmex_orchestration.errors import InvalidInputError
 
+Executor = Literal["local", "dask"]
+
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
@@ -70,8 +72,30 @@ class Settings(BaseModel):
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     auth_token: SecretStr | None = None
+    #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
+    auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     durable: bool = True
+    #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
+    retention_runs: int = Field(default=10_000, ge=1)
+    retention_events: int = Field(default=100_000, ge=1)
+    #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
+    #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
+    executor: Executor = "local"
+    #: ``tcp://host:8786`` of a running Dask scheduler; ``None`` starts a LocalCluster on this machine.
+    dask_scheduler: str | None = None
+    #: Workers of the LocalCluster started when ``dask_scheduler`` is unset (``None``: Dask's default).
+    dask_n_workers: int | None = Field(default=None, ge=1)
+    #: Whether that LocalCluster's workers are processes (True) or threads of this process.
+    dask_processes: bool = True
+    #: Resources each LocalCluster worker declares, as ``NAME=amount`` (e.g. ``GPU=1``).
+    dask_worker_resources: tuple[str, ...] = ()
+    #: Our resource name -> Dask resource name, as ``ours=Theirs`` (e.g. ``gpu=GPU``): a step's
+    #: requirement on a mapped resource also restricts it to Dask workers that declare it.
+    dask_resource_map: tuple[str, ...] = ()
+    #: ``distributed.scheduler.worker-saturation`` for the LocalCluster (``None``: Dask's default 1.1;
+    #: ``inf`` sends every ready step to a worker at once, best for many small steps).
+    dask_worker_saturation: float | None = Field(default=None, gt=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

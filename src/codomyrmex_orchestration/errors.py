@@ -10,6 +10,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     │   ├── DAGValidationError                  .problems
     │   │   └── CycleDetectedError              .cycle
     │   ├── UnknownActionError                  .module, .action, .known
+    │   │   └── ActionUnavailableError          .worker
     │   ├── TemplateError                       .path
     │   ├── InvalidNameError                    .kind, .name
     │   └── LimitExceededError                  .limit, .value
@@ -41,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "ActionRefusedError",
+    "ActionUnavailableError",
     "AlreadyExistsError",
     "CycleDetectedError",
     "DAGValidationError",
@@ -79,6 +81,19 @@ class OrchestrationError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other __init__ arguments than their message, so the default
+        # ``cls(*args)`` would fail to unpickle; restore the instance from its state instead. Errors
+        # cross process boundaries (Dask workers send them back with the step's failure).
+        return (_restore_error, (type(self), self.message, dict(self.__dict__)))
+
+
+def _restore_error(cls: type[OrchestrationError], message: str, state: dict[str, Any]) -> OrchestrationError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 # --------------------------------------------------------------------------- input
@@ -132,6 +147,21 @@ class UnknownActionError(InvalidInputError):
             field,
             f"unknown action {module}.{action}; known actions: {', '.join(self.known) or '(none)'}",
         )
+
+
+class ActionUnavailableError(UnknownActionError):
+    """A step's action is not registered where the step runs (a Dask worker without its package)."""
+
+    def __init__(self, module: str, action: str, known: Iterable[str], *, worker: str) -> None:
+        self.worker = worker
+        super().__init__(module, action, known, field="action")
+        self.reason = (
+            f"action {module}.{action} is not available on worker {worker}: install codomyrmex-orchestration "
+            f"and the package that provides {module}.{action} on every worker (steps travel to workers by "
+            f"action name); that worker knows: {', '.join(self.known) or '(none)'}"
+        )
+        self.message = f"action: {self.reason}"
+        self.args = (self.message,)
 
 
 class TemplateError(InvalidInputError):

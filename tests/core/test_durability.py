@@ -92,7 +92,8 @@ def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothin
         if proc.stdout is not None:
             proc.stdout.close()
     before = executions(str(marks))
-    assert before["gate"] == 1
+    # The kill lands as the gate step starts: its function may or may not have begun.
+    assert before.get("gate", 0) <= 1
     assert sum(n for step, n in before.items() if step != "gate") == GATE_AT
 
     engine = OrchestrationEngine(
@@ -113,7 +114,8 @@ def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothin
         assert final.status is WorkflowStatus.COMPLETED, final.error
         assert final.run_id == run_id
         after = executions(str(marks))
-        assert after["gate"] == 2  # it was running when the process died: run again, by design
+        # It was running when the process died: it runs again, by design.
+        assert after["gate"] == before.get("gate", 0) + 1
         reruns = {step: n for step, n in after.items() if step != "gate" and n != 1}
         assert reruns == {}, f"steps executed more than once: {reruns}"
         assert len(after) == STEPS

@@ -240,3 +240,150 @@ def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path
     finally:
         reset_engine()
     assert engine_mod._engine is None
+
+
+def test_steps_hold_real_resources_and_wait_for_capacity(engine: OrchestrationEngine) -> None:
+    cpu = engine.resource_manager.get_resource("compute")
+    compute = cpu.capacity + cpu.burst_limit  # everything, burst included
+    engine.workflow_manager.create_workflow(
+        "hog",
+        [
+            {
+                "name": "h",
+                "module": "test",
+                "action": "gate",
+                "parameters": {"name": "hog"},
+                "resources": {"compute": compute},
+            }
+        ],
+        overwrite=True,
+    )
+    engine.workflow_manager.create_workflow(
+        "small", [{"name": "s", "module": "core", "action": "set", "resources": {"compute": 1}}]
+    )
+    first = engine.execute_workflow("hog", wait=False)
+    started = threading.Event()
+    engine.register_event_handler("step.started", lambda e, p: started.set() if p["step"] == "h" else None)
+    if engine.workflow_manager.get_run(first.run_id).steps["h"].status is not TaskStatus.RUNNING:
+        assert started.wait(5)
+    assert engine.resource_manager.get_usage("compute")["allocated"] == compute
+    waiting = engine.execute_workflow("small", timeout=0.3)
+    assert waiting.status is WorkflowStatus.RUNNING  # admitted only when the hog releases
+    _gate(engine, "hog").set()
+    assert engine.workflow_manager.wait_run(waiting.run_id, 10).status is WorkflowStatus.COMPLETED
+    assert engine.workflow_manager.wait_run(first.run_id, 10).status is WorkflowStatus.COMPLETED
+    assert engine.resource_manager.get_usage("compute")["allocated"] == 0
+
+
+def test_a_step_needing_more_than_exists_fails_at_once_naming_the_resource(
+    engine: OrchestrationEngine,
+) -> None:
+    engine.workflow_manager.create_workflow(
+        "impossible", [{"name": "x", "module": "core", "action": "set", "resources": {"memory": "100000GB"}}]
+    )
+    record = engine.execute_workflow("impossible", timeout=5)
+    assert record.status is WorkflowStatus.FAILED
+    error = record.steps["x"].error
+    assert error is not None and error.type == "InsufficientResourcesError"
+    assert "memory" in error.message
+
+
+def _engine_on(tmp_path: Path) -> OrchestrationEngine:
+    return OrchestrationEngine(
+        state_dir=tmp_path / "state",
+        config_dir=None,
+        projects_dir=tmp_path / "projects",
+        templates_dir=None,
+        max_workers=2,
+    )
+
+
+def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        kept = first.allocate_resources("alice", {"memory": "64MB"})
+        first.allocate_resources("bob", {"compute": 1}, ttl=0.2)
+        dropped = threading.Event()
+        first.resource_manager.add_release_listener(dropped.set)
+        assert dropped.wait(5)
+        first.store.flush()
+        assert [a["user_id"] for a in first.store.list_allocations()] == ["alice"]
+    finally:
+        first.shutdown()
+    second = _engine_on(tmp_path)
+    try:
+        held = second.resource_manager.get_allocations("alice")
+        assert [(a.resource_id, a.amount) for a in held] == [("memory", kept[0].amount)]
+        assert second.resource_manager.get_allocations("bob") == []
+        assert second.release_resources(requester_id="alice") == 1
+        second.store.flush()
+        assert second.store.list_allocations() == []
+    finally:
+        second.shutdown()
+
+
+def test_projects_are_in_the_durable_registry_after_a_restart(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        first.project_manager.create_project("kept", "research", description="x")
+    finally:
+        first.shutdown()
+    (tmp_path / "projects" / ".projects.json").unlink()
+    second = _engine_on(tmp_path)
+    try:
+        assert [p.name for p in second.project_manager.list_projects()] == ["kept"]
+        assert [p["name"] for p in second.store.list_projects()] == ["kept"]
+    finally:
+        second.shutdown()
+
+
+def test_settings_select_the_dask_backend_for_the_engine(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from codomyrmex_orchestration.config import Settings
+
+    settings = Settings(
+        state_dir=tmp_path / "s",
+        config_dir=tmp_path / "c",
+        projects_dir=tmp_path / "p",
+        max_workers=2,
+        executor="dask",
+        dask_n_workers=1,
+        dask_processes=False,
+    )
+    eng = OrchestrationEngine.from_settings(settings)
+    try:
+        assert eng.task_orchestrator.health()["backend"]["name"] == "dask"
+        record = eng.execute_task(TaskSpec(name="e", module="core", action="echo", parameters={"message": 5}))
+        assert record.status is TaskStatus.COMPLETED and record.result == 5
+    finally:
+        eng.shutdown()
+
+
+def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.config import Settings
+
+    settings = Settings(
+        state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", retention_runs=3
+    )
+    eng = OrchestrationEngine.from_settings(settings)
+    try:
+        eng.workflow_manager.create_workflow("r", [{"name": "a", "module": "core", "action": "set"}])
+        ids = [eng.execute_workflow("r", timeout=10).run_id for _ in range(6)]
+        eng.store.flush()
+        kept = [r.run_id for r in eng.workflow_manager.list_runs(limit=100)]
+        assert kept == list(reversed(ids[-3:]))
+    finally:
+        eng.shutdown()
+
+
+def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
+    import time
+
+    eng = _engine_on(tmp_path)
+    record = eng.execute_task(
+        TaskSpec(name="long", module="core", action="sleep", parameters={"seconds": 60}), wait=False
+    )
+    started = time.monotonic()
+    eng.shutdown(timeout=30)
+    assert time.monotonic() - started < 5
+    assert eng.task_orchestrator.get_task(record.task_id).status is TaskStatus.CANCELLED

@@ -61,11 +61,11 @@ class CountingResources:
 
 
 @pytest.fixture
-def make_orch() -> Iterator[Callable[..., TaskOrchestrator]]:
+def make_orch(make_backend: Callable[..., Any]) -> Iterator[Callable[..., TaskOrchestrator]]:
     made: list[TaskOrchestrator] = []
 
     def make(max_workers: int = 2, **kwargs: Any) -> TaskOrchestrator:
-        orch = TaskOrchestrator(max_workers, **kwargs)
+        orch = TaskOrchestrator(max_workers, backend=make_backend(), **kwargs)
         made.append(orch)
         return orch
 
@@ -400,8 +400,8 @@ def test_resources_are_released_when_a_task_fails_or_times_out(make_orch: Any) -
 # --------------------------------------------------------------------------- action tasks
 
 
-def test_submit_task_runs_a_registered_action() -> None:
-    with TaskOrchestrator(2) as orch:
+def test_submit_task_runs_a_registered_action(make_orch: Any) -> None:
+    with make_orch(2) as orch:
         task_id = orch.submit_task(
             TaskSpec(name="hi", module="core", action="echo", parameters={"message": [1]})
         )

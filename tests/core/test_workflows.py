@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ def registry() -> ActionRegistry:
 
 
 @pytest.fixture
-def orchestrator(registry: ActionRegistry) -> Iterator[TaskOrchestrator]:
-    orch = TaskOrchestrator(4, registry=registry)
+def orchestrator(registry: ActionRegistry, make_backend: Callable[..., Any]) -> Iterator[TaskOrchestrator]:
+    orch = TaskOrchestrator(4, registry=registry, backend=make_backend())
     yield orch
     orch.shutdown(wait=True, cancel_pending=True, timeout=10)
 
@@ -306,8 +306,10 @@ def test_invalid_spec_errors_name_the_field(manager: WorkflowManager) -> None:
         manager.create_workflow({"name": "t", "steps": [step("a", dependencies=["ghost"])]})
 
 
-def test_nested_sub_workflows_do_not_deadlock_a_one_worker_pool(registry: ActionRegistry) -> None:
-    orch = TaskOrchestrator(1, registry=registry)
+def test_nested_sub_workflows_do_not_deadlock_a_one_worker_pool(
+    registry: ActionRegistry, make_backend: Callable[..., Any]
+) -> None:
+    orch = TaskOrchestrator(1, registry=registry, backend=make_backend())
     try:
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
         manager.create_workflow("leaf", [step("x", action="echo", parameters={"message": 1})])

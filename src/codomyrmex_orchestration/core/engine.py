@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,25 @@ from codomyrmex_orchestration.config import (
     Settings,
 )
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
+from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     TaskPriority,
     TaskRecord,
     TaskSpec,
+    TaskStatus,
     utcnow,
 )
 from codomyrmex_orchestration.core.projects import ProjectManager
-from codomyrmex_orchestration.core.resources import ResourceManager
+from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
-from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore, StateStore
+from codomyrmex_orchestration.core.store import (
+    DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_RUNS,
+    EngineStateStore,
+    MemoryStore,
+    SqliteStore,
+)
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -210,6 +219,9 @@ class OrchestrationEngine:
         allow_code_execution: allow ``shell.run`` / ``python.call``.
         durable: keep state in SQLite under ``state_dir`` (else in memory).
         resources_config: overrides for resource capacities.
+        retention_runs, retention_events: most finished runs and events the store keeps.
+        backend: where ready steps run (the scheduler's own threads when ``None``; see
+            :func:`~codomyrmex_orchestration.core.backends.create_backend`).
     """
 
     def __init__(
@@ -225,7 +237,10 @@ class OrchestrationEngine:
         durable: bool = True,
         resources_config: Mapping[str, Any] | None = None,
         registry: ActionRegistry | None = None,
-        store: StateStore | None = None,
+        store: EngineStateStore | None = None,
+        backend: ExecutionBackend | None = None,
+        retention_runs: int = DEFAULT_RETENTION_RUNS,
+        retention_events: int = DEFAULT_RETENTION_EVENTS,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -242,9 +257,17 @@ class OrchestrationEngine:
         self._stopping = False
 
         if store is None:
-            store = SqliteStore(self.state_dir / "state.db") if durable else MemoryStore()
-        self.store: StateStore = store
-        self.interrupted_runs: list[str] = self.store.recover() if hasattr(self.store, "recover") else []
+            store = (
+                SqliteStore(
+                    self.state_dir / "state.db",
+                    retention_runs=retention_runs,
+                    retention_events=retention_events,
+                )
+                if durable
+                else MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
+            )
+        self.store: EngineStateStore = store
+        self.interrupted_runs: list[str] = self.store.recover()
 
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
@@ -257,7 +280,7 @@ class OrchestrationEngine:
             config_path=resources_path if resources_path is not None and resources_path.is_file() else None,
         )
         self.task_orchestrator = TaskOrchestrator(
-            max_workers, registry=self.registry, resource_manager=self.resource_manager
+            max_workers, registry=self.registry, resource_manager=self.resource_manager, backend=backend
         )
         self.workflow_manager = WorkflowManager(
             orchestrator=self.task_orchestrator,
@@ -270,9 +293,12 @@ class OrchestrationEngine:
             Path(projects_dir),
             templates_dir=Path(templates_dir) if templates_dir is not None else None,
             workflow_manager=self.workflow_manager,
+            store=self.store,
         )
         self.workflow_manager.add_listener(self._on_workflow_event)
-        self.resource_manager.add_listener(self._publish)
+        self._explicit_allocations: set[str] = set()
+        self.resource_manager.add_listener(self._on_resource_event)
+        self._restore_allocations()
         self._reaper = threading.Thread(target=self._reap_sessions, name="codomyrmex-sessions", daemon=True)
         self._reaper.start()
         for run_id in self.interrupted_runs:
@@ -290,8 +316,20 @@ class OrchestrationEngine:
             "max_steps": settings.max_steps,
             "allow_code_execution": settings.allow_shell is not False,
             "durable": settings.durable,
+            "retention_runs": settings.retention_runs,
+            "retention_events": settings.retention_events,
         }
         kwargs.update(overrides)
+        if "backend" not in kwargs and settings.executor != "local":
+            kwargs["backend"] = create_backend(
+                settings.executor,
+                dask_scheduler=settings.dask_scheduler,
+                dask_n_workers=settings.dask_n_workers,
+                dask_processes=settings.dask_processes,
+                dask_worker_resources=settings.dask_worker_resources,
+                dask_resource_map=settings.dask_resource_map,
+                dask_worker_saturation=settings.dask_worker_saturation,
+            )
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ events
@@ -311,10 +349,9 @@ class OrchestrationEngine:
             self._step_counts[event] += 1
         elif event.startswith("run.") and event != "run.started":
             self._run_counts[event] += 1
-        append = getattr(self.store, "append_event", None)
-        if append is not None and not event.startswith("step.started"):
+        if not event.startswith("step.started"):
             try:
-                append(event, payload)
+                self.store.append_event(event, payload)
             except OrchestrationError as exc:
                 self._record_error("store", exc)
         self._events.publish(event, payload)
@@ -344,6 +381,85 @@ class OrchestrationEngine:
                         live.active_runs.discard(payload["run_id"])
                         self._session_cond.notify_all()
         self._publish(event, payload)
+
+    # ------------------------------------------------------------------ resources
+
+    def allocate_resources(
+        self,
+        requester_id: str,
+        requirements: Mapping[str, Any],
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+    ) -> list[Allocation]:
+        """Reserve resources for a user (all or nothing); persisted, so they survive a restart.
+
+        With ``session_id`` the allocations belong to that session and are released when it closes.
+
+        Raises:
+            InsufficientResourcesError: not enough capacity (says what was requested and available).
+            ResourceNotFoundError / InvalidInputError: an unknown key or a bad amount (named).
+        """
+        requester = requester_id
+        if session_id is not None:
+            with self._lock:
+                self._live_session(session_id)
+            requester = f"session:{session_id}"
+        allocations = self.resource_manager.allocate_resources(
+            requester, requirements, ttl=ttl, timeout=timeout
+        )
+        with self._lock:
+            self._explicit_allocations.update(a.allocation_id for a in allocations)
+            if session_id is not None and session_id in self._sessions:
+                self._sessions[session_id].session.allocations.extend(a.allocation_id for a in allocations)
+        for allocation in allocations:
+            data = {**allocation.model_dump(mode="json"), "user_id": requester_id, "session_id": session_id}
+            self.store.save_allocation(allocation.allocation_id, data)
+        return allocations
+
+    def release_resources(self, *, allocation_id: str | None = None, requester_id: str | None = None) -> int:
+        """Release one allocation by id, or every allocation of a requester. Returns how many."""
+        if allocation_id is None and requester_id is None:
+            raise InvalidInputError("allocation_id", "give an allocation_id or a requester_id (user_id)")
+        if allocation_id is not None:
+            return 1 if self.resource_manager.release(allocation_id) else 0
+        assert requester_id is not None
+        return self.resource_manager.deallocate_resources(requester_id)
+
+    def _on_resource_event(self, event: str, payload: dict[str, Any]) -> None:
+        if event == "resource.released":
+            allocation_id = payload.get("allocation_id")
+            with self._lock:
+                explicit = allocation_id in self._explicit_allocations
+                self._explicit_allocations.discard(allocation_id)
+            if explicit:
+                self.store.delete_allocation(str(allocation_id))
+        self._publish(event, payload)
+
+    def _restore_allocations(self) -> None:
+        """Re-grant the user allocations a previous process held (those not expired)."""
+        now = utcnow()
+        for data in self.store.list_allocations():
+            old_id = str(data.get("allocation_id"))
+            self.store.delete_allocation(old_id)
+            expires = data.get("expires_at")
+            ttl = None
+            if expires:
+                ttl = (datetime.fromisoformat(str(expires)) - now).total_seconds()
+                if ttl <= 0:
+                    continue
+            if data.get("session_id"):
+                continue  # sessions do not outlive their process
+            try:
+                self.allocate_resources(
+                    str(data.get("user_id") or data.get("requester_id")),
+                    {str(data["resource_id"]): data["amount"]},
+                    ttl=ttl,
+                )
+            except OrchestrationError as exc:
+                self._record_error("resources", exc)
+                _log.warning("could not restore an allocation", allocation_id=old_id, error=str(exc))
 
     # ------------------------------------------------------------------ sessions
 
@@ -398,9 +514,7 @@ class OrchestrationEngine:
         return session.session_id
 
     def _save_session(self, session: Session) -> None:
-        save = getattr(self.store, "save_session", None)
-        if save is not None:
-            save(session.session_id, session.model_dump(mode="json"))
+        self.store.save_session(session.session_id, session.model_dump(mode="json"))
 
     def get_session(self, session_id: str) -> Session:
         with self._lock:
@@ -410,8 +524,7 @@ class OrchestrationEngine:
             closed = self._closed_sessions.get(session_id)
             if closed is not None:
                 return closed.model_copy(deep=True)
-        get = getattr(self.store, "get_session", None)
-        data = get(session_id) if get is not None else None
+        data = self.store.get_session(session_id)
         if data is None:
             raise SessionNotFoundError(session_id)
         return Session.model_validate(data)
@@ -696,7 +809,7 @@ class OrchestrationEngine:
             return ("unhealthy" if "reason" in health else "healthy"), health
 
         def store() -> tuple[str, dict[str, Any]]:
-            health = self.store.health() if hasattr(self.store, "health") else {"ok": True}
+            health = self.store.health()
             if not health.get("ok", False):
                 self._record_error("store", str(health.get("reason", "store check failed")))
             return ("healthy" if health.get("ok") else "unhealthy"), health
@@ -828,6 +941,10 @@ class OrchestrationEngine:
             self._stopping = True
             self._session_cond.notify_all()
         self.workflow_manager.shutdown(cancel_running=cancel_running)
+        if cancel_running:
+            for status in (TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.PENDING):
+                for task in self.task_orchestrator.list_tasks(status=status, limit=1_000_000):
+                    self.task_orchestrator.cancel_task(task.task_id, "the engine is shutting down")
         self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout)
         self.resource_manager.shutdown()
         self._events.close(timeout)

@@ -213,6 +213,13 @@ class _LoadedTemplate:
     docs_dir: Traversable | None
 
 
+class ProjectStore(Protocol):
+    """The part of the state store the project registry uses (the manifests stay the truth)."""
+
+    def save_project(self, name: str, data: Mapping[str, Any]) -> None: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
+
+
 class WorkflowRegistrar(Protocol):
     """What ProjectManager needs of a WorkflowManager."""
 
@@ -349,6 +356,7 @@ class ProjectManager:
         workflow_manager: WorkflowRegistrar | None = None,
         registry_path: Path | str | None = None,
         docs: DocumentationGenerator | None = None,
+        store: ProjectStore | None = None,
     ) -> None:
         root_path = Path(root)
         root_path.mkdir(parents=True, exist_ok=True)
@@ -357,6 +365,7 @@ class ProjectManager:
         self.workflow_manager = workflow_manager
         self.registry_path = Path(registry_path) if registry_path is not None else self.root / INDEX_FILE
         self.docs = docs if docs is not None else DocumentationGenerator(self.templates_dir)
+        self.store = store
         self._lock = threading.RLock()
         self._projects: dict[str, Project] = {}
         self._load()
@@ -476,6 +485,11 @@ class ProjectManager:
             pass
         except (OSError, ValueError, AttributeError) as exc:
             _log.warning("project.index_unreadable", path=str(self.registry_path), error=str(exc))
+        if self.store is not None:
+            for data in self.store.list_projects():
+                candidate = Path(str(data.get("path", ""))).resolve()
+                if candidate.is_relative_to(self.root):
+                    folders.append(candidate)
         folders.extend(p for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith("."))
         projects: dict[str, Project] = {}
         for folder in folders:
@@ -496,6 +510,8 @@ class ProjectManager:
         if path.is_symlink():
             raise InvalidInputError("path", f"{path} is a symbolic link; refusing to write the manifest")
         _atomic_write(path, project.model_dump_json(indent=2) + "\n")
+        if self.store is not None:
+            self.store.save_project(project.name, project.model_dump(mode="json"))
 
     # ------------------------------------------------------------------ creation
 

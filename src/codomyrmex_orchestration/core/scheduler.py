@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import structlog
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
+from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -258,6 +259,10 @@ class TaskOrchestrator:
         name: a prefix for thread names and log lines.
         max_abandoned: the most threads left running abandoned tasks that are replaced by new workers
             (default ``max_workers``); beyond it a stuck thread keeps its slot until it returns.
+        backend: where action tasks (those submitted with an :class:`ActionCall`) run; default
+            :class:`LocalBackend` (these worker threads). With a remote backend the worker threads are
+            dispatch slots, so ``max_workers`` bounds the steps in flight on the cluster. The scheduler
+            owns the backend: :meth:`shutdown` closes it.
     """
 
     def __init__(
@@ -269,6 +274,7 @@ class TaskOrchestrator:
         max_finished: int = 10_000,
         name: str = "orchestrator",
         max_abandoned: int | None = None,
+        backend: ExecutionBackend | None = None,
     ) -> None:
         if max_workers is None:
             import os
@@ -284,6 +290,8 @@ class TaskOrchestrator:
         self.max_abandoned = max_workers if max_abandoned is None else max(0, max_abandoned)
         self._registry = registry
         self._resources = resource_manager
+        self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
+        self._backend_open = True
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers wait here for ready tasks
@@ -333,7 +341,7 @@ class TaskOrchestrator:
 
     def submit(
         self,
-        fn: TaskCallable,
+        fn: TaskCallable | None,
         *,
         name: str,
         priority: TaskPriority = TaskPriority.NORMAL,
@@ -347,11 +355,13 @@ class TaskOrchestrator:
         step_name: str | None = None,
         on_start: TaskCallback | None = None,
         on_done: TaskCallback | None = None,
+        action: ActionCall | None = None,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
         Args:
             fn: called on a worker thread with an :class:`ActionContext`; its return value is the result.
+                May be ``None`` when ``action`` is given (the action is then looked up in the registry).
             name: a label for records and logs.
             priority: lower values run first; FIFO within a level.
             dependencies: task ids that must complete first; if one ends in any other way this task
@@ -364,6 +374,8 @@ class TaskOrchestrator:
             run_id, step_name: set when the task is a workflow step.
             on_start: called with a record snapshot when each attempt starts.
             on_done: called exactly once with the final record, after listeners.
+            action: the same step described as action name + resolved parameters; the backend may run
+                it elsewhere (a Dask worker) instead of calling ``fn`` here.
 
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
@@ -389,6 +401,12 @@ class TaskOrchestrator:
             self._resources.check_satisfiable(resources)
         else:
             resources = None
+        if action is not None:
+            if fn is None:
+                fn = self._action_callable(action)
+            fn = self.backend.bind(fn, action, priority=priority, resources=resources)
+        elif fn is None:
+            raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
         task_id = f"{self._id_prefix}{next(self._ids)}"
         task = _Task(
             task_id,
@@ -471,15 +489,12 @@ class TaskOrchestrator:
         """
         if self._registry is None:
             self._registry = create_registry()
-        definition = self._registry.get(spec.module, spec.action)
-        func = definition.func
-        parameters = dict(spec.parameters)
-
-        def run(ctx: ActionContext) -> Any:
-            return func(parameters, ctx)
-
+        # A worker's registry refuses what ours refuses.
+        allow = self._registry.allow_code_execution
+        call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
-            run,
+            None,
+            action=call,
             name=spec.name,
             priority=spec.priority,
             dependencies=spec.dependencies,
@@ -492,6 +507,18 @@ class TaskOrchestrator:
             on_start=on_start,
             on_done=on_done,
         )
+
+    def _action_callable(self, call: ActionCall) -> TaskCallable:
+        """``registry.get(...).func(parameters, ctx)``; unknown or refused actions raise here."""
+        if self._registry is None:
+            self._registry = create_registry()
+        func = self._registry.get(call.module, call.action).func
+        parameters = dict(call.parameters)
+
+        def run(ctx: ActionContext) -> Any:
+            return func(parameters, ctx)
+
+        return run
 
     # ------------------------------------------------------------------ queries
 
@@ -570,7 +597,7 @@ class TaskOrchestrator:
                 by_priority[task.priority.name.lower()] += 1
             queue_depth = {p.name.lower(): len(self._ready[p]) for p in _PRIORITIES}
             finished = sum(self._totals[s.value] for s in _FINAL)
-            return {
+            stats: dict[str, Any] = {
                 "by_status": by_status,
                 "by_priority": by_priority,
                 "queue_depth": queue_depth,
@@ -593,6 +620,8 @@ class TaskOrchestrator:
                 "records_kept": len(self._tasks),
                 "uptime_seconds": time.monotonic() - self._started_mono,
             }
+        stats["backend"] = self.backend.describe()  # outside the lock: a cluster answers over the network
+        return stats
 
     def health(self) -> dict[str, Any]:
         """Liveness of the dispatcher and workers, whether work is accepted, and load figures."""
@@ -600,7 +629,7 @@ class TaskOrchestrator:
             workers_alive = sum(
                 1 for w in self._workers if not w.abandoned and w.thread is not None and w.thread.is_alive()
             )
-            return {
+            health: dict[str, Any] = {
                 "dispatcher_alive": self._dispatcher.is_alive(),
                 "workers_alive": workers_alive,
                 "workers": self._live,
@@ -612,6 +641,8 @@ class TaskOrchestrator:
                 "abandoned": self._abandoned,
                 "max_abandoned": self.max_abandoned,
             }
+        health["backend"] = self.backend.describe()
+        return health
 
     # ------------------------------------------------------------------ listeners
 
@@ -683,6 +714,18 @@ class TaskOrchestrator:
         for thread in [self._dispatcher, *threads]:
             if thread is not threading.current_thread():
                 thread.join(_JOIN_GRACE)
+        self._close_backend()
+
+    def _close_backend(self) -> None:
+        """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
+        with self._lock:
+            if not self._backend_open:
+                return
+            self._backend_open = False
+        try:
+            self.backend.close()
+        except Exception:
+            _log.exception("scheduler.backend_close_failed", scheduler=self.name, backend=self.backend.name)
 
     def __enter__(self) -> TaskOrchestrator:
         return self

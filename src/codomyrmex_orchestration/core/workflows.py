@@ -25,6 +25,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
 )
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.backends import ActionCall
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -250,6 +251,7 @@ class WorkflowManager:
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
         self.config_dir = Path(config_dir) if config_dir is not None else None
+        self._action_extras = {"max_depth": max_subworkflow_depth}
         self._lock = threading.RLock()
         self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
         self._active: dict[str, _Run] = {}
@@ -620,9 +622,6 @@ class WorkflowManager:
             func = self.registry.get(step.module, step.action).func
 
             def call(ctx: ActionContext) -> Any:
-                # The step's start is recorded here, on the worker, just before the action: the same
-                # moment an on_start callback would see, without the scheduler building a TaskRecord.
-                self._on_step_start(run, name, ctx.attempt)
                 ctx.run_workflow = self._run_child
                 ctx.depth = run.depth
                 ctx.extras.setdefault("max_depth", self.max_subworkflow_depth)
@@ -630,6 +629,16 @@ class WorkflowManager:
 
             task_id = self.orchestrator.submit(
                 call,
+                # The same step by name, for backends that run it in another process (workflow.run,
+                # which needs this manager, is kept local by them).
+                action=ActionCall(
+                    step.module,
+                    step.action,
+                    params,
+                    depth=run.depth,
+                    extras=self._action_extras,
+                    allow_code_execution=self.registry.allow_code_execution,
+                ),
                 name=f"{run.record.workflow_name}.{name}",
                 priority=priority,
                 timeout=step.timeout,
@@ -639,6 +648,8 @@ class WorkflowManager:
                 resources=step.resources or run.default_resources,
                 run_id=run.record.run_id,
                 step_name=name,
+                # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
+                on_start=lambda rec: self._on_step_start(run, name, rec),
                 on_done=lambda rec: self._on_step_done(run, name, rec),
             )
         except OrchestrationError as exc:
@@ -651,14 +662,15 @@ class WorkflowManager:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         return []
 
-    def _on_step_start(self, run: _Run, name: str, attempt: int) -> None:
+    def _on_step_start(self, run: _Run, name: str, record: TaskRecord) -> None:
+        attempt = record.attempts
         with run.lock:
             if name not in run.unfinished:  # cancelled between the scheduler's start and this call
                 return
             result = run.record.steps[name]
             result.status = TaskStatus.RUNNING
             result.attempts = attempt
-            result.started_at = result.started_at or utcnow()
+            result.started_at = result.started_at or record.started_at or utcnow()
             # Only this step's own attempts mutate this object, one after another, and the store
             # serialises what it is given at once: a copy is needed only for the on_step callback.
             snapshot = result.model_copy() if run.on_step is not None else result

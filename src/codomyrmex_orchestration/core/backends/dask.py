@@ -1,0 +1,286 @@
+"""The ``dask`` backend: ready action steps run on a Dask distributed cluster.
+
+Only this module imports Dask. The scheduler's worker threads become dispatch slots: each attempt is
+sent as ``run_remote_step(RemoteStep)`` (action name + resolved parameters, no closures) and the slot
+waits for its future. Ordering, priorities, dependencies, resource admission, timeouts and retries stay
+with the scheduler; Dask only runs what is ready. On cancellation or timeout the future is cancelled on
+the cluster, and a worker plugin sets the running action's ``cancel_event`` so cooperative actions
+(``core.sleep``, ``shell.run`` which kills its process group) stop there too.
+
+Workers need codomyrmex-orchestration (and any plugin packages providing actions) installed; a worker
+that lacks an action fails the step with :class:`ActionUnavailableError` naming it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import dask
+import structlog
+from distributed import Client, Future, LocalCluster, WorkerPlugin, get_worker
+
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
+from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
+from codomyrmex_orchestration.core.models import TaskPriority
+from codomyrmex_orchestration.errors import ActionUnavailableError, StepFailedError, UnknownActionError
+
+__all__ = ["CANCEL_PLUGIN_NAME", "DaskBackend", "RemoteStep", "run_remote_step"]
+
+CANCEL_PLUGIN_NAME = "codomyrmex-orchestration-cancel"
+
+_log = structlog.get_logger("codomyrmex_orchestration.backends.dask")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStep:
+    """One attempt as it is pickled to a worker."""
+
+    call: ActionCall
+    key: str
+    step_name: str
+    run_id: str | None
+    task_id: str | None
+    attempt: int
+    #: Seconds left before the attempt's deadline when it was sent (monotonic clocks differ per host).
+    remaining: float | None
+
+
+# ---------------------------------------------------------------------------- worker side
+
+_registries: dict[bool, ActionRegistry] = {}
+_running: dict[str, CancelEvent] = {}
+_cancelled_early: set[str] = set()
+_worker_lock = threading.Lock()
+_RELEASED = frozenset({"released", "cancelled", "forgotten"})
+
+
+def _worker_registry(allow_code_execution: bool) -> ActionRegistry:
+    with _worker_lock:
+        registry = _registries.get(allow_code_execution)
+        if registry is None:
+            registry = _registries[allow_code_execution] = create_registry(
+                allow_code_execution=allow_code_execution
+            )
+        return registry
+
+
+def _worker_address() -> str:
+    try:
+        return str(get_worker().address)
+    except ValueError:  # not inside a Dask worker (called directly)
+        return "(not a dask worker)"
+
+
+def _portable(exc: BaseException, step: str) -> BaseException:
+    """``exc`` if it survives pickling (ours do), else a StepFailedError carrying its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        name = type(exc).__name__
+        return StepFailedError(step, f"{name}: {exc}", error_type=name)
+    return exc
+
+
+def run_remote_step(step: RemoteStep) -> Any:
+    """Run one attempt of an action step on a Dask worker (the function Dask pickles by reference).
+
+    Raises:
+        ActionUnavailableError: this worker's registry lacks the action.
+        Whatever the action raises (made picklable).
+    """
+    call = step.call
+    cancel = CancelEvent()
+    with _worker_lock:
+        _running[step.key] = cancel
+        cancelled = step.key in _cancelled_early
+        _cancelled_early.discard(step.key)
+    if cancelled:
+        cancel.set()
+    try:
+        registry = _worker_registry(call.allow_code_execution)
+        try:
+            definition = registry.get(call.module, call.action)
+        except UnknownActionError:
+            raise ActionUnavailableError(
+                call.module, call.action, registry.known(), worker=_worker_address()
+            ) from None
+        ctx = ActionContext(
+            step_name=step.step_name,
+            run_id=step.run_id,
+            task_id=step.task_id,
+            attempt=step.attempt,
+            cancel_event=cancel,
+            deadline=None if step.remaining is None else time.monotonic() + step.remaining,
+            depth=call.depth,
+            extras=dict(call.extras),
+        )
+        return definition.func(dict(call.parameters), ctx)
+    except BaseException as exc:
+        raise _portable(exc, step.step_name) from None
+    finally:
+        with _worker_lock:
+            _running.pop(step.key, None)
+            _cancelled_early.discard(step.key)
+
+
+class CancelPlugin(WorkerPlugin):
+    """Sets a running step's ``cancel_event`` when the scheduler releases its key (future cancelled).
+
+    Dask cannot interrupt a running task; it moves it to the ``cancelled`` state and waits. This
+    transition hook (run on the worker's event loop, so it only flips a flag) is what makes cooperative
+    actions stop on the worker as they do on local threads.
+    """
+
+    idempotent = True
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        # The hook sees the transition asked for (executing -> released), not the "cancelled" state
+        # the worker parks the task in.
+        if start not in ("executing", "long-running") or finish not in _RELEASED:
+            return
+        with _worker_lock:
+            event = _running.get(str(key))
+            if event is None:
+                # Executing but the function has not registered yet: it will find the mark.
+                _cancelled_early.add(str(key))
+        if event is not None:
+            event.set()
+
+
+# ---------------------------------------------------------------------------- scheduler side
+
+
+class DaskBackend:
+    """Runs action steps on a Dask cluster; closures and local-only actions stay on local threads.
+
+    Args:
+        client: an existing ``distributed.Client`` (not closed by :meth:`close`).
+        address: ``tcp://host:8786`` of a running scheduler to connect to (when no ``client``).
+        n_workers, threads_per_worker, processes: the LocalCluster started when neither is given.
+        worker_resources: resources each LocalCluster worker declares (``{"GPU": 1}``).
+        resource_map: our resource name -> Dask resource name; mapped requirements are passed to
+            ``Client.submit(resources=...)`` so Dask places the step on a worker that has them.
+        worker_saturation: ``distributed.scheduler.worker-saturation`` for the LocalCluster.
+        local_actions: ``module.action`` or ``module.*`` run on the scheduler's threads instead
+            (default :data:`LOCAL_ONLY_ACTIONS`, which need the server process).
+        connect_timeout: seconds to wait for the scheduler.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        *,
+        client: Client | None = None,
+        address: str | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        processes: bool = True,
+        worker_resources: Mapping[str, float] | None = None,
+        resource_map: Mapping[str, str] | None = None,
+        worker_saturation: float | None = None,
+        local_actions: frozenset[str] | set[str] = LOCAL_ONLY_ACTIONS,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self._cluster: LocalCluster | None = None
+        self._owns_client = client is None
+        if client is None:
+            if address is None:
+                config = (
+                    {}
+                    if worker_saturation is None
+                    else {"distributed.scheduler.worker-saturation": worker_saturation}
+                )
+                with dask.config.set(config):
+                    self._cluster = LocalCluster(
+                        n_workers=n_workers,
+                        threads_per_worker=threads_per_worker,
+                        processes=processes,
+                        resources=dict(worker_resources) if worker_resources else None,
+                        # Dask serves HTTP (metrics) even without a dashboard: any free local port.
+                        dashboard_address="127.0.0.1:0",
+                    )
+                client = Client(self._cluster, timeout=connect_timeout)
+            else:
+                client = Client(address, timeout=connect_timeout)
+        self.client = client
+        self.resource_map = dict(resource_map or {})
+        self.local_actions = frozenset(local_actions)
+        self._local_modules = frozenset(a[:-2] for a in self.local_actions if a.endswith(".*"))
+        # Fails here, at start, when the workers cannot import this package.
+        client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+
+    def runs_locally(self, call: ActionCall) -> bool:
+        return call.qualified_name in self.local_actions or call.module in self._local_modules
+
+    def bind(
+        self,
+        fn: StepCallable,
+        call: ActionCall,
+        *,
+        priority: TaskPriority,
+        resources: Mapping[str, Any] | None,
+    ) -> StepCallable:
+        if self.runs_locally(call):
+            return fn
+        dask_resources = None
+        if resources and self.resource_map:
+            dask_resources = {
+                self.resource_map[k]: float(v) for k, v in resources.items() if k in self.resource_map
+            } or None
+        # Dask runs higher priorities first; ours are lower-first.
+        return partial(self._run, call, -int(priority), dask_resources)
+
+    def _run(
+        self, call: ActionCall, priority: int, resources: dict[str, float] | None, ctx: ActionContext
+    ) -> Any:
+        ctx.check_cancelled()
+        key = f"{call.qualified_name}-{ctx.task_id}-{ctx.attempt}"
+        step = RemoteStep(call, key, ctx.step_name, ctx.run_id, ctx.task_id, ctx.attempt, ctx.remaining())
+        wake = threading.Event()
+        # The scheduler sets the cancel event under its own lock: only wake this thread there, and
+        # talk to the cluster from here.
+        remove = ctx.on_cancel(wake.set)
+        try:
+            future: Future[Any] = self.client.submit(
+                run_remote_step, step, key=key, priority=priority, resources=resources, pure=False
+            )
+            future.add_done_callback(lambda _f: wake.set())
+            # Bounded by the scheduler: a deadline, a cancellation or shutdown sets the cancel event.
+            wake.wait()
+            if not future.done():
+                future.cancel(reason=f"step {ctx.step_name!r} cancelled or timed out")
+                ctx.check_cancelled()
+            return future.result()
+        finally:
+            remove()
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": self.name,
+            "scheduler_address": None,
+            "local_cluster": self._cluster is not None,
+            "local_actions": sorted(self.local_actions),
+        }
+        try:
+            info["scheduler_address"] = self.client.scheduler.address if self.client.scheduler else None
+            threads = self.client.nthreads()
+            info["workers"] = len(threads)
+            info["threads"] = sum(threads.values())
+            info["status"] = self.client.status
+        except Exception as exc:  # health must report, not raise, when the cluster is gone
+            info["status"] = f"unreachable: {exc}"
+        return info
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None

@@ -1,0 +1,332 @@
+"""Pydantic argument and result models of the MCP tools: they validate calls and generate the schemas."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from codomyrmex_orchestration.core.models import (
+    NAME_PATTERN,
+    ErrorInfo,
+    RunRecord,
+    StepSpec,
+    WorkflowInfo,
+)
+
+#: How long a waiting call blocks before it returns the run handle (below common 60 s client timeouts).
+DEFAULT_WAIT_SECONDS = 50.0
+MAX_WAIT_SECONDS = 3600.0
+
+PROJECT_TYPES = (
+    "ai_analysis",
+    "web_application",
+    "data_pipeline",
+    "ml_model",
+    "documentation",
+    "research",
+    "custom",
+)
+ProjectTypeName = Literal[
+    "ai_analysis", "web_application", "data_pipeline", "ml_model", "documentation", "research", "custom"
+]
+PriorityName = Literal["critical", "high", "normal", "low", "background"]
+RunStatusName = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+ResourceAmount = float | int | str
+
+
+class Args(BaseModel):
+    """Base of every tool's arguments: strict types, unknown fields refused (named in the error)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _name(description: str) -> Any:
+    return Field(pattern=NAME_PATTERN, description=description)
+
+
+_WAIT = Field(
+    default=True, description="Wait for the result (up to timeout_seconds) instead of returning at once."
+)
+_TIMEOUT = Field(
+    default=DEFAULT_WAIT_SECONDS,
+    gt=0,
+    le=MAX_WAIT_SECONDS,
+    description="Seconds to wait before returning the handle with status 'running' (the work goes on).",
+)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class NoArgs(Args):
+    pass
+
+
+class ExecuteWorkflowArgs(Args):
+    workflow_name: str = _name("Name of a registered workflow (see list_workflows).")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Values for {{params.x}} references; override the defaults."
+    )
+    session_id: str | None = Field(default=None, description="Run inside this session (see create_session).")
+    wait: bool = _WAIT
+    timeout_seconds: float = _TIMEOUT
+
+
+class CreateWorkflowArgs(Args):
+    name: str = _name("Workflow name: 1-128 letters, digits, '-', '_', '.'.")
+    steps: list[StepSpec] = Field(min_length=1, description="The steps; see the step_format prompt.")
+    description: str = Field(default="", max_length=10_000)
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults for {{params.x}}.")
+    overwrite: bool = Field(default=False, description="Replace an existing workflow of the same name.")
+
+
+class CreateProjectArgs(Args):
+    name: str = Field(min_length=1, max_length=128, description="Project folder name.")
+    template: ProjectTypeName = Field(default="ai_analysis", description="Project type / template.")
+    description: str = Field(default="", max_length=10_000)
+    owner: str = Field(default="", max_length=256)
+
+
+class ListProjectsArgs(Args):
+    status: Literal["planning", "active", "paused", "completed", "archived", "failed"] | None = None
+    type: ProjectTypeName | None = None
+
+
+class ExecuteTaskArgs(Args):
+    name: str = Field(min_length=1, max_length=128, description="A label for the task.")
+    module: str = Field(min_length=1, max_length=128, description="Action module, e.g. 'core'.")
+    action: str = Field(min_length=1, max_length=128, description="Action name, e.g. 'echo'.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: PriorityName = "normal"
+    dependencies: list[str] = Field(default_factory=list, description="Task ids that must complete first.")
+    resources: dict[str, ResourceAmount] = Field(default_factory=dict)
+    timeout_seconds: float = _TIMEOUT
+    wait: bool = _WAIT
+
+
+class AllocateResourcesArgs(Args):
+    user_id: str = Field(min_length=1, max_length=256, description="Who holds the allocation.")
+    requirements: dict[str, ResourceAmount] = Field(
+        min_length=1,
+        description='Resource -> amount, e.g. {"compute": 2, "memory": "512MB"}; keys compute/cpu, '
+        "memory, storage/disk, network or a resource id.",
+    )
+    ttl_seconds: float | None = Field(default=None, gt=0, description="Release automatically after this.")
+    session_id: str | None = None
+
+
+class ComplexWorkflowDefinition(Args):
+    steps: list[StepSpec] = Field(min_length=1)
+    dependencies: dict[str, list[str]] = Field(
+        default_factory=dict, description="Step name -> names of the steps it waits for."
+    )
+
+
+class CreateComplexWorkflowArgs(Args):
+    name: str = _name("Name to register the workflow under.")
+    workflow_definition: ComplexWorkflowDefinition
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    session_id: str | None = None
+    wait: bool = _WAIT
+    timeout_seconds: float = _TIMEOUT
+
+
+class RunIdArgs(Args):
+    run_id: str = Field(min_length=1, max_length=128, description="A run_id returned by execute_workflow.")
+
+
+class ListRunsArgs(Args):
+    workflow_name: str | None = None
+    status: RunStatusName | None = None
+    limit: int = Field(default=20, ge=1, le=500)
+
+
+class ResumeRunArgs(Args):
+    run_id: str = Field(min_length=1, max_length=128)
+    wait: bool = _WAIT
+    timeout_seconds: float = _TIMEOUT
+
+
+class WorkflowNameArgs(Args):
+    name: str = _name("Name of a registered workflow.")
+
+
+class ValidateWorkflowArgs(Args):
+    name: str = _name("Workflow name (checked too).")
+    steps: list[dict[str, Any]] = Field(min_length=1, description="Steps as for create_workflow.")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReleaseResourcesArgs(Args):
+    allocation_id: str | None = Field(default=None, description="Release this one allocation.")
+    user_id: str | None = Field(default=None, description="Release every allocation this user holds.")
+
+
+class CreateSessionArgs(Args):
+    user_id: str = Field(default="anonymous", min_length=1, max_length=256)
+    name: str = Field(default="", max_length=256)
+    description: str = Field(default="", max_length=10_000)
+    mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = None
+    max_parallel_tasks: int | None = Field(default=None, ge=1, le=1024)
+    max_parallel_workflows: int | None = Field(default=None, ge=1, le=1024)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class CloseSessionArgs(Args):
+    session_id: str = Field(min_length=1, max_length=128)
+    cancel_running: bool = Field(default=False, description="Cancel the session's running work too.")
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenResult(BaseModel):
+    """A result whose keys come from the engine (documented in the README)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class RunHandle(RunRecord):
+    """A run record; ``note`` says what to do when it is still running."""
+
+    note: str | None = None
+
+
+class CreateWorkflowResult(Result):
+    workflow_name: str
+    steps_count: int
+    execution_levels: list[list[str]]
+    inferred_dependencies: dict[str, list[str]]
+    mermaid: str
+
+
+class WorkflowListResult(Result):
+    workflows: list[WorkflowInfo]
+    count: int
+
+
+class ProjectResult(OpenResult):
+    project_name: str
+    project_type: str
+    project_path: str
+    template_used: str | None = None
+    files_created: list[str] = Field(default_factory=list)
+    workflows: list[str] = Field(default_factory=list)
+
+
+class ProjectInfo(OpenResult):
+    name: str
+    type: str | None = None
+    status: str | None = None
+    path: str | None = None
+    created_at: str | None = None
+
+
+class ProjectListResult(Result):
+    projects: list[ProjectInfo]
+    count: int
+
+
+class TaskResult(Result):
+    task_id: str
+    name: str
+    status: str
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    duration_seconds: float | None = None
+    note: str | None = None
+
+
+class HealthResult(OpenResult):
+    overall_status: str = "unknown"
+    uptime_seconds: float | None = None
+    components: dict[str, Any] = Field(default_factory=dict)
+    issues: list[Any] = Field(default_factory=list)
+
+
+class AllocationResult(OpenResult):
+    user_id: str
+    allocations: list[dict[str, Any]]
+
+
+class WorkflowDetail(Result):
+    name: str
+    description: str
+    steps: list[StepSpec]
+    parameters: dict[str, Any]
+    steps_count: int
+    execution_levels: list[list[str]]
+    inferred_dependencies: dict[str, list[str]]
+    mermaid: str
+
+
+class ValidationResult(Result):
+    valid: bool
+    workflow_name: str
+    problems: list[str] = Field(default_factory=list)
+    steps_count: int | None = None
+    execution_levels: list[list[str]] = Field(default_factory=list)
+    inferred_dependencies: dict[str, list[str]] = Field(default_factory=dict)
+    mermaid: str | None = None
+
+
+class DeleteResult(Result):
+    workflow_name: str
+    deleted: bool
+
+
+class RunSummary(Result):
+    run_id: str
+    workflow_name: str
+    status: str
+    created_at: str | None = None
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    failed_steps: list[str] = Field(default_factory=list)
+
+
+class RunListResult(Result):
+    runs: list[RunSummary]
+    count: int
+
+
+class ReleaseResult(OpenResult):
+    released: int
+
+
+class SessionResult(OpenResult):
+    session_id: str
+
+
+class CloseSessionResult(OpenResult):
+    session_id: str
+    closed: bool
+
+
+class ActionInfo(Result):
+    name: str
+    module: str
+    action: str
+    description: str
+    parameters: dict[str, str]
+    output: str
+    executes_code: bool
+    network: bool
+    allowed: bool
+
+
+class ActionListResult(Result):
+    actions: list[ActionInfo]
+    count: int
+
+
+class TemplateListResult(Result):
+    templates: list[dict[str, Any]]
+    count: int

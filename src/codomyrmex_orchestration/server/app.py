@@ -1,0 +1,580 @@
+"""The MCP server: a low-level ``mcp.server.Server`` that auto-registers every tool, plus resources, one
+prompt, and the stdio / SSE / streamable-HTTP transports with bearer auth and DNS-rebinding protection."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+import signal
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.sse import SseServerTransport
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
+from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server.tools import (
+    EngineFactory,
+    OrchestrationMCPTools,
+    ServerPolicy,
+    jsonable,
+)
+
+__all__ = [
+    "SERVER_NAME",
+    "BearerAuthMiddleware",
+    "build_http_app",
+    "build_server",
+    "check_network_settings",
+    "is_loopback",
+    "serve",
+    "transport_security",
+]
+
+SERVER_NAME = "codomyrmex-orchestration"
+URI_SCHEME = "orchestration://"
+PROMPT_NAME = "workflow_step_format"
+
+log = get_logger("codomyrmex_orchestration.server")
+
+_INSTRUCTIONS = (
+    "Runs workflows as DAGs of real actions. Typical use: list_actions to see what steps can do, "
+    "create_workflow (or validate_workflow first), execute_workflow, then get_workflow_run to follow a run "
+    "that is still running. The prompt 'workflow_step_format' explains the step format."
+)
+
+_STEP_FORMAT = """\
+A workflow is a named DAG of steps. Each step runs one action, `module.action`, with JSON parameters.
+
+Step fields:
+- name (required): unique in the workflow; letters, digits, '-', '_', '.'.
+- module, action (required): e.g. core.echo, core.sleep, core.set (call list_actions for all of them).
+- parameters: JSON object passed to the action. Strings may contain references:
+    {{params.NAME}}                  a workflow parameter (defaults in the workflow's "parameters")
+    {{steps.STEP.output}}            another step's output; {{steps.STEP.output.key.0}} digs into it
+    {{steps.STEP.status}}            completed / failed / skipped ...
+  A string that is exactly one reference keeps the value's type. A reference adds the dependency.
+- dependencies: names of steps that must finish first (in addition to inferred ones).
+- run_if: a condition such as "steps.check.output.count > 0 and params.mode == 'full'"; false -> skipped.
+- timeout (seconds), max_retries, retry_delay (seconds, doubles each retry), required (default true:
+  a failing required step fails the run), priority (critical/high/normal/low/background),
+  resources (e.g. {"compute": 1, "memory": "256MB"}).
+
+Steps whose dependencies are met run in parallel. Example for create_workflow:
+
+{
+  "name": "greet_and_collect",
+  "description": "Greets, waits a moment, then collects both results",
+  "parameters": {"who": "world"},
+  "steps": [
+    {"name": "greet", "module": "core", "action": "echo", "parameters": {"message": "hello {{params.who}}"}},
+    {"name": "pause", "module": "core", "action": "sleep", "parameters": {"seconds": 1}, "timeout": 10},
+    {"name": "collect", "module": "core", "action": "set",
+     "parameters": {"greeting": "{{steps.greet.output}}", "slept": "{{steps.pause.output.slept}}"},
+     "max_retries": 1}
+  ]
+}
+
+Then call execute_workflow {"workflow_name": "greet_and_collect", "parameters": {"who": "you"}}.
+"greet" and "pause" run at the same time; "collect" runs after both.
+"""
+
+
+# --------------------------------------------------------------------------- the MCP server
+
+
+def _mcp_tool(definition: dict[str, Any]) -> types.Tool:
+    annotations = definition["annotations"]
+    return types.Tool(
+        name=definition["name"],
+        title=definition["title"],
+        description=definition["description"],
+        input_schema=definition["inputSchema"],
+        output_schema=definition["outputSchema"],
+        annotations=types.ToolAnnotations(
+            title=annotations["title"],
+            read_only_hint=annotations["readOnlyHint"],
+            destructive_hint=annotations["destructiveHint"],
+            idempotent_hint=annotations["idempotentHint"],
+            open_world_hint=annotations["openWorldHint"],
+        ),
+    )
+
+
+def _text_resource(uri: str, value: Any) -> types.ReadResourceResult:
+    text = json.dumps(jsonable(value), indent=2, ensure_ascii=False)
+    return types.ReadResourceResult(
+        contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
+    )
+
+
+def _resource_not_found(uri: str, reason: str) -> Exception:
+    from mcp.shared.exceptions import MCPError
+
+    # -32002 is the spec's "resource not found" code.
+    return MCPError(code=-32002, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+def build_server(
+    tools: OrchestrationMCPTools | None = None,
+    *,
+    engine_factory: EngineFactory | None = None,
+    policy: ServerPolicy | None = None,
+) -> Server[Any]:
+    """The low-level MCP server over ``tools`` (built from ``engine_factory``/``policy`` when omitted).
+
+    Every definition from ``tools.get_tool_definitions()`` becomes a tool; calls go to
+    ``tools.execute_tool_async`` with the request's progress channel.
+    """
+    if tools is None:
+        tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
+    the_tools = tools
+    listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+
+    async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=listed)
+
+    async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        return types.CallToolResult(
+            content=[types.TextContent(text=result.text)],
+            structured_content=result.structured,
+            is_error=result.is_error,
+        )
+
+    async def core(fn: Callable[[], Any]) -> Any:
+        return await anyio.to_thread.run_sync(fn, limiter=the_tools._call_limiter)
+
+    async def on_list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        resources = [
+            types.Resource(
+                uri=f"{URI_SCHEME}{kind}",
+                name=kind,
+                title=f"All {kind}",
+                description=f"JSON list of {kind}",
+                mime_type="application/json",
+            )
+            for kind in ("workflows", "runs", "projects")
+        ]
+        try:
+            infos = await core(lambda: the_tools.engine.workflow_manager.list_workflows())
+        except Exception as exc:
+            log.warning("resources.list_failed", error=str(exc))
+            infos = []
+        resources.extend(
+            types.Resource(
+                uri=f"{URI_SCHEME}workflows/{info.name}",
+                name=f"workflow {info.name}",
+                description=info.description or None,
+                mime_type="application/json",
+            )
+            for info in infos
+        )
+        return types.ListResourcesResult(resources=resources)
+
+    async def on_list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        templates = [
+            types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}workflows/{{name}}",
+                name="workflow",
+                description="A workflow definition with its execution levels and Mermaid diagram",
+                mime_type="application/json",
+            ),
+            types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}runs/{{run_id}}",
+                name="run",
+                description="A workflow run record",
+                mime_type="application/json",
+            ),
+            types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}projects/{{name}}",
+                name="project",
+                description="A project's manifest",
+                mime_type="application/json",
+            ),
+        ]
+        return types.ListResourceTemplatesResult(resource_templates=templates)
+
+    async def on_read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        if not uri.startswith(URI_SCHEME):
+            raise _resource_not_found(uri, f"unknown scheme; resources start with {URI_SCHEME}")
+        kind, _, key = uri[len(URI_SCHEME) :].partition("/")
+        key = unquote(key)
+        tool, args = {
+            ("workflows", False): ("list_workflows", {}),
+            ("workflows", True): ("get_workflow", {"name": key}),
+            ("runs", False): ("list_workflow_runs", {}),
+            ("runs", True): ("get_workflow_run", {"run_id": key}),
+            ("projects", False): ("list_projects", {}),
+        }.get((kind, bool(key)), (None, {}))
+        if kind == "projects" and key:
+            listed_projects = await the_tools.execute_tool_async("list_projects", {})
+            projects = (listed_projects.structured or {}).get("projects", [])
+            match = [p for p in projects if p.get("name") == key]
+            if not match:
+                raise _resource_not_found(
+                    uri, listed_projects.text if listed_projects.is_error else "no such project"
+                )
+            return _text_resource(uri, match[0])
+        if tool is None:
+            raise _resource_not_found(
+                uri, "known resources: workflows[/name], runs[/run_id], projects[/name]"
+            )
+        result = await the_tools.execute_tool_async(tool, args)
+        if result.is_error:
+            raise _resource_not_found(uri, result.text)
+        return _text_resource(uri, result.structured)
+
+    async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        return types.ListPromptsResult(
+            prompts=[
+                types.Prompt(
+                    name=PROMPT_NAME,
+                    title="How to write workflow steps",
+                    description="The step format (fields, {{...}} references, run_if), with an example.",
+                    arguments=[
+                        types.PromptArgument(
+                            name="goal", description="What the workflow should do (optional)", required=False
+                        )
+                    ],
+                )
+            ]
+        )
+
+    async def on_get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        if params.name != PROMPT_NAME:
+            from mcp.shared.exceptions import MCPError
+
+            raise MCPError(code=-32602, message=f"unknown prompt {params.name!r}; available: {PROMPT_NAME}")
+        goal = (params.arguments or {}).get("goal", "").strip()
+        text = _STEP_FORMAT + (f"\nWrite a workflow for this goal: {goal}\n" if goal else "")
+        return types.GetPromptResult(
+            description="The workflow step format",
+            messages=[types.PromptMessage(role="user", content=types.TextContent(text=text))],
+        )
+
+    return Server(
+        SERVER_NAME,
+        version=__version__,
+        title="Codomyrmex orchestration",
+        instructions=_INSTRUCTIONS,
+        on_list_tools=on_list_tools,
+        on_call_tool=on_call_tool,
+        on_list_resources=on_list_resources,
+        on_list_resource_templates=on_list_resource_templates,
+        on_read_resource=on_read_resource,
+        on_list_prompts=on_list_prompts,
+        on_get_prompt=on_get_prompt,
+    )
+
+
+# --------------------------------------------------------------------------- HTTP: auth and rebinding
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback bind addresses (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(host: str, allowed_hosts: Sequence[str] = ()) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only loopback names, the bind host and ``allowed_hosts`` may appear in
+    ``Host``/``Origin`` (any port)."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in ("0.0.0.0", "::", "") and not is_loopback(host):
+        names.append(f"[{host}]" if ":" in host else host)
+    names.extend(h for h in allowed_hosts if h)
+    hosts: list[str] = []
+    origins: list[str] = []
+    for name in dict.fromkeys(names):
+        hosts += [name, f"{name}:*"]
+        origins += [f"{scheme}://{name}{port}" for scheme in ("http", "https") for port in ("", ":*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+class BearerAuthMiddleware:
+    """Require ``Authorization: Bearer <token>`` on every HTTP route except ``open_paths``."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)) -> None:
+        self.app = app
+        self._token = token.encode()
+        self._open = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._open:
+            await self.app(scope, receive, send)
+            return
+        header = b""
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                header = value
+                break
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self._token):
+            response = JSONResponse(
+                {"error": "unauthorized", "error_description": "a valid bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="codomyrmex-orchestration"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_http_app(
+    server: Server[Any],
+    *,
+    transport: str,
+    host: str = "127.0.0.1",
+    auth_token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+) -> ASGIApp:
+    """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
+    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set."""
+    security = transport_security(host, allowed_hosts)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "server": SERVER_NAME, "version": __version__})
+
+    routes: list[Route | Mount] = [Route("/healthz", endpoint=healthz, methods=["GET"])]
+    lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None
+    if transport == "sse":
+        sse = SseServerTransport("/messages/", security_settings=security)
+
+        async def handle_sse(request: Request) -> Response:
+            try:
+                async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+            except ValueError:
+                # connect_sse already answered a refused request (bad Host/Origin).
+                pass
+            return Response()
+
+        routes += [
+            Route("/sse", endpoint=handle_sse, methods=["GET"]),
+            Mount("/messages/", app=sse.handle_post_message),
+        ]
+    elif transport == "streamable-http":
+        manager = StreamableHTTPSessionManager(app=server, security_settings=security)
+        routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)))
+
+        @contextlib.asynccontextmanager
+        async def run_manager(app: Starlette) -> AsyncIterator[None]:
+            async with manager.run():
+                yield
+
+        lifespan = run_manager
+    else:
+        raise InvalidInputError("transport", f"{transport!r} is not an HTTP transport (sse, streamable-http)")
+    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    if auth_token:
+        app = BearerAuthMiddleware(app, auth_token)
+    return app
+
+
+def check_network_settings(settings: Settings) -> str | None:
+    """The bearer token to require, or ``None``; refuses a non-loopback bind without one.
+
+    Raises:
+        InvalidInputError: binding to a non-loopback address with no token configured.
+    """
+    token = settings.auth_token.get_secret_value() if settings.auth_token is not None else ""
+    if settings.auth_token_file is not None and not token:
+        try:
+            token = settings.auth_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidInputError(
+                "auth_token_file", f"cannot read {settings.auth_token_file}: {exc}"
+            ) from None
+        if not token:
+            raise InvalidInputError("auth_token_file", f"{settings.auth_token_file} is empty")
+    if not token and not is_loopback(settings.host):
+        raise InvalidInputError(
+            "auth_token",
+            f"serving on {settings.host} (not loopback) needs a bearer token: set CODOMYRMEX_AUTH_TOKEN "
+            "or pass --auth-token-file",
+        )
+    return token or None
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _StdinLines:
+    """Lines from the process's stdin, read only when readable, so a signal can cancel the wait.
+
+    mcp's own stdin reader blocks a worker thread in ``read()``, which cancellation cannot interrupt;
+    this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
+    child processes never read the protocol) and the wire is read from a private duplicate.
+    """
+
+    def __init__(self) -> None:
+        self._fd = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        self._buffer = b""
+        self._eof = False
+        # Regular files and some devices cannot be polled (epoll refuses them) but never block.
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def close(self) -> None:
+        os.dup2(self._fd, 0)
+        os.close(self._fd)
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while b"\n" not in self._buffer and not self._eof:
+            if self._pollable:
+                try:
+                    await anyio.wait_readable(self._fd)
+                except OSError:
+                    self._pollable = False
+            chunk = os.read(self._fd, 65536)
+            self._eof = not chunk
+            self._buffer += chunk
+        if not self._buffer:
+            raise StopAsyncIteration
+        line, newline, self._buffer = self._buffer.partition(b"\n")
+        return (line + newline).decode("utf-8", errors="replace")
+
+
+async def _serve_stdio(server: Server[Any]) -> None:
+    stdin = _StdinLines()
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("server.signal", signal=signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]  # duck-typed: only iterated
+                await server.run(read, write, server.create_initialization_options())
+            tg.cancel_scope.cancel()
+    finally:
+        stdin.close()
+
+
+async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+    import threading
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn, minus re-raising the signal after its graceful shutdown: we still have the engine to
+        shut down, and a clean stop should exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
+    # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
+    await _Server(config).serve()
+
+
+def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) -> int:
+    """Serve MCP on ``settings.transport`` until EOF (stdio) or SIGINT/SIGTERM; returns an exit code.
+
+    Raises:
+        InvalidInputError: unsafe network settings (non-loopback bind without a token).
+    """
+    transport = settings.transport
+    token = check_network_settings(settings) if transport != "stdio" else None
+    policy = ServerPolicy.for_transport(transport, settings.allow_shell)
+    factory = engine_factory or _settings_engine_factory(settings)
+    tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
+    server = build_server(tools)
+    log.info(
+        "server.start",
+        transport=transport,
+        code_execution=policy.allow_code_execution,
+        auth=bool(token),
+        **({"url": _url(settings)} if transport != "stdio" else {}),
+    )
+    try:
+        if transport == "stdio":
+            anyio.run(_serve_stdio, server)
+        else:
+            app = build_http_app(
+                server,
+                transport=transport,
+                host=settings.host,
+                auth_token=token,
+                allowed_hosts=settings.allowed_hosts,
+            )
+            anyio.run(_serve_http, app, settings.host, settings.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            if engine_factory is not None:
+                tools.close()
+            elif tools.engine_started:
+                from codomyrmex_orchestration.core.engine import reset_engine
+
+                tools.cancel_running_tasks()
+                reset_engine()  # the process-wide engine: cancel running work, flush, forget it
+        except OrchestrationError as exc:
+            log.warning("server.shutdown_failed", error=str(exc))
+        log.info("server.stop", transport=transport)
+    return 0
+
+
+def _url(settings: Settings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    path = "/sse" if settings.transport == "sse" else "/mcp"
+    return f"http://{host}:{settings.port}{path}"
+
+
+def _settings_engine_factory(settings: Settings) -> EngineFactory:
+    def make(policy: ServerPolicy) -> Any:
+        from codomyrmex_orchestration.core.engine import configure_engine
+
+        return configure_engine(settings.model_copy(update={"allow_shell": policy.allow_code_execution}))
+
+    return make

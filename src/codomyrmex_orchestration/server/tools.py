@@ -1,0 +1,1031 @@
+"""OrchestrationMCPTools: the MCP tools as data (definitions) plus one dispatcher into the core.
+
+Each tool is one :class:`_Tool` entry: pydantic argument and result models (which generate the
+``inputSchema``/``outputSchema`` and validate calls), annotations, a description written for a language
+model, and a synchronous ``run`` that calls the engine. :meth:`OrchestrationMCPTools.execute_tool` runs a
+tool from plain Python; :meth:`OrchestrationMCPTools.execute_tool_async` is what the MCP server awaits: it
+runs the core in worker threads on dedicated capacity limiters, relays progress, stops waiting at the
+timeout and cancels the run when the request is cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import json
+import math
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from pydantic import BaseModel, ValidationError
+
+from codomyrmex_orchestration.core.models import (
+    RunRecord,
+    StepResult,
+    TaskPriority,
+    TaskSpec,
+    WorkflowSpec,
+    WorkflowStatus,
+)
+from codomyrmex_orchestration.errors import (
+    DAGValidationError,
+    InvalidInputError,
+    OrchestrationError,
+    WaitTimeoutError,
+)
+from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server import _models as m
+
+__all__ = [
+    "EngineFactory",
+    "OrchestrationMCPTools",
+    "ProgressReporter",
+    "ServerPolicy",
+    "ToolResult",
+]
+
+log = get_logger("codomyrmex_orchestration.server")
+
+ProgressReporter = Callable[[float, float | None, str | None], Awaitable[None]]
+"""``await report(progress, total, message)``: relays progress to the client."""
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What the transport allows: code-executing actions, and private addresses for ``http.request``.
+
+    ``for_transport`` applies the default: on stdio (a local client that could run code anyway) both are
+    allowed; on network transports both are refused unless the settings allow them explicitly.
+    """
+
+    allow_code_execution: bool = True
+    block_private_addresses: bool = False
+    transport: str = "stdio"
+
+    @classmethod
+    def for_transport(cls, transport: str, allow_shell: bool | None) -> ServerPolicy:
+        network = transport != "stdio"
+        allowed = (not network) if allow_shell is None else allow_shell
+        return cls(
+            allow_code_execution=allowed,
+            block_private_addresses=network and not allowed,
+            transport=transport,
+        )
+
+    @property
+    def action_extras(self) -> dict[str, Any]:
+        """Values every action's ``ctx.extras`` should carry under this policy."""
+        return {"block_private_addresses": True} if self.block_private_addresses else {}
+
+
+EngineFactory = Callable[[ServerPolicy], Any]
+"""Builds (or returns the shared) ``OrchestrationEngine`` for a policy; called on first use."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool call returns: ``structured`` (the JSON object) and ``text`` (for models that read text)."""
+
+    text: str
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+    @classmethod
+    def error(cls, message: str) -> ToolResult:
+        return cls(text=message, is_error=True)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _Call:
+    """Per-call context handed to a tool's ``run``: a thread-safe progress callback or ``None``."""
+
+    progress: Callable[[float, float | None, str | None], None] | None = None
+
+
+@dataclass
+class _Pending:
+    """A started piece of long work: ``wait(timeout)`` blocks up to ``timeout`` and returns the result as
+    it stands; ``cancel()`` stops the work (called when the client cancels the request)."""
+
+    wait: Callable[[float], BaseModel]
+    cancel: Callable[[], None]
+    timeout: float
+
+
+RunFn = Callable[["OrchestrationMCPTools", Any, _Call], "BaseModel | _Pending"]
+
+
+@dataclass(frozen=True)
+class _Tool:
+    name: str
+    title: str
+    description: str
+    args: type[BaseModel]
+    result: type[BaseModel]
+    run: RunFn
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+    open_world: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": _schema(self.args, "validation"),
+            "outputSchema": _schema(self.result, "serialization"),
+            "annotations": {
+                "title": self.title,
+                "readOnlyHint": self.read_only,
+                "destructiveHint": self.destructive,
+                "idempotentHint": self.idempotent,
+                "openWorldHint": self.open_world,
+            },
+        }
+
+
+def _schema(model: type[BaseModel], mode: Any) -> dict[str, Any]:
+    schema = model.model_json_schema(mode=mode)
+    schema.pop("title", None)
+    schema.setdefault("type", "object")
+    return schema
+
+
+def jsonable(value: Any) -> Any:
+    """Convert engine return values (pydantic models, dataclasses, enums, paths) to JSON values."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _pick(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if data.get(key) is not None:
+            return data[key]
+    return default
+
+
+def _describe_validation_error(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
+    accepted = f"accepted: {', '.join(args.model_fields)}" if args.model_fields else "it takes no arguments"
+    parts: list[str] = []
+    fields: list[str] = []
+    errors = exc.errors()
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        fields.append(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parts.append(f"unknown argument {loc!r} ({accepted})")
+        elif kind == "missing":
+            parts.append(f"missing required argument {loc!r}")
+        else:
+            parts.append(f"argument {loc!r}: {err['msg']}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    error = InvalidInputError("", f"invalid arguments for tool {tool!r}: " + "; ".join(parts))
+    error.field = fields[0] if fields else "arguments"
+    return error
+
+
+def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
+    handle = m.RunHandle.model_validate(record.model_dump())
+    if not record.status.is_terminal:
+        handle.note = (
+            f"the run is still {record.status.value}"
+            + (f" after waiting {waited:g} s" if waited else "")
+            + f"; call get_workflow_run with run_id {record.run_id!r} to follow it, "
+            "or cancel_workflow_run to stop it"
+        )
+    return handle
+
+
+def _step_progress(call: _Call) -> Callable[[RunRecord, StepResult], None] | None:
+    report = call.progress
+    if report is None:
+        return None
+
+    def on_step(record: RunRecord, step: StepResult) -> None:
+        # Only final transitions: progress must increase with every notification.
+        if step.status.is_terminal:
+            done = sum(1 for s in record.steps.values() if s.status.is_terminal)
+            report(float(done), float(len(record.steps)) or None, f"step {step.name} {step.status.value}")
+
+    return on_step
+
+
+# --------------------------------------------------------------------------- the tools' bodies
+
+
+def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> Any:
+    if not wait or record.status.is_terminal:
+        return _run_handle(record, None)
+    run_id = record.run_id
+    manager = tools.engine.workflow_manager
+
+    def wait_for(seconds: float) -> BaseModel:
+        return _run_handle(manager.wait_run(run_id, seconds), seconds)
+
+    def cancel() -> None:
+        manager.cancel_run(run_id)
+
+    return _Pending(wait_for, cancel, timeout)
+
+
+def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> Any:
+    record = tools.engine.execute_workflow(
+        a.workflow_name,
+        parameters=a.parameters,
+        session_id=a.session_id,
+        wait=False,
+        on_step=_step_progress(call),
+    )
+    return _run_pending(tools, record, a.wait, a.timeout_seconds)
+
+
+def _create_complex_workflow(
+    tools: OrchestrationMCPTools, a: m.CreateComplexWorkflowArgs, call: _Call
+) -> Any:
+    definition = a.workflow_definition.model_dump(mode="json", exclude_defaults=False)
+    record = tools.engine.execute_complex_workflow(
+        definition,
+        name=a.name,
+        parameters=a.parameters,
+        session_id=a.session_id,
+        wait=False,
+        on_step=_step_progress(call),
+    )
+    return _run_pending(tools, record, a.wait, a.timeout_seconds)
+
+
+def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> Any:
+    record = tools.engine.workflow_manager.resume_run(a.run_id, wait=False, on_step=_step_progress(call))
+    return _run_pending(tools, record, a.wait, a.timeout_seconds)
+
+
+def _validation_fields(validation: Any) -> dict[str, Any]:
+    return {
+        "steps_count": validation.steps_count,
+        "execution_levels": jsonable(validation.execution_levels),
+        "inferred_dependencies": jsonable(validation.inferred_dependencies),
+        "mermaid": validation.mermaid,
+    }
+
+
+def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> Any:
+    manager = tools.engine.workflow_manager
+    spec = WorkflowSpec(name=a.name, description=a.description, steps=a.steps, parameters=a.parameters)
+    created = manager.create_workflow(spec, overwrite=a.overwrite, source="api")
+    validation = manager.validate_workflow(created)
+    return m.CreateWorkflowResult(workflow_name=created.name, **_validation_fields(validation))
+
+
+def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+    infos = tools.engine.workflow_manager.list_workflows()
+    return m.WorkflowListResult(workflows=infos, count=len(infos))
+
+
+def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
+    manager = tools.engine.workflow_manager
+    spec = manager.get_workflow(a.name)
+    validation = manager.describe_workflow(a.name)
+    return m.WorkflowDetail(
+        name=spec.name,
+        description=spec.description,
+        steps=spec.steps,
+        parameters=spec.parameters,
+        **_validation_fields(validation),
+    )
+
+
+def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> Any:
+    document = {"name": a.name, "steps": a.steps, "description": a.description, "parameters": a.parameters}
+    try:
+        spec = WorkflowSpec.model_validate(document)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=problems)
+    try:
+        validation = tools.engine.workflow_manager.validate_workflow(spec)
+    except DAGValidationError as exc:
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
+    except InvalidInputError as exc:
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
+    return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
+
+
+def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
+    deleted = bool(tools.engine.workflow_manager.delete_workflow(a.name))
+    return m.DeleteResult(workflow_name=a.name, deleted=deleted)
+
+
+def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None)
+
+
+def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> Any:
+    status = WorkflowStatus(a.status) if a.status else None
+    records = tools.engine.workflow_manager.list_runs(
+        workflow_name=a.workflow_name, status=status, limit=a.limit
+    )
+    runs = [
+        m.RunSummary(
+            run_id=r.run_id,
+            workflow_name=r.workflow_name,
+            status=r.status.value,
+            created_at=jsonable(r.created_at),
+            finished_at=jsonable(r.finished_at),
+            duration_seconds=r.duration_seconds,
+            failed_steps=r.failed_steps,
+        )
+        for r in records
+    ]
+    return m.RunListResult(runs=runs, count=len(runs))
+
+
+def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+    return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
+
+
+def _task_result(record: Any, waited: float | None) -> m.TaskResult:
+    data = jsonable(record)
+    result = m.TaskResult(
+        task_id=data["task_id"],
+        name=data["name"],
+        status=data["status"],
+        result=data.get("result"),
+        error=data.get("error"),
+        attempts=data.get("attempts", 0),
+        duration_seconds=data.get("duration_seconds"),
+    )
+    if result.status in ("pending", "ready", "running", "blocked"):
+        result.note = (
+            f"the task is still {result.status}"
+            + (f" after waiting {waited:g} s" if waited else "")
+            + "; call execute_task again later is NOT needed: the task goes on in the background"
+        )
+    return result
+
+
+def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> Any:
+    spec = TaskSpec(
+        name=a.name,
+        module=a.module,
+        action=a.action,
+        parameters=a.parameters,
+        priority=TaskPriority[a.priority.upper()],
+        dependencies=a.dependencies,
+        resources=a.resources,
+    )
+    engine = tools.engine
+    record = engine.execute_task(spec, wait=False)
+    tools._remember_task(record.task_id)
+    if not a.wait or record.status.is_terminal:
+        return _task_result(record, None)
+    orchestrator = engine.task_orchestrator
+    task_id = record.task_id
+
+    def wait_for(seconds: float) -> BaseModel:
+        try:
+            final = orchestrator.wait(task_id, seconds)
+        except WaitTimeoutError:
+            return _task_result(orchestrator.get_task(task_id), seconds)
+        if call.progress is not None:
+            call.progress(1.0, 1.0, f"task {a.name} {final.status.value}")
+        return _task_result(final, seconds)
+
+    def cancel() -> None:
+        orchestrator.cancel_task(task_id, "the client cancelled the request")
+
+    return _Pending(wait_for, cancel, a.timeout_seconds)
+
+
+def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+    return m.OpenResult.model_validate(jsonable(tools.engine.get_system_status()))
+
+
+def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+    return m.HealthResult.model_validate(jsonable(tools.engine.health_check()))
+
+
+def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
+    allocations = tools.engine.allocate_resources(
+        a.user_id, dict(a.requirements), ttl=a.ttl_seconds, session_id=a.session_id
+    )
+    return m.AllocationResult(user_id=a.user_id, allocations=jsonable(allocations), session_id=a.session_id)
+
+
+def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
+    if (a.allocation_id is None) == (a.user_id is None):
+        raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
+    released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
+    target = {"allocation_id": a.allocation_id} if a.allocation_id is not None else {"user_id": a.user_id}
+    return m.ReleaseResult(released=int(released), **target)
+
+
+def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
+    project = tools.engine.project_manager.create_project(
+        a.name, template=a.template, description=a.description, owner=a.owner
+    )
+    data = jsonable(project)
+    path = Path(str(_pick(data, "project_path", "path", default="")))
+    if not data.get("files_created") and path.is_dir():
+        data["files_created"] = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file())[
+            :_MAX_LISTED_FILES
+        ]
+    return m.ProjectResult.model_validate(
+        {
+            **{k: v for k, v in data.items() if k not in ("name", "type", "path")},
+            "project_name": _pick(data, "project_name", "name", default=a.name),
+            "project_type": _pick(data, "project_type", "type", default=a.template),
+            "project_path": str(_pick(data, "project_path", "path", default="")),
+            "template_used": _pick(data, "template_used", "template", default=a.template),
+            "files_created": list(_pick(data, "files_created", default=[])),
+            "workflows": list(_pick(data, "workflows", default=[])),
+        }
+    )
+
+
+_MAX_LISTED_FILES = 500
+
+
+def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> Any:
+    projects = []
+    for raw in tools.engine.project_manager.list_projects():
+        data = jsonable(raw)
+        info = m.ProjectInfo.model_validate(
+            {
+                **data,
+                "name": _pick(data, "name", "project_name"),
+                "type": _pick(data, "type", "project_type"),
+                "path": _pick(data, "path", "project_path"),
+            }
+        )
+        if (a.status is None or info.status == a.status) and (a.type is None or info.type == a.type):
+            projects.append(info)
+    return m.ProjectListResult(projects=projects, count=len(projects))
+
+
+def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+    templates = jsonable(tools.engine.project_manager.list_templates())
+    if isinstance(templates, Mapping):
+        templates = [
+            {"type": k, **(v if isinstance(v, dict) else {"description": v})} for k, v in templates.items()
+        ]
+    return m.TemplateListResult(templates=templates, count=len(templates))
+
+
+def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> Any:
+    engine = tools.engine
+    session_id = engine.create_session(**a.model_dump(exclude_none=True))
+    return m.SessionResult.model_validate(jsonable(engine.get_session(session_id)))
+
+
+def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> Any:
+    outcome = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
+    extra = jsonable(outcome) if isinstance(outcome, Mapping | BaseModel) else {}
+    return m.CloseSessionResult.model_validate({**extra, "session_id": a.session_id, "closed": True})
+
+
+def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+    registry = tools.engine.registry
+    actions = [
+        m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
+        for d in registry.catalogue()
+    ]
+    return m.ActionListResult(actions=actions, count=len(actions))
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+_STEP_HELP = (
+    "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
+    "run_if?, required?, priority?, resources?}. Reference earlier output with "
+    "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
+    "also add the dependency). Call list_actions for the available module.action pairs."
+)
+
+_TOOLS: tuple[_Tool, ...] = (
+    _Tool(
+        "execute_workflow",
+        "Execute a workflow",
+        "Run a registered workflow and return its run record: run_id, status and each step's status, "
+        "output, error, attempts and timings. Waits up to timeout_seconds (default 50); if the run is "
+        "still going it returns the handle with status 'running' - follow it with get_workflow_run. "
+        "Use wait=false to start it and return at once. Sends progress notifications as steps finish. "
+        'Example: {"workflow_name": "hello", "parameters": {"who": "world"}}',
+        m.ExecuteWorkflowArgs,
+        m.RunHandle,
+        _execute_workflow,
+        open_world=True,
+    ),
+    _Tool(
+        "create_workflow",
+        "Create a workflow",
+        "Register (and persist) a workflow: a DAG of steps, each running one module.action. Returns the "
+        "execution levels (steps that run in parallel), dependencies inferred from templates and a "
+        "Mermaid diagram. Refuses an existing name unless overwrite=true. " + _STEP_HELP + " Example: "
+        '{"name": "hello", "steps": [{"name": "greet", "module": "core", "action": "echo", '
+        '"parameters": {"message": "hi {{params.who}}"}}, {"name": "shout", "module": "core", '
+        '"action": "set", "parameters": {"text": "{{steps.greet.output}}"}}], "parameters": {"who": "you"}}',
+        m.CreateWorkflowArgs,
+        m.CreateWorkflowResult,
+        _create_workflow,
+    ),
+    _Tool(
+        "list_workflows",
+        "List workflows",
+        "List every registered workflow with its description, number of steps and source (config: "
+        "loaded from the config directory; api: created through this server). Example: {}",
+        m.NoArgs,
+        m.WorkflowListResult,
+        _list_workflows,
+        read_only=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "create_project",
+        "Create a project",
+        "Scaffold a project folder from a template (ai_analysis, web_application, data_pipeline, ml_model, "
+        "documentation, research, custom) with its documentation, and register the workflows the "
+        "template provides. Returns the path, files created and workflow names. Example: "
+        '{"name": "churn_study", "template": "data_pipeline", "description": "Monthly churn analysis"}',
+        m.CreateProjectArgs,
+        m.ProjectResult,
+        _create_project,
+    ),
+    _Tool(
+        "list_projects",
+        "List projects",
+        "List projects (name, type, status, path, created_at), optionally filtered by status or type. "
+        'Example: {"type": "research"}',
+        m.ListProjectsArgs,
+        m.ProjectListResult,
+        _list_projects,
+        read_only=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "execute_task",
+        "Execute one task",
+        "Run a single module.action through the scheduler (with priority, dependencies on other task ids, "
+        "resources and a timeout) and return task_id, status, result or error. Waits up to "
+        "timeout_seconds unless wait=false. Example: "
+        '{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1}, '
+        '"priority": "high"}',
+        m.ExecuteTaskArgs,
+        m.TaskResult,
+        _execute_task,
+        open_world=True,
+    ),
+    _Tool(
+        "get_system_status",
+        "System status",
+        "The engine's aggregated status: sessions, workflows, runs by status, queue depth per priority, "
+        "resource usage and executor figures. Example: {}",
+        m.NoArgs,
+        m.OpenResult,
+        _get_system_status,
+        read_only=True,
+    ),
+    _Tool(
+        "get_health_status",
+        "Health status",
+        "Health of every component (scheduler threads, worker pool, state store, resources): "
+        "overall_status healthy/degraded/unhealthy, uptime_seconds, per-component status, error counts and "
+        "issues. Example: {}",
+        m.NoArgs,
+        m.HealthResult,
+        _get_health_status,
+        read_only=True,
+    ),
+    _Tool(
+        "allocate_resources",
+        "Allocate resources",
+        "Reserve resources for a user, all or nothing; returns the allocations with their ids (release "
+        "them with release_resources, or give ttl_seconds). Fails with what was requested and what is "
+        'available. Example: {"user_id": "agent-1", "requirements": {"compute": 2, "memory": "512MB"}, '
+        '"ttl_seconds": 600}',
+        m.AllocateResourcesArgs,
+        m.AllocationResult,
+        _allocate_resources,
+    ),
+    _Tool(
+        "create_complex_workflow",
+        "Create and run a workflow",
+        "Register a workflow from steps plus a dependencies map (step -> steps it waits for) and run it at "
+        "once; returns the run record like execute_workflow. " + _STEP_HELP + " Example: "
+        '{"name": "pipeline", "workflow_definition": {"steps": [{"name": "a", "module": "core", '
+        '"action": "echo", "parameters": {"message": 1}}, {"name": "b", "module": "core", "action": '
+        '"echo", "parameters": {"message": 2}}], "dependencies": {"b": ["a"]}}}',
+        m.CreateComplexWorkflowArgs,
+        m.RunHandle,
+        _create_complex_workflow,
+        open_world=True,
+    ),
+    _Tool(
+        "get_workflow_run",
+        "Get a run",
+        "The current record of a workflow run (status, each step's status, output and error). Use it to "
+        'follow a run returned with status running. Example: {"run_id": "<run_id>"}',
+        m.RunIdArgs,
+        m.RunHandle,
+        _get_run,
+        read_only=True,
+    ),
+    _Tool(
+        "list_workflow_runs",
+        "List runs",
+        "Recent runs, newest first, optionally for one workflow or status. "
+        'Example: {"workflow_name": "hello", "status": "failed", "limit": 10}',
+        m.ListRunsArgs,
+        m.RunListResult,
+        _list_runs,
+        read_only=True,
+    ),
+    _Tool(
+        "cancel_workflow_run",
+        "Cancel a run",
+        "Cancel a running workflow run: running steps are asked to stop, pending ones are cancelled. "
+        'Returns the run record. Example: {"run_id": "<run_id>"}',
+        m.RunIdArgs,
+        m.RunHandle,
+        _cancel_run,
+        destructive=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "resume_workflow_run",
+        "Resume a run",
+        "Resume an interrupted or failed run: completed steps keep their outputs, the rest run again. "
+        'Waits like execute_workflow. Example: {"run_id": "<run_id>"}',
+        m.ResumeRunArgs,
+        m.RunHandle,
+        _resume_run,
+        open_world=True,
+    ),
+    _Tool(
+        "get_workflow",
+        "Get a workflow",
+        "A registered workflow's definition, execution levels, inferred dependencies and Mermaid diagram. "
+        'Example: {"name": "hello"}',
+        m.WorkflowNameArgs,
+        m.WorkflowDetail,
+        _get_workflow,
+        read_only=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "validate_workflow",
+        "Validate a workflow",
+        "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
+        "unknown actions, missing dependencies, bad templates), the execution levels and a Mermaid diagram. "
+        'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
+        '"parameters": {"message": "x"}}]}',
+        m.ValidateWorkflowArgs,
+        m.ValidationResult,
+        _validate_workflow,
+        read_only=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "delete_workflow",
+        "Delete a workflow",
+        'Remove a registered workflow (its past runs are kept). Example: {"name": "draft"}',
+        m.WorkflowNameArgs,
+        m.DeleteResult,
+        _delete_workflow,
+        destructive=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "release_resources",
+        "Release resources",
+        "Release one allocation (allocation_id) or every allocation a user holds (user_id). "
+        'Example: {"allocation_id": "<allocation_id>"}',
+        m.ReleaseResourcesArgs,
+        m.ReleaseResult,
+        _release_resources,
+        destructive=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "create_session",
+        "Create a session",
+        "Open a session that groups runs and tasks under limits (max parallel tasks/workflows, mode, "
+        'timeout); pass its session_id to execute_workflow. Example: {"user_id": "agent-1", '
+        '"name": "nightly", "max_parallel_workflows": 2}',
+        m.CreateSessionArgs,
+        m.SessionResult,
+        _create_session,
+    ),
+    _Tool(
+        "close_session",
+        "Close a session",
+        "Close a session, release its allocations and optionally cancel its running work; its history is "
+        'kept. Example: {"session_id": "<session_id>", "cancel_running": true}',
+        m.CloseSessionArgs,
+        m.CloseSessionResult,
+        _close_session,
+        destructive=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "list_actions",
+        "List actions",
+        "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
+        "this server (code-executing actions may be disabled). Example: {}",
+        m.NoArgs,
+        m.ActionListResult,
+        _list_actions,
+        read_only=True,
+        idempotent=True,
+    ),
+    _Tool(
+        "list_project_templates",
+        "List project templates",
+        "The project templates create_project accepts and what each one creates. Example: {}",
+        m.NoArgs,
+        m.TemplateListResult,
+        _list_project_templates,
+        read_only=True,
+        idempotent=True,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- the public class
+
+
+def _import_mcp() -> None:
+    try:
+        importlib.import_module("mcp")
+    except ImportError as exc:
+        raise RuntimeError(
+            "the 'mcp' package is required for the MCP server; install codomyrmex-orchestration with its "
+            "dependencies (pip install codomyrmex-orchestration)"
+        ) from exc
+
+
+class OrchestrationMCPTools:
+    """The MCP tools over one engine.
+
+    Args:
+        engine: an ``OrchestrationEngine`` to use; or
+        engine_factory: builds one on first use from the policy (the default uses the shared singleton
+            configured from ``Settings``).
+        policy: what the transport allows (code execution, private addresses).
+        call_threads: worker threads for quick core calls (a dedicated ``CapacityLimiter``).
+        wait_threads: worker threads for bounded waits on long work (another limiter, so waits never
+            starve quick calls such as ``list_workflows``).
+
+    Raises:
+        RuntimeError: the ``mcp`` package cannot be imported (no fallback: the server would be fake).
+    """
+
+    _MAX_TRACKED_TASKS = 10_000
+
+    def __init__(
+        self,
+        engine: Any = None,
+        *,
+        engine_factory: EngineFactory | None = None,
+        policy: ServerPolicy | None = None,
+        call_threads: int = 16,
+        wait_threads: int = 64,
+    ) -> None:
+        _import_mcp()
+        self.policy = policy or ServerPolicy()
+        self._engine = engine
+        self._engine_factory = engine_factory
+        self._engine_lock = threading.Lock()
+        self._tools = {t.name: t for t in _TOOLS}
+        self._tasks: list[str] = []
+        self._call_limiter = anyio.CapacityLimiter(call_threads)
+        self._wait_limiter = anyio.CapacityLimiter(wait_threads)
+
+    # -- engine
+
+    @property
+    def engine(self) -> Any:
+        """The engine, built by the factory on first use (thread-safe)."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    factory = self._engine_factory or default_engine_factory
+                    engine = factory(self.policy)
+                    apply_policy(engine.registry, self.policy)
+                    self._engine = engine
+        return self._engine
+
+    @property
+    def engine_started(self) -> bool:
+        return self._engine is not None
+
+    def _remember_task(self, task_id: str) -> None:
+        with self._engine_lock:
+            self._tasks.append(task_id)
+            del self._tasks[: -self._MAX_TRACKED_TASKS]
+
+    def cancel_running_tasks(self, reason: str = "the server is shutting down") -> int:
+        """Cancel the single tasks this server started that are still running; returns how many.
+
+        Workflow runs are cancelled (and stay resumable) by the engine's shutdown; single tasks are not.
+        """
+        with self._engine_lock:
+            engine, task_ids, self._tasks = self._engine, self._tasks, []
+        if engine is None:
+            return 0
+        cancelled = 0
+        for task_id in task_ids:
+            try:
+                cancelled += bool(engine.task_orchestrator.cancel_task(task_id, reason))
+            except OrchestrationError:
+                continue  # finished and evicted meanwhile
+        return cancelled
+
+    def close(self) -> None:
+        """Cancel this server's running tasks and shut the engine down if this object built it."""
+        self.cancel_running_tasks()
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None and self._engine_factory is not None:
+            engine.shutdown()
+
+    # -- catalogue
+
+    def tool_names(self) -> list[str]:
+        return list(self._tools)
+
+    def get_tool_definitions(self) -> list[dict[str, Any]]:
+        """Per tool: name, title, description, inputSchema, outputSchema and annotations."""
+        return [t.definition() for t in self._tools.values()]
+
+    # -- calls
+
+    def _prepare(self, name: str, arguments: Mapping[str, Any] | None) -> tuple[_Tool, BaseModel]:
+        tool = self._tools.get(name)
+        if tool is None:
+            raise InvalidInputError(
+                "name", f"unknown tool {name!r}; available tools: {', '.join(self._tools)}"
+            )
+        if arguments is not None and not isinstance(arguments, Mapping):
+            raise InvalidInputError(
+                "arguments", f"arguments must be a JSON object, not {type(arguments).__name__}"
+            )
+        try:
+            return tool, tool.args.model_validate(dict(arguments or {}))
+        except ValidationError as exc:
+            raise _describe_validation_error(name, exc, tool.args) from None
+
+    @staticmethod
+    def _render(result: BaseModel) -> ToolResult:
+        structured = jsonable(result.model_dump(mode="json"))
+        return ToolResult(text=json.dumps(structured, indent=2, ensure_ascii=False), structured=structured)
+
+    @staticmethod
+    def _failure(name: str, exc: BaseException) -> ToolResult:
+        if isinstance(exc, OrchestrationError):
+            return ToolResult.error(str(exc))
+        ref = uuid.uuid4().hex[:12]
+        log.error("tool.internal_error", tool=name, ref=ref, exc_info=exc)
+        return ToolResult.error(f"internal error (ref {ref}); the server logged the details")
+
+    def execute_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> ToolResult:
+        """Validate ``arguments``, run tool ``name`` and return its result (never raises for tool errors).
+
+        Long tools wait up to their ``timeout_seconds`` in the calling thread. Usable from plain Python.
+        """
+        try:
+            tool, args = self._prepare(name, arguments)
+            outcome = tool.run(self, args, _Call())
+            if isinstance(outcome, _Pending):
+                outcome = outcome.wait(outcome.timeout)
+            return self._render(outcome)
+        except Exception as exc:
+            return self._failure(name, exc)
+
+    async def execute_tool_async(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        progress: ProgressReporter | None = None,
+    ) -> ToolResult:
+        """The server's door: like :meth:`execute_tool`, but the core runs in worker threads.
+
+        Progress from core threads reaches ``progress`` through the event loop; when the awaiting task is
+        cancelled (the client cancelled the request) the run or task is cancelled before re-raising.
+        """
+        try:
+            tool, args = self._prepare(name, arguments)
+        except Exception as exc:
+            return self._failure(name, exc)
+        token = anyio.lowlevel.current_token()
+        sender, receiver = anyio.create_memory_object_stream[tuple[float, float | None, str | None]](math.inf)
+
+        def report(done: float, total: float | None, message: str | None) -> None:
+            try:
+                anyio.from_thread.run_sync(sender.send_nowait, (done, total, message), token=token)
+            except Exception:  # the request may be over or the loop gone: progress is optional
+                return
+
+        async def pump() -> None:
+            last = -math.inf
+            async with receiver:
+                async for done, total, message in receiver:
+                    # Steps finishing together may queue out of order; progress must only increase.
+                    if progress is not None and done > last:
+                        last = done
+                        try:
+                            await progress(done, total, message)
+                        except Exception as exc:  # a client gone away must not fail the call
+                            log.debug("tool.progress_failed", tool=name, error=str(exc))
+
+        call = _Call(progress=report if progress is not None else None)
+        outcome: Any = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            try:
+                outcome = await anyio.to_thread.run_sync(
+                    tool.run, self, args, call, limiter=self._call_limiter
+                )
+                if isinstance(outcome, _Pending):
+                    outcome = await self._await_pending(outcome)
+            except Exception as exc:
+                failure = exc
+            finally:
+                sender.close()
+        if failure is not None:
+            return self._failure(name, failure)
+        try:
+            return self._render(outcome)
+        except Exception as exc:
+            return self._failure(name, exc)
+
+    async def _await_pending(self, pending: _Pending) -> BaseModel:
+        try:
+            return await anyio.to_thread.run_sync(
+                pending.wait, pending.timeout, limiter=self._wait_limiter, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(pending.cancel, limiter=self._call_limiter)
+                except Exception as exc:  # best effort: the request is gone
+                    log.warning("tool.cancel_failed", error=str(exc))
+            raise
+
+
+def apply_policy(registry: Any, policy: ServerPolicy) -> None:
+    """Make every network action of ``registry`` run with the policy's ``ctx.extras`` defaults (e.g.
+    ``block_private_addresses`` for ``http.request`` on network transports); a step cannot lift them."""
+    extras = policy.action_extras
+    if not extras:
+        return
+    for definition in registry.definitions():
+        if not definition.network or getattr(definition.func, "_policy_extras", None) == extras:
+            continue
+        original = definition.func
+
+        def guarded(params: dict[str, Any], ctx: Any, _original: Any = original) -> Any:
+            ctx.extras.update(extras)
+            return _original(params, ctx)
+
+        guarded._policy_extras = extras  # type: ignore[attr-defined]  # marks the wrapper: idempotent
+        registry.register(dataclasses.replace(definition, func=guarded), replace=True)
+
+
+def default_engine_factory(policy: ServerPolicy) -> Any:
+    """The process-wide engine (``configure_engine`` sets it up; see ``server.app.serve``)."""
+    from codomyrmex_orchestration.core.engine import get_orchestration_engine
+
+    return get_orchestration_engine()

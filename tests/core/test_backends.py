@@ -1,0 +1,241 @@
+"""Execution backends: the seam, the factory, and what only the Dask backend does (steps travel by action
+name to real Dask workers, cancellation reaches them, health reports the cluster). The scheduler's and
+workflows' own contract tests also run over both backends (``make_backend`` in conftest)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
+from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend, create_backend, parse_pairs
+from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.workflows import WorkflowManager
+from codomyrmex_orchestration.errors import (
+    ActionUnavailableError,
+    InsufficientResourcesError,
+    InvalidInputError,
+    StepFailedError,
+    StepTimeoutError,
+    UnknownActionError,
+)
+from tests.conftest import DASK_MISSING
+
+WAIT = 10.0
+
+# Set by hold() when it runs on an in-process Dask worker; the test then cancels it.
+_held = threading.Event()
+_hold_saw_cancel = threading.Event()
+
+
+def hold(ctx: ActionContext) -> str:
+    """A python.call target: runs until its step is cancelled (bounded), then says so."""
+    _held.set()
+    if ctx.cancel_event.wait(WAIT):
+        _hold_saw_cancel.set()
+        return "cancelled"
+    return "not cancelled"
+
+
+class GpuPool:
+    """Admission for one ``gpu`` (the scheduler admits; Dask only places)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.free = 1
+
+    def check_satisfiable(self, requirements: Mapping[str, Any]) -> None:
+        if requirements.get("gpu", 0) > 1:
+            raise InsufficientResourcesError({"gpu": requirements["gpu"]}, {"gpu": 1})
+
+    def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> object | None:
+        with self._lock:
+            if self.free < requirements.get("gpu", 0):
+                return None
+            self.free -= requirements.get("gpu", 0)
+            return requirements.get("gpu", 0)
+
+    def release_handle(self, handle: object) -> None:
+        assert isinstance(handle, int)
+        with self._lock:
+            self.free += handle
+
+    def add_release_listener(self, callback: Callable[[], None]) -> None:
+        return None
+
+
+@pytest.fixture
+def dask_orch(dask_client: Any) -> Iterator[Callable[..., TaskOrchestrator]]:
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    made: list[TaskOrchestrator] = []
+
+    def make(
+        max_workers: int = 4, backend_kwargs: dict[str, Any] | None = None, **kw: Any
+    ) -> TaskOrchestrator:
+        orch = TaskOrchestrator(
+            max_workers, backend=DaskBackend(client=dask_client, **(backend_kwargs or {})), **kw
+        )
+        made.append(orch)
+        return orch
+
+    yield make
+    for orch in made:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=5)
+
+
+# --------------------------------------------------------------------------- the seam, no Dask needed
+
+
+def test_the_local_backend_runs_the_given_callable_itself() -> None:
+    def fn(ctx: ActionContext) -> int:
+        return 1
+
+    call = ActionCall("core", "echo", {"message": 1})
+    assert LocalBackend().bind(fn, call, priority=TaskPriority.NORMAL, resources=None) is fn
+
+
+def test_the_default_scheduler_is_local_and_reports_it() -> None:
+    with TaskOrchestrator(1) as orch:
+        assert orch.health()["backend"] == {"name": "local"}
+        assert orch.get_execution_stats()["backend"]["name"] == "local"
+
+
+def test_submit_with_only_an_action_looks_it_up_at_submission() -> None:
+    with TaskOrchestrator(1) as orch:
+        task_id = orch.submit(None, action=ActionCall("core", "echo", {"message": "x"}), name="a")
+        assert orch.wait(task_id, WAIT).result == "x"
+        with pytest.raises(UnknownActionError):
+            orch.submit(None, action=ActionCall("core", "nope", {}), name="b")
+        with pytest.raises(InvalidInputError, match="fn"):
+            orch.submit(None, name="c")
+
+
+def test_create_backend_names_what_it_accepts() -> None:
+    assert isinstance(create_backend("local"), LocalBackend)
+    with pytest.raises(InvalidInputError, match="local, dask"):
+        create_backend("ray")
+    with pytest.raises(InvalidInputError, match="dask_resource_map"):
+        parse_pairs(("gpu",), "dask_resource_map")
+    assert parse_pairs(("gpu=GPU", " mem = MEMORY "), "x") == {"gpu": "GPU", "mem": "MEMORY"}
+
+
+def test_our_errors_survive_pickling_with_their_type_message_and_data() -> None:
+    for error in (
+        StepFailedError("s", "boom", error_type="RuntimeError"),
+        StepTimeoutError("s", 1.5),
+        ActionUnavailableError("x", "y", ["core.echo"], worker="tcp://w:1"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+def test_health_and_stats_report_the_cluster(dask_orch: Any) -> None:
+    orch = dask_orch()
+    backend = orch.health()["backend"]
+    assert backend["name"] == "dask"
+    assert backend["scheduler_address"].startswith("inproc://")
+    assert (backend["workers"], backend["threads"]) == (2, 4)
+    assert orch.get_execution_stats()["backend"]["threads"] == 4
+
+
+def test_a_worker_without_the_action_fails_the_step_naming_it(dask_orch: Any) -> None:
+    registry = create_registry(load_plugins=False)
+    registry.register(ActionDefinition("custom", "thing", lambda params, ctx: 1))
+    orch = dask_orch(registry=registry)
+    record = orch.wait(orch.submit_task(TaskSpec(name="t", module="custom", action="thing")), WAIT)
+    assert record.status is TaskStatus.FAILED
+    assert record.error is not None and record.error.type == "ActionUnavailableError"
+    assert "custom.thing is not available on worker inproc://" in record.error.message
+    assert "install" in record.error.message
+
+
+def test_an_action_error_comes_back_with_its_type_and_message(dask_orch: Any) -> None:
+    orch = dask_orch()
+    spec = TaskSpec(name="f", module="core", action="fail", parameters={"message": "nope"}, max_retries=1)
+    record = orch.wait(orch.submit_task(spec), WAIT)
+    assert record.status is TaskStatus.FAILED
+    assert record.attempts == 2  # retries stay with our scheduler
+    assert record.error is not None
+    assert (record.error.type, record.error.message) == ("StepFailedError", "step 'f' failed: nope")
+
+
+def test_cancelling_a_step_running_on_a_worker_stops_it_there(dask_orch: Any) -> None:
+    _held.clear()
+    _hold_saw_cancel.clear()
+    orch = dask_orch()
+    spec = TaskSpec(
+        name="h", module="python", action="call", parameters={"function": "tests.core.test_backends:hold"}
+    )
+    task_id = orch.submit_task(spec)
+    assert _held.wait(WAIT)
+    assert orch.cancel_task(task_id)
+    assert orch.get_task(task_id).status is TaskStatus.CANCELLED
+    assert _hold_saw_cancel.wait(WAIT)
+
+
+def test_a_timeout_enforced_by_our_scheduler_stops_the_step_on_the_worker(dask_orch: Any) -> None:
+    _held.clear()
+    _hold_saw_cancel.clear()
+    orch = dask_orch()
+    spec = TaskSpec(
+        name="h",
+        module="python",
+        action="call",
+        parameters={"function": "tests.core.test_backends:hold"},
+        timeout=0.3,
+    )
+    record = orch.wait(orch.submit_task(spec), WAIT)
+    assert record.status is TaskStatus.TIMED_OUT
+    assert _hold_saw_cancel.wait(WAIT)
+
+
+def test_mapped_resources_place_steps_only_on_workers_that_declare_them(dask_orch: Any) -> None:
+    # The session cluster's workers declare GPU=1 and nothing else.
+    orch = dask_orch(resource_manager=GpuPool(), backend_kwargs={"resource_map": {"gpu": "GPU"}})
+    spec = TaskSpec(name="g", module="core", action="echo", parameters={"message": 1}, resources={"gpu": 1})
+    assert orch.wait(orch.submit_task(spec), WAIT).status is TaskStatus.COMPLETED
+    nowhere = dask_orch(resource_manager=GpuPool(), backend_kwargs={"resource_map": {"gpu": "TPU"}})
+    spec = spec.model_copy(update={"timeout": 0.3})
+    assert nowhere.wait(nowhere.submit_task(spec), WAIT).status is TaskStatus.TIMED_OUT
+
+
+def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> None:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    backend = create_backend(
+        "dask", dask_n_workers=2, dask_processes=True, dask_worker_saturation=float("inf")
+    )
+    registry = create_registry(load_plugins=False)
+    orch = TaskOrchestrator(4, registry=registry, backend=backend)
+    try:
+        described = orch.health()["backend"]
+        assert described["workers"] == 2 and described["scheduler_address"].startswith("tcp://")
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        pid = {"module": "python", "action": "call", "parameters": {"function": "os:getpid"}}
+        manager.create_workflow("pids", [{"name": f"p{i}", **pid} for i in range(6)])
+        manager.create_workflow(
+            "outer",
+            [
+                {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "pids"}},
+                {"name": "bad", "module": "core", "action": "fail", "required": False},
+            ],
+        )
+        record = manager.execute_workflow("outer", timeout=60)
+        assert record.status is WorkflowStatus.COMPLETED, record.error
+        assert record.steps["bad"].error is not None and record.steps["bad"].error.type == "StepFailedError"
+        child = manager.get_run(record.steps["sub"].output["run_id"])
+        pids = {step.output for step in child.steps.values()}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    finally:
+        orch.shutdown(wait=True, timeout=30)

@@ -1,0 +1,48 @@
+"""Every project type's registered workflows really run, through the engine, against the project folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.projects import ProjectType
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrationEngine]:
+    root = tmp_path_factory.mktemp("projects-e2e")
+    eng = OrchestrationEngine(
+        state_dir=root / "state",
+        config_dir=None,
+        projects_dir=root / "projects",
+        templates_dir=None,
+        max_workers=4,
+    )
+    yield eng
+    eng.shutdown()
+
+
+@pytest.mark.parametrize("project_type", list(ProjectType))
+def test_a_projects_registered_workflows_run_successfully_against_its_folder(
+    engine: OrchestrationEngine, project_type: ProjectType
+) -> None:
+    name = f"demo_{project_type.value}"
+    project = engine.project_manager.create_project(name, project_type, description="end to end")
+    assert project.workflows, f"{project_type.value} registers no workflow"
+    folder = Path(project.path)
+    before = {p for p in folder.rglob("*") if p.is_file()}
+    for workflow in project.workflows:
+        assert workflow.startswith(f"{name}.")
+        spec = engine.workflow_manager.get_workflow(workflow)
+        record = engine.execute_workflow(workflow, timeout=120)
+        assert record.status is WorkflowStatus.COMPLETED, (workflow, record.error)
+        assert all(s.status is TaskStatus.COMPLETED for s in record.steps.values()), record.steps
+        for step in spec.steps:
+            if step.module == "shell":
+                assert Path(step.parameters["cwd"]).resolve() == folder.resolve()
+    after = {p for p in folder.rglob("*") if p.is_file()}
+    assert before <= after  # the workflows worked in the folder and destroyed nothing

@@ -1,0 +1,201 @@
+"""The MCP server through the real MCP Client, in process; paths that never reach the engine."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from codomyrmex_orchestration.server._models import CreateWorkflowArgs
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+pytestmark = pytest.mark.anyio
+
+
+def _text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+async def test_every_tool_definition_is_served_with_its_schemas(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    definitions = {d["name"]: d for d in tools_without_engine.get_tool_definitions()}
+    async with Client(build_server(tools_without_engine)) as client:
+        listed = (await client.list_tools()).tools
+    assert {t.name for t in listed} == set(definitions)
+    for tool in listed:
+        d = definitions[tool.name]
+        assert tool.input_schema == d["inputSchema"]
+        assert tool.output_schema == d["outputSchema"]
+        assert tool.title == d["title"]
+        assert tool.annotations is not None
+        assert tool.annotations.read_only_hint == d["annotations"]["readOnlyHint"]
+
+
+async def test_invalid_arguments_are_an_error_result_naming_the_field(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        result = await client.call_tool("execute_task", {"name": "t", "module": "core", "action": 3})
+    assert result.is_error
+    assert "argument 'action'" in _text(result)
+
+
+async def test_an_unknown_tool_is_an_error_result(tools_without_engine: OrchestrationMCPTools) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        result = await client.call_tool("no_such_tool", {})
+    assert result.is_error
+    assert "unknown tool 'no_such_tool'" in _text(result)
+
+
+async def test_an_internal_error_has_a_reference_and_the_server_keeps_serving(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        first = await client.call_tool("get_health_status", {})
+        second = await client.call_tool("list_workflows", {})
+        tools = await client.list_tools()
+    refs = [re.fullmatch(r"internal error \(ref ([0-9a-f]{12})\).*", _text(r)) for r in (first, second)]  # type: ignore[union-attr]
+    assert all(refs)
+    assert refs[0] and refs[1] and refs[0].group(1) != refs[1].group(1)
+    assert len(tools.tools) == 22
+
+
+async def test_the_prompt_teaches_the_step_format_with_a_valid_example(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        prompts = (await client.list_prompts()).prompts
+        assert [p.name for p in prompts] == ["workflow_step_format"]
+        prompt = await client.get_prompt("workflow_step_format", {"goal": "check a repo"})
+        with pytest.raises(MCPError):
+            await client.get_prompt("nope")
+    text = prompt.messages[0].content.text
+    assert "{{steps.STEP.output}}" in text and "run_if" in text and "check a repo" in text
+    example = json.loads(text[text.index("{\n") : text.index("\n}\n") + 2])
+    CreateWorkflowArgs.model_validate(example)  # the example is a valid create_workflow call
+
+
+async def test_resources_list_the_collections_and_templates_even_without_an_engine(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        resources = (await client.list_resources()).resources
+        templates = (await client.list_resource_templates()).resource_templates
+        with pytest.raises(MCPError, match="unknown scheme"):
+            await client.read_resource("file:///etc/passwd")
+        with pytest.raises(MCPError, match="internal error"):
+            await client.read_resource("orchestration://workflows")
+    assert {r.uri for r in resources} == {
+        "orchestration://workflows",
+        "orchestration://runs",
+        "orchestration://projects",
+    }
+    assert {t.uri_template for t in templates} == {
+        "orchestration://workflows/{name}",
+        "orchestration://runs/{run_id}",
+        "orchestration://projects/{name}",
+    }
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_WRONG_BY_TYPE: dict[str, list[Any]] = {
+    "string": [17, 2.5, True, [], {"a": 1}],
+    "integer": ["3", 2.5, True, [], {}],
+    "number": ["fast", True, [], {}, None],
+    "boolean": ["yes", 1, 0, [], None],
+    "object": ["x", 3, [1, 2], True],
+    "array": ["x", 3, {"a": 1}, True],
+}
+
+
+def _types_of(schema: dict[str, Any], defs: dict[str, Any]) -> set[str]:
+    if "$ref" in schema:
+        return _types_of(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    if "anyOf" in schema:
+        return set().union(*(_types_of(s, defs) for s in schema["anyOf"]))
+    if "enum" in schema:
+        return {"enum"}
+    kind = schema.get("type")
+    return {kind} if isinstance(kind, str) else set()
+
+
+def _malformed(schema: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Arguments with at least one defect the schema forbids: unknown key, missing required, wrong type."""
+    props: dict[str, Any] = schema.get("properties", {})
+    defs = schema.get("$defs", {})
+    required = list(schema.get("required", []))
+    args: dict[str, Any] = {}
+    for name in props:
+        if rng.random() < 0.5:
+            args[name] = rng.choice([None, "x", 1, 2.5, True, [], {}, {"k": [1]}])
+    defects = ["unknown"] + (["missing"] if required else []) + (["wrong"] if props else [])
+    defect = rng.choice(defects)
+    if defect == "unknown":
+        args[rng.choice(["colour", "__proto__", "workflowName", "", "x" * 300])] = rng.choice([1, "x", None])
+    elif defect == "missing":
+        args.pop(rng.choice(required), None)
+    else:
+        name = rng.choice(list(props))
+        kinds = _types_of(props[name], defs)
+        if "enum" in kinds:
+            args[name] = rng.choice(["not-a-choice", 42, []])
+        else:
+            candidates = [
+                v
+                for kind, values in _WRONG_BY_TYPE.items()
+                if kind not in kinds
+                for v in values
+                if not (v is None and "null" in kinds)
+                and not (isinstance(v, int) and not isinstance(v, bool) and "number" in kinds)
+            ]
+            candidates = [
+                v
+                for v in candidates
+                if not any(isinstance(v, _PY[k]) and _exact(v, k) for k in kinds if k in _PY)
+            ]
+            args[name] = rng.choice(candidates)
+    return args
+
+
+_PY: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+    "null": type(None),
+}
+
+
+def _exact(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return kind == "boolean"
+    return True
+
+
+async def test_a_hundred_malformed_argument_sets_per_tool_are_refused_and_the_server_stays_healthy(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    rng = random.Random(20251125)
+    definitions = tools_without_engine.get_tool_definitions()
+    async with Client(build_server(tools_without_engine)) as client:
+        for d in definitions:
+            for _ in range(100):
+                args = _malformed(d["inputSchema"], rng)
+                with anyio.fail_after(5):
+                    result = await client.call_tool(d["name"], args)
+                assert result.is_error, (d["name"], args)
+                text = _text(result)
+                assert text.startswith(f"invalid arguments for tool {d['name']!r}"), (d["name"], args, text)
+        assert len((await client.list_tools()).tools) == len(definitions)
+        assert (await client.call_tool("list_actions", {"x": 1})).is_error

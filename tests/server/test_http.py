@@ -1,0 +1,210 @@
+"""SSE and streamable HTTP on a free loopback port: bearer auth, DNS-rebinding protection, /healthz."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from codomyrmex_orchestration.cli import main
+from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.errors import InvalidInputError
+from codomyrmex_orchestration.server.app import (
+    build_http_app,
+    build_server,
+    check_network_settings,
+    is_loopback,
+)
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "s3cret-token-for-tests"
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@asynccontextmanager
+async def serving(tools: OrchestrationMCPTools, transport: str, token: str | None) -> AsyncIterator[str]:
+    """Serve on a listening socket bound before uvicorn starts, so clients never race the startup."""
+    app = build_http_app(build_server(tools), transport=transport, host="127.0.0.1", auth_token=token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: server.serve(sockets=[sock]))
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+    sock.close()
+
+
+async def test_streamable_http_serves_tools_with_the_token_and_refuses_without_it(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    with anyio.fail_after(20):
+        async with serving(tools_without_engine, "streamable-http", TOKEN) as base:
+            async with httpx.AsyncClient() as http:
+                health = await http.get(f"{base}/healthz")
+                anonymous = await http.post(f"{base}/mcp", json=INIT, headers=MCP_HEADERS)
+                wrong = await http.post(
+                    f"{base}/mcp", json=INIT, headers={**MCP_HEADERS, "Authorization": "Bearer nope"}
+                )
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+            assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
+            assert wrong.status_code == 401
+            authed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
+            async with authed, Client(streamable_http_client(f"{base}/mcp", http_client=authed)) as client:
+                tools = await client.list_tools()
+                refused = await client.call_tool("list_workflows", {"extra": 1})
+            assert len(tools.tools) == 22
+            assert refused.is_error
+
+
+async def test_streamable_http_refuses_a_foreign_host_or_origin(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    with anyio.fail_after(20):
+        async with serving(tools_without_engine, "streamable-http", TOKEN) as base:
+            auth = {**MCP_HEADERS, "Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient() as http:
+                host = await http.post(
+                    f"{base}/mcp", json=INIT, headers={**auth, "Host": "evil.example:8765"}
+                )
+                origin = await http.post(
+                    f"{base}/mcp", json=INIT, headers={**auth, "Origin": "http://evil.example"}
+                )
+                local = await http.post(
+                    f"{base}/mcp", json=INIT, headers={**auth, "Origin": "http://localhost:3000"}
+                )
+            assert host.status_code == 421
+            assert origin.status_code == 403
+            assert local.status_code == 200
+
+
+async def test_streamable_http_on_loopback_works_without_a_token(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    with anyio.fail_after(20):
+        async with serving(tools_without_engine, "streamable-http", None) as base:
+            async with Client(f"{base}/mcp") as client:
+                assert len((await client.list_tools()).tools) == 22
+
+
+async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    with anyio.fail_after(20):
+        async with serving(tools_without_engine, "sse", TOKEN) as base:
+            async with httpx.AsyncClient() as http:
+                anonymous = await http.get(f"{base}/sse")
+                post = await http.post(f"{base}/messages/?session_id=00", json=INIT)
+                foreign = await http.get(
+                    f"{base}/sse", headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example"}
+                )
+                health = await http.get(f"{base}/healthz")
+            assert anonymous.status_code == 401 and post.status_code == 401
+            assert foreign.status_code == 421
+            assert health.status_code == 200
+            transport = sse_client(f"{base}/sse", headers={"Authorization": f"Bearer {TOKEN}"})
+            async with Client(transport, mode="legacy") as client:
+                tools = await client.list_tools()
+                unknown = await client.call_tool("frobnicate", {})
+            assert len(tools.tools) == 22
+            assert unknown.is_error
+
+
+def test_a_non_loopback_bind_without_a_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CODOMYRMEX_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("CODOMYRMEX_AUTH_TOKEN_FILE", raising=False)
+    with pytest.raises(InvalidInputError, match="needs a bearer token"):
+        check_network_settings(Settings(transport="streamable-http", host="0.0.0.0"))
+    code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "CODOMYRMEX_AUTH_TOKEN" in captured.err and captured.out == ""
+
+
+def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    from_file = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN_FILE": str(token_file)}, host="0.0.0.0")
+    assert check_network_settings(from_file) == TOKEN
+    from_env = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN": "abc"}, host="10.1.2.3")
+    assert check_network_settings(from_env) == "abc"
+    assert check_network_settings(Settings(host="127.0.0.1")) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(InvalidInputError, match="empty"):
+        check_network_settings(Settings(host="0.0.0.0", auth_token_file=tmp_path / "empty"))
+
+
+def test_loopback_detection() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))
+
+
+async def test_over_http_progress_arrives_and_a_cancelled_request_cancels_the_run(
+    tools: OrchestrationMCPTools,
+) -> None:
+    workflow = {
+        "name": "slow",
+        "steps": [
+            {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {
+                "name": "nap",
+                "module": "core",
+                "action": "sleep",
+                "parameters": {"seconds": 60},
+                "dependencies": ["quick"],
+            },
+        ],
+    }
+    first_step_done = anyio.Event()
+    seen: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append(done)
+        first_step_done.set()
+
+    with anyio.fail_after(30):
+        async with serving(tools, "streamable-http", None) as base, Client(f"{base}/mcp") as client:
+            assert not (await client.call_tool("create_workflow", workflow)).is_error
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: client.call_tool(
+                        "execute_workflow", {"workflow_name": "slow"}, progress_callback=on_progress
+                    )
+                )
+                await first_step_done.wait()
+                runs = await client.call_tool("list_workflow_runs", {"status": "running"})
+                run_id = runs.structured_content["runs"][0]["run_id"]
+                tg.cancel_scope.cancel()  # the client sends notifications/cancelled
+            manager = tools.engine.workflow_manager
+            record = await anyio.to_thread.run_sync(manager.wait_run, run_id, 10.0)
+    assert seen == [1.0]
+    assert record.status.value == "cancelled"

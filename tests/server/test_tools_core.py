@@ -1,0 +1,339 @@
+"""Every workflow, task, project and action tool through the real MCP Client, over the real core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+pytestmark = pytest.mark.anyio
+
+HELLO = {
+    "name": "hello",
+    "description": "greets",
+    "parameters": {"who": "world"},
+    "steps": [
+        {"name": "greet", "module": "core", "action": "echo", "parameters": {"message": "hi {{params.who}}"}},
+        {
+            "name": "shape",
+            "module": "core",
+            "action": "set",
+            "parameters": {"text": "{{steps.greet.output}}"},
+        },
+    ],
+}
+SLOW = {
+    "name": "slow",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {
+            "name": "nap",
+            "module": "core",
+            "action": "sleep",
+            "parameters": {"seconds": 60},
+            "dependencies": ["quick"],
+        },
+    ],
+}
+
+
+def _text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+@pytest.fixture
+async def client(tools: OrchestrationMCPTools) -> AsyncIterator[Client]:
+    async with Client(build_server(tools)) as the_client:
+        yield the_client
+
+
+async def _ok(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        result = await client.call_tool(name, args)
+    assert not result.is_error, _text(result)
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def _error(client: Client, name: str, args: dict[str, Any]) -> str:
+    with anyio.fail_after(30):
+        result = await client.call_tool(name, args)
+    assert result.is_error, result.structured_content
+    return _text(result)
+
+
+async def test_create_workflow_reports_levels_inferred_edges_and_mermaid(client: Client) -> None:
+    created = await _ok(client, "create_workflow", HELLO)
+    assert created["workflow_name"] == "hello" and created["steps_count"] == 2
+    assert created["execution_levels"] == [["greet"], ["shape"]]
+    assert created["inferred_dependencies"] == {"shape": ["greet"]}
+    assert created["mermaid"].startswith("graph TD")
+    again = await _error(client, "create_workflow", HELLO)
+    assert "already exists" in again and "overwrite" in again
+    assert (await _ok(client, "create_workflow", {**HELLO, "overwrite": True}))["steps_count"] == 2
+
+
+async def test_list_get_and_delete_workflows(client: Client) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    listed = await _ok(client, "list_workflows", {})
+    assert listed["count"] == 1 and listed["workflows"][0]["name"] == "hello"
+    assert listed["workflows"][0]["source"] == "api"
+    detail = await _ok(client, "get_workflow", {"name": "hello"})
+    assert [s["name"] for s in detail["steps"]] == ["greet", "shape"] and "greet" in detail["mermaid"]
+    assert (await _ok(client, "delete_workflow", {"name": "hello"}))["deleted"] is True
+    assert (await _ok(client, "delete_workflow", {"name": "hello"}))["deleted"] is False
+    assert "workflow 'hello' not found" in await _error(client, "get_workflow", {"name": "hello"})
+
+
+async def test_validate_workflow_returns_every_problem_without_registering(client: Client) -> None:
+    cyclic = {
+        "name": "loop",
+        "steps": [
+            {
+                "name": "a",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 1},
+                "dependencies": ["b"],
+            },
+            {"name": "b", "module": "core", "action": "nope", "dependencies": ["a"]},
+        ],
+    }
+    report = await _ok(client, "validate_workflow", cyclic)
+    assert report["valid"] is False
+    joined = " ".join(report["problems"])
+    assert "cycle" in joined and "core.nope" in joined
+    good = await _ok(client, "validate_workflow", {"name": "ok", "steps": HELLO["steps"]})
+    assert good["valid"] is True and good["execution_levels"] == [["greet"], ["shape"]]
+    assert (await _ok(client, "list_workflows", {}))["count"] == 0
+
+
+async def test_execute_workflow_returns_the_run_record_with_outputs(client: Client) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    run = await _ok(client, "execute_workflow", {"workflow_name": "hello", "parameters": {"who": "you"}})
+    assert run["status"] == "completed" and run["note"] is None
+    assert run["steps"]["greet"]["output"] == "hi you"
+    assert run["steps"]["shape"]["output"] == {"text": "hi you"}
+    assert run["steps"]["greet"]["attempts"] == 1 and run["duration_seconds"] is not None
+    fetched = await _ok(client, "get_workflow_run", {"run_id": run["run_id"]})
+    assert fetched["status"] == "completed"
+    runs = await _ok(client, "list_workflow_runs", {"workflow_name": "hello"})
+    assert [r["run_id"] for r in runs["runs"]] == [run["run_id"]]
+
+
+async def test_a_failed_run_is_a_record_and_an_unknown_workflow_is_an_error(client: Client) -> None:
+    failing = {
+        "name": "bad",
+        "steps": [{"name": "boom", "module": "core", "action": "fail", "parameters": {"message": "no"}}],
+    }
+    await _ok(client, "create_workflow", failing)
+    run = await _ok(client, "execute_workflow", {"workflow_name": "bad"})
+    assert run["status"] == "failed" and run["failed_steps"] == ["boom"]
+    assert "no" in run["steps"]["boom"]["error"]["message"]
+    missing = await _error(client, "execute_workflow", {"workflow_name": "nope"})
+    assert "workflow 'nope' not found" in missing and "bad" in missing
+    assert "run 'r-x' not found" in await _error(client, "get_workflow_run", {"run_id": "r-x"})
+
+
+async def test_a_long_run_does_not_block_other_calls_reports_progress_and_is_cancelled_with_the_request(
+    client: Client,
+) -> None:
+    await _ok(client, "create_workflow", SLOW)
+    first_step_done = anyio.Event()
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+        first_step_done.set()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: client.call_tool(
+                    "execute_workflow",
+                    {"workflow_name": "slow", "timeout_seconds": 50},
+                    progress_callback=on_progress,
+                )
+            )
+            await first_step_done.wait()
+            with anyio.fail_after(3):  # the event loop and the quick-call threads are free
+                listed = await _ok(client, "list_workflows", {})
+            assert listed["count"] == 1
+            runs = await _ok(client, "list_workflow_runs", {"status": "running"})
+            assert runs["count"] == 1
+            run_id = runs["runs"][0]["run_id"]
+            tg.cancel_scope.cancel()  # the client abandons the request
+        # The cancelled handler cancels the run (shielded) before it lets the cancellation through.
+        run = await _ok(client, "get_workflow_run", {"run_id": run_id})
+    assert progress[0] == (1.0, 2.0, "step quick completed")
+    assert run["status"] == "cancelled" and run["steps"]["nap"]["status"] == "cancelled"
+
+
+async def test_waiting_stops_at_the_timeout_and_returns_the_running_handle(client: Client) -> None:
+    await _ok(client, "create_workflow", SLOW)
+    with anyio.fail_after(10):
+        run = await _ok(client, "execute_workflow", {"workflow_name": "slow", "timeout_seconds": 0.3})
+    assert run["status"] == "running"
+    assert "get_workflow_run" in run["note"] and run["run_id"] in run["note"]
+    cancelled = await _ok(client, "cancel_workflow_run", {"run_id": run["run_id"]})
+    assert cancelled["status"] == "cancelled"
+    again = await _error(client, "cancel_workflow_run", {"run_id": run["run_id"]})
+    assert "cancelled" in again
+
+
+async def test_wait_false_returns_the_handle_at_once(client: Client) -> None:
+    await _ok(client, "create_workflow", SLOW)
+    with anyio.fail_after(5):
+        run = await _ok(client, "execute_workflow", {"workflow_name": "slow", "wait": False})
+    assert run["status"] in ("pending", "running")
+    await _ok(client, "cancel_workflow_run", {"run_id": run["run_id"]})
+
+
+async def test_resume_reruns_what_did_not_complete(client: Client) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    done = await _ok(client, "execute_workflow", {"workflow_name": "hello"})
+    assert "nothing to resume" in await _error(client, "resume_workflow_run", {"run_id": done["run_id"]})
+    await _ok(client, "create_workflow", SLOW)
+    slow = await _ok(client, "execute_workflow", {"workflow_name": "slow", "wait": False})
+    await _ok(client, "cancel_workflow_run", {"run_id": slow["run_id"]})
+    resumed = await _ok(client, "resume_workflow_run", {"run_id": slow["run_id"], "timeout_seconds": 0.2})
+    assert resumed["status"] == "running" and resumed["steps"]["quick"]["status"] == "completed"
+    await _ok(client, "cancel_workflow_run", {"run_id": resumed["run_id"]})
+
+
+async def test_create_complex_workflow_registers_and_runs_with_the_dependency_map(client: Client) -> None:
+    definition = {
+        "steps": [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "b", "module": "core", "action": "echo", "parameters": {"message": 2}},
+        ],
+        "dependencies": {"b": ["a"]},
+    }
+    run = await _ok(
+        client, "create_complex_workflow", {"name": "pipeline", "workflow_definition": definition}
+    )
+    assert run["status"] == "completed"
+    assert run["steps"]["a"]["finished_at"] <= run["steps"]["b"]["started_at"]
+    detail = await _ok(client, "get_workflow", {"name": "pipeline"})
+    assert detail["execution_levels"] == [["a"], ["b"]]
+
+
+async def test_execute_task_runs_one_action_through_the_scheduler(client: Client) -> None:
+    task = await _ok(
+        client,
+        "execute_task",
+        {"name": "t", "module": "core", "action": "echo", "parameters": {"message": [1, 2]}},
+    )
+    assert task["status"] == "completed" and task["result"] == [1, 2] and task["attempts"] == 1
+    failed = await _ok(client, "execute_task", {"name": "f", "module": "core", "action": "fail"})
+    assert failed["status"] == "failed" and failed["error"]["type"]
+    unknown = await _error(client, "execute_task", {"name": "u", "module": "core", "action": "nope"})
+    assert "unknown action core.nope" in unknown and "core.echo" in unknown
+    pending = await _ok(
+        client,
+        "execute_task",
+        {
+            "name": "s",
+            "module": "core",
+            "action": "sleep",
+            "parameters": {"seconds": 60},
+            "timeout_seconds": 0.2,
+        },
+    )
+    assert pending["status"] == "running" and pending["note"]
+
+
+async def test_list_actions_shows_what_this_server_allows(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    actions = await _ok(client, "list_actions", {})
+    by_name = {a["name"]: a for a in actions["actions"]}
+    assert by_name["core.echo"]["allowed"] is True
+    assert by_name["shell.run"]["executes_code"] is True
+    assert by_name["shell.run"]["allowed"] is tools.policy.allow_code_execution
+
+
+async def test_projects_are_created_from_templates_and_listed(client: Client) -> None:
+    templates = await _ok(client, "list_project_templates", {})
+    assert {t["type"] for t in templates["templates"]} >= {"ai_analysis", "data_pipeline", "research"}
+    project = await _ok(
+        client,
+        "create_project",
+        {"name": "demo", "template": "data_pipeline", "description": "d", "owner": "me"},
+    )
+    assert project["project_name"] == "demo" and project["project_type"] == "data_pipeline"
+    assert project["project_path"].endswith("demo")
+    assert "project.json" in project["files_created"] and "README.md" in project["files_created"]
+    assert all(w.startswith("demo.") for w in project["workflows"])
+    listed = await _ok(client, "list_projects", {"type": "data_pipeline"})
+    assert [p["name"] for p in listed["projects"]] == ["demo"]
+    assert (await _ok(client, "list_projects", {"type": "research"}))["count"] == 0
+    assert "already exists" in await _error(client, "create_project", {"name": "demo"})
+    assert "../x" in await _error(client, "create_project", {"name": "../x"})
+
+
+async def test_resources_expose_workflows_runs_and_projects(client: Client) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    run = await _ok(client, "execute_workflow", {"workflow_name": "hello"})
+    await _ok(client, "create_project", {"name": "demo", "template": "research"})
+    uris = {r.uri for r in (await client.list_resources()).resources}
+    assert "orchestration://workflows/hello" in uris
+    workflow = await client.read_resource("orchestration://workflows/hello")
+    assert '"mermaid"' in workflow.contents[0].text  # type: ignore[union-attr]
+    record = await client.read_resource(f"orchestration://runs/{run['run_id']}")
+    assert '"completed"' in record.contents[0].text  # type: ignore[union-attr]
+    project = await client.read_resource("orchestration://projects/demo")
+    assert '"research"' in project.contents[0].text  # type: ignore[union-attr]
+    runs = await client.read_resource("orchestration://runs")
+    assert run["run_id"] in runs.contents[0].text  # type: ignore[union-attr]
+
+
+def test_execute_tool_works_from_plain_python(tools: OrchestrationMCPTools) -> None:
+    created = tools.execute_tool("create_workflow", HELLO)
+    assert not created.is_error and created.structured is not None
+    run = tools.execute_tool("execute_workflow", {"workflow_name": "hello"})
+    assert run.structured is not None and run.structured["status"] == "completed"
+    assert '"status": "completed"' in run.text
+
+
+async def test_network_transports_refuse_code_execution_by_default(tmp_path: Any) -> None:
+    from codomyrmex_orchestration.server.tools import ServerPolicy
+
+    from .conftest import make_engine
+
+    policy = ServerPolicy.for_transport("streamable-http", None)
+    tools = OrchestrationMCPTools(engine_factory=lambda p: make_engine(tmp_path, p), policy=policy)
+    try:
+        async with Client(build_server(tools)) as client:
+            shell = {
+                "name": "sh",
+                "steps": [
+                    {"name": "ls", "module": "shell", "action": "run", "parameters": {"command": ["ls"]}}
+                ],
+            }
+            refused = await _error(client, "create_workflow", shell)
+            task = await _error(
+                client,
+                "execute_task",
+                {"name": "py", "module": "python", "action": "call", "parameters": {"function": "os:getcwd"}},
+            )
+            actions = await _ok(client, "list_actions", {})
+            probe = {
+                "name": "ssrf",
+                "module": "http",
+                "action": "request",
+                "parameters": {"url": "http://127.0.0.1:9/"},
+            }
+            ssrf = await _ok(client, "execute_task", probe)
+    finally:
+        tools.close()
+    assert "shell.run" in refused and "refused" in refused
+    assert "python.call" in task and "refused" in task
+    assert {a["name"]: a["allowed"] for a in actions["actions"]}["shell.run"] is False
+    assert ssrf["status"] == "failed" and ssrf["error"]["type"] == "ActionRefusedError", ssrf

@@ -1,0 +1,97 @@
+"""Tools that need the whole engine (sessions, resources, health, status) and the console script's
+default engine; written against docs/ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+pytest.importorskip(
+    "codomyrmex_orchestration.core.engine",
+    reason="core/engine.py (issue 3) has not landed on this branch yet",
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client(tools: OrchestrationMCPTools) -> AsyncIterator[Client]:
+    async with Client(build_server(tools)) as the_client:
+        yield the_client
+
+
+async def _call(client: Client, name: str, args: dict[str, Any]) -> Any:
+    with anyio.fail_after(30):
+        return await client.call_tool(name, args)
+
+
+async def test_health_and_status_describe_the_engine(client: Client) -> None:
+    health = await _call(client, "get_health_status", {})
+    assert not health.is_error
+    assert health.structured_content["overall_status"] in ("healthy", "degraded", "unhealthy")
+    assert health.structured_content["uptime_seconds"] >= 0
+    status = await _call(client, "get_system_status", {})
+    assert not status.is_error and status.structured_content
+
+
+async def test_resources_are_allocated_released_and_refused_with_figures(client: Client) -> None:
+    granted = await _call(client, "allocate_resources", {"user_id": "agent", "requirements": {"compute": 1}})
+    assert not granted.is_error, granted.content[0].text
+    allocations = granted.structured_content["allocations"]
+    assert allocations
+    allocation_id = next(v for k, v in allocations[0].items() if k in ("allocation_id", "id"))
+    released = await _call(client, "release_resources", {"allocation_id": allocation_id})
+    assert not released.is_error and released.structured_content["released"] == 1
+    refused = await _call(
+        client, "allocate_resources", {"user_id": "agent", "requirements": {"compute": 10**9}}
+    )
+    assert refused.is_error
+    assert "requested" in refused.content[0].text and "available" in refused.content[0].text
+    both = await _call(client, "release_resources", {"allocation_id": "a", "user_id": "b"})
+    assert both.is_error and "exactly one" in both.content[0].text
+
+
+async def test_sessions_group_runs_and_close(client: Client) -> None:
+    opened = await _call(client, "create_session", {"user_id": "agent", "name": "nightly"})
+    assert not opened.is_error, opened.content[0].text
+    session_id = opened.structured_content["session_id"]
+    workflow = {
+        "name": "w",
+        "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}],
+    }
+    assert not (await _call(client, "create_workflow", workflow)).is_error
+    run = await _call(client, "execute_workflow", {"workflow_name": "w", "session_id": session_id})
+    assert run.structured_content["session_id"] == session_id
+    closed = await _call(client, "close_session", {"session_id": session_id})
+    assert not closed.is_error and closed.structured_content["closed"] is True
+    unknown = await _call(client, "close_session", {"session_id": "nope"})
+    assert unknown.is_error and "not found" in unknown.content[0].text
+
+
+async def test_the_console_script_runs_a_workflow_over_stdio_with_its_own_engine(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    script = Path(sys.executable).parent / "codomyrmex-orchestration"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env.update(CODOMYRMEX_STATE_DIR=str(tmp_path / "state"), CODOMYRMEX_CONFIG_DIR=str(tmp_path / "config"))
+    params = StdioServerParameters(command=str(script), args=["serve"], cwd=tmp_path, env=env)
+    workflow = {
+        "name": "w",
+        "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 7}}],
+    }
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            created = await client.call_tool("create_workflow", workflow)
+            run = await client.call_tool("execute_workflow", {"workflow_name": "w"})
+    assert not created.is_error, created.content[0].text
+    assert run.structured_content["status"] == "completed"
+    assert run.structured_content["steps"]["a"]["output"] == 7
