@@ -1,7 +1,8 @@
 """Durable state: the ``StateStore`` contract, an in-memory store and the SQLite store under ``.workflows/``.
 
-The SQLite store funnels every write through one writer thread that group-commits, so a worker thread
-recording a step transition pays a serialisation and a dict insert, never a commit.
+The SQLite store queues every write for one writer thread that group-commits, so a worker thread
+recording a step transition pays a serialisation and a dict insert; only a thread that asks for
+durability now (``flush()``) commits, on its own thread.
 """
 
 from __future__ import annotations
@@ -505,9 +506,10 @@ class SqliteStore:
 
     Writes (``save_*``, ``delete_*``, ``append_event``) serialise their argument on the calling thread,
     enqueue it and return; repeated saves of the same run, step, session, ... coalesce. The writer
-    commits a batch every ``flush_interval`` seconds, or at once when the batch is large or someone
-    calls :meth:`flush`. Reads see every write made before them (read-your-writes): a read first waits
-    for pending writes to be committed, which costs nothing when the queue is empty. We chose this over
+    commits a batch every ``flush_interval`` seconds, or at once when the batch is large; :meth:`flush`
+    commits what is pending on the calling thread (no round trip through the writer). Reads see every
+    write made before them (read-your-writes): a read first waits for pending writes to be committed,
+    which costs nothing when the queue is empty. We chose this over
     an in-memory overlay because filtered, ordered listings (``list_runs``) would otherwise have to merge
     two sources; reads are rare next to writes (the WorkflowManager keeps live runs in memory).
 
