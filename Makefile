@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test bench run run-sample clean
+.PHONY: venv lint typecheck pytest test bench run run-sample clean durability
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: lint typecheck pytest
 
 bench: venv
 	$(BIN)/python bench/run_all.py
+
+# kill -9 / restart / resume at 10 random points of a 200-step DAG run; prints the figures (make test runs 3).
+durability: venv
+	$(BIN)/python -m tests.helpers.crash_cycles --kill-points 10 $(if $(SEED),--seed $(SEED),)
 
 run: venv
 	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765

@@ -13,6 +13,7 @@ from typing import Any
 
 from _common import best_of
 
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 
@@ -56,6 +57,21 @@ def orchestrator_with_on_done(n: int, workers: int) -> float:
         return time.perf_counter() - start
 
 
+def _small_ctx(ctx: ActionContext) -> dict[str, object]:
+    return {"exit_code": 0, "stdout": "ok\n", "stderr": ""}
+
+
+def orchestrator_output_cap(n: int, workers: int) -> float:
+    """As :func:`orchestrator`, with the engine's 1 MiB output cap and a small dict output per task."""
+    limiter = OutputLimiter(1024 * 1024)
+    with TaskOrchestrator(max_workers=workers, max_finished=n, output_limit=limiter) as orch:
+        orch.wait(orch.submit(_small_ctx, name="warm"))
+        start = time.perf_counter()
+        ids = [orch.submit(_small_ctx, name="small") for _ in range(n)]
+        orch.wait_all(ids, timeout=120)
+        return time.perf_counter() - start
+
+
 def run(tasks: int = 10_000, workers: int = 4, repeat: int = 3) -> dict[str, Any]:
     n, w = tasks, workers
     raw_pool(1000, w)
@@ -66,6 +82,7 @@ def run(tasks: int = 10_000, workers: int = 4, repeat: int = 3) -> dict[str, Any
             "ThreadPoolExecutor": lambda: raw_pool(n, w),
             "TaskOrchestrator": lambda: orchestrator(n, w),
             "TaskOrchestrator+on_done": lambda: orchestrator_with_on_done(n, w),
+            "TaskOrchestrator+output_cap": lambda: orchestrator_output_cap(n, w),
         },
     )
     floor = best["ThreadPoolExecutor"]

@@ -1,176 +1,206 @@
 """The command line: argv -> Settings -> logging -> a subcommand.
 
-Exit codes: 0 success, 1 a run or validation failed, 2 usage or configuration errors.
+Exit codes: 0 success; 1 a run failed or was cancelled, validation found problems, or the command could
+not do what was asked; 2 usage (bad arguments, unknown workflow or run, an invalid workflow document,
+bad configuration); 130 a run interrupted with Ctrl-C (and cancelled).
+
+Each subcommand is one ``_add_<cmd>_parser(subparsers)`` function plus one ``_cmd_<cmd>(args, settings)``
+function, registered in ``_PARSERS`` and ``_COMMANDS``.
+
+Opening state without declaring other processes' runs dead: the engine marks every RUNNING run
+INTERRUPTED when it starts (``store.recover()``), which is right for the one process that owns a state
+directory (the server), wrong for a CLI command that shares it with a live server or another ``run``.
+So ``runs``, ``show`` and ``cancel`` open the SQLite store directly and only read it; ``run``,
+``resume``, ``status`` and ``health`` build an engine with ``recover=False``. A run started by the CLI
+is owned by its process through a lock file (``_cli_owner``), which is how ``cancel`` reaches it from
+another terminal and how ``resume`` refuses to take over a run that is still alive.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.config import Settings
-from codomyrmex_orchestration.errors import OrchestrationError
+from codomyrmex_orchestration.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OrchestrationError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+)
 from codomyrmex_orchestration.logs import configure_logging
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from codomyrmex_orchestration._cli_display import RunDisplay
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.core.models import RunRecord, StepResult
+    from codomyrmex_orchestration.core.store import SqliteStore
+    from codomyrmex_orchestration.core.workflows import StepCallback
 
 __all__ = ["build_parser", "main"]
 
+PROG = "codomyrmex-orchestration"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: how long ``cancel`` waits for the owning process to stop the run
+DEFAULT_CANCEL_WAIT = 30.0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+class _Failed(Exception):
+    """The command could not do what was asked: its message is printed, exit code 1."""
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def _common(parser: argparse.ArgumentParser, *, quiet_logs: bool = True) -> None:
+    """Options every subcommand takes. ``quiet_logs``: log warnings and up unless asked for more, so
+    log lines do not break the output a person reads (``serve`` keeps info).
+    """
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="log level on stderr (default warning for commands, CODOMYRMEX_LOG_LEVEL wins)",
+    )
     parser.add_argument("--log-format", choices=["console", "json"])
     parser.add_argument("--state-dir", help="state directory (default .workflows)")
     parser.add_argument("--config-dir", help="workflow JSON directory (default config/workflows/production)")
     parser.add_argument("--projects-dir", help="projects root (default projects)")
+    if quiet_logs:
+        parser.set_defaults(default_log_level="warning")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="codomyrmex-orchestration",
-        description="Run workflows as DAGs of real actions, and serve them to agents over MCP.",
+def _executor_flags(parser: argparse.ArgumentParser) -> None:
+    """Where ready steps run (also CODOMYRMEX_EXECUTOR / CODOMYRMEX_DASK_SCHEDULER)."""
+    parser.add_argument(
+        "--executor",
+        choices=["local", "dask"],
+        help="run steps on this process's threads (local, the default) or a Dask cluster (dask)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="tcp://host:8786 of a running Dask scheduler (default with --executor dask: a LocalCluster)",
+    )
 
-    run = sub.add_parser("run", help="run a workflow (a JSON file or a registered name) and print its result")
+
+def _add_run_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run a workflow (a JSON file or a registered name) with live progress",
+        description="Run a workflow through the engine; its record is kept in the state directory. "
+        "Exit 0 only if the run completed; Ctrl-C cancels it (exit 130).",
+    )
     _common(run)
-    run.add_argument("workflow", help="path to a workflow JSON file, or the name of a registered workflow")
+    _executor_flags(run)
+    run.add_argument("workflow", metavar="FILE|NAME", help="a workflow JSON file or a registered name")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a run parameter")
-    run.add_argument("--json", action="store_true", help="print the run record as JSON")
-    run.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
+    run.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
+    run.add_argument(
+        "--timeout", type=_positive_float, metavar="SECONDS", help="cancel the run if it takes longer"
+    )
 
-    validate = sub.add_parser("validate", help="validate workflow files; exit 1 on any problem")
+
+def _add_validate_parser(sub: Any) -> None:
+    validate = sub.add_parser(
+        "validate",
+        help="validate workflow files; list every problem, exit 1 on any",
+        description="Check workflow JSON files: schema, dependencies, cycles, actions, templates.",
+    )
     _common(validate)
-    validate.add_argument("files", nargs="+")
+    validate.add_argument("files", nargs="+", metavar="FILE")
 
-    graph = sub.add_parser("graph", help="print a workflow's DAG as Mermaid or Graphviz DOT")
+
+def _add_graph_parser(sub: Any) -> None:
+    graph = sub.add_parser(
+        "graph",
+        help="print a workflow's DAG as Mermaid or Graphviz DOT",
+        description="Print the step graph (inferred template edges included). "
+        "DOT output renders with `dot -Tpng`.",
+    )
     _common(graph)
-    graph.add_argument("workflow")
+    graph.add_argument("workflow", metavar="FILE|NAME")
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
 
-    _add_serve_parser(sub)
-    return parser
+
+def _add_runs_parser(sub: Any) -> None:
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+
+    runs = sub.add_parser("runs", help="list recorded runs, newest first")
+    _common(runs)
+    runs.add_argument("--status", choices=[s.value for s in WorkflowStatus])
+    runs.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    runs.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (20)")
+    runs.add_argument("--json", action="store_true", help="print the run records as a JSON list")
 
 
-def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise OrchestrationError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+def _add_show_parser(sub: Any) -> None:
+    show = sub.add_parser("show", help="show one run and its steps")
+    _common(show)
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="print the run record as JSON")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        os.environ,
-        log_level=getattr(args, "log_level", None),
-        log_format=getattr(args, "log_format", None),
-        state_dir=getattr(args, "state_dir", None),
-        config_dir=getattr(args, "config_dir", None),
-        projects_dir=getattr(args, "projects_dir", None),
-        **(_serve_overrides(args) if args.command == "serve" else {}),
+def _add_resume_parser(sub: Any) -> None:
+    resume = sub.add_parser(
+        "resume",
+        help="re-run the unfinished steps of a failed, cancelled or interrupted run",
+        description="Completed steps keep their outputs; the others run again. Same display and exit "
+        "codes as `run`.",
+    )
+    _common(resume)
+    _executor_flags(resume)
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
+    resume.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="resume a run marked running that no CLI process owns (only if its process is gone)",
     )
 
 
-def _load_document(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OrchestrationError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise OrchestrationError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise OrchestrationError(f"{path}: expected a JSON object with 'name' and 'steps'")
-    return document
+def _add_cancel_parser(sub: Any) -> None:
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel a run that a `run` or `resume` in another terminal is running",
+        description="Asks the CLI process that owns the run to cancel it (as Ctrl-C there would) and "
+        "waits for it to stop. Runs owned by a server process must be cancelled through the server.",
+    )
+    _common(cancel)
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument(
+        "--wait", type=_positive_float, default=DEFAULT_CANCEL_WAIT, metavar="SECONDS", help="(30)"
+    )
 
 
-def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.actions import create_registry
-    from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
-    from codomyrmex_orchestration.core.workflows import WorkflowManager
-
-    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
-    orchestrator = TaskOrchestrator(settings.max_workers, registry=registry)
-    try:
-        manager = WorkflowManager(
-            orchestrator=orchestrator, registry=registry, config_dir=settings.config_dir
-        )
-        path = Path(args.workflow)
-        if path.suffix == ".json" or path.exists():
-            name = manager.create_workflow(_load_document(path), overwrite=True, source="file").name
-        else:
-            name = args.workflow
-        record = manager.execute_workflow(name, _parse_params(args.param), timeout=args.timeout)
-        if args.json:
-            print(json.dumps(record.model_dump(mode="json"), indent=2))
-        else:
-            print(f"run {record.run_id} of {record.workflow_name}: {record.status.value}")
-            for step in record.steps.values():
-                took = f"{step.duration_seconds:.3f}s" if step.duration_seconds is not None else "-"
-                detail = step.error.message if step.error else (step.skipped_reason or "")
-                print(f"  {step.name:<24} {step.status.value:<10} attempts={step.attempts} {took} {detail}")
-            final = [s for s in record.steps.values() if s.output is not None]
-            if final:
-                print("output of the last step:")
-                print(json.dumps(final[-1].output, indent=2, default=str))
-        return EXIT_OK if record.succeeded else EXIT_FAILED
-    finally:
-        orchestrator.shutdown(wait=True, cancel_pending=True, timeout=10)
+def _add_status_parser(sub: Any) -> None:
+    status = sub.add_parser("status", help="the engine's system status: workflows, runs, queue, resources")
+    _common(status)
+    status.add_argument("--json", action="store_true")
 
 
-def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.actions import create_registry
-    from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
-    from codomyrmex_orchestration.core.workflows import WorkflowManager
-
-    registry = create_registry()
-    orchestrator = TaskOrchestrator(1, registry=registry)
-    failed = 0
-    try:
-        manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None)
-        for file in args.files:
-            try:
-                report = manager.validate_workflow(_load_document(Path(file)))
-            except OrchestrationError as exc:
-                failed += 1
-                print(f"{file}: {exc}")
-            else:
-                levels = len(report.execution_levels)
-                print(f"{file}: ok ({report.name}, {report.steps_count} steps, {levels} levels)")
-    finally:
-        orchestrator.shutdown(wait=True, timeout=10)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.actions import create_registry
-    from codomyrmex_orchestration.core.dag import WorkflowDAG
-    from codomyrmex_orchestration.core.models import WorkflowSpec
-
-    path = Path(args.workflow)
-    if not path.exists():
-        candidate = settings.config_dir / f"{args.workflow}.json"
-        path = candidate if candidate.exists() else path
-    spec = WorkflowSpec.model_validate(_load_document(path))
-    dag = WorkflowDAG.from_spec(spec, create_registry())
-    dag.validate()
-    print(dag.to_mermaid() if args.format == "mermaid" else dag.to_dot())
-    return EXIT_OK
+def _add_health_parser(sub: Any) -> None:
+    health = sub.add_parser("health", help="the engine's health checks; exit 1 when unhealthy")
+    _common(health)
+    health.add_argument("--json", action="store_true")
 
 
 # --------------------------------------------------------------------------- serve
@@ -183,7 +213,8 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         description="Serve the MCP server. Every flag also reads a CODOMYRMEX_* variable "
         "(e.g. --port <- CODOMYRMEX_PORT, --allowed-host <- CODOMYRMEX_ALLOWED_HOSTS); flags win.",
     )
-    _common(serve)
+    _common(serve, quiet_logs=False)
+    _executor_flags(serve)
     serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"])
     serve.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs a token)")
     serve.add_argument("--port", type=int, help="port (default 8765)")
@@ -241,7 +272,666 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
 
 
-_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "graph": _cmd_graph, "serve": _cmd_serve}
+_PARSERS: list[Callable[[Any], None]] = [
+    _add_run_parser,
+    _add_validate_parser,
+    _add_graph_parser,
+    _add_runs_parser,
+    _add_show_parser,
+    _add_resume_parser,
+    _add_cancel_parser,
+    _add_status_parser,
+    _add_health_parser,
+    _add_serve_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run workflows as DAGs of real actions, and serve them to agents over MCP.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _PARSERS:
+        add(sub)
+    return parser
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be above 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be 1 or more")
+    return value
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value that parses as JSON is that JSON (``n=3`` is 3), else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError("--param", f"{pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    log_level = getattr(args, "log_level", None)
+    if log_level is None and "CODOMYRMEX_LOG_LEVEL" not in os.environ:
+        log_level = getattr(args, "default_log_level", None)
+    return Settings.from_env(
+        os.environ,
+        log_level=log_level,
+        log_format=getattr(args, "log_format", None),
+        state_dir=getattr(args, "state_dir", None),
+        config_dir=getattr(args, "config_dir", None),
+        projects_dir=getattr(args, "projects_dir", None),
+        executor=getattr(args, "executor", None),
+        dask_scheduler=getattr(args, "dask_scheduler", None),
+        **(_serve_overrides(args) if args.command == "serve" else {}),
+    )
+
+
+def _load_document(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(str(path), f"cannot read the file ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(str(path), f"not valid JSON ({exc})") from None
+
+
+def _workflow_object(path: Path) -> dict[str, Any]:
+    document = _load_document(path)
+    if not isinstance(document, dict):
+        raise InvalidInputError(str(path), "expected one JSON object with 'name' and 'steps'")
+    return document
+
+
+def _is_file_argument(value: str) -> bool:
+    return value.endswith(".json") or Path(value).is_file()
+
+
+def _find_workflow(name: str, settings: Settings) -> dict[str, Any]:
+    """A workflow by name: from the config directory's files, then the store's registered ones."""
+    known: list[str] = []
+    if settings.config_dir.is_dir():
+        for path in sorted(settings.config_dir.glob("*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            for item in document if isinstance(document, list) else [document]:
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    if item["name"] == name:
+                        return item
+                    known.append(item["name"])
+    with _read_store(settings) as store:
+        if store is not None:
+            for spec, _source in store.load_workflows():
+                if spec.name == name:
+                    return spec.model_dump(mode="json")
+                known.append(spec.name)
+    raise WorkflowNotFoundError(name, known=known)
+
+
+@contextlib.contextmanager
+def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
+    """The state store opened for reading, or None when nothing was ever recorded there.
+
+    Never calls ``recover()``: a RUNNING run may belong to a live process.
+    """
+    from codomyrmex_orchestration.core.store import SqliteStore
+
+    if not settings.state_db.is_file():
+        yield None
+        return
+    store = SqliteStore(settings.state_db)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _open_engine(settings: Settings) -> OrchestrationEngine:
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+
+    return OrchestrationEngine.from_settings(settings, recover=False)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(file=sys.stdout, highlight=False)
+
+
+def _dump(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _owner_label(settings: Settings, record: RunRecord) -> str:
+    """``running`` plus who runs it, for a run the store says is running."""
+    from codomyrmex_orchestration._cli_owner import owner_of
+
+    status = record.status.value
+    if record.status.is_terminal:
+        return status
+    owner = owner_of(settings.state_dir, record.run_id)
+    if owner.alive:
+        return f"{status} (pid {owner.pid})"
+    if owner.exists:
+        return f"{status} (its CLI process is gone)"
+    return f"{status} (another process)"
+
+
+# ---------------------------------------------------------------------- run and resume
+
+
+def _make_display(args: argparse.Namespace, steps: Mapping[str, StepResult]) -> RunDisplay:
+    from codomyrmex_orchestration._cli_display import LiveDisplay, PlainDisplay, SilentDisplay
+
+    if args.json:
+        return SilentDisplay(steps, sys.stderr)
+    console = _stdout_console()
+    if console.is_terminal:
+        return LiveDisplay(steps, console)
+    return PlainDisplay(steps, sys.stdout, sys.stderr)
+
+
+def _execute(
+    engine: OrchestrationEngine,
+    settings: Settings,
+    args: argparse.Namespace,
+    steps: Mapping[str, StepResult],
+    start: Callable[[StepCallback], RunRecord],
+) -> int:
+    """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code."""
+    from codomyrmex_orchestration._cli_owner import RunOwnership
+
+    display = _make_display(args, steps)
+    record = start(display.on_step)
+    run_id = record.run_id
+    display.start(run_id, record.workflow_name)
+    owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
+    interrupted = threading.Event()
+    timed_out = False
+    try:
+        with owned, _cancel_on_sigint(engine, run_id, display, interrupted):
+            final = engine.workflow_manager.wait_run(run_id, args.timeout)
+            if not final.status.is_terminal:
+                timed_out = True
+                display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
+                final = _cancel_here(engine, run_id)
+    finally:
+        display.stop()
+    if args.json:
+        _dump(final.model_dump(mode="json"))
+    else:
+        _report(final, interrupted=interrupted.is_set(), timed_out=timed_out)
+    if interrupted.is_set():
+        return EXIT_INTERRUPTED
+    return EXIT_OK if final.succeeded else EXIT_FAILED
+
+
+def _cancel_here(engine: OrchestrationEngine, run_id: str) -> RunRecord:
+    try:
+        return engine.workflow_manager.cancel_run(run_id)
+    except OrchestrationError:  # it ended on its own meanwhile
+        return engine.workflow_manager.get_run(run_id)
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint(
+    engine: OrchestrationEngine, run_id: str, display: RunDisplay, interrupted: threading.Event
+) -> Iterator[None]:
+    """First SIGINT: cancel the run cleanly (the wait then returns the CANCELLED record). Second: quit.
+
+    ``cancel_run`` waits for the run to wind down, so it runs on a thread, not in the handler.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        display.note(f"interrupted: cancelling run {run_id} (Ctrl-C again to quit at once)")
+        threading.Thread(target=_cancel_here, args=(engine, run_id), name="cli-cancel", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
+    from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+
+    took = f" in {record.duration_seconds:.2f}s" if record.duration_seconds is not None else ""
+    head = f"run {record.run_id} of {record.workflow_name} {record.status.value}{took}"
+    resume_hint = f"resume it with: {PROG} resume {record.run_id}"
+    if record.status is WorkflowStatus.COMPLETED:
+        print(head)
+        last = [s for s in record.steps.values() if s.status is TaskStatus.COMPLETED and s.output is not None]
+        if last:
+            text = json.dumps(last[-1].output, indent=2, default=str)
+            if len(text) > 4000:
+                text = text[:4000] + f"\n... ({len(text)} characters; see `{PROG} show --json`)"
+            print(f"output of {last[-1].name}:")
+            print(text)
+        return
+    if record.status is WorkflowStatus.CANCELLED:
+        why = "interrupted" if interrupted else "timed out" if timed_out else "cancelled"
+        done = [s.name for s in record.steps.values() if s.status is TaskStatus.COMPLETED]
+        stopped = [
+            s.name for s in record.steps.values() if s.status is TaskStatus.CANCELLED and s.attempts > 0
+        ]
+        not_run = [
+            s.name
+            for s in record.steps.values()
+            if (s.status is TaskStatus.CANCELLED and s.attempts == 0) or not s.status.is_terminal
+        ]
+        print(f"{head} ({why})")
+        print(f"  completed: {', '.join(done) or '(none)'}")
+        print(f"  cancelled while running: {', '.join(stopped) or '(none)'}")
+        print(f"  not run: {', '.join(not_run) or '(none)'}")
+        print(resume_hint)
+        return
+    print(f"{head}: {record.error or 'see the steps above'}")
+    print(resume_hint)
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration.core.models import StepResult
+
+    params = _parse_params(args.param)
+    document = _workflow_object(Path(args.workflow)) if _is_file_argument(args.workflow) else None
+    engine = _open_engine(settings)
+    try:
+        manager = engine.workflow_manager
+        if document is not None:
+            name = manager.create_workflow(document, overwrite=True, source="file").name
+        else:
+            name = args.workflow
+        steps = {s.name: StepResult(name=s.name) for s in manager.get_workflow(name).steps}
+        return _execute(
+            engine,
+            settings,
+            args,
+            steps,
+            lambda on_step: engine.execute_workflow(name, parameters=params, wait=False, on_step=on_step),
+        )
+    finally:
+        engine.shutdown()
+
+
+def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_owner import owner_of
+    from codomyrmex_orchestration.core.models import StepResult, TaskStatus
+
+    engine = _open_engine(settings)
+    try:
+        previous = engine.workflow_manager.get_run(args.run_id)
+        if not previous.status.is_terminal:
+            owner = owner_of(settings.state_dir, args.run_id)
+            if owner.alive:
+                raise _Failed(
+                    f"run {args.run_id} is running in process {owner.pid}; "
+                    f"cancel it first: {PROG} cancel {args.run_id}"
+                )
+            if not owner.exists and not args.force:
+                raise _Failed(
+                    f"run {args.run_id} is marked {previous.status.value} and no CLI process owns it: "
+                    "another process (an MCP server) may be running it. If that process is gone, "
+                    "pass --force to resume it here"
+                )
+        steps = {
+            n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
+            for n, s in previous.steps.items()
+        }
+        return _execute(
+            engine,
+            settings,
+            args,
+            steps,
+            lambda on_step: engine.resume_run(args.run_id, wait=False, on_step=on_step),
+        )
+    finally:
+        engine.shutdown()
+
+
+# ---------------------------------------------------------------------- validate and graph
+
+
+def _document_problems(document: Any, settings: Settings, registry: Any) -> tuple[str | None, list[str]]:
+    """(workflow name if known, every problem) for one workflow object."""
+    from pydantic import ValidationError
+
+    from codomyrmex_orchestration.core.dag import WorkflowDAG
+    from codomyrmex_orchestration.core.models import WorkflowSpec
+
+    if not isinstance(document, dict):
+        return None, ["expected a JSON object with 'name' and 'steps'"]
+    name = document.get("name") if isinstance(document.get("name"), str) else None
+    raw_steps: list[Any] = document["steps"] if isinstance(document.get("steps"), list) else []
+    try:
+        spec = WorkflowSpec.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = ".".join(map(str, loc)) or "(document)"
+            if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int) and loc[1] < len(raw_steps):
+                step = raw_steps[loc[1]]
+                if isinstance(step, dict) and isinstance(step.get("name"), str):
+                    rest = ".".join(map(str, loc[2:]))
+                    where = f"step {step['name']!r} (steps.{loc[1]}{'.' + rest if rest else ''})"
+            problems.append(f"{where}: {err['msg']}")
+        return name, problems
+    problems = WorkflowDAG.from_spec(spec, registry).problems()
+    if len(spec.steps) > settings.max_steps:
+        problems.append(f"steps: {len(spec.steps)} steps, above the limit of {settings.max_steps}")
+    return spec.name, problems
+
+
+def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration.core.actions import create_registry
+    from codomyrmex_orchestration.core.dag import WorkflowDAG
+    from codomyrmex_orchestration.core.models import WorkflowSpec
+
+    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
+    bad_files = 0
+    for file in args.files:
+        try:
+            document = _load_document(Path(file))
+        except InvalidInputError as exc:
+            bad_files += 1
+            print(f"{file}: {exc.reason}")
+            continue
+        items = document if isinstance(document, list) else [document]
+        file_bad = False
+        for item in items:
+            name, problems = _document_problems(item, settings, registry)
+            label = f"{file}: {name}" if name else file
+            for problem in problems:
+                print(f"{label}: {problem}")
+            if problems:
+                file_bad = True
+            else:
+                spec = WorkflowSpec.model_validate(item)
+                levels = len(WorkflowDAG.from_spec(spec, registry).execution_levels())
+                print(f"{label}: ok ({len(spec.steps)} steps, {levels} levels)")
+        bad_files += file_bad
+    if bad_files:
+        print(f"{bad_files} of {len(args.files)} files have problems", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration.core.actions import create_registry
+    from codomyrmex_orchestration.core.dag import WorkflowDAG
+    from codomyrmex_orchestration.core.models import WorkflowSpec
+
+    if _is_file_argument(args.workflow):
+        document = _workflow_object(Path(args.workflow))
+    else:
+        document = _find_workflow(args.workflow, settings)
+    try:
+        spec = WorkflowSpec.model_validate(document)
+    except ValueError as exc:
+        raise InvalidInputError(
+            args.workflow,
+            f"not a valid workflow ({exc.__class__.__name__}); run `{PROG} validate` for every problem",
+        ) from None
+    dag = WorkflowDAG.from_spec(spec, create_registry(allow_code_execution=settings.allow_shell is not False))
+    dag.validate()
+    print((dag.to_mermaid() if args.format == "mermaid" else dag.to_dot()).rstrip("\n"))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- runs, show, cancel
+
+
+def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_display import print_table
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+
+    status = WorkflowStatus(args.status) if args.status else None
+    with _read_store(settings) as store:
+        records = (
+            store.list_runs(workflow_name=args.workflow, status=status, limit=args.limit)
+            if store is not None
+            else []
+        )
+        if args.json:
+            _dump([r.model_dump(mode="json") for r in records])
+            return EXIT_OK
+        if not records:
+            print(f"no runs recorded in {settings.state_dir}")
+            return EXIT_OK
+        rows = []
+        for r in records:
+            finished = sum(1 for s in r.steps.values() if s.status.value == "completed")
+            rows.append(
+                [
+                    r.run_id,
+                    r.workflow_name,
+                    _owner_label(settings, r),
+                    f"{finished}/{len(r.steps)}",
+                    r.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                    f"{r.duration_seconds:.2f}s" if r.duration_seconds is not None else "-",
+                ]
+            )
+        print_table(
+            _stdout_console(),
+            ["RUN ID", "WORKFLOW", "STATUS", "DONE", "CREATED", "DURATION"],
+            rows,
+            styles={2: _STATUS_STYLES},
+        )
+    return EXIT_OK
+
+
+_STATUS_STYLES = {
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "interrupted": "yellow",
+    "timed_out": "bold red",
+    "skipped": "cyan",
+    "running": "yellow",
+}
+
+
+def _get_run(settings: Settings, run_id: str) -> RunRecord:
+    with _read_store(settings) as store:
+        record = store.get_run(run_id) if store is not None else None
+    if record is None:
+        raise RunNotFoundError(run_id)
+    return record
+
+
+def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_display import print_table, step_detail
+
+    record = _get_run(settings, args.run_id)
+    if args.json:
+        _dump(record.model_dump(mode="json"))
+        return EXIT_OK
+    print(f"run       {record.run_id}")
+    print(f"workflow  {record.workflow_name}")
+    print(f"status    {_owner_label(settings, record)}")
+    print(f"created   {record.created_at.astimezone().isoformat(timespec='seconds')}")
+    if record.duration_seconds is not None:
+        print(f"duration  {record.duration_seconds:.2f}s")
+    if record.parameters:
+        print(f"params    {json.dumps(record.parameters, default=str)}")
+    if record.error:
+        print(f"error     {record.error}")
+    rows = [
+        [
+            s.name,
+            s.status.value,
+            str(s.attempts),
+            f"{s.duration_seconds:.2f}s" if s.duration_seconds is not None else "-",
+            step_detail(s, 80),
+        ]
+        for s in record.steps.values()
+    ]
+    print_table(
+        _stdout_console(),
+        ["STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"],
+        rows,
+        styles={1: _STATUS_STYLES},
+    )
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_owner import owner_of, wait_released
+
+    record = _get_run(settings, args.run_id)
+    if record.status.is_terminal:
+        raise _Failed(f"run {args.run_id} already ended ({record.status.value}); nothing to cancel")
+    owner = owner_of(settings.state_dir, args.run_id)
+    if not owner.alive:
+        if owner.exists:
+            raise _Failed(
+                f"run {args.run_id} was started by a CLI process that is gone; it is not running. "
+                f"Resume it with: {PROG} resume {args.run_id}"
+            )
+        raise _Failed(
+            f"run {args.run_id} is running in another process (not a CLI `run`, e.g. the MCP server); "
+            "cancel it there (the server's cancel tool)"
+        )
+    if owner.pid is None:
+        raise _Failed(f"run {args.run_id} is owned by a live CLI process whose pid is unreadable")
+    os.kill(owner.pid, signal.SIGINT)
+    print(f"asked process {owner.pid} to cancel run {args.run_id}")
+    if not wait_released(settings.state_dir, args.run_id, args.wait):
+        raise _Failed(f"process {owner.pid} still runs {args.run_id} after {args.wait:g}s")
+    final = _get_run(settings, args.run_id)
+    print(f"run {args.run_id}: {final.status.value}")
+    return EXIT_OK if final.status.value == "cancelled" else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------- status and health
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() or abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_display import print_table
+
+    engine = _open_engine(settings)
+    try:
+        report = engine.get_system_status()
+    finally:
+        engine.shutdown()
+    if args.json:
+        _dump(report)
+        return EXIT_OK
+    console = _stdout_console()
+    workflows = report["workflows"]
+    print(f"overall     {report['overall_status']}")
+    print(f"state dir   {report['state_dir']}")
+    print(
+        f"workflows   {workflows['registered']} registered, {len(workflows['load_errors'])} config "
+        "files rejected"
+    )
+    print(f"runs        {_fmt(report['runs'])}")
+    print(f"queue       {_fmt(report['queue'])}")
+    rows = [
+        [
+            rid,
+            _fmt(u.get("capacity")),
+            _fmt(u.get("allocated")),
+            _fmt(u.get("available")),
+            f"{100 * float(u.get('utilization') or 0):.0f}%",
+            str(u.get("status", "-")),
+        ]
+        for rid, u in sorted(report["resources"].items())
+    ]
+    print_table(console, ["RESOURCE", "CAPACITY", "ALLOCATED", "AVAILABLE", "USED", "STATUS"], rows)
+    for error in workflows["load_errors"]:
+        print(f"rejected {error['path']}: {error['reason']}")
+    return EXIT_OK
+
+
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from codomyrmex_orchestration._cli_display import print_table
+
+    engine = _open_engine(settings)
+    try:
+        report = engine.health_check()
+    finally:
+        engine.shutdown()
+    if args.json:
+        _dump(report)
+    else:
+        print(f"overall {report['overall_status']}")
+        rows = [
+            [
+                name,
+                c["status"],
+                "yes" if c["critical"] else "no",
+                str(c["error_count"]),
+                str(c["details"].get("reason") or c["last_error"] or ""),
+            ]
+            for name, c in report["components"].items()
+        ]
+        print_table(
+            _stdout_console(),
+            ["COMPONENT", "STATUS", "CRITICAL", "ERRORS", "REASON"],
+            rows,
+            styles={1: {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}},
+        )
+    return EXIT_FAILED if report["overall_status"] == "unhealthy" else EXIT_OK
+
+
+# ---------------------------------------------------------------------- main
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "graph": _cmd_graph,
+    "runs": _cmd_runs,
+    "show": _cmd_show,
+    "resume": _cmd_resume,
+    "cancel": _cmd_cancel,
+    "status": _cmd_status,
+    "health": _cmd_health,
+    "serve": _cmd_serve,
+}
+
+
+def _error(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,16 +943,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except OrchestrationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _COMMANDS[args.command](args, settings)
-    except OrchestrationError as exc:
+    except (InvalidInputError, NotFoundError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        return EXIT_USAGE
+    except (OrchestrationError, _Failed) as exc:
+        if args.debug:
+            raise
+        _error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as cat does, and keep the interpreter's
+        # final flush of stdout from failing again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            raise
+        _error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback")
+        return EXIT_FAILED

@@ -16,7 +16,9 @@ Executor = Literal["local", "dask"]
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
+    "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_STEPS",
+    "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
@@ -68,6 +70,9 @@ class Settings(BaseModel):
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
+    #: Write a step's full output to ``state_dir/outputs/<run_id>/<step>.json`` when it is truncated
+    #: for exceeding ``max_output_bytes`` (durable mode only).
+    spill_outputs: bool = True
     transport: Transport = "stdio"
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)

@@ -19,6 +19,24 @@ _LEVELS = {
 }
 
 
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is at the moment of writing.
+
+    Binding the object that was ``sys.stderr`` at configuration time breaks when it is replaced and
+    closed later (test capture, a daemon redirecting its streams): logging would then raise on a
+    closed file instead of writing.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR: Any = _Stderr()
+
+
 def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
     """Send structlog (and stdlib logging) to ``stream`` (default stderr) at ``level``.
 
@@ -26,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     path cost a method call and nothing more.
     """
     numeric = _LEVELS.get(level.lower(), logging.INFO)
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else _STDERR
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -53,8 +71,12 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
 
 
 def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:
-    """A structlog logger bound to ``name`` and ``bindings``."""
-    return structlog.get_logger(name).bind(**bindings)
+    """A structlog logger bound to ``name`` and ``bindings``.
+
+    A lazy proxy: binding now (at import) would freeze the configuration of that moment, so a later
+    :func:`configure_logging` (``--log-level``) would not apply to module-level loggers.
+    """
+    return structlog.get_logger(name, **bindings)
 
 
 def ensure_stderr_default() -> None:
@@ -62,7 +84,7 @@ def ensure_stderr_default() -> None:
     if not structlog.is_configured():
         structlog.configure(
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+            logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
         )
 
 

@@ -21,13 +21,16 @@ from pydantic import BaseModel, Field, ValidationError
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_STEPS,
+    DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_WORKERS,
     DEFAULT_PROJECTS_DIR,
     DEFAULT_STATE_DIR,
     DEFAULT_TEMPLATES_DIR,
     Settings,
 )
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
@@ -222,6 +225,15 @@ class OrchestrationEngine:
         retention_runs, retention_events: most finished runs and events the store keeps.
         backend: where ready steps run (the scheduler's own threads when ``None``; see
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
+        max_steps: most steps a workflow may have.
+        max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
+            replaced by a truncation marker (``None``: no cap).
+        max_subworkflow_depth: deepest nesting of ``workflow.run``.
+        spill_outputs: write truncated outputs in full under ``state_dir/outputs/`` (durable mode).
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
+            Right for the one process that owns the state directory (the server); a process that
+            shares it with a live owner (the CLI's ``status``, ``health``, ``run``) passes False so
+            it never declares another process's runs dead.
     """
 
     def __init__(
@@ -233,6 +245,9 @@ class OrchestrationEngine:
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+        max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+        spill_outputs: bool = True,
         allow_code_execution: bool = True,
         durable: bool = True,
         resources_config: Mapping[str, Any] | None = None,
@@ -241,6 +256,7 @@ class OrchestrationEngine:
         backend: ExecutionBackend | None = None,
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
+        recover: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
         self.state_dir = Path(state_dir)
@@ -267,7 +283,7 @@ class OrchestrationEngine:
                 else MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
             )
         self.store: EngineStateStore = store
-        self.interrupted_runs: list[str] = self.store.recover()
+        self.interrupted_runs: list[str] = self.store.recover() if recover else []
 
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
@@ -279,8 +295,16 @@ class OrchestrationEngine:
             config=resources_config,
             config_path=resources_path if resources_path is not None and resources_path.is_file() else None,
         )
+        self.output_limiter: OutputLimiter | None = None
+        if max_output_bytes is not None:
+            spill_dir = self.state_dir / "outputs" if durable and spill_outputs else None
+            self.output_limiter = OutputLimiter(max_output_bytes, spill_dir=spill_dir)
         self.task_orchestrator = TaskOrchestrator(
-            max_workers, registry=self.registry, resource_manager=self.resource_manager, backend=backend
+            max_workers,
+            registry=self.registry,
+            resource_manager=self.resource_manager,
+            backend=backend,
+            output_limit=self.output_limiter,
         )
         self.workflow_manager = WorkflowManager(
             orchestrator=self.task_orchestrator,
@@ -288,6 +312,8 @@ class OrchestrationEngine:
             store=self.store,
             config_dir=config_dir,
             max_steps=max_steps,
+            max_subworkflow_depth=max_subworkflow_depth,
+            max_output_bytes=max_output_bytes,
         )
         self.project_manager = ProjectManager(
             Path(projects_dir),
@@ -314,6 +340,9 @@ class OrchestrationEngine:
             "templates_dir": settings.templates_dir,
             "max_workers": settings.max_workers,
             "max_steps": settings.max_steps,
+            "max_output_bytes": settings.max_output_bytes,
+            "max_subworkflow_depth": settings.max_subworkflow_depth,
+            "spill_outputs": settings.spill_outputs,
             "allow_code_execution": settings.allow_shell is not False,
             "durable": settings.durable,
             "retention_runs": settings.retention_runs,
@@ -768,9 +797,16 @@ class OrchestrationEngine:
         except WaitTimeoutError:
             return self.task_orchestrator.get_task(task_id)
 
-    def resume_run(self, run_id: str, *, wait: bool = True, timeout: float | None = None) -> RunRecord:
+    def resume_run(
+        self,
+        run_id: str,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run."""
-        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout)
+        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout, on_step=on_step)
 
     # ------------------------------------------------------------------ health and metrics
 
@@ -935,21 +971,36 @@ class OrchestrationEngine:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _cancel_tasks(self) -> None:
+        for status in (TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.PENDING):
+            for task in self.task_orchestrator.list_tasks(status=status, limit=1_000_000):
+                self.task_orchestrator.cancel_task(task.task_id, "the engine is shutting down")
+
     def shutdown(self, *, cancel_running: bool = True, timeout: float = 10.0) -> None:
         """Cancel running work (it stays resumable), stop threads and flush the store."""
         with self._lock:
             self._stopping = True
             self._session_cond.notify_all()
-        self.workflow_manager.shutdown(cancel_running=cancel_running)
-        if cancel_running:
-            for status in (TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.PENDING):
-                for task in self.task_orchestrator.list_tasks(status=status, limit=1_000_000):
-                    self.task_orchestrator.cancel_task(task.task_id, "the engine is shutting down")
-        self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout)
-        self.resource_manager.shutdown()
-        self._events.close(timeout)
-        self._reaper.join(timeout)
-        self.store.close()
+        # Every stage runs even if an earlier one fails (a broken store, a stuck backend): shutdown is
+        # what a SIGTERM handler calls, and it must leave nothing running behind it.
+        stages: list[tuple[str, Callable[[], object]]] = [
+            ("workflows", lambda: self.workflow_manager.shutdown(cancel_running=cancel_running)),
+            ("tasks", lambda: self._cancel_tasks() if cancel_running else None),
+            (
+                "scheduler",
+                lambda: self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout),
+            ),
+            ("resources", self.resource_manager.shutdown),
+            ("events", lambda: self._events.close(timeout)),
+            ("sessions", lambda: self._reaper.join(timeout)),
+            ("store", self.store.close),
+        ]
+        for component, stage in stages:
+            try:
+                stage()
+            except Exception as exc:
+                self._record_error(component, exc)
+                _log.error("shutdown stage failed", component=component, error=f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------- singletons

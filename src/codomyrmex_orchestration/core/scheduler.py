@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
@@ -59,6 +60,8 @@ DEFAULT_WAIT_TIMEOUT = 300.0
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
 #: Seconds ``shutdown`` gives each of its own threads to exit after the work is over.
 _JOIN_GRACE = 5.0
+#: Longest shutdown waits, in all, for threads abandoned in cancelled calls to return.
+_ABANDONED_GRACE = 2.0
 
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
@@ -263,6 +266,8 @@ class TaskOrchestrator:
             :class:`LocalBackend` (these worker threads). With a remote backend the worker threads are
             dispatch slots, so ``max_workers`` bounds the steps in flight on the cluster. The scheduler
             owns the backend: :meth:`shutdown` closes it.
+        output_limit: applied to every successful return value on the worker thread, outside the lock
+            (the cap on captured output: too-large outputs become a truncation marker); ``None``: none.
     """
 
     def __init__(
@@ -275,6 +280,7 @@ class TaskOrchestrator:
         name: str = "orchestrator",
         max_abandoned: int | None = None,
         backend: ExecutionBackend | None = None,
+        output_limit: OutputLimiter | None = None,
     ) -> None:
         if max_workers is None:
             import os
@@ -292,6 +298,7 @@ class TaskOrchestrator:
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
         self._backend_open = True
+        self.output_limit = output_limit
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers wait here for ready tasks
@@ -711,9 +718,17 @@ class TaskOrchestrator:
             self._deliver(notices)
         with self._lock:
             threads = [w.thread for w in self._workers if not w.abandoned and w.thread is not None]
+            abandoned = [w.thread for w in self._workers if w.abandoned and w.thread is not None]
         for thread in [self._dispatcher, *threads]:
             if thread is not threading.current_thread():
                 thread.join(_JOIN_GRACE)
+        # Threads still inside cancelled or timed-out calls: a cooperative action (shell.run killing
+        # its process group) gets a short, bounded grace to clean up before the process may exit;
+        # one that ignores cancellation is left behind (daemon) and reported by health().
+        deadline = time.monotonic() + min(limit, _ABANDONED_GRACE)
+        for thread in abandoned:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._close_backend()
 
     def _close_backend(self) -> None:
@@ -917,6 +932,10 @@ class TaskOrchestrator:
                 self._deliver_start(task)
             try:
                 result = task.fn(ctx)
+                if result is not None and self.output_limit is not None:
+                    result = self.output_limit(
+                        result, run_id=task.run_id, step_name=task.step_name, task_id=task.id
+                    )
                 error = None
             except BaseException as exc:  # a worker must survive anything an action raises
                 result = None

@@ -25,6 +25,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
 )
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
 from codomyrmex_orchestration.core.backends import ActionCall
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import (
@@ -233,6 +234,8 @@ class WorkflowManager:
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
         max_steps: most steps a workflow may have.
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
+        max_output_bytes: the default cap actions apply to what they capture (``shell.run`` stdout,
+            ``http.request`` bodies) when a step does not set its own; ``None``: the actions' default.
     """
 
     def __init__(
@@ -244,6 +247,7 @@ class WorkflowManager:
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+        max_output_bytes: int | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.registry = registry
@@ -251,7 +255,11 @@ class WorkflowManager:
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
         self.config_dir = Path(config_dir) if config_dir is not None else None
-        self._action_extras = {"max_depth": max_subworkflow_depth}
+        self._action_extras: dict[str, Any] = {"max_depth": max_subworkflow_depth}
+        if max_output_bytes is not None:
+            # The actions accept at most MAX_OUTPUT_BYTES_LIMIT; the engine's cap on the whole
+            # output (OutputLimiter) still applies above it.
+            self._action_extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._lock = threading.RLock()
         self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
         self._active: dict[str, _Run] = {}
@@ -620,11 +628,13 @@ class WorkflowManager:
         priority = step.priority if "priority" in step.model_fields_set else run.priority
         try:
             func = self.registry.get(step.module, step.action).func
+            extras = self._action_extras
 
             def call(ctx: ActionContext) -> Any:
                 ctx.run_workflow = self._run_child
                 ctx.depth = run.depth
-                ctx.extras.setdefault("max_depth", self.max_subworkflow_depth)
+                for key, value in extras.items():
+                    ctx.extras.setdefault(key, value)
                 return func(params, ctx)
 
             task_id = self.orchestrator.submit(
@@ -980,4 +990,4 @@ class WorkflowManager:
                 active = list(self._active.values())
             for run in active:
                 self._cancel(run)
-        self.store.flush()
+        self._flush()  # a broken store is logged (and reported by health), never raised from shutdown

@@ -1,0 +1,109 @@
+"""Which process owns a running run: a lock file per run that the CLI holds while it runs it.
+
+``<state_dir>/cli-runs/<run_id>.pid`` holds the owner's pid under an exclusive ``flock``. The kernel
+drops the lock when the owner exits, however it exits, so a held lock means a live owner and a free one
+a dead owner — no pid-reuse guesswork. ``cancel`` signals the owner (SIGINT, which the owner turns into
+a clean cancellation) and waits for the lock to be released. Runs started by other processes (the MCP
+server) have no lock file: the CLI reports them as owned by another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Owner", "RunOwnership", "owner_of", "wait_released"]
+
+_DIR = "cli-runs"
+
+
+def _path(state_dir: Path, run_id: str) -> Path:
+    return state_dir / _DIR / f"{run_id}.pid"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the lock file says about a run: ``alive`` with ``pid``, or a stale/absent file."""
+
+    exists: bool
+    alive: bool
+    pid: int | None
+
+
+class RunOwnership:
+    """Held by the process that runs ``run_id``; a context manager."""
+
+    def __init__(self, state_dir: Path, run_id: str) -> None:
+        self.path = _path(state_dir, run_id)
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunOwnership:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def owner_of(state_dir: Path, run_id: str) -> Owner:
+    """Whether a CLI process holds ``run_id`` now (never raises)."""
+    path = _path(state_dir, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return Owner(exists=False, alive=False, pid=None)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.read(fd, 32).decode(errors="replace").strip()
+            return Owner(exists=True, alive=True, pid=int(raw) if raw.isdigit() else None)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return Owner(exists=True, alive=False, pid=None)
+    finally:
+        os.close(fd)
+
+
+def wait_released(state_dir: Path, run_id: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the owner of ``run_id`` to let go; True when it did.
+
+    A blocking ``flock`` on a helper thread, so the wait wakes the moment the owner exits (no polling).
+    """
+    path = _path(state_dir, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    released = threading.Event()
+
+    def block() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            released.set()
+        except OSError:
+            released.set()
+
+    # Daemon: if the owner never lets go, the thread must not keep this process alive.
+    waiter = threading.Thread(target=block, name="cli-owner-wait", daemon=True)
+    waiter.start()
+    done = released.wait(timeout)
+    if done:
+        os.close(fd)
+    return done

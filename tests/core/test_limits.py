@@ -1,0 +1,231 @@
+"""Limits enforced end to end through the engine: steps per workflow, sub-workflow depth, the cap on
+any action's output (marker + spill file), and bounded template expansion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._limits import OutputLimiter, is_truncated
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.errors import LimitExceededError
+
+CAP = 64 * 1024
+
+
+def _big(params: dict[str, Any], ctx: ActionContext) -> Any:
+    size = int(params["size"])
+    if params.get("kind") == "dict":
+        return {"rows": ["x" * 100 for _ in range(size // 100)]}
+    return "é" * (size // 2) if params.get("kind") == "unicode" else "y" * size
+
+
+def _echo(params: dict[str, Any], ctx: ActionContext) -> Any:
+    return params.get("value")
+
+
+def _make(tmp_path: Path, **settings: Any) -> OrchestrationEngine:
+    base = {
+        "state_dir": tmp_path / "state",
+        "projects_dir": tmp_path / "projects",
+        "max_workers": 2,
+        "max_output_bytes": CAP,
+    }
+    base.update(settings)
+    engine = OrchestrationEngine.from_settings(Settings(**base), config_dir=None, templates_dir=None)
+    engine.registry.register(ActionDefinition("test", "big", _big))
+    engine.registry.register(ActionDefinition("test", "echo", _echo))
+    return engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[OrchestrationEngine]:
+    eng = _make(tmp_path)
+    yield eng
+    eng.shutdown()
+
+
+def test_an_output_over_the_cap_becomes_a_marker_and_is_spilled_in_full(engine: OrchestrationEngine) -> None:
+    engine.workflow_manager.create_workflow(
+        {
+            "name": "big_out",
+            "steps": [
+                {
+                    "name": "big",
+                    "module": "test",
+                    "action": "big",
+                    "parameters": {"size": 3 * CAP, "kind": "dict"},
+                },
+                {"name": "small", "module": "test", "action": "echo", "parameters": {"value": "ok"}},
+                {
+                    "name": "uses",
+                    "module": "test",
+                    "action": "echo",
+                    "dependencies": ["big"],
+                    "parameters": {"value": "{{steps.big.output.size_bytes}}"},
+                },
+            ],
+        }
+    )
+    run = engine.execute_workflow("big_out", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    marker = run.steps["big"].output
+    assert is_truncated(marker)
+    assert marker["limit_bytes"] == CAP
+    assert marker["size_bytes"] > 3 * CAP - 1000
+    assert len(marker["preview"]) <= CAP // 4
+    assert marker["preview"].startswith('{"rows":["xxx')
+    spilled = Path(marker["spilled_to"])
+    assert spilled == engine.state_dir / "outputs" / run.run_id / "big.json"
+    assert json.loads(spilled.read_text("utf-8")) == _big({"size": 3 * CAP, "kind": "dict"}, None)  # type: ignore[arg-type]
+    assert spilled.stat().st_size == marker["size_bytes"]
+    assert run.steps["small"].output == "ok"
+    assert run.steps["uses"].output == marker["size_bytes"]
+    stored = engine.workflow_manager.store.get_run(run.run_id)
+    assert stored is not None and stored.steps["big"].output == marker  # the store keeps the marker only
+
+
+def test_a_single_task_output_is_capped_too(engine: OrchestrationEngine) -> None:
+    record = engine.execute_task(
+        {"name": "t", "module": "test", "action": "big", "parameters": {"size": 2 * CAP}}, timeout=30
+    )
+    assert record.status is TaskStatus.COMPLETED
+    assert is_truncated(record.result)
+    assert Path(record.result["spilled_to"]).parent == engine.state_dir / "outputs" / "tasks"
+
+
+def test_a_shell_step_stdout_over_the_cap_is_bounded(engine: OrchestrationEngine) -> None:
+    engine.workflow_manager.create_workflow(
+        {
+            "name": "loud",
+            "steps": [
+                {
+                    "name": "yes",
+                    "module": "shell",
+                    "action": "run",
+                    "parameters": {"command": f"head -c {4 * CAP} /dev/zero | tr '\\0' z", "shell": True},
+                }
+            ],
+        }
+    )
+    run = engine.execute_workflow("loud", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    out = run.steps["yes"].output
+    # shell.run itself keeps at most max_output_bytes of stdout (the engine passes its cap down) ...
+    assert len(json.dumps(out)) < 2 * CAP
+    assert "truncated" in json.dumps(out)
+
+
+def test_outputs_are_marked_but_not_spilled_when_spilling_is_off(tmp_path: Path) -> None:
+    engine = _make(tmp_path, spill_outputs=False)
+    try:
+        record = engine.execute_task(
+            {
+                "name": "t",
+                "module": "test",
+                "action": "big",
+                "parameters": {"size": 2 * CAP, "kind": "unicode"},
+            },
+            timeout=30,
+        )
+        assert is_truncated(record.result) and record.result["spilled_to"] is None
+        assert not (engine.state_dir / "outputs").exists()
+    finally:
+        engine.shutdown()
+
+
+def test_the_limiter_measures_utf8_json_bytes_and_keeps_what_fits() -> None:
+    limiter = OutputLimiter(1024)
+    assert limiter(None, run_id=None, step_name=None, task_id="t") is None
+    fits = "é" * 500  # 1000 bytes of UTF-8 + 2 quotes
+    assert limiter(fits, run_id=None, step_name=None, task_id="t") == fits
+    over = "é" * 520  # 1042 bytes
+    marker = limiter(over, run_id=None, step_name=None, task_id="t")
+    assert is_truncated(marker) and marker["size_bytes"] == 1042
+    assert limiter({"a": [1, 2, 3]}, run_id=None, step_name=None, task_id="t") == {"a": [1, 2, 3]}
+    assert limiter.truncated_count == 1
+
+
+def test_a_step_name_that_is_not_a_safe_file_name_spills_under_a_digest(tmp_path: Path) -> None:
+    limiter = OutputLimiter(1024, spill_dir=tmp_path)
+    marker = limiter("z" * 5000, run_id="../../etc", step_name="a/../../b", task_id="t")
+    spilled = Path(marker["spilled_to"]).resolve()
+    assert spilled.is_relative_to(tmp_path.resolve())
+    assert spilled.read_text() == json.dumps("z" * 5000)
+
+
+def test_settings_limit_the_steps_of_a_workflow(tmp_path: Path) -> None:
+    engine = _make(tmp_path, max_steps=3)
+    try:
+        steps = [{"name": f"s{i}", "module": "test", "action": "echo"} for i in range(4)]
+        with pytest.raises(LimitExceededError, match="the number of steps is 4, above the limit of 3"):
+            engine.workflow_manager.create_workflow({"name": "four", "steps": steps})
+        with pytest.raises(LimitExceededError):
+            engine.execute_complex_workflow({"steps": steps}, name="four_again")
+    finally:
+        engine.shutdown()
+
+
+def test_settings_limit_sub_workflow_depth_and_the_run_fails_saying_so(tmp_path: Path) -> None:
+    engine = _make(tmp_path, max_subworkflow_depth=1)
+    try:
+        wm = engine.workflow_manager
+        wm.create_workflow({"name": "leaf", "steps": [{"name": "x", "module": "test", "action": "echo"}]})
+        call = {"name": "call", "module": "workflow", "action": "run"}
+        wm.create_workflow({"name": "mid", "steps": [{**call, "parameters": {"workflow": "leaf"}}]})
+        wm.create_workflow({"name": "top", "steps": [{**call, "parameters": {"workflow": "mid"}}]})
+        assert engine.execute_workflow("mid", timeout=30).status is WorkflowStatus.COMPLETED
+        run = engine.execute_workflow("top", timeout=30)
+        assert run.status is WorkflowStatus.FAILED
+        assert "depth" in (run.error or "") and "limit of 1" in (run.error or "")
+        assert engine.health_check()["overall_status"] == "healthy"
+    finally:
+        engine.shutdown()
+
+
+def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path) -> None:
+    engine = _make(tmp_path, max_output_bytes=2 * 1024 * 1024)
+    try:
+        engine.workflow_manager.create_workflow(
+            {
+                "name": "blowup",
+                "steps": [
+                    {"name": "big", "module": "test", "action": "big", "parameters": {"size": 1024 * 1024}},
+                    {
+                        "name": "boom",
+                        "module": "test",
+                        "action": "echo",
+                        "dependencies": ["big"],
+                        "parameters": {"value": ["<{{steps.big.output}}>" for _ in range(40)]},
+                    },
+                    {
+                        "name": "shared",
+                        "module": "test",
+                        "action": "echo",
+                        "dependencies": ["big"],
+                        # whole-value references share the value: 40 x 1 MiB in parameters costs nothing,
+                        # and the step's 40 MiB output is then capped like any other.
+                        "parameters": {"value": ["{{steps.big.output}}" for _ in range(40)]},
+                    },
+                ],
+            }
+        )
+        run = engine.execute_workflow("blowup", timeout=60)
+        assert run.status is WorkflowStatus.FAILED
+        assert run.failed_steps == ["boom"]
+        err = run.steps["boom"].error
+        assert err is not None and err.type == "TemplateError"
+        assert "16777216" in err.message or "larger than" in err.message, err.message
+        assert run.steps["big"].status is TaskStatus.COMPLETED
+        shared = run.steps["shared"].output
+        assert is_truncated(shared) and shared["size_bytes"] > 40 * 1024 * 1024
+        assert engine.health_check()["overall_status"] == "healthy"
+    finally:
+        engine.shutdown()

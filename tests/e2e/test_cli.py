@@ -1,0 +1,515 @@
+"""The installed console script, driven as a subprocess with its own state and config directories.
+
+Each test runs real commands (real engine, real SQLite state, real signals); output is parsed, not
+eyeballed: ``--json`` is loaded, tables and progress lines are matched, exit codes are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration.cli import main
+from codomyrmex_orchestration.core.models import RunRecord, StepResult, WorkflowStatus
+from codomyrmex_orchestration.core.store import SqliteStore
+
+SCRIPT = Path(sys.executable).with_name("codomyrmex-orchestration")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "codomyrmex_orchestration"]
+COMMANDS = ["run", "validate", "graph", "runs", "show", "resume", "cancel", "status", "health"]
+
+DEMO = {
+    "name": "demo",
+    "parameters": {"n": 3},
+    "steps": [
+        {"name": "fetch", "module": "core", "action": "echo",
+         "parameters": {"message": {"n": "{{params.n}}"}}},
+        {"name": "double", "module": "core", "action": "echo", "dependencies": ["fetch"],
+         "parameters": {"message": "{{steps.fetch.output.n}}"}},
+    ],
+}  # fmt: skip
+
+SLOW = {
+    "name": "slow",
+    "steps": [
+        {"name": "first", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60},
+         "dependencies": ["first"]},
+        {"name": "after", "module": "core", "action": "echo", "parameters": {"message": 2},
+         "dependencies": ["nap"]},
+    ],
+}  # fmt: skip
+
+BAD = {
+    "name": "bad",
+    "steps": [
+        {"name": "a", "module": "core", "action": "nope"},
+        {"name": "b", "module": "core", "action": "echo", "dependencies": ["zzz"]},
+        {"name": "c", "module": "core", "action": "echo", "dependencies": ["d"]},
+        {"name": "d", "module": "core", "action": "echo", "dependencies": ["c"]},
+    ],
+}
+
+
+def flaky(marker: Path) -> dict[str, Any]:
+    """Fails at ``check`` until ``marker`` exists."""
+    return {
+        "name": "flaky",
+        "parameters": {"marker": str(marker)},
+        "steps": [
+            {"name": "prepare", "module": "core", "action": "echo", "parameters": {"message": "ready"}},
+            {"name": "check", "module": "shell", "action": "run", "dependencies": ["prepare"],
+             "parameters": {"command": ["test", "-f", "{{params.marker}}"]}},
+            {"name": "report", "module": "core", "action": "echo", "dependencies": ["check"],
+             "parameters": {"message": "done"}},
+        ],
+    }  # fmt: skip
+
+
+@dataclass
+class Cli:
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def write(self, name: str, document: Any) -> Path:
+        path = self.root / name
+        path.write_text(json.dumps(document), encoding="utf-8")
+        return path
+
+    def __call__(self, *args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*COMMAND, *map(str, args)],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str | Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*COMMAND, *map(str, args)],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def json(self, *args: str | Path) -> Any:
+        result = self(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env.update(
+        CODOMYRMEX_STATE_DIR=str(tmp_path / "state"),
+        CODOMYRMEX_CONFIG_DIR=str(tmp_path / "config"),
+        CODOMYRMEX_PROJECTS_DIR=str(tmp_path / "projects"),
+        CODOMYRMEX_TEMPLATES_DIR=str(tmp_path / "templates"),
+        CODOMYRMEX_MAX_WORKERS="4",
+    )
+    (tmp_path / "config").mkdir()
+    return Cli(tmp_path, env)
+
+
+def wait_for_line(proc: subprocess.Popen[str], *words: str) -> list[str]:
+    """Read the process's stdout until a line holds every word (pytest-timeout bounds it)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if all(w in line for w in words):
+            return seen
+    raise AssertionError(f"no line with {words} before the output ended: {seen}")
+
+
+def single_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- usage
+
+
+def test_version_and_help_are_offered_by_the_program_and_every_command(
+    cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"codomyrmex-orchestration {__version__}"
+    helped = cli("run", "--help")
+    assert helped.returncode == 0
+    assert "usage: codomyrmex-orchestration run" in helped.stdout
+    # The rest in-process: each subprocess pays the package import, and parsing is all that runs.
+    for command in COMMANDS:
+        for flag in ("--help", "--version"):
+            with pytest.raises(SystemExit) as exited:
+                main([command, flag])
+            assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: codomyrmex-orchestration {command}" in out
+        assert out.rstrip().endswith(__version__)
+
+
+def test_usage_errors_exit_2_with_one_readable_line_and_no_traceback(cli: Cli) -> None:
+    demo = cli.write("demo.json", DEMO)
+    no_args = cli("run")
+    assert no_args.returncode == 2
+    assert "the following arguments are required" in no_args.stderr
+
+    bad_param = cli("run", demo, "--param", "no-equals-sign")
+    assert bad_param.returncode == 2
+    assert "expected KEY=VALUE" in single_error_line(bad_param.stderr)
+
+    missing = cli("run", "missing.json")
+    assert missing.returncode == 2
+    assert "missing.json: cannot read the file" in single_error_line(missing.stderr)
+
+    unknown = cli("run", "no_such_workflow")
+    assert unknown.returncode == 2
+    assert "workflow 'no_such_workflow' not found" in single_error_line(unknown.stderr)
+
+    assert "run 'nope' not found" in single_error_line(cli("show", "nope").stderr)
+    assert cli("runs", "--limit", "0").returncode == 2
+
+
+def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
+    result = cli("show", "nope", "--debug")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "RunNotFoundError" in result.stderr
+
+
+# ---------------------------------------------------------------------- run
+
+
+def test_run_prints_one_line_per_step_transition_when_stdout_is_not_a_terminal(cli: Cli) -> None:
+    result = cli("run", cli.write("demo.json", DEMO), "--param", "n=21")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("run ") and lines[0].endswith(" of demo: 2 steps")
+    transitions = [line.split()[1:3] for line in lines[1:5]]
+    assert transitions == [
+        ["fetch", "running"],
+        ["fetch", "completed"],
+        ["double", "running"],
+        ["double", "completed"],
+    ]
+    assert "of demo completed in" in lines[5]
+    assert lines[-1] == "21"  # the last step's output: the param went through the templates
+    assert "\x1b[" not in result.stdout  # no terminal control codes in a pipe
+
+
+def test_run_json_prints_only_the_final_record_and_the_run_is_kept_in_the_state_dir(cli: Cli) -> None:
+    record = cli.json("run", cli.write("demo.json", DEMO))
+    assert record["status"] == "completed"
+    assert record["steps"]["double"]["output"] == 3
+    listed = cli.json("runs")
+    assert [r["run_id"] for r in listed] == [record["run_id"]]
+    shown = cli.json("show", record["run_id"])
+    assert shown["steps"]["fetch"]["output"] == {"n": 3}
+
+
+def test_a_registered_workflow_runs_by_name_from_the_config_dir(cli: Cli) -> None:
+    (cli.root / "config" / "demo.json").write_text(json.dumps(DEMO), encoding="utf-8")
+    record = cli.json("run", "demo", "--param", "n=5")
+    assert record["status"] == "completed"
+    assert record["steps"]["double"]["output"] == 5
+
+
+def test_a_failed_run_exits_1_and_resume_completes_it_once_the_cause_is_fixed(cli: Cli) -> None:
+    marker = cli.root / "marker"
+    failed = cli("run", cli.write("flaky.json", flaky(marker)))
+    assert failed.returncode == 1
+    assert "of flaky failed" in failed.stdout
+    assert "check" in failed.stdout and "exited with code 1" in failed.stdout
+
+    [record] = cli.json("runs", "--status", "failed")
+    run_id = record["run_id"]
+    assert record["steps"]["check"]["status"] == "failed"
+    assert record["steps"]["report"]["status"] == "skipped"
+    assert f"resume {run_id}" in failed.stdout
+
+    marker.touch()
+    resumed = cli("resume", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "prepare" not in resumed.stdout.split("\n", 1)[1]  # not run again: only check and report
+    after = cli.json("show", run_id)
+    assert after["status"] == "completed"
+    assert after["steps"]["prepare"] == record["steps"]["prepare"]  # its first result, kept
+    assert after["steps"]["report"]["output"] == "done"
+
+    again = cli("resume", run_id)
+    assert again.returncode == 1
+    assert "nothing to resume" in single_error_line(again.stderr)
+
+
+def test_run_timeout_cancels_the_run_and_exits_1(cli: Cli) -> None:
+    result = cli("run", cli.write("slow.json", SLOW), "--timeout", "0.5")
+    assert result.returncode == 1
+    assert "did not finish within 0.5s" in result.stderr
+    assert "cancelled" in result.stdout and "(timed out)" in result.stdout
+    assert "not run: after" in result.stdout
+
+
+def test_ctrl_c_cancels_the_run_cleanly_reports_what_was_left_and_exits_130(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    wait_for_line(proc, "nap", "running")
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted: cancelling run" in err
+    assert "Traceback" not in err
+    assert "(interrupted)" in rest
+    assert "  completed: first" in rest
+    assert "  cancelled while running: nap" in rest
+    assert "  not run: after" in rest
+    [record] = cli.json("runs")
+    assert record["status"] == "cancelled"
+    assert record["steps"]["first"]["status"] == "completed"
+
+
+# ---------------------------------------------------------------------- runs, show, cancel
+
+
+def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) -> None:
+    ok = cli.json("run", cli.write("demo.json", DEMO))
+    cli("run", cli.write("flaky.json", flaky(cli.root / "absent")))
+
+    table = cli("runs").stdout.splitlines()
+    assert table[0].split() == ["RUN", "ID", "WORKFLOW", "STATUS", "DONE", "CREATED", "DURATION"]
+    assert len(table) == 3
+    assert table[1].split()[1:4] == ["flaky", "failed", "1/3"]  # newest first
+    assert table[2].split()[:4] == [ok["run_id"], "demo", "completed", "2/2"]
+
+    assert [r["workflow_name"] for r in cli.json("runs", "--status", "completed")] == ["demo"]
+    assert [r["workflow_name"] for r in cli.json("runs", "--workflow", "flaky", "--limit", "1")] == ["flaky"]
+
+    shown = cli("show", ok["run_id"]).stdout
+    assert f"run       {ok['run_id']}" in shown
+    assert "status    completed" in shown
+    steps = shown[shown.index("STEP") :].splitlines()
+    assert steps[0].split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]
+    assert steps[1].split()[:3] == ["fetch", "completed", "1"]
+    assert steps[1].split()[-1] == '{"n":3}'
+
+
+def test_cancel_reaches_a_run_that_a_cli_process_is_running(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    first = wait_for_line(proc, "nap", "running")[0]
+    run_id = first.split()[1]
+
+    listed = cli("runs").stdout
+    assert f"running (pid {proc.pid})" in listed
+
+    refused = cli("resume", run_id)
+    assert refused.returncode == 1
+    assert f"is running in process {proc.pid}" in single_error_line(refused.stderr)
+
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.splitlines() == [
+        f"asked process {proc.pid} to cancel run {run_id}",
+        f"run {run_id}: cancelled",
+    ]
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+
+
+def test_read_only_commands_never_mark_another_process_run_interrupted(cli: Cli) -> None:
+    cli.write("slow.json", SLOW)
+    store = SqliteStore(cli.state_dir / "state.db")
+    store.save_run(
+        RunRecord(
+            run_id="elsewhere",
+            workflow_name="slow",
+            status=WorkflowStatus.RUNNING,
+            steps={"first": StepResult(name="first")},
+        )
+    )
+    store.close()
+
+    for command in (["runs"], ["status"], ["health"]):
+        assert cli(*command).returncode == 0, command
+    shown = cli("show", "elsewhere").stdout
+    assert "status    running (another process)" in shown
+    cancel = cli("cancel", "elsewhere")
+    assert cancel.returncode == 1
+    assert "is running in another process" in single_error_line(cancel.stderr)
+    resume = cli("resume", "elsewhere")
+    assert resume.returncode == 1
+    assert "pass --force" in single_error_line(resume.stderr)
+
+    store = SqliteStore(cli.state_dir / "state.db")
+    try:
+        record = store.get_run("elsewhere")
+    finally:
+        store.close()
+    assert record is not None and record.status is WorkflowStatus.RUNNING
+
+
+def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:
+    record = cli.json("run", cli.write("demo.json", DEMO))
+    result = cli("cancel", record["run_id"])
+    assert result.returncode == 1
+    assert "already ended (completed); nothing to cancel" in single_error_line(result.stderr)
+
+
+# ---------------------------------------------------------------------- validate and graph
+
+
+def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cli) -> None:
+    good = cli.write("demo.json", DEMO)
+    bad = cli.write("bad.json", BAD)
+    result = cli("validate", good, bad)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{good}: demo: ok (2 steps, 2 levels)"
+    problems = [line for line in lines if line.startswith(f"{bad}: bad: ")]
+    assert len(problems) == 3
+    assert any("dependency cycle: c -> d -> c" in p for p in problems)
+    assert any("step 'b' depends on unknown step 'zzz'" in p for p in problems)
+    assert any("step 'a'" in p and "unknown action core.nope" in p for p in problems)
+    assert "1 of 2 files have problems" in result.stderr
+
+    schema = cli.write(
+        "schema.json", {"name": "s", "steps": [{"name": "x", "module": "core"}, {"module": 1}]}
+    )
+    listed = cli("validate", schema).stdout.splitlines()
+    assert any("step 'x' (steps.0.action): Field required" in line for line in listed)
+    assert any("steps.1.name: Field required" in line for line in listed)
+
+    assert cli("validate", good).returncode == 0
+
+
+def test_graph_prints_mermaid_or_dot_for_a_file_or_a_registered_name(cli: Cli) -> None:
+    demo = cli.write("demo.json", DEMO)
+    mermaid = cli("graph", demo)
+    assert mermaid.returncode == 0
+    assert mermaid.stdout.splitlines()[0] == "graph TD"
+    assert mermaid.stdout.splitlines()[1:] == [
+        '    n0["fetch<br/>core.echo"]',
+        '    n1["double<br/>core.echo"]',
+        "    n0 --> n1",
+    ]
+
+    dot = cli("graph", demo, "--format", "dot").stdout
+    assert dot.startswith('digraph "demo" {')
+    assert '"fetch" -> "double"' in dot
+
+    (cli.root / "config" / "demo.json").write_text(json.dumps(DEMO), encoding="utf-8")
+    assert cli("graph", "demo").stdout == mermaid.stdout
+
+    invalid = cli("graph", cli.write("bad.json", BAD))
+    assert invalid.returncode == 2
+    assert "problems" in single_error_line(invalid.stderr)
+
+
+# ---------------------------------------------------------------------- status and health
+
+
+def test_status_and_health_report_the_engine_as_json_and_tables(cli: Cli) -> None:
+    cli.json("run", cli.write("demo.json", DEMO))
+    status = cli.json("status")
+    assert status["overall_status"] == "healthy"
+    assert status["runs"] == {"completed": 1}
+    assert Path(status["state_dir"]) == cli.state_dir
+    assert "compute" in status["resources"]
+
+    health = cli.json("health")
+    assert health["overall_status"] == "healthy"
+    assert set(health["components"]) >= {"scheduler", "store", "resources", "workflows"}
+
+    table = cli("health").stdout.splitlines()
+    assert table[0] == "overall healthy"
+    assert table[1].split() == ["COMPONENT", "STATUS", "CRITICAL", "ERRORS", "REASON"]
+
+
+# ---------------------------------------------------------------------- a terminal
+
+
+def run_in_terminal(cli: Cli, args: Sequence[str | Path]) -> tuple[int, str]:
+    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; return (exit code, output)."""
+    master, slave = pty.openpty()
+    env = dict(cli.env, TERM="xterm-256color", COLUMNS="120", LINES="40")
+    proc = subprocess.Popen(
+        [*COMMAND, *map(str, args)], cwd=cli.root, env=env, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_run_on_a_terminal_draws_a_live_step_table_and_progress_bar(cli: Cli) -> None:
+    code, output = run_in_terminal(cli, ["run", cli.write("demo.json", DEMO)])
+    assert code == 0, output
+    for header in ("Step", "Status", "Attempt", "Duration", "Detail"):
+        assert header in output
+    assert "━━━━━━━━━━" in output  # the bar
+    assert "2/2 steps done" in output
+    assert "\x1b[" in output  # drawn with terminal control codes, in place
+    assert "of demo completed in" in output
+
+
+def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(
+        json.dumps(
+            {
+                "name": "on_dask",
+                "steps": [
+                    {
+                        "name": "pid",
+                        "module": "python",
+                        "action": "call",
+                        "parameters": {"function": "os:getpid"},
+                    }
+                ],
+            }
+        )
+    )
+    env = {**os.environ, "CODOMYRMEX_DASK_N_WORKERS": "1"}
+    args = [sys.executable, "-m", "codomyrmex_orchestration", "run", str(workflow), "--json"]
+    args += ["--executor", "dask", "--state-dir", str(tmp_path / "state"), "--config-dir", str(tmp_path)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    record = json.loads(out)
+    assert record["status"] == "completed"
+    pid = record["steps"]["pid"]["output"]
+    assert isinstance(pid, int) and pid != proc.pid  # ran in a Dask worker process, not the CLI
