@@ -183,11 +183,13 @@ def main() -> None:
     print("Targets (issue 7):")
     for t in results["targets"]:
         print(f"  [{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['figure']}")
-    print(f"\nmake bench took {results['elapsed_seconds']} s; figures in {RESULTS.relative_to(HERE.parent)}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    # A smoke run must not overwrite the figures the README quotes.
+    out = RESULTS.with_name("quick.json") if quick else RESULTS
+    print(f"\nmake bench took {results['elapsed_seconds']} s; figures in {out.relative_to(HERE.parent)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(RESULTS)
+    tmp.replace(out)
 
 
 def bench_memory_report(figures: dict[str, Any]) -> str:
