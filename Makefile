@@ -1,12 +1,15 @@
 # make test: lint, types and tests from nothing (creates .venv, with the dask extra so the Dask backend's
-# contract tests run too: it adds seconds to the install). make run: the main job.
+# contract tests run too: it adds seconds to the install). make run: serve MCP over streamable HTTP on
+# 127.0.0.1:8765. make run-sample: run the repo_health sample workflow once.
+# make bench: every benchmark, figures to stdout and bench/results/latest.json (a few minutes).
+# make durability / fuzz / load: the large reliability runs, with figures (docs/RELIABILITY.md).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test fuzz load durability run run-sample clean
+.PHONY: venv lint typecheck pytest test bench fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,9 @@ pytest: venv
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+bench: venv
+	$(BIN)/python bench/run_all.py
 
 # kill -9 / restart / resume at 10 random points of a 200-step DAG run; prints the figures (make test runs 3).
 durability: venv

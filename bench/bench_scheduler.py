@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+from _common import best_of
 
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core.actions import ActionContext
@@ -69,29 +72,43 @@ def orchestrator_output_cap(n: int, workers: int) -> float:
         return time.perf_counter() - start
 
 
+def run(tasks: int = 10_000, workers: int = 4, repeat: int = 3) -> dict[str, Any]:
+    n, w = tasks, workers
+    raw_pool(1000, w)
+    orchestrator(1000, w)
+    best = best_of(
+        repeat,
+        {
+            "ThreadPoolExecutor": lambda: raw_pool(n, w),
+            "TaskOrchestrator": lambda: orchestrator(n, w),
+            "TaskOrchestrator+on_done": lambda: orchestrator_with_on_done(n, w),
+            "TaskOrchestrator+output_cap": lambda: orchestrator_output_cap(n, w),
+        },
+    )
+    floor = best["ThreadPoolExecutor"]
+    return {
+        "tasks": n,
+        "workers": w,
+        "repeat": repeat,
+        "us_per_task": {label: round(seconds / n * 1e6, 2) for label, seconds in best.items()},
+        "ratio": {label: round(seconds / floor, 2) for label, seconds in best.items()},
+    }
+
+
+def report(f: dict[str, Any]) -> str:
+    lines = [f"Scheduler: {f['tasks']} no-op tasks, {f['workers']} workers, best of {f['repeat']}"]
+    for label, us in f["us_per_task"].items():
+        lines.append(f"  {label:<26} {us:8.2f} µs/task   ratio {f['ratio'][label]:5.2f}x")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    n, w = args.tasks, args.workers
-    cases = {
-        "ThreadPoolExecutor": raw_pool,
-        "TaskOrchestrator": orchestrator,
-        "TaskOrchestrator+on_done": orchestrator_with_on_done,
-        "TaskOrchestrator+output_cap": orchestrator_output_cap,
-    }
-    best = dict.fromkeys(cases, float("inf"))
-    raw_pool(1000, w)
-    orchestrator(1000, w)
-    for _ in range(args.repeat):
-        for label, fn in cases.items():
-            best[label] = min(best[label], fn(n, w))
-    floor = best["ThreadPoolExecutor"]
-    print(f"{n} no-op tasks, {w} workers, best of {args.repeat}")
-    for label, seconds in best.items():
-        print(f"  {label:<26} {seconds / n * 1e6:8.2f} µs/task   ratio {seconds / floor:5.2f}x")
+    print(report(run(args.tasks, args.workers, args.repeat)))
 
 
 if __name__ == "__main__":

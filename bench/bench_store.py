@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
@@ -44,12 +45,8 @@ def _drive(record: Callable[[str, StepResult], None], transitions: int, threads:
     return time.perf_counter() - began
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transitions", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=4)
-    args = parser.parse_args()
-    n, threads = args.transitions, args.threads
+def run(transitions: int = 20_000, threads: int = 4) -> dict[str, Any]:
+    n = transitions
     runs = [
         RunRecord(run_id=f"run-{t}", workflow_name="bench", status=WorkflowStatus.RUNNING)
         for t in range(threads)
@@ -86,14 +83,36 @@ def main() -> None:
         sqlite.close()
 
     done = (n // threads) * threads
-    print(f"{done} step transitions from {threads} threads")
-    print(f"{'store':32} {'transitions/s':>14} {'us/transition':>14}")
-    for name, seconds in results:
-        print(f"{name:32} {done / seconds:14,.0f} {seconds / done * 1e6:14.1f}")
-    print(
-        f"SqliteStore: {stats['batches_committed']} commits for {done + len(runs)} writes, "
-        f"{stats['rows']['steps']} step rows"
+    return {
+        "transitions": done,
+        "threads": threads,
+        "us_per_transition": {name: round(seconds / done * 1e6, 2) for name, seconds in results},
+        "sqlite_commits": stats["batches_committed"],
+        "sqlite_writes": done + len(runs),
+        "sqlite_step_rows": stats["rows"]["steps"],
+    }
+
+
+def report(f: dict[str, Any]) -> str:
+    lines = [
+        f"Store: {f['transitions']} step transitions from {f['threads']} threads",
+        f"  {'store':32} {'transitions/s':>14} {'us/transition':>14}",
+    ]
+    for name, us in f["us_per_transition"].items():
+        lines.append(f"  {name:32} {1e6 / us:14,.0f} {us:14.1f}")
+    lines.append(
+        f"  SqliteStore: {f['sqlite_commits']} commits for {f['sqlite_writes']} writes, "
+        f"{f['sqlite_step_rows']} step rows"
     )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transitions", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    print(report(run(args.transitions, args.threads)))
 
 
 if __name__ == "__main__":

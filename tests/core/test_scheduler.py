@@ -535,3 +535,50 @@ def test_shutdown_with_cancel_pending_cancels_queued_tasks(make_orch: Any) -> No
     stopper.join(WAIT)
     assert not stopper.is_alive()
     assert orch.get_task(running).status is TaskStatus.COMPLETED
+
+
+def test_tasks_submitted_from_an_on_done_callback_still_run_in_parallel() -> None:
+    # The worker delivering on_done keeps the first task it submits for itself; the second must still
+    # wake another worker, or these two (each waiting for the other to start) would never both run.
+    started = [threading.Event(), threading.Event()]
+    ids: list[str] = []
+    submitted = threading.Event()
+
+    def meet(me: int) -> Callable[[ActionContext], bool]:
+        def fn(ctx: ActionContext) -> bool:
+            started[me].set()
+            return started[1 - me].wait(10)
+
+        return fn
+
+    with TaskOrchestrator(2) as orch:
+
+        def fan_out(record: TaskRecord) -> None:
+            ids.extend(orch.submit(meet(i), name=f"meet-{i}") for i in (0, 1))
+            submitted.set()
+
+        orch.submit(lambda ctx: None, name="first", on_done=fan_out)
+        assert submitted.wait(10)
+        records = orch.wait_all(ids, timeout=20)
+    assert [r.result for r in records] == [True, True]
+
+
+def test_a_chain_submitted_from_on_done_callbacks_runs_every_link_in_order() -> None:
+    order: list[int] = []
+    finished = threading.Event()
+
+    with TaskOrchestrator(4) as orch:
+
+        def link(i: int) -> None:
+            def after(record: TaskRecord) -> None:
+                order.append(i)
+                if i < 199:
+                    link(i + 1)
+                else:
+                    finished.set()
+
+            orch.submit(lambda ctx: None, name=f"link-{i}", on_done=after)
+
+        link(0)
+        assert finished.wait(20)
+    assert order == list(range(200))

@@ -237,6 +237,18 @@ def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_s
     assert store.stats()["rows"]["steps"] == 2  # the trimmed runs' steps went with them
 
 
+def test_retention_spares_a_finished_run_that_was_resumed_and_is_running_again(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(retention_runs=2)
+    store.save_run(_run("resumed", age=100, status=WorkflowStatus.FAILED))
+    store.save_run(_run("resumed", age=100, status=WorkflowStatus.RUNNING))  # resume_run saves it again
+    for i in range(4):
+        store.save_run(_run(f"done-{i}", age=50 - i, status=WorkflowStatus.COMPLETED))
+    store.flush()
+    assert [r.run_id for r in store.list_runs()] == ["done-3", "resumed"]
+
+
 def test_retention_keeps_only_the_newest_events(make_store: StoreFactory) -> None:
     store = make_store(retention_events=10)
     for i in range(25):

@@ -92,7 +92,7 @@ class WorkflowDAG:
         self._pred: dict[str, list[str]] = {name: [] for name in self.steps}
 
         known = self.steps.keys()
-        edges: list[tuple[str, str]] = []
+        succ, pred = self._succ, self._pred
         inferred_edges: list[tuple[str, str]] = []
         for name, step in self.steps.items():
             declared: set[str] = set()
@@ -105,15 +105,19 @@ class WorkflowDAG:
                     )
                 elif dep not in declared:
                     declared.add(dep)
-                    edges.append((dep, name))
+                    succ[dep].append(name)
+                    pred[name].append(dep)
+            if not step.parameters and step.run_if is None:
+                continue  # nothing to scan for references (most steps of big generated workflows)
             inferred = self._template_upstreams(name, step, known)
             extra = [up for up in inferred if up not in declared]
             if extra:
                 self.inferred_dependencies[name] = extra
                 inferred_edges.extend((up, name) for up in extra)
-        for up, down in edges + inferred_edges:
-            self._succ[up].append(down)
-            self._pred[down].append(up)
+        # Inferred edges go after every declared one, as they always have (edges() lists them so).
+        for up, down in inferred_edges:
+            succ[up].append(down)
+            pred[down].append(up)
         self._inferred_edges = set(inferred_edges)
 
         if registry is not None:

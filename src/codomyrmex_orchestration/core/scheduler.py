@@ -320,6 +320,11 @@ class TaskOrchestrator:
         self._all_done.set()
         self._listeners: tuple[TaskListener, ...] = ()
         self._self_serve = False
+        # Per worker thread: set while it delivers the one notice of a task that just ended, with no
+        # next task in hand, so the first task its callback submits (a workflow's next step) is popped
+        # by this thread right after instead of waking another worker for it. Waking a thread costs
+        # more than the rest of a short step (a third of the CPU of a 10,000-step chain, profiled).
+        self._tls = threading.local()
         self._ids = itertools.count(1)
         self._id_prefix = f"t-{uuid.uuid4().hex[:8]}-"
         self._started_mono = time.monotonic()
@@ -751,6 +756,8 @@ class TaskOrchestrator:
         self._ready[task.priority].append(task)
         if self._self_serve:
             self._self_serve = False
+        elif getattr(self._tls, "will_pop", False):
+            self._tls.will_pop = False
         else:
             self._signal_work_locked()
 
@@ -861,6 +868,7 @@ class TaskOrchestrator:
 
     def _worker_loop(self, worker: _Worker) -> None:
         lock = self._lock
+        tls = self._tls
         notices: list[_Notice] = []
         task: _Task | None = None
         result: Any = None
@@ -891,6 +899,8 @@ class TaskOrchestrator:
                     self._live -= 1
                     self._workers.discard(worker)
                     leave = True
+                    if any(self._ready):  # one may have been left for this worker (will_pop)
+                        self._signal_work_locked()
                 while not leave:
                     task = self._pop_locked(notices)
                     if task is not None or notices:
@@ -906,7 +916,14 @@ class TaskOrchestrator:
                     ctx = self._start_locked(task, worker)
                     want_start = task.on_start is not None or bool(self._listeners)
             if notices:
-                self._deliver(notices)
+                if task is None and not leave and len(notices) == 1:
+                    tls.will_pop = True
+                    try:
+                        self._deliver(notices)
+                    finally:
+                        tls.will_pop = False
+                else:
+                    self._deliver(notices)
                 notices = []
             if leave:
                 return

@@ -1,12 +1,14 @@
 """Durable state: the ``StateStore`` contract, an in-memory store and the SQLite store under ``.workflows/``.
 
-The SQLite store funnels every write through one writer thread that group-commits, so a worker thread
-recording a step transition pays a serialisation and a dict insert, never a commit.
+The SQLite store queues every write for one writer thread that group-commits, so a worker thread
+recording a step transition pays a serialisation and a dict insert; only a thread that asks for
+durability now (``flush()``) commits, on its own thread.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import json
 import os
@@ -173,6 +175,9 @@ class MemoryStore:
         self._event_ids = itertools.count(1)
         self._workflows: dict[str, tuple[str, str]] = {}
         self._runs: dict[str, _MemRun] = {}
+        # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
+        # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
+        self._finished: list[tuple[float, int, str]] = []
         self._sessions: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
@@ -207,6 +212,8 @@ class MemoryStore:
             run.workflow_name = record.workflow_name
             run.record = raw
             run.steps.update(steps)
+            if run.status in _TERMINAL_RUN:
+                heapq.heappush(self._finished, (run.created, run.seq, record.run_id))
             if len(self._runs) > self.retention_runs:
                 self._trim_runs()
 
@@ -218,12 +225,15 @@ class MemoryStore:
                 run.steps[step.name] = raw
 
     def _trim_runs(self) -> None:
+        # A heap rather than sorting every run on each save: past retention, every new run trims one.
         excess = len(self._runs) - self.retention_runs
-        finished = sorted(
-            ((r.created, r.seq, run_id) for run_id, r in self._runs.items() if r.status in _TERMINAL_RUN)
-        )
-        for _, _, run_id in finished[:excess]:
-            del self._runs[run_id]
+        finished = self._finished
+        while excess > 0 and finished:
+            _, seq, run_id = heapq.heappop(finished)
+            run = self._runs.get(run_id)
+            if run is not None and run.seq == seq and run.status in _TERMINAL_RUN:
+                del self._runs[run_id]
+                excess -= 1
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
@@ -259,9 +269,10 @@ class MemoryStore:
                 ((r.created, r.seq, rid, r) for rid, r in self._runs.items() if r.status in _ACTIVE_RUN),
                 key=lambda item: (item[0], item[1]),
             )
-            for _, _, _, run in found:
+            for created, seq, rid, run in found:
                 run.status = WorkflowStatus.INTERRUPTED.value
                 run.record = _interrupted(run.record)
+                heapq.heappush(self._finished, (created, seq, rid))
         return [rid for _, _, rid, _ in found]
 
     # sessions, projects, allocations
@@ -495,9 +506,10 @@ class SqliteStore:
 
     Writes (``save_*``, ``delete_*``, ``append_event``) serialise their argument on the calling thread,
     enqueue it and return; repeated saves of the same run, step, session, ... coalesce. The writer
-    commits a batch every ``flush_interval`` seconds, or at once when the batch is large or someone
-    calls :meth:`flush`. Reads see every write made before them (read-your-writes): a read first waits
-    for pending writes to be committed, which costs nothing when the queue is empty. We chose this over
+    commits a batch every ``flush_interval`` seconds, or at once when the batch is large; :meth:`flush`
+    commits what is pending on the calling thread (no round trip through the writer). Reads see every
+    write made before them (read-your-writes): a read first waits for pending writes to be committed,
+    which costs nothing when the queue is empty. We chose this over
     an in-memory overlay because filtered, ordered listings (``list_runs``) would otherwise have to merge
     two sources; reads are rare next to writes (the WorkflowManager keeps live runs in memory).
 
@@ -547,6 +559,7 @@ class SqliteStore:
         self._enqueued = 0  # writes enqueued so far
         self._committed = 0  # writes committed (or dropped with a failed batch) so far
         self._flush_wanted = False
+        self._writer_idle = False  # the writer waits for work (not for its flush interval to pass)
         self._closing = False
         self._closed = False
         self._failure: str | None = None
@@ -556,6 +569,10 @@ class SqliteStore:
         self._retention_dirty = False  # writer-only: runs/events were added since the last pass
         self._last_retention = 0.0
 
+        # Held by whoever takes a batch from _pending and commits it (the writer, or a thread in
+        # flush()), until _committed is updated: batches commit in order, one thread uses the writer
+        # connection at a time. Lock order: _commit_lock, then _lock.
+        self._commit_lock = threading.Lock()
         self._writer_conn, self._reader_conn = self._open()
         self._read_lock = threading.Lock()
         self._inode = _inode(self.path)
@@ -650,7 +667,9 @@ class SqliteStore:
             put(self._pending)
             self._pending.size += 1
             self._enqueued += 1
-            if was_empty or self._pending.size >= _MAX_BATCH:
+            # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back
+            # by itself, and waking it for each write would cost a thread switch per write.
+            if (was_empty and self._writer_idle) or self._pending.size >= _MAX_BATCH:
                 self._work.notify()
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None:
@@ -723,6 +742,22 @@ class SqliteStore:
         """
         with self._lock:
             target = self._enqueued
+            pending = self._committed < target and self._failure is None
+        if pending and self._commit_lock.acquire(timeout=timeout):
+            # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush
+            # per completed step (workflows do one before dependents start) then costs one commit and
+            # no thread handoffs. If the writer was mid-commit, our writes are usually in its batch.
+            try:
+                with self._lock:
+                    mine = self._committed < target and self._failure is None and not self._closed
+                    if mine:
+                        batch, self._pending = self._pending, _Batch()
+                        batch_target = self._enqueued
+                if mine:
+                    self._commit_taken(batch, batch_target, [], forced_retention=True)
+            finally:
+                self._commit_lock.release()
+        with self._lock:
             if self._committed < target and self._failure is None:
                 self._flush_wanted = True
                 self._retention_due = True
@@ -778,7 +813,9 @@ class SqliteStore:
         while True:
             with self._lock:
                 while self._pending.size == 0 and not self._calls and not self._closing:
+                    self._writer_idle = True
                     self._work.wait()
+                    self._writer_idle = False
                 deadline = time.monotonic() + self.flush_interval
                 while not (
                     self._flush_wanted or self._calls or self._closing or self._pending.size >= _MAX_BATCH
@@ -787,37 +824,47 @@ class SqliteStore:
                     if remaining <= 0:
                         break
                     self._work.wait(remaining)
-                batch, self._pending = self._pending, _Batch()
-                calls, self._calls = self._calls, []
-                target = self._enqueued
-                self._flush_wanted = False
-                closing = self._closing
-                retention_forced = self._retention_due
-                self._retention_due = False
-            if batch.size:
-                try:
-                    self._commit(batch)
-                except sqlite3.Error as exc:
-                    self._fail(
-                        f"commit of {batch.size} writes failed: {_sqlite_reason(exc)}", dropped=batch.size
-                    )
-                    _fail_calls(calls, exc)
+                if self._failure is not None:  # a commit in flush() failed: nothing more is written
                     return
-                self._batches += 1
-                self._maybe_retain(forced=retention_forced or closing)
-            with self._lock:
-                self._committed = target
-                self._done.notify_all()
-            for call in calls:
-                try:
-                    call.result = call.fn(self._writer_conn)
-                except BaseException as exc:  # handed to the caller, who raises StateStoreError
-                    call.error = exc
-                call.done.set()
+            with self._commit_lock:
+                with self._lock:
+                    batch, self._pending = self._pending, _Batch()
+                    calls, self._calls = self._calls, []
+                    target = self._enqueued
+                    self._flush_wanted = False
+                    closing = self._closing
+                    retention_forced = self._retention_due
+                    self._retention_due = False
+                if not self._commit_taken(batch, target, calls, forced_retention=retention_forced or closing):
+                    return
+                for call in calls:
+                    try:
+                        call.result = call.fn(self._writer_conn)
+                    except BaseException as exc:  # handed to the caller, who raises StateStoreError
+                        call.error = exc
+                    call.done.set()
             if closing:
                 with self._lock:
                     if self._pending.size == 0 and not self._calls:
                         return
+
+    def _commit_taken(
+        self, batch: _Batch, target: int, calls: list[_Call], *, forced_retention: bool
+    ) -> bool:
+        """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
+        if batch.size:
+            try:
+                self._commit(batch)
+            except sqlite3.Error as exc:
+                self._fail(f"commit of {batch.size} writes failed: {_sqlite_reason(exc)}", dropped=batch.size)
+                _fail_calls(calls, exc)
+                return False
+            self._batches += 1
+        self._maybe_retain(forced=forced_retention)
+        with self._lock:
+            self._committed = target
+            self._done.notify_all()
+        return True
 
     def _commit(self, batch: _Batch) -> None:
         conn = self._writer_conn
@@ -1162,11 +1209,12 @@ class SqliteStore:
         if self._failure is not None or lost:
             _log.error("state_store_closed_with_loss", path=str(self.path), lost=lost, reason=self._failure)
         if not self._thread.is_alive():
-            try:
-                self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
-            _close_quietly(self._writer_conn)
+            with self._commit_lock:  # a flush() committing on its own thread finishes first
+                try:
+                    self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
+                _close_quietly(self._writer_conn)
         with self._read_lock:
             _close_quietly(self._reader_conn)
 

@@ -91,21 +91,38 @@ class WorkflowValidation(BaseModel):
 class _Plan:
     """What a run needs from a validated spec, computed once per registered spec."""
 
-    __slots__ = ("children", "conditions", "dag", "needs_output", "order", "spec", "templated", "uses_status")
+    __slots__ = (
+        "children",
+        "conditions",
+        "dag",
+        "needs_output",
+        "order",
+        "param_refs",
+        "parents",
+        "spec",
+        "templated",
+        "uses_status",
+    )
 
     def __init__(self, spec: WorkflowSpec, dag: WorkflowDAG) -> None:
         self.spec = spec
         self.dag = dag
         self.order = dag.topological_order()
+        # Sorted once here, not per step of every run (the order skip reasons are reported in).
+        self.parents: dict[str, tuple[str, ...]] = {
+            name: tuple(sorted(dag.dependencies_of(name))) for name in dag.steps
+        }
         self.children: dict[str, list[str]] = {name: [] for name in dag.steps}
-        for name in dag.steps:
-            for up in dag.dependencies_of(name):
+        for name, parents in self.parents.items():
+            for up in parents:
                 self.children[up].append(name)
         known = dag.steps.keys()
         self.conditions: dict[str, Condition] = {}
         self.templated: set[str] = set()
-        self.needs_output: dict[str, set[str]] = {}
+        self.needs_output: dict[str, tuple[str, ...]] = {}
         self.uses_status: set[str] = set()
+        #: (step, parameter name, raw reference) for every ``{{params.x}}`` in the workflow.
+        self.param_refs: list[tuple[str, str, str]] = []
         for name, step in dag.steps.items():
             refs = find_references(step.parameters, known)
             if refs:
@@ -114,20 +131,10 @@ class _Plan:
                 condition = parse_condition(step.run_if, known)
                 self.conditions[name] = condition
                 refs = [*refs, *condition.references]
-            self.needs_output[name] = {
-                r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step
-            }
-
-    def param_references(self) -> list[tuple[str, str, str]]:
-        """(step, parameter name, raw reference) for every ``{{params.x}}`` in the workflow."""
-        found: list[tuple[str, str, str]] = []
-        known = self.dag.steps.keys()
-        for name, step in self.dag.steps.items():
-            refs = find_references(step.parameters, known)
-            if name in self.conditions:
-                refs = [*refs, *self.conditions[name].references]
-            found.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
-        return found
+            self.needs_output[name] = tuple(
+                sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
+            )
+            self.param_refs.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
 
 
 class _StepView(Mapping[str, tuple[str, Any]]):
@@ -509,7 +516,7 @@ class WorkflowManager:
         spec, dag = plan.spec, plan.dag
         given = previous.parameters if previous is not None else dict(parameters or {})
         params = {**spec.parameters, **given}
-        for step_name, param, raw in plan.param_references():
+        for step_name, param, raw in plan.param_refs:
             if param not in params:
                 raise InvalidInputError(
                     f"parameters.{param}",
@@ -542,17 +549,16 @@ class WorkflowManager:
             run.max_parallel = min(max_parallel, run.max_parallel or max_parallel)
         if default_resources:
             run.default_resources = dict(default_resources)
-        for name in dag.steps:
-            run.remaining[name] = sum(
-                1 for up in dag.dependencies_of(name) if not steps[up].status.is_terminal
-            )
+        for name, parents in plan.parents.items():
+            run.remaining[name] = sum(1 for up in parents if not steps[up].status.is_terminal)
         with self._lock:
             self._active[record.run_id] = run
         self.store.save_run(record)
-        self._emit(
-            "run.started",
-            {"run_id": record.run_id, "workflow_name": spec.name, "session_id": record.session_id},
-        )
+        if self._listeners:
+            self._emit(
+                "run.started",
+                {"run_id": record.run_id, "workflow_name": spec.name, "session_id": record.session_id},
+            )
         if not run.unfinished:
             self._finish(run)
         else:
@@ -583,11 +589,11 @@ class WorkflowManager:
         with run.lock:
             if run.cancelled:
                 return TaskStatus.CANCELLED, "run cancelled", None
-            upstreams = plan.dag.dependencies_of(name)
-            for up in sorted(upstreams):
-                if up in run.blocked:
-                    return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
-            for up in sorted(plan.needs_output[name]):
+            if run.blocked:
+                for up in plan.parents[name]:
+                    if up in run.blocked:
+                        return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
+            for up in plan.needs_output[name]:
                 if run.record.steps[up].status is not TaskStatus.COMPLETED:
                     return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
         condition = plan.conditions.get(name)
@@ -652,6 +658,7 @@ class WorkflowManager:
                 resources=step.resources or run.default_resources,
                 run_id=run.record.run_id,
                 step_name=name,
+                # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
                 on_start=lambda rec: self._on_step_start(run, name, rec),
                 on_done=lambda rec: self._on_step_done(run, name, rec),
             )
@@ -666,15 +673,21 @@ class WorkflowManager:
         return []
 
     def _on_step_start(self, run: _Run, name: str, record: TaskRecord) -> None:
+        attempt = record.attempts
         with run.lock:
+            if name not in run.unfinished:  # cancelled between the scheduler's start and this call
+                return
             result = run.record.steps[name]
             result.status = TaskStatus.RUNNING
-            result.attempts = record.attempts
+            result.attempts = attempt
             result.started_at = result.started_at or record.started_at or utcnow()
-            snapshot = result.model_copy()
+            # Only this step's own attempts mutate this object, one after another, and the store
+            # serialises what it is given at once: a copy is needed only for the on_step callback.
+            snapshot = result.model_copy() if run.on_step is not None else result
         self.store.save_step(run.record.run_id, snapshot)
-        event = "step.retried" if record.attempts > 1 else "step.started"
-        self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": record.attempts})
+        if self._listeners:
+            event = "step.retried" if attempt > 1 else "step.started"
+            self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
         self._notify_step(run, snapshot)
 
     def _on_step_done(self, run: _Run, name: str, record: TaskRecord) -> None:
@@ -707,9 +720,7 @@ class WorkflowManager:
             run.record.steps[name] = result
             if result.status in _FAILED and plan.dag.steps[name].required:
                 run.blocked.add(name)
-            elif result.status is TaskStatus.SKIPPED and any(
-                up in run.blocked for up in plan.dag.dependencies_of(name)
-            ):
+            elif result.status is TaskStatus.SKIPPED and any(up in run.blocked for up in plan.parents[name]):
                 run.blocked.add(name)
             for down in plan.children[name]:
                 run.remaining[down] -= 1
@@ -721,15 +732,16 @@ class WorkflowManager:
             # A step's result is durable before anything that depends on it starts: after a crash,
             # resume never re-runs a step whose dependents already ran.
             self._flush()
-        self._emit(
-            _STEP_EVENTS.get(result.status, "step.failed"),
-            {
-                "run_id": run.record.run_id,
-                "step": name,
-                "status": result.status.value,
-                "duration_seconds": result.duration_seconds,
-            },
-        )
+        if self._listeners:
+            self._emit(
+                _STEP_EVENTS.get(result.status, "step.failed"),
+                {
+                    "run_id": run.record.run_id,
+                    "step": name,
+                    "status": result.status.value,
+                    "duration_seconds": result.duration_seconds,
+                },
+            )
         self._notify_step(run, result)
         for queued_name, params in requeued:
             ready.extend(self._submit(run, queued_name, params))
@@ -779,7 +791,9 @@ class WorkflowManager:
             final = record.model_copy(update={"steps": dict(record.steps)})
             run.final = final
             watchers, run.watchers = run.watchers, []
-        self.store.save_run(final)
+        # Every step's final result was saved by _complete_step; save_run upserts, so the run row
+        # alone is rewritten here instead of serialising every step a second time.
+        self.store.save_run(final.model_copy(update={"steps": {}}))
         self._flush()
         with self._lock:
             self._active.pop(final.run_id, None)

@@ -1,0 +1,214 @@
+"""Benchmarks 1 and 2: per-step overhead of WorkflowManager runs against the physical floor, same process.
+
+Workflows of N no-op steps (``core.set`` with no parameters) in three shapes — all independent, one chain,
+a 100-wide x 100-deep grid (each step depends on the step above it and on its left neighbour above) —
+run with the in-memory store and with the SQLite store (default settings, in a temporary directory;
+the figure includes the final commit). Floors, same worker count: a raw ``ThreadPoolExecutor``
+submitting N no-ops, and a minimal ``graphlib.TopologicalSorter`` + ``ThreadPoolExecutor`` runner on
+the same shape. Best of R rounds, interleaved.
+
+    .venv/bin/python bench/bench_overhead.py [--steps 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import graphlib
+import json
+import math
+import queue
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from _common import WORKERS, best_of, timed
+
+from codomyrmex_orchestration.core.actions import create_registry
+from codomyrmex_orchestration.core.models import WorkflowStatus
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.store import SqliteStore, StateStore
+from codomyrmex_orchestration.core.workflows import WorkflowManager
+
+Shape = dict[str, list[str]]  # step -> its dependencies, in declaration (topological) order
+
+
+def shape_independent(n: int) -> Shape:
+    return {f"s{i}": [] for i in range(n)}
+
+
+def shape_chain(n: int) -> Shape:
+    return {f"s{i}": [f"s{i - 1}"] if i else [] for i in range(n)}
+
+
+def shape_grid(n: int) -> Shape:
+    """``width`` x ``depth`` (100 x 100 for 10,000): step (r, c) waits for (r-1, c) and (r-1, c-1)."""
+    width = math.isqrt(n)
+    depth = n // width
+    steps: Shape = {}
+    for r in range(depth):
+        for c in range(width):
+            deps = [f"r{r - 1}c{c}"] if r else []
+            if r and c:
+                deps.append(f"r{r - 1}c{c - 1}")
+            steps[f"r{r}c{c}"] = deps
+    return steps
+
+
+SHAPES: dict[str, Callable[[int], Shape]] = {
+    "independent": shape_independent,
+    "chain": shape_chain,
+    "grid": shape_grid,
+}
+
+
+def _noop() -> None:
+    return None
+
+
+def raw_pool(n: int) -> float:
+    """The floor: seconds for a ThreadPoolExecutor to run ``n`` submitted no-ops."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        pool.submit(_noop).result()
+        return timed(lambda: wait([pool.submit(_noop) for _ in range(n)]))
+
+
+def graphlib_runner(shape: Shape) -> float:
+    """The DAG floor: graphlib's prepare/get_ready/done driving a ThreadPoolExecutor from one thread."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        pool.submit(_noop).result()
+
+        def run() -> None:
+            sorter = graphlib.TopologicalSorter(shape)
+            sorter.prepare()
+            finished: queue.SimpleQueue[str] = queue.SimpleQueue()
+            while sorter.is_active():
+                for node in sorter.get_ready():
+                    future: Future[None] = pool.submit(_noop)
+                    future.add_done_callback(lambda _f, node=node: finished.put(node))
+                sorter.done(finished.get())
+                while not finished.empty():
+                    sorter.done(finished.get_nowait())
+
+        return timed(run)
+
+
+def workflow_spec(name: str, shape: Shape) -> dict[str, Any]:
+    steps = [
+        {"name": step, "module": "core", "action": "set", "dependencies": deps}
+        for step, deps in shape.items()
+    ]
+    return {"name": name, "steps": steps}
+
+
+class _Manager:
+    """A WorkflowManager on its own scheduler and store, holding one workflow per shape."""
+
+    def __init__(self, shapes: dict[str, Shape], store: StateStore | None) -> None:
+        registry = create_registry(load_plugins=False)
+        self.orchestrator = TaskOrchestrator(WORKERS, registry=registry, max_finished=10_000)
+        self.manager = WorkflowManager(
+            orchestrator=self.orchestrator,
+            registry=registry,
+            store=store,
+            config_dir=None,
+            max_steps=1_000_000,
+        )
+        for label, shape in shapes.items():
+            self.manager.create_workflow(workflow_spec(label, shape))
+        self.store = store
+
+    def run(self, label: str) -> float:
+        elapsed = 0.0
+
+        def go() -> None:
+            record = self.manager.execute_workflow(label, timeout=600)
+            if record.status is not WorkflowStatus.COMPLETED:
+                raise RuntimeError(f"benchmark run {label} ended {record.status}: {record.error}")
+
+        elapsed = timed(go)  # execute_workflow flushes the store when the run ends
+        return elapsed
+
+    def close(self) -> None:
+        self.orchestrator.shutdown(wait=True, timeout=60)
+        if self.store is not None:
+            self.store.close()
+
+
+def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
+    shapes = {label: make(steps) for label, make in SHAPES.items()}
+    n = {label: len(shape) for label, shape in shapes.items()}
+    with tempfile.TemporaryDirectory(prefix="bench-durable-") as tmp:
+        memory = _Manager(shapes, None)
+        durable = _Manager(shapes, SqliteStore(Path(tmp) / "state.db"))
+        try:
+            # Warm-up: threads started, plans cached, SQLite file grown once.
+            for label in shapes:
+                memory.run(label)
+                durable.run(label)
+            cases: dict[str, Callable[[], float]] = {"raw_pool": lambda: raw_pool(steps)}
+            for label, shape in shapes.items():
+                cases[f"graphlib/{label}"] = lambda shape=shape: graphlib_runner(shape)
+                cases[f"memory/{label}"] = lambda label=label: memory.run(label)
+                cases[f"durable/{label}"] = lambda label=label: durable.run(label)
+            best = best_of(repeat, cases)
+        finally:
+            memory.close()
+            durable.close()
+    us = {
+        label: seconds / (n[label.split("/")[-1]] if "/" in label else steps) * 1e6
+        for label, seconds in best.items()
+    }
+    raw = us["raw_pool"]
+    figures: dict[str, Any] = {
+        "steps": steps,
+        "workers": WORKERS,
+        "repeat": repeat,
+        "raw_pool_us_per_step": round(raw, 2),
+        "shapes": {},
+    }
+    for label in shapes:
+        floor = us[f"graphlib/{label}"]
+        figures["shapes"][label] = {
+            "steps": n[label],
+            "graphlib_us_per_step": round(floor, 2),
+            "memory_us_per_step": round(us[f"memory/{label}"], 2),
+            "memory_vs_raw_pool": round(us[f"memory/{label}"] / raw, 2),
+            "memory_vs_graphlib": round(us[f"memory/{label}"] / floor, 2),
+            "durable_us_per_step": round(us[f"durable/{label}"], 2),
+            "durable_vs_raw_pool": round(us[f"durable/{label}"] / raw, 2),
+        }
+    return figures
+
+
+def report(figures: dict[str, Any]) -> str:
+    lines = [
+        f"Step overhead: {figures['steps']} no-op steps, {figures['workers']} workers,"
+        f" best of {figures['repeat']}",
+        f"  raw ThreadPoolExecutor floor: {figures['raw_pool_us_per_step']:.2f} µs/step",
+        f"  {'shape':<12} {'graphlib':>9} {'memory':>9} {'x raw':>6} {'x glib':>7}"
+        f" {'durable':>9} {'x raw':>6}",
+    ]
+    for label, f in figures["shapes"].items():
+        lines.append(
+            f"  {label:<12} {f['graphlib_us_per_step']:9.2f} {f['memory_us_per_step']:9.2f}"
+            f" {f['memory_vs_raw_pool']:6.2f} {f['memory_vs_graphlib']:7.2f}"
+            f" {f['durable_us_per_step']:9.2f} {f['durable_vs_raw_pool']:6.2f}"
+        )
+    lines.append("  (µs/step; 'x raw' and 'x glib' are ratios to the two floors)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    figures = run(args.steps, args.repeat)
+    print(json.dumps(figures, indent=2) if args.json else report(figures))
+
+
+if __name__ == "__main__":
+    main()

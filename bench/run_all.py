@@ -1,0 +1,202 @@
+"""``make bench``: every benchmark in one go; figures to stdout and to ``bench/results/latest.json``.
+
+Benchmarks (issue 7): 1+2 step overhead in memory and durable (bench_overhead), 3 validation
+(bench_validation), 4 MCP round trip over stdio against a bare SDK echo server (bench_mcp_roundtrip),
+5 concurrent clients over streamable HTTP (bench_concurrency), 6 memory after 100,000 runs
+(bench_memory), 7 the Dask backend as a reference peer (bench_dask, when dask is installed), plus the
+scheduler and store micro-benchmarks. 4-7 run in their own processes. None of this is pass/fail: the
+targets are evaluated and printed, the exit code is 0 either way.
+
+    .venv/bin/python bench/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bench_concurrency
+import bench_overhead
+import bench_scheduler
+import bench_store
+import bench_validation
+from _common import machine
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "latest.json"
+
+
+def _script(name: str, *args: str, timeout: float = 300) -> str:
+    """Run ``bench/<name>`` in a fresh process and return its stdout."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / name), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        timeout=timeout,
+    )
+    return out.stdout
+
+
+def _json_script(name: str, *args: str) -> dict[str, Any]:
+    return dict(json.loads(_script(name, *args, "--json").strip().splitlines()[-1]))
+
+
+def _roundtrip(calls: int, rounds: int) -> dict[str, Any]:
+    text = _script("bench_mcp_roundtrip.py", "--calls", str(calls), "--rounds", str(rounds))
+    found = re.search(r"ratio \(ours / bare\):\s+([\d.]+)", text)
+    return {"ratio_to_bare_sdk": float(found.group(1)) if found else None, "output": text.strip()}
+
+
+def _dask(steps: int) -> dict[str, Any]:
+    if importlib.util.find_spec("distributed") is None:
+        return {"skipped": "dask[distributed] is not installed"}
+    return {"output": _script("bench_dask.py", "--steps", str(steps), timeout=600).strip()}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 7 with the figure that decides it."""
+    found: list[dict[str, Any]] = []
+    overhead = results["overhead"]
+    for shape, f in overhead["shapes"].items():
+        found.append(
+            {
+                "target": f"in-memory step overhead <= 2x raw ThreadPoolExecutor ({shape})",
+                "figure": f"{f['memory_us_per_step']} µs/step = {f['memory_vs_raw_pool']}x",
+                "met": f["memory_vs_raw_pool"] <= 2.0,
+            }
+        )
+    for shape, f in overhead["shapes"].items():
+        found.append(
+            {
+                "target": f"durable step overhead <= 100 µs/step ({shape})",
+                "figure": f"{f['durable_us_per_step']} µs/step",
+                "met": f["durable_us_per_step"] <= 100.0,
+            }
+        )
+    v = results["validation"]
+    found.append(
+        {
+            "target": "100k-step validation < 1 s and <= 1.5x graphlib",
+            "figure": f"{v['ours_seconds']} s wall ({v['ours_cpu_seconds']} s cpu), "
+            f"{v['ratio_to_graphlib']}x graphlib",
+            "met": v["ours_seconds"] < 1.0 and v["ratio_to_graphlib"] <= 1.5,
+        }
+    )
+    r = results["mcp_roundtrip"]
+    found.append(
+        {
+            "target": "MCP round trip <= 1.3x the bare SDK echo tool (stdio, list_workflows)",
+            "figure": f"{r['ratio_to_bare_sdk']}x",
+            "met": r["ratio_to_bare_sdk"] is not None and r["ratio_to_bare_sdk"] <= 1.3,
+        }
+    )
+    top = max(results["concurrency"]["levels"], key=lambda lv: lv["clients"])
+    found.append(
+        {
+            "target": f"{top['clients']} concurrent HTTP clients: 0 errors",
+            "figure": f"{top['errors']} errors in {top['calls']} calls, p99 {top['p99_ms']} ms",
+            "met": top["errors"] == 0,
+        }
+    )
+    m = results["memory"]
+    bounded = m["growth_second_half_mib"] <= 0.05 * m["final_rss_mib"]
+    found.append(
+        {
+            "target": "memory after 100k runs bounded by retention",
+            "figure": f"{m['final_rss_mib']} MiB, {m['growth_second_half_mib']:+} MiB over the second half",
+            "met": bounded,
+        }
+    )
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, one round (a smoke run)")
+    args = parser.parse_args()
+    quick = args.quick
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": quick,
+    }
+
+    def section(key: str, report: Any, figures: dict[str, Any]) -> None:
+        results[key] = figures
+        print(report(figures), flush=True)
+        print(flush=True)
+
+    section(
+        "overhead",
+        bench_overhead.report,
+        bench_overhead.run(steps=1_000 if quick else 10_000, repeat=1 if quick else 5),
+    )
+    section(
+        "validation",
+        bench_validation.report,
+        bench_validation.run(steps=10_000 if quick else 100_000, repeat=1 if quick else 3),
+    )
+    section(
+        "memory",
+        bench_memory_report,
+        _json_script("bench_memory.py", "--runs", "5000" if quick else "100000"),
+    )
+    section(
+        "scheduler",
+        bench_scheduler.report,
+        bench_scheduler.run(tasks=1_000 if quick else 10_000, repeat=1 if quick else 3),
+    )
+    section("store", bench_store.report, bench_store.run(transitions=2_000 if quick else 20_000))
+    section(
+        "mcp_roundtrip",
+        lambda f: "MCP round trip (stdio, bench_mcp_roundtrip.py):\n  " + f["output"].replace("\n", "\n  "),
+        _roundtrip(calls=50 if quick else 300, rounds=1 if quick else 3),
+    )
+    section(
+        "concurrency",
+        bench_concurrency.report,
+        _json_script("bench_concurrency.py", "--calls", "3" if quick else "20"),
+    )
+    section(
+        "dask",
+        lambda f: (
+            "Dask reference peer (bench_dask.py):\n  "
+            + (f.get("output") or f.get("skipped", "")).replace("\n", "\n  ")
+        ),
+        _dask(1_000 if quick else 10_000),
+    )
+
+    results["targets"] = targets(results)
+    results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    print("Targets (issue 7):")
+    for t in results["targets"]:
+        print(f"  [{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['figure']}")
+    # A smoke run must not overwrite the figures the README quotes.
+    out = RESULTS.with_name("quick.json") if quick else RESULTS
+    print(f"\nmake bench took {results['elapsed_seconds']} s; figures in {out.relative_to(HERE.parent)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+
+def bench_memory_report(figures: dict[str, Any]) -> str:
+    import bench_memory
+
+    return bench_memory.report(figures)
+
+
+if __name__ == "__main__":
+    main()
