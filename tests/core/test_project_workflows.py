@@ -46,3 +46,29 @@ def test_a_projects_registered_workflows_run_successfully_against_its_folder(
                 assert Path(step.parameters["cwd"]).resolve() == folder.resolve()
     after = {p for p in folder.rglob("*") if p.is_file()}
     assert before <= after  # the workflows worked in the folder and destroyed nothing
+
+
+def test_without_code_execution_projects_are_scaffolded_and_say_which_workflows_were_not_registered(
+    tmp_path: Path,
+) -> None:
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state",
+        config_dir=None,
+        projects_dir=tmp_path / "projects",
+        templates_dir=None,
+        max_workers=2,
+        allow_code_execution=False,
+    )
+    try:
+        for project_type in ProjectType:
+            project = eng.project_manager.create_project(f"locked_{project_type.value}", project_type)
+            assert (Path(project.path) / "project.json").is_file()
+            assert project.workflows_not_registered, project_type
+            for name, reason in project.workflows_not_registered.items():
+                assert name.startswith(f"locked_{project_type.value}.")
+                assert "refused" in reason and "allow-shell" in reason
+            registered = {w.name for w in eng.workflow_manager.list_workflows()}
+            assert set(project.workflows) <= registered
+            assert not set(project.workflows_not_registered) & registered
+    finally:
+        eng.shutdown()

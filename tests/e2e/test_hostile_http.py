@@ -384,3 +384,13 @@ def test_a_small_load_run_has_no_errors_and_bounded_memory(tmp_path: Path) -> No
     assert report.errors == 0, report.error_samples
     assert report.calls == 100
     assert report.rss_after_kib < report.rss_before_kib + 64 * 1024
+
+
+async def test_a_project_is_created_over_http_with_code_execution_refused(locked: Served) -> None:
+    result = await call(locked, "create_project", {"name": "web_demo", "template": "web_application"})
+    assert not result.is_error, text(result)
+    data = result.structured_content or {}
+    assert data["project_name"] == "web_demo"
+    assert "README.md" in data["files_created"]
+    refused = data["workflows_not_registered"]
+    assert refused and all("refused" in reason for reason in refused.values())

@@ -30,6 +30,7 @@ from codomyrmex_orchestration.core.docs import DocumentationGenerator, render_te
 from codomyrmex_orchestration.core.models import WorkflowSpec, utcnow
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
+    DAGValidationError,
     InvalidInputError,
     InvalidNameError,
     OrchestrationError,
@@ -170,6 +171,10 @@ class Project(BaseModel):
     template_version: str
     milestones: list[Milestone] = Field(default_factory=list)
     workflows: list[str] = Field(default_factory=list, description="Registered workflow names.")
+    workflows_not_registered: dict[str, str] = Field(
+        default_factory=dict,
+        description="Template workflows left unregistered and why (e.g. code execution is disabled here).",
+    )
     docs: dict[str, str] = Field(default_factory=dict, description="Generated doc -> SHA-256 last written.")
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -686,11 +691,15 @@ class ProjectManager:
                     extra_variables=self._doc_variables(tmpl, specs),
                     hashes=project.docs,
                 )
-                self._save_manifest(project)
                 for spec in specs:
                     if self.workflow_manager is not None:
-                        self.workflow_manager.create_workflow(spec, overwrite=True)
-                        registered.append(spec.name)
+                        refusal = self._register(spec)
+                        if refusal is None:
+                            registered.append(spec.name)
+                        else:
+                            project.workflows.remove(spec.name)
+                            project.workflows_not_registered[spec.name] = refusal
+                self._save_manifest(project)
                 self._projects[name] = project
                 self._write_index()
             except BaseException as exc:
@@ -702,6 +711,22 @@ class ProjectManager:
                 raise
         _log.info("project.created", project=name, type=tmpl.type.value, template=tmpl.name, path=str(target))
         return project.model_copy(deep=True)
+
+    def _register(self, spec: WorkflowSpec) -> str | None:
+        """Register one template workflow; return why not when this server refuses its actions.
+
+        A server that refuses code execution (network transports by default) still scaffolds the
+        project: workflows that need ``shell.run``/``python.call`` are listed as not registered, with
+        the reason, instead of failing the whole creation.
+        """
+        assert self.workflow_manager is not None
+        try:
+            self.workflow_manager.create_workflow(spec, overwrite=True)
+        except DAGValidationError as exc:
+            if exc.problems and all("is refused" in problem for problem in exc.problems):
+                return "; ".join(exc.problems)
+            raise
+        return None
 
     def _unregister(self, names: list[str]) -> None:
         delete = getattr(self.workflow_manager, "delete_workflow", None)
@@ -825,10 +850,14 @@ class ProjectManager:
         with self._lock:
             project = self.get_project(name)
             specs = self.build_workflow_specs(project, self._loaded_template(project.template).template)
+            names = [s.name for s in specs]
+            refused: dict[str, str] = {}
             if self.workflow_manager is not None:
                 for spec in specs:
-                    self.workflow_manager.create_workflow(spec, overwrite=True)
-            names = [s.name for s in specs]
-            if names != project.workflows:
-                self._update(name, workflows=names)
+                    refusal = self._register(spec)
+                    if refusal is not None:
+                        refused[spec.name] = refusal
+                names = [n for n in names if n not in refused]
+            if names != project.workflows or refused != project.workflows_not_registered:
+                self._update(name, workflows=names, workflows_not_registered=refused)
             return specs
