@@ -43,9 +43,10 @@ durability: venv
 fuzz: venv
 	CODOMYRMEX_FUZZ_CALLS=5000 $(BIN)/pytest tests/server/test_fuzz.py -k fuzzed -s -q
 
-# 50 clients x 200 calls over streamable HTTP against the real server on loopback, with figures.
+# 50 clients x 200 calls over streamable HTTP against the real server on loopback, 3 rounds against the
+# same server process (RSS after each round shows whether memory levels off), with figures.
 load: venv
-	$(BIN)/python -m tests.helpers.load --clients 50 --calls 200
+	$(BIN)/python -m tests.helpers.load --clients 50 --calls 200 --rounds 3
 
 run: venv
 	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
+    "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
@@ -39,6 +40,7 @@ DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 DEFAULT_MAX_STEPS = 10_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
+DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -70,6 +72,8 @@ class Settings(BaseModel):
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
+    #: Most sub-workflow runs under one top-level run (all nesting levels together).
+    max_subworkflow_runs: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_RUNS, ge=0)
     #: Write a step's full output to ``state_dir/outputs/<run_id>/<step>.json`` when it is truncated
     #: for exceeding ``max_output_bytes`` (durable mode only).
     spill_outputs: bool = True

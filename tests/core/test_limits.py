@@ -229,3 +229,36 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
         assert engine.health_check()["overall_status"] == "healthy"
     finally:
         engine.shutdown()
+
+
+def test_sub_workflows_that_fan_out_recursively_are_bounded_in_number(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core.actions import create_registry
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+    from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.workflows import WorkflowManager
+
+    registry = create_registry(load_plugins=False)
+    orch = TaskOrchestrator(4, registry=registry)
+    try:
+        manager = WorkflowManager(
+            orchestrator=orch,
+            registry=registry,
+            config_dir=None,
+            max_subworkflow_depth=8,
+            max_subworkflow_runs=20,
+        )
+        # Each run starts three runs of itself: unbounded, 3 + 9 + 27 + ... runs down to depth 8.
+        manager.create_workflow(
+            "hydra",
+            [
+                {"name": f"h{i}", "module": "workflow", "action": "run", "parameters": {"workflow": "hydra"}}
+                for i in range(3)
+            ],
+        )
+        record = manager.execute_workflow("hydra", timeout=60)
+        assert record.status is WorkflowStatus.FAILED
+        assert "sub-workflow runs" in (record.error or "")
+        children = [r for r in manager.list_runs(limit=1000) if r.parent_run_id is not None]
+        assert len(children) <= 20
+    finally:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=10)

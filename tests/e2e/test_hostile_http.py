@@ -380,7 +380,7 @@ async def test_a_client_disconnecting_mid_call_leaves_the_server_healthy_and_the
 
 
 def test_a_small_load_run_has_no_errors_and_bounded_memory(tmp_path: Path) -> None:
-    report = run_load(tmp_path, clients=5, calls=20)
+    (report,) = run_load(tmp_path, clients=5, calls=20)
     assert report.errors == 0, report.error_samples
     assert report.calls == 100
     assert report.rss_after_kib < report.rss_before_kib + 64 * 1024

@@ -126,12 +126,14 @@ async def drive(server: Served, clients: int, calls: int, seed: int = 7) -> Load
     return report
 
 
-def run_load(root: Path, clients: int, calls: int) -> LoadReport:
+def run_load(root: Path, clients: int, calls: int, rounds: int = 1) -> list[LoadReport]:
+    """``rounds`` load rounds against one server process: the RSS after each round shows whether
+    memory levels off (bounded) or keeps climbing (a leak)."""
     with served(root) as server:
-        report = anyio.run(drive, server, clients, calls)
+        reports = [anyio.run(drive, server, clients, calls, 7 + n) for n in range(rounds)]
         health = anyio.run(_health, server)
     assert health == "healthy", health
-    return report
+    return reports
 
 
 async def _health(server: Served) -> str:
@@ -144,16 +146,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds against the same server process")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="codomyrmex-load-") as tmp:
-        report = run_load(Path(tmp), options.clients, options.calls)
-    print(report.summary())  # noqa: T201  # the figures are this command's output
-    if options.json:
-        print(json.dumps(asdict(report), indent=2))  # noqa: T201  # same
-    for sample in report.error_samples:
-        print(f"  error: {sample}")  # noqa: T201  # same
-    return 1 if report.errors else 0
+        reports = run_load(Path(tmp), options.clients, options.calls, options.rounds)
+    for number, report in enumerate(reports, 1):
+        print(f"round {number}: {report.summary()}")  # noqa: T201  # the figures are this command's output
+        if options.json:
+            print(json.dumps(asdict(report), indent=2))  # noqa: T201  # same
+        for sample in report.error_samples:
+            print(f"  error: {sample}")  # noqa: T201  # same
+    return 1 if any(r.errors for r in reports) else 0
 
 
 if __name__ == "__main__":

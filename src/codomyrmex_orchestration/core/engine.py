@@ -24,6 +24,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+    DEFAULT_MAX_SUBWORKFLOW_RUNS,
     DEFAULT_MAX_WORKERS,
     DEFAULT_PROJECTS_DIR,
     DEFAULT_STATE_DIR,
@@ -229,6 +230,7 @@ class OrchestrationEngine:
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
+        max_subworkflow_runs: most sub-workflow runs under one top-level run.
         spill_outputs: write truncated outputs in full under ``state_dir/outputs/`` (durable mode).
         recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
             Right for the one process that owns the state directory (the server); a process that
@@ -247,6 +249,7 @@ class OrchestrationEngine:
         max_steps: int = DEFAULT_MAX_STEPS,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+        max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
         spill_outputs: bool = True,
         allow_code_execution: bool = True,
         durable: bool = True,
@@ -313,6 +316,7 @@ class OrchestrationEngine:
             config_dir=config_dir,
             max_steps=max_steps,
             max_subworkflow_depth=max_subworkflow_depth,
+            max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
         )
         self.project_manager = ProjectManager(
@@ -342,6 +346,7 @@ class OrchestrationEngine:
             "max_steps": settings.max_steps,
             "max_output_bytes": settings.max_output_bytes,
             "max_subworkflow_depth": settings.max_subworkflow_depth,
+            "max_subworkflow_runs": settings.max_subworkflow_runs,
             "spill_outputs": settings.spill_outputs,
             "allow_code_execution": settings.allow_shell is not False,
             "durable": settings.durable,

@@ -23,6 +23,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+    DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
@@ -234,6 +235,7 @@ class WorkflowManager:
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
         max_steps: most steps a workflow may have.
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
+        max_subworkflow_runs: most sub-workflow runs under one top-level run, all levels together.
         max_output_bytes: the default cap actions apply to what they capture (``shell.run`` stdout,
             ``http.request`` bodies) when a step does not set its own; ``None``: the actions' default.
     """
@@ -247,6 +249,7 @@ class WorkflowManager:
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
+        max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
         max_output_bytes: int | None = None,
     ) -> None:
         self.orchestrator = orchestrator
@@ -254,6 +257,8 @@ class WorkflowManager:
         self.store: StateStore = store if store is not None else MemoryStore()
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
+        self.max_subworkflow_runs = max_subworkflow_runs
+        self._subruns: dict[str, int] = {}  # top-level run id -> sub-runs started under it
         self.config_dir = Path(config_dir) if config_dir is not None else None
         self._action_extras: dict[str, Any] = {"max_depth": max_subworkflow_depth}
         if max_output_bytes is not None:
@@ -797,6 +802,7 @@ class WorkflowManager:
         self._flush()
         with self._lock:
             self._active.pop(final.run_id, None)
+            self._subruns.pop(final.run_id, None)
         run.done.set()
         for fn in watchers:
             fn()
@@ -824,12 +830,35 @@ class WorkflowManager:
         run.done.wait(timeout)
         return self._snapshot(run)
 
+    def _count_subrun(self, parent_run_id: str | None) -> None:
+        """Bound the sub-runs under one top-level run: depth alone lets a workflow whose steps each
+        run it again multiply (10 steps, 8 levels: 10**8 runs)."""
+        with self._lock:
+            root = parent_run_id
+            while root is not None and root in self._active:
+                parent = self._active[root].record.parent_run_id
+                if parent is None:
+                    break
+                root = parent
+            if root is None:
+                return
+            count = self._subruns.get(root, 0) + 1
+            if count > self.max_subworkflow_runs:
+                raise LimitExceededError(
+                    "parameters.workflow",
+                    self.max_subworkflow_runs,
+                    count,
+                    f"the number of sub-workflow runs under run {root}",
+                )
+            self._subruns[root] = count
+
     def _run_child(self, name: str, parameters: dict[str, Any], *, ctx: ActionContext) -> dict[str, Any]:
         """``workflow.run``: a sub-run that ends with its step (cancelled when the step is)."""
         if ctx.depth + 1 > self.max_subworkflow_depth:
             raise LimitExceededError(
                 "parameters.workflow", self.max_subworkflow_depth, ctx.depth + 1, "the sub-workflow depth"
             )
+        self._count_subrun(ctx.run_id)
         child = self._start_run(
             self._plan(name),
             parameters,
