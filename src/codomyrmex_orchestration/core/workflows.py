@@ -34,14 +34,13 @@ from codomyrmex_orchestration.core.models import (
     StepResult,
     StepSpec,
     TaskPriority,
-    TaskRecord,
     TaskStatus,
     WorkflowInfo,
     WorkflowSpec,
     WorkflowStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
 from codomyrmex_orchestration.core.store import MemoryStore, StateStore
 from codomyrmex_orchestration.core.templating import (
     Condition,
@@ -659,8 +658,10 @@ class WorkflowManager:
                 run_id=run.record.run_id,
                 step_name=name,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                on_start=lambda rec: self._on_step_start(run, name, rec),
-                on_done=lambda rec: self._on_step_done(run, name, rec),
+                on_start=lambda state: self._on_step_start(run, name, state),
+                on_done=lambda state: self._on_step_done(run, name, state),
+                # Both callbacks copy the few fields they need at once: no TaskRecord snapshots.
+                live_state=True,
             )
         except OrchestrationError as exc:
             result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
@@ -672,7 +673,7 @@ class WorkflowManager:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         return []
 
-    def _on_step_start(self, run: _Run, name: str, record: TaskRecord) -> None:
+    def _on_step_start(self, run: _Run, name: str, record: TaskState) -> None:
         attempt = record.attempts
         with run.lock:
             if name not in run.unfinished:  # cancelled between the scheduler's start and this call
@@ -690,7 +691,7 @@ class WorkflowManager:
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
         self._notify_step(run, snapshot)
 
-    def _on_step_done(self, run: _Run, name: str, record: TaskRecord) -> None:
+    def _on_step_done(self, run: _Run, name: str, record: TaskState) -> None:
         result = StepResult(
             name=name,
             status=record.status,
