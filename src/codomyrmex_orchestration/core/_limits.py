@@ -6,8 +6,8 @@ plugins — and for single tasks as well as workflow steps. An output whose JSON
 ``max_bytes`` is replaced by a marker object; the full output is optionally spilled to a file under the
 state directory first.
 
-The no-op path costs one ``is None`` test in the scheduler; small scalars and short strings are measured
-without serialising them.
+The no-op path costs one ``is None`` test in the scheduler; small scalars, short strings and empty
+containers are measured without serialising them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _log = structlog.get_logger("codomyrmex_orchestration.limits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 #: A JSON string escapes one character to at most 6 bytes (``\\u001f``); UTF-8 uses at most 4.
 _MAX_BYTES_PER_CHAR = 6
+_CONTAINERS = (dict, list, tuple)
 
 
 def is_truncated(output: Any) -> bool:
@@ -67,6 +68,8 @@ class OutputLimiter:
     def fits(self, value: Any) -> tuple[bool, str | None]:
         """(within the limit, the JSON text when it had to be computed)."""
         if value is None or isinstance(value, bool | int | float):
+            return True, None
+        if type(value) in _CONTAINERS and not value and self.max_bytes >= 2:  # [] or {}
             return True, None
         if isinstance(value, str) and len(value) * _MAX_BYTES_PER_CHAR + 2 <= self.max_bytes:
             return True, None
