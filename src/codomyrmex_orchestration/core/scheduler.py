@@ -210,7 +210,7 @@ class _Task:
         fn: TaskCallable,
         name: str,
         priority: TaskPriority,
-        dependencies: list[str],
+        dependencies: tuple[str, ...],
         timeout: float | None,
         max_retries: int,
         retry_delay: float,
@@ -462,7 +462,7 @@ class TaskOrchestrator:
             fn,
             name,
             priority,
-            list(dependencies),
+            tuple(dependencies),  # () for most tasks: no list for the GC to track
             timeout,
             max_retries,
             retry_delay,
