@@ -49,7 +49,7 @@ def _compute(env: Mapping[str, str]) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-_cache: tuple[object, int, list[str]] | None = None
+_cache: tuple[Mapping[Any, Any], int, list[str]] | None = None
 _generation = 0
 
 
@@ -63,12 +63,14 @@ def _secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     if environ is not None:
         return _compute(environ)
     raw = getattr(os.environ, "_data", None)
-    snapshot: object = tuple(raw.items()) if isinstance(raw, dict) else tuple(os.environ.items())
+    current: Mapping[Any, Any] = raw if isinstance(raw, dict) else os.environ
     cached = _cache
-    if cached is not None and cached[1] == _generation and cached[0] == snapshot:
+    # Comparing with a copy of the raw dict is a C-level lookup per variable, cheaper than building a
+    # tuple of its items on every call.
+    if cached is not None and cached[1] == _generation and cached[0] == current:
         return cached[2]
     values = _compute(os.environ)
-    _cache = (snapshot, _generation, values)
+    _cache = (dict(current), _generation, values)
     return values
 
 
@@ -83,10 +85,23 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
 def redact(value: Any, secrets: list[str] | None = None) -> Any:
     """``value`` (a JSON-like structure) with secrets replaced in every string, keys included; values
     without secrets are returned as they are (the same object)."""
+    if _holds_no_text(value):
+        return value
     found = _secrets() if secrets is None else secrets
     if not found:
         return value
     return _walk(value, found)
+
+
+def _holds_no_text(value: Any) -> bool:
+    """True for values that cannot hold a secret: scalars other than strings, empty containers. Most
+    step outputs are such (``None``, a number, ``{}``); they skip the lookup of the secret values."""
+    kind = type(value)
+    return value is None or kind in _SCALARS or (kind in _CONTAINERS and not value)
+
+
+_SCALARS = frozenset({bool, int, float})
+_CONTAINERS = frozenset({dict, list, tuple, str})
 
 
 def _walk(value: Any, secrets: list[str]) -> Any:

@@ -153,6 +153,24 @@ def test_the_limiter_measures_utf8_json_bytes_and_keeps_what_fits() -> None:
     assert limiter.truncated_count == 1
 
 
+def test_small_outputs_are_kept_without_serialising_and_the_cap_still_measures_exact_bytes() -> None:
+    limiter = OutputLimiter(200)
+    keep = {"n": 10**30, "x": -1.5e300, "ok": True, "none": None, "rows": [["é", 2], ("t",)]}
+    assert limiter(keep, run_id=None, step_name=None, task_id="t") is keep
+    # Pessimistic bound over the limit, exact JSON text (181 bytes) within it: kept.
+    near = {"text": "a" * 170}
+    assert limiter(near, run_id=None, step_name=None, task_id="t") is near
+    # Non-string keys and other types are measured by serialising, as JSON encodes them.
+    assert limiter({1: "one", 2.5: [None]}, run_id=None, step_name=None, task_id="t") == {
+        1: "one",
+        2.5: [None],
+    }
+    over = {"text": "é" * 100}  # 2 * 100 bytes of UTF-8 + 11
+    marker = limiter(over, run_id=None, step_name=None, task_id="t")
+    assert is_truncated(marker) and marker["size_bytes"] == 211
+    assert limiter.truncated_count == 1
+
+
 def test_a_step_name_that_is_not_a_safe_file_name_spills_under_a_digest(tmp_path: Path) -> None:
     limiter = OutputLimiter(1024, spill_dir=tmp_path)
     marker = limiter("z" * 5000, run_id="../../etc", step_name="a/../../b", task_id="t")

@@ -6,8 +6,8 @@ plugins — and for single tasks as well as workflow steps. An output whose JSON
 ``max_bytes`` is replaced by a marker object; the full output is optionally spilled to a file under the
 state directory first.
 
-The no-op path costs one ``is None`` test in the scheduler; small scalars and short strings are measured
-without serialising them.
+The no-op path costs one ``is None`` test in the scheduler; outputs that are plainly small (scalars,
+short strings, small dicts and lists of them) are bounded without serialising them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ _log = structlog.get_logger("codomyrmex_orchestration.limits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 #: A JSON string escapes one character to at most 6 bytes (``\\u001f``); UTF-8 uses at most 4.
 _MAX_BYTES_PER_CHAR = 6
+#: Nesting beyond this is measured by serialising (as are circular structures, which then fail).
+_MAX_BOUND_DEPTH = 16
+#: The longest JSON text of a float (``-1.7976931348623157e+308``) is 24 characters.
+_MAX_FLOAT_CHARS = 24
 
 
 def is_truncated(output: Any) -> bool:
@@ -36,6 +40,49 @@ def is_truncated(output: Any) -> bool:
 
 def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
+    """An upper bound on the UTF-8 bytes of ``value``'s JSON text if it is within ``budget``, else ``None``.
+
+    Most outputs are small: bounding them without serialising saves the ``json.dumps`` the cap would
+    otherwise pay on every step. ``None`` also means "cannot tell cheaply" (a type JSON encodes through
+    ``default=str``, a non-string key, deep nesting): the caller then serialises to measure exactly.
+    """
+    kind = type(value)
+    if kind is str:
+        size = len(value) * _MAX_BYTES_PER_CHAR + 2
+    elif value is None or kind is bool:
+        size = 5
+    elif kind is int:
+        size = value.bit_length() // 3 + 2  # digits <= bits * log10(2) + 1, and a sign
+    elif kind is float:
+        size = _MAX_FLOAT_CHARS
+    elif depth >= _MAX_BOUND_DEPTH:
+        return None
+    elif kind is dict:
+        size = 2
+        for key, item in value.items():
+            if type(key) is not str:
+                return None
+            inner = _json_size_bound(item, budget, depth + 1)
+            if inner is None:
+                return None
+            size += len(key) * _MAX_BYTES_PER_CHAR + 4 + inner  # quotes, colon, comma
+            if size > budget:
+                return None
+    elif kind is list or kind is tuple:
+        size = 2
+        for item in value:
+            inner = _json_size_bound(item, budget, depth + 1)
+            if inner is None:
+                return None
+            size += inner + 1
+            if size > budget:
+                return None
+    else:
+        return None
+    return size if size <= budget else None
 
 
 class OutputLimiter:
@@ -68,7 +115,7 @@ class OutputLimiter:
         """(within the limit, the JSON text when it had to be computed)."""
         if value is None or isinstance(value, bool | int | float):
             return True, None
-        if isinstance(value, str) and len(value) * _MAX_BYTES_PER_CHAR + 2 <= self.max_bytes:
+        if _json_size_bound(value, self.max_bytes) is not None:
             return True, None
         text = _json_text(value)
         # len(text) <= bytes <= 4 * len(text): only encode when the cheap bounds do not decide.

@@ -53,6 +53,7 @@ __all__ = [
     "TaskCallable",
     "TaskListener",
     "TaskOrchestrator",
+    "TaskState",
 ]
 
 #: Seconds ``wait``/``wait_all`` wait when given ``timeout=None``: no wait is ever unbounded.
@@ -67,6 +68,32 @@ _ABANDONED_GRACE = 2.0
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
 TaskCallback = Callable[[TaskRecord], None]
+
+
+class TaskState(Protocol):
+    """The fields of a task that ``on_start``/``on_done`` callbacks read: a :class:`TaskRecord` has them,
+    and so does the scheduler's live internal state handed to callbacks submitted with
+    ``live_state=True`` (read it inside the callback only: it is not a snapshot)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def status(self) -> TaskStatus: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def error(self) -> ErrorInfo | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def duration_seconds(self) -> float | None: ...
+
+
+StateCallback = Callable[[TaskState], None]
 
 TASK_EVENTS = (
     "task.queued",
@@ -154,6 +181,7 @@ class _Task:
         "finished_at",
         "fn",
         "id",
+        "live_state",
         "max_retries",
         "mono_finished",
         "mono_started",
@@ -182,7 +210,7 @@ class _Task:
         fn: TaskCallable,
         name: str,
         priority: TaskPriority,
-        dependencies: list[str],
+        dependencies: tuple[str, ...],
         timeout: float | None,
         max_retries: int,
         retry_delay: float,
@@ -190,8 +218,9 @@ class _Task:
         resources: Mapping[str, Any] | None,
         run_id: str | None,
         step_name: str | None,
-        on_start: TaskCallback | None,
-        on_done: TaskCallback | None,
+        on_start: Callable[[Any], None] | None,
+        on_done: Callable[[Any], None] | None,
+        live_state: bool,
     ) -> None:
         self.id = task_id
         self.fn = fn
@@ -207,6 +236,7 @@ class _Task:
         self.step_name = step_name
         self.on_start = on_start
         self.on_done = on_done
+        self.live_state = live_state
         self.status = TaskStatus.PENDING
         self.settled = False  # final and its callbacks have run: waiters may return
         self.attempts = 0
@@ -224,10 +254,17 @@ class _Task:
         self.mono_started: float | None = None
         self.mono_finished: float | None = None
 
-    def snapshot(self) -> TaskRecord:
-        duration = None
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def duration_seconds(self) -> float | None:
         if self.mono_started is not None and self.mono_finished is not None:
-            duration = self.mono_finished - self.mono_started
+            return self.mono_finished - self.mono_started
+        return None
+
+    def snapshot(self) -> TaskRecord:
         # Validating is cheaper than model_construct here (pydantic-core does it in Rust, ~2 µs).
         return TaskRecord(
             task_id=self.id,
@@ -243,7 +280,7 @@ class _Task:
             submitted_at=self.submitted_at,
             started_at=self.started_at,
             finished_at=self.finished_at,
-            duration_seconds=duration,
+            duration_seconds=self.duration_seconds,
         )
 
 
@@ -361,9 +398,10 @@ class TaskOrchestrator:
         resources: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         step_name: str | None = None,
-        on_start: TaskCallback | None = None,
-        on_done: TaskCallback | None = None,
+        on_start: TaskCallback | StateCallback | None = None,
+        on_done: TaskCallback | StateCallback | None = None,
         action: ActionCall | None = None,
+        live_state: bool = False,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
@@ -382,6 +420,9 @@ class TaskOrchestrator:
             run_id, step_name: set when the task is a workflow step.
             on_start: called with a record snapshot when each attempt starts.
             on_done: called exactly once with the final record, after listeners.
+            live_state: give ``on_start``/``on_done`` the task's live state (a :class:`TaskState`,
+                to read inside the callback only) instead of a :class:`TaskRecord` snapshot: two
+                pydantic models fewer per task, for internal callers such as the WorkflowManager.
             action: the same step described as action name + resolved parameters; the backend may run
                 it elsewhere (a Dask worker) instead of calling ``fn`` here.
 
@@ -421,7 +462,7 @@ class TaskOrchestrator:
             fn,
             name,
             priority,
-            list(dependencies),
+            tuple(dependencies),  # () for most tasks: no list for the GC to track
             timeout,
             max_retries,
             retry_delay,
@@ -431,6 +472,7 @@ class TaskOrchestrator:
             step_name,
             on_start,
             on_done,
+            live_state,
         )
         notices: list[_Notice] = []
         with self._lock:
@@ -1085,11 +1127,12 @@ class TaskOrchestrator:
     # ------------------------------------------------------------------ internals: notices
 
     def _deliver_start(self, task: _Task) -> None:
-        record = task.snapshot()
-        for listener in self._listeners:
+        listeners = self._listeners
+        record = task.snapshot() if listeners or not task.live_state else None
+        for listener in listeners:
             _safe(listener, "listener", task, "task.started", record)
         if task.on_start is not None:
-            _safe(task.on_start, "on_start", task, record)
+            _safe(task.on_start, "on_start", task, task if task.live_state else record)
 
     def _notice_locked(self, task: _Task, event: str, final: bool, notices: list[_Notice]) -> None:
         listeners = self._listeners
@@ -1098,7 +1141,8 @@ class TaskOrchestrator:
             return
         if not final and not listeners:
             return
-        record = task.snapshot() if listeners or task.on_done is not None else None
+        wants_record = listeners or (task.on_done is not None and not task.live_state)
+        record = task.snapshot() if wants_record else None
         notices.append((task, event, record, final))
 
     def _deliver(self, notices: list[_Notice]) -> None:
@@ -1113,8 +1157,8 @@ class TaskOrchestrator:
             on_done = task.on_done
             task.on_done = None  # exactly once, and drop the reference
             task.on_start = None
-            if on_done is not None and record is not None:
-                _safe(on_done, "on_done", task, record)
+            if on_done is not None:
+                _safe(on_done, "on_done", task, task if task.live_state else record)
             with self._lock:
                 task.settled = True
                 done_event = task.done_event

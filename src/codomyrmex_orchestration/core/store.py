@@ -670,6 +670,7 @@ class SqliteStore:
             # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back
             # by itself, and waking it for each write would cost a thread switch per write.
             if (was_empty and self._writer_idle) or self._pending.size >= _MAX_BATCH:
+                self._writer_idle = False  # one wake-up is enough
                 self._work.notify()
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None:
@@ -812,10 +813,14 @@ class SqliteStore:
     def _writer_loop(self) -> None:
         while True:
             with self._lock:
-                while self._pending.size == 0 and not self._calls and not self._closing:
+                if self._pending.size == 0 and not self._calls and not self._closing:
                     self._writer_idle = True
-                    self._work.wait()
+                    while self._writer_idle and not (self._calls or self._flush_wanted or self._closing):
+                        self._work.wait()
                     self._writer_idle = False
+                # Woken for work: wait out the flush interval even if a flush() on another thread has
+                # committed that work meanwhile (it usually has, in a chain of steps). Going idle again
+                # at once would have the next write wake this thread again: one wake-up per step.
                 deadline = time.monotonic() + self.flush_interval
                 while not (
                     self._flush_wanted or self._calls or self._closing or self._pending.size >= _MAX_BATCH
