@@ -520,3 +520,12 @@ def test_an_environment_without_write_access_reports_the_directory(tmp_path: Pat
             SqliteStore(locked / "state.db")
     finally:
         locked.chmod(0o700)
+
+
+def test_runs_are_counted_by_status_without_listing_them(store: Store) -> None:
+    store.save_run(_run("a", status=WorkflowStatus.COMPLETED))
+    store.save_run(_run("b", status=WorkflowStatus.COMPLETED))
+    store.save_run(_run("c", status=WorkflowStatus.FAILED))
+    store.save_run(_run("d"))
+    store.save_run(_run("d", status=WorkflowStatus.CANCELLED))  # an update, not a new run
+    assert store.count_runs() == {"completed": 2, "failed": 1, "cancelled": 1}

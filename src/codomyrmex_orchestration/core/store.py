@@ -76,6 +76,7 @@ class StateStore(Protocol):
         status: WorkflowStatus | None = None,
         limit: int = 100,
     ) -> list[RunRecord]: ...
+    def count_runs(self) -> dict[str, int]: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -261,6 +262,14 @@ class MemoryStore:
             runs.sort(key=lambda r: (r.created, r.seq), reverse=True)
             picked = [(r.record, list(r.steps.values())) for r in runs[: max(0, limit)]]
         return [_build_run(raw, steps) for raw, steps in picked]
+
+    def count_runs(self) -> dict[str, int]:
+        """Stored runs by status value, without building a record."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for run in self._runs.values():
+                counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
 
     def recover(self) -> list[str]:
         """Mark every PENDING or RUNNING run INTERRUPTED; return their ids, oldest first."""
@@ -1033,6 +1042,13 @@ class SqliteStore:
             ):
                 steps[run_id].append(result)
         return [_build_run(record, steps[run_id]) for run_id, record in rows]
+
+    def count_runs(self) -> dict[str, int]:
+        """Stored runs by status value: one aggregate query, no records built."""
+        return {
+            str(status): int(n)
+            for status, n in self._read("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        }
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         rows = self._read("SELECT data FROM sessions WHERE id = ?", (session_id,))
