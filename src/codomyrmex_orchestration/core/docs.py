@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from codomyrmex_orchestration.config import DEFAULT_TEMPLATES_DIR
+from codomyrmex_orchestration.core._files import atomic_write
 from codomyrmex_orchestration.core.models import utcnow
 from codomyrmex_orchestration.errors import InvalidInputError, TemplateError
 from codomyrmex_orchestration.logs import get_logger
@@ -115,17 +115,6 @@ class DocsReport:
     unchanged: list[Path] = field(default_factory=list)
     kept_edited: list[Path] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _title(name: str) -> str:
@@ -336,7 +325,7 @@ class DocumentationGenerator:
                     if rel in known:
                         report.hashes[rel] = known[rel]
                     continue
-            _atomic_write(target, text)
+            atomic_write(target, text)
             report.written.append(target)
             report.hashes[rel] = new_hash
         _log.debug(

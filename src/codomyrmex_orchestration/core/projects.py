@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codomyrmex_orchestration.config import DEFAULT_PROJECTS_DIR, DEFAULT_TEMPLATES_DIR
+from codomyrmex_orchestration.core._files import atomic_write
 from codomyrmex_orchestration.core.docs import DocumentationGenerator, render_template
 from codomyrmex_orchestration.core.models import WorkflowSpec, utcnow
 from codomyrmex_orchestration.errors import (
@@ -234,17 +234,6 @@ class WorkflowRegistrar(Protocol):
 # --------------------------------------------------------------------------- helpers
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _walk_files(base: Traversable, prefix: str = "") -> Iterator[tuple[str, Traversable]]:
     for entry in sorted(base.iterdir(), key=lambda e: e.name):
         rel = f"{prefix}{entry.name}"
@@ -312,7 +301,7 @@ class _Creation:
             if path in self.before:
                 return False  # exist_ok: a file already there is the person's; keep it
             raise FileExistsError(f"{rel} is written twice or collides with a directory")
-        _atomic_write(path, text)
+        atomic_write(path, text)
         return True
 
     def rollback(self) -> None:
@@ -508,13 +497,13 @@ class ProjectManager:
             name: Path(p.path).relative_to(self.root).as_posix() for name, p in sorted(self._projects.items())
         }
         self.registry_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.registry_path, json.dumps({"format": 1, "projects": entries}, indent=2) + "\n")
+        atomic_write(self.registry_path, json.dumps({"format": 1, "projects": entries}, indent=2) + "\n")
 
     def _save_manifest(self, project: Project) -> None:
         path = self._manifest_path(project)
         if path.is_symlink():
             raise InvalidInputError("path", f"{path} is a symbolic link; refusing to write the manifest")
-        _atomic_write(path, project.model_dump_json(indent=2) + "\n")
+        atomic_write(path, project.model_dump_json(indent=2) + "\n")
         if self.store is not None:
             self.store.save_project(project.name, project.model_dump(mode="json"))
 
