@@ -1,7 +1,11 @@
-"""A bare low-level MCP SDK server with one echo tool, over stdio: the baseline for bench_mcp_roundtrip."""
+"""A bare low-level MCP SDK server with one echo tool: the baseline for bench_mcp_roundtrip.
+
+Serves stdio by default, or streamable HTTP with ``--http PORT`` (the SDK's own app, on 127.0.0.1).
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -20,11 +24,20 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
     return types.CallToolResult(content=[types.TextContent(text=str(params.arguments))])
 
 
+SERVER = Server("echo", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
 async def main() -> None:
-    server = Server("echo", on_list_tools=list_tools, on_call_tool=call_tool)
     async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+        await SERVER.run(read, write, SERVER.create_initialization_options())
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        import uvicorn
+
+        uvicorn.run(
+            SERVER.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning"
+        )
+    else:
+        anyio.run(main)

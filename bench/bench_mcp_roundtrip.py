@@ -1,7 +1,9 @@
-"""Tool-call round trip over stdio: our ``list_workflows`` against a bare SDK echo tool, same run.
+"""Tool-call round trips against a bare SDK echo tool, same run: stdio and streamable HTTP.
 
-Both servers are real subprocesses driven by the mcp Client; rounds are interleaved and the best round
-of each is kept. Prints µs per call and the ratio (ours / bare). A benchmark, not a test.
+Our server (``list_workflows`` and ``execute_task`` of ``core.echo``) and a bare low-level SDK server
+with one echo tool run as real subprocesses, driven by the mcp Client; rounds are interleaved and the
+best round of each is kept; p50/p99 come from every call of the kept rounds. Prints µs per call and
+the ratio to the bare tool over the same transport. A benchmark, not a test.
 
     .venv/bin/python bench/bench_mcp_roundtrip.py [--calls 300] [--rounds 3]
 """
@@ -9,26 +11,99 @@ of each is kept. Prints µs per call and the ratio (ours / bare). A benchmark, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 from mcp import Client, StdioServerParameters
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = Path(sys.executable).parent / "codomyrmex-orchestration"
+ECHO_TASK = {"name": "e", "module": "core", "action": "echo", "parameters": {"message": 1}}
 
 
-async def _round(client: Client, tool: str, args: dict[str, Any], calls: int) -> float:
-    start = time.perf_counter()
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _http_server(args: list[str], env: dict[str, str], cwd: str) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([*args, str(port)], env=env, cwd=cwd, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # readiness: the port answers (bounded)
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"server {args} did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _round(client: Client, tool: str, args: dict[str, Any], calls: int) -> list[float]:
+    times = []
     for _ in range(calls):
+        start = time.perf_counter()
         result = await client.call_tool(tool, args)
+        times.append(time.perf_counter() - start)
         assert not result.is_error, result
-    return (time.perf_counter() - start) / calls
+    return times
+
+
+def _stats(times: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(times)
+    mean = sum(ordered) / len(ordered)
+    return mean, ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def _compare(ours: Client, bare: Client, calls: int, rounds: int) -> dict[str, list[float]]:
+    cases = {
+        "list_workflows": (ours, "list_workflows", {}),
+        "execute_task": (ours, "execute_task", ECHO_TASK),
+    }
+    cases["bare echo"] = (bare, "echo", {"x": 1})
+    for client, tool, args in cases.values():
+        await _round(client, tool, args, 20)  # warm: engine built, caches filled
+    best: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, (client, tool, args) in cases.items():
+            times = await _round(client, tool, args, calls)
+            if label not in best or sum(times) < sum(best[label]):
+                best[label] = times
+    return best
+
+
+def _report(transport: str, best: dict[str, list[float]]) -> None:
+    bare_mean = _stats(best["bare echo"])[0]
+    for label in ("bare echo", "list_workflows", "execute_task"):
+        mean, p50, p99 = _stats(best[label])
+        print(
+            f"{transport:<6} {label:<16} mean {mean * 1e6:7.0f} µs  p50 {p50 * 1e6:7.0f} µs  "
+            f"p99 {p99 * 1e6:7.0f} µs  ratio {mean / bare_mean:5.2f}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _clients(ours: Any, bare: Any) -> AsyncIterator[tuple[Client, Client]]:
+    async with Client(ours) as our_client, Client(bare) as bare_client:
+        yield our_client, bare_client
 
 
 async def main(calls: int, rounds: int) -> None:
@@ -41,17 +116,21 @@ async def main(calls: int, rounds: int) -> None:
         )
         ours = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp, env=env)
         bare = StdioServerParameters(command=sys.executable, args=[str(HERE / "_echo_server.py")], cwd=tmp)
-        async with Client(ours) as our_client, Client(bare) as bare_client:
-            await _round(our_client, "list_workflows", {}, 20)  # warm: engine built, caches filled
-            await _round(bare_client, "echo", {"x": 1}, 20)
-            best_ours = best_bare = float("inf")
-            for _ in range(rounds):
-                best_ours = min(best_ours, await _round(our_client, "list_workflows", {}, calls))
-                best_bare = min(best_bare, await _round(bare_client, "echo", {"x": 1}, calls))
-    print(f"calls per round: {calls}, rounds: {rounds} (best round kept)")
-    print(f"bare SDK echo over stdio:        {best_bare * 1e6:8.0f} µs/call")
-    print(f"our list_workflows over stdio:   {best_ours * 1e6:8.0f} µs/call")
-    print(f"ratio (ours / bare):             {best_ours / best_bare:8.2f}")
+        async with _clients(ours, bare) as (our_client, bare_client):
+            stdio = await _compare(our_client, bare_client, calls, rounds)
+        http_env = {**env, "CODOMYRMEX_STATE_DIR": f"{tmp}/state-http"}
+        our_args = [str(SCRIPT), "serve", "--transport", "streamable-http", "--port"]
+        with (
+            _http_server(our_args, http_env, tmp) as our_url,
+            _http_server([sys.executable, str(HERE / "_echo_server.py"), "--http"], env, tmp) as bare_url,
+        ):
+            async with _clients(our_url, bare_url) as (our_client, bare_client):
+                http = await _compare(our_client, bare_client, calls, rounds)
+    print(f"calls per round: {calls}, rounds: {rounds} (best round kept per case)")
+    _report("stdio", stdio)
+    _report("http", http)
+    ratio = _stats(stdio["list_workflows"])[0] / _stats(stdio["bare echo"])[0]
+    print(f"ratio (ours / bare):             {ratio:8.2f}")
 
 
 if __name__ == "__main__":
