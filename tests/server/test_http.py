@@ -80,7 +80,7 @@ async def test_streamable_http_serves_tools_with_the_token_and_refuses_without_i
             async with authed, Client(streamable_http_client(f"{base}/mcp", http_client=authed)) as client:
                 tools = await client.list_tools()
                 refused = await client.call_tool("list_workflows", {"extra": 1})
-            assert len(tools.tools) == 22
+            assert len(tools.tools) == 23
             assert refused.is_error
 
 
@@ -111,7 +111,7 @@ async def test_streamable_http_on_loopback_works_without_a_token(
     with anyio.fail_after(20):
         async with serving(tools_without_engine, "streamable-http", None) as base:
             async with Client(f"{base}/mcp") as client:
-                assert len((await client.list_tools()).tools) == 22
+                assert len((await client.list_tools()).tools) == 23
 
 
 async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
@@ -133,7 +133,7 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
             async with Client(transport, mode="legacy") as client:
                 tools = await client.list_tools()
                 unknown = await client.call_tool("frobnicate", {})
-            assert len(tools.tools) == 22
+            assert len(tools.tools) == 23
             assert unknown.is_error
 
 

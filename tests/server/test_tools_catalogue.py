@@ -21,6 +21,7 @@ TEN = {
     "create_complex_workflow",
 }
 EXTRA = {
+    "get_task",
     "get_workflow_run",
     "list_workflow_runs",
     "cancel_workflow_run",
@@ -39,6 +40,7 @@ READ_ONLY = {
     "list_projects",
     "get_system_status",
     "get_health_status",
+    "get_task",
     "get_workflow_run",
     "list_workflow_runs",
     "get_workflow",

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -95,3 +96,34 @@ async def test_the_console_script_runs_a_workflow_over_stdio_with_its_own_engine
     assert not created.is_error, created.content[0].text
     assert run.structured_content["status"] == "completed"
     assert run.structured_content["steps"]["a"]["output"] == 7
+
+
+def test_a_task_returned_while_running_is_followed_with_get_task(tmp_path: Path) -> None:
+    engine = OrchestrationEngine(
+        state_dir=tmp_path / "s", config_dir=None, projects_dir=tmp_path / "p", templates_dir=None
+    )
+    tools = OrchestrationMCPTools(engine)
+    try:
+        started = tools.execute_tool(
+            "execute_task",
+            {
+                "name": "nap",
+                "module": "core",
+                "action": "sleep",
+                "parameters": {"seconds": 0.3},
+                "wait": False,
+            },
+        )
+        assert not started.is_error, started.text
+        task_id = started.structured["task_id"]
+        assert started.structured["status"] in {"pending", "ready", "running"}
+        assert "get_task" in started.structured.get("note", "")
+        final = tools.execute_tool("get_task", {"task_id": task_id, "wait_seconds": 10})
+        assert not final.is_error, final.text
+        assert final.structured["status"] == "completed"
+        assert final.structured["result"] == {"slept": 0.3}
+        missing = tools.execute_tool("get_task", {"task_id": "nope"})
+        assert missing.is_error and "nope" in missing.text
+    finally:
+        tools.close()
+        engine.shutdown()

@@ -136,6 +136,13 @@ class RunIdArgs(Args):
     run_id: str = Field(min_length=1, max_length=128, description="A run_id returned by execute_workflow.")
 
 
+class TaskIdArgs(Args):
+    task_id: str = Field(min_length=1, max_length=128, description="A task_id returned by execute_task.")
+    wait_seconds: float = Field(
+        default=0, ge=0, le=300, description="Wait up to this long for the task to finish (0: answer now)."
+    )
+
+
 class ListRunsArgs(Args):
     workflow_name: str | None = None
     status: RunStatusName | None = None

@@ -390,9 +390,22 @@ def _task_result(record: Any, waited: float | None) -> m.TaskResult:
         result.note = (
             f"the task is still {result.status}"
             + (f" after waiting {waited:g} s" if waited else "")
-            + "; call execute_task again later is NOT needed: the task goes on in the background"
+            + f"; it goes on in the background: call get_task with task_id {result.task_id!r} to follow it"
         )
     return result
+
+
+_INLINE_WAIT_SECONDS = 0.05
+
+
+def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any:
+    orchestrator = tools.engine.task_orchestrator
+    if a.wait_seconds <= 0:
+        return _task_result(orchestrator.get_task(a.task_id), None)
+    try:
+        return _task_result(orchestrator.wait(a.task_id, a.wait_seconds), None)
+    except WaitTimeoutError:
+        return _task_result(orchestrator.get_task(a.task_id), a.wait_seconds)
 
 
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> Any:
@@ -412,6 +425,16 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
         return _task_result(record, None)
     orchestrator = engine.task_orchestrator
     task_id = record.task_id
+    # Most tasks end within milliseconds: wait briefly on this thread before handing the wait to the
+    # waiting pool, which would cost a second thread hop on every call.
+    try:
+        final = orchestrator.wait(task_id, min(_INLINE_WAIT_SECONDS, a.timeout_seconds))
+    except WaitTimeoutError:
+        pass
+    else:
+        if call.progress is not None:
+            call.progress(1.0, 1.0, f"task {a.name} {final.status.value}")
+        return _task_result(final, None)
 
     def wait_for(seconds: float) -> BaseModel:
         try:
@@ -659,6 +682,17 @@ _TOOLS: tuple[_Tool, ...] = (
         m.RunIdArgs,
         m.RunHandle,
         _get_run,
+        read_only=True,
+    ),
+    _Tool(
+        "get_task",
+        "Get a task",
+        "The current record of a single task started by execute_task (status, result, error, attempts), "
+        "optionally waiting up to wait_seconds for it to finish. Use it to follow a task returned while "
+        'still running. Example: {"task_id": "<task_id>", "wait_seconds": 10}',
+        m.TaskIdArgs,
+        m.TaskResult,
+        _get_task,
         read_only=True,
     ),
     _Tool(
