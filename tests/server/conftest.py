@@ -33,8 +33,9 @@ def tools_without_engine() -> OrchestrationMCPTools:
 # --------------------------------------------------------------------------- the engine behind the tools
 
 
-def make_engine(root: Path, policy: ServerPolicy) -> Any:
-    """A real, in-memory engine rooted in ``root`` (no config workflows, packaged templates)."""
+def make_engine(root: Path, policy: ServerPolicy, *, durable: bool = False) -> Any:
+    """A real engine rooted in ``root`` (no config workflows, packaged templates); in memory unless
+    ``durable``."""
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
 
     return OrchestrationEngine(
@@ -44,7 +45,7 @@ def make_engine(root: Path, policy: ServerPolicy) -> Any:
         templates_dir=root / "templates",
         max_workers=8,
         allow_code_execution=policy.allow_code_execution,
-        durable=False,
+        durable=durable,
     )
 
 

@@ -28,21 +28,15 @@ from codomyrmex_orchestration.core.projects import MANIFEST_FILE
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ServerPolicy
 from tests.helpers.fuzzing import SchemaStrategies, mutated
+from tests.server.conftest import make_engine
 
 FUZZ_CALLS = int(os.environ.get("CODOMYRMEX_FUZZ_CALLS", "300"))
 INTERNAL = "internal error (ref"
 
 
 def _engine(root: Path, policy: ServerPolicy) -> OrchestrationEngine:
-    return OrchestrationEngine(
-        state_dir=root / "state",
-        config_dir=None,
-        projects_dir=root / "projects",
-        templates_dir=root / "templates",
-        max_workers=8,
-        allow_code_execution=policy.allow_code_execution,
-        durable=True,
-    )
+    engine: OrchestrationEngine = make_engine(root, policy, durable=True)
+    return engine
 
 
 def report(line: str) -> None:
