@@ -6,6 +6,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -15,6 +16,7 @@ import uvicorn
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.lowlevel import Server
 
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.config import Settings
@@ -44,21 +46,24 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 
 @asynccontextmanager
-async def serving(tools: OrchestrationMCPTools, transport: str, token: str | None) -> AsyncIterator[str]:
+async def serving(
+    tools: OrchestrationMCPTools, transport: str, token: str | None, server: Server[Any] | None = None
+) -> AsyncIterator[str]:
     """Serve on a listening socket bound before uvicorn starts, so clients never race the startup."""
-    app = build_http_app(build_server(tools), transport=transport, host="127.0.0.1", auth_token=token)
+    server = server or build_server(tools)
+    app = build_http_app(server, transport=transport, host="127.0.0.1", auth_token=token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
+    web = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
+        tg.start_soon(lambda: web.serve(sockets=[sock]))
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            server.should_exit = True
+            web.should_exit = True
     sock.close()
 
 
@@ -112,6 +117,32 @@ async def test_streamable_http_on_loopback_works_without_a_token(
         async with serving(tools_without_engine, "streamable-http", None) as base:
             async with Client(f"{base}/mcp") as client:
                 assert len((await client.list_tools()).tools) == 23
+
+
+async def test_a_tool_call_with_arguments_does_not_re_list_every_tool(tools: OrchestrationMCPTools) -> None:
+    # The SDK checks Mcp-Param headers on streamable HTTP against the called tool's input schema; without
+    # our schema lookup it would run (and serialise) the whole tools/list handler on every such call.
+    server = build_server(tools)
+    served: list[str] = []
+
+    async def record(ctx: Any, call_next: Any) -> Any:
+        served.append(ctx.method)
+        return await call_next(ctx)
+
+    server.middleware.append(record)
+    echo = {"name": "e", "module": "core", "action": "echo", "parameters": {"message": "hi"}}
+    with anyio.fail_after(30):
+        async with serving(tools, "streamable-http", None, server) as base, Client(f"{base}/mcp") as client:
+            await client.list_tools()
+            for _ in range(5):
+                result = await client.call_tool("execute_task", echo)
+                assert not result.is_error and result.structured_content["result"] == "hi"
+    assert served.count("tools/call") == 5
+    assert served.count("tools/list") == 1  # the client's own listing, none per call
+    schemas = {d["name"]: d["inputSchema"] for d in tools.get_tool_definitions()}
+    assert server.get_tool_input_schema is not None
+    assert server.get_tool_input_schema("execute_task") == schemas["execute_task"]
+    assert server.get_tool_input_schema("no_such_tool") is None
 
 
 async def test_sse_serves_tools_with_the_token_and_refuses_without_it(

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -150,6 +150,7 @@ def build_server(
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
     listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+    input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
 
     async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=listed)
@@ -289,6 +290,10 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+        # Without this lookup the SDK's streamable HTTP path (protocol 2026-07-28) re-runs and re-serialises
+        # the whole tools/list on every tools/call that carries arguments, to check Mcp-Param headers:
+        # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
+        get_tool_input_schema=input_schemas.get,
     )
 
 
