@@ -481,6 +481,60 @@ def test_on_done_runs_once_for_every_way_a_task_ends(make_orch: Any) -> None:
     }
 
 
+def test_on_settled_hands_over_the_final_record_once_without_a_waiting_thread(make_orch: Any) -> None:
+    orch = make_orch(1)
+    order: list[str] = []
+    delivered: list[tuple[TaskRecord, str]] = []
+    arrived = threading.Event()
+
+    def settled(record: TaskRecord) -> None:
+        delivered.append((record, threading.current_thread().name))
+        order.append("on_settled")
+        arrived.set()
+
+    task_id, release = blocker(orch, on_done=lambda record: order.append("on_done"))
+    orch.on_settled(task_id, settled)
+    assert not arrived.is_set()  # registered while running: nothing yet
+    release.set()
+    assert arrived.wait(WAIT)
+    assert order == ["on_done", "on_settled"]  # after the task's own callbacks, before wait() returns
+    [(record, thread)] = delivered
+    assert record.status is TaskStatus.COMPLETED and record.result == "released"
+    assert thread != threading.current_thread().name  # on the settling worker, not this thread
+    assert orch.wait(task_id, WAIT).result == "released"
+
+
+def test_on_settled_for_a_settled_task_is_called_at_once_on_this_thread(make_orch: Any) -> None:
+    orch = make_orch()
+    failed = orch.submit(lambda ctx: 1 / 0, name="bad")
+    orch.wait(failed, WAIT)
+    seen: list[tuple[TaskStatus, str]] = []
+    orch.on_settled(failed, lambda record: seen.append((record.status, threading.current_thread().name)))
+    assert seen == [(TaskStatus.FAILED, threading.current_thread().name)]
+    with pytest.raises(TaskNotFoundError):
+        orch.on_settled("t-none", seen.append)
+
+
+def test_a_failing_on_settled_callback_does_not_break_waiters_or_workers(make_orch: Any) -> None:
+    orch = make_orch(1)
+    calls: list[TaskStatus] = []
+
+    def bad(record: TaskRecord) -> None:
+        calls.append(record.status)
+        raise RuntimeError("callback bug")
+
+    task_id, release = blocker(orch)
+    queued = orch.submit(lambda ctx: 1, name="queued")
+    orch.on_settled(task_id, bad)
+    orch.on_settled(queued, bad)
+    orch.cancel_task(queued)
+    release.set()
+    assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
+    assert orch.wait(queued, WAIT).status is TaskStatus.CANCELLED
+    assert sorted(calls, key=lambda s: s.value) == [TaskStatus.CANCELLED, TaskStatus.COMPLETED]
+    assert orch.wait(orch.submit(lambda ctx: 2, name="next"), WAIT).result == 2
+
+
 # --------------------------------------------------------------------------- stats, memory, shutdown
 
 

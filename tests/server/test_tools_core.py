@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -247,6 +249,36 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
         },
     )
     assert pending["status"] == "running" and pending["note"]
+
+
+async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_request(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    await _ok(client, "execute_task", {"name": "warm", "module": "core", "action": "echo"})  # engine up
+    orchestrator = tools.engine.task_orchestrator
+    started: list[str] = []
+    all_started = threading.Event()
+
+    def on_event(event: str, record: TaskRecord) -> None:
+        if event == "task.started" and record.name == "nap":
+            started.append(record.task_id)
+            if len(started) == 6:
+                all_started.set()
+
+    orchestrator.add_listener(on_event)
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(lambda: client.call_tool("execute_task", {**nap, "timeout_seconds": 50}))
+            assert await anyio.to_thread.run_sync(all_started.wait, 10)
+            # Six calls are waiting for their tasks, and not one of them holds a thread to do so.
+            assert tools._call_limiter.borrowed_tokens + tools._wait_limiter.borrowed_tokens == 0
+            with anyio.fail_after(3):
+                assert (await _ok(client, "list_workflows", {}))["count"] == 0
+            tg.cancel_scope.cancel()  # the client abandons the six requests
+        finals = await anyio.to_thread.run_sync(orchestrator.wait_all, started, 10)
+    assert [record.status for record in finals] == [TaskStatus.CANCELLED] * 6
 
 
 async def test_list_actions_shows_what_this_server_allows(

@@ -194,6 +194,7 @@ class _Task:
         "result",
         "retry_delay",
         "run_id",
+        "settle_callbacks",
         "settled",
         "started_at",
         "status",
@@ -246,6 +247,7 @@ class _Task:
         self.unmet = 0
         self.cancel_event: threading.Event | None = None
         self.done_event: threading.Event | None = None
+        self.settle_callbacks: list[TaskCallback] | None = None
         self.worker: _Worker | None = None
         self.resource_handle: object | None = None
         self.submitted_at = datetime.now(UTC)
@@ -602,6 +604,28 @@ class TaskOrchestrator:
             WaitTimeoutError: the task is still not final after ``timeout`` (it goes on running).
         """
         return self.wait_all([task_id], timeout)[0]
+
+    def on_settled(self, task_id: str, callback: TaskCallback) -> None:
+        """Call ``callback(record)`` once the task is final and its own callbacks have run (just before
+        :meth:`wait` returns), without a thread blocked on it: the way to hand the news to an event loop.
+
+        It runs on the thread that settles the task (a worker), or at once on this thread if the task is
+        already settled, so it must be quick and must not block; its exceptions are logged.
+
+        Raises:
+            TaskNotFoundError: unknown id (or a finished record already evicted).
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                raise TaskNotFoundError(task_id)
+            if not task.settled:
+                if task.settle_callbacks is None:
+                    task.settle_callbacks = []
+                task.settle_callbacks.append(callback)
+                return
+            record = task.snapshot()
+        _safe(callback, "on_settled", task, record)
 
     def wait_all(
         self, task_ids: Iterable[str], timeout: float | None = DEFAULT_WAIT_TIMEOUT
@@ -1136,7 +1160,13 @@ class TaskOrchestrator:
 
     def _notice_locked(self, task: _Task, event: str, final: bool, notices: list[_Notice]) -> None:
         listeners = self._listeners
-        if final and task.on_done is None and task.done_event is None and not listeners:
+        if (
+            final
+            and task.on_done is None
+            and task.done_event is None
+            and task.settle_callbacks is None
+            and not listeners
+        ):
             task.settled = True
             return
         if not final and not listeners:
@@ -1162,6 +1192,11 @@ class TaskOrchestrator:
             with self._lock:
                 task.settled = True
                 done_event = task.done_event
+                callbacks, task.settle_callbacks = task.settle_callbacks, None
+                settled = task.snapshot() if callbacks else None
+            if callbacks:
+                for callback in callbacks:
+                    _safe(callback, "on_settled", task, settled)
             if done_event is not None:
                 done_event.set()
 

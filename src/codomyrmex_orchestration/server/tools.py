@@ -10,6 +10,7 @@ timeout and cancels the run when the request is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import importlib
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
@@ -119,11 +119,18 @@ class _Call:
 @dataclass
 class _Pending:
     """A started piece of long work: ``wait(timeout)`` blocks up to ``timeout`` and returns the result as
-    it stands; ``cancel()`` stops the work (called when the client cancels the request)."""
+    it stands; ``cancel()`` stops the work (called when the client cancels the request).
+
+    With ``subscribe`` and ``unfinished`` the async path waits without a thread: ``subscribe(deliver)``
+    arranges ``deliver(result)`` from whichever thread finishes the work (or at once if it is over), and
+    ``unfinished(waited)`` is the handle as it stands when the wait runs out.
+    """
 
     wait: Callable[[float], BaseModel]
     cancel: Callable[[], None]
     timeout: float
+    subscribe: Callable[[Callable[[BaseModel], None]], None] | None = None
+    unfinished: Callable[[float], BaseModel] | None = None
 
 
 RunFn = Callable[["OrchestrationMCPTools", Any, _Call], "BaseModel | _Pending"]
@@ -141,6 +148,11 @@ class _Tool:
     destructive: bool = False
     idempotent: bool = False
     open_world: bool = False
+    # Sends progress notifications (through ``_Call.progress``) as the work goes on.
+    reports_progress: bool = False
+    # ``run`` only submits work, taking short in-memory locks and never waiting: once the engine exists
+    # the async path calls it on the event loop instead of paying a worker-thread round trip.
+    starts_on_loop: bool = False
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -395,9 +407,6 @@ def _task_result(record: Any, waited: float | None) -> m.TaskResult:
     return result
 
 
-_INLINE_WAIT_SECONDS = 0.05
-
-
 def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any:
     orchestrator = tools.engine.task_orchestrator
     if a.wait_seconds <= 0:
@@ -425,30 +434,23 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
         return _task_result(record, None)
     orchestrator = engine.task_orchestrator
     task_id = record.task_id
-    # Most tasks end within milliseconds: wait briefly on this thread before handing the wait to the
-    # waiting pool, which would cost a second thread hop on every call.
-    try:
-        final = orchestrator.wait(task_id, min(_INLINE_WAIT_SECONDS, a.timeout_seconds))
-    except WaitTimeoutError:
-        pass
-    else:
-        if call.progress is not None:
-            call.progress(1.0, 1.0, f"task {a.name} {final.status.value}")
-        return _task_result(final, None)
 
     def wait_for(seconds: float) -> BaseModel:
         try:
-            final = orchestrator.wait(task_id, seconds)
+            return _task_result(orchestrator.wait(task_id, seconds), None)
         except WaitTimeoutError:
             return _task_result(orchestrator.get_task(task_id), seconds)
-        if call.progress is not None:
-            call.progress(1.0, 1.0, f"task {a.name} {final.status.value}")
-        return _task_result(final, seconds)
+
+    def subscribe(deliver: Callable[[BaseModel], None]) -> None:
+        orchestrator.on_settled(task_id, lambda final: deliver(_task_result(final, None)))
+
+    def unfinished(waited: float) -> BaseModel:
+        return _task_result(orchestrator.get_task(task_id), waited)
 
     def cancel() -> None:
         orchestrator.cancel_task(task_id, "the client cancelled the request")
 
-    return _Pending(wait_for, cancel, a.timeout_seconds)
+    return _Pending(wait_for, cancel, a.timeout_seconds, subscribe=subscribe, unfinished=unfinished)
 
 
 def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
@@ -569,6 +571,7 @@ _TOOLS: tuple[_Tool, ...] = (
         m.RunHandle,
         _execute_workflow,
         open_world=True,
+        reports_progress=True,
     ),
     _Tool(
         "create_workflow",
@@ -628,6 +631,7 @@ _TOOLS: tuple[_Tool, ...] = (
         m.TaskResult,
         _execute_task,
         open_world=True,
+        starts_on_loop=True,
     ),
     _Tool(
         "get_system_status",
@@ -673,6 +677,7 @@ _TOOLS: tuple[_Tool, ...] = (
         m.RunHandle,
         _create_complex_workflow,
         open_world=True,
+        reports_progress=True,
     ),
     _Tool(
         "get_workflow_run",
@@ -725,6 +730,7 @@ _TOOLS: tuple[_Tool, ...] = (
         m.RunHandle,
         _resume_run,
         open_world=True,
+        reports_progress=True,
     ),
     _Tool(
         "get_workflow",
@@ -974,44 +980,67 @@ class OrchestrationMCPTools:
         *,
         progress: ProgressReporter | None = None,
     ) -> ToolResult:
-        """The server's door: like :meth:`execute_tool`, but the core runs in worker threads.
+        """The server's door: like :meth:`execute_tool`, but the core runs off the event loop.
 
-        Progress from core threads reaches ``progress`` through the event loop; when the awaiting task is
-        cancelled (the client cancelled the request) the run or task is cancelled before re-raising.
+        A tool's body runs in a worker thread, except a tool that only submits work (``execute_task``),
+        which is started on the loop once the engine exists; waits for scheduled work take no thread at
+        all. Progress from core threads reaches ``progress`` through the event loop; when the awaiting
+        task is cancelled (the client cancelled the request) the run or task is cancelled before
+        re-raising.
         """
         try:
             tool, args = self._prepare(name, arguments)
         except Exception as exc:
             return self._failure(name, exc)
+        if progress is not None and tool.reports_progress:
+            return await self._call_with_progress(name, tool, args, progress)
+        try:
+            if tool.starts_on_loop and self.engine_started:
+                outcome = tool.run(self, args, _Call())
+            else:
+                outcome = await anyio.to_thread.run_sync(
+                    tool.run, self, args, _Call(), limiter=self._call_limiter
+                )
+            if isinstance(outcome, _Pending):
+                outcome = await self._await_pending(outcome)
+            return self._render(outcome)
+        except Exception as exc:
+            return self._failure(name, exc)
+
+    async def _call_with_progress(
+        self, name: str, tool: _Tool, args: BaseModel, progress: ProgressReporter
+    ) -> ToolResult:
         token = anyio.lowlevel.current_token()
         sender, receiver = anyio.create_memory_object_stream[tuple[float, float | None, str | None]](math.inf)
 
         def report(done: float, total: float | None, message: str | None) -> None:
-            try:
-                anyio.from_thread.run_sync(sender.send_nowait, (done, total, message), token=token)
-            except Exception:  # the request may be over or the loop gone: progress is optional
-                return
+            def send() -> None:
+                try:
+                    sender.send_nowait((done, total, message))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the call is over: progress is optional
+
+            _call_soon(token, send)
 
         async def pump() -> None:
             last = -math.inf
             async with receiver:
                 async for done, total, message in receiver:
                     # Steps finishing together may queue out of order; progress must only increase.
-                    if progress is not None and done > last:
+                    if done > last:
                         last = done
                         try:
                             await progress(done, total, message)
                         except Exception as exc:  # a client gone away must not fail the call
                             log.debug("tool.progress_failed", tool=name, error=str(exc))
 
-        call = _Call(progress=report if progress is not None else None)
         outcome: Any = None
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             try:
                 outcome = await anyio.to_thread.run_sync(
-                    tool.run, self, args, call, limiter=self._call_limiter
+                    tool.run, self, args, _Call(progress=report), limiter=self._call_limiter
                 )
                 if isinstance(outcome, _Pending):
                     outcome = await self._await_pending(outcome)
@@ -1028,6 +1057,8 @@ class OrchestrationMCPTools:
 
     async def _await_pending(self, pending: _Pending) -> BaseModel:
         try:
+            if pending.subscribe is not None and pending.unfinished is not None:
+                return await self._await_delivery(pending, pending.subscribe, pending.unfinished)
             return await anyio.to_thread.run_sync(
                 pending.wait, pending.timeout, limiter=self._wait_limiter, abandon_on_cancel=True
             )
@@ -1038,6 +1069,39 @@ class OrchestrationMCPTools:
                 except Exception as exc:  # best effort: the request is gone
                     log.warning("tool.cancel_failed", error=str(exc))
             raise
+
+    @staticmethod
+    async def _await_delivery(
+        pending: _Pending,
+        subscribe: Callable[[Callable[[BaseModel], None]], None],
+        unfinished: Callable[[float], BaseModel],
+    ) -> BaseModel:
+        """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
+        token = anyio.lowlevel.current_token()
+        arrived = anyio.Event()
+        delivered: list[BaseModel] = []
+
+        def deliver(result: BaseModel) -> None:  # on the thread that finished the work
+            delivered.append(result)
+            _call_soon(token, arrived.set)
+
+        subscribe(deliver)
+        with anyio.move_on_after(pending.timeout):
+            await arrived.wait()
+        return delivered[0] if delivered else unfinished(pending.timeout)
+
+
+def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the token's event loop soon, from any thread, without waiting for it (anyio's
+    ``from_thread.run_sync`` would hold the calling worker until the loop got round to it)."""
+    native: Any = token.native_token
+    try:
+        if isinstance(native, asyncio.AbstractEventLoop):
+            native.call_soon_threadsafe(fn)
+        else:  # trio's TrioToken
+            native.run_sync_soon(fn)
+    except RuntimeError:  # the loop is closed (trio: RunFinishedError): nobody is waiting any more
+        return
 
 
 def apply_policy(registry: Any, policy: ServerPolicy) -> None:
