@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
 
-from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ServerPolicy
+from codomyrmex_orchestration.server._models import TaskResult
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ServerPolicy, _flatten_schema
 
 TEN = {
     "execute_workflow",
@@ -146,3 +150,41 @@ def test_the_tools_refuse_to_exist_without_the_mcp_package(monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "mcp", None)  # makes `import mcp` raise ImportError
     with pytest.raises(RuntimeError, match="'mcp' package is required"):
         OrchestrationMCPTools()
+
+
+def test_output_schemas_are_flat_and_still_reject_what_the_models_reject(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # Clients validate every structured result against these; references and nullable anyOf are slow.
+    definitions = {d["name"]: d for d in tools_without_engine.get_tool_definitions()}
+    for name, d in definitions.items():
+        text = json.dumps(d["outputSchema"])
+        assert "$ref" not in text and "$defs" not in text, name
+    task = Draft202012Validator(definitions["execute_task"]["outputSchema"])
+    good = {"task_id": "t-1", "name": "e", "status": "completed", "result": [1], "attempts": 1}
+    assert not list(task.iter_errors(good))
+    assert not list(task.iter_errors({**good, "error": None, "note": None, "duration_seconds": None}))
+    assert not list(task.iter_errors({**good, "error": {"message": "boom", "type": "ValueError"}}))
+    for bad in (
+        {**good, "error": "boom"},
+        {**good, "error": {"message": "boom"}},  # the nested required field survived inlining
+        {**good, "error": {"message": 1, "type": "X"}},
+        {**good, "duration_seconds": "fast"},
+        {**good, "note": 3},
+        {**good, "surprise": 1},
+    ):
+        assert list(task.iter_errors(bad)), bad
+        with pytest.raises(ValidationError):
+            TaskResult.model_validate(bad)
+
+
+def test_a_recursive_definition_stays_a_reference() -> None:
+    class Node(BaseModel):
+        label: str | None = None
+        children: list[Node] = []
+
+    flat = _flatten_schema(Node.model_json_schema(mode="serialization"))
+    validator = Draft202012Validator(flat)
+    assert not list(validator.iter_errors({"label": None, "children": [{"children": [{"label": "x"}]}]}))
+    assert list(validator.iter_errors({"children": [{"children": [{"label": 3}]}]}))
+    assert flat["properties"]["label"]["type"] == ["string", "null"]
