@@ -163,6 +163,23 @@ def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine)
     assert "handler bug" in (health["components"]["events"]["last_error"] or "")
 
 
+def test_events_nobody_listens_to_skip_the_event_thread_but_stay_in_the_event_log(
+    engine: OrchestrationEngine,
+) -> None:
+    engine.workflow_manager.create_workflow("quiet", [{"name": "a", "module": "core", "action": "set"}])
+    first = engine.execute_workflow("quiet", timeout=10)
+    assert engine.drain_events()
+    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 0
+    heard: list[str] = []
+    engine.register_event_handler("run.completed", lambda event, payload: heard.append(payload["run_id"]))
+    second = engine.execute_workflow("quiet", timeout=10)
+    assert engine.drain_events()
+    assert heard == [second.run_id]
+    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 1
+    logged = [e["payload"]["run_id"] for e in engine.store.list_events(type="run.completed")]
+    assert sorted(logged) == sorted([first.run_id, second.run_id])
+
+
 def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: OrchestrationEngine) -> None:
     assert engine.health_check()["overall_status"] == "healthy"
     db = engine.state_dir / "state.db"

@@ -167,6 +167,11 @@ class _EventBus:
             return any(self._handlers.values())
 
     def publish(self, event: str, payload: dict[str, Any]) -> None:
+        handlers = self._handlers
+        if not handlers.get(event) and not handlers.get("*"):
+            # Nobody listens (the usual case): waking the delivery thread for nothing would cost a
+            # thread switch per task and per step. A handler registered later sees later events.
+            return
         with self._idle:
             self._pending += 1
         self._queue.put((event, payload))
