@@ -1193,7 +1193,7 @@ class TaskOrchestrator:
                 task.settled = True
                 done_event = task.done_event
                 callbacks, task.settle_callbacks = task.settle_callbacks, None
-                settled = task.snapshot() if callbacks else None
+                settled = (record or task.snapshot()) if callbacks else None
             if callbacks:
                 for callback in callbacks:
                     _safe(callback, "on_settled", task, settled)
