@@ -34,6 +34,7 @@ from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
     TaskPriority,
+    TaskRecord,
     TaskSpec,
     WorkflowSpec,
     WorkflowStatus,
@@ -245,8 +246,15 @@ def _collapse_nullable(branches: list[Any]) -> dict[str, Any] | None:
 
 def jsonable(value: Any) -> Any:
     """Convert engine return values (pydantic models, dataclasses, enums, paths) to JSON values."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [jsonable(v) for v in value]
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", fallback=str)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     if isinstance(value, Mapping):
@@ -452,16 +460,15 @@ def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> An
     return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
 
 
-def _task_result(record: Any, waited: float | None) -> m.TaskResult:
-    data = jsonable(record)
+def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
     result = m.TaskResult(
-        task_id=data["task_id"],
-        name=data["name"],
-        status=data["status"],
-        result=data.get("result"),
-        error=data.get("error"),
-        attempts=data.get("attempts", 0),
-        duration_seconds=data.get("duration_seconds"),
+        task_id=record.task_id,
+        name=record.name,
+        status=record.status.value,
+        result=record.result,
+        error=record.error,
+        attempts=record.attempts,
+        duration_seconds=record.duration_seconds,
     )
     if result.status in ("pending", "ready", "running", "blocked"):
         result.note = (
@@ -1013,8 +1020,10 @@ class OrchestrationMCPTools:
 
     @staticmethod
     def _render(result: BaseModel) -> ToolResult:
-        structured = redact(jsonable(result.model_dump(mode="json")))
-        return ToolResult(text=json.dumps(structured, indent=2, ensure_ascii=False), structured=structured)
+        # pydantic's JSON mode already gives JSON values (``fallback`` stringifies what it cannot), so no
+        # second walk; the text is the same JSON on one line (the C encoder: indenting is pure Python).
+        structured = redact(result.model_dump(mode="json", fallback=str))
+        return ToolResult(text=json.dumps(structured, ensure_ascii=False), structured=structured)
 
     @staticmethod
     def _failure(name: str, exc: BaseException) -> ToolResult:
