@@ -18,6 +18,7 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
@@ -349,3 +350,36 @@ def test_cancelling_a_parent_run_cancels_its_running_sub_workflow(manager: Workf
     assert len(children) == 1
     child = manager.wait_run(children[0].run_id, timeout=5)
     assert child.status is WorkflowStatus.CANCELLED
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+def test_a_running_step_is_saved_only_to_a_durable_store_and_always_shown_live(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, durable: bool
+) -> None:
+    store = SqliteStore(tmp_path / "state.db") if durable else MemoryStore()
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: ActionContext) -> str:
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    registry.register(ActionDefinition("test", "hold", hold))
+    manager.create_workflow("held", [step("h", module="test", action="hold")])
+    run = manager.execute_workflow("held", wait=False)
+    try:
+        assert entered.wait(10)
+        assert manager.get_run(run.run_id).steps["h"].status is TaskStatus.RUNNING  # live, from memory
+        stored = store.get_run(run.run_id)
+        assert stored is not None
+        # Recovery after a crash needs the in-flight step; a store that dies with the process does not.
+        expected = TaskStatus.RUNNING if durable else TaskStatus.PENDING
+        assert stored.steps["h"].status is expected
+    finally:
+        release.set()
+    final = manager.wait_run(run.run_id, 10)
+    assert final.status is WorkflowStatus.COMPLETED
+    outcome = store.get_run(run.run_id)
+    assert outcome is not None and outcome.steps["h"].output == "done"
+    store.close()

@@ -490,7 +490,8 @@ class TaskOrchestrator:
                 deps.append(dep)
             self._tasks[task_id] = task
             self._active += 1
-            self._all_done.clear()
+            if self._active == 1:  # set only when _active drops to 0, under this same lock
+                self._all_done.clear()
             self._totals["submitted"] += 1
             for dep in deps:
                 if dep.status is TaskStatus.COMPLETED:

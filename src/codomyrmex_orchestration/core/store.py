@@ -63,6 +63,11 @@ _T = TypeVar("_T")
 class StateStore(Protocol):
     """What the WorkflowManager needs: workflows created through the API, runs and step results."""
 
+    # True when what is saved outlives the process: the manager then also saves each step as it starts,
+    # so that after a crash recovery knows which steps were in flight. A store that dies with the
+    # process gets only the outcomes (live runs are read from the manager itself).
+    durable: bool
+
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]: ...
@@ -161,6 +166,8 @@ class MemoryStore:
     Records are kept as JSON snapshots, as the SQLite store keeps them, so mutating an object after
     saving it does not change what was saved. Nothing survives the process.
     """
+
+    durable = False
 
     def __init__(
         self,
@@ -541,6 +548,8 @@ class SqliteStore:
         StateStoreError: the directory cannot be created or written, the file is not a database
             (corrupt), or its schema is newer than this program.
     """
+
+    durable = True
 
     def __init__(
         self,

@@ -722,7 +722,8 @@ class WorkflowManager:
             # Only this step's own attempts mutate this object, one after another, and the store
             # serialises what it is given at once: a copy is needed only for the on_step callback.
             snapshot = result.model_copy() if run.on_step is not None else result
-        self.store.save_step(run.record.run_id, snapshot)
+        if self.store.durable:  # else only outcomes are kept: live runs are read from memory
+            self.store.save_step(run.record.run_id, snapshot)
         if self._listeners:
             event = "step.retried" if attempt > 1 else "step.started"
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
