@@ -294,6 +294,7 @@ class WorkflowManager:
         self.orchestrator = orchestrator
         self.registry = registry
         self.store: StateStore = store if store is not None else MemoryStore()
+        self._durable = self.store.durable
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
         self.max_subworkflow_runs = max_subworkflow_runs
@@ -597,7 +598,8 @@ class WorkflowManager:
             run.remaining[name] = sum(1 for up in parents if not steps[up].status.is_terminal)
         with self._lock:
             self._active[record.run_id] = run
-        self.store.save_run(record)
+        # Pending steps matter only to a durable store (recovery); any other gets them at the end.
+        self.store.save_run(record if self._durable else record.model_copy(update={"steps": {}}))
         if self._listeners:
             self._emit(
                 "run.started",
@@ -715,19 +717,22 @@ class WorkflowManager:
         with run.lock:
             if name not in run.unfinished:  # cancelled between the scheduler's start and this call
                 return
-            result = run.record.steps[name]
-            result.status = TaskStatus.RUNNING
-            result.attempts = attempt
-            result.started_at = result.started_at or record.started_at or utcnow()
-            # Only this step's own attempts mutate this object, one after another, and the store
-            # serialises what it is given at once: a copy is needed only for the on_step callback.
-            snapshot = result.model_copy() if run.on_step is not None else result
-        if self.store.durable:  # else only outcomes are kept: live runs are read from memory
-            self.store.save_step(run.record.run_id, snapshot)
+            previous = run.record.steps[name]
+            # A new object rather than three pydantic attribute sets (each runs pydantic's setattr
+            # machinery): cheaper, and what callbacks and the store were given is never changed later.
+            result = StepResult(
+                name=name,
+                status=TaskStatus.RUNNING,
+                attempts=attempt,
+                started_at=previous.started_at or record.started_at or utcnow(),
+            )
+            run.record.steps[name] = result
+        if self._durable:  # else only outcomes are kept: live runs are read from memory
+            self.store.save_step(run.record.run_id, result)
         if self._listeners:
             event = "step.retried" if attempt > 1 else "step.started"
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
-        self._notify_step(run, snapshot)
+        self._notify_step(run, result)
 
     def _on_step_done(self, run: _Run, name: str, record: TaskState) -> None:
         result = StepResult(
@@ -766,7 +771,8 @@ class WorkflowManager:
                 if run.remaining[down] == 0 and down in run.unfinished:
                     ready.append(down)
             finished = not run.unfinished
-        self.store.save_step(run.record.run_id, result)
+        if self._durable:  # a store that dies with the process gets every step once, at the end
+            self.store.save_step(run.record.run_id, result)
         if ready and result.status is TaskStatus.COMPLETED:
             # A step's result is durable before anything that depends on it starts: after a crash,
             # resume never re-runs a step whose dependents already ran.
@@ -830,9 +836,10 @@ class WorkflowManager:
             final = record.model_copy(update={"steps": dict(record.steps)})
             run.final = final
             watchers, run.watchers = run.watchers, []
-        # Every step's final result was saved by _complete_step; save_run upserts, so the run row
-        # alone is rewritten here instead of serialising every step a second time.
-        self.store.save_run(final.model_copy(update={"steps": {}}))
+        # In a durable store every step's final result was saved by _complete_step; save_run upserts,
+        # so the run row alone is rewritten here instead of serialising every step a second time.
+        # Any other store gets the steps now, before the run stops being served from memory.
+        self.store.save_run(final.model_copy(update={"steps": {}}) if self._durable else final)
         self._flush()
         with self._lock:
             self._active.pop(final.run_id, None)
