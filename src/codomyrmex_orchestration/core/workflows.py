@@ -717,22 +717,19 @@ class WorkflowManager:
         with run.lock:
             if name not in run.unfinished:  # cancelled between the scheduler's start and this call
                 return
-            previous = run.record.steps[name]
-            # A new object rather than three pydantic attribute sets (each runs pydantic's setattr
-            # machinery): cheaper, and what callbacks and the store were given is never changed later.
-            result = StepResult(
-                name=name,
-                status=TaskStatus.RUNNING,
-                attempts=attempt,
-                started_at=previous.started_at or record.started_at or utcnow(),
-            )
-            run.record.steps[name] = result
+            result = run.record.steps[name]
+            result.status = TaskStatus.RUNNING
+            result.attempts = attempt
+            result.started_at = result.started_at or record.started_at or utcnow()
+            # Only this step's own attempts mutate this object, one after another, and the store
+            # serialises what it is given at once: a copy is needed only for the on_step callback.
+            snapshot = result.model_copy() if run.on_step is not None else result
         if self._durable:  # else only outcomes are kept: live runs are read from memory
-            self.store.save_step(run.record.run_id, result)
+            self.store.save_step(run.record.run_id, snapshot)
         if self._listeners:
             event = "step.retried" if attempt > 1 else "step.started"
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
-        self._notify_step(run, result)
+        self._notify_step(run, snapshot)
 
     def _on_step_done(self, run: _Run, name: str, record: TaskState) -> None:
         result = StepResult(
