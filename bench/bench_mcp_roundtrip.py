@@ -129,8 +129,6 @@ async def main(calls: int, rounds: int) -> None:
     print(f"calls per round: {calls}, rounds: {rounds} (best round kept per case)")
     _report("stdio", stdio)
     _report("http", http)
-    ratio = _stats(stdio["list_workflows"])[0] / _stats(stdio["bare echo"])[0]
-    print(f"ratio (ours / bare):             {ratio:8.2f}")
 
 
 if __name__ == "__main__":
