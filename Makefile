@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test bench fuzz load durability run run-sample clean
+.PHONY: venv lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: lint typecheck pytest
 
 bench: venv
 	$(BIN)/python bench/run_all.py
+
+# Instructions per workflow step counted by valgrind (callgrind): steady on a noisy machine (~2 min).
+bench-instructions: venv
+	$(BIN)/python bench/bench_instructions.py
 
 # kill -9 / restart / resume at 10 random points of a 200-step DAG run; prints the figures (make test runs 3).
 durability: venv
