@@ -63,9 +63,10 @@ _T = TypeVar("_T")
 class StateStore(Protocol):
     """What the WorkflowManager needs: workflows created through the API, runs and step results."""
 
-    # True when what is saved outlives the process: the manager then also saves each step as it starts,
-    # so that after a crash recovery knows which steps were in flight. A store that dies with the
-    # process gets only the outcomes (live runs are read from the manager itself).
+    # True when what is saved outlives the process: the manager then saves every step as it is
+    # created, starts and finishes, so that after a crash recovery knows what was done and what was in
+    # flight. A store that dies with the process gets a run's row when it starts and its whole record,
+    # steps included, when it ends (while it runs, it is read from the manager itself).
     durable: bool
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
