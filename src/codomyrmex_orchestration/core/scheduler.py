@@ -594,6 +594,28 @@ class TaskOrchestrator:
                         break
             return out
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Submit many tasks without waking a worker for each: they are woken when the block ends.
+
+        For a burst of submissions from one thread (a workflow's first wave of steps): each submit still
+        takes the lock, but finds it free instead of fighting the workers it just woke for it, and the
+        workers start on a full queue. Nests; tasks submitted by other threads meanwhile are unaffected.
+        """
+        tls = self._tls
+        if getattr(tls, "deferred", None) is not None:
+            yield
+            return
+        tls.deferred = 0
+        try:
+            yield
+        finally:
+            queued, tls.deferred = tls.deferred, None
+            if queued:
+                with self._lock:
+                    for _ in range(min(queued, self.max_workers)):
+                        self._signal_work_locked()
+
     def wait(self, task_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> TaskRecord:
         """Block until the task is final (and its callbacks have run) and return its record.
 
@@ -821,7 +843,10 @@ class TaskOrchestrator:
     def _enqueue_locked(self, task: _Task) -> None:
         task.status = TaskStatus.READY
         self._ready[task.priority].append(task)
-        if self._self_serve:
+        tls = self._tls
+        if getattr(tls, "deferred", None) is not None:
+            tls.deferred += 1  # a batch: workers are woken once, when it ends
+        elif self._self_serve:
             self._self_serve = False
         elif getattr(self._tls, "will_pop", False):
             self._tls.will_pop = False

@@ -608,7 +608,9 @@ class WorkflowManager:
         if not run.unfinished:
             self._finish(run)
         else:
-            self._advance(run, [n for n in plan.order if n in run.unfinished and run.remaining[n] == 0])
+            first = [n for n in plan.order if n in run.unfinished and run.remaining[n] == 0]
+            with self.orchestrator.batch():  # a wide first wave queues before workers start on it
+                self._advance(run, first)
         return run
 
     # The run's state machine. Transitions happen under run.lock; scheduler calls and user
