@@ -504,6 +504,43 @@ def test_on_settled_hands_over_the_final_record_once_without_a_waiting_thread(ma
     assert orch.wait(task_id, WAIT).result == "released"
 
 
+def test_a_waiter_is_released_before_the_worker_that_settled_the_task_runs_its_next_one(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1)
+    first_waited = threading.Event()
+    held, release = blocker(orch)
+    first = orch.submit(lambda ctx: "first", name="first", on_done=lambda record: None)
+    # Queued behind it on the one worker, and ends only once the wait on ``first`` has returned.
+    second = orch.submit(lambda ctx: first_waited.wait(WAIT), name="second")
+    release.set()
+    assert orch.wait(first, WAIT).result == "first"
+    first_waited.set()
+    assert orch.wait(second, WAIT).result is True  # False: the wait above waited for this task
+    orch.wait(held, WAIT)
+
+
+def test_waiters_and_on_settled_callbacks_racing_the_settling_workers_each_get_it_exactly_once(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(4)
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(record: TaskRecord) -> None:
+        with lock:
+            calls[record.task_id] = calls.get(record.task_id, 0) + 1
+
+    ids: list[str] = []
+    for i in range(3000):
+        task_id = orch.submit(lambda ctx: None, name=f"t{i}", on_done=lambda record: None)
+        orch.on_settled(task_id, count)  # before, during or after the task settles
+        ids.append(task_id)
+    records = orch.wait_all(ids, WAIT)
+    assert all(r.status is TaskStatus.COMPLETED for r in records)
+    assert calls == dict.fromkeys(ids, 1)
+
+
 def test_on_settled_for_a_settled_task_is_called_at_once_on_this_thread(make_orch: Any) -> None:
     orch = make_orch()
     failed = orch.submit(lambda ctx: 1 / 0, name="bad")

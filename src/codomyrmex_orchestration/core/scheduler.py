@@ -247,7 +247,7 @@ class _Task:
         self.unmet = 0
         self.cancel_event: threading.Event | None = None
         self.done_event: threading.Event | None = None
-        self.settle_callbacks: list[TaskCallback] | None = None
+        self.settle_callbacks: deque[TaskCallback] | None = None
         self.worker: _Worker | None = None
         self.resource_handle: object | None = None
         self.submitted_at = datetime.now(UTC)
@@ -288,6 +288,18 @@ class _Task:
 
 # Delivered after the lock is released: (task, event name, snapshot taken at the event, final?).
 _Notice = tuple[_Task, str, TaskRecord | None, bool]
+
+
+def _run_settle_callbacks(task: _Task, callbacks: deque[TaskCallback], record: TaskRecord | None) -> None:
+    snapshot = record
+    while True:
+        try:
+            callback = callbacks.popleft()  # atomic: a callback claimed here runs nowhere else
+        except IndexError:
+            return
+        if snapshot is None:
+            snapshot = task.snapshot()  # the task is final: its fields no longer change
+        _safe(callback, "on_settled", task, snapshot)
 
 
 class TaskOrchestrator:
@@ -642,13 +654,12 @@ class TaskOrchestrator:
             task = self._tasks.get(task_id)
             if task is None:
                 raise TaskNotFoundError(task_id)
-            if not task.settled:
-                if task.settle_callbacks is None:
-                    task.settle_callbacks = []
-                task.settle_callbacks.append(callback)
-                return
-            record = task.snapshot()
-        _safe(callback, "on_settled", task, record)
+            if task.settle_callbacks is None:
+                task.settle_callbacks = deque()
+            callbacks = task.settle_callbacks
+            callbacks.append(callback)
+        if task.settled:  # before or while registering: what the settling thread did not claim runs here
+            _run_settle_callbacks(task, callbacks, None)
 
     def wait_all(
         self, task_ids: Iterable[str], timeout: float | None = DEFAULT_WAIT_TIMEOUT
@@ -676,6 +687,8 @@ class TaskOrchestrator:
                         task.done_event = threading.Event()
                     pending.append((task, task.done_event))
         for task, event in pending:
+            if task.settled:
+                continue  # settled while the event was installed: its settler may not have seen it
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 what = f"task {task.id!r} ({task.name})"
                 if len(tasks) > 1:
@@ -907,7 +920,8 @@ class TaskOrchestrator:
             return queue.popleft()
         return None
 
-    def _start_locked(self, task: _Task, worker: _Worker) -> ActionContext:
+    def _start_locked(self, task: _Task, worker: _Worker) -> tuple[int, CancelEvent, float | None]:
+        """Mark an attempt started; returns what its context needs, built after the lock is released."""
         task.status = TaskStatus.RUNNING
         task.attempts += 1
         task.worker = worker
@@ -915,18 +929,24 @@ class TaskOrchestrator:
         if task.mono_started is None:
             task.mono_started = now
             task.started_at = datetime.now(UTC)
-        cancel_event = CancelEvent()
+        cancel_event = CancelEvent()  # here, so that a cancel arriving right after the lock sets it
         task.cancel_event = cancel_event
         deadline = None
         if task.timeout is not None:
             deadline = now + task.timeout
             self._add_timer_locked(deadline, _DEADLINE, task, task.attempts)
         self._running += 1
+        return task.attempts, cancel_event, deadline
+
+    def _context(
+        self, task: _Task, worker: _Worker, attempt: int, cancel_event: CancelEvent, deadline: float | None
+    ) -> ActionContext:
+        # Outside the lock: every worker waits on it, and this is the largest object built per attempt.
         return ActionContext(
             step_name=task.step_name or task.name,
             run_id=task.run_id,
             task_id=task.id,
-            attempt=task.attempts,
+            attempt=attempt,
             cancel_event=cancel_event,
             deadline=deadline,
             logger=_LazyLogger(step=task.step_name or task.name, run_id=task.run_id, task_id=task.id),
@@ -1005,7 +1025,7 @@ class TaskOrchestrator:
                     self._idle += 1
                     self._work.wait()
                 if task is not None:
-                    ctx = self._start_locked(task, worker)
+                    started = self._start_locked(task, worker)
                     want_start = task.on_start is not None or bool(self._listeners)
             if notices:
                 if task is None and not leave and len(notices) == 1:
@@ -1024,7 +1044,7 @@ class TaskOrchestrator:
             if want_start:
                 self._deliver_start(task)
             try:
-                result = task.fn(ctx)
+                result = task.fn(self._context(task, worker, *started))
                 if result is not None:
                     # Every output (tasks, workflow steps, any backend) passes here before it becomes a
                     # record, a store row or a tool result: secrets are redacted once, at the source,
@@ -1215,16 +1235,24 @@ class TaskOrchestrator:
             task.on_start = None
             if on_done is not None:
                 _safe(on_done, "on_done", task, task if task.live_state else record)
-            with self._lock:
-                task.settled = True
-                done_event = task.done_event
-                callbacks, task.settle_callbacks = task.settle_callbacks, None
-                settled = (record or task.snapshot()) if callbacks else None
-            if callbacks:
-                for callback in callbacks:
-                    _safe(callback, "on_settled", task, settled)
-            if done_event is not None:
-                done_event.set()
+            self._settle(task, record)
+
+    @staticmethod
+    def _settle(task: _Task, record: TaskRecord | None) -> None:
+        """Mark a final task whose callbacks have run settled, and release whoever waits on it.
+
+        Without the lock (one lock hand-off among workers fewer per task): wait_all and on_settled
+        install their event or callback under the lock, then read ``settled`` again; this sets
+        ``settled``, then reads what is installed. Each side writes before it reads, each step atomic,
+        so at least one side sees the other. An event set twice is harmless, and callbacks are claimed
+        one at a time with ``popleft``, so each runs exactly once, on whichever thread claims it.
+        """
+        task.settled = True
+        if task.settle_callbacks:
+            _run_settle_callbacks(task, task.settle_callbacks, record)
+        done_event = task.done_event
+        if done_event is not None:
+            done_event.set()
 
     # ------------------------------------------------------------------ internals: dispatcher
 
