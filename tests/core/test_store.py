@@ -500,6 +500,41 @@ def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) ->
         assert seen and seen[0] is not None and seen[0].run_id == "r1"
 
 
+def _committed_run_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)  # another connection sees committed rows only
+    try:
+        return sorted(row[0] for row in conn.execute("SELECT run_id FROM runs"))
+    finally:
+        conn.close()
+
+
+def test_flush_upto_a_mark_commits_what_was_saved_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path, flush_interval=3600) as store:  # the writer would wait an hour on its own
+        store.save_run(_run("r1"))
+        mark = store.write_mark()
+        store.save_run(_run("r2"))
+        assert _committed_run_ids(path) == []
+        store.flush(upto=mark)
+        assert "r1" in _committed_run_ids(path)
+        store.flush(upto=mark)  # committed already: returns at once
+        store.save_run(_run("r3"))
+        assert store.write_mark() > mark
+        store.flush(upto=store.write_mark())
+        assert _committed_run_ids(path) == ["r1", "r2", "r3"]
+        store.save_run(_run("r4"))
+        store.flush(wait=False)  # nobody else is committing: it commits here, now
+        assert _committed_run_ids(path) == ["r1", "r2", "r3", "r4"]
+
+
+def test_a_memory_store_accepts_the_flush_protocol() -> None:
+    store = MemoryStore()
+    store.save_run(_run("r1"))
+    store.flush(upto=store.write_mark())
+    store.flush(wait=False)
+    assert store.get_run("r1") is not None
+
+
 def test_close_commits_what_is_pending(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path, flush_interval=60.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -350,6 +351,44 @@ def test_cancelling_a_parent_run_cancels_its_running_sub_workflow(manager: Workf
     assert len(children) == 1
     child = manager.wait_run(children[0].run_id, timeout=5)
     assert child.status is WorkflowStatus.CANCELLED
+
+
+def test_a_step_starts_only_once_its_parents_results_are_committed_to_disk(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
+) -> None:
+    # The writer would wait an hour before committing on its own: whatever a step sees on disk when it
+    # starts was committed because it was about to start.
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, flush_interval=3600)
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    seen: dict[str, list[tuple[str, str]]] = {}
+
+    def look(params: dict[str, Any], ctx: ActionContext) -> None:
+        conn = sqlite3.connect(path)  # another connection: only committed rows
+        try:
+            rows = conn.execute("SELECT name, status FROM steps WHERE run_id = ?", (ctx.run_id,))
+            seen[ctx.step_name] = sorted(rows.fetchall())
+        finally:
+            conn.close()
+
+    registry.register(ActionDefinition("test", "look", look))
+    manager.create_workflow(
+        "diamond",
+        [
+            step("a", module="test", action="look"),
+            step("b", module="test", action="look", dependencies=["a"]),
+            step("c", module="test", action="look", dependencies=["a"]),
+            step("d", module="test", action="look", dependencies=["b", "c"]),
+        ],
+    )
+    try:
+        record = manager.execute_workflow("diamond", timeout=10)
+    finally:
+        store.close()
+    assert record.status is WorkflowStatus.COMPLETED
+    for name, parents in {"b": ["a"], "c": ["a"], "d": ["b", "c"]}.items():
+        committed = dict(seen[name])
+        assert all(committed.get(p) == "completed" for p in parents), (name, seen[name])
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])

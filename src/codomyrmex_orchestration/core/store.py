@@ -83,7 +83,11 @@ class StateStore(Protocol):
         limit: int = 100,
     ) -> list[RunRecord]: ...
     def count_runs(self) -> dict[str, int]: ...
-    def flush(self) -> None: ...
+    # A mark of the writes saved so far, for flush(upto=...) later.
+    def write_mark(self) -> int: ...
+    # Block until the writes saved before ``upto`` (a write_mark(); default: now) are durable; with
+    # wait=False, commit now if that needs no waiting for another thread's commit, else return.
+    def flush(self, *, upto: int | None = None, wait: bool = True) -> None: ...
     def close(self) -> None: ...
 
 
@@ -364,7 +368,10 @@ class MemoryStore:
         return [_event_dict(e["id"], e["ts"], e["type"], e["raw"]) for e in out]
 
     # lifecycle
-    def flush(self) -> None:
+    def write_mark(self) -> int:
+        return 0
+
+    def flush(self, *, upto: int | None = None, wait: bool = True) -> None:
         """Nothing to flush: every save is visible as soon as it returns."""
 
     def close(self) -> None:
@@ -753,28 +760,39 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ flushing
 
-    def flush(self, timeout: float = _FLUSH_TIMEOUT) -> None:
-        """Block until every write enqueued before this call is committed.
+    def write_mark(self) -> int:
+        """A mark of the writes enqueued so far: ``flush(upto=mark)`` waits for those alone."""
+        return self._enqueued
+
+    def flush(self, timeout: float = _FLUSH_TIMEOUT, *, upto: int | None = None, wait: bool = True) -> None:
+        """Block until every write enqueued before this call (or before ``upto``, a
+        :meth:`write_mark`) is committed.
+
+        With ``wait=False``: commit now on this thread unless another thread is committing already, and
+        never wait; what that commit did not take is committed by the next flush or by the writer.
 
         Raises:
             StateStoreError: the writer has failed (the reason is in the message), or did not commit
                 within ``timeout`` seconds.
         """
+        if upto is not None and self._committed >= upto and self._failure is None:
+            return  # committed already: the usual case when a step starts after its parents
         with self._lock:
-            target = self._enqueued
+            target = self._enqueued if upto is None else upto
             pending = self._committed < target and self._failure is None
+        if not wait:
+            if pending and self._commit_lock.acquire(blocking=False):
+                try:
+                    self._commit_pending(target)
+                finally:
+                    self._commit_lock.release()
+            return
         if pending and self._commit_lock.acquire(timeout=timeout):
             # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush
             # per completed step (workflows do one before dependents start) then costs one commit and
             # no thread handoffs. If the writer was mid-commit, our writes are usually in its batch.
             try:
-                with self._lock:
-                    mine = self._committed < target and self._failure is None and not self._closed
-                    if mine:
-                        batch, self._pending = self._pending, _Batch()
-                        batch_target = self._enqueued
-                if mine:
-                    self._commit_taken(batch, batch_target, [], forced_retention=True)
+                self._commit_pending(target)
             finally:
                 self._commit_lock.release()
         with self._lock:
@@ -792,6 +810,16 @@ class SqliteStore:
                     self._done.wait(remaining)
             if self._failure is not None:
                 raise StateStoreError(str(self.path), f"the writer has failed: {self._failure}")
+
+    def _commit_pending(self, target: int) -> None:
+        """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
+        with self._lock:
+            mine = self._committed < target and self._failure is None and not self._closed
+            if mine:
+                batch, self._pending = self._pending, _Batch()
+                batch_target = self._enqueued
+        if mine:
+            self._commit_taken(batch, batch_target, [], forced_retention=True)
 
     def _sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""

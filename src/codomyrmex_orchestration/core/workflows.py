@@ -165,7 +165,7 @@ class _StepCall:
     one object, plus the two bound methods handed to the scheduler.
     """
 
-    __slots__ = ("extras", "func", "manager", "name", "params", "run")
+    __slots__ = ("extras", "func", "manager", "mark", "name", "params", "run")
 
     def __init__(
         self,
@@ -181,6 +181,9 @@ class _StepCall:
         self.func = func
         self.params = params
         self.extras = manager._action_extras
+        # The store's write mark when the step became ready: its parents' results are saved before
+        # it, and are flushed before the step starts (see _on_step_start).
+        self.mark: int | None = None
 
     def __call__(self, ctx: ActionContext) -> Any:
         ctx.run_workflow = self.manager._run_child
@@ -190,6 +193,8 @@ class _StepCall:
         return self.func(self.params, ctx)
 
     def started(self, state: TaskState) -> None:
+        if self.mark is not None:
+            self.manager._flush(upto=self.mark)
         self.manager._on_step_start(self.run, self.name, state)
 
     def done(self, state: TaskState) -> None:
@@ -634,16 +639,18 @@ class WorkflowManager:
         """READY with resolved parameters, or the final status of a step that will not run."""
         plan = run.plan
         step = plan.dag.steps[name]
-        with run.lock:
-            if run.cancelled:
-                return TaskStatus.CANCELLED, "run cancelled", None
-            if run.blocked:
-                for up in plan.parents[name]:
-                    if up in run.blocked:
-                        return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
-            for up in plan.needs_output[name]:
-                if run.record.steps[up].status is not TaskStatus.COMPLETED:
-                    return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
+        # No run.lock here: what is read was written under it by the parents' _complete_step calls,
+        # all before the one that made this step ready, and a cancel that lands after this check is
+        # seen by _submit, which registers the task before it reads run.cancelled again.
+        if run.cancelled:
+            return TaskStatus.CANCELLED, "run cancelled", None
+        if run.blocked:
+            for up in plan.parents[name]:
+                if up in run.blocked:
+                    return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
+        for up in plan.needs_output[name]:
+            if run.record.steps[up].status is not TaskStatus.COMPLETED:
+                return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
         condition = plan.conditions.get(name)
         if condition is None and name not in plan.templated:
             return TaskStatus.READY, None, step.parameters
@@ -677,6 +684,8 @@ class WorkflowManager:
         priority = step.priority if "priority" in step.model_fields_set else run.priority
         try:
             call = _StepCall(self, run, name, self.registry.get(step.module, step.action).func, params)
+            if self._durable and run.plan.parents[name]:
+                call.mark = self.store.write_mark()
             task_id = self.orchestrator.submit(
                 call,
                 # The same step by name, for backends that run it in another process (workflow.run,
@@ -707,10 +716,11 @@ class WorkflowManager:
         except OrchestrationError as exc:
             result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
             return self._complete_step(run, result, finished_task=True)
-        with run.lock:
-            run.task_ids[name] = task_id
-            cancel_now = run.cancelled
-        if cancel_now:
+        # Without run.lock (one lock hand-off fewer per step among workers): _cancel sets
+        # run.cancelled, then reads task_ids; this writes task_ids, then reads run.cancelled. Each
+        # is one atomic operation, so at least one side sees the other and the task is cancelled.
+        run.task_ids[name] = task_id
+        if run.cancelled:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         return []
 
@@ -772,10 +782,13 @@ class WorkflowManager:
             finished = not run.unfinished
         if self._durable:  # a store that dies with the process gets every step once, at the end
             self.store.save_step(run.record.run_id, result)
-        if ready and result.status is TaskStatus.COMPLETED:
-            # A step's result is durable before anything that depends on it starts: after a crash,
-            # resume never re-runs a step whose dependents already ran.
-            self._flush()
+            if ready and result.status is TaskStatus.COMPLETED:
+                # A step's result is durable before anything that depends on it starts (after a
+                # crash, resume never re-runs a step whose dependents already ran): each dependent
+                # flushes up to its write mark when it starts. Here the result is committed at once
+                # unless another worker is committing: that one commit serves them all, and no
+                # worker waits for another's commit.
+                self._flush(wait=False)
         if self._listeners:
             self._emit(
                 _STEP_EVENTS.get(result.status, "step.failed"),
@@ -793,9 +806,9 @@ class WorkflowManager:
             self._finish(run)
         return ready
 
-    def _flush(self) -> None:
+    def _flush(self, upto: int | None = None, *, wait: bool = True) -> None:
         try:
-            self.store.flush()
+            self.store.flush(upto=upto, wait=wait)
         except OrchestrationError as exc:
             # The run goes on in memory; health reports the store. Losing durability must not
             # also lose the run.
