@@ -1156,6 +1156,9 @@ class TaskOrchestrator:
             task.finished_at = datetime.now(UTC)
             task.mono_finished = time.monotonic()
             task.fn = _noop  # drop references the callable holds (closures over large data)
+            # The attempt's context keeps its own reference; a kept record need not (two objects
+            # fewer per finished task for the garbage collector to scan).
+            task.cancel_event = None
             self._release_resources_locked(task)
             self._active -= 1
             self._totals[status.value] += 1

@@ -201,6 +201,12 @@ class _StepCall:
         self.manager._on_step_done(self.run, self.name, state)
 
 
+def _mark_running(result: StepResult, attempt: int, record: TaskState) -> None:
+    result.attempts = attempt
+    result.started_at = result.started_at or record.started_at or utcnow()
+    result.status = TaskStatus.RUNNING  # last: a reader that sees RUNNING sees the rest
+
+
 def _pydantic_message(exc: ValidationError, prefix: str) -> InvalidInputError:
     problems = []
     for err in exc.errors()[:20]:
@@ -726,18 +732,25 @@ class WorkflowManager:
 
     def _on_step_start(self, run: _Run, name: str, record: TaskState) -> None:
         attempt = record.attempts
-        with run.lock:
-            if name not in run.unfinished:  # cancelled between the scheduler's start and this call
+        if not self._durable and run.on_step is None:
+            # Nothing is saved and nothing handed out: mark the live placeholder without the run lock
+            # (one lock hand-off among workers fewer per step). A cancel that ends the step meanwhile
+            # puts a new result in its place, so a final result is never changed here.
+            snapshot = run.record.steps[name]
+            if snapshot.status.is_terminal:
                 return
-            result = run.record.steps[name]
-            result.status = TaskStatus.RUNNING
-            result.attempts = attempt
-            result.started_at = result.started_at or record.started_at or utcnow()
-            # Only this step's own attempts mutate this object, one after another, and the store
-            # serialises what it is given at once: a copy is needed only for the on_step callback.
-            snapshot = result.model_copy() if run.on_step is not None else result
-        if self._durable:  # else only outcomes are kept: live runs are read from memory
-            self.store.save_step(run.record.run_id, snapshot)
+            _mark_running(snapshot, attempt, record)
+        else:
+            with run.lock:
+                if name not in run.unfinished:  # cancelled between the scheduler's start and this call
+                    return
+                result = run.record.steps[name]
+                _mark_running(result, attempt, record)
+                # Only this step's own attempts mutate this object, one after another, and the store
+                # serialises what it is given at once: a copy is needed only for the on_step callback.
+                snapshot = result.model_copy() if run.on_step is not None else result
+            if self._durable:  # else only outcomes are kept: live runs are read from memory
+                self.store.save_step(run.record.run_id, snapshot)
         if self._listeners:
             event = "step.retried" if attempt > 1 else "step.started"
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
