@@ -920,17 +920,22 @@ class TaskOrchestrator:
             return queue.popleft()
         return None
 
-    def _start_locked(self, task: _Task, worker: _Worker) -> tuple[int, CancelEvent, float | None]:
-        """Mark an attempt started; returns what its context needs, built after the lock is released."""
+    def _start_locked(
+        self, task: _Task, worker: _Worker, cancel_event: CancelEvent, stamp: datetime | None
+    ) -> tuple[int, CancelEvent, float | None]:
+        """Mark an attempt started; returns what its context needs, built after the lock is released.
+
+        ``cancel_event`` and ``stamp`` (the wall-clock time, or ``None`` if it is stale) are made by
+        the worker before it takes the lock: less time under the lock every worker waits on.
+        """
         task.status = TaskStatus.RUNNING
         task.attempts += 1
         task.worker = worker
         now = time.monotonic()
         if task.mono_started is None:
             task.mono_started = now
-            task.started_at = datetime.now(UTC)
-        cancel_event = CancelEvent()  # here, so that a cancel arriving right after the lock sets it
-        task.cancel_event = cancel_event
+            task.started_at = stamp or datetime.now(UTC)
+        task.cancel_event = cancel_event  # set under the lock, so that a cancel from now on sets it
         deadline = None
         if task.timeout is not None:
             deadline = now + task.timeout
@@ -985,9 +990,17 @@ class TaskOrchestrator:
         task: _Task | None = None
         result: Any = None
         error: BaseException | None = None
+        spare_event: CancelEvent | None = None
         while True:
             leave = False
             want_start = False
+            # Made before taking the lock: the finish time of the task just run (also the start time
+            # of the next one, unless this worker waits for it) and the next attempt's cancel event.
+            finished_at = datetime.now(UTC)
+            stamp: datetime | None = finished_at
+            mono = time.monotonic()
+            if spare_event is None:
+                spare_event = CancelEvent()
             with lock:
                 if task is not None:
                     if worker.abandoned:
@@ -1003,7 +1016,7 @@ class TaskOrchestrator:
                         # This worker takes its next task right below, so a task this completion makes
                         # ready needs no other worker woken for it.
                         self._self_serve = True
-                        self._end_attempt_locked(task, result, error, notices)
+                        self._end_attempt_locked(task, result, error, notices, finished_at, mono)
                         self._self_serve = False
                 task = None
                 if self._live > self.max_workers:
@@ -1024,8 +1037,10 @@ class TaskOrchestrator:
                         break
                     self._idle += 1
                     self._work.wait()
+                    stamp = None  # it waited: the time taken before is stale
                 if task is not None:
-                    started = self._start_locked(task, worker)
+                    started = self._start_locked(task, worker, spare_event, stamp)
+                    spare_event = None
                     want_start = task.on_start is not None or bool(self._listeners)
             if notices:
                 if task is None and not leave and len(notices) == 1:
@@ -1060,12 +1075,20 @@ class TaskOrchestrator:
                 error = exc
 
     def _end_attempt_locked(
-        self, task: _Task, result: Any, error: BaseException | None, notices: list[_Notice]
+        self,
+        task: _Task,
+        result: Any,
+        error: BaseException | None,
+        notices: list[_Notice],
+        finished_at: datetime,
+        mono_finished: float,
     ) -> None:
         self._running -= 1
         task.worker = None
         if error is None:
-            self._finish_locked(task, TaskStatus.COMPLETED, result, None, notices)
+            self._finish_locked(
+                task, TaskStatus.COMPLETED, result, None, notices, at=(finished_at, mono_finished)
+            )
             return
         self._fail_or_retry_locked(task, TaskStatus.FAILED, ErrorInfo.from_exception(error), notices)
 
@@ -1145,16 +1168,21 @@ class TaskOrchestrator:
         result: Any,
         error: ErrorInfo | None,
         notices: list[_Notice],
+        at: tuple[datetime, float] | None = None,
     ) -> None:
-        """Make ``task`` final, settle its dependents (iteratively: chains may be long)."""
+        """Make ``task`` final, settle its dependents (iteratively: chains may be long).
+
+        ``at``: when it finished (wall clock, monotonic), if taken before the lock; else now.
+        """
+        finished_at, mono_finished = at if at is not None else (datetime.now(UTC), time.monotonic())
         pending = [(task, status, result, error)]
         while pending:
             task, status, result, error = pending.pop()
             task.status = status
             task.result = result
             task.error = error
-            task.finished_at = datetime.now(UTC)
-            task.mono_finished = time.monotonic()
+            task.finished_at = finished_at
+            task.mono_finished = mono_finished
             task.fn = _noop  # drop references the callable holds (closures over large data)
             # The attempt's context keeps its own reference; a kept record need not (two objects
             # fewer per finished task for the garbage collector to scan).
