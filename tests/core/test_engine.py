@@ -393,6 +393,32 @@ def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
         eng.shutdown()
 
 
+def test_shutdown_cancels_queued_tasks_that_start_while_it_is_cancelling(tmp_path: Path) -> None:
+    import time
+
+    eng = _engine_on(tmp_path)  # two workers
+    two_running = threading.Event()
+    started: list[str] = []
+
+    def listener(event: str, record: Any) -> None:
+        if event == "task.started":
+            started.append(record.task_id)
+            if len(started) >= 2:
+                two_running.set()
+
+    eng.task_orchestrator.add_listener(listener)
+    spec = TaskSpec(name="long", module="core", action="sleep", parameters={"seconds": 60})
+    ids = [eng.execute_task(spec, wait=False).task_id for _ in range(12)]
+    assert two_running.wait(10)
+    # Cancelling the two running tasks frees their slots, and queued tasks start on new workers
+    # while shutdown is still cancelling: each must be cancelled whatever state it has reached.
+    started_at = time.monotonic()
+    eng.shutdown(timeout=30)
+    assert time.monotonic() - started_at < 5
+    statuses = {eng.task_orchestrator.get_task(i).status for i in ids}
+    assert statuses == {TaskStatus.CANCELLED}
+
+
 def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
     import time
 

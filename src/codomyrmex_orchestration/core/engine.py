@@ -39,7 +39,6 @@ from codomyrmex_orchestration.core.models import (
     TaskPriority,
     TaskRecord,
     TaskSpec,
-    TaskStatus,
     utcnow,
 )
 from codomyrmex_orchestration.core.projects import ProjectManager
@@ -982,8 +981,11 @@ class OrchestrationEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def _cancel_tasks(self) -> None:
-        for status in (TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.PENDING):
-            for task in self.task_orchestrator.list_tasks(status=status, limit=1_000_000):
+        # One listing, then a cancel for each task not final yet: cancel_task handles whatever state
+        # a task has reached by then. (Listing RUNNING, then READY, missed a task that started in
+        # between, and shutdown then waited its whole timeout for it.)
+        for task in self.task_orchestrator.list_tasks(limit=1_000_000):
+            if not task.status.is_terminal:
                 self.task_orchestrator.cancel_task(task.task_id, "the engine is shutting down")
 
     def shutdown(self, *, cancel_running: bool = True, timeout: float = 10.0) -> None:
