@@ -182,7 +182,7 @@ class _StepCall:
         self.params = params
         self.extras = manager._action_extras
         # The store's write mark when the step became ready: its parents' results are saved before
-        # it, and are flushed before the step starts (see _on_step_start).
+        # it, and are flushed before the step starts (see started).
         self.mark: int | None = None
 
     def __call__(self, ctx: ActionContext) -> Any:
@@ -306,6 +306,7 @@ class WorkflowManager:
         self.registry = registry
         self.store: StateStore = store if store is not None else MemoryStore()
         self._durable = self.store.durable
+        self._remote = orchestrator.backend.remote  # steps also travel as ActionCalls
         self.max_steps = max_steps
         self.max_subworkflow_depth = max_subworkflow_depth
         self.max_subworkflow_runs = max_subworkflow_runs
@@ -695,7 +696,7 @@ class WorkflowManager:
             task_id = self.orchestrator.submit(
                 call,
                 # The same step by name, for backends that run it in another process (workflow.run,
-                # which needs this manager, is kept local by them).
+                # which needs this manager, is kept local by them); the local backend needs none.
                 action=ActionCall(
                     step.module,
                     step.action,
@@ -703,7 +704,9 @@ class WorkflowManager:
                     depth=run.depth,
                     extras=self._action_extras,
                     allow_code_execution=self.registry.allow_code_execution,
-                ),
+                )
+                if self._remote
+                else None,
                 name=f"{run.record.workflow_name}.{name}",
                 priority=priority,
                 timeout=step.timeout,

@@ -76,6 +76,9 @@ class ExecutionBackend(Protocol):
     """
 
     name: str
+    #: True when ``bind`` may send a step elsewhere: callers then describe each step as an
+    #: :class:`ActionCall` (a backend that always runs ``fn`` in-process needs none).
+    remote: bool
 
     def bind(
         self,
@@ -101,6 +104,7 @@ class LocalBackend:
     """The default: every attempt runs on the scheduler's own worker threads, in this process."""
 
     name = "local"
+    remote = False
 
     def bind(
         self,

@@ -173,6 +173,7 @@ class DaskBackend:
     """
 
     name = "dask"
+    remote = True
 
     def __init__(
         self,
