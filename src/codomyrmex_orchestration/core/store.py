@@ -780,21 +780,18 @@ class SqliteStore:
         with self._lock:
             target = self._enqueued if upto is None else upto
             pending = self._committed < target and self._failure is None
-        if not wait:
-            if pending and self._commit_lock.acquire(blocking=False):
-                try:
-                    self._commit_pending(target)
-                finally:
-                    self._commit_lock.release()
-            return
-        if pending and self._commit_lock.acquire(timeout=timeout):
-            # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush
-            # per completed step (workflows do one before dependents start) then costs one commit and
-            # no thread handoffs. If the writer was mid-commit, our writes are usually in its batch.
+        # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush then
+        # costs one commit and no thread handoffs. If another thread is mid-commit, our writes are
+        # often in its batch; without ``wait`` they are left to the next commit.
+        if pending and (
+            self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
+        ):
             try:
                 self._commit_pending(target)
             finally:
                 self._commit_lock.release()
+        if not wait:
+            return
         with self._lock:
             if self._committed < target and self._failure is None:
                 self._flush_wanted = True
