@@ -1187,8 +1187,7 @@ class TaskOrchestrator:
             # The attempt's context keeps its own reference; a kept record need not (two objects
             # fewer per finished task for the garbage collector to scan).
             task.cancel_event = None
-            if task.resource_handle is not None:
-                self._release_resources_locked(task)
+            self._release_resources_locked(task)
             self._active -= 1
             self._totals[status] += 1  # a StrEnum member finds its value's key
             self._finished_order.append(task.id)
@@ -1211,8 +1210,7 @@ class TaskOrchestrator:
                         pending.append(
                             (child, TaskStatus.SKIPPED, None, ErrorInfo(message=msg, type="DependencyFailed"))
                         )
-        if len(self._finished_order) > self.max_finished:
-            self._evict_locked()
+        self._evict_locked()
         if self._active == 0:
             self._all_done.set()
             if self._closing:
