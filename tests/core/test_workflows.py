@@ -391,6 +391,75 @@ def test_a_step_starts_only_once_its_parents_results_are_committed_to_disk(
         assert all(committed.get(p) == "completed" for p in parents), (name, seen[name])
 
 
+@pytest.mark.parametrize("mode", ["memory", "memory+on_step", "sqlite"])
+def test_a_run_lists_every_step_in_declaration_order_live_and_final(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, mode: str
+) -> None:
+    # Steps enter the live record as they start or end unless a durable store or an on_step callback
+    # reads it while the run goes (then every step has a placeholder from the start): either way a
+    # reader sees every step, in the order the workflow declares them, not in the order they ran.
+    store = SqliteStore(tmp_path / "state.db") if mode == "sqlite" else MemoryStore()
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    entered, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def hold(params: dict[str, Any], ctx: ActionContext) -> str:
+        entered.set()
+        assert release.wait(10)
+        if params.get("fail"):
+            raise RuntimeError("failed late")
+        return "held"
+
+    def fail(params: dict[str, Any], ctx: ActionContext) -> None:
+        raise RuntimeError("failed early")
+
+    registry.register(ActionDefinition("test", "hold", hold))
+    registry.register(ActionDefinition("test", "fail", fail))
+    manager.create_workflow(
+        "ordered",
+        [
+            step("held", module="test", action="hold"),
+            step("quick", parameters={"v": 1}),
+            step("after_held", dependencies=["held"]),
+            step("bad_late", module="test", action="hold", parameters={"fail": True}),
+            step("after_quick", parameters={"v": "{{steps.quick.output.v}}"}),
+            step("bad_early", module="test", action="fail"),
+        ],
+    )
+    declared = ["held", "quick", "after_held", "bad_late", "after_quick", "bad_early"]
+    on_step = (lambda record, result: seen.append(result.name)) if mode == "memory+on_step" else None
+    run = manager.execute_workflow("ordered", wait=False, on_step=on_step)
+    try:
+        assert entered.wait(10)
+
+        def task_of(name: str) -> str:
+            tasks = orchestrator.list_tasks(limit=100)
+            return next(t.task_id for t in tasks if t.run_id == run.run_id and t.step_name == name)
+
+        # A task settles after its step's result is recorded (and its dependents submitted).
+        orchestrator.wait_all([task_of("quick"), task_of("bad_early")], 10)
+        orchestrator.wait(task_of("after_quick"), 10)
+        live = manager.get_run(run.run_id)
+        assert list(live.steps) == declared
+        assert live.steps["quick"].status is TaskStatus.COMPLETED
+        assert live.steps["after_held"].status is TaskStatus.PENDING
+        assert live.steps["after_held"].name == "after_held"
+    finally:
+        release.set()
+    final = manager.wait_run(run.run_id, 10)
+    assert final.status is WorkflowStatus.FAILED
+    assert list(final.steps) == declared
+    assert final.steps["after_quick"].output == {"v": 1}
+    # Failed steps in declaration order too, though bad_early failed first.
+    assert final.failed_steps == ["bad_late", "bad_early"]
+    assert final.error == "failed steps: bad_late (failed late); bad_early (failed early)"
+    stored = store.get_run(run.run_id)
+    assert stored is not None and list(stored.steps) == declared
+    if on_step is not None:
+        assert set(seen) == set(declared)
+    store.close()
+
+
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
 def test_steps_in_flight_are_saved_only_to_a_durable_store_and_always_shown_live(
     orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, durable: bool

@@ -138,22 +138,33 @@ class _Plan:
 
 
 class _StepView(Mapping[str, tuple[str, Any]]):
-    """A live, read-only view of a run's steps for template resolution (no per-step copies)."""
+    """A live, read-only view of a run's steps for template resolution (no per-step copies).
 
-    __slots__ = ("_steps",)
+    Every step of the workflow is in it; one with no result yet reads as pending.
+    """
 
-    def __init__(self, steps: dict[str, StepResult]) -> None:
+    __slots__ = ("_names", "_steps")
+
+    def __init__(self, steps: dict[str, StepResult], names: Mapping[str, object]) -> None:
         self._steps = steps
+        self._names = names
 
     def __getitem__(self, key: str) -> tuple[str, Any]:
-        result = self._steps[key]
+        result = self._steps.get(key)
+        if result is None:
+            if key not in self._names:
+                raise KeyError(key)
+            return TaskStatus.PENDING.value, None
         return result.status.value, result.output
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._steps)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return len(self._names)
 
 
 class _StepCall:
@@ -199,6 +210,17 @@ class _StepCall:
 
     def done(self, state: TaskState) -> None:
         self.manager._on_step_done(self.run, self.name, state)
+
+
+def _live_result(run: _Run, name: str) -> StepResult:
+    """The step's result object in the live record, entered as pending if it has none yet.
+
+    ``setdefault`` is one atomic operation: a final result put in meanwhile (a cancel) is returned as is.
+    """
+    result = run.record.steps.get(name)
+    if result is None:
+        result = run.record.steps.setdefault(name, StepResult(name=name))
+    return result
 
 
 def _mark_running(result: StepResult, attempt: int, record: TaskState) -> None:
@@ -268,7 +290,8 @@ class _Run:
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()
         # Steps whose failure propagates: required failures and the steps skipped because of them.
         self.blocked: set[str] = set()
-        self.unfinished = {n for n, s in record.steps.items() if not s.status.is_terminal}
+        # Every step without a final result (record.steps may hold only the steps that started).
+        self.unfinished = plan.dag.steps.keys() - {n for n, s in record.steps.items() if s.status.is_terminal}
         self.remaining: dict[str, int] = {}
         self.start_mono = time.monotonic()
         self.max_parallel = plan.spec.max_parallel
@@ -580,15 +603,17 @@ class WorkflowManager:
                     f"required by step {step_name!r} ({{{{{raw}}}}}) and has no default; "
                     f"given: {', '.join(sorted(params)) or '(none)'}",
                 )
-        if previous is not None:
+        steps: dict[str, StepResult] = {}
+        if previous is not None:  # a resumed run keeps its completed steps
             steps = {
-                n: previous.steps[n]
-                if n in previous.steps and previous.steps[n].status is TaskStatus.COMPLETED
-                else StepResult(name=n)
-                for n in dag.steps
+                n: s for n, s in previous.steps.items() if n in dag.steps and s.status is TaskStatus.COMPLETED
             }
-        else:
-            steps = {n: StepResult(name=n) for n in dag.steps}
+        if self._durable or on_step is not None:
+            # A pending placeholder per step, in declaration order, only where the live record is read
+            # while the run goes: a durable store saves it (an interrupted run lists every step) and
+            # on_step callbacks get it. Otherwise a step enters the record when it starts or ends and
+            # snapshots fill in the rest: 10,000 placeholders were a tenth of a 10,000-step run.
+            steps = {n: steps.get(n) or StepResult(name=n) for n in dag.steps}
         record = RunRecord(
             run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
             workflow_name=spec.name,
@@ -606,8 +631,9 @@ class WorkflowManager:
             run.max_parallel = min(max_parallel, run.max_parallel or max_parallel)
         if default_resources:
             run.default_resources = dict(default_resources)
+        unfinished = run.unfinished
         for name, parents in plan.parents.items():
-            run.remaining[name] = sum(1 for up in parents if not steps[up].status.is_terminal)
+            run.remaining[name] = sum(1 for up in parents if up in unfinished)
         with self._lock:
             self._active[record.run_id] = run
         # Pending steps matter only to a durable store (recovery); any other gets them at the end.
@@ -663,7 +689,7 @@ class WorkflowManager:
             return TaskStatus.READY, None, step.parameters
         ctx = TemplateContext(
             params=run.params,
-            steps=_StepView(run.record.steps),
+            steps=_StepView(run.record.steps, plan.dag.steps),
             run={"id": run.record.run_id, "workflow": run.record.workflow_name},
         )
         try:
@@ -684,7 +710,7 @@ class WorkflowManager:
             with run.lock:
                 if run.in_flight >= limit:
                     run.queue.append((name, params))
-                    run.record.steps[name].status = TaskStatus.READY
+                    run.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
                     return []
                 run.in_flight += 1
         step = run.plan.dag.steps[name]
@@ -739,7 +765,7 @@ class WorkflowManager:
             # Nothing is saved and nothing handed out: mark the live placeholder without the run lock
             # (one lock hand-off among workers fewer per step). A cancel that ends the step meanwhile
             # puts a new result in its place, so a final result is never changed here.
-            snapshot = run.record.steps[name]
+            snapshot = _live_result(run, name)
             if snapshot.status.is_terminal:
                 return
             _mark_running(snapshot, attempt, record)
@@ -747,7 +773,7 @@ class WorkflowManager:
             with run.lock:
                 if name not in run.unfinished:  # cancelled between the scheduler's start and this call
                     return
-                result = run.record.steps[name]
+                result = _live_result(run, name)
                 _mark_running(result, attempt, record)
                 # Only this step's own attempts mutate this object, one after another, and the store
                 # serialises what it is given at once: a copy is needed only for the on_step callback.
@@ -843,8 +869,10 @@ class WorkflowManager:
             if run.final is not None:
                 return
             record = run.record
-            required = run.plan.dag.steps
-            failed = [n for n, s in record.steps.items() if s.status in _FAILED and required[n].required]
+            specs = run.plan.dag.steps
+            # In declaration order (steps enter a run's record as they start or end).
+            steps = {n: record.steps[n] for n in specs}
+            failed = [n for n, s in steps.items() if s.status in _FAILED and specs[n].required]
             if run.cancelled:
                 record.status = WorkflowStatus.CANCELLED
                 record.error = "run cancelled"
@@ -852,8 +880,8 @@ class WorkflowManager:
                 record.status = WorkflowStatus.FAILED
                 details = []
                 for n in failed:
-                    err = record.steps[n].error
-                    details.append(f"{n} ({err.message if err else record.steps[n].status.value})")
+                    err = steps[n].error
+                    details.append(f"{n} ({err.message if err else steps[n].status.value})")
                 record.error = "failed steps: " + "; ".join(details)
             else:
                 record.status = WorkflowStatus.COMPLETED
@@ -861,7 +889,7 @@ class WorkflowManager:
             record.failed_steps = failed
             record.finished_at = utcnow()
             record.duration_seconds = round(time.monotonic() - run.start_mono, 6)
-            final = record.model_copy(update={"steps": dict(record.steps)})
+            final = record.model_copy(update={"steps": steps})
             run.final = final
             watchers, run.watchers = run.watchers, []
         # In a durable store every step's final result was saved by _complete_step; save_run upserts,
@@ -891,8 +919,14 @@ class WorkflowManager:
         with run.lock:
             if run.final is not None:
                 return run.final.model_copy()
+            steps = run.record.steps
             return run.record.model_copy(
-                update={"steps": {n: s.model_copy() for n, s in run.record.steps.items()}}
+                update={
+                    "steps": {
+                        n: s.model_copy() if (s := steps.get(n)) is not None else StepResult(name=n)
+                        for n in run.plan.dag.steps
+                    }
+                }
             )
 
     def _wait(self, run: _Run, timeout: float | None) -> RunRecord:
