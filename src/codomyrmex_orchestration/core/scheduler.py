@@ -33,6 +33,7 @@ import structlog
 
 from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._locks import YieldingLock, yielding_condition
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
@@ -352,8 +353,8 @@ class TaskOrchestrator:
         self._backend_open = True
         self.output_limit = output_limit
 
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # workers wait here for ready tasks
+        self._lock = YieldingLock()  # every worker takes it at every task (see _locks)
+        self._work = yielding_condition(self._lock)  # workers wait here for ready tasks
         self._ready: tuple[deque[_Task], ...] = tuple(deque() for _ in _PRIORITIES)
         self._tasks: dict[str, _Task] = {}
         self._finished_order: deque[str] = deque()

@@ -25,6 +25,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
+from codomyrmex_orchestration.core._locks import YieldingLock
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
 from codomyrmex_orchestration.core.backends import ActionCall
@@ -280,7 +281,7 @@ class _Run:
         self.priority = priority
         self.depth = depth
         self.on_step = on_step
-        self.lock = threading.Lock()
+        self.lock = YieldingLock()  # the workers running its steps take it at every step
         self.done = threading.Event()
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
