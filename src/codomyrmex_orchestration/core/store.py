@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ..errors import StateStoreError
 from ..logs import get_logger
+from ._locks import YieldingLock, yielding_condition
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = [
@@ -183,7 +184,7 @@ class MemoryStore:
         _check_retention(retention_runs, retention_events)
         self.retention_runs = retention_runs
         self.retention_events = retention_events
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()  # short sections, taken by workers (see _locks)
         self._seq = itertools.count()
         self._event_ids = itertools.count(1)
         self._workflows: dict[str, tuple[str, str]] = {}
@@ -577,9 +578,11 @@ class SqliteStore:
         self.retention_events = retention_events
         self.flush_interval = flush_interval
 
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # the writer waits here
-        self._done = threading.Condition(self._lock)  # flushers wait here
+        # Taken by every worker at every step (save_step), held for a few list operations: a
+        # YieldingLock (no lock convoys). The commit lock below is held across I/O: a threading.Lock.
+        self._lock = YieldingLock()
+        self._work = yielding_condition(self._lock)  # the writer waits here
+        self._done = yielding_condition(self._lock)  # flushers wait here
         self._pending = _Batch()
         self._calls: list[_Call] = []
         self._enqueued = 0  # writes enqueued so far
