@@ -391,6 +391,26 @@ def test_a_step_starts_only_once_its_parents_results_are_committed_to_disk(
         assert all(committed.get(p) == "completed" for p in parents), (name, seen[name])
 
 
+def test_start_workflow_returns_the_run_id_of_a_run_that_goes_on(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    release = threading.Event()
+    registry.register(ActionDefinition("test", "gate", lambda params, ctx: release.wait(10)))
+    manager.create_workflow("gated", [step("g", module="test", action="gate")])
+    run_id = manager.start_workflow("gated", session_id="s1")
+    try:
+        assert manager.is_active(run_id)
+        live = manager.get_run(run_id)
+        assert live.status is WorkflowStatus.RUNNING and live.session_id == "s1" and list(live.steps) == ["g"]
+    finally:
+        release.set()
+    assert manager.wait_run(run_id, 10).status is WorkflowStatus.COMPLETED
+    assert not manager.is_active(run_id)
+    assert not manager.is_active("no-such-run")
+    with pytest.raises(WorkflowNotFoundError):
+        manager.start_workflow("no-such-workflow")
+
+
 @pytest.mark.parametrize("mode", ["memory", "memory+on_step", "sqlite"])
 def test_a_run_lists_every_step_in_declaration_order_live_and_final(
     orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, mode: str

@@ -682,17 +682,19 @@ class OrchestrationEngine:
                 live.deadline = (
                     time.monotonic() + session.timeout_seconds if session.timeout_seconds else None
                 )
-            record = self.workflow_manager.execute_workflow(
-                name, parameters, wait=False, session_id=session_id, on_step=on_step, **kwargs
+            # The run id alone: a record of a run just started lists every step (built for nothing
+            # when the caller waits for the final one).
+            run_id = self.workflow_manager.start_workflow(
+                name, parameters, session_id=session_id, on_step=on_step, **kwargs
             )
-            if live is not None and not record.status.is_terminal:
-                live.active_runs.add(record.run_id)
-                live.session.runs.append(record.run_id)
+            if live is not None and self.workflow_manager.is_active(run_id):
+                live.active_runs.add(run_id)
+                live.session.runs.append(run_id)
         if live is not None:
             self._save_session(live.session)
         if not wait:
-            return record
-        return self.workflow_manager.wait_run(record.run_id, timeout)
+            return self.workflow_manager.get_run(run_id)
+        return self.workflow_manager.wait_run(run_id, timeout)
 
     def execute_complex_workflow(
         self,

@@ -580,6 +580,38 @@ class WorkflowManager:
             return self._snapshot(run)
         return self._wait(run, timeout)
 
+    def start_workflow(
+        self,
+        name: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        session_id: str | None = None,
+        on_step: StepCallback | None = None,
+        max_parallel: int | None = None,
+        default_resources: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Start a run of ``name`` like ``execute_workflow(wait=False)``, returning only its run id.
+
+        Raises:
+            the same as :meth:`execute_workflow`.
+        """
+        run = self._start_run(
+            self._plan(name),
+            parameters,
+            priority,
+            session_id,
+            on_step,
+            max_parallel=max_parallel,
+            default_resources=default_resources,
+        )
+        return run.record.run_id
+
+    def is_active(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a run that has not ended yet."""
+        with self._lock:
+            return run_id in self._active
+
     def _start_run(
         self,
         plan: _Plan,
