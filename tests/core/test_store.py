@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +222,24 @@ def test_events_are_listed_newest_first_and_filtered_by_type(store: Store) -> No
     assert events[0]["id"] > events[1]["id"] and isinstance(events[0]["ts"], float)
     assert [e["payload"]["i"] for e in store.list_events(type="step.completed")] == [3, 1]
     assert store.list_events(type="nothing") == []
+
+
+def test_event_payloads_that_are_not_plain_json_are_stored_readably(store: Store) -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque-thing"
+
+    when = datetime(2026, 11, 26, 3, 15, tzinfo=UTC)
+    payload = {"at": when, "tags": ("a", "b"), "thing": Opaque(), "n": 1.5, "nested": {"k": [1, None]}}
+    store.append_event("custom", payload)
+    [event] = store.list_events(type="custom")
+    assert event["payload"] == {
+        "at": "2026-11-26T03:15:00Z",
+        "tags": ["a", "b"],
+        "thing": "opaque-thing",
+        "n": 1.5,
+        "nested": {"k": [1, None]},
+    }
 
 
 def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_store: StoreFactory) -> None:
