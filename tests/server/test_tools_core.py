@@ -177,6 +177,38 @@ async def test_a_long_run_does_not_block_other_calls_reports_progress_and_is_can
     assert run["status"] == "cancelled" and run["steps"]["nap"]["status"] == "cancelled"
 
 
+async def test_progress_counts_every_ended_step_of_the_total_and_a_resume_counts_the_kept_ones(
+    client: Client,
+) -> None:
+    chain = [
+        {"name": f"s{i}", "module": "core", "action": "echo", "parameters": {"message": i}} for i in range(6)
+    ]
+    for i in range(1, 6):
+        chain[i]["dependencies"] = [f"s{i - 1}"]
+    chain[5] = {"name": "s5", "module": "core", "action": "fail", "parameters": {"message": "no"}}
+    chain[5]["dependencies"] = ["s4"]
+    await _ok(client, "create_workflow", {"name": "six", "steps": chain})
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total))
+
+    with anyio.fail_after(20):
+        result = await client.call_tool(
+            "execute_workflow", {"workflow_name": "six"}, progress_callback=on_progress
+        )
+    run = result.structured_content
+    assert isinstance(run, dict) and run["status"] == "failed"
+    # A chain ends one step at a time: every count from 1 to 6, each of 6.
+    assert seen == [(float(n), 6.0) for n in range(1, 7)]
+    seen.clear()
+    with anyio.fail_after(20):
+        await client.call_tool(
+            "resume_workflow_run", {"run_id": run["run_id"]}, progress_callback=on_progress
+        )
+    assert seen == [(6.0, 6.0)]  # five completed steps kept, the failed one ran again
+
+
 async def test_waiting_stops_at_the_timeout_and_returns_the_running_handle(client: Client) -> None:
     await _ok(client, "create_workflow", SLOW)
     with anyio.fail_after(10):

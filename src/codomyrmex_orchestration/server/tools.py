@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import enum
 import importlib
+import itertools
 import json
 import math
 import threading
@@ -36,6 +37,7 @@ from codomyrmex_orchestration.core.models import (
     TaskPriority,
     TaskRecord,
     TaskSpec,
+    TaskStatus,
     WorkflowSpec,
     WorkflowStatus,
 )
@@ -313,16 +315,22 @@ def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
     return handle
 
 
-def _step_progress(call: _Call) -> Callable[[RunRecord, StepResult], None] | None:
+def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, StepResult], None] | None:
+    """An on_step callback reporting "n of total steps ended" (``already_done``: kept by a resume)."""
     report = call.progress
     if report is None:
         return None
+    # Each step ends once; next() on a count is atomic, so worker threads need no lock. (Counting the
+    # ended steps in the record at each step made a 10,000-step run 50 million status checks.)
+    ended = itertools.count(already_done + 1)
 
     def on_step(record: RunRecord, step: StepResult) -> None:
         # Only final transitions: progress must increase with every notification.
         if step.status.is_terminal:
-            done = sum(1 for s in record.steps.values() if s.status.is_terminal)
-            report(float(done), float(len(record.steps)) or None, f"step {step.name} {step.status.value}")
+            # The live record given to on_step has every step from the start: its size is the total.
+            report(
+                float(next(ended)), float(len(record.steps)) or None, f"step {step.name} {step.status.value}"
+            )
 
     return on_step
 
@@ -372,7 +380,10 @@ def _create_complex_workflow(
 
 
 def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> Any:
-    record = tools.engine.workflow_manager.resume_run(a.run_id, wait=False, on_step=_step_progress(call))
+    manager = tools.engine.workflow_manager
+    # The steps a resume keeps (its completed ones) count as ended from the first notification on.
+    kept = sum(1 for s in manager.get_run(a.run_id).steps.values() if s.status is TaskStatus.COMPLETED)
+    record = manager.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept))
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
