@@ -702,3 +702,27 @@ def test_a_chain_submitted_from_on_done_callbacks_runs_every_link_in_order() -> 
         link(0)
         assert finished.wait(20)
     assert order == list(range(200))
+
+
+def test_started_attempts_lists_the_tasks_that_have_started_with_their_attempt_and_start(
+    make_orch: Callable[..., TaskOrchestrator],
+) -> None:
+    orch = make_orch(1)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(ctx: ActionContext) -> None:
+        entered.set()
+        assert release.wait(WAIT)
+
+    running = orch.submit(hold, name="hold")
+    queued = orch.submit(lambda ctx: None, name="queued")  # one worker: waits behind "hold"
+    try:
+        assert entered.wait(WAIT)
+        states = orch.started_attempts([running, queued, "no-such-task"])
+        assert list(states) == [running]
+        attempts, started_at = states[running]
+        assert attempts == 1 and started_at == orch.get_task(running).started_at
+    finally:
+        release.set()
+    orch.wait_all([running, queued], WAIT)
+    assert set(orch.started_attempts([running, queued])) == {running, queued}  # ended ones too

@@ -391,6 +391,47 @@ def test_a_step_starts_only_once_its_parents_results_are_committed_to_disk(
         assert all(committed.get(p) == "completed" for p in parents), (name, seen[name])
 
 
+@pytest.mark.parametrize("on_step", [False, True], ids=["lazy", "on_step"])
+def test_a_step_held_back_by_max_parallel_reads_ready_then_running(
+    manager: WorkflowManager, registry: ActionRegistry, on_step: bool
+) -> None:
+    gates = {"one": threading.Event(), "two": threading.Event()}
+    entered = {"one": threading.Event(), "two": threading.Event()}
+
+    def gate(params: dict[str, Any], ctx: ActionContext) -> str:
+        entered[params["gate"]].set()
+        assert gates[params["gate"]].wait(10)
+        return str(params["gate"])
+
+    registry.register(ActionDefinition("test", "gate", gate))
+    manager.create_workflow(
+        {
+            "name": "one-at-a-time",
+            "max_parallel": 1,
+            "steps": [
+                step("one", module="test", action="gate", parameters={"gate": "one"}),
+                step("two", module="test", action="gate", parameters={"gate": "two"}),
+            ],
+        }
+    )
+    run_id = manager.execute_workflow(
+        "one-at-a-time", wait=False, on_step=(lambda r, s: None) if on_step else None
+    ).run_id
+    try:
+        assert entered["one"].wait(10)
+        live = manager.get_run(run_id).steps
+        assert (live["one"].status, live["two"].status) == (TaskStatus.RUNNING, TaskStatus.READY)
+        gates["one"].set()
+        assert entered["two"].wait(10)
+        live = manager.get_run(run_id).steps
+        assert live["two"].status is TaskStatus.RUNNING and live["two"].attempts == 1
+    finally:
+        for event in gates.values():
+            event.set()
+    final = manager.wait_run(run_id, 10)
+    assert final.outputs() == {"one": "one", "two": "two"}
+
+
 def test_start_workflow_returns_the_run_id_of_a_run_that_goes_on(
     manager: WorkflowManager, registry: ActionRegistry
 ) -> None:
@@ -464,6 +505,8 @@ def test_a_run_lists_every_step_in_declaration_order_live_and_final(
         assert live.steps["quick"].status is TaskStatus.COMPLETED
         assert live.steps["after_held"].status is TaskStatus.PENDING
         assert live.steps["after_held"].name == "after_held"
+        held = live.steps["held"]  # in flight: running, with its attempt and start time
+        assert held.status is TaskStatus.RUNNING and held.attempts == 1 and held.started_at is not None
     finally:
         release.set()
     final = manager.wait_run(run.run_id, 10)

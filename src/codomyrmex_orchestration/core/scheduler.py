@@ -607,6 +607,20 @@ class TaskOrchestrator:
                         break
             return out
 
+    def started_attempts(self, task_ids: Iterable[str]) -> dict[str, tuple[int, datetime | None]]:
+        """``(attempts, first start time)`` of each task in ``task_ids`` that has started (final or not).
+
+        One lock acquisition for them all: how a workflow run shows its steps in flight.
+        """
+        out: dict[str, tuple[int, datetime | None]] = {}
+        with self._lock:
+            tasks = self._tasks
+            for task_id in task_ids:
+                task = tasks.get(task_id)
+                if task is not None and task.attempts:
+                    out[task_id] = (task.attempts, task.started_at)
+        return out
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Submit many tasks without waking a worker for each: they are woken when the block ends.

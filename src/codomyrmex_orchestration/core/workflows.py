@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -213,17 +214,6 @@ class _StepCall:
         self.manager._on_step_done(self.run, self.name, state)
 
 
-def _live_result(run: _Run, name: str) -> StepResult:
-    """The step's result object in the live record, entered as pending if it has none yet.
-
-    ``setdefault`` is one atomic operation: a final result put in meanwhile (a cancel) is returned as is.
-    """
-    result = run.record.steps.get(name)
-    if result is None:
-        result = run.record.steps.setdefault(name, StepResult(name=name))
-    return result
-
-
 def _mark_running(result: StepResult, attempt: int, record: TaskState) -> None:
     result.attempts = attempt
     result.started_at = result.started_at or record.started_at or utcnow()
@@ -251,6 +241,7 @@ class _Run:
         "done",
         "final",
         "in_flight",
+        "lazy",
         "lock",
         "max_parallel",
         "on_step",
@@ -281,6 +272,10 @@ class _Run:
         self.priority = priority
         self.depth = depth
         self.on_step = on_step
+        # Nothing reads the live record while the run goes but snapshots (no durable store saving it,
+        # no on_step callback handed it): steps enter it only when they end (and when queued under
+        # max_parallel); snapshots ask the scheduler which steps have started.
+        self.lazy = False
         self.lock = YieldingLock()  # the workers running its steps take it at every step
         self.done = threading.Event()
         self.final: RunRecord | None = None
@@ -641,11 +636,12 @@ class WorkflowManager:
             steps = {
                 n: s for n, s in previous.steps.items() if n in dag.steps and s.status is TaskStatus.COMPLETED
             }
-        if self._durable or on_step is not None:
+        lazy = not self._durable and on_step is None
+        if not lazy:
             # A pending placeholder per step, in declaration order, only where the live record is read
             # while the run goes: a durable store saves it (an interrupted run lists every step) and
-            # on_step callbacks get it. Otherwise a step enters the record when it starts or ends and
-            # snapshots fill in the rest: 10,000 placeholders were a tenth of a 10,000-step run.
+            # on_step callbacks get it. Otherwise a step enters the record when it ends and snapshots
+            # fill in the rest: 10,000 placeholders were a tenth of a 10,000-step run.
             steps = {n: steps.get(n) or StepResult(name=n) for n in dag.steps}
         record = RunRecord(
             run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
@@ -660,6 +656,7 @@ class WorkflowManager:
             parent_run_id=previous.parent_run_id if previous is not None else parent_run_id,
         )
         run = _Run(record, plan, params, priority, depth, on_step)
+        run.lazy = lazy
         if max_parallel is not None:
             run.max_parallel = min(max_parallel, run.max_parallel or max_parallel)
         if default_resources:
@@ -776,7 +773,9 @@ class WorkflowManager:
                 run_id=run.record.run_id,
                 step_name=name,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                on_start=call.started,
+                # Nothing to do when a step starts in a lazy run without listeners: no callback (and
+                # no thread hand-off for it), an eighth of a no-op step's cost.
+                on_start=None if run.lazy and not self._listeners else call.started,
                 on_done=call.done,
                 # Both callbacks copy the few fields they need at once: no TaskRecord snapshots.
                 live_state=True,
@@ -794,29 +793,26 @@ class WorkflowManager:
 
     def _on_step_start(self, run: _Run, name: str, record: TaskState) -> None:
         attempt = record.attempts
-        if not self._durable and run.on_step is None:
-            # Nothing is saved and nothing handed out: mark the live placeholder without the run lock
-            # (one lock hand-off among workers fewer per step). A cancel that ends the step meanwhile
-            # puts a new result in its place, so a final result is never changed here.
-            snapshot = _live_result(run, name)
-            if snapshot.status.is_terminal:
+        if run.lazy:  # called for the listeners alone (snapshots ask the scheduler what started)
+            self._emit_started(run, name, attempt)
+            return
+        with run.lock:
+            if name not in run.unfinished:  # cancelled between the scheduler's start and this call
                 return
-            _mark_running(snapshot, attempt, record)
-        else:
-            with run.lock:
-                if name not in run.unfinished:  # cancelled between the scheduler's start and this call
-                    return
-                result = _live_result(run, name)
-                _mark_running(result, attempt, record)
-                # Only this step's own attempts mutate this object, one after another, and the store
-                # serialises what it is given at once: a copy is needed only for the on_step callback.
-                snapshot = result.model_copy() if run.on_step is not None else result
-            if self._durable:  # else only outcomes are kept: live runs are read from memory
-                self.store.save_step(run.record.run_id, snapshot)
+            result = run.record.steps[name]  # a placeholder (or a READY entry) for every step
+            _mark_running(result, attempt, record)
+            # Only this step's own attempts mutate this object, one after another, and the store
+            # serialises what it is given at once: a copy is needed only for the on_step callback.
+            snapshot = result.model_copy() if run.on_step is not None else result
+        if self._durable:  # else only outcomes are kept: live runs are read from memory
+            self.store.save_step(run.record.run_id, snapshot)
+        self._emit_started(run, name, attempt)
+        self._notify_step(run, snapshot)
+
+    def _emit_started(self, run: _Run, name: str, attempt: int) -> None:
         if self._listeners:
             event = "step.retried" if attempt > 1 else "step.started"
             self._emit(event, {"run_id": run.record.run_id, "step": name, "attempt": attempt})
-        self._notify_step(run, snapshot)
 
     def _on_step_done(self, run: _Run, name: str, record: TaskState) -> None:
         result = StepResult(
@@ -953,14 +949,35 @@ class WorkflowManager:
             if run.final is not None:
                 return run.final.model_copy()
             steps = run.record.steps
-            return run.record.model_copy(
-                update={
-                    "steps": {
-                        n: s.model_copy() if (s := steps.get(n)) is not None else StepResult(name=n)
-                        for n in run.plan.dag.steps
-                    }
+            started: dict[str, tuple[int, datetime | None]] = {}
+            if run.lazy:
+                # Steps enter a lazy run's record when they end: the scheduler knows which of the
+                # others have started (a step that ended but is not recorded yet still reads running).
+                # Under run.lock, so that no result is recorded meanwhile; the scheduler never takes
+                # a run's lock while holding its own.
+                # dict() copies in one step: _submit adds task ids without run.lock.
+                in_flight = {
+                    task_id: n
+                    for n, task_id in dict(run.task_ids).items()
+                    if (s := steps.get(n)) is None or not s.status.is_terminal
                 }
-            )
+                started = {
+                    in_flight[task_id]: state
+                    for task_id, state in self.orchestrator.started_attempts(in_flight).items()
+                }
+            out: dict[str, StepResult] = {}
+            for n in run.plan.dag.steps:
+                state = started.get(n)
+                if state is not None:
+                    attempts, started_at = state
+                    out[n] = StepResult(
+                        name=n, status=TaskStatus.RUNNING, attempts=attempts, started_at=started_at
+                    )
+                elif (s := steps.get(n)) is not None:
+                    out[n] = s.model_copy()
+                else:
+                    out[n] = StepResult(name=n)
+            return run.record.model_copy(update={"steps": out})
 
     def _wait(self, run: _Run, timeout: float | None) -> RunRecord:
         run.done.wait(timeout)
