@@ -314,6 +314,33 @@ def test_ten_thousand_step_saves_from_four_threads_are_all_readable_after_flush(
         assert 1 <= stats["batches_committed"] < 1_000
 
 
+def test_steps_saved_with_the_run_and_one_by_one_merge_newest_first_whatever_the_order(store: Store) -> None:
+    def result(name: str, output: Any) -> StepResult:
+        return StepResult(name=name, status=TaskStatus.COMPLETED, output=output)
+
+    def stored() -> dict[str, Any]:
+        run = store.get_run("r1")
+        assert run is not None
+        return {n: s.output for n, s in run.steps.items()}
+
+    record = _run("r1")
+    record.steps = {"a": result("a", 1), "b": result("b", 1), "odd": result("odd", {"o": _Opaque()})}
+    store.save_run(record)
+    assert stored() == {"a": 1, "b": 1, "odd": {"o": "<opaque>"}}
+    store.save_step("r1", result("b", 2))  # one step saved after the run's steps
+    assert stored() == {"a": 1, "b": 2, "odd": {"o": "<opaque>"}}
+    record.steps = {"b": result("b", 3), "c": result("c", 3)}  # saved again with some of its steps
+    store.save_run(record)
+    assert stored() == {"a": 1, "b": 3, "odd": {"o": "<opaque>"}, "c": 3}
+    record.steps = {n: result(n, 4) for n in ("a", "b", "odd", "c")}
+    store.save_run(record)
+    assert list(stored().items()) == [("a", 4), ("b", 4), ("odd", 4), ("c", 4)]
+    store.flush()
+    assert store.stats()["rows"]["steps"] == 4
+    [listed] = store.list_runs()
+    assert {n: s.output for n, s in listed.steps.items()} == {"a": 4, "b": 4, "odd": 4, "c": 4}
+
+
 def test_health_and_stats_describe_a_working_store(store: Store) -> None:
     store.save_run(_run("r1"))
     health = store.health()

