@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
@@ -726,3 +727,18 @@ def test_started_attempts_lists_the_tasks_that_have_started_with_their_attempt_a
         release.set()
     orch.wait_all([running, queued], WAIT)
     assert set(orch.started_attempts([running, queued])) == {running, queued}  # ended ones too
+
+
+def test_an_action_logs_through_a_logger_bound_with_its_ids(
+    make_orch: Callable[..., TaskOrchestrator],
+) -> None:
+    orch = make_orch(1)
+
+    def chatty(ctx: ActionContext) -> None:
+        ctx.logger.info("hello from the action", n=1)
+
+    with structlog.testing.capture_logs() as logs:
+        task_id = orch.submit(chatty, name="chatty", run_id="r-1", step_name="talk")
+        assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
+    [entry] = [e for e in logs if e["event"] == "hello from the action"]
+    assert (entry["step"], entry["run_id"], entry["task_id"], entry["n"]) == ("talk", "r-1", task_id, 1)

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -146,26 +146,31 @@ class ResourceAdmission(Protocol):
 class _LazyLogger:
     """An action's logger, bound with its ids only when the action first logs (most never do)."""
 
-    __slots__ = ("_bindings", "_logger")
+    __slots__ = ("_logger", "_task")
 
-    def __init__(self, **bindings: Any) -> None:
-        self._bindings = bindings
+    def __init__(self, task: _Task) -> None:
+        self._task = task  # its ids are read at the first log call
         self._logger: Any = None
 
     def __getattr__(self, name: str) -> Any:
-        if self._logger is None:
-            self._logger = structlog.get_logger("codomyrmex_orchestration.action").bind(**self._bindings)
+        if self._logger is None:  # two threads logging first at once bind twice, harmlessly
+            task = self._task
+            self._logger = structlog.get_logger("codomyrmex_orchestration.action").bind(
+                step=task.step_name or task.name, run_id=task.run_id, task_id=task.id
+            )
         return getattr(self._logger, name)
 
 
 class _Worker:
-    __slots__ = ("abandoned", "blocked", "thread")
+    __slots__ = ("abandoned", "block_hook", "blocked", "thread")
 
     def __init__(self) -> None:
         self.abandoned = False
         # Inside ActionContext.blocking(): waiting on other scheduled work, not counted as live.
         self.blocked = False
         self.thread: threading.Thread | None = None
+        #: ActionContext.block_hook for the tasks this worker runs (made once, not per task).
+        self.block_hook: Callable[[], AbstractContextManager[None]] | None = None
 
 
 class _Task:
@@ -900,6 +905,7 @@ class TaskOrchestrator:
 
     def _spawn_worker_locked(self) -> None:
         worker = _Worker()
+        worker.block_hook = partial(self._blocking, worker)
         thread = threading.Thread(
             target=self._worker_loop,
             args=(worker,),
@@ -969,8 +975,8 @@ class TaskOrchestrator:
             attempt=attempt,
             cancel_event=cancel_event,
             deadline=deadline,
-            logger=_LazyLogger(step=task.step_name or task.name, run_id=task.run_id, task_id=task.id),
-            block_hook=partial(self._blocking, worker),
+            logger=_LazyLogger(task),
+            block_hook=worker.block_hook,
         )
 
     @contextmanager
@@ -1202,7 +1208,8 @@ class TaskOrchestrator:
             # The attempt's context keeps its own reference; a kept record need not (two objects
             # fewer per finished task for the garbage collector to scan).
             task.cancel_event = None
-            self._release_resources_locked(task)
+            if task.resource_handle is not None:
+                self._release_resources_locked(task)
             self._active -= 1
             self._totals[status] += 1  # a StrEnum member finds its value's key
             self._finished_order.append(task.id)

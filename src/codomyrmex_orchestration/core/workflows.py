@@ -101,6 +101,7 @@ class _Plan:
         "order",
         "param_refs",
         "parents",
+        "priorities",
         "spec",
         "templated",
         "uses_status",
@@ -119,6 +120,10 @@ class _Plan:
             for up in parents:
                 self.children[up].append(name)
         known = dag.steps.keys()
+        #: A step's own priority, where it sets one (else its run's priority applies).
+        self.priorities: dict[str, TaskPriority] = {
+            name: step.priority for name, step in dag.steps.items() if "priority" in step.model_fields_set
+        }
         self.conditions: dict[str, Condition] = {}
         self.templated: set[str] = set()
         self.needs_output: dict[str, tuple[str, ...]] = {}
@@ -201,8 +206,12 @@ class _StepCall:
     def __call__(self, ctx: ActionContext) -> Any:
         ctx.run_workflow = self.manager._run_child
         ctx.depth = self.run.depth
-        for key, value in self.extras.items():
-            ctx.extras.setdefault(key, value)
+        extras = ctx.extras
+        if extras:
+            for key, value in self.extras.items():
+                extras.setdefault(key, value)
+        else:  # the scheduler's contexts come with none
+            extras.update(self.extras)
         return self.func(self.params, ctx)
 
     def started(self, state: TaskState) -> None:
@@ -663,7 +672,7 @@ class WorkflowManager:
             run.default_resources = dict(default_resources)
         unfinished = run.unfinished
         for name, parents in plan.parents.items():
-            run.remaining[name] = sum(1 for up in parents if up in unfinished)
+            run.remaining[name] = len(unfinished.intersection(parents)) if parents else 0
         with self._lock:
             self._active[record.run_id] = run
         # Pending steps matter only to a durable store (recovery); any other gets them at the end.
@@ -744,7 +753,7 @@ class WorkflowManager:
                     return []
                 run.in_flight += 1
         step = run.plan.dag.steps[name]
-        priority = step.priority if "priority" in step.model_fields_set else run.priority
+        priority = run.plan.priorities.get(name, run.priority)
         try:
             call = _StepCall(self, run, name, self.registry.get(step.module, step.action).func, params)
             if self._durable and run.plan.parents[name]:
