@@ -782,8 +782,8 @@ class WorkflowManager:
                 run_id=run.record.run_id,
                 step_name=name,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                # Nothing to do when a step starts in a lazy run without listeners: no callback (and
-                # no thread hand-off for it), an eighth of a no-op step's cost.
+                # A lazy run has nothing to do when a step starts unless listeners want step.started:
+                # then no callback at all (it was an eighth of a no-op step's cost).
                 on_start=None if run.lazy and not self._listeners else call.started,
                 on_done=call.done,
                 # Both callbacks copy the few fields they need at once: no TaskRecord snapshots.
