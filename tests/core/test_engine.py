@@ -24,7 +24,12 @@ from codomyrmex_orchestration.core.engine import (
     reset_engine,
 )
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
-from codomyrmex_orchestration.errors import InvalidStateError, LimitExceededError, SessionNotFoundError
+from codomyrmex_orchestration.errors import (
+    InvalidInputError,
+    InvalidStateError,
+    LimitExceededError,
+    SessionNotFoundError,
+)
 
 
 @pytest.fixture
@@ -115,6 +120,20 @@ def test_a_session_refuses_tasks_beyond_its_limit(engine: OrchestrationEngine) -
         engine.execute_task(spec, session_id=sid, wait=False)
     _gate(engine, "t").set()
     assert engine.task_orchestrator.wait(first.task_id, 10).status is TaskStatus.COMPLETED
+
+
+def test_start_task_returns_an_id_under_the_same_session_rules(engine: OrchestrationEngine) -> None:
+    sid = engine.create_session(max_parallel_tasks=1)
+    spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "s"})
+    task_id = engine.start_task(spec, session_id=sid)
+    assert engine.task_orchestrator.get_task(task_id).name == "held"
+    with pytest.raises(LimitExceededError):
+        engine.start_task(spec, session_id=sid)
+    with pytest.raises(InvalidInputError, match="module"):
+        engine.start_task({"name": "no-module", "action": "echo"})
+    _gate(engine, "s").set()
+    assert engine.task_orchestrator.wait(task_id, 10).status is TaskStatus.COMPLETED
+    assert task_id in engine.get_session(sid).tasks
 
 
 def test_closing_a_session_releases_its_allocations_and_cancels_work_when_asked(

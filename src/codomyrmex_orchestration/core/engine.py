@@ -765,6 +765,16 @@ class OrchestrationEngine:
         timeout: float | None = None,
     ) -> TaskRecord:
         """Submit one action as a task (through the same scheduler) and optionally wait for it."""
+        task_id = self.start_task(spec, session_id=session_id)
+        if not wait:
+            return self.task_orchestrator.get_task(task_id)
+        try:
+            return self.task_orchestrator.wait(task_id, timeout)
+        except WaitTimeoutError:
+            return self.task_orchestrator.get_task(task_id)
+
+    def start_task(self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None) -> str:
+        """Submit one action as a task like ``execute_task(wait=False)``, returning only its task id."""
         if not isinstance(spec, TaskSpec):
             try:
                 spec = TaskSpec.model_validate(spec)
@@ -801,12 +811,7 @@ class OrchestrationEngine:
                     live.active_tasks.add(task_id)
                 live.session.tasks.append(task_id)
             self._save_session(live.session)
-        if not wait:
-            return self.task_orchestrator.get_task(task_id)
-        try:
-            return self.task_orchestrator.wait(task_id, timeout)
-        except WaitTimeoutError:
-            return self.task_orchestrator.get_task(task_id)
+        return task_id
 
     def resume_run(
         self,

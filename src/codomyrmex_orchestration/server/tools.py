@@ -511,12 +511,13 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
         resources=a.resources,
     )
     engine = tools.engine
-    record = engine.execute_task(spec, wait=False)
-    tools._remember_task(record.task_id)
-    if not a.wait or record.status.is_terminal:
-        return _task_result(record, None)
     orchestrator = engine.task_orchestrator
-    task_id = record.task_id
+    # The id alone while the call waits: the task's record is built once, when it is final (a task
+    # that is already final is delivered at once by on_settled).
+    task_id = engine.start_task(spec)
+    tools._remember_task(task_id)
+    if not a.wait:
+        return _task_result(orchestrator.get_task(task_id), None)
 
     def wait_for(seconds: float) -> BaseModel:
         try:
