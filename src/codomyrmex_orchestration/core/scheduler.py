@@ -1208,8 +1208,7 @@ class TaskOrchestrator:
             # The attempt's context keeps its own reference; a kept record need not (two objects
             # fewer per finished task for the garbage collector to scan).
             task.cancel_event = None
-            if task.resource_handle is not None:
-                self._release_resources_locked(task)
+            self._release_resources_locked(task)
             self._active -= 1
             self._totals[status] += 1  # a StrEnum member finds its value's key
             self._finished_order.append(task.id)

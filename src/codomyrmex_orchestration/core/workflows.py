@@ -206,12 +206,8 @@ class _StepCall:
     def __call__(self, ctx: ActionContext) -> Any:
         ctx.run_workflow = self.manager._run_child
         ctx.depth = self.run.depth
-        extras = ctx.extras
-        if extras:
-            for key, value in self.extras.items():
-                extras.setdefault(key, value)
-        else:  # the scheduler's contexts come with none
-            extras.update(self.extras)
+        for key, value in self.extras.items():
+            ctx.extras.setdefault(key, value)
         return self.func(self.params, ctx)
 
     def started(self, state: TaskState) -> None:
