@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
+
+from codomyrmex_orchestration.server.app import _StdoutLines
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +118,83 @@ def test_the_http_server_process_answers_healthz_and_stops_cleanly_on_sigterm(tm
     assert code == 0, errors
     assert out == ""
     assert f"http://127.0.0.1:{port}/mcp" in errors and "server.stop" in errors
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 65536))
+        assert chunk, "the pipe closed early"
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+async def test_stdout_lines_write_whole_messages_and_divert_stray_output(tmp_path: Path) -> None:
+    stray = tmp_path / "stray"
+    read_end, write_end = os.pipe()
+    saved_stderr = os.dup(2)
+    stray_fd = os.open(stray, os.O_WRONLY | os.O_CREAT)
+    os.dup2(stray_fd, 2)  # the diverted fd points at stderr: a file here, to read back
+    try:
+        wire = _StdoutLines(write_end)
+        try:
+            os.write(write_end, b"stray output\n")  # as a print() or a child would, on fd "1"
+            small = json.dumps({"id": 1, "text": "é" * 100}) + "\n"
+            large = json.dumps({"id": 2, "text": "x" * 100_000}) + "\n"  # > PIPE_BUF, > the pipe's buffer
+            await wire.write(small)
+            await wire.flush()
+            assert _read_exactly(read_end, len(small.encode())) == small.encode()
+            received: list[bytes] = []
+            reader = threading.Thread(target=lambda: received.append(_read_exactly(read_end, len(large))))
+            reader.start()
+            with anyio.fail_after(30):
+                await wire.write(large)
+            reader.join(30)
+            assert received == [large.encode()]
+        finally:
+            wire.close()
+        os.write(write_end, b"after\n")  # close() gave the descriptor back to the wire
+        assert os.read(read_end, 100) == b"after\n"
+    finally:
+        os.dup2(saved_stderr, 2)
+        for fd in (saved_stderr, stray_fd, read_end, write_end):
+            os.close(fd)
+    assert stray.read_bytes() == b"stray output\n"
+
+
+async def test_a_long_write_to_a_full_pipe_leaves_the_event_loop_free() -> None:
+    read_end, write_end = os.pipe()
+    wire = _StdoutLines(write_end)
+    message = "y" * 300_000 + "\n"  # several times the pipe's buffer: the writer must wait for the reader
+    checked = threading.Event()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        checked.wait(20)  # drains once the loop has looked (or, if the loop is stuck, after 20 s anyway)
+        received.append(_read_exactly(read_end, len(message)))
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    written = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def write() -> None:
+                await wire.write(message)
+                written.set()
+
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            loop_was_free = not written.is_set()  # reached while the pipe is full and nobody reads
+            checked.set()
+            with anyio.fail_after(30):
+                await written.wait()
+        reader.join(30)
+    finally:
+        checked.set()
+        wire.close()
+        os.close(read_end)
+        os.close(write_end)
+    assert loop_was_free
+    assert received == [message.encode()]

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import os
+import select
 import signal
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -476,8 +477,52 @@ class _StdinLines:
         return (line + newline).decode("utf-8", errors="replace")
 
 
+class _StdoutLines:
+    """The protocol's writing side, written from the event loop: no thread per message.
+
+    mcp's own writer hands every message to a worker thread twice (``write``, then ``flush``), two
+    thread hand-offs per reply. Here a message of up to ``PIPE_BUF`` bytes, the usual size, is written
+    directly once the descriptor is writable: a pipe with room takes such a write whole and at once.
+    A longer one, or what a socket or terminal did not take, is written by a worker thread, which may
+    block without holding up the loop. Like the SDK, it serves the wire from a private duplicate while
+    ``fd`` (stdout) points at stderr, so stray output of the process or its children never reaches the
+    client; :meth:`close` points it back at the wire.
+    """
+
+    def __init__(self, fd: int = 1) -> None:
+        self._wire_fd = fd
+        self._fd = os.dup(fd)
+        os.dup2(2, fd)
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def close(self) -> None:
+        os.dup2(self._fd, self._wire_fd)
+        os.close(self._fd)
+
+    async def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        if len(data) <= select.PIPE_BUF and self._pollable:
+            try:
+                await anyio.wait_writable(self._fd)
+            except OSError:  # not pollable after all: the thread below writes it
+                self._pollable = False
+            else:
+                data = data[os.write(self._fd, data) :]
+        if data:
+            await anyio.to_thread.run_sync(self._write_all, data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    async def flush(self) -> None:
+        """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
+
+
 async def _serve_stdio(server: Server[Any]) -> None:
     stdin = _StdinLines()
+    stdout = _StdoutLines()
     try:
         async with anyio.create_task_group() as tg:
 
@@ -489,10 +534,12 @@ async def _serve_stdio(server: Server[Any]) -> None:
                         return
 
             tg.start_soon(stop_on_signal)
-            async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]  # duck-typed: only iterated
+            # Duck-typed: stdin is only iterated, stdout only written and flushed.
+            async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
                 await server.run(read, write, server.create_initialization_options())
             tg.cancel_scope.cancel()
     finally:
+        stdout.close()
         stdin.close()
 
 
