@@ -1164,6 +1164,8 @@ class OrchestrationMCPTools:
     ) -> BaseModel:
         """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
         token = anyio.lowlevel.current_token()
+        if isinstance(token.native_token, asyncio.AbstractEventLoop):
+            return await _await_on_asyncio(token.native_token, pending.timeout, subscribe, unfinished)
         arrived = anyio.Event()
         delivered: list[BaseModel] = []
 
@@ -1175,6 +1177,36 @@ class OrchestrationMCPTools:
         with anyio.move_on_after(pending.timeout):
             await arrived.wait()
         return delivered[0] if delivered else unfinished(pending.timeout)
+
+
+async def _await_on_asyncio(
+    loop: asyncio.AbstractEventLoop,
+    seconds: float,
+    subscribe: Callable[[Callable[[BaseModel], None]], None],
+    unfinished: Callable[[float], BaseModel],
+) -> BaseModel:
+    """``_await_delivery`` with asyncio's own future and timer: the same wait for a fraction of the
+    loop's work of an anyio Event inside a cancel scope (the server's loop does it at every call).
+    A cancelled request cancels the await like any other (the caller cancels the work)."""
+    arrived: asyncio.Future[BaseModel | None] = loop.create_future()
+
+    def settle(result: BaseModel | None) -> None:
+        if not arrived.done():
+            arrived.set_result(result)
+
+    def deliver(result: BaseModel) -> None:  # on the thread that finished the work
+        try:
+            loop.call_soon_threadsafe(settle, result)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            return
+
+    subscribe(deliver)
+    timer = loop.call_later(seconds, settle, None)  # a timer, not a cancel scope: the wait's limit
+    try:
+        result = await arrived
+    finally:
+        timer.cancel()
+    return result if result is not None else unfinished(seconds)
 
 
 def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> None:
