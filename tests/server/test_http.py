@@ -17,11 +17,13 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
+from mcp.shared.inbound import validate_mcp_param_headers
 
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError
 from codomyrmex_orchestration.server.app import (
+    _header_schemas,
     build_http_app,
     build_server,
     check_network_settings,
@@ -139,10 +141,27 @@ async def test_a_tool_call_with_arguments_does_not_re_list_every_tool(tools: Orc
                 assert not result.is_error and result.structured_content["result"] == "hi"
     assert served.count("tools/call") == 5
     assert served.count("tools/list") == 1  # the client's own listing, none per call
-    schemas = {d["name"]: d["inputSchema"] for d in tools.get_tool_definitions()}
     assert server.get_tool_input_schema is not None
-    assert server.get_tool_input_schema("execute_task") == schemas["execute_task"]
+    # None of our tools declares an x-mcp-header: the lookup says "nothing to check" for every one.
+    assert server.get_tool_input_schema("execute_task") is None
     assert server.get_tool_input_schema("no_such_tool") is None
+
+
+def test_only_schemas_with_header_annotations_go_to_the_sdks_header_check(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    annotated = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}
+    misplaced = {"type": "object", "properties": {"r": {"type": "object", "x-mcp-header": "R"}}}
+    plain = {"type": "object", "properties": {"region": {"type": "string"}}}
+    assert _header_schemas({"a": annotated, "m": misplaced, "p": plain}) == {"a": annotated}
+    # Why answering None for the others loses nothing: the SDK's check passes such a schema whatever
+    # the headers say, and rejects a mismatch only where an annotation declares the header.
+    stray = {"mcp-param-region": "elsewhere"}
+    assert validate_mcp_param_headers(plain, {"region": "eu"}, stray) is None
+    assert validate_mcp_param_headers(misplaced, {"r": {}}, stray) is None
+    assert validate_mcp_param_headers(annotated, {"region": "eu"}, stray) is not None
+    for definition in tools_without_engine.get_tool_definitions():
+        assert validate_mcp_param_headers(definition["inputSchema"], {}, stray) is None
 
 
 async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
