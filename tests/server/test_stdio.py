@@ -120,6 +120,50 @@ def test_the_http_server_process_answers_healthz_and_stops_cleanly_on_sigterm(tm
     assert f"http://127.0.0.1:{port}/mcp" in errors and "server.stop" in errors
 
 
+def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
+        proc.stdin.write(json.dumps(initialize).encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        proc.stdout.close()  # gone for good, while stdin stays open: the next reply finds no reader
+        for message in (
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        ):
+            proc.stdin.write(json.dumps(message).encode() + b"\n")
+        proc.stdin.flush()
+        code = proc.wait(timeout=15)
+        errors = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert code == 0, errors
+    assert "server.client_gone" in errors and "internal error" not in errors
+
+
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks = []
     while size > 0:

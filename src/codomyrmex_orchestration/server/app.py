@@ -551,6 +551,9 @@ async def _serve_stdio(server: Server[Any]) -> None:
             async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
                 await server.run(read, write, server.create_initialization_options())
             tg.cancel_scope.cancel()
+    except* (BrokenPipeError, ConnectionResetError):
+        # The client closed its end of the wire: the session is over, like at EOF (not a server error).
+        log.info("server.client_gone", reason="the client stopped reading the server's output")
     finally:
         stdout.close()
         stdin.close()
