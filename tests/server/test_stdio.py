@@ -164,6 +164,24 @@ def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) ->
     assert "server.client_gone" in errors and "internal error" not in errors
 
 
+@pytest.mark.parametrize("closed", [">&-", "<&-"])
+def test_serving_stdio_with_a_closed_stdin_or_stdout_is_refused_with_a_clear_error(
+    tmp_path: Path, closed: str
+) -> None:
+    done = subprocess.run(
+        ["sh", "-c", f'exec "{SCRIPT}" serve {closed}'],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "stdio needs the process's stdin and stdout open" in done.stderr
+    assert "internal error" not in done.stderr
+
+
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks = []
     while size > 0:

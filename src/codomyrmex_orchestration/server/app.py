@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import stat
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -594,6 +595,13 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
+    if transport == "stdio" and (sys.stdin is None or sys.stdout is None):
+        # Python found fd 0 or 1 closed at start-up; a file opened since may hold that number, and the
+        # transport would read or divert it.
+        raise InvalidInputError(
+            "transport",
+            "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
+        )
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
     policy = ServerPolicy.for_transport(transport, settings.allow_shell)
     factory = engine_factory or _settings_engine_factory(settings)
