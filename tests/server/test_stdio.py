@@ -225,8 +225,10 @@ async def test_stdout_lines_write_whole_messages_and_divert_stray_output(tmp_pat
     assert stray.read_bytes() == b"stray output\n"
 
 
-async def test_a_long_write_to_a_full_pipe_leaves_the_event_loop_free() -> None:
+@pytest.mark.parametrize("non_blocking", [False, True], ids=["blocking", "non-blocking"])
+async def test_a_long_write_to_a_full_pipe_leaves_the_event_loop_free(non_blocking: bool) -> None:
     read_end, write_end = os.pipe()
+    os.set_blocking(write_end, not non_blocking)  # some clients hand their child a non-blocking pipe
     wire = _StdoutLines(write_end)
     message = "y" * 300_000 + "\n"  # several times the pipe's buffer: the writer must wait for the reader
     checked = threading.Event()

@@ -528,7 +528,10 @@ class _StdoutLines:
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view) :]
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # a client may hand us a non-blocking pipe: wait for room
+                select.select([], [self._fd], [])
 
     async def flush(self) -> None:
         """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
