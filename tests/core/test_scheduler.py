@@ -18,6 +18,7 @@ from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InsufficientResourcesError,
     SchedulerShutdownError,
+    StepTimeoutError,
     TaskNotFoundError,
     UnknownActionError,
     WaitTimeoutError,
@@ -150,6 +151,24 @@ def test_a_five_second_sleep_with_a_short_timeout_ends_timed_out_within_a_second
     assert time.monotonic() - start < 1.0
     assert record.status is TaskStatus.TIMED_OUT
     assert record.error is not None and record.error.type == "StepTimeoutError"
+
+
+def test_an_action_that_stops_at_its_own_time_limit_ends_timed_out_not_failed(make_orch: Any) -> None:
+    # Seen as a flaky test: with the step's timeout, shell.run and the deadline timer race; whichever
+    # noticed first decided between TIMED_OUT and FAILED for the same timeout.
+    orch = make_orch()
+
+    def stops_at_its_limit(ctx: ActionContext) -> None:
+        raise StepTimeoutError(ctx.step_name or "limited", 0.2)
+
+    record = orch.wait(orch.submit(stops_at_its_limit, name="limited", max_retries=1), WAIT)
+    assert record.status is TaskStatus.TIMED_OUT and record.attempts == 2  # retried like a timeout
+    assert record.error is not None and record.error.type == "StepTimeoutError"
+    shell = TaskSpec(
+        name="sh", module="shell", action="run", parameters={"command": "sleep 5", "timeout": 0.2}
+    )
+    record = orch.wait(orch.submit_task(shell), WAIT)
+    assert record.status is TaskStatus.TIMED_OUT, record.error
 
 
 def test_an_action_ignoring_cancellation_does_not_cost_the_pool_a_worker(make_orch: Any) -> None:

@@ -1111,7 +1111,10 @@ class TaskOrchestrator:
                 task, TaskStatus.COMPLETED, result, None, notices, at=(finished_at, mono_finished)
             )
             return
-        self._fail_or_retry_locked(task, TaskStatus.FAILED, ErrorInfo.from_exception(error), notices)
+        # An action that stops at its own limit or at the step's deadline (shell.run, http.request)
+        # raises StepTimeoutError: the attempt timed out, as when the deadline timer fires first.
+        status = TaskStatus.TIMED_OUT if isinstance(error, StepTimeoutError) else TaskStatus.FAILED
+        self._fail_or_retry_locked(task, status, ErrorInfo.from_exception(error), notices)
 
     def _fail_or_retry_locked(
         self, task: _Task, status: TaskStatus, error: ErrorInfo, notices: list[_Notice]
