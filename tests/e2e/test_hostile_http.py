@@ -20,7 +20,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.helpers.load import run_load
-from tests.helpers.served import Served, served
+from tests.helpers.served import INITIALIZE, Served, served
 
 pytestmark = pytest.mark.anyio
 
@@ -28,16 +28,6 @@ TOKEN = "tok-e2e-6f1d2c9a8b7e"
 SECRET = "pw-e2e-0b3c5d7e9f"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **AUTH}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"},
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -98,20 +88,24 @@ def test_every_route_but_healthz_needs_the_token(locked: Served) -> None:
         assert http.get("/healthz").status_code == 200
         for path in sorted(paths - {"/healthz"}):
             for method in ("GET", "POST", "DELETE"):
-                response = http.request(method, path, json=INIT, headers={"Accept": MCP_HEADERS["Accept"]})
+                response = http.request(
+                    method, path, json=INITIALIZE, headers={"Accept": MCP_HEADERS["Accept"]}
+                )
                 assert response.status_code == 401, (method, path, response.status_code)
-                wrong = http.request(method, path, json=INIT, headers={"Authorization": "Bearer x" + TOKEN})
+                wrong = http.request(
+                    method, path, json=INITIALIZE, headers={"Authorization": "Bearer x" + TOKEN}
+                )
                 assert wrong.status_code == 401, (method, path)
 
 
 def test_foreign_host_and_origin_are_refused_even_with_the_token(locked: Served) -> None:
     with httpx.Client(base_url=locked.base, timeout=10) as http:
-        host = http.post("/mcp", json=INIT, headers={**MCP_HEADERS, "Host": "evil.example"})
-        origin = http.post("/mcp", json=INIT, headers={**MCP_HEADERS, "Origin": "https://evil.example"})
+        host = http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Host": "evil.example"})
+        origin = http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "https://evil.example"})
         rebound = http.post(
-            "/mcp", json=INIT, headers={**MCP_HEADERS, "Origin": "http://127.0.0.1.evil.example"}
+            "/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://127.0.0.1.evil.example"}
         )
-        fine = http.post("/mcp", json=INIT, headers=MCP_HEADERS)
+        fine = http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
     assert host.status_code == 421 and origin.status_code == 403 and rebound.status_code == 403
     assert fine.status_code == 200
 
@@ -119,7 +113,9 @@ def test_foreign_host_and_origin_are_refused_even_with_the_token(locked: Served)
 def test_oversized_and_absurdly_nested_bodies_are_refused_and_the_server_keeps_serving(
     locked: Served,
 ) -> None:
-    big = json.dumps({**INIT, "params": {**INIT["params"], "pad": "x" * (5 * 1024 * 1024)}}).encode()
+    big = json.dumps(
+        {**INITIALIZE, "params": {**INITIALIZE["params"], "pad": "x" * (5 * 1024 * 1024)}}
+    ).encode()
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
         for i in range(0, len(big), 65536):
@@ -343,7 +339,7 @@ async def test_a_client_disconnecting_mid_call_leaves_the_server_healthy_and_the
 
     async def vanish() -> None:
         async with httpx.AsyncClient(base_url=open_server.base, timeout=10) as http:
-            init = await http.post("/mcp", json=INIT, headers=MCP_HEADERS)
+            init = await http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
             session = {
                 **MCP_HEADERS,
                 "mcp-session-id": init.headers["mcp-session-id"],

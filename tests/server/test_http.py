@@ -30,20 +30,11 @@ from codomyrmex_orchestration.server.app import (
     is_loopback,
 )
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.helpers.served import INITIALIZE
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-token-for-tests"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"},
-    },
-}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -76,9 +67,9 @@ async def test_streamable_http_serves_tools_with_the_token_and_refuses_without_i
         async with serving(tools_without_engine, "streamable-http", TOKEN) as base:
             async with httpx.AsyncClient() as http:
                 health = await http.get(f"{base}/healthz")
-                anonymous = await http.post(f"{base}/mcp", json=INIT, headers=MCP_HEADERS)
+                anonymous = await http.post(f"{base}/mcp", json=INITIALIZE, headers=MCP_HEADERS)
                 wrong = await http.post(
-                    f"{base}/mcp", json=INIT, headers={**MCP_HEADERS, "Authorization": "Bearer nope"}
+                    f"{base}/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": "Bearer nope"}
                 )
             assert health.status_code == 200 and health.json()["status"] == "ok"
             assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
@@ -99,13 +90,13 @@ async def test_streamable_http_refuses_a_foreign_host_or_origin(
             auth = {**MCP_HEADERS, "Authorization": f"Bearer {TOKEN}"}
             async with httpx.AsyncClient() as http:
                 host = await http.post(
-                    f"{base}/mcp", json=INIT, headers={**auth, "Host": "evil.example:8765"}
+                    f"{base}/mcp", json=INITIALIZE, headers={**auth, "Host": "evil.example:8765"}
                 )
                 origin = await http.post(
-                    f"{base}/mcp", json=INIT, headers={**auth, "Origin": "http://evil.example"}
+                    f"{base}/mcp", json=INITIALIZE, headers={**auth, "Origin": "http://evil.example"}
                 )
                 local = await http.post(
-                    f"{base}/mcp", json=INIT, headers={**auth, "Origin": "http://localhost:3000"}
+                    f"{base}/mcp", json=INITIALIZE, headers={**auth, "Origin": "http://localhost:3000"}
                 )
             assert host.status_code == 421
             assert origin.status_code == 403
@@ -171,7 +162,7 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
         async with serving(tools_without_engine, "sse", TOKEN) as base:
             async with httpx.AsyncClient() as http:
                 anonymous = await http.get(f"{base}/sse")
-                post = await http.post(f"{base}/messages/?session_id=00", json=INIT)
+                post = await http.post(f"{base}/messages/?session_id=00", json=INITIALIZE)
                 foreign = await http.get(
                     f"{base}/sse", headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example"}
                 )

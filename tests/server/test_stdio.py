@@ -15,6 +15,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from codomyrmex_orchestration.server.app import _StdoutLines
+from tests.helpers.served import INITIALIZE, reap
 
 pytestmark = pytest.mark.anyio
 
@@ -56,17 +57,7 @@ def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_p
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        request = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
-        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.write(json.dumps(INITIALIZE) + "\n")
         proc.stdin.flush()
         reply = json.loads(proc.stdout.readline())
         assert reply["id"] == 1 and reply["result"]["serverInfo"]["name"] == "codomyrmex-orchestration"
@@ -76,12 +67,7 @@ def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_p
         assert proc.stderr is not None
         errors = proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(proc)
     assert code == 0, errors
     assert all(json.loads(line) for line in rest.splitlines() if line.strip())
     assert "server.start" in errors and "server.stop" in errors
@@ -131,17 +117,7 @@ def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) ->
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
-        proc.stdin.write(json.dumps(initialize).encode() + b"\n")
+        proc.stdin.write(json.dumps(INITIALIZE).encode() + b"\n")
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline())["id"] == 1
         proc.stdout.close()  # gone for good, while stdin stays open: the next reply finds no reader
@@ -154,12 +130,7 @@ def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) ->
         code = proc.wait(timeout=15)
         errors = proc.stderr.read().decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        reap(proc)
     assert code == 0, errors
     assert "server.client_gone" in errors and "internal error" not in errors
 
