@@ -313,6 +313,40 @@ async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_requ
     assert [record.status for record in finals] == [TaskStatus.CANCELLED] * 6
 
 
+async def test_get_task_waits_without_a_thread_and_an_abandoned_wait_leaves_the_task_running(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}, "wait": False}
+    ids = [(await _ok(client, "execute_task", nap))["task_id"] for _ in range(3)]
+    orchestrator = tools.engine.task_orchestrator
+    results: dict[str, Any] = {}
+    first_done = anyio.Event()
+
+    async def follow(task_id: str) -> None:
+        results[task_id] = await _ok(client, "get_task", {"task_id": task_id, "wait_seconds": 50})
+        if task_id == ids[0]:
+            first_done.set()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for task_id in ids:
+                tg.start_soon(follow, task_id)
+            await anyio.wait_all_tasks_blocked()
+            # Three calls wait for running tasks, and not one of them holds a thread to do so.
+            assert tools._call_limiter.borrowed_tokens + tools._wait_limiter.borrowed_tokens == 0
+            orchestrator.cancel_task(ids[0], "ended by the test")
+            await first_done.wait()  # the wait ends with the task
+            tg.cancel_scope.cancel()  # the client abandons the other two waits
+    assert results[ids[0]]["status"] == "cancelled" and results[ids[0]]["note"] is None
+    # Giving up a wait is not cancelling the task.
+    assert not any(orchestrator.get_task(t).status.is_terminal for t in ids[1:])
+    for task_id in ids[1:]:
+        orchestrator.cancel_task(task_id, "cleanup")
+    with anyio.fail_after(10):
+        quick = await _ok(client, "get_task", {"task_id": ids[1], "wait_seconds": 0.2})
+    assert quick["status"] == "cancelled"
+
+
 async def test_list_actions_shows_what_this_server_allows(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:

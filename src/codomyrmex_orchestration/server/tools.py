@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -49,6 +49,9 @@ from codomyrmex_orchestration.errors import (
 )
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _models as m
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 
 __all__ = [
     "EngineFactory",
@@ -153,8 +156,9 @@ class _Tool:
     open_world: bool = False
     # Sends progress notifications (through ``_Call.progress``) as the work goes on.
     reports_progress: bool = False
-    # ``run`` only submits work, taking short in-memory locks and never waiting: once the engine exists
-    # the async path calls it on the event loop instead of paying a worker-thread round trip.
+    # ``run`` only reads or submits scheduler state, taking short in-memory locks, with no I/O and no
+    # waiting (a wait is a ``_Pending``): once the engine exists the async path calls it on the event
+    # loop instead of paying a worker-thread round trip.
     starts_on_loop: bool = False
 
     def definition(self) -> dict[str, Any]:
@@ -492,12 +496,11 @@ def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
 
 def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any:
     orchestrator = tools.engine.task_orchestrator
-    if a.wait_seconds <= 0:
-        return _task_result(orchestrator.get_task(a.task_id), None)
-    try:
-        return _task_result(orchestrator.wait(a.task_id, a.wait_seconds), None)
-    except WaitTimeoutError:
-        return _task_result(orchestrator.get_task(a.task_id), a.wait_seconds)
+    task_id = a.task_id
+    record = orchestrator.get_task(task_id)  # an unknown id fails now, before any wait
+    if a.wait_seconds <= 0 or record.status.is_terminal:
+        return _task_result(record, None)
+    return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> Any:
@@ -519,6 +522,19 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
 
+    def cancel() -> None:
+        orchestrator.cancel_task(task_id, "the client cancelled the request")
+
+    return _pending_task(orchestrator, task_id, a.timeout_seconds, cancel=cancel)
+
+
+def _pending_task(
+    orchestrator: TaskOrchestrator, task_id: str, timeout: float, *, cancel: Callable[[], None]
+) -> _Pending:
+    """A wait of up to ``timeout`` for a task's final record: without a thread on the server's loop
+    (``on_settled`` delivers it), blocking the caller in plain Python; ``cancel`` runs if the client
+    cancels the request."""
+
     def wait_for(seconds: float) -> BaseModel:
         try:
             return _task_result(orchestrator.wait(task_id, seconds), None)
@@ -531,10 +547,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     def unfinished(waited: float) -> BaseModel:
         return _task_result(orchestrator.get_task(task_id), waited)
 
-    def cancel() -> None:
-        orchestrator.cancel_task(task_id, "the client cancelled the request")
-
-    return _Pending(wait_for, cancel, a.timeout_seconds, subscribe=subscribe, unfinished=unfinished)
+    return _Pending(wait_for, cancel, timeout, subscribe=subscribe, unfinished=unfinished)
 
 
 def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
@@ -783,6 +796,7 @@ _TOOLS: tuple[_Tool, ...] = (
         m.TaskResult,
         _get_task,
         read_only=True,
+        starts_on_loop=True,
     ),
     _Tool(
         "list_workflow_runs",
