@@ -347,6 +347,23 @@ async def test_get_task_waits_without_a_thread_and_an_abandoned_wait_leaves_the_
     assert quick["status"] == "cancelled"
 
 
+async def test_list_workflows_answers_while_every_call_thread_is_busy(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    await _ok(client, "create_workflow", HELLO)  # the engine is up
+    limiter = tools._call_limiter
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:  # as if every call thread were stuck in a slow tool
+        await limiter.acquire_on_behalf_of(holder)
+    try:
+        with anyio.fail_after(5):
+            listed = await _ok(client, "list_workflows", {})
+        assert [w["name"] for w in listed["workflows"]] == [HELLO["name"]]
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+
+
 async def test_list_actions_shows_what_this_server_allows(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:

@@ -342,6 +342,10 @@ class WorkflowManager:
             # output (OutputLimiter) still applies above it.
             self._action_extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._lock = threading.RLock()
+        # Orders the writers of definitions (create, delete) between them, so the store keeps the
+        # definition memory keeps. ``_lock`` stays short (dict operations only) for the readers, which
+        # the server calls on its event loop: never held while a definition is serialized.
+        self._define_lock = threading.Lock()
         self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
         self._active: dict[str, _Run] = {}
         self._plans: dict[str, _Plan] = {}
@@ -460,12 +464,14 @@ class WorkflowManager:
         """
         workflow = self._coerce_spec(spec, steps, description, parameters)
         plan = self._check(workflow)
-        with self._lock:
-            if workflow.name in self._workflows and not overwrite:
-                raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+        with self._define_lock:
+            with self._lock:
+                if workflow.name in self._workflows and not overwrite:
+                    raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
             self.store.save_workflow(workflow, source)
-            self._workflows[workflow.name] = (workflow, source, None)
-            self._plans[workflow.name] = plan
+            with self._lock:
+                self._workflows[workflow.name] = (workflow, source, None)
+                self._plans[workflow.name] = plan
         self.store.flush()
         self._emit("workflow.created", {"workflow_name": workflow.name, "source": source})
         return workflow
@@ -504,11 +510,12 @@ class WorkflowManager:
 
     def delete_workflow(self, name: str) -> bool:
         """Unregister a workflow (its past runs are kept). Returns False if it did not exist."""
-        with self._lock:
-            if name not in self._workflows:
-                return False
-            del self._workflows[name]
-            self._plans.pop(name, None)
+        with self._define_lock:
+            with self._lock:
+                if name not in self._workflows:
+                    return False
+                del self._workflows[name]
+                self._plans.pop(name, None)
             self.store.delete_workflow(name)
         self.store.flush()
         self._emit("workflow.deleted", {"workflow_name": name})

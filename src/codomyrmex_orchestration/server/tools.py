@@ -156,9 +156,9 @@ class _Tool:
     open_world: bool = False
     # Sends progress notifications (through ``_Call.progress``) as the work goes on.
     reports_progress: bool = False
-    # ``run`` only reads or submits scheduler state, taking short in-memory locks, with no I/O and no
-    # waiting (a wait is a ``_Pending``): once the engine exists the async path calls it on the event
-    # loop instead of paying a worker-thread round trip.
+    # ``run`` only reads the workflow registry or reads or submits scheduler state, taking short
+    # in-memory locks, with no I/O and no waiting (a wait is a ``_Pending``): once the engine exists the
+    # async path calls it on the event loop instead of paying a worker-thread round trip.
     starts_on_loop: bool = False
 
     def definition(self) -> dict[str, Any]:
@@ -693,6 +693,7 @@ _TOOLS: tuple[_Tool, ...] = (
         _list_workflows,
         read_only=True,
         idempotent=True,
+        starts_on_loop=True,
     ),
     _Tool(
         "create_project",
