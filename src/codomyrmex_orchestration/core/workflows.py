@@ -342,9 +342,10 @@ class WorkflowManager:
             # output (OutputLimiter) still applies above it.
             self._action_extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._lock = threading.RLock()
-        # Orders the writers of definitions (create, delete) between them, so the store keeps the
-        # definition memory keeps. ``_lock`` stays short (dict operations only) for the readers, which
-        # the server calls on its event loop: never held while a definition is serialized.
+        # Orders the writers of definitions (create, delete, config loads) between them, so the store
+        # keeps the definition memory keeps, and a create's existence check still holds when it writes.
+        # ``_lock`` stays short (dict operations only) for the readers, which the server calls on its
+        # event loop: never held while a definition is serialized.
         self._define_lock = threading.Lock()
         self._workflows: dict[str, tuple[WorkflowSpec, str, str | None]] = {}
         self._active: dict[str, _Run] = {}
@@ -374,7 +375,7 @@ class WorkflowManager:
                 for item in items:
                     spec = self._coerce_spec(item)
                     self._check(spec)
-                    with self._lock:
+                    with self._define_lock, self._lock:
                         self._workflows[spec.name] = (spec, "config", str(path))
                         self._plans.pop(spec.name, None)
                     loaded.append(spec.name)
