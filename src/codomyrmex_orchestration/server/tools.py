@@ -22,8 +22,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -1180,7 +1181,7 @@ class OrchestrationMCPTools:
         """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
         token = anyio.lowlevel.current_token()
         if isinstance(token.native_token, asyncio.AbstractEventLoop):
-            return await _await_on_asyncio(token.native_token, pending.timeout, subscribe, unfinished)
+            return await _await_on_asyncio(token, pending.timeout, subscribe, unfinished)
         arrived = anyio.Event()
         delivered: list[BaseModel] = []
 
@@ -1195,7 +1196,7 @@ class OrchestrationMCPTools:
 
 
 async def _await_on_asyncio(
-    loop: asyncio.AbstractEventLoop,
+    token: anyio.lowlevel.EventLoopToken,
     seconds: float,
     subscribe: Callable[[Callable[[BaseModel], None]], None],
     unfinished: Callable[[float], BaseModel],
@@ -1203,6 +1204,7 @@ async def _await_on_asyncio(
     """``_await_delivery`` with asyncio's own future and timer: the same wait for a fraction of the
     loop's work of an anyio Event inside a cancel scope (the server's loop does it at every call).
     A cancelled request cancels the await like any other (the caller cancels the work)."""
+    loop = cast(asyncio.AbstractEventLoop, token.native_token)  # the caller checked
     arrived: asyncio.Future[BaseModel | None] = loop.create_future()
 
     def settle(result: BaseModel | None) -> None:
@@ -1210,10 +1212,7 @@ async def _await_on_asyncio(
             arrived.set_result(result)
 
     def deliver(result: BaseModel) -> None:  # on the thread that finished the work
-        try:
-            loop.call_soon_threadsafe(settle, result)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            return
+        _call_soon(token, partial(settle, result))
 
     subscribe(deliver)
     timer = loop.call_later(seconds, settle, None)  # a timer, not a cancel scope: the wait's limit
