@@ -1,14 +1,20 @@
-"""State-transition throughput: save_step with SqliteStore vs MemoryStore vs no store (figures, not a test).
+"""The state store's figures (not tests): step-transition throughput, and a run's cost as history grows.
 
-Each transition builds a StepResult (as the WorkflowManager does) and records it; the SQLite figure
-includes the final flush(), so every transition counted is committed to disk.
+1. Each transition builds a StepResult (as the WorkflowManager does) and records it, with SqliteStore,
+   MemoryStore and no store; the SQLite figure includes the final flush(), so every transition counted
+   is committed to disk.
+2. History growth: single-step workflows run one after another through the engine (events included),
+   durable and in memory, timed per batch of 1,000 runs while the store fills from 0 to 50,000 runs
+   (retention raised to keep them all). A per-run cost that grows with the stored history shows as a
+   last batch slower than the first.
 
-    .venv/bin/python bench/bench_store.py [--transitions 20000] [--threads 4]
+    .venv/bin/python bench/bench_store.py [--transitions 20000] [--threads 4] [--history 50000]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import threading
 import time
@@ -93,6 +99,75 @@ def run(transitions: int = 20_000, threads: int = 4) -> dict[str, Any]:
     }
 
 
+def history(runs: int = 50_000, batch: int = 1_000) -> dict[str, Any]:
+    """Median µs per single-step run, per batch of ``batch`` runs, as ``runs`` runs fill each store."""
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+
+    figures: dict[str, Any] = {"runs": runs, "batch": batch}
+    for label, durable in (("durable", True), ("memory", False)):
+        with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
+            engine = OrchestrationEngine(
+                state_dir=Path(tmp) / "state",
+                config_dir=None,
+                durable=durable,
+                retention_runs=runs,
+                retention_events=3 * runs,
+            )
+            try:
+                engine.workflow_manager.create_workflow(
+                    {"name": "one", "steps": [{"name": "s", "module": "core", "action": "set"}]}
+                )
+                medians: list[float] = []
+                means: list[float] = []
+                for _ in range(runs // batch):
+                    took: list[float] = []
+                    for _ in range(batch):
+                        began = time.perf_counter()
+                        engine.execute_workflow("one", timeout=60)
+                        took.append(time.perf_counter() - began)
+                    # The median: a load spike from another process on a shared machine moves a
+                    # batch's mean, not its median.
+                    medians.append(round(statistics.median(took) * 1e6, 1))
+                    means.append(round(statistics.fmean(took) * 1e6, 1))
+                stored = sum(engine.store.count_runs().values())
+            finally:
+                engine.shutdown()
+        figures[label] = {
+            "us_per_run_by_batch": medians,
+            "mean_us_per_run_by_batch": means,
+            "first_batch_us": medians[0],
+            "last_batch_us": medians[-1],
+            "last_vs_first": round(medians[-1] / medians[0], 2),
+            "runs_stored_at_end": stored,
+        }
+    figures["durable_vs_memory_last_batch"] = round(
+        figures["durable"]["last_batch_us"] / figures["memory"]["last_batch_us"], 2
+    )
+    return figures
+
+
+def history_report(f: dict[str, Any]) -> str:
+    lines = [
+        f"History growth: single-step runs through the engine, median per batch of {f['batch']},"
+        f" store filling 0 -> {f['runs']} runs",
+        f"  {'store':8} {'first µs':>9} {'last µs':>9} {'last/first':>10} {'stored':>8}",
+    ]
+    for label in ("durable", "memory"):
+        g = f[label]
+        lines.append(
+            f"  {label:8} {g['first_batch_us']:9.1f} {g['last_batch_us']:9.1f} {g['last_vs_first']:10.2f}"
+            f" {g['runs_stored_at_end']:8}"
+        )
+    every = max(1, len(f["durable"]["us_per_run_by_batch"]) // 10)
+    for label in ("durable", "memory"):
+        shown = f[label]["us_per_run_by_batch"][::every]
+        lines.append(f"  {label} every {every * f['batch']} runs: " + " ".join(f"{v:.0f}" for v in shown))
+        means = f[label]["mean_us_per_run_by_batch"][::every]
+        lines.append(f"  {label} (means, load-sensitive): " + " ".join(f"{v:.0f}" for v in means))
+    lines.append(f"  durable / memory, last batch: {f['durable_vs_memory_last_batch']:.2f}x")
+    return "\n".join(lines)
+
+
 def report(f: dict[str, Any]) -> str:
     lines = [
         f"Store: {f['transitions']} step transitions from {f['threads']} threads",
@@ -111,8 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--history", type=int, default=50_000, help="runs stored by the growth bench (0: skip it)"
+    )
     args = parser.parse_args()
     print(report(run(args.transitions, args.threads)))
+    if args.history:
+        print(history_report(history(args.history)))
 
 
 if __name__ == "__main__":
