@@ -17,6 +17,7 @@ from ..logs import get_logger
 __all__ = ["FINISHED_RUNS", "MIGRATIONS", "RUN_TALLIES", "SCHEMA_VERSION", "open_database"]
 
 _BUSY_TIMEOUT_MS = 5_000
+_WAL_SIZE_LIMIT = 4 << 20
 
 _log = get_logger("codomyrmex_orchestration.store")
 
@@ -181,10 +182,16 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     reader: sqlite3.Connection | None = None
     try:
         writer = _connect(path)
+        if int(writer.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            # A new file: pages freed by evicting runs are given back to the file system (retention
+            # runs incremental_vacuum after evicting by bytes). It can only be set before any table.
+            writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
         mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             _log.warning("state_store_not_wal", path=where, journal_mode=mode)
         writer.execute("PRAGMA synchronous=NORMAL")
+        # A checkpointed WAL is cut back to this size instead of keeping its largest size on disk.
+        writer.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         _migrate(writer, path)
         probe(writer)  # fails now, with the path, if the file cannot be written
         reader = _connect(path)

@@ -195,6 +195,9 @@ class SqliteStore:
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        # Measure the bytes used (and apply a budget or a retention lowered since the last start):
+        # reads of the tallies and of the oldest index entries, never a scan of the history.
+        self._writer.run_retention()
 
     @property
     def retention_runs(self) -> int:
