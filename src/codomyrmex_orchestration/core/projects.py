@@ -229,6 +229,8 @@ class WorkflowRegistrar(Protocol):
     """What ProjectManager needs of a WorkflowManager."""
 
     def create_workflow(self, spec: WorkflowSpec, /, *, overwrite: bool = ...) -> object: ...
+    def get_workflow(self, name: str, /) -> WorkflowSpec: ...  # LookupError when there is none
+    def delete_workflow(self, name: str, /) -> bool: ...
 
 
 # --------------------------------------------------------------------------- helpers
@@ -321,6 +323,16 @@ class _Creation:
                 _log.warning("project.rollback_incomplete", path=str(path))
 
 
+def _workflow_taken(workflow: str, project: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        "workflow",
+        workflow,
+        f"project {project!r} would register a template workflow of that name and does not replace "
+        "workflows it did not create; choose another project name, or pass overwrite_workflows=true "
+        "to replace it",
+    )
+
+
 # --------------------------------------------------------------------------- manager
 
 
@@ -336,8 +348,9 @@ class ProjectManager:
         root: the projects root (default ``projects`` in the working directory); created if missing.
         templates_dir: the configurable templates folder (default ``config/templates``): project templates
             in ``projects/``, doc templates in ``docs/``. ``None``: packaged templates only.
-        workflow_manager: when given, each template workflow is registered with
-            ``create_workflow(spec, overwrite=True)`` as ``<project>.<workflow>``.
+        workflow_manager: when given, each template workflow is registered with it
+            as ``<project>.<workflow>``; a name already taken is an error unless the caller passes
+            ``overwrite_workflows=True`` to :meth:`create_project`.
         registry_path: the index file (default ``<root>/.projects.json``).
         docs: the documentation generator (default one on the same ``templates_dir``).
     """
@@ -590,6 +603,7 @@ class ProjectManager:
         owner: str = "",
         path: Path | str | None = None,
         exist_ok: bool = False,
+        overwrite_workflows: bool = False,
     ) -> Project:
         """Scaffold a project folder from a template and register it.
 
@@ -604,12 +618,16 @@ class ProjectManager:
             description, owner: recorded in the manifest and used in the docs, verbatim.
             path: the folder, relative to the root (or absolute inside it); default ``<root>/<name>``.
             exist_ok: scaffold into an existing folder (files already there are kept).
+            overwrite_workflows: replace registered workflows whose names the template's workflows
+                take (``<name>.<workflow>``); without it such a collision is an error. If the creation
+                fails afterwards, the replaced definitions are registered again.
 
         Raises:
             InvalidNameError: the name is not acceptable.
             InvalidInputError: unknown type/template, a type that contradicts the template, a path
                 outside the root or through a symbolic link, a bad template.
-            AlreadyExistsError: a project of that name exists, or the folder exists without ``exist_ok``.
+            AlreadyExistsError: a project of that name exists, the folder exists without ``exist_ok``,
+                or a template workflow's name is taken without ``overwrite_workflows`` (nothing is created).
             ProjectCreationError: the file system refused midway (what this call created is removed).
         """
         validate_project_name(name)
@@ -657,8 +675,11 @@ class ProjectManager:
                 raise AlreadyExistsError("project", name, "choose another name or use get_project")
             if (target / MANIFEST_FILE).exists():
                 raise AlreadyExistsError("project folder", str(target), f"it already holds a {MANIFEST_FILE}")
+            if not overwrite_workflows:
+                self._refuse_taken_workflows(name, specs)
             creation = _Creation(target, self.root)
             registered: list[str] = []
+            replaced: dict[str, WorkflowSpec] = {}
             try:
                 creation.begin(exist_ok)
                 for rel in tmpl.directory_structure:
@@ -682,7 +703,11 @@ class ProjectManager:
                 )
                 for spec in specs:
                     if self.workflow_manager is not None:
-                        refusal = self._register(spec)
+                        if overwrite_workflows:
+                            previous = self._registered_spec(spec.name)
+                            if previous is not None:
+                                replaced[spec.name] = previous
+                        refusal = self._register(spec, overwrite=overwrite_workflows, project=name)
                         if refusal is None:
                             registered.append(spec.name)
                         else:
@@ -693,7 +718,7 @@ class ProjectManager:
                 self._write_index()
             except BaseException as exc:
                 self._projects.pop(name, None)
-                self._unregister(registered)
+                self._unregister(registered, replaced)
                 creation.rollback()
                 if isinstance(exc, OSError) and not isinstance(exc, OrchestrationError):
                     raise ProjectCreationError(name, str(target), f"{type(exc).__name__}: {exc}") from exc
@@ -701,7 +726,22 @@ class ProjectManager:
         _log.info("project.created", project=name, type=tmpl.type.value, template=tmpl.name, path=str(target))
         return project.model_copy(deep=True)
 
-    def _register(self, spec: WorkflowSpec) -> str | None:
+    def _registered_spec(self, name: str) -> WorkflowSpec | None:
+        assert self.workflow_manager is not None
+        try:
+            return self.workflow_manager.get_workflow(name)
+        except LookupError:
+            return None
+
+    def _refuse_taken_workflows(self, project: str, specs: list[WorkflowSpec]) -> None:
+        """Raise before anything is written if a template workflow's name is already registered."""
+        if self.workflow_manager is None:
+            return
+        for spec in specs:
+            if self._registered_spec(spec.name) is not None:
+                raise _workflow_taken(spec.name, project)
+
+    def _register(self, spec: WorkflowSpec, *, overwrite: bool, project: str) -> str | None:
         """Register one template workflow; return why not when this server refuses its actions.
 
         A server that refuses code execution (network transports by default) still scaffolds the
@@ -710,21 +750,28 @@ class ProjectManager:
         """
         assert self.workflow_manager is not None
         try:
-            self.workflow_manager.create_workflow(spec, overwrite=True)
+            self.workflow_manager.create_workflow(spec, overwrite=overwrite)
         except DAGValidationError as exc:
             if exc.problems and all("is refused" in problem for problem in exc.problems):
                 return "; ".join(exc.problems)
             raise
+        except AlreadyExistsError:  # registered by someone else since the check under our lock
+            raise _workflow_taken(spec.name, project) from None
         return None
 
-    def _unregister(self, names: list[str]) -> None:
-        delete = getattr(self.workflow_manager, "delete_workflow", None)
+    def _unregister(self, names: list[str], replaced: Mapping[str, WorkflowSpec]) -> None:
+        """Undo this creation's registrations: delete new workflows, put replaced ones back."""
+        workflows = self.workflow_manager
+        if workflows is None:
+            return
         for name in names:
-            if callable(delete):
-                try:
-                    delete(name)
-                except Exception as exc:  # best effort while already failing; the first error is raised
-                    _log.warning("project.unregister_failed", workflow=name, error=str(exc))
+            try:
+                if name in replaced:
+                    workflows.create_workflow(replaced[name], overwrite=True)
+                else:
+                    workflows.delete_workflow(name)
+            except Exception as exc:  # best effort while already failing; the first error is raised
+                _log.warning("project.unregister_failed", workflow=name, error=str(exc))
 
     @staticmethod
     def _doc_variables(template: ProjectTemplate, specs: list[WorkflowSpec]) -> dict[str, str]:
@@ -843,7 +890,8 @@ class ProjectManager:
             refused: dict[str, str] = {}
             if self.workflow_manager is not None:
                 for spec in specs:
-                    refusal = self._register(spec)
+                    # The project's own workflows (after a restart, or a template update).
+                    refusal = self._register(spec, overwrite=True, project=name)
                     if refusal is not None:
                         refused[spec.name] = refusal
                 names = [n for n in names if n not in refused]
