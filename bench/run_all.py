@@ -99,6 +99,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": f["durable_us_per_step"] <= 100.0,
             }
         )
+    h = results["store_history"]
+    found.append(
+        {
+            "target": "durable single-step run, store filling to 50k runs: last batch <= 1.2x the first",
+            "figure": f"{h['durable']['first_batch_us']} -> {h['durable']['last_batch_us']} µs/run median "
+            f"= {h['durable']['last_vs_first']}x (memory {h['memory']['last_batch_us']} µs, durable "
+            f"{h['durable_vs_memory_last_batch']}x it)",
+            "met": h["durable"]["last_vs_first"] <= 1.2,
+        }
+    )
     v = results["validation"]
     found.append(
         {
@@ -181,6 +191,7 @@ def main() -> None:
         bench_scheduler.run(tasks=1_000 if quick else 10_000, repeat=1 if quick else 3),
     )
     section("store", bench_store.report, bench_store.run(transitions=2_000 if quick else 20_000))
+    section("store_history", bench_store.history_report, bench_store.history(5_000 if quick else 50_000))
     section(
         "mcp_roundtrip",
         lambda f: (
