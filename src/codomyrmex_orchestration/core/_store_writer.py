@@ -277,7 +277,14 @@ class GroupCommitWriter:
                     closing = self._closing
                     retention_forced = self._retention_due
                     self._retention_due = False
-                if not self._commit_taken(batch, target, calls, forced_retention=retention_forced or closing):
+                try:
+                    committed = self._commit_taken(
+                        batch, target, calls, forced_retention=retention_forced or closing
+                    )
+                except BaseException as exc:
+                    _fail_calls(calls, exc)  # the callers taken with this batch learn why, now
+                    raise
+                if not committed:
                     return
                 for call in calls:
                     try:
