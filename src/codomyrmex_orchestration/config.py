@@ -84,6 +84,9 @@ class Settings(BaseModel):
     #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
     auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
+    #: Host names and IP networks (CIDR) ``http.request`` may reach although they are internal, where
+    #: internal addresses are blocked (network transports without code execution), e.g. ``10.0.0.0/8``.
+    http_allow: tuple[str, ...] = ()
     durable: bool = True
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
     retention_runs: int = Field(default=10_000, ge=1)

@@ -210,6 +210,10 @@ def loopback_listener() -> Iterator[tuple[int, list[Any]]]:
         "10.0.0.1",
         "192.168.1.1",
         "[fe80::1]",
+        "100.100.100.200",
+        "100.64.0.1",
+        "[2002:7f00:1::1]",
+        "[64:ff9b::7f00:1]",
     ],
 )
 async def test_http_request_cannot_reach_internal_addresses_over_http(

@@ -612,7 +612,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
         )
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
-    policy = ServerPolicy.for_transport(transport, settings.allow_shell)
+    policy = ServerPolicy.for_transport(transport, settings.allow_shell, settings.http_allow)
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools)

@@ -79,21 +79,28 @@ class ServerPolicy:
     allow_code_execution: bool = True
     block_private_addresses: bool = False
     transport: str = "stdio"
+    #: Internal hosts / CIDRs ``http.request`` may reach although private addresses are blocked.
+    http_allow: tuple[str, ...] = ()
 
     @classmethod
-    def for_transport(cls, transport: str, allow_shell: bool | None) -> ServerPolicy:
+    def for_transport(
+        cls, transport: str, allow_shell: bool | None, http_allow: tuple[str, ...] = ()
+    ) -> ServerPolicy:
         network = transport != "stdio"
         allowed = (not network) if allow_shell is None else allow_shell
         return cls(
             allow_code_execution=allowed,
             block_private_addresses=network and not allowed,
             transport=transport,
+            http_allow=http_allow,
         )
 
     @property
     def action_extras(self) -> dict[str, Any]:
         """Values every action's ``ctx.extras`` should carry under this policy."""
-        return {"block_private_addresses": True} if self.block_private_addresses else {}
+        if not self.block_private_addresses:
+            return {}
+        return {"block_private_addresses": True, "http_allow": self.http_allow}
 
 
 EngineFactory = Callable[[ServerPolicy], Any]
