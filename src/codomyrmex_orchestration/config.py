@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_STDIO_MAX_LINE_BYTES",
     "DEFAULT_TEMPLATES_DIR",
     "ENV_PREFIX",
     "Settings",
@@ -41,6 +42,7 @@ DEFAULT_MAX_STEPS = 10_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
 DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
+DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -84,6 +86,8 @@ class Settings(BaseModel):
     #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
     auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
+    #: Longest line (one JSON-RPC message) read on stdio; a longer one is refused and discarded.
+    stdio_max_line_bytes: int = Field(default=DEFAULT_STDIO_MAX_LINE_BYTES, ge=1024)
     #: Host names and IP networks (CIDR) ``http.request`` may reach although they are internal, where
     #: internal addresses are blocked (network transports without code execution), e.g. ``10.0.0.0/8``.
     http_allow: tuple[str, ...] = ()

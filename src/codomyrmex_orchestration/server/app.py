@@ -8,10 +8,7 @@ import hmac
 import importlib.util
 import ipaddress
 import json
-import os
-import select
 import signal
-import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,7 +19,6 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
@@ -37,6 +33,9 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
+from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
+from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -451,119 +450,6 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-class _StdinLines:
-    """Lines from the process's stdin, read only when readable, so a signal can cancel the wait.
-
-    mcp's own stdin reader blocks a worker thread in ``read()``, which cancellation cannot interrupt;
-    this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
-    child processes never read the protocol) and the wire is read from a private duplicate.
-    """
-
-    def __init__(self) -> None:
-        self._fd = os.dup(0)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        self._buffer = b""
-        self._eof = False
-        # Regular files and some devices cannot be polled (epoll refuses them) but never block.
-        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
-
-    def close(self) -> None:
-        os.dup2(self._fd, 0)
-        os.close(self._fd)
-
-    def __aiter__(self) -> _StdinLines:
-        return self
-
-    async def __anext__(self) -> str:
-        while b"\n" not in self._buffer and not self._eof:
-            if self._pollable:
-                try:
-                    await anyio.wait_readable(self._fd)
-                except OSError:
-                    self._pollable = False
-            chunk = os.read(self._fd, 65536)
-            self._eof = not chunk
-            self._buffer += chunk
-        if not self._buffer:
-            raise StopAsyncIteration
-        line, newline, self._buffer = self._buffer.partition(b"\n")
-        return (line + newline).decode("utf-8", errors="replace")
-
-
-class _StdoutLines:
-    """The protocol's writing side, written from the event loop: no thread per message.
-
-    mcp's own writer hands every message to a worker thread twice (``write``, then ``flush``), two
-    thread hand-offs per reply. Here a message of up to ``PIPE_BUF`` bytes, the usual size, is written
-    directly once the descriptor is writable: a pipe with room takes such a write whole and at once.
-    A longer one, or what a socket or terminal did not take, is written by a worker thread, which may
-    block without holding up the loop. Like the SDK, it serves the wire from a private duplicate while
-    ``fd`` (stdout) points at stderr, so stray output of the process or its children never reaches the
-    client; :meth:`close` points it back at the wire.
-    """
-
-    def __init__(self, fd: int = 1) -> None:
-        self._wire_fd = fd
-        self._fd = os.dup(fd)
-        os.dup2(2, fd)
-        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
-
-    def close(self) -> None:
-        os.dup2(self._fd, self._wire_fd)
-        os.close(self._fd)
-
-    async def write(self, text: str) -> None:
-        data = text.encode("utf-8")
-        if len(data) <= select.PIPE_BUF and self._pollable:
-            try:
-                await anyio.wait_writable(self._fd)
-            except OSError:  # not pollable after all: the thread below writes it
-                self._pollable = False
-            else:
-                data = data[os.write(self._fd, data) :]
-        if data:
-            await anyio.to_thread.run_sync(self._write_all, data)
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:  # a client may hand us a non-blocking pipe: wait for room
-                select.select([], [self._fd], [])
-
-    async def flush(self) -> None:
-        """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
-
-
-async def _serve_stdio(server: Server[Any]) -> None:
-    stdin = _StdinLines()
-    stdout = _StdoutLines()
-    try:
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("server.signal", signal=signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop_on_signal)
-            # Duck-typed: stdin is only iterated, stdout only written and flushed.
-            async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
-                await server.run(read, write, server.create_initialization_options())
-            tg.cancel_scope.cancel()
-    except* (BrokenPipeError, ConnectionResetError):
-        # The client closed its end of the wire: the session is over, like at EOF (not a server error).
-        log.info("server.client_gone", reason="the client stopped reading the server's output")
-    finally:
-        stdout.close()
-        stdin.close()
-
-
 async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
     import threading
 
@@ -625,7 +511,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     )
     try:
         if transport == "stdio":
-            anyio.run(_serve_stdio, server, backend_options=_loop_options())
+            anyio.run(_serve_stdio, server, settings.stdio_max_line_bytes, backend_options=_loop_options())
         else:
             app = build_http_app(
                 server,
