@@ -19,7 +19,7 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from starlette.applications import Starlette
@@ -33,6 +33,13 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
+from codomyrmex_orchestration.server._sessions import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_IDLE_TIMEOUT,
+    ServerStatus,
+    SessionManager,
+)
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
@@ -378,13 +385,21 @@ def build_http_app(
     host: str = "127.0.0.1",
     auth_token: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    status: ServerStatus | None = None,
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
-    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set."""
+    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set. Streamable-HTTP sessions
+    expire after ``session_idle_timeout`` seconds idle; at ``max_sessions`` the longest-idle one is closed
+    for a new client. ``/healthz`` reports ``status`` (sessions open and the cap, code-execution exposure)."""
     security = transport_security(host, allowed_hosts)
+    status = status or ServerStatus(transport=transport, code_execution=False)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": SERVER_NAME, "version": __version__})
+        return JSONResponse(
+            {"status": "ok", "server": SERVER_NAME, "version": __version__, **status.snapshot()}
+        )
 
     routes: list[Route | Mount] = [Route("/healthz", endpoint=healthz, methods=["GET"])]
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None
@@ -405,7 +420,13 @@ def build_http_app(
             Mount("/messages/", app=sse.handle_post_message),
         ]
     elif transport == "streamable-http":
-        manager = StreamableHTTPSessionManager(app=server, security_settings=security)
+        manager = SessionManager(
+            app=server,
+            security_settings=security,
+            session_idle_timeout=session_idle_timeout,
+            max_sessions=max_sessions,
+        )
+        status.sessions = manager
         routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)))
 
         @contextlib.asynccontextmanager
@@ -426,9 +447,12 @@ def check_network_settings(settings: Settings) -> str | None:
     """The bearer token to require, or ``None``; refuses a non-loopback bind without one.
 
     Raises:
-        InvalidInputError: binding to a non-loopback address with no token configured.
+        InvalidInputError: binding to a non-loopback address with no token configured, or a token that
+            is only whitespace or shorter than 16 characters.
     """
     token = settings.auth_token.get_secret_value() if settings.auth_token is not None else ""
+    if token:
+        token = check_token(token, "CODOMYRMEX_AUTH_TOKEN")
     if settings.auth_token_file is not None and not token:
         try:
             token = settings.auth_token_file.read_text(encoding="utf-8").strip()
@@ -438,6 +462,7 @@ def check_network_settings(settings: Settings) -> str | None:
             ) from None
         if not token:
             raise InvalidInputError("auth_token_file", f"{settings.auth_token_file} is empty")
+        token = check_token(token, f"auth_token_file ({settings.auth_token_file})")
     if not token and not is_loopback(settings.host):
         raise InvalidInputError(
             "auth_token",
@@ -498,10 +523,14 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
         )
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
-    policy = ServerPolicy.for_transport(transport, settings.allow_shell, settings.http_allow)
+    policy = ServerPolicy.for_transport(
+        transport, settings.allow_shell, settings.http_allow, settings.python_call_allow
+    )
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools)
+    status = _server_status(settings, policy)
+    tools.server_status = status.component
     log.info(
         "server.start",
         transport=transport,
@@ -519,6 +548,9 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 host=settings.host,
                 auth_token=token,
                 allowed_hosts=settings.allowed_hosts,
+                status=status,
+                session_idle_timeout=settings.session_idle_timeout,
+                max_sessions=settings.max_sessions,
             )
             anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
     except KeyboardInterrupt:
@@ -536,6 +568,19 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
     return 0
+
+
+def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
+    """The server's own status; warns on stderr when code execution is exposed beyond loopback."""
+    status = ServerStatus(transport=settings.transport, code_execution=policy.allow_code_execution)
+    warning = exposure_warning(
+        settings.transport, settings.host, policy.allow_code_execution, is_loopback(settings.host)
+    )
+    if warning is not None:
+        status.exposed = True
+        status.warnings.append(warning)
+        log.warning("server.code_execution_exposed", warning=warning)
+    return status
 
 
 def _url(settings: Settings) -> str:
