@@ -3,6 +3,7 @@ DNS rebinding, non-global ranges and their IPv6 forms, redirect hops, the allow-
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -224,3 +225,34 @@ def test_guarded_redirects_follow_httpx_rules_hop_by_hop(origin: str) -> None:
 def test_a_malformed_allow_list_entry_is_named() -> None:
     with pytest.raises(InvalidInputError, match="http_allow"):
         REQUEST({"url": "http://example.org/"}, guarded(allow=("10.0.0.0/99",)))
+
+
+def test_https_names_the_host_in_sni_while_connecting_to_the_checked_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A TLS listener without a certificate: the handshake fails, but only after the ClientHello showed
+    # which server name the client asks for (and so verifies the certificate against).
+    import ssl
+
+    seen: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sni_callback = lambda _sock, name, _ctx: seen.append(name)  # None: go on with the handshake
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(ssl.SSLError, OSError):
+            context.wrap_socket(conn, server_side=True)
+        conn.close()
+
+    thread = threading.Thread(target=answer, name="test-tls-listener")
+    thread.start()
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding("public.test", ["127.0.0.1"]))
+    try:
+        with pytest.raises(StepFailedError, match=r"https://public\.test"):
+            REQUEST({"url": f"https://public.test:{port}/", "timeout": 5}, guarded(allow=("127.0.0.1/32",)))
+    finally:
+        thread.join(10)
+        listener.close()
+    assert seen == ["public.test"]
