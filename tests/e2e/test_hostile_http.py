@@ -443,3 +443,4 @@ async def test_code_execution_off_loopback_warns_shows_in_health_and_honours_the
     assert (fine.structured_content or {}).get("result") == "[1, 2]", text(fine)
     warnings = [line for line in logs.splitlines() if "server.code_execution_exposed" in line]
     assert len(warnings) == 1 and "warn" in warnings[0].lower(), logs
+    assert "! WARNING: CODE EXECUTION IS ENABLED ON A NETWORK ADDRESS (0.0.0.0)" in logs

@@ -632,6 +632,10 @@ def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
         status.exposed = True
         status.warnings.append(warning)
         log.warning("server.code_execution_exposed", warning=warning)
+        # Also as a banner, whatever the log level: the person starting the server must see it.
+        rule = "!" * 78
+        sys.stderr.write(f"{rule}\n! WARNING: {warning}\n{rule}\n")
+        sys.stderr.flush()
     return status
 
 
