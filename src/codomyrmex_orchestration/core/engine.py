@@ -32,6 +32,7 @@ from codomyrmex_orchestration.config import (
     Settings,
 )
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._procs import guard_processes
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
@@ -307,6 +308,8 @@ class OrchestrationEngine:
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
         )
+        if durable:  # before any resume can start a step again: kill the groups a crash left running
+            guard_processes(self.registry, self.state_dir / "procs")
         resources_path = Path(config_dir).parent.parent / "resources.json" if config_dir else None
         self.resource_manager = ResourceManager(
             state_dir=self.state_dir if durable else None,

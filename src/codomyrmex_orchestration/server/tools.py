@@ -79,21 +79,40 @@ class ServerPolicy:
     allow_code_execution: bool = True
     block_private_addresses: bool = False
     transport: str = "stdio"
+    #: Internal hosts / CIDRs ``http.request`` may reach although private addresses are blocked.
+    http_allow: tuple[str, ...] = ()
+    #: Module prefixes ``python.call`` may import from; empty: any.
+    python_call_allow: tuple[str, ...] = ()
 
     @classmethod
-    def for_transport(cls, transport: str, allow_shell: bool | None) -> ServerPolicy:
+    def for_transport(
+        cls,
+        transport: str,
+        allow_shell: bool | None,
+        http_allow: tuple[str, ...] = (),
+        python_call_allow: tuple[str, ...] = (),
+    ) -> ServerPolicy:
         network = transport != "stdio"
         allowed = (not network) if allow_shell is None else allow_shell
         return cls(
             allow_code_execution=allowed,
             block_private_addresses=network and not allowed,
             transport=transport,
+            http_allow=http_allow,
+            python_call_allow=python_call_allow,
         )
 
     @property
     def action_extras(self) -> dict[str, Any]:
         """Values every action's ``ctx.extras`` should carry under this policy."""
-        return {"block_private_addresses": True} if self.block_private_addresses else {}
+        extras: dict[str, Any] = {}
+        if self.block_private_addresses:
+            extras["block_private_addresses"] = True
+            if self.http_allow:
+                extras["http_allow"] = self.http_allow
+        if self.python_call_allow:
+            extras["python_call_allow"] = self.python_call_allow
+        return extras
 
 
 EngineFactory = Callable[[ServerPolicy], Any]
@@ -556,7 +575,10 @@ def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 
 
 def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    return m.HealthResult.model_validate(jsonable(tools.engine.health_check()))
+    health = jsonable(tools.engine.health_check())
+    if tools.server_status is not None:  # the server's own component: sessions, code-execution exposure
+        health.setdefault("components", {})["server"] = tools.server_status()
+    return m.HealthResult.model_validate(health)
 
 
 def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
@@ -975,6 +997,8 @@ class OrchestrationMCPTools:
         self._tasks: list[str] = []
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         self._wait_limiter = anyio.CapacityLimiter(wait_threads)
+        #: Reports the server's own health component (set by ``server.app.serve``).
+        self.server_status: Callable[[], dict[str, Any]] | None = None
 
     # -- engine
 
@@ -1241,13 +1265,15 @@ def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> 
 
 
 def apply_policy(registry: Any, policy: ServerPolicy) -> None:
-    """Make every network action of ``registry`` run with the policy's ``ctx.extras`` defaults (e.g.
-    ``block_private_addresses`` for ``http.request`` on network transports); a step cannot lift them."""
+    """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
+    defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
+    ``python_call_allow`` for ``python.call``); a step cannot lift them."""
     extras = policy.action_extras
     if not extras:
         return
     for definition in registry.definitions():
-        if not definition.network or getattr(definition.func, "_policy_extras", None) == extras:
+        guarded_kind = definition.network or definition.executes_code
+        if not guarded_kind or getattr(definition.func, "_policy_extras", None) == extras:
             continue
         original = definition.func
 
