@@ -1,0 +1,311 @@
+"""What connected clients hear as the core moves: run and step log messages, resource updates and list
+changes, carried from core threads onto the event loop.
+
+:class:`NotificationHub` owns the peers (one per initialized 2025-era connection: its log level, its
+resource subscriptions, its outgoing queue and the task that drains it), the run each peer started, the
+engine it listens to, and the 2026-07-28 subscription bus (``subscriptions/listen`` streams).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.connection import Connection
+from mcp.server.lowlevel import Server
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+)
+from mcp_types import LoggingLevel
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server import _logging, _subscriptions
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, _call_soon
+
+__all__ = ["NotificationHub", "Peer", "connection_of"]
+
+log = get_logger("codomyrmex_orchestration.server")
+
+# How many notifications may wait for one client before newer ones are dropped (a client that stops
+# reading its stream must not grow the server's memory; notifications are advisory).
+_PEER_QUEUE = 1024
+
+Outgoing = tuple[str, dict[str, Any] | None]
+
+
+def connection_of(ctx: Any) -> Connection:
+    """The per-client ``Connection`` behind a request context.
+
+    The low-level ``ServerRequestContext`` of mcp 2.3 carries the connection only inside its per-request
+    ``ServerSession`` (``Context.connection``, the public accessor, is not built by the server's runner
+    yet: the SDK's "L54" context rework). It is the one handle that lives as long as the client, holds
+    the standalone channel notifications travel on, and tears down with the client.
+    """
+    connection = getattr(ctx.session, "_connection", None)
+    if not isinstance(connection, Connection):
+        raise TypeError("this mcp version's request context carries no Connection")
+    return connection
+
+
+@dataclass(eq=False)
+class Peer:
+    """One initialized 2025-era client connection that notifications can reach."""
+
+    connection: Connection
+    token: anyio.lowlevel.EventLoopToken
+    outbox: MemoryObjectSendStream[Outgoing]
+    # Guarded by the hub's lock: the minimum level of run/step log messages (None: none sent) and the
+    # resource URIs subscribed to.
+    level: LoggingLevel | None = None
+    subscriptions: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Loop:
+    """One entry of the server's lifespan: the task group the pumps of its connections run in."""
+
+    tasks: anyio.abc.TaskGroup
+    token: anyio.lowlevel.EventLoopToken
+    bus_outbox: MemoryObjectSendStream[ServerEvent]
+
+
+class _ObservedBus(InMemorySubscriptionBus):
+    """The in-process bus, knowing whether any listen stream is open (no stream: nothing to publish)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = 0  # listen streams open; changed on the event loop only
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listening += 1
+        done = False
+
+        def once() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.listening -= 1
+                unsubscribe()
+
+        return once
+
+
+# The peer whose request is running in this context: set around a tool call, read by the engine
+# listener on the thread that starts a run (anyio's worker threads run in a copy of the caller's context).
+_calling_peer: ContextVar[Peer | None] = ContextVar("codomyrmex_calling_peer", default=None)
+
+
+class NotificationHub:
+    """Delivers core events to the clients that asked for them.
+
+    Args:
+        tools: the server's tools; the hub listens to their engine once it exists (:meth:`watch_engine`).
+    """
+
+    def __init__(self, tools: OrchestrationMCPTools) -> None:
+        self._tools = tools
+        self.bus = _ObservedBus()
+        self._lock = threading.Lock()
+        # Guarded by _lock: connected peers by connection, the peer that started each running run, the
+        # lifespan entries open (the first carries the bus), the engine listened to.
+        self._peers: dict[int, Peer] = {}
+        self._owners: dict[str, Peer] = {}
+        self._loops: list[_Loop] = []
+        self._engine: Any = None
+
+    # -- lifecycle
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, server: Any) -> AsyncIterator[_Loop]:
+        """The server's lifespan: a task group for the connections' pumps, cancelled at the end."""
+        sender, receiver = anyio.create_memory_object_stream[ServerEvent](_PEER_QUEUE)
+        async with anyio.create_task_group() as tg:
+            loop = _Loop(tg, anyio.lowlevel.current_token(), sender)
+            tg.start_soon(self._publish_events, receiver)
+            with self._lock:
+                self._loops.append(loop)
+            try:
+                yield loop
+            finally:
+                with self._lock:
+                    self._loops.remove(loop)
+                sender.close()
+                tg.cancel_scope.cancel()
+
+    def join(self, ctx: Any) -> Peer | None:
+        """Register the request's connection as a peer (2025-era connections only); idempotent."""
+        loop = ctx.lifespan_context
+        connection = connection_of(ctx)
+        if not isinstance(loop, _Loop) or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return None  # 2026-07-28: each request is its own connection; events go through the bus
+        with self._lock:
+            peer = self._peers.get(id(connection))
+            if peer is not None:
+                return peer
+            outbox, inbox = anyio.create_memory_object_stream[Outgoing](_PEER_QUEUE)
+            peer = Peer(connection, loop.token, outbox)
+            self._peers[id(connection)] = peer
+        connection.exit_stack.callback(self._leave, peer)
+        loop.tasks.start_soon(self._pump, peer, inbox)
+        return peer
+
+    def peer(self, ctx: Any) -> Peer | None:
+        """The registered peer of the request's connection, if any."""
+        with self._lock:
+            return self._peers.get(id(connection_of(ctx)))
+
+    def _leave(self, peer: Peer) -> None:
+        with self._lock:
+            self._peers.pop(id(peer.connection), None)
+            for run_id in [r for r, owner in self._owners.items() if owner is peer]:
+                del self._owners[run_id]
+        peer.outbox.close()
+
+    @staticmethod
+    async def _pump(peer: Peer, inbox: MemoryObjectReceiveStream[Outgoing]) -> None:
+        async with inbox:
+            async for method, params in inbox:
+                await peer.connection.notify(method, params)  # best effort: never raises
+
+    async def _publish_events(self, inbox: MemoryObjectReceiveStream[ServerEvent]) -> None:
+        async with inbox:
+            async for event in inbox:
+                await self.bus.publish(event)
+
+    def install(self, server: Server[Any]) -> None:
+        """Serve ``logging/setLevel`` and register each client at ``notifications/initialized``.
+
+        Registered by method rather than ``Server(on_set_logging_level=...)``, which warns that the
+        capability is deprecated at 2026-07-28: it is, and the SDK does not route it on that era's wire,
+        but 2025-11-25 clients (the conformance suite, the Inspector) use it.
+        """
+
+        async def on_set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+            peer = self.join(ctx)
+            if peer is not None:
+                self.set_level(peer, params.level)
+            self.watch_engine()
+            return types.EmptyResult()
+
+        async def on_initialized(ctx: Any, params: types.NotificationParams) -> None:
+            self.join(ctx)
+
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_level)
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, on_initialized)
+
+    # -- settings per peer
+
+    def set_level(self, peer: Peer, level: LoggingLevel) -> None:
+        with self._lock:
+            peer.level = level
+
+    def subscribe(self, peer: Peer, uri: str) -> None:
+        with self._lock:
+            peer.subscriptions.add(uri)
+
+    def unsubscribe(self, peer: Peer, uri: str) -> None:
+        with self._lock:
+            peer.subscriptions.discard(uri)
+
+    @contextlib.contextmanager
+    def calling(self, peer: Peer | None) -> Any:
+        """Runs started inside this block belong to ``peer`` (their log messages go to it)."""
+        reset = _calling_peer.set(peer)
+        try:
+            yield
+        finally:
+            _calling_peer.reset(reset)
+
+    # -- the engine
+
+    def watch_engine(self) -> None:
+        """Listen to the tools' engine if it has started and is not listened to yet (cheap to repeat)."""
+        if not self._tools.engine_started:
+            return
+        engine = self._tools.engine
+        with self._lock:
+            if engine is self._engine:
+                return
+            self._engine = engine
+        engine.workflow_manager.add_listener(self._on_event)
+        # Whatever happened before the hub listened (the call that started the engine) may have
+        # changed the lists: say so once.
+        self._changed(_subscriptions.LIST_URIS, lists_changed=True)
+
+    def projects_changed(self, name: str | None) -> None:
+        """A project was created (the core has no project events: the server reports its own)."""
+        self._changed(_subscriptions.project_uris(name), lists_changed=True)
+
+    def _on_event(self, event: str, payload: dict[str, Any]) -> None:
+        """The workflow manager's listener: on core threads, short, never blocking."""
+        run_id = payload.get("run_id")
+        if run_id is not None:
+            self._run_event(event, run_id, payload)
+        uris, lists_changed = _subscriptions.changed_by(event, payload)
+        if uris or lists_changed:
+            self._changed(uris, lists_changed=lists_changed)
+
+    def _run_event(self, event: str, run_id: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            if event == "run.started":
+                starter = _calling_peer.get()
+                if starter is not None and id(starter.connection) in self._peers:
+                    self._owners[run_id] = starter
+            owner = self._owners.pop(run_id, None) if event in _logging.RUN_ENDS else self._owners.get(run_id)
+            level = owner.level if owner is not None else None
+        if owner is None or level is None:
+            return
+        message = _logging.message_for(event, payload)
+        if message is not None and _logging.at_least(message["level"], level):
+            self._send(owner, "notifications/message", message)
+
+    def _changed(self, uris: Iterable[str], *, lists_changed: bool) -> None:
+        uris = tuple(uris)
+        with self._lock:
+            peers = list(self._peers.values())
+            wanted = [(p, [u for u in uris if u in p.subscriptions]) for p in peers]
+            bus_loop = self._loops[0] if self._loops and self.bus.listening else None
+        for peer, matched in wanted:
+            for uri in matched:
+                self._send(peer, "notifications/resources/updated", {"uri": uri})
+            if lists_changed:
+                self._send(peer, "notifications/resources/list_changed", None)
+        if bus_loop is not None:
+            # One loop carries the bus: a server serves its clients from one event loop.
+            events: list[ServerEvent] = [ResourceUpdated(uri=u) for u in uris]
+            if lists_changed:
+                events.append(ResourcesListChanged())
+            for ev in events:
+                _call_soon(bus_loop.token, _offer(bus_loop.bus_outbox, ev))
+
+    @staticmethod
+    def _send(peer: Peer, method: str, params: dict[str, Any] | None) -> None:
+        _call_soon(peer.token, _offer(peer.outbox, (method, params)))
+
+
+def _offer(outbox: MemoryObjectSendStream[Any], item: Any) -> Callable[[], None]:
+    """A callback for the outbox's loop that queues ``item`` without waiting (dropped when full)."""
+
+    def put() -> None:
+        try:
+            outbox.send_nowait(item)
+        except anyio.WouldBlock:
+            log.warning("notification.dropped", reason="the client is not reading its notifications")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return  # the client is gone
+
+    return put
