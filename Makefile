@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
+.PHONY: venv conformance-tools lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The MCP conformance suite and the Node 22 it needs, from the npm registry into .tools/ (gitignored),
+# once per version pair; tests/e2e/test_conformance.py runs it against `serve` (the machine's node may be
+# older: the suite runs on the node-<platform> package's binary).
+TOOLS := .tools
+NODE22 ?= node-$(shell uname -s | tr A-Z a-z)-$(subst aarch64,arm64,$(subst x86_64,x64,$(shell uname -m)))@22.23.5
+CONFORMANCE ?= @modelcontextprotocol/conformance@0.1.16
+CONFORMANCE_STAMP := $(TOOLS)/.installed-$(subst /,-,$(subst @,_,$(NODE22)+$(CONFORMANCE)))
+
+$(CONFORMANCE_STAMP):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error $(NODE22) $(CONFORMANCE)
+	touch $@
+
+conformance-tools: $(CONFORMANCE_STAMP)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -27,7 +42,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv conformance-tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest
