@@ -62,7 +62,7 @@ NOT_APPLICABLE = {
     "elicitation-sep1330-enums": _FIXTURE_TOOLS.format("test_elicitation_sep1330_enums"),
     "resources-read-text": _FIXTURE_RESOURCE.format("test://static-text"),
     "resources-read-binary": _FIXTURE_RESOURCE.format("test://static-binary") + " (all of ours are JSON)",
-    "resources-templates-read": _FIXTURE_RESOURCE.format("test://template/{id}/data"),
+    "resources-templates-read": _FIXTURE_RESOURCE.format("test://template/123/data"),
     "prompts-get-simple": _FIXTURE_PROMPT.format("test_simple_prompt"),
     "prompts-get-with-args": _FIXTURE_PROMPT.format("test_prompt_with_arguments"),
     "prompts-get-embedded-resource": _FIXTURE_PROMPT.format("test_prompt_with_embedded_resource"),
