@@ -278,3 +278,26 @@ async def _until(stream: Any, kind: type[Any]) -> AsyncIterator[Any]:
         yield event
         if isinstance(event, kind):
             return
+
+
+async def test_a_2026_request_that_asks_for_log_messages_gets_those_of_the_run_it_starts(
+    tools: OrchestrationMCPTools,
+) -> None:
+    server = build_server(tools)
+    inbox, silent = Inbox(), Inbox()
+    async with (
+        Client(server, log_level="info", message_handler=inbox) as client,
+        Client(server, message_handler=silent) as quiet,
+    ):
+        assert client.protocol_version == "2026-07-28"
+        await call(client, "create_workflow", {"name": "hello", "steps": [ECHO]})
+        run = await call(client, "execute_workflow", {"workflow_name": "hello", "wait": True})
+        await call(quiet, "execute_workflow", {"workflow_name": "hello", "wait": True})
+    # On the request's own stream, sent before its answer; the run's end may come after the answer,
+    # when the request (and so the stream) is over.
+    assert [(m["event"], m["level"]) for m in inbox.logged()][:2] == [
+        ("run.started", "info"),
+        ("step.completed", "info"),
+    ]
+    assert {m["run_id"] for m in inbox.logged()} == {run["run_id"]}
+    assert silent.logged() == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +20,7 @@ import anyio.abc
 import anyio.lowlevel
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.server.connection import Connection
+from mcp.server.connection import Connection, allowed_log_levels
 from mcp.server.lowlevel import Server
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
@@ -28,7 +28,7 @@ from mcp.server.subscriptions import (
     ResourceUpdated,
     ServerEvent,
 )
-from mcp_types import LoggingLevel
+from mcp_types import LOG_LEVEL_META_KEY, LoggingLevel
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from codomyrmex_orchestration.logs import get_logger
@@ -38,6 +38,11 @@ from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, _call_s
 __all__ = ["NotificationHub", "Peer", "connection_of"]
 
 log = get_logger("codomyrmex_orchestration.server")
+
+_NO_PEER: contextlib.nullcontext[None] = contextlib.nullcontext(None)
+
+# How long a request's answer waits for its queued log messages to be sent (the client reads its stream).
+_DRAIN_SECONDS = 5.0
 
 # How many notifications may wait for one client before newer ones are dropped (a client that stops
 # reading its stream must not grow the server's memory; notifications are advisory).
@@ -60,17 +65,25 @@ def connection_of(ctx: Any) -> Connection:
     return connection
 
 
+Notify = Callable[[str, dict[str, Any] | None], Awaitable[None]]
+
+
 @dataclass(eq=False)
 class Peer:
-    """One initialized 2025-era client connection that notifications can reach."""
+    """Where notifications can reach a client: an initialized 2025-era connection (its standalone
+    channel), or one 2026-era request that asked for log messages (its own response stream, while it
+    lasts)."""
 
     connection: Connection
     token: anyio.lowlevel.EventLoopToken
     outbox: MemoryObjectSendStream[Outgoing]
+    notify: Notify
     # Guarded by the hub's lock: the minimum level of run/step log messages (None: none sent) and the
     # resource URIs subscribed to.
     level: LoggingLevel | None = None
     subscriptions: set[str] = field(default_factory=set)
+    # Set when the pump has sent everything queued (a request's peer waits for it before answering).
+    drained: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass(eq=False)
@@ -87,7 +100,9 @@ class _ObservedBus(InMemorySubscriptionBus):
 
     def __init__(self) -> None:
         super().__init__()
-        self.listening = 0  # listen streams open; changed on the event loop only
+        # Listen streams open. Changed on the event loop only; read by core threads without a lock, where
+        # a stale count only means an event for a stream opening at that instant is not published to it.
+        self.listening = 0
 
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
         unsubscribe = super().subscribe(listener)
@@ -122,7 +137,8 @@ class NotificationHub:
         self._lock = threading.Lock()
         # Guarded by _lock: connected peers by connection, the peer that started each running run, the
         # lifespan entries open (the first carries the bus), the engine listened to.
-        self._peers: dict[int, Peer] = {}
+        self._peers: dict[Connection, Peer] = {}
+        self._requests: set[Peer] = set()  # 2026-era requests that asked for log messages, while they run
         self._owners: dict[str, Peer] = {}
         self._loops: list[_Loop] = []
         self._engine: Any = None
@@ -153,12 +169,12 @@ class NotificationHub:
         if not isinstance(loop, _Loop) or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return None  # 2026-07-28: each request is its own connection; events go through the bus
         with self._lock:
-            peer = self._peers.get(id(connection))
+            peer = self._peers.get(connection)
             if peer is not None:
                 return peer
             outbox, inbox = anyio.create_memory_object_stream[Outgoing](_PEER_QUEUE)
-            peer = Peer(connection, loop.token, outbox)
-            self._peers[id(connection)] = peer
+            peer = Peer(connection, loop.token, outbox, connection.notify)
+            self._peers[connection] = peer
         connection.exit_stack.callback(self._leave, peer)
         loop.tasks.start_soon(self._pump, peer, inbox)
         return peer
@@ -166,20 +182,65 @@ class NotificationHub:
     def peer(self, ctx: Any) -> Peer | None:
         """The registered peer of the request's connection, if any."""
         with self._lock:
-            return self._peers.get(id(connection_of(ctx)))
+            return self._peers.get(connection_of(ctx))
+
+    def request_logs(self, ctx: Any) -> contextlib.AbstractAsyncContextManager[Peer | None]:
+        """For a 2026-07-28 request whose ``_meta`` asks for log messages (the era's per-request opt-in,
+        in place of ``logging/setLevel``): a peer that sends the log messages of the runs the request
+        starts on the request's own stream, at or above the level asked for, until the request ends.
+        Everything queued is sent before the block exits (before the response). ``None`` otherwise."""
+        meta = ctx.meta
+        if not meta or LOG_LEVEL_META_KEY not in meta:
+            return _NO_PEER  # the usual call: no generator to build
+        return self._request_logs(ctx)
+
+    @contextlib.asynccontextmanager
+    async def _request_logs(self, ctx: Any) -> AsyncIterator[Peer | None]:
+        loop = ctx.lifespan_context
+        levels = allowed_log_levels(ctx.protocol_version, ctx.meta)
+        if not isinstance(loop, _Loop) or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS or not levels:
+            yield None
+            return
+        session, request_id = ctx.session, ctx.request_id
+
+        async def notify(method: str, params: dict[str, Any] | None) -> None:
+            message = types.LoggingMessageNotificationParams.model_validate(params)
+            notification = types.LoggingMessageNotification(params=message)
+            await session.send_notification(notification, related_request_id=request_id)
+
+        outbox, inbox = anyio.create_memory_object_stream[Outgoing](_PEER_QUEUE)
+        minimum = next(level for level in _logging.LEVELS if level in levels)
+        peer = Peer(connection_of(ctx), loop.token, outbox, notify, level=minimum)
+        with self._lock:
+            self._requests.add(peer)
+        loop.tasks.start_soon(self._pump, peer, inbox)
+        try:
+            yield peer
+        finally:
+            self._leave(peer)
+            with anyio.move_on_after(_DRAIN_SECONDS, shield=True):
+                await peer.drained.wait()
 
     def _leave(self, peer: Peer) -> None:
         with self._lock:
-            self._peers.pop(id(peer.connection), None)
+            if self._peers.get(peer.connection) is peer:
+                del self._peers[peer.connection]
+            self._requests.discard(peer)
             for run_id in [r for r, owner in self._owners.items() if owner is peer]:
                 del self._owners[run_id]
         peer.outbox.close()
 
     @staticmethod
     async def _pump(peer: Peer, inbox: MemoryObjectReceiveStream[Outgoing]) -> None:
-        async with inbox:
-            async for method, params in inbox:
-                await peer.connection.notify(method, params)  # best effort: never raises
+        try:
+            async with inbox:
+                async for method, params in inbox:
+                    try:
+                        await peer.notify(method, params)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the client or its request is gone: notifications are advisory
+        finally:
+            peer.drained.set()
 
     async def _publish_events(self, inbox: MemoryObjectReceiveStream[ServerEvent]) -> None:
         async with inbox:
@@ -263,7 +324,7 @@ class NotificationHub:
         with self._lock:
             if event == "run.started":
                 starter = _calling_peer.get()
-                if starter is not None and id(starter.connection) in self._peers:
+                if starter is not None and (starter.connection in self._peers or starter in self._requests):
                     self._owners[run_id] = starter
             owner = self._owners.pop(run_id, None) if event in _logging.RUN_ENDS else self._owners.get(run_id)
             level = owner.level if owner is not None else None

@@ -222,13 +222,14 @@ def build_server(
             await ctx.session.report_progress(done, total, message)
 
         peer = hub.peer(ctx)
-        if peer is not None and params.name in _RUN_TOOLS and not the_tools.engine_started:
+        if params.name in _RUN_TOOLS and not the_tools.engine_started:
             # A failure to start is reported by the call itself, just below.
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
-        with hub.calling(peer):
-            result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        async with hub.request_logs(ctx) as request_peer:
+            with hub.calling(peer or request_peer):
+                result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
