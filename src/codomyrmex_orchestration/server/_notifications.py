@@ -2,8 +2,9 @@
 changes, carried from core threads onto the event loop.
 
 :class:`NotificationHub` owns the peers (one per initialized 2025-era connection: its log level, its
-resource subscriptions, its outgoing queue and the task that drains it), the run each peer started, the
-engine it listens to, and the 2026-07-28 subscription bus (``subscriptions/listen`` streams).
+resource subscriptions, its outgoing queue and the task that drains it; and one per 2026-era request
+that asked for log messages, while it runs), the run each peer started, the engine it listens to, and
+the 2026-07-28 subscription bus (``subscriptions/listen`` streams).
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class NotificationHub:
                         await peer.notify(method, params)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return  # the client or its request is gone: notifications are advisory
+                    except Exception as exc:  # one bad notification must not end the server's task group
+                        log.warning("notification.failed", method=method, error=str(exc))
         finally:
             peer.drained.set()
 
