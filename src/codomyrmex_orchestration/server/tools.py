@@ -578,7 +578,11 @@ def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
     project = tools.engine.project_manager.create_project(
-        a.name, template=a.template, description=a.description, owner=a.owner
+        a.name,
+        template=a.template,
+        description=a.description,
+        owner=a.owner,
+        overwrite_workflows=a.overwrite_workflows,
     )
     data = jsonable(project)
     path = Path(str(_pick(data, "project_path", "path", default="")))
