@@ -156,7 +156,7 @@ def test_the_tools_refuse_to_exist_without_the_mcp_package(monkeypatch: pytest.M
 def test_output_schemas_are_flat_and_still_reject_what_the_models_reject(
     tools_without_engine: OrchestrationMCPTools,
 ) -> None:
-    # Clients validate every structured result against these; references and nullable anyOf are slow.
+    # Clients validate every structured result against these; references are where that time goes.
     definitions = {d["name"]: d for d in tools_without_engine.get_tool_definitions()}
     for name, d in definitions.items():
         text = json.dumps(d["outputSchema"])
