@@ -17,6 +17,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import validate_mcp_param_headers
 
 from codomyrmex_orchestration.cli import main
@@ -177,9 +178,10 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
             transport = sse_client(f"{base}/sse", headers={"Authorization": f"Bearer {TOKEN}"})
             async with Client(transport, mode="legacy") as client:
                 tools = await client.list_tools()
-                unknown = await client.call_tool("frobnicate", {})
+                with pytest.raises(MCPError) as unknown:
+                    await client.call_tool("frobnicate", {})
             assert len(tools.tools) == 23
-            assert unknown.is_error
+            assert unknown.value.error.code == -32602
 
 
 def test_a_non_loopback_bind_without_a_token_is_refused(

@@ -18,9 +18,10 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.apps import client_supports_apps
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from starlette.applications import Starlette
@@ -34,8 +35,10 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _ui
+from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
+from codomyrmex_orchestration.server._notifications import NotificationHub
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -159,6 +162,27 @@ def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str,
     }
 
 
+# Tools that start runs: the hub must listen to the engine before such a call starts its first run.
+_RUN_TOOLS = frozenset({"execute_workflow", "create_complex_workflow", "resume_workflow_run"})
+
+
+class _OrchestrationServer(Server[Any]):
+    """The low-level server, announcing ``resources.listChanged`` to 2025-era clients (the SDK derives
+    every other capability from the handlers registered; this flag it takes only from the caller)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(resources_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
 def build_server(
     tools: OrchestrationMCPTools | None = None,
     *,
@@ -175,6 +199,7 @@ def build_server(
     the_tools = tools
     listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
+    hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
     listed_with_ui = [
         tool.model_copy(update={"meta": {**(tool.meta or {}), **ui_meta}})
@@ -188,10 +213,32 @@ def build_server(
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name not in input_schemas:
+            from mcp.shared.exceptions import MCPError
+
+            # The specification: an unknown tool is a protocol error (-32602, invalid params); isError
+            # results are for a known tool's argument and execution errors.
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"unknown tool {params.name!r}; available tools: {', '.join(input_schemas)}",
+                data={"tool": params.name},
+            )
+
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(done, total, message)
 
-        result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        peer = hub.peer(ctx)
+        if params.name in _RUN_TOOLS and not the_tools.engine_started:
+            # A failure to start is reported by the call itself, just below.
+            with contextlib.suppress(Exception):
+                await core(lambda: the_tools.engine)
+        hub.watch_engine()
+        async with hub.request_logs(ctx) as request_peer:
+            with hub.calling(peer or request_peer):
+                result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        hub.watch_engine()
+        if params.name == "create_project" and not result.is_error:
+            hub.projects_changed((result.structured or {}).get("project_name"))
         return types.CallToolResult(
             content=[types.TextContent(text=result.text)],
             structured_content=result.structured,
@@ -202,6 +249,7 @@ def build_server(
         return await anyio.to_thread.run_sync(fn, limiter=the_tools._call_limiter)
 
     async def on_list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        hub.watch_engine()
         resources = [
             types.Resource(
                 uri=f"{URI_SCHEME}{kind}",
@@ -210,7 +258,7 @@ def build_server(
                 description=f"JSON list of {kind}",
                 mime_type="application/json",
             )
-            for kind in ("workflows", "runs", "projects")
+            for kind in ("workflows", "runs", "projects", "templates")
         ]
         resources.append(
             types.Resource(
@@ -257,6 +305,12 @@ def build_server(
                 description="A project's manifest",
                 mime_type="application/json",
             ),
+            types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}templates/{{name}}",
+                name="template",
+                description="A project template (what create_project with it creates)",
+                mime_type="application/json",
+            ),
         ]
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
@@ -275,19 +329,26 @@ def build_server(
             ("runs", False): ("list_workflow_runs", {}),
             ("runs", True): ("get_workflow_run", {"run_id": key}),
             ("projects", False): ("list_projects", {}),
+            ("templates", False): ("list_project_templates", {}),
         }.get((kind, bool(key)), (None, {}))
-        if kind == "projects" and key:
-            listed_projects = await the_tools.execute_tool_async("list_projects", {})
-            projects = (listed_projects.structured or {}).get("projects", [])
-            match = [p for p in projects if p.get("name") == key]
+        hub.watch_engine()
+        if kind in ("projects", "templates") and key:
+            list_tool, items_key, key_field = {
+                "projects": ("list_projects", "projects", "name"),
+                "templates": ("list_project_templates", "templates", "type"),
+            }[kind]
+            listed_items = await the_tools.execute_tool_async(list_tool, {})
+            items = (listed_items.structured or {}).get(items_key, [])
+            match = [p for p in items if p.get(key_field) == key]
             if not match:
                 raise _resource_not_found(
-                    uri, listed_projects.text if listed_projects.is_error else "no such project"
+                    uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
                 )
             return _text_resource(uri, match[0])
         if tool is None:
             raise _resource_not_found(
-                uri, "known resources: workflows[/name], runs[/run_id], projects[/name]"
+                uri,
+                "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
             )
         result = await the_tools.execute_tool_async(tool, args)
         if result.is_error:
@@ -322,7 +383,7 @@ def build_server(
             messages=[types.PromptMessage(role="user", content=types.TextContent(text=text))],
         )
 
-    server: Server[Any] = Server(
+    server: Server[Any] = _OrchestrationServer(
         SERVER_NAME,
         version=__version__,
         title="Codomyrmex orchestration",
@@ -334,12 +395,18 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+        on_completion=completion_handler(the_tools, hub.watch_engine),
+        # 2025-era resources/subscribe, and the 2026-07-28 subscriptions/listen streams over the hub's bus.
+        **_subscriptions.handlers(hub),
+        on_subscriptions_listen=ListenHandler(hub.bus),
+        lifespan=hub.lifespan,
         # Without this lookup the SDK's streamable HTTP path (protocol 2026-07-28) re-runs and re-serialises
         # the whole tools/list on every tools/call that carries arguments, to check Mcp-Param headers:
         # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
+    hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     return server
 
 
