@@ -17,6 +17,7 @@ from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InsufficientResourcesError,
+    LimitExceededError,
     SchedulerShutdownError,
     StepTimeoutError,
     TaskNotFoundError,
@@ -761,3 +762,35 @@ def test_an_action_logs_through_a_logger_bound_with_its_ids(
         assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
     [entry] = [e for e in logs if e["event"] == "hello from the action"]
     assert (entry["step"], entry["run_id"], entry["task_id"], entry["n"]) == ("talk", "r-1", task_id, 1)
+
+
+# --------------------------------------------------------------------------- queue cap and fairness
+
+
+def test_a_session_with_one_task_is_served_before_another_sessions_backlog_of_a_thousand_drains(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    order: list[str] = []
+    flood = [orch.submit(recorder(order, f"a{i}"), name=f"a{i}", session_id="flood") for i in range(1000)]
+    mine = orch.submit(recorder(order, "mine"), name="mine", session_id="polite")
+    release.set()
+    orch.wait_all([*flood, mine], WAIT)
+    assert order.index("mine") <= 1  # it took its turn, not its place behind the thousand
+    assert [x for x in order if x != "mine"] == [f"a{i}" for i in range(1000)]  # FIFO within a session
+
+
+def test_submissions_beyond_the_queue_cap_are_refused_naming_the_cap_and_the_setting(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1, max_queued=3)
+    _, release = blocker(orch)  # running: it does not count as queued
+    queued = [orch.submit(lambda ctx: None, name=f"q{i}") for i in range(3)]
+    with pytest.raises(LimitExceededError) as refused:
+        orch.submit(lambda ctx: None, name="one too many")
+    assert refused.value.limit == 3 and refused.value.field == "max_queued"
+    assert "CODOMYRMEX_MAX_QUEUED_TASKS" in str(refused.value)
+    release.set()
+    orch.wait_all(queued, WAIT)
+    assert orch.wait(orch.submit(lambda ctx: "again", name="later"), WAIT).result == "again"

@@ -28,13 +28,17 @@ from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskRecord, TaskStatus
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
+    LimitExceededError,
     SchedulerShutdownError,
     StepCancelledError,
     StepTimeoutError,
     TaskNotFoundError,
 )
 
-__all__ = ["Dispatcher", "safe_call"]
+__all__ = ["MAX_QUEUED_SETTING", "Dispatcher", "safe_call"]
+
+#: The setting named when the cap on queued tasks refuses a submission.
+MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
 
 _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
@@ -56,7 +60,9 @@ class Dispatcher:
         resources: ResourceAdmission | None,
         results: ResultPipeline,
         timers: TimerService,
+        max_queued: int | None = None,
     ) -> None:
+        self.max_queued = max_queued
         self._resources = resources
         self._results = results
         self._timers = timers
@@ -100,6 +106,14 @@ class Dispatcher:
         with self.lock:
             if not self.accepting:
                 raise SchedulerShutdownError()
+            waiting = self.table.active - self.running  # accepted, not final, not running
+            if self.max_queued is not None and waiting >= self.max_queued:
+                raise LimitExceededError(
+                    "max_queued",
+                    self.max_queued,
+                    waiting + 1,
+                    f"the number of tasks waiting to start, with this one (setting {MAX_QUEUED_SETTING}),",
+                )
             deps = [self.get_locked(dep_id) for dep_id in task.dependencies]
             failed = self.table.add(task, deps)
             if failed is not None:

@@ -117,6 +117,8 @@ class TaskOrchestrator:
         output_limit: the cap on captured output (see :mod:`._results`); ``None``: none.
         timers: the timer service for deadlines and retry delays; when ``None`` the scheduler makes its
             own and closes it on shutdown (a given one is left open).
+        max_queued: the most tasks accepted and not yet started (queued, waiting for dependencies or
+            a retry); beyond it :meth:`submit` raises ``LimitExceededError``. ``None``: no cap.
     """
 
     def __init__(
@@ -131,11 +133,14 @@ class TaskOrchestrator:
         backend: ExecutionBackend | None = None,
         output_limit: OutputLimiter | None = None,
         timers: TimerService | None = None,
+        max_queued: int | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
         if max_workers < 1:
             raise InvalidInputError("max_workers", f"must be at least 1, got {max_workers}")
+        if max_queued is not None and max_queued < 1:
+            raise InvalidInputError("max_queued", f"must be at least 1 or null, got {max_queued}")
         if max_finished < 0:
             raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
         self.name = name
@@ -154,6 +159,7 @@ class TaskOrchestrator:
             resources=resource_manager,
             results=ResultPipeline(output_limit),
             timers=self._timers,
+            max_queued=max_queued,
         )
         self._backend_lock = threading.Lock()  # guards _backend_open
         self._backend_open = True
@@ -218,6 +224,7 @@ class TaskOrchestrator:
             TaskNotFoundError: a dependency id is unknown (or its record was already evicted).
             InvalidInputError: a bad timeout / retry setting.
             InsufficientResourcesError: ``resources`` can never be satisfied.
+            LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
@@ -264,6 +271,7 @@ class TaskOrchestrator:
         run_id: str | None = None,
         on_start: TaskCallback | None = None,
         on_done: TaskCallback | None = None,
+        session_id: str | None = None,
     ) -> str:
         """Queue an action task: ``registry.get(spec.module, spec.action).func(spec.parameters, ctx)``.
 
@@ -287,6 +295,7 @@ class TaskOrchestrator:
             run_id=run_id,
             on_start=on_start,
             on_done=on_done,
+            session_id=session_id,
         )
 
     def _registry_now(self) -> ActionRegistry:
