@@ -15,28 +15,24 @@ def make(name: str, *deps: Task) -> Task:
     )  # fmt: skip
 
 
-def finish(table: TaskTable, task: Task, status: TaskStatus = TaskStatus.COMPLETED) -> None:
+def finish(table: TaskTable, task: Task, status: TaskStatus = TaskStatus.COMPLETED) -> list[Task]:
     task.status = status
-    table.finished(task)
+    return table.finished(task)
 
 
 def test_tasks_added_while_others_run_are_handed_out_in_dependency_order() -> None:
     table = TaskTable(max_finished=100)
     a = make("a")
-    assert table.add(a, []) is None
-    assert table.take_ready() == [a]
+    assert table.add(a, []) is None and a.handed  # no dependency: it may start at once
     b, c = make("b", a), make("c", a)
     table.add(b, [a])
     table.add(c, [a])
-    assert table.take_ready() == []  # a is still running
+    assert not b.handed and not c.handed  # a is still running
     d = make("d", b, c)
     table.add(d, [b, c])
-    finish(table, a)
-    assert table.take_ready() == [b, c]
-    finish(table, b)
-    assert table.take_ready() == []
-    finish(table, c)
-    assert table.take_ready() == [d] and d.handed
+    assert finish(table, a) == [b, c]
+    assert finish(table, b) == []
+    assert finish(table, c) == [d] and d.handed
 
 
 def test_a_dependency_already_completed_counts_and_one_already_failed_is_returned() -> None:
@@ -44,12 +40,10 @@ def test_a_dependency_already_completed_counts_and_one_already_failed_is_returne
     ok, bad = make("ok"), make("bad")
     for task in (ok, bad):
         table.add(task, [])
-    table.take_ready()
     finish(table, ok)
     finish(table, bad, TaskStatus.FAILED)
     after_ok = make("after_ok", ok)
-    assert table.add(after_ok, [ok]) is None
-    assert table.take_ready() == [after_ok]
+    assert table.add(after_ok, [ok]) is None and after_ok.handed
     assert table.add(make("after_bad", bad), [bad]) is bad
 
 
@@ -63,19 +57,18 @@ def test_the_skip_cascade_reaches_every_unfinished_task_downstream_with_its_fail
     table.add(child, [root, other])
     table.add(grandchild, [child])
     assert [(c.id, p.id) for c, p in table.cascade(root)] == [("child", "root"), ("grandchild", "child")]
+    assert table.cascade(grandchild) == []
 
 
 def test_a_task_finished_while_it_waited_is_never_handed_out() -> None:
     table = TaskTable(max_finished=100)
     first = make("first")
     table.add(first, [])
-    table.take_ready()
     waiting = make("waiting", first)
     table.add(waiting, [first])
     finish(table, waiting, TaskStatus.CANCELLED)  # cancelled before its dependency finished
-    finish(table, first)
-    assert table.take_ready() == []
-    assert table.active == 0 and table.all_done.is_set()
+    assert finish(table, first) == []
+    assert not waiting.handed and table.active == 0 and table.all_done.is_set()
 
 
 def test_only_the_newest_finished_tasks_are_kept_and_counted_by_status() -> None:
@@ -83,7 +76,6 @@ def test_only_the_newest_finished_tasks_are_kept_and_counted_by_status() -> None
     tasks = [make(f"t{i}") for i in range(4)]
     for task in tasks:
         table.add(task, [])
-    table.take_ready()
     for task in tasks:
         finish(table, task)
     assert list(table.tasks) == ["t2", "t3"]

@@ -123,7 +123,8 @@ class Dispatcher:
                 # that no listener sees a task start before it saw it queued.
                 task.held = held = bool(self.listeners)
                 self._notice_locked(task, "task.queued", False, out)
-            self._queue_ready_locked()
+                if task.handed and not held:
+                    self._enqueue_locked(task)
         if out.notices or out.releases:
             self.deliver_here(out)
             if held:
@@ -309,12 +310,6 @@ class Dispatcher:
         self.queue.push(task)
         self.pool.ensure_workers_locked()
 
-    def _queue_ready_locked(self) -> None:
-        """Queue every task the dependency graph says may start now."""
-        for task in self.table.take_ready():
-            if not task.held:
-                self._enqueue_locked(task)
-
     def _fail_or_retry_locked(self, task: Task, status: TaskStatus, error: ErrorInfo, out: Outbox) -> None:
         delay = task.retry.delay_after(task.attempts)
         if delay is None or self.closing:
@@ -365,15 +360,18 @@ class Dispatcher:
         finished_at, mono = at if at is not None else (datetime.now(UTC), time.monotonic())
         doomed = [] if status is TaskStatus.COMPLETED else self.table.cascade(task)
         _make_final(task, status, result, error, finished_at, mono, out)
-        self.table.finished(task)
-        self._notice_locked(task, FINAL_EVENT[status], True, out)
-        for child, parent in doomed:
+        for child, parent in doomed:  # final before the graph hears of the parent: never started
             if child.status is TaskStatus.READY:
                 self.queue.remove(child)
             _make_final(child, TaskStatus.SKIPPED, None, _skip_error(child, parent), finished_at, mono, out)
-            self.table.finished(child)
+        ready = self.table.finished(task)
+        self._notice_locked(task, FINAL_EVENT[status], True, out)
+        for child, _ in doomed:
+            ready += self.table.finished(child)
             self._notice_locked(child, FINAL_EVENT[TaskStatus.SKIPPED], True, out)
-        self._queue_ready_locked()
+        for waiting in ready:
+            if not waiting.held:
+                self._enqueue_locked(waiting)
         if self.closing and self.table.active == 0:
             self.pool.wake_all_locked()
 

@@ -43,24 +43,42 @@ class TaskTable:
         return self.tasks.get(task_id)
 
     def add(self, task: Task, dependencies: list[Task]) -> Task | None:
-        """Register a new task that may start once ``dependencies`` completed.
+        """Register a new task that may start once ``dependencies`` completed; ``task.handed`` is set
+        when it may start at once.
+
+        A task joins the graph only when it waits for another or another waits for it: most tasks do
+        neither, and cost the graph nothing.
 
         Returns:
-            A dependency that already ended without completing (the task is to be skipped at once and
-            is kept out of the graph), else ``None``.
+            A dependency that already ended without completing (the task is to be skipped at once),
+            else ``None``.
         """
         self.tasks[task.id] = task
         self.active += 1
         if self.active == 1:
             self.all_done.clear()
         self.totals["submitted"] += 1
+        waiting_for: list[Task] = []
         for dep in dependencies:
-            if dep.status in FINAL and dep.status is not TaskStatus.COMPLETED:
-                return dep
-        self._graph.add(task, [dep for dep in dependencies if dep.status not in FINAL])
+            if dep.status in FINAL:
+                if dep.status is not TaskStatus.COMPLETED:
+                    return dep
+            else:
+                waiting_for.append(dep)
+        if not waiting_for:
+            task.handed = True
+            return None
+        graph = self._graph
+        for dep in waiting_for:
+            if dep not in graph:
+                # Handed out already (queued, running or waiting for a retry): it joins as a node the
+                # graph hands out at once, so that its done() releases this task.
+                graph.add(dep)
+                graph.get_ready()
+        graph.add(task, waiting_for)
         return None
 
-    def take_ready(self) -> list[Task]:
+    def _take_ready(self) -> list[Task]:
         """Tasks whose dependencies have all completed, each returned once (then ``handed``)."""
         graph = self._graph
         out: list[Task] = []
@@ -92,13 +110,19 @@ class TaskTable:
                     todo.append(child)
         return doomed
 
-    def finished(self, task: Task) -> None:
-        """``task`` just became final: count it, let its dependents go on, forget the oldest records."""
+    def finished(self, task: Task) -> list[Task]:
+        """``task`` just became final: count it and forget the oldest records.
+
+        Returns:
+            The tasks that may start now because it was the last thing they waited for.
+        """
         self.active -= 1
         self.totals[task.status] += 1  # a StrEnum member finds its value's key
         self._finished_order.append(task.id)
-        if task.handed:
+        ready: list[Task] = []
+        if task.handed and task in self._graph:
             self._graph.done(task)
+            ready = self._take_ready()
         order = self._finished_order
         while len(order) > self.max_finished:
             old = self.tasks.get(order.popleft())
@@ -107,11 +131,12 @@ class TaskTable:
                 self._forget_if_evicted(old)
         if self.active == 0:
             self.all_done.set()
+        return ready
 
     def _forget_if_evicted(self, task: Task) -> None:
         """Drop a finished task's graph node once it is done there and gone from the table."""
         graph = self._graph
-        if self.tasks.get(task.id) is not task and task in graph and graph.is_done(task):
+        if task in graph and self.tasks.get(task.id) is not task and graph.is_done(task):
             graph.discard(task)
 
     def counts(self) -> dict[str, Any]:
