@@ -794,3 +794,24 @@ def test_submissions_beyond_the_queue_cap_are_refused_naming_the_cap_and_the_set
     release.set()
     orch.wait_all(queued, WAIT)
     assert orch.wait(orch.submit(lambda ctx: "again", name="later"), WAIT).result == "again"
+
+
+class ExpiringResources(CountingResources):
+    """Like a ResourceManager with burst expiry: granting may free expired capacity and tell the
+    release listeners at once, on the thread that called try_acquire."""
+
+    def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> object | None:
+        handle = super().try_acquire(requester_id, requirements)
+        for callback in self._listeners:
+            callback()
+        return handle
+
+
+def test_a_resource_manager_that_frees_capacity_while_granting_does_not_stall_the_scheduler(
+    make_orch: Any,
+) -> None:
+    resources = ExpiringResources(capacity=1)
+    orch = make_orch(2, resource_manager=resources)
+    ids = [orch.submit(lambda ctx, i=i: i, name=f"r{i}", resources={"compute": 1}) for i in range(20)]
+    assert [r.result for r in orch.wait_all(ids, WAIT)] == list(range(20))
+    assert resources.max_used == 1

@@ -437,7 +437,15 @@ class Dispatcher:
             self.pool.ensure_workers_locked()
 
     def _on_resources_released(self) -> None:
-        """Capacity freed (called by the resource manager, never under our lock)."""
+        """Capacity freed. A resource manager may call this under our lock (``try_acquire`` releases
+        expired allocations and tells its listeners at once), so the wake-up goes through the timer
+        thread instead of taking the lock here."""
+        try:
+            self._timers.call_later(0.0, self._wake_for_resources)
+        except RuntimeError:  # the timer service is closed: nothing is left to wake
+            return
+
+    def _wake_for_resources(self) -> None:
         with self.lock:
             self.pool.ensure_workers_locked()
 
