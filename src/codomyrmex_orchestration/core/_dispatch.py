@@ -5,7 +5,8 @@ table, the ready queue, the worker pool, the notices the timer thread leaves for
 the listeners, and whether the scheduler is closing. Each locked section collects what it leaves to do
 into an :class:`~._task.Outbox` — cancel events to set, resource handles to release, listeners and
 callbacks to run, waiters to release — done after the lock is released. A worker that finishes a task
-records it and takes its next one in one lock acquisition.
+records it and takes its next one in one lock acquisition; when the task has callbacks, it delivers them
+in between and takes the next one (and releases the task's waiters) in a second.
 """
 
 from __future__ import annotations
