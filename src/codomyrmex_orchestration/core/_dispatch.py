@@ -45,6 +45,10 @@ _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
 #: What an ended call hands back to the lock: (task, result, error, finished at, monotonic then).
 _Ended = tuple[Task, Any, BaseException | None, datetime, float]
+#: What a started attempt runs: (callable, on_start, its argument, attempt, cancel event, deadline).
+_Started = tuple[
+    Callable[[ActionContext], Any], Callable[[Any], None] | None, Any, int, CancelEvent, float | None
+]
 
 
 class Dispatcher:
@@ -195,7 +199,6 @@ class Dispatcher:
         while True:
             out = Outbox()
             task: Task | None = None
-            started: TaskRecord | None = None
             with self.lock:
                 if delivered:
                     self._settle_locked(delivered, out)
@@ -204,7 +207,9 @@ class Dispatcher:
                 if not out.notices and not worker.gone:
                     task = self._next_task_locked(worker, out)
                 if task is not None:
-                    attempt, cancel_event, deadline, started = self._start_locked(task, worker, out)
+                    fn, on_start, start_arg, attempt, cancel_event, deadline = self._start_locked(
+                        task, worker, out
+                    )
             _release(out, self._resources)
             delivered = _deliver(out) if out.notices else []
             if worker.gone:
@@ -212,8 +217,8 @@ class Dispatcher:
             if task is None:
                 ended = None
                 continue
-            if task.on_start is not None:
-                safe_call(task.on_start, "on_start", task, task if task.live_state else started)
+            if on_start is not None:
+                safe_call(on_start, "on_start", task, start_arg)
             ctx = ActionContext(
                 step_name=task.step_name or task.name,
                 run_id=task.run_id,
@@ -225,9 +230,7 @@ class Dispatcher:
                 block_hook=worker.block_hook,
             )
             try:
-                result = self._results(
-                    task.fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id
-                )
+                result = self._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
                 error = None
             except BaseException as exc:  # a worker must survive anything an action raises
                 result, error = None, exc
@@ -264,11 +267,9 @@ class Dispatcher:
                 return None
             pool.wait_idle_locked()
 
-    def _start_locked(
-        self, task: Task, worker: Worker, out: Outbox
-    ) -> tuple[int, CancelEvent, float | None, TaskRecord | None]:
-        """Mark an attempt started: (attempt, its cancel event, deadline, its record if listeners or
-        ``on_start`` want one); listeners get "task.started" through ``out``."""
+    def _start_locked(self, task: Task, worker: Worker, out: Outbox) -> _Started:
+        """Mark an attempt started; listeners get "task.started" through ``out``. What the worker runs
+        is read here, under the lock: a cancel may replace it at any time after."""
         task.status = TaskStatus.RUNNING
         task.attempts += 1
         task.worker = worker
@@ -287,7 +288,8 @@ class Dispatcher:
         if self.listeners or (task.on_start is not None and not task.live_state):
             record = task.snapshot()
         self._notice_locked(task, "task.started", False, out, record)
-        return task.attempts, cancel_event, deadline, record
+        start_arg = task if task.live_state else record
+        return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline
 
     def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
         task, result, error, finished_at, mono = ended
