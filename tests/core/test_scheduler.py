@@ -14,6 +14,7 @@ import structlog.testing
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InsufficientResourcesError,
@@ -815,3 +816,29 @@ def test_a_resource_manager_that_frees_capacity_while_granting_does_not_stall_th
     ids = [orch.submit(lambda ctx, i=i: i, name=f"r{i}", resources={"compute": 1}) for i in range(20)]
     assert [r.result for r in orch.wait_all(ids, WAIT)] == list(range(20))
     assert resources.max_used == 1
+
+
+def test_a_shared_timer_service_is_used_and_left_open_and_a_closed_one_does_not_kill_workers() -> None:
+    timers = TimerService(name="shared-timers")
+    try:
+        with TaskOrchestrator(2, timers=timers) as orch:
+            held = threading.Event()
+            slow = orch.submit(lambda ctx: held.wait(WAIT), name="slow", timeout=0.05)
+            assert orch.wait(slow, WAIT).status is TaskStatus.TIMED_OUT  # the shared timer fired
+            held.set()
+        assert not timers.closed  # not the scheduler's to close
+        timers.close()
+        with TaskOrchestrator(1, timers=timers) as orch:
+            attempts: list[int] = []
+
+            def flaky(ctx: ActionContext) -> str:
+                attempts.append(ctx.attempt)
+                if len(attempts) < 2:
+                    raise RuntimeError("first attempt fails")
+                return "ok"
+
+            task = orch.submit(flaky, name="flaky", timeout=5, max_retries=1, retry_delay=0.5)
+            record = orch.wait(task, WAIT)
+        assert record.status is TaskStatus.COMPLETED and attempts == [1, 2]
+    finally:
+        timers.close()

@@ -27,13 +27,12 @@ from codomyrmex_orchestration.core._task_table import TaskTable
 from codomyrmex_orchestration.core._worker_pool import Worker, WorkerPool
 from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskRecord, TaskStatus
-from codomyrmex_orchestration.core.timers import TimerService
+from codomyrmex_orchestration.core.timers import Timer, TimerService
 from codomyrmex_orchestration.errors import (
     LimitExceededError,
     SchedulerShutdownError,
     StepCancelledError,
     StepTimeoutError,
-    TaskNotFoundError,
 )
 
 __all__ = ["MAX_QUEUED_SETTING", "Dispatcher", "safe_call"]
@@ -93,12 +92,6 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ entry points
 
-    def get_locked(self, task_id: str) -> Task:
-        task = self.table.get(task_id)
-        if task is None:
-            raise TaskNotFoundError(task_id)
-        return task
-
     def add(self, task: Task) -> None:
         """Register a new task: queue it, hold it until its dependencies complete, or skip it.
 
@@ -119,7 +112,7 @@ class Dispatcher:
                     waiting + 1,
                     f"the number of tasks waiting to start, with this one (setting {MAX_QUEUED_SETTING}),",
                 )
-            deps = [self.get_locked(dep_id) for dep_id in task.dependencies]
+            deps = [self.table.require(dep_id) for dep_id in task.dependencies]
             failed = self.table.add(task, deps)
             if failed is not None:
                 self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
@@ -142,7 +135,7 @@ class Dispatcher:
         """Cancel a task that is not final; False if it is."""
         out = Outbox()
         with self.lock:
-            task = self.get_locked(task_id)
+            task = self.table.require(task_id)
             if task.status in FINAL:
                 return False
             self._cancel_locked(task, reason, out)
@@ -174,15 +167,11 @@ class Dispatcher:
             return {
                 "timers_alive": timers_alive,
                 "dispatcher_alive": timers_alive,  # the name before the shared timer service
-                "workers_alive": self.pool.alive_locked(),
-                "workers": self.pool.live,
-                "max_workers": self.pool.max_workers,
+                **self.pool.figures_locked(),
                 "accepting": self.accepting,
                 "queue_depth": len(self.queue),
                 "running": self.running,
                 "active": self.table.active,
-                "abandoned": self.pool.abandoned,
-                "max_abandoned": self.pool.max_abandoned,
             }
 
     def _cancel_all_locked(self, out: Outbox, reason: str, *, running_too: bool) -> None:
@@ -282,7 +271,7 @@ class Dispatcher:
         deadline = None
         if task.timeout is not None:
             deadline = now + task.timeout
-            task.timer = self._timers.call_at(deadline, partial(self._on_deadline, task, task.attempts))
+            task.timer = self._arm(deadline, partial(self._on_deadline, task, task.attempts))
         self.running += 1
         record = None
         if self.listeners or (task.on_start is not None and not task.live_state):
@@ -324,7 +313,10 @@ class Dispatcher:
         self.table.count_retry()
         self._notice_locked(task, "task.retrying", False, out)
         if delay > 0:
-            task.timer = self._timers.call_later(delay, partial(self._on_retry_due, task, task.attempts))
+            due = time.monotonic() + delay
+            task.timer = self._arm(due, partial(self._on_retry_due, task, task.attempts))
+            if task.timer is None:  # no timer service left to wait with: retry now
+                self._enqueue_locked(task)
         else:
             self._enqueue_locked(task)
 
@@ -413,6 +405,15 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ timers, resources
 
+    def _arm(self, when: float, callback: Callable[[], None]) -> Timer | None:
+        """A timer on the shared service; ``None`` if it was closed before this scheduler (its owner
+        should close it after): the attempt then has only the deadline its context carries."""
+        try:
+            return self._timers.call_at(when, callback)
+        except RuntimeError:
+            _log.error("scheduler.timer_service_closed", when=when)
+            return None
+
     def _on_deadline(self, task: Task, attempt: int) -> None:
         """On the timer thread: the attempt ran out of time (unless it ended meanwhile)."""
         out = Outbox()
@@ -422,7 +423,10 @@ class Dispatcher:
             self._abandon_running_locked(task, out)
             timeout = StepTimeoutError(task.step_name or task.name, task.timeout or 0.0)
             self._fail_or_retry_locked(task, TaskStatus.TIMED_OUT, ErrorInfo.from_exception(timeout), out)
-            self._hand_notices_to_workers_locked(out)
+            if out.notices:  # timer callbacks must not block: a worker runs listeners and on_done
+                self._backlog.extend(out.notices)
+                out.notices = []
+                self.pool.ensure_workers_locked()
         _release(out, self._resources)
 
     def _on_retry_due(self, task: Task, attempt: int) -> None:
@@ -431,13 +435,6 @@ class Dispatcher:
             if task.attempts == attempt and task.status is TaskStatus.PENDING:
                 task.timer = None
                 self._enqueue_locked(task)
-
-    def _hand_notices_to_workers_locked(self, out: Outbox) -> None:
-        """Timer callbacks must not block: listeners and ``on_done`` run on a worker instead."""
-        if out.notices:
-            self._backlog.extend(out.notices)
-            out.notices = []
-            self.pool.ensure_workers_locked()
 
     def _on_resources_released(self) -> None:
         """Capacity freed. A resource manager may call this under our lock (``try_acquire`` releases

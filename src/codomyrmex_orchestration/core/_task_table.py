@@ -17,6 +17,7 @@ from typing import Any
 from codomyrmex_orchestration.core._task import FINAL, Task
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import TaskPriority, TaskStatus
+from codomyrmex_orchestration.errors import TaskNotFoundError
 
 __all__ = ["TaskTable"]
 
@@ -41,6 +42,13 @@ class TaskTable:
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
+
+    def require(self, task_id: str) -> Task:
+        """The task, or :class:`TaskNotFoundError` if it is unknown or was evicted."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
 
     def add(self, task: Task, dependencies: list[Task]) -> Task | None:
         """Register a new task that may start once ``dependencies`` completed; ``task.handed`` is set

@@ -206,5 +206,12 @@ class WorkerPool:
         """The threads of the workers holding a slot, or of those left in abandoned calls."""
         return [w.thread for w in self.workers if w.abandoned is abandoned and w.thread is not None]
 
-    def alive_locked(self) -> int:
-        return sum(1 for t in self.threads_locked(abandoned=False) if t.is_alive())
+    def figures_locked(self) -> dict[str, int]:
+        """Threads alive, slots held and their cap, abandoned threads and their cap."""
+        return {
+            "workers_alive": sum(1 for t in self.threads_locked(abandoned=False) if t.is_alive()),
+            "workers": self.live,
+            "max_workers": self.max_workers,
+            "abandoned": self.abandoned,
+            "max_abandoned": self.max_abandoned,
+        }

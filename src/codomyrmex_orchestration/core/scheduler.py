@@ -314,7 +314,7 @@ class TaskOrchestrator:
     def get_task(self, task_id: str) -> TaskRecord:
         """A snapshot of the task's record. Raises :class:`TaskNotFoundError` if unknown or evicted."""
         with self._d.lock:
-            return self._d.get_locked(task_id).snapshot()
+            return self._d.table.require(task_id).snapshot()
 
     def list_tasks(self, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
         """Up to ``limit`` records (most recently submitted first), optionally of one status."""
@@ -365,7 +365,7 @@ class TaskOrchestrator:
         deadline = time.monotonic() + limit
         pending: list[tuple[Task, threading.Event]] = []
         with self._d.lock:
-            tasks = [self._d.get_locked(task_id) for task_id in task_ids]
+            tasks = [self._d.table.require(task_id) for task_id in task_ids]
             for task in tasks:
                 if not task.settled:
                     if task.done_event is None:
@@ -391,7 +391,7 @@ class TaskOrchestrator:
             TaskNotFoundError: unknown id (or a finished record already evicted).
         """
         with self._d.lock:
-            task = self._d.get_locked(task_id)
+            task = self._d.table.require(task_id)
             if not task.settled:
                 if task.settle_callbacks is None:
                     task.settle_callbacks = []
