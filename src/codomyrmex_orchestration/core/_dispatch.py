@@ -72,6 +72,7 @@ class Dispatcher:
         self._timers = timers
         self.lock = threading.Lock()  # guards everything below, and the parts' state
         self.cond = threading.Condition(self.lock)  # idle workers wait here
+        self._quiet = threading.Condition(self.lock)  # shutdown waits here for no active task
         self.table = TaskTable(max_finished)
         self.queue: ReadyQueue[Task] = ReadyQueue(resources)
         self.pool = WorkerPool(
@@ -142,23 +143,25 @@ class Dispatcher:
         self.deliver_here(out)
         return True
 
-    def close(self, cancel_pending: bool) -> None:
-        """Refuse new work; cancel what has not started if asked; let idle workers leave."""
+    def close(self, cancel_reason: str | None, *, running_too: bool = False) -> None:
+        """Refuse new work and let idle workers leave; with ``cancel_reason``, cancel the tasks not
+        started yet (and the running ones too if ``running_too``)."""
         out = Outbox()
         with self.lock:
             self.accepting = False
             self.closing = self.pool.closing = True
-            if cancel_pending:
-                self._cancel_all_locked(out, "scheduler shut down", running_too=False)
+            if cancel_reason is not None:
+                for task in list(self.table.tasks.values()):
+                    # checked each time: cancelling one task skips its dependents
+                    if task.status not in FINAL and (running_too or task.status is not TaskStatus.RUNNING):
+                        self._cancel_locked(task, cancel_reason, out)
             self.pool.wake_all_locked()
         self.deliver_here(out)
 
-    def cancel_unfinished(self, reason: str) -> None:
-        out = Outbox()
+    def wait_quiet(self, timeout: float) -> bool:
+        """After :meth:`close`: wait until no task is active; False if some still are."""
         with self.lock:
-            self._cancel_all_locked(out, reason, running_too=True)
-            self.pool.wake_all_locked()
-        self.deliver_here(out)
+            return self._quiet.wait_for(lambda: self.table.active == 0, timeout)
 
     def health(self, *, timers_alive: bool) -> dict[str, Any]:
         """Liveness and load figures (``timers_alive``: the timer service is open)."""
@@ -173,13 +176,6 @@ class Dispatcher:
                 "running": self.running,
                 "active": self.table.active,
             }
-
-    def _cancel_all_locked(self, out: Outbox, reason: str, *, running_too: bool) -> None:
-        for task in list(self.table.tasks.values()):
-            if task.status not in FINAL and (running_too or task.status is not TaskStatus.RUNNING):
-                self._cancel_locked(task, reason, out)
-
-    # ------------------------------------------------------------------ the worker loop
 
     def _work(self, worker: Worker) -> None:
         """A worker thread: record the task it ran and take the next, deliver news, run; repeat."""
@@ -369,6 +365,7 @@ class Dispatcher:
                 self._enqueue_locked(waiting)
         if self.closing and self.table.active == 0:
             self.pool.wake_all_locked()
+            self._quiet.notify_all()
 
     # ------------------------------------------------------------------ news
 

@@ -10,7 +10,6 @@ thread-safe: the scheduler guards it with its lock.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from typing import Any
 
@@ -37,8 +36,6 @@ class TaskTable:
         self._graph.prepare()  # tasks join a running graph as they are submitted
         self.active = 0  # tasks not final
         self.totals = dict.fromkeys(("submitted", "retried", *(s.value for s in FINAL)), 0)
-        self.all_done = threading.Event()  # set while no task is active
-        self.all_done.set()
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
@@ -63,8 +60,6 @@ class TaskTable:
         """
         self.tasks[task.id] = task
         self.active += 1
-        if self.active == 1:
-            self.all_done.clear()
         self.totals["submitted"] += 1
         waiting_for: list[Task] = []
         for dep in dependencies:
@@ -137,8 +132,6 @@ class TaskTable:
             if old is not None and old.status in FINAL:
                 del self.tasks[old.id]
                 self._forget_if_evicted(old)
-        if self.active == 0:
-            self.all_done.set()
         return ready
 
     def _forget_if_evicted(self, task: Task) -> None:

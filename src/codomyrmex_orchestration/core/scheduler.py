@@ -458,12 +458,12 @@ class TaskOrchestrator:
             timeout: seconds to wait for outstanding work (``None``: :data:`DEFAULT_SHUTDOWN_TIMEOUT`);
                 whatever is still unfinished then is cancelled.
         """
-        self._d.close(cancel_pending)
+        self._d.close("scheduler shut down" if cancel_pending else None)
         if not wait:
             return
         limit = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else max(0.0, timeout)
-        if not self._d.table.all_done.wait(limit):
-            self._d.cancel_unfinished(f"scheduler shut down after waiting {limit:g} s")
+        if not self._d.wait_quiet(limit):
+            self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
         with self._d.lock:
             threads = self._d.pool.threads_locked(abandoned=False)
             abandoned = self._d.pool.threads_locked(abandoned=True)
