@@ -148,7 +148,6 @@ class TaskOrchestrator:
         self._registry = registry
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
-        self.output_limit = output_limit
         self._own_timers = timers is None
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
