@@ -414,9 +414,9 @@ def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
 
 
 def _open_engine(settings: Settings) -> OrchestrationEngine:
-    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.compose import build_engine
 
-    return OrchestrationEngine.from_settings(settings, recover=False)
+    return build_engine(settings, recover=False)
 
 
 def _stdout_console() -> Console:
@@ -854,18 +854,17 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.shutdown()
     if args.json:
-        _dump(report)
+        _dump(report.model_dump(mode="json"))
         return EXIT_OK
     console = _stdout_console()
-    workflows = report["workflows"]
-    print(f"overall     {report['overall_status']}")
-    print(f"state dir   {report['state_dir']}")
+    workflows = report.workflows
+    print(f"overall     {report.overall_status}")
+    print(f"state dir   {report.state_dir}")
     print(
-        f"workflows   {workflows['registered']} registered, {len(workflows['load_errors'])} config "
-        "files rejected"
+        f"workflows   {workflows.registered} registered, {len(workflows.load_errors)} config files rejected"
     )
-    print(f"runs        {_fmt(report['runs'])}")
-    print(f"queue       {_fmt(report['queue'])}")
+    print(f"runs        {_fmt(report.runs)}")
+    print(f"queue       {_fmt(report.queue)}")
     rows = [
         [
             rid,
@@ -875,10 +874,10 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{100 * float(u.get('utilization') or 0):.0f}%",
             str(u.get("status", "-")),
         ]
-        for rid, u in sorted(report["resources"].items())
+        for rid, u in sorted(report.resources.items())
     ]
     print_table(console, ["RESOURCE", "CAPACITY", "ALLOCATED", "AVAILABLE", "USED", "STATUS"], rows)
-    for error in workflows["load_errors"]:
+    for error in workflows.load_errors:
         print(f"rejected {error['path']}: {error['reason']}")
     return EXIT_OK
 
@@ -892,18 +891,18 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.shutdown()
     if args.json:
-        _dump(report)
+        _dump(report.model_dump(mode="json"))
     else:
-        print(f"overall {report['overall_status']}")
+        print(f"overall {report.overall_status}")
         rows = [
             [
                 name,
-                c["status"],
-                "yes" if c["critical"] else "no",
-                str(c["error_count"]),
-                str(c["details"].get("reason") or c["last_error"] or ""),
+                c.status,
+                "yes" if c.critical else "no",
+                str(c.error_count),
+                str(c.details.get("reason") or c.last_error or ""),
             ]
-            for name, c in report["components"].items()
+            for name, c in report.components.items()
         ]
         print_table(
             _stdout_console(),
@@ -911,7 +910,7 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
             rows,
             styles={1: {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}},
         )
-    return EXIT_FAILED if report["overall_status"] == "unhealthy" else EXIT_OK
+    return EXIT_FAILED if report.overall_status == "unhealthy" else EXIT_OK
 
 
 # ---------------------------------------------------------------------- main

@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
-from codomyrmex_orchestration.core import engine as engine_mod
-from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
-from codomyrmex_orchestration.core.engine import (
-    OrchestrationEngine,
-    OrchestrationMode,
-    SessionStatus,
+from codomyrmex_orchestration import compose
+from codomyrmex_orchestration.compose import (
+    build_engine,
     configure_engine,
     get_orchestration_engine,
     get_project_manager,
@@ -23,6 +20,8 @@ from codomyrmex_orchestration.core.engine import (
     get_workflow_manager,
     reset_engine,
 )
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
+from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -178,8 +177,8 @@ def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine)
     assert engine.drain_events()
     assert seen == [record.run_id]
     health = engine.health_check()
-    assert health["components"]["events"]["error_count"] > 0
-    assert "handler bug" in (health["components"]["events"]["last_error"] or "")
+    assert health.components["events"].error_count > 0
+    assert "handler bug" in (health.components["events"].last_error or "")
 
 
 def test_events_nobody_listens_to_skip_the_event_thread_but_stay_in_the_event_log(
@@ -188,25 +187,25 @@ def test_events_nobody_listens_to_skip_the_event_thread_but_stay_in_the_event_lo
     engine.workflow_manager.create_workflow("quiet", [{"name": "a", "module": "core", "action": "set"}])
     first = engine.execute_workflow("quiet", timeout=10)
     assert engine.drain_events()
-    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 0
+    assert engine.health_check().components["events"].details["delivered"] == 0
     heard: list[str] = []
     engine.register_event_handler("run.completed", lambda event, payload: heard.append(payload["run_id"]))
     second = engine.execute_workflow("quiet", timeout=10)
     assert engine.drain_events()
     assert heard == [second.run_id]
-    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 1
+    assert engine.health_check().components["events"].details["delivered"] == 1
     logged = [e["payload"]["run_id"] for e in engine.store.list_events(type="run.completed")]
     assert sorted(logged) == sorted([first.run_id, second.run_id])
 
 
 def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: OrchestrationEngine) -> None:
-    assert engine.health_check()["overall_status"] == "healthy"
+    assert engine.health_check().overall_status == "healthy"
     db = engine.state_dir / "state.db"
     db.unlink()
     health = engine.health_check()
-    assert health["overall_status"] == "unhealthy"
-    assert health["components"]["store"]["status"] == "unhealthy"
-    assert any(issue.startswith("store:") for issue in health["issues"])
+    assert health.overall_status == "unhealthy"
+    assert health.components["store"].status == "unhealthy"
+    assert any(issue.startswith("store:") for issue in health.issues)
 
 
 def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: OrchestrationEngine) -> None:
@@ -236,14 +235,14 @@ def test_metrics_and_status_count_runs_steps_and_latency(engine: OrchestrationEn
     engine.execute_workflow("m", timeout=10)
     assert engine.drain_events()
     metrics = engine.get_metrics()
-    assert metrics["runs_by_status"]["completed"] == 1
-    assert metrics["steps_by_status"]["completed"] == 5
-    assert metrics["step_latency_seconds"]["count"] == 5
-    assert metrics["step_latency_seconds"]["p95"] is not None
+    assert metrics.runs_by_status["completed"] == 1
+    assert metrics.steps_by_status["completed"] == 5
+    assert metrics.step_latency_seconds.count == 5
+    assert metrics.step_latency_seconds.p95 is not None
     status = engine.get_system_status()
-    assert status["workflows"]["registered"] == 1
-    assert set(status["queue"]) >= {"CRITICAL", "NORMAL", "BACKGROUND"} or status["queue"]
-    assert "compute" in status["resources"]
+    assert status.workflows.registered == 1
+    assert set(status.queue) >= {"critical", "normal", "background"}
+    assert "compute" in status.resources
 
 
 def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path) -> None:
@@ -275,7 +274,7 @@ def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path
         assert get_project_manager() is eng.project_manager
     finally:
         reset_engine()
-    assert engine_mod._engine is None
+    assert compose._engine is None
 
 
 def test_steps_hold_real_resources_and_wait_for_capacity(engine: OrchestrationEngine) -> None:
@@ -386,7 +385,7 @@ def test_settings_select_the_dask_backend_for_the_engine(tmp_path: Path) -> None
         dask_n_workers=1,
         dask_processes=False,
     )
-    eng = OrchestrationEngine.from_settings(settings)
+    eng = build_engine(settings)
     try:
         assert eng.task_orchestrator.health()["backend"]["name"] == "dask"
         record = eng.execute_task(TaskSpec(name="e", module="core", action="echo", parameters={"message": 5}))
@@ -401,7 +400,7 @@ def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
     settings = Settings(
         state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", retention_runs=3
     )
-    eng = OrchestrationEngine.from_settings(settings)
+    eng = build_engine(settings)
     try:
         eng.workflow_manager.create_workflow("r", [{"name": "a", "module": "core", "action": "set"}])
         ids = [eng.execute_workflow("r", timeout=10).run_id for _ in range(6)]

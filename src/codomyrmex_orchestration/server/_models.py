@@ -251,13 +251,6 @@ class TaskResult(Result):
     note: str | None = None
 
 
-class HealthResult(OpenResult):
-    overall_status: str = "unknown"
-    uptime_seconds: float | None = None
-    components: dict[str, Any] = Field(default_factory=dict)
-    issues: list[Any] = Field(default_factory=list)
-
-
 class AllocationResult(OpenResult):
     user_id: str
     allocations: list[dict[str, Any]]

@@ -32,6 +32,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.core._health import HealthReport, SystemStatus
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
@@ -52,6 +53,8 @@ from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _models as m
 
 if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.actions import ActionRegistry
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 
 __all__ = [
@@ -96,7 +99,7 @@ class ServerPolicy:
         return {"block_private_addresses": True} if self.block_private_addresses else {}
 
 
-EngineFactory = Callable[[ServerPolicy], Any]
+EngineFactory = Callable[[ServerPolicy], "OrchestrationEngine"]
 """Builds (or returns the shared) ``OrchestrationEngine`` for a policy; called on first use."""
 
 
@@ -552,11 +555,11 @@ def _pending_task(
 
 
 def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    return m.OpenResult.model_validate(jsonable(tools.engine.get_system_status()))
+    return tools.engine.get_system_status()
 
 
 def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    return m.HealthResult.model_validate(jsonable(tools.engine.health_check()))
+    return tools.engine.health_check()
 
 
 def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
@@ -738,7 +741,7 @@ _TOOLS: tuple[_Tool, ...] = (
         "The engine's aggregated status: sessions, workflows, runs by status, queue depth per priority, "
         "resource usage and executor figures. Example: {}",
         m.NoArgs,
-        m.OpenResult,
+        SystemStatus,
         _get_system_status,
         read_only=True,
     ),
@@ -749,7 +752,7 @@ _TOOLS: tuple[_Tool, ...] = (
         "overall_status healthy/degraded/unhealthy, uptime_seconds, per-component status, error counts and "
         "issues. Example: {}",
         m.NoArgs,
-        m.HealthResult,
+        HealthReport,
         _get_health_status,
         read_only=True,
     ),
@@ -955,7 +958,7 @@ class OrchestrationMCPTools:
 
     def __init__(
         self,
-        engine: Any = None,
+        engine: OrchestrationEngine | None = None,
         *,
         engine_factory: EngineFactory | None = None,
         policy: ServerPolicy | None = None,
@@ -975,16 +978,18 @@ class OrchestrationMCPTools:
     # -- engine
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> OrchestrationEngine:
         """The engine, built by the factory on first use (thread-safe)."""
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             with self._engine_lock:
-                if self._engine is None:
+                engine = self._engine
+                if engine is None:
                     factory = self._engine_factory or default_engine_factory
                     engine = factory(self.policy)
                     apply_policy(engine.registry, self.policy)
                     self._engine = engine
-        return self._engine
+        return engine
 
     @property
     def engine_started(self) -> bool:
@@ -1236,7 +1241,7 @@ def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> 
         return
 
 
-def apply_policy(registry: Any, policy: ServerPolicy) -> None:
+def apply_policy(registry: ActionRegistry, policy: ServerPolicy) -> None:
     """Make every network action of ``registry`` run with the policy's ``ctx.extras`` defaults (e.g.
     ``block_private_addresses`` for ``http.request`` on network transports); a step cannot lift them."""
     extras = policy.action_extras
@@ -1255,8 +1260,8 @@ def apply_policy(registry: Any, policy: ServerPolicy) -> None:
         registry.register(dataclasses.replace(definition, func=guarded), replace=True)
 
 
-def default_engine_factory(policy: ServerPolicy) -> Any:
+def default_engine_factory(policy: ServerPolicy) -> OrchestrationEngine:
     """The process-wide engine (``configure_engine`` sets it up; see ``server.app.serve``)."""
-    from codomyrmex_orchestration.core.engine import get_orchestration_engine
+    from codomyrmex_orchestration.compose import get_orchestration_engine
 
     return get_orchestration_engine()
