@@ -24,6 +24,7 @@ from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinitio
 from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import (
+    InsufficientResourcesError,
     InvalidInputError,
     InvalidStateError,
     LimitExceededError,
@@ -448,3 +449,173 @@ def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
     eng.shutdown(timeout=30)
     assert time.monotonic() - started < 5
     assert eng.task_orchestrator.get_task(record.task_id).status is TaskStatus.CANCELLED
+
+
+# --------------------------------------------------------------------------- the redesign's bug fixes
+
+
+def _settings(tmp_path: Path, **changes: Any) -> Any:
+    from codomyrmex_orchestration.config import Settings
+
+    return Settings(
+        state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", **changes
+    )
+
+
+def test_configure_engine_with_different_settings_raises_naming_them(tmp_path: Path) -> None:
+    reset_engine()
+    try:
+        live = configure_engine(_settings(tmp_path, max_workers=2))
+        assert configure_engine(_settings(tmp_path, max_workers=2)) is live
+        assert configure_engine() is live
+        with pytest.raises(InvalidStateError, match="max_steps, max_workers") as caught:
+            configure_engine(_settings(tmp_path, max_workers=3, max_steps=7))
+        assert "reset_engine" in str(caught.value)
+        with pytest.raises(InvalidStateError, match="durable"):
+            configure_engine(_settings(tmp_path, max_workers=2), durable=False)
+        assert get_orchestration_engine() is live
+    finally:
+        reset_engine()
+
+
+def test_allocating_with_no_timeout_waits_until_capacity_is_released(engine: OrchestrationEngine) -> None:
+    memory = engine.resource_manager.get_resource("memory")
+    everything = memory.capacity + memory.burst_limit
+    held = engine.allocate_resources("hog", {"memory": everything})
+    granted: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: granted.extend(engine.allocate_resources("patient", {"memory": 1}, timeout=None))
+    )
+    released = threading.Event()
+    engine.register_event_handler(
+        "resource.exhausted", lambda event, payload: released.set() if not released.is_set() else None
+    )
+    waiter.start()
+    assert released.wait(10)  # the waiter found no capacity and waits for it instead of failing
+    assert not granted
+    engine.release_resources(allocation_id=held[0].allocation_id)
+    waiter.join(10)
+    assert not waiter.is_alive() and len(granted) == 1
+    with pytest.raises(InsufficientResourcesError):
+        engine.allocate_resources("greedy", {"memory": everything * 2}, timeout=None)  # never grantable
+
+
+def test_waiting_for_a_task_with_no_timeout_returns_its_final_record(engine: OrchestrationEngine) -> None:
+    spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "no-limit"})
+    records: list[Any] = []
+    waiter = threading.Thread(target=lambda: records.append(engine.execute_task(spec, timeout=None)))
+    waiter.start()
+    _gate(engine, "no-limit").set()
+    waiter.join(10)
+    assert records and records[0].status is TaskStatus.COMPLETED
+
+
+def test_draining_events_and_shutting_down_accept_no_timeout(tmp_path: Path) -> None:
+    eng = _engine_on(tmp_path)
+    heard = threading.Event()
+    eng.register_event_handler("session.created", lambda event, payload: heard.set())
+    eng.create_session()
+    assert eng.drain_events(timeout=None)
+    assert heard.is_set()
+    eng.shutdown(timeout=None)
+    assert eng.counters.snapshot().errors == {}  # every shutdown stage ran without failing
+    assert not eng.events.alive
+
+
+def test_handlers_may_unregister_and_register_handlers_while_events_are_delivered(
+    engine: OrchestrationEngine,
+) -> None:
+    calls: list[str] = []
+    done = threading.Event()
+
+    def once(event: str, payload: dict[str, Any]) -> None:
+        calls.append("once")
+        engine.unregister_event_handler("session.created", once)
+        engine.unregister_event_handler("session.created", other)
+        engine.register_event_handler("session.created", late)
+
+    def other(event: str, payload: dict[str, Any]) -> None:
+        calls.append("other")  # delivered for the event being delivered when it was removed
+
+    def late(event: str, payload: dict[str, Any]) -> None:
+        calls.append("late")
+        done.set()
+
+    engine.register_event_handler("session.created", once)
+    engine.register_event_handler("session.created", other)
+    engine.create_session()
+    engine.create_session()
+    assert engine.drain_events()
+    assert done.is_set()
+    assert calls == ["once", "other", "late"]
+    assert engine.health_check().components["events"].error_count == 0
+
+
+def test_counters_stay_exact_while_runs_finish_on_many_threads_and_readers_read(
+    engine: OrchestrationEngine,
+) -> None:
+    import sys
+
+    engine.workflow_manager.create_workflow(
+        "wide", [{"name": f"s{i}", "module": "core", "action": "set"} for i in range(50)]
+    )
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            report = engine.get_metrics()
+            if report.error:
+                problems.append(report.error)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up if there are any
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        runners = [
+            threading.Thread(target=lambda: [engine.execute_workflow("wide", timeout=30) for _ in range(4)])
+            for _ in range(4)
+        ]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(60)
+        stop.set()
+        reader.join(10)
+    finally:
+        sys.setswitchinterval(previous)
+    metrics = engine.get_metrics()
+    assert problems == []
+    assert metrics.steps_by_status == {"started": 800, "completed": 800}
+    assert metrics.run_events == {"run.completed": 16}
+    assert metrics.step_latency_seconds.count == 800
+
+
+def test_a_shared_timer_service_carries_session_ttls_and_outlives_the_engine(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core.timers import TimerService
+
+    timers = TimerService(name="shared-test-timers")
+    try:
+        eng = OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=None,
+            max_workers=2,
+            timers=timers,
+        )
+        before = timers.pending
+        sid = eng.create_session(timeout_seconds=3600)
+        assert timers.pending == before + 1
+        eng.close_session(sid)
+        assert timers.pending == before
+        eng.create_session(timeout_seconds=None)  # never expires: no timer
+        assert timers.pending == before
+        eng.shutdown()
+        assert not timers.closed
+        fired = threading.Event()
+        timers.call_later(0, fired.set)
+        assert fired.wait(5)
+    finally:
+        timers.close()
