@@ -12,7 +12,7 @@ from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.projects import ProjectType
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: the leak check sees every thread a test starts, an engine's workers too
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrationEngine]:
     root = tmp_path_factory.mktemp("projects-e2e")
     eng = OrchestrationEngine(

@@ -265,8 +265,11 @@ class SessionRegistry:
             SessionNotFoundError: unknown id.
             InvalidStateError: the session is closed or expired.
         """
+        if session_id is None:  # no session, no lock: a call without one never waits on another's
+            yield None
+            return
         with self._lock:
-            yield self._live_locked(session_id) if session_id is not None else None
+            yield self._live_locked(session_id)
 
     def touch(self, live: LiveSession) -> None:
         """Restart the session's TTL (it was just used)."""

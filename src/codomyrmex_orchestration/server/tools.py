@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionRegistry
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.workflows import WorkflowValidation
 
 __all__ = [
     "EngineFactory",
@@ -160,9 +161,13 @@ class _Tool:
     open_world: bool = False
     # Sends progress notifications (through ``_Call.progress``) as the work goes on.
     reports_progress: bool = False
-    # ``run`` only reads the workflow registry or reads or submits scheduler state, taking short
-    # in-memory locks, with no I/O and no waiting (a wait is a ``_Pending``): once the engine exists the
-    # async path calls it on the event loop instead of paying a worker-thread round trip.
+    # ``run`` takes no lock a run can hold across I/O or a wait, so once the engine exists the async
+    # path calls it on the event loop instead of paying a worker-thread round trip. Audited: list_workflows
+    # takes WorkflowManager._lock (dict operations only; runs never hold it across the store or a step);
+    # execute_task and get_task take the scheduler's lock (in-memory transitions only: callbacks, actions
+    # and admission waits run outside it) and, without a session, no session lock; their waits are a
+    # ``_Pending`` delivered by on_settled. Anything taking a run's lock, the store or a session's lock
+    # (get_workflow_run, create_session, execute_workflow...) runs in a worker thread.
     starts_on_loop: bool = False
 
     def definition(self) -> dict[str, Any]:
@@ -282,32 +287,11 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _pick(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if data.get(key) is not None:
-            return data[key]
-    return default
-
-
-def _describe_validation_error(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
-    accepted = f"accepted: {', '.join(args.model_fields)}" if args.model_fields else "it takes no arguments"
-    parts: list[str] = []
-    fields: list[str] = []
-    errors = exc.errors()
-    for err in errors[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) if err["loc"] else "arguments"
-        fields.append(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parts.append(f"unknown argument {loc!r} ({accepted})")
-        elif kind == "missing":
-            parts.append(f"missing required argument {loc!r}")
-        else:
-            parts.append(f"argument {loc!r}: {err['msg']}")
-    if len(errors) > 5:
-        parts.append(f"and {len(errors) - 5} more")
-    error = InvalidInputError("", f"invalid arguments for tool {tool!r}: " + "; ".join(parts))
-    error.field = fields[0] if fields else "arguments"
+def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
+    problem = InvalidInputError.from_validation(exc, accepted=args.model_fields or None)
+    takes = "" if args.model_fields else " (it takes no arguments)"
+    error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {problem.reason}")
+    error.field = problem.field
     return error
 
 
@@ -395,13 +379,8 @@ def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
-def _validation_fields(validation: Any) -> dict[str, Any]:
-    return {
-        "steps_count": validation.steps_count,
-        "execution_levels": jsonable(validation.execution_levels),
-        "inferred_dependencies": jsonable(validation.inferred_dependencies),
-        "mermaid": validation.mermaid,
-    }
+def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
+    return validation.model_dump(exclude={"name"})
 
 
 def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> Any:
@@ -435,8 +414,8 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
     try:
         spec = WorkflowSpec.model_validate(document)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return m.ValidationResult(valid=False, workflow_name=a.name, problems=problems)
+        problem = InvalidInputError.from_validation(exc)
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=[problem.reason])
     try:
         validation = tools.engine.workflow_manager.validate_workflow(spec)
     except DAGValidationError as exc:
@@ -465,8 +444,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
             run_id=r.run_id,
             workflow_name=r.workflow_name,
             status=r.status.value,
-            created_at=jsonable(r.created_at),
-            finished_at=jsonable(r.finished_at),
+            created_at=r.created_at.isoformat(),
+            finished_at=r.finished_at.isoformat() if r.finished_at is not None else None,
             duration_seconds=r.duration_seconds,
             failed_steps=r.failed_steps,
         )
@@ -566,37 +545,35 @@ def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs
     allocations = tools.engine.allocate_resources(
         a.user_id, dict(a.requirements), ttl=a.ttl_seconds, session_id=a.session_id
     )
-    return m.AllocationResult(user_id=a.user_id, allocations=jsonable(allocations), session_id=a.session_id)
+    return m.AllocationResult(user_id=a.user_id, allocations=allocations, session_id=a.session_id)
 
 
 def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
     if (a.allocation_id is None) == (a.user_id is None):
         raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
     released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
-    target = {"allocation_id": a.allocation_id} if a.allocation_id is not None else {"user_id": a.user_id}
-    return m.ReleaseResult(released=int(released), **target)
+    return m.ReleaseResult(released=released, allocation_id=a.allocation_id, user_id=a.user_id)
 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
     project = tools.engine.project_manager.create_project(
         a.name, template=a.template, description=a.description, owner=a.owner
     )
-    data = jsonable(project)
-    path = Path(str(_pick(data, "project_path", "path", default="")))
-    if not data.get("files_created") and path.is_dir():
-        data["files_created"] = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file())[
-            :_MAX_LISTED_FILES
-        ]
-    return m.ProjectResult.model_validate(
-        {
-            **{k: v for k, v in data.items() if k not in ("name", "type", "path")},
-            "project_name": _pick(data, "project_name", "name", default=a.name),
-            "project_type": _pick(data, "project_type", "type", default=a.template),
-            "project_path": str(_pick(data, "project_path", "path", default="")),
-            "template_used": _pick(data, "template_used", "template", default=a.template),
-            "files_created": list(_pick(data, "files_created", default=[])),
-            "workflows": list(_pick(data, "workflows", default=[])),
-        }
+    path = Path(project.path)
+    files = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    return m.ProjectResult(
+        project_name=project.name,
+        project_type=project.type.value,
+        project_path=project.path,
+        template_used=project.template,
+        status=project.status.value,
+        description=project.description,
+        owner=project.owner,
+        version=project.version,
+        created_at=project.created_at,
+        files_created=files[:_MAX_LISTED_FILES],
+        workflows=project.workflows,
+        workflows_not_registered=project.workflows_not_registered,
     )
 
 
@@ -604,41 +581,34 @@ _MAX_LISTED_FILES = 500
 
 
 def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> Any:
-    projects = []
-    for raw in tools.engine.project_manager.list_projects():
-        data = jsonable(raw)
-        info = m.ProjectInfo.model_validate(
-            {
-                **data,
-                "name": _pick(data, "name", "project_name"),
-                "type": _pick(data, "type", "project_type"),
-                "path": _pick(data, "path", "project_path"),
-            }
+    projects = [
+        m.ProjectInfo(
+            name=p.name,
+            type=p.type.value,
+            status=p.status.value,
+            path=p.path,
+            description=p.description,
+            created_at=p.created_at,
         )
-        if (a.status is None or info.status == a.status) and (a.type is None or info.type == a.type):
-            projects.append(info)
+        for p in tools.engine.project_manager.list_projects(status=a.status, type=a.type)
+    ]
     return m.ProjectListResult(projects=projects, count=len(projects))
 
 
 def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    templates = jsonable(tools.engine.project_manager.list_templates())
-    if isinstance(templates, Mapping):
-        templates = [
-            {"type": k, **(v if isinstance(v, dict) else {"description": v})} for k, v in templates.items()
-        ]
+    templates = tools.engine.project_manager.list_templates()
     return m.TemplateListResult(templates=templates, count=len(templates))
 
 
 def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> Any:
     engine = tools.engine
     session_id = engine.create_session(**a.model_dump(exclude_none=True))
-    return m.SessionResult.model_validate(jsonable(engine.get_session(session_id)))
+    return m.SessionResult.model_validate(engine.get_session(session_id).model_dump())
 
 
 def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> Any:
-    outcome = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
-    extra = jsonable(outcome) if isinstance(outcome, Mapping | BaseModel) else {}
-    return m.CloseSessionResult.model_validate({**extra, "session_id": a.session_id, "closed": True})
+    session = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
+    return m.CloseSessionResult.model_validate(session.model_dump())
 
 
 def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
@@ -1049,7 +1019,7 @@ class OrchestrationMCPTools:
         try:
             return tool, tool.args.model_validate(dict(arguments or {}))
         except ValidationError as exc:
-            raise _describe_validation_error(name, exc, tool.args) from None
+            raise _invalid_arguments(name, exc, tool.args) from None
 
     @staticmethod
     def _render(result: BaseModel) -> ToolResult:
