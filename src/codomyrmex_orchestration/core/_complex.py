@@ -26,8 +26,10 @@ def complex_workflow_document(definition: Mapping[str, Any], *, name: str) -> di
     steps = definition.get("steps")
     if not isinstance(steps, list) or not steps:
         raise InvalidInputError(f"{_FIELD}.steps", "a non-empty list of step objects is required")
-    deps = definition.get("dependencies") or {}
-    if not isinstance(deps, Mapping):
+    deps = definition.get("dependencies")
+    if deps is None:
+        deps = {}
+    if not isinstance(deps, Mapping):  # an empty list too: it is not "no dependencies", it is malformed
         raise InvalidInputError(f"{_FIELD}.dependencies", "expected an object: step -> [steps]")
     names = {s.get("name") for s in steps if isinstance(s, Mapping)}
     for key, value in deps.items():
