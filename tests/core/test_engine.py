@@ -324,13 +324,14 @@ def test_a_step_needing_more_than_exists_fails_at_once_naming_the_resource(
     assert "memory" in error.message
 
 
-def _engine_on(tmp_path: Path) -> OrchestrationEngine:
+def _engine_on(tmp_path: Path, **options: Any) -> OrchestrationEngine:
     return OrchestrationEngine(
         state_dir=tmp_path / "state",
         config_dir=None,
         projects_dir=tmp_path / "projects",
         templates_dir=None,
         max_workers=2,
+        **options,
     )
 
 
@@ -597,14 +598,7 @@ def test_a_shared_timer_service_carries_session_ttls_and_outlives_the_engine(tmp
 
     timers = TimerService(name="shared-test-timers")
     try:
-        eng = OrchestrationEngine(
-            state_dir=tmp_path / "state",
-            config_dir=None,
-            projects_dir=tmp_path / "projects",
-            templates_dir=None,
-            max_workers=2,
-            timers=timers,
-        )
+        eng = _engine_on(tmp_path, timers=timers)
         before = timers.pending
         sid = eng.create_session(timeout_seconds=3600)
         assert timers.pending == before + 1
