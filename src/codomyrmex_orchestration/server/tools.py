@@ -557,7 +557,11 @@ def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
     project = tools.engine.project_manager.create_project(
-        a.name, template=a.template, description=a.description, owner=a.owner
+        a.name,
+        template=a.template,
+        description=a.description,
+        owner=a.owner,
+        overwrite_workflows=a.overwrite_workflows,
     )
     path = Path(project.path)
     files = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
