@@ -57,7 +57,7 @@ def _fresh_singletons(_no_thread_leaks: None) -> Iterator[None]:
     at import (structlog to stderr, stdlib root handlers as they were). Torn down before the leak
     check, so the engine's threads are gone when it looks."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level = set(root.handlers), root.level
     yield
     from codomyrmex_orchestration.compose import reset_engine
     from codomyrmex_orchestration.logs import ensure_stderr_default
@@ -66,7 +66,10 @@ def _fresh_singletons(_no_thread_leaks: None) -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
     structlog.reset_defaults()
     ensure_stderr_default()
-    root.handlers[:] = handlers
+    # configure_logging() replaces the root handlers with its own: drop those it added (pytest's
+    # capture handlers come and go with each phase and are pytest's to manage) and restore the level.
+    for handler in [h for h in root.handlers if h not in handlers and type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
     root.setLevel(level)
 
 

@@ -45,7 +45,7 @@ async def test_invalid_arguments_are_an_error_result_naming_the_field(
     async with Client(build_server(tools_without_engine)) as client:
         result = await client.call_tool("execute_task", {"name": "t", "module": "core", "action": 3})
     assert result.is_error
-    assert "argument 'action'" in _text(result)
+    assert "action: Input should be a valid string" in _text(result)
 
 
 async def test_an_unknown_tool_is_an_error_result(tools_without_engine: OrchestrationMCPTools) -> None:
