@@ -144,7 +144,10 @@ class _Pending:
     unfinished: Callable[[float], BaseModel] | None = None
 
 
-RunFn = Callable[["OrchestrationMCPTools", Any, _Call], "BaseModel | _Pending"]
+_Outcome = BaseModel | _Pending
+"""What a tool's body returns: its result, or a handle on long work to wait for."""
+
+RunFn = Callable[["OrchestrationMCPTools", Any, _Call], _Outcome]
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, S
 # --------------------------------------------------------------------------- the tools' bodies
 
 
-def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> Any:
+def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> _Outcome:
     if not wait or record.status.is_terminal:
         return _run_handle(record, None)
     run_id = record.run_id
@@ -345,7 +348,7 @@ def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, ti
     return _Pending(wait_for, cancel, timeout)
 
 
-def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> Any:
+def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> _Outcome:
     record = tools.engine.execute_workflow(
         a.workflow_name,
         parameters=a.parameters,
@@ -358,7 +361,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
 
 def _create_complex_workflow(
     tools: OrchestrationMCPTools, a: m.CreateComplexWorkflowArgs, call: _Call
-) -> Any:
+) -> _Outcome:
     definition = a.workflow_definition.model_dump(mode="json", exclude_defaults=False)
     record = tools.engine.execute_complex_workflow(
         definition,
@@ -371,7 +374,7 @@ def _create_complex_workflow(
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
-def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> Any:
+def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     # The steps a resume keeps (its completed ones) count as ended from the first notification on.
     kept = sum(1 for s in manager.get_run(a.run_id).steps.values() if s.status is TaskStatus.COMPLETED)
@@ -383,7 +386,7 @@ def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
     return validation.model_dump(exclude={"name"})
 
 
-def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> Any:
+def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     spec = WorkflowSpec(name=a.name, description=a.description, steps=a.steps, parameters=a.parameters)
     created = manager.create_workflow(spec, overwrite=a.overwrite, source="api")
@@ -391,12 +394,12 @@ def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call
     return m.CreateWorkflowResult(workflow_name=created.name, **_validation_fields(validation))
 
 
-def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     infos = tools.engine.workflow_manager.list_workflows()
     return m.WorkflowListResult(workflows=infos, count=len(infos))
 
 
-def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
+def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     spec = manager.get_workflow(a.name)
     validation = manager.describe_workflow(a.name)
@@ -409,7 +412,7 @@ def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Ca
     )
 
 
-def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> Any:
+def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> _Outcome:
     document = {"name": a.name, "steps": a.steps, "description": a.description, "parameters": a.parameters}
     try:
         spec = WorkflowSpec.model_validate(document)
@@ -425,16 +428,16 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
     return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
 
 
-def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
+def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
     deleted = bool(tools.engine.workflow_manager.delete_workflow(a.name))
     return m.DeleteResult(workflow_name=a.name, deleted=deleted)
 
 
-def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
     return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None)
 
 
-def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> Any:
+def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
     status = WorkflowStatus(a.status) if a.status else None
     records = tools.engine.workflow_manager.list_runs(
         workflow_name=a.workflow_name, status=status, limit=a.limit
@@ -454,7 +457,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
     return m.RunListResult(runs=runs, count=len(runs))
 
 
-def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
     return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
 
 
@@ -477,7 +480,7 @@ def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
     return result
 
 
-def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any:
+def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Outcome:
     orchestrator = tools.engine.task_orchestrator
     task_id = a.task_id
     record = orchestrator.get_task(task_id)  # an unknown id fails now, before any wait
@@ -486,7 +489,7 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any
     return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
-def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> Any:
+def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
     spec = TaskSpec(
         name=a.name,
         module=a.module,
@@ -533,29 +536,29 @@ def _pending_task(
     return _Pending(wait_for, cancel, timeout, subscribe=subscribe, unfinished=unfinished)
 
 
-def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     return tools.engine.get_system_status()
 
 
-def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     return tools.engine.health_check()
 
 
-def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
+def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> _Outcome:
     allocations = tools.engine.allocate_resources(
         a.user_id, dict(a.requirements), ttl=a.ttl_seconds, session_id=a.session_id
     )
     return m.AllocationResult(user_id=a.user_id, allocations=allocations, session_id=a.session_id)
 
 
-def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
+def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> _Outcome:
     if (a.allocation_id is None) == (a.user_id is None):
         raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
     released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
     return m.ReleaseResult(released=released, allocation_id=a.allocation_id, user_id=a.user_id)
 
 
-def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
+def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> _Outcome:
     project = tools.engine.project_manager.create_project(
         a.name,
         template=a.template,
@@ -584,7 +587,7 @@ def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: 
 _MAX_LISTED_FILES = 500
 
 
-def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> Any:
+def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> _Outcome:
     projects = [
         m.ProjectInfo(
             name=p.name,
@@ -599,23 +602,23 @@ def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _C
     return m.ProjectListResult(projects=projects, count=len(projects))
 
 
-def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     templates = tools.engine.project_manager.list_templates()
     return m.TemplateListResult(templates=templates, count=len(templates))
 
 
-def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> Any:
+def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> _Outcome:
     engine = tools.engine
     session_id = engine.create_session(**a.model_dump(exclude_none=True))
     return m.SessionResult.model_validate(engine.get_session(session_id).model_dump())
 
 
-def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> Any:
+def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> _Outcome:
     session = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
     return m.CloseSessionResult.model_validate(session.model_dump())
 
 
-def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     registry = tools.engine.registry
     actions = [
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
