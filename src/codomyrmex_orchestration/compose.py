@@ -48,6 +48,8 @@ ENGINE_SETTINGS = (
     "durable",
     "retention_runs",
     "retention_events",
+    "state_max_bytes",
+    "max_parameters_bytes",
     "executor",
     "dask_scheduler",
     "dask_n_workers",
@@ -76,6 +78,8 @@ def engine_arguments(settings: Settings) -> dict[str, Any]:
         "durable": settings.durable,
         "retention_runs": settings.retention_runs,
         "retention_events": settings.retention_events,
+        "state_max_bytes": settings.state_max_bytes,
+        "max_parameters_bytes": settings.max_parameters_bytes,
     }
 
 

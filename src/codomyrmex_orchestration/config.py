@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
     "DEFAULT_MAX_OUTPUT_BYTES",
+    "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_STATE_MAX_BYTES",
     "DEFAULT_TEMPLATES_DIR",
     "ENV_PREFIX",
     "Settings",
@@ -39,6 +41,8 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 DEFAULT_MAX_STEPS = 10_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_STATE_MAX_BYTES = 1024**3
+DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
 DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
 
@@ -88,6 +92,11 @@ class Settings(BaseModel):
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
     retention_runs: int = Field(default=10_000, ge=1)
     retention_events: int = Field(default=100_000, ge=1)
+    #: The byte budget of the state directory (stored runs, steps, spill files): past it the oldest
+    #: finished runs are evicted, and new runs are refused while it cannot be met.
+    state_max_bytes: int = Field(default=DEFAULT_STATE_MAX_BYTES, ge=1)
+    #: The most bytes of JSON a run's parameters may take.
+    max_parameters_bytes: int = Field(default=DEFAULT_MAX_PARAMETERS_BYTES, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
     #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
     executor: Executor = "local"

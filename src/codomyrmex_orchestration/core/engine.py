@@ -13,6 +13,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import (
+    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
+    DEFAULT_STATE_MAX_BYTES,
     EngineStateStore,
     MemoryStore,
     SqliteStore,
@@ -83,13 +86,27 @@ _log = structlog.get_logger("codomyrmex_orchestration.engine")
 
 
 def _default_store(
-    state_dir: Path, durable: bool, retention_runs: int, retention_events: int
+    state_dir: Path,
+    durable: bool,
+    *,
+    retention_runs: int,
+    retention_events: int,
+    max_bytes: int | None,
+    max_parameters_bytes: int,
 ) -> EngineStateStore:
     if durable:
         return SqliteStore(
-            state_dir / "state.db", retention_runs=retention_runs, retention_events=retention_events
+            state_dir / "state.db",
+            retention_runs=retention_runs,
+            retention_events=retention_events,
+            max_bytes=max_bytes,
+            max_parameters_bytes=max_parameters_bytes,
         )
-    return MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
+    return MemoryStore(
+        retention_runs=retention_runs,
+        retention_events=retention_events,
+        max_parameters_bytes=max_parameters_bytes,
+    )
 
 
 def _resources_file(config_dir: Path | str | None) -> Path | None:
@@ -129,6 +146,8 @@ class OrchestrationEngine:
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
         timers: the timer service to share (one is made, and closed on shutdown, when ``None``).
         retention_runs, retention_events: most finished runs and events the store keeps.
+        state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
+            run's parameters may take (see :class:`SqliteStore`).
         recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
             Right for the one process that owns the state directory (the server); a process that
             shares it with a live owner (the CLI's ``status``, ``health``, ``run``) passes False so
@@ -157,6 +176,8 @@ class OrchestrationEngine:
         timers: TimerService | None = None,
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
+        state_max_bytes: int | None = DEFAULT_STATE_MAX_BYTES,
+        max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         recover: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
@@ -165,7 +186,14 @@ class OrchestrationEngine:
         self._owns_timers = timers is None
         self.timers = timers if timers is not None else TimerService()
         if store is None:
-            store = _default_store(self.state_dir, durable, retention_runs, retention_events)
+            store = _default_store(
+                self.state_dir,
+                durable,
+                retention_runs=retention_runs,
+                retention_events=retention_events,
+                max_bytes=state_max_bytes,
+                max_parameters_bytes=max_parameters_bytes,
+            )
         self.store: EngineStateStore = store
         self._publisher = Publisher(store=self.store, counters=self.counters)
         self._publish = self._publisher.publish
@@ -174,10 +202,8 @@ class OrchestrationEngine:
         self.sessions = SessionRegistry(
             store=self.store,
             timers=self.timers,
-            stop_work=lambda live, cancel: _stop_session_work(self, live, cancel),
-            on_closed=lambda s: self._publish(
-                "session.closed", {"session_id": s.session_id, "status": s.status.value}
-            ),
+            stop_work=partial(_stop_session_work, self),
+            on_closed=partial(_announce_closed, self),
         )
 
         self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
@@ -547,3 +573,7 @@ def _stop_session_work(engine: OrchestrationEngine, live: LiveSession, cancel_ru
         for task_id in list(live.active_tasks):
             engine.task_orchestrator.cancel_task(task_id, f"session {session_id} closed")
     engine.resource_manager.deallocate_resources(f"session:{session_id}")
+
+
+def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:
+    engine._publish("session.closed", {"session_id": session.session_id, "status": session.status.value})
