@@ -18,14 +18,17 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
+    "DEFAULT_SESSION_IDLE_TIMEOUT",
     "DEFAULT_STATE_DIR",
     "DEFAULT_STATE_MAX_BYTES",
+    "DEFAULT_STDIO_MAX_LINE_BYTES",
     "DEFAULT_TEMPLATES_DIR",
     "ENV_PREFIX",
     "Settings",
@@ -45,6 +48,9 @@ DEFAULT_STATE_MAX_BYTES = 1024**3
 DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
 DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
+DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
+DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
+DEFAULT_MAX_SESSIONS = 1000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -88,6 +94,17 @@ class Settings(BaseModel):
     #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
     auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
+    #: Seconds a streamable-HTTP session may stay idle (no request in flight) before it is closed.
+    session_idle_timeout: float = Field(default=DEFAULT_SESSION_IDLE_TIMEOUT, gt=0, le=86_400)
+    #: Streamable-HTTP sessions open at once; at the cap the longest-idle one is closed for a new client.
+    max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=1)
+    #: Module prefixes ``python.call`` may import from (e.g. ``json``, ``mypkg.tasks``); empty: any.
+    python_call_allow: tuple[str, ...] = ()
+    #: Longest line (one JSON-RPC message) read on stdio; a longer one is refused and discarded.
+    stdio_max_line_bytes: int = Field(default=DEFAULT_STDIO_MAX_LINE_BYTES, ge=1024)
+    #: Host names and IP networks (CIDR) ``http.request`` may reach although they are internal, where
+    #: internal addresses are blocked (network transports without code execution), e.g. ``10.0.0.0/8``.
+    http_allow: tuple[str, ...] = ()
     durable: bool = True
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
     retention_runs: int = Field(default=10_000, ge=1)

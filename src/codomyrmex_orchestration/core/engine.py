@@ -44,6 +44,7 @@ from codomyrmex_orchestration.core._health import (
 )
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
+from codomyrmex_orchestration.core._procs import guard_processes
 from codomyrmex_orchestration.core._sessions import (
     LiveSession,
     OrchestrationMode,
@@ -205,8 +206,9 @@ class OrchestrationEngine:
             stop_work=partial(_stop_session_work, self),
             on_closed=partial(_announce_closed, self),
         )
-
         self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
+        if durable:  # before any resume can start a step again: kill the groups a crash left running
+            guard_processes(self.registry, self.state_dir / "procs")
         self.resource_manager = ResourceManager(
             state_dir=self.state_dir if durable else None,
             worker_threads=max_workers,
