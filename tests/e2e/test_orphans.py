@@ -102,7 +102,7 @@ def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(tmp
             server.stdin.write(json.dumps(message).encode() + b"\n")
             server.stdin.flush()
         reply: dict[str, Any] = {}
-        while reply.get("id") != 2:  # notifications (resources/list_changed) may come first
+        while reply.get("id") != 2:  # notifications (e.g. resources/updated) may come first
             reply = json.loads(server.stdout.readline())
         run_id = reply["result"]["structuredContent"]["run_id"]
         _wait_until(lambda: log.exists() and bool(log.read_text().strip()), "the step never started")
