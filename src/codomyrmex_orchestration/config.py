@@ -163,9 +163,9 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise InvalidInputError(ENV_PREFIX + field.upper(), err["msg"]) from None
+            problem = InvalidInputError.from_validation(exc)
+            # Named as the variable a user sets (a CLI flag wins over it, but names the same setting).
+            raise InvalidInputError(ENV_PREFIX + problem.field.upper(), problem.reason) from None
 
     @property
     def state_db(self) -> Path:

@@ -679,7 +679,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             if engine_factory is not None:
                 tools.close()
             elif tools.engine_started:
-                from codomyrmex_orchestration.core.engine import reset_engine
+                from codomyrmex_orchestration.compose import reset_engine
 
                 tools.cancel_running_tasks()
                 reset_engine()  # the process-wide engine: cancel running work, flush, forget it
@@ -727,7 +727,7 @@ def _url(settings: Settings) -> str:
 
 def _settings_engine_factory(settings: Settings) -> EngineFactory:
     def make(policy: ServerPolicy) -> Any:
-        from codomyrmex_orchestration.core.engine import configure_engine
+        from codomyrmex_orchestration.compose import configure_engine
 
         return configure_engine(settings.model_copy(update={"allow_shell": policy.allow_code_execution}))
 
