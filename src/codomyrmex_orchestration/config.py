@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
+    "DEFAULT_MAX_QUEUED_TASKS",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
@@ -51,6 +52,7 @@ DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
 DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
 DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_MAX_QUEUED_TASKS = 10_000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -79,6 +81,9 @@ class Settings(BaseModel):
     #: network transports (the server decides from the transport).
     allow_shell: bool | None = None
     max_workers: int = Field(default=DEFAULT_MAX_WORKERS, ge=1, le=1024)
+    #: Tasks and steps accepted but not started yet (queued, waiting on dependencies or a retry); past it
+    #: new work is refused, naming this setting. Clients take turns within a priority level.
+    max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)

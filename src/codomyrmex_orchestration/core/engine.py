@@ -9,7 +9,6 @@ singletons live outside ``core`` in :mod:`codomyrmex_orchestration.compose`.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_QUEUED_TASKS,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -116,12 +116,6 @@ def _resources_file(config_dir: Path | str | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _shared_timers(cls: type, timers: TimerService) -> dict[str, Any]:
-    # Compatibility: the scheduler and resource manager gain ``timers=`` in their own redesigns; until
-    # both have landed, pass the shared service only where the constructor takes it.
-    return {"timers": timers} if "timers" in inspect.signature(cls).parameters else {}
-
-
 class OrchestrationEngine:
     """The control plane: one instance each of the registry, scheduler, resources, workflows,
     projects, store and timer service, plus sessions, events, health and metrics.
@@ -132,6 +126,8 @@ class OrchestrationEngine:
         projects_dir: root for projects.
         templates_dir: overrides for project and doc templates.
         max_workers: the scheduler's worker threads.
+        max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap); clients
+            (``start_task(client=...)``, a run's session) take turns within a priority level.
         max_steps: most steps a workflow may have.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
@@ -163,6 +159,7 @@ class OrchestrationEngine:
         projects_dir: Path | str = DEFAULT_PROJECTS_DIR,
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
@@ -214,7 +211,7 @@ class OrchestrationEngine:
             worker_threads=max_workers,
             config=resources_config,
             config_path=_resources_file(config_dir),
-            **_shared_timers(ResourceManager, self.timers),
+            timers=self.timers,
         )
         self.output_limiter: OutputLimiter | None = None
         if max_output_bytes is not None:
@@ -226,7 +223,8 @@ class OrchestrationEngine:
             resource_manager=self.resource_manager,
             backend=backend,
             output_limit=self.output_limiter,
-            **_shared_timers(TaskOrchestrator, self.timers),
+            timers=self.timers,
+            max_queued=max_queued_tasks,
         )
         self.workflow_manager = WorkflowManager(
             orchestrator=self.task_orchestrator,
@@ -448,8 +446,14 @@ class OrchestrationEngine:
             return self.task_orchestrator.get_task(task_id)
         return _wait_task(self.task_orchestrator, task_id, timeout)
 
-    def start_task(self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None) -> str:
-        """Submit one action as a task like ``execute_task(wait=False)``, returning only its task id."""
+    def start_task(
+        self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None, client: str | None = None
+    ) -> str:
+        """Submit one action as a task like ``execute_task(wait=False)``, returning only its task id.
+
+        ``client`` (an MCP connection, say) is whom the task is queued for: within a priority level the
+        scheduler serves clients in turn, so one client's backlog cannot starve another's task.
+        """
         if not isinstance(spec, TaskSpec):
             try:
                 spec = TaskSpec.model_validate(spec)
@@ -460,7 +464,7 @@ class OrchestrationEngine:
                 spec = live.task_spec(spec)
                 self.sessions.touch(live)
         on_done = _task_done(self._publish, self.sessions, session_id)
-        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done)
+        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=session_id or client)
         if session_id is not None:
             get = self.task_orchestrator.get_task
             self.sessions.record_task(session_id, task_id, lambda: not get(task_id).status.is_terminal)

@@ -257,6 +257,8 @@ class TaskResult(Result):
     result: Any = None
     error: ErrorInfo | None = None
     attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     duration_seconds: float | None = None
     note: str | None = None
 

@@ -38,7 +38,7 @@ from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
-from codomyrmex_orchestration.server._notifications import NotificationHub
+from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -49,6 +49,7 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server.tools import (
+    CALLING_CLIENT,
     EngineFactory,
     OrchestrationMCPTools,
     ServerPolicy,
@@ -183,6 +184,24 @@ class _OrchestrationServer(Server[Any]):
         )
 
 
+def _client_key(ctx: Any) -> str:
+    """Whom a tool call is for, for fair queueing. On the 2025 protocol, its connection: one per stdio
+    client or streamable-HTTP session. On 2026-07-28 each request stands alone (no session), so requests
+    are grouped by the client's name and version from the request's envelope."""
+    try:
+        connection = connection_of(ctx)
+    except TypeError:
+        return "client-anonymous"
+    if connection.protocol_version >= _STATELESS_SINCE:  # dates compare as strings
+        info = connection.client_params.client_info if connection.client_params is not None else None
+        return f"client-{info.name}/{info.version}" if info is not None else "client-anonymous"
+    return f"connection-{id(connection):x}"
+
+
+#: The first protocol version without sessions: every request carries its own envelope.
+_STATELESS_SINCE = "2026-07-28"
+
+
 def build_server(
     tools: OrchestrationMCPTools | None = None,
     *,
@@ -233,9 +252,15 @@ def build_server(
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
-        async with hub.request_logs(ctx) as request_peer:
-            with hub.calling(peer or request_peer):
-                result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        client = CALLING_CLIENT.set(_client_key(ctx))
+        try:
+            async with hub.request_logs(ctx) as request_peer:
+                with hub.calling(peer or request_peer):
+                    result = await the_tools.execute_tool_async(
+                        params.name, params.arguments, progress=progress
+                    )
+        finally:
+            CALLING_CLIENT.reset(client)
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))

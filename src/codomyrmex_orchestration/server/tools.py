@@ -20,6 +20,7 @@ import math
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -490,6 +491,8 @@ def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
         result=record.result,
         error=record.error,
         attempts=record.attempts,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
         duration_seconds=record.duration_seconds,
     )
     if result.status in ("pending", "ready", "running", "blocked"):
@@ -510,6 +513,11 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Ou
     return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
+#: Who is calling (one MCP connection), set by the server around each tool call: the scheduler serves
+#: clients in turn within a priority level, so one client's backlog cannot starve another's task.
+CALLING_CLIENT: ContextVar[str | None] = ContextVar("codomyrmex_calling_client", default=None)
+
+
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
     spec = TaskSpec(
         name=a.name,
@@ -524,7 +532,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
     # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec)
+    task_id = engine.start_task(spec, client=CALLING_CLIENT.get())
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
