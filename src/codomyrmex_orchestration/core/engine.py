@@ -32,6 +32,7 @@ from codomyrmex_orchestration.config import (
     Settings,
 )
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._uptime import process_uptime
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
@@ -60,6 +61,7 @@ from codomyrmex_orchestration.errors import (
     SessionNotFoundError,
     WaitTimeoutError,
 )
+from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 __all__ = [
     "EventHandler",
@@ -221,6 +223,7 @@ class OrchestrationEngine:
     Args:
         state_dir: where ``state.db`` lives (durable mode).
         config_dir: workflow JSON loaded at start.
+        sample_dir: sample workflow JSON loaded before ``config_dir`` (``None``: none).
         projects_dir: root for projects.
         templates_dir: overrides for project and doc templates.
         max_workers: the scheduler's worker threads.
@@ -247,6 +250,7 @@ class OrchestrationEngine:
         *,
         state_dir: Path | str = DEFAULT_STATE_DIR,
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
+        sample_dir: Path | None = None,
         projects_dir: Path | str = DEFAULT_PROJECTS_DIR,
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
@@ -318,6 +322,7 @@ class OrchestrationEngine:
             registry=self.registry,
             store=self.store,
             config_dir=config_dir,
+            sample_dir=sample_dir,
             max_steps=max_steps,
             max_subworkflow_depth=max_subworkflow_depth,
             max_subworkflow_runs=max_subworkflow_runs,
@@ -344,6 +349,7 @@ class OrchestrationEngine:
         kwargs: dict[str, Any] = {
             "state_dir": settings.state_dir,
             "config_dir": settings.config_dir,
+            "sample_dir": SAMPLES_DIR if settings.load_samples else None,
             "projects_dir": settings.projects_dir,
             "templates_dir": settings.templates_dir,
             "max_workers": settings.max_workers,
@@ -909,7 +915,7 @@ class OrchestrationEngine:
             overall = "healthy"
         return {
             "overall_status": overall,
-            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
+            "uptime_seconds": process_uptime(),
             "components": components,
             "error_counts": {name: c["error_count"] for name, c in components.items()},
             "issues": issues,
@@ -933,7 +939,7 @@ class OrchestrationEngine:
             # call slower as runs accumulated (found by the multi-round load test).
             runs_by_status: Counter[str] = Counter(self.store.count_runs())
             return {
-                "uptime_seconds": round(uptime, 3),
+                "uptime_seconds": process_uptime(),
                 "sessions_by_status": dict(Counter(s.status.value for s in self.list_sessions())),
                 "workflows_registered": len(self.workflow_manager.list_workflows()),
                 "runs_by_status": dict(runs_by_status),
