@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -80,9 +81,11 @@ def _common(parser: argparse.ArgumentParser, *, quiet_logs: bool = True) -> None
         help="log level on stderr (default warning for commands, CODOMYRMEX_LOG_LEVEL wins)",
     )
     parser.add_argument("--log-format", choices=["console", "json"])
-    parser.add_argument("--state-dir", help="state directory (default .workflows)")
-    parser.add_argument("--config-dir", help="workflow JSON directory (default config/workflows/production)")
-    parser.add_argument("--projects-dir", help="projects root (default projects)")
+    parser.add_argument("--state-dir", help="state directory (default DATA_DIR/.workflows; see `paths`)")
+    parser.add_argument(
+        "--config-dir", help="workflow JSON directory (default DATA_DIR/config/workflows/production)"
+    )
+    parser.add_argument("--projects-dir", help="projects root (default DATA_DIR/projects)")
     if quiet_logs:
         parser.set_defaults(default_log_level="warning")
 
@@ -247,23 +250,6 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.server.app import serve
 
-    if settings.transport != "stdio":
-        path = "/mcp" if settings.transport == "streamable-http" else "/sse"
-        url = f"http://{settings.host}:{settings.port}{path}"
-        auth = (
-            ' --header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"'
-            if settings.auth_token or settings.auth_token_file
-            else ""
-        )
-        transport = "http" if settings.transport == "streamable-http" else "sse"
-        print(
-            f"codomyrmex-orchestration: serving MCP ({settings.transport}) at {url}\n"
-            f"  point a client at it: claude mcp add --transport {transport} orchestration {url}{auth}\n"
-            f"  or list its tools: npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
-            " --method tools/list\n"
-            f"  health: curl http://{settings.host}:{settings.port}/healthz",
-            file=sys.stderr,
-        )
     try:
         return serve(settings)
     except OrchestrationError as exc:
@@ -283,6 +269,7 @@ _PARSERS: list[Callable[[Any], None]] = [
     _add_status_parser,
     _add_health_parser,
     _add_serve_parser,
+    lambda sub: add_paths_parser(sub, _common),
 ]
 
 
@@ -373,19 +360,21 @@ def _is_file_argument(value: str) -> bool:
 
 
 def _find_workflow(name: str, settings: Settings) -> dict[str, Any]:
-    """A workflow by name: from the config directory's files, then the store's registered ones."""
+    """A workflow by name: from the config directory's files, the samples, then the store's ones."""
+    from codomyrmex_orchestration.samples import SAMPLES_DIR
+
     known: list[str] = []
-    if settings.config_dir.is_dir():
-        for path in sorted(settings.config_dir.glob("*.json")):
-            try:
-                document = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            for item in document if isinstance(document, list) else [document]:
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    if item["name"] == name:
-                        return item
-                    known.append(item["name"])
+    folders = [settings.config_dir] + ([SAMPLES_DIR] if settings.load_samples else [])  # config wins
+    for path in [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.json"))]:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        for item in document if isinstance(document, list) else [document]:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                if item["name"] == name:
+                    return item
+                known.append(item["name"])
     with _read_store(settings) as store:
         if store is not None:
             for spec, _source in store.load_workflows():
@@ -927,6 +916,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": _cmd_status,
     "health": _cmd_health,
     "serve": _cmd_serve,
+    "paths": cmd_paths,
 }
 
 

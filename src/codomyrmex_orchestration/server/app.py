@@ -11,6 +11,7 @@ import json
 import os
 import select
 import signal
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -564,7 +566,9 @@ async def _serve_stdio(server: Server[Any]) -> None:
         stdin.close()
 
 
-async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+async def _serve_http(
+    app: ASGIApp, host: str, port: int, on_bound: Callable[[int], None] = lambda port: None
+) -> None:
     import threading
 
     import uvicorn
@@ -585,6 +589,11 @@ async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
             finally:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # exits the process if the port cannot be bound
+            if self.started:
+                on_bound(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
     # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
@@ -634,7 +643,19 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 auth_token=token,
                 allowed_hosts=settings.allowed_hosts,
             )
-            anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
+
+            def on_bound(
+                port: int,
+            ) -> None:  # the banner, once the port is ours (stderr: stdout may be a pipe)
+                code = policy.allow_code_execution
+                sys.stderr.write(
+                    http_banner(settings, port=port, auth=bool(token), code_execution=code) + "\n"
+                )
+                sys.stderr.flush()
+
+            anyio.run(
+                _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
+            )
     except KeyboardInterrupt:
         pass
     finally:
