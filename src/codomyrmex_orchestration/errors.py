@@ -109,6 +109,43 @@ class InvalidInputError(OrchestrationError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason}" if field else reason)
 
+    @classmethod
+    def from_validation(
+        cls, exc: Any, *, where: str = "", accepted: Iterable[str] | None = None
+    ) -> InvalidInputError:
+        """The one formatter of pydantic ``ValidationError``s: field paths, what was wrong, what is accepted.
+
+        Args:
+            exc: a ``pydantic.ValidationError`` (typed loosely: this module does not import pydantic).
+            where: a prefix for every field path (``"steps.0"``, ``"arguments"``), or "".
+            accepted: the field names accepted where an unknown one was given, listed in its message.
+
+        Returns:
+            An error whose ``field`` is the first problem's path and whose message lists the first five
+            problems, then how many more there were.
+        """
+        errors = list(exc.errors())
+        accepted_text = ", ".join(accepted) if accepted is not None else None
+        parts: list[str] = []
+        fields: list[str] = []
+        for err in errors[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            path = f"{where}.{loc}" if where and loc else (where or loc or "input")
+            fields.append(path)
+            kind = err.get("type", "")
+            if kind == "extra_forbidden":
+                tail = f" (accepted: {accepted_text})" if accepted_text else ""
+                parts.append(f"unknown field {path!r}{tail}")
+            elif kind == "missing":
+                parts.append(f"missing required field {path!r}")
+            else:
+                parts.append(f"{path}: {err.get('msg', 'invalid value')}")
+        if len(errors) > 5:
+            parts.append(f"and {len(errors) - 5} more")
+        error = InvalidInputError("", "; ".join(parts) or f"{where or 'input'} is invalid")
+        error.field = fields[0] if fields else (where or "input")
+        return error
+
 
 class DAGValidationError(InvalidInputError):
     """A workflow graph is invalid. ``problems`` lists every problem found, not only the first."""
