@@ -115,7 +115,7 @@ class Settings(BaseModel):
     retention_runs: int = Field(default=10_000, ge=1)
     retention_events: int = Field(default=100_000, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
-    #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
+    #: ``codomyrmex-orchestration[dask]``). See docs/ENGINE.md, "Scale-out with Dask".
     executor: Executor = "local"
     #: ``tcp://host:8786`` of a running Dask scheduler; ``None`` starts a LocalCluster on this machine.
     dask_scheduler: str | None = None
