@@ -178,23 +178,45 @@ def test_a_busy_port_fails_the_start_without_printing_a_banner(tmp_path: Path) -
 
 
 @pytest.mark.skipif(NPX is None, reason="npx (Node.js) is not installed")
-def test_the_banner_inspector_command_works_as_printed_when_a_token_is_set(tmp_path: Path) -> None:
+def test_the_banner_inspector_command_works_as_printed_with_a_token_and_runs_both_samples(
+    tmp_path: Path,
+) -> None:
     with _make_run(tmp_path, CODOMYRMEX_AUTH_TOKEN=TOKEN) as (_url, banner, _seconds):
         assert "auth:            on" in banner
         (command,) = re.findall(r"list the tools:\s+(.*)", banner)
         assert '--header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"' in command
         command = command.replace("npx @modelcontextprotocol/inspector ", f"npx -y {INSPECTOR} ", 1)
-        shell = shutil.which("bash") or "/bin/sh"
-        done = subprocess.run(
-            [shell, "-c", command],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=_env(tmp_path / "xdg", CODOMYRMEX_AUTH_TOKEN=TOKEN),
-            timeout=180,
-        )
+        listed = _shell(command, tmp_path)
+        # Both samples run to completed through the Inspector over HTTP (code execution is off).
+        runs = [
+            json.loads(
+                _shell(
+                    command.replace(
+                        "--method tools/list",
+                        f"--method tools/call --tool-name execute_workflow --tool-arg workflow_name={sample}",
+                    ),
+                    tmp_path,
+                )
+            )
+            for sample in ("fan_out_join", "service_report")
+        ]
+    assert '"execute_workflow"' in listed
+    assert [run["structuredContent"]["status"] for run in runs] == ["completed", "completed"]
+
+
+def _shell(command: str, tmp_path: Path) -> str:
+    """Run ``command`` as printed, in a shell that has the token exported; its stdout."""
+    shell = shutil.which("bash") or "/bin/sh"
+    done = subprocess.run(
+        [shell, "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path / "xdg", CODOMYRMEX_AUTH_TOKEN=TOKEN),
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
-    assert '"execute_workflow"' in done.stdout
+    return done.stdout
 
 
 def test_the_cli_paths_and_status_name_the_state_directory_the_server_uses(tmp_path: Path) -> None:
