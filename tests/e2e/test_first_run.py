@@ -32,7 +32,7 @@ pytestmark = pytest.mark.anyio
 SCRIPT = Path(sys.executable).parent / "codomyrmex-orchestration"
 NPX = shutil.which("npx")
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"  # the version tests/e2e/test_inspector.py pins
-TOKEN = "first-run-token"
+TOKEN = "first-run-token-of-some-length"
 NEEDS_CODE = '{"name": "needs_code", "steps": [{"name": "py", "module": "python", "action": "call",'
 NEEDS_CODE += ' "parameters": {"function": "platform:system"}}]}'
 
