@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,8 +101,10 @@ def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(tmp
         for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call):
             server.stdin.write(json.dumps(message).encode() + b"\n")
             server.stdin.flush()
-        replies = [json.loads(server.stdout.readline()) for _ in range(2)]
-        run_id = replies[1]["result"]["structuredContent"]["run_id"]
+        reply: dict[str, Any] = {}
+        while reply.get("id") != 2:  # notifications (e.g. resources/updated) may come first
+            reply = json.loads(server.stdout.readline())
+        run_id = reply["result"]["structuredContent"]["run_id"]
         _wait_until(lambda: log.exists() and bool(log.read_text().strip()), "the step never started")
         # The store writes behind (50 ms batches): the crash must come after the run is durable.
         _wait_until(lambda: _run_saved(tmp_path / "state" / "state.db", run_id), "the run was never saved")
