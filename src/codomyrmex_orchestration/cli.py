@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
@@ -80,9 +81,11 @@ def _common(parser: argparse.ArgumentParser, *, quiet_logs: bool = True) -> None
         help="log level on stderr (default warning for commands, CODOMYRMEX_LOG_LEVEL wins)",
     )
     parser.add_argument("--log-format", choices=["console", "json"])
-    parser.add_argument("--state-dir", help="state directory (default .workflows)")
-    parser.add_argument("--config-dir", help="workflow JSON directory (default config/workflows/production)")
-    parser.add_argument("--projects-dir", help="projects root (default projects)")
+    parser.add_argument("--state-dir", help="state directory (default DATA_DIR/.workflows; see `paths`)")
+    parser.add_argument(
+        "--config-dir", help="workflow JSON directory (default DATA_DIR/config/workflows/production)"
+    )
+    parser.add_argument("--projects-dir", help="projects root (default DATA_DIR/projects)")
     if quiet_logs:
         parser.set_defaults(default_log_level="warning")
 
@@ -247,23 +250,6 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.server.app import serve
 
-    if settings.transport != "stdio":
-        path = "/mcp" if settings.transport == "streamable-http" else "/sse"
-        url = f"http://{settings.host}:{settings.port}{path}"
-        auth = (
-            ' --header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"'
-            if settings.auth_token or settings.auth_token_file
-            else ""
-        )
-        transport = "http" if settings.transport == "streamable-http" else "sse"
-        print(
-            f"codomyrmex-orchestration: serving MCP ({settings.transport}) at {url}\n"
-            f"  point a client at it: claude mcp add --transport {transport} orchestration {url}{auth}\n"
-            f"  or list its tools: npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
-            " --method tools/list\n"
-            f"  health: curl http://{settings.host}:{settings.port}/healthz",
-            file=sys.stderr,
-        )
     try:
         return serve(settings)
     except OrchestrationError as exc:
@@ -283,6 +269,7 @@ _PARSERS: list[Callable[[Any], None]] = [
     _add_status_parser,
     _add_health_parser,
     _add_serve_parser,
+    lambda sub: add_paths_parser(sub, _common),
 ]
 
 
@@ -376,12 +363,13 @@ def _is_file_argument(value: str) -> bool:
 def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowManager]:
     """A WorkflowManager for finding and validating definitions, without running anything.
 
-    With ``registered`` it knows the config directory's workflows and the store's (opened for reading,
-    never recovered); without, none: it only validates. Nothing is created on disk either way.
+    With ``registered`` it knows the samples, the config directory's workflows and the store's (opened
+    for reading, never recovered); without, none: it only validates. Nothing is created on disk either way.
     """
     from codomyrmex_orchestration.core.actions import create_registry
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
     from codomyrmex_orchestration.core.workflows import WorkflowManager
+    from codomyrmex_orchestration.samples import SAMPLES_DIR
 
     registry = create_registry(allow_code_execution=settings.allow_shell is not False)
     orchestrator = TaskOrchestrator(1, registry=registry)
@@ -392,6 +380,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
                 registry=registry,
                 store=store,
                 config_dir=settings.config_dir if registered else None,
+                sample_dir=SAMPLES_DIR if registered and settings.load_samples else None,
                 max_steps=settings.max_steps,
             )
     finally:
@@ -905,6 +894,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": _cmd_status,
     "health": _cmd_health,
     "serve": _cmd_serve,
+    "paths": cmd_paths,
 }
 
 

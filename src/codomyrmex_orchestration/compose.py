@@ -19,6 +19,7 @@ from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import InvalidStateError
+from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 __all__ = [
     "build_engine",
@@ -51,6 +52,7 @@ ENGINE_SETTINGS = (
     "retention_events",
     "state_max_bytes",
     "max_parameters_bytes",
+    "load_samples",
     "executor",
     "dask_scheduler",
     "dask_n_workers",
@@ -82,6 +84,7 @@ def engine_arguments(settings: Settings) -> dict[str, Any]:
         "retention_events": settings.retention_events,
         "state_max_bytes": settings.state_max_bytes,
         "max_parameters_bytes": settings.max_parameters_bytes,
+        "sample_dir": SAMPLES_DIR if settings.load_samples else None,
     }
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.core._uptime import process_uptime
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
 
 __all__ = [
     "ComponentHealth",
@@ -200,7 +201,7 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
         overall = "healthy"
     return HealthReport(
         overall_status=overall,
-        uptime_seconds=round(time.monotonic() - engine.started_at, 3),
+        uptime_seconds=process_uptime(),
         components=components,
         error_counts={name: c.error_count for name, c in components.items()},
         issues=issues,
@@ -232,7 +233,7 @@ def build_metrics(engine: OrchestrationEngine) -> MetricsReport:
         completed = counts.step_events.get("completed", 0)
         resource_manager = engine.resource_manager
         return MetricsReport(
-            uptime_seconds=round(uptime, 3),
+            uptime_seconds=process_uptime(),  # the process's; throughput divides by the engine's
             sessions_by_status=dict(Counter(s.status.value for s in engine.sessions.list())),
             workflows_registered=len(engine.workflow_manager.list_workflows()),
             # Counted in the store: building up to retention_runs records per status call made each

@@ -123,6 +123,7 @@ class OrchestrationEngine:
     Args:
         state_dir: where ``state.db`` lives (durable mode).
         config_dir: workflow JSON loaded at start.
+        sample_dir: sample workflow JSON loaded before ``config_dir`` (``None``: none).
         projects_dir: root for projects.
         templates_dir: overrides for project and doc templates.
         max_workers: the scheduler's worker threads.
@@ -160,6 +161,7 @@ class OrchestrationEngine:
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
+        sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
@@ -231,6 +233,7 @@ class OrchestrationEngine:
             registry=self.registry,
             store=self.store,
             config_dir=config_dir,
+            sample_dir=sample_dir,
             max_steps=max_steps,
             max_subworkflow_depth=max_subworkflow_depth,
             max_subworkflow_runs=max_subworkflow_runs,

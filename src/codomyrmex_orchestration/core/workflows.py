@@ -53,6 +53,7 @@ from codomyrmex_orchestration.core.templating import (
     resolve,
 )
 from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
     AlreadyExistsError,
     InvalidInputError,
     InvalidStateError,
@@ -60,7 +61,9 @@ from codomyrmex_orchestration.errors import (
     OrchestrationError,
     RunNotFoundError,
     StepFailedError,
+    UnknownActionError,
     WorkflowNotFoundError,
+    WorkflowRefusedError,
 )
 
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
@@ -307,6 +310,8 @@ class WorkflowManager:
         registry: the action registry steps are validated against.
         store: where workflows and runs are kept (in memory when omitted).
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
+        sample_dir: directory of sample workflows loaded before ``config_dir`` (source ``"sample"``);
+            a config file or a stored workflow of the same name wins.
         max_steps: most steps a workflow may have.
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
         max_subworkflow_runs: most sub-workflow runs under one top-level run, all levels together.
@@ -321,6 +326,7 @@ class WorkflowManager:
         registry: ActionRegistry,
         store: StateStore | None = None,
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
+        sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -352,15 +358,21 @@ class WorkflowManager:
         self._plans: dict[str, _Plan] = {}
         self._listeners: list[RunListener] = []
         self.load_errors: list[tuple[str, str]] = []
+        # Loaded workflows that use an action this registry's policy refuses (e.g. python.call with code
+        # execution off): listed with the reason, refused by name at run time; not a fault of the server.
+        self._refused: dict[str, tuple[WorkflowSpec, str, str | None, WorkflowRefusedError]] = {}
+        if sample_dir is not None:
+            self.load_config_dir(sample_dir, source="sample")
         if self.config_dir is not None:
             self.load_config_dir(self.config_dir)
         for spec, source in self.store.load_workflows():
-            self._workflows[spec.name] = (spec, source, None)
+            self._add_loaded(spec, source, None)
 
     # ------------------------------------------------------------------ definitions
 
-    def load_config_dir(self, directory: Path) -> list[str]:
-        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``.
+    def load_config_dir(self, directory: Path, *, source: str = "config") -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``, workflows
+        using an action the policy refuses are listed as refused (see :meth:`refused_workflows`).
 
         Returns:
             The names of the workflows loaded.
@@ -374,10 +386,10 @@ class WorkflowManager:
                 items = document if isinstance(document, list) else [document]
                 for item in items:
                     spec = self._coerce_spec(item)
-                    self._check(spec)
-                    with self._define_lock, self._lock:
-                        self._workflows[spec.name] = (spec, "config", str(path))
-                        self._plans.pop(spec.name, None)
+                    if self._refusal(spec) is None:
+                        self._check(spec)
+                    with self._define_lock:
+                        self._add_loaded(spec, source, str(path))
                     loaded.append(spec.name)
             except (OSError, ValueError) as exc:
                 reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
@@ -386,6 +398,46 @@ class WorkflowManager:
                 self.load_errors.append((str(path), reason))
                 _log.warning("workflow config file rejected", path=str(path), reason=reason)
         return loaded
+
+    def _refusal(self, spec: WorkflowSpec) -> WorkflowRefusedError | None:
+        """Why the policy refuses ``spec`` (its first step whose action is refused), or None."""
+        seen: set[tuple[str, str]] = set()
+        for step in spec.steps:
+            if (step.module, step.action) in seen:
+                continue
+            seen.add((step.module, step.action))
+            try:
+                self.registry.get(step.module, step.action)
+            except ActionRefusedError as exc:
+                return WorkflowRefusedError(spec.name, step.name, exc)
+            except UnknownActionError:
+                continue  # reported by validation
+        return None
+
+    def _add_loaded(self, spec: WorkflowSpec, source: str, path: str | None) -> None:
+        refusal = self._refusal(spec)
+        with self._lock:
+            self._plans.pop(spec.name, None)
+            if refusal is None:
+                self._refused.pop(spec.name, None)
+                self._workflows[spec.name] = (spec, source, path)
+            else:
+                self._workflows.pop(spec.name, None)
+                self._refused[spec.name] = (spec, source, path, refusal)
+        if refusal is not None:
+            _log.info("workflow refused by policy", workflow=spec.name, reason=str(refusal))
+
+    def refused_workflows(self) -> dict[str, str]:
+        """Loaded workflows the policy refuses: name -> the reason (naming the setting that allows them)."""
+        with self._lock:
+            return {name: str(entry[3]) for name, entry in sorted(self._refused.items())}
+
+    def _missing(self, name: str) -> OrchestrationError:
+        """The error for a name that is not runnable: refused by policy, or not found (caller holds _lock)."""
+        refused = self._refused.get(name)
+        if refused is not None:
+            return refused[3]
+        return WorkflowNotFoundError(name, known=self._workflows)
 
     def _coerce_spec(
         self,
@@ -422,7 +474,7 @@ class WorkflowManager:
         with self._lock:
             entry = self._workflows.get(name)
             if entry is None:
-                raise WorkflowNotFoundError(name, known=self._workflows)
+                raise self._missing(name)
             plan = self._plans.get(name)
             if plan is not None and plan.spec is entry[0]:
                 return plan
@@ -471,6 +523,7 @@ class WorkflowManager:
                     raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
             self.store.save_workflow(workflow, source)
             with self._lock:
+                self._refused.pop(workflow.name, None)  # it passed this policy's checks
                 self._workflows[workflow.name] = (workflow, source, None)
                 self._plans[workflow.name] = plan
         self.store.flush()
@@ -485,19 +538,26 @@ class WorkflowManager:
         with self._lock:
             entry = self._workflows.get(name)
             if entry is None:
+                refused = self._refused.get(name)
+                if refused is not None:
+                    return refused[0]  # readable (get_workflow shows it); running it is refused
                 raise WorkflowNotFoundError(name, known=self._workflows)
             return entry[0]
 
     def workflow_source(self, name: str) -> str:
         with self._lock:
-            entry = self._workflows.get(name)
+            entry = self._workflows.get(name) or self._refused.get(name)
             if entry is None:
                 raise WorkflowNotFoundError(name, known=self._workflows)
             return entry[1]
 
     def list_workflows(self) -> list[WorkflowInfo]:
         with self._lock:
-            entries = sorted(self._workflows.values(), key=lambda e: e[0].name)
+            entries: list[tuple[WorkflowSpec, str, str | None, str | None]] = [
+                (*entry, None) for entry in self._workflows.values()
+            ]
+            entries += [(spec, source, path, str(why)) for spec, source, path, why in self._refused.values()]
+        entries.sort(key=lambda e: e[0].name)
         return [
             WorkflowInfo(
                 name=spec.name,
@@ -505,8 +565,9 @@ class WorkflowManager:
                 steps_count=len(spec.steps),
                 source=source,
                 path=path,
+                refused=refused,
             )
-            for spec, source, path in entries
+            for spec, source, path, refused in entries
         ]
 
     def delete_workflow(self, name: str) -> bool:
@@ -514,8 +575,10 @@ class WorkflowManager:
         with self._define_lock:
             with self._lock:
                 if name not in self._workflows:
-                    return False
-                del self._workflows[name]
+                    if self._refused.pop(name, None) is None:
+                        return False
+                else:
+                    del self._workflows[name]
                 self._plans.pop(name, None)
             self.store.delete_workflow(name)
         self.store.flush()
@@ -1176,6 +1239,7 @@ class WorkflowManager:
             "active_runs": len(active),
             "active_steps_by_status": steps,
             "load_errors": [{"path": p, "reason": r} for p, r in self.load_errors],
+            "refused_by_policy": self.refused_workflows(),
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:

@@ -9,6 +9,7 @@ import importlib.util
 import ipaddress
 import json
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
@@ -615,7 +617,9 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+async def _serve_http(
+    app: ASGIApp, host: str, port: int, on_bound: Callable[[int], None] = lambda port: None
+) -> None:
     import threading
 
     import uvicorn
@@ -636,6 +640,11 @@ async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
             finally:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # exits the process if the port cannot be bound
+            if self.started:
+                on_bound(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
     # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
@@ -695,8 +704,17 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 session_idle_timeout=settings.session_idle_timeout,
                 max_sessions=settings.max_sessions,
             )
-            _print_ui_link(settings, ui_access)
-            anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
+
+            def on_bound(port: int) -> None:  # the banner, only once the port is ours
+                code = policy.allow_code_execution
+                banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
+                sys.stderr.write(banner + "\n")
+                sys.stderr.flush()
+                _print_ui_link(settings.model_copy(update={"port": port}), ui_access)
+
+            anyio.run(
+                _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
+            )
     except KeyboardInterrupt:
         pass
     finally:

@@ -699,8 +699,9 @@ _TOOLS: tuple[_Tool, ...] = (
     _Tool(
         "list_workflows",
         "List workflows",
-        "List every registered workflow with its description, number of steps and source (config: "
-        "loaded from the config directory; api: created through this server). Example: {}",
+        "List every registered workflow with its description, number of steps and source (sample: shipped "
+        "with the server; config: loaded from the config directory; api: created through this server); "
+        "'refused' says why this server's policy will not run one, and which setting allows it. Example: {}",
         m.NoArgs,
         m.WorkflowListResult,
         _list_workflows,
