@@ -66,7 +66,9 @@ def readme_tools(tmp_path: Path) -> Iterator[OrchestrationMCPTools]:
 
     settings = Settings(data_dir=tmp_path / "data", durable=False)
     tools = OrchestrationMCPTools(
-        engine_factory=lambda policy: build_engine(settings, allow_code_execution=policy.allow_code_execution),
+        engine_factory=lambda policy: build_engine(
+            settings, allow_code_execution=policy.allow_code_execution
+        ),
         policy=ServerPolicy.for_transport("stdio", None),
     )
     yield tools
