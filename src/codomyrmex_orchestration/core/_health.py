@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from codomyrmex_orchestration.core._uptime import process_uptime
+
 if TYPE_CHECKING:
-    from codomyrmex_orchestration.core._uptime import process_uptime
-from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
 
 __all__ = [
     "ComponentHealth",
