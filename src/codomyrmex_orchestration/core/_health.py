@@ -115,6 +115,10 @@ class SystemStatus(_Report):
     throughput_steps_per_second: float
     interrupted_runs: list[str]
     state_dir: str
+    #: Bytes the state directory holds (run records, step results, spill files) and its budget
+    #: (``CODOMYRMEX_STATE_MAX_BYTES``); None where the store does not measure (in memory).
+    state_bytes_used: int | None = None
+    state_max_bytes: int | None = None
 
 
 # --------------------------------------------------------------------------- health
@@ -259,6 +263,7 @@ def build_status(engine: OrchestrationEngine) -> SystemStatus:
     metrics = build_metrics(engine)
     health = build_health(engine)
     workflows: dict[str, Any] = health.components["workflows"].details
+    store: dict[str, Any] = health.components["store"].details if "store" in health.components else {}
     return SystemStatus(
         overall_status=health.overall_status,
         uptime_seconds=health.uptime_seconds,
@@ -277,4 +282,6 @@ def build_status(engine: OrchestrationEngine) -> SystemStatus:
         throughput_steps_per_second=metrics.throughput_steps_per_second,
         interrupted_runs=list(engine.interrupted_runs),
         state_dir=str(engine.state_dir),
+        state_bytes_used=store.get("bytes_used"),
+        state_max_bytes=store.get("max_bytes"),
     )
