@@ -461,26 +461,30 @@ def _execute(
     from codomyrmex_orchestration._cli_owner import RunOwnership
 
     display = _make_display(args, steps)
-    record = start(display.on_step)
-    run_id = record.run_id
-    display.start(run_id, record.workflow_name)
-    owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
-    interrupted = threading.Event()
-    timed_out = False
-    try:
-        with owned, _cancel_on_sigint(engine, run_id, display, interrupted):
-            final = engine.workflow_manager.wait_run(run_id, args.timeout)
-            if not final.status.is_terminal:
-                timed_out = True
-                display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
-                final = _cancel_here(engine, run_id)
-    finally:
-        display.stop()
+    sigint = _Sigint(engine, display)
+    # The handler goes in before the run starts: a Ctrl-C while it starts cancels it once it has an id.
+    with sigint.installed():
+        record = start(display.on_step)
+        run_id = record.run_id
+        display.start(run_id, record.workflow_name)
+        sigint.started(run_id)
+        owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
+        timed_out = False
+        try:
+            with owned:
+                final = engine.workflow_manager.wait_run(run_id, args.timeout)
+                if not final.status.is_terminal:
+                    timed_out = True
+                    display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
+                    final = _cancel_here(engine, run_id)
+        finally:
+            display.stop()
+    interrupted = sigint.interrupted
     if args.json:
         _dump(final.model_dump(mode="json"))
     else:
-        _report(final, interrupted=interrupted.is_set(), timed_out=timed_out)
-    if interrupted.is_set():
+        _report(final, interrupted=interrupted, timed_out=timed_out)
+    if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if final.succeeded else EXIT_FAILED
 
@@ -492,27 +496,48 @@ def _cancel_here(engine: OrchestrationEngine, run_id: str) -> RunRecord:
         return engine.workflow_manager.get_run(run_id)
 
 
-@contextlib.contextmanager
-def _cancel_on_sigint(
-    engine: OrchestrationEngine, run_id: str, display: RunDisplay, interrupted: threading.Event
-) -> Iterator[None]:
+class _Sigint:
     """First SIGINT: cancel the run cleanly (the wait then returns the CANCELLED record). Second: quit.
 
-    ``cancel_run`` waits for the run to wind down, so it runs on a thread, not in the handler.
+    Python runs signal handlers on the main thread, between the main thread's own steps, so the handler
+    and :meth:`started` never interleave. ``cancel_run`` waits for the run to wind down, so it runs on a
+    thread, not in the handler.
     """
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-        display.note(f"interrupted: cancelling run {run_id} (Ctrl-C again to quit at once)")
-        threading.Thread(target=_cancel_here, args=(engine, run_id), name="cli-cancel", daemon=True).start()
+    def __init__(self, engine: OrchestrationEngine, display: RunDisplay) -> None:
+        self._engine = engine
+        self._display = display
+        self._run_id: str | None = None
+        self._cancelling = False
+        self.interrupted = False
 
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self._cancel()
+
+    def started(self, run_id: str) -> None:
+        self._run_id = run_id
+        if self.interrupted:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._run_id is None or self._cancelling:
+            return  # not started yet: started() cancels it
+        self._cancelling = True
+        self._display.note(f"interrupted: cancelling run {self._run_id} (Ctrl-C again to quit at once)")
+        threading.Thread(
+            target=_cancel_here, args=(self._engine, self._run_id), name="cli-cancel", daemon=True
+        ).start()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
