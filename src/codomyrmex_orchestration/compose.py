@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import create_backend
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.projects import ProjectManager
@@ -104,7 +105,11 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_resource_map=settings.dask_resource_map,
             dask_worker_saturation=settings.dask_worker_saturation,
         )
-    return OrchestrationEngine(**kwargs)
+    engine = OrchestrationEngine(**kwargs)
+    if settings.python_call_allow:
+        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
+        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    return engine
 
 
 # ---------------------------------------------------------------------- the process-wide engine

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
+from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
@@ -1257,21 +1258,7 @@ def apply_policy(registry: ActionRegistry, policy: ServerPolicy) -> None:
     """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
     defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
     ``python_call_allow`` for ``python.call``); a step cannot lift them."""
-    extras = policy.action_extras
-    if not extras:
-        return
-    for definition in registry.definitions():
-        guarded_kind = definition.network or definition.executes_code
-        if not guarded_kind or getattr(definition.func, "_policy_extras", None) == extras:
-            continue
-        original = definition.func
-
-        def guarded(params: dict[str, Any], ctx: Any, _original: Any = original) -> Any:
-            ctx.extras.update(extras)
-            return _original(params, ctx)
-
-        guarded._policy_extras = extras  # type: ignore[attr-defined]  # marks the wrapper: idempotent
-        registry.register(dataclasses.replace(definition, func=guarded), replace=True)
+    pin_extras(registry, policy.action_extras)
 
 
 def default_engine_factory(policy: ServerPolicy) -> OrchestrationEngine:
