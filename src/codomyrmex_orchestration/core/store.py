@@ -41,7 +41,15 @@ from ._store_codec import (
 from ._store_memory import MemoryStore
 from ._store_reads import StoreReader
 from ._store_retention import Retention
-from ._store_schema import SCHEMA_VERSION, inode, open_database, probe, rollback_quietly, sqlite_reason
+from ._store_schema import (
+    SCHEMA_VERSION,
+    inode,
+    open_database,
+    probe,
+    rollback_quietly,
+    sqlite_reason,
+    wal_limit_for,
+)
 from ._store_writer import CLOSE_TIMEOUT, DELETE, FLUSH_TIMEOUT, Batch, GroupCommitWriter
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
@@ -190,8 +198,9 @@ class SqliteStore:
             events=retention_events,
             max_bytes=max_bytes,
             spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
+            wal_reserve=wal_limit_for(max_bytes) if max_bytes is not None else 0,
         )
-        writer_conn, reader_conn = open_database(self.path)
+        writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
@@ -234,6 +243,16 @@ class SqliteStore:
         usage = self._retention.usage
         if usage.over and usage.max_bytes is not None:
             raise refuse_over_budget(usage.total, usage.max_bytes)
+
+    def make_room_for_spill(self, nbytes: int) -> bool:
+        """Before a step or task output of ``nbytes`` is spilled: delete the oldest task spill files
+        until it fits the byte budget. False when it still does not (the output limiter then writes no
+        file for a task; a run's finished runs are evicted at the writer's next pass)."""
+        return self._retention.make_room(nbytes)
+
+    def note_task_spill(self, path: Path, nbytes: int) -> None:
+        """A task's output (outside any run) was spilled to ``path``: it counts against the budget now."""
+        self._retention.note_task_spill(str(path), nbytes)
 
     # ------------------------------------------------------------------ writes (queued)
 
