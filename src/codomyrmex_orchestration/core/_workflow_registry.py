@@ -1,0 +1,272 @@
+"""The workflow definition registry: definitions' CRUD, config-dir loading, validation and versions.
+
+It owns the registered definitions (name -> current :class:`Definition`), the plans built from them, the
+load errors of config files, and each name's version counter. Every registration gets a version: a
+number that grows by one per name whenever the content changes, and the content's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from codomyrmex_orchestration.core._workflow_plan import Plan
+from codomyrmex_orchestration.core.actions import ActionRegistry
+from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.models import StepSpec, WorkflowInfo, WorkflowSpec
+from codomyrmex_orchestration.core.store import StateStore
+from codomyrmex_orchestration.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    LimitExceededError,
+    OrchestrationError,
+    WorkflowNotFoundError,
+)
+
+__all__ = ["Definition", "DefinitionRegistry", "digest_of"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+
+def _canonical(spec: WorkflowSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(spec: WorkflowSpec) -> str:
+    """The content hash of a definition: equal definitions hash equal, whatever their key order."""
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """One registered version of a workflow."""
+
+    spec: WorkflowSpec
+    source: str  # "config" | "api" | "project" | "file"
+    path: str | None
+    version: int
+    digest: str
+
+
+class DefinitionRegistry:
+    """Registered workflow definitions and their versions.
+
+    Args:
+        registry: the action registry steps are validated against.
+        store: where API-created definitions and every version are kept.
+        max_steps: most steps a workflow may have.
+    """
+
+    def __init__(self, *, registry: ActionRegistry, store: StateStore, max_steps: int) -> None:
+        self.registry = registry
+        self.store = store
+        self.max_steps = max_steps
+        self.load_errors: list[tuple[str, str]] = []
+        # Guards _entries, _plans and _latest. Held for dict operations only: the server reads
+        # definitions on its event loop, so nothing slow (validation, serialising) happens under it.
+        self._lock = threading.Lock()
+        # Orders the writers (create, delete, config loads) between them, so the store keeps what memory
+        # keeps and a create's existence check still holds when it writes.
+        self._define_lock = threading.Lock()
+        self._entries: dict[str, Definition] = {}
+        self._plans: dict[str, Plan] = {}  # name -> plan of the current version
+        self._latest: dict[str, tuple[int, str]] = {}  # name -> (highest version, its digest)
+
+    # ------------------------------------------------------------------ registering
+
+    def load_stored(self) -> None:
+        """Register the definitions the store kept (created through the API in earlier processes)."""
+        for spec, source in self.store.load_workflows():
+            with self._define_lock:
+                self._register(spec, source, None)
+
+    def load_config_dir(self, directory: Path) -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``.
+
+        Returns:
+            The names of the workflows loaded.
+        """
+        loaded: list[str] = []
+        if not directory.is_dir():
+            return loaded
+        for path in sorted(directory.glob("*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                items = document if isinstance(document, list) else [document]
+                for item in items:
+                    spec = self.coerce(item)
+                    self.check(spec)
+                    with self._define_lock:
+                        self._register(spec, "config", str(path))
+                    loaded.append(spec.name)
+            except (OSError, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
+                if isinstance(exc, ValidationError):
+                    reason = str(InvalidInputError.from_validation(exc))
+                self.load_errors.append((str(path), reason))
+                _log.warning("workflow config file rejected", path=str(path), reason=reason)
+        return loaded
+
+    def create(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        *,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        source: str = "api",
+    ) -> Definition:
+        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``)."""
+        workflow = self.coerce(spec, steps, description, parameters)
+        plan = self.check(workflow)
+        with self._define_lock:
+            with self._lock:
+                if workflow.name in self._entries and not overwrite:
+                    raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            self.store.save_workflow(workflow, source)
+            definition = self._register(workflow, source, None, plan)
+        self.store.flush()
+        return definition
+
+    def _register(
+        self, spec: WorkflowSpec, source: str, path: str | None, plan: Plan | None = None
+    ) -> Definition:
+        """Make ``spec`` the current definition of its name, under a new version if its content changed.
+
+        Called with ``_define_lock`` held.
+        """
+        digest = digest_of(spec)
+        with self._lock:
+            latest = self._latest.get(spec.name)
+        if latest is not None and latest[1] == digest:
+            version = latest[0]
+        else:
+            version = (latest[0] if latest is not None else 0) + 1
+        definition = Definition(spec, source, path, version, digest)
+        with self._lock:
+            self._entries[spec.name] = definition
+            self._latest[spec.name] = (version, digest)
+            if plan is not None:
+                plan.version, plan.digest = version, digest
+                self._plans[spec.name] = plan
+            else:
+                self._plans.pop(spec.name, None)
+        return definition
+
+    def delete(self, name: str) -> bool:
+        """Unregister ``name`` (its version counter goes on: a new definition gets a higher number)."""
+        with self._define_lock:
+            with self._lock:
+                if self._entries.pop(name, None) is None:
+                    return False
+                self._plans.pop(name, None)
+            self.store.delete_workflow(name)
+        self.store.flush()
+        return True
+
+    # ------------------------------------------------------------------ validating
+
+    def coerce(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> WorkflowSpec:
+        """A :class:`WorkflowSpec` from a spec, a JSON object, or a name with steps.
+
+        Raises:
+            InvalidInputError: malformed (the field is named).
+            LimitExceededError: more steps than ``max_steps``.
+        """
+        if isinstance(spec, WorkflowSpec):
+            return spec
+        if isinstance(spec, str):
+            document: dict[str, Any] = {"name": spec, "steps": list(steps or []), "description": description}
+            if parameters:
+                document["parameters"] = dict(parameters)
+        elif isinstance(spec, Mapping):
+            document = dict(spec)
+        else:
+            raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
+        if isinstance(document.get("steps"), list) and len(document["steps"]) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(document["steps"]), "the number of steps")
+        try:
+            return WorkflowSpec.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidInputError.from_validation(exc) from None
+
+    def check(self, spec: WorkflowSpec) -> Plan:
+        """Validate ``spec`` against the actions and as a graph.
+
+        Raises:
+            LimitExceededError: too many steps.
+            DAGValidationError: every graph problem at once.
+        """
+        if len(spec.steps) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
+        dag = WorkflowDAG.from_spec(spec, self.registry)
+        dag.validate()
+        return Plan(spec, dag)
+
+    # ------------------------------------------------------------------ reading
+
+    def entry(self, name: str) -> Definition:
+        """The current definition of ``name``.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+        """
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is None:
+                raise WorkflowNotFoundError(name, known=self._entries)
+            return definition
+
+    def plan(self, name: str) -> Plan:
+        """The plan of the current definition of ``name`` (built once per version)."""
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is None:
+                raise WorkflowNotFoundError(name, known=self._entries)
+            plan = self._plans.get(name)
+            if plan is not None and plan.spec is definition.spec:
+                return plan
+        plan = self.check(definition.spec)
+        plan.version, plan.digest = definition.version, definition.digest
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.spec is definition.spec:
+                self._plans[name] = plan
+        return plan
+
+    def infos(self) -> list[WorkflowInfo]:
+        with self._lock:
+            entries = sorted(self._entries.values(), key=lambda d: d.spec.name)
+        return [
+            WorkflowInfo(
+                name=d.spec.name,
+                description=d.spec.description,
+                steps_count=len(d.spec.steps),
+                source=d.source,
+                path=d.path,
+            )
+            for d in entries
+        ]
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """How many definitions are registered, in all and by source."""
+        with self._lock:
+            by_source: dict[str, int] = {}
+            for d in self._entries.values():
+                by_source[d.source] = by_source.get(d.source, 0) + 1
+            return len(self._entries), by_source
