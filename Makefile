@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
+.PHONY: venv browser lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+# The run view's browser tests drive Debian's chromium (Playwright's own browser download cannot work
+# offline); installed here when missing, as root (CI) or with sudo.
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+pytest: venv browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

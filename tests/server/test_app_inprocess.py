@@ -97,6 +97,7 @@ async def test_resources_list_the_collections_and_templates_even_without_an_engi
         "orchestration://workflows",
         "orchestration://runs",
         "orchestration://projects",
+        "ui://codomyrmex-orchestration/run-view.html",  # the run view (MCP App): needs no engine either
     }
     assert {t.uri_template for t in templates} == {
         "orchestration://workflows/{name}",

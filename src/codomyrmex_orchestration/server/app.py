@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import anyio
 import anyio.to_thread
 import mcp_types as types
+from mcp.server.apps import client_supports_apps
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.stdio import stdio_server
@@ -37,6 +38,7 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server import _ui
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -167,9 +169,17 @@ def build_server(
     the_tools = tools
     listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
+    ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
+    listed_with_ui = [
+        tool.model_copy(update={"meta": {**(tool.meta or {}), **ui_meta}})
+        if tool.name in _ui.UI_TOOLS
+        else tool
+        for tool in listed
+    ]
 
     async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=listed)
+        # Only a client that negotiated MCP Apps is pointed at the run view; results are the same for all.
+        return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -196,6 +206,15 @@ def build_server(
             )
             for kind in ("workflows", "runs", "projects")
         ]
+        resources.append(
+            types.Resource(
+                uri=_ui.UI_RESOURCE_URI,
+                name="run-view",
+                title="Run view",
+                description="The workflow run view (an MCP App): the DAG, each step coloured by status",
+                mime_type=_ui.APP_MIME_TYPE,
+            )
+        )
         try:
             infos = await core(lambda: the_tools.engine.workflow_manager.list_workflows())
         except Exception as exc:
@@ -237,6 +256,9 @@ def build_server(
 
     async def on_read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
+        if uri == _ui.UI_RESOURCE_URI:
+            contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
+            return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
             raise _resource_not_found(uri, f"unknown scheme; resources start with {URI_SCHEME}")
         kind, _, key = uri[len(URI_SCHEME) :].partition("/")
@@ -294,7 +316,7 @@ def build_server(
             messages=[types.PromptMessage(role="user", content=types.TextContent(text=text))],
         )
 
-    return Server(
+    server: Server[Any] = Server(
         SERVER_NAME,
         version=__version__,
         title="Codomyrmex orchestration",
@@ -311,6 +333,8 @@ def build_server(
         # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
+    server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
+    return server
 
 
 # --------------------------------------------------------------------------- HTTP: auth and rebinding
@@ -346,22 +370,30 @@ def transport_security(host: str, allowed_hosts: Sequence[str] = ()) -> Transpor
 class BearerAuthMiddleware:
     """Require ``Authorization: Bearer <token>`` on every HTTP route except ``open_paths``."""
 
-    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        open_paths: Sequence[str] = ("/healthz", "/ui/login"),
+        ui: _ui.UiAccess | None = None,
+    ) -> None:
         self.app = app
         self._token = token.encode()
         self._open = frozenset(open_paths)
+        self._ui = ui
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._open:
             await self.app(scope, receive, send)
             return
-        header = b""
-        for key, value in scope.get("headers", []):
-            if key == b"authorization":
-                header = value
-                break
-        scheme, _, presented = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self._token):
+        if self._ui is not None and _ui.ui_path(scope["path"]):
+            # a browser cannot send the header on a page load: the run view also takes its cookie
+            if self._ui.cookie_ok(scope) or self._bearer_ok(scope):
+                await self.app(scope, receive, send)
+            else:
+                await self._ui.login_page()(scope, receive, send)
+            return
+        if not self._bearer_ok(scope):
             response = JSONResponse(
                 {"error": "unauthorized", "error_description": "a valid bearer token is required"},
                 status_code=401,
@@ -371,6 +403,15 @@ class BearerAuthMiddleware:
             return
         await self.app(scope, receive, send)
 
+    def _bearer_ok(self, scope: Scope) -> bool:
+        header = b""
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                header = value
+                break
+        scheme, _, presented = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(presented.strip(), self._token)
+
 
 def build_http_app(
     server: Server[Any],
@@ -379,15 +420,21 @@ def build_http_app(
     host: str = "127.0.0.1",
     auth_token: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    tools: OrchestrationMCPTools | None = None,
+    ui_access: _ui.UiAccess | None = None,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
-    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set."""
+    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set. With ``tools``, the read-only
+    run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks)."""
     security = transport_security(host, allowed_hosts)
+    ui_access = ui_access or _ui.UiAccess(auth_token)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "server": SERVER_NAME, "version": __version__})
 
     routes: list[Route | Mount] = [Route("/healthz", endpoint=healthz, methods=["GET"])]
+    if tools is not None:
+        routes += _ui.ui_routes(tools, ui_access, security)
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None
     if transport == "sse":
         sse = SseServerTransport("/messages/", security_settings=security)
@@ -419,7 +466,7 @@ def build_http_app(
         raise InvalidInputError("transport", f"{transport!r} is not an HTTP transport (sse, streamable-http)")
     app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
     if auth_token:
-        app = BearerAuthMiddleware(app, auth_token)
+        app = BearerAuthMiddleware(app, auth_token, ui=ui_access if tools is not None else None)
     return app
 
 
@@ -627,13 +674,17 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
         if transport == "stdio":
             anyio.run(_serve_stdio, server, backend_options=_loop_options())
         else:
+            ui_access = _ui.UiAccess(token)
             app = build_http_app(
                 server,
                 transport=transport,
                 host=settings.host,
                 auth_token=token,
                 allowed_hosts=settings.allowed_hosts,
+                tools=tools,
+                ui_access=ui_access,
             )
+            _print_ui_link(settings, ui_access)
             anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
     except KeyboardInterrupt:
         pass
@@ -650,6 +701,19 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
     return 0
+
+
+def _print_ui_link(settings: Settings, access: _ui.UiAccess) -> None:
+    """Tell the person starting the server where the run view is (stderr: never the protocol)."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    link = f"http://{host}:{settings.port}/ui/"
+    if access.required:
+        code = access.one_time_code()
+        link = f"http://{host}:{settings.port}/ui/login?code={code}  (a one-time sign-in link)"
+    sys.stderr.write(f"run view: {link}\n")
+    sys.stderr.flush()
 
 
 def _url(settings: Settings) -> str:

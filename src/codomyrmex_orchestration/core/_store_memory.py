@@ -1,0 +1,301 @@
+"""The in-memory state store: every table a dict of JSON snapshots, one lock, nothing survives the process.
+
+It owns its runs (with a heap of finished ones for retention), workflows, sessions, projects,
+allocations and a bounded deque of events.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import json
+import threading
+import time
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._store_codec import (
+    ACTIVE_RUN,
+    DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_RUNS,
+    STEPS_JSON,
+    TERMINAL_RUN,
+    build_run,
+    check_retention,
+    dump_data,
+    dump_run,
+    dump_step,
+    event_dict,
+    interrupted,
+    status_of,
+)
+from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _MemRun:
+    seq: int
+    created: float
+    workflow_name: str
+    status: str
+    record: str
+    # The steps of the last save_run that had any, as one JSON object (see STEPS_JSON), and the
+    # others one by one (saved by save_step, or from an older batch): never the same step in both.
+    batch: bytes | None = None
+    batch_size: int = 0
+    steps: dict[str, str] = field(default_factory=dict)
+
+    def unbatch(self, keep_out: Container[str]) -> None:
+        """Move the batch's steps not in ``keep_out`` to ``steps`` (rare: a run saved step by step
+        after a batch, or saved again with steps)."""
+        if self.batch is not None:
+            for name, step in STEPS_JSON.validate_json(self.batch).items():
+                if name not in keep_out:
+                    self.steps[name] = dump_step(step)
+            self.batch, self.batch_size = None, 0
+
+
+class MemoryStore:
+    """An in-memory :class:`EngineStateStore`: thread-safe, bounded by the same retention limits.
+
+    Records are kept as JSON snapshots, as the SQLite store keeps them, so mutating an object after
+    saving it does not change what was saved. Nothing survives the process.
+    """
+
+    durable = False
+
+    def __init__(
+        self,
+        *,
+        retention_runs: int = DEFAULT_RETENTION_RUNS,
+        retention_events: int = DEFAULT_RETENTION_EVENTS,
+    ) -> None:
+        check_retention(retention_runs, retention_events)
+        self.retention_runs = retention_runs
+        self.retention_events = retention_events
+        # Guards every table below; held for dict operations only, never across I/O or decoding.
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._event_ids = itertools.count(1)
+        self._workflows: dict[str, tuple[str, str]] = {}
+        self._runs: dict[str, _MemRun] = {}
+        # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
+        # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
+        self._finished: list[tuple[float, int, str]] = []
+        self._sessions: dict[str, str] = {}
+        self._projects: dict[str, str] = {}
+        self._allocations: dict[str, str] = {}
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retention_events)
+        self._closed = False
+
+    # workflows
+    def save_workflow(self, spec: WorkflowSpec, source: str) -> None:
+        raw = spec.model_dump_json()
+        with self._lock:
+            self._workflows[spec.name] = (raw, source)
+
+    def delete_workflow(self, name: str) -> None:
+        with self._lock:
+            self._workflows.pop(name, None)
+
+    def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
+        with self._lock:
+            items = list(self._workflows.values())
+        return [(WorkflowSpec.model_validate_json(raw), source) for raw, source in items]
+
+    # runs
+    def save_run(self, record: RunRecord) -> None:
+        raw = dump_run(record)
+        # A non-JSON step output is stored as its repr, as dump_step does.
+        batch = STEPS_JSON.dump_json(record.steps, fallback=repr) if record.steps else None
+        with self._lock:
+            run = self._runs.get(record.run_id)
+            if run is None:
+                run = _MemRun(next(self._seq), record.created_at.timestamp(), record.workflow_name, "", "")
+                self._runs[record.run_id] = run
+            run.status = record.status.value
+            run.workflow_name = record.workflow_name
+            run.record = raw
+            if batch is not None:
+                run.unbatch(record.steps)
+                if run.steps:
+                    for name in record.steps:
+                        run.steps.pop(name, None)
+                run.batch, run.batch_size = batch, len(record.steps)
+            if run.status in TERMINAL_RUN:
+                heapq.heappush(self._finished, (run.created, run.seq, record.run_id))
+            if len(self._runs) > self.retention_runs:
+                self._trim_runs()
+
+    def save_step(self, run_id: str, step: StepResult) -> None:
+        raw = dump_step(step)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:  # steps of an unknown (or trimmed) run are ignored, as in SqliteStore
+                run.unbatch(())
+                run.steps[step.name] = raw
+
+    def _trim_runs(self) -> None:
+        # A heap rather than sorting every run on each save: past retention, every new run trims one.
+        excess = len(self._runs) - self.retention_runs
+        finished = self._finished
+        while excess > 0 and finished:
+            _, seq, run_id = heapq.heappop(finished)
+            run = self._runs.get(run_id)
+            if run is not None and run.seq == seq and run.status in TERMINAL_RUN:
+                del self._runs[run_id]
+                excess -= 1
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return None
+            raw, batch, steps = run.record, run.batch, list(run.steps.values())
+        return build_run(raw, steps, batch)
+
+    def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        wanted = WorkflowStatus(status).value if status is not None else None
+        with self._lock:
+            runs = [
+                r
+                for r in self._runs.values()
+                if (workflow_name is None or r.workflow_name == workflow_name)
+                and (wanted is None or r.status == wanted)
+            ]
+            runs.sort(key=lambda r: (r.created, r.seq), reverse=True)
+            picked = [(r.record, list(r.steps.values()), r.batch) for r in runs[: max(0, limit)]]
+        return [build_run(raw, steps, batch) for raw, steps, batch in picked]
+
+    def count_runs(self) -> dict[str, int]:
+        """Stored runs by status value, without building a record."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for run in self._runs.values():
+                counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
+
+    def recover(self) -> list[str]:
+        """Mark every PENDING or RUNNING run INTERRUPTED; return their ids, oldest first."""
+        with self._lock:
+            found = sorted(
+                ((r.created, r.seq, rid, r) for rid, r in self._runs.items() if r.status in ACTIVE_RUN),
+                key=lambda item: (item[0], item[1]),
+            )
+            for created, seq, rid, run in found:
+                run.status = WorkflowStatus.INTERRUPTED.value
+                run.record = interrupted(run.record)
+                heapq.heappush(self._finished, (created, seq, rid))
+        return [rid for _, _, rid, _ in found]
+
+    # sessions, projects, allocations
+    def save_session(self, session_id: str, data: Mapping[str, Any]) -> None:
+        raw = dump_data(data)
+        with self._lock:
+            self._sessions[session_id] = raw
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            raw = self._sessions.get(session_id)
+        return None if raw is None else dict(json.loads(raw))
+
+    def list_sessions(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._sessions.values())
+        decoded = [dict(json.loads(raw)) for raw in items]
+        return [d for d in decoded if status is None or status_of(d) == status]
+
+    def delete_session(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def save_project(self, name: str, data: Mapping[str, Any]) -> None:
+        raw = dump_data(data)
+        with self._lock:
+            self._projects[name] = raw
+
+    def get_project(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            raw = self._projects.get(name)
+        return None if raw is None else dict(json.loads(raw))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        with self._lock:
+            items = [self._projects[k] for k in sorted(self._projects)]
+        return [dict(json.loads(raw)) for raw in items]
+
+    def delete_project(self, name: str) -> None:
+        with self._lock:
+            self._projects.pop(name, None)
+
+    def save_allocation(self, allocation_id: str, data: Mapping[str, Any]) -> None:
+        raw = dump_data(data)
+        with self._lock:
+            self._allocations[allocation_id] = raw
+
+    def delete_allocation(self, allocation_id: str) -> None:
+        with self._lock:
+            self._allocations.pop(allocation_id, None)
+
+    def list_allocations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._allocations.values())
+        return [dict(json.loads(raw)) for raw in items]
+
+    # events
+    def append_event(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
+        raw = dump_data(payload or {})
+        with self._lock:
+            self._events.append({"id": next(self._event_ids), "ts": time.time(), "type": type, "raw": raw})
+
+    def list_events(self, limit: int = 100, type: str | None = None) -> list[dict[str, Any]]:
+        """The most recent ``limit`` events (of ``type`` if given), newest first."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for event in reversed(self._events):
+                if len(out) >= limit:
+                    break
+                if type is None or event["type"] == type:
+                    out.append(event)
+        return [event_dict(e["id"], e["ts"], e["type"], e["raw"]) for e in out]
+
+    # lifecycle
+    def write_mark(self) -> int:
+        return 0
+
+    def flush(self, *, upto: int | None = None, wait: bool = True) -> None:
+        """Nothing to flush: every save is visible as soon as it returns."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "reason": "in memory", "kind": "memory", "path": None, "last_error": None}
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "kind": "memory",
+                "path": None,
+                "rows": {
+                    "workflows": len(self._workflows),
+                    "runs": len(self._runs),
+                    "steps": sum(r.batch_size + len(r.steps) for r in self._runs.values()),
+                    "sessions": len(self._sessions),
+                    "projects": len(self._projects),
+                    "allocations": len(self._allocations),
+                    "events": len(self._events),
+                },
+                "file_bytes": 0,
+                "pending_writes": 0,
+            }

@@ -1,0 +1,146 @@
+"""The SQLite store's reads: every query that builds records, rows or counts from the committed file.
+
+It owns the reader connection and the lock that serialises its use; before each read it lets the
+writer commit what is pending (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import StateStoreError
+from ._store_codec import build_run, event_dict
+from ._store_schema import close_quietly, sqlite_reason
+from .models import RunRecord, WorkflowSpec, WorkflowStatus
+
+__all__ = ["StoreReader"]
+
+#: Tables whose row counts stats() reports.
+TABLES = ("workflows", "runs", "steps", "sessions", "projects", "allocations", "events")
+
+
+class StoreReader:
+    """Queries on the reader connection.
+
+    Args:
+        conn: the ``query_only`` connection (the reader owns it from now on and closes it).
+        path: the database file, for messages.
+        sync: called before each read; returns once what was written before is committed.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str, sync: Callable[[], None]) -> None:
+        self.path = path
+        self._sync = sync
+        self._conn = conn
+        self._lock = threading.Lock()  # guards _conn: one read at a time on it
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        self._sync()
+        try:
+            with self._lock:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StateStoreError(self.path, f"read failed: {sqlite_reason(exc)}") from exc
+
+    def probe_token(self) -> str | None:
+        """The probe row's token as committed (no sync: health() wrote it through the writer)."""
+        with self._lock:
+            row = self._conn.execute("SELECT token FROM probe WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
+        rows = self.read("SELECT spec, source FROM workflows ORDER BY created_at, name")
+        return [(WorkflowSpec.model_validate_json(spec), source) for spec, source in rows]
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            return None
+        steps = self.read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return build_run(rows[0][0], (s for (s,) in steps))
+
+    def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        where, params = [], []
+        if workflow_name is not None:
+            where.append("workflow_name = ?")
+            params.append(workflow_name)
+        if status is not None:
+            where.append("status = ?")
+            params.append(WorkflowStatus(status).value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.read(
+            f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*params, max(0, limit)),
+        )
+        if not rows:
+            return []
+        steps: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
+        for chunk in _chunks(list(steps), 500):
+            marks = ",".join("?" * len(chunk))
+            for run_id, result in self.read(
+                f"SELECT run_id, result FROM steps WHERE run_id IN ({marks}) ORDER BY rowid", chunk
+            ):
+                steps[run_id].append(result)
+        return [build_run(record, steps[run_id]) for run_id, record in rows]
+
+    def count_runs(self) -> dict[str, int]:
+        rows = self.read("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        return {str(status): int(n) for status, n in rows}
+
+    def count_rows(self) -> dict[str, int]:
+        return {table: int(self.read(f"SELECT count(*) FROM {table}")[0][0]) for table in TABLES}
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        rows = self.read("SELECT data FROM sessions WHERE id = ?", (session_id,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def list_sessions(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        if status is None:
+            rows = self.read("SELECT data FROM sessions ORDER BY created_at, rowid")
+        else:
+            rows = self.read(
+                "SELECT data FROM sessions WHERE status = ? ORDER BY created_at, rowid", (status,)
+            )
+        return [dict(json.loads(data)) for (data,) in rows]
+
+    def get_project(self, name: str) -> dict[str, Any] | None:
+        rows = self.read("SELECT data FROM projects WHERE name = ?", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return [dict(json.loads(data)) for (data,) in self.read("SELECT data FROM projects ORDER BY name")]
+
+    def list_allocations(self) -> list[dict[str, Any]]:
+        rows = self.read("SELECT data FROM allocations ORDER BY created_at, rowid")
+        return [dict(json.loads(data)) for (data,) in rows]
+
+    def list_events(self, limit: int = 100, type: str | None = None) -> list[dict[str, Any]]:
+        if type is None:
+            rows = self.read(
+                "SELECT id, ts, type, payload FROM events ORDER BY id DESC LIMIT ?", (max(0, limit),)
+            )
+        else:
+            rows = self.read(
+                "SELECT id, ts, type, payload FROM events WHERE type = ? ORDER BY id DESC LIMIT ?",
+                (type, max(0, limit)),
+            )
+        return [event_dict(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            close_quietly(self._conn)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

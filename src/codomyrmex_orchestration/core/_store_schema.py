@@ -1,0 +1,235 @@
+"""The SQLite file's schema: the numbered migrations, opening and checking the file, and SQLite helpers.
+
+No state of its own: it opens the two connections a store owns (writer, reader) on a migrated file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import StateStoreError
+from ..logs import get_logger
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "open_database"]
+
+_BUSY_TIMEOUT_MS = 5_000
+
+_log = get_logger("codomyrmex_orchestration.store")
+
+# Ordered migrations; migration i (1-based) brings PRAGMA user_version from i-1 to i. Never edit one
+# that has shipped: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE workflows (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        session_id TEXT,
+        parent_run_id TEXT
+    );
+    CREATE INDEX runs_by_created ON runs (created_at);
+    CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at);
+    CREATE INDEX runs_by_status ON runs (status, created_at);
+    CREATE TABLE steps (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE projects (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE allocations (
+        id TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX events_by_type ON events (type, id);
+    CREATE TABLE probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        token TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    """,
+)
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def open_database(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """Create ``path``'s directory if needed, open (or create) the file in WAL mode, migrate it to
+    :data:`SCHEMA_VERSION` and check it can be written.
+
+    Returns:
+        ``(writer, reader)``: the connection for writes and a ``query_only`` one for reads.
+
+    Raises:
+        StateStoreError: the directory cannot be created or written, the file is not a database
+            (corrupt), or its schema is newer than this program.
+    """
+    where = str(path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        reason = (
+            f"{blocker} is a file, not a directory"
+            if blocker is not None and not blocker.is_dir()
+            else os_reason(exc)
+        )
+        raise StateStoreError(where, f"cannot create the state directory {parent}: {reason}") from exc
+    if not parent.is_dir():
+        raise StateStoreError(where, f"{parent} exists but is not a directory")
+    if path.exists() and not path.is_file():
+        raise StateStoreError(where, "exists but is not a regular file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StateStoreError(where, f"the state directory {parent} is not writable")
+    writer: sqlite3.Connection | None = None
+    reader: sqlite3.Connection | None = None
+    try:
+        writer = _connect(path)
+        mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            _log.warning("state_store_not_wal", path=where, journal_mode=mode)
+        writer.execute("PRAGMA synchronous=NORMAL")
+        _migrate(writer, path)
+        probe(writer)  # fails now, with the path, if the file cannot be written
+        reader = _connect(path)
+        reader.execute("PRAGMA query_only=ON")
+        reader.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+    except StateStoreError:
+        close_quietly(writer, reader)
+        raise
+    except sqlite3.Error as exc:
+        close_quietly(writer, reader)
+        raise StateStoreError(where, sqlite_reason(exc)) from exc
+    return writer, reader
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False: the writer
+    # connection is opened here and used by the writer thread, the reader is guarded by a lock.
+    conn = sqlite3.connect(
+        str(path),
+        timeout=_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StateStoreError(
+            str(path),
+            f"schema version {version} is newer than this program supports ({SCHEMA_VERSION}); "
+            "use a newer codomyrmex-orchestration or another state directory",
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _log.info("state_store_migrated", path=str(path), schema_version=number)
+
+
+def probe(conn: sqlite3.Connection) -> str:
+    """Write a fresh token to the probe row and read it back, inside one transaction."""
+    token = uuid.uuid4().hex
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO probe (id, token, ts) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET token = excluded.token, ts = excluded.ts",
+            (token, time.time()),
+        )
+        row = conn.execute("SELECT token FROM probe WHERE id = 1").fetchone()
+        if row is None or row[0] != token:
+            raise sqlite3.DatabaseError("the probe row just written could not be read back")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    return token
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def inode(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode), or None if it is gone: tells a replaced file from the one opened."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def sqlite_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        return f"{text} (the file is corrupt or is not an SQLite database; move it away to start afresh)"
+    return text
+
+
+def os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # the original error is the one worth reporting
+
+
+def close_quietly(*conns: sqlite3.Connection | None) -> None:
+    for conn in conns:
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass  # closing after a failure; the failure is already reported

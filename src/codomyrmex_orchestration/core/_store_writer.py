@@ -1,0 +1,412 @@
+"""The SQLite store's group-commit writer: the queue of pending writes, the thread that commits them in
+batches, and the flushes that commit them now on the caller's thread.
+
+It owns the pending batch, the queued calls, the write counters (enqueued, committed, dropped), the
+writer failure, the writer connection and its thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from ..errors import StateStoreError
+from ..logs import get_logger
+from ._store_retention import Retention
+from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
+
+__all__ = ["DELETE", "Batch", "GroupCommitWriter"]
+
+#: A batch this large is committed at once instead of waiting for the flush interval.
+_MAX_BATCH = 2_000
+FLUSH_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 30.0
+
+DELETE = None  # marks a key deleted in a pending batch
+
+_log = get_logger("codomyrmex_orchestration.store")
+_T = TypeVar("_T")
+
+_SQL_UPSERT_RUN = """
+INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at, session_id, parent_run_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id) DO UPDATE SET
+    workflow_name = excluded.workflow_name, status = excluded.status, record = excluded.record,
+    updated_at = excluded.updated_at, session_id = excluded.session_id,
+    parent_run_id = excluded.parent_run_id
+"""
+# Steps of a run that does not exist (never saved, or trimmed by retention) are dropped instead of
+# failing the whole batch on the foreign key.
+_SQL_UPSERT_STEP = """
+INSERT INTO steps (run_id, name, status, result, updated_at)
+SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)
+ON CONFLICT (run_id, name) DO UPDATE SET
+    status = excluded.status, result = excluded.result, updated_at = excluded.updated_at
+"""
+
+
+@dataclass
+class Batch:
+    """Writes enqueued since the last commit; repeated saves of one key coalesce (last one wins)."""
+
+    workflows: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    steps: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    sessions: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    projects: dict[str, str | None] = field(default_factory=dict)
+    allocations: dict[str, str | None] = field(default_factory=dict)
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass
+class _Call:
+    """A function the writer runs on its connection after committing what was enqueued before it."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """A consistent snapshot of the writer's counters, for health() and stats()."""
+
+    pending: int
+    dropped: int
+    batches: int
+    failure: str | None
+    closed: bool
+
+
+class GroupCommitWriter:
+    """Queues writes and commits them in batches on one thread (or on a flushing caller's thread).
+
+    Args:
+        conn: the writer connection (the writer owns it from now on and closes it).
+        path: the database file, for messages.
+        retention: run after commits, on the committing thread.
+        flush_interval: seconds the writer waits to gather a batch before committing it.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, retention: Retention, *, flush_interval: float
+    ) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self._retention = retention
+        self._conn = conn
+
+        # Guards everything below down to _retention_due; held for a few dict operations, never I/O.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the writer thread waits here for work
+        self._done = threading.Condition(self._lock)  # flushers wait here for _committed to advance
+        self._pending = Batch()
+        self._calls: list[_Call] = []
+        self._enqueued = 0  # writes enqueued so far
+        self._committed = 0  # writes committed (or dropped with a failed batch) so far
+        self._flush_wanted = False
+        self._writer_idle = False  # the writer waits for work (not for its flush interval to pass)
+        self._closing = False
+        self._closed = False
+        self._failure: str | None = None
+        self._dropped = 0
+        self._batches = 0
+        self._retention_due = False  # a flush asked for a retention pass
+
+        # Held by whoever takes a batch from _pending and commits it (the writer, or a thread in
+        # flush()), until _committed is updated: batches commit in order, one thread uses the writer
+        # connection at a time. Lock order: _commit_lock, then _lock.
+        self._commit_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="state-store-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ enqueueing
+
+    def enqueue(self, put: Callable[[Batch], None]) -> None:
+        """Apply ``put`` to the pending batch; never raises (a write after a failure is counted lost)."""
+        with self._lock:
+            if self._failure is not None or self._closing:
+                # Never raise into the worker that recorded a transition; the loss is counted and
+                # reported by health() / stats() (and flush() raises while the writer is failed).
+                self._dropped += 1
+                return
+            was_empty = self._pending.size == 0
+            put(self._pending)
+            self._pending.size += 1
+            self._enqueued += 1
+            # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back
+            # by itself, and waking it for each write would cost a thread switch per write.
+            if (was_empty and self._writer_idle) or self._pending.size >= _MAX_BATCH:
+                self._writer_idle = False  # one wake-up is enough
+                self._work.notify()
+
+    # ------------------------------------------------------------------ flushing
+
+    def write_mark(self) -> int:
+        return self._enqueued
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT, *, upto: int | None = None, wait: bool = True) -> None:
+        """See :meth:`SqliteStore.flush`."""
+        if upto is not None and self._committed >= upto and self._failure is None:
+            return  # committed already: the usual case when a step starts after its parents
+        with self._lock:
+            target = self._enqueued if upto is None else upto
+            pending = self._committed < target and self._failure is None
+        # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush then
+        # costs one commit and no thread handoffs. If another thread is mid-commit, our writes are
+        # often in its batch; without ``wait`` they are left to the next commit.
+        if pending and (
+            self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
+        ):
+            try:
+                self._commit_pending(target)
+            finally:
+                self._commit_lock.release()
+        if not wait:
+            return
+        with self._lock:
+            if self._committed < target and self._failure is None:
+                self._flush_wanted = True
+                self._retention_due = True
+                self._work.notify()
+                deadline = time.monotonic() + timeout
+                while self._committed < target and self._failure is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise StateStoreError(
+                            self.path, f"the writer did not commit within {timeout:g} s (flush)"
+                        )
+                    self._done.wait(remaining)
+            if self._failure is not None:
+                raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
+
+    def _commit_pending(self, target: int) -> None:
+        """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
+        with self._lock:
+            mine = self._committed < target and self._failure is None and not self._closed
+            if mine:
+                batch, self._pending = self._pending, Batch()
+                batch_target = self._enqueued
+        if mine:
+            self._commit_taken(batch, batch_target, [], forced_retention=True)
+
+    def sync_for_read(self) -> None:
+        """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""
+        with self._lock:
+            if self._closed:
+                raise StateStoreError(self.path, "the store is closed")
+            if self._committed >= self._enqueued or self._failure is not None:
+                return
+        try:
+            self.flush()
+        except StateStoreError:
+            # A failed writer is reported by health() and flush(); reads serve what was committed.
+            return
+
+    def call(self, fn: Callable[[sqlite3.Connection], _T], timeout: float = FLUSH_TIMEOUT) -> _T:
+        """Run ``fn`` on the writer connection, after what was enqueued before it is committed."""
+        call = _Call(fn)
+        with self._lock:
+            if self._closed or self._closing:
+                raise StateStoreError(self.path, "the store is closed")
+            if self._failure is not None:
+                raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
+            self._calls.append(call)
+            self._work.notify()
+        if not call.done.wait(timeout):
+            raise StateStoreError(self.path, f"the writer did not answer within {timeout:g} s")
+        if call.error is not None:
+            raise StateStoreError(self.path, sqlite_reason(call.error)) from call.error
+        return cast(_T, call.result)
+
+    def state(self) -> WriterState:
+        with self._lock:
+            return WriterState(
+                pending=self._enqueued - self._committed,
+                dropped=self._dropped,
+                batches=self._batches,
+                failure=self._failure,
+                closed=self._closed or self._closing,
+            )
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the writer must record why it stopped, whatever it was
+            self._fail(f"writer thread crashed: {type(exc).__name__}: {exc}")
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._pending.size == 0 and not self._calls and not self._closing:
+                    self._writer_idle = True
+                    while self._writer_idle and not (self._calls or self._flush_wanted or self._closing):
+                        self._work.wait()
+                    self._writer_idle = False
+                # Woken for work: wait out the flush interval even if a flush() on another thread has
+                # committed that work meanwhile (it usually has, in a chain of steps). Going idle again
+                # at once would have the next write wake this thread again: one wake-up per step.
+                deadline = time.monotonic() + self.flush_interval
+                while not (
+                    self._flush_wanted or self._calls or self._closing or self._pending.size >= _MAX_BATCH
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._work.wait(remaining)
+                if self._failure is not None:  # a commit in flush() failed: nothing more is written
+                    return
+            with self._commit_lock:
+                with self._lock:
+                    batch, self._pending = self._pending, Batch()
+                    calls, self._calls = self._calls, []
+                    target = self._enqueued
+                    self._flush_wanted = False
+                    closing = self._closing
+                    retention_forced = self._retention_due
+                    self._retention_due = False
+                if not self._commit_taken(batch, target, calls, forced_retention=retention_forced or closing):
+                    return
+                for call in calls:
+                    try:
+                        call.result = call.fn(self._conn)
+                    except BaseException as exc:  # handed to the caller, who raises StateStoreError
+                        call.error = exc
+                    call.done.set()
+            if closing:
+                with self._lock:
+                    if self._pending.size == 0 and not self._calls:
+                        return
+
+    def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, forced_retention: bool) -> bool:
+        """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
+        if batch.size:
+            try:
+                self._commit(batch)
+            except sqlite3.Error as exc:
+                self._fail(f"commit of {batch.size} writes failed: {sqlite_reason(exc)}", dropped=batch.size)
+                _fail_calls(calls, exc)
+                return False
+            self._batches += 1
+        self._retention.maybe_run(self._conn, forced=forced_retention)
+        with self._lock:
+            self._committed = target
+            self._done.notify_all()
+        return True
+
+    def _commit(self, batch: Batch) -> None:
+        conn = self._conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name, wf in batch.workflows.items():
+                if wf is None:
+                    conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
+                else:
+                    conn.execute(
+                        "INSERT INTO workflows (name, spec, source, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                        "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
+                        (name, wf[0], wf[1], now, now),
+                    )
+            if batch.runs:
+                conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
+            if batch.steps:
+                conn.executemany(_SQL_UPSERT_STEP, batch.steps.values())
+            for sid, session in batch.sessions.items():
+                if session is None:
+                    conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+                else:
+                    conn.execute(
+                        "INSERT INTO sessions (id, data, status, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
+                        "status = excluded.status, updated_at = excluded.updated_at",
+                        (sid, session[0], session[1], now, now),
+                    )
+            for pname, pdata in batch.projects.items():
+                if pdata is None:
+                    conn.execute("DELETE FROM projects WHERE name = ?", (pname,))
+                else:
+                    conn.execute(
+                        "INSERT INTO projects (name, data, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
+                        "updated_at = excluded.updated_at",
+                        (pname, pdata, now, now),
+                    )
+            for aid, adata in batch.allocations.items():
+                if adata is None:
+                    conn.execute("DELETE FROM allocations WHERE id = ?", (aid,))
+                else:
+                    conn.execute(
+                        "INSERT INTO allocations (id, data, created_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                        (aid, adata, now),
+                    )
+            if batch.events:
+                conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+        if batch.runs or batch.events:
+            self._retention.note_added()
+
+    def _fail(self, reason: str, *, dropped: int = 0) -> None:
+        _log.error("state_store_writer_failed", path=self.path, reason=reason)
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+            self._dropped += dropped + self._pending.size
+            self._pending = Batch()
+            self._committed = self._enqueued  # nothing is pending any more: it was all dropped
+            calls, self._calls = self._calls, []
+            self._done.notify_all()
+        _fail_calls(calls, StateStoreError(self.path, reason))
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Commit what is pending, stop the thread (bounded wait) and close the connection.
+
+        Returns:
+            False if it was closed already, else True.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            self._closing = True
+            self._work.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.error("state_store_writer_stuck", path=self.path, timeout=timeout)
+        with self._lock:
+            self._closed = True
+            self._done.notify_all()
+            lost = self._enqueued - self._committed
+        if self._failure is not None or lost:
+            _log.error("state_store_closed_with_loss", path=self.path, lost=lost, reason=self._failure)
+        if not self._thread.is_alive():
+            with self._commit_lock:  # a flush() committing on its own thread finishes first
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
+                close_quietly(self._conn)
+        return True
+
+
+def _fail_calls(calls: list[_Call], exc: BaseException) -> None:
+    for call in calls:
+        call.error = exc
+        call.done.set()

@@ -1,0 +1,232 @@
+"""The run view: one read-only page of workflows and runs, at ``/ui/`` in a browser and as an MCP App.
+
+The page (``ui/run_view.html``, package data, no libraries) draws a workflow's DAG by dependency level,
+each step coloured by status, and follows a run until it ends. It reads only through four read-only
+tools (:data:`READ_TOOLS`): in a browser through ``POST /ui/api/call``, inside an MCP host through the
+host's bridge (``tools/call`` over postMessage). This module owns the page's HTTP routes and who may see
+them (:class:`UiAccess`: the bearer token, or a cookie derived from it, or a one-time login link).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import threading
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+    from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+__all__ = [
+    "APP_MIME_TYPE",
+    "COOKIE_NAME",
+    "EXTENSION_ID",
+    "READ_TOOLS",
+    "UI_RESOURCE_URI",
+    "UI_TOOLS",
+    "UiAccess",
+    "app_html",
+    "ui_routes",
+]
+
+#: The MCP App resource the linked tools point at (``_meta.ui.resourceUri``).
+UI_RESOURCE_URI = "ui://codomyrmex-orchestration/run-view.html"
+#: Tools whose results the view can show: a run (execute, get) or a definition (create).
+UI_TOOLS = ("execute_workflow", "get_workflow_run", "create_workflow")
+#: The only tools the page may call: it is a view, never a way to change anything.
+READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", "get_workflow_run"})
+COOKIE_NAME = "codomyrmex_ui"
+_MODE_MARK = '/*MODE*/"app"'
+_MAX_BODY = 64 * 1024
+_NEEDS_TOKEN = "This page needs the server's bearer token."
+_REALM = 'Bearer realm="codomyrmex-orchestration"'
+_PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+@functools.cache
+def _page() -> str:
+    return resources.files(__package__).joinpath("ui/run_view.html").read_text(encoding="utf-8")
+
+
+def app_html() -> str:
+    """The page as an MCP App: it waits for the host's tool result and reads through the host bridge."""
+    return _page()
+
+
+def _browser_page(nonce: str) -> str:
+    return _page().replace(_MODE_MARK, '"browser"', 1).replace("<script>", f'<script nonce="{nonce}">', 1)
+
+
+def _csp(nonce: str) -> str:
+    return (
+        "default-src 'none'; "
+        f"script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+_LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in · run view</title>
+<style>body{{font:14px system-ui,sans-serif;margin:40px auto;max-width:420px;color:#1f2937}}
+input{{width:100%;padding:6px;margin:8px 0}}.error{{color:#dc2626}}</style></head><body>
+<h1>codomyrmex-orchestration</h1><p>{message}</p>
+<form method="post" action="/ui/login"><label>Bearer token
+<input type="password" name="token" autocomplete="current-password" autofocus></label>
+<button type="submit">Sign in</button></form></body></html>"""
+
+
+class UiAccess:
+    """Who may read ``/ui/``: the bearer token (header), its cookie, or a one-time login code.
+
+    The cookie's value is an HMAC of the token, so it never carries the token itself and stops working
+    when the token changes. One-time codes are kept in memory (guarded by ``_lock``) and spent on use.
+
+    Args:
+        token: the server's bearer token, or None when the server runs without auth (loopback only).
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self._cookie = (
+            hmac.new(token.encode(), b"codomyrmex-ui-session", hashlib.sha256).hexdigest() if token else None
+        )
+        self._lock = threading.Lock()
+        self._codes: set[str] = set()
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None
+
+    def one_time_code(self) -> str:
+        """A code for ``/ui/login?code=...`` that signs a browser in once (printed in the banner)."""
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self._codes.add(code)
+        return code
+
+    def redeem(self, code: str) -> bool:
+        with self._lock:
+            for known in self._codes:
+                if hmac.compare_digest(known.encode(), code.encode()):
+                    self._codes.discard(known)
+                    return True
+        return False
+
+    def token_ok(self, presented: str) -> bool:
+        return self.token is None or hmac.compare_digest(presented.strip().encode(), self.token.encode())
+
+    def cookie_ok(self, scope: Scope) -> bool:
+        """True when the request carries this server's UI cookie (or no auth is required)."""
+        if self._cookie is None:
+            return True
+        for key, value in scope.get("headers", []):
+            if key != b"cookie":
+                continue
+            for part in value.decode("latin-1").split(";"):
+                name, _, content = part.strip().partition("=")
+                if name == COOKIE_NAME and hmac.compare_digest(content.encode(), self._cookie.encode()):
+                    return True
+        return False
+
+    def signed_in(self, target: str = "/ui/") -> Response:
+        response = RedirectResponse(target, status_code=303)
+        if self._cookie is not None:
+            response.set_cookie(
+                COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=True, samesite="strict"
+            )
+        return response
+
+    def login_page(self, message: str = _NEEDS_TOKEN, status: int = 401) -> Response:
+        return HTMLResponse(
+            _LOGIN_FORM.format(message=html.escape(message)),
+            status_code=status,
+            headers={"Cache-Control": "no-store", "WWW-Authenticate": _REALM},
+        )
+
+
+def ui_routes(
+    tools: OrchestrationMCPTools, access: UiAccess, security: TransportSecuritySettings
+) -> list[Route]:
+    """The ``/ui/`` routes. Auth is the caller's middleware (see ``BearerAuthMiddleware``); the
+    Host/Origin checks (DNS rebinding) are here, the same settings as ``/mcp``: 421 / 403."""
+    guard = TransportSecurityMiddleware(security)
+
+    async def page(request: Request) -> Response:
+        if refused := await guard.validate_request(request):
+            return refused
+        nonce = secrets.token_urlsafe(16)
+        return HTMLResponse(
+            _browser_page(nonce),
+            headers={"Content-Security-Policy": _csp(nonce), **_PAGE_HEADERS},
+        )
+
+    async def login(request: Request) -> Response:
+        if refused := await guard.validate_request(request):
+            return refused
+        if not access.required:
+            return RedirectResponse("/ui/", status_code=303)
+        if request.method == "GET":
+            code = request.query_params.get("code")
+            if code is None:
+                return access.login_page(status=200)
+            if access.redeem(code):
+                return access.signed_in()
+            return access.login_page("That sign-in link was used already or is not valid.")
+        body = (await request.body())[:_MAX_BODY].decode("utf-8", errors="replace")
+        token = parse_qs(body).get("token", [""])[0]
+        if token and access.token_ok(token):
+            return access.signed_in()
+        return access.login_page("Wrong token.")
+
+    async def call(request: Request) -> Response:
+        if refused := await guard.validate_request(request, is_post=True):
+            return refused
+        try:
+            body = json.loads((await request.body())[:_MAX_BODY] or b"{}")
+            name, arguments = body["name"], body.get("arguments") or {}
+            if not isinstance(name, str) or not isinstance(arguments, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse(
+                {"error": 'expected {"name": <tool>, "arguments": {...}}', "tools": sorted(READ_TOOLS)},
+                status_code=400,
+            )
+        if name not in READ_TOOLS:
+            refusal = f"the run view only reads; {name!r} is not one of {sorted(READ_TOOLS)}"
+            return JSONResponse({"error": refusal}, status_code=403)
+        result = await tools.execute_tool_async(name, arguments)
+        return JSONResponse(_call_result(result), headers={"Cache-Control": "no-store"})
+
+    return [
+        Route("/ui", endpoint=lambda request: RedirectResponse("/ui/", status_code=307)),
+        Route("/ui/", endpoint=page, methods=["GET"]),
+        Route("/ui/login", endpoint=login, methods=["GET", "POST"]),
+        Route("/ui/api/call", endpoint=call, methods=["POST"]),
+    ]
+
+
+def _call_result(result: Any) -> dict[str, Any]:
+    """A ``CallToolResult``-shaped dict, the same shape the MCP App receives through its host."""
+    return {
+        "isError": result.is_error,
+        "content": [{"type": "text", "text": result.text}],
+        "structuredContent": result.structured,
+    }
+
+
+def ui_path(path: str) -> bool:
+    """True for the run view's paths (they accept the UI cookie in place of the bearer header)."""
+    return path == "/ui" or path.startswith("/ui/")

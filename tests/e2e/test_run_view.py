@@ -1,0 +1,324 @@
+"""The run view in a real browser: /ui/ on a served subprocess, and the MCP App inside a small host page.
+
+Headless Chromium is Debian's ``chromium`` (``make test`` installs it when missing), driven by Playwright
+for Python with that executable: Playwright's own browser download is never used. Screenshots go to
+``$CODOMYRMEX_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from codomyrmex_orchestration.server._ui import APP_MIME_TYPE, UI_RESOURCE_URI
+from tests.helpers.served import Served, served
+
+TOKEN = "run-view-token-0123456789abcdef"
+BOOM = "boom: disk on fire"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ARTIFACTS = Path(os.environ.get("CODOMYRMEX_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+WAIT_MS = 20_000
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # no connections to the (closed) internet at start
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: make test installs it with apt-get (see Makefile)")
+        pytest.skip("chromium is not installed (make test installs it with apt-get)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    executable = chromium_path()
+    with sync_api.sync_playwright() as playwright:
+        the_browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield the_browser
+        the_browser.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # bytes, written here: with path= Playwright writes through its loop's executor, a thread that would
+    # outlive the test
+    (ARTIFACTS / f"{name}.png").write_bytes(page.screenshot(full_page=True))
+
+
+def mcp_call(url: str, name: str, arguments: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """One tool call over streamable HTTP, on a thread of its own (Playwright's sync API owns this one)."""
+
+    async def go() -> Any:
+        http = httpx2.AsyncClient(headers=headers or {}, timeout=60)
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            return await client.call_tool(name, arguments)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, go).result(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("runview")
+    with served(root, ["--allow-shell"], {"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as the_server:
+        yield the_server
+
+
+def mixed_workflow(gate: Path) -> dict[str, Any]:
+    """A completed, a failed, a skipped and a still-running step (until ``gate`` exists), and an
+    inferred edge."""
+    wait_for_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done; echo opened"
+    return {
+        "name": "mixed",
+        "description": "one of each status",
+        "steps": [
+            {"name": "fetch", "module": "core", "action": "echo", "parameters": {"message": {"n": 3}}},
+            {"name": "crash", "module": "core", "action": "fail", "parameters": {"message": BOOM}},
+            {
+                "name": "after_crash",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 1},
+                "dependencies": ["crash"],
+            },
+            {
+                "name": "gate",
+                "module": "shell",
+                "action": "run",
+                "parameters": {"command": wait_for_gate, "shell": True},
+            },
+            {
+                "name": "report",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": "{{steps.fetch.output.n}}"},
+            },
+        ],
+    }
+
+
+def node(page_or_frame: Any, step: str, status: str) -> str:
+    return f'g.node[data-step="{step}"][data-status="{status}"]'
+
+
+def test_the_run_view_draws_every_step_with_its_status_and_follows_a_running_step(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    created = mcp_call(server.url, "create_workflow", mixed_workflow(gate), AUTH)
+    assert not created.is_error, created.content
+    started = mcp_call(server.url, "execute_workflow", {"workflow_name": "mixed", "wait": False}, AUTH)
+    assert not started.is_error, started.content
+    run_id = started.structured_content["run_id"]
+
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        first = page.goto(f"{server.base}/ui/")
+        assert first is not None and first.status == 401
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
+        cookie = next(c for c in context.cookies() if c["name"] == "codomyrmex_ui")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["secure"]
+        assert TOKEN not in cookie["value"]
+
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        for step, status in [
+            ("fetch", "completed"),
+            ("crash", "failed"),
+            ("after_crash", "skipped"),
+            ("gate", "running"),
+            ("report", "completed"),
+        ]:
+            page.wait_for_selector(node(page, step, status), timeout=WAIT_MS)
+        assert page.locator("svg#dag g.node").count() == 5
+        assert page.locator('path.edge.inferred[data-from="fetch"][data-to="report"]').count() == 1
+        assert page.locator('path.edge.declared[data-from="crash"][data-to="after_crash"]').count() == 1
+        page.click('g.node[data-step="crash"]')
+        assert "boom: disk on fire" in page.inner_text("#step-error")
+        assert "boom: disk on fire" in (page.text_content('g.node[data-step="crash"] title') or "")
+        page.evaluate("window.__notReloaded = true")
+        shot(page, "run-view-running")
+
+        gate.touch()
+        page.wait_for_selector(node(page, "gate", "completed"), timeout=WAIT_MS)
+        page.wait_for_selector('#status [data-run-status="failed"]', timeout=WAIT_MS)
+        assert page.evaluate("window.__notReloaded") is True
+        assert page.get_attribute("#meta", "data-progress") == "5/5"
+        shot(page, "run-view-finished")
+    finally:
+        gate.touch()
+        context.close()
+
+
+def test_a_one_time_sign_in_link_works_once(browser: Any, server: Served) -> None:
+    match = re.search(r"run view: (http://\S+/ui/login\?code=\S+)", server.logs())
+    assert match, server.logs()
+    link = match.group(1)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(link)
+        page.wait_for_selector("h2", timeout=WAIT_MS)
+        assert page.url.endswith("/ui/")
+    finally:
+        context.close()
+    second = httpx.get(link, follow_redirects=False)
+    assert second.status_code == 401
+
+
+def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_421(server: Served) -> None:
+    assert httpx.get(f"{server.base}/ui/").status_code == 401
+    call = {"name": "list_workflows", "arguments": {}}
+    assert httpx.post(f"{server.base}/ui/api/call", json=call).status_code == 401
+    forged = {"Cookie": "codomyrmex_ui=not-the-right-value"}
+    assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=forged).status_code == 401
+    assert httpx.get(f"{server.base}/ui/", headers={**AUTH, "Host": "evil.example"}).status_code == 421
+    foreign = {**AUTH, "Host": "evil.example"}
+    assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=foreign).status_code == 421
+    listed = httpx.post(f"{server.base}/ui/api/call", json=call, headers=AUTH)
+    assert listed.status_code == 200 and "workflows" in listed.json()["structuredContent"]
+    write = {"name": "execute_workflow", "arguments": {"workflow_name": "mixed"}}
+    refused = httpx.post(f"{server.base}/ui/api/call", json=write, headers=AUTH)
+    assert refused.status_code == 403 and "only reads" in refused.json()["error"]
+
+
+# --------------------------------------------------------------------------- the MCP App
+
+HOST_PAGE = """<!doctype html><html><body>
+<iframe id="app" sandbox="allow-scripts" style="width:1000px;height:600px;border:0"></iframe>
+<script>
+const results = %(results)s;
+const frame = document.getElementById("app");
+window.bridgeLog = [];
+window.addEventListener("message", (event) => {
+  const msg = event.data;
+  if (!msg || msg.jsonrpc !== "2.0") return;
+  window.bridgeLog.push(msg.method || "response");
+  const reply = (result) => frame.contentWindow.postMessage({ jsonrpc: "2.0", id: msg.id, result }, "*");
+  if (msg.method === "ui/initialize") {
+    reply({ protocolVersion: "2026-01-26", hostInfo: { name: "test-host", version: "0" },
+            hostCapabilities: { serverTools: {} }, hostContext: { theme: "light" } });
+  } else if (msg.method === "ui/notifications/initialized") {
+    frame.contentWindow.postMessage({ jsonrpc: "2.0", method: "ui/notifications/tool-result",
+                                      params: results.execute_workflow }, "*");
+  } else if (msg.method === "tools/call") {
+    reply(results[msg.params.name] || { isError: true, content: [{ type: "text", text: "unknown tool" }] });
+  }
+});
+frame.srcdoc = %(app)s;
+</script></body></html>"""
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    return {
+        "isError": result.is_error,
+        "content": [{"type": "text", "text": c.text} for c in result.content],
+        "structuredContent": result.structured_content,
+    }
+
+
+def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
+    browser: Any, server: Served
+) -> None:
+    from mcp.client.extension import ClientExtension
+
+    class Apps(ClientExtension):
+        """The client side of MCP Apps: what a host such as Claude Desktop advertises."""
+
+        identifier = "io.modelcontextprotocol/ui"
+
+        def settings(self) -> dict[str, Any]:
+            return {"mimeTypes": [APP_MIME_TYPE]}
+
+    async def go() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        http = httpx2.AsyncClient(headers=AUTH, timeout=60)
+        transport = streamable_http_client(server.url, http_client=http)
+        async with http, Client(transport, extensions=[Apps()]) as apps:
+            tools = {t.name: t for t in (await apps.list_tools()).tools}
+            found["linked"] = {n: (t.meta or {}).get("ui", {}).get("resourceUri") for n, t in tools.items()}
+            listed = (await apps.list_resources()).resources
+            found["listed"] = {str(r.uri): r.mime_type for r in listed}
+            read = await apps.read_resource(UI_RESOURCE_URI)
+            found["mime"] = read.contents[0].mime_type
+            found["html"] = read.contents[0].text
+            spec = {
+                "name": "pair",
+                "steps": [
+                    {
+                        "name": "first",
+                        "module": "core",
+                        "action": "echo",
+                        "parameters": {"message": {"v": 1}},
+                    },
+                    {
+                        "name": "second",
+                        "module": "core",
+                        "action": "echo",
+                        "parameters": {"message": "{{steps.first.output.v}}"},
+                    },
+                ],
+            }
+            await apps.call_tool("create_workflow", spec)
+            executed = await apps.call_tool("execute_workflow", {"workflow_name": "pair", "wait": True})
+            run_id = executed.structured_content["run_id"]
+            found["results"] = {
+                "execute_workflow": result_dict(executed),
+                "get_workflow_run": result_dict(await apps.call_tool("get_workflow_run", {"run_id": run_id})),
+                "get_workflow": result_dict(await apps.call_tool("get_workflow", {"name": "pair"})),
+            }
+        plain_http = httpx2.AsyncClient(headers=AUTH, timeout=60)
+        async with plain_http, Client(streamable_http_client(server.url, http_client=plain_http)) as plain:
+            found["plain"] = {t.name: (t.meta or {}).get("ui") for t in (await plain.list_tools()).tools}
+        return found
+
+    with ThreadPoolExecutor(1) as pool:
+        found = pool.submit(anyio.run, go).result(timeout=120)
+
+    for name in ("execute_workflow", "get_workflow_run", "create_workflow"):
+        assert found["linked"][name] == UI_RESOURCE_URI
+        assert found["plain"][name] is None  # a client without MCP Apps is not pointed at a UI
+    assert found["linked"]["list_workflows"] is None
+    assert found["listed"][UI_RESOURCE_URI] == APP_MIME_TYPE
+    assert found["mime"] == APP_MIME_TYPE
+    assert "cdn" not in found["html"].lower() and "https://" not in found["html"]  # no network at run time
+
+    page = browser.new_page()
+    try:
+        # "</" escaped: the app's own </script> must not end the host page's script
+        app_literal = json.dumps(found["html"]).replace("</", "<\\/")
+        page.set_content(HOST_PAGE % {"results": json.dumps(found["results"]), "app": app_literal})
+        frame = page.frame_locator("#app")
+        frame.locator(node(frame, "first", "completed")).wait_for(timeout=WAIT_MS)
+        frame.locator(node(frame, "second", "completed")).wait_for(timeout=WAIT_MS)
+        assert frame.locator('path.edge.inferred[data-from="first"][data-to="second"]').count() == 1
+        log = page.evaluate("window.bridgeLog")
+        assert log[:2] == ["ui/initialize", "ui/notifications/initialized"] and "tools/call" in log
+        shot(page, "run-view-mcp-app")
+    finally:
+        page.close()
