@@ -1,5 +1,6 @@
 """Retention for the SQLite store: deletes the oldest finished runs (with their steps) and the oldest
-events past their limits, in bounded passes on the writer's connection.
+events past their limits, and definition versions no run refers to, in bounded passes on the writer's
+connection.
 
 It owns the limits and when the next pass is due; it runs only on whichever thread holds the store's
 commit lock, so its state needs no lock of its own.
@@ -69,6 +70,14 @@ class Retention:
                 )
                 if runs - self.runs > _CHUNK:
                     self._dirty = True
+            # A definition version is kept while it is its name's newest or a run refers to it.
+            conn.execute(
+                "DELETE FROM workflow_versions WHERE rowid IN (SELECT v.rowid FROM workflow_versions v "
+                "WHERE v.version < (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name) "
+                "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = v.name "
+                "AND r.workflow_version = v.version) LIMIT ?)",
+                (_CHUNK,),
+            )
             # Event ids are contiguous except where retention deleted the oldest, so max(id) bounds it.
             row = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
             if row[1] is not None:

@@ -83,6 +83,19 @@ MIGRATIONS: tuple[str, ...] = (
         ts REAL NOT NULL
     );
     """,
+    # 2: definition versions, and the version each run started with (NULL for runs recorded before).
+    """
+    CREATE TABLE workflow_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    ALTER TABLE runs ADD COLUMN workflow_version INTEGER;
+    CREATE INDEX runs_by_workflow_version ON runs (workflow_name, workflow_version);
+    """,
 )
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,18 +78,29 @@ class DefinitionRegistry:
         self._define_lock = threading.Lock()
         self._entries: dict[str, Definition] = {}
         self._plans: dict[str, Plan] = {}  # name -> plan of the current version
-        self._latest: dict[str, tuple[int, str]] = {}  # name -> (highest version, its digest)
+        # name -> (highest version, its digest): from the store, so numbers go on across restarts.
+        self._latest: dict[str, tuple[int, str]] = dict(store.latest_workflow_versions())
 
     # ------------------------------------------------------------------ registering
 
-    def load_stored(self) -> None:
-        """Register the definitions the store kept (created through the API in earlier processes)."""
+    def load_stored(self) -> set[str]:
+        """Register the definitions the store kept (created through the API in earlier processes).
+
+        Returns:
+            Their names.
+        """
+        names: set[str] = set()
         for spec, source in self.store.load_workflows():
             with self._define_lock:
                 self._register(spec, source, None)
+            names.add(spec.name)
+        return names
 
-    def load_config_dir(self, directory: Path) -> list[str]:
+    def load_config_dir(self, directory: Path, *, skip: Container[str] = ()) -> list[str]:
         """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``.
+
+        Args:
+            skip: names not to register (a definition stored through the API wins over the config's).
 
         Returns:
             The names of the workflows loaded.
@@ -104,6 +115,8 @@ class DefinitionRegistry:
                 for item in items:
                     spec = self.coerce(item)
                     self.check(spec)
+                    if spec.name in skip:
+                        continue
                     with self._define_lock:
                         self._register(spec, "config", str(path))
                     loaded.append(spec.name)
@@ -151,6 +164,8 @@ class DefinitionRegistry:
             version = latest[0]
         else:
             version = (latest[0] if latest is not None else 0) + 1
+            # Before any run can refer to it (runs are saved after, through the same store queue).
+            self.store.save_workflow_version(spec.name, version, digest, _canonical(spec))
         definition = Definition(spec, source, path, version, digest)
         with self._lock:
             self._entries[spec.name] = definition
@@ -249,6 +264,49 @@ class DefinitionRegistry:
                 self._plans[name] = plan
         return plan
 
+    def spec_at(self, name: str, version: int | None) -> WorkflowSpec:
+        """Version ``version`` of ``name`` (None: the current one), from the store if it is not current.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow, or that version is not kept.
+        """
+        with self._lock:
+            definition = self._entries.get(name)
+            known = list(self._entries)
+        if definition is not None and version in (None, definition.version):
+            return definition.spec
+        if version is None:
+            raise WorkflowNotFoundError(name, known=known)
+        source = self.store.get_workflow_version(name, version)
+        if source is None:
+            current = f"version {definition.version}" if definition is not None else "none (it was deleted)"
+            raise WorkflowNotFoundError(f"{name} version {version}", known=[f"current: {current}"])
+        return WorkflowSpec.model_validate_json(source)
+
+    def pinned_plan(self, name: str, version: int | None, digest: str | None) -> Plan | None:
+        """The plan of version ``version`` of ``name`` (None: a run recorded before versions, which
+        continues with the current definition), or None if that version is no longer kept."""
+        if version is None:
+            return self.plan(name)
+        with self._lock:
+            definition = self._entries.get(name)
+        if definition is not None and definition.version == version and definition.digest == digest:
+            return self.plan(name)
+        source = self.store.get_workflow_version(name, version)
+        if source is None:
+            return None
+        spec = WorkflowSpec.model_validate_json(source)
+        if digest is not None and digest_of(spec) != digest:
+            return None
+        plan = self.check(spec)
+        plan.version, plan.digest = version, digest_of(spec)
+        return plan
+
+    def current_version(self, name: str) -> int | None:
+        with self._lock:
+            definition = self._entries.get(name)
+            return definition.version if definition is not None else None
+
     def infos(self) -> list[WorkflowInfo]:
         with self._lock:
             entries = sorted(self._entries.values(), key=lambda d: d.spec.name)
@@ -259,6 +317,8 @@ class DefinitionRegistry:
                 steps_count=len(d.spec.steps),
                 source=d.source,
                 path=d.path,
+                version=d.version,
+                digest=d.digest,
             )
             for d in entries
         ]

@@ -89,6 +89,8 @@ def new_record(
         created_at=previous.created_at if previous is not None else utcnow(),
         started_at=utcnow(),
         parent_run_id=previous.parent_run_id if previous is not None else parent_run_id,
+        workflow_version=plan.version or None,
+        workflow_digest=plan.digest or None,
     )
 
 

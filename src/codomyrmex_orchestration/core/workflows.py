@@ -26,7 +26,7 @@ from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
-from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry
+from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
 from codomyrmex_orchestration.core._workflow_run import RunState, StepCallback, new_record
 from codomyrmex_orchestration.core._workflow_subruns import SubRuns
 from codomyrmex_orchestration.core.actions import ActionRegistry
@@ -111,9 +111,9 @@ class WorkflowManager:
             on_finished=self._forget,
         )
         self.definitions = DefinitionRegistry(registry=registry, store=self.store, max_steps=max_steps)
+        stored = self.definitions.load_stored()
         if self.config_dir is not None:
-            self.definitions.load_config_dir(self.config_dir)
-        self.definitions.load_stored()
+            self.definitions.load_config_dir(self.config_dir, skip=stored)
 
     @property
     def load_errors(self) -> list[tuple[str, str]]:
@@ -153,13 +153,25 @@ class WorkflowManager:
         self._listeners.emit("workflow.created", {"workflow_name": definition.spec.name, "source": source})
         return definition.spec
 
-    def describe_workflow(self, name: str) -> WorkflowValidation:
-        """Levels, inferred edges and the Mermaid diagram of a registered workflow."""
-        return self.definitions.plan(name).describe()
+    def describe_workflow(self, name: str, version: int | None = None) -> WorkflowValidation:
+        """Levels, inferred edges and the Mermaid diagram of a registered workflow (or of one of its
+        kept versions)."""
+        if version is None:
+            return self.definitions.plan(name).describe()
+        return self.definitions.check(self.definitions.spec_at(name, version)).describe()
 
-    def get_workflow(self, name: str) -> WorkflowSpec:
-        """The current definition of ``name``. Raises WorkflowNotFoundError."""
-        return self.definitions.entry(name).spec
+    def get_workflow(self, name: str, version: int | None = None) -> WorkflowSpec:
+        """The current definition of ``name``, or its version ``version`` while that is kept (the newest
+        of each name is, and every version a stored run refers to). Raises WorkflowNotFoundError."""
+        return self.definitions.spec_at(name, version)
+
+    def workflow_version(self, name: str, version: int | None = None) -> tuple[int, str]:
+        """(version number, content hash) of the current definition of ``name``, or of its kept version
+        ``version``. Raises WorkflowNotFoundError."""
+        definition = self.definitions.entry(name) if version is None else None
+        if definition is not None:
+            return definition.version, definition.digest
+        return version or 0, digest_of(self.definitions.spec_at(name, version))
 
     def workflow_source(self, name: str) -> str:
         """Where ``name`` came from: ``config``, ``api``, ``project`` or ``file``."""
@@ -385,9 +397,13 @@ class WorkflowManager:
             wait: wait for the resumed run to end (bounded by ``timeout``).
             timeout: most seconds to wait, ``None`` without limit.
 
+        The run continues with the definition version it started with, even if the workflow was
+        overwritten since.
+
         Raises:
             RunNotFoundError: unknown run id.
-            InvalidStateError: the run is active, being resumed by another call, or completed.
+            InvalidStateError: the run is active, being resumed by another call, or completed; or the
+                definition version it started with is no longer stored (the message names both versions).
         """
         with self._active.claim(run_id):
             # Claimed: no other resume passes until this run is active (then it sees the run), and a
@@ -395,13 +411,20 @@ class WorkflowManager:
             previous = self.get_run(run_id)
             if previous.status is WorkflowStatus.COMPLETED:
                 raise InvalidStateError("run", run_id, "completed", "there is nothing to resume")
-            run = self._start_run(
-                self.definitions.plan(previous.workflow_name),
-                None,
-                priority=previous.priority,
-                on_step=on_step,
-                previous=previous,
+            plan = self.definitions.pinned_plan(
+                previous.workflow_name, previous.workflow_version, previous.workflow_digest
             )
+            if plan is None:
+                current = self.definitions.current_version(previous.workflow_name)
+                raise InvalidStateError(
+                    "run",
+                    run_id,
+                    f"pinned to version {previous.workflow_version} of workflow {previous.workflow_name!r}",
+                    "that version is no longer stored, and resuming with "
+                    + (f"the current version {current}" if current else "no definition (it was deleted)")
+                    + " could mix two definitions' outputs; start a new run instead",
+                )
+            run = self._start_run(plan, None, priority=previous.priority, on_step=on_step, previous=previous)
         return self._wait(run, timeout) if wait else run.snapshot()
 
     def stats(self) -> dict[str, Any]:
