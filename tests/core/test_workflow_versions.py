@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import pytest
 
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.actions import (
-    ActionContext,
-    ActionDefinition,
     ActionRegistry,
     create_registry,
 )
@@ -22,24 +19,13 @@ from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore, StateStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import InvalidStateError, WorkflowNotFoundError
+from tests.helpers.failing_actions import register_fails_once
 
 
 @pytest.fixture
 def registry() -> ActionRegistry:
     registry = create_registry(load_plugins=False)
-    failures: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def fails_once(params: dict[str, Any], ctx: ActionContext) -> str:
-        """Fails the first time each run calls it: the run ends FAILED and can be resumed."""
-        with lock:
-            failures[ctx.run_id] = failures.get(ctx.run_id, 0) + 1
-            first = failures[ctx.run_id] == 1
-        if first:
-            raise RuntimeError("interrupted")
-        return "ok"
-
-    registry.register(ActionDefinition("test", "fails_once", fails_once))
+    register_fails_once(registry)
     return registry
 
 

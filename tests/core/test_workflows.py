@@ -29,6 +29,7 @@ from codomyrmex_orchestration.errors import (
     InvalidStateError,
     WorkflowNotFoundError,
 )
+from tests.helpers.failing_actions import register_fails_once
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -634,18 +635,7 @@ def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a
 ) -> None:
     store = SqliteStore(tmp_path / "state")
     manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
-    calls: dict[str, int] = {}
-    calls_lock = threading.Lock()
-
-    def once_failing(params: dict[str, Any], ctx: ActionContext) -> str:
-        with calls_lock:
-            calls[ctx.run_id] = calls.get(ctx.run_id, 0) + 1
-            first = calls[ctx.run_id] == 1
-        if first:
-            raise RuntimeError("interrupted")
-        return "resumed"
-
-    registry.register(ActionDefinition("test", "once_failing", once_failing))
+    calls = register_fails_once(registry, action="once_failing")
     manager.create_workflow("contended", [step("s", module="test", action="once_failing")])
     # The race is a matter of timing: many rounds, each of which must come out right.
     for _ in range(20):

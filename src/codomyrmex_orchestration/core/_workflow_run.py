@@ -171,7 +171,9 @@ class RunState:
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
         self._finishing = False
-        self._added: dict[str, _AddedStep] = {}  # steps added while the run goes (add_steps)
+        # Steps added while the run goes (add_steps). Written under the lock; spec_of() and friends read
+        # it without, for a step already cleared to run, whose entry was written before it was cleared.
+        self._added: dict[str, _AddedStep] = {}
         self.graph: DependencyGraph[str] = DependencyGraph()
         for name in plan.dag.steps:
             self.graph.add(name, plan.parents[name])

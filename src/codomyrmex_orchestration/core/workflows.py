@@ -232,8 +232,8 @@ class WorkflowManager:
             WorkflowNotFoundError: no such workflow.
             InvalidInputError: a ``{{params.x}}`` has no value.
         """
-        run_id = self.start_workflow(
-            name,
+        run = self._start_run(
+            self.definitions.plan(name),
             parameters,
             priority=priority,
             session_id=session_id,
@@ -241,7 +241,7 @@ class WorkflowManager:
             max_parallel=max_parallel,
             default_resources=default_resources,
         )
-        return self.wait_run(run_id, timeout) if wait else self.get_run(run_id)
+        return self._wait(run, timeout) if wait else run.snapshot()
 
     def start_workflow(
         self,
