@@ -140,14 +140,22 @@ class RunDriver:
                 self.recorder.steps_settled(adv.settled, made_ready=bool(adv.submit))
                 for result in adv.settled:
                     self._announce(run, result)
+            submitted: list[tuple[str, str]] = []
             for name, params in adv.submit:
-                failed = self._submit(run, name, params)
-                if failed is not None:
-                    work.append(failed)
+                outcome = self._submit(run, name, params)
+                if isinstance(outcome, Advance):
+                    work.append(outcome)
+                else:
+                    submitted.append((name, outcome))
+            # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
+            if submitted and not run.register_tasks(submitted):
+                for _name, task_id in submitted:
+                    self._cancel_task(task_id)
             if adv.finished:
                 self._finish(run)
 
-    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | None:
+    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
+        """The step's task id, or what its failure to submit settled."""
         step = run.spec_of(name)
         try:
             call = _StepCall(
@@ -189,20 +197,24 @@ class RunDriver:
         except OrchestrationError as exc:
             result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
             return run.step_finished(result, held_slot=True)
-        if not run.register_task(name, task_id):
-            self._cancel_task(task_id)
-        return None
+        return task_id
 
     def step_started(self, call: _StepCall, state: TaskState) -> None:
         run = call.run
-        self.recorder.step_starting(call.mark)
-        result = run.step_started(call.name, state.attempts, state.started_at)
-        if result is None:
-            return
+        if call.mark is not None:
+            self.recorder.step_starting(call.mark)
+        run.step_started(call.name, state.attempts, state.started_at)
         if self.listeners:
             event = "step.retried" if state.attempts > 1 else "step.started"
             self.listeners.emit(event, {"run_id": run.run_id, "step": call.name, "attempt": state.attempts})
-        self._notify(run, result)
+        if run.on_step is not None:
+            started = StepResult(
+                name=call.name,
+                status=TaskStatus.RUNNING,
+                attempts=state.attempts,
+                started_at=state.started_at,
+            )
+            self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
         result = StepResult(

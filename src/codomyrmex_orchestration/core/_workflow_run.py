@@ -5,7 +5,8 @@ A :class:`RunState` owns, under its one ``lock``: the run's record (every step o
 :class:`~codomyrmex_orchestration.core.graph.DependencyGraph`, the steps whose failure propagates,
 the task ids of submitted steps, the ``max_parallel`` queue, and the cancelled and final flags. Every
 transition happens under the lock and returns an :class:`Advance` saying what the caller must do
-outside it (notify, submit to the scheduler, finish). The one call out under the lock is ``save_step``
+outside it (notify, submit to the scheduler, finish); step starts reach the record through a queue the
+next holder of the lock applies (see ``_starts``). The one call out under the lock is ``save_step``
 (the recorder's enqueue to a durable store): a step's result is queued for the store before any step
 that depends on it can be cleared to run, and a step's start is never queued after its end.
 """
@@ -77,13 +78,7 @@ def new_record(
     steps: dict[str, StepResult] = {}
     for n in plan.dag.steps:
         old = kept.get(n)
-        # model_construct: the placeholder's fields are the defaults, nothing to validate (a tenth of a
-        # no-op step's cost when validated).
-        steps[n] = (
-            old
-            if old is not None and old.status is TaskStatus.COMPLETED
-            else StepResult.model_construct(name=n)
-        )
+        steps[n] = old if old is not None and old.status is TaskStatus.COMPLETED else StepResult(name=n)
     return RunRecord(
         run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
         workflow_name=spec.name,
@@ -170,6 +165,11 @@ class RunState:
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
+        # Step starts reported by workers and not yet applied to the record: appended without the lock
+        # (deque appends and pops are thread-safe), applied by the next holder of the lock before it
+        # reads or changes any step, so a start costs a worker no lock of its own in a store that
+        # keeps only outcomes. A worker reports a step's start before its end: applied in that order.
+        self._starts: deque[tuple[str, int, datetime | None]] = deque()
         self._finishing = False
         # Steps added while the run goes (add_steps). Written under the lock; spec_of() and friends read
         # it without, for a step already cleared to run, whose entry was written before it was cleared.
@@ -186,35 +186,30 @@ class RunState:
         with self.lock:
             return self._drain(Advance())
 
-    def step_started(self, name: str, attempt: int, started_at: datetime | None) -> StepResult | None:
-        """Mark ``name`` running; returns its result (a copy if an ``on_step`` callback reads it), or
-        None if the step is final already (cancelled between the scheduler's start and this call)."""
-        with self.lock:
-            result = self.record.steps[name]
-            if result.status.is_terminal:
-                return None
-            result.attempts = attempt
-            result.started_at = result.started_at or started_at or utcnow()
-            result.status = TaskStatus.RUNNING
-            if self._save_step is not None:
-                self._save_step(self.run_id, result)
-            return result.model_copy() if self.on_step is not None else result
+    def step_started(self, name: str, attempt: int, started_at: datetime | None) -> None:
+        """Report that attempt ``attempt`` of ``name`` started: the record shows it running from the
+        next transition or read on (at once for a durable store, which other processes read)."""
+        self._starts.append((name, attempt, started_at))
+        if self._save_step is not None:
+            with self.lock:
+                self._apply_starts()
 
     def step_finished(self, result: StepResult, *, held_slot: bool) -> Advance:
         """Record a submitted step's final result (``held_slot``: it counted against ``max_parallel``)."""
         advance = Advance()
         with self.lock:
+            self._apply_starts()
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
             if not self.record.steps[result.name].status.is_terminal:
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
-    def register_task(self, name: str, task_id: str) -> bool:
-        """Remember the scheduler task of ``name``; False if the run was cancelled meanwhile (the caller
-        cancels the task: ``cancel`` read the task ids before this one was known)."""
+    def register_tasks(self, tasks: Sequence[tuple[str, str]]) -> bool:
+        """Remember the scheduler tasks of submitted steps, (step, task id) pairs; False if the run was
+        cancelled meanwhile (the caller cancels them: ``cancel`` read the task ids before these)."""
         with self.lock:
-            self.task_ids[name] = task_id
+            self.task_ids.update(tasks)
             return not self.cancelled
 
     def add_steps(self, steps: Sequence[StepSpec]) -> Advance:
@@ -261,6 +256,7 @@ class RunState:
             if self.cancelled or self.final is not None:
                 return [], advance
             self.cancelled = True
+            self._apply_starts()
             steps = self.record.steps
             task_ids = [t for n, t in self.task_ids.items() if not steps[n].status.is_terminal]
             while self.queue:
@@ -312,16 +308,31 @@ class RunState:
         with self.lock:
             if self.final is not None:
                 return self.final.model_copy()
+            self._apply_starts()
             steps = {n: s.model_copy() for n, s in self.record.steps.items()}
             return self.record.model_copy(update={"steps": steps})
 
     def count_steps(self, into: dict[str, int]) -> None:
         """Add this run's steps, by status, to ``into``."""
         with self.lock:
+            self._apply_starts()
             for s in self.record.steps.values():
                 into[s.status.value] = into.get(s.status.value, 0) + 1
 
     # ------------------------------------------------------------------ under the lock
+
+    def _apply_starts(self) -> None:
+        steps = self.record.steps
+        while self._starts:
+            name, attempt, started_at = self._starts.popleft()
+            result = steps[name]
+            if result.status.is_terminal:  # cancelled between the scheduler's start and now
+                continue
+            result.attempts = attempt
+            result.started_at = result.started_at or started_at or utcnow()
+            result.status = TaskStatus.RUNNING
+            if self._save_step is not None:
+                self._save_step(self.run_id, result)
 
     def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
         name = result.name
