@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= config/workflows/production/repo_health.json
 
-.PHONY: venv browser lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
+.PHONY: venv browser conformance-tools lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The MCP conformance suite and the Node 22 it needs, from the npm registry into .tools/ (gitignored),
+# once per version pair; tests/e2e/test_conformance.py runs it against `serve` (the machine's node may be
+# older: the suite runs on the node-<platform> package's binary).
+TOOLS := .tools
+NODE22 ?= node-$(shell uname -s | tr A-Z a-z)-$(subst aarch64,arm64,$(subst x86_64,x64,$(shell uname -m)))@22.23.5
+CONFORMANCE ?= @modelcontextprotocol/conformance@0.1.16
+CONFORMANCE_STAMP := $(TOOLS)/.installed-$(subst /,-,$(subst @,_,$(NODE22)+$(CONFORMANCE)))
+
+$(CONFORMANCE_STAMP):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error $(NODE22) $(CONFORMANCE)
+	touch $@
+
+conformance-tools: $(CONFORMANCE_STAMP)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -33,7 +48,7 @@ browser:
 	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-pytest: venv browser
+pytest: venv browser conformance-tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -99,6 +99,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": f["durable_us_per_step"] <= 100.0,
             }
         )
+    h = results["store_history"]
+    found.append(
+        {
+            "target": "durable single-step run, store filling to 50k runs: last batch <= 1.2x the first",
+            "figure": f"{h['durable']['first_batch_us']} -> {h['durable']['last_batch_us']} µs/run median "
+            f"= {h['durable']['last_vs_first']}x (memory {h['memory']['last_batch_us']} µs, durable "
+            f"{h['durable_vs_memory_last_batch']}x it)",
+            "met": h["durable"]["last_vs_first"] <= 1.2,
+        }
+    )
+    b = results["store_big_history"]
+    found.append(
+        {
+            "target": f"{b['runs']} stored runs: start-up <= 1.5x empty, list_runs p50 <= 10 ms, "
+            "get_run p50 <= 5 ms",
+            "figure": f"start-up {b['startup_ratio']}x, list_runs {b['list_runs_p50_ms']} ms, "
+            f"get_run {b['get_run_p50_ms']} ms",
+            "met": b["startup_ratio"] <= 1.5 and b["list_runs_p50_ms"] <= 10 and b["get_run_p50_ms"] <= 5,
+        }
+    )
     v = results["validation"]
     found.append(
         {
@@ -181,6 +201,12 @@ def main() -> None:
         bench_scheduler.run(tasks=1_000 if quick else 10_000, repeat=1 if quick else 3),
     )
     section("store", bench_store.report, bench_store.run(transitions=2_000 if quick else 20_000))
+    section("store_history", bench_store.history_report, bench_store.history(5_000 if quick else 50_000))
+    section(
+        "store_big_history",
+        bench_store.big_history_report,
+        bench_store.big_history(20_000 if quick else 200_000),
+    )
     section(
         "mcp_roundtrip",
         lambda f: (

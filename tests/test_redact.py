@@ -29,3 +29,14 @@ def test_a_registered_secret_is_redacted_and_names_are_classified() -> None:
     assert not any(is_secret_name(n) for n in ("PATH", "HOME", "LANG"))
     unchanged = {"a": [1, "b"]}
     assert redact(unchanged) == unchanged
+
+
+def test_a_secret_variable_changed_between_calls_is_redacted_with_its_new_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVICE_PASSWORD", "short")
+    assert redact_text("pw=longer-password-1") == "pw=longer-password-1"  # caches the current state
+    monkeypatch.setenv("SERVICE_PASSWORD", "longer-password-1")  # same number of variables
+    assert redact_text("pw=longer-password-1") == f"pw={REDACTED}"
+    monkeypatch.delenv("SERVICE_PASSWORD")
+    assert redact_text("pw=longer-password-1") == "pw=longer-password-1"

@@ -41,15 +41,35 @@ def register_secret(value: str | None) -> None:
             _generation += 1
 
 
-def _compute(env: Mapping[str, str]) -> list[str]:
-    values = {v for k, v in env.items() if len(v) >= MIN_SECRET_LENGTH and is_secret_name(k)}
+def _compute(env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """The secret-named variables of ``env`` (all of them, whatever their length) and the secret values."""
+    named = tuple((k, v) for k, v in env.items() if is_secret_name(k))
+    values = {v for _, v in named if len(v) >= MIN_SECRET_LENGTH}
     with _lock:
         values |= _registered
     # Longest first, so a secret containing another is replaced whole.
-    return sorted(values, key=len, reverse=True)
+    return named, sorted(values, key=len, reverse=True)
 
 
-_cache: tuple[Mapping[Any, Any], int, list[str]] | None = None
+class _Cached:
+    """The secret values worked out from one state of the environment, and how to tell it changed."""
+
+    __slots__ = ("count", "generation", "named", "values")
+
+    def __init__(self, count: int, generation: int, named: tuple[tuple[str, str], ...], values: list[str]):
+        self.count = count  # len(os.environ) then: catches a variable added or removed
+        self.generation = generation  # of the registered secrets
+        self.named = named  # every secret-named variable and its value: catches a secret changed
+        self.values = values
+
+    def still_valid(self) -> bool:
+        if self.count != len(os.environ) or self.generation != _generation:
+            return False
+        get = os.environ.get
+        return all(get(name) == value for name, value in self.named)
+
+
+_cache: _Cached | None = None
 _generation = 0
 
 
@@ -57,20 +77,20 @@ def _secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     """The secret values now: recomputed only when the environment or the registered set changed.
 
     Every task output and log line passes through here, so the scan of the environment (a regex per
-    variable) is cached behind a cheap snapshot of its raw items.
+    variable) is cached. The check is public API only and cheap: the number of variables, and the
+    value of each secret-named variable. It misses one change, seen at the next call that changes the
+    count: a non-secret variable removed and a secret one added between two calls.
     """
     global _cache
     if environ is not None:
-        return _compute(environ)
-    raw = getattr(os.environ, "_data", None)
-    current: Mapping[Any, Any] = raw if isinstance(raw, dict) else os.environ
+        return _compute(environ)[1]
     cached = _cache
-    # Comparing with a copy of the raw dict is a C-level lookup per variable, cheaper than building a
-    # tuple of its items on every call.
-    if cached is not None and cached[1] == _generation and cached[0] == current:
-        return cached[2]
-    values = _compute(os.environ)
-    _cache = (dict(current), _generation, values)
+    if cached is not None and cached.still_valid():
+        return cached.values
+    generation = _generation
+    count = len(os.environ)
+    named, values = _compute(os.environ)
+    _cache = _Cached(count, generation, named, values)
     return values
 
 

@@ -17,13 +17,18 @@ __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
     "DEFAULT_MAX_OUTPUT_BYTES",
+    "DEFAULT_MAX_PARAMETERS_BYTES",
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
+    "DEFAULT_SESSION_IDLE_TIMEOUT",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_STATE_MAX_BYTES",
+    "DEFAULT_STDIO_MAX_LINE_BYTES",
     "DEFAULT_TEMPLATES_DIR",
     "ENV_PREFIX",
     "Settings",
@@ -39,8 +44,13 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 DEFAULT_MAX_STEPS = 10_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_STATE_MAX_BYTES = 1024**3
+DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
 DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
+DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
+DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
+DEFAULT_MAX_SESSIONS = 1000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -84,10 +94,26 @@ class Settings(BaseModel):
     #: file holding the bearer token (used when ``auth_token`` is unset); keeps it out of the environment.
     auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
+    #: Seconds a streamable-HTTP session may stay idle (no request in flight) before it is closed.
+    session_idle_timeout: float = Field(default=DEFAULT_SESSION_IDLE_TIMEOUT, gt=0, le=86_400)
+    #: Streamable-HTTP sessions open at once; at the cap the longest-idle one is closed for a new client.
+    max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=1)
+    #: Module prefixes ``python.call`` may import from (e.g. ``json``, ``mypkg.tasks``); empty: any.
+    python_call_allow: tuple[str, ...] = ()
+    #: Longest line (one JSON-RPC message) read on stdio; a longer one is refused and discarded.
+    stdio_max_line_bytes: int = Field(default=DEFAULT_STDIO_MAX_LINE_BYTES, ge=1024)
+    #: Host names and IP networks (CIDR) ``http.request`` may reach although they are internal, where
+    #: internal addresses are blocked (network transports without code execution), e.g. ``10.0.0.0/8``.
+    http_allow: tuple[str, ...] = ()
     durable: bool = True
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
     retention_runs: int = Field(default=10_000, ge=1)
     retention_events: int = Field(default=100_000, ge=1)
+    #: The byte budget of the state directory (stored runs, steps, spill files): past it the oldest
+    #: finished runs are evicted, and new runs are refused while it cannot be met.
+    state_max_bytes: int = Field(default=DEFAULT_STATE_MAX_BYTES, ge=1)
+    #: The most bytes of JSON a run's parameters may take.
+    max_parameters_bytes: int = Field(default=DEFAULT_MAX_PARAMETERS_BYTES, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
     #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
     executor: Executor = "local"

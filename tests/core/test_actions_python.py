@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core.actions import ActionContext, create_registry
-from codomyrmex_orchestration.errors import InvalidInputError, StepCancelledError, StepFailedError
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    InvalidInputError,
+    StepCancelledError,
+    StepFailedError,
+)
 
 CALL = create_registry(load_plugins=False).get("python", "call").func
 MODULE = "cdx_python_call_helpers"
@@ -148,3 +153,12 @@ def test_malformed_parameters_name_the_field(params: dict[str, Any], field: str)
     with pytest.raises(InvalidInputError) as info:
         call(params)
     assert info.value.field == field
+
+
+def test_the_module_allow_list_refuses_everything_outside_its_prefixes() -> None:
+    ctx = ActionContext("call", extras={"python_call_allow": ("json", "os.path")})
+    assert CALL({"function": "json:dumps", "args": [[1]]}, ctx) == "[1]"
+    assert CALL({"function": "os.path:basename", "args": ["/a/b"]}, ctx) == "b"
+    for refused in ("builtins:eval", "jsonx:loads", "os:system", "subprocess:run"):
+        with pytest.raises(ActionRefusedError, match="allow-list"):
+            CALL({"function": refused, "args": ["1"]}, ctx)

@@ -9,7 +9,8 @@ import pytest
 
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
-from codomyrmex_orchestration.core.projects import ProjectType
+from codomyrmex_orchestration.core.projects import INDEX_FILE, ProjectType
+from codomyrmex_orchestration.errors import AlreadyExistsError, ProjectCreationError
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,59 @@ def test_without_code_execution_projects_are_scaffolded_and_say_which_workflows_
             assert not set(project.workflows_not_registered) & registered
     finally:
         eng.shutdown()
+
+
+VICTIM_CHECK = {
+    "name": "victim.check",
+    "description": "someone else's workflow",
+    "steps": [{"name": "mine", "module": "core", "action": "echo", "parameters": {"message": "keep me"}}],
+}
+
+
+@pytest.fixture
+def own_engine(tmp_path: Path) -> Iterator[OrchestrationEngine]:
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state",
+        config_dir=None,
+        projects_dir=tmp_path / "projects",
+        templates_dir=None,
+        max_workers=2,
+    )
+    yield eng
+    eng.shutdown()
+
+
+def test_a_project_whose_workflow_name_is_taken_is_refused_and_leaves_nothing_behind(
+    own_engine: OrchestrationEngine, tmp_path: Path
+) -> None:
+    own_engine.workflow_manager.create_workflow(VICTIM_CHECK)
+    with pytest.raises(
+        AlreadyExistsError, match=r"'victim\.check'.*another project name.*overwrite_workflows"
+    ):
+        own_engine.project_manager.create_project("victim", ProjectType.CUSTOM)
+    kept = own_engine.workflow_manager.get_workflow("victim.check")
+    assert [(s.name, s.module) for s in kept.steps] == [("mine", "core")]
+    assert own_engine.project_manager.list_projects() == []
+    assert not (tmp_path / "projects" / "victim").exists()
+
+    other = own_engine.project_manager.create_project("other", ProjectType.CUSTOM)
+    assert other.workflows == ["other.check"]
+    replaced = own_engine.project_manager.create_project(
+        "victim", ProjectType.CUSTOM, overwrite_workflows=True
+    )
+    assert replaced.workflows == ["victim.check"]
+    assert {s.module for s in own_engine.workflow_manager.get_workflow("victim.check").steps} != {"core"}
+
+
+def test_a_creation_that_fails_after_replacing_a_workflow_registers_the_old_one_again(
+    own_engine: OrchestrationEngine, tmp_path: Path
+) -> None:
+    own_engine.workflow_manager.create_workflow(VICTIM_CHECK)
+    # The registry index cannot be written (a folder sits where the file goes): the last step fails.
+    (tmp_path / "projects" / INDEX_FILE).mkdir()
+    with pytest.raises(ProjectCreationError):
+        own_engine.project_manager.create_project("victim", ProjectType.CUSTOM, overwrite_workflows=True)
+    kept = own_engine.workflow_manager.get_workflow("victim.check")
+    assert [(s.name, s.module) for s in kept.steps] == [("mine", "core")]
+    assert not (tmp_path / "projects" / "victim").exists()
+    assert own_engine.project_manager.list_projects() == []

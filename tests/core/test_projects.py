@@ -42,8 +42,16 @@ class RecordingWorkflows:
 
     def create_workflow(self, spec: WorkflowSpec, /, *, overwrite: bool = False) -> object:
         self.overwrite_flags.append(overwrite)
+        if spec.name in self.specs and not overwrite:
+            raise AlreadyExistsError("workflow", spec.name)
         self.specs[spec.name] = spec
         return spec
+
+    def get_workflow(self, name: str, /) -> WorkflowSpec:
+        return self.specs[name]
+
+    def delete_workflow(self, name: str, /) -> bool:
+        return self.specs.pop(name, None) is not None
 
 
 def snapshot(path: Path) -> dict[str, bytes | None]:
@@ -351,7 +359,7 @@ def test_template_workflows_are_registered_as_valid_specs_aimed_at_the_project_f
     manager = ProjectManager(tmp_path / "projects", templates_dir=None, workflow_manager=workflows)
     project = manager.create_project("demo_proj", kind)
     assert project.workflows == sorted(workflows.specs) and project.workflows
-    assert all(workflows.overwrite_flags)
+    assert not any(workflows.overwrite_flags)  # a project never replaces a workflow unasked
     for name, spec in workflows.specs.items():
         assert name.startswith("demo_proj.")
         WorkflowSpec.model_validate(spec.model_dump())

@@ -25,6 +25,7 @@ from codomyrmex_orchestration.core.resources import (
     ResourceType,
     parse_size_mib,
 )
+from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
     InsufficientResourcesError,
@@ -469,18 +470,92 @@ def test_a_waiter_is_served_by_an_expiry(manager: ResourceManager) -> None:
     assert manager.allocate("lock", "second", 1, timeout=WAIT).requester_id == "second"
 
 
-def test_shutdown_stops_the_expiry_thread_and_expiry_stays_lazy(state_dir: Path) -> None:
+def test_shutdown_closes_the_managers_own_expiry_thread_and_held_allocations_stay(state_dir: Path) -> None:
     rm = ResourceManager(state_dir=state_dir)
-    rm.allocate("lock", "r", 1, ttl=30)
+    held = rm.allocate("lock", "r", 1, ttl=30)
     reapers = [t for t in threading.enumerate() if t.name == "resource-expiry"]
     assert reapers
     rm.shutdown()
     assert not any(t.is_alive() for t in reapers)
-    rm.deallocate_resources("r")
-    rm.allocate("lock", "r", 1, ttl=0.05)
-    # no expiry thread any more: the waiter itself releases the expired allocation at its deadline
-    assert rm.allocate("lock", "r2", 1, timeout=WAIT).requester_id == "r2"
+    assert rm.get_allocations() == [held]  # nothing expires any more; a release still works
+    assert rm.release(held.allocation_id)
+    rm.allocate("lock", "r2", 1, ttl=0.01)
+    assert rm.check_invariants() == []
     assert not any(t.is_alive() for t in threading.enumerate() if t.name == "resource-expiry")
+
+
+def test_a_shared_timer_service_runs_the_expiries_and_is_never_closed_by_the_manager(state_dir: Path) -> None:
+    timers = TimerService(name="shared-timers")
+    try:
+        rm = ResourceManager(
+            state_dir=state_dir,
+            config={"resources": {"gpu": {"capacity": 1, "burst_limit": 1, "burst_max_seconds": 0.05}}},
+            timers=timers,
+        )
+        expired_on: list[str] = []
+        done = threading.Event()
+
+        def note(event: str, payload: dict[str, Any]) -> None:
+            if event == "resource.released":
+                expired_on.append(f"{payload['reason']} on {threading.current_thread().name}")
+                done.set()
+
+        rm.add_listener(note)
+        rm.allocate("gpu", "r", 1)
+        rm.allocate("gpu", "r", 1)  # burst: reclaimed after 0.05 s
+        rm.allocate("lock", "r", 1, ttl=60)  # a pending timer when the manager shuts down
+        assert done.wait(WAIT)
+        assert expired_on == ["burst_expired on shared-timers"]
+        assert not any(t.name == "resource-expiry" for t in threading.enumerate())
+        assert timers.pending == 1
+        rm.shutdown()
+        assert timers.pending == 0  # its expiries are cancelled ...
+        assert not timers.closed  # ... but the service goes on serving its other owners
+        still_served = threading.Event()
+        timers.call_later(0.0, still_served.set)
+        assert still_served.wait(WAIT)
+    finally:
+        timers.close()
+
+
+def test_listeners_may_remove_themselves_and_others_while_an_event_is_delivered(
+    manager: ResourceManager,
+) -> None:
+    calls: list[str] = []
+
+    def first(event: str, payload: dict[str, Any]) -> None:
+        calls.append(f"first {event}")
+        manager.remove_listener(first)
+        manager.remove_listener(second)
+
+    def second(event: str, payload: dict[str, Any]) -> None:
+        calls.append(f"second {event}")
+
+    def third(event: str, payload: dict[str, Any]) -> None:
+        calls.append(f"third {event}")
+
+    def release_once() -> None:
+        calls.append("release")
+        manager.remove_release_listener(release_once)
+
+    for fn in (first, second, third):
+        manager.add_listener(fn)
+    manager.add_release_listener(release_once)
+    with capture_logs() as logs:
+        allocation = manager.allocate("cpu", "r", 1)
+        manager.release(allocation.allocation_id)
+        manager.release(manager.allocate("cpu", "r", 1).allocation_id)
+    # the delivery under way finishes with the list it began with; later ones see the removals
+    assert calls == [
+        "first resource.allocated",
+        "second resource.allocated",
+        "third resource.allocated",
+        "third resource.released",
+        "release",
+        "third resource.allocated",
+        "third resource.released",
+    ]
+    assert logs == []
 
 
 # --------------------------------------------------------------------------- scheduler admission

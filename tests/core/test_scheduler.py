@@ -14,9 +14,11 @@ import structlog.testing
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InsufficientResourcesError,
+    LimitExceededError,
     SchedulerShutdownError,
     StepTimeoutError,
     TaskNotFoundError,
@@ -761,3 +763,82 @@ def test_an_action_logs_through_a_logger_bound_with_its_ids(
         assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
     [entry] = [e for e in logs if e["event"] == "hello from the action"]
     assert (entry["step"], entry["run_id"], entry["task_id"], entry["n"]) == ("talk", "r-1", task_id, 1)
+
+
+# --------------------------------------------------------------------------- queue cap and fairness
+
+
+def test_a_session_with_one_task_is_served_before_another_sessions_backlog_of_a_thousand_drains(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    order: list[str] = []
+    flood = [orch.submit(recorder(order, f"a{i}"), name=f"a{i}", session_id="flood") for i in range(1000)]
+    mine = orch.submit(recorder(order, "mine"), name="mine", session_id="polite")
+    release.set()
+    orch.wait_all([*flood, mine], WAIT)
+    assert order.index("mine") <= 1  # it took its turn, not its place behind the thousand
+    assert [x for x in order if x != "mine"] == [f"a{i}" for i in range(1000)]  # FIFO within a session
+
+
+def test_submissions_beyond_the_queue_cap_are_refused_naming_the_cap_and_the_setting(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1, max_queued=3)
+    _, release = blocker(orch)  # running: it does not count as queued
+    queued = [orch.submit(lambda ctx: None, name=f"q{i}") for i in range(3)]
+    with pytest.raises(LimitExceededError) as refused:
+        orch.submit(lambda ctx: None, name="one too many")
+    assert refused.value.limit == 3 and refused.value.field == "max_queued"
+    assert "CODOMYRMEX_MAX_QUEUED_TASKS" in str(refused.value)
+    release.set()
+    orch.wait_all(queued, WAIT)
+    assert orch.wait(orch.submit(lambda ctx: "again", name="later"), WAIT).result == "again"
+
+
+class ExpiringResources(CountingResources):
+    """Like a ResourceManager with burst expiry: granting may free expired capacity and tell the
+    release listeners at once, on the thread that called try_acquire."""
+
+    def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> object | None:
+        handle = super().try_acquire(requester_id, requirements)
+        for callback in self._listeners:
+            callback()
+        return handle
+
+
+def test_a_resource_manager_that_frees_capacity_while_granting_does_not_stall_the_scheduler(
+    make_orch: Any,
+) -> None:
+    resources = ExpiringResources(capacity=1)
+    orch = make_orch(2, resource_manager=resources)
+    ids = [orch.submit(lambda ctx, i=i: i, name=f"r{i}", resources={"compute": 1}) for i in range(20)]
+    assert [r.result for r in orch.wait_all(ids, WAIT)] == list(range(20))
+    assert resources.max_used == 1
+
+
+def test_a_shared_timer_service_is_used_and_left_open_and_a_closed_one_does_not_kill_workers() -> None:
+    timers = TimerService(name="shared-timers")
+    try:
+        with TaskOrchestrator(2, timers=timers) as orch:
+            held = threading.Event()
+            slow = orch.submit(lambda ctx: held.wait(WAIT), name="slow", timeout=0.05)
+            assert orch.wait(slow, WAIT).status is TaskStatus.TIMED_OUT  # the shared timer fired
+            held.set()
+        assert not timers.closed  # not the scheduler's to close
+        timers.close()
+        with TaskOrchestrator(1, timers=timers) as orch:
+            attempts: list[int] = []
+
+            def flaky(ctx: ActionContext) -> str:
+                attempts.append(ctx.attempt)
+                if len(attempts) < 2:
+                    raise RuntimeError("first attempt fails")
+                return "ok"
+
+            task = orch.submit(flaky, name="flaky", timeout=5, max_retries=1, retry_delay=0.5)
+            record = orch.wait(task, WAIT)
+        assert record.status is TaskStatus.COMPLETED and attempts == [1, 2]
+    finally:
+        timers.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.helpers.load import run_load
-from tests.helpers.served import INITIALIZE, Served, served
+from tests.helpers.served import INITIALIZE, SCRIPT, Served, served, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -210,6 +211,10 @@ def loopback_listener() -> Iterator[tuple[int, list[Any]]]:
         "10.0.0.1",
         "192.168.1.1",
         "[fe80::1]",
+        "100.100.100.200",
+        "100.64.0.1",
+        "[2002:7f00:1::1]",
+        "[64:ff9b::7f00:1]",
     ],
 )
 async def test_http_request_cannot_reach_internal_addresses_over_http(
@@ -390,3 +395,52 @@ async def test_a_project_is_created_over_http_with_code_execution_refused(locked
     assert "README.md" in data["files_created"]
     refused = data["workflows_not_registered"]
     assert refused and all("refused" in reason for reason in refused.values())
+
+
+# --------------------------------------------------------------------------- weak configuration
+
+
+def test_a_weak_token_is_refused_before_the_server_listens(tmp_path: Path) -> None:
+    for token in (" ", "x"):
+        done = subprocess.run(
+            [str(SCRIPT), "serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0"],
+            env=server_env(tmp_path, {"CODOMYRMEX_AUTH_TOKEN": token}),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "CODOMYRMEX_AUTH_TOKEN" in done.stderr and "at least 16 characters" in done.stderr
+
+
+async def test_code_execution_off_loopback_warns_shows_in_health_and_honours_the_python_allow_list(
+    tmp_path: Path,
+) -> None:
+    env = {"CODOMYRMEX_AUTH_TOKEN": TOKEN, "CODOMYRMEX_PYTHON_CALL_ALLOW": "json,os.path"}
+    with served(tmp_path, ["--host", "0.0.0.0", "--allow-shell"], env) as server:
+        async with httpx.AsyncClient(timeout=10) as http:
+            health = (await http.get(f"{server.base}/healthz")).json()
+        assert health["code_execution"] is True and health["code_execution_exposed"] is True
+        assert "CODE EXECUTION IS ENABLED" in health["warnings"][0]
+        status = await call(server, "get_health_status", {})
+        details = (status.structured_content or {})["components"]["server"]["details"]
+        assert details["code_execution_exposed"] is True
+
+        def python(function: str, args: list[Any]) -> dict[str, Any]:
+            step = {"name": "py", "module": "python", "action": "call"}
+            return {**step, "parameters": {"function": function, "args": args}}
+
+        evil = await call(server, "execute_task", python("builtins:eval", ["1 + 1"]))
+        sneaky = await call(server, "execute_task", python("jsonx:loads", ["1"]))
+        fine = await call(server, "execute_task", python("json:dumps", [[1, 2]]))
+        logs = server.logs()
+    for refused in (evil, sneaky):
+        record = refused.structured_content or {}
+        assert record.get("status") == "failed", text(refused)
+        assert "allow-list" in json.dumps(record.get("error")), record
+    assert (fine.structured_content or {}).get("result") == "[1, 2]", text(fine)
+    warnings = [line for line in logs.splitlines() if "server.code_execution_exposed" in line]
+    assert len(warnings) == 1 and "warn" in warnings[0].lower(), logs
+    assert "! WARNING: CODE EXECUTION IS ENABLED ON A NETWORK ADDRESS (0.0.0.0)" in logs

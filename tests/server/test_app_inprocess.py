@@ -48,11 +48,18 @@ async def test_invalid_arguments_are_an_error_result_naming_the_field(
     assert "argument 'action'" in _text(result)
 
 
-async def test_an_unknown_tool_is_an_error_result(tools_without_engine: OrchestrationMCPTools) -> None:
+async def test_an_unknown_tool_is_a_json_rpc_invalid_params_error_naming_the_tools(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
     async with Client(build_server(tools_without_engine)) as client:
-        result = await client.call_tool("no_such_tool", {})
-    assert result.is_error
-    assert "unknown tool 'no_such_tool'" in _text(result)
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("no_such_tool", {})
+        # The server keeps serving, and a known tool's bad arguments stay an isError result.
+        bad = await client.call_tool("execute_task", {"name": "t"})
+    assert caught.value.error.code == -32602
+    assert "unknown tool 'no_such_tool'" in caught.value.error.message
+    assert "execute_workflow" in caught.value.error.message
+    assert bad.is_error and "missing required argument" in _text(bad)
 
 
 async def test_an_internal_error_has_a_reference_and_the_server_keeps_serving(
@@ -97,12 +104,14 @@ async def test_resources_list_the_collections_and_templates_even_without_an_engi
         "orchestration://workflows",
         "orchestration://runs",
         "orchestration://projects",
+        "orchestration://templates",
         "ui://codomyrmex-orchestration/run-view.html",  # the run view (MCP App): needs no engine either
     }
     assert {t.uri_template for t in templates} == {
         "orchestration://workflows/{name}",
         "orchestration://runs/{run_id}",
         "orchestration://projects/{name}",
+        "orchestration://templates/{name}",
     }
 
 

@@ -17,6 +17,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import validate_mcp_param_headers
 
 from codomyrmex_orchestration.cli import main
@@ -40,11 +41,15 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 @asynccontextmanager
 async def serving(
-    tools: OrchestrationMCPTools, transport: str, token: str | None, server: Server[Any] | None = None
+    tools: OrchestrationMCPTools,
+    transport: str,
+    token: str | None,
+    server: Server[Any] | None = None,
+    **options: Any,
 ) -> AsyncIterator[str]:
     """Serve on a listening socket bound before uvicorn starts, so clients never race the startup."""
     server = server or build_server(tools)
-    app = build_http_app(server, transport=transport, host="127.0.0.1", auth_token=token)
+    app = build_http_app(server, transport=transport, host="127.0.0.1", auth_token=token, **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -173,9 +178,10 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
             transport = sse_client(f"{base}/sse", headers={"Authorization": f"Bearer {TOKEN}"})
             async with Client(transport, mode="legacy") as client:
                 tools = await client.list_tools()
-                unknown = await client.call_tool("frobnicate", {})
+                with pytest.raises(MCPError) as unknown:
+                    await client.call_tool("frobnicate", {})
             assert len(tools.tools) == 23
-            assert unknown.is_error
+            assert unknown.value.error.code == -32602
 
 
 def test_a_non_loopback_bind_without_a_token_is_refused(
@@ -196,8 +202,8 @@ def test_the_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     token_file.write_text(f"{TOKEN}\n")
     from_file = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN_FILE": str(token_file)}, host="0.0.0.0")
     assert check_network_settings(from_file) == TOKEN
-    from_env = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN": "abc"}, host="10.1.2.3")
-    assert check_network_settings(from_env) == "abc"
+    from_env = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN": TOKEN}, host="10.1.2.3")
+    assert check_network_settings(from_env) == TOKEN
     assert check_network_settings(Settings(host="127.0.0.1")) is None
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(InvalidInputError, match="empty"):
@@ -249,3 +255,83 @@ async def test_over_http_progress_arrives_and_a_cancelled_request_cancels_the_ru
             record = await anyio.to_thread.run_sync(manager.wait_run, run_id, 10.0)
     assert seen == [1.0]
     assert record.status.value == "cancelled"
+
+
+# --------------------------------------------------------------------------- weak tokens, sessions
+
+
+@pytest.mark.parametrize("token", [" ", "x", "\t\n  ", "fifteen-chars-x", "   short-padded   "])
+def test_a_blank_or_short_token_is_refused_at_start_naming_the_setting(
+    token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weak = Settings.from_env({"CODOMYRMEX_AUTH_TOKEN": token}, transport="streamable-http", host="0.0.0.0")
+    with pytest.raises(InvalidInputError, match="CODOMYRMEX_AUTH_TOKEN") as info:
+        check_network_settings(weak)
+    assert "at least 16 characters" in str(info.value)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    from_file = Settings(transport="streamable-http", host="0.0.0.0", auth_token_file=token_file)
+    with pytest.raises(InvalidInputError, match=r"auth_token_file|empty"):
+        check_network_settings(from_file)
+    code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0",
+                 "--auth-token-file", str(token_file)])  # fmt: skip
+    assert code == 2
+    assert "auth" in capsys.readouterr().err
+
+
+async def _open_session(http: httpx.AsyncClient, base: str) -> httpx.Response:
+    return await http.post(f"{base}/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+
+
+async def test_at_the_session_cap_the_longest_idle_session_makes_room_for_a_new_client(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The attack: clients open sessions and never close them; once the cap is reached every new client
+    # got 503 "Too many open sessions" until the SDK's 30-minute idle timeout, while /healthz said ok.
+    with anyio.fail_after(30):
+        async with (
+            serving(tools, "streamable-http", None, max_sessions=3) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            hoarded = []
+            for _ in range(3):
+                opened = await _open_session(http, base)
+                assert opened.status_code == 200, opened.text
+                hoarded.append(opened.headers["mcp-session-id"])
+            health = (await http.get(f"{base}/healthz")).json()
+            assert (health["sessions_open"], health["sessions_max"]) == (3, 3)
+            assert health["session_idle_timeout_seconds"] == 300
+
+            newcomer = await _open_session(http, base)
+            assert newcomer.status_code == 200, newcomer.text
+            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+            oldest = await http.post(
+                f"{base}/mcp", json=ping, headers={**MCP_HEADERS, "mcp-session-id": hoarded[0]}
+            )
+            assert oldest.status_code == 404  # the longest idle was closed
+            for session in [*hoarded[1:], newcomer.headers["mcp-session-id"]]:
+                kept = await http.post(
+                    f"{base}/mcp", json=ping, headers={**MCP_HEADERS, "mcp-session-id": session}
+                )
+                assert kept.status_code == 200, kept.text
+            health = (await http.get(f"{base}/healthz")).json()
+            assert (health["sessions_open"], health["sessions_evicted"]) == (3, 1)
+
+            # A real client still gets in after many more hoarded sessions.
+            for _ in range(10):
+                assert (await _open_session(http, base)).status_code == 200
+            async with Client(streamable_http_client(f"{base}/mcp")) as client:
+                assert len((await client.list_tools()).tools) == 23
+
+
+async def test_the_session_idle_timeout_is_a_setting_that_reaches_the_session_manager(
+    tools: OrchestrationMCPTools,
+) -> None:
+    with anyio.fail_after(30):
+        async with (
+            serving(tools, "streamable-http", None, session_idle_timeout=42.5, max_sessions=7) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            health = (await http.get(f"{base}/healthz")).json()
+    assert health["session_idle_timeout_seconds"] == 42.5 and health["sessions_max"] == 7
+    assert Settings().session_idle_timeout <= 600 < 1800

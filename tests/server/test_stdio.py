@@ -233,3 +233,111 @@ async def test_a_long_write_to_a_full_pipe_leaves_the_event_loop_free(non_blocki
         os.close(write_end)
     assert loop_was_free
     assert received == [message.encode()]
+
+
+# --------------------------------------------------------------------------- malformed input on the wire
+
+
+class _Wire:
+    """A real ``serve`` subprocess fed raw bytes; replies are read by a thread into a queue, so a reply
+    that never comes fails the test after a bounded wait instead of hanging it."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+        import queue
+
+        self.stderr_path = tmp_path / "stderr.log"
+        with self.stderr_path.open("wb") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [str(SCRIPT), "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=tmp_path,
+                env={**_env(tmp_path), **(env or {})},
+            )
+        self.replies: queue.Queue[dict[str, object]] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.send(json.dumps(INITIALIZE).encode())
+        assert self.reply()["id"] == 1
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.replies.put(json.loads(line))
+
+    def send(self, raw: bytes, newline: bool = True) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(raw + (b"\n" if newline else b""))
+        self.proc.stdin.flush()
+
+    def reply(self) -> dict[str, object]:
+        return self.replies.get(timeout=20)
+
+    def close(self) -> str:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            assert self.proc.wait(timeout=20) == 0
+        finally:
+            reap(self.proc)
+            self.reader.join(5)
+        return self.stderr_path.read_text()
+
+
+def test_malformed_lines_get_json_rpc_errors_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    deep = b'{"jsonrpc": "2.0", "id": 8, "method": "ping", "params": {"a": ' + b"[" * 100_000 + b"]" * 100_000
+    cases: list[tuple[bytes, int, object]] = [
+        (b"this is not json", -32700, None),
+        (b'{"jsonrpc": "2.0", "id": 2, "method": "ping"', -32700, None),
+        (b"\xff\xfe{}", -32700, None),
+        (b'[{"jsonrpc": "2.0", "id": 3, "method": "ping"}]', -32600, None),
+        (b'{"jsonrpc": "1.0", "id": 4, "method": "ping"}', -32600, 4),
+        (b'{"jsonrpc": "2.0", "id": 5}', -32600, 5),
+        (b'{"jsonrpc": "2.0", "id": "six", "method": "ping", "params": {"x": "\\ud800"}}', -32600, "six"),
+        (b"42", -32600, None),
+        (deep + b"}}", -32600, None),
+    ]
+    wire = _Wire(tmp_path)
+    try:
+        for raw, code, request_id in cases:
+            wire.send(raw)
+            reply = wire.reply()
+            assert reply["jsonrpc"] == "2.0" and reply["id"] == request_id, (raw[:60], reply)
+            error = reply["error"]
+            assert isinstance(error, dict) and error["code"] == code, (raw[:60], reply)
+        wire.send(b'{"jsonrpc": "2.0", "id": 99, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 99, "result": {}}
+    finally:
+        errors = wire.close()
+    warnings = [line for line in errors.splitlines() if "stdio.malformed_message" in line]
+    assert len(warnings) == len(cases), errors
+    assert all("warn" in line.lower() for line in warnings), warnings
+
+
+def test_a_line_above_the_limit_is_refused_and_discarded_not_buffered(tmp_path: Path) -> None:
+    wire = _Wire(tmp_path, {"CODOMYRMEX_STDIO_MAX_LINE_BYTES": "65536"})
+    try:
+        for _ in range(64):  # 4 MiB of one line, in pieces, no newline yet
+            wire.send(b"x" * 65536, newline=False)
+        reply = wire.reply()  # refused while it streams in, before its end arrives
+        error = reply["error"]
+        assert reply["id"] is None and isinstance(error, dict) and error["code"] == -32600
+        assert "CODOMYRMEX_STDIO_MAX_LINE_BYTES" in str(error["message"])
+        wire.send(b"x" * 65536)  # the rest of the same line, then a good message
+        wire.send(b'{"jsonrpc": "2.0", "id": 7, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 7, "result": {}}
+        assert wire.replies.empty()
+    finally:
+        errors = wire.close()
+    assert errors.count("stdio.malformed_message") == 1, errors
+
+
+def test_a_long_valid_line_is_read_whole(tmp_path: Path) -> None:
+    wire = _Wire(tmp_path)
+    try:
+        big = {"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"_meta": {"pad": "y" * 20_000_000}}}
+        wire.send(json.dumps(big).encode())
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 9, "result": {}}
+    finally:
+        wire.close()

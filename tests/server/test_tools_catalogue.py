@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -155,7 +156,7 @@ def test_the_tools_refuse_to_exist_without_the_mcp_package(monkeypatch: pytest.M
 def test_output_schemas_are_flat_and_still_reject_what_the_models_reject(
     tools_without_engine: OrchestrationMCPTools,
 ) -> None:
-    # Clients validate every structured result against these; references and nullable anyOf are slow.
+    # Clients validate every structured result against these; references are where that time goes.
     definitions = {d["name"]: d for d in tools_without_engine.get_tool_definitions()}
     for name, d in definitions.items():
         text = json.dumps(d["outputSchema"])
@@ -187,4 +188,46 @@ def test_a_recursive_definition_stays_a_reference() -> None:
     validator = Draft202012Validator(flat)
     assert not list(validator.iter_errors({"label": None, "children": [{"children": [{"label": "x"}]}]}))
     assert list(validator.iter_errors({"children": [{"children": [{"label": 3}]}]}))
-    assert flat["properties"]["label"]["type"] == ["string", "null"]
+    assert flat["properties"]["label"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+
+
+_CONSTRAINTS = {"type", "anyOf", "oneOf", "allOf", "enum", "const", "$ref", "properties", "items", "not"}
+
+
+def _portability_problems(node: Any, path: str) -> list[str]:
+    """What a schema-portability check (the Inspector's) warns about: a list of types, and a schema for a
+    value (property, item, additional property, branch) that accepts anything."""
+    if not isinstance(node, dict):
+        return []
+    problems = [f"{path}: type list {node['type']}"] if isinstance(node.get("type"), list) else []
+    if _CONSTRAINTS.isdisjoint(node):
+        problems.append(f"{path}: accepts anything")
+    for key, value in node.items():
+        if key in ("properties", "patternProperties", "$defs"):
+            for name, sub in value.items():
+                problems += _portability_problems(sub, f"{path}/{key}/{name}")
+        elif key in ("items", "additionalProperties", "not"):
+            problems += _portability_problems(value, f"{path}/{key}")
+        elif key in ("anyOf", "oneOf", "allOf"):
+            for i, sub in enumerate(value):
+                problems += _portability_problems(sub, f"{path}/{key}/{i}")
+    return problems
+
+
+def test_every_schema_is_portable_no_type_lists_and_nothing_that_accepts_anything(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    problems = [
+        problem
+        for d in tools_without_engine.get_tool_definitions()
+        for kind in ("inputSchema", "outputSchema")
+        for problem in _portability_problems(d[kind], f"{d['name']}.{kind}")
+    ]
+    assert problems == []
+    # An arbitrary value (a task's result) is any JSON value, said explicitly, and still validates.
+    task = Draft202012Validator(
+        {d["name"]: d for d in tools_without_engine.get_tool_definitions()}["execute_task"]["outputSchema"]
+    )
+    base = {"task_id": "t-1", "name": "e", "status": "completed"}
+    for value in ({"a": [1]}, [1, "x"], "text", 2.5, 3, True, None):
+        assert not list(task.iter_errors({**base, "result": value})), value

@@ -14,22 +14,28 @@ import threading
 import time
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ._store_codec import (
     ACTIVE_RUN,
+    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
     STEPS_JSON,
     TERMINAL_RUN,
     build_run,
+    check_limits,
+    check_parameters,
     check_retention,
     dump_data,
     dump_run,
     dump_step,
     event_dict,
     interrupted,
+    parse_cursor,
     status_of,
+    window,
 )
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
@@ -74,8 +80,11 @@ class MemoryStore:
         *,
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
+        max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
     ) -> None:
         check_retention(retention_runs, retention_events)
+        check_limits(None, max_parameters_bytes)
+        self.max_parameters_bytes = max_parameters_bytes
         self.retention_runs = retention_runs
         self.retention_events = retention_events
         # Guards every table below; held for dict operations only, never across I/O or decoding.
@@ -209,18 +218,31 @@ class MemoryStore:
         workflow_name: str | None = None,
         status: WorkflowStatus | None = None,
         limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
     ) -> list[RunRecord]:
         wanted = WorkflowStatus(status).value if status is not None else None
+        low, high = window(since, until)
+        after = parse_cursor(cursor) if cursor is not None else None
         with self._lock:
             runs = [
-                r
-                for r in self._runs.values()
+                (r.created, run_id, r)
+                for run_id, r in self._runs.items()
                 if (workflow_name is None or r.workflow_name == workflow_name)
                 and (wanted is None or r.status == wanted)
+                and (low is None or r.created >= low)
+                and (high is None or r.created < high)
+                and (after is None or (r.created, run_id) < after)
             ]
-            runs.sort(key=lambda r: (r.created, r.seq), reverse=True)
-            picked = [(r.record, list(r.steps.values()), r.batch) for r in runs[: max(0, limit)]]
+            newest = heapq.nlargest(max(0, limit), runs, key=lambda item: (item[0], item[1]))
+            picked = [(r.record, list(r.steps.values()), r.batch) for _, _, r in newest]
         return [build_run(raw, steps, batch) for raw, steps, batch in picked]
+
+    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
+        """Refuse parameters over ``max_parameters_bytes``; memory has no byte budget (retention
+        bounds it)."""
+        check_parameters(parameters, self.max_parameters_bytes)
 
     def count_runs(self) -> dict[str, int]:
         """Stored runs by status value, without building a record."""

@@ -10,10 +10,11 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from ..errors import StateStoreError
-from ._store_codec import build_run, event_dict
+from ._store_codec import build_run, event_dict, parse_cursor, window
 from ._store_schema import close_quietly, sqlite_reason
 from .models import RunRecord, WorkflowSpec, WorkflowStatus
 
@@ -69,17 +70,32 @@ class StoreReader:
         workflow_name: str | None = None,
         status: WorkflowStatus | None = None,
         limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
     ) -> list[RunRecord]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if workflow_name is not None:
             where.append("workflow_name = ?")
             params.append(workflow_name)
         if status is not None:
             where.append("status = ?")
             params.append(WorkflowStatus(status).value)
+        low, high = window(since, until)
+        if low is not None:
+            where.append("created_at >= ?")
+            params.append(low)
+        if high is not None:
+            where.append("created_at < ?")
+            params.append(high)
+        if cursor is not None:
+            where.append("(created_at, run_id) < (?, ?)")
+            params.extend(parse_cursor(cursor))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        # Each run index ends in (created_at, run_id): the newest ``limit`` rows are read off its end.
         rows = self.read(
-            f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, run_id DESC LIMIT ?",
             (*params, max(0, limit)),
         )
         if not rows:
@@ -94,11 +110,21 @@ class StoreReader:
         return [build_run(record, steps[run_id]) for run_id, record in rows]
 
     def count_runs(self) -> dict[str, int]:
-        rows = self.read("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        rows = self.read(
+            "SELECT substr(key, 6), n FROM tallies WHERE key > 'runs/' AND key < 'runs0' AND n > 0"
+        )
         return {str(status): int(n) for status, n in rows}
 
     def count_rows(self) -> dict[str, int]:
-        return {table: int(self.read(f"SELECT count(*) FROM {table}")[0][0]) for table in TABLES}
+        counts = {}
+        for table in TABLES:
+            if table == "runs":
+                counts[table] = sum(self.count_runs().values())
+            elif table == "steps":
+                counts[table] = int(self.read("SELECT n FROM tallies WHERE key = 'steps'")[0][0])
+            else:
+                counts[table] = int(self.read(f"SELECT count(*) FROM {table}")[0][0])
+        return counts
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         rows = self.read("SELECT data FROM sessions WHERE id = ?", (session_id,))

@@ -14,9 +14,10 @@ from pathlib import Path
 from ..errors import StateStoreError
 from ..logs import get_logger
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "open_database"]
+__all__ = ["FINISHED_RUNS", "MIGRATIONS", "RUN_TALLIES", "SCHEMA_VERSION", "open_database"]
 
 _BUSY_TIMEOUT_MS = 5_000
+_WAL_SIZE_LIMIT = 4 << 20
 
 _log = get_logger("codomyrmex_orchestration.store")
 
@@ -83,7 +84,63 @@ MIGRATIONS: tuple[str, ...] = (
         ts REAL NOT NULL
     );
     """,
-    # 2: definition versions, and the version each run started with (NULL for runs recorded before).
+    # 2: what per-run work must not count or scan. Run counts by status, the step count and the bytes
+    # stored (records, step results and the spill files a step's output went to, which the step's
+    # truncation marker reports as spill_bytes) are kept by triggers, so retention, count_runs() and the byte
+    # budget read one row instead of counting the history. Run indexes end in run_id, the listing's
+    # tie-break, so a filtered, time-windowed, paginated listing walks one index without sorting; the
+    # partial index holds finished runs alone, oldest first, for retention.
+    """
+    ALTER TABLE steps ADD COLUMN spill_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE tallies (
+        key TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO tallies (key, n) SELECT 'runs/' || status, count(*) FROM runs GROUP BY status;
+    INSERT INTO tallies (key, n) SELECT 'steps', count(*) FROM steps;
+    INSERT INTO tallies (key, n)
+        SELECT 'bytes', coalesce((SELECT sum(length(CAST(record AS BLOB))) FROM runs), 0)
+            + coalesce((SELECT sum(length(CAST(result AS BLOB))) FROM steps), 0);
+    CREATE TRIGGER runs_tally_insert AFTER INSERT ON runs BEGIN
+        INSERT INTO tallies (key, n) VALUES ('runs/' || NEW.status, 1)
+            ON CONFLICT (key) DO UPDATE SET n = n + 1;
+        UPDATE tallies SET n = n + length(CAST(NEW.record AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER runs_tally_update AFTER UPDATE OF status, record ON runs BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'runs/' || OLD.status;
+        INSERT INTO tallies (key, n) VALUES ('runs/' || NEW.status, 1)
+            ON CONFLICT (key) DO UPDATE SET n = n + 1;
+        UPDATE tallies SET n = n + length(CAST(NEW.record AS BLOB)) - length(CAST(OLD.record AS BLOB))
+            WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER runs_tally_delete AFTER DELETE ON runs BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'runs/' || OLD.status;
+        UPDATE tallies SET n = n - length(CAST(OLD.record AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER steps_tally_insert AFTER INSERT ON steps BEGIN
+        UPDATE tallies SET n = n + 1 WHERE key = 'steps';
+        UPDATE tallies SET n = n + length(CAST(NEW.result AS BLOB)) + NEW.spill_bytes WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER steps_tally_update AFTER UPDATE OF result, spill_bytes ON steps BEGIN
+        UPDATE tallies
+            SET n = n + length(CAST(NEW.result AS BLOB)) + NEW.spill_bytes
+                - length(CAST(OLD.result AS BLOB)) - OLD.spill_bytes
+            WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER steps_tally_delete AFTER DELETE ON steps BEGIN
+        UPDATE tallies SET n = n - 1 WHERE key = 'steps';
+        UPDATE tallies SET n = n - length(CAST(OLD.result AS BLOB)) - OLD.spill_bytes WHERE key = 'bytes';
+    END;
+    DROP INDEX runs_by_created;
+    DROP INDEX runs_by_workflow;
+    DROP INDEX runs_by_status;
+    CREATE INDEX runs_by_created ON runs (created_at, run_id);
+    CREATE INDEX runs_by_workflow ON runs (workflow_name, created_at, run_id);
+    CREATE INDEX runs_by_status ON runs (status, created_at, run_id);
+    CREATE INDEX runs_finished ON runs (created_at, run_id)
+        WHERE status IN ('cancelled', 'completed', 'failed', 'interrupted');
+    """,
+    # 3: definition versions, and the version each run started with (NULL for runs recorded before).
     """
     CREATE TABLE workflow_versions (
         name TEXT NOT NULL,
@@ -97,6 +154,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_by_workflow_version ON runs (workflow_name, workflow_version);
     """,
 )
+#: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
+RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"
+#: The WHERE term of the ``runs_finished`` partial index, written the same way so that SQLite uses it.
+FINISHED_RUNS = "status IN ('cancelled', 'completed', 'failed', 'interrupted')"
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -134,10 +195,16 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     reader: sqlite3.Connection | None = None
     try:
         writer = _connect(path)
+        if int(writer.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            # A new file: pages freed by evicting runs are given back to the file system (retention
+            # runs incremental_vacuum after evicting by bytes). It can only be set before any table.
+            writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
         mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             _log.warning("state_store_not_wal", path=where, journal_mode=mode)
         writer.execute("PRAGMA synchronous=NORMAL")
+        # A checkpointed WAL is cut back to this size instead of keeping its largest size on disk.
+        writer.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         _migrate(writer, path)
         probe(writer)  # fails now, with the path, if the file cannot be written
         reader = _connect(path)
@@ -208,7 +275,18 @@ def probe(conn: sqlite3.Connection) -> str:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """``script`` cut into statements; a trigger's body (``BEGIN ... END``) stays in one piece."""
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
 
 
 def inode(path: Path) -> tuple[int, int] | None:

@@ -44,10 +44,11 @@ ON CONFLICT (run_id) DO UPDATE SET
 # Steps of a run that does not exist (never saved, or trimmed by retention) are dropped instead of
 # failing the whole batch on the foreign key.
 _SQL_UPSERT_STEP = """
-INSERT INTO steps (run_id, name, status, result, updated_at)
-SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)
+INSERT INTO steps (run_id, name, status, result, updated_at, spill_bytes)
+SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)
 ON CONFLICT (run_id, name) DO UPDATE SET
-    status = excluded.status, result = excluded.result, updated_at = excluded.updated_at
+    status = excluded.status, result = excluded.result, updated_at = excluded.updated_at,
+    spill_bytes = excluded.spill_bytes
 """
 
 
@@ -280,7 +281,14 @@ class GroupCommitWriter:
                     closing = self._closing
                     retention_forced = self._retention_due
                     self._retention_due = False
-                if not self._commit_taken(batch, target, calls, forced_retention=retention_forced or closing):
+                try:
+                    committed = self._commit_taken(
+                        batch, target, calls, forced_retention=retention_forced or closing
+                    )
+                except BaseException as exc:
+                    _fail_calls(calls, exc)  # the callers taken with this batch learn why, now
+                    raise
+                if not committed:
                     return
                 for call in calls:
                     try:
@@ -295,81 +303,110 @@ class GroupCommitWriter:
 
     def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, forced_retention: bool) -> bool:
         """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
-        if batch.size:
+        if batch.runs or batch.steps or batch.events:
+            self._retention.note_added()
+        retain = self._retention.due(forced=forced_retention)
+        if batch.size or retain:
             try:
-                self._commit(batch)
+                self._commit(batch, retain=retain)
             except sqlite3.Error as exc:
+                self._retention.after_commit(False)
                 self._fail(f"commit of {batch.size} writes failed: {sqlite_reason(exc)}", dropped=batch.size)
                 _fail_calls(calls, exc)
                 return False
-            self._batches += 1
-        self._retention.maybe_run(self._conn, forced=forced_retention)
+            self._retention.after_commit(True)
+            if batch.size:
+                self._batches += 1
         with self._lock:
             self._committed = target
             self._done.notify_all()
         return True
 
-    def _commit(self, batch: Batch) -> None:
+    def _commit(self, batch: Batch, *, retain: bool) -> None:
+        """One transaction: the batch's writes, then (``retain``) a retention pass, so trimming the
+        history costs no commit of its own."""
         conn = self._conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for name, wf in batch.workflows.items():
-                if wf is None:
-                    conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
-                else:
-                    conn.execute(
-                        "INSERT INTO workflows (name, spec, source, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                        "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
-                        (name, wf[0], wf[1], now, now),
-                    )
+            self._write(conn, batch, now)
+            if retain:
+                self._retention.run(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+
+    def run_retention(self) -> None:
+        """A retention pass now, on the writer connection after what is pending (for check_budget)."""
+
+        def retain(conn: sqlite3.Connection) -> None:
+            self._retention.note_added()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._retention.run(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback_quietly(conn)
+                self._retention.after_commit(False)
+                raise
+            self._retention.after_commit(True)
+
+        self.call(retain)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, batch: Batch, now: float) -> None:
+        for name, wf in batch.workflows.items():
+            if wf is None:
+                conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
+            else:
+                conn.execute(
+                    "INSERT INTO workflows (name, spec, source, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
+                    (name, wf[0], wf[1], now, now),
+                )
+        if batch.workflow_versions:
             conn.executemany(
                 "INSERT OR IGNORE INTO workflow_versions (name, version, digest, spec, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(n, v, d, spec, now) for (n, v), (d, spec) in batch.workflow_versions.items()],
             )
-            if batch.runs:
-                conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
-            if batch.steps:
-                conn.executemany(_SQL_UPSERT_STEP, batch.steps.values())
-            for sid, session in batch.sessions.items():
-                if session is None:
-                    conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-                else:
-                    conn.execute(
-                        "INSERT INTO sessions (id, data, status, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
-                        "status = excluded.status, updated_at = excluded.updated_at",
-                        (sid, session[0], session[1], now, now),
-                    )
-            for pname, pdata in batch.projects.items():
-                if pdata is None:
-                    conn.execute("DELETE FROM projects WHERE name = ?", (pname,))
-                else:
-                    conn.execute(
-                        "INSERT INTO projects (name, data, created_at, updated_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
-                        "updated_at = excluded.updated_at",
-                        (pname, pdata, now, now),
-                    )
-            for aid, adata in batch.allocations.items():
-                if adata is None:
-                    conn.execute("DELETE FROM allocations WHERE id = ?", (aid,))
-                else:
-                    conn.execute(
-                        "INSERT INTO allocations (id, data, created_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-                        (aid, adata, now),
-                    )
-            if batch.events:
-                conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback_quietly(conn)
-            raise
-        if batch.runs or batch.events:
-            self._retention.note_added()
+        if batch.runs:
+            conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
+        if batch.steps:
+            conn.executemany(_SQL_UPSERT_STEP, batch.steps.values())
+        for sid, session in batch.sessions.items():
+            if session is None:
+                conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+            else:
+                conn.execute(
+                    "INSERT INTO sessions (id, data, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
+                    "status = excluded.status, updated_at = excluded.updated_at",
+                    (sid, session[0], session[1], now, now),
+                )
+        for pname, pdata in batch.projects.items():
+            if pdata is None:
+                conn.execute("DELETE FROM projects WHERE name = ?", (pname,))
+            else:
+                conn.execute(
+                    "INSERT INTO projects (name, data, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
+                    "updated_at = excluded.updated_at",
+                    (pname, pdata, now, now),
+                )
+        for aid, adata in batch.allocations.items():
+            if adata is None:
+                conn.execute("DELETE FROM allocations WHERE id = ?", (aid,))
+            else:
+                conn.execute(
+                    "INSERT INTO allocations (id, data, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                    (aid, adata, now),
+                )
+        if batch.events:
+            conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
 
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)

@@ -32,6 +32,7 @@ from codomyrmex_orchestration.config import (
     Settings,
 )
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._procs import guard_processes
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.models import (
@@ -45,8 +46,10 @@ from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import (
+    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
+    DEFAULT_STATE_MAX_BYTES,
     EngineStateStore,
     MemoryStore,
     SqliteStore,
@@ -228,6 +231,8 @@ class OrchestrationEngine:
         durable: keep state in SQLite under ``state_dir`` (else in memory).
         resources_config: overrides for resource capacities.
         retention_runs, retention_events: most finished runs and events the store keeps.
+        state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
+            run's parameters may take (see :class:`SqliteStore`).
         backend: where ready steps run (the scheduler's own threads when ``None``; see
             :func:`~codomyrmex_orchestration.core.backends.create_backend`).
         max_steps: most steps a workflow may have.
@@ -263,6 +268,8 @@ class OrchestrationEngine:
         backend: ExecutionBackend | None = None,
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
+        state_max_bytes: int | None = DEFAULT_STATE_MAX_BYTES,
+        max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         recover: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
@@ -285,9 +292,15 @@ class OrchestrationEngine:
                     self.state_dir / "state.db",
                     retention_runs=retention_runs,
                     retention_events=retention_events,
+                    max_bytes=state_max_bytes,
+                    max_parameters_bytes=max_parameters_bytes,
                 )
                 if durable
-                else MemoryStore(retention_runs=retention_runs, retention_events=retention_events)
+                else MemoryStore(
+                    retention_runs=retention_runs,
+                    retention_events=retention_events,
+                    max_parameters_bytes=max_parameters_bytes,
+                )
             )
         self.store: EngineStateStore = store
         self.interrupted_runs: list[str] = self.store.recover() if recover else []
@@ -295,6 +308,8 @@ class OrchestrationEngine:
         self.registry = (
             registry if registry is not None else create_registry(allow_code_execution=allow_code_execution)
         )
+        if durable:  # before any resume can start a step again: kill the groups a crash left running
+            guard_processes(self.registry, self.state_dir / "procs")
         resources_path = Path(config_dir).parent.parent / "resources.json" if config_dir else None
         self.resource_manager = ResourceManager(
             state_dir=self.state_dir if durable else None,
@@ -356,6 +371,8 @@ class OrchestrationEngine:
             "durable": settings.durable,
             "retention_runs": settings.retention_runs,
             "retention_events": settings.retention_events,
+            "state_max_bytes": settings.state_max_bytes,
+            "max_parameters_bytes": settings.max_parameters_bytes,
         }
         kwargs.update(overrides)
         if "backend" not in kwargs and settings.executor != "local":

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,13 +22,20 @@ from ..logs import get_logger
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
+    DEFAULT_STATE_MAX_BYTES,
+    check_limits,
+    check_parameters,
     check_retention,
     dump_data,
     dump_run,
     dump_step,
     interrupted,
+    refuse_over_budget,
+    run_cursor,
+    spill_bytes,
     status_of,
 )
 from ._store_memory import MemoryStore
@@ -39,13 +47,16 @@ from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_RETENTION_EVENTS",
     "DEFAULT_RETENTION_RUNS",
+    "DEFAULT_STATE_MAX_BYTES",
     "SCHEMA_VERSION",
     "EngineStateStore",
     "MemoryStore",
     "SqliteStore",
     "StateStore",
+    "run_cursor",
 ]
 
 _log = get_logger("codomyrmex_orchestration.store")
@@ -74,14 +85,22 @@ class StateStore(Protocol):
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
+    # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
+    # on created_at; ``cursor``: run_cursor() of the last run of the previous page.
     def list_runs(
         self,
         *,
         workflow_name: str | None = None,
         status: WorkflowStatus | None = None,
         limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
     ) -> list[RunRecord]: ...
     def count_runs(self) -> dict[str, int]: ...
+    # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no
+    # room for; the run start path calls it before saving the run.
+    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None: ...
     # A mark of the writes saved so far, for flush(upto=...) later.
     def write_mark(self) -> int: ...
     # Block until the writes saved before ``upto`` (a write_mark(); default: now) are durable; with
@@ -137,6 +156,13 @@ class SqliteStore:
         retention_runs: finished runs kept (oldest finished ones are deleted, with their steps).
         retention_events: events kept (oldest deleted).
         flush_interval: seconds the writer waits to gather a batch before committing it.
+        max_bytes: the byte budget (``None``: none): run records, step results and spill files
+            together. Past it, the oldest finished runs are evicted with their spill folders (and the
+            oldest spill files of tasks outside runs), and :meth:`check_budget` refuses new work while
+            it cannot be met.
+        max_parameters_bytes: the most bytes of JSON a run's parameters may take (:meth:`check_budget`).
+        spill_dir: where step outputs are spilled (default: ``outputs`` beside the database file, as
+            the engine lays it out).
 
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
@@ -152,17 +178,31 @@ class SqliteStore:
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_bytes: int | None = DEFAULT_STATE_MAX_BYTES,
+        max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
+        spill_dir: Path | str | None = None,
     ) -> None:
         check_retention(retention_runs, retention_events)
+        check_limits(max_bytes, max_parameters_bytes)
         if flush_interval < 0:
             raise InvalidInputError("flush_interval", f"must be >= 0 seconds, got {flush_interval}")
         self.path = Path(path).absolute()
+        self.max_parameters_bytes = max_parameters_bytes
         where = str(self.path)
-        self._retention = Retention(where, runs=retention_runs, events=retention_events)
+        self._retention = Retention(
+            where,
+            runs=retention_runs,
+            events=retention_events,
+            max_bytes=max_bytes,
+            spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
+        )
         writer_conn, reader_conn = open_database(self.path)
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        # Measure the bytes used (and apply a budget or a retention lowered since the last start):
+        # reads of the tallies and of the oldest index entries, never a scan of the history.
+        self._writer.run_retention()
 
     @property
     def retention_runs(self) -> int:
@@ -175,6 +215,30 @@ class SqliteStore:
     @property
     def flush_interval(self) -> float:
         return self._writer.flush_interval
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._retention.max_bytes
+
+    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
+        """Refuse new work the state directory has no room for; call it before a run starts.
+
+        Args:
+            parameters: the new run's parameters, checked against ``max_parameters_bytes``.
+
+        Raises:
+            LimitExceededError: the parameters are too large, or the bytes used are over ``max_bytes``
+                even after evicting every finished run (naming the budget and its setting).
+        """
+        check_parameters(parameters, self.max_parameters_bytes)
+        usage = self._retention.usage
+        if not usage.over:
+            return
+        # Over at the last pass: evict now (it commits what is pending first) and measure again.
+        self._writer.run_retention()
+        usage = self._retention.usage
+        if usage.over and usage.max_bytes is not None:
+            raise refuse_over_budget(usage.total, usage.max_bytes)
 
     # ------------------------------------------------------------------ writes (queued)
 
@@ -203,7 +267,10 @@ class SqliteStore:
             record.workflow_version,
         )
         steps = [
-            ((record.run_id, name), (record.run_id, name, s.status.value, dump_step(s), now, record.run_id))
+            (
+                (record.run_id, name),
+                (record.run_id, name, s.status.value, dump_step(s), now, spill_bytes(s), record.run_id),
+            )
             for name, s in record.steps.items()
         ]
 
@@ -214,7 +281,7 @@ class SqliteStore:
         self._writer.enqueue(put)
 
     def save_step(self, run_id: str, step: StepResult) -> None:
-        row = (run_id, step.name, step.status.value, dump_step(step), time.time(), run_id)
+        row = (run_id, step.name, step.status.value, dump_step(step), time.time(), spill_bytes(step), run_id)
         self._writer.enqueue(lambda b: b.steps.__setitem__((run_id, step.name), row))
 
     def save_session(self, session_id: str, data: Mapping[str, Any]) -> None:
@@ -290,8 +357,18 @@ class SqliteStore:
         workflow_name: str | None = None,
         status: WorkflowStatus | None = None,
         limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
     ) -> list[RunRecord]:
-        return self._reads.list_runs(workflow_name=workflow_name, status=status, limit=limit)
+        """Up to ``limit`` runs, newest first, filtered; see :class:`StateStore`.
+
+        Raises:
+            InvalidInputError: ``cursor`` is not one :func:`run_cursor` made.
+        """
+        return self._reads.list_runs(
+            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+        )
 
     def count_runs(self) -> dict[str, int]:
         """Stored runs by status value: one aggregate query, no records built."""
@@ -339,7 +416,8 @@ class SqliteStore:
 
         Returns:
             ``{"ok": bool, "reason": str, "kind": "sqlite", "path", "last_error", "pending_writes",
-            "dropped_writes"}``; never raises.
+            "dropped_writes", "bytes_used", "max_bytes", "spill_bytes_tasks"}``; never raises. Being
+            over the byte budget is not unhealthy: new work is refused, what runs goes on.
         """
         state = self._writer.state()
         report: dict[str, Any] = {
@@ -350,6 +428,7 @@ class SqliteStore:
             "last_error": state.failure,
             "pending_writes": state.pending,
             "dropped_writes": state.dropped,
+            **self._bytes_report(),
         }
         report["reason"] = self._health_problem(state.closed, state.failure, timeout)
         if not report["reason"]:
@@ -407,6 +486,15 @@ class SqliteStore:
             "dropped_writes": state.dropped,
             "batches_committed": state.batches,
             "last_error": state.failure,
+            **self._bytes_report(),
+        }
+
+    def _bytes_report(self) -> dict[str, Any]:
+        usage = self._retention.usage
+        return {
+            "bytes_used": usage.total,
+            "max_bytes": usage.max_bytes,
+            "spill_bytes_tasks": usage.task_spill,
         }
 
     # ------------------------------------------------------------------ closing

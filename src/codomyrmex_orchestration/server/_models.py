@@ -86,6 +86,10 @@ class CreateProjectArgs(Args):
     template: ProjectTypeName = Field(default="ai_analysis", description="Project type / template.")
     description: str = Field(default="", max_length=10_000)
     owner: str = Field(default="", max_length=256)
+    overwrite_workflows: bool = Field(
+        default=False,
+        description="Replace registered workflows named '<name>.<workflow>' (else a name clash is an error).",
+    )
 
 
 class ListProjectsArgs(Args):

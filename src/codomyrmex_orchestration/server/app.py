@@ -8,10 +8,7 @@ import hmac
 import importlib.util
 import ipaddress
 import json
-import os
-import select
 import signal
-import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -21,10 +18,10 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.apps import client_supports_apps
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.stdio import stdio_server
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from starlette.applications import Starlette
@@ -38,7 +35,19 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _ui
+from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._completion import completion_handler
+from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
+from codomyrmex_orchestration.server._notifications import NotificationHub
+from codomyrmex_orchestration.server._sessions import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_IDLE_TIMEOUT,
+    ServerStatus,
+    SessionManager,
+)
+from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
+from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
+from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -153,6 +162,27 @@ def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str,
     }
 
 
+# Tools that start runs: the hub must listen to the engine before such a call starts its first run.
+_RUN_TOOLS = frozenset({"execute_workflow", "create_complex_workflow", "resume_workflow_run"})
+
+
+class _OrchestrationServer(Server[Any]):
+    """The low-level server, announcing ``resources.listChanged`` to 2025-era clients (the SDK derives
+    every other capability from the handlers registered; this flag it takes only from the caller)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(resources_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
 def build_server(
     tools: OrchestrationMCPTools | None = None,
     *,
@@ -169,6 +199,7 @@ def build_server(
     the_tools = tools
     listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
+    hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
     listed_with_ui = [
         tool.model_copy(update={"meta": {**(tool.meta or {}), **ui_meta}})
@@ -182,10 +213,32 @@ def build_server(
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name not in input_schemas:
+            from mcp.shared.exceptions import MCPError
+
+            # The specification: an unknown tool is a protocol error (-32602, invalid params); isError
+            # results are for a known tool's argument and execution errors.
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"unknown tool {params.name!r}; available tools: {', '.join(input_schemas)}",
+                data={"tool": params.name},
+            )
+
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(done, total, message)
 
-        result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        peer = hub.peer(ctx)
+        if params.name in _RUN_TOOLS and not the_tools.engine_started:
+            # A failure to start is reported by the call itself, just below.
+            with contextlib.suppress(Exception):
+                await core(lambda: the_tools.engine)
+        hub.watch_engine()
+        async with hub.request_logs(ctx) as request_peer:
+            with hub.calling(peer or request_peer):
+                result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        hub.watch_engine()
+        if params.name == "create_project" and not result.is_error:
+            hub.projects_changed((result.structured or {}).get("project_name"))
         return types.CallToolResult(
             content=[types.TextContent(text=result.text)],
             structured_content=result.structured,
@@ -196,6 +249,7 @@ def build_server(
         return await anyio.to_thread.run_sync(fn, limiter=the_tools._call_limiter)
 
     async def on_list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        hub.watch_engine()
         resources = [
             types.Resource(
                 uri=f"{URI_SCHEME}{kind}",
@@ -204,7 +258,7 @@ def build_server(
                 description=f"JSON list of {kind}",
                 mime_type="application/json",
             )
-            for kind in ("workflows", "runs", "projects")
+            for kind in ("workflows", "runs", "projects", "templates")
         ]
         resources.append(
             types.Resource(
@@ -251,6 +305,12 @@ def build_server(
                 description="A project's manifest",
                 mime_type="application/json",
             ),
+            types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}templates/{{name}}",
+                name="template",
+                description="A project template (what create_project with it creates)",
+                mime_type="application/json",
+            ),
         ]
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
@@ -269,19 +329,26 @@ def build_server(
             ("runs", False): ("list_workflow_runs", {}),
             ("runs", True): ("get_workflow_run", {"run_id": key}),
             ("projects", False): ("list_projects", {}),
+            ("templates", False): ("list_project_templates", {}),
         }.get((kind, bool(key)), (None, {}))
-        if kind == "projects" and key:
-            listed_projects = await the_tools.execute_tool_async("list_projects", {})
-            projects = (listed_projects.structured or {}).get("projects", [])
-            match = [p for p in projects if p.get("name") == key]
+        hub.watch_engine()
+        if kind in ("projects", "templates") and key:
+            list_tool, items_key, key_field = {
+                "projects": ("list_projects", "projects", "name"),
+                "templates": ("list_project_templates", "templates", "type"),
+            }[kind]
+            listed_items = await the_tools.execute_tool_async(list_tool, {})
+            items = (listed_items.structured or {}).get(items_key, [])
+            match = [p for p in items if p.get(key_field) == key]
             if not match:
                 raise _resource_not_found(
-                    uri, listed_projects.text if listed_projects.is_error else "no such project"
+                    uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
                 )
             return _text_resource(uri, match[0])
         if tool is None:
             raise _resource_not_found(
-                uri, "known resources: workflows[/name], runs[/run_id], projects[/name]"
+                uri,
+                "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
             )
         result = await the_tools.execute_tool_async(tool, args)
         if result.is_error:
@@ -316,7 +383,7 @@ def build_server(
             messages=[types.PromptMessage(role="user", content=types.TextContent(text=text))],
         )
 
-    server: Server[Any] = Server(
+    server: Server[Any] = _OrchestrationServer(
         SERVER_NAME,
         version=__version__,
         title="Codomyrmex orchestration",
@@ -328,12 +395,18 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+        on_completion=completion_handler(the_tools, hub.watch_engine),
+        # 2025-era resources/subscribe, and the 2026-07-28 subscriptions/listen streams over the hub's bus.
+        **_subscriptions.handlers(hub),
+        on_subscriptions_listen=ListenHandler(hub.bus),
+        lifespan=hub.lifespan,
         # Without this lookup the SDK's streamable HTTP path (protocol 2026-07-28) re-runs and re-serialises
         # the whole tools/list on every tools/call that carries arguments, to check Mcp-Param headers:
         # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
+    hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     return server
 
 
@@ -422,15 +495,24 @@ def build_http_app(
     allowed_hosts: Sequence[str] = (),
     tools: OrchestrationMCPTools | None = None,
     ui_access: _ui.UiAccess | None = None,
+    status: ServerStatus | None = None,
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
     open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set. With ``tools``, the read-only
-    run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks)."""
+    run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks).
+    Streamable-HTTP sessions expire after ``session_idle_timeout`` seconds idle; at ``max_sessions`` the
+    longest-idle one is closed for a new client. ``/healthz`` reports ``status`` (sessions open and the
+    cap, code-execution exposure)."""
     security = transport_security(host, allowed_hosts)
     ui_access = ui_access or _ui.UiAccess(auth_token)
+    status = status or ServerStatus(transport=transport, code_execution=False)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": SERVER_NAME, "version": __version__})
+        return JSONResponse(
+            {"status": "ok", "server": SERVER_NAME, "version": __version__, **status.snapshot()}
+        )
 
     routes: list[Route | Mount] = [Route("/healthz", endpoint=healthz, methods=["GET"])]
     if tools is not None:
@@ -453,7 +535,13 @@ def build_http_app(
             Mount("/messages/", app=sse.handle_post_message),
         ]
     elif transport == "streamable-http":
-        manager = StreamableHTTPSessionManager(app=server, security_settings=security)
+        manager = SessionManager(
+            app=server,
+            security_settings=security,
+            session_idle_timeout=session_idle_timeout,
+            max_sessions=max_sessions,
+        )
+        status.sessions = manager
         routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)))
 
         @contextlib.asynccontextmanager
@@ -474,9 +562,12 @@ def check_network_settings(settings: Settings) -> str | None:
     """The bearer token to require, or ``None``; refuses a non-loopback bind without one.
 
     Raises:
-        InvalidInputError: binding to a non-loopback address with no token configured.
+        InvalidInputError: binding to a non-loopback address with no token configured, or a token that
+            is only whitespace or shorter than 16 characters.
     """
     token = settings.auth_token.get_secret_value() if settings.auth_token is not None else ""
+    if token:
+        token = check_token(token, "CODOMYRMEX_AUTH_TOKEN")
     if settings.auth_token_file is not None and not token:
         try:
             token = settings.auth_token_file.read_text(encoding="utf-8").strip()
@@ -486,6 +577,7 @@ def check_network_settings(settings: Settings) -> str | None:
             ) from None
         if not token:
             raise InvalidInputError("auth_token_file", f"{settings.auth_token_file} is empty")
+        token = check_token(token, f"auth_token_file ({settings.auth_token_file})")
     if not token and not is_loopback(settings.host):
         raise InvalidInputError(
             "auth_token",
@@ -496,119 +588,6 @@ def check_network_settings(settings: Settings) -> str | None:
 
 
 # --------------------------------------------------------------------------- running
-
-
-class _StdinLines:
-    """Lines from the process's stdin, read only when readable, so a signal can cancel the wait.
-
-    mcp's own stdin reader blocks a worker thread in ``read()``, which cancellation cannot interrupt;
-    this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
-    child processes never read the protocol) and the wire is read from a private duplicate.
-    """
-
-    def __init__(self) -> None:
-        self._fd = os.dup(0)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        self._buffer = b""
-        self._eof = False
-        # Regular files and some devices cannot be polled (epoll refuses them) but never block.
-        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
-
-    def close(self) -> None:
-        os.dup2(self._fd, 0)
-        os.close(self._fd)
-
-    def __aiter__(self) -> _StdinLines:
-        return self
-
-    async def __anext__(self) -> str:
-        while b"\n" not in self._buffer and not self._eof:
-            if self._pollable:
-                try:
-                    await anyio.wait_readable(self._fd)
-                except OSError:
-                    self._pollable = False
-            chunk = os.read(self._fd, 65536)
-            self._eof = not chunk
-            self._buffer += chunk
-        if not self._buffer:
-            raise StopAsyncIteration
-        line, newline, self._buffer = self._buffer.partition(b"\n")
-        return (line + newline).decode("utf-8", errors="replace")
-
-
-class _StdoutLines:
-    """The protocol's writing side, written from the event loop: no thread per message.
-
-    mcp's own writer hands every message to a worker thread twice (``write``, then ``flush``), two
-    thread hand-offs per reply. Here a message of up to ``PIPE_BUF`` bytes, the usual size, is written
-    directly once the descriptor is writable: a pipe with room takes such a write whole and at once.
-    A longer one, or what a socket or terminal did not take, is written by a worker thread, which may
-    block without holding up the loop. Like the SDK, it serves the wire from a private duplicate while
-    ``fd`` (stdout) points at stderr, so stray output of the process or its children never reaches the
-    client; :meth:`close` points it back at the wire.
-    """
-
-    def __init__(self, fd: int = 1) -> None:
-        self._wire_fd = fd
-        self._fd = os.dup(fd)
-        os.dup2(2, fd)
-        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
-
-    def close(self) -> None:
-        os.dup2(self._fd, self._wire_fd)
-        os.close(self._fd)
-
-    async def write(self, text: str) -> None:
-        data = text.encode("utf-8")
-        if len(data) <= select.PIPE_BUF and self._pollable:
-            try:
-                await anyio.wait_writable(self._fd)
-            except OSError:  # not pollable after all: the thread below writes it
-                self._pollable = False
-            else:
-                data = data[os.write(self._fd, data) :]
-        if data:
-            await anyio.to_thread.run_sync(self._write_all, data)
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:  # a client may hand us a non-blocking pipe: wait for room
-                select.select([], [self._fd], [])
-
-    async def flush(self) -> None:
-        """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
-
-
-async def _serve_stdio(server: Server[Any]) -> None:
-    stdin = _StdinLines()
-    stdout = _StdoutLines()
-    try:
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("server.signal", signal=signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop_on_signal)
-            # Duck-typed: stdin is only iterated, stdout only written and flushed.
-            async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
-                await server.run(read, write, server.create_initialization_options())
-            tg.cancel_scope.cancel()
-    except* (BrokenPipeError, ConnectionResetError):
-        # The client closed its end of the wire: the session is over, like at EOF (not a server error).
-        log.info("server.client_gone", reason="the client stopped reading the server's output")
-    finally:
-        stdout.close()
-        stdin.close()
 
 
 async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
@@ -659,10 +638,14 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
         )
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
-    policy = ServerPolicy.for_transport(transport, settings.allow_shell)
+    policy = ServerPolicy.for_transport(
+        transport, settings.allow_shell, settings.http_allow, settings.python_call_allow
+    )
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools)
+    status = _server_status(settings, policy)
+    tools.server_status = status.component
     log.info(
         "server.start",
         transport=transport,
@@ -672,7 +655,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     )
     try:
         if transport == "stdio":
-            anyio.run(_serve_stdio, server, backend_options=_loop_options())
+            anyio.run(_serve_stdio, server, settings.stdio_max_line_bytes, backend_options=_loop_options())
         else:
             ui_access = _ui.UiAccess(token)
             app = build_http_app(
@@ -683,6 +666,9 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 allowed_hosts=settings.allowed_hosts,
                 tools=tools,
                 ui_access=ui_access,
+                status=status,
+                session_idle_timeout=settings.session_idle_timeout,
+                max_sessions=settings.max_sessions,
             )
             _print_ui_link(settings, ui_access)
             anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
@@ -701,6 +687,23 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
     return 0
+
+
+def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
+    """The server's own status; warns on stderr when code execution is exposed beyond loopback."""
+    status = ServerStatus(transport=settings.transport, code_execution=policy.allow_code_execution)
+    warning = exposure_warning(
+        settings.transport, settings.host, policy.allow_code_execution, is_loopback(settings.host)
+    )
+    if warning is not None:
+        status.exposed = True
+        status.warnings.append(warning)
+        log.warning("server.code_execution_exposed", warning=warning)
+        # Also as a banner, whatever the log level: the person starting the server must see it.
+        rule = "!" * 78
+        sys.stderr.write(f"{rule}\n! WARNING: {warning}\n{rule}\n")
+        sys.stderr.flush()
+    return status
 
 
 def _print_ui_link(settings: Settings, access: _ui.UiAccess) -> None:

@@ -79,21 +79,40 @@ class ServerPolicy:
     allow_code_execution: bool = True
     block_private_addresses: bool = False
     transport: str = "stdio"
+    #: Internal hosts / CIDRs ``http.request`` may reach although private addresses are blocked.
+    http_allow: tuple[str, ...] = ()
+    #: Module prefixes ``python.call`` may import from; empty: any.
+    python_call_allow: tuple[str, ...] = ()
 
     @classmethod
-    def for_transport(cls, transport: str, allow_shell: bool | None) -> ServerPolicy:
+    def for_transport(
+        cls,
+        transport: str,
+        allow_shell: bool | None,
+        http_allow: tuple[str, ...] = (),
+        python_call_allow: tuple[str, ...] = (),
+    ) -> ServerPolicy:
         network = transport != "stdio"
         allowed = (not network) if allow_shell is None else allow_shell
         return cls(
             allow_code_execution=allowed,
             block_private_addresses=network and not allowed,
             transport=transport,
+            http_allow=http_allow,
+            python_call_allow=python_call_allow,
         )
 
     @property
     def action_extras(self) -> dict[str, Any]:
         """Values every action's ``ctx.extras`` should carry under this policy."""
-        return {"block_private_addresses": True} if self.block_private_addresses else {}
+        extras: dict[str, Any] = {}
+        if self.block_private_addresses:
+            extras["block_private_addresses"] = True
+            if self.http_allow:
+                extras["http_allow"] = self.http_allow
+        if self.python_call_allow:
+            extras["python_call_allow"] = self.python_call_allow
+        return extras
 
 
 EngineFactory = Callable[[ServerPolicy], Any]
@@ -188,18 +207,27 @@ def _schema(model: type[BaseModel], mode: Any) -> dict[str, Any]:
     return schema
 
 
-_NOT_COLLAPSIBLE = frozenset({"enum", "const", "anyOf", "oneOf", "allOf", "not", "$ref", "if"})
+# Keywords that constrain a value; a schema with none of them accepts anything.
+_CONSTRAINING = frozenset(
+    {"type", "enum", "const", "anyOf", "oneOf", "allOf", "not", "$ref", "if", "properties", "items"}
+)
+
+# Any JSON value, spelt out. Only where the value really is arbitrary JSON (an action's output, a task's
+# result, a health issue's details): a schema without a type is what portability checks (the Inspector's)
+# warn about, and clients generating types from it get nothing; this says the same thing explicitly.
+_ANY_JSON: dict[str, Any] = {
+    "anyOf": [{"type": t} for t in ("object", "array", "string", "number", "boolean", "null")]
+}
 
 
 def _flatten_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The same schema without indirection: ``$ref`` to ``$defs`` inlined (unless recursive) and
-    ``anyOf: [{type: T, ...}, {type: null}]`` written ``type: [T, "null"]``.
+    """The same schema without indirection and in its most portable form: ``$ref`` to ``$defs``
+    inlined (unless recursive), and every schema that accepted anything given explicit types.
 
     Clients check every structured result against the tool's output schema (the SDK's Client does, with
-    jsonschema), and references and ``anyOf`` branches are where that time goes: for ``execute_task``'s
-    result it is 76 µs a call as pydantic writes the schema, 42 µs flattened. Shorter for models to
-    read, too. Valid JSON Schema either way: keywords such as ``properties`` or ``minLength`` apply only
-    to instances of their own type, so a nullable object or string needs no ``anyOf``.
+    jsonschema); references are where much of that time goes, and shorter schemas read better for models.
+    A nullable value stays ``anyOf: [{...}, {type: null}]`` as pydantic writes it: ``type: [T, "null"]``
+    is shorter to check but not understood by every client (the Inspector warns about each one).
     """
     defs: dict[str, Any] = schema.get("$defs", {})
     kept: set[str] = set()
@@ -219,13 +247,16 @@ def _flatten_schema(schema: dict[str, Any]) -> dict[str, Any]:
             inlined = walk(defs[name], (*expanding, name))
             inlined.pop("title", None)
             return {**inlined, **walk(siblings, expanding)}
-        out = {k: walk(v, expanding) for k, v in node.items() if k != "$defs"}
-        branches = out.get("anyOf")
-        if isinstance(branches, list):
-            collapsed = _collapse_nullable(branches)
-            if collapsed is not None:
-                del out["anyOf"]
-                out = {**collapsed, **out}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "$defs":
+                continue
+            if key in ("properties", "patternProperties") and isinstance(value, dict):
+                out[key] = {name: _typed(walk(sub, expanding)) for name, sub in value.items()}
+            elif key in ("items", "additionalProperties") and isinstance(value, dict):
+                out[key] = _typed(walk(value, expanding))
+            else:
+                out[key] = walk(value, expanding)
         return out
 
     flat: dict[str, Any] = walk(schema, ())
@@ -234,21 +265,11 @@ def _flatten_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _collapse_nullable(branches: list[Any]) -> dict[str, Any] | None:
-    """``[{type: T, ...}, {type: "null"}]`` (either order) or ``[{type: A}, {type: B}, ...]`` as one
-    schema with a list of types; ``None`` when the branches do not allow it."""
-    if not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in branches):
-        return None
-    types = [b["type"] for b in branches]
-    if len(set(types)) != len(types):
-        return None
-    if all(len(b) == 1 for b in branches):
-        return {"type": types}
-    if len(branches) == 2 and "null" in types:
-        value = branches[1] if types[0] == "null" else branches[0]
-        if _NOT_COLLAPSIBLE.isdisjoint(value):
-            return {**value, "type": [value["type"], "null"]}
-    return None
+def _typed(schema: Any) -> Any:
+    """``schema``, or an explicit any-JSON-value schema (keeping its annotations) if it accepted anything."""
+    if isinstance(schema, dict) and _CONSTRAINING.isdisjoint(schema):
+        return {**schema, **_ANY_JSON}
+    return schema
 
 
 def jsonable(value: Any) -> Any:
@@ -559,7 +580,10 @@ def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 
 
 def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    return m.HealthResult.model_validate(jsonable(tools.engine.health_check()))
+    health = jsonable(tools.engine.health_check())
+    if tools.server_status is not None:  # the server's own component: sessions, code-execution exposure
+        health.setdefault("components", {})["server"] = tools.server_status()
+    return m.HealthResult.model_validate(health)
 
 
 def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
@@ -579,7 +603,11 @@ def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
     project = tools.engine.project_manager.create_project(
-        a.name, template=a.template, description=a.description, owner=a.owner
+        a.name,
+        template=a.template,
+        description=a.description,
+        owner=a.owner,
+        overwrite_workflows=a.overwrite_workflows,
     )
     data = jsonable(project)
     path = Path(str(_pick(data, "project_path", "path", default="")))
@@ -974,6 +1002,8 @@ class OrchestrationMCPTools:
         self._tasks: list[str] = []
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         self._wait_limiter = anyio.CapacityLimiter(wait_threads)
+        #: Reports the server's own health component (set by ``server.app.serve``).
+        self.server_status: Callable[[], dict[str, Any]] | None = None
 
     # -- engine
 
@@ -1240,13 +1270,15 @@ def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> 
 
 
 def apply_policy(registry: Any, policy: ServerPolicy) -> None:
-    """Make every network action of ``registry`` run with the policy's ``ctx.extras`` defaults (e.g.
-    ``block_private_addresses`` for ``http.request`` on network transports); a step cannot lift them."""
+    """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
+    defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
+    ``python_call_allow`` for ``python.call``); a step cannot lift them."""
     extras = policy.action_extras
     if not extras:
         return
     for definition in registry.definitions():
-        if not definition.network or getattr(definition.func, "_policy_extras", None) == extras:
+        guarded_kind = definition.network or definition.executes_code
+        if not guarded_kind or getattr(definition.func, "_policy_extras", None) == extras:
             continue
         original = definition.func
 

@@ -1,11 +1,11 @@
 """The ``http`` module: ``http.request`` with httpx. The request runs in a helper thread so that the step
-ends promptly on cancellation or deadline even while a connect or read is blocked."""
+ends promptly on cancellation or deadline even while a connect or read is blocked. Where internal
+addresses are blocked, redirects are followed here, hop by hop, each connecting only to the address the
+guard (``_netguard``) checked."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from codomyrmex_orchestration.core.actions._netguard import AddressGuard
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
     check_known,
@@ -24,7 +25,6 @@ from codomyrmex_orchestration.core.actions._params import (
 )
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
-    ActionRefusedError,
     InvalidInputError,
     OrchestrationError,
     StepCancelledError,
@@ -32,7 +32,7 @@ from codomyrmex_orchestration.errors import (
     StepTimeoutError,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "METHODS", "PARAMETERS", "register", "request"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_REDIRECTS", "METHODS", "PARAMETERS", "register", "request"]
 
 DEFAULT_TIMEOUT = 30.0
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -51,6 +51,8 @@ PARAMETERS = {
 _ACTION = "http.request"
 _SLICE = 0.05
 _BODY_TAIL = 500
+#: Most redirects followed (httpx's default).
+MAX_REDIRECTS = 20
 
 
 def _query(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,52 +86,46 @@ def _url(params: Mapping[str, Any]) -> httpx.URL:
     return url
 
 
-def _is_internal(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return bool(
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
-
-
-def refuse_internal_hosts(request: httpx.Request) -> None:
-    """httpx request hook: refuse a request (or redirect) whose host resolves to a loopback, link-local,
-    private or otherwise non-public address.
-
-    Raises:
-        ActionRefusedError: the host is internal.
-        httpx.ConnectError: the host cannot be resolved.
-    """
-    host = request.url.host
-    port = request.url.port or (443 if request.url.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise StepFailedError(
-            _ACTION, f"cannot resolve host {host!r}: {exc}", error_type="ConnectError"
-        ) from None
-    for info in infos:
-        address = str(info[4][0])
-        if _is_internal(address):
-            raise ActionRefusedError(
-                "http",
-                "request",
-                f"host {host!r} resolves to {address}, a loopback/link-local/private address, and "
-                "requests to internal addresses are blocked on this server",
-            )
-
-
 def _text(buffer: CappedBuffer, cap: int) -> str:
     text = buffer.raw().decode("utf-8", errors="replace")
     if buffer.dropped:
         text += f"\n…[truncated: the body is longer than {cap} bytes]"
     return text
+
+
+def _pin(request: httpx.Request, guard: AddressGuard) -> None:
+    """Point ``request`` at the address ``guard`` checked for its host, keeping the name where it
+    matters: the ``Host`` header (set when the request was built) and, for https, the TLS server name
+    that is sent (SNI) and that the certificate is verified against."""
+    host = request.url.host
+    port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    address = guard.address_for(host, port)
+    if request.url.scheme == "https":
+        request.extensions["sni_hostname"] = host
+    request.url = request.url.copy_with(host=address)
+
+
+def _next_hop(
+    response: httpx.Response, url: httpx.URL, method: str, options: dict[str, Any]
+) -> tuple[httpx.URL, str, dict[str, Any]]:
+    """Where a redirect leads, with the method and options the next request uses (httpx's rules: 303,
+    and 301/302 after a POST, become a GET without a body; credentials do not cross to another origin)."""
+    target = url.join(response.headers["location"])
+    if target.scheme not in ("http", "https") or not target.host:
+        raise StepFailedError(
+            _ACTION, f"redirect to {target} is not an http(s) URL", error_type="UnsupportedProtocol"
+        )
+    options = dict(options)
+    if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+        method = "GET" if method != "HEAD" else method
+        options.pop("json", None)
+        options.pop("content", None)
+    if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+        options["headers"] = {
+            k: v for k, v in options["headers"].items() if k.lower() not in ("authorization", "cookie")
+        }
+    options.pop("params", None)  # the query is already part of the redirect target
+    return target, method, options
 
 
 def _perform(
@@ -138,35 +134,52 @@ def _perform(
     options: dict[str, Any],
     timeout: float,
     follow_redirects: bool,
-    block_internal: bool,
+    guard: AddressGuard | None,
     cap: int,
     abandon: threading.Event,
 ) -> dict[str, Any] | None:
-    hooks: dict[str, list[Any]] = {"request": [refuse_internal_hosts]} if block_internal else {}
-    with (
-        httpx.Client(
-            timeout=httpx.Timeout(timeout), follow_redirects=follow_redirects, event_hooks=hooks
-        ) as client,
-        client.stream(method, url, **options) as response,
-    ):
-        body = CappedBuffer(cap)
-        for chunk in response.iter_bytes():
+    # With a guard, every hop is resolved and checked by it and connects to the checked address; the
+    # environment's proxies are ignored (a proxy would make the connection for us, unchecked).
+    with httpx.Client(
+        timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=guard is None
+    ) as client:
+        for _hop in range(MAX_REDIRECTS + 1):
+            outgoing = client.build_request(method, url, **options)
+            if guard is not None:
+                _pin(outgoing, guard)
+            response = client.send(outgoing, stream=True)
+            try:
+                if not (follow_redirects and response.has_redirect_location):
+                    return _read(response, cap, abandon)
+            finally:
+                response.close()
+            url, method, options = _next_hop(response, url, method, options)
             if abandon.is_set():
                 return None
-            body.add(chunk)
-            if body.dropped:
-                break
-        result: dict[str, Any] = {"status": response.status_code, "headers": dict(response.headers.items())}
-        content_type = response.headers.get("content-type", "").lower()
-        if "json" in content_type and not body.dropped and body.raw():
-            try:
-                result["json"] = json.loads(body.raw())
-                return result
-            except ValueError:
-                pass
-        result["text"] = _text(body, cap)
-        result["reason"] = response.reason_phrase
-        return result
+        raise StepFailedError(
+            _ACTION, f"more than {MAX_REDIRECTS} redirects from {url}", error_type="TooManyRedirects"
+        )
+
+
+def _read(response: httpx.Response, cap: int, abandon: threading.Event) -> dict[str, Any] | None:
+    body = CappedBuffer(cap)
+    for chunk in response.iter_bytes():
+        if abandon.is_set():
+            return None
+        body.add(chunk)
+        if body.dropped:
+            break
+    result: dict[str, Any] = {"status": response.status_code, "headers": dict(response.headers.items())}
+    content_type = response.headers.get("content-type", "").lower()
+    if "json" in content_type and not body.dropped and body.raw():
+        try:
+            result["json"] = json.loads(body.raw())
+            return result
+        except ValueError:
+            pass
+    result["text"] = _text(body, cap)
+    result["reason"] = response.reason_phrase
+    return result
 
 
 def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
@@ -177,7 +190,10 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
     Raises:
         InvalidInputError: a parameter is malformed.
-        ActionRefusedError: ``ctx.extras["block_private_addresses"]`` is set and the host is internal.
+        ActionRefusedError: ``ctx.extras["block_private_addresses"]`` is set and the host (of any hop)
+            is or resolves to an address that is not globally routable and not in
+            ``ctx.extras["http_allow"]`` (host names or CIDRs); ``ctx.extras["resolver"]`` replaces
+            ``socket.getaddrinfo`` for the one look-up per hop.
         StepFailedError: the request failed, or the status is not 2xx while ``check`` is true.
         StepCancelledError / StepTimeoutError: cancelled, or the timeout / step deadline passed.
     """
@@ -186,7 +202,10 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if method not in METHODS:
         raise InvalidInputError("parameters.method", f"http.request accepts methods {', '.join(METHODS)}")
     url = _url(params)
-    options: dict[str, Any] = {"headers": get_str_map(params, "headers", _ACTION), "params": _query(params)}
+    options: dict[str, Any] = {"headers": get_str_map(params, "headers", _ACTION)}
+    query = _query(params)
+    if query:  # an empty mapping would replace the URL's own query
+        options["params"] = query
     if "json" in params and "body" in params:
         raise InvalidInputError("parameters.body", "give either 'json' or 'body', not both")
     if "json" in params:
@@ -205,7 +224,11 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     check = get_bool(params, "check", True, _ACTION)
     follow_redirects = get_bool(params, "follow_redirects", False, _ACTION)
     cap = get_max_output_bytes(params, ctx, _ACTION)
-    block_internal = bool(ctx.extras.get("block_private_addresses", False))
+    guard = (
+        AddressGuard(ctx.extras.get("http_allow", ()), resolver=ctx.extras.get("resolver"))
+        if ctx.extras.get("block_private_addresses", False)
+        else None
+    )
     ctx.check_cancelled()
 
     outcome: dict[str, Any] = {}
@@ -214,9 +237,7 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
     def work() -> None:
         try:
-            outcome["value"] = _perform(
-                method, url, options, timeout, follow_redirects, block_internal, cap, abandon
-            )
+            outcome["value"] = _perform(method, url, options, timeout, follow_redirects, guard, cap, abandon)
         except BaseException as exc:  # handed to the step's thread, which raises or reports it
             outcome["error"] = exc
         finally:

@@ -11,7 +11,12 @@ from typing import Any, cast
 
 from codomyrmex_orchestration.core.actions._params import check_known, json_safe
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
-from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError, StepFailedError
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    InvalidInputError,
+    OrchestrationError,
+    StepFailedError,
+)
 
 __all__ = ["PARAMETERS", "call", "register", "resolve_callable"]
 
@@ -66,6 +71,22 @@ def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., A
     return cast(Callable[..., Any], target)
 
 
+def _check_allowed(spec: object, prefixes: tuple[str, ...]) -> None:
+    """Refuse ``spec`` unless its module is one of ``prefixes`` or inside one (``a.b`` allows ``a.b`` and
+    ``a.b.c``, not ``a.bc``); no prefixes: everything is allowed."""
+    if not prefixes or not isinstance(spec, str):
+        return
+    module = spec.partition(":")[0]
+    if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+        return
+    raise ActionRefusedError(
+        "python",
+        "call",
+        f"module {module!r} is not in this server's python.call allow-list ({', '.join(prefixes)}); "
+        "the operator sets it with CODOMYRMEX_PYTHON_CALL_ALLOW",
+    )
+
+
 def _context_keyword(func: Callable[..., Any]) -> str | None:
     """The name of a keyword parameter ``ctx``/``context`` of ``func``, if it has one."""
     try:
@@ -87,6 +108,8 @@ def call(params: dict[str, Any], ctx: ActionContext) -> Any:
 
     Raises:
         InvalidInputError: a parameter is malformed.
+        ActionRefusedError: ``ctx.extras["python_call_allow"]`` (module prefixes) is set and the module is
+            not inside one of them.
         StepFailedError: import/lookup failure, the callable raised, or its result is not JSON-serialisable.
     """
     check_known(params, PARAMETERS, _ACTION)
@@ -101,6 +124,7 @@ def call(params: dict[str, Any], ctx: ActionContext) -> Any:
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise InvalidInputError("parameters.kwargs", "python.call needs 'kwargs' to be an object")
     spec = params.get("function")
+    _check_allowed(spec, ctx.extras.get("python_call_allow", ()))
     func = resolve_callable(spec, ctx.step_name)
     kwargs = dict(kwargs)
     keyword = _context_keyword(func)

@@ -1,5 +1,7 @@
 """The ``shell`` module: ``shell.run`` starts a command in its own process group and kills the whole
-group when the step is cancelled, reaches its deadline or exceeds its own ``timeout``."""
+group when the step is cancelled, reaches its deadline or exceeds its own ``timeout``. The leader dies
+with the engine (Linux parent-death signal) and the group is recorded under ``ctx.extras["procs_dir"]``
+while it runs, so a restarted engine kills what a crash left behind (``core._procs``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+from codomyrmex_orchestration.core._procs import PROCS_KEY, parent_death_signal, record_group
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
     check_known,
@@ -41,6 +44,8 @@ _READ_CHUNK = 65536
 _DRAIN_SECONDS = 1.0
 _STDERR_TAIL = 2000
 _SH = "/bin/sh"
+#: Makes each command's leader die with the thread (and so the engine) that started it (Linux).
+_PDEATHSIG = parent_death_signal()
 
 PARAMETERS = {
     "command": "argv list of strings (run directly), or a string: split with shlex, or run by /bin/sh -c "
@@ -168,6 +173,7 @@ def run(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=_PDEATHSIG,  # only prctl + getppid in the child: no locks taken
         )
     except FileNotFoundError:
         raise StepFailedError(
@@ -180,7 +186,9 @@ def run(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     ctx.logger.debug("shell.run started", pid=proc.pid, command=described)
 
     stdout, stderr = CappedBuffer(cap), CappedBuffer(cap)
-    stop = _communicate(proc, stdin_text, stdout, stderr, ctx, started, timeout)
+    # Recorded while it runs: if the engine dies now, the next one kills this group before a resume.
+    with record_group(ctx.extras.get(PROCS_KEY), proc.pid, run_id=ctx.run_id, step=ctx.step_name):
+        stop = _communicate(proc, stdin_text, stdout, stderr, ctx, started, timeout)
     code = proc.returncode
     ctx.logger.debug("shell.run finished", pid=proc.pid, exit_code=code, stopped=stop)
 

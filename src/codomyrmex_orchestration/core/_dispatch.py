@@ -1,0 +1,531 @@
+"""The scheduler's dispatcher: it moves tasks through their states under one lock.
+
+It owns ``lock`` (and the condition ``cond`` idle workers wait on) and, under it, the parts: the task
+table, the ready queue, the worker pool, the notices the timer thread leaves for a worker to deliver,
+the listeners, and whether the scheduler is closing. Each locked section collects what it leaves to do
+into an :class:`~._task.Outbox` — cancel events to set, resource handles to release, listeners and
+callbacks to run, waiters to release — done after the lock is released. A worker that finishes a task
+records it and takes its next one in one lock acquisition; when the task has callbacks, it delivers them
+in between and takes the next one (and releases the task's waiters) in a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import structlog
+
+from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
+from codomyrmex_orchestration.core._results import ResultPipeline
+from codomyrmex_orchestration.core._task import FINAL, FINAL_EVENT, LazyLogger, Notice, Outbox, Task
+from codomyrmex_orchestration.core._task_table import TaskTable
+from codomyrmex_orchestration.core._worker_pool import Worker, WorkerPool
+from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
+from codomyrmex_orchestration.core.models import ErrorInfo, TaskRecord, TaskStatus
+from codomyrmex_orchestration.core.timers import Timer, TimerService
+from codomyrmex_orchestration.errors import (
+    LimitExceededError,
+    SchedulerShutdownError,
+    StepCancelledError,
+    StepTimeoutError,
+)
+
+__all__ = ["MAX_QUEUED_SETTING", "Dispatcher", "safe_call"]
+
+#: The setting named when the cap on queued tasks refuses a submission.
+MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
+
+_log = structlog.get_logger("codomyrmex_orchestration.scheduler")
+
+#: What an ended call hands back to the lock: (task, result, error, finished at, monotonic then).
+_Ended = tuple[Task, Any, BaseException | None, datetime, float]
+#: What a started attempt runs: (callable, on_start, its argument, attempt, cancel event, deadline).
+_Started = tuple[
+    Callable[[ActionContext], Any], Callable[[Any], None] | None, Any, int, CancelEvent, float | None
+]
+
+
+class Dispatcher:
+    """Tasks from submission to settlement: dependencies, queueing, workers, attempts, timeouts,
+    retries, cancellation and the news of each (see the module docstring for what it owns)."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        max_abandoned: int,
+        max_finished: int,
+        name: str,
+        resources: ResourceAdmission | None,
+        results: ResultPipeline,
+        timers: TimerService,
+        max_queued: int | None = None,
+    ) -> None:
+        self.max_queued = max_queued
+        self._resources = resources
+        self._results = results
+        self._timers = timers
+        self.lock = threading.Lock()  # guards everything below, and the parts' state
+        self.cond = threading.Condition(self.lock)  # idle workers wait here
+        self._quiet = threading.Condition(self.lock)  # shutdown waits here for no active task
+        self.table = TaskTable(max_finished)
+        self.queue: ReadyQueue[Task] = ReadyQueue(resources)
+        self.pool = WorkerPool(
+            self.cond,
+            self._work,
+            self._pending_locked,
+            max_workers=max_workers,
+            max_abandoned=max_abandoned,
+            name=name,
+        )
+        self._backlog: list[Notice] = []  # from the timer thread, for a worker to deliver
+        self.running = 0
+        self.listeners: tuple[Callable[[str, TaskRecord], None], ...] = ()
+        self.accepting = True
+        self.closing = False
+        if resources is not None:
+            resources.add_release_listener(self._on_resources_released)
+
+    # ------------------------------------------------------------------ entry points
+
+    def add(self, task: Task) -> None:
+        """Register a new task: queue it, hold it until its dependencies complete, or skip it.
+
+        Raises:
+            SchedulerShutdownError: not accepting work.
+            TaskNotFoundError: a dependency id is unknown (or evicted).
+        """
+        out = Outbox()
+        held = False
+        with self.lock:
+            if not self.accepting:
+                raise SchedulerShutdownError()
+            waiting = self.table.active - self.running  # accepted, not final, not running
+            if self.max_queued is not None and waiting >= self.max_queued:
+                raise LimitExceededError(
+                    "max_queued",
+                    self.max_queued,
+                    waiting + 1,
+                    f"the number of tasks waiting to start, with this one (setting {MAX_QUEUED_SETTING}),",
+                )
+            deps = [self.table.require(dep_id) for dep_id in task.dependencies]
+            failed = self.table.add(task, deps)
+            if failed is not None:
+                self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
+            else:
+                # With listeners, the task waits to be queued until "task.queued" was delivered, so
+                # that no listener sees a task start before it saw it queued.
+                task.held = held = bool(self.listeners)
+                self._notice_locked(task, "task.queued", False, out)
+                if task.handed and not held:
+                    self._enqueue_locked(task)
+        if out.notices or out.releases:
+            self.deliver_here(out)
+            if held:
+                with self.lock:
+                    task.held = False
+                    if task.handed and task.status is TaskStatus.PENDING:
+                        self._enqueue_locked(task)
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        """Cancel a task that is not final; False if it is."""
+        out = Outbox()
+        with self.lock:
+            task = self.table.require(task_id)
+            if task.status in FINAL:
+                return False
+            self._cancel_locked(task, reason, out)
+        self.deliver_here(out)
+        return True
+
+    def close(self, cancel_reason: str | None, *, running_too: bool = False) -> None:
+        """Refuse new work and let idle workers leave; with ``cancel_reason``, cancel the tasks not
+        started yet (and the running ones too if ``running_too``)."""
+        out = Outbox()
+        with self.lock:
+            self.accepting = False
+            self.closing = self.pool.closing = True
+            if cancel_reason is not None:
+                for task in list(self.table.tasks.values()):
+                    # checked each time: cancelling one task skips its dependents
+                    if task.status not in FINAL and (running_too or task.status is not TaskStatus.RUNNING):
+                        self._cancel_locked(task, cancel_reason, out)
+            self.pool.wake_all_locked()
+        self.deliver_here(out)
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """After :meth:`close`: wait until no task is active; False if some still are."""
+        with self.lock:
+            return self._quiet.wait_for(lambda: self.table.active == 0, timeout)
+
+    def health(self, *, timers_alive: bool) -> dict[str, Any]:
+        """Liveness and load figures (``timers_alive``: the timer service is open)."""
+        with self.lock:
+            timers_alive = timers_alive and not self.closing
+            return {
+                "timers_alive": timers_alive,
+                "dispatcher_alive": timers_alive,  # the name before the shared timer service
+                **self.pool.figures_locked(),
+                "accepting": self.accepting,
+                "queue_depth": len(self.queue),
+                "running": self.running,
+                "active": self.table.active,
+            }
+
+    def _work(self, worker: Worker) -> None:
+        """A worker thread: record the task it ran and take the next, deliver news, run; repeat."""
+        ended: _Ended | None = None
+        delivered: list[Task] = []
+        while True:
+            out = Outbox()
+            task: Task | None = None
+            with self.lock:
+                if delivered:
+                    self._settle_locked(delivered, out)
+                if ended is not None:
+                    self._end_attempt_locked(worker, ended, out)
+                if not out.notices and not worker.gone:
+                    task = self._next_task_locked(worker, out)
+                if task is not None:
+                    fn, on_start, start_arg, attempt, cancel_event, deadline = self._start_locked(
+                        task, worker, out
+                    )
+            _release(out, self._resources)
+            delivered = _deliver(out) if out.notices else []
+            if worker.gone:
+                return
+            if task is None:
+                ended = None
+                continue
+            if on_start is not None:
+                safe_call(on_start, "on_start", task, start_arg)
+            ctx = ActionContext(
+                step_name=task.step_name or task.name,
+                run_id=task.run_id,
+                task_id=task.id,
+                attempt=attempt,
+                cancel_event=cancel_event,
+                deadline=deadline,
+                logger=LazyLogger(task),
+                block_hook=worker.block_hook,
+            )
+            try:
+                result = self._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
+                error = None
+            except BaseException as exc:  # a worker must survive anything an action raises
+                result, error = None, exc
+            ended = (task, result, error, datetime.now(UTC), time.monotonic())
+
+    def _pending_locked(self) -> int:
+        """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
+        return len(self.queue) + (1 if self._backlog else 0)
+
+    def _next_task_locked(self, worker: Worker, out: Outbox) -> Task | None:
+        """The next task for ``worker``, waiting idle if there is none. ``None``: ``out`` holds work to
+        do outside the lock first, or the worker left the pool (``worker.gone``)."""
+        pool = self.pool
+        while True:
+            if self._backlog:
+                out.notices, self._backlog = self._backlog, []
+                out.listeners = self.listeners
+                return None
+            if pool.leave_if_surplus_locked(worker):
+                return None
+            refused: list[tuple[Task, Exception]] = []
+            task = self.queue.pop(refused)
+            for bad, exc in refused:
+                self._finish_locked(bad, TaskStatus.FAILED, None, ErrorInfo.from_exception(exc), out)
+            if task is not None:
+                pool.task_started_locked()
+                return task
+            if out.notices or out.handles or out.releases:
+                # Not idle with these undone: waiters to release, resources that a queued task may
+                # be waiting for (their release wakes workers again).
+                return None
+            if self.closing and self.table.active == 0:
+                pool.leave_locked(worker)
+                return None
+            pool.wait_idle_locked()
+
+    def _start_locked(self, task: Task, worker: Worker, out: Outbox) -> _Started:
+        """Mark an attempt started; listeners get "task.started" through ``out``. What the worker runs
+        is read here, under the lock: a cancel may replace it at any time after."""
+        task.status = TaskStatus.RUNNING
+        task.attempts += 1
+        task.worker = worker
+        now = time.monotonic()
+        if task.mono_started is None:
+            task.mono_started = now
+            task.started_at = datetime.now(UTC)
+        cancel_event = CancelEvent()
+        task.cancel_event = cancel_event  # set under the lock: a cancel from now on sets it
+        deadline = None
+        if task.timeout is not None:
+            deadline = now + task.timeout
+            task.timer = self._arm(deadline, partial(self._on_deadline, task, task.attempts))
+        self.running += 1
+        record = None
+        if self.listeners or (task.on_start is not None and not task.live_state):
+            record = task.snapshot()
+        self._notice_locked(task, "task.started", False, out, record)
+        start_arg = task if task.live_state else record
+        return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline
+
+    def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
+        task, result, error, finished_at, mono = ended
+        if not self.pool.call_returned_locked(worker):
+            return  # abandoned (timed out or cancelled): the task was finished without this result
+        self.running -= 1
+        task.worker = None
+        _cancel_timer(task)
+        if error is None:
+            self._finish_locked(task, TaskStatus.COMPLETED, result, None, out, at=(finished_at, mono))
+            return
+        # An action that stops at its own limit or at the step's deadline (shell.run, http.request)
+        # raises StepTimeoutError: the attempt timed out, as when the deadline timer fires first.
+        status = TaskStatus.TIMED_OUT if isinstance(error, StepTimeoutError) else TaskStatus.FAILED
+        self._fail_or_retry_locked(task, status, ErrorInfo.from_exception(error), out)
+
+    # ------------------------------------------------------------------ state changes
+
+    def _enqueue_locked(self, task: Task) -> None:
+        task.status = TaskStatus.READY
+        self.queue.push(task)
+        self.pool.ensure_workers_locked()
+
+    def _fail_or_retry_locked(self, task: Task, status: TaskStatus, error: ErrorInfo, out: Outbox) -> None:
+        delay = task.retry.delay_after(task.attempts)
+        if delay is None or self.closing:
+            self._finish_locked(task, status, None, error, out)
+            return
+        _take_handle(task, out)
+        task.status = TaskStatus.PENDING
+        task.error = error
+        self.table.count_retry()
+        self._notice_locked(task, "task.retrying", False, out)
+        if delay > 0:
+            due = time.monotonic() + delay
+            task.timer = self._arm(due, partial(self._on_retry_due, task, task.attempts))
+            if task.timer is None:  # no timer service left to wait with: retry now
+                self._enqueue_locked(task)
+        else:
+            self._enqueue_locked(task)
+
+    def _abandon_running_locked(self, task: Task, out: Outbox) -> None:
+        """The running attempt of ``task`` is over for us; its thread's slot goes to a new worker."""
+        worker, task.worker = task.worker, None
+        self.running -= 1
+        _cancel_timer(task)
+        if task.cancel_event is not None:
+            out.cancels.append(task.cancel_event)
+        if worker is not None:
+            self.pool.abandon_locked(worker)
+
+    def _cancel_locked(self, task: Task, reason: str, out: Outbox) -> None:
+        if task.status is TaskStatus.RUNNING:
+            self._abandon_running_locked(task, out)
+        elif task.status is TaskStatus.READY:
+            self.queue.remove(task)
+        _cancel_timer(task)  # a pending retry
+        error = ErrorInfo.from_exception(StepCancelledError(task.step_name or task.name, reason))
+        self._finish_locked(task, TaskStatus.CANCELLED, None, error, out)
+
+    def _finish_locked(
+        self,
+        task: Task,
+        status: TaskStatus,
+        result: Any,
+        error: ErrorInfo | None,
+        out: Outbox,
+        at: tuple[datetime, float] | None = None,
+    ) -> None:
+        """Make ``task`` final, skip what depended on it if it did not complete, queue what may start.
+
+        ``at``: when it finished (wall clock, monotonic), if taken before the lock; else now.
+        """
+        finished_at, mono = at if at is not None else (datetime.now(UTC), time.monotonic())
+        doomed = [] if status is TaskStatus.COMPLETED else self.table.cascade(task)
+        _make_final(task, status, result, error, finished_at, mono, out)
+        for child, parent in doomed:  # final before the graph hears of the parent: never started
+            if child.status is TaskStatus.READY:
+                self.queue.remove(child)
+            _make_final(child, TaskStatus.SKIPPED, None, _skip_error(child, parent), finished_at, mono, out)
+        ready = self.table.finished(task)
+        self._notice_locked(task, FINAL_EVENT[status], True, out)
+        for child, _ in doomed:
+            ready += self.table.finished(child)
+            self._notice_locked(child, FINAL_EVENT[TaskStatus.SKIPPED], True, out)
+        for waiting in ready:
+            if not waiting.held:
+                self._enqueue_locked(waiting)
+        if self.closing and self.table.active == 0:
+            self.pool.wake_all_locked()
+            self._quiet.notify_all()
+
+    # ------------------------------------------------------------------ news
+
+    def _notice_locked(
+        self, task: Task, event: str, final: bool, out: Outbox, record: TaskRecord | None = None
+    ) -> None:
+        """Hand ``event`` to the listeners and, for a final one, to ``on_done`` and the waiters."""
+        listeners = out.listeners = self.listeners
+        if final and task.on_done is None and not listeners:
+            self._settle_locked([task], out)  # nothing to deliver first: waiters may go now
+            return
+        if not final and not listeners:
+            return
+        if record is None and (listeners or (final and task.on_done is not None and not task.live_state)):
+            record = task.snapshot()
+        out.notices.append((task, event, record, final))
+
+    def _settle_locked(self, tasks: list[Task], out: Outbox) -> None:
+        """Final tasks whose callbacks have run: their waiters and ``on_settled`` callbacks may go."""
+        for task in tasks:
+            task.settled = True
+            if task.done_event is not None or task.settle_callbacks:
+                out.releases.append(task)
+
+    def deliver_here(self, out: Outbox) -> None:
+        """On a thread that is not a worker: everything ``out`` holds, then settle what it finished."""
+        _release(out, self._resources)
+        delivered = _deliver(out)
+        if delivered:
+            settled = Outbox()
+            with self.lock:
+                self._settle_locked(delivered, settled)
+            _release(settled, self._resources)
+
+    # ------------------------------------------------------------------ timers, resources
+
+    def _arm(self, when: float, callback: Callable[[], None]) -> Timer | None:
+        """A timer on the shared service; ``None`` if it was closed before this scheduler (its owner
+        should close it after): the attempt then has only the deadline its context carries."""
+        try:
+            return self._timers.call_at(when, callback)
+        except RuntimeError:
+            _log.error("scheduler.timer_service_closed", when=when)
+            return None
+
+    def _on_deadline(self, task: Task, attempt: int) -> None:
+        """On the timer thread: the attempt ran out of time (unless it ended meanwhile)."""
+        out = Outbox()
+        with self.lock:
+            if task.attempts != attempt or task.status is not TaskStatus.RUNNING:
+                return
+            self._abandon_running_locked(task, out)
+            timeout = StepTimeoutError(task.step_name or task.name, task.timeout or 0.0)
+            self._fail_or_retry_locked(task, TaskStatus.TIMED_OUT, ErrorInfo.from_exception(timeout), out)
+            if out.notices:  # timer callbacks must not block: a worker runs listeners and on_done
+                self._backlog.extend(out.notices)
+                out.notices = []
+                self.pool.ensure_workers_locked()
+        _release(out, self._resources)
+
+    def _on_retry_due(self, task: Task, attempt: int) -> None:
+        """On the timer thread: the retry delay is over."""
+        with self.lock:
+            if task.attempts == attempt and task.status is TaskStatus.PENDING:
+                task.timer = None
+                self._enqueue_locked(task)
+
+    def _on_resources_released(self) -> None:
+        """Capacity freed. A resource manager may call this under our lock (``try_acquire`` releases
+        expired allocations and tells its listeners at once), so the wake-up goes through the timer
+        thread instead of taking the lock here."""
+        try:
+            self._timers.call_later(0.0, self._wake_for_resources)
+        except RuntimeError:  # the timer service is closed: nothing is left to wake
+            return
+
+    def _wake_for_resources(self) -> None:
+        with self.lock:
+            self.pool.ensure_workers_locked()
+
+
+def _make_final(
+    task: Task,
+    status: TaskStatus,
+    result: Any,
+    error: ErrorInfo | None,
+    finished_at: datetime,
+    mono: float,
+    out: Outbox,
+) -> None:
+    task.status = status
+    task.result = result
+    task.error = error
+    task.finished_at = finished_at
+    task.mono_finished = mono
+    task.fn = _noop  # drop references the callable holds (closures over large data)
+    # The attempt's context keeps its own reference; a kept record need not.
+    task.cancel_event = None
+    _take_handle(task, out)
+
+
+def _take_handle(task: Task, out: Outbox) -> None:
+    if task.resource_handle is not None:
+        out.handles.append(task.resource_handle)
+        task.resource_handle = None
+
+
+def _cancel_timer(task: Task) -> None:
+    if task.timer is not None:
+        task.timer.cancel()
+        task.timer = None
+
+
+def _skip_error(task: Task, dep: Task) -> ErrorInfo:
+    reason = f"skipped because its dependency {dep.id} ({dep.name!r}) ended {dep.status.value}"
+    return ErrorInfo(
+        message=str(StepCancelledError(task.step_name or task.name, reason)), type="DependencyFailed"
+    )
+
+
+def _release(out: Outbox, resources: ResourceAdmission | None) -> None:
+    """Outside the lock: set cancel events, release resource handles, release waiters."""
+    for event in out.cancels:
+        event.set()
+    if resources is not None:
+        for handle in out.handles:
+            try:
+                resources.release_handle(handle)
+            except Exception:
+                _log.exception("scheduler.release_failed")
+    for task in out.releases:
+        if task.done_event is not None:
+            task.done_event.set()
+        if task.settle_callbacks:
+            record = task.snapshot()  # final: its fields no longer change
+            for callback in task.settle_callbacks:
+                safe_call(callback, "on_settled", task, record)
+
+
+def _deliver(out: Outbox) -> list[Task]:
+    """Outside the lock: listeners, then each final task's ``on_done``; returns the final tasks."""
+    finals: list[Task] = []
+    for task, event, record, final in out.notices:
+        if record is not None:
+            for listener in out.listeners:
+                safe_call(listener, "listener", task, event, record)
+        if final:
+            on_done, task.on_done, task.on_start = task.on_done, None, None
+            if on_done is not None:
+                safe_call(on_done, "on_done", task, task if task.live_state else record)
+            finals.append(task)
+    return finals
+
+
+def _noop(ctx: ActionContext) -> None:
+    return None
+
+
+def safe_call(fn: Callable[..., Any], kind: str, task: Task, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        _log.exception("scheduler.callback_failed", callback=kind, task_id=task.id, task=task.name)

@@ -1,0 +1,236 @@
+"""Project templates: finding and loading them (package data, overridden from ``<templates_dir>/projects``)
+and rendering them for one project (file contents, config, workflow specs, doc variables).
+
+:class:`TemplateLibrary` re-reads the template folders on every call, so a template edited on disk is
+used at once; it holds nothing but the folder it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from codomyrmex_orchestration.core._project_models import (
+    MANIFEST_FILE,
+    MAX_PROJECT_NAME,
+    Project,
+    ProjectTemplate,
+)
+from codomyrmex_orchestration.core.docs import render_template
+from codomyrmex_orchestration.core.models import WorkflowSpec
+from codomyrmex_orchestration.errors import InvalidInputError, InvalidNameError, OrchestrationError
+
+__all__ = [
+    "LoadedTemplate",
+    "TemplateLibrary",
+    "build_workflow_specs",
+    "doc_variables",
+    "render_value",
+    "template_variables",
+]
+
+_TMPL_SUFFIX = ".tmpl"
+
+
+@dataclass(frozen=True)
+class LoadedTemplate:
+    """A validated template, where it came from, and its doc templates folder (if it has one)."""
+
+    template: ProjectTemplate
+    source: str
+    docs_dir: Traversable | None
+
+
+class TemplateLibrary:
+    """The project templates: packaged ones, overridden and extended by ``<templates_dir>/projects``.
+
+    Args:
+        templates_dir: the configurable templates folder; ``None``: packaged templates only.
+    """
+
+    def __init__(self, templates_dir: Path | None) -> None:
+        self.templates_dir = templates_dir
+
+    def _places(self) -> list[tuple[str, Traversable]]:
+        places: list[tuple[str, Traversable]] = [
+            ("package", resources.files("codomyrmex_orchestration.core.templates").joinpath("projects"))
+        ]
+        if self.templates_dir is not None and (self.templates_dir / "projects").is_dir():
+            places.append((str(self.templates_dir / "projects"), self.templates_dir / "projects"))
+        return places
+
+    def all(self) -> dict[str, LoadedTemplate]:
+        """Every template by name; a configured one replaces a packaged one of the same name.
+
+        Raises:
+            InvalidInputError: a template file is malformed (the file and the problem are named).
+        """
+        found: dict[str, LoadedTemplate] = {}
+        for label, place in self._places():
+            for entry in sorted(place.iterdir(), key=lambda e: e.name):
+                if entry.is_file() and entry.name.endswith(".json"):
+                    loaded = _read_template(label, place, entry)
+                    found[loaded.template.name] = loaded  # later places (config) override the package
+        return found
+
+    def get(self, name: str) -> LoadedTemplate:
+        """The template called ``name`` (case-insensitive for the packaged type names).
+
+        Raises:
+            InvalidInputError: no such template (the message lists the available ones).
+        """
+        templates = self.all()
+        key = name.strip().lower() if name.strip().lower() in templates else name
+        if key not in templates:
+            raise InvalidInputError(
+                "template", f"{name!r} is not a template; available: {', '.join(templates)}"
+            )
+        return templates[key]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What each template makes: its type, directories (with purposes), files, config and workflows."""
+        return [
+            {
+                "name": t.template.name,
+                "type": t.template.type.value,
+                "version": t.template.version,
+                "description": t.template.description,
+                "source": t.source,
+                "directories": dict(t.template.directory_structure),
+                "files": sorted(t.template.files),
+                "config_file": t.template.config_file,
+                "default_config": t.template.default_config,
+                "workflows": [{"name": w.name, "description": w.description} for w in t.template.workflows],
+            }
+            for t in self.all().values()
+        ]
+
+
+def _read_template(label: str, place: Traversable, entry: Traversable) -> LoadedTemplate:
+    source = f"{label}/{entry.name}"
+    try:
+        raw = json.loads(entry.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise InvalidInputError(source, "a project template must be a JSON object")
+        raw.setdefault("name", entry.name.removesuffix(".json"))
+        template = ProjectTemplate.model_validate(raw)
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, OrchestrationError):
+            raise
+        if isinstance(exc, ValidationError):
+            raise InvalidInputError.from_validation(exc, where=source) from None
+        raise InvalidInputError(source, f"invalid project template: {exc}") from None
+    folder = place.joinpath(template.name)
+    files = dict(template.files)
+    if folder.joinpath("files").is_dir():
+        for rel, item in _walk_files(folder.joinpath("files")):
+            files.setdefault(rel.removesuffix(_TMPL_SUFFIX), item.read_text(encoding="utf-8"))
+    checked = {_relpath(f"{source}.files", rel): text for rel, text in files.items()}
+    for rel in template.directory_structure:
+        _relpath(f"{source}.directory_structure", rel)
+    if template.config_file is not None:
+        _relpath(f"{source}.config_file", template.config_file)
+    docs_dir = folder.joinpath("docs")
+    return LoadedTemplate(
+        template.model_copy(update={"files": checked}), source, docs_dir if docs_dir.is_dir() else None
+    )
+
+
+def _walk_files(base: Traversable, prefix: str = "") -> Iterator[tuple[str, Traversable]]:
+    for entry in sorted(base.iterdir(), key=lambda e: e.name):
+        rel = f"{prefix}{entry.name}"
+        if entry.is_dir():
+            yield from _walk_files(entry, rel + "/")
+        elif entry.is_file():
+            yield rel, entry
+
+
+def _relpath(field: str, rel: str) -> str:
+    """A template's relative path, normalised to posix, or an error if it could leave the project."""
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    if not rel or pure.is_absolute() or rel.startswith(("/", "\\")) or ":" in pure.parts[0]:
+        raise InvalidInputError(field, f"{rel!r} must be a relative path inside the project")
+    if any(part in ("..", "") for part in pure.parts) or pure.as_posix() in (".", MANIFEST_FILE):
+        raise InvalidInputError(field, f"{rel!r} must stay inside the project and not be {MANIFEST_FILE}")
+    return pure.as_posix()
+
+
+# --------------------------------------------------------------------------- rendering for one project
+
+
+def render_value(value: Any, variables: Mapping[str, str], source: str) -> Any:
+    """Substitute project variables in every string of a JSON value, leaving run-time references."""
+    if isinstance(value, str):
+        return render_template(value, variables, source=source, keep_references=True)
+    if isinstance(value, list):
+        return [render_value(v, variables, source) for v in value]
+    if isinstance(value, dict):
+        return {k: render_value(v, variables, source) for k, v in value.items()}
+    return value
+
+
+def template_variables(project: Project, template: ProjectTemplate) -> dict[str, str]:
+    """The ``{{variable}}`` values a template is rendered with for ``project``."""
+    return {
+        "project_name": project.name,
+        "project_type": project.type.value,
+        "description": project.description,
+        "version": project.version,
+        "author": project.owner or "unknown",
+        "owner": project.owner,
+        "created_at": project.created_at.date().isoformat(),
+        "project_path": project.path,
+        "python": sys.executable,
+        "template_name": template.name,
+        "template_version": template.version,
+    }
+
+
+def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[WorkflowSpec]:
+    """The template's workflows for ``project`` as ``WorkflowSpec`` named ``<project>.<workflow>``.
+
+    Raises:
+        InvalidNameError: a workflow name would be too long for this project name.
+        InvalidInputError: a step is malformed.
+    """
+    variables = template_variables(project, template)
+    specs: list[WorkflowSpec] = []
+    for workflow in template.workflows:
+        name = f"{project.name}.{workflow.name}"
+        source = f"template {template.name} workflow {workflow.name}"
+        try:
+            spec = WorkflowSpec(
+                name=name,
+                description=render_template(workflow.description, variables, source=source),
+                steps=render_value(workflow.steps, variables, source),
+                parameters={
+                    "project_path": project.path,
+                    **render_value(workflow.parameters, variables, source),
+                },
+                version=template.version,
+            )
+        except ValidationError as exc:
+            if len(name) > MAX_PROJECT_NAME:
+                raise InvalidNameError(
+                    "project",
+                    project.name,
+                    f"its workflow name {name!r} would exceed {MAX_PROJECT_NAME} characters; "
+                    "choose a shorter project name",
+                ) from None
+            raise InvalidInputError.from_validation(exc, where=source) from None
+        specs.append(spec)
+    return specs
+
+
+def doc_variables(template: ProjectTemplate, specs: list[WorkflowSpec]) -> dict[str, str]:
+    """The extra variables of a project's docs: the template's description and its workflow list."""
+    listing = "\n".join(f"- `{s.name}` — {s.description}" for s in specs) or "_No workflows._"
+    return {"template_description": template.description, "workflow_list": listing}

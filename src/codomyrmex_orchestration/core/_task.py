@@ -1,0 +1,199 @@
+"""The scheduler's record of one task (:class:`Task`) and the :class:`Outbox` of what a locked section
+leaves to do once the scheduler's lock is released.
+
+A :class:`Task` is owned by its scheduler and guarded by the scheduler's lock, except where a field says
+otherwise; :class:`~codomyrmex_orchestration.core.models.TaskRecord` snapshots are built from it on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from codomyrmex_orchestration.core._retry import RetryPolicy
+from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core._worker_pool import Worker
+    from codomyrmex_orchestration.core.actions import ActionContext
+    from codomyrmex_orchestration.core.timers import Timer
+
+__all__ = ["FINAL", "FINAL_EVENT", "LazyLogger", "Notice", "Outbox", "Task"]
+
+FINAL_EVENT = {
+    TaskStatus.COMPLETED: "task.completed",
+    TaskStatus.FAILED: "task.failed",
+    TaskStatus.TIMED_OUT: "task.timed_out",
+    TaskStatus.CANCELLED: "task.cancelled",
+    TaskStatus.SKIPPED: "task.skipped",
+}
+FINAL = frozenset(FINAL_EVENT)
+
+TaskCallable = Callable[["ActionContext"], Any]
+
+
+class Task:
+    """The mutable state of one task, from submission until it is evicted from the task table."""
+
+    __slots__ = (
+        "attempts",
+        "cancel_event",
+        "dependencies",
+        "done_event",
+        "error",
+        "finished_at",
+        "fn",
+        "handed",
+        "held",
+        "id",
+        "live_state",
+        "mono_finished",
+        "mono_started",
+        "name",
+        "on_done",
+        "on_start",
+        "priority",
+        "resource_handle",
+        "resources",
+        "result",
+        "retry",
+        "run_id",
+        "session_id",
+        "settle_callbacks",
+        "settled",
+        "started_at",
+        "status",
+        "step_name",
+        "submitted_at",
+        "timeout",
+        "timer",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        fn: TaskCallable,
+        name: str,
+        priority: TaskPriority,
+        dependencies: tuple[str, ...],
+        timeout: float | None,
+        retry: RetryPolicy,
+        resources: Mapping[str, Any] | None,
+        run_id: str | None,
+        step_name: str | None,
+        on_start: Callable[[Any], None] | None,
+        on_done: Callable[[Any], None] | None,
+        live_state: bool,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = task_id
+        self.fn = fn
+        self.name = name
+        self.priority = priority
+        self.dependencies = dependencies
+        self.timeout = timeout
+        self.retry = retry
+        self.resources = resources
+        self.run_id = run_id
+        self.step_name = step_name
+        self.session_id = session_id
+        self.on_start = on_start
+        self.on_done = on_done
+        self.live_state = live_state
+        self.status = TaskStatus.PENDING
+        self.handed = False  # its dependency graph node came out of get_ready(): it may be queued
+        self.held = False  # not queued before its "task.queued" notice reached the listeners
+        self.settled = False  # final and its callbacks have run: waiters may return
+        self.attempts = 0
+        self.result: Any = None
+        self.error: ErrorInfo | None = None
+        self.cancel_event: threading.Event | None = None
+        self.done_event: threading.Event | None = None
+        self.settle_callbacks: list[Callable[[TaskRecord], None]] | None = None
+        self.worker: Worker | None = None
+        self.timer: Timer | None = None  # the running attempt's deadline, or the pending retry
+        self.resource_handle: object | None = None
+        self.submitted_at = datetime.now(UTC)
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.mono_started: float | None = None
+        self.mono_finished: float | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.mono_started is not None and self.mono_finished is not None:
+            return self.mono_finished - self.mono_started
+        return None
+
+    def snapshot(self) -> TaskRecord:
+        # Validating is cheaper than model_construct here (pydantic-core does it in Rust, ~2 µs).
+        return TaskRecord(
+            task_id=self.id,
+            name=self.name,
+            status=self.status,
+            priority=self.priority,
+            result=self.result,
+            error=self.error,
+            attempts=self.attempts,
+            dependencies=self.dependencies,
+            run_id=self.run_id,
+            step_name=self.step_name,
+            submitted_at=self.submitted_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.name!r} {self.status.value}>"
+
+
+#: An event to hand to listeners and callbacks: (task, event name, snapshot taken at the event, final?).
+Notice = tuple[Task, str, TaskRecord | None, bool]
+
+
+class Outbox:
+    """What one locked section of the scheduler leaves for after the lock is released.
+
+    Resource handles are released outside the lock because a resource manager calls its release
+    listeners (the scheduler among them) synchronously; listeners and callbacks are user code.
+    """
+
+    __slots__ = ("cancels", "handles", "listeners", "notices", "releases")
+
+    def __init__(self) -> None:
+        self.notices: list[Notice] = []
+        self.handles: list[object] = []
+        # Cancel events to set: they run callbacks (kill a process group, cancel a child run) that may
+        # call back into the scheduler.
+        self.cancels: list[threading.Event] = []
+        # Settled tasks with a waiter or an on_settled callback to release.
+        self.releases: list[Task] = []
+        self.listeners: tuple[Callable[[str, TaskRecord], None], ...] = ()
+
+
+class LazyLogger:
+    """An action's logger, bound with its ids only when the action first logs (most never do)."""
+
+    __slots__ = ("_logger", "_task")
+
+    def __init__(self, task: Task) -> None:
+        self._task = task  # its ids never change
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:  # two threads logging first at once bind twice, harmlessly
+            task = self._task
+            self._logger = structlog.get_logger("codomyrmex_orchestration.action").bind(
+                step=task.step_name or task.name, run_id=task.run_id, task_id=task.id
+            )
+        return getattr(self._logger, name)

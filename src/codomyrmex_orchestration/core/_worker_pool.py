@@ -1,0 +1,217 @@
+"""The worker pool: the scheduler's daemon threads and the counts of what each is doing.
+
+It owns the threads and one invariant, kept in :meth:`WorkerPool.ensure_workers` alone: *every piece of
+pending work has a worker on its way to it* (as far as ``max_workers`` allows). A worker is *seeking*
+from when it is started, woken or returns from a task until it starts its next task or waits idle;
+pending work beyond the seeking workers wakes an idle worker or starts a new one. A worker that just
+finished a task counts as seeking while it delivers that task's callbacks, so the task a callback
+submits (a workflow's next step) is taken by that worker without waking another.
+
+Two situations free a slot while its thread is still busy: a task abandoned by the scheduler (timed out
+or cancelled while its call cannot be interrupted) and a task waiting on other scheduled work
+(:meth:`WorkerPool.lend_slot`). A replacement worker takes the slot; the busy thread leaves or rejoins
+when its call returns. Not thread-safe by itself: every ``*_locked`` method needs the condition's lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
+
+import structlog
+
+__all__ = ["Worker", "WorkerPool"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.scheduler")
+
+
+class Worker:
+    """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread)."""
+
+    __slots__ = ("abandoned", "block_hook", "blocked", "gone", "thread")
+
+    def __init__(self) -> None:
+        self.abandoned = False  # its task was given up on; its slot went to another worker
+        self.blocked = False  # inside lend_slot(): waiting on other scheduled work, slot lent
+        self.gone = False  # left the pool: its thread returns
+        self.thread: threading.Thread | None = None
+        #: ActionContext.block_hook for the tasks this worker runs (made once, not per task).
+        self.block_hook: Callable[[], AbstractContextManager[None]] | None = None
+
+
+class WorkerPool:
+    """Daemon worker threads, at most ``max_workers`` of them holding a slot.
+
+    Args:
+        cond: the owner's condition; its lock guards the pool, idle workers wait on it.
+        target: each thread's body, called with its :class:`Worker`.
+        pending: how many pieces of work wait for a worker now (called with the lock held).
+        max_workers: slots.
+        max_abandoned: threads stuck in abandoned tasks that are replaced; beyond it a stuck thread
+            keeps its slot until its call returns.
+        name: prefix of the thread names.
+    """
+
+    def __init__(
+        self,
+        cond: threading.Condition,
+        target: Callable[[Worker], None],
+        pending: Callable[[], int],
+        *,
+        max_workers: int,
+        max_abandoned: int,
+        name: str,
+    ) -> None:
+        self._cond = cond
+        self._target = target
+        self._pending = pending
+        self.max_workers = max_workers
+        self.max_abandoned = max_abandoned
+        self._name = name
+        self._seq = itertools.count(1)
+        self.workers: set[Worker] = set()
+        self.live = 0  # workers holding a slot
+        self.idle = 0  # waiting on the condition, not yet woken
+        self.seeking = 0  # on their way to the ready queue (see the module docstring)
+        self.abandoned = 0
+        self.blocked = 0
+        self.closing = False
+
+    # ------------------------------------------------------------------ the invariant
+
+    def ensure_workers_locked(self) -> None:
+        """Wake or start workers until every pending piece of work has a seeking worker (capacity
+        allowing). Call after work is added and after a slot frees up."""
+        pending = self._pending()
+        while pending > self.seeking:
+            if self.idle > 0:
+                self.idle -= 1
+                self.seeking += 1
+                self._cond.notify()
+            elif self.live < self.max_workers and (
+                self.live + self.abandoned < self.max_workers + self.max_abandoned
+            ):
+                self._spawn_locked()
+            else:
+                return
+
+    def wake_all_locked(self) -> None:
+        """Every idle worker looks at the queue again (resources freed, shutting down)."""
+        self.seeking += self.idle
+        self.idle = 0
+        self._cond.notify_all()
+
+    # ------------------------------------------------------------------ a worker's transitions
+
+    def wait_idle_locked(self) -> None:
+        """The calling worker found nothing to do: wait until woken (it is then seeking again)."""
+        self.seeking -= 1
+        self.idle += 1
+        self._cond.wait()
+
+    def task_started_locked(self) -> None:
+        self.seeking -= 1
+
+    def call_returned_locked(self, worker: Worker) -> bool:
+        """The calling worker's task call returned. False: its task was abandoned meanwhile (the
+        outcome is void); the worker then rejoins if a slot is free, else leaves (``gone``)."""
+        if not worker.abandoned:
+            self.seeking += 1
+            return True
+        self.abandoned -= 1
+        if self.live >= self.max_workers or self.closing:
+            self._discard_locked(worker)
+        else:
+            worker.abandoned = False
+            self.live += 1
+            self.seeking += 1
+        return False
+
+    def leave_if_surplus_locked(self, worker: Worker) -> bool:
+        """A lent slot came back and the pool is above ``max_workers``: the calling worker leaves."""
+        if self.live <= self.max_workers:
+            return False
+        self.leave_locked(worker)
+        self.ensure_workers_locked()  # it may have been counted for pending work
+        return True
+
+    def leave_locked(self, worker: Worker) -> None:
+        self.live -= 1
+        self.seeking -= 1
+        self._discard_locked(worker)
+
+    def abandon_locked(self, worker: Worker) -> None:
+        """Give up on the task ``worker`` runs: its slot goes to a replacement worker at once."""
+        if worker.abandoned:
+            return
+        worker.abandoned = True
+        if not worker.blocked:
+            self.live -= 1
+        self.abandoned += 1
+        if self.abandoned > self.max_abandoned:
+            _log.warning(
+                "scheduler.abandoned_threads_limit",
+                scheduler=self._name,
+                abandoned=self.abandoned,
+                limit=self.max_abandoned,
+            )
+        self.ensure_workers_locked()
+
+    @contextmanager
+    def lend_slot(self, worker: Worker) -> Iterator[None]:
+        """While the task on ``worker`` waits on other scheduled work, its slot goes to another worker.
+
+        Without this, steps that wait for sub-workflows could fill the pool and wait forever for steps
+        that no worker is left to run. The pool is back to ``max_workers`` once the extra worker idles.
+        """
+        with self._cond:
+            entered = not worker.abandoned and not worker.blocked
+            if entered:
+                worker.blocked = True
+                self.live -= 1
+                self.blocked += 1
+                self.ensure_workers_locked()
+        try:
+            yield
+        finally:
+            if entered:
+                with self._cond:
+                    worker.blocked = False
+                    self.blocked -= 1
+                    if not worker.abandoned:
+                        self.live += 1
+
+    # ------------------------------------------------------------------ threads
+
+    def _spawn_locked(self) -> None:
+        worker = Worker()
+        worker.block_hook = partial(self.lend_slot, worker)
+        thread = threading.Thread(
+            target=self._target, args=(worker,), name=f"{self._name}-worker-{next(self._seq)}", daemon=True
+        )
+        worker.thread = thread
+        self.workers.add(worker)
+        self.live += 1
+        self.seeking += 1
+        thread.start()
+
+    def _discard_locked(self, worker: Worker) -> None:
+        worker.gone = True
+        self.workers.discard(worker)
+
+    def threads_locked(self, *, abandoned: bool) -> list[threading.Thread]:
+        """The threads of the workers holding a slot, or of those left in abandoned calls."""
+        return [w.thread for w in self.workers if w.abandoned is abandoned and w.thread is not None]
+
+    def figures_locked(self) -> dict[str, int]:
+        """Threads alive, slots held and their cap, abandoned threads and their cap."""
+        return {
+            "workers_alive": sum(1 for t in self.threads_locked(abandoned=False) if t.is_alive()),
+            "workers": self.live,
+            "max_workers": self.max_workers,
+            "abandoned": self.abandoned,
+            "max_abandoned": self.max_abandoned,
+        }

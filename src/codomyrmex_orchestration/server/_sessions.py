@@ -1,0 +1,127 @@
+"""MCP sessions on streamable HTTP and what the server reports about itself beside the engine's health.
+
+``SessionManager`` is the SDK's session manager with two changes: idle sessions expire after minutes
+(a setting), and at the session cap the session idle the longest is closed to let a new client in,
+so clients that open sessions and never close them cannot lock everyone else out. ``ServerStatus``
+owns nothing but references: the transport, the code-execution exposure and the session manager,
+read by ``/healthz`` and ``get_health_status``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+
+from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
+from codomyrmex_orchestration.logs import get_logger
+
+__all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
+
+log = get_logger("codomyrmex_orchestration.server")
+
+
+class SessionManager(StreamableHTTPSessionManager):
+    """``StreamableHTTPSessionManager`` that, at ``max_sessions``, closes the longest-idle session before
+    admitting a new one (and refuses, 503, only when every open session has a request in flight).
+
+    It reads the SDK's session table (``_server_instances``) and extends its admission step
+    (``_admit_session``, called under the SDK's session-creation lock, so choosing and closing the
+    victim and admitting the newcomer happen as one step). A session is idle when its transport's
+    ``idle_scope`` has a finite deadline: the SDK sets it to infinity while a request is in flight and to
+    "end of the last request + idle timeout" otherwise, so the smallest deadline is the longest idle.
+    """
+
+    def __init__(
+        self,
+        app: Server[Any],
+        *,
+        security_settings: TransportSecuritySettings | None = None,
+        session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
+        super().__init__(
+            app,
+            security_settings=security_settings,
+            session_idle_timeout=session_idle_timeout,
+            max_sessions=max_sessions,
+        )
+        self.evicted = 0
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._server_instances)
+
+    def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
+        if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
+            self._close_longest_idle()
+        return super()._admit_session(requestor)
+
+    def _close_longest_idle(self) -> None:
+        oldest: tuple[float, str, StreamableHTTPServerTransport] | None = None
+        for session_id, transport in self._server_instances.items():
+            scope = transport.idle_scope
+            if scope is None or scope.cancel_called or not math.isfinite(scope.deadline):
+                continue  # serving a request, or not started yet
+            if oldest is None or scope.deadline < oldest[0]:
+                oldest = (scope.deadline, session_id, transport)
+        if oldest is None:
+            return
+        _, session_id, transport = oldest
+        # Forgotten at once (its id answers 404 from now on); cancelling its idle scope ends the
+        # session's server task, whose own clean-up terminates the transport.
+        self._server_instances.pop(session_id, None)
+        self._session_owners.pop(session_id, None)
+        assert transport.idle_scope is not None
+        transport.idle_scope.cancel()
+        self.evicted += 1
+        log.warning(
+            "server.session_evicted",
+            reason=f"{self.max_sessions} sessions open (the cap): the longest-idle one made room",
+            session=session_id[:8],
+        )
+
+
+@dataclass
+class ServerStatus:
+    """What ``/healthz`` and ``get_health_status`` report about the server itself."""
+
+    transport: str
+    code_execution: bool
+    exposed: bool = False  # code execution enabled on a non-loopback bind
+    sessions: SessionManager | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "transport": self.transport,
+            "code_execution": self.code_execution,
+            "code_execution_exposed": self.exposed,
+        }
+        if self.sessions is not None:
+            status["sessions_open"] = self.sessions.open_sessions
+            status["sessions_max"] = self.sessions.max_sessions
+            status["session_idle_timeout_seconds"] = self.sessions.session_idle_timeout
+            status["sessions_evicted"] = self.sessions.evicted
+        if self.warnings:
+            status["warnings"] = list(self.warnings)
+        return status
+
+    def component(self) -> dict[str, Any]:
+        """The ``server`` component of ``get_health_status``."""
+        full = self.sessions is not None and self.sessions.open_sessions >= (
+            self.sessions.max_sessions or math.inf
+        )
+        return {
+            "status": "degraded" if full else "healthy",
+            "critical": False,
+            "details": self.snapshot(),
+            "error_count": 0,
+            "last_error": None,
+        }

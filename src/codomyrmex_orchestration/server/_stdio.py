@@ -1,0 +1,264 @@
+"""The stdio transport: the process's stdin and stdout as the MCP wire, read and written from the event loop.
+
+Owns the two wire descriptors while serving. Malformed input is answered here as JSON-RPC 2.0 says
+(-32700 parse error, -32600 invalid request, ``id`` null when none can be read) and logged once at
+warning; a line longer than the limit is refused and discarded as it streams in, never buffered whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import stat
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from pydantic import ValidationError
+
+from codomyrmex_orchestration.logs import get_logger
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "serve_stdio"]
+
+log = get_logger("codomyrmex_orchestration.server")
+
+#: Longest protocol line (one JSON-RPC message) accepted on stdin.
+DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+_CHUNK = 1 << 16
+
+
+def _request_id(text: bytes) -> str | int | None:
+    """The ``id`` of a message that parses as a JSON object, for an error reply (null otherwise)."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(message, dict):
+        value = message.get("id")
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
+    """``None`` when ``line`` is a JSON-RPC message the SDK accepts, else ``(code, message, id)`` of the
+    error to answer it with."""
+    try:
+        types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+    else:
+        return None
+    if problem["type"] == "json_invalid":
+        # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
+        try:
+            message = json.loads(line)
+        except RecursionError:
+            return INVALID_REQUEST, "Invalid Request: the message is nested too deeply", None
+        except ValueError as err:
+            return PARSE_ERROR, f"Parse error: not valid UTF-8 JSON ({err})", None
+        if not isinstance(message, dict):
+            return (
+                INVALID_REQUEST,
+                "Invalid Request: a message must be one JSON object (batches are not supported)",
+                None,
+            )
+        return INVALID_REQUEST, f"Invalid Request: {problem['msg']}", _request_id(line)
+    if line.lstrip().startswith(b"["):
+        return (
+            INVALID_REQUEST,
+            "Invalid Request: a message must be one JSON object (batches are not supported)",
+            None,
+        )
+    where = ".".join(str(p) for p in problem["loc"][1:])
+    detail = f"{where}: {problem['msg']}" if where else problem["msg"]
+    return (
+        INVALID_REQUEST,
+        'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
+        f"({detail})",
+        _request_id(line),
+    )
+
+
+class StdinLines:
+    """Protocol lines from the process's stdin, read only when readable, so a signal can cancel the wait.
+
+    mcp's own stdin reader blocks a worker thread in ``read()``, which cancellation cannot interrupt;
+    this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
+    child processes never read the protocol) and the wire is read from a private duplicate. A line is
+    found by scanning only the bytes that arrived since the last scan, so reading is linear in its
+    length. Lines that are not valid messages are answered through ``stdout`` and never handed on.
+    """
+
+    def __init__(self, stdout: StdoutLines, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self._stdout = stdout
+        self._max = max_line_bytes
+        self._fd = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        self._buffer = bytearray()  # bytes read and not yet handed out: lines start at self._start
+        self._start = 0
+        self._scanned = 0  # self._buffer[self._start:self._scanned] holds no newline
+        self._discarding = False  # inside a line that was refused for its size
+        self._eof = False
+        # Regular files and some devices cannot be polled (epoll refuses them) but never block.
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def close(self) -> None:
+        os.dup2(self._fd, 0)
+        os.close(self._fd)
+
+    def __aiter__(self) -> StdinLines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            line = await self._next_line()
+            if line is None:
+                raise StopAsyncIteration
+            if not line.strip():
+                continue  # blank lines between messages are tolerated, like trailing whitespace
+            problem = diagnose(line)
+            if problem is None:
+                return line  # the SDK's reader validates bytes as well as text
+            await self._refuse(*problem, size=len(line))
+
+    async def _refuse(self, code: int, message: str, request_id: str | int | None, size: int) -> None:
+        log.warning("stdio.malformed_message", code=code, error=message[:300], bytes=size, id=request_id)
+        reply = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+        await self._stdout.write(json.dumps(reply) + "\n")
+
+    async def _refuse_long(self, size: int) -> None:
+        await self._refuse(
+            INVALID_REQUEST,
+            f"Invalid Request: a message longer than {self._max} bytes is refused and discarded "
+            "(the limit is the setting stdio_max_line_bytes, CODOMYRMEX_STDIO_MAX_LINE_BYTES)",
+            None,
+            size=size,
+        )
+
+    async def _next_line(self) -> bytes | None:
+        buffer = self._buffer
+        while True:
+            newline = buffer.find(b"\n", self._scanned)
+            if newline >= 0:
+                line = bytes(buffer[self._start : newline])
+                self._start = self._scanned = newline + 1
+                if self._discarding:
+                    self._discarding = False
+                    continue
+                if len(line) > self._max:
+                    await self._refuse_long(len(line))
+                    continue
+                return line
+            if self._discarding:
+                buffer.clear()
+                self._start = 0
+            elif len(buffer) - self._start > self._max:
+                await self._refuse_long(len(buffer) - self._start)
+                self._discarding = True
+                buffer.clear()
+                self._start = 0
+            elif self._start:
+                del buffer[: self._start]  # once per read, not per line: amortised linear
+                self._start = 0
+            self._scanned = len(buffer)
+            if self._eof:
+                if self._discarding or self._start >= len(buffer):
+                    return None
+                line = bytes(buffer[self._start :])
+                buffer.clear()
+                self._start = self._scanned = 0
+                return line
+            if self._pollable:
+                try:
+                    await anyio.wait_readable(self._fd)
+                except OSError:
+                    self._pollable = False
+            chunk = os.read(self._fd, _CHUNK)
+            self._eof = not chunk
+            buffer += chunk
+
+
+class StdoutLines:
+    """The protocol's writing side, written from the event loop: no thread per message.
+
+    mcp's own writer hands every message to a worker thread twice (``write``, then ``flush``), two
+    thread hand-offs per reply. Here a message of up to ``PIPE_BUF`` bytes, the usual size, is written
+    directly once the descriptor is writable: a pipe with room takes such a write whole and at once.
+    A longer one, or what a socket or terminal did not take, is written by a worker thread, which may
+    block without holding up the loop. Like the SDK, it serves the wire from a private duplicate while
+    ``fd`` (stdout) points at stderr, so stray output of the process or its children never reaches the
+    client; :meth:`close` points it back at the wire. A lock keeps the SDK's replies and the reader's
+    error replies from interleaving.
+    """
+
+    def __init__(self, fd: int = 1) -> None:
+        self._wire_fd = fd
+        self._fd = os.dup(fd)
+        os.dup2(2, fd)
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._lock = anyio.Lock()  # guards the wire: one message written at a time
+
+    def close(self) -> None:
+        os.dup2(self._fd, self._wire_fd)
+        os.close(self._fd)
+
+    async def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        async with self._lock:
+            if len(data) <= select.PIPE_BUF and self._pollable:
+                try:
+                    await anyio.wait_writable(self._fd)
+                except OSError:  # not pollable after all: the thread below writes it
+                    self._pollable = False
+                else:
+                    data = data[os.write(self._fd, data) :]
+            if data:
+                await anyio.to_thread.run_sync(self._write_all, data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # a client may hand us a non-blocking pipe: wait for room
+                select.select([], [self._fd], [])
+
+    async def flush(self) -> None:
+        """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
+
+
+async def serve_stdio(server: Server[Any], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+    """Run ``server`` on stdin/stdout until EOF, SIGINT or SIGTERM."""
+    stdout = StdoutLines()
+    stdin = StdinLines(stdout, max_line_bytes)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("server.signal", signal=signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            # Duck-typed: stdin is only iterated, stdout only written and flushed.
+            async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
+                await server.run(read, write, server.create_initialization_options())
+            tg.cancel_scope.cancel()
+    except* (BrokenPipeError, ConnectionResetError):
+        # The client closed its end of the wire: the session is over, like at EOF (not a server error).
+        log.info("server.client_gone", reason="the client stopped reading the server's output")
+    finally:
+        stdout.close()
+        stdin.close()

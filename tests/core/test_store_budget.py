@@ -1,0 +1,166 @@
+"""The state directory's byte budget, against real SQLite files and real spill files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
+from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError
+
+BUDGET = 1_000_000
+SPILL = 100_000  # bytes of each spilled output
+KEPT = 20_000  # characters of each output kept in the database
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _big_run(store: SqliteStore, outputs: Path, run_id: str, status: WorkflowStatus) -> None:
+    """A run as the engine leaves it: one step spilled to a real file (the marker points to it), one
+    step with a large output kept in the database."""
+    folder = outputs / run_id
+    folder.mkdir(parents=True)
+    spilled = folder / "big.json"
+    spilled.write_bytes(b"x" * SPILL)
+    marker = {
+        "truncated": True,
+        "size_bytes": SPILL,
+        "limit_bytes": 1000,
+        "preview": "x",
+        "spilled_to": str(spilled),
+    }
+    record = RunRecord(run_id=run_id, workflow_name="wf", status=status)
+    record.steps["big"] = StepResult(name="big", status=TaskStatus.COMPLETED, output=marker)
+    record.steps["kept"] = StepResult(name="kept", status=TaskStatus.COMPLETED, output="y" * KEPT)
+    store.save_run(record)
+
+
+def test_a_loop_of_big_outputs_stays_under_the_budget_then_new_work_is_refused(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    with SqliteStore(tmp_path / "state.db", max_bytes=BUDGET) as store:
+        assert store.max_bytes == BUDGET
+        for i in range(40):  # 4.8 MB written in all, against a 1 MB budget
+            store.check_budget()
+            _big_run(store, outputs, f"done-{i:02d}", WorkflowStatus.COMPLETED)
+            store.flush()
+            used = store.stats()["bytes_used"]
+            assert used <= BUDGET, (i, used)
+            assert _disk_bytes(outputs) <= used
+        kept = [r.run_id for r in store.list_runs()]
+        assert kept[0] == "done-39" and "done-00" not in kept and len(kept) >= 5
+        # The evicted runs' spill folders went with them; the kept runs' are all there.
+        assert sorted(p.name for p in outputs.iterdir()) == sorted(kept)
+
+        # Runs still running cannot be evicted: once they fill the budget, new work is refused.
+        refused = None
+        for i in range(40):
+            try:
+                store.check_budget()
+            except LimitExceededError as exc:
+                refused = exc
+                break
+            _big_run(store, outputs, f"live-{i:02d}", WorkflowStatus.RUNNING)
+            store.flush()
+        assert refused is not None and i <= BUDGET // SPILL + 1
+        assert "CODOMYRMEX_STATE_MAX_BYTES" in str(refused) and f"limit of {BUDGET}" in str(refused)
+        assert refused.limit == BUDGET and refused.value > BUDGET
+        assert {r.run_id for r in store.list_runs(status=WorkflowStatus.RUNNING)} == {
+            f"live-{j:02d}" for j in range(i)
+        }
+        assert store.health()["ok"] is True  # refusing new work is not a broken store
+        assert store.health()["bytes_used"] == refused.value
+
+        # Once those runs finish, they can be evicted and work is accepted again.
+        for j in range(i):
+            store.save_run(
+                RunRecord(run_id=f"live-{j:02d}", workflow_name="wf", status=WorkflowStatus.COMPLETED)
+            )
+        store.check_budget()
+
+
+def test_the_budget_holds_across_a_restart_and_a_lowered_budget_evicts_at_once(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    with SqliteStore(tmp_path / "state.db", max_bytes=None) as store:
+        for i in range(10):
+            _big_run(store, outputs, f"r{i}", WorkflowStatus.COMPLETED)
+        assert store.stats()["max_bytes"] is None
+        assert store.stats()["bytes_used"] >= 10 * (SPILL + KEPT)
+    with SqliteStore(tmp_path / "state.db", max_bytes=3 * (SPILL + KEPT) + 10_000) as store:
+        store.check_budget()
+        assert [r.run_id for r in store.list_runs()] == ["r9", "r8", "r7"]
+        assert sorted(p.name for p in outputs.iterdir()) == ["r7", "r8", "r9"]
+
+
+def test_spill_files_of_tasks_outside_runs_count_and_the_oldest_finished_work_goes_first(
+    tmp_path: Path,
+) -> None:
+    tasks = tmp_path / "outputs" / "tasks"
+    tasks.mkdir(parents=True)
+    with SqliteStore(tmp_path / "state.db", max_bytes=None) as store:
+        for i in range(3):
+            store.save_run(RunRecord(run_id=f"run{i}", workflow_name="wf", status=WorkflowStatus.COMPLETED))
+        created = store.get_run("run0").created_at.timestamp()  # type: ignore[union-attr]  # saved above
+    for i in range(12):  # spilled by tasks that ended before the runs started: these go first
+        spill = tasks / f"t{i:02d}.json"
+        spill.write_bytes(b"z" * SPILL)
+        os.utime(spill, (created - 100 + i, created - 100 + i))
+    # Task spill files are measured when the store opens, then at most once a second.
+    with SqliteStore(tmp_path / "state.db", max_bytes=BUDGET) as store:
+        store.check_budget()
+        left = sorted(p.name for p in tasks.iterdir())
+        assert (
+            left == [f"t{i:02d}.json" for i in range(12 - len(left), 12)] and len(left) == BUDGET // SPILL - 1
+        )
+        assert [r.run_id for r in store.list_runs()] == ["run2", "run1", "run0"]
+        assert store.stats()["spill_bytes_tasks"] == len(left) * SPILL
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_parameters_over_their_limit_are_refused_naming_the_setting(kind: str, tmp_path: Path) -> None:
+    store = (
+        MemoryStore(max_parameters_bytes=1_000)
+        if kind == "memory"
+        else SqliteStore(tmp_path / "state.db", max_parameters_bytes=1_000)
+    )
+    try:
+        store.check_budget({"small": "x" * 100})
+        store.check_budget(None)
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_PARAMETERS_BYTES") as caught:
+            store.check_budget({"big": "x" * 2_000})
+        assert caught.value.limit == 1_000 and caught.value.value > 2_000
+    finally:
+        store.close()
+
+
+def test_budget_arguments_below_one_byte_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="max_bytes"):
+        SqliteStore(tmp_path / "a.db", max_bytes=0)
+    with pytest.raises(InvalidInputError, match="max_parameters_bytes"):
+        MemoryStore(max_parameters_bytes=0)
+
+
+def test_engine_runs_with_spilled_outputs_keep_the_state_directory_under_its_budget(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    budget = 2_000_000
+    engine = OrchestrationEngine(
+        state_dir=state, config_dir=None, max_output_bytes=10_000, state_max_bytes=budget, max_workers=2
+    )
+    try:
+        step = {"name": "big", "module": "core", "action": "echo", "parameters": {"message": "m" * 300_000}}
+        engine.workflow_manager.create_workflow({"name": "big", "steps": [step]})
+        runs = [engine.execute_workflow("big", timeout=60) for _ in range(20)]  # 6 MB of outputs
+        assert all(r.status is WorkflowStatus.COMPLETED for r in runs)
+        assert runs[-1].steps["big"].output["spilled_to"]
+        stats = engine.store.stats()
+        assert stats["bytes_used"] <= budget and stats["max_bytes"] == budget
+        assert _disk_bytes(state / "outputs") <= budget
+        assert (state / "outputs" / runs[-1].run_id).is_dir()
+        assert not (state / "outputs" / runs[0].run_id).exists()
+    finally:
+        engine.shutdown()
