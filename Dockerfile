@@ -17,9 +17,8 @@ RUN pip install --no-cache-dir . \
 
 USER 10001
 WORKDIR /data
-ENV CODOMYRMEX_STATE_DIR=/data/.workflows \
-    CODOMYRMEX_PROJECTS_DIR=/data/projects \
-    CODOMYRMEX_CONFIG_DIR=/data/config/workflows/production \
+# State in /data/.workflows, workflow files in /data/config/workflows/production, projects in /data/projects.
+ENV CODOMYRMEX_DATA_DIR=/data \
     CODOMYRMEX_LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 8765

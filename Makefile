@@ -1,15 +1,20 @@
 # make test: lint, types and tests from nothing (creates .venv, with the dask extra so the Dask backend's
 # contract tests run too: it adds seconds to the install). make run: serve MCP over streamable HTTP on
-# 127.0.0.1:8765. make run-sample: run the repo_health sample workflow once.
+# 127.0.0.1:8765 (PORT=9000 or CODOMYRMEX_PORT=9000 moves it) from a serve-only venv (.venv-run: the
+# package and its runtime dependencies, no dev or dask extras). make run-sample: run a sample workflow once.
 # make bench: every benchmark, figures to stdout and bench/results/latest.json (a few minutes).
 # make durability / fuzz / load: the large reliability runs, with figures (docs/RELIABILITY.md).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SAMPLE ?= config/workflows/production/repo_health.json
+SAMPLE ?= fan_out_join
+# make run: its own venv with only what serving needs; the port from PORT, else CODOMYRMEX_PORT, else 8765.
+RUN_VENV ?= .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed-stamp
+PORT ?= $(or $(CODOMYRMEX_PORT),8765)
 
-.PHONY: venv browser conformance-tools lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
+.PHONY: run-venv venv browser conformance-tools lint typecheck pytest test bench bench-instructions fuzz load durability run run-sample clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +23,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RUN_VENV)/bin/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+run-venv: $(RUN_STAMP)
 
 # The MCP conformance suite and the Node 22 it needs, from the npm registry into .tools/ (gitignored),
 # once per version pair; tests/e2e/test_conformance.py runs it against `serve` (the machine's node may be
@@ -73,11 +86,11 @@ fuzz: venv
 load: venv
 	$(BIN)/python -m tests.helpers.load --clients 50 --calls 200 --rounds 3
 
-run: venv
-	$(BIN)/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port 8765
+run: run-venv
+	$(RUN_VENV)/bin/codomyrmex-orchestration serve --transport streamable-http --host 127.0.0.1 --port $(PORT)
 
-run-sample: venv
-	$(BIN)/codomyrmex-orchestration run $(SAMPLE)
+run-sample: run-venv
+	$(RUN_VENV)/bin/codomyrmex-orchestration run $(SAMPLE)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUN_VENV) .mypy_cache .ruff_cache .pytest_cache

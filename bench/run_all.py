@@ -233,7 +233,7 @@ def main() -> None:
     print("Targets (issue 7):")
     for t in results["targets"]:
         print(f"  [{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['figure']}")
-    # A smoke run must not overwrite the figures the README quotes.
+    # A smoke run must not overwrite the figures docs/PERFORMANCE.md quotes.
     out = RESULTS.with_name("quick.json") if quick else RESULTS
     print(f"\nmake bench took {results['elapsed_seconds']} s; figures in {out.relative_to(HERE.parent)}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,18 @@ from __future__ import annotations
 # Imported first (isort keeps it first): importing logs points an unconfigured structlog at stderr
 # before any submodule binds a logger, since a logger bound earlier would write to stdout, the wire.
 from codomyrmex_orchestration import logs as _logs  # noqa: F401  (imported for its side effect, see above)
+from codomyrmex_orchestration.compose import (
+    build_engine,
+    configure_engine,
+    get_orchestration_engine,
+    get_project_manager,
+    get_resource_manager,
+    get_task_orchestrator,
+    get_workflow_manager,
+    reset_engine,
+)
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._health import HealthReport, MetricsReport, SystemStatus
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
@@ -29,13 +40,6 @@ from codomyrmex_orchestration.core.engine import (
     OrchestrationMode,
     Session,
     SessionStatus,
-    configure_engine,
-    get_orchestration_engine,
-    get_project_manager,
-    get_resource_manager,
-    get_task_orchestrator,
-    get_workflow_manager,
-    reset_engine,
 )
 from codomyrmex_orchestration.core.executor import ExecutionResult, ParallelExecutor
 from codomyrmex_orchestration.core.models import (
@@ -79,8 +83,10 @@ __all__ = [
     "DAGValidationError",
     "DocumentationGenerator",
     "ExecutionResult",
+    "HealthReport",
     "InsufficientResourcesError",
     "MemoryStore",
+    "MetricsReport",
     "OrchestrationEngine",
     "OrchestrationError",
     "OrchestrationMode",
@@ -100,6 +106,7 @@ __all__ = [
     "SqliteStore",
     "StepResult",
     "StepSpec",
+    "SystemStatus",
     "TaskNotFoundError",
     "TaskOrchestrator",
     "TaskPriority",
@@ -111,6 +118,7 @@ __all__ = [
     "WorkflowSpec",
     "WorkflowStatus",
     "__version__",
+    "build_engine",
     "configure_engine",
     "create_registry",
     "get_orchestration_engine",

@@ -31,13 +31,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration import __version__
+from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import (
+    DAGValidationError,
     InvalidInputError,
     NotFoundError,
     OrchestrationError,
     RunNotFoundError,
-    WorkflowNotFoundError,
 )
 from codomyrmex_orchestration.logs import configure_logging
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.models import RunRecord, StepResult
     from codomyrmex_orchestration.core.store import SqliteStore
-    from codomyrmex_orchestration.core.workflows import StepCallback
+    from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 
 __all__ = ["build_parser", "main"]
 
@@ -80,9 +81,11 @@ def _common(parser: argparse.ArgumentParser, *, quiet_logs: bool = True) -> None
         help="log level on stderr (default warning for commands, CODOMYRMEX_LOG_LEVEL wins)",
     )
     parser.add_argument("--log-format", choices=["console", "json"])
-    parser.add_argument("--state-dir", help="state directory (default .workflows)")
-    parser.add_argument("--config-dir", help="workflow JSON directory (default config/workflows/production)")
-    parser.add_argument("--projects-dir", help="projects root (default projects)")
+    parser.add_argument("--state-dir", help="state directory (default DATA_DIR/.workflows; see `paths`)")
+    parser.add_argument(
+        "--config-dir", help="workflow JSON directory (default DATA_DIR/config/workflows/production)"
+    )
+    parser.add_argument("--projects-dir", help="projects root (default DATA_DIR/projects)")
     if quiet_logs:
         parser.set_defaults(default_log_level="warning")
 
@@ -247,23 +250,6 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.server.app import serve
 
-    if settings.transport != "stdio":
-        path = "/mcp" if settings.transport == "streamable-http" else "/sse"
-        url = f"http://{settings.host}:{settings.port}{path}"
-        auth = (
-            ' --header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"'
-            if settings.auth_token or settings.auth_token_file
-            else ""
-        )
-        transport = "http" if settings.transport == "streamable-http" else "sse"
-        print(
-            f"codomyrmex-orchestration: serving MCP ({settings.transport}) at {url}\n"
-            f"  point a client at it: claude mcp add --transport {transport} orchestration {url}{auth}\n"
-            f"  or list its tools: npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
-            " --method tools/list\n"
-            f"  health: curl http://{settings.host}:{settings.port}/healthz",
-            file=sys.stderr,
-        )
     try:
         return serve(settings)
     except OrchestrationError as exc:
@@ -283,6 +269,7 @@ _PARSERS: list[Callable[[Any], None]] = [
     _add_status_parser,
     _add_health_parser,
     _add_serve_parser,
+    lambda sub: add_paths_parser(sub, _common),
 ]
 
 
@@ -372,27 +359,32 @@ def _is_file_argument(value: str) -> bool:
     return value.endswith(".json") or Path(value).is_file()
 
 
-def _find_workflow(name: str, settings: Settings) -> dict[str, Any]:
-    """A workflow by name: from the config directory's files, then the store's registered ones."""
-    known: list[str] = []
-    if settings.config_dir.is_dir():
-        for path in sorted(settings.config_dir.glob("*.json")):
-            try:
-                document = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            for item in document if isinstance(document, list) else [document]:
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    if item["name"] == name:
-                        return item
-                    known.append(item["name"])
-    with _read_store(settings) as store:
-        if store is not None:
-            for spec, _source in store.load_workflows():
-                if spec.name == name:
-                    return spec.model_dump(mode="json")
-                known.append(spec.name)
-    raise WorkflowNotFoundError(name, known=known)
+@contextlib.contextmanager
+def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowManager]:
+    """A WorkflowManager for finding and validating definitions, without running anything.
+
+    With ``registered`` it knows the samples, the config directory's workflows and the store's (opened
+    for reading, never recovered); without, none: it only validates. Nothing is created on disk either way.
+    """
+    from codomyrmex_orchestration.core.actions import create_registry
+    from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.workflows import WorkflowManager
+    from codomyrmex_orchestration.samples import SAMPLES_DIR
+
+    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
+    orchestrator = TaskOrchestrator(1, registry=registry)
+    try:
+        with _read_store(settings) if registered else contextlib.nullcontext() as store:
+            yield WorkflowManager(
+                orchestrator=orchestrator,
+                registry=registry,
+                store=store,
+                config_dir=settings.config_dir if registered else None,
+                sample_dir=SAMPLES_DIR if registered and settings.load_samples else None,
+                max_steps=settings.max_steps,
+            )
+    finally:
+        orchestrator.shutdown(wait=True)
 
 
 @contextlib.contextmanager
@@ -414,9 +406,9 @@ def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
 
 
 def _open_engine(settings: Settings) -> OrchestrationEngine:
-    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.compose import build_engine
 
-    return OrchestrationEngine.from_settings(settings, recover=False)
+    return build_engine(settings, recover=False)
 
 
 def _stdout_console() -> Console:
@@ -469,26 +461,30 @@ def _execute(
     from codomyrmex_orchestration._cli_owner import RunOwnership
 
     display = _make_display(args, steps)
-    record = start(display.on_step)
-    run_id = record.run_id
-    display.start(run_id, record.workflow_name)
-    owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
-    interrupted = threading.Event()
-    timed_out = False
-    try:
-        with owned, _cancel_on_sigint(engine, run_id, display, interrupted):
-            final = engine.workflow_manager.wait_run(run_id, args.timeout)
-            if not final.status.is_terminal:
-                timed_out = True
-                display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
-                final = _cancel_here(engine, run_id)
-    finally:
-        display.stop()
+    sigint = _Sigint(engine, display)
+    # The handler goes in before the run starts: a Ctrl-C while it starts cancels it once it has an id.
+    with sigint.installed():
+        record = start(display.on_step)
+        run_id = record.run_id
+        display.start(run_id, record.workflow_name)
+        sigint.started(run_id)
+        owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
+        timed_out = False
+        try:
+            with owned:
+                final = engine.workflow_manager.wait_run(run_id, args.timeout)
+                if not final.status.is_terminal:
+                    timed_out = True
+                    display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
+                    final = _cancel_here(engine, run_id)
+        finally:
+            display.stop()
+    interrupted = sigint.interrupted
     if args.json:
         _dump(final.model_dump(mode="json"))
     else:
-        _report(final, interrupted=interrupted.is_set(), timed_out=timed_out)
-    if interrupted.is_set():
+        _report(final, interrupted=interrupted, timed_out=timed_out)
+    if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if final.succeeded else EXIT_FAILED
 
@@ -500,27 +496,48 @@ def _cancel_here(engine: OrchestrationEngine, run_id: str) -> RunRecord:
         return engine.workflow_manager.get_run(run_id)
 
 
-@contextlib.contextmanager
-def _cancel_on_sigint(
-    engine: OrchestrationEngine, run_id: str, display: RunDisplay, interrupted: threading.Event
-) -> Iterator[None]:
+class _Sigint:
     """First SIGINT: cancel the run cleanly (the wait then returns the CANCELLED record). Second: quit.
 
-    ``cancel_run`` waits for the run to wind down, so it runs on a thread, not in the handler.
+    Python runs signal handlers on the main thread, between the main thread's own steps, so the handler
+    and :meth:`started` never interleave. ``cancel_run`` waits for the run to wind down, so it runs on a
+    thread, not in the handler.
     """
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-        display.note(f"interrupted: cancelling run {run_id} (Ctrl-C again to quit at once)")
-        threading.Thread(target=_cancel_here, args=(engine, run_id), name="cli-cancel", daemon=True).start()
+    def __init__(self, engine: OrchestrationEngine, display: RunDisplay) -> None:
+        self._engine = engine
+        self._display = display
+        self._run_id: str | None = None
+        self._cancelling = False
+        self.interrupted = False
 
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self._cancel()
+
+    def started(self, run_id: str) -> None:
+        self._run_id = run_id
+        if self.interrupted:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._run_id is None or self._cancelling:
+            return  # not started yet: started() cancels it
+        self._cancelling = True
+        self._display.note(f"interrupted: cancelling run {self._run_id} (Ctrl-C again to quit at once)")
+        threading.Thread(
+            target=_cancel_here, args=(self._engine, self._run_id), name="cli-cancel", daemon=True
+        ).start()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
@@ -622,65 +639,43 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
 # ---------------------------------------------------------------------- validate and graph
 
 
-def _document_problems(document: Any, settings: Settings, registry: Any) -> tuple[str | None, list[str]]:
-    """(workflow name if known, every problem) for one workflow object."""
-    from pydantic import ValidationError
-
-    from codomyrmex_orchestration.core.dag import WorkflowDAG
-    from codomyrmex_orchestration.core.models import WorkflowSpec
-
+def _problems(manager: WorkflowManager, document: Any) -> tuple[str | None, list[str]]:
+    """(workflow name if known, every problem) for one workflow object, as the manager sees them."""
     if not isinstance(document, dict):
         return None, ["expected a JSON object with 'name' and 'steps'"]
     name = document.get("name") if isinstance(document.get("name"), str) else None
-    raw_steps: list[Any] = document["steps"] if isinstance(document.get("steps"), list) else []
     try:
-        spec = WorkflowSpec.model_validate(document)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = list(err["loc"])
-            where = ".".join(map(str, loc)) or "(document)"
-            if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int) and loc[1] < len(raw_steps):
-                step = raw_steps[loc[1]]
-                if isinstance(step, dict) and isinstance(step.get("name"), str):
-                    rest = ".".join(map(str, loc[2:]))
-                    where = f"step {step['name']!r} (steps.{loc[1]}{'.' + rest if rest else ''})"
-            problems.append(f"{where}: {err['msg']}")
-        return name, problems
-    problems = WorkflowDAG.from_spec(spec, registry).problems()
-    if len(spec.steps) > settings.max_steps:
-        problems.append(f"steps: {len(spec.steps)} steps, above the limit of {settings.max_steps}")
-    return spec.name, problems
+        manager.validate_workflow(document)
+    except DAGValidationError as exc:
+        return name, list(exc.problems)
+    except InvalidInputError as exc:
+        return name, [str(exc)]
+    return name, []
 
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.actions import create_registry
-    from codomyrmex_orchestration.core.dag import WorkflowDAG
-    from codomyrmex_orchestration.core.models import WorkflowSpec
-
-    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
     bad_files = 0
-    for file in args.files:
-        try:
-            document = _load_document(Path(file))
-        except InvalidInputError as exc:
-            bad_files += 1
-            print(f"{file}: {exc.reason}")
-            continue
-        items = document if isinstance(document, list) else [document]
-        file_bad = False
-        for item in items:
-            name, problems = _document_problems(item, settings, registry)
-            label = f"{file}: {name}" if name else file
-            for problem in problems:
-                print(f"{label}: {problem}")
-            if problems:
-                file_bad = True
-            else:
-                spec = WorkflowSpec.model_validate(item)
-                levels = len(WorkflowDAG.from_spec(spec, registry).execution_levels())
-                print(f"{label}: ok ({len(spec.steps)} steps, {levels} levels)")
-        bad_files += file_bad
+    with _definitions(settings, registered=False) as manager:
+        for file in args.files:
+            try:
+                document = _load_document(Path(file))
+            except InvalidInputError as exc:
+                bad_files += 1
+                print(f"{file}: {exc.reason}")
+                continue
+            file_bad = False
+            for item in document if isinstance(document, list) else [document]:
+                name, problems = _problems(manager, item)
+                label = f"{file}: {name}" if name else file
+                for problem in problems:
+                    print(f"{label}: {problem}")
+                if problems:
+                    file_bad = True
+                else:
+                    checked = manager.validate_workflow(item)
+                    levels = len(checked.execution_levels)
+                    print(f"{label}: ok ({checked.steps_count} steps, {levels} levels)")
+            bad_files += file_bad
     if bad_files:
         print(f"{bad_files} of {len(args.files)} files have problems", file=sys.stderr)
         return EXIT_FAILED
@@ -688,23 +683,21 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.actions import create_registry
     from codomyrmex_orchestration.core.dag import WorkflowDAG
-    from codomyrmex_orchestration.core.models import WorkflowSpec
 
-    if _is_file_argument(args.workflow):
-        document = _workflow_object(Path(args.workflow))
-    else:
-        document = _find_workflow(args.workflow, settings)
-    try:
-        spec = WorkflowSpec.model_validate(document)
-    except ValueError as exc:
-        raise InvalidInputError(
-            args.workflow,
-            f"not a valid workflow ({exc.__class__.__name__}); run `{PROG} validate` for every problem",
-        ) from None
-    dag = WorkflowDAG.from_spec(spec, create_registry(allow_code_execution=settings.allow_shell is not False))
-    dag.validate()
+    from_file = _is_file_argument(args.workflow)
+    document = _workflow_object(Path(args.workflow)) if from_file else None
+    with _definitions(settings, registered=not from_file) as manager:
+        if document is not None:
+            try:
+                workflow = manager.create_workflow(document, overwrite=True, source="file")
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    args.workflow, f"not a valid workflow ({exc}); run `{PROG} validate` for every problem"
+                ) from None
+        else:
+            workflow = manager.get_workflow(args.workflow)
+        dag = WorkflowDAG.from_spec(workflow, manager.registry)
     print((dag.to_mermaid() if args.format == "mermaid" else dag.to_dot()).rstrip("\n"))
     return EXIT_OK
 
@@ -854,18 +847,17 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.shutdown()
     if args.json:
-        _dump(report)
+        _dump(report.model_dump(mode="json"))
         return EXIT_OK
     console = _stdout_console()
-    workflows = report["workflows"]
-    print(f"overall     {report['overall_status']}")
-    print(f"state dir   {report['state_dir']}")
+    workflows = report.workflows
+    print(f"overall     {report.overall_status}")
+    print(f"state dir   {report.state_dir}")
     print(
-        f"workflows   {workflows['registered']} registered, {len(workflows['load_errors'])} config "
-        "files rejected"
+        f"workflows   {workflows.registered} registered, {len(workflows.load_errors)} config files rejected"
     )
-    print(f"runs        {_fmt(report['runs'])}")
-    print(f"queue       {_fmt(report['queue'])}")
+    print(f"runs        {_fmt(report.runs)}")
+    print(f"queue       {_fmt(report.queue)}")
     rows = [
         [
             rid,
@@ -875,10 +867,10 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"{100 * float(u.get('utilization') or 0):.0f}%",
             str(u.get("status", "-")),
         ]
-        for rid, u in sorted(report["resources"].items())
+        for rid, u in sorted(report.resources.items())
     ]
     print_table(console, ["RESOURCE", "CAPACITY", "ALLOCATED", "AVAILABLE", "USED", "STATUS"], rows)
-    for error in workflows["load_errors"]:
+    for error in workflows.load_errors:
         print(f"rejected {error['path']}: {error['reason']}")
     return EXIT_OK
 
@@ -892,18 +884,18 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.shutdown()
     if args.json:
-        _dump(report)
+        _dump(report.model_dump(mode="json"))
     else:
-        print(f"overall {report['overall_status']}")
+        print(f"overall {report.overall_status}")
         rows = [
             [
                 name,
-                c["status"],
-                "yes" if c["critical"] else "no",
-                str(c["error_count"]),
-                str(c["details"].get("reason") or c["last_error"] or ""),
+                c.status,
+                "yes" if c.critical else "no",
+                str(c.error_count),
+                str(c.details.get("reason") or c.last_error or ""),
             ]
-            for name, c in report["components"].items()
+            for name, c in report.components.items()
         ]
         print_table(
             _stdout_console(),
@@ -911,7 +903,7 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
             rows,
             styles={1: {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}},
         )
-    return EXIT_FAILED if report["overall_status"] == "unhealthy" else EXIT_OK
+    return EXIT_FAILED if report.overall_status == "unhealthy" else EXIT_OK
 
 
 # ---------------------------------------------------------------------- main
@@ -927,6 +919,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": _cmd_status,
     "health": _cmd_health,
     "serve": _cmd_serve,
+    "paths": cmd_paths,
 }
 
 

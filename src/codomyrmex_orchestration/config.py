@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from codomyrmex_orchestration.errors import InvalidInputError
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
+    "DEFAULT_MAX_QUEUED_TASKS",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
@@ -32,9 +34,12 @@ __all__ = [
     "DEFAULT_TEMPLATES_DIR",
     "ENV_PREFIX",
     "Settings",
+    "default_data_dir",
 ]
 
 ENV_PREFIX = "CODOMYRMEX_"
+APP_NAME = "codomyrmex-orchestration"
+# The layout inside the data directory (and the core classes' defaults, relative to their caller's folder).
 DEFAULT_STATE_DIR = Path(".workflows")
 DEFAULT_CONFIG_DIR = Path("config/workflows/production")
 DEFAULT_PROJECTS_DIR = Path("projects")
@@ -51,12 +56,30 @@ DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
 DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
 DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_MAX_QUEUED_TASKS = 10_000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
+#: Settings fields that default to a place inside ``data_dir`` (the layout above).
+_LAYOUT = {
+    "state_dir": DEFAULT_STATE_DIR,
+    "config_dir": DEFAULT_CONFIG_DIR,
+    "projects_dir": DEFAULT_PROJECTS_DIR,
+    "templates_dir": DEFAULT_TEMPLATES_DIR,
+}
+
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (``~/.local/share/codomyrmex-orchestration`` on Linux, the platform's
+    equivalent elsewhere): a desktop client may start the server in any folder, often ``/``.
+    """
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -69,6 +92,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: Where state, workflows, projects and templates live unless their own setting is given:
+    #: ``data_dir/.workflows``, ``data_dir/config/workflows/production``, ``data_dir/projects``,
+    #: ``data_dir/config/templates``. Default: :func:`default_data_dir`, never the working directory.
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # The four defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
     state_dir: Path = DEFAULT_STATE_DIR
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR
@@ -79,6 +107,9 @@ class Settings(BaseModel):
     #: network transports (the server decides from the transport).
     allow_shell: bool | None = None
     max_workers: int = Field(default=DEFAULT_MAX_WORKERS, ge=1, le=1024)
+    #: Tasks and steps accepted but not started yet (queued, waiting on dependencies or a retry); past it
+    #: new work is refused, naming this setting. Clients take turns within a priority level.
+    max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
@@ -115,7 +146,7 @@ class Settings(BaseModel):
     #: The most bytes of JSON a run's parameters may take.
     max_parameters_bytes: int = Field(default=DEFAULT_MAX_PARAMETERS_BYTES, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
-    #: ``codomyrmex-orchestration[dask]``). See the README's "Scale-out with Dask".
+    #: ``codomyrmex-orchestration[dask]``). See docs/ENGINE.md, "Scale-out with Dask".
     executor: Executor = "local"
     #: ``tcp://host:8786`` of a running Dask scheduler; ``None`` starts a LocalCluster on this machine.
     dask_scheduler: str | None = None
@@ -131,6 +162,23 @@ class Settings(BaseModel):
     #: ``distributed.scheduler.worker-saturation`` for the LocalCluster (``None``: Dask's default 1.1;
     #: ``inf`` sends every ready step to a worker at once, best for many small steps).
     dask_worker_saturation: float | None = Field(default=None, gt=0)
+    #: Load the sample workflows shipped with the package (``fan_out_join``, ``service_report``); a
+    #: workflow of the same name in ``config_dir`` or registered through the tools wins.
+    load_samples: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _place_in_data_dir(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        placed = dict(values)
+        if placed.get("data_dir") is None:
+            placed["data_dir"] = default_data_dir()
+        data_dir = Path(placed["data_dir"])
+        for name, relative in _LAYOUT.items():
+            if placed.get(name) is None:
+                placed[name] = data_dir / relative
+        return placed
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -163,10 +211,25 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise InvalidInputError(ENV_PREFIX + field.upper(), err["msg"]) from None
+            problem = InvalidInputError.from_validation(exc)
+            # Named as the variable a user sets (a CLI flag wins over it, but names the same setting).
+            raise InvalidInputError(ENV_PREFIX + problem.field.upper(), problem.reason) from None
 
     @property
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
+
+    def paths(self) -> dict[str, Path]:
+        """Where everything lives: the data directory, state (and its database), workflows, projects,
+        templates and the shipped samples."""
+        from codomyrmex_orchestration.samples import SAMPLES_DIR
+
+        return {
+            "data_dir": self.data_dir,
+            "state_dir": self.state_dir,
+            "state_db": self.state_db,
+            "config_dir": self.config_dir,
+            "projects_dir": self.projects_dir,
+            "templates_dir": self.templates_dir,
+            "samples_dir": SAMPLES_DIR,
+        }

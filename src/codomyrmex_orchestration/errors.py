@@ -23,6 +23,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     │   └── ResourceNotFoundError
     ├── AlreadyExistsError (ValueError)         .kind, .key
     ├── ActionRefusedError (PermissionError)    .module, .action, .reason
+    │   └── WorkflowRefusedError                .workflow, .step (a workflow using a refused action)
     ├── StepError                               .step
     │   ├── StepFailedError                     .error_type
     │   ├── StepTimeoutError (TimeoutError)     .timeout
@@ -69,6 +70,7 @@ __all__ = [
     "UnknownActionError",
     "WaitTimeoutError",
     "WorkflowNotFoundError",
+    "WorkflowRefusedError",
 ]
 
 
@@ -300,6 +302,22 @@ class ActionRefusedError(OrchestrationError, PermissionError):
         self.action = action
         self.reason = reason
         super().__init__(f"action {module}.{action} is refused: {reason}")
+
+
+class WorkflowRefusedError(ActionRefusedError):
+    """A registered workflow uses an action the server's policy refuses (it is listed, not runnable)."""
+
+    def __init__(self, workflow: str, step: str, refused: ActionRefusedError) -> None:
+        self.workflow = workflow
+        self.step = step
+        self.module = refused.module
+        self.action = refused.action
+        self.reason = refused.reason
+        OrchestrationError.__init__(
+            self,
+            f"workflow {workflow!r} is refused by policy: step {step!r} uses "
+            f"{refused.module}.{refused.action}: {refused.reason}",
+        )
 
 
 class StepError(OrchestrationError):

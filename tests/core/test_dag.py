@@ -67,7 +67,7 @@ def test_all_validation_problems_are_reported_together() -> None:
         step("selfish", "selfish"),
         step("orphan", "ghost"),
         step("typo", module="core", action="ecco"),
-        step("badref", parameters={"x": "{{steps.nobody.output}}"}),
+        step("badref", parameters={"message": "{{steps.nobody.output}}"}),
         step("badif", run_if="steps.a.output.n >"),
     ]
     with pytest.raises(CycleDetectedError) as info:
@@ -79,7 +79,7 @@ def test_all_validation_problems_are_reported_together() -> None:
         "duplicate step name 'dup' (steps #4 and #5)",
         "step 'selfish' depends on itself",
         "step 'orphan' depends on unknown step 'ghost'",
-        "unknown action core.ecco; known actions: core.echo, core.fail, core.set, core.sleep",
+        "unknown action core.ecco (did you mean 'core.echo'?); known actions: core.echo, core.fail, core.set",
         "step 'badref' references unknown step 'nobody' in '{{steps.nobody.output}}'",
         "step 'badif' run_if: template 'steps.a.output.n >': cannot parse",
     ]
@@ -246,3 +246,35 @@ def test_too_many_problems_are_summarised() -> None:
     problems = WorkflowDAG(steps).problems()
     assert len(problems) == 201
     assert problems[-1] == "... and 50 more problems"
+
+
+def test_a_parameter_the_action_does_not_declare_is_a_validation_problem_with_the_closest_name() -> None:
+    steps = [
+        step("ls", module="shell", action="run", parameters={"comand": ["ls"], "check": False}),
+        step("hi", parameters={"mesage": "hello", "colour": "red"}),
+        step("hi2", parameters={"mesage": "again", "colour": "blue"}),
+        step("free", module="core", action="set", parameters={"anything": 1, "at_all": 2}),
+    ]
+    problems = WorkflowDAG(steps, registry=create_registry()).problems()
+    assert problems == [
+        "step 'ls': shell.run does not accept parameter 'comand' (did you mean 'command'?); accepted "
+        "parameters: check, command, cwd, env, env_clear, input, max_output_bytes, shell, timeout",
+        "steps 'hi', 'hi2': core.echo does not accept parameters 'colour', 'mesage' (did you mean "
+        "'message'?); accepted parameters: message",
+    ]
+
+
+def test_unknown_names_get_the_closest_known_one_only_when_one_is_close() -> None:
+    steps = [
+        step("fetch"),
+        step("use", "fecth", parameters={"message": "{{steps.fetc.output}}"}),
+        step("odd", module="core", action="explode"),
+        step("far", "zzzzzz", module="nope", action="run"),
+    ]
+    problems = WorkflowDAG(steps, registry=create_registry()).problems()
+    assert "step 'use' depends on unknown step 'fecth' (did you mean 'fetch'?)" in problems[0]
+    assert "unknown step 'fetc' in '{{steps.fetc.output}}' (did you mean 'fetch'?)" in problems[1]
+    assert "did you mean" not in problems[2]  # zzzzzz is like nothing
+    assert [p for p in problems if "explode" in p or "nope.run" in p] == [
+        p for p in problems if ("explode" in p or "nope.run" in p) and "did you mean" not in p
+    ]

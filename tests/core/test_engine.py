@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
-from codomyrmex_orchestration.core import engine as engine_mod
-from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
-from codomyrmex_orchestration.core.engine import (
-    OrchestrationEngine,
-    OrchestrationMode,
-    SessionStatus,
+from codomyrmex_orchestration import compose
+from codomyrmex_orchestration.compose import (
+    build_engine,
     configure_engine,
     get_orchestration_engine,
     get_project_manager,
@@ -23,8 +20,11 @@ from codomyrmex_orchestration.core.engine import (
     get_workflow_manager,
     reset_engine,
 )
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
+from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import (
+    InsufficientResourcesError,
     InvalidInputError,
     InvalidStateError,
     LimitExceededError,
@@ -178,8 +178,8 @@ def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine)
     assert engine.drain_events()
     assert seen == [record.run_id]
     health = engine.health_check()
-    assert health["components"]["events"]["error_count"] > 0
-    assert "handler bug" in (health["components"]["events"]["last_error"] or "")
+    assert health.components["events"].error_count > 0
+    assert "handler bug" in (health.components["events"].last_error or "")
 
 
 def test_events_nobody_listens_to_skip_the_event_thread_but_stay_in_the_event_log(
@@ -188,25 +188,25 @@ def test_events_nobody_listens_to_skip_the_event_thread_but_stay_in_the_event_lo
     engine.workflow_manager.create_workflow("quiet", [{"name": "a", "module": "core", "action": "set"}])
     first = engine.execute_workflow("quiet", timeout=10)
     assert engine.drain_events()
-    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 0
+    assert engine.health_check().components["events"].details["delivered"] == 0
     heard: list[str] = []
     engine.register_event_handler("run.completed", lambda event, payload: heard.append(payload["run_id"]))
     second = engine.execute_workflow("quiet", timeout=10)
     assert engine.drain_events()
     assert heard == [second.run_id]
-    assert engine.health_check()["components"]["events"]["details"]["delivered"] == 1
+    assert engine.health_check().components["events"].details["delivered"] == 1
     logged = [e["payload"]["run_id"] for e in engine.store.list_events(type="run.completed")]
     assert sorted(logged) == sorted([first.run_id, second.run_id])
 
 
 def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: OrchestrationEngine) -> None:
-    assert engine.health_check()["overall_status"] == "healthy"
+    assert engine.health_check().overall_status == "healthy"
     db = engine.state_dir / "state.db"
     db.unlink()
     health = engine.health_check()
-    assert health["overall_status"] == "unhealthy"
-    assert health["components"]["store"]["status"] == "unhealthy"
-    assert any(issue.startswith("store:") for issue in health["issues"])
+    assert health.overall_status == "unhealthy"
+    assert health.components["store"].status == "unhealthy"
+    assert any(issue.startswith("store:") for issue in health.issues)
 
 
 def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: OrchestrationEngine) -> None:
@@ -236,14 +236,14 @@ def test_metrics_and_status_count_runs_steps_and_latency(engine: OrchestrationEn
     engine.execute_workflow("m", timeout=10)
     assert engine.drain_events()
     metrics = engine.get_metrics()
-    assert metrics["runs_by_status"]["completed"] == 1
-    assert metrics["steps_by_status"]["completed"] == 5
-    assert metrics["step_latency_seconds"]["count"] == 5
-    assert metrics["step_latency_seconds"]["p95"] is not None
+    assert metrics.runs_by_status["completed"] == 1
+    assert metrics.steps_by_status["completed"] == 5
+    assert metrics.step_latency_seconds.count == 5
+    assert metrics.step_latency_seconds.p95 is not None
     status = engine.get_system_status()
-    assert status["workflows"]["registered"] == 1
-    assert set(status["queue"]) >= {"CRITICAL", "NORMAL", "BACKGROUND"} or status["queue"]
-    assert "compute" in status["resources"]
+    assert status.workflows.registered == 1
+    assert set(status.queue) >= {"critical", "normal", "background"}
+    assert "compute" in status.resources
 
 
 def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path) -> None:
@@ -275,7 +275,7 @@ def test_singletons_are_one_engine_created_once_under_concurrency(tmp_path: Path
         assert get_project_manager() is eng.project_manager
     finally:
         reset_engine()
-    assert engine_mod._engine is None
+    assert compose._engine is None
 
 
 def test_steps_hold_real_resources_and_wait_for_capacity(engine: OrchestrationEngine) -> None:
@@ -324,13 +324,14 @@ def test_a_step_needing_more_than_exists_fails_at_once_naming_the_resource(
     assert "memory" in error.message
 
 
-def _engine_on(tmp_path: Path) -> OrchestrationEngine:
+def _engine_on(tmp_path: Path, **options: Any) -> OrchestrationEngine:
     return OrchestrationEngine(
         state_dir=tmp_path / "state",
         config_dir=None,
         projects_dir=tmp_path / "projects",
         templates_dir=None,
         max_workers=2,
+        **options,
     )
 
 
@@ -386,7 +387,7 @@ def test_settings_select_the_dask_backend_for_the_engine(tmp_path: Path) -> None
         dask_n_workers=1,
         dask_processes=False,
     )
-    eng = OrchestrationEngine.from_settings(settings)
+    eng = build_engine(settings)
     try:
         assert eng.task_orchestrator.health()["backend"]["name"] == "dask"
         record = eng.execute_task(TaskSpec(name="e", module="core", action="echo", parameters={"message": 5}))
@@ -401,7 +402,7 @@ def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
     settings = Settings(
         state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", retention_runs=3
     )
-    eng = OrchestrationEngine.from_settings(settings)
+    eng = build_engine(settings)
     try:
         eng.workflow_manager.create_workflow("r", [{"name": "a", "module": "core", "action": "set"}])
         ids = [eng.execute_workflow("r", timeout=10).run_id for _ in range(6)]
@@ -449,3 +450,166 @@ def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
     eng.shutdown(timeout=30)
     assert time.monotonic() - started < 5
     assert eng.task_orchestrator.get_task(record.task_id).status is TaskStatus.CANCELLED
+
+
+# --------------------------------------------------------------------------- the redesign's bug fixes
+
+
+def _settings(tmp_path: Path, **changes: Any) -> Any:
+    from codomyrmex_orchestration.config import Settings
+
+    return Settings(
+        state_dir=tmp_path / "s", config_dir=tmp_path / "c", projects_dir=tmp_path / "p", **changes
+    )
+
+
+def test_configure_engine_with_different_settings_raises_naming_them(tmp_path: Path) -> None:
+    reset_engine()
+    try:
+        live = configure_engine(_settings(tmp_path, max_workers=2))
+        assert configure_engine(_settings(tmp_path, max_workers=2)) is live
+        assert configure_engine() is live
+        with pytest.raises(InvalidStateError, match="max_steps, max_workers") as caught:
+            configure_engine(_settings(tmp_path, max_workers=3, max_steps=7))
+        assert "reset_engine" in str(caught.value)
+        with pytest.raises(InvalidStateError, match="durable"):
+            configure_engine(_settings(tmp_path, max_workers=2), durable=False)
+        assert get_orchestration_engine() is live
+    finally:
+        reset_engine()
+
+
+def test_allocating_with_no_timeout_waits_until_capacity_is_released(engine: OrchestrationEngine) -> None:
+    memory = engine.resource_manager.get_resource("memory")
+    everything = memory.capacity + memory.burst_limit
+    held = engine.allocate_resources("hog", {"memory": everything})
+    granted: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: granted.extend(engine.allocate_resources("patient", {"memory": 1}, timeout=None))
+    )
+    released = threading.Event()
+    engine.register_event_handler(
+        "resource.exhausted", lambda event, payload: released.set() if not released.is_set() else None
+    )
+    waiter.start()
+    assert released.wait(10)  # the waiter found no capacity and waits for it instead of failing
+    assert not granted
+    engine.release_resources(allocation_id=held[0].allocation_id)
+    waiter.join(10)
+    assert not waiter.is_alive() and len(granted) == 1
+    with pytest.raises(InsufficientResourcesError):
+        engine.allocate_resources("greedy", {"memory": everything * 2}, timeout=None)  # never grantable
+
+
+def test_waiting_for_a_task_with_no_timeout_returns_its_final_record(engine: OrchestrationEngine) -> None:
+    spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "no-limit"})
+    records: list[Any] = []
+    waiter = threading.Thread(target=lambda: records.append(engine.execute_task(spec, timeout=None)))
+    waiter.start()
+    _gate(engine, "no-limit").set()
+    waiter.join(10)
+    assert records and records[0].status is TaskStatus.COMPLETED
+
+
+def test_draining_events_and_shutting_down_accept_no_timeout(tmp_path: Path) -> None:
+    eng = _engine_on(tmp_path)
+    heard = threading.Event()
+    eng.register_event_handler("session.created", lambda event, payload: heard.set())
+    eng.create_session()
+    assert eng.drain_events(timeout=None)
+    assert heard.is_set()
+    eng.shutdown(timeout=None)
+    assert eng.counters.snapshot().errors == {}  # every shutdown stage ran without failing
+    assert not eng.events.alive
+
+
+def test_handlers_may_unregister_and_register_handlers_while_events_are_delivered(
+    engine: OrchestrationEngine,
+) -> None:
+    calls: list[str] = []
+    done = threading.Event()
+
+    def once(event: str, payload: dict[str, Any]) -> None:
+        calls.append("once")
+        engine.unregister_event_handler("session.created", once)
+        engine.unregister_event_handler("session.created", other)
+        engine.register_event_handler("session.created", late)
+
+    def other(event: str, payload: dict[str, Any]) -> None:
+        calls.append("other")  # delivered for the event being delivered when it was removed
+
+    def late(event: str, payload: dict[str, Any]) -> None:
+        calls.append("late")
+        done.set()
+
+    engine.register_event_handler("session.created", once)
+    engine.register_event_handler("session.created", other)
+    engine.create_session()
+    engine.create_session()
+    assert engine.drain_events()
+    assert done.is_set()
+    assert calls == ["once", "other", "late"]
+    assert engine.health_check().components["events"].error_count == 0
+
+
+def test_counters_stay_exact_while_runs_finish_on_many_threads_and_readers_read(
+    engine: OrchestrationEngine,
+) -> None:
+    import sys
+
+    engine.workflow_manager.create_workflow(
+        "wide", [{"name": f"s{i}", "module": "core", "action": "set"} for i in range(50)]
+    )
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            report = engine.get_metrics()
+            if report.error:
+                problems.append(report.error)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up if there are any
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        runners = [
+            threading.Thread(target=lambda: [engine.execute_workflow("wide", timeout=30) for _ in range(4)])
+            for _ in range(4)
+        ]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(60)
+        stop.set()
+        reader.join(10)
+    finally:
+        sys.setswitchinterval(previous)
+    metrics = engine.get_metrics()
+    assert problems == []
+    assert metrics.steps_by_status == {"started": 800, "completed": 800}
+    assert metrics.run_events == {"run.completed": 16}
+    assert metrics.step_latency_seconds.count == 800
+
+
+def test_a_shared_timer_service_carries_session_ttls_and_outlives_the_engine(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core.timers import TimerService
+
+    timers = TimerService(name="shared-test-timers")
+    try:
+        eng = _engine_on(tmp_path, timers=timers)
+        before = timers.pending
+        sid = eng.create_session(timeout_seconds=3600)
+        assert timers.pending == before + 1
+        eng.close_session(sid)
+        assert timers.pending == before
+        eng.create_session(timeout_seconds=None)  # never expires: no timer
+        assert timers.pending == before
+        eng.shutdown()
+        assert not timers.closed
+        fired = threading.Event()
+        timers.call_later(0, fired.set)
+        assert fired.wait(5)
+    finally:
+        timers.close()

@@ -130,7 +130,7 @@ def test_an_action_raising_a_base_exception_fails_its_step_by_type_and_the_worke
     )
     assert again.status is TaskStatus.COMPLETED and again.result == 3
     health = engine.health_check()
-    assert health["overall_status"] == "healthy", health["issues"]
+    assert health.overall_status == "healthy", health.issues
     assert threading.active_count() <= threads_before + engine.task_orchestrator.max_workers
 
 
@@ -184,7 +184,7 @@ def test_a_hang_that_ignores_cancellation_times_out_keeps_capacity_and_shutdown_
             {"name": "next", "module": "test", "action": "echo", "parameters": {"value": 1}}
         )
         assert task.status is TaskStatus.COMPLETED
-        sched = engine.health_check()["components"]["scheduler"]["details"]
+        sched = engine.health_check().components["scheduler"].details
         assert sched["abandoned"] == 1
         stuck_threads = [
             t for t in threading.enumerate() if t.is_alive() and t.daemon and "orchestrator" in t.name
@@ -275,8 +275,8 @@ _DISK_FULL_CHILD = textwrap.dedent(
     health = engine.health_check()
     out = {"status": run.status.value,
            "outputs_ok": all(run.steps[f"s{i:02d}"].output == "x" * 50_000 + str(i) for i in range(40)),
-           "overall": health["overall_status"], "issues": health["issues"],
-           "store_status": health["components"]["store"]["status"]}
+           "overall": health.overall_status, "issues": health.issues,
+           "store_status": health.components["store"].status}
     engine.shutdown(timeout=10)
     print(json.dumps(out), flush=True)
     """
@@ -334,9 +334,9 @@ def test_a_full_tmpfs_state_dir_mid_run_is_survived_and_reported(tmp_path: Path)
             assert run.status is WorkflowStatus.COMPLETED, run.error
             assert all(run.steps[f"s{i:02d}"].output == "y" * 200_000 + str(i) for i in range(30))
             health = engine.health_check()
-            assert health["overall_status"] == "unhealthy"
-            assert health["components"]["store"]["status"] == "unhealthy"
-            assert "full" in json.dumps(health["components"]["store"]).lower()
+            assert health.overall_status == "unhealthy"
+            assert health.components["store"].status == "unhealthy"
+            assert "full" in health.components["store"].model_dump_json().lower()
             again = engine.execute_task(
                 {"name": "t", "module": "test", "action": "echo", "parameters": {"value": 1}}
             )

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._limits import OutputLimiter, is_truncated
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
@@ -39,7 +40,7 @@ def _make(tmp_path: Path, **settings: Any) -> OrchestrationEngine:
         "max_output_bytes": CAP,
     }
     base.update(settings)
-    engine = OrchestrationEngine.from_settings(Settings(**base), config_dir=None, templates_dir=None)
+    engine = build_engine(Settings(**base), config_dir=None, templates_dir=None)
     engine.registry.register(ActionDefinition("test", "big", _big))
     engine.registry.register(ActionDefinition("test", "echo", _echo))
     return engine
@@ -203,7 +204,7 @@ def test_settings_limit_sub_workflow_depth_and_the_run_fails_saying_so(tmp_path:
         run = engine.execute_workflow("top", timeout=30)
         assert run.status is WorkflowStatus.FAILED
         assert "depth" in (run.error or "") and "limit of 1" in (run.error or "")
-        assert engine.health_check()["overall_status"] == "healthy"
+        assert engine.health_check().overall_status == "healthy"
     finally:
         engine.shutdown()
 
@@ -244,7 +245,7 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
         assert run.steps["big"].status is TaskStatus.COMPLETED
         shared = run.steps["shared"].output
         assert is_truncated(shared) and shared["size_bytes"] > 40 * 1024 * 1024
-        assert engine.health_check()["overall_status"] == "healthy"
+        assert engine.health_check().overall_status == "healthy"
     finally:
         engine.shutdown()
 

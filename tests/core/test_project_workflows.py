@@ -13,7 +13,7 @@ from codomyrmex_orchestration.core.projects import INDEX_FILE, ProjectType
 from codomyrmex_orchestration.errors import AlreadyExistsError, ProjectCreationError
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: the leak check sees every thread a test starts, an engine's workers too
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrchestrationEngine]:
     root = tmp_path_factory.mktemp("projects-e2e")
     eng = OrchestrationEngine(

@@ -162,5 +162,7 @@ def test_engine_runs_with_spilled_outputs_keep_the_state_directory_under_its_bud
         assert _disk_bytes(state / "outputs") <= budget
         assert (state / "outputs" / runs[-1].run_id).is_dir()
         assert not (state / "outputs" / runs[0].run_id).exists()
+        status = engine.get_system_status()  # what get_system_status shows a client
+        assert status.state_max_bytes == budget and 0 < (status.state_bytes_used or 0) <= budget
     finally:
         engine.shutdown()

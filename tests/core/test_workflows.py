@@ -28,7 +28,9 @@ from codomyrmex_orchestration.errors import (
     InvalidInputError,
     InvalidStateError,
     WorkflowNotFoundError,
+    WorkflowRefusedError,
 )
+from codomyrmex_orchestration.samples import SAMPLES_DIR, sample_names
 from tests.helpers.failing_actions import register_fails_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -284,22 +286,53 @@ def test_config_dir_loads_good_files_and_reports_bad_ones(
     assert "a" in reasons[str(tmp_path / "cyclic.json")]
 
 
-@pytest.mark.parametrize("sample", ["repo_health", "fan_out_stats"])
-def test_shipped_sample_workflows_run_to_completion(
-    sample: str, orchestrator: TaskOrchestrator, registry: ActionRegistry
+@pytest.mark.parametrize("allow_code_execution", [True, False])
+def test_shipped_sample_workflows_run_to_completion_with_or_without_code_execution(
+    allow_code_execution: bool, orchestrator: TaskOrchestrator
 ) -> None:
+    registry = create_registry(allow_code_execution=allow_code_execution, load_plugins=False)
     manager = WorkflowManager(
-        orchestrator=orchestrator, registry=registry, config_dir=REPO / "config/workflows/production"
+        orchestrator=orchestrator, registry=registry, config_dir=None, sample_dir=SAMPLES_DIR
     )
+    assert manager.load_errors == [] and manager.refused_workflows() == {}
+    assert {w.name for w in manager.list_workflows()} == set(sample_names())
+    assert {w.source for w in manager.list_workflows()} == {"sample"}
+    fan = manager.execute_workflow("fan_out_join", timeout=60)
+    assert fan.status is WorkflowStatus.COMPLETED, fan.error
+    assert fan.steps["alert"].status is TaskStatus.COMPLETED
+    assert fan.steps["all_clear"].status is TaskStatus.SKIPPED
+    report = manager.execute_workflow("service_report", timeout=60)
+    assert report.status is WorkflowStatus.COMPLETED, report.error
+    assert report.steps["report"].output["services"] == [
+        "checkout: p95 180 ms, error rate 0.07",
+        "search: p95 180 ms, error rate 0.01",
+    ]
+
+
+def test_a_workflow_the_policy_refuses_is_listed_with_its_reason_and_refused_by_name(
+    orchestrator: TaskOrchestrator, tmp_path: Path
+) -> None:
+    (tmp_path / "needs_code.json").write_text(
+        json.dumps(
+            {
+                "name": "needs_code",
+                "steps": [
+                    step("py", module="python", action="call", parameters={"function": "platform:system"})
+                ],
+            }
+        )
+    )
+    registry = create_registry(allow_code_execution=False, load_plugins=False)
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=tmp_path)
     assert manager.load_errors == []
-    params = {"root": str(REPO)} if sample == "repo_health" else None
-    record = manager.execute_workflow(sample, params, timeout=60)
-    assert record.status is WorkflowStatus.COMPLETED, record.error
-    if sample == "fan_out_stats":
-        assert record.steps["summary"].output["max"] == 93
-        assert record.steps["alert"].status is TaskStatus.COMPLETED
-    else:
-        assert record.steps["report"].output["python"].startswith("3.")
+    (info,) = manager.list_workflows()
+    assert info.name == "needs_code" and info.refused is not None
+    assert "CODOMYRMEX_ALLOW_SHELL" in info.refused
+    assert manager.stats()["refused_by_policy"] == {"needs_code": info.refused}
+    with pytest.raises(WorkflowRefusedError, match=r"^workflow 'needs_code' is refused by policy: step 'py'"):
+        manager.execute_workflow("needs_code", timeout=10)
+    assert manager.get_workflow("needs_code").name == "needs_code"
+    assert manager.delete_workflow("needs_code") and manager.list_workflows() == []
 
 
 def test_invalid_spec_errors_name_the_field(manager: WorkflowManager) -> None:

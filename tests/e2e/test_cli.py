@@ -398,9 +398,9 @@ def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cl
     schema = cli.write(
         "schema.json", {"name": "s", "steps": [{"name": "x", "module": "core"}, {"module": 1}]}
     )
-    listed = cli("validate", schema).stdout.splitlines()
-    assert any("step 'x' (steps.0.action): Field required" in line for line in listed)
-    assert any("steps.1.name: Field required" in line for line in listed)
+    listed = cli("validate", schema).stdout
+    assert listed.startswith(f"{schema}: s: ")
+    assert "steps.0.action" in listed and "steps.1.name" in listed  # both missing fields, by path
 
     assert cli("validate", good).returncode == 0
 
@@ -513,3 +513,34 @@ def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path:
     assert record["status"] == "completed"
     pid = record["steps"]["pid"]["output"]
     assert isinstance(pid, int) and pid != proc.pid  # ran in a Dask worker process, not the CLI
+
+
+def test_run_enforces_the_python_call_module_allow_list_from_the_environment(cli: Cli) -> None:
+    def workflow(function: str) -> dict[str, Any]:
+        parameters = {"function": function, "args": [] if function == "os:getcwd" else [[1, 2]]}
+        step = {"name": "call", "module": "python", "action": "call", "parameters": parameters}
+        return {"name": "allow_list", "steps": [step]}
+
+    env = {**cli.env, "CODOMYRMEX_PYTHON_CALL_ALLOW": "json"}
+    allowed = subprocess.run(
+        [*COMMAND, "run", str(cli.write("ok.json", workflow("json:dumps"))), "--json"],
+        cwd=cli.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    refused = subprocess.run(
+        [*COMMAND, "run", str(cli.write("no.json", workflow("os:getcwd"))), "--json"],
+        cwd=cli.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert refused.returncode == 1
+    step = json.loads(refused.stdout)["steps"]["call"]
+    assert step["status"] == "failed" and "CODOMYRMEX_PYTHON_CALL_ALLOW" in step["error"]["message"]

@@ -45,11 +45,17 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _data_dir_env(tmp_path: Path, target: list[str]) -> list[str]:
+    """The Inspector starts a stdio server with only a default environment (PATH, HOME...), so unset
+    paths would land in the real per-user data directory: hand it a private one."""
+    return ["-e", f"CODOMYRMEX_DATA_DIR={tmp_path / 'data'}"] if target[0] == str(SCRIPT) else []
+
+
 def inspector(tmp_path: Path, target: list[str], *args: str) -> dict[str, Any]:
     """Run the Inspector CLI once and return its JSON output (stdout)."""
     assert NPX is not None
     done = subprocess.run(
-        [NPX, "-y", INSPECTOR, "--cli", *target, *args],
+        [NPX, "-y", INSPECTOR, "--cli", *_data_dir_env(tmp_path, target), *target, *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,

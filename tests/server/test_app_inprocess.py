@@ -45,7 +45,7 @@ async def test_invalid_arguments_are_an_error_result_naming_the_field(
     async with Client(build_server(tools_without_engine)) as client:
         result = await client.call_tool("execute_task", {"name": "t", "module": "core", "action": 3})
     assert result.is_error
-    assert "argument 'action'" in _text(result)
+    assert "action: Input should be a valid string" in _text(result)
 
 
 async def test_an_unknown_tool_is_a_json_rpc_invalid_params_error_naming_the_tools(
@@ -59,7 +59,7 @@ async def test_an_unknown_tool_is_a_json_rpc_invalid_params_error_naming_the_too
     assert caught.value.error.code == -32602
     assert "unknown tool 'no_such_tool'" in caught.value.error.message
     assert "execute_workflow" in caught.value.error.message
-    assert bad.is_error and "missing required argument" in _text(bad)
+    assert bad.is_error and "missing required field" in _text(bad)
 
 
 async def test_an_internal_error_has_a_reference_and_the_server_keeps_serving(

@@ -1,51 +1,107 @@
-"""server.json against the registry schema rules, the README's mcp-name line, and the Dockerfile's shape."""
+"""server.json against the published registry schema (vendored, see tests/data/SOURCES.md), its install
+instructions against the README's, the Makefile's run targets, and the Dockerfile's shape."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import pytest
 
 import codomyrmex_orchestration
 from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_URL = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
 
 
-def _server_json() -> dict[str, object]:
+def _server_json() -> dict[str, Any]:
     return dict(json.loads((ROOT / "server.json").read_text()))
 
 
-def test_server_json_satisfies_the_registry_schema() -> None:
-    schema = json.loads((ROOT / "tests" / "data" / "server.schema.json").read_text())
+def _validator() -> jsonschema.Draft7Validator:
+    schema = json.loads((ROOT / "tests" / "data" / "server.schema.2025-12-11.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
-    errors = sorted(validator.iter_errors(_server_json()), key=str)
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+def test_the_vendored_schema_is_the_2025_12_11_revision_server_json_names() -> None:
+    schema = json.loads((ROOT / "tests" / "data" / "server.schema.2025-12-11.json").read_text())
+    assert schema["$id"] == SCHEMA_URL == _server_json()["$schema"]
+
+
+def test_server_json_satisfies_the_published_registry_schema() -> None:
+    errors = sorted(_validator().iter_errors(_server_json()), key=str)
     assert not errors, [e.message for e in errors]
 
 
 def test_the_schema_rejects_what_the_registry_rejects() -> None:
-    schema = json.loads((ROOT / "tests" / "data" / "server.schema.json").read_text())
-    validator = jsonschema.Draft7Validator(schema)
     bad = _server_json()
     bad["name"] = "no-namespace"
     bad["description"] = "x" * 101
-    assert {e.validator for e in validator.iter_errors(bad)} >= {"pattern", "maxLength"}
+    bad["packages"][0]["version"] = "latest"
+    del bad["packages"][0]["transport"]
+    failed = {(tuple(e.absolute_path), e.validator) for e in _validator().iter_errors(bad)}
+    assert {(("name",), "pattern"), (("description",), "maxLength")} <= failed
+    assert (("packages", 0, "version"), "not") in failed
+    assert (("packages", 0), "required") in failed
 
 
-def test_server_json_matches_the_package_and_the_readme() -> None:
+def test_server_json_installs_the_way_the_readme_says_works() -> None:
     data = _server_json()
     assert data["version"] == codomyrmex_orchestration.__version__
-    package = data["packages"][0]  # type: ignore[index]
+    package = data["packages"][0]
     assert package["identifier"] == "codomyrmex-orchestration"
     assert package["transport"] == {"type": "stdio"}
+    # The command a client builds: runtimeHint, runtimeArguments, identifier, packageArguments.
+    (from_arg,) = package["runtimeArguments"]
+    command = [package["runtimeHint"], from_arg["name"], "/path/to/codomyrmex-orchestration"]
+    command += [package["identifier"], *(a["value"] for a in package["packageArguments"])]
     readme = (ROOT / "README.md").read_text()
+    assert " ".join(command) in readme
     assert re.search(rf"^<!-- mcp-name: {re.escape(str(data['name']))} -->$", readme, re.MULTILINE)
     for variable in package["environmentVariables"]:
         field = variable["name"].removeprefix(ENV_PREFIX).lower()
         assert field in Settings.model_fields, variable["name"]
+
+
+def _make_n(*args: str, env: dict[str, str] | None = None) -> str:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    result = subprocess.run(
+        [make, "-n", "-B", "--no-print-directory", *args],
+        cwd=ROOT,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_make_run_serves_from_a_venv_without_the_dev_or_dask_extras() -> None:
+    commands = _make_n("run")
+    install = [
+        line for line in commands.splitlines() if "pip install" in line and "--upgrade pip" not in line
+    ]
+    assert install == [".venv-run/bin/python -m pip install --quiet -e ."]
+    assert ".venv-run/bin/codomyrmex-orchestration serve --transport streamable-http" in commands
+    assert "--port 8765" in commands
+
+
+@pytest.mark.parametrize(("args", "env"), [(["PORT=9000"], {}), ([], {"CODOMYRMEX_PORT": "9000"})])
+def test_make_run_takes_the_port_from_port_or_codomyrmex_port(args: list[str], env: dict[str, str]) -> None:
+    serve = [line for line in _make_n("run", *args, env=env).splitlines() if " serve " in line]
+    assert serve and serve[0].endswith("--port 9000")
 
 
 def test_the_dockerfile_serves_http_as_a_non_root_user_with_state_in_a_volume() -> None:
@@ -53,5 +109,5 @@ def test_the_dockerfile_serves_http_as_a_non_root_user_with_state_in_a_volume() 
     assert re.search(r"^FROM python:3\.\d+-slim$", text, re.MULTILINE)
     assert re.search(r"^USER (?!root|0\b)\S+$", text, re.MULTILINE)
     assert "EXPOSE 8765" in text and 'VOLUME ["/data"]' in text
-    assert "CODOMYRMEX_STATE_DIR=/data/" in text
+    assert "CODOMYRMEX_DATA_DIR=/data " in text
     assert '"--transport", "streamable-http", "--host", "0.0.0.0"' in text

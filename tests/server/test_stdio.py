@@ -41,7 +41,7 @@ async def test_the_console_script_serves_the_tools_over_stdio(tmp_path: Path) ->
             info = client.server_info
     assert len(tools.tools) == 23
     assert info is not None and info.name == "codomyrmex-orchestration"
-    assert invalid.is_error and "argument 'workflow_name'" in str(invalid.content[0].text)
+    assert invalid.is_error and "workflow_name: " in str(invalid.content[0].text)
     assert prompt.messages
 
 

@@ -106,15 +106,15 @@ def test_an_unknown_argument_is_named_with_the_accepted_ones(
 ) -> None:
     result = tools_without_engine.execute_tool("execute_workflow", {"workflow_name": "w", "colour": "red"})
     assert result.is_error
-    assert "unknown argument 'colour'" in result.text
+    assert "unknown field 'colour'" in result.text
     assert "workflow_name, parameters, session_id, wait, timeout_seconds" in result.text
 
 
 def test_a_missing_or_mistyped_argument_is_named(tools_without_engine: OrchestrationMCPTools) -> None:
     missing = tools_without_engine.execute_tool("create_workflow", {"name": "w"})
-    assert missing.is_error and "missing required argument 'steps'" in missing.text
+    assert missing.is_error and "missing required field 'steps'" in missing.text
     mistyped = tools_without_engine.execute_tool("execute_workflow", {"workflow_name": "w", "wait": "yes"})
-    assert mistyped.is_error and "argument 'wait'" in mistyped.text and "boolean" in mistyped.text
+    assert mistyped.is_error and "wait: " in mistyped.text and "boolean" in mistyped.text
     nested = tools_without_engine.execute_tool(
         "create_workflow", {"name": "w", "steps": [{"name": "a", "module": "core"}]}
     )

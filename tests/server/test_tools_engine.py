@@ -3,6 +3,7 @@ default engine; written against docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.core.store import MemoryStore
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -125,5 +127,55 @@ def test_a_task_returned_while_running_is_followed_with_get_task(tmp_path: Path)
         missing = tools.execute_tool("get_task", {"task_id": "nope"})
         assert missing.is_error and "nope" in missing.text
     finally:
+        tools.close()
+        engine.shutdown()
+
+
+class _SlowRunStore(MemoryStore):
+    """A store whose first save of a session's run blocks until ``release`` is set: a run start stuck in
+    I/O while it holds the session's lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
+    def save_run(self, record: Any) -> None:
+        if record.session_id is not None and not self.release.is_set():
+            self.blocked.set()
+            self.release.wait(30)
+        super().save_run(record)
+
+
+async def test_the_on_loop_tools_never_wait_for_a_session_whose_run_is_stuck_starting(
+    tmp_path: Path,
+) -> None:
+    store = _SlowRunStore()
+    engine = OrchestrationEngine(
+        state_dir=tmp_path / "s",
+        config_dir=None,
+        projects_dir=tmp_path / "p",
+        templates_dir=None,
+        store=store,
+    )
+    engine.workflow_manager.create_workflow("w", [{"name": "a", "module": "core", "action": "set"}])
+    tools = OrchestrationMCPTools(engine)
+    session_id = engine.create_session()
+    starter = threading.Thread(target=lambda: engine.execute_workflow("w", session_id=session_id, wait=False))
+    try:
+        starter.start()
+        assert store.blocked.wait(10)  # the session's lock is held across the store write now
+        with anyio.fail_after(10):  # the loop itself must stay free: these run on it
+            listed = await tools.execute_tool_async("list_workflows", {})
+            task = await tools.execute_tool_async(
+                "execute_task",
+                {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            )
+            followed = await tools.execute_tool_async("get_task", {"task_id": task.structured["task_id"]})
+        assert listed.structured["count"] == 1
+        assert task.structured["status"] == "completed" and followed.structured["result"] == 1
+    finally:
+        store.release.set()
+        starter.join(10)
         tools.close()
         engine.shutdown()

@@ -1,7 +1,8 @@
 """The workflow definition registry: definitions' CRUD, config-dir loading, validation and versions.
 
 It owns the registered definitions (name -> current :class:`Definition`), the plans built from them, the
-load errors of config files, and each name's version counter. Every registration gets a version: a
+loaded definitions the action policy refuses, the load errors of config files, and each name's version
+counter. Every registration gets a version: a
 number that grows by one per name whenever the content changes, and the content's hash.
 """
 
@@ -24,11 +25,14 @@ from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowInfo, WorkflowSpec
 from codomyrmex_orchestration.core.store import StateStore
 from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
     AlreadyExistsError,
     InvalidInputError,
     LimitExceededError,
     OrchestrationError,
+    UnknownActionError,
     WorkflowNotFoundError,
+    WorkflowRefusedError,
 )
 
 __all__ = ["Definition", "DefinitionRegistry", "digest_of"]
@@ -78,6 +82,9 @@ class DefinitionRegistry:
         self._define_lock = threading.Lock()
         self._entries: dict[str, Definition] = {}
         self._plans: dict[str, Plan] = {}  # name -> plan of the current version
+        # Loaded definitions using an action the registry's policy refuses (e.g. python.call with code
+        # execution off): listed with the reason, readable, refused by name at run time.
+        self._refused: dict[str, tuple[WorkflowSpec, str, str | None, WorkflowRefusedError]] = {}
         # name -> (highest version, its digest): from the store, so numbers go on across restarts.
         self._latest: dict[str, tuple[int, str]] = dict(store.latest_workflow_versions())
 
@@ -92,15 +99,20 @@ class DefinitionRegistry:
         names: set[str] = set()
         for spec, source in self.store.load_workflows():
             with self._define_lock:
-                self._register(spec, source, None)
+                self._add_loaded(spec, source, None)
             names.add(spec.name)
         return names
 
-    def load_config_dir(self, directory: Path, *, skip: Container[str] = ()) -> list[str]:
-        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``.
+    def load_config_dir(
+        self, directory: Path, *, source: str = "config", skip: Container[str] = ()
+    ) -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``, workflows
+        using an action the policy refuses are listed as refused (see :meth:`refused`).
 
         Args:
-            skip: names not to register (a definition stored through the API wins over the config's).
+            source: what the definitions are listed as (``config``, ``sample``).
+            skip: names not to register (a definition stored through the API wins over a config file's,
+                and a config file's over a sample's).
 
         Returns:
             The names of the workflows loaded.
@@ -114,11 +126,12 @@ class DefinitionRegistry:
                 items = document if isinstance(document, list) else [document]
                 for item in items:
                     spec = self.coerce(item)
-                    self.check(spec)
+                    if self._refusal(spec) is None:
+                        self.check(spec)
                     if spec.name in skip:
                         continue
                     with self._define_lock:
-                        self._register(spec, "config", str(path))
+                        self._add_loaded(spec, source, str(path))
                     loaded.append(spec.name)
             except (OSError, ValueError) as exc:
                 reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
@@ -149,6 +162,47 @@ class DefinitionRegistry:
             definition = self._register(workflow, source, None, plan)
         self.store.flush()
         return definition
+
+    def _refusal(self, spec: WorkflowSpec) -> WorkflowRefusedError | None:
+        """Why the policy refuses ``spec`` (its first step whose action is refused), or None."""
+        seen: set[tuple[str, str]] = set()
+        for step in spec.steps:
+            if (step.module, step.action) in seen:
+                continue
+            seen.add((step.module, step.action))
+            try:
+                self.registry.get(step.module, step.action)
+            except ActionRefusedError as exc:
+                return WorkflowRefusedError(spec.name, step.name, exc)
+            except UnknownActionError:
+                continue  # reported by validation
+        return None
+
+    def _add_loaded(self, spec: WorkflowSpec, source: str, path: str | None) -> None:
+        """Register a loaded definition, or list it as refused (called with ``_define_lock`` held)."""
+        refusal = self._refusal(spec)
+        if refusal is None:
+            with self._lock:
+                self._refused.pop(spec.name, None)
+            self._register(spec, source, path)
+            return
+        with self._lock:
+            self._entries.pop(spec.name, None)
+            self._plans.pop(spec.name, None)
+            self._refused[spec.name] = (spec, source, path, refusal)
+        _log.info("workflow refused by policy", workflow=spec.name, reason=str(refusal))
+
+    def refused(self) -> dict[str, str]:
+        """Loaded definitions the policy refuses: name -> the reason (naming the setting that allows them)."""
+        with self._lock:
+            return {name: str(entry[3]) for name, entry in sorted(self._refused.items())}
+
+    def _missing(self, name: str) -> OrchestrationError:
+        """The error for a name that is not runnable: refused by policy, or not found (``_lock`` held)."""
+        refused = self._refused.get(name)
+        if refused is not None:
+            return refused[3]
+        return WorkflowNotFoundError(name, known=self._entries)
 
     def _register(
         self, spec: WorkflowSpec, source: str, path: str | None, plan: Plan | None = None
@@ -181,7 +235,7 @@ class DefinitionRegistry:
         """Unregister ``name`` (its version counter goes on: a new definition gets a higher number)."""
         with self._define_lock:
             with self._lock:
-                if self._entries.pop(name, None) is None:
+                if self._entries.pop(name, None) is None and self._refused.pop(name, None) is None:
                     return False
                 self._plans.pop(name, None)
             self.store.delete_workflow(name)
@@ -244,15 +298,25 @@ class DefinitionRegistry:
         with self._lock:
             definition = self._entries.get(name)
             if definition is None:
-                raise WorkflowNotFoundError(name, known=self._entries)
+                raise self._missing(name)
             return definition
+
+    def source_of(self, name: str) -> str:
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is not None:
+                return definition.source
+            refused = self._refused.get(name)
+            if refused is None:
+                raise WorkflowNotFoundError(name, known=self._entries)
+            return refused[1]
 
     def plan(self, name: str) -> Plan:
         """The plan of the current definition of ``name`` (built once per version)."""
         with self._lock:
             definition = self._entries.get(name)
             if definition is None:
-                raise WorkflowNotFoundError(name, known=self._entries)
+                raise self._missing(name)
             plan = self._plans.get(name)
             if plan is not None and plan.spec is definition.spec:
                 return plan
@@ -273,9 +337,12 @@ class DefinitionRegistry:
         with self._lock:
             definition = self._entries.get(name)
             known = list(self._entries)
+            refused = self._refused.get(name)
         if definition is not None and version in (None, definition.version):
             return definition.spec
         if version is None:
+            if refused is not None:
+                return refused[0]  # readable (get_workflow shows it); running it is refused
             raise WorkflowNotFoundError(name, known=known)
         source = self.store.get_workflow_version(name, version)
         if source is None:
@@ -309,8 +376,9 @@ class DefinitionRegistry:
 
     def infos(self) -> list[WorkflowInfo]:
         with self._lock:
-            entries = sorted(self._entries.values(), key=lambda d: d.spec.name)
-        return [
+            entries = list(self._entries.values())
+            refused = list(self._refused.values())
+        infos = [
             WorkflowInfo(
                 name=d.spec.name,
                 description=d.spec.description,
@@ -322,6 +390,18 @@ class DefinitionRegistry:
             )
             for d in entries
         ]
+        infos += [
+            WorkflowInfo(
+                name=spec.name,
+                description=spec.description,
+                steps_count=len(spec.steps),
+                source=source,
+                path=path,
+                refused=str(why),
+            )
+            for spec, source, path, why in refused
+        ]
+        return sorted(infos, key=lambda i: i.name)
 
     def counts(self) -> tuple[int, dict[str, int]]:
         """How many definitions are registered, in all and by source."""

@@ -7,13 +7,14 @@ an inferred upstream. Nothing here recurses over the graph, so very long chains 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import islice, pairwise
 from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from codomyrmex_orchestration.core._suggest import closest, did_you_mean
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
 from codomyrmex_orchestration.core.templating import parse_condition, scan_references
 from codomyrmex_orchestration.errors import (
@@ -39,6 +40,20 @@ def _names(names: Collection[str], limit: int = 20) -> str:
     if len(names) > limit:
         shown += f", ... ({len(names)} in all)"
     return shown or "(none)"
+
+
+def _action_hint(module: str, action: str, known: Sequence[str]) -> str:
+    """The closest action: within the module when it exists (``core.ecko`` -> ``core.echo``, never
+    ``core.explode`` -> ``core.echo`` for sharing ``core.``), else among all qualified names."""
+    in_module = [name.split(".", 1)[1] for name in known if name.startswith(module + ".")]
+    if not in_module:
+        return did_you_mean(f"{module}.{action}", known)
+    match = closest(action, in_module)
+    return f" (did you mean '{module}.{match}'?)" if match is not None else ""
+
+
+def _who(names: Sequence[str]) -> str:
+    return f"step {names[0]!r}" if len(names) == 1 else f"steps {_names(names, 5)}"
 
 
 class WorkflowDAG:
@@ -104,7 +119,8 @@ class WorkflowDAG:
                     self._problems.append(f"step {name!r} depends on itself")
                 elif dep not in known:
                     self._problems.append(
-                        f"step {name!r} depends on unknown step {dep!r}; known steps: {_names(known)}"
+                        f"step {name!r} depends on unknown step {dep!r}{did_you_mean(dep, known)}; "
+                        f"known steps: {_names(known)}"
                     )
                 elif dep not in declared:
                     declared.add(dep)
@@ -163,8 +179,8 @@ class WorkflowDAG:
                 continue
             if ref.step not in known:
                 self._problems.append(
-                    f"step {name!r} references unknown step {ref.step!r} in '{{{{{ref.raw}}}}}'; "
-                    f"known steps: {_names(known)}"
+                    f"step {name!r} references unknown step {ref.step!r} in '{{{{{ref.raw}}}}}'"
+                    f"{did_you_mean(ref.step, known)}; known steps: {_names(known)}"
                 )
             elif ref.step == name:
                 self._problems.append(
@@ -183,10 +199,35 @@ class WorkflowDAG:
             users.setdefault((step.module, step.action), []).append(name)
         for (module, action), names in users.items():
             try:
-                registry.get(module, action)
-            except (UnknownActionError, ActionRefusedError) as exc:
-                who = f"step {names[0]!r}" if len(names) == 1 else f"steps {_names(names, 5)}"
-                self._problems.append(f"{who}: {exc}")
+                definition = registry.get(module, action)
+            except UnknownActionError as exc:
+                qualified = f"{module}.{action}"
+                # The suggestion goes right after the misspelt name, before the catalogue of actions.
+                hint = _action_hint(module, action, registry.known())
+                message = str(exc).replace(qualified, qualified + hint, 1) if hint else str(exc)
+                self._problems.append(f"{_who(names)}: {message}")
+                continue
+            except ActionRefusedError as exc:
+                self._problems.append(f"{_who(names)}: {exc}")
+                continue
+            self._check_parameters(f"{module}.{action}", names, definition.parameters)
+
+    def _check_parameters(self, action: str, names: list[str], accepted: Mapping[str, str]) -> None:
+        """Parameter names the action does not declare, caught before anything runs. An action that
+        declares none, or ``"*"`` (any), is not checked. One problem per distinct set of unknown names."""
+        if not accepted or "*" in accepted:
+            return
+        by_unknown: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            unknown = tuple(sorted(set(self.steps[name].parameters) - accepted.keys()))
+            if unknown:
+                by_unknown.setdefault(unknown, []).append(name)
+        for unknown, users in by_unknown.items():
+            what = ", ".join(f"{u!r}{did_you_mean(u, accepted)}" for u in unknown)
+            self._problems.append(
+                f"{_who(users)}: {action} does not accept parameter{'s' if len(unknown) > 1 else ''} "
+                f"{what}; accepted parameters: {', '.join(sorted(accepted))}"
+            )
 
     # ------------------------------------------------------------------ validation
 

@@ -196,12 +196,14 @@ class WorkflowInfo(BaseModel):
     name: str
     description: str
     steps_count: int
-    source: str  # "config" | "api" | "project"
+    source: str  # "sample" | "config" | "api" | "project"
     path: str | None = None
     #: The definition's version: grows by one per name whenever its content changes.
     version: int | None = None
     #: The content hash of the definition (equal content, equal hash).
     digest: str | None = None
+    #: Why the server's policy refuses to run it (the setting that allows it), or None when it can run.
+    refused: str | None = None
 
 
 class TaskSpec(_Retryable):

@@ -60,6 +60,8 @@ class WorkflowManager:
         registry: the action registry steps are validated against.
         store: where workflows and runs are kept (in memory when omitted).
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
+        sample_dir: directory of sample workflows (source ``"sample"``); a config file or a stored
+            workflow of the same name wins.
         max_steps: most steps a workflow may have.
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
         max_subworkflow_runs: most sub-workflow runs under one top-level run, all levels together.
@@ -74,6 +76,7 @@ class WorkflowManager:
         registry: ActionRegistry,
         store: StateStore | None = None,
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
+        sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -95,7 +98,7 @@ class WorkflowManager:
         self._active = ActiveRuns()
         self._subruns = SubRuns(
             start_child=self._start_child,
-            cancel=self._cancel,
+            cancel=lambda run: self._driver.cancel(run),  # the driver is built next, with run_child
             parent_of=self._active.parent_of,
             max_depth=max_subworkflow_depth,
             max_runs=max_subworkflow_runs,
@@ -111,9 +114,11 @@ class WorkflowManager:
             on_finished=self._forget,
         )
         self.definitions = DefinitionRegistry(registry=registry, store=self.store, max_steps=max_steps)
-        stored = self.definitions.load_stored()
+        taken = self.definitions.load_stored()
         if self.config_dir is not None:
-            self.definitions.load_config_dir(self.config_dir, skip=stored)
+            taken.update(self.definitions.load_config_dir(self.config_dir, skip=taken))
+        if sample_dir is not None:
+            self.definitions.load_config_dir(sample_dir, source="sample", skip=taken)
 
     @property
     def load_errors(self) -> list[tuple[str, str]]:
@@ -122,9 +127,13 @@ class WorkflowManager:
 
     # ------------------------------------------------------------------ definitions
 
-    def load_config_dir(self, directory: Path) -> list[str]:
-        """Load every ``*.json`` workflow in ``directory`` (bad files go to ``load_errors``); their names."""
-        return self.definitions.load_config_dir(directory)
+    def load_config_dir(self, directory: Path, *, source: str = "config") -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; their names (see ``load_errors``)."""
+        return self.definitions.load_config_dir(directory, source=source)
+
+    def refused_workflows(self) -> dict[str, str]:
+        """Loaded workflows the policy refuses: name -> the reason (naming the setting that allows them)."""
+        return self.definitions.refused()
 
     def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
         """Validate without registering. Raises DAGValidationError / InvalidInputError."""
@@ -154,8 +163,7 @@ class WorkflowManager:
         return definition.spec
 
     def describe_workflow(self, name: str, version: int | None = None) -> WorkflowValidation:
-        """Levels, inferred edges and the Mermaid diagram of a registered workflow (or of one of its
-        kept versions)."""
+        """Levels, inferred edges and Mermaid diagram of a registered workflow (or of a kept version)."""
         if version is None:
             return self.definitions.plan(name).describe()
         return self.definitions.check(self.definitions.spec_at(name, version)).describe()
@@ -166,16 +174,15 @@ class WorkflowManager:
         return self.definitions.spec_at(name, version)
 
     def workflow_version(self, name: str, version: int | None = None) -> tuple[int, str]:
-        """(version number, content hash) of the current definition of ``name``, or of its kept version
-        ``version``. Raises WorkflowNotFoundError."""
-        definition = self.definitions.entry(name) if version is None else None
-        if definition is not None:
+        """(version, content hash) of the current definition of ``name`` or of its kept ``version``."""
+        if version is None:
+            definition = self.definitions.entry(name)
             return definition.version, definition.digest
-        return version or 0, digest_of(self.definitions.spec_at(name, version))
+        return version, digest_of(self.definitions.spec_at(name, version))
 
     def workflow_source(self, name: str) -> str:
         """Where ``name`` came from: ``config``, ``api``, ``project`` or ``file``."""
-        return self.definitions.entry(name).source
+        return self.definitions.source_of(name)
 
     def list_workflows(self) -> list[WorkflowInfo]:
         return self.definitions.infos()
@@ -306,13 +313,9 @@ class WorkflowManager:
         self._driver.start(run)
         return run
 
-    def _forget(self, final: RunRecord) -> None:
-        """A run ended and its final record is saved: it is read from the store from now on."""
+    def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
-
-    def _cancel(self, run: RunState) -> None:
-        self._driver.cancel(run)
 
     def _wait(self, run: RunState, timeout: float | None) -> RunRecord:
         run.done.wait(timeout)
@@ -338,7 +341,7 @@ class WorkflowManager:
         if run is None:
             record = self.get_run(run_id)
             raise InvalidStateError("run", run_id, record.status.value, "only a running run can be cancelled")
-        self._cancel(run)
+        self._driver.cancel(run)
         return self._wait(run, _CANCEL_WAIT)
 
     def wait_run(self, run_id: str, timeout: float | None) -> RunRecord:
@@ -440,11 +443,12 @@ class WorkflowManager:
             "active_runs": len(active),
             "active_steps_by_status": steps,
             "load_errors": [{"path": p, "reason": r} for p, r in self.load_errors],
+            "refused_by_policy": self.refused_workflows(),
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:
         """Cancel active runs (they end CANCELLED) and flush the store."""
         if cancel_running:
             for run in self._active.runs():
-                self._cancel(run)
+                self._driver.cancel(run)
         self._recorder.flush()  # a broken store is logged (and reported by health), never raised

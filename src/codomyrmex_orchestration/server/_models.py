@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from codomyrmex_orchestration.core._sessions import Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
     ErrorInfo,
@@ -13,6 +15,7 @@ from codomyrmex_orchestration.core.models import (
     StepSpec,
     WorkflowInfo,
 )
+from codomyrmex_orchestration.core.resources import Allocation
 
 #: How long a waiting call blocks before it returns the run handle (below common 60 s client timeouts).
 DEFAULT_WAIT_SECONDS = 50.0
@@ -201,12 +204,6 @@ class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class OpenResult(BaseModel):
-    """A result whose keys come from the engine (documented in the README)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
 class RunHandle(RunRecord):
     """A run record; ``note`` says what to do when it is still running."""
 
@@ -226,21 +223,30 @@ class WorkflowListResult(Result):
     count: int
 
 
-class ProjectResult(OpenResult):
+class ProjectResult(Result):
     project_name: str
     project_type: str
     project_path: str
-    template_used: str | None = None
-    files_created: list[str] = Field(default_factory=list)
-    workflows: list[str] = Field(default_factory=list)
+    template_used: str
+    status: str
+    description: str
+    owner: str
+    version: str
+    created_at: datetime
+    files_created: list[str] = Field(description="Files written, relative to project_path (first 500).")
+    workflows: list[str] = Field(description="Workflows the template registered.")
+    workflows_not_registered: dict[str, str] = Field(
+        default_factory=dict, description="Template workflows left unregistered and why."
+    )
 
 
-class ProjectInfo(OpenResult):
+class ProjectInfo(Result):
     name: str
-    type: str | None = None
-    status: str | None = None
-    path: str | None = None
-    created_at: str | None = None
+    type: str
+    status: str
+    path: str
+    description: str
+    created_at: datetime
 
 
 class ProjectListResult(Result):
@@ -255,20 +261,16 @@ class TaskResult(Result):
     result: Any = None
     error: ErrorInfo | None = None
     attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     duration_seconds: float | None = None
     note: str | None = None
 
 
-class HealthResult(OpenResult):
-    overall_status: str = "unknown"
-    uptime_seconds: float | None = None
-    components: dict[str, Any] = Field(default_factory=dict)
-    issues: list[Any] = Field(default_factory=list)
-
-
-class AllocationResult(OpenResult):
+class AllocationResult(Result):
     user_id: str
-    allocations: list[dict[str, Any]]
+    allocations: list[Allocation]
+    session_id: str | None = None
 
 
 class WorkflowDetail(Result):
@@ -314,17 +316,20 @@ class RunListResult(Result):
     count: int
 
 
-class ReleaseResult(OpenResult):
+class ReleaseResult(Result):
     released: int
+    allocation_id: str | None = None
+    user_id: str | None = None
 
 
-class SessionResult(OpenResult):
-    session_id: str
+class SessionResult(Session):
+    """The session as it stands."""
 
 
-class CloseSessionResult(OpenResult):
-    session_id: str
-    closed: bool
+class CloseSessionResult(Session):
+    """The session as closed."""
+
+    closed: bool = True
 
 
 class ActionInfo(Result):

@@ -9,6 +9,7 @@ import importlib.util
 import ipaddress
 import json
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -36,9 +37,10 @@ from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
-from codomyrmex_orchestration.server._notifications import NotificationHub
+from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -49,6 +51,7 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server.tools import (
+    CALLING_CLIENT,
     EngineFactory,
     OrchestrationMCPTools,
     ServerPolicy,
@@ -183,6 +186,24 @@ class _OrchestrationServer(Server[Any]):
         )
 
 
+def _client_key(ctx: Any) -> str:
+    """Whom a tool call is for, for fair queueing. On the 2025 protocol, its connection: one per stdio
+    client or streamable-HTTP session. On 2026-07-28 each request stands alone (no session), so requests
+    are grouped by the client's name and version from the request's envelope."""
+    try:
+        connection = connection_of(ctx)
+    except TypeError:
+        return "client-anonymous"
+    if connection.protocol_version >= _STATELESS_SINCE:  # dates compare as strings
+        info = connection.client_params.client_info if connection.client_params is not None else None
+        return f"client-{info.name}/{info.version}" if info is not None else "client-anonymous"
+    return f"connection-{id(connection):x}"
+
+
+#: The first protocol version without sessions: every request carries its own envelope.
+_STATELESS_SINCE = "2026-07-28"
+
+
 def build_server(
     tools: OrchestrationMCPTools | None = None,
     *,
@@ -233,9 +254,15 @@ def build_server(
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
-        async with hub.request_logs(ctx) as request_peer:
-            with hub.calling(peer or request_peer):
-                result = await the_tools.execute_tool_async(params.name, params.arguments, progress=progress)
+        client = CALLING_CLIENT.set(_client_key(ctx))
+        try:
+            async with hub.request_logs(ctx) as request_peer:
+                with hub.calling(peer or request_peer):
+                    result = await the_tools.execute_tool_async(
+                        params.name, params.arguments, progress=progress
+                    )
+        finally:
+            CALLING_CLIENT.reset(client)
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
@@ -590,7 +617,9 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
+async def _serve_http(
+    app: ASGIApp, host: str, port: int, on_bound: Callable[[int], None] = lambda port: None
+) -> None:
     import threading
 
     import uvicorn
@@ -611,6 +640,11 @@ async def _serve_http(app: ASGIApp, host: str, port: int) -> None:
             finally:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # exits the process if the port cannot be bound
+            if self.started:
+                on_bound(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
     # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
@@ -670,8 +704,17 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 session_idle_timeout=settings.session_idle_timeout,
                 max_sessions=settings.max_sessions,
             )
-            _print_ui_link(settings, ui_access)
-            anyio.run(_serve_http, app, settings.host, settings.port, backend_options=_loop_options())
+
+            def on_bound(port: int) -> None:  # the banner, only once the port is ours
+                code = policy.allow_code_execution
+                banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
+                sys.stderr.write(banner + "\n")
+                sys.stderr.flush()
+                _print_ui_link(settings.model_copy(update={"port": port}), ui_access)
+
+            anyio.run(
+                _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -679,7 +722,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             if engine_factory is not None:
                 tools.close()
             elif tools.engine_started:
-                from codomyrmex_orchestration.core.engine import reset_engine
+                from codomyrmex_orchestration.compose import reset_engine
 
                 tools.cancel_running_tasks()
                 reset_engine()  # the process-wide engine: cancel running work, flush, forget it
@@ -727,7 +770,7 @@ def _url(settings: Settings) -> str:
 
 def _settings_engine_factory(settings: Settings) -> EngineFactory:
     def make(policy: ServerPolicy) -> Any:
-        from codomyrmex_orchestration.core.engine import configure_engine
+        from codomyrmex_orchestration.compose import configure_engine
 
         return configure_engine(settings.model_copy(update={"allow_shell": policy.allow_code_execution}))
 

@@ -20,6 +20,7 @@ import math
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -32,6 +33,8 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
+from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepResult,
@@ -52,7 +55,10 @@ from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _models as m
 
 if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.actions import ActionRegistry
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.workflows import WorkflowValidation
 
 __all__ = [
     "EngineFactory",
@@ -115,7 +121,7 @@ class ServerPolicy:
         return extras
 
 
-EngineFactory = Callable[[ServerPolicy], Any]
+EngineFactory = Callable[[ServerPolicy], "OrchestrationEngine"]
 """Builds (or returns the shared) ``OrchestrationEngine`` for a policy; called on first use."""
 
 
@@ -159,7 +165,10 @@ class _Pending:
     unfinished: Callable[[float], BaseModel] | None = None
 
 
-RunFn = Callable[["OrchestrationMCPTools", Any, _Call], "BaseModel | _Pending"]
+_Outcome = BaseModel | _Pending
+"""What a tool's body returns: its result, or a handle on long work to wait for."""
+
+RunFn = Callable[["OrchestrationMCPTools", Any, _Call], _Outcome]
 
 
 @dataclass(frozen=True)
@@ -176,9 +185,13 @@ class _Tool:
     open_world: bool = False
     # Sends progress notifications (through ``_Call.progress``) as the work goes on.
     reports_progress: bool = False
-    # ``run`` only reads the workflow registry or reads or submits scheduler state, taking short
-    # in-memory locks, with no I/O and no waiting (a wait is a ``_Pending``): once the engine exists the
-    # async path calls it on the event loop instead of paying a worker-thread round trip.
+    # ``run`` takes no lock a run can hold across I/O or a wait, so once the engine exists the async
+    # path calls it on the event loop instead of paying a worker-thread round trip. Audited: list_workflows
+    # takes WorkflowManager._lock (dict operations only; runs never hold it across the store or a step);
+    # execute_task and get_task take the scheduler's lock (in-memory transitions only: callbacks, actions
+    # and admission waits run outside it) and, without a session, no session lock; their waits are a
+    # ``_Pending`` delivered by on_settled. Anything taking a run's lock, the store or a session's lock
+    # (get_workflow_run, create_session, execute_workflow...) runs in a worker thread.
     starts_on_loop: bool = False
 
     def definition(self) -> dict[str, Any]:
@@ -300,32 +313,11 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _pick(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if data.get(key) is not None:
-            return data[key]
-    return default
-
-
-def _describe_validation_error(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
-    accepted = f"accepted: {', '.join(args.model_fields)}" if args.model_fields else "it takes no arguments"
-    parts: list[str] = []
-    fields: list[str] = []
-    errors = exc.errors()
-    for err in errors[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) if err["loc"] else "arguments"
-        fields.append(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parts.append(f"unknown argument {loc!r} ({accepted})")
-        elif kind == "missing":
-            parts.append(f"missing required argument {loc!r}")
-        else:
-            parts.append(f"argument {loc!r}: {err['msg']}")
-    if len(errors) > 5:
-        parts.append(f"and {len(errors) - 5} more")
-    error = InvalidInputError("", f"invalid arguments for tool {tool!r}: " + "; ".join(parts))
-    error.field = fields[0] if fields else "arguments"
+def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
+    problem = InvalidInputError.from_validation(exc, accepted=args.model_fields or None)
+    takes = "" if args.model_fields else " (it takes no arguments)"
+    error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {problem.reason}")
+    error.field = problem.field
     return error
 
 
@@ -364,7 +356,7 @@ def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, S
 # --------------------------------------------------------------------------- the tools' bodies
 
 
-def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> Any:
+def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> _Outcome:
     if not wait or record.status.is_terminal:
         return _run_handle(record, None)
     run_id = record.run_id
@@ -379,7 +371,7 @@ def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, ti
     return _Pending(wait_for, cancel, timeout)
 
 
-def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> Any:
+def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> _Outcome:
     record = tools.engine.execute_workflow(
         a.workflow_name,
         parameters=a.parameters,
@@ -392,7 +384,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
 
 def _create_complex_workflow(
     tools: OrchestrationMCPTools, a: m.CreateComplexWorkflowArgs, call: _Call
-) -> Any:
+) -> _Outcome:
     definition = a.workflow_definition.model_dump(mode="json", exclude_defaults=False)
     record = tools.engine.execute_complex_workflow(
         definition,
@@ -405,7 +397,7 @@ def _create_complex_workflow(
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
-def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> Any:
+def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     # The steps a resume keeps (its completed ones) count as ended from the first notification on.
     kept = sum(1 for s in manager.get_run(a.run_id).steps.values() if s.status is TaskStatus.COMPLETED)
@@ -413,16 +405,11 @@ def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
-def _validation_fields(validation: Any) -> dict[str, Any]:
-    return {
-        "steps_count": validation.steps_count,
-        "execution_levels": jsonable(validation.execution_levels),
-        "inferred_dependencies": jsonable(validation.inferred_dependencies),
-        "mermaid": validation.mermaid,
-    }
+def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
+    return validation.model_dump(exclude={"name"})
 
 
-def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> Any:
+def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     spec = WorkflowSpec(name=a.name, description=a.description, steps=a.steps, parameters=a.parameters)
     created = manager.create_workflow(spec, overwrite=a.overwrite, source="api")
@@ -430,12 +417,12 @@ def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call
     return m.CreateWorkflowResult(workflow_name=created.name, **_validation_fields(validation))
 
 
-def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     infos = tools.engine.workflow_manager.list_workflows()
     return m.WorkflowListResult(workflows=infos, count=len(infos))
 
 
-def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Call) -> Any:
+def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
     spec = manager.get_workflow(a.name, a.version)
     validation = manager.describe_workflow(a.name, a.version)
@@ -451,13 +438,13 @@ def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Cal
     )
 
 
-def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> Any:
+def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> _Outcome:
     document = {"name": a.name, "steps": a.steps, "description": a.description, "parameters": a.parameters}
     try:
         spec = WorkflowSpec.model_validate(document)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return m.ValidationResult(valid=False, workflow_name=a.name, problems=problems)
+        problem = InvalidInputError.from_validation(exc)
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=[problem.reason])
     try:
         validation = tools.engine.workflow_manager.validate_workflow(spec)
     except DAGValidationError as exc:
@@ -467,16 +454,16 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
     return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
 
 
-def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> Any:
+def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
     deleted = bool(tools.engine.workflow_manager.delete_workflow(a.name))
     return m.DeleteResult(workflow_name=a.name, deleted=deleted)
 
 
-def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
     return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None)
 
 
-def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> Any:
+def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
     status = WorkflowStatus(a.status) if a.status else None
     records = tools.engine.workflow_manager.list_runs(
         workflow_name=a.workflow_name, status=status, limit=a.limit
@@ -486,8 +473,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
             run_id=r.run_id,
             workflow_name=r.workflow_name,
             status=r.status.value,
-            created_at=jsonable(r.created_at),
-            finished_at=jsonable(r.finished_at),
+            created_at=r.created_at.isoformat(),
+            finished_at=r.finished_at.isoformat() if r.finished_at is not None else None,
             duration_seconds=r.duration_seconds,
             failed_steps=r.failed_steps,
         )
@@ -496,7 +483,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
     return m.RunListResult(runs=runs, count=len(runs))
 
 
-def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> Any:
+def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
     return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
 
 
@@ -508,6 +495,8 @@ def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
         result=record.result,
         error=record.error,
         attempts=record.attempts,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
         duration_seconds=record.duration_seconds,
     )
     if result.status in ("pending", "ready", "running", "blocked"):
@@ -519,7 +508,7 @@ def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
     return result
 
 
-def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any:
+def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Outcome:
     orchestrator = tools.engine.task_orchestrator
     task_id = a.task_id
     record = orchestrator.get_task(task_id)  # an unknown id fails now, before any wait
@@ -528,7 +517,12 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> Any
     return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
-def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> Any:
+#: Who is calling (one MCP connection), set by the server around each tool call: the scheduler serves
+#: clients in turn within a priority level, so one client's backlog cannot starve another's task.
+CALLING_CLIENT: ContextVar[str | None] = ContextVar("codomyrmex_calling_client", default=None)
+
+
+def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
     spec = TaskSpec(
         name=a.name,
         module=a.module,
@@ -542,7 +536,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
     # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec)
+    task_id = engine.start_task(spec, client=CALLING_CLIENT.get())
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
@@ -575,33 +569,32 @@ def _pending_task(
     return _Pending(wait_for, cancel, timeout, subscribe=subscribe, unfinished=unfinished)
 
 
-def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    return m.OpenResult.model_validate(jsonable(tools.engine.get_system_status()))
+def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+    return tools.engine.get_system_status()
 
 
-def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    health = jsonable(tools.engine.health_check())
+def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+    health = tools.engine.health_check()
     if tools.server_status is not None:  # the server's own component: sessions, code-execution exposure
-        health.setdefault("components", {})["server"] = tools.server_status()
-    return m.HealthResult.model_validate(health)
+        health.components["server"] = ComponentHealth.model_validate(tools.server_status())
+    return health
 
 
-def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> Any:
+def _allocate_resources(tools: OrchestrationMCPTools, a: m.AllocateResourcesArgs, call: _Call) -> _Outcome:
     allocations = tools.engine.allocate_resources(
         a.user_id, dict(a.requirements), ttl=a.ttl_seconds, session_id=a.session_id
     )
-    return m.AllocationResult(user_id=a.user_id, allocations=jsonable(allocations), session_id=a.session_id)
+    return m.AllocationResult(user_id=a.user_id, allocations=allocations, session_id=a.session_id)
 
 
-def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> Any:
+def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, call: _Call) -> _Outcome:
     if (a.allocation_id is None) == (a.user_id is None):
         raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
     released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
-    target = {"allocation_id": a.allocation_id} if a.allocation_id is not None else {"user_id": a.user_id}
-    return m.ReleaseResult(released=int(released), **target)
+    return m.ReleaseResult(released=released, allocation_id=a.allocation_id, user_id=a.user_id)
 
 
-def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> Any:
+def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> _Outcome:
     project = tools.engine.project_manager.create_project(
         a.name,
         template=a.template,
@@ -609,67 +602,59 @@ def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: 
         owner=a.owner,
         overwrite_workflows=a.overwrite_workflows,
     )
-    data = jsonable(project)
-    path = Path(str(_pick(data, "project_path", "path", default="")))
-    if not data.get("files_created") and path.is_dir():
-        data["files_created"] = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file())[
-            :_MAX_LISTED_FILES
-        ]
-    return m.ProjectResult.model_validate(
-        {
-            **{k: v for k, v in data.items() if k not in ("name", "type", "path")},
-            "project_name": _pick(data, "project_name", "name", default=a.name),
-            "project_type": _pick(data, "project_type", "type", default=a.template),
-            "project_path": str(_pick(data, "project_path", "path", default="")),
-            "template_used": _pick(data, "template_used", "template", default=a.template),
-            "files_created": list(_pick(data, "files_created", default=[])),
-            "workflows": list(_pick(data, "workflows", default=[])),
-        }
+    path = Path(project.path)
+    files = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    return m.ProjectResult(
+        project_name=project.name,
+        project_type=project.type.value,
+        project_path=project.path,
+        template_used=project.template,
+        status=project.status.value,
+        description=project.description,
+        owner=project.owner,
+        version=project.version,
+        created_at=project.created_at,
+        files_created=files[:_MAX_LISTED_FILES],
+        workflows=project.workflows,
+        workflows_not_registered=project.workflows_not_registered,
     )
 
 
 _MAX_LISTED_FILES = 500
 
 
-def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> Any:
-    projects = []
-    for raw in tools.engine.project_manager.list_projects():
-        data = jsonable(raw)
-        info = m.ProjectInfo.model_validate(
-            {
-                **data,
-                "name": _pick(data, "name", "project_name"),
-                "type": _pick(data, "type", "project_type"),
-                "path": _pick(data, "path", "project_path"),
-            }
+def _list_projects(tools: OrchestrationMCPTools, a: m.ListProjectsArgs, call: _Call) -> _Outcome:
+    projects = [
+        m.ProjectInfo(
+            name=p.name,
+            type=p.type.value,
+            status=p.status.value,
+            path=p.path,
+            description=p.description,
+            created_at=p.created_at,
         )
-        if (a.status is None or info.status == a.status) and (a.type is None or info.type == a.type):
-            projects.append(info)
+        for p in tools.engine.project_manager.list_projects(status=a.status, type=a.type)
+    ]
     return m.ProjectListResult(projects=projects, count=len(projects))
 
 
-def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
-    templates = jsonable(tools.engine.project_manager.list_templates())
-    if isinstance(templates, Mapping):
-        templates = [
-            {"type": k, **(v if isinstance(v, dict) else {"description": v})} for k, v in templates.items()
-        ]
+def _list_project_templates(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+    templates = tools.engine.project_manager.list_templates()
     return m.TemplateListResult(templates=templates, count=len(templates))
 
 
-def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> Any:
+def _create_session(tools: OrchestrationMCPTools, a: m.CreateSessionArgs, call: _Call) -> _Outcome:
     engine = tools.engine
     session_id = engine.create_session(**a.model_dump(exclude_none=True))
-    return m.SessionResult.model_validate(jsonable(engine.get_session(session_id)))
+    return m.SessionResult.model_validate(engine.get_session(session_id).model_dump())
 
 
-def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> Any:
-    outcome = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
-    extra = jsonable(outcome) if isinstance(outcome, Mapping | BaseModel) else {}
-    return m.CloseSessionResult.model_validate({**extra, "session_id": a.session_id, "closed": True})
+def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _Call) -> _Outcome:
+    session = tools.engine.close_session(a.session_id, cancel_running=a.cancel_running)
+    return m.CloseSessionResult.model_validate(session.model_dump())
 
 
-def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> Any:
+def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     registry = tools.engine.registry
     actions = [
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
@@ -718,8 +703,9 @@ _TOOLS: tuple[_Tool, ...] = (
     _Tool(
         "list_workflows",
         "List workflows",
-        "List every registered workflow with its description, number of steps and source (config: "
-        "loaded from the config directory; api: created through this server). Example: {}",
+        "List every registered workflow with its description, number of steps and source (sample: shipped "
+        "with the server; config: loaded from the config directory; api: created through this server); "
+        "'refused' says why this server's policy will not run one, and which setting allows it. Example: {}",
         m.NoArgs,
         m.WorkflowListResult,
         _list_workflows,
@@ -769,7 +755,7 @@ _TOOLS: tuple[_Tool, ...] = (
         "The engine's aggregated status: sessions, workflows, runs by status, queue depth per priority, "
         "resource usage and executor figures. Example: {}",
         m.NoArgs,
-        m.OpenResult,
+        SystemStatus,
         _get_system_status,
         read_only=True,
     ),
@@ -780,7 +766,7 @@ _TOOLS: tuple[_Tool, ...] = (
         "overall_status healthy/degraded/unhealthy, uptime_seconds, per-component status, error counts and "
         "issues. Example: {}",
         m.NoArgs,
-        m.HealthResult,
+        HealthReport,
         _get_health_status,
         read_only=True,
     ),
@@ -986,7 +972,7 @@ class OrchestrationMCPTools:
 
     def __init__(
         self,
-        engine: Any = None,
+        engine: OrchestrationEngine | None = None,
         *,
         engine_factory: EngineFactory | None = None,
         policy: ServerPolicy | None = None,
@@ -1008,16 +994,18 @@ class OrchestrationMCPTools:
     # -- engine
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> OrchestrationEngine:
         """The engine, built by the factory on first use (thread-safe)."""
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             with self._engine_lock:
-                if self._engine is None:
+                engine = self._engine
+                if engine is None:
                     factory = self._engine_factory or default_engine_factory
                     engine = factory(self.policy)
                     apply_policy(engine.registry, self.policy)
                     self._engine = engine
-        return self._engine
+        return engine
 
     @property
     def engine_started(self) -> bool:
@@ -1077,7 +1065,7 @@ class OrchestrationMCPTools:
         try:
             return tool, tool.args.model_validate(dict(arguments or {}))
         except ValidationError as exc:
-            raise _describe_validation_error(name, exc, tool.args) from None
+            raise _invalid_arguments(name, exc, tool.args) from None
 
     @staticmethod
     def _render(result: BaseModel) -> ToolResult:
@@ -1269,29 +1257,15 @@ def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> 
         return
 
 
-def apply_policy(registry: Any, policy: ServerPolicy) -> None:
+def apply_policy(registry: ActionRegistry, policy: ServerPolicy) -> None:
     """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
     defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
     ``python_call_allow`` for ``python.call``); a step cannot lift them."""
-    extras = policy.action_extras
-    if not extras:
-        return
-    for definition in registry.definitions():
-        guarded_kind = definition.network or definition.executes_code
-        if not guarded_kind or getattr(definition.func, "_policy_extras", None) == extras:
-            continue
-        original = definition.func
-
-        def guarded(params: dict[str, Any], ctx: Any, _original: Any = original) -> Any:
-            ctx.extras.update(extras)
-            return _original(params, ctx)
-
-        guarded._policy_extras = extras  # type: ignore[attr-defined]  # marks the wrapper: idempotent
-        registry.register(dataclasses.replace(definition, func=guarded), replace=True)
+    pin_extras(registry, policy.action_extras)
 
 
-def default_engine_factory(policy: ServerPolicy) -> Any:
+def default_engine_factory(policy: ServerPolicy) -> OrchestrationEngine:
     """The process-wide engine (``configure_engine`` sets it up; see ``server.app.serve``)."""
-    from codomyrmex_orchestration.core.engine import get_orchestration_engine
+    from codomyrmex_orchestration.compose import get_orchestration_engine
 
     return get_orchestration_engine()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_OUTPUT_BYTES
+from codomyrmex_orchestration.core._suggest import did_you_mean
 from codomyrmex_orchestration.core.actions._registry import ActionContext
 from codomyrmex_orchestration.errors import InvalidInputError
 
@@ -37,7 +38,7 @@ def check_known(params: Mapping[str, Any], accepted: Mapping[str, str], action: 
     if unknown:
         raise InvalidInputError(
             _field(unknown[0]),
-            f"{action} does not accept {', '.join(repr(u) for u in unknown)}; "
+            f"{action} does not accept {', '.join(repr(u) + did_you_mean(u, accepted) for u in unknown)}; "
             f"accepted parameters: {', '.join(sorted(accepted))}",
         )
 

@@ -1,0 +1,189 @@
+"""Composition: turn :class:`~codomyrmex_orchestration.config.Settings` into an engine, and hold the
+process-wide engine behind the ``get_*()`` singletons.
+
+This is the one place that reads ``Settings`` for the core (core classes take plain keyword arguments).
+It owns the singleton (``_engine``), the configuration it was built from (``_configured``), both guarded
+by ``_lock``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core.actions._policy import pin_extras
+from codomyrmex_orchestration.core.backends import create_backend
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.core.projects import ProjectManager
+from codomyrmex_orchestration.core.resources import ResourceManager
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.workflows import WorkflowManager
+from codomyrmex_orchestration.errors import InvalidStateError
+from codomyrmex_orchestration.samples import SAMPLES_DIR
+
+__all__ = [
+    "build_engine",
+    "configure_engine",
+    "engine_arguments",
+    "get_orchestration_engine",
+    "get_project_manager",
+    "get_resource_manager",
+    "get_task_orchestrator",
+    "get_workflow_manager",
+    "reset_engine",
+]
+
+#: The settings that shape an engine (the others configure the server, logging or the CLI).
+ENGINE_SETTINGS = (
+    "state_dir",
+    "config_dir",
+    "projects_dir",
+    "templates_dir",
+    "max_workers",
+    "max_queued_tasks",
+    "max_steps",
+    "max_output_bytes",
+    "max_subworkflow_depth",
+    "max_subworkflow_runs",
+    "spill_outputs",
+    "allow_shell",
+    "durable",
+    "retention_runs",
+    "retention_events",
+    "state_max_bytes",
+    "max_parameters_bytes",
+    "load_samples",
+    "executor",
+    "dask_scheduler",
+    "dask_n_workers",
+    "dask_processes",
+    "dask_worker_resources",
+    "dask_resource_map",
+    "dask_worker_saturation",
+)
+
+
+def engine_arguments(settings: Settings) -> dict[str, Any]:
+    """The :class:`OrchestrationEngine` keyword arguments ``settings`` stands for (no backend: see
+    :func:`build_engine`)."""
+    return {
+        "state_dir": settings.state_dir,
+        "config_dir": settings.config_dir,
+        "projects_dir": settings.projects_dir,
+        "templates_dir": settings.templates_dir,
+        "max_workers": settings.max_workers,
+        "max_queued_tasks": settings.max_queued_tasks,
+        "max_steps": settings.max_steps,
+        "max_output_bytes": settings.max_output_bytes,
+        "max_subworkflow_depth": settings.max_subworkflow_depth,
+        "max_subworkflow_runs": settings.max_subworkflow_runs,
+        "spill_outputs": settings.spill_outputs,
+        "allow_code_execution": settings.allow_shell is not False,
+        "durable": settings.durable,
+        "retention_runs": settings.retention_runs,
+        "retention_events": settings.retention_events,
+        "state_max_bytes": settings.state_max_bytes,
+        "max_parameters_bytes": settings.max_parameters_bytes,
+        "sample_dir": SAMPLES_DIR if settings.load_samples else None,
+    }
+
+
+def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
+    """A new engine configured from ``settings``; ``overrides`` (engine keyword arguments) win.
+
+    A non-local ``settings.executor`` builds its backend here unless ``backend`` is overridden.
+    """
+    kwargs = {**engine_arguments(settings), **overrides}
+    if "backend" not in kwargs and settings.executor != "local":
+        kwargs["backend"] = create_backend(
+            settings.executor,
+            dask_scheduler=settings.dask_scheduler,
+            dask_n_workers=settings.dask_n_workers,
+            dask_processes=settings.dask_processes,
+            dask_worker_resources=settings.dask_worker_resources,
+            dask_resource_map=settings.dask_resource_map,
+            dask_worker_saturation=settings.dask_worker_saturation,
+        )
+    engine = OrchestrationEngine(**kwargs)
+    if settings.python_call_allow:
+        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
+        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    return engine
+
+
+# ---------------------------------------------------------------------- the process-wide engine
+
+_lock = threading.Lock()
+_engine: OrchestrationEngine | None = None
+_configured: dict[str, Any] = {}
+
+
+def _configuration(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**{name: getattr(settings, name) for name in ENGINE_SETTINGS}, **overrides}
+
+
+def configure_engine(settings: Settings | None = None, **overrides: Any) -> OrchestrationEngine:
+    """Create the process-wide engine from ``settings`` (default ``Settings()``) and ``overrides``.
+
+    Configuring again with the same engine settings returns the live engine; ``configure_engine()``
+    with no arguments returns it whatever it was built from.
+
+    Raises:
+        InvalidStateError: an engine is live and was built from different settings (they are named):
+            call :func:`reset_engine` first to rebuild it.
+    """
+    global _engine, _configured
+    with _lock:
+        if _engine is not None:
+            if settings is None and not overrides:
+                return _engine
+            wanted = _configuration(settings or Settings(), overrides)
+            differing = sorted(
+                name
+                for name in wanted.keys() | _configured.keys()
+                if wanted.get(name) != _configured.get(name)
+            )
+            if differing:
+                raise InvalidStateError(
+                    "engine",
+                    "process-wide",
+                    f"already configured with other {', '.join(differing)}",
+                    "call reset_engine() first to rebuild it with these settings",
+                )
+            return _engine
+        settings = settings or Settings()
+        _engine = build_engine(settings, **overrides)
+        _configured = _configuration(settings, overrides)
+        return _engine
+
+
+def get_orchestration_engine() -> OrchestrationEngine:
+    """The process-wide engine (created with default settings on first use)."""
+    engine = _engine
+    return engine if engine is not None else configure_engine()
+
+
+def get_workflow_manager() -> WorkflowManager:
+    return get_orchestration_engine().workflow_manager
+
+
+def get_task_orchestrator() -> TaskOrchestrator:
+    return get_orchestration_engine().task_orchestrator
+
+
+def get_resource_manager() -> ResourceManager:
+    return get_orchestration_engine().resource_manager
+
+
+def get_project_manager() -> ProjectManager:
+    return get_orchestration_engine().project_manager
+
+
+def reset_engine() -> None:
+    """Shut the process-wide engine down and forget it (tests, reconfiguration)."""
+    global _engine, _configured
+    with _lock:
+        engine, _engine, _configured = _engine, None, {}
+    if engine is not None:
+        engine.shutdown()

@@ -1,0 +1,133 @@
+"""User allocations: resources reserved through the engine for a user or a session, persisted in the
+store so they survive a restart.
+
+:class:`UserAllocations` owns the set of allocation ids it persisted (``_lock`` guards it): when the
+resource manager reports one released (explicitly, by TTL or with its session), its stored copy goes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from codomyrmex_orchestration.core._metrics import EngineCounters
+from codomyrmex_orchestration.core._sessions import SessionRegistry
+from codomyrmex_orchestration.core.models import utcnow
+from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
+from codomyrmex_orchestration.core.store import EngineStateStore
+from codomyrmex_orchestration.errors import InsufficientResourcesError, InvalidInputError, OrchestrationError
+
+__all__ = ["UserAllocations"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.engine")
+
+#: With ``timeout=None`` an allocation waits for capacity in rounds this long (each a bounded wait).
+ALLOCATION_ROUND = 3600.0
+
+
+class UserAllocations:
+    """Allocate, release and restore the allocations users ask for (see the engine's methods)."""
+
+    def __init__(
+        self,
+        *,
+        resources: ResourceManager,
+        store: EngineStateStore,
+        sessions: SessionRegistry,
+        counters: EngineCounters,
+    ) -> None:
+        self._resources = resources
+        self._store = store
+        self._sessions = sessions
+        self._counters = counters
+        # _lock guards _persisted: the ids whose copy is in the store.
+        self._lock = threading.Lock()
+        self._persisted: set[str] = set()
+
+    def allocate(
+        self,
+        requester_id: str,
+        requirements: Mapping[str, Any],
+        *,
+        ttl: float | None,
+        timeout: float | None,
+        session_id: str | None,
+    ) -> list[Allocation]:
+        requester = requester_id
+        if session_id is not None:
+            with self._sessions.holding(session_id):
+                pass  # an unknown or closed session fails here, before anything is reserved
+            requester = f"session:{session_id}"
+        allocations = self._wait_for(requester, requirements, ttl, timeout)
+        ids = [a.allocation_id for a in allocations]
+        with self._lock:
+            self._persisted.update(ids)
+        if session_id is not None:
+            with self._sessions.holding(session_id) as live:
+                assert live is not None  # checked above; a session only closes through the engine
+                live.session.allocations.extend(ids)
+        for allocation in allocations:
+            data = {**allocation.model_dump(mode="json"), "user_id": requester_id, "session_id": session_id}
+            self._store.save_allocation(allocation.allocation_id, data)
+        return allocations
+
+    def _wait_for(
+        self, requester: str, requirements: Mapping[str, Any], ttl: float | None, timeout: float | None
+    ) -> list[Allocation]:
+        if timeout is not None:
+            return self._resources.allocate_resources(requester, requirements, ttl=ttl, timeout=timeout)
+        while True:  # no limit: bounded rounds until capacity frees up
+            started = time.monotonic()
+            try:
+                return self._resources.allocate_resources(
+                    requester, requirements, ttl=ttl, timeout=ALLOCATION_ROUND
+                )
+            except InsufficientResourcesError:
+                if time.monotonic() - started < ALLOCATION_ROUND:
+                    raise  # refused at once (it can never be granted): waiting longer changes nothing
+
+    def release(self, *, allocation_id: str | None, requester_id: str | None) -> int:
+        if allocation_id is not None:
+            return 1 if self._resources.release(allocation_id) else 0
+        if requester_id is None:
+            raise InvalidInputError("allocation_id", "give an allocation_id or a requester_id (user_id)")
+        return self._resources.deallocate_resources(requester_id)
+
+    def released(self, allocation_id: str) -> None:
+        """The resource manager released ``allocation_id``: forget its stored copy, if any."""
+        with self._lock:
+            persisted = allocation_id in self._persisted
+            self._persisted.discard(allocation_id)
+        if persisted:
+            self._store.delete_allocation(allocation_id)
+
+    def restore(self) -> None:
+        """Re-grant the user allocations a previous process held (those not expired)."""
+        now = utcnow()
+        for data in self._store.list_allocations():
+            old_id = str(data.get("allocation_id"))
+            self._store.delete_allocation(old_id)
+            expires = data.get("expires_at")
+            ttl = None
+            if expires:
+                ttl = (datetime.fromisoformat(str(expires)) - now).total_seconds()
+                if ttl <= 0:
+                    continue
+            if data.get("session_id"):
+                continue  # sessions do not outlive their process
+            try:
+                self.allocate(
+                    str(data.get("user_id") or data.get("requester_id")),
+                    {str(data["resource_id"]): data["amount"]},
+                    ttl=ttl,
+                    timeout=0.0,
+                    session_id=None,
+                )
+            except OrchestrationError as exc:
+                self._counters.record_error("resources", exc)
+                _log.warning("could not restore an allocation", allocation_id=old_id, error=str(exc))

@@ -1,0 +1,399 @@
+"""Sessions: the records, the registry of open and closed sessions, and their TTL expiry.
+
+:class:`SessionRegistry` owns the table of open sessions (with the runs and tasks each has in flight),
+the recently closed ones, and one TTL timer per open session on the shared
+:class:`~codomyrmex_orchestration.core.timers.TimerService`; ``_lock`` guards all of it. An expired timer
+hands the close to the registry's own one-thread executor (timer callbacks must not block): closing a
+session cancels its work, which takes the locks of runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from codomyrmex_orchestration.core.models import TaskSpec, utcnow
+from codomyrmex_orchestration.core.store import EngineStateStore
+from codomyrmex_orchestration.core.timers import Timer, TimerService
+from codomyrmex_orchestration.errors import (
+    InvalidInputError,
+    InvalidStateError,
+    LimitExceededError,
+    SessionNotFoundError,
+)
+
+__all__ = [
+    "LiveSession",
+    "OrchestrationMode",
+    "Session",
+    "SessionRegistry",
+    "SessionStatus",
+    "new_session",
+]
+
+#: Closed sessions kept in memory (older ones are read back from the store).
+CLOSED_KEPT = 10_000
+
+
+class OrchestrationMode(enum.StrEnum):
+    """How a session's work is run.
+
+    SEQUENTIAL: one workflow at a time, one step at a time. PARALLEL: steps run as their
+    dependencies allow. PRIORITY: the caller's priority is honoured (otherwise runs use NORMAL).
+    RESOURCE_AWARE: every step is admitted by the ResourceManager (``{"compute": 1}`` when it
+    declares nothing), and the session's own requirements are reserved while it is open.
+    """
+
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    PRIORITY = "priority"
+    RESOURCE_AWARE = "resource_aware"
+
+
+class SessionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+    EXPIRED = "expired"
+
+
+class Session(BaseModel):
+    """A unit of agent work with its own limits; its history outlives it."""
+
+    session_id: str
+    user_id: str = "anonymous"
+    name: str = ""
+    description: str = ""
+    mode: OrchestrationMode = OrchestrationMode.PARALLEL
+    max_parallel_tasks: int = Field(default=10, ge=1, le=10_000)
+    max_parallel_workflows: int = Field(default=5, ge=1, le=1_000)
+    timeout_seconds: float | None = Field(default=3600.0, gt=0)
+    resource_requirements: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: SessionStatus = SessionStatus.ACTIVE
+    created_at: Any = Field(default_factory=utcnow)
+    closed_at: Any = None
+    runs: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+    allocations: list[str] = Field(default_factory=list)
+
+
+class LiveSession:
+    """An open session and the work it has in flight (guarded by the registry's lock)."""
+
+    __slots__ = ("active_runs", "active_tasks", "armed", "session", "timer")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.active_runs: set[str] = set()
+        self.active_tasks: set[str] = set()
+        self.timer: Timer | None = None
+        # Counts TTL arms: a timer that fired just as the TTL was restarted sees a newer count.
+        self.armed = 0
+
+    def run_options(self) -> dict[str, Any]:
+        """What the session's mode asks of a new run (``start_workflow`` keywords).
+
+        Raises:
+            LimitExceededError: the session runs as many workflows as its mode allows.
+        """
+        session = self.session
+        limit = 1 if session.mode is OrchestrationMode.SEQUENTIAL else session.max_parallel_workflows
+        if len(self.active_runs) >= limit:
+            raise LimitExceededError(
+                "session_id",
+                limit,
+                len(self.active_runs) + 1,
+                f"session {session.session_id} ({session.mode.value}) running workflows",
+            )
+        if session.mode is OrchestrationMode.SEQUENTIAL:
+            return {"max_parallel": 1}
+        if session.mode is OrchestrationMode.RESOURCE_AWARE:
+            return {"default_resources": {"compute": 1}}
+        return {}
+
+    def task_spec(self, spec: TaskSpec) -> TaskSpec:
+        """``spec`` as the session's mode runs it.
+
+        Raises:
+            LimitExceededError: the session runs as many tasks as it may.
+        """
+        session = self.session
+        if len(self.active_tasks) >= session.max_parallel_tasks:
+            raise LimitExceededError(
+                "session_id",
+                session.max_parallel_tasks,
+                len(self.active_tasks) + 1,
+                f"session {session.session_id} running tasks",
+            )
+        if session.mode is OrchestrationMode.RESOURCE_AWARE and not spec.resources:
+            return spec.model_copy(update={"resources": {"compute": 1}})
+        return spec
+
+
+def new_session(
+    *,
+    user_id: str,
+    name: str,
+    description: str,
+    mode: OrchestrationMode | str,
+    max_parallel_tasks: int,
+    max_parallel_workflows: int,
+    timeout_seconds: float | None,
+    resource_requirements: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+) -> Session:
+    """A new open session with a fresh id.
+
+    Raises:
+        InvalidInputError: a limit or the mode is out of range (named).
+    """
+    try:
+        chosen = OrchestrationMode(mode)
+    except ValueError:
+        raise InvalidInputError(
+            "mode", f"{mode!r} is not one of {', '.join(m.value for m in OrchestrationMode)}"
+        ) from None
+    try:
+        return Session(
+            session_id=uuid.uuid4().hex,
+            user_id=user_id,
+            name=name,
+            description=description,
+            mode=chosen,
+            max_parallel_tasks=max_parallel_tasks,
+            max_parallel_workflows=max_parallel_workflows,
+            timeout_seconds=timeout_seconds,
+            resource_requirements=dict(resource_requirements or {}),
+            metadata=dict(metadata or {}),
+        )
+    except ValidationError as exc:
+        raise InvalidInputError.from_validation(exc) from None
+
+
+class SessionRegistry:
+    """Open and closed sessions, persisted in ``store``, expired ``timeout_seconds`` after their last use.
+
+    Args:
+        store: where sessions are saved (their history outlives the process).
+        timers: the shared timer service (never closed here).
+        stop_work: ``stop_work(live, cancel_running)`` is called as a session closes, after it left the
+            table: it releases the session's resources and, with ``cancel_running``, cancels its runs and
+            tasks. For an expired session it runs on the registry's own thread and may block.
+        on_closed: ``on_closed(session)`` once a session is closed (its event).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: EngineStateStore,
+        timers: TimerService,
+        stop_work: Callable[[LiveSession, bool], None],
+        on_closed: Callable[[Session], None],
+    ) -> None:
+        self._store = store
+        self._timers = timers
+        self._stop_work = stop_work
+        self._on_closed = on_closed
+        # _lock guards _live, _closed, _expiry and _shut. Re-entrant: a run may end (and report it
+        # here) on the thread that is starting it under holding().
+        self._lock = threading.RLock()
+        self._live: dict[str, LiveSession] = {}
+        self._closed: dict[str, Session] = {}
+        self._expiry: ThreadPoolExecutor | None = None
+        self._shut = False
+
+    # -- reading
+
+    def get(self, session_id: str) -> Session:
+        """A copy of the session, open or closed (read back from the store when evicted).
+
+        Raises:
+            SessionNotFoundError: unknown id.
+        """
+        with self._lock:
+            live = self._live.get(session_id)
+            if live is not None:
+                return live.session.model_copy(deep=True)
+            closed = self._closed.get(session_id)
+            if closed is not None:
+                return closed.model_copy(deep=True)
+        data = self._store.get_session(session_id)
+        if data is None:
+            raise SessionNotFoundError(session_id)
+        return Session.model_validate(data)
+
+    def list(self, status: SessionStatus | None = None) -> list[Session]:
+        with self._lock:
+            sessions = [live.session.model_copy(deep=True) for live in self._live.values()]
+            sessions += [s.model_copy(deep=True) for s in self._closed.values()]
+        if status is not None:
+            sessions = [s for s in sessions if s.status == status]
+        return sorted(sessions, key=lambda s: s.created_at)
+
+    def active_count(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    @property
+    def alive(self) -> bool:
+        """False once the registry is closed (no session expires any more)."""
+        with self._lock:
+            return not self._shut
+
+    # -- open sessions
+
+    def add(self, session: Session) -> None:
+        """Register a new open session and arm its TTL."""
+        live = LiveSession(session)
+        with self._lock:
+            self._live[session.session_id] = live
+            self._arm_locked(live)
+        self.save(session)
+
+    @contextmanager
+    def holding(self, session_id: str | None) -> Iterator[LiveSession | None]:
+        """Hold the registry's lock with the open session ``session_id`` (``None``: no session).
+
+        Raises:
+            SessionNotFoundError: unknown id.
+            InvalidStateError: the session is closed or expired.
+        """
+        if session_id is None:  # no session, no lock: a call without one never waits on another's
+            yield None
+            return
+        with self._lock:
+            yield self._live_locked(session_id)
+
+    def touch(self, live: LiveSession) -> None:
+        """Restart the session's TTL (it was just used)."""
+        with self._lock:
+            self._arm_locked(live)
+
+    def record_run(self, live: LiveSession, run_id: str, *, active: bool) -> None:
+        """``live`` started run ``run_id`` (``active``: it has not ended yet); saved."""
+        with self._lock:
+            if active:
+                live.active_runs.add(run_id)
+            live.session.runs.append(run_id)
+        self.save(live.session)
+
+    def record_task(self, session_id: str, task_id: str, still_running: Callable[[], bool]) -> None:
+        """Session ``session_id`` started task ``task_id``; saved (nothing if the session closed since)."""
+        with self._lock:
+            live = self._live.get(session_id)
+            if live is None:
+                return
+            # Under the lock, so task_ended (which takes it) cannot slip in between the check and the add.
+            if still_running():
+                live.active_tasks.add(task_id)
+            live.session.tasks.append(task_id)
+        self.save(live.session)
+
+    def run_ended(self, session_id: str, run_id: str) -> None:
+        with self._lock:
+            live = self._live.get(session_id)
+            if live is not None:
+                live.active_runs.discard(run_id)
+
+    def task_ended(self, session_id: str, task_id: str) -> None:
+        with self._lock:
+            live = self._live.get(session_id)
+            if live is not None:
+                live.active_tasks.discard(task_id)
+
+    def save(self, session: Session) -> None:
+        self._store.save_session(session.session_id, session.model_dump(mode="json"))
+
+    # -- closing
+
+    def close_session(self, session_id: str, status: SessionStatus, *, cancel_running: bool) -> Session:
+        """Close an open session with ``status`` (a closed one is returned as it is) and save it.
+
+        Raises:
+            SessionNotFoundError: unknown id.
+        """
+        with self._lock:
+            live = self._live.pop(session_id, None)
+            if live is None:
+                closed = self._closed.get(session_id)
+                if closed is not None:
+                    return closed.model_copy(deep=True)
+                raise SessionNotFoundError(session_id, known=self._live)
+            if live.timer is not None:
+                live.timer.cancel()
+                live.timer = None
+        self._stop_work(live, cancel_running)
+        session = live.session
+        with self._lock:
+            session.status = status
+            session.closed_at = utcnow()
+            self._closed[session_id] = session
+            while len(self._closed) > CLOSED_KEPT:
+                self._closed.pop(next(iter(self._closed)))
+            copy = session.model_copy(deep=True)
+        self.save(session)
+        self._on_closed(copy)
+        return copy
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop expiring sessions: cancel the TTL timers and wait for an expiry under way. Idempotent.
+
+        ``timeout`` is accepted for symmetry with the other parts; an expiry under way is always
+        waited for (it cancels work, which is bounded by the scheduler's own timeouts).
+        """
+        with self._lock:
+            self._shut = True
+            for live in self._live.values():
+                if live.timer is not None:
+                    live.timer.cancel()
+                    live.timer = None
+            expiry, self._expiry = self._expiry, None
+        if expiry is not None:
+            expiry.shutdown(wait=True)
+
+    # -- internals
+
+    def _live_locked(self, session_id: str) -> LiveSession:
+        live = self._live.get(session_id)
+        if live is None:
+            closed = self._closed.get(session_id)
+            if closed is not None:
+                raise InvalidStateError(
+                    "session", session_id, closed.status.value, "open a new session with create_session"
+                )
+            raise SessionNotFoundError(session_id)
+        return live
+
+    def _arm_locked(self, live: LiveSession) -> None:
+        if live.timer is not None:
+            live.timer.cancel()
+            live.timer = None
+        ttl = live.session.timeout_seconds
+        if ttl is None or self._shut:
+            return
+        live.armed += 1
+        session_id, armed = live.session.session_id, live.armed
+        live.timer = self._timers.call_later(ttl, lambda: self._expire_due(session_id, armed))
+
+    def _expire_due(self, session_id: str, armed: int) -> None:
+        """On the timer thread: hand the close to the expiry thread (closing blocks on run locks)."""
+        with self._lock:
+            live = self._live.get(session_id)
+            if self._shut or live is None or live.armed != armed:
+                return
+            if self._expiry is None:
+                self._expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codomyrmex-sessions")
+            self._expiry.submit(self._expire, session_id)
+
+    def _expire(self, session_id: str) -> None:
+        try:
+            self.close_session(session_id, SessionStatus.EXPIRED, cancel_running=True)
+        except SessionNotFoundError:
+            return  # closed meanwhile

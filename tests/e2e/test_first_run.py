@@ -1,0 +1,234 @@
+"""A first run as a new user makes it: the console script served over stdio from a folder it cannot
+use and over streamable HTTP as ``make run`` serves it, with default paths (a private data directory
+stands in for the user's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.helpers.served import free_port, reap
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT = Path(sys.executable).parent / "codomyrmex-orchestration"
+NPX = shutil.which("npx")
+INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"  # the version tests/e2e/test_inspector.py pins
+TOKEN = "first-run-token-of-some-length"
+NEEDS_CODE = '{"name": "needs_code", "steps": [{"name": "py", "module": "python", "action": "call",'
+NEEDS_CODE += ' "parameters": {"function": "platform:system"}}]}'
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    """Default settings, as a desktop client starts the server: no CODOMYRMEX_* paths at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env["XDG_DATA_HOME"] = str(data)
+    env.update(extra)
+    return env
+
+
+def _data_dir(data: Path) -> Path:
+    return data / "codomyrmex-orchestration"
+
+
+async def test_a_stdio_server_started_in_a_read_only_folder_lists_and_runs_the_samples_and_leaves_it_empty(
+    tmp_path: Path,
+) -> None:
+    cwd = tmp_path / "read-only"
+    cwd.mkdir()
+    cwd.chmod(0o555)
+    params = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=cwd, env=_env(tmp_path / "xdg"))
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            listed = (await client.call_tool("list_workflows", {})).structured_content
+            run = await client.call_tool("execute_workflow", {"workflow_name": "service_report"})
+            status = (await client.call_tool("get_system_status", {})).structured_content
+    assert {"execute_workflow", "list_workflows", "get_health_status"} <= tools
+    assert listed is not None and {w["name"] for w in listed["workflows"]} == {
+        "fan_out_join",
+        "service_report",
+    }
+    assert not run.is_error and run.structured_content is not None, run.content
+    assert run.structured_content["status"] == "completed"
+    assert status is not None and status["state_dir"] == str(_data_dir(tmp_path / "xdg") / ".workflows")
+    assert list(cwd.iterdir()) == []
+    assert (_data_dir(tmp_path / "xdg") / ".workflows" / "state.db").is_file()
+
+
+@contextmanager
+def _make_run(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, str, float]]:
+    """``serve`` as ``make run`` starts it; yields the URL, the banner and the seconds from start to it."""
+    port = free_port()
+    command = [str(SCRIPT), "serve", "--transport", "streamable-http", "--host", "127.0.0.1"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path / "xdg", **env),
+    )
+    drain: threading.Thread | None = None
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        for line in proc.stderr:  # the banner's last line ends the wait (or EOF if it never comes)
+            lines.append(line)
+            if line.lstrip().startswith("health:"):
+                break
+        else:
+            pytest.fail("no banner: " + "".join(lines))
+        banner = "".join(lines[next(i for i, x in enumerate(lines) if "serving MCP" in x) :])
+        seconds = time.monotonic() - started
+        # Keep reading the logs, so a full pipe never blocks the server.
+        drain = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
+        drain.start()
+        yield f"http://127.0.0.1:{port}/mcp", banner, seconds
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if drain is not None:
+                drain.join(timeout=10)
+            reap(proc)
+
+
+async def _call(url: str, calls: list[tuple[str, dict[str, Any]]], token: str | None = None) -> list[Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    results = []
+    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            for name, arguments in calls:
+                results.append(await client.call_tool(name, arguments))
+    return results
+
+
+async def test_make_run_serves_a_healthy_server_whose_samples_run_with_code_execution_off(
+    tmp_path: Path,
+) -> None:
+    config = _data_dir(tmp_path / "xdg") / "config" / "workflows" / "production"
+    config.mkdir(parents=True)
+    (config / "needs_code.json").write_text(NEEDS_CODE)
+    with _make_run(tmp_path) as (url, banner, seconds_to_banner):
+        with anyio.fail_after(120):
+            health, fan, report, listed, refused = await _call(
+                url,
+                [
+                    ("get_health_status", {}),
+                    ("execute_workflow", {"workflow_name": "fan_out_join"}),
+                    ("execute_workflow", {"workflow_name": "service_report"}),
+                    ("list_workflows", {}),
+                    ("execute_workflow", {"workflow_name": "needs_code"}),
+                ],
+            )
+    assert f"serving MCP (streamable-http) at {url}" in banner
+    assert "auth:            off" in banner and "code execution:  off" in banner
+    assert f"npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list" in banner
+    assert health.structured_content["overall_status"] == "healthy", health.structured_content["issues"]
+    # Uptime counts from the process start, not from the engine the first tool call created.
+    assert health.structured_content["uptime_seconds"] >= seconds_to_banner * 0.9
+    assert fan.structured_content["status"] == report.structured_content["status"] == "completed"
+    needs_code = next(w for w in listed.structured_content["workflows"] if w["name"] == "needs_code")
+    assert "code execution is disabled" in needs_code["refused"]
+    assert refused.is_error
+    message = refused.content[0].text
+    assert "workflow 'needs_code' is refused by policy" in message and "CODOMYRMEX_ALLOW_SHELL" in message
+    assert "not found" not in message
+
+
+def test_a_busy_port_fails_the_start_without_printing_a_banner(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [str(SCRIPT), "serve", "--transport", "streamable-http", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=_env(tmp_path / "xdg"),
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert "address already in use" in done.stderr
+    assert "serving MCP" not in done.stderr
+
+
+@pytest.mark.skipif(NPX is None, reason="npx (Node.js) is not installed")
+def test_the_banner_inspector_command_works_as_printed_with_a_token_and_runs_both_samples(
+    tmp_path: Path,
+) -> None:
+    with _make_run(tmp_path, CODOMYRMEX_AUTH_TOKEN=TOKEN) as (_url, banner, _seconds):
+        assert "auth:            on" in banner
+        (command,) = re.findall(r"list the tools:\s+(.*)", banner)
+        assert '--header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"' in command
+        command = command.replace("npx @modelcontextprotocol/inspector ", f"npx -y {INSPECTOR} ", 1)
+        listed = _shell(command, tmp_path)
+        # Both samples run to completed through the Inspector over HTTP (code execution is off).
+        runs = [
+            json.loads(
+                _shell(
+                    command.replace(
+                        "--method tools/list",
+                        f"--method tools/call --tool-name execute_workflow --tool-arg workflow_name={sample}",
+                    ),
+                    tmp_path,
+                )
+            )
+            for sample in ("fan_out_join", "service_report")
+        ]
+    assert '"execute_workflow"' in listed
+    assert [run["structuredContent"]["status"] for run in runs] == ["completed", "completed"]
+
+
+def _shell(command: str, tmp_path: Path) -> str:
+    """Run ``command`` as printed, in a shell that has the token exported; its stdout."""
+    shell = shutil.which("bash") or "/bin/sh"
+    done = subprocess.run(
+        [shell, "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path / "xdg", CODOMYRMEX_AUTH_TOKEN=TOKEN),
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_cli_paths_and_status_name_the_state_directory_the_server_uses(tmp_path: Path) -> None:
+    env = _env(tmp_path / "xdg")
+    paths = subprocess.run(
+        [str(SCRIPT), "paths", "--json"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
+    status = subprocess.run(
+        [str(SCRIPT), "status", "--json"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
+    state_dir = str(_data_dir(tmp_path / "xdg") / ".workflows")
+    assert json.loads(paths.stdout)["state_dir"] == state_dir
+    report = json.loads(status.stdout)
+    assert report["state_dir"] == state_dir and report["overall_status"] == "healthy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]

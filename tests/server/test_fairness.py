@@ -1,0 +1,114 @@
+"""Queued work through the real server: a cap on what may wait, and clients served in turn (issue 18.5).
+
+The attack: one client queued 10,000 ``execute_task`` calls with ``wait: false``; all were accepted, and
+a task from another client waited behind every one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp_types import Implementation
+
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+pytestmark = pytest.mark.anyio
+
+BACKLOG = 40
+
+
+def one_worker_engine(root: Path, max_queued: int) -> OrchestrationEngine:
+    return OrchestrationEngine(
+        state_dir=root / "state",
+        config_dir=None,
+        projects_dir=root / "projects",
+        templates_dir=root / "templates",
+        max_workers=1,
+        max_queued_tasks=max_queued,
+        durable=False,
+    )
+
+
+@pytest.fixture
+def make_tools(tmp_path: Path) -> Iterator[Any]:
+    made: list[OrchestrationMCPTools] = []
+
+    def make(max_queued: int) -> OrchestrationMCPTools:
+        tools = OrchestrationMCPTools(engine_factory=lambda policy: one_worker_engine(tmp_path, max_queued))
+        made.append(tools)
+        return tools
+
+    yield make
+    for tools in made:
+        tools.close()
+
+
+def gate_task(gate: Path) -> dict[str, Any]:
+    command = f"while [ ! -e {gate} ]; do sleep 0.02; done"
+    return {
+        "name": "gate",
+        "module": "shell",
+        "action": "run",
+        "parameters": {"command": command, "shell": True},
+        "wait": False,
+    }
+
+
+def echo(name: str) -> dict[str, Any]:
+    return {"name": name, "module": "core", "action": "echo", "parameters": {"message": name}, "wait": False}
+
+
+async def test_another_clients_task_is_not_starved_by_one_clients_backlog(
+    make_tools: Any, tmp_path: Path
+) -> None:
+    server = build_server(make_tools(max_queued=1000))
+    gate = tmp_path / "gate"
+    # Two clients by name: on protocol 2026-07-28 (what Client speaks in process) requests carry no
+    # session, and the server tells clients apart by the name in each request's envelope.
+    greedy_client = Client(server, client_info=Implementation(name="greedy", version="1"))
+    polite_client = Client(server, client_info=Implementation(name="polite", version="1"))
+    async with greedy_client as greedy, polite_client as polite:
+        blocked = await greedy.call_tool("execute_task", gate_task(gate))
+        assert not blocked.is_error, blocked.content
+        backlog = []
+        for i in range(BACKLOG):
+            queued = await greedy.call_tool("execute_task", echo(f"greedy-{i}"))
+            backlog.append(queued.structured_content["task_id"])
+        mine = (await polite.call_tool("execute_task", echo("polite"))).structured_content["task_id"]
+        gate.touch()  # the one worker is free: the queue drains in the order the scheduler picks
+        done = await polite.call_tool("get_task", {"task_id": backlog[-1], "wait_seconds": 30})
+        assert done.structured_content["status"] == "completed"
+        started = {}
+        for task_id in [*backlog, mine]:
+            record = (await polite.call_tool("get_task", {"task_id": task_id})).structured_content
+            started[task_id] = record["started_at"]
+    order = sorted(started, key=lambda t: started[t])
+    # clients take turns: the polite client's one task starts second, not after the whole backlog
+    assert order.index(mine) <= 1, f"the other client's task started at position {order.index(mine)}"
+
+
+async def test_past_the_queue_cap_new_tasks_are_refused_naming_the_setting(
+    make_tools: Any, tmp_path: Path
+) -> None:
+    server = build_server(make_tools(max_queued=5))
+    gate = tmp_path / "gate"
+    async with Client(server) as client:
+        assert not (await client.call_tool("execute_task", gate_task(gate))).is_error
+        accepted = [await client.call_tool("execute_task", echo(f"t{i}")) for i in range(5)]
+        assert not any(result.is_error for result in accepted)
+        refused = await client.call_tool("execute_task", echo("one-too-many"))
+        assert refused.is_error
+        text = refused.content[0].text
+        assert "CODOMYRMEX_MAX_QUEUED_TASKS" in text and "5" in text
+        gate.touch()
+        last = accepted[-1].structured_content["task_id"]
+        done = await client.call_tool("get_task", {"task_id": last, "wait_seconds": 30})
+        assert done.structured_content["status"] == "completed"
+        again = await client.call_tool("execute_task", echo("after-the-backlog"))
+        assert not again.is_error  # the cap counts waiting work, not work ever accepted
