@@ -141,6 +141,7 @@ class Retention:
         conn.execute("SAVEPOINT retention")
         try:
             self._trim_runs(conn)
+            self._trim_versions(conn)
             self._trim_events(conn)
             if self.max_bytes is not None:
                 self._trim_bytes(conn)
@@ -168,6 +169,18 @@ class Retention:
                     shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ the limits
+
+    @staticmethod
+    def _trim_versions(conn: sqlite3.Connection) -> None:
+        # A definition version is kept while it is its name's newest or a stored run refers to it (the
+        # versions table is small: one row per version still referred to, the index finds the runs).
+        conn.execute(
+            "DELETE FROM workflow_versions WHERE rowid IN (SELECT v.rowid FROM workflow_versions v "
+            "WHERE v.version < (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name) "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = v.name "
+            "AND r.workflow_version = v.version) LIMIT ?)",
+            (_CHUNK,),
+        )
 
     def _trim_runs(self, conn: sqlite3.Connection) -> None:
         # Every query here reads a tally row or walks an index from its oldest end: a pass costs the

@@ -146,6 +146,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_finished ON runs (created_at, run_id)
         WHERE status IN ('cancelled', 'completed', 'failed', 'interrupted');
     """,
+    # 3: definition versions, and the version each run started with (NULL for runs recorded before).
+    """
+    CREATE TABLE workflow_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    ALTER TABLE runs ADD COLUMN workflow_version INTEGER;
+    CREATE INDEX runs_by_workflow_version ON runs (workflow_name, workflow_version);
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"

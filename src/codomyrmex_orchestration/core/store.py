@@ -85,6 +85,11 @@ class StateStore(Protocol):
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]: ...
+    # Definition versions: kept while they are the newest of their name or a stored run refers to one
+    # (RunRecord.workflow_version); a (name, version) once saved never changes.
+    def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None: ...
+    def get_workflow_version(self, name: str, version: int) -> str | None: ...
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]: ...
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
@@ -263,6 +268,10 @@ class SqliteStore:
     def delete_workflow(self, name: str) -> None:
         self._writer.enqueue(lambda b: b.workflows.__setitem__(name, DELETE))
 
+    def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None:
+        """Keep version ``version`` of workflow ``name`` (its spec JSON ``source``); no-op if kept."""
+        self._writer.enqueue(lambda b: b.workflow_versions.__setitem__((name, version), (digest, source)))
+
     def save_run(self, record: RunRecord) -> None:
         now = time.time()
         row = (
@@ -274,6 +283,7 @@ class SqliteStore:
             now,
             record.session_id,
             record.parent_run_id,
+            record.workflow_version,
         )
         steps = [
             (
@@ -341,6 +351,21 @@ class SqliteStore:
 
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
         return self._reads.load_workflows()
+
+    def get_workflow_version(self, name: str, version: int) -> str | None:
+        """The spec JSON of version ``version`` of ``name``, or None if it is not kept."""
+        rows = self._reads.read(
+            "SELECT spec FROM workflow_versions WHERE name = ? AND version = ?", (name, version)
+        )
+        return str(rows[0][0]) if rows else None
+
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
+        """Each name's newest kept version and its digest."""
+        rows = self._reads.read(
+            "SELECT name, version, digest FROM workflow_versions v "
+            "WHERE version = (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name)"
+        )
+        return {str(n): (int(v), str(d)) for n, v, d in rows}
 
     def get_run(self, run_id: str) -> RunRecord | None:
         return self._reads.get_run(run_id)
