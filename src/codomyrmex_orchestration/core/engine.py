@@ -32,6 +32,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_TEMPLATES_DIR,
 )
 from codomyrmex_orchestration.core._allocations import UserAllocations
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._complex import complex_workflow_document
 from codomyrmex_orchestration.core._events import EventHandler, Publisher
 from codomyrmex_orchestration.core._health import (
@@ -477,7 +478,8 @@ class OrchestrationEngine:
                 spec = live.task_spec(spec)
                 self.sessions.touch(live)
         on_done = _task_done(self._publish, self.sessions, session_id)
-        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=session_id or client)
+        queue = session_id or client or calling_client.get()
+        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=queue)
         if session_id is not None:
             get = self.task_orchestrator.get_task
             self.sessions.record_task(session_id, task_id, lambda: not get(task_id).status.is_terminal)

@@ -21,6 +21,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
@@ -290,6 +291,7 @@ class WorkflowManager:
         previous: RunRecord | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
+        client: str | None = None,
     ) -> RunState:
         record = new_record(
             plan,
@@ -308,7 +310,9 @@ class WorkflowManager:
             max_parallel=max_parallel,
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
+            client=client or session_id or calling_client.get(),
         )
+        self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         self._active.add(run)
         self._driver.start(run)
         return run
@@ -323,8 +327,14 @@ class WorkflowManager:
 
     def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
         plan = self.definitions.plan(name)
+        parent_run = self._active.get(parent) if parent is not None else None
         return self._start_run(
-            plan, parameters, priority=TaskPriority.NORMAL, depth=depth, parent_run_id=parent
+            plan,
+            parameters,
+            priority=TaskPriority.NORMAL,
+            depth=depth,
+            parent_run_id=parent,
+            client=parent_run.client if parent_run is not None else None,  # the parent's turn
         )
 
     def cancel_run(self, run_id: str) -> RunRecord:
