@@ -251,28 +251,10 @@ class WorkflowManager:
         )
         return self._wait(run, timeout) if wait else run.snapshot()
 
-    def start_workflow(
-        self,
-        name: str,
-        parameters: Mapping[str, Any] | None = None,
-        *,
-        priority: TaskPriority = TaskPriority.NORMAL,
-        session_id: str | None = None,
-        on_step: StepCallback | None = None,
-        max_parallel: int | None = None,
-        default_resources: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same errors)."""
-        run = self._start_run(
-            self.definitions.plan(name),
-            parameters,
-            priority=priority,
-            session_id=session_id,
-            on_step=on_step,
-            max_parallel=max_parallel,
-            default_resources=default_resources,
-        )
-        return run.run_id
+    def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
+        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same keyword
+        options and errors)."""
+        return self._start_run(self.definitions.plan(name), parameters, **options).run_id
 
     def is_active(self, run_id: str) -> bool:
         """Whether ``run_id`` is a run that has not ended yet."""
@@ -283,7 +265,7 @@ class WorkflowManager:
         plan: Plan,
         parameters: Mapping[str, Any] | None,
         *,
-        priority: TaskPriority,
+        priority: TaskPriority = TaskPriority.NORMAL,
         session_id: str | None = None,
         on_step: StepCallback | None = None,
         depth: int = 0,

@@ -536,7 +536,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
     # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec, client=CALLING_CLIENT.get())
+    task_id = engine.start_task(spec)  # queued for the calling client (CALLING_CLIENT)
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
