@@ -143,6 +143,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": c is not None and c["ratio_to_bare_sdk"] <= 1.3,
             }
         )
+    cold = results.get("cold_start")
+    if cold:
+        found.append(
+            {
+                "target": "cold start over stdio (spawn -> tools/list) <= 1.2x the bare SDK server",
+                "figure": f"{cold['ours_median_ms']} ms vs {cold['bare_sdk_median_ms']} ms "
+                f"= {cold['ratio']}x (median of {cold['rounds']} rounds; per round "
+                f"{cold['round_ratio_range'][0]}-{cold['round_ratio_range'][1]}x)",
+                "met": cold["ratio"] <= 1.2,
+            }
+        )
     top = max(results["concurrency"]["levels"], key=lambda lv: lv["clients"])
     found.append(
         {
@@ -215,6 +226,11 @@ def main() -> None:
         _roundtrip(calls=20 if quick else 50, rounds=3 if quick else 20),
     )
     section(
+        "cold_start",
+        bench_cold_start_report,
+        _json_script("bench_cold_start.py", "--rounds", "3" if quick else "9"),
+    )
+    section(
         "concurrency",
         bench_concurrency.report,
         _json_script("bench_concurrency.py", "--calls", "3" if quick else "20"),
@@ -240,6 +256,12 @@ def main() -> None:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(out)
+
+
+def bench_cold_start_report(figures: dict[str, Any]) -> str:
+    import bench_cold_start
+
+    return bench_cold_start.report(figures)
 
 
 def bench_memory_report(figures: dict[str, Any]) -> str:
