@@ -91,7 +91,8 @@ def test_the_budget_holds_across_a_restart_and_a_lowered_budget_evicts_at_once(t
             _big_run(store, outputs, f"r{i}", WorkflowStatus.COMPLETED)
         assert store.stats()["max_bytes"] is None
         assert store.stats()["bytes_used"] >= 10 * (SPILL + KEPT)
-    with SqliteStore(tmp_path / "state.db", max_bytes=3 * (SPILL + KEPT) + 10_000) as store:
+    # room for three runs and the write-ahead log, which counts too (its cap is 64 KiB at this budget)
+    with SqliteStore(tmp_path / "state.db", max_bytes=3 * (SPILL + KEPT) + 100_000) as store:
         store.check_budget()
         assert [r.run_id for r in store.list_runs()] == ["r9", "r8", "r7"]
         assert sorted(p.name for p in outputs.iterdir()) == ["r7", "r8", "r9"]
@@ -166,3 +167,19 @@ def test_engine_runs_with_spilled_outputs_keep_the_state_directory_under_its_bud
         assert status.state_max_bytes == budget and 0 < (status.state_bytes_used or 0) <= budget
     finally:
         engine.shutdown()
+
+
+def test_a_task_output_that_cannot_fit_the_budget_is_kept_as_a_marker_that_says_why(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core._limits import OutputLimiter
+
+    with SqliteStore(tmp_path / "state.db", max_bytes=BUDGET) as store:
+        limiter = OutputLimiter(1000, spill_dir=tmp_path / "outputs", budget=store)
+        fits = limiter("a" * 300_000, run_id=None, step_name=None, task_id="small")
+        assert fits["spilled_to"] and store.stats()["spill_bytes_tasks"] > 300_000
+        huge = limiter("b" * (BUDGET + 1), run_id=None, step_name=None, task_id="huge")
+        assert huge["spilled_to"] is None and "CODOMYRMEX_STATE_MAX_BYTES" in huge["spill_error"]
+        assert not (tmp_path / "outputs" / "tasks" / "huge.json").exists()
+        for i in range(12):  # 3.6 MB of task outputs against the 1 MB budget: the oldest make room
+            limiter("c" * 300_000, run_id=None, step_name=None, task_id=f"t{i}")
+            assert _disk_bytes(tmp_path / "outputs") <= BUDGET
+        assert store.stats()["bytes_used"] <= BUDGET

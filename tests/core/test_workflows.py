@@ -31,6 +31,7 @@ from codomyrmex_orchestration.errors import (
     WorkflowRefusedError,
 )
 from codomyrmex_orchestration.samples import SAMPLES_DIR, sample_names
+from tests.helpers.failing_actions import register_fails_once
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -589,4 +590,112 @@ def test_steps_in_flight_are_saved_only_to_a_durable_store_and_always_shown_live
     assert final.status is WorkflowStatus.COMPLETED
     outcome = store.get_run(run.run_id)
     assert outcome is not None and outcome.steps["h"].output == "done"
+    store.close()
+
+
+def test_a_listener_removing_itself_while_an_event_is_delivered_makes_no_other_listener_miss_it(
+    manager: WorkflowManager,
+) -> None:
+    heard: list[str] = []
+
+    def once(event: str, payload: dict[str, Any]) -> None:
+        heard.append("once")
+        manager.remove_listener(once)
+
+    manager.add_listener(once)
+    manager.add_listener(lambda event, payload: heard.append("second"))
+    manager.add_listener(lambda event, payload: heard.append("third"))
+    manager.create_workflow("heard", [step("a")])
+    assert heard == ["once", "second", "third"]
+    manager.create_workflow("heard_again", [step("a")])
+    assert heard[3:] == ["second", "third"]
+
+
+def test_stats_count_the_unfinished_steps_of_an_in_memory_run(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: ActionContext) -> None:
+        started.set()
+        assert release.wait(10)
+
+    registry.register(ActionDefinition("test", "hold", hold))
+    manager.create_workflow(
+        "counted",
+        [
+            step("a", module="test", action="hold"),
+            step("b", dependencies=["a"]),
+            step("c", dependencies=["b"]),
+        ],
+    )
+    run_id = manager.start_workflow("counted")
+    assert started.wait(10)
+    assert manager.stats()["active_steps_by_status"] == {"running": 1, "pending": 2}
+    release.set()
+    assert manager.wait_run(run_id, None).status is WorkflowStatus.COMPLETED
+    assert manager.stats()["active_steps_by_status"] == {}
+
+
+def test_timeout_none_waits_without_limit_in_execute_wait_and_resume(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    fail_first = [True]
+
+    def gated(params: dict[str, Any], ctx: ActionContext) -> str:
+        if fail_first[0]:
+            fail_first[0] = False
+            raise RuntimeError("first attempt fails")
+        started.set()
+        assert release.wait(10)
+        return "done"
+
+    registry.register(ActionDefinition("test", "gated", gated))
+    manager.create_workflow("unbounded", [step("g", module="test", action="gated")])
+    failed = manager.execute_workflow("unbounded", timeout=None)
+    assert failed.status is WorkflowStatus.FAILED
+    opener = threading.Thread(target=lambda: started.wait(10) and release.set())
+    opener.start()
+    resumed = manager.resume_run(failed.run_id, timeout=None)
+    opener.join(10)
+    assert resumed.status is WorkflowStatus.COMPLETED and resumed.steps["g"].output == "done"
+    assert manager.wait_run(failed.run_id, None).status is WorkflowStatus.COMPLETED
+
+
+def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a_clear_error(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "state")
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    calls = register_fails_once(registry, action="once_failing")
+    manager.create_workflow("contended", [step("s", module="test", action="once_failing")])
+    # The race is a matter of timing: many rounds, each of which must come out right.
+    for _ in range(20):
+        failed = manager.execute_workflow("contended", timeout=10)
+        assert failed.status is WorkflowStatus.FAILED
+        barrier = threading.Barrier(2)
+        outcomes: list[object] = []
+
+        def resume(
+            run_id: str = failed.run_id,
+            barrier: threading.Barrier = barrier,
+            outcomes: list[object] = outcomes,
+        ) -> None:
+            barrier.wait(10)
+            try:
+                outcomes.append(manager.resume_run(run_id, timeout=10))
+            except InvalidStateError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=resume) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        errors = [o for o in outcomes if isinstance(o, InvalidStateError)]
+        assert len(outcomes) == 2 and len(errors) == 1, outcomes
+        assert failed.run_id in str(errors[0])
+        assert manager.wait_run(failed.run_id, 10).status is WorkflowStatus.COMPLETED
+        assert calls[failed.run_id] == 2  # the failed run's call and one resumed run's
     store.close()

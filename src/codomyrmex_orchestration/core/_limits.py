@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -85,6 +85,13 @@ def _json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
     return size if size <= budget else None
 
 
+class SpillBudget(Protocol):
+    """The state directory's byte budget, as the output limiter sees it (the SQLite store)."""
+
+    def make_room_for_spill(self, nbytes: int) -> bool: ...
+    def note_task_spill(self, path: Path, nbytes: int) -> None: ...
+
+
 class OutputLimiter:
     """Replace outputs larger than ``max_bytes`` of JSON with a truncation marker.
 
@@ -97,18 +104,26 @@ class OutputLimiter:
             ``<spill_dir>/tasks/<task_id>.json`` for a task outside a run); ``None`` keeps only the marker.
         preview_chars: characters of the JSON text kept in the marker (default: a quarter of
             ``max_bytes``, at most 4096).
+        budget: the state directory's byte budget: asked for room before each spill (a task's output
+            that does not fit is not written) and told of each task spill at once.
     """
 
-    __slots__ = ("max_bytes", "preview_chars", "spill_dir", "truncated_count")
+    __slots__ = ("budget", "max_bytes", "preview_chars", "spill_dir", "truncated_count")
 
     def __init__(
-        self, max_bytes: int, *, spill_dir: Path | str | None = None, preview_chars: int | None = None
+        self,
+        max_bytes: int,
+        *,
+        spill_dir: Path | str | None = None,
+        preview_chars: int | None = None,
+        budget: SpillBudget | None = None,
     ):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         self.max_bytes = max_bytes
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self.preview_chars = preview_chars if preview_chars is not None else min(4096, max_bytes // 4)
+        self.budget = budget
         self.truncated_count = 0
 
     def fits(self, value: Any) -> tuple[bool, str | None]:
@@ -139,9 +154,19 @@ class OutputLimiter:
             "preview": text[: self.preview_chars],
             "spilled_to": None,
         }
-        if self.spill_dir is not None:
+        in_run = run_id is not None and step_name is not None
+        room = self.budget is None or self.budget.make_room_for_spill(len(data))
+        if self.spill_dir is not None and not room and not in_run:
+            marker["spill_error"] = (
+                f"no room for {len(data)} bytes in the state directory's byte budget "
+                "(CODOMYRMEX_STATE_MAX_BYTES)"
+            )
+        elif self.spill_dir is not None:
             try:
-                marker["spilled_to"] = str(self._spill(data, run_id, step_name, task_id))
+                path = self._spill(data, run_id, step_name, task_id)
+                marker["spilled_to"] = str(path)
+                if self.budget is not None and not in_run:
+                    self.budget.note_task_spill(path, len(data))
             except OSError as exc:
                 marker["spill_error"] = f"{type(exc).__name__}: {exc}"
                 _log.error(

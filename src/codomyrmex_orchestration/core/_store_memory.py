@@ -49,6 +49,7 @@ class _MemRun:
     workflow_name: str
     status: str
     record: str
+    version: int | None = None  # the definition version the run refers to
     # The steps of the last save_run that had any, as one JSON object (see STEPS_JSON), and the
     # others one by one (saved by save_step, or from an older batch): never the same step in both.
     batch: bytes | None = None
@@ -91,6 +92,11 @@ class MemoryStore:
         self._seq = itertools.count()
         self._event_ids = itertools.count(1)
         self._workflows: dict[str, tuple[str, str]] = {}
+        # Definition versions: (name, version) -> (digest, spec JSON), each name's newest version, and
+        # how many kept runs refer to each (a version goes when it is neither newest nor referred to).
+        self._versions: dict[tuple[str, int], tuple[str, str]] = {}
+        self._newest: dict[str, int] = {}
+        self._version_refs: collections.Counter[tuple[str, int]] = collections.Counter()
         self._runs: dict[str, _MemRun] = {}
         # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
         # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
@@ -116,6 +122,29 @@ class MemoryStore:
             items = list(self._workflows.values())
         return [(WorkflowSpec.model_validate_json(raw), source) for raw, source in items]
 
+    def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None:
+        with self._lock:
+            self._versions.setdefault((name, version), (digest, source))
+            previous = self._newest.get(name)
+            if previous is None or version > previous:
+                self._newest[name] = version
+                if previous is not None:
+                    self._drop_version_if_unused((name, previous))
+
+    def get_workflow_version(self, name: str, version: int) -> str | None:
+        with self._lock:
+            kept = self._versions.get((name, version))
+        return kept[1] if kept is not None else None
+
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
+        with self._lock:
+            return {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}
+
+    def _drop_version_if_unused(self, key: tuple[str, int]) -> None:
+        if self._version_refs[key] <= 0 and self._newest.get(key[0]) != key[1]:
+            self._versions.pop(key, None)
+            self._version_refs.pop(key, None)
+
     # runs
     def save_run(self, record: RunRecord) -> None:
         raw = dump_run(record)
@@ -129,6 +158,10 @@ class MemoryStore:
             run.status = record.status.value
             run.workflow_name = record.workflow_name
             run.record = raw
+            if run.version != record.workflow_version:
+                self._refer(run, None)
+                run.version = record.workflow_version
+                self._refer(run, 1)
             if batch is not None:
                 run.unbatch(record.steps)
                 if run.steps:
@@ -157,7 +190,19 @@ class MemoryStore:
             run = self._runs.get(run_id)
             if run is not None and run.seq == seq and run.status in TERMINAL_RUN:
                 del self._runs[run_id]
+                self._refer(run, None)
                 excess -= 1
+
+    def _refer(self, run: _MemRun, delta: int | None) -> None:
+        """Count ``run``'s reference to its definition version (``delta`` 1), or drop it (None)."""
+        if run.version is None:
+            return
+        key = (run.workflow_name, run.version)
+        if delta is not None:
+            self._version_refs[key] += delta
+            return
+        self._version_refs[key] -= 1
+        self._drop_version_if_unused(key)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:

@@ -41,10 +41,11 @@ class Usage:
     stored: int  # run records, step results and the run spill files they report
     task_spill: int  # files under <spill_dir>/tasks
     max_bytes: int | None
+    wal: int = 0  # room kept for the database's write-ahead log: its size cap (see wal_limit_for)
 
     @property
     def total(self) -> int:
-        return self.stored + self.task_spill
+        return self.stored + self.task_spill + self.wal
 
     @property
     def over(self) -> bool:
@@ -69,24 +70,60 @@ class Retention:
         events: int,
         max_bytes: int | None = None,
         spill_dir: Path | None = None,
+        wal_reserve: int = 0,
     ) -> None:
         self.path = path
         self.runs = runs
         self.events = events
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
+        # The WAL lives in the state directory too. Its live size swings with every commit (and with
+        # retention's own deletions), so the budget keeps its cap aside instead of chasing it.
+        self.wal_reserve = wal_reserve
         self._dirty = True  # something may be over a limit: the first pass checks
         self._last = 0.0  # time.monotonic() of the last pass
         self._doomed: list[str] = []  # run ids deleted in the open transaction: their spill folders go
+        # Task spill files arrive from worker threads (note_task_spill) as well as from scans on the
+        # writer: _task_lock guards the list and its byte total.
+        self._task_lock = threading.Lock()
         self._task_files: list[tuple[float, int, str]] = []  # (mtime, size, path), oldest first
+        self._task_bytes = 0
         self._task_scanned = -_TASK_SPILL_EVERY
         self._usage_lock = threading.Lock()  # guards _usage
-        self._usage = Usage(0, 0, max_bytes)
+        self._usage = Usage(0, 0, max_bytes, wal_reserve)
 
     @property
     def usage(self) -> Usage:
         with self._usage_lock:
             return self._usage
+
+    def make_room(self, nbytes: int) -> bool:
+        """Make room for a spill file of ``nbytes`` now, on the caller's thread, by deleting the oldest
+        task spill files; False when that is not enough (finished runs go at the writer's next pass)."""
+        if self.max_bytes is None:
+            return True
+        stored = self.usage.stored + self.wal_reserve
+        with self._task_lock:
+            while self._task_files and stored + self._task_bytes + nbytes > self.max_bytes:
+                _, size, name = self._task_files.pop(0)
+                self._task_bytes -= size
+                _unlink_quietly(name)
+            task_bytes = self._task_bytes
+        self._set_task_usage(task_bytes)
+        return stored + task_bytes + nbytes <= self.max_bytes
+
+    def note_task_spill(self, path: str, nbytes: int) -> None:
+        """A task's output was just spilled to ``path``: count it at once, not at the next scan."""
+        with self._task_lock:
+            self._task_files.append((time.time(), nbytes, path))
+            self._task_bytes += nbytes
+            task_bytes = self._task_bytes
+        self._set_task_usage(task_bytes)
+        self._dirty = True
+
+    def _set_task_usage(self, task_bytes: int) -> None:
+        with self._usage_lock:
+            self._usage = Usage(self._usage.stored, task_bytes, self.max_bytes, self.wal_reserve)
 
     def note_added(self) -> None:
         """Runs, steps or events are being committed: the next pass has work to check."""
@@ -104,6 +141,7 @@ class Retention:
         conn.execute("SAVEPOINT retention")
         try:
             self._trim_runs(conn)
+            self._trim_versions(conn)
             self._trim_events(conn)
             if self.max_bytes is not None:
                 self._trim_bytes(conn)
@@ -116,8 +154,10 @@ class Retention:
             _log.warning("state_store_retention_failed", path=self.path, error=sqlite_reason(exc))
             self._dirty = True
             return
+        with self._task_lock:
+            task_bytes = self._task_bytes
         with self._usage_lock:
-            self._usage = Usage(stored, sum(size for _, size, _ in self._task_files), self.max_bytes)
+            self._usage = Usage(stored, task_bytes, self.max_bytes, self.wal_reserve)
 
     def after_commit(self, committed: bool) -> None:
         """Remove the spill folders of the runs the committed pass deleted (kept if it rolled back)."""
@@ -129,6 +169,18 @@ class Retention:
                     shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ the limits
+
+    @staticmethod
+    def _trim_versions(conn: sqlite3.Connection) -> None:
+        # A definition version is kept while it is its name's newest or a stored run refers to it (the
+        # versions table is small: one row per version still referred to, the index finds the runs).
+        conn.execute(
+            "DELETE FROM workflow_versions WHERE rowid IN (SELECT v.rowid FROM workflow_versions v "
+            "WHERE v.version < (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name) "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = v.name "
+            "AND r.workflow_version = v.version) LIMIT ?)",
+            (_CHUNK,),
+        )
 
     def _trim_runs(self, conn: sqlite3.Connection) -> None:
         # Every query here reads a tally row or walks an index from its oldest end: a pass costs the
@@ -173,8 +225,9 @@ class Retention:
         self._scan_task_spill()
         deleted = 0
         while True:
-            task_bytes = sum(size for _, size, _ in self._task_files)
-            if stored_bytes(conn) + task_bytes <= self.max_bytes:
+            with self._task_lock:
+                task_bytes = self._task_bytes
+            if stored_bytes(conn) + task_bytes + self.wal_reserve <= self.max_bytes:
                 break
             if deleted >= _CHUNK:
                 self._dirty = True  # the next pass goes on
@@ -183,8 +236,14 @@ class Retention:
                 f"SELECT created_at FROM runs INDEXED BY runs_finished WHERE {FINISHED_RUNS} "
                 "ORDER BY created_at, run_id LIMIT 1"
             ).fetchone()
-            if self._task_files and (oldest_run is None or self._task_files[0][0] < oldest_run[0]):
-                _, _, name = self._task_files.pop(0)
+            with self._task_lock:
+                task_first = bool(self._task_files) and (
+                    oldest_run is None or self._task_files[0][0] < oldest_run[0]
+                )
+                if task_first:
+                    _, size, name = self._task_files.pop(0)
+                    self._task_bytes -= size
+            if task_first:
                 _unlink_quietly(name)
                 deleted += 1
             elif oldest_run is not None:
@@ -212,7 +271,9 @@ class Retention:
         except OSError:
             pass  # no task has spilled yet
         files.sort()
-        self._task_files = files
+        with self._task_lock:
+            self._task_files = files
+            self._task_bytes = sum(size for _, size, _ in files)
 
 
 def stored_runs(conn: sqlite3.Connection) -> int:

@@ -19,6 +19,12 @@ __all__ = ["FINISHED_RUNS", "MIGRATIONS", "RUN_TALLIES", "SCHEMA_VERSION", "open
 _BUSY_TIMEOUT_MS = 5_000
 _WAL_SIZE_LIMIT = 4 << 20
 
+
+def wal_limit_for(max_bytes: int | None) -> int:
+    """The WAL's size cap for a byte budget: 4 MiB, or a sixteenth of a smaller budget."""
+    return _WAL_SIZE_LIMIT if max_bytes is None else max(64 << 10, min(_WAL_SIZE_LIMIT, max_bytes // 16))
+
+
 _log = get_logger("codomyrmex_orchestration.store")
 
 # Ordered migrations; migration i (1-based) brings PRAGMA user_version from i-1 to i. Never edit one
@@ -140,6 +146,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_finished ON runs (created_at, run_id)
         WHERE status IN ('cancelled', 'completed', 'failed', 'interrupted');
     """,
+    # 3: definition versions, and the version each run started with (NULL for runs recorded before).
+    """
+    CREATE TABLE workflow_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    ALTER TABLE runs ADD COLUMN workflow_version INTEGER;
+    CREATE INDEX runs_by_workflow_version ON runs (workflow_name, workflow_version);
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"
@@ -149,7 +168,9 @@ FINISHED_RUNS = "status IN ('cancelled', 'completed', 'failed', 'interrupted')"
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def open_database(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+def open_database(
+    path: Path, *, wal_limit: int = _WAL_SIZE_LIMIT
+) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     """Create ``path``'s directory if needed, open (or create) the file in WAL mode, migrate it to
     :data:`SCHEMA_VERSION` and check it can be written.
 
@@ -190,8 +211,11 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         if str(mode).lower() != "wal":
             _log.warning("state_store_not_wal", path=where, journal_mode=mode)
         writer.execute("PRAGMA synchronous=NORMAL")
-        # A checkpointed WAL is cut back to this size instead of keeping its largest size on disk.
-        writer.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+        # A checkpointed WAL is cut back to this size instead of keeping its largest size on disk, and
+        # it is checkpointed once it holds that much: it sits in the state directory's byte budget too.
+        writer.execute(f"PRAGMA journal_size_limit={wal_limit}")
+        page = int(writer.execute("PRAGMA page_size").fetchone()[0])
+        writer.execute(f"PRAGMA wal_autocheckpoint={max(16, wal_limit // page)}")
         _migrate(writer, path)
         probe(writer)  # fails now, with the path, if the file cannot be written
         reader = _connect(path)

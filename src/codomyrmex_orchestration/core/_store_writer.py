@@ -32,12 +32,14 @@ _log = get_logger("codomyrmex_orchestration.store")
 _T = TypeVar("_T")
 
 _SQL_UPSERT_RUN = """
-INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at, session_id, parent_run_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs (
+    run_id, workflow_name, status, record, created_at, updated_at, session_id, parent_run_id, workflow_version
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET
     workflow_name = excluded.workflow_name, status = excluded.status, record = excluded.record,
     updated_at = excluded.updated_at, session_id = excluded.session_id,
-    parent_run_id = excluded.parent_run_id
+    parent_run_id = excluded.parent_run_id, workflow_version = excluded.workflow_version
 """
 # Steps of a run that does not exist (never saved, or trimmed by retention) are dropped instead of
 # failing the whole batch on the foreign key.
@@ -55,6 +57,8 @@ class Batch:
     """Writes enqueued since the last commit; repeated saves of one key coalesce (last one wins)."""
 
     workflows: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    #: (name, version) -> (digest, spec JSON); a version once written never changes.
+    workflow_versions: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
     runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     steps: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     sessions: dict[str, tuple[str, str] | None] = field(default_factory=dict)
@@ -362,6 +366,12 @@ class GroupCommitWriter:
                     "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
                     (name, wf[0], wf[1], now, now),
                 )
+        if batch.workflow_versions:
+            conn.executemany(
+                "INSERT OR IGNORE INTO workflow_versions (name, version, digest, spec, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(n, v, d, spec, now) for (n, v), (d, spec) in batch.workflow_versions.items()],
+            )
         if batch.runs:
             conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
         if batch.steps:

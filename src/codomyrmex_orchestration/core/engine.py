@@ -116,6 +116,17 @@ def _resources_file(config_dir: Path | str | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _output_limiter(
+    max_bytes: int | None, store: EngineStateStore, state_dir: Path, spill: bool
+) -> OutputLimiter | None:
+    """The one cap on step and task outputs; spills go under ``state_dir/outputs`` within the store's
+    byte budget (durable mode)."""
+    if max_bytes is None:
+        return None
+    budget = store if isinstance(store, SqliteStore) else None
+    return OutputLimiter(max_bytes, spill_dir=state_dir / "outputs" if spill else None, budget=budget)
+
+
 class OrchestrationEngine:
     """The control plane: one instance each of the registry, scheduler, resources, workflows,
     projects, store and timer service, plus sessions, events, health and metrics.
@@ -215,10 +226,9 @@ class OrchestrationEngine:
             config_path=_resources_file(config_dir),
             timers=self.timers,
         )
-        self.output_limiter: OutputLimiter | None = None
-        if max_output_bytes is not None:
-            spill = self.state_dir / "outputs" if durable and spill_outputs else None
-            self.output_limiter = OutputLimiter(max_output_bytes, spill_dir=spill)
+        self.output_limiter = _output_limiter(
+            max_output_bytes, self.store, self.state_dir, durable and spill_outputs
+        )
         self.task_orchestrator = TaskOrchestrator(
             max_workers,
             registry=self.registry,

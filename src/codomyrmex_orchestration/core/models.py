@@ -198,6 +198,10 @@ class WorkflowInfo(BaseModel):
     steps_count: int
     source: str  # "sample" | "config" | "api" | "project"
     path: str | None = None
+    #: The definition's version: grows by one per name whenever its content changes.
+    version: int | None = None
+    #: The content hash of the definition (equal content, equal hash).
+    digest: str | None = None
     #: Why the server's policy refuses to run it (the setting that allows it), or None when it can run.
     refused: str | None = None
 
@@ -255,6 +259,11 @@ class RunRecord(BaseModel):
     failed_steps: list[str] = Field(default_factory=list)
     error: str | None = None
     parent_run_id: str | None = None
+    #: The definition version the run started with (resume continues with it); None for runs recorded
+    #: before definitions had versions.
+    workflow_version: int | None = None
+    #: The content hash of that definition.
+    workflow_digest: str | None = None
 
     @property
     def succeeded(self) -> bool:

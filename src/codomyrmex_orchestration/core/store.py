@@ -41,7 +41,15 @@ from ._store_codec import (
 from ._store_memory import MemoryStore
 from ._store_reads import StoreReader
 from ._store_retention import Retention
-from ._store_schema import SCHEMA_VERSION, inode, open_database, probe, rollback_quietly, sqlite_reason
+from ._store_schema import (
+    SCHEMA_VERSION,
+    inode,
+    open_database,
+    probe,
+    rollback_quietly,
+    sqlite_reason,
+    wal_limit_for,
+)
 from ._store_writer import CLOSE_TIMEOUT, DELETE, FLUSH_TIMEOUT, Batch, GroupCommitWriter
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
@@ -77,6 +85,11 @@ class StateStore(Protocol):
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]: ...
+    # Definition versions: kept while they are the newest of their name or a stored run refers to one
+    # (RunRecord.workflow_version); a (name, version) once saved never changes.
+    def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None: ...
+    def get_workflow_version(self, name: str, version: int) -> str | None: ...
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]: ...
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
@@ -190,8 +203,9 @@ class SqliteStore:
             events=retention_events,
             max_bytes=max_bytes,
             spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
+            wal_reserve=wal_limit_for(max_bytes) if max_bytes is not None else 0,
         )
-        writer_conn, reader_conn = open_database(self.path)
+        writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
@@ -235,6 +249,16 @@ class SqliteStore:
         if usage.over and usage.max_bytes is not None:
             raise refuse_over_budget(usage.total, usage.max_bytes)
 
+    def make_room_for_spill(self, nbytes: int) -> bool:
+        """Before a step or task output of ``nbytes`` is spilled: delete the oldest task spill files
+        until it fits the byte budget. False when it still does not (the output limiter then writes no
+        file for a task; a run's finished runs are evicted at the writer's next pass)."""
+        return self._retention.make_room(nbytes)
+
+    def note_task_spill(self, path: Path, nbytes: int) -> None:
+        """A task's output (outside any run) was spilled to ``path``: it counts against the budget now."""
+        self._retention.note_task_spill(str(path), nbytes)
+
     # ------------------------------------------------------------------ writes (queued)
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None:
@@ -243,6 +267,10 @@ class SqliteStore:
 
     def delete_workflow(self, name: str) -> None:
         self._writer.enqueue(lambda b: b.workflows.__setitem__(name, DELETE))
+
+    def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None:
+        """Keep version ``version`` of workflow ``name`` (its spec JSON ``source``); no-op if kept."""
+        self._writer.enqueue(lambda b: b.workflow_versions.__setitem__((name, version), (digest, source)))
 
     def save_run(self, record: RunRecord) -> None:
         now = time.time()
@@ -255,6 +283,7 @@ class SqliteStore:
             now,
             record.session_id,
             record.parent_run_id,
+            record.workflow_version,
         )
         steps = [
             (
@@ -322,6 +351,21 @@ class SqliteStore:
 
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
         return self._reads.load_workflows()
+
+    def get_workflow_version(self, name: str, version: int) -> str | None:
+        """The spec JSON of version ``version`` of ``name``, or None if it is not kept."""
+        rows = self._reads.read(
+            "SELECT spec FROM workflow_versions WHERE name = ? AND version = ?", (name, version)
+        )
+        return str(rows[0][0]) if rows else None
+
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
+        """Each name's newest kept version and its digest."""
+        rows = self._reads.read(
+            "SELECT name, version, digest FROM workflow_versions v "
+            "WHERE version = (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name)"
+        )
+        return {str(n): (int(v), str(d)) for n, v, d in rows}
 
     def get_run(self, run_id: str) -> RunRecord | None:
         return self._reads.get_run(run_id)

@@ -166,6 +166,10 @@ class WorkflowNameArgs(Args):
     name: str = _name("Name of a registered workflow.")
 
 
+class GetWorkflowArgs(WorkflowNameArgs):
+    version: int | None = Field(default=None, ge=1, description="An older kept version (default: current).")
+
+
 class ValidateWorkflowArgs(Args):
     name: str = _name("Workflow name (checked too).")
     steps: list[dict[str, Any]] = Field(min_length=1, description="Steps as for create_workflow.")
@@ -271,6 +275,8 @@ class AllocationResult(Result):
 
 class WorkflowDetail(Result):
     name: str
+    version: int | None = None
+    digest: str | None = None
     description: str
     steps: list[StepSpec]
     parameters: dict[str, Any]

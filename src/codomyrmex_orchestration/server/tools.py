@@ -422,12 +422,15 @@ def _list_workflows(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _
     return m.WorkflowListResult(workflows=infos, count=len(infos))
 
 
-def _get_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
+def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
-    spec = manager.get_workflow(a.name)
-    validation = manager.describe_workflow(a.name)
+    spec = manager.get_workflow(a.name, a.version)
+    validation = manager.describe_workflow(a.name, a.version)
+    version, digest = manager.workflow_version(a.name, a.version)
     return m.WorkflowDetail(
         name=spec.name,
+        version=version,
+        digest=digest,
         description=spec.description,
         steps=spec.steps,
         parameters=spec.parameters,
@@ -849,9 +852,9 @@ _TOOLS: tuple[_Tool, ...] = (
     _Tool(
         "get_workflow",
         "Get a workflow",
-        "A registered workflow's definition, execution levels, inferred dependencies and Mermaid diagram. "
-        'Example: {"name": "hello"}',
-        m.WorkflowNameArgs,
+        "A registered workflow's definition, version, execution levels, inferred dependencies and Mermaid "
+        'diagram; `version` fetches an older one a stored run still refers to. Example: {"name": "hello"}',
+        m.GetWorkflowArgs,
         m.WorkflowDetail,
         _get_workflow,
         read_only=True,

@@ -1,0 +1,76 @@
+"""The table of active runs: every run that has started and not yet ended, and the resume claims.
+
+:class:`ActiveRuns` owns the run id -> :class:`RunState` table and the set of run ids a resume has
+claimed but not yet started, both under one lock held for set operations only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from codomyrmex_orchestration.core._workflow_run import RunState
+from codomyrmex_orchestration.errors import InvalidStateError
+
+__all__ = ["ActiveRuns"]
+
+
+class ActiveRuns:
+    """Active runs by id. A run enters when it starts and leaves once its final record is saved, so a
+    reader that misses it here finds it final in the store."""
+
+    __slots__ = ("_claimed", "_lock", "_runs")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _runs and _claimed
+        self._runs: dict[str, RunState] = {}
+        self._claimed: set[str] = set()
+
+    def add(self, run: RunState) -> None:
+        with self._lock:
+            self._runs[run.run_id] = run
+
+    def remove(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def get(self, run_id: str) -> RunState | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def __contains__(self, run_id: object) -> bool:
+        with self._lock:
+            return run_id in self._runs
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._runs)
+
+    def runs(self) -> list[RunState]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def parent_of(self, run_id: str) -> str | None:
+        """The parent run id of an active run (None: top-level, or not active)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            return run.record.parent_run_id if run is not None else None
+
+    @contextmanager
+    def claim(self, run_id: str) -> Iterator[None]:
+        """Hold ``run_id`` for one resume: while held, and while the resumed run is active, every other
+        claim of it fails.
+
+        Raises:
+            InvalidStateError: the run is active or claimed by another resume.
+        """
+        with self._lock:
+            if run_id in self._runs or run_id in self._claimed:
+                raise InvalidStateError("run", run_id, "running", "wait for it or cancel it before resuming")
+            self._claimed.add(run_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._claimed.discard(run_id)

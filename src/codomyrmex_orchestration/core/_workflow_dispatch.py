@@ -1,0 +1,278 @@
+"""The bridge between runs and the scheduler: submits the steps a run clears, turns the scheduler's start
+and done callbacks into run transitions, and finishes runs.
+
+:class:`RunDriver` owns no run state (each :class:`RunState` owns its own); it holds the collaborators
+a transition needs: the scheduler, the action registry, the recorder and the listeners.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
+from codomyrmex_orchestration.core._workflow_run import Advance, RunState
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.backends import ActionCall
+from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
+    RunRecord,
+    StepResult,
+    StepSpec,
+    TaskStatus,
+    utcnow,
+)
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
+from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
+
+__all__ = ["RunDriver"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+ChildRunner = Callable[..., dict[str, Any]]
+
+
+class _StepCall:
+    """One submitted step: the callable the scheduler runs and its start/done callbacks in one object
+    (one object per queued step instead of three closures: thousands of queued steps stay cheap)."""
+
+    __slots__ = ("driver", "func", "mark", "name", "params", "run")
+
+    def __init__(
+        self,
+        driver: RunDriver,
+        run: RunState,
+        name: str,
+        func: Callable[[dict[str, Any], ActionContext], Any],
+        params: dict[str, Any],
+        mark: int | None,
+    ) -> None:
+        self.driver = driver
+        self.run = run
+        self.name = name
+        self.func = func
+        self.params = params
+        self.mark = mark  # the store's write mark when the step was cleared to run (its parents saved)
+
+    def __call__(self, ctx: ActionContext) -> Any:
+        ctx.run_workflow = self.driver.run_child
+        ctx.depth = self.run.depth
+        for key, value in self.driver.extras.items():
+            ctx.extras.setdefault(key, value)
+        return self.func(self.params, ctx)
+
+    def started(self, state: TaskState) -> None:
+        self.driver.step_started(self, state)
+
+    def done(self, state: TaskState) -> None:
+        self.driver.step_done(self, state)
+
+
+class RunDriver:
+    """Moves runs forward through the one scheduler.
+
+    Args:
+        orchestrator: the scheduler every step goes through.
+        registry: where each step's action is found.
+        recorder: what is written to the store, and when.
+        listeners: who hears ``step.*`` and ``run.*`` events.
+        extras: values every step's :class:`ActionContext` gets in ``extras``.
+        run_child: ``workflow.run``'s sub-run starter, put on every step's context.
+        on_finished: called with a run's final record once it is saved, before its waiters wake.
+    """
+
+    def __init__(
+        self,
+        *,
+        orchestrator: TaskOrchestrator,
+        registry: ActionRegistry,
+        recorder: RunRecorder,
+        listeners: Listeners,
+        extras: dict[str, Any],
+        run_child: ChildRunner,
+        on_finished: Callable[[RunRecord], None],
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.registry = registry
+        self.recorder = recorder
+        self.listeners = listeners
+        self.extras = extras
+        self.run_child = run_child
+        self._on_finished = on_finished
+        self._remote = orchestrator.backend.remote  # steps also travel as ActionCalls
+
+    def start(self, run: RunState) -> None:
+        """Save the new run and dispatch its first wave."""
+        self.recorder.run_started(run.record)
+        if self.listeners:
+            self.listeners.emit(
+                "run.started",
+                {
+                    "run_id": run.run_id,
+                    "workflow_name": run.record.workflow_name,
+                    "session_id": run.record.session_id,
+                },
+            )
+        with self.orchestrator.batch():  # a wide first wave queues before workers start on it
+            self.apply(run, run.begin())
+
+    def add_steps(self, run: RunState, steps: Sequence[StepSpec]) -> None:
+        """Add steps to a running run (see :meth:`RunState.add_steps`) and dispatch those ready."""
+        self.apply(run, run.add_steps(steps))
+
+    def cancel(self, run: RunState) -> None:
+        """Cancel a run: queued steps never start, running ones are stopped."""
+        task_ids, advance = run.cancel()
+        for task_id in task_ids:
+            self._cancel_task(task_id)
+        self.apply(run, advance)
+
+    def apply(self, run: RunState, advance: Advance) -> None:
+        """Carry out what transitions asked for (iteratively: a failed submission is one more)."""
+        work = deque((advance,))
+        while work:
+            adv = work.popleft()
+            if adv.settled:
+                self.recorder.steps_settled(adv.settled, made_ready=bool(adv.submit))
+                for result in adv.settled:
+                    self._announce(run, result)
+            submitted: list[tuple[str, str]] = []
+            for name, params in adv.submit:
+                outcome = self._submit(run, name, params)
+                if isinstance(outcome, Advance):
+                    work.append(outcome)
+                else:
+                    submitted.append((name, outcome))
+            # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
+            if submitted and not run.register_tasks(submitted):
+                for _name, task_id in submitted:
+                    self._cancel_task(task_id)
+            if adv.finished:
+                self._finish(run)
+
+    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
+        """The step's task id, or what its failure to submit settled."""
+        step = run.spec_of(name)
+        try:
+            call = _StepCall(
+                self,
+                run,
+                name,
+                self.registry.get(step.module, step.action).func,
+                params,
+                self.recorder.write_mark(bool(run.parents_of(name))),
+            )
+            task_id = self.orchestrator.submit(
+                call,
+                # The same step by name, for backends that run it in another process (workflow.run,
+                # which needs this manager, is kept local by them); the local backend needs none.
+                action=ActionCall(
+                    step.module,
+                    step.action,
+                    params,
+                    depth=run.depth,
+                    extras=self.extras,
+                    allow_code_execution=self.registry.allow_code_execution,
+                )
+                if self._remote
+                else None,
+                name=f"{run.record.workflow_name}.{name}",
+                priority=run.priority_of(name),
+                timeout=step.timeout,
+                max_retries=step.max_retries,
+                retry_delay=step.retry_delay,
+                backoff=step.backoff,
+                resources=step.resources or run.default_resources,
+                run_id=run.run_id,
+                step_name=name,
+                # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
+                on_start=call.started,
+                on_done=call.done,
+                live_state=True,  # both callbacks copy the few fields they need at once
+            )
+        except OrchestrationError as exc:
+            result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+            return run.step_finished(result, held_slot=True)
+        return task_id
+
+    def step_started(self, call: _StepCall, state: TaskState) -> None:
+        run = call.run
+        if call.mark is not None:
+            self.recorder.step_starting(call.mark)
+        run.step_started(call.name, state.attempts, state.started_at)
+        if self.listeners:
+            event = "step.retried" if state.attempts > 1 else "step.started"
+            self.listeners.emit(event, {"run_id": run.run_id, "step": call.name, "attempt": state.attempts})
+        if run.on_step is not None:
+            started = StepResult(
+                name=call.name,
+                status=TaskStatus.RUNNING,
+                attempts=state.attempts,
+                started_at=state.started_at,
+            )
+            self._notify(run, started)
+
+    def step_done(self, call: _StepCall, state: TaskState) -> None:
+        result = StepResult(
+            name=call.name,
+            status=state.status,
+            output=state.result if state.status is TaskStatus.COMPLETED else None,
+            error=state.error,
+            attempts=state.attempts,
+            started_at=state.started_at,
+            finished_at=state.finished_at or utcnow(),
+            duration_seconds=state.duration_seconds,
+        )
+        self.apply(call.run, call.run.step_finished(result, held_slot=True))
+
+    def _announce(self, run: RunState, result: StepResult) -> None:
+        if self.listeners:
+            self.listeners.emit(
+                STEP_EVENTS.get(result.status, "step.failed"),
+                {
+                    "run_id": run.run_id,
+                    "step": result.name,
+                    "status": result.status.value,
+                    "duration_seconds": result.duration_seconds,
+                },
+            )
+        self._notify(run, result)
+
+    def _notify(self, run: RunState, result: StepResult) -> None:
+        if run.on_step is None:
+            return
+        try:
+            run.on_step(run.record, result)
+        except Exception:
+            _log.exception("on_step callback failed", run_id=run.run_id, step=result.name)
+
+    def _finish(self, run: RunState) -> None:
+        final = run.finish()
+        if final is None:
+            return
+        self.recorder.run_finished(final)
+        self._on_finished(final)
+        run.done.set()
+        for fn in run.take_watchers():
+            fn()
+        self.listeners.emit(
+            RUN_EVENTS.get(final.status, "run.failed"),
+            {
+                "run_id": final.run_id,
+                "workflow_name": final.workflow_name,
+                "session_id": final.session_id,
+                "status": final.status.value,
+                "failed_steps": final.failed_steps,
+                "duration_seconds": final.duration_seconds,
+            },
+        )
+
+    def _cancel_task(self, task_id: str) -> None:
+        try:
+            self.orchestrator.cancel_task(task_id, "run cancelled")
+        except TaskNotFoundError:  # already final and forgotten by the scheduler's retention
+            pass

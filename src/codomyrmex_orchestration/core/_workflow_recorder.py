@@ -1,0 +1,73 @@
+"""The run recorder: what of a run is written to the state store, and when it is flushed.
+
+It owns no state of its own beyond the store and whether the store survives the process. The rules,
+for a durable store (SQLite): a run is saved with every step (pending placeholders included) when it
+starts, so an interrupted run lists every step; a step is saved when it starts and when it ends; a
+step's result is committed before anything that depends on it starts (each dependent takes the store's
+write mark when it is cleared to run and flushes up to it when it starts), so after a kill -9, resume
+never re-runs a step whose dependents already ran; the final record is saved (the run row alone: its
+steps are saved already) and flushed. A store that dies with the process gets the run once, at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus
+from codomyrmex_orchestration.core.store import StateStore
+from codomyrmex_orchestration.errors import OrchestrationError
+
+__all__ = ["RunRecorder"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+
+class RunRecorder:
+    """Writes runs to ``store`` following the rules in this module's docstring."""
+
+    __slots__ = ("durable", "store")
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.durable = store.durable
+
+    def run_started(self, record: RunRecord) -> None:
+        # Pending steps matter only to a durable store (recovery); any other gets them at the end.
+        self.store.save_run(record if self.durable else record.model_copy(update={"steps": {}}))
+
+    def write_mark(self, has_parents: bool) -> int | None:
+        """The mark a step cleared to run flushes up to when it starts (None: nothing to wait for)."""
+        return self.store.write_mark() if self.durable and has_parents else None
+
+    @property
+    def step_saver(self) -> Callable[[str, StepResult], None] | None:
+        """What a run calls, under its lock, with each step start and result (None: a store that keeps
+        only outcomes, given at the end; live runs are read from memory)."""
+        return self.store.save_step if self.durable else None
+
+    def step_starting(self, mark: int | None) -> None:
+        """Before a step's action runs: its parents' results are committed."""
+        if mark is not None:
+            self.flush(upto=mark)
+
+    def steps_settled(self, results: list[StepResult], *, made_ready: bool) -> None:
+        """Final step results (saved by the run already); ``made_ready``: they cleared steps to run."""
+        if self.durable and made_ready and any(r.status is TaskStatus.COMPLETED for r in results):
+            # Committed at once unless another worker is committing: that one commit serves them all,
+            # and no worker waits for another's (the dependents wait at their start, on their mark).
+            self.flush(wait=False)
+
+    def run_finished(self, final: RunRecord) -> None:
+        # A durable store has every step's final result already: save_run upserts the run row alone.
+        self.store.save_run(final.model_copy(update={"steps": {}}) if self.durable else final)
+        self.flush()
+
+    def flush(self, upto: int | None = None, *, wait: bool = True) -> None:
+        try:
+            self.store.flush(upto=upto, wait=wait)
+        except OrchestrationError as exc:
+            # The run goes on in memory; health reports the store. Losing durability must not also
+            # lose the run.
+            _log.error("state store flush failed", error=str(exc))

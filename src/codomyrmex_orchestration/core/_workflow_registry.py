@@ -1,0 +1,412 @@
+"""The workflow definition registry: definitions' CRUD, config-dir loading, validation and versions.
+
+It owns the registered definitions (name -> current :class:`Definition`), the plans built from them, the
+loaded definitions the action policy refuses, the load errors of config files, and each name's version
+counter. Every registration gets a version: a
+number that grows by one per name whenever the content changes, and the content's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from codomyrmex_orchestration.core._workflow_plan import Plan
+from codomyrmex_orchestration.core.actions import ActionRegistry
+from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.models import StepSpec, WorkflowInfo, WorkflowSpec
+from codomyrmex_orchestration.core.store import StateStore
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    AlreadyExistsError,
+    InvalidInputError,
+    LimitExceededError,
+    OrchestrationError,
+    UnknownActionError,
+    WorkflowNotFoundError,
+    WorkflowRefusedError,
+)
+
+__all__ = ["Definition", "DefinitionRegistry", "digest_of"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+
+def _canonical(spec: WorkflowSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(spec: WorkflowSpec) -> str:
+    """The content hash of a definition: equal definitions hash equal, whatever their key order."""
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """One registered version of a workflow."""
+
+    spec: WorkflowSpec
+    source: str  # "config" | "api" | "project" | "file"
+    path: str | None
+    version: int
+    digest: str
+
+
+class DefinitionRegistry:
+    """Registered workflow definitions and their versions.
+
+    Args:
+        registry: the action registry steps are validated against.
+        store: where API-created definitions and every version are kept.
+        max_steps: most steps a workflow may have.
+    """
+
+    def __init__(self, *, registry: ActionRegistry, store: StateStore, max_steps: int) -> None:
+        self.registry = registry
+        self.store = store
+        self.max_steps = max_steps
+        self.load_errors: list[tuple[str, str]] = []
+        # Guards _entries, _plans and _latest. Held for dict operations only: the server reads
+        # definitions on its event loop, so nothing slow (validation, serialising) happens under it.
+        self._lock = threading.Lock()
+        # Orders the writers (create, delete, config loads) between them, so the store keeps what memory
+        # keeps and a create's existence check still holds when it writes.
+        self._define_lock = threading.Lock()
+        self._entries: dict[str, Definition] = {}
+        self._plans: dict[str, Plan] = {}  # name -> plan of the current version
+        # Loaded definitions using an action the registry's policy refuses (e.g. python.call with code
+        # execution off): listed with the reason, readable, refused by name at run time.
+        self._refused: dict[str, tuple[WorkflowSpec, str, str | None, WorkflowRefusedError]] = {}
+        # name -> (highest version, its digest): from the store, so numbers go on across restarts.
+        self._latest: dict[str, tuple[int, str]] = dict(store.latest_workflow_versions())
+
+    # ------------------------------------------------------------------ registering
+
+    def load_stored(self) -> set[str]:
+        """Register the definitions the store kept (created through the API in earlier processes).
+
+        Returns:
+            Their names.
+        """
+        names: set[str] = set()
+        for spec, source in self.store.load_workflows():
+            with self._define_lock:
+                self._add_loaded(spec, source, None)
+            names.add(spec.name)
+        return names
+
+    def load_config_dir(
+        self, directory: Path, *, source: str = "config", skip: Container[str] = ()
+    ) -> list[str]:
+        """Load every ``*.json`` workflow in ``directory``; bad files go to ``load_errors``, workflows
+        using an action the policy refuses are listed as refused (see :meth:`refused`).
+
+        Args:
+            source: what the definitions are listed as (``config``, ``sample``).
+            skip: names not to register (a definition stored through the API wins over a config file's,
+                and a config file's over a sample's).
+
+        Returns:
+            The names of the workflows loaded.
+        """
+        loaded: list[str] = []
+        if not directory.is_dir():
+            return loaded
+        for path in sorted(directory.glob("*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                items = document if isinstance(document, list) else [document]
+                for item in items:
+                    spec = self.coerce(item)
+                    if self._refusal(spec) is None:
+                        self.check(spec)
+                    if spec.name in skip:
+                        continue
+                    with self._define_lock:
+                        self._add_loaded(spec, source, str(path))
+                    loaded.append(spec.name)
+            except (OSError, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
+                if isinstance(exc, ValidationError):
+                    reason = str(InvalidInputError.from_validation(exc))
+                self.load_errors.append((str(path), reason))
+                _log.warning("workflow config file rejected", path=str(path), reason=reason)
+        return loaded
+
+    def create(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        *,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        source: str = "api",
+    ) -> Definition:
+        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``)."""
+        workflow = self.coerce(spec, steps, description, parameters)
+        plan = self.check(workflow)
+        with self._define_lock:
+            with self._lock:
+                if workflow.name in self._entries and not overwrite:
+                    raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            self.store.save_workflow(workflow, source)
+            definition = self._register(workflow, source, None, plan)
+        self.store.flush()
+        return definition
+
+    def _refusal(self, spec: WorkflowSpec) -> WorkflowRefusedError | None:
+        """Why the policy refuses ``spec`` (its first step whose action is refused), or None."""
+        seen: set[tuple[str, str]] = set()
+        for step in spec.steps:
+            if (step.module, step.action) in seen:
+                continue
+            seen.add((step.module, step.action))
+            try:
+                self.registry.get(step.module, step.action)
+            except ActionRefusedError as exc:
+                return WorkflowRefusedError(spec.name, step.name, exc)
+            except UnknownActionError:
+                continue  # reported by validation
+        return None
+
+    def _add_loaded(self, spec: WorkflowSpec, source: str, path: str | None) -> None:
+        """Register a loaded definition, or list it as refused (called with ``_define_lock`` held)."""
+        refusal = self._refusal(spec)
+        if refusal is None:
+            with self._lock:
+                self._refused.pop(spec.name, None)
+            self._register(spec, source, path)
+            return
+        with self._lock:
+            self._entries.pop(spec.name, None)
+            self._plans.pop(spec.name, None)
+            self._refused[spec.name] = (spec, source, path, refusal)
+        _log.info("workflow refused by policy", workflow=spec.name, reason=str(refusal))
+
+    def refused(self) -> dict[str, str]:
+        """Loaded definitions the policy refuses: name -> the reason (naming the setting that allows them)."""
+        with self._lock:
+            return {name: str(entry[3]) for name, entry in sorted(self._refused.items())}
+
+    def _missing(self, name: str) -> OrchestrationError:
+        """The error for a name that is not runnable: refused by policy, or not found (``_lock`` held)."""
+        refused = self._refused.get(name)
+        if refused is not None:
+            return refused[3]
+        return WorkflowNotFoundError(name, known=self._entries)
+
+    def _register(
+        self, spec: WorkflowSpec, source: str, path: str | None, plan: Plan | None = None
+    ) -> Definition:
+        """Make ``spec`` the current definition of its name, under a new version if its content changed.
+
+        Called with ``_define_lock`` held.
+        """
+        digest = digest_of(spec)
+        with self._lock:
+            latest = self._latest.get(spec.name)
+        if latest is not None and latest[1] == digest:
+            version = latest[0]
+        else:
+            version = (latest[0] if latest is not None else 0) + 1
+            # Before any run can refer to it (runs are saved after, through the same store queue).
+            self.store.save_workflow_version(spec.name, version, digest, _canonical(spec))
+        definition = Definition(spec, source, path, version, digest)
+        with self._lock:
+            self._entries[spec.name] = definition
+            self._latest[spec.name] = (version, digest)
+            if plan is not None:
+                plan.version, plan.digest = version, digest
+                self._plans[spec.name] = plan
+            else:
+                self._plans.pop(spec.name, None)
+        return definition
+
+    def delete(self, name: str) -> bool:
+        """Unregister ``name`` (its version counter goes on: a new definition gets a higher number)."""
+        with self._define_lock:
+            with self._lock:
+                if self._entries.pop(name, None) is None and self._refused.pop(name, None) is None:
+                    return False
+                self._plans.pop(name, None)
+            self.store.delete_workflow(name)
+        self.store.flush()
+        return True
+
+    # ------------------------------------------------------------------ validating
+
+    def coerce(
+        self,
+        spec: WorkflowSpec | Mapping[str, Any] | str,
+        steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> WorkflowSpec:
+        """A :class:`WorkflowSpec` from a spec, a JSON object, or a name with steps.
+
+        Raises:
+            InvalidInputError: malformed (the field is named).
+            LimitExceededError: more steps than ``max_steps``.
+        """
+        if isinstance(spec, WorkflowSpec):
+            return spec
+        if isinstance(spec, str):
+            document: dict[str, Any] = {"name": spec, "steps": list(steps or []), "description": description}
+            if parameters:
+                document["parameters"] = dict(parameters)
+        elif isinstance(spec, Mapping):
+            document = dict(spec)
+        else:
+            raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
+        if isinstance(document.get("steps"), list) and len(document["steps"]) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(document["steps"]), "the number of steps")
+        try:
+            return WorkflowSpec.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidInputError.from_validation(exc) from None
+
+    def check(self, spec: WorkflowSpec) -> Plan:
+        """Validate ``spec`` against the actions and as a graph.
+
+        Raises:
+            LimitExceededError: too many steps.
+            DAGValidationError: every graph problem at once.
+        """
+        if len(spec.steps) > self.max_steps:
+            raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
+        dag = WorkflowDAG.from_spec(spec, self.registry)
+        dag.validate()
+        return Plan(spec, dag)
+
+    # ------------------------------------------------------------------ reading
+
+    def entry(self, name: str) -> Definition:
+        """The current definition of ``name``.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+        """
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is None:
+                raise self._missing(name)
+            return definition
+
+    def source_of(self, name: str) -> str:
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is not None:
+                return definition.source
+            refused = self._refused.get(name)
+            if refused is None:
+                raise WorkflowNotFoundError(name, known=self._entries)
+            return refused[1]
+
+    def plan(self, name: str) -> Plan:
+        """The plan of the current definition of ``name`` (built once per version)."""
+        with self._lock:
+            definition = self._entries.get(name)
+            if definition is None:
+                raise self._missing(name)
+            plan = self._plans.get(name)
+            if plan is not None and plan.spec is definition.spec:
+                return plan
+        plan = self.check(definition.spec)
+        plan.version, plan.digest = definition.version, definition.digest
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.spec is definition.spec:
+                self._plans[name] = plan
+        return plan
+
+    def spec_at(self, name: str, version: int | None) -> WorkflowSpec:
+        """Version ``version`` of ``name`` (None: the current one), from the store if it is not current.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow, or that version is not kept.
+        """
+        with self._lock:
+            definition = self._entries.get(name)
+            known = list(self._entries)
+            refused = self._refused.get(name)
+        if definition is not None and version in (None, definition.version):
+            return definition.spec
+        if version is None:
+            if refused is not None:
+                return refused[0]  # readable (get_workflow shows it); running it is refused
+            raise WorkflowNotFoundError(name, known=known)
+        source = self.store.get_workflow_version(name, version)
+        if source is None:
+            current = f"version {definition.version}" if definition is not None else "none (it was deleted)"
+            raise WorkflowNotFoundError(f"{name} version {version}", known=[f"current: {current}"])
+        return WorkflowSpec.model_validate_json(source)
+
+    def pinned_plan(self, name: str, version: int | None, digest: str | None) -> Plan | None:
+        """The plan of version ``version`` of ``name`` (None: a run recorded before versions, which
+        continues with the current definition), or None if that version is no longer kept."""
+        if version is None:
+            return self.plan(name)
+        with self._lock:
+            definition = self._entries.get(name)
+        if definition is not None and definition.version == version and definition.digest == digest:
+            return self.plan(name)
+        source = self.store.get_workflow_version(name, version)
+        if source is None:
+            return None
+        spec = WorkflowSpec.model_validate_json(source)
+        if digest is not None and digest_of(spec) != digest:
+            return None
+        plan = self.check(spec)
+        plan.version, plan.digest = version, digest_of(spec)
+        return plan
+
+    def current_version(self, name: str) -> int | None:
+        with self._lock:
+            definition = self._entries.get(name)
+            return definition.version if definition is not None else None
+
+    def infos(self) -> list[WorkflowInfo]:
+        with self._lock:
+            entries = list(self._entries.values())
+            refused = list(self._refused.values())
+        infos = [
+            WorkflowInfo(
+                name=d.spec.name,
+                description=d.spec.description,
+                steps_count=len(d.spec.steps),
+                source=d.source,
+                path=d.path,
+                version=d.version,
+                digest=d.digest,
+            )
+            for d in entries
+        ]
+        infos += [
+            WorkflowInfo(
+                name=spec.name,
+                description=spec.description,
+                steps_count=len(spec.steps),
+                source=source,
+                path=path,
+                refused=str(why),
+            )
+            for spec, source, path, why in refused
+        ]
+        return sorted(infos, key=lambda i: i.name)
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """How many definitions are registered, in all and by source."""
+        with self._lock:
+            by_source: dict[str, int] = {}
+            for d in self._entries.values():
+                by_source[d.source] = by_source.get(d.source, 0) + 1
+            return len(self._entries), by_source

@@ -1,0 +1,441 @@
+"""The run state machine: one active workflow run, its step results and its dependency graph.
+
+A :class:`RunState` owns, under its one ``lock``: the run's record (every step of the definition is in
+``record.steps`` from the start, as a pending placeholder until it has a result), the run's
+:class:`~codomyrmex_orchestration.core.graph.DependencyGraph`, the steps whose failure propagates,
+the task ids of submitted steps, the ``max_parallel`` queue, and the cancelled and final flags. Every
+transition happens under the lock and returns an :class:`Advance` saying what the caller must do
+outside it (notify, submit to the scheduler, finish); step starts reach the record through a queue the
+next holder of the lock applies (see ``_starts``). The one call out under the lock is ``save_step``
+(the recorder's enqueue to a durable store): a step's result is queued for the store before any step
+that depends on it can be cleared to run, and a step's start is never queued after its end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from codomyrmex_orchestration.core._workflow_plan import Plan
+from codomyrmex_orchestration.core.graph import DependencyGraph
+from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
+    RunRecord,
+    StepResult,
+    StepSpec,
+    TaskPriority,
+    TaskStatus,
+    WorkflowStatus,
+    utcnow,
+)
+from codomyrmex_orchestration.core.templating import (
+    Condition,
+    TemplateContext,
+    find_references,
+    parse_condition,
+    resolve,
+)
+from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError, OrchestrationError
+
+__all__ = ["FAILED", "Advance", "RunState", "StepCallback", "new_record"]
+
+StepCallback = Callable[[RunRecord, StepResult], None]
+
+FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+
+
+def new_record(
+    plan: Plan,
+    parameters: Mapping[str, Any] | None,
+    *,
+    priority: TaskPriority,
+    session_id: str | None,
+    parent_run_id: str | None,
+    previous: RunRecord | None,
+) -> RunRecord:
+    """The record a new run (or the resumption of ``previous``) starts with: every step, in declaration
+    order, pending unless ``previous`` completed it.
+
+    Raises:
+        InvalidInputError: a ``{{params.x}}`` has no value.
+    """
+    spec = plan.spec
+    given = previous.parameters if previous is not None else dict(parameters or {})
+    params = {**spec.parameters, **given}
+    for step_name, param, raw in plan.param_refs:
+        if param not in params:
+            raise InvalidInputError(
+                f"parameters.{param}",
+                f"required by step {step_name!r} ({{{{{raw}}}}}) and has no default; "
+                f"given: {', '.join(sorted(params)) or '(none)'}",
+            )
+    kept = previous.steps if previous is not None else {}
+    steps: dict[str, StepResult] = {}
+    for n in plan.dag.steps:
+        old = kept.get(n)
+        steps[n] = old if old is not None and old.status is TaskStatus.COMPLETED else StepResult(name=n)
+    return RunRecord(
+        run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
+        workflow_name=spec.name,
+        status=WorkflowStatus.RUNNING,
+        parameters=params,
+        steps=steps,
+        session_id=previous.session_id if previous is not None else session_id,
+        priority=priority,
+        created_at=previous.created_at if previous is not None else utcnow(),
+        started_at=utcnow(),
+        parent_run_id=previous.parent_run_id if previous is not None else parent_run_id,
+        workflow_version=plan.version or None,
+        workflow_digest=plan.digest or None,
+    )
+
+
+class Advance:
+    """What one transition asks of its caller, in this order: record and announce ``settled`` (final
+    results), submit ``submit`` (steps cleared to run, with their resolved parameters), and finish the
+    run if ``finished``."""
+
+    __slots__ = ("finished", "settled", "submit")
+
+    def __init__(self) -> None:
+        self.settled: list[StepResult] = []
+        self.submit: list[tuple[str, dict[str, Any]]] = []
+        self.finished = False
+
+
+class _StepView(Mapping[str, tuple[str, Any]]):
+    """A read-only view of a run's steps for template resolution (no per-step copies)."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: dict[str, StepResult]) -> None:
+        self._steps = steps
+
+    def __getitem__(self, key: str) -> tuple[str, Any]:
+        result = self._steps[key]
+        return result.status.value, result.output
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+
+class RunState:
+    """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
+    (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
+    ``done``, ``start_mono``, and ``record.run_id``)."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        plan: Plan,
+        *,
+        priority: TaskPriority,
+        depth: int,
+        on_step: StepCallback | None,
+        max_parallel: int | None,
+        default_resources: Mapping[str, Any] | None,
+        save_step: Callable[[str, StepResult], None] | None = None,
+    ) -> None:
+        self.record = record
+        self._save_step = save_step
+        self.run_id = record.run_id
+        self.plan = plan
+        self.params = record.parameters
+        self.priority = priority
+        self.depth = depth
+        self.on_step = on_step
+        limit = plan.spec.max_parallel
+        self.max_parallel = min(max_parallel, limit or max_parallel) if max_parallel is not None else limit
+        self.default_resources = dict(default_resources) if default_resources else None
+        self.start_mono = time.monotonic()
+        self.done = threading.Event()  # set once the final record is saved
+        self.lock = threading.Lock()
+        self.final: RunRecord | None = None
+        self.watchers: list[Callable[[], None]] = []
+        self.cancelled = False
+        self.task_ids: dict[str, str] = {}
+        self.blocked: set[str] = set()  # required failures and the steps skipped because of them
+        self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
+        self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
+        # Step starts reported by workers and not yet applied to the record: appended without the lock
+        # (deque appends and pops are thread-safe), applied by the next holder of the lock before it
+        # reads or changes any step, so a start costs a worker no lock of its own in a store that
+        # keeps only outcomes. A worker reports a step's start before its end: applied in that order.
+        self._starts: deque[tuple[str, int, datetime | None]] = deque()
+        self._finishing = False
+        # Steps added while the run goes (add_steps). Written under the lock; spec_of() and friends read
+        # it without, for a step already cleared to run, whose entry was written before it was cleared.
+        self._added: dict[str, _AddedStep] = {}
+        self.graph: DependencyGraph[str] = DependencyGraph()
+        for name in plan.dag.steps:
+            self.graph.add(name, plan.parents[name])
+        self.graph.prepare()
+
+    # ------------------------------------------------------------------ transitions
+
+    def begin(self) -> Advance:
+        """The first wave: steps with no dependencies (and kept results of a resumed run) settle."""
+        with self.lock:
+            return self._drain(Advance())
+
+    def step_started(self, name: str, attempt: int, started_at: datetime | None) -> None:
+        """Report that attempt ``attempt`` of ``name`` started: the record shows it running from the
+        next transition or read on (at once for a durable store, which other processes read)."""
+        self._starts.append((name, attempt, started_at))
+        if self._save_step is not None:
+            with self.lock:
+                self._apply_starts()
+
+    def step_finished(self, result: StepResult, *, held_slot: bool) -> Advance:
+        """Record a submitted step's final result (``held_slot``: it counted against ``max_parallel``)."""
+        advance = Advance()
+        with self.lock:
+            self._apply_starts()
+            if held_slot and self.max_parallel is not None:
+                self.in_flight -= 1
+            if not self.record.steps[result.name].status.is_terminal:
+                self._settle(result, advance, announce=True)
+            return self._drain(advance)
+
+    def register_tasks(self, tasks: Sequence[tuple[str, str]]) -> bool:
+        """Remember the scheduler tasks of submitted steps, (step, task id) pairs; False if the run was
+        cancelled meanwhile (the caller cancels them: ``cancel`` read the task ids before these)."""
+        with self.lock:
+            self.task_ids.update(tasks)
+            return not self.cancelled
+
+    def add_steps(self, steps: Sequence[StepSpec]) -> Advance:
+        """Add steps to the running run, in order; each may depend on any step already in it (one that
+        is done counts as satisfied at once). The base of map steps: one added step per item.
+
+        Raises:
+            InvalidStateError: the run has ended or is ending (nothing may join it any more).
+            InvalidInputError: a step's name is taken, or a dependency names no step of the run.
+        """
+        advance = Advance()
+        with self.lock:
+            if self._finishing:
+                raise InvalidStateError("run", self.run_id, "ending", "steps can be added only while it runs")
+            for step in steps:
+                known = self.record.steps.keys()
+                if step.name in known:
+                    raise InvalidInputError(
+                        "steps.name", f"step {step.name!r} is already in run {self.run_id}"
+                    )
+                self.graph.add(step.name, step.dependencies)
+                self._added[step.name] = _AddedStep(step, known)
+                self.record.steps[step.name] = StepResult(name=step.name)
+            return self._drain(advance)
+
+    def spec_of(self, name: str) -> StepSpec:
+        added = self._added.get(name)
+        return added.spec if added is not None else self.plan.dag.steps[name]
+
+    def parents_of(self, name: str) -> tuple[str, ...]:
+        added = self._added.get(name)
+        return added.parents if added is not None else self.plan.parents[name]
+
+    def priority_of(self, name: str) -> TaskPriority:
+        added = self._added.get(name)
+        if added is not None:
+            return added.spec.priority if "priority" in added.spec.model_fields_set else self.priority
+        return self.plan.priorities.get(name, self.priority)
+
+    def cancel(self) -> tuple[list[str], Advance]:
+        """Cancel the run: returns the task ids to cancel in the scheduler, and what settled at once."""
+        advance = Advance()
+        with self.lock:
+            if self.cancelled or self.final is not None:
+                return [], advance
+            self.cancelled = True
+            self._apply_starts()
+            steps = self.record.steps
+            task_ids = [t for n, t in self.task_ids.items() if not steps[n].status.is_terminal]
+            while self.queue:
+                name, _params = self.queue.popleft()
+                self._settle(_cancelled(name), advance, announce=True)
+            return task_ids, self._drain(advance)
+
+    def finish(self) -> RunRecord | None:
+        """Build the final record (once; None on later calls) and hand the watchers to the caller."""
+        with self.lock:
+            if self.final is not None:
+                return None
+            record = self.record
+            steps = record.steps
+            failed = [n for n, s in steps.items() if s.status in FAILED and self.spec_of(n).required]
+            if self.cancelled:
+                record.status, record.error = WorkflowStatus.CANCELLED, "run cancelled"
+            elif failed:
+                details = []
+                for n in failed:
+                    err = steps[n].error
+                    details.append(f"{n} ({err.message if err else steps[n].status.value})")
+                record.status, record.error = WorkflowStatus.FAILED, "failed steps: " + "; ".join(details)
+            else:
+                record.status, record.error = WorkflowStatus.COMPLETED, None
+            record.failed_steps = failed
+            record.finished_at = utcnow()
+            record.duration_seconds = round(time.monotonic() - self.start_mono, 6)
+            self.final = record.model_copy(update={"steps": dict(steps)})
+            return self.final
+
+    def take_watchers(self) -> list[Callable[[], None]]:
+        with self.lock:
+            watchers, self.watchers = self.watchers, []
+            return watchers
+
+    def watch(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when the run ends (at once if it has)."""
+        with self.lock:
+            if self.final is None:
+                self.watchers.append(fn)
+                return
+        fn()
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshot(self) -> RunRecord:
+        """A copy of the record as it stands (final once the run ended)."""
+        with self.lock:
+            if self.final is not None:
+                return self.final.model_copy()
+            self._apply_starts()
+            steps = {n: s.model_copy() for n, s in self.record.steps.items()}
+            return self.record.model_copy(update={"steps": steps})
+
+    def count_steps(self, into: dict[str, int]) -> None:
+        """Add this run's steps, by status, to ``into``."""
+        with self.lock:
+            self._apply_starts()
+            for s in self.record.steps.values():
+                into[s.status.value] = into.get(s.status.value, 0) + 1
+
+    # ------------------------------------------------------------------ under the lock
+
+    def _apply_starts(self) -> None:
+        steps = self.record.steps
+        while self._starts:
+            name, attempt, started_at = self._starts.popleft()
+            result = steps[name]
+            if result.status.is_terminal:  # cancelled between the scheduler's start and now
+                continue
+            result.attempts = attempt
+            result.started_at = result.started_at or started_at or utcnow()
+            result.status = TaskStatus.RUNNING
+            if self._save_step is not None:
+                self._save_step(self.run_id, result)
+
+    def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
+        name = result.name
+        self.record.steps[name] = result
+        if self._save_step is not None:
+            self._save_step(self.run_id, result)
+        if result.status in FAILED and self.spec_of(name).required:
+            self.blocked.add(name)
+        elif result.status is TaskStatus.SKIPPED and any(up in self.blocked for up in self.parents_of(name)):
+            self.blocked.add(name)
+        self.graph.done(name)
+        if announce:
+            advance.settled.append(result)
+
+    def _drain(self, advance: Advance) -> Advance:
+        """Decide every step the graph made ready, until none is left; fill ``advance``."""
+        graph = self.graph
+        steps = self.record.steps
+        limit = self.max_parallel
+        while True:
+            if limit is not None:
+                while self.queue and self.in_flight < limit and not self.cancelled:
+                    self.in_flight += 1
+                    advance.submit.append(self.queue.popleft())
+            ready = graph.get_ready()
+            if not ready:
+                break
+            for name in ready:
+                if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
+                    graph.done(name)
+                    continue
+                status, reason, payload = self._decide(name)
+                if status is not TaskStatus.READY:
+                    result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
+                    self._settle(result, advance, announce=True)
+                elif limit is not None and self.in_flight >= limit:
+                    self.queue.append((name, payload))
+                    steps[name] = StepResult(name=name, status=TaskStatus.READY)
+                else:
+                    if limit is not None:
+                        self.in_flight += 1
+                    advance.submit.append((name, payload))
+        if not graph.is_active() and not self._finishing:
+            self._finishing = True
+            advance.finished = True
+        return advance
+
+    def _decide(self, name: str) -> tuple[TaskStatus, str | None, Any]:
+        """READY with resolved parameters, or the final status (and reason or error) of a step that will
+        not run: cancelled, skipped (an upstream failure, an output it reads missing, ``run_if`` false)
+        or failed (its templates do not resolve)."""
+        added = self._added.get(name)
+        if added is None:
+            plan = self.plan
+            step, parents, needs_output = plan.dag.steps[name], plan.parents[name], plan.needs_output[name]
+            condition, templated = plan.conditions.get(name), name in plan.templated
+        else:
+            step, parents, needs_output = added.spec, added.parents, added.needs_output
+            condition, templated = added.condition, added.templated
+        if self.cancelled:
+            return TaskStatus.CANCELLED, "run cancelled", None
+        if self.blocked:
+            for up in parents:
+                if up in self.blocked:
+                    return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
+        steps = self.record.steps
+        for up in needs_output:
+            if steps[up].status is not TaskStatus.COMPLETED:
+                return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
+        if condition is None and not templated:
+            return TaskStatus.READY, None, step.parameters
+        ctx = TemplateContext(
+            params=self.params,
+            steps=_StepView(steps),
+            run={"id": self.run_id, "workflow": self.record.workflow_name},
+        )
+        try:
+            if condition is not None and not condition.evaluate(ctx):
+                return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
+            params = resolve(step.parameters, ctx) if templated else step.parameters
+        except OrchestrationError as exc:
+            return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
+        return TaskStatus.READY, None, params
+
+
+class _AddedStep:
+    """What :meth:`RunState.add_steps` pre-digests of a step, as :class:`Plan` does for declared ones."""
+
+    __slots__ = ("condition", "needs_output", "parents", "spec", "templated")
+
+    def __init__(self, spec: StepSpec, known: Collection[str]) -> None:
+        self.spec = spec
+        self.parents = tuple(sorted(set(spec.dependencies)))
+        refs = find_references(spec.parameters, known)
+        self.templated = bool(refs)
+        self.condition: Condition | None = None
+        if spec.run_if:
+            self.condition = parse_condition(spec.run_if, known)
+            refs = [*refs, *self.condition.references]
+        self.needs_output = tuple(
+            sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
+        )
+
+
+def _cancelled(name: str) -> StepResult:
+    return StepResult(name=name, status=TaskStatus.CANCELLED, skipped_reason="run cancelled")
