@@ -183,3 +183,16 @@ def test_a_task_output_that_cannot_fit_the_budget_is_kept_as_a_marker_that_says_
             limiter("c" * 300_000, run_id=None, step_name=None, task_id=f"t{i}")
             assert _disk_bytes(tmp_path / "outputs") <= BUDGET
         assert store.stats()["bytes_used"] <= BUDGET
+
+
+def test_a_run_whose_parameters_are_over_their_limit_is_refused_before_it_starts(tmp_path: Path) -> None:
+    engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, max_parameters_bytes=1024)
+    try:
+        step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": "{{params.p}}"}}
+        engine.workflow_manager.create_workflow({"name": "wf", "steps": [step]})
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_PARAMETERS_BYTES"):
+            engine.execute_workflow("wf", parameters={"p": "x" * 2048}, timeout=30)
+        assert engine.workflow_manager.list_runs() == []  # nothing was started or stored
+        assert engine.execute_workflow("wf", parameters={"p": "small"}, timeout=30).succeeded
+    finally:
+        engine.shutdown()

@@ -189,6 +189,7 @@ class RunDriver:
                 resources=step.resources or run.default_resources,
                 run_id=run.run_id,
                 step_name=name,
+                session_id=run.client,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
                 on_start=call.started,
                 on_done=call.done,

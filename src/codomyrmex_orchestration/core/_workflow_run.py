@@ -143,8 +143,10 @@ class RunState:
         max_parallel: int | None,
         default_resources: Mapping[str, Any] | None,
         save_step: Callable[[str, StepResult], None] | None = None,
+        client: str | None = None,
     ) -> None:
         self.record = record
+        self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.run_id = record.run_id
         self.plan = plan

@@ -32,6 +32,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_TEMPLATES_DIR,
 )
 from codomyrmex_orchestration.core._allocations import UserAllocations
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._complex import complex_workflow_document
 from codomyrmex_orchestration.core._events import EventHandler, Publisher
 from codomyrmex_orchestration.core._health import (
@@ -127,6 +128,15 @@ def _output_limiter(
     return OutputLimiter(max_bytes, spill_dir=state_dir / "outputs" if spill else None, budget=budget)
 
 
+def _task_spec(spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
+    if isinstance(spec, TaskSpec):
+        return spec
+    try:
+        return TaskSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidInputError.from_validation(exc) from None
+
+
 class OrchestrationEngine:
     """The control plane: one instance each of the registry, scheduler, resources, workflows,
     projects, store and timer service, plus sessions, events, health and metrics.
@@ -138,8 +148,7 @@ class OrchestrationEngine:
         projects_dir: root for projects.
         templates_dir: overrides for project and doc templates.
         max_workers: the scheduler's worker threads.
-        max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap); clients
-            (``start_task(client=...)``, a run's session) take turns within a priority level.
+        max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
         max_steps: most steps a workflow may have.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
@@ -157,10 +166,8 @@ class OrchestrationEngine:
         retention_runs, retention_events: most finished runs and events the store keeps.
         state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
             run's parameters may take (see :class:`SqliteStore`).
-        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED (``store.recover()``).
-            Right for the one process that owns the state directory (the server); a process that
-            shares it with a live owner (the CLI's ``status``, ``health``, ``run``) passes False so
-            it never declares another process's runs dead.
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED; only for the one
+            process that owns the state directory (the CLI, sharing it with a server, passes False).
     """
 
     def __init__(
@@ -459,25 +466,17 @@ class OrchestrationEngine:
             return self.task_orchestrator.get_task(task_id)
         return _wait_task(self.task_orchestrator, task_id, timeout)
 
-    def start_task(
-        self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None, client: str | None = None
-    ) -> str:
+    def start_task(self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None) -> str:
         """Submit one action as a task like ``execute_task(wait=False)``, returning only its task id.
-
-        ``client`` (an MCP connection, say) is whom the task is queued for: within a priority level the
-        scheduler serves clients in turn, so one client's backlog cannot starve another's task.
-        """
-        if not isinstance(spec, TaskSpec):
-            try:
-                spec = TaskSpec.model_validate(spec)
-            except ValidationError as exc:
-                raise InvalidInputError.from_validation(exc) from None
+        It is queued for the session, else the calling client (clients take turns within a priority)."""
+        spec = _task_spec(spec)
         with self.sessions.holding(session_id) as live:
             if live is not None:
                 spec = live.task_spec(spec)
                 self.sessions.touch(live)
         on_done = _task_done(self._publish, self.sessions, session_id)
-        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=session_id or client)
+        client = session_id or calling_client.get()
+        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=client)
         if session_id is not None:
             get = self.task_orchestrator.get_task
             self.sessions.record_task(session_id, task_id, lambda: not get(task_id).status.is_terminal)

@@ -21,6 +21,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
@@ -250,28 +251,10 @@ class WorkflowManager:
         )
         return self._wait(run, timeout) if wait else run.snapshot()
 
-    def start_workflow(
-        self,
-        name: str,
-        parameters: Mapping[str, Any] | None = None,
-        *,
-        priority: TaskPriority = TaskPriority.NORMAL,
-        session_id: str | None = None,
-        on_step: StepCallback | None = None,
-        max_parallel: int | None = None,
-        default_resources: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same errors)."""
-        run = self._start_run(
-            self.definitions.plan(name),
-            parameters,
-            priority=priority,
-            session_id=session_id,
-            on_step=on_step,
-            max_parallel=max_parallel,
-            default_resources=default_resources,
-        )
-        return run.run_id
+    def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
+        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same keyword
+        options and errors)."""
+        return self._start_run(self.definitions.plan(name), parameters, **options).run_id
 
     def is_active(self, run_id: str) -> bool:
         """Whether ``run_id`` is a run that has not ended yet."""
@@ -282,7 +265,7 @@ class WorkflowManager:
         plan: Plan,
         parameters: Mapping[str, Any] | None,
         *,
-        priority: TaskPriority,
+        priority: TaskPriority = TaskPriority.NORMAL,
         session_id: str | None = None,
         on_step: StepCallback | None = None,
         depth: int = 0,
@@ -290,6 +273,7 @@ class WorkflowManager:
         previous: RunRecord | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
+        client: str | None = None,
     ) -> RunState:
         record = new_record(
             plan,
@@ -308,7 +292,9 @@ class WorkflowManager:
             max_parallel=max_parallel,
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
+            client=client or session_id or calling_client.get(),
         )
+        self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         self._active.add(run)
         self._driver.start(run)
         return run
@@ -323,8 +309,14 @@ class WorkflowManager:
 
     def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
         plan = self.definitions.plan(name)
+        parent_run = self._active.get(parent) if parent is not None else None
         return self._start_run(
-            plan, parameters, priority=TaskPriority.NORMAL, depth=depth, parent_run_id=parent
+            plan,
+            parameters,
+            priority=TaskPriority.NORMAL,
+            depth=depth,
+            parent_run_id=parent,
+            client=parent_run.client if parent_run is not None else None,  # the parent's turn
         )
 
     def cancel_run(self, run_id: str) -> RunRecord:

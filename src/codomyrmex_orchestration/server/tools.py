@@ -20,7 +20,6 @@ import math
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -33,6 +32,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
@@ -517,9 +517,9 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Ou
     return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
-#: Who is calling (one MCP connection), set by the server around each tool call: the scheduler serves
-#: clients in turn within a priority level, so one client's backlog cannot starve another's task.
-CALLING_CLIENT: ContextVar[str | None] = ContextVar("codomyrmex_calling_client", default=None)
+#: Who is calling (one MCP client), set by the server around each tool call: the scheduler serves clients
+#: in turn within a priority level, so one client's backlog cannot starve another's task or run.
+CALLING_CLIENT = calling_client
 
 
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
@@ -536,7 +536,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
     # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec, client=CALLING_CLIENT.get())
+    task_id = engine.start_task(spec)  # queued for the calling client (CALLING_CLIENT)
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
