@@ -7,6 +7,11 @@ into an :class:`~._task.Outbox` — cancel events to set, resource handles to re
 callbacks to run, waiters to release — done after the lock is released. A worker that finishes a task
 records it and takes its next one in one lock acquisition; when the task has callbacks, it delivers them
 in between and takes the next one (and releases the task's waiters) in a second.
+
+One thing does run under the lock besides our own state: admission asks the resource manager for a
+ready task's resources (``try_acquire``: non-blocking, it takes only the ledger's lock), and the ledger
+tells its event listeners of the allocation there. Those listeners must be short and must not call
+back into the scheduler.
 """
 
 from __future__ import annotations
@@ -434,9 +439,9 @@ class Dispatcher:
                 self._enqueue_locked(task)
 
     def _on_resources_released(self) -> None:
-        """Capacity freed. A resource manager may call this under our lock (``try_acquire`` releases
-        expired allocations and tells its listeners at once), so the wake-up goes through the timer
-        thread instead of taking the lock here."""
+        """Capacity freed. A resource manager calls this from whichever thread released it, which may
+        hold our lock (a release during admission), so the wake-up goes through the timer thread
+        instead of taking the lock here."""
         try:
             self._timers.call_later(0.0, self._wake_for_resources)
         except RuntimeError:  # the timer service is closed: nothing is left to wake

@@ -149,7 +149,7 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
         # Workers start on demand, so none alive is fine while nothing waits for one.
         stalled = health.get("queue_depth", 0) > 0 and health.get("workers_alive", 0) == 0
         if not health.get("dispatcher_alive"):
-            health["reason"] = "the dispatcher thread is dead"
+            health["reason"] = "the scheduler's timer service is closed: no deadline or retry can fire"
         elif not health.get("accepting"):
             health["reason"] = "the scheduler is shut down and accepts no work"
         elif stalled:

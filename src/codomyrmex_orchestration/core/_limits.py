@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -108,7 +109,7 @@ class OutputLimiter:
             that does not fit is not written) and told of each task spill at once.
     """
 
-    __slots__ = ("budget", "max_bytes", "preview_chars", "spill_dir", "truncated_count")
+    __slots__ = ("_count_lock", "budget", "max_bytes", "preview_chars", "spill_dir", "truncated_count")
 
     def __init__(
         self,
@@ -124,7 +125,8 @@ class OutputLimiter:
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self.preview_chars = preview_chars if preview_chars is not None else min(4096, max_bytes // 4)
         self.budget = budget
-        self.truncated_count = 0
+        self.truncated_count = 0  # guarded by _count_lock: workers truncate at the same time
+        self._count_lock = threading.Lock()
 
     def fits(self, value: Any) -> tuple[bool, str | None]:
         """(within the limit, the JSON text when it had to be computed)."""
@@ -172,7 +174,8 @@ class OutputLimiter:
                 _log.error(
                     "output spill failed", run_id=run_id, step=step_name, task_id=task_id, error=str(exc)
                 )
-        self.truncated_count += 1
+        with self._count_lock:
+            self.truncated_count += 1
         _log.warning(
             "output truncated",
             run_id=run_id,

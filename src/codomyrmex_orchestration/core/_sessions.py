@@ -201,13 +201,15 @@ class SessionRegistry:
         self._timers = timers
         self._stop_work = stop_work
         self._on_closed = on_closed
-        # _lock guards _live, _closed, _expiry and _shut. Re-entrant: a run may end (and report it
-        # here) on the thread that is starting it under holding().
+        # _lock guards _live, _closed and _shut. Re-entrant: a run may end (and report it here) on the
+        # thread that is starting it under holding().
         self._lock = threading.RLock()
         self._live: dict[str, LiveSession] = {}
         self._closed: dict[str, Session] = {}
-        self._expiry: ThreadPoolExecutor | None = None
         self._shut = False
+        # Expiries are checked and carried out here, never on the shared timer thread: closing blocks on
+        # run locks, and a caller may hold _lock across a run's start. Its thread starts with the first.
+        self._expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codomyrmex-sessions")
 
     # -- reading
 
@@ -354,9 +356,7 @@ class SessionRegistry:
                 if live.timer is not None:
                     live.timer.cancel()
                     live.timer = None
-            expiry, self._expiry = self._expiry, None
-        if expiry is not None:
-            expiry.shutdown(wait=True)
+        self._expiry.shutdown(wait=True)
 
     # -- internals
 
@@ -383,16 +383,17 @@ class SessionRegistry:
         live.timer = self._timers.call_later(ttl, lambda: self._expire_due(session_id, armed))
 
     def _expire_due(self, session_id: str, armed: int) -> None:
-        """On the timer thread: hand the close to the expiry thread (closing blocks on run locks)."""
+        """On the timer thread: hand the session to the expiry thread, taking no lock here."""
+        try:
+            self._expiry.submit(self._expire, session_id, armed)
+        except RuntimeError:
+            return  # closed: expiries stopped
+
+    def _expire(self, session_id: str, armed: int) -> None:
         with self._lock:
             live = self._live.get(session_id)
             if self._shut or live is None or live.armed != armed:
-                return
-            if self._expiry is None:
-                self._expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codomyrmex-sessions")
-            self._expiry.submit(self._expire, session_id)
-
-    def _expire(self, session_id: str) -> None:
+                return  # closed, touched again (re-armed) or shut down meanwhile
         try:
             self.close_session(session_id, SessionStatus.EXPIRED, cancel_running=True)
         except SessionNotFoundError:

@@ -3,7 +3,9 @@ past the run limit or the byte budget, and the oldest events past theirs, in bou
 
 It owns the limits, when the next pass is due, the spill folders of deleted runs until they are
 removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
-store's commit lock; the bytes-used snapshot other threads read is guarded by ``_usage_lock``.
+store's commit lock; the bytes-used snapshot other threads read is guarded by ``_usage_lock``. The task
+spill files are the exception: worker threads add them (``note_task_spill``) and delete the oldest to
+make room for a new spill (``make_room``, file deletions under ``_task_lock``), as the writer's scans do.
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ class Retention:
     def note_task_spill(self, path: str, nbytes: int) -> None:
         """A task's output was just spilled to ``path``: count it at once, not at the next scan."""
         with self._task_lock:
-            self._task_files.append((time.time(), nbytes, path))
-            self._task_bytes += nbytes
+            if all(known != path for _, _, known in self._task_files):  # a scan may have seen it already
+                self._task_files.append((time.time(), nbytes, path))
+                self._task_bytes += nbytes
             task_bytes = self._task_bytes
         self._set_task_usage(task_bytes)
         self._dirty = True
@@ -263,7 +266,9 @@ class Retention:
             with os.scandir(self.spill_dir / "tasks") as entries:
                 for entry in entries:
                     try:
-                        if entry.is_file(follow_symlinks=False):
+                        # a name starting with "." is a spill still being written (the limiter's
+                        # temporary file): counted once it lands, by note_task_spill
+                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
                             files.append((st.st_mtime, st.st_size, entry.path))
                     except OSError:

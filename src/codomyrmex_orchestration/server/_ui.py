@@ -13,6 +13,7 @@ import functools
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import secrets
 import threading
@@ -141,11 +142,15 @@ class UiAccess:
                     return True
         return False
 
-    def signed_in(self, target: str = "/ui/") -> Response:
+    def signed_in(self, request: Request, target: str = "/ui/") -> Response:
         response = RedirectResponse(target, status_code=303)
         if self._cookie is not None:
+            # Secure where the browser will send it back: HTTPS, or plain HTTP to a loopback name (which
+            # browsers treat as a secure context); over plain HTTP to another host a Secure cookie is
+            # dropped and the sign-in would loop.
+            secure = request.url.scheme == "https" or _loopback(request.url.hostname or "")
             response.set_cookie(
-                COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=True, samesite="strict"
+                COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
             )
         return response
 
@@ -183,12 +188,12 @@ def ui_routes(
             if code is None:
                 return access.login_page(status=200)
             if access.redeem(code):
-                return access.signed_in()
+                return access.signed_in(request)
             return access.login_page("That sign-in link was used already or is not valid.")
         body = (await request.body())[:_MAX_BODY].decode("utf-8", errors="replace")
         token = parse_qs(body).get("token", [""])[0]
         if token and access.token_ok(token):
-            return access.signed_in()
+            return access.signed_in(request)
         return access.login_page("Wrong token.")
 
     async def call(request: Request) -> Response:
@@ -225,6 +230,15 @@ def _call_result(result: Any) -> dict[str, Any]:
         "content": [{"type": "text", "text": result.text}],
         "structuredContent": result.structured,
     }
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def ui_path(path: str) -> bool:
