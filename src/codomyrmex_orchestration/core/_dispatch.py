@@ -163,7 +163,7 @@ class Dispatcher:
             self.pool.wake_all_locked()
         self.deliver_here(out)
 
-    def wait_quiet(self, timeout: float) -> bool:
+    def wait_quiet(self, timeout: float | None) -> bool:
         """After :meth:`close`: wait until no task is active; False if some still are."""
         with self.lock:
             return self._quiet.wait_for(lambda: self.table.active == 0, timeout)

@@ -66,8 +66,8 @@ class ParallelExecutor:
     Args:
         max_workers: workers of the executor's own scheduler (ignored when ``orchestrator`` is given).
         timeout: seconds for a whole :meth:`execute_tasks` / :meth:`execute_task_group` call; tasks not
-            finished by then are cancelled and reported TIMED_OUT. ``None``: the scheduler's default
-            bounded wait (:data:`~codomyrmex_orchestration.core.scheduler.DEFAULT_WAIT_TIMEOUT`).
+            finished by then are cancelled and reported TIMED_OUT (default
+            :data:`~codomyrmex_orchestration.core.scheduler.DEFAULT_WAIT_TIMEOUT`; ``None``: without limit).
         orchestrator: the scheduler to submit to; when ``None`` the executor creates one and shuts it
             down on :meth:`close` / context exit.
     """
@@ -75,7 +75,7 @@ class ParallelExecutor:
     def __init__(
         self,
         max_workers: int | None = None,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         orchestrator: TaskOrchestrator | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
@@ -165,8 +165,8 @@ class ParallelExecutor:
             raise
         if not order:
             all_done.set()
-        limit = DEFAULT_WAIT_TIMEOUT if self.timeout is None else self.timeout
-        expired = not all_done.wait(limit)
+        expired = not all_done.wait(self.timeout)  # None: without limit
+        limit = self.timeout or 0.0
         if expired:
             reason = f"the executor's timeout of {limit:g} s expired"
             for task_id in ids.values():

@@ -49,9 +49,10 @@ __all__ = [
     "TaskState",
 ]
 
-#: Seconds ``wait``/``wait_all`` wait when given ``timeout=None``: no wait is ever unbounded.
+#: Seconds ``wait``/``wait_all`` wait unless told otherwise (``timeout=None``: without limit, as in
+#: every API of the package).
 DEFAULT_WAIT_TIMEOUT = 300.0
-#: Seconds ``shutdown(wait=True)`` waits for outstanding work when given ``timeout=None``.
+#: Seconds ``shutdown(wait=True)`` waits for outstanding work unless told otherwise.
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
 #: Seconds ``shutdown`` gives each of its own threads to exit after the work is over.
 _JOIN_GRACE = 5.0
@@ -341,7 +342,7 @@ class TaskOrchestrator:
         """Block until the task is final (and its callbacks have run) and return its record.
 
         Args:
-            timeout: seconds; ``None`` means :data:`DEFAULT_WAIT_TIMEOUT` (waits are never unbounded).
+            timeout: seconds (default :data:`DEFAULT_WAIT_TIMEOUT`); ``None``: without limit.
 
         Raises:
             TaskNotFoundError: unknown id (or a finished record already evicted).
@@ -360,8 +361,8 @@ class TaskOrchestrator:
             TaskNotFoundError: an unknown id.
             WaitTimeoutError: not all were final in time.
         """
-        limit = DEFAULT_WAIT_TIMEOUT if timeout is None else max(0.0, timeout)
-        deadline = time.monotonic() + limit
+        limit = None if timeout is None else max(0.0, timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         pending: list[tuple[Task, threading.Event]] = []
         with self._d.lock:
             tasks = [self._d.table.require(task_id) for task_id in task_ids]
@@ -371,11 +372,11 @@ class TaskOrchestrator:
                         task.done_event = threading.Event()
                     pending.append((task, task.done_event))
         for task, event in pending:
-            if not event.wait(max(0.0, deadline - time.monotonic())):
+            if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 what = f"task {task.id!r} ({task.name})"
                 if len(tasks) > 1:
                     what += f" and {len(tasks) - 1} other task(s) waited on together"
-                raise WaitTimeoutError(what, limit)
+                raise WaitTimeoutError(what, limit or 0.0)
         with self._d.lock:
             return [task.snapshot() for task in tasks]
 
@@ -447,20 +448,25 @@ class TaskOrchestrator:
 
     # ------------------------------------------------------------------ shutdown
 
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
+    def shutdown(
+        self,
+        wait: bool = True,
+        cancel_pending: bool = False,
+        timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
         """Stop accepting work and let the threads end.
 
         Args:
             wait: block until outstanding work is final (bounded by ``timeout``) and the threads exited.
             cancel_pending: cancel tasks that have not started (queued, waiting for dependencies or a
                 retry) instead of running them.
-            timeout: seconds to wait for outstanding work (``None``: :data:`DEFAULT_SHUTDOWN_TIMEOUT`);
-                whatever is still unfinished then is cancelled.
+            timeout: seconds to wait for outstanding work (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
+                ``None``: without limit); whatever is still unfinished then is cancelled.
         """
         self._d.close("scheduler shut down" if cancel_pending else None)
         if not wait:
             return
-        limit = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else max(0.0, timeout)
+        limit = None if timeout is None else max(0.0, timeout)
         if not self._d.wait_quiet(limit):
             self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
         with self._d.lock:
@@ -473,7 +479,8 @@ class TaskOrchestrator:
         # Threads still inside cancelled or timed-out calls: a cooperative action (shell.run killing
         # its process group) gets a short, bounded grace to clean up before the process may exit;
         # one that ignores cancellation is left behind (daemon) and reported by health().
-        deadline = time.monotonic() + min(limit, _ABANDONED_GRACE)
+        grace = _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE)
+        deadline = time.monotonic() + grace
         for thread in abandoned:
             if thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
