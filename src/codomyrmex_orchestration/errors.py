@@ -111,7 +111,12 @@ class InvalidInputError(OrchestrationError, ValueError):
 
     @classmethod
     def from_validation(
-        cls, exc: Any, *, where: str = "", accepted: Iterable[str] | None = None
+        cls,
+        exc: Any,
+        *,
+        where: str = "",
+        accepted: Iterable[str] | None = None,
+        known_fields: Iterable[str] = (),
     ) -> InvalidInputError:
         """The one formatter of pydantic ``ValidationError``s: field paths, what was wrong, what is accepted.
 
@@ -119,32 +124,56 @@ class InvalidInputError(OrchestrationError, ValueError):
             exc: a ``pydantic.ValidationError`` (typed loosely: this module does not import pydantic).
             where: a prefix for every field path (``"steps.0"``, ``"arguments"``), or "".
             accepted: the field names accepted where an unknown one was given, listed in its message.
+            known_fields: every field name of the document (at any depth), for "did you mean" on an
+                unknown one (``depends_on`` -> ``dependencies``); ``accepted`` is searched too.
 
         Returns:
             An error whose ``field`` is the first problem's path and whose message lists the first five
             problems, then how many more there were.
         """
         errors = list(exc.errors())
-        accepted_text = ", ".join(accepted) if accepted is not None else None
-        parts: list[str] = []
-        fields: list[str] = []
-        for err in errors[:5]:
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            path = f"{where}.{loc}" if where and loc else (where or loc or "input")
-            fields.append(path)
-            kind = err.get("type", "")
-            if kind == "extra_forbidden":
-                tail = f" (accepted: {accepted_text})" if accepted_text else ""
-                parts.append(f"unknown field {path!r}{tail}")
-            elif kind == "missing":
-                parts.append(f"missing required field {path!r}")
-            else:
-                parts.append(f"{path}: {err.get('msg', 'invalid value')}")
+        parts, fields = validation_problems(
+            errors[:5], where=where, accepted=accepted, known_fields=known_fields
+        )
         if len(errors) > 5:
             parts.append(f"and {len(errors) - 5} more")
         error = InvalidInputError("", "; ".join(parts) or f"{where or 'input'} is invalid")
         error.field = fields[0] if fields else (where or "input")
         return error
+
+
+def validation_problems(
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    where: str = "",
+    accepted: Iterable[str] | None = None,
+    known_fields: Iterable[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Each pydantic error (``ValidationError.errors()``) as one sentence, with the field paths.
+
+    An unknown field lists what is ``accepted`` and suggests the closest known name; a missing one says
+    so; any other gives pydantic's message after the path.
+    """
+    from codomyrmex_orchestration._suggest import did_you_mean
+
+    accepted_names = list(accepted) if accepted is not None else None
+    suggestible = [*(accepted_names or ()), *known_fields]
+    accepted_text = f" (accepted: {', '.join(accepted_names)})" if accepted_names else ""
+    parts: list[str] = []
+    fields: list[str] = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        path = ".".join([where, *loc] if where else loc) or "input"
+        fields.append(path)
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            hint = did_you_mean(loc[-1], suggestible) if loc and suggestible else ""
+            parts.append(f"unknown field {path!r}{hint}{accepted_text}")
+        elif kind == "missing":
+            parts.append(f"missing required field {path!r}")
+        else:
+            parts.append(f"{path}: {err.get('msg', 'invalid value')}")
+    return parts, fields
 
 
 class DAGValidationError(InvalidInputError):
@@ -242,7 +271,10 @@ class NotFoundError(OrchestrationError, LookupError):
         self.key = key
         message = f"{self.kind} {key!r} not found"
         if known is not None:
+            from codomyrmex_orchestration._suggest import did_you_mean
+
             names = sorted(known)
+            message += did_you_mean(key, names)
             shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
             message += f"; known: {shown or '(none)'}"
         super().__init__(message)

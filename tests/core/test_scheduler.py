@@ -594,38 +594,6 @@ def test_a_failing_on_settled_callback_does_not_break_waiters_or_workers(make_or
     assert orch.wait(orch.submit(lambda ctx: 2, name="next"), WAIT).result == 2
 
 
-def test_tasks_queued_in_a_batch_run_once_it_ends_even_if_it_raises(make_orch: Any) -> None:
-    orch = make_orch(2)
-    with orch.batch():
-        ids = [orch.submit(lambda ctx, i=i: i, name=f"b{i}") for i in range(5)]
-        with orch.batch():  # nested: the outer block decides when workers are woken
-            ids.append(orch.submit(lambda ctx: 5, name="b5"))
-    assert [r.result for r in orch.wait_all(ids, WAIT)] == [0, 1, 2, 3, 4, 5]
-    with pytest.raises(RuntimeError, match="boom"), orch.batch():
-        late = orch.submit(lambda ctx: 7, name="late")
-        raise RuntimeError("boom")
-    assert orch.wait(late, WAIT).result == 7
-
-
-def test_a_batch_defers_only_its_own_threads_submissions(make_orch: Any) -> None:
-    orch = make_orch(2)
-    results: list[Any] = []
-
-    def elsewhere() -> None:
-        results.append(orch.wait(orch.submit(lambda ctx: "other", name="other"), WAIT).result)
-
-    with orch.batch():
-        mine = orch.submit(lambda ctx: "mine", name="mine")
-        thread = threading.Thread(target=elsewhere)
-        thread.start()
-        thread.join(WAIT)  # the other thread's task ran while this batch is still open
-        assert results == ["other"]
-    assert orch.wait(mine, WAIT).result == "mine"
-
-
-# --------------------------------------------------------------------------- stats, memory, shutdown
-
-
 def test_execution_stats_count_by_status_and_priority(make_orch: Any) -> None:
     orch = make_orch(1)
     _, release = blocker(orch, priority=TaskPriority.HIGH)

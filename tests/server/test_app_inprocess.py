@@ -56,6 +56,9 @@ async def test_an_unknown_tool_is_a_json_rpc_invalid_params_error_naming_the_too
             await client.call_tool("no_such_tool", {})
         # The server keeps serving, and a known tool's bad arguments stay an isError result.
         bad = await client.call_tool("execute_task", {"name": "t"})
+        with pytest.raises(MCPError) as misspelt:
+            await client.call_tool("list_workflow", {})
+    assert "did you mean 'list_workflows'?" in misspelt.value.error.message
     assert caught.value.error.code == -32602
     assert "unknown tool 'no_such_tool'" in caught.value.error.message
     assert "execute_workflow" in caught.value.error.message

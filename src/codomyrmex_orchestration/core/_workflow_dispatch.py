@@ -117,8 +117,7 @@ class RunDriver:
                     "session_id": run.record.session_id,
                 },
             )
-        with self.orchestrator.batch():  # a wide first wave queues before workers start on it
-            self.apply(run, run.begin())
+        self.apply(run, run.begin())
 
     def add_steps(self, run: RunState, steps: Sequence[StepSpec]) -> None:
         """Add steps to a running run (see :meth:`RunState.add_steps`) and dispatch those ready."""

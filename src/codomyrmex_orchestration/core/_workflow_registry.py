@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,12 @@ from pydantic import ValidationError
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.actions import ActionRegistry
 from codomyrmex_orchestration.core.dag import WorkflowDAG
-from codomyrmex_orchestration.core.models import StepSpec, WorkflowInfo, WorkflowSpec
+from codomyrmex_orchestration.core.models import WORKFLOW_FIELD_NAMES, StepSpec, WorkflowInfo, WorkflowSpec
 from codomyrmex_orchestration.core.store import StateStore
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     AlreadyExistsError,
+    DAGValidationError,
     InvalidInputError,
     LimitExceededError,
     OrchestrationError,
@@ -69,8 +70,16 @@ class DefinitionRegistry:
         max_steps: most steps a workflow may have.
     """
 
-    def __init__(self, *, registry: ActionRegistry, store: StateStore, max_steps: int) -> None:
+    def __init__(
+        self,
+        *,
+        registry: ActionRegistry,
+        store: StateStore,
+        max_steps: int,
+        check_resources: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.registry = registry
+        self.check_resources = check_resources  # raises for requirements the capacities never allow
         self.store = store
         self.max_steps = max_steps
         self.load_errors: list[tuple[str, str]] = []
@@ -136,7 +145,7 @@ class DefinitionRegistry:
             except (OSError, ValueError) as exc:
                 reason = str(exc) if isinstance(exc, OrchestrationError | json.JSONDecodeError) else repr(exc)
                 if isinstance(exc, ValidationError):
-                    reason = str(InvalidInputError.from_validation(exc))
+                    reason = str(InvalidInputError.from_validation(exc, known_fields=WORKFLOW_FIELD_NAMES))
                 self.load_errors.append((str(path), reason))
                 _log.warning("workflow config file rejected", path=str(path), reason=reason)
         return loaded
@@ -272,7 +281,7 @@ class DefinitionRegistry:
         try:
             return WorkflowSpec.model_validate(document)
         except ValidationError as exc:
-            raise InvalidInputError.from_validation(exc) from None
+            raise InvalidInputError.from_validation(exc, known_fields=WORKFLOW_FIELD_NAMES) from None
 
     def check(self, spec: WorkflowSpec) -> Plan:
         """Validate ``spec`` against the actions and as a graph.
@@ -285,7 +294,24 @@ class DefinitionRegistry:
             raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
         dag = WorkflowDAG.from_spec(spec, self.registry)
         dag.validate()
+        problems = self._resource_problems(spec)
+        if problems:
+            raise DAGValidationError(problems, workflow=spec.name)
         return Plan(spec, dag)
+
+    def _resource_problems(self, spec: WorkflowSpec) -> list[str]:
+        """Steps asking for resources the machine's capacities can never grant (``{"gpu": 1}`` on a
+        machine without one, ``{"compute": 999}``), each named with the reason."""
+        if self.check_resources is None:
+            return []
+        problems = []
+        for step in spec.steps:
+            if step.resources:
+                try:
+                    self.check_resources(step.resources)
+                except OrchestrationError as exc:
+                    problems.append(f"step {step.name!r}: resources: {exc}")
+        return problems
 
     # ------------------------------------------------------------------ reading
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from codomyrmex_orchestration.core._suggest import closest, did_you_mean
+from codomyrmex_orchestration._suggest import closest, did_you_mean
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
 from codomyrmex_orchestration.core.templating import parse_condition, scan_references
 from codomyrmex_orchestration.errors import (

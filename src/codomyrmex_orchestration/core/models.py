@@ -24,6 +24,7 @@ from codomyrmex_orchestration._redact import redact_text
 
 __all__ = [
     "NAME_PATTERN",
+    "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
     "RunRecord",
     "StepResult",
@@ -188,6 +189,10 @@ class WorkflowSpec(_Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
     max_parallel: int | None = Field(default=None, ge=1, le=1024)
     version: str = Field(default="1", max_length=64)
+
+
+#: Every field name a workflow document may use (workflow and step), for "did you mean" on a misspelt one.
+WORKFLOW_FIELD_NAMES = tuple(dict.fromkeys([*WorkflowSpec.model_fields, *StepSpec.model_fields]))
 
 
 class WorkflowInfo(BaseModel):

@@ -19,8 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -232,11 +231,7 @@ class TaskOrchestrator:
         if type(priority) is not TaskPriority:
             priority = TaskPriority(priority)
         if resources:
-            if self._resources is None:
-                raise InvalidInputError(
-                    "resources", "this scheduler has no resource manager, so tasks cannot require resources"
-                )
-            self._resources.check_satisfiable(resources)
+            self.check_resources(resources)
         else:
             resources = None
         if action is not None:
@@ -298,16 +293,19 @@ class TaskOrchestrator:
             session_id=session_id,
         )
 
+    def check_resources(self, requirements: Mapping[str, Any]) -> None:
+        """Raise unless ``requirements`` could ever be granted here (``InsufficientResourcesError`` past
+        a capacity, ``InvalidInputError`` / ``ResourceNotFoundError`` for a bad key or amount)."""
+        if self._resources is None:
+            raise InvalidInputError(
+                "resources", "this scheduler has no resource manager, so tasks cannot require resources"
+            )
+        self._resources.check_satisfiable(requirements)
+
     def _registry_now(self) -> ActionRegistry:
         if self._registry is None:
             self._registry = create_registry()
         return self._registry
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Kept for callers: a burst needs no grouping (a submission wakes a worker only when ready
-        tasks outnumber the workers already on their way to the queue)."""
-        yield
 
     # ------------------------------------------------------------------ queries and waits
 

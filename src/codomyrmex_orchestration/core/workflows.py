@@ -114,7 +114,12 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
-        self.definitions = DefinitionRegistry(registry=registry, store=self.store, max_steps=max_steps)
+        self.definitions = DefinitionRegistry(
+            registry=registry,
+            store=self.store,
+            max_steps=max_steps,
+            check_resources=orchestrator.check_resources,
+        )
         taken = self.definitions.load_stored()
         if self.config_dir is not None:
             taken.update(self.definitions.load_config_dir(self.config_dir, skip=taken))

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration._redact import register_secret
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
@@ -241,7 +242,8 @@ def build_server(
             # results are for a known tool's argument and execution errors.
             raise MCPError(
                 code=types.INVALID_PARAMS,
-                message=f"unknown tool {params.name!r}; available tools: {', '.join(input_schemas)}",
+                message=f"unknown tool {params.name!r}{did_you_mean(params.name, input_schemas)}; "
+                f"available tools: {', '.join(input_schemas)}",
                 data={"tool": params.name},
             )
 

@@ -36,6 +36,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
+    WORKFLOW_FIELD_NAMES,
     RunRecord,
     StepResult,
     TaskPriority,
@@ -50,6 +51,7 @@ from codomyrmex_orchestration.errors import (
     InvalidInputError,
     OrchestrationError,
     WaitTimeoutError,
+    validation_problems,
 )
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _models as m
@@ -443,8 +445,8 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
     try:
         spec = WorkflowSpec.model_validate(document)
     except ValidationError as exc:
-        problem = InvalidInputError.from_validation(exc)
-        return m.ValidationResult(valid=False, workflow_name=a.name, problems=[problem.reason])
+        problems, _ = validation_problems(exc.errors(), known_fields=WORKFLOW_FIELD_NAMES)
+        return m.ValidationResult(valid=False, workflow_name=a.name, problems=problems)
     try:
         validation = tools.engine.workflow_manager.validate_workflow(spec)
     except DAGValidationError as exc:

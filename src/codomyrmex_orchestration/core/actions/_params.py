@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import DEFAULT_MAX_OUTPUT_BYTES
-from codomyrmex_orchestration.core._suggest import did_you_mean
 from codomyrmex_orchestration.core.actions._registry import ActionContext
 from codomyrmex_orchestration.errors import InvalidInputError
 

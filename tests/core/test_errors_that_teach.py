@@ -1,0 +1,59 @@
+"""Errors that teach (issue 19, item 5): a misspelt name gets the closest known one, and validation
+catches at definition time what used to fail only at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
+from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, WorkflowNotFoundError
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[OrchestrationEngine]:
+    the_engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, durable=False)
+    yield the_engine
+    the_engine.shutdown()
+
+
+def echo(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "module": "core", "action": "echo", "parameters": {"message": name}, **extra}
+
+
+def test_a_misspelt_step_field_is_refused_with_the_field_it_meant(engine: OrchestrationEngine) -> None:
+    steps = [echo("a"), echo("b", depends_on=["a"])]
+    with pytest.raises(InvalidInputError) as info:
+        engine.workflow_manager.create_workflow({"name": "typo", "steps": steps})
+    message = str(info.value)
+    assert "unknown field 'steps.1.depends_on'" in message
+    assert "did you mean 'dependencies'?" in message
+
+
+def test_step_resources_are_checked_against_the_machines_capacities_at_validation(
+    engine: OrchestrationEngine,
+) -> None:
+    cpus = engine.resource_manager.get_total_usage()
+    assert cpus  # the machine was probed
+    too_much = echo("heavy", resources={"compute": 999_999})
+    unknown = echo("odd", resources={"quantum": 1})
+    with pytest.raises(DAGValidationError) as info:
+        engine.workflow_manager.validate_workflow(
+            {"name": "hungry", "steps": [echo("fine"), too_much, unknown]}
+        )
+    problems = info.value.problems
+    assert any(p.startswith("step 'heavy': resources:") for p in problems), problems
+    assert any(p.startswith("step 'odd': resources:") for p in problems), problems
+    assert not any("'fine'" in p for p in problems)
+    # what fits validates
+    modest = {"name": "modest", "steps": [echo("ok", resources={"compute": 1})]}
+    engine.workflow_manager.validate_workflow(modest)
+
+
+def test_an_unknown_workflow_name_suggests_the_closest_known_one(engine: OrchestrationEngine) -> None:
+    engine.workflow_manager.create_workflow({"name": "greet_and_collect", "steps": [echo("a")]})
+    with pytest.raises(WorkflowNotFoundError, match="did you mean 'greet_and_collect'"):
+        engine.execute_workflow("greet_and_colect")
