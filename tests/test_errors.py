@@ -28,7 +28,7 @@ def test_each_problem_names_its_field_path_and_an_unknown_field_lists_what_is_ac
     text = str(error)
     assert "missing required field 'arguments.name'" in text
     assert "arguments.count: Input should be a valid integer" in text
-    assert "unknown field 'arguments.nmae' (accepted: name, count)" in text
+    assert "unknown field 'arguments.nmae' (did you mean 'name'?) (accepted: name, count)" in text
 
 
 def test_beyond_five_problems_it_says_how_many_more() -> None:
