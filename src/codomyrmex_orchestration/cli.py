@@ -159,6 +159,11 @@ def _add_show_parser(sub: Any) -> None:
     _common(show)
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("--json", action="store_true", help="print the run record as JSON")
+    show.add_argument(
+        "--open",
+        action="store_true",
+        help="print the run's URL in the run view of a server running on this state",
+    )
 
 
 def _add_resume_parser(sub: Any) -> None:
@@ -767,6 +772,18 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration._cli_display import print_table, step_detail
 
     record = _get_run(settings, args.run_id)
+    if args.open:
+        from codomyrmex_orchestration.server._ui import served_ui
+
+        ui = served_ui(settings.state_dir)
+        if ui is None:
+            _error(
+                f"no server with a run view is running on {settings.state_dir}: start one with "
+                "`codomyrmex-orchestration serve --transport streamable-http` (or make run)"
+            )
+            return EXIT_FAILED
+        print(f"{ui}#/runs/{record.run_id}")
+        return EXIT_OK
     if args.json:
         _dump(record.model_dump(mode="json"))
         return EXIT_OK

@@ -322,3 +322,62 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
         shot(page, "run-view-mcp-app")
     finally:
         page.close()
+
+
+def test_the_cli_prints_a_runs_url_in_the_run_view_of_the_server_on_its_state(server: Served) -> None:
+    import subprocess
+
+    from tests.helpers.served import SCRIPT, server_env
+
+    created = mcp_call(
+        server.url,
+        "create_workflow",
+        {
+            "name": "tiny",
+            "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}],
+        },
+        AUTH,
+    )
+    assert not created.is_error
+    run = mcp_call(server.url, "execute_workflow", {"workflow_name": "tiny", "wait": True}, AUTH)
+    run_id = run.structured_content["run_id"]
+    root = server.state_dir.parent
+    shown = subprocess.run(
+        [str(SCRIPT), "show", run_id, "--open"],
+        env=server_env(root),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"{server.base}/ui/#/runs/{run_id}"
+
+
+def test_without_a_server_show_open_says_how_to_start_one(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers.served import SCRIPT, server_env
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), *args],
+            env=server_env(tmp_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    document = {
+        "name": "solo",
+        "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}],
+    }
+    (tmp_path / "solo.json").write_text(json.dumps(document))
+    ran = cli("run", str(tmp_path / "solo.json"), "--json")
+    assert ran.returncode == 0, ran.stderr
+    shown = cli("show", json.loads(ran.stdout)["run_id"], "--open")
+    assert shown.returncode == 1
+    assert "no server with a run view is running" in shown.stderr and "make run" in shown.stderr

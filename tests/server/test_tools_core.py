@@ -452,3 +452,32 @@ async def test_network_transports_refuse_code_execution_by_default(tmp_path: Any
     assert "python.call" in task and "refused" in task
     assert {a["name"]: a["allowed"] for a in actions["actions"]}["shell.run"] is False
     assert ssrf["status"] == "failed" and ssrf["error"]["type"] == "ActionRefusedError", ssrf
+
+
+async def test_list_workflow_runs_filters_by_time_window_and_pages_with_a_cursor(client: Client) -> None:
+    await _ok(
+        client,
+        "create_workflow",
+        {
+            "name": "tick",
+            "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}],
+        },
+    )
+    ran = [(await _ok(client, "execute_workflow", {"workflow_name": "tick"}))["run_id"] for _ in range(5)]
+    first = await _ok(client, "list_workflow_runs", {"workflow_name": "tick", "limit": 2})
+    second = await _ok(
+        client, "list_workflow_runs", {"workflow_name": "tick", "limit": 2, "cursor": first["next_cursor"]}
+    )
+    third = await _ok(
+        client, "list_workflow_runs", {"workflow_name": "tick", "limit": 2, "cursor": second["next_cursor"]}
+    )
+    paged = [r["run_id"] for page in (first, second, third) for r in page["runs"]]
+    assert paged == list(reversed(ran))  # newest first, each run once
+    assert third["next_cursor"] is None and third["count"] == 1
+    created = sorted(r["created_at"] for page in (first, second, third) for r in page["runs"])
+    window = await _ok(client, "list_workflow_runs", {"since": created[1], "until": created[3]})
+    assert {r["created_at"] for r in window["runs"]} == {created[1], created[2]}  # since inclusive, until not
+    future = await _ok(client, "list_workflow_runs", {"since": "2999-01-01T00:00:00"})
+    assert future["runs"] == []
+    bad = await client.call_tool("list_workflow_runs", {"cursor": "not-a-cursor"})
+    assert bad.is_error and "cursor" in bad.content[0].text

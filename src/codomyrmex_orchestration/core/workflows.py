@@ -12,8 +12,9 @@ Timeouts: every ``timeout`` argument here is in seconds, and ``None`` means wait
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
@@ -22,6 +23,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
 from codomyrmex_orchestration.core._client import calling_client
+from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
@@ -46,6 +48,37 @@ from codomyrmex_orchestration.errors import (
     InvalidStateError,
     RunNotFoundError,
 )
+
+
+class _RunFilter(NamedTuple):
+    """A run listing's filters, applied to the live runs the store does not have yet."""
+
+    workflow_name: str | None
+    status: WorkflowStatus | None
+    since: datetime | None
+    until: datetime | None
+    after: tuple[float, str] | None  # the cursor's (created_at, run_id): only older runs
+
+    def matches(self, run: RunRecord) -> bool:
+        return (
+            (self.workflow_name is None or run.workflow_name == self.workflow_name)
+            and (self.status is None or run.status is self.status)
+            and (self.since is None or run.created_at >= self.since)
+            and (self.until is None or run.created_at < self.until)
+            and (self.after is None or (run.created_at.timestamp(), run.run_id) < self.after)
+        )
+
+
+def _merge_listing(
+    stored: list[RunRecord], live: list[RunRecord], wanted: _RunFilter, limit: int
+) -> list[RunRecord]:
+    """The stored page with the live runs that belong in it, in the store's order (newest
+    ``(created_at, run_id)`` first); a live record replaces its stored copy."""
+    records = {r.run_id: r for r in stored}
+    records.update((run.run_id, run) for run in live if wanted.matches(run))
+    ordered = sorted(records.values(), key=lambda r: (r.created_at.timestamp(), r.run_id), reverse=True)
+    return ordered[:limit]
+
 
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
@@ -365,20 +398,19 @@ class WorkflowManager:
         workflow_name: str | None = None,
         status: WorkflowStatus | None = None,
         limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first (active runs as they stand)."""
-        active = self._active.runs()
-        records = {
-            r.run_id: r for r in self.store.list_runs(workflow_name=workflow_name, status=status, limit=limit)
-        }
-        for run in active:
-            snap = run.snapshot()
-            if (workflow_name is None or snap.workflow_name == workflow_name) and (
-                status is None or snap.status is status
-            ):
-                records[snap.run_id] = snap
-        ordered = sorted(records.values(), key=lambda r: r.created_at, reverse=True)
-        return ordered[:limit]
+        """Runs, newest first (active runs as they stand), created in ``[since, until)``, after
+        ``cursor`` (``store.run_cursor`` of the previous page's last run). Raises InvalidInputError
+        for a cursor it did not make."""
+        stored = self.store.list_runs(
+            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+        )
+        after = parse_cursor(cursor) if cursor is not None else None
+        wanted = _RunFilter(workflow_name, status, since, until, after)
+        return _merge_listing(stored, [run.snapshot() for run in self._active.runs()], wanted, limit)
 
     def active_run_ids(self) -> list[str]:
         return self._active.ids()

@@ -154,6 +154,15 @@ class ListRunsArgs(Args):
     workflow_name: str | None = None
     status: RunStatusName | None = None
     limit: int = Field(default=20, ge=1, le=500)
+    since: datetime | None = Field(
+        default=None, strict=False, description="Only runs created at or after (ISO 8601)."
+    )
+    until: datetime | None = Field(
+        default=None, strict=False, description="Only runs created before (ISO 8601)."
+    )
+    cursor: str | None = Field(
+        default=None, max_length=256, description="next_cursor of the previous page: the page after it."
+    )
 
 
 class ResumeRunArgs(Args):
@@ -314,6 +323,8 @@ class RunSummary(Result):
 class RunListResult(Result):
     runs: list[RunSummary]
     count: int
+    #: Pass as ``cursor`` for the next page; null when this page is the last.
+    next_cursor: str | None = None
 
 
 class ReleaseResult(Result):

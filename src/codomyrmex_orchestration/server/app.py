@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -680,6 +681,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools)
+    recorded: list[Path] = []  # where this process said its run view is (removed at exit)
     status = _server_status(settings, policy)
     tools.server_status = status.component
     log.info(
@@ -713,6 +715,8 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 sys.stderr.write(banner + "\n")
                 sys.stderr.flush()
                 _print_ui_link(settings.model_copy(update={"port": port}), ui_access)
+                host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+                recorded.append(_ui.record_server(settings.state_dir, _base_url(host, port)))
 
             anyio.run(
                 _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
@@ -720,6 +724,8 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     except KeyboardInterrupt:
         pass
     finally:
+        for path in recorded:
+            _ui.forget_server(path)
         try:
             if engine_factory is not None:
                 tools.close()
@@ -749,6 +755,10 @@ def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
         sys.stderr.write(f"{rule}\n! WARNING: {warning}\n{rule}\n")
         sys.stderr.flush()
     return status
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _print_ui_link(settings: Settings, access: _ui.UiAccess) -> None:

@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -46,6 +46,7 @@ from codomyrmex_orchestration.core.models import (
     WorkflowSpec,
     WorkflowStatus,
 )
+from codomyrmex_orchestration.core.store import run_cursor
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
@@ -468,7 +469,12 @@ def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outc
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
     status = WorkflowStatus(a.status) if a.status else None
     records = tools.engine.workflow_manager.list_runs(
-        workflow_name=a.workflow_name, status=status, limit=a.limit
+        workflow_name=a.workflow_name,
+        status=status,
+        limit=a.limit,
+        since=_aware(a.since),
+        until=_aware(a.until),
+        cursor=a.cursor,
     )
     runs = [
         m.RunSummary(
@@ -482,7 +488,13 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         )
         for r in records
     ]
-    return m.RunListResult(runs=runs, count=len(runs))
+    next_cursor = run_cursor(records[-1]) if len(records) == a.limit else None
+    return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without a zone is read as UTC (every record is)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
