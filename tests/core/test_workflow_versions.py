@@ -207,3 +207,10 @@ def test_a_state_file_from_before_versions_opens_and_its_runs_resume_with_the_cu
         resumed = manager.resume_run("r-old", timeout=10)
         assert resumed.status is WorkflowStatus.COMPLETED, resumed.error
         assert resumed.steps["say"].output == "current 7"
+
+
+def test_a_version_number_beyond_any_stored_one_is_not_found_not_an_overflow(tmp_path: Path) -> None:
+    # found by make fuzz: 18446744073709551617 reached SQLite and raised OverflowError
+    with SqliteStore(tmp_path / "state.db") as store:
+        assert store.get_workflow_version("wf", 2**64 + 1) is None
+        assert store.get_workflow_version("wf", -1) is None

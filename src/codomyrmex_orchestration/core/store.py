@@ -354,6 +354,8 @@ class SqliteStore:
 
     def get_workflow_version(self, name: str, version: int) -> str | None:
         """The spec JSON of version ``version`` of ``name``, or None if it is not kept."""
+        if not 0 < version < 2**63:  # outside SQLite's integers: no such version was ever stored
+            return None
         rows = self._reads.read(
             "SELECT spec FROM workflow_versions WHERE name = ? AND version = ?", (name, version)
         )

@@ -176,7 +176,9 @@ class WorkflowNameArgs(Args):
 
 
 class GetWorkflowArgs(WorkflowNameArgs):
-    version: int | None = Field(default=None, ge=1, description="An older kept version (default: current).")
+    version: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="An older kept version (default: current)."
+    )
 
 
 class ValidateWorkflowArgs(Args):
