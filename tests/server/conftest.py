@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
 
+from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ServerPolicy
 
 
@@ -47,6 +49,13 @@ def make_engine(root: Path, policy: ServerPolicy, *, durable: bool = False) -> A
         allow_code_execution=policy.allow_code_execution,
         durable=durable,
     )
+
+
+@pytest.fixture
+async def client(tools: OrchestrationMCPTools) -> AsyncIterator[Client]:
+    """The real MCP client, in process, on a server over ``tools``."""
+    async with Client(build_server(tools)) as the_client:
+        yield the_client
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -47,12 +46,6 @@ SLOW = {
 
 def _text(result: Any) -> str:
     return str(result.content[0].text)
-
-
-@pytest.fixture
-async def client(tools: OrchestrationMCPTools) -> AsyncIterator[Client]:
-    async with Client(build_server(tools)) as the_client:
-        yield the_client
 
 
 async def _ok(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:

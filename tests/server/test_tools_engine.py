@@ -4,7 +4,6 @@ default engine; written against docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from mcp import Client, StdioServerParameters
 
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.store import MemoryStore
-from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
 pytest.importorskip(
@@ -23,12 +21,6 @@ pytest.importorskip(
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(tools: OrchestrationMCPTools) -> AsyncIterator[Client]:
-    async with Client(build_server(tools)) as the_client:
-        yield the_client
 
 
 async def _call(client: Client, name: str, args: dict[str, Any]) -> Any:
