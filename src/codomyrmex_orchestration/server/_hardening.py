@@ -3,9 +3,11 @@ code execution exposed beyond loopback. Owns no state."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from codomyrmex_orchestration.errors import InvalidInputError
 
-__all__ = ["MIN_TOKEN_LENGTH", "check_token", "exposure_warning"]
+__all__ = ["MIN_TOKEN_LENGTH", "check_token", "exposure_warning", "is_loopback"]
 
 #: Fewest characters a bearer token may have (after stripping surrounding whitespace).
 MIN_TOKEN_LENGTH = 16
@@ -40,3 +42,13 @@ def exposure_warning(transport: str, host: str, code_execution: bool, loopback: 
         "run shell commands and Python callables as this user (shell.run, python.call). Bind to 127.0.0.1, "
         "drop --allow-shell, or restrict python.call with CODOMYRMEX_PYTHON_CALL_ALLOW."
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback hosts and bind addresses (127.0.0.0/8, ::1, localhost, bracketed or not)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

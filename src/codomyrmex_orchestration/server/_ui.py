@@ -13,7 +13,6 @@ import functools
 import hashlib
 import hmac
 import html
-import ipaddress
 import json
 import os
 import secrets
@@ -28,6 +27,8 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from codomyrmex_orchestration.server._hardening import is_loopback
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -150,7 +151,7 @@ class UiAccess:
             # Secure where the browser will send it back: HTTPS, or plain HTTP to a loopback name (which
             # browsers treat as a secure context); over plain HTTP to another host a Secure cookie is
             # dropped and the sign-in would loop.
-            secure = request.url.scheme == "https" or _loopback(request.url.hostname or "")
+            secure = request.url.scheme == "https" or is_loopback(request.url.hostname or "")
             response.set_cookie(
                 COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
             )
@@ -265,15 +266,6 @@ def served_ui(state_dir: Path) -> str | None:
         return str(record["ui"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def ui_path(path: str) -> bool:

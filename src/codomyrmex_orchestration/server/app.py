@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import importlib.util
-import ipaddress
 import json
 import signal
 import socket
@@ -36,12 +35,13 @@ from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
 from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server._completion import completion_handler
-from codomyrmex_orchestration.server._hardening import check_token, exposure_warning
+from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
@@ -53,7 +53,6 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server.tools import (
-    CALLING_CLIENT,
     EngineFactory,
     OrchestrationMCPTools,
     ServerPolicy,
@@ -257,7 +256,7 @@ def build_server(
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
-        client = CALLING_CLIENT.set(_client_key(ctx))
+        client = calling_client.set(_client_key(ctx))
         try:
             async with hub.request_logs(ctx) as request_peer:
                 with hub.calling(peer or request_peer):
@@ -265,7 +264,7 @@ def build_server(
                         params.name, params.arguments, progress=progress
                     )
         finally:
-            CALLING_CLIENT.reset(client)
+            calling_client.reset(client)
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
@@ -441,16 +440,6 @@ def build_server(
 
 
 # --------------------------------------------------------------------------- HTTP: auth and rebinding
-
-
-def is_loopback(host: str) -> bool:
-    """True for loopback bind addresses (127.0.0.0/8, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def transport_security(host: str, allowed_hosts: Sequence[str] = ()) -> TransportSecuritySettings:

@@ -32,7 +32,6 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
-from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
@@ -531,11 +530,6 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Ou
     return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
 
 
-#: Who is calling (one MCP client), set by the server around each tool call: the scheduler serves clients
-#: in turn within a priority level, so one client's backlog cannot starve another's task or run.
-CALLING_CLIENT = calling_client
-
-
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
     spec = TaskSpec(
         name=a.name,
@@ -550,7 +544,7 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
     # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec)  # queued for the calling client (CALLING_CLIENT)
+    task_id = engine.start_task(spec)  # queued for the calling client (core._client)
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
