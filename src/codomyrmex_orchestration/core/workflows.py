@@ -321,6 +321,7 @@ class WorkflowManager:
             parent_run_id=parent_run_id,
             previous=previous,
         )
+        self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         run = RunState(
             record,
             plan,
@@ -332,7 +333,6 @@ class WorkflowManager:
             save_step=self._recorder.step_saver,
             client=client or session_id or calling_client.get(),
         )
-        self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         self._active.add(run)
         self._driver.start(run)
         return run
