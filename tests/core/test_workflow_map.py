@@ -32,8 +32,9 @@ from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import StepSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
+from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
 from codomyrmex_orchestration.core.workflows import WorkflowManager
-from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError
+from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, TemplateError
 from tests.helpers.durable_steps import executions
 from tests.helpers.map_steps import GATE_AT
 
@@ -417,7 +418,39 @@ def test_resume_reruns_only_the_failed_items_and_keeps_the_completed_outputs(
     assert calls.per_item == {0: 1, 1: 1, 2: 2, 3: 1, 4: 2}
 
 
+def test_references_inside_a_literal_list_resolve_before_the_items_run(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "literal",
+        [lister([7]), mapped(for_each=["{{steps.list.output.items.0}}", 8])],
+    )
+    record = manager.execute_workflow("literal", timeout=WAIT)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    assert record.steps["each"].output == [14, 16]
+
+
 # --------------------------------------------------------------------------- definitions
+
+
+def test_item_and_index_are_references_in_templates_and_bare_in_conditions() -> None:
+    ctx = TemplateContext(item=({"n": "x", "tags": ["a", "b"]}, 4))
+    assert resolve({"all": "{{item}}", "tag": "{{item.tags.1}}", "at": "{{ index }}"}, ctx) == {
+        "all": {"n": "x", "tags": ["a", "b"]},
+        "tag": "b",
+        "at": 4,
+    }
+    assert parse_condition("item.n == 'x' and index >= 4").evaluate(ctx)
+    assert not parse_condition("{{index}} < 4 or item.tags == []").evaluate(ctx)
+
+
+def test_item_outside_a_map_step_is_an_error_naming_for_each() -> None:
+    with pytest.raises(TemplateError, match="item and index exist only in a step with for_each"):
+        resolve("{{item.n}}", TemplateContext())
+
+
+def test_a_step_called_item_keeps_its_short_form() -> None:
+    ctx = TemplateContext(steps={"item": ("completed", 5)}, item=("own", 0))
+    assert resolve("{{item.output}}", ctx) == 5
+    assert resolve("{{item}}", ctx) == "own"
 
 
 def problems(steps: list[dict[str, Any]]) -> list[str]:

@@ -102,7 +102,7 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
         LimitExceededError: more items than ``limit`` (``CODOMYRMEX_MAX_MAP_ITEMS``).
     """
     for_each = step.for_each
-    values = resolve(for_each, ctx) if isinstance(for_each, str) else for_each
+    values = resolve(for_each, ctx)  # a literal list's items may hold references too
     if not isinstance(values, list):
         kind = "null" if values is None else type(values).__name__
         raise InvalidInputError("for_each", f"step {name!r}: {for_each!r} is a {kind}, not a list")

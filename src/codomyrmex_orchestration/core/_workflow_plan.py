@@ -73,7 +73,7 @@ class Plan:
             refs = find_references(step.parameters, known)
             if refs:
                 self.templated.add(name)
-            if isinstance(step.for_each, str):  # a map step: the list it reads is an input too
+            if step.for_each is not None:  # a map step: the list it reads is an input too
                 refs = [*refs, *find_references(step.for_each, known)]
             if step.run_if:
                 condition = parse_condition(step.run_if, known)

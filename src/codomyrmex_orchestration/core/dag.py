@@ -129,7 +129,7 @@ class WorkflowDAG:
             indegree[name] = len(declared)
             if step.for_each is not None or step.max_parallel is not None:
                 self._problems.extend(map_problems(name, step))
-            if not step.parameters and step.run_if is None and not isinstance(step.for_each, str):
+            if not step.parameters and step.run_if is None and step.for_each is None:
                 continue  # nothing to scan for references (most steps of big generated workflows)
             inferred = self._template_upstreams(name, step, known)
             extra = [up for up in inferred if up not in declared]
@@ -171,10 +171,10 @@ class WorkflowDAG:
         """Steps referenced by ``step``'s parameters and run_if; records bad references as problems."""
         refs, errors = scan_references(step.parameters, known)
         self._problems.extend(f"step {name!r} parameters: {exc.reason}" for exc in errors)
-        if isinstance(step.for_each, str):
+        if step.for_each is not None:
             found, errors = scan_references(step.for_each, known)
             self._problems.extend(f"step {name!r} for_each: {exc.reason}" for exc in errors)
-            if step.for_each is not None and any(r.root in ITEM_ROOTS for r in found):
+            if any(r.root in ITEM_ROOTS for r in found):
                 self._problems.append(f"step {name!r} for_each: the list cannot depend on its own item")
             refs.extend(found)
         if step.run_if is not None:
