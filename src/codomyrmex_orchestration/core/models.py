@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -82,6 +83,14 @@ def parse_priority(value: object) -> TaskPriority:
 
 
 Priority = Annotated[TaskPriority, BeforeValidator(parse_priority)]
+#: Any JSON value, with a schema that says so (a schema that accepts anything is what portability checks
+#: warn about, and clients generating types from it get nothing).
+JsonItem = Annotated[
+    Any,
+    WithJsonSchema(
+        {"anyOf": [{"type": t} for t in ("object", "array", "string", "number", "boolean", "null")]}
+    ),
+]
 
 
 class TaskStatus(enum.StrEnum):
@@ -172,7 +181,7 @@ class StepSpec(_Retryable):
         description="A failing non-required step does not fail the run nor skip dependents "
         "that do not reference its output.",
     )
-    for_each: list[Any] | str | None = Field(
+    for_each: list[JsonItem] | str | None = Field(
         default=None,
         description="Run the action once per item of this list (or of the list this {{...}} names); "
         "{{item}} and {{index}} are available in parameters and run_if.",
