@@ -371,6 +371,42 @@ def test_cancelling_a_run_cancels_the_items_not_finished(
     assert step.items is not None and step.items.counts == {"cancelled": 4}
 
 
+def test_the_workflows_max_parallel_bounds_items_too_and_cancel_settles_the_queued_ones(
+    manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
+) -> None:
+    two_in_flight = threading.Event()
+
+    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= 2:
+                    two_in_flight.set()
+            ctx.cancel_event.wait(WAIT)
+            raise RuntimeError("stopped")
+        finally:
+            calls.leave()
+
+    registry.register(ActionDefinition("test", "block", block))
+    manager.create_workflow(
+        {
+            "name": "tight",
+            "max_parallel": 2,
+            "steps": [mapped(for_each=list(range(6)), action="block", max_parallel=4)],
+        }
+    )
+    run_id = manager.start_workflow("tight")
+    assert two_in_flight.wait(WAIT)
+    handed = [t for t in orchestrator.list_tasks(limit=1000) if t.run_id == run_id]
+    assert len(handed) == 2  # two more hold the map's slots in the run's queue; two wait in the map
+    record = manager.cancel_run(run_id)
+    assert record.status is WorkflowStatus.CANCELLED
+    step = record.steps["each"]
+    assert step.status is TaskStatus.CANCELLED
+    assert step.items is not None and step.items.counts == {"cancelled": 6}
+    assert calls.most == 2 and sum(calls.per_item.values()) == 2
+
+
 def test_items_are_stored_one_row_each_and_read_back_into_their_map_step(
     manager: WorkflowManager, store: SqliteStore, tmp_path: Path
 ) -> None:
