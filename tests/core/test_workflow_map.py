@@ -604,3 +604,26 @@ def test_kill_9_during_a_map_then_resume_calls_no_completed_item_again(tmp_path:
         assert after == {f"item{i}": 2 if i == GATE_AT else 1 for i in range(20)}
     finally:
         engine.shutdown()
+
+
+def test_a_map_step_added_to_a_running_run_runs_its_items_after_its_dependency(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    release = threading.Event()
+
+    def held(params: dict[str, Any], ctx: ActionContext) -> Any:
+        assert release.wait(WAIT)
+        return params
+
+    registry.register(ActionDefinition("test", "held", held))
+    manager.create_workflow(
+        "grows", [{"name": "list", "module": "test", "action": "held", "parameters": {"items": [4, 5]}}]
+    )
+    run_id = manager.start_workflow("grows")
+    run = manager._active.get(run_id)
+    assert run is not None
+    manager._driver.add_steps(run, [StepSpec.model_validate(mapped(dependencies=["list"]))])
+    release.set()
+    final = manager.wait_run(run_id, WAIT)
+    assert final.status is WorkflowStatus.COMPLETED, final.error
+    assert final.steps["each"].output == [8, 10]

@@ -481,6 +481,8 @@ class _AddedStep:
         self.parents = tuple(sorted(set(spec.dependencies)))
         refs = find_references(spec.parameters, known)
         self.templated = bool(refs)
+        if spec.for_each is not None:  # a map step: the list it reads is an input too
+            refs = [*refs, *find_references(spec.for_each, known)]
         self.condition: Condition | None = None
         if spec.run_if:
             self.condition = parse_condition(spec.run_if, known)
