@@ -1,10 +1,12 @@
 """Map steps: a step with ``for_each`` runs its action once per item of a list.
 
-A :class:`MapState` is one map step's expansion inside one run: the items, each item's result and the
-indices waiting for a slot under the step's ``max_parallel``. It is owned by its run's
-:class:`~codomyrmex_orchestration.core._workflow_run.RunState` and guarded by that run's lock. Items
-are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold brackets);
-they share the step's spec (nothing is copied per item) and go through the one scheduler like steps.
+:class:`RunMaps` holds the map steps one run has expanded and carries out their items' transitions;
+a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
+under the step's ``max_parallel``. Both belong to their run's
+:class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
+Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
+brackets); they share the step's spec (nothing is copied per item) and go through the one scheduler
+like steps.
 
 The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
 the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
