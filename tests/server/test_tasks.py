@@ -255,7 +255,7 @@ async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(
             async with Client(
                 streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
             ) as second:
-                assert (await task_result(two, task["taskId"])).structured_content is not None
+                assert (await task_result(second, task["taskId"])).structured_content is not None
 
 
 async def test_an_expired_task_is_removed_with_its_record(tools: OrchestrationMCPTools) -> None:
