@@ -1,17 +1,20 @@
-"""MCP tasks (protocol 2025-11-25) from the Python SDK's ``Client``, which has no helpers for them: a
-task-augmented ``tools/call`` as a raw request (its answer, a ``CreateTaskResult``, is not the
-``CallToolResult`` the Client's ``call_tool`` validates against), ``tasks/*`` through ``send_request``
-with the SDK's own request types, and a notification binding that collects ``notifications/tasks/status``."""
+"""MCP tasks from the Python SDK's ``Client``, which has no helpers for them.
+
+Protocol 2025-11-25: a task-augmented ``tools/call`` as a raw request (its answer, a ``CreateTaskResult``,
+is not the ``CallToolResult`` the Client's ``call_tool`` validates against), ``tasks/*`` through
+``send_request`` with the SDK's own request types, and a notification binding that collects
+``notifications/tasks/status``. Protocol 2026-07-28: the tasks extension as a client extension whose
+result claim resolves a task handle into the tool's result."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
 from mcp import Client
-from mcp.client.extension import ClientExtension, NotificationBinding
+from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
 
 WAIT = 30
 
@@ -87,3 +90,66 @@ class TaskStatuses(ClientExtension):
                         return params
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
+
+
+# --------------------------------------------------------------------------- 2026-07-28: the extension
+
+
+class TaskHandle(types.Result):
+    """The tasks extension's ``CreateTaskResult`` (``resultType: "task"``), which the SDK does not type."""
+
+    result_type: Literal["task"] = "task"  # type: ignore[assignment]  # the claim's discriminator
+    task_id: str
+    status: str
+    status_message: str | None = None
+    created_at: str
+    last_updated_at: str
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+
+
+class DetailedTask(types.Result):
+    """The extension's ``tasks/get`` answer: the task, with its result once completed."""
+
+    task_id: str
+    status: str
+    status_message: str | None = None
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class TasksExtension(ClientExtension):
+    """A client of the tasks extension (``io.modelcontextprotocol/tasks``) through the SDK's own seams:
+    declared on every request, it claims ``resultType: "task"`` answers of ``tools/call`` and resolves
+    them by polling ``tasks/get`` at the server's ``pollIntervalMs`` (the extension has no blocking
+    request: polling is its protocol), so ``call_tool`` returns the tool's result as usual."""
+
+    identifier = "io.modelcontextprotocol/tasks"
+
+    def __init__(self) -> None:
+        self.handles: list[TaskHandle] = []
+        self.polled: list[DetailedTask] = []
+
+    def claims(self) -> Sequence[ResultClaim[Any]]:
+        return [ResultClaim(result_type="task", model=TaskHandle, resolve=self._resolve)]
+
+    async def _resolve(self, handle: TaskHandle, ctx: ClaimContext) -> types.CallToolResult:
+        self.handles.append(handle)
+        with anyio.fail_after(WAIT):
+            while True:
+                detail = await get_detailed(ctx.session, handle.task_id)
+                self.polled.append(detail)
+                if detail.result is not None:
+                    return types.CallToolResult.model_validate(detail.result)
+                if detail.status != "working":
+                    raise RuntimeError(f"task {handle.task_id} ended {detail.status}: {detail.error}")
+                await anyio.sleep((detail.poll_interval_ms or 500) / 1000)
+
+
+async def get_detailed(session: Any, task_id: str) -> DetailedTask:
+    request = types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id))
+    with anyio.fail_after(WAIT):
+        detail: DetailedTask = await session.send_request(request, DetailedTask)
+    return detail

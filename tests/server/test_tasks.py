@@ -19,13 +19,17 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from codomyrmex_orchestration.server._tasks import EXTENSION_ID
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import ok
 from tests.helpers.mcp_tasks import (
+    TaskHandle,
+    TasksExtension,
     TaskStatuses,
     call_as_task,
     cancel_task,
+    get_detailed,
     get_task,
     list_tasks,
     task_result,
@@ -293,3 +297,47 @@ def test_the_sdk_still_leaves_tasks_to_the_server_the_way_server_tasks_expects()
     plain = Server("plain")
     plain.add_request_handler("tasks/get", types.GetTaskRequestParams, never_called)
     assert plain.get_capabilities().tasks is None
+
+
+async def test_on_2026_07_28_a_client_of_the_tasks_extension_gets_a_task_it_polls_to_the_plain_result(
+    tools: OrchestrationMCPTools,
+) -> None:
+    extension = TasksExtension()
+    async with Client(build_server(tools), extensions=[extension]) as client:
+        assert client.protocol_version == "2026-07-28"
+        assert EXTENSION_ID in (client.server_capabilities.extensions or {})
+        await ok(client, "create_workflow", chain(20))  # not long work: an ordinary answer
+        result = await client.call_tool("execute_workflow", {"workflow_name": "chain20"})
+        unknown = await client.call_tool("execute_workflow", {"workflow_name": "nowhere"})  # no task
+        with pytest.raises(MCPError) as no_list:
+            await list_tasks(client)
+    async with Client(build_server(tools)) as plain_client:  # no extension: no task, as before
+        plain = await ok(plain_client, "execute_workflow", {"workflow_name": "chain20"})
+    (handle,) = extension.handles
+    assert handle.status in ("working", "completed")  # 20 echoes may be done before it answers
+    assert handle.ttl_ms is not None and handle.poll_interval_ms
+    assert extension.polled[-1].status == "completed"
+    assert extension.polled[-1].status_message == "20 of 20 steps done"
+    structured = result.structured_content or {}
+    assert structured["run_id"] == handle.task_id
+    assert without_ids(structured) == without_ids(plain)
+    assert no_list.value.error.code == types.METHOD_NOT_FOUND
+    assert unknown.is_error and "nowhere" in str(unknown.content)
+
+
+async def test_on_2026_07_28_a_cancelled_task_reads_cancelled(tools: OrchestrationMCPTools) -> None:
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    async with Client(build_server(tools), extensions=[TasksExtension()]) as client:
+        await ok(client, "create_workflow", {"name": "naps", "steps": [nap]})
+        answer = await client.session.call_tool(
+            "execute_workflow", {"workflow_name": "naps"}, allow_claimed=True
+        )
+        assert isinstance(answer, TaskHandle)
+        cancel = types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=answer.task_id))
+        with anyio.fail_after(30):
+            acknowledged = await client.session.send_request(cancel, types.EmptyResult)
+        detail = await get_detailed(client.session, answer.task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": answer.task_id})
+    assert acknowledged.model_dump(exclude_none=True, exclude={"meta"}) == {"result_type": "complete"}
+    assert detail.status == "cancelled" and detail.result is None
+    assert run["status"] == "cancelled"

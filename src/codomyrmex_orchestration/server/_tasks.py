@@ -1,6 +1,8 @@
 """MCP tasks (protocol 2025-11-25) over workflow runs and single tasks: a task-augmented ``tools/call``
 answers at once with the task, ``tasks/get``, ``tasks/result``, ``tasks/list`` and ``tasks/cancel`` follow
-it, and ``notifications/tasks/status`` tells the requesting client when its status changes.
+it, and ``notifications/tasks/status`` tells the requesting client when its status changes. On 2026-07-28
+the same tasks take the shape of the ``io.modelcontextprotocol/tasks`` extension (``resultType: "task"``,
+``tasks/get`` carrying the result, ``tasks/cancel``) for a client that declares it.
 
 A task *is* a run (its id is the run id) or a single task (the scheduler's task id); its status is read
 from that run or task, so ``get_workflow_run`` and the tasks API always agree. The store keeps a record
@@ -40,7 +42,15 @@ from codomyrmex_orchestration.server.tools import (
     _task_result,
 )
 
-__all__ = ["CAPABILITY", "RELATED_TASK", "TASK_TOOLS", "ToolTasks", "declare_task_support", "owner_of"]
+__all__ = [
+    "CAPABILITY",
+    "EXTENSION_ID",
+    "RELATED_TASK",
+    "TASK_TOOLS",
+    "ToolTasks",
+    "declare_task_support",
+    "owner_of",
+]
 
 log = get_logger("codomyrmex_orchestration.server")
 
@@ -58,6 +68,8 @@ CAPABILITY = types.ServerTasksCapability(
 )
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
+#: The tasks extension of protocol 2026-07-28 (SEP-2663), advertised under ``capabilities.extensions``.
+EXTENSION_ID = "io.modelcontextprotocol/tasks"
 
 #: Time to live when the client asks for none, and the most it may ask for (milliseconds from creation).
 DEFAULT_TTL_MS = 24 * 3600 * 1000
@@ -119,7 +131,11 @@ def owner_of(ctx: Any) -> str:
         return "local"
     if connection.session_id:
         return f"session-{connection.session_id}"
-    return f"connection-{id(connection):x}" if request is not None else "local"
+    if request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        # A pipe's one client; or, on 2026-07-28 over HTTP without a token (loopback only), any client
+        # holding the task id: that protocol has no session, and no tasks/list to show others' tasks.
+        return "local"
+    return f"connection-{id(connection):x}"
 
 
 def _iso(moment: float) -> str:
@@ -139,6 +155,51 @@ def _wire(record: Mapping[str, Any]) -> dict[str, Any]:
     if record.get("message"):
         task["statusMessage"] = record["message"]
     return task
+
+
+def _wire_2026(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The tasks extension's ``Task`` (2026-07-28): ``ttlMs``/``pollIntervalMs``, and no
+    ``input_required`` without input requests the client could answer (a person approves through
+    the server's own tools), so a run waiting on one is ``working`` with that message."""
+    status = "working" if record["status"] == "input_required" else record["status"]
+    task: dict[str, Any] = {
+        "taskId": record["task_id"],
+        "status": status,
+        "createdAt": _iso(record["created_at"]),
+        "lastUpdatedAt": _iso(record["updated_at"]),
+        "ttlMs": record["ttl"],
+        "pollIntervalMs": POLL_INTERVAL_MS,
+    }
+    if record.get("message"):
+        task["statusMessage"] = record["message"]
+    return task
+
+
+def _detailed_2026(record: Mapping[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
+    """The extension's ``DetailedTask``: a finished tool call is ``completed`` with its result, even an
+    error result (``failed`` is for JSON-RPC errors: here, an interrupted run waiting to be resumed)."""
+    task = _wire_2026(record)
+    if record["status"] == "failed" and record.get("resumable"):
+        return {**task, "error": {"code": types.INTERNAL_ERROR, "message": record["message"]}}
+    if result is not None:
+        return {**task, "status": "completed", "result": result}
+    return task
+
+
+def _declares_extension(ctx: Any) -> bool:
+    capabilities = ctx.session.client_capabilities
+    extensions = capabilities.extensions if capabilities is not None else None
+    return extensions is not None and EXTENSION_ID in extensions
+
+
+def _legacy_only(ctx: Any, method: str) -> None:
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        raise MCPError(
+            code=types.METHOD_NOT_FOUND,
+            message=f"{method} is not part of the tasks extension on {ctx.protocol_version}: poll tasks/get, "
+            "whose answer carries the result once the task is completed",
+            data=method,
+        )
 
 
 def _not_found(task_id: str) -> MCPError:
@@ -187,17 +248,22 @@ class ToolTasks:
         server.add_request_handler("tasks/result", types.GetTaskPayloadRequestParams, self._on_result)
         server.add_request_handler("tasks/list", types.PaginatedRequestParams, self._on_list)
         server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, self._on_cancel)
+        server.add_request_handler("tasks/update", types.GetTaskRequestParams, self._on_update)
+        server.extensions[EXTENSION_ID] = {}
 
     # -- creation
 
     async def _middleware(self, ctx: Any, call_next: Callable[[Any], Any]) -> Any:
         params = ctx.params
-        if (
-            ctx.method != "tools/call"
-            or not isinstance(params, Mapping)
-            or params.get("task") is None
-            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        ):
+        if ctx.method != "tools/call" or not isinstance(params, Mapping):
+            return await call_next(ctx)
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if modern:
+            # 2026-07-28: the server decides; the long-work tools answer with a task to a client that
+            # declares the tasks extension on the request.
+            if params.get("name") not in TASK_TOOLS or not _declares_extension(ctx):
+                return await call_next(ctx)
+        elif params.get("task") is None:
             return await call_next(ctx)
         name = params.get("name")
         if name not in TASK_TOOLS:
@@ -210,7 +276,7 @@ class ToolTasks:
                 data={"tool": name},
             )
         try:
-            ttl = self._ttl(params["task"])
+            ttl = self._ttl(params.get("task"))
         except ValueError as exc:
             raise MCPError(code=types.INVALID_PARAMS, message=str(exc), data={"field": "task.ttl"}) from None
         arguments = params.get("arguments")
@@ -219,7 +285,12 @@ class ToolTasks:
             arguments = {**arguments, "wait": False}
         plain = {key: value for key, value in params.items() if key != "task"}
         started = await call_next(replace(ctx, params={**plain, "arguments": arguments}))
+        if modern and started.get("isError"):
+            return started  # it did not start: the server makes no task of it (the extension's choice)
         record = await self._created(ctx, str(name), started, ttl)
+        if modern:
+            answer = {**_wire_2026(record), "resultType": "task"}
+            return answer | ({"_meta": started["_meta"]} if started.get("_meta") else {})  # serverInfo
         return {"task": _wire(record)}
 
     @staticmethod
@@ -439,9 +510,24 @@ class ToolTasks:
         return record
 
     async def _on_get(self, ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
-        return _wire(await self._owned(ctx, params.task_id))
+        record = await self._owned(ctx, params.task_id)
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return _wire(record)
+        finished = record["status"] in ("completed", "failed") and not record.get("resumable")
+        result = await self._core(self._final_result, record) if finished else None
+        return _detailed_2026(record, result)
+
+    async def _on_update(self, ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
+        record = await self._owned(ctx, params.task_id)
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"task {record['task_id']!r} asks for no input: a step waiting for a person is "
+            "answered through this server's tools",
+            data={"taskId": record["task_id"]},
+        )
 
     async def _on_result(self, ctx: Any, params: types.GetTaskPayloadRequestParams) -> dict[str, Any]:
+        _legacy_only(ctx, "tasks/result")
         record = await self._owned(ctx, params.task_id)
         while record["status"] not in _TERMINAL:
             await anyio.to_thread.run_sync(
@@ -468,6 +554,7 @@ class ToolTasks:
             return
 
     async def _on_list(self, ctx: Any, params: types.PaginatedRequestParams) -> dict[str, Any]:
+        _legacy_only(ctx, "tasks/list")
         owner = owner_of(ctx)
         after = _read_cursor(params.cursor)
 
@@ -493,7 +580,8 @@ class ToolTasks:
             )
         record = await self._core(self._cancel, record)
         self._announce_soon(record["task_id"])
-        return _wire(record)
+        # 2026-07-28: an empty acknowledgement (the status is read with tasks/get).
+        return {} if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else _wire(record)
 
     def _cancel(self, record: dict[str, Any]) -> dict[str, Any]:
         engine = self._tools.engine
