@@ -339,6 +339,8 @@ class ToolTasks:
         previous = store.get(record["task_id"])
         if previous is not None:  # a resume: the run's task again, for whoever resumed it
             record["created_at"] = previous["created_at"]
+            # The time to live counts from creation: the resumed task lives the ttl asked for from now on.
+            record["ttl"] = round((record["expires_at"] - record["created_at"]) * 1000)
         store.save(record)
         return self._refresh(record)
 
@@ -464,8 +466,16 @@ class ToolTasks:
     def _announce_soon(self, task_id: str) -> None:
         with self._lock:
             live = self._live.get(task_id)
-        if live is not None:
-            _call_soon(live.token, lambda: live.spawn(self._announce, task_id))
+        if live is None:
+            return
+
+        def spawn() -> None:
+            try:
+                live.spawn(self._announce, task_id)
+            except RuntimeError:  # the server's task group has closed: nobody left to tell
+                return
+
+        _call_soon(live.token, spawn)
 
     async def _announce(self, task_id: str) -> None:
         """Read the task's status; if it changed, tell the client that created it."""
