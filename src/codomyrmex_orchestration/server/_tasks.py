@@ -161,17 +161,10 @@ def _wire_2026(record: Mapping[str, Any]) -> dict[str, Any]:
     """The tasks extension's ``Task`` (2026-07-28): ``ttlMs``/``pollIntervalMs``, and no
     ``input_required`` without input requests the client could answer (a person approves through
     the server's own tools), so a run waiting on one is ``working`` with that message."""
-    status = "working" if record["status"] == "input_required" else record["status"]
-    task: dict[str, Any] = {
-        "taskId": record["task_id"],
-        "status": status,
-        "createdAt": _iso(record["created_at"]),
-        "lastUpdatedAt": _iso(record["updated_at"]),
-        "ttlMs": record["ttl"],
-        "pollIntervalMs": POLL_INTERVAL_MS,
-    }
-    if record.get("message"):
-        task["statusMessage"] = record["message"]
+    task = _wire(record)
+    task["ttlMs"], task["pollIntervalMs"] = task.pop("ttl"), task.pop("pollInterval")
+    if task["status"] == "input_required":
+        task["status"] = "working"
     return task
 
 
