@@ -100,7 +100,8 @@ async def test_a_task_answers_after_kill_9_and_a_restart_and_resuming_it_reruns_
     )
     assert interrupted.status == "failed"
     assert interrupted.status_message is not None and "resume_workflow_run" in interrupted.status_message
-    assert resumed["taskId"] == task["taskId"] and resumed["status"] == "working"
+    # The same task again; the four steps left may already be done when the call answers.
+    assert resumed["taskId"] == task["taskId"] and resumed["status"] in ("working", "completed")
     assert ended.status == "completed" and (result.structured_content or {})["status"] == "completed"
     assert ended.created_at == before.created_at  # the same task, before and after the crash
     assert {f"s{i}" for i in range(BEFORE)} <= set(ran_before)
