@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration.core.models import (
@@ -58,6 +59,8 @@ FOR_EACH_LABEL = "for each"
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
+_ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
+_ALL_ITEM_FIELDS = set(ItemResult.model_fields)
 
 
 def item_name(step: str, index: int) -> str:
@@ -118,6 +121,44 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 # --------------------------------------------------------------------------- one expansion
 
 
+class _ItemRow:
+    """An item's live state in a running map step: what its status, timings and output need, in slots
+    (about 100 bytes where a ``StepResult`` model costs over a kilobyte: a 100,000-item map holds one
+    per item until its step ends). Pydantic rows are made from it only where one leaves the run: the
+    durable store's item rows, and the ``ItemResult`` views."""
+
+    __slots__ = _ITEM_FIELDS + ("skipped_reason",)
+
+    def __init__(self) -> None:
+        self.status = TaskStatus.PENDING
+        self.output: Any = None
+        self.error: ErrorInfo | None = None
+        self.attempts = 0
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.duration_seconds: float | None = None
+        self.skipped_reason: str | None = None
+
+    @classmethod
+    def of(cls, source: StepResult | ItemResult) -> _ItemRow:
+        row = cls()
+        for field in _ROW_FIELDS:
+            setattr(row, field, getattr(source, field))
+        return row
+
+    def step_result(self, name: str) -> StepResult:
+        """The row as a durable store keeps it (named ``<step>[<index>]``)."""
+        return StepResult(name=name, **{f: getattr(self, f) for f in _ROW_FIELDS})
+
+    def item(self, index: int) -> ItemResult:
+        """The row as the run record shows it. Built unvalidated (the fields are typed already) and
+        sharing one fields-set that names every field: a set of its own costs each item 728 bytes,
+        more than the rest of the model, and adding a field name to this one changes nothing."""
+        return ItemResult.model_construct(
+            _ALL_ITEM_FIELDS, index=index, **{f: getattr(self, f) for f in _ROW_FIELDS}
+        )
+
+
 class MapState:
     """One map step expanded in a run: its items and their results (guarded by the run's lock).
 
@@ -125,7 +166,7 @@ class MapState:
         name: the map step.
         spec: its spec, shared by every item.
         values: the items.
-        results: each item's live result (a row named ``<step>[<index>]``), ``None`` until it has one.
+        results: each item's live state (a compact :class:`_ItemRow`), ``None`` until it has one.
         pending: indices cleared by the graph, waiting for a slot under ``limit``.
         slots: indices decided and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
@@ -150,11 +191,11 @@ class MapState:
         self.name = name
         self.spec = spec
         self.values = values
-        self.results: list[StepResult | None] = [None] * len(values)
+        self.results: list[_ItemRow | None] = [None] * len(values)
         if carried is not None and carried.total == len(values):  # a resume keeps completed items
             for kept in carried.items:
                 if kept.status is TaskStatus.COMPLETED and 0 <= kept.index < len(values):
-                    self.results[kept.index] = _as_row(name, kept)
+                    self.results[kept.index] = _ItemRow.of(kept)
         self.pending: deque[int] = deque()
         self.slots: set[int] = set()
         self.limit = spec.max_parallel
@@ -174,20 +215,20 @@ class MapState:
         previous = self.results[index]
         if previous is None or not previous.status.is_terminal:
             self.left -= 1
-        self.results[index] = result
+        self.results[index] = _ItemRow.of(result)
         self.slots.discard(index)
         return self.left == 0
 
-    def live(self, index: int) -> StepResult:
+    def live(self, index: int) -> _ItemRow:
         """The item's row, made on its first start."""
-        result = self.results[index]
-        if result is None:
-            result = self.results[index] = StepResult(name=item_name(self.name, index))
-        return result
+        row = self.results[index]
+        if row is None:
+            row = self.results[index] = _ItemRow()
+        return row
 
     def view(self) -> MapItems:
         """The items as the run record shows them."""
-        items = [_as_item(i, r) for i, r in enumerate(self.results)]
+        items = [ItemResult(index=i) if r is None else r.item(i) for i, r in enumerate(self.results)]
         counts: dict[str, int] = {}
         for item in items:
             counts[item.status.value] = counts.get(item.status.value, 0) + 1
@@ -248,9 +289,17 @@ class RunMaps:
         result = self.maps[step].results[index]
         return result.status if result is not None else TaskStatus.PENDING
 
-    def live(self, name: str) -> StepResult:
+    def started(self, name: str, attempt: int, started_at: datetime | None) -> None:
+        """Attempt ``attempt`` of item ``name`` started (as ``RunState._apply_starts`` for a step)."""
         step, index = split_item(name)
-        return self.maps[step].live(index)
+        row = self.maps[step].live(index)
+        if row.status.is_terminal:  # cancelled between the scheduler's start and now
+            return
+        row.attempts = attempt
+        row.started_at = row.started_at or started_at or utcnow()
+        row.status = TaskStatus.RUNNING
+        if self.run.saves_steps:
+            self.run.save(row.step_result(name))
 
     def items_of(self, name: str, step: StepSpec) -> tuple[TaskStatus, str | None, Any]:
         """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
@@ -349,11 +398,6 @@ def _as_item(index: int, row: StepResult | None) -> ItemResult:
         return ItemResult(index=index)
     fields = {f: getattr(row, f) for f in _ITEM_FIELDS}
     return ItemResult(index=index, skipped_reason=row.skipped_reason, **fields)
-
-
-def _as_row(step: str, item: ItemResult) -> StepResult:
-    fields = {f: getattr(item, f) for f in _ITEM_FIELDS}
-    return StepResult(name=item_name(step, item.index), skipped_reason=item.skipped_reason, **fields)
 
 
 # --------------------------------------------------------------------------- output and storage

@@ -131,7 +131,7 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
-    (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
+    (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``, ``saves_steps``,
     ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
@@ -151,6 +151,7 @@ class RunState:
         self.record = record
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
+        self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
         self.run_id = record.run_id
         self.plan = plan
         self.params = record.parameters
@@ -338,7 +339,10 @@ class RunState:
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
-            result = self.maps.live(name) if is_item(name) else steps[name]
+            if is_item(name):
+                self.maps.started(name, attempt, started_at)
+                continue
+            result = steps[name]
             if result.status.is_terminal:  # cancelled between the scheduler's start and now
                 continue
             result.attempts = attempt
