@@ -107,7 +107,8 @@ def report(f: dict[str, Any]) -> str:
     how = "VmHWM reset before the run" if f["peak_reset"] else "VmHWM of the whole process (reset refused)"
     return "\n".join(
         [
-            f"Map step of {f['items']:,} core.echo items in memory ({f['workers']} workers, bench_map_memory.py):",
+            f"Map step of {f['items']:,} core.echo items in memory ({f['workers']} workers, "
+            "bench_map_memory.py):",
             f"  peak RSS {f['peak_rss_mib']:.1f} MiB over {f['idle_rss_mib']:.1f} idle = "
             f"{f['peak_bytes_per_item'] / 1024:.2f} KiB/item ({how})",
             f"  {f['seconds']:.2f} s = {f['us_per_item']:.1f} µs/item; raw ThreadPoolExecutor "

@@ -127,7 +127,7 @@ class _ItemRow:
     per item until its step ends). Pydantic rows are made from it only where one leaves the run: the
     durable store's item rows, and the ``ItemResult`` views."""
 
-    __slots__ = _ITEM_FIELDS + ("skipped_reason",)
+    __slots__ = _ROW_FIELDS
 
     def __init__(self) -> None:
         self.status = TaskStatus.PENDING

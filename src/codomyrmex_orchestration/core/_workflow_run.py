@@ -131,8 +131,8 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
-    (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``, ``saves_steps``,
-    ``done``, ``start_mono``, and ``record.run_id``)."""
+    (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
+    ``saves_steps``, ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
         self,
