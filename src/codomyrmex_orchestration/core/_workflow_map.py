@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FOR_EACH_LABEL",
     "MAX_MAP_ITEMS_SETTING",
+    "WAVE",
     "MapState",
     "RunMaps",
     "carried",
@@ -56,6 +57,8 @@ __all__ = [
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
 #: How a definition's graph marks a map step (a run's graph adds the item count).
 FOR_EACH_LABEL = "for each"
+#: Items of a map step without ``max_parallel`` in the scheduler at once, at most (see ``MapState.room``).
+WAVE = 1024
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
@@ -207,8 +210,15 @@ class MapState:
         """The indices that have no kept result."""
         return (i for i, r in enumerate(self.results) if r is None)
 
-    def has_slot(self) -> bool:
-        return self.limit is None or len(self.slots) < self.limit
+    def room(self) -> int:
+        """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
+        it: items go to the scheduler in waves of ``WAVE``, the next once half of one has finished, so
+        a 100,000-item map keeps about ``WAVE`` scheduler tasks alive, not one per item (the workers run
+        a few at a time whatever the queue holds)."""
+        held = len(self.slots)
+        if self.limit is not None:
+            return self.limit - held
+        return WAVE - held if held <= WAVE // 2 else 0
 
     def settle(self, index: int, result: StepResult) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
@@ -338,7 +348,7 @@ class RunMaps:
         run = self.run
         for state in self.maps.values():
             pending = state.pending
-            while pending and (run.cancelled or state.has_slot()):
+            for _ in range(len(pending) if run.cancelled else min(len(pending), state.room())):
                 index = pending.popleft()
                 node = item_name(state.name, index)
                 status, reason, payload = self._decide(state, index)
