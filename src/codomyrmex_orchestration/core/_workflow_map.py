@@ -159,7 +159,16 @@ class _ItemRow:
         sharing one fields-set that names every field: a set of its own costs each item 728 bytes,
         more than the rest of the model, and adding a field name to this one changes nothing."""
         return ItemResult.model_construct(
-            _ALL_ITEM_FIELDS, index=index, **{f: getattr(self, f) for f in _ROW_FIELDS}
+            _ALL_ITEM_FIELDS,
+            index=index,
+            status=self.status,
+            output=self.output,
+            error=self.error,
+            attempts=self.attempts,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds,
+            skipped_reason=self.skipped_reason,
         )
 
 
@@ -293,7 +302,7 @@ class RunMaps:
     @staticmethod
     def step_of(name: str) -> str:
         """The step an item belongs to (a step's own name for a step). Needs no lock."""
-        return split_item(name)[0] if is_item(name) else name
+        return name[: name.rindex("[")] if name.endswith("]") else name  # split_item without the int
 
     def item_status(self, name: str) -> TaskStatus:
         step, index = split_item(name)
