@@ -371,6 +371,7 @@ class RunMaps:
         step, index = split_item(result.name)
         state = self.maps[step]
         last = state.settle(index, result)
+        run.task_ids.pop(result.name, None)  # only cancel reads it: 100,000 entries kept for nothing
         run.save(result)
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)

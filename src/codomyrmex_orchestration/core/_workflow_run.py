@@ -167,7 +167,7 @@ class RunState:
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
         self.cancelled = False
-        self.task_ids: dict[str, str] = {}
+        self.task_ids: dict[str, str] = {}  # of submitted steps and of the items not final
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
@@ -216,7 +216,9 @@ class RunState:
         """Remember the scheduler tasks of submitted steps, (step, task id) pairs; False if the run was
         cancelled meanwhile (the caller cancels them: ``cancel`` read the task ids before these)."""
         with self.lock:
-            self.task_ids.update(tasks)
+            # Only tasks not final: a map forgets an item's task id when the item settles (see
+            # RunMaps.settle), and one may settle before its wave is registered.
+            self.task_ids.update((n, t) for n, t in tasks if not self.status_of(n).is_terminal)
             return not self.cancelled
 
     def add_steps(self, steps: Sequence[StepSpec]) -> Advance:
