@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_input import APPROVE
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -104,6 +105,8 @@ class RunDriver:
         self.run_child = run_child
         self._on_finished = on_finished
         self._remote = orchestrator.backend.remote  # steps also travel as ActionCalls
+        # Parks a core.approve step on its question instead of submitting it (the InputDesk's ask).
+        self.ask: Callable[[RunState, str, dict[str, Any]], Advance] | None = None
 
     def start(self, run: RunState) -> None:
         """Save the new run and dispatch its first wave."""
@@ -156,6 +159,8 @@ class RunDriver:
     def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
         """The step's task id, or what its failure to submit settled."""
         step = run.spec_of(name)
+        if self.ask is not None and (step.module, step.action) == APPROVE:
+            return self.ask(run, name, params)
         try:
             call = _StepCall(
                 self,

@@ -27,6 +27,7 @@ from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
+from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
@@ -147,6 +148,8 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
+        # core.approve questions: respond() answers them, reload() continues waiting runs after a restart.
+        self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)
         self.definitions = DefinitionRegistry(
             registry=registry,
             store=self.store,
@@ -332,6 +335,7 @@ class WorkflowManager:
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
             client=client or session_id or calling_client.get(),
+            save_run=self._recorder.run_saver,
         )
         self._active.add(run)
         self._driver.start(run)
@@ -340,6 +344,7 @@ class WorkflowManager:
     def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
+        self.inputs.forget(final.run_id)
 
     def _wait(self, run: RunState, timeout: float | None) -> RunRecord:
         run.done.wait(timeout)
@@ -476,8 +481,10 @@ class WorkflowManager:
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:
-        """Cancel active runs (they end CANCELLED) and flush the store."""
+        """Cancel active runs (they end CANCELLED; one waiting for input stays so in a durable store, to be
+        continued by the next start) and flush the store."""
         if cancel_running:
             for run in self._active.runs():
-                self._driver.cancel(run)
+                if not self.inputs.outlives_shutdown(run):
+                    self._driver.cancel(run)
         self._recorder.flush()  # a broken store is logged (and reported by health), never raised
