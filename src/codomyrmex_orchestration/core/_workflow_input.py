@@ -3,11 +3,12 @@ runs a restart brings back.
 
 A question lives in its run (``RunState.waiting``, under the run's lock) and in the run record
 (``pending_inputs``, saved with the run row); a waiting step is never a scheduler task, so it holds no
-worker thread. :class:`InputDesk` owns the rest, under ``_lock``: the deadline timer of each question
-asked, and the questions of waiting runs read back from the store at start (until their runs ask them
-again). Its ``broker`` is the hook the server installs to put a question to the client that started the
-run (MCP elicitation); without one, or when that client cannot be asked, the question waits for
-:meth:`InputDesk.respond`.
+worker thread. :class:`InputDesk` owns the rest, under ``_lock`` (with ``_changed`` for waiters): the
+deadline timer of each question asked, the questions nobody is being asked (no client is prompted: they
+wait for respond_to_run, and :meth:`InputDesk.wait` returns on them), and the questions of waiting runs
+read back from the store at start (until their runs ask them again). Its ``broker`` is the hook the
+server installs to put a question to the client that started the run (MCP elicitation); without one, or
+when that client cannot be asked, the question waits for :meth:`InputDesk.respond`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ ACTIONS = ("accept", "decline", "cancel")
 MAX_TIMEOUT_SECONDS = 30 * 86_400
 
 #: ``broker(run_id, step, question, client)``: put ``question`` to ``client`` (the key of the MCP client
-#: the run's steps are queued for, or None); it must return at once (the answer comes back through
-#: :meth:`InputDesk.respond`) and may do nothing (the question then waits for respond_to_run).
-Broker = Callable[[str, str, InputRequest, "str | None"], None]
+#: the run's steps are queued for, or None); it must return at once, True when a client is being asked
+#: (the answer comes back through :meth:`InputDesk.respond`, or :meth:`InputDesk.unattended` says the
+#: asking failed), False when nobody is (the question waits for respond_to_run).
+Broker = Callable[[str, str, InputRequest, "str | None"], bool]
 
 # What MCP elicitation's requestedSchema allows: a flat object of primitive properties.
 _COMMON = frozenset({"type", "title", "description", "default"})
@@ -352,8 +354,13 @@ class InputDesk:
         self._listeners = listeners
         self.broker: Broker | None = None
         self._lock = threading.Lock()
-        # Guarded by _lock: each asked question's deadline timer, and the questions of reloaded runs.
+        self._changed = threading.Condition(self._lock)  # notified when a question or a run settles
+        # Guarded by _lock: each asked question's deadline timer, the questions nobody is being asked, the
+        # runs wait() is watching (and those of them that ended), and the questions of reloaded runs.
         self._timers: dict[tuple[str, str], Timer] = {}
+        self._unattended: set[tuple[str, str]] = set()
+        self._watched: dict[str, int] = {}  # run id -> calls of wait() on it
+        self._ended: set[str] = set()  # watched runs that ended
         self._restored: dict[tuple[str, str], InputRequest] = {}
         driver.ask = self.ask
 
@@ -399,13 +406,50 @@ class InputDesk:
                 "deadline": request.deadline.isoformat() if request.deadline is not None else None,
             },
         )
-        broker = self.broker
+        broker, asking = self.broker, False
         if broker is not None:
             try:
-                broker(run.run_id, name, request, run.client)
+                asking = broker(run.run_id, name, request, run.client)
             except Exception:  # the question still waits for respond_to_run
                 _log.exception("input broker failed", run_id=run.run_id, step=name)
+        if not asking:
+            self.unattended(run.run_id, name)
         return advance
+
+    def unattended(self, run_id: str, step: str) -> None:
+        """Nobody is being asked the question of ``step`` (any more): it waits for respond_to_run, and
+        :meth:`wait` returns on it."""
+        run = self._active.get(run_id)
+        if run is None:
+            return
+        with run.lock:  # the run's lock, then ours: a question answered meanwhile is not marked
+            if step in run.waiting:
+                with self._changed:
+                    self._unattended.add((run_id, step))
+                    self._changed.notify_all()
+
+    def wait(self, run_id: str, timeout: float | None) -> RunRecord:
+        """Wait up to ``timeout`` seconds for run ``run_id`` to end or to wait on a question nobody is being
+        asked (a person must call respond_to_run); the record as it stands then. Raises RunNotFoundError."""
+        run = self._active.get(run_id)
+        if run is None:
+            return self._runs.get_run(run_id)
+        unattended, ended = self._unattended, self._ended
+        with self._changed:
+            self._watched[run_id] = self._watched.get(run_id, 0) + 1
+        try:
+            if run_id in self._active:  # else it ended before it was watched: forget() did not mark it
+                with self._changed:
+                    self._changed.wait_for(
+                        lambda: run_id in ended or any(key[0] == run_id for key in unattended), timeout
+                    )
+        finally:
+            with self._changed:
+                self._watched[run_id] -= 1
+                if not self._watched[run_id]:
+                    del self._watched[run_id]
+                    ended.discard(run_id)
+        return run.snapshot()
 
     def _arm(self, run_id: str, step: str, deadline: datetime) -> None:
         delay = (deadline - utcnow()).total_seconds()
@@ -470,8 +514,9 @@ class InputDesk:
         advance = run.answer_input(_outcome(step, question, action, checked))
         if advance is None:  # another answer (or the deadline) settled it meanwhile
             raise InvalidStateError("step", step, "answered already", "each question takes one answer")
-        with self._lock:
+        with self._changed:
             timer = self._timers.pop((run_id, step), None)
+            self._unattended.discard((run_id, step))
         if timer is not None:
             timer.cancel()
         self._listeners.emit(
@@ -490,10 +535,14 @@ class InputDesk:
             return self._runs.store.durable and bool(run.waiting)
 
     def forget(self, run_id: str) -> None:
-        """The run ended: drop its deadlines."""
-        with self._lock:
+        """The run ended (and left the active runs): drop its deadlines, wake its waiters."""
+        with self._changed:
             keys = [k for k in self._timers if k[0] == run_id]
             timers = [self._timers.pop(k) for k in keys]
+            self._unattended.difference_update([k for k in self._unattended if k[0] == run_id])
+            if run_id in self._watched:
+                self._ended.add(run_id)
+            self._changed.notify_all()
         for timer in timers:
             timer.cancel()
 

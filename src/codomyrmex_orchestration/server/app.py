@@ -39,6 +39,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
@@ -222,6 +223,7 @@ def build_server(
     listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
+    approvals = Approvals(the_tools, hub)  # core.approve questions, asked by elicitation
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
     listed_with_ui = [
         tool.model_copy(update={"meta": {**(tool.meta or {}), **ui_meta}})
@@ -256,6 +258,7 @@ def build_server(
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
+        approvals.watch(ctx)
         client = calling_client.set(_client_key(ctx))
         try:
             async with hub.request_logs(ctx) as request_peer:
