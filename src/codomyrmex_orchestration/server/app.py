@@ -100,6 +100,13 @@ Step fields:
   a failing required step fails the run), priority (critical/high/normal/low/background),
   resources (e.g. {"compute": 1, "memory": "256MB"}).
 
+A step can wait for a person: core.approve with parameters {"message": "Deploy?", "schema": {"type":
+"object", "properties": {"note": {"type": "string"}}, "required": ["note"]}, "timeout_seconds": 3600}
+(schema and timeout optional; the schema is flat: string, number, integer or boolean properties). The
+client is asked (elicitation) or the run is waiting_for_input, its question in pending_inputs, until
+respond_to_run answers; later steps read {{steps.STEP.output.content.note}}. Decline, cancel or the
+timeout fail the step.
+
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 
 {
