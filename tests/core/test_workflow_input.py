@@ -273,3 +273,20 @@ def test_a_question_and_its_answers_check_like_the_schema_says() -> None:
     assert check_answer(dated, {"on": "2026-12-07"}) == {"on": "2026-12-07"}
     with pytest.raises(InvalidInputError, match="not a valid date"):
         check_answer(dated, {"on": "tomorrow"})
+
+
+def test_a_reloaded_question_keeps_its_deadline(tmp_path: Path) -> None:
+    first = engine_at(tmp_path)
+    try:
+        run_id = start_waiting(first, timeout_seconds=0.5)
+        asked = first.workflow_manager.get_run(run_id).pending_inputs[0]
+    finally:
+        first.shutdown()
+    second = engine_at(tmp_path)
+    try:
+        final = wait_for_status(second, run_id, WorkflowStatus.FAILED)  # the deadline re-armed, not reset
+        assert final.steps["ask"].status is TaskStatus.TIMED_OUT
+        assert final.steps["ask"].started_at == asked.asked_at
+        assert final.steps["plan"].status is TaskStatus.COMPLETED
+    finally:
+        second.shutdown()

@@ -441,7 +441,7 @@ def build_server(
         lifespan=hub.lifespan,
         # Without this lookup the SDK's streamable HTTP path (protocol 2026-07-28) re-runs and re-serialises
         # the whole tools/list on every tools/call that carries arguments, to check Mcp-Param headers:
-        # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
+        # ~1.3 ms a call for our 24 tools. The schemas never change after start, so a dict lookup is exact.
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
