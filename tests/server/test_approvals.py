@@ -194,3 +194,28 @@ async def test_a_wait_ends_when_the_run_needs_a_person_and_the_answer_waits_for_
     assert done["status"] == "completed"
     assert done["steps"]["act"]["output"] == "tidy"
     assert done["pending_inputs"] == []
+
+
+async def test_a_2026_client_with_elicitation_answers_through_the_retry_of_its_call(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "by retry"})
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        assert client.protocol_version == "2026-07-28"  # no server-initiated requests on this wire
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+    assert run["status"] == "completed"
+    assert run["steps"]["approve"]["output"] == {"action": "accept", "content": {"reason": "by retry"}}
+    assert run["steps"]["act"]["output"] == "by retry"
+    [question] = asked
+    assert question.message == "Delete 3 files?"
+
+
+async def test_a_2026_client_declining_by_retry_fails_the_step(tools: OrchestrationMCPTools) -> None:
+    callback, asked = answering("decline")
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert len(asked) == 1
+    assert run["status"] == "failed"
+    assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]

@@ -2,10 +2,16 @@
 MCP elicitation (``respond_to_run``, in ``tools.py``, answers them by hand).
 
 :class:`Approvals` owns the server's event loop entry it last saw (where elicitations run as tasks of the
-server's lifespan) and the engine it installed its broker on. A question goes to the client by
-``elicitation/create`` when that client is still connected on a 2025-era connection (server-initiated
-requests are forbidden from 2026-07-28 on) and declared form elicitation; otherwise, or when the request
-fails, it waits in the run for ``respond_to_run``.
+server's lifespan) and the engine it installed its broker on. Two ways to ask, by protocol era:
+
+- 2025: a client still connected that declared form elicitation gets ``elicitation/create`` on its
+  connection as soon as the question is asked (the broker); its answer settles the step.
+- 2026-07-28 (no server-initiated requests): a call that waits on the run (``execute_workflow``,
+  ``create_complex_workflow``, ``resume_workflow_run``, ``respond_to_run``) from a client that declared
+  elicitation and finds it waiting for input returns an ``InputRequiredResult`` carrying the questions;
+  the client's retry of that call carries the answers (:meth:`Approvals.answered`) and waits on.
+
+Otherwise, or when asking fails, the question waits in the run for ``respond_to_run``.
 """
 
 from __future__ import annotations
@@ -21,22 +27,38 @@ from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core.models import InputRequest
 from codomyrmex_orchestration.errors import OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._notifications import NotificationHub, Peer
-from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, _call_soon
+from codomyrmex_orchestration.server._notifications import NotificationHub, Peer, connection_of
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ToolResult, _call_soon
 
 __all__ = ["Approvals"]
 
 log = get_logger("codomyrmex_orchestration.server")
 
+# Marks a call's request_state as ours: the run whose questions the retry answers follows it.
+_STATE = "codomyrmex-approval:"
+# The calls that wait on a run and may end with it waiting for input.
+_WAITING_TOOLS = frozenset(
+    {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "respond_to_run"}
+)
 
-def _asks_forms(connection: Any) -> bool:
-    """Whether the client on ``connection`` can be sent a form ``elicitation/create`` now."""
+
+def _takes_forms(connection: Any) -> bool:
+    """Whether the client on ``connection`` declared form elicitation (an empty declaration means form)."""
     capabilities = connection.client_capabilities
     elicitation = capabilities.elicitation if capabilities is not None else None
-    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
-        return False  # no elicitation, or URL mode only
+    return elicitation is not None and not (elicitation.form is None and elicitation.url is not None)
+
+
+def _answer_of(response: Any) -> tuple[str, dict[str, Any] | None]:
+    """The action and content of one input response (an ``ElicitResult``, whatever model it parsed as)."""
+    data = response.model_dump() if hasattr(response, "model_dump") else dict(response)
+    return str(data.get("action", "")), data.get("content")
+
+
+def _asks_forms(connection: Any) -> bool:
+    """Whether the client on ``connection`` can be sent a form ``elicitation/create`` now (2025 era)."""
     modern = connection.protocol_version in MODERN_PROTOCOL_VERSIONS
-    return bool(not modern and connection.has_standalone_channel)
+    return bool(_takes_forms(connection) and not modern and connection.has_standalone_channel)
 
 
 class Approvals:
@@ -76,6 +98,60 @@ class Approvals:
         ask = partial(self._ask, inputs, peer, run_id, step, question)
         _call_soon(loop.token, lambda: loop.tasks.start_soon(ask))
         return True
+
+    async def answered(self, params: types.CallToolRequestParams) -> ToolResult | None:
+        """For the retry of a call we answered with our questions: apply its answers to the run, then wait
+        on the run like ``respond_to_run``. None for any other call."""
+        state = params.request_state
+        if not state or not state.startswith(_STATE):
+            return None
+        run_id = state[len(_STATE) :]
+        answers = list((params.input_responses or {}).items())
+        timeout = (params.arguments or {}).get("timeout_seconds")
+        if not answers:
+            return await self._tools.execute_tool_async("get_workflow_run", {"run_id": run_id})
+        result: ToolResult | None = None
+        for i, (step, response) in enumerate(answers):
+            action, content = _answer_of(response)
+            arguments: dict[str, Any] = {"run_id": run_id, "step": step, "action": action}
+            if content is not None:
+                arguments["content"] = content
+            last = i == len(answers) - 1
+            arguments["wait"] = last
+            if last and isinstance(timeout, int | float) and not isinstance(timeout, bool):
+                arguments["timeout_seconds"] = timeout
+            result = await self._tools.execute_tool_async("respond_to_run", arguments)
+            if result.is_error:
+                return result
+        return result
+
+    def input_required(
+        self, ctx: Any, params: types.CallToolRequestParams, result: ToolResult
+    ) -> types.InputRequiredResult | None:
+        """The questions of the run ``result`` shows waiting for input, for a 2026-07-28 client that takes
+        them (it answers and retries the call); None when the result goes back as it is."""
+        record = result.structured or {}
+        pending = record.get("pending_inputs")
+        if (
+            params.name not in _WAITING_TOOLS
+            or result.is_error
+            or record.get("status") != "waiting_for_input"
+            or not pending
+            or (params.arguments or {}).get("wait", True) is False
+            or not _takes_forms(connection := connection_of(ctx))
+            or connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        ):
+            return None
+        requests: dict[str, types.InputRequest] = {
+            q["step"]: types.ElicitRequest(
+                params=types.ElicitRequestFormParams(
+                    message=q["message"],
+                    requested_schema=q["requested_schema"] or {"type": "object", "properties": {}},
+                )
+            )
+            for q in pending
+        }
+        return types.InputRequiredResult(input_requests=requests, request_state=f"{_STATE}{record['run_id']}")
 
     async def _ask(
         self, inputs: InputDesk, peer: Peer, run_id: str, step: str, question: InputRequest

@@ -243,7 +243,9 @@ def build_server(
         # Only a client that negotiated MCP Apps is pointed at the run view; results are the same for all.
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
-    async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         if params.name not in input_schemas:
             from mcp.shared.exceptions import MCPError
 
@@ -270,7 +272,7 @@ def build_server(
         try:
             async with hub.request_logs(ctx) as request_peer:
                 with hub.calling(peer or request_peer):
-                    result = await the_tools.execute_tool_async(
+                    result = await approvals.answered(params) or await the_tools.execute_tool_async(
                         params.name, params.arguments, progress=progress
                     )
         finally:
@@ -278,6 +280,9 @@ def build_server(
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
+        asked = approvals.input_required(ctx, params, result)  # a 2026-07-28 client answers and retries
+        if asked is not None:
+            return asked
         return types.CallToolResult(
             content=[types.TextContent(text=result.text)],
             structured_content=result.structured,
