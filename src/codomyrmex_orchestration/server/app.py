@@ -175,7 +175,9 @@ def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str,
 
 
 # Tools that start runs: the hub must listen to the engine before such a call starts its first run.
-_RUN_TOOLS = frozenset({"execute_workflow", "create_complex_workflow", "resume_workflow_run"})
+_RUN_TOOLS = frozenset(
+    {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "respond_to_run"}
+)
 
 
 class _OrchestrationServer(Server[Any]):
