@@ -3,14 +3,16 @@ waiting_for_input state and respond_to_run for one that does not, and a restart 
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
@@ -45,14 +47,14 @@ GATED = {
 
 
 def answering(
-    action: str, content: dict[str, Any] | None = None
+    action: Literal["accept", "decline", "cancel"], content: dict[str, Any] | None = None
 ) -> tuple[Any, list[types.ElicitRequestParams]]:
     """An elicitation callback that answers every question with ``action``, and the questions it got."""
     asked: list[types.ElicitRequestParams] = []
 
     async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         asked.append(params)
-        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]  # tests pass literals
+        return types.ElicitResult(action=action, content=content)
 
     return callback, asked
 
@@ -219,3 +221,21 @@ async def test_a_2026_client_declining_by_retry_fails_the_step(tools: Orchestrat
     assert len(asked) == 1
     assert run["status"] == "failed"
     assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path: Path, mode: Any) -> None:
+    script = Path(sys.executable).parent / "codomyrmex-orchestration"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env["CODOMYRMEX_STATE_DIR"] = str(tmp_path / "state")
+    env["CODOMYRMEX_CONFIG_DIR"] = str(tmp_path / "config")
+    env["CODOMYRMEX_PROJECTS_DIR"] = str(tmp_path / "projects")
+    params = StdioServerParameters(command=str(script), args=["serve"], cwd=tmp_path, env=env)
+    callback, asked = answering("accept", {"reason": "over stdio"})
+    with anyio.fail_after(60):
+        async with Client(params, mode=mode, elicitation_callback=callback) as client:
+            await ok(client, "create_workflow", GATED)
+            run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert len(asked) == 1
+    assert run["status"] == "completed"
+    assert run["steps"]["act"]["output"] == "over stdio"
