@@ -290,3 +290,17 @@ def test_a_reloaded_question_keeps_its_deadline(tmp_path: Path) -> None:
         assert final.steps["plan"].status is TaskStatus.COMPLETED
     finally:
         second.shutdown()
+
+
+def test_an_answer_too_large_or_not_an_object_is_refused_and_the_question_stays(
+    engine: OrchestrationEngine,
+) -> None:
+    run_id = start_waiting(engine, schema=SCHEMA)
+    inputs = engine.workflow_manager.inputs
+    with pytest.raises(InvalidInputError, match="at most 65536 are accepted"):
+        inputs.respond(run_id, "ask", "accept", {"reason": "x" * 70_000})
+    with pytest.raises(InvalidInputError, match="an object of the question's fields; got list"):
+        inputs.respond(run_id, "ask", "accept", ["reason"])  # type: ignore[arg-type]  # what a caller might pass
+    with pytest.raises(InvalidInputError, match="not one of accept, decline, cancel"):
+        inputs.respond(run_id, "ask", "timeout")  # only the deadline times a question out
+    assert engine.workflow_manager.get_run(run_id).status is WorkflowStatus.WAITING_FOR_INPUT

@@ -13,6 +13,7 @@ when that client cannot be asked, the question waits for :meth:`InputDesk.respon
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
@@ -63,6 +64,9 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 APPROVE = ("core", "approve")
 #: The answers a question takes (MCP elicitation's actions).
 ACTIONS = ("accept", "decline", "cancel")
+#: The most JSON an answer's content may take: it becomes the step's output, kept in the store.
+MAX_CONTENT_BYTES = 64 * 1024
+_TIMEOUT = "timeout"  # the deadline's answer (not one a person can give)
 #: The longest a question may wait (``timeout_seconds``): 30 days.
 MAX_TIMEOUT_SECONDS = 30 * 86_400
 
@@ -214,6 +218,9 @@ def check_answer(schema: Mapping[str, Any] | None, content: Mapping[str, Any] | 
         InvalidInputError: naming each field (``content.reason``) that is missing, unknown or does not fit.
     """
     content = dict(content or {})
+    size = len(json.dumps(content, default=str))
+    if size > MAX_CONTENT_BYTES:
+        raise InvalidInputError("content", f"{size} bytes of JSON; at most {MAX_CONTENT_BYTES} are accepted")
     if schema is None:
         if content:
             raise InvalidInputError(
@@ -298,11 +305,11 @@ def _formatted(fmt: str, value: str) -> bool:
 
 
 def _outcome(step: str, question: InputRequest, action: str, content: dict[str, Any]) -> StepResult:
-    """The step result an answer (or ``"timeout"``) makes."""
+    """The step result an answer (or the deadline, ``_TIMEOUT``) makes."""
     now = utcnow()
     if action == "accept":
         status, output, error = TaskStatus.COMPLETED, {"action": action, "content": content}, None
-    elif action == "timeout":
+    elif action == _TIMEOUT:
         assert question.deadline is not None
         waited = (question.deadline - question.asked_at).total_seconds()
         status, output = TaskStatus.TIMED_OUT, None
@@ -470,7 +477,7 @@ class InputDesk:
 
     def _time_out(self, run_id: str, step: str) -> None:
         try:
-            self.respond(run_id, step, "timeout")
+            self._answer(run_id, step, _TIMEOUT, None)
         except OrchestrationError:
             pass  # answered (or the run ended) between the deadline and now
 
@@ -493,8 +500,15 @@ class InputDesk:
             InvalidInputError: an unknown action, or content that does not fit the schema (each field
                 named); nothing changes.
         """
-        if action not in (*ACTIONS, "timeout"):
+        if action not in ACTIONS:
             raise InvalidInputError("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+        if content is not None and not isinstance(content, Mapping):
+            raise InvalidInputError(
+                "content", f"an object of the question's fields; got {type(content).__name__}"
+            )
+        return self._answer(run_id, step, action, content)
+
+    def _answer(self, run_id: str, step: str, action: str, content: Mapping[str, Any] | None) -> RunRecord:
         run = self._active.get(run_id)
         if run is None:
             record = self._runs.get_run(run_id)
