@@ -304,3 +304,44 @@ def test_an_answer_too_large_or_not_an_object_is_refused_and_the_question_stays(
     with pytest.raises(InvalidInputError, match="not one of accept, decline, cancel"):
         inputs.respond(run_id, "ask", "timeout")  # only the deadline times a question out
     assert engine.workflow_manager.get_run(run_id).status is WorkflowStatus.WAITING_FOR_INPUT
+
+
+def test_an_approval_map_asks_once_per_item_and_collects_the_answers(engine: OrchestrationEngine) -> None:
+    manager = engine.workflow_manager
+    manager.create_workflow(
+        {
+            "name": "per_file",
+            "steps": [
+                {
+                    "name": "ask",
+                    "module": "core",
+                    "action": "approve",
+                    "for_each": ["a.txt", "b.txt"],
+                    "parameters": {"message": "Delete {{item}}?"},
+                }
+            ],
+        }
+    )
+    asked: list[str] = []
+    both = threading.Event()
+
+    def listen(event: str, payload: dict[str, Any]) -> None:
+        if event == "run.waiting_for_input":
+            asked.append(payload["step"])
+            if len(asked) == 2:
+                both.set()
+
+    manager.add_listener(listen)
+    run_id = manager.start_workflow("per_file")
+    assert both.wait(WAIT)
+    record = manager.get_run(run_id)
+    assert record.status is WorkflowStatus.WAITING_FOR_INPUT
+    assert {(q.step, q.message) for q in record.pending_inputs} == {
+        ("ask[0]", "Delete a.txt?"),
+        ("ask[1]", "Delete b.txt?"),
+    }
+    manager.inputs.respond(run_id, "ask[1]", "accept")
+    manager.inputs.respond(run_id, "ask[0]", "accept")
+    final = manager.wait_run(run_id, WAIT)
+    assert final.status is WorkflowStatus.COMPLETED
+    assert final.steps["ask"].output == [{"action": "accept", "content": {}}] * 2
