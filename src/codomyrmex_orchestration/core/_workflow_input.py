@@ -542,11 +542,13 @@ class InputDesk:
 
     # ------------------------------------------------------------------ lifetime
 
-    def outlives_shutdown(self, run: RunState) -> bool:
-        """Whether ``run`` is left as it is at shutdown: it waits for input and its store is durable (the
-        next start continues it, :meth:`reload`); any other active run is cancelled."""
+    def cancel_at_shutdown(self, run: RunState) -> None:
+        """Cancel an active run at shutdown, unless it waits for input and its store is durable: that one
+        stays waiting, and the next start continues it (:meth:`reload`)."""
         with run.lock:
-            return self._runs.store.durable and bool(run.waiting)
+            kept = self._runs.store.durable and bool(run.waiting)
+        if not kept:
+            self._driver.cancel(run)
 
     def forget(self, run_id: str) -> None:
         """The run ended (and left the active runs): drop its deadlines, wake its waiters."""

@@ -152,8 +152,7 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
-        # core.approve questions: respond() answers them, reload() continues waiting runs after a restart.
-        self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)
+        self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
         self.definitions = DefinitionRegistry(
             registry=registry,
             store=self.store,
@@ -486,10 +485,8 @@ class WorkflowManager:
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:
-        """Cancel active runs (they end CANCELLED; one waiting for input stays so in a durable store, to be
-        continued by the next start) and flush the store."""
+        """Cancel active runs (but those waiting for input in a durable store) and flush the store."""
         if cancel_running:
             for run in self._active.runs():
-                if not self.inputs.outlives_shutdown(run):
-                    self._driver.cancel(run)
+                self.inputs.cancel_at_shutdown(run)
         self._recorder.flush()  # a broken store is logged (and reported by health), never raised
