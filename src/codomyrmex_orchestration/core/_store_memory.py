@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_MAX_PARAMETERS_BYTES,
@@ -105,6 +106,7 @@ class MemoryStore:
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retention_events)
+        self.step_cache: CacheTable = MemoryCacheTable()  # its own lock
         self._closed = False
 
     # workflows

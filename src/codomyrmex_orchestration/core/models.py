@@ -27,6 +27,7 @@ __all__ = [
     "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
     "RunRecord",
+    "StepCacheSpec",
     "StepResult",
     "StepSpec",
     "TaskPriority",
@@ -156,6 +157,19 @@ class _Retryable(_Spec):
         return float(self.retry_delay * (self.backoff ** max(0, attempt - 1)))
 
 
+#: The longest a cached step output may be kept: one year.
+MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600
+
+
+class StepCacheSpec(_Spec):
+    """A step's cache: its output is reused, without running the action, by a later run of the same
+    definition version with the same resolved parameters, for ``ttl_seconds``."""
+
+    ttl_seconds: float = Field(
+        gt=0, le=MAX_CACHE_TTL_SECONDS, description="Seconds a cached output stays usable (at most a year)."
+    )
+
+
 class StepSpec(_Retryable):
     """One step of a workflow: run ``module.action`` with ``parameters`` after ``dependencies``."""
 
@@ -169,6 +183,9 @@ class StepSpec(_Retryable):
         default=True,
         description="A failing non-required step does not fail the run nor skip dependents "
         "that do not reference its output.",
+    )
+    cache: StepCacheSpec | None = Field(
+        default=None, description='Reuse the output of an identical earlier call: {"ttl_seconds": 600}.'
     )
 
     @field_validator("dependencies")
@@ -245,6 +262,8 @@ class StepResult(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     skipped_reason: str | None = None
+    #: The output was taken from the step cache: the action was not called (``attempts`` is 0).
+    cached: bool = False
 
 
 class RunRecord(BaseModel):

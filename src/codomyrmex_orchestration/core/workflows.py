@@ -23,6 +23,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
 from codomyrmex_orchestration.core._client import calling_client
+from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
@@ -138,6 +139,7 @@ class WorkflowManager:
             max_runs=max_subworkflow_runs,
         )
         self._recorder = RunRecorder(self.store)
+        self.secrets = SecretSource()  # {{secrets.NAME}}: the environment; compose adds the secrets file
         self._driver = RunDriver(
             orchestrator=orchestrator,
             registry=registry,
@@ -175,8 +177,9 @@ class WorkflowManager:
         return self.definitions.refused()
 
     def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
-        """Validate without registering. Raises DAGValidationError / InvalidInputError."""
-        return self.definitions.check(self.definitions.coerce(spec)).describe()
+        """Validate without registering (naming secrets set nowhere). Raises DAGValidationError."""
+        plan = self.definitions.check(self.definitions.coerce(spec))
+        return plan.describe(self.secrets.missing(plan.secret_names))
 
     def create_workflow(
         self,
@@ -257,19 +260,20 @@ class WorkflowManager:
         on_step: StepCallback | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
         """Start a run of ``name``.
 
         Args:
             parameters: values for ``{{params.x}}`` (override the workflow's defaults).
             wait: wait for the run to end (bounded by ``timeout``); False returns at once.
-            timeout: most seconds to wait, ``None`` without limit; the run goes on after it (check
-                ``status``).
+            timeout: most seconds to wait, ``None`` without limit; the run goes on after it.
             priority: scheduling priority of the run's steps (a step's own priority wins).
             session_id: recorded on the run.
             on_step: called with (live run record — read only, step result) on every step transition.
             max_parallel: cap on this run's steps in flight (tighter of this and the workflow's).
             default_resources: resources for steps that declare none (resource-aware sessions).
+            use_cache: False: cached steps run anyway (their fresh outputs replace the kept ones).
 
         Returns:
             The run record: final when the run ended, else as it stands (status ``running``).
@@ -286,12 +290,12 @@ class WorkflowManager:
             on_step=on_step,
             max_parallel=max_parallel,
             default_resources=default_resources,
+            use_cache=use_cache,
         )
         return self._wait(run, timeout) if wait else run.snapshot()
 
     def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
-        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same keyword
-        options and errors)."""
+        """Start a run like ``execute_workflow(wait=False)``; only its run id (same options and errors)."""
         return self._start_run(self.definitions.plan(name), parameters, **options).run_id
 
     def is_active(self, run_id: str) -> bool:
@@ -312,6 +316,7 @@ class WorkflowManager:
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
         client: str | None = None,
+        use_cache: bool = True,
     ) -> RunState:
         record = new_record(
             plan,
@@ -332,6 +337,8 @@ class WorkflowManager:
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
             client=client or session_id or calling_client.get(),
+            secrets=self.secrets.get,
+            use_cache=use_cache,
         )
         self._active.add(run)
         self._driver.start(run)
@@ -355,6 +362,7 @@ class WorkflowManager:
             depth=depth,
             parent_run_id=parent,
             client=parent_run.client if parent_run is not None else None,  # the parent's turn
+            use_cache=parent_run.use_cache if parent_run is not None else True,
         )
 
     def cancel_run(self, run_id: str) -> RunRecord:
