@@ -92,12 +92,16 @@ Step fields:
     {{params.NAME}}                  a workflow parameter (defaults in the workflow's "parameters")
     {{steps.STEP.output}}            another step's output; {{steps.STEP.output.key.0}} digs into it
     {{steps.STEP.status}}            completed / failed / skipped ...
+    {{secrets.NAME}}                 a secret set on the server (never stored; outputs show [secret:NAME])
   A string that is exactly one reference keeps the value's type. A reference adds the dependency.
 - dependencies: names of steps that must finish first (in addition to inferred ones).
 - run_if: a condition such as "steps.check.output.count > 0 and params.mode == 'full'"; false -> skipped.
 - timeout (seconds), max_retries, retry_delay (seconds, doubles each retry), required (default true:
   a failing required step fails the run), priority (critical/high/normal/low/background),
   resources (e.g. {"compute": 1, "memory": "256MB"}).
+- cache: {"ttl_seconds": 600} reuses, for that long, the output of an earlier call of the same action with
+  the same resolved parameters in the same workflow version: the action is not called, the step shows
+  "cached": true and 0 attempts. execute_workflow with "use_cache": false runs it anyway.
 
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 
@@ -116,6 +120,12 @@ Steps whose dependencies are met run in parallel. Example for create_workflow:
 
 Then call execute_workflow {"workflow_name": "greet_and_collect", "parameters": {"who": "you"}}.
 "greet" and "pause" run at the same time; "collect" runs after both.
+
+A secret and the cache in one step (the server sets CODOMYRMEX_SECRET_API_TOKEN or its secrets file):
+  {"name": "items", "module": "http", "action": "request", "cache": {"ttl_seconds": 600},
+   "parameters": {"url": "https://api.example.com/items",
+                  "headers": {"Authorization": "Bearer {{secrets.API_TOKEN}}"}}}
+validate_workflow lists the secrets that are set nowhere in "missing_secrets".
 """
 
 
