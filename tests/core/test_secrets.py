@@ -251,7 +251,7 @@ def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
     assert validation.missing_secrets == ["ALSO_MISSING", "MISSING"]
     shown = validation.model_dump_json()
     assert "value-in-the" not in shown
-    with pytest.raises(DAGValidationError, match="secrets.<NAME>"):
+    with pytest.raises(DAGValidationError, match=r"secrets\.<NAME>"):
         manager.validate_workflow(echo_workflow("{{secrets.TOKEN.field}}"))
 
 
