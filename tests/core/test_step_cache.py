@@ -272,3 +272,20 @@ def test_a_definition_without_a_cache_keeps_the_content_hash_it_had_before_cache
 
 
 LEGACY_DIGEST = "6a7f14c1ddd429aa"  # digest_of on 7bf65e6, before steps had a cache
+
+
+def test_a_run_that_bypasses_the_cache_makes_its_sub_runs_bypass_it_too(
+    warm: WorkflowManager, counter: Counter
+) -> None:
+    warm.create_workflow(
+        {
+            "name": "parent",
+            "steps": [
+                {"name": "child", "module": "workflow", "action": "run", "parameters": {"workflow": "cached"}}
+            ],
+        }
+    )
+    assert warm.execute_workflow("parent", timeout=30).status is WorkflowStatus.COMPLETED
+    assert counter.calls == 1  # the sub-run's step came from the cache
+    assert warm.execute_workflow("parent", timeout=30, use_cache=False).status is WorkflowStatus.COMPLETED
+    assert counter.calls == 2

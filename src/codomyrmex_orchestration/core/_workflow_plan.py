@@ -5,11 +5,9 @@ A :class:`Plan` is immutable once built and shared by every run of that version;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from pydantic import BaseModel, Field
 
-from codomyrmex_orchestration.core._secrets import secret_names
+from codomyrmex_orchestration.core._secrets import SecretSource, secret_names
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import TaskPriority, WorkflowSpec
 from codomyrmex_orchestration.core.templating import Condition, find_references, parse_condition
@@ -91,9 +89,10 @@ class Plan:
             self.param_refs.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
             self.secret_names |= secret_names(refs)
 
-    def describe(self, missing_secrets: Sequence[str] = ()) -> WorkflowValidation:
+    def describe(self, secrets: SecretSource | None = None) -> WorkflowValidation:
+        """The validation report; with ``secrets``, naming the secrets the steps use that it lacks."""
         return WorkflowValidation(
-            missing_secrets=list(missing_secrets),
+            missing_secrets=secrets.missing(self.secret_names) if secrets is not None else [],
             name=self.spec.name,
             steps_count=len(self.spec.steps),
             execution_levels=self.dag.execution_levels(),

@@ -178,8 +178,7 @@ class WorkflowManager:
 
     def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
         """Validate without registering (naming secrets set nowhere). Raises DAGValidationError."""
-        plan = self.definitions.check(self.definitions.coerce(spec))
-        return plan.describe(self.secrets.missing(plan.secret_names))
+        return self.definitions.check(self.definitions.coerce(spec)).describe(self.secrets)
 
     def create_workflow(
         self,
@@ -353,10 +352,9 @@ class WorkflowManager:
         return run.snapshot()
 
     def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
-        plan = self.definitions.plan(name)
         parent_run = self._active.get(parent) if parent is not None else None
         return self._start_run(
-            plan,
+            self.definitions.plan(name),
             parameters,
             priority=TaskPriority.NORMAL,
             depth=depth,
