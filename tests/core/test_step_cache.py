@@ -289,3 +289,33 @@ def test_a_run_that_bypasses_the_cache_makes_its_sub_runs_bypass_it_too(
     assert counter.calls == 1  # the sub-run's step came from the cache
     assert warm.execute_workflow("parent", timeout=30, use_cache=False).status is WorkflowStatus.COMPLETED
     assert counter.calls == 2
+
+
+def test_each_item_of_a_map_step_is_cached_on_its_own(
+    sqlite_store: SqliteStore, orchestrator: TaskOrchestrator, registry: ActionRegistry, counter: Counter
+) -> None:
+    manager = manager_on(sqlite_store, orchestrator, registry)
+    manager.create_workflow(
+        {
+            "name": "mapped",
+            "parameters": {"xs": [1, 2, 3]},
+            "steps": [
+                {
+                    "name": "each",
+                    "module": "test",
+                    "action": "count",
+                    "for_each": "{{params.xs}}",
+                    "parameters": {"x": "{{item}}"},
+                    "cache": {"ttl_seconds": 60},
+                }
+            ],
+        }
+    )
+    first = manager.execute_workflow("mapped", timeout=30)
+    assert first.status is WorkflowStatus.COMPLETED and counter.calls == 3
+    second = manager.execute_workflow("mapped", {"xs": [3, 1, 2, 4]}, timeout=30)
+    assert second.status is WorkflowStatus.COMPLETED and counter.calls == 4  # only the new item ran
+    outputs = {o["x"]: o for o in first.steps["each"].output}
+    assert second.steps["each"].output[:3] == [outputs[3], outputs[1], outputs[2]]
+    items = second.steps["each"].items
+    assert items is not None and [i.attempts for i in items.items] == [0, 0, 0, 1]

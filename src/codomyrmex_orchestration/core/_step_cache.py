@@ -173,10 +173,11 @@ class StepCache:
         self.table = table
 
     def lookup(
-        self, run: RunState, step: StepSpec, params: Mapping[str, Any]
+        self, run: RunState, name: str, step: StepSpec, params: Mapping[str, Any]
     ) -> tuple[str | None, StepResult | None]:
-        """The call's cache key (None: the step is not cached) and, unless the run bypasses the cache
-        (``use_cache`` false), the step's result from a kept entry: completed, ``cached``, no attempt."""
+        """The cache key of step ``name``'s call (None: not cached; ``step`` is its spec, a map step's
+        for an item) and, unless the run bypasses the cache (``use_cache`` false), its result from a
+        kept entry: completed, ``cached``, no attempt."""
         if step.cache is None:
             return None, None
         plan = run.plan
@@ -192,7 +193,7 @@ class StepCache:
             return key, None
         now = utcnow()
         result = StepResult(
-            name=step.name,
+            name=name,
             status=TaskStatus.COMPLETED,
             output=json.loads(kept),
             attempts=0,

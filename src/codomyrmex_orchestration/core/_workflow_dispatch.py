@@ -15,6 +15,7 @@ import structlog
 
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -160,7 +161,7 @@ class RunDriver:
     def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
         """The step's task id, or what its failure to submit settled."""
         step = run.spec_of(name)
-        cache_key, cached = self.cache.lookup(run, step, params)
+        cache_key, cached = self.cache.lookup(run, name, step, params)
         if cached is not None:  # no attempt: the output of an identical earlier call
             return run.step_finished(cached, held_slot=True)
         try:
@@ -212,6 +213,8 @@ class RunDriver:
         if call.mark is not None:
             self.recorder.step_starting(call.mark)
         run.step_started(call.name, state.attempts, state.started_at)
+        if is_item(call.name):  # items are shown in their map step's record, not announced one by one
+            return
         if self.listeners:
             event = "step.retried" if state.attempts > 1 else "step.started"
             self.listeners.emit(event, {"run_id": run.run_id, "step": call.name, "attempt": state.attempts})

@@ -43,7 +43,7 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 
 #: Step fields added after definitions had versions: left out of the content hash while unset, so a
 #: definition written before them keeps its hash (and its version, and resume of its runs).
-_LATER_STEP_FIELDS = ("cache",)
+_LATER_STEP_FIELDS = ("for_each", "max_parallel", "cache")
 
 
 def _canonical(spec: WorkflowSpec) -> str:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_MAP_ITEMS,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -83,6 +84,13 @@ def _merge_listing(
 
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
+
+def _wait(run: RunState, timeout: float | None) -> RunRecord:
+    """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then."""
+    run.done.wait(timeout)
+    return run.snapshot()
+
+
 #: How long cancel_run waits for the cancelled run to settle before returning it as it stands.
 _CANCEL_WAIT = 10.0
 
@@ -102,6 +110,7 @@ class WorkflowManager:
         max_subworkflow_runs: most sub-workflow runs under one top-level run, all levels together.
         max_output_bytes: the default cap actions apply to what they capture (``shell.run`` stdout,
             ``http.request`` bodies) when a step does not set its own; ``None``: the actions' default.
+        max_map_items: most items one map step (``for_each``) may have (``CODOMYRMEX_MAX_MAP_ITEMS``).
     """
 
     def __init__(
@@ -116,11 +125,13 @@ class WorkflowManager:
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
         max_output_bytes: int | None = None,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         self.orchestrator = orchestrator
         self.registry = registry
         self.store: StateStore = store if store is not None else MemoryStore()
         self.max_steps = max_steps
+        self.max_map_items = max_map_items
         self.max_subworkflow_depth = max_subworkflow_depth
         self.max_subworkflow_runs = max_subworkflow_runs
         self.config_dir = Path(config_dir) if config_dir is not None else None
@@ -291,7 +302,7 @@ class WorkflowManager:
             default_resources=default_resources,
             use_cache=use_cache,
         )
-        return self._wait(run, timeout) if wait else run.snapshot()
+        return _wait(run, timeout) if wait else run.snapshot()
 
     def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
         """Start a run like ``execute_workflow(wait=False)``; only its run id (same options and errors)."""
@@ -335,6 +346,7 @@ class WorkflowManager:
             max_parallel=max_parallel,
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
+            max_map_items=self.max_map_items,
             client=client or session_id or calling_client.get(),
             secrets=self.secrets.get,
             use_cache=use_cache,
@@ -346,10 +358,6 @@ class WorkflowManager:
     def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
-
-    def _wait(self, run: RunState, timeout: float | None) -> RunRecord:
-        run.done.wait(timeout)
-        return run.snapshot()
 
     def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
         parent_run = self._active.get(parent) if parent is not None else None
@@ -378,7 +386,7 @@ class WorkflowManager:
             record = self.get_run(run_id)
             raise InvalidStateError("run", run_id, record.status.value, "only a running run can be cancelled")
         self._driver.cancel(run)
-        return self._wait(run, _CANCEL_WAIT)
+        return _wait(run, _CANCEL_WAIT)
 
     def wait_run(self, run_id: str, timeout: float | None) -> RunRecord:
         """Wait up to ``timeout`` seconds (``None``: without limit) for a run to end; returns the record
@@ -386,7 +394,7 @@ class WorkflowManager:
         run = self._active.get(run_id)
         if run is None:
             return self.get_run(run_id)
-        return self._wait(run, timeout)
+        return _wait(run, timeout)
 
     def get_run(self, run_id: str) -> RunRecord:
         """A run's record: live for an active run, else from the store. Raises RunNotFoundError."""
@@ -463,7 +471,7 @@ class WorkflowManager:
                     + " could mix two definitions' outputs; start a new run instead",
                 )
             run = self._start_run(plan, None, priority=previous.priority, on_step=on_step, previous=previous)
-        return self._wait(run, timeout) if wait else run.snapshot()
+        return _wait(run, timeout) if wait else run.snapshot()
 
     def stats(self) -> dict[str, Any]:
         """Registered workflows, active runs and their steps by status, config load errors."""

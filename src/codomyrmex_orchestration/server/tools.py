@@ -682,9 +682,11 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Ou
 
 _STEP_HELP = (
     "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
-    "run_if?, required?, priority?, resources?, cache?}. Reference earlier output with "
-    "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
-    "also add the dependency), secrets with '{{secrets.<NAME>}}' (never stored or shown). "
+    "run_if?, required?, priority?, resources?, for_each?, max_parallel?, cache?}. Reference earlier "
+    "output with '{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such "
+    "references also add the dependency), secrets with '{{secrets.<NAME>}}' (never stored or shown). A "
+    "step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs once per item with '{{item}}' "
+    "and '{{index}}'; its output is the list of item outputs. "
     'cache: {"ttl_seconds": 600} reuses the output of an identical earlier call. '
     "Call list_actions for the available module.action pairs."
 )
@@ -936,9 +938,11 @@ _TOOLS: tuple[_Tool, ...] = (
         "list_actions",
         "List actions",
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled). Any step's parameters may also use "
-        "'{{secrets.NAME}}' (a secret set on the server, redacted from every output) and any step may set "
-        'cache: {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {}',
+        "this server (code-executing actions may be disabled). Any action can run once per item of a "
+        'list: give its step for_each (and max_parallel), e.g. "for_each": "{{steps.ls.output.files}}" '
+        'with "{{item}}" in its parameters. Any step\'s parameters may also use "{{secrets.NAME}}" (a '
+        'secret set on the server, redacted from every output), and any step may set "cache": '
+        '{"ttl_seconds": 600} to reuse an identical call\'s output. Example: {}',
         m.NoArgs,
         m.ActionListResult,
         _list_actions,
