@@ -258,3 +258,28 @@ def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
 def test_a_registered_workflow_secret_is_replaced_by_its_name() -> None:
     register_secret("named-secret-value-1", "MY_NAME")
     assert redact_text("x named-secret-value-1 y") == "x [secret:MY_NAME] y"
+
+
+def test_each_item_of_a_map_step_gets_the_secret_and_none_of_them_shows_it(
+    manager: WorkflowManager, store: SqliteStore, state_dir: Path
+) -> None:
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API_TOKEN": TOKEN})
+    manager.create_workflow(
+        {
+            "name": "mapped",
+            "steps": [
+                {
+                    "name": "each",
+                    "module": "core",
+                    "action": "echo",
+                    "for_each": ["a", "b"],
+                    "parameters": {"message": "{{item}}:{{secrets.API_TOKEN}}"},
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("mapped", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED
+    assert run.steps["each"].output == ["a:[secret:API_TOKEN]", "b:[secret:API_TOKEN]"]
+    store.flush()
+    assert TOKEN.encode() not in every_byte_under(state_dir)
