@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import create_backend
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
@@ -40,6 +41,7 @@ ENGINE_SETTINGS = (
     "config_dir",
     "projects_dir",
     "templates_dir",
+    "secrets_file",
     "max_workers",
     "max_queued_tasks",
     "max_steps",
@@ -107,6 +109,7 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_worker_saturation=settings.dask_worker_saturation,
         )
     engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
     engine.workflow_manager.max_map_items = settings.max_map_items  # read by each run as it starts
     if settings.python_call_allow:
         # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_MAX_PARAMETERS_BYTES,
@@ -37,6 +38,7 @@ from ._store_codec import (
     status_of,
     window,
 )
+from ._store_tool_tasks import MemoryToolTasks
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = ["MemoryStore"]
@@ -104,7 +106,10 @@ class MemoryStore:
         self._sessions: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
+        #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
+        self.tool_tasks = MemoryToolTasks()
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retention_events)
+        self.step_cache: CacheTable = MemoryCacheTable()  # its own lock
         self._closed = False
 
     # workflows

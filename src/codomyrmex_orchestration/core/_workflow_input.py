@@ -17,6 +17,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
@@ -396,9 +397,11 @@ class InputDesk:
                 asked_at=asked_at,
                 deadline=deadline,
             )
-        parked, advance = run.await_input(request)
+        store = self._runs.store
+        parked, advance = run.await_input(request, store.save_run if store.durable else None)
         if not parked:
             return advance
+        run.watch(partial(self.forget, run.run_id))  # its deadlines go with it
         if request.deadline is not None:
             self._arm(run.run_id, name, request.deadline)
         self._listeners.emit(
@@ -444,6 +447,7 @@ class InputDesk:
         unattended, ended = self._unattended, self._ended
         with self._changed:
             self._watched[run_id] = self._watched.get(run_id, 0) + 1
+        run.watch(partial(self.forget, run_id))  # wakes this wait when the run ends
         try:
             if run_id in self._active:  # else it ended before it was watched: forget() did not mark it
                 with self._changed:

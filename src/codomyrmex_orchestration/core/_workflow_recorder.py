@@ -47,11 +47,6 @@ class RunRecorder:
         only outcomes, given at the end; live runs are read from memory)."""
         return self.store.save_step if self.durable else None
 
-    @property
-    def run_saver(self) -> Callable[[RunRecord], None] | None:
-        """What a run calls, under its lock, with its row (steps left out) when its questions change."""
-        return self.store.save_run if self.durable else None
-
     def step_starting(self, mark: int | None) -> None:
         """Before a step's action runs: its parents' results are committed."""
         if mark is not None:

@@ -133,7 +133,7 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``done``, ``start_mono``, and ``record.run_id``)."""
+    ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -147,13 +147,17 @@ class RunState:
         default_resources: Mapping[str, Any] | None,
         save_step: Callable[[str, StepResult], None] | None = None,
         client: str | None = None,
+        secrets: Callable[[str], str] | None = None,
+        use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
-        save_run: Callable[[RunRecord], None] | None = None,
     ) -> None:
         self.record = record
+        self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
+        self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
-        self._save_run = save_run  # the run row alone, when its questions change (a durable store)
+        # The run row alone, saved when its questions change (a durable store; set by await_input).
+        self._save_run: Callable[[RunRecord], None] | None = None
         self.waiting: dict[str, InputRequest] = {}  # steps parked on a question (core.approve), by step
         self.run_id = record.run_id
         self.plan = plan
@@ -215,12 +219,16 @@ class RunState:
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
-    def await_input(self, question: InputRequest) -> tuple[bool, Advance]:
+    def await_input(
+        self, question: InputRequest, save_run: Callable[[RunRecord], None] | None
+    ) -> tuple[bool, Advance]:
         """Park the step ``question.step``, cleared to run and never submitted, on a question: it holds no
         worker and no ``max_parallel`` slot, and the run is WAITING_FOR_INPUT until every question is
-        answered (:meth:`answer_input`). False (the step cancelled) when the run was cancelled meanwhile."""
+        answered (:meth:`answer_input`); ``save_run`` saves the run row as its questions change. False
+        (the step cancelled) when the run was cancelled meanwhile."""
         advance = Advance()
         with self.lock:
+            self._save_run = save_run
             self._apply_starts()
             if self.max_parallel is not None:
                 self.in_flight -= 1
@@ -471,6 +479,7 @@ class RunState:
             steps=_StepView(self.record.steps),
             run={"id": self.run_id, "workflow": self.record.workflow_name},
             item=item,
+            secrets=self.secrets,
         )
 
     def condition_of(self, name: str) -> tuple[Condition | None, bool]:

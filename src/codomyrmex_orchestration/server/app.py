@@ -25,6 +25,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -53,6 +54,8 @@ from codomyrmex_orchestration.server._sessions import (
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
+from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
+from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -93,6 +96,7 @@ Step fields:
     {{params.NAME}}                  a workflow parameter (defaults in the workflow's "parameters")
     {{steps.STEP.output}}            another step's output; {{steps.STEP.output.key.0}} digs into it
     {{steps.STEP.status}}            completed / failed / skipped ...
+    {{secrets.NAME}}                 a secret set on the server (never stored; outputs show [secret:NAME])
   A string that is exactly one reference keeps the value's type. A reference adds the dependency.
 - dependencies: names of steps that must finish first (in addition to inferred ones).
 - run_if: a condition such as "steps.check.output.count > 0 and params.mode == 'full'"; false -> skipped.
@@ -106,6 +110,9 @@ Step fields:
   its output is {"outputs": [...], "failed": [{"index": i, "status": ..., "error": ...}]}.
   Example: {"name": "sizes", "module": "core", "action": "echo", "for_each": "{{steps.ls.output.files}}",
   "max_parallel": 8, "parameters": {"message": "{{index}}: {{item}}"}}
+- cache: {"ttl_seconds": 600} reuses, for that long, the output of an earlier call of the same action with
+  the same resolved parameters in the same workflow version: the action is not called, the step shows
+  "cached": true and 0 attempts. execute_workflow with "use_cache": false runs it anyway.
 
 A step can wait for a person: core.approve with parameters {"message": "Deploy?", "schema": {"type":
 "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}, "timeout_seconds": 3600}
@@ -131,6 +138,12 @@ Steps whose dependencies are met run in parallel. Example for create_workflow:
 
 Then call execute_workflow {"workflow_name": "greet_and_collect", "parameters": {"who": "you"}}.
 "greet" and "pause" run at the same time; "collect" runs after both.
+
+A secret and the cache in one step (the server sets CODOMYRMEX_SECRET_API_TOKEN or its secrets file):
+  {"name": "items", "module": "http", "action": "request", "cache": {"ttl_seconds": 600},
+   "parameters": {"url": "https://api.example.com/items",
+                  "headers": {"Authorization": "Bearer {{secrets.API_TOKEN}}"}}}
+validate_workflow lists the secrets that are set nowhere in "missing_secrets".
 """
 
 
@@ -203,6 +216,12 @@ class _OrchestrationServer(Server[Any]):
             extensions,
         )
 
+    def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, **kwargs)
+        if kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:  # tasks are 2025-11-25's
+            capabilities.tasks = TASKS_CAPABILITY
+        return capabilities
+
 
 def _client_key(ctx: Any) -> str:
     """Whom a tool call is for, for fair queueing. On the 2025 protocol, its connection: one per stdio
@@ -236,7 +255,7 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+    listed = declare_task_support([_mcp_tool(d) for d in the_tools.get_tool_definitions()])
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
     approvals = Approvals(the_tools, hub)  # core.approve questions, asked by elicitation
@@ -460,6 +479,7 @@ def build_server(
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
+    ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
     return server
 
 

@@ -383,6 +383,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -398,6 +399,7 @@ def _create_complex_workflow(
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -411,7 +413,7 @@ def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -
 
 
 def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
-    return validation.model_dump(exclude={"name"})
+    return validation.model_dump(exclude={"name", "missing_secrets"})
 
 
 def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
@@ -456,7 +458,12 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
     except InvalidInputError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
-    return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
+    return m.ValidationResult(
+        valid=True,
+        workflow_name=a.name,
+        missing_secrets=validation.missing_secrets,
+        **_validation_fields(validation),
+    )
 
 
 def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
@@ -683,10 +690,12 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Ou
 
 _STEP_HELP = (
     "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
-    "run_if?, required?, priority?, resources?, for_each?, max_parallel?}. Reference earlier output with "
-    "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
-    "also add the dependency). A step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs "
-    "once per item with '{{item}}' and '{{index}}'; its output is the list of item outputs. "
+    "run_if?, required?, priority?, resources?, for_each?, max_parallel?, cache?}. Reference earlier "
+    "output with '{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such "
+    "references also add the dependency), secrets with '{{secrets.<NAME>}}' (never stored or shown). A "
+    "step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs once per item with '{{item}}' "
+    "and '{{index}}'; its output is the list of item outputs. "
+    'cache: {"ttl_seconds": 600} reuses the output of an identical earlier call. '
     "Call list_actions for the available module.action pairs."
 )
 
@@ -951,7 +960,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
         "this server (code-executing actions may be disabled). Any action can run once per item of a "
         'list: give its step for_each (and max_parallel), e.g. "for_each": "{{steps.ls.output.files}}" '
-        'with "{{item}}" in its parameters. Example: {}',
+        'with "{{item}}" in its parameters. Any step\'s parameters may also use "{{secrets.NAME}}" (a '
+        'secret set on the server, redacted from every output), and any step may set "cache": '
+        '{"ttl_seconds": 600} to reuse an identical call\'s output. Example: {}',
         m.NoArgs,
         m.ActionListResult,
         _list_actions,
