@@ -15,19 +15,22 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from codomyrmex_orchestration.core.models import TaskSpec, utcnow
-from codomyrmex_orchestration.core.store import EngineStateStore
-from codomyrmex_orchestration.core.timers import Timer, TimerService
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
     InvalidStateError,
     LimitExceededError,
     SessionNotFoundError,
 )
+
+if TYPE_CHECKING:
+    # Annotations only: the server's tool models import Session, and serving tools/list needs no store.
+    from codomyrmex_orchestration.core.store import EngineStateStore
+    from codomyrmex_orchestration.core.timers import Timer, TimerService
 
 __all__ = [
     "LiveSession",
