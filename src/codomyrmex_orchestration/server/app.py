@@ -52,6 +52,7 @@ from codomyrmex_orchestration.server._sessions import (
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
+from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -219,7 +220,7 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+    listed = [_mcp_tool(d) for d in tool_definitions(the_tools)]
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
