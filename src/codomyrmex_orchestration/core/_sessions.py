@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codomyrmex_orchestration.core.models import TaskSpec, utcnow
 from codomyrmex_orchestration.errors import (
@@ -68,6 +68,8 @@ class SessionStatus(enum.StrEnum):
 
 class Session(BaseModel):
     """A unit of agent work with its own limits; its history outlives it."""
+
+    model_config = ConfigDict(defer_build=True)  # built on first use: not needed to list the tools
 
     session_id: str
     user_id: str = "anonymous"
