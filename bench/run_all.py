@@ -256,7 +256,7 @@ def main() -> None:
         bench_concurrency.report,
         _json_script("bench_concurrency.py", "--calls", "3" if quick else "20"),
     )
-    section("dask", bench_dask_report, _dask(500 if quick else 2_000, 2 if quick else 5))
+    section("dask", bench_dask_report, _dask(300 if quick else 1_000, 2 if quick else 9))
 
     results["targets"] = targets(results)
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)

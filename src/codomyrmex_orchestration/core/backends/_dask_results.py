@@ -46,9 +46,8 @@ class ResultCollector:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def track(self, future: Future[Any], wake: threading.Event) -> Outcome:
-        """Set ``wake`` once ``future`` is finished (the outcome then holds its value, if gathered)."""
-        outcome = Outcome(wake)
+    def track(self, future: Future[Any], outcome: Outcome) -> None:
+        """Set ``outcome.wake`` once ``future`` is finished (with its value in ``outcome``, if gathered)."""
         with self._lock:
             if self._thread is None:
                 self._closed = False  # tracked again after close(): a backend may outlive a scheduler
@@ -61,7 +60,6 @@ class ResultCollector:
             # so the thread never finds work announced but nothing to wait for.
             self._finished.add(future)
             self._has_work.notify()
-        return outcome
 
     def forget(self, future: Future[Any]) -> None:
         """The slot stopped waiting (cancelled, timed out): nothing to deliver when it finishes."""

@@ -25,11 +25,12 @@ from typing import Any
 
 import dask
 import structlog
-from distributed import Client, Future, LocalCluster, WorkerPlugin, get_worker
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
-from codomyrmex_orchestration.core.backends._dask_results import ResultCollector
+from codomyrmex_orchestration.core.backends._dask_results import Outcome, ResultCollector
+from codomyrmex_orchestration.core.backends._dask_submit import Submission, SubmitBatcher
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import ActionUnavailableError, StepFailedError, UnknownActionError
 
@@ -220,6 +221,7 @@ class DaskBackend:
         # Fails here, at start, when the workers cannot import this package.
         client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
         self._results = ResultCollector(client)
+        self._submitter = SubmitBatcher(client, self._results)
 
     def runs_locally(self, call: ActionCall) -> bool:
         return call.qualified_name in self.local_actions or call.module in self._local_modules
@@ -253,18 +255,22 @@ class DaskBackend:
         # talk to the cluster from here.
         remove = ctx.on_cancel(wake.set)
         try:
-            future: Future[Any] = self.client.submit(
-                run_remote_step, step, key=key, priority=priority, resources=resources, pure=False
-            )
-            outcome = self._results.track(future, wake)
+            outcome = Outcome(wake)
+            submission = Submission(run_remote_step, step, key, priority, resources, outcome)
+            self._submitter.submit(submission)
             # Bounded by the scheduler: a deadline, a cancellation or shutdown sets the cancel event.
             wake.wait()
             if outcome.has_value:
                 return outcome.value
-            if not future.done():
-                self._results.forget(future)
-                future.cancel(reason=f"step {ctx.step_name!r} cancelled or timed out")
+            future = submission.future
+            if future is None or not future.done():
+                # Cancelled or timed out: the wake came from the cancel event, not from the cluster.
+                future = self._submitter.abandon(submission, f"step {ctx.step_name!r} cancelled or timed out")
+                if future is not None:
+                    self._results.forget(future)
+                    future.cancel(reason=submission.reason)
                 ctx.check_cancelled()
+            assert future is not None  # only the cluster or a cancellation sets the wake event
             return future.result()  # an error, or a value the batch could not gather
         finally:
             remove()
