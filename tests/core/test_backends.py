@@ -235,7 +235,7 @@ def test_a_backend_on_a_callers_client_serves_a_second_scheduler_after_the_first
             record = orch.wait(orch.submit_task(spec), WAIT)
             assert (record.status, record.result) == (TaskStatus.COMPLETED, round_no)
         finally:
-            orch.shutdown(wait=True, timeout=30)  # closes the backend: its result thread stops
+            orch.shutdown(wait=True, timeout=30)  # closes the backend: its result collection ends
 
 
 def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> None:

@@ -3,17 +3,20 @@ since the last one, instead of a client round trip per step.
 
 A finished Dask future's value stays on its worker until the client asks for it; asking per step (what
 ``Future.result()`` does) costs a round trip through the scheduler for each, after a hop through
-Dask's callback thread to learn the step finished. Here one thread, ``codomyrmex-dask-results``,
-waits for finished futures (``distributed.as_completed``), gathers the values of all that finished in
-one call and wakes each step's dispatch slot. Anything else (an error, a cancellation, a value lost
-with its worker) is left to the slot, which then asks its own future as before.
+Dask's callback thread to learn the step finished. Here one task on the client's own event loop waits
+for finished futures (``distributed.as_completed``, iterated asynchronously: its threaded iterator can
+miss a wake-up and then sleeps 100 ms), gathers the values of all that finished in one call and wakes
+each step's dispatch slot. Anything else (an error, a cancellation, a value lost with its worker) is
+left to the slot, which then asks its own future as before.
 
-State: ``_lock`` guards ``_waiting`` (future key -> the slot's :class:`Outcome`), ``_thread`` and
-``_closed``; ``_has_work`` (on that lock) wakes the thread when a future is tracked or on close.
+State: everything below is touched on the client's event loop only (:meth:`track` is called there by
+the submit batcher; :meth:`forget` and :meth:`close` hand their work to it): ``_waiting`` (future
+key -> the slot's :class:`Outcome`), ``_finished``, ``_has_work``, ``_task`` and ``_closed``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -39,75 +42,66 @@ class ResultCollector:
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._finished: as_completed = as_completed()
-        self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
+        self._finished: as_completed = as_completed(loop=client.loop)
         self._waiting: dict[str, Outcome] = {}
-        self._thread: threading.Thread | None = None
+        self._has_work: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     def track(self, future: Future[Any], outcome: Outcome) -> None:
-        """Set ``outcome.wake`` once ``future`` is finished (with its value in ``outcome``, if gathered)."""
-        with self._lock:
-            if self._thread is None:
-                self._closed = False  # tracked again after close(): a backend may outlive a scheduler
-                self._thread = threading.Thread(
-                    target=self._collect, name="codomyrmex-dask-results", daemon=True
-                )
-                self._thread.start()
-            self._waiting[str(future.key)] = outcome
-            # Added while holding the lock: a key in _waiting is always in _finished until collected,
-            # so the thread never finds work announced but nothing to wait for.
-            self._finished.add(future)
-            self._has_work.notify()
+        """On the client's event loop: set ``outcome.wake`` once ``future`` is finished (with its value
+        in ``outcome``, if gathered)."""
+        if self._task is None or self._task.done():
+            # First use, or tracked again after close(): a backend may outlive a scheduler.
+            self._closed = False
+            self._has_work = asyncio.Event()
+            self._task = asyncio.ensure_future(self._collect())
+        self._waiting[str(future.key)] = outcome
+        self._finished.add(future)
+        assert self._has_work is not None
+        self._has_work.set()
 
     def forget(self, future: Future[Any]) -> None:
-        """The slot stopped waiting (cancelled, timed out): nothing to deliver when it finishes."""
-        with self._lock:
-            self._waiting.pop(str(future.key), None)
+        """From a slot that stopped waiting (cancelled, timed out): nothing to deliver for ``future``."""
+        self._on_loop(self._waiting.pop, str(future.key), None)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread once the futures in flight have finished (the scheduler cancels them first).
+    def close(self) -> None:
+        """Let the collecting task end (it finishes delivering what is in flight first)."""
+        self._on_loop(self._close)
 
-        A later :meth:`track` starts a new one: the scheduler closes its backend on shutdown, and a
-        backend built on a caller's client may serve another scheduler after that.
-        """
-        with self._lock:
-            self._closed = True
-            self._has_work.notify()
-            thread = self._thread
-        if thread is None:
-            return
-        thread.join(timeout)
-        with self._lock:
-            if self._thread is thread and not thread.is_alive():
-                self._thread = None
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._client.loop
+        if loop is not None:  # a closed client has no loop, and nothing left to collect
+            loop.add_callback(fn, *args)
 
-    def _collect(self) -> None:
-        while True:
-            with self._lock:
-                while not self._waiting and not self._closed:
-                    self._has_work.wait()
-                if not self._waiting:
-                    return  # closed, and nothing left to deliver
+    def _close(self) -> None:
+        self._closed = True
+        if self._has_work is not None:
+            self._has_work.set()
+
+    async def _collect(self) -> None:
+        assert self._has_work is not None
+        while not self._closed:
+            if not self._waiting:
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
             try:
-                batch = self._finished.next_batch(block=True)
-            except StopIteration:
+                first = await self._finished.__anext__()
+            except StopAsyncIteration:
                 # Nothing in flight: a slot still listed can only be answered by its own future.
-                with self._lock:
-                    stranded, self._waiting = list(self._waiting.values()), {}
+                stranded, self._waiting = list(self._waiting.values()), {}
                 for outcome in stranded:
                     outcome.wake.set()
                 continue
-            self._deliver(batch)
+            await self._deliver([first, *self._finished.next_batch(block=False)])
 
-    def _deliver(self, batch: Sequence[Future[Any]]) -> None:
-        with self._lock:
-            owned = [(f, self._waiting.pop(str(f.key))) for f in batch if str(f.key) in self._waiting]
+    async def _deliver(self, batch: Sequence[Future[Any]]) -> None:
+        owned = [(f, self._waiting.pop(str(f.key))) for f in batch if str(f.key) in self._waiting]
         done = [(f, outcome) for f, outcome in owned if f.status == "finished"]
         if done:
             try:
-                values = self._client.gather([f for f, _ in done], errors="raise")
+                values = await self._client.gather([f for f, _ in done], errors="raise", asynchronous=True)
             except Exception:  # a value lost with its worker: each slot then asks its own future
                 values = None
             if values is not None:

@@ -1,13 +1,14 @@
 """The ``dask`` backend: ready action steps run on a Dask distributed cluster.
 
-Only this module (and ``_dask_results``, which it uses) imports Dask. The scheduler's worker threads
-become dispatch slots: each attempt is sent as ``run_remote_step(RemoteStep)`` (action name + resolved
-parameters, no closures) and the slot waits until ``_dask_results`` wakes it with the value, gathered
-in one call with every other step that finished meanwhile. Ordering, priorities, dependencies,
-resource admission, timeouts and retries stay with the scheduler; Dask only runs what is ready. On
-cancellation or timeout the future is cancelled on the cluster, and a worker plugin sets the running
-action's ``cancel_event`` so cooperative actions (``core.sleep``, ``shell.run`` which kills its process
-group) stop there too.
+Only this module (and ``_dask_submit`` and ``_dask_results``, which it uses) imports Dask. The
+scheduler's worker threads become dispatch slots: each attempt is sent as
+``run_remote_step(RemoteStep)`` (action name + resolved parameters, no closures), in a batch with the
+other steps ready at that moment (``_dask_submit``), and the slot waits until ``_dask_results`` wakes
+it with the value, gathered in one call with every other step that finished meanwhile. Ordering,
+priorities, dependencies, resource admission, timeouts and retries stay with the scheduler; Dask only
+runs what is ready. On cancellation or timeout the future is cancelled on the cluster, and a worker
+plugin sets the running action's ``cancel_event`` so cooperative actions (``core.sleep``, ``shell.run``
+which kills its process group) stop there too.
 
 Workers need codomyrmex-orchestration (and any plugin packages providing actions) installed; a worker
 that lacks an action fails the step with :class:`ActionUnavailableError` naming it.
