@@ -139,6 +139,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "figure": (
                     f"{c['mean_us']} µs/call = {c['ratio_to_bare_sdk']}x (rounds "
                     f"{c['ratio_range_over_rounds'][0]}-{c['ratio_range_over_rounds'][1]}x)"
+                    + (
+                        f"; {c['ratio_to_bare_shaped']}x a bare SDK tool with its result shape and schema"
+                        if "ratio_to_bare_shaped" in c
+                        else ""
+                    )
                     if c
                     else "not measured"
                 ),
