@@ -25,6 +25,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,6 +53,8 @@ from codomyrmex_orchestration.server._sessions import (
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
+from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
+from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -98,6 +101,13 @@ Step fields:
 - timeout (seconds), max_retries, retry_delay (seconds, doubles each retry), required (default true:
   a failing required step fails the run), priority (critical/high/normal/low/background),
   resources (e.g. {"compute": 1, "memory": "256MB"}).
+- for_each: run the step once per item of a list, either literal ([1, 2, 3]) or one reference
+  ("{{steps.ls.output.files}}"). {{item}} (also {{item.key}}) and {{index}} are available in its
+  parameters and run_if; max_parallel bounds the items in flight. Its output is the list of the item
+  outputs in order (skipped items left out); with required: false, failing items do not fail it and
+  its output is {"outputs": [...], "failed": [{"index": i, "status": ..., "error": ...}]}.
+  Example: {"name": "sizes", "module": "core", "action": "echo", "for_each": "{{steps.ls.output.files}}",
+  "max_parallel": 8, "parameters": {"message": "{{index}}: {{item}}"}}
 
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 
@@ -186,6 +196,12 @@ class _OrchestrationServer(Server[Any]):
             extensions,
         )
 
+    def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, **kwargs)
+        if kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:  # tasks are 2025-11-25's
+            capabilities.tasks = TASKS_CAPABILITY
+        return capabilities
+
 
 def _client_key(ctx: Any) -> str:
     """Whom a tool call is for, for fair queueing. On the 2025 protocol, its connection: one per stdio
@@ -219,7 +235,7 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+    listed = declare_task_support([_mcp_tool(d) for d in the_tools.get_tool_definitions()])
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
@@ -436,6 +452,7 @@ def build_server(
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
+    ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
     return server
 
 
