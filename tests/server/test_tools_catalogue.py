@@ -31,6 +31,7 @@ EXTRA = {
     "list_workflow_runs",
     "cancel_workflow_run",
     "resume_workflow_run",
+    "respond_to_run",
     "get_workflow",
     "validate_workflow",
     "delete_workflow",

@@ -15,6 +15,7 @@ import structlog
 
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_input import APPROVE
 from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
@@ -109,6 +110,8 @@ class RunDriver:
         self._on_finished = on_finished
         self._remote = orchestrator.backend.remote  # steps also travel as ActionCalls
         self.cache = StepCache(recorder.store.step_cache)
+        # Parks a core.approve step on its question instead of submitting it (the InputDesk's ask).
+        self.ask: Callable[[RunState, str, dict[str, Any]], Advance] | None = None
 
     def start(self, run: RunState) -> None:
         """Save the new run and dispatch its first wave."""
@@ -161,6 +164,8 @@ class RunDriver:
     def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
         """The step's task id, or what its failure to submit settled."""
         step = run.spec_of(name)
+        if self.ask is not None and (step.module, step.action) == APPROVE:
+            return self.ask(run, name, params)
         cache_key, cached = self.cache.lookup(run, name, step, params)
         if cached is not None:  # no attempt: the output of an identical earlier call
             return run.step_finished(cached, held_slot=True)

@@ -160,14 +160,13 @@ class OrchestrationEngine:
         resources_config: overrides for resource capacities.
         registry: the action registry (a fresh one when ``None``).
         store: the state store (built from ``durable`` and the retention limits when ``None``).
-        backend: where ready steps run (the scheduler's own threads when ``None``; see
-            :func:`~codomyrmex_orchestration.core.backends.create_backend`).
+        backend: where ready steps run (``None``: the scheduler's threads; see ``backends.create_backend``).
         timers: the timer service to share (one is made, and closed on shutdown, when ``None``).
         retention_runs, retention_events: most finished runs and events the store keeps.
         state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
             run's parameters may take (see :class:`SqliteStore`).
-        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED; only for the one
-            process that owns the state directory (the CLI, sharing it with a server, passes False).
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED and continue those waiting
+            for input; only for the process that owns the state directory (the CLI, beside a server, not).
     """
 
     def __init__(
@@ -270,6 +269,7 @@ class OrchestrationEngine:
         self.allocations.restore()
         for run_id in self.interrupted_runs:
             self._publish("run.interrupted", {"run_id": run_id})
+        self.workflow_manager.inputs.reload() if recover else None  # continue the runs waiting for input
 
     # ------------------------------------------------------------------ events
 

@@ -27,6 +27,7 @@ __all__ = [
     "NAME_PATTERN",
     "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
+    "InputRequest",
     "ItemResult",
     "MapItems",
     "RunRecord",
@@ -124,10 +125,12 @@ _TERMINAL_TASK = frozenset(
 
 
 class WorkflowStatus(enum.StrEnum):
-    """Lifecycle of a workflow run. INTERRUPTED: the process died while the run was RUNNING."""
+    """Lifecycle of a workflow run. INTERRUPTED: the process died while the run was RUNNING.
+    WAITING_FOR_INPUT: running, with at least one step waiting for a person's answer (``core.approve``)."""
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING_FOR_INPUT = "waiting_for_input"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -311,6 +314,18 @@ class StepResult(BaseModel):
     items: MapItems | None = None
 
 
+class InputRequest(BaseModel):
+    """A question a run is waiting on: the ``core.approve`` step ``step`` asks ``message`` and expects an
+    answer fitting ``requested_schema`` (a flat object schema, or None for a plain yes/no)."""
+
+    step: str
+    message: str
+    requested_schema: dict[str, Any] | None = None
+    asked_at: datetime
+    #: When an unanswered question fails its step (None: it waits without limit).
+    deadline: datetime | None = None
+
+
 class RunRecord(BaseModel):
     """A workflow run: its status and every step's result."""
 
@@ -333,6 +348,8 @@ class RunRecord(BaseModel):
     workflow_version: int | None = None
     #: The content hash of that definition.
     workflow_digest: str | None = None
+    #: The questions the run is waiting on (status ``waiting_for_input``); answer with respond_to_run.
+    pending_inputs: list[InputRequest] = Field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:

@@ -29,6 +29,7 @@ from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
+from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
@@ -137,8 +138,7 @@ class WorkflowManager:
         self.config_dir = Path(config_dir) if config_dir is not None else None
         extras: dict[str, Any] = {"max_depth": max_subworkflow_depth}
         if max_output_bytes is not None:
-            # The actions accept at most MAX_OUTPUT_BYTES_LIMIT; the engine's cap on the whole output
-            # (OutputLimiter) still applies above it.
+            # Actions take at most MAX_OUTPUT_BYTES_LIMIT; the engine's OutputLimiter caps whole outputs.
             extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._listeners = Listeners()
         self._active = ActiveRuns()
@@ -160,6 +160,7 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
+        self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
         self.definitions = DefinitionRegistry(
             registry=registry,
             store=self.store,
@@ -490,8 +491,8 @@ class WorkflowManager:
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:
-        """Cancel active runs (they end CANCELLED) and flush the store."""
+        """Cancel active runs (but those waiting for input in a durable store) and flush the store."""
         if cancel_running:
             for run in self._active.runs():
-                self._driver.cancel(run)
+                self.inputs.cancel_at_shutdown(run)
         self._recorder.flush()  # a broken store is logged (and reported by health), never raised

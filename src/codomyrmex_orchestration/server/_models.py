@@ -35,7 +35,9 @@ ProjectTypeName = Literal[
     "ai_analysis", "web_application", "data_pipeline", "ml_model", "documentation", "research", "custom"
 ]
 PriorityName = Literal["critical", "high", "normal", "low", "background"]
-RunStatusName = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+RunStatusName = Literal[
+    "pending", "running", "waiting_for_input", "completed", "failed", "cancelled", "interrupted"
+]
 ResourceAmount = float | int | str
 
 
@@ -152,6 +154,21 @@ class CreateComplexWorkflowArgs(Args):
 
 class RunIdArgs(Args):
     run_id: str = Field(min_length=1, max_length=128, description="A run_id returned by execute_workflow.")
+
+
+class RespondArgs(Args):
+    run_id: str = Field(min_length=1, max_length=128, description="The run waiting for input.")
+    step: str = Field(min_length=1, max_length=128, description="The core.approve step to answer.")
+    action: Literal["accept", "decline", "cancel"] = Field(
+        description="accept completes the step (with content); decline and cancel fail it."
+    )
+    content: dict[str, Any] | None = Field(
+        default=None,
+        description="With accept: the answer, fitting the question's schema (get_workflow_run shows it in "
+        "pending_inputs[].requested_schema).",
+    )
+    wait: bool = _WAIT
+    timeout_seconds: float = _TIMEOUT
 
 
 class TaskIdArgs(Args):

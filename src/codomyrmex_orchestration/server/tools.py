@@ -327,7 +327,10 @@ def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -
 
 def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
     handle = m.RunHandle.model_validate(record.model_dump())
-    if not record.status.is_terminal:
+    if record.pending_inputs:
+        steps = ", ".join(q.step for q in record.pending_inputs)
+        handle.note = f"the run is waiting for input (step {steps}): read pending_inputs, then respond_to_run"
+    elif not record.status.is_terminal:
         handle.note = (
             f"the run is still {record.status.value}"
             + (f" after waiting {waited:g} s" if waited else "")
@@ -366,8 +369,8 @@ def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, ti
     run_id = record.run_id
     manager = tools.engine.workflow_manager
 
-    def wait_for(seconds: float) -> BaseModel:
-        return _run_handle(manager.wait_run(run_id, seconds), seconds)
+    def wait_for(seconds: float) -> BaseModel:  # until the run ends, or waits on a person (respond_to_run)
+        return _run_handle(manager.inputs.wait(run_id, seconds), seconds)
 
     def cancel() -> None:
         manager.cancel_run(run_id)
@@ -503,6 +506,11 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
 def _aware(moment: datetime | None) -> datetime | None:
     """A time without a zone is read as UTC (every record is)."""
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _respond(tools: OrchestrationMCPTools, a: m.RespondArgs, call: _Call) -> _Outcome:
+    record = tools.engine.workflow_manager.inputs.respond(a.run_id, a.step, a.action, a.content)
+    return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
@@ -858,6 +866,18 @@ _TOOLS: tuple[_Tool, ...] = (
         _cancel_run,
         destructive=True,
         idempotent=True,
+    ),
+    _Tool(
+        "respond_to_run",
+        "Answer a run's question",
+        "Answer the question of a run waiting for input (a core.approve step; get_workflow_run lists them "
+        "in pending_inputs with their schema): accept with content fitting the schema completes the step, "
+        "decline or cancel fail it. Then waits like execute_workflow (until the run ends or waits for input "
+        'again) and returns the run record. Example: {"run_id": "<run_id>", '
+        '"step": "approve", "action": "accept", "content": {"reason": "looks good"}}',
+        m.RespondArgs,
+        m.RunHandle,
+        _respond,
     ),
     _Tool(
         "resume_workflow_run",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -192,6 +192,8 @@ class ActionDefinition:
         executes_code: True for actions that run arbitrary code (``shell.run``, ``python.call``);
             these are refused when the registry's ``allow_code_execution`` is off.
         network: True for actions that reach the network (``http.request``).
+        check: the definition-time check of a step's parameters (``validate_workflow``): returns what is
+            wrong with them (empty when nothing is); templated values are checked when the step runs.
     """
 
     module: str
@@ -202,6 +204,7 @@ class ActionDefinition:
     output: str = ""
     executes_code: bool = False
     network: bool = False
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
 
     @property
     def qualified_name(self) -> str:
