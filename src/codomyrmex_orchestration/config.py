@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
+    "DEFAULT_MCP_SERVERS_FILE",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
     "DEFAULT_SESSION_IDLE_TIMEOUT",
@@ -44,6 +45,7 @@ DEFAULT_STATE_DIR = Path(".workflows")
 DEFAULT_CONFIG_DIR = Path("config/workflows/production")
 DEFAULT_PROJECTS_DIR = Path("projects")
 DEFAULT_TEMPLATES_DIR = Path("config/templates")
+DEFAULT_MCP_SERVERS_FILE = Path("config/mcp_servers.json")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
@@ -68,6 +70,7 @@ _LAYOUT = {
     "config_dir": DEFAULT_CONFIG_DIR,
     "projects_dir": DEFAULT_PROJECTS_DIR,
     "templates_dir": DEFAULT_TEMPLATES_DIR,
+    "mcp_servers_file": DEFAULT_MCP_SERVERS_FILE,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -101,6 +104,9 @@ class Settings(BaseModel):
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    #: The MCP servers ``mcp.call`` steps may call, in the ``mcpServers`` shape clients use
+    #: (default ``data_dir/config/mcp_servers.json``; read when the engine starts).
+    mcp_servers_file: Path = DEFAULT_MCP_SERVERS_FILE
     log_level: LogLevel = "info"
     log_format: LogFormat = "console"
     #: shell.run / python.call allowed. ``None``: allowed on stdio and for the CLI, refused on
@@ -231,5 +237,6 @@ class Settings(BaseModel):
             "config_dir": self.config_dir,
             "projects_dir": self.projects_dir,
             "templates_dir": self.templates_dir,
+            "mcp_servers_file": self.mcp_servers_file,
             "samples_dir": SAMPLES_DIR,
         }

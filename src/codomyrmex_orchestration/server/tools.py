@@ -32,6 +32,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.connectors import mcp_catalogue
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
@@ -453,7 +454,10 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
     except InvalidInputError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
-    return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
+    # Checks that reach outside (mcp.call: the server's tools and their input schemas)
+    problems = tools.engine.registry.probe(spec.steps)
+    fields = _validation_fields(validation)
+    return m.ValidationResult(valid=not problems, workflow_name=a.name, **{**fields, "problems": problems})
 
 
 def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
@@ -662,13 +666,13 @@ def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _C
     return m.CloseSessionResult.model_validate(session.model_dump())
 
 
-def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Call) -> _Outcome:
     registry = tools.engine.registry
     actions = [
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
         for d in registry.catalogue()
     ]
-    return m.ActionListResult(actions=actions, count=len(actions))
+    return m.ActionListResult(actions=actions, count=len(actions), **mcp_catalogue(registry, a.server))
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -872,7 +876,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "validate_workflow",
         "Validate a workflow",
         "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
-        "unknown actions, missing dependencies, bad templates), the execution levels and a Mermaid diagram. "
+        "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
+        "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
+        "execution levels and a Mermaid diagram. "
         'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
         '"parameters": {"message": "x"}}]}',
         m.ValidateWorkflowArgs,
@@ -927,8 +933,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "list_actions",
         "List actions",
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled). Example: {}",
-        m.NoArgs,
+        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call. "
+        'With server, also that server\'s tools and their input schemas. Example: {} or {"server": "docs"}',
+        m.ListActionsArgs,
         m.ActionListResult,
         _list_actions,
         read_only=True,

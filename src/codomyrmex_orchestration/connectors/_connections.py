@@ -1,0 +1,438 @@
+"""Connections to the configured MCP servers, for the synchronous threads that run steps.
+
+One event loop runs in a background thread (an anyio blocking portal, started with the first
+connection); it holds one MCP ``Client`` per server, opened on first use and shared by every caller,
+concurrent ones included. A connection that ends (the server exits, the stream breaks, a connect fails)
+is replaced by a new one on the next call. Callers wait on concurrent futures without polling and leave
+at once when their step is cancelled or reaches its deadline (the request is cancelled on the loop).
+
+State owned: the portal and its thread, and the live link of each server, guarded by
+``McpConnections._lock``. A stdio server runs in its own process group, gets SIGKILL when our loop
+thread dies (Linux parent-death signal), and is recorded under ``procs_dir`` while it runs so that a
+restarted engine kills what a crash left behind (``core._procs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import CancelledError, Future
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from mcp import Client, MCPError
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
+from codomyrmex_orchestration.logs import get_logger
+
+__all__ = ["CONNECT_TIMEOUT", "CallCancelled", "CallTimedOut", "ConnectionLost", "McpConnections"]
+
+log = get_logger("codomyrmex_orchestration.connectors")
+
+#: Longest a connection may take to start (process start and handshake) before it is abandoned.
+CONNECT_TIMEOUT = 30.0
+#: Longest closing may wait for the connections to stop (each stdio server gets its SDK grace period).
+_CLOSE_TIMEOUT = 10.0
+_THREAD_NAME = "mcp-connections"
+
+# Run before the server's command in the child (Linux): the parent-death signal, the check that the
+# parent did not die before it was armed, the record of the process group, then exec.
+_LAUNCHER = """\
+import ctypes, json, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+record, about = sys.argv[2], sys.argv[3]
+if record:
+    stat = open('/proc/self/stat', 'rb').read()
+    start = int(stat[stat.rfind(b')') + 2:].split()[19])
+    with open(record + '.tmp', 'w') as f:
+        f.write(json.dumps({**json.loads(about), 'pid': os.getpid(), 'start_time': start}))
+    os.replace(record + '.tmp', record)
+os.execvp(sys.argv[4], sys.argv[4:])
+"""
+
+
+class ConnectionLost(Exception):
+    """The connection to a server failed or ended; the next call opens a new one."""
+
+
+class CallCancelled(Exception):
+    """The caller's cancellation event was set while it waited."""
+
+
+class CallTimedOut(Exception):
+    """The caller's deadline passed while it waited."""
+
+
+class _WatchedRead:
+    """The read stream of a transport, reporting its end: the server exited or the stream broke."""
+
+    def __init__(self, inner: Any, lost: threading.Event) -> None:
+        self._inner = inner
+        self._lost = lost
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._lost.set()
+            raise
+
+    async def aclose(self) -> None:
+        self._lost.set()
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _WatchedRead:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _WatchedRead:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+@dataclass(eq=False)
+class _Link:
+    """One connection: ``ready`` resolves to the client once the handshake is done."""
+
+    server: str
+    ready: Future[Client] = field(default_factory=Future)
+    #: Set when the connection ended or failed; the next caller replaces it.
+    lost: threading.Event = field(default_factory=threading.Event)
+    #: The task holding the connection open on the loop (cancelling it closes the connection).
+    task: Future[None] | None = None
+    #: The tools the server listed, fetched once per connection.
+    tools: Future[list[types.Tool]] | None = None
+    #: The process-group record of a stdio server, removed when the connection is closed.
+    record: Path | None = None
+
+    def usable(self) -> bool:
+        if self.lost.is_set():
+            return False
+        if not self.ready.done():
+            return True
+        return not self.ready.cancelled() and self.ready.exception() is None
+
+
+def _wait(
+    future: Future[Any],
+    *,
+    timeout: float | None,
+    on_cancel: Callable[[Callable[[], None]], Callable[[], None]] | None,
+    owned: bool = True,
+) -> Any:
+    """``future``'s result, waiting at most ``timeout`` seconds and no longer than until ``on_cancel``
+    fires. On cancellation or timeout an ``owned`` future is cancelled (its task on the loop with it);
+    a shared one (a connection others wait for too) is left alone.
+
+    Raises:
+        CallCancelled / CallTimedOut: the wait ended first.
+        whatever the future raised.
+    """
+    woken = threading.Event()
+    cancelled = threading.Event()
+    future.add_done_callback(lambda _f: woken.set())
+
+    def cancel() -> None:  # the timer thread runs it: only set events here
+        cancelled.set()
+        woken.set()
+
+    remove = on_cancel(cancel) if on_cancel is not None else (lambda: None)
+    try:
+        woken.wait(timeout)
+    finally:
+        remove()
+    if future.done() and not future.cancelled():
+        return future.result()
+    if owned:
+        future.cancel()
+    if cancelled.is_set():
+        raise CallCancelled
+    raise CallTimedOut
+
+
+class McpConnections:
+    """The connections to the servers of ``config/mcp_servers.json``, shared by every ``mcp.call``.
+
+    Args:
+        servers: name -> entry (see :func:`~codomyrmex_orchestration.connectors.load_servers`).
+        procs_dir: where stdio servers' process groups are recorded while they run (``None``: nowhere).
+        connect_timeout: longest a connection may take to start.
+        config_error: why the servers file could not be read, reported by every call (``servers`` is
+            then empty).
+    """
+
+    def __init__(
+        self,
+        servers: Mapping[str, ServerEntry],
+        *,
+        procs_dir: Path | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        config_error: str | None = None,
+    ) -> None:
+        self.servers = dict(servers)
+        self.procs_dir = procs_dir
+        self.connect_timeout = connect_timeout
+        self.config_error = config_error
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._links: dict[str, _Link] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ calls
+
+    def call_tool(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        on_cancel: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
+    ) -> types.CallToolResult:
+        """Call ``tool`` on ``server`` and return its result (an ``isError`` result is returned too).
+
+        Raises:
+            KeyError: ``server`` is not configured.
+            ConnectionLost: the connection could not be opened, or ended during the call.
+            CallCancelled / CallTimedOut: ``on_cancel`` fired, or ``timeout`` passed, first.
+            mcp.MCPError: the server answered with a protocol error (e.g. an unknown tool).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        link, client = self._client(server, deadline, on_cancel)
+        call = self._run(client.call_tool, tool, arguments)
+        try:
+            return _wait(call, timeout=_left(deadline), on_cancel=on_cancel)  # type: ignore[no-any-return]
+        except (CallCancelled, CallTimedOut):
+            raise
+        except Exception as exc:
+            if link.lost.is_set() or _is_closed(exc):
+                link.lost.set()
+                lost = f"the connection to MCP server {server!r} ended during the call"
+                raise ConnectionLost(lost) from exc
+            raise
+
+    def list_tools(self, server: str, *, timeout: float | None = None) -> list[types.Tool]:
+        """The tools ``server`` lists (fetched once per connection).
+
+        Raises:
+            KeyError, ConnectionLost, CallTimedOut: as for :meth:`call_tool`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        link, client = self._client(server, deadline, None)
+        with self._lock:
+            tools = link.tools
+            if tools is None or tools.cancelled() or (tools.done() and tools.exception() is not None):
+                tools = link.tools = self._portal_locked().start_task_soon(_all_tools, client)
+        try:
+            return _wait(tools, timeout=_left(deadline), on_cancel=None, owned=False)  # type: ignore[no-any-return]
+        except CallTimedOut:
+            raise
+        except Exception as exc:
+            link.lost.set()
+            raise ConnectionLost(f"MCP server {server!r} did not list its tools: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        """Close every connection (stdio servers are stopped) and the loop thread. Calls after it open
+        new ones: the registry that owns this may serve a new engine."""
+        with self._lock:
+            portal, portal_cm = self._portal, self._portal_cm
+            links = list(self._links.values())
+            self._portal = self._portal_cm = None
+            self._links.clear()
+        if portal is None or portal_cm is None:
+            return
+        for link in links:
+            if link.task is not None:
+                link.task.cancel()
+        for link in links:
+            if link.task is not None:
+                with contextlib.suppress(Exception, CancelledError):
+                    link.task.exception(timeout=_CLOSE_TIMEOUT)
+        portal_cm.__exit__(None, None, None)
+
+    # ------------------------------------------------------------------ the links
+
+    def _client(
+        self,
+        server: str,
+        deadline: float | None,
+        on_cancel: Callable[[Callable[[], None]], Callable[[], None]] | None,
+    ) -> tuple[_Link, Client]:
+        entry = self.servers[server]  # KeyError: the caller names what exists
+        link = self._link(server, entry)
+        connect_deadline = time.monotonic() + self.connect_timeout
+        limit = connect_deadline if deadline is None else min(deadline, connect_deadline)
+        try:
+            client = _wait(link.ready, timeout=_left(limit), on_cancel=on_cancel, owned=False)
+        except CallCancelled:
+            raise
+        except CallTimedOut:
+            if deadline is not None and deadline <= connect_deadline:
+                raise
+            self._retire(link)
+            raise ConnectionLost(
+                f"MCP server {server!r} did not finish connecting within {self.connect_timeout:g} s"
+            ) from None
+        except Exception as exc:
+            raise ConnectionLost(f"cannot connect to MCP server {server!r}: {_reason(exc)}") from exc
+        return link, client
+
+    def _link(self, server: str, entry: ServerEntry) -> _Link:
+        with self._lock:
+            link = self._links.get(server)
+            if link is not None and link.usable():
+                return link
+            if link is not None:
+                self._retire_locked(link)
+            portal = self._portal_locked()
+            link = _Link(server)
+            recorded = self.procs_dir is not None and sys.platform.startswith("linux")
+            if isinstance(entry, StdioServer) and self.procs_dir is not None and recorded:
+                link.record = self.procs_dir / f"mcp-{uuid.uuid4().hex}.json"
+            link.task = portal.start_task_soon(self._hold, link, entry, name=f"mcp:{server}")
+            self._links[server] = link
+            return link
+
+    def _retire(self, link: _Link) -> None:
+        with self._lock:
+            self._retire_locked(link)
+
+    def _retire_locked(self, link: _Link) -> None:
+        link.lost.set()
+        if self._links.get(link.server) is link:
+            del self._links[link.server]
+        if link.task is not None:
+            link.task.cancel()  # non-blocking: the loop closes the connection
+
+    def _portal_locked(self) -> BlockingPortal:
+        if self._portal is None:
+            cm = start_blocking_portal(name=_THREAD_NAME)
+            self._portal = cm.__enter__()
+            self._portal_cm = cm
+        return self._portal
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        with self._lock:
+            return self._portal_locked().start_task_soon(fn, *args)
+
+    # ------------------------------------------------------------------ on the loop
+
+    async def _hold(self, link: _Link, entry: ServerEntry) -> None:
+        """Open the connection, publish it through ``link.ready``, keep it open until cancelled."""
+        try:
+            async with AsyncExitStack() as stack:
+                transport = await stack.enter_async_context(_transport(entry, link, self.procs_dir))
+                client = Client(
+                    transport,
+                    client_info=types.Implementation(name="codomyrmex-orchestration", version="mcp.call"),
+                )
+                await stack.enter_async_context(client)
+                link.ready.set_result(client)
+                log.info("mcp.connected", server=link.server, transport=entry.transport)
+                await anyio.sleep_forever()
+        except BaseException as exc:
+            if not link.ready.done():
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    link.ready.cancel()
+                else:
+                    link.ready.set_exception(exc)
+            if isinstance(exc, Exception):
+                log.warning("mcp.connection_failed", server=link.server, error=_reason(exc))
+                return
+            raise
+        finally:
+            link.lost.set()
+            if link.record is not None:
+                link.record.unlink(missing_ok=True)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _is_closed(exc: BaseException) -> bool:
+    error = getattr(exc, "error", None)
+    return getattr(error, "code", None) == types.CONNECTION_CLOSED
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_reason(e) for e in exc.exceptions)
+    if isinstance(exc, MCPError):
+        return exc.error.message
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _all_tools(client: Client) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(100):  # a server whose cursor never ends cannot keep us here
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return tools
+
+
+@asynccontextmanager
+async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) -> AsyncIterator[Any]:
+    """The transport of ``entry`` as a ``Transport`` whose read stream reports its end to ``link``."""
+    async with AsyncExitStack() as stack:
+        if isinstance(entry, HttpServer):
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=entry.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+            )
+            read, write = await stack.enter_async_context(streamable_http_client(entry.url, http_client=http))
+        else:
+            read, write = await stack.enter_async_context(stdio_client(_stdio_parameters(entry, link)))
+
+        @asynccontextmanager
+        async def streams() -> AsyncIterator[Any]:
+            yield _WatchedRead(read, link.lost), write
+
+        yield streams()
+
+
+def _stdio_parameters(entry: StdioServer, link: _Link) -> StdioServerParameters:
+    command, args = entry.command, list(entry.args)
+    if sys.platform.startswith("linux"):
+        about = json.dumps({"server": link.server, "step": f"mcp server {link.server}"})
+        record = str(link.record) if link.record is not None else ""
+        if link.record is not None:
+            link.record.parent.mkdir(parents=True, exist_ok=True)
+        args = ["-I", "-S", "-c", _LAUNCHER, str(os.getpid()), record, about, command, *args]
+        command = sys.executable
+    return StdioServerParameters(command=command, args=args, env=dict(entry.env) or None, cwd=entry.cwd)
