@@ -7,9 +7,12 @@ is replaced by a new one on the next call. Callers wait on concurrent futures wi
 at once when their step is cancelled or reaches its deadline (the request is cancelled on the loop).
 
 State owned: the portal and its thread, and the live link of each server, guarded by
-``McpConnections._lock``. A stdio server runs in its own process group, gets SIGKILL when our loop
-thread dies (Linux parent-death signal), and is recorded under ``procs_dir`` while it runs so that a
-restarted engine kills what a crash left behind (``core._procs``).
+``McpConnections._lock`` (a leaf lock for the threads of steps; code on the loop thread never takes it,
+so handing the loop a task while holding it cannot deadlock).
+
+A stdio server runs in its own process group, gets SIGKILL when our loop thread dies (Linux
+parent-death signal), and is recorded under ``procs_dir`` while it runs so that a restarted engine
+kills what a crash left behind (``core._procs``).
 """
 
 from __future__ import annotations
@@ -134,6 +137,18 @@ class _Link:
     tools: Future[list[types.Tool]] | None = None
     #: The process-group record of a stdio server, removed when the connection is closed.
     record: Path | None = None
+    # Touched on the loop thread only. A connection is stopped by cancelling ``scope``, but never while
+    # its transport is being set up (a process being spawned): cancelling asyncio's subprocess creation
+    # half way leaks the process and its pipes. A stop asked for before the transport is up is carried
+    # out as soon as it is (``stop_requested``).
+    scope: anyio.CancelScope | None = None
+    transport_up: bool = False
+    stop_requested: bool = False
+
+    def stop_on_loop(self) -> None:
+        self.stop_requested = True
+        if self.transport_up and self.scope is not None:
+            self.scope.cancel()
 
     def usable(self) -> bool:
         if self.lost.is_set():
@@ -207,7 +222,8 @@ class McpConnections:
         self._portal: BlockingPortal | None = None
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._links: dict[str, _Link] = {}
-        self._closed = False
+        #: Links replaced while their connection may still be closing (close() waits for them).
+        self._retired: list[_Link] = []
 
     # ------------------------------------------------------------------ calls
 
@@ -267,14 +283,14 @@ class McpConnections:
         new ones: the registry that owns this may serve a new engine."""
         with self._lock:
             portal, portal_cm = self._portal, self._portal_cm
-            links = list(self._links.values())
+            links = list(self._links.values()) + self._retired
             self._portal = self._portal_cm = None
             self._links.clear()
+            self._retired = []
+            for link in links:
+                self._stop_locked(link, portal)
         if portal is None or portal_cm is None:
             return
-        for link in links:
-            if link.task is not None:
-                link.task.cancel()
         for link in links:
             if link.task is not None:
                 with contextlib.suppress(Exception, CancelledError):
@@ -332,8 +348,14 @@ class McpConnections:
         link.lost.set()
         if self._links.get(link.server) is link:
             del self._links[link.server]
-        if link.task is not None:
-            link.task.cancel()  # non-blocking: the loop closes the connection
+        self._retired = [r for r in self._retired if r.task is not None and not r.task.done()]
+        self._retired.append(link)
+        self._stop_locked(link, self._portal)
+
+    @staticmethod
+    def _stop_locked(link: _Link, portal: BlockingPortal | None) -> None:
+        if portal is not None and link.task is not None and not link.task.done():
+            portal.start_task_soon(_stop, link)  # non-blocking: the loop closes the connection
 
     def _portal_locked(self) -> BlockingPortal:
         if self._portal is None:
@@ -344,37 +366,41 @@ class McpConnections:
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         with self._lock:
-            return self._portal_locked().start_task_soon(fn, *args)
+            portal = self._portal_locked()
+        try:  # outside the lock: handing a task to the loop waits for the loop thread
+            return portal.start_task_soon(fn, *args)
+        except RuntimeError:  # the portal stopped meanwhile (close)
+            raise ConnectionLost("the MCP connections were closed during the call") from None
 
     # ------------------------------------------------------------------ on the loop
 
     async def _hold(self, link: _Link, entry: ServerEntry) -> None:
-        """Open the connection, publish it through ``link.ready``, keep it open until cancelled."""
+        """Open the connection, publish it through ``link.ready``, keep it open until stopped."""
         try:
-            async with AsyncExitStack() as stack:
-                transport = await stack.enter_async_context(_transport(entry, link, self.procs_dir))
-                client = Client(
-                    transport,
-                    client_info=types.Implementation(name="codomyrmex-orchestration", version="mcp.call"),
-                )
-                await stack.enter_async_context(client)
-                link.ready.set_result(client)
-                log.info("mcp.connected", server=link.server, transport=entry.transport)
-                await anyio.sleep_forever()
-        except BaseException as exc:
+            with anyio.CancelScope() as link.scope:
+                if link.stop_requested:
+                    return
+                async with AsyncExitStack() as stack:
+                    transport = await stack.enter_async_context(_transport(entry, link, self.procs_dir))
+                    info = types.Implementation(name="codomyrmex-orchestration", version="mcp.call")
+                    client = await stack.enter_async_context(Client(transport, client_info=info))
+                    link.ready.set_result(client)
+                    log.info("mcp.connected", server=link.server, transport=entry.transport)
+                    await anyio.sleep_forever()
+        except Exception as exc:
             if not link.ready.done():
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    link.ready.cancel()
-                else:
-                    link.ready.set_exception(exc)
-            if isinstance(exc, Exception):
-                log.warning("mcp.connection_failed", server=link.server, error=_reason(exc))
-                return
-            raise
+                link.ready.set_exception(exc)
+            log.warning("mcp.connection_failed", server=link.server, error=_reason(exc))
         finally:
             link.lost.set()
+            if not link.ready.done():
+                link.ready.set_exception(ConnectionLost("the connection was closed before it was ready"))
             if link.record is not None:
                 link.record.unlink(missing_ok=True)
+
+
+async def _stop(link: _Link) -> None:
+    link.stop_on_loop()
 
 
 def _left(deadline: float | None) -> float | None:
@@ -421,6 +447,9 @@ async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) ->
 
         @asynccontextmanager
         async def streams() -> AsyncIterator[Any]:
+            link.transport_up = True
+            if link.stop_requested and link.scope is not None:
+                link.scope.cancel()
             yield _WatchedRead(read, link.lost), write
 
         yield streams()
