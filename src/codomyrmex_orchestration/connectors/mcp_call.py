@@ -135,7 +135,9 @@ class McpCall:
             ) from None
         if result.is_error:
             message = _text(result.content) or "(the tool gave no message)"
-            failed = f"tool {tool!r} of MCP server {server!r} failed: {message}"
+            failed = f"tool {tool!r} of MCP server {server!r} failed: {message}" + self._tool_hint(
+                server, tool
+            )
             raise StepFailedError(ctx.step_name, failed, error_type="McpToolError")
         return _output(result)
 
