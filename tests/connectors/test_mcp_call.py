@@ -219,7 +219,8 @@ def test_the_record_lets_a_restarted_engine_kill_a_server_a_crash_left(
 _CRASHING_OWNER = """
 import json, os, sys
 from pathlib import Path
-from codomyrmex_orchestration.connectors import McpConnections, StdioServer
+from codomyrmex_orchestration.connectors import StdioServer
+from codomyrmex_orchestration.connectors._connections import McpConnections
 servers = {"echo": StdioServer.model_validate(json.loads(sys.argv[1]))}
 result = McpConnections(servers).call_tool("echo", "echo", {"message": "x"}, timeout=60)
 print(result.structured_content["pid"], flush=True)

@@ -1,12 +1,12 @@
 """Connections from this server to other MCP servers: the ``mcp.call`` action and what it shares.
 
-The only package besides ``server/`` that imports ``mcp`` and ``anyio``: ``core`` never does. The
-composition module (``compose``) registers ``mcp.call`` into each engine's action registry.
+The only package besides ``server/`` that imports ``mcp`` and ``anyio`` (``_connections``, loaded with the
+first call): ``core`` never does. The composition module (``compose``) registers ``mcp.call`` into each
+engine's action registry.
 """
 
 from __future__ import annotations
 
-from codomyrmex_orchestration.connectors._connections import McpConnections
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer, load_servers
 from codomyrmex_orchestration.connectors.mcp_call import SERVICE, McpCall, mcp_catalogue, register
 
@@ -14,7 +14,6 @@ __all__ = [
     "SERVICE",
     "HttpServer",
     "McpCall",
-    "McpConnections",
     "ServerEntry",
     "StdioServer",
     "load_servers",

@@ -41,9 +41,10 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
+from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost, wait_for
 from codomyrmex_orchestration.logs import get_logger
 
-__all__ = ["CONNECT_TIMEOUT", "CallCancelled", "CallTimedOut", "ConnectionLost", "McpConnections"]
+__all__ = ["CONNECT_TIMEOUT", "McpConnections"]
 
 log = get_logger("codomyrmex_orchestration.connectors")
 
@@ -69,18 +70,6 @@ if record:
     os.replace(record + '.tmp', record)
 os.execvp(sys.argv[4], sys.argv[4:])
 """
-
-
-class ConnectionLost(Exception):
-    """The connection to a server failed or ended; the next call opens a new one."""
-
-
-class CallCancelled(Exception):
-    """The caller's cancellation event was set while it waited."""
-
-
-class CallTimedOut(Exception):
-    """The caller's deadline passed while it waited."""
 
 
 class _WatchedRead:
@@ -158,43 +147,6 @@ class _Link:
         return not self.ready.cancelled() and self.ready.exception() is None
 
 
-def _wait(
-    future: Future[Any],
-    *,
-    timeout: float | None,
-    on_cancel: Callable[[Callable[[], None]], Callable[[], None]] | None,
-    owned: bool = True,
-) -> Any:
-    """``future``'s result, waiting at most ``timeout`` seconds and no longer than until ``on_cancel``
-    fires. On cancellation or timeout an ``owned`` future is cancelled (its task on the loop with it);
-    a shared one (a connection others wait for too) is left alone.
-
-    Raises:
-        CallCancelled / CallTimedOut: the wait ended first.
-        whatever the future raised.
-    """
-    woken = threading.Event()
-    cancelled = threading.Event()
-    future.add_done_callback(lambda _f: woken.set())
-
-    def cancel() -> None:  # the timer thread runs it: only set events here
-        cancelled.set()
-        woken.set()
-
-    remove = on_cancel(cancel) if on_cancel is not None else (lambda: None)
-    try:
-        woken.wait(timeout)
-    finally:
-        remove()
-    if future.done() and not future.cancelled():
-        return future.result()
-    if owned:
-        future.cancel()
-    if cancelled.is_set():
-        raise CallCancelled
-    raise CallTimedOut
-
-
 class McpConnections:
     """The connections to the servers of ``config/mcp_servers.json``, shared by every ``mcp.call``.
 
@@ -202,8 +154,6 @@ class McpConnections:
         servers: name -> entry (see :func:`~codomyrmex_orchestration.connectors.load_servers`).
         procs_dir: where stdio servers' process groups are recorded while they run (``None``: nowhere).
         connect_timeout: longest a connection may take to start.
-        config_error: why the servers file could not be read, reported by every call (``servers`` is
-            then empty).
     """
 
     def __init__(
@@ -212,12 +162,10 @@ class McpConnections:
         *,
         procs_dir: Path | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
-        config_error: str | None = None,
     ) -> None:
         self.servers = dict(servers)
         self.procs_dir = procs_dir
         self.connect_timeout = connect_timeout
-        self.config_error = config_error
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
@@ -248,7 +196,7 @@ class McpConnections:
         link, client = self._client(server, deadline, on_cancel)
         call = self._run(client.call_tool, tool, arguments)
         try:
-            return _wait(call, timeout=_left(deadline), on_cancel=on_cancel)  # type: ignore[no-any-return]
+            return wait_for(call, timeout=_left(deadline), on_cancel=on_cancel)  # type: ignore[no-any-return]
         except (CallCancelled, CallTimedOut):
             raise
         except Exception as exc:
@@ -271,7 +219,7 @@ class McpConnections:
             if tools is None or tools.cancelled() or (tools.done() and tools.exception() is not None):
                 tools = link.tools = self._portal_locked().start_task_soon(_all_tools, client)
         try:
-            return _wait(tools, timeout=_left(deadline), on_cancel=None, owned=False)  # type: ignore[no-any-return]
+            return wait_for(tools, timeout=_left(deadline), on_cancel=None, owned=False)  # type: ignore[no-any-return]
         except CallTimedOut:
             raise
         except Exception as exc:
@@ -310,7 +258,7 @@ class McpConnections:
         connect_deadline = time.monotonic() + self.connect_timeout
         limit = connect_deadline if deadline is None else min(deadline, connect_deadline)
         try:
-            client = _wait(link.ready, timeout=_left(limit), on_cancel=on_cancel, owned=False)
+            client = wait_for(link.ready, timeout=_left(limit), on_cancel=on_cancel, owned=False)
         except CallCancelled:
             raise
         except CallTimedOut:

@@ -8,23 +8,15 @@ blocks joined with newlines, plus ``"content"``: its other blocks, if any). A re
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import mcp_types as types
-from mcp import MCPError
+from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration._suggest import did_you_mean
-from codomyrmex_orchestration.connectors._connections import (
-    CallCancelled,
-    CallTimedOut,
-    ConnectionLost,
-    McpConnections,
-)
-from codomyrmex_orchestration.connectors._servers import load_servers
+from codomyrmex_orchestration.connectors._servers import ServerEntry, load_servers
+from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.core.actions._params import check_known
 from codomyrmex_orchestration.errors import (
@@ -35,6 +27,11 @@ from codomyrmex_orchestration.errors import (
     StepTimeoutError,
 )
 from codomyrmex_orchestration.logs import get_logger
+
+if TYPE_CHECKING:
+    import mcp_types as types
+
+    from codomyrmex_orchestration.connectors._connections import McpConnections
 
 __all__ = ["PARAMETERS", "SERVICE", "McpCall", "mcp_catalogue", "register"]
 
@@ -69,14 +66,39 @@ def _templated(value: Any) -> bool:
 class McpCall:
     """``mcp.call`` over one set of connections: the action, its checks and its catalogue entry.
 
+    The connections (and the ``mcp`` SDK) are loaded with the first call or tool listing: registering
+    the action and checking steps cost a command-line run nothing.
+
     Args:
-        connections: the shared connections.
+        servers: name -> entry of the configured servers.
         servers_file: where the servers were read from (named in messages).
+        procs_dir: where stdio servers' process groups are recorded while they run.
+        config_error: why the servers file could not be used (``servers`` is then empty).
     """
 
-    def __init__(self, connections: McpConnections, servers_file: Path | None = None) -> None:
-        self.connections = connections
+    def __init__(
+        self,
+        servers: Mapping[str, ServerEntry],
+        servers_file: Path | None = None,
+        *,
+        procs_dir: Path | None = None,
+        config_error: str | None = None,
+    ) -> None:
+        self.servers = dict(servers)
         self.servers_file = servers_file
+        self.procs_dir = procs_dir
+        self.config_error = config_error
+        self._lock = threading.Lock()
+        self._connections: McpConnections | None = None  # built on first use, under _lock
+
+    @property
+    def connections(self) -> McpConnections:
+        with self._lock:
+            if self._connections is None:
+                from codomyrmex_orchestration.connectors._connections import McpConnections
+
+                self._connections = McpConnections(self.servers, procs_dir=self.procs_dir)
+            return self._connections
 
     # ------------------------------------------------------------------ messages
 
@@ -84,9 +106,9 @@ class McpCall:
         return str(self.servers_file) if self.servers_file is not None else "config/mcp_servers.json"
 
     def _unknown_server(self, server: str) -> str:
-        if self.connections.config_error:
-            return f"no MCP server can be used: {self.connections.config_error}"
-        names = sorted(self.connections.servers)
+        if self.config_error:
+            return f"no MCP server can be used: {self.config_error}"
+        names = sorted(self.servers)
         if not names:
             return f"unknown MCP server {server!r}: no servers are configured (add them to {self._where()})"
         return (
@@ -105,9 +127,11 @@ class McpCall:
                 server refused the call (e.g. an unknown tool), or the tool returned ``isError``.
             StepCancelledError / StepTimeoutError: cancelled, or the step deadline passed.
         """
+        from mcp import MCPError
+
         check_known(params, PARAMETERS, _ACTION)
         server, tool, arguments = _server(params), _tool(params), _arguments(params)
-        if server not in self.connections.servers:
+        if server not in self.servers:
             raise InvalidInputError("parameters.server", self._unknown_server(server))
         ctx.check_cancelled()
         started = time.monotonic()
@@ -159,7 +183,7 @@ class McpCall:
         server = params.get("server")
         if not isinstance(server, str) or not server:
             problems.append(f"parameters.server: {_NEEDS_SERVER}")
-        elif not _templated(server) and server not in self.connections.servers:
+        elif not _templated(server) and server not in self.servers:
             problems.append(f"parameters.server: {self._unknown_server(server)}")
         tool = params.get("tool")
         if not isinstance(tool, str) or not tool:
@@ -175,7 +199,7 @@ class McpCall:
         References (``{{...}}``) are not checked: they are resolved only when the step runs.
         """
         server, tool, arguments = params.get("server"), params.get("tool"), params.get("arguments", {})
-        if not isinstance(server, str) or server not in self.connections.servers:
+        if not isinstance(server, str) or server not in self.servers:
             return []
         if not isinstance(tool, str) or _templated(tool):
             return []
@@ -195,9 +219,9 @@ class McpCall:
 
     # ------------------------------------------------------------------ the catalogue
 
-    def servers(self) -> list[dict[str, Any]]:
+    def describe_servers(self) -> list[dict[str, Any]]:
         """Each configured server: name, transport, description and command or URL (never env/headers)."""
-        servers = sorted(self.connections.servers.items())
+        servers = sorted(self.servers.items())
         return [{"name": name, **entry.describe()} for name, entry in servers]
 
     def tools(self, server: str, *, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
@@ -207,7 +231,7 @@ class McpCall:
             InvalidInputError: the server is not configured.
             StepFailedError: it cannot be reached or does not answer within ``timeout``.
         """
-        if server not in self.connections.servers:
+        if server not in self.servers:
             raise InvalidInputError("server", self._unknown_server(server))
         try:
             listed = self.connections.list_tools(server, timeout=timeout)
@@ -220,7 +244,10 @@ class McpCall:
         ]
 
     def close(self) -> None:
-        self.connections.close()
+        with self._lock:
+            connections = self._connections
+        if connections is not None:
+            connections.close()
 
 
 def _server(params: Mapping[str, Any]) -> str:
@@ -246,6 +273,8 @@ def _arguments(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _schema_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
+    import jsonschema
+
     try:
         validator = jsonschema.validators.validator_for(schema)(schema)
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
@@ -263,10 +292,14 @@ def _schema_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> list[
 
 
 def _text(content: list[types.ContentBlock]) -> str:
+    import mcp_types as types
+
     return "\n".join(block.text for block in content if isinstance(block, types.TextContent))
 
 
 def _output(result: types.CallToolResult) -> Any:
+    import mcp_types as types
+
     if result.structured_content is not None:
         return result.structured_content
     output: dict[str, Any] = {"text": _text(result.content)}
@@ -287,7 +320,7 @@ def register(registry: ActionRegistry, servers_file: Path, *, procs_dir: Path | 
     except InvalidInputError as exc:
         servers, error = {}, f"{servers_file} is invalid: {exc}"
         log.error("mcp.servers_file_invalid", path=str(servers_file), error=str(exc))
-    call = McpCall(McpConnections(servers, procs_dir=procs_dir, config_error=error), servers_file)
+    call = McpCall(servers, servers_file, procs_dir=procs_dir, config_error=error)
     registry.register(
         ActionDefinition(
             "mcp",
@@ -322,8 +355,8 @@ def mcp_catalogue(registry: ActionRegistry, server: str | None = None) -> dict[s
         if server is not None:
             raise InvalidInputError("server", "no MCP servers are configured on this server")
         return {}
-    found: dict[str, Any] = {"mcp_servers": call.servers()}
-    found["mcp_servers_error"] = call.connections.config_error
+    found: dict[str, Any] = {"mcp_servers": call.describe_servers()}
+    found["mcp_servers_error"] = call.config_error
     if server is not None:
         found["tools"] = call.tools(server)
     return found
