@@ -282,3 +282,26 @@ def test_without_a_servers_file_the_message_says_where_to_add_them(tmp_path: Pat
             engine.workflow_manager.create_workflow({"name": "w", "steps": [echo_step("x")]})
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("server", "says"),
+    [
+        ({"command": "no-such-mcp-server-here"}, "command 'no-such-mcp-server-here' not found"),
+        ({"url": "http://127.0.0.1:9/mcp"}, "cannot connect to MCP server 'other'"),
+    ],
+)
+def test_a_server_that_cannot_be_reached_fails_the_step_saying_why(
+    tmp_path: Path, server: dict[str, Any], says: str
+) -> None:
+    servers = write_servers(tmp_path / "servers.json", {"other": server})
+    engine = build_engine(settings_for(tmp_path, servers))
+    try:
+        step = echo_step("x")
+        step["parameters"]["server"] = "other"
+        record = run(engine, "unreachable", [step])
+    finally:
+        engine.shutdown()
+    assert record.status is WorkflowStatus.FAILED
+    error = record.steps["x"].error
+    assert error is not None and says in error.message, error.message

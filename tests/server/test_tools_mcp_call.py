@@ -168,3 +168,10 @@ async def test_on_a_network_transport_mcp_call_is_refused_unless_code_execution_
         assert not task.is_error, task.content
         assert task.structured_content["result"]["message"] == "x"
         assert calls(calls_file, "echo") == 1
+
+
+async def test_list_actions_with_a_server_it_cannot_reach_says_so(mcp_client: Client) -> None:
+    result = await call(mcp_client, "list_actions", {"server": "docs"})
+    assert result.is_error
+    text = result.content[0].text
+    assert "MCP server 'docs' is unreachable" in text and "mcp_servers.json" in text

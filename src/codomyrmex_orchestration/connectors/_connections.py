@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ import httpx2
 import mcp_types as types
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import Client, MCPError
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
@@ -405,6 +406,14 @@ async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) ->
 
 def _stdio_parameters(entry: StdioServer, link: _Link) -> StdioServerParameters:
     command, args = entry.command, list(entry.args)
+    path = {**get_default_environment(), **entry.env}.get("PATH")
+    if os.sep in command:  # a path, relative to the server's cwd
+        found = os.access(os.path.join(entry.cwd or os.getcwd(), command), os.X_OK)
+    else:
+        found = shutil.which(command, path=path) is not None
+    if not found:
+        # Said here: behind the launcher the child would only exit, and the handshake see the pipe close.
+        raise ConnectionLost(f"command {command!r} not found (PATH is {path!r})")
     if sys.platform.startswith("linux"):
         about = json.dumps({"server": link.server, "step": f"mcp server {link.server}"})
         record = str(link.record) if link.record is not None else ""

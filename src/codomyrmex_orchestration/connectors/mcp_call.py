@@ -21,6 +21,7 @@ from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinitio
 from codomyrmex_orchestration.core.actions._params import check_known
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
+    InvalidStateError,
     OrchestrationError,
     StepCancelledError,
     StepFailedError,
@@ -229,15 +230,16 @@ class McpCall:
 
         Raises:
             InvalidInputError: the server is not configured.
-            StepFailedError: it cannot be reached or does not answer within ``timeout``.
+            InvalidStateError: it cannot be reached or does not answer within ``timeout``.
         """
         if server not in self.servers:
             raise InvalidInputError("server", self._unknown_server(server))
         try:
             listed = self.connections.list_tools(server, timeout=timeout)
         except (ConnectionLost, CallTimedOut) as exc:
-            reason = str(exc) or f"MCP server {server!r} did not list its tools within {timeout:g} s"
-            raise StepFailedError(f"tools of {server}", reason, error_type="McpConnectionError") from None
+            reason = str(exc) or f"it did not list its tools within {timeout:g} s"
+            wanted = f"{reason} (its entry is in {self._where()})"
+            raise InvalidStateError("MCP server", server, "unreachable", wanted) from None
         return [
             {"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
             for t in sorted(listed, key=lambda t: t.name)
@@ -348,7 +350,7 @@ def mcp_catalogue(registry: ActionRegistry, server: str | None = None) -> dict[s
 
     Raises:
         InvalidInputError: ``server`` is not configured (the configured ones are named).
-        StepFailedError: ``server`` cannot be reached.
+        InvalidStateError: ``server`` cannot be reached.
     """
     call = registry.service(SERVICE)
     if not isinstance(call, McpCall):
