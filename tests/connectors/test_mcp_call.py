@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +305,20 @@ def test_a_server_that_cannot_be_reached_fails_the_step_saying_why(
     assert record.status is WorkflowStatus.FAILED
     error = record.steps["x"].error
     assert error is not None and says in error.message, error.message
+
+
+def test_mcp_call_runs_in_the_server_process_whatever_the_backend(
+    tmp_path: Path, calls_file: Path, make_backend: Callable[..., Any]
+) -> None:
+    from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS
+
+    servers = write_servers(tmp_path / "servers.json", {"echo": entry(calls_file)})
+    engine = build_engine(
+        settings_for(tmp_path, servers), backend=make_backend(local_actions=LOCAL_ONLY_ACTIONS)
+    )
+    try:
+        record = run(engine, "anywhere", [echo_step("x", "here")])
+    finally:
+        engine.shutdown()
+    assert record.status is WorkflowStatus.COMPLETED, record.steps
+    assert record.steps["x"].output["message"] == "here"
