@@ -322,3 +322,16 @@ def test_mcp_call_runs_in_the_server_process_whatever_the_backend(
         engine.shutdown()
     assert record.status is WorkflowStatus.COMPLETED, record.steps
     assert record.steps["x"].output["message"] == "here"
+
+
+def test_a_call_after_the_engine_shut_down_fails_and_starts_nothing(tmp_path: Path, calls_file: Path) -> None:
+    from codomyrmex_orchestration.core.actions import ActionContext
+    from codomyrmex_orchestration.errors import StepFailedError
+
+    servers = write_servers(tmp_path / "servers.json", {"echo": entry(calls_file)})
+    engine = build_engine(settings_for(tmp_path, servers))
+    action = engine.registry.get("mcp", "call").func
+    engine.shutdown()
+    with pytest.raises(StepFailedError, match="engine is shutting down"):
+        action(echo_step("late")["parameters"], ActionContext("late"))
+    assert calls(calls_file) == 0  # and the leak check sees no connection thread

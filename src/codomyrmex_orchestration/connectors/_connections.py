@@ -121,7 +121,8 @@ class _Link:
     ready: Future[Client] = field(default_factory=Future)
     #: Set when the connection ended or failed; the next caller replaces it.
     lost: threading.Event = field(default_factory=threading.Event)
-    #: The task holding the connection open on the loop (cancelling it closes the connection).
+    #: The loop the connection lives on, and the task holding it open there.
+    portal: BlockingPortal | None = None
     task: Future[None] | None = None
     #: The tools the server listed, fetched once per connection.
     tools: Future[list[types.Tool]] | None = None
@@ -173,6 +174,7 @@ class McpConnections:
         self._links: dict[str, _Link] = {}
         #: Links replaced while their connection may still be closing (close() waits for them).
         self._retired: list[_Link] = []
+        self._closed = False
 
     # ------------------------------------------------------------------ calls
 
@@ -195,7 +197,7 @@ class McpConnections:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         link, client = self._client(server, deadline, on_cancel)
-        call = self._run(client.call_tool, tool, arguments)
+        call = self._run(link, client.call_tool, tool, arguments)
         try:
             return wait_for(call, timeout=_left(deadline), on_cancel=on_cancel)  # type: ignore[no-any-return]
         except (CallCancelled, CallTimedOut):
@@ -218,7 +220,7 @@ class McpConnections:
         with self._lock:
             tools = link.tools
             if tools is None or tools.cancelled() or (tools.done() and tools.exception() is not None):
-                tools = link.tools = self._portal_locked().start_task_soon(_all_tools, client)
+                tools = link.tools = self._run(link, _all_tools, client)
         try:
             return wait_for(tools, timeout=_left(deadline), on_cancel=None, owned=False)  # type: ignore[no-any-return]
         except CallTimedOut:
@@ -228,9 +230,10 @@ class McpConnections:
             raise ConnectionLost(f"MCP server {server!r} did not list its tools: {_reason(exc)}") from exc
 
     def close(self) -> None:
-        """Close every connection (stdio servers are stopped) and the loop thread. Calls after it open
-        new ones: the registry that owns this may serve a new engine."""
+        """Close every connection (stdio servers are stopped) and the loop thread. Calls after it fail
+        with :class:`ConnectionLost` (a late one must not start a server nobody will stop)."""
         with self._lock:
+            self._closed = True
             portal, portal_cm = self._portal, self._portal_cm
             links = list(self._links.values()) + self._retired
             self._portal = self._portal_cm = None
@@ -281,7 +284,7 @@ class McpConnections:
             if link is not None:
                 self._retire_locked(link)
             portal = self._portal_locked()
-            link = _Link(server)
+            link = _Link(server, portal=portal)
             recorded = self.procs_dir is not None and sys.platform.startswith("linux")
             if isinstance(entry, StdioServer) and self.procs_dir is not None and recorded:
                 link.record = self.procs_dir / f"mcp-{uuid.uuid4().hex}.json"
@@ -304,21 +307,24 @@ class McpConnections:
     @staticmethod
     def _stop_locked(link: _Link, portal: BlockingPortal | None) -> None:
         if portal is not None and link.task is not None and not link.task.done():
-            portal.start_task_soon(_stop, link)  # non-blocking: the loop closes the connection
+            portal.start_task_soon(_stop, link)  # the loop closes the connection; nobody waits here
 
     def _portal_locked(self) -> BlockingPortal:
+        if self._closed:
+            raise ConnectionLost("the MCP connections are closed: the engine is shutting down")
         if self._portal is None:
             cm = start_blocking_portal(name=_THREAD_NAME)
             self._portal = cm.__enter__()
             self._portal_cm = cm
         return self._portal
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        with self._lock:
-            portal = self._portal_locked()
-        try:  # outside the lock: handing a task to the loop waits for the loop thread
-            return portal.start_task_soon(fn, *args)
-        except RuntimeError:  # the portal stopped meanwhile (close)
+    @staticmethod
+    def _run(link: _Link, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on the loop of ``link``'s connection (its client lives there)."""
+        assert link.portal is not None
+        try:
+            return link.portal.start_task_soon(fn, *args)
+        except RuntimeError:  # that loop has stopped (close)
             raise ConnectionLost("the MCP connections were closed during the call") from None
 
     # ------------------------------------------------------------------ on the loop

@@ -91,10 +91,18 @@ class McpCall:
         self.config_error = config_error
         self._lock = threading.Lock()
         self._connections: McpConnections | None = None  # built on first use, under _lock
+        self._closed = False  # under _lock
 
     @property
     def connections(self) -> McpConnections:
+        """The connections, built on first use.
+
+        Raises:
+            ConnectionLost: :meth:`close` was called (the engine is shutting down).
+        """
         with self._lock:
+            if self._closed:
+                raise ConnectionLost("the MCP connections are closed: the engine is shutting down")
             if self._connections is None:
                 from codomyrmex_orchestration.connectors._connections import McpConnections
 
@@ -246,7 +254,9 @@ class McpCall:
         ]
 
     def close(self) -> None:
+        """Close the connections for good (the engine is shutting down)."""
         with self._lock:
+            self._closed = True
             connections = self._connections
         if connections is not None:
             connections.close()
