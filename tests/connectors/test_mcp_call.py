@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from codomyrmex_orchestration.core._procs import reap_orphans
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import DAGValidationError
-from tests.helpers.echo_mcp_server import calls, entry
+from tests.helpers.echo_mcp_server import calls, entry, gone
 
 WAIT = 60.0
 
@@ -70,24 +69,6 @@ def echo_step(name: str, message: str = "hi", **extra: Any) -> dict[str, Any]:
 def call_step(name: str, tool: str, arguments: dict[str, Any], **extra: Any) -> dict[str, Any]:
     parameters = {"server": "echo", "tool": tool, "arguments": arguments}
     return {"name": name, "module": "mcp", "action": "call", "parameters": parameters, **extra}
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """Whether process ``pid`` has exited (and been reaped) within ``timeout`` seconds."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():  # exited: its parent reaps it on its event loop
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
 
 
 # --------------------------------------------------------------------------- results

@@ -7,13 +7,17 @@
 
 Every call appends the tool's name as one line to the file named by ``ECHO_CALLS_FILE`` (when set), so a
 test can count the calls a workflow made (:func:`calls`) across restarts of the server. Use
-:func:`entry` for its ``config/mcp_servers.json`` entry.
+:func:`entry` for its ``config/mcp_servers.json`` entry, and :func:`gone` to wait for a server process
+(its pid is in every ``echo`` output) to have exited.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,28 @@ def calls(calls_file: Path, tool: str | None = None) -> int:
         return 0
     lines = calls_file.read_text(encoding="utf-8").splitlines()
     return sum(1 for line in lines if tool is None or line == tool)
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` has exited, and been reaped by its parent, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        exited, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not exited:
+        return False
+    # Reaping happens in another process (or on another event loop) and sends us nothing to wait on:
+    # a bounded look at /proc.
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
 
 
 def _count(tool: str) -> None:
