@@ -230,7 +230,7 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--allow-shell",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="allow shell.run/python.call (default: allowed on stdio, refused on network transports)",
+        help="allow shell.run/python.call/mcp.call (default: allowed on stdio, refused on network ones)",
     )
     serve.add_argument(
         "--auth-token-file", help="file holding the bearer token (or set CODOMYRMEX_AUTH_TOKEN)"
