@@ -55,11 +55,15 @@ CONNECT_TIMEOUT = 30.0
 _CLOSE_TIMEOUT = 10.0
 _THREAD_NAME = "mcp-connections"
 
-# Run before the server's command in the child (Linux): the parent-death signal, the check that the
-# parent did not die before it was armed, the record of the process group, then exec.
+# Run before the server's command in the child (Linux): the parent-death signal (PR_SET_PDEATHSIG = 1,
+# SIGKILL = 9; a libc without prctl goes without it), the check that the parent did not die before it
+# was armed, the record of the process group, then exec.
 _LAUNCHER = """\
 import ctypes, json, os, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
 if os.getppid() != int(sys.argv[1]):
     os._exit(1)
 record, about = sys.argv[2], sys.argv[3]
