@@ -47,6 +47,7 @@ ENGINE_SETTINGS = (
     "max_workers",
     "max_queued_tasks",
     "max_steps",
+    "max_map_items",
     "max_output_bytes",
     "max_subworkflow_depth",
     "max_subworkflow_runs",
@@ -127,6 +128,7 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_worker_saturation=settings.dask_worker_saturation,
         )
     engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.max_map_items = settings.max_map_items  # read by each run as it starts
     if settings.python_call_allow:
         # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
         pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})

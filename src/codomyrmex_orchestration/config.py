@@ -17,6 +17,7 @@ Executor = Literal["local", "dask"]
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
+    "DEFAULT_MAX_MAP_ITEMS",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_MAX_QUEUED_TASKS",
@@ -50,6 +51,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 DEFAULT_MAX_STEPS = 10_000
+#: Most items one map step (a step with ``for_each``) may run.
+DEFAULT_MAX_MAP_ITEMS = 100_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_STATE_MAX_BYTES = 1024**3
 DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
@@ -117,6 +120,8 @@ class Settings(BaseModel):
     #: new work is refused, naming this setting. Clients take turns within a priority level.
     max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
+    #: Most items one map step (``for_each``) may have; a longer list fails the step, naming this setting.
+    max_map_items: int = Field(default=DEFAULT_MAX_MAP_ITEMS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
     #: Most sub-workflow runs under one top-level run (all nesting levels together).

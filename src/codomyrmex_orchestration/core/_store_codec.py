@@ -14,6 +14,7 @@ import pydantic_core
 from pydantic import TypeAdapter
 
 from ..errors import InvalidInputError, LimitExceededError
+from ._workflow_map import fold_items, stored_form
 from .models import RunRecord, StepResult, WorkflowStatus
 
 DEFAULT_RETENTION_RUNS = 10_000
@@ -34,7 +35,8 @@ TERMINAL_RUN = tuple(s.value for s in WorkflowStatus if s.is_terminal)
 
 def dump_step(step: StepResult) -> str:
     # A non-JSON step output is stored as its repr rather than breaking the run that produced it.
-    return step.model_dump_json(fallback=repr)
+    # A map step's items and output are stored once, in its items' own rows (see _workflow_map).
+    return stored_form(step).model_dump_json(fallback=repr)
 
 
 def spill_bytes(step: StepResult) -> int:
@@ -67,7 +69,8 @@ def status_of(data: Mapping[str, Any]) -> str:
 
 
 def build_run(record_json: str, steps_json: Iterable[str], batch: bytes | None = None) -> RunRecord:
-    """The record from its JSON, its steps from ``batch`` (one object), then ``steps_json`` (one each)."""
+    """The record from its JSON, its steps from ``batch`` (one object), then ``steps_json`` (one each);
+    a map step's item rows are folded back into it."""
     data = json.loads(record_json)
     steps = STEPS_JSON.validate_json(batch) if batch is not None else {}
     for raw in steps_json:
@@ -75,7 +78,7 @@ def build_run(record_json: str, steps_json: Iterable[str], batch: bytes | None =
         steps[step.name] = step
     data["steps"] = {}
     record = RunRecord.model_validate(data)
-    record.steps = steps
+    record.steps = fold_items(steps)
     return record
 
 

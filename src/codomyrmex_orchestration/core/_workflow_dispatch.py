@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -204,6 +205,8 @@ class RunDriver:
         if call.mark is not None:
             self.recorder.step_starting(call.mark)
         run.step_started(call.name, state.attempts, state.started_at)
+        if is_item(call.name):  # items are shown in their map step's record, not announced one by one
+            return
         if self.listeners:
             event = "step.retried" if state.attempts > 1 else "step.started"
             self.listeners.emit(event, {"run_id": run.run_id, "step": call.name, "attempt": state.attempts})

@@ -73,6 +73,8 @@ class Plan:
             refs = find_references(step.parameters, known)
             if refs:
                 self.templated.add(name)
+            if step.for_each is not None:  # a map step: the list it reads is an input too
+                refs = [*refs, *find_references(step.for_each, known)]
             if step.run_if:
                 condition = parse_condition(step.run_if, known)
                 self.conditions[name] = condition

@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.core._workflow_map import RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
@@ -78,7 +80,7 @@ def new_record(
     steps: dict[str, StepResult] = {}
     for n in plan.dag.steps:
         old = kept.get(n)
-        steps[n] = old if old is not None and old.status is TaskStatus.COMPLETED else StepResult(name=n)
+        steps[n] = old if old is not None and old.status is TaskStatus.COMPLETED else carried(n, old)
     return RunRecord(
         run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
         workflow_name=spec.name,
@@ -144,6 +146,7 @@ class RunState:
         default_resources: Mapping[str, Any] | None,
         save_step: Callable[[str, StepResult], None] | None = None,
         client: str | None = None,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         self.record = record
         self.client = client  # whom the steps are queued for (fair turns between clients)
@@ -176,6 +179,7 @@ class RunState:
         # Steps added while the run goes (add_steps). Written under the lock; spec_of() and friends read
         # it without, for a step already cleared to run, whose entry was written before it was cleared.
         self._added: dict[str, _AddedStep] = {}
+        self.maps = RunMaps(self, max_map_items)  # the map steps expanded so far, and their items
         self.graph: DependencyGraph[str] = DependencyGraph()
         for name in plan.dag.steps:
             self.graph.add(name, plan.parents[name])
@@ -203,7 +207,7 @@ class RunState:
             self._apply_starts()
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
-            if not self.record.steps[result.name].status.is_terminal:
+            if not self.status_of(result.name).is_terminal:
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
@@ -238,14 +242,21 @@ class RunState:
             return self._drain(advance)
 
     def spec_of(self, name: str) -> StepSpec:
+        name = self.maps.step_of(name)  # an item runs its map step's spec
         added = self._added.get(name)
         return added.spec if added is not None else self.plan.dag.steps[name]
 
     def parents_of(self, name: str) -> tuple[str, ...]:
+        name = self.maps.step_of(name)
         added = self._added.get(name)
         return added.parents if added is not None else self.plan.parents[name]
 
+    def status_of(self, name: str) -> TaskStatus:
+        """A step's or an item's status (under the lock)."""
+        return self.maps.item_status(name) if is_item(name) else self.record.steps[name].status
+
     def priority_of(self, name: str) -> TaskPriority:
+        name = self.maps.step_of(name)
         added = self._added.get(name)
         if added is not None:
             return added.spec.priority if "priority" in added.spec.model_fields_set else self.priority
@@ -259,8 +270,7 @@ class RunState:
                 return [], advance
             self.cancelled = True
             self._apply_starts()
-            steps = self.record.steps
-            task_ids = [t for n, t in self.task_ids.items() if not steps[n].status.is_terminal]
+            task_ids = [t for n, t in self.task_ids.items() if not self.status_of(n).is_terminal]
             while self.queue:
                 name, _params = self.queue.popleft()
                 self._settle(_cancelled(name), advance, announce=True)
@@ -312,6 +322,7 @@ class RunState:
                 return self.final.model_copy()
             self._apply_starts()
             steps = {n: s.model_copy() for n, s in self.record.steps.items()}
+            self.maps.show(steps)
             return self.record.model_copy(update={"steps": steps})
 
     def count_steps(self, into: dict[str, int]) -> None:
@@ -327,7 +338,7 @@ class RunState:
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
-            result = steps[name]
+            result = self.maps.live(name) if is_item(name) else steps[name]
             if result.status.is_terminal:  # cancelled between the scheduler's start and now
                 continue
             result.attempts = attempt
@@ -338,6 +349,9 @@ class RunState:
 
     def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
         name = result.name
+        if is_item(name):
+            self.maps.settle(result, advance)
+            return
         self.record.steps[name] = result
         if self._save_step is not None:
             self._save_step(self.run_id, result)
@@ -359,10 +373,15 @@ class RunState:
                 while self.queue and self.in_flight < limit and not self.cancelled:
                     self.in_flight += 1
                     advance.submit.append(self.queue.popleft())
+            if self.maps:
+                self.maps.pump(advance)
             ready = graph.get_ready()
             if not ready:
                 break
             for name in ready:
+                if is_item(name):
+                    self.maps.ready(name)  # decided when its map step has a slot (pump)
+                    continue
                 if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
                     graph.done(name)
                     continue
@@ -370,22 +389,56 @@ class RunState:
                 if status is not TaskStatus.READY:
                     result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
                     self._settle(result, advance, announce=True)
-                elif limit is not None and self.in_flight >= limit:
-                    self.queue.append((name, payload))
-                    steps[name] = StepResult(name=name, status=TaskStatus.READY)
+                elif self.spec_of(name).for_each is not None:
+                    self.maps.expand(name, payload, advance)
                 else:
-                    if limit is not None:
-                        self.in_flight += 1
-                    advance.submit.append((name, payload))
+                    self.admit(name, payload, advance)
         if not graph.is_active() and not self._finishing:
             self._finishing = True
             advance.finished = True
         return advance
 
+    def admit(self, name: str, params: dict[str, Any], advance: Advance) -> None:
+        """A step (or item) cleared to run: submitted, or queued under the run's ``max_parallel``."""
+        limit = self.max_parallel
+        if limit is not None and self.in_flight >= limit:
+            self.queue.append((name, params))
+            if not is_item(name):
+                self.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
+            return
+        if limit is not None:
+            self.in_flight += 1
+        advance.submit.append((name, params))
+
+    def save(self, result: StepResult) -> None:
+        """Queue a step's (or an item's) row for a durable store."""
+        if self._save_step is not None:
+            self._save_step(self.run_id, result)
+
+    def settle(self, result: StepResult, advance: Advance) -> None:
+        """A step's final result, announced (for the parts of the run: its map steps)."""
+        self._settle(result, advance, announce=True)
+
+    def template_context(self, item: tuple[Any, int] | None = None) -> TemplateContext:
+        return TemplateContext(
+            params=self.params,
+            steps=_StepView(self.record.steps),
+            run={"id": self.run_id, "workflow": self.record.workflow_name},
+            item=item,
+        )
+
+    def condition_of(self, name: str) -> tuple[Condition | None, bool]:
+        """A step's parsed ``run_if`` and whether its parameters hold templates."""
+        added = self._added.get(name)
+        if added is None:
+            return self.plan.conditions.get(name), name in self.plan.templated
+        return added.condition, added.templated
+
     def _decide(self, name: str) -> tuple[TaskStatus, str | None, Any]:
         """READY with resolved parameters, or the final status (and reason or error) of a step that will
         not run: cancelled, skipped (an upstream failure, an output it reads missing, ``run_if`` false)
-        or failed (its templates do not resolve)."""
+        or failed (its templates do not resolve). A map step's payload is its list of items (its
+        ``run_if`` and parameters are decided per item)."""
         added = self._added.get(name)
         if added is None:
             plan = self.plan
@@ -404,13 +457,11 @@ class RunState:
         for up in needs_output:
             if steps[up].status is not TaskStatus.COMPLETED:
                 return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
+        if step.for_each is not None:
+            return self.maps.items_of(name, step)
         if condition is None and not templated:
             return TaskStatus.READY, None, step.parameters
-        ctx = TemplateContext(
-            params=self.params,
-            steps=_StepView(steps),
-            run={"id": self.run_id, "workflow": self.record.workflow_name},
-        )
+        ctx = self.template_context()
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
@@ -430,6 +481,8 @@ class _AddedStep:
         self.parents = tuple(sorted(set(spec.dependencies)))
         refs = find_references(spec.parameters, known)
         self.templated = bool(refs)
+        if spec.for_each is not None:  # a map step: the list it reads is an input too
+            refs = [*refs, *find_references(spec.for_each, known)]
         self.condition: Condition | None = None
         if spec.run_if:
             self.condition = parse_condition(spec.run_if, known)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from codomyrmex_orchestration._suggest import closest, did_you_mean
+from codomyrmex_orchestration.core._workflow_map import FOR_EACH_LABEL, map_problems
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
-from codomyrmex_orchestration.core.templating import parse_condition, scan_references
+from codomyrmex_orchestration.core.templating import ITEM_ROOTS, parse_condition, scan_references
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     CycleDetectedError,
@@ -126,7 +127,9 @@ class WorkflowDAG:
                     declared.add(dep)
                     succ[dep].append(name)
             indegree[name] = len(declared)
-            if not step.parameters and step.run_if is None:
+            if step.for_each is not None or step.max_parallel is not None:
+                self._problems.extend(map_problems(name, step))
+            if not step.parameters and step.run_if is None and step.for_each is None:
                 continue  # nothing to scan for references (most steps of big generated workflows)
             inferred = self._template_upstreams(name, step, known)
             extra = [up for up in inferred if up not in declared]
@@ -168,6 +171,12 @@ class WorkflowDAG:
         """Steps referenced by ``step``'s parameters and run_if; records bad references as problems."""
         refs, errors = scan_references(step.parameters, known)
         self._problems.extend(f"step {name!r} parameters: {exc.reason}" for exc in errors)
+        if step.for_each is not None:
+            found, errors = scan_references(step.for_each, known)
+            self._problems.extend(f"step {name!r} for_each: {exc.reason}" for exc in errors)
+            if any(r.root in ITEM_ROOTS for r in found):
+                self._problems.append(f"step {name!r} for_each: the list cannot depend on its own item")
+            refs.extend(found)
         if step.run_if is not None:
             try:
                 refs.extend(parse_condition(step.run_if, known).references)
@@ -175,6 +184,10 @@ class WorkflowDAG:
                 self._problems.append(f"step {name!r} run_if: {exc.reason}")
         upstreams: list[str] = []
         for ref in refs:
+            if ref.root in ITEM_ROOTS and step.for_each is None:
+                self._problems.append(
+                    f"step {name!r} uses '{{{{{ref.raw}}}}}', which exists only in a step with for_each"
+                )
             if ref.step is None:
                 continue
             if ref.step not in known:
@@ -368,28 +381,43 @@ class WorkflowDAG:
     def _ids(self) -> dict[str, str]:
         return {name: f"n{i}" for i, name in enumerate(self.steps)}
 
-    def to_mermaid(self) -> str:
+    def _label(self, name: str, item_counts: Mapping[str, int] | None) -> list[str]:
+        """A node's lines: the step name, its ``module.action``, and for a map step its item count
+        (known in a run) or "for each" (a definition)."""
+        step = self.steps[name]
+        lines = [name, f"{step.module}.{step.action}"]
+        if step.for_each is not None:
+            count = item_counts.get(name) if item_counts is not None else None
+            lines.append(FOR_EACH_LABEL if count is None else f"{FOR_EACH_LABEL}: {count} items")
+        return lines
+
+    def to_mermaid(self, item_counts: Mapping[str, int] | None = None) -> str:
         """A Mermaid flowchart (``graph TD``): one line per step and per edge.
 
         Node ids are ``n0``, ``n1``, ... so any step name is safe; labels show the step name and its
-        ``module.action``. Edges inferred from templates are dotted.
+        ``module.action``, and a map step is one node with its item count. Edges inferred from
+        templates are dotted.
+
+        Args:
+            item_counts: map step -> its number of items, when known (a run's graph).
         """
         ids = self._ids()
         lines = ["graph TD"]
-        for name, step in self.steps.items():
-            label = f"{_mermaid_text(name)}<br/>{_mermaid_text(f'{step.module}.{step.action}')}"
+        for name in self.steps:
+            label = "<br/>".join(_mermaid_text(line) for line in self._label(name, item_counts))
             lines.append(f'    {ids[name]}["{label}"]')
         for up, down, inferred in self.edges():
             arrow = "-.->" if inferred else "-->"
             lines.append(f"    {ids[up]} {arrow} {ids[down]}")
         return "\n".join(lines) + "\n"
 
-    def to_dot(self) -> str:
-        """A Graphviz DOT digraph; edges inferred from templates are dashed."""
+    def to_dot(self, item_counts: Mapping[str, int] | None = None) -> str:
+        """A Graphviz DOT digraph; edges inferred from templates are dashed; a map step is one node
+        with its item count (``item_counts``, as for :meth:`to_mermaid`)."""
         title = _dot_quote(self.workflow_name or "workflow")
         lines = [f"digraph {title} {{", "    rankdir=TB;", "    node [shape=box];"]
-        for name, step in self.steps.items():
-            label = _dot_quote(f"{name}\n{step.module}.{step.action}")
+        for name in self.steps:
+            label = _dot_quote("\n".join(self._label(name, item_counts)))
             lines.append(f"    {_dot_quote(name)} [label={label}];")
         for up, down, inferred in self.edges():
             style = " [style=dashed]" if inferred else ""

@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -26,6 +27,8 @@ __all__ = [
     "NAME_PATTERN",
     "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
+    "ItemResult",
+    "MapItems",
     "RunRecord",
     "StepResult",
     "StepSpec",
@@ -80,6 +83,14 @@ def parse_priority(value: object) -> TaskPriority:
 
 
 Priority = Annotated[TaskPriority, BeforeValidator(parse_priority)]
+#: Any JSON value, with a schema that says so (a schema that accepts anything is what portability checks
+#: warn about, and clients generating types from it get nothing).
+JsonItem = Annotated[
+    Any,
+    WithJsonSchema(
+        {"anyOf": [{"type": t} for t in ("object", "array", "string", "number", "boolean", "null")]}
+    ),
+]
 
 
 class TaskStatus(enum.StrEnum):
@@ -170,6 +181,14 @@ class StepSpec(_Retryable):
         description="A failing non-required step does not fail the run nor skip dependents "
         "that do not reference its output.",
     )
+    for_each: list[JsonItem] | str | None = Field(
+        default=None,
+        description="Run the action once per item of this list (or of the list this {{...}} names); "
+        "{{item}} and {{index}} are available in parameters and run_if.",
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, le=100_000, description="With for_each: most items in flight at once."
+    )
 
     @field_validator("dependencies")
     @classmethod
@@ -233,6 +252,30 @@ class ErrorInfo(BaseModel):
         return cls(message=redact_text(str(exc) or type(exc).__name__), type=type(exc).__name__)
 
 
+class ItemResult(BaseModel):
+    """The state of one item of a map step (a step with ``for_each``)."""
+
+    index: int
+    status: TaskStatus = TaskStatus.PENDING
+    output: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    skipped_reason: str | None = None
+
+
+class MapItems(BaseModel):
+    """The items of a map step: how many, how many in each status, and each one's result."""
+
+    total: int
+    counts: dict[str, int] = Field(default_factory=dict)
+    #: The step's ``required``: False makes the output ``{"outputs": [...], "failed": [...]}``.
+    required: bool = True
+    items: list[ItemResult] = Field(default_factory=list)
+
+
 class StepResult(BaseModel):
     """The state of one step within a run."""
 
@@ -245,6 +288,8 @@ class StepResult(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     skipped_reason: str | None = None
+    #: A map step's items (None for any other step, and for a map step not expanded yet).
+    items: MapItems | None = None
 
 
 class RunRecord(BaseModel):

@@ -1,9 +1,11 @@
 """``{{...}}`` references in step parameters and ``run_if`` conditions, resolved without evaluating code.
 
 A step's parameters may name workflow parameters (``{{params.p}}``), earlier steps' outputs and statuses
-(``{{steps.s.output.key}}``, ``{{steps.s.status}}``, the short form ``{{s.output}}``) and the run
-(``{{run.id}}``). A ``run_if`` condition is a small expression over the same references, parsed with
-:mod:`ast` and evaluated by walking a whitelist of node types — nothing is ever passed to ``eval``.
+(``{{steps.s.output.key}}``, ``{{steps.s.status}}``, the short form ``{{s.output}}``), the run
+(``{{run.id}}``) and, in a map step (one with ``for_each``), the current item (``{{item}}``,
+``{{item.key}}``) and its position (``{{index}}``). A ``run_if`` condition is a small expression over
+the same references, parsed with :mod:`ast` and evaluated by walking a whitelist of node types —
+nothing is ever passed to ``eval``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ MAX_RESOLVED_SIZE = 16 * 1024 * 1024
 MAX_NESTING = 200
 
 _ROOTS = ("params", "steps", "run")
+#: The roots a map step's item brings: ``item`` (with a path into it) and ``index``.
+ITEM_ROOTS = ("item", "index")
 _STEP_ATTRS = ("output", "status")
 # Any {{ ... }}; what is inside decides whether it is a reference (see _looks_like_reference).
 _BRACES_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -47,7 +51,7 @@ _WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _GRAMMAR = (
     "conditions accept comparisons (== != < <= > >= in, not in), and/or/not, parentheses, "
     "literals (numbers, strings, true/false/null, lists) and references such as "
-    "steps.<step>.output.<key>, steps.<step>.status, params.<name> or {{...}}"
+    "steps.<step>.output.<key>, steps.<step>.status, params.<name>, item, item.<key>, index or {{...}}"
 )
 
 
@@ -57,10 +61,11 @@ class Reference:
 
     Attributes:
         raw: the text inside the braces, stripped.
-        root: ``"params"``, ``"steps"`` or ``"run"``.
+        root: ``"params"``, ``"steps"``, ``"run"``, ``"item"`` or ``"index"``.
         step: the step name when ``root == "steps"``, else ``None``.
         attr: ``"output"``/``"status"`` (steps), the run field (``"id"``) or the parameter name.
-        path: keys and list indices after ``output`` (steps) or after the parameter name (params).
+        path: keys and list indices after ``output`` (steps), after the parameter name (params) or
+            after ``item``.
     """
 
     raw: str
@@ -78,11 +83,13 @@ class TemplateContext:
         params: the run's parameters (defaults merged with the caller's values).
         steps: step name -> ``(status value, output)`` for the steps that have a result.
         run: run fields, at least ``{"id": run_id}``.
+        item: the current item of a map step, as ``(item, index)``; ``None`` outside one.
     """
 
     params: Mapping[str, Any] = field(default_factory=dict)
     steps: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
+    item: tuple[Any, int] | None = None
 
 
 # --------------------------------------------------------------------------- parsing references
@@ -124,6 +131,10 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
     if any(not s for s in segments):
         raise TemplateError(raw, "empty segment (two dots in a row, or a leading/trailing dot)", field=field)
     head = segments[0]
+    if head == "item" and (len(segments) == 1 or segments[1] not in _STEP_ATTRS or head not in known):
+        return Reference(raw=raw, root="item", step=None, attr=None, path=tuple(segments[1:]))
+    if head == "index" and len(segments) == 1:
+        return Reference(raw=raw, root="index", step=None, attr=None)
     if head == "params" and len(segments) >= 2:
         return Reference(raw=raw, root="params", step=None, attr=segments[1], path=tuple(segments[2:]))
     if head == "run" and len(segments) >= 2:
@@ -152,7 +163,10 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
         shown = ", ".join(sorted(known)[:20]) or "(none)"
         raise TemplateError(raw, f"unknown step {head!r}; known steps: {shown}", field=field)
     raise TemplateError(
-        raw, "references start with params., steps., run. or <step>.output (a known step name)", field=field
+        raw,
+        "references start with params., steps., run., item or <step>.output (a known step name), "
+        "or are index",
+        field=field,
     )
 
 
@@ -271,6 +285,11 @@ def lookup(ref: Reference, ctx: TemplateContext, *, field: str = "parameters") -
                 ref.raw, f"no workflow parameter {ref.attr!r}; parameters given: {known}", field=field
             )
         return _walk(ctx.params[ref.attr], ref.path, f"params.{ref.attr}", ref.raw, field)
+    if ref.root in ITEM_ROOTS:
+        if ctx.item is None:
+            raise TemplateError(ref.raw, "item and index exist only in a step with for_each", field=field)
+        value, index = ctx.item
+        return index if ref.root == "index" else _walk(value, ref.path, "item", ref.raw, field)
     if ref.root == "run":
         assert ref.attr is not None
         if ref.attr not in ctx.run:
@@ -440,7 +459,11 @@ def _substitute(text: str, known: Collection[str]) -> tuple[str, list[Reference]
             if _PLACEHOLDER_RE.fullmatch(word):
                 raise _reject(text, f"the name {word!r}")
             head = word.split(".", 1)[0]
-            is_ref = "." in word and (head in _ROOTS or _match_step(word.split("."), known) is not None)
+            is_ref = (
+                word in ITEM_ROOTS
+                or head == "item"
+                or ("." in word and (head in _ROOTS or _match_step(word.split("."), known) is not None))
+            )
             out.append(placeholder(_parse_reference(word, known, "run_if")) if is_ref else word)
             i = j
         else:

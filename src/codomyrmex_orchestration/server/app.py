@@ -98,6 +98,13 @@ Step fields:
 - timeout (seconds), max_retries, retry_delay (seconds, doubles each retry), required (default true:
   a failing required step fails the run), priority (critical/high/normal/low/background),
   resources (e.g. {"compute": 1, "memory": "256MB"}).
+- for_each: run the step once per item of a list, either literal ([1, 2, 3]) or one reference
+  ("{{steps.ls.output.files}}"). {{item}} (also {{item.key}}) and {{index}} are available in its
+  parameters and run_if; max_parallel bounds the items in flight. Its output is the list of the item
+  outputs in order (skipped items left out); with required: false, failing items do not fail it and
+  its output is {"outputs": [...], "failed": [{"index": i, "status": ..., "error": ...}]}.
+  Example: {"name": "sizes", "module": "core", "action": "echo", "for_each": "{{steps.ls.output.files}}",
+  "max_parallel": 8, "parameters": {"message": "{{index}}: {{item}}"}}
 
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 

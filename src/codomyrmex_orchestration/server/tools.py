@@ -679,9 +679,11 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Cal
 
 _STEP_HELP = (
     "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
-    "run_if?, required?, priority?, resources?}. Reference earlier output with "
+    "run_if?, required?, priority?, resources?, for_each?, max_parallel?}. Reference earlier output with "
     "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
-    "also add the dependency). Call list_actions for the available module.action pairs."
+    "also add the dependency). A step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs "
+    "once per item with '{{item}}' and '{{index}}'; its output is the list of item outputs. "
+    "Call list_actions for the available module.action pairs."
 )
 
 _TOOLS: tuple[_Tool, ...] = (
@@ -933,8 +935,10 @@ _TOOLS: tuple[_Tool, ...] = (
         "list_actions",
         "List actions",
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call. "
-        'With server, also that server\'s tools and their input schemas. Example: {} or {"server": "docs"}',
+        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
+        "(with server, also that server's tools and their input schemas). Any action can run once per "
+        'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
+        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Example: {} or {"server": "docs"}',
         m.ListActionsArgs,
         m.ActionListResult,
         _list_actions,

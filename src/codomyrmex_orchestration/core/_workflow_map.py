@@ -1,0 +1,410 @@
+"""Map steps: a step with ``for_each`` runs its action once per item of a list.
+
+:class:`RunMaps` holds the map steps one run has expanded and carries out their items' transitions;
+a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
+under the step's ``max_parallel``. Both belong to their run's
+:class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
+Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
+brackets); they share the step's spec (nothing is copied per item) and go through the one scheduler
+like steps.
+
+The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
+the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
+the map step itself holds neither items nor output) and :func:`fold_items` rebuilds the map step's
+result from those rows when a run is read back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
+    ItemResult,
+    MapItems,
+    StepResult,
+    StepSpec,
+    TaskStatus,
+    utcnow,
+)
+from codomyrmex_orchestration.core.templating import TemplateContext, resolve
+from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, OrchestrationError
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core._workflow_run import Advance, RunState
+
+__all__ = [
+    "FOR_EACH_LABEL",
+    "MAX_MAP_ITEMS_SETTING",
+    "MapState",
+    "RunMaps",
+    "carried",
+    "fold_items",
+    "is_item",
+    "item_name",
+    "map_output",
+    "map_problems",
+    "resolve_for_each",
+    "split_item",
+    "stored_form",
+]
+
+MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
+#: How a definition's graph marks a map step (a run's graph adds the item count).
+FOR_EACH_LABEL = "for each"
+#: Failed items named in a map step's error, at most.
+_ERRORS_SHOWN = 5
+_ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
+
+
+def item_name(step: str, index: int) -> str:
+    """The graph node (and stored row) of item ``index`` of map step ``step``."""
+    return f"{step}[{index}]"
+
+
+def is_item(name: str) -> bool:
+    """Whether ``name`` is an item node (step names cannot end with ``]``)."""
+    return name.endswith("]")
+
+
+def split_item(name: str) -> tuple[str, int]:
+    """``("step", index)`` from an item node's name."""
+    step, _, rest = name.rpartition("[")
+    return step, int(rest[:-1])
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def map_problems(name: str, step: StepSpec) -> list[str]:
+    """What is wrong with ``step``'s ``for_each`` / ``max_parallel`` as written (no run needed)."""
+    problems: list[str] = []
+    for_each = step.for_each
+    if for_each is None:
+        problems.append(f"step {name!r}: max_parallel applies only to a step with for_each")
+    elif isinstance(for_each, str):
+        text = for_each.strip()
+        if not (text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1):
+            problems.append(
+                f"step {name!r} for_each: {for_each[:80]!r} is neither a list nor one {{{{...}}}} reference "
+                "naming a list, e.g. '{{steps.list.output.files}}' or '{{params.names}}'"
+            )
+    return problems
+
+
+def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int) -> list[Any]:
+    """The items of map step ``name`` in this run.
+
+    Raises:
+        TemplateError: the reference does not resolve.
+        InvalidInputError: it resolves to something other than a list.
+        LimitExceededError: more items than ``limit`` (``CODOMYRMEX_MAX_MAP_ITEMS``).
+    """
+    for_each = step.for_each
+    values = resolve(for_each, ctx)  # a literal list's items may hold references too
+    if not isinstance(values, list):
+        kind = "null" if values is None else type(values).__name__
+        raise InvalidInputError("for_each", f"step {name!r}: {for_each!r} is a {kind}, not a list")
+    if len(values) > limit:
+        raise LimitExceededError(
+            MAX_MAP_ITEMS_SETTING, limit, len(values), f"the number of items of map step {name!r}"
+        )
+    return values
+
+
+# --------------------------------------------------------------------------- one expansion
+
+
+class MapState:
+    """One map step expanded in a run: its items and their results (guarded by the run's lock).
+
+    Attributes:
+        name: the map step.
+        spec: its spec, shared by every item.
+        values: the items.
+        results: each item's live result (a row named ``<step>[<index>]``), ``None`` until it has one.
+        pending: indices cleared by the graph, waiting for a slot under ``limit``.
+        slots: indices decided and not final (each holds one of ``limit``'s slots).
+        limit: the step's ``max_parallel`` (``None``: no bound of its own).
+        left: items not final yet.
+        started_at: when the step was expanded.
+    """
+
+    __slots__ = (
+        "left",
+        "limit",
+        "name",
+        "pending",
+        "results",
+        "slots",
+        "spec",
+        "start_mono",
+        "started_at",
+        "values",
+    )
+
+    def __init__(self, name: str, spec: StepSpec, values: list[Any], carried: MapItems | None) -> None:
+        self.name = name
+        self.spec = spec
+        self.values = values
+        self.results: list[StepResult | None] = [None] * len(values)
+        if carried is not None and carried.total == len(values):  # a resume keeps completed items
+            for kept in carried.items:
+                if kept.status is TaskStatus.COMPLETED and 0 <= kept.index < len(values):
+                    self.results[kept.index] = _as_row(name, kept)
+        self.pending: deque[int] = deque()
+        self.slots: set[int] = set()
+        self.limit = spec.max_parallel
+        self.left = sum(1 for r in self.results if r is None)
+        self.started_at = utcnow()
+        self.start_mono = time.monotonic()
+
+    def to_run(self) -> Iterator[int]:
+        """The indices that have no kept result."""
+        return (i for i, r in enumerate(self.results) if r is None)
+
+    def has_slot(self) -> bool:
+        return self.limit is None or len(self.slots) < self.limit
+
+    def settle(self, index: int, result: StepResult) -> bool:
+        """Record item ``index``'s final result; True when it was the last one."""
+        previous = self.results[index]
+        if previous is None or not previous.status.is_terminal:
+            self.left -= 1
+        self.results[index] = result
+        self.slots.discard(index)
+        return self.left == 0
+
+    def live(self, index: int) -> StepResult:
+        """The item's row, made on its first start."""
+        result = self.results[index]
+        if result is None:
+            result = self.results[index] = StepResult(name=item_name(self.name, index))
+        return result
+
+    def view(self) -> MapItems:
+        """The items as the run record shows them."""
+        items = [_as_item(i, r) for i, r in enumerate(self.results)]
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.status.value] = counts.get(item.status.value, 0) + 1
+        return MapItems(total=len(items), counts=counts, required=self.spec.required, items=items)
+
+    def result(self, *, cancelled: bool) -> StepResult:
+        """The map step's final result, once every item is final."""
+        view = self.view()
+        failed = [i for i in view.items if i.status in _FAILED]
+        status, output, error = TaskStatus.COMPLETED, map_output(view.items, required=view.required), None
+        if cancelled:
+            status, output = TaskStatus.CANCELLED, None
+        elif failed and view.required:
+            shown = "; ".join(
+                f"[{i.index}] {i.error.message if i.error else i.status.value}"
+                for i in failed[:_ERRORS_SHOWN]
+            )
+            more = f"; and {len(failed) - _ERRORS_SHOWN} more" if len(failed) > _ERRORS_SHOWN else ""
+            message = f"{len(failed)} of {view.total} items failed: {shown}{more}"
+            status, output, error = TaskStatus.FAILED, None, ErrorInfo(message=message, type="MapItemsFailed")
+        return StepResult(
+            name=self.name,
+            status=status,
+            output=output,
+            error=error,
+            attempts=max((i.attempts for i in view.items), default=0),
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            duration_seconds=round(time.monotonic() - self.start_mono, 6),
+            items=view,
+        )
+
+
+_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+
+
+class RunMaps:
+    """The map steps one run has expanded, and the transitions of their items. Every method but
+    :meth:`step_of` runs under the run's lock, called by the run's own transitions."""
+
+    __slots__ = ("limit", "maps", "run")
+
+    def __init__(self, run: RunState, limit: int) -> None:
+        self.run = run
+        self.limit = limit  # most items per map step
+        self.maps: dict[str, MapState] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.maps)
+
+    @staticmethod
+    def step_of(name: str) -> str:
+        """The step an item belongs to (a step's own name for a step). Needs no lock."""
+        return split_item(name)[0] if is_item(name) else name
+
+    def item_status(self, name: str) -> TaskStatus:
+        step, index = split_item(name)
+        result = self.maps[step].results[index]
+        return result.status if result is not None else TaskStatus.PENDING
+
+    def live(self, name: str) -> StepResult:
+        step, index = split_item(name)
+        return self.maps[step].live(index)
+
+    def items_of(self, name: str, step: StepSpec) -> tuple[TaskStatus, str | None, Any]:
+        """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
+        try:
+            values = resolve_for_each(name, step, self.run.template_context(), self.limit)
+            return TaskStatus.READY, None, values
+        except OrchestrationError as exc:
+            return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
+
+    def expand(self, name: str, values: list[Any], advance: Advance) -> None:
+        """Add one graph node per item still to run; the step ends when its last item does."""
+        run = self.run
+        spec = run.spec_of(name)
+        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items)
+        row = StepResult(
+            name=name,
+            status=TaskStatus.RUNNING,
+            started_at=state.started_at,
+            items=MapItems(total=len(values), required=spec.required),
+        )
+        run.record.steps[name] = row
+        run.save(row)
+        if state.left == 0:  # an empty list, or every item kept by a resume
+            run.settle(state.result(cancelled=run.cancelled), advance)
+            return
+        for index in state.to_run():
+            run.graph.add(item_name(name, index))
+
+    def ready(self, name: str) -> None:
+        step, index = split_item(name)
+        self.maps[step].pending.append(index)
+
+    def pump(self, advance: Advance) -> None:
+        """Decide the items that have a slot under their step's ``max_parallel`` (all of them once the
+        run is cancelled: they settle at once)."""
+        run = self.run
+        for state in self.maps.values():
+            pending = state.pending
+            while pending and (run.cancelled or state.has_slot()):
+                index = pending.popleft()
+                node = item_name(state.name, index)
+                status, reason, payload = self._decide(state, index)
+                if status is TaskStatus.READY:
+                    state.slots.add(index)
+                    run.admit(node, payload, advance)
+                else:
+                    result = StepResult(name=node, status=status, skipped_reason=reason, error=payload)
+                    result.finished_at = utcnow()
+                    self.settle(result, advance)
+
+    def settle(self, result: StepResult, advance: Advance) -> None:
+        """An item's final result: saved as its own row; its step settles with the last one."""
+        run = self.run
+        step, index = split_item(result.name)
+        state = self.maps[step]
+        last = state.settle(index, result)
+        run.save(result)
+        run.graph.done(result.name)
+        if last:
+            run.settle(state.result(cancelled=run.cancelled), advance)
+
+    def show(self, steps: dict[str, StepResult]) -> None:
+        """Put the live items of running map steps into a snapshot's ``steps``."""
+        for name, state in self.maps.items():
+            if not steps[name].status.is_terminal:
+                steps[name] = steps[name].model_copy(update={"items": state.view()})
+
+    def _decide(self, state: MapState, index: int) -> tuple[TaskStatus, str | None, Any]:
+        """READY with the item's parameters, or why it will not run (as ``RunState._decide``)."""
+        run = self.run
+        if run.cancelled:
+            return TaskStatus.CANCELLED, "run cancelled", None
+        condition, templated = run.condition_of(state.name)
+        spec = state.spec
+        if condition is None and not templated:
+            return TaskStatus.READY, None, spec.parameters
+        ctx = run.template_context((state.values[index], index))
+        try:
+            if condition is not None and not condition.evaluate(ctx):
+                return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
+            return TaskStatus.READY, None, resolve(spec.parameters, ctx) if templated else spec.parameters
+        except OrchestrationError as exc:
+            return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
+
+
+def carried(name: str, previous: StepResult | None) -> StepResult:
+    """The placeholder a resumed run starts a step with: a map step keeps its items (the completed
+    ones are not run again)."""
+    if previous is not None and previous.items is not None:
+        return StepResult(name=name, items=previous.items)
+    return StepResult(name=name)
+
+
+def _as_item(index: int, row: StepResult | None) -> ItemResult:
+    if row is None:
+        return ItemResult(index=index)
+    fields = {f: getattr(row, f) for f in _ITEM_FIELDS}
+    return ItemResult(index=index, skipped_reason=row.skipped_reason, **fields)
+
+
+def _as_row(step: str, item: ItemResult) -> StepResult:
+    fields = {f: getattr(item, f) for f in _ITEM_FIELDS}
+    return StepResult(name=item_name(step, item.index), skipped_reason=item.skipped_reason, **fields)
+
+
+# --------------------------------------------------------------------------- output and storage
+
+
+def map_output(items: Sequence[ItemResult], *, required: bool) -> Any:
+    """A map step's output: the completed items' outputs in item order (a skipped item has none).
+
+    A step with ``required: false`` lets items fail: its output is then always
+    ``{"outputs": [...], "failed": [{"index": i, "status": "failed", "error": "..."}]}``, so its
+    shape depends on the definition, never on how a run went.
+    """
+    outputs = [i.output for i in items if i.status is TaskStatus.COMPLETED]
+    if required:
+        return outputs
+    failed = [
+        {"index": i.index, "status": i.status.value, "error": i.error.message if i.error else None}
+        for i in items
+        if i.status in _FAILED
+    ]
+    return {"outputs": outputs, "failed": failed}
+
+
+def stored_form(step: StepResult) -> StepResult:
+    """What a durable store keeps of a map step's own row: its items and output live in item rows."""
+    if step.items is None:
+        return step
+    return step.model_copy(update={"output": None, "items": step.items.model_copy(update={"items": []})})
+
+
+def fold_items(steps: Mapping[str, StepResult]) -> dict[str, StepResult]:
+    """A run's stored rows back into steps: item rows become their map step's ``items``, and a
+    completed map step's output is rebuilt from them."""
+    folded: dict[str, StepResult] = {}
+    rows: dict[str, dict[int, StepResult]] = {}
+    for name, step in steps.items():
+        if is_item(name):
+            base, index = split_item(name)
+            rows.setdefault(base, {})[index] = step
+        else:
+            folded[name] = step
+    for name, step in folded.items():
+        if step.items is None:
+            continue
+        found = rows.get(name, {})
+        if found:
+            items = [_as_item(i, found.get(i)) for i in range(max(step.items.total, max(found) + 1))]
+            counts: dict[str, int] = {}
+            for item in items:
+                counts[item.status.value] = counts.get(item.status.value, 0) + 1
+            step.items = step.items.model_copy(update={"items": items, "counts": counts})
+        if step.status is TaskStatus.COMPLETED and step.output is None:
+            step.output = map_output(step.items.items, required=step.items.required)
+    return folded
