@@ -316,3 +316,17 @@ def test_a_call_after_the_engine_shut_down_fails_and_starts_nothing(tmp_path: Pa
     with pytest.raises(StepFailedError, match="engine is shutting down"):
         action(echo_step("late")["parameters"], ActionContext("late"))
     assert calls(calls_file) == 0  # and the leak check sees no connection thread
+
+
+def test_a_map_step_calls_the_server_once_per_item_over_the_one_connection(
+    engine: OrchestrationEngine, calls_file: Path
+) -> None:
+    step = call_step("each", "echo", {"message": "item {{item}}", "count": "{{index}}"})
+    step.update(for_each=list(range(50)), max_parallel=8)
+    record = run(engine, "mapped", [step])
+    assert record.status is WorkflowStatus.COMPLETED, record.steps["each"]
+    outputs = record.steps["each"].output
+    assert [o["message"] for o in outputs] == [f"item {i}" for i in range(50)]
+    assert [o["count"] for o in outputs] == list(range(50))
+    assert len({o["pid"] for o in outputs}) == 1
+    assert calls(calls_file, "echo") == 50
