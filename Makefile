@@ -32,17 +32,19 @@ $(RUN_STAMP): pyproject.toml
 
 run-venv: $(RUN_STAMP)
 
-# The MCP conformance suite and the Node 22 it needs, from the npm registry into .tools/ (gitignored),
+# The MCP conformance suite, the TypeScript SDK and the Node 22 they need, from the npm registry into .tools/,
 # once per version pair; tests/e2e/test_conformance.py runs it against `serve` (the machine's node may be
 # older: the suite runs on the node-<platform> package's binary).
 TOOLS := .tools
 NODE22 ?= node-$(shell uname -s | tr A-Z a-z)-$(subst aarch64,arm64,$(subst x86_64,x64,$(shell uname -m)))@22.23.5
 CONFORMANCE ?= @modelcontextprotocol/conformance@0.1.16
-CONFORMANCE_STAMP := $(TOOLS)/.installed-$(subst /,-,$(subst @,_,$(NODE22)+$(CONFORMANCE)))
+# The TypeScript SDK's client (its experimental tasks client): tests/e2e/test_tasks_typescript.py.
+TS_SDK ?= @modelcontextprotocol/sdk@1.32.2
+CONFORMANCE_STAMP := $(TOOLS)/.installed-$(subst /,-,$(subst @,_,$(NODE22)+$(CONFORMANCE)+$(TS_SDK)))
 
 $(CONFORMANCE_STAMP):
 	mkdir -p $(TOOLS)
-	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error $(NODE22) $(CONFORMANCE)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error $(NODE22) $(CONFORMANCE) $(TS_SDK)
 	touch $@
 
 conformance-tools: $(CONFORMANCE_STAMP)

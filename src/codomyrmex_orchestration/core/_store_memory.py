@@ -37,6 +37,7 @@ from ._store_codec import (
     status_of,
     window,
 )
+from ._store_tool_tasks import MemoryToolTasks
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = ["MemoryStore"]
@@ -104,6 +105,8 @@ class MemoryStore:
         self._sessions: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
+        #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
+        self.tool_tasks = MemoryToolTasks()
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retention_events)
         self._closed = False
 

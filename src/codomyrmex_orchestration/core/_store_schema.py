@@ -159,6 +159,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN workflow_version INTEGER;
     CREATE INDEX runs_by_workflow_version ON runs (workflow_name, workflow_version);
     """,
+    # 4: tool calls run as MCP tasks (server/_tasks.py): owner, the run or task followed, time to live.
+    """
+    CREATE TABLE IF NOT EXISTS tool_tasks (
+        task_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL
+    );
+    CREATE INDEX IF NOT EXISTS tool_tasks_by_owner ON tool_tasks (owner, created_at, task_id);
+    CREATE INDEX IF NOT EXISTS tool_tasks_by_expiry ON tool_tasks (expires_at) WHERE expires_at IS NOT NULL;
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"

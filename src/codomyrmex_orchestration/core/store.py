@@ -50,6 +50,7 @@ from ._store_schema import (
     sqlite_reason,
     wal_limit_for,
 )
+from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
 from ._store_writer import CLOSE_TIMEOUT, DELETE, FLUSH_TIMEOUT, Batch, GroupCommitWriter
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
@@ -134,6 +135,8 @@ class EngineStateStore(StateStore, Protocol):
     def append_event(self, type: str, payload: Mapping[str, Any] | None = None) -> None: ...
     def list_events(self, limit: int = 100, type: str | None = None) -> list[dict[str, Any]]: ...
     def recover(self) -> list[str]: ...
+    @property
+    def tool_tasks(self) -> ToolTaskStore: ...
     def health(self) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
 
@@ -209,6 +212,8 @@ class SqliteStore:
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
+        self.tool_tasks = SqliteToolTasks(self._writer.call)
         # Measure the bytes used (and apply a budget or a retention lowered since the last start):
         # reads of the tallies and of the oldest index entries, never a scan of the history.
         self._writer.run_retention()

@@ -25,6 +25,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,6 +53,8 @@ from codomyrmex_orchestration.server._sessions import (
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
+from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
+from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -200,6 +203,12 @@ class _OrchestrationServer(Server[Any]):
             extensions,
         )
 
+    def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(*args, **kwargs)
+        if kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:  # tasks are 2025-11-25's
+            capabilities.tasks = TASKS_CAPABILITY
+        return capabilities
+
 
 def _client_key(ctx: Any) -> str:
     """Whom a tool call is for, for fair queueing. On the 2025 protocol, its connection: one per stdio
@@ -233,7 +242,7 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = [_mcp_tool(d) for d in the_tools.get_tool_definitions()]
+    listed = declare_task_support([_mcp_tool(d) for d in the_tools.get_tool_definitions()])
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
@@ -450,6 +459,7 @@ def build_server(
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
+    ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
     return server
 
 

@@ -1,0 +1,343 @@
+"""MCP tasks through the real Python SDK Client, in process, on the 2025-11-25 wire: task-augmented
+tools/call, tasks/get, tasks/result, tasks/list, tasks/cancel and notifications/tasks/status."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from codomyrmex_orchestration.server._tasks import EXTENSION_ID
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.helpers.mcp_calls import ok
+from tests.helpers.mcp_tasks import (
+    TaskHandle,
+    TasksExtension,
+    TaskStatuses,
+    call_as_task,
+    cancel_task,
+    get_detailed,
+    get_task,
+    list_tasks,
+    task_result,
+)
+from tests.server.test_http import TOKEN, serving
+
+pytestmark = pytest.mark.anyio
+
+RELATED = "io.modelcontextprotocol/related-task"
+TASK_TOOLS = {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "execute_task"}
+
+
+def chain(steps: int) -> dict[str, Any]:
+    """A workflow of ``steps`` echo steps, each after the one before."""
+    listed = [
+        {
+            "name": f"s{i:02d}",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": f"step {i}"},
+            **({"dependencies": [f"s{i - 1:02d}"]} if i else {}),
+        }
+        for i in range(steps)
+    ]
+    return {"name": f"chain{steps}", "steps": listed}
+
+
+@asynccontextmanager
+async def legacy(tools: OrchestrationMCPTools) -> AsyncIterator[tuple[Client, TaskStatuses]]:
+    statuses = TaskStatuses()
+    async with Client(build_server(tools), mode="legacy", extensions=[statuses]) as client:
+        yield client, statuses
+
+
+def without_ids(handle: dict[str, Any]) -> dict[str, Any]:
+    """A run handle without what differs between two runs of one workflow (id and times)."""
+    volatile = {"run_id", "started_at", "finished_at", "created_at", "updated_at", "duration_seconds"}
+    steps = {
+        name: {k: v for k, v in step.items() if k not in volatile}
+        for name, step in (handle.get("steps") or {}).items()
+    }
+    return {**{k: v for k, v in handle.items() if k not in volatile}, "steps": steps}
+
+
+async def test_a_2025_client_is_offered_tasks_on_the_run_tools_and_a_2026_client_is_not(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        capabilities = client.server_capabilities
+        listed = await client.list_tools()
+    assert capabilities.tasks is not None
+    assert capabilities.tasks.list is not None and capabilities.tasks.cancel is not None
+    assert capabilities.tasks.requests is not None and capabilities.tasks.requests.tools is not None
+    assert capabilities.tasks.requests.tools.call is not None
+    optional = {t.name for t in listed.tools if t.execution and t.execution.task_support == "optional"}
+    assert optional == TASK_TOOLS
+    async with Client(build_server(tools)) as modern:
+        assert modern.protocol_version == "2026-07-28"
+        assert modern.server_capabilities.tasks is None
+        assert all(t.execution is None for t in (await modern.list_tools()).tools)
+
+
+async def test_a_workflow_run_as_a_task_answers_at_once_and_ends_with_the_result_of_the_plain_call(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", chain(20))
+        plain = await ok(client, "execute_workflow", {"workflow_name": "chain20"})
+        task = await call_as_task(client, "execute_workflow", {"workflow_name": "chain20"}, ttl=60_000)
+        assert task["status"] in ("working", "completed")
+        assert task["ttl"] == 60_000 and task["pollInterval"] > 0
+        task_id = task["taskId"]
+        ended = await statuses.expect(task_id, "completed")
+        result = await task_result(client, task_id)
+        got = await get_task(client, task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": task_id})
+    assert ended.status_message == "20 of 20 steps done"
+    assert got.status == "completed" and got.task_id == task_id
+    assert not result.is_error
+    assert result.meta is not None and result.meta[RELATED] == {"taskId": task_id}
+    structured = result.structured_content or {}
+    assert structured["run_id"] == task_id and run["status"] == "completed"
+    assert plain["status"] == "completed"
+    assert without_ids(structured) == without_ids(plain)
+
+
+async def test_tasks_cancel_ends_the_run_as_cancelled_and_stops_its_subprocess_within_a_second(
+    tools: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pid.fifo"
+    os.mkfifo(fifo)
+    script = f"echo $$ > {fifo}; exec sleep 60"
+    held = {
+        "name": "held",
+        "steps": [
+            {
+                "name": "wait",
+                "module": "shell",
+                "action": "run",
+                "parameters": {"command": ["sh", "-c", script]},
+            }
+        ],
+    }
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", held)
+        task = await call_as_task(client, "execute_workflow", {"workflow_name": "held"})
+        with anyio.fail_after(30):
+            pid = int(await anyio.to_thread.run_sync(fifo.read_text))  # the step's process is running
+        process = os.pidfd_open(pid)
+        try:
+            working = await get_task(client, task["taskId"])
+            cancelled = await cancel_task(client, task["taskId"])
+            # The shell's process ends within a second of the cancel (its pidfd turns readable).
+            gone, _, _ = select.select([process], [], [], 1.0)
+        finally:
+            os.close(process)
+        await statuses.expect(task["taskId"], "cancelled")
+        after = await get_task(client, task["taskId"])
+        result = await task_result(client, task["taskId"])
+        run = await ok(client, "get_workflow_run", {"run_id": task["taskId"]})
+        with pytest.raises(MCPError) as again:
+            await cancel_task(client, task["taskId"])
+    assert working.status == "working" and working.status_message == "0 of 1 steps done"
+    assert cancelled.status == "cancelled" and after.status == "cancelled"
+    assert gone == [process], "the step's subprocess outlived the cancel by more than a second"
+    assert run["status"] == "cancelled"
+    assert (result.structured_content or {})["status"] == "cancelled"
+    assert again.value.error.code == types.INVALID_PARAMS and "already cancelled" in again.value.error.message
+
+
+async def test_tasks_list_shows_the_clients_tasks_oldest_first_a_page_at_a_time(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", chain(1))
+        created = [
+            (await call_as_task(client, "execute_workflow", {"workflow_name": "chain1"}))["taskId"]
+            for _ in range(55)
+        ]
+        first = await list_tasks(client)
+        assert first.next_cursor is not None
+        second = await list_tasks(client, first.next_cursor)
+        with pytest.raises(MCPError) as bad:
+            await list_tasks(client, "not-a-cursor")
+    listed = [t.task_id for t in first.tasks] + [t.task_id for t in second.tasks]
+    assert listed == created and len(first.tasks) == 50 and second.next_cursor is None
+    assert bad.value.error.code == types.INVALID_PARAMS and "cursor" in bad.value.error.message
+
+
+async def test_a_single_task_runs_as_a_task_with_the_result_of_the_plain_call(
+    tools: OrchestrationMCPTools,
+) -> None:
+    echo = {"name": "hello", "module": "core", "action": "echo", "parameters": {"message": "hi"}}
+    async with legacy(tools) as (client, statuses):
+        plain = await ok(client, "execute_task", echo)
+        task = await call_as_task(client, "execute_task", echo)
+        await statuses.expect(task["taskId"], "completed")
+        result = await task_result(client, task["taskId"])
+        got = await get_task(client, task["taskId"])
+    assert got.status == "completed"
+    structured = result.structured_content or {}
+    assert structured["task_id"] == task["taskId"] and structured["result"] == plain["result"] == "hi"
+    volatile = {"task_id", "started_at", "finished_at", "duration_seconds"}
+    assert {k: v for k, v in structured.items() if k not in volatile} == {
+        k: v for k, v in plain.items() if k not in volatile
+    }
+
+
+async def test_a_call_that_cannot_start_is_a_failed_task_whose_result_is_the_plain_calls_error(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        plain = await client.call_tool("execute_workflow", {"workflow_name": "nowhere"})
+        task = await call_as_task(client, "execute_workflow", {"workflow_name": "nowhere"})
+        result = await task_result(client, task["taskId"])
+    assert plain.is_error and result.is_error
+    assert task["status"] == "failed" and "nowhere" in task["statusMessage"]
+    assert result.content == plain.content
+
+
+async def test_a_tool_without_task_support_called_as_a_task_is_refused_and_unknown_tasks_are_not_found(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        with pytest.raises(MCPError) as refused:
+            await call_as_task(client, "list_workflows", {})
+        with pytest.raises(MCPError) as unknown_tool:
+            await call_as_task(client, "frobnicate", {})
+        with pytest.raises(MCPError) as missing:
+            await get_task(client, "no-such-task")
+        with pytest.raises(MCPError) as bad_ttl:
+            await call_as_task(client, "execute_workflow", {"workflow_name": "x"}, ttl=-5)
+    assert (
+        refused.value.error.code == types.METHOD_NOT_FOUND
+        and "execute_workflow" in refused.value.error.message
+    )
+    assert unknown_tool.value.error.code == types.INVALID_PARAMS
+    assert missing.value.error.code == types.INVALID_PARAMS and "not found" in missing.value.error.message
+    assert bad_ttl.value.error.code == types.INVALID_PARAMS and "ttl" in bad_ttl.value.error.message
+
+
+async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with serving(tools, "streamable-http", None) as base:
+        async with (
+            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as mine,
+            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as other,
+        ):
+            await ok(mine, "create_workflow", chain(2))
+            task = await call_as_task(mine, "execute_workflow", {"workflow_name": "chain2"})
+            assert (await task_result(mine, task["taskId"])).structured_content is not None
+            for request in (get_task, task_result, cancel_task):
+                with pytest.raises(MCPError) as hidden:
+                    await request(other, task["taskId"])
+                assert "not found" in hidden.value.error.message
+            assert [t.task_id for t in (await list_tasks(mine)).tasks] == [task["taskId"]]
+            assert (await list_tasks(other)).tasks == []
+    async with serving(tools, "streamable-http", TOKEN) as base:
+        authed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
+        async with authed:
+            async with Client(
+                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
+            ) as first:
+                task = await call_as_task(first, "execute_workflow", {"workflow_name": "chain2"})
+            # Another session with the same token: the same owner.
+            async with Client(
+                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
+            ) as second:
+                assert (await task_result(second, task["taskId"])).structured_content is not None
+
+
+async def test_an_expired_task_is_removed_with_its_record(tools: OrchestrationMCPTools) -> None:
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", chain(1))
+        task = await call_as_task(client, "execute_workflow", {"workflow_name": "chain1"}, ttl=60_000)
+        await task_result(client, task["taskId"])
+        store = tools.engine.store.tool_tasks
+        # Past its time to live: the next sweep deletes it (a record, not the run: run history stays).
+        assert await anyio.to_thread.run_sync(store.delete_expired, time.time() + 61) == [task["taskId"]]
+        with pytest.raises(MCPError):
+            await get_task(client, task["taskId"])
+        assert (await ok(client, "get_workflow_run", {"run_id": task["taskId"]}))["status"] == "completed"
+
+
+def test_the_sdk_still_leaves_tasks_to_the_server_the_way_server_tasks_expects() -> None:
+    """What ``server/_tasks.py`` relies on in mcp 2.3: if the SDK starts dispatching tasks itself, this
+    fails, and the module should move onto what the SDK then offers."""
+    from mcp.server.lowlevel import Server
+    from mcp_types.methods import SPEC_CLIENT_METHODS, serialize_server_result
+    from pydantic import ValidationError
+
+    # tasks/* are not spec methods to the SDK: add_request_handler serves them, unchecked by its surfaces.
+    assert not {m for m in SPEC_CLIENT_METHODS if m.startswith("tasks/")}
+    # A tools/call handler's answer is sieved as a CallToolResult, which a CreateTaskResult is not: hence
+    # a middleware (whose short-circuited answer the runner sends as it is) answers task-augmented calls.
+    task = {"taskId": "t", "status": "working", "createdAt": "x", "lastUpdatedAt": "x", "ttl": None}
+    with pytest.raises(ValidationError):
+        serialize_server_result("tools/call", "2025-11-25", {"task": task})
+
+    # The SDK derives no tasks capability from handlers: the server adds it.
+    async def never_called(ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+    plain = Server("plain")
+    plain.add_request_handler("tasks/get", types.GetTaskRequestParams, never_called)
+    assert plain.get_capabilities().tasks is None
+
+
+async def test_on_2026_07_28_a_client_of_the_tasks_extension_gets_a_task_it_polls_to_the_plain_result(
+    tools: OrchestrationMCPTools,
+) -> None:
+    extension = TasksExtension()
+    async with Client(build_server(tools), extensions=[extension]) as client:
+        assert client.protocol_version == "2026-07-28"
+        assert EXTENSION_ID in (client.server_capabilities.extensions or {})
+        await ok(client, "create_workflow", chain(20))  # not long work: an ordinary answer
+        result = await client.call_tool("execute_workflow", {"workflow_name": "chain20"})
+        unknown = await client.call_tool("execute_workflow", {"workflow_name": "nowhere"})  # no task
+        with pytest.raises(MCPError) as no_list:
+            await list_tasks(client)
+    async with Client(build_server(tools)) as plain_client:  # no extension: no task, as before
+        plain = await ok(plain_client, "execute_workflow", {"workflow_name": "chain20"})
+    (handle,) = extension.handles
+    assert handle.status in ("working", "completed")  # 20 echoes may be done before it answers
+    assert handle.ttl_ms is not None and handle.poll_interval_ms
+    assert extension.polled[-1].status == "completed"
+    assert extension.polled[-1].status_message == "20 of 20 steps done"
+    structured = result.structured_content or {}
+    assert structured["run_id"] == handle.task_id
+    assert without_ids(structured) == without_ids(plain)
+    assert no_list.value.error.code == types.METHOD_NOT_FOUND
+    assert unknown.is_error and "nowhere" in str(unknown.content)
+
+
+async def test_on_2026_07_28_a_cancelled_task_reads_cancelled(tools: OrchestrationMCPTools) -> None:
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    async with Client(build_server(tools), extensions=[TasksExtension()]) as client:
+        await ok(client, "create_workflow", {"name": "naps", "steps": [nap]})
+        answer = await client.session.call_tool(
+            "execute_workflow", {"workflow_name": "naps"}, allow_claimed=True
+        )
+        assert isinstance(answer, TaskHandle)
+        cancel = types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=answer.task_id))
+        with anyio.fail_after(30):
+            acknowledged = await client.session.send_request(cancel, types.EmptyResult)
+        detail = await get_detailed(client.session, answer.task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": answer.task_id})
+    assert acknowledged.model_dump(exclude_none=True, exclude={"meta"}) == {"result_type": "complete"}
+    assert detail.status == "cancelled" and detail.result is None
+    assert run["status"] == "cancelled"
