@@ -661,7 +661,12 @@ def _problems(manager: WorkflowManager, document: Any) -> tuple[str | None, list
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     bad_files = 0
+    from codomyrmex_orchestration.core._secrets import SecretSource
+
     with _definitions(settings, registered=False) as manager:
+        manager.secrets = SecretSource(
+            settings.secrets_file
+        )  # names the secrets set nowhere, as serve sees them
         for file in args.files:
             try:
                 document = _load_document(Path(file))
@@ -680,7 +685,9 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     checked = manager.validate_workflow(item)
                     levels = len(checked.execution_levels)
-                    print(f"{label}: ok ({checked.steps_count} steps, {levels} levels)")
+                    missing = ", ".join(checked.missing_secrets)
+                    unset = f"; secrets set nowhere: {missing}" if missing else ""
+                    print(f"{label}: ok ({checked.steps_count} steps, {levels} levels{unset})")
             bad_files += file_bad
     if bad_files:
         print(f"{bad_files} of {len(args.files)} files have problems", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import create_backend
@@ -44,6 +45,7 @@ ENGINE_SETTINGS = (
     "projects_dir",
     "templates_dir",
     "mcp_servers_file",
+    "secrets_file",
     "max_workers",
     "max_queued_tasks",
     "max_steps",
@@ -128,6 +130,7 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_worker_saturation=settings.dask_worker_saturation,
         )
     engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
     engine.workflow_manager.max_map_items = settings.max_map_items  # read by each run as it starts
     if settings.python_call_allow:
         # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MCP_SERVERS_FILE",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
+    "DEFAULT_SECRETS_FILE",
     "DEFAULT_SESSION_IDLE_TIMEOUT",
     "DEFAULT_STATE_DIR",
     "DEFAULT_STATE_MAX_BYTES",
@@ -47,6 +48,7 @@ DEFAULT_CONFIG_DIR = Path("config/workflows/production")
 DEFAULT_PROJECTS_DIR = Path("projects")
 DEFAULT_TEMPLATES_DIR = Path("config/templates")
 DEFAULT_MCP_SERVERS_FILE = Path("config/mcp_servers.json")
+DEFAULT_SECRETS_FILE = Path("config/secrets.json")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
@@ -74,6 +76,7 @@ _LAYOUT = {
     "projects_dir": DEFAULT_PROJECTS_DIR,
     "templates_dir": DEFAULT_TEMPLATES_DIR,
     "mcp_servers_file": DEFAULT_MCP_SERVERS_FILE,
+    "secrets_file": DEFAULT_SECRETS_FILE,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -98,11 +101,12 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Where state, workflows, projects and templates live unless their own setting is given:
+    #: Where state, workflows, projects, templates and secrets live unless their own setting is given:
     #: ``data_dir/.workflows``, ``data_dir/config/workflows/production``, ``data_dir/projects``,
-    #: ``data_dir/config/templates``. Default: :func:`default_data_dir`, never the working directory.
+    #: ``data_dir/config/templates``, ``data_dir/config/secrets.json``. Default: :func:`default_data_dir`,
+    #: never the working directory.
     data_dir: Path = Field(default_factory=default_data_dir)
-    # The four defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
+    # The five defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
     state_dir: Path = DEFAULT_STATE_DIR
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR
@@ -110,6 +114,9 @@ class Settings(BaseModel):
     #: The MCP servers ``mcp.call`` steps may call, in the ``mcpServers`` shape clients use
     #: (default ``data_dir/config/mcp_servers.json``; read when the engine starts).
     mcp_servers_file: Path = DEFAULT_MCP_SERVERS_FILE
+    #: Workflow secrets for ``{{secrets.NAME}}`` (after ``CODOMYRMEX_SECRET_NAME``): a JSON object of
+    #: strings, refused unless only its owner may read it (mode 0600). It need not exist.
+    secrets_file: Path = DEFAULT_SECRETS_FILE
     log_level: LogLevel = "info"
     log_format: LogFormat = "console"
     #: shell.run / python.call allowed. ``None``: allowed on stdio and for the CLI, refused on
@@ -243,5 +250,6 @@ class Settings(BaseModel):
             "projects_dir": self.projects_dir,
             "templates_dir": self.templates_dir,
             "mcp_servers_file": self.mcp_servers_file,
+            "secrets_file": self.secrets_file,
             "samples_dir": SAMPLES_DIR,
         }

@@ -67,3 +67,27 @@ def test_a_file_that_is_not_json_is_named(tmp_path: Path) -> None:
 
 def test_no_file_means_no_servers(tmp_path: Path) -> None:
     assert load_servers(tmp_path / "absent.json") == {}
+
+
+def test_the_format_reference_example_servers_file_and_step_are_valid(tmp_path: Path) -> None:
+    """docs/WORKFLOWS.md's example ``mcp_servers.json`` reads, and its example step validates against it."""
+    import json
+    import re
+
+    from codomyrmex_orchestration.compose import build_registry
+    from codomyrmex_orchestration.config import Settings
+    from codomyrmex_orchestration.core.dag import WorkflowDAG
+    from codomyrmex_orchestration.core.models import StepSpec
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "WORKFLOWS.md").read_text(encoding="utf-8")
+    section = doc.split("### Calling other MCP servers")[1]
+    servers_json, step_json = re.findall(r"```json\n(.*?)\n```", section, re.DOTALL)[:2]
+    servers_file = tmp_path / "mcp_servers.json"
+    servers_file.write_text(servers_json, encoding="utf-8")
+    assert sorted(load_servers(servers_file)) == ["docs", "files"]
+    registry = build_registry(Settings(data_dir=tmp_path, mcp_servers_file=servers_file))
+    try:
+        dag = WorkflowDAG([StepSpec.model_validate(json.loads(step_json))], registry=registry)
+        assert dag.problems() == []
+    finally:
+        registry.close()

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.anyio
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _CALL = re.compile(r"<!-- call -->\n```json\n(.*?)\n```\n```json\n(.*?)\n```", re.DOTALL)
-_SERVERS = re.compile(r"<!-- mcp_servers.json -->\n```json\n(.*?)\n```", re.DOTALL)
 
 
 def readme_calls() -> list[tuple[dict[str, Any], Any]]:
@@ -66,10 +65,6 @@ def readme_tools(tmp_path: Path) -> Iterator[OrchestrationMCPTools]:
     from codomyrmex_orchestration.compose import build_engine
 
     settings = Settings(data_dir=tmp_path / "data", durable=False)
-    # The README's config/mcp_servers.json, where the default settings read it (its mcp.call example).
-    [servers] = _SERVERS.findall(README.read_text())
-    settings.mcp_servers_file.parent.mkdir(parents=True)
-    settings.mcp_servers_file.write_text(servers, encoding="utf-8")
     tools = OrchestrationMCPTools(
         engine_factory=lambda policy: build_engine(
             settings, allow_code_execution=policy.allow_code_execution

@@ -86,6 +86,7 @@ def test_required_arguments_match_the_issue(tools_without_engine: OrchestrationM
         "session_id",
         "wait",
         "timeout_seconds",
+        "use_cache",
     }
     assert sorted(schemas["create_workflow"]["required"]) == ["name", "steps"]
     assert sorted(schemas["allocate_resources"]["required"]) == ["requirements", "user_id"]

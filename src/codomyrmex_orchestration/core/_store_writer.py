@@ -65,6 +65,8 @@ class Batch:
     projects: dict[str, str | None] = field(default_factory=dict)
     allocations: dict[str, str | None] = field(default_factory=dict)
     events: list[tuple[float, str, str]] = field(default_factory=list)
+    #: Writes to other tables (the step cache), applied in order: (SQL, its parameters).
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     size: int = 0
 
 
@@ -303,7 +305,7 @@ class GroupCommitWriter:
 
     def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, forced_retention: bool) -> bool:
         """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
-        if batch.runs or batch.steps or batch.events:
+        if batch.runs or batch.steps or batch.events or batch.statements:
             self._retention.note_added()
         retain = self._retention.due(forced=forced_retention)
         if batch.size or retain:
@@ -407,6 +409,8 @@ class GroupCommitWriter:
                 )
         if batch.events:
             conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
+        for sql, params in batch.statements:
+            conn.execute(sql, params)
 
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)

@@ -132,7 +132,7 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``done``, ``start_mono``, and ``record.run_id``)."""
+    ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -146,9 +146,13 @@ class RunState:
         default_resources: Mapping[str, Any] | None,
         save_step: Callable[[str, StepResult], None] | None = None,
         client: str | None = None,
+        secrets: Callable[[str], str] | None = None,
+        use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         self.record = record
+        self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
+        self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.run_id = record.run_id
@@ -425,6 +429,7 @@ class RunState:
             steps=_StepView(self.record.steps),
             run={"id": self.run_id, "workflow": self.record.workflow_name},
             item=item,
+            secrets=self.secrets,
         )
 
     def condition_of(self, name: str) -> tuple[Condition | None, bool]:

@@ -403,13 +403,14 @@ class OrchestrationEngine:
         timeout: float | None = None,
         priority: TaskPriority | None = None,
         on_step: StepCallback | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
         """Run a registered workflow, within a session's limits and mode when one is given.
 
         With ``wait`` it waits up to ``timeout`` seconds (``None``: until the run ends) and returns the
-        record as it stands then.
+        record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
         """
-        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL}
+        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
         with self.sessions.holding(session_id) as live:
             if live is not None:
                 kwargs.update(live.run_options())
@@ -435,17 +436,14 @@ class OrchestrationEngine:
         wait: bool = True,
         timeout: float | None = None,
         on_step: StepCallback | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
-        """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` and run it.
-
-        The record's status says whether it succeeded; ``dependencies`` entries are merged into the
-        steps' own lists. Waits like :meth:`execute_workflow`.
-        """
+        """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` (merged into the
+        steps' own lists) and run it; waits, and takes ``use_cache``, like :meth:`execute_workflow`."""
         document = complex_workflow_document(definition, name=name)
         self.workflow_manager.create_workflow(document, overwrite=True)
-        return self.execute_workflow(
-            name, parameters=parameters, session_id=session_id, wait=wait, timeout=timeout, on_step=on_step
-        )
+        waits: dict[str, Any] = {"wait": wait, "timeout": timeout, "on_step": on_step, "use_cache": use_cache}
+        return self.execute_workflow(name, parameters=parameters, session_id=session_id, **waits)
 
     def execute_task(
         self,

@@ -30,6 +30,7 @@ __all__ = [
     "ItemResult",
     "MapItems",
     "RunRecord",
+    "StepCacheSpec",
     "StepResult",
     "StepSpec",
     "TaskPriority",
@@ -167,6 +168,19 @@ class _Retryable(_Spec):
         return float(self.retry_delay * (self.backoff ** max(0, attempt - 1)))
 
 
+#: The longest a cached step output may be kept: one year.
+MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600
+
+
+class StepCacheSpec(_Spec):
+    """A step's cache: its output is reused, without running the action, by a later run of the same
+    definition version with the same resolved parameters, for ``ttl_seconds``."""
+
+    ttl_seconds: float = Field(
+        gt=0, le=MAX_CACHE_TTL_SECONDS, description="Seconds a cached output stays usable (at most a year)."
+    )
+
+
 class StepSpec(_Retryable):
     """One step of a workflow: run ``module.action`` with ``parameters`` after ``dependencies``."""
 
@@ -188,6 +202,9 @@ class StepSpec(_Retryable):
     )
     max_parallel: int | None = Field(
         default=None, ge=1, le=100_000, description="With for_each: most items in flight at once."
+    )
+    cache: StepCacheSpec | None = Field(
+        default=None, description='Reuse the output of an identical earlier call: {"ttl_seconds": 600}.'
     )
 
     @field_validator("dependencies")
@@ -288,6 +305,8 @@ class StepResult(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     skipped_reason: str | None = None
+    #: The output was taken from the step cache: the action was not called (``attempts`` is 0).
+    cached: bool = False
     #: A map step's items (None for any other step, and for a map step not expanded yet).
     items: MapItems | None = None
 

@@ -51,6 +51,10 @@ def _name(description: str) -> Any:
 _WAIT = Field(
     default=True, description="Wait for the result (up to timeout_seconds) instead of returning at once."
 )
+_USE_CACHE = Field(
+    default=True,
+    description="false: steps with a cache run anyway, and their fresh outputs replace the cached ones.",
+)
 _TIMEOUT = Field(
     default=DEFAULT_WAIT_SECONDS,
     gt=0,
@@ -74,6 +78,7 @@ class ExecuteWorkflowArgs(Args):
     session_id: str | None = Field(default=None, description="Run inside this session (see create_session).")
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
+    use_cache: bool = _USE_CACHE
 
 
 class CreateWorkflowArgs(Args):
@@ -137,6 +142,7 @@ class CreateComplexWorkflowArgs(Args):
     session_id: str | None = None
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
+    use_cache: bool = _USE_CACHE
 
 
 class RunIdArgs(Args):
@@ -313,6 +319,11 @@ class ValidationResult(Result):
     execution_levels: list[list[str]] = Field(default_factory=list)
     inferred_dependencies: dict[str, list[str]] = Field(default_factory=dict)
     mermaid: str | None = None
+    missing_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets ({{secrets.NAME}}) set neither in CODOMYRMEX_SECRET_<NAME> nor in the secrets "
+        "file; a step using one fails when it starts. Names only, never values.",
+    )
 
 
 class DeleteResult(Result):

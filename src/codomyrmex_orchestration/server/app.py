@@ -95,6 +95,7 @@ Step fields:
     {{params.NAME}}                  a workflow parameter (defaults in the workflow's "parameters")
     {{steps.STEP.output}}            another step's output; {{steps.STEP.output.key.0}} digs into it
     {{steps.STEP.status}}            completed / failed / skipped ...
+    {{secrets.NAME}}                 a secret set on the server (never stored; outputs show [secret:NAME])
   A string that is exactly one reference keeps the value's type. A reference adds the dependency.
 - dependencies: names of steps that must finish first (in addition to inferred ones).
 - run_if: a condition such as "steps.check.output.count > 0 and params.mode == 'full'"; false -> skipped.
@@ -108,6 +109,9 @@ Step fields:
   its output is {"outputs": [...], "failed": [{"index": i, "status": ..., "error": ...}]}.
   Example: {"name": "sizes", "module": "core", "action": "echo", "for_each": "{{steps.ls.output.files}}",
   "max_parallel": 8, "parameters": {"message": "{{index}}: {{item}}"}}
+- cache: {"ttl_seconds": 600} reuses, for that long, the output of an earlier call of the same action with
+  the same resolved parameters in the same workflow version: the action is not called, the step shows
+  "cached": true and 0 attempts. execute_workflow with "use_cache": false runs it anyway.
 
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 
@@ -133,6 +137,11 @@ A step can call a tool of another MCP server configured on this server: action m
 structured content, else {"text": its text}; a tool error fails the step. For example:
     {"name": "search", "module": "mcp", "action": "call", "timeout": 60, "max_retries": 1,
      "parameters": {"server": "docs", "tool": "search", "arguments": {"query": "{{params.topic}}"}}}
+A secret and the cache in one step (the server sets CODOMYRMEX_SECRET_API_TOKEN or its secrets file):
+  {"name": "items", "module": "http", "action": "request", "cache": {"ttl_seconds": 600},
+   "parameters": {"url": "https://api.example.com/items",
+                  "headers": {"Authorization": "Bearer {{secrets.API_TOKEN}}"}}}
+validate_workflow lists the secrets that are set nowhere in "missing_secrets".
 """
 
 

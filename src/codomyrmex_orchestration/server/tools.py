@@ -381,6 +381,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -396,6 +397,7 @@ def _create_complex_workflow(
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -409,7 +411,7 @@ def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -
 
 
 def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
-    return validation.model_dump(exclude={"name"})
+    return validation.model_dump(exclude={"name", "missing_secrets"})
 
 
 def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
@@ -456,8 +458,12 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
     # Checks that reach outside (mcp.call: the server's tools and their input schemas)
     problems = tools.engine.registry.probe(spec.steps)
-    fields = _validation_fields(validation)
-    return m.ValidationResult(valid=not problems, workflow_name=a.name, **{**fields, "problems": problems})
+    return m.ValidationResult(
+        valid=not problems,
+        workflow_name=a.name,
+        missing_secrets=validation.missing_secrets,
+        **{**_validation_fields(validation), "problems": problems},
+    )
 
 
 def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
@@ -679,10 +685,12 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Cal
 
 _STEP_HELP = (
     "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
-    "run_if?, required?, priority?, resources?, for_each?, max_parallel?}. Reference earlier output with "
-    "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
-    "also add the dependency). A step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs "
-    "once per item with '{{item}}' and '{{index}}'; its output is the list of item outputs. "
+    "run_if?, required?, priority?, resources?, for_each?, max_parallel?, cache?}. Reference earlier "
+    "output with '{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such "
+    "references also add the dependency), secrets with '{{secrets.<NAME>}}' (never stored or shown). A "
+    "step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs once per item with '{{item}}' "
+    "and '{{index}}'; its output is the list of item outputs. "
+    'cache: {"ttl_seconds": 600} reuses the output of an identical earlier call. '
     "Call list_actions for the available module.action pairs."
 )
 
@@ -938,7 +946,10 @@ _TOOLS: tuple[_Tool, ...] = (
         "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
         "(with server, also that server's tools and their input schemas). Any action can run once per "
         'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
-        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Example: {} or {"server": "docs"}',
+        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Any step\'s parameters may also '
+        'use "{{secrets.NAME}}" (a secret set on the server, redacted from every output), and any step may '
+        'set "cache": {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {} or '
+        '{"server": "docs"}',
         m.ListActionsArgs,
         m.ActionListResult,
         _list_actions,
