@@ -144,7 +144,7 @@ class WorkflowStatus(enum.StrEnum):
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False, defer_build=True)
 
 
 ResourceAmount = float | int | str

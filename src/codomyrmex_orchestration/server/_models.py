@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
+from codomyrmex_orchestration.core._resource_types import Allocation
 from codomyrmex_orchestration.core._sessions import Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
@@ -15,7 +17,6 @@ from codomyrmex_orchestration.core.models import (
     StepSpec,
     WorkflowInfo,
 )
-from codomyrmex_orchestration.core.resources import Allocation
 
 #: How long a waiting call blocks before it returns the run handle (below common 60 s client timeouts).
 DEFAULT_WAIT_SECONDS = 50.0
@@ -39,9 +40,13 @@ ResourceAmount = float | int | str
 
 
 class Args(BaseModel):
-    """Base of every tool's arguments: strict types, unknown fields refused (named in the error)."""
+    """Base of every tool's arguments: strict types, unknown fields refused (named in the error).
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    ``defer_build``: a model's validator is built on its first use, not at import, so a server answers
+    ``tools/list`` (from cached schemas, see ``_tool_cache``) without building the models of every tool.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 def _name(description: str) -> Any:
@@ -226,7 +231,7 @@ class CloseSessionArgs(Args):
 
 
 class Result(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use, as Args
 
 
 class RunHandle(RunRecord):

@@ -55,6 +55,7 @@ from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
 from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
+from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -251,7 +252,7 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = declare_task_support([_mcp_tool(d) for d in the_tools.get_tool_definitions()])
+    listed = declare_task_support([_mcp_tool(d) for d in tool_definitions(the_tools)])
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}

@@ -34,6 +34,9 @@ from pydantic import BaseModel, ValidationError
 from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration.connectors import mcp_catalogue
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
+
+# From the codec, not core.store: listing the tools at start-up needs no SQLite store.
+from codomyrmex_orchestration.core._store_codec import run_cursor
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
@@ -46,7 +49,6 @@ from codomyrmex_orchestration.core.models import (
     WorkflowSpec,
     WorkflowStatus,
 )
-from codomyrmex_orchestration.core.store import run_cursor
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
