@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
+    "DEFAULT_MCP_SERVERS_FILE",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
     "DEFAULT_SECRETS_FILE",
@@ -46,6 +47,7 @@ DEFAULT_STATE_DIR = Path(".workflows")
 DEFAULT_CONFIG_DIR = Path("config/workflows/production")
 DEFAULT_PROJECTS_DIR = Path("projects")
 DEFAULT_TEMPLATES_DIR = Path("config/templates")
+DEFAULT_MCP_SERVERS_FILE = Path("config/mcp_servers.json")
 DEFAULT_SECRETS_FILE = Path("config/secrets.json")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -73,6 +75,7 @@ _LAYOUT = {
     "config_dir": DEFAULT_CONFIG_DIR,
     "projects_dir": DEFAULT_PROJECTS_DIR,
     "templates_dir": DEFAULT_TEMPLATES_DIR,
+    "mcp_servers_file": DEFAULT_MCP_SERVERS_FILE,
     "secrets_file": DEFAULT_SECRETS_FILE,
 }
 
@@ -108,6 +111,9 @@ class Settings(BaseModel):
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    #: The MCP servers ``mcp.call`` steps may call, in the ``mcpServers`` shape clients use
+    #: (default ``data_dir/config/mcp_servers.json``; read when the engine starts).
+    mcp_servers_file: Path = DEFAULT_MCP_SERVERS_FILE
     #: Workflow secrets for ``{{secrets.NAME}}`` (after ``CODOMYRMEX_SECRET_NAME``): a JSON object of
     #: strings, refused unless only its owner may read it (mode 0600). It need not exist.
     secrets_file: Path = DEFAULT_SECRETS_FILE
@@ -243,6 +249,7 @@ class Settings(BaseModel):
             "config_dir": self.config_dir,
             "projects_dir": self.projects_dir,
             "templates_dir": self.templates_dir,
+            "mcp_servers_file": self.mcp_servers_file,
             "secrets_file": self.secrets_file,
             "samples_dir": SAMPLES_DIR,
         }

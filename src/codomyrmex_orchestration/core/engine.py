@@ -163,8 +163,7 @@ class OrchestrationEngine:
         backend: where ready steps run (``None``: the scheduler's threads; see ``backends.create_backend``).
         timers: the timer service to share (one is made, and closed on shutdown, when ``None``).
         retention_runs, retention_events: most finished runs and events the store keeps.
-        state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
-            run's parameters may take (see :class:`SqliteStore`).
+        state_max_bytes, max_parameters_bytes: byte budgets of the state directory, of a run's parameters.
         recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED and continue those waiting
             for input; only for the process that owns the state directory (the CLI, beside a server, not).
     """
@@ -524,6 +523,7 @@ class OrchestrationEngine:
                 "scheduler",
                 lambda: self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout),
             ),
+            ("actions", self.registry.close),  # services the actions share (MCP connections)
             ("resources", self.resource_manager.shutdown),
             ("events", lambda: self.events.close(timeout)),
             ("timers", lambda: self.timers.close(timeout) if self._owns_timers else None),

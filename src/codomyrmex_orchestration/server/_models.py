@@ -216,6 +216,14 @@ class ValidateWorkflowArgs(Args):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class ListActionsArgs(Args):
+    server: str | None = Field(
+        default=None,
+        description="A server of mcp_servers (see the result): also list its tools with their input schemas "
+        "(connects to it).",
+    )
+
+
 class ReleaseResourcesArgs(Args):
     allocation_id: str | None = Field(default=None, description="Release this one allocation.")
     user_id: str | None = Field(default=None, description="Release every allocation this user holds.")
@@ -390,9 +398,29 @@ class ActionInfo(Result):
     allowed: bool
 
 
+class McpServerInfo(Result):
+    name: str
+    transport: str
+    description: str
+    command: str | None = None
+    url: str | None = None
+
+
+class McpToolInfo(Result):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
 class ActionListResult(Result):
     actions: list[ActionInfo]
     count: int
+    #: The servers mcp.call steps may call (config/mcp_servers.json).
+    mcp_servers: list[McpServerInfo] = Field(default_factory=list)
+    #: Why the servers file could not be used, if it could not.
+    mcp_servers_error: str | None = None
+    #: With ``server``: that server's tools.
+    tools: list[McpToolInfo] | None = None
 
 
 class TemplateListResult(Result):

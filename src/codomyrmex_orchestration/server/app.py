@@ -140,6 +140,12 @@ Steps whose dependencies are met run in parallel. Example for create_workflow:
 Then call execute_workflow {"workflow_name": "greet_and_collect", "parameters": {"who": "you"}}.
 "greet" and "pause" run at the same time; "collect" runs after both.
 
+A step can call a tool of another MCP server configured on this server: action mcp.call with
+{"server", "tool", "arguments"}. list_actions lists the servers (mcp_servers); list_actions
+{"server": "NAME"} lists that server's tools with their input schemas. The output is the tool's
+structured content, else {"text": its text}; a tool error fails the step. For example:
+    {"name": "search", "module": "mcp", "action": "call", "timeout": 60, "max_retries": 1,
+     "parameters": {"server": "docs", "tool": "search", "arguments": {"query": "{{params.topic}}"}}}
 A secret and the cache in one step (the server sets CODOMYRMEX_SECRET_API_TOKEN or its secrets file):
   {"name": "items", "module": "http", "action": "request", "cache": {"ttl_seconds": 600},
    "parameters": {"url": "https://api.example.com/items",

@@ -32,6 +32,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.connectors import mcp_catalogue
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
 
 # From the codec, not core.store: listing the tools at start-up needs no SQLite store.
@@ -460,11 +461,13 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
     except InvalidInputError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
+    # Checks that reach outside (mcp.call: the server's tools and their input schemas)
+    problems = tools.engine.registry.probe(spec.steps)
     return m.ValidationResult(
-        valid=True,
+        valid=not problems,
         workflow_name=a.name,
         missing_secrets=validation.missing_secrets,
-        **_validation_fields(validation),
+        **{**_validation_fields(validation), "problems": problems},
     )
 
 
@@ -679,13 +682,13 @@ def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _C
     return m.CloseSessionResult.model_validate(session.model_dump())
 
 
-def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Call) -> _Outcome:
     registry = tools.engine.registry
     actions = [
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
         for d in registry.catalogue()
     ]
-    return m.ActionListResult(actions=actions, count=len(actions))
+    return m.ActionListResult(actions=actions, count=len(actions), **mcp_catalogue(registry, a.server))
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -905,7 +908,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "validate_workflow",
         "Validate a workflow",
         "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
-        "unknown actions, missing dependencies, bad templates), the execution levels and a Mermaid diagram. "
+        "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
+        "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
+        "execution levels and a Mermaid diagram. "
         'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
         '"parameters": {"message": "x"}}]}',
         m.ValidateWorkflowArgs,
@@ -960,12 +965,14 @@ _TOOLS: tuple[_Tool, ...] = (
         "list_actions",
         "List actions",
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled). Any action can run once per item of a "
-        'list: give its step for_each (and max_parallel), e.g. "for_each": "{{steps.ls.output.files}}" '
-        'with "{{item}}" in its parameters. Any step\'s parameters may also use "{{secrets.NAME}}" (a '
-        'secret set on the server, redacted from every output), and any step may set "cache": '
-        '{"ttl_seconds": 600} to reuse an identical call\'s output. Example: {}',
-        m.NoArgs,
+        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
+        "(with server, also that server's tools and their input schemas). Any action can run once per "
+        'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
+        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Any step\'s parameters may also '
+        'use "{{secrets.NAME}}" (a secret set on the server, redacted from every output), and any step may '
+        'set "cache": {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {} or '
+        '{"server": "docs"}',
+        m.ListActionsArgs,
         m.ActionListResult,
         _list_actions,
         read_only=True,

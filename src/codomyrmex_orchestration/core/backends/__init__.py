@@ -33,8 +33,9 @@ __all__ = [
 EXECUTORS: tuple[Executor, ...] = ("local", "dask")
 
 #: Actions that need the server process itself and therefore always run on the scheduler's threads:
-#: ``workflow.run`` starts a child run through the WorkflowManager, which only exists there.
-LOCAL_ONLY_ACTIONS: frozenset[str] = frozenset({"workflow.run"})
+#: ``workflow.run`` starts a child run through the WorkflowManager, which only exists there; ``mcp.call``
+#: uses the server's shared connections to the other MCP servers (and its registry alone has it).
+LOCAL_ONLY_ACTIONS: frozenset[str] = frozenset({"workflow.run", "mcp.call"})
 
 StepCallable = Callable[[ActionContext], Any]
 
