@@ -1,24 +1,51 @@
-"""The same 10,000-step workflow on the local backend and on a Dask LocalCluster.
+"""The Dask backend against its floor: no-op steps vs raw ``Client.submit``, and CPU-bound steps vs threads.
 
-Run: ``.venv/bin/python bench/bench_dask.py [--steps N] [--slots S] [--dask-workers W] [--processes]``
-(needs the dask extra). The workflow is N independent ``core.echo`` steps plus one step depending on a
-tenth of them, so the scheduler's dependency path is exercised too. Prints wall time and steps/s for
-each backend. A benchmark, not a test: per-step overhead, not a workload where Dask pays off.
+Run: ``.venv/bin/python bench/bench_dask.py [--steps N] [--rounds R] [--json]`` (needs the dask extra).
+
+1. Per-step overhead, on one LocalCluster (2 workers, threads in this process, as a server started
+   with ``--executor dask`` on a small machine would have): each round times N raw
+   ``client.submit(noop, i)`` tasks (submitted in a loop, then waited for and gathered) and an
+   N-step workflow of independent ``core.echo`` steps (plus one step joining a tenth of them) on the
+   Dask backend over the same client, interleaved; the figure is the median of the per-round ratios.
+2. Parallel CPU work: 8 ``python.call`` steps of pure-Python arithmetic (~0.16 s each on the dev
+   machine, holding the GIL), on local threads (8 slots) and on a 2-process LocalCluster, interleaved;
+   the figure is the median speed-up. The local backend's 10,000-step time is printed for reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import statistics
 import time
+from pathlib import Path
+from typing import Any
+
+from _cpu_work import spin
+from distributed import Client, LocalCluster, wait
 
 from codomyrmex_orchestration.core.actions import create_registry
-from codomyrmex_orchestration.core.backends import ExecutionBackend, LocalBackend, create_backend
+from codomyrmex_orchestration.core.backends import ExecutionBackend, LocalBackend
+from codomyrmex_orchestration.core.backends.dask import DaskBackend
 from codomyrmex_orchestration.core.models import WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 
+HERE = Path(__file__).resolve().parent
+SLOTS = 16
+CPU_STEPS = 8
+CPU_ROUNDS_PER_STEP = 4_000_000
+#: CPU seconds of this process per timed run, appended by run_workflow and raw_submit.
+CPU_SPENT: list[float] = []
 
-def workflow(steps: int) -> dict[str, object]:
+
+def noop(x: int) -> int:
+    return x
+
+
+def echo_workflow(steps: int) -> dict[str, object]:
     body: list[dict[str, object]] = [
         {"name": f"s{i}", "module": "core", "action": "echo", "parameters": {"message": i}}
         for i in range(steps - 1)
@@ -35,49 +62,165 @@ def workflow(steps: int) -> dict[str, object]:
     return {"name": "bench", "steps": body}
 
 
-def run(backend: ExecutionBackend, steps: int, slots: int) -> float:
+def cpu_workflow() -> dict[str, object]:
+    return {
+        "name": "cpu",
+        "steps": [
+            {
+                "name": f"spin{i}",
+                "module": "python",
+                "action": "call",
+                "parameters": {"function": "_cpu_work:spin", "args": [CPU_ROUNDS_PER_STEP + i]},
+            }
+            for i in range(CPU_STEPS)
+        ],
+    }
+
+
+def run_workflow(backend: ExecutionBackend, workflow: dict[str, object], slots: int) -> float:
+    """Seconds to run ``workflow`` through the scheduler on ``backend`` (set-up excluded).
+
+    Also adds the CPU seconds this process spent to ``CPU_SPENT`` (with an in-process cluster that is
+    the client's, the scheduler's and the workers' work together, and it moves far less with the
+    machine's load than wall time does)."""
+    steps = len(workflow["steps"])  # type: ignore[arg-type]
     registry = create_registry(load_plugins=False)
     orch = TaskOrchestrator(slots, registry=registry, backend=backend, max_finished=steps)
     try:
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None, max_steps=steps)
-        manager.create_workflow(workflow(steps))
-        start = time.perf_counter()
-        record = manager.execute_workflow("bench", timeout=600)
+        manager.create_workflow(workflow)
+        start, cpu = time.perf_counter(), time.process_time()
+        record = manager.execute_workflow(str(workflow["name"]), timeout=600)
         elapsed = time.perf_counter() - start
+        CPU_SPENT.append(time.process_time() - cpu)
         assert record.status is WorkflowStatus.COMPLETED, record.error
         return elapsed
     finally:
         orch.shutdown(wait=True, timeout=60)
 
 
+def raw_submit(client: Client, n: int) -> float:
+    """Seconds for ``n`` no-op tasks through plain ``Client.submit``: submitted, waited for, gathered."""
+    start, cpu = time.perf_counter(), time.process_time()
+    futures = [client.submit(noop, i, pure=False) for i in range(n)]
+    wait(futures)
+    client.gather(futures)
+    elapsed = time.perf_counter() - start
+    CPU_SPENT.append(time.process_time() - cpu)
+    client.cancel(futures)
+    return elapsed
+
+
+def overhead(steps: int, rounds: int) -> dict[str, Any]:
+    cluster = LocalCluster(n_workers=2, processes=False, dashboard_address="127.0.0.1:0")
+    client = Client(cluster)
+    raw: list[float] = []
+    ours: list[float] = []
+    raw_cpu: list[float] = []
+    ours_cpu: list[float] = []
+    try:
+        backend = DaskBackend(client=client)
+        workflow = echo_workflow(steps)
+        run_workflow(backend, echo_workflow(200), SLOTS)  # warm both paths up
+        raw_submit(client, 200)
+        for _ in range(rounds):
+            raw.append(raw_submit(client, steps) / steps)
+            raw_cpu.append(CPU_SPENT[-1] / steps)
+            ours.append(run_workflow(backend, workflow, SLOTS) / steps)
+            ours_cpu.append(CPU_SPENT[-1] / steps)
+        threads = sum(client.nthreads().values())
+    finally:
+        client.close()
+        cluster.close()
+    ratios = sorted(o / r for o, r in zip(ours, raw, strict=True))
+    return {
+        "steps": steps,
+        "rounds": rounds,
+        "cluster": f"LocalCluster, 2 workers, {threads} threads, in this process",
+        "slots": SLOTS,
+        "raw_submit_us_per_task": round(statistics.median(raw) * 1e6),
+        "dask_backend_us_per_step": round(statistics.median(ours) * 1e6),
+        "ratio": round(statistics.median(ratios), 2),
+        "round_ratio_range": [round(ratios[0], 2), round(ratios[-1], 2)],
+        "dask_backend_seconds": round(statistics.median(ours) * steps, 2),
+        "raw_submit_cpu_us_per_task": round(statistics.median(raw_cpu) * 1e6),
+        "dask_backend_cpu_us_per_step": round(statistics.median(ours_cpu) * 1e6),
+        "cpu_ratio": round(statistics.median(o / r for o, r in zip(ours_cpu, raw_cpu, strict=True)), 2),
+    }
+
+
+def cpu_parallel(rounds: int) -> dict[str, Any]:
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
+    client = Client(cluster)
+    local: list[float] = []
+    dask: list[float] = []
+    raw: list[float] = []
+    try:
+        client.run(lambda: __import__("_cpu_work"))  # the workers import the helper once, outside the timing
+        backend = DaskBackend(client=client)
+        # Each worker process builds its action registry on its first step: start-up, not step cost.
+        run_workflow(backend, cpu_workflow(), CPU_STEPS)
+        for _ in range(rounds):
+            local.append(run_workflow(LocalBackend(), cpu_workflow(), CPU_STEPS))
+            dask.append(run_workflow(backend, cpu_workflow(), CPU_STEPS))
+            start = time.perf_counter()
+            spins = [client.submit(spin, CPU_ROUNDS_PER_STEP + i, pure=False) for i in range(CPU_STEPS)]
+            client.gather(spins)
+            raw.append(time.perf_counter() - start)
+    finally:
+        client.close()
+        cluster.close()
+    speedups = sorted(lo / da for lo, da in zip(local, dask, strict=True))
+    return {
+        "steps": CPU_STEPS,
+        "rounds": rounds,
+        "local_threads_seconds": round(statistics.median(local), 3),
+        "dask_2_processes_seconds": round(statistics.median(dask), 3),
+        "raw_submit_2_processes_seconds": round(statistics.median(raw), 3),
+        "speedup": round(statistics.median(speedups), 2),
+        "round_speedup_range": [round(speedups[0], 2), round(speedups[-1], 2)],
+    }
+
+
+def run(steps: int, rounds: int, cpu_rounds: int) -> dict[str, Any]:
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    local = run_workflow(LocalBackend(), echo_workflow(steps), SLOTS)
+    return {
+        "overhead": overhead(steps, rounds),
+        "cpu": cpu_parallel(cpu_rounds),
+        "local_seconds": round(local, 2),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def report(f: dict[str, Any]) -> str:
+    o, c = f["overhead"], f["cpu"]
+    return (
+        f"No-op steps, {o['steps']} per round, {o['cluster']}, {o['slots']} scheduler slots "
+        f"(median of {o['rounds']} interleaved rounds):\n"
+        f"  Dask backend {o['dask_backend_us_per_step']} µs/step ({o['dask_backend_seconds']} s), raw "
+        f"Client.submit {o['raw_submit_us_per_task']} µs/task: {o['ratio']}x "
+        f"(per round {o['round_ratio_range'][0]}-{o['round_ratio_range'][1]}x); local backend "
+        f"{f['local_seconds']} s\n"
+        f"  CPU time of the process (client, scheduler and workers): {o['dask_backend_cpu_us_per_step']} "
+        f"vs {o['raw_submit_cpu_us_per_task']} µs: {o['cpu_ratio']}x\n"
+        f"{c['steps']} CPU-bound python.call steps (median of {c['rounds']} rounds): local threads "
+        f"{c['local_threads_seconds']} s, 2-process LocalCluster {c['dask_2_processes_seconds']} s: "
+        f"{c['speedup']}x faster (per round {c['round_speedup_range'][0]}-{c['round_speedup_range'][1]}x; "
+        f"raw Client.submit of the same work on that cluster {c['raw_submit_2_processes_seconds']} s); "
+        f"load average {f['load_average']}"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--slots", type=int, default=16, help="scheduler worker threads (dispatch slots)")
-    parser.add_argument("--dask-workers", type=int, default=2)
-    parser.add_argument("--processes", action="store_true", help="Dask workers as processes")
-    parser.add_argument("--saturation", type=float, default=None, help="worker-saturation (e.g. inf)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--cpu-rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args()
-    n = args.steps
-    local = run(LocalBackend(), n, args.slots)
-    started = time.perf_counter()
-    backend = create_backend(
-        "dask",
-        dask_n_workers=args.dask_workers,
-        dask_processes=args.processes,
-        dask_worker_saturation=args.saturation,
-    )
-    startup = time.perf_counter() - started
-    info = backend.describe()
-    dask_time = run(backend, n, args.slots)
-    kind = "processes" if args.processes else "threads in this process"
-    print(f"{n}-step workflow, {args.slots} scheduler slots")
-    print(f"  local                        {local:7.2f} s   {n / local:8.0f} steps/s")
-    print(
-        f"  dask ({info['workers']} workers, {info['threads']} threads, {kind}, saturation "
-        f"{args.saturation or 'default'}; cluster start {startup:.1f} s)"
-    )
-    print(f"                               {dask_time:7.2f} s   {n / dask_time:8.0f} steps/s")
+    figures = run(args.steps, args.rounds, args.cpu_rounds)
+    print(json.dumps(figures) if args.json else report(figures))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CASES = [("memory", "independent"), ("memory", "grid"), ("durable", "independent"), ("durable", "grid")]
+CASES = [
+    ("memory", "independent"),
+    ("memory", "grid"),
+    ("durable", "independent"),
+    ("durable", "chain"),
+    ("durable", "grid"),
+]
 
 
 def _noop() -> None:

@@ -1,7 +1,10 @@
 """Tool-call round trips against a bare SDK echo tool, same run: stdio and streamable HTTP.
 
 Our server (``list_workflows`` and ``execute_task`` of ``core.echo``) and a bare low-level SDK server
-with one echo tool run as real subprocesses, driven by the mcp Client. Each round runs ``calls`` calls
+with one echo tool run as real subprocesses, driven by the mcp Client. The bare server also serves
+``echo_shaped``: a result of ``execute_task``'s shape under its output schema (see ``_echo_server``),
+so ``execute_task`` reads against two floors: the bare echo (the target's) and what the SDK itself
+spends on a result of that shape (``x shaped``: what our server adds over it). Each round runs ``calls`` calls
 of every case back to back (the order rotates from round to round); a case's ratio is the median over
 the rounds of its mean against the bare tool's mean *in the same round*, so that the machine's drift
 between rounds cancels out (on the shared 2-core VM the bare tool alone moves by tens of percent). The
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -37,6 +41,29 @@ from mcp import Client, StdioServerParameters
 HERE = Path(__file__).resolve().parent
 SCRIPT = Path(sys.executable).parent / "codomyrmex-orchestration"
 ECHO_TASK = {"name": "e", "module": "core", "action": "echo", "parameters": {"message": 1}}
+
+
+def _write_shaped(path: Path) -> None:
+    """The output schema of ``execute_task`` and a result as it returns for ``ECHO_TASK``."""
+    from datetime import UTC, datetime
+
+    from codomyrmex_orchestration.server._models import TaskResult
+    from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+
+    definitions = OrchestrationMCPTools().get_tool_definitions()
+    schema = next(d["outputSchema"] for d in definitions if d["name"] == "execute_task")
+    now = datetime.now(UTC)
+    result = TaskResult(
+        task_id="t-0a1b2c3d-1",
+        name="e",
+        status="completed",
+        result=1,
+        attempts=1,
+        started_at=now,
+        finished_at=now,
+        duration_seconds=3.5e-05,
+    )
+    path.write_text(json.dumps({"output_schema": schema, "result": result.model_dump(mode="json")}))
 
 
 def _free_port() -> int:
@@ -87,6 +114,7 @@ Rounds = list[dict[str, list[float]]]  # per round: case label -> the round's ca
 async def _compare(ours: Client, bare: Client, calls: int, rounds: int) -> Rounds:
     cases = [
         ("bare echo", bare, "echo", {"x": 1}),
+        ("bare shaped", bare, "echo_shaped", {"x": 1}),
         ("list_workflows", ours, "list_workflows", {}),
         ("execute_task", ours, "execute_task", ECHO_TASK),
     ]
@@ -102,16 +130,24 @@ async def _compare(ours: Client, bare: Client, calls: int, rounds: int) -> Round
     return measured
 
 
+def _median_ratio(measured: Rounds, label: str, floor: str) -> list[float]:
+    """Per round, the ratio of means (same round, same number of calls), sorted."""
+    return sorted(sum(times[label]) / sum(times[floor]) for times in measured)
+
+
 def _report(transport: str, measured: Rounds) -> None:
-    for label in ("bare echo", "list_workflows", "execute_task"):
+    for label in ("bare echo", "bare shaped", "list_workflows", "execute_task"):
         mean, p50, p99 = _stats([t for times in measured for t in times[label]])
-        ratios = sorted(
-            sum(times[label]) / sum(times["bare echo"]) for times in measured
-        )  # same round, same number of calls: a ratio of means
-        ratio = statistics.median(ratios)
+        ratios = _median_ratio(measured, label, "bare echo")
+        shaped = (
+            f"  x shaped {statistics.median(_median_ratio(measured, label, 'bare shaped')):5.2f}"
+            if label == "execute_task"
+            else ""
+        )
         print(
             f"{transport:<6} {label:<16} mean {mean * 1e6:7.0f} µs  p50 {p50 * 1e6:7.0f} µs  "
-            f"p99 {p99 * 1e6:7.0f} µs  ratio {ratio:5.2f}  (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
+            f"p99 {p99 * 1e6:7.0f} µs  ratio {statistics.median(ratios):5.2f}  "
+            f"(rounds {ratios[0]:.2f}-{ratios[-1]:.2f}){shaped}"
         )
 
 
@@ -129,15 +165,18 @@ async def main(calls: int, rounds: int) -> None:
             CODOMYRMEX_CONFIG_DIR=f"{tmp}/config",
             CODOMYRMEX_LOG_LEVEL="warning",
         )
+        shaped = Path(tmp) / "shaped.json"
+        _write_shaped(shaped)
+        bare_args = [str(HERE / "_echo_server.py"), "--shaped", str(shaped)]
         ours = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp, env=env)
-        bare = StdioServerParameters(command=sys.executable, args=[str(HERE / "_echo_server.py")], cwd=tmp)
+        bare = StdioServerParameters(command=sys.executable, args=bare_args, cwd=tmp)
         async with _clients(ours, bare) as (our_client, bare_client):
             stdio = await _compare(our_client, bare_client, calls, rounds)
         http_env = {**env, "CODOMYRMEX_STATE_DIR": f"{tmp}/state-http"}
         our_args = [str(SCRIPT), "serve", "--transport", "streamable-http", "--port"]
         with (
             _http_server(our_args, http_env, tmp) as our_url,
-            _http_server([sys.executable, str(HERE / "_echo_server.py"), "--http"], env, tmp) as bare_url,
+            _http_server([sys.executable, *bare_args, "--http"], env, tmp) as bare_url,
         ):
             async with _clients(our_url, bare_url) as (our_client, bare_client):
                 http = await _compare(our_client, bare_client, calls, rounds)

@@ -17,10 +17,12 @@ import structlog
 @pytest.fixture(scope="session", autouse=True)
 def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Unset paths default to the per-user data directory: point it (and XDG's, for subprocesses that
-    drop CODOMYRMEX_* variables) at a temporary folder, so no test reads or writes the real one."""
+    drop CODOMYRMEX_* variables) at a temporary folder, so no test reads or writes the real one; the same
+    for the per-user cache directory (the server's cached tool definitions)."""
     root = tmp_path_factory.mktemp("user-data")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_DATA_HOME", str(root / "xdg"))
+        patch.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
         patch.setenv("CODOMYRMEX_DATA_DIR", str(root / "codomyrmex"))
         yield
 

@@ -12,12 +12,13 @@ from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 __all__ = ["add_paths_parser", "cmd_paths"]
 
 _NOTES = {
-    "data_dir": "holds the four below unless each is set",
+    "data_dir": "holds the five below unless each is set",
     "state_dir": "runs, sessions, workflows created through the tools",
     "state_db": "the SQLite state store",
     "config_dir": "your workflow JSON files, loaded at start",
     "projects_dir": "projects made by create_project",
     "templates_dir": "your project/doc templates (optional)",
+    "secrets_file": "workflow secrets for {{secrets.NAME}}: a JSON object, mode 0600 (optional)",
     "samples_dir": "the shipped sample workflows (read-only)",
 }
 

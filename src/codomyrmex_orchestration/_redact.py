@@ -1,5 +1,6 @@
 """Secret redaction, in one place: values of secret-looking environment variables and registered secrets
-(the bearer token) become ``[REDACTED]`` wherever they would leave the process or reach disk.
+(the bearer token) become ``[REDACTED]`` wherever they would leave the process or reach disk; workflow
+secrets (``{{secrets.NAME}}``: ``CODOMYRMEX_SECRET_NAME`` or the secrets file) become ``[secret:NAME]``.
 
 A variable is secret when its name contains TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL or KEY (any
 case) and its value has at least :data:`MIN_SECRET_LENGTH` characters (shorter values such as ``1`` would
@@ -11,20 +12,45 @@ untrusted steps is the real protection.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "is_secret_name", "redact", "redact_text", "register_secret"]
+__all__ = [
+    "MIN_NAMED_SECRET_LENGTH",
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "SECRET_ENV_PREFIX",
+    "holds_secret",
+    "is_secret_name",
+    "redact",
+    "redact_text",
+    "register_secret",
+    "secret_marker",
+]
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
+#: A workflow secret is declared as one, so it is redacted from this length on (shorter ones are refused
+#: where they are resolved: a 3-character value would redact ordinary text and still leak).
+MIN_NAMED_SECRET_LENGTH = 4
+#: ``CODOMYRMEX_SECRET_<NAME>`` holds the workflow secret ``NAME``.
+SECRET_ENV_PREFIX = "CODOMYRMEX_SECRET_"
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|KEY", re.IGNORECASE)
 
 _lock = threading.Lock()
-_registered: set[str] = set()
+_registered: dict[str, str] = {}  # value -> what replaces it
+
+#: (secret value, what replaces it), longest value first.
+Secrets = list[tuple[str, str]]
+
+
+def secret_marker(name: str) -> str:
+    """What replaces the value of the workflow secret ``name``: ``[secret:NAME]``."""
+    return f"[secret:{name}]"
 
 
 def is_secret_name(name: str) -> bool:
@@ -32,23 +58,33 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-def register_secret(value: str | None) -> None:
-    """Treat ``value`` as a secret from now on (e.g. the bearer token read from a file)."""
+def register_secret(value: str | None, name: str | None = None) -> None:
+    """Treat ``value`` as a secret from now on (e.g. the bearer token read from a file); with ``name``, a
+    workflow secret, replaced by ``[secret:NAME]`` (from :data:`MIN_NAMED_SECRET_LENGTH` characters)."""
     global _generation
-    if value and len(value) >= MIN_SECRET_LENGTH:
+    least = MIN_SECRET_LENGTH if name is None else MIN_NAMED_SECRET_LENGTH
+    if value and len(value) >= least:
+        marker = REDACTED if name is None else secret_marker(name)
         with _lock:
-            _registered.add(value)
-            _generation += 1
+            if _registered.get(value) != marker:
+                _registered[value] = marker
+                _generation += 1
 
 
-def _compute(env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
-    """The secret-named variables of ``env`` (all of them, whatever their length) and the secret values."""
+def _compute(env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], Secrets]:
+    """The secret-named variables of ``env`` (all of them, whatever their length) and the secret values
+    with what replaces each."""
     named = tuple((k, v) for k, v in env.items() if is_secret_name(k))
-    values = {v for _, v in named if len(v) >= MIN_SECRET_LENGTH}
+    values: dict[str, str] = {}
+    for key, value in named:
+        if key.startswith(SECRET_ENV_PREFIX) and len(value) >= MIN_NAMED_SECRET_LENGTH:
+            values[value] = secret_marker(key[len(SECRET_ENV_PREFIX) :])
+        elif len(value) >= MIN_SECRET_LENGTH:
+            values.setdefault(value, REDACTED)
     with _lock:
-        values |= _registered
+        values.update(_registered)
     # Longest first, so a secret containing another is replaced whole.
-    return named, sorted(values, key=len, reverse=True)
+    return named, sorted(values.items(), key=lambda item: len(item[0]), reverse=True)
 
 
 class _Cached:
@@ -56,7 +92,7 @@ class _Cached:
 
     __slots__ = ("count", "generation", "named", "values")
 
-    def __init__(self, count: int, generation: int, named: tuple[tuple[str, str], ...], values: list[str]):
+    def __init__(self, count: int, generation: int, named: tuple[tuple[str, str], ...], values: Secrets):
         self.count = count  # len(os.environ) then: catches a variable added or removed
         self.generation = generation  # of the registered secrets
         self.named = named  # every secret-named variable and its value: catches a secret changed
@@ -73,7 +109,7 @@ _cache: _Cached | None = None
 _generation = 0
 
 
-def _secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+def _secrets(environ: Mapping[str, str] | None = None) -> Secrets:
     """The secret values now: recomputed only when the environment or the registered set changed.
 
     Every task output and log line passes through here, so the scan of the environment (a regex per
@@ -94,15 +130,28 @@ def _secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     return values
 
 
-def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with every secret value replaced by :data:`REDACTED`."""
-    for secret in _secrets() if secrets is None else secrets:
+def redact_text(text: str, secrets: Secrets | None = None) -> str:
+    """``text`` with every secret value replaced by :data:`REDACTED` (``[secret:NAME]`` for a workflow
+    secret)."""
+    for secret, marker in _secrets() if secrets is None else secrets:
         if secret in text:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, marker)
     return text
 
 
-def redact(value: Any, secrets: list[str] | None = None) -> Any:
+def holds_secret(text: str) -> bool:
+    """Whether ``text`` contains a secret value as it is, or as JSON writes it inside a string."""
+    for secret, _marker in _secrets():
+        if secret in text or _json_form(secret) in text:
+            return True
+    return False
+
+
+def _json_form(secret: str) -> str:
+    return json.dumps(secret, ensure_ascii=False)[1:-1]
+
+
+def redact(value: Any, secrets: Secrets | None = None) -> Any:
     """``value`` (a JSON-like structure) with secrets replaced in every string, keys included; values
     without secrets are returned as they are (the same object)."""
     if _holds_no_text(value):
@@ -124,7 +173,7 @@ _SCALARS = frozenset({bool, int, float})
 _CONTAINERS = frozenset({dict, list, tuple, str})
 
 
-def _walk(value: Any, secrets: list[str]) -> Any:
+def _walk(value: Any, secrets: Secrets) -> Any:
     if isinstance(value, str):
         return redact_text(value, secrets)
     if isinstance(value, Mapping):

@@ -230,7 +230,7 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--allow-shell",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="allow shell.run/python.call (default: allowed on stdio, refused on network transports)",
+        help="allow shell.run/python.call/mcp.call (default: allowed on stdio, refused on network ones)",
     )
     serve.add_argument(
         "--auth-token-file", help="file holding the bearer token (or set CODOMYRMEX_AUTH_TOKEN)"
@@ -371,12 +371,12 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
     With ``registered`` it knows the samples, the config directory's workflows and the store's (opened
     for reading, never recovered); without, none: it only validates. Nothing is created on disk either way.
     """
-    from codomyrmex_orchestration.core.actions import create_registry
+    from codomyrmex_orchestration.compose import build_registry
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
     from codomyrmex_orchestration.core.workflows import WorkflowManager
     from codomyrmex_orchestration.samples import SAMPLES_DIR
 
-    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
+    registry = build_registry(settings)
     orchestrator = TaskOrchestrator(1, registry=registry)
     try:
         with _read_store(settings) if registered else contextlib.nullcontext() as store:
@@ -390,6 +390,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
             )
     finally:
         orchestrator.shutdown(wait=True)
+        registry.close()
 
 
 @contextlib.contextmanager
@@ -660,7 +661,12 @@ def _problems(manager: WorkflowManager, document: Any) -> tuple[str | None, list
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     bad_files = 0
+    from codomyrmex_orchestration.core._secrets import SecretSource
+
     with _definitions(settings, registered=False) as manager:
+        manager.secrets = SecretSource(
+            settings.secrets_file
+        )  # names the secrets set nowhere, as serve sees them
         for file in args.files:
             try:
                 document = _load_document(Path(file))
@@ -679,7 +685,9 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     checked = manager.validate_workflow(item)
                     levels = len(checked.execution_levels)
-                    print(f"{label}: ok ({checked.steps_count} steps, {levels} levels)")
+                    missing = ", ".join(checked.missing_secrets)
+                    unset = f"; secrets set nowhere: {missing}" if missing else ""
+                    print(f"{label}: ok ({checked.steps_count} steps, {levels} levels{unset})")
             bad_files += file_bad
     if bad_files:
         print(f"{bad_files} of {len(args.files)} files have problems", file=sys.stderr)

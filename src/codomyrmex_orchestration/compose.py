@@ -9,9 +9,12 @@ by ``_lock``.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._secrets import SecretSource
+from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import create_backend
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
@@ -24,6 +27,7 @@ from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 __all__ = [
     "build_engine",
+    "build_registry",
     "configure_engine",
     "engine_arguments",
     "get_orchestration_engine",
@@ -40,6 +44,8 @@ ENGINE_SETTINGS = (
     "config_dir",
     "projects_dir",
     "templates_dir",
+    "mcp_servers_file",
+    "secrets_file",
     "max_workers",
     "max_queued_tasks",
     "max_steps",
@@ -90,12 +96,29 @@ def engine_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
+def build_registry(settings: Settings, *, procs_dir: Path | None = None) -> ActionRegistry:
+    """The action registry for ``settings``: the built-ins, plugins and ``mcp.call`` with the servers of
+    ``settings.mcp_servers_file`` (stdio servers' process groups recorded under ``procs_dir``)."""
+    from codomyrmex_orchestration import connectors  # imports mcp: only when a registry is built
+
+    registry = create_registry(allow_code_execution=settings.allow_shell is not False)
+    connectors.register(registry, settings.mcp_servers_file, procs_dir=procs_dir)
+    return registry
+
+
 def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
     """A new engine configured from ``settings``; ``overrides`` (engine keyword arguments) win.
 
-    A non-local ``settings.executor`` builds its backend here unless ``backend`` is overridden.
+    A non-local ``settings.executor`` builds its backend here unless ``backend`` is overridden; the
+    registry (with ``mcp.call``) here unless ``registry`` is.
     """
     kwargs = {**engine_arguments(settings), **overrides}
+    if "registry" not in kwargs:
+        durable = kwargs.get("durable", True)
+        procs_dir = Path(kwargs["state_dir"]) / "procs" if durable else None
+        kwargs["registry"] = build_registry(
+            settings.model_copy(update={"allow_shell": kwargs["allow_code_execution"]}), procs_dir=procs_dir
+        )
     if "backend" not in kwargs and settings.executor != "local":
         kwargs["backend"] = create_backend(
             settings.executor,
@@ -107,6 +130,7 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_worker_saturation=settings.dask_worker_saturation,
         )
     engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
     engine.workflow_manager.max_map_items = settings.max_map_items  # read by each run as it starts
     if settings.python_call_allow:
         # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)

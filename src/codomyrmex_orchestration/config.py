@@ -26,8 +26,10 @@ __all__ = [
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
+    "DEFAULT_MCP_SERVERS_FILE",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
+    "DEFAULT_SECRETS_FILE",
     "DEFAULT_SESSION_IDLE_TIMEOUT",
     "DEFAULT_STATE_DIR",
     "DEFAULT_STATE_MAX_BYTES",
@@ -45,6 +47,8 @@ DEFAULT_STATE_DIR = Path(".workflows")
 DEFAULT_CONFIG_DIR = Path("config/workflows/production")
 DEFAULT_PROJECTS_DIR = Path("projects")
 DEFAULT_TEMPLATES_DIR = Path("config/templates")
+DEFAULT_MCP_SERVERS_FILE = Path("config/mcp_servers.json")
+DEFAULT_SECRETS_FILE = Path("config/secrets.json")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
@@ -71,6 +75,8 @@ _LAYOUT = {
     "config_dir": DEFAULT_CONFIG_DIR,
     "projects_dir": DEFAULT_PROJECTS_DIR,
     "templates_dir": DEFAULT_TEMPLATES_DIR,
+    "mcp_servers_file": DEFAULT_MCP_SERVERS_FILE,
+    "secrets_file": DEFAULT_SECRETS_FILE,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -95,15 +101,22 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Where state, workflows, projects and templates live unless their own setting is given:
+    #: Where state, workflows, projects, templates and secrets live unless their own setting is given:
     #: ``data_dir/.workflows``, ``data_dir/config/workflows/production``, ``data_dir/projects``,
-    #: ``data_dir/config/templates``. Default: :func:`default_data_dir`, never the working directory.
+    #: ``data_dir/config/templates``, ``data_dir/config/secrets.json``. Default: :func:`default_data_dir`,
+    #: never the working directory.
     data_dir: Path = Field(default_factory=default_data_dir)
-    # The four defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
+    # The five defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
     state_dir: Path = DEFAULT_STATE_DIR
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR
     templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    #: The MCP servers ``mcp.call`` steps may call, in the ``mcpServers`` shape clients use
+    #: (default ``data_dir/config/mcp_servers.json``; read when the engine starts).
+    mcp_servers_file: Path = DEFAULT_MCP_SERVERS_FILE
+    #: Workflow secrets for ``{{secrets.NAME}}`` (after ``CODOMYRMEX_SECRET_NAME``): a JSON object of
+    #: strings, refused unless only its owner may read it (mode 0600). It need not exist.
+    secrets_file: Path = DEFAULT_SECRETS_FILE
     log_level: LogLevel = "info"
     log_format: LogFormat = "console"
     #: shell.run / python.call allowed. ``None``: allowed on stdio and for the CLI, refused on
@@ -236,5 +249,7 @@ class Settings(BaseModel):
             "config_dir": self.config_dir,
             "projects_dir": self.projects_dir,
             "templates_dir": self.templates_dir,
+            "mcp_servers_file": self.mcp_servers_file,
+            "secrets_file": self.secrets_file,
             "samples_dir": SAMPLES_DIR,
         }

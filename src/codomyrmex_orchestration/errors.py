@@ -33,6 +33,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     ├── InvalidStateError                       .kind, .key, .state
     ├── SchedulerShutdownError (RuntimeError)
     ├── StateStoreError (OSError)               .path
+    ├── SecretsFileError (PermissionError)      .path, .reason
     └── ProjectCreationError (OSError)          .name, .path, .reason
 """
 
@@ -59,6 +60,7 @@ __all__ = [
     "ResourceNotFoundError",
     "RunNotFoundError",
     "SchedulerShutdownError",
+    "SecretsFileError",
     "SessionNotFoundError",
     "StateStoreError",
     "StepCancelledError",
@@ -425,6 +427,16 @@ class StateStoreError(OrchestrationError, OSError):
         self.path = path
         self.reason = reason
         super().__init__(f"state store {path}: {reason}")
+
+
+class SecretsFileError(OrchestrationError, PermissionError):
+    """The workflow secrets file at ``path`` is refused (readable by others, not a JSON object of
+    strings, unreadable); the message names the path and what to fix, never a value."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"secrets file {path}: {reason}")
 
 
 class ProjectCreationError(OrchestrationError, OSError):

@@ -99,7 +99,10 @@ def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:
 def ensure_stderr_default() -> None:
     """Point an unconfigured structlog at stderr: its own default is stdout, the stdio wire."""
     if not structlog.is_configured():
+        defaults = structlog.get_config()["processors"]
         structlog.configure(
+            # structlog's own chain, with no secret value reaching the renderer (see _redact_event)
+            processors=[*defaults[:-1], _redact_event, defaults[-1]],
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
             logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
         )

@@ -20,6 +20,7 @@ from codomyrmex_orchestration.core.actions import (
 from codomyrmex_orchestration.errors import ActionRefusedError, UnknownActionError
 
 BUILT_INS = [
+    "core.approve",
     "core.echo",
     "core.fail",
     "core.set",

@@ -211,6 +211,33 @@ def test_mapped_resources_place_steps_only_on_workers_that_declare_them(dask_orc
     assert nowhere.wait(nowhere.submit_task(spec), WAIT).status is TaskStatus.TIMED_OUT
 
 
+def test_many_steps_in_flight_each_get_their_own_result_from_the_batched_gathers(dask_orch: Any) -> None:
+    orch = dask_orch(max_workers=16)
+    specs = [
+        TaskSpec(name=f"e{i}", module="core", action="echo", parameters={"message": i}) for i in range(300)
+    ]
+    ids = [orch.submit_task(spec) for spec in specs]
+    records = [orch.wait(task_id, WAIT) for task_id in ids]
+    assert [r.status for r in records] == [TaskStatus.COMPLETED] * 300
+    assert [r.result for r in records] == list(range(300))
+
+
+def test_a_backend_on_a_callers_client_serves_a_second_scheduler_after_the_first_shut_down(
+    dask_client: Any,
+) -> None:
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    backend = DaskBackend(client=dask_client)
+    for round_no in range(2):
+        orch = TaskOrchestrator(2, backend=backend)
+        try:
+            spec = TaskSpec(name="e", module="core", action="echo", parameters={"message": round_no})
+            record = orch.wait(orch.submit_task(spec), WAIT)
+            assert (record.status, record.result) == (TaskStatus.COMPLETED, round_no)
+        finally:
+            orch.shutdown(wait=True, timeout=30)  # closes the backend: its result collection ends
+
+
 def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> None:
     pytest.importorskip("distributed", reason=DASK_MISSING)
     backend = create_backend(

@@ -79,7 +79,8 @@ def test_all_validation_problems_are_reported_together() -> None:
         "duplicate step name 'dup' (steps #4 and #5)",
         "step 'selfish' depends on itself",
         "step 'orphan' depends on unknown step 'ghost'",
-        "unknown action core.ecco (did you mean 'core.echo'?); known actions: core.echo, core.fail, core.set",
+        "unknown action core.ecco (did you mean 'core.echo'?); "
+        "known actions: core.approve, core.echo, core.fail",
         "step 'badref' references unknown step 'nobody' in '{{steps.nobody.output}}'",
         "step 'badif' run_if: template 'steps.a.output.n >': cannot parse",
     ]

@@ -75,7 +75,7 @@ async def test_an_internal_error_has_a_reference_and_the_server_keeps_serving(
     refs = [re.fullmatch(r"internal error \(ref ([0-9a-f]{12})\).*", _text(r)) for r in (first, second)]  # type: ignore[union-attr]
     assert all(refs)
     assert refs[0] and refs[1] and refs[0].group(1) != refs[1].group(1)
-    assert len(tools.tools) == 23
+    assert len(tools.tools) == 24
 
 
 async def test_the_prompt_teaches_the_step_format_with_a_valid_example(

@@ -83,7 +83,7 @@ async def test_streamable_http_serves_tools_with_the_token_and_refuses_without_i
             async with authed, Client(streamable_http_client(f"{base}/mcp", http_client=authed)) as client:
                 tools = await client.list_tools()
                 refused = await client.call_tool("list_workflows", {"extra": 1})
-            assert len(tools.tools) == 23
+            assert len(tools.tools) == 24
             assert refused.is_error
 
 
@@ -114,7 +114,7 @@ async def test_streamable_http_on_loopback_works_without_a_token(
     with anyio.fail_after(20):
         async with serving(tools_without_engine, "streamable-http", None) as base:
             async with Client(f"{base}/mcp") as client:
-                assert len((await client.list_tools()).tools) == 23
+                assert len((await client.list_tools()).tools) == 24
 
 
 async def test_a_tool_call_with_arguments_does_not_re_list_every_tool(tools: OrchestrationMCPTools) -> None:
@@ -180,7 +180,7 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
                 tools = await client.list_tools()
                 with pytest.raises(MCPError) as unknown:
                     await client.call_tool("frobnicate", {})
-            assert len(tools.tools) == 23
+            assert len(tools.tools) == 24
             assert unknown.value.error.code == -32602
 
 
@@ -321,7 +321,7 @@ async def test_at_the_session_cap_the_longest_idle_session_makes_room_for_a_new_
             for _ in range(10):
                 assert (await _open_session(http, base)).status_code == 200
             async with Client(streamable_http_client(f"{base}/mcp")) as client:
-                assert len((await client.list_tools()).tools) == 23
+                assert len((await client.list_tools()).tools) == 24
 
 
 async def test_the_session_idle_timeout_is_a_setting_that_reaches_the_session_manager(

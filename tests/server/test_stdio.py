@@ -39,7 +39,7 @@ async def test_the_console_script_serves_the_tools_over_stdio(tmp_path: Path) ->
             invalid = await client.call_tool("execute_workflow", {"workflow_name": 7})
             prompt = await client.get_prompt("workflow_step_format")
             info = client.server_info
-    assert len(tools.tools) == 23
+    assert len(tools.tools) == 24
     assert info is not None and info.name == "codomyrmex-orchestration"
     assert invalid.is_error and "workflow_name: " in str(invalid.content[0].text)
     assert prompt.messages

@@ -31,6 +31,7 @@ EXTRA = {
     "list_workflow_runs",
     "cancel_workflow_run",
     "resume_workflow_run",
+    "respond_to_run",
     "get_workflow",
     "validate_workflow",
     "delete_workflow",
@@ -86,6 +87,7 @@ def test_required_arguments_match_the_issue(tools_without_engine: OrchestrationM
         "session_id",
         "wait",
         "timeout_seconds",
+        "use_cache",
     }
     assert sorted(schemas["create_workflow"]["required"]) == ["name", "steps"]
     assert sorted(schemas["allocate_resources"]["required"]) == ["requirements", "user_id"]

@@ -37,7 +37,7 @@ HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
 
 class _Report(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ComponentHealth(_Report):

@@ -93,7 +93,7 @@ SIZED_TYPES = frozenset({ResourceType.MEMORY, ResourceType.STORAGE})
 class Resource(BaseModel):
     """A resource's definition. Amounts are in ``unit`` (memory and storage: MiB)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     id: str = Field(pattern=NAME_PATTERN)
     name: str = Field(min_length=1, max_length=200)
@@ -127,7 +127,7 @@ class Resource(BaseModel):
 class Allocation(BaseModel):
     """One grant of ``amount`` of a resource to ``requester_id``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     allocation_id: str
     resource_id: str

@@ -1,7 +1,8 @@
 """The result pipeline: every successful return value of a task or workflow step passes through it once,
 on the worker thread, before it becomes a record, a store row or a tool result.
 
-Secrets are redacted first (see :mod:`codomyrmex_orchestration._redact`), then the output cap applies
+Secrets are redacted first (see :mod:`codomyrmex_orchestration._redact`; a workflow secret a step echoes
+back becomes ``[secret:NAME]``), then the output cap applies
 (see :class:`~codomyrmex_orchestration.core._limits.OutputLimiter`): a spilled file holds the redacted
 value. The pipeline owns no state of its own; the limiter counts what it truncated.
 """

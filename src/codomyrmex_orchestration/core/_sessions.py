@@ -15,19 +15,22 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codomyrmex_orchestration.core.models import TaskSpec, utcnow
-from codomyrmex_orchestration.core.store import EngineStateStore
-from codomyrmex_orchestration.core.timers import Timer, TimerService
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
     InvalidStateError,
     LimitExceededError,
     SessionNotFoundError,
 )
+
+if TYPE_CHECKING:
+    # Annotations only: the server's tool models import Session, and serving tools/list needs no store.
+    from codomyrmex_orchestration.core.store import EngineStateStore
+    from codomyrmex_orchestration.core.timers import Timer, TimerService
 
 __all__ = [
     "LiveSession",
@@ -65,6 +68,8 @@ class SessionStatus(enum.StrEnum):
 
 class Session(BaseModel):
     """A unit of agent work with its own limits; its history outlives it."""
+
+    model_config = ConfigDict(defer_build=True)  # built on first use: not needed to list the tools
 
     session_id: str
     user_id: str = "anonymous"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_MAX_PARAMETERS_BYTES,
@@ -108,6 +109,7 @@ class MemoryStore:
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = MemoryToolTasks()
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=retention_events)
+        self.step_cache: CacheTable = MemoryCacheTable()  # its own lock
         self._closed = False
 
     # workflows

@@ -21,7 +21,7 @@ from .models import RunRecord, WorkflowSpec, WorkflowStatus
 __all__ = ["StoreReader"]
 
 #: Tables whose row counts stats() reports.
-TABLES = ("workflows", "runs", "steps", "sessions", "projects", "allocations", "events")
+TABLES = ("workflows", "runs", "steps", "sessions", "projects", "allocations", "events", "step_cache")
 
 
 class StoreReader:

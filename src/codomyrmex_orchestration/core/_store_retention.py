@@ -1,5 +1,6 @@
 """Retention for the SQLite store: deletes the oldest finished runs (with their steps and spill folders)
-past the run limit or the byte budget, and the oldest events past theirs, in bounded passes.
+past the run limit or the byte budget, and the oldest events past theirs, in bounded passes; expired
+step-cache entries go at every pass, and cached outputs are the first thing evicted over the budget.
 
 It owns the limits, when the next pass is due, the spill folders of deleted runs until they are
 removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
+from ._step_cache import evict_oldest_entry, trim_expired
 from ._store_schema import FINISHED_RUNS, RUN_TALLIES, sqlite_reason
 
 __all__ = ["Retention", "Usage", "stored_runs"]
@@ -40,7 +42,7 @@ _log = get_logger("codomyrmex_orchestration.store")
 class Usage:
     """Bytes the state takes, as of the last retention pass."""
 
-    stored: int  # run records, step results and the run spill files they report
+    stored: int  # run records, step results, the run spill files they report, cached step outputs
     task_spill: int  # files under <spill_dir>/tasks
     max_bytes: int | None
     wal: int = 0  # room kept for the database's write-ahead log: its size cap (see wal_limit_for)
@@ -146,6 +148,8 @@ class Retention:
             self._trim_runs(conn)
             self._trim_versions(conn)
             self._trim_events(conn)
+            if trim_expired(conn, time.time(), _CHUNK) >= _CHUNK:
+                self._dirty = True  # more expired entries: the next pass goes on
             if self.max_bytes is not None:
                 self._trim_bytes(conn)
             stored = stored_bytes(conn)
@@ -235,6 +239,9 @@ class Retention:
             if deleted >= _CHUNK:
                 self._dirty = True  # the next pass goes on
                 break
+            if evict_oldest_entry(conn):  # a cached output can be computed again; history cannot
+                deleted += 1
+                continue
             oldest_run = conn.execute(
                 f"SELECT created_at FROM runs INDEXED BY runs_finished WHERE {FINISHED_RUNS} "
                 "ORDER BY created_at, run_id LIMIT 1"
@@ -288,7 +295,7 @@ def stored_runs(conn: sqlite3.Connection) -> int:
 
 
 def stored_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of run records, step results and run spill files, from the tallies."""
+    """Bytes of run records, step results, run spill files and cached outputs, from the tallies."""
     row = conn.execute("SELECT n FROM tallies WHERE key = 'bytes'").fetchone()
     return int(row[0]) if row else 0
 

@@ -171,6 +171,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS tool_tasks_by_owner ON tool_tasks (owner, created_at, task_id);
     CREATE INDEX IF NOT EXISTS tool_tasks_by_expiry ON tool_tasks (expires_at) WHERE expires_at IS NOT NULL;
     """,
+    # 5: the step cache (core/_step_cache.py): outputs by the hash of (definition version, action,
+    # resolved parameters), never the parameters themselves. Their bytes count in the byte budget.
+    """
+    CREATE TABLE IF NOT EXISTS step_cache (
+        key TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        output TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS step_cache_by_expiry ON step_cache (expires_at);
+    CREATE INDEX IF NOT EXISTS step_cache_by_age ON step_cache (created_at);
+    CREATE TRIGGER IF NOT EXISTS step_cache_tally_insert AFTER INSERT ON step_cache BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.output AS BLOB)) + length(NEW.key) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS step_cache_tally_update AFTER UPDATE OF output ON step_cache BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.output AS BLOB)) - length(CAST(OLD.output AS BLOB))
+            WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS step_cache_tally_delete AFTER DELETE ON step_cache BEGIN
+        UPDATE tallies SET n = n - length(CAST(OLD.output AS BLOB)) - length(OLD.key) WHERE key = 'bytes';
+    END;
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"

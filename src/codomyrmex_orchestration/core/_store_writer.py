@@ -65,6 +65,8 @@ class Batch:
     projects: dict[str, str | None] = field(default_factory=dict)
     allocations: dict[str, str | None] = field(default_factory=dict)
     events: list[tuple[float, str, str]] = field(default_factory=list)
+    #: Writes to other tables (the step cache), applied in order: (SQL, its parameters).
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     size: int = 0
 
 
@@ -170,7 +172,10 @@ class GroupCommitWriter:
             self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
         ):
             try:
-                self._commit_pending(target)
+                # A flush of everything (a run's end, a caller's flush()) also brings retention up to
+                # date; a partial one (a step's parents, the results a worker just saved) is on a
+                # step's path: retention stays on its own schedule there (at most once a second).
+                self._commit_pending(target, forced_retention=upto is None and wait)
             finally:
                 self._commit_lock.release()
         if not wait:
@@ -191,7 +196,7 @@ class GroupCommitWriter:
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
 
-    def _commit_pending(self, target: int) -> None:
+    def _commit_pending(self, target: int, *, forced_retention: bool) -> None:
         """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
         with self._lock:
             mine = self._committed < target and self._failure is None and not self._closed
@@ -199,7 +204,7 @@ class GroupCommitWriter:
                 batch, self._pending = self._pending, Batch()
                 batch_target = self._enqueued
         if mine:
-            self._commit_taken(batch, batch_target, [], forced_retention=True)
+            self._commit_taken(batch, batch_target, [], forced_retention=forced_retention)
 
     def sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""
@@ -303,7 +308,7 @@ class GroupCommitWriter:
 
     def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, forced_retention: bool) -> bool:
         """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
-        if batch.runs or batch.steps or batch.events:
+        if batch.runs or batch.steps or batch.events or batch.statements:
             self._retention.note_added()
         retain = self._retention.due(forced=forced_retention)
         if batch.size or retain:
@@ -407,6 +412,8 @@ class GroupCommitWriter:
                 )
         if batch.events:
             conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
+        for sql, params in batch.statements:
+            conn.execute(sql, params)
 
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)

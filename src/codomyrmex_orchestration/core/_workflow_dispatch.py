@@ -13,7 +13,9 @@ from typing import Any
 
 import structlog
 
+from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
+from codomyrmex_orchestration.core._workflow_input import APPROVE
 from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
@@ -41,7 +43,7 @@ class _StepCall:
     """One submitted step: the callable the scheduler runs and its start/done callbacks in one object
     (one object per queued step instead of three closures: thousands of queued steps stay cheap)."""
 
-    __slots__ = ("driver", "func", "mark", "name", "params", "run")
+    __slots__ = ("cache_key", "driver", "func", "mark", "name", "params", "run")
 
     def __init__(
         self,
@@ -51,7 +53,9 @@ class _StepCall:
         func: Callable[[dict[str, Any], ActionContext], Any],
         params: dict[str, Any],
         mark: int | None,
+        cache_key: str | None = None,
     ) -> None:
+        self.cache_key = cache_key  # the step cache's key of this call (None: the step is not cached)
         self.driver = driver
         self.run = run
         self.name = name
@@ -105,6 +109,9 @@ class RunDriver:
         self.run_child = run_child
         self._on_finished = on_finished
         self._remote = orchestrator.backend.remote  # steps also travel as ActionCalls
+        self.cache = StepCache(recorder.store.step_cache)
+        # Parks a core.approve step on its question instead of submitting it (the InputDesk's ask).
+        self.ask: Callable[[RunState, str, dict[str, Any]], Advance] | None = None
 
     def start(self, run: RunState) -> None:
         """Save the new run and dispatch its first wave."""
@@ -157,6 +164,11 @@ class RunDriver:
     def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
         """The step's task id, or what its failure to submit settled."""
         step = run.spec_of(name)
+        if self.ask is not None and (step.module, step.action) == APPROVE:
+            return self.ask(run, name, params)
+        cache_key, cached = self.cache.lookup(run, name, step, params)
+        if cached is not None:  # no attempt: the output of an identical earlier call
+            return run.step_finished(cached, held_slot=True)
         try:
             call = _StepCall(
                 self,
@@ -165,6 +177,7 @@ class RunDriver:
                 self.registry.get(step.module, step.action).func,
                 params,
                 self.recorder.write_mark(bool(run.parents_of(name))),
+                cache_key,
             )
             task_id = self.orchestrator.submit(
                 call,
@@ -230,6 +243,8 @@ class RunDriver:
             finished_at=state.finished_at or utcnow(),
             duration_seconds=state.duration_seconds,
         )
+        if call.cache_key is not None:
+            self.cache.keep(call.cache_key, call.run, result)
         self.apply(call.run, call.run.step_finished(result, held_slot=True))
 
     def _announce(self, run: RunState, result: StepResult) -> None:

@@ -5,8 +5,9 @@ A :class:`Plan` is immutable once built and shared by every run of that version;
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from codomyrmex_orchestration.core._secrets import SecretSource, secret_names
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import TaskPriority, WorkflowSpec
 from codomyrmex_orchestration.core.templating import Condition, find_references, parse_condition
@@ -22,6 +23,8 @@ class WorkflowValidation(BaseModel):
     execution_levels: list[list[str]]
     inferred_dependencies: dict[str, list[str]]
     mermaid: str
+    #: Secrets the steps use that are set nowhere yet (by name; a step using one fails when it starts).
+    missing_secrets: list[str] = Field(default_factory=list)
 
 
 class Plan:
@@ -38,6 +41,7 @@ class Plan:
         templated: steps whose parameters hold templates.
         needs_output: the steps whose output each step reads (it is skipped if one did not complete).
         param_refs: (step, parameter name, raw reference) for every ``{{params.x}}``.
+        secret_names: the names of the secrets the steps use (``{{secrets.NAME}}``).
     """
 
     __slots__ = (
@@ -48,6 +52,7 @@ class Plan:
         "param_refs",
         "parents",
         "priorities",
+        "secret_names",
         "spec",
         "templated",
         "version",
@@ -69,6 +74,7 @@ class Plan:
         self.templated: set[str] = set()
         self.needs_output: dict[str, tuple[str, ...]] = {}
         self.param_refs: list[tuple[str, str, str]] = []
+        self.secret_names: set[str] = set()
         for name, step in dag.steps.items():
             refs = find_references(step.parameters, known)
             if refs:
@@ -83,9 +89,12 @@ class Plan:
                 sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
             )
             self.param_refs.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
+            self.secret_names |= secret_names(refs)
 
-    def describe(self) -> WorkflowValidation:
+    def describe(self, secrets: SecretSource | None = None) -> WorkflowValidation:
+        """The validation report; with ``secrets``, naming the secrets the steps use that it lacks."""
         return WorkflowValidation(
+            missing_secrets=secrets.missing(self.secret_names) if secrets is not None else [],
             name=self.spec.name,
             steps_count=len(self.spec.steps),
             execution_levels=self.dag.execution_levels(),

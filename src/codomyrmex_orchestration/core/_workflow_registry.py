@@ -41,8 +41,18 @@ __all__ = ["Definition", "DefinitionRegistry", "digest_of"]
 _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 
 
+#: Step fields added after definitions had versions: left out of the content hash while unset, so a
+#: definition written before them keeps its hash (and its version, and resume of its runs).
+_LATER_STEP_FIELDS = ("for_each", "max_parallel", "cache")
+
+
 def _canonical(spec: WorkflowSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = spec.model_dump(mode="json")
+    for step in data["steps"]:
+        for name in _LATER_STEP_FIELDS:
+            if step.get(name) is None:
+                step.pop(name, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def digest_of(spec: WorkflowSpec) -> str:

@@ -27,6 +27,7 @@ from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
+    InputRequest,
     RunRecord,
     StepResult,
     StepSpec,
@@ -132,7 +133,7 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``saves_steps``, ``done``, ``start_mono``, and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -146,12 +147,19 @@ class RunState:
         default_resources: Mapping[str, Any] | None,
         save_step: Callable[[str, StepResult], None] | None = None,
         client: str | None = None,
+        secrets: Callable[[str], str] | None = None,
+        use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         self.record = record
+        self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
+        self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
+        # The run row alone, saved when its questions change (a durable store; set by await_input).
+        self._save_run: Callable[[RunRecord], None] | None = None
+        self.waiting: dict[str, InputRequest] = {}  # steps parked on a question (core.approve), by step
         self.run_id = record.run_id
         self.plan = plan
         self.params = record.parameters
@@ -210,6 +218,44 @@ class RunState:
                 self.in_flight -= 1
             if not self.status_of(result.name).is_terminal:
                 self._settle(result, advance, announce=True)
+            return self._drain(advance)
+
+    def await_input(
+        self, question: InputRequest, save_run: Callable[[RunRecord], None] | None
+    ) -> tuple[bool, Advance]:
+        """Park the step ``question.step``, cleared to run and never submitted, on a question: it holds no
+        worker and no ``max_parallel`` slot, and the run is WAITING_FOR_INPUT until every question is
+        answered (:meth:`answer_input`); ``save_run`` saves the run row as its questions change. False
+        (the step cancelled) when the run was cancelled meanwhile."""
+        advance = Advance()
+        with self.lock:
+            self._save_run = save_run
+            self._apply_starts()
+            if self.max_parallel is not None:
+                self.in_flight -= 1
+            if self.cancelled:
+                self._settle(_cancelled(question.step), advance, announce=True)
+                return False, self._drain(advance)
+            name = question.step
+            if is_item(name):  # an item's live state is a compact row of its map step
+                self.maps.started(name, 1, utcnow())
+            else:
+                result = self.record.steps[name]
+                result.status, result.attempts, result.started_at = TaskStatus.RUNNING, 1, utcnow()
+                if self._save_step is not None:
+                    self._save_step(self.run_id, result)
+            self.waiting[question.step] = question
+            self._inputs_changed()
+            return True, self._drain(advance)
+
+    def answer_input(self, result: StepResult) -> Advance | None:
+        """Settle a parked step with the answer's ``result``; None if it is not waiting (any more)."""
+        with self.lock:
+            if result.name not in self.waiting:
+                return None
+            self._apply_starts()
+            advance = Advance()
+            self._settle(result, advance, announce=True)
             return self._drain(advance)
 
     def register_tasks(self, tasks: Sequence[tuple[str, str]]) -> bool:
@@ -276,6 +322,8 @@ class RunState:
             task_ids = [t for n, t in self.task_ids.items() if not self.status_of(n).is_terminal]
             while self.queue:
                 name, _params = self.queue.popleft()
+                self._settle(_cancelled(name), advance, announce=True)
+            for name in list(self.waiting):
                 self._settle(_cancelled(name), advance, announce=True)
             return task_ids, self._drain(advance)
 
@@ -355,6 +403,8 @@ class RunState:
 
     def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
         name = result.name
+        if self.waiting and self.waiting.pop(name, None) is not None:
+            self._inputs_changed()
         if is_item(name):
             self.maps.settle(result, advance)
             return
@@ -368,6 +418,13 @@ class RunState:
         self.graph.done(name)
         if announce:
             advance.settled.append(result)
+
+    def _inputs_changed(self) -> None:
+        record = self.record
+        record.pending_inputs = list(self.waiting.values())
+        record.status = WorkflowStatus.WAITING_FOR_INPUT if self.waiting else WorkflowStatus.RUNNING
+        if self._save_run is not None:  # under the lock: a later save of the run is queued after this one
+            self._save_run(record.model_copy(update={"steps": {}}))
 
     def _drain(self, advance: Advance) -> Advance:
         """Decide every step the graph made ready, until none is left; fill ``advance``."""
@@ -428,6 +485,7 @@ class RunState:
             steps=_StepView(self.record.steps),
             run={"id": self.run_id, "workflow": self.record.workflow_name},
             item=item,
+            secrets=self.secrets,
         )
 
     def condition_of(self, name: str) -> tuple[Condition | None, bool]:

@@ -224,6 +224,10 @@ class WorkflowDAG:
                 self._problems.append(f"{_who(names)}: {exc}")
                 continue
             self._check_parameters(f"{module}.{action}", names, definition.parameters)
+            if definition.check is not None:
+                for name in names:
+                    found = definition.check(self.steps[name].parameters)
+                    self._problems.extend(f"step {name!r}: {problem}" for problem in found)
 
     def _check_parameters(self, action: str, names: list[str], accepted: Mapping[str, str]) -> None:
         """Parameter names the action does not declare, caught before anything runs. An action that

@@ -160,14 +160,12 @@ class OrchestrationEngine:
         resources_config: overrides for resource capacities.
         registry: the action registry (a fresh one when ``None``).
         store: the state store (built from ``durable`` and the retention limits when ``None``).
-        backend: where ready steps run (the scheduler's own threads when ``None``; see
-            :func:`~codomyrmex_orchestration.core.backends.create_backend`).
+        backend: where ready steps run (``None``: the scheduler's threads; see ``backends.create_backend``).
         timers: the timer service to share (one is made, and closed on shutdown, when ``None``).
         retention_runs, retention_events: most finished runs and events the store keeps.
-        state_max_bytes, max_parameters_bytes: the state directory's byte budget and the most bytes a
-            run's parameters may take (see :class:`SqliteStore`).
-        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED; only for the one
-            process that owns the state directory (the CLI, sharing it with a server, passes False).
+        state_max_bytes, max_parameters_bytes: byte budgets of the state directory, of a run's parameters.
+        recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED and continue those waiting
+            for input; only for the process that owns the state directory (the CLI, beside a server, not).
     """
 
     def __init__(
@@ -270,6 +268,7 @@ class OrchestrationEngine:
         self.allocations.restore()
         for run_id in self.interrupted_runs:
             self._publish("run.interrupted", {"run_id": run_id})
+        self.workflow_manager.inputs.reload() if recover else None  # continue the runs waiting for input
 
     # ------------------------------------------------------------------ events
 
@@ -404,13 +403,14 @@ class OrchestrationEngine:
         timeout: float | None = None,
         priority: TaskPriority | None = None,
         on_step: StepCallback | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
         """Run a registered workflow, within a session's limits and mode when one is given.
 
         With ``wait`` it waits up to ``timeout`` seconds (``None``: until the run ends) and returns the
-        record as it stands then.
+        record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
         """
-        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL}
+        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
         with self.sessions.holding(session_id) as live:
             if live is not None:
                 kwargs.update(live.run_options())
@@ -436,17 +436,14 @@ class OrchestrationEngine:
         wait: bool = True,
         timeout: float | None = None,
         on_step: StepCallback | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
-        """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` and run it.
-
-        The record's status says whether it succeeded; ``dependencies`` entries are merged into the
-        steps' own lists. Waits like :meth:`execute_workflow`.
-        """
+        """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` (merged into the
+        steps' own lists) and run it; waits, and takes ``use_cache``, like :meth:`execute_workflow`."""
         document = complex_workflow_document(definition, name=name)
         self.workflow_manager.create_workflow(document, overwrite=True)
-        return self.execute_workflow(
-            name, parameters=parameters, session_id=session_id, wait=wait, timeout=timeout, on_step=on_step
-        )
+        waits: dict[str, Any] = {"wait": wait, "timeout": timeout, "on_step": on_step, "use_cache": use_cache}
+        return self.execute_workflow(name, parameters=parameters, session_id=session_id, **waits)
 
     def execute_task(
         self,
@@ -526,6 +523,7 @@ class OrchestrationEngine:
                 "scheduler",
                 lambda: self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout),
             ),
+            ("actions", self.registry.close),  # services the actions share (MCP connections)
             ("resources", self.resource_manager.shutdown),
             ("events", lambda: self.events.close(timeout)),
             ("timers", lambda: self.timers.close(timeout) if self._owns_timers else None),

@@ -27,9 +27,11 @@ __all__ = [
     "NAME_PATTERN",
     "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
+    "InputRequest",
     "ItemResult",
     "MapItems",
     "RunRecord",
+    "StepCacheSpec",
     "StepResult",
     "StepSpec",
     "TaskPriority",
@@ -123,10 +125,12 @@ _TERMINAL_TASK = frozenset(
 
 
 class WorkflowStatus(enum.StrEnum):
-    """Lifecycle of a workflow run. INTERRUPTED: the process died while the run was RUNNING."""
+    """Lifecycle of a workflow run. INTERRUPTED: the process died while the run was RUNNING.
+    WAITING_FOR_INPUT: running, with at least one step waiting for a person's answer (``core.approve``)."""
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING_FOR_INPUT = "waiting_for_input"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -143,7 +147,7 @@ class WorkflowStatus(enum.StrEnum):
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False, defer_build=True)
 
 
 ResourceAmount = float | int | str
@@ -167,6 +171,19 @@ class _Retryable(_Spec):
         return float(self.retry_delay * (self.backoff ** max(0, attempt - 1)))
 
 
+#: The longest a cached step output may be kept: one year.
+MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600
+
+
+class StepCacheSpec(_Spec):
+    """A step's cache: its output is reused, without running the action, by a later run of the same
+    definition version with the same resolved parameters, for ``ttl_seconds``."""
+
+    ttl_seconds: float = Field(
+        gt=0, le=MAX_CACHE_TTL_SECONDS, description="Seconds a cached output stays usable (at most a year)."
+    )
+
+
 class StepSpec(_Retryable):
     """One step of a workflow: run ``module.action`` with ``parameters`` after ``dependencies``."""
 
@@ -188,6 +205,9 @@ class StepSpec(_Retryable):
     )
     max_parallel: int | None = Field(
         default=None, ge=1, le=100_000, description="With for_each: most items in flight at once."
+    )
+    cache: StepCacheSpec | None = Field(
+        default=None, description='Reuse the output of an identical earlier call: {"ttl_seconds": 600}.'
     )
 
     @field_validator("dependencies")
@@ -288,8 +308,22 @@ class StepResult(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     skipped_reason: str | None = None
+    #: The output was taken from the step cache: the action was not called (``attempts`` is 0).
+    cached: bool = False
     #: A map step's items (None for any other step, and for a map step not expanded yet).
     items: MapItems | None = None
+
+
+class InputRequest(BaseModel):
+    """A question a run is waiting on: the ``core.approve`` step ``step`` asks ``message`` and expects an
+    answer fitting ``requested_schema`` (a flat object schema, or None for a plain yes/no)."""
+
+    step: str
+    message: str
+    requested_schema: dict[str, Any] | None = None
+    asked_at: datetime
+    #: When an unanswered question fails its step (None: it waits without limit).
+    deadline: datetime | None = None
 
 
 class RunRecord(BaseModel):
@@ -314,6 +348,8 @@ class RunRecord(BaseModel):
     workflow_version: int | None = None
     #: The content hash of that definition.
     workflow_digest: str | None = None
+    #: The questions the run is waiting on (status ``waiting_for_input``); answer with respond_to_run.
+    pending_inputs: list[InputRequest] = Field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:

@@ -174,6 +174,11 @@ class TaskOrchestrator:
     def max_abandoned(self) -> int:
         return self._d.pool.max_abandoned
 
+    @property
+    def timers(self) -> TimerService:
+        """The timer service deadlines are armed on (the engine's shared one, when it gave one)."""
+        return self._timers
+
     # ------------------------------------------------------------------ submission
 
     def submit(

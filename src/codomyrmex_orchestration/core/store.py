@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import InvalidInputError, StateStoreError
 from ..logs import get_logger
+from ._step_cache import CacheTable, SqliteCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
@@ -82,6 +83,8 @@ class StateStore(Protocol):
     # flight. A store that dies with the process gets a run's row when it starts and its whole record,
     # steps included, when it ends (while it runs, it is read from the manager itself).
     durable: bool
+    # Cached step outputs (core/_step_cache.py), counted in the byte budget where there is one.
+    step_cache: CacheTable
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...
@@ -167,10 +170,10 @@ class SqliteStore:
         retention_runs: finished runs kept (oldest finished ones are deleted, with their steps).
         retention_events: events kept (oldest deleted).
         flush_interval: seconds the writer waits to gather a batch before committing it.
-        max_bytes: the byte budget (``None``: none): run records, step results and spill files
-            together. Past it, the oldest finished runs are evicted with their spill folders (and the
-            oldest spill files of tasks outside runs), and :meth:`check_budget` refuses new work while
-            it cannot be met.
+        max_bytes: the byte budget (``None``: none): run records, step results, spill files and cached
+            step outputs together. Past it, cached outputs go first, then the oldest finished runs with
+            their spill folders (and the oldest spill files of tasks outside runs), and
+            :meth:`check_budget` refuses new work while it cannot be met.
         max_parameters_bytes: the most bytes of JSON a run's parameters may take (:meth:`check_budget`).
         spill_dir: where step outputs are spilled (default: ``outputs`` beside the database file, as
             the engine lays it out).
@@ -212,6 +215,7 @@ class SqliteStore:
         self._inode = inode(self.path)
         self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = SqliteToolTasks(self._writer.call)
         # Measure the bytes used (and apply a budget or a retention lowered since the last start):
@@ -344,7 +348,9 @@ class SqliteStore:
         :meth:`write_mark`) is committed.
 
         With ``wait=False``: commit now on this thread unless another thread is committing already, and
-        never wait; what that commit did not take is committed by the next flush or by the writer.
+        never wait; what that commit did not take is committed by the next flush or by the writer. A
+        flush of everything (no ``upto``, waiting) also runs a retention pass; a partial one leaves
+        retention to its schedule (at most once a second).
 
         Raises:
             StateStoreError: the writer has failed (the reason is in the message), or did not commit

@@ -2,7 +2,8 @@
 
 A step's parameters may name workflow parameters (``{{params.p}}``), earlier steps' outputs and statuses
 (``{{steps.s.output.key}}``, ``{{steps.s.status}}``, the short form ``{{s.output}}``), the run
-(``{{run.id}}``) and, in a map step (one with ``for_each``), the current item (``{{item}}``,
+(``{{run.id}}``), secrets (``{{secrets.NAME}}``, looked up when the step is cleared to run; see
+``_secrets``) and, in a map step (one with ``for_each``), the current item (``{{item}}``,
 ``{{item.key}}``) and its position (``{{index}}``). A ``run_if`` condition is a small expression over
 the same references, parsed with :mod:`ast` and evaluated by walking a whitelist of node types —
 nothing is ever passed to ``eval``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from codomyrmex_orchestration.errors import TemplateError
 
 __all__ = [
     "MAX_RESOLVED_SIZE",
+    "SECRET_NAME_PATTERN",
     "Condition",
     "Reference",
     "TemplateContext",
@@ -38,7 +40,10 @@ MAX_RESOLVED_SIZE = 16 * 1024 * 1024
 #: Parameters nested deeper than this are refused (keeps :func:`resolve` far from the recursion limit).
 MAX_NESTING = 200
 
-_ROOTS = ("params", "steps", "run")
+_ROOTS = ("params", "steps", "run", "secrets")
+#: A secret's name: what follows ``secrets.`` and ``CODOMYRMEX_SECRET_`` (exactly, case included).
+SECRET_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+_SECRET_NAME_RE = re.compile(SECRET_NAME_PATTERN)
 #: The roots a map step's item brings: ``item`` (with a path into it) and ``index``.
 ITEM_ROOTS = ("item", "index")
 _STEP_ATTRS = ("output", "status")
@@ -61,9 +66,9 @@ class Reference:
 
     Attributes:
         raw: the text inside the braces, stripped.
-        root: ``"params"``, ``"steps"``, ``"run"``, ``"item"`` or ``"index"``.
+        root: ``"params"``, ``"steps"``, ``"run"``, ``"secrets"``, ``"item"`` or ``"index"``.
         step: the step name when ``root == "steps"``, else ``None``.
-        attr: ``"output"``/``"status"`` (steps), the run field (``"id"``) or the parameter name.
+        attr: ``"output"``/``"status"`` (steps), the run field (``"id"``), the parameter or secret name.
         path: keys and list indices after ``output`` (steps), after the parameter name (params) or
             after ``item``.
     """
@@ -83,12 +88,15 @@ class TemplateContext:
         params: the run's parameters (defaults merged with the caller's values).
         steps: step name -> ``(status value, output)`` for the steps that have a result.
         run: run fields, at least ``{"id": run_id}``.
+        secrets: a secret's value by name (raises TemplateError when it is not set); ``None``: secrets
+            cannot be used here.
         item: the current item of a map step, as ``(item, index)``; ``None`` outside one.
     """
 
     params: Mapping[str, Any] = field(default_factory=dict)
     steps: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Callable[[str], str] | None = None
     item: tuple[Any, int] | None = None
 
 
@@ -139,6 +147,12 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
         return Reference(raw=raw, root="params", step=None, attr=segments[1], path=tuple(segments[2:]))
     if head == "run" and len(segments) >= 2:
         return Reference(raw=raw, root="run", step=None, attr=segments[1], path=tuple(segments[2:]))
+    if head == "secrets" and len(segments) >= 2:
+        if len(segments) > 2 or not _SECRET_NAME_RE.fullmatch(segments[1]):
+            raise TemplateError(
+                raw, "a secret is secrets.<NAME>: letters, digits and '_', nothing after it", field=field
+            )
+        return Reference(raw=raw, root="secrets", step=None, attr=segments[1])
     if head == "steps" and len(segments) >= 3:
         rest = segments[1:]
         i = _match_step(rest, known)
@@ -156,7 +170,8 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
     if head in _ROOTS:
         raise TemplateError(
             raw,
-            f"incomplete reference; use params.<name>, run.id or steps.<step>.output / .status ({head})",
+            f"incomplete reference; use params.<name>, run.id, secrets.<NAME> or steps.<step>.output / "
+            f".status ({head})",
             field=field,
         )
     if len(segments) >= 2 and segments[1] in _STEP_ATTRS:
@@ -164,8 +179,8 @@ def _parse_reference(raw: str, known: Collection[str], field: str = "parameters"
         raise TemplateError(raw, f"unknown step {head!r}; known steps: {shown}", field=field)
     raise TemplateError(
         raw,
-        "references start with params., steps., run., item or <step>.output (a known step name), "
-        "or are index",
+        "references start with params., steps., run., secrets., item or <step>.output (a known step "
+        "name), or are index",
         field=field,
     )
 
@@ -296,6 +311,11 @@ def lookup(ref: Reference, ctx: TemplateContext, *, field: str = "parameters") -
             known = ", ".join(f"run.{k}" for k in sorted(ctx.run)) or "(none)"
             raise TemplateError(ref.raw, f"unknown run field {ref.attr!r}; available: {known}", field=field)
         return _walk(ctx.run[ref.attr], ref.path, f"run.{ref.attr}", ref.raw, field)
+    if ref.root == "secrets":
+        assert ref.attr is not None
+        if ctx.secrets is None:
+            raise TemplateError(ref.raw, "secrets are available only in workflow steps", field=field)
+        return ctx.secrets(ref.attr)
     assert ref.step is not None
     if ref.step not in ctx.steps:
         raise TemplateError(

@@ -24,10 +24,12 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
 from codomyrmex_orchestration.core._client import calling_client
+from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
+from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
@@ -83,6 +85,13 @@ def _merge_listing(
 
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
+
+def _wait(run: RunState, timeout: float | None) -> RunRecord:
+    """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then."""
+    run.done.wait(timeout)
+    return run.snapshot()
+
+
 #: How long cancel_run waits for the cancelled run to settle before returning it as it stands.
 _CANCEL_WAIT = 10.0
 
@@ -129,8 +138,7 @@ class WorkflowManager:
         self.config_dir = Path(config_dir) if config_dir is not None else None
         extras: dict[str, Any] = {"max_depth": max_subworkflow_depth}
         if max_output_bytes is not None:
-            # The actions accept at most MAX_OUTPUT_BYTES_LIMIT; the engine's cap on the whole output
-            # (OutputLimiter) still applies above it.
+            # Actions take at most MAX_OUTPUT_BYTES_LIMIT; the engine's OutputLimiter caps whole outputs.
             extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._listeners = Listeners()
         self._active = ActiveRuns()
@@ -142,6 +150,7 @@ class WorkflowManager:
             max_runs=max_subworkflow_runs,
         )
         self._recorder = RunRecorder(self.store)
+        self.secrets = SecretSource()  # {{secrets.NAME}}: the environment; compose adds the secrets file
         self._driver = RunDriver(
             orchestrator=orchestrator,
             registry=registry,
@@ -151,6 +160,7 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
+        self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
         self.definitions = DefinitionRegistry(
             registry=registry,
             store=self.store,
@@ -179,8 +189,8 @@ class WorkflowManager:
         return self.definitions.refused()
 
     def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
-        """Validate without registering. Raises DAGValidationError / InvalidInputError."""
-        return self.definitions.check(self.definitions.coerce(spec)).describe()
+        """Validate without registering (naming secrets set nowhere). Raises DAGValidationError."""
+        return self.definitions.check(self.definitions.coerce(spec)).describe(self.secrets)
 
     def create_workflow(
         self,
@@ -261,19 +271,20 @@ class WorkflowManager:
         on_step: StepCallback | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
+        use_cache: bool = True,
     ) -> RunRecord:
         """Start a run of ``name``.
 
         Args:
             parameters: values for ``{{params.x}}`` (override the workflow's defaults).
             wait: wait for the run to end (bounded by ``timeout``); False returns at once.
-            timeout: most seconds to wait, ``None`` without limit; the run goes on after it (check
-                ``status``).
+            timeout: most seconds to wait, ``None`` without limit; the run goes on after it.
             priority: scheduling priority of the run's steps (a step's own priority wins).
             session_id: recorded on the run.
             on_step: called with (live run record — read only, step result) on every step transition.
             max_parallel: cap on this run's steps in flight (tighter of this and the workflow's).
             default_resources: resources for steps that declare none (resource-aware sessions).
+            use_cache: False: cached steps run anyway (their fresh outputs replace the kept ones).
 
         Returns:
             The run record: final when the run ended, else as it stands (status ``running``).
@@ -290,12 +301,12 @@ class WorkflowManager:
             on_step=on_step,
             max_parallel=max_parallel,
             default_resources=default_resources,
+            use_cache=use_cache,
         )
-        return self._wait(run, timeout) if wait else run.snapshot()
+        return _wait(run, timeout) if wait else run.snapshot()
 
     def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
-        """Start a run like ``execute_workflow(wait=False)``, returning only its run id (same keyword
-        options and errors)."""
+        """Start a run like ``execute_workflow(wait=False)``; only its run id (same options and errors)."""
         return self._start_run(self.definitions.plan(name), parameters, **options).run_id
 
     def is_active(self, run_id: str) -> bool:
@@ -316,6 +327,7 @@ class WorkflowManager:
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
         client: str | None = None,
+        use_cache: bool = True,
     ) -> RunState:
         record = new_record(
             plan,
@@ -337,6 +349,8 @@ class WorkflowManager:
             save_step=self._recorder.step_saver,
             max_map_items=self.max_map_items,
             client=client or session_id or calling_client.get(),
+            secrets=self.secrets.get,
+            use_cache=use_cache,
         )
         self._active.add(run)
         self._driver.start(run)
@@ -346,20 +360,16 @@ class WorkflowManager:
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
 
-    def _wait(self, run: RunState, timeout: float | None) -> RunRecord:
-        run.done.wait(timeout)
-        return run.snapshot()
-
     def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
-        plan = self.definitions.plan(name)
         parent_run = self._active.get(parent) if parent is not None else None
         return self._start_run(
-            plan,
+            self.definitions.plan(name),
             parameters,
             priority=TaskPriority.NORMAL,
             depth=depth,
             parent_run_id=parent,
             client=parent_run.client if parent_run is not None else None,  # the parent's turn
+            use_cache=parent_run.use_cache if parent_run is not None else True,
         )
 
     def cancel_run(self, run_id: str) -> RunRecord:
@@ -377,7 +387,7 @@ class WorkflowManager:
             record = self.get_run(run_id)
             raise InvalidStateError("run", run_id, record.status.value, "only a running run can be cancelled")
         self._driver.cancel(run)
-        return self._wait(run, _CANCEL_WAIT)
+        return _wait(run, _CANCEL_WAIT)
 
     def wait_run(self, run_id: str, timeout: float | None) -> RunRecord:
         """Wait up to ``timeout`` seconds (``None``: without limit) for a run to end; returns the record
@@ -385,7 +395,7 @@ class WorkflowManager:
         run = self._active.get(run_id)
         if run is None:
             return self.get_run(run_id)
-        return self._wait(run, timeout)
+        return _wait(run, timeout)
 
     def get_run(self, run_id: str) -> RunRecord:
         """A run's record: live for an active run, else from the store. Raises RunNotFoundError."""
@@ -462,7 +472,7 @@ class WorkflowManager:
                     + " could mix two definitions' outputs; start a new run instead",
                 )
             run = self._start_run(plan, None, priority=previous.priority, on_step=on_step, previous=previous)
-        return self._wait(run, timeout) if wait else run.snapshot()
+        return _wait(run, timeout) if wait else run.snapshot()
 
     def stats(self) -> dict[str, Any]:
         """Registered workflows, active runs and their steps by status, config load errors."""
@@ -481,8 +491,8 @@ class WorkflowManager:
         }
 
     def shutdown(self, *, cancel_running: bool = True) -> None:
-        """Cancel active runs (they end CANCELLED) and flush the store."""
+        """Cancel active runs (but those waiting for input in a durable store) and flush the store."""
         if cancel_running:
             for run in self._active.runs():
-                self._driver.cancel(run)
+                self.inputs.cancel_at_shutdown(run)
         self._recorder.flush()  # a broken store is logged (and reported by health), never raised

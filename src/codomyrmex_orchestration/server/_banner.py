@@ -36,9 +36,9 @@ def http_banner(settings: Settings, *, port: int, auth: bool, code_execution: bo
         ),
         "  code execution:  "
         + (
-            "on: shell.run and python.call run"
+            "on: shell.run, python.call and mcp.call run"
             if code_execution
-            else "off: shell.run and python.call are refused (allow with --allow-shell)"
+            else "off: shell.run, python.call and mcp.call are refused (allow with --allow-shell)"
         ),
         f"  state:           {settings.state_dir}  (all paths: codomyrmex-orchestration paths)",
         f"  list the tools:  npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"

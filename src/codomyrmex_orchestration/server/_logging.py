@@ -26,6 +26,8 @@ _EVENT_LEVELS: Final[dict[str, LoggingLevel]] = {
     "run.completed": "notice",
     "run.failed": "error",
     "run.cancelled": "warning",
+    "run.waiting_for_input": "notice",  # a person must answer (elicitation or respond_to_run)
+    "run.input_received": "info",
     "step.started": "debug",
     "step.retried": "warning",
     "step.completed": "info",

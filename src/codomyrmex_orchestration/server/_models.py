@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
+from codomyrmex_orchestration.core._resource_types import Allocation
 from codomyrmex_orchestration.core._sessions import Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
@@ -15,7 +17,6 @@ from codomyrmex_orchestration.core.models import (
     StepSpec,
     WorkflowInfo,
 )
-from codomyrmex_orchestration.core.resources import Allocation
 
 #: How long a waiting call blocks before it returns the run handle (below common 60 s client timeouts).
 DEFAULT_WAIT_SECONDS = 50.0
@@ -34,14 +35,20 @@ ProjectTypeName = Literal[
     "ai_analysis", "web_application", "data_pipeline", "ml_model", "documentation", "research", "custom"
 ]
 PriorityName = Literal["critical", "high", "normal", "low", "background"]
-RunStatusName = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+RunStatusName = Literal[
+    "pending", "running", "waiting_for_input", "completed", "failed", "cancelled", "interrupted"
+]
 ResourceAmount = float | int | str
 
 
 class Args(BaseModel):
-    """Base of every tool's arguments: strict types, unknown fields refused (named in the error)."""
+    """Base of every tool's arguments: strict types, unknown fields refused (named in the error).
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    ``defer_build``: a model's validator is built on its first use, not at import, so a server answers
+    ``tools/list`` (from cached schemas, see ``_tool_cache``) without building the models of every tool.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 def _name(description: str) -> Any:
@@ -50,6 +57,10 @@ def _name(description: str) -> Any:
 
 _WAIT = Field(
     default=True, description="Wait for the result (up to timeout_seconds) instead of returning at once."
+)
+_USE_CACHE = Field(
+    default=True,
+    description="false: steps with a cache run anyway, and their fresh outputs replace the cached ones.",
 )
 _TIMEOUT = Field(
     default=DEFAULT_WAIT_SECONDS,
@@ -74,6 +85,7 @@ class ExecuteWorkflowArgs(Args):
     session_id: str | None = Field(default=None, description="Run inside this session (see create_session).")
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
+    use_cache: bool = _USE_CACHE
 
 
 class CreateWorkflowArgs(Args):
@@ -137,10 +149,26 @@ class CreateComplexWorkflowArgs(Args):
     session_id: str | None = None
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
+    use_cache: bool = _USE_CACHE
 
 
 class RunIdArgs(Args):
     run_id: str = Field(min_length=1, max_length=128, description="A run_id returned by execute_workflow.")
+
+
+class RespondArgs(Args):
+    run_id: str = Field(min_length=1, max_length=128, description="The run waiting for input.")
+    step: str = Field(min_length=1, max_length=128, description="The core.approve step to answer.")
+    action: Literal["accept", "decline", "cancel"] = Field(
+        description="accept completes the step (with content); decline and cancel fail it."
+    )
+    content: dict[str, Any] | None = Field(
+        default=None,
+        description="With accept: the answer, fitting the question's schema (get_workflow_run shows it in "
+        "pending_inputs[].requested_schema).",
+    )
+    wait: bool = _WAIT
+    timeout_seconds: float = _TIMEOUT
 
 
 class TaskIdArgs(Args):
@@ -188,6 +216,14 @@ class ValidateWorkflowArgs(Args):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class ListActionsArgs(Args):
+    server: str | None = Field(
+        default=None,
+        description="A server of mcp_servers (see the result): also list its tools with their input schemas "
+        "(connects to it).",
+    )
+
+
 class ReleaseResourcesArgs(Args):
     allocation_id: str | None = Field(default=None, description="Release this one allocation.")
     user_id: str | None = Field(default=None, description="Release every allocation this user holds.")
@@ -212,7 +248,7 @@ class CloseSessionArgs(Args):
 
 
 class Result(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use, as Args
 
 
 class RunHandle(RunRecord):
@@ -305,6 +341,11 @@ class ValidationResult(Result):
     execution_levels: list[list[str]] = Field(default_factory=list)
     inferred_dependencies: dict[str, list[str]] = Field(default_factory=dict)
     mermaid: str | None = None
+    missing_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets ({{secrets.NAME}}) set neither in CODOMYRMEX_SECRET_<NAME> nor in the secrets "
+        "file; a step using one fails when it starts. Names only, never values.",
+    )
 
 
 class DeleteResult(Result):
@@ -357,9 +398,29 @@ class ActionInfo(Result):
     allowed: bool
 
 
+class McpServerInfo(Result):
+    name: str
+    transport: str
+    description: str
+    command: str | None = None
+    url: str | None = None
+
+
+class McpToolInfo(Result):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
 class ActionListResult(Result):
     actions: list[ActionInfo]
     count: int
+    #: The servers mcp.call steps may call (config/mcp_servers.json).
+    mcp_servers: list[McpServerInfo] = Field(default_factory=list)
+    #: Why the servers file could not be used, if it could not.
+    mcp_servers_error: str | None = None
+    #: With ``server``: that server's tools.
+    tools: list[McpToolInfo] | None = None
 
 
 class TemplateListResult(Result):

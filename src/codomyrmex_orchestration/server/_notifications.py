@@ -271,6 +271,11 @@ class NotificationHub:
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_level)
         server.add_notification_handler("notifications/initialized", types.NotificationParams, on_initialized)
 
+    def owner(self, run_id: str) -> Peer | None:
+        """The peer that started the active run ``run_id``, while it is connected."""
+        with self._lock:
+            return self._owners.get(run_id)
+
     # -- settings per peer
 
     def set_level(self, peer: Peer, level: LoggingLevel) -> None:

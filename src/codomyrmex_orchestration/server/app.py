@@ -40,6 +40,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
@@ -55,6 +56,7 @@ from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
 from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
+from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -95,6 +97,7 @@ Step fields:
     {{params.NAME}}                  a workflow parameter (defaults in the workflow's "parameters")
     {{steps.STEP.output}}            another step's output; {{steps.STEP.output.key.0}} digs into it
     {{steps.STEP.status}}            completed / failed / skipped ...
+    {{secrets.NAME}}                 a secret set on the server (never stored; outputs show [secret:NAME])
   A string that is exactly one reference keeps the value's type. A reference adds the dependency.
 - dependencies: names of steps that must finish first (in addition to inferred ones).
 - run_if: a condition such as "steps.check.output.count > 0 and params.mode == 'full'"; false -> skipped.
@@ -108,6 +111,16 @@ Step fields:
   its output is {"outputs": [...], "failed": [{"index": i, "status": ..., "error": ...}]}.
   Example: {"name": "sizes", "module": "core", "action": "echo", "for_each": "{{steps.ls.output.files}}",
   "max_parallel": 8, "parameters": {"message": "{{index}}: {{item}}"}}
+- cache: {"ttl_seconds": 600} reuses, for that long, the output of an earlier call of the same action with
+  the same resolved parameters in the same workflow version: the action is not called, the step shows
+  "cached": true and 0 attempts. execute_workflow with "use_cache": false runs it anyway.
+
+A step can wait for a person: core.approve with parameters {"message": "Deploy?", "schema": {"type":
+"object", "properties": {"note": {"type": "string"}}, "required": ["note"]}, "timeout_seconds": 3600}
+(schema and timeout optional; the schema is flat: string, number, integer or boolean properties). The
+client is asked (elicitation) or the run is waiting_for_input, its question in pending_inputs, until
+respond_to_run answers; later steps read {{steps.STEP.output.content.note}}. Decline, cancel or the
+timeout fail the step.
 
 Steps whose dependencies are met run in parallel. Example for create_workflow:
 
@@ -126,6 +139,18 @@ Steps whose dependencies are met run in parallel. Example for create_workflow:
 
 Then call execute_workflow {"workflow_name": "greet_and_collect", "parameters": {"who": "you"}}.
 "greet" and "pause" run at the same time; "collect" runs after both.
+
+A step can call a tool of another MCP server configured on this server: action mcp.call with
+{"server", "tool", "arguments"}. list_actions lists the servers (mcp_servers); list_actions
+{"server": "NAME"} lists that server's tools with their input schemas. The output is the tool's
+structured content, else {"text": its text}; a tool error fails the step. For example:
+    {"name": "search", "module": "mcp", "action": "call", "timeout": 60, "max_retries": 1,
+     "parameters": {"server": "docs", "tool": "search", "arguments": {"query": "{{params.topic}}"}}}
+A secret and the cache in one step (the server sets CODOMYRMEX_SECRET_API_TOKEN or its secrets file):
+  {"name": "items", "module": "http", "action": "request", "cache": {"ttl_seconds": 600},
+   "parameters": {"url": "https://api.example.com/items",
+                  "headers": {"Authorization": "Bearer {{secrets.API_TOKEN}}"}}}
+validate_workflow lists the secrets that are set nowhere in "missing_secrets".
 """
 
 
@@ -177,7 +202,9 @@ def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str,
 
 
 # Tools that start runs: the hub must listen to the engine before such a call starts its first run.
-_RUN_TOOLS = frozenset({"execute_workflow", "create_complex_workflow", "resume_workflow_run"})
+_RUN_TOOLS = frozenset(
+    {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "respond_to_run"}
+)
 
 
 class _OrchestrationServer(Server[Any]):
@@ -235,9 +262,10 @@ def build_server(
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
     the_tools = tools
-    listed = declare_task_support([_mcp_tool(d) for d in the_tools.get_tool_definitions()])
+    listed = declare_task_support([_mcp_tool(d) for d in tool_definitions(the_tools)])
     input_schemas: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in listed}
     hub = NotificationHub(the_tools)
+    approvals = Approvals(the_tools, hub)  # core.approve questions, asked by elicitation
     ui_meta = {"ui": {"resourceUri": _ui.UI_RESOURCE_URI}}
     listed_with_ui = [
         tool.model_copy(update={"meta": {**(tool.meta or {}), **ui_meta}})
@@ -250,7 +278,9 @@ def build_server(
         # Only a client that negotiated MCP Apps is pointed at the run view; results are the same for all.
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
-    async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         if params.name not in input_schemas:
             from mcp.shared.exceptions import MCPError
 
@@ -272,11 +302,12 @@ def build_server(
             with contextlib.suppress(Exception):
                 await core(lambda: the_tools.engine)
         hub.watch_engine()
+        approvals.watch(ctx)
         client = calling_client.set(_client_key(ctx))
         try:
             async with hub.request_logs(ctx) as request_peer:
                 with hub.calling(peer or request_peer):
-                    result = await the_tools.execute_tool_async(
+                    result = await approvals.answered(params) or await the_tools.execute_tool_async(
                         params.name, params.arguments, progress=progress
                     )
         finally:
@@ -284,6 +315,9 @@ def build_server(
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
+        asked = approvals.input_required(ctx, params, result)  # a 2026-07-28 client answers and retries
+        if asked is not None:
+            return asked
         return types.CallToolResult(
             content=[types.TextContent(text=result.text)],
             structured_content=result.structured,
@@ -447,7 +481,7 @@ def build_server(
         lifespan=hub.lifespan,
         # Without this lookup the SDK's streamable HTTP path (protocol 2026-07-28) re-runs and re-serialises
         # the whole tools/list on every tools/call that carries arguments, to check Mcp-Param headers:
-        # ~1.3 ms a call for our 23 tools. The schemas never change after start, so a dict lookup is exact.
+        # ~1.3 ms a call for our 24 tools. The schemas never change after start, so a dict lookup is exact.
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above

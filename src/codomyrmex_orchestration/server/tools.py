@@ -32,7 +32,11 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.connectors import mcp_catalogue
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
+
+# From the codec, not core.store: listing the tools at start-up needs no SQLite store.
+from codomyrmex_orchestration.core._store_codec import run_cursor
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
@@ -45,7 +49,6 @@ from codomyrmex_orchestration.core.models import (
     WorkflowSpec,
     WorkflowStatus,
 )
-from codomyrmex_orchestration.core.store import run_cursor
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
@@ -325,7 +328,10 @@ def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -
 
 def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
     handle = m.RunHandle.model_validate(record.model_dump())
-    if not record.status.is_terminal:
+    if record.pending_inputs:
+        steps = ", ".join(q.step for q in record.pending_inputs)
+        handle.note = f"the run is waiting for input (step {steps}): read pending_inputs, then respond_to_run"
+    elif not record.status.is_terminal:
         handle.note = (
             f"the run is still {record.status.value}"
             + (f" after waiting {waited:g} s" if waited else "")
@@ -364,8 +370,8 @@ def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, ti
     run_id = record.run_id
     manager = tools.engine.workflow_manager
 
-    def wait_for(seconds: float) -> BaseModel:
-        return _run_handle(manager.wait_run(run_id, seconds), seconds)
+    def wait_for(seconds: float) -> BaseModel:  # until the run ends, or waits on a person (respond_to_run)
+        return _run_handle(manager.inputs.wait(run_id, seconds), seconds)
 
     def cancel() -> None:
         manager.cancel_run(run_id)
@@ -380,6 +386,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -395,6 +402,7 @@ def _create_complex_workflow(
         session_id=a.session_id,
         wait=False,
         on_step=_step_progress(call),
+        use_cache=a.use_cache,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -408,7 +416,7 @@ def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -
 
 
 def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
-    return validation.model_dump(exclude={"name"})
+    return validation.model_dump(exclude={"name", "missing_secrets"})
 
 
 def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
@@ -453,7 +461,14 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
     except InvalidInputError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
-    return m.ValidationResult(valid=True, workflow_name=a.name, **_validation_fields(validation))
+    # Checks that reach outside (mcp.call: the server's tools and their input schemas)
+    problems = tools.engine.registry.probe(spec.steps)
+    return m.ValidationResult(
+        valid=not problems,
+        workflow_name=a.name,
+        missing_secrets=validation.missing_secrets,
+        **{**_validation_fields(validation), "problems": problems},
+    )
 
 
 def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
@@ -494,6 +509,11 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
 def _aware(moment: datetime | None) -> datetime | None:
     """A time without a zone is read as UTC (every record is)."""
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _respond(tools: OrchestrationMCPTools, a: m.RespondArgs, call: _Call) -> _Outcome:
+    record = tools.engine.workflow_manager.inputs.respond(a.run_id, a.step, a.action, a.content)
+    return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
@@ -662,23 +682,25 @@ def _close_session(tools: OrchestrationMCPTools, a: m.CloseSessionArgs, call: _C
     return m.CloseSessionResult.model_validate(session.model_dump())
 
 
-def _list_actions(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
+def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Call) -> _Outcome:
     registry = tools.engine.registry
     actions = [
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
         for d in registry.catalogue()
     ]
-    return m.ActionListResult(actions=actions, count=len(actions))
+    return m.ActionListResult(actions=actions, count=len(actions), **mcp_catalogue(registry, a.server))
 
 
 # --------------------------------------------------------------------------- the catalogue
 
 _STEP_HELP = (
     "Each step: {name, module, action, parameters?, dependencies?, timeout?, max_retries?, retry_delay?, "
-    "run_if?, required?, priority?, resources?, for_each?, max_parallel?}. Reference earlier output with "
-    "'{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such references "
-    "also add the dependency). A step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs "
-    "once per item with '{{item}}' and '{{index}}'; its output is the list of item outputs. "
+    "run_if?, required?, priority?, resources?, for_each?, max_parallel?, cache?}. Reference earlier "
+    "output with '{{steps.<step>.output.<key>}}' and workflow parameters with '{{params.<name>}}' (such "
+    "references also add the dependency), secrets with '{{secrets.<NAME>}}' (never stored or shown). A "
+    "step with for_each (a list, or e.g. '{{steps.ls.output.files}}') runs once per item with '{{item}}' "
+    "and '{{index}}'; its output is the list of item outputs. "
+    'cache: {"ttl_seconds": 600} reuses the output of an identical earlier call. '
     "Call list_actions for the available module.action pairs."
 )
 
@@ -849,6 +871,18 @@ _TOOLS: tuple[_Tool, ...] = (
         idempotent=True,
     ),
     _Tool(
+        "respond_to_run",
+        "Answer a run's question",
+        "Answer the question of a run waiting for input (a core.approve step; get_workflow_run lists them "
+        "in pending_inputs with their schema): accept with content fitting the schema completes the step, "
+        "decline or cancel fail it. Then waits like execute_workflow (until the run ends or waits for input "
+        'again) and returns the run record. Example: {"run_id": "<run_id>", '
+        '"step": "approve", "action": "accept", "content": {"reason": "looks good"}}',
+        m.RespondArgs,
+        m.RunHandle,
+        _respond,
+    ),
+    _Tool(
         "resume_workflow_run",
         "Resume a run",
         "Resume an interrupted or failed run: completed steps keep their outputs, the rest run again. "
@@ -874,7 +908,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "validate_workflow",
         "Validate a workflow",
         "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
-        "unknown actions, missing dependencies, bad templates), the execution levels and a Mermaid diagram. "
+        "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
+        "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
+        "execution levels and a Mermaid diagram. "
         'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
         '"parameters": {"message": "x"}}]}',
         m.ValidateWorkflowArgs,
@@ -929,10 +965,14 @@ _TOOLS: tuple[_Tool, ...] = (
         "list_actions",
         "List actions",
         "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled). Any action can run once per item of a "
-        'list: give its step for_each (and max_parallel), e.g. "for_each": "{{steps.ls.output.files}}" '
-        'with "{{item}}" in its parameters. Example: {}',
-        m.NoArgs,
+        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
+        "(with server, also that server's tools and their input schemas). Any action can run once per "
+        'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
+        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Any step\'s parameters may also '
+        'use "{{secrets.NAME}}" (a secret set on the server, redacted from every output), and any step may '
+        'set "cache": {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {} or '
+        '{"server": "docs"}',
+        m.ListActionsArgs,
         m.ActionListResult,
         _list_actions,
         read_only=True,

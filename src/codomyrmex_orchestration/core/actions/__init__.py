@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+
 from codomyrmex_orchestration.core.actions import _plugins
-from codomyrmex_orchestration.core.actions import core as _core
-from codomyrmex_orchestration.core.actions import http as _http
-from codomyrmex_orchestration.core.actions import python as _python
-from codomyrmex_orchestration.core.actions import shell as _shell
-from codomyrmex_orchestration.core.actions import workflow as _workflow
 from codomyrmex_orchestration.core.actions._plugins import ENTRY_POINT_GROUP, load_plugins
 from codomyrmex_orchestration.core.actions._registry import (
     ActionContext,
@@ -30,6 +27,11 @@ __all__ = [
     "load_plugins",
 ]
 
+# The built-in action modules, imported by the first create_registry(), not with this package: their
+# imports (httpx for http, subprocess plumbing for shell and python) are not needed to describe the
+# server's tools or to read ActionContext, which is what most importers of this package want.
+_BUILT_IN = ("core", "shell", "python", "http", "workflow")
+
 
 def create_registry(*, allow_code_execution: bool = True, load_plugins: bool = True) -> ActionRegistry:
     """A registry holding every built-in action (and entry-point plugins when ``load_plugins``).
@@ -41,8 +43,8 @@ def create_registry(*, allow_code_execution: bool = True, load_plugins: bool = T
             plugin is logged and skipped.
     """
     registry = ActionRegistry(allow_code_execution=allow_code_execution)
-    for module in (_core, _shell, _python, _http, _workflow):
-        module.register(registry)
+    for name in _BUILT_IN:
+        importlib.import_module(f"{__name__}.{name}").register(registry)
     if load_plugins:
         # The parameter shadows the function of the same name here.
         _plugins.load_plugins(registry)

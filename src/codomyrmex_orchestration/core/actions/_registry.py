@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -192,6 +192,11 @@ class ActionDefinition:
         executes_code: True for actions that run arbitrary code (``shell.run``, ``python.call``);
             these are refused when the registry's ``allow_code_execution`` is off.
         network: True for actions that reach the network (``http.request``).
+        check: ``check(parameters) -> problems``: the definition-time check of one step's parameters
+            (``validate_workflow``; no I/O); each problem is a sentence naming the parameter, and
+            templated values are checked when the step runs.
+        probe: ``probe(parameters) -> problems``: a check that may reach outside (e.g. ask another MCP
+            server for its tools); only ``validate_workflow`` runs it.
     """
 
     module: str
@@ -202,6 +207,8 @@ class ActionDefinition:
     output: str = ""
     executes_code: bool = False
     network: bool = False
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
+    probe: Callable[[dict[str, Any]], list[str]] | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -223,6 +230,9 @@ class ActionDefinition:
 class ActionRegistry:
     """Thread-safe map of ``module.action`` -> :class:`ActionDefinition`.
 
+    It also holds the services actions share (e.g. the connections of ``mcp.call``), by name, and
+    closes them with :meth:`close` when the engine shuts down.
+
     Args:
         allow_code_execution: when False, actions flagged ``executes_code`` are refused at
             validation and at run time with :class:`ActionRefusedError`.
@@ -230,8 +240,30 @@ class ActionRegistry:
 
     def __init__(self, *, allow_code_execution: bool = True) -> None:
         self._actions: dict[tuple[str, str], ActionDefinition] = {}
+        self._services: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.allow_code_execution = allow_code_execution
+
+    def attach(self, name: str, service: Any) -> None:
+        """Keep ``service`` under ``name`` for the actions and tools that use it; :meth:`close` calls its
+        ``close()``."""
+        with self._lock:
+            self._services[name] = service
+
+    def service(self, name: str) -> Any:
+        """The service attached under ``name``, or ``None``."""
+        with self._lock:
+            return self._services.get(name)
+
+    def close(self) -> None:
+        """Close every attached service (each one even if another fails; failures are logged)."""
+        with self._lock:
+            services = list(self._services.values())
+        for service in services:
+            try:
+                service.close()
+            except Exception:
+                structlog.get_logger("codomyrmex_orchestration.action").exception("closing a service failed")
 
     def register(self, definition: ActionDefinition, *, replace: bool = False) -> None:
         key = (definition.module, definition.action)
@@ -305,6 +337,16 @@ class ActionRegistry:
                 "(enable with --allow-shell / CODOMYRMEX_ALLOW_SHELL=1)",
             )
         return definition
+
+    def probe(self, steps: Iterable[Any]) -> list[str]:
+        """The problems the actions' ``probe`` checks find in ``steps`` (objects with ``name``,
+        ``module``, ``action`` and ``parameters``), each prefixed with its step's name."""
+        problems: list[str] = []
+        for step in steps:
+            definition = self._actions.get((step.module, step.action))
+            if definition is not None and definition.probe is not None:
+                problems.extend(f"step {step.name!r}: {p}" for p in definition.probe(step.parameters))
+        return problems
 
     def catalogue(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -1,9 +1,11 @@
-"""The ``core`` module: echo, sleep, fail and set — small actions for shaping data, tests and demos."""
+"""The ``core`` module: echo, sleep, fail and set — small actions for shaping data, tests and demos — and
+approve, the declaration of a step that waits for a person (its waiting is in ``core/_workflow_input.py``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from codomyrmex_orchestration.core._workflow_input import question_problems
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import InvalidInputError, StepCancelledError, StepFailedError
 
@@ -31,6 +33,15 @@ def fail(params: dict[str, Any], ctx: ActionContext) -> Any:
 
 def set_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     return dict(params)
+
+
+def approve(params: dict[str, Any], ctx: ActionContext) -> Any:
+    # A workflow's core.approve step never gets here: the run parks it on its question (_workflow_input).
+    raise StepFailedError(
+        ctx.step_name,
+        "core.approve waits for a person's answer and runs only as a workflow step (answer it with "
+        "respond_to_run), not as a single task",
+    )
 
 
 def register(registry: ActionRegistry) -> None:
@@ -67,6 +78,22 @@ def register(registry: ActionRegistry) -> None:
             description="Return the parameters as a dict, to shape data for later steps.",
             parameters={"*": "any JSON values"},
             output="the parameters as an object",
+        ),
+        ActionDefinition(
+            "core",
+            "approve",
+            approve,
+            description="Ask a person and wait (holding no worker): the client that started the run is asked "
+            "through MCP elicitation when it supports it, otherwise the run is waiting_for_input until "
+            "respond_to_run answers. Accept completes the step; decline, cancel or the timeout fail it.",
+            parameters={
+                "message": "string, the question (required)",
+                "schema": "optional flat JSON object schema of the answer: properties of type string "
+                "(enum, format), number, integer or boolean, and required",
+                "timeout_seconds": "optional number: the step fails unanswered after it (default: no limit)",
+            },
+            output='{"action": "accept", "content": {...the answer, fitting schema}}',
+            check=question_problems,
         ),
     ):
         registry.register(definition)

@@ -4,7 +4,8 @@ The :class:`~codomyrmex_orchestration.core.scheduler.TaskOrchestrator` keeps ord
 dependencies, resource admission, timeouts, retries and state; a backend only decides how one attempt of
 an *action* step is executed. A step is described to the backend as an :class:`ActionCall` (the action's
 name and its resolved, picklable parameters), never as a closure, so a backend may run it in another
-process. Only :mod:`codomyrmex_orchestration.core.backends.dask` imports Dask, and only when selected.
+process. Only :mod:`codomyrmex_orchestration.core.backends.dask` (with its ``_dask_submit`` and
+``_dask_results``) imports Dask, and only when selected.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ __all__ = [
 EXECUTORS: tuple[Executor, ...] = ("local", "dask")
 
 #: Actions that need the server process itself and therefore always run on the scheduler's threads:
-#: ``workflow.run`` starts a child run through the WorkflowManager, which only exists there.
-LOCAL_ONLY_ACTIONS: frozenset[str] = frozenset({"workflow.run"})
+#: ``workflow.run`` starts a child run through the WorkflowManager, which only exists there; ``mcp.call``
+#: uses the server's shared connections to the other MCP servers (and its registry alone has it).
+LOCAL_ONLY_ACTIONS: frozenset[str] = frozenset({"workflow.run", "mcp.call"})
 
 StepCallable = Callable[[ActionContext], Any]
 

@@ -1,11 +1,14 @@
 """The ``dask`` backend: ready action steps run on a Dask distributed cluster.
 
-Only this module imports Dask. The scheduler's worker threads become dispatch slots: each attempt is
-sent as ``run_remote_step(RemoteStep)`` (action name + resolved parameters, no closures) and the slot
-waits for its future. Ordering, priorities, dependencies, resource admission, timeouts and retries stay
-with the scheduler; Dask only runs what is ready. On cancellation or timeout the future is cancelled on
-the cluster, and a worker plugin sets the running action's ``cancel_event`` so cooperative actions
-(``core.sleep``, ``shell.run`` which kills its process group) stop there too.
+Only this module (and ``_dask_submit`` and ``_dask_results``, which it uses) imports Dask. The
+scheduler's worker threads become dispatch slots: each attempt is sent as
+``run_remote_step(RemoteStep)`` (action name + resolved parameters, no closures), in a batch with the
+other steps ready at that moment (``_dask_submit``), and the slot waits until ``_dask_results`` wakes
+it with the value, gathered in one call with every other step that finished meanwhile. Ordering,
+priorities, dependencies, resource admission, timeouts and retries stay with the scheduler; Dask only
+runs what is ready. On cancellation or timeout the future is cancelled on the cluster, and a worker
+plugin sets the running action's ``cancel_event`` so cooperative actions (``core.sleep``, ``shell.run``
+which kills its process group) stop there too.
 
 Workers need codomyrmex-orchestration (and any plugin packages providing actions) installed; a worker
 that lacks an action fails the step with :class:`ActionUnavailableError` naming it.
@@ -23,10 +26,12 @@ from typing import Any
 
 import dask
 import structlog
-from distributed import Client, Future, LocalCluster, WorkerPlugin, get_worker
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
+from codomyrmex_orchestration.core.backends._dask_results import Outcome, ResultCollector
+from codomyrmex_orchestration.core.backends._dask_submit import Submission, SubmitBatcher
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import ActionUnavailableError, StepFailedError, UnknownActionError
 
@@ -216,6 +221,8 @@ class DaskBackend:
         self._local_modules = frozenset(a[:-2] for a in self.local_actions if a.endswith(".*"))
         # Fails here, at start, when the workers cannot import this package.
         client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+        self._results = ResultCollector(client)
+        self._submitter = SubmitBatcher(client, self._results)
 
     def runs_locally(self, call: ActionCall) -> bool:
         return call.qualified_name in self.local_actions or call.module in self._local_modules
@@ -249,16 +256,23 @@ class DaskBackend:
         # talk to the cluster from here.
         remove = ctx.on_cancel(wake.set)
         try:
-            future: Future[Any] = self.client.submit(
-                run_remote_step, step, key=key, priority=priority, resources=resources, pure=False
-            )
-            future.add_done_callback(lambda _f: wake.set())
+            outcome = Outcome(wake)
+            submission = Submission(run_remote_step, step, key, priority, resources, outcome)
+            self._submitter.submit(submission)
             # Bounded by the scheduler: a deadline, a cancellation or shutdown sets the cancel event.
             wake.wait()
-            if not future.done():
-                future.cancel(reason=f"step {ctx.step_name!r} cancelled or timed out")
+            if outcome.has_value:
+                return outcome.value
+            future = submission.future
+            if future is None or not future.done():
+                # Cancelled or timed out: the wake came from the cancel event, not from the cluster.
+                future = self._submitter.abandon(submission, f"step {ctx.step_name!r} cancelled or timed out")
+                if future is not None:
+                    self._results.forget(future)
+                    future.cancel(reason=submission.reason)
                 ctx.check_cancelled()
-            return future.result()
+            assert future is not None  # only the cluster or a cancellation sets the wake event
+            return future.result()  # an error, or a value the batch could not gather
         finally:
             remove()
 
@@ -280,6 +294,7 @@ class DaskBackend:
         return info
 
     def close(self) -> None:
+        self._results.close()
         if self._owns_client:
             self.client.close()
         if self._cluster is not None:

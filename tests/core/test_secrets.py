@@ -1,0 +1,285 @@
+"""Workflow secrets: ``{{secrets.NAME}}`` from the environment or a 0600 secrets file, resolved when the
+step starts, and never written to the state, spill files, logs or results."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codomyrmex_orchestration._redact import redact_text, register_secret
+from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._secrets import SecretSource
+from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
+from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.store import SqliteStore
+from codomyrmex_orchestration.core.workflows import WorkflowManager
+from codomyrmex_orchestration.errors import DAGValidationError, SecretsFileError
+from codomyrmex_orchestration.logs import configure_logging
+
+TOKEN = "tok-9f8e7d6c5b4a-secret"
+
+
+@pytest.fixture
+def registry() -> ActionRegistry:
+    return create_registry(load_plugins=False, allow_code_execution=True)
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[SqliteStore]:
+    the_store = SqliteStore(state_dir / "state.db")
+    yield the_store
+    the_store.close()
+
+
+@pytest.fixture
+def orchestrator(registry: ActionRegistry, store: SqliteStore, state_dir: Path) -> Iterator[TaskOrchestrator]:
+    # A small output cap, so that an echoed secret also goes to a spill file.
+    limiter = OutputLimiter(2048, spill_dir=state_dir / "outputs", budget=store)
+    orch = TaskOrchestrator(4, registry=registry, output_limit=limiter)
+    yield orch
+    orch.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+@pytest.fixture
+def manager(orchestrator: TaskOrchestrator, registry: ActionRegistry, store: SqliteStore) -> WorkflowManager:
+    return WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+
+
+def echo_workflow(message: str, name: str = "uses_secret") -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [{"name": "say", "module": "core", "action": "echo", "parameters": {"message": message}}],
+    }
+
+
+def secrets_file(path: Path, values: dict[str, str], mode: int = 0o600) -> Path:
+    path.write_text(json.dumps(values))
+    path.chmod(mode)
+    return path
+
+
+def every_byte_under(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_a_secret_echoed_back_is_redacted_in_the_run_and_absent_from_the_db_spill_files_and_logs(
+    manager: WorkflowManager, store: SqliteStore, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODOMYRMEX_SECRET_API_TOKEN", TOKEN)
+    logs = io.StringIO()
+    configure_logging("debug", "json", stream=logs)
+    manager.create_workflow(
+        {
+            "name": "child",
+            "parameters": {"token": ""},
+            "steps": [
+                {
+                    "name": "got",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": "{{params.token}}"},
+                }
+            ],
+        }
+    )
+    manager.create_workflow(
+        {
+            "name": "leaky",
+            "steps": [
+                {
+                    "name": "say",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": "Bearer {{secrets.API_TOKEN}}"},
+                },
+                {
+                    "name": "shell",
+                    "module": "shell",
+                    "action": "run",
+                    "parameters": {"command": ["echo", "{{secrets.API_TOKEN}}"]},
+                },
+                # a large output holding the secret: cut by the cap and spilled to a file
+                {
+                    "name": "big",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": "{{secrets.API_TOKEN}} " * 400},
+                },
+                # the secret in an error message
+                {
+                    "name": "fails",
+                    "module": "shell",
+                    "action": "run",
+                    "required": False,
+                    "parameters": {"command": "echo {{secrets.API_TOKEN}} >&2; exit 3", "shell": True},
+                },
+                # the secret as a sub-run's parameter: the child's run record is stored too
+                {
+                    "name": "sub",
+                    "module": "workflow",
+                    "action": "run",
+                    "parameters": {"workflow": "child", "parameters": {"token": "{{secrets.API_TOKEN}}"}},
+                },
+            ],
+        }
+    )
+    run = manager.execute_workflow("leaky", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    steps = run.steps
+    assert steps["say"].output == "Bearer [secret:API_TOKEN]"
+    assert steps["shell"].output["stdout"].strip() == "[secret:API_TOKEN]"
+    assert steps["big"].output["truncated"] is True and steps["big"].output["spilled_to"]
+    assert steps["fails"].status is TaskStatus.FAILED and "[secret:API_TOKEN]" in steps["fails"].error.message
+    assert "[secret:API_TOKEN]" in json.dumps(steps["sub"].output)
+    child = manager.list_runs(workflow_name="child")[0]
+    assert child.parameters == {"token": "[secret:API_TOKEN]"}
+
+    store.flush()
+    assert (state_dir / "outputs").is_dir()
+    on_disk = every_byte_under(state_dir)  # state.db, its -wal, the spill files
+    assert TOKEN.encode() not in on_disk and b"[secret:API_TOKEN]" in on_disk
+    assert TOKEN not in json.dumps([r.model_dump(mode="json") for r in manager.list_runs()])
+    assert TOKEN not in json.dumps(store.list_events(limit=1000))
+    assert TOKEN not in logs.getvalue()
+    # the definition keeps the template, never the value
+    assert manager.get_workflow("leaky").steps[0].parameters["message"] == "Bearer {{secrets.API_TOKEN}}"
+
+
+def test_a_secret_is_read_from_a_file_only_its_owner_can_read(
+    manager: WorkflowManager, tmp_path: Path
+) -> None:
+    path = secrets_file(tmp_path / "secrets.json", {"DB_PASSWORD": "pw-from-the-file-1"})
+    manager.secrets = SecretSource(path, environ={})
+    manager.create_workflow(echo_workflow("{{secrets.DB_PASSWORD}}"))
+    run = manager.execute_workflow("uses_secret", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED and run.steps["say"].output == "[secret:DB_PASSWORD]"
+
+    # the file changed: read again
+    secrets_file(path, {"DB_PASSWORD": "pw-from-the-file-2"})
+    run = manager.execute_workflow("uses_secret", timeout=30)
+    assert run.steps["say"].output == "[secret:DB_PASSWORD]"
+    assert redact_text("pw-from-the-file-2") == "[secret:DB_PASSWORD]"
+
+
+def test_a_secrets_file_others_may_read_is_refused_naming_its_path_and_mode(
+    manager: WorkflowManager, tmp_path: Path
+) -> None:
+    path = secrets_file(tmp_path / "secrets.json", {"DB_PASSWORD": "pw-readable-by-all"}, mode=0o644)
+    manager.secrets = SecretSource(path, environ={})
+    manager.create_workflow(echo_workflow("{{secrets.DB_PASSWORD}}"))
+    run = manager.execute_workflow("uses_secret", timeout=30)
+    assert run.status is WorkflowStatus.FAILED
+    error = run.steps["say"].error
+    assert error is not None and error.type == "SecretsFileError"
+    assert str(path) in error.message and "0644" in error.message and "chmod 600" in error.message
+    assert "pw-readable-by-all" not in error.message
+    with pytest.raises(SecretsFileError, match="0644"):
+        SecretSource(path, environ={}).get("DB_PASSWORD")
+
+
+def test_the_environment_wins_over_the_file_and_a_bad_file_is_not_read_when_it_is_not_needed(
+    tmp_path: Path,
+) -> None:
+    path = secrets_file(tmp_path / "secrets.json", {"X": "from-the-file"}, mode=0o640)
+    source = SecretSource(path, environ={"CODOMYRMEX_SECRET_X": "from-the-env"})
+    assert source.get("X") == "from-the-env"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"X": 5}', "value of 'X' must be a string"),
+        ('{"bad-name": "value-1"}', "not a secret name"),
+        ('{"X": "value-with-no-end', "not valid UTF-8 JSON (line 1"),
+    ],
+)
+def test_a_malformed_secrets_file_is_refused_without_quoting_its_values(
+    tmp_path: Path, content: str, reason: str
+) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(SecretsFileError) as caught:
+        SecretSource(path, environ={}).get("X")
+    assert reason in str(caught.value) and "value-with-no-end" not in str(caught.value)
+
+
+def test_a_secret_set_nowhere_fails_its_step_saying_where_to_set_it(
+    manager: WorkflowManager, tmp_path: Path
+) -> None:
+    manager.secrets = SecretSource(tmp_path / "absent.json", environ={})
+    manager.create_workflow(echo_workflow("{{secrets.NOPE}}"))
+    run = manager.execute_workflow("uses_secret", timeout=30)
+    error = run.steps["say"].error
+    assert run.status is WorkflowStatus.FAILED and error is not None
+    assert "CODOMYRMEX_SECRET_NOPE" in error.message and str(tmp_path / "absent.json") in error.message
+
+
+def test_a_secret_too_short_to_redact_is_refused(manager: WorkflowManager) -> None:
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_PIN": "123"})
+    manager.create_workflow(echo_workflow("{{secrets.PIN}}"))
+    run = manager.execute_workflow("uses_secret", timeout=30)
+    error = run.steps["say"].error
+    assert run.status is WorkflowStatus.FAILED and error is not None and "shorter than 4" in error.message
+
+
+def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
+    manager: WorkflowManager, tmp_path: Path
+) -> None:
+    path = secrets_file(tmp_path / "secrets.json", {"IN_FILE": "value-in-the-file"})
+    manager.secrets = SecretSource(path, environ={"CODOMYRMEX_SECRET_IN_ENV": "value-in-the-env"})
+    spec = {
+        "name": "three",
+        "steps": [
+            {
+                "name": "a",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": "{{secrets.IN_ENV}} {{secrets.IN_FILE}} {{secrets.MISSING}}"},
+            },
+            {"name": "b", "module": "core", "action": "echo", "run_if": "{{secrets.ALSO_MISSING}} == 'x'"},
+        ],
+    }
+    validation = manager.validate_workflow(spec)
+    assert validation.missing_secrets == ["ALSO_MISSING", "MISSING"]
+    shown = validation.model_dump_json()
+    assert "value-in-the" not in shown
+    with pytest.raises(DAGValidationError, match=r"secrets\.<NAME>"):
+        manager.validate_workflow(echo_workflow("{{secrets.TOKEN.field}}"))
+
+
+def test_a_registered_workflow_secret_is_replaced_by_its_name() -> None:
+    register_secret("named-secret-value-1", "MY_NAME")
+    assert redact_text("x named-secret-value-1 y") == "x [secret:MY_NAME] y"
+
+
+def test_each_item_of_a_map_step_gets_the_secret_and_none_of_them_shows_it(
+    manager: WorkflowManager, store: SqliteStore, state_dir: Path
+) -> None:
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API_TOKEN": TOKEN})
+    manager.create_workflow(
+        {
+            "name": "mapped",
+            "steps": [
+                {
+                    "name": "each",
+                    "module": "core",
+                    "action": "echo",
+                    "for_each": ["a", "b"],
+                    "parameters": {"message": "{{item}}:{{secrets.API_TOKEN}}"},
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("mapped", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED
+    assert run.steps["each"].output == ["a:[secret:API_TOKEN]", "b:[secret:API_TOKEN]"]
+    store.flush()
+    assert TOKEN.encode() not in every_byte_under(state_dir)

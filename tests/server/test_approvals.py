@@ -1,0 +1,241 @@
+"""Approval steps through the real MCP Client: elicitation to a client that supports it, the
+waiting_for_input state and respond_to_run for one that does not, and a restart in between."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.helpers.mcp_calls import WAIT, call, ok
+from tests.server.conftest import make_engine
+
+pytestmark = pytest.mark.anyio
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "minLength": 3}, "copies": {"type": "integer"}},
+    "required": ["reason"],
+}
+GATED = {
+    "name": "gated",
+    "steps": [
+        {"name": "plan", "module": "core", "action": "set", "parameters": {"files": 3}},
+        {
+            "name": "approve",
+            "module": "core",
+            "action": "approve",
+            "parameters": {"message": "Delete {{steps.plan.output.files}} files?", "schema": SCHEMA},
+        },
+        {
+            "name": "act",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": "{{steps.approve.output.content.reason}}"},
+        },
+    ],
+}
+
+
+def answering(
+    action: Literal["accept", "decline", "cancel"], content: dict[str, Any] | None = None
+) -> tuple[Any, list[types.ElicitRequestParams]]:
+    """An elicitation callback that answers every question with ``action``, and the questions it got."""
+    asked: list[types.ElicitRequestParams] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        return types.ElicitResult(action=action, content=content)
+
+    return callback, asked
+
+
+async def waiting_run(client: Client, tools: OrchestrationMCPTools) -> str:
+    """Start GATED without waiting and return its id once it waits for input (an event, no polling)."""
+    await ok(client, "create_workflow", GATED)
+    asked = threading.Event()
+    manager = tools.engine.workflow_manager
+    listener = lambda event, payload: asked.set() if event == "run.waiting_for_input" else None  # noqa: E731
+    manager.add_listener(listener)
+    try:
+        started = await ok(client, "execute_workflow", {"workflow_name": "gated", "wait": False})
+        assert await anyio.to_thread.run_sync(asked.wait, WAIT)
+    finally:
+        manager.remove_listener(listener)
+    return str(started["run_id"])
+
+
+async def test_a_client_with_elicitation_is_asked_and_its_acceptance_completes_the_run(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "cleanup", "copies": 2})
+    async with Client(build_server(tools), mode="legacy", elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert run["status"] == "completed"
+    assert run["steps"]["approve"]["output"] == {
+        "action": "accept",
+        "content": {"reason": "cleanup", "copies": 2},
+    }
+    assert run["steps"]["act"]["output"] == "cleanup"
+    [question] = asked
+    assert question.message == "Delete 3 files?"
+    assert isinstance(question, types.ElicitRequestFormParams)
+    assert question.requested_schema == SCHEMA
+
+
+async def test_a_declining_client_fails_the_step_with_the_reason(tools: OrchestrationMCPTools) -> None:
+    callback, asked = answering("decline")
+    async with Client(build_server(tools), mode="legacy", elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert len(asked) == 1
+    assert run["status"] == "failed"
+    assert run["steps"]["approve"]["status"] == "failed"
+    assert "the approval was declined: Delete 3 files?" in run["steps"]["approve"]["error"]["message"]
+    assert run["steps"]["act"]["status"] == "skipped"
+
+
+async def test_without_elicitation_the_run_waits_and_respond_to_run_answers_it(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    run_id = await waiting_run(client, tools)
+    run = await ok(client, "get_workflow_run", {"run_id": run_id})
+    assert run["status"] == "waiting_for_input"
+    assert "respond_to_run" in run["note"]
+    [question] = run["pending_inputs"]
+    assert question["step"] == "approve"
+    assert question["message"] == "Delete 3 files?"
+    assert question["requested_schema"] == SCHEMA
+    assert question["asked_at"] and question["deadline"] is None
+    listed = await ok(client, "list_workflow_runs", {"status": "waiting_for_input"})
+    assert [r["run_id"] for r in listed["runs"]] == [run_id]
+
+    bad = await call(client, "respond_to_run", {"run_id": run_id, "step": "approve", "action": "accept"})
+    assert bad.is_error
+    assert "content.reason: required (a string)" in bad.content[0].text
+    off = {
+        "run_id": run_id,
+        "step": "approve",
+        "action": "accept",
+        "content": {"reason": "ok", "copies": "2"},
+    }
+    bad = await call(client, "respond_to_run", off)
+    assert bad.is_error
+    assert "content.reason: at least 3 characters" in bad.content[0].text
+    assert "content.copies: expected an integer, got str '2'" in bad.content[0].text
+    wrong = await call(client, "respond_to_run", {"run_id": run_id, "step": "plan", "action": "accept"})
+    assert wrong.is_error and "steps waiting for an answer: approve" in wrong.content[0].text
+    assert (await ok(client, "get_workflow_run", {"run_id": run_id}))["status"] == "waiting_for_input"
+
+    answer = {"run_id": run_id, "step": "approve", "action": "accept", "content": {"reason": "tidy"}}
+    await ok(client, "respond_to_run", answer)
+    with anyio.fail_after(WAIT):
+        final = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, WAIT)
+    assert final.status.value == "completed"
+    assert final.steps["act"].output == "tidy"
+
+
+async def test_a_legacy_client_without_elicitation_is_not_asked(tools: OrchestrationMCPTools) -> None:
+    async with Client(build_server(tools), mode="legacy") as client:
+        run_id = await waiting_run(client, tools)
+        await ok(client, "respond_to_run", {"run_id": run_id, "step": "approve", "action": "cancel"})
+        run = await ok(client, "get_workflow_run", {"run_id": run_id})
+    assert run["status"] in ("running", "failed")
+    final = tools.engine.workflow_manager.wait_run(run_id, WAIT)
+    assert final.steps["approve"].error is not None
+    assert "dismissed (cancel)" in final.steps["approve"].error.message
+
+
+async def test_a_waiting_run_is_answered_after_the_server_restarts(tmp_path: Path) -> None:
+    def durable_tools() -> OrchestrationMCPTools:
+        return OrchestrationMCPTools(
+            engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True)
+        )
+
+    first = durable_tools()
+    try:
+        async with Client(build_server(first)) as client:
+            run_id = await waiting_run(client, first)
+    finally:
+        first.close()
+    second = durable_tools()
+    try:
+        async with Client(build_server(second)) as client:
+            run = await ok(client, "get_workflow_run", {"run_id": run_id})
+            assert run["status"] == "waiting_for_input"
+            assert [q["step"] for q in run["pending_inputs"]] == ["approve"]
+            answer = {"run_id": run_id, "step": "approve", "action": "accept", "content": {"reason": "later"}}
+            await ok(client, "respond_to_run", answer)
+            final = await anyio.to_thread.run_sync(second.engine.workflow_manager.wait_run, run_id, WAIT)
+        assert final.status.value == "completed"
+        assert final.steps["act"].output == "later"
+    finally:
+        second.close()
+
+
+async def test_a_wait_ends_when_the_run_needs_a_person_and_the_answer_waits_for_the_end(
+    client: Client,
+) -> None:
+    await ok(client, "create_workflow", GATED)
+    with anyio.fail_after(WAIT):  # far less than the wait asked for: nobody else will answer
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+    assert run["status"] == "waiting_for_input"
+    assert run["note"].startswith("the run is waiting for input (step approve)")
+    answer = {"run_id": run["run_id"], "step": "approve", "action": "accept", "content": {"reason": "tidy"}}
+    done = await ok(client, "respond_to_run", answer)
+    assert done["status"] == "completed"
+    assert done["steps"]["act"]["output"] == "tidy"
+    assert done["pending_inputs"] == []
+
+
+async def test_a_2026_client_with_elicitation_answers_through_the_retry_of_its_call(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "by retry"})
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        assert client.protocol_version == "2026-07-28"  # no server-initiated requests on this wire
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+    assert run["status"] == "completed"
+    assert run["steps"]["approve"]["output"] == {"action": "accept", "content": {"reason": "by retry"}}
+    assert run["steps"]["act"]["output"] == "by retry"
+    [question] = asked
+    assert question.message == "Delete 3 files?"
+
+
+async def test_a_2026_client_declining_by_retry_fails_the_step(tools: OrchestrationMCPTools) -> None:
+    callback, asked = answering("decline")
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert len(asked) == 1
+    assert run["status"] == "failed"
+    assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path: Path, mode: Any) -> None:
+    script = Path(sys.executable).parent / "codomyrmex-orchestration"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env["CODOMYRMEX_STATE_DIR"] = str(tmp_path / "state")
+    env["CODOMYRMEX_CONFIG_DIR"] = str(tmp_path / "config")
+    env["CODOMYRMEX_PROJECTS_DIR"] = str(tmp_path / "projects")
+    params = StdioServerParameters(command=str(script), args=["serve"], cwd=tmp_path, env=env)
+    callback, asked = answering("accept", {"reason": "over stdio"})
+    with anyio.fail_after(60):
+        async with Client(params, mode=mode, elicitation_callback=callback) as client:
+            await ok(client, "create_workflow", GATED)
+            run = await ok(client, "execute_workflow", {"workflow_name": "gated"})
+    assert len(asked) == 1
+    assert run["status"] == "completed"
+    assert run["steps"]["act"]["output"] == "over stdio"
