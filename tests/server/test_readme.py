@@ -60,10 +60,12 @@ def _matches(shown: Any, actual: Any, ids: dict[str, Any], where: str = "result"
 
 
 @pytest.fixture
-def readme_tools(tmp_path: Path) -> Iterator[OrchestrationMCPTools]:
-    """A stdio-policy server as a desktop client starts it: default settings, a private data dir."""
+def readme_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OrchestrationMCPTools]:
+    """A stdio-policy server as a desktop client starts it: default settings, a private data dir, and
+    the secret example 4 uses."""
     from codomyrmex_orchestration.compose import build_engine
 
+    monkeypatch.setenv("CODOMYRMEX_SECRET_DEPLOY_TOKEN", "readme-deploy-token-1234")
     settings = Settings(data_dir=tmp_path / "data", durable=False)
     tools = OrchestrationMCPTools(
         engine_factory=lambda policy: build_engine(
@@ -75,10 +77,10 @@ def readme_tools(tmp_path: Path) -> Iterator[OrchestrationMCPTools]:
     tools.close()
 
 
-def test_the_readme_shows_three_worked_examples_of_real_calls() -> None:
+def test_the_readme_shows_four_worked_examples_of_real_calls() -> None:
     calls = readme_calls()
     assert len(calls) >= 9
-    assert README.read_text().count("\n### ") >= 3 and "## Three worked examples" in README.read_text()
+    assert README.read_text().count("\n### ") >= 4 and "## Four worked examples" in README.read_text()
 
 
 async def test_every_worked_example_in_the_readme_gives_the_result_it_shows(

@@ -341,3 +341,23 @@ async def test_on_2026_07_28_a_cancelled_task_reads_cancelled(tools: Orchestrati
     assert acknowledged.model_dump(exclude_none=True, exclude={"meta"}) == {"result_type": "complete"}
     assert detail.status == "cancelled" and detail.result is None
     assert run["status"] == "cancelled"
+
+
+async def test_a_task_whose_run_waits_for_a_person_is_input_required_until_respond_to_run_answers(
+    tools: OrchestrationMCPTools,
+) -> None:
+    from tests.server.test_approvals import GATED
+
+    async with legacy(tools) as (client, statuses):  # a client without elicitation: nobody is asked
+        await ok(client, "create_workflow", GATED)
+        task = await call_as_task(client, "execute_workflow", {"workflow_name": "gated"})
+        task_id = task["taskId"]
+        waiting = await statuses.expect(task_id, "input_required")
+        polled = await get_task(client, task_id)
+        answer = {"run_id": task_id, "step": "approve", "action": "accept", "content": {"reason": "fine"}}
+        await ok(client, "respond_to_run", answer)
+        ended = await statuses.expect(task_id, "completed")
+        result = await task_result(client, task_id)
+    assert waiting.status == "input_required" and polled.status == "input_required"
+    assert ended.status == "completed"
+    assert (result.structured_content or {})["steps"]["act"]["output"] == "fine"
