@@ -4,10 +4,9 @@
 a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
 under the step's ``max_parallel``. Both belong to their run's
 :class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
-Items are named ``<step>[<index>]`` (a step name cannot hold brackets); they share the step's spec
-(nothing is copied per item) and go through the one scheduler like steps. They are not nodes of the
-run's dependency graph: the map step's own node stays handed out until its last item settles, which
-is all the graph needs, and a 100,000-item map costs it nothing.
+Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
+brackets); they share the step's spec (nothing is copied per item) and go through the one scheduler
+like steps.
 
 The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
 the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
@@ -68,7 +67,7 @@ _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
 
 
 def item_name(step: str, index: int) -> str:
-    """The name (task and stored row) of item ``index`` of map step ``step``."""
+    """The graph node (and stored row) of item ``index`` of map step ``step``."""
     return f"{step}[{index}]"
 
 
@@ -180,7 +179,7 @@ class MapState:
         spec: its spec, shared by every item.
         values: the items.
         results: each item's live state (a compact :class:`_ItemRow`), ``None`` until it has one.
-        pending: indices waiting for a slot under ``limit``.
+        pending: indices cleared by the graph, waiting for a slot under ``limit``.
         slots: indices decided and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         left: items not final yet.
@@ -330,7 +329,7 @@ class RunMaps:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 
     def expand(self, name: str, values: list[Any], advance: Advance) -> None:
-        """Queue every item still to run for a slot; the step ends when its last item does."""
+        """Add one graph node per item still to run; the step ends when its last item does."""
         run = self.run
         spec = run.spec_of(name)
         state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items)
@@ -345,7 +344,12 @@ class RunMaps:
         if state.left == 0:  # an empty list, or every item kept by a resume
             run.settle(state.result(cancelled=run.cancelled), advance)
             return
-        state.pending.extend(state.to_run())
+        for index in state.to_run():
+            run.graph.add(item_name(name, index))
+
+    def ready(self, name: str) -> None:
+        step, index = split_item(name)
+        self.maps[step].pending.append(index)
 
     def pump(self, advance: Advance) -> None:
         """Decide the items that have a slot under their step's ``max_parallel`` (all of them once the
@@ -373,6 +377,7 @@ class RunMaps:
         last = state.settle(index, result)
         run.task_ids.pop(result.name, None)  # only cancel reads it: 100,000 entries kept for nothing
         run.save(result)
+        run.graph.done(result.name)
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
