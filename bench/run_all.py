@@ -5,8 +5,9 @@ Benchmarks (issue 7): 1+2 step overhead in memory and durable (bench_overhead), 
 (bench_mcp_roundtrip),
 5 concurrent clients over streamable HTTP (bench_concurrency), 6 memory after 100,000 runs
 (bench_memory), 7 the Dask backend against raw Client.submit (bench_dask, when dask is installed), plus the
-scheduler and store micro-benchmarks. 4-7 run in their own processes. None of this is pass/fail: the
-targets are evaluated and printed, the exit code is 0 either way.
+scheduler and store micro-benchmarks, the cold start and a 100,000-item map step in memory (issue 23:
+bench_cold_start, bench_map_memory). 4-7 and those two run in their own processes. None of this is
+pass/fail: the targets are evaluated and printed, the exit code is 0 either way.
 
     .venv/bin/python bench/run_all.py [--quick]
 """
@@ -162,6 +163,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": cold["ratio"] <= 1.2,
             }
         )
+    big_map = results.get("map_memory")
+    if big_map:
+        kib = big_map["peak_bytes_per_item"] / 1024
+        found.append(
+            {
+                "target": f"map step of {big_map['items']:,} core.echo items in memory: <= 2 KiB peak RSS "
+                "per item above idle, <= 2x the raw ThreadPoolExecutor per item",
+                "figure": f"{kib:.2f} KiB/item; {big_map['us_per_item']} µs/item = {big_map['vs_raw_pool']}x "
+                f"(raw pool {big_map['raw_pool_us_per_item']} µs)",
+                "met": kib <= 2.0 and big_map["vs_raw_pool"] <= 2.0,
+            }
+        )
     dask = results.get("dask", {})
     if "overhead" in dask:
         o, c = dask["overhead"], dask["cpu"]
@@ -235,6 +248,17 @@ def main() -> None:
         _json_script("bench_memory.py", "--runs", "5000" if quick else "100000"),
     )
     section(
+        "map_memory",
+        bench_map_memory_report,
+        _json_script(
+            "bench_map_memory.py",
+            "--items",
+            "10000" if quick else "100000",
+            "--rounds",
+            "1" if quick else "3",
+        ),
+    )
+    section(
         "scheduler",
         bench_scheduler.report,
         bench_scheduler.run(tasks=1_000 if quick else 10_000, repeat=1 if quick else 3),
@@ -283,6 +307,12 @@ def bench_cold_start_report(figures: dict[str, Any]) -> str:
     import bench_cold_start
 
     return bench_cold_start.report(figures)
+
+
+def bench_map_memory_report(figures: dict[str, Any]) -> str:
+    import bench_map_memory
+
+    return bench_map_memory.report(figures)
 
 
 def bench_dask_report(figures: dict[str, Any]) -> str:

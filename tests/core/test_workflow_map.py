@@ -21,6 +21,7 @@ import pytest
 
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._workflow_map import WAVE
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
@@ -172,6 +173,46 @@ def test_a_map_step_runs_once_per_item_with_at_most_max_parallel_in_flight_and_k
     assert items is not None and items.total == 50 and items.counts == {"completed": 50}
     assert [i.index for i in items.items] == list(range(50))
     assert all(i.attempts == 1 and i.started_at is not None for i in items.items)
+
+
+def test_a_map_step_without_max_parallel_hands_the_scheduler_its_items_in_waves(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
+) -> None:
+    manager = WorkflowManager(
+        orchestrator=orchestrator, registry=registry, store=MemoryStore(), config_dir=None
+    )
+    sixteen_in_flight = threading.Event()
+    release = threading.Event()
+
+    def gated(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= 16:
+                    sixteen_in_flight.set()
+            release.wait(WAIT)
+            return params["item"] * 2
+        finally:
+            calls.leave()
+
+    registry.register(ActionDefinition("test", "gated", gated))
+    items = 3 * WAVE
+    manager.create_workflow("waves", [mapped(for_each=list(range(items)), action="gated")])
+    run_id = manager.start_workflow("waves")  # returns once the first wave is submitted
+    try:
+        assert sixteen_in_flight.wait(WAIT)
+        # Every worker is held by an item: what the scheduler holds now is the whole first wave.
+        live = [t for t in orchestrator.list_tasks(limit=10 * items) if t.run_id == run_id]
+        assert len([t for t in live if not t.status.is_terminal]) == WAVE
+    finally:
+        release.set()
+    record = manager.wait_run(run_id, WAIT)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    assert calls.per_item == dict.fromkeys(range(items), 1)
+    assert record.steps["each"].output == [i * 2 for i in range(items)]
+    view = record.steps["each"].items
+    assert view is not None and view.counts == {"completed": items}
+    assert all(i.attempts == 1 and i.finished_at is not None for i in view.items)
 
 
 def test_a_map_over_an_earlier_steps_output_sees_the_whole_list(manager: WorkflowManager) -> None:

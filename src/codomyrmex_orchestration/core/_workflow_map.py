@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration.core.models import (
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FOR_EACH_LABEL",
     "MAX_MAP_ITEMS_SETTING",
+    "WAVE",
     "MapState",
     "RunMaps",
     "carried",
@@ -55,9 +57,13 @@ __all__ = [
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
 #: How a definition's graph marks a map step (a run's graph adds the item count).
 FOR_EACH_LABEL = "for each"
+#: Items of a map step without ``max_parallel`` in the scheduler at once, at most (see ``MapState.room``).
+WAVE = 1024
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
+_ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
+_ALL_ITEM_FIELDS = set(ItemResult.model_fields)
 
 
 def item_name(step: str, index: int) -> str:
@@ -118,6 +124,53 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 # --------------------------------------------------------------------------- one expansion
 
 
+class _ItemRow:
+    """An item's live state in a running map step: what its status, timings and output need, in slots
+    (about 100 bytes where a ``StepResult`` model costs over a kilobyte: a 100,000-item map holds one
+    per item until its step ends). Pydantic rows are made from it only where one leaves the run: the
+    durable store's item rows, and the ``ItemResult`` views."""
+
+    __slots__ = _ROW_FIELDS
+
+    def __init__(self) -> None:
+        self.status = TaskStatus.PENDING
+        self.output: Any = None
+        self.error: ErrorInfo | None = None
+        self.attempts = 0
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.duration_seconds: float | None = None
+        self.skipped_reason: str | None = None
+
+    @classmethod
+    def of(cls, source: StepResult | ItemResult) -> _ItemRow:
+        row = cls()
+        for field in _ROW_FIELDS:
+            setattr(row, field, getattr(source, field))
+        return row
+
+    def step_result(self, name: str) -> StepResult:
+        """The row as a durable store keeps it (named ``<step>[<index>]``)."""
+        return StepResult(name=name, **{f: getattr(self, f) for f in _ROW_FIELDS})
+
+    def item(self, index: int) -> ItemResult:
+        """The row as the run record shows it. Built unvalidated (the fields are typed already) and
+        sharing one fields-set that names every field: a set of its own costs each item 728 bytes,
+        more than the rest of the model, and adding a field name to this one changes nothing."""
+        return ItemResult.model_construct(
+            _ALL_ITEM_FIELDS,
+            index=index,
+            status=self.status,
+            output=self.output,
+            error=self.error,
+            attempts=self.attempts,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds,
+            skipped_reason=self.skipped_reason,
+        )
+
+
 class MapState:
     """One map step expanded in a run: its items and their results (guarded by the run's lock).
 
@@ -125,7 +178,7 @@ class MapState:
         name: the map step.
         spec: its spec, shared by every item.
         values: the items.
-        results: each item's live result (a row named ``<step>[<index>]``), ``None`` until it has one.
+        results: each item's live state (a compact :class:`_ItemRow`), ``None`` until it has one.
         pending: indices cleared by the graph, waiting for a slot under ``limit``.
         slots: indices decided and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
@@ -150,11 +203,11 @@ class MapState:
         self.name = name
         self.spec = spec
         self.values = values
-        self.results: list[StepResult | None] = [None] * len(values)
+        self.results: list[_ItemRow | None] = [None] * len(values)
         if carried is not None and carried.total == len(values):  # a resume keeps completed items
             for kept in carried.items:
                 if kept.status is TaskStatus.COMPLETED and 0 <= kept.index < len(values):
-                    self.results[kept.index] = _as_row(name, kept)
+                    self.results[kept.index] = _ItemRow.of(kept)
         self.pending: deque[int] = deque()
         self.slots: set[int] = set()
         self.limit = spec.max_parallel
@@ -166,28 +219,35 @@ class MapState:
         """The indices that have no kept result."""
         return (i for i, r in enumerate(self.results) if r is None)
 
-    def has_slot(self) -> bool:
-        return self.limit is None or len(self.slots) < self.limit
+    def room(self) -> int:
+        """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
+        it: items go to the scheduler in waves of ``WAVE``, the next once half of one has finished, so
+        a 100,000-item map keeps about ``WAVE`` scheduler tasks alive, not one per item (the workers run
+        a few at a time whatever the queue holds)."""
+        held = len(self.slots)
+        if self.limit is not None:
+            return self.limit - held
+        return WAVE - held if held <= WAVE // 2 else 0
 
     def settle(self, index: int, result: StepResult) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
         previous = self.results[index]
         if previous is None or not previous.status.is_terminal:
             self.left -= 1
-        self.results[index] = result
+        self.results[index] = _ItemRow.of(result)
         self.slots.discard(index)
         return self.left == 0
 
-    def live(self, index: int) -> StepResult:
+    def live(self, index: int) -> _ItemRow:
         """The item's row, made on its first start."""
-        result = self.results[index]
-        if result is None:
-            result = self.results[index] = StepResult(name=item_name(self.name, index))
-        return result
+        row = self.results[index]
+        if row is None:
+            row = self.results[index] = _ItemRow()
+        return row
 
     def view(self) -> MapItems:
         """The items as the run record shows them."""
-        items = [_as_item(i, r) for i, r in enumerate(self.results)]
+        items = [ItemResult(index=i) if r is None else r.item(i) for i, r in enumerate(self.results)]
         counts: dict[str, int] = {}
         for item in items:
             counts[item.status.value] = counts.get(item.status.value, 0) + 1
@@ -241,16 +301,24 @@ class RunMaps:
     @staticmethod
     def step_of(name: str) -> str:
         """The step an item belongs to (a step's own name for a step). Needs no lock."""
-        return split_item(name)[0] if is_item(name) else name
+        return name[: name.rindex("[")] if name.endswith("]") else name  # split_item without the int
 
     def item_status(self, name: str) -> TaskStatus:
         step, index = split_item(name)
         result = self.maps[step].results[index]
         return result.status if result is not None else TaskStatus.PENDING
 
-    def live(self, name: str) -> StepResult:
+    def started(self, name: str, attempt: int, started_at: datetime | None) -> None:
+        """Attempt ``attempt`` of item ``name`` started (as ``RunState._apply_starts`` for a step)."""
         step, index = split_item(name)
-        return self.maps[step].live(index)
+        row = self.maps[step].live(index)
+        if row.status.is_terminal:  # cancelled between the scheduler's start and now
+            return
+        row.attempts = attempt
+        row.started_at = row.started_at or started_at or utcnow()
+        row.status = TaskStatus.RUNNING
+        if self.run.saves_steps:
+            self.run.save(row.step_result(name))
 
     def items_of(self, name: str, step: StepSpec) -> tuple[TaskStatus, str | None, Any]:
         """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
@@ -289,7 +357,7 @@ class RunMaps:
         run = self.run
         for state in self.maps.values():
             pending = state.pending
-            while pending and (run.cancelled or state.has_slot()):
+            for _ in range(len(pending) if run.cancelled else min(len(pending), state.room())):
                 index = pending.popleft()
                 node = item_name(state.name, index)
                 status, reason, payload = self._decide(state, index)
@@ -307,6 +375,7 @@ class RunMaps:
         step, index = split_item(result.name)
         state = self.maps[step]
         last = state.settle(index, result)
+        run.task_ids.pop(result.name, None)  # only cancel reads it: 100,000 entries kept for nothing
         run.save(result)
         run.graph.done(result.name)
         if last:
@@ -349,11 +418,6 @@ def _as_item(index: int, row: StepResult | None) -> ItemResult:
         return ItemResult(index=index)
     fields = {f: getattr(row, f) for f in _ITEM_FIELDS}
     return ItemResult(index=index, skipped_reason=row.skipped_reason, **fields)
-
-
-def _as_row(step: str, item: ItemResult) -> StepResult:
-    fields = {f: getattr(item, f) for f in _ITEM_FIELDS}
-    return StepResult(name=item_name(step, item.index), skipped_reason=item.skipped_reason, **fields)
 
 
 # --------------------------------------------------------------------------- output and storage

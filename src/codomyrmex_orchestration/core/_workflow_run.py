@@ -133,7 +133,7 @@ class _StepView(Mapping[str, tuple[str, Any]]):
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -156,6 +156,7 @@ class RunState:
         self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
+        self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
         # The run row alone, saved when its questions change (a durable store; set by await_input).
         self._save_run: Callable[[RunRecord], None] | None = None
         self.waiting: dict[str, InputRequest] = {}  # steps parked on a question (core.approve), by step
@@ -174,7 +175,7 @@ class RunState:
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
         self.cancelled = False
-        self.task_ids: dict[str, str] = {}
+        self.task_ids: dict[str, str] = {}  # of submitted steps and of the items not final
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
@@ -236,10 +237,13 @@ class RunState:
                 self._settle(_cancelled(question.step), advance, announce=True)
                 return False, self._drain(advance)
             name = question.step
-            result = self.maps.live(name) if is_item(name) else self.record.steps[name]
-            result.status, result.attempts, result.started_at = TaskStatus.RUNNING, 1, utcnow()
-            if self._save_step is not None:
-                self._save_step(self.run_id, result)
+            if is_item(name):  # an item's live state is a compact row of its map step
+                self.maps.started(name, 1, utcnow())
+            else:
+                result = self.record.steps[name]
+                result.status, result.attempts, result.started_at = TaskStatus.RUNNING, 1, utcnow()
+                if self._save_step is not None:
+                    self._save_step(self.run_id, result)
             self.waiting[question.step] = question
             self._inputs_changed()
             return True, self._drain(advance)
@@ -258,7 +262,9 @@ class RunState:
         """Remember the scheduler tasks of submitted steps, (step, task id) pairs; False if the run was
         cancelled meanwhile (the caller cancels them: ``cancel`` read the task ids before these)."""
         with self.lock:
-            self.task_ids.update(tasks)
+            # Only tasks not final: a map forgets an item's task id when the item settles (see
+            # RunMaps.settle), and one may settle before its wave is registered.
+            self.task_ids.update((n, t) for n, t in tasks if not self.status_of(n).is_terminal)
             return not self.cancelled
 
     def add_steps(self, steps: Sequence[StepSpec]) -> Advance:
@@ -383,7 +389,10 @@ class RunState:
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
-            result = self.maps.live(name) if is_item(name) else steps[name]
+            if is_item(name):
+                self.maps.started(name, attempt, started_at)
+                continue
+            result = steps[name]
             if result.status.is_terminal:  # cancelled between the scheduler's start and now
                 continue
             result.attempts = attempt
