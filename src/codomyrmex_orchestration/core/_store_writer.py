@@ -172,10 +172,7 @@ class GroupCommitWriter:
             self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
         ):
             try:
-                # A flush of everything (a run's end, a caller's flush()) also brings retention up to
-                # date; a partial one (a step's parents, the results a worker just saved) is on a
-                # step's path: retention stays on its own schedule there (at most once a second).
-                self._commit_pending(target, forced_retention=upto is None and wait)
+                self._commit_pending(target)
             finally:
                 self._commit_lock.release()
         if not wait:
@@ -196,7 +193,7 @@ class GroupCommitWriter:
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
 
-    def _commit_pending(self, target: int, *, forced_retention: bool) -> None:
+    def _commit_pending(self, target: int) -> None:
         """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
         with self._lock:
             mine = self._committed < target and self._failure is None and not self._closed
@@ -204,7 +201,7 @@ class GroupCommitWriter:
                 batch, self._pending = self._pending, Batch()
                 batch_target = self._enqueued
         if mine:
-            self._commit_taken(batch, batch_target, [], forced_retention=forced_retention)
+            self._commit_taken(batch, batch_target, [], forced_retention=True)
 
     def sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""

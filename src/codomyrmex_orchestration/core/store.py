@@ -348,9 +348,7 @@ class SqliteStore:
         :meth:`write_mark`) is committed.
 
         With ``wait=False``: commit now on this thread unless another thread is committing already, and
-        never wait; what that commit did not take is committed by the next flush or by the writer. A
-        flush of everything (no ``upto``, waiting) also runs a retention pass; a partial one leaves
-        retention to its schedule (at most once a second).
+        never wait; what that commit did not take is committed by the next flush or by the writer.
 
         Raises:
             StateStoreError: the writer has failed (the reason is in the message), or did not commit
