@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
-from tests.helpers.durable_steps import executions
+from tests.helpers.durable_steps import executions, read_line
 
 REPO = Path(__file__).resolve().parents[2]
 GATE_AT = 60
@@ -60,16 +59,6 @@ CHILD = textwrap.dedent(
 ) % {"steps": STEPS, "gate": GATE_AT}
 
 
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""))
-    reader.daemon = True
-    reader.start()
-    reader.join(timeout)
-    assert line and line[0], "the child never reached the gate step"
-    return line[0]
-
-
 def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothing(tmp_path: Path) -> None:
     state, marks, projects = tmp_path / "state", tmp_path / "marks", tmp_path / "projects"
     marks.mkdir()
@@ -83,7 +72,7 @@ def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothin
         text=True,
     )
     try:
-        words = _read_line(proc, timeout=60).split()
+        words = read_line(proc, timeout=60).split()
         assert words[0] == "gate"
         run_id = words[1]
     finally:

@@ -36,7 +36,7 @@ from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, TemplateError
-from tests.helpers.durable_steps import executions
+from tests.helpers.durable_steps import executions, read_line
 from tests.helpers.map_steps import GATE_AT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -612,12 +612,9 @@ def test_kill_9_during_a_map_then_resume_calls_no_completed_item_again(tmp_path:
         text=True,
     )
     try:
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline() if proc.stdout else ""))
-        reader.start()
-        reader.join(60)
-        assert line and line[0].startswith("gate "), "the child never reached the gate item"
-        run_id = line[0].split()[1]
+        line = read_line(proc, timeout=60)
+        assert line.startswith("gate "), "the child never reached the gate item"
+        run_id = line.split()[1]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
