@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.helpers.served import INITIALIZE, reap, server_env
 
 #: Modules serving initialize and tools/list must not load (each costs start-up time; see issue 23).
 NOT_BEFORE_THE_FIRST_CALL = (
@@ -54,3 +57,83 @@ def test_a_registry_still_holds_every_built_in_action_module() -> None:
 
     modules = {name.split(".")[0] for name in create_registry(load_plugins=False).known()}
     assert {"core", "shell", "python", "http", "workflow"} <= modules
+
+
+#: Modules a server started by the CLI must not load at all while it answers initialize and tools/list:
+#: structlog imports rich (and through it pygments) for pretty tracebacks its JSON or plain lines never use.
+NOT_IN_A_COLD_SERVER = ("rich", "pygments")
+
+_SERVE_AND_RECORD = """
+import json, sys
+from codomyrmex_orchestration.cli import main
+code = main(["serve", "--transport", "stdio"])
+with open(sys.argv[1], "w") as out:
+    json.dump(sorted(sys.modules), out)
+sys.exit(code)
+"""
+
+
+def _message(message: dict[str, object]) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+def test_a_server_started_by_the_cli_answers_tools_list_without_loading_rich(tmp_path: Path) -> None:
+    recorded = tmp_path / "modules.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_AND_RECORD, str(recorded)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(tmp_path),
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(_message(INITIALIZE))
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        proc.stdin.write(_message({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        proc.stdin.write(_message({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        proc.stdin.flush()
+        assert "execute_workflow" in {
+            tool["name"] for tool in json.loads(proc.stdout.readline())["result"]["tools"]
+        }
+        proc.stdin.close()  # EOF: the server stops and the script records what it loaded
+        assert proc.wait(timeout=60) == 0
+        logs = proc.stderr.read().decode()
+    finally:
+        reap(proc)
+    loaded = set(json.loads(recorded.read_text()))
+    assert "structlog" in loaded  # the log lines are still structlog's
+    assert "server.start" in logs
+    assert loaded.isdisjoint(NOT_IN_A_COLD_SERVER), sorted(loaded & set(NOT_IN_A_COLD_SERVER))
+
+
+def test_the_cli_logs_an_exception_with_its_traceback_and_rich_stays_importable() -> None:
+    script = (
+        "import io, sys\n"
+        "from codomyrmex_orchestration.logs import configure_logging, get_logger, import_structlog_plain\n"
+        "import_structlog_plain()\n"
+        "out = io.StringIO()\n"
+        "configure_logging('info', 'console', stream=out)\n"
+        "try:\n"
+        "    raise KeyError('the-missing-key')\n"
+        "except KeyError:\n"
+        "    get_logger('test').exception('lookup.failed')\n"
+        "import rich.console\n"
+        "sys.stdout.write(out.getvalue())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "lookup.failed" in proc.stdout
+    assert "Traceback (most recent call last)" in proc.stdout
+    assert "KeyError: 'the-missing-key'" in proc.stdout
+
+
+def test_a_program_importing_the_package_keeps_structlog_with_rich() -> None:
+    loaded = _loaded_after(
+        "from codomyrmex_orchestration.core.store import SqliteStore\n"
+        "import structlog.dev\n"
+        "assert structlog.dev.rich is not None, 'structlog was imported without rich'"
+    )
+    assert "rich" in loaded

@@ -40,7 +40,7 @@ from codomyrmex_orchestration.errors import (
     OrchestrationError,
     RunNotFoundError,
 )
-from codomyrmex_orchestration.logs import configure_logging
+from codomyrmex_orchestration.logs import configure_logging, import_structlog_plain
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -953,6 +953,7 @@ def _error(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import_structlog_plain()  # first: before anything imports structlog with rich (see its docstring)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
