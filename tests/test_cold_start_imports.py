@@ -22,8 +22,24 @@ NOT_BEFORE_THE_FIRST_CALL = (
     "codomyrmex_orchestration.core.store",
     "codomyrmex_orchestration.core.workflows",
     "codomyrmex_orchestration.core.resources",
+    "codomyrmex_orchestration.core.actions",
     "codomyrmex_orchestration.core.actions.http",
     "codomyrmex_orchestration.core.actions.shell",
+    "codomyrmex_orchestration.core._store_codec",
+    "codomyrmex_orchestration.core.templating",
+    "codomyrmex_orchestration.connectors",
+)
+
+#: Run records, built on their first use (``defer_build``): listing the tools validates none.
+RECORDS = (
+    "WorkflowInfo",
+    "ErrorInfo",
+    "ItemResult",
+    "MapItems",
+    "StepResult",
+    "InputRequest",
+    "RunRecord",
+    "TaskRecord",
 )
 
 
@@ -44,6 +60,48 @@ def test_building_the_stdio_server_loads_no_engine_store_or_action_module() -> N
     )
     assert "codomyrmex_orchestration.server.app" in loaded
     assert loaded.isdisjoint(NOT_BEFORE_THE_FIRST_CALL), sorted(loaded & set(NOT_BEFORE_THE_FIRST_CALL))
+
+
+def test_building_the_stdio_server_builds_no_run_record() -> None:
+    script = (
+        "import json\n"
+        "from codomyrmex_orchestration.server.app import build_server\n"
+        "from codomyrmex_orchestration.server.tools import OrchestrationMCPTools\n"
+        "from codomyrmex_orchestration.core import models\n"
+        "build_server(OrchestrationMCPTools())\n"
+        f"print(json.dumps([n for n in {RECORDS!r} if getattr(models, n).__pydantic_complete__]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(proc.stdout) == []
+
+
+def test_threads_racing_to_the_first_use_of_a_record_all_get_valid_records() -> None:
+    # A fresh interpreter, so the first use is the race: every thread validates at the same moment.
+    script = (
+        "import threading\n"
+        "from codomyrmex_orchestration.core.models import RunRecord, StepResult\n"
+        "barrier = threading.Barrier(16)\n"
+        "records, errors = [], []\n"
+        "def first_use(i):\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        records.append(RunRecord.model_validate({'run_id': f'r{i}', 'workflow_name': 'w',\n"
+        "            'steps': {'a': {'name': 'a', 'status': 'completed', 'output': i}}}))\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=first_use, args=(i,)) for i in range(16)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "assert not errors, errors\n"
+        "assert sorted(r.steps['a'].output for r in records) == list(range(16))\n"
+        "assert all(type(r.steps['a']) is StepResult for r in records)\n"
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_the_package_loads_a_public_name_on_first_access() -> None:

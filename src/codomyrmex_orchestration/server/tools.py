@@ -32,12 +32,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
-from codomyrmex_orchestration.connectors import mcp_catalogue
 from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
-
-# From the codec, not core.store: listing the tools at start-up needs no SQLite store.
-from codomyrmex_orchestration.core._store_codec import run_cursor
-from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
     RunRecord,
@@ -502,6 +497,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         )
         for r in records
     ]
+    from codomyrmex_orchestration.core._store_codec import run_cursor  # not needed to list the tools
+
     next_cursor = run_cursor(records[-1]) if len(records) == a.limit else None
     return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
 
@@ -688,6 +685,8 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Cal
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
         for d in registry.catalogue()
     ]
+    from codomyrmex_orchestration.connectors import mcp_catalogue  # not needed to list the tools
+
     return m.ActionListResult(actions=actions, count=len(actions), **mcp_catalogue(registry, a.server))
 
 
@@ -1313,6 +1312,8 @@ def apply_policy(registry: ActionRegistry, policy: ServerPolicy) -> None:
     """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
     defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
     ``python_call_allow`` for ``python.call``); a step cannot lift them."""
+    from codomyrmex_orchestration.core.actions._policy import pin_extras  # with the engine, not at start
+
     pin_extras(registry, policy.action_extras)
 
 
