@@ -28,6 +28,12 @@ NOT_BEFORE_THE_FIRST_CALL = (
     "codomyrmex_orchestration.core._store_codec",
     "codomyrmex_orchestration.core.templating",
     "codomyrmex_orchestration.connectors",
+    # The tools' argument and result models (and the core models only they use): the definitions are
+    # read from the cache, the models come with the first call.
+    "codomyrmex_orchestration.server._models",
+    "codomyrmex_orchestration.core._health",
+    "codomyrmex_orchestration.core._resource_types",
+    "codomyrmex_orchestration.core._sessions",
 )
 
 #: Run records, built on their first use (``defer_build``): listing the tools validates none.
@@ -52,12 +58,14 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_building_the_stdio_server_loads_no_engine_store_or_action_module() -> None:
-    loaded = _loaded_after(
+    build = (
         "from codomyrmex_orchestration.cli import build_parser\n"
         "from codomyrmex_orchestration.server.app import build_server\n"
         "from codomyrmex_orchestration.server.tools import OrchestrationMCPTools\n"
         "build_parser(); build_server(OrchestrationMCPTools())"
     )
+    _loaded_after(build)  # the first start ever writes the cached tool definitions
+    loaded = _loaded_after(build)
     assert "codomyrmex_orchestration.server.app" in loaded
     assert loaded.isdisjoint(NOT_BEFORE_THE_FIRST_CALL), sorted(loaded & set(NOT_BEFORE_THE_FIRST_CALL))
 
@@ -195,3 +203,27 @@ def test_a_program_importing_the_package_keeps_structlog_with_rich() -> None:
         "assert structlog.dev.rich is not None, 'structlog was imported without rich'"
     )
     assert "rich" in loaded
+
+
+def test_threads_racing_to_the_first_tool_call_share_one_table_and_one_models_module() -> None:
+    script = (
+        "import threading\n"
+        "from codomyrmex_orchestration.server import tools\n"
+        "barrier = threading.Barrier(16)\n"
+        "seen = []\n"
+        "def first_use():\n"
+        "    barrier.wait()\n"
+        "    seen.append((tools._tool_table(), tools.m.RunHandle, tools.m.NoArgs))\n"
+        "threads = [threading.Thread(target=first_use) for _ in range(16)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "from codomyrmex_orchestration.server import _models\n"
+        "table = seen[0][0]\n"
+        "assert all(s[0] is table for s in seen), 'the table was built more than once'\n"
+        "assert all(s[1] is _models.RunHandle and s[2] is _models.NoArgs for s in seen)\n"
+        "assert table['execute_workflow'].result is _models.RunHandle\n"
+        "print(len(seen))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "16"
