@@ -3,10 +3,15 @@ engine, the store, the DAG library and the action modules come with the first to
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.helpers.served import INITIALIZE, reap, server_env
 
@@ -227,3 +232,19 @@ def test_threads_racing_to_the_first_tool_call_share_one_table_and_one_models_mo
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "16"
+
+
+def _help(parser: argparse.ArgumentParser, words: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args(words)
+    return out.getvalue()
+
+
+def test_the_parser_of_one_command_parses_it_as_the_whole_cli_does() -> None:
+    from codomyrmex_orchestration.cli import _COMMANDS, build_parser
+
+    for command in _COMMANDS:
+        assert _help(build_parser(command), [command, "--help"]) == _help(build_parser(), [command, "--help"])
+    words = ["serve", "--transport", "stdio", "--log-format", "json"]
+    assert build_parser("serve").parse_args(words) == build_parser().parse_args(words)
