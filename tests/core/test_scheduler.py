@@ -4,8 +4,8 @@ resource admission, shutdown and callbacks. Coordination is by threading.Event, 
 from __future__ import annotations
 
 import threading
-import weakref
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
