@@ -19,6 +19,7 @@ import json
 import math
 import threading
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1072,7 +1073,8 @@ class OrchestrationMCPTools:
         self._engine = engine
         self._engine_factory = engine_factory
         self._engine_lock = threading.Lock()
-        self._tasks: list[str] = []
+        # The newest ids only: appending past the cap drops the oldest (no list shifted per call).
+        self._tasks: deque[str] = deque(maxlen=self._MAX_TRACKED_TASKS)
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         self._wait_limiter = anyio.CapacityLimiter(wait_threads)
         #: Reports the server's own health component (set by ``server.app.serve``).
@@ -1101,7 +1103,6 @@ class OrchestrationMCPTools:
     def _remember_task(self, task_id: str) -> None:
         with self._engine_lock:
             self._tasks.append(task_id)
-            del self._tasks[: -self._MAX_TRACKED_TASKS]
 
     def cancel_running_tasks(self, reason: str = "the server is shutting down") -> int:
         """Cancel the single tasks this server started that are still running; returns how many.
@@ -1109,7 +1110,8 @@ class OrchestrationMCPTools:
         Workflow runs are cancelled (and stay resumable) by the engine's shutdown; single tasks are not.
         """
         with self._engine_lock:
-            engine, task_ids, self._tasks = self._engine, self._tasks, []
+            engine, task_ids = self._engine, self._tasks
+            self._tasks = deque(maxlen=self._MAX_TRACKED_TASKS)
         if engine is None:
             return 0
         cancelled = 0
