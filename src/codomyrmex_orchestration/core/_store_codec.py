@@ -35,9 +35,18 @@ TERMINAL_RUN = tuple(s.value for s in WorkflowStatus if s.is_terminal)
 
 
 def dump_step(step: StepResult) -> str:
+    # A placeholder (nothing set but its name: every step of a run that starts) is the same JSON for
+    # all steps but the name, so it is built from a template: a tenth of the serializer's cost.
+    if step.model_fields_set == _NAME_ONLY:
+        return _PLACEHOLDER_HEAD + json.dumps(step.name, ensure_ascii=False) + _PLACEHOLDER_TAIL
     # A non-JSON step output is stored as its repr rather than breaking the run that produced it.
     # A map step's items and output are stored once, in its items' own rows (see _workflow_map).
-    return stored_form(step).model_dump_json(fallback=repr)
+    # pydantic-core's encoder on the model: model_dump_json's output, without its Python wrapper.
+    return pydantic_core.to_json(stored_form(step), fallback=repr).decode()
+
+
+_NAME_ONLY = frozenset({"name"})
+_PLACEHOLDER_HEAD, _PLACEHOLDER_TAIL = StepResult(name="\x00").model_dump_json().split(json.dumps("\x00"))
 
 
 def spill_bytes(step: StepResult) -> int:
