@@ -297,7 +297,7 @@ class SqliteStore:
         steps = [
             (
                 (record.run_id, name),
-                (record.run_id, name, s.status.value, dump_step(s), now, spill_bytes(s), record.run_id),
+                (s.status.value, dump_step(s), now, spill_bytes(s), record.run_id, name),
             )
             for name, s in record.steps.items()
         ]
@@ -309,7 +309,7 @@ class SqliteStore:
         self._writer.enqueue(put)
 
     def save_step(self, run_id: str, step: StepResult) -> None:
-        row = (run_id, step.name, step.status.value, dump_step(step), time.time(), spill_bytes(step), run_id)
+        row = (step.status.value, dump_step(step), time.time(), spill_bytes(step), run_id, step.name)
         self._writer.enqueue(lambda b: b.steps.__setitem__((run_id, step.name), row))
 
     def save_session(self, session_id: str, data: Mapping[str, Any]) -> None:
