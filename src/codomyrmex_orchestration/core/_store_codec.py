@@ -21,6 +21,9 @@ from .models import RunRecord, StepResult, WorkflowStatus
 DEFAULT_RETENTION_RUNS = 10_000
 DEFAULT_RETENTION_EVENTS = 100_000
 DEFAULT_FLUSH_INTERVAL = 0.05
+#: Seconds between housekeeping passes of the SQLite store (run, version and event limits, expired
+#: cached outputs); a full flush brings one forward. The byte budget is kept at every commit.
+DEFAULT_HOUSEKEEPING_INTERVAL = 1.0
 #: The byte budget of the state directory (stored runs, steps and spill files).
 DEFAULT_STATE_MAX_BYTES = 1 << 30
 #: The most bytes of JSON a run's parameters may take.
@@ -160,6 +163,12 @@ def check_limits(max_bytes: int | None, max_parameters_bytes: int) -> None:
         raise InvalidInputError(
             "max_parameters_bytes", f"must be at least 1 byte, got {max_parameters_bytes}"
         )
+
+
+def check_intervals(**seconds: float) -> None:
+    for name, value in seconds.items():
+        if value < 0:
+            raise InvalidInputError(name, f"must be >= 0 seconds, got {value}")
 
 
 def check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> None:

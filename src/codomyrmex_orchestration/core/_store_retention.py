@@ -34,8 +34,6 @@ __all__ = ["Retention", "Usage", "stored_runs"]
 _CHUNK = 5_000
 #: Runs deleted at a time while evicting by bytes: each deletion is measured, so none goes needlessly.
 _BYTES_STEP = 1
-#: Housekeeping runs at most this often (seconds) unless a full flush asks for it.
-_EVERY = 1.0
 #: The spill files of tasks outside runs (``<spill_dir>/tasks``) are measured at most this often.
 _TASK_SPILL_EVERY = 1.0
 
@@ -68,6 +66,8 @@ class Retention:
         runs, events: the most runs and events kept (finished runs and events go oldest first).
         max_bytes: the byte budget (``None``: none); see :class:`Usage` for what counts.
         spill_dir: where step outputs are spilled (``<spill_dir>/<run_id>/``, ``<spill_dir>/tasks/``).
+        wal_reserve: bytes kept aside for the write-ahead log.
+        every: seconds between housekeeping passes (a full flush asks for one sooner).
     """
 
     def __init__(
@@ -79,6 +79,7 @@ class Retention:
         max_bytes: int | None = None,
         spill_dir: Path | None = None,
         wal_reserve: int = 0,
+        every: float = 1.0,
     ) -> None:
         self.path = path
         self.runs = runs
@@ -88,6 +89,7 @@ class Retention:
         # The WAL lives in the state directory too. Its live size swings with every commit (and with
         # retention's own deletions), so the budget keeps its cap aside instead of chasing it.
         self.wal_reserve = wal_reserve
+        self.every = every  # seconds between housekeeping passes, unless a full flush asks for one
         self._dirty = True  # something may be over a limit: the first housekeeping pass checks
         self._last = 0.0  # time.monotonic() of the last housekeeping pass
         # The bytes used, as last measured from the tallies, and at most how many bytes the commits
@@ -146,14 +148,14 @@ class Retention:
 
     def due(self, *, forced: bool) -> bool:
         """A housekeeping pass is due (it includes the budget's part)."""
-        return self._dirty and (forced or time.monotonic() - self._last >= _EVERY)
+        return self._dirty and (forced or time.monotonic() - self._last >= self.every)
 
     def housekeeping_in(self) -> float | None:
         """Seconds until a housekeeping pass is due, None when there is nothing for one to check (read
         without the commit lock by the idle writer: a hint of when to wake, checked again by due())."""
         if not self._dirty:
             return None
-        return max(0.0, self._last + _EVERY - time.monotonic())
+        return max(0.0, self._last + self.every - time.monotonic())
 
     def budget_due(self) -> bool:
         """The budget's part is due: bytes were added (or task spill files noted) since the last check."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -18,7 +18,7 @@ from ..errors import StateStoreError
 from ..logs import get_logger
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
-from ._workflow_map import is_item
+from ._store_steps import STEP_RESULT, STEP_SPILL, write_steps
 
 __all__ = ["DELETE", "Batch", "GroupCommitWriter"]
 
@@ -42,22 +42,6 @@ ON CONFLICT (run_id) DO UPDATE SET
     updated_at = excluded.updated_at, session_id = excluded.session_id,
     parent_run_id = excluded.parent_run_id, workflow_version = excluded.workflow_version
 """
-# A step row is (status, result, updated_at, spill_bytes, run_id, name): STEP_RESULT and STEP_SPILL
-# index it. Steps of a run that does not exist (never saved, or trimmed by retention) are dropped
-# instead of failing the whole batch on the foreign key.
-_SQL_UPSERT_STEP = """
-INSERT INTO steps (run_id, name, status, result, updated_at, spill_bytes)
-SELECT ?5, ?6, ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?5)
-ON CONFLICT (run_id, name) DO UPDATE SET
-    status = excluded.status, result = excluded.result, updated_at = excluded.updated_at,
-    spill_bytes = excluded.spill_bytes
-"""
-# A step whose row exists (a run's steps are saved with it when it starts): a third cheaper than the
-# upsert, which must try the insert first.
-_SQL_UPDATE_STEP = """
-UPDATE steps SET status = ?1, result = ?2, updated_at = ?3, spill_bytes = ?4 WHERE run_id = ?5 AND name = ?6
-"""
-STEP_RESULT, STEP_SPILL, STEP_NAME = 1, 3, 5
 _RUN_RECORD = 3  # the record JSON in a run row
 
 
@@ -397,7 +381,7 @@ class GroupCommitWriter:
         if batch.runs:
             conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
         if batch.steps:
-            _write_steps(conn, batch.steps.values())
+            write_steps(conn, list(batch.steps.values()))
         for sid, session in batch.sessions.items():
             if session is None:
                 conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
@@ -474,19 +458,6 @@ class GroupCommitWriter:
                     pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
                 close_quietly(self._conn)
         return True
-
-
-def _write_steps(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Update the rows of steps saved with their run; insert item rows (a map step's items are first
-    saved when they start) and any step whose row is not there yet."""
-    known: list[tuple[Any, ...]] = []
-    fresh: list[tuple[Any, ...]] = []
-    for row in rows:
-        (fresh if is_item(row[STEP_NAME]) else known).append(row)
-    if known and conn.executemany(_SQL_UPDATE_STEP, known).rowcount < len(known):
-        fresh += known  # some were not there: the upsert writes them (again, for the others: no change)
-    if fresh:
-        conn.executemany(_SQL_UPSERT_STEP, fresh)
 
 
 def _bytes_bound(batch: Batch) -> int | None:
