@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,40 @@ def test_a_run_whose_parameters_are_over_their_limit_is_refused_before_it_starts
         assert engine.execute_workflow("wf", parameters={"p": "small"}, timeout=30).succeeded
     finally:
         engine.shutdown()
+
+
+def test_room_reserved_for_a_spill_being_written_is_not_promised_to_another(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "state.db", max_bytes=BUDGET, spill_dir=tmp_path / "outputs") as store:
+        # Three spills of 300 KB checked before any is written: the fourth no longer fits.
+        assert all(store.make_room_for_spill(300_000, reserve=True) for _ in range(3))
+        assert not store.make_room_for_spill(300_000, reserve=True)
+        assert store.stats()["bytes_used"] >= 900_000  # reservations count as used
+        store.release_spill_room(300_000)  # one spill failed: its room is free again
+        assert store.make_room_for_spill(300_000, reserve=True)
+        folder = tmp_path / "outputs" / "tasks"
+        folder.mkdir(parents=True)
+        for i in range(3):  # the files land: each replaces its reservation, nothing counts twice
+            (folder / f"t{i}.json").write_bytes(b"x" * 300_000)
+            store.note_task_spill(folder / f"t{i}.json", 300_000, reserved=True)
+        assert 900_000 <= store.stats()["bytes_used"] <= BUDGET
+        assert not store.make_room_for_spill(300_000, reserve=True) or _disk_bytes(folder) < 900_000
+
+
+def test_task_outputs_spilled_by_many_workers_at_once_keep_the_state_under_its_budget(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core._limits import OutputLimiter
+
+    with SqliteStore(tmp_path / "state.db", max_bytes=BUDGET, spill_dir=tmp_path / "outputs") as store:
+        limiter = OutputLimiter(1000, spill_dir=tmp_path / "outputs", budget=store)
+        start = threading.Barrier(8)
+
+        def spill(i: int) -> dict[str, object]:
+            start.wait(timeout=30)
+            marker: dict[str, object] = limiter("c" * 300_000, run_id=None, step_name=None, task_id=f"w{i}")
+            return marker
+
+        with ThreadPoolExecutor(8) as pool:
+            markers = list(pool.map(spill, range(8)))
+        assert _disk_bytes(tmp_path / "outputs") <= BUDGET
+        assert all(m["spilled_to"] or "CODOMYRMEX_STATE_MAX_BYTES" in str(m["spill_error"]) for m in markers)
+        assert any(m["spilled_to"] for m in markers)
+        assert store.stats()["bytes_used"] <= BUDGET

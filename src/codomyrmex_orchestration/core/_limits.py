@@ -89,8 +89,9 @@ def _json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
 class SpillBudget(Protocol):
     """The state directory's byte budget, as the output limiter sees it (the SQLite store)."""
 
-    def make_room_for_spill(self, nbytes: int) -> bool: ...
-    def note_task_spill(self, path: Path, nbytes: int) -> None: ...
+    def make_room_for_spill(self, nbytes: int, *, reserve: bool = False) -> bool: ...
+    def release_spill_room(self, nbytes: int) -> None: ...
+    def note_task_spill(self, path: Path, nbytes: int, *, reserved: bool = False) -> None: ...
 
 
 class OutputLimiter:
@@ -157,7 +158,12 @@ class OutputLimiter:
             "spilled_to": None,
         }
         in_run = run_id is not None and step_name is not None
-        room = self.budget is None or self.budget.make_room_for_spill(len(data))
+        # A task's spill file counts against the budget the moment it is written, so its room is
+        # reserved: workers spilling at once cannot each claim the same free bytes. (A run's spill
+        # counts with its step's row, and the writer evicts at that commit if it went over.)
+        reserve = self.spill_dir is not None and not in_run
+        room = self.budget is None or self.budget.make_room_for_spill(len(data), reserve=reserve)
+        reserved = reserve and room and self.budget is not None
         if self.spill_dir is not None and not room and not in_run:
             marker["spill_error"] = (
                 f"no room for {len(data)} bytes in the state directory's byte budget "
@@ -166,14 +172,18 @@ class OutputLimiter:
         elif self.spill_dir is not None:
             try:
                 path = self._spill(data, run_id, step_name, task_id)
-                marker["spilled_to"] = str(path)
-                if self.budget is not None and not in_run:
-                    self.budget.note_task_spill(path, len(data))
             except OSError as exc:
+                if reserved:
+                    assert self.budget is not None
+                    self.budget.release_spill_room(len(data))
                 marker["spill_error"] = f"{type(exc).__name__}: {exc}"
                 _log.error(
                     "output spill failed", run_id=run_id, step=step_name, task_id=task_id, error=str(exc)
                 )
+            else:
+                marker["spilled_to"] = str(path)
+                if self.budget is not None and not in_run:
+                    self.budget.note_task_spill(path, len(data), reserved=reserved)
         with self._count_lock:
             self.truncated_count += 1
         _log.warning(

@@ -104,6 +104,9 @@ class Retention:
         self._task_lock = threading.Lock()
         self._task_files: list[tuple[float, int, str]] = []  # (mtime, size, path), oldest first
         self._task_bytes = 0
+        # Room promised to task spills being written (make_room(reserve=True)), until each lands
+        # (note_task_spill) or fails (release_room): concurrent spills cannot all claim the same room.
+        self._reserved = 0
         self._task_scanned = -_TASK_SPILL_EVERY
         self._usage_lock = threading.Lock()  # guards _stored
         self._stored = 0  # the bytes used as of the last commit, or an upper bound of them
@@ -114,23 +117,39 @@ class Retention:
         with self._usage_lock:
             return Usage(self._stored, task_bytes, self.max_bytes, self.wal_reserve)
 
-    def make_room(self, nbytes: int) -> bool:
+    def make_room(self, nbytes: int, *, reserve: bool = False) -> bool:
         """Make room for a spill file of ``nbytes`` now, on the caller's thread, by deleting the oldest
-        task spill files; False when that is not enough (finished runs go at the writer's next pass)."""
+        task spill files; False when that is not enough (finished runs go at the writer's next pass).
+
+        With ``reserve`` the room found is held for the caller until :meth:`note_task_spill` counts
+        the file or :meth:`release_room` gives the room back, so spills checked at the same time on
+        several workers never count the same free bytes twice."""
         if self.max_bytes is None:
             return True
         stored = self.usage.stored + self.wal_reserve
         with self._task_lock:
-            while self._task_files and stored + self._task_bytes + nbytes > self.max_bytes:
+            while self._task_files and stored + self._task_bytes + self._reserved + nbytes > self.max_bytes:
                 _, size, name = self._task_files.pop(0)
                 self._task_bytes -= size
                 _unlink_quietly(name)
-            task_bytes = self._task_bytes
-        return stored + task_bytes + nbytes <= self.max_bytes
+            fits = stored + self._task_bytes + self._reserved + nbytes <= self.max_bytes
+            if fits and reserve:
+                self._reserved += nbytes
+        return fits
 
-    def note_task_spill(self, path: str, nbytes: int) -> None:
-        """A task's output was just spilled to ``path``: count it at once, not at the next scan."""
+    def release_room(self, nbytes: int) -> None:
+        """Give back room reserved by :meth:`make_room` for a spill that was not written."""
+        if self.max_bytes is None:
+            return
         with self._task_lock:
+            self._reserved = max(0, self._reserved - nbytes)
+
+    def note_task_spill(self, path: str, nbytes: int, *, reserved: bool = False) -> None:
+        """A task's output was just spilled to ``path``: count it at once, not at the next scan (its
+        reservation, when ``reserved``, becomes the file's count)."""
+        with self._task_lock:
+            if reserved and self.max_bytes is not None:
+                self._reserved = max(0, self._reserved - nbytes)
             if all(known != path for _, _, known in self._task_files):  # a scan may have seen it already
                 self._task_files.append((time.time(), nbytes, path))
                 self._task_bytes += nbytes
@@ -227,7 +246,7 @@ class Retention:
 
     def _task_total(self) -> int:
         with self._task_lock:
-            return self._task_bytes
+            return self._task_bytes + self._reserved
 
     def after_commit(self, committed: bool) -> None:
         """Remove the spill folders of the runs the committed pass deleted (kept if it rolled back)."""
@@ -296,7 +315,7 @@ class Retention:
         deleted = 0
         while True:
             with self._task_lock:
-                task_bytes = self._task_bytes
+                task_bytes = self._task_bytes + self._reserved
             if stored_bytes(conn) + task_bytes + self.wal_reserve <= self.max_bytes:
                 break
             if deleted >= _CHUNK:

@@ -252,24 +252,23 @@ class SqliteStore:
                 even after evicting every finished run (naming the budget and its setting).
         """
         check_parameters(parameters, self.max_parameters_bytes)
-        usage = self._retention.usage
-        if not usage.over:
+        if not self._retention.usage.over:
             return
-        # Over at the last pass: evict now (it commits what is pending first) and measure again.
-        self._writer.run_retention()
+        self._writer.run_retention()  # over at the last pass: evict now (pending commits first), measure
         usage = self._retention.usage
         if usage.over and usage.max_bytes is not None:
             raise refuse_over_budget(usage.total, usage.max_bytes)
 
-    def make_room_for_spill(self, nbytes: int) -> bool:
-        """Before a step or task output of ``nbytes`` is spilled: delete the oldest task spill files
-        until it fits the byte budget. False when it still does not (the output limiter then writes no
-        file for a task; a run's finished runs are evicted at the writer's next pass)."""
-        return self._retention.make_room(nbytes)
+    def make_room_for_spill(self, nbytes: int, *, reserve: bool = False) -> bool:
+        """See :meth:`Retention.make_room`: room for a spill of ``nbytes`` (``reserve``: held for it)."""
+        return self._retention.make_room(nbytes, reserve=reserve)
 
-    def note_task_spill(self, path: Path, nbytes: int) -> None:
+    def release_spill_room(self, nbytes: int) -> None:
+        self._retention.release_room(nbytes)
+
+    def note_task_spill(self, path: Path, nbytes: int, *, reserved: bool = False) -> None:
         """A task's output (outside any run) was spilled to ``path``: it counts against the budget now."""
-        self._retention.note_task_spill(str(path), nbytes)
+        self._retention.note_task_spill(str(path), nbytes, reserved=reserved)
 
     # ------------------------------------------------------------------ writes (queued)
 
