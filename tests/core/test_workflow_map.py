@@ -246,6 +246,30 @@ def test_item_and_index_reach_parameters_and_run_if_and_a_skipped_item_gives_no_
     assert items.items[1].skipped_reason == "run_if is false: item.n != 'b'"
 
 
+def test_an_item_its_parameters_cannot_resolve_for_fails_alone_naming_the_path(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow(
+        "partial",
+        [
+            {
+                "name": "each",
+                "module": "core",
+                "action": "set",
+                "for_each": [{"n": "a"}, {"m": "b"}, {"n": "c"}],
+                "required": False,
+                "parameters": {"label": "{{index}}:{{item.n}}"},
+            }
+        ],
+    )
+    record = manager.execute_workflow("partial", timeout=WAIT)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    output = record.steps["each"].output
+    assert output["outputs"] == [{"label": "0:a"}, {"label": "2:c"}]
+    assert [f["index"] for f in output["failed"]] == [1]
+    assert "item has no key 'n'" in output["failed"][0]["error"]
+
+
 def test_an_empty_list_completes_the_map_step_with_an_empty_list(manager: WorkflowManager) -> None:
     manager.create_workflow(
         "nothing",

@@ -31,7 +31,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.templating import TemplateContext, resolve
+from codomyrmex_orchestration.core.templating import Template, TemplateContext, resolve
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, OrchestrationError
 
 if TYPE_CHECKING:
@@ -184,18 +184,24 @@ class MapState:
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         left: items not final yet.
         started_at: when the step was expanded.
+        context: what its items' templates resolve against (its ``item`` set per item), once needed.
+        template: its parameters parsed once for every item (``parsed``); ``None`` when they do not
+            parse (each item then resolves them itself, and fails with the error).
     """
 
     __slots__ = (
+        "context",
         "left",
         "limit",
         "name",
+        "parsed",
         "pending",
         "results",
         "slots",
         "spec",
         "start_mono",
         "started_at",
+        "template",
         "values",
     )
 
@@ -214,6 +220,21 @@ class MapState:
         self.left = sum(1 for r in self.results if r is None)
         self.started_at = utcnow()
         self.start_mono = time.monotonic()
+        self.context: TemplateContext | None = None
+        self.template: Template | None = None
+        self.parsed = False
+
+    def parameters(self, ctx: TemplateContext) -> Any:
+        """The step's parameters resolved for the item in ``ctx``, parsed on the first call only."""
+        if not self.parsed:
+            self.parsed = True
+            try:
+                self.template = Template(self.spec.parameters, ctx.steps)
+            except OrchestrationError:
+                self.template = None
+        if self.template is None:
+            return resolve(self.spec.parameters, ctx)
+        return self.template.resolve(ctx)
 
     def to_run(self) -> Iterator[int]:
         """The indices that have no kept result."""
@@ -396,11 +417,14 @@ class RunMaps:
         spec = state.spec
         if condition is None and not templated:
             return TaskStatus.READY, None, spec.parameters
-        ctx = run.template_context((state.values[index], index))
+        ctx = state.context
+        if ctx is None:  # one per map step: the run's steps are a live view, the item changes
+            ctx = state.context = run.template_context()
+        ctx.item = (state.values[index], index)
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
-            return TaskStatus.READY, None, resolve(spec.parameters, ctx) if templated else spec.parameters
+            return TaskStatus.READY, None, state.parameters(ctx) if templated else spec.parameters
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 
