@@ -29,7 +29,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
+from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator, TaskState
 from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
 
 __all__ = ["RunDriver"]
@@ -148,12 +148,18 @@ class RunDriver:
                 for result in adv.settled:
                     self._announce(run, result)
             submitted: list[tuple[str, str]] = []
-            for name, params in adv.submit:
-                outcome = self._submit(run, name, params)
-                if isinstance(outcome, Advance):
-                    work.append(outcome)
-                else:
-                    submitted.append((name, outcome))
+            wave = adv.submit
+            start = 0
+            while start < len(wave):  # a map step's items come in a row: one submission for the row
+                end = start + 1
+                if is_item(wave[start][0]):
+                    step = run.maps.step_of(wave[start][0])
+                    while (
+                        end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step
+                    ):
+                        end += 1
+                self._submit(run, wave[start:end], work, submitted)
+                start = end
             # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
             if submitted and not run.register_tasks(submitted):
                 for _name, task_id in submitted:
@@ -161,29 +167,44 @@ class RunDriver:
             if adv.finished:
                 self._finish(run)
 
-    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
-        """The step's task id, or what its failure to submit settled."""
-        step = run.spec_of(name)
+    def _submit(
+        self,
+        run: RunState,
+        entries: Sequence[tuple[str, dict[str, Any]]],
+        work: deque[Advance],
+        submitted: list[tuple[str, str]],
+    ) -> None:
+        """Submit steps of one spec (one step, or items of one map step) in one call to the scheduler:
+        their (name, task id) pairs go to ``submitted``, and what settles at once (a parked question, a
+        cache hit, a refusal) to ``work``."""
+        first = entries[0][0]
+        step = run.spec_of(first)
         if self.ask is not None and (step.module, step.action) == APPROVE:
-            return self.ask(run, name, params)
-        cache_key, cached = self.cache.lookup(run, name, step, params)
-        if cached is not None:  # no attempt: the output of an identical earlier call
-            return run.step_finished(cached, held_slot=True)
+            work.extend(self.ask(run, name, params) for name, params in entries)
+            return
+        todo: list[tuple[str, dict[str, Any], str | None]] = []
+        for name, params in entries:
+            cache_key, cached = self.cache.lookup(run, name, step, params)
+            if cached is not None:  # no attempt: the output of an identical earlier call
+                work.append(run.step_finished(cached, held_slot=True))
+            else:
+                todo.append((name, params, cache_key))
+        if not todo:
+            return
         try:
-            call = _StepCall(
-                self,
-                run,
-                name,
-                self.registry.get(step.module, step.action).func,
-                params,
-                self.recorder.write_mark(bool(run.parents_of(name))),
-                cache_key,
-            )
-            task_id = self.orchestrator.submit(
-                call,
-                # The same step by name, for backends that run it in another process (workflow.run,
-                # which needs this manager, is kept local by them); the local backend needs none.
-                action=ActionCall(
+            func = self.registry.get(step.module, step.action).func
+        except OrchestrationError as exc:
+            work.extend(_refused(run, name, exc) for name, _, _ in todo)
+            return
+        mark = self.recorder.write_mark(bool(run.parents_of(first)))
+        calls: list[TaskCall] = []
+        for name, params, cache_key in todo:
+            call = _StepCall(self, run, name, func, params, mark, cache_key)
+            # The same step by name, for backends that run it in another process (workflow.run, which
+            # needs this manager, is kept local by them); the local backend needs none.
+            action = None
+            if self._remote:
+                action = ActionCall(
                     step.module,
                     step.action,
                     params,
@@ -191,27 +212,31 @@ class RunDriver:
                     extras=self.extras,
                     allow_code_execution=self.registry.allow_code_execution,
                 )
-                if self._remote
-                else None,
-                name=f"{run.record.workflow_name}.{name}",
-                priority=run.priority_of(name),
+            # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
+            calls.append(
+                TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
+            )
+        try:
+            task_ids = self.orchestrator.submit_many(
+                calls,
+                priority=run.priority_of(first),
                 timeout=step.timeout,
                 max_retries=step.max_retries,
                 retry_delay=step.retry_delay,
                 backoff=step.backoff,
                 resources=step.resources or run.default_resources,
                 run_id=run.run_id,
-                step_name=name,
                 session_id=run.client,
-                # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                on_start=call.started,
-                on_done=call.done,
                 live_state=True,  # both callbacks copy the few fields they need at once
             )
         except OrchestrationError as exc:
-            result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
-            return run.step_finished(result, held_slot=True)
-        return task_id
+            if len(todo) == 1:
+                work.append(_refused(run, todo[0][0], exc))
+            else:  # all or none was refused (the queue's cap): as many as fit, one by one
+                for name, params, _ in todo:
+                    self._submit(run, [(name, params)], work, submitted)
+            return
+        submitted.extend((name, task_id) for (name, _, _), task_id in zip(todo, task_ids, strict=True))
 
     def step_started(self, call: _StepCall, state: TaskState) -> None:
         run = call.run
@@ -294,3 +319,9 @@ class RunDriver:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         except TaskNotFoundError:  # already final and forgotten by the scheduler's retention
             pass
+
+
+def _refused(run: RunState, name: str, exc: OrchestrationError) -> Advance:
+    """A step the scheduler (or the registry) refused fails with the reason."""
+    result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+    return run.step_finished(result, held_slot=True)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "TASK_EVENTS",
     "ResourceAdmission",
+    "TaskCall",
     "TaskCallable",
     "TaskListener",
     "TaskOrchestrator",
@@ -87,6 +88,20 @@ class TaskState(Protocol):
 
 
 StateCallback = Callable[[TaskState], None]
+
+
+class TaskCall(NamedTuple):
+    """What differs between the tasks of one :meth:`TaskOrchestrator.submit_many` call (the
+    arguments of :meth:`TaskOrchestrator.submit` of the same names)."""
+
+    fn: TaskCallable | None
+    name: str
+    step_name: str | None = None
+    on_start: TaskCallback | StateCallback | None = None
+    on_done: TaskCallback | StateCallback | None = None
+    action: ActionCall | None = None
+    dependencies: Sequence[str] = ()
+
 
 TASK_EVENTS = (
     "task.queued",
@@ -230,6 +245,43 @@ class TaskOrchestrator:
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
+        call = TaskCall(fn, name, step_name, on_start, on_done, action, dependencies)
+        return self.submit_many(
+            [call],
+            priority=priority,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            backoff=backoff,
+            resources=resources,
+            run_id=run_id,
+            live_state=live_state,
+            session_id=session_id,
+        )[0]
+
+    def submit_many(
+        self,
+        calls: Sequence[TaskCall],
+        *,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 0.0,
+        backoff: float = 2.0,
+        resources: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        live_state: bool = False,
+        session_id: str | None = None,
+    ) -> list[str]:
+        """Queue several tasks that share their settings, in order, as :meth:`submit` queues one, in one
+        acquisition of the scheduler's lock (a map step's wave of items); returns their ids.
+
+        All or none: when one is refused, none is queued. A task may depend on tasks submitted before
+        this call, not on one of the same call.
+
+        Raises:
+            Everything :meth:`submit` raises.
+        """
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
         retry = RetryPolicy.of(max_retries, retry_delay, backoff)
@@ -239,30 +291,33 @@ class TaskOrchestrator:
             self.check_resources(resources)
         else:
             resources = None
-        if action is not None:
-            if fn is None:
-                fn = _action_callable(self._registry_now(), action)
-            fn = self.backend.bind(fn, action, priority=priority, resources=resources)
-        elif fn is None:
-            raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
-        task = Task(
-            f"{self._id_prefix}{next(self._ids)}",
-            fn,
-            name,
-            priority,
-            tuple(dependencies),
-            timeout,
-            retry,
-            resources,
-            run_id,
-            step_name,
-            on_start,
-            on_done,
-            live_state,
-            session_id,
-        )
-        self._d.add(task)
-        return task.id
+        tasks: list[Task] = []
+        for fn, name, step_name, on_start, on_done, action, dependencies in calls:
+            if action is not None:
+                if fn is None:
+                    fn = _action_callable(self._registry_now(), action)
+                fn = self.backend.bind(fn, action, priority=priority, resources=resources)
+            elif fn is None:
+                raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
+            task = Task(
+                f"{self._id_prefix}{next(self._ids)}",
+                fn,
+                name,
+                priority,
+                tuple(dependencies),
+                timeout,
+                retry,
+                resources,
+                run_id,
+                step_name,
+                on_start,
+                on_done,
+                live_state,
+                session_id,
+            )
+            tasks.append(task)
+        self._d.add(tasks)
+        return [task.id for task in tasks]
 
     def submit_task(
         self,
