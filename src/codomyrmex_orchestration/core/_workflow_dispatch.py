@@ -16,7 +16,7 @@ import structlog
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
-from codomyrmex_orchestration.core._workflow_map import is_item
+from codomyrmex_orchestration.core._workflow_map import ItemEnd, is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -258,6 +258,9 @@ class RunDriver:
             self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
+        if call.cache_key is None and is_item(call.name):  # its row takes the task's fields directly
+            self.apply(call.run, call.run.step_finished(ItemEnd(call.name, state), held_slot=True))
+            return
         result = StepResult(
             name=call.name,
             status=state.status,

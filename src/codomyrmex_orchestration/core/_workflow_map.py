@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -36,11 +36,13 @@ from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededErro
 
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core._workflow_run import Advance, RunState
+    from codomyrmex_orchestration.core.scheduler import TaskState
 
 __all__ = [
     "FOR_EACH_LABEL",
     "MAX_MAP_ITEMS_SETTING",
     "WAVE",
+    "ItemEnd",
     "MapState",
     "RunMaps",
     "carried",
@@ -64,6 +66,10 @@ _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
 _ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
+_new_item = ItemResult.__new__
+_set = (
+    object.__setattr__
+)  # what model_construct sets a model's attributes with (BaseModel.__setattr__ validates)
 
 
 def item_name(step: str, index: int) -> str:
@@ -124,6 +130,15 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 # --------------------------------------------------------------------------- one expansion
 
 
+class ItemEnd(NamedTuple):
+    """A scheduled item's end as the scheduler reports it: the item's node and its task's live state,
+    read inside the scheduler's ``on_done`` only. It settles into the item's compact row directly (no
+    ``StepResult`` per item, unless a durable store keeps the row)."""
+
+    name: str
+    state: TaskState
+
+
 class _ItemRow:
     """An item's live state in a running map step: what its status, timings and output need, in slots
     (about 100 bytes where a ``StepResult`` model costs over a kilobyte: a 100,000-item map holds one
@@ -149,26 +164,44 @@ class _ItemRow:
             setattr(row, field, getattr(source, field))
         return row
 
+    def end(self, state: TaskState) -> None:
+        """Take the final fields of the item's task."""
+        self.status = state.status
+        self.output = state.result if state.status is TaskStatus.COMPLETED else None
+        self.error = state.error
+        self.attempts = state.attempts
+        self.started_at = state.started_at
+        self.finished_at = state.finished_at or utcnow()
+        self.duration_seconds = state.duration_seconds
+        self.skipped_reason = None
+
     def step_result(self, name: str) -> StepResult:
         """The row as a durable store keeps it (named ``<step>[<index>]``)."""
         return StepResult(name=name, **{f: getattr(self, f) for f in _ROW_FIELDS})
 
     def item(self, index: int) -> ItemResult:
-        """The row as the run record shows it. Built unvalidated (the fields are typed already) and
-        sharing one fields-set that names every field: a set of its own costs each item 728 bytes,
-        more than the rest of the model, and adding a field name to this one changes nothing."""
-        return ItemResult.model_construct(
-            _ALL_ITEM_FIELDS,
-            index=index,
-            status=self.status,
-            output=self.output,
-            error=self.error,
-            attempts=self.attempts,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            duration_seconds=self.duration_seconds,
-            skipped_reason=self.skipped_reason,
-        )
+        """The row as the run record shows it. Built unvalidated (the fields are typed already), as
+        ``model_construct`` builds a model but without its per-field search for aliases and defaults
+        (a 100,000-item map builds 100,000 of these at its end), and sharing one fields-set that
+        names every field: a set of its own costs each item 728 bytes, more than the rest of the
+        model, and adding a field name to this one changes nothing."""
+        item = _new_item(ItemResult)
+        fields = {
+            "index": index,
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+            "skipped_reason": self.skipped_reason,
+        }
+        _set(item, "__dict__", fields)
+        _set(item, "__pydantic_fields_set__", _ALL_ITEM_FIELDS)
+        _set(item, "__pydantic_extra__", None)
+        _set(item, "__pydantic_private__", None)
+        return item
 
 
 class MapState:
@@ -250,12 +283,15 @@ class MapState:
             return self.limit - held
         return WAVE - held if held <= WAVE // 2 else 0
 
-    def settle(self, index: int, result: StepResult) -> bool:
+    def settle(self, index: int, result: StepResult | ItemEnd) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
         previous = self.results[index]
         if previous is None or not previous.status.is_terminal:
             self.left -= 1
-        self.results[index] = _ItemRow.of(result)
+        if isinstance(result, ItemEnd):
+            self.live(index).end(result.state)
+        else:
+            self.results[index] = _ItemRow.of(result)
         self.slots.discard(index)
         return self.left == 0
 
@@ -390,15 +426,19 @@ class RunMaps:
                     result.finished_at = utcnow()
                     self.settle(result, advance)
 
-    def settle(self, result: StepResult, advance: Advance) -> None:
+    def settle(self, result: StepResult | ItemEnd, advance: Advance) -> None:
         """An item's final result: saved as its own row; its step settles with the last one."""
         run = self.run
-        step, index = split_item(result.name)
+        name = result.name
+        step, index = split_item(name)
         state = self.maps[step]
         last = state.settle(index, result)
-        run.task_ids.pop(result.name, None)  # only cancel reads it: 100,000 entries kept for nothing
-        run.save(result)
-        run.graph.done(result.name)
+        run.task_ids.pop(name, None)  # only cancel reads it: 100,000 entries kept for nothing
+        if isinstance(result, StepResult):
+            run.save(result)
+        elif run.saves_steps:
+            run.save(state.live(index).step_result(name))
+        run.graph.done(name)
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
-from codomyrmex_orchestration.core._workflow_map import RunMaps, carried, is_item
+from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
@@ -209,8 +209,9 @@ class RunState:
             with self.lock:
                 self._apply_starts()
 
-    def step_finished(self, result: StepResult, *, held_slot: bool) -> Advance:
-        """Record a submitted step's final result (``held_slot``: it counted against ``max_parallel``)."""
+    def step_finished(self, result: StepResult | ItemEnd, *, held_slot: bool) -> Advance:
+        """Record a submitted step's (or item's) final result (``held_slot``: it counted against
+        ``max_parallel``)."""
         advance = Advance()
         with self.lock:
             self._apply_starts()
@@ -401,13 +402,14 @@ class RunState:
             if self._save_step is not None:
                 self._save_step(self.run_id, result)
 
-    def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
+    def _settle(self, result: StepResult | ItemEnd, advance: Advance, *, announce: bool) -> None:
         name = result.name
         if self.waiting and self.waiting.pop(name, None) is not None:
             self._inputs_changed()
         if is_item(name):
             self.maps.settle(result, advance)
             return
+        assert isinstance(result, StepResult)  # an ItemEnd names an item
         self.record.steps[name] = result
         if self._save_step is not None:
             self._save_step(self.run_id, result)
