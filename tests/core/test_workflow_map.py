@@ -30,7 +30,7 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import StepSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import ItemResult, StepSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
@@ -490,6 +490,18 @@ def test_items_are_stored_one_row_each_and_read_back_into_their_map_step(
     assert list(stored.steps) == ["list", "each"]
     assert stored.steps["each"].output == [2, 4, 6]
     assert stored.steps["each"].items == record.steps["each"].items
+
+
+def test_a_finished_maps_items_are_whole_models_equal_to_validated_ones(manager: WorkflowManager) -> None:
+    manager.create_workflow("models", [lister([1, 2]), mapped()])
+    record = manager.execute_workflow("models", timeout=WAIT)
+    items = record.steps["each"].items
+    assert items is not None
+    for item in items.items:
+        again = ItemResult.model_validate(item.model_dump())
+        assert item == again and item.model_dump_json() == again.model_dump_json()
+        assert item.model_copy(update={"attempts": 9}).attempts == 9 and item.attempts == 1
+        assert item.status is TaskStatus.COMPLETED and item.started_at is not None
 
 
 def test_a_map_step_of_a_memory_store_run_is_read_back_whole(
