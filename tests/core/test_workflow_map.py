@@ -215,6 +215,45 @@ def test_a_map_step_without_max_parallel_hands_the_scheduler_its_items_in_waves(
     assert all(i.attempts == 1 and i.finished_at is not None for i in view.items)
 
 
+def test_a_scheduler_with_more_workers_than_half_a_wave_gets_waves_of_twice_its_workers(
+    registry: ActionRegistry, calls: Calls
+) -> None:
+    workers = WAVE // 2 + 6
+    orchestrator = TaskOrchestrator(workers, registry=registry)
+    manager = WorkflowManager(
+        orchestrator=orchestrator, registry=registry, store=MemoryStore(), config_dir=None
+    )
+    all_busy = threading.Event()
+    release = threading.Event()
+
+    def gated(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= workers:
+                    all_busy.set()
+            release.wait(WAIT)
+            return params["item"]
+        finally:
+            calls.leave()
+
+    registry.register(ActionDefinition("test", "gated", gated))
+    items = 6 * workers
+    manager.create_workflow("wide", [mapped(for_each=list(range(items)), action="gated")])
+    try:
+        run_id = manager.start_workflow("wide")
+        assert all_busy.wait(WAIT)  # every worker holds an item: none waits for the next wave
+        live = [t for t in orchestrator.list_tasks(limit=10 * items) if t.run_id == run_id]
+        assert len([t for t in live if not t.status.is_terminal]) == 2 * workers
+        release.set()
+        record = manager.wait_run(run_id, WAIT)
+        assert record.status is WorkflowStatus.COMPLETED, record.error
+        assert record.steps["each"].output == list(range(items))
+    finally:
+        release.set()
+        orchestrator.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
 def test_a_map_over_an_earlier_steps_output_sees_the_whole_list(manager: WorkflowManager) -> None:
     manager.create_workflow("chain", [lister([3, 1, 2]), mapped()])
     record = manager.execute_workflow("chain", timeout=WAIT)

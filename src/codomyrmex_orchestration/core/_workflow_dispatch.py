@@ -125,7 +125,7 @@ class RunDriver:
                     "session_id": run.record.session_id,
                 },
             )
-        self.apply(run, run.begin())
+        self.apply(run, run.begin(self.orchestrator.max_workers))
 
     def add_steps(self, run: RunState, steps: Sequence[StepSpec]) -> None:
         """Add steps to a running run (see :meth:`RunState.add_steps`) and dispatch those ready."""

@@ -59,8 +59,9 @@ __all__ = [
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
 #: How a definition's graph marks a map step (a run's graph adds the item count).
 FOR_EACH_LABEL = "for each"
-#: Items of a map step without ``max_parallel`` in the scheduler at once, at most (see ``MapState.room``).
-WAVE = 1024
+#: Items of a map step without ``max_parallel`` in the scheduler at once, at most, unless the scheduler
+#: has more than half as many workers (see ``MapState.room`` and ``RunMaps.wave``).
+WAVE = 128
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
@@ -215,6 +216,7 @@ class MapState:
         pending: indices cleared by the graph, waiting for a slot under ``limit``.
         slots: indices decided and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
+        wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
         started_at: when the step was expanded.
         context: what its items' templates resolve against (its ``item`` set per item), once needed.
@@ -236,9 +238,12 @@ class MapState:
         "started_at",
         "template",
         "values",
+        "wave",
     )
 
-    def __init__(self, name: str, spec: StepSpec, values: list[Any], carried: MapItems | None) -> None:
+    def __init__(
+        self, name: str, spec: StepSpec, values: list[Any], carried: MapItems | None, wave: int = WAVE
+    ) -> None:
         self.name = name
         self.spec = spec
         self.values = values
@@ -250,6 +255,7 @@ class MapState:
         self.pending: deque[int] = deque()
         self.slots: set[int] = set()
         self.limit = spec.max_parallel
+        self.wave = wave
         self.left = sum(1 for r in self.results if r is None)
         self.started_at = utcnow()
         self.start_mono = time.monotonic()
@@ -275,13 +281,16 @@ class MapState:
 
     def room(self) -> int:
         """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
-        it: items go to the scheduler in waves of ``WAVE``, the next once half of one has finished, so
-        a 100,000-item map keeps about ``WAVE`` scheduler tasks alive, not one per item (the workers run
-        a few at a time whatever the queue holds)."""
+        it: items go to the scheduler in waves of ``wave``, the next once half of one has finished, so
+        a 100,000-item map keeps about ``wave`` scheduler tasks alive, not one per item (the workers run
+        a few at a time whatever the queue holds). An item's task, its call and its parameters live
+        from its wave's submission to its end: in small waves they die young, which spares the
+        collector (they would otherwise outlive a generation-1 collection and add to the full ones)."""
         held = len(self.slots)
         if self.limit is not None:
             return self.limit - held
-        return WAVE - held if held <= WAVE // 2 else 0
+        wave = self.wave
+        return wave - held if held <= wave // 2 else 0
 
     def settle(self, index: int, result: StepResult | ItemEnd) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
@@ -345,12 +354,15 @@ class RunMaps:
     """The map steps one run has expanded, and the transitions of their items. Every method but
     :meth:`step_of` runs under the run's lock, called by the run's own transitions."""
 
-    __slots__ = ("limit", "maps", "run")
+    __slots__ = ("limit", "maps", "run", "wave")
 
     def __init__(self, run: RunState, limit: int) -> None:
         self.run = run
         self.limit = limit  # most items per map step
         self.maps: dict[str, MapState] = {}
+        # Without max_parallel, the items of a map step in the scheduler at once: WAVE, or twice the
+        # scheduler's workers if that is more, so that every worker has an item to take (RunState.begin).
+        self.wave = WAVE
 
     def __bool__(self) -> bool:
         return bool(self.maps)
@@ -389,7 +401,7 @@ class RunMaps:
         """Add one graph node per item still to run; the step ends when its last item does."""
         run = self.run
         spec = run.spec_of(name)
-        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items)
+        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items, self.wave)
         row = StepResult(
             name=name,
             status=TaskStatus.RUNNING,

@@ -196,9 +196,11 @@ class RunState:
 
     # ------------------------------------------------------------------ transitions
 
-    def begin(self) -> Advance:
-        """The first wave: steps with no dependencies (and kept results of a resumed run) settle."""
+    def begin(self, workers: int = 1) -> Advance:
+        """The first wave: steps with no dependencies (and kept results of a resumed run) settle.
+        ``workers``: the scheduler's, so that a map step's waves keep each of them busy."""
         with self.lock:
+            self.maps.wave = max(self.maps.wave, 2 * workers)
             return self._drain(Advance())
 
     def step_started(self, name: str, attempt: int, started_at: datetime | None) -> None:
