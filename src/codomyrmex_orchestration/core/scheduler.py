@@ -292,30 +292,15 @@ class TaskOrchestrator:
         else:
             resources = None
         tasks: list[Task] = []
-        for fn, name, step_name, on_start, on_done, action, dependencies in calls:
+        for fn, name, step_name, on_start, on_done, action, deps in calls:
             if action is not None:
-                if fn is None:
-                    fn = _action_callable(self._registry_now(), action)
+                fn = fn or _action_callable(self._registry_now(), action)
                 fn = self.backend.bind(fn, action, priority=priority, resources=resources)
             elif fn is None:
                 raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
-            task = Task(
-                f"{self._id_prefix}{next(self._ids)}",
-                fn,
-                name,
-                priority,
-                tuple(dependencies),
-                timeout,
-                retry,
-                resources,
-                run_id,
-                step_name,
-                on_start,
-                on_done,
-                live_state,
-                session_id,
-            )
-            tasks.append(task)
+            task_id = f"{self._id_prefix}{next(self._ids)}"
+            rest = (timeout, retry, resources, run_id, step_name, on_start, on_done, live_state, session_id)
+            tasks.append(Task(task_id, fn, name, priority, tuple(deps), *rest))  # Task's fields, in order
         self._d.add(tasks)
         return [task.id for task in tasks]
 
