@@ -120,7 +120,8 @@ class Dispatcher:
                     waiting,
                     f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),",
                 )
-            deps = [[self.table.require(dep_id) for dep_id in task.dependencies] for task in tasks]
+            # All or none: every dependency is known before any task is added.
+            deps = [[self.table.require(d) for d in t.dependencies] if t.dependencies else [] for t in tasks]
             # With listeners, a task waits to be queued until "task.queued" was delivered, so that no
             # listener sees a task start before it saw it queued.
             held = bool(self.listeners)

@@ -90,6 +90,13 @@ class TaskState(Protocol):
 StateCallback = Callable[[TaskState], None]
 
 
+#: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
+#: live state, session.
+_Settings = tuple[
+    TaskPriority, float | None, RetryPolicy, Mapping[str, Any] | None, str | None, bool, str | None
+]
+
+
 class TaskCall(NamedTuple):
     """What differs between the tasks of one :meth:`TaskOrchestrator.submit_many` call (the
     arguments of :meth:`TaskOrchestrator.submit` of the same names)."""
@@ -245,19 +252,12 @@ class TaskOrchestrator:
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
-        call = TaskCall(fn, name, step_name, on_start, on_done, action, dependencies)
-        return self.submit_many(
-            [call],
-            priority=priority,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            resources=resources,
-            run_id=run_id,
-            live_state=live_state,
-            session_id=session_id,
-        )[0]
+        settings = self._settings(
+            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+        )
+        task = self._task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
+        self._d.add((task,))
+        return task.id
 
     def submit_many(
         self,
@@ -282,6 +282,26 @@ class TaskOrchestrator:
         Raises:
             Everything :meth:`submit` raises.
         """
+        settings = self._settings(
+            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+        )
+        tasks = [self._task(*call, settings) for call in calls]
+        self._d.add(tasks)
+        return [task.id for task in tasks]
+
+    def _settings(
+        self,
+        priority: TaskPriority,
+        timeout: float | None,
+        max_retries: int,
+        retry_delay: float,
+        backoff: float,
+        resources: Mapping[str, Any] | None,
+        run_id: str | None,
+        live_state: bool,
+        session_id: str | None,
+    ) -> _Settings:
+        """The settings tasks share, checked (see :meth:`submit`)."""
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
         retry = RetryPolicy.of(max_retries, retry_delay, backoff)
@@ -289,20 +309,29 @@ class TaskOrchestrator:
             priority = TaskPriority(priority)
         if resources:
             self.check_resources(resources)
-        else:
-            resources = None
-        tasks: list[Task] = []
-        for fn, name, step_name, on_start, on_done, action, deps in calls:
-            if action is not None:
-                fn = fn or _action_callable(self._registry_now(), action)
-                fn = self.backend.bind(fn, action, priority=priority, resources=resources)
-            elif fn is None:
-                raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
-            task_id = f"{self._id_prefix}{next(self._ids)}"
-            rest = (timeout, retry, resources, run_id, step_name, on_start, on_done, live_state, session_id)
-            tasks.append(Task(task_id, fn, name, priority, tuple(deps), *rest))  # Task's fields, in order
-        self._d.add(tasks)
-        return [task.id for task in tasks]
+        return priority, timeout, retry, resources or None, run_id, live_state, session_id
+
+    def _task(
+        self,
+        fn: TaskCallable | None,
+        name: str,
+        step_name: str | None,
+        on_start: TaskCallback | StateCallback | None,
+        on_done: TaskCallback | StateCallback | None,
+        action: ActionCall | None,
+        dependencies: Sequence[str],
+        settings: _Settings,
+    ) -> Task:
+        priority, timeout, retry, resources, run_id, live_state, session_id = settings
+        if action is not None:
+            fn = fn or _action_callable(self._registry_now(), action)
+            fn = self.backend.bind(fn, action, priority=priority, resources=resources)
+        elif fn is None:
+            raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
+        task_id = f"{self._id_prefix}{next(self._ids)}"
+        deps = tuple(dependencies)
+        run = (run_id, step_name, on_start, on_done, live_state, session_id)
+        return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
 
     def submit_task(
         self,
