@@ -216,19 +216,32 @@ class RunDriver:
             calls.append(
                 TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
             )
+        settings: dict[str, Any] = {
+            "priority": run.priority_of(first),
+            "timeout": step.timeout,
+            "max_retries": step.max_retries,
+            "retry_delay": step.retry_delay,
+            "backoff": step.backoff,
+            "resources": step.resources or run.default_resources,
+            "run_id": run.run_id,
+            "session_id": run.client,
+            "live_state": True,  # both callbacks copy the few fields they need at once
+        }
         try:
-            task_ids = self.orchestrator.submit_many(
-                calls,
-                priority=run.priority_of(first),
-                timeout=step.timeout,
-                max_retries=step.max_retries,
-                retry_delay=step.retry_delay,
-                backoff=step.backoff,
-                resources=step.resources or run.default_resources,
-                run_id=run.run_id,
-                session_id=run.client,
-                live_state=True,  # both callbacks copy the few fields they need at once
-            )
+            if len(calls) == 1:  # a step: the plain submission (a wave's machinery costs every step)
+                fn, task_name, step_name, on_start, on_done, action, _ = calls[0]
+                task_id = self.orchestrator.submit(
+                    fn,
+                    name=task_name,
+                    step_name=step_name,
+                    on_start=on_start,
+                    on_done=on_done,
+                    action=action,
+                    **settings,
+                )
+                submitted.append((todo[0][0], task_id))
+                return
+            task_ids = self.orchestrator.submit_many(calls, **settings)
         except OrchestrationError as exc:
             if len(todo) == 1:
                 work.append(_refused(run, todo[0][0], exc))
@@ -236,7 +249,7 @@ class RunDriver:
                 for name, params, _ in todo:
                     self._submit(run, [(name, params)], work, submitted)
             return
-        submitted.extend((name, task_id) for (name, _, _), task_id in zip(todo, task_ids, strict=True))
+        submitted.extend(zip([name for name, _, _ in todo], task_ids, strict=True))
 
     def step_started(self, call: _StepCall, state: TaskState) -> None:
         run = call.run
