@@ -120,13 +120,14 @@ class Dispatcher:
                     waiting,
                     f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),",
                 )
-            # All or none: every dependency is known before any task is added.
-            deps = [[self.table.require(d) for d in t.dependencies] if t.dependencies else [] for t in tasks]
+            for task in tasks:  # all or none: every dependency is known before any task is added
+                for dep_id in task.dependencies:
+                    self.table.require(dep_id)
             # With listeners, a task waits to be queued until "task.queued" was delivered, so that no
             # listener sees a task start before it saw it queued.
             held = bool(self.listeners)
-            for task, task_deps in zip(tasks, deps, strict=True):
-                failed = self.table.add(task, task_deps)
+            for task in tasks:
+                failed = self.table.add(task, [self.table.require(d) for d in task.dependencies])
                 if failed is not None:
                     self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
                     continue

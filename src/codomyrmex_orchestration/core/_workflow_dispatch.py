@@ -149,17 +149,24 @@ class RunDriver:
                     self._announce(run, result)
             submitted: list[tuple[str, str]] = []
             wave = adv.submit
-            start = 0
-            while start < len(wave):  # a map step's items come in a row: one submission for the row
-                end = start + 1
-                if is_item(wave[start][0]):
-                    step = run.maps.step_of(wave[start][0])
+            i = 0
+            while i < len(wave):
+                name, params = wave[i]
+                if is_item(name):  # a map step's items come in a row: one submission for the row
+                    end, step = i + 1, run.maps.step_of(name)
                     while (
                         end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step
                     ):
                         end += 1
-                self._submit(run, wave[start:end], work, submitted)
-                start = end
+                    self._submit_items(run, wave[i:end], work, submitted)
+                    i = end
+                    continue
+                outcome = self._submit(run, name, params)
+                if isinstance(outcome, Advance):
+                    work.append(outcome)
+                else:
+                    submitted.append((name, outcome))
+                i += 1
             # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
             if submitted and not run.register_tasks(submitted):
                 for _name, task_id in submitted:
@@ -167,89 +174,124 @@ class RunDriver:
             if adv.finished:
                 self._finish(run)
 
-    def _submit(
+    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
+        """The step's task id, or what its failure to submit settled."""
+        step = run.spec_of(name)
+        if self.ask is not None and (step.module, step.action) == APPROVE:
+            return self.ask(run, name, params)
+        cache_key, cached = self.cache.lookup(run, name, step, params)
+        if cached is not None:  # no attempt: the output of an identical earlier call
+            return run.step_finished(cached, held_slot=True)
+        try:
+            call = _StepCall(
+                self,
+                run,
+                name,
+                self.registry.get(step.module, step.action).func,
+                params,
+                self.recorder.write_mark(bool(run.parents_of(name))),
+                cache_key,
+            )
+            task_id = self.orchestrator.submit(
+                call,
+                # The same step by name, for backends that run it in another process (workflow.run,
+                # which needs this manager, is kept local by them); the local backend needs none.
+                action=self._action(run, step, params) if self._remote else None,
+                name=f"{run.record.workflow_name}.{name}",
+                priority=run.priority_of(name),
+                timeout=step.timeout,
+                max_retries=step.max_retries,
+                retry_delay=step.retry_delay,
+                backoff=step.backoff,
+                resources=step.resources or run.default_resources,
+                run_id=run.run_id,
+                step_name=name,
+                session_id=run.client,
+                # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
+                on_start=call.started,
+                on_done=call.done,
+                live_state=True,  # both callbacks copy the few fields they need at once
+            )
+        except OrchestrationError as exc:
+            result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+            return run.step_finished(result, held_slot=True)
+        return task_id
+
+    def _submit_items(
         self,
         run: RunState,
         entries: Sequence[tuple[str, dict[str, Any]]],
         work: deque[Advance],
         submitted: list[tuple[str, str]],
     ) -> None:
-        """Submit steps of one spec (one step, or items of one map step) in one call to the scheduler:
-        their (name, task id) pairs go to ``submitted``, and what settles at once (a parked question, a
-        cache hit, a refusal) to ``work``."""
+        """Submit a row of items of one map step in one call to the scheduler (one lock acquisition):
+        their (name, task id) pairs go to ``submitted``, what settles at once to ``work``. Items asking
+        a question or using the step cache, and a row the scheduler refuses (its queue cap), go one by
+        one as steps do."""
         first = entries[0][0]
         step = run.spec_of(first)
-        if self.ask is not None and (step.module, step.action) == APPROVE:
-            work.extend(self.ask(run, name, params) for name, params in entries)
-            return
-        todo: list[tuple[str, dict[str, Any], str | None]] = []
-        for name, params in entries:
-            cache_key, cached = self.cache.lookup(run, name, step, params)
-            if cached is not None:  # no attempt: the output of an identical earlier call
-                work.append(run.step_finished(cached, held_slot=True))
-            else:
-                todo.append((name, params, cache_key))
-        if not todo:
+        if (self.ask is not None and (step.module, step.action) == APPROVE) or step.cache is not None:
+            self._one_by_one(run, entries, work, submitted)
             return
         try:
             func = self.registry.get(step.module, step.action).func
         except OrchestrationError as exc:
-            work.extend(_refused(run, name, exc) for name, _, _ in todo)
+            error = ErrorInfo.from_exception(exc)
+            for name, _ in entries:
+                result = StepResult(name=name, status=TaskStatus.FAILED, error=error)
+                work.append(run.step_finished(result, held_slot=True))
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
         calls: list[TaskCall] = []
-        for name, params, cache_key in todo:
-            call = _StepCall(self, run, name, func, params, mark, cache_key)
-            # The same step by name, for backends that run it in another process (workflow.run, which
-            # needs this manager, is kept local by them); the local backend needs none.
-            action = None
-            if self._remote:
-                action = ActionCall(
-                    step.module,
-                    step.action,
-                    params,
-                    depth=run.depth,
-                    extras=self.extras,
-                    allow_code_execution=self.registry.allow_code_execution,
-                )
-            # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
+        for name, params in entries:
+            call = _StepCall(self, run, name, func, params, mark)
+            action = self._action(run, step, params) if self._remote else None
             calls.append(
                 TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
             )
-        settings: dict[str, Any] = {
-            "priority": run.priority_of(first),
-            "timeout": step.timeout,
-            "max_retries": step.max_retries,
-            "retry_delay": step.retry_delay,
-            "backoff": step.backoff,
-            "resources": step.resources or run.default_resources,
-            "run_id": run.run_id,
-            "session_id": run.client,
-            "live_state": True,  # both callbacks copy the few fields they need at once
-        }
         try:
-            if len(calls) == 1:  # a step: the plain submission (a wave's machinery costs every step)
-                fn, task_name, step_name, on_start, on_done, action, _ = calls[0]
-                task_id = self.orchestrator.submit(
-                    fn,
-                    name=task_name,
-                    step_name=step_name,
-                    on_start=on_start,
-                    on_done=on_done,
-                    action=action,
-                    **settings,
-                )
-                submitted.append((todo[0][0], task_id))
-                return
-            task_ids = self.orchestrator.submit_many(calls, **settings)
-        except OrchestrationError as exc:
-            if len(todo) == 1:
-                work.append(_refused(run, todo[0][0], exc))
-            else:  # all or none was refused (the queue's cap): as many as fit, one by one
-                for name, params, _ in todo:
-                    self._submit(run, [(name, params)], work, submitted)
+            task_ids = self.orchestrator.submit_many(
+                calls,
+                priority=run.priority_of(first),
+                timeout=step.timeout,
+                max_retries=step.max_retries,
+                retry_delay=step.retry_delay,
+                backoff=step.backoff,
+                resources=step.resources or run.default_resources,
+                run_id=run.run_id,
+                session_id=run.client,
+                live_state=True,
+            )
+        except OrchestrationError:  # all or none was refused: as many as fit, one by one
+            self._one_by_one(run, entries, work, submitted)
             return
-        submitted.extend(zip([name for name, _, _ in todo], task_ids, strict=True))
+        submitted.extend(zip([name for name, _ in entries], task_ids, strict=True))
+
+    def _one_by_one(
+        self,
+        run: RunState,
+        entries: Sequence[tuple[str, dict[str, Any]]],
+        work: deque[Advance],
+        submitted: list[tuple[str, str]],
+    ) -> None:
+        for name, params in entries:
+            outcome = self._submit(run, name, params)
+            if isinstance(outcome, Advance):
+                work.append(outcome)
+            else:
+                submitted.append((name, outcome))
+
+    def _action(self, run: RunState, step: StepSpec, params: dict[str, Any]) -> ActionCall:
+        """The step by name, for backends that run it in another process (workflow.run, which needs this
+        manager, is kept local by them); the local backend needs none."""
+        return ActionCall(
+            step.module,
+            step.action,
+            params,
+            depth=run.depth,
+            extras=self.extras,
+            allow_code_execution=self.registry.allow_code_execution,
+        )
 
     def step_started(self, call: _StepCall, state: TaskState) -> None:
         run = call.run
@@ -335,9 +377,3 @@ class RunDriver:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         except TaskNotFoundError:  # already final and forgotten by the scheduler's retention
             pass
-
-
-def _refused(run: RunState, name: str, exc: OrchestrationError) -> Advance:
-    """A step the scheduler (or the registry) refused fails with the reason."""
-    result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
-    return run.step_finished(result, held_slot=True)
