@@ -68,9 +68,8 @@ _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished
 _ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
 _new_item = ItemResult.__new__
-_set = (
-    object.__setattr__
-)  # what model_construct sets a model's attributes with (BaseModel.__setattr__ validates)
+# What model_construct sets a model's attributes with (BaseModel.__setattr__ would validate).
+_set = object.__setattr__
 
 
 def item_name(step: str, index: int) -> str:
