@@ -157,7 +157,7 @@ async def _clients(ours: Any, bare: Any) -> AsyncIterator[tuple[Client, Client]]
         yield our_client, bare_client
 
 
-async def main(calls: int, rounds: int) -> None:
+async def main(calls: int, rounds: int, transport: str = "both") -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
         env.update(
@@ -170,8 +170,14 @@ async def main(calls: int, rounds: int) -> None:
         bare_args = [str(HERE / "_echo_server.py"), "--shaped", str(shaped)]
         ours = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp, env=env)
         bare = StdioServerParameters(command=sys.executable, args=bare_args, cwd=tmp)
-        async with _clients(ours, bare) as (our_client, bare_client):
-            stdio = await _compare(our_client, bare_client, calls, rounds)
+        stdio: Rounds | None = None
+        http: Rounds | None = None
+        if transport in ("both", "stdio"):
+            async with _clients(ours, bare) as (our_client, bare_client):
+                stdio = await _compare(our_client, bare_client, calls, rounds)
+        if transport == "stdio":
+            _print(calls, rounds, stdio, http)
+            return
         http_env = {**env, "CODOMYRMEX_STATE_DIR": f"{tmp}/state-http"}
         our_args = [str(SCRIPT), "serve", "--transport", "streamable-http", "--port"]
         with (
@@ -180,14 +186,21 @@ async def main(calls: int, rounds: int) -> None:
         ):
             async with _clients(our_url, bare_url) as (our_client, bare_client):
                 http = await _compare(our_client, bare_client, calls, rounds)
+    _print(calls, rounds, stdio, http)
+
+
+def _print(calls: int, rounds: int, stdio: Rounds | None, http: Rounds | None) -> None:
     print(f"calls per round: {calls}, rounds: {rounds} (ratio: median of same-round ratios)")
-    _report("stdio", stdio)
-    _report("http", http)
+    if stdio is not None:
+        _report("stdio", stdio)
+    if http is not None:
+        _report("http", http)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--transport", choices=("both", "stdio", "http"), default="both")
     ns = parser.parse_args()
-    anyio.run(main, ns.calls, ns.rounds)
+    anyio.run(main, ns.calls, ns.rounds, ns.transport)

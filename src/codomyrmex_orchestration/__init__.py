@@ -15,10 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Imported first (isort keeps it first): importing logs points an unconfigured structlog at stderr
-# before any submodule binds a logger, since a logger bound earlier would write to stdout, the wire.
-from codomyrmex_orchestration import logs as _logs  # noqa: F401  (imported for its side effect, see above)
-
 if TYPE_CHECKING:
     from codomyrmex_orchestration.compose import (
         build_engine,

@@ -1,13 +1,18 @@
-"""Logging: structlog to stderr (never stdout, which is the stdio protocol), console or JSON."""
+"""Logging: structlog to stderr (never stdout, which is the stdio protocol), console or JSON.
+
+structlog is imported on first use, not with this module: the CLI imports it first without rich (see
+:func:`import_structlog_plain`), and whichever of our modules uses it first points an unconfigured structlog
+at stderr (:func:`ensure_stderr_default`). State: the lock ordering that check with structlog's global
+configuration.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from codomyrmex_orchestration._redact import redact, redact_text
 
@@ -46,6 +51,8 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     Level filtering happens in the bound logger before any formatting, so debug calls on the hot
     path cost a method call and nothing more.
     """
+    import structlog
+
     numeric = _LEVELS.get(level.lower(), logging.INFO)
     out = stream if stream is not None else _STDERR
     renderer: Any = (
@@ -91,22 +98,53 @@ def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:
     """A structlog logger bound to ``name`` and ``bindings``.
 
     A lazy proxy: binding now (at import) would freeze the configuration of that moment, so a later
-    :func:`configure_logging` (``--log-level``) would not apply to module-level loggers.
+    :func:`configure_logging` (``--log-level``) would not apply to module-level loggers. An unconfigured
+    structlog is pointed at stderr first (a logger used before that would write to stdout, the wire).
     """
+    import structlog
+
+    ensure_stderr_default()
     return structlog.get_logger(name, **bindings)
 
 
+#: Orders the check of structlog's global configuration with the configuring in ensure_stderr_default
+#: (two threads binding their first loggers at once must not both find it unconfigured).
+_default_lock = threading.Lock()
+
+
 def ensure_stderr_default() -> None:
-    """Point an unconfigured structlog at stderr: its own default is stdout, the stdio wire."""
-    if not structlog.is_configured():
-        defaults = structlog.get_config()["processors"]
-        structlog.configure(
-            # structlog's own chain, with no secret value reaching the renderer (see _redact_event)
-            processors=[*defaults[:-1], _redact_event, defaults[-1]],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
-        )
+    """Point an unconfigured structlog at stderr: its own default is stdout, the stdio wire.
+
+    Called by :func:`get_logger` and by ``core/__init__`` (the core's modules use structlog directly),
+    so it has run before any logger of the package writes.
+    """
+    import structlog
+
+    with _default_lock:
+        if not structlog.is_configured():
+            defaults = structlog.get_config()["processors"]
+            structlog.configure(
+                # structlog's own chain, with no secret value reaching the renderer (see _redact_event)
+                processors=[*defaults[:-1], _redact_event, defaults[-1]],
+                wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
+            )
 
 
-# At import, before any other module of the package binds a logger (see ensure_stderr_default).
-ensure_stderr_default()
+def import_structlog_plain() -> None:
+    """Import structlog without rich, for a process of ours that configures logging (the CLI).
+
+    Importing structlog imports rich when it is installed (and through it pygments and attrs), ~0.05x
+    of a cold server's start (issue 23), for rich tracebacks: :func:`configure_logging`'s chain never
+    uses them (``format_exc_info`` turns an exception into plain text before the renderer). Only for
+    the CLI's own process, at its start: a program importing the package keeps structlog as installed.
+    Does nothing when structlog or rich is imported already. Not thread-safe: rich is unimportable
+    while it runs, so it is called once, before the process starts threads.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # the import system's documented "absent"
+    try:
+        import structlog  # noqa: F401  # imported here, without rich, for every later user
+    finally:
+        del sys.modules["rich"]

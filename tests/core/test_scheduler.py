@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -638,6 +639,41 @@ def test_a_failing_on_settled_callback_does_not_break_waiters_or_workers(make_or
     assert orch.wait(queued, WAIT).status is TaskStatus.CANCELLED
     assert sorted(calls, key=lambda s: s.value) == [TaskStatus.CANCELLED, TaskStatus.COMPLETED]
     assert orch.wait(orch.submit(lambda ctx: 2, name="next"), WAIT).result == 2
+
+
+def test_a_settled_task_kept_in_the_table_holds_no_reference_to_its_callbacks_or_waiters(
+    make_orch: Any,
+) -> None:
+    """Finished tasks stay in the table (up to its retention); what was only there to be called back
+    (a server's future and loop, closures) must go with the settlement, or every call leaves it behind
+    for the garbage collector to walk."""
+    orch = make_orch(1)
+
+    class Callback:
+        def __init__(self) -> None:
+            self.called = threading.Event()
+
+        def __call__(self, record: TaskRecord) -> None:
+            self.called.set()
+
+    callback = Callback()
+    called = callback.called
+    gone = threading.Event()
+    weakref.finalize(callback, gone.set)
+    task_id, release = blocker(orch)
+    orch.on_settled(task_id, callback)
+    del callback
+    waiter = threading.Thread(target=orch.wait, args=(task_id, WAIT))
+    waiter.start()
+    release.set()
+    assert called.wait(WAIT)
+    assert gone.wait(WAIT)  # the task (still in the table) no longer holds the callback
+    waiter.join(WAIT)
+    assert orch.get_task(task_id).status is TaskStatus.COMPLETED
+    again: list[TaskStatus] = []
+    orch.on_settled(task_id, lambda record: again.append(record.status))  # settled: called at once
+    assert again == [TaskStatus.COMPLETED]
+    assert orch.wait(task_id, WAIT).status is TaskStatus.COMPLETED
 
 
 def test_execution_stats_count_by_status_and_priority(make_orch: Any) -> None:

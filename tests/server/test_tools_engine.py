@@ -123,6 +123,32 @@ def test_a_task_returned_while_running_is_followed_with_get_task(tmp_path: Path)
         engine.shutdown()
 
 
+def test_the_server_cancels_the_newest_tasks_it_started_up_to_its_cap_when_it_closes(tmp_path: Path) -> None:
+    class FewTracked(OrchestrationMCPTools):
+        _MAX_TRACKED_TASKS = 2  # the newest ids only: each start drops the oldest beyond the cap
+
+    engine = OrchestrationEngine(
+        state_dir=tmp_path / "s", config_dir=None, projects_dir=tmp_path / "p", templates_dir=None
+    )
+    tools = FewTracked(engine)
+    nap = {"module": "core", "action": "sleep", "parameters": {"seconds": 30}, "wait": False}
+    try:
+        ids = []
+        for name in ("first", "second", "third"):
+            started = tools.execute_tool("execute_task", {"name": name, **nap})
+            assert not started.is_error, started.text
+            ids.append(started.structured["task_id"])
+        assert tools.cancel_running_tasks() == 2
+        assert tools.cancel_running_tasks() == 0  # forgotten once cancelled
+        orchestrator = engine.task_orchestrator
+        assert [orchestrator.wait(i, 10).status.value for i in ids[1:]] == ["cancelled", "cancelled"]
+        assert orchestrator.get_task(ids[0]).status.value in {"pending", "ready", "running"}
+        orchestrator.cancel_task(ids[0], "test over")
+    finally:
+        tools.close()
+        engine.shutdown()
+
+
 class _SlowRunStore(MemoryStore):
     """A store whose first save of a session's run blocks until ``release`` is set: a run start stuck in
     I/O while it holds the session's lock."""

@@ -402,7 +402,10 @@ class Dispatcher:
         for task in tasks:
             task.settled = True
             if task.done_event is not None or task.settle_callbacks:
-                out.releases.append(task)
+                out.releases.append((task, task.done_event, task.settle_callbacks or ()))
+                # Nobody waits on a settled task any more: its kept record holds no waiter, callback or
+                # what they reach (a server's future and loop), which the garbage collector would walk.
+                task.done_event = task.settle_callbacks = None
 
     def deliver_here(self, out: Outbox) -> None:
         """On a thread that is not a worker: everything ``out`` holds, then settle what it finished."""
@@ -510,12 +513,12 @@ def _release(out: Outbox, resources: ResourceAdmission | None) -> None:
                 resources.release_handle(handle)
             except Exception:
                 _log.exception("scheduler.release_failed")
-    for task in out.releases:
-        if task.done_event is not None:
-            task.done_event.set()
-        if task.settle_callbacks:
+    for task, done_event, callbacks in out.releases:
+        if done_event is not None:
+            done_event.set()
+        if callbacks:
             record = task.snapshot()  # final: its fields no longer change
-            for callback in task.settle_callbacks:
+            for callback in callbacks:
                 safe_call(callback, "on_settled", task, record)
 
 

@@ -8,7 +8,7 @@ otherwise; :class:`~codomyrmex_orchestration.core.models.TaskRecord` snapshots a
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -176,8 +176,9 @@ class Outbox:
         # Cancel events to set: they run callbacks (kill a process group, cancel a child run) that may
         # call back into the scheduler.
         self.cancels: list[threading.Event] = []
-        # Settled tasks with a waiter or an on_settled callback to release.
-        self.releases: list[Task] = []
+        # Settled tasks with the waiter event to set and the on_settled callbacks to run (taken off the
+        # task under the lock).
+        self.releases: list[tuple[Task, threading.Event | None, Sequence[Callable[[TaskRecord], None]]]] = []
         self.listeners: tuple[Callable[[str, TaskRecord], None], ...] = ()
 
 

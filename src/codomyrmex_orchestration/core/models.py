@@ -150,6 +150,14 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False, defer_build=True)
 
 
+class _Record(BaseModel):
+    """What the engine reports. ``defer_build``: a record's validator is built on its first use, not at
+    import (a server answers ``tools/list`` without any run record; issue 23). pydantic >= 2.14 builds a
+    deferred model once, under its rebuild lock, when threads race to the first use."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 ResourceAmount = float | int | str
 
 
@@ -234,7 +242,7 @@ class WorkflowSpec(_Spec):
 WORKFLOW_FIELD_NAMES = tuple(dict.fromkeys([*WorkflowSpec.model_fields, *StepSpec.model_fields]))
 
 
-class WorkflowInfo(BaseModel):
+class WorkflowInfo(_Record):
     """A line of ``list_workflows``."""
 
     name: str
@@ -260,7 +268,7 @@ class TaskSpec(_Retryable):
     dependencies: list[str] = Field(default_factory=list, description="Task ids that must complete first.")
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(_Record):
     """Why a step or task did not complete."""
 
     message: str
@@ -272,7 +280,7 @@ class ErrorInfo(BaseModel):
         return cls(message=redact_text(str(exc) or type(exc).__name__), type=type(exc).__name__)
 
 
-class ItemResult(BaseModel):
+class ItemResult(_Record):
     """The state of one item of a map step (a step with ``for_each``)."""
 
     index: int
@@ -286,7 +294,7 @@ class ItemResult(BaseModel):
     skipped_reason: str | None = None
 
 
-class MapItems(BaseModel):
+class MapItems(_Record):
     """The items of a map step: how many, how many in each status, and each one's result."""
 
     total: int
@@ -296,7 +304,7 @@ class MapItems(BaseModel):
     items: list[ItemResult] = Field(default_factory=list)
 
 
-class StepResult(BaseModel):
+class StepResult(_Record):
     """The state of one step within a run."""
 
     name: str
@@ -314,7 +322,7 @@ class StepResult(BaseModel):
     items: MapItems | None = None
 
 
-class InputRequest(BaseModel):
+class InputRequest(_Record):
     """A question a run is waiting on: the ``core.approve`` step ``step`` asks ``message`` and expects an
     answer fitting ``requested_schema`` (a flat object schema, or None for a plain yes/no)."""
 
@@ -326,7 +334,7 @@ class InputRequest(BaseModel):
     deadline: datetime | None = None
 
 
-class RunRecord(BaseModel):
+class RunRecord(_Record):
     """A workflow run: its status and every step's result."""
 
     run_id: str
@@ -360,7 +368,7 @@ class RunRecord(BaseModel):
         return {n: s.output for n, s in self.steps.items() if s.status is TaskStatus.COMPLETED}
 
 
-class TaskRecord(BaseModel):
+class TaskRecord(_Record):
     """A task known to the scheduler (a single task or a workflow step)."""
 
     task_id: str

@@ -48,7 +48,7 @@ def tool_definitions(
     if type(tools) is not OrchestrationMCPTools:  # a subclass may define its tools elsewhere
         return tools.get_tool_definitions()
     path = path if path is not None else cache_file(package_dir)
-    key = _key(package_dir, tools.tool_names())
+    key = _key(package_dir)
     cached = _read(path, key)
     if cached is not None:
         return cached
@@ -57,10 +57,11 @@ def tool_definitions(
     return definitions
 
 
-def _key(package_dir: Path, tool_names: list[str]) -> str:
+def _key(package_dir: Path) -> str:
     """Changes whenever a source file is added, removed or modified (the test bytecode uses: its
     modification time and size), and with the interpreter, pydantic (which writes the schemas) or the
-    package version, or the tool names."""
+    package version. The tools are the stock ones (see tool_definitions), so their names come with the
+    source: reading them would build the tool table, which a cold start avoids."""
     files = []
     for folder, dirs, names in os.walk(package_dir):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
@@ -68,7 +69,7 @@ def _key(package_dir: Path, tool_names: list[str]) -> str:
             source = os.path.join(folder, name)
             stat = os.stat(source)
             files.append((os.path.relpath(source, package_dir), stat.st_mtime_ns, stat.st_size))
-    parts = [sys.version, pydantic.VERSION, __version__, tool_names, files]
+    parts = [sys.version, pydantic.VERSION, __version__, files]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

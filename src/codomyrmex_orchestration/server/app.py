@@ -612,7 +612,9 @@ def build_http_app(
             max_sessions=max_sessions,
         )
         status.sessions = manager
-        routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)))
+        # First: Starlette tries routes in order, and every MCP request would otherwise be matched
+        # against /healthz and each /ui/ route before reaching its own.
+        routes.insert(0, Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)))
 
         @contextlib.asynccontextmanager
         async def run_manager(app: Starlette) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ import json
 import math
 import threading
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,12 +33,6 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
-from codomyrmex_orchestration.connectors import mcp_catalogue
-from codomyrmex_orchestration.core._health import ComponentHealth, HealthReport, SystemStatus
-
-# From the codec, not core.store: listing the tools at start-up needs no SQLite store.
-from codomyrmex_orchestration.core._store_codec import run_cursor
-from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
     RunRecord,
@@ -57,13 +52,18 @@ from codomyrmex_orchestration.errors import (
     validation_problems,
 )
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _models as m
+from codomyrmex_orchestration.server._lazy import LazyModule
 
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionRegistry
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
     from codomyrmex_orchestration.core.workflows import WorkflowValidation
+    from codomyrmex_orchestration.server import _models as m
+else:
+    # The argument and result models (44 pydantic classes, ~0.03x of a cold start): imported with the
+    # first call, not to list the tools (their definitions are cached: see _tool_cache).
+    m = LazyModule("codomyrmex_orchestration.server._models")
 
 __all__ = [
     "EngineFactory",
@@ -502,6 +502,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         )
         for r in records
     ]
+    from codomyrmex_orchestration.core._store_codec import run_cursor  # not needed to list the tools
+
     next_cursor = run_cursor(records[-1]) if len(records) == a.limit else None
     return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
 
@@ -604,6 +606,8 @@ def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     health = tools.engine.health_check()
     if tools.server_status is not None:  # the server's own component: sessions, code-execution exposure
+        from codomyrmex_orchestration.core._health import ComponentHealth
+
         health.components["server"] = ComponentHealth.model_validate(tools.server_status())
     return health
 
@@ -688,6 +692,8 @@ def _list_actions(tools: OrchestrationMCPTools, a: m.ListActionsArgs, call: _Cal
         m.ActionInfo(**d, allowed=not d["executes_code"] or registry.allow_code_execution)
         for d in registry.catalogue()
     ]
+    from codomyrmex_orchestration.connectors import mcp_catalogue  # not needed to list the tools
+
     return m.ActionListResult(actions=actions, count=len(actions), **mcp_catalogue(registry, a.server))
 
 
@@ -704,291 +710,322 @@ _STEP_HELP = (
     "Call list_actions for the available module.action pairs."
 )
 
-_TOOLS: tuple[_Tool, ...] = (
-    _Tool(
-        "execute_workflow",
-        "Execute a workflow",
-        "Run a registered workflow and return its run record: run_id, status and each step's status, "
-        "output, error, attempts and timings. Waits up to timeout_seconds (default 50); if the run is "
-        "still going it returns the handle with status 'running' - follow it with get_workflow_run. "
-        "Use wait=false to start it and return at once. Sends progress notifications as steps finish. "
-        'Example: {"workflow_name": "hello", "parameters": {"who": "world"}}',
-        m.ExecuteWorkflowArgs,
-        m.RunHandle,
-        _execute_workflow,
-        open_world=True,
-        reports_progress=True,
-    ),
-    _Tool(
-        "create_workflow",
-        "Create a workflow",
-        "Register (and persist) a workflow: a DAG of steps, each running one module.action. Returns the "
-        "execution levels (steps that run in parallel), dependencies inferred from templates and a "
-        "Mermaid diagram. Refuses an existing name unless overwrite=true. " + _STEP_HELP + " Example: "
-        '{"name": "hello", "steps": [{"name": "greet", "module": "core", "action": "echo", '
-        '"parameters": {"message": "hi {{params.who}}"}}, {"name": "shout", "module": "core", '
-        '"action": "set", "parameters": {"text": "{{steps.greet.output}}"}}], "parameters": {"who": "you"}}',
-        m.CreateWorkflowArgs,
-        m.CreateWorkflowResult,
-        _create_workflow,
-    ),
-    _Tool(
-        "list_workflows",
-        "List workflows",
-        "List every registered workflow with its description, number of steps and source (sample: shipped "
-        "with the server; config: loaded from the config directory; api: created through this server); "
-        "'refused' says why this server's policy will not run one, and which setting allows it. Example: {}",
-        m.NoArgs,
-        m.WorkflowListResult,
-        _list_workflows,
-        read_only=True,
-        idempotent=True,
-        starts_on_loop=True,
-    ),
-    _Tool(
-        "create_project",
-        "Create a project",
-        "Scaffold a project folder from a template (ai_analysis, web_application, data_pipeline, ml_model, "
-        "documentation, research, custom) with its documentation, and register the workflows the "
-        "template provides. Returns the path, files created and workflow names. Example: "
-        '{"name": "churn_study", "template": "data_pipeline", "description": "Monthly churn analysis"}',
-        m.CreateProjectArgs,
-        m.ProjectResult,
-        _create_project,
-    ),
-    _Tool(
-        "list_projects",
-        "List projects",
-        "List projects (name, type, status, path, created_at), optionally filtered by status or type. "
-        'Example: {"type": "research"}',
-        m.ListProjectsArgs,
-        m.ProjectListResult,
-        _list_projects,
-        read_only=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "execute_task",
-        "Execute one task",
-        "Run a single module.action through the scheduler (with priority, dependencies on other task ids, "
-        "resources and a timeout) and return task_id, status, result or error. Waits up to "
-        "timeout_seconds unless wait=false. Example: "
-        '{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1}, '
-        '"priority": "high"}',
-        m.ExecuteTaskArgs,
-        m.TaskResult,
-        _execute_task,
-        open_world=True,
-        starts_on_loop=True,
-    ),
-    _Tool(
-        "get_system_status",
-        "System status",
-        "The engine's aggregated status: sessions, workflows, runs by status, queue depth per priority, "
-        "resource usage and executor figures. Example: {}",
-        m.NoArgs,
-        SystemStatus,
-        _get_system_status,
-        read_only=True,
-    ),
-    _Tool(
-        "get_health_status",
-        "Health status",
-        "Health of every component (scheduler threads, worker pool, state store, resources): "
-        "overall_status healthy/degraded/unhealthy, uptime_seconds, per-component status, error counts and "
-        "issues. Example: {}",
-        m.NoArgs,
-        HealthReport,
-        _get_health_status,
-        read_only=True,
-    ),
-    _Tool(
-        "allocate_resources",
-        "Allocate resources",
-        "Reserve resources for a user, all or nothing; returns the allocations with their ids (release "
-        "them with release_resources, or give ttl_seconds). Fails with what was requested and what is "
-        'available. Example: {"user_id": "agent-1", "requirements": {"compute": 2, "memory": "512MB"}, '
-        '"ttl_seconds": 600}',
-        m.AllocateResourcesArgs,
-        m.AllocationResult,
-        _allocate_resources,
-    ),
-    _Tool(
-        "create_complex_workflow",
-        "Create and run a workflow",
-        "Register a workflow from steps plus a dependencies map (step -> steps it waits for) and run it at "
-        "once; returns the run record like execute_workflow. " + _STEP_HELP + " Example: "
-        '{"name": "pipeline", "workflow_definition": {"steps": [{"name": "a", "module": "core", '
-        '"action": "echo", "parameters": {"message": 1}}, {"name": "b", "module": "core", "action": '
-        '"echo", "parameters": {"message": 2}}], "dependencies": {"b": ["a"]}}}',
-        m.CreateComplexWorkflowArgs,
-        m.RunHandle,
-        _create_complex_workflow,
-        open_world=True,
-        reports_progress=True,
-    ),
-    _Tool(
-        "get_workflow_run",
-        "Get a run",
-        "The current record of a workflow run (status, each step's status, output and error). Use it to "
-        'follow a run returned with status running. Example: {"run_id": "<run_id>"}',
-        m.RunIdArgs,
-        m.RunHandle,
-        _get_run,
-        read_only=True,
-    ),
-    _Tool(
-        "get_task",
-        "Get a task",
-        "The current record of a single task started by execute_task (status, result, error, attempts), "
-        "optionally waiting up to wait_seconds for it to finish. Use it to follow a task returned while "
-        'still running. Example: {"task_id": "<task_id>", "wait_seconds": 10}',
-        m.TaskIdArgs,
-        m.TaskResult,
-        _get_task,
-        read_only=True,
-        starts_on_loop=True,
-    ),
-    _Tool(
-        "list_workflow_runs",
-        "List runs",
-        "Recent runs, newest first, optionally for one workflow or status. "
-        'Example: {"workflow_name": "hello", "status": "failed", "limit": 10}',
-        m.ListRunsArgs,
-        m.RunListResult,
-        _list_runs,
-        read_only=True,
-    ),
-    _Tool(
-        "cancel_workflow_run",
-        "Cancel a run",
-        "Cancel a running workflow run: running steps are asked to stop, pending ones are cancelled. "
-        'Returns the run record. Example: {"run_id": "<run_id>"}',
-        m.RunIdArgs,
-        m.RunHandle,
-        _cancel_run,
-        destructive=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "respond_to_run",
-        "Answer a run's question",
-        "Answer the question of a run waiting for input (a core.approve step; get_workflow_run lists them "
-        "in pending_inputs with their schema): accept with content fitting the schema completes the step, "
-        "decline or cancel fail it. Then waits like execute_workflow (until the run ends or waits for input "
-        'again) and returns the run record. Example: {"run_id": "<run_id>", '
-        '"step": "approve", "action": "accept", "content": {"reason": "looks good"}}',
-        m.RespondArgs,
-        m.RunHandle,
-        _respond,
-    ),
-    _Tool(
-        "resume_workflow_run",
-        "Resume a run",
-        "Resume an interrupted or failed run: completed steps keep their outputs, the rest run again. "
-        'Waits like execute_workflow. Example: {"run_id": "<run_id>"}',
-        m.ResumeRunArgs,
-        m.RunHandle,
-        _resume_run,
-        open_world=True,
-        reports_progress=True,
-    ),
-    _Tool(
-        "get_workflow",
-        "Get a workflow",
-        "A registered workflow's definition, version, execution levels, inferred dependencies and Mermaid "
-        'diagram; `version` fetches an older one a stored run still refers to. Example: {"name": "hello"}',
-        m.GetWorkflowArgs,
-        m.WorkflowDetail,
-        _get_workflow,
-        read_only=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "validate_workflow",
-        "Validate a workflow",
-        "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
-        "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
-        "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
-        "execution levels and a Mermaid diagram. "
-        'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
-        '"parameters": {"message": "x"}}]}',
-        m.ValidateWorkflowArgs,
-        m.ValidationResult,
-        _validate_workflow,
-        read_only=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "delete_workflow",
-        "Delete a workflow",
-        'Remove a registered workflow (its past runs are kept). Example: {"name": "draft"}',
-        m.WorkflowNameArgs,
-        m.DeleteResult,
-        _delete_workflow,
-        destructive=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "release_resources",
-        "Release resources",
-        "Release one allocation (allocation_id) or every allocation a user holds (user_id). "
-        'Example: {"allocation_id": "<allocation_id>"}',
-        m.ReleaseResourcesArgs,
-        m.ReleaseResult,
-        _release_resources,
-        destructive=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "create_session",
-        "Create a session",
-        "Open a session that groups runs and tasks under limits (max parallel tasks/workflows, mode, "
-        'timeout); pass its session_id to execute_workflow. Example: {"user_id": "agent-1", '
-        '"name": "nightly", "max_parallel_workflows": 2}',
-        m.CreateSessionArgs,
-        m.SessionResult,
-        _create_session,
-    ),
-    _Tool(
-        "close_session",
-        "Close a session",
-        "Close a session, release its allocations and optionally cancel its running work; its history is "
-        'kept. Example: {"session_id": "<session_id>", "cancel_running": true}',
-        m.CloseSessionArgs,
-        m.CloseSessionResult,
-        _close_session,
-        destructive=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "list_actions",
-        "List actions",
-        "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
-        "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
-        "(with server, also that server's tools and their input schemas). Any action can run once per "
-        'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
-        '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Any step\'s parameters may also '
-        'use "{{secrets.NAME}}" (a secret set on the server, redacted from every output), and any step may '
-        'set "cache": {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {} or '
-        '{"server": "docs"}',
-        m.ListActionsArgs,
-        m.ActionListResult,
-        _list_actions,
-        read_only=True,
-        idempotent=True,
-    ),
-    _Tool(
-        "list_project_templates",
-        "List project templates",
-        "The project templates create_project accepts and what each one creates. Example: {}",
-        m.NoArgs,
-        m.TemplateListResult,
-        _list_project_templates,
-        read_only=True,
-        idempotent=True,
-    ),
-)
+
+def _build_tools() -> tuple[_Tool, ...]:
+    from codomyrmex_orchestration.core._health import HealthReport, SystemStatus
+
+    return (
+        _Tool(
+            "execute_workflow",
+            "Execute a workflow",
+            "Run a registered workflow and return its run record: run_id, status and each step's status, "
+            "output, error, attempts and timings. Waits up to timeout_seconds (default 50); if the run is "
+            "still going it returns the handle with status 'running' - follow it with get_workflow_run. "
+            "Use wait=false to start it and return at once. Sends progress notifications as steps finish. "
+            'Example: {"workflow_name": "hello", "parameters": {"who": "world"}}',
+            m.ExecuteWorkflowArgs,
+            m.RunHandle,
+            _execute_workflow,
+            open_world=True,
+            reports_progress=True,
+        ),
+        _Tool(
+            "create_workflow",
+            "Create a workflow",
+            "Register (and persist) a workflow: a DAG of steps, each running one module.action. Returns the "
+            "execution levels (steps that run in parallel), dependencies inferred from templates and a "
+            "Mermaid diagram. Refuses an existing name unless overwrite=true. " + _STEP_HELP + " Example: "
+            '{"name": "hello", "steps": [{"name": "greet", "module": "core", "action": "echo", '
+            '"parameters": {"message": "hi {{params.who}}"}}, {"name": "shout", "module": "core", '
+            '"action": "set", "parameters": {"text": "{{steps.greet.output}}"}}], "parameters": {"who": '
+            '"you"}}',
+            m.CreateWorkflowArgs,
+            m.CreateWorkflowResult,
+            _create_workflow,
+        ),
+        _Tool(
+            "list_workflows",
+            "List workflows",
+            "List every registered workflow with its description, number of steps and source (sample: "
+            "shipped "
+            "with the server; config: loaded from the config directory; api: created through this server); "
+            "'refused' says why this server's policy will not run one, and which setting allows it. Example: "
+            "{}",
+            m.NoArgs,
+            m.WorkflowListResult,
+            _list_workflows,
+            read_only=True,
+            idempotent=True,
+            starts_on_loop=True,
+        ),
+        _Tool(
+            "create_project",
+            "Create a project",
+            "Scaffold a project folder from a template (ai_analysis, web_application, data_pipeline, "
+            "ml_model, "
+            "documentation, research, custom) with its documentation, and register the workflows the "
+            "template provides. Returns the path, files created and workflow names. Example: "
+            '{"name": "churn_study", "template": "data_pipeline", "description": "Monthly churn analysis"}',
+            m.CreateProjectArgs,
+            m.ProjectResult,
+            _create_project,
+        ),
+        _Tool(
+            "list_projects",
+            "List projects",
+            "List projects (name, type, status, path, created_at), optionally filtered by status or type. "
+            'Example: {"type": "research"}',
+            m.ListProjectsArgs,
+            m.ProjectListResult,
+            _list_projects,
+            read_only=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "execute_task",
+            "Execute one task",
+            "Run a single module.action through the scheduler (with priority, dependencies on other task "
+            "ids, "
+            "resources and a timeout) and return task_id, status, result or error. Waits up to "
+            "timeout_seconds unless wait=false. Example: "
+            '{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1}, '
+            '"priority": "high"}',
+            m.ExecuteTaskArgs,
+            m.TaskResult,
+            _execute_task,
+            open_world=True,
+            starts_on_loop=True,
+        ),
+        _Tool(
+            "get_system_status",
+            "System status",
+            "The engine's aggregated status: sessions, workflows, runs by status, queue depth per priority, "
+            "resource usage and executor figures. Example: {}",
+            m.NoArgs,
+            SystemStatus,
+            _get_system_status,
+            read_only=True,
+        ),
+        _Tool(
+            "get_health_status",
+            "Health status",
+            "Health of every component (scheduler threads, worker pool, state store, resources): "
+            "overall_status healthy/degraded/unhealthy, uptime_seconds, per-component status, error counts "
+            "and "
+            "issues. Example: {}",
+            m.NoArgs,
+            HealthReport,
+            _get_health_status,
+            read_only=True,
+        ),
+        _Tool(
+            "allocate_resources",
+            "Allocate resources",
+            "Reserve resources for a user, all or nothing; returns the allocations with their ids (release "
+            "them with release_resources, or give ttl_seconds). Fails with what was requested and what is "
+            'available. Example: {"user_id": "agent-1", "requirements": {"compute": 2, "memory": "512MB"}, '
+            '"ttl_seconds": 600}',
+            m.AllocateResourcesArgs,
+            m.AllocationResult,
+            _allocate_resources,
+        ),
+        _Tool(
+            "create_complex_workflow",
+            "Create and run a workflow",
+            "Register a workflow from steps plus a dependencies map (step -> steps it waits for) and run it "
+            "at "
+            "once; returns the run record like execute_workflow. " + _STEP_HELP + " Example: "
+            '{"name": "pipeline", "workflow_definition": {"steps": [{"name": "a", "module": "core", '
+            '"action": "echo", "parameters": {"message": 1}}, {"name": "b", "module": "core", "action": '
+            '"echo", "parameters": {"message": 2}}], "dependencies": {"b": ["a"]}}}',
+            m.CreateComplexWorkflowArgs,
+            m.RunHandle,
+            _create_complex_workflow,
+            open_world=True,
+            reports_progress=True,
+        ),
+        _Tool(
+            "get_workflow_run",
+            "Get a run",
+            "The current record of a workflow run (status, each step's status, output and error). Use it to "
+            'follow a run returned with status running. Example: {"run_id": "<run_id>"}',
+            m.RunIdArgs,
+            m.RunHandle,
+            _get_run,
+            read_only=True,
+        ),
+        _Tool(
+            "get_task",
+            "Get a task",
+            "The current record of a single task started by execute_task (status, result, error, attempts), "
+            "optionally waiting up to wait_seconds for it to finish. Use it to follow a task returned while "
+            'still running. Example: {"task_id": "<task_id>", "wait_seconds": 10}',
+            m.TaskIdArgs,
+            m.TaskResult,
+            _get_task,
+            read_only=True,
+            starts_on_loop=True,
+        ),
+        _Tool(
+            "list_workflow_runs",
+            "List runs",
+            "Recent runs, newest first, optionally for one workflow or status. "
+            'Example: {"workflow_name": "hello", "status": "failed", "limit": 10}',
+            m.ListRunsArgs,
+            m.RunListResult,
+            _list_runs,
+            read_only=True,
+        ),
+        _Tool(
+            "cancel_workflow_run",
+            "Cancel a run",
+            "Cancel a running workflow run: running steps are asked to stop, pending ones are cancelled. "
+            'Returns the run record. Example: {"run_id": "<run_id>"}',
+            m.RunIdArgs,
+            m.RunHandle,
+            _cancel_run,
+            destructive=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "respond_to_run",
+            "Answer a run's question",
+            "Answer the question of a run waiting for input (a core.approve step; get_workflow_run lists "
+            "them "
+            "in pending_inputs with their schema): accept with content fitting the schema completes the "
+            "step, "
+            "decline or cancel fail it. Then waits like execute_workflow (until the run ends or waits for "
+            "input "
+            'again) and returns the run record. Example: {"run_id": "<run_id>", '
+            '"step": "approve", "action": "accept", "content": {"reason": "looks good"}}',
+            m.RespondArgs,
+            m.RunHandle,
+            _respond,
+        ),
+        _Tool(
+            "resume_workflow_run",
+            "Resume a run",
+            "Resume an interrupted or failed run: completed steps keep their outputs, the rest run again. "
+            'Waits like execute_workflow. Example: {"run_id": "<run_id>"}',
+            m.ResumeRunArgs,
+            m.RunHandle,
+            _resume_run,
+            open_world=True,
+            reports_progress=True,
+        ),
+        _Tool(
+            "get_workflow",
+            "Get a workflow",
+            "A registered workflow's definition, version, execution levels, inferred dependencies and "
+            "Mermaid "
+            'diagram; `version` fetches an older one a stored run still refers to. Example: {"name": '
+            '"hello"}',
+            m.GetWorkflowArgs,
+            m.WorkflowDetail,
+            _get_workflow,
+            read_only=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "validate_workflow",
+            "Validate a workflow",
+            "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
+            "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
+            "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
+            "execution levels and a Mermaid diagram. "
+            'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
+            '"parameters": {"message": "x"}}]}',
+            m.ValidateWorkflowArgs,
+            m.ValidationResult,
+            _validate_workflow,
+            read_only=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "delete_workflow",
+            "Delete a workflow",
+            'Remove a registered workflow (its past runs are kept). Example: {"name": "draft"}',
+            m.WorkflowNameArgs,
+            m.DeleteResult,
+            _delete_workflow,
+            destructive=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "release_resources",
+            "Release resources",
+            "Release one allocation (allocation_id) or every allocation a user holds (user_id). "
+            'Example: {"allocation_id": "<allocation_id>"}',
+            m.ReleaseResourcesArgs,
+            m.ReleaseResult,
+            _release_resources,
+            destructive=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "create_session",
+            "Create a session",
+            "Open a session that groups runs and tasks under limits (max parallel tasks/workflows, mode, "
+            'timeout); pass its session_id to execute_workflow. Example: {"user_id": "agent-1", '
+            '"name": "nightly", "max_parallel_workflows": 2}',
+            m.CreateSessionArgs,
+            m.SessionResult,
+            _create_session,
+        ),
+        _Tool(
+            "close_session",
+            "Close a session",
+            "Close a session, release its allocations and optionally cancel its running work; its history is "
+            'kept. Example: {"session_id": "<session_id>", "cancel_running": true}',
+            m.CloseSessionArgs,
+            m.CloseSessionResult,
+            _close_session,
+            destructive=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "list_actions",
+            "List actions",
+            "Every module.action a step can run, with its parameters, output, and whether it is allowed on "
+            "this server (code-executing actions may be disabled), and the MCP servers mcp.call can call "
+            "(with server, also that server's tools and their input schemas). Any action can run once per "
+            'item of a list: give its step for_each (and max_parallel), e.g. "for_each": '
+            '"{{steps.ls.output.files}}" with "{{item}}" in its parameters. Any step\'s parameters may also '
+            'use "{{secrets.NAME}}" (a secret set on the server, redacted from every output), and any step '
+            "may "
+            'set "cache": {"ttl_seconds": 600} to reuse an identical call\'s output. Example: {} or '
+            '{"server": "docs"}',
+            m.ListActionsArgs,
+            m.ActionListResult,
+            _list_actions,
+            read_only=True,
+            idempotent=True,
+        ),
+        _Tool(
+            "list_project_templates",
+            "List project templates",
+            "The project templates create_project accepts and what each one creates. Example: {}",
+            m.NoArgs,
+            m.TemplateListResult,
+            _list_project_templates,
+            read_only=True,
+            idempotent=True,
+        ),
+    )
+
+
+#: The tools by name, built by the first call that needs them (a server answers ``tools/list`` from the
+#: cached definitions without them); guarded by ``_table_lock``.
+_table: dict[str, _Tool] | None = None
+_table_lock = threading.Lock()
+
+
+def _tool_table() -> dict[str, _Tool]:
+    global _table
+    with _table_lock:
+        if _table is None:
+            _table = {t.name: t for t in _build_tools()}
+        return _table
 
 
 # --------------------------------------------------------------------------- the public class
@@ -1036,8 +1073,8 @@ class OrchestrationMCPTools:
         self._engine = engine
         self._engine_factory = engine_factory
         self._engine_lock = threading.Lock()
-        self._tools = {t.name: t for t in _TOOLS}
-        self._tasks: list[str] = []
+        # The newest ids only: appending past the cap drops the oldest (no list shifted per call).
+        self._tasks: deque[str] = deque(maxlen=self._MAX_TRACKED_TASKS)
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         self._wait_limiter = anyio.CapacityLimiter(wait_threads)
         #: Reports the server's own health component (set by ``server.app.serve``).
@@ -1066,7 +1103,6 @@ class OrchestrationMCPTools:
     def _remember_task(self, task_id: str) -> None:
         with self._engine_lock:
             self._tasks.append(task_id)
-            del self._tasks[: -self._MAX_TRACKED_TASKS]
 
     def cancel_running_tasks(self, reason: str = "the server is shutting down") -> int:
         """Cancel the single tasks this server started that are still running; returns how many.
@@ -1074,7 +1110,8 @@ class OrchestrationMCPTools:
         Workflow runs are cancelled (and stay resumable) by the engine's shutdown; single tasks are not.
         """
         with self._engine_lock:
-            engine, task_ids, self._tasks = self._engine, self._tasks, []
+            engine, task_ids = self._engine, self._tasks
+            self._tasks = deque(maxlen=self._MAX_TRACKED_TASKS)
         if engine is None:
             return 0
         cancelled = 0
@@ -1094,6 +1131,10 @@ class OrchestrationMCPTools:
             engine.shutdown()
 
     # -- catalogue
+
+    @property
+    def _tools(self) -> dict[str, _Tool]:
+        return _tool_table()
 
     def tool_names(self) -> list[str]:
         return list(self._tools)
@@ -1313,6 +1354,8 @@ def apply_policy(registry: ActionRegistry, policy: ServerPolicy) -> None:
     """Make every network or code-executing action of ``registry`` run with the policy's ``ctx.extras``
     defaults (e.g. ``block_private_addresses`` for ``http.request`` on network transports,
     ``python_call_allow`` for ``python.call``); a step cannot lift them."""
+    from codomyrmex_orchestration.core.actions._policy import pin_extras  # with the engine, not at start
+
     pin_extras(registry, policy.action_extras)
 
 
