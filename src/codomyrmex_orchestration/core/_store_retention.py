@@ -1,12 +1,15 @@
-"""Retention for the SQLite store: deletes the oldest finished runs (with their steps and spill folders)
-past the run limit or the byte budget, and the oldest events past theirs, in bounded passes; expired
-step-cache entries go at every pass, and cached outputs are the first thing evicted over the budget.
+"""Retention for the SQLite store, in two parts. The byte budget's part runs with every commit that
+adds bytes: it measures the bytes used and, over the budget, evicts cached outputs, then the oldest
+finished runs (with their spill folders) and task spill files. The housekeeping runs at most once a
+second (or when a full flush asks): the run limit, unreferenced definition versions, the event limit
+and expired step-cache entries, in bounded passes.
 
-It owns the limits, when the next pass is due, the spill folders of deleted runs until they are
-removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
+It owns the limits, when the next housekeeping pass is due, the spill folders of deleted runs until they
+are removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
 store's commit lock; the bytes-used snapshot other threads read is guarded by ``_usage_lock``. The task
 spill files are the exception: worker threads add them (``note_task_spill``) and delete the oldest to
-make room for a new spill (``make_room``, file deletions under ``_task_lock``), as the writer's scans do.
+make room for a new spill (``make_room``), and the writer's scans of the folder replace the list; all of
+it under ``_task_lock``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +34,6 @@ __all__ = ["Retention", "Usage", "stored_runs"]
 _CHUNK = 5_000
 #: Runs deleted at a time while evicting by bytes: each deletion is measured, so none goes needlessly.
 _BYTES_STEP = 1
-#: Retention runs at most this often (seconds) unless a flush asks for it.
-_EVERY = 1.0
 #: The spill files of tasks outside runs (``<spill_dir>/tasks``) are measured at most this often.
 _TASK_SPILL_EVERY = 1.0
 
@@ -64,6 +66,8 @@ class Retention:
         runs, events: the most runs and events kept (finished runs and events go oldest first).
         max_bytes: the byte budget (``None``: none); see :class:`Usage` for what counts.
         spill_dir: where step outputs are spilled (``<spill_dir>/<run_id>/``, ``<spill_dir>/tasks/``).
+        wal_reserve: bytes kept aside for the write-ahead log.
+        every: seconds between housekeeping passes (a full flush asks for one sooner).
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Retention:
         max_bytes: int | None = None,
         spill_dir: Path | None = None,
         wal_reserve: int = 0,
+        every: float = 1.0,
     ) -> None:
         self.path = path
         self.runs = runs
@@ -84,8 +89,15 @@ class Retention:
         # The WAL lives in the state directory too. Its live size swings with every commit (and with
         # retention's own deletions), so the budget keeps its cap aside instead of chasing it.
         self.wal_reserve = wal_reserve
-        self._dirty = True  # something may be over a limit: the first pass checks
-        self._last = 0.0  # time.monotonic() of the last pass
+        self.every = every  # seconds between housekeeping passes, unless a full flush asks for one
+        self._dirty = True  # something may be over a limit: the first housekeeping pass checks
+        self._last = 0.0  # time.monotonic() of the last housekeeping pass
+        # The bytes used, as last measured from the tallies, and at most how many bytes the commits
+        # since then added: their sum bounds the bytes used from above without a query per commit.
+        self._measured = 0
+        self._unmeasured = 0
+        self._measure = True  # the next budget check measures (the bound is unknown)
+        self._budget_due = True  # the next commit checks the budget (set by worker threads too)
         self._doomed: list[str] = []  # run ids deleted in the open transaction: their spill folders go
         # Task spill files arrive from worker threads (note_task_spill) as well as from scans on the
         # writer: _task_lock guards the list and its byte total.
@@ -93,13 +105,14 @@ class Retention:
         self._task_files: list[tuple[float, int, str]] = []  # (mtime, size, path), oldest first
         self._task_bytes = 0
         self._task_scanned = -_TASK_SPILL_EVERY
-        self._usage_lock = threading.Lock()  # guards _usage
-        self._usage = Usage(0, 0, max_bytes, wal_reserve)
+        self._usage_lock = threading.Lock()  # guards _stored
+        self._stored = 0  # the bytes used as of the last commit, or an upper bound of them
 
     @property
     def usage(self) -> Usage:
+        task_bytes = self._task_total()
         with self._usage_lock:
-            return self._usage
+            return Usage(self._stored, task_bytes, self.max_bytes, self.wal_reserve)
 
     def make_room(self, nbytes: int) -> bool:
         """Make room for a spill file of ``nbytes`` now, on the caller's thread, by deleting the oldest
@@ -113,7 +126,6 @@ class Retention:
                 self._task_bytes -= size
                 _unlink_quietly(name)
             task_bytes = self._task_bytes
-        self._set_task_usage(task_bytes)
         return stored + task_bytes + nbytes <= self.max_bytes
 
     def note_task_spill(self, path: str, nbytes: int) -> None:
@@ -122,49 +134,100 @@ class Retention:
             if all(known != path for _, _, known in self._task_files):  # a scan may have seen it already
                 self._task_files.append((time.time(), nbytes, path))
                 self._task_bytes += nbytes
-            task_bytes = self._task_bytes
-        self._set_task_usage(task_bytes)
-        self._dirty = True
+        self._budget_due = True  # finished runs may have to go at the next commit
 
-    def _set_task_usage(self, task_bytes: int) -> None:
-        with self._usage_lock:
-            self._usage = Usage(self._usage.stored, task_bytes, self.max_bytes, self.wal_reserve)
-
-    def note_added(self) -> None:
-        """Runs, steps or events are being committed: the next pass has work to check."""
+    def note_added(self, nbytes: int | None) -> None:
+        """Rows are being committed: the next housekeeping pass has work to check. ``nbytes``: at most
+        how many bytes they add to the bytes used (0: none that count; None: unknown, measure them)."""
         self._dirty = True
+        if nbytes is None:
+            self._measure = self._budget_due = True
+        elif nbytes:
+            self._unmeasured += nbytes
+            self._budget_due = True
 
     def due(self, *, forced: bool) -> bool:
-        return self._dirty and (forced or time.monotonic() - self._last >= _EVERY)
+        """A housekeeping pass is due (it includes the budget's part)."""
+        return self._dirty and (forced or time.monotonic() - self._last >= self.every)
+
+    def housekeeping_in(self) -> float | None:
+        """Seconds until a housekeeping pass is due, None when there is nothing for one to check (read
+        without the commit lock by the idle writer: a hint of when to wake, checked again by due())."""
+        if not self._dirty:
+            return None
+        return max(0.0, self._last + self.every - time.monotonic())
+
+    def budget_due(self) -> bool:
+        """The budget's part is due: bytes were added (or task spill files noted) since the last check."""
+        return self._budget_due
 
     def run(self, conn: sqlite3.Connection) -> None:
-        """One pass inside the caller's open transaction (in a savepoint: a failure is logged, rolled
-        back alone and retried later, never fatal to the caller's writes). Call :meth:`after_commit`
-        once the transaction has committed."""
+        """A housekeeping pass and the budget's part, inside the caller's open transaction (in a
+        savepoint: a failure is logged, rolled back alone and retried later, never fatal to the caller's
+        writes). Call :meth:`after_commit` once the transaction has committed."""
         self._last = time.monotonic()
         self._dirty = False
+        self._guarded(conn, self._housekeeping)
+
+    def keep_budget(self, conn: sqlite3.Connection) -> None:
+        """The budget's part alone, inside the caller's open transaction: publish the bytes used and,
+        over the budget, evict (in a savepoint, as :meth:`run`). Call :meth:`after_commit` after it.
+
+        The bytes used are measured (a read of the tallies) only when the upper bound kept since the
+        last measure could be over the budget, or has grown past a 64th of it; otherwise the bound is
+        what the spill path and check_budget see: never less than the bytes used."""
+        self._budget_due = False
+        bound = self._measured + self._unmeasured
+        limit = self.max_bytes
+        if limit is not None and not self._measure:
+            self._measure = self._unmeasured > limit >> 6 or self._over(bound, limit)
+        if self._measure:
+            bound = self._measured_now(conn)
+            if limit is not None and self._over(bound, limit):
+                self._guarded(conn, self._trim_bytes)
+                return
+        with self._usage_lock:
+            self._stored = bound
+
+    def _over(self, stored: int, limit: int) -> bool:
+        return stored + self._task_total() + self.wal_reserve > limit
+
+    def _housekeeping(self, conn: sqlite3.Connection) -> None:
+        self._trim_runs(conn)
+        self._trim_versions(conn)
+        self._trim_events(conn)
+        if trim_expired(conn, time.time(), _CHUNK) >= _CHUNK:
+            self._dirty = True  # more expired entries: the next pass goes on
+        if self.max_bytes is not None:
+            self._trim_bytes(conn)
+
+    def _guarded(self, conn: sqlite3.Connection, trim: Callable[[sqlite3.Connection], None]) -> None:
+        self._budget_due = False
         conn.execute("SAVEPOINT retention")
         try:
-            self._trim_runs(conn)
-            self._trim_versions(conn)
-            self._trim_events(conn)
-            if trim_expired(conn, time.time(), _CHUNK) >= _CHUNK:
-                self._dirty = True  # more expired entries: the next pass goes on
-            if self.max_bytes is not None:
-                self._trim_bytes(conn)
-            stored = stored_bytes(conn)
+            trim(conn)
+            stored = self._measured_now(conn)
             conn.execute("RELEASE retention")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO retention")
             conn.execute("RELEASE retention")
             self._doomed.clear()
             _log.warning("state_store_retention_failed", path=self.path, error=sqlite_reason(exc))
-            self._dirty = True
+            self._dirty = True  # the next housekeeping pass tries again
+            self._measure = True  # and the bytes the rolled-back pass measured are measured again
             return
-        with self._task_lock:
-            task_bytes = self._task_bytes
         with self._usage_lock:
-            self._usage = Usage(stored, task_bytes, self.max_bytes, self.wal_reserve)
+            self._stored = stored
+
+    def _measured_now(self, conn: sqlite3.Connection) -> int:
+        self._measured = stored_bytes(conn)
+        self._unmeasured = 0
+        self._measure = False
+        return self._measured
+
+    def _task_total(self) -> int:
+        with self._task_lock:
+            return self._task_bytes
 
     def after_commit(self, committed: bool) -> None:
         """Remove the spill folders of the runs the committed pass deleted (kept if it rolled back)."""
@@ -250,11 +313,11 @@ class Retention:
                 task_first = bool(self._task_files) and (
                     oldest_run is None or self._task_files[0][0] < oldest_run[0]
                 )
-                if task_first:
+                if task_first:  # deleted under the lock, as make_room does: a scan sees it gone
                     _, size, name = self._task_files.pop(0)
                     self._task_bytes -= size
+                    _unlink_quietly(name)
             if task_first:
-                _unlink_quietly(name)
                 deleted += 1
             elif oldest_run is not None:
                 deleted += self._delete_oldest_runs(conn, _BYTES_STEP)
@@ -268,22 +331,25 @@ class Retention:
         if self.spill_dir is None or time.monotonic() - self._task_scanned < _TASK_SPILL_EVERY:
             return
         self._task_scanned = time.monotonic()
-        files: list[tuple[float, int, str]] = []
-        try:
-            with os.scandir(self.spill_dir / "tasks") as entries:
-                for entry in entries:
-                    try:
-                        # a name starting with "." is a spill still being written (the limiter's
-                        # temporary file): counted once it lands, by note_task_spill
-                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                            st = entry.stat(follow_symlinks=False)
-                            files.append((st.st_mtime, st.st_size, entry.path))
-                    except OSError:
-                        continue  # removed meanwhile
-        except OSError:
-            pass  # no task has spilled yet
-        files.sort()
+        # The folder is listed under the lock: a spill noted (note_task_spill) between the listing and
+        # the new list replacing the old would otherwise be forgotten until the next scan, and the
+        # bytes it takes would not count against the budget meanwhile.
         with self._task_lock:
+            files: list[tuple[float, int, str]] = []
+            try:
+                with os.scandir(self.spill_dir / "tasks") as entries:
+                    for entry in entries:
+                        try:
+                            # a name starting with "." is a spill still being written (the limiter's
+                            # temporary file): counted once it lands, by note_task_spill
+                            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                                st = entry.stat(follow_symlinks=False)
+                                files.append((st.st_mtime, st.st_size, entry.path))
+                        except OSError:
+                            continue  # removed meanwhile
+            except OSError:
+                pass  # no task has spilled yet
+            files.sort()
             self._task_files = files
             self._task_bytes = sum(size for _, size, _ in files)
 

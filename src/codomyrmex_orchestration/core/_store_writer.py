@@ -18,6 +18,7 @@ from ..errors import StateStoreError
 from ..logs import get_logger
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
+from ._store_steps import STEP_RESULT, STEP_SPILL, write_steps
 
 __all__ = ["DELETE", "Batch", "GroupCommitWriter"]
 
@@ -41,15 +42,7 @@ ON CONFLICT (run_id) DO UPDATE SET
     updated_at = excluded.updated_at, session_id = excluded.session_id,
     parent_run_id = excluded.parent_run_id, workflow_version = excluded.workflow_version
 """
-# Steps of a run that does not exist (never saved, or trimmed by retention) are dropped instead of
-# failing the whole batch on the foreign key.
-_SQL_UPSERT_STEP = """
-INSERT INTO steps (run_id, name, status, result, updated_at, spill_bytes)
-SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)
-ON CONFLICT (run_id, name) DO UPDATE SET
-    status = excluded.status, result = excluded.result, updated_at = excluded.updated_at,
-    spill_bytes = excluded.spill_bytes
-"""
+_RUN_RECORD = 3  # the record JSON in a run row
 
 
 @dataclass
@@ -97,7 +90,8 @@ class GroupCommitWriter:
     Args:
         conn: the writer connection (the writer owns it from now on and closes it).
         path: the database file, for messages.
-        retention: run after commits, on the committing thread.
+        retention: its budget's part runs with each commit that adds bytes, its housekeeping on its
+            own schedule or with a full flush; on the committing thread.
         flush_interval: seconds the writer waits to gather a batch before committing it.
     """
 
@@ -124,7 +118,7 @@ class GroupCommitWriter:
         self._failure: str | None = None
         self._dropped = 0
         self._batches = 0
-        self._retention_due = False  # a flush asked for a retention pass
+        self._retention_due = False  # a full flush asked for a housekeeping pass
 
         # Held by whoever takes a batch from _pending and commits it (the writer, or a thread in
         # flush()), until _committed is updated: batches commit in order, one thread uses the writer
@@ -172,7 +166,10 @@ class GroupCommitWriter:
             self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
         ):
             try:
-                self._commit_pending(target)
+                # A flush of everything (a run's end, a caller's flush()) brings housekeeping up to
+                # date; a partial one (a step's parents, the results a worker just saved) is on a
+                # step's path: housekeeping keeps its own schedule there, the budget's part runs anyway.
+                self._commit_pending(target, housekeeping=upto is None and wait)
             finally:
                 self._commit_lock.release()
         if not wait:
@@ -180,7 +177,7 @@ class GroupCommitWriter:
         with self._lock:
             if self._committed < target and self._failure is None:
                 self._flush_wanted = True
-                self._retention_due = True
+                self._retention_due = self._retention_due or upto is None
                 self._work.notify()
                 deadline = time.monotonic() + timeout
                 while self._committed < target and self._failure is None:
@@ -193,7 +190,7 @@ class GroupCommitWriter:
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
 
-    def _commit_pending(self, target: int) -> None:
+    def _commit_pending(self, target: int, *, housekeeping: bool) -> None:
         """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
         with self._lock:
             mine = self._committed < target and self._failure is None and not self._closed
@@ -201,7 +198,7 @@ class GroupCommitWriter:
                 batch, self._pending = self._pending, Batch()
                 batch_target = self._enqueued
         if mine:
-            self._commit_taken(batch, batch_target, [], forced_retention=True)
+            self._commit_taken(batch, batch_target, [], housekeeping=housekeeping)
 
     def sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""
@@ -259,7 +256,10 @@ class GroupCommitWriter:
                 if self._pending.size == 0 and not self._calls and not self._closing:
                     self._writer_idle = True
                     while self._writer_idle and not (self._calls or self._flush_wanted or self._closing):
-                        self._work.wait()
+                        # Housekeeping owed by earlier commits is not left waiting for the next write.
+                        owed = self._retention.housekeeping_in()
+                        if not self._work.wait(owed) and owed is not None:
+                            break
                     self._writer_idle = False
                 # Woken for work: wait out the flush interval even if a flush() on another thread has
                 # committed that work meanwhile (it usually has, in a chain of steps). Going idle again
@@ -285,7 +285,7 @@ class GroupCommitWriter:
                     self._retention_due = False
                 try:
                     committed = self._commit_taken(
-                        batch, target, calls, forced_retention=retention_forced or closing
+                        batch, target, calls, housekeeping=retention_forced or closing
                     )
                 except BaseException as exc:
                     _fail_calls(calls, exc)  # the callers taken with this batch learn why, now
@@ -303,14 +303,16 @@ class GroupCommitWriter:
                     if self._pending.size == 0 and not self._calls:
                         return
 
-    def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, forced_retention: bool) -> bool:
-        """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed."""
-        if batch.runs or batch.steps or batch.events or batch.statements:
-            self._retention.note_added()
-        retain = self._retention.due(forced=forced_retention)
-        if batch.size or retain:
+    def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, housekeeping: bool) -> bool:
+        """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed.
+        ``housekeeping``: run a housekeeping pass now if there is anything for it to check."""
+        if batch.runs or batch.steps or batch.statements or batch.events:
+            self._retention.note_added(_bytes_bound(batch))
+        tidy = self._retention.due(forced=housekeeping)
+        budget = tidy or self._retention.budget_due()
+        if batch.size or budget:
             try:
-                self._commit(batch, retain=retain)
+                self._commit(batch, tidy=tidy, budget=budget)
             except sqlite3.Error as exc:
                 self._retention.after_commit(False)
                 self._fail(f"commit of {batch.size} writes failed: {sqlite_reason(exc)}", dropped=batch.size)
@@ -324,16 +326,18 @@ class GroupCommitWriter:
             self._done.notify_all()
         return True
 
-    def _commit(self, batch: Batch, *, retain: bool) -> None:
-        """One transaction: the batch's writes, then (``retain``) a retention pass, so trimming the
-        history costs no commit of its own."""
+    def _commit(self, batch: Batch, *, tidy: bool, budget: bool) -> None:
+        """One transaction: the batch's writes, then a housekeeping pass (``tidy``, which includes the
+        budget's part) or the budget's part alone (``budget``), so retention costs no commit of its own."""
         conn = self._conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._write(conn, batch, now)
-            if retain:
+            if tidy:
                 self._retention.run(conn)
+            elif budget:
+                self._retention.keep_budget(conn)
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
@@ -343,7 +347,7 @@ class GroupCommitWriter:
         """A retention pass now, on the writer connection after what is pending (for check_budget)."""
 
         def retain(conn: sqlite3.Connection) -> None:
-            self._retention.note_added()
+            self._retention.note_added(None)  # a full pass: checks every limit, measures the bytes
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._retention.run(conn)
@@ -377,7 +381,7 @@ class GroupCommitWriter:
         if batch.runs:
             conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
         if batch.steps:
-            conn.executemany(_SQL_UPSERT_STEP, batch.steps.values())
+            write_steps(conn, list(batch.steps.values()))
         for sid, session in batch.sessions.items():
             if session is None:
                 conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
@@ -454,6 +458,23 @@ class GroupCommitWriter:
                     pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
                 close_quietly(self._conn)
         return True
+
+
+def _bytes_bound(batch: Batch) -> int | None:
+    """At most how many bytes ``batch`` adds to the bytes the tallies count (run records, step results
+    and spill files): a row's new size bounds its growth. None for cached outputs: measured instead."""
+    if batch.statements:
+        return None
+    grown = 0
+    for row in batch.runs.values():
+        grown += _utf8_len(row[_RUN_RECORD])
+    for row in batch.steps.values():
+        grown += _utf8_len(row[STEP_RESULT]) + row[STEP_SPILL]
+    return grown
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _fail_calls(calls: list[_Call], exc: BaseException) -> None:

@@ -17,16 +17,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InvalidInputError, StateStoreError
+from ..errors import StateStoreError
 from ..logs import get_logger
 from ._step_cache import CacheTable, SqliteCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_HOUSEKEEPING_INTERVAL,
     DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
     DEFAULT_STATE_MAX_BYTES,
+    check_intervals,
     check_limits,
     check_parameters,
     check_retention,
@@ -152,9 +154,9 @@ class SqliteStore:
     commits a batch every ``flush_interval`` seconds, or at once when the batch is large; :meth:`flush`
     commits what is pending on the calling thread (no round trip through the writer). Reads see every
     write made before them (read-your-writes): a read first waits for pending writes to be committed,
-    which costs nothing when the queue is empty. We chose this over
-    an in-memory overlay because filtered, ordered listings (``list_runs``) would otherwise have to merge
-    two sources; reads are rare next to writes (the WorkflowManager keeps live runs in memory).
+    which costs nothing when the queue is empty. We chose this over an in-memory overlay because filtered,
+    ordered listings (``list_runs``) would otherwise have to merge two sources; reads are rare next to
+    writes (the WorkflowManager keeps live runs in memory).
 
     Durability: ``synchronous=NORMAL`` in WAL mode survives a process crash for every committed batch;
     a ``kill -9`` loses at most the writes not yet committed (at most ``flush_interval`` seconds of
@@ -177,6 +179,7 @@ class SqliteStore:
         max_parameters_bytes: the most bytes of JSON a run's parameters may take (:meth:`check_budget`).
         spill_dir: where step outputs are spilled (default: ``outputs`` beside the database file, as
             the engine lays it out).
+        housekeeping_interval: seconds between trims to the run and event limits (the budget: every commit).
 
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
@@ -195,11 +198,11 @@ class SqliteStore:
         max_bytes: int | None = DEFAULT_STATE_MAX_BYTES,
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         spill_dir: Path | str | None = None,
+        housekeeping_interval: float = DEFAULT_HOUSEKEEPING_INTERVAL,
     ) -> None:
         check_retention(retention_runs, retention_events)
         check_limits(max_bytes, max_parameters_bytes)
-        if flush_interval < 0:
-            raise InvalidInputError("flush_interval", f"must be >= 0 seconds, got {flush_interval}")
+        check_intervals(flush_interval=flush_interval, housekeeping_interval=housekeeping_interval)
         self.path = Path(path).absolute()
         self.max_parameters_bytes = max_parameters_bytes
         where = str(self.path)
@@ -210,6 +213,7 @@ class SqliteStore:
             max_bytes=max_bytes,
             spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
             wal_reserve=wal_limit_for(max_bytes) if max_bytes is not None else 0,
+            every=housekeeping_interval,
         )
         writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
@@ -218,8 +222,7 @@ class SqliteStore:
         self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = SqliteToolTasks(self._writer.call)
-        # Measure the bytes used (and apply a budget or a retention lowered since the last start):
-        # reads of the tallies and of the oldest index entries, never a scan of the history.
+        # Measure the bytes used and apply limits lowered since the last start (no scan of the history).
         self._writer.run_retention()
 
     @property
@@ -297,7 +300,7 @@ class SqliteStore:
         steps = [
             (
                 (record.run_id, name),
-                (record.run_id, name, s.status.value, dump_step(s), now, spill_bytes(s), record.run_id),
+                (s.status.value, dump_step(s), now, spill_bytes(s), record.run_id, name),
             )
             for name, s in record.steps.items()
         ]
@@ -309,7 +312,7 @@ class SqliteStore:
         self._writer.enqueue(put)
 
     def save_step(self, run_id: str, step: StepResult) -> None:
-        row = (run_id, step.name, step.status.value, dump_step(step), time.time(), spill_bytes(step), run_id)
+        row = (step.status.value, dump_step(step), time.time(), spill_bytes(step), run_id, step.name)
         self._writer.enqueue(lambda b: b.steps.__setitem__((run_id, step.name), row))
 
     def save_session(self, session_id: str, data: Mapping[str, Any]) -> None:
