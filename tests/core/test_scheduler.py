@@ -14,7 +14,7 @@ import structlog.testing
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
-from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
@@ -123,6 +123,52 @@ def test_tasks_of_one_priority_run_in_submission_order(make_orch: Any) -> None:
     release.set()
     orch.wait_all(ids, timeout=WAIT)
     assert order == [str(i) for i in range(6)]
+
+
+def test_tasks_submitted_together_keep_their_order_and_yield_to_a_higher_priority(make_orch: Any) -> None:
+    orch = make_orch(1)
+    _, release = blocker(orch)
+    order: list[str] = []
+    calls = [TaskCall(recorder(order, str(i)), f"t{i}") for i in range(5)]
+    ids = orch.submit_many(calls, priority=TaskPriority.LOW, run_id="r1")
+    urgent = orch.submit(recorder(order, "urgent"), name="urgent", priority=TaskPriority.HIGH)
+    release.set()
+    records = orch.wait_all([*ids, urgent], timeout=WAIT)
+    assert order == ["urgent", "0", "1", "2", "3", "4"]
+    assert all(r.status is TaskStatus.COMPLETED and r.priority is TaskPriority.LOW for r in records[:5])
+    assert [orch.get_task(i).name for i in ids] == [f"t{i}" for i in range(5)]
+
+
+def test_tasks_submitted_together_share_their_resources_admission(make_orch: Any) -> None:
+    pool = CountingResources(2)
+    orch = make_orch(4, resource_manager=pool)
+    running = threading.Semaphore(0)
+    release = threading.Event()
+
+    def hold(ctx: ActionContext) -> None:
+        running.release()
+        release.wait(WAIT)
+
+    ids = orch.submit_many([TaskCall(hold, f"h{i}") for i in range(4)], resources={"compute": 1})
+    assert running.acquire(timeout=WAIT) and running.acquire(timeout=WAIT)
+    assert sorted(orch.get_task(i).status.value for i in ids) == ["ready", "ready", "running", "running"]
+    release.set()
+    assert all(r.status is TaskStatus.COMPLETED for r in orch.wait_all(ids, timeout=WAIT))
+    assert pool.used == 0 and pool.max_used == 2
+
+
+def test_tasks_submitted_together_are_all_refused_when_they_do_not_all_fit_under_the_cap(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1, max_queued=3)
+    _, release = blocker(orch)
+    queued = orch.submit_many([TaskCall(lambda ctx: None, "q0")])
+    with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_TASKS"):
+        orch.submit_many([TaskCall(lambda ctx: None, f"q{i}") for i in (1, 2, 3)])
+    assert orch.get_execution_stats()["submitted_total"] == 2  # the blocker and q0: none of the three
+    fits = orch.submit_many([TaskCall(lambda ctx: None, f"q{i}") for i in (1, 2)])
+    release.set()
+    assert len(orch.wait_all([*queued, *fits], timeout=WAIT)) == 3
 
 
 def test_each_attempt_gets_a_context_with_its_ids_and_deadline(make_orch: Any) -> None:

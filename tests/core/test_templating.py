@@ -9,6 +9,7 @@ import pytest
 
 from codomyrmex_orchestration.core.templating import (
     Reference,
+    Template,
     TemplateContext,
     find_references,
     parse_condition,
@@ -140,6 +141,24 @@ def test_a_missing_step_or_key_fails_naming_the_path(
     with pytest.raises(TemplateError, match=message) as info:
         resolve({"p": template}, ctx)
     assert info.value.path == template.strip("{}")
+
+
+def test_a_template_parsed_once_resolves_each_item_like_resolve(ctx: TemplateContext) -> None:
+    params = {"name": "{{item.name}}", "line": "#{{index}} of {{params.limit}}: {{item}}", "n": 1}
+    template = Template(params, ctx.steps)
+    for index, item in enumerate([{"name": "a"}, {"name": "b", "x": [1]}]):
+        ctx.item = (item, index)
+        assert template.resolve(ctx) == resolve(params, ctx)
+    assert template.resolve(ctx)["line"] == '#1 of 3: {"name": "b", "x": [1]}'
+    first, second = template.resolve(ctx), template.resolve(ctx)
+    assert first == second and first is not second  # each call builds its own containers
+
+
+def test_a_template_refuses_malformed_references_when_parsed(ctx: TemplateContext) -> None:
+    with pytest.raises(TemplateError, match="empty segment"):
+        Template({"p": "{{steps..output}}"}, ctx.steps)
+    with pytest.raises(TemplateError, match="item and index exist only in a step with for_each"):
+        Template({"p": "{{item}}"}, ctx.steps).resolve(ctx)
 
 
 def test_resolving_refuses_to_build_text_beyond_the_size_bound() -> None:

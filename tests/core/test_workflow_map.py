@@ -30,7 +30,7 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import StepSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import ItemResult, StepSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
@@ -215,6 +215,45 @@ def test_a_map_step_without_max_parallel_hands_the_scheduler_its_items_in_waves(
     assert all(i.attempts == 1 and i.finished_at is not None for i in view.items)
 
 
+def test_a_scheduler_with_more_workers_than_half_a_wave_gets_waves_of_twice_its_workers(
+    registry: ActionRegistry, calls: Calls
+) -> None:
+    workers = WAVE // 2 + 6
+    orchestrator = TaskOrchestrator(workers, registry=registry)
+    manager = WorkflowManager(
+        orchestrator=orchestrator, registry=registry, store=MemoryStore(), config_dir=None
+    )
+    all_busy = threading.Event()
+    release = threading.Event()
+
+    def gated(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= workers:
+                    all_busy.set()
+            release.wait(WAIT)
+            return params["item"]
+        finally:
+            calls.leave()
+
+    registry.register(ActionDefinition("test", "gated", gated))
+    items = 6 * workers
+    manager.create_workflow("wide", [mapped(for_each=list(range(items)), action="gated")])
+    try:
+        run_id = manager.start_workflow("wide")
+        assert all_busy.wait(WAIT)  # every worker holds an item: none waits for the next wave
+        live = [t for t in orchestrator.list_tasks(limit=10 * items) if t.run_id == run_id]
+        assert len([t for t in live if not t.status.is_terminal]) == 2 * workers
+        release.set()
+        record = manager.wait_run(run_id, WAIT)
+        assert record.status is WorkflowStatus.COMPLETED, record.error
+        assert record.steps["each"].output == list(range(items))
+    finally:
+        release.set()
+        orchestrator.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
 def test_a_map_over_an_earlier_steps_output_sees_the_whole_list(manager: WorkflowManager) -> None:
     manager.create_workflow("chain", [lister([3, 1, 2]), mapped()])
     record = manager.execute_workflow("chain", timeout=WAIT)
@@ -244,6 +283,30 @@ def test_item_and_index_reach_parameters_and_run_if_and_a_skipped_item_gives_no_
     items = record.steps["each"].items
     assert items is not None and items.counts == {"completed": 2, "skipped": 1}
     assert items.items[1].skipped_reason == "run_if is false: item.n != 'b'"
+
+
+def test_an_item_its_parameters_cannot_resolve_for_fails_alone_naming_the_path(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow(
+        "partial",
+        [
+            {
+                "name": "each",
+                "module": "core",
+                "action": "set",
+                "for_each": [{"n": "a"}, {"m": "b"}, {"n": "c"}],
+                "required": False,
+                "parameters": {"label": "{{index}}:{{item.n}}"},
+            }
+        ],
+    )
+    record = manager.execute_workflow("partial", timeout=WAIT)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    output = record.steps["each"].output
+    assert output["outputs"] == [{"label": "0:a"}, {"label": "2:c"}]
+    assert [f["index"] for f in output["failed"]] == [1]
+    assert "item has no key 'n'" in output["failed"][0]["error"]
 
 
 def test_an_empty_list_completes_the_map_step_with_an_empty_list(manager: WorkflowManager) -> None:
@@ -466,6 +529,18 @@ def test_items_are_stored_one_row_each_and_read_back_into_their_map_step(
     assert list(stored.steps) == ["list", "each"]
     assert stored.steps["each"].output == [2, 4, 6]
     assert stored.steps["each"].items == record.steps["each"].items
+
+
+def test_a_finished_maps_items_are_whole_models_equal_to_validated_ones(manager: WorkflowManager) -> None:
+    manager.create_workflow("models", [lister([1, 2]), mapped()])
+    record = manager.execute_workflow("models", timeout=WAIT)
+    items = record.steps["each"].items
+    assert items is not None
+    for item in items.items:
+        again = ItemResult.model_validate(item.model_dump())
+        assert item == again and item.model_dump_json() == again.model_dump_json()
+        assert item.model_copy(update={"attempts": 9}).attempts == 9 and item.attempts == 1
+        assert item.status is TaskStatus.COMPLETED and item.started_at is not None
 
 
 def test_a_map_step_of_a_memory_store_run_is_read_back_whole(

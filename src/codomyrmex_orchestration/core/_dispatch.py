@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -98,44 +98,53 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ entry points
 
-    def add(self, task: Task) -> None:
-        """Register a new task: queue it, hold it until its dependencies complete, or skip it.
+    def add(self, tasks: Sequence[Task]) -> None:
+        """Register new tasks, in order and in one lock acquisition: each is queued, held until its
+        dependencies complete, or skipped. All or none: when one is refused, none is added.
 
         Raises:
             SchedulerShutdownError: not accepting work.
-            TaskNotFoundError: a dependency id is unknown (or evicted).
+            TaskNotFoundError: a dependency id is unknown (or evicted; a task of the same call is not
+                known yet).
+            LimitExceededError: they would take the tasks waiting to start past ``max_queued``.
         """
         out = Outbox()
-        held = False
         with self.lock:
             if not self.accepting:
                 raise SchedulerShutdownError()
-            waiting = self.table.active - self.running  # accepted, not final, not running
-            if self.max_queued is not None and waiting >= self.max_queued:
+            waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
+            if self.max_queued is not None and waiting > self.max_queued:
                 raise LimitExceededError(
                     "max_queued",
                     self.max_queued,
-                    waiting + 1,
-                    f"the number of tasks waiting to start, with this one (setting {MAX_QUEUED_SETTING}),",
+                    waiting,
+                    f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),",
                 )
-            deps = [self.table.require(dep_id) for dep_id in task.dependencies]
-            failed = self.table.add(task, deps)
-            if failed is not None:
-                self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
-            else:
-                # With listeners, the task waits to be queued until "task.queued" was delivered, so
-                # that no listener sees a task start before it saw it queued.
-                task.held = held = bool(self.listeners)
+            for task in tasks:  # all or none: every dependency is known before any task is added
+                for dep_id in task.dependencies:
+                    self.table.require(dep_id)
+            # With listeners, a task waits to be queued until "task.queued" was delivered, so that no
+            # listener sees a task start before it saw it queued.
+            held = bool(self.listeners)
+            for task in tasks:
+                failed = self.table.add(task, [self.table.require(d) for d in task.dependencies])
+                if failed is not None:
+                    self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
+                    continue
+                task.held = held
                 self._notice_locked(task, "task.queued", False, out)
                 if task.handed and not held:
-                    self._enqueue_locked(task)
+                    task.status = TaskStatus.READY
+                    self.queue.push(task)
+            self.pool.ensure_workers_locked()  # once for the whole wave: at most one wake-up per worker
         if out.notices or out.releases:
             self.deliver_here(out)
             if held:
                 with self.lock:
-                    task.held = False
-                    if task.handed and task.status is TaskStatus.PENDING:
-                        self._enqueue_locked(task)
+                    for task in tasks:
+                        task.held = False
+                        if task.handed and task.status is TaskStatus.PENDING:
+                            self._enqueue_locked(task)
 
     def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task that is not final; False if it is."""

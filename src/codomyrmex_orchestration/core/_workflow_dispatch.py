@@ -16,7 +16,7 @@ import structlog
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
-from codomyrmex_orchestration.core._workflow_map import is_item
+from codomyrmex_orchestration.core._workflow_map import ItemEnd, is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -29,7 +29,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
+from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator, TaskState
 from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
 
 __all__ = ["RunDriver"]
@@ -125,7 +125,7 @@ class RunDriver:
                     "session_id": run.record.session_id,
                 },
             )
-        self.apply(run, run.begin())
+        self.apply(run, run.begin(self.orchestrator.max_workers))
 
     def add_steps(self, run: RunState, steps: Sequence[StepSpec]) -> None:
         """Add steps to a running run (see :meth:`RunState.add_steps`) and dispatch those ready."""
@@ -148,12 +148,25 @@ class RunDriver:
                 for result in adv.settled:
                     self._announce(run, result)
             submitted: list[tuple[str, str]] = []
-            for name, params in adv.submit:
+            wave = adv.submit
+            i = 0
+            while i < len(wave):
+                name, params = wave[i]
+                if is_item(name):  # a map step's items come in a row: one submission for the row
+                    end, step = i + 1, run.maps.step_of(name)
+                    while (
+                        end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step
+                    ):
+                        end += 1
+                    self._submit_items(run, wave[i:end], work, submitted)
+                    i = end
+                    continue
                 outcome = self._submit(run, name, params)
                 if isinstance(outcome, Advance):
                     work.append(outcome)
                 else:
                     submitted.append((name, outcome))
+                i += 1
             # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
             if submitted and not run.register_tasks(submitted):
                 for _name, task_id in submitted:
@@ -183,16 +196,7 @@ class RunDriver:
                 call,
                 # The same step by name, for backends that run it in another process (workflow.run,
                 # which needs this manager, is kept local by them); the local backend needs none.
-                action=ActionCall(
-                    step.module,
-                    step.action,
-                    params,
-                    depth=run.depth,
-                    extras=self.extras,
-                    allow_code_execution=self.registry.allow_code_execution,
-                )
-                if self._remote
-                else None,
+                action=self._action(run, step, params) if self._remote else None,
                 name=f"{run.record.workflow_name}.{name}",
                 priority=run.priority_of(name),
                 timeout=step.timeout,
@@ -212,6 +216,82 @@ class RunDriver:
             result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
             return run.step_finished(result, held_slot=True)
         return task_id
+
+    def _submit_items(
+        self,
+        run: RunState,
+        entries: Sequence[tuple[str, dict[str, Any]]],
+        work: deque[Advance],
+        submitted: list[tuple[str, str]],
+    ) -> None:
+        """Submit a row of items of one map step in one call to the scheduler (one lock acquisition):
+        their (name, task id) pairs go to ``submitted``, what settles at once to ``work``. Items asking
+        a question or using the step cache, and a row the scheduler refuses (its queue cap), go one by
+        one as steps do."""
+        first = entries[0][0]
+        step = run.spec_of(first)
+        if (self.ask is not None and (step.module, step.action) == APPROVE) or step.cache is not None:
+            self._one_by_one(run, entries, work, submitted)
+            return
+        try:
+            func = self.registry.get(step.module, step.action).func
+        except OrchestrationError as exc:
+            error = ErrorInfo.from_exception(exc)
+            for name, _ in entries:
+                result = StepResult(name=name, status=TaskStatus.FAILED, error=error)
+                work.append(run.step_finished(result, held_slot=True))
+            return
+        mark = self.recorder.write_mark(bool(run.parents_of(first)))
+        calls: list[TaskCall] = []
+        for name, params in entries:
+            call = _StepCall(self, run, name, func, params, mark)
+            action = self._action(run, step, params) if self._remote else None
+            calls.append(
+                TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
+            )
+        try:
+            task_ids = self.orchestrator.submit_many(
+                calls,
+                priority=run.priority_of(first),
+                timeout=step.timeout,
+                max_retries=step.max_retries,
+                retry_delay=step.retry_delay,
+                backoff=step.backoff,
+                resources=step.resources or run.default_resources,
+                run_id=run.run_id,
+                session_id=run.client,
+                live_state=True,
+            )
+        except OrchestrationError:  # all or none was refused: as many as fit, one by one
+            self._one_by_one(run, entries, work, submitted)
+            return
+        submitted.extend(zip([name for name, _ in entries], task_ids, strict=True))
+
+    def _one_by_one(
+        self,
+        run: RunState,
+        entries: Sequence[tuple[str, dict[str, Any]]],
+        work: deque[Advance],
+        submitted: list[tuple[str, str]],
+    ) -> None:
+        for name, params in entries:
+            outcome = self._submit(run, name, params)
+            if isinstance(outcome, Advance):
+                work.append(outcome)
+            else:
+                submitted.append((name, outcome))
+
+    def _action(self, run: RunState, step: StepSpec, params: dict[str, Any]) -> ActionCall:
+        """The step by name, for backends that run it in another process (workflow.run, which needs this
+        manager, is kept local by them); the local backend needs none."""
+        return ActionCall(
+            step.module,
+            step.action,
+            params,
+            depth=run.depth,
+            extras=self.extras,
+            allow_code_execution=self.registry.allow_code_execution,
+        )
 
     def step_started(self, call: _StepCall, state: TaskState) -> None:
         run = call.run
@@ -233,6 +313,9 @@ class RunDriver:
             self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
+        if call.cache_key is None and is_item(call.name):  # its row takes the task's fields directly
+            self.apply(call.run, call.run.step_finished(ItemEnd(call.name, state), held_slot=True))
+            return
         result = StepResult(
             name=call.name,
             status=state.status,

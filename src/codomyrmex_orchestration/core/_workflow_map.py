@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -31,16 +31,18 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.templating import TemplateContext, resolve
+from codomyrmex_orchestration.core.templating import Template, TemplateContext, resolve
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, OrchestrationError
 
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core._workflow_run import Advance, RunState
+    from codomyrmex_orchestration.core.scheduler import TaskState
 
 __all__ = [
     "FOR_EACH_LABEL",
     "MAX_MAP_ITEMS_SETTING",
     "WAVE",
+    "ItemEnd",
     "MapState",
     "RunMaps",
     "carried",
@@ -57,13 +59,17 @@ __all__ = [
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
 #: How a definition's graph marks a map step (a run's graph adds the item count).
 FOR_EACH_LABEL = "for each"
-#: Items of a map step without ``max_parallel`` in the scheduler at once, at most (see ``MapState.room``).
-WAVE = 1024
+#: Items of a map step without ``max_parallel`` in the scheduler at once, at most, unless the scheduler
+#: has more than half as many workers (see ``MapState.room`` and ``RunMaps.wave``).
+WAVE = 128
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
 _ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
+_new_item = ItemResult.__new__
+# What model_construct sets a model's attributes with (BaseModel.__setattr__ would validate).
+_set = object.__setattr__
 
 
 def item_name(step: str, index: int) -> str:
@@ -124,6 +130,15 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 # --------------------------------------------------------------------------- one expansion
 
 
+class ItemEnd(NamedTuple):
+    """A scheduled item's end as the scheduler reports it: the item's node and its task's live state,
+    read inside the scheduler's ``on_done`` only. It settles into the item's compact row directly (no
+    ``StepResult`` per item, unless a durable store keeps the row)."""
+
+    name: str
+    state: TaskState
+
+
 class _ItemRow:
     """An item's live state in a running map step: what its status, timings and output need, in slots
     (about 100 bytes where a ``StepResult`` model costs over a kilobyte: a 100,000-item map holds one
@@ -149,26 +164,44 @@ class _ItemRow:
             setattr(row, field, getattr(source, field))
         return row
 
+    def end(self, state: TaskState) -> None:
+        """Take the final fields of the item's task."""
+        self.status = state.status
+        self.output = state.result if state.status is TaskStatus.COMPLETED else None
+        self.error = state.error
+        self.attempts = state.attempts
+        self.started_at = state.started_at
+        self.finished_at = state.finished_at or utcnow()
+        self.duration_seconds = state.duration_seconds
+        self.skipped_reason = None
+
     def step_result(self, name: str) -> StepResult:
         """The row as a durable store keeps it (named ``<step>[<index>]``)."""
         return StepResult(name=name, **{f: getattr(self, f) for f in _ROW_FIELDS})
 
     def item(self, index: int) -> ItemResult:
-        """The row as the run record shows it. Built unvalidated (the fields are typed already) and
-        sharing one fields-set that names every field: a set of its own costs each item 728 bytes,
-        more than the rest of the model, and adding a field name to this one changes nothing."""
-        return ItemResult.model_construct(
-            _ALL_ITEM_FIELDS,
-            index=index,
-            status=self.status,
-            output=self.output,
-            error=self.error,
-            attempts=self.attempts,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            duration_seconds=self.duration_seconds,
-            skipped_reason=self.skipped_reason,
-        )
+        """The row as the run record shows it. Built unvalidated (the fields are typed already), as
+        ``model_construct`` builds a model but without its per-field search for aliases and defaults
+        (a 100,000-item map builds 100,000 of these at its end), and sharing one fields-set that
+        names every field: a set of its own costs each item 728 bytes, more than the rest of the
+        model, and adding a field name to this one changes nothing."""
+        item = _new_item(ItemResult)
+        fields = {
+            "index": index,
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+            "skipped_reason": self.skipped_reason,
+        }
+        _set(item, "__dict__", fields)
+        _set(item, "__pydantic_fields_set__", _ALL_ITEM_FIELDS)
+        _set(item, "__pydantic_extra__", None)
+        _set(item, "__pydantic_private__", None)
+        return item
 
 
 class MapState:
@@ -182,24 +215,34 @@ class MapState:
         pending: indices cleared by the graph, waiting for a slot under ``limit``.
         slots: indices decided and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
+        wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
         started_at: when the step was expanded.
+        context: what its items' templates resolve against (its ``item`` set per item), once needed.
+        template: its parameters parsed once for every item (``parsed``); ``None`` when they do not
+            parse (each item then resolves them itself, and fails with the error).
     """
 
     __slots__ = (
+        "context",
         "left",
         "limit",
         "name",
+        "parsed",
         "pending",
         "results",
         "slots",
         "spec",
         "start_mono",
         "started_at",
+        "template",
         "values",
+        "wave",
     )
 
-    def __init__(self, name: str, spec: StepSpec, values: list[Any], carried: MapItems | None) -> None:
+    def __init__(
+        self, name: str, spec: StepSpec, values: list[Any], carried: MapItems | None, wave: int = WAVE
+    ) -> None:
         self.name = name
         self.spec = spec
         self.values = values
@@ -211,9 +254,25 @@ class MapState:
         self.pending: deque[int] = deque()
         self.slots: set[int] = set()
         self.limit = spec.max_parallel
+        self.wave = wave
         self.left = sum(1 for r in self.results if r is None)
         self.started_at = utcnow()
         self.start_mono = time.monotonic()
+        self.context: TemplateContext | None = None
+        self.template: Template | None = None
+        self.parsed = False
+
+    def parameters(self, ctx: TemplateContext) -> Any:
+        """The step's parameters resolved for the item in ``ctx``, parsed on the first call only."""
+        if not self.parsed:
+            self.parsed = True
+            try:
+                self.template = Template(self.spec.parameters, ctx.steps)
+            except OrchestrationError:
+                self.template = None
+        if self.template is None:
+            return resolve(self.spec.parameters, ctx)
+        return self.template.resolve(ctx)
 
     def to_run(self) -> Iterator[int]:
         """The indices that have no kept result."""
@@ -221,20 +280,26 @@ class MapState:
 
     def room(self) -> int:
         """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
-        it: items go to the scheduler in waves of ``WAVE``, the next once half of one has finished, so
-        a 100,000-item map keeps about ``WAVE`` scheduler tasks alive, not one per item (the workers run
-        a few at a time whatever the queue holds)."""
+        it: items go to the scheduler in waves of ``wave``, the next once half of one has finished, so
+        a 100,000-item map keeps about ``wave`` scheduler tasks alive, not one per item (the workers run
+        a few at a time whatever the queue holds). An item's task, its call and its parameters live
+        from its wave's submission to its end: in small waves they die young, which spares the
+        collector (they would otherwise outlive a generation-1 collection and add to the full ones)."""
         held = len(self.slots)
         if self.limit is not None:
             return self.limit - held
-        return WAVE - held if held <= WAVE // 2 else 0
+        wave = self.wave
+        return wave - held if held <= wave // 2 else 0
 
-    def settle(self, index: int, result: StepResult) -> bool:
+    def settle(self, index: int, result: StepResult | ItemEnd) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
         previous = self.results[index]
         if previous is None or not previous.status.is_terminal:
             self.left -= 1
-        self.results[index] = _ItemRow.of(result)
+        if isinstance(result, ItemEnd):
+            self.live(index).end(result.state)
+        else:
+            self.results[index] = _ItemRow.of(result)
         self.slots.discard(index)
         return self.left == 0
 
@@ -288,12 +353,15 @@ class RunMaps:
     """The map steps one run has expanded, and the transitions of their items. Every method but
     :meth:`step_of` runs under the run's lock, called by the run's own transitions."""
 
-    __slots__ = ("limit", "maps", "run")
+    __slots__ = ("limit", "maps", "run", "wave")
 
     def __init__(self, run: RunState, limit: int) -> None:
         self.run = run
         self.limit = limit  # most items per map step
         self.maps: dict[str, MapState] = {}
+        # Without max_parallel, the items of a map step in the scheduler at once: WAVE, or twice the
+        # scheduler's workers if that is more, so that every worker has an item to take (RunState.begin).
+        self.wave = WAVE
 
     def __bool__(self) -> bool:
         return bool(self.maps)
@@ -332,7 +400,7 @@ class RunMaps:
         """Add one graph node per item still to run; the step ends when its last item does."""
         run = self.run
         spec = run.spec_of(name)
-        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items)
+        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items, self.wave)
         row = StepResult(
             name=name,
             status=TaskStatus.RUNNING,
@@ -369,15 +437,19 @@ class RunMaps:
                     result.finished_at = utcnow()
                     self.settle(result, advance)
 
-    def settle(self, result: StepResult, advance: Advance) -> None:
+    def settle(self, result: StepResult | ItemEnd, advance: Advance) -> None:
         """An item's final result: saved as its own row; its step settles with the last one."""
         run = self.run
-        step, index = split_item(result.name)
+        name = result.name
+        step, index = split_item(name)
         state = self.maps[step]
         last = state.settle(index, result)
-        run.task_ids.pop(result.name, None)  # only cancel reads it: 100,000 entries kept for nothing
-        run.save(result)
-        run.graph.done(result.name)
+        run.task_ids.pop(name, None)  # only cancel reads it: 100,000 entries kept for nothing
+        if isinstance(result, StepResult):
+            run.save(result)
+        elif run.saves_steps:
+            run.save(state.live(index).step_result(name))
+        run.graph.done(name)
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
@@ -396,11 +468,14 @@ class RunMaps:
         spec = state.spec
         if condition is None and not templated:
             return TaskStatus.READY, None, spec.parameters
-        ctx = run.template_context((state.values[index], index))
+        ctx = state.context
+        if ctx is None:  # one per map step: the run's steps are a live view, the item changes
+            ctx = state.context = run.template_context()
+        ctx.item = (state.values[index], index)
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
-            return TaskStatus.READY, None, resolve(spec.parameters, ctx) if templated else spec.parameters
+            return TaskStatus.READY, None, state.parameters(ctx) if templated else spec.parameters
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 

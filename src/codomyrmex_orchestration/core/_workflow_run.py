@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
-from codomyrmex_orchestration.core._workflow_map import RunMaps, carried, is_item
+from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
@@ -196,9 +196,11 @@ class RunState:
 
     # ------------------------------------------------------------------ transitions
 
-    def begin(self) -> Advance:
-        """The first wave: steps with no dependencies (and kept results of a resumed run) settle."""
+    def begin(self, workers: int = 1) -> Advance:
+        """The first wave: steps with no dependencies (and kept results of a resumed run) settle.
+        ``workers``: the scheduler's, so that a map step's waves keep each of them busy."""
         with self.lock:
+            self.maps.wave = max(self.maps.wave, 2 * workers)
             return self._drain(Advance())
 
     def step_started(self, name: str, attempt: int, started_at: datetime | None) -> None:
@@ -209,8 +211,9 @@ class RunState:
             with self.lock:
                 self._apply_starts()
 
-    def step_finished(self, result: StepResult, *, held_slot: bool) -> Advance:
-        """Record a submitted step's final result (``held_slot``: it counted against ``max_parallel``)."""
+    def step_finished(self, result: StepResult | ItemEnd, *, held_slot: bool) -> Advance:
+        """Record a submitted step's (or item's) final result (``held_slot``: it counted against
+        ``max_parallel``)."""
         advance = Advance()
         with self.lock:
             self._apply_starts()
@@ -401,13 +404,14 @@ class RunState:
             if self._save_step is not None:
                 self._save_step(self.run_id, result)
 
-    def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
+    def _settle(self, result: StepResult | ItemEnd, advance: Advance, *, announce: bool) -> None:
         name = result.name
         if self.waiting and self.waiting.pop(name, None) is not None:
             self._inputs_changed()
         if is_item(name):
             self.maps.settle(result, advance)
             return
+        assert isinstance(result, StepResult)  # an ItemEnd names an item
         self.record.steps[name] = result
         if self._save_step is not None:
             self._save_step(self.run_id, result)

@@ -78,15 +78,18 @@ class DependencyGraph(Generic[K]):
         Raises:
             InvalidInputError: ``node`` exists already, or (after ``prepare()``) a dependency is unknown.
         """
-        if node in self._nodes:
+        nodes = self._nodes
+        if node in nodes:
             raise InvalidInputError("node", f"{node!r} is already in the graph")
-        deps = tuple(dict.fromkeys(depends_on))
-        if self._prepared:
-            for dep in deps:
-                if dep not in self._nodes:
-                    raise _unknown_dependency(node, dep)
+        deps: tuple[K, ...] = ()
+        if depends_on:  # most nodes of a wide graph (a map's items) have none: skip the dedup
+            deps = tuple(dict.fromkeys(depends_on))
+            if self._prepared:
+                for dep in deps:
+                    if dep not in nodes:
+                        raise _unknown_dependency(node, dep)
         entry: _Node[K] = _Node(deps)
-        self._nodes[node] = entry
+        nodes[node] = entry
         self._unfinished += 1
         if self._prepared:
             self._link(node, entry)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "TASK_EVENTS",
     "ResourceAdmission",
+    "TaskCall",
     "TaskCallable",
     "TaskListener",
     "TaskOrchestrator",
@@ -87,6 +88,27 @@ class TaskState(Protocol):
 
 
 StateCallback = Callable[[TaskState], None]
+
+
+#: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
+#: live state, session.
+_Settings = tuple[
+    TaskPriority, float | None, RetryPolicy, Mapping[str, Any] | None, str | None, bool, str | None
+]
+
+
+class TaskCall(NamedTuple):
+    """What differs between the tasks of one :meth:`TaskOrchestrator.submit_many` call (the
+    arguments of :meth:`TaskOrchestrator.submit` of the same names)."""
+
+    fn: TaskCallable | None
+    name: str
+    step_name: str | None = None
+    on_start: TaskCallback | StateCallback | None = None
+    on_done: TaskCallback | StateCallback | None = None
+    action: ActionCall | None = None
+    dependencies: Sequence[str] = ()
+
 
 TASK_EVENTS = (
     "task.queued",
@@ -230,6 +252,56 @@ class TaskOrchestrator:
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
+        settings = self._settings(
+            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+        )
+        task = self._task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
+        self._d.add((task,))
+        return task.id
+
+    def submit_many(
+        self,
+        calls: Sequence[TaskCall],
+        *,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 0.0,
+        backoff: float = 2.0,
+        resources: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        live_state: bool = False,
+        session_id: str | None = None,
+    ) -> list[str]:
+        """Queue several tasks that share their settings, in order, as :meth:`submit` queues one, in one
+        acquisition of the scheduler's lock (a map step's wave of items); returns their ids.
+
+        All or none: when one is refused, none is queued. A task may depend on tasks submitted before
+        this call, not on one of the same call.
+
+        Raises:
+            Everything :meth:`submit` raises.
+        """
+        settings = self._settings(
+            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+        )
+        tasks = [self._task(*call, settings) for call in calls]
+        self._d.add(tasks)
+        return [task.id for task in tasks]
+
+    def _settings(
+        self,
+        priority: TaskPriority,
+        timeout: float | None,
+        max_retries: int,
+        retry_delay: float,
+        backoff: float,
+        resources: Mapping[str, Any] | None,
+        run_id: str | None,
+        live_state: bool,
+        session_id: str | None,
+    ) -> _Settings:
+        """The settings tasks share, checked (see :meth:`submit`)."""
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
         retry = RetryPolicy.of(max_retries, retry_delay, backoff)
@@ -237,32 +309,29 @@ class TaskOrchestrator:
             priority = TaskPriority(priority)
         if resources:
             self.check_resources(resources)
-        else:
-            resources = None
+        return priority, timeout, retry, resources or None, run_id, live_state, session_id
+
+    def _task(
+        self,
+        fn: TaskCallable | None,
+        name: str,
+        step_name: str | None,
+        on_start: TaskCallback | StateCallback | None,
+        on_done: TaskCallback | StateCallback | None,
+        action: ActionCall | None,
+        dependencies: Sequence[str],
+        settings: _Settings,
+    ) -> Task:
+        priority, timeout, retry, resources, run_id, live_state, session_id = settings
         if action is not None:
-            if fn is None:
-                fn = _action_callable(self._registry_now(), action)
+            fn = fn or _action_callable(self._registry_now(), action)
             fn = self.backend.bind(fn, action, priority=priority, resources=resources)
         elif fn is None:
             raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
-        task = Task(
-            f"{self._id_prefix}{next(self._ids)}",
-            fn,
-            name,
-            priority,
-            tuple(dependencies),
-            timeout,
-            retry,
-            resources,
-            run_id,
-            step_name,
-            on_start,
-            on_done,
-            live_state,
-            session_id,
-        )
-        self._d.add(task)
-        return task.id
+        task_id = f"{self._id_prefix}{next(self._ids)}"
+        deps = tuple(dependencies)
+        run = (run_id, step_name, on_start, on_done, live_state, session_id)
+        return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
 
     def submit_task(
         self,

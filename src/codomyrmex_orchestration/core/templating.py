@@ -26,6 +26,7 @@ __all__ = [
     "SECRET_NAME_PATTERN",
     "Condition",
     "Reference",
+    "Template",
     "TemplateContext",
     "find_references",
     "lookup",
@@ -358,37 +359,67 @@ def _to_text(value: Any, budget: _Budget, raw: str) -> str:
     return "".join(parts)
 
 
-def _resolve_string(text: str, ctx: TemplateContext, known: Collection[str], budget: _Budget) -> Any:
-    if "{{" not in text:
-        return text
-    matches = [m for m in _BRACES_RE.finditer(text) if _looks_like_reference(m.group(1))]
+#: A parsed value: called with a context and the size budget, it builds the resolved value.
+_Build = Callable[[TemplateContext, _Budget], Any]
+
+
+def _compile_string(text: str, known: Collection[str]) -> _Build:
+    found = _BRACES_RE.finditer(text) if "{{" in text else ()
+    matches = [m for m in found if _looks_like_reference(m.group(1))]
     if not matches:
-        return text
+        return lambda ctx, budget: text
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
-        return lookup(_parse_reference(matches[0].group(1), known), ctx)
-    pieces: list[str] = []
+        ref = _parse_reference(matches[0].group(1), known)
+        return lambda ctx, budget: lookup(ref, ctx)
+    pieces: list[tuple[str, str, Reference]] = []  # (literal before, reference text, reference)
     last = 0
     for m in matches:
-        literal = text[last : m.start()]
-        budget.take(len(literal), m.group(1))
-        pieces.append(literal)
-        raw = m.group(1)
-        pieces.append(_to_text(lookup(_parse_reference(raw, known), ctx), budget, raw))
+        pieces.append((text[last : m.start()], m.group(1), _parse_reference(m.group(1), known)))
         last = m.end()
-    pieces.append(text[last:])
-    return "".join(pieces)
+    tail = text[last:]
+
+    def build(ctx: TemplateContext, budget: _Budget) -> str:
+        out: list[str] = []
+        for literal, raw, ref in pieces:
+            budget.take(len(literal), raw)
+            out.append(literal)
+            out.append(_to_text(lookup(ref, ctx), budget, raw))
+        out.append(tail)
+        return "".join(out)
+
+    return build
 
 
-def _resolve(value: Any, ctx: TemplateContext, known: Collection[str], budget: _Budget, depth: int) -> Any:
+def _compile(value: Any, known: Collection[str], depth: int) -> _Build:
     if depth > MAX_NESTING:
         raise TemplateError("parameters", f"nested deeper than {MAX_NESTING} levels")
     if isinstance(value, str):
-        return _resolve_string(value, ctx, known, budget)
+        return _compile_string(value, known)
     if isinstance(value, Mapping):
-        return {k: _resolve(v, ctx, known, budget, depth + 1) for k, v in value.items()}
+        fields = [(k, _compile(v, known, depth + 1)) for k, v in value.items()]
+        return lambda ctx, budget: {k: part(ctx, budget) for k, part in fields}
     if isinstance(value, list | tuple):
-        return [_resolve(v, ctx, known, budget, depth + 1) for v in value]
-    return value
+        parts = [_compile(v, known, depth + 1) for v in value]
+        return lambda ctx, budget: [part(ctx, budget) for part in parts]
+    return lambda ctx, budget: value
+
+
+class Template:
+    """A value whose references are parsed once, to be resolved against many contexts (a map step's
+    parameters, once per item): :meth:`resolve` gives what :func:`resolve` gives for the value.
+
+    Raises:
+        TemplateError: a malformed reference, or nesting deeper than ``MAX_NESTING``.
+    """
+
+    __slots__ = ("_build",)
+
+    def __init__(self, value: Any, known: Collection[str]) -> None:
+        self._build = _compile(value, _as_set(known), 0)
+
+    def resolve(self, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
+        """The value with every reference replaced by what it names in ``ctx`` (see :func:`resolve`)."""
+        return self._build(ctx, _Budget(max_size))
 
 
 def resolve(value: Any, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
@@ -407,7 +438,7 @@ def resolve(value: Any, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SI
         TemplateError: a missing parameter, step or key (the message names the path), a malformed
             reference, or text larger than ``max_size``.
     """
-    return _resolve(value, ctx, _as_set(ctx.steps), _Budget(max_size), 0)
+    return Template(value, ctx.steps).resolve(ctx, max_size=max_size)
 
 
 # --------------------------------------------------------------------------- run_if conditions
