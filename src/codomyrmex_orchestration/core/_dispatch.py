@@ -104,8 +104,7 @@ class Dispatcher:
 
         Raises:
             SchedulerShutdownError: not accepting work.
-            TaskNotFoundError: a dependency id is unknown (or evicted; a task of the same call is not
-                known yet).
+            TaskNotFoundError: a dependency id is unknown, evicted, or of a task of the same call.
             LimitExceededError: they would take the tasks waiting to start past ``max_queued``.
         """
         out = Outbox()
@@ -114,17 +113,11 @@ class Dispatcher:
                 raise SchedulerShutdownError()
             waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
             if self.max_queued is not None and waiting > self.max_queued:
-                raise LimitExceededError(
-                    "max_queued",
-                    self.max_queued,
-                    waiting,
-                    f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),",
-                )
+                raise _queue_full(self.max_queued, waiting)
             for task in tasks:  # all or none: every dependency is known before any task is added
                 for dep_id in task.dependencies:
                     self.table.require(dep_id)
-            # With listeners, a task waits to be queued until "task.queued" was delivered, so that no
-            # listener sees a task start before it saw it queued.
+            # With listeners, a task is queued once "task.queued" was delivered: none sees it start first.
             held = bool(self.listeners)
             for task in tasks:
                 failed = self.table.add(task, [self.table.require(d) for d in task.dependencies])
@@ -462,6 +455,11 @@ class Dispatcher:
     def _wake_for_resources(self) -> None:
         with self.lock:
             self.pool.ensure_workers_locked()
+
+
+def _queue_full(max_queued: int, waiting: int) -> LimitExceededError:
+    what = f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),"
+    return LimitExceededError("max_queued", max_queued, waiting, what)
 
 
 def _make_final(

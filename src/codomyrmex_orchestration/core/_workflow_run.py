@@ -157,8 +157,7 @@ class RunState:
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
-        # The run row alone, saved when its questions change (a durable store; set by await_input).
-        self._save_run: Callable[[RunRecord], None] | None = None
+        self._save_run: Callable[[RunRecord], None] | None = None  # when its questions change (durable)
         self.waiting: dict[str, InputRequest] = {}  # steps parked on a question (core.approve), by step
         self.run_id = record.run_id
         self.plan = plan
@@ -166,8 +165,7 @@ class RunState:
         self.priority = priority
         self.depth = depth
         self.on_step = on_step
-        limit = plan.spec.max_parallel
-        self.max_parallel = min(max_parallel, limit or max_parallel) if max_parallel is not None else limit
+        self.max_parallel = _parallel_limit(max_parallel, plan.spec.max_parallel)
         self.default_resources = dict(default_resources) if default_resources else None
         self.start_mono = time.monotonic()
         self.done = threading.Event()  # set once the final record is saved
@@ -179,20 +177,15 @@ class RunState:
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
-        # Step starts reported by workers and not yet applied to the record: appended without the lock
-        # (deque appends and pops are thread-safe), applied by the next holder of the lock before it
-        # reads or changes any step, so a start costs a worker no lock of its own in a store that
-        # keeps only outcomes. A worker reports a step's start before its end: applied in that order.
+        # Step starts reported by workers without the lock (deque appends are thread-safe), applied in
+        # order by the next holder of the lock before it reads or changes a step: no lock per start.
         self._starts: deque[tuple[str, int, datetime | None]] = deque()
         self._finishing = False
-        # Steps added while the run goes (add_steps). Written under the lock; spec_of() and friends read
-        # it without, for a step already cleared to run, whose entry was written before it was cleared.
+        # Steps added while the run goes: written under the lock, read without it by spec_of() & co.
+        # only for steps already cleared to run (so written before they were cleared).
         self._added: dict[str, _AddedStep] = {}
         self.maps = RunMaps(self, max_map_items)  # the map steps expanded so far, and their items
-        self.graph: DependencyGraph[str] = DependencyGraph()
-        for name in plan.dag.steps:
-            self.graph.add(name, plan.parents[name])
-        self.graph.prepare()
+        self.graph = _plan_graph(plan)
 
     # ------------------------------------------------------------------ transitions
 
@@ -537,6 +530,20 @@ class RunState:
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
         return TaskStatus.READY, None, params
+
+
+def _parallel_limit(given: int | None, workflow: int | None) -> int | None:
+    """The stricter of the caller's and the workflow's ``max_parallel`` (``None``: no limit)."""
+    return min(given, workflow or given) if given is not None else workflow
+
+
+def _plan_graph(plan: Plan) -> DependencyGraph[str]:
+    """The run's dependency engine, prepared with the plan's steps (map items and added steps join it)."""
+    graph: DependencyGraph[str] = DependencyGraph()
+    for name in plan.dag.steps:
+        graph.add(name, plan.parents[name])
+    graph.prepare()
+    return graph
 
 
 class _AddedStep:

@@ -5,6 +5,7 @@
 * :mod:`._task_table` — every task by id, retention, the dependency graph and the skip cascade;
 * :mod:`._ready_queue` — ready tasks by priority and session turn, resource admission;
 * :mod:`._worker_pool` — the worker threads, abandoned-thread replacement, lending a slot;
+* :mod:`._task_factory` — checked submission settings, action binding, task ids;
 * :mod:`._retry` — when a failed attempt is tried again;
 * :mod:`._results` — secret redaction and the output cap on every return value;
 * :mod:`.timers` — the shared timer service: attempt deadlines and retry delays.
@@ -14,14 +15,12 @@ This module is the public face: validation, submission, queries, waits and shutd
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,9 +28,9 @@ from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
-from codomyrmex_orchestration.core._retry import RetryPolicy
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Task
-from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, create_registry
+from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.core.timers import TimerService
@@ -88,26 +87,6 @@ class TaskState(Protocol):
 
 
 StateCallback = Callable[[TaskState], None]
-
-
-#: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
-#: live state, session.
-_Settings = tuple[
-    TaskPriority, float | None, RetryPolicy, Mapping[str, Any] | None, str | None, bool, str | None
-]
-
-
-class TaskCall(NamedTuple):
-    """What differs between the tasks of one :meth:`TaskOrchestrator.submit_many` call (the
-    arguments of :meth:`TaskOrchestrator.submit` of the same names)."""
-
-    fn: TaskCallable | None
-    name: str
-    step_name: str | None = None
-    on_start: TaskCallback | StateCallback | None = None
-    on_done: TaskCallback | StateCallback | None = None
-    action: ActionCall | None = None
-    dependencies: Sequence[str] = ()
 
 
 TASK_EVENTS = (
@@ -167,9 +146,9 @@ class TaskOrchestrator:
             raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
         self.name = name
         self.max_workers = max_workers
-        self._registry = registry
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
+        self._factory = TaskFactory(registry, self.backend, self.check_resources)
         self._own_timers = timers is None
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
@@ -184,8 +163,6 @@ class TaskOrchestrator:
         )
         self._backend_lock = threading.Lock()  # guards _backend_open
         self._backend_open = True
-        self._ids = itertools.count(1)
-        self._id_prefix = f"t-{uuid.uuid4().hex[:8]}-"
         self._started_mono = time.monotonic()
 
     @property
@@ -252,10 +229,10 @@ class TaskOrchestrator:
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
-        settings = self._settings(
+        settings = self._factory.settings(
             priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
         )
-        task = self._task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
+        task = self._factory.task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
         self._d.add((task,))
         return task.id
 
@@ -273,65 +250,15 @@ class TaskOrchestrator:
         live_state: bool = False,
         session_id: str | None = None,
     ) -> list[str]:
-        """Queue several tasks that share their settings, in order, as :meth:`submit` queues one, in one
-        acquisition of the scheduler's lock (a map step's wave of items); returns their ids.
-
-        All or none: when one is refused, none is queued. A task may depend on tasks submitted before
-        this call, not on one of the same call.
-
-        Raises:
-            Everything :meth:`submit` raises.
-        """
-        settings = self._settings(
+        """Queue tasks that share their settings, in order, in one acquisition of the scheduler's lock
+        (a map step's wave of items); returns their ids. All or none: when one is refused (it raises
+        what :meth:`submit` raises), none is queued. Tasks may depend on earlier calls' tasks only."""
+        settings = self._factory.settings(
             priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
         )
-        tasks = [self._task(*call, settings) for call in calls]
+        tasks = [self._factory.task(*call, settings) for call in calls]
         self._d.add(tasks)
         return [task.id for task in tasks]
-
-    def _settings(
-        self,
-        priority: TaskPriority,
-        timeout: float | None,
-        max_retries: int,
-        retry_delay: float,
-        backoff: float,
-        resources: Mapping[str, Any] | None,
-        run_id: str | None,
-        live_state: bool,
-        session_id: str | None,
-    ) -> _Settings:
-        """The settings tasks share, checked (see :meth:`submit`)."""
-        if timeout is not None and not timeout > 0:
-            raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
-        retry = RetryPolicy.of(max_retries, retry_delay, backoff)
-        if type(priority) is not TaskPriority:
-            priority = TaskPriority(priority)
-        if resources:
-            self.check_resources(resources)
-        return priority, timeout, retry, resources or None, run_id, live_state, session_id
-
-    def _task(
-        self,
-        fn: TaskCallable | None,
-        name: str,
-        step_name: str | None,
-        on_start: TaskCallback | StateCallback | None,
-        on_done: TaskCallback | StateCallback | None,
-        action: ActionCall | None,
-        dependencies: Sequence[str],
-        settings: _Settings,
-    ) -> Task:
-        priority, timeout, retry, resources, run_id, live_state, session_id = settings
-        if action is not None:
-            fn = fn or _action_callable(self._registry_now(), action)
-            fn = self.backend.bind(fn, action, priority=priority, resources=resources)
-        elif fn is None:
-            raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
-        task_id = f"{self._id_prefix}{next(self._ids)}"
-        deps = tuple(dependencies)
-        run = (run_id, step_name, on_start, on_done, live_state, session_id)
-        return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
 
     def submit_task(
         self,
@@ -348,7 +275,7 @@ class TaskOrchestrator:
             UnknownActionError, ActionRefusedError: at submission, from the registry.
             Everything :meth:`submit` raises.
         """
-        allow = self._registry_now().allow_code_execution  # a worker's registry refuses what ours does
+        allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
         call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
             None,
@@ -375,11 +302,6 @@ class TaskOrchestrator:
                 "resources", "this scheduler has no resource manager, so tasks cannot require resources"
             )
         self._resources.check_satisfiable(requirements)
-
-    def _registry_now(self) -> ActionRegistry:
-        if self._registry is None:
-            self._registry = create_registry()
-        return self._registry
 
     # ------------------------------------------------------------------ queries and waits
 
@@ -576,14 +498,3 @@ class TaskOrchestrator:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
-
-
-def _action_callable(registry: ActionRegistry, call: ActionCall) -> TaskCallable:
-    """``registry.get(...).func(parameters, ctx)``; unknown or refused actions raise here."""
-    func = registry.get(call.module, call.action).func
-    parameters = dict(call.parameters)
-
-    def run(ctx: ActionContext) -> Any:
-        return func(parameters, ctx)
-
-    return run

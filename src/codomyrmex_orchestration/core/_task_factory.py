@@ -1,0 +1,127 @@
+"""Builds the scheduler's tasks: checks the settings the tasks of one submission share (timeout, retry
+policy, priority, resources), binds an action to the backend, and numbers the task ids.
+
+It owns the id counter and the action registry (created on first need when none was given); the
+scheduler (:mod:`.scheduler`) queues what it builds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from codomyrmex_orchestration.core._retry import RetryPolicy
+from codomyrmex_orchestration.core._task import Task
+from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, create_registry
+from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
+from codomyrmex_orchestration.core.models import TaskPriority
+from codomyrmex_orchestration.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.scheduler import StateCallback, TaskCallable, TaskCallback
+
+__all__ = ["Settings", "TaskCall", "TaskFactory"]
+
+#: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
+#: live state, session.
+Settings = tuple[
+    TaskPriority, float | None, RetryPolicy, Mapping[str, Any] | None, str | None, bool, str | None
+]
+
+
+class TaskCall(NamedTuple):
+    """What differs between the tasks of one :meth:`TaskOrchestrator.submit_many` call (the
+    arguments of :meth:`TaskOrchestrator.submit` of the same names)."""
+
+    fn: TaskCallable | None
+    name: str
+    step_name: str | None = None
+    on_start: TaskCallback | StateCallback | None = None
+    on_done: TaskCallback | StateCallback | None = None
+    action: ActionCall | None = None
+    dependencies: Sequence[str] = ()
+
+
+class TaskFactory:
+    """Checked settings and new :class:`Task` objects for one scheduler.
+
+    Args:
+        registry: the action registry (``None``: ``create_registry()`` at the first action task).
+        backend: binds an action task's callable to where it runs.
+        check_resources: raises unless requirements could ever be granted (the scheduler's check).
+    """
+
+    def __init__(
+        self,
+        registry: ActionRegistry | None,
+        backend: ExecutionBackend,
+        check_resources: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        self._registry = registry
+        self._backend = backend
+        self._check_resources = check_resources
+        self._ids = itertools.count(1)
+        self._id_prefix = f"t-{uuid.uuid4().hex[:8]}-"
+
+    def registry(self) -> ActionRegistry:
+        if self._registry is None:
+            self._registry = create_registry()
+        return self._registry
+
+    def settings(
+        self,
+        priority: TaskPriority,
+        timeout: float | None,
+        max_retries: int,
+        retry_delay: float,
+        backoff: float,
+        resources: Mapping[str, Any] | None,
+        run_id: str | None,
+        live_state: bool,
+        session_id: str | None,
+    ) -> Settings:
+        """The settings tasks share, checked (see :meth:`TaskOrchestrator.submit`)."""
+        if timeout is not None and not timeout > 0:
+            raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
+        retry = RetryPolicy.of(max_retries, retry_delay, backoff)
+        if type(priority) is not TaskPriority:
+            priority = TaskPriority(priority)
+        if resources:
+            self._check_resources(resources)
+        return priority, timeout, retry, resources or None, run_id, live_state, session_id
+
+    def task(
+        self,
+        fn: TaskCallable | None,
+        name: str,
+        step_name: str | None,
+        on_start: TaskCallback | StateCallback | None,
+        on_done: TaskCallback | StateCallback | None,
+        action: ActionCall | None,
+        dependencies: Sequence[str],
+        settings: Settings,
+    ) -> Task:
+        """A new task with the next id (not queued yet)."""
+        priority, timeout, retry, resources, run_id, live_state, session_id = settings
+        if action is not None:
+            fn = fn or _action_callable(self.registry(), action)
+            fn = self._backend.bind(fn, action, priority=priority, resources=resources)
+        elif fn is None:
+            raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
+        task_id = f"{self._id_prefix}{next(self._ids)}"
+        deps = tuple(dependencies)
+        run = (run_id, step_name, on_start, on_done, live_state, session_id)
+        return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
+
+
+def _action_callable(registry: ActionRegistry, call: ActionCall) -> TaskCallable:
+    """``registry.get(...).func(parameters, ctx)``; unknown or refused actions raise here."""
+    func = registry.get(call.module, call.action).func
+    parameters = dict(call.parameters)
+
+    def run(ctx: ActionContext) -> Any:
+        return func(parameters, ctx)
+
+    return run
