@@ -114,13 +114,12 @@ class Dispatcher:
             waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
             if self.max_queued is not None and waiting > self.max_queued:
                 raise _queue_full(self.max_queued, waiting)
-            for task in tasks:  # all or none: every dependency is known before any task is added
-                for dep_id in task.dependencies:
-                    self.table.require(dep_id)
+            # All or none: every dependency is found before any task is added.
+            deps = [[self.table.require(d) for d in task.dependencies] for task in tasks]
             # With listeners, a task is queued once "task.queued" was delivered: none sees it start first.
             held = bool(self.listeners)
-            for task in tasks:
-                failed = self.table.add(task, [self.table.require(d) for d in task.dependencies])
+            for task, its_deps in zip(tasks, deps, strict=True):
+                failed = self.table.add(task, its_deps)
                 if failed is not None:
                     self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
                     continue

@@ -151,22 +151,17 @@ class RunDriver:
             wave = adv.submit
             i = 0
             while i < len(wave):
-                name, params = wave[i]
-                if is_item(name):  # a map step's items come in a row: one submission for the row
-                    end, step = i + 1, run.maps.step_of(name)
-                    while (
-                        end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step
-                    ):
-                        end += 1
-                    self._submit_items(run, wave[i:end], work, submitted)
-                    i = end
+                name = wave[i][0]
+                if not is_item(name):
+                    self._one_by_one(run, wave[i : i + 1], work, submitted)
+                    i += 1
                     continue
-                outcome = self._submit(run, name, params)
-                if isinstance(outcome, Advance):
-                    work.append(outcome)
-                else:
-                    submitted.append((name, outcome))
-                i += 1
+                # A map step's items come in a row: one submission for the row.
+                end, step = i + 1, run.maps.step_of(name)
+                while end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step:
+                    end += 1
+                self._submit_items(run, wave[i:end], work, submitted)
+                i = end
             # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
             if submitted and not run.register_tasks(submitted):
                 for _name, task_id in submitted:
@@ -194,8 +189,6 @@ class RunDriver:
             )
             task_id = self.orchestrator.submit(
                 call,
-                # The same step by name, for backends that run it in another process (workflow.run,
-                # which needs this manager, is kept local by them); the local backend needs none.
                 action=self._action(run, step, params) if self._remote else None,
                 name=f"{run.record.workflow_name}.{name}",
                 priority=run.priority_of(name),
@@ -274,6 +267,7 @@ class RunDriver:
         work: deque[Advance],
         submitted: list[tuple[str, str]],
     ) -> None:
+        """Submit ``entries`` one at a time: task ids to ``submitted``, what settles at once to ``work``."""
         for name, params in entries:
             outcome = self._submit(run, name, params)
             if isinstance(outcome, Advance):
