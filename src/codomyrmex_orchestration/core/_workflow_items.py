@@ -1,0 +1,92 @@
+"""What the scheduler runs for one item of a map step: :class:`ItemCall` carries the item's map step and
+index from its submission to its end, so its start and end reach the item's columns without a name to
+parse; :func:`submit_items` hands a row of items of one map step to the scheduler in one call.
+
+Stateless: the item's state is its map step's (:class:`~._workflow_map.MapState`), guarded by the run's
+lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from codomyrmex_orchestration.core._workflow_map import ItemEnd, MapState, split_item
+from codomyrmex_orchestration.core.scheduler import TaskCall
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
+    from codomyrmex_orchestration.core._workflow_run import RunState
+    from codomyrmex_orchestration.core.actions import ActionContext
+    from codomyrmex_orchestration.core.backends import ActionCall
+    from codomyrmex_orchestration.core.scheduler import TaskState
+
+__all__ = ["ItemCall", "item_calls"]
+
+
+class ItemCall:
+    """One submitted item: the callable the scheduler runs and its start/done callbacks in one object,
+    like a step's call, plus its map step and index."""
+
+    __slots__ = ("driver", "func", "index", "map", "mark", "name", "params", "run")
+
+    def __init__(
+        self,
+        driver: RunDriver,
+        run: RunState,
+        state: MapState,
+        index: int,
+        name: str,
+        func: Callable[[dict[str, Any], ActionContext], Any],
+        params: dict[str, Any],
+        mark: int | None,
+    ) -> None:
+        self.driver = driver
+        self.run = run
+        self.map = state
+        self.index = index
+        self.name = name
+        self.func = func
+        self.params = params
+        self.mark = mark  # the store's write mark when the item was cleared to run (its parents saved)
+
+    def __call__(self, ctx: ActionContext) -> Any:
+        ctx.run_workflow = self.driver.run_child
+        ctx.depth = self.run.depth
+        for key, value in self.driver.extras.items():
+            ctx.extras.setdefault(key, value)
+        return self.func(self.params, ctx)
+
+    def started(self, state: TaskState) -> None:
+        if self.mark is not None:
+            self.driver.recorder.step_starting(self.mark)
+        # Items are shown in their map step's record, not announced one by one.
+        self.run.maps.item_started(self.map, self.index, state.attempts, state.started_at)
+
+    def done(self, state: TaskState) -> None:
+        run = self.run
+        self.driver.apply(run, run.step_finished(ItemEnd(self.map, self.index, state), held_slot=True))
+
+
+def item_calls(
+    driver: RunDriver,
+    run: RunState,
+    entries: Sequence[tuple[str, dict[str, Any]]],
+    func: Callable[[dict[str, Any], ActionContext], Any],
+    mark: int | None,
+    action: Callable[[dict[str, Any]], ActionCall] | None,
+) -> tuple[MapState, list[int], list[TaskCall]]:
+    """The scheduler calls of a row of items of one map step (``action``: the item as an action call,
+    for a backend that runs it elsewhere): the map step, the items' indices and their calls."""
+    state = run.maps.maps[split_item(entries[0][0])[0]]
+    indices: list[int] = []
+    calls: list[TaskCall] = []
+    label = f"{run.record.workflow_name}."
+    for name, params in entries:
+        index = int(name[name.rindex("[") + 1 : -1])
+        call = ItemCall(driver, run, state, index, name, func, params, mark)
+        indices.append(index)
+        calls.append(
+            TaskCall(call, label + name, name, call.started, call.done, action(params) if action else None)
+        )
+    return state, indices, calls
