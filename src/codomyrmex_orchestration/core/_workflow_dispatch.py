@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -16,7 +17,8 @@ import structlog
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
-from codomyrmex_orchestration.core._workflow_map import ItemEnd, is_item
+from codomyrmex_orchestration.core._workflow_items import item_calls
+from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -29,7 +31,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator, TaskState
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
 from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
 
 __all__ = ["RunDriver"]
@@ -235,13 +237,8 @@ class RunDriver:
                 work.append(run.step_finished(result, held_slot=True))
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
-        calls: list[TaskCall] = []
-        for name, params in entries:
-            call = _StepCall(self, run, name, func, params, mark)
-            action = self._action(run, step, params) if self._remote else None
-            calls.append(
-                TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
-            )
+        action = partial(self._action, run, step) if self._remote else None
+        state, indices, calls = item_calls(self, run, entries, func, mark, action)
         try:
             task_ids = self.orchestrator.submit_many(
                 calls,
@@ -258,7 +255,9 @@ class RunDriver:
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work, submitted)
             return
-        submitted.extend(zip([name for name, _ in entries], task_ids, strict=True))
+        if not run.maps.register(state, list(zip(indices, task_ids, strict=True))):
+            for task_id in task_ids:
+                self._cancel_task(task_id)
 
     def _one_by_one(
         self,
@@ -307,9 +306,6 @@ class RunDriver:
             self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
-        if call.cache_key is None and is_item(call.name):  # its row takes the task's fields directly
-            self.apply(call.run, call.run.step_finished(ItemEnd(call.name, state), held_slot=True))
-            return
         result = StepResult(
             name=call.name,
             status=state.status,
