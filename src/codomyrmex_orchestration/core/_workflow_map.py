@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,7 +31,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.templating import Template, TemplateContext, resolve
+from codomyrmex_orchestration.core.templating import Condition, Template, TemplateContext, resolve
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, OrchestrationError
 
 if TYPE_CHECKING:
@@ -227,26 +227,26 @@ class MapState:
         self.template: Template | None = None
         self.parsed = False
 
-    def parameters(self, ctx: TemplateContext) -> Any:
-        """The step's parameters resolved for the item in ``ctx``, parsed on the first call only."""
-        if not self.parsed:
-            self.parsed = True
-            try:
-                self.template = Template(self.spec.parameters, ctx.steps)
-            except OrchestrationError:
-                self.template = None
-        if self.template is None:
-            return resolve(self.spec.parameters, ctx)
-        return self.template.resolve(ctx)
+    def parse(self, known: Collection[str]) -> None:
+        """Parse the step's parameters once for every item (``known``: the run's step names)."""
+        self.parsed = True
+        try:
+            self.template = Template(self.spec.parameters, known)
+        except OrchestrationError:
+            self.template = None
 
-    def take(self) -> int:
-        """The next item to decide (items kept by a resume are passed over)."""
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` items to decide, in index order (items kept by a resume are passed over)."""
+        taken: list[int] = []
         index, status = self.next, self.status
-        while status[index] is not _PENDING:
+        for _ in range(n):
+            while status[index] is not _PENDING:
+                index += 1
+            taken.append(index)
             index += 1
-        self.next = index + 1
-        self.undecided -= 1
-        return index
+        self.next = index
+        self.undecided -= n
+        return taken
 
     def room(self) -> int:
         """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
@@ -272,12 +272,12 @@ class MapState:
         self.status[index] = _RUNNING
         return True
 
-    def is_final(self, index: int) -> bool:
+    def end(self, index: int, state: TaskState) -> bool | None:
+        """Item ``index`` ended with its task's final fields: True when it was the last one, None when
+        the item was final already (cancelled between its task's end and now: the end is ignored)."""
         status = self.status[index]
-        return status is not _PENDING and status is not _RUNNING and status is not _READY
-
-    def end(self, index: int, state: TaskState, *, held: bool = True) -> bool:
-        """Item ``index`` ended with its task's final fields; True when it was the last one."""
+        if status is not _PENDING and status is not _RUNNING and status is not _READY:
+            return None
         status = self.status[index] = state.status
         self.output[index] = state.result if status is _COMPLETED else None
         error = state.error
@@ -287,7 +287,7 @@ class MapState:
         self.started[index] = state.started_at
         self.finished[index] = state.finished_at or utcnow()
         self.duration[index] = state.duration_seconds
-        return self._ended(index, held)
+        return self._ended(index, True)
 
     def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
@@ -508,9 +508,14 @@ class RunMaps:
             if not state.undecided:
                 continue
             name = state.name
-            for _ in range(state.undecided if run.cancelled else min(state.undecided, state.room())):
-                index = state.take()
-                status, reason, payload = self._decide(state, index)
+            n = state.undecided if run.cancelled else min(state.undecided, state.room())
+            if n <= 0:
+                continue
+            condition, templated = run.condition_of(name)
+            if templated and not state.parsed:
+                state.parse(run.record.steps)
+            for index in state.take(n):
+                status, reason, payload = self._decide(state, index, condition, templated)
                 if status is TaskStatus.READY:
                     state.held += 1
                     run.admit(f"{name}[{index}]", payload, advance)
@@ -531,9 +536,9 @@ class RunMaps:
     def finished(self, end: ItemEnd, advance: Advance) -> None:
         """A scheduled item's end (unless the item is final already: cancelled meanwhile)."""
         state, index = end.map, end.position
-        if state.is_final(index):
-            return
         last = state.end(index, end.state)
+        if last is None:
+            return
         if self.run.saves_steps:
             self.run.save(state.step_result(index))
         if last:
@@ -570,12 +575,14 @@ class RunMaps:
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
-    def _decide(self, state: MapState, index: int) -> tuple[TaskStatus, str | None, Any]:
-        """READY with the item's parameters, or why it will not run (as ``RunState._decide``)."""
+    def _decide(
+        self, state: MapState, index: int, condition: Condition | None, templated: bool
+    ) -> tuple[TaskStatus, str | None, Any]:
+        """READY with the item's parameters, or why it will not run (as ``RunState._decide``), given
+        the step's parsed ``run_if`` and whether its parameters hold templates."""
         run = self.run
         if run.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None
-        condition, templated = run.condition_of(state.name)
         spec = state.spec
         if condition is None and not templated:
             return TaskStatus.READY, None, spec.parameters
@@ -586,7 +593,14 @@ class RunMaps:
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
-            return TaskStatus.READY, None, state.parameters(ctx) if templated else spec.parameters
+            if not templated:
+                return TaskStatus.READY, None, spec.parameters
+            template = state.template
+            return (
+                TaskStatus.READY,
+                None,
+                template.resolve(ctx) if template else resolve(spec.parameters, ctx),
+            )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 
