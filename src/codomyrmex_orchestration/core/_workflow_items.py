@@ -65,7 +65,9 @@ class ItemCall:
 
     def done(self, state: TaskState) -> None:
         run = self.run
-        self.driver.apply(run, run.step_finished(ItemEnd(self.map, self.index, state), held_slot=True))
+        advance = run.step_finished(ItemEnd(self.map, self.index, state), held_slot=True)
+        if advance.submit or advance.settled or advance.finished:  # most ends leave nothing to do
+            self.driver.apply(run, advance)
 
 
 def item_calls(
