@@ -159,8 +159,8 @@ class RunDriver:
                     i += 1
                     continue
                 # A map step's items come in a row: one submission for the row.
-                end, step = i + 1, run.maps.step_of(name)
-                while end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step:
+                end, row = i + 1, name[: name.rindex("[") + 1]  # "<step>[" begins its items' names only
+                while end < len(wave) and wave[end][0].startswith(row):
                     end += 1
                 self._submit_items(run, wave[i:end], work, submitted)
                 i = end
