@@ -22,6 +22,8 @@ import pytest
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._workflow_map import WAVE
+from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry
+from codomyrmex_orchestration.core._workflow_run import RunState, new_record
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
@@ -30,7 +32,14 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import ItemResult, StepSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import (
+    ItemResult,
+    StepResult,
+    StepSpec,
+    TaskPriority,
+    TaskStatus,
+    WorkflowStatus,
+)
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
@@ -740,3 +749,46 @@ def test_a_map_step_added_to_a_running_run_runs_its_items_after_its_dependency(
     final = manager.wait_run(run_id, WAIT)
     assert final.status is WorkflowStatus.COMPLETED, final.error
     assert final.steps["each"].output == [8, 10]
+
+
+def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> None:
+    registry = create_registry(load_plugins=False)
+    definitions = DefinitionRegistry(registry=registry, store=MemoryStore(), max_steps=10)
+    echo = {
+        "name": "each",
+        "module": "core",
+        "action": "echo",
+        "for_each": list(range(5)),
+        "max_parallel": 2,
+        "parameters": {"message": "{{item}}"},
+    }
+    plan = definitions.check(definitions.coerce({"name": "w", "steps": [echo]}))
+    record = new_record(
+        plan, {}, priority=TaskPriority.NORMAL, session_id=None, parent_run_id=None, previous=None
+    )
+    run = RunState(
+        record,
+        plan,
+        priority=TaskPriority.NORMAL,
+        depth=0,
+        on_step=None,
+        max_parallel=None,
+        default_resources=None,
+    )
+    first = run.begin()
+    assert [n for n, _ in first.submit] == ["each[0]", "each[1]"]
+    assert sorted(run.graph) == ["each", "each[0]", "each[1]"]  # two slots: two item nodes, not five
+    done = StepResult(name="each[0]", status=TaskStatus.COMPLETED, output=0)
+    then = run.step_finished(done, held_slot=True)
+    assert [n for n, _ in then.submit] == ["each[2]"]
+    assert sorted(run.graph) == ["each", "each[1]", "each[2]"]  # the done item is forgotten
+    for i in (1, 2, 3):
+        run.step_finished(
+            StepResult(name=f"each[{i}]", status=TaskStatus.COMPLETED, output=i), held_slot=True
+        )
+    last = run.step_finished(
+        StepResult(name="each[4]", status=TaskStatus.COMPLETED, output=4), held_slot=True
+    )
+    assert last.finished and list(run.graph) == ["each"] and not run.graph.is_active()
+    final = run.finish()
+    assert final is not None and final.steps["each"].output == [0, 1, 2, 3, 4]

@@ -65,7 +65,7 @@ class ItemCall:
 
     def done(self, state: TaskState) -> None:
         run = self.run
-        advance = run.step_finished(ItemEnd(self.map, self.index, state), held_slot=True)
+        advance = run.step_finished(ItemEnd(self.map, self.index, self.name, state), held_slot=True)
         if advance.submit or advance.settled or advance.finished:  # most ends leave nothing to do
             self.driver.apply(run, advance)
 

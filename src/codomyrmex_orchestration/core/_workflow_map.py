@@ -4,9 +4,9 @@
 a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
 under the step's ``max_parallel``. Both belong to their run's
 :class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
-An item is named ``<step>[<index>]`` (a step name cannot hold brackets) in the scheduler and the
-store; items share the step's spec (nothing is copied per item) and go through the one scheduler like
-steps, but they are not nodes of the run's dependency graph (see :class:`RunMaps`).
+Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
+brackets), added as slots open and forgotten once done (see :class:`RunMaps`); they share the step's
+spec (nothing is copied per item) and go through the one scheduler like steps.
 
 The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
 the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
@@ -131,12 +131,13 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 
 class ItemEnd(NamedTuple):
     """A scheduled item's end as the scheduler reports it: its map step, its index (``position``: a
-    tuple's ``index`` is a method) and its task's live state, read inside the scheduler's ``on_done``
-    only. It settles into the item's columns directly (no ``StepResult`` per item, unless a durable
-    store keeps the row)."""
+    tuple's ``index`` is a method), its node and its task's live state, read inside the scheduler's
+    ``on_done`` only. It settles into the item's columns directly (no ``StepResult`` per item, unless a
+    durable store keeps the row)."""
 
     map: MapState
     position: int
+    name: str
     state: TaskState
 
 
@@ -155,21 +156,23 @@ class MapState:
         spec: its spec, shared by every item.
         values: the items.
         status, output, attempts, started, finished, duration, errors, reasons: the columns.
-        next: items before it have been decided (run, skipped or failed) or were kept by a resume.
-        undecided: items still to decide (they wait for a slot under ``limit`` or ``wave``).
-        held: items decided to run and not final (each holds one of ``limit``'s slots).
+        next: items before it are in the graph or done, or were kept by a resume.
+        undecided: items not in the graph yet (they wait for a slot under ``limit`` or ``wave``).
+        held: items in the graph and not final (each holds one of ``limit``'s slots).
         tasks: the scheduler task of each item submitted and not final, by index (what cancel stops).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
         started_at: when the step was expanded.
         context: what its items' templates resolve against (its ``item`` set per item), once needed.
-        template: its parameters parsed once for every item (``parsed``); ``None`` when they do not
-            parse (each item then resolves them itself, and fails with the error).
+        condition, templated: its parsed ``run_if``, and whether its parameters hold templates.
+        template: its parameters parsed once for every item; ``None`` when they do not parse (each
+            item then resolves them itself, and fails with the error) or hold no template.
     """
 
     __slots__ = (
         "attempts",
+        "condition",
         "context",
         "duration",
         "errors",
@@ -180,7 +183,6 @@ class MapState:
         "name",
         "next",
         "output",
-        "parsed",
         "reasons",
         "spec",
         "start_mono",
@@ -189,6 +191,7 @@ class MapState:
         "status",
         "tasks",
         "template",
+        "templated",
         "undecided",
         "values",
         "wave",
@@ -224,19 +227,24 @@ class MapState:
         self.started_at = utcnow()
         self.start_mono = time.monotonic()
         self.context: TemplateContext | None = None
+        self.condition: Condition | None = None
+        self.templated = False
         self.template: Template | None = None
-        self.parsed = False
 
-    def parse(self, known: Collection[str]) -> None:
-        """Parse the step's parameters once for every item (``known``: the run's step names)."""
-        self.parsed = True
+    def parse(self, condition: Condition | None, templated: bool, known: Collection[str]) -> None:
+        """Take the step's parsed ``run_if``, and parse its parameters once for every item if they hold
+        templates (``known``: the run's step names)."""
+        self.condition, self.templated = condition, templated
+        if not templated:
+            return
         try:
             self.template = Template(self.spec.parameters, known)
         except OrchestrationError:
             self.template = None
 
     def take(self, n: int) -> list[int]:
-        """The next ``n`` items to decide, in index order (items kept by a resume are passed over)."""
+        """The next ``n`` items to add to the graph, in index order (items kept by a resume are passed
+        over)."""
         taken: list[int] = []
         index, status = self.next, self.status
         for _ in range(n):
@@ -249,7 +257,7 @@ class MapState:
         return taken
 
     def room(self) -> int:
-        """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
+        """How many more items may join the graph now. Under ``max_parallel``: one per free slot. Without
         it: items go to the scheduler in waves of ``wave``, the next once half of one has finished, so
         a 100,000-item map keeps about ``wave`` scheduler tasks alive, not one per item (the workers run
         a few at a time whatever the queue holds). An item's task, its call and its parameters live
@@ -422,9 +430,10 @@ class RunMaps:
     :meth:`step_of` and :meth:`item_started` runs under the run's lock, called by the run's own
     transitions.
 
-    Items are not nodes of the run's dependency graph: a map step's items depend on nothing but their
-    step having been cleared, so its expansion leaves them to run in index order, as slots allow
-    (:meth:`pump`); the step's own node is done when its last item is final."""
+    Items join the run's dependency graph as slots open (:meth:`pump`: a wave or ``max_parallel`` at a
+    time, in index order, not all 100,000 at the expansion), are decided when the graph hands them out
+    (:meth:`ready`), and are forgotten by the graph once done: it holds the items in flight, not every
+    item of the map. The step's own node is done when its last item is final."""
 
     __slots__ = ("limit", "maps", "run", "starts", "wave")
 
@@ -497,41 +506,53 @@ class RunMaps:
         )
         run.record.steps[name] = row
         run.save(row)
+        state.parse(*run.condition_of(name), run.record.steps)
         if state.left == 0:  # an empty list, or every item kept by a resume
             run.settle(state.result(cancelled=run.cancelled), advance)
 
     def pump(self, advance: Advance) -> None:
-        """Decide the items that have a slot under their step's ``max_parallel`` or wave (all of them
-        once the run is cancelled: they settle at once)."""
+        """Add to the graph the items that have a slot under their step's ``max_parallel`` or wave;
+        once the run is cancelled, the items not in it settle at once, without a node."""
         run = self.run
         for state in self.maps.values():
             if not state.undecided:
                 continue
-            name = state.name
-            n = state.undecided if run.cancelled else min(state.undecided, state.room())
-            if n <= 0:
-                continue
-            condition, templated = run.condition_of(name)
-            if templated and not state.parsed:
-                state.parse(run.record.steps)
-            for index in state.take(n):
-                status, reason, payload = self._decide(state, index, condition, templated)
-                if status is TaskStatus.READY:
-                    state.held += 1
-                    run.admit(f"{name}[{index}]", payload, advance)
-                else:
+            if run.cancelled:
+                for index in state.take(state.undecided):
                     result = StepResult(
-                        name=item_name(name, index), status=status, skipped_reason=reason, error=payload
+                        name=item_name(state.name, index),
+                        status=TaskStatus.CANCELLED,
+                        skipped_reason="run cancelled",
+                        finished_at=utcnow(),
                     )
-                    result.finished_at = utcnow()
-                    self._settle(state, index, result, advance, held=False)
+                    self._settle(state, index, result, advance, None)
+                continue
+            n = min(state.undecided, state.room())
+            if n > 0:
+                state.held += n
+                add, prefix = run.graph.add, state.name + "["
+                for index in state.take(n):
+                    add(f"{prefix}{index}]")
+
+    def ready(self, name: str, advance: Advance) -> None:
+        """Item ``name`` handed out by the graph: submitted (through the run's ``admit``), or settled
+        when it will not run."""
+        step, index = split_item(name)
+        state = self.maps[step]
+        status, reason, payload = self._decide(state, index)
+        if status is TaskStatus.READY:
+            self.run.admit(name, payload, advance)
+            return
+        result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
+        result.finished_at = utcnow()
+        self._settle(state, index, result, advance, name)
 
     def settle(self, result: StepResult, advance: Advance) -> None:
         """An item's final result given as a step's (submission refused, question answered, cached,
         cancelled in the run's queue): saved as its own row; its step settles with the last one."""
         step, index = split_item(result.name)
         self.run.task_ids.pop(result.name, None)  # items submitted one by one are registered there
-        self._settle(self.maps[step], index, result, advance, held=True)
+        self._settle(self.maps[step], index, result, advance, result.name)
 
     def finished(self, end: ItemEnd, advance: Advance) -> None:
         """A scheduled item's end (unless the item is final already: cancelled meanwhile)."""
@@ -539,10 +560,12 @@ class RunMaps:
         last = state.end(index, end.state)
         if last is None:
             return
-        if self.run.saves_steps:
-            self.run.save(state.step_result(index))
+        run = self.run
+        if run.saves_steps:
+            run.save(state.step_result(index))
+        run.graph.done(end.name, forget=True)  # the graph holds the items in flight, not all of them
         if last:
-            self.run.settle(state.result(cancelled=self.run.cancelled), advance)
+            run.settle(state.result(cancelled=run.cancelled), advance)
 
     def register(self, state: MapState, tasks: Sequence[tuple[int, str]]) -> bool:
         """Remember the scheduler tasks of submitted items, (index, task id) pairs, unless final already;
@@ -567,23 +590,23 @@ class RunMaps:
                 steps[name] = steps[name].model_copy(update={"items": state.view()})
 
     def _settle(
-        self, state: MapState, index: int, result: StepResult, advance: Advance, *, held: bool
+        self, state: MapState, index: int, result: StepResult, advance: Advance, node: str | None
     ) -> None:
+        """Settle an item from a step's result; ``node``: its graph node (None: it never had one)."""
         run = self.run
-        last = state.settle(index, result, held=held)
+        last = state.settle(index, result, held=node is not None)
         run.save(result)
+        if node is not None:
+            run.graph.done(node, forget=True)
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
-    def _decide(
-        self, state: MapState, index: int, condition: Condition | None, templated: bool
-    ) -> tuple[TaskStatus, str | None, Any]:
-        """READY with the item's parameters, or why it will not run (as ``RunState._decide``), given
-        the step's parsed ``run_if`` and whether its parameters hold templates."""
+    def _decide(self, state: MapState, index: int) -> tuple[TaskStatus, str | None, Any]:
+        """READY with the item's parameters, or why it will not run (as ``RunState._decide``)."""
         run = self.run
         if run.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None
-        spec = state.spec
+        condition, templated, spec = state.condition, state.templated, state.spec
         if condition is None and not templated:
             return TaskStatus.READY, None, spec.parameters
         ctx = state.context
