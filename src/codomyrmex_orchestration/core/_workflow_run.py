@@ -442,6 +442,9 @@ class RunState:
             if not ready:
                 break
             for name in ready:
+                if is_item(name):
+                    self.maps.ready(name, advance)  # decided when the graph hands it out
+                    continue
                 if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
                     graph.done(name)
                     continue
