@@ -792,3 +792,33 @@ def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> Non
     assert last.finished and list(run.graph) == ["each"] and not run.graph.is_active()
     final = run.finish()
     assert final is not None and final.steps["each"].output == [0, 1, 2, 3, 4]
+
+
+def test_cancelling_a_map_without_max_parallel_stops_the_wave_in_the_scheduler(
+    manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
+) -> None:
+    all_busy = threading.Event()
+
+    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= 16:  # every worker holds an item; the rest of the wave is queued
+                    all_busy.set()
+            ctx.cancel_event.wait(WAIT)
+            raise RuntimeError("stopped")
+        finally:
+            calls.leave()
+
+    registry.register(ActionDefinition("test", "block", block))
+    items = 3 * WAVE
+    manager.create_workflow("stop_wave", [mapped(for_each=list(range(items)), action="block")])
+    run_id = manager.start_workflow("stop_wave")
+    assert all_busy.wait(WAIT)
+    record = manager.cancel_run(run_id)
+    assert record.status is WorkflowStatus.CANCELLED
+    step = record.steps["each"]
+    assert step.items is not None and step.items.counts == {"cancelled": items}
+    tasks = [t for t in orchestrator.list_tasks(limit=10 * items) if t.run_id == run_id]
+    assert len(tasks) == WAVE and all(t.status is TaskStatus.CANCELLED for t in tasks)
+    assert set(calls.per_item) <= set(range(WAVE))  # no item past the first wave was started
