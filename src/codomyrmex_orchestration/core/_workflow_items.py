@@ -1,6 +1,7 @@
-"""What the scheduler runs for one item of a map step: :class:`ItemCall` carries the item's map step and
-index from its submission to its end, so its start and end reach the item's columns without a name to
-parse; :func:`submit_items` hands a row of items of one map step to the scheduler in one call.
+"""What the scheduler runs for a run's steps and items: :class:`RunCall` calls the action with the run's
+context (a step's call in ``_workflow_dispatch`` and an item's share it); :class:`ItemCall` carries an
+item's map step and index from its submission to its end, so its start and end reach the item's
+columns without a name to parse; :func:`item_calls` builds the calls of a row of items of one map step.
 
 Stateless: the item's state is its map step's (:class:`~._workflow_map.MapState`), guarded by the run's
 lock.
@@ -21,14 +22,35 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.backends import ActionCall
     from codomyrmex_orchestration.core.scheduler import TaskState
 
-__all__ = ["ItemCall", "item_calls"]
+__all__ = ["ItemCall", "RunCall", "item_calls"]
 
 
-class ItemCall:
-    """One submitted item: the callable the scheduler runs and its start/done callbacks in one object,
-    like a step's call, plus its map step and index."""
+class RunCall:
+    """The callable the scheduler runs for one step or item of a run: the action, called with the run's
+    context (the sub-run starter, the depth, the driver's extras). Subclasses set every slot and add
+    the start/done callbacks (one object per queued call instead of three closures)."""
 
-    __slots__ = ("driver", "func", "index", "map", "mark", "name", "params", "run")
+    __slots__ = ("driver", "func", "mark", "name", "params", "run")
+
+    driver: RunDriver
+    run: RunState
+    name: str
+    func: Callable[[dict[str, Any], ActionContext], Any]
+    params: dict[str, Any]
+    mark: int | None  # the store's write mark when it was cleared to run (its parents saved)
+
+    def __call__(self, ctx: ActionContext) -> Any:
+        ctx.run_workflow = self.driver.run_child
+        ctx.depth = self.run.depth
+        for key, value in self.driver.extras.items():
+            ctx.extras.setdefault(key, value)
+        return self.func(self.params, ctx)
+
+
+class ItemCall(RunCall):
+    """One submitted item: its call and start/done callbacks, with its map step and index."""
+
+    __slots__ = ("index", "map")
 
     def __init__(
         self,
@@ -48,14 +70,7 @@ class ItemCall:
         self.name = name
         self.func = func
         self.params = params
-        self.mark = mark  # the store's write mark when the item was cleared to run (its parents saved)
-
-    def __call__(self, ctx: ActionContext) -> Any:
-        ctx.run_workflow = self.driver.run_child
-        ctx.depth = self.run.depth
-        for key, value in self.driver.extras.items():
-            ctx.extras.setdefault(key, value)
-        return self.func(self.params, ctx)
+        self.mark = mark
 
     def started(self, state: TaskState) -> None:
         if self.mark is not None:
