@@ -17,7 +17,7 @@ import structlog
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
-from codomyrmex_orchestration.core._workflow_items import item_calls
+from codomyrmex_orchestration.core._workflow_items import RunCall, item_calls
 from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
@@ -41,11 +41,11 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 ChildRunner = Callable[..., dict[str, Any]]
 
 
-class _StepCall:
+class _StepCall(RunCall):
     """One submitted step: the callable the scheduler runs and its start/done callbacks in one object
     (one object per queued step instead of three closures: thousands of queued steps stay cheap)."""
 
-    __slots__ = ("cache_key", "driver", "func", "mark", "name", "params", "run")
+    __slots__ = ("cache_key",)
 
     def __init__(
         self,
@@ -64,13 +64,6 @@ class _StepCall:
         self.func = func
         self.params = params
         self.mark = mark  # the store's write mark when the step was cleared to run (its parents saved)
-
-    def __call__(self, ctx: ActionContext) -> Any:
-        ctx.run_workflow = self.driver.run_child
-        ctx.depth = self.run.depth
-        for key, value in self.driver.extras.items():
-            ctx.extras.setdefault(key, value)
-        return self.func(self.params, ctx)
 
     def started(self, state: TaskState) -> None:
         self.driver.step_started(self, state)
