@@ -22,8 +22,6 @@ import pytest
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._workflow_map import WAVE
-from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry
-from codomyrmex_orchestration.core._workflow_run import RunState, new_record
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
@@ -36,7 +34,6 @@ from codomyrmex_orchestration.core.models import (
     ItemResult,
     StepResult,
     StepSpec,
-    TaskPriority,
     TaskStatus,
     WorkflowStatus,
 )
@@ -45,6 +42,7 @@ from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, TemplateError
+from tests.core.test_workflow_run import make_run
 from tests.helpers.durable_steps import executions, read_line
 from tests.helpers.map_steps import GATE_AT
 
@@ -74,6 +72,24 @@ class Calls:
     def leave(self) -> None:
         with self.lock:
             self.in_flight -= 1
+
+
+def blocker(calls: Calls, at: int, reached: threading.Event) -> ActionDefinition:
+    """``test.block``: an item holds its worker until cancelled; ``reached`` is set once ``at`` are in
+    flight."""
+
+    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= at:
+                    reached.set()
+            ctx.cancel_event.wait(WAIT)
+            raise RuntimeError("stopped")
+        finally:
+            calls.leave()
+
+    return ActionDefinition("test", "block", block)
 
 
 @pytest.fixture
@@ -488,19 +504,7 @@ def test_the_workflows_max_parallel_bounds_items_too_and_cancel_settles_the_queu
     manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
 ) -> None:
     two_in_flight = threading.Event()
-
-    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
-        calls.enter(params["item"])
-        try:
-            with calls.lock:
-                if calls.in_flight >= 2:
-                    two_in_flight.set()
-            ctx.cancel_event.wait(WAIT)
-            raise RuntimeError("stopped")
-        finally:
-            calls.leave()
-
-    registry.register(ActionDefinition("test", "block", block))
+    registry.register(blocker(calls, 2, two_in_flight))
     manager.create_workflow(
         {
             "name": "tight",
@@ -752,8 +756,6 @@ def test_a_map_step_added_to_a_running_run_runs_its_items_after_its_dependency(
 
 
 def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> None:
-    registry = create_registry(load_plugins=False)
-    definitions = DefinitionRegistry(registry=registry, store=MemoryStore(), max_steps=10)
     echo = {
         "name": "each",
         "module": "core",
@@ -762,19 +764,7 @@ def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> Non
         "max_parallel": 2,
         "parameters": {"message": "{{item}}"},
     }
-    plan = definitions.check(definitions.coerce({"name": "w", "steps": [echo]}))
-    record = new_record(
-        plan, {}, priority=TaskPriority.NORMAL, session_id=None, parent_run_id=None, previous=None
-    )
-    run = RunState(
-        record,
-        plan,
-        priority=TaskPriority.NORMAL,
-        depth=0,
-        on_step=None,
-        max_parallel=None,
-        default_resources=None,
-    )
+    run = make_run(create_registry(load_plugins=False), [echo])
     first = run.begin()
     assert [n for n, _ in first.submit] == ["each[0]", "each[1]"]
     assert sorted(run.graph) == ["each", "each[0]", "each[1]"]  # two slots: two item nodes, not five
@@ -797,20 +787,8 @@ def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> Non
 def test_cancelling_a_map_without_max_parallel_stops_the_wave_in_the_scheduler(
     manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
 ) -> None:
-    all_busy = threading.Event()
-
-    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
-        calls.enter(params["item"])
-        try:
-            with calls.lock:
-                if calls.in_flight >= 16:  # every worker holds an item; the rest of the wave is queued
-                    all_busy.set()
-            ctx.cancel_event.wait(WAIT)
-            raise RuntimeError("stopped")
-        finally:
-            calls.leave()
-
-    registry.register(ActionDefinition("test", "block", block))
+    all_busy = threading.Event()  # every worker holds an item; the rest of the wave is queued
+    registry.register(blocker(calls, 16, all_busy))
     items = 3 * WAVE
     manager.create_workflow("stop_wave", [mapped(for_each=list(range(items)), action="block")])
     run_id = manager.start_workflow("stop_wave")
