@@ -295,7 +295,10 @@ class MapState:
         self.started[index] = state.started_at
         self.finished[index] = state.finished_at or utcnow()
         self.duration[index] = state.duration_seconds
-        return self._ended(index, True)
+        self.left -= 1
+        self.held -= 1
+        self.tasks.pop(index, None)
+        return self.left == 0
 
     def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
