@@ -92,18 +92,18 @@ def item_calls(
     func: Callable[[dict[str, Any], ActionContext], Any],
     mark: int | None,
     action: Callable[[dict[str, Any]], ActionCall] | None,
-) -> tuple[MapState, list[int], list[TaskCall]]:
+) -> tuple[MapState, list[tuple[int, str]], list[TaskCall]]:
     """The scheduler calls of a row of items of one map step (``action``: the item as an action call,
-    for a backend that runs it elsewhere): the map step, the items' indices and their calls."""
+    for a backend that runs it elsewhere): the map step, the items' (index, name) and their calls."""
     state = run.maps.maps[split_item(entries[0][0])[0]]
-    indices: list[int] = []
+    items: list[tuple[int, str]] = []
     calls: list[TaskCall] = []
     label = f"{run.record.workflow_name}."
     for name, params in entries:
         index = int(name[name.rindex("[") + 1 : -1])
         call = ItemCall(driver, run, state, index, name, func, params, mark)
-        indices.append(index)
+        items.append((index, name))
         calls.append(
             TaskCall(call, label + name, name, call.started, call.done, action(params) if action else None)
         )
-    return state, indices, calls
+    return state, items, calls

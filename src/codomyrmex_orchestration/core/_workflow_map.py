@@ -159,7 +159,6 @@ class MapState:
         next: items before it are in the graph or done, or were kept by a resume.
         undecided: items not in the graph yet (they wait for a slot under ``limit`` or ``wave``).
         held: items in the graph and not final (each holds one of ``limit``'s slots).
-        tasks: the scheduler task of each item submitted and not final, by index (what cancel stops).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
@@ -189,7 +188,6 @@ class MapState:
         "started",
         "started_at",
         "status",
-        "tasks",
         "template",
         "templated",
         "undecided",
@@ -221,7 +219,6 @@ class MapState:
         self.next = 0
         self.undecided = self.left = n - kept
         self.held = 0
-        self.tasks: dict[int, str] = {}
         self.limit = spec.max_parallel
         self.wave = wave
         self.started_at = utcnow()
@@ -297,7 +294,6 @@ class MapState:
         self.duration[index] = state.duration_seconds
         self.left -= 1
         self.held -= 1
-        self.tasks.pop(index, None)
         return self.left == 0
 
     def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
@@ -309,7 +305,6 @@ class MapState:
         self.left -= 1
         if held:
             self.held -= 1
-        self.tasks.pop(index, None)
         return self.left == 0
 
     def _take(self, index: int, source: StepResult | ItemResult) -> None:
@@ -419,12 +414,8 @@ class MapState:
         )
 
 
-_PENDING, _READY, _RUNNING, _COMPLETED = (
-    TaskStatus.PENDING,
-    TaskStatus.READY,
-    TaskStatus.RUNNING,
-    TaskStatus.COMPLETED,
-)
+_PENDING, _READY, _RUNNING = TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RUNNING  # not final
+_COMPLETED = TaskStatus.COMPLETED
 _FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 
 
@@ -448,7 +439,8 @@ class RunMaps:
         # scheduler's workers if that is more, so that every worker has an item to take (RunState.begin).
         self.wave = WAVE
         # Item starts reported by workers without the lock (deque appends are thread-safe), applied in
-        # order by the next holder of the run's lock (apply_starts), as the run does for steps.
+        # order under the run's lock before an item's state is read or ended (apply_starts), as the
+        # run does for steps: at most the items in flight wait here.
         self.starts: deque[tuple[MapState, int, int, datetime | None]] = deque()
 
     def __bool__(self) -> bool:
@@ -460,6 +452,7 @@ class RunMaps:
         return name[: name.rindex("[")] if name.endswith("]") else name  # split_item without the int
 
     def item_status(self, name: str) -> TaskStatus:
+        self.apply_starts()
         step, index = split_item(name)
         return self.maps[step].status[index]
 
@@ -472,7 +465,8 @@ class RunMaps:
                 self.apply_starts()
 
     def apply_starts(self) -> None:
-        """Apply the item starts reported so far (under the lock)."""
+        """Apply the item starts reported so far (under the lock; a start after its item's end is
+        dropped)."""
         starts = self.starts
         saves = self.run.saves_steps
         while starts:
@@ -550,15 +544,20 @@ class RunMaps:
         result.finished_at = utcnow()
         self._settle(state, index, result, advance, name)
 
-    def settle(self, result: StepResult, advance: Advance) -> None:
-        """An item's final result given as a step's (submission refused, question answered, cached,
-        cancelled in the run's queue): saved as its own row; its step settles with the last one."""
+    def settle(self, result: StepResult | ItemEnd, advance: Advance) -> None:
+        """An item's final result: a scheduled item's end, or a result given as a step's (submission
+        refused, question answered, cached, cancelled in the run's queue); saved as its own row. Its
+        step settles with the last one."""
+        self.run.task_ids.pop(result.name, None)  # only cancel reads it: not kept for final items
+        if isinstance(result, ItemEnd):
+            self._finished(result, advance)
+            return
         step, index = split_item(result.name)
-        self.run.task_ids.pop(result.name, None)  # items submitted one by one are registered there
         self._settle(self.maps[step], index, result, advance, result.name)
 
-    def finished(self, end: ItemEnd, advance: Advance) -> None:
+    def _finished(self, end: ItemEnd, advance: Advance) -> None:
         """A scheduled item's end (unless the item is final already: cancelled meanwhile)."""
+        self.apply_starts()
         state, index = end.map, end.position
         last = state.end(index, end.state)
         if last is None:
@@ -570,24 +569,23 @@ class RunMaps:
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
-    def register(self, state: MapState, tasks: Sequence[tuple[int, str]]) -> bool:
-        """Remember the scheduler tasks of submitted items, (index, task id) pairs, unless final already;
-        False if the run was cancelled meanwhile (the caller cancels them). Takes the run's lock."""
+    def register(self, state: MapState, items: Sequence[tuple[int, str]], task_ids: Sequence[str]) -> bool:
+        """Remember the scheduler tasks of submitted items of ``state`` ((index, name) pairs, and their
+        task ids) in the run's task ids (what cancel stops) unless the item is final already (an item
+        forgets its task when it settles); False if the run was cancelled meanwhile (the caller cancels
+        them). One acquisition of the run's lock for the row, each status checked by index."""
         run = self.run
         with run.lock:
-            status, held = state.status, state.tasks
-            for index, task_id in tasks:
+            status, ids = state.status, run.task_ids
+            for (index, name), task_id in zip(items, task_ids, strict=True):
                 s = status[index]
                 if s is _PENDING or s is _RUNNING or s is _READY:
-                    held[index] = task_id
+                    ids[name] = task_id
             return not run.cancelled
-
-    def task_ids(self) -> list[str]:
-        """The scheduler tasks of items not final (under the lock)."""
-        return [task_id for state in self.maps.values() for task_id in state.tasks.values()]
 
     def show(self, steps: dict[str, StepResult]) -> None:
         """Put the live items of running map steps into a snapshot's ``steps``."""
+        self.apply_starts()
         for name, state in self.maps.items():
             if not steps[name].status.is_terminal:
                 steps[name] = steps[name].model_copy(update={"items": state.view()})
