@@ -212,9 +212,7 @@ class RunState:
             self._apply_starts()
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
-            if isinstance(result, ItemEnd):  # an item's end settles into its map step's columns
-                self.maps.finished(result, advance)
-            elif not self.status_of(result.name).is_terminal:
+            if not self.status_of(result.name).is_terminal:
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
@@ -318,7 +316,6 @@ class RunState:
             self.cancelled = True
             self._apply_starts()
             task_ids = [t for n, t in self.task_ids.items() if not self.status_of(n).is_terminal]
-            task_ids += self.maps.task_ids()
             while self.queue:
                 name, _params = self.queue.popleft()
                 self._settle(_cancelled(name), advance, announce=True)
@@ -385,7 +382,6 @@ class RunState:
     # ------------------------------------------------------------------ under the lock
 
     def _apply_starts(self) -> None:
-        self.maps.apply_starts()
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
@@ -401,13 +397,14 @@ class RunState:
             if self._save_step is not None:
                 self._save_step(self.run_id, result)
 
-    def _settle(self, result: StepResult, advance: Advance, *, announce: bool) -> None:
+    def _settle(self, result: StepResult | ItemEnd, advance: Advance, *, announce: bool) -> None:
         name = result.name
         if self.waiting and self.waiting.pop(name, None) is not None:
             self._inputs_changed()
         if is_item(name):
             self.maps.settle(result, advance)
             return
+        assert isinstance(result, StepResult)  # an ItemEnd names an item
         self.record.steps[name] = result
         if self._save_step is not None:
             self._save_step(self.run_id, result)
