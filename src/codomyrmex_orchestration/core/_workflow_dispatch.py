@@ -231,7 +231,7 @@ class RunDriver:
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
         action = partial(self._action, run, step) if self._remote else None
-        state, indices, calls = item_calls(self, run, entries, func, mark, action)
+        state, items, calls = item_calls(self, run, entries, func, mark, action)
         try:
             task_ids = self.orchestrator.submit_many(
                 calls,
@@ -248,7 +248,7 @@ class RunDriver:
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work, submitted)
             return
-        if not run.maps.register(state, list(zip(indices, task_ids, strict=True))):
+        if not run.maps.register(state, items, task_ids):
             for task_id in task_ids:
                 self._cancel_task(task_id)
 
