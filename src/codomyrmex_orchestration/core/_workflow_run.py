@@ -212,7 +212,7 @@ class RunState:
             self._apply_starts()
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
-            if not self.status_of(result.name).is_terminal:
+            if isinstance(result, ItemEnd) or not self.status_of(result.name).is_terminal:  # item: by index
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
