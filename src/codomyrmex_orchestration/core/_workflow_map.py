@@ -1,8 +1,8 @@
 """Map steps: a step with ``for_each`` runs its action once per item of a list.
 
 :class:`RunMaps` holds the map steps one run has expanded and carries out their items' transitions;
-a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
-under the step's ``max_parallel``. Both belong to their run's
+a :class:`MapState` is one expansion: the items, their live state in columns and the cursor of those
+waiting for a slot under the step's ``max_parallel`` or wave. Both belong to their run's
 :class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
 Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
 brackets), added as slots open and forgotten once done (see :class:`RunMaps`); they share the step's
