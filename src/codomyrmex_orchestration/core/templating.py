@@ -346,10 +346,6 @@ class _Budget:
             )
 
 
-#: The budget of a value that stringifies no reference: nothing takes from it.
-_UNUSED = _Budget(0)
-
-
 def _to_text(value: Any, budget: _Budget, raw: str) -> str:
     if isinstance(value, str):
         budget.take(len(value), raw)
@@ -367,7 +363,7 @@ def _to_text(value: Any, budget: _Budget, raw: str) -> str:
 _Build = Callable[[TemplateContext, _Budget], Any]
 
 
-def _compile_string(text: str, known: Collection[str], texts: list[str]) -> _Build:
+def _compile_string(text: str, known: Collection[str]) -> _Build:
     found = _BRACES_RE.finditer(text) if "{{" in text else ()
     matches = [m for m in found if _looks_like_reference(m.group(1))]
     if not matches:
@@ -388,7 +384,6 @@ def _compile_string(text: str, known: Collection[str], texts: list[str]) -> _Bui
         pieces.append((text[last : m.start()], m.group(1), _parse_reference(m.group(1), known)))
         last = m.end()
     tail = text[last:]
-    texts.append(text)  # this one builds text: its resolution needs a budget
 
     def build(ctx: TemplateContext, budget: _Budget) -> str:
         out: list[str] = []
@@ -402,24 +397,16 @@ def _compile_string(text: str, known: Collection[str], texts: list[str]) -> _Bui
     return build
 
 
-def _compile(value: Any, known: Collection[str], depth: int, texts: list[str]) -> _Build:
-    """The builder of ``value``; the strings in it that embed references are added to ``texts``."""
+def _compile(value: Any, known: Collection[str], depth: int) -> _Build:
     if depth > MAX_NESTING:
         raise TemplateError("parameters", f"nested deeper than {MAX_NESTING} levels")
     if isinstance(value, str):
-        return _compile_string(value, known, texts)
+        return _compile_string(value, known)
     if isinstance(value, Mapping):
-        fields = [(k, _compile(v, known, depth + 1, texts)) for k, v in value.items()]
-
-        def build_dict(ctx: TemplateContext, budget: _Budget) -> dict[Any, Any]:
-            built = {}  # a loop, not a comprehension: one call per dict resolved, not two
-            for key, part in fields:
-                built[key] = part(ctx, budget)
-            return built
-
-        return build_dict
+        fields = [(k, _compile(v, known, depth + 1)) for k, v in value.items()]
+        return lambda ctx, budget: {k: part(ctx, budget) for k, part in fields}
     if isinstance(value, list | tuple):
-        parts = [_compile(v, known, depth + 1, texts) for v in value]
+        parts = [_compile(v, known, depth + 1) for v in value]
         return lambda ctx, budget: [part(ctx, budget) for part in parts]
     return lambda ctx, budget: value
 
@@ -432,16 +419,14 @@ class Template:
         TemplateError: a malformed reference, or nesting deeper than ``MAX_NESTING``.
     """
 
-    __slots__ = ("_build", "_texts")
+    __slots__ = ("_build",)
 
     def __init__(self, value: Any, known: Collection[str]) -> None:
-        texts: list[str] = []
-        self._build = _compile(value, _as_set(known), 0, texts)
-        self._texts = bool(texts)  # False: nothing is stringified, no budget to count against
+        self._build = _compile(value, _as_set(known), 0)
 
     def resolve(self, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
         """The value with every reference replaced by what it names in ``ctx`` (see :func:`resolve`)."""
-        return self._build(ctx, _Budget(max_size) if self._texts else _UNUSED)
+        return self._build(ctx, _Budget(max_size))
 
 
 def resolve(value: Any, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
