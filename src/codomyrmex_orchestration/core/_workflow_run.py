@@ -209,7 +209,7 @@ class RunState:
         ``max_parallel``)."""
         advance = Advance()
         with self.lock:
-            self._apply_starts()
+            self._apply_starts(ending=result.name)
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
             if not self.status_of(result.name).is_terminal:
@@ -381,10 +381,14 @@ class RunState:
 
     # ------------------------------------------------------------------ under the lock
 
-    def _apply_starts(self) -> None:
+    def _apply_starts(self, ending: str | None = None) -> None:
+        """Show the reported starts in the record, except that of ``ending``, whose result replaces its
+        row now (with the same attempt count and start time)."""
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
+            if name == ending:
+                continue
             if is_item(name):
                 self.maps.started(name, attempt, started_at)
                 continue
