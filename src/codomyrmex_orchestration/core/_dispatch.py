@@ -52,9 +52,11 @@ MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
 
 _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
-#: What an ended call hands back to the lock: (task, result, error, finished at, monotonic then, and the
-#: outcome already handed to ``on_done`` if the worker claimed it).
-_Ended = tuple[Task, Any, BaseException | None, datetime, float, Outcome | None]
+#: How an attempt that raised ended: TIMED_OUT or FAILED, and the error as it is recorded.
+_Failure = tuple[TaskStatus, ErrorInfo]
+#: What an ended call hands back to the lock: (task, result, how it failed if it raised, finished at,
+#: monotonic then, and the outcome already handed to ``on_done`` if the worker claimed it).
+_Ended = tuple[Task, Any, _Failure | None, datetime, float, Outcome | None]
 #: What a started attempt runs: (callable, on_start, its argument, attempt, cancel event, deadline, whether
 #: its worker delivers ``on_done`` before recording the end).
 _Started = tuple[
@@ -197,7 +199,7 @@ class Dispatcher:
         delivered: list[Task] = []
         while True:
             out = Outbox()
-            task: Task | None = None
+            started: tuple[Task, _Started] | None = None
             with self.lock:
                 if delivered:
                     _settle_locked(delivered, out)
@@ -205,30 +207,15 @@ class Dispatcher:
                     self._end_attempt_locked(worker, ended, out)
                 if not out.notices and not worker.gone:
                     task = self._next_task_locked(worker, out)
-                if task is not None:
-                    fn, on_start, start_arg, attempt, cancel_event, deadline, early = self._start_locked(
-                        task, worker, out
-                    )
+                    if task is not None:
+                        started = task, self._start_locked(task, worker, out)
             _release(out, self._resources)
             delivered = _deliver(out) if out.notices else []
             if worker.gone:
                 return
-            if task is None:
-                ended = None
-                continue
-            if on_start is not None:
-                safe_call(on_start, "on_start", task, start_arg)
-            ctx = _context(task, worker, attempt, cancel_event, deadline)
-            try:
-                result = self._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
-                error = None
-            except BaseException as exc:  # a worker must survive anything an action raises
-                result, error = None, exc
-            finished_at, mono = datetime.now(UTC), time.monotonic()
-            outcome = (
-                _deliver_early(self.pool, worker, task, result, error, finished_at, mono) if early else None
-            )
-            ended = (task, result, error, finished_at, mono, outcome)
+            # In a function, so that nothing of the attempt (its callable may reach a whole workflow
+            # run) stays referenced here while this worker waits for its next task.
+            ended = None if started is None else _attempt(self._results, self.pool, worker, *started)
 
     def _pending_locked(self) -> int:
         """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
@@ -287,7 +274,7 @@ class Dispatcher:
         return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline, early
 
     def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
-        task, result, error, finished_at, mono, outcome = ended
+        task, result, failure, finished_at, mono, outcome = ended
         if not self.pool.call_returned_locked(worker, claimed=outcome is not None):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
@@ -297,10 +284,10 @@ class Dispatcher:
             task.on_done = task.on_start = None
             self._finish_locked(task, outcome.status, result, outcome.error, out, at=(finished_at, mono))
             return
-        if error is None:
+        if failure is None:
             self._finish_locked(task, TaskStatus.COMPLETED, result, None, out, at=(finished_at, mono))
         else:
-            self._fail_or_retry_locked(task, *_failure(error), out)
+            self._fail_or_retry_locked(task, *failure, out)
 
     # ------------------------------------------------------------------ state changes
 
@@ -458,11 +445,14 @@ class Dispatcher:
             self.pool.ensure_workers_locked()
 
 
-def _context(
-    task: Task, worker: Worker, attempt: int, cancel_event: CancelEvent, deadline: float | None
-) -> ActionContext:
-    """What an attempt of ``task`` on ``worker`` is called with."""
-    return ActionContext(
+def _attempt(
+    results: ResultPipeline, pool: WorkerPool, worker: Worker, task: Task, started: _Started
+) -> _Ended:
+    """On ``worker``, without the lock: run the attempt of ``task`` that ``_start_locked`` started."""
+    fn, on_start, start_arg, attempt, cancel_event, deadline, early = started
+    if on_start is not None:
+        safe_call(on_start, "on_start", task, start_arg)
+    ctx = ActionContext(
         step_name=task.step_name or task.name,
         run_id=task.run_id,
         task_id=task.id,
@@ -472,9 +462,19 @@ def _context(
         logger=LazyLogger(task),
         block_hook=worker.block_hook,
     )
+    try:
+        result = results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
+        failure = None
+    except BaseException as exc:  # a worker must survive anything an action raises
+        # Recorded, not kept: the exception's traceback reaches the frames of the call (and their
+        # locals, a whole workflow run), and holding it would make a cycle with this frame.
+        result, failure = None, _failure(exc)
+    finished_at, mono = datetime.now(UTC), time.monotonic()
+    outcome = _deliver_early(pool, worker, task, result, failure, finished_at, mono) if early else None
+    return task, result, failure, finished_at, mono, outcome
 
 
-def _failure(error: BaseException) -> tuple[TaskStatus, ErrorInfo]:
+def _failure(error: BaseException) -> _Failure:
     """How an attempt that raised ``error`` ends: an action that stops at its own limit or at the step's
     deadline (shell.run, http.request) raises StepTimeoutError, and the attempt timed out, as when the
     deadline timer fires first; any other error fails it."""
@@ -487,17 +487,19 @@ def _deliver_early(
     worker: Worker,
     task: Task,
     result: Any,
-    error: BaseException | None,
+    failure: _Failure | None,
     finished_at: datetime,
     mono: float,
 ) -> Outcome | None:
     """On ``worker``, without the lock, once its call of ``task`` returned: if this was the task's last
     attempt, claim the outcome and deliver ``on_done``; returns what was delivered (None: the lock
     decides, as for a retry, or the task was given up on first)."""
-    if error is None:
+    status: TaskStatus
+    info: ErrorInfo | None
+    if failure is None:
         status, info = TaskStatus.COMPLETED, None
     elif task.retry.delay_after(task.attempts) is None:
-        status, info = _failure(error)
+        status, info = failure
     else:
         return None
     if not pool.claim(worker, task):
