@@ -17,10 +17,11 @@ result from those rows when a run is read back.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -356,7 +357,9 @@ class RunMaps:
     __slots__ = ("limit", "maps", "run", "wave")
 
     def __init__(self, run: RunState, limit: int) -> None:
-        self.run = run
+        # A weak back-reference: the run owns its maps, and a cycle between them would keep every
+        # finished run (its record, its graph) alive until the garbage collector's next full pass.
+        self.run = cast("RunState", weakref.proxy(run))
         self.limit = limit  # most items per map step
         self.maps: dict[str, MapState] = {}
         # Without max_parallel, the items of a map step in the scheduler at once: WAVE, or twice the
