@@ -23,9 +23,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -1293,9 +1292,15 @@ class OrchestrationMCPTools:
         unfinished: Callable[[float], BaseModel],
     ) -> BaseModel:
         """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
+        try:
+            # asyncio's own loop, not anyio's token for it: the token costs two running-loop lookups per
+            # call, each a getpid() system call on Python 3.11.
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): anyio's event and token
+            pass
+        else:
+            return await _await_on_asyncio(loop, pending.timeout, subscribe, unfinished)
         token = anyio.lowlevel.current_token()
-        if isinstance(token.native_token, asyncio.AbstractEventLoop):
-            return await _await_on_asyncio(token, pending.timeout, subscribe, unfinished)
         arrived = anyio.Event()
         delivered: list[BaseModel] = []
 
@@ -1310,7 +1315,7 @@ class OrchestrationMCPTools:
 
 
 async def _await_on_asyncio(
-    token: anyio.lowlevel.EventLoopToken,
+    loop: asyncio.AbstractEventLoop,
     seconds: float,
     subscribe: Callable[[Callable[[BaseModel], None]], None],
     unfinished: Callable[[float], BaseModel],
@@ -1318,7 +1323,6 @@ async def _await_on_asyncio(
     """``_await_delivery`` with asyncio's own future and timer: the same wait for a fraction of the
     loop's work of an anyio Event inside a cancel scope (the server's loop does it at every call).
     A cancelled request cancels the await like any other (the caller cancels the work)."""
-    loop = cast(asyncio.AbstractEventLoop, token.native_token)  # the caller checked
     arrived: asyncio.Future[BaseModel | None] = loop.create_future()
 
     def settle(result: BaseModel | None) -> None:
@@ -1326,7 +1330,10 @@ async def _await_on_asyncio(
             arrived.set_result(result)
 
     def deliver(result: BaseModel) -> None:  # on the thread that finished the work
-        _call_soon(token, partial(settle, result))
+        try:
+            loop.call_soon_threadsafe(settle, result)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            return
 
     subscribe(deliver)
     timer = loop.call_later(seconds, settle, None)  # a timer, not a cancel scope: the wait's limit
