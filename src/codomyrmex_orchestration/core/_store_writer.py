@@ -439,7 +439,7 @@ class GroupCommitWriter:
         if batch.runs:
             conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
         if batch.steps:
-            write_steps(conn, list(batch.steps.values()))
+            write_steps(conn, list(batch.steps.values()), batch.runs)
         for sid, session in batch.sessions.items():
             if session is None:
                 conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
