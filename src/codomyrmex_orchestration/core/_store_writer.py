@@ -21,51 +21,19 @@ from typing import Any, TypeVar, cast
 
 from ..errors import StateStoreError
 from ..logs import get_logger
+from ._store_batch import Batch, bytes_bound, write_batch
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
-from ._store_steps import STEP_RESULT, STEP_SPILL, write_steps
 
-__all__ = ["DELETE", "Batch", "GroupCommitWriter"]
+__all__ = ["GroupCommitWriter"]
 
 #: A batch this large is committed at once instead of waiting for the flush interval.
 _MAX_BATCH = 2_000
 FLUSH_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 30.0
 
-DELETE = None  # marks a key deleted in a pending batch
-
 _log = get_logger("codomyrmex_orchestration.store")
 _T = TypeVar("_T")
-
-_SQL_UPSERT_RUN = """
-INSERT INTO runs (
-    run_id, workflow_name, status, record, created_at, updated_at, session_id, parent_run_id, workflow_version
-)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (run_id) DO UPDATE SET
-    workflow_name = excluded.workflow_name, status = excluded.status, record = excluded.record,
-    updated_at = excluded.updated_at, session_id = excluded.session_id,
-    parent_run_id = excluded.parent_run_id, workflow_version = excluded.workflow_version
-"""
-_RUN_RECORD = 3  # the record JSON in a run row
-
-
-@dataclass
-class Batch:
-    """Writes enqueued since the last commit; repeated saves of one key coalesce (last one wins)."""
-
-    workflows: dict[str, tuple[str, str] | None] = field(default_factory=dict)
-    #: (name, version) -> (digest, spec JSON); a version once written never changes.
-    workflow_versions: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
-    runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    steps: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
-    sessions: dict[str, tuple[str, str] | None] = field(default_factory=dict)
-    projects: dict[str, str | None] = field(default_factory=dict)
-    allocations: dict[str, str | None] = field(default_factory=dict)
-    events: list[tuple[float, str, str]] = field(default_factory=list)
-    #: Writes to other tables (the step cache), applied in order: (SQL, its parameters).
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    size: int = 0
 
 
 @dataclass
@@ -364,7 +332,7 @@ class GroupCommitWriter:
         if that failed. ``target``, ``log_target``: the counts it brings the committed counts to.
         ``housekeeping``: run a housekeeping pass now if there is anything for it to check."""
         if batch.runs or batch.steps or batch.statements or batch.events:
-            self._retention.note_added(_bytes_bound(batch))
+            self._retention.note_added(bytes_bound(batch))
         tidy = self._retention.due(forced=housekeeping)
         budget = tidy or self._retention.budget_due()
         if batch.size or budget:
@@ -391,7 +359,7 @@ class GroupCommitWriter:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._write(conn, batch, now)
+            write_batch(conn, batch, now)
             if tidy:
                 self._retention.run(conn)
             elif budget:
@@ -417,62 +385,6 @@ class GroupCommitWriter:
             self._retention.after_commit(True)
 
         self.call(retain)
-
-    @staticmethod
-    def _write(conn: sqlite3.Connection, batch: Batch, now: float) -> None:
-        for name, wf in batch.workflows.items():
-            if wf is None:
-                conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
-            else:
-                conn.execute(
-                    "INSERT INTO workflows (name, spec, source, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                    "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
-                    (name, wf[0], wf[1], now, now),
-                )
-        if batch.workflow_versions:
-            conn.executemany(
-                "INSERT OR IGNORE INTO workflow_versions (name, version, digest, spec, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(n, v, d, spec, now) for (n, v), (d, spec) in batch.workflow_versions.items()],
-            )
-        if batch.runs:
-            conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
-        if batch.steps:
-            write_steps(conn, list(batch.steps.values()), batch.runs)
-        for sid, session in batch.sessions.items():
-            if session is None:
-                conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-            else:
-                conn.execute(
-                    "INSERT INTO sessions (id, data, status, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
-                    "status = excluded.status, updated_at = excluded.updated_at",
-                    (sid, session[0], session[1], now, now),
-                )
-        for pname, pdata in batch.projects.items():
-            if pdata is None:
-                conn.execute("DELETE FROM projects WHERE name = ?", (pname,))
-            else:
-                conn.execute(
-                    "INSERT INTO projects (name, data, created_at, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
-                    "updated_at = excluded.updated_at",
-                    (pname, pdata, now, now),
-                )
-        for aid, adata in batch.allocations.items():
-            if adata is None:
-                conn.execute("DELETE FROM allocations WHERE id = ?", (aid,))
-            else:
-                conn.execute(
-                    "INSERT INTO allocations (id, data, created_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-                    (aid, adata, now),
-                )
-        if batch.events:
-            conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
-        for sql, params in batch.statements:
-            conn.execute(sql, params)
 
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)
@@ -518,23 +430,6 @@ class GroupCommitWriter:
                     pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
                 close_quietly(self._conn)
         return True
-
-
-def _bytes_bound(batch: Batch) -> int | None:
-    """At most how many bytes ``batch`` adds to the bytes the tallies count (run records, step results
-    and spill files): a row's new size bounds its growth. None for cached outputs: measured instead."""
-    if batch.statements:
-        return None
-    grown = 0
-    for row in batch.runs.values():
-        grown += _utf8_len(row[_RUN_RECORD])
-    for row in batch.steps.values():
-        grown += _utf8_len(row[STEP_RESULT]) + row[STEP_SPILL]
-    return grown
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _fail_calls(calls: list[_Call], exc: BaseException) -> None:

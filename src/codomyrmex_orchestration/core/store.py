@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._step_cache import CacheTable, SqliteCacheTable
+from ._store_batch import DELETE, Batch
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
@@ -54,7 +55,7 @@ from ._store_schema import (
     wal_limit_for,
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
-from ._store_writer import CLOSE_TIMEOUT, DELETE, FLUSH_TIMEOUT, Batch, GroupCommitWriter
+from ._store_writer import CLOSE_TIMEOUT, FLUSH_TIMEOUT, GroupCommitWriter
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = [
@@ -338,7 +339,6 @@ class SqliteStore:
         self._writer.enqueue(lambda b: b.allocations.__setitem__(allocation_id, DELETE))
 
     def append_event(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
-        # The event log is committed by the writer's next batch or a full flush, not by a run's flush.
         self._writer.append_log((time.time(), type, dump_data(payload or {})))
 
     # ------------------------------------------------------------------ flushing
