@@ -545,6 +545,46 @@ def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) ->
         assert seen and seen[0] is not None and seen[0].run_id == "r1"
 
 
+def test_events_appended_while_runs_flush_partially_from_four_threads_are_each_committed_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    # A short flush interval: the writer's batches, the threads' partial flushes and the reads race.
+    with SqliteStore(path, flush_interval=0.001, retention_events=100_000) as store:
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                start.wait(timeout=10)
+                for i in range(300):
+                    run_id = f"run-{t}-{i}"
+                    store.save_run(_run(run_id))
+                    store.append_event("run.finished", {"run_id": run_id})
+                    store.flush(upto=store.write_mark())  # the run's own rows, as a run's end does
+                    if i % 50 == 0:  # a read sees the event appended before it (read-your-writes)
+                        [newest] = store.list_events(limit=1, type=f"probe-{t}") or [None]
+                        assert newest is None or newest["payload"]["i"] < i
+                        store.append_event(f"probe-{t}", {"i": i})
+                        [newest] = store.list_events(limit=1, type=f"probe-{t}")
+                        assert newest["payload"]["i"] == i
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors
+        store.flush()
+        assert store.health()["pending_writes"] == 0
+    with SqliteStore(path) as reopened:  # what reached the file
+        logged = [e["payload"]["run_id"] for e in reopened.list_events(limit=10_000, type="run.finished")]
+        assert sorted(logged) == sorted(f"run-{t}-{i}" for t in range(4) for i in range(300))
+        assert sum(reopened.count_runs().values()) == 1_200
+
+
 def _committed_run_ids(path: Path) -> list[str]:
     conn = sqlite3.connect(path)  # another connection sees committed rows only
     try:
