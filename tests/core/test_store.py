@@ -255,6 +255,23 @@ def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_s
     assert store.stats()["rows"]["steps"] == 2  # the trimmed runs' steps went with them
 
 
+def test_retention_deletes_the_oldest_finished_runs_whatever_their_status(make_store: StoreFactory) -> None:
+    store = make_store(retention_runs=4)
+    store.save_run(_run("waiting-oldest", age=100, status=WorkflowStatus.WAITING_FOR_INPUT))
+    store.save_run(_run("running-old", age=90))
+    finished = (
+        WorkflowStatus.FAILED,
+        WorkflowStatus.COMPLETED,
+        WorkflowStatus.INTERRUPTED,
+        WorkflowStatus.CANCELLED,
+    )
+    for i in range(8):  # statuses interleaved in time: the oldest go first, whichever status they have
+        store.save_run(_run(f"done-{i}", age=50 - i, status=finished[i % 4]))
+    store.flush()
+    kept = [r.run_id for r in store.list_runs()]
+    assert kept == ["done-7", "done-6", "running-old", "waiting-oldest"]
+
+
 def test_retention_spares_a_finished_run_that_was_resumed_and_is_running_again(
     make_store: StoreFactory,
 ) -> None:
