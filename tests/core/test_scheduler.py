@@ -773,7 +773,29 @@ def test_a_chain_submitted_from_on_done_callbacks_runs_every_link_in_order() -> 
 
         link(0)
         assert finished.wait(20)
+        # Each link is taken by the worker that finished the one before: no second thread was needed.
+        assert orch.health()["workers_alive"] == 1
     assert order == list(range(200))
+
+
+def test_cancelling_tasks_as_they_finish_ends_each_once_as_its_on_done_heard() -> None:
+    # A worker whose call returned keeps the outcome and delivers on_done before recording the task; a
+    # cancel racing with it either wins before (CANCELLED) or finds it too late (False, COMPLETED).
+    heard: dict[str, list[TaskStatus]] = {}
+    lock = threading.Lock()
+
+    def note(record: TaskRecord) -> None:
+        with lock:
+            heard.setdefault(record.task_id, []).append(record.status)
+
+    with TaskOrchestrator(4) as orch:
+        ids = [orch.submit(lambda ctx: None, name=f"t{i}", on_done=note) for i in range(2000)]
+        cancelled = {task_id for task_id in ids if orch.cancel_task(task_id)}
+        records = orch.wait_all(ids, timeout=WAIT)
+    assert all(len(heard[r.task_id]) == 1 for r in records)  # once each
+    assert all(heard[r.task_id] == [r.status] for r in records)  # as recorded
+    assert {r.task_id for r in records if r.status is TaskStatus.CANCELLED} == cancelled
+    assert {r.status for r in records} <= {TaskStatus.COMPLETED, TaskStatus.CANCELLED}
 
 
 def test_started_attempts_lists_the_tasks_that_have_started_with_their_attempt_and_start(

@@ -58,6 +58,26 @@ def _run(
     )
 
 
+def _on_four_threads(work: Callable[[int], None]) -> None:
+    """Run ``work(0)`` .. ``work(3)`` on four threads started together; fail with the first error."""
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            start.wait(timeout=10)
+            work(t)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[0]
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[Store] = []
@@ -255,6 +275,23 @@ def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_s
     assert store.stats()["rows"]["steps"] == 2  # the trimmed runs' steps went with them
 
 
+def test_retention_deletes_the_oldest_finished_runs_whatever_their_status(make_store: StoreFactory) -> None:
+    store = make_store(retention_runs=4)
+    store.save_run(_run("waiting-oldest", age=100, status=WorkflowStatus.WAITING_FOR_INPUT))
+    store.save_run(_run("running-old", age=90))
+    finished = (
+        WorkflowStatus.FAILED,
+        WorkflowStatus.COMPLETED,
+        WorkflowStatus.INTERRUPTED,
+        WorkflowStatus.CANCELLED,
+    )
+    for i in range(8):  # statuses interleaved in time: the oldest go first, whichever status they have
+        store.save_run(_run(f"done-{i}", age=50 - i, status=finished[i % 4]))
+    store.flush()
+    kept = [r.run_id for r in store.list_runs()]
+    assert kept == ["done-7", "done-6", "running-old", "waiting-oldest"]
+
+
 def test_retention_spares_a_finished_run_that_was_resumed_and_is_running_again(
     make_store: StoreFactory,
 ) -> None:
@@ -285,23 +322,12 @@ def test_ten_thousand_step_saves_from_four_threads_are_all_readable_after_flush(
     runs = [f"run-{t}" for t in range(4)]
     for run_id in runs:
         store.save_run(_run(run_id))
-    start = threading.Barrier(4)
-    errors: list[BaseException] = []
 
-    def work(run_id: str) -> None:
-        try:
-            start.wait(timeout=10)
-            for i in range(2_500):
-                store.save_step(run_id, StepResult(name=f"s{i}", status=TaskStatus.COMPLETED, output=i))
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
+    def work(t: int) -> None:
+        for i in range(2_500):
+            store.save_step(runs[t], StepResult(name=f"s{i}", status=TaskStatus.COMPLETED, output=i))
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors
+    _on_four_threads(work)
     store.flush()
     for run_id in runs:
         run = store.get_run(run_id)
@@ -543,6 +569,35 @@ def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) ->
         reader.start()
         reader.join(timeout=10)
         assert seen and seen[0] is not None and seen[0].run_id == "r1"
+
+
+def test_events_appended_while_runs_flush_partially_from_four_threads_are_each_committed_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    # A short flush interval: the writer's batches, the threads' partial flushes and the reads race.
+    with SqliteStore(path, flush_interval=0.001, retention_events=100_000) as store:
+
+        def work(t: int) -> None:
+            for i in range(300):
+                run_id = f"run-{t}-{i}"
+                store.save_run(_run(run_id))
+                store.append_event("run.finished", {"run_id": run_id})
+                store.flush(upto=store.write_mark())  # the run's own rows, as a run's end does
+                if i % 50 == 0:  # a read sees the event appended before it (read-your-writes)
+                    [newest] = store.list_events(limit=1, type=f"probe-{t}") or [None]
+                    assert newest is None or newest["payload"]["i"] < i
+                    store.append_event(f"probe-{t}", {"i": i})
+                    [newest] = store.list_events(limit=1, type=f"probe-{t}")
+                    assert newest["payload"]["i"] == i
+
+        _on_four_threads(work)
+        store.flush()
+        assert store.health()["pending_writes"] == 0
+    with SqliteStore(path) as reopened:  # what reached the file
+        logged = [e["payload"]["run_id"] for e in reopened.list_events(limit=10_000, type="run.finished")]
+        assert sorted(logged) == sorted(f"run-{t}-{i}" for t in range(4) for i in range(300))
+        assert sum(reopened.count_runs().values()) == 1_200
 
 
 def _committed_run_ids(path: Path) -> list[str]:

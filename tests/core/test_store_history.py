@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from codomyrmex_orchestration.core._store_schema import FINISHED_RUNS, MIGRATIONS
+from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import SCHEMA_VERSION, MemoryStore, SqliteStore, run_cursor
 from codomyrmex_orchestration.errors import InvalidInputError
@@ -181,10 +181,10 @@ def test_listings_lookups_and_retention_walk_an_index_never_the_whole_history(tm
         "newest": ("SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 50", ()),
         "one run": ("SELECT record FROM runs WHERE run_id = ?", ("r1",)),
         "its steps": ("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", ("r1",)),
-        "oldest finished": (
-            f"SELECT run_id FROM runs INDEXED BY runs_finished WHERE {FINISHED_RUNS} "
+        "oldest finished of a status": (
+            "SELECT created_at, run_id FROM runs INDEXED BY runs_by_status WHERE status = ? "
             "ORDER BY created_at, run_id LIMIT 10",
-            (),
+            ("completed",),
         ),
         "event bounds": ("SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)", ()),
     }

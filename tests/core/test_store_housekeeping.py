@@ -91,6 +91,34 @@ def test_a_runs_steps_are_inserted_when_it_starts_and_updated_after_in_declarati
         assert store.stats()["rows"]["steps"] == 4
 
 
+def test_a_run_started_and_finished_between_two_commits_keeps_its_final_steps_in_declaration_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path, flush_interval=3600) as store:
+        older = RunRecord(run_id="older", workflow_name="wf", status=WorkflowStatus.RUNNING)
+        older.steps["a"] = StepResult(name="a")
+        store.save_run(older)
+        store.flush()
+        record = RunRecord(run_id="r", workflow_name="wf", status=WorkflowStatus.RUNNING)
+        for name in ("z", "b"):
+            record.steps[name] = StepResult(name=name)
+        store.save_run(record)  # one batch: the run's row, its placeholders, then every result
+        for name in ("b", "z"):
+            store.save_step("r", StepResult(name=name, status=TaskStatus.COMPLETED, output=name))
+        store.save_step("older", StepResult(name="a", status=TaskStatus.COMPLETED, output=1))
+        store.save_step("gone", StepResult(name="x", status=TaskStatus.COMPLETED))  # no such run: dropped
+        store.save_run(record.model_copy(update={"status": WorkflowStatus.COMPLETED, "steps": {}}))
+        store.flush(upto=store.write_mark())
+        run = store.get_run("r")
+        assert run is not None and run.status is WorkflowStatus.COMPLETED
+        assert [(s.name, s.output) for s in run.steps.values()] == [("z", "z"), ("b", "b")]
+        kept = store.get_run("older")
+        assert kept is not None and kept.steps["a"].output == 1
+        assert store.get_run("gone") is None
+        assert store.stats()["rows"]["steps"] == 3
+
+
 def test_a_placeholder_is_stored_as_the_serializer_would_write_it() -> None:
     for name in ("plain", 'quo"te\\', "é\u2028\x01", "item[3]"):
         placeholder = StepResult(name=name)

@@ -129,7 +129,7 @@ def test_an_abandoned_worker_is_replaced_and_leaves_when_its_call_returns(
     assert stuck_started.wait(WAIT)
     owner.submit(lambda worker: after.set())
     with owner.cond:
-        owner.pool.abandon_locked(stuck_worker[0])  # its slot goes to a replacement at once
+        assert owner.pool.abandon_locked(stuck_worker[0], stuck)  # its slot goes to a replacement at once
     assert after.wait(WAIT)
     unstick.set()
     thread = stuck_worker[0].thread

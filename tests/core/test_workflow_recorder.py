@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 
@@ -50,3 +53,53 @@ def test_a_store_that_dies_with_the_process_gets_the_run_row_first_and_the_whole
     recorder.run_finished(final)
     ended = store.get_run("r1")
     assert ended is not None and ended.status is WorkflowStatus.COMPLETED and len(ended.steps) == 2
+
+
+def test_a_durable_run_is_on_disk_when_execute_workflow_returns_and_its_events_follow_with_a_full_flush(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    # The writer would wait an hour before committing on its own: what is on disk was flushed.
+    engine = OrchestrationEngine(
+        state_dir=tmp_path, config_dir=None, store=SqliteStore(path, flush_interval=3600)
+    )
+    try:
+        engine.workflow_manager.create_workflow(
+            {
+                "name": "one",
+                "steps": [{"name": "s", "module": "core", "action": "set", "parameters": {"v": 1}}],
+            }
+        )
+        record = engine.execute_workflow("one", timeout=10)
+        assert record.status is WorkflowStatus.COMPLETED
+        with closing(sqlite3.connect(path)) as conn:  # another connection sees only what is committed
+            run = conn.execute("SELECT status FROM runs WHERE run_id = ?", (record.run_id,)).fetchall()
+            steps = conn.execute(
+                "SELECT name, status FROM steps WHERE run_id = ?", (record.run_id,)
+            ).fetchall()
+            logged = conn.execute("SELECT count(*) FROM events WHERE type = 'run.started'").fetchone()[0]
+        assert run == [("completed",)] and steps == [("s", "completed")]
+        assert logged == 0  # the run's commit carries its own rows, not the event log
+        engine.store.flush()
+        with closing(sqlite3.connect(path)) as conn:
+            types = {t for (t,) in conn.execute("SELECT type FROM events")}
+        assert {"run.started", "step.completed"} <= types
+    finally:
+        engine.shutdown()
+
+
+def test_a_run_end_leaves_housekeeping_to_its_schedule_and_a_full_flush_brings_it_forward(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path, retention_runs=1, housekeeping_interval=3600) as store:
+        recorder = RunRecorder(store)
+        for i in range(3):
+            record = RunRecord(run_id=f"r{i}", workflow_name="w", status=WorkflowStatus.RUNNING)
+            recorder.run_started(record)
+            recorder.run_finished(record.model_copy(update={"status": WorkflowStatus.COMPLETED}))
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 3  # all three committed
+        store.flush()  # nothing is pending: the housekeeping owed is committed alone
+        with closing(sqlite3.connect(path)) as conn:
+            assert [r for (r,) in conn.execute("SELECT run_id FROM runs")] == ["r2"]

@@ -1,8 +1,9 @@
 """Crash durability at scale: kill -9 a 200-step DAG run at random points, restart, resume, repeat.
 
 Each cycle runs the engine in a subprocess. The child's step listener prints ``kill`` when its K-th step
-completes in that process and then holds that completion (so the step's dependents do not start); the
-parent reads the line and sends SIGKILL — no sleeps. Between cycles the parent opens an engine on the same
+completes in that process (or the first after it that others wait for) and then holds that completion
+(so the step's dependents do not start, and the run cannot end); the parent reads the line and sends
+SIGKILL — no sleeps. Between cycles the parent opens an engine on the same
 state directory (which recovers the run as INTERRUPTED) and checks, from the files each step execution
 leaves behind:
 
@@ -54,6 +55,11 @@ def step_name(i: int) -> str:
     return f"s{i:03d}"
 
 
+#: Steps that others wait for. Only such a completion is held for the kill: a held step with no
+#: dependents does not stop the run, which could then complete before the SIGKILL arrives.
+UPSTREAMS = frozenset(step_name(d) for i in range(STEPS) for d in dependencies(i))
+
+
 def expected_outputs() -> dict[str, int]:
     out: dict[int, int] = {}
     for i in range(STEPS):
@@ -84,13 +90,13 @@ CHILD = textwrap.dedent(
     """
     import json, sys, threading
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
-    from tests.helpers.crash_cycles import WORKFLOW, workflow
+    from tests.helpers.crash_cycles import UPSTREAMS, WORKFLOW, workflow
 
     state, marks, projects, run_id, kill_after = sys.argv[1:6]
     kill_after = int(kill_after)
     engine = OrchestrationEngine(state_dir=state, config_dir=None, projects_dir=projects,
                                  templates_dir=None, max_workers=4)
-    lock, count, hold = threading.Lock(), [0], threading.Event()
+    lock, count, held, hold = threading.Lock(), [0], [False], threading.Event()
 
     def listener(event, payload):
         if event == "run.started":
@@ -99,7 +105,8 @@ CHILD = textwrap.dedent(
             return
         with lock:
             count[0] += 1
-            mine = count[0] == kill_after
+            mine = count[0] >= kill_after and payload["step"] in UPSTREAMS and not held[0]
+            held[0] = held[0] or mine
         if mine:
             print("kill", payload["step"], flush=True)
             hold.wait()  # the parent kills us while this completion is held

@@ -5,8 +5,13 @@ table, the ready queue, the worker pool, the notices the timer thread leaves for
 the listeners, and whether the scheduler is closing. Each locked section collects what it leaves to do
 into an :class:`~._task.Outbox` — cancel events to set, resource handles to release, listeners and
 callbacks to run, waiters to release — done after the lock is released. A worker that finishes a task
-records it and takes its next one in one lock acquisition; when the task has callbacks, it delivers them
-in between and takes the next one (and releases the task's waiters) in a second.
+records it and takes its next one in one lock acquisition. When the task has an ``on_done`` callback
+(every workflow step has one), the worker first claims the outcome (:meth:`WorkerPool.claim`: from then on a
+cancel or a deadline cannot end the task another way; it counts as seeking work, so the step ``on_done``
+submits does not wake another worker) and delivers ``on_done`` without the lock, so that
+recording the task, releasing its waiters and taking the next task still take one acquisition. Listeners
+change that: with any, the task is recorded first, then they and ``on_done`` hear of it, then a second
+acquisition releases its waiters and takes the next task.
 
 One thing does run under the lock besides our own state: admission asks the resource manager for a
 ready task's resources (``try_acquire``: non-blocking, it takes only the ledger's lock), and the ledger
@@ -27,7 +32,7 @@ import structlog
 
 from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
-from codomyrmex_orchestration.core._task import FINAL, FINAL_EVENT, LazyLogger, Notice, Outbox, Task
+from codomyrmex_orchestration.core._task import FINAL, FINAL_EVENT, LazyLogger, Notice, Outbox, Outcome, Task
 from codomyrmex_orchestration.core._task_table import TaskTable
 from codomyrmex_orchestration.core._worker_pool import Worker, WorkerPool
 from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
@@ -47,11 +52,15 @@ MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
 
 _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
-#: What an ended call hands back to the lock: (task, result, error, finished at, monotonic then).
-_Ended = tuple[Task, Any, BaseException | None, datetime, float]
-#: What a started attempt runs: (callable, on_start, its argument, attempt, cancel event, deadline).
+#: How an attempt that raised ended: TIMED_OUT or FAILED, and the error as it is recorded.
+_Failure = tuple[TaskStatus, ErrorInfo]
+#: What an ended call hands back to the lock: (task, result, how it failed if it raised, finished at,
+#: monotonic then, and the outcome already handed to ``on_done`` if the worker claimed it).
+_Ended = tuple[Task, Any, _Failure | None, datetime, float, Outcome | None]
+#: What a started attempt runs: (callable, on_start, its argument, attempt, cancel event, deadline, whether
+#: its worker delivers ``on_done`` before recording the end).
 _Started = tuple[
-    Callable[[ActionContext], Any], Callable[[Any], None] | None, Any, int, CancelEvent, float | None
+    Callable[[ActionContext], Any], Callable[[Any], None] | None, Any, int, CancelEvent, float | None, bool
 ]
 
 
@@ -139,15 +148,16 @@ class Dispatcher:
                             self._enqueue_locked(task)
 
     def cancel(self, task_id: str, reason: str) -> bool:
-        """Cancel a task that is not final; False if it is."""
+        """Cancel a task that is not final; False if it is, or if its call has returned (it ends as it
+        returned)."""
         out = Outbox()
         with self.lock:
             task = self.table.require(task_id)
             if task.status in FINAL:
                 return False
-            self._cancel_locked(task, reason, out)
+            cancelled = self._cancel_locked(task, reason, out)
         self.deliver_here(out)
-        return True
+        return cancelled
 
     def close(self, cancel_reason: str | None, *, running_too: bool = False) -> None:
         """Refuse new work and let idle workers leave; with ``cancel_reason``, cancel the tasks not
@@ -189,43 +199,23 @@ class Dispatcher:
         delivered: list[Task] = []
         while True:
             out = Outbox()
-            task: Task | None = None
+            started: tuple[Task, _Started] | None = None
             with self.lock:
                 if delivered:
-                    self._settle_locked(delivered, out)
+                    _settle_locked(delivered, out)
                 if ended is not None:
                     self._end_attempt_locked(worker, ended, out)
                 if not out.notices and not worker.gone:
                     task = self._next_task_locked(worker, out)
-                if task is not None:
-                    fn, on_start, start_arg, attempt, cancel_event, deadline = self._start_locked(
-                        task, worker, out
-                    )
+                    if task is not None:
+                        started = task, self._start_locked(task, worker, out)
             _release(out, self._resources)
             delivered = _deliver(out) if out.notices else []
             if worker.gone:
                 return
-            if task is None:
-                ended = None
-                continue
-            if on_start is not None:
-                safe_call(on_start, "on_start", task, start_arg)
-            ctx = ActionContext(
-                step_name=task.step_name or task.name,
-                run_id=task.run_id,
-                task_id=task.id,
-                attempt=attempt,
-                cancel_event=cancel_event,
-                deadline=deadline,
-                logger=LazyLogger(task),
-                block_hook=worker.block_hook,
-            )
-            try:
-                result = self._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
-                error = None
-            except BaseException as exc:  # a worker must survive anything an action raises
-                result, error = None, exc
-            ended = (task, result, error, datetime.now(UTC), time.monotonic())
+            # In a function, so that nothing of the attempt (its callable may reach a whole workflow
+            # run) stays referenced here while this worker waits for its next task.
+            ended = None if started is None else _attempt(self._results, self.pool, worker, *started)
 
     def _pending_locked(self) -> int:
         """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
@@ -280,22 +270,24 @@ class Dispatcher:
             record = task.snapshot()
         self._notice_locked(task, "task.started", False, out, record)
         start_arg = task if task.live_state else record
-        return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline
+        early = task.on_done is not None and not self.listeners
+        return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline, early
 
     def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
-        task, result, error, finished_at, mono = ended
-        if not self.pool.call_returned_locked(worker):
+        task, result, failure, finished_at, mono, outcome = ended
+        if not self.pool.call_returned_locked(worker, claimed=outcome is not None):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
         task.worker = None
         _cancel_timer(task)
-        if error is None:
-            self._finish_locked(task, TaskStatus.COMPLETED, result, None, out, at=(finished_at, mono))
+        if outcome is not None:  # its worker claimed it and delivered on_done: final as delivered
+            task.on_done = task.on_start = None
+            self._finish_locked(task, outcome.status, result, outcome.error, out, at=(finished_at, mono))
             return
-        # An action that stops at its own limit or at the step's deadline (shell.run, http.request)
-        # raises StepTimeoutError: the attempt timed out, as when the deadline timer fires first.
-        status = TaskStatus.TIMED_OUT if isinstance(error, StepTimeoutError) else TaskStatus.FAILED
-        self._fail_or_retry_locked(task, status, ErrorInfo.from_exception(error), out)
+        if failure is None:
+            self._finish_locked(task, TaskStatus.COMPLETED, result, None, out, at=(finished_at, mono))
+        else:
+            self._fail_or_retry_locked(task, *failure, out)
 
     # ------------------------------------------------------------------ state changes
 
@@ -322,24 +314,30 @@ class Dispatcher:
         else:
             self._enqueue_locked(task)
 
-    def _abandon_running_locked(self, task: Task, out: Outbox) -> None:
-        """The running attempt of ``task`` is over for us; its thread's slot goes to a new worker."""
-        worker, task.worker = task.worker, None
+    def _abandon_running_locked(self, task: Task, out: Outbox) -> bool:
+        """The running attempt of ``task`` is over for us; its thread's slot goes to a new worker. False
+        if its worker claimed the outcome first (the call returned): the task ends as its worker says."""
+        worker = task.worker
+        if worker is not None and not self.pool.abandon_locked(worker, task):
+            return False
+        task.worker = None
         self.running -= 1
         _cancel_timer(task)
         if task.cancel_event is not None:
             out.cancels.append(task.cancel_event)
-        if worker is not None:
-            self.pool.abandon_locked(worker)
+        return True
 
-    def _cancel_locked(self, task: Task, reason: str, out: Outbox) -> None:
+    def _cancel_locked(self, task: Task, reason: str, out: Outbox) -> bool:
+        """Cancel a task that is not final; False if it ends another way (its worker claimed the outcome)."""
         if task.status is TaskStatus.RUNNING:
-            self._abandon_running_locked(task, out)
+            if not self._abandon_running_locked(task, out):
+                return False
         elif task.status is TaskStatus.READY:
             self.queue.remove(task)
         _cancel_timer(task)  # a pending retry
         error = ErrorInfo.from_exception(StepCancelledError(task.step_name or task.name, reason))
         self._finish_locked(task, TaskStatus.CANCELLED, None, error, out)
+        return True
 
     def _finish_locked(
         self,
@@ -381,23 +379,13 @@ class Dispatcher:
         """Hand ``event`` to the listeners and, for a final one, to ``on_done`` and the waiters."""
         listeners = out.listeners = self.listeners
         if final and task.on_done is None and not listeners:
-            self._settle_locked([task], out)  # nothing to deliver first: waiters may go now
+            _settle_locked([task], out)  # nothing to deliver first: waiters may go now
             return
         if not final and not listeners:
             return
         if record is None and (listeners or (final and task.on_done is not None and not task.live_state)):
             record = task.snapshot()
         out.notices.append((task, event, record, final))
-
-    def _settle_locked(self, tasks: list[Task], out: Outbox) -> None:
-        """Final tasks whose callbacks have run: their waiters and ``on_settled`` callbacks may go."""
-        for task in tasks:
-            task.settled = True
-            if task.done_event is not None or task.settle_callbacks:
-                out.releases.append((task, task.done_event, task.settle_callbacks or ()))
-                # Nobody waits on a settled task any more: its kept record holds no waiter, callback or
-                # what they reach (a server's future and loop), which the garbage collector would walk.
-                task.done_event = task.settle_callbacks = None
 
     def deliver_here(self, out: Outbox) -> None:
         """On a thread that is not a worker: everything ``out`` holds, then settle what it finished."""
@@ -406,7 +394,7 @@ class Dispatcher:
         if delivered:
             settled = Outbox()
             with self.lock:
-                self._settle_locked(delivered, settled)
+                _settle_locked(delivered, settled)
             _release(settled, self._resources)
 
     # ------------------------------------------------------------------ timers, resources
@@ -426,7 +414,8 @@ class Dispatcher:
         with self.lock:
             if task.attempts != attempt or task.status is not TaskStatus.RUNNING:
                 return
-            self._abandon_running_locked(task, out)
+            if not self._abandon_running_locked(task, out):
+                return  # the call returned in time; its worker is recording the end
             timeout = StepTimeoutError(task.step_name or task.name, task.timeout or 0.0)
             self._fail_or_retry_locked(task, TaskStatus.TIMED_OUT, ErrorInfo.from_exception(timeout), out)
             if out.notices:  # timer callbacks must not block: a worker runs listeners and on_done
@@ -454,6 +443,83 @@ class Dispatcher:
     def _wake_for_resources(self) -> None:
         with self.lock:
             self.pool.ensure_workers_locked()
+
+
+def _attempt(
+    results: ResultPipeline, pool: WorkerPool, worker: Worker, task: Task, started: _Started
+) -> _Ended:
+    """On ``worker``, without the lock: run the attempt of ``task`` that ``_start_locked`` started."""
+    fn, on_start, start_arg, attempt, cancel_event, deadline, early = started
+    if on_start is not None:
+        safe_call(on_start, "on_start", task, start_arg)
+    ctx = ActionContext(
+        step_name=task.step_name or task.name,
+        run_id=task.run_id,
+        task_id=task.id,
+        attempt=attempt,
+        cancel_event=cancel_event,
+        deadline=deadline,
+        logger=LazyLogger(task),
+        block_hook=worker.block_hook,
+    )
+    try:
+        result = results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
+        failure = None
+    except BaseException as exc:  # a worker must survive anything an action raises
+        # Recorded, not kept: the exception's traceback reaches the frames of the call (and their
+        # locals, a whole workflow run), and holding it would make a cycle with this frame.
+        result, failure = None, _failure(exc)
+    finished_at, mono = datetime.now(UTC), time.monotonic()
+    outcome = _deliver_early(pool, worker, task, result, failure, finished_at, mono) if early else None
+    return task, result, failure, finished_at, mono, outcome
+
+
+def _failure(error: BaseException) -> _Failure:
+    """How an attempt that raised ``error`` ends: an action that stops at its own limit or at the step's
+    deadline (shell.run, http.request) raises StepTimeoutError, and the attempt timed out, as when the
+    deadline timer fires first; any other error fails it."""
+    status = TaskStatus.TIMED_OUT if isinstance(error, StepTimeoutError) else TaskStatus.FAILED
+    return status, ErrorInfo.from_exception(error)
+
+
+def _deliver_early(
+    pool: WorkerPool,
+    worker: Worker,
+    task: Task,
+    result: Any,
+    failure: _Failure | None,
+    finished_at: datetime,
+    mono: float,
+) -> Outcome | None:
+    """On ``worker``, without the lock, once its call of ``task`` returned: if this was the task's last
+    attempt, claim the outcome and deliver ``on_done``; returns what was delivered (None: the lock
+    decides, as for a retry, or the task was given up on first)."""
+    status: TaskStatus
+    info: ErrorInfo | None
+    if failure is None:
+        status, info = TaskStatus.COMPLETED, None
+    elif task.retry.delay_after(task.attempts) is None:
+        status, info = failure
+    else:
+        return None
+    if not pool.claim(worker, task):
+        return None
+    outcome = Outcome(task, status, result, info, finished_at, mono)
+    on_done = task.on_done  # read under the lock when the attempt started; nothing changes it after a claim
+    if on_done is not None:
+        safe_call(on_done, "on_done", task, outcome if task.live_state else outcome.record(task))
+    return outcome
+
+
+def _settle_locked(tasks: list[Task], out: Outbox) -> None:
+    """Under the lock: final tasks whose callbacks have run; their waiters and callbacks may go."""
+    for task in tasks:
+        task.settled = True
+        if task.done_event is not None or task.settle_callbacks:
+            out.releases.append((task, task.done_event, task.settle_callbacks or ()))
+            # Nobody waits on a settled task any more: its kept record holds no waiter, callback or
+            # what they reach (a server's future and loop), which the garbage collector would walk.
+            task.done_event = task.settle_callbacks = None
 
 
 def _queue_full(max_queued: int, waiting: int) -> LimitExceededError:

@@ -27,8 +27,9 @@ from codomyrmex_orchestration.core.models import StepResult, StepSpec, TaskStatu
 from codomyrmex_orchestration.errors import OrchestrationError
 
 if TYPE_CHECKING:
+    from codomyrmex_orchestration.core._store_batch import Batch
     from codomyrmex_orchestration.core._store_reads import StoreReader
-    from codomyrmex_orchestration.core._store_writer import Batch, GroupCommitWriter
+    from codomyrmex_orchestration.core._store_writer import GroupCommitWriter
     from codomyrmex_orchestration.core._workflow_run import RunState
 
 __all__ = [

@@ -26,9 +26,9 @@ from pathlib import Path
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
-from ._store_schema import FINISHED_RUNS, RUN_TALLIES, sqlite_reason
+from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, sqlite_reason
 
-__all__ = ["Retention", "Usage", "stored_runs"]
+__all__ = ["Retention", "Usage", "oldest_finished_runs", "stored_runs"]
 
 #: Retention deletes at most this many rows per pass, so one pass never stalls the writer for long.
 _CHUNK = 5_000
@@ -282,14 +282,7 @@ class Retention:
                 self._dirty = True
 
     def _delete_oldest_runs(self, conn: sqlite3.Connection, count: int) -> int:
-        ids = [
-            run_id
-            for (run_id,) in conn.execute(
-                f"SELECT run_id FROM runs INDEXED BY runs_finished WHERE {FINISHED_RUNS} "
-                "ORDER BY created_at, run_id LIMIT ?",
-                (count,),
-            )
-        ]
+        ids = [run_id for _, run_id in oldest_finished_runs(conn, count)]
         conn.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
         if self.spill_dir is not None:
             self._doomed.extend(ids)
@@ -324,10 +317,7 @@ class Retention:
             if evict_oldest_entry(conn):  # a cached output can be computed again; history cannot
                 deleted += 1
                 continue
-            oldest_run = conn.execute(
-                f"SELECT created_at FROM runs INDEXED BY runs_finished WHERE {FINISHED_RUNS} "
-                "ORDER BY created_at, run_id LIMIT 1"
-            ).fetchone()
+            oldest_run = next(iter(oldest_finished_runs(conn, 1)), None)
             with self._task_lock:
                 task_first = bool(self._task_files) and (
                     oldest_run is None or self._task_files[0][0] < oldest_run[0]
@@ -371,6 +361,23 @@ class Retention:
             files.sort()
             self._task_files = files
             self._task_bytes = sum(size for _, size, _ in files)
+
+
+def oldest_finished_runs(conn: sqlite3.Connection, count: int) -> list[tuple[float, str]]:
+    """The ``count`` oldest finished runs as ``(created_at, run_id)``, oldest first: the oldest
+    ``count`` of each finished status, one range of ``runs_by_status`` each, merged. (Python orders
+    ``(float, str)`` pairs as SQLite orders ``created_at, run_id``: UTF-8 keeps code point order.)"""
+    found: list[tuple[float, str]] = []
+    for status in FINISHED_STATUSES:
+        found.extend(
+            conn.execute(
+                "SELECT created_at, run_id FROM runs INDEXED BY runs_by_status WHERE status = ? "
+                "ORDER BY created_at, run_id LIMIT ?",
+                (status, count),
+            )
+        )
+    found.sort()
+    return found[:count]
 
 
 def stored_runs(conn: sqlite3.Connection) -> int:

@@ -1,8 +1,13 @@
 """The SQLite store's group-commit writer: the queue of pending writes, the thread that commits them in
 batches, and the flushes that commit them now on the caller's thread.
 
-It owns the pending batch, the queued calls, the write counters (enqueued, committed, dropped), the
-writer failure, the writer connection and its thread.
+It owns the pending batch, the pending event log rows, the queued calls, the write counters (enqueued,
+committed, dropped), the writer failure, the writer connection and its thread.
+
+Event log rows are kept apart from the state writes (runs, steps, ...): a partial flush (a step's
+parents, a run's end) commits the state writes alone, and the event rows go with the writer's next
+batch (within the flush interval) or with a full flush (``flush()``, a read). A run's commit then writes
+its own rows only, not the event table's pages and index leaves as well.
 """
 
 from __future__ import annotations
@@ -16,51 +21,19 @@ from typing import Any, TypeVar, cast
 
 from ..errors import StateStoreError
 from ..logs import get_logger
+from ._store_batch import Batch, bytes_bound, write_batch
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
-from ._store_steps import STEP_RESULT, STEP_SPILL, write_steps
 
-__all__ = ["DELETE", "Batch", "GroupCommitWriter"]
+__all__ = ["GroupCommitWriter"]
 
 #: A batch this large is committed at once instead of waiting for the flush interval.
 _MAX_BATCH = 2_000
 FLUSH_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 30.0
 
-DELETE = None  # marks a key deleted in a pending batch
-
 _log = get_logger("codomyrmex_orchestration.store")
 _T = TypeVar("_T")
-
-_SQL_UPSERT_RUN = """
-INSERT INTO runs (
-    run_id, workflow_name, status, record, created_at, updated_at, session_id, parent_run_id, workflow_version
-)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (run_id) DO UPDATE SET
-    workflow_name = excluded.workflow_name, status = excluded.status, record = excluded.record,
-    updated_at = excluded.updated_at, session_id = excluded.session_id,
-    parent_run_id = excluded.parent_run_id, workflow_version = excluded.workflow_version
-"""
-_RUN_RECORD = 3  # the record JSON in a run row
-
-
-@dataclass
-class Batch:
-    """Writes enqueued since the last commit; repeated saves of one key coalesce (last one wins)."""
-
-    workflows: dict[str, tuple[str, str] | None] = field(default_factory=dict)
-    #: (name, version) -> (digest, spec JSON); a version once written never changes.
-    workflow_versions: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
-    runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    steps: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
-    sessions: dict[str, tuple[str, str] | None] = field(default_factory=dict)
-    projects: dict[str, str | None] = field(default_factory=dict)
-    allocations: dict[str, str | None] = field(default_factory=dict)
-    events: list[tuple[float, str, str]] = field(default_factory=list)
-    #: Writes to other tables (the step cache), applied in order: (SQL, its parameters).
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    size: int = 0
 
 
 @dataclass
@@ -107,10 +80,13 @@ class GroupCommitWriter:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer thread waits here for work
         self._done = threading.Condition(self._lock)  # flushers wait here for _committed to advance
-        self._pending = Batch()
+        self._pending = Batch()  # state writes; its ``events`` stay empty (they are in _log)
+        self._log: list[tuple[float, str, str]] = []  # event rows not yet taken by a commit
         self._calls: list[_Call] = []
-        self._enqueued = 0  # writes enqueued so far
-        self._committed = 0  # writes committed (or dropped with a failed batch) so far
+        self._enqueued = 0  # state writes enqueued so far
+        self._committed = 0  # state writes committed (or dropped with a failed batch) so far
+        self._logged = 0  # event rows appended so far
+        self._log_committed = 0  # event rows committed (or dropped) so far
         self._flush_wanted = False
         self._writer_idle = False  # the writer waits for work (not for its flush interval to pass)
         self._closing = False
@@ -137,15 +113,29 @@ class GroupCommitWriter:
                 # reported by health() / stats() (and flush() raises while the writer is failed).
                 self._dropped += 1
                 return
-            was_empty = self._pending.size == 0
+            was_empty = self._pending.size == 0 and not self._log
             put(self._pending)
             self._pending.size += 1
             self._enqueued += 1
-            # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back
-            # by itself, and waking it for each write would cost a thread switch per write.
-            if (was_empty and self._writer_idle) or self._pending.size >= _MAX_BATCH:
-                self._writer_idle = False  # one wake-up is enough
-                self._work.notify()
+            self._wake_if_needed(was_empty, self._pending.size)
+
+    def append_log(self, row: tuple[float, str, str]) -> None:
+        """Append an event row; committed by the writer's next batch or a full flush; never raises."""
+        with self._lock:
+            if self._failure is not None or self._closing:
+                self._dropped += 1
+                return
+            was_empty = self._pending.size == 0 and not self._log
+            self._log.append(row)
+            self._logged += 1
+            self._wake_if_needed(was_empty, len(self._log))
+
+    def _wake_if_needed(self, was_empty: bool, size: int) -> None:
+        # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back by
+        # itself, and waking it for each write would cost a thread switch per write. (Caller holds _lock.)
+        if (was_empty and self._writer_idle) or size >= _MAX_BATCH:
+            self._writer_idle = False  # one wake-up is enough
+            self._work.notify()
 
     # ------------------------------------------------------------------ flushing
 
@@ -153,12 +143,26 @@ class GroupCommitWriter:
         return self._enqueued
 
     def flush(self, timeout: float = FLUSH_TIMEOUT, *, upto: int | None = None, wait: bool = True) -> None:
-        """See :meth:`SqliteStore.flush`."""
+        """See :meth:`SqliteStore.flush`.
+
+        A full flush (no ``upto``, waiting) commits the event log too and brings housekeeping up to
+        date; a partial one (a step's parents, a run's end, the results a worker just saved) is on a
+        run's path: it commits the state writes alone, the event rows and the housekeeping keep the
+        writer's schedule (the byte budget's part runs with every commit anyway)."""
         if upto is not None and self._committed >= upto and self._failure is None:
             return  # committed already: the usual case when a step starts after its parents
+        full = upto is None and wait
         with self._lock:
             target = self._enqueued if upto is None else upto
-            pending = self._committed < target and self._failure is None
+            log_target = self._logged if full else 0
+        self._sync(timeout, target, log_target, wait=wait, housekeeping=full)
+
+    def _sync(self, timeout: float, target: int, log_target: int, *, wait: bool, housekeeping: bool) -> None:
+        """Commit the state writes up to ``target`` and event rows up to ``log_target`` (and, with
+        ``housekeeping``, an owed housekeeping pass even when nothing else is pending)."""
+        with self._lock:
+            pending = not self._reached(target, log_target)
+        pending = pending or (housekeeping and self._retention.due(forced=True))
         # Commit on this thread rather than wake the writer and wait to be woken in turn: a flush then
         # costs one commit and no thread handoffs. If another thread is mid-commit, our writes are
         # often in its batch; without ``wait`` they are left to the next commit.
@@ -166,21 +170,18 @@ class GroupCommitWriter:
             self._commit_lock.acquire(timeout=timeout) if wait else self._commit_lock.acquire(blocking=False)
         ):
             try:
-                # A flush of everything (a run's end, a caller's flush()) brings housekeeping up to
-                # date; a partial one (a step's parents, the results a worker just saved) is on a
-                # step's path: housekeeping keeps its own schedule there, the budget's part runs anyway.
-                self._commit_pending(target, housekeeping=upto is None and wait)
+                self._commit_pending(target, log_target, housekeeping=housekeeping)
             finally:
                 self._commit_lock.release()
         if not wait:
             return
         with self._lock:
-            if self._committed < target and self._failure is None:
+            if not self._reached(target, log_target):
                 self._flush_wanted = True
-                self._retention_due = self._retention_due or upto is None
+                self._retention_due = self._retention_due or housekeeping
                 self._work.notify()
                 deadline = time.monotonic() + timeout
-                while self._committed < target and self._failure is None:
+                while not self._reached(target, log_target):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise StateStoreError(
@@ -190,25 +191,40 @@ class GroupCommitWriter:
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
 
-    def _commit_pending(self, target: int, *, housekeeping: bool) -> None:
-        """Commit what is pending unless ``target`` was reached meanwhile (caller holds _commit_lock)."""
+    def _reached(self, target: int, log_target: int) -> bool:
+        """The writes up to ``target`` and event rows up to ``log_target`` are committed, or the writer
+        has failed (caller holds _lock)."""
+        return self._failure is not None or (self._committed >= target and self._log_committed >= log_target)
+
+    def _commit_pending(self, target: int, log_target: int, *, housekeeping: bool) -> None:
+        """Commit the pending state writes (and the event rows, when ``log_target`` asks for any; and an
+        owed housekeeping pass, with ``housekeeping``) unless another commit did meanwhile (caller holds
+        _commit_lock)."""
         with self._lock:
-            mine = self._committed < target and self._failure is None and not self._closed
-            if mine:
-                batch, self._pending = self._pending, Batch()
-                batch_target = self._enqueued
-        if mine:
-            self._commit_taken(batch, batch_target, [], housekeeping=housekeeping)
+            if self._failure is not None or self._closed:
+                return
+            owed = not self._reached(target, log_target)
+            if not owed and not (housekeeping and self._retention.due(forced=True)):
+                return
+            batch, self._pending = self._pending, Batch()
+            batch_target, log_taken = self._enqueued, self._log_committed
+            if log_target:
+                batch.events, self._log = self._log, []
+                batch.size += len(batch.events)
+                log_taken = self._logged
+        self._commit_taken(batch, batch_target, log_taken, [], housekeeping=housekeeping)
 
     def sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""
         with self._lock:
             if self._closed:
                 raise StateStoreError(self.path, "the store is closed")
-            if self._committed >= self._enqueued or self._failure is not None:
+            if self._reached(self._enqueued, self._logged):
                 return
+            target, log_target = self._enqueued, self._logged
         try:
-            self.flush()
+            # Visibility alone: the housekeeping keeps its schedule (a full flush() brings it forward).
+            self._sync(FLUSH_TIMEOUT, target, log_target, wait=True, housekeeping=False)
         except StateStoreError:
             # A failed writer is reported by health() and flush(); reads serve what was committed.
             return
@@ -232,7 +248,7 @@ class GroupCommitWriter:
     def state(self) -> WriterState:
         with self._lock:
             return WriterState(
-                pending=self._enqueued - self._committed,
+                pending=self._enqueued - self._committed + self._logged - self._log_committed,
                 dropped=self._dropped,
                 batches=self._batches,
                 failure=self._failure,
@@ -253,7 +269,7 @@ class GroupCommitWriter:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                if self._pending.size == 0 and not self._calls and not self._closing:
+                if self._pending.size == 0 and not self._log and not self._calls and not self._closing:
                     self._writer_idle = True
                     while self._writer_idle and not (self._calls or self._flush_wanted or self._closing):
                         # Housekeeping owed by earlier commits is not left waiting for the next write.
@@ -266,7 +282,11 @@ class GroupCommitWriter:
                 # at once would have the next write wake this thread again: one wake-up per step.
                 deadline = time.monotonic() + self.flush_interval
                 while not (
-                    self._flush_wanted or self._calls or self._closing or self._pending.size >= _MAX_BATCH
+                    self._flush_wanted
+                    or self._calls
+                    or self._closing
+                    or self._pending.size >= _MAX_BATCH
+                    or len(self._log) >= _MAX_BATCH
                 ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -277,15 +297,17 @@ class GroupCommitWriter:
             with self._commit_lock:
                 with self._lock:
                     batch, self._pending = self._pending, Batch()
+                    batch.events, self._log = self._log, []
+                    batch.size += len(batch.events)
                     calls, self._calls = self._calls, []
-                    target = self._enqueued
+                    target, log_target = self._enqueued, self._logged
                     self._flush_wanted = False
                     closing = self._closing
                     retention_forced = self._retention_due
                     self._retention_due = False
                 try:
                     committed = self._commit_taken(
-                        batch, target, calls, housekeeping=retention_forced or closing
+                        batch, target, log_target, calls, housekeeping=retention_forced or closing
                     )
                 except BaseException as exc:
                     _fail_calls(calls, exc)  # the callers taken with this batch learn why, now
@@ -300,14 +322,17 @@ class GroupCommitWriter:
                     call.done.set()
             if closing:
                 with self._lock:
-                    if self._pending.size == 0 and not self._calls:
+                    if self._pending.size == 0 and not self._log and not self._calls:
                         return
 
-    def _commit_taken(self, batch: Batch, target: int, calls: list[_Call], *, housekeeping: bool) -> bool:
-        """Commit a batch taken from ``_pending`` (caller holds ``_commit_lock``); False if that failed.
+    def _commit_taken(
+        self, batch: Batch, target: int, log_target: int, calls: list[_Call], *, housekeeping: bool
+    ) -> bool:
+        """Commit a batch taken from ``_pending`` (and ``_log``) (caller holds ``_commit_lock``); False
+        if that failed. ``target``, ``log_target``: the counts it brings the committed counts to.
         ``housekeeping``: run a housekeeping pass now if there is anything for it to check."""
         if batch.runs or batch.steps or batch.statements or batch.events:
-            self._retention.note_added(_bytes_bound(batch))
+            self._retention.note_added(bytes_bound(batch))
         tidy = self._retention.due(forced=housekeeping)
         budget = tidy or self._retention.budget_due()
         if batch.size or budget:
@@ -323,6 +348,7 @@ class GroupCommitWriter:
                 self._batches += 1
         with self._lock:
             self._committed = target
+            self._log_committed = log_target
             self._done.notify_all()
         return True
 
@@ -333,7 +359,7 @@ class GroupCommitWriter:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._write(conn, batch, now)
+            write_batch(conn, batch, now)
             if tidy:
                 self._retention.run(conn)
             elif budget:
@@ -360,70 +386,16 @@ class GroupCommitWriter:
 
         self.call(retain)
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, batch: Batch, now: float) -> None:
-        for name, wf in batch.workflows.items():
-            if wf is None:
-                conn.execute("DELETE FROM workflows WHERE name = ?", (name,))
-            else:
-                conn.execute(
-                    "INSERT INTO workflows (name, spec, source, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                    "spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
-                    (name, wf[0], wf[1], now, now),
-                )
-        if batch.workflow_versions:
-            conn.executemany(
-                "INSERT OR IGNORE INTO workflow_versions (name, version, digest, spec, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(n, v, d, spec, now) for (n, v), (d, spec) in batch.workflow_versions.items()],
-            )
-        if batch.runs:
-            conn.executemany(_SQL_UPSERT_RUN, batch.runs.values())
-        if batch.steps:
-            write_steps(conn, list(batch.steps.values()))
-        for sid, session in batch.sessions.items():
-            if session is None:
-                conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-            else:
-                conn.execute(
-                    "INSERT INTO sessions (id, data, status, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
-                    "status = excluded.status, updated_at = excluded.updated_at",
-                    (sid, session[0], session[1], now, now),
-                )
-        for pname, pdata in batch.projects.items():
-            if pdata is None:
-                conn.execute("DELETE FROM projects WHERE name = ?", (pname,))
-            else:
-                conn.execute(
-                    "INSERT INTO projects (name, data, created_at, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
-                    "updated_at = excluded.updated_at",
-                    (pname, pdata, now, now),
-                )
-        for aid, adata in batch.allocations.items():
-            if adata is None:
-                conn.execute("DELETE FROM allocations WHERE id = ?", (aid,))
-            else:
-                conn.execute(
-                    "INSERT INTO allocations (id, data, created_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-                    (aid, adata, now),
-                )
-        if batch.events:
-            conn.executemany("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", batch.events)
-        for sql, params in batch.statements:
-            conn.execute(sql, params)
-
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)
         with self._lock:
             if self._failure is None:
                 self._failure = reason
-            self._dropped += dropped + self._pending.size
+            self._dropped += dropped + self._pending.size + len(self._log)
             self._pending = Batch()
+            self._log = []
             self._committed = self._enqueued  # nothing is pending any more: it was all dropped
+            self._log_committed = self._logged
             calls, self._calls = self._calls, []
             self._done.notify_all()
         _fail_calls(calls, StateStoreError(self.path, reason))
@@ -447,7 +419,7 @@ class GroupCommitWriter:
         with self._lock:
             self._closed = True
             self._done.notify_all()
-            lost = self._enqueued - self._committed
+            lost = self._enqueued - self._committed + self._logged - self._log_committed
         if self._failure is not None or lost:
             _log.error("state_store_closed_with_loss", path=self.path, lost=lost, reason=self._failure)
         if not self._thread.is_alive():
@@ -458,23 +430,6 @@ class GroupCommitWriter:
                     pass  # a checkpoint is an optimisation; the WAL is replayed at the next open anyway
                 close_quietly(self._conn)
         return True
-
-
-def _bytes_bound(batch: Batch) -> int | None:
-    """At most how many bytes ``batch`` adds to the bytes the tallies count (run records, step results
-    and spill files): a row's new size bounds its growth. None for cached outputs: measured instead."""
-    if batch.statements:
-        return None
-    grown = 0
-    for row in batch.runs.values():
-        grown += _utf8_len(row[_RUN_RECORD])
-    for row in batch.steps.values():
-        grown += _utf8_len(row[STEP_RESULT]) + row[STEP_SPILL]
-    return grown
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _fail_calls(calls: list[_Call], exc: BaseException) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionContext
     from codomyrmex_orchestration.core.timers import Timer
 
-__all__ = ["FINAL", "FINAL_EVENT", "LazyLogger", "Notice", "Outbox", "Task"]
+__all__ = ["FINAL", "FINAL_EVENT", "LazyLogger", "Notice", "Outbox", "Outcome", "Task"]
 
 FINAL_EVENT = {
     TaskStatus.COMPLETED: "task.completed",
@@ -155,6 +155,60 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status.value}>"
+
+
+class Outcome:
+    """A task's final state as its worker hands it to ``on_done`` before the scheduler records it (the
+    fields of :class:`~codomyrmex_orchestration.core.scheduler.TaskState`); see ``Dispatcher._work``."""
+
+    __slots__ = (
+        "attempts",
+        "duration_seconds",
+        "error",
+        "finished_at",
+        "result",
+        "started_at",
+        "status",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        task: Task,
+        status: TaskStatus,
+        result: Any,
+        error: ErrorInfo | None,
+        finished_at: datetime,
+        mono: float,
+    ) -> None:
+        # The task's fields read here do not change while its worker runs it.
+        self.task_id = task.id
+        self.status = status
+        self.result = result
+        self.error = error
+        self.attempts = task.attempts
+        self.started_at = task.started_at
+        self.finished_at = finished_at
+        self.duration_seconds = mono - task.mono_started if task.mono_started is not None else None
+
+    def record(self, task: Task) -> TaskRecord:
+        """The final :class:`TaskRecord` of ``task`` (for callbacks not given live state)."""
+        return TaskRecord(
+            task_id=task.id,
+            name=task.name,
+            status=self.status,
+            priority=task.priority,
+            result=self.result,
+            error=self.error,
+            attempts=self.attempts,
+            dependencies=task.dependencies,
+            run_id=task.run_id,
+            step_name=task.step_name,
+            submitted_at=task.submitted_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds,
+        )
 
 
 #: An event to hand to listeners and callbacks: (task, event name, snapshot taken at the event, final?).

@@ -5,7 +5,8 @@ pending work has a worker on its way to it* (as far as ``max_workers`` allows). 
 from when it is started, woken or returns from a task until it starts its next task or waits idle;
 pending work beyond the seeking workers wakes an idle worker or starts a new one. A worker that just
 finished a task counts as seeking while it delivers that task's callbacks, so the task a callback
-submits (a workflow's next step) is taken by that worker without waking another.
+submits (a workflow's next step) is taken by that worker without waking another; one that claimed its
+task's outcome without the lock (:meth:`WorkerPool.claim`) counts as ``returning``, to the same effect.
 
 Two situations free a slot while its thread is still busy: a task abandoned by the scheduler (timed out
 or cancelled while its call cannot be interrupted) and a task waiting on other scheduled work
@@ -29,11 +30,13 @@ _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
 
 class Worker:
-    """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread)."""
+    """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread, and
+    ``claimed``, guarded by the pool's claims lock; ``abandoned`` is written holding both locks)."""
 
-    __slots__ = ("abandoned", "block_hook", "blocked", "gone", "thread")
+    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "thread")
 
     def __init__(self) -> None:
+        self.claimed: object | None = None  # the last task whose outcome it kept (WorkerPool.claim)
         self.abandoned = False  # its task was given up on; its slot went to another worker
         self.blocked = False  # inside lend_slot(): waiting on other scheduled work, slot lent
         self.gone = False  # left the pool: its thread returns
@@ -79,6 +82,10 @@ class WorkerPool:
         self.abandoned = 0
         self.blocked = 0
         self.closing = False
+        # Claims (see claim()) are made without the pool's lock; this small lock guards them: each worker's
+        # ``claimed``, its ``abandoned`` flag's changes, and ``returning``.
+        self._claims = threading.Lock()
+        self.returning = 0  # workers that claimed their call's outcome and are not back under the lock yet
 
     # ------------------------------------------------------------------ the invariant
 
@@ -86,7 +93,9 @@ class WorkerPool:
         """Wake or start workers until every pending piece of work has a seeking worker (capacity
         allowing). Call after work is added and after a slot frees up."""
         pending = self._pending()
-        while pending > self.seeking:
+        with self._claims:
+            returning = self.returning  # each will take a piece of work without being woken
+        while pending > self.seeking + returning:
             if self.idle > 0:
                 self.idle -= 1
                 self.seeking += 1
@@ -115,9 +124,25 @@ class WorkerPool:
     def task_started_locked(self) -> None:
         self.seeking -= 1
 
-    def call_returned_locked(self, worker: Worker) -> bool:
-        """The calling worker's task call returned. False: its task was abandoned meanwhile (the
-        outcome is void); the worker then rejoins if a slot is free, else leaves (``gone``)."""
+    def claim(self, worker: Worker, task: object) -> bool:
+        """On ``worker``'s own thread once its call of ``task`` returned, without the pool's lock: keep the
+        outcome, so that the scheduler can no longer time the task out or cancel it (see
+        :meth:`abandon_locked`), unless it gave up on the task first (False). The worker then counts as
+        seeking work (``returning``) until :meth:`call_returned_locked`."""
+        with self._claims:
+            if worker.abandoned:
+                return False
+            worker.claimed = task
+            self.returning += 1
+            return True
+
+    def call_returned_locked(self, worker: Worker, claimed: bool = False) -> bool:
+        """The calling worker's task call returned (``claimed``: and it claimed the outcome). False: its
+        task was abandoned meanwhile (the outcome is void); the worker then rejoins if a slot is free,
+        else leaves (``gone``)."""
+        if claimed:
+            with self._claims:
+                self.returning -= 1
         if not worker.abandoned:
             self.seeking += 1
             return True
@@ -125,7 +150,8 @@ class WorkerPool:
         if self.live >= self.max_workers or self.closing:
             self._discard_locked(worker)
         else:
-            worker.abandoned = False
+            with self._claims:
+                worker.abandoned = False
             self.live += 1
             self.seeking += 1
         return False
@@ -143,11 +169,15 @@ class WorkerPool:
         self.seeking -= 1
         self._discard_locked(worker)
 
-    def abandon_locked(self, worker: Worker) -> None:
-        """Give up on the task ``worker`` runs: its slot goes to a replacement worker at once."""
-        if worker.abandoned:
-            return
-        worker.abandoned = True
+    def abandon_locked(self, worker: Worker, task: object) -> bool:
+        """Give up on ``task``, which ``worker`` runs: its slot goes to a replacement worker at once.
+        False if the worker already claimed the task's outcome (its call returned: see :meth:`claim`)."""
+        with self._claims:
+            if worker.claimed is task:
+                return False
+            if worker.abandoned:
+                return True
+            worker.abandoned = True
         if not worker.blocked:
             self.live -= 1
         self.abandoned += 1
@@ -159,6 +189,7 @@ class WorkerPool:
                 limit=self.max_abandoned,
             )
         self.ensure_workers_locked()
+        return True
 
     @contextmanager
     def lend_slot(self, worker: Worker) -> Iterator[None]:

@@ -17,10 +17,11 @@ result from those rows when a run is read back.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -299,12 +300,8 @@ class MapState:
     def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
         self._take(index, result)
-        return self._ended(index, held)
-
-    def _ended(self, index: int, held: bool) -> bool:
         self.left -= 1
-        if held:
-            self.held -= 1
+        self.held -= held  # an item that never had a node held no slot
         return self.left == 0
 
     def _take(self, index: int, source: StepResult | ItemResult) -> None:
@@ -432,7 +429,9 @@ class RunMaps:
     __slots__ = ("limit", "maps", "run", "starts", "wave")
 
     def __init__(self, run: RunState, limit: int) -> None:
-        self.run = run
+        # A weak back-reference: the run owns its maps, and a cycle between them would keep every
+        # finished run (its record, its graph) alive until the garbage collector's next full pass.
+        self.run = cast("RunState", weakref.proxy(run))
         self.limit = limit  # most items per map step
         self.maps: dict[str, MapState] = {}
         # Without max_parallel, the items of a map step in the scheduler at once: WAVE, or twice the

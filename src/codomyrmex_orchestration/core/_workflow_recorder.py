@@ -62,7 +62,9 @@ class RunRecorder:
     def run_finished(self, final: RunRecord) -> None:
         # A durable store has every step's final result already: save_run upserts the run row alone.
         self.store.save_run(final.model_copy(update={"steps": {}}) if self.durable else final)
-        self.flush()
+        # Up to the final record, not a full flush: the run's own writes (and all before them) are
+        # committed when this returns; the event log and the housekeeping keep the writer's schedule.
+        self.flush(upto=self.store.write_mark())
 
     def flush(self, upto: int | None = None, *, wait: bool = True) -> None:
         try:

@@ -209,7 +209,7 @@ class RunState:
         ``max_parallel``)."""
         advance = Advance()
         with self.lock:
-            self._apply_starts()
+            self._apply_starts(ending=result.name)
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
             if isinstance(result, ItemEnd) or not self.status_of(result.name).is_terminal:  # item: by index
@@ -238,8 +238,7 @@ class RunState:
             else:
                 result = self.record.steps[name]
                 result.status, result.attempts, result.started_at = TaskStatus.RUNNING, 1, utcnow()
-                if self._save_step is not None:
-                    self._save_step(self.run_id, result)
+                self.save(result)
             self.waiting[question.step] = question
             self._inputs_changed()
             return True, self._drain(advance)
@@ -350,7 +349,7 @@ class RunState:
     def take_watchers(self) -> list[Callable[[], None]]:
         with self.lock:
             watchers, self.watchers = self.watchers, []
-            return watchers
+        return watchers
 
     def watch(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` when the run ends (at once if it has)."""
@@ -381,10 +380,12 @@ class RunState:
 
     # ------------------------------------------------------------------ under the lock
 
-    def _apply_starts(self) -> None:
+    def _apply_starts(self, ending: str | None = None) -> None:
         steps = self.record.steps
         while self._starts:
             name, attempt, started_at = self._starts.popleft()
+            if name == ending:  # its result replaces its row now, with the same attempts and start
+                continue
             if is_item(name):
                 self.maps.started(name, attempt, started_at)
                 continue
@@ -394,8 +395,7 @@ class RunState:
             result.attempts = attempt
             result.started_at = result.started_at or started_at or utcnow()
             result.status = TaskStatus.RUNNING
-            if self._save_step is not None:
-                self._save_step(self.run_id, result)
+            self.save(result)
 
     def _settle(self, result: StepResult | ItemEnd, advance: Advance, *, announce: bool) -> None:
         name = result.name
@@ -406,8 +406,7 @@ class RunState:
             return
         assert isinstance(result, StepResult)  # an ItemEnd names an item
         self.record.steps[name] = result
-        if self._save_step is not None:
-            self._save_step(self.run_id, result)
+        self.save(result)
         if result.status in FAILED and self.spec_of(name).required:
             self.blocked.add(name)
         elif result.status is TaskStatus.SKIPPED and any(up in self.blocked for up in self.parents_of(name)):

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._step_cache import CacheTable, SqliteCacheTable
+from ._store_batch import DELETE, Batch
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
@@ -54,7 +55,7 @@ from ._store_schema import (
     wal_limit_for,
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
-from ._store_writer import CLOSE_TIMEOUT, DELETE, FLUSH_TIMEOUT, Batch, GroupCommitWriter
+from ._store_writer import CLOSE_TIMEOUT, FLUSH_TIMEOUT, GroupCommitWriter
 from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
 
 __all__ = [
@@ -160,8 +161,10 @@ class SqliteStore:
 
     Durability: ``synchronous=NORMAL`` in WAL mode survives a process crash for every committed batch;
     a ``kill -9`` loses at most the writes not yet committed (at most ``flush_interval`` seconds of
-    them). :meth:`flush` returns only when everything enqueued before it is committed. A power loss may
-    additionally lose the last committed transactions (NORMAL does not fsync each commit).
+    them). :meth:`flush` returns only when everything enqueued before it is committed; a partial flush
+    (``upto=``, or ``wait=False``: a step's or a run's path) commits the state writes alone and leaves
+    the event log (:meth:`append_event`) to the writer's next batch. A power loss may additionally lose
+    the last committed transactions (NORMAL does not fsync each commit).
 
     If the writer fails (disk full, file made read-only), the failure is recorded: :meth:`health`
     reports it, :meth:`flush` raises :class:`StateStoreError`, later writes are dropped and counted,
@@ -336,8 +339,7 @@ class SqliteStore:
         self._writer.enqueue(lambda b: b.allocations.__setitem__(allocation_id, DELETE))
 
     def append_event(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
-        row = (time.time(), type, dump_data(payload or {}))
-        self._writer.enqueue(lambda b: b.events.append(row))
+        self._writer.append_log((time.time(), type, dump_data(payload or {})))
 
     # ------------------------------------------------------------------ flushing
 

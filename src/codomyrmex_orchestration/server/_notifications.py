@@ -290,14 +290,10 @@ class NotificationHub:
         with self._lock:
             peer.subscriptions.discard(uri)
 
-    @contextlib.contextmanager
-    def calling(self, peer: Peer | None) -> Any:
+    @staticmethod
+    def calling(peer: Peer | None) -> contextlib.AbstractContextManager[None]:
         """Runs started inside this block belong to ``peer`` (their log messages go to it)."""
-        reset = _calling_peer.set(peer)
-        try:
-            yield
-        finally:
-            _calling_peer.reset(reset)
+        return _Calling(peer)
 
     # -- the engine
 
@@ -306,6 +302,8 @@ class NotificationHub:
         if not self._tools.engine_started:
             return
         engine = self._tools.engine
+        if engine is self._engine:  # every call after the first: no lock (checked again under it below)
+            return
         with self._lock:
             if engine is self._engine:
                 return
@@ -364,6 +362,21 @@ class NotificationHub:
     @staticmethod
     def _send(peer: Peer, method: str, params: dict[str, Any] | None) -> None:
         _call_soon(peer.token, _offer(peer.outbox, (method, params)))
+
+
+class _Calling:
+    """The block of :meth:`NotificationHub.calling` (a class, not a generator: it wraps every tool call)."""
+
+    __slots__ = ("_peer", "_reset")
+
+    def __init__(self, peer: Peer | None) -> None:
+        self._peer = peer
+
+    def __enter__(self) -> None:
+        self._reset = _calling_peer.set(self._peer)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _calling_peer.reset(self._reset)
 
 
 def _offer(outbox: MemoryObjectSendStream[Any], item: Any) -> Callable[[], None]:
