@@ -137,6 +137,23 @@ def test_a_discarded_node_is_forgotten_and_only_done_nodes_can_be() -> None:
     assert graph.get_ready() == ["b"]
 
 
+def test_done_with_forget_releases_the_dependents_and_forgets_the_node_while_the_graph_runs() -> None:
+    graph = DependencyGraph[str]()
+    graph.add("step")
+    graph.prepare()
+    assert graph.get_ready() == ["step"]
+    graph.add("step[0]")
+    graph.add("after", ["step[0]"])
+    assert graph.get_ready() == ["step[0]"]
+    graph.done("step[0]", forget=True)
+    assert "step[0]" not in graph and len(graph) == 2
+    assert graph.get_ready() == ["after"]
+    with pytest.raises(InvalidInputError):
+        graph.done("step[0]")
+    graph.done("after", "step")
+    assert not graph.is_active()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_random_graphs_come_out_in_an_order_graphlib_accepts(seed: int) -> None:
     rng = random.Random(seed)

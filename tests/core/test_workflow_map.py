@@ -30,12 +30,19 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import ItemResult, StepSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import (
+    ItemResult,
+    StepResult,
+    StepSpec,
+    TaskStatus,
+    WorkflowStatus,
+)
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.templating import TemplateContext, parse_condition, resolve
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, TemplateError
+from tests.core.test_workflow_run import make_run
 from tests.helpers.durable_steps import executions, read_line
 from tests.helpers.map_steps import GATE_AT
 
@@ -65,6 +72,24 @@ class Calls:
     def leave(self) -> None:
         with self.lock:
             self.in_flight -= 1
+
+
+def blocker(calls: Calls, at: int, reached: threading.Event) -> ActionDefinition:
+    """``test.block``: an item holds its worker until cancelled; ``reached`` is set once ``at`` are in
+    flight."""
+
+    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
+        calls.enter(params["item"])
+        try:
+            with calls.lock:
+                if calls.in_flight >= at:
+                    reached.set()
+            ctx.cancel_event.wait(WAIT)
+            raise RuntimeError("stopped")
+        finally:
+            calls.leave()
+
+    return ActionDefinition("test", "block", block)
 
 
 @pytest.fixture
@@ -479,19 +504,7 @@ def test_the_workflows_max_parallel_bounds_items_too_and_cancel_settles_the_queu
     manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
 ) -> None:
     two_in_flight = threading.Event()
-
-    def block(params: dict[str, Any], ctx: ActionContext) -> Any:
-        calls.enter(params["item"])
-        try:
-            with calls.lock:
-                if calls.in_flight >= 2:
-                    two_in_flight.set()
-            ctx.cancel_event.wait(WAIT)
-            raise RuntimeError("stopped")
-        finally:
-            calls.leave()
-
-    registry.register(ActionDefinition("test", "block", block))
+    registry.register(blocker(calls, 2, two_in_flight))
     manager.create_workflow(
         {
             "name": "tight",
@@ -740,3 +753,50 @@ def test_a_map_step_added_to_a_running_run_runs_its_items_after_its_dependency(
     final = manager.wait_run(run_id, WAIT)
     assert final.status is WorkflowStatus.COMPLETED, final.error
     assert final.steps["each"].output == [8, 10]
+
+
+def test_items_join_the_runs_graph_as_slots_open_and_leave_it_once_done() -> None:
+    echo = {
+        "name": "each",
+        "module": "core",
+        "action": "echo",
+        "for_each": list(range(5)),
+        "max_parallel": 2,
+        "parameters": {"message": "{{item}}"},
+    }
+    run = make_run(create_registry(load_plugins=False), [echo])
+    first = run.begin()
+    assert [n for n, _ in first.submit] == ["each[0]", "each[1]"]
+    assert sorted(run.graph) == ["each", "each[0]", "each[1]"]  # two slots: two item nodes, not five
+    done = StepResult(name="each[0]", status=TaskStatus.COMPLETED, output=0)
+    then = run.step_finished(done, held_slot=True)
+    assert [n for n, _ in then.submit] == ["each[2]"]
+    assert sorted(run.graph) == ["each", "each[1]", "each[2]"]  # the done item is forgotten
+    for i in (1, 2, 3):
+        run.step_finished(
+            StepResult(name=f"each[{i}]", status=TaskStatus.COMPLETED, output=i), held_slot=True
+        )
+    last = run.step_finished(
+        StepResult(name="each[4]", status=TaskStatus.COMPLETED, output=4), held_slot=True
+    )
+    assert last.finished and list(run.graph) == ["each"] and not run.graph.is_active()
+    final = run.finish()
+    assert final is not None and final.steps["each"].output == [0, 1, 2, 3, 4]
+
+
+def test_cancelling_a_map_without_max_parallel_stops_the_wave_in_the_scheduler(
+    manager: WorkflowManager, orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
+) -> None:
+    all_busy = threading.Event()  # every worker holds an item; the rest of the wave is queued
+    registry.register(blocker(calls, 16, all_busy))
+    items = 3 * WAVE
+    manager.create_workflow("stop_wave", [mapped(for_each=list(range(items)), action="block")])
+    run_id = manager.start_workflow("stop_wave")
+    assert all_busy.wait(WAIT)
+    record = manager.cancel_run(run_id)
+    assert record.status is WorkflowStatus.CANCELLED
+    step = record.steps["each"]
+    assert step.items is not None and step.items.counts == {"cancelled": items}
+    tasks = [t for t in orchestrator.list_tasks(limit=10 * items) if t.run_id == run_id]
+    assert len(tasks) == WAVE and all(t.status is TaskStatus.CANCELLED for t in tasks)
+    assert set(calls.per_item) <= set(range(WAVE))  # no item past the first wave was started

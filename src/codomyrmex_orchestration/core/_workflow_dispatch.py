@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -16,7 +17,8 @@ import structlog
 from codomyrmex_orchestration.core._step_cache import StepCache
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
-from codomyrmex_orchestration.core._workflow_map import ItemEnd, is_item
+from codomyrmex_orchestration.core._workflow_items import RunCall, item_calls
+from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -29,7 +31,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator, TaskState
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
 from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
 
 __all__ = ["RunDriver"]
@@ -39,11 +41,11 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 ChildRunner = Callable[..., dict[str, Any]]
 
 
-class _StepCall:
+class _StepCall(RunCall):
     """One submitted step: the callable the scheduler runs and its start/done callbacks in one object
     (one object per queued step instead of three closures: thousands of queued steps stay cheap)."""
 
-    __slots__ = ("cache_key", "driver", "func", "mark", "name", "params", "run")
+    __slots__ = ("cache_key",)
 
     def __init__(
         self,
@@ -62,13 +64,6 @@ class _StepCall:
         self.func = func
         self.params = params
         self.mark = mark  # the store's write mark when the step was cleared to run (its parents saved)
-
-    def __call__(self, ctx: ActionContext) -> Any:
-        ctx.run_workflow = self.driver.run_child
-        ctx.depth = self.run.depth
-        for key, value in self.driver.extras.items():
-            ctx.extras.setdefault(key, value)
-        return self.func(self.params, ctx)
 
     def started(self, state: TaskState) -> None:
         self.driver.step_started(self, state)
@@ -157,8 +152,8 @@ class RunDriver:
                     i += 1
                     continue
                 # A map step's items come in a row: one submission for the row.
-                end, step = i + 1, run.maps.step_of(name)
-                while end < len(wave) and is_item(wave[end][0]) and run.maps.step_of(wave[end][0]) == step:
+                end, row = i + 1, name[: name.rindex("[") + 1]  # "<step>[" begins its items' names only
+                while end < len(wave) and wave[end][0].startswith(row):
                     end += 1
                 self._submit_items(run, wave[i:end], work, submitted)
                 i = end
@@ -235,13 +230,8 @@ class RunDriver:
                 work.append(run.step_finished(result, held_slot=True))
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
-        calls: list[TaskCall] = []
-        for name, params in entries:
-            call = _StepCall(self, run, name, func, params, mark)
-            action = self._action(run, step, params) if self._remote else None
-            calls.append(
-                TaskCall(call, f"{run.record.workflow_name}.{name}", name, call.started, call.done, action)
-            )
+        action = partial(self._action, run, step) if self._remote else None
+        state, items, calls = item_calls(self, run, entries, func, mark, action)
         try:
             task_ids = self.orchestrator.submit_many(
                 calls,
@@ -258,7 +248,9 @@ class RunDriver:
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work, submitted)
             return
-        submitted.extend(zip([name for name, _ in entries], task_ids, strict=True))
+        if not run.maps.register(state, items, task_ids):
+            for task_id in task_ids:
+                self._cancel_task(task_id)
 
     def _one_by_one(
         self,
@@ -307,9 +299,6 @@ class RunDriver:
             self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
-        if call.cache_key is None and is_item(call.name):  # its row takes the task's fields directly
-            self.apply(call.run, call.run.step_finished(ItemEnd(call.name, state), held_slot=True))
-            return
         result = StepResult(
             name=call.name,
             status=state.status,

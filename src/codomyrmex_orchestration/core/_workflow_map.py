@@ -1,12 +1,12 @@
 """Map steps: a step with ``for_each`` runs its action once per item of a list.
 
 :class:`RunMaps` holds the map steps one run has expanded and carries out their items' transitions;
-a :class:`MapState` is one expansion: the items, each item's result and the indices waiting for a slot
-under the step's ``max_parallel``. Both belong to their run's
+a :class:`MapState` is one expansion: the items, their live state in columns and the cursor of those
+waiting for a slot under the step's ``max_parallel`` or wave. Both belong to their run's
 :class:`~codomyrmex_orchestration.core._workflow_run.RunState` and are guarded by that run's lock.
 Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step name cannot hold
-brackets); they share the step's spec (nothing is copied per item) and go through the one scheduler
-like steps.
+brackets), added as slots open and forgotten once done (see :class:`RunMaps`); they share the step's
+spec (nothing is copied per item) and go through the one scheduler like steps.
 
 The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
 the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -32,7 +32,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.templating import Template, TemplateContext, resolve
+from codomyrmex_orchestration.core.templating import Condition, Template, TemplateContext, resolve
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, OrchestrationError
 
 if TYPE_CHECKING:
@@ -66,7 +66,6 @@ WAVE = 128
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
 _ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
-_ROW_FIELDS = (*_ITEM_FIELDS, "skipped_reason")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
 _new_item = ItemResult.__new__
 # What model_construct sets a model's attributes with (BaseModel.__setattr__ would validate).
@@ -132,111 +131,67 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
 
 
 class ItemEnd(NamedTuple):
-    """A scheduled item's end as the scheduler reports it: the item's node and its task's live state,
-    read inside the scheduler's ``on_done`` only. It settles into the item's compact row directly (no
-    ``StepResult`` per item, unless a durable store keeps the row)."""
+    """A scheduled item's end as the scheduler reports it: its map step, its index (``position``: a
+    tuple's ``index`` is a method), its node and its task's live state, read inside the scheduler's
+    ``on_done`` only. It settles into the item's columns directly (no ``StepResult`` per item, unless a
+    durable store keeps the row)."""
 
+    map: MapState
+    position: int
     name: str
     state: TaskState
-
-
-class _ItemRow:
-    """An item's live state in a running map step: what its status, timings and output need, in slots
-    (about 100 bytes where a ``StepResult`` model costs over a kilobyte: a 100,000-item map holds one
-    per item until its step ends). Pydantic rows are made from it only where one leaves the run: the
-    durable store's item rows, and the ``ItemResult`` views."""
-
-    __slots__ = _ROW_FIELDS
-
-    def __init__(self) -> None:
-        self.status = TaskStatus.PENDING
-        self.output: Any = None
-        self.error: ErrorInfo | None = None
-        self.attempts = 0
-        self.started_at: datetime | None = None
-        self.finished_at: datetime | None = None
-        self.duration_seconds: float | None = None
-        self.skipped_reason: str | None = None
-
-    @classmethod
-    def of(cls, source: StepResult | ItemResult) -> _ItemRow:
-        row = cls()
-        for field in _ROW_FIELDS:
-            setattr(row, field, getattr(source, field))
-        return row
-
-    def end(self, state: TaskState) -> None:
-        """Take the final fields of the item's task."""
-        self.status = state.status
-        self.output = state.result if state.status is TaskStatus.COMPLETED else None
-        self.error = state.error
-        self.attempts = state.attempts
-        self.started_at = state.started_at
-        self.finished_at = state.finished_at or utcnow()
-        self.duration_seconds = state.duration_seconds
-        self.skipped_reason = None
-
-    def step_result(self, name: str) -> StepResult:
-        """The row as a durable store keeps it (named ``<step>[<index>]``)."""
-        return StepResult(name=name, **{f: getattr(self, f) for f in _ROW_FIELDS})
-
-    def item(self, index: int) -> ItemResult:
-        """The row as the run record shows it. Built unvalidated (the fields are typed already), as
-        ``model_construct`` builds a model but without its per-field search for aliases and defaults
-        (a 100,000-item map builds 100,000 of these at its end), and sharing one fields-set that
-        names every field: a set of its own costs each item 728 bytes, more than the rest of the
-        model, and adding a field name to this one changes nothing."""
-        item = _new_item(ItemResult)
-        fields = {
-            "index": index,
-            "status": self.status,
-            "output": self.output,
-            "error": self.error,
-            "attempts": self.attempts,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_seconds": self.duration_seconds,
-            "skipped_reason": self.skipped_reason,
-        }
-        _set(item, "__dict__", fields)
-        _set(item, "__pydantic_fields_set__", _ALL_ITEM_FIELDS)
-        _set(item, "__pydantic_extra__", None)
-        _set(item, "__pydantic_private__", None)
-        return item
 
 
 class MapState:
     """One map step expanded in a run: its items and their results (guarded by the run's lock).
 
+    An item's live state is kept in columns, one list per field indexed by the item (``status``,
+    ``output``, ``attempts``, ``started``, ``finished``, ``duration``; errors and skip reasons in dicts
+    by index, as few items have one): about 50 bytes an item, and no object per item for the garbage
+    collector to walk, where a ``StepResult`` model costs over a kilobyte. Pydantic rows are made from
+    the columns only where one leaves the run: the durable store's item rows, and the ``ItemResult``
+    views.
+
     Attributes:
         name: the map step.
         spec: its spec, shared by every item.
         values: the items.
-        results: each item's live state (a compact :class:`_ItemRow`), ``None`` until it has one.
-        pending: indices cleared by the graph, waiting for a slot under ``limit``.
-        slots: indices decided and not final (each holds one of ``limit``'s slots).
+        status, output, attempts, started, finished, duration, errors, reasons: the columns.
+        next: items before it are in the graph or done, or were kept by a resume.
+        undecided: items not in the graph yet (they wait for a slot under ``limit`` or ``wave``).
+        held: items in the graph and not final (each holds one of ``limit``'s slots).
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
         started_at: when the step was expanded.
         context: what its items' templates resolve against (its ``item`` set per item), once needed.
-        template: its parameters parsed once for every item (``parsed``); ``None`` when they do not
-            parse (each item then resolves them itself, and fails with the error).
+        condition, templated: its parsed ``run_if``, and whether its parameters hold templates.
+        template: its parameters parsed once for every item; ``None`` when they do not parse (each
+            item then resolves them itself, and fails with the error) or hold no template.
     """
 
     __slots__ = (
+        "attempts",
+        "condition",
         "context",
+        "duration",
+        "errors",
+        "finished",
+        "held",
         "left",
         "limit",
         "name",
-        "parsed",
-        "pending",
-        "results",
-        "slots",
+        "next",
+        "output",
+        "reasons",
         "spec",
         "start_mono",
+        "started",
         "started_at",
+        "status",
         "template",
+        "templated",
+        "undecided",
         "values",
         "wave",
     )
@@ -247,99 +202,208 @@ class MapState:
         self.name = name
         self.spec = spec
         self.values = values
-        self.results: list[_ItemRow | None] = [None] * len(values)
-        if carried is not None and carried.total == len(values):  # a resume keeps completed items
-            for kept in carried.items:
-                if kept.status is TaskStatus.COMPLETED and 0 <= kept.index < len(values):
-                    self.results[kept.index] = _ItemRow.of(kept)
-        self.pending: deque[int] = deque()
-        self.slots: set[int] = set()
+        n = len(values)
+        self.status: list[TaskStatus] = [_PENDING] * n
+        self.output: list[Any] = [None] * n
+        self.attempts: list[int] = [0] * n
+        self.started: list[datetime | None] = [None] * n
+        self.finished: list[datetime | None] = [None] * n
+        self.duration: list[float | None] = [None] * n
+        self.errors: dict[int, ErrorInfo] = {}
+        self.reasons: dict[int, str] = {}
+        kept = 0
+        if carried is not None and carried.total == n:  # a resume keeps completed items
+            for item in carried.items:
+                if item.status is TaskStatus.COMPLETED and 0 <= item.index < n:
+                    kept += self.status[item.index] is _PENDING
+                    self._take(item.index, item)
+        self.next = 0
+        self.undecided = self.left = n - kept
+        self.held = 0
         self.limit = spec.max_parallel
         self.wave = wave
-        self.left = sum(1 for r in self.results if r is None)
         self.started_at = utcnow()
         self.start_mono = time.monotonic()
         self.context: TemplateContext | None = None
+        self.condition: Condition | None = None
+        self.templated = False
         self.template: Template | None = None
-        self.parsed = False
 
-    def parameters(self, ctx: TemplateContext) -> Any:
-        """The step's parameters resolved for the item in ``ctx``, parsed on the first call only."""
-        if not self.parsed:
-            self.parsed = True
-            try:
-                self.template = Template(self.spec.parameters, ctx.steps)
-            except OrchestrationError:
-                self.template = None
-        if self.template is None:
-            return resolve(self.spec.parameters, ctx)
-        return self.template.resolve(ctx)
+    def parse(self, condition: Condition | None, templated: bool, known: Collection[str]) -> None:
+        """Take the step's parsed ``run_if``, and parse its parameters once for every item if they hold
+        templates (``known``: the run's step names)."""
+        self.condition, self.templated = condition, templated
+        if not templated:
+            return
+        try:
+            self.template = Template(self.spec.parameters, known)
+        except OrchestrationError:
+            self.template = None
 
-    def to_run(self) -> Iterator[int]:
-        """The indices that have no kept result."""
-        return (i for i, r in enumerate(self.results) if r is None)
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` items to add to the graph, in index order (items kept by a resume are passed
+        over)."""
+        taken: list[int] = []
+        index, status = self.next, self.status
+        for _ in range(n):
+            while status[index] is not _PENDING:
+                index += 1
+            taken.append(index)
+            index += 1
+        self.next = index
+        self.undecided -= n
+        return taken
 
     def room(self) -> int:
-        """How many pending items may be decided now. Under ``max_parallel``: one per free slot. Without
+        """How many more items may join the graph now. Under ``max_parallel``: one per free slot. Without
         it: items go to the scheduler in waves of ``wave``, the next once half of one has finished, so
         a 100,000-item map keeps about ``wave`` scheduler tasks alive, not one per item (the workers run
         a few at a time whatever the queue holds). An item's task, its call and its parameters live
         from its wave's submission to its end: in small waves they die young, which spares the
         collector (they would otherwise outlive a generation-1 collection and add to the full ones)."""
-        held = len(self.slots)
+        held = self.held
         if self.limit is not None:
             return self.limit - held
         wave = self.wave
         return wave - held if held <= wave // 2 else 0
 
-    def settle(self, index: int, result: StepResult | ItemEnd) -> bool:
-        """Record item ``index``'s final result; True when it was the last one."""
-        previous = self.results[index]
-        if previous is None or not previous.status.is_terminal:
-            self.left -= 1
-        if isinstance(result, ItemEnd):
-            self.live(index).end(result.state)
-        else:
-            self.results[index] = _ItemRow.of(result)
-        self.slots.discard(index)
+    def start(self, index: int, attempt: int, started_at: datetime | None) -> bool:
+        """Attempt ``attempt`` of item ``index`` started; False if the item is final already (cancelled
+        between the scheduler's start and now)."""
+        status = self.status[index]
+        if status is not _PENDING and status is not _RUNNING and status is not _READY:
+            return False
+        self.attempts[index] = attempt
+        self.started[index] = self.started[index] or started_at or utcnow()
+        self.status[index] = _RUNNING
+        return True
+
+    def end(self, index: int, state: TaskState) -> bool | None:
+        """Item ``index`` ended with its task's final fields: True when it was the last one, None when
+        the item was final already (cancelled between its task's end and now: the end is ignored)."""
+        status = self.status[index]
+        if status is not _PENDING and status is not _RUNNING and status is not _READY:
+            return None
+        status = self.status[index] = state.status
+        self.output[index] = state.result if status is _COMPLETED else None
+        error = state.error
+        if error is not None:
+            self.errors[index] = error
+        self.attempts[index] = state.attempts
+        self.started[index] = state.started_at
+        self.finished[index] = state.finished_at or utcnow()
+        self.duration[index] = state.duration_seconds
+        self.left -= 1
+        self.held -= 1
         return self.left == 0
 
-    def live(self, index: int) -> _ItemRow:
-        """The item's row, made on its first start."""
-        row = self.results[index]
-        if row is None:
-            row = self.results[index] = _ItemRow()
-        return row
+    def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
+        """Record item ``index``'s final result; True when it was the last one."""
+        self._take(index, result)
+        self.left -= 1
+        self.held -= held  # an item that never had a node held no slot
+        return self.left == 0
+
+    def _take(self, index: int, source: StepResult | ItemResult) -> None:
+        self.status[index] = source.status
+        self.output[index] = source.output
+        self.attempts[index] = source.attempts
+        self.started[index] = source.started_at
+        self.finished[index] = source.finished_at
+        self.duration[index] = source.duration_seconds
+        if source.error is not None:
+            self.errors[index] = source.error
+        if source.skipped_reason is not None:
+            self.reasons[index] = source.skipped_reason
+
+    def step_result(self, index: int) -> StepResult:
+        """Item ``index`` as a durable store keeps it (named ``<step>[<index>]``)."""
+        return StepResult(
+            name=item_name(self.name, index),
+            status=self.status[index],
+            output=self.output[index],
+            error=self.errors.get(index),
+            attempts=self.attempts[index],
+            started_at=self.started[index],
+            finished_at=self.finished[index],
+            duration_seconds=self.duration[index],
+            skipped_reason=self.reasons.get(index),
+        )
+
+    def items(self) -> list[ItemResult]:
+        """Every item as the run record shows it. Built unvalidated (the fields are typed already), as
+        ``model_construct`` builds a model but without its per-field search for aliases and defaults
+        (a 100,000-item map builds 100,000 of these at its end), and sharing one fields-set that
+        names every field: a set of its own costs each item 728 bytes, more than the rest of the
+        model, and adding a field name to this one changes nothing."""
+        errors, reasons = self.errors, self.reasons
+        out: list[ItemResult] = []
+        for index, status, output, attempts, started, finished, duration in zip(
+            range(len(self.status)),
+            self.status,
+            self.output,
+            self.attempts,
+            self.started,
+            self.finished,
+            self.duration,
+            strict=True,
+        ):
+            item = _new_item(ItemResult)
+            fields = {
+                "index": index,
+                "status": status,
+                "output": output,
+                "error": errors.get(index) if errors else None,
+                "attempts": attempts,
+                "started_at": started,
+                "finished_at": finished,
+                "duration_seconds": duration,
+                "skipped_reason": reasons.get(index) if reasons else None,
+            }
+            _set(item, "__dict__", fields)
+            _set(item, "__pydantic_fields_set__", _ALL_ITEM_FIELDS)
+            _set(item, "__pydantic_extra__", None)
+            _set(item, "__pydantic_private__", None)
+            out.append(item)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Items by status (list.count compares by identity first: no hashing of the enum per item)."""
+        status = self.status
+        found = {s.value: status.count(s) for s in TaskStatus}
+        return {k: n for k, n in found.items() if n}
 
     def view(self) -> MapItems:
         """The items as the run record shows them."""
-        items = [ItemResult(index=i) if r is None else r.item(i) for i, r in enumerate(self.results)]
-        counts: dict[str, int] = {}
-        for item in items:
-            counts[item.status.value] = counts.get(item.status.value, 0) + 1
-        return MapItems(total=len(items), counts=counts, required=self.spec.required, items=items)
+        return MapItems(
+            total=len(self.status), counts=self.counts(), required=self.spec.required, items=self.items()
+        )
 
     def result(self, *, cancelled: bool) -> StepResult:
         """The map step's final result, once every item is final."""
         view = self.view()
-        failed = [i for i in view.items if i.status in _FAILED]
-        status, output, error = TaskStatus.COMPLETED, map_output(view.items, required=view.required), None
+        status, output, error = TaskStatus.COMPLETED, None, None
         if cancelled:
-            status, output = TaskStatus.CANCELLED, None
-        elif failed and view.required:
+            status = TaskStatus.CANCELLED
+        elif view.required and any(s.value in view.counts for s in _FAILED):
+            failed = [i for i, s in enumerate(self.status) if s in _FAILED]
             shown = "; ".join(
-                f"[{i.index}] {i.error.message if i.error else i.status.value}"
+                f"[{i}] {self.errors[i].message if i in self.errors else self.status[i].value}"
                 for i in failed[:_ERRORS_SHOWN]
             )
             more = f"; and {len(failed) - _ERRORS_SHOWN} more" if len(failed) > _ERRORS_SHOWN else ""
             message = f"{len(failed)} of {view.total} items failed: {shown}{more}"
-            status, output, error = TaskStatus.FAILED, None, ErrorInfo(message=message, type="MapItemsFailed")
+            status, error = TaskStatus.FAILED, ErrorInfo(message=message, type="MapItemsFailed")
+        elif view.required:  # the outputs straight from the columns (map_output reads the models)
+            output = [o for o, s in zip(self.output, self.status, strict=True) if s is _COMPLETED]
+        else:
+            output = map_output(view.items, required=False)
         return StepResult(
             name=self.name,
             status=status,
             output=output,
             error=error,
-            attempts=max((i.attempts for i in view.items), default=0),
+            attempts=max(self.attempts, default=0),
             started_at=self.started_at,
             finished_at=utcnow(),
             duration_seconds=round(time.monotonic() - self.start_mono, 6),
@@ -347,14 +411,22 @@ class MapState:
         )
 
 
+_PENDING, _READY, _RUNNING = TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RUNNING  # not final
+_COMPLETED = TaskStatus.COMPLETED
 _FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 
 
 class RunMaps:
     """The map steps one run has expanded, and the transitions of their items. Every method but
-    :meth:`step_of` runs under the run's lock, called by the run's own transitions."""
+    :meth:`step_of` and :meth:`item_started` runs under the run's lock, called by the run's own
+    transitions.
 
-    __slots__ = ("limit", "maps", "run", "wave")
+    Items join the run's dependency graph as slots open (:meth:`pump`: a wave or ``max_parallel`` at a
+    time, in index order, not all 100,000 at the expansion), are decided when the graph hands them out
+    (:meth:`ready`), and are forgotten by the graph once done: it holds the items in flight, not every
+    item of the map. The step's own node is done when its last item is final."""
+
+    __slots__ = ("limit", "maps", "run", "starts", "wave")
 
     def __init__(self, run: RunState, limit: int) -> None:
         # A weak back-reference: the run owns its maps, and a cycle between them would keep every
@@ -365,6 +437,10 @@ class RunMaps:
         # Without max_parallel, the items of a map step in the scheduler at once: WAVE, or twice the
         # scheduler's workers if that is more, so that every worker has an item to take (RunState.begin).
         self.wave = WAVE
+        # Item starts reported by workers without the lock (deque appends are thread-safe), applied in
+        # order under the run's lock before an item's state is read or ended (apply_starts), as the
+        # run does for steps: at most the items in flight wait here.
+        self.starts: deque[tuple[MapState, int, int, datetime | None]] = deque()
 
     def __bool__(self) -> bool:
         return bool(self.maps)
@@ -375,21 +451,34 @@ class RunMaps:
         return name[: name.rindex("[")] if name.endswith("]") else name  # split_item without the int
 
     def item_status(self, name: str) -> TaskStatus:
+        self.apply_starts()
         step, index = split_item(name)
-        result = self.maps[step].results[index]
-        return result.status if result is not None else TaskStatus.PENDING
+        return self.maps[step].status[index]
+
+    def item_started(self, state: MapState, index: int, attempt: int, started_at: datetime | None) -> None:
+        """Report (without the lock) that an item's attempt started: the record shows it from the next
+        transition or read on (at once for a durable store, which other processes read)."""
+        self.starts.append((state, index, attempt, started_at))
+        if self.run.saves_steps:
+            with self.run.lock:
+                self.apply_starts()
+
+    def apply_starts(self) -> None:
+        """Apply the item starts reported so far (under the lock; a start after its item's end is
+        dropped)."""
+        starts = self.starts
+        saves = self.run.saves_steps
+        while starts:
+            state, index, attempt, started_at = starts.popleft()
+            if state.start(index, attempt, started_at) and saves:
+                self.run.save(state.step_result(index))
 
     def started(self, name: str, attempt: int, started_at: datetime | None) -> None:
         """Attempt ``attempt`` of item ``name`` started (as ``RunState._apply_starts`` for a step)."""
         step, index = split_item(name)
-        row = self.maps[step].live(index)
-        if row.status.is_terminal:  # cancelled between the scheduler's start and now
-            return
-        row.attempts = attempt
-        row.started_at = row.started_at or started_at or utcnow()
-        row.status = TaskStatus.RUNNING
-        if self.run.saves_steps:
-            self.run.save(row.step_result(name))
+        state = self.maps[step]
+        if state.start(index, attempt, started_at) and self.run.saves_steps:
+            self.run.save(state.step_result(index))
 
     def items_of(self, name: str, step: StepSpec) -> tuple[TaskStatus, str | None, Any]:
         """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
@@ -400,7 +489,8 @@ class RunMaps:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 
     def expand(self, name: str, values: list[Any], advance: Advance) -> None:
-        """Add one graph node per item still to run; the step ends when its last item does."""
+        """Start the map step: its items still to run are decided as slots allow (:meth:`pump`); the
+        step ends when its last item does."""
         run = self.run
         spec = run.spec_of(name)
         state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items, self.wave)
@@ -412,63 +502,111 @@ class RunMaps:
         )
         run.record.steps[name] = row
         run.save(row)
+        state.parse(*run.condition_of(name), run.record.steps)
         if state.left == 0:  # an empty list, or every item kept by a resume
             run.settle(state.result(cancelled=run.cancelled), advance)
-            return
-        for index in state.to_run():
-            run.graph.add(item_name(name, index))
-
-    def ready(self, name: str) -> None:
-        step, index = split_item(name)
-        self.maps[step].pending.append(index)
 
     def pump(self, advance: Advance) -> None:
-        """Decide the items that have a slot under their step's ``max_parallel`` (all of them once the
-        run is cancelled: they settle at once)."""
+        """Add to the graph the items that have a slot under their step's ``max_parallel`` or wave;
+        once the run is cancelled, the items not in it settle at once, without a node."""
         run = self.run
         for state in self.maps.values():
-            pending = state.pending
-            for _ in range(len(pending) if run.cancelled else min(len(pending), state.room())):
-                index = pending.popleft()
-                node = item_name(state.name, index)
-                status, reason, payload = self._decide(state, index)
-                if status is TaskStatus.READY:
-                    state.slots.add(index)
-                    run.admit(node, payload, advance)
-                else:
-                    result = StepResult(name=node, status=status, skipped_reason=reason, error=payload)
-                    result.finished_at = utcnow()
-                    self.settle(result, advance)
+            if not state.undecided:
+                continue
+            if run.cancelled:
+                for index in state.take(state.undecided):
+                    result = StepResult(
+                        name=item_name(state.name, index),
+                        status=TaskStatus.CANCELLED,
+                        skipped_reason="run cancelled",
+                        finished_at=utcnow(),
+                    )
+                    self._settle(state, index, result, advance, None)
+                continue
+            n = min(state.undecided, state.room())
+            if n > 0:
+                state.held += n
+                add, prefix = run.graph.add, state.name + "["
+                for index in state.take(n):
+                    add(f"{prefix}{index}]")
 
-    def settle(self, result: StepResult | ItemEnd, advance: Advance) -> None:
-        """An item's final result: saved as its own row; its step settles with the last one."""
-        run = self.run
-        name = result.name
+    def ready(self, name: str, advance: Advance) -> None:
+        """Item ``name`` handed out by the graph: submitted (through the run's ``admit``), or settled
+        when it will not run."""
         step, index = split_item(name)
         state = self.maps[step]
-        last = state.settle(index, result)
-        run.task_ids.pop(name, None)  # only cancel reads it: 100,000 entries kept for nothing
-        if isinstance(result, StepResult):
-            run.save(result)
-        elif run.saves_steps:
-            run.save(state.live(index).step_result(name))
-        run.graph.done(name)
+        status, reason, payload = self._decide(state, index)
+        if status is TaskStatus.READY:
+            self.run.admit(name, payload, advance)
+            return
+        result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
+        result.finished_at = utcnow()
+        self._settle(state, index, result, advance, name)
+
+    def settle(self, result: StepResult | ItemEnd, advance: Advance) -> None:
+        """An item's final result: a scheduled item's end, or a result given as a step's (submission
+        refused, question answered, cached, cancelled in the run's queue); saved as its own row. Its
+        step settles with the last one."""
+        self.run.task_ids.pop(result.name, None)  # only cancel reads it: not kept for final items
+        if isinstance(result, ItemEnd):
+            self._finished(result, advance)
+            return
+        step, index = split_item(result.name)
+        self._settle(self.maps[step], index, result, advance, result.name)
+
+    def _finished(self, end: ItemEnd, advance: Advance) -> None:
+        """A scheduled item's end (unless the item is final already: cancelled meanwhile)."""
+        self.apply_starts()
+        state, index = end.map, end.position
+        last = state.end(index, end.state)
+        if last is None:
+            return
+        run = self.run
+        if run.saves_steps:
+            run.save(state.step_result(index))
+        run.graph.done(end.name, forget=True)  # the graph holds the items in flight, not all of them
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
+    def register(self, state: MapState, items: Sequence[tuple[int, str]], task_ids: Sequence[str]) -> bool:
+        """Remember the scheduler tasks of submitted items of ``state`` ((index, name) pairs, and their
+        task ids) in the run's task ids (what cancel stops) unless the item is final already (an item
+        forgets its task when it settles); False if the run was cancelled meanwhile (the caller cancels
+        them). One acquisition of the run's lock for the row, each status checked by index."""
+        run = self.run
+        with run.lock:
+            status, ids = state.status, run.task_ids
+            for (index, name), task_id in zip(items, task_ids, strict=True):
+                s = status[index]
+                if s is _PENDING or s is _RUNNING or s is _READY:
+                    ids[name] = task_id
+            return not run.cancelled
+
     def show(self, steps: dict[str, StepResult]) -> None:
         """Put the live items of running map steps into a snapshot's ``steps``."""
+        self.apply_starts()
         for name, state in self.maps.items():
             if not steps[name].status.is_terminal:
                 steps[name] = steps[name].model_copy(update={"items": state.view()})
+
+    def _settle(
+        self, state: MapState, index: int, result: StepResult, advance: Advance, node: str | None
+    ) -> None:
+        """Settle an item from a step's result; ``node``: its graph node (None: it never had one)."""
+        run = self.run
+        last = state.settle(index, result, held=node is not None)
+        run.save(result)
+        if node is not None:
+            run.graph.done(node, forget=True)
+        if last:
+            run.settle(state.result(cancelled=run.cancelled), advance)
 
     def _decide(self, state: MapState, index: int) -> tuple[TaskStatus, str | None, Any]:
         """READY with the item's parameters, or why it will not run (as ``RunState._decide``)."""
         run = self.run
         if run.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None
-        condition, templated = run.condition_of(state.name)
-        spec = state.spec
+        condition, templated, spec = state.condition, state.templated, state.spec
         if condition is None and not templated:
             return TaskStatus.READY, None, spec.parameters
         ctx = state.context
@@ -478,7 +616,14 @@ class RunMaps:
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
-            return TaskStatus.READY, None, state.parameters(ctx) if templated else spec.parameters
+            if not templated:
+                return TaskStatus.READY, None, spec.parameters
+            template = state.template
+            return (
+                TaskStatus.READY,
+                None,
+                template.resolve(ctx) if template else resolve(spec.parameters, ctx),
+            )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
 

@@ -212,7 +212,7 @@ class RunState:
             self._apply_starts(ending=result.name)
             if held_slot and self.max_parallel is not None:
                 self.in_flight -= 1
-            if not self.status_of(result.name).is_terminal:
+            if isinstance(result, ItemEnd) or not self.status_of(result.name).is_terminal:  # item: by index
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
@@ -439,7 +439,7 @@ class RunState:
                 break
             for name in ready:
                 if is_item(name):
-                    self.maps.ready(name)  # decided when its map step has a slot (pump)
+                    self.maps.ready(name, advance)  # decided when the graph hands it out
                     continue
                 if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
                     graph.done(name)

@@ -3,7 +3,8 @@
 :class:`DependencyGraph` follows CPython's ``graphlib.TopologicalSorter`` protocol (``prepare()``,
 ``get_ready()``, ``done()``) and adds one thing graphlib cannot do: nodes may be added while the graph
 runs. A node added after ``prepare()`` may depend only on nodes that already exist, so it can never close
-a cycle; map steps use this to add one node per item, and the scheduler to add each submitted task.
+a cycle; map steps use this to add a node per item as its slot opens, and the scheduler to add each
+submitted task.
 
 The graph tracks readiness only. What a finished node's *outcome* was (completed, failed, skipped) is
 its owner's business: when a node comes out of ``get_ready()`` the owner looks at its dependencies'
@@ -172,8 +173,9 @@ class DependencyGraph(Generic[K]):
         self._handed += len(ready)
         return ready
 
-    def done(self, *nodes: K) -> None:
+    def done(self, *nodes: K, forget: bool = False) -> None:
         """Mark handed-out nodes as settled (whatever their outcome); dependents may become ready.
+        ``forget``: then forget them too, as :meth:`discard` does (a map step's items, once done).
 
         Raises:
             InvalidInputError: a node is unknown.
@@ -197,6 +199,8 @@ class DependencyGraph(Generic[K]):
                 if waiting.unfinished == 0 and waiting.state == _WAITING:
                     waiting.state = _READY
                     self._ready.append(child)
+            if forget:
+                del table[node]
 
     def is_active(self) -> bool:
         """True while some node is not done (ready, handed out, or waiting on a dependency)."""

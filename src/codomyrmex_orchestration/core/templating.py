@@ -370,6 +370,13 @@ def _compile_string(text: str, known: Collection[str]) -> _Build:
         return lambda ctx, budget: text
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
         ref = _parse_reference(matches[0].group(1), known)
+        if ref.root in ITEM_ROOTS and not ref.path:  # a map step's {{item}} / {{index}}: once per item
+            at = ITEM_ROOTS.index(ref.root)
+
+            def item(ctx: TemplateContext, budget: _Budget) -> Any:
+                return lookup(ref, ctx) if ctx.item is None else ctx.item[at]  # None: lookup explains
+
+            return item
         return lambda ctx, budget: lookup(ref, ctx)
     pieces: list[tuple[str, str, Reference]] = []  # (literal before, reference text, reference)
     last = 0
