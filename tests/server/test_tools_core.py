@@ -306,29 +306,6 @@ async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_requ
     assert [record.status for record in finals] == [TaskStatus.CANCELLED] * 6
 
 
-async def test_execute_task_cancelled_before_the_loop_hands_its_task_over_starts_nothing(
-    tools: OrchestrationMCPTools,
-) -> None:
-    echo = {"module": "core", "action": "echo"}
-    await tools.execute_tool_async("execute_task", {"name": "warm", **echo})  # the engine is up
-    orchestrator = tools.engine.task_orchestrator
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(tools.execute_tool_async, "execute_task", {"name": "never", **echo})
-            # One turn of the loop: the call runs up to its wait and leaves the hand-over to the loop's next
-            # callback, which runs after this task (asyncio runs callbacks in the order they were queued).
-            await anyio.lowlevel.checkpoint()
-            tg.cancel_scope.cancel()
-        # The call handed over after its cancellation would have started by now (a loop turn later).
-        await anyio.lowlevel.checkpoint()
-    assert [task.name for task in orchestrator.list_tasks()] == ["warm"]
-    # A call that is not cancelled hands its task over and gets its result.
-    done = await tools.execute_tool_async(
-        "execute_task", {"name": "after", **echo, "parameters": {"message": 7}}
-    )
-    assert done.structured is not None and done.structured["result"] == 7
-
-
 async def test_get_task_waits_without_a_thread_and_an_abandoned_wait_leaves_the_task_running(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -197,11 +197,6 @@ class _Tool:
     # ``_Pending`` delivered by on_settled. Anything taking a run's lock, the store or a session's lock
     # (get_workflow_run, create_session, execute_workflow...) runs in a worker thread.
     starts_on_loop: bool = False
-    # ``run`` (on the loop) only hands work to a scheduler worker and returns a ``_Pending`` that delivers
-    # it. It is run by a loop callback once the handler has suspended on its wait: the worker it wakes then
-    # finds the loop waiting for I/O, not still running the rest of this request's Python, which the worker
-    # would have to wait for before it could start (docs/PERFORMANCE.md: the worker starts ~30 µs sooner).
-    hands_off: bool = False
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -799,7 +794,6 @@ def _build_tools() -> tuple[_Tool, ...]:
             _execute_task,
             open_world=True,
             starts_on_loop=True,
-            hands_off=True,
         ),
         _Tool(
             "get_system_status",
@@ -1217,11 +1211,7 @@ class OrchestrationMCPTools:
             return await self._call_with_progress(name, tool, args, progress)
         try:
             if tool.starts_on_loop and self.engine_started:
-                loop = _running_asyncio_loop() if tool.hands_off else None
-                if loop is not None:
-                    outcome = await self._hand_off(loop, tool, args)
-                else:
-                    outcome = tool.run(self, args, _Call())
+                outcome = tool.run(self, args, _Call())
             else:
                 outcome = await anyio.to_thread.run_sync(
                     tool.run, self, args, _Call(), limiter=self._call_limiter
@@ -1288,38 +1278,12 @@ class OrchestrationMCPTools:
                 pending.wait, pending.timeout, limiter=self._wait_limiter, abandon_on_cancel=True
             )
         except anyio.get_cancelled_exc_class():
-            await self._cancel_work(pending)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(pending.cancel, limiter=self._call_limiter)
+                except Exception as exc:  # best effort: the request is gone
+                    log.warning("tool.cancel_failed", error=str(exc))
             raise
-
-    async def _hand_off(self, loop: asyncio.AbstractEventLoop, tool: _Tool, args: BaseModel) -> _Outcome:
-        """Run a ``hands_off`` tool from a loop callback and wait on the loop for what its work delivers.
-
-        The callback runs after this coroutine suspended on the wait, so that what the loop still does
-        in this turn is over before the work exists. A request cancelled before the callback ran starts
-        nothing; one cancelled after cancels the work, as :meth:`_await_pending` does.
-        """
-        started: list[_Pending] = []
-
-        def start() -> _Outcome:
-            outcome = tool.run(self, args, _Call())
-            if isinstance(outcome, _Pending):
-                started.append(outcome)
-            return outcome
-
-        try:
-            return await _delivered_on_asyncio(loop, start, defer=True)
-        except anyio.get_cancelled_exc_class():
-            if started:
-                await self._cancel_work(started[0])
-            raise
-
-    async def _cancel_work(self, pending: _Pending) -> None:
-        """Cancel the work of a request that was cancelled (shielded: the request's scope is cancelled)."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.to_thread.run_sync(pending.cancel, limiter=self._call_limiter)
-            except Exception as exc:  # best effort: the request is gone
-                log.warning("tool.cancel_failed", error=str(exc))
 
     @staticmethod
     async def _await_delivery(
@@ -1328,11 +1292,15 @@ class OrchestrationMCPTools:
         unfinished: Callable[[float], BaseModel],
     ) -> BaseModel:
         """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
-        loop = _running_asyncio_loop()
-        if loop is not None:
-            # It can deliver (subscribe and unfinished are set), so the outcome is its result.
-            return cast(BaseModel, await _delivered_on_asyncio(loop, lambda: pending, defer=False))
-        token = anyio.lowlevel.current_token()  # trio: anyio's event and token
+        try:
+            # asyncio's own loop, not anyio's token for it: the token costs two running-loop lookups per
+            # call, each a getpid() system call on Python 3.11.
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): anyio's event and token
+            pass
+        else:
+            return await _await_on_asyncio(loop, pending.timeout, subscribe, unfinished)
+        token = anyio.lowlevel.current_token()
         arrived = anyio.Event()
         delivered: list[BaseModel] = []
 
@@ -1346,30 +1314,16 @@ class OrchestrationMCPTools:
         return delivered[0] if delivered else unfinished(pending.timeout)
 
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or ``None`` on another backend (trio). asyncio's own loop rather than
-    anyio's token for it: the token costs two running-loop lookups, each a getpid() system call on
-    Python 3.11."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-async def _delivered_on_asyncio(
-    loop: asyncio.AbstractEventLoop, start: Callable[[], _Outcome], *, defer: bool
-) -> _Outcome:
-    """``start()``'s outcome; when it is a ``_Pending`` that can deliver, what it delivers, waited for
-    with asyncio's own future and timer (the same wait for a fraction of the loop's work of an anyio
-    Event inside a cancel scope: the server's loop does it at every call), or at its time limit its
-    handle as it stands. Any other ``_Pending`` is returned as it is, for a thread to wait on.
-
-    ``defer``: ``start`` runs in a loop callback, once the caller is suspended on the wait (nothing is
-    started if the caller was cancelled by then). A cancelled request cancels the await like any other
-    (the caller cancels the work).
-    """
-    arrived: asyncio.Future[_Outcome | None] = loop.create_future()
-    limits: list[tuple[Callable[[float], BaseModel], float, asyncio.TimerHandle]] = []
+async def _await_on_asyncio(
+    loop: asyncio.AbstractEventLoop,
+    seconds: float,
+    subscribe: Callable[[Callable[[BaseModel], None]], None],
+    unfinished: Callable[[float], BaseModel],
+) -> BaseModel:
+    """``_await_delivery`` with asyncio's own future and timer: the same wait for a fraction of the
+    loop's work of an anyio Event inside a cancel scope (the server's loop does it at every call).
+    A cancelled request cancels the await like any other (the caller cancels the work)."""
+    arrived: asyncio.Future[BaseModel | None] = loop.create_future()
 
     def settle(result: BaseModel | None) -> None:
         if not arrived.done():
@@ -1381,34 +1335,13 @@ async def _delivered_on_asyncio(
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             return
 
-    def begin() -> None:
-        if arrived.done():  # cancelled before its turn
-            return
-        try:
-            outcome = start()
-        except Exception as exc:
-            arrived.set_exception(exc)
-            return
-        if not isinstance(outcome, _Pending) or outcome.subscribe is None or outcome.unfinished is None:
-            arrived.set_result(outcome)
-            return
-        outcome.subscribe(deliver)
-        # A timer, not a cancel scope: the wait's limit.
-        limits.append((outcome.unfinished, outcome.timeout, loop.call_later(outcome.timeout, settle, None)))
-
-    if defer:
-        loop.call_soon(begin)
-    else:
-        begin()
+    subscribe(deliver)
+    timer = loop.call_later(seconds, settle, None)  # a timer, not a cancel scope: the wait's limit
     try:
         result = await arrived
     finally:
-        for _, _, timer in limits:
-            timer.cancel()
-    if result is None:  # the time limit
-        unfinished, seconds, _ = limits[0]
-        return unfinished(seconds)
-    return result
+        timer.cancel()
+    return result if result is not None else unfinished(seconds)
 
 
 def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> None:
