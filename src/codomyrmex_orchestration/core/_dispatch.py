@@ -507,7 +507,7 @@ def _deliver_early(
     outcome = Outcome(task, status, result, info, finished_at, mono)
     on_done = task.on_done  # read under the lock when the attempt started; nothing changes it after a claim
     if on_done is not None:
-        safe_call(on_done, "on_done", task, outcome if task.live_state else outcome.record(task))
+        safe_call(on_done, "on_done", task, outcome if task.live_state else task.snapshot(outcome))
     return outcome
 
 

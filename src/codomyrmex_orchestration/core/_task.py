@@ -134,23 +134,26 @@ class Task:
             return self.mono_finished - self.mono_started
         return None
 
-    def snapshot(self) -> TaskRecord:
+    def snapshot(self, outcome: Outcome | None = None) -> TaskRecord:
+        """A record of the task as it stands, or as ``outcome`` ends it (handed to ``on_done`` before the
+        scheduler records the end)."""
         # Validating is cheaper than model_construct here (pydantic-core does it in Rust, ~2 µs).
+        state: Task | Outcome = self if outcome is None else outcome
         return TaskRecord(
             task_id=self.id,
             name=self.name,
-            status=self.status,
+            status=state.status,
             priority=self.priority,
-            result=self.result,
-            error=self.error,
-            attempts=self.attempts,
+            result=state.result,
+            error=state.error,
+            attempts=state.attempts,
             dependencies=self.dependencies,
             run_id=self.run_id,
             step_name=self.step_name,
             submitted_at=self.submitted_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            duration_seconds=self.duration_seconds,
+            started_at=state.started_at,
+            finished_at=state.finished_at,
+            duration_seconds=state.duration_seconds,
         )
 
     def __repr__(self) -> str:
@@ -190,25 +193,6 @@ class Outcome:
         self.started_at = task.started_at
         self.finished_at = finished_at
         self.duration_seconds = mono - task.mono_started if task.mono_started is not None else None
-
-    def record(self, task: Task) -> TaskRecord:
-        """The final :class:`TaskRecord` of ``task`` (for callbacks not given live state)."""
-        return TaskRecord(
-            task_id=task.id,
-            name=task.name,
-            status=self.status,
-            priority=task.priority,
-            result=self.result,
-            error=self.error,
-            attempts=self.attempts,
-            dependencies=task.dependencies,
-            run_id=task.run_id,
-            step_name=task.step_name,
-            submitted_at=task.submitted_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            duration_seconds=self.duration_seconds,
-        )
 
 
 #: An event to hand to listeners and callbacks: (task, event name, snapshot taken at the event, final?).
