@@ -57,13 +57,8 @@ class _StepCall(RunCall):
         mark: int | None,
         cache_key: str | None = None,
     ) -> None:
+        super().__init__(driver, run, name, func, params, mark)
         self.cache_key = cache_key  # the step cache's key of this call (None: the step is not cached)
-        self.driver = driver
-        self.run = run
-        self.name = name
-        self.func = func
-        self.params = params
-        self.mark = mark  # the store's write mark when the step was cleared to run (its parents saved)
 
     def started(self, state: TaskState) -> None:
         self.driver.step_started(self, state)
@@ -186,19 +181,11 @@ class RunDriver:
                 call,
                 action=self._action(run, step, params) if self._remote else None,
                 name=f"{run.record.workflow_name}.{name}",
-                priority=run.priority_of(name),
-                timeout=step.timeout,
-                max_retries=step.max_retries,
-                retry_delay=step.retry_delay,
-                backoff=step.backoff,
-                resources=step.resources or run.default_resources,
-                run_id=run.run_id,
                 step_name=name,
-                session_id=run.client,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
                 on_start=call.started,
                 on_done=call.done,
-                live_state=True,  # both callbacks copy the few fields they need at once
+                **_settings(run, step, name),
             )
         except OrchestrationError as exc:
             result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
@@ -233,18 +220,7 @@ class RunDriver:
         action = partial(self._action, run, step) if self._remote else None
         state, items, calls = item_calls(self, run, entries, func, mark, action)
         try:
-            task_ids = self.orchestrator.submit_many(
-                calls,
-                priority=run.priority_of(first),
-                timeout=step.timeout,
-                max_retries=step.max_retries,
-                retry_delay=step.retry_delay,
-                backoff=step.backoff,
-                resources=step.resources or run.default_resources,
-                run_id=run.run_id,
-                session_id=run.client,
-                live_state=True,
-            )
+            task_ids = self.orchestrator.submit_many(calls, **_settings(run, step, first))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work, submitted)
             return
@@ -360,3 +336,20 @@ class RunDriver:
             self.orchestrator.cancel_task(task_id, "run cancelled")
         except TaskNotFoundError:  # already final and forgotten by the scheduler's retention
             pass
+
+
+def _settings(run: RunState, step: StepSpec, name: str) -> dict[str, Any]:
+    """The scheduler settings a step (or a row of a map step's items) is submitted with: its priority,
+    timeout, retry policy and resources, the run and the client it is queued for; live state, as both
+    callbacks copy the few fields they need at once."""
+    return {
+        "priority": run.priority_of(name),
+        "timeout": step.timeout,
+        "max_retries": step.max_retries,
+        "retry_delay": step.retry_delay,
+        "backoff": step.backoff,
+        "resources": step.resources or run.default_resources,
+        "run_id": run.run_id,
+        "session_id": run.client,
+        "live_state": True,
+    }

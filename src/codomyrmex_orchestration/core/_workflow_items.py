@@ -27,17 +27,26 @@ __all__ = ["ItemCall", "RunCall", "item_calls"]
 
 class RunCall:
     """The callable the scheduler runs for one step or item of a run: the action, called with the run's
-    context (the sub-run starter, the depth, the driver's extras). Subclasses set every slot and add
-    the start/done callbacks (one object per queued call instead of three closures)."""
+    context (the sub-run starter, the depth, the driver's extras). Subclasses add the start/done
+    callbacks (one object per queued call instead of three closures)."""
 
     __slots__ = ("driver", "func", "mark", "name", "params", "run")
 
-    driver: RunDriver
-    run: RunState
-    name: str
-    func: Callable[[dict[str, Any], ActionContext], Any]
-    params: dict[str, Any]
-    mark: int | None  # the store's write mark when it was cleared to run (its parents saved)
+    def __init__(
+        self,
+        driver: RunDriver,
+        run: RunState,
+        name: str,
+        func: Callable[[dict[str, Any], ActionContext], Any],
+        params: dict[str, Any],
+        mark: int | None,
+    ) -> None:
+        self.driver = driver
+        self.run = run
+        self.name = name
+        self.func = func
+        self.params = params
+        self.mark = mark  # the store's write mark when it was cleared to run (its parents saved)
 
     def __call__(self, ctx: ActionContext) -> Any:
         ctx.run_workflow = self.driver.run_child
@@ -63,14 +72,9 @@ class ItemCall(RunCall):
         params: dict[str, Any],
         mark: int | None,
     ) -> None:
-        self.driver = driver
-        self.run = run
+        super().__init__(driver, run, name, func, params, mark)
         self.map = state
         self.index = index
-        self.name = name
-        self.func = func
-        self.params = params
-        self.mark = mark
 
     def started(self, state: TaskState) -> None:
         if self.mark is not None:
