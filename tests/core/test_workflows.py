@@ -699,3 +699,25 @@ def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a
         assert manager.wait_run(failed.run_id, 10).status is WorkflowStatus.COMPLETED
         assert calls[failed.run_id] == 2  # the failed run's call and one resumed run's
     store.close()
+
+
+def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_others(
+    registry: ActionRegistry,
+) -> None:
+    orch = TaskOrchestrator(1, registry=registry, max_queued=3)
+    gate = threading.Event()
+    try:
+        busy = orch.submit(lambda ctx: gate.wait(10), name="busy")  # holds the one worker
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        manager.create_workflow("wide", [step(f"s{i}") for i in range(5)])
+        run_id = manager.execute_workflow("wide", wait=False).run_id
+        gate.set()
+        orch.wait(busy, timeout=10)
+        record = manager.wait_run(run_id, timeout=10)
+    finally:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=10)
+    statuses = {name: result.status for name, result in record.steps.items()}
+    assert sorted(n for n, s in statuses.items() if s is TaskStatus.COMPLETED) == ["s0", "s1", "s2"]
+    assert record.status is WorkflowStatus.FAILED and record.failed_steps == ["s3", "s4"]
+    error = record.steps["s4"].error
+    assert error is not None and "CODOMYRMEX_MAX_QUEUED_TASKS" in error.message

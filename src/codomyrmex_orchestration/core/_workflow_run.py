@@ -185,6 +185,8 @@ class RunState:
         # only for steps already cleared to run (so written before they were cleared).
         self._added: dict[str, _AddedStep] = {}
         self.maps = RunMaps(self, max_map_items)  # the map steps expanded so far, and their items
+        # Truthy once a map step expanded: until then no name is an item's, and no check for one is made.
+        self.items = self.maps.maps
         self.graph = _plan_graph(plan)
 
     # ------------------------------------------------------------------ transitions
@@ -286,21 +288,24 @@ class RunState:
             return self._drain(advance)
 
     def spec_of(self, name: str) -> StepSpec:
-        name = self.maps.step_of(name)  # an item runs its map step's spec
+        if self.items:
+            name = self.maps.step_of(name)  # an item runs its map step's spec
         added = self._added.get(name)
         return added.spec if added is not None else self.plan.dag.steps[name]
 
     def parents_of(self, name: str) -> tuple[str, ...]:
-        name = self.maps.step_of(name)
+        if self.items:
+            name = self.maps.step_of(name)
         added = self._added.get(name)
         return added.parents if added is not None else self.plan.parents[name]
 
     def status_of(self, name: str) -> TaskStatus:
         """A step's or an item's status (under the lock)."""
-        return self.maps.item_status(name) if is_item(name) else self.record.steps[name].status
+        return self.maps.item_status(name) if self.items and is_item(name) else self.record.steps[name].status
 
     def priority_of(self, name: str) -> TaskPriority:
-        name = self.maps.step_of(name)
+        if self.items:
+            name = self.maps.step_of(name)
         added = self._added.get(name)
         if added is not None:
             return added.spec.priority if "priority" in added.spec.model_fields_set else self.priority
@@ -386,7 +391,7 @@ class RunState:
             name, attempt, started_at = self._starts.popleft()
             if name == ending:  # its result replaces its row now, with the same attempts and start
                 continue
-            if is_item(name):
+            if self.items and is_item(name):
                 self.maps.started(name, attempt, started_at)
                 continue
             result = steps[name]
@@ -401,7 +406,7 @@ class RunState:
         name = result.name
         if self.waiting and self.waiting.pop(name, None) is not None:
             self._inputs_changed()
-        if is_item(name):
+        if self.items and is_item(name):
             self.maps.settle(result, advance)
             return
         assert isinstance(result, StepResult)  # an ItemEnd names an item
@@ -432,13 +437,13 @@ class RunState:
                 while self.queue and self.in_flight < limit and not self.cancelled:
                     self.in_flight += 1
                     advance.submit.append(self.queue.popleft())
-            if self.maps:
+            if self.items:
                 self.maps.pump(advance)
             ready = graph.get_ready()
             if not ready:
                 break
             for name in ready:
-                if is_item(name):
+                if self.items and is_item(name):
                     self.maps.ready(name, advance)  # decided when the graph hands it out
                     continue
                 if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
@@ -462,7 +467,7 @@ class RunState:
         limit = self.max_parallel
         if limit is not None and self.in_flight >= limit:
             self.queue.append((name, params))
-            if not is_item(name):
+            if not (self.items and is_item(name)):
                 self.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
             return
         if limit is not None:
