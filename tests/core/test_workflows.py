@@ -721,3 +721,28 @@ def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_other
     assert record.status is WorkflowStatus.FAILED and record.failed_steps == ["s3", "s4"]
     error = record.steps["s4"].error
     assert error is not None and "CODOMYRMEX_MAX_QUEUED_TASKS" in error.message
+
+
+def test_a_running_step_shows_in_snapshots_and_stats_when_nobody_listens_to_starts(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: ActionContext) -> str:
+        entered.set()
+        assert release.wait(10)
+        return "done"
+
+    registry.register(ActionDefinition("test", "hold", hold))
+    manager.create_workflow("held", [step("a", module="test", action="hold"), step("b", dependencies=["a"])])
+    run_id = manager.execute_workflow("held", wait=False).run_id
+    try:
+        assert entered.wait(10)
+        shown = manager.get_run(run_id).steps
+        assert (shown["a"].status, shown["a"].attempts) == (TaskStatus.RUNNING, 1)
+        assert shown["a"].started_at is not None and shown["b"].status is TaskStatus.PENDING
+        assert manager.stats()["active_steps_by_status"] == {"running": 1, "pending": 1}
+    finally:
+        release.set()
+    record = manager.wait_run(run_id, timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED and record.steps["a"].attempts == 1

@@ -195,7 +195,7 @@ class RunDriver:
                 name=f"{run.record.workflow_name}.{name}",
                 step_name=name,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                on_start=call.started,
+                on_start=call.started if run.hears_starts else None,
                 on_done=call.done,
                 batch=batch,
                 **_settings(run, step, name),

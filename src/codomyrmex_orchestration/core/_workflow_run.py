@@ -48,6 +48,8 @@ from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError
 __all__ = ["FAILED", "Advance", "RunState", "StepCallback", "new_record"]
 
 StepCallback = Callable[[RunRecord, StepResult], None]
+#: ``(attempts, first start)`` of each given task id that has started (the scheduler's started_attempts).
+StartsReader = Callable[[Collection[str]], dict[str, tuple[int, datetime | None]]]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 
@@ -150,8 +152,15 @@ class RunState:
         secrets: Callable[[str], str] | None = None,
         use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        starts_from: StartsReader | None = None,
     ) -> None:
         self.record = record
+        # Where the starts of this run's steps are read when a snapshot needs them (the scheduler's
+        # started_attempts), if the steps do not report them (``hears_starts``): reporting each start
+        # costs every step a callback and a queued row, which only listeners, ``on_step`` and a durable
+        # store need at the moment it happens.
+        self._starts_from = starts_from
+        self.hears_starts = starts_from is None
         self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
         self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
@@ -373,6 +382,9 @@ class RunState:
                 return self.final.model_copy()
             self._apply_starts()
             steps = {n: s.model_copy() for n, s in self.record.steps.items()}
+            for name, (attempts, started_at) in self._running().items():
+                row = steps[name]
+                row.status, row.attempts, row.started_at = TaskStatus.RUNNING, attempts, started_at
             self.maps.show(steps)
             return self.record.model_copy(update={"steps": steps})
 
@@ -380,8 +392,19 @@ class RunState:
         """Add this run's steps, by status, to ``into``."""
         with self.lock:
             self._apply_starts()
-            for s in self.record.steps.values():
-                into[s.status.value] = into.get(s.status.value, 0) + 1
+            running = self._running()
+            for name, s in self.record.steps.items():
+                status = TaskStatus.RUNNING.value if name in running else s.status.value
+                into[status] = into.get(status, 0) + 1
+
+    def _running(self) -> dict[str, tuple[int, datetime | None]]:
+        """Steps that started and have no result yet, with their attempts and first start, as the
+        scheduler knows them (for a run whose steps do not report their starts; under the lock)."""
+        if self._starts_from is None:
+            return {}
+        steps = self.record.steps
+        by_task = {t: n for n, t in self.task_ids.items() if n in steps and not steps[n].status.is_terminal}
+        return {by_task[t]: start for t, start in self._starts_from(by_task).items()} if by_task else {}
 
     # ------------------------------------------------------------------ under the lock
 

@@ -351,6 +351,11 @@ class WorkflowManager:
             client=client or session_id or calling_client.get(),
             secrets=self.secrets.get,
             use_cache=use_cache,
+            # Starts are reported as they happen only to whoever hears them then; a snapshot asks the
+            # scheduler (listeners added later hear the starts of runs started after them).
+            starts_from=None
+            if self._recorder.durable or on_step is not None or self._listeners
+            else self.orchestrator.started_attempts,
         )
         self._active.add(run)
         self._driver.start(run)
