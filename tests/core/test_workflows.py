@@ -746,3 +746,14 @@ def test_a_running_step_shows_in_snapshots_and_stats_when_nobody_listens_to_star
         release.set()
     record = manager.wait_run(run_id, timeout=10)
     assert record.status is WorkflowStatus.COMPLETED and record.steps["a"].attempts == 1
+
+
+def test_records_list_steps_in_declaration_order_whatever_order_they_ran_in(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "backwards", [step("c", dependencies=["b"]), step("b", dependencies=["a"]), step("a"), step("d")]
+    )
+    run_id = manager.execute_workflow("backwards", wait=False).run_id
+    shown = list(manager.get_run(run_id).steps)  # pending, running or done: every step, in order
+    record = manager.wait_run(run_id, timeout=10)
+    assert shown == list(record.steps) == ["c", "b", "a", "d"]
+    assert record.steps["c"].finished_at >= record.steps["a"].finished_at  # type: ignore[operator]

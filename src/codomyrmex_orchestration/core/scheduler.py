@@ -475,21 +475,7 @@ class TaskOrchestrator:
         limit = None if timeout is None else max(0.0, timeout)
         if not self._d.wait_quiet(limit):
             self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
-        with self._d.lock:
-            threads = self._d.pool.threads_locked(abandoned=False)
-            abandoned = self._d.pool.threads_locked(abandoned=True)
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join(_JOIN_GRACE)
-        # Threads still inside cancelled or timed-out calls: a cooperative action (shell.run killing
-        # its process group) gets a short, bounded grace to clean up before the process may exit;
-        # one that ignores cancellation is left behind (daemon) and reported by health().
-        grace = _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE)
-        deadline = time.monotonic() + grace
-        for thread in abandoned:
-            if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self._d.pool.join(_JOIN_GRACE, _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE))
         if self._own_timers:
             self._timers.close(_JOIN_GRACE)
         self._close_backend()
