@@ -14,7 +14,7 @@ import structlog.testing
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
-from codomyrmex_orchestration.core.scheduler import TaskCall, TaskOrchestrator
+from codomyrmex_orchestration.core.scheduler import TaskCall, TaskGroup, TaskOrchestrator
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
@@ -319,6 +319,45 @@ def test_cancelling_a_running_task_sets_its_event_and_records_it_at_once(make_or
     assert record.error is not None and "no longer needed" in record.error.message
     assert saw_cancel.wait(WAIT)
     assert orch.cancel_task(task_id) is False
+
+
+def test_cancelling_a_group_cancels_its_queued_and_running_tasks_and_none_other(make_orch: Any) -> None:
+    orch = make_orch(2)
+    group, other = TaskGroup(), TaskGroup()
+    started, stop = threading.Event(), threading.Event()
+
+    def running(ctx: ActionContext) -> None:
+        started.set()
+        ctx.cancel_event.wait(WAIT)
+        stop.set()
+
+    first = orch.submit(running, name="running", group=group)
+    assert started.wait(WAIT)
+    _, release = blocker(orch)  # the second worker: what follows stays queued
+    queued = orch.submit(lambda ctx: None, name="queued", group=group)
+    bystander = orch.submit(lambda ctx: "ran", name="bystander", group=other)
+    orch.cancel_group(group, "run cancelled")
+    assert stop.wait(WAIT)  # the running task's cancel event was set
+    for task_id in (first, queued):
+        record = orch.get_task(task_id)
+        assert record.status is TaskStatus.CANCELLED
+        assert record.error is not None and "run cancelled" in record.error.message
+    release.set()
+    assert orch.wait(bystander, WAIT).result == "ran"
+    assert not group.tasks and not other.tasks  # a group holds its tasks until they are final
+
+
+def test_a_task_submitted_to_a_cancelled_group_ends_cancelled_as_it_arrives(make_orch: Any) -> None:
+    orch = make_orch(1)
+    group = TaskGroup()
+    orch.cancel_group(group, "run cancelled")
+    ran: list[str] = []
+    late = orch.submit(recorder(ran, "late"), name="late", group=group)
+    many = orch.submit_many([TaskCall(recorder(ran, "row"), "row")], group=group)
+    for task_id in (late, *many):
+        record = orch.wait(task_id, WAIT)
+        assert record.status is TaskStatus.CANCELLED and record.attempts == 0
+    assert ran == [] and not group.tasks
 
 
 def test_cancelling_an_unknown_task_raises_task_not_found(make_orch: Any) -> None:
@@ -798,28 +837,30 @@ def test_cancelling_tasks_as_they_finish_ends_each_once_as_its_on_done_heard() -
     assert {r.status for r in records} <= {TaskStatus.COMPLETED, TaskStatus.CANCELLED}
 
 
-def test_started_attempts_lists_the_tasks_that_have_started_with_their_attempt_and_start(
+def test_group_starts_lists_the_started_tasks_of_a_group_not_final_by_step(
     make_orch: Callable[..., TaskOrchestrator],
 ) -> None:
     orch = make_orch(1)
+    group = TaskGroup()
     entered, release = threading.Event(), threading.Event()
 
     def hold(ctx: ActionContext) -> None:
         entered.set()
         assert release.wait(WAIT)
 
-    running = orch.submit(hold, name="hold")
-    queued = orch.submit(lambda ctx: None, name="queued")  # one worker: waits behind "hold"
+    running = orch.submit(hold, name="wf.hold", step_name="hold", group=group)
+    queued = orch.submit(lambda ctx: None, name="wf.queued", step_name="queued", group=group)
+    orch.submit(lambda ctx: None, name="elsewhere")  # another group's, or none
     try:
         assert entered.wait(WAIT)
-        states = orch.started_attempts([running, queued, "no-such-task"])
-        assert list(states) == [running]
-        attempts, started_at = states[running]
+        states = orch.group_starts(group)
+        assert list(states) == ["hold"]
+        attempts, started_at = states["hold"]
         assert attempts == 1 and started_at == orch.get_task(running).started_at
     finally:
         release.set()
     orch.wait_all([running, queued], WAIT)
-    assert set(orch.started_attempts([running, queued])) == {running, queued}  # ended ones too
+    assert orch.group_starts(group) == {}  # final ones are the run's to show
 
 
 def test_an_action_logs_through_a_logger_bound_with_its_ids(

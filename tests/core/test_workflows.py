@@ -705,9 +705,15 @@ def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_other
     registry: ActionRegistry,
 ) -> None:
     orch = TaskOrchestrator(1, registry=registry, max_queued=3)
-    gate = threading.Event()
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(ctx: ActionContext) -> bool:
+        holding.set()
+        return gate.wait(10)
+
     try:
-        busy = orch.submit(lambda ctx: gate.wait(10), name="busy")  # holds the one worker
+        busy = orch.submit(hold, name="busy")  # holds the one worker, so it counts as running
+        assert holding.wait(10)
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
         manager.create_workflow("wide", [step(f"s{i}") for i in range(5)])
         run_id = manager.execute_workflow("wide", wait=False).run_id

@@ -32,7 +32,16 @@ import structlog
 
 from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
-from codomyrmex_orchestration.core._task import FINAL, FINAL_EVENT, LazyLogger, Notice, Outbox, Outcome, Task
+from codomyrmex_orchestration.core._task import (
+    FINAL,
+    FINAL_EVENT,
+    LazyLogger,
+    Notice,
+    Outbox,
+    Outcome,
+    Task,
+    TaskGroup,
+)
 from codomyrmex_orchestration.core._task_table import TaskTable
 from codomyrmex_orchestration.core._worker_pool import Worker, WorkerPool
 from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
@@ -132,6 +141,11 @@ class Dispatcher:
                 if failed is not None:
                     self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
                     continue
+                if task.group is not None:
+                    if task.group.cancelled:
+                        self._cancel_locked(task, task.group.reason, out)
+                        continue
+                    task.group.tasks.add(task)
                 task.held = held
                 self._notice_locked(task, "task.queued", False, out)
                 if task.handed and not held:
@@ -158,6 +172,15 @@ class Dispatcher:
             cancelled = self._cancel_locked(task, reason, out)
         self.deliver_here(out)
         return cancelled
+
+    def cancel_group(self, group: TaskGroup, reason: str) -> None:
+        """Cancel the tasks of ``group`` not final, and those submitted to it later (see ``add``)."""
+        out = Outbox()
+        with self.lock:
+            group.cancelled, group.reason = True, reason
+            for task in list(group.tasks):
+                self._cancel_locked(task, reason, out)
+        self.deliver_here(out)
 
     def close(self, cancel_reason: str | None, *, running_too: bool = False) -> None:
         """Refuse new work and let idle workers leave; with ``cancel_reason``, cancel the tasks not
@@ -539,6 +562,8 @@ def _make_final(
     task.status = status
     task.result = result
     task.error = error
+    if task.group is not None:
+        task.group.tasks.discard(task)
     task.finished_at = finished_at
     task.mono_finished = mono
     task.fn = _noop  # drop references the callable holds (closures over large data)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionContext
     from codomyrmex_orchestration.core.timers import Timer
 
-__all__ = ["FINAL", "FINAL_EVENT", "LazyLogger", "Notice", "Outbox", "Outcome", "Task"]
+__all__ = ["FINAL", "FINAL_EVENT", "LazyLogger", "Notice", "Outbox", "Outcome", "Task", "TaskGroup"]
 
 FINAL_EVENT = {
     TaskStatus.COMPLETED: "task.completed",
@@ -47,6 +47,7 @@ class Task:
         "error",
         "finished_at",
         "fn",
+        "group",
         "handed",
         "held",
         "id",
@@ -90,8 +91,10 @@ class Task:
         on_done: Callable[[Any], None] | None,
         live_state: bool,
         session_id: str | None = None,
+        group: TaskGroup | None = None,
     ) -> None:
         self.id = task_id
+        self.group = group
         self.fn = fn
         self.name = name
         self.priority = priority
@@ -158,6 +161,19 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status.value}>"
+
+
+class TaskGroup:
+    """Tasks that are cancelled together (a workflow run's steps): once the group is cancelled, its
+    tasks not final are cancelled and any task submitted to it later ends CANCELLED as it arrives.
+    Guarded by the scheduler's lock; its owner only creates it and hands it to submissions."""
+
+    __slots__ = ("cancelled", "reason", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: set[Task] = set()  # its tasks queued, waiting or running (not final)
+        self.cancelled = False
+        self.reason = ""
 
 
 class Outcome:

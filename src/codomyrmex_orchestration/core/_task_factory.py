@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from codomyrmex_orchestration.core._retry import RetryPolicy
-from codomyrmex_orchestration.core._task import Task
+from codomyrmex_orchestration.core._task import Task, TaskGroup
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
 from codomyrmex_orchestration.core.models import TaskPriority
@@ -25,9 +25,16 @@ if TYPE_CHECKING:
 __all__ = ["Settings", "TaskCall", "TaskFactory"]
 
 #: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
-#: live state, session.
+#: live state, session, group.
 Settings = tuple[
-    TaskPriority, float | None, RetryPolicy, Mapping[str, Any] | None, str | None, bool, str | None
+    TaskPriority,
+    float | None,
+    RetryPolicy,
+    Mapping[str, Any] | None,
+    str | None,
+    bool,
+    str | None,
+    TaskGroup | None,
 ]
 
 
@@ -81,6 +88,7 @@ class TaskFactory:
         run_id: str | None,
         live_state: bool,
         session_id: str | None,
+        group: TaskGroup | None = None,
     ) -> Settings:
         """The settings tasks share, checked (see :meth:`TaskOrchestrator.submit`)."""
         if timeout is not None and not timeout > 0:
@@ -90,7 +98,7 @@ class TaskFactory:
             priority = TaskPriority(priority)
         if resources:
             self._check_resources(resources)
-        return priority, timeout, retry, resources or None, run_id, live_state, session_id
+        return priority, timeout, retry, resources or None, run_id, live_state, session_id, group
 
     def task(
         self,
@@ -104,7 +112,7 @@ class TaskFactory:
         settings: Settings,
     ) -> Task:
         """A new task with the next id (not queued yet)."""
-        priority, timeout, retry, resources, run_id, live_state, session_id = settings
+        priority, timeout, retry, resources, run_id, live_state, session_id, group = settings
         if action is not None:
             fn = fn or _action_callable(self.registry(), action)
             fn = self._backend.bind(fn, action, priority=priority, resources=resources)
@@ -112,7 +120,7 @@ class TaskFactory:
             raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
         task_id = f"{self._id_prefix}{next(self._ids)}"
         deps = tuple(dependencies)
-        run = (run_id, step_name, on_start, on_done, live_state, session_id)
+        run = (run_id, step_name, on_start, on_done, live_state, session_id, group)
         return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
 
 

@@ -124,9 +124,10 @@ class RunDriver:
 
     def cancel(self, run: RunState) -> None:
         """Cancel a run: queued steps never start, running ones are stopped."""
-        task_ids, advance = run.cancel()
-        for task_id in task_ids:
-            self._cancel_task(task_id)
+        advance = run.cancel()
+        # After the run's own flag: a step it clears from now on is decided CANCELLED, and a task of it
+        # the scheduler receives from now on (submitted by a transition just before) ends CANCELLED.
+        self.orchestrator.cancel_group(run.group, "run cancelled")
         self.apply(run, advance)
 
     def apply(self, run: RunState, advance: Advance) -> None:
@@ -138,41 +139,33 @@ class RunDriver:
                 self.recorder.steps_settled(adv.settled, made_ready=bool(adv.submit))
                 for result in adv.settled:
                     self._announce(run, result)
-            submitted: list[tuple[str, str]] = []
             batch: list[Task] = []  # the wave's steps, queued together (one scheduler lock acquisition)
-            built: list[tuple[str, str]] = []
             wave = adv.submit
             i = 0
             while i < len(wave):
                 name = wave[i][0]
                 if not (run.items and is_item(name)):
                     outcome = self._submit(run, name, wave[i][1], batch)
-                    if isinstance(outcome, Advance):
+                    if outcome is not None:
                         work.append(outcome)
-                    else:
-                        built.append((name, outcome))
                     i += 1
                     continue
                 # A map step's items come in a row: one submission for the row.
                 end, row = i + 1, name[: name.rindex("[") + 1]  # "<step>[" begins its items' names only
                 while end < len(wave) and wave[end][0].startswith(row):
                     end += 1
-                self._submit_items(run, wave[i:end], work, submitted)
+                self._submit_items(run, wave[i:end], work)
                 i = end
             if batch:
-                self._queue(run, batch, built, work, submitted)
-            # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
-            if submitted and not run.register_tasks(submitted):
-                for _name, task_id in submitted:
-                    self._cancel_task(task_id)
+                self._queue(run, batch, work)
             if adv.finished:
                 self._finish(run)
 
     def _submit(
         self, run: RunState, name: str, params: dict[str, Any], batch: list[Task] | None = None
-    ) -> Advance | str:
-        """The step's task id, or what its failure to submit settled (``batch``: its task is built into
-        it, for :meth:`_queue`, instead of queued at once)."""
+    ) -> Advance | None:
+        """Submit the step (``batch``: build its task into it, for :meth:`_queue`, instead of queueing
+        it at once); what settled if it did not become a task (refused, cached, asking a question)."""
         step = run.spec_of(name)
         if self.ask is not None and (step.module, step.action) == APPROVE:
             return self.ask(run, name, params)
@@ -189,7 +182,7 @@ class RunDriver:
                 self.recorder.write_mark(bool(run.parents_of(name))),
                 cache_key,
             )
-            task_id = self.orchestrator.submit(
+            self.orchestrator.submit(
                 call,
                 action=self._action(run, step, params) if self._remote else None,
                 name=f"{run.record.workflow_name}.{name}",
@@ -202,51 +195,39 @@ class RunDriver:
             )
         except OrchestrationError as exc:
             return self._refused(run, name, exc)
-        return task_id
+        return None
 
     def _refused(self, run: RunState, name: str, exc: OrchestrationError) -> Advance:
         """A step the scheduler would not take fails with the reason."""
         result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
         return run.step_finished(result, held_slot=True)
 
-    def _queue(
-        self,
-        run: RunState,
-        batch: list[Task],
-        built: list[tuple[str, str]],
-        work: deque[Advance],
-        submitted: list[tuple[str, str]],
-    ) -> None:
-        """Queue a wave's steps together: (name, task id) pairs to ``submitted``. Refused as a whole (the
-        queue's cap, a shutdown), they go one by one: those that fit are queued, the others fail."""
+    def _queue(self, run: RunState, batch: list[Task], work: deque[Advance]) -> None:
+        """Queue a wave's steps together. Refused as a whole (the queue's cap, a shutdown), they go one
+        by one: those that fit are queued, the others fail (what that settles goes to ``work``)."""
         try:
             self.orchestrator.submit_batch(batch)
         except OrchestrationError:
-            for task, (name, task_id) in zip(batch, built, strict=True):
+            for task in batch:
                 try:
                     self.orchestrator.submit_batch((task,))
                 except OrchestrationError as exc:
-                    work.append(self._refused(run, name, exc))
-                else:
-                    submitted.append((name, task_id))
-            return
-        submitted.extend(built)
+                    work.append(self._refused(run, task.step_name or task.name, exc))
 
     def _submit_items(
         self,
         run: RunState,
         entries: Sequence[tuple[str, dict[str, Any]]],
         work: deque[Advance],
-        submitted: list[tuple[str, str]],
     ) -> None:
-        """Submit a row of items of one map step in one call to the scheduler (one lock acquisition):
-        their (name, task id) pairs go to ``submitted``, what settles at once to ``work``. Items asking
+        """Submit a row of items of one map step in one call to the scheduler (one lock acquisition);
+        what settles at once goes to ``work``. Items asking
         a question or using the step cache, and a row the scheduler refuses (its queue cap), go one by
         one as steps do."""
         first = entries[0][0]
         step = run.spec_of(first)
         if (self.ask is not None and (step.module, step.action) == APPROVE) or step.cache is not None:
-            self._one_by_one(run, entries, work, submitted)
+            self._one_by_one(run, entries, work)
             return
         try:
             func = self.registry.get(step.module, step.action).func
@@ -256,30 +237,23 @@ class RunDriver:
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
         action = partial(self._action, run, step) if self._remote else None
-        state, items, calls = item_calls(self, run, entries, func, mark, action)
+        calls = item_calls(self, run, entries, func, mark, action)
         try:
-            task_ids = self.orchestrator.submit_many(calls, **_settings(run, step, first))
+            self.orchestrator.submit_many(calls, **_settings(run, step, first))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
-            self._one_by_one(run, entries, work, submitted)
-            return
-        if not run.maps.register(state, items, task_ids):
-            for task_id in task_ids:
-                self._cancel_task(task_id)
+            self._one_by_one(run, entries, work)
 
     def _one_by_one(
         self,
         run: RunState,
         entries: Sequence[tuple[str, dict[str, Any]]],
         work: deque[Advance],
-        submitted: list[tuple[str, str]],
     ) -> None:
-        """Submit ``entries`` one at a time: task ids to ``submitted``, what settles at once to ``work``."""
+        """Submit ``entries`` one at a time; what settles at once goes to ``work``."""
         for name, params in entries:
             outcome = self._submit(run, name, params)
-            if isinstance(outcome, Advance):
+            if outcome is not None:
                 work.append(outcome)
-            else:
-                submitted.append((name, outcome))
 
     def _action(self, run: RunState, step: StepSpec, params: dict[str, Any]) -> ActionCall:
         """The step by name, for backends that run it in another process (workflow.run, which needs this
@@ -390,4 +364,5 @@ def _settings(run: RunState, step: StepSpec, name: str) -> dict[str, Any]:
         "run_id": run.run_id,
         "session_id": run.client,
         "live_state": True,
+        "group": run.group,
     }

@@ -96,18 +96,16 @@ def item_calls(
     func: Callable[[dict[str, Any], ActionContext], Any],
     mark: int | None,
     action: Callable[[dict[str, Any]], ActionCall] | None,
-) -> tuple[MapState, list[tuple[int, str]], list[TaskCall]]:
+) -> list[TaskCall]:
     """The scheduler calls of a row of items of one map step (``action``: the item as an action call,
-    for a backend that runs it elsewhere): the map step, the items' (index, name) and their calls."""
+    for a backend that runs it elsewhere)."""
     state = run.maps.maps[split_item(entries[0][0])[0]]
-    items: list[tuple[int, str]] = []
     calls: list[TaskCall] = []
     label = f"{run.record.workflow_name}."
     for name, params in entries:
         index = int(name[name.rindex("[") + 1 : -1])
         call = ItemCall(driver, run, state, index, name, func, params, mark)
-        items.append((index, name))
         calls.append(
             TaskCall(call, label + name, name, call.started, call.done, action(params) if action else None)
         )
-    return state, items, calls
+    return calls

@@ -549,7 +549,6 @@ class RunMaps:
         """An item's final result: a scheduled item's end, or a result given as a step's (submission
         refused, question answered, cached, cancelled in the run's queue); saved as its own row. Its
         step settles with the last one."""
-        self.run.task_ids.pop(result.name, None)  # only cancel reads it: not kept for final items
         if isinstance(result, ItemEnd):
             self._finished(result, advance)
             return
@@ -569,20 +568,6 @@ class RunMaps:
         run.graph.done(end.name, forget=True)  # the graph holds the items in flight, not all of them
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
-
-    def register(self, state: MapState, items: Sequence[tuple[int, str]], task_ids: Sequence[str]) -> bool:
-        """Remember the scheduler tasks of submitted items of ``state`` ((index, name) pairs, and their
-        task ids) in the run's task ids (what cancel stops) unless the item is final already (an item
-        forgets its task when it settles); False if the run was cancelled meanwhile (the caller cancels
-        them). One acquisition of the run's lock for the row, each status checked by index."""
-        run = self.run
-        with run.lock:
-            status, ids = state.status, run.task_ids
-            for (index, name), task_id in zip(items, task_ids, strict=True):
-                s = status[index]
-                if s is _PENDING or s is _RUNNING or s is _READY:
-                    ids[name] = task_id
-            return not run.cancelled
 
     def show(self, steps: dict[str, StepResult]) -> None:
         """Put the live items of running map steps into a snapshot's ``steps``."""

@@ -4,10 +4,11 @@ A :class:`RunState` owns, under its one ``lock``: the run's record (``record.ste
 steps that have one: a result, a start, a map step's items; a step without a row is pending, and
 snapshots and the final record show every step in declaration order, ``names``), the run's
 :class:`~codomyrmex_orchestration.core.graph.DependencyGraph`, the steps whose failure propagates,
-the task ids of submitted steps, the ``max_parallel`` queue, and the cancelled and final flags. Every
-transition happens under the lock and returns an :class:`Advance` saying what the caller must do
-outside it (notify, submit to the scheduler, finish); step starts reach the record through a queue the
-next holder of the lock applies (see ``_starts``). The one call out under the lock is ``save_step``
+the ``max_parallel`` queue, and the cancelled and final flags; and the scheduler's task group of its
+steps (``group``: cancelling the run cancels it). Every transition happens under the lock and returns
+an :class:`Advance` saying what the caller must do outside it (notify, submit to the scheduler,
+finish); step starts reach the record through a queue the next holder of the lock applies (see
+``_starts``). The one call out under the lock is ``save_step``
 (the recorder's enqueue to a durable store): a step's result is queued for the store before any step
 that depends on it can be cleared to run, and a step's start is never queued after its end.
 """
@@ -18,11 +19,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core._workflow_steps import RunSteps
@@ -47,8 +49,9 @@ from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError
 __all__ = ["FAILED", "Advance", "RunState", "StepCallback", "new_record"]
 
 StepCallback = Callable[[RunRecord, StepResult], None]
-#: ``(attempts, first start)`` of each given task id that has started (the scheduler's started_attempts).
-StartsReader = Callable[[Collection[str]], dict[str, tuple[int, datetime | None]]]
+#: ``(attempts, first start)`` of the started tasks of a group not final, by step (the scheduler's
+#: group_starts).
+StartsReader = Callable[[TaskGroup], dict[str, tuple[int, datetime | None]]]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 _PENDING_VALUE = TaskStatus.PENDING.value
@@ -169,7 +172,7 @@ class RunState:
     ) -> None:
         self.record = record
         # Where the starts of this run's steps are read when a snapshot needs them (the scheduler's
-        # started_attempts), if the steps do not report them (``hears_starts``): reporting each start
+        # group_starts), if the steps do not report them (``hears_starts``): reporting each start
         # costs every step a callback and a queued row, which only listeners, ``on_step`` and a durable
         # store need at the moment it happens.
         self.starts_from = starts_from or _no_starts
@@ -195,7 +198,7 @@ class RunState:
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
         self.cancelled = False
-        self.task_ids: dict[str, str] = {}  # of submitted steps and of the items not final
+        self.group = TaskGroup()  # the scheduler's tasks of its steps and items: cancelled together
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
@@ -280,15 +283,6 @@ class RunState:
             self._settle(result, advance, announce=True)
             return self._drain(advance)
 
-    def register_tasks(self, tasks: Sequence[tuple[str, str]]) -> bool:
-        """Remember the scheduler tasks of submitted steps, (step, task id) pairs; False if the run was
-        cancelled meanwhile (the caller cancels them: ``cancel`` read the task ids before these)."""
-        with self.lock:
-            # Only tasks not final: a map forgets an item's task id when the item settles (see
-            # RunMaps.settle), and one may settle before its wave is registered.
-            self.task_ids.update((n, t) for n, t in tasks if not self.status_of(n).is_terminal)
-            return not self.cancelled
-
     def add_steps(self, steps: Sequence[StepSpec]) -> Advance:
         """Add steps to the running run, in order; each may depend on any step already in it (one that
         is done counts as satisfied at once). The base of map steps: one added step per item.
@@ -318,21 +312,20 @@ class RunState:
         row = self.record.steps.get(name)
         return TaskStatus.PENDING if row is None else row.status
 
-    def cancel(self) -> tuple[list[str], Advance]:
-        """Cancel the run: returns the task ids to cancel in the scheduler, and what settled at once."""
+    def cancel(self) -> Advance:
+        """Cancel the run: what settled at once (the caller cancels its tasks: ``group``)."""
         advance = Advance()
         with self.lock:
             if self.cancelled or self.final is not None:
-                return [], advance
+                return advance
             self.cancelled = True
             self._apply_starts()
-            task_ids = [t for n, t in self.task_ids.items() if not self.status_of(n).is_terminal]
             while self.queue:
                 name, _params = self.queue.popleft()
                 self._settle(_cancelled(name), advance, announce=True)
             for name in list(self.waiting):
                 self._settle(_cancelled(name), advance, announce=True)
-            return task_ids, self._drain(advance)
+            return self._drain(advance)
 
     def finish(self) -> RunRecord | None:
         """Build the final record (once; None on later calls) and hand the watchers to the caller."""
@@ -565,8 +558,7 @@ def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:
     if run.hears_starts:
         return {}
     names = run.names
-    by_task = {t: n for n, t in run.task_ids.items() if n in names and not run.status_of(n).is_terminal}
-    return {by_task[t]: start for t, start in run.starts_from(by_task).items()} if by_task else {}
+    return {n: start for n, start in run.starts_from(run.group).items() if n in names}
 
 
 def _in_order(rows: dict[str, StepResult], names: dict[str, None]) -> dict[str, StepResult]:
@@ -574,7 +566,7 @@ def _in_order(rows: dict[str, StepResult], names: dict[str, None]) -> dict[str, 
     return {n: rows.get(n) or StepResult(name=n) for n in names}
 
 
-def _no_starts(task_ids: Collection[str]) -> dict[str, tuple[int, datetime | None]]:
+def _no_starts(group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
     return {}
 
 

@@ -6,6 +6,7 @@
 * :mod:`._ready_queue` — ready tasks by priority and session turn, resource admission;
 * :mod:`._worker_pool` — the worker threads, abandoned-thread replacement, lending a slot;
 * :mod:`._task_factory` — checked submission settings, action binding, task ids;
+* :mod:`._waits` — threads and callbacks waiting for tasks to settle;
 * :mod:`._retry` — when a failed attempt is tried again;
 * :mod:`._results` — secret redaction and the output cap on every return value;
 * :mod:`.timers` — the shared timer service: attempt deadlines and retry delays.
@@ -24,17 +25,18 @@ from typing import Any, Protocol
 
 import structlog
 
-from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
+from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
-from codomyrmex_orchestration.core._task import FINAL_EVENT, Task
+from codomyrmex_orchestration.core._task import FINAL_EVENT, Task, TaskGroup
 from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory
+from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
 from codomyrmex_orchestration.core.timers import TimerService
-from codomyrmex_orchestration.errors import InvalidInputError, WaitTimeoutError
+from codomyrmex_orchestration.errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -43,6 +45,7 @@ __all__ = [
     "ResourceAdmission",
     "TaskCall",
     "TaskCallable",
+    "TaskGroup",
     "TaskListener",
     "TaskOrchestrator",
     "TaskState",
@@ -200,6 +203,7 @@ class TaskOrchestrator:
         live_state: bool = False,
         session_id: str | None = None,
         batch: list[Task] | None = None,
+        group: TaskGroup | None = None,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
@@ -224,6 +228,7 @@ class TaskOrchestrator:
             session_id: the client session the task belongs to (fairness between sessions).
             batch: build the task and append it here instead of queueing it; :meth:`submit_batch` queues
                 the tasks of a batch together (a workflow's wave of steps).
+            group: the :class:`TaskGroup` it is cancelled with (see :meth:`cancel_group`).
 
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
@@ -233,7 +238,16 @@ class TaskOrchestrator:
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
         settings = self._factory.settings(
-            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+            priority,
+            timeout,
+            max_retries,
+            retry_delay,
+            backoff,
+            resources,
+            run_id,
+            live_state,
+            session_id,
+            group,
         )
         task = self._factory.task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
         if batch is not None:
@@ -261,12 +275,22 @@ class TaskOrchestrator:
         run_id: str | None = None,
         live_state: bool = False,
         session_id: str | None = None,
+        group: TaskGroup | None = None,
     ) -> list[str]:
         """Queue tasks that share their settings, in order, in one acquisition of the scheduler's lock
         (a map step's wave of items); returns their ids. All or none: when one is refused (it raises
         what :meth:`submit` raises), none is queued. Tasks may depend on earlier calls' tasks only."""
         settings = self._factory.settings(
-            priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
+            priority,
+            timeout,
+            max_retries,
+            retry_delay,
+            backoff,
+            resources,
+            run_id,
+            live_state,
+            session_id,
+            group,
         )
         tasks = [self._factory.task(*call, settings) for call in calls]
         self._d.add(tasks)
@@ -333,16 +357,11 @@ class TaskOrchestrator:
                         break
             return out
 
-    def started_attempts(self, task_ids: Iterable[str]) -> dict[str, tuple[int, datetime | None]]:
-        """``(attempts, first start time)`` of each task in ``task_ids`` that has started (final or not);
-        one lock acquisition for them all."""
-        out: dict[str, tuple[int, datetime | None]] = {}
+    def group_starts(self, group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
+        """``(attempts, first start time)`` of the tasks of ``group`` that started and are not final, by
+        step name (or name)."""
         with self._d.lock:
-            for task_id in task_ids:
-                task = self._d.table.get(task_id)
-                if task is not None and task.attempts:
-                    out[task_id] = (task.attempts, task.started_at)
-        return out
+            return {t.step_name or t.name: (t.attempts, t.started_at) for t in group.tasks if t.attempts}
 
     def wait(self, task_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> TaskRecord:
         """Block until the task is final (and its callbacks have run) and return its record.
@@ -367,24 +386,7 @@ class TaskOrchestrator:
             TaskNotFoundError: an unknown id.
             WaitTimeoutError: not all were final in time.
         """
-        limit = None if timeout is None else max(0.0, timeout)
-        deadline = None if limit is None else time.monotonic() + limit
-        pending: list[tuple[Task, threading.Event]] = []
-        with self._d.lock:
-            tasks = [self._d.table.require(task_id) for task_id in task_ids]
-            for task in tasks:
-                if not task.settled:
-                    if task.done_event is None:
-                        task.done_event = threading.Event()
-                    pending.append((task, task.done_event))
-        for task, event in pending:
-            if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
-                what = f"task {task.id!r} ({task.name})"
-                if len(tasks) > 1:
-                    what += f" and {len(tasks) - 1} other task(s) waited on together"
-                raise WaitTimeoutError(what, limit or 0.0)
-        with self._d.lock:
-            return [task.snapshot() for task in tasks]
+        return wait_all(self._d, task_ids, timeout)
 
     def on_settled(self, task_id: str, callback: TaskCallback) -> None:
         """Call ``callback(record)`` once the task is final and its own callbacks have run (just before
@@ -396,14 +398,7 @@ class TaskOrchestrator:
         Raises:
             TaskNotFoundError: unknown id (or a finished record already evicted).
         """
-        with self._d.lock:
-            task = self._d.table.require(task_id)
-            if not task.settled:
-                if task.settle_callbacks is None:
-                    task.settle_callbacks = []
-                task.settle_callbacks.append(callback)
-                return
-        safe_call(callback, "on_settled", task, task.snapshot())  # final: its fields no longer change
+        on_settled(self._d, task_id, callback)
 
     def get_execution_stats(self) -> dict[str, Any]:
         """Counts per status and priority, queue depth, running, workers and totals since start."""
@@ -451,6 +446,11 @@ class TaskOrchestrator:
             TaskNotFoundError: unknown id.
         """
         return self._d.cancel(task_id, reason)
+
+    def cancel_group(self, group: TaskGroup, reason: str) -> None:
+        """Cancel every task of ``group`` that is not final, and every task submitted to it from now on
+        (it ends CANCELLED as it arrives). A task whose call has returned ends as it returned."""
+        self._d.cancel_group(group, reason)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -367,7 +367,7 @@ class WorkflowManager:
             client=client or session_id or calling_client.get(),
             secrets=self.secrets.get,
             use_cache=use_cache,
-            starts_from=None if live_readers or self._listeners else self.orchestrator.started_attempts,
+            starts_from=None if live_readers or self._listeners else self.orchestrator.group_starts,
         )
         self._active.add(run)
         self._driver.start(run)

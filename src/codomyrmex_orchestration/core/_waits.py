@@ -1,0 +1,53 @@
+"""Waiting for tasks: a thread blocks on a task's done event, or a callback is kept to run when the task
+settles (final and its own callbacks run). Both live on the task, under the dispatcher's lock; this module
+owns no state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
+from codomyrmex_orchestration.core._task import Task
+from codomyrmex_orchestration.core.models import TaskRecord
+from codomyrmex_orchestration.errors import WaitTimeoutError
+
+__all__ = ["on_settled", "wait_all"]
+
+
+def wait_all(d: Dispatcher, task_ids: Iterable[str], timeout: float | None) -> list[TaskRecord]:
+    """Block until every task of ``task_ids`` settled, within one overall ``timeout`` (``None``: without
+    limit); their records in the same order (see ``TaskOrchestrator.wait_all``)."""
+    limit = None if timeout is None else max(0.0, timeout)
+    deadline = None if limit is None else time.monotonic() + limit
+    pending: list[tuple[Task, threading.Event]] = []
+    with d.lock:
+        tasks = [d.table.require(task_id) for task_id in task_ids]
+        for task in tasks:
+            if not task.settled:
+                if task.done_event is None:
+                    task.done_event = threading.Event()
+                pending.append((task, task.done_event))
+    for task, event in pending:
+        if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            what = f"task {task.id!r} ({task.name})"
+            if len(tasks) > 1:
+                what += f" and {len(tasks) - 1} other task(s) waited on together"
+            raise WaitTimeoutError(what, limit or 0.0)
+    with d.lock:
+        return [task.snapshot() for task in tasks]
+
+
+def on_settled(d: Dispatcher, task_id: str, callback: Callable[[TaskRecord], None]) -> None:
+    """Call ``callback(record)`` once the task settles, or at once if it has (see
+    ``TaskOrchestrator.on_settled``)."""
+    with d.lock:
+        task = d.table.require(task_id)
+        if not task.settled:
+            if task.settle_callbacks is None:
+                task.settle_callbacks = []
+            task.settle_callbacks.append(callback)
+            return
+    safe_call(callback, "on_settled", task, task.snapshot())  # final: its fields no longer change
