@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from codomyrmex_orchestration.core._task import Task
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskSpec, TaskStatus
-from codomyrmex_orchestration.core.scheduler import TaskCall, TaskGroup, TaskOrchestrator
+from codomyrmex_orchestration.core.scheduler import TaskCall, TaskGroup, TaskOrchestrator, TaskState
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
@@ -815,6 +816,68 @@ def test_a_chain_submitted_from_on_done_callbacks_runs_every_link_in_order() -> 
         # Each link is taken by the worker that finished the one before: no second thread was needed.
         assert orch.health()["workers_alive"] == 1
     assert order == list(range(200))
+
+
+def noop(ctx: ActionContext) -> None:
+    return None
+
+
+def test_a_batch_submitted_with_the_state_on_done_was_given_is_queued_by_that_worker() -> None:
+    # submit_batch(after=state) inside on_done: the worker admits the batch as it records the task that
+    # finished, in the same lock acquisition; the batch runs as if queued at once, in order.
+    order: list[str] = []
+    finished = threading.Event()
+
+    with TaskOrchestrator(4) as orch:
+
+        def wave(i: int) -> Callable[[TaskState], None]:
+            def after(state: TaskState) -> None:
+                order.append(f"done-{i}")
+                if i == 50:
+                    finished.set()
+                    return
+                batch: list[Task] = []
+                orch.submit(
+                    lambda ctx: None, name=f"w{i + 1}", on_done=wave(i + 1), live_state=True, batch=batch
+                )
+                orch.submit_batch(batch, after=state)
+
+            return after
+
+        orch.submit(lambda ctx: None, name="w0", on_done=wave(0), live_state=True)
+        assert finished.wait(20)
+        assert orch.health()["workers_alive"] == 1  # each wave taken by the worker that admitted it
+    assert order == [f"done-{i}" for i in range(51)]
+
+
+def test_a_batch_an_on_done_submits_past_the_queue_cap_fails_the_tasks_that_do_not_fit() -> None:
+    # Admitted by the worker after on_done returned, a refusal cannot be raised to the caller: the
+    # refused tasks end FAILED with the reason, as their own on_done hears.
+    heard: dict[str, TaskStatus] = {}
+    errors: dict[str, str] = {}
+    done = threading.Event()
+
+    def note(state: TaskState) -> None:
+        heard[state.task_id] = state.status
+        if state.error is not None:
+            errors[state.task_id] = state.error.message
+        if len(heard) == 3:
+            done.set()
+
+    with TaskOrchestrator(1, max_queued=2) as orch:
+        ids: list[str] = []
+
+        def fan_out(state: TaskState) -> None:
+            batch: list[Task] = []
+            ids.extend(
+                orch.submit(noop, name=f"f{i}", on_done=note, live_state=True, batch=batch) for i in range(3)
+            )
+            orch.submit_batch(batch, after=state)  # admitted together: two fit under the cap
+
+        orch.submit(lambda ctx: None, name="first", on_done=fan_out, live_state=True)
+        assert done.wait(20)
+    assert [heard[i] for i in ids] == [TaskStatus.COMPLETED, TaskStatus.COMPLETED, TaskStatus.FAILED]
+    assert "CODOMYRMEX_MAX_QUEUED_TASKS" in errors[ids[2]]
 
 
 def test_cancelling_tasks_as_they_finish_ends_each_once_as_its_on_done_heard() -> None:

@@ -9,7 +9,9 @@ records it and takes its next one in one lock acquisition. When the task has an 
 (every workflow step has one), the worker first claims the outcome (:meth:`WorkerPool.claim`: from then on a
 cancel or a deadline cannot end the task another way; it counts as seeking work, so the step ``on_done``
 submits does not wake another worker) and delivers ``on_done`` without the lock, so that
-recording the task, releasing its waiters and taking the next task still take one acquisition. Listeners
+recording the task, releasing its waiters and taking the next task still take one acquisition; the
+tasks ``on_done`` submits with the outcome (``TaskOrchestrator.submit_batch(after=)``: a workflow's
+next steps) are admitted in that same acquisition. Listeners
 change that: with any, the task is recorded first, then they and ``on_done`` hear of it, then a second
 acquisition releases its waiters and takes the next task.
 
@@ -49,6 +51,7 @@ from codomyrmex_orchestration.core.models import ErrorInfo, TaskRecord, TaskStat
 from codomyrmex_orchestration.core.timers import Timer, TimerService
 from codomyrmex_orchestration.errors import (
     LimitExceededError,
+    OrchestrationError,
     SchedulerShutdownError,
     StepCancelledError,
     StepTimeoutError,
@@ -112,7 +115,7 @@ class Dispatcher:
         self.accepting = True
         self.closing = False
         if resources is not None:
-            resources.add_release_listener(self._on_resources_released)
+            resources.add_release_listener(partial(_resources_released, self))
 
     # ------------------------------------------------------------------ entry points
 
@@ -127,39 +130,10 @@ class Dispatcher:
         """
         out = Outbox()
         with self.lock:
-            if not self.accepting:
-                raise SchedulerShutdownError()
-            waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
-            if self.max_queued is not None and waiting > self.max_queued:
-                raise _queue_full(self.max_queued, waiting)
-            # All or none: every dependency is found before any task is added.
-            deps = [[self.table.require(d) for d in task.dependencies] for task in tasks]
-            # With listeners, a task is queued once "task.queued" was delivered: none sees it start first.
-            held = bool(self.listeners)
-            for task, its_deps in zip(tasks, deps, strict=True):
-                failed = self.table.add(task, its_deps)
-                if failed is not None:
-                    self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
-                    continue
-                if task.group is not None:
-                    if task.group.cancelled:
-                        self._cancel_locked(task, task.group.reason, out)
-                        continue
-                    task.group.tasks.add(task)
-                task.held = held
-                self._notice_locked(task, "task.queued", False, out)
-                if task.handed and not held:
-                    task.status = TaskStatus.READY
-                    self.queue.push(task)
-            self.pool.ensure_workers_locked()  # once for the whole wave: at most one wake-up per worker
+            held = self._admit_locked(tasks, out, strict=True)
         if out.notices or out.releases:
             self.deliver_here(out)
-            if held:
-                with self.lock:
-                    for task in tasks:
-                        task.held = False
-                        if task.handed and task.status is TaskStatus.PENDING:
-                            self._enqueue_locked(task)
+            self._release_held(held)
 
     def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task that is not final; False if it is, or if its call has returned (it ends as it
@@ -223,22 +197,81 @@ class Dispatcher:
         while True:
             out = Outbox()
             started: tuple[Task, _Started] | None = None
+            held: list[Task] | None = None
             with self.lock:
                 if delivered:
                     _settle_locked(delivered, out)
                 if ended is not None:
                     self._end_attempt_locked(worker, ended, out)
+                    outcome = ended[5]
+                    if outcome is not None and outcome.follow:  # what its on_done submitted
+                        held = self._admit_locked(outcome.follow, out, strict=False)
                 if not out.notices and not worker.gone:
                     task = self._next_task_locked(worker, out)
                     if task is not None:
                         started = task, self._start_locked(task, worker, out)
             _release(out, self._resources)
             delivered = _deliver(out) if out.notices else []
+            if held:
+                self._release_held(held)
             if worker.gone:
                 return
             # In a function, so that nothing of the attempt (its callable may reach a whole workflow
             # run) stays referenced here while this worker waits for its next task.
             ended = None if started is None else _attempt(self._results, self.pool, worker, *started)
+
+    def _admit_locked(self, tasks: Sequence[Task], out: Outbox, *, strict: bool) -> list[Task]:
+        """Take new tasks into the table, their group and the queue (or hold them on their dependencies).
+        ``strict`` (:meth:`add`): all or none, raising what refuses one; else (what a worker's task's
+        ``on_done`` submitted, see :meth:`TaskOrchestrator.submit_batch`) a refused task fails and its
+        ``on_done`` says why. Returns the tasks held until listeners heard of them (:meth:`_release_held`)."""
+        waiting = self.table.active - self.running  # accepted, not final, not running
+        if strict and self.max_queued is not None and waiting + len(tasks) > self.max_queued:
+            raise _queue_full(self.max_queued, waiting + len(tasks))
+        accepted: list[tuple[Task, list[Task]]] = []
+        for task in tasks:
+            try:
+                if not self.accepting:
+                    raise SchedulerShutdownError()
+                if self.max_queued is not None and waiting >= self.max_queued:
+                    raise _queue_full(self.max_queued, waiting + 1)
+                accepted.append((task, [self.table.require(d) for d in task.dependencies]))
+            except OrchestrationError as exc:
+                if strict:
+                    raise
+                self.table.add(task, [])
+                self._finish_locked(task, TaskStatus.FAILED, None, ErrorInfo.from_exception(exc), out)
+                continue
+            waiting += 1
+        # With listeners, a task is queued once "task.queued" was delivered: none sees it start first.
+        held = bool(self.listeners)
+        for task, its_deps in accepted:
+            failed = self.table.add(task, its_deps)
+            if failed is not None:
+                self._finish_locked(task, TaskStatus.SKIPPED, None, _skip_error(task, failed), out)
+                continue
+            if task.group is not None:
+                if task.group.cancelled:
+                    self._cancel_locked(task, task.group.reason, out)
+                    continue
+                task.group.tasks.add(task)
+            task.held = held
+            self._notice_locked(task, "task.queued", False, out)
+            if task.handed and not held:
+                task.status = TaskStatus.READY
+                self.queue.push(task)
+        self.pool.ensure_workers_locked()  # once for the whole wave: at most one wake-up per worker
+        return [task for task, _ in accepted] if held else []
+
+    def _release_held(self, tasks: list[Task]) -> None:
+        """Queue tasks held until their "task.queued" reached the listeners."""
+        if not tasks:
+            return
+        with self.lock:
+            for task in tasks:
+                task.held = False
+                if task.handed and task.status is TaskStatus.PENDING:
+                    self._enqueue_locked(task)
 
     def _pending_locked(self) -> int:
         """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
@@ -286,7 +319,7 @@ class Dispatcher:
         deadline = None
         if task.timeout is not None:
             deadline = now + task.timeout
-            task.timer = self._arm(deadline, partial(self._on_deadline, task, task.attempts))
+            task.timer = self._arm(deadline, partial(_deadline_passed, self, task, task.attempts))
         self.running += 1
         record = None
         if self.listeners or (task.on_start is not None and not task.live_state):
@@ -331,7 +364,7 @@ class Dispatcher:
         self._notice_locked(task, "task.retrying", False, out)
         if delay > 0:
             due = time.monotonic() + delay
-            task.timer = self._arm(due, partial(self._on_retry_due, task, task.attempts))
+            task.timer = self._arm(due, partial(_retry_due, self, task, task.attempts))
             if task.timer is None:  # no timer service left to wait with: retry now
                 self._enqueue_locked(task)
         else:
@@ -420,7 +453,7 @@ class Dispatcher:
                 _settle_locked(delivered, settled)
             _release(settled, self._resources)
 
-    # ------------------------------------------------------------------ timers, resources
+    # ------------------------------------------------------------------ timers
 
     def _arm(self, when: float, callback: Callable[[], None]) -> Timer | None:
         """A timer on the shared service; ``None`` if it was closed before this scheduler (its owner
@@ -431,41 +464,50 @@ class Dispatcher:
             _log.error("scheduler.timer_service_closed", when=when)
             return None
 
-    def _on_deadline(self, task: Task, attempt: int) -> None:
-        """On the timer thread: the attempt ran out of time (unless it ended meanwhile)."""
-        out = Outbox()
-        with self.lock:
-            if task.attempts != attempt or task.status is not TaskStatus.RUNNING:
-                return
-            if not self._abandon_running_locked(task, out):
-                return  # the call returned in time; its worker is recording the end
-            timeout = StepTimeoutError(task.step_name or task.name, task.timeout or 0.0)
-            self._fail_or_retry_locked(task, TaskStatus.TIMED_OUT, ErrorInfo.from_exception(timeout), out)
-            if out.notices:  # timer callbacks must not block: a worker runs listeners and on_done
-                self._backlog.extend(out.notices)
-                out.notices = []
-                self.pool.ensure_workers_locked()
-        _release(out, self._resources)
 
-    def _on_retry_due(self, task: Task, attempt: int) -> None:
-        """On the timer thread: the retry delay is over."""
-        with self.lock:
-            if task.attempts == attempt and task.status is TaskStatus.PENDING:
-                task.timer = None
-                self._enqueue_locked(task)
+# ---------------------------------------------------------------------- on the timer thread
+# What the shared timers call back: the dispatcher's handlers for a deadline, a retry delay, freed
+# resources (functions of the dispatcher, like the worker's attempt below).
 
-    def _on_resources_released(self) -> None:
-        """Capacity freed. A resource manager calls this from whichever thread released it, which may
-        hold our lock (a release during admission), so the wake-up goes through the timer thread
-        instead of taking the lock here."""
-        try:
-            self._timers.call_later(0.0, self._wake_for_resources)
-        except RuntimeError:  # the timer service is closed: nothing is left to wake
+
+def _deadline_passed(d: Dispatcher, task: Task, attempt: int) -> None:
+    """The attempt ran out of time (unless it ended meanwhile)."""
+    out = Outbox()
+    with d.lock:
+        if task.attempts != attempt or task.status is not TaskStatus.RUNNING:
             return
+        if not d._abandon_running_locked(task, out):
+            return  # the call returned in time; its worker is recording the end
+        timeout = StepTimeoutError(task.step_name or task.name, task.timeout or 0.0)
+        d._fail_or_retry_locked(task, TaskStatus.TIMED_OUT, ErrorInfo.from_exception(timeout), out)
+        if out.notices:  # timer callbacks must not block: a worker runs listeners and on_done
+            d._backlog.extend(out.notices)
+            out.notices = []
+            d.pool.ensure_workers_locked()
+    _release(out, d._resources)
 
-    def _wake_for_resources(self) -> None:
-        with self.lock:
-            self.pool.ensure_workers_locked()
+
+def _retry_due(d: Dispatcher, task: Task, attempt: int) -> None:
+    """The retry delay is over."""
+    with d.lock:
+        if task.attempts == attempt and task.status is TaskStatus.PENDING:
+            task.timer = None
+            d._enqueue_locked(task)
+
+
+def _resources_released(d: Dispatcher) -> None:
+    """Capacity freed. A resource manager calls this from whichever thread released it, which may hold
+    the dispatcher's lock (a release during admission), so the wake-up goes through the timer thread
+    instead of taking the lock here."""
+    try:
+        d._timers.call_later(0.0, partial(_wake_for_resources, d))
+    except RuntimeError:  # the timer service is closed: nothing is left to wake
+        return
+
+
+def _wake_for_resources(d: Dispatcher) -> None:
+    with d.lock:
+        d.pool.ensure_workers_locked()
 
 
 def _attempt(
@@ -531,6 +573,7 @@ def _deliver_early(
     on_done = task.on_done  # read under the lock when the attempt started; nothing changes it after a claim
     if on_done is not None:
         safe_call(on_done, "on_done", task, outcome if task.live_state else task.snapshot(outcome))
+    outcome.open = False  # what on_done submitted with it is in outcome.follow
     return outcome
 
 

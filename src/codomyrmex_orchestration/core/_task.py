@@ -185,10 +185,13 @@ class Outcome:
         "duration_seconds",
         "error",
         "finished_at",
+        "follow",
+        "open",
         "result",
         "started_at",
         "status",
         "task_id",
+        "thread",
     )
 
     def __init__(
@@ -209,6 +212,11 @@ class Outcome:
         self.started_at = task.started_at
         self.finished_at = finished_at
         self.duration_seconds = mono - task.mono_started if task.mono_started is not None else None
+        # Tasks its on_done submits on this thread with it (``submit_batch(after=)``), queued by the
+        # worker as it records this end: open while on_done runs.
+        self.follow: list[Task] = []
+        self.open = True
+        self.thread = threading.get_ident()
 
 
 #: An event to hand to listeners and callbacks: (task, event name, snapshot taken at the event, final?).

@@ -130,8 +130,9 @@ class RunDriver:
         self.orchestrator.cancel_group(run.group, "run cancelled")
         self.apply(run, advance)
 
-    def apply(self, run: RunState, advance: Advance) -> None:
-        """Carry out what transitions asked for (iteratively: a failed submission is one more)."""
+    def apply(self, run: RunState, advance: Advance, after: TaskState | None = None) -> None:
+        """Carry out what transitions asked for (iteratively: a failed submission is one more).
+        ``after``: the state of the task whose ``on_done`` this is; its worker queues the new steps."""
         work = deque((advance,))
         while work:
             adv = work.popleft()
@@ -157,7 +158,7 @@ class RunDriver:
                 self._submit_items(run, wave[i:end], work)
                 i = end
             if batch:
-                self._queue(run, batch, work)
+                self._queue(run, batch, work, after)
             if adv.finished:
                 self._finish(run)
 
@@ -202,11 +203,11 @@ class RunDriver:
         result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
         return run.step_finished(result, held_slot=True)
 
-    def _queue(self, run: RunState, batch: list[Task], work: deque[Advance]) -> None:
+    def _queue(self, run: RunState, batch: list[Task], work: deque[Advance], after: TaskState | None) -> None:
         """Queue a wave's steps together. Refused as a whole (the queue's cap, a shutdown), they go one
         by one: those that fit are queued, the others fail (what that settles goes to ``work``)."""
         try:
-            self.orchestrator.submit_batch(batch)
+            self.orchestrator.submit_batch(batch, after)
         except OrchestrationError:
             for task in batch:
                 try:
@@ -299,7 +300,7 @@ class RunDriver:
         )
         if call.cache_key is not None:
             self.cache.keep(call.cache_key, call.run, result)
-        self.apply(call.run, call.run.step_finished(result, held_slot=True))
+        self.apply(call.run, call.run.step_finished(result, held_slot=True), state)
 
     def _announce(self, run: RunState, result: StepResult) -> None:
         if self.listeners:

@@ -29,7 +29,7 @@ from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
-from codomyrmex_orchestration.core._task import FINAL_EVENT, Task, TaskGroup
+from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
 from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -256,11 +256,16 @@ class TaskOrchestrator:
             self._d.add((task,))
         return task.id
 
-    def submit_batch(self, batch: Sequence[Task]) -> None:
+    def submit_batch(self, batch: Sequence[Task], after: TaskState | None = None) -> None:
         """Queue the tasks :meth:`submit` built into ``batch``, in order, in one acquisition of the
         scheduler's lock. All or none: when one is refused (shutdown, ``max_queued``, an unknown
-        dependency; it raises what :meth:`submit` raises), none is queued."""
-        self._d.add(batch)
+        dependency; it raises what :meth:`submit` raises), none is queued. ``after``: the state an
+        ``on_done`` was given, called from that ``on_done``: the worker delivering it queues the batch
+        as it records that task's end (no lock taken here), and a refused task fails instead."""
+        if type(after) is Outcome and after.open and after.thread == threading.get_ident():
+            after.follow.extend(batch)  # its worker admits them (Dispatcher._admit_locked)
+        else:
+            self._d.add(batch)
 
     def submit_many(
         self,
