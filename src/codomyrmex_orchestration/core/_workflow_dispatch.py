@@ -20,6 +20,7 @@ from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVEN
 from codomyrmex_orchestration.core._workflow_input import APPROVE
 from codomyrmex_orchestration.core._workflow_items import RunCall, item_calls
 from codomyrmex_orchestration.core._workflow_map import is_item
+from codomyrmex_orchestration.core._workflow_plan import StepInfo
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -167,7 +168,8 @@ class RunDriver:
     ) -> Advance | None:
         """Submit the step (``batch``: build its task into it, for :meth:`_queue`, instead of queueing
         it at once); what settled if it did not become a task (refused, cached, asking a question)."""
-        step = run.spec_of(name)
+        info = run.info(name)
+        step = info.spec
         if self.ask is not None and (step.module, step.action) == APPROVE:
             return self.ask(run, name, params)
         cache_key, cached = self.cache.lookup(run, name, step, params)
@@ -180,7 +182,7 @@ class RunDriver:
                 name,
                 self.registry.get(step.module, step.action).func,
                 params,
-                self.recorder.write_mark(bool(run.parents_of(name))),
+                self.recorder.write_mark(bool(info.parents)),
                 cache_key,
             )
             self.orchestrator.submit(
@@ -192,7 +194,7 @@ class RunDriver:
                 on_start=call.started if run.hears_starts else None,
                 on_done=call.done,
                 batch=batch,
-                **_settings(run, step, name),
+                **_settings(run, info),
             )
         except OrchestrationError as exc:
             return self._refused(run, name, exc)
@@ -226,7 +228,8 @@ class RunDriver:
         a question or using the step cache, and a row the scheduler refuses (its queue cap), go one by
         one as steps do."""
         first = entries[0][0]
-        step = run.spec_of(first)
+        info = run.info(first)
+        step = info.spec
         if (self.ask is not None and (step.module, step.action) == APPROVE) or step.cache is not None:
             self._one_by_one(run, entries, work)
             return
@@ -236,11 +239,11 @@ class RunDriver:
             for name, _ in entries:
                 work.append(self._refused(run, name, exc))
             return
-        mark = self.recorder.write_mark(bool(run.parents_of(first)))
+        mark = self.recorder.write_mark(bool(info.parents))
         action = partial(self._action, run, step) if self._remote else None
         calls = item_calls(self, run, entries, func, mark, action)
         try:
-            self.orchestrator.submit_many(calls, **_settings(run, step, first))
+            self.orchestrator.submit_many(calls, **_settings(run, info))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work)
 
@@ -351,12 +354,13 @@ class RunDriver:
             pass
 
 
-def _settings(run: RunState, step: StepSpec, name: str) -> dict[str, Any]:
+def _settings(run: RunState, info: StepInfo) -> dict[str, Any]:
     """The scheduler settings a step (or a row of a map step's items) is submitted with: its priority,
     timeout, retry policy and resources, the run and the client it is queued for; live state, as both
     callbacks copy the few fields they need at once."""
+    step = info.spec
     return {
-        "priority": run.priority_of(name),
+        "priority": run.priority_of(info),
         "timeout": step.timeout,
         "max_retries": step.max_retries,
         "retry_delay": step.retry_delay,

@@ -5,14 +5,16 @@ A :class:`Plan` is immutable once built and shared by every run of that version;
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from pydantic import BaseModel, Field
 
 from codomyrmex_orchestration.core._secrets import SecretSource, secret_names
 from codomyrmex_orchestration.core.dag import WorkflowDAG
-from codomyrmex_orchestration.core.models import TaskPriority, WorkflowSpec
-from codomyrmex_orchestration.core.templating import Condition, find_references, parse_condition
+from codomyrmex_orchestration.core.models import StepSpec, TaskPriority, WorkflowSpec
+from codomyrmex_orchestration.core.templating import Condition, Reference, find_references, parse_condition
 
-__all__ = ["Plan", "WorkflowValidation"]
+__all__ = ["Plan", "StepInfo", "WorkflowValidation"]
 
 
 class WorkflowValidation(BaseModel):
@@ -27,67 +29,67 @@ class WorkflowValidation(BaseModel):
     missing_secrets: list[str] = Field(default_factory=list)
 
 
+class StepInfo:
+    """What a run needs of one step, digested once: its spec, its dependencies (sorted: the order skip
+    reasons are reported in), its own priority (None: the run's applies), its parsed ``run_if``, whether
+    its parameters hold templates, and the steps whose output it reads (it is skipped if one did not
+    complete). Immutable once built."""
+
+    __slots__ = ("condition", "needs_output", "parents", "priority", "spec", "templated")
+
+    def __init__(self, spec: StepSpec, parents: tuple[str, ...], refs: list[Reference]) -> None:
+        self.spec = spec
+        self.parents = parents
+        self.priority: TaskPriority | None = spec.priority if "priority" in spec.model_fields_set else None
+        self.templated = bool(refs)
+        self.condition: Condition | None = None
+        self.needs_output: tuple[str, ...] = ()
+
+    @classmethod
+    def digest(
+        cls, spec: StepSpec, parents: tuple[str, ...], known: Collection[str]
+    ) -> tuple[StepInfo, list[Reference]]:
+        """The step's info and every reference it makes (``known``: the step names it may refer to)."""
+        refs = find_references(spec.parameters, known)
+        info = cls(spec, parents, refs)
+        if spec.for_each is not None:  # a map step: the list it reads is an input too
+            refs = [*refs, *find_references(spec.for_each, known)]
+        if spec.run_if:
+            info.condition = parse_condition(spec.run_if, known)
+            refs = [*refs, *info.condition.references]
+        info.needs_output = tuple(
+            sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
+        )
+        return info, refs
+
+
 class Plan:
-    """A validated definition, pre-digested for runs: parents, conditions, template references.
+    """A validated definition, pre-digested for runs.
 
     Attributes:
         spec: the definition.
         dag: its validated graph (explicit and inferred dependencies).
         version: the definition's version number (0 for a definition never registered).
         digest: the content hash of the definition.
-        parents: each step's dependencies, sorted (the order skip reasons are reported in).
-        priorities: a step's own priority, where it sets one (else the run's priority applies).
-        conditions: each step's parsed ``run_if``.
-        templated: steps whose parameters hold templates.
-        needs_output: the steps whose output each step reads (it is skipped if one did not complete).
+        steps: each step's :class:`StepInfo`, in declaration order.
         param_refs: (step, parameter name, raw reference) for every ``{{params.x}}``.
         secret_names: the names of the secrets the steps use (``{{secrets.NAME}}``).
     """
 
-    __slots__ = (
-        "conditions",
-        "dag",
-        "digest",
-        "needs_output",
-        "param_refs",
-        "parents",
-        "priorities",
-        "secret_names",
-        "spec",
-        "templated",
-        "version",
-    )
+    __slots__ = ("dag", "digest", "param_refs", "secret_names", "spec", "steps", "version")
 
     def __init__(self, spec: WorkflowSpec, dag: WorkflowDAG, *, version: int = 0, digest: str = "") -> None:
         self.spec = spec
         self.dag = dag
         self.version = version
         self.digest = digest
-        self.parents: dict[str, tuple[str, ...]] = {
-            name: tuple(sorted(dag.dependencies_of(name))) for name in dag.steps
-        }
         known = dag.steps.keys()
-        self.priorities: dict[str, TaskPriority] = {
-            name: step.priority for name, step in dag.steps.items() if "priority" in step.model_fields_set
-        }
-        self.conditions: dict[str, Condition] = {}
-        self.templated: set[str] = set()
-        self.needs_output: dict[str, tuple[str, ...]] = {}
+        self.steps: dict[str, StepInfo] = {}
         self.param_refs: list[tuple[str, str, str]] = []
         self.secret_names: set[str] = set()
         for name, step in dag.steps.items():
-            refs = find_references(step.parameters, known)
-            if refs:
-                self.templated.add(name)
-            if step.for_each is not None:  # a map step: the list it reads is an input too
-                refs = [*refs, *find_references(step.for_each, known)]
-            if step.run_if:
-                condition = parse_condition(step.run_if, known)
-                self.conditions[name] = condition
-                refs = [*refs, *condition.references]
-            self.needs_output[name] = tuple(
-                sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
-            )
+            parents = tuple(sorted(dag.dependencies_of(name)))
+            self.steps[name], refs = StepInfo.digest(step, parents, known)
             self.param_refs.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
             self.secret_names |= secret_names(refs)
 

@@ -26,7 +26,7 @@ from typing import Any
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
 from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
-from codomyrmex_orchestration.core._workflow_plan import Plan
+from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
 from codomyrmex_orchestration.core._workflow_steps import RunSteps
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
@@ -211,6 +211,7 @@ class RunState:
         # The plan's steps and those added while the run goes; its lookups are the run's.
         self.definitions = RunSteps(plan, priority, self.maps)
         self.names = self.definitions.names  # every step of the run in declaration order, added ones last
+        self.info = self.definitions.info
         self.spec_of = self.definitions.spec_of
         self.parents_of = self.definitions.parents_of
         self.priority_of = self.definitions.priority_of
@@ -459,11 +460,12 @@ class RunState:
                 if kept is not None and kept.status is TaskStatus.COMPLETED:  # kept by a resume
                     graph.done(name)
                     continue
-                status, reason, payload = self._decide(name)
+                info = self.info(name)
+                status, reason, payload = self._decide(name, info)
                 if status is not TaskStatus.READY:
                     result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
                     self._settle(result, advance, announce=True)
-                elif self.spec_of(name).for_each is not None:
+                elif info.spec.for_each is not None:
                     self.maps.expand(name, payload, advance)
                 else:
                     self.admit(name, payload, advance)
@@ -507,32 +509,32 @@ class RunState:
             secrets=self.secrets,
         )
 
-    def _decide(self, name: str) -> tuple[TaskStatus, str | None, Any]:
+    def _decide(self, name: str, info: StepInfo) -> tuple[TaskStatus, str | None, Any]:
         """READY with resolved parameters, or the final status (and reason or error) of a step that will
         not run: cancelled, skipped (an upstream failure, an output it reads missing, ``run_if`` false)
         or failed (its templates do not resolve). A map step's payload is its list of items (its
         ``run_if`` and parameters are decided per item)."""
-        step, parents, needs_output, condition, templated = self.definitions.digest(name)
+        step, condition = info.spec, info.condition
         if self.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None
         if self.blocked:
-            for up in parents:
+            for up in info.parents:
                 if up in self.blocked:
                     return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
         steps = self.record.steps
-        for up in needs_output:
+        for up in info.needs_output:
             row = steps.get(up)
             if row is None or row.status is not TaskStatus.COMPLETED:
                 return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
         if step.for_each is not None:
             return self.maps.items_of(name, step)
-        if condition is None and not templated:
+        if condition is None and not info.templated:
             return TaskStatus.READY, None, step.parameters
         ctx = self.template_context()
         try:
             if condition is not None and not condition.evaluate(ctx):
                 return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
-            params = resolve(step.parameters, ctx) if templated else step.parameters
+            params = resolve(step.parameters, ctx) if info.templated else step.parameters
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
         return TaskStatus.READY, None, params
@@ -546,8 +548,8 @@ def _parallel_limit(given: int | None, workflow: int | None) -> int | None:
 def _plan_graph(plan: Plan) -> DependencyGraph[str]:
     """The run's dependency engine, prepared with the plan's steps (map items and added steps join it)."""
     graph: DependencyGraph[str] = DependencyGraph()
-    for name in plan.dag.steps:
-        graph.add(name, plan.parents[name])
+    for name, info in plan.steps.items():
+        graph.add(name, info.parents)
     graph.prepare()
     return graph
 
