@@ -203,3 +203,37 @@ def test_a_graph_guarded_by_its_owners_lock_runs_every_node_once_across_threads(
     assert sorted(ran) == list(range(width * depth))
     for node in ran:
         assert all(ran.index(dep) < ran.index(node) for dep in graph.dependencies(node))
+
+
+def test_copies_of_a_frozen_template_run_apart_and_nodes_added_to_one_stay_in_it() -> None:
+    template = DependencyGraph[str]()
+    template.add("a")
+    template.add("b", ["a"])
+    template.add("c", ["a"])
+    template.prepare()
+    template.freeze()
+    first, second = template.copy(), template.copy()
+    assert first.get_ready() == ["a"]
+    first.done("a")
+    first.add("late", ["a", "b"])  # joins a's dependents in this copy only
+    assert drain(first)[-1] == "late"
+    assert drain(second) == ["a", "b", "c"]  # untouched by the first copy's run and its new node
+    third = template.copy()
+    assert third.get_ready() == ["a"] and "late" not in third
+    third.done("a")
+    assert sorted(third.get_ready()) == ["b", "c"]
+
+
+def test_a_template_is_frozen_only_once_prepared_and_is_never_run_itself() -> None:
+    graph = DependencyGraph[str]()
+    graph.add("a")
+    with pytest.raises(InvalidStateError):
+        graph.copy()  # not frozen
+    with pytest.raises(InvalidStateError):
+        graph.freeze()  # not prepared
+    graph.prepare()
+    graph.freeze()
+    with pytest.raises(InvalidStateError):
+        graph.get_ready()
+    with pytest.raises(InvalidStateError):
+        graph.add("b")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from codomyrmex_orchestration.core._secrets import SecretSource, secret_names
 from codomyrmex_orchestration.core.dag import WorkflowDAG
+from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import StepSpec, TaskPriority, WorkflowSpec
 from codomyrmex_orchestration.core.templating import Condition, Reference, find_references, parse_condition
 
@@ -72,11 +73,13 @@ class Plan:
         version: the definition's version number (0 for a definition never registered).
         digest: the content hash of the definition.
         steps: each step's :class:`StepInfo`, in declaration order.
+        graph: the steps' dependency graph, prepared: each run starts from a copy (call ``copy()`` on
+            it only; it is never run itself).
         param_refs: (step, parameter name, raw reference) for every ``{{params.x}}``.
         secret_names: the names of the secrets the steps use (``{{secrets.NAME}}``).
     """
 
-    __slots__ = ("dag", "digest", "param_refs", "secret_names", "spec", "steps", "version")
+    __slots__ = ("dag", "digest", "graph", "param_refs", "secret_names", "spec", "steps", "version")
 
     def __init__(self, spec: WorkflowSpec, dag: WorkflowDAG, *, version: int = 0, digest: str = "") -> None:
         self.spec = spec
@@ -92,6 +95,11 @@ class Plan:
             self.steps[name], refs = StepInfo.digest(step, parents, known)
             self.param_refs.extend((name, str(r.attr), r.raw) for r in refs if r.root == "params")
             self.secret_names |= secret_names(refs)
+        self.graph: DependencyGraph[str] = DependencyGraph()
+        for name, info in self.steps.items():
+            self.graph.add(name, info.parents)
+        self.graph.prepare()
+        self.graph.freeze()
 
     def describe(self, secrets: SecretSource | None = None) -> WorkflowValidation:
         """The validation report; with ``secrets``, naming the secrets the steps use that it lacks."""

@@ -28,7 +28,6 @@ from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
 from codomyrmex_orchestration.core._workflow_steps import RunSteps
-from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     InputRequest,
@@ -216,7 +215,7 @@ class RunState:
         self.parents_of = self.definitions.parents_of
         self.priority_of = self.definitions.priority_of
         self.condition_of = self.definitions.condition_of
-        self.graph = _plan_graph(plan)
+        self.graph = plan.graph.copy()  # the run's dependency engine (items and added steps join it)
 
     # ------------------------------------------------------------------ transitions
 
@@ -543,15 +542,6 @@ class RunState:
 def _parallel_limit(given: int | None, workflow: int | None) -> int | None:
     """The stricter of the caller's and the workflow's ``max_parallel`` (``None``: no limit)."""
     return min(given, workflow or given) if given is not None else workflow
-
-
-def _plan_graph(plan: Plan) -> DependencyGraph[str]:
-    """The run's dependency engine, prepared with the plan's steps (map items and added steps join it)."""
-    graph: DependencyGraph[str] = DependencyGraph()
-    for name, info in plan.steps.items():
-        graph.add(name, info.parents)
-    graph.prepare()
-    return graph
 
 
 def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:

@@ -39,9 +39,17 @@ class _Node(Generic[K]):
 
     def __init__(self, dependencies: tuple[K, ...]) -> None:
         self.dependencies = dependencies
-        self.dependents: list[K] | None = None  # most nodes of a wide graph have none: no empty list each
+        # None: most nodes of a wide graph have no dependents, so no empty list each. A tuple is shared
+        # with the graph this one was copied from (see DependencyGraph.copy): replaced, never appended to.
+        self.dependents: list[K] | tuple[K, ...] | None = None
         self.state = _WAITING
         self.unfinished = 0
+
+    def clone(self) -> _Node[K]:
+        node: _Node[K] = _Node.__new__(_Node)
+        node.dependencies, node.dependents = self.dependencies, self.dependents
+        node.state, node.unfinished = self.state, self.unfinished
+        return node
 
 
 class DependencyGraph(Generic[K]):
@@ -59,9 +67,10 @@ class DependencyGraph(Generic[K]):
                 graph.done(node)
     """
 
-    __slots__ = ("_handed", "_nodes", "_prepared", "_ready", "_unfinished")
+    __slots__ = ("_frozen", "_handed", "_nodes", "_prepared", "_ready", "_unfinished")
 
     def __init__(self) -> None:
+        self._frozen = False  # a template: copied, never run (see freeze)
         self._nodes: dict[K, _Node[K]] = {}
         self._ready: list[K] = []
         self._prepared = False
@@ -80,6 +89,8 @@ class DependencyGraph(Generic[K]):
             InvalidInputError: ``node`` exists already, or (after ``prepare()``) a dependency is unknown.
         """
         nodes = self._nodes
+        if self._frozen:
+            raise InvalidStateError("dependency graph", "add", "a frozen template", "add to a copy")
         if node in nodes:
             raise InvalidInputError("node", f"{node!r} is already in the graph")
         deps: tuple[K, ...] = ()
@@ -116,14 +127,46 @@ class DependencyGraph(Generic[K]):
         for node, entry in self._nodes.items():
             self._link(node, entry)
 
+    def freeze(self) -> None:
+        """Make this prepared graph a template that is only copied (a workflow plan's: each run copies it
+        instead of building and checking the same graph again). Call before sharing it between threads.
+
+        Raises:
+            InvalidStateError: it is not prepared, or some node was handed out already.
+        """
+        if not self._prepared or self._handed or self._unfinished != len(self._nodes):
+            raise InvalidStateError("dependency graph", "freeze", "running", "freeze a prepared graph")
+        for entry in self._nodes.values():  # shared by the copies: a node added to one replaces them
+            if type(entry.dependents) is list:
+                entry.dependents = tuple(entry.dependents)
+        self._frozen = True
+
+    def copy(self) -> DependencyGraph[K]:
+        """A new graph as this frozen template stands (see :meth:`freeze`); safe from any thread.
+
+        Raises:
+            InvalidStateError: the graph is not frozen.
+        """
+        if not self._frozen:
+            raise InvalidStateError("dependency graph", "copy", "not frozen", "call freeze() first")
+        graph: DependencyGraph[K] = DependencyGraph()
+        graph._nodes = {node: entry.clone() for node, entry in self._nodes.items()}
+        graph._ready = list(self._ready)
+        graph._prepared = True
+        graph._unfinished = self._unfinished
+        return graph
+
     def _link(self, node: K, entry: _Node[K]) -> None:
         """Register ``node`` with its dependencies and make it ready if none is pending."""
         for dep in entry.dependencies:
             parent = self._nodes[dep]
-            if parent.dependents is None:
+            dependents = parent.dependents
+            if dependents is None:
                 parent.dependents = [node]
+            elif type(dependents) is list:
+                dependents.append(node)
             else:
-                parent.dependents.append(node)
+                parent.dependents = [*dependents, node]
             if parent.state != _DONE:
                 entry.unfinished += 1
         if entry.unfinished == 0 and entry.state == _WAITING:
@@ -164,8 +207,9 @@ class DependencyGraph(Generic[K]):
         Raises:
             InvalidStateError: :meth:`prepare` was not called.
         """
-        if not self._prepared:
-            raise InvalidStateError("dependency graph", "get_ready", "not prepared", "call prepare() first")
+        if not self._prepared or self._frozen:
+            state = "a frozen template" if self._frozen else "not prepared"
+            raise InvalidStateError("dependency graph", "get_ready", state, "run a copy, prepared")
         ready, self._ready = self._ready, []
         nodes = self._nodes
         for node in ready:
