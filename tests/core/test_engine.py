@@ -313,6 +313,22 @@ def test_steps_hold_real_resources_and_wait_for_capacity(engine: OrchestrationEn
     assert engine.resource_manager.get_usage("compute")["allocated"] == 0
 
 
+def test_a_run_that_completes_has_released_its_steps_resources_already(engine: OrchestrationEngine) -> None:
+    # The worker hands a finished step to its run before it records the task; the step's resources
+    # must be free by then, or whoever hears the run end (a waiter, a listener) finds them held.
+    engine.workflow_manager.create_workflow(
+        "holder", [{"name": "s", "module": "core", "action": "set", "resources": {"compute": 1}}]
+    )
+    seen: list[float] = []
+    engine.register_event_handler(
+        "run.completed", lambda e, p: seen.append(engine.resource_manager.get_usage("compute")["allocated"])
+    )
+    record = engine.execute_workflow("holder", timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert seen == [0]
+    assert engine.resource_manager.get_usage("compute")["allocated"] == 0
+
+
 def test_a_step_needing_more_than_exists_is_refused_when_defined_naming_the_resource(
     engine: OrchestrationEngine,
 ) -> None:

@@ -218,7 +218,7 @@ class Dispatcher:
                 return
             # In a function, so that nothing of the attempt (its callable may reach a whole workflow
             # run) stays referenced here while this worker waits for its next task.
-            ended = None if started is None else _attempt(self._results, self.pool, worker, *started)
+            ended = None if started is None else _attempt(self, worker, *started)
 
     def _admit_locked(self, tasks: Sequence[Task], out: Outbox, *, strict: bool) -> list[Task]:
         """Take new tasks into the table, their group and the queue (or hold them on their dependencies).
@@ -510,9 +510,7 @@ def _wake_for_resources(d: Dispatcher) -> None:
         d.pool.ensure_workers_locked()
 
 
-def _attempt(
-    results: ResultPipeline, pool: WorkerPool, worker: Worker, task: Task, started: _Started
-) -> _Ended:
+def _attempt(d: Dispatcher, worker: Worker, task: Task, started: _Started) -> _Ended:
     """On ``worker``, without the lock: run the attempt of ``task`` that ``_start_locked`` started."""
     fn, on_start, start_arg, attempt, cancel_event, deadline, early = started
     if on_start is not None:
@@ -528,14 +526,14 @@ def _attempt(
         block_hook=worker.block_hook,
     )
     try:
-        result = results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
+        result = d._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
         failure = None
     except BaseException as exc:  # a worker must survive anything an action raises
         # Recorded, not kept: the exception's traceback reaches the frames of the call (and their
         # locals, a whole workflow run), and holding it would make a cycle with this frame.
         result, failure = None, _failure(exc)
     finished_at, mono = datetime.now(UTC), time.monotonic()
-    outcome = _deliver_early(pool, worker, task, result, failure, finished_at, mono) if early else None
+    outcome = _deliver_early(d, worker, task, result, failure, finished_at, mono) if early else None
     return task, result, failure, finished_at, mono, outcome
 
 
@@ -548,7 +546,7 @@ def _failure(error: BaseException) -> _Failure:
 
 
 def _deliver_early(
-    pool: WorkerPool,
+    d: Dispatcher,
     worker: Worker,
     task: Task,
     result: Any,
@@ -558,7 +556,8 @@ def _deliver_early(
 ) -> Outcome | None:
     """On ``worker``, without the lock, once its call of ``task`` returned: if this was the task's last
     attempt, claim the outcome and deliver ``on_done``; returns what was delivered (None: the lock
-    decides, as for a retry, or the task was given up on first)."""
+    decides, as for a retry, or the task was given up on first). Its resources are released first: who
+    hears of the end (a run that finishes with it, its waiters) finds them free."""
     status: TaskStatus
     info: ErrorInfo | None
     if failure is None:
@@ -567,8 +566,12 @@ def _deliver_early(
         status, info = failure
     else:
         return None
-    if not pool.claim(worker, task):
+    if not d.pool.claim(worker, task):
         return None
+    handle = task.resource_handle  # the task's end is this worker's alone once claimed
+    if handle is not None:
+        task.resource_handle = None
+        _release_handles((handle,), d._resources)
     outcome = Outcome(task, status, result, info, finished_at, mono)
     on_done = task.on_done  # read under the lock when the attempt started; nothing changes it after a claim
     if on_done is not None:
@@ -638,12 +641,7 @@ def _release(out: Outbox, resources: ResourceAdmission | None) -> None:
     """Outside the lock: set cancel events, release resource handles, release waiters."""
     for event in out.cancels:
         event.set()
-    if resources is not None:
-        for handle in out.handles:
-            try:
-                resources.release_handle(handle)
-            except Exception:
-                _log.exception("scheduler.release_failed")
+    _release_handles(out.handles, resources)
     for task, done_event, callbacks in out.releases:
         if done_event is not None:
             done_event.set()
@@ -651,6 +649,15 @@ def _release(out: Outbox, resources: ResourceAdmission | None) -> None:
             record = task.snapshot()  # final: its fields no longer change
             for callback in callbacks:
                 safe_call(callback, "on_settled", task, record)
+
+
+def _release_handles(handles: Sequence[object], resources: ResourceAdmission | None) -> None:
+    if resources is not None:
+        for handle in handles:
+            try:
+                resources.release_handle(handle)
+            except Exception:
+                _log.exception("scheduler.release_failed")
 
 
 def _deliver(out: Outbox) -> list[Task]:
