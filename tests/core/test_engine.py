@@ -320,12 +320,17 @@ def test_a_run_that_completes_has_released_its_steps_resources_already(engine: O
         "holder", [{"name": "s", "module": "core", "action": "set", "resources": {"compute": 1}}]
     )
     seen: list[float] = []
-    engine.register_event_handler(
-        "run.completed", lambda e, p: seen.append(engine.resource_manager.get_usage("compute")["allocated"])
-    )
+    heard = threading.Event()
+
+    def note(event: str, payload: dict[str, Any]) -> None:  # on the thread that ends the run
+        if event == "run.completed":
+            seen.append(engine.resource_manager.get_usage("compute")["allocated"])
+            heard.set()
+
+    engine.workflow_manager.add_listener(note)
     record = engine.execute_workflow("holder", timeout=10)
     assert record.status is WorkflowStatus.COMPLETED
-    assert seen == [0]
+    assert heard.wait(10) and seen == [0]
     assert engine.resource_manager.get_usage("compute")["allocated"] == 0
 
 
