@@ -699,3 +699,61 @@ def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a
         assert manager.wait_run(failed.run_id, 10).status is WorkflowStatus.COMPLETED
         assert calls[failed.run_id] == 2  # the failed run's call and one resumed run's
     store.close()
+
+
+def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_others(
+    registry: ActionRegistry,
+) -> None:
+    orch = TaskOrchestrator(1, registry=registry, max_queued=3)
+    gate = threading.Event()
+    try:
+        busy = orch.submit(lambda ctx: gate.wait(10), name="busy")  # holds the one worker
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        manager.create_workflow("wide", [step(f"s{i}") for i in range(5)])
+        run_id = manager.execute_workflow("wide", wait=False).run_id
+        gate.set()
+        orch.wait(busy, timeout=10)
+        record = manager.wait_run(run_id, timeout=10)
+    finally:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=10)
+    statuses = {name: result.status for name, result in record.steps.items()}
+    assert sorted(n for n, s in statuses.items() if s is TaskStatus.COMPLETED) == ["s0", "s1", "s2"]
+    assert record.status is WorkflowStatus.FAILED and record.failed_steps == ["s3", "s4"]
+    error = record.steps["s4"].error
+    assert error is not None and "CODOMYRMEX_MAX_QUEUED_TASKS" in error.message
+
+
+def test_a_running_step_shows_in_snapshots_and_stats_when_nobody_listens_to_starts(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: ActionContext) -> str:
+        entered.set()
+        assert release.wait(10)
+        return "done"
+
+    registry.register(ActionDefinition("test", "hold", hold))
+    manager.create_workflow("held", [step("a", module="test", action="hold"), step("b", dependencies=["a"])])
+    run_id = manager.execute_workflow("held", wait=False).run_id
+    try:
+        assert entered.wait(10)
+        shown = manager.get_run(run_id).steps
+        assert (shown["a"].status, shown["a"].attempts) == (TaskStatus.RUNNING, 1)
+        assert shown["a"].started_at is not None and shown["b"].status is TaskStatus.PENDING
+        assert manager.stats()["active_steps_by_status"] == {"running": 1, "pending": 1}
+    finally:
+        release.set()
+    record = manager.wait_run(run_id, timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED and record.steps["a"].attempts == 1
+
+
+def test_records_list_steps_in_declaration_order_whatever_order_they_ran_in(manager: WorkflowManager) -> None:
+    manager.create_workflow(
+        "backwards", [step("c", dependencies=["b"]), step("b", dependencies=["a"]), step("a"), step("d")]
+    )
+    run_id = manager.execute_workflow("backwards", wait=False).run_id
+    shown = list(manager.get_run(run_id).steps)  # pending, running or done: every step, in order
+    record = manager.wait_run(run_id, timeout=10)
+    assert shown == list(record.steps) == ["c", "b", "a", "d"]
+    assert record.steps["c"].finished_at >= record.steps["a"].finished_at  # type: ignore[operator]

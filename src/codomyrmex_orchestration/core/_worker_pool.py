@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -232,6 +233,24 @@ class WorkerPool:
     def _discard_locked(self, worker: Worker) -> None:
         worker.gone = True
         self.workers.discard(worker)
+
+    def join(self, grace: float, abandoned_grace: float) -> None:
+        """Wait for the workers' threads to exit, each up to ``grace`` seconds, then up to
+        ``abandoned_grace`` seconds in all for the threads still inside abandoned calls: a cooperative
+        action (shell.run killing its process group) gets a short, bounded grace to clean up before the
+        process may exit; one that ignores cancellation is left behind (daemon) and reported by health.
+        The calling thread is not waited for."""
+        with self._cond:
+            threads = self.threads_locked(abandoned=False)
+            abandoned = self.threads_locked(abandoned=True)
+        me = threading.current_thread()
+        for thread in threads:
+            if thread is not me:
+                thread.join(grace)
+        deadline = time.monotonic() + abandoned_grace
+        for thread in abandoned:
+            if thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def threads_locked(self, *, abandoned: bool) -> list[threading.Thread]:
         """The threads of the workers holding a slot, or of those left in abandoned calls."""

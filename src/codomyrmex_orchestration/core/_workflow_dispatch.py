@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from codomyrmex_orchestration.core._step_cache import StepCache
+from codomyrmex_orchestration.core._task import Task
 from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS, Listeners
 from codomyrmex_orchestration.core._workflow_input import APPROVE
 from codomyrmex_orchestration.core._workflow_items import RunCall, item_calls
@@ -138,12 +139,18 @@ class RunDriver:
                 for result in adv.settled:
                     self._announce(run, result)
             submitted: list[tuple[str, str]] = []
+            batch: list[Task] = []  # the wave's steps, queued together (one scheduler lock acquisition)
+            built: list[tuple[str, str]] = []
             wave = adv.submit
             i = 0
             while i < len(wave):
                 name = wave[i][0]
-                if not is_item(name):
-                    self._one_by_one(run, wave[i : i + 1], work, submitted)
+                if not (run.items and is_item(name)):
+                    outcome = self._submit(run, name, wave[i][1], batch)
+                    if isinstance(outcome, Advance):
+                        work.append(outcome)
+                    else:
+                        built.append((name, outcome))
                     i += 1
                     continue
                 # A map step's items come in a row: one submission for the row.
@@ -152,6 +159,8 @@ class RunDriver:
                     end += 1
                 self._submit_items(run, wave[i:end], work, submitted)
                 i = end
+            if batch:
+                self._queue(run, batch, built, work, submitted)
             # One lock acquisition for the whole wave (a 10,000-step first wave registers at once).
             if submitted and not run.register_tasks(submitted):
                 for _name, task_id in submitted:
@@ -159,8 +168,11 @@ class RunDriver:
             if adv.finished:
                 self._finish(run)
 
-    def _submit(self, run: RunState, name: str, params: dict[str, Any]) -> Advance | str:
-        """The step's task id, or what its failure to submit settled."""
+    def _submit(
+        self, run: RunState, name: str, params: dict[str, Any], batch: list[Task] | None = None
+    ) -> Advance | str:
+        """The step's task id, or what its failure to submit settled (``batch``: its task is built into
+        it, for :meth:`_queue`, instead of queued at once)."""
         step = run.spec_of(name)
         if self.ask is not None and (step.module, step.action) == APPROVE:
             return self.ask(run, name, params)
@@ -183,14 +195,42 @@ class RunDriver:
                 name=f"{run.record.workflow_name}.{name}",
                 step_name=name,
                 # on_start, not the callable: a remote backend runs the action elsewhere, not ``call``.
-                on_start=call.started,
+                on_start=call.started if run.hears_starts else None,
                 on_done=call.done,
+                batch=batch,
                 **_settings(run, step, name),
             )
         except OrchestrationError as exc:
-            result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
-            return run.step_finished(result, held_slot=True)
+            return self._refused(run, name, exc)
         return task_id
+
+    def _refused(self, run: RunState, name: str, exc: OrchestrationError) -> Advance:
+        """A step the scheduler would not take fails with the reason."""
+        result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
+        return run.step_finished(result, held_slot=True)
+
+    def _queue(
+        self,
+        run: RunState,
+        batch: list[Task],
+        built: list[tuple[str, str]],
+        work: deque[Advance],
+        submitted: list[tuple[str, str]],
+    ) -> None:
+        """Queue a wave's steps together: (name, task id) pairs to ``submitted``. Refused as a whole (the
+        queue's cap, a shutdown), they go one by one: those that fit are queued, the others fail."""
+        try:
+            self.orchestrator.submit_batch(batch)
+        except OrchestrationError:
+            for task, (name, task_id) in zip(batch, built, strict=True):
+                try:
+                    self.orchestrator.submit_batch((task,))
+                except OrchestrationError as exc:
+                    work.append(self._refused(run, name, exc))
+                else:
+                    submitted.append((name, task_id))
+            return
+        submitted.extend(built)
 
     def _submit_items(
         self,
@@ -211,10 +251,8 @@ class RunDriver:
         try:
             func = self.registry.get(step.module, step.action).func
         except OrchestrationError as exc:
-            error = ErrorInfo.from_exception(exc)
             for name, _ in entries:
-                result = StepResult(name=name, status=TaskStatus.FAILED, error=error)
-                work.append(run.step_finished(result, held_slot=True))
+                work.append(self._refused(run, name, exc))
             return
         mark = self.recorder.write_mark(bool(run.parents_of(first)))
         action = partial(self._action, run, step) if self._remote else None
@@ -260,7 +298,7 @@ class RunDriver:
         if call.mark is not None:
             self.recorder.step_starting(call.mark)
         run.step_started(call.name, state.attempts, state.started_at)
-        if is_item(call.name):  # items are shown in their map step's record, not announced one by one
+        if run.items and is_item(call.name):  # shown in their map step's record, not announced one by one
             return
         if self.listeners:
             event = "step.retried" if state.attempts > 1 else "step.started"

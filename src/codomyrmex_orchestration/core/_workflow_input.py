@@ -522,7 +522,7 @@ class InputDesk:
         with run.lock:
             question = run.waiting.get(step)
             waiting = sorted(run.waiting)
-            known = step in run.record.steps
+            known = step in run.names
         if question is None:
             state = "not waiting for an answer" if known else f"not a step of run {run_id}"
             raise InvalidStateError(

@@ -493,7 +493,9 @@ class RunMaps:
         step ends when its last item does."""
         run = self.run
         spec = run.spec_of(name)
-        state = self.maps[name] = MapState(name, spec, values, run.record.steps[name].items, self.wave)
+        kept = run.record.steps.get(name)  # a resumed map step keeps its items
+        items = kept.items if kept is not None else None
+        state = self.maps[name] = MapState(name, spec, values, items, self.wave)
         row = StepResult(
             name=name,
             status=TaskStatus.RUNNING,
@@ -502,7 +504,7 @@ class RunMaps:
         )
         run.record.steps[name] = row
         run.save(row)
-        state.parse(*run.condition_of(name), run.record.steps)
+        state.parse(*run.condition_of(name), run.names)
         if state.left == 0:  # an empty list, or every item kept by a resume
             run.settle(state.result(cancelled=run.cancelled), advance)
 

@@ -1,7 +1,8 @@
 """The run state machine: one active workflow run, its step results and its dependency graph.
 
-A :class:`RunState` owns, under its one ``lock``: the run's record (every step of the definition is in
-``record.steps`` from the start, as a pending placeholder until it has a result), the run's
+A :class:`RunState` owns, under its one ``lock``: the run's record (``record.steps`` holds the rows of
+steps that have one: a result, a start, a map step's items; a step without a row is pending, and
+snapshots and the final record show every step in declaration order, ``names``), the run's
 :class:`~codomyrmex_orchestration.core.graph.DependencyGraph`, the steps whose failure propagates,
 the task ids of submitted steps, the ``max_parallel`` queue, and the cancelled and final flags. Every
 transition happens under the lock and returns an :class:`Advance` saying what the caller must do
@@ -24,6 +25,7 @@ from typing import Any
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan
+from codomyrmex_orchestration.core._workflow_steps import RunSteps
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -37,10 +39,7 @@ from codomyrmex_orchestration.core.models import (
     utcnow,
 )
 from codomyrmex_orchestration.core.templating import (
-    Condition,
     TemplateContext,
-    find_references,
-    parse_condition,
     resolve,
 )
 from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError, OrchestrationError
@@ -48,8 +47,11 @@ from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError
 __all__ = ["FAILED", "Advance", "RunState", "StepCallback", "new_record"]
 
 StepCallback = Callable[[RunRecord, StepResult], None]
+#: ``(attempts, first start)`` of each given task id that has started (the scheduler's started_attempts).
+StartsReader = Callable[[Collection[str]], dict[str, tuple[int, datetime | None]]]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+_PENDING_VALUE = TaskStatus.PENDING.value
 
 
 def new_record(
@@ -60,9 +62,11 @@ def new_record(
     session_id: str | None,
     parent_run_id: str | None,
     previous: RunRecord | None,
+    pending_rows: bool = False,
 ) -> RunRecord:
-    """The record a new run (or the resumption of ``previous``) starts with: every step, in declaration
-    order, pending unless ``previous`` completed it.
+    """The record a new run (or the resumption of ``previous``) starts with: the results ``previous``
+    completed and the items its map steps kept; with ``pending_rows`` (a durable store, which saves every
+    step at the start for recovery), a pending row for every other step too.
 
     Raises:
         InvalidInputError: a ``{{params.x}}`` has no value.
@@ -79,9 +83,13 @@ def new_record(
             )
     kept = previous.steps if previous is not None else {}
     steps: dict[str, StepResult] = {}
-    for n in plan.dag.steps:
-        old = kept.get(n)
-        steps[n] = old if old is not None and old.status is TaskStatus.COMPLETED else carried(n, old)
+    if kept or pending_rows:
+        for n in plan.dag.steps:
+            old = kept.get(n)
+            if old is not None and old.status is TaskStatus.COMPLETED:
+                steps[n] = old
+            elif pending_rows or (old is not None and old.items is not None):
+                steps[n] = carried(n, old)
     return RunRecord(
         run_id=previous.run_id if previous is not None else uuid.uuid4().hex,
         workflow_name=spec.name,
@@ -112,28 +120,35 @@ class Advance:
 
 
 class _StepView(Mapping[str, tuple[str, Any]]):
-    """A read-only view of a run's steps for template resolution (no per-step copies)."""
+    """A read-only view of a run's steps for template resolution (no per-step copies): every step of
+    ``names``, pending unless ``steps`` has its row."""
 
-    __slots__ = ("_steps",)
+    __slots__ = ("_names", "_steps")
 
-    def __init__(self, steps: dict[str, StepResult]) -> None:
+    def __init__(self, steps: dict[str, StepResult], names: dict[str, None]) -> None:
         self._steps = steps
+        self._names = names
 
     def __getitem__(self, key: str) -> tuple[str, Any]:
-        result = self._steps[key]
+        result = self._steps.get(key)
+        if result is None:
+            if key not in self._names:
+                raise KeyError(key)
+            return _PENDING_VALUE, None
         return result.status.value, result.output
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._steps)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return len(self._names)
 
 
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``saves_steps``, ``secrets``, ``use_cache``, ``done``, ``start_mono``, and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``use_cache``, ``done``, ``start_mono``, ``hears_starts``, ``starts_from``,
+    ``definitions`` (its own lookups need no lock) and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -150,8 +165,15 @@ class RunState:
         secrets: Callable[[str], str] | None = None,
         use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        starts_from: StartsReader | None = None,
     ) -> None:
         self.record = record
+        # Where the starts of this run's steps are read when a snapshot needs them (the scheduler's
+        # started_attempts), if the steps do not report them (``hears_starts``): reporting each start
+        # costs every step a callback and a queued row, which only listeners, ``on_step`` and a durable
+        # store need at the moment it happens.
+        self.starts_from = starts_from or _no_starts
+        self.hears_starts = starts_from is None
         self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
         self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
         self.client = client  # whom the steps are queued for (fair turns between clients)
@@ -181,10 +203,15 @@ class RunState:
         # order by the next holder of the lock before it reads or changes a step: no lock per start.
         self._starts: deque[tuple[str, int, datetime | None]] = deque()
         self._finishing = False
-        # Steps added while the run goes: written under the lock, read without it by spec_of() & co.
-        # only for steps already cleared to run (so written before they were cleared).
-        self._added: dict[str, _AddedStep] = {}
         self.maps = RunMaps(self, max_map_items)  # the map steps expanded so far, and their items
+        self.items = self.maps.maps  # truthy once a map step expanded: until then no name is an item's
+        # The plan's steps and those added while the run goes; its lookups are the run's.
+        self.definitions = RunSteps(plan, priority, self.maps)
+        self.names = self.definitions.names  # every step of the run in declaration order, added ones last
+        self.spec_of = self.definitions.spec_of
+        self.parents_of = self.definitions.parents_of
+        self.priority_of = self.definitions.priority_of
+        self.condition_of = self.definitions.condition_of
         self.graph = _plan_graph(plan)
 
     # ------------------------------------------------------------------ transitions
@@ -236,7 +263,7 @@ class RunState:
             if is_item(name):  # an item's live state is a compact row of its map step
                 self.maps.started(name, 1, utcnow())
             else:
-                result = self.record.steps[name]
+                result = self._row(name)
                 result.status, result.attempts, result.started_at = TaskStatus.RUNNING, 1, utcnow()
                 self.save(result)
             self.waiting[question.step] = question
@@ -275,36 +302,21 @@ class RunState:
             if self._finishing:
                 raise InvalidStateError("run", self.run_id, "ending", "steps can be added only while it runs")
             for step in steps:
-                known = self.record.steps.keys()
+                known = self.names
                 if step.name in known:
                     raise InvalidInputError(
                         "steps.name", f"step {step.name!r} is already in run {self.run_id}"
                     )
                 self.graph.add(step.name, step.dependencies)
-                self._added[step.name] = _AddedStep(step, known)
-                self.record.steps[step.name] = StepResult(name=step.name)
+                self.definitions.add(step)
             return self._drain(advance)
-
-    def spec_of(self, name: str) -> StepSpec:
-        name = self.maps.step_of(name)  # an item runs its map step's spec
-        added = self._added.get(name)
-        return added.spec if added is not None else self.plan.dag.steps[name]
-
-    def parents_of(self, name: str) -> tuple[str, ...]:
-        name = self.maps.step_of(name)
-        added = self._added.get(name)
-        return added.parents if added is not None else self.plan.parents[name]
 
     def status_of(self, name: str) -> TaskStatus:
         """A step's or an item's status (under the lock)."""
-        return self.maps.item_status(name) if is_item(name) else self.record.steps[name].status
-
-    def priority_of(self, name: str) -> TaskPriority:
-        name = self.maps.step_of(name)
-        added = self._added.get(name)
-        if added is not None:
-            return added.spec.priority if "priority" in added.spec.model_fields_set else self.priority
-        return self.plan.priorities.get(name, self.priority)
+        if self.items and is_item(name):
+            return self.maps.item_status(name)
+        row = self.record.steps.get(name)
+        return TaskStatus.PENDING if row is None else row.status
 
     def cancel(self) -> tuple[list[str], Advance]:
         """Cancel the run: returns the task ids to cancel in the scheduler, and what settled at once."""
@@ -328,7 +340,7 @@ class RunState:
             if self.final is not None:
                 return None
             record = self.record
-            steps = record.steps
+            steps = _in_order(record.steps, self.names)
             failed = [n for n, s in steps.items() if s.status in FAILED and self.spec_of(n).required]
             if self.cancelled:
                 record.status, record.error = WorkflowStatus.CANCELLED, "run cancelled"
@@ -343,7 +355,7 @@ class RunState:
             record.failed_steps = failed
             record.finished_at = utcnow()
             record.duration_seconds = round(time.monotonic() - self.start_mono, 6)
-            self.final = record.model_copy(update={"steps": dict(steps)})
+            self.final = record.model_copy(update={"steps": steps})
             return self.final
 
     def take_watchers(self) -> list[Callable[[], None]]:
@@ -367,7 +379,10 @@ class RunState:
             if self.final is not None:
                 return self.final.model_copy()
             self._apply_starts()
-            steps = {n: s.model_copy() for n, s in self.record.steps.items()}
+            steps = {n: s.model_copy() for n, s in _in_order(self.record.steps, self.names).items()}
+            for name, (attempts, started_at) in _running(self).items():
+                row = steps[name]
+                row.status, row.attempts, row.started_at = TaskStatus.RUNNING, attempts, started_at
             self.maps.show(steps)
             return self.record.model_copy(update={"steps": steps})
 
@@ -375,8 +390,14 @@ class RunState:
         """Add this run's steps, by status, to ``into``."""
         with self.lock:
             self._apply_starts()
-            for s in self.record.steps.values():
-                into[s.status.value] = into.get(s.status.value, 0) + 1
+            running = _running(self)
+            rows = self.record.steps
+            for name in self.names:
+                row = rows.get(name)
+                status = row.status if row is not None else TaskStatus.PENDING
+                if name in running:
+                    status = TaskStatus.RUNNING
+                into[status.value] = into.get(status.value, 0) + 1
 
     # ------------------------------------------------------------------ under the lock
 
@@ -386,10 +407,10 @@ class RunState:
             name, attempt, started_at = self._starts.popleft()
             if name == ending:  # its result replaces its row now, with the same attempts and start
                 continue
-            if is_item(name):
+            if self.items and is_item(name):
                 self.maps.started(name, attempt, started_at)
                 continue
-            result = steps[name]
+            result = steps.get(name) or self._row(name)
             if result.status.is_terminal:  # cancelled between the scheduler's start and now
                 continue
             result.attempts = attempt
@@ -401,7 +422,7 @@ class RunState:
         name = result.name
         if self.waiting and self.waiting.pop(name, None) is not None:
             self._inputs_changed()
-        if is_item(name):
+        if self.items and is_item(name):
             self.maps.settle(result, advance)
             return
         assert isinstance(result, StepResult)  # an ItemEnd names an item
@@ -432,16 +453,17 @@ class RunState:
                 while self.queue and self.in_flight < limit and not self.cancelled:
                     self.in_flight += 1
                     advance.submit.append(self.queue.popleft())
-            if self.maps:
+            if self.items:
                 self.maps.pump(advance)
             ready = graph.get_ready()
             if not ready:
                 break
             for name in ready:
-                if is_item(name):
+                if self.items and is_item(name):
                     self.maps.ready(name, advance)  # decided when the graph hands it out
                     continue
-                if steps[name].status is TaskStatus.COMPLETED:  # kept by a resume: nothing to do
+                kept = steps.get(name)
+                if kept is not None and kept.status is TaskStatus.COMPLETED:  # kept by a resume
                     graph.done(name)
                     continue
                 status, reason, payload = self._decide(name)
@@ -462,12 +484,17 @@ class RunState:
         limit = self.max_parallel
         if limit is not None and self.in_flight >= limit:
             self.queue.append((name, params))
-            if not is_item(name):
+            if not (self.items and is_item(name)):
                 self.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
             return
         if limit is not None:
             self.in_flight += 1
         advance.submit.append((name, params))
+
+    def _row(self, name: str) -> StepResult:
+        """The row of a step that has none yet (pending), added to the record."""
+        row = self.record.steps[name] = StepResult(name=name)
+        return row
 
     def save(self, result: StepResult) -> None:
         """Queue a step's (or an item's) row for a durable store."""
@@ -481,32 +508,18 @@ class RunState:
     def template_context(self, item: tuple[Any, int] | None = None) -> TemplateContext:
         return TemplateContext(
             params=self.params,
-            steps=_StepView(self.record.steps),
+            steps=_StepView(self.record.steps, self.names),
             run={"id": self.run_id, "workflow": self.record.workflow_name},
             item=item,
             secrets=self.secrets,
         )
-
-    def condition_of(self, name: str) -> tuple[Condition | None, bool]:
-        """A step's parsed ``run_if`` and whether its parameters hold templates."""
-        added = self._added.get(name)
-        if added is None:
-            return self.plan.conditions.get(name), name in self.plan.templated
-        return added.condition, added.templated
 
     def _decide(self, name: str) -> tuple[TaskStatus, str | None, Any]:
         """READY with resolved parameters, or the final status (and reason or error) of a step that will
         not run: cancelled, skipped (an upstream failure, an output it reads missing, ``run_if`` false)
         or failed (its templates do not resolve). A map step's payload is its list of items (its
         ``run_if`` and parameters are decided per item)."""
-        added = self._added.get(name)
-        if added is None:
-            plan = self.plan
-            step, parents, needs_output = plan.dag.steps[name], plan.parents[name], plan.needs_output[name]
-            condition, templated = plan.conditions.get(name), name in plan.templated
-        else:
-            step, parents, needs_output = added.spec, added.parents, added.needs_output
-            condition, templated = added.condition, added.templated
+        step, parents, needs_output, condition, templated = self.definitions.digest(name)
         if self.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None
         if self.blocked:
@@ -515,7 +528,8 @@ class RunState:
                     return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
         steps = self.record.steps
         for up in needs_output:
-            if steps[up].status is not TaskStatus.COMPLETED:
+            row = steps.get(up)
+            if row is None or row.status is not TaskStatus.COMPLETED:
                 return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
         if step.for_each is not None:
             return self.maps.items_of(name, step)
@@ -545,25 +559,23 @@ def _plan_graph(plan: Plan) -> DependencyGraph[str]:
     return graph
 
 
-class _AddedStep:
-    """What :meth:`RunState.add_steps` pre-digests of a step, as :class:`Plan` does for declared ones."""
+def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:
+    """The steps of ``run`` that started and have no result yet, with their attempts and first start, as
+    the scheduler knows them (for a run whose steps do not report their starts; under the run's lock)."""
+    if run.hears_starts:
+        return {}
+    names = run.names
+    by_task = {t: n for n, t in run.task_ids.items() if n in names and not run.status_of(n).is_terminal}
+    return {by_task[t]: start for t, start in run.starts_from(by_task).items()} if by_task else {}
 
-    __slots__ = ("condition", "needs_output", "parents", "spec", "templated")
 
-    def __init__(self, spec: StepSpec, known: Collection[str]) -> None:
-        self.spec = spec
-        self.parents = tuple(sorted(set(spec.dependencies)))
-        refs = find_references(spec.parameters, known)
-        self.templated = bool(refs)
-        if spec.for_each is not None:  # a map step: the list it reads is an input too
-            refs = [*refs, *find_references(spec.for_each, known)]
-        self.condition: Condition | None = None
-        if spec.run_if:
-            self.condition = parse_condition(spec.run_if, known)
-            refs = [*refs, *self.condition.references]
-        self.needs_output = tuple(
-            sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
-        )
+def _in_order(rows: dict[str, StepResult], names: dict[str, None]) -> dict[str, StepResult]:
+    """Every step's row in declaration order; a pending row for a step without one."""
+    return {n: rows.get(n) or StepResult(name=n) for n in names}
+
+
+def _no_starts(task_ids: Collection[str]) -> dict[str, tuple[int, datetime | None]]:
+    return {}
 
 
 def _cancelled(name: str) -> StepResult:

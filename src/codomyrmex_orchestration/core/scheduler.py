@@ -199,6 +199,7 @@ class TaskOrchestrator:
         action: ActionCall | None = None,
         live_state: bool = False,
         session_id: str | None = None,
+        batch: list[Task] | None = None,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
@@ -221,6 +222,8 @@ class TaskOrchestrator:
             live_state: give ``on_start``/``on_done`` the live :class:`TaskState` (to read inside the
                 callback only) instead of a :class:`TaskRecord` snapshot.
             session_id: the client session the task belongs to (fairness between sessions).
+            batch: build the task and append it here instead of queueing it; :meth:`submit_batch` queues
+                the tasks of a batch together (a workflow's wave of steps).
 
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
@@ -233,8 +236,17 @@ class TaskOrchestrator:
             priority, timeout, max_retries, retry_delay, backoff, resources, run_id, live_state, session_id
         )
         task = self._factory.task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
-        self._d.add((task,))
+        if batch is not None:
+            batch.append(task)
+        else:
+            self._d.add((task,))
         return task.id
+
+    def submit_batch(self, batch: Sequence[Task]) -> None:
+        """Queue the tasks :meth:`submit` built into ``batch``, in order, in one acquisition of the
+        scheduler's lock. All or none: when one is refused (shutdown, ``max_queued``, an unknown
+        dependency; it raises what :meth:`submit` raises), none is queued."""
+        self._d.add(batch)
 
     def submit_many(
         self,
@@ -463,21 +475,7 @@ class TaskOrchestrator:
         limit = None if timeout is None else max(0.0, timeout)
         if not self._d.wait_quiet(limit):
             self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
-        with self._d.lock:
-            threads = self._d.pool.threads_locked(abandoned=False)
-            abandoned = self._d.pool.threads_locked(abandoned=True)
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join(_JOIN_GRACE)
-        # Threads still inside cancelled or timed-out calls: a cooperative action (shell.run killing
-        # its process group) gets a short, bounded grace to clean up before the process may exit;
-        # one that ignores cancellation is left behind (daemon) and reported by health().
-        grace = _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE)
-        deadline = time.monotonic() + grace
-        for thread in abandoned:
-            if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self._d.pool.join(_JOIN_GRACE, _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE))
         if self._own_timers:
             self._timers.close(_JOIN_GRACE)
         self._close_backend()

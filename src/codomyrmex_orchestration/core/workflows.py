@@ -86,6 +86,18 @@ def _merge_listing(
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
 
+def _unpinned(previous: RunRecord, current: int | None) -> InvalidStateError:
+    """Why ``previous`` cannot be resumed: the definition version it is pinned to is gone."""
+    return InvalidStateError(
+        "run",
+        previous.run_id,
+        f"pinned to version {previous.workflow_version} of workflow {previous.workflow_name!r}",
+        "that version is no longer stored, and resuming with "
+        + (f"the current version {current}" if current else "no definition (it was deleted)")
+        + " could mix two definitions' outputs; start a new run instead",
+    )
+
+
 def _wait(run: RunState, timeout: float | None) -> RunRecord:
     """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then."""
     run.done.wait(timeout)
@@ -329,6 +341,9 @@ class WorkflowManager:
         client: str | None = None,
         use_cache: bool = True,
     ) -> RunState:
+        # Who reads a run while it goes, besides snapshots: a durable store and on_step read its live
+        # record (every row), and they and listeners hear each step start as it happens.
+        live_readers = self._recorder.durable or on_step is not None
         record = new_record(
             plan,
             parameters,
@@ -336,6 +351,7 @@ class WorkflowManager:
             session_id=session_id,
             parent_run_id=parent_run_id,
             previous=previous,
+            pending_rows=live_readers,
         )
         self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         run = RunState(
@@ -351,6 +367,7 @@ class WorkflowManager:
             client=client or session_id or calling_client.get(),
             secrets=self.secrets.get,
             use_cache=use_cache,
+            starts_from=None if live_readers or self._listeners else self.orchestrator.started_attempts,
         )
         self._active.add(run)
         self._driver.start(run)
@@ -462,15 +479,7 @@ class WorkflowManager:
                 previous.workflow_name, previous.workflow_version, previous.workflow_digest
             )
             if plan is None:
-                current = self.definitions.current_version(previous.workflow_name)
-                raise InvalidStateError(
-                    "run",
-                    run_id,
-                    f"pinned to version {previous.workflow_version} of workflow {previous.workflow_name!r}",
-                    "that version is no longer stored, and resuming with "
-                    + (f"the current version {current}" if current else "no definition (it was deleted)")
-                    + " could mix two definitions' outputs; start a new run instead",
-                )
+                raise _unpinned(previous, self.definitions.current_version(previous.workflow_name))
             run = self._start_run(plan, None, priority=previous.priority, on_step=on_step, previous=previous)
         return _wait(run, timeout) if wait else run.snapshot()
 
