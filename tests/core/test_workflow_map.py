@@ -450,6 +450,18 @@ def test_a_for_each_that_resolves_to_something_else_than_a_list_fails_the_step_c
 def test_a_running_map_shows_each_items_status_and_the_counts(
     manager: WorkflowManager, registry: ActionRegistry
 ) -> None:
+    live_map_shows_its_items(manager, registry)
+
+
+def test_a_running_map_in_memory_shows_its_running_item_though_nobody_hears_starts(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    # In memory with no listener the items report no start; the snapshot asks the scheduler.
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None)
+    live_map_shows_its_items(manager, registry)
+
+
+def live_map_shows_its_items(manager: WorkflowManager, registry: ActionRegistry) -> None:
     started = threading.Event()
     release = threading.Event()
 

@@ -105,7 +105,8 @@ def item_calls(
     for name, params in entries:
         index = int(name[name.rindex("[") + 1 : -1])
         call = ItemCall(driver, run, state, index, name, func, params, mark)
+        on_start = call.started if run.hears_starts else None  # else a snapshot asks the scheduler
         calls.append(
-            TaskCall(call, label + name, name, call.started, call.done, action(params) if action else None)
+            TaskCall(call, label + name, name, on_start, call.done, action(params) if action else None)
         )
     return calls

@@ -374,7 +374,10 @@ class RunState:
             self._apply_starts()
             steps = {n: s.model_copy() for n, s in _in_order(self.record.steps, self.names).items()}
             for name, (attempts, started_at) in _running(self).items():
-                row = steps[name]
+                row = steps.get(name)
+                if row is None:  # an item: its start goes to its map step's columns
+                    self.maps.started(name, attempts, started_at)
+                    continue
                 row.status, row.attempts, row.started_at = TaskStatus.RUNNING, attempts, started_at
             self.maps.show(steps)
             return self.record.model_copy(update={"steps": steps})
@@ -549,8 +552,7 @@ def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:
     the scheduler knows them (for a run whose steps do not report their starts; under the run's lock)."""
     if run.hears_starts:
         return {}
-    names = run.names
-    return {n: start for n, start in run.starts_from(run.group).items() if n in names}
+    return {n: start for n, start in run.starts_from(run.group).items() if not run.status_of(n).is_terminal}
 
 
 def _in_order(rows: dict[str, StepResult], names: dict[str, None]) -> dict[str, StepResult]:
