@@ -34,7 +34,7 @@ from codomyrmex_orchestration.core.models import (
     utcnow,
 )
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
-from codomyrmex_orchestration.errors import OrchestrationError, TaskNotFoundError
+from codomyrmex_orchestration.errors import OrchestrationError
 
 __all__ = ["RunDriver"]
 
@@ -346,12 +346,6 @@ class RunDriver:
                 "duration_seconds": final.duration_seconds,
             },
         )
-
-    def _cancel_task(self, task_id: str) -> None:
-        try:
-            self.orchestrator.cancel_task(task_id, "run cancelled")
-        except TaskNotFoundError:  # already final and forgotten by the scheduler's retention
-            pass
 
 
 def _settings(run: RunState, info: StepInfo) -> dict[str, Any]:
