@@ -372,7 +372,7 @@ class RunState:
             if self.final is not None:
                 return self.final.model_copy()
             self._apply_starts()
-            steps = {n: s.model_copy() for n, s in _in_order(self.record.steps, self.names).items()}
+            steps = _in_order(self.record.steps, self.names, copies=True)
             for name, (attempts, started_at) in _running(self).items():
                 row = steps.get(name)
                 if row is None:  # an item: its start goes to its map step's columns
@@ -555,9 +555,16 @@ def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:
     return {n: start for n, start in run.starts_from(run.group).items() if not run.status_of(n).is_terminal}
 
 
-def _in_order(rows: dict[str, StepResult], names: dict[str, None]) -> dict[str, StepResult]:
-    """Every step's row in declaration order; a pending row for a step without one."""
-    return {n: rows.get(n) or StepResult(name=n) for n in names}
+def _in_order(
+    rows: dict[str, StepResult], names: dict[str, None], *, copies: bool = False
+) -> dict[str, StepResult]:
+    """Every step's row in declaration order (``copies``: a copy of each row the run has); a new pending
+    row for a step without one."""
+    out: dict[str, StepResult] = {}
+    for n in names:
+        row = rows.get(n)
+        out[n] = StepResult(name=n) if row is None else row.model_copy() if copies else row
+    return out
 
 
 def _no_starts(group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
