@@ -15,13 +15,6 @@ def spin(rounds: int) -> int:
     return total
 
 
-def spin_cpu_seconds(rounds: int) -> float:
-    """CPU seconds of this thread for one ``spin(rounds)``: how fast this process runs the loop."""
-    start = time.thread_time()
-    spin(rounds)
-    return time.thread_time() - start
-
-
 def traced_spin(rounds: int) -> dict[str, float]:
     """``spin(rounds)`` recording where and when it ran: process id, start, end (epoch s), thread CPU s."""
     start, cpu = time.time(), time.thread_time()

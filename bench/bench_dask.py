@@ -9,11 +9,11 @@ Run: ``.venv/bin/python bench/bench_dask.py [--steps N] [--rounds R] [--json]`` 
    Dask backend over the same client, interleaved; the figure is the median of the per-round ratios.
 2. Parallel CPU work: 8 ``python.call`` steps of pure-Python arithmetic (~0.15 s each on the dev
    machine, holding the GIL), on local threads (8 slots) and on a 2-process LocalCluster, interleaved.
-   The same loop runs up to ~15% faster or slower from one Python process to another, so a figure
-   taken in one bench process with one pair of workers carries that luck: the comparison runs in
-   ``--cpu-sets`` fresh processes, each with its own cluster, and the figure is the median speed-up
-   over all their rounds. Each set also reports how fast its bench process and each worker run the
-   loop alone (CPU seconds of one step, outside the timing). The local backend's 10,000-step time is
+   The same loop takes 0.13-0.17 s of CPU depending on the process and even the thread that runs it
+   (steady within one thread, different across threads and processes), so a figure taken in one bench
+   process with one pair of workers carries that luck: the comparison runs in ``--cpu-sets`` fresh
+   processes, each with its own cluster, and the figure is the median speed-up over all their rounds
+   (``trace_dask_cpu.py`` shows where the cluster's time goes). The local backend's 10,000-step time is
    printed for reference.
 """
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _cpu_work import spin, spin_cpu_seconds
+from _cpu_work import spin
 from distributed import Client, LocalCluster, wait
 
 from codomyrmex_orchestration.core.actions import create_registry
@@ -156,22 +156,6 @@ def overhead(steps: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def loop_speeds(client: Client) -> dict[str, Any]:
-    """CPU seconds one step's loop takes alone in this process and in each worker (best of 3 each)."""
-    here = min(spin_cpu_seconds(CPU_ROUNDS_PER_STEP) for _ in range(3))
-    workers = {
-        address: [
-            client.submit(spin_cpu_seconds, CPU_ROUNDS_PER_STEP, workers=[address], pure=False)
-            for _ in range(3)
-        ]
-        for address in client.nthreads()
-    }
-    return {
-        "bench_process": round(here, 3),
-        "workers": sorted(round(min(client.gather(futures)), 3) for futures in workers.values()),
-    }
-
-
 def cpu_parallel(rounds: int) -> dict[str, Any]:
     """One set: local threads in this process against a fresh 2-process cluster, ``rounds`` interleaved."""
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
@@ -184,7 +168,6 @@ def cpu_parallel(rounds: int) -> dict[str, Any]:
         backend = DaskBackend(client=client)
         # Each worker process builds its action registry on its first step: start-up, not step cost.
         run_workflow(backend, cpu_workflow(), CPU_STEPS)
-        speeds = loop_speeds(client)
         for _ in range(rounds):
             local.append(run_workflow(LocalBackend(), cpu_workflow(), CPU_STEPS))
             dask.append(run_workflow(backend, cpu_workflow(), CPU_STEPS))
@@ -195,7 +178,7 @@ def cpu_parallel(rounds: int) -> dict[str, Any]:
     finally:
         client.close()
         cluster.close()
-    return {"local": local, "dask": dask, "raw": raw, "loop_cpu_seconds": speeds}
+    return {"local": local, "dask": dask, "raw": raw}
 
 
 def cpu_sets(sets: int, rounds: int) -> dict[str, Any]:
@@ -229,7 +212,6 @@ def cpu_sets(sets: int, rounds: int) -> dict[str, Any]:
             round(statistics.median(lo / da for lo, da in zip(r["local"], r["dask"], strict=True)), 2)
             for r in runs
         ],
-        "loop_cpu_seconds": [r["loop_cpu_seconds"] for r in runs],
     }
 
 
@@ -260,14 +242,9 @@ def report(f: dict[str, Any]) -> str:
         f"2-process LocalCluster {c['dask_2_processes_seconds']} s: {c['speedup']}x faster (per round "
         f"{c['round_speedup_range'][0]}-{c['round_speedup_range'][1]}x; per process "
         f"{', '.join(f'{x}x' for x in c['set_speedups'])}; raw Client.submit of the same work on the "
-        f"cluster {c['raw_submit_2_processes_seconds']} s, {c['raw_speedup']}x)\n"
-        f"  one step's loop alone, CPU s (bench process / workers): "
-        f"{'; '.join(_speeds(x) for x in c['loop_cpu_seconds'])}; load average {f['load_average']}"
+        f"cluster {c['raw_submit_2_processes_seconds']} s, {c['raw_speedup']}x); "
+        f"load average {f['load_average']}"
     )
-
-
-def _speeds(s: dict[str, Any]) -> str:
-    return f"{s['bench_process']} / {' '.join(str(w) for w in s['workers'])}"
 
 
 def main() -> None:
