@@ -10,7 +10,8 @@ process's. The ``2 x wall`` core-seconds of a run are split into: the steps' own
 processes' other CPU (Dask's event loop, transitions, messages); this process (Dask's scheduler and
 nannies, the client, our scheduler); other processes on the machine; idle (a core with nothing to run,
 waiting on dispatch). It also prints how the steps were split between the workers, when each worker
-started its first step, the gaps between a worker's steps and the tail after the last step ended.
+started its first step, the gaps between a worker's steps, how long one worker sat idle at the end
+while the other ran its last step, and the tail after the last step ended.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def account(run: Callable[[], Run], client: Client) -> dict[str, Any]:
         "first_starts": sorted(v[0]["start"] - start for v in by_pid.values()),
         "gaps": sum(gaps),
         "tail": start + wall - max(s["end"] for s in steps),
+        # One worker done while the other still runs its last step.
+        "imbalance": max(s["end"] for s in steps) - min(v[-1]["end"] for v in by_pid.values()),
         "step_wall": statistics.median(s["end"] - s["start"] for s in steps),
         "step_cpu": statistics.median(s["cpu"] for s in steps),
     }
@@ -158,7 +161,8 @@ def main() -> None:
                 f"{statistics.median(r['step_cpu'] for r in rows):.3f}; split "
                 f"{', '.join(sorted({r['split'] for r in rows}))}; first step on each worker after "
                 f"{firsts[0]:.3f} / {firsts[1]:.3f}; gaps between a worker's steps "
-                f"{statistics.median(r['gaps'] for r in rows):.3f} in all; tail "
+                f"{statistics.median(r['gaps'] for r in rows):.3f} in all; one worker idle at the end "
+                f"{statistics.median(r['imbalance'] for r in rows):.3f}; tail "
                 f"{statistics.median(r['tail'] for r in rows):.3f}"
             )
         local = found["local threads"]
