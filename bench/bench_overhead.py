@@ -17,6 +17,7 @@ import graphlib
 import json
 import math
 import queue
+import resource
 import subprocess
 import sys
 import tempfile
@@ -111,9 +112,16 @@ def one_process(n: int) -> dict[str, float]:
         for label in shapes:
             memory.run(label)
             figures[f"memory/{label}"] = memory.run(label)
+            figures[f"switches/{label}"] = memory.runs[-1][2]
     finally:
         memory.close()
     return figures
+
+
+def _switches() -> int:
+    """Voluntary and involuntary context switches of this process's threads so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def graphlib_runner(shape: Shape) -> float:
@@ -160,17 +168,25 @@ class _Manager:
         for label, shape in shapes.items():
             self.manager.create_workflow(workflow_spec(label, shape))
         self.store = store
+        # Each run: (shape, seconds, context switches of the whole process meanwhile). Four workers on
+        # two cores either run a shape at one worker's pace or fall into a lock convoy, which costs
+        # about two switches per step (docs/PERFORMANCE.md): the count says which a figure is.
+        self.runs: list[tuple[str, float, int]] = []
 
     def run(self, label: str) -> float:
-        elapsed = 0.0
-
         def go() -> None:
             record = self.manager.execute_workflow(label, timeout=600)
             if record.status is not WorkflowStatus.COMPLETED:
                 raise RuntimeError(f"benchmark run {label} ended {record.status}: {record.error}")
 
+        before = _switches()
         elapsed = timed(go)  # execute_workflow flushes the store when the run ends
+        self.runs.append((label, elapsed, _switches() - before))
         return elapsed
+
+    def switches_of_best(self, label: str) -> tuple[float, int]:
+        """(seconds, thread switches of the process) of the fastest run of ``label``."""
+        return min((elapsed, switches) for name, elapsed, switches in self.runs if name == label)
 
     def close(self) -> None:
         self.orchestrator.shutdown(wait=True, timeout=60)
@@ -201,7 +217,14 @@ def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
     in_process = dict(best)
     fresh = fresh_processes(steps)
     for label in fresh[0]:  # each figure: the lowest of this process's and the new ones'
-        best[label] = min(in_process[label], *(f[label] for f in fresh))
+        if label in best:
+            best[label] = min(in_process[label], *(f[label] for f in fresh))
+    switches = {  # of the run each memory figure comes from
+        label: min(
+            [memory.switches_of_best(label), *((f[f"memory/{label}"], f[f"switches/{label}"]) for f in fresh)]
+        )[1]
+        for label in shapes
+    }
     us = {
         label: seconds / (n[label.split("/")[-1]] if "/" in label else steps) * 1e6
         for label, seconds in best.items()
@@ -227,6 +250,7 @@ def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
                 round(f[f"memory/{label}"] / n[label] * 1e6, 2) for f in fresh
             ],
             "memory_vs_raw_pool": round(us[f"memory/{label}"] / raw, 2),
+            "memory_switches_per_step": round(switches[label] / n[label], 2),
             "memory_vs_graphlib": round(us[f"memory/{label}"] / floor, 2),
             "durable_us_per_step": round(us[f"durable/{label}"], 2),
             "durable_vs_raw_pool": round(us[f"durable/{label}"] / raw, 2),
@@ -242,18 +266,20 @@ def report(figures: dict[str, Any]) -> str:
         f" process's {figures['raw_pool_in_process_us_per_step']:.2f} and"
         f" {len(figures['raw_pool_fresh_processes_us_per_step'])} fresh processes'"
         f" {figures['raw_pool_fresh_processes_us_per_step']})",
-        f"  {'shape':<12} {'graphlib':>9} {'memory':>9} {'x raw':>6} {'x glib':>7}"
+        f"  {'shape':<12} {'graphlib':>9} {'memory':>9} {'x raw':>6} {'x glib':>7} {'switches':>9}"
         f" {'durable':>9} {'x raw':>6}",
     ]
     for label, f in figures["shapes"].items():
         lines.append(
             f"  {label:<12} {f['graphlib_us_per_step']:9.2f} {f['memory_us_per_step']:9.2f}"
             f" {f['memory_vs_raw_pool']:6.2f} {f['memory_vs_graphlib']:7.2f}"
+            f" {f['memory_switches_per_step']:9.2f}"
             f" {f['durable_us_per_step']:9.2f} {f['durable_vs_raw_pool']:6.2f}"
         )
     lines.append(
         "  (µs/step; 'x raw' and 'x glib' are ratios to the two floors; 'memory' is the lowest of this"
-        " process's and the fresh processes')"
+        " process's and the fresh processes'; 'switches': the process's thread switches per step in that"
+        " run, about 2 when four workers fell into a lock convoy, near 0 when not)"
     )
     return "\n".join(lines)
 

@@ -131,7 +131,7 @@ def test_tasks_submitted_together_keep_their_order_and_yield_to_a_higher_priorit
     _, release = blocker(orch)
     order: list[str] = []
     calls = [TaskCall(recorder(order, str(i)), f"t{i}") for i in range(5)]
-    ids = orch.submit_many(calls, priority=TaskPriority.LOW, run_id="r1")
+    ids = orch.submit_many(calls, orch.settings(priority=TaskPriority.LOW, run_id="r1"))
     urgent = orch.submit(recorder(order, "urgent"), name="urgent", priority=TaskPriority.HIGH)
     release.set()
     records = orch.wait_all([*ids, urgent], timeout=WAIT)
@@ -150,7 +150,9 @@ def test_tasks_submitted_together_share_their_resources_admission(make_orch: Any
         running.release()
         release.wait(WAIT)
 
-    ids = orch.submit_many([TaskCall(hold, f"h{i}") for i in range(4)], resources={"compute": 1})
+    ids = orch.submit_many(
+        [TaskCall(hold, f"h{i}") for i in range(4)], orch.settings(resources={"compute": 1})
+    )
     assert running.acquire(timeout=WAIT) and running.acquire(timeout=WAIT)
     assert sorted(orch.get_task(i).status.value for i in ids) == ["ready", "ready", "running", "running"]
     release.set()
@@ -354,7 +356,7 @@ def test_a_task_submitted_to_a_cancelled_group_ends_cancelled_as_it_arrives(make
     orch.cancel_group(group, "run cancelled")
     ran: list[str] = []
     late = orch.submit(recorder(ran, "late"), name="late", group=group)
-    many = orch.submit_many([TaskCall(recorder(ran, "row"), "row")], group=group)
+    many = orch.submit_many([TaskCall(recorder(ran, "row"), "row")], orch.settings(group=group))
     for task_id in (late, *many):
         record = orch.wait(task_id, WAIT)
         assert record.status is TaskStatus.CANCELLED and record.attempts == 0

@@ -22,20 +22,21 @@ from codomyrmex_orchestration.errors import InvalidInputError
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core.scheduler import StateCallback, TaskCallable, TaskCallback
 
-__all__ = ["Settings", "TaskCall", "TaskFactory"]
+__all__ = ["TaskCall", "TaskFactory", "TaskSettings"]
 
-#: What the tasks of one submission share, checked: priority, timeout, retry policy, resources, run id,
-#: live state, session, group.
-Settings = tuple[
-    TaskPriority,
-    float | None,
-    RetryPolicy,
-    Mapping[str, Any] | None,
-    str | None,
-    bool,
-    str | None,
-    TaskGroup | None,
-]
+
+class TaskSettings(NamedTuple):
+    """What tasks share, checked (:meth:`TaskOrchestrator.settings`): one value serves any number of
+    submissions (a run builds one per distinct step setting, not one per step)."""
+
+    priority: TaskPriority
+    timeout: float | None
+    retry: RetryPolicy
+    resources: Mapping[str, Any] | None
+    run_id: str | None
+    live_state: bool
+    session_id: str | None
+    group: TaskGroup | None
 
 
 class TaskCall(NamedTuple):
@@ -89,7 +90,7 @@ class TaskFactory:
         live_state: bool,
         session_id: str | None,
         group: TaskGroup | None = None,
-    ) -> Settings:
+    ) -> TaskSettings:
         """The settings tasks share, checked (see :meth:`TaskOrchestrator.submit`)."""
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
@@ -98,7 +99,9 @@ class TaskFactory:
             priority = TaskPriority(priority)
         if resources:
             self._check_resources(resources)
-        return priority, timeout, retry, resources or None, run_id, live_state, session_id, group
+        return TaskSettings(
+            priority, timeout, retry, resources or None, run_id, live_state, session_id, group
+        )
 
     def task(
         self,
@@ -109,7 +112,7 @@ class TaskFactory:
         on_done: TaskCallback | StateCallback | None,
         action: ActionCall | None,
         dependencies: Sequence[str],
-        settings: Settings,
+        settings: TaskSettings,
     ) -> Task:
         """A new task with the next id (not queued yet)."""
         priority, timeout, retry, resources, run_id, live_state, session_id, group = settings

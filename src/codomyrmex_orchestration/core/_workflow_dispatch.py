@@ -33,7 +33,7 @@ from codomyrmex_orchestration.core.models import (
     TaskStatus,
     utcnow,
 )
-from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskState
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskSettings, TaskState
 from codomyrmex_orchestration.errors import OrchestrationError
 
 __all__ = ["RunDriver"]
@@ -194,11 +194,20 @@ class RunDriver:
                 on_start=call.started if run.hears_starts else None,
                 on_done=call.done,
                 batch=batch,
-                **_settings(run, info),
+                settings=self._settings(run, info),
             )
         except OrchestrationError as exc:
             return self._refused(run, name, exc)
         return None
+
+    def _settings(self, run: RunState, info: StepInfo) -> TaskSettings:
+        """The scheduler settings step ``info`` is submitted with, checked once per run for all the
+        steps that share them (see :func:`_settings_args`)."""
+        memo = run.definitions.settings
+        found = memo.get(info.profile)
+        if found is None:  # the step's settings are refused here (the step fails), before any task
+            found = memo[info.profile] = self.orchestrator.settings(**_settings_args(run, info))
+        return found
 
     def _refused(self, run: RunState, name: str, exc: OrchestrationError) -> Advance:
         """A step the scheduler would not take fails with the reason."""
@@ -243,7 +252,7 @@ class RunDriver:
         action = partial(self._action, run, step) if self._remote else None
         calls = item_calls(self, run, entries, func, mark, action)
         try:
-            self.orchestrator.submit_many(calls, **_settings(run, info))
+            self.orchestrator.submit_many(calls, self._settings(run, info))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
             self._one_by_one(run, entries, work)
 
@@ -348,7 +357,7 @@ class RunDriver:
         )
 
 
-def _settings(run: RunState, info: StepInfo) -> dict[str, Any]:
+def _settings_args(run: RunState, info: StepInfo) -> dict[str, Any]:
     """The scheduler settings a step (or a row of a map step's items) is submitted with: its priority,
     timeout, retry policy and resources, the run and the client it is queued for; live state, as both
     callbacks copy the few fields they need at once."""

@@ -33,15 +33,25 @@ class WorkflowValidation(BaseModel):
 class StepInfo:
     """What a run needs of one step, digested once: its spec, its dependencies (sorted: the order skip
     reasons are reported in), its own priority (None: the run's applies), its parsed ``run_if``, whether
-    its parameters hold templates, and the steps whose output it reads (it is skipped if one did not
-    complete). Immutable once built."""
+    its parameters hold templates, the steps whose output it reads (it is skipped if one did not
+    complete), and its scheduling ``profile``. Immutable once built."""
 
-    __slots__ = ("condition", "needs_output", "parents", "priority", "spec", "templated")
+    __slots__ = ("condition", "needs_output", "parents", "priority", "profile", "spec", "templated")
 
     def __init__(self, spec: StepSpec, parents: tuple[str, ...], refs: list[Reference]) -> None:
         self.spec = spec
         self.parents = parents
         self.priority: TaskPriority | None = spec.priority if "priority" in spec.model_fields_set else None
+        # What the step's scheduler settings depend on besides its run: steps with equal profiles share
+        # one checked TaskSettings in a run (RunSteps.settings).
+        self.profile = (
+            self.priority,
+            spec.timeout,
+            spec.max_retries,
+            spec.retry_delay,
+            spec.backoff,
+            tuple(spec.resources.items()),
+        )
         self.templated = bool(refs)
         self.condition: Condition | None = None
         self.needs_output: tuple[str, ...] = ()

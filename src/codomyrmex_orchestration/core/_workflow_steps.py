@@ -5,11 +5,12 @@
 step's :class:`~._workflow_plan.StepInfo` (the plan's, shared by every run of the definition, until a
 step is added: then the run gets its own table). It is written under the run's lock
 (:meth:`RunSteps.add`) and read without it, for steps already cleared to run (so added before they were
-cleared).
+cleared); and the scheduler settings its steps are submitted with (``settings``).
 """
 
 from __future__ import annotations
 
+from codomyrmex_orchestration.core._task_factory import TaskSettings
 from codomyrmex_orchestration.core._workflow_map import RunMaps
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
 from codomyrmex_orchestration.core.models import StepSpec, TaskPriority
@@ -27,11 +28,15 @@ class RunSteps:
         maps: the run's map steps (truthy once one expanded: until then no name is an item's).
     """
 
-    __slots__ = ("_infos", "_own", "maps", "names", "priority")
+    __slots__ = ("_infos", "_own", "maps", "names", "priority", "settings")
 
     def __init__(self, plan: Plan, priority: TaskPriority, maps: RunMaps) -> None:
         self.priority = priority
         self.maps = maps
+        # The run's checked scheduler settings by StepInfo.profile (most steps share one), filled by
+        # whoever submits a step first. Read and written without a lock: a dict's get and set are atomic
+        # in CPython, with the GIL or free-threaded, and two threads missing at once store equal values.
+        self.settings: dict[tuple[object, ...], TaskSettings] = {}
         self.names: dict[str, None] = dict.fromkeys(plan.steps)
         self._infos = plan.steps  # the plan's own table, until a step is added
         self._own = False

@@ -30,7 +30,7 @@ from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
-from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory
+from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory, TaskSettings
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
@@ -48,6 +48,7 @@ __all__ = [
     "TaskGroup",
     "TaskListener",
     "TaskOrchestrator",
+    "TaskSettings",
     "TaskState",
 ]
 
@@ -183,6 +184,40 @@ class TaskOrchestrator:
 
     # ------------------------------------------------------------------ submission
 
+    def settings(
+        self,
+        *,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 0.0,
+        backoff: float = 2.0,
+        resources: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        live_state: bool = False,
+        session_id: str | None = None,
+        group: TaskGroup | None = None,
+    ) -> TaskSettings:
+        """Checked settings for any number of submissions (``submit(settings=)``, :meth:`submit_many`);
+        the arguments are :meth:`submit`'s of the same names.
+
+        Raises:
+            InvalidInputError: a bad timeout / retry setting.
+            InsufficientResourcesError: ``resources`` can never be satisfied.
+        """
+        return self._factory.settings(
+            priority,
+            timeout,
+            max_retries,
+            retry_delay,
+            backoff,
+            resources,
+            run_id,
+            live_state,
+            session_id,
+            group,
+        )
+
     def submit(
         self,
         fn: TaskCallable | None,
@@ -204,6 +239,7 @@ class TaskOrchestrator:
         session_id: str | None = None,
         batch: list[Task] | None = None,
         group: TaskGroup | None = None,
+        settings: TaskSettings | None = None,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
@@ -229,6 +265,8 @@ class TaskOrchestrator:
             batch: build the task and append it here instead of queueing it; :meth:`submit_batch` queues
                 the tasks of a batch together (a workflow's wave of steps).
             group: the :class:`TaskGroup` it is cancelled with (see :meth:`cancel_group`).
+            settings: from :meth:`settings`, checked once for many tasks; given, the arguments it holds
+                (``priority`` to ``backoff``, ``resources``, ``run_id`` ... ``group``) are not read.
 
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
@@ -237,18 +275,19 @@ class TaskOrchestrator:
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
-        settings = self._factory.settings(
-            priority,
-            timeout,
-            max_retries,
-            retry_delay,
-            backoff,
-            resources,
-            run_id,
-            live_state,
-            session_id,
-            group,
-        )
+        if settings is None:
+            settings = self._factory.settings(
+                priority,
+                timeout,
+                max_retries,
+                retry_delay,
+                backoff,
+                resources,
+                run_id,
+                live_state,
+                session_id,
+                group,
+            )
         task = self._factory.task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
         if batch is not None:
             batch.append(task)
@@ -267,36 +306,12 @@ class TaskOrchestrator:
         else:
             self._d.add(batch)
 
-    def submit_many(
-        self,
-        calls: Sequence[TaskCall],
-        *,
-        priority: TaskPriority = TaskPriority.NORMAL,
-        timeout: float | None = None,
-        max_retries: int = 0,
-        retry_delay: float = 0.0,
-        backoff: float = 2.0,
-        resources: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
-        live_state: bool = False,
-        session_id: str | None = None,
-        group: TaskGroup | None = None,
-    ) -> list[str]:
-        """Queue tasks that share their settings, in order, in one acquisition of the scheduler's lock
-        (a map step's wave of items); returns their ids. All or none: when one is refused (it raises
-        what :meth:`submit` raises), none is queued. Tasks may depend on earlier calls' tasks only."""
-        settings = self._factory.settings(
-            priority,
-            timeout,
-            max_retries,
-            retry_delay,
-            backoff,
-            resources,
-            run_id,
-            live_state,
-            session_id,
-            group,
-        )
+    def submit_many(self, calls: Sequence[TaskCall], settings: TaskSettings | None = None) -> list[str]:
+        """Queue tasks that share their ``settings`` (from :meth:`settings`; default: its defaults), in
+        order, in one acquisition of the scheduler's lock (a map step's wave of items); returns their
+        ids. All or none: when one is refused (it raises what :meth:`submit` raises), none is queued.
+        Tasks may depend on earlier calls' tasks only."""
+        settings = settings if settings is not None else self.settings()
         tasks = [self._factory.task(*call, settings) for call in calls]
         self._d.add(tasks)
         return [task.id for task in tasks]
@@ -407,20 +422,7 @@ class TaskOrchestrator:
 
     def get_execution_stats(self) -> dict[str, Any]:
         """Counts per status and priority, queue depth, running, workers and totals since start."""
-        with self._d.lock:
-            stats: dict[str, Any] = {
-                **self._d.table.counts(),
-                "queue_depth": self._d.queue.depths(),
-                "queued": len(self._d.queue),
-                "running": self._d.running,
-                "active": self._d.table.active,
-                "workers": self._d.pool.live,
-                "idle_workers": self._d.pool.idle,
-                "max_workers": self.max_workers,
-                "abandoned_threads": self._d.pool.abandoned,
-                "blocked_threads": self._d.pool.blocked,
-                "uptime_seconds": time.monotonic() - self._started_mono,
-            }
+        stats = _execution_stats(self._d, self.max_workers, time.monotonic() - self._started_mono)
         stats["backend"] = self.backend.describe()  # outside the lock: a cluster answers over the network
         return stats
 
@@ -501,3 +503,20 @@ class TaskOrchestrator:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str, Any]:
+    with d.lock:
+        return {
+            **d.table.counts(),
+            "queue_depth": d.queue.depths(),
+            "queued": len(d.queue),
+            "running": d.running,
+            "active": d.table.active,
+            "workers": d.pool.live,
+            "idle_workers": d.pool.idle,
+            "max_workers": max_workers,
+            "abandoned_threads": d.pool.abandoned,
+            "blocked_threads": d.pool.blocked,
+            "uptime_seconds": uptime,
+        }
