@@ -7,9 +7,14 @@ Run: ``.venv/bin/python bench/bench_dask.py [--steps N] [--rounds R] [--json]`` 
    ``client.submit(noop, i)`` tasks (submitted in a loop, then waited for and gathered) and an
    N-step workflow of independent ``core.echo`` steps (plus one step joining a tenth of them) on the
    Dask backend over the same client, interleaved; the figure is the median of the per-round ratios.
-2. Parallel CPU work: 8 ``python.call`` steps of pure-Python arithmetic (~0.16 s each on the dev
-   machine, holding the GIL), on local threads (8 slots) and on a 2-process LocalCluster, interleaved;
-   the figure is the median speed-up. The local backend's 10,000-step time is printed for reference.
+2. Parallel CPU work: 8 ``python.call`` steps of pure-Python arithmetic (~0.15 s each on the dev
+   machine, holding the GIL), on local threads (8 slots) and on a 2-process LocalCluster, interleaved.
+   The same loop takes 0.13-0.17 s of CPU depending on the process and even the thread that runs it
+   (steady within one thread, different across threads and processes), so a figure taken in one bench
+   process with one pair of workers carries that luck: the comparison runs in ``--cpu-sets`` fresh
+   processes, each with its own cluster, and the figure is the median speed-up over all their rounds
+   (``trace_dask_cpu.py`` shows where the cluster's time goes). The local backend's 10,000-step time is
+   printed for reference.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +157,7 @@ def overhead(steps: int, rounds: int) -> dict[str, Any]:
 
 
 def cpu_parallel(rounds: int) -> dict[str, Any]:
+    """One set: local threads in this process against a fresh 2-process cluster, ``rounds`` interleaved."""
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     local: list[float] = []
@@ -170,24 +178,49 @@ def cpu_parallel(rounds: int) -> dict[str, Any]:
     finally:
         client.close()
         cluster.close()
+    return {"local": local, "dask": dask, "raw": raw}
+
+
+def cpu_sets(sets: int, rounds: int) -> dict[str, Any]:
+    """:func:`cpu_parallel` in ``sets`` fresh processes, one after another; the rounds pooled."""
+    runs = []
+    for _ in range(sets):
+        out = subprocess.run(
+            [sys.executable, __file__, "--cpu-set", "--cpu-rounds", str(rounds)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            timeout=600,
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    local = [x for r in runs for x in r["local"]]
+    dask = [x for r in runs for x in r["dask"]]
+    raw = [x for r in runs for x in r["raw"]]
     speedups = sorted(lo / da for lo, da in zip(local, dask, strict=True))
     return {
         "steps": CPU_STEPS,
-        "rounds": rounds,
+        "rounds": len(speedups),
+        "process_sets": sets,
         "local_threads_seconds": round(statistics.median(local), 3),
         "dask_2_processes_seconds": round(statistics.median(dask), 3),
         "raw_submit_2_processes_seconds": round(statistics.median(raw), 3),
         "speedup": round(statistics.median(speedups), 2),
         "round_speedup_range": [round(speedups[0], 2), round(speedups[-1], 2)],
+        "raw_speedup": round(statistics.median(lo / ra for lo, ra in zip(local, raw, strict=True)), 2),
+        "set_speedups": [
+            round(statistics.median(lo / da for lo, da in zip(r["local"], r["dask"], strict=True)), 2)
+            for r in runs
+        ],
     }
 
 
-def run(steps: int, rounds: int, cpu_rounds: int) -> dict[str, Any]:
+def run(steps: int, rounds: int, cpu_sets_: int, cpu_rounds: int) -> dict[str, Any]:
     logging.getLogger("distributed").setLevel(logging.ERROR)
     local = run_workflow(LocalBackend(), echo_workflow(steps), SLOTS)
     return {
         "overhead": overhead(steps, rounds),
-        "cpu": cpu_parallel(cpu_rounds),
+        "cpu": cpu_sets(cpu_sets_, cpu_rounds),
         "local_seconds": round(local, 2),
         "load_average": round(os.getloadavg()[0], 2),
     }
@@ -204,10 +237,12 @@ def report(f: dict[str, Any]) -> str:
         f"{f['local_seconds']} s\n"
         f"  CPU time of the process (client, scheduler and workers): {o['dask_backend_cpu_us_per_step']} "
         f"vs {o['raw_submit_cpu_us_per_task']} µs: {o['cpu_ratio']}x\n"
-        f"{c['steps']} CPU-bound python.call steps (median of {c['rounds']} rounds): local threads "
-        f"{c['local_threads_seconds']} s, 2-process LocalCluster {c['dask_2_processes_seconds']} s: "
-        f"{c['speedup']}x faster (per round {c['round_speedup_range'][0]}-{c['round_speedup_range'][1]}x; "
-        f"raw Client.submit of the same work on that cluster {c['raw_submit_2_processes_seconds']} s); "
+        f"{c['steps']} CPU-bound python.call steps (median of {c['rounds']} rounds in {c['process_sets']} "
+        f"fresh processes, each with its own cluster): local threads {c['local_threads_seconds']} s, "
+        f"2-process LocalCluster {c['dask_2_processes_seconds']} s: {c['speedup']}x faster (per round "
+        f"{c['round_speedup_range'][0]}-{c['round_speedup_range'][1]}x; per process "
+        f"{', '.join(f'{x}x' for x in c['set_speedups'])}; raw Client.submit of the same work on the "
+        f"cluster {c['raw_submit_2_processes_seconds']} s, {c['raw_speedup']}x); "
         f"load average {f['load_average']}"
     )
 
@@ -216,10 +251,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--cpu-rounds", type=int, default=3)
+    parser.add_argument("--cpu-sets", type=int, default=3, help="fresh processes for the CPU-bound part")
+    parser.add_argument("--cpu-rounds", type=int, default=3, help="interleaved rounds in each of them")
+    # One set, printed as JSON: how cpu_sets runs each fresh process.
+    parser.add_argument("--cpu-set", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args()
-    figures = run(args.steps, args.rounds, args.cpu_rounds)
+    if args.cpu_set:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        print(json.dumps(cpu_parallel(args.cpu_rounds)))
+        return
+    figures = run(args.steps, args.rounds, args.cpu_sets, args.cpu_rounds)
     print(json.dumps(figures) if args.json else report(figures))
 
 

@@ -43,6 +43,18 @@ def hold(ctx: ActionContext) -> str:
     return "not cancelled"
 
 
+#: Four steps meet here: each waits (bounded) until all four run at once (reset by the test using it).
+_four_at_once = threading.Barrier(4)
+
+
+def meet() -> str:
+    """A python.call target: returns once four steps run together, naming the worker it ran on."""
+    from distributed import get_worker
+
+    _four_at_once.wait(WAIT)
+    return str(get_worker().address)
+
+
 class GpuPool:
     """Admission for one ``gpu`` (the scheduler admits; Dask only places)."""
 
@@ -209,6 +221,21 @@ def test_mapped_resources_place_steps_only_on_workers_that_declare_them(dask_orc
     nowhere = dask_orch(resource_manager=GpuPool(), backend_kwargs={"resource_map": {"gpu": "TPU"}})
     spec = spec.model_copy(update={"timeout": 0.3})
     assert nowhere.wait(nowhere.submit_task(spec), WAIT).status is TaskStatus.TIMED_OUT
+
+
+def test_ready_steps_run_at_once_on_every_thread_of_both_workers_two_each(dask_orch: Any) -> None:
+    # The session cluster has 2 workers of 2 threads: the four steps can only all be running when the
+    # backend sent them together and the cluster spread them over both workers.
+    _four_at_once.reset()
+    registry = create_registry(load_plugins=False)
+    orch = dask_orch(max_workers=4, registry=registry)
+    manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+    step = {"module": "python", "action": "call", "parameters": {"function": "tests.core.test_backends:meet"}}
+    manager.create_workflow("meet", [{"name": f"m{i}", **step} for i in range(4)])
+    record = manager.execute_workflow("meet", timeout=WAIT * 2)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    workers = [result.output for result in record.steps.values()]
+    assert sorted(workers.count(address) for address in set(workers)) == [2, 2]
 
 
 def test_many_steps_in_flight_each_get_their_own_result_from_the_batched_gathers(dask_orch: Any) -> None:
