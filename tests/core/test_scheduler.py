@@ -20,6 +20,7 @@ from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InsufficientResourcesError,
+    InvalidInputError,
     LimitExceededError,
     SchedulerShutdownError,
     StepTimeoutError,
@@ -138,6 +139,25 @@ def test_tasks_submitted_together_keep_their_order_and_yield_to_a_higher_priorit
     assert order == ["urgent", "0", "1", "2", "3", "4"]
     assert all(r.status is TaskStatus.COMPLETED and r.priority is TaskPriority.LOW for r in records[:5])
     assert [orch.get_task(i).name for i in ids] == [f"t{i}" for i in range(5)]
+
+
+def test_settings_checked_once_serve_many_submissions_and_bad_ones_are_refused_naming_the_field(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(2)
+    with pytest.raises(InvalidInputError, match="timeout"):
+        orch.settings(timeout=0)
+    shared = orch.settings(priority=TaskPriority.HIGH, timeout=0.2, run_id="r7")
+
+    def stuck(ctx: ActionContext) -> None:
+        ctx.cancel_event.wait(WAIT)  # until its deadline sets it
+
+    ids = [orch.submit(stuck, name=f"s{i}", settings=shared) for i in range(2)]
+    quick = orch.submit(lambda ctx: 1, name="quick", priority=TaskPriority.LOW, settings=shared)
+    records = orch.wait_all([*ids, quick], timeout=WAIT)
+    assert [r.status for r in records[:2]] == [TaskStatus.TIMED_OUT, TaskStatus.TIMED_OUT]
+    assert records[2].status is TaskStatus.COMPLETED  # the given settings stand: priority HIGH, not LOW
+    assert {(r.priority, r.run_id) for r in records} == {(TaskPriority.HIGH, "r7")}
 
 
 def test_tasks_submitted_together_share_their_resources_admission(make_orch: Any) -> None:

@@ -246,3 +246,28 @@ def test_steps_added_to_a_running_run_are_scheduled_in_dependency_order_with_the
     assert position["expand"] < min(position["item0"], position["item1"], position["static_after"])
     assert position["item1"] < position["item2"] < position["join"]
     assert position["item0"] < position["join"]
+
+
+def test_each_step_is_queued_with_its_own_settings_though_steps_alike_share_them(
+    manager: WorkflowManager,
+) -> None:
+    steps = [
+        step("a1"),
+        step("urgent", priority="high", max_retries=2),
+        step("a2", dependencies=["a1"]),
+        step("late", priority="low", dependencies=["urgent"]),
+        step("slow", timeout=30, dependencies=["a2"]),
+        step("a3", dependencies=["slow", "late"]),
+    ]
+    manager.create_workflow({"name": "mixed", "steps": steps})
+    run = manager.execute_workflow("mixed", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    records = {r.step_name: r for r in manager.orchestrator.list_tasks(limit=100) if r.run_id == run.run_id}
+    assert {name: r.priority for name, r in records.items()} == {
+        "a1": TaskPriority.NORMAL,
+        "urgent": TaskPriority.HIGH,
+        "a2": TaskPriority.NORMAL,
+        "late": TaskPriority.LOW,
+        "slow": TaskPriority.NORMAL,
+        "a3": TaskPriority.NORMAL,
+    }
