@@ -69,7 +69,8 @@ def echo_workflow(steps: int) -> dict[str, object]:
     return {"name": "bench", "steps": body}
 
 
-def cpu_workflow() -> dict[str, object]:
+def cpu_workflow(function: str = "_cpu_work:spin") -> dict[str, object]:
+    """The CPU-bound workflow: ``CPU_STEPS`` independent ``python.call`` steps of ``function``."""
     return {
         "name": "cpu",
         "steps": [
@@ -77,7 +78,7 @@ def cpu_workflow() -> dict[str, object]:
                 "name": f"spin{i}",
                 "module": "python",
                 "action": "call",
-                "parameters": {"function": "_cpu_work:spin", "args": [CPU_ROUNDS_PER_STEP + i]},
+                "parameters": {"function": function, "args": [CPU_ROUNDS_PER_STEP + i]},
             }
             for i in range(CPU_STEPS)
         ],

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from _cpu_work import traced_spin
-from bench_dask import CPU_ROUNDS_PER_STEP, CPU_STEPS
+from bench_dask import CPU_ROUNDS_PER_STEP, CPU_STEPS, cpu_workflow
 from distributed import Client, LocalCluster
 
 from codomyrmex_orchestration.core.actions import create_registry
@@ -40,27 +40,12 @@ Run = tuple[float, float, list[dict[str, Any]]]  # start (epoch seconds), wall s
 COLUMNS = ("wall", "capacity", "steps_cpu", "workers_other", "this_process", "other_processes", "idle")
 
 
-def workflow() -> dict[str, object]:
-    return {
-        "name": "cpu",
-        "steps": [
-            {
-                "name": f"spin{i}",
-                "module": "python",
-                "action": "call",
-                "parameters": {"function": "_cpu_work:traced_spin", "args": [CPU_ROUNDS_PER_STEP + i]},
-            }
-            for i in range(CPU_STEPS)
-        ],
-    }
-
-
 def on_backend(backend: ExecutionBackend) -> Run:
     registry = create_registry(load_plugins=False)
     orch = TaskOrchestrator(CPU_STEPS, registry=registry, backend=backend, max_finished=CPU_STEPS)
     try:
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None, max_steps=CPU_STEPS)
-        manager.create_workflow(workflow())
+        manager.create_workflow(cpu_workflow("_cpu_work:traced_spin"))
         start = time.time()
         record = manager.execute_workflow("cpu", timeout=600)
         wall = time.time() - start
