@@ -3,7 +3,10 @@
 Workflows of N no-op steps (``core.set`` with no parameters) in three shapes — all independent, one chain,
 a 100-wide x 100-deep grid (each step depends on the step above it and on its left neighbour above) —
 run with the in-memory store and with the SQLite store (default settings, in a temporary directory;
-the figure includes the final commit). Floors, same worker count: a raw ``ThreadPoolExecutor``
+the figure includes the final commit). ``core.set`` is instant (``ActionDefinition.instant``: the
+scheduler runs the instant work queued behind it on the worker running it); the same no-op registered
+without that flag (``bench.noop``, "may block") is run in memory too, to show what a step pays when the
+scheduler must assume it can block. Floors, same worker count: a raw ``ThreadPoolExecutor``
 submitting N no-ops, and a minimal ``graphlib.TopologicalSorter`` + ``ThreadPoolExecutor`` runner on
 the same shape. Best of R rounds, interleaved.
 
@@ -28,7 +31,7 @@ from typing import Any
 
 from _common import WORKERS, best_of, timed
 
-from codomyrmex_orchestration.core.actions import create_registry
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.models import WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import SqliteStore, StateStore
@@ -144,12 +147,20 @@ def graphlib_runner(shape: Shape) -> float:
         return timed(run)
 
 
-def workflow_spec(name: str, shape: Shape) -> dict[str, Any]:
+def workflow_spec(name: str, shape: Shape, action: str = "core.set") -> dict[str, Any]:
+    module, _, verb = action.partition(".")
     steps = [
-        {"name": step, "module": "core", "action": "set", "dependencies": deps}
-        for step, deps in shape.items()
+        {"name": step, "module": module, "action": verb, "dependencies": deps} for step, deps in shape.items()
     ]
     return {"name": name, "steps": steps}
+
+
+#: The workflow names of the "may block" variant: the same shapes with ``bench.noop`` steps.
+MAY_BLOCK = "{}-may-block"
+
+
+def _noop_action(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    return dict(params)  # what core.set does, without being declared instant
 
 
 class _Manager:
@@ -157,6 +168,7 @@ class _Manager:
 
     def __init__(self, shapes: dict[str, Shape], store: StateStore | None) -> None:
         registry = create_registry(load_plugins=False)
+        registry.register(ActionDefinition("bench", "noop", _noop_action))
         self.orchestrator = TaskOrchestrator(WORKERS, registry=registry, max_finished=10_000)
         self.manager = WorkflowManager(
             orchestrator=self.orchestrator,
@@ -167,6 +179,7 @@ class _Manager:
         )
         for label, shape in shapes.items():
             self.manager.create_workflow(workflow_spec(label, shape))
+            self.manager.create_workflow(workflow_spec(MAY_BLOCK.format(label), shape, "bench.noop"))
         self.store = store
         # Each run: (shape, seconds, context switches of the whole process meanwhile). Four workers on
         # two cores either run a shape at one worker's pace or fall into a lock convoy, which costs
@@ -204,11 +217,13 @@ def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
             # Warm-up: threads started, plans cached, SQLite file grown once.
             for label in shapes:
                 memory.run(label)
+                memory.run(MAY_BLOCK.format(label))
                 durable.run(label)
             cases: dict[str, Callable[[], float]] = {"raw_pool": lambda: raw_pool(steps)}
             for label, shape in shapes.items():
                 cases[f"graphlib/{label}"] = lambda shape=shape: graphlib_runner(shape)
                 cases[f"memory/{label}"] = lambda label=label: memory.run(label)
+                cases[f"may-block/{label}"] = lambda label=label: memory.run(MAY_BLOCK.format(label))
                 cases[f"durable/{label}"] = lambda label=label: durable.run(label)
             best = best_of(repeat, cases)
         finally:
@@ -219,6 +234,7 @@ def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
     for label in fresh[0]:  # each figure: the lowest of this process's and the new ones'
         if label in best:
             best[label] = min(in_process[label], *(f[label] for f in fresh))
+    memory_switches = {name: memory.switches_of_best(name)[1] for name in {r[0] for r in memory.runs}}
     switches = {  # of the run each memory figure comes from
         label: min(
             [memory.switches_of_best(label), *((f[f"memory/{label}"], f[f"switches/{label}"]) for f in fresh)]
@@ -252,6 +268,10 @@ def run(steps: int = 10_000, repeat: int = 3) -> dict[str, Any]:
             "memory_vs_raw_pool": round(us[f"memory/{label}"] / raw, 2),
             "memory_switches_per_step": round(switches[label] / n[label], 2),
             "memory_vs_graphlib": round(us[f"memory/{label}"] / floor, 2),
+            # The same no-op not declared instant (this process only).
+            "may_block_us_per_step": round(us[f"may-block/{label}"], 2),
+            "may_block_vs_raw_pool": round(us[f"may-block/{label}"] / raw, 2),
+            "may_block_switches_per_step": round(memory_switches[MAY_BLOCK.format(label)] / n[label], 2),
             "durable_us_per_step": round(us[f"durable/{label}"], 2),
             "durable_vs_raw_pool": round(us[f"durable/{label}"] / raw, 2),
         }
@@ -267,19 +287,22 @@ def report(figures: dict[str, Any]) -> str:
         f" {len(figures['raw_pool_fresh_processes_us_per_step'])} fresh processes'"
         f" {figures['raw_pool_fresh_processes_us_per_step']})",
         f"  {'shape':<12} {'graphlib':>9} {'memory':>9} {'x raw':>6} {'x glib':>7} {'switches':>9}"
-        f" {'durable':>9} {'x raw':>6}",
+        f" {'may block':>10} {'x raw':>6} {'switches':>9} {'durable':>9} {'x raw':>6}",
     ]
     for label, f in figures["shapes"].items():
         lines.append(
             f"  {label:<12} {f['graphlib_us_per_step']:9.2f} {f['memory_us_per_step']:9.2f}"
             f" {f['memory_vs_raw_pool']:6.2f} {f['memory_vs_graphlib']:7.2f}"
             f" {f['memory_switches_per_step']:9.2f}"
+            f" {f['may_block_us_per_step']:10.2f} {f['may_block_vs_raw_pool']:6.2f}"
+            f" {f['may_block_switches_per_step']:9.2f}"
             f" {f['durable_us_per_step']:9.2f} {f['durable_vs_raw_pool']:6.2f}"
         )
     lines.append(
-        "  (µs/step; 'x raw' and 'x glib' are ratios to the two floors; 'memory' is the lowest of this"
-        " process's and the fresh processes'; 'switches': the process's thread switches per step in that"
-        " run, about 2 when four workers fell into a lock convoy, near 0 when not)"
+        "  (µs/step; 'x raw' and 'x glib' are ratios to the two floors; 'memory' (core.set, instant) is the"
+        " lowest of this process's and the fresh processes'; 'may block': the same no-op not declared"
+        " instant, this process; 'switches': the process's thread switches per step in that run, about 2"
+        " when four workers fell into a lock convoy, near 0 when not)"
     )
     return "\n".join(lines)
 

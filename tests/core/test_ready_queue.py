@@ -19,6 +19,7 @@ class Item:
     session_id: str | None = None
     resources: Mapping[str, Any] | None = None
     resource_handle: object | None = field(default=None)
+    instant: bool = False
 
 
 class Units:
@@ -118,3 +119,20 @@ def test_every_priority_level_has_a_depth(priority: TaskPriority) -> None:
     queue: ReadyQueue[Item] = ReadyQueue()
     queue.push(Item("x", priority))
     assert queue.depths()[priority.name.lower()] == 1
+
+
+def test_the_queue_counts_its_instant_tasks_through_every_way_out() -> None:
+    units = Units(1)
+    queue: ReadyQueue[Item] = ReadyQueue(units)
+    kept, removed = Item("kept", instant=True), Item("removed", instant=True)
+    for item in (kept, Item("plain"), removed, Item("big", instant=True, resources={"units": 2})):
+        queue.push(item)
+    assert (len(queue), queue.instant) == (4, 3)
+    assert queue.remove(removed) and not queue.remove(removed)
+    assert (len(queue), queue.instant) == (3, 2)
+    assert queue.pop([]) is kept
+    assert (len(queue), queue.instant) == (2, 1)
+    assert queue.pop([]) is not None  # "plain"; "big" waits for units it can never have
+    assert queue.pop([]) is None and (len(queue), queue.instant) == (1, 1)
+    assert queue.remove(queue._levels[TaskPriority.NORMAL].head())
+    assert (len(queue), queue.instant) == (0, 0)

@@ -16,24 +16,25 @@ Job = Callable[[Worker], None]
 
 
 class Owner:
-    """The smallest owner of a pool: a FIFO of jobs under the pool's condition."""
+    """The smallest owner of a pool: a FIFO of jobs (each instant or not) under the pool's condition."""
 
     def __init__(self, max_workers: int, max_abandoned: int = 4) -> None:
         self.cond = threading.Condition()
-        self.jobs: deque[Job] = deque()
+        self.jobs: deque[tuple[Job, bool]] = deque()
         self.closing = False
         self.pool = WorkerPool(
             self.cond,
             self.work,
             lambda: len(self.jobs),
+            lambda: sum(instant for _, instant in self.jobs),
             max_workers=max_workers,
             max_abandoned=max_abandoned,
             name="pooltest",
         )
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, instant: bool = False) -> None:
         with self.cond:
-            self.jobs.append(job)
+            self.jobs.append((job, instant))
             self.pool.ensure_workers_locked()
 
     def work(self, worker: Worker) -> None:
@@ -43,8 +44,8 @@ class Owner:
                     if self.pool.leave_if_surplus_locked(worker):
                         return
                     if self.jobs:
-                        job = self.jobs.popleft()
-                        self.pool.task_started_locked()
+                        job, instant = self.jobs.popleft()
+                        self.pool.task_started_locked(worker, instant)
                         break
                     if self.closing:
                         self.pool.leave_locked(worker)
@@ -154,3 +155,28 @@ def test_a_worker_waiting_on_other_work_lends_its_slot(owners: Callable[..., Own
     owner.submit(lambda worker: None)
     with owner.cond:
         assert owner.pool.blocked == 0 and owner.pool.live <= 2
+
+
+def test_instant_jobs_need_one_worker_in_all_and_jobs_that_may_block_one_each(
+    owners: Callable[..., Owner],
+) -> None:
+    owner = owners(4)
+    threads: list[int] = []
+    all_ran = threading.Event()
+
+    def instant(worker: Worker) -> None:
+        threads.append(threading.get_ident())
+        if len(threads) == 100:
+            all_ran.set()
+
+    with owner.cond:  # queued in one go: the pool decides how many workers the whole queue needs
+        owner.jobs.extend((instant, True) for _ in range(100))
+        owner.pool.ensure_workers_locked()
+        assert owner.pool.live == 1
+    assert all_ran.wait(WAIT)
+    assert len(set(threads)) == 1 and len(owner.pool.workers) == 1  # no second thread was needed
+
+    together = threading.Barrier(3, timeout=WAIT)  # passes only when both jobs run at once
+    owner.submit(lambda worker: together.wait())
+    owner.submit(lambda worker: together.wait())
+    together.wait()

@@ -105,6 +105,7 @@ class Dispatcher:
             self.cond,
             self._work,
             self._pending_locked,
+            self._pending_instant_locked,
             max_workers=max_workers,
             max_abandoned=max_abandoned,
             name=name,
@@ -277,6 +278,10 @@ class Dispatcher:
         """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
         return len(self.queue) + (1 if self._backlog else 0)
 
+    def _pending_instant_locked(self) -> int:
+        """Of that, the ready tasks that are instant (see ``WorkerPool``)."""
+        return self.queue.instant
+
     def _next_task_locked(self, worker: Worker, out: Outbox) -> Task | None:
         """The next task for ``worker``, waiting idle if there is none. ``None``: ``out`` holds work to
         do outside the lock first, or the worker left the pool (``worker.gone``)."""
@@ -293,7 +298,7 @@ class Dispatcher:
             for bad, exc in refused:
                 self._finish_locked(bad, TaskStatus.FAILED, None, ErrorInfo.from_exception(exc), out)
             if task is not None:
-                pool.task_started_locked()
+                pool.task_started_locked(worker, task.instant)
                 return task
             if out.notices or out.handles or out.releases:
                 # Not idle with these undone: waiters to release, resources that a queued task may

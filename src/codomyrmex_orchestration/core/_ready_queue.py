@@ -5,6 +5,7 @@ session served round robin, so one client queueing a thousand tasks cannot make 
 wait behind all of them. A task that needs resources starts only once the
 :class:`ResourceAdmission` grants all of them at once; while the task at the front of a level waits
 for resources, no later task of that level overtakes it (a big task is not starved by small ones).
+It also counts the queued tasks that are instant (their call returns at once), for the worker pool.
 
 Not thread-safe: the scheduler guards it with its lock.
 """
@@ -49,6 +50,8 @@ class Queueable(Protocol):
     def session_id(self) -> str | None: ...
     @property
     def resources(self) -> Mapping[str, Any] | None: ...
+    @property
+    def instant(self) -> bool: ...
 
     resource_handle: object | None
 
@@ -109,12 +112,13 @@ class ReadyQueue(Generic[T]):
         admission: consulted before a task that needs resources leaves the queue; ``None`` admits all.
     """
 
-    __slots__ = ("_admission", "_levels", "_size")
+    __slots__ = ("_admission", "_levels", "_size", "instant")
 
     def __init__(self, admission: ResourceAdmission | None = None) -> None:
         self._admission = admission
         self._levels: tuple[_Level[T], ...] = tuple(_Level() for _ in _PRIORITIES)
         self._size = 0
+        self.instant = 0  # how many of the queued tasks are instant
 
     def __len__(self) -> int:
         return self._size
@@ -122,11 +126,14 @@ class ReadyQueue(Generic[T]):
     def push(self, task: T) -> None:
         self._levels[task.priority].push(task)
         self._size += 1
+        self.instant += task.instant
 
     def remove(self, task: T) -> bool:
         """Take ``task`` out (it was cancelled); False if it is not queued."""
         removed = self._levels[task.priority].remove(task)
-        self._size -= removed
+        if removed:
+            self._size -= 1
+            self.instant -= task.instant
         return removed
 
     def pop(self, refused: list[tuple[T, Exception]]) -> T | None:
@@ -148,12 +155,14 @@ class ReadyQueue(Generic[T]):
                     except Exception as exc:
                         level.pop_head()
                         self._size -= 1
+                        self.instant -= task.instant
                         refused.append((task, exc))
                         continue
                     if handle is None:
                         break  # this level waits for its head; a lower level may still start
                     task.resource_handle = handle
                 self._size -= 1
+                self.instant -= task.instant
                 return level.pop_head()
         return None
 

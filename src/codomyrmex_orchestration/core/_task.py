@@ -51,6 +51,7 @@ class Task:
         "handed",
         "held",
         "id",
+        "instant",
         "live_state",
         "mono_finished",
         "mono_started",
@@ -92,8 +93,10 @@ class Task:
         live_state: bool,
         session_id: str | None = None,
         group: TaskGroup | None = None,
+        instant: bool = False,
     ) -> None:
         self.id = task_id
+        self.instant = instant  # its call returns at once and never blocks (ActionDefinition.instant)
         self.group = group
         self.fn = fn
         self.name = name

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from codomyrmex_orchestration.core._retry import RetryPolicy
 from codomyrmex_orchestration.core._task import Task, TaskGroup
-from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, create_registry
+from codomyrmex_orchestration.core.actions import (
+    ActionContext,
+    ActionDefinition,
+    ActionRegistry,
+    create_registry,
+)
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import InvalidInputError
@@ -50,6 +55,7 @@ class TaskCall(NamedTuple):
     on_done: TaskCallback | StateCallback | None = None
     action: ActionCall | None = None
     dependencies: Sequence[str] = ()
+    instant: bool = False
 
 
 class TaskFactory:
@@ -112,24 +118,30 @@ class TaskFactory:
         on_done: TaskCallback | StateCallback | None,
         action: ActionCall | None,
         dependencies: Sequence[str],
+        instant: bool,
         settings: TaskSettings,
     ) -> Task:
-        """A new task with the next id (not queued yet)."""
+        """A new task with the next id (not queued yet). ``instant``: its callable returns at once and
+        never blocks (an action task is instant when its action is); never so on a backend that runs
+        the action elsewhere, since the worker then waits for it."""
         priority, timeout, retry, resources, run_id, live_state, session_id, group = settings
         if action is not None:
-            fn = fn or _action_callable(self.registry(), action)
+            if fn is None:
+                definition = self.registry().get(action.module, action.action)
+                fn, instant = _action_callable(definition, action), definition.instant
             fn = self._backend.bind(fn, action, priority=priority, resources=resources)
+            instant = instant and not self._backend.remote
         elif fn is None:
             raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
         task_id = f"{self._id_prefix}{next(self._ids)}"
         deps = tuple(dependencies)
-        run = (run_id, step_name, on_start, on_done, live_state, session_id, group)
+        run = (run_id, step_name, on_start, on_done, live_state, session_id, group, instant)
         return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
 
 
-def _action_callable(registry: ActionRegistry, call: ActionCall) -> TaskCallable:
-    """``registry.get(...).func(parameters, ctx)``; unknown or refused actions raise here."""
-    func = registry.get(call.module, call.action).func
+def _action_callable(definition: ActionDefinition, call: ActionCall) -> TaskCallable:
+    """``definition.func(parameters, ctx)`` (the registry refused unknown or refused actions already)."""
+    func = definition.func
     parameters = dict(call.parameters)
 
     def run(ctx: ActionContext) -> Any:

@@ -1,12 +1,20 @@
 """The worker pool: the scheduler's daemon threads and the counts of what each is doing.
 
-It owns the threads and one invariant, kept in :meth:`WorkerPool.ensure_workers` alone: *every piece of
-pending work has a worker on its way to it* (as far as ``max_workers`` allows). A worker is *seeking*
-from when it is started, woken or returns from a task until it starts its next task or waits idle;
-pending work beyond the seeking workers wakes an idle worker or starts a new one. A worker that just
-finished a task counts as seeking while it delivers that task's callbacks, so the task a callback
+It owns the threads and one invariant, kept in :meth:`WorkerPool.ensure_workers_locked` alone: *every
+piece of pending work has a worker on its way to it* (as far as ``max_workers`` allows), where pending
+*instant* work (tasks whose call returns at once and never blocks) needs one worker in all. A worker is
+*seeking* from when it is started, woken or returns from a task until it starts its next task or waits
+idle; pending work beyond the seeking workers wakes an idle worker or starts a new one. A worker that
+just finished a task counts as seeking while it delivers that task's callbacks, so the task a callback
 submits (a workflow's next step) is taken by that worker without waking another; one that claimed its
 task's outcome without the lock (:meth:`WorkerPool.claim`) counts as ``returning``, to the same effect.
+
+A worker inside an instant task counts as on its way to the instant work (it is back within
+microseconds), so a thousand instant steps are run by one worker while the others sleep. More workers
+could not run them sooner on CPython, where they would take turns at the interpreter, and contending
+for the owner's lock with several µs of bookkeeping each, they fall into a lock convoy that costs about
+twice the CPU per task (docs/PERFORMANCE.md, "Seventh session"). Work that may block still gets a
+worker each.
 
 Two situations free a slot while its thread is still busy: a task abandoned by the scheduler (timed out
 or cancelled while its call cannot be interrupted) and a task waiting on other scheduled work
@@ -34,13 +42,14 @@ class Worker:
     """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread, and
     ``claimed``, guarded by the pool's claims lock; ``abandoned`` is written holding both locks)."""
 
-    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "thread")
+    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "instant", "thread")
 
     def __init__(self) -> None:
         self.claimed: object | None = None  # the last task whose outcome it kept (WorkerPool.claim)
         self.abandoned = False  # its task was given up on; its slot went to another worker
         self.blocked = False  # inside lend_slot(): waiting on other scheduled work, slot lent
         self.gone = False  # left the pool: its thread returns
+        self.instant = False  # inside the call of an instant task
         self.thread: threading.Thread | None = None
         #: ActionContext.block_hook for the tasks this worker runs (made once, not per task).
         self.block_hook: Callable[[], AbstractContextManager[None]] | None = None
@@ -53,6 +62,7 @@ class WorkerPool:
         cond: the owner's condition; its lock guards the pool, idle workers wait on it.
         target: each thread's body, called with its :class:`Worker`.
         pending: how many pieces of work wait for a worker now (called with the lock held).
+        pending_instant: how many of those are instant (likewise; default: none).
         max_workers: slots.
         max_abandoned: threads stuck in abandoned tasks that are replaced; beyond it a stuck thread
             keeps its slot until its call returns.
@@ -64,6 +74,7 @@ class WorkerPool:
         cond: threading.Condition,
         target: Callable[[Worker], None],
         pending: Callable[[], int],
+        pending_instant: Callable[[], int] = lambda: 0,
         *,
         max_workers: int,
         max_abandoned: int,
@@ -72,6 +83,7 @@ class WorkerPool:
         self._cond = cond
         self._target = target
         self._pending = pending
+        self._pending_instant = pending_instant
         self.max_workers = max_workers
         self.max_abandoned = max_abandoned
         self._name = name
@@ -82,6 +94,7 @@ class WorkerPool:
         self.seeking = 0  # on their way to the ready queue (see the module docstring)
         self.abandoned = 0
         self.blocked = 0
+        self.instant = 0  # workers inside an instant task's call
         self.closing = False
         # Claims (see claim()) are made without the pool's lock; this small lock guards them: each worker's
         # ``claimed``, its ``abandoned`` flag's changes, and ``returning``.
@@ -91,12 +104,18 @@ class WorkerPool:
     # ------------------------------------------------------------------ the invariant
 
     def ensure_workers_locked(self) -> None:
-        """Wake or start workers until every pending piece of work has a seeking worker (capacity
-        allowing). Call after work is added and after a slot frees up."""
-        pending = self._pending()
+        """Wake or start workers until every pending piece of work has a seeking worker, instant work
+        one in all (capacity allowing). Call after work is added, after a worker starts a task and after
+        a slot frees up."""
+        needed = self._pending()
+        instant = self._pending_instant()
+        if instant:  # one worker serves all of it: a seeking one, or one inside an instant call already
+            needed -= instant if self.instant else instant - 1
+        if needed <= self.seeking:
+            return
         with self._claims:
             returning = self.returning  # each will take a piece of work without being woken
-        while pending > self.seeking + returning:
+        while needed > self.seeking + returning:
             if self.idle > 0:
                 self.idle -= 1
                 self.seeking += 1
@@ -122,8 +141,13 @@ class WorkerPool:
         self.idle += 1
         self._cond.wait()
 
-    def task_started_locked(self) -> None:
+    def task_started_locked(self, worker: Worker, instant: bool = False) -> None:
+        """The calling worker starts a task (``instant``: one whose call returns at once)."""
         self.seeking -= 1
+        if instant:
+            worker.instant = True
+            self.instant += 1
+        self.ensure_workers_locked()  # the work it leaves behind may need another worker now
 
     def claim(self, worker: Worker, task: object) -> bool:
         """On ``worker``'s own thread once its call of ``task`` returned, without the pool's lock: keep the
@@ -144,6 +168,7 @@ class WorkerPool:
         if claimed:
             with self._claims:
                 self.returning -= 1
+        self._instant_over_locked(worker)
         if not worker.abandoned:
             self.seeking += 1
             return True
@@ -181,6 +206,7 @@ class WorkerPool:
             worker.abandoned = True
         if not worker.blocked:
             self.live -= 1
+        self._instant_over_locked(worker)
         self.abandoned += 1
         if self.abandoned > self.max_abandoned:
             _log.warning(
@@ -202,6 +228,7 @@ class WorkerPool:
         with self._cond:
             entered = not worker.abandoned and not worker.blocked
             if entered:
+                self._instant_over_locked(worker)  # it blocks after all: no longer on its way to work
                 worker.blocked = True
                 self.live -= 1
                 self.blocked += 1
@@ -215,6 +242,11 @@ class WorkerPool:
                     self.blocked -= 1
                     if not worker.abandoned:
                         self.live += 1
+
+    def _instant_over_locked(self, worker: Worker) -> None:
+        if worker.instant:
+            worker.instant = False
+            self.instant -= 1
 
     # ------------------------------------------------------------------ threads
 

@@ -176,15 +176,9 @@ class RunDriver:
         if cached is not None:  # no attempt: the output of an identical earlier call
             return run.step_finished(cached, held_slot=True)
         try:
-            call = _StepCall(
-                self,
-                run,
-                name,
-                self.registry.get(step.module, step.action).func,
-                params,
-                self.recorder.write_mark(bool(info.parents)),
-                cache_key,
-            )
+            definition = self.registry.get(step.module, step.action)
+            mark = self.recorder.write_mark(bool(info.parents))
+            call = _StepCall(self, run, name, definition.func, params, mark, cache_key)
             self.orchestrator.submit(
                 call,
                 action=self._action(run, step, params) if self._remote else None,
@@ -195,6 +189,8 @@ class RunDriver:
                 on_done=call.done,
                 batch=batch,
                 settings=self._settings(run, info),
+                # Not while its start waits for its parents' results to be committed.
+                instant=definition.instant and mark is None,
             )
         except OrchestrationError as exc:
             return self._refused(run, name, exc)
@@ -243,14 +239,16 @@ class RunDriver:
             self._one_by_one(run, entries, work)
             return
         try:
-            func = self.registry.get(step.module, step.action).func
+            definition = self.registry.get(step.module, step.action)
         except OrchestrationError as exc:
             for name, _ in entries:
                 work.append(self._refused(run, name, exc))
             return
         mark = self.recorder.write_mark(bool(info.parents))
         action = partial(self._action, run, step) if self._remote else None
-        calls = item_calls(self, run, entries, func, mark, action)
+        calls = item_calls(
+            self, run, entries, definition.func, mark, action, definition.instant and mark is None
+        )
         try:
             self.orchestrator.submit_many(calls, self._settings(run, info))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one

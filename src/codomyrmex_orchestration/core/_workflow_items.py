@@ -96,9 +96,11 @@ def item_calls(
     func: Callable[[dict[str, Any], ActionContext], Any],
     mark: int | None,
     action: Callable[[dict[str, Any]], ActionCall] | None,
+    instant: bool = False,
 ) -> list[TaskCall]:
     """The scheduler calls of a row of items of one map step (``action``: the item as an action call,
-    for a backend that runs it elsewhere)."""
+    for a backend that runs it elsewhere; ``instant``: their calls return at once, see
+    ``ActionDefinition.instant``)."""
     state = run.maps.maps[split_item(entries[0][0])[0]]
     calls: list[TaskCall] = []
     label = f"{run.record.workflow_name}."
@@ -107,6 +109,8 @@ def item_calls(
         call = ItemCall(driver, run, state, index, name, func, params, mark)
         on_start = call.started if run.hears_starts else None  # else a snapshot asks the scheduler
         calls.append(
-            TaskCall(call, label + name, name, on_start, call.done, action(params) if action else None)
+            TaskCall(
+                call, label + name, name, on_start, call.done, action(params) if action else None, (), instant
+            )
         )
     return calls

@@ -140,14 +140,7 @@ class TaskOrchestrator:
         timers: TimerService | None = None,
         max_queued: int | None = None,
     ) -> None:
-        if max_workers is None:
-            max_workers = min(32, (os.cpu_count() or 1) + 4)
-        if max_workers < 1:
-            raise InvalidInputError("max_workers", f"must be at least 1, got {max_workers}")
-        if max_queued is not None and max_queued < 1:
-            raise InvalidInputError("max_queued", f"must be at least 1 or null, got {max_queued}")
-        if max_finished < 0:
-            raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
+        max_workers = _checked_sizes(max_workers, max_queued, max_finished)
         self.name = name
         self.max_workers = max_workers
         self._resources = resource_manager
@@ -240,6 +233,7 @@ class TaskOrchestrator:
         batch: list[Task] | None = None,
         group: TaskGroup | None = None,
         settings: TaskSettings | None = None,
+        instant: bool = False,
     ) -> str:
         """Queue ``fn(ctx)`` and return its task id.
 
@@ -267,6 +261,8 @@ class TaskOrchestrator:
             group: the :class:`TaskGroup` it is cancelled with (see :meth:`cancel_group`).
             settings: from :meth:`settings`, checked once for many tasks; given, the arguments it holds
                 (``priority`` to ``backoff``, ``resources``, ``run_id`` ... ``group``) are not read.
+            instant: ``fn`` returns at once and never blocks (as ``ActionDefinition.instant``; without
+                ``fn``, the action's definition says).
 
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
@@ -288,7 +284,8 @@ class TaskOrchestrator:
                 session_id,
                 group,
             )
-        task = self._factory.task(fn, name, step_name, on_start, on_done, action, dependencies, settings)
+        call = TaskCall(fn, name, step_name, on_start, on_done, action, dependencies, instant)
+        task = self._factory.task(*call, settings)
         if batch is not None:
             batch.append(task)
         else:
@@ -520,3 +517,16 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _checked_sizes(max_workers: int | None, max_queued: int | None, max_finished: int) -> int:
+    """``max_workers`` (its default when ``None``), once the scheduler's three sizes are checked."""
+    if max_workers is None:
+        max_workers = min(32, (os.cpu_count() or 1) + 4)
+    if max_workers < 1:
+        raise InvalidInputError("max_workers", f"must be at least 1, got {max_workers}")
+    if max_queued is not None and max_queued < 1:
+        raise InvalidInputError("max_queued", f"must be at least 1 or null, got {max_queued}")
+    if max_finished < 0:
+        raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
+    return max_workers

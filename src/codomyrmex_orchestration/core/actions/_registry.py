@@ -197,6 +197,11 @@ class ActionDefinition:
             templated values are checked when the step runs.
         probe: ``probe(parameters) -> problems``: a check that may reach outside (e.g. ask another MCP
             server for its tools); only ``validate_workflow`` runs it.
+        instant: True for an action that returns at once and never blocks: pure Python on its
+            parameters, no I/O, no sleeping, no waiting on other work (``core.echo``, ``core.set``). The
+            scheduler does not wake another worker for the work queued behind it: the worker running it
+            is back for that work within microseconds, and on CPython extra workers would only take
+            turns at the interpreter and contend for the scheduler's lock (see ``_worker_pool``).
     """
 
     module: str
@@ -209,6 +214,7 @@ class ActionDefinition:
     network: bool = False
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
     probe: Callable[[dict[str, Any]], list[str]] | None = None
+    instant: bool = False
 
     @property
     def qualified_name(self) -> str:

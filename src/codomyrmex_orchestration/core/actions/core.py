@@ -54,6 +54,7 @@ def register(registry: ActionRegistry) -> None:
             description="Return parameters.message unchanged (any JSON value).",
             parameters={"message": "any JSON value (required)"},
             output="the message",
+            instant=True,
         ),
         ActionDefinition(
             "core",
@@ -70,6 +71,7 @@ def register(registry: ActionRegistry) -> None:
             description="Fail with parameters.message (for tests, demos and error paths).",
             parameters={"message": "string (optional)"},
             output="never returns; the step fails",
+            instant=True,
         ),
         ActionDefinition(
             "core",
@@ -78,6 +80,7 @@ def register(registry: ActionRegistry) -> None:
             description="Return the parameters as a dict, to shape data for later steps.",
             parameters={"*": "any JSON values"},
             output="the parameters as an object",
+            instant=True,
         ),
         ActionDefinition(
             "core",
