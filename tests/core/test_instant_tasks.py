@@ -93,11 +93,14 @@ def test_instant_work_behind_a_blocked_worker_gets_a_worker(make_orch: Any) -> N
     assert orch.wait(held, WAIT).result == "released"
 
 
-def _stuck_instant_action(
-    registry: ActionRegistry, release: threading.Event, started: threading.Event
-) -> None:
-    """An action declared instant that blocks after all (a wrong declaration), for longer than the tests
-    wait for anything: work that waited for it to return would fail them."""
+@pytest.fixture
+def stuck(
+    make_orch: Any, registry: ActionRegistry
+) -> Iterator[tuple[TaskOrchestrator, threading.Event, threading.Event]]:
+    """A one-worker scheduler with ``test.stuck``, an action declared instant that blocks after all (a
+    wrong declaration) until ``release`` is set, for longer than the tests wait for anything: work that
+    waited for it to return would fail them. Yields (scheduler, started, release); released at the end."""
+    started, release = threading.Event(), threading.Event()
 
     def stuck(params: dict[str, Any], ctx: ActionContext) -> str:
         started.set()
@@ -109,39 +112,29 @@ def _stuck_instant_action(
         return "unstuck"
 
     registry.register(ActionDefinition("test", "stuck", stuck, instant=True))
+    yield make_orch(1), started, release
+    release.set()
 
 
-def test_an_instant_task_timed_out_does_not_hold_up_the_instant_work_behind_it(
-    make_orch: Any, registry: ActionRegistry
-) -> None:
-    release, started = threading.Event(), threading.Event()
-    _stuck_instant_action(registry, release, started)
-    orch = make_orch(1)
-    try:
-        stuck = orch.submit(None, action=ActionCall("test", "stuck", {}), name="stuck", timeout=0.2)
-        assert started.wait(WAIT)
-        ids = [echo(orch, i) for i in range(20)]  # queued behind the worker inside the stuck call
-        # Its deadline gives its slot to a new worker, which runs them while the stuck call goes on.
-        assert [orch.wait(task_id, WAIT).status for task_id in ids] == [TaskStatus.COMPLETED] * 20
-        assert orch.wait(stuck, WAIT).status is TaskStatus.TIMED_OUT
-    finally:
-        release.set()
+def test_an_instant_task_timed_out_does_not_hold_up_the_instant_work_behind_it(stuck: Any) -> None:
+    orch, started, _ = stuck
+    task = orch.submit(None, action=ActionCall("test", "stuck", {}), name="stuck", timeout=0.2)
+    assert started.wait(WAIT)
+    ids = [echo(orch, i) for i in range(20)]  # queued behind the worker inside the stuck call
+    # Its deadline gives its slot to a new worker, which runs them while the stuck call goes on.
+    assert [orch.wait(task_id, WAIT).status for task_id in ids] == [TaskStatus.COMPLETED] * 20
+    assert orch.wait(task, WAIT).status is TaskStatus.TIMED_OUT
 
 
-def test_an_instant_task_that_blocks_on_other_work_lends_its_slot(
-    make_orch: Any, registry: ActionRegistry
-) -> None:
-    release, started = threading.Event(), threading.Event()
-    _stuck_instant_action(registry, release, started)
-    orch = make_orch(1)
-    try:
-        spec = TaskSpec(name="waits", module="test", action="stuck", parameters={"lend": True})
-        waiting = orch.submit_task(spec)
-        assert started.wait(WAIT)
-        # The only slot is lent while the instant task waits: the echo behind it gets a worker.
-        assert orch.wait(echo(orch, 1), WAIT).result == 1
-    finally:
-        release.set()
+def test_an_instant_task_that_blocks_on_other_work_lends_its_slot(stuck: Any) -> None:
+    orch, started, release = stuck
+    waiting = orch.submit_task(
+        TaskSpec(name="waits", module="test", action="stuck", parameters={"lend": True})
+    )
+    assert started.wait(WAIT)
+    # The only slot is lent while the instant task waits: the echo behind it gets a worker.
+    assert orch.wait(echo(orch, 1), WAIT).result == 1
+    release.set()
     assert orch.wait(waiting, WAIT).result == "unstuck"
 
 
