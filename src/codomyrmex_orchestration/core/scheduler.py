@@ -284,8 +284,9 @@ class TaskOrchestrator:
                 session_id,
                 group,
             )
-        call = TaskCall(fn, name, step_name, on_start, on_done, action, dependencies, instant)
-        task = self._factory.task(*call, settings)
+        task = self._factory.task(
+            fn, name, step_name, on_start, on_done, action, dependencies, instant, settings
+        )
         if batch is not None:
             batch.append(task)
         else:
