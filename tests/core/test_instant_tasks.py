@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from codomyrmex_orchestration.core.actions import (
 from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend
 from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskCallable, TaskOrchestrator
+from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 
 WAIT = 10.0
@@ -184,3 +186,50 @@ def test_a_workflow_of_instant_steps_runs_on_one_worker(make_orch: Any, registry
     run = manager.execute_workflow("wide", timeout=WAIT)
     assert run.status is WorkflowStatus.COMPLETED and run.steps["last"].output == 199
     assert orch.health()["workers_alive"] == 1
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+def test_a_durable_step_that_waits_for_its_parents_commit_is_not_instant(
+    make_orch: Any, registry: ActionRegistry, tmp_path: Path, durable: bool
+) -> None:
+    # With the durable store a step with parents waits at its start until their results are committed:
+    # a wait, so not instant. Items of a map step follow the same rule as steps.
+    orch = make_orch(2)
+    store = SqliteStore(tmp_path / "state.db") if durable else MemoryStore()
+    manager = WorkflowManager(orchestrator=orch, registry=registry, store=store, config_dir=None)
+    manager.create_workflow(
+        "mixed",
+        [
+            {"name": "root", "module": "core", "action": "set", "parameters": {"n": 1}},
+            {
+                "name": "child",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 2},
+                "dependencies": ["root"],
+            },
+            {
+                "name": "items",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": "{{item}}"},
+                "for_each": [1, 2, 3],
+                "dependencies": ["root"],
+            },
+            {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 0}},
+        ],
+    )
+    try:
+        assert manager.execute_workflow("mixed", timeout=WAIT).status is WorkflowStatus.COMPLETED
+        # The scheduler keeps its finished tasks; which were instant is not part of any record.
+        instant = {t.step_name: t.instant for t in orch._d.table.tasks.values()}
+    finally:
+        store.close()
+    assert instant == {
+        "root": True,
+        "child": not durable,
+        "items[0]": not durable,
+        "items[1]": not durable,
+        "items[2]": not durable,
+        "nap": False,  # core.sleep may block
+    }
