@@ -23,7 +23,7 @@ from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_plan import StepInfo
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
-from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -189,8 +189,7 @@ class RunDriver:
                 on_done=call.done,
                 batch=batch,
                 settings=self._settings(run, info),
-                # Not while its start waits for its parents' results to be committed.
-                instant=definition.instant and mark is None,
+                instant=_instant(definition, mark),
             )
         except OrchestrationError as exc:
             return self._refused(run, name, exc)
@@ -246,9 +245,7 @@ class RunDriver:
             return
         mark = self.recorder.write_mark(bool(info.parents))
         action = partial(self._action, run, step) if self._remote else None
-        calls = item_calls(
-            self, run, entries, definition.func, mark, action, definition.instant and mark is None
-        )
+        calls = item_calls(self, run, entries, definition.func, mark, action, _instant(definition, mark))
         try:
             self.orchestrator.submit_many(calls, self._settings(run, info))
         except OrchestrationError:  # all or none was refused: as many as fit, one by one
@@ -353,6 +350,12 @@ class RunDriver:
                 "duration_seconds": final.duration_seconds,
             },
         )
+
+
+def _instant(definition: ActionDefinition, mark: int | None) -> bool:
+    """Whether a step's (or item's) task is instant: its action is, and its start does not wait for its
+    parents' results to be committed (``mark``: see ``RunRecorder.write_mark``)."""
+    return definition.instant and mark is None
 
 
 def _settings_args(run: RunState, info: StepInfo) -> dict[str, Any]:
