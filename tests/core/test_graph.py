@@ -224,6 +224,24 @@ def test_copies_of_a_frozen_template_run_apart_and_nodes_added_to_one_stay_in_it
     assert sorted(third.get_ready()) == ["b", "c"]
 
 
+def test_a_copy_that_forgets_its_done_nodes_leaves_the_template_and_the_other_copies_whole() -> None:
+    # A copy shares its template's edges until it changes them; forgetting a node (a map step's
+    # items, task retention) must not reach the template or a sibling.
+    template = DependencyGraph[str]()
+    for node, deps in {"a": [], "b": ["a"], "c": ["b"]}.items():
+        template.add(node, deps)
+    template.prepare()
+    template.freeze()
+    first, second = template.copy(), template.copy()
+    assert first.get_ready() == ["a"]
+    first.done("a", forget=True)
+    first.done(*first.get_ready(), forget=True)
+    assert list(first) == ["c"] and first.get_ready() == ["c"]
+    assert list(template) == ["a", "b", "c"] and template.dependents("a") == ("b",)
+    assert drain(second) == ["a", "b", "c"]
+    assert (template.state("a"), template.dependencies("c")) == ("ready", ("b",))
+
+
 def test_a_template_is_frozen_only_once_prepared_and_is_never_run_itself() -> None:
     graph = DependencyGraph[str]()
     graph.add("a")

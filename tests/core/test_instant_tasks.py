@@ -20,7 +20,13 @@ from codomyrmex_orchestration.core.actions import (
     create_registry,
 )
 from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend
-from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import (
+    TaskPriority,
+    TaskRecord,
+    TaskSpec,
+    TaskStatus,
+    WorkflowStatus,
+)
 from codomyrmex_orchestration.core.scheduler import TaskCallable, TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
@@ -219,10 +225,18 @@ def test_a_durable_step_that_waits_for_its_parents_commit_is_not_instant(
             {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 0}},
         ],
     )
+    # Which tasks were instant is not part of any record: read from each task as it starts (a run's
+    # tasks are forgotten once they end).
+    instant: dict[str | None, bool] = {}
+
+    def started(event: str, record: TaskRecord) -> None:
+        if event == "task.started":
+            with orch._d.lock:
+                instant[record.step_name] = orch._d.table.tasks[record.task_id].instant
+
+    orch.add_listener(started)
     try:
         assert manager.execute_workflow("mixed", timeout=WAIT).status is WorkflowStatus.COMPLETED
-        # The scheduler keeps its finished tasks; which were instant is not part of any record.
-        instant = {t.step_name: t.instant for t in orch._d.table.tasks.values()}
     finally:
         store.close()
     assert instant == {

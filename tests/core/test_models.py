@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +13,7 @@ from codomyrmex_orchestration.core.models import (
     TaskPriority,
     TaskStatus,
     WorkflowSpec,
+    trusted,
 )
 
 
@@ -48,3 +50,24 @@ def test_run_record_dumps_to_plain_json() -> None:
     dumped = record.model_dump(mode="json")
     assert json.loads(json.dumps(dumped))["steps"]["a"]["status"] == "completed"
     assert isinstance(dumped["created_at"], str)
+
+
+def test_a_trusted_record_is_the_validated_one_and_records_sharing_a_fields_set_stay_apart() -> None:
+    # The engine builds step and item results from values it typed itself, without validating them again.
+    at = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    values = {
+        "name": "s",
+        "status": TaskStatus.COMPLETED,
+        "output": {"v": [1]},
+        "attempts": 1,
+        "started_at": at,
+    }
+    checked = StepResult(**values)
+    every = set(StepResult.model_fields)
+    fields = {name: getattr(checked, name) for name in StepResult.model_fields}
+    first, second = trusted(StepResult, dict(fields), every), trusted(StepResult, dict(fields), every)
+    assert first == checked and first.model_dump_json() == checked.model_dump_json()
+    assert StepResult.model_validate_json(first.model_dump_json()) == checked
+    first.attempts = 2  # assignment adds a name the shared set holds already
+    assert (first.attempts, second.attempts, every) == (2, 1, set(StepResult.model_fields))
+    assert first.model_copy(update={"attempts": 3}).attempts == 3 and first.attempts == 2

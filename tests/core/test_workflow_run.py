@@ -21,6 +21,8 @@ from codomyrmex_orchestration.core.models import (
     StepResult,
     StepSpec,
     TaskPriority,
+    TaskRecord,
+    TaskSpec,
     TaskStatus,
     WorkflowStatus,
 )
@@ -260,10 +262,16 @@ def test_each_step_is_queued_with_its_own_settings_though_steps_alike_share_them
         step("a3", dependencies=["slow", "late"]),
     ]
     manager.create_workflow({"name": "mixed", "steps": steps})
+    queued: dict[str | None, TaskPriority] = {}  # a run's tasks are not kept once they end: heard as queued
+
+    def heard(event: str, record: TaskRecord) -> None:
+        if event == "task.queued":
+            queued[record.step_name] = record.priority
+
+    manager.orchestrator.add_listener(heard)
     run = manager.execute_workflow("mixed", timeout=30)
     assert run.status is WorkflowStatus.COMPLETED, run.error
-    records = {r.step_name: r for r in manager.orchestrator.list_tasks(limit=100) if r.run_id == run.run_id}
-    assert {name: r.priority for name, r in records.items()} == {
+    assert queued == {
         "a1": TaskPriority.NORMAL,
         "urgent": TaskPriority.HIGH,
         "a2": TaskPriority.NORMAL,
@@ -271,3 +279,37 @@ def test_each_step_is_queued_with_its_own_settings_though_steps_alike_share_them
         "slow": TaskPriority.NORMAL,
         "a3": TaskPriority.NORMAL,
     }
+
+
+def test_a_run_s_tasks_are_forgotten_as_they_end_so_a_big_run_keeps_no_single_task_from_its_caller(
+    registry: ActionRegistry,
+) -> None:
+    # The scheduler keeps the newest max_finished finished tasks for get_task; a run keeps its steps' and
+    # items' results in its own record, so their tasks must not take those places: a 40-step run after
+    # a single task leaves that task's record where its caller can read it.
+    orch = TaskOrchestrator(2, registry=registry, max_finished=3)
+    try:
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        single = orch.submit_task(
+            TaskSpec(name="mine", module="core", action="echo", parameters={"message": 1})
+        )
+        assert orch.wait(single, 10).status is TaskStatus.COMPLETED
+        steps = [step(f"s{i}", dependencies=[f"s{i - 1}"] if i else []) for i in range(20)]
+        steps.append(
+            {
+                **step("each", action="echo"),
+                "parameters": {"message": "{{item}}"},
+                "for_each": list(range(20)),
+            }
+        )
+        manager.create_workflow({"name": "big", "steps": steps})
+        run = manager.execute_workflow("big", timeout=30)
+        assert run.status is WorkflowStatus.COMPLETED, run.error
+        assert run.steps["s19"].status is TaskStatus.COMPLETED and run.steps["each"].output == list(range(20))
+        record = orch.get_task(single)
+        assert (record.name, record.result) == ("mine", 1)
+        assert [t.task_id for t in orch.list_tasks()] == [single]  # none of the run's 40 tasks is kept
+        stats = orch.get_execution_stats()
+        assert stats["completed_total"] == 41 and stats["records_kept"] == 1
+    finally:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=10)

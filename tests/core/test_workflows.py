@@ -523,17 +523,18 @@ def test_a_run_lists_every_step_in_declaration_order_live_and_final(
     )
     declared = ["held", "quick", "after_held", "bad_late", "after_quick", "bad_early"]
     on_step = (lambda record, result: seen.append(result.name)) if mode == "memory+on_step" else None
+    # A step's event is heard once its result is in the run's record.
+    ended = {name: threading.Event() for name in ("quick", "bad_early", "after_quick")}
+
+    def heard(event: str, data: dict[str, Any]) -> None:
+        if event in ("step.completed", "step.failed") and data["step"] in ended:
+            ended[data["step"]].set()
+
+    manager.add_listener(heard)
     run = manager.execute_workflow("ordered", wait=False, on_step=on_step)
     try:
         assert entered.wait(10)
-
-        def task_of(name: str) -> str:
-            tasks = orchestrator.list_tasks(limit=100)
-            return next(t.task_id for t in tasks if t.run_id == run.run_id and t.step_name == name)
-
-        # A task settles after its step's result is recorded (and its dependents submitted).
-        orchestrator.wait_all([task_of("quick"), task_of("bad_early")], 10)
-        orchestrator.wait(task_of("after_quick"), 10)
+        assert all(event.wait(10) for event in ended.values())
         live = manager.get_run(run.run_id)
         assert list(live.steps) == declared
         assert live.steps["quick"].status is TaskStatus.COMPLETED

@@ -121,12 +121,16 @@ class TaskTable:
         """
         self.active -= 1
         self.totals[task.status] += 1  # a StrEnum member finds its value's key
-        self._finished_order.append(task.id)
         ready: list[Task] = []
         if task.handed and task in self._graph:
             self._graph.done(task)
             ready = self._take_ready()
+        if task.group is not None and not task.group.keep_final:
+            del self.tasks[task.id]  # its owner keeps its outcome (see TaskGroup.keep_final)
+            self._forget_if_evicted(task)
+            return ready
         order = self._finished_order
+        order.append(task.id)
         while len(order) > self.max_finished:
             old = self.tasks.get(order.popleft())
             if old is not None and old.status in FINAL:

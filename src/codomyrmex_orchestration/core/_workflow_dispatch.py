@@ -31,6 +31,7 @@ from codomyrmex_orchestration.core.models import (
     StepResult,
     StepSpec,
     TaskStatus,
+    trusted,
     utcnow,
 )
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator, TaskSettings, TaskState
@@ -41,6 +42,8 @@ __all__ = ["RunDriver"]
 _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 
 ChildRunner = Callable[..., dict[str, Any]]
+#: The fields-set every step result built from a task's end shares (see models.trusted).
+_ALL_STEP_FIELDS = set(StepResult.model_fields)
 
 
 class _StepCall(RunCall):
@@ -295,16 +298,22 @@ class RunDriver:
             self._notify(run, started)
 
     def step_done(self, call: _StepCall, state: TaskState) -> None:
-        result = StepResult(
-            name=call.name,
-            status=state.status,
-            output=state.result if state.status is TaskStatus.COMPLETED else None,
-            error=state.error,
-            attempts=state.attempts,
-            started_at=state.started_at,
-            finished_at=state.finished_at or utcnow(),
-            duration_seconds=state.duration_seconds,
-        )
+        # The scheduler's own values, typed already: not validated again (see models.trusted).
+        status = state.status
+        fields = {
+            "name": call.name,
+            "status": status,
+            "output": state.result if status is TaskStatus.COMPLETED else None,
+            "error": state.error,
+            "attempts": state.attempts,
+            "started_at": state.started_at,
+            "finished_at": state.finished_at or utcnow(),
+            "duration_seconds": state.duration_seconds,
+            "skipped_reason": None,
+            "cached": False,
+            "items": None,
+        }
+        result = trusted(StepResult, fields, _ALL_STEP_FIELDS)
         if call.cache_key is not None:
             self.cache.keep(call.cache_key, call.run, result)
         self.apply(call.run, call.run.step_finished(result, held_slot=True), state)

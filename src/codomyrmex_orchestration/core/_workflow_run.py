@@ -197,7 +197,9 @@ class RunState:
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
         self.cancelled = False
-        self.group = TaskGroup()  # the scheduler's tasks of its steps and items: cancelled together
+        # The scheduler's tasks of its steps and items: cancelled together, and not kept once they end
+        # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
+        self.group = TaskGroup(keep_final=False)
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
         self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel

@@ -25,31 +25,27 @@ __all__ = ["DependencyGraph"]
 
 K = TypeVar("K", bound=Hashable)
 
-# Node states, in the order a node goes through them.
-_WAITING = 0  # some dependency is not done
-_READY = 1  # every dependency is done; not handed out yet
-_HANDED = 2  # returned by get_ready(); its owner is running or deciding it
-_DONE = 3
+# A node's state, one int per node (``DependencyGraph._state``): a waiting node holds how many of its
+# dependencies are not done (>= 1); the others hold one of these, in the order a node reaches them.
+_READY = -1  # every dependency is done; not handed out yet
+_HANDED = -2  # returned by get_ready(); its owner is running or deciding it
+_DONE = -3
 
-_STATE_NAMES = ("waiting", "ready", "handed out", "done")
+_STATE_NAMES = {_READY: "ready", _HANDED: "handed out", _DONE: "done"}
 
 
-class _Node(Generic[K]):
-    __slots__ = ("dependencies", "dependents", "state", "unfinished")
+class _Links(Generic[K]):
+    """A node's edges. A frozen template's are shared by its copies, which replace them, never change
+    them (see :meth:`DependencyGraph.copy`)."""
 
-    def __init__(self, dependencies: tuple[K, ...]) -> None:
+    __slots__ = ("dependencies", "dependents")
+
+    def __init__(
+        self, dependencies: tuple[K, ...], dependents: list[K] | tuple[K, ...] | None = None
+    ) -> None:
         self.dependencies = dependencies
-        # None: most nodes of a wide graph have no dependents, so no empty list each. A tuple is shared
-        # with the graph this one was copied from (see DependencyGraph.copy): replaced, never appended to.
-        self.dependents: list[K] | tuple[K, ...] | None = None
-        self.state = _WAITING
-        self.unfinished = 0
-
-    def clone(self) -> _Node[K]:
-        node: _Node[K] = _Node.__new__(_Node)
-        node.dependencies, node.dependents = self.dependencies, self.dependents
-        node.state, node.unfinished = self.state, self.unfinished
-        return node
+        # None: most nodes of a wide graph have no dependents, so no empty list each.
+        self.dependents = dependents
 
 
 class DependencyGraph(Generic[K]):
@@ -65,13 +61,19 @@ class DependencyGraph(Generic[K]):
             for node in graph.get_ready():
                 ...                      # start it; later, from whoever finishes it:
                 graph.done(node)
+
+    A node is two entries: its edges (``_links``) and its state, one int (``_state``). A run's graph is
+    a copy of its definition's frozen template that shares the edges and copies only the ints: one dict
+    per run, not an object per step.
     """
 
-    __slots__ = ("_frozen", "_handed", "_nodes", "_prepared", "_ready", "_unfinished")
+    __slots__ = ("_frozen", "_handed", "_links", "_prepared", "_ready", "_shared", "_state", "_unfinished")
 
     def __init__(self) -> None:
         self._frozen = False  # a template: copied, never run (see freeze)
-        self._nodes: dict[K, _Node[K]] = {}
+        self._links: dict[K, _Links[K]] = {}
+        self._state: dict[K, int] = {}  # every node of _links, in the same order
+        self._shared = False  # _links and its entries are a template's (see copy)
         self._ready: list[K] = []
         self._prepared = False
         self._unfinished = 0  # nodes not done
@@ -88,23 +90,26 @@ class DependencyGraph(Generic[K]):
         Raises:
             InvalidInputError: ``node`` exists already, or (after ``prepare()``) a dependency is unknown.
         """
-        nodes = self._nodes
+        state = self._state
         if self._frozen:
             raise InvalidStateError("dependency graph", "add", "a frozen template", "add to a copy")
-        if node in nodes:
+        if node in state:
             raise InvalidInputError("node", f"{node!r} is already in the graph")
         deps: tuple[K, ...] = ()
-        if depends_on:  # most nodes of a wide graph (a map's items) have none: skip the dedup
+        if depends_on:  # most nodes of a wide graph have none: skip the dedup
             deps = tuple(dict.fromkeys(depends_on))
             if self._prepared:
                 for dep in deps:
-                    if dep not in nodes:
+                    if dep not in state:
                         raise _unknown_dependency(node, dep)
-        entry: _Node[K] = _Node(deps)
-        nodes[node] = entry
+        if self._shared:  # the first node added to a copy: its edges become its own
+            self._links = {n: _Links(e.dependencies, e.dependents) for n, e in self._links.items()}
+            self._shared = False
+        self._links[node] = _Links(deps)
+        state[node] = 0
         self._unfinished += 1
         if self._prepared:
-            self._link(node, entry)
+            self._link(node, deps)
 
     def prepare(self) -> None:
         """Check the graph and make the first nodes ready. Call once, before :meth:`get_ready`.
@@ -116,16 +121,16 @@ class DependencyGraph(Generic[K]):
         """
         if self._prepared:
             raise InvalidStateError("dependency graph", "prepare", "prepared already", "call prepare() once")
-        for node, entry in self._nodes.items():
+        for node, entry in self._links.items():
             for dep in entry.dependencies:
-                if dep not in self._nodes:
+                if dep not in self._links:
                     raise _unknown_dependency(node, dep)
         cycle = self._find_cycle()
         if cycle:
             raise CycleDetectedError([str(n) for n in cycle])
         self._prepared = True
-        for node, entry in self._nodes.items():
-            self._link(node, entry)
+        for node, entry in self._links.items():
+            self._link(node, entry.dependencies)
 
     def freeze(self) -> None:
         """Make this prepared graph a template that is only copied (a workflow plan's: each run copies it
@@ -134,15 +139,16 @@ class DependencyGraph(Generic[K]):
         Raises:
             InvalidStateError: it is not prepared, or some node was handed out already.
         """
-        if not self._prepared or self._handed or self._unfinished != len(self._nodes):
+        if not self._prepared or self._handed or self._unfinished != len(self._state):
             raise InvalidStateError("dependency graph", "freeze", "running", "freeze a prepared graph")
-        for entry in self._nodes.values():  # shared by the copies: a node added to one replaces them
+        for entry in self._links.values():  # shared by the copies, which never change them
             if type(entry.dependents) is list:
                 entry.dependents = tuple(entry.dependents)
         self._frozen = True
 
     def copy(self) -> DependencyGraph[K]:
-        """A new graph as this frozen template stands (see :meth:`freeze`); safe from any thread.
+        """A new graph as this frozen template stands (see :meth:`freeze`); safe from any thread. It
+        shares the template's edges until a node is added to it.
 
         Raises:
             InvalidStateError: the graph is not frozen.
@@ -150,16 +156,21 @@ class DependencyGraph(Generic[K]):
         if not self._frozen:
             raise InvalidStateError("dependency graph", "copy", "not frozen", "call freeze() first")
         graph: DependencyGraph[K] = DependencyGraph()
-        graph._nodes = {node: entry.clone() for node, entry in self._nodes.items()}
+        graph._links = self._links
+        graph._shared = True
+        graph._state = self._state.copy()
         graph._ready = list(self._ready)
         graph._prepared = True
         graph._unfinished = self._unfinished
         return graph
 
-    def _link(self, node: K, entry: _Node[K]) -> None:
-        """Register ``node`` with its dependencies and make it ready if none is pending."""
-        for dep in entry.dependencies:
-            parent = self._nodes[dep]
+    def _link(self, node: K, dependencies: tuple[K, ...]) -> None:
+        """Register ``node`` with its dependencies and make it ready if none is pending (edges of its
+        own graph only: see :meth:`add`)."""
+        links, state = self._links, self._state
+        pending = 0
+        for dep in dependencies:
+            parent = links[dep]
             dependents = parent.dependents
             if dependents is None:
                 parent.dependents = [node]
@@ -167,20 +178,23 @@ class DependencyGraph(Generic[K]):
                 dependents.append(node)
             else:
                 parent.dependents = [*dependents, node]
-            if parent.state != _DONE:
-                entry.unfinished += 1
-        if entry.unfinished == 0 and entry.state == _WAITING:
-            entry.state = _READY
+            if state[dep] != _DONE:
+                pending += 1
+        if pending:
+            state[node] = pending
+        elif state[node] == 0:
+            state[node] = _READY
             self._ready.append(node)
 
     def _find_cycle(self) -> list[K]:
         """One cycle as a path with its first node repeated at the end, or [] (iterative DFS)."""
+        links = self._links
         colour: dict[K, int] = {}  # 1: on the current path, 2: finished
-        for root in self._nodes:
+        for root in links:
             if root in colour:
                 continue
             path: list[K] = [root]
-            stack: list[Iterator[K]] = [iter(self._nodes[root].dependencies)]
+            stack: list[Iterator[K]] = [iter(links[root].dependencies)]
             colour[root] = 1
             while stack:
                 nxt = next(stack[-1], None)
@@ -196,7 +210,7 @@ class DependencyGraph(Generic[K]):
                 if seen is None:
                     colour[nxt] = 1
                     path.append(nxt)
-                    stack.append(iter(self._nodes[nxt].dependencies))
+                    stack.append(iter(links[nxt].dependencies))
         return []
 
     # ------------------------------------------------------------------ running
@@ -208,43 +222,44 @@ class DependencyGraph(Generic[K]):
             InvalidStateError: :meth:`prepare` was not called.
         """
         if not self._prepared or self._frozen:
-            state = "a frozen template" if self._frozen else "not prepared"
-            raise InvalidStateError("dependency graph", "get_ready", state, "run a copy, prepared")
+            why = "a frozen template" if self._frozen else "not prepared"
+            raise InvalidStateError("dependency graph", "get_ready", why, "run a copy, prepared")
         ready, self._ready = self._ready, []
-        nodes = self._nodes
+        state = self._state
         for node in ready:
-            nodes[node].state = _HANDED
+            state[node] = _HANDED
         self._handed += len(ready)
         return ready
 
     def done(self, *nodes: K, forget: bool = False) -> None:
         """Mark handed-out nodes as settled (whatever their outcome); dependents may become ready.
-        ``forget``: then forget them too, as :meth:`discard` does (a map step's items, once done).
+        ``forget``: then forget them too, as :meth:`discard` does.
 
         Raises:
             InvalidInputError: a node is unknown.
             InvalidStateError: a node was not handed out by :meth:`get_ready`, or is done already.
         """
-        table = self._nodes
+        state, links = self._state, self._links
         for node in nodes:
-            entry = table.get(node)
-            if entry is None:
-                raise InvalidInputError("node", f"{node!r} is not in the graph")
-            if entry.state != _HANDED:
+            now = state.get(node)
+            if now != _HANDED:
+                if now is None:
+                    raise InvalidInputError("node", f"{node!r} is not in the graph")
                 raise InvalidStateError(
-                    "node", str(node), _STATE_NAMES[entry.state], "only a handed-out node can be done"
+                    "node", str(node), _state_name(now), "only a handed-out node can be done"
                 )
-            entry.state = _DONE
+            state[node] = _DONE
             self._handed -= 1
             self._unfinished -= 1
-            for child in entry.dependents or ():
-                waiting = table[child]
-                waiting.unfinished -= 1
-                if waiting.unfinished == 0 and waiting.state == _WAITING:
-                    waiting.state = _READY
+            for child in links[node].dependents or ():
+                left = state[child] - 1  # a dependent still waits: its count is >= 1
+                if left:
+                    state[child] = left
+                else:
+                    state[child] = _READY
                     self._ready.append(child)
             if forget:
-                del table[node]
+                self._forget(node)
 
     def is_active(self) -> bool:
         """True while some node is not done (ready, handed out, or waiting on a dependency)."""
@@ -253,13 +268,13 @@ class DependencyGraph(Generic[K]):
     # ------------------------------------------------------------------ reading and forgetting
 
     def __contains__(self, node: object) -> bool:
-        return node in self._nodes
+        return node in self._state
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._state)
 
     def __iter__(self) -> Iterator[K]:
-        return iter(self._nodes)
+        return iter(self._state)
 
     @property
     def prepared(self) -> bool:
@@ -271,17 +286,19 @@ class DependencyGraph(Generic[K]):
         return self._handed
 
     def dependencies(self, node: K) -> tuple[K, ...]:
-        return self._entry(node).dependencies
+        self._check(node)
+        return self._links[node].dependencies
 
     def dependents(self, node: K) -> tuple[K, ...]:
-        return tuple(self._entry(node).dependents or ())
+        self._check(node)
+        return tuple(self._links[node].dependents or ())
 
     def is_done(self, node: K) -> bool:
-        return self._entry(node).state == _DONE
+        return self._check(node) == _DONE
 
     def state(self, node: K) -> str:
         """``waiting``, ``ready``, ``handed out`` or ``done``."""
-        return _STATE_NAMES[self._entry(node).state]
+        return _state_name(self._check(node))
 
     def discard(self, node: K) -> None:
         """Forget a done node (task retention). A later :meth:`add` naming it fails like any unknown
@@ -290,17 +307,28 @@ class DependencyGraph(Generic[K]):
         Raises:
             InvalidStateError: the node is not done (its dependents would never become ready).
         """
-        entry = self._entry(node)
-        if entry.state != _DONE:
-            state = _STATE_NAMES[entry.state]
-            raise InvalidStateError("node", str(node), state, "only a done node can be discarded")
-        del self._nodes[node]
+        now = self._check(node)
+        if now != _DONE:
+            raise InvalidStateError("node", str(node), _state_name(now), "only a done node can be discarded")
+        self._forget(node)
 
-    def _entry(self, node: K) -> _Node[K]:
+    def _forget(self, node: K) -> None:
+        if self._shared:  # a copy forgets a node of its own only: its template's edges stay whole
+            self._links = dict(self._links)
+            self._shared = False
+        del self._state[node]
+        del self._links[node]
+
+    def _check(self, node: K) -> int:
+        """The node's state; InvalidInputError if it is not in the graph."""
         try:
-            return self._nodes[node]
+            return self._state[node]
         except KeyError:
             raise InvalidInputError("node", f"{node!r} is not in the graph") from None
+
+
+def _state_name(state: int) -> str:
+    return "waiting" if state >= 0 else _STATE_NAMES[state]
 
 
 def _unknown_dependency(node: object, dep: object) -> InvalidInputError:

@@ -10,7 +10,7 @@ import enum
 import re
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -42,6 +42,7 @@ __all__ = [
     "WorkflowSpec",
     "WorkflowStatus",
     "parse_priority",
+    "trusted",
     "utcnow",
 ]
 
@@ -385,6 +386,27 @@ class TaskRecord(_Record):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_seconds: float | None = None
+
+
+_M = TypeVar("_M", bound=BaseModel)
+# What model_construct sets a model's attributes with (BaseModel.__setattr__ would validate).
+_set = object.__setattr__
+
+
+def trusted(model: type[_M], fields: dict[str, Any], fields_set: set[str]) -> _M:
+    """A record from values the engine made itself (a step's or an item's result), without validating
+    them again: what ``model_construct`` does, without its per-field search for aliases and defaults.
+
+    ``fields`` must hold every field of ``model``, each of its declared type. ``fields_set`` may be one
+    set shared by many records when it names every field: a set of its own costs a record more than
+    the rest of it, and assigning a field adds a name it holds already.
+    """
+    record = model.__new__(model)
+    _set(record, "__dict__", fields)
+    _set(record, "__pydantic_fields_set__", fields_set)
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
 
 
 def monotonic() -> float:
