@@ -240,6 +240,12 @@ def test_a_copy_that_forgets_its_done_nodes_leaves_the_template_and_the_other_co
     assert list(template) == ["a", "b", "c"] and template.dependents("a") == ("b",)
     assert drain(second) == ["a", "b", "c"]
     assert (template.state("a"), template.dependencies("c")) == ("ready", ("b",))
+    # A node added after a forget joins its dependencies' edges in this copy only.
+    first.add("late", ["c"])
+    assert template.dependents("c") == () and "late" not in template.copy()
+    assert first.dependents("c") == ("late",)
+    first.done("c")
+    assert first.get_ready() == ["late"]
 
 
 def test_a_template_is_frozen_only_once_prepared_and_is_never_run_itself() -> None:

@@ -103,8 +103,7 @@ class DependencyGraph(Generic[K]):
                     if dep not in state:
                         raise _unknown_dependency(node, dep)
         if self._shared:  # the first node added to a copy: its edges become its own
-            self._links = {n: _Links(e.dependencies, e.dependents) for n, e in self._links.items()}
-            self._shared = False
+            self._own_links()
         self._links[node] = _Links(deps)
         state[node] = 0
         self._unfinished += 1
@@ -314,10 +313,15 @@ class DependencyGraph(Generic[K]):
 
     def _forget(self, node: K) -> None:
         if self._shared:  # a copy forgets a node of its own only: its template's edges stay whole
-            self._links = dict(self._links)
-            self._shared = False
+            self._own_links()
         del self._state[node]
         del self._links[node]
+
+    def _own_links(self) -> None:
+        """Take this copy's edges as its own (the dict and every entry), before its first change: an
+        added node appends to its dependencies' entries, which the template and other copies share."""
+        self._links = {n: _Links(e.dependencies, e.dependents) for n, e in self._links.items()}
+        self._shared = False
 
     def _check(self, node: K) -> int:
         """The node's state; InvalidInputError if it is not in the graph."""
