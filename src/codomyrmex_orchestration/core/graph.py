@@ -35,8 +35,8 @@ _STATE_NAMES = {_READY: "ready", _HANDED: "handed out", _DONE: "done"}
 
 
 class _Links(Generic[K]):
-    """A node's edges. A frozen template's are shared by its copies, which replace them, never change
-    them (see :meth:`DependencyGraph.copy`)."""
+    """A node's edges. A frozen template's are shared by its copies, which take copies of them all
+    before changing any (see :meth:`DependencyGraph.copy` and ``_own_links``)."""
 
     __slots__ = ("dependencies", "dependents")
 
@@ -181,7 +181,7 @@ class DependencyGraph(Generic[K]):
                 pending += 1
         if pending:
             state[node] = pending
-        elif state[node] == 0:
+        else:  # a node is linked once, right after it was added (its state still 0)
             state[node] = _READY
             self._ready.append(node)
 
