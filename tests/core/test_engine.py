@@ -166,6 +166,28 @@ def test_sessions_expire_after_their_timeout(engine: OrchestrationEngine) -> Non
     assert engine.get_session(sid).status is SessionStatus.EXPIRED
 
 
+def test_an_allocation_made_in_a_session_is_the_users_and_goes_by_user_or_with_the_session(
+    engine: OrchestrationEngine,
+) -> None:
+    def allocated() -> float:
+        return float(engine.resource_manager.get_usage("compute")["allocated"])
+
+    sid = engine.create_session("agent-1")
+    [held] = engine.allocate_resources("agent-1", {"compute": 2}, session_id=sid)
+    assert held.requester_id == "agent-1"
+    assert allocated() == 2
+    assert engine.release_resources(requester_id="agent-1") == 1  # released by its user ...
+    assert allocated() == 0
+    engine.allocate_resources("agent-1", {"compute": 2}, session_id=sid)
+    engine.allocate_resources("agent-1", {"memory": "1MB"})  # not the session's: it stays
+    assert allocated() == 2
+    engine.close_session(sid)  # ... or with its session
+    assert allocated() == 0
+    assert [a.resource_id for a in engine.resource_manager.get_allocations("agent-1")] == ["memory"]
+    engine.store.flush()
+    assert [a["session_id"] for a in engine.store.list_allocations()] == [None]
+
+
 def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine) -> None:
     seen: list[str] = []
 

@@ -309,7 +309,8 @@ class OrchestrationEngine:
     ) -> list[Allocation]:
         """Reserve resources for a user (all or nothing); persisted, so they survive a restart.
 
-        With ``session_id`` the allocations belong to that session and are released when it closes.
+        With ``session_id`` the allocations are still the requester's (``release_resources`` of the
+        requester frees them) and are also released when that session closes.
         ``timeout`` is how long to wait for capacity: 0 (the default) not at all, ``None`` without limit.
 
         Raises:
@@ -588,6 +589,8 @@ def _stop_session_work(engine: OrchestrationEngine, live: LiveSession, cancel_ru
                 pass  # ended meanwhile
         for task_id in list(live.active_tasks):
             engine.task_orchestrator.cancel_task(task_id, f"session {session_id} closed")
+    for allocation_id in live.session.allocations:  # its users' allocations made in it, and its own
+        engine.resource_manager.release(allocation_id)
     engine.resource_manager.deallocate_resources(f"session:{session_id}")
 
 

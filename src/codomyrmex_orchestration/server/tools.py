@@ -821,7 +821,8 @@ def _build_tools() -> tuple[_Tool, ...]:
             "allocate_resources",
             "Allocate resources",
             "Reserve resources for a user, all or nothing; returns the allocations with their ids (release "
-            "them with release_resources, or give ttl_seconds). Fails with what was requested and what is "
+            "them with release_resources, or give ttl_seconds; with session_id they are the user's still and "
+            "are also released when that session closes). Fails with what was requested and what is "
             'available. Example: {"user_id": "agent-1", "requirements": {"compute": 2, "memory": "512MB"}, '
             '"ttl_seconds": 600}',
             m.AllocateResourcesArgs,
