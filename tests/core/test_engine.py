@@ -188,6 +188,50 @@ def test_an_allocation_made_in_a_session_is_the_users_and_goes_by_user_or_with_t
     assert [a["session_id"] for a in engine.store.list_allocations()] == [None]
 
 
+def test_a_resumed_run_stays_in_its_open_session_under_its_limit_and_its_close(
+    engine: OrchestrationEngine,
+) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session(max_parallel_workflows=1)
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.workflow_manager.cancel_run(run_id)
+    resumed = engine.resume_run(run_id, wait=False)  # its own slot, even before its end is reported
+    assert resumed.status is WorkflowStatus.RUNNING and resumed.session_id == sid
+    assert engine.drain_events()
+    with pytest.raises(LimitExceededError, match="session_id"):
+        engine.execute_workflow("held", session_id=sid, wait=False)
+    engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    assert engine.get_session(sid).runs == [run_id]
+
+
+def test_a_resume_is_refused_at_its_sessions_limit_naming_the_session(engine: OrchestrationEngine) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session(max_parallel_workflows=1)
+    first = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.workflow_manager.cancel_run(first)
+    assert engine.drain_events()
+    second = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    with pytest.raises(LimitExceededError, match=sid):
+        engine.resume_run(first, wait=False)
+    assert engine.workflow_manager.get_run(first).status is WorkflowStatus.CANCELLED
+    engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(second, 10).status is WorkflowStatus.CANCELLED
+
+
+def test_a_run_whose_session_closed_resumes_outside_any_session(engine: OrchestrationEngine) -> None:
+    _gated_workflow(engine, "held", "later")
+    sid = engine.create_session()
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    resumed = engine.resume_run(run_id, wait=False)
+    assert resumed.session_id is None
+    _gate(engine, "later").set()
+    final = engine.workflow_manager.wait_run(run_id, 10)
+    assert final.status is WorkflowStatus.COMPLETED and final.session_id is None
+
+
 def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine) -> None:
     seen: list[str] = []
 

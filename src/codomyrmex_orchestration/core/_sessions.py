@@ -278,17 +278,27 @@ class SessionRegistry:
         with self._lock:
             yield self._live_locked(session_id)
 
+    @contextmanager
+    def holding_if_open(self, session_id: str | None) -> Iterator[LiveSession | None]:
+        """Like :meth:`holding`, but ``None`` (no error) for a session not open in this process."""
+        if session_id is None:
+            yield None
+            return
+        with self._lock:
+            yield self._live.get(session_id)
+
     def touch(self, live: LiveSession) -> None:
         """Restart the session's TTL (it was just used)."""
         with self._lock:
             self._arm_locked(live)
 
     def record_run(self, live: LiveSession, run_id: str, *, active: bool) -> None:
-        """``live`` started run ``run_id`` (``active``: it has not ended yet); saved."""
+        """``live`` started (or resumed) run ``run_id`` (``active``: it has not ended yet); saved."""
         with self._lock:
             if active:
                 live.active_runs.add(run_id)
-            live.session.runs.append(run_id)
+            if run_id not in live.session.runs:  # a resumed run is listed once
+                live.session.runs.append(run_id)
         self.save(live.session)
 
     def record_task(self, session_id: str, task_id: str, still_running: Callable[[], bool]) -> None:
@@ -303,10 +313,14 @@ class SessionRegistry:
             live.session.tasks.append(task_id)
         self.save(live.session)
 
-    def run_ended(self, session_id: str, run_id: str) -> None:
+    def run_ended(
+        self, session_id: str, run_id: str, still_active: Callable[[str], bool] | None = None
+    ) -> None:
+        """Run ``run_id`` of the session ended. ``still_active(run_id)``, checked under the lock: the end
+        of an earlier attempt of a run resumed since, which keeps its slot."""
         with self._lock:
             live = self._live.get(session_id)
-            if live is not None:
+            if live is not None and not (still_active is not None and still_active(run_id)):
                 live.active_runs.discard(run_id)
 
     def task_ended(self, session_id: str, task_id: str) -> None:

@@ -46,6 +46,7 @@ from codomyrmex_orchestration.core._health import (
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._procs import guard_processes
+from codomyrmex_orchestration.core._session_runs import SessionRuns
 from codomyrmex_orchestration.core._sessions import (
     LiveSession,
     OrchestrationMode,
@@ -254,6 +255,7 @@ class OrchestrationEngine:
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
         )
+        self._session_runs = SessionRuns(self.sessions, self.workflow_manager)
         self.project_manager = ProjectManager(
             Path(projects_dir),
             templates_dir=Path(templates_dir) if templates_dir is not None else None,
@@ -292,8 +294,8 @@ class OrchestrationEngine:
             self.counters.add_step_duration(payload["duration_seconds"])
         if event in {"run.completed", "run.failed", "run.cancelled"}:
             session_id = payload.get("session_id")
-            if session_id:
-                self.sessions.run_ended(session_id, payload["run_id"])
+            if session_id:  # unless a resume started the run again since (it keeps its slot)
+                self.sessions.run_ended(session_id, payload["run_id"], self.workflow_manager.is_active)
         self._publish(event, payload)
 
     # ------------------------------------------------------------------ resources
@@ -411,18 +413,8 @@ class OrchestrationEngine:
         With ``wait`` it waits up to ``timeout`` seconds (``None``: until the run ends) and returns the
         record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
         """
-        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
-        with self.sessions.holding(session_id) as live:
-            if live is not None:
-                kwargs.update(live.run_options())
-                self.sessions.touch(live)
-            # The run id alone: a record of a run just started lists every step (built for nothing
-            # when the caller waits for the final one).
-            run_id = self.workflow_manager.start_workflow(
-                name, parameters, session_id=session_id, on_step=on_step, **kwargs
-            )
-            if live is not None:
-                self.sessions.record_run(live, run_id, active=self.workflow_manager.is_active(run_id))
+        options: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
+        run_id = self._session_runs.start(name, parameters, session_id=session_id, on_step=on_step, **options)
         if not wait:
             return self.workflow_manager.get_run(run_id)
         return self.workflow_manager.wait_run(run_id, timeout)
@@ -489,8 +481,11 @@ class OrchestrationEngine:
         on_step: StepCallback | None = None,
     ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run (waits like
-        :meth:`execute_workflow`)."""
-        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout, on_step=on_step)
+        :meth:`execute_workflow`). It resumes in its session, under the session's limit and mode, while
+        that is open; a run whose session has closed (by close_session, expiry or a restart) resumes
+        outside any session, its ``session_id`` cleared."""
+        record = self._session_runs.resume(run_id, on_step=on_step)
+        return self.workflow_manager.wait_run(run_id, timeout) if wait else record
 
     # ------------------------------------------------------------------ health and metrics
 
