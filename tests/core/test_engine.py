@@ -163,7 +163,9 @@ def test_sessions_expire_after_their_timeout(engine: OrchestrationEngine) -> Non
     )
     sid = engine.create_session(timeout_seconds=0.2)
     assert expired.wait(5)
-    assert engine.get_session(sid).status is SessionStatus.EXPIRED
+    session = engine.get_session(sid)
+    assert session.status is SessionStatus.EXPIRED
+    assert session.closed_reason is not None and "0.2 s" in session.closed_reason
 
 
 def test_an_allocation_made_in_a_session_is_the_users_and_goes_by_user_or_with_the_session(
@@ -200,7 +202,8 @@ def test_a_resumed_run_stays_in_its_open_session_under_its_limit_and_its_close(
     assert engine.drain_events()
     with pytest.raises(LimitExceededError, match="session_id"):
         engine.execute_workflow("held", session_id=sid, wait=False)
-    engine.close_session(sid, cancel_running=True)
+    closed = engine.close_session(sid, cancel_running=True)
+    assert closed.cancelled_runs == [run_id]
     assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
     assert engine.get_session(sid).runs == [run_id]
 
@@ -227,9 +230,72 @@ def test_a_run_whose_session_closed_resumes_outside_any_session(engine: Orchestr
     assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
     resumed = engine.resume_run(run_id, wait=False)
     assert resumed.session_id is None
+    again = engine.close_session(sid, cancel_running=True)  # no longer the session's: left running
+    assert again.cancelled_runs == []
     _gate(engine, "later").set()
     final = engine.workflow_manager.wait_run(run_id, 10)
     assert final.status is WorkflowStatus.COMPLETED and final.session_id is None
+
+
+def test_closing_a_closed_session_again_with_cancel_running_cancels_what_it_still_runs(
+    engine: OrchestrationEngine,
+) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session()
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    task = engine.execute_task(
+        TaskSpec(name="held", module="test", action="gate", parameters={"name": "never"}),
+        session_id=sid,
+        wait=False,
+    )
+    first = engine.close_session(sid)
+    assert first.status is SessionStatus.CLOSED
+    assert engine.workflow_manager.get_run(run_id).status is WorkflowStatus.RUNNING
+    second = engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    assert engine.task_orchestrator.wait(task.task_id, 10).status is TaskStatus.CANCELLED
+    assert second.status is SessionStatus.CLOSED and second.closed_at == first.closed_at
+    assert first.cancelled_runs == [] and first.note is None
+    assert second.cancelled_runs == [run_id] and second.cancelled_tasks == [task.task_id]
+    assert second.note is not None and "already closed" in second.note and run_id in second.note
+    third = engine.close_session(sid, cancel_running=True)
+    assert third.cancelled_runs == [] and third.note is not None and "nothing" in third.note
+
+
+def test_sessions_open_at_a_restart_are_closed_by_it_and_their_ids_still_answer(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        first.workflow_manager.create_workflow(
+            "nap", [{"name": "s", "module": "core", "action": "sleep", "parameters": {"seconds": 30}}]
+        )
+        left_open = first.create_session("x")
+        run_id = first.execute_workflow("nap", session_id=left_open, wait=False).run_id
+        closed = first.create_session("y")
+        first.close_session(closed)
+    finally:
+        first.shutdown()
+    second = _engine_on(tmp_path)
+    try:
+        restarted = second.get_session(left_open)
+        assert restarted.status is SessionStatus.CLOSED and restarted.closed_at is not None
+        assert restarted.closed_reason is not None and "restart" in restarted.closed_reason
+        assert second.get_session(closed).status is SessionStatus.CLOSED
+        statuses = {s.session_id: s.status for s in second.list_sessions()}
+        assert statuses == {left_open: SessionStatus.CLOSED, closed: SessionStatus.CLOSED}
+        answer = second.close_session(left_open, cancel_running=True)
+        assert answer.status is SessionStatus.CLOSED and answer.note is not None
+        assert "restart" in answer.note
+        with pytest.raises(InvalidStateError, match="closed"):
+            second.execute_workflow("nap", session_id=closed, wait=False)
+        resumed = second.resume_run(run_id, wait=False)  # its session is gone: it resumes outside any
+        assert resumed.session_id is None
+        second.workflow_manager.cancel_run(run_id)
+        second.store.flush()
+        assert [s["status"] for s in second.store.list_sessions(status="active")] == []
+        with pytest.raises(SessionNotFoundError):
+            second.close_session("nope")
+    finally:
+        second.shutdown()
 
 
 def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine) -> None:

@@ -218,5 +218,50 @@ async def test_a_resumed_run_counts_against_its_session_and_closes_with_it(clien
     assert refused.is_error and "session_id" in refused.content[0].text
     closed = await _call(client, "close_session", {"session_id": session_id, "cancel_running": True})
     assert not closed.is_error, closed.content[0].text
+    assert closed.structured_content["cancelled_runs"] == [run_id]
     final = await _call(client, "get_workflow_run", {"run_id": run_id})
     assert final.structured_content["status"] == "cancelled"
+
+
+async def test_sessions_a_restart_closed_still_answer_with_their_record(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.server.app import build_server
+
+    def engine() -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "s", config_dir=None, projects_dir=tmp_path / "p", templates_dir=None
+        )
+
+    first = engine()
+    tools = OrchestrationMCPTools(first)
+    try:
+        async with Client(build_server(tools)) as client:
+            left_open = (await _call(client, "create_session", {"user_id": "x"})).structured_content[
+                "session_id"
+            ]
+            closed = (await _call(client, "create_session", {"user_id": "y"})).structured_content[
+                "session_id"
+            ]
+            assert not (await _call(client, "close_session", {"session_id": closed})).is_error
+    finally:
+        tools.close()
+        first.shutdown()
+    second = engine()
+    tools = OrchestrationMCPTools(second)
+    try:
+        async with Client(build_server(tools)) as client:
+            status = await _call(client, "get_system_status", {})
+            assert status.structured_content["sessions"] == {"active": 0, "by_status": {"closed": 2}}
+            answer = await _call(client, "close_session", {"session_id": left_open})
+            assert not answer.is_error, answer.content[0].text
+            assert answer.structured_content["status"] == "closed"
+            assert "restart" in answer.structured_content["note"]
+            assert "restart" in answer.structured_content["closed_reason"]
+            again = await _call(client, "close_session", {"session_id": closed})
+            assert not again.is_error and again.structured_content["status"] == "closed"
+            refused = await _call(
+                client, "execute_workflow", {"workflow_name": "nope", "session_id": closed, "wait": False}
+            )
+            assert refused.is_error and "is closed" in refused.content[0].text
+    finally:
+        tools.close()
+        second.shutdown()

@@ -1,18 +1,21 @@
-"""The engine's work inside sessions: runs started and resumed under a session's limits and mode. It
-owns no state: the sessions' is the :class:`~codomyrmex_orchestration.core._sessions.SessionRegistry`'s,
-the runs' the workflow manager's.
+"""The engine's work inside sessions: runs started and resumed under a session's limits and mode, and
+the work and resources a closing session stops. It owns no state: the sessions' is the
+:class:`~codomyrmex_orchestration.core._sessions.SessionRegistry`'s, the runs' the workflow manager's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from codomyrmex_orchestration.core._sessions import SessionRegistry
+from codomyrmex_orchestration.core._sessions import Session, SessionRegistry
 from codomyrmex_orchestration.core.models import RunRecord
+from codomyrmex_orchestration.core.resources import ResourceManager
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
+from codomyrmex_orchestration.errors import OrchestrationError
 
-__all__ = ["SessionRuns"]
+__all__ = ["SessionRuns", "stop_session_work"]
 
 
 class SessionRuns:
@@ -68,3 +71,38 @@ class SessionRuns:
             if live is not None:
                 sessions.record_run(live, run_id, active=workflows.is_active(run_id))
         return record
+
+
+def stop_session_work(
+    workflows: WorkflowManager,
+    tasks: TaskOrchestrator,
+    resources: ResourceManager,
+    session: Session,
+    run_ids: Collection[str],
+    task_ids: Collection[str],
+    cancel_running: bool,
+) -> tuple[list[str], list[str]]:
+    """Release a closing session's resources and, with ``cancel_running``, cancel those of ``run_ids``
+    still running as the session's and those of ``task_ids`` not final; the ids cancelled."""
+    session_id = session.session_id
+    cancelled_runs: list[str] = []
+    cancelled_tasks: list[str] = []
+    if cancel_running:
+        for run_id in run_ids:
+            if not workflows.is_active(run_id) or workflows.get_run(run_id).session_id != session_id:
+                continue  # ended, or resumed outside the session since
+            try:
+                workflows.cancel_run(run_id)
+            except OrchestrationError:
+                continue  # ended meanwhile
+            cancelled_runs.append(run_id)
+        for task_id in task_ids:
+            try:
+                if tasks.cancel_task(task_id, f"session {session_id} closed"):
+                    cancelled_tasks.append(task_id)
+            except OrchestrationError:
+                continue  # forgotten since
+    for allocation_id in session.allocations:  # its users' allocations made in it, and its own
+        resources.release(allocation_id)
+    resources.deallocate_resources(f"session:{session_id}")
+    return cancelled_runs, cancelled_tasks

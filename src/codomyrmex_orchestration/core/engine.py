@@ -46,9 +46,9 @@ from codomyrmex_orchestration.core._health import (
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._procs import guard_processes
-from codomyrmex_orchestration.core._session_runs import SessionRuns
+from codomyrmex_orchestration.core._session_runs import SessionRuns, stop_session_work
 from codomyrmex_orchestration.core._sessions import (
-    LiveSession,
+    ClosedSession,
     OrchestrationMode,
     Session,
     SessionRegistry,
@@ -74,7 +74,6 @@ from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
-    OrchestrationError,
 )
 
 __all__ = [
@@ -216,12 +215,6 @@ class OrchestrationEngine:
         self._publish = self._publisher.publish
         self.events = self._publisher.bus
         self.interrupted_runs: list[str] = self.store.recover() if recover else []
-        self.sessions = SessionRegistry(
-            store=self.store,
-            timers=self.timers,
-            stop_work=partial(_stop_session_work, self),
-            on_closed=partial(_announce_closed, self),
-        )
         self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
         if durable:  # before any resume can start a step again: kill the groups a crash left running
             guard_processes(self.registry, self.state_dir / "procs")
@@ -255,7 +248,17 @@ class OrchestrationEngine:
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
         )
+        self.sessions = SessionRegistry(
+            store=self.store,
+            timers=self.timers,
+            stop_work=partial(
+                stop_session_work, self.workflow_manager, self.task_orchestrator, self.resource_manager
+            ),
+            on_closed=partial(_announce_closed, self),
+        )
         self._session_runs = SessionRuns(self.sessions, self.workflow_manager)
+        for session_id in self.sessions.recover() if recover else []:  # sessions the last process left open
+            self._publish("session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value})
         self.project_manager = ProjectManager(
             Path(projects_dir),
             templates_dir=Path(templates_dir) if templates_dir is not None else None,
@@ -385,9 +388,11 @@ class OrchestrationEngine:
     def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
         return self.sessions.list(SessionStatus(status) if status is not None else None)
 
-    def close_session(self, session_id: str, *, cancel_running: bool = False) -> Session:
+    def close_session(self, session_id: str, *, cancel_running: bool = False) -> ClosedSession:
         """Close a session: release its allocations, optionally cancel its running work; its
-        history is kept.
+        history is kept. Closing a closed session again (one a restart closed too) returns it with a
+        ``note``; with ``cancel_running`` it cancels the runs and tasks it still runs. The answer lists
+        what this close cancelled.
 
         Raises:
             SessionNotFoundError: unknown id.
@@ -571,22 +576,6 @@ def _task_done(
             sessions.task_ended(session_id, record.task_id)
 
     return done
-
-
-def _stop_session_work(engine: OrchestrationEngine, live: LiveSession, cancel_running: bool) -> None:
-    """Release a closing session's resources and, with ``cancel_running``, cancel its runs and tasks."""
-    session_id = live.session.session_id
-    if cancel_running:
-        for run_id in list(live.active_runs):
-            try:
-                engine.workflow_manager.cancel_run(run_id)
-            except OrchestrationError:
-                pass  # ended meanwhile
-        for task_id in list(live.active_tasks):
-            engine.task_orchestrator.cancel_task(task_id, f"session {session_id} closed")
-    for allocation_id in live.session.allocations:  # its users' allocations made in it, and its own
-        engine.resource_manager.release(allocation_id)
-    engine.resource_manager.deallocate_resources(f"session:{session_id}")
 
 
 def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:

@@ -980,7 +980,9 @@ def _build_tools() -> tuple[_Tool, ...]:
             "close_session",
             "Close a session",
             "Close a session, release its allocations and optionally cancel its running work; its history is "
-            'kept. Example: {"session_id": "<session_id>", "cancel_running": true}',
+            "kept. cancelled_runs/cancelled_tasks list what the call cancelled. A session already closed "
+            "(also by a server restart) is returned as it is with a note; with cancel_running its work still "
+            'running is cancelled. Example: {"session_id": "<session_id>", "cancel_running": true}',
             m.CloseSessionArgs,
             m.CloseSessionResult,
             _close_session,
