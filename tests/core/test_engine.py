@@ -163,7 +163,139 @@ def test_sessions_expire_after_their_timeout(engine: OrchestrationEngine) -> Non
     )
     sid = engine.create_session(timeout_seconds=0.2)
     assert expired.wait(5)
-    assert engine.get_session(sid).status is SessionStatus.EXPIRED
+    session = engine.get_session(sid)
+    assert session.status is SessionStatus.EXPIRED
+    assert session.closed_reason is not None and "0.2 s" in session.closed_reason
+
+
+def test_an_allocation_made_in_a_session_is_the_users_and_goes_by_user_or_with_the_session(
+    engine: OrchestrationEngine,
+) -> None:
+    def allocated() -> float:
+        return float(engine.resource_manager.get_usage("compute")["allocated"])
+
+    sid = engine.create_session("agent-1")
+    [held] = engine.allocate_resources("agent-1", {"compute": 2}, session_id=sid)
+    assert held.requester_id == "agent-1"
+    assert allocated() == 2
+    assert engine.release_resources(requester_id="agent-1") == 1  # released by its user ...
+    assert allocated() == 0
+    engine.allocate_resources("agent-1", {"compute": 2}, session_id=sid)
+    engine.allocate_resources("agent-1", {"memory": "1MB"})  # not the session's: it stays
+    assert allocated() == 2
+    engine.close_session(sid)  # ... or with its session
+    assert allocated() == 0
+    assert [a.resource_id for a in engine.resource_manager.get_allocations("agent-1")] == ["memory"]
+    engine.store.flush()
+    assert [a["session_id"] for a in engine.store.list_allocations()] == [None]
+
+
+def test_a_resumed_run_stays_in_its_open_session_under_its_limit_and_its_close(
+    engine: OrchestrationEngine,
+) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session(max_parallel_workflows=1)
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.workflow_manager.cancel_run(run_id)
+    resumed = engine.resume_run(run_id, wait=False)  # its own slot, even before its end is reported
+    assert resumed.status is WorkflowStatus.RUNNING and resumed.session_id == sid
+    assert engine.drain_events()
+    with pytest.raises(LimitExceededError, match="session_id"):
+        engine.execute_workflow("held", session_id=sid, wait=False)
+    closed = engine.close_session(sid, cancel_running=True)
+    assert closed.cancelled_runs == [run_id]
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    assert engine.get_session(sid).runs == [run_id]
+
+
+def test_a_resume_is_refused_at_its_sessions_limit_naming_the_session(engine: OrchestrationEngine) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session(max_parallel_workflows=1)
+    first = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.workflow_manager.cancel_run(first)
+    assert engine.drain_events()
+    second = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    with pytest.raises(LimitExceededError, match=sid):
+        engine.resume_run(first, wait=False)
+    assert engine.workflow_manager.get_run(first).status is WorkflowStatus.CANCELLED
+    engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(second, 10).status is WorkflowStatus.CANCELLED
+
+
+def test_a_run_whose_session_closed_resumes_outside_any_session(engine: OrchestrationEngine) -> None:
+    _gated_workflow(engine, "held", "later")
+    sid = engine.create_session()
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    resumed = engine.resume_run(run_id, wait=False)
+    assert resumed.session_id is None
+    again = engine.close_session(sid, cancel_running=True)  # no longer the session's: left running
+    assert again.cancelled_runs == []
+    _gate(engine, "later").set()
+    final = engine.workflow_manager.wait_run(run_id, 10)
+    assert final.status is WorkflowStatus.COMPLETED and final.session_id is None
+
+
+def test_closing_a_closed_session_again_with_cancel_running_cancels_what_it_still_runs(
+    engine: OrchestrationEngine,
+) -> None:
+    _gated_workflow(engine, "held", "never")
+    sid = engine.create_session()
+    run_id = engine.execute_workflow("held", session_id=sid, wait=False).run_id
+    task = engine.execute_task(
+        TaskSpec(name="held", module="test", action="gate", parameters={"name": "never"}),
+        session_id=sid,
+        wait=False,
+    )
+    first = engine.close_session(sid)
+    assert first.status is SessionStatus.CLOSED
+    assert engine.workflow_manager.get_run(run_id).status is WorkflowStatus.RUNNING
+    second = engine.close_session(sid, cancel_running=True)
+    assert engine.workflow_manager.wait_run(run_id, 10).status is WorkflowStatus.CANCELLED
+    assert engine.task_orchestrator.wait(task.task_id, 10).status is TaskStatus.CANCELLED
+    assert second.status is SessionStatus.CLOSED and second.closed_at == first.closed_at
+    assert first.cancelled_runs == [] and first.note is None
+    assert second.cancelled_runs == [run_id] and second.cancelled_tasks == [task.task_id]
+    assert second.note is not None and "already closed" in second.note and run_id in second.note
+    third = engine.close_session(sid, cancel_running=True)
+    assert third.cancelled_runs == [] and third.note is not None and "nothing" in third.note
+
+
+def test_sessions_open_at_a_restart_are_closed_by_it_and_their_ids_still_answer(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        first.workflow_manager.create_workflow(
+            "nap", [{"name": "s", "module": "core", "action": "sleep", "parameters": {"seconds": 30}}]
+        )
+        left_open = first.create_session("x")
+        run_id = first.execute_workflow("nap", session_id=left_open, wait=False).run_id
+        closed = first.create_session("y")
+        first.close_session(closed)
+    finally:
+        first.shutdown()
+    second = _engine_on(tmp_path)
+    try:
+        restarted = second.get_session(left_open)
+        assert restarted.status is SessionStatus.CLOSED and restarted.closed_at is not None
+        assert restarted.closed_reason is not None and "restart" in restarted.closed_reason
+        assert second.get_session(closed).status is SessionStatus.CLOSED
+        statuses = {s.session_id: s.status for s in second.list_sessions()}
+        assert statuses == {left_open: SessionStatus.CLOSED, closed: SessionStatus.CLOSED}
+        answer = second.close_session(left_open, cancel_running=True)
+        assert answer.status is SessionStatus.CLOSED and answer.note is not None
+        assert "restart" in answer.note
+        with pytest.raises(InvalidStateError, match="closed"):
+            second.execute_workflow("nap", session_id=closed, wait=False)
+        resumed = second.resume_run(run_id, wait=False)  # its session is gone: it resumes outside any
+        assert resumed.session_id is None
+        second.workflow_manager.cancel_run(run_id)
+        second.store.flush()
+        assert [s["status"] for s in second.store.list_sessions(status="active")] == []
+        with pytest.raises(SessionNotFoundError):
+            second.close_session("nope")
+    finally:
+        second.shutdown()
 
 
 def test_a_failing_event_handler_never_breaks_a_run(engine: OrchestrationEngine) -> None:

@@ -16,7 +16,6 @@ from codomyrmex_orchestration.core._complex import complex_workflow_document
 from codomyrmex_orchestration.core._events import EventBus
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._sessions import (
-    LiveSession,
     Session,
     SessionRegistry,
     SessionStatus,
@@ -142,8 +141,9 @@ def test_a_session_expires_on_the_shared_timers_and_is_closed_off_the_timer_thre
     stopped: list[tuple[str, bool, str]] = []
     closed = threading.Event()
 
-    def stop_work(live: LiveSession, cancel: bool) -> None:
-        stopped.append((live.session.session_id, cancel, threading.current_thread().name))
+    def stop_work(session: Session, runs: Any, tasks: Any, cancel: bool) -> tuple[list[str], list[str]]:
+        stopped.append((session.session_id, cancel, threading.current_thread().name))
+        return [], []
 
     registry = SessionRegistry(
         store=MemoryStore(), timers=timers, stop_work=stop_work, on_closed=lambda s: closed.set()
@@ -161,7 +161,10 @@ def test_a_session_expires_on_the_shared_timers_and_is_closed_off_the_timer_thre
 
 def test_using_a_session_restarts_its_ttl_and_closing_cancels_the_timer(timers: TimerService) -> None:
     registry = SessionRegistry(
-        store=MemoryStore(), timers=timers, stop_work=lambda live, cancel: None, on_closed=lambda s: None
+        store=MemoryStore(),
+        timers=timers,
+        stop_work=lambda session, runs, tasks, cancel: ([], []),
+        on_closed=lambda s: None,
     )
     session = _session(timeout_seconds=3600)
     registry.add(session)
@@ -174,8 +177,10 @@ def test_using_a_session_restarts_its_ttl_and_closing_cancels_the_timer(timers: 
     closed = registry.close_session(session.session_id, SessionStatus.CLOSED, cancel_running=False)
     assert closed.status is SessionStatus.CLOSED and closed.closed_at is not None
     assert timers.pending == 0
-    # Closing again returns the closed session; an unknown id is named.
-    assert registry.close_session(session.session_id, SessionStatus.CLOSED, cancel_running=True) == closed
+    # Closing again returns the closed session with a note; an unknown id is named.
+    again = registry.close_session(session.session_id, SessionStatus.CLOSED, cancel_running=True)
+    assert again.model_dump(exclude={"note"}) == closed.model_dump(exclude={"note"})
+    assert again.note is not None and "already closed" in again.note
     with pytest.raises(SessionNotFoundError):
         registry.close_session("nope", SessionStatus.CLOSED, cancel_running=False)
     registry.close()
@@ -183,7 +188,10 @@ def test_using_a_session_restarts_its_ttl_and_closing_cancels_the_timer(timers: 
 
 def test_a_session_tracks_its_runs_and_tasks_and_applies_its_limits(timers: TimerService) -> None:
     registry = SessionRegistry(
-        store=MemoryStore(), timers=timers, stop_work=lambda live, cancel: None, on_closed=lambda s: None
+        store=MemoryStore(),
+        timers=timers,
+        stop_work=lambda session, runs, tasks, cancel: ([], []),
+        on_closed=lambda s: None,
     )
     session = _session(mode="sequential")
     registry.add(session)

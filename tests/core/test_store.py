@@ -209,9 +209,13 @@ def test_sessions_round_trip_filter_by_status_and_delete(store: Store) -> None:
     store.save_session("s1", {"id": "s1", "status": "active", "limits": {"tasks": 4}})
     store.save_session("s2", {"id": "s2", "status": "active"})
     store.save_session("s2", {"id": "s2", "status": "closed"})
+    store.save_session("s3", {"id": "s3", "status": "closed"})
     assert store.get_session("s1") == {"id": "s1", "status": "active", "limits": {"tasks": 4}}
-    assert [s["id"] for s in store.list_sessions()] == ["s1", "s2"]
-    assert [s["id"] for s in store.list_sessions(status="closed")] == ["s2"]
+    assert [s["id"] for s in store.list_sessions()] == ["s1", "s2", "s3"]
+    assert [s["id"] for s in store.list_sessions(status="closed")] == ["s2", "s3"]
+    assert [s["id"] for s in store.list_sessions(limit=2)] == ["s2", "s3"]  # the newest, oldest first
+    assert [s["id"] for s in store.list_sessions(status="active", limit=5)] == ["s1"]
+    store.delete_session("s3")
     store.delete_session("s1")
     assert store.get_session("s1") is None
     assert [s["id"] for s in store.list_sessions()] == ["s2"]

@@ -197,3 +197,71 @@ async def test_the_on_loop_tools_never_wait_for_a_session_whose_run_is_stuck_sta
         starter.join(10)
         tools.close()
         engine.shutdown()
+
+
+async def test_a_resumed_run_counts_against_its_session_and_closes_with_it(client: Client) -> None:
+    nap = {"name": "s", "module": "core", "action": "sleep", "parameters": {"seconds": 30}}
+    assert not (await _call(client, "create_workflow", {"name": "nap", "steps": [nap]})).is_error
+    opened = await _call(client, "create_session", {"max_parallel_workflows": 1})
+    session_id = opened.structured_content["session_id"]
+    started = await _call(
+        client, "execute_workflow", {"workflow_name": "nap", "session_id": session_id, "wait": False}
+    )
+    run_id = started.structured_content["run_id"]
+    assert not (await _call(client, "cancel_workflow_run", {"run_id": run_id})).is_error
+    resumed = await _call(client, "resume_workflow_run", {"run_id": run_id, "wait": False})
+    assert not resumed.is_error, resumed.content[0].text
+    assert resumed.structured_content["session_id"] == session_id
+    refused = await _call(
+        client, "execute_workflow", {"workflow_name": "nap", "session_id": session_id, "wait": False}
+    )
+    assert refused.is_error and "session_id" in refused.content[0].text
+    closed = await _call(client, "close_session", {"session_id": session_id, "cancel_running": True})
+    assert not closed.is_error, closed.content[0].text
+    assert closed.structured_content["cancelled_runs"] == [run_id]
+    final = await _call(client, "get_workflow_run", {"run_id": run_id})
+    assert final.structured_content["status"] == "cancelled"
+
+
+async def test_sessions_a_restart_closed_still_answer_with_their_record(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.server.app import build_server
+
+    def engine() -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "s", config_dir=None, projects_dir=tmp_path / "p", templates_dir=None
+        )
+
+    first = engine()
+    tools = OrchestrationMCPTools(first)
+    try:
+        async with Client(build_server(tools)) as client:
+            left_open = (await _call(client, "create_session", {"user_id": "x"})).structured_content[
+                "session_id"
+            ]
+            closed = (await _call(client, "create_session", {"user_id": "y"})).structured_content[
+                "session_id"
+            ]
+            assert not (await _call(client, "close_session", {"session_id": closed})).is_error
+    finally:
+        tools.close()
+        first.shutdown()
+    second = engine()
+    tools = OrchestrationMCPTools(second)
+    try:
+        async with Client(build_server(tools)) as client:
+            status = await _call(client, "get_system_status", {})
+            assert status.structured_content["sessions"] == {"active": 0, "by_status": {"closed": 2}}
+            answer = await _call(client, "close_session", {"session_id": left_open})
+            assert not answer.is_error, answer.content[0].text
+            assert answer.structured_content["status"] == "closed"
+            assert "restart" in answer.structured_content["note"]
+            assert "restart" in answer.structured_content["closed_reason"]
+            again = await _call(client, "close_session", {"session_id": closed})
+            assert not again.is_error and again.structured_content["status"] == "closed"
+            refused = await _call(
+                client, "execute_workflow", {"workflow_name": "nope", "session_id": closed, "wait": False}
+            )
+            assert refused.is_error and "is closed" in refused.content[0].text
+    finally:
+        tools.close()
+        second.shutdown()

@@ -1,5 +1,5 @@
-"""User allocations: resources reserved through the engine for a user or a session, persisted in the
-store so they survive a restart.
+"""User allocations: resources reserved through the engine for a user (made in a session, they are
+also listed by it and released as it closes), persisted in the store so they survive a restart.
 
 :class:`UserAllocations` owns the set of allocation ids it persisted (``_lock`` guards it): when the
 resource manager reports one released (explicitly, by TTL or with its session), its stored copy goes.
@@ -58,19 +58,24 @@ class UserAllocations:
         timeout: float | None,
         session_id: str | None,
     ) -> list[Allocation]:
-        requester = requester_id
         if session_id is not None:
             with self._sessions.holding(session_id):
                 pass  # an unknown or closed session fails here, before anything is reserved
-            requester = f"session:{session_id}"
-        allocations = self._wait_for(requester, requirements, ttl, timeout)
+        # Held by the user (release_resources by user_id frees them); the session lists them to release
+        # them as it closes.
+        allocations = self._wait_for(requester_id, requirements, ttl, timeout)
         ids = [a.allocation_id for a in allocations]
         with self._lock:
             self._persisted.update(ids)
         if session_id is not None:
-            with self._sessions.holding(session_id) as live:
-                assert live is not None  # checked above; a session only closes through the engine
-                live.session.allocations.extend(ids)
+            try:
+                with self._sessions.holding(session_id) as live:
+                    assert live is not None  # holding(id) yields an open session or raises
+                    live.session.allocations.extend(ids)
+            except OrchestrationError:  # the session closed while this waited for capacity: none kept
+                for allocation_id in ids:
+                    self._resources.release(allocation_id)
+                raise
         for allocation in allocations:
             data = {**allocation.model_dump(mode="json"), "user_id": requester_id, "session_id": session_id}
             self._store.save_allocation(allocation.allocation_id, data)

@@ -4,7 +4,9 @@
 the recently closed ones, and one TTL timer per open session on the shared
 :class:`~codomyrmex_orchestration.core.timers.TimerService`; ``_lock`` guards all of it. An expired timer
 hands the close to the registry's own one-thread executor (timer callbacks must not block): closing a
-session cancels its work, which takes the locks of runs.
+session cancels its work, which takes the locks of runs. A session never outlives its process: the next
+process on the same store closes the ones left open (``recover``), and every id stays answerable from
+the store.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import enum
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.timers import Timer, TimerService
 
 __all__ = [
+    "ClosedSession",
     "LiveSession",
     "OrchestrationMode",
     "Session",
@@ -43,6 +46,16 @@ __all__ = [
 
 #: Closed sessions kept in memory (older ones are read back from the store).
 CLOSED_KEPT = 10_000
+
+#: Why a session closed, as its record says.
+CLOSED_ON_REQUEST = "closed by close_session"
+CLOSED_BY_RESTART = (
+    "closed by a restart: a session does not outlive the server process that opened it "
+    "(resume_workflow_run resumes its runs outside any session)"
+)
+
+#: ``stop_work(session, runs, tasks, cancel_running)``: the runs and tasks it cancelled.
+StopWork = Callable[["Session", Collection[str], Collection[str], bool], tuple[list[str], list[str]]]
 
 
 class OrchestrationMode(enum.StrEnum):
@@ -84,9 +97,20 @@ class Session(BaseModel):
     status: SessionStatus = SessionStatus.ACTIVE
     created_at: Any = Field(default_factory=utcnow)
     closed_at: Any = None
+    #: Why it closed: on request, expired, or by a restart of the server.
+    closed_reason: str | None = None
     runs: list[str] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     allocations: list[str] = Field(default_factory=list)
+
+
+class ClosedSession(Session):
+    """What closing a session answers: the session as closed, and what this close cancelled."""
+
+    cancelled_runs: list[str] = Field(default_factory=list)
+    cancelled_tasks: list[str] = Field(default_factory=list)
+    #: Set when the session was closed already (or is open in another process): what this call did.
+    note: str | None = None
 
 
 class LiveSession:
@@ -188,9 +212,11 @@ class SessionRegistry:
     Args:
         store: where sessions are saved (their history outlives the process).
         timers: the shared timer service (never closed here).
-        stop_work: ``stop_work(live, cancel_running)`` is called as a session closes, after it left the
-            table: it releases the session's resources and, with ``cancel_running``, cancels its runs and
-            tasks. For an expired session it runs on the registry's own thread and may block.
+        stop_work: ``stop_work(session, runs, tasks, cancel_running)`` is called as a session closes,
+            after it left the table (and again when a closed session is closed with ``cancel_running``):
+            it releases the session's resources and, with ``cancel_running``, cancels those of ``runs``
+            and ``tasks`` still running as the session's; it returns the ids it cancelled. For an
+            expired session it runs on the registry's own thread and may block.
         on_closed: ``on_closed(session)`` once a session is closed (its event).
     """
 
@@ -199,7 +225,7 @@ class SessionRegistry:
         *,
         store: EngineStateStore,
         timers: TimerService,
-        stop_work: Callable[[LiveSession, bool], None],
+        stop_work: StopWork,
         on_closed: Callable[[Session], None],
     ) -> None:
         self._store = store
@@ -216,6 +242,26 @@ class SessionRegistry:
         # run locks, and a caller may hold _lock across a run's start. Its thread starts with the first.
         self._expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codomyrmex-sessions")
 
+    # -- starting
+
+    def recover(self) -> list[str]:
+        """Close the sessions a previous process left open (a session does not outlive its process) and
+        know the newest closed ones again; returns the ids closed. Only for the process that owns the
+        store."""
+        closed: list[str] = []
+        for session in _parsed(self._store.list_sessions(status=SessionStatus.ACTIVE.value)):
+            session.status = SessionStatus.CLOSED
+            session.closed_at = utcnow()
+            session.closed_reason = CLOSED_BY_RESTART
+            self.save(session)
+            closed.append(session.session_id)
+        recent = _parsed(self._store.list_sessions(limit=CLOSED_KEPT))  # oldest first
+        with self._lock:
+            for session in recent:
+                if session.status is not SessionStatus.ACTIVE and session.session_id not in self._live:
+                    self._closed[session.session_id] = session
+        return closed
+
     # -- reading
 
     def get(self, session_id: str) -> Session:
@@ -231,10 +277,7 @@ class SessionRegistry:
             closed = self._closed.get(session_id)
             if closed is not None:
                 return closed.model_copy(deep=True)
-        data = self._store.get_session(session_id)
-        if data is None:
-            raise SessionNotFoundError(session_id)
-        return Session.model_validate(data)
+        return self._stored(session_id)
 
     def list(self, status: SessionStatus | None = None) -> list[Session]:
         with self._lock:
@@ -276,7 +319,25 @@ class SessionRegistry:
             yield None
             return
         with self._lock:
-            yield self._live_locked(session_id)
+            live = self._live.get(session_id)
+            if live is not None:
+                yield live
+                return
+            closed = self._closed.get(session_id)
+        session = closed if closed is not None else self._stored(session_id)
+        state = session.status.value
+        if session.status is SessionStatus.ACTIVE:  # stored as open, not open here: another process's
+            state = "open in another process"
+        raise InvalidStateError("session", session_id, state, "open a new session with create_session")
+
+    @contextmanager
+    def holding_if_open(self, session_id: str | None) -> Iterator[LiveSession | None]:
+        """Like :meth:`holding`, but ``None`` (no error) for a session not open in this process."""
+        if session_id is None:
+            yield None
+            return
+        with self._lock:
+            yield self._live.get(session_id)
 
     def touch(self, live: LiveSession) -> None:
         """Restart the session's TTL (it was just used)."""
@@ -284,11 +345,12 @@ class SessionRegistry:
             self._arm_locked(live)
 
     def record_run(self, live: LiveSession, run_id: str, *, active: bool) -> None:
-        """``live`` started run ``run_id`` (``active``: it has not ended yet); saved."""
+        """``live`` started (or resumed) run ``run_id`` (``active``: it has not ended yet); saved."""
         with self._lock:
             if active:
                 live.active_runs.add(run_id)
-            live.session.runs.append(run_id)
+            if run_id not in live.session.runs:  # a resumed run is listed once
+                live.session.runs.append(run_id)
         self.save(live.session)
 
     def record_task(self, session_id: str, task_id: str, still_running: Callable[[], bool]) -> None:
@@ -303,10 +365,14 @@ class SessionRegistry:
             live.session.tasks.append(task_id)
         self.save(live.session)
 
-    def run_ended(self, session_id: str, run_id: str) -> None:
+    def run_ended(
+        self, session_id: str, run_id: str, still_active: Callable[[str], bool] | None = None
+    ) -> None:
+        """Run ``run_id`` of the session ended. ``still_active(run_id)``, checked under the lock: the end
+        of an earlier attempt of a run resumed since, which keeps its slot."""
         with self._lock:
             live = self._live.get(session_id)
-            if live is not None:
+            if live is not None and not (still_active is not None and still_active(run_id)):
                 live.active_runs.discard(run_id)
 
     def task_ended(self, session_id: str, task_id: str) -> None:
@@ -320,34 +386,40 @@ class SessionRegistry:
 
     # -- closing
 
-    def close_session(self, session_id: str, status: SessionStatus, *, cancel_running: bool) -> Session:
-        """Close an open session with ``status`` (a closed one is returned as it is) and save it.
+    def close_session(
+        self, session_id: str, status: SessionStatus, *, cancel_running: bool, reason: str = CLOSED_ON_REQUEST
+    ) -> ClosedSession:
+        """Close an open session with ``status`` and ``reason`` and save it. A closed one (also one only
+        the store knows) stays as it is; with ``cancel_running`` the work it still runs is cancelled.
 
         Raises:
             SessionNotFoundError: unknown id.
         """
         with self._lock:
             live = self._live.pop(session_id, None)
-            if live is None:
-                closed = self._closed.get(session_id)
-                if closed is not None:
-                    return closed.model_copy(deep=True)
-                raise SessionNotFoundError(session_id, known=self._live)
-            if live.timer is not None:
+            if live is not None and live.timer is not None:
                 live.timer.cancel()
                 live.timer = None
-        self._stop_work(live, cancel_running)
+            closed = self._closed.get(session_id) if live is None else None
+        if live is None:
+            return self._close_again(
+                closed if closed is not None else self._stored(session_id), cancel_running
+            )
+        runs, tasks = self._stop_work(
+            live.session, list(live.active_runs), list(live.active_tasks), cancel_running
+        )
         session = live.session
         with self._lock:
             session.status = status
             session.closed_at = utcnow()
+            session.closed_reason = reason
             self._closed[session_id] = session
             while len(self._closed) > CLOSED_KEPT:
                 self._closed.pop(next(iter(self._closed)))
             copy = session.model_copy(deep=True)
         self.save(session)
         self._on_closed(copy)
-        return copy
+        return ClosedSession(**copy.model_dump(), cancelled_runs=runs, cancelled_tasks=tasks)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop expiring sessions: cancel the TTL timers and wait for an expiry under way. Idempotent.
@@ -365,16 +437,40 @@ class SessionRegistry:
 
     # -- internals
 
-    def _live_locked(self, session_id: str) -> LiveSession:
-        live = self._live.get(session_id)
-        if live is None:
-            closed = self._closed.get(session_id)
-            if closed is not None:
-                raise InvalidStateError(
-                    "session", session_id, closed.status.value, "open a new session with create_session"
-                )
-            raise SessionNotFoundError(session_id)
-        return live
+    def _stored(self, session_id: str) -> Session:
+        """A session no table here holds, read back from the store.
+
+        Raises:
+            SessionNotFoundError: unknown id.
+        """
+        data = self._store.get_session(session_id)
+        if data is None:
+            with self._lock:
+                known = list(self._live)
+            raise SessionNotFoundError(session_id, known=known)
+        return Session.model_validate(data)
+
+    def _close_again(self, session: Session, cancel_running: bool) -> ClosedSession:
+        """Closing a session that is not open here: its record as it is, and with ``cancel_running`` the
+        runs and tasks it lists that still run as its own are cancelled."""
+        session = session.model_copy(deep=True)
+        if session.status is SessionStatus.ACTIVE:  # in the store only: another process's to close
+            note = "the session is open in another process on this state directory: close it there"
+            return ClosedSession(**session.model_dump(), note=note)
+        runs, tasks = (
+            self._stop_work(session, session.runs, session.tasks, True) if cancel_running else ([], [])
+        )
+        note = f"the session was already {session.status.value} at {session.closed_at}"
+        note += f"; {session.closed_reason}" if session.closed_reason else ""
+        if runs or tasks:
+            note += "; cancelled what it still ran: " + ", ".join(
+                [f"run {r}" for r in runs] + [f"task {t}" for t in tasks]
+            )
+        elif cancel_running:
+            note += "; nothing of it was still running"
+        else:
+            note += "; pass cancel_running: true to cancel any of its work still running"
+        return ClosedSession(**session.model_dump(), cancelled_runs=runs, cancelled_tasks=tasks, note=note)
 
     def _arm_locked(self, live: LiveSession) -> None:
         if live.timer is not None:
@@ -399,7 +495,20 @@ class SessionRegistry:
             live = self._live.get(session_id)
             if self._shut or live is None or live.armed != armed:
                 return  # closed, touched again (re-armed) or shut down meanwhile
+            ttl = live.session.timeout_seconds
         try:
-            self.close_session(session_id, SessionStatus.EXPIRED, cancel_running=True)
+            reason = f"expired: unused for {ttl:g} s, its timeout_seconds"
+            self.close_session(session_id, SessionStatus.EXPIRED, cancel_running=True, reason=reason)
         except SessionNotFoundError:
             return  # closed meanwhile
+
+
+def _parsed(rows: list[dict[str, Any]]) -> list[Session]:
+    """The sessions of stored rows; a row that no longer parses is skipped (it never stops a start)."""
+    sessions = []
+    for data in rows:
+        try:
+            sessions.append(Session.model_validate(data))
+        except ValidationError:
+            continue
+    return sessions

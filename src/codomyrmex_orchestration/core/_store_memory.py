@@ -281,11 +281,12 @@ class MemoryStore:
             raw = self._sessions.get(session_id)
         return None if raw is None else dict(json.loads(raw))
 
-    def list_sessions(self, *, status: str | None = None) -> list[dict[str, Any]]:
+    def list_sessions(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
             items = list(self._sessions.values())
         decoded = [dict(json.loads(raw)) for raw in items]
-        return [d for d in decoded if status is None or status_of(d) == status]
+        chosen = [d for d in decoded if status is None or status_of(d) == status]
+        return chosen if limit is None else chosen[max(len(chosen) - limit, 0) :]
 
     def delete_session(self, session_id: str) -> None:
         with self._lock:

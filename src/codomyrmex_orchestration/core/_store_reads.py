@@ -130,14 +130,14 @@ class StoreReader:
         rows = self.read("SELECT data FROM sessions WHERE id = ?", (session_id,))
         return dict(json.loads(rows[0][0])) if rows else None
 
-    def list_sessions(self, *, status: str | None = None) -> list[dict[str, Any]]:
-        if status is None:
-            rows = self.read("SELECT data FROM sessions ORDER BY created_at, rowid")
-        else:
-            rows = self.read(
-                "SELECT data FROM sessions WHERE status = ? ORDER BY created_at, rowid", (status,)
-            )
-        return [dict(json.loads(data)) for (data,) in rows]
+    def list_sessions(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` sessions (``None``: all) of ``status`` (``None``: any), oldest first."""
+        where, args = ("WHERE status = ?", (status,)) if status is not None else ("", ())
+        rows = self.read(
+            f"SELECT data FROM sessions {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*args, -1 if limit is None else limit),
+        )
+        return [dict(json.loads(data)) for (data,) in reversed(rows)]
 
     def get_project(self, name: str) -> dict[str, Any] | None:
         rows = self.read("SELECT data FROM projects WHERE name = ?", (name,))

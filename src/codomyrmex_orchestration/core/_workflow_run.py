@@ -98,7 +98,7 @@ def new_record(
         status=WorkflowStatus.RUNNING,
         parameters=params,
         steps=steps,
-        session_id=previous.session_id if previous is not None else session_id,
+        session_id=session_id,
         priority=priority,
         created_at=previous.created_at if previous is not None else utcnow(),
         started_at=utcnow(),

@@ -46,8 +46,9 @@ from codomyrmex_orchestration.core._health import (
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._procs import guard_processes
+from codomyrmex_orchestration.core._session_runs import SessionRuns, stop_session_work
 from codomyrmex_orchestration.core._sessions import (
-    LiveSession,
+    ClosedSession,
     OrchestrationMode,
     Session,
     SessionRegistry,
@@ -73,7 +74,6 @@ from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
-    OrchestrationError,
 )
 
 __all__ = [
@@ -215,12 +215,6 @@ class OrchestrationEngine:
         self._publish = self._publisher.publish
         self.events = self._publisher.bus
         self.interrupted_runs: list[str] = self.store.recover() if recover else []
-        self.sessions = SessionRegistry(
-            store=self.store,
-            timers=self.timers,
-            stop_work=partial(_stop_session_work, self),
-            on_closed=partial(_announce_closed, self),
-        )
         self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
         if durable:  # before any resume can start a step again: kill the groups a crash left running
             guard_processes(self.registry, self.state_dir / "procs")
@@ -254,6 +248,17 @@ class OrchestrationEngine:
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
         )
+        self.sessions = SessionRegistry(
+            store=self.store,
+            timers=self.timers,
+            stop_work=partial(
+                stop_session_work, self.workflow_manager, self.task_orchestrator, self.resource_manager
+            ),
+            on_closed=partial(_announce_closed, self),
+        )
+        self._session_runs = SessionRuns(self.sessions, self.workflow_manager)
+        for session_id in self.sessions.recover() if recover else []:  # sessions the last process left open
+            self._publish("session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value})
         self.project_manager = ProjectManager(
             Path(projects_dir),
             templates_dir=Path(templates_dir) if templates_dir is not None else None,
@@ -292,8 +297,8 @@ class OrchestrationEngine:
             self.counters.add_step_duration(payload["duration_seconds"])
         if event in {"run.completed", "run.failed", "run.cancelled"}:
             session_id = payload.get("session_id")
-            if session_id:
-                self.sessions.run_ended(session_id, payload["run_id"])
+            if session_id:  # unless a resume started the run again since (it keeps its slot)
+                self.sessions.run_ended(session_id, payload["run_id"], self.workflow_manager.is_active)
         self._publish(event, payload)
 
     # ------------------------------------------------------------------ resources
@@ -309,7 +314,8 @@ class OrchestrationEngine:
     ) -> list[Allocation]:
         """Reserve resources for a user (all or nothing); persisted, so they survive a restart.
 
-        With ``session_id`` the allocations belong to that session and are released when it closes.
+        With ``session_id`` the allocations are still the requester's (``release_resources`` of the
+        requester frees them) and are also released when that session closes.
         ``timeout`` is how long to wait for capacity: 0 (the default) not at all, ``None`` without limit.
 
         Raises:
@@ -382,9 +388,11 @@ class OrchestrationEngine:
     def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
         return self.sessions.list(SessionStatus(status) if status is not None else None)
 
-    def close_session(self, session_id: str, *, cancel_running: bool = False) -> Session:
+    def close_session(self, session_id: str, *, cancel_running: bool = False) -> ClosedSession:
         """Close a session: release its allocations, optionally cancel its running work; its
-        history is kept.
+        history is kept. Closing a closed session again (one a restart closed too) returns it with a
+        ``note``; with ``cancel_running`` it cancels the runs and tasks it still runs. The answer lists
+        what this close cancelled.
 
         Raises:
             SessionNotFoundError: unknown id.
@@ -410,18 +418,8 @@ class OrchestrationEngine:
         With ``wait`` it waits up to ``timeout`` seconds (``None``: until the run ends) and returns the
         record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
         """
-        kwargs: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
-        with self.sessions.holding(session_id) as live:
-            if live is not None:
-                kwargs.update(live.run_options())
-                self.sessions.touch(live)
-            # The run id alone: a record of a run just started lists every step (built for nothing
-            # when the caller waits for the final one).
-            run_id = self.workflow_manager.start_workflow(
-                name, parameters, session_id=session_id, on_step=on_step, **kwargs
-            )
-            if live is not None:
-                self.sessions.record_run(live, run_id, active=self.workflow_manager.is_active(run_id))
+        options: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
+        run_id = self._session_runs.start(name, parameters, session_id=session_id, on_step=on_step, **options)
         if not wait:
             return self.workflow_manager.get_run(run_id)
         return self.workflow_manager.wait_run(run_id, timeout)
@@ -488,8 +486,11 @@ class OrchestrationEngine:
         on_step: StepCallback | None = None,
     ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run (waits like
-        :meth:`execute_workflow`)."""
-        return self.workflow_manager.resume_run(run_id, wait=wait, timeout=timeout, on_step=on_step)
+        :meth:`execute_workflow`). It resumes in its session, under the session's limit and mode, while
+        that is open; a run whose session has closed (by close_session, expiry or a restart) resumes
+        outside any session, its ``session_id`` cleared."""
+        record = self._session_runs.resume(run_id, on_step=on_step)
+        return self.workflow_manager.wait_run(run_id, timeout) if wait else record
 
     # ------------------------------------------------------------------ health and metrics
 
@@ -575,20 +576,6 @@ def _task_done(
             sessions.task_ended(session_id, record.task_id)
 
     return done
-
-
-def _stop_session_work(engine: OrchestrationEngine, live: LiveSession, cancel_running: bool) -> None:
-    """Release a closing session's resources and, with ``cancel_running``, cancel its runs and tasks."""
-    session_id = live.session.session_id
-    if cancel_running:
-        for run_id in list(live.active_runs):
-            try:
-                engine.workflow_manager.cancel_run(run_id)
-            except OrchestrationError:
-                pass  # ended meanwhile
-        for task_id in list(live.active_tasks):
-            engine.task_orchestrator.cancel_task(task_id, f"session {session_id} closed")
-    engine.resource_manager.deallocate_resources(f"session:{session_id}")
 
 
 def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:

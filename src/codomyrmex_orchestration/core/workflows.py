@@ -454,15 +454,16 @@ class WorkflowManager:
         wait: bool = True,
         timeout: float | None = None,
         on_step: StepCallback | None = None,
+        **options: Any,
     ) -> RunRecord:
-        """Re-execute the steps of an ended run that had not COMPLETED, reusing completed outputs.
+        """Re-execute the steps of an ended run that had not COMPLETED, reusing completed outputs, with
+        the definition version it started with (even if the workflow was overwritten since).
 
         Args:
             wait: wait for the resumed run to end (bounded by ``timeout``).
             timeout: most seconds to wait, ``None`` without limit.
-
-        The run continues with the definition version it started with, even if the workflow was
-        overwritten since.
+            options: ``start_workflow``'s, as a session asks; ``session_id`` (default: the run's own) is
+                recorded on the run, ``None`` resumes it outside any session.
 
         Raises:
             RunNotFoundError: unknown run id.
@@ -480,7 +481,8 @@ class WorkflowManager:
             )
             if plan is None:
                 raise _unpinned(previous, self.definitions.current_version(previous.workflow_name))
-            run = self._start_run(plan, None, priority=previous.priority, on_step=on_step, previous=previous)
+            options = {"session_id": previous.session_id, "priority": previous.priority, **options}
+            run = self._start_run(plan, None, on_step=on_step, previous=previous, **options)
         return _wait(run, timeout) if wait else run.snapshot()
 
     def stats(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
 from codomyrmex_orchestration.core._resource_types import Allocation
-from codomyrmex_orchestration.core._sessions import Session
+from codomyrmex_orchestration.core._sessions import ClosedSession, Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
     ErrorInfo,
@@ -380,8 +380,8 @@ class SessionResult(Session):
     """The session as it stands."""
 
 
-class CloseSessionResult(Session):
-    """The session as closed."""
+class CloseSessionResult(ClosedSession):
+    """The session as closed, what this call cancelled, and a note when it was closed already."""
 
     closed: bool = True
 

@@ -407,10 +407,12 @@ def _create_complex_workflow(
 
 
 def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> _Outcome:
-    manager = tools.engine.workflow_manager
+    engine = tools.engine
     # The steps a resume keeps (its completed ones) count as ended from the first notification on.
-    kept = sum(1 for s in manager.get_run(a.run_id).steps.values() if s.status is TaskStatus.COMPLETED)
-    record = manager.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept))
+    steps = engine.workflow_manager.get_run(a.run_id).steps.values()
+    kept = sum(1 for s in steps if s.status is TaskStatus.COMPLETED)
+    # Through the engine: a run of an open session resumes within its limits and is closed with it.
+    record = engine.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept))
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
@@ -821,7 +823,8 @@ def _build_tools() -> tuple[_Tool, ...]:
             "allocate_resources",
             "Allocate resources",
             "Reserve resources for a user, all or nothing; returns the allocations with their ids (release "
-            "them with release_resources, or give ttl_seconds). Fails with what was requested and what is "
+            "them with release_resources, or give ttl_seconds; with session_id they are the user's still and "
+            "are also released when that session closes). Fails with what was requested and what is "
             'available. Example: {"user_id": "agent-1", "requirements": {"compute": 2, "memory": "512MB"}, '
             '"ttl_seconds": 600}',
             m.AllocateResourcesArgs,
@@ -905,7 +908,9 @@ def _build_tools() -> tuple[_Tool, ...]:
             "resume_workflow_run",
             "Resume a run",
             "Resume an interrupted or failed run: completed steps keep their outputs, the rest run again. "
-            'Waits like execute_workflow. Example: {"run_id": "<run_id>"}',
+            "A run of an open session resumes in it (within its limits; closing it cancels the run); a run "
+            "whose session has closed (close_session, expiry or a server restart) resumes outside any "
+            'session, its session_id cleared. Waits like execute_workflow. Example: {"run_id": "<run_id>"}',
             m.ResumeRunArgs,
             m.RunHandle,
             _resume_run,
@@ -975,7 +980,9 @@ def _build_tools() -> tuple[_Tool, ...]:
             "close_session",
             "Close a session",
             "Close a session, release its allocations and optionally cancel its running work; its history is "
-            'kept. Example: {"session_id": "<session_id>", "cancel_running": true}',
+            "kept. cancelled_runs/cancelled_tasks list what the call cancelled. A session already closed "
+            "(also by a server restart) is returned as it is with a note; with cancel_running its work still "
+            'running is cancelled. Example: {"session_id": "<session_id>", "cancel_running": true}',
             m.CloseSessionArgs,
             m.CloseSessionResult,
             _close_session,
