@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core.actions import create_registry
+from codomyrmex_orchestration.core.actions.http import METHODS
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
 from codomyrmex_orchestration.errors import CycleDetectedError, DAGValidationError, InvalidInputError
 
 
 def step(name: str, *deps: str, module: str = "core", action: str = "echo", **extra: Any) -> StepSpec:
+    if (module, action) == ("core", "echo"):
+        extra.setdefault("parameters", {"message": name})  # what core.echo needs to run
     return StepSpec(name=name, module=module, action=action, dependencies=list(deps), **extra)
 
 
@@ -196,7 +199,13 @@ def test_a_ten_thousand_step_chain_validates_without_recursion() -> None:
     n = 10_000
     assert n > sys.getrecursionlimit()
     chain = [
-        StepSpec(name=f"s{i}", module="core", action="echo", dependencies=[f"s{i - 1}"] if i else [])
+        StepSpec(
+            name=f"s{i}",
+            module="core",
+            action="echo",
+            parameters={"message": i},
+            dependencies=[f"s{i - 1}"] if i else [],
+        )
         for i in range(n)
     ]
     dag = WorkflowDAG(chain, registry=create_registry())
@@ -262,6 +271,28 @@ def test_a_parameter_the_action_does_not_declare_is_a_validation_problem_with_th
         "parameters: check, command, cwd, env, env_clear, input, max_output_bytes, shell, timeout",
         "steps 'hi', 'hi2': core.echo does not accept parameters 'colour', 'mesage' (did you mean "
         "'message'?); accepted parameters: message",
+    ]
+
+
+def test_a_literal_parameter_the_step_would_fail_on_is_a_validation_problem() -> None:
+    # What the action itself would refuse when the step runs, said before anything runs; a templated
+    # value is known only then, so it is not judged.
+    steps = [
+        step("say", parameters={}),
+        step("nap", module="core", action="sleep", parameters={"seconds": -1}),
+        step("get", module="http", action="request", parameters={"url": "ftp://example.com/x"}),
+        step("post", module="http", action="request", parameters={"url": "https://x.test", "method": "BREW"}),
+        step("later", module="http", action="request", parameters={"url": "{{params.url}}"}),
+        step("wait", module="core", action="sleep", parameters={"seconds": "{{params.seconds}}"}),
+        step("said", parameters={"message": "{{params.m}}"}),
+    ]
+    problems = WorkflowDAG(steps, registry=create_registry()).problems()
+    assert problems == [
+        "step 'say': parameters.message: core.echo needs a 'message' (any JSON value)",
+        "step 'nap': parameters.seconds: core.sleep needs 'seconds', a number from 0 to 86400",
+        "step 'get': parameters.url: http.request accepts only http:// and https:// URLs with a host, got "
+        "'ftp://example.com/x'",
+        "step 'post': parameters.method: http.request accepts methods " + ", ".join(METHODS),
     ]
 
 

@@ -244,7 +244,13 @@ def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
                 "action": "echo",
                 "parameters": {"message": "{{secrets.IN_ENV}} {{secrets.IN_FILE}} {{secrets.MISSING}}"},
             },
-            {"name": "b", "module": "core", "action": "echo", "run_if": "{{secrets.ALSO_MISSING}} == 'x'"},
+            {
+                "name": "b",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 1},
+                "run_if": "{{secrets.ALSO_MISSING}} == 'x'",
+            },
         ],
     }
     validation = manager.validate_workflow(spec)

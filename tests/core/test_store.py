@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -412,6 +413,32 @@ def test_the_database_is_opened_in_wal_mode_with_a_versioned_schema(tmp_path: Pa
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()
+
+
+def test_a_new_state_directory_and_database_are_private_to_their_owner(tmp_path: Path) -> None:
+    # Runs' parameters and outputs live here: other users of the machine must not read them.
+    path = tmp_path / "made" / "state" / "state.db"
+    store = SqliteStore(path)
+    try:
+        store.save_run(RunRecord(run_id="r1", workflow_name="w"))
+        store.flush()
+    finally:
+        store.close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for file in path.parent.iterdir():  # the database and any -wal / -shm file SQLite left
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
+
+
+def test_an_existing_state_directory_and_database_keep_their_owner_s_modes(tmp_path: Path) -> None:
+    state = tmp_path / "shared"
+    state.mkdir(mode=0o750)
+    state.chmod(0o750)
+    path = state / "state.db"
+    path.touch()
+    path.chmod(0o640)
+    SqliteStore(path).close()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 _WRITER_SCRIPT = textwrap.dedent(

@@ -54,9 +54,27 @@ BAD = {
     "name": "bad",
     "steps": [
         {"name": "a", "module": "core", "action": "nope"},
-        {"name": "b", "module": "core", "action": "echo", "dependencies": ["zzz"]},
-        {"name": "c", "module": "core", "action": "echo", "dependencies": ["d"]},
-        {"name": "d", "module": "core", "action": "echo", "dependencies": ["c"]},
+        {
+            "name": "b",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": 1},
+            "dependencies": ["zzz"],
+        },
+        {
+            "name": "c",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": 1},
+            "dependencies": ["d"],
+        },
+        {
+            "name": "d",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": 1},
+            "dependencies": ["c"],
+        },
     ],
 }
 

@@ -14,6 +14,7 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
+from codomyrmex_orchestration.core.actions import ActionDefinition
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import WAIT, call, ok
@@ -141,6 +142,51 @@ async def test_without_elicitation_the_run_waits_and_respond_to_run_answers_it(
     await ok(client, "respond_to_run", answer)
     with anyio.fail_after(WAIT):
         final = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, WAIT)
+    assert final.status.value == "completed"
+    assert final.steps["act"].output == "tidy"
+
+
+async def test_cancelling_a_waiting_answer_leaves_the_run_going(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    # Whoever answers a question may not have started the run: dropping the wait for its end (the client
+    # cancels the respond_to_run request) must not cancel it, as dropping execute_workflow's wait does.
+    manager = tools.engine.workflow_manager
+    act_started, release = threading.Event(), threading.Event()
+    manager.add_listener(lambda event, payload: act_started.set() if payload.get("step") == "act" else None)
+    slow = {**GATED, "name": "slow"}
+    slow["steps"] = [*GATED["steps"][:2], {**GATED["steps"][2], "module": "test", "action": "hold"}]
+    tools.engine.registry.register(
+        ActionDefinition("test", "hold", lambda params, ctx: release.wait(WAIT) and params["message"])
+    )
+    await ok(client, "create_workflow", slow)
+    asked, ended = threading.Event(), threading.Event()
+    manager.add_listener(lambda event, payload: asked.set() if event == "run.waiting_for_input" else None)
+    manager.add_listener(
+        lambda event, payload: ended.set() if event in ("run.cancelled", "run.failed") else None
+    )
+    run_id = (await ok(client, "execute_workflow", {"workflow_name": "slow", "wait": False}))["run_id"]
+    assert await anyio.to_thread.run_sync(asked.wait, WAIT)
+    answer = {"run_id": run_id, "step": "approve", "action": "accept", "content": {"reason": "tidy"}}
+    with anyio.move_on_after(WAIT) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def answer_and_wait() -> None:
+                await client.call_tool("respond_to_run", answer)
+
+            tg.start_soon(answer_and_wait)
+            assert await anyio.to_thread.run_sync(act_started.wait, WAIT)  # the answer went in, it waits
+            tg.cancel_scope.cancel()  # the client drops its request
+    assert not scope.cancelled_caught
+    try:
+        # The server cancels (or, rightly, does not cancel) the run as it handles the client's
+        # cancellation, which nothing tells the client about: give it a bounded moment to do the wrong thing.
+        assert not await anyio.to_thread.run_sync(ended.wait, 1.0)
+        assert (await ok(client, "get_workflow_run", {"run_id": run_id}))["status"] == "running"
+    finally:
+        release.set()
+    with anyio.fail_after(WAIT):
+        final = await anyio.to_thread.run_sync(manager.wait_run, run_id, WAIT)
     assert final.status.value == "completed"
     assert final.steps["act"].output == "tidy"
 

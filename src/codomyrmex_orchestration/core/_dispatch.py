@@ -636,10 +636,12 @@ def _cancel_timer(task: Task) -> None:
 
 
 def _skip_error(task: Task, dep: Task) -> ErrorInfo:
-    reason = f"skipped because its dependency {dep.id} ({dep.name!r}) ended {dep.status.value}"
-    return ErrorInfo(
-        message=str(StepCancelledError(task.step_name or task.name, reason)), type="DependencyFailed"
+    # Skipped, not cancelled: nobody asked for it; what it waited for did not complete.
+    message = (
+        f"step {task.step_name or task.name!r} was skipped: its dependency {dep.id} ({dep.name!r}) ended "
+        f"{dep.status.value}"
     )
+    return ErrorInfo(message=message, type="DependencyFailed")
 
 
 def _release(out: Outbox, resources: ResourceAdmission | None) -> None:

@@ -224,7 +224,9 @@ def open_database(
     where = str(path)
     parent = path.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        # Private when we make them: runs' parameters and outputs are the user's data, not the machine's.
+        # A directory or file that exists keeps the mode its owner gave it.
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
         reason = (
@@ -239,6 +241,10 @@ def open_database(
         raise StateStoreError(where, "exists but is not a regular file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StateStoreError(where, f"the state directory {parent} is not writable")
+    try:
+        _create_private(path)
+    except OSError as exc:
+        raise StateStoreError(where, f"cannot create the database file: {os_reason(exc)}") from exc
     writer: sqlite3.Connection | None = None
     reader: sqlite3.Connection | None = None
     try:
@@ -268,6 +274,16 @@ def open_database(
         close_quietly(writer, reader)
         raise StateStoreError(where, sqlite_reason(exc)) from exc
     return writer, reader
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only, unless it exists (SQLite gives its -wal and
+    -shm files the database file's mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

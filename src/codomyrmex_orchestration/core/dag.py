@@ -223,17 +223,20 @@ class WorkflowDAG:
             except ActionRefusedError as exc:
                 self._problems.append(f"{_who(names)}: {exc}")
                 continue
-            self._check_parameters(f"{module}.{action}", names, definition.parameters)
+            misspelt = self._check_parameters(f"{module}.{action}", names, definition.parameters)
             if definition.check is not None:
                 for name in names:
+                    if name in misspelt:  # its problem names the fix already; the rest may follow from it
+                        continue
                     found = definition.check(self.steps[name].parameters)
                     self._problems.extend(f"step {name!r}: {problem}" for problem in found)
 
-    def _check_parameters(self, action: str, names: list[str], accepted: Mapping[str, str]) -> None:
+    def _check_parameters(self, action: str, names: list[str], accepted: Mapping[str, str]) -> set[str]:
         """Parameter names the action does not declare, caught before anything runs. An action that
-        declares none, or ``"*"`` (any), is not checked. One problem per distinct set of unknown names."""
+        declares none, or ``"*"`` (any), is not checked. One problem per distinct set of unknown names.
+        Returns the steps that have one."""
         if not accepted or "*" in accepted:
-            return
+            return set()
         by_unknown: dict[tuple[str, ...], list[str]] = {}
         for name in names:
             unknown = tuple(sorted(set(self.steps[name].parameters) - accepted.keys()))
@@ -245,6 +248,7 @@ class WorkflowDAG:
                 f"{_who(users)}: {action} does not accept parameter{'s' if len(unknown) > 1 else ''} "
                 f"{what}; accepted parameters: {', '.join(sorted(accepted))}"
             )
+        return {name for users in by_unknown.values() for name in users}
 
     # ------------------------------------------------------------------ validation
 

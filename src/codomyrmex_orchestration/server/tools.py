@@ -363,7 +363,11 @@ def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, S
 # --------------------------------------------------------------------------- the tools' bodies
 
 
-def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float) -> _Outcome:
+def _run_pending(
+    tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float, *, owns_run: bool = True
+) -> _Outcome:
+    """The run handle now, or a wait for it. ``owns_run``: the call started the run (or resumed it), so
+    cancelling the call cancels the run; an answer to its question (respond_to_run) only waits on it."""
     if not wait or record.status.is_terminal:
         return _run_handle(record, None)
     run_id = record.run_id
@@ -373,7 +377,8 @@ def _run_pending(tools: OrchestrationMCPTools, record: RunRecord, wait: bool, ti
         return _run_handle(manager.inputs.wait(run_id, seconds), seconds)
 
     def cancel() -> None:
-        manager.cancel_run(run_id)
+        if owns_run:
+            manager.cancel_run(run_id)
 
     return _Pending(wait_for, cancel, timeout)
 
@@ -516,7 +521,8 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def _respond(tools: OrchestrationMCPTools, a: m.RespondArgs, call: _Call) -> _Outcome:
     record = tools.engine.workflow_manager.inputs.respond(a.run_id, a.step, a.action, a.content)
-    return _run_pending(tools, record, a.wait, a.timeout_seconds)
+    # Whoever answers may not be who started the run: dropping the wait leaves the run going.
+    return _run_pending(tools, record, a.wait, a.timeout_seconds, owns_run=False)
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
@@ -898,7 +904,8 @@ def _build_tools() -> tuple[_Tool, ...]:
             "step, "
             "decline or cancel fail it. Then waits like execute_workflow (until the run ends or waits for "
             "input "
-            'again) and returns the run record. Example: {"run_id": "<run_id>", '
+            "again; cancelling this call drops only the wait, not the run) and returns the run record. "
+            'Example: {"run_id": "<run_id>", '
             '"step": "approve", "action": "accept", "content": {"reason": "looks good"}}',
             m.RespondArgs,
             m.RunHandle,

@@ -4,7 +4,7 @@ what would be accepted, so a language model can correct the step without reading
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from codomyrmex_orchestration._suggest import did_you_mean
@@ -22,6 +22,7 @@ __all__ = [
     "get_str",
     "get_str_map",
     "json_safe",
+    "literal_check",
 ]
 
 #: Upper bound for any ``max_output_bytes`` parameter: outputs live in memory and in the state store.
@@ -30,6 +31,32 @@ MAX_OUTPUT_BYTES_LIMIT = 64 * 1024 * 1024
 
 def _field(name: str) -> str:
     return f"parameters.{name}"
+
+
+def literal_check(
+    *checks: tuple[tuple[str, ...], Callable[[Mapping[str, Any]], object]],
+) -> Callable[[Mapping[str, Any]], list[str]]:
+    """An ``ActionDefinition.check`` built from the action's own readers of its parameters: each
+    ``(names, read)`` runs ``read(parameters)`` (raising :class:`InvalidInputError`) when a step is
+    defined, so that ``validate_workflow`` reports what the step would fail with, unless one of
+    ``names`` holds a template (its value is known only when the step runs)."""
+
+    def check(params: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        for names, read in checks:
+            if any(_templated(params.get(name)) for name in names):
+                continue
+            try:
+                read(params)
+            except InvalidInputError as exc:
+                problems.append(str(exc))
+        return problems
+
+    return check
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
 
 
 def check_known(params: Mapping[str, Any], accepted: Mapping[str, str], action: str) -> None:

@@ -3,9 +3,11 @@ approve, the declaration of a step that waits for a person (its waiting is in ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from codomyrmex_orchestration.core._workflow_input import question_problems
+from codomyrmex_orchestration.core.actions._params import literal_check
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import InvalidInputError, StepCancelledError, StepFailedError
 
@@ -13,18 +15,27 @@ __all__ = ["register"]
 
 
 def echo(params: dict[str, Any], ctx: ActionContext) -> Any:
+    return _message(params)
+
+
+def _message(params: Mapping[str, Any]) -> Any:
     if "message" not in params:
         raise InvalidInputError("parameters.message", "core.echo needs a 'message' (any JSON value)")
     return params["message"]
 
 
 def sleep(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    seconds = params.get("seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86_400:
-        raise InvalidInputError("parameters.seconds", "core.sleep needs 'seconds', a number from 0 to 86400")
+    seconds = _seconds(params)
     if ctx.wait(float(seconds)):
         raise StepCancelledError(ctx.step_name, "cancelled while sleeping")
     return {"slept": seconds}
+
+
+def _seconds(params: Mapping[str, Any]) -> int | float:
+    seconds = params.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86_400:
+        raise InvalidInputError("parameters.seconds", "core.sleep needs 'seconds', a number from 0 to 86400")
+    return seconds
 
 
 def fail(params: dict[str, Any], ctx: ActionContext) -> Any:
@@ -55,6 +66,7 @@ def register(registry: ActionRegistry) -> None:
             parameters={"message": "any JSON value (required)"},
             output="the message",
             instant=True,
+            check=literal_check((("message",), _message)),
         ),
         ActionDefinition(
             "core",
@@ -63,6 +75,7 @@ def register(registry: ActionRegistry) -> None:
             description="Wait for a number of seconds; wakes early and fails as cancelled on cancellation.",
             parameters={"seconds": "number, 0-86400 (default 0)"},
             output='{"slept": seconds}',
+            check=literal_check((("seconds",), _seconds)),
         ),
         ActionDefinition(
             "core",

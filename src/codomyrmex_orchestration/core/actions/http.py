@@ -22,6 +22,7 @@ from codomyrmex_orchestration.core.actions._params import (
     get_number,
     get_str,
     get_str_map,
+    literal_check,
 )
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
@@ -71,6 +72,13 @@ def _query(params: Mapping[str, Any]) -> dict[str, Any]:
         "http.request needs 'params' to be an object whose values are strings, numbers, booleans "
         "or lists of them",
     )
+
+
+def _method(params: Mapping[str, Any]) -> str:
+    method = (get_str(params, "method", _ACTION) or "GET").upper()
+    if method not in METHODS:
+        raise InvalidInputError("parameters.method", f"http.request accepts methods {', '.join(METHODS)}")
+    return method
 
 
 def _url(params: Mapping[str, Any]) -> httpx.URL:
@@ -198,9 +206,7 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         StepCancelledError / StepTimeoutError: cancelled, or the timeout / step deadline passed.
     """
     check_known(params, PARAMETERS, _ACTION)
-    method = (get_str(params, "method", _ACTION) or "GET").upper()
-    if method not in METHODS:
-        raise InvalidInputError("parameters.method", f"http.request accepts methods {', '.join(METHODS)}")
+    method = _method(params)
     url = _url(params)
     options: dict[str, Any] = {"headers": get_str_map(params, "headers", _ACTION)}
     query = _query(params)
@@ -301,5 +307,6 @@ def register(registry: ActionRegistry) -> None:
             output='{"status": int, "headers": object, "json": value} for JSON responses, else '
             '{"status", "headers", "text"} (text capped at max_output_bytes)',
             network=True,
+            check=literal_check((("url",), _url), (("method",), _method), (("params",), _query)),
         )
     )

@@ -24,6 +24,7 @@ from codomyrmex_orchestration.core.actions._params import (
     get_number,
     get_str,
     get_str_map,
+    literal_check,
 )
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
@@ -326,5 +327,6 @@ def register(registry: ActionRegistry) -> None:
             output='{"exit_code": int, "stdout": text, "stderr": text} (each capped at max_output_bytes, '
             'truncation marked "…[truncated N bytes]")',
             executes_code=True,
+            check=literal_check((("command", "shell"), _argv)),
         )
     )
