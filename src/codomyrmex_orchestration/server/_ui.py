@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from codomyrmex_orchestration.server._hardening import is_loopback
@@ -56,6 +56,7 @@ READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", 
 COOKIE_NAME = "codomyrmex_ui"
 _MODE_MARK = '/*MODE*/"app"'
 _MAX_BODY = 64 * 1024
+_TOO_LARGE = f"Request body too large: the run view takes at most {_MAX_BODY // 1024} KiB"
 _NEEDS_TOKEN = "This page needs the server's bearer token."
 _REALM = 'Bearer realm="codomyrmex-orchestration"'
 _PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -193,8 +194,10 @@ def ui_routes(
             if access.redeem(code):
                 return access.signed_in(request)
             return access.login_page("That sign-in link was used already or is not valid.")
-        body = (await request.body())[:_MAX_BODY].decode("utf-8", errors="replace")
-        token = parse_qs(body).get("token", [""])[0]
+        body = await _bounded_body(request)
+        if body is None:
+            return PlainTextResponse(f"{_TOO_LARGE}; the sign-in form sends far less", status_code=413)
+        token = parse_qs(body.decode("utf-8", errors="replace")).get("token", [""])[0]
         if token and access.token_ok(token):
             return access.signed_in(request)
         return access.login_page("Wrong token.")
@@ -202,8 +205,13 @@ def ui_routes(
     async def call(request: Request) -> Response:
         if refused := await guard.validate_request(request, is_post=True):
             return refused
+        raw = await _bounded_body(request)
+        if raw is None:
+            return JSONResponse(
+                {"error": f"{_TOO_LARGE}; a call to a read tool needs far less"}, status_code=413
+            )
         try:
-            body = json.loads((await request.body())[:_MAX_BODY] or b"{}")
+            body = json.loads(raw or b"{}")
             name, arguments = body["name"], body.get("arguments") or {}
             if not isinstance(name, str) or not isinstance(arguments, dict):
                 raise TypeError
@@ -224,6 +232,21 @@ def ui_routes(
         Route("/ui/login", endpoint=login, methods=["GET", "POST"]),
         Route("/ui/api/call", endpoint=call, methods=["POST"]),
     ]
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None when it is over ``_MAX_BODY``: declared so, or once that much has
+    arrived. It never reads past the limit, so a body without end costs nothing (the sign-in form is
+    open to anyone)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            return None
+    return bytes(body)
 
 
 def _call_result(result: Any) -> dict[str, Any]:
