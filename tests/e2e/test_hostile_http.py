@@ -171,6 +171,22 @@ def test_a_body_over_the_run_views_limit_is_refused_with_413_before_it_is_read_t
     assert health.status_code == 200 and locked.proc.poll() is None
 
 
+def test_absurdly_nested_json_to_the_run_views_api_gets_400_saying_so(locked: Served) -> None:
+    deep_arguments = '{"a": ' * 5000 + "{}" + "}" * 5000
+    deep_call = f'{{"name": "get_workflow_run", "arguments": {deep_arguments}}}'.encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with httpx.Client(base_url=locked.base, timeout=30) as http:
+        answers = [
+            http.post("/ui/api/call", content=body, headers=headers)
+            for body in (b"[" * 30000 + b"]" * 30000, deep_call)
+        ]
+        health = http.get("/healthz")
+    for answer in answers:
+        assert answer.status_code == 400, answer.text[:300]
+        assert "nested too deeply" in answer.json()["error"], answer.text[:300]
+    assert health.status_code == 200 and "RecursionError" not in locked.logs()
+
+
 # --------------------------------------------------------------------------- refused actions
 
 

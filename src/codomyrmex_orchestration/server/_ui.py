@@ -17,6 +17,8 @@ import json
 import os
 import secrets
 import threading
+import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +26,11 @@ from urllib.parse import parse_qs
 
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._hardening import is_loopback
 
 if TYPE_CHECKING:
@@ -54,9 +57,11 @@ UI_TOOLS = ("execute_workflow", "get_workflow_run", "create_workflow")
 #: The only tools the page may call: it is a view, never a way to change anything.
 READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", "get_workflow_run"})
 COOKIE_NAME = "codomyrmex_ui"
+log = get_logger("codomyrmex_orchestration.server")
 _MODE_MARK = '/*MODE*/"app"'
 _MAX_BODY = 64 * 1024
 _TOO_LARGE = f"Request body too large: the run view takes at most {_MAX_BODY // 1024} KiB"
+_TOO_DEEP = 'the body is JSON nested too deeply to read; expected {"name": <tool>, "arguments": {...}}'
 _NEEDS_TOKEN = "This page needs the server's bearer token."
 _REALM = 'Bearer realm="codomyrmex-orchestration"'
 _PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -215,6 +220,8 @@ def ui_routes(
             name, arguments = body["name"], body.get("arguments") or {}
             if not isinstance(name, str) or not isinstance(arguments, dict):
                 raise TypeError
+        except RecursionError:
+            return JSONResponse({"error": _TOO_DEEP, "tools": sorted(READ_TOOLS)}, status_code=400)
         except (ValueError, KeyError, TypeError):
             return JSONResponse(
                 {"error": 'expected {"name": <tool>, "arguments": {...}}', "tools": sorted(READ_TOOLS)},
@@ -228,10 +235,29 @@ def ui_routes(
 
     return [
         Route("/ui", endpoint=lambda request: RedirectResponse("/ui/", status_code=307)),
-        Route("/ui/", endpoint=page, methods=["GET"]),
-        Route("/ui/login", endpoint=login, methods=["GET", "POST"]),
-        Route("/ui/api/call", endpoint=call, methods=["POST"]),
+        Route("/ui/", endpoint=_reported(page), methods=["GET"]),
+        Route("/ui/login", endpoint=_reported(login), methods=["GET", "POST"]),
+        Route("/ui/api/call", endpoint=_reported(call), methods=["POST"]),
     ]
+
+
+def _reported(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint``, answering an unexpected failure as every route of the server does: logged with a
+    reference id, which the client gets (never a stack trace)."""
+
+    @functools.wraps(endpoint)
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        except Exception as exc:
+            ref = uuid.uuid4().hex[:12]
+            log.error("ui.internal_error", path=request.url.path, ref=ref, exc_info=exc)
+            message = f"internal error (ref {ref}); the server logged the details"
+            return JSONResponse({"error": message}, status_code=500)
+
+    return answer
 
 
 async def _bounded_body(request: Request) -> bytes | None:
