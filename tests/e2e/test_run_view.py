@@ -23,7 +23,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from codomyrmex_orchestration.server._ui import APP_MIME_TYPE, UI_RESOURCE_URI
+from codomyrmex_orchestration.server._ui import APP_MIME_TYPE, UI_RESOURCE_URI, UiAccess
 from tests.helpers.served import Served, served
 
 TOKEN = "run-view-token-0123456789abcdef"
@@ -142,7 +142,7 @@ def test_the_run_view_draws_every_step_with_its_status_and_follows_a_running_ste
         page.fill("input[name=token]", TOKEN)
         page.click("button[type=submit]")
         page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
-        cookie = next(c for c in context.cookies() if c["name"] == "codomyrmex_ui")
+        cookie = next(c for c in context.cookies() if c["name"].startswith("codomyrmex_ui_"))
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["secure"]
         assert TOKEN not in cookie["value"]
 
@@ -195,7 +195,7 @@ def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_4
     assert httpx.get(f"{server.base}/ui/").status_code == 401
     call = {"name": "list_workflows", "arguments": {}}
     assert httpx.post(f"{server.base}/ui/api/call", json=call).status_code == 401
-    forged = {"Cookie": "codomyrmex_ui=not-the-right-value"}
+    forged = {"Cookie": f"{UiAccess(TOKEN).cookie_name}=not-the-right-value"}
     assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=forged).status_code == 401
     assert httpx.get(f"{server.base}/ui/", headers={**AUTH, "Host": "evil.example"}).status_code == 421
     foreign = {**AUTH, "Host": "evil.example"}
@@ -205,6 +205,31 @@ def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_4
     write = {"name": "execute_workflow", "arguments": {"workflow_name": "mixed"}}
     refused = httpx.post(f"{server.base}/ui/api/call", json=write, headers=AUTH)
     assert refused.status_code == 403 and "only reads" in refused.json()["error"]
+
+
+def sign_in(page: Any, base: str, token: str) -> None:
+    page.goto(f"{base}/ui/login")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#main h2", timeout=WAIT_MS)  # the list: signed in
+
+
+def test_two_servers_on_one_host_keep_separate_sign_ins(browser: Any, server: Served, tmp_path: Path) -> None:
+    other_token = "another-run-view-token-fedcba9876"
+    with served(tmp_path / "other", env={"CODOMYRMEX_AUTH_TOKEN": other_token}) as other:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            sign_in(page, server.base, TOKEN)
+            sign_in(page, other.base, other_token)  # cookies are per host, not per port
+            for base in (server.base, other.base):
+                answer = page.goto(f"{base}/ui/")
+                assert answer is not None and answer.status == 200, base
+                page.wait_for_selector("#main h2", timeout=WAIT_MS)
+            names = sorted(c["name"] for c in context.cookies())
+            assert len(names) == 2 and names[0] != names[1], names
+        finally:
+            context.close()
 
 
 # --------------------------------------------------------------------------- the MCP App

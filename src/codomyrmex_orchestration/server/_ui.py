@@ -56,6 +56,7 @@ UI_RESOURCE_URI = "ui://codomyrmex-orchestration/run-view.html"
 UI_TOOLS = ("execute_workflow", "get_workflow_run", "create_workflow")
 #: The only tools the page may call: it is a view, never a way to change anything.
 READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", "get_workflow_run"})
+#: The start of the run view cookie's name (the rest is per server: :attr:`UiAccess.cookie_name`).
 COOKIE_NAME = "codomyrmex_ui"
 log = get_logger("codomyrmex_orchestration.server")
 _MODE_MARK = '/*MODE*/"app"'
@@ -102,7 +103,10 @@ class UiAccess:
     """Who may read ``/ui/``: the bearer token (header), its cookie, or a one-time login code.
 
     The cookie's value is an HMAC of the token, so it never carries the token itself and stops working
-    when the token changes. One-time codes are kept in memory (guarded by ``_lock``) and spent on use.
+    when the token changes. Its name (:attr:`cookie_name`) is derived from the token too: browsers keep
+    cookies per host, not per port, and two servers on one host (or two containers behind one) must not
+    overwrite each other's sign-in; servers sharing a token share a cookie, which both accept. One-time
+    codes are kept in memory (guarded by ``_lock``) and spent on use.
 
     Args:
         token: the server's bearer token, or None when the server runs without auth (loopback only).
@@ -113,6 +117,12 @@ class UiAccess:
         self._cookie = (
             hmac.new(token.encode(), b"codomyrmex-ui-session", hashlib.sha256).hexdigest() if token else None
         )
+        tag = (
+            hmac.new(token.encode(), b"codomyrmex-ui-cookie-name", hashlib.sha256).hexdigest()
+            if token
+            else ""
+        )
+        self.cookie_name = f"{COOKIE_NAME}_{tag[:12]}" if tag else COOKIE_NAME
         self._lock = threading.Lock()
         self._codes: set[str] = set()
 
@@ -147,7 +157,7 @@ class UiAccess:
                 continue
             for part in value.decode("latin-1").split(";"):
                 name, _, content = part.strip().partition("=")
-                if name == COOKIE_NAME and hmac.compare_digest(content.encode(), self._cookie.encode()):
+                if name == self.cookie_name and hmac.compare_digest(content.encode(), self._cookie.encode()):
                     return True
         return False
 
@@ -159,7 +169,7 @@ class UiAccess:
             # dropped and the sign-in would loop.
             secure = request.url.scheme == "https" or is_loopback(request.url.hostname or "")
             response.set_cookie(
-                COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
+                self.cookie_name, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
             )
         return response
 
