@@ -232,3 +232,59 @@ def test_the_cli_paths_and_status_name_the_state_directory_the_server_uses(tmp_p
     report = json.loads(status.stdout)
     assert report["state_dir"] == state_dir and report["overall_status"] == "healthy"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_bound_to_every_interface_the_banner_prints_urls_that_work_and_how_to_allow_other_names(
+    tmp_path: Path, bind: str
+) -> None:
+    if bind == "::" and not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    import httpx
+
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {TOKEN}"}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "b", "version": "0"},
+        },
+    }
+    with _make_run(tmp_path, "--host", bind, CODOMYRMEX_AUTH_TOKEN=TOKEN) as (_url, banner, _seconds):
+        (served,) = re.findall(r"serving MCP \(streamable-http\) at (\S+)", banner)
+        (inspector,) = re.findall(r"list the tools:\s+npx \S+ --cli (\S+)", banner)
+        (claude,) = re.findall(r"Claude Code:\s+claude mcp add --transport http orchestration (\S+)", banner)
+        (health,) = re.findall(r"health:\s+curl (\S+)", banner)
+        assert served == inspector == claude, banner
+        answers = [
+            httpx.post(served, json=initialize, headers=headers, timeout=10),
+            httpx.get(health, timeout=10),
+        ]
+        foreign = httpx.post(served, json=initialize, headers={**headers, "Host": "evil.example"}, timeout=10)
+    assert [a.status_code for a in answers] == [200, 200], (banner, [a.text[:200] for a in answers])
+    assert foreign.status_code == 421  # still no other Host by default
+    assert "--allowed-host" in banner and "CODOMYRMEX_ALLOWED_HOSTS" in banner, banner
+
+
+def test_an_allowed_host_is_named_in_the_banner_and_accepted(tmp_path: Path) -> None:
+    import httpx
+
+    args = ("--host", "0.0.0.0", "--allowed-host", "orchestration.internal")
+    with _make_run(tmp_path, *args, CODOMYRMEX_AUTH_TOKEN=TOKEN) as (_url, banner, _seconds):
+        (health,) = re.findall(r"health:\s+curl (\S+)", banner)
+        named = httpx.get(health.replace("/healthz", "/ui/login"), headers={"Host": "orchestration.internal"})
+        other = httpx.get(health.replace("/healthz", "/ui/login"), headers={"Host": "evil.example"})
+    assert "orchestration.internal" in banner, banner
+    assert named.status_code == 200 and other.status_code == 421

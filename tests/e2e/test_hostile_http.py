@@ -5,6 +5,7 @@ secrets that must not leak, clients that vanish mid-call, and a small load run."
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -131,6 +132,59 @@ def test_oversized_and_absurdly_nested_bodies_are_refused_and_the_server_keeps_s
     assert declared.status_code == 413 and streamed.status_code == 413
     assert 400 <= deep.status_code < 500 and 400 <= junk.status_code < 500, (deep.text[:200], junk.text[:200])
     assert health.status_code == 200 and locked.proc.poll() is None
+
+
+def _answer_to_an_unfinished_post(server: Served, path: str, head: str, chunks: int) -> bytes:
+    """POST ``path`` with ``head`` (extra header lines), then ``chunks`` chunks of 64 KiB of a chunked
+    body that never ends; the answer (a timeout if the server waits for the end)."""
+    port = int(server.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode())
+        chunk = b"token=" + b"a" * (65536 - 6)
+        for _ in range(chunks):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = sock.recv(4096)
+        head_end = answer.find(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", answer[:head_end], re.IGNORECASE)
+        while length and len(answer) < head_end + 4 + int(length.group(1)):
+            answer += sock.recv(4096)
+        return answer
+
+
+def test_a_body_over_the_run_views_limit_is_refused_with_413_before_it_is_read_to_the_end(
+    locked: Served,
+) -> None:
+    form = "Content-Type: application/x-www-form-urlencoded\r\n"
+    json_call = f"Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n"
+    streamed = "Transfer-Encoding: chunked\r\n"
+    declared = "Content-Length: 1048576000\r\n"  # 1000 MiB announced, none of it sent
+    # The sign-in form is open to anyone: it must not wait for (and buffer) a body without end.
+    for path, head in [("/ui/login", form), ("/ui/api/call", json_call)]:
+        for length, chunks in [(streamed, 4), (declared, 0)]:
+            answer = _answer_to_an_unfinished_post(locked, path, head + length, chunks)
+            assert answer.startswith(b"HTTP/1.1 413 "), (path, length, answer[:300])
+            assert b"64 KiB" in answer, answer
+    with httpx.Client(base_url=locked.base, timeout=10) as http:
+        wrong = http.post("/ui/login", data={"token": "x" * 40})
+        health = http.get("/healthz")
+    assert wrong.status_code == 401 and "Wrong token" in wrong.text
+    assert health.status_code == 200 and locked.proc.poll() is None
+
+
+def test_absurdly_nested_json_to_the_run_views_api_gets_400_saying_so(locked: Served) -> None:
+    deep_arguments = '{"a": ' * 5000 + "{}" + "}" * 5000
+    deep_call = f'{{"name": "get_workflow_run", "arguments": {deep_arguments}}}'.encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with httpx.Client(base_url=locked.base, timeout=30) as http:
+        answers = [
+            http.post("/ui/api/call", content=body, headers=headers)
+            for body in (b"[" * 30000 + b"]" * 30000, deep_call)
+        ]
+        health = http.get("/healthz")
+    for answer in answers:
+        assert answer.status_code == 400, answer.text[:300]
+        assert "nested too deeply" in answer.json()["error"], answer.text[:300]
+    assert health.status_code == 200 and "RecursionError" not in locked.logs()
 
 
 # --------------------------------------------------------------------------- refused actions

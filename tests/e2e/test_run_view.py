@@ -23,7 +23,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from codomyrmex_orchestration.server._ui import APP_MIME_TYPE, UI_RESOURCE_URI
+from codomyrmex_orchestration.server._ui import APP_MIME_TYPE, UI_RESOURCE_URI, UiAccess
 from tests.helpers.served import Served, served
 
 TOKEN = "run-view-token-0123456789abcdef"
@@ -142,7 +142,7 @@ def test_the_run_view_draws_every_step_with_its_status_and_follows_a_running_ste
         page.fill("input[name=token]", TOKEN)
         page.click("button[type=submit]")
         page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
-        cookie = next(c for c in context.cookies() if c["name"] == "codomyrmex_ui")
+        cookie = next(c for c in context.cookies() if c["name"].startswith("codomyrmex_ui_"))
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["secure"]
         assert TOKEN not in cookie["value"]
 
@@ -195,7 +195,7 @@ def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_4
     assert httpx.get(f"{server.base}/ui/").status_code == 401
     call = {"name": "list_workflows", "arguments": {}}
     assert httpx.post(f"{server.base}/ui/api/call", json=call).status_code == 401
-    forged = {"Cookie": "codomyrmex_ui=not-the-right-value"}
+    forged = {"Cookie": f"{UiAccess(TOKEN).cookie_name}=not-the-right-value"}
     assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=forged).status_code == 401
     assert httpx.get(f"{server.base}/ui/", headers={**AUTH, "Host": "evil.example"}).status_code == 421
     foreign = {**AUTH, "Host": "evil.example"}
@@ -205,6 +205,31 @@ def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_4
     write = {"name": "execute_workflow", "arguments": {"workflow_name": "mixed"}}
     refused = httpx.post(f"{server.base}/ui/api/call", json=write, headers=AUTH)
     assert refused.status_code == 403 and "only reads" in refused.json()["error"]
+
+
+def sign_in(page: Any, base: str, token: str) -> None:
+    page.goto(f"{base}/ui/login")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#main h2", timeout=WAIT_MS)  # the list: signed in
+
+
+def test_two_servers_on_one_host_keep_separate_sign_ins(browser: Any, server: Served, tmp_path: Path) -> None:
+    other_token = "another-run-view-token-fedcba9876"
+    with served(tmp_path / "other", env={"CODOMYRMEX_AUTH_TOKEN": other_token}) as other:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            sign_in(page, server.base, TOKEN)
+            sign_in(page, other.base, other_token)  # cookies are per host, not per port
+            for base in (server.base, other.base):
+                answer = page.goto(f"{base}/ui/")
+                assert answer is not None and answer.status == 200, base
+                page.wait_for_selector("#main h2", timeout=WAIT_MS)
+            names = sorted(c["name"] for c in context.cookies())
+            assert len(names) == 2 and names[0] != names[1], names
+        finally:
+            context.close()
 
 
 # --------------------------------------------------------------------------- the MCP App
@@ -381,3 +406,123 @@ def test_without_a_server_show_open_says_how_to_start_one(tmp_path: Path) -> Non
     shown = cli("show", json.loads(ran.stdout)["run_id"], "--open")
     assert shown.returncode == 1
     assert "no server with a run view is running" in shown.stderr and "make run" in shown.stderr
+
+
+# --------------------------------------------------------------------------- navigating the page
+
+#: Page instrumentation (browser built-ins only): JSON bodies read so far, and ``get_workflow_run``
+#: fetches held back while ``__holdRuns`` is set, until the test releases them.
+HOLD_RUN_FETCHES = """
+window.__bodiesRead = 0;
+const readJson = Response.prototype.json;
+Response.prototype.json = function () {
+  return readJson.call(this).then((value) => { window.__bodiesRead++; return value; });
+};
+window.__holdRuns = false;
+window.__held = [];
+const realFetch = window.fetch;
+window.fetch = (url, init) => {
+  const answer = realFetch(url, init);
+  if (!window.__holdRuns || !String((init || {}).body).includes('"get_workflow_run"')) return answer;
+  return new Promise((resolve) => window.__held.push(() => resolve(answer)));
+};
+"""
+
+
+def one_step(name: str, *steps: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [
+            {"name": s, "module": "core", "action": "echo", "parameters": {"message": s}}
+            for s in steps or ("a",)
+        ],
+    }
+
+
+def test_a_poll_in_flight_when_you_leave_a_run_never_draws_that_run_again(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    waiting = {"name": "held_run", "steps": [mixed_workflow(gate)["steps"][3]]}
+    for spec in (waiting, one_step("elsewhere", "only")):
+        created = mcp_call(server.url, "create_workflow", spec, AUTH)
+        assert not created.is_error, created.content
+    started = mcp_call(server.url, "execute_workflow", {"workflow_name": "held_run", "wait": False}, AUTH)
+    run_id = started.structured_content["run_id"]
+    context = browser.new_context()
+    context.add_init_script(HOLD_RUN_FETCHES)
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+        page.evaluate("window.__holdRuns = true")
+        page.wait_for_function("() => window.__held.length > 0", timeout=WAIT_MS)  # the next poll, in flight
+        page.evaluate("location.hash = '#/workflows/elsewhere'")
+        page.wait_for_selector(node(page, "only", "defined"), timeout=WAIT_MS)
+        read = page.evaluate("window.__bodiesRead")
+        page.evaluate("window.__holdRuns = false; window.__held.splice(0).forEach((release) => release())")
+        # the old poll's answer is read (the page's await on it runs before the next task)
+        page.wait_for_function(f"() => window.__bodiesRead > {read}", timeout=WAIT_MS)
+        assert page.inner_text("#title") == "workflow elsewhere"
+        assert page.locator(node(page, "only", "defined")).count() == 1
+        assert page.locator('g.node[data-step="gate"]').count() == 0
+    finally:
+        gate.touch()
+        context.close()
+
+
+def test_the_list_shows_a_run_started_elsewhere_even_when_every_listed_run_had_finished(
+    browser: Any, tmp_path: Path
+) -> None:
+    with served(tmp_path / "quiet", env={"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as quiet:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            sign_in(page, quiet.base, TOKEN)
+            assert page.inner_text("#main .empty") == "No runs yet."  # nothing unfinished to follow
+            assert not mcp_call(quiet.url, "create_workflow", one_step("later"), AUTH).is_error
+            run = mcp_call(quiet.url, "execute_workflow", {"workflow_name": "later", "wait": True}, AUTH)
+            run_id = run.structured_content["run_id"]
+            page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
+        finally:
+            context.close()
+
+
+def test_a_redefined_workflow_shows_its_new_steps_without_a_reload(browser: Any, server: Served) -> None:
+    assert not mcp_call(server.url, "create_workflow", one_step("redefined", "one"), AUTH).is_error
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.evaluate("window.__notReloaded = true")
+        page.evaluate("location.hash = '#/workflows/redefined'")
+        page.wait_for_selector(node(page, "one", "defined"), timeout=WAIT_MS)
+        overwrite = {**one_step("redefined", "one", "two", "three"), "overwrite": True}
+        assert not mcp_call(server.url, "create_workflow", overwrite, AUTH).is_error
+        page.evaluate("location.hash = '#/'")
+        page.wait_for_selector("#main h2", timeout=WAIT_MS)
+        page.evaluate("location.hash = '#/workflows/redefined'")
+        page.wait_for_selector(node(page, "three", "defined"), timeout=WAIT_MS)
+        assert page.locator("svg#dag g.node").count() == 3
+        assert page.evaluate("window.__notReloaded") is True
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("fragment", ["#/runs/%E0%A4%A", "#/workflows/%ZZ"])
+def test_a_malformed_escape_in_the_address_says_the_address_is_bad(
+    browser: Any, server: Served, fragment: str
+) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/{fragment}")
+        message = page.wait_for_selector("#load-error", timeout=WAIT_MS)
+        assert message is not None and "not a valid address" in message.inner_text()
+        assert "Loading" not in page.inner_text("#main") and errors == []
+    finally:
+        context.close()

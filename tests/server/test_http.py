@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -335,3 +336,28 @@ async def test_the_session_idle_timeout_is_a_setting_that_reaches_the_session_ma
             health = (await http.get(f"{base}/healthz")).json()
     assert health["session_idle_timeout_seconds"] == 42.5 and health["sessions_max"] == 7
     assert Settings().session_idle_timeout <= 600 < 1800
+
+
+async def test_an_unexpected_failure_on_a_run_view_route_answers_500_with_a_reference_and_no_trace(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from codomyrmex_orchestration.server._ui import _reported
+
+    async def broken(request: Request) -> Any:
+        raise RuntimeError("disk at /secret/path on fire")
+
+    app = Starlette(routes=[Route("/ui/broken", endpoint=_reported(broken))])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as http:
+        answer = await http.get("/ui/broken")
+    assert answer.status_code == 500
+    ref = re.fullmatch(
+        r"internal error \(ref ([0-9a-f]{12})\); the server logged the details", answer.json()["error"]
+    )
+    assert ref is not None, answer.text
+    assert "/secret/path" not in answer.text and "Traceback" not in answer.text
+    logged = capsys.readouterr().err
+    assert ref.group(1) in logged and "disk at /secret/path on fire" in logged

@@ -113,3 +113,16 @@ async def test_the_readme_tool_table_and_counts_match_the_server(readme_tools: O
 
 def test_the_readme_is_a_guide_of_at_most_500_lines() -> None:
     assert len(README.read_text().splitlines()) <= 500
+
+
+def test_the_readme_limits_table_states_the_http_body_limits_the_server_enforces() -> None:
+    from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+
+    from codomyrmex_orchestration.server import _ui
+
+    text = README.read_text()
+    limits = text[text.index("## Limits a client can meet") : text.index("## Where state lives")]
+    rows = [line for line in limits.splitlines() if "request body" in line]
+    assert len(rows) == 1, "the limits table has no row for the HTTP request body"
+    assert f"{DEFAULT_MAX_REQUEST_BODY_SIZE // 2**20} MiB" in rows[0] and "`/mcp`" in rows[0]
+    assert f"{_ui._MAX_BODY // 1024} KiB" in rows[0] and "`/ui/api/call`" in rows[0]

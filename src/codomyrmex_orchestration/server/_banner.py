@@ -7,8 +7,32 @@ import shlex
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.server._hardening import is_loopback
 
-__all__ = ["http_banner"]
+__all__ = ["http_banner", "reachable_host"]
+
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
+
+
+def reachable_host(host: str) -> str:
+    """The host part of a URL that reaches a server bound to ``host`` from this machine: for a bind to
+    every interface, the loopback address of its family (a wildcard is no address to connect to, and
+    the Host check accepts loopback names); else ``host`` itself, bracketed when it is IPv6."""
+    bare = host.strip("[]")
+    if bare in _WILDCARDS:
+        return _WILDCARDS[bare]
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def _other_hosts(settings: Settings) -> str:
+    """Which names a request may give this server in Host/Origin; any other gets 421 (DNS-rebinding
+    protection), and how to accept one more."""
+    bound = settings.host.strip("[]")
+    names = ["loopback", *([] if bound in _WILDCARDS else [reachable_host(bound)]), *settings.allowed_hosts]
+    return (
+        f"Host/Origin other than {', '.join(names)} get 421; "
+        "accept one with --allowed-host NAME (CODOMYRMEX_ALLOWED_HOSTS)"
+    )
 
 
 def _auth_header(settings: Settings) -> str:
@@ -21,18 +45,24 @@ def _auth_header(settings: Settings) -> str:
 
 def http_banner(settings: Settings, *, port: int, auth: bool, code_execution: bool) -> str:
     """The banner for a server bound to ``port`` (the real one: ``--port 0`` binds a free port)."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    base = f"http://{host}:{port}"
+    base = f"http://{reachable_host(settings.host)}:{port}"
     url = base + ("/sse" if settings.transport == "sse" else "/mcp")
     transport = "sse" if settings.transport == "sse" else "http"
     header = f" --header {_auth_header(settings)}" if auth else ""
+    bound = settings.host.strip("[]")
+    everywhere = f" (bound to {bound}: every interface)" if bound in _WILDCARDS else ""
     lines = [
-        f"codomyrmex-orchestration {__version__}: serving MCP ({settings.transport}) at {url}",
+        f"codomyrmex-orchestration {__version__}: serving MCP ({settings.transport}) at {url}{everywhere}",
         "  auth:            "
         + (
             "on: every request needs the bearer token"
             if auth
             else "off (loopback only; set CODOMYRMEX_AUTH_TOKEN)"
+        ),
+        *(
+            [f"  other names:     {_other_hosts(settings)}"]
+            if settings.allowed_hosts or not is_loopback(settings.host)
+            else []
         ),
         "  code execution:  "
         + (

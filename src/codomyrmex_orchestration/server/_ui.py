@@ -17,6 +17,8 @@ import json
 import os
 import secrets
 import threading
+import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +26,11 @@ from urllib.parse import parse_qs
 
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._hardening import is_loopback
 
 if TYPE_CHECKING:
@@ -53,9 +56,13 @@ UI_RESOURCE_URI = "ui://codomyrmex-orchestration/run-view.html"
 UI_TOOLS = ("execute_workflow", "get_workflow_run", "create_workflow")
 #: The only tools the page may call: it is a view, never a way to change anything.
 READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", "get_workflow_run"})
+#: The start of the run view cookie's name (the rest is per server: :attr:`UiAccess.cookie_name`).
 COOKIE_NAME = "codomyrmex_ui"
+log = get_logger("codomyrmex_orchestration.server")
 _MODE_MARK = '/*MODE*/"app"'
 _MAX_BODY = 64 * 1024
+_TOO_LARGE = f"Request body too large: the run view takes at most {_MAX_BODY // 1024} KiB"
+_TOO_DEEP = 'the body is JSON nested too deeply to read; expected {"name": <tool>, "arguments": {...}}'
 _NEEDS_TOKEN = "This page needs the server's bearer token."
 _REALM = 'Bearer realm="codomyrmex-orchestration"'
 _PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -96,7 +103,10 @@ class UiAccess:
     """Who may read ``/ui/``: the bearer token (header), its cookie, or a one-time login code.
 
     The cookie's value is an HMAC of the token, so it never carries the token itself and stops working
-    when the token changes. One-time codes are kept in memory (guarded by ``_lock``) and spent on use.
+    when the token changes. Its name (:attr:`cookie_name`) is derived from the token too: browsers keep
+    cookies per host, not per port, and two servers on one host (or two containers behind one) must not
+    overwrite each other's sign-in; servers sharing a token share a cookie, which both accept. One-time
+    codes are kept in memory (guarded by ``_lock``) and spent on use.
 
     Args:
         token: the server's bearer token, or None when the server runs without auth (loopback only).
@@ -107,6 +117,12 @@ class UiAccess:
         self._cookie = (
             hmac.new(token.encode(), b"codomyrmex-ui-session", hashlib.sha256).hexdigest() if token else None
         )
+        tag = (
+            hmac.new(token.encode(), b"codomyrmex-ui-cookie-name", hashlib.sha256).hexdigest()
+            if token
+            else ""
+        )
+        self.cookie_name = f"{COOKIE_NAME}_{tag[:12]}" if tag else COOKIE_NAME
         self._lock = threading.Lock()
         self._codes: set[str] = set()
 
@@ -141,7 +157,7 @@ class UiAccess:
                 continue
             for part in value.decode("latin-1").split(";"):
                 name, _, content = part.strip().partition("=")
-                if name == COOKIE_NAME and hmac.compare_digest(content.encode(), self._cookie.encode()):
+                if name == self.cookie_name and hmac.compare_digest(content.encode(), self._cookie.encode()):
                     return True
         return False
 
@@ -153,7 +169,7 @@ class UiAccess:
             # dropped and the sign-in would loop.
             secure = request.url.scheme == "https" or is_loopback(request.url.hostname or "")
             response.set_cookie(
-                COOKIE_NAME, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
+                self.cookie_name, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
             )
         return response
 
@@ -193,8 +209,10 @@ def ui_routes(
             if access.redeem(code):
                 return access.signed_in(request)
             return access.login_page("That sign-in link was used already or is not valid.")
-        body = (await request.body())[:_MAX_BODY].decode("utf-8", errors="replace")
-        token = parse_qs(body).get("token", [""])[0]
+        body = await _bounded_body(request)
+        if body is None:
+            return PlainTextResponse(f"{_TOO_LARGE}; the sign-in form sends far less", status_code=413)
+        token = parse_qs(body.decode("utf-8", errors="replace")).get("token", [""])[0]
         if token and access.token_ok(token):
             return access.signed_in(request)
         return access.login_page("Wrong token.")
@@ -202,11 +220,18 @@ def ui_routes(
     async def call(request: Request) -> Response:
         if refused := await guard.validate_request(request, is_post=True):
             return refused
+        raw = await _bounded_body(request)
+        if raw is None:
+            return JSONResponse(
+                {"error": f"{_TOO_LARGE}; a call to a read tool needs far less"}, status_code=413
+            )
         try:
-            body = json.loads((await request.body())[:_MAX_BODY] or b"{}")
+            body = json.loads(raw or b"{}")
             name, arguments = body["name"], body.get("arguments") or {}
             if not isinstance(name, str) or not isinstance(arguments, dict):
                 raise TypeError
+        except RecursionError:
+            return JSONResponse({"error": _TOO_DEEP, "tools": sorted(READ_TOOLS)}, status_code=400)
         except (ValueError, KeyError, TypeError):
             return JSONResponse(
                 {"error": 'expected {"name": <tool>, "arguments": {...}}', "tools": sorted(READ_TOOLS)},
@@ -220,10 +245,44 @@ def ui_routes(
 
     return [
         Route("/ui", endpoint=lambda request: RedirectResponse("/ui/", status_code=307)),
-        Route("/ui/", endpoint=page, methods=["GET"]),
-        Route("/ui/login", endpoint=login, methods=["GET", "POST"]),
-        Route("/ui/api/call", endpoint=call, methods=["POST"]),
+        Route("/ui/", endpoint=_reported(page), methods=["GET"]),
+        Route("/ui/login", endpoint=_reported(login), methods=["GET", "POST"]),
+        Route("/ui/api/call", endpoint=_reported(call), methods=["POST"]),
     ]
+
+
+def _reported(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint``, answering an unexpected failure as every route of the server does: logged with a
+    reference id, which the client gets (never a stack trace)."""
+
+    @functools.wraps(endpoint)
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        except Exception as exc:
+            ref = uuid.uuid4().hex[:12]
+            log.error("ui.internal_error", path=request.url.path, ref=ref, exc_info=exc)
+            message = f"internal error (ref {ref}); the server logged the details"
+            return JSONResponse({"error": message}, status_code=500)
+
+    return answer
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None when it is over ``_MAX_BODY``: declared so, or once that much has
+    arrived. It never reads past the limit, so a body without end costs nothing (the sign-in form is
+    open to anyone)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            return None
+    return bytes(body)
 
 
 def _call_result(result: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationErro
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
-from codomyrmex_orchestration.server._banner import http_banner
+from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
@@ -756,9 +756,8 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
                 sys.stderr.write(banner + "\n")
                 sys.stderr.flush()
-                _print_ui_link(settings.model_copy(update={"port": port}), ui_access)
-                host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-                recorded.append(_ui.record_server(settings.state_dir, _base_url(host, port)))
+                _print_ui_link(_base_url(settings.host, port), ui_access)
+                recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
 
             anyio.run(
                 _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
@@ -800,18 +799,16 @@ def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
 
 
 def _base_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    """Where this machine reaches a server bound to ``host``: a wildcard bind is reached on loopback."""
+    return f"http://{reachable_host(host)}:{port}"
 
 
-def _print_ui_link(settings: Settings, access: _ui.UiAccess) -> None:
+def _print_ui_link(base: str, access: _ui.UiAccess) -> None:
     """Tell the person starting the server where the run view is (stderr: never the protocol)."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    if host in ("0.0.0.0", "[::]"):
-        host = "127.0.0.1"
-    link = f"http://{host}:{settings.port}/ui/"
+    link = f"{base}/ui/"
     if access.required:
         code = access.one_time_code()
-        link = f"http://{host}:{settings.port}/ui/login?code={code}  (a one-time sign-in link)"
+        link = f"{base}/ui/login?code={code}  (a one-time sign-in link)"
     sys.stderr.write(f"run view: {link}\n")
     sys.stderr.flush()
 
