@@ -251,6 +251,27 @@ async def test_create_complex_workflow_registers_and_runs_with_the_dependency_ma
     assert detail["execution_levels"] == [["a"], ["b"]]
 
 
+async def test_create_complex_workflow_refuses_a_name_taken_by_other_steps_unless_told_to_overwrite(
+    client: Client,
+) -> None:
+    keep = {"name": "keep", "module": "core", "action": "echo", "parameters": {"message": "important"}}
+    await _ok(client, "create_workflow", {"name": "mine", "steps": [keep]})
+    other = {"steps": [{"name": "x", "module": "core", "action": "echo", "parameters": {"message": "other"}}]}
+    refused = await _error(client, "create_complex_workflow", {"name": "mine", "workflow_definition": other})
+    assert "'mine' already exists" in refused and "overwrite=true" in refused
+    kept = await _ok(client, "get_workflow", {"name": "mine"})
+    assert kept["version"] == 1 and [s["name"] for s in kept["steps"]] == ["keep"]
+    # The same steps again are the same workflow: they just run again, under the same version.
+    same = {"steps": [keep]}
+    for _ in range(2):
+        run = await _ok(client, "create_complex_workflow", {"name": "mine", "workflow_definition": same})
+        assert run["status"] == "completed" and run["workflow_version"] == 1
+    replaced = await _ok(
+        client, "create_complex_workflow", {"name": "mine", "workflow_definition": other, "overwrite": True}
+    )
+    assert replaced["workflow_version"] == 2 and list(replaced["steps"]) == ["x"]
+
+
 async def test_execute_task_runs_one_action_through_the_scheduler(client: Client) -> None:
     task = await _ok(
         client,

@@ -150,6 +150,11 @@ class CreateComplexWorkflowArgs(Args):
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
     use_cache: bool = _USE_CACHE
+    overwrite: bool = Field(
+        default=False,
+        description="Replace an existing workflow of the same name whose steps differ (the same definition "
+        "is reused as it is).",
+    )
 
 
 class RunIdArgs(Args):

@@ -402,6 +402,7 @@ def _create_complex_workflow(
         wait=False,
         on_step=_step_progress(call),
         use_cache=a.use_cache,
+        overwrite=a.overwrite,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -832,8 +833,10 @@ def _build_tools() -> tuple[_Tool, ...]:
             "create_complex_workflow",
             "Create and run a workflow",
             "Register a workflow from steps plus a dependencies map (step -> steps it waits for) and run it "
-            "at "
-            "once; returns the run record like execute_workflow. " + _STEP_HELP + " Example: "
+            "at once; returns the run record like execute_workflow. The same definition under the same name "
+            "just runs again; a different one refuses an existing name unless overwrite=true. "
+            + _STEP_HELP
+            + " Example: "
             '{"name": "pipeline", "workflow_definition": {"steps": [{"name": "a", "module": "core", '
             '"action": "echo", "parameters": {"message": 1}}, {"name": "b", "module": "core", "action": '
             '"echo", "parameters": {"message": 2}}], "dependencies": {"b": ["a"]}}}',
