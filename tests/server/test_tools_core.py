@@ -109,6 +109,27 @@ async def test_validate_workflow_returns_every_problem_without_registering(clien
     assert (await _ok(client, "list_workflows", {}))["count"] == 0
 
 
+async def test_an_unknown_step_field_lists_the_step_fields_and_the_one_it_meant(client: Client) -> None:
+    step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    typo = await _error(client, "create_workflow", {"name": "w", "steps": [{**step, "depends_on": []}]})
+    assert "unknown field 'steps.0.depends_on' (did you mean 'dependencies'?)" in typo
+    accepted = typo.split("(accepted: ")[1].rstrip(")").split(", ")
+    assert {"name", "module", "action", "dependencies", "max_retries", "for_each"} <= set(accepted)
+    assert "overwrite" not in accepted  # a tool argument, not a step field
+    complex_typo = await _error(
+        client,
+        "create_complex_workflow",
+        {"name": "w", "workflow_definition": {"steps": [{**step, "retries": 2}], "dependency": {}}},
+    )
+    assert "unknown field 'workflow_definition.steps.0.retries' (did you mean 'max_retries'?)" in complex_typo
+    assert (
+        "unknown field 'workflow_definition.dependency' (did you mean 'dependencies'?) (accepted: steps, "
+        in (complex_typo)
+    )
+    top = await _error(client, "create_workflow", {"name": "w", "steps": [step], "overwrit": True})
+    assert "unknown field 'overwrit' (did you mean 'overwrite'?) (accepted: name, steps, " in top
+
+
 async def test_execute_workflow_returns_the_run_record_with_outputs(client: Client) -> None:
     await _ok(client, "create_workflow", HELLO)
     run = await _ok(client, "execute_workflow", {"workflow_name": "hello", "parameters": {"who": "you"}})

@@ -318,7 +318,8 @@ def jsonable(value: Any) -> Any:
 
 
 def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
-    problem = InvalidInputError.from_validation(exc, accepted=args.model_fields or None)
+    # An unknown field is answered with the fields accepted where it is (a step's, not the tool's).
+    problem = InvalidInputError.from_validation(exc, accepted_at=lambda at: m.fields_at(args, at) or None)
     takes = "" if args.model_fields else " (it takes no arguments)"
     error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {problem.reason}")
     error.field = problem.field
