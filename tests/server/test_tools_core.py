@@ -318,6 +318,20 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
     assert pending["status"] == "running" and pending["note"]
 
 
+async def test_execute_task_of_workflow_run_says_it_runs_only_as_a_step_and_points_to_execute_workflow(
+    client: Client,
+) -> None:
+    task = await _ok(
+        client,
+        "execute_task",
+        {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "fan_out_join"}},
+    )
+    assert task["status"] == "failed"
+    message = task["error"]["message"]
+    assert "runs only as a workflow step" in message and "manager" not in message
+    assert "execute_workflow" in message and "'fan_out_join'" in message
+
+
 async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_request(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:
