@@ -15,7 +15,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     │   ├── InvalidNameError                    .kind, .name
     │   └── LimitExceededError                  .limit, .value
     ├── NotFoundError (LookupError)             .kind, .key
-    │   ├── WorkflowNotFoundError
+    │   ├── WorkflowNotFoundError               .version (one not kept), .kept
     │   ├── RunNotFoundError
     │   ├── TaskNotFoundError
     │   ├── SessionNotFoundError
@@ -292,7 +292,30 @@ class NotFoundError(OrchestrationError, LookupError):
 
 
 class WorkflowNotFoundError(NotFoundError):
+    """No workflow ``key``; or, with ``version``, no kept version ``version`` of it (``kept`` lists the
+    kept ones, ``current`` marks the registered one: None if the workflow was deleted)."""
+
     kind = "workflow"
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        known: Iterable[str] | None = None,
+        version: int | None = None,
+        kept: Sequence[int] = (),
+        current: int | None = None,
+    ) -> None:
+        self.version, self.kept = version, list(kept)
+        if version is None:
+            super().__init__(key, known=known)
+            return
+        self.key = key
+        listing = ", ".join(f"{v} (current)" if v == current else str(v) for v in kept) or "none"
+        gone = "" if current is not None else " (the workflow was deleted: none is current)"
+        OrchestrationError.__init__(
+            self, f"workflow {key!r} has no version {version}; kept versions: {listing}{gone}"
+        )
 
 
 class RunNotFoundError(NotFoundError):

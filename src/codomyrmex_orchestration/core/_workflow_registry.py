@@ -391,8 +391,11 @@ class DefinitionRegistry:
             raise WorkflowNotFoundError(name, known=known)
         source = self.store.get_workflow_version(name, version)
         if source is None:
-            current = f"version {definition.version}" if definition is not None else "none (it was deleted)"
-            raise WorkflowNotFoundError(f"{name} version {version}", known=[f"current: {current}"])
+            kept = self.store.workflow_versions(name)
+            if definition is None and not kept:
+                raise WorkflowNotFoundError(name, known=known)
+            current = definition.version if definition is not None else None
+            raise WorkflowNotFoundError(name, version=version, kept=kept, current=current)
         return WorkflowSpec.model_validate_json(source)
 
     def pinned_plan(self, name: str, version: int | None, digest: str | None) -> Plan | None:
