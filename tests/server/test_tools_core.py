@@ -530,3 +530,16 @@ async def test_list_workflow_runs_filters_by_time_window_and_pages_with_a_cursor
     assert future["runs"] == []
     bad = await client.call_tool("list_workflow_runs", {"cursor": "not-a-cursor"})
     assert bad.is_error and "cursor" in bad.content[0].text
+
+
+async def test_a_full_last_page_of_runs_has_no_cursor_to_an_empty_page(client: Client) -> None:
+    tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
+    for _ in range(4):
+        await _ok(client, "execute_workflow", {"workflow_name": "tick"})
+    whole = await _ok(client, "list_workflow_runs", {"limit": 4})
+    assert whole["count"] == 4 and whole["next_cursor"] is None
+    first = await _ok(client, "list_workflow_runs", {"limit": 2})
+    assert first["count"] == 2 and first["next_cursor"] is not None
+    last = await _ok(client, "list_workflow_runs", {"limit": 2, "cursor": first["next_cursor"]})
+    assert last["count"] == 2 and last["next_cursor"] is None

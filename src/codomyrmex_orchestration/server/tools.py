@@ -483,14 +483,15 @@ def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outc
 
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
     status = WorkflowStatus(a.status) if a.status else None
-    records = tools.engine.workflow_manager.list_runs(
+    found = tools.engine.workflow_manager.list_runs(
         workflow_name=a.workflow_name,
         status=status,
-        limit=a.limit,
+        limit=a.limit + 1,  # one more than the page: a cursor only when another run follows
         since=_aware(a.since),
         until=_aware(a.until),
         cursor=a.cursor,
     )
+    records = found[: a.limit]
     runs = [
         m.RunSummary(
             run_id=r.run_id,
@@ -505,7 +506,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
     ]
     from codomyrmex_orchestration.core._store_codec import run_cursor  # not needed to list the tools
 
-    next_cursor = run_cursor(records[-1]) if len(records) == a.limit else None
+    next_cursor = run_cursor(records[-1]) if len(found) > a.limit else None
     return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
 
 
