@@ -61,7 +61,7 @@ async def test_a_task_answers_after_kill_9_and_a_restart_and_resuming_it_reruns_
     env = {
         "CODOMYRMEX_AUTH_TOKEN": TOKEN,
         "CODOMYRMEX_PYTHON_CALL_ALLOW": "tests.helpers.durable_steps",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout's code
     }
     args = ["--allow-shell"]  # python.call over HTTP (loopback only here)
     writer: list[Any] = []
@@ -95,9 +95,8 @@ async def test_a_task_answers_after_kill_9_and_a_restart_and_resuming_it_reruns_
             ended = await get_task(client, task["taskId"])
     ran = executions(str(marks))
 
-    assert (
-        before.status == "working" and before.status_message == f"{BEFORE} of {BEFORE + 1 + AFTER} steps done"
-    )
+    total = BEFORE + 1 + AFTER
+    assert before.status == "working" and before.status_message == f"{BEFORE} of {total} steps completed"
     assert interrupted.status == "failed"
     assert interrupted.status_message is not None and "resume_workflow_run" in interrupted.status_message
     # The same task again; the four steps left may already be done when the call answers.

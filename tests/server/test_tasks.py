@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.errors import StepCancelledError
 from codomyrmex_orchestration.server._tasks import EXTENSION_ID
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
@@ -55,6 +58,37 @@ def chain(steps: int) -> dict[str, Any]:
         for i in range(steps)
     ]
     return {"name": f"chain{steps}", "steps": listed}
+
+
+#: A quick step, then one held until the run is cancelled the first time it runs (test.held_once).
+HELD = {
+    "name": "held",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "hold", "module": "test", "action": "held_once", "dependencies": ["quick"]},
+    ],
+}
+
+
+def register_held_once(registry: ActionRegistry) -> threading.Event:
+    """Register ``test.held_once``: its first call waits until cancelled, later calls return at once.
+    Returns an event set when the first call has started."""
+    started = threading.Event()
+    calls = [0]
+    lock = threading.Lock()
+
+    def held_once(params: dict[str, Any], ctx: ActionContext) -> str:
+        with lock:
+            calls[0] += 1
+            first = calls[0] == 1
+        if not first:
+            return "through"
+        started.set()
+        ctx.wait(60)  # wakes at once when the run is cancelled
+        raise StepCancelledError(ctx.step_name, "held until cancelled")
+
+    registry.register(ActionDefinition("test", "held_once", held_once))
+    return started
 
 
 @asynccontextmanager
@@ -106,7 +140,7 @@ async def test_a_workflow_run_as_a_task_answers_at_once_and_ends_with_the_result
         result = await task_result(client, task_id)
         got = await get_task(client, task_id)
         run = await ok(client, "get_workflow_run", {"run_id": task_id})
-    assert ended.status_message == "20 of 20 steps done"
+    assert ended.status_message == "20 of 20 steps completed"
     assert got.status == "completed" and got.task_id == task_id
     assert not result.is_error
     assert result.meta is not None and result.meta[RELATED] == {"taskId": task_id}
@@ -152,7 +186,7 @@ async def test_tasks_cancel_ends_the_run_as_cancelled_and_stops_its_subprocess_w
         run = await ok(client, "get_workflow_run", {"run_id": task["taskId"]})
         with pytest.raises(MCPError) as again:
             await cancel_task(client, task["taskId"])
-    assert working.status == "working" and working.status_message == "0 of 1 steps done"
+    assert working.status == "working" and working.status_message == "0 of 1 steps completed"
     assert cancelled.status == "cancelled" and after.status == "cancelled"
     assert gone == [process], "the step's subprocess outlived the cancel by more than a second"
     assert run["status"] == "cancelled"
@@ -317,7 +351,7 @@ async def test_on_2026_07_28_a_client_of_the_tasks_extension_gets_a_task_it_poll
     assert handle.status in ("working", "completed")  # 20 echoes may be done before it answers
     assert handle.ttl_ms is not None and handle.poll_interval_ms
     assert extension.polled[-1].status == "completed"
-    assert extension.polled[-1].status_message == "20 of 20 steps done"
+    assert extension.polled[-1].status_message == "20 of 20 steps completed"
     structured = result.structured_content or {}
     assert structured["run_id"] == handle.task_id
     assert without_ids(structured) == without_ids(plain)
@@ -361,3 +395,17 @@ async def test_a_task_whose_run_waits_for_a_person_is_input_required_until_respo
     assert waiting.status == "input_required" and polled.status == "input_required"
     assert ended.status == "completed"
     assert (result.structured_content or {})["steps"]["act"]["output"] == "fine"
+
+
+async def test_the_status_message_counts_the_steps_by_how_they_ended(tools: OrchestrationMCPTools) -> None:
+    started = register_held_once(tools.engine.registry)
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", HELD)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "held"}))["taskId"]
+        assert await anyio.to_thread.run_sync(started.wait, 30), "the held step never started"
+        working = await get_task(client, task_id)
+        await ok(client, "cancel_workflow_run", {"run_id": task_id})
+        ended = await statuses.expect(task_id, "cancelled")
+        got = await get_task(client, task_id)
+    assert working.status == "working" and working.status_message == "1 of 2 steps completed"
+    assert ended.status_message == got.status_message == "1 of 2 steps completed, 1 cancelled"

@@ -19,6 +19,7 @@ import hashlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -202,8 +203,12 @@ def _not_found(task_id: str) -> MCPError:
 
 
 def _steps_message(run: RunRecord) -> str:
-    done = sum(1 for step in run.steps.values() if step.status.is_terminal)
-    return f"{done} of {len(run.steps)} steps done"
+    """How many steps completed, and how many ended otherwise, by how: "1 of 2 steps completed, 1
+    cancelled" (a step still pending or running is in the total only)."""
+    ended = Counter(step.status.value for step in run.steps.values() if step.status.is_terminal)
+    completed = ended.pop("completed", 0)
+    others = "".join(f", {n} {status.replace('_', ' ')}" for status, n in sorted(ended.items()))
+    return f"{completed} of {len(run.steps)} steps completed{others}"
 
 
 @dataclass(eq=False)
