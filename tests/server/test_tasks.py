@@ -25,6 +25,7 @@ from codomyrmex_orchestration.errors import StepCancelledError
 from codomyrmex_orchestration.server._tasks import EXTENSION_ID
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.helpers.failing_actions import register_fails_once
 from tests.helpers.mcp_calls import ok
 from tests.helpers.mcp_tasks import (
     TaskHandle,
@@ -66,6 +67,14 @@ HELD = {
     "steps": [
         {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
         {"name": "hold", "module": "test", "action": "held_once", "dependencies": ["quick"]},
+    ],
+}
+#: A quick step, then one that fails the first time a run calls it (test.fails_once).
+FLAKY = {
+    "name": "flaky",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "gate", "module": "test", "action": "fails_once", "dependencies": ["quick"]},
     ],
 }
 
@@ -409,3 +418,54 @@ async def test_the_status_message_counts_the_steps_by_how_they_ended(tools: Orch
         got = await get_task(client, task_id)
     assert working.status == "working" and working.status_message == "1 of 2 steps completed"
     assert ended.status_message == got.status_message == "1 of 2 steps completed, 1 cancelled"
+
+
+async def test_a_cancelled_task_stays_as_it_ended_when_its_run_is_resumed_and_says_so(
+    tools: OrchestrationMCPTools,
+) -> None:
+    started = register_held_once(tools.engine.registry)
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", HELD)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "held"}))["taskId"]
+        assert await anyio.to_thread.run_sync(started.wait, 30), "the held step never started"
+        cancelled = await cancel_task(client, task_id)
+        ended = await get_task(client, task_id)
+        before = await task_result(client, task_id)
+        resumed = await ok(client, "resume_workflow_run", {"run_id": task_id})  # waits for its end
+        after = await get_task(client, task_id)
+        result = await task_result(client, task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": task_id})
+    assert cancelled.status == "cancelled" and (before.structured_content or {})["status"] == "cancelled"
+    assert ended.status_message == "cancelled by tasks/cancel"  # nothing to add while the run is as it was
+    assert resumed["status"] == run["status"] == "completed"
+    # The task ended cancelled, and stays so (a terminal status never changes), with what it ended with;
+    # its message says where the run went since.
+    assert after.status == "cancelled"
+    assert result.structured_content == before.structured_content
+    assert after.status_message is not None
+    assert "resumed after this task ended" in after.status_message
+    assert "completed" in after.status_message and "get_workflow_run" in after.status_message
+
+
+async def test_a_failed_run_resumed_as_a_task_is_a_new_task_and_the_failed_one_stays_failed(
+    tools: OrchestrationMCPTools,
+) -> None:
+    register_fails_once(tools.engine.registry)
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", FLAKY)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "flaky"}))["taskId"]
+        await statuses.expect(task_id, "failed")
+        failed = await task_result(client, task_id)
+        resumed = await call_as_task(client, "resume_workflow_run", {"run_id": task_id})
+        await statuses.expect(resumed["taskId"], "completed")
+        completed = await task_result(client, resumed["taskId"])
+        old = await get_task(client, task_id)
+        old_result = await task_result(client, task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": task_id})
+        listed = [t.task_id for t in (await list_tasks(client)).tasks]
+    assert resumed["taskId"] != task_id and listed == [task_id, resumed["taskId"]]
+    assert (completed.structured_content or {})["run_id"] == task_id
+    assert (completed.structured_content or {})["status"] == run["status"] == "completed"
+    assert old.status == "failed" and old_result.structured_content == failed.structured_content
+    assert (failed.structured_content or {})["status"] == "failed"
+    assert old.status_message is not None and "resumed after this task ended" in old.status_message
