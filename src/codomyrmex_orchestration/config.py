@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from codomyrmex_orchestration.errors import InvalidInputError
 
@@ -183,6 +191,12 @@ class Settings(BaseModel):
     #: Load the sample workflows shipped with the package (``fan_out_join``, ``service_report``); a
     #: workflow of the same name in ``config_dir`` or registered through the tools wins.
     load_samples: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        # CODOMYRMEX_LOG_LEVEL=WARNING as well as warning: logging's own names are in capitals.
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

@@ -15,7 +15,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     │   ├── InvalidNameError                    .kind, .name
     │   └── LimitExceededError                  .limit, .value
     ├── NotFoundError (LookupError)             .kind, .key
-    │   ├── WorkflowNotFoundError
+    │   ├── WorkflowNotFoundError               .version (one not kept), .kept
     │   ├── RunNotFoundError
     │   ├── TaskNotFoundError
     │   ├── SessionNotFoundError
@@ -39,7 +39,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -119,6 +119,7 @@ class InvalidInputError(OrchestrationError, ValueError):
         where: str = "",
         accepted: Iterable[str] | None = None,
         known_fields: Iterable[str] = (),
+        accepted_at: Callable[[tuple[Any, ...]], Iterable[str] | None] | None = None,
     ) -> InvalidInputError:
         """The one formatter of pydantic ``ValidationError``s: field paths, what was wrong, what is accepted.
 
@@ -128,6 +129,8 @@ class InvalidInputError(OrchestrationError, ValueError):
             accepted: the field names accepted where an unknown one was given, listed in its message.
             known_fields: every field name of the document (at any depth), for "did you mean" on an
                 unknown one (``depends_on`` -> ``dependencies``); ``accepted`` is searched too.
+            accepted_at: instead of ``accepted``, the field names accepted in the object an unknown field
+                was found in, given that object's location (``("steps", 0)``); None: it cannot say.
 
         Returns:
             An error whose ``field`` is the first problem's path and whose message lists the first five
@@ -135,7 +138,7 @@ class InvalidInputError(OrchestrationError, ValueError):
         """
         errors = list(exc.errors())
         parts, fields = validation_problems(
-            errors[:5], where=where, accepted=accepted, known_fields=known_fields
+            errors[:5], where=where, accepted=accepted, known_fields=known_fields, accepted_at=accepted_at
         )
         if len(errors) > 5:
             parts.append(f"and {len(errors) - 5} more")
@@ -150,17 +153,17 @@ def validation_problems(
     where: str = "",
     accepted: Iterable[str] | None = None,
     known_fields: Iterable[str] = (),
+    accepted_at: Callable[[tuple[Any, ...]], Iterable[str] | None] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Each pydantic error (``ValidationError.errors()``) as one sentence, with the field paths.
 
-    An unknown field lists what is ``accepted`` and suggests the closest known name; a missing one says
-    so; any other gives pydantic's message after the path.
+    An unknown field lists what is accepted where it was found (``accepted_at``, else ``accepted``) and
+    suggests the closest name; a missing one says so; any other gives pydantic's message after the path.
     """
     from codomyrmex_orchestration._suggest import did_you_mean
 
     accepted_names = list(accepted) if accepted is not None else None
-    suggestible = [*(accepted_names or ()), *known_fields]
-    accepted_text = f" (accepted: {', '.join(accepted_names)})" if accepted_names else ""
+    known = list(known_fields)
     parts: list[str] = []
     fields: list[str] = []
     for err in errors:
@@ -169,7 +172,13 @@ def validation_problems(
         fields.append(path)
         kind = err.get("type", "")
         if kind == "extra_forbidden":
+            names = accepted_names
+            if accepted_at is not None:
+                level = accepted_at(tuple(err.get("loc", ()))[:-1])
+                names = list(level) if level is not None else None
+            suggestible = [*(names or ()), *known]
             hint = did_you_mean(loc[-1], suggestible) if loc and suggestible else ""
+            accepted_text = f" (accepted: {', '.join(names)})" if names else ""
             parts.append(f"unknown field {path!r}{hint}{accepted_text}")
         elif kind == "missing":
             parts.append(f"missing required field {path!r}")
@@ -283,7 +292,30 @@ class NotFoundError(OrchestrationError, LookupError):
 
 
 class WorkflowNotFoundError(NotFoundError):
+    """No workflow ``key``; or, with ``version``, no kept version ``version`` of it (``kept`` lists the
+    kept ones, ``current`` marks the registered one: None if the workflow was deleted)."""
+
     kind = "workflow"
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        known: Iterable[str] | None = None,
+        version: int | None = None,
+        kept: Sequence[int] = (),
+        current: int | None = None,
+    ) -> None:
+        self.version, self.kept = version, list(kept)
+        if version is None:
+            super().__init__(key, known=known)
+            return
+        self.key = key
+        listing = ", ".join(f"{v} (current)" if v == current else str(v) for v in kept) or "none"
+        gone = "" if current is not None else " (the workflow was deleted: none is current)"
+        OrchestrationError.__init__(
+            self, f"workflow {key!r} has no version {version}; kept versions: {listing}{gone}"
+        )
 
 
 class RunNotFoundError(NotFoundError):

@@ -29,8 +29,8 @@ def test_the_runner_is_called_with_name_parameters_and_context_and_its_outputs_r
     assert runner.calls == [("summing", {"numbers": [1, 2, 3]}, ctx)]
 
 
-def test_without_a_workflow_manager_the_step_fails_saying_so() -> None:
-    with pytest.raises(StepFailedError, match=r"workflow\.run needs a workflow manager"):
+def test_outside_a_workflow_it_fails_saying_it_runs_only_as_a_step() -> None:
+    with pytest.raises(StepFailedError, match=r"runs only as a workflow step.*'x' with execute_workflow"):
         RUN({"workflow": "x"}, ActionContext("child"))
 
 

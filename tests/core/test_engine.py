@@ -25,6 +25,7 @@ from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinitio
 from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import (
+    AlreadyExistsError,
     DAGValidationError,
     InsufficientResourcesError,
     InvalidInputError,
@@ -32,6 +33,7 @@ from codomyrmex_orchestration.errors import (
     LimitExceededError,
     SessionNotFoundError,
 )
+from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 
 @pytest.fixture
@@ -361,6 +363,34 @@ def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: 
         {"steps": [{"name": "x", "module": "core", "action": "fail"}]}, name="complex2", timeout=10
     )
     assert failed.status is WorkflowStatus.FAILED
+
+
+def test_a_complex_workflow_replaces_a_different_one_of_its_name_only_with_overwrite(tmp_path: Path) -> None:
+    engine = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=None, sample_dir=SAMPLES_DIR, max_workers=4, durable=False
+    )
+    try:
+        wm = engine.workflow_manager
+        sample = wm.get_workflow("fan_out_join")
+        other = {
+            "steps": [{"name": "x", "module": "core", "action": "fail", "parameters": {"message": "no"}}]
+        }
+        with pytest.raises(AlreadyExistsError, match="overwrite"):
+            engine.execute_complex_workflow(other, name="fan_out_join", timeout=10)
+        assert wm.get_workflow("fan_out_join") == sample and wm.workflow_version("fan_out_join")[0] == 1
+        report = engine.execute_workflow("service_report", timeout=30)
+        assert report.status is WorkflowStatus.COMPLETED, report.error
+        # The same definition again is the same workflow: it runs again, under the same version.
+        mine = {"steps": [{"name": "keep", "module": "core", "action": "echo", "parameters": {"message": 1}}]}
+        first = engine.execute_complex_workflow(mine, name="mine", timeout=10)
+        again = engine.execute_complex_workflow(mine, name="mine", timeout=10)
+        assert first.run_id != again.run_id
+        assert (first.status, again.status) == (WorkflowStatus.COMPLETED, WorkflowStatus.COMPLETED)
+        assert first.workflow_version == again.workflow_version == 1
+        replaced = engine.execute_complex_workflow(other, name="mine", overwrite=True, timeout=10)
+        assert replaced.workflow_version == 2 and list(replaced.steps) == ["x"]
+    finally:
+        engine.shutdown()
 
 
 def test_metrics_and_status_count_runs_steps_and_latency(engine: OrchestrationEngine) -> None:

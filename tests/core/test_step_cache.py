@@ -319,3 +319,21 @@ def test_each_item_of_a_map_step_is_cached_on_its_own(
     assert second.steps["each"].output[:3] == [outputs[3], outputs[1], outputs[2]]
     items = second.steps["each"].items
     assert items is not None and [i.attempts for i in items.items] == [0, 0, 0, 1]
+
+
+def test_a_map_step_all_of_whose_items_come_from_the_cache_says_it_is_cached(
+    store: StateStore, orchestrator: TaskOrchestrator, registry: ActionRegistry, counter: Counter
+) -> None:
+    manager = manager_on(store, orchestrator, registry)
+    each = {"name": "each", "module": "test", "action": "count", "for_each": "{{params.xs}}"}
+    each |= {"parameters": {"x": "{{item}}"}, "cache": {"ttl_seconds": 60}}
+    manager.create_workflow({"name": "mapped", "parameters": {"xs": [1, 2]}, "steps": [each]})
+    first = manager.execute_workflow("mapped", timeout=30)
+    hit = manager.execute_workflow("mapped", timeout=30)
+    partly = manager.execute_workflow("mapped", {"xs": [1, 2, 3]}, timeout=30)
+    assert counter.calls == 3
+    assert (first.steps["each"].cached, first.steps["each"].attempts) == (False, 1)
+    assert (hit.steps["each"].cached, hit.steps["each"].attempts) == (True, 0)
+    assert hit.steps["each"].output == first.steps["each"].output
+    assert partly.steps["each"].cached is False  # one item ran
+    assert manager.get_run(hit.run_id).steps["each"].cached is True  # as the store keeps it

@@ -32,8 +32,10 @@ def spec(name: str = "w", message: str = "hi", **extra: Any) -> dict[str, Any]:
 
 def test_create_read_list_and_delete_a_definition(actions: ActionRegistry) -> None:
     registry = DefinitionRegistry(registry=actions, store=MemoryStore(), max_steps=10)
-    created = registry.create(spec())
-    assert created.version == 1 and created.digest == digest_of(created.spec) and created.source == "api"
+    created, new = registry.create(spec())
+    assert (
+        new and created.version == 1 and created.digest == digest_of(created.spec) and created.source == "api"
+    )
     assert registry.entry("w").spec == created.spec
     with pytest.raises(AlreadyExistsError, match="overwrite"):
         registry.create(spec(message="other"))

@@ -214,3 +214,30 @@ def test_a_version_number_beyond_any_stored_one_is_not_found_not_an_overflow(tmp
     with SqliteStore(tmp_path / "state.db") as store:
         assert store.get_workflow_version("wf", 2**64 + 1) is None
         assert store.get_workflow_version("wf", -1) is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_version_that_is_not_kept_is_refused_listing_the_kept_ones(
+    kind: str, tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    store: StateStore = SqliteStore(tmp_path / "state.db") if kind == "sqlite" else MemoryStore()
+    try:
+        manager = manager_on(store, orchestrator, registry)
+        manager.create_workflow(definition("one"))
+        manager.execute_workflow("pinned", timeout=10)  # its run keeps version 1
+        manager.create_workflow(definition("two"), overwrite=True)
+        with pytest.raises(WorkflowNotFoundError) as info:
+            manager.get_workflow("pinned", version=5)
+        assert str(info.value) == "workflow 'pinned' has no version 5; kept versions: 1, 2 (current)"
+        assert info.value.version == 5
+        assert (
+            manager.get_workflow("pinned", version=1).steps[2].parameters["message"]
+            == "one {{steps.a.output.n}}"
+        )
+        manager.delete_workflow("pinned")
+        with pytest.raises(WorkflowNotFoundError, match=r"no version 5; kept versions: 1, 2 \(the workflow"):
+            manager.describe_workflow("pinned", version=5)
+        with pytest.raises(WorkflowNotFoundError, match=r"^workflow 'never' not found"):
+            manager.get_workflow("never", version=1)
+    finally:
+        store.close()

@@ -1,7 +1,8 @@
 """A workflow run as an MCP task survives kill -9: the real server over streamable HTTP (the task belongs
 to the bearer token, which a client reconnecting after the restart presents again), killed while a step
 of the run is in flight, restarted on the same state directory, resumed. The original task id answers
-throughout, and the steps completed before the crash do not run again."""
+throughout (failed once the run is interrupted, and failed it stays), the resume is a task of its own
+following the same run, and the steps completed before the crash do not run again."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ async def test_a_task_answers_after_kill_9_and_a_restart_and_resuming_it_reruns_
     env = {
         "CODOMYRMEX_AUTH_TOKEN": TOKEN,
         "CODOMYRMEX_PYTHON_CALL_ALLOW": "tests.helpers.durable_steps",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout's code
     }
     args = ["--allow-shell"]  # python.call over HTTP (loopback only here)
     writer: list[Any] = []
@@ -91,19 +92,23 @@ async def test_a_task_answers_after_kill_9_and_a_restart_and_resuming_it_reruns_
         async with client_of(server.url) as client:
             interrupted = await get_task(client, task["taskId"])
             resumed = await call_as_task(client, "resume_workflow_run", {"run_id": task["taskId"]})
-            result = await task_result(client, task["taskId"], wait=60)
-            ended = await get_task(client, task["taskId"])
+            result = await task_result(client, resumed["taskId"], wait=60)
+            ended = await get_task(client, resumed["taskId"])
+            original = await get_task(client, task["taskId"])
     ran = executions(str(marks))
 
-    assert (
-        before.status == "working" and before.status_message == f"{BEFORE} of {BEFORE + 1 + AFTER} steps done"
-    )
+    total = BEFORE + 1 + AFTER
+    assert before.status == "working" and before.status_message == f"{BEFORE} of {total} steps completed"
     assert interrupted.status == "failed"
     assert interrupted.status_message is not None and "resume_workflow_run" in interrupted.status_message
-    # The same task again; the four steps left may already be done when the call answers.
-    assert resumed["taskId"] == task["taskId"] and resumed["status"] in ("working", "completed")
+    # A task of its own for the same run; the four steps left may already be done when the call answers.
+    assert resumed["taskId"] != task["taskId"] and resumed["status"] in ("working", "completed")
     assert ended.status == "completed" and (result.structured_content or {})["status"] == "completed"
-    assert ended.created_at == before.created_at  # the same task, before and after the crash
+    assert (result.structured_content or {})["run_id"] == task["taskId"]
+    # The task that was interrupted ended failed and stays so (a terminal status never changes), saying
+    # where its run went.
+    assert original.status == "failed" and original.created_at == before.created_at
+    assert original.status_message is not None and "resumed after this task ended" in original.status_message
     assert {f"s{i}" for i in range(BEFORE)} <= set(ran_before)
     assert {step: n for step, n in ran.items() if step != "gate" and n != 1} == {}, ran
     assert len(ran) == BEFORE + 1 + AFTER

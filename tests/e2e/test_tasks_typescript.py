@@ -63,11 +63,11 @@ def _check(seen: dict[str, Any]) -> None:
     kinds = [m["type"] for m in run]
     assert kinds[0] == "taskCreated" and kinds[-1] == "result", run
     working = [m for m in run if m["type"] == "taskStatus" and m["status"] == "working"]
-    assert working and all(m["statusMessage"].endswith(" of 20 steps done") for m in working), run
+    assert working and all(m["statusMessage"].endswith(" of 20 steps completed") for m in working), run
     assert run[-2] == {
         "type": "taskStatus",
         "status": "completed",
-        "statusMessage": "20 of 20 steps done",
+        "statusMessage": "20 of 20 steps completed",
     }
     task_id = run[0]["taskId"]
     result = run[-1]

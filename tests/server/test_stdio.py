@@ -45,6 +45,15 @@ async def test_the_console_script_serves_the_tools_over_stdio(tmp_path: Path) ->
     assert prompt.messages
 
 
+async def test_a_log_level_in_capitals_from_the_environment_is_accepted(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "CODOMYRMEX_LOG_LEVEL": "WARNING"}
+    params = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp_path, env=env)
+    with anyio.fail_after(30):
+        async with Client(params) as client:
+            tools = await client.list_tools()
+    assert len(tools.tools) == 24
+
+
 def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(SCRIPT), "serve", "--log-level", "debug"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,9 +20,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.errors import StepCancelledError
 from codomyrmex_orchestration.server._tasks import EXTENSION_ID
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.helpers.failing_actions import register_fails_once
 from tests.helpers.mcp_calls import ok
 from tests.helpers.mcp_tasks import (
     TaskHandle,
@@ -55,6 +59,45 @@ def chain(steps: int) -> dict[str, Any]:
         for i in range(steps)
     ]
     return {"name": f"chain{steps}", "steps": listed}
+
+
+#: A quick step, then one held until the run is cancelled the first time it runs (test.held_once).
+HELD = {
+    "name": "held",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "hold", "module": "test", "action": "held_once", "dependencies": ["quick"]},
+    ],
+}
+#: A quick step, then one that fails the first time a run calls it (test.fails_once).
+FLAKY = {
+    "name": "flaky",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "gate", "module": "test", "action": "fails_once", "dependencies": ["quick"]},
+    ],
+}
+
+
+def register_held_once(registry: ActionRegistry) -> threading.Event:
+    """Register ``test.held_once``: its first call waits until cancelled, later calls return at once.
+    Returns an event set when the first call has started."""
+    started = threading.Event()
+    calls = [0]
+    lock = threading.Lock()
+
+    def held_once(params: dict[str, Any], ctx: ActionContext) -> str:
+        with lock:
+            calls[0] += 1
+            first = calls[0] == 1
+        if not first:
+            return "through"
+        started.set()
+        ctx.wait(60)  # wakes at once when the run is cancelled
+        raise StepCancelledError(ctx.step_name, "held until cancelled")
+
+    registry.register(ActionDefinition("test", "held_once", held_once))
+    return started
 
 
 @asynccontextmanager
@@ -106,7 +149,7 @@ async def test_a_workflow_run_as_a_task_answers_at_once_and_ends_with_the_result
         result = await task_result(client, task_id)
         got = await get_task(client, task_id)
         run = await ok(client, "get_workflow_run", {"run_id": task_id})
-    assert ended.status_message == "20 of 20 steps done"
+    assert ended.status_message == "20 of 20 steps completed"
     assert got.status == "completed" and got.task_id == task_id
     assert not result.is_error
     assert result.meta is not None and result.meta[RELATED] == {"taskId": task_id}
@@ -152,7 +195,7 @@ async def test_tasks_cancel_ends_the_run_as_cancelled_and_stops_its_subprocess_w
         run = await ok(client, "get_workflow_run", {"run_id": task["taskId"]})
         with pytest.raises(MCPError) as again:
             await cancel_task(client, task["taskId"])
-    assert working.status == "working" and working.status_message == "0 of 1 steps done"
+    assert working.status == "working" and working.status_message == "0 of 1 steps completed"
     assert cancelled.status == "cancelled" and after.status == "cancelled"
     assert gone == [process], "the step's subprocess outlived the cancel by more than a second"
     assert run["status"] == "cancelled"
@@ -317,7 +360,7 @@ async def test_on_2026_07_28_a_client_of_the_tasks_extension_gets_a_task_it_poll
     assert handle.status in ("working", "completed")  # 20 echoes may be done before it answers
     assert handle.ttl_ms is not None and handle.poll_interval_ms
     assert extension.polled[-1].status == "completed"
-    assert extension.polled[-1].status_message == "20 of 20 steps done"
+    assert extension.polled[-1].status_message == "20 of 20 steps completed"
     structured = result.structured_content or {}
     assert structured["run_id"] == handle.task_id
     assert without_ids(structured) == without_ids(plain)
@@ -361,3 +404,68 @@ async def test_a_task_whose_run_waits_for_a_person_is_input_required_until_respo
     assert waiting.status == "input_required" and polled.status == "input_required"
     assert ended.status == "completed"
     assert (result.structured_content or {})["steps"]["act"]["output"] == "fine"
+
+
+async def test_the_status_message_counts_the_steps_by_how_they_ended(tools: OrchestrationMCPTools) -> None:
+    started = register_held_once(tools.engine.registry)
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", HELD)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "held"}))["taskId"]
+        assert await anyio.to_thread.run_sync(started.wait, 30), "the held step never started"
+        working = await get_task(client, task_id)
+        await ok(client, "cancel_workflow_run", {"run_id": task_id})
+        ended = await statuses.expect(task_id, "cancelled")
+        got = await get_task(client, task_id)
+    assert working.status == "working" and working.status_message == "1 of 2 steps completed"
+    assert ended.status_message == got.status_message == "1 of 2 steps completed, 1 cancelled"
+
+
+async def test_a_cancelled_task_stays_as_it_ended_when_its_run_is_resumed_and_says_so(
+    tools: OrchestrationMCPTools,
+) -> None:
+    started = register_held_once(tools.engine.registry)
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", HELD)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "held"}))["taskId"]
+        assert await anyio.to_thread.run_sync(started.wait, 30), "the held step never started"
+        cancelled = await cancel_task(client, task_id)
+        ended = await get_task(client, task_id)
+        before = await task_result(client, task_id)
+        resumed = await ok(client, "resume_workflow_run", {"run_id": task_id})  # waits for its end
+        after = await get_task(client, task_id)
+        result = await task_result(client, task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": task_id})
+    assert cancelled.status == "cancelled" and (before.structured_content or {})["status"] == "cancelled"
+    assert ended.status_message == "cancelled by tasks/cancel"  # nothing to add while the run is as it was
+    assert resumed["status"] == run["status"] == "completed"
+    # The task ended cancelled, and stays so (a terminal status never changes), with what it ended with;
+    # its message says where the run went since.
+    assert after.status == "cancelled"
+    assert result.structured_content == before.structured_content
+    assert after.status_message is not None
+    assert "resumed after this task ended" in after.status_message
+    assert "completed" in after.status_message and "get_workflow_run" in after.status_message
+
+
+async def test_a_failed_run_resumed_as_a_task_is_a_new_task_and_the_failed_one_stays_failed(
+    tools: OrchestrationMCPTools,
+) -> None:
+    register_fails_once(tools.engine.registry)
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", FLAKY)
+        task_id = (await call_as_task(client, "execute_workflow", {"workflow_name": "flaky"}))["taskId"]
+        await statuses.expect(task_id, "failed")
+        failed = await task_result(client, task_id)
+        resumed = await call_as_task(client, "resume_workflow_run", {"run_id": task_id})
+        await statuses.expect(resumed["taskId"], "completed")
+        completed = await task_result(client, resumed["taskId"])
+        old = await get_task(client, task_id)
+        old_result = await task_result(client, task_id)
+        run = await ok(client, "get_workflow_run", {"run_id": task_id})
+        listed = [t.task_id for t in (await list_tasks(client)).tasks]
+    assert resumed["taskId"] != task_id and listed == [task_id, resumed["taskId"]]
+    assert (completed.structured_content or {})["run_id"] == task_id
+    assert (completed.structured_content or {})["status"] == run["status"] == "completed"
+    assert old.status == "failed" and old_result.structured_content == failed.structured_content
+    assert (failed.structured_content or {})["status"] == "failed"
+    assert old.status_message is not None and "resumed after this task ended" in old.status_message

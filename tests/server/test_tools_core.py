@@ -109,6 +109,27 @@ async def test_validate_workflow_returns_every_problem_without_registering(clien
     assert (await _ok(client, "list_workflows", {}))["count"] == 0
 
 
+async def test_an_unknown_step_field_lists_the_step_fields_and_the_one_it_meant(client: Client) -> None:
+    step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    typo = await _error(client, "create_workflow", {"name": "w", "steps": [{**step, "depends_on": []}]})
+    assert "unknown field 'steps.0.depends_on' (did you mean 'dependencies'?)" in typo
+    accepted = typo.split("(accepted: ")[1].rstrip(")").split(", ")
+    assert {"name", "module", "action", "dependencies", "max_retries", "for_each"} <= set(accepted)
+    assert "overwrite" not in accepted  # a tool argument, not a step field
+    complex_typo = await _error(
+        client,
+        "create_complex_workflow",
+        {"name": "w", "workflow_definition": {"steps": [{**step, "retries": 2}], "dependency": {}}},
+    )
+    assert "unknown field 'workflow_definition.steps.0.retries' (did you mean 'max_retries'?)" in complex_typo
+    assert (
+        "unknown field 'workflow_definition.dependency' (did you mean 'dependencies'?) (accepted: steps, "
+        in (complex_typo)
+    )
+    top = await _error(client, "create_workflow", {"name": "w", "steps": [step], "overwrit": True})
+    assert "unknown field 'overwrit' (did you mean 'overwrite'?) (accepted: name, steps, " in top
+
+
 async def test_execute_workflow_returns_the_run_record_with_outputs(client: Client) -> None:
     await _ok(client, "create_workflow", HELLO)
     run = await _ok(client, "execute_workflow", {"workflow_name": "hello", "parameters": {"who": "you"}})
@@ -251,6 +272,27 @@ async def test_create_complex_workflow_registers_and_runs_with_the_dependency_ma
     assert detail["execution_levels"] == [["a"], ["b"]]
 
 
+async def test_create_complex_workflow_refuses_a_name_taken_by_other_steps_unless_told_to_overwrite(
+    client: Client,
+) -> None:
+    keep = {"name": "keep", "module": "core", "action": "echo", "parameters": {"message": "important"}}
+    await _ok(client, "create_workflow", {"name": "mine", "steps": [keep]})
+    other = {"steps": [{"name": "x", "module": "core", "action": "echo", "parameters": {"message": "other"}}]}
+    refused = await _error(client, "create_complex_workflow", {"name": "mine", "workflow_definition": other})
+    assert "'mine' already exists" in refused and "overwrite=true" in refused
+    kept = await _ok(client, "get_workflow", {"name": "mine"})
+    assert kept["version"] == 1 and [s["name"] for s in kept["steps"]] == ["keep"]
+    # The same steps again are the same workflow: they just run again, under the same version.
+    same = {"steps": [keep]}
+    for _ in range(2):
+        run = await _ok(client, "create_complex_workflow", {"name": "mine", "workflow_definition": same})
+        assert run["status"] == "completed" and run["workflow_version"] == 1
+    replaced = await _ok(
+        client, "create_complex_workflow", {"name": "mine", "workflow_definition": other, "overwrite": True}
+    )
+    assert replaced["workflow_version"] == 2 and list(replaced["steps"]) == ["x"]
+
+
 async def test_execute_task_runs_one_action_through_the_scheduler(client: Client) -> None:
     task = await _ok(
         client,
@@ -274,6 +316,20 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
         },
     )
     assert pending["status"] == "running" and pending["note"]
+
+
+async def test_execute_task_of_workflow_run_says_it_runs_only_as_a_step_and_points_to_execute_workflow(
+    client: Client,
+) -> None:
+    task = await _ok(
+        client,
+        "execute_task",
+        {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "fan_out_join"}},
+    )
+    assert task["status"] == "failed"
+    message = task["error"]["message"]
+    assert "runs only as a workflow step" in message and "manager" not in message
+    assert "execute_workflow" in message and "'fan_out_join'" in message
 
 
 async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_request(
@@ -474,3 +530,16 @@ async def test_list_workflow_runs_filters_by_time_window_and_pages_with_a_cursor
     assert future["runs"] == []
     bad = await client.call_tool("list_workflow_runs", {"cursor": "not-a-cursor"})
     assert bad.is_error and "cursor" in bad.content[0].text
+
+
+async def test_a_full_last_page_of_runs_has_no_cursor_to_an_empty_page(client: Client) -> None:
+    tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
+    for _ in range(4):
+        await _ok(client, "execute_workflow", {"workflow_name": "tick"})
+    whole = await _ok(client, "list_workflow_runs", {"limit": 4})
+    assert whole["count"] == 4 and whole["next_cursor"] is None
+    first = await _ok(client, "list_workflow_runs", {"limit": 2})
+    assert first["count"] == 2 and first["next_cursor"] is not None
+    last = await _ok(client, "list_workflow_runs", {"limit": 2, "cursor": first["next_cursor"]})
+    assert last["count"] == 2 and last["next_cursor"] is None

@@ -141,6 +141,10 @@ class MemoryStore:
             kept = self._versions.get((name, version))
         return kept[1] if kept is not None else None
 
+    def workflow_versions(self, name: str) -> list[int]:
+        with self._lock:
+            return sorted(v for n, v in self._versions if n == name)
+
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
         with self._lock:
             return {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}

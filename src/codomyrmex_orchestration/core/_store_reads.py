@@ -57,6 +57,26 @@ class StoreReader:
         rows = self.read("SELECT spec, source FROM workflows ORDER BY created_at, name")
         return [(WorkflowSpec.model_validate_json(spec), source) for spec, source in rows]
 
+    def workflow_version(self, name: str, version: int) -> str | None:
+        """The spec JSON of version ``version`` of ``name``, or None if it is not kept."""
+        if not 0 < version < 2**63:  # outside SQLite's integers: no such version was ever stored
+            return None
+        rows = self.read("SELECT spec FROM workflow_versions WHERE name = ? AND version = ?", (name, version))
+        return str(rows[0][0]) if rows else None
+
+    def workflow_versions(self, name: str) -> list[int]:
+        """The kept versions of ``name``, ascending."""
+        rows = self.read("SELECT version FROM workflow_versions WHERE name = ? ORDER BY version", (name,))
+        return [int(v) for (v,) in rows]
+
+    def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
+        """Each name's newest kept version and its digest."""
+        rows = self.read(
+            "SELECT name, version, digest FROM workflow_versions v "
+            "WHERE version = (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name)"
+        )
+        return {str(n): (int(v), str(d)) for n, v, d in rows}
+
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
         if not rows:

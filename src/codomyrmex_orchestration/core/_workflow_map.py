@@ -161,6 +161,7 @@ class MapState:
         limit: the step's ``max_parallel`` (``None``: no bound of its own).
         wave: without ``limit``, the most items in the scheduler at once.
         left: items not final yet.
+        from_cache: items answered from the step cache (all of them: the step says it is ``cached``).
         started_at: when the step was expanded.
         context: what its items' templates resolve against (its ``item`` set per item), once needed.
         condition, templated: its parsed ``run_if``, and whether its parameters hold templates.
@@ -175,6 +176,7 @@ class MapState:
         "duration",
         "errors",
         "finished",
+        "from_cache",
         "held",
         "left",
         "limit",
@@ -218,6 +220,7 @@ class MapState:
         self.next = 0
         self.undecided = self.left = n - kept
         self.held = 0
+        self.from_cache = 0
         self.limit = spec.max_parallel
         self.wave = wave
         self.started_at = utcnow()
@@ -298,6 +301,7 @@ class MapState:
     def settle(self, index: int, result: StepResult, *, held: bool = True) -> bool:
         """Record item ``index``'s final result; True when it was the last one."""
         self._take(index, result)
+        self.from_cache += result.cached
         self.left -= 1
         self.held -= held  # an item that never had a node held no slot
         return self.left == 0
@@ -400,6 +404,7 @@ class MapState:
             finished_at=utcnow(),
             duration_seconds=round(time.monotonic() - self.start_mono, 6),
             items=view,
+            cached=not cancelled and 0 < self.from_cache == view.total,
         )
 
 

@@ -169,18 +169,27 @@ class DefinitionRegistry:
         parameters: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         source: str = "api",
-    ) -> Definition:
-        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``)."""
+        reuse: bool = False,
+    ) -> tuple[Definition, bool]:
+        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``).
+
+        Returns:
+            The definition, and whether it was registered now (False: with ``reuse``, one of the same
+            name and content was registered already, and is returned as it is).
+        """
         workflow = self.coerce(spec, steps, description, parameters)
         plan = self.check(workflow)
         with self._define_lock:
             with self._lock:
-                if workflow.name in self._entries and not overwrite:
-                    raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+                existing = self._entries.get(workflow.name)
+            if existing is not None and not overwrite:
+                if reuse and existing.digest == digest_of(workflow):
+                    return existing, False
+                raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
             self.store.save_workflow(workflow, source)
             definition = self._register(workflow, source, None, plan)
         self.store.flush()
-        return definition
+        return definition, True
 
     def _refusal(self, spec: WorkflowSpec) -> WorkflowRefusedError | None:
         """Why the policy refuses ``spec`` (its first step whose action is refused), or None."""
@@ -382,8 +391,11 @@ class DefinitionRegistry:
             raise WorkflowNotFoundError(name, known=known)
         source = self.store.get_workflow_version(name, version)
         if source is None:
-            current = f"version {definition.version}" if definition is not None else "none (it was deleted)"
-            raise WorkflowNotFoundError(f"{name} version {version}", known=[f"current: {current}"])
+            kept = self.store.workflow_versions(name)
+            if definition is None and not kept:
+                raise WorkflowNotFoundError(name, known=known)
+            current = definition.version if definition is not None else None
+            raise WorkflowNotFoundError(name, version=version, kept=kept, current=current)
         return WorkflowSpec.model_validate_json(source)
 
     def pinned_plan(self, name: str, version: int | None, digest: str | None) -> Plan | None:

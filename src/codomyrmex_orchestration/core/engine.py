@@ -435,11 +435,13 @@ class OrchestrationEngine:
         timeout: float | None = None,
         on_step: StepCallback | None = None,
         use_cache: bool = True,
+        overwrite: bool = False,
     ) -> RunRecord:
         """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` (merged into the
-        steps' own lists) and run it; waits, and takes ``use_cache``, like :meth:`execute_workflow`."""
+        steps' own lists) and run it; waits, and takes ``use_cache``, like :meth:`execute_workflow`. Under
+        a taken name the same content runs again; other content needs ``overwrite`` (AlreadyExistsError)."""
         document = complex_workflow_document(definition, name=name)
-        self.workflow_manager.create_workflow(document, overwrite=True)
+        self.workflow_manager.create_workflow(document, overwrite=overwrite, reuse=True)
         waits: dict[str, Any] = {"wait": wait, "timeout": timeout, "on_step": on_step, "use_cache": use_cache}
         return self.execute_workflow(name, parameters=parameters, session_id=session_id, **waits)
 

@@ -96,6 +96,7 @@ class StateStore(Protocol):
     # (RunRecord.workflow_version); a (name, version) once saved never changes.
     def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None: ...
     def get_workflow_version(self, name: str, version: int) -> str | None: ...
+    def workflow_versions(self, name: str) -> list[int]: ...  # the kept versions of ``name``, ascending
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]: ...
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
@@ -369,21 +370,13 @@ class SqliteStore:
         return self._reads.load_workflows()
 
     def get_workflow_version(self, name: str, version: int) -> str | None:
-        """The spec JSON of version ``version`` of ``name``, or None if it is not kept."""
-        if not 0 < version < 2**63:  # outside SQLite's integers: no such version was ever stored
-            return None
-        rows = self._reads.read(
-            "SELECT spec FROM workflow_versions WHERE name = ? AND version = ?", (name, version)
-        )
-        return str(rows[0][0]) if rows else None
+        return self._reads.workflow_version(name, version)
+
+    def workflow_versions(self, name: str) -> list[int]:
+        return self._reads.workflow_versions(name)
 
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
-        """Each name's newest kept version and its digest."""
-        rows = self._reads.read(
-            "SELECT name, version, digest FROM workflow_versions v "
-            "WHERE version = (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name)"
-        )
-        return {str(n): (int(v), str(d)) for n, v, d in rows}
+        return self._reads.latest_workflow_versions()
 
     def get_run(self, run_id: str) -> RunRecord | None:
         return self._reads.get_run(run_id)

@@ -213,18 +213,20 @@ class WorkflowManager:
         parameters: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         source: str = "api",
+        reuse: bool = False,
     ) -> WorkflowSpec:
-        """Validate and register a workflow (persisted in the store).
+        """Validate and register a workflow (persisted in the store); with ``reuse`` a registered one of the
+        same name and content is kept as it is (its version, its source) instead of refused.
 
         Raises:
             InvalidInputError: malformed spec (the field is named).
             DAGValidationError: every graph problem at once (CycleDetectedError for cycles).
-            AlreadyExistsError: the name is taken and ``overwrite`` is false.
+            AlreadyExistsError: the name is taken (by other content) and ``overwrite`` is false.
         """
-        definition = self.definitions.create(
-            spec, steps, description=description, parameters=parameters, overwrite=overwrite, source=source
-        )
-        self._listeners.emit("workflow.created", {"workflow_name": definition.spec.name, "source": source})
+        spec = self.definitions.coerce(spec, steps, description, parameters)
+        definition, created = self.definitions.create(spec, overwrite=overwrite, source=source, reuse=reuse)
+        if created:
+            self._listeners.emit("workflow.created", {"workflow_name": spec.name, "source": source})
         return definition.spec
 
     def describe_workflow(self, name: str, version: int | None = None) -> WorkflowValidation:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -150,6 +152,11 @@ class CreateComplexWorkflowArgs(Args):
     wait: bool = _WAIT
     timeout_seconds: float = _TIMEOUT
     use_cache: bool = _USE_CACHE
+    overwrite: bool = Field(
+        default=False,
+        description="Replace an existing workflow of the same name whose steps differ (the same definition "
+        "is reused as it is).",
+    )
 
 
 class RunIdArgs(Args):
@@ -426,3 +433,43 @@ class ActionListResult(Result):
 class TemplateListResult(Result):
     templates: list[dict[str, Any]]
     count: int
+
+
+# --------------------------------------------------------------------------- reading a location
+
+
+def fields_at(model: type[BaseModel], location: Sequence[Any]) -> list[str] | None:
+    """The field names of the object at ``location`` (a pydantic error's ``loc`` without its last part)
+    in arguments of ``model``: at ``("steps", 0)`` of create_workflow's arguments, a step's fields.
+
+    None where the location leads to no model (an open object such as ``parameters``) or cannot be
+    followed.
+    """
+    node: Any = model
+    for part in location:
+        node = _without_none(node)
+        origin, args = get_origin(node), get_args(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+            node = args[0]
+        elif origin is dict and len(args) == 2:
+            node = args[1]
+        elif origin in (Union, UnionType):  # pydantic names the member of a union it tried by its name
+            node = next((t for t in args if getattr(t, "__name__", None) == part), None)
+        else:
+            return None
+        if node is None:
+            return None
+    node = _without_none(node)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _without_none(node: Any) -> Any:
+    """``X | None`` -> ``X`` (pydantic adds no location part for it); any other type as it is."""
+    if get_origin(node) in (Union, UnionType):
+        members = [t for t in get_args(node) if t is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return node

@@ -4,11 +4,14 @@ it, and ``notifications/tasks/status`` tells the requesting client when its stat
 the same tasks take the shape of the ``io.modelcontextprotocol/tasks`` extension (``resultType: "task"``,
 ``tasks/get`` carrying the result, ``tasks/cancel``) for a client that declares it.
 
-A task *is* a run (its id is the run id) or a single task (the scheduler's task id); its status is read
-from that run or task, so ``get_workflow_run`` and the tasks API always agree. The store keeps a record
-per task (``store.tool_tasks``: owner, time to live, the last status seen, the result of a single task),
-so a task answers after a restart. :class:`ToolTasks` owns the tasks this process is following (the peer
-to notify, the last status sent) under ``_lock``.
+A task follows a run (its id is the run id) or a single task (the scheduler's task id); while it is
+working its status is read from that run or task, so ``get_workflow_run`` and the tasks API agree. Once it
+ends (``completed``, ``failed``, ``cancelled``) it keeps that status and the result it ended with, as the
+specification requires, even if its run is resumed later: ``tasks/get`` then says so, and the resumed run
+is followed with ``get_workflow_run``, or as a task of its own (a resume called as a task gets a new task
+id). The store keeps a record per task (``store.tool_tasks``: owner, time to live, the last status seen,
+the result once ended), so a task answers after a restart. :class:`ToolTasks` owns the tasks this
+process is following (the peer to notify, the last status sent) under ``_lock``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,6 +34,7 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from codomyrmex_orchestration.core.models import RunRecord
 from codomyrmex_orchestration.errors import NotFoundError, OrchestrationError, WaitTimeoutError
@@ -87,6 +92,8 @@ _SWEEP_EVERY = 30.0
 
 Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# The statuses of a run that ended (a resume starts from one of them).
+_ENDED_RUN = frozenset({"completed", "failed", "cancelled", "interrupted"})
 # Run statuses by their string values (a run waiting on a person is "waiting_for_input").
 _RUN_STATUS: dict[str, Status] = {
     "pending": "working",
@@ -202,18 +209,39 @@ def _not_found(task_id: str) -> MCPError:
 
 
 def _steps_message(run: RunRecord) -> str:
-    done = sum(1 for step in run.steps.values() if step.status.is_terminal)
-    return f"{done} of {len(run.steps)} steps done"
+    """How many steps completed, and how many ended otherwise, by how: "1 of 2 steps completed, 1
+    cancelled" (a step still pending or running is in the total only)."""
+    ended = Counter(step.status.value for step in run.steps.values() if step.status.is_terminal)
+    completed = ended.pop("completed", 0)
+    others = "".join(f", {n} {status.replace('_', ' ')}" for status, n in sorted(ended.items()))
+    return f"{completed} of {len(run.steps)} steps completed{others}"
+
+
+def _moved_on(record: Mapping[str, Any], run: RunRecord) -> str | None:
+    """What an ended run task adds to its message when its run's record is no longer the one the task
+    ended with (the run was resumed since, or was still stopping when the task was cancelled), or None."""
+    ended = (record.get("result") or {}).get("structuredContent") or {}
+    finished = ended.get("finished_at")
+    ended_at = datetime.fromisoformat(finished) if isinstance(finished, str) else None
+    if (ended.get("status"), ended_at) == (run.status.value, run.finished_at):
+        return None
+    how = "was resumed" if ended.get("status") in _ENDED_RUN else "went on"
+    return (
+        f"the run {how} after this task ended (it is {run.status.value} now): follow it with "
+        f"get_workflow_run (run_id {run.run_id!r}), or resume it as a task of its own"
+    )
 
 
 @dataclass(eq=False)
 class _Live:
-    """A task this process follows: whom to notify, on which loop, and the status last announced."""
+    """A task this process follows: whom to notify, on which loop, the status last announced, and the
+    run or task it follows."""
 
     peer: Peer | None
     token: anyio.lowlevel.EventLoopToken
     spawn: Callable[..., Any]
     status: str
+    target: str
 
 
 class ToolTasks:
@@ -229,8 +257,10 @@ class ToolTasks:
         self._tools = tools
         self._hub = hub
         self._lock = threading.Lock()
-        # Guarded by _lock: the tasks this process follows, and the engine whose run events it hears.
+        # Guarded by _lock: the tasks this process follows (and their ids by the run or task each
+        # follows), and the engine whose run events it hears.
         self._live: dict[str, _Live] = {}
+        self._following: dict[str, set[str]] = {}
         self._engine: Any = None
         self._next_sweep = 0.0  # time.monotonic() of the next deletion of expired records
 
@@ -320,20 +350,24 @@ class ToolTasks:
         else:
             record |= {"task_id": structured["task_id"], "kind": "task", "target": structured["task_id"]}
             record["status"] = "working"
-        if record["kind"] != "none":
-            self._follow(ctx, record)
         record = await self._core(self._save_new, record)
         if record["kind"] != "none":
+            self._follow(ctx, record)
             self._announce_soon(record["task_id"])  # it may have ended before it was followed
         return record
 
     def _save_new(self, record: dict[str, Any]) -> dict[str, Any]:
         store = self._store()
         previous = store.get(record["task_id"])
-        if previous is not None:  # a resume: the run's task again, for whoever resumed it
-            record["created_at"] = previous["created_at"]
-            # The time to live counts from creation: the resumed task lives the ttl asked for from now on.
-            record["ttl"] = round((record["expires_at"] - record["created_at"]) * 1000)
+        if previous is not None:  # a resume of a run that has a task already
+            previous = self._refresh(previous)
+            if previous["status"] in _TERMINAL:
+                # That task ended, and keeps how it ended: the resumed run is a task of its own.
+                record["task_id"] = uuid.uuid4().hex
+            else:  # it never ended (its run was resumed before it was seen to end): it goes on
+                record["created_at"] = previous["created_at"]
+                # The time to live counts from creation: the task lives the ttl asked for from now on.
+                record["ttl"] = round((record["expires_at"] - record["created_at"]) * 1000)
         store.save(record)
         return self._refresh(record)
 
@@ -342,9 +376,11 @@ class ToolTasks:
         spawn = getattr(getattr(loop, "tasks", None), "start_soon", None)
         if spawn is None:
             return  # no lifespan task group (a bare server): nobody to notify
-        live = _Live(self._hub.peer(ctx), anyio.lowlevel.current_token(), spawn, "working")
+        task_id, target = record["task_id"], record["target"]
+        live = _Live(self._hub.peer(ctx), anyio.lowlevel.current_token(), spawn, "working", target)
         with self._lock:
-            self._live[record["task_id"]] = live
+            self._live[task_id] = live
+            self._following.setdefault(target, set()).add(task_id)
             engine = self._tools.engine if self._tools.engine_started else None
             listen = engine is not None and engine is not self._engine
             if listen:
@@ -374,64 +410,74 @@ class ToolTasks:
         return store
 
     def _refresh(self, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` with the status of its run or task now; saved when that changed. Core thread."""
-        status, message, resumable = self._status_now(record)
+        """``record`` with the status of its run or task now; saved when that changed. A task that has
+        ended keeps its status, message and result (a terminal status never changes). Core thread."""
+        if record["kind"] == "none" or record["status"] in _TERMINAL:
+            return record
+        status, message, resumable, outcome = self._status_now(record)
         if (status, message, resumable) != (record["status"], record["message"], record.get("resumable")):
             record = {**record, "status": status, "message": message, "resumable": resumable}
             record["updated_at"] = time.time()
-            if status in _TERMINAL and record["kind"] == "task" and record.get("result") is None:
-                record["result"] = self._single_task_result(record)
+            if status in _TERMINAL:
+                # What it ended with, read with its status: tasks/result returns it from now on, even
+                # after the run is resumed (the run's record then changes, the task's does not).
+                record["result"] = self._rendered(outcome, message)
             self._store().save(record)
         return record
 
-    def _status_now(self, record: Mapping[str, Any]) -> tuple[str, str | None, bool]:
-        status, message = record["status"], record["message"]
-        sticky = status in ("completed", "cancelled") or (status == "failed" and not record.get("resumable"))
-        if record["kind"] == "none" or sticky:
-            return status, message, False
+    def _status_now(self, record: Mapping[str, Any]) -> tuple[str, str | None, bool, BaseModel | None]:
+        """The status, message and resumability the task's run or task has now, and its outcome (the
+        plain call's answer: None when the run or task is gone)."""
         engine = self._tools.engine
         if record["kind"] == "run":
             try:
                 run = engine.workflow_manager.get_run(record["target"])
             except NotFoundError:
-                return "failed", "the run's record is gone (removed by retention)", False
+                return "failed", "the run's record is gone (removed by retention)", False, None
             mapped = _RUN_STATUS.get(run.status.value, "working")
+            outcome = _run_handle(run, None) if mapped in _TERMINAL else None
             if run.status.value == "interrupted":
                 return (
                     "failed",
                     "the server stopped while the run was going on (it is interrupted): call "
-                    f"resume_workflow_run with run_id {run.run_id!r} to continue from its completed steps; "
-                    "this task then shows as working again",
+                    f"resume_workflow_run with run_id {run.run_id!r} to continue from its completed steps, "
+                    "then follow the run with get_workflow_run (or resume it as a task of its own)",
                     True,
+                    outcome,
                 )
             if mapped == "working":
-                return mapped, _steps_message(run), False
-            return mapped, run.error if mapped == "failed" else _steps_message(run), False
+                return mapped, _steps_message(run), False, None
+            return mapped, run.error if mapped == "failed" else _steps_message(run), False, outcome
         try:
             task = engine.task_orchestrator.get_task(record["target"])
         except NotFoundError:
-            if status in _TERMINAL:
-                return status, message, False
             return (
                 "failed",
                 "the server restarted before the task ended (single tasks do not survive it)",
                 False,
+                None,
             )
         mapped = _TASK_STATUS.get(task.status.value, "working")
-        return mapped, task.error.message if mapped == "failed" and task.error else None, False
+        message = task.error.message if mapped == "failed" and task.error else None
+        return mapped, message, False, _task_result(task, None) if mapped in _TERMINAL else None
 
-    def _single_task_result(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A single task's result, kept in its record (the scheduler forgets finished tasks)."""
-        try:
-            return self._final_result(record)
-        except NotFoundError:
-            failure = types.CallToolResult(
-                content=[types.TextContent(text=record["message"] or "")], is_error=True
+    def _rendered(self, outcome: BaseModel | None, message: str | None) -> dict[str, Any]:
+        """``outcome`` as the ``CallToolResult`` the wire has; with none (the run or task is gone), an
+        error result saying ``message``."""
+        if outcome is None:
+            result = types.CallToolResult(content=[types.TextContent(text=message or "")], is_error=True)
+        else:
+            rendered = self._tools._render(outcome)
+            result = types.CallToolResult(
+                content=[types.TextContent(text=rendered.text)],
+                structured_content=rendered.structured,
+                is_error=rendered.is_error,
             )
-            return failure.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     def _final_result(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``CallToolResult`` the call would have returned without a task, as the wire has it."""
+        """The ``CallToolResult`` the call would have returned without a task, as the wire has it: the
+        one kept when the task ended (a record from before results were kept: read now)."""
         if record.get("result") is not None:
             return dict(record["result"])
         engine = self._tools.engine
@@ -440,13 +486,19 @@ class ToolTasks:
             outcome = _run_handle(engine.workflow_manager.get_run(record["target"]), None)
         else:
             outcome = _task_result(engine.task_orchestrator.get_task(record["target"]), None)
-        rendered = self._tools._render(outcome)
-        result = types.CallToolResult(
-            content=[types.TextContent(text=rendered.text)],
-            structured_content=rendered.structured,
-            is_error=rendered.is_error,
-        )
-        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return self._rendered(outcome, None)
+
+    def _with_news(self, record: dict[str, Any]) -> dict[str, Any]:
+        """An ended run task as tasks/get shows it: its message says so if the run was resumed since."""
+        if record["kind"] != "run" or record["status"] not in _TERMINAL:
+            return record
+        try:
+            news = _moved_on(record, self._tools.engine.workflow_manager.get_run(record["target"]))
+        except NotFoundError:
+            return record
+        if news is None:
+            return record
+        return {**record, "message": f"{record['message']}; {news}" if record["message"] else news}
 
     def _on_run_event(self, event: str, payload: dict[str, Any]) -> None:
         """The workflow manager's listener (core threads, short): a followed run's status may change."""
@@ -454,7 +506,10 @@ class ToolTasks:
         # Run events only (a step's end changes no task status; reading the run at each one would cost
         # a snapshot per step), and whatever says a run waits for a person.
         if isinstance(run_id, str) and (event.startswith("run.") or "waiting" in event):
-            self._announce_soon(run_id)
+            with self._lock:
+                task_ids = list(self._following.get(run_id, ()))
+            for task_id in task_ids:
+                self._announce_soon(task_id)
 
     def _announce_soon(self, task_id: str) -> None:
         with self._lock:
@@ -484,6 +539,10 @@ class ToolTasks:
             live.status = record["status"]
             if record["status"] in _TERMINAL:
                 del self._live[task_id]
+                following = self._following.get(live.target, set())
+                following.discard(task_id)
+                if not following:
+                    self._following.pop(live.target, None)
         if live.peer is not None:
             params = _wire(record)
             await live.peer.connection.notify("notifications/tasks/status", params)
@@ -513,7 +572,7 @@ class ToolTasks:
         return record
 
     async def _on_get(self, ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
-        record = await self._owned(ctx, params.task_id)
+        record = await self._core(self._with_news, await self._owned(ctx, params.task_id))
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             return _wire(record)
         finished = record["status"] in ("completed", "failed") and not record.get("resumable")
@@ -598,10 +657,13 @@ class ToolTasks:
                 engine.task_orchestrator.wait(record["target"], _STOP_WAIT)
         except WaitTimeoutError:
             pass
-        record = {**record, "status": "cancelled", "message": "cancelled by tasks/cancel", "resumable": False}
+        message = "cancelled by tasks/cancel"
+        record = {**record, "status": "cancelled", "message": message, "resumable": False}
         record["updated_at"] = time.time()
-        if record["kind"] == "task":
-            record["result"] = self._single_task_result(record)
+        try:  # what it ended with, kept (see _refresh)
+            record["result"] = self._final_result({**record, "result": None})
+        except NotFoundError:
+            record["result"] = self._rendered(None, message)
         self._store().save(record)
         return record
 

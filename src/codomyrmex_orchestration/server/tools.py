@@ -318,7 +318,8 @@ def jsonable(value: Any) -> Any:
 
 
 def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
-    problem = InvalidInputError.from_validation(exc, accepted=args.model_fields or None)
+    # An unknown field is answered with the fields accepted where it is (a step's, not the tool's).
+    problem = InvalidInputError.from_validation(exc, accepted_at=lambda at: m.fields_at(args, at) or None)
     takes = "" if args.model_fields else " (it takes no arguments)"
     error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {problem.reason}")
     error.field = problem.field
@@ -407,6 +408,7 @@ def _create_complex_workflow(
         wait=False,
         on_step=_step_progress(call),
         use_cache=a.use_cache,
+        overwrite=a.overwrite,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -488,14 +490,15 @@ def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outc
 
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
     status = WorkflowStatus(a.status) if a.status else None
-    records = tools.engine.workflow_manager.list_runs(
+    found = tools.engine.workflow_manager.list_runs(
         workflow_name=a.workflow_name,
         status=status,
-        limit=a.limit,
+        limit=a.limit + 1,  # one more than the page: a cursor only when another run follows
         since=_aware(a.since),
         until=_aware(a.until),
         cursor=a.cursor,
     )
+    records = found[: a.limit]
     runs = [
         m.RunSummary(
             run_id=r.run_id,
@@ -510,7 +513,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
     ]
     from codomyrmex_orchestration.core._store_codec import run_cursor  # not needed to list the tools
 
-    next_cursor = run_cursor(records[-1]) if len(records) == a.limit else None
+    next_cursor = run_cursor(records[-1]) if len(found) > a.limit else None
     return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
 
 
@@ -841,8 +844,10 @@ def _build_tools() -> tuple[_Tool, ...]:
             "create_complex_workflow",
             "Create and run a workflow",
             "Register a workflow from steps plus a dependencies map (step -> steps it waits for) and run it "
-            "at "
-            "once; returns the run record like execute_workflow. " + _STEP_HELP + " Example: "
+            "at once; returns the run record like execute_workflow. The same definition under the same name "
+            "just runs again; a different one refuses an existing name unless overwrite=true. "
+            + _STEP_HELP
+            + " Example: "
             '{"name": "pipeline", "workflow_definition": {"steps": [{"name": "a", "module": "core", '
             '"action": "echo", "parameters": {"message": 1}}, {"name": "b", "module": "core", "action": '
             '"echo", "parameters": {"message": 2}}], "dependencies": {"b": ["a"]}}}',

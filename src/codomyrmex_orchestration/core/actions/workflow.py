@@ -26,7 +26,7 @@ def run(params: dict[str, Any], ctx: ActionContext) -> Any:
     Raises:
         InvalidInputError: a parameter is malformed.
         LimitExceededError: the sub-run would nest deeper than ``ctx.extras["max_depth"]`` (default 8).
-        StepFailedError: no workflow manager is attached to the context.
+        StepFailedError: not a workflow step (a single task: no runner on the context).
     """
     check_known(params, PARAMETERS, _ACTION)
     name = get_str(params, "workflow", _ACTION, required=True)
@@ -39,9 +39,11 @@ def run(params: dict[str, Any], ctx: ActionContext) -> Any:
         raise LimitExceededError(
             "parameters.workflow", max_depth, ctx.depth + 1, f"sub-workflow nesting depth for {name!r}"
         )
-    if ctx.run_workflow is None:
+    if ctx.run_workflow is None:  # a single task (execute_task): there is no run to start a sub-run in
         raise StepFailedError(
-            ctx.step_name, "workflow.run needs a workflow manager", error_type="RuntimeError"
+            ctx.step_name,
+            "workflow.run starts a sub-run of the run it is a step of, so it runs only as a workflow step, "
+            f"not as a single task: run workflow {name!r} with execute_workflow instead",
         )
     ctx.check_cancelled()
     return ctx.run_workflow(name, dict(sub_params), ctx=ctx)
@@ -55,7 +57,7 @@ def register(registry: ActionRegistry) -> None:
             "run",
             run,
             description="Run another registered workflow as a sub-run (nesting limited by max_depth) and "
-            "return its outputs.",
+            "return its outputs. Only as a workflow step: to run a workflow alone, use execute_workflow.",
             parameters=dict(PARAMETERS),
             output="the sub-run's outputs (an object)",
         )
