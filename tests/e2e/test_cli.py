@@ -203,6 +203,19 @@ def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
     assert "RunNotFoundError" in result.stderr
 
 
+def test_paths_prints_every_path_with_a_note_and_the_variable_that_moves_it(cli: Cli) -> None:
+    listed = cli.json("paths")
+    result = cli("paths")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 * len(listed)  # a path line and a note line for each path
+    for index, (name, path) in enumerate(listed.items()):
+        assert lines[2 * index].split()[:2] == [name, path]
+        note = lines[2 * index + 1].strip()
+        assert note and not note.startswith("["), (name, note)  # every path says what it is for
+    assert "[CODOMYRMEX_MCP_SERVERS_FILE]" in result.stdout
+
+
 # ---------------------------------------------------------------------- run
 
 
