@@ -465,8 +465,14 @@ def _execute(
     args: argparse.Namespace,
     steps: Mapping[str, StepResult],
     start: Callable[[StepCallback], RunRecord],
+    *,
+    owner_held: bool = False,
 ) -> int:
-    """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code."""
+    """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code.
+
+    ``owner_held``: the caller holds the run's owner lock already (``resume``); else it is taken here
+    once the run has an id.
+    """
     from codomyrmex_orchestration._cli_owner import RunOwnership
 
     display = _make_display(args, steps)
@@ -477,7 +483,11 @@ def _execute(
         run_id = record.run_id
         display.start(run_id, record.workflow_name)
         sigint.started(run_id)
-        owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
+        owned = (
+            RunOwnership(settings.state_dir, run_id)
+            if settings.durable and not owner_held
+            else contextlib.nullcontext()
+        )
         timed_out = False
         try:
             with owned:
@@ -611,38 +621,75 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration._cli_owner import owner_of
     from codomyrmex_orchestration.core.models import StepResult, TaskStatus
 
-    engine = _open_engine(settings)
-    try:
-        previous = engine.workflow_manager.get_run(args.run_id)
-        if not previous.status.is_terminal:
-            owner = owner_of(settings.state_dir, args.run_id)
-            if owner.alive:
-                raise _Failed(
-                    f"run {args.run_id} is running in process {owner.pid}; "
-                    f"cancel it first: {PROG} cancel {args.run_id}"
-                )
-            if not owner.exists and not args.force:
+    # The owner lock first, then the engine and the record: of two resumes of one run, the one that
+    # takes the lock resumes and the other is refused before it starts anything (not even an engine),
+    # whatever the record says yet.
+    with _claim(settings, args.run_id) as claim:
+        engine = _open_engine(settings)
+        try:
+            previous = engine.workflow_manager.get_run(args.run_id)
+            if not previous.status.is_terminal and not claim.stale and not args.force:
                 raise _Failed(
                     f"run {args.run_id} is marked {previous.status.value} and no CLI process owns it: "
                     "another process (an MCP server) may be running it. If that process is gone, "
                     "pass --force to resume it here"
                 )
-        steps = {
-            n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
-            for n, s in previous.steps.items()
-        }
-        return _execute(
-            engine,
-            settings,
-            args,
-            steps,
-            lambda on_step: engine.resume_run(args.run_id, wait=False, on_step=on_step),
-        )
+            steps = {
+                n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
+                for n, s in previous.steps.items()
+            }
+
+            def start(on_step: StepCallback) -> RunRecord:
+                record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
+                claim.started()
+                return record
+
+            return _execute(engine, settings, args, steps, start, owner_held=True)
+        finally:
+            engine.shutdown()
+
+
+class _Claim:
+    """This process's hold on a run's owner lock (see :func:`_claim`)."""
+
+    def __init__(self, ownership: Any, *, stale: bool) -> None:
+        self._ownership = ownership
+        #: a lock file was there, left by a CLI owner that is gone
+        self.stale = stale
+
+    def started(self) -> None:
+        """The run is this process's now: its lock file goes when the process lets go."""
+        if self._ownership is not None:
+            self._ownership.keep_file = False
+
+
+@contextlib.contextmanager
+def _claim(settings: Settings, run_id: str) -> Iterator[_Claim]:
+    """Hold ``run_id``'s owner lock (``_cli_owner``) or refuse: a live process holds it.
+
+    Until :meth:`_Claim.started`, letting go leaves a dead owner's lock file as it was found, so a run
+    that is not resumed after all still reads as one whose CLI process is gone.
+    """
+    from codomyrmex_orchestration._cli_owner import OwnedElsewhere, RunOwnership, owner_of
+
+    if not settings.durable:
+        yield _Claim(None, stale=False)
+        return
+    stale = owner_of(settings.state_dir, run_id).exists
+    ownership = RunOwnership(settings.state_dir, run_id, keep_file=stale)
+    try:
+        ownership.__enter__()
+    except OwnedElsewhere as exc:
+        raise _Failed(
+            f"run {run_id} is running in process {exc.pid if exc.pid is not None else '(unknown)'}; "
+            f"cancel it first: {PROG} cancel {run_id}"
+        ) from None
+    try:
+        yield _Claim(ownership, stale=stale)
     finally:
-        engine.shutdown()
+        ownership.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------- validate and graph

@@ -117,6 +117,12 @@ class Cli:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def json_any(self, *args: str | Path) -> Any:
+        """``--json`` output whatever the exit code (a failed run prints its record too)."""
+        result = self(*args, "--json")
+        assert result.stdout, result.stderr
+        return json.loads(result.stdout)
+
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
@@ -389,6 +395,52 @@ def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> N
     result = cli("cancel", record["run_id"])
     assert result.returncode == 1
     assert "already ended (completed); nothing to cancel" in single_error_line(result.stderr)
+
+
+def effect(record: Path) -> dict[str, Any]:
+    """One shell step that appends a line to ``record`` each time it runs, then fails (so the run stays
+    resumable); it first sleeps 5 s when a file named ``slow`` exists next to ``record``."""
+    command = f"echo $$ >> {record}; if [ -f {record.parent / 'slow'} ]; then sleep 5; fi; exit 1"
+    step = {
+        "name": "effect",
+        "module": "shell",
+        "action": "run",
+        "parameters": {"shell": True, "command": command},
+    }
+    return {"name": "effect", "steps": [step]}
+
+
+def test_resume_is_refused_before_it_runs_anything_while_another_process_owns_the_run(cli: Cli) -> None:
+    from codomyrmex_orchestration._cli_owner import RunOwnership
+
+    effects = cli.root / "effects.txt"
+    failed = cli.json_any("run", cli.write("effect.json", effect(effects)))
+    run_id = failed["run_id"]
+    assert failed["status"] == "failed"
+    # The lock is what another `resume` holds from before it starts the run until it ends: the record
+    # still says failed, and the lock alone must decide who resumes.
+    with RunOwnership(cli.state_dir, run_id):
+        refused = cli("resume", run_id)
+    assert refused.returncode == 1
+    line = single_error_line(refused.stderr)
+    assert f"run {run_id} is running in process {os.getpid()}" in line, line
+    assert refused.stdout == ""
+    assert effects.read_text().count("\n") == 1  # the step never ran again
+    assert cli.json_any("show", run_id)["steps"]["effect"]["attempts"] == 1
+
+
+def test_two_resumes_started_at_once_run_the_steps_once(cli: Cli) -> None:
+    effects = cli.root / "effects.txt"
+    run_id = cli.json_any("run", cli.write("effect.json", effect(effects)))["run_id"]
+    (cli.root / "slow").touch()  # the resumed step lasts 5 s: both processes start within it
+    procs = [cli.popen("resume", run_id) for _ in range(2)]
+    results = [(p.wait(timeout=60), *p.communicate(timeout=30)) for p in procs]
+    assert effects.read_text().count("\n") == 2, results  # the first run and exactly one resume
+    [loser] = [r for r in results if not r[1]]
+    assert loser[0] == 1
+    assert f"run {run_id} is running in process" in single_error_line(loser[2])
+    [winner] = [r for r in results if r[1]]
+    assert "of effect failed" in winner[1] and "Traceback" not in winner[2]
 
 
 # ---------------------------------------------------------------------- validate and graph
