@@ -8,12 +8,13 @@ Each subcommand is one ``_add_<cmd>_parser(subparsers)`` function plus one ``_cm
 function, registered in ``_PARSERS`` and ``_COMMANDS``.
 
 Opening state without declaring other processes' runs dead: the engine marks every RUNNING run
-INTERRUPTED when it starts (``store.recover()``), which is right for the one process that owns a state
-directory (the server), wrong for a CLI command that shares it with a live server or another ``run``.
+INTERRUPTED when it starts (``store.recover()``, which spares runs whose CLI owner is alive), which is
+right for the one process that owns a state directory (the server), wrong for a CLI command that shares
+it with a live server or another ``run``.
 So ``runs``, ``show`` and ``cancel`` open the SQLite store directly and only read it; ``run``,
 ``resume``, ``status`` and ``health`` build an engine with ``recover=False``. A run started by the CLI
-is owned by its process through a lock file (``_cli_owner``), which is how ``cancel`` reaches it from
-another terminal and how ``resume`` refuses to take over a run that is still alive.
+is owned by its process through a lock file (``core._run_owners``), which is how ``cancel`` reaches it
+from another terminal and how ``resume`` refuses to take over a run that is still alive.
 """
 
 from __future__ import annotations
@@ -432,7 +433,7 @@ def _dump(value: Any) -> None:
 
 def _owner_label(settings: Settings, record: RunRecord) -> str:
     """``running`` plus who runs it, for a run the store says is running."""
-    from codomyrmex_orchestration._cli_owner import owner_of
+    from codomyrmex_orchestration.core._run_owners import owner_of
 
     status = record.status.value
     if record.status.is_terminal:
@@ -473,7 +474,7 @@ def _execute(
     ``owner_held``: the caller holds the run's owner lock already (``resume``); else it is taken here
     once the run has an id.
     """
-    from codomyrmex_orchestration._cli_owner import RunOwnership
+    from codomyrmex_orchestration.core._run_owners import RunOwnership
 
     display = _make_display(args, steps)
     sigint = _Sigint(engine, display)
@@ -667,12 +668,12 @@ class _Claim:
 
 @contextlib.contextmanager
 def _claim(settings: Settings, run_id: str) -> Iterator[_Claim]:
-    """Hold ``run_id``'s owner lock (``_cli_owner``) or refuse: a live process holds it.
+    """Hold ``run_id``'s owner lock (``core._run_owners``) or refuse: a live process holds it.
 
     Until :meth:`_Claim.started`, letting go leaves a dead owner's lock file as it was found, so a run
     that is not resumed after all still reads as one whose CLI process is gone.
     """
-    from codomyrmex_orchestration._cli_owner import OwnedElsewhere, RunOwnership, owner_of
+    from codomyrmex_orchestration.core._run_owners import OwnedElsewhere, RunOwnership, owner_of
 
     if not settings.durable:
         yield _Claim(None, stale=False)
@@ -875,7 +876,7 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration._cli_owner import owner_of, wait_released
+    from codomyrmex_orchestration.core._run_owners import owner_of, wait_released
 
     record = _get_run(settings, args.run_id)
     if record.status.is_terminal:

@@ -390,6 +390,45 @@ def test_read_only_commands_never_mark_another_process_run_interrupted(cli: Cli)
     assert record is not None and record.status is WorkflowStatus.RUNNING
 
 
+def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) -> None:
+    from tests.helpers.served import INITIALIZE
+
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    server = subprocess.Popen(
+        [*COMMAND, "serve"], cwd=cli.root, env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "get_system_status", "arguments": {}}}  # fmt: skip
+        for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call):
+            server.stdin.write(json.dumps(message) + "\n")
+            server.stdin.flush()
+        reply: dict[str, Any] = {}
+        while reply.get("id") != 2:  # notifications may come first
+            reply = json.loads(server.stdout.readline())
+        assert "result" in reply, reply  # the server's engine has started (and recovered the state)
+        server.stdin.close()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for pipe in (server.stdout, server.stderr):
+            assert pipe is not None
+            pipe.close()
+
+    assert cli.json("show", run_id)["status"] == "running"
+    assert f"running (pid {proc.pid})" in cli("runs").stdout
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert cli.json("show", run_id)["status"] == "cancelled"
+
+
 def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:
     record = cli.json("run", cli.write("demo.json", DEMO))
     result = cli("cancel", record["run_id"])
@@ -411,7 +450,7 @@ def effect(record: Path) -> dict[str, Any]:
 
 
 def test_resume_is_refused_before_it_runs_anything_while_another_process_owns_the_run(cli: Cli) -> None:
-    from codomyrmex_orchestration._cli_owner import RunOwnership
+    from codomyrmex_orchestration.core._run_owners import RunOwnership
 
     effects = cli.root / "effects.txt"
     failed = cli.json_any("run", cli.write("effect.json", effect(effects)))

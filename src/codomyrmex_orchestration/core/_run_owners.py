@@ -1,12 +1,15 @@
-"""Which process owns a running run: a lock file per run that the CLI holds while it runs it.
+"""Which process owns a running run: a lock file per run that its process holds while it runs it.
 
 ``<state_dir>/cli-runs/<run_id>.pid`` holds the owner's pid under an exclusive ``flock``. The kernel
 drops the lock when the owner exits, however it exits, so a held lock means a live owner and a free one
-a dead owner — no pid-reuse guesswork. Taking the lock is also how one process claims a run: ``resume``
-takes it before it reads the run, so of two resumes of the same run exactly one goes ahead (the other
-gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the owner turns into
-a clean cancellation) and waits for the lock to be released. Runs started by other processes (the MCP
-server) have no lock file: the CLI reports them as owned by another process.
+a dead owner — no pid-reuse guesswork. The CLI's ``run`` and ``resume`` take it; runs started by other
+processes (the MCP server) have no lock file. Taking the lock is also how a process claims a run:
+``resume`` takes it before it reads the run, so of two resumes of the same run exactly one goes ahead
+(the other gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the owner turns
+into a clean cancellation) and waits for the lock to be released. The store's start-up marking
+(``SqliteStore.recover``) leaves alone the runs whose owner is alive.
+
+State owned: the files of ``cli-runs/``; nothing in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OwnedElsewhere", "Owner", "RunOwnership", "owner_of", "wait_released"]
+__all__ = ["OwnedElsewhere", "Owner", "RunOwnership", "owner_alive", "owner_of", "wait_released"]
 
 _DIR = "cli-runs"
 
@@ -114,6 +117,11 @@ def owner_of(state_dir: Path, run_id: str) -> Owner:
         return Owner(exists=True, alive=False, pid=None)
     finally:
         os.close(fd)
+
+
+def owner_alive(state_dir: Path, run_id: str) -> bool:
+    """A live process holds ``run_id``'s lock (never raises)."""
+    return owner_of(state_dir, run_id).alive
 
 
 def wait_released(state_dir: Path, run_id: str, timeout: float) -> bool:
