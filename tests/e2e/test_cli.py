@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -555,8 +557,11 @@ def test_status_and_health_report_the_engine_as_json_and_tables(cli: Cli) -> Non
 # ---------------------------------------------------------------------- a terminal
 
 
-def run_in_terminal(cli: Cli, args: Sequence[str | Path]) -> tuple[int, str]:
-    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; return (exit code, output)."""
+def run_in_terminal(cli: Cli, args: Sequence[str | Path], deadline: float = 60) -> tuple[int, str]:
+    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; return (exit code, output).
+
+    Fails if the command has not ended within ``deadline`` seconds (it is killed).
+    """
     master, slave = pty.openpty()
     env = dict(cli.env, TERM="xterm-256color", COLUMNS="120", LINES="40")
     proc = subprocess.Popen(
@@ -564,8 +569,14 @@ def run_in_terminal(cli: Cli, args: Sequence[str | Path]) -> tuple[int, str]:
     )
     os.close(slave)
     chunks = []
+    end = time.monotonic() + deadline
     try:
         while True:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([master], [], [], left)[0]:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"{args} did not end within {deadline}s")
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: the child closed its end
@@ -587,6 +598,59 @@ def test_run_on_a_terminal_draws_a_live_step_table_and_progress_bar(cli: Cli) ->
     assert "2/2 steps done" in output
     assert "\x1b[" in output  # drawn with terminal control codes, in place
     assert "of demo completed in" in output
+
+
+def wide(count: int) -> dict[str, Any]:
+    """``count`` independent core.set steps."""
+    steps = [
+        {"name": f"s{i}", "module": "core", "action": "set", "parameters": {"i": i}} for i in range(count)
+    ]
+    return {"name": "wide", "steps": steps}
+
+
+def test_a_big_run_on_a_terminal_finishes_about_as_fast_as_piped(cli: Cli) -> None:
+    # 5,000 steps take well under 10 s piped; a display that redraws every step on the engine's thread
+    # (its cost growing with the run) took minutes here.
+    code, output = run_in_terminal(cli, ["run", cli.write("wide.json", wide(5000))], deadline=60)
+    assert code == 0, output[-2000:]
+    assert "5000/5000 steps done" in output
+    assert "of wide completed in" in output
+
+
+def test_the_live_display_draws_on_its_own_clock_a_bounded_view_of_a_big_run() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from codomyrmex_orchestration._cli_display import LiveDisplay
+    from codomyrmex_orchestration.core.models import TaskStatus, utcnow
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, height=40)
+    names = [f"s{i}" for i in range(5000)]
+    display = LiveDisplay({n: StepResult(name=n) for n in names}, console)
+    began = time.monotonic()
+    display.start("r1", "wide")
+    try:
+        for name in names:
+            display.on_step(None, StepResult(name=name, status=TaskStatus.RUNNING, attempts=1))  # type: ignore[arg-type]  # the record is not read
+            now = utcnow()
+            done = StepResult(
+                name=name, status=TaskStatus.COMPLETED, attempts=1, started_at=now, completed_at=now, output=1
+            )
+            display.on_step(None, done)  # type: ignore[arg-type]  # the record is not read
+        display.on_step(None, StepResult(name="s7", status=TaskStatus.FAILED, attempts=1))  # type: ignore[arg-type]  # the record is not read
+    finally:
+        display.stop()
+    elapsed = time.monotonic() - began
+    frames = out.getvalue().count("run r1 of wide")
+    # Drawn by rich's refresh thread a few times a second, never once per transition (10,001 here).
+    assert 1 <= frames <= 10 * elapsed + 3, (frames, elapsed)
+    last = out.getvalue().rsplit("run r1 of wide", 1)[1]
+    assert "5000/5000 steps done" in last and ", 1 failed" in last
+    assert "s7" in last and "failed" in last  # the failed step is shown
+    assert len(last.splitlines()) < 40  # a bounded view: counts and a few steps, not 5,000 rows
 
 
 def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path: Path) -> None:
