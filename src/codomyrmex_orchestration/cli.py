@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -117,9 +118,7 @@ def _add_run_parser(sub: Any) -> None:
     run.add_argument("workflow", metavar="FILE|NAME", help="a workflow JSON file or a registered name")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a run parameter")
     run.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
-    run.add_argument(
-        "--timeout", type=_positive_float, metavar="SECONDS", help="cancel the run if it takes longer"
-    )
+    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="cancel the run if it takes longer")
 
 
 def _add_validate_parser(sub: Any) -> None:
@@ -178,7 +177,7 @@ def _add_resume_parser(sub: Any) -> None:
     _executor_flags(resume)
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
-    resume.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
+    resume.add_argument("--timeout", type=_seconds, metavar="SECONDS")
     resume.add_argument(
         "--force",
         action="store_true",
@@ -195,9 +194,7 @@ def _add_cancel_parser(sub: Any) -> None:
     )
     _common(cancel)
     cancel.add_argument("run_id", metavar="RUN_ID")
-    cancel.add_argument(
-        "--wait", type=_positive_float, default=DEFAULT_CANCEL_WAIT, metavar="SECONDS", help="(30)"
-    )
+    cancel.add_argument("--wait", type=_seconds, default=DEFAULT_CANCEL_WAIT, metavar="SECONDS", help="(30)")
 
 
 def _add_status_parser(sub: Any) -> None:
@@ -294,14 +291,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(raw: str) -> float:
+def _seconds(raw: str) -> float | None:
+    """A positive, finite number of seconds; ``None`` (no limit) beyond what a thread can wait
+    (``threading.TIMEOUT_MAX``, about 292 years)."""
     try:
         value = float(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a finite number of seconds (leave the option out for no limit)"
+        )
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{raw!r} must be above 0")
-    return value
+    return value if value <= threading.TIMEOUT_MAX else None
 
 
 def _positive_int(raw: str) -> int:

@@ -296,6 +296,19 @@ def test_run_timeout_cancels_the_run_and_exits_1(cli: Cli) -> None:
     assert "not run: after" in result.stdout
 
 
+def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_refused(cli: Cli) -> None:
+    demo = cli.write("demo.json", DEMO)
+    far = cli("run", demo, "--timeout", "1e10", "--json")
+    assert far.returncode == 0, far.stderr
+    assert json.loads(far.stdout)["status"] == "completed"
+    for flag, value in (("--timeout", "inf"), ("--timeout", "nan"), ("--wait", "inf")):
+        command = ["cancel", "some_run"] if flag == "--wait" else ["run", demo]
+        refused = cli(*command, flag, value)
+        assert refused.returncode == 2, refused.stderr
+        assert f"argument {flag}: {value!r} is not a finite number of seconds" in refused.stderr
+    assert not (cli.state_dir / "state.db").exists() or len(cli.json("runs")) == 1  # nothing else ran
+
+
 def test_ctrl_c_cancels_the_run_cleanly_reports_what_was_left_and_exits_130(cli: Cli) -> None:
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     wait_for_line(proc, "nap", "running")

@@ -124,8 +124,9 @@ def owner_alive(state_dir: Path, run_id: str) -> bool:
     return owner_of(state_dir, run_id).alive
 
 
-def wait_released(state_dir: Path, run_id: str, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for the owner of ``run_id`` to let go; True when it did.
+def wait_released(state_dir: Path, run_id: str, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (``None``: no limit) for the owner of ``run_id`` to let go; True
+    when it did.
 
     A blocking ``flock`` on a helper thread, so the wait wakes the moment the owner exits (no polling).
     """
