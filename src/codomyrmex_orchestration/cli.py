@@ -787,7 +787,11 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             _dump([r.model_dump(mode="json") for r in records])
             return EXIT_OK
         if not records:
-            print(f"no runs recorded in {settings.state_dir}")
+            recorded = sum(store.count_runs().values()) if store is not None else 0
+            if recorded and (status is not None or args.workflow is not None):
+                print(f"no runs match these filters ({recorded} runs recorded in {settings.state_dir})")
+            else:
+                print(f"no runs recorded in {settings.state_dir}")
             return EXIT_OK
         rows = []
         for r in records:

@@ -342,6 +342,11 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
     assert [r["workflow_name"] for r in cli.json("runs", "--status", "completed")] == ["demo"]
     assert [r["workflow_name"] for r in cli.json("runs", "--workflow", "flaky", "--limit", "1")] == ["flaky"]
 
+    for filters in (["--workflow", "nosuch"], ["--status", "cancelled"]):
+        none = cli("runs", *filters)
+        assert none.returncode == 0
+        assert none.stdout.startswith("no runs match these filters (2 runs recorded in "), none.stdout
+
     shown = cli("show", ok["run_id"]).stdout
     assert f"run       {ok['run_id']}" in shown
     assert "status    completed" in shown
