@@ -358,6 +358,12 @@ def _load_document(path: Path) -> Any:
         raise InvalidInputError(str(path), f"cannot read the file ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise InvalidInputError(str(path), f"not valid JSON ({exc})") from None
+    except RecursionError:
+        from codomyrmex_orchestration.core.models import MAX_PARAMETER_NESTING as most
+
+        raise InvalidInputError(
+            str(path), f"nested deeper than {most} levels of objects and lists (the most a workflow may use)"
+        ) from None
 
 
 def _workflow_object(path: Path) -> dict[str, Any]:

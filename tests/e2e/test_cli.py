@@ -529,6 +529,33 @@ def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cl
     assert cli("validate", good).returncode == 0
 
 
+def nested(depth: int) -> str:
+    """A workflow whose one step has a parameter ``depth`` lists deep (as text: json.dumps recurses)."""
+    deep = "[" * depth + "]" * depth
+    return (
+        '{"name": "deep", "steps": [{"name": "a", "module": "core", "action": "set", '
+        f'"parameters": {{"x": {deep}}}}}]}}'
+    )
+
+
+def test_deeply_nested_parameters_are_refused_by_validate_and_run_naming_the_limit(cli: Cli) -> None:
+    ok = cli.write("demo.json", DEMO)
+    for depth in (300, 500, 5000):
+        deep = cli.root / f"deep{depth}.json"
+        deep.write_text(nested(depth), encoding="utf-8")
+        checked = cli("validate", deep, ok)
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        first, second = checked.stdout.splitlines()
+        assert first.startswith(f"{deep}: ") and "nested deeper than 200 levels" in first, first
+        assert second == f"{ok}: demo: ok (2 steps, 2 levels)"  # the next file is still checked
+        ran = cli("run", deep)
+        assert ran.returncode == 2, ran.stdout + ran.stderr
+        assert "nested deeper than 200 levels" in single_error_line(ran.stderr)
+    shallow = cli.root / "shallow.json"
+    shallow.write_text(nested(199), encoding="utf-8")
+    assert cli("run", shallow, "--json").returncode == 0
+
+
 def test_graph_prints_mermaid_or_dot_for_a_file_or_a_registered_name(cli: Cli) -> None:
     demo = cli.write("demo.json", DEMO)
     mermaid = cli("graph", demo)
