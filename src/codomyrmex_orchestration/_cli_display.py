@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -31,6 +33,15 @@ __all__ = [
     "print_table",
     "step_detail",
 ]
+
+#: Frames drawn per second by rich's own thread (transitions never draw).
+_REFRESH_PER_SECOND = 8
+#: Up to this many steps the live table lists every step; a bigger run shows a bounded selection.
+_FULL_TABLE_STEPS = 20
+_RUNNING_ROWS = 10
+_FAILED_ROWS = 5
+_RECENT_ROWS = 5
+_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT})
 
 _STYLES = {
     TaskStatus.PENDING: "dim",
@@ -132,12 +143,16 @@ class RunDisplay:
     def on_step(self, record: RunRecord, step: StepResult) -> None:
         copy = step.model_copy()
         with self._lock:
+            self._track_locked(self.steps.get(step.name), copy)
             self.steps[step.name] = copy
             if not self._started:
                 self._backlog.append(copy)
                 return
             self._emit_locked(copy)
         self._after()
+
+    def _track_locked(self, previous: StepResult | None, step: StepResult) -> None:
+        """A step's new state, before it replaces ``previous`` (under the lock; must cost O(1))."""
 
     def _begin_locked(self) -> None:
         """The run started (under the lock)."""
@@ -199,18 +214,27 @@ class PlainDisplay(RunDisplay):
 class LiveDisplay(RunDisplay):
     """A terminal: the step table and an overall bar, redrawn in place by rich ``Live``.
 
-    rich redraws ten times a second on its own thread (so running durations tick) and at once on
-    each transition; ``Live`` serialises rendering, so callbacks from worker threads are safe.
+    A transition only records the change (O(1), on the engine's worker thread); rich redraws
+    ``_REFRESH_PER_SECOND`` times a second on its own thread, so a run of thousands of steps is never
+    slowed by its display. Up to ``_FULL_TABLE_STEPS`` steps the table lists them all; a bigger run
+    shows its counts and a bounded selection (running, failed, the last few finished), so drawing a
+    frame costs the same whatever the run's size.
     """
 
     def __init__(self, steps: Mapping[str, StepResult], console: Console) -> None:
         super().__init__(steps)
         self.console = console
         self._began = utcnow()
+        self._counts: Counter[TaskStatus] = Counter(s.status for s in self.steps.values())
+        # Insertion-ordered sets of names (dicts), kept up to date by _track_locked.
+        self._running: dict[str, None] = {}
+        self._failed: dict[str, None] = {}
+        self._recent: deque[str] = deque(maxlen=_RECENT_ROWS)
         self._live = Live(
             console=console,
             get_renderable=self._render,
-            refresh_per_second=10,
+            auto_refresh=True,
+            refresh_per_second=_REFRESH_PER_SECOND,
             redirect_stderr=True,
             redirect_stdout=True,
         )
@@ -220,21 +244,40 @@ class LiveDisplay(RunDisplay):
         self._live.start()
         super().start(run_id, workflow_name)
 
-    def _after(self) -> None:
-        self._live.refresh()
+    def _track_locked(self, previous: StepResult | None, step: StepResult) -> None:
+        if previous is not None:
+            self._counts[previous.status] -= 1
+        self._counts[step.status] += 1
+        name = step.name
+        self._running.pop(name, None)
+        self._failed.pop(name, None)
+        if step.status is TaskStatus.RUNNING:
+            self._running[name] = None
+        elif step.status in _FAILED:
+            self._failed[name] = None
+        if step.status.is_terminal:
+            self._recent.append(name)
 
     def note(self, message: str) -> None:
         self.console.print(Text(message, style="bold"), highlight=False)
 
     def stop(self) -> None:
         if self._live.is_started:
-            self._live.refresh()
+            self._live.refresh()  # the final frame: every transition so far
             self._live.stop()
 
     def _render(self) -> RenderableType:
         now = utcnow()
         with self._lock:
-            steps = list(self.steps.values())
+            total = len(self.steps)
+            if total <= _FULL_TABLE_STEPS:
+                shown, hidden = list(self.steps.values()), 0
+            else:
+                shown = self._selection_locked()
+                hidden = total - len(shown)
+            done = sum(n for status, n in self._counts.items() if status.is_terminal)
+            failed = sum(self._counts[status] for status in _FAILED)
+            counts = {status: n for status, n in self._counts.items() if n}
         title = f"run {self.run_id or '?'} of {self.workflow_name or '?'}"
         table = Table(title=title, title_justify="left", header_style="bold", expand=False)
         # The detail gives way first: names, statuses and numbers are never cut.
@@ -243,7 +286,7 @@ class LiveDisplay(RunDisplay):
         table.add_column("Attempt", justify="right", no_wrap=True)
         table.add_column("Duration", justify="right", no_wrap=True)
         table.add_column("Detail", overflow="ellipsis", no_wrap=True, max_width=48)
-        for step in steps:
+        for step in shown:
             table.add_row(
                 step.name,
                 Text(step.status.value, style=_STYLES.get(step.status, "")),
@@ -251,9 +294,11 @@ class LiveDisplay(RunDisplay):
                 _duration(step, now),
                 step_detail(step, 48),
             )
-        total = len(steps)
-        done = sum(1 for s in steps if s.status.is_terminal)
-        failed = sum(1 for s in steps if s.status in {TaskStatus.FAILED, TaskStatus.TIMED_OUT})
+        if hidden:
+            table.caption = f"{hidden} more steps; all: " + ", ".join(
+                f"{n} {status.value}" for status, n in counts.items()
+            )
+            table.caption_justify = "left"
         bar = ProgressBar(total=max(total, 1), completed=done, width=40)
         elapsed = (now - self._began).total_seconds()
         summary = Text(f" {done}/{total} steps done", style="bold")
@@ -263,3 +308,11 @@ class LiveDisplay(RunDisplay):
         footer = Table.grid(padding=(0, 1))
         footer.add_row(bar, summary)
         return Group(table, footer)
+
+    def _selection_locked(self) -> list[StepResult]:
+        """A big run's rows: running steps, then failed ones, then the last finished (bounded)."""
+        names = dict.fromkeys(islice(self._running, _RUNNING_ROWS))
+        names.update(dict.fromkeys(islice(self._failed, _FAILED_ROWS)))
+        for name in reversed(self._recent):
+            names.setdefault(name, None)
+        return [self.steps[name] for name in names]

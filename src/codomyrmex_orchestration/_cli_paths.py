@@ -12,12 +12,13 @@ from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 __all__ = ["add_paths_parser", "cmd_paths"]
 
 _NOTES = {
-    "data_dir": "holds the five below unless each is set",
+    "data_dir": "holds the seven below unless each is set",
     "state_dir": "runs, sessions, workflows created through the tools",
     "state_db": "the SQLite state store",
     "config_dir": "your workflow JSON files, loaded at start",
     "projects_dir": "projects made by create_project",
     "templates_dir": "your project/doc templates (optional)",
+    "mcp_servers_file": 'the MCP servers mcp.call steps may call, as {"mcpServers": ...} (optional)',
     "secrets_file": "workflow secrets for {{secrets.NAME}}: a JSON object, mode 0600 (optional)",
     "samples_dir": "the shipped sample workflows (read-only)",
 }
@@ -43,5 +44,9 @@ def cmd_paths(args: argparse.Namespace, settings: Settings) -> int:
     for name, path in paths.items():
         exists = "" if path.exists() else "  (not created yet)"
         variable = "" if name in ("state_db", "samples_dir") else f"  [{ENV_PREFIX}{name.upper()}]"
-        sys.stdout.write(f"{name:<{width}}  {path}{exists}\n{'':<{width}}  {_NOTES[name]}{variable}\n")
+        # A path added to Settings.paths() without a note here still prints (with its variable).
+        note = f"{_NOTES.get(name, '')}{variable}".strip()
+        sys.stdout.write(f"{name:<{width}}  {path}{exists}\n")
+        if note:
+            sys.stdout.write(f"{'':<{width}}  {note}\n")
     return 0

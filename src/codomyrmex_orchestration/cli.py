@@ -8,12 +8,13 @@ Each subcommand is one ``_add_<cmd>_parser(subparsers)`` function plus one ``_cm
 function, registered in ``_PARSERS`` and ``_COMMANDS``.
 
 Opening state without declaring other processes' runs dead: the engine marks every RUNNING run
-INTERRUPTED when it starts (``store.recover()``), which is right for the one process that owns a state
-directory (the server), wrong for a CLI command that shares it with a live server or another ``run``.
+INTERRUPTED when it starts (``store.recover()``, which spares runs whose CLI owner is alive), which is
+right for the one process that owns a state directory (the server), wrong for a CLI command that shares
+it with a live server or another ``run``.
 So ``runs``, ``show`` and ``cancel`` open the SQLite store directly and only read it; ``run``,
 ``resume``, ``status`` and ``health`` build an engine with ``recover=False``. A run started by the CLI
-is owned by its process through a lock file (``_cli_owner``), which is how ``cancel`` reaches it from
-another terminal and how ``resume`` refuses to take over a run that is still alive.
+is owned by its process through a lock file (``core._run_owners``), which is how ``cancel`` reaches it
+from another terminal and how ``resume`` refuses to take over a run that is still alive.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -116,9 +118,7 @@ def _add_run_parser(sub: Any) -> None:
     run.add_argument("workflow", metavar="FILE|NAME", help="a workflow JSON file or a registered name")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a run parameter")
     run.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
-    run.add_argument(
-        "--timeout", type=_positive_float, metavar="SECONDS", help="cancel the run if it takes longer"
-    )
+    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="cancel the run if it takes longer")
 
 
 def _add_validate_parser(sub: Any) -> None:
@@ -177,7 +177,7 @@ def _add_resume_parser(sub: Any) -> None:
     _executor_flags(resume)
     resume.add_argument("run_id", metavar="RUN_ID")
     resume.add_argument("--json", action="store_true", help="print only the final run record, as JSON")
-    resume.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
+    resume.add_argument("--timeout", type=_seconds, metavar="SECONDS")
     resume.add_argument(
         "--force",
         action="store_true",
@@ -194,9 +194,7 @@ def _add_cancel_parser(sub: Any) -> None:
     )
     _common(cancel)
     cancel.add_argument("run_id", metavar="RUN_ID")
-    cancel.add_argument(
-        "--wait", type=_positive_float, default=DEFAULT_CANCEL_WAIT, metavar="SECONDS", help="(30)"
-    )
+    cancel.add_argument("--wait", type=_seconds, default=DEFAULT_CANCEL_WAIT, metavar="SECONDS", help="(30)")
 
 
 def _add_status_parser(sub: Any) -> None:
@@ -293,14 +291,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(raw: str) -> float:
+def _seconds(raw: str) -> float | None:
+    """A positive, finite number of seconds; ``None`` (no limit) beyond what a thread can wait
+    (``threading.TIMEOUT_MAX``, about 292 years)."""
     try:
         value = float(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a finite number of seconds (leave the option out for no limit)"
+        )
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{raw!r} must be above 0")
-    return value
+    return value if value <= threading.TIMEOUT_MAX else None
 
 
 def _positive_int(raw: str) -> int:
@@ -354,6 +358,12 @@ def _load_document(path: Path) -> Any:
         raise InvalidInputError(str(path), f"cannot read the file ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise InvalidInputError(str(path), f"not valid JSON ({exc})") from None
+    except RecursionError:
+        from codomyrmex_orchestration.core.models import MAX_PARAMETER_NESTING as most
+
+        raise InvalidInputError(
+            str(path), f"nested deeper than {most} levels of objects and lists (the most a workflow may use)"
+        ) from None
 
 
 def _workflow_object(path: Path) -> dict[str, Any]:
@@ -432,7 +442,7 @@ def _dump(value: Any) -> None:
 
 def _owner_label(settings: Settings, record: RunRecord) -> str:
     """``running`` plus who runs it, for a run the store says is running."""
-    from codomyrmex_orchestration._cli_owner import owner_of
+    from codomyrmex_orchestration.core._run_owners import owner_of
 
     status = record.status.value
     if record.status.is_terminal:
@@ -465,9 +475,15 @@ def _execute(
     args: argparse.Namespace,
     steps: Mapping[str, StepResult],
     start: Callable[[StepCallback], RunRecord],
+    *,
+    owner_held: bool = False,
 ) -> int:
-    """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code."""
-    from codomyrmex_orchestration._cli_owner import RunOwnership
+    """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code.
+
+    ``owner_held``: the caller holds the run's owner lock already (``resume``); else it is taken here
+    once the run has an id.
+    """
+    from codomyrmex_orchestration.core._run_owners import RunOwnership
 
     display = _make_display(args, steps)
     sigint = _Sigint(engine, display)
@@ -477,7 +493,11 @@ def _execute(
         run_id = record.run_id
         display.start(run_id, record.workflow_name)
         sigint.started(run_id)
-        owned = RunOwnership(settings.state_dir, run_id) if settings.durable else contextlib.nullcontext()
+        owned = (
+            RunOwnership(settings.state_dir, run_id)
+            if settings.durable and not owner_held
+            else contextlib.nullcontext()
+        )
         timed_out = False
         try:
             with owned:
@@ -611,38 +631,75 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration._cli_owner import owner_of
     from codomyrmex_orchestration.core.models import StepResult, TaskStatus
 
-    engine = _open_engine(settings)
-    try:
-        previous = engine.workflow_manager.get_run(args.run_id)
-        if not previous.status.is_terminal:
-            owner = owner_of(settings.state_dir, args.run_id)
-            if owner.alive:
-                raise _Failed(
-                    f"run {args.run_id} is running in process {owner.pid}; "
-                    f"cancel it first: {PROG} cancel {args.run_id}"
-                )
-            if not owner.exists and not args.force:
+    # The owner lock first, then the engine and the record: of two resumes of one run, the one that
+    # takes the lock resumes and the other is refused before it starts anything (not even an engine),
+    # whatever the record says yet.
+    with _claim(settings, args.run_id) as claim:
+        engine = _open_engine(settings)
+        try:
+            previous = engine.workflow_manager.get_run(args.run_id)
+            if not previous.status.is_terminal and not claim.stale and not args.force:
                 raise _Failed(
                     f"run {args.run_id} is marked {previous.status.value} and no CLI process owns it: "
                     "another process (an MCP server) may be running it. If that process is gone, "
                     "pass --force to resume it here"
                 )
-        steps = {
-            n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
-            for n, s in previous.steps.items()
-        }
-        return _execute(
-            engine,
-            settings,
-            args,
-            steps,
-            lambda on_step: engine.resume_run(args.run_id, wait=False, on_step=on_step),
-        )
+            steps = {
+                n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
+                for n, s in previous.steps.items()
+            }
+
+            def start(on_step: StepCallback) -> RunRecord:
+                record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
+                claim.started()
+                return record
+
+            return _execute(engine, settings, args, steps, start, owner_held=True)
+        finally:
+            engine.shutdown()
+
+
+class _Claim:
+    """This process's hold on a run's owner lock (see :func:`_claim`)."""
+
+    def __init__(self, ownership: Any, *, stale: bool) -> None:
+        self._ownership = ownership
+        #: a lock file was there, left by a CLI owner that is gone
+        self.stale = stale
+
+    def started(self) -> None:
+        """The run is this process's now: its lock file goes when the process lets go."""
+        if self._ownership is not None:
+            self._ownership.keep_file = False
+
+
+@contextlib.contextmanager
+def _claim(settings: Settings, run_id: str) -> Iterator[_Claim]:
+    """Hold ``run_id``'s owner lock (``core._run_owners``) or refuse: a live process holds it.
+
+    Until :meth:`_Claim.started`, letting go leaves a dead owner's lock file as it was found, so a run
+    that is not resumed after all still reads as one whose CLI process is gone.
+    """
+    from codomyrmex_orchestration.core._run_owners import OwnedElsewhere, RunOwnership, owner_of
+
+    if not settings.durable:
+        yield _Claim(None, stale=False)
+        return
+    stale = owner_of(settings.state_dir, run_id).exists
+    ownership = RunOwnership(settings.state_dir, run_id, keep_file=stale)
+    try:
+        ownership.__enter__()
+    except OwnedElsewhere as exc:
+        raise _Failed(
+            f"run {run_id} is running in process {exc.pid if exc.pid is not None else '(unknown)'}; "
+            f"cancel it first: {PROG} cancel {run_id}"
+        ) from None
+    try:
+        yield _Claim(ownership, stale=stale)
     finally:
-        engine.shutdown()
+        ownership.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------- validate and graph
@@ -736,7 +793,11 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             _dump([r.model_dump(mode="json") for r in records])
             return EXIT_OK
         if not records:
-            print(f"no runs recorded in {settings.state_dir}")
+            recorded = sum(store.count_runs().values()) if store is not None else 0
+            if recorded and (status is not None or args.workflow is not None):
+                print(f"no runs match these filters ({recorded} runs recorded in {settings.state_dir})")
+            else:
+                print(f"no runs recorded in {settings.state_dir}")
             return EXIT_OK
         rows = []
         for r in records:
@@ -828,7 +889,7 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration._cli_owner import owner_of, wait_released
+    from codomyrmex_orchestration.core._run_owners import owner_of, wait_released
 
     record = _get_run(settings, args.run_id)
     if record.status.is_terminal:

@@ -114,7 +114,7 @@ class Settings(BaseModel):
     #: ``data_dir/config/templates``, ``data_dir/config/secrets.json``. Default: :func:`default_data_dir`,
     #: never the working directory.
     data_dir: Path = Field(default_factory=default_data_dir)
-    # The five defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
+    # The six path defaults below are replaced by paths inside data_dir (see _place_in_data_dir).
     state_dir: Path = DEFAULT_STATE_DIR
     config_dir: Path = DEFAULT_CONFIG_DIR
     projects_dir: Path = DEFAULT_PROJECTS_DIR

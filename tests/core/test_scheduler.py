@@ -106,6 +106,17 @@ def recorder(log: list[str], label: str) -> Callable[[ActionContext], str]:
 # --------------------------------------------------------------------------- ordering
 
 
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_a_wait_longer_than_a_thread_can_wait_waits_without_limit(make_orch: Any, timeout: float) -> None:
+    orch = make_orch(1)
+    task_id, release = blocker(orch)
+    quick = orch.submit(lambda ctx: "quick", name="quick")
+    threading.Timer(0.05, release.set).start()
+    records = orch.wait_all([task_id, quick], timeout=timeout)
+    assert [r.status for r in records] == [TaskStatus.COMPLETED, TaskStatus.COMPLETED]
+    assert orch.wait(quick, timeout).result == "quick"
+
+
 def test_critical_task_runs_before_background_task_submitted_earlier(make_orch: Any) -> None:
     orch = make_orch(1)
     _, release = blocker(orch)

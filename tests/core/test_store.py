@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.core._run_owners import RunOwnership
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     RunRecord,
@@ -204,6 +205,27 @@ def test_recover_marks_pending_and_running_runs_interrupted_and_keeps_their_step
     assert store.get_run("done").status is WorkflowStatus.COMPLETED  # type: ignore[union-attr]  # saved above
     assert [r.run_id for r in store.list_runs(status=WorkflowStatus.INTERRUPTED)] == ["pending", "running"]
     assert store.recover() == []
+
+
+def test_recover_leaves_runs_whose_owner_lock_a_live_process_holds_and_their_sub_runs(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        store.save_run(_run("owned", age=4))
+        store.save_run(_run("child", age=3, parent_run_id="owned"))
+        store.save_run(_run("orphan", age=2))
+        store.save_run(_run("was_owned", age=1))
+        # A lock its owner let go of (a CLI process that died) protects nothing.
+        with RunOwnership(tmp_path, "was_owned", keep_file=True):
+            pass
+        with RunOwnership(tmp_path, "owned"):  # a CLI `run` in another process, as the lock sees it
+            assert store.recover() == ["orphan", "was_owned"]
+            assert store.get_run("owned").status is WorkflowStatus.RUNNING  # type: ignore[union-attr]  # saved above
+            assert store.get_run("child").status is WorkflowStatus.RUNNING  # type: ignore[union-attr]  # saved above
+        assert store.recover() == ["owned", "child"]  # its owner is gone now
+    finally:
+        store.close()
 
 
 def test_sessions_round_trip_filter_by_status_and_delete(store: Store) -> None:

@@ -87,6 +87,19 @@ def test_a_callback_that_raises_does_not_stop_the_service() -> None:
         timers.close()
 
 
+def test_a_timer_too_far_away_for_a_thread_to_wait_on_does_not_stop_the_service() -> None:
+    timers = TimerService()
+    near = threading.Event()
+    try:
+        far = timers.call_later(1e10, lambda: None)  # beyond threading.TIMEOUT_MAX (about 292 years)
+        timers.call_later(float("inf"), lambda: None)
+        timers.call_later(0.01, near.set)
+        assert near.wait(WAIT), "the timer thread died waiting for the far timer"
+        assert far.cancel() is True
+    finally:
+        timers.close()
+
+
 def test_many_armed_then_cancelled_timers_do_not_accumulate() -> None:
     clock = FakeClock()
     timers = TimerService(clock=clock)

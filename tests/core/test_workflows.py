@@ -664,6 +664,30 @@ def test_timeout_none_waits_without_limit_in_execute_wait_and_resume(
     assert manager.wait_run(failed.run_id, None).status is WorkflowStatus.COMPLETED
 
 
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_a_timeout_longer_than_a_thread_can_wait_is_no_limit_in_execute_wait_and_resume(
+    manager: WorkflowManager, registry: ActionRegistry, timeout: float
+) -> None:
+    release = threading.Event()
+    fail_first = [True]
+
+    def gated(params: dict[str, Any], ctx: ActionContext) -> str:
+        if fail_first[0]:
+            fail_first[0] = False
+            raise RuntimeError("first attempt fails")
+        assert release.wait(10)
+        return "done"
+
+    registry.register(ActionDefinition("test", "gated", gated))
+    manager.create_workflow("far", [step("g", module="test", action="gated")])
+    failed = manager.execute_workflow("far", timeout=timeout)
+    assert failed.status is WorkflowStatus.FAILED
+    threading.Timer(0.05, release.set).start()
+    resumed = manager.resume_run(failed.run_id, timeout=timeout)
+    assert resumed.status is WorkflowStatus.COMPLETED and resumed.steps["g"].output == "done"
+    assert manager.wait_run(failed.run_id, timeout).status is WorkflowStatus.COMPLETED
+
+
 def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a_clear_error(
     orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
 ) -> None:

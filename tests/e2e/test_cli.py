@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,12 @@ class Cli:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def json_any(self, *args: str | Path) -> Any:
+        """``--json`` output whatever the exit code (a failed run prints its record too)."""
+        result = self(*args, "--json")
+        assert result.stdout, result.stderr
+        return json.loads(result.stdout)
+
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
@@ -221,6 +229,19 @@ def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
     assert "RunNotFoundError" in result.stderr
 
 
+def test_paths_prints_every_path_with_a_note_and_the_variable_that_moves_it(cli: Cli) -> None:
+    listed = cli.json("paths")
+    result = cli("paths")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 * len(listed)  # a path line and a note line for each path
+    for index, (name, path) in enumerate(listed.items()):
+        assert lines[2 * index].split()[:2] == [name, path]
+        note = lines[2 * index + 1].strip()
+        assert note and not note.startswith("["), (name, note)  # every path says what it is for
+    assert "[CODOMYRMEX_MCP_SERVERS_FILE]" in result.stdout
+
+
 # ---------------------------------------------------------------------- run
 
 
@@ -293,6 +314,19 @@ def test_run_timeout_cancels_the_run_and_exits_1(cli: Cli) -> None:
     assert "not run: after" in result.stdout
 
 
+def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_refused(cli: Cli) -> None:
+    demo = cli.write("demo.json", DEMO)
+    far = cli("run", demo, "--timeout", "1e10", "--json")
+    assert far.returncode == 0, far.stderr
+    assert json.loads(far.stdout)["status"] == "completed"
+    for flag, value in (("--timeout", "inf"), ("--timeout", "nan"), ("--wait", "inf")):
+        command = ["cancel", "some_run"] if flag == "--wait" else ["run", demo]
+        refused = cli(*command, flag, value)
+        assert refused.returncode == 2, refused.stderr
+        assert f"argument {flag}: {value!r} is not a finite number of seconds" in refused.stderr
+    assert not (cli.state_dir / "state.db").exists() or len(cli.json("runs")) == 1  # nothing else ran
+
+
 def test_ctrl_c_cancels_the_run_cleanly_reports_what_was_left_and_exits_130(cli: Cli) -> None:
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     wait_for_line(proc, "nap", "running")
@@ -325,6 +359,11 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
 
     assert [r["workflow_name"] for r in cli.json("runs", "--status", "completed")] == ["demo"]
     assert [r["workflow_name"] for r in cli.json("runs", "--workflow", "flaky", "--limit", "1")] == ["flaky"]
+
+    for filters in (["--workflow", "nosuch"], ["--status", "cancelled"]):
+        none = cli("runs", *filters)
+        assert none.returncode == 0
+        assert none.stdout.startswith("no runs match these filters (2 runs recorded in "), none.stdout
 
     shown = cli("show", ok["run_id"]).stdout
     assert f"run       {ok['run_id']}" in shown
@@ -389,11 +428,96 @@ def test_read_only_commands_never_mark_another_process_run_interrupted(cli: Cli)
     assert record is not None and record.status is WorkflowStatus.RUNNING
 
 
+def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) -> None:
+    from tests.helpers.served import INITIALIZE
+
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    server = subprocess.Popen(
+        [*COMMAND, "serve"], cwd=cli.root, env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "get_system_status", "arguments": {}}}  # fmt: skip
+        for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call):
+            server.stdin.write(json.dumps(message) + "\n")
+            server.stdin.flush()
+        reply: dict[str, Any] = {}
+        while reply.get("id") != 2:  # notifications may come first
+            reply = json.loads(server.stdout.readline())
+        assert "result" in reply, reply  # the server's engine has started (and recovered the state)
+        server.stdin.close()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for pipe in (server.stdout, server.stderr):
+            assert pipe is not None
+            pipe.close()
+
+    assert cli.json("show", run_id)["status"] == "running"
+    assert f"running (pid {proc.pid})" in cli("runs").stdout
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert cli.json("show", run_id)["status"] == "cancelled"
+
+
 def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:
     record = cli.json("run", cli.write("demo.json", DEMO))
     result = cli("cancel", record["run_id"])
     assert result.returncode == 1
     assert "already ended (completed); nothing to cancel" in single_error_line(result.stderr)
+
+
+def effect(record: Path) -> dict[str, Any]:
+    """One shell step that appends a line to ``record`` each time it runs, then fails (so the run stays
+    resumable); it first sleeps 5 s when a file named ``slow`` exists next to ``record``."""
+    command = f"echo $$ >> {record}; if [ -f {record.parent / 'slow'} ]; then sleep 5; fi; exit 1"
+    step = {
+        "name": "effect",
+        "module": "shell",
+        "action": "run",
+        "parameters": {"shell": True, "command": command},
+    }
+    return {"name": "effect", "steps": [step]}
+
+
+def test_resume_is_refused_before_it_runs_anything_while_another_process_owns_the_run(cli: Cli) -> None:
+    from codomyrmex_orchestration.core._run_owners import RunOwnership
+
+    effects = cli.root / "effects.txt"
+    failed = cli.json_any("run", cli.write("effect.json", effect(effects)))
+    run_id = failed["run_id"]
+    assert failed["status"] == "failed"
+    # The lock is what another `resume` holds from before it starts the run until it ends: the record
+    # still says failed, and the lock alone must decide who resumes.
+    with RunOwnership(cli.state_dir, run_id):
+        refused = cli("resume", run_id)
+    assert refused.returncode == 1
+    line = single_error_line(refused.stderr)
+    assert f"run {run_id} is running in process {os.getpid()}" in line, line
+    assert refused.stdout == ""
+    assert effects.read_text().count("\n") == 1  # the step never ran again
+    assert cli.json_any("show", run_id)["steps"]["effect"]["attempts"] == 1
+
+
+def test_two_resumes_started_at_once_run_the_steps_once(cli: Cli) -> None:
+    effects = cli.root / "effects.txt"
+    run_id = cli.json_any("run", cli.write("effect.json", effect(effects)))["run_id"]
+    (cli.root / "slow").touch()  # the resumed step lasts 5 s: both processes start within it
+    procs = [cli.popen("resume", run_id) for _ in range(2)]
+    results = [(p.wait(timeout=60), *p.communicate(timeout=30)) for p in procs]
+    assert effects.read_text().count("\n") == 2, results  # the first run and exactly one resume
+    [loser] = [r for r in results if not r[1]]
+    assert loser[0] == 1
+    assert f"run {run_id} is running in process" in single_error_line(loser[2])
+    [winner] = [r for r in results if r[1]]
+    assert "of effect failed" in winner[1] and "Traceback" not in winner[2]
 
 
 # ---------------------------------------------------------------------- validate and graph
@@ -421,6 +545,33 @@ def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cl
     assert "steps.0.action" in listed and "steps.1.name" in listed  # both missing fields, by path
 
     assert cli("validate", good).returncode == 0
+
+
+def nested(depth: int) -> str:
+    """A workflow whose one step has a parameter ``depth`` lists deep (as text: json.dumps recurses)."""
+    deep = "[" * depth + "]" * depth
+    return (
+        '{"name": "deep", "steps": [{"name": "a", "module": "core", "action": "set", '
+        f'"parameters": {{"x": {deep}}}}}]}}'
+    )
+
+
+def test_deeply_nested_parameters_are_refused_by_validate_and_run_naming_the_limit(cli: Cli) -> None:
+    ok = cli.write("demo.json", DEMO)
+    for depth in (300, 500, 5000):
+        deep = cli.root / f"deep{depth}.json"
+        deep.write_text(nested(depth), encoding="utf-8")
+        checked = cli("validate", deep, ok)
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        first, second = checked.stdout.splitlines()
+        assert first.startswith(f"{deep}: ") and "nested deeper than 200 levels" in first, first
+        assert second == f"{ok}: demo: ok (2 steps, 2 levels)"  # the next file is still checked
+        ran = cli("run", deep)
+        assert ran.returncode == 2, ran.stdout + ran.stderr
+        assert "nested deeper than 200 levels" in single_error_line(ran.stderr)
+    shallow = cli.root / "shallow.json"
+    shallow.write_text(nested(199), encoding="utf-8")
+    assert cli("run", shallow, "--json").returncode == 0
 
 
 def test_graph_prints_mermaid_or_dot_for_a_file_or_a_registered_name(cli: Cli) -> None:
@@ -469,8 +620,11 @@ def test_status_and_health_report_the_engine_as_json_and_tables(cli: Cli) -> Non
 # ---------------------------------------------------------------------- a terminal
 
 
-def run_in_terminal(cli: Cli, args: Sequence[str | Path]) -> tuple[int, str]:
-    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; return (exit code, output)."""
+def run_in_terminal(cli: Cli, args: Sequence[str | Path], deadline: float = 60) -> tuple[int, str]:
+    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; return (exit code, output).
+
+    Fails if the command has not ended within ``deadline`` seconds (it is killed).
+    """
     master, slave = pty.openpty()
     env = dict(cli.env, TERM="xterm-256color", COLUMNS="120", LINES="40")
     proc = subprocess.Popen(
@@ -478,8 +632,14 @@ def run_in_terminal(cli: Cli, args: Sequence[str | Path]) -> tuple[int, str]:
     )
     os.close(slave)
     chunks = []
+    end = time.monotonic() + deadline
     try:
         while True:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([master], [], [], left)[0]:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"{args} did not end within {deadline}s")
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: the child closed its end
@@ -501,6 +661,59 @@ def test_run_on_a_terminal_draws_a_live_step_table_and_progress_bar(cli: Cli) ->
     assert "2/2 steps done" in output
     assert "\x1b[" in output  # drawn with terminal control codes, in place
     assert "of demo completed in" in output
+
+
+def wide(count: int) -> dict[str, Any]:
+    """``count`` independent core.set steps."""
+    steps = [
+        {"name": f"s{i}", "module": "core", "action": "set", "parameters": {"i": i}} for i in range(count)
+    ]
+    return {"name": "wide", "steps": steps}
+
+
+def test_a_big_run_on_a_terminal_finishes_about_as_fast_as_piped(cli: Cli) -> None:
+    # 5,000 steps take well under 10 s piped; a display that redraws every step on the engine's thread
+    # (its cost growing with the run) took minutes here.
+    code, output = run_in_terminal(cli, ["run", cli.write("wide.json", wide(5000))], deadline=60)
+    assert code == 0, output[-2000:]
+    assert "5000/5000 steps done" in output
+    assert "of wide completed in" in output
+
+
+def test_the_live_display_draws_on_its_own_clock_a_bounded_view_of_a_big_run() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from codomyrmex_orchestration._cli_display import LiveDisplay
+    from codomyrmex_orchestration.core.models import TaskStatus, utcnow
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, height=40)
+    names = [f"s{i}" for i in range(5000)]
+    display = LiveDisplay({n: StepResult(name=n) for n in names}, console)
+    began = time.monotonic()
+    display.start("r1", "wide")
+    try:
+        for name in names:
+            display.on_step(None, StepResult(name=name, status=TaskStatus.RUNNING, attempts=1))  # type: ignore[arg-type]  # the record is not read
+            now = utcnow()
+            done = StepResult(
+                name=name, status=TaskStatus.COMPLETED, attempts=1, started_at=now, completed_at=now, output=1
+            )
+            display.on_step(None, done)  # type: ignore[arg-type]  # the record is not read
+        display.on_step(None, StepResult(name="s7", status=TaskStatus.FAILED, attempts=1))  # type: ignore[arg-type]  # the record is not read
+    finally:
+        display.stop()
+    elapsed = time.monotonic() - began
+    frames = out.getvalue().count("run r1 of wide")
+    # Drawn by rich's refresh thread a few times a second, never once per transition (10,001 here).
+    assert 1 <= frames <= 10 * elapsed + 3, (frames, elapsed)
+    last = out.getvalue().rsplit("run r1 of wide", 1)[1]
+    assert "5000/5000 steps done" in last and ", 1 failed" in last
+    assert "s7" in last and "failed" in last  # the failed step is shown
+    assert len(last.splitlines()) < 40  # a bounded view: counts and a few steps, not 5,000 rows
 
 
 def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path: Path) -> None:

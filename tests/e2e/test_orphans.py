@@ -158,3 +158,48 @@ def test_a_recycled_pid_is_never_killed_and_a_stale_record_is_dropped(tmp_path: 
         assert bystander.wait(10) == -9
     finally:
         reap(bystander)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_opening_the_state_never_kills_the_steps_of_a_live_cli_run(tmp_path: Path) -> None:
+    log = tmp_path / "effects.log"
+    step = {
+        "name": "append",
+        "module": "shell",
+        "action": "run",
+        "parameters": {"command": COMMAND.format(log=log), "shell": True},
+    }
+    workflow = tmp_path / "appender.json"
+    workflow.write_text(json.dumps({"name": "appender", "steps": [step]}))
+    (tmp_path / "config").mkdir()
+    env = server_env(tmp_path)
+    run = subprocess.Popen(
+        [str(SCRIPT), "run", str(workflow), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        procs = tmp_path / "state" / "procs"
+        _wait_until(
+            lambda: procs.is_dir() and any(procs.glob("*.json")), "the step's group was never recorded"
+        )
+        # `status` builds an engine on the same state while the run's step is alive: it must leave the
+        # live run's processes alone (they are a crash's orphans only once their engine is gone).
+        status = subprocess.run(
+            [str(SCRIPT), "status", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "procs.orphan_killed" not in status.stderr
+        out, err = run.communicate(timeout=60)
+    finally:
+        reap(run)
+    assert run.returncode == 0, err.decode()
+    assert json.loads(out)["status"] == "completed"
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]

@@ -1,11 +1,13 @@
 """Records of the process groups that running steps started, so none outlives a crash of the engine.
 
 Each running ``shell.run`` child has one small JSON file under ``state_dir/procs/`` (its pid = process
-group id, and its start time from ``/proc``), written when it starts and removed once its group is
-killed and reaped. After a crash the files of the dead engine remain: :func:`guard_processes`, called
-when an engine opens the state directory and before any run can be resumed, kills every recorded group
-that is still alive (the start time must match, so a recycled pid is never killed), waits for its
-members to exit and removes the records. On Linux the child also gets a parent-death signal, so it
+group id, and its start time from ``/proc``; the pid and start time of the process that started it),
+written when it starts and removed once its group is killed and reaped. After a crash the files of the
+dead engine remain: :func:`guard_processes`, called when an engine opens the state directory and before
+any run can be resumed, kills every recorded group that is still alive (the start time must match, so a
+recycled pid is never killed) and whose starting process is gone (another live process — a CLI ``run``,
+a server — sharing the state directory keeps its steps), waits for its members to exit and removes the
+records. On Linux the child also gets a parent-death signal, so it
 dies with the server; the records catch what that signal cannot reach (its own children).
 
 State owned: the files of ``procs/``; nothing in memory.
@@ -98,10 +100,13 @@ def record_group(directory: Path | str | None, pid: int, **about: Any) -> Iterat
         return
     folder = Path(directory)
     path = folder / f"{pid}-{start}.json"
+    owner = {"owner_pid": os.getpid(), "owner_start_time": proc_start_time(os.getpid())}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"pid": pid, "start_time": start, **about}), encoding="utf-8")
+        temporary.write_text(
+            json.dumps({"pid": pid, "start_time": start, **owner, **about}), encoding="utf-8"
+        )
         os.replace(temporary, path)
     except OSError as exc:
         log.warning("procs.record_failed", path=str(path), error=str(exc))
@@ -145,7 +150,9 @@ def reap_orphans(directory: Path | str) -> list[int]:
     exit, and remove the records. Returns the pids of the groups killed.
 
     A record is honoured only while it can still name the same group: its leader alive with the recorded
-    start time, or (the leader gone) members left in a group whose id no new process has taken.
+    start time, or (the leader gone) members left in a group whose id no new process has taken. A record
+    whose starting process is another one still alive (same pid and start time) is left alone: that
+    process runs the step and removes the record itself.
     """
     folder = Path(directory)
     if not folder.is_dir():
@@ -158,6 +165,8 @@ def reap_orphans(directory: Path | str) -> list[int]:
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("procs.record_unreadable", path=str(path))
             path.unlink(missing_ok=True)
+            continue
+        if _owner_alive(record):
             continue
         leader_start = proc_start_time(pid)
         if leader_start is not None and leader_start != start:
@@ -182,6 +191,14 @@ def reap_orphans(directory: Path | str) -> list[int]:
     for stray in folder.glob("*.tmp"):
         stray.unlink(missing_ok=True)
     return killed
+
+
+def _owner_alive(record: dict[str, Any]) -> bool:
+    """The process that started the recorded group is another process, alive (not a recycled pid)."""
+    owner, started = record.get("owner_pid"), record.get("owner_start_time")
+    if not isinstance(owner, int) or not isinstance(started, int) or owner == os.getpid():
+        return False
+    return proc_start_time(owner) == started
 
 
 def guard_processes(registry: Any, directory: Path | str) -> list[int]:

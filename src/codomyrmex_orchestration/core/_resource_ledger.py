@@ -32,7 +32,7 @@ from codomyrmex_orchestration.core._resource_types import (
     ResourceType,
 )
 from codomyrmex_orchestration.core.models import utcnow
-from codomyrmex_orchestration.core.timers import Timer, TimerService
+from codomyrmex_orchestration.core.timers import Timer, TimerService, wait_limit
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
     InsufficientResourcesError,
@@ -239,7 +239,7 @@ class ResourceLedger:
                             self._refusal_reason_locked(shortfall, timeout),
                         )
                     if not notes.events:  # deliver pending news before waiting
-                        self._capacity_changed.wait(timeout=remaining)
+                        self._capacity_changed.wait(timeout=wait_limit(remaining))
             finally:
                 self.listeners.deliver(notes)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
 from codomyrmex_orchestration.core._task import Task
 from codomyrmex_orchestration.core.models import TaskRecord
+from codomyrmex_orchestration.core.timers import wait_limit
 from codomyrmex_orchestration.errors import WaitTimeoutError
 
 __all__ = ["on_settled", "wait_all"]
@@ -20,7 +21,7 @@ __all__ = ["on_settled", "wait_all"]
 def wait_all(d: Dispatcher, task_ids: Iterable[str], timeout: float | None) -> list[TaskRecord]:
     """Block until every task of ``task_ids`` settled, within one overall ``timeout`` (``None``: without
     limit); their records in the same order (see ``TaskOrchestrator.wait_all``)."""
-    limit = None if timeout is None else max(0.0, timeout)
+    limit = wait_limit(timeout)
     deadline = None if limit is None else time.monotonic() + limit
     pending: list[tuple[Task, threading.Event]] = []
     with d.lock:

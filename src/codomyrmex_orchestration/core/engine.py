@@ -70,7 +70,7 @@ from codomyrmex_orchestration.core.store import (
     MemoryStore,
     SqliteStore,
 )
-from codomyrmex_orchestration.core.timers import TimerService
+from codomyrmex_orchestration.core.timers import TimerService, wait_limit
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
@@ -550,7 +550,7 @@ def _wait_task(orchestrator: TaskOrchestrator, task_id: str, timeout: float | No
         settled.set()
 
     orchestrator.on_settled(task_id, deliver)
-    if settled.wait(timeout):
+    if settled.wait(wait_limit(timeout)):
         return final[0]
     return orchestrator.get_task(task_id)
 

@@ -12,6 +12,7 @@ from typing import Any, overload
 from codomyrmex_orchestration.core.actions import ActionContext
 from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
 from codomyrmex_orchestration.core.scheduler import DEFAULT_WAIT_TIMEOUT, TaskOrchestrator
+from codomyrmex_orchestration.core.timers import wait_limit
 from codomyrmex_orchestration.errors import CycleDetectedError, InvalidInputError, WaitTimeoutError
 
 __all__ = ["ExecutionResult", "ParallelExecutor"]
@@ -165,7 +166,7 @@ class ParallelExecutor:
             raise
         if not order:
             all_done.set()
-        expired = not all_done.wait(self.timeout)  # None: without limit
+        expired = not all_done.wait(wait_limit(self.timeout))  # None: without limit
         limit = self.timeout or 0.0
         if expired:
             reason = f"the executor's timeout of {limit:g} s expired"

@@ -182,6 +182,39 @@ class _Retryable(_Spec):
 
 #: The longest a cached step output may be kept: one year.
 MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600
+#: Most levels of objects and lists in a workflow's or a step's ``parameters`` (the object itself is the
+#: first) and in a step's ``for_each``: what templating resolves (``templating.MAX_NESTING``), far from
+#: the recursion limits of Python and pydantic that deeper values run into when stored.
+MAX_PARAMETER_NESTING = 200
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """Levels of objects and lists in ``value`` (a scalar has 0), counted no further than ``limit + 1``;
+    iterative, so any depth is measured without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _shallow(value: Any) -> Any:
+    if _nesting(value, MAX_PARAMETER_NESTING) > MAX_PARAMETER_NESTING:
+        raise ValueError(
+            f"nested deeper than {MAX_PARAMETER_NESTING} levels of objects and lists; flatten it, "
+            "or pass the deep part as a JSON string"
+        )
+    return value
 
 
 class StepCacheSpec(_Spec):
@@ -227,6 +260,8 @@ class StepSpec(_Retryable):
                 raise ValueError("dependency names must be non-empty step names")
         return value
 
+    _shallow_parameters = field_validator("parameters", "for_each", mode="before")(_shallow)
+
 
 class WorkflowSpec(_Spec):
     """A named DAG of steps. ``parameters`` holds defaults for ``{{params.x}}`` references."""
@@ -237,6 +272,8 @@ class WorkflowSpec(_Spec):
     parameters: dict[str, Any] = Field(default_factory=dict)
     max_parallel: int | None = Field(default=None, ge=1, le=1024)
     version: str = Field(default="1", max_length=64)
+
+    _shallow_parameters = field_validator("parameters", mode="before")(_shallow)
 
 
 #: Every field name a workflow document may use (workflow and step), for "did you mean" on a misspelt one.

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import StateStoreError
 from ..logs import get_logger
+from ._run_owners import owner_alive
 from ._step_cache import CacheTable, SqliteCacheTable
 from ._store_batch import DELETE, Batch
 from ._store_codec import (
@@ -426,17 +428,17 @@ class SqliteStore:
     # ------------------------------------------------------------------ recovery, health, stats
 
     def recover(self) -> list[str]:
-        """Mark every PENDING or RUNNING run INTERRUPTED (the process that ran it is gone).
+        """Mark every PENDING or RUNNING run INTERRUPTED (its process is gone), except those whose
+        ``_run_owners`` lock (beside this file) a live process holds: a CLI ``run`` or ``resume``.
 
-        The engine calls this once at start, before it runs anything; it is never implicit, so a
-        second process opening the same file (e.g. ``status`` from the CLI) does not interrupt the runs
-        of a live server. Steps are left as they were, so a resume can tell completed ones from the rest.
+        Called once by the engine at start, never implicitly (a ``status`` opening the file must not
+        interrupt a live server's runs). Steps stay as they were, so a resume sees the completed ones.
 
         Returns:
             The ids of the runs marked, oldest first.
         """
         self.flush()
-        ids = self._writer.call(_mark_interrupted)
+        ids = self._writer.call(partial(_mark_interrupted, owned=partial(owner_alive, self.path.parent)))
         if ids:
             _log.warning("state_store_runs_interrupted", path=str(self.path), run_ids=ids)
         return ids
@@ -545,14 +547,23 @@ class SqliteStore:
         self.close()
 
 
-def _mark_interrupted(conn: sqlite3.Connection) -> list[str]:
-    """On the writer connection: every PENDING or RUNNING run becomes INTERRUPTED; their ids, oldest first."""
+def _mark_interrupted(conn: sqlite3.Connection, owned: Callable[[str], bool]) -> list[str]:
+    """On the writer connection: every PENDING or RUNNING run becomes INTERRUPTED, except those ``owned``
+    by a live process and their sub-workflow runs; the ids marked, oldest first."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = conn.execute(
-            "SELECT run_id, record FROM runs WHERE status IN (?, ?) ORDER BY created_at, rowid",
+        active = conn.execute(
+            "SELECT run_id, record, parent_run_id FROM runs WHERE status IN (?, ?) "
+            "ORDER BY created_at, rowid",
             ACTIVE_RUN,
         ).fetchall()
+        kept: set[str] = set()
+        rows = []
+        for rid, rec, parent in active:  # a parent was created before its children
+            if parent in kept or owned(rid):
+                kept.add(rid)
+            else:
+                rows.append((rid, rec))
         now = time.time()
         conn.executemany(
             "UPDATE runs SET status = ?, record = ?, updated_at = ? WHERE run_id = ?",

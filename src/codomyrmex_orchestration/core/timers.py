@@ -21,12 +21,21 @@ from collections.abc import Callable
 
 from codomyrmex_orchestration.logs import get_logger
 
-__all__ = ["Timer", "TimerService"]
+__all__ = ["Timer", "TimerService", "wait_limit"]
 
 _log = get_logger("codomyrmex_orchestration.timers")
 
 #: Below this many entries a heap full of cancelled timers is not worth rebuilding.
 _COMPACT_MIN = 64
+
+
+def wait_limit(timeout: float | None) -> float | None:
+    """What ``Event.wait`` / ``Condition.wait`` can take for a wait of ``timeout`` seconds: ``None`` (no
+    limit) for ``None``, infinity, NaN and anything beyond ``threading.TIMEOUT_MAX`` (about 292 years; a
+    longer wait raises OverflowError), never below 0."""
+    if timeout is None or not timeout <= threading.TIMEOUT_MAX:
+        return None
+    return max(0.0, timeout)
 
 
 class Timer:
@@ -148,7 +157,7 @@ class TimerService:
                     continue
                 delay = self._heap[0].when - self._clock()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    self._cond.wait(min(delay, threading.TIMEOUT_MAX))  # a farther one: wait again
                     continue
                 timer = heapq.heappop(self._heap)
                 timer._fired = True

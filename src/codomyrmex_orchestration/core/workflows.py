@@ -47,6 +47,7 @@ from codomyrmex_orchestration.core.models import (
 )
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, StateStore
+from codomyrmex_orchestration.core.timers import wait_limit
 from codomyrmex_orchestration.errors import (
     InvalidStateError,
     RunNotFoundError,
@@ -100,7 +101,7 @@ def _unpinned(previous: RunRecord, current: int | None) -> InvalidStateError:
 
 def _wait(run: RunState, timeout: float | None) -> RunRecord:
     """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then."""
-    run.done.wait(timeout)
+    run.done.wait(wait_limit(timeout))
     return run.snapshot()
 
 

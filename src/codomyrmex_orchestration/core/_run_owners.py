@@ -1,0 +1,153 @@
+"""Which process owns a running run: a lock file per run that its process holds while it runs it.
+
+``<state_dir>/cli-runs/<run_id>.pid`` holds the owner's pid under an exclusive ``flock``. The kernel
+drops the lock when the owner exits, however it exits, so a held lock means a live owner and a free one
+a dead owner — no pid-reuse guesswork. The CLI's ``run`` and ``resume`` take it; runs started by other
+processes (the MCP server) have no lock file. Taking the lock is also how a process claims a run:
+``resume`` takes it before it reads the run, so of two resumes of the same run exactly one goes ahead
+(the other gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the owner turns
+into a clean cancellation) and waits for the lock to be released. The store's start-up marking
+(``SqliteStore.recover``) leaves alone the runs whose owner is alive.
+
+State owned: the files of ``cli-runs/``; nothing in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["OwnedElsewhere", "Owner", "RunOwnership", "owner_alive", "owner_of", "wait_released"]
+
+_DIR = "cli-runs"
+
+
+def _path(state_dir: Path, run_id: str) -> Path:
+    return state_dir / _DIR / f"{run_id}.pid"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the lock file says about a run: ``alive`` with ``pid``, or a stale/absent file."""
+
+    exists: bool
+    alive: bool
+    pid: int | None
+
+
+class OwnedElsewhere(Exception):
+    """Another live process holds the run's lock (``pid`` when its file says)."""
+
+    def __init__(self, run_id: str, pid: int | None) -> None:
+        super().__init__(f"run {run_id} is held by process {pid if pid is not None else '(unknown)'}")
+        self.run_id = run_id
+        self.pid = pid
+
+
+class RunOwnership:
+    """Held by the process that runs ``run_id``; a context manager.
+
+    Entering it raises :class:`OwnedElsewhere` when a live process holds the lock. ``keep_file``: leave
+    the (unlocked) file behind on exit, so a dead CLI owner's run still reads as one.
+    """
+
+    def __init__(self, state_dir: Path, run_id: str, *, keep_file: bool = False) -> None:
+        self.path = _path(state_dir, run_id)
+        self.run_id = run_id
+        self.keep_file = keep_file
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunOwnership:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raw = os.read(fd, 32).decode(errors="replace").strip()
+                    raise OwnedElsewhere(self.run_id, int(raw) if raw.isdigit() else None) from None
+                if not _still_linked(fd, self.path):
+                    # The owner we waited on unlinked this file as it let go; another process may have
+                    # created and locked a new one: lock what the path names now.
+                    os.close(fd)
+                    continue
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            if not self.keep_file:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def owner_of(state_dir: Path, run_id: str) -> Owner:
+    """Whether a CLI process holds ``run_id`` now (never raises)."""
+    path = _path(state_dir, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return Owner(exists=False, alive=False, pid=None)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.read(fd, 32).decode(errors="replace").strip()
+            return Owner(exists=True, alive=True, pid=int(raw) if raw.isdigit() else None)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return Owner(exists=True, alive=False, pid=None)
+    finally:
+        os.close(fd)
+
+
+def owner_alive(state_dir: Path, run_id: str) -> bool:
+    """A live process holds ``run_id``'s lock (never raises)."""
+    return owner_of(state_dir, run_id).alive
+
+
+def wait_released(state_dir: Path, run_id: str, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (``None``: no limit) for the owner of ``run_id`` to let go; True
+    when it did.
+
+    A blocking ``flock`` on a helper thread, so the wait wakes the moment the owner exits (no polling).
+    """
+    path = _path(state_dir, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    released = threading.Event()
+
+    def block() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            released.set()
+        except OSError:
+            released.set()
+
+    # Daemon: if the owner never lets go, the thread must not keep this process alive.
+    waiter = threading.Thread(target=block, name="cli-owner-wait", daemon=True)
+    waiter.start()
+    done = released.wait(timeout)
+    if done:
+        os.close(fd)
+    return done
