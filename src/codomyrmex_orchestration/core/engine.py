@@ -488,9 +488,8 @@ class OrchestrationEngine:
         on_step: StepCallback | None = None,
     ) -> RunRecord:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run (waits like
-        :meth:`execute_workflow`). It resumes in its session, under the session's limit and mode, while
-        that is open; a run whose session has closed (by close_session, expiry or a restart) resumes
-        outside any session, its ``session_id`` cleared."""
+        :meth:`execute_workflow`), in its session under its limit and mode while that is open, else (it
+        closed, expired or a restart closed it) outside any session, its ``session_id`` cleared."""
         record = self._session_runs.resume(run_id, on_step=on_step)
         return self.workflow_manager.wait_run(run_id, timeout) if wait else record
 

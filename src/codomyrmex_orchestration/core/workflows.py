@@ -87,6 +87,22 @@ def _merge_listing(
 __all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
 
+def _resumed_plan(definitions: DefinitionRegistry, previous: RunRecord) -> Plan:
+    """What a resume of ``previous`` runs: the definition version it started with.
+
+    Raises:
+        InvalidStateError: the run completed, or its version is no longer stored (both versions named).
+    """
+    if previous.status is WorkflowStatus.COMPLETED:
+        raise InvalidStateError("run", previous.run_id, "completed", "there is nothing to resume")
+    plan = definitions.pinned_plan(
+        previous.workflow_name, previous.workflow_version, previous.workflow_digest
+    )
+    if plan is None:
+        raise _unpinned(previous, definitions.current_version(previous.workflow_name))
+    return plan
+
+
 def _unpinned(previous: RunRecord, current: int | None) -> InvalidStateError:
     """Why ``previous`` cannot be resumed: the definition version it is pinned to is gone."""
     return InvalidStateError(
@@ -216,8 +232,8 @@ class WorkflowManager:
         source: str = "api",
         reuse: bool = False,
     ) -> WorkflowSpec:
-        """Validate and register a workflow (persisted in the store); with ``reuse`` a registered one of the
-        same name and content is kept as it is (its version, its source) instead of refused.
+        """Validate and register a workflow (persisted in the store); ``reuse``: keep a registered one of
+        the same name and content as it is (its version, its source) instead of refusing it.
 
         Raises:
             InvalidInputError: malformed spec (the field is named).
@@ -477,13 +493,7 @@ class WorkflowManager:
             # Claimed: no other resume passes until this run is active (then it sees the run), and a
             # run that ends is saved before it leaves the table (then the store says how it ended).
             previous = self.get_run(run_id)
-            if previous.status is WorkflowStatus.COMPLETED:
-                raise InvalidStateError("run", run_id, "completed", "there is nothing to resume")
-            plan = self.definitions.pinned_plan(
-                previous.workflow_name, previous.workflow_version, previous.workflow_digest
-            )
-            if plan is None:
-                raise _unpinned(previous, self.definitions.current_version(previous.workflow_name))
+            plan = _resumed_plan(self.definitions, previous)
             options = {"session_id": previous.session_id, "priority": previous.priority, **options}
             run = self._start_run(plan, None, on_step=on_step, previous=previous, **options)
         return _wait(run, timeout) if wait else run.snapshot()
