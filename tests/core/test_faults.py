@@ -416,7 +416,9 @@ def test_sigterm_mid_run_cancels_running_work_flushes_and_the_run_resumes_to_com
         line = proc.stdout.readline().split()
         assert line[:1] == ["gate"], line
         run_id = line[1]
-        assert _wait_until(lambda: bool(_pids_with(token)), 10), "the gate's sleep never started"
+        # "sleep <token>": the child's own command line holds the token too, and matching it would send
+        # the signal before the gate's step had started (the listener could then record its start last).
+        assert _wait_until(lambda: bool(_pids_with(f"sleep {token}")), 10), "the gate's sleep never started"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -425,7 +427,7 @@ def test_sigterm_mid_run_cancels_running_work_flushes_and_the_run_resumes_to_com
             proc.wait(10)
     assert proc.returncode == 0, err[-3000:]
     assert out.split() == ["final", "cancelled", "cancelled"], out
-    assert _wait_until(lambda: not _pids_with(token), 5), "the cancelled step's process survived"
+    assert _wait_until(lambda: not _pids_with(f"sleep {token}"), 5), "the cancelled step's process survived"
     assert executions(str(marks)) == {f"s{i:02d}": 1 for i in range(6)}
 
     engine = OrchestrationEngine(
