@@ -59,6 +59,8 @@ PROG = "codomyrmex-orchestration"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: ``run``/``resume``: the run waits for a person's answer (a ``core.approve`` step) and stays waiting
+EXIT_WAITING = 3
 EXIT_INTERRUPTED = 130
 #: how long ``cancel`` waits for the owning process to stop the run
 DEFAULT_CANCEL_WAIT = 30.0
@@ -484,6 +486,7 @@ def _execute(
     once the run has an id.
     """
     from codomyrmex_orchestration.core._run_owners import RunOwnership
+    from codomyrmex_orchestration.core.models import WorkflowStatus
 
     display = _make_display(args, steps)
     sigint = _Sigint(engine, display)
@@ -498,11 +501,16 @@ def _execute(
             if settings.durable and not owner_held
             else contextlib.nullcontext()
         )
-        timed_out = False
+        timed_out = waiting = False
         try:
             with owned:
-                final = engine.workflow_manager.wait_run(run_id, args.timeout)
-                if not final.status.is_terminal:
+                # Until it ends, or waits on a question nobody here can answer (a core.approve step).
+                final = engine.workflow_manager.inputs.wait(run_id, args.timeout)
+                waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
+                if waiting and not settings.durable:
+                    display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
+                    final = _cancel_here(engine, run_id)
+                elif not waiting and not final.status.is_terminal:
                     timed_out = True
                     display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
                     final = _cancel_here(engine, run_id)
@@ -511,11 +519,36 @@ def _execute(
     interrupted = sigint.interrupted
     if args.json:
         _dump(final.model_dump(mode="json"))
+    elif final.status is WorkflowStatus.WAITING_FOR_INPUT:
+        _report_waiting(final)
     else:
         _report(final, interrupted=interrupted, timed_out=timed_out)
+        if waiting:  # in memory: nobody could have answered it after this process
+            print("  it waited for an answer (a core.approve step): run it with a durable state directory")
     if interrupted:
         return EXIT_INTERRUPTED
+    if final.status is WorkflowStatus.WAITING_FOR_INPUT:
+        return EXIT_WAITING
     return EXIT_OK if final.succeeded else EXIT_FAILED
+
+
+def _report_waiting(record: RunRecord) -> None:
+    """A run left waiting for a person: each question, and how it gets answered."""
+    print(f"run {record.run_id} of {record.workflow_name} is waiting for input; it stays waiting:")
+    for question in record.pending_inputs:
+        schema = question.requested_schema or {}
+        fields = ", ".join(
+            f"{name} ({prop.get('type', 'any')}{', required' if name in schema.get('required', []) else ''})"
+            for name, prop in schema.get("properties", {}).items()
+        )
+        deadline = f"; unanswered, it fails at {question.deadline.isoformat()}" if question.deadline else ""
+        print(f"  step {question.step!r} asks: {question.message}")
+        print(f"    answer: accept{f' with {fields}' if fields else ''}, or decline{deadline}")
+    print(
+        f"answer it over MCP: `{PROG} serve` on this state directory continues waiting runs as it starts, "
+        "asks a client that supports elicitation, and takes respond_to_run (or cancel_workflow_run); "
+        f"`{PROG} show {record.run_id}` shows it meanwhile"
+    )
 
 
 def _cancel_here(engine: OrchestrationEngine, run_id: str) -> RunRecord:

@@ -314,6 +314,71 @@ def test_run_timeout_cancels_the_run_and_exits_1(cli: Cli) -> None:
     assert "not run: after" in result.stdout
 
 
+GATED = {
+    "name": "gated",
+    "steps": [
+        {"name": "plan", "module": "core", "action": "set", "parameters": {"files": 3}},
+        {
+            "name": "approve",
+            "module": "core",
+            "action": "approve",
+            "parameters": {
+                "message": "Delete {{steps.plan.output.files}} files?",
+                "schema": {
+                    "type": "object",
+                    "properties": {"reason": {"type": "string"}},
+                    "required": ["reason"],
+                },
+            },
+        },
+        {
+            "name": "act",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": "{{steps.approve.output.content.reason}}"},
+        },
+    ],
+}
+
+
+def test_run_of_a_run_waiting_for_a_person_names_the_question_exits_3_and_a_server_answers_it_later(
+    cli: Cli,
+) -> None:
+    result = cli("run", cli.write("gated.json", GATED), timeout=30)
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    head = next(line for line in lines if "is waiting for input" in line)
+    run_id = head.split()[1]
+    assert "  step 'approve' asks: Delete 3 files?" in lines
+    assert "    answer: accept with reason (string, required), or decline" in lines
+    assert "respond_to_run" in result.stdout
+    assert cli.json("show", run_id)["status"] == "waiting_for_input"
+
+    # What the message promises: the next process that owns the state (a server) continues it and
+    # takes the answer.
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+
+    engine = OrchestrationEngine(
+        state_dir=cli.state_dir, config_dir=None, projects_dir=cli.root / "projects", templates_dir=None
+    )
+    try:
+        manager = engine.workflow_manager
+        manager.inputs.respond(run_id, "approve", "accept", {"reason": "tidy"})
+        final = manager.wait_run(run_id, 30)
+    finally:
+        engine.shutdown()
+    assert final.status is WorkflowStatus.COMPLETED
+    assert final.steps["act"].output == "tidy"
+
+
+def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why(cli: Cli) -> None:
+    cli.env["CODOMYRMEX_DURABLE"] = "0"
+    result = cli("run", cli.write("gated.json", GATED), timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "waits for an answer; its state is in memory: cancelling it" in result.stderr
+    assert "it waited for an answer (a core.approve step)" in result.stdout
+
+
 def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_refused(cli: Cli) -> None:
     demo = cli.write("demo.json", DEMO)
     far = cli("run", demo, "--timeout", "1e10", "--json")

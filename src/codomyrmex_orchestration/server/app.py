@@ -4,9 +4,11 @@ prompt, and the stdio / SSE / streamable-HTTP transports with bearer auth and DN
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import importlib.util
 import json
+import os
 import signal
 import socket
 import sys
@@ -696,6 +698,42 @@ async def _serve_http(
     await _Server(config).serve()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, naming it, before anything starts (uvicorn would log
+    a line and exit 3, a code the command line documents for something else). Binds and closes a probe
+    socket per address ``host`` resolves to, as the server will bind them; port 0 is always free.
+
+    Raises:
+        InvalidInputError: the port is taken (or the address cannot be bound).
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise InvalidInputError("host", f"{host!r} does not resolve ({exc.strerror or exc})") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As the server binds: a port in TIME_WAIT is free, an IPv6 socket takes IPv6 only.
+            if os.name == "posix":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                why = (
+                    "is in use by another process"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"cannot be bound: {exc}"
+                )
+                raise InvalidInputError(
+                    "port",
+                    f"port {port} on {host} {why}; choose another with --port or CODOMYRMEX_PORT "
+                    "(0 picks a free one)",
+                ) from None
+
+
 def _loop_options() -> dict[str, Any]:
     """uvloop when it is installed (a dependency, except on Windows): less event-loop time per message."""
     return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
@@ -709,6 +747,8 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
+    if transport != "stdio":
+        _check_port_free(settings.host, settings.port)
     if transport == "stdio" and (sys.stdin is None or sys.stdout is None):
         # Python found fd 0 or 1 closed at start-up; a file opened since may hold that number, and the
         # transport would read or divert it.
