@@ -20,7 +20,7 @@ from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._procs import reap_orphans
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import RunRecord, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import RunRecord, StepSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import DAGValidationError
 from tests.helpers.echo_mcp_server import calls, entry, gone
 
@@ -330,3 +330,42 @@ def test_a_map_step_calls_the_server_once_per_item_over_the_one_connection(
     assert [o["count"] for o in outputs] == list(range(50))
     assert len({o["pid"] for o in outputs}) == 1
     assert calls(calls_file, "echo") == 50
+
+
+def test_with_code_execution_off_no_configured_server_is_started_or_connected_to(tmp_path: Path) -> None:
+    import socket
+
+    from codomyrmex_orchestration.connectors import mcp_catalogue
+    from codomyrmex_orchestration.core.actions import ActionContext
+    from codomyrmex_orchestration.errors import ActionRefusedError
+
+    marker = tmp_path / "started"
+    with socket.socket() as listener:  # an HTTP server's port: a connection would wait in its backlog
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+        evil = {"command": "/bin/sh", "args": ["-c", f"echo started >> {marker}; sleep 1"]}
+        servers = write_servers(tmp_path / "config" / "mcp_servers.json", {"evil": evil, "web": {"url": url}})
+        engine = build_engine(settings_for(tmp_path, servers, allow_shell=False))
+        try:
+            listed = mcp_catalogue(engine.registry)  # names the servers: starts nothing
+            assert [s["name"] for s in listed["mcp_servers"]] == ["evil", "web"]
+            for server in ("evil", "web"):
+                with pytest.raises(ActionRefusedError) as info:
+                    mcp_catalogue(engine.registry, server)
+                message = str(info.value)
+                assert repr(server) in message, message
+                assert "--allow-shell" in message and "CODOMYRMEX_ALLOW_SHELL" in message, message
+                # The action itself, even taken from the registry without its policy check
+                action = engine.registry.get("mcp", "call", check_allowed=False).func
+                params = {"server": server, "tool": "x", "arguments": {}}
+                with pytest.raises(ActionRefusedError, match="CODOMYRMEX_ALLOW_SHELL"):
+                    action(params, ActionContext("call"))
+                step = StepSpec(name="s", module="mcp", action="call", parameters=params)
+                assert engine.registry.probe([step]) == []  # validate_workflow's tool checks
+        finally:
+            engine.shutdown()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert not marker.exists()

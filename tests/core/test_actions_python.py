@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import threading
@@ -52,6 +53,18 @@ def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                 @staticmethod
                 def shout(text):
                     return text.upper()
+
+                @classmethod
+                def name(cls):
+                    return cls.__name__
+
+                def _hidden(self):
+                    return "hidden"
+
+            TOOLS = Tools()
+
+            from subprocess import check_output
+            from json import dumps as dump_json
 
             NOT_CALLABLE = 3
             """
@@ -162,3 +175,49 @@ def test_the_module_allow_list_refuses_everything_outside_its_prefixes() -> None
     for refused in ("builtins:eval", "jsonx:loads", "os:system", "subprocess:run"):
         with pytest.raises(ActionRefusedError, match="allow-list"):
             CALL({"function": refused, "args": ["1"]}, ctx)
+
+
+def test_the_allow_list_cannot_be_left_through_modules_the_allowed_one_imports(tmp_path: Path) -> None:
+    ctx = ActionContext("call", extras={"python_call_allow": ("json",)})
+    marker = tmp_path / "ran"
+    escapes = [
+        ("json:codecs.builtins.exec", [f"with open({str(marker)!r}, 'w') as f: f.write('x')"]),
+        ("json:codecs.builtins.eval", ["__import__('os').getuid()"]),
+        ("json:decoder.re.enum.sys.modules.get", ["os"]),
+        ("json.decoder:re.functools.reduce", []),
+        ("json:codecs.lookup", ["utf-8"]),
+    ]
+    for function, args in escapes:
+        with pytest.raises(ActionRefusedError) as info:
+            CALL({"function": function, "args": args}, ctx)
+        message = str(info.value)
+        assert "parameters.function" in message and "CODOMYRMEX_PYTHON_CALL_ALLOW" in message, message
+        assert "module" in message and "json" in message, message
+    assert not marker.exists()
+
+
+def test_under_the_allow_list_only_public_callables_its_modules_define_can_be_called(
+    helpers: str,
+) -> None:
+    ctx = ActionContext("call", extras={"python_call_allow": (helpers,)})
+    for function, reason in (
+        (f"{helpers}:check_output", "'subprocess'"),  # imported into the allowed module: not its own
+        (f"{helpers}:dump_json", "'json'"),
+        (f"{helpers}:Tools._hidden", "'_'"),
+        (f"{helpers}:Tools.shout.__globals__.get", "'_'"),
+        (f"{helpers}:__builtins__.get", "'_'"),
+    ):
+        with pytest.raises(ActionRefusedError) as info:
+            CALL({"function": function, "args": [["true"]]}, ctx)
+        assert "parameters.function" in str(info.value) and reason in str(info.value), str(info.value)
+    # What the allowed module defines itself stays callable, through classes and instances too.
+    assert CALL({"function": f"{helpers}:add", "args": [1, 2]}, ctx) == 3
+    assert CALL({"function": f"{helpers}:Tools.shout", "args": ["hi"]}, ctx) == "HI"
+    assert CALL({"function": f"{helpers}:Tools.name"}, ctx) == "Tools"
+    assert CALL({"function": f"{helpers}:TOOLS.shout", "args": ["x"]}, ctx) == "X"
+    # A submodule of an allowed module, and os.path (posixpath or ntpath: what the prefix imports).
+    ctx = ActionContext("call", extras={"python_call_allow": ("json", "os.path")})
+    assert CALL({"function": "json:decoder.py_scanstring", "args": ['"ab"', 1]}, ctx) == ["ab", 4]
+    assert CALL({"function": "os.path:join", "args": ["a", "b"]}, ctx) == os.path.join("a", "b")
+    with pytest.raises(ActionRefusedError, match="'os'"):
+        CALL({"function": "os:path.join", "args": ["a", "b"]}, ctx)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
+from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend, create_backend, parse_pairs
 from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
@@ -211,6 +212,29 @@ def test_a_timeout_enforced_by_our_scheduler_stops_the_step_on_the_worker(dask_o
     record = orch.wait(orch.submit_task(spec), WAIT)
     assert record.status is TaskStatus.TIMED_OUT
     assert _hold_saw_cancel.wait(WAIT)
+
+
+def test_the_python_call_allow_list_pinned_on_the_registry_holds_on_dask_workers(dask_orch: Any) -> None:
+    # The workers build registries of their own: the pinned policy must travel with each step.
+    registry = create_registry(load_plugins=False)
+    pin_extras(registry, {"python_call_allow": ("json",)})
+    orch = dask_orch(registry=registry)
+    pid = {"module": "python", "action": "call", "parameters": {"function": "os:getpid"}}
+    dumps = {"module": "python", "action": "call", "parameters": {"function": "json:dumps", "args": [[1]]}}
+    refused = orch.wait(orch.submit_task(TaskSpec(name="pid", **pid)), WAIT)
+    fine = orch.wait(orch.submit_task(TaskSpec(name="dumps", **dumps)), WAIT)
+    assert refused.status is TaskStatus.FAILED and refused.error is not None, refused
+    assert (
+        refused.error.type == "ActionRefusedError" and "CODOMYRMEX_PYTHON_CALL_ALLOW" in refused.error.message
+    )
+    assert (fine.status, fine.result) == (TaskStatus.COMPLETED, "[1]")
+    manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+    manager.create_workflow("pid", [{"name": "dumps", **dumps}, {"name": "pid", **pid}])
+    record = manager.execute_workflow("pid", timeout=WAIT * 2)
+    assert record.status is WorkflowStatus.FAILED
+    assert record.steps["dumps"].output == "[1]"
+    error = record.steps["pid"].error
+    assert error is not None and error.type == "ActionRefusedError", error
 
 
 def test_mapped_resources_place_steps_only_on_workers_that_declare_them(dask_orch: Any) -> None:

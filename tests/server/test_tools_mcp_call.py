@@ -146,6 +146,7 @@ async def test_on_a_network_transport_mcp_call_is_refused_unless_code_execution_
                 client, "validate_workflow", {"name": "w", "steps": [step("echo", {"message": "x"})]}
             )
             listed = await ok(client, "list_actions", {})
+            tools = await call(client, "list_actions", {"server": "echo"})
             task = await call(
                 client,
                 "execute_task",
@@ -163,8 +164,10 @@ async def test_on_a_network_transport_mcp_call_is_refused_unless_code_execution_
     assert checked["valid"] is not refused
     if refused:
         assert "code execution is disabled" in " ".join(checked["problems"])
+        assert tools.is_error and "CODOMYRMEX_ALLOW_SHELL" in tools.content[0].text  # nothing started
         assert calls(calls_file) == 0
     else:
+        assert not tools.is_error and tools.structured_content["tools"], tools.content
         assert not task.is_error, task.content
         assert task.structured_content["result"]["message"] == "x"
         assert calls(calls_file, "echo") == 1

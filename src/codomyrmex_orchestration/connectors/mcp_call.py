@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codomyrmex_orchestration._suggest import did_you_mean
-from codomyrmex_orchestration.connectors._servers import ServerEntry, load_servers
+from codomyrmex_orchestration.connectors._servers import ServerEntry, StdioServer, load_servers
 from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.core.actions._params import check_known
 from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
     InvalidInputError,
     InvalidStateError,
     OrchestrationError,
@@ -68,13 +69,16 @@ class McpCall:
     """``mcp.call`` over one set of connections: the action, its checks and its catalogue entry.
 
     The connections (and the ``mcp`` SDK) are loaded with the first call or tool listing: registering
-    the action and checking steps cost a command-line run nothing.
+    the action and checking steps cost a command-line run nothing. While ``code_execution()`` is False
+    nothing reaches a server: no command is started and no URL connected to (calls, tool listings and
+    ``validate_workflow``'s tool checks alike), since a server's tools are its own code.
 
     Args:
         servers: name -> entry of the configured servers.
         servers_file: where the servers were read from (named in messages).
         procs_dir: where stdio servers' process groups are recorded while they run.
         config_error: why the servers file could not be used (``servers`` is then empty).
+        code_execution: whether code execution is allowed now (the registry's setting); default: yes.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class McpCall:
         *,
         procs_dir: Path | None = None,
         config_error: str | None = None,
+        code_execution: Callable[[], bool] = lambda: True,
     ) -> None:
         self.servers = dict(servers)
+        self._code_execution = code_execution
         self.servers_file = servers_file
         self.procs_dir = procs_dir
         self.config_error = config_error
@@ -108,6 +114,28 @@ class McpCall:
 
                 self._connections = McpConnections(self.servers, procs_dir=self.procs_dir)
             return self._connections
+
+    def _open(self, server: str) -> McpConnections:
+        """The connections, to use ``server`` (configured); refused while code execution is off.
+
+        Raises:
+            ActionRefusedError: code execution is off (the message names the setting that allows it).
+            ConnectionLost: the engine is shutting down.
+        """
+        if not self._code_execution():
+            entry = self.servers[server]
+            reaching = (
+                f"would start its command {entry.command!r}"
+                if isinstance(entry, StdioServer)
+                else f"would connect to {entry.url}"
+            )
+            raise ActionRefusedError(
+                "mcp",
+                "call",
+                f"using MCP server {server!r} (calling or listing its tools) {reaching}, and code execution "
+                "is disabled on this server (enable with --allow-shell / CODOMYRMEX_ALLOW_SHELL=1)",
+            )
+        return self.connections
 
     # ------------------------------------------------------------------ messages
 
@@ -132,6 +160,7 @@ class McpCall:
 
         Raises:
             InvalidInputError: a parameter is malformed, or the server is not configured.
+            ActionRefusedError: code execution is off (the registry refuses the action before this).
             StepFailedError: the server cannot be reached, the connection ended during the call, the
                 server refused the call (e.g. an unknown tool), or the tool returned ``isError``.
             StepCancelledError / StepTimeoutError: cancelled, or the step deadline passed.
@@ -146,7 +175,7 @@ class McpCall:
         started = time.monotonic()
         remaining = ctx.remaining()
         try:
-            result = self.connections.call_tool(
+            result = self._open(server).call_tool(
                 server, tool, arguments, timeout=remaining, on_cancel=ctx.on_cancel
             )
         except CallCancelled:
@@ -177,7 +206,7 @@ class McpCall:
     def _tool_hint(self, server: str, tool: str) -> str:
         """``; its tools: ...`` when ``tool`` is not among the server's tools (best effort)."""
         try:
-            names = [t.name for t in self.connections.list_tools(server, timeout=PROBE_TIMEOUT)]
+            names = [t.name for t in self._open(server).list_tools(server, timeout=PROBE_TIMEOUT)]
         except Exception:  # only a hint: the call's own error is what the step reports
             return ""
         if tool in names:
@@ -213,7 +242,7 @@ class McpCall:
         if not isinstance(tool, str) or _templated(tool):
             return []
         try:
-            tools = {t.name: t for t in self.connections.list_tools(server, timeout=PROBE_TIMEOUT)}
+            tools = {t.name: t for t in self._open(server).list_tools(server, timeout=PROBE_TIMEOUT)}
         except (ConnectionLost, CallTimedOut, OrchestrationError) as exc:
             log.info("mcp.probe_skipped", server=server, reason=str(exc))
             return []
@@ -238,12 +267,13 @@ class McpCall:
 
         Raises:
             InvalidInputError: the server is not configured.
+            ActionRefusedError: code execution is off: nothing is started or connected to.
             InvalidStateError: it cannot be reached or does not answer within ``timeout``.
         """
         if server not in self.servers:
             raise InvalidInputError("server", self._unknown_server(server))
         try:
-            listed = self.connections.list_tools(server, timeout=timeout)
+            listed = self._open(server).list_tools(server, timeout=timeout)
         except (ConnectionLost, CallTimedOut) as exc:
             reason = str(exc) or f"it did not list its tools within {timeout:g} s"
             wanted = f"{reason} (its entry is in {self._where()})"
@@ -332,7 +362,13 @@ def register(registry: ActionRegistry, servers_file: Path, *, procs_dir: Path | 
     except InvalidInputError as exc:
         servers, error = {}, f"{servers_file} is invalid: {exc}"
         log.error("mcp.servers_file_invalid", path=str(servers_file), error=str(exc))
-    call = McpCall(servers, servers_file, procs_dir=procs_dir, config_error=error)
+    call = McpCall(
+        servers,
+        servers_file,
+        procs_dir=procs_dir,
+        config_error=error,
+        code_execution=lambda: registry.allow_code_execution,
+    )
     registry.register(
         ActionDefinition(
             "mcp",
@@ -360,6 +396,7 @@ def mcp_catalogue(registry: ActionRegistry, server: str | None = None) -> dict[s
 
     Raises:
         InvalidInputError: ``server`` is not configured (the configured ones are named).
+        ActionRefusedError: code execution is off on ``registry``: ``server`` is not started.
         InvalidStateError: ``server`` cannot be reached.
     """
     call = registry.service(SERVICE)

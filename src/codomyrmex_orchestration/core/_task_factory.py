@@ -7,6 +7,7 @@ scheduler (:mod:`.scheduler`) queues what it builds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from codomyrmex_orchestration.core.actions import (
     ActionRegistry,
     create_registry,
 )
+from codomyrmex_orchestration.core.actions._policy import pinned_extras
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import InvalidInputError
@@ -129,6 +131,12 @@ class TaskFactory:
             if fn is None:
                 definition = self.registry().get(action.module, action.action)
                 fn, instant = _action_callable(definition, action), definition.instant
+            if self._backend.remote:
+                # A worker looks the action up in a registry of its own, without the policy pinned on
+                # ours (the python.call allow-list, the private-address guard): the call carries it.
+                pinned = pinned_extras(self.registry(), action.module, action.action)
+                if pinned:
+                    action = dataclasses.replace(action, extras={**action.extras, **pinned})
             fn = self._backend.bind(fn, action, priority=priority, resources=resources)
             instant = instant and not self._backend.remote
         elif fn is None:

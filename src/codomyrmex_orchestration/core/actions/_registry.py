@@ -346,11 +346,14 @@ class ActionRegistry:
 
     def probe(self, steps: Iterable[Any]) -> list[str]:
         """The problems the actions' ``probe`` checks find in ``steps`` (objects with ``name``,
-        ``module``, ``action`` and ``parameters``), each prefixed with its step's name."""
+        ``module``, ``action`` and ``parameters``), each prefixed with its step's name. The probe of an
+        action this registry refuses is not run (it may start code: ``mcp.call`` asks a server)."""
         problems: list[str] = []
         for step in steps:
             definition = self._actions.get((step.module, step.action))
-            if definition is not None and definition.probe is not None:
+            if definition is None or (definition.executes_code and not self.allow_code_execution):
+                continue
+            if definition.probe is not None:
                 problems.extend(f"step {step.name!r}: {p}" for p in definition.probe(step.parameters))
         return problems
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from types import ModuleType
+from typing import Any, NoReturn, cast
 
 from codomyrmex_orchestration.core.actions._params import check_known, json_safe
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
@@ -32,11 +34,20 @@ _FUNCTION_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 _CONTEXT_NAMES = ("ctx", "context")
 
 
-def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., Any]:
+def resolve_callable(
+    spec: object, step: str = "python.call", *, allow: tuple[str, ...] = ()
+) -> Callable[..., Any]:
     """Import ``package.module:attr.path`` and return the callable.
+
+    With ``allow`` (module prefixes: ``a.b`` allows ``a.b`` and ``a.b.c``, not ``a.bc``) the module must
+    be inside one of them before it is imported, and the walk stays inside them: no name starting with
+    ``_`` is followed, no module outside them is entered (``json:codecs`` is the ``codecs`` module), and
+    the callable must be defined in an allowed module (its ``__module__``; ``os.path:join`` is defined in
+    ``posixpath``, the module ``os.path`` names). Without ``allow`` anything importable is reached.
 
     Raises:
         InvalidInputError: ``spec`` is not of the form ``package.module:callable``.
+        ActionRefusedError: ``allow`` is set and ``spec`` leaves it.
         StepFailedError: the module cannot be imported, the attribute is missing or not callable.
     """
     if not isinstance(spec, str) or not _FUNCTION_RE.match(spec):
@@ -45,8 +56,11 @@ def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., A
             f'python.call needs \'function\' as "package.module:callable" (e.g. "json:dumps"), got {spec!r}',
         )
     module_name, _, attr_path = spec.partition(":")
+    if allow and not _inside(module_name, allow):
+        # Checked before the import: importing a module runs its code.
+        _refuse(spec, f"its module {module_name!r} is not in", allow)
     try:
-        target: Any = importlib.import_module(module_name)
+        root: Any = importlib.import_module(module_name)
     except Exception as exc:
         # Any exception while importing (ImportError, SyntaxError, errors in module code) is the
         # step's failure, reported with the module and the reason.
@@ -55,8 +69,10 @@ def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., A
             f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
             error_type=type(exc).__name__,
         ) from None
-    walked = module_name
+    target, walked = root, module_name
     for part in attr_path.split("."):
+        if allow and part.startswith("_"):
+            _refuse(spec, f"it names {part!r}, and names starting with '_' are not followed under", allow)
         try:
             target = getattr(target, part)
         except AttributeError:
@@ -64,26 +80,48 @@ def resolve_callable(spec: object, step: str = "python.call") -> Callable[..., A
                 step, f"{walked!r} has no attribute {part!r} (function {spec!r})", error_type="AttributeError"
             ) from None
         walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
+        if (
+            allow
+            and isinstance(target, ModuleType)
+            and target is not root
+            and not _inside(target.__name__, allow)
+        ):
+            _refuse(spec, f"{walked} is the module {target.__name__!r}, which is not in", allow)
     if not callable(target):
         raise StepFailedError(
             step, f"{spec!r} is a {type(target).__name__}, not a callable", error_type="TypeError"
         )
+    if allow:
+        home = _defined_in(target)
+        if home is None or not (_inside(home, allow) or sys.modules.get(home) is root):
+            where = "in no module" if home is None else f"in the module {home!r}"
+            _refuse(spec, f"it is defined {where}, which is not in", allow)
     return cast(Callable[..., Any], target)
 
 
-def _check_allowed(spec: object, prefixes: tuple[str, ...]) -> None:
-    """Refuse ``spec`` unless its module is one of ``prefixes`` or inside one (``a.b`` allows ``a.b`` and
-    ``a.b.c``, not ``a.bc``); no prefixes: everything is allowed."""
-    if not prefixes or not isinstance(spec, str):
-        return
-    module = spec.partition(":")[0]
-    if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
-        return
+def _inside(module: str, prefixes: tuple[str, ...]) -> bool:
+    """``module`` is one of ``prefixes`` or inside one (``a.b``: ``a.b`` and ``a.b.c``, not ``a.bc``)."""
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _defined_in(target: Any) -> str | None:
+    """The name of the module that defines ``target`` (a class method of a built-in type has no
+    ``__module__`` of its own: its class's), or ``None`` (a method of a built-in object)."""
+    name = getattr(target, "__module__", None)
+    owner = getattr(target, "__self__", None)
+    if name is None and isinstance(owner, type):
+        name = owner.__module__
+    return name if isinstance(name, str) else None
+
+
+def _refuse(spec: str, why: str, prefixes: tuple[str, ...]) -> NoReturn:
     raise ActionRefusedError(
         "python",
         "call",
-        f"module {module!r} is not in this server's python.call allow-list ({', '.join(prefixes)}); "
-        "the operator sets it with CODOMYRMEX_PYTHON_CALL_ALLOW",
+        f"parameters.function {spec!r}: {why} this server's python.call allow-list ({', '.join(prefixes)}). "
+        'Accepted: "module:callable" with the module inside an allowed one, reached through public names '
+        "(no leading '_') and no other module, and the callable defined in an allowed module; the operator "
+        "sets the list with CODOMYRMEX_PYTHON_CALL_ALLOW",
     )
 
 
@@ -108,8 +146,8 @@ def call(params: dict[str, Any], ctx: ActionContext) -> Any:
 
     Raises:
         InvalidInputError: a parameter is malformed.
-        ActionRefusedError: ``ctx.extras["python_call_allow"]`` (module prefixes) is set and the module is
-            not inside one of them.
+        ActionRefusedError: ``ctx.extras["python_call_allow"]`` (module prefixes) is set and ``function``
+            leaves it (see :func:`resolve_callable`).
         StepFailedError: import/lookup failure, the callable raised, or its result is not JSON-serialisable.
     """
     check_known(params, PARAMETERS, _ACTION)
@@ -124,8 +162,7 @@ def call(params: dict[str, Any], ctx: ActionContext) -> Any:
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise InvalidInputError("parameters.kwargs", "python.call needs 'kwargs' to be an object")
     spec = params.get("function")
-    _check_allowed(spec, ctx.extras.get("python_call_allow", ()))
-    func = resolve_callable(spec, ctx.step_name)
+    func = resolve_callable(spec, ctx.step_name, allow=tuple(ctx.extras.get("python_call_allow", ())))
     kwargs = dict(kwargs)
     keyword = _context_keyword(func)
     if keyword is not None and keyword not in kwargs:
