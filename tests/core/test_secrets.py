@@ -248,8 +248,7 @@ def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
                 "name": "b",
                 "module": "core",
                 "action": "echo",
-                "parameters": {"message": 1},
-                "run_if": "{{secrets.ALSO_MISSING}} == 'x'",
+                "parameters": {"message": {"nested": ["{{secrets.ALSO_MISSING}}"]}},
             },
         ],
     }
@@ -289,3 +288,74 @@ def test_each_item_of_a_map_step_gets_the_secret_and_none_of_them_shows_it(
     assert run.steps["each"].output == ["a:[secret:API_TOKEN]", "b:[secret:API_TOKEN]"]
     store.flush()
     assert TOKEN.encode() not in every_byte_under(state_dir)
+
+
+def test_a_condition_or_a_list_reading_a_secret_is_refused_by_validation_naming_the_step(
+    manager: WorkflowManager,
+) -> None:
+    # Whether a step runs is visible: run_if "secrets.API >= '<guess>'" recovered a secret prefix by prefix.
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API": TOKEN})
+    echo = {"module": "core", "action": "echo", "parameters": {"message": 1}}
+    spec = {
+        "name": "probes",
+        "steps": [
+            {"name": "compares", **echo, "run_if": "secrets.API >= 'tok-9'"},
+            {"name": "contains", **echo, "run_if": "'secret' in {{secrets.API}}"},
+            {"name": "maps", **echo, "for_each": ["{{secrets.API}}"], "run_if": "item >= 'tok'"},
+        ],
+    }
+    with pytest.raises(DAGValidationError) as refused:
+        manager.validate_workflow(spec)
+    message = str(refused.value)
+    for step, where in (("compares", "run_if"), ("contains", "run_if"), ("maps", "for_each")):
+        assert f"step {step!r} {where}: cannot read a secret" in message
+    assert "would disclose the value" in message and TOKEN not in message
+    with pytest.raises(DAGValidationError, match="cannot read a secret"):
+        manager.create_workflow(spec)
+    assert "probes" not in [w.name for w in manager.list_workflows()]
+
+
+def test_a_secret_passed_to_a_sub_run_is_redacted_from_what_its_conditions_read(
+    manager: WorkflowManager,
+) -> None:
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API": TOKEN})
+    echo = {"module": "core", "action": "echo", "parameters": {"message": "{{params.token}}"}}
+    manager.create_workflow(
+        {
+            "name": "child",
+            "parameters": {"token": "", "tokens": []},
+            "steps": [
+                {"name": "guessed", **echo, "run_if": f"params.token == '{TOKEN}'"},
+                {"name": "prefix", **echo, "run_if": "params.token >= 'tok-9'"},
+                {"name": "each", **echo, "for_each": "{{params.tokens}}", "run_if": f"item == '{TOKEN}'"},
+                {"name": "named", **echo, "run_if": "params.token == '[secret:API]'"},
+            ],
+        }
+    )
+    manager.create_workflow(
+        {
+            "name": "parent",
+            "steps": [
+                {
+                    "name": "sub",
+                    "module": "workflow",
+                    "action": "run",
+                    "parameters": {
+                        "workflow": "child",
+                        "parameters": {"token": "{{secrets.API}}", "tokens": ["{{secrets.API}}"]},
+                    },
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("parent", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    child = manager.list_runs(workflow_name="child")[0]
+    statuses = {name: row.status for name, row in child.steps.items()}
+    # The conditions saw [secret:API], whatever the value: their outcome tells nothing about it.
+    assert statuses["guessed"] is statuses["prefix"] is TaskStatus.SKIPPED
+    assert statuses["named"] is TaskStatus.COMPLETED
+    items = child.steps["each"].items
+    assert items is not None and items.counts == {"skipped": 1}
+    # ... while the steps that run still get the value itself (redacted in what they return).
+    assert child.steps["named"].output == "[secret:API]"
