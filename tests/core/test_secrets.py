@@ -18,7 +18,7 @@ from codomyrmex_orchestration._redact import redact_text, register_secret
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
-from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import InputRequest, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
@@ -462,3 +462,33 @@ def test_the_error_of_a_request_to_a_url_made_of_the_secret_shows_no_form_of_it(
     assert readable_parts(host, shown) == []
     for form in (path, quote(path), quote_plus(path), json.dumps(path)[1:-1]):
         assert form not in shown
+
+
+def test_a_question_holding_a_secret_is_asked_with_the_secret_redacted(manager: WorkflowManager) -> None:
+    secret = "Qx9-approve-value"
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_Q": secret})
+    asked: list[str] = []
+
+    def broker(run_id: str, step: str, question: InputRequest, client: str | None) -> bool:
+        asked.append(question.message)  # what the client, and the person, are shown
+        asked.extend(q.message for q in manager.get_run(run_id).pending_inputs)
+        manager.inputs.respond(run_id, step, "decline")
+        return True
+
+    manager.inputs.broker = broker
+    manager.create_workflow(
+        {
+            "name": "ask",
+            "steps": [
+                {
+                    "name": "confirm",
+                    "module": "core",
+                    "action": "approve",
+                    "parameters": {"message": "deploy with {{secrets.Q}}?"},
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("ask", timeout=30)
+    assert run.status.is_terminal
+    assert asked == ["deploy with [secret:Q]?", "deploy with [secret:Q]?"]
