@@ -5,13 +5,27 @@ secrets (``{{secrets.NAME}}``: ``CODOMYRMEX_SECRET_NAME`` or the secrets file) b
 A variable is secret when its name contains TOKEN, SECRET, PASSWORD, PASSWD, CREDENTIAL or KEY (any
 case) and its value has at least :data:`MIN_SECRET_LENGTH` characters (shorter values such as ``1`` would
 redact ordinary text). Applied to action outputs and errors before they are recorded (so run records,
-the state store and tool results never hold them), to tool results, and to every log line. It matches
-exact values: a command that transforms a secret (base64, reversal) is not caught; not passing secrets to
-untrusted steps is the real protection.
+the state store and tool results never hold them), to tool results, and to every log line.
+
+What is matched is a secret's value in the forms libraries put it in without being asked to: in any
+case (a URL's host comes back lowercased), with any of its characters percent-encoded (``quote``,
+``quote_plus``, httpx's normalised paths: ``%40`` or ``@``, ``%20`` or ``+``, hex in either case), JSON-
+or ``repr``-escaped, and base64-encoded (standard or URL-safe alphabet, at any offset of a longer encoded
+text such as HTTP Basic credentials; the few characters at the edges that also encode the neighbouring
+bytes stay). A command that transforms a secret on purpose (reverses it, hashes it) is not caught; not
+passing secrets to untrusted steps is the real protection.
+
+A part of a secret is never redacted on its own: that would tell whoever can put text through redaction
+(``core.echo``) whether the text ends with the start of a secret, one guessed character after another.
+Instead, code that cuts a text to a size redacts before it cuts (:func:`redact_text` then slice; for a
+stream, :class:`~codomyrmex_orchestration.core.actions._params.CappedBuffer` keeps
+:func:`cut_margin` bytes beyond its limit, so a secret across the cut is seen whole and replaced).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import re
@@ -24,6 +38,7 @@ __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "SECRET_ENV_PREFIX",
+    "cut_margin",
     "holds_secret",
     "is_secret_name",
     "redact",
@@ -131,24 +146,70 @@ def _secrets(environ: Mapping[str, str] | None = None) -> Secrets:
 
 
 def redact_text(text: str, secrets: Secrets | None = None) -> str:
-    """``text`` with every secret value replaced by :data:`REDACTED` (``[secret:NAME]`` for a workflow
-    secret)."""
+    """``text`` with every secret value, in any of the forms the module docstring lists, replaced by
+    :data:`REDACTED` (``[secret:NAME]`` for a workflow secret)."""
     for secret, marker in _secrets() if secrets is None else secrets:
-        if secret in text:
-            text = text.replace(secret, marker)
+        text = _matcher(secret).sub(marker.replace("\\", "\\\\"), text)
     return text
 
 
 def holds_secret(text: str) -> bool:
-    """Whether ``text`` contains a secret value as it is, or as JSON writes it inside a string."""
-    for secret, _marker in _secrets():
-        if secret in text or _json_form(secret) in text:
-            return True
-    return False
+    """Whether ``text`` contains a secret value, in any of the forms :func:`redact_text` replaces."""
+    return any(_matcher(secret).search(text) for secret, _marker in _secrets())
 
 
-def _json_form(secret: str) -> str:
-    return json.dumps(secret, ensure_ascii=False)[1:-1]
+def cut_margin() -> int:
+    """Bytes a text must run on past a cut for any secret that starts before the cut to end within it:
+    the longest form of a secret (UTF-8 bytes) less one; 0 without secrets."""
+    return max((_longest_form(secret) - 1 for secret, _marker in _secrets()), default=0)
+
+
+def _char_forms(char: str) -> list[str]:
+    """``char`` as it is, percent-encoded (its UTF-8 bytes), JSON-escaped (ASCII or not), ``repr``-escaped,
+    and ``+`` for a space (``quote_plus``)."""
+    forms = [char]
+    for form in (
+        "".join(f"%{b:02X}" for b in char.encode("utf-8")),
+        json.dumps(char)[1:-1],
+        json.dumps(char, ensure_ascii=False)[1:-1],
+        repr(char)[1:-1],
+        "+" if char == " " else char,
+    ):
+        if form not in forms:
+            forms.append(form)
+    return forms
+
+
+def _base64_forms(secret: str) -> list[str]:
+    """The characters of the base64 encoding of ``secret`` that depend on its bytes alone, for each of the
+    three offsets it can have in a longer encoded text, in both alphabets."""
+    data = secret.encode("utf-8")
+    forms: list[str] = []
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        fragment = encoded[-(-8 * offset // 6) : 8 * (offset + len(data)) // 6]
+        if len(fragment) >= MIN_NAMED_SECRET_LENGTH:
+            for form in (fragment, fragment.replace("+", "-").replace("/", "_")):
+                if form not in forms:
+                    forms.append(form)
+    return forms
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(secret: str) -> re.Pattern[str]:
+    """One pattern for every form of ``secret``: case-insensitive characters with their encodings, or a
+    base64 fragment (case counts there)."""
+    chars = "".join(
+        re.escape(forms[0]) if len(forms) == 1 else "(?:" + "|".join(map(re.escape, forms)) + ")"
+        for forms in map(_char_forms, secret)
+    )
+    encoded = "".join(f"|(?-i:{re.escape(form)})" for form in _base64_forms(secret))
+    return re.compile(chars + encoded, re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _longest_form(secret: str) -> int:
+    return sum(max(len(form.encode("utf-8")) for form in _char_forms(char)) for char in secret)
 
 
 def redact(value: Any, secrets: Secrets | None = None) -> Any:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import pytest
 
@@ -15,7 +18,7 @@ from codomyrmex_orchestration._redact import redact_text, register_secret
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
-from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import InputRequest, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
@@ -248,8 +251,7 @@ def test_validation_names_the_secrets_set_nowhere_and_never_shows_a_value(
                 "name": "b",
                 "module": "core",
                 "action": "echo",
-                "parameters": {"message": 1},
-                "run_if": "{{secrets.ALSO_MISSING}} == 'x'",
+                "parameters": {"message": {"nested": ["{{secrets.ALSO_MISSING}}"]}},
             },
         ],
     }
@@ -289,3 +291,204 @@ def test_each_item_of_a_map_step_gets_the_secret_and_none_of_them_shows_it(
     assert run.steps["each"].output == ["a:[secret:API_TOKEN]", "b:[secret:API_TOKEN]"]
     store.flush()
     assert TOKEN.encode() not in every_byte_under(state_dir)
+
+
+def test_a_condition_or_a_list_reading_a_secret_is_refused_by_validation_naming_the_step(
+    manager: WorkflowManager,
+) -> None:
+    # Whether a step runs is visible: run_if "secrets.API >= '<guess>'" recovered a secret prefix by prefix.
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API": TOKEN})
+    echo = {"module": "core", "action": "echo", "parameters": {"message": 1}}
+    spec = {
+        "name": "probes",
+        "steps": [
+            {"name": "compares", **echo, "run_if": "secrets.API >= 'tok-9'"},
+            {"name": "contains", **echo, "run_if": "'secret' in {{secrets.API}}"},
+            {"name": "maps", **echo, "for_each": ["{{secrets.API}}"], "run_if": "item >= 'tok'"},
+        ],
+    }
+    with pytest.raises(DAGValidationError) as refused:
+        manager.validate_workflow(spec)
+    message = str(refused.value)
+    for step, where in (("compares", "run_if"), ("contains", "run_if"), ("maps", "for_each")):
+        assert f"step {step!r} {where}: cannot read a secret" in message
+    assert "would disclose the value" in message and TOKEN not in message
+    with pytest.raises(DAGValidationError, match="cannot read a secret"):
+        manager.create_workflow(spec)
+    assert "probes" not in [w.name for w in manager.list_workflows()]
+
+
+def test_a_secret_passed_to_a_sub_run_is_redacted_from_what_its_conditions_read(
+    manager: WorkflowManager,
+) -> None:
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API": TOKEN})
+    echo = {"module": "core", "action": "echo", "parameters": {"message": "{{params.token}}"}}
+    manager.create_workflow(
+        {
+            "name": "child",
+            "parameters": {"token": "", "tokens": []},
+            "steps": [
+                {"name": "guessed", **echo, "run_if": f"params.token == '{TOKEN}'"},
+                {"name": "prefix", **echo, "run_if": "params.token >= 'tok-9'"},
+                {"name": "each", **echo, "for_each": "{{params.tokens}}", "run_if": f"item == '{TOKEN}'"},
+                {"name": "named", **echo, "run_if": "params.token == '[secret:API]'"},
+            ],
+        }
+    )
+    manager.create_workflow(
+        {
+            "name": "parent",
+            "steps": [
+                {
+                    "name": "sub",
+                    "module": "workflow",
+                    "action": "run",
+                    "parameters": {
+                        "workflow": "child",
+                        "parameters": {"token": "{{secrets.API}}", "tokens": ["{{secrets.API}}"]},
+                    },
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("parent", timeout=30)
+    assert run.status is WorkflowStatus.COMPLETED, run.error
+    child = manager.list_runs(workflow_name="child")[0]
+    statuses = {name: row.status for name, row in child.steps.items()}
+    # The conditions saw [secret:API], whatever the value: their outcome tells nothing about it.
+    assert statuses["guessed"] is statuses["prefix"] is TaskStatus.SKIPPED
+    assert statuses["named"] is TaskStatus.COMPLETED
+    items = child.steps["each"].items
+    assert items is not None and items.counts == {"skipped": 1}
+    # ... while the steps that run still get the value itself (redacted in what they return).
+    assert child.steps["named"].output == "[secret:API]"
+
+
+class _Reflector(BaseHTTPRequestHandler):
+    """Answers with the request's path in a JSON-looking text body (``?status=N`` sets the status)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        status = int(parts.query.removeprefix("status=") or 200)
+        body = json.dumps({"path": parts.path}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def reflector() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Reflector)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="test-reflector", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def readable_parts(secret: str, text: str) -> list[str]:
+    """The pieces of ``secret`` of 4 characters or more that ``text`` shows, in any case."""
+    low = text.lower()
+    return [secret[i : i + 4] for i in range(len(secret) - 3) if secret[i : i + 4].lower() in low]
+
+
+def test_a_secret_a_server_reflects_is_not_left_partly_readable_when_the_body_is_cut(
+    manager: WorkflowManager, reflector: str
+) -> None:
+    secret = "Zq7Wm3Kp9Vt2LxUf"
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_API": secret})
+    url = reflector + "/k/{{secrets.API}}"
+    get = {"module": "http", "action": "request"}
+    # The body is {"path": "/k/<secret>"}: the first 13 bytes come before the secret.
+    steps = [
+        {"name": f"cut{cap}", **get, "parameters": {"url": url, "max_output_bytes": cap}}
+        for cap in (15, 20, 25, 28, 30)
+    ]
+    # A non-2xx error quotes the body's first 500 characters: let that cut fall inside the secret.
+    for before in (480, 490, 495):
+        padded = f"{reflector}/{'a' * before}{{{{secrets.API}}}}?status=500"
+        steps.append({"name": f"tail{before}", **get, "required": False, "parameters": {"url": padded}})
+    manager.create_workflow({"name": "reflected", "steps": steps})
+    run = manager.execute_workflow("reflected", timeout=30)
+    for before in (480, 490, 495):
+        error = run.steps[f"tail{before}"].error
+        assert error is not None and "HTTP 500" in error.message
+    for cap in (15, 20, 25, 28, 30):
+        assert "truncated" in run.steps[f"cut{cap}"].output["text"]
+    shown = run.model_dump_json()
+    assert readable_parts(secret, shown) == []
+
+
+def test_the_error_of_a_request_to_a_url_made_of_the_secret_shows_no_form_of_it(
+    manager: WorkflowManager,
+) -> None:
+    host, path = "Qv8Rn4Jt6Yb1Dm", 'p@ss w0rd"<x>|é'
+    manager.secrets = SecretSource(
+        None, environ={"CODOMYRMEX_SECRET_HOST": host, "CODOMYRMEX_SECRET_PATH": path}
+    )
+    get = {"module": "http", "action": "request", "required": False}
+    manager.create_workflow(
+        {
+            "name": "unreachable",
+            "steps": [
+                # .invalid never resolves; port 9 (discard) on loopback refuses the connection
+                {
+                    "name": "host",
+                    **get,
+                    "parameters": {"url": "http://{{secrets.HOST}}.invalid/", "timeout": 10},
+                },
+                {
+                    "name": "path",
+                    **get,
+                    "parameters": {"url": "http://127.0.0.1:9/{{secrets.PATH}}", "timeout": 10},
+                },
+            ],
+        }
+    )
+    run = manager.execute_workflow("unreachable", timeout=30)
+    host_error, path_error = run.steps["host"].error, run.steps["path"].error
+    assert host_error is not None and "GET http://[secret:HOST].invalid/ failed" in host_error.message
+    assert path_error is not None and "GET http://127.0.0.1:9/[secret:PATH] failed" in path_error.message
+    shown = run.model_dump_json()
+    assert readable_parts(host, shown) == []
+    for form in (path, quote(path), quote_plus(path), json.dumps(path)[1:-1]):
+        assert form not in shown
+
+
+def test_a_question_holding_a_secret_is_asked_with_the_secret_redacted(manager: WorkflowManager) -> None:
+    secret = "Qx9-approve-value"
+    manager.secrets = SecretSource(None, environ={"CODOMYRMEX_SECRET_Q": secret})
+    asked: list[str] = []
+
+    def broker(run_id: str, step: str, question: InputRequest, client: str | None) -> bool:
+        asked.append(question.message)  # what the client, and the person, are shown
+        asked.extend(q.message for q in manager.get_run(run_id).pending_inputs)
+        manager.inputs.respond(run_id, step, "decline")
+        return True
+
+    manager.inputs.broker = broker
+    manager.create_workflow(
+        {
+            "name": "ask",
+            "steps": [
+                {
+                    "name": "confirm",
+                    "module": "core",
+                    "action": "approve",
+                    "parameters": {"message": "deploy with {{secrets.Q}}?"},
+                }
+            ],
+        }
+    )
+    run = manager.execute_workflow("ask", timeout=30)
+    assert run.status.is_terminal
+    assert asked == ["deploy with [secret:Q]?", "deploy with [secret:Q]?"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
+from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration.core._workflow_events import Listeners
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -390,10 +391,10 @@ class InputDesk:
         else:
             asked_at = utcnow()
             deadline = asked_at + timedelta(seconds=question.timeout) if question.timeout else None
-            request = InputRequest(
+            request = InputRequest(  # shown to the client and a person: a secret in it is redacted
                 step=name,
-                message=question.message,
-                requested_schema=question.schema,
+                message=redact_text(question.message),
+                requested_schema=redact(question.schema),
                 asked_at=asked_at,
                 deadline=deadline,
             )

@@ -20,6 +20,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -480,7 +481,8 @@ class RunMaps:
     def items_of(self, name: str, step: StepSpec) -> tuple[TaskStatus, str | None, Any]:
         """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
         try:
-            values = resolve_for_each(name, step, self.run.template_context(), self.limit)
+            ctx = replace(self.run.template_context(), secrets=None)  # no secrets: dag refuses them
+            values = resolve_for_each(name, step, ctx, self.limit)
             return TaskStatus.READY, None, values
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
@@ -598,7 +600,7 @@ class RunMaps:
             ctx = state.context = run.template_context()
         ctx.item = (state.values[index], index)
         try:
-            if condition is not None and not condition.evaluate(ctx):
+            if condition is not None and not condition.evaluate(run.conditions.of(ctx)):
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
             if not templated:
                 return TaskStatus.READY, None, spec.parameters

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
 from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
@@ -146,11 +147,32 @@ class _StepView(Mapping[str, tuple[str, Any]]):
         return len(self._names)
 
 
+class ConditionView:
+    """What a ``run_if`` condition reads of a run: no secrets getter, and the run's parameters and a map
+    step's item with every secret value redacted (steps' outputs are, when recorded). Whether a step runs
+    is visible, so a condition comparing a secret with one guessed prefix after another would disclose
+    it, also one that a parent run passed in as a parameter. The parameters are redacted once, when a
+    condition first reads them (a secret in them was registered by the step that resolved it)."""
+
+    __slots__ = ("_params", "_redacted")
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self._params = params
+        self._redacted: Mapping[str, Any] | None = None  # racing threads would compute the same value
+
+    def of(self, ctx: TemplateContext) -> TemplateContext:
+        """``ctx`` as a condition may read it."""
+        if self._redacted is None:
+            self._redacted = redact(dict(self._params))
+        item = None if ctx.item is None else (redact(ctx.item[0]), ctx.item[1])
+        return TemplateContext(params=self._redacted, steps=ctx.steps, run=ctx.run, item=item)
+
+
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``saves_steps``, ``secrets``, ``use_cache``, ``done``, ``start_mono``, ``hears_starts``, ``starts_from``,
-    ``definitions`` (its own lookups need no lock) and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``conditions``, ``use_cache``, ``done``, ``start_mono``, ``hears_starts``,
+    ``starts_from``, ``definitions`` (its own lookups need no lock) and ``record.run_id``)."""
 
     def __init__(
         self,
@@ -186,6 +208,7 @@ class RunState:
         self.run_id = record.run_id
         self.plan = plan
         self.params = record.parameters
+        self.conditions = ConditionView(record.parameters)  # what run_if reads: no secret in it
         self.priority = priority
         self.depth = depth
         self.on_step = on_step
@@ -536,7 +559,7 @@ class RunState:
             return TaskStatus.READY, None, step.parameters
         ctx = self.template_context()
         try:
-            if condition is not None and not condition.evaluate(ctx):
+            if condition is not None and not condition.evaluate(self.conditions.of(ctx)):
                 return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
             params = resolve(step.parameters, ctx) if info.templated else step.parameters
         except OrchestrationError as exc:

@@ -17,7 +17,7 @@ import networkx as nx
 from codomyrmex_orchestration._suggest import closest, did_you_mean
 from codomyrmex_orchestration.core._workflow_map import FOR_EACH_LABEL, map_problems
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
-from codomyrmex_orchestration.core.templating import ITEM_ROOTS, parse_condition, scan_references
+from codomyrmex_orchestration.core.templating import ITEM_ROOTS, Reference, parse_condition, scan_references
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     CycleDetectedError,
@@ -176,12 +176,16 @@ class WorkflowDAG:
             self._problems.extend(f"step {name!r} for_each: {exc.reason}" for exc in errors)
             if any(r.root in ITEM_ROOTS for r in found):
                 self._problems.append(f"step {name!r} for_each: the list cannot depend on its own item")
+            self._refuse_secrets(name, "for_each", found, "its items decide what runs")
             refs.extend(found)
         if step.run_if is not None:
             try:
-                refs.extend(parse_condition(step.run_if, known).references)
+                found = parse_condition(step.run_if, known).references
             except TemplateError as exc:
                 self._problems.append(f"step {name!r} run_if: {exc.reason}")
+            else:
+                self._refuse_secrets(name, "run_if", found, "whether the step runs")
+                refs.extend(found)
         upstreams: list[str] = []
         for ref in refs:
             if ref.root in ITEM_ROOTS and step.for_each is None:
@@ -203,6 +207,16 @@ class WorkflowDAG:
             elif ref.step not in upstreams:
                 upstreams.append(ref.step)
         return upstreams
+
+    def _refuse_secrets(self, name: str, where: str, refs: list[Reference], decides: str) -> None:
+        """Secrets are for parameters alone: what a condition or a list decides is visible in the run,
+        so reading a secret there would disclose it (compared with one guessed prefix after another)."""
+        for ref in refs:
+            if ref.root == "secrets":
+                self._problems.append(
+                    f"step {name!r} {where}: cannot read a secret ('{{{{{ref.raw}}}}}'): {decides} is "
+                    "visible in the run, so it would disclose the value; use secrets only in parameters"
+                )
 
     def _check_actions(self, registry: ActionRegistry) -> None:
         # One problem per distinct module.action (naming its steps), not one per step: a workflow of

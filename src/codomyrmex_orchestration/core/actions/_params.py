@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from codomyrmex_orchestration._redact import cut_margin, redact_text
 from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import DEFAULT_MAX_OUTPUT_BYTES
 from codomyrmex_orchestration.core.actions._registry import ActionContext
@@ -146,29 +147,51 @@ def get_max_output_bytes(params: Mapping[str, Any], ctx: ActionContext, action: 
 
 class CappedBuffer:
     """Keeps the first ``limit`` bytes written and counts the rest, so a chatty command cannot
-    exhaust memory."""
+    exhaust memory.
+
+    It holds a few bytes more than ``limit`` (the redaction's :func:`cut_margin`, 0 without secrets): a
+    secret that starts before the cut is seen whole, replaced, and only then is the text cut, so a cut
+    never leaves the start of a secret readable.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self._room = limit + cut_margin()  # the secrets a step can see are registered before it runs
         self._data = bytearray()
-        self.dropped = 0
+        self._total = 0
+        self.dropped = 0  # bytes written beyond ``limit``
 
     def add(self, chunk: bytes) -> None:
-        room = self.limit - len(self._data)
+        room = self._room - len(self._data)
         if room > 0:
             self._data += chunk[:room]
-        self.dropped += max(0, len(chunk) - max(room, 0))
+        self._total += len(chunk)
+        self.dropped = max(0, self._total - self.limit)
 
     @property
     def full(self) -> bool:
         return len(self._data) >= self.limit
 
+    @property
+    def filled(self) -> bool:
+        """Whether it holds all it will keep: reading more would only count dropped bytes."""
+        return len(self._data) >= self._room and self.dropped > 0
+
     def raw(self) -> bytes:
-        return bytes(self._data)
+        """The first ``limit`` bytes as they came (for a body that was not cut: all of it)."""
+        return bytes(self._data[: self.limit])
+
+    def head(self) -> str:
+        """The first ``limit`` bytes as UTF-8 text (invalid bytes replaced); when bytes were dropped,
+        secrets are redacted before the cut (see the class docstring)."""
+        if not self.dropped:
+            return self._data.decode("utf-8", errors="replace")
+        text = redact_text(self._data.decode("utf-8", errors="replace"))
+        return text.encode("utf-8")[: self.limit].decode("utf-8", errors="replace")
 
     def text(self) -> str:
         """UTF-8 text (invalid bytes replaced), with a marker when bytes were dropped."""
-        text = self._data.decode("utf-8", errors="replace")
+        text = self.head()
         if self.dropped:
             text += f"\n…[truncated {self.dropped} bytes]"
         return text

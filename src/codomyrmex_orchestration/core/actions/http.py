@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from codomyrmex_orchestration._redact import redact_text
 from codomyrmex_orchestration.core.actions._netguard import AddressGuard
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
@@ -95,7 +96,7 @@ def _url(params: Mapping[str, Any]) -> httpx.URL:
 
 
 def _text(buffer: CappedBuffer, cap: int) -> str:
-    text = buffer.raw().decode("utf-8", errors="replace")
+    text = buffer.head()
     if buffer.dropped:
         text += f"\n…[truncated: the body is longer than {cap} bytes]"
     return text
@@ -175,7 +176,7 @@ def _read(response: httpx.Response, cap: int, abandon: threading.Event) -> dict[
         if abandon.is_set():
             return None
         body.add(chunk)
-        if body.dropped:
+        if body.filled:
             break
     result: dict[str, Any] = {"status": response.status_code, "headers": dict(response.headers.items())}
     content_type = response.headers.get("content-type", "").lower()
@@ -208,6 +209,9 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     check_known(params, PARAMETERS, _ACTION)
     method = _method(params)
     url = _url(params)
+    # Messages show the URL as the step wrote it: httpx's form lowercases the host and percent-encodes
+    # the path, which hid a secret in it from redaction (now caught too) and is not what the user wrote.
+    written = params["url"]
     options: dict[str, Any] = {"headers": get_str_map(params, "headers", _ACTION)}
     query = _query(params)
     if query:  # an empty mapping would replace the URL's own query
@@ -257,7 +261,7 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     while not done.wait(min(_SLICE, max(0.0, end - time.monotonic()))):
         if ctx.cancel_event.is_set():
             abandon.set()
-            raise StepCancelledError(ctx.step_name, f"cancelled during {method} {url}")
+            raise StepCancelledError(ctx.step_name, f"cancelled during {method} {written}")
         if time.monotonic() >= end:
             abandon.set()
             raise StepTimeoutError(ctx.step_name, round(timeout, 3))
@@ -270,23 +274,23 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if isinstance(error, httpx.HTTPError):
         raise StepFailedError(
             ctx.step_name,
-            f"{method} {url} failed: {type(error).__name__}: {error}",
+            f"{method} {written} failed: {type(error).__name__}: {error}",
             error_type=type(error).__name__,
         ) from error
     if error is not None:
         raise error
     result: dict[str, Any] | None = outcome.get("value")
     if result is None:  # abandoned; only reachable if cancellation raced completion
-        raise StepCancelledError(ctx.step_name, f"cancelled during {method} {url}")
+        raise StepCancelledError(ctx.step_name, f"cancelled during {method} {written}")
     reason = result.pop("reason", "")
     if check and not 200 <= result["status"] < 300:
         shown = result.get("text")
         if shown is None:
             shown = json.dumps(result.get("json"))
-        tail = shown[:_BODY_TAIL]
+        tail = redact_text(shown)[:_BODY_TAIL]  # redacted before the cut: no secret is left half-shown
         raise StepFailedError(
             ctx.step_name,
-            f"{method} {url} returned HTTP {result['status']} {reason}".rstrip()
+            f"{method} {written} returned HTTP {result['status']} {reason}".rstrip()
             + (f"; body starts with: {tail}" if tail else "")
             + " (set check: false to get non-2xx responses as output)",
             error_type="HTTPStatusError",

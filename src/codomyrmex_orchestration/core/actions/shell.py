@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+from codomyrmex_orchestration._redact import redact_text
 from codomyrmex_orchestration.core._procs import PROCS_KEY, parent_death_signal, record_group
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
@@ -123,7 +124,7 @@ def _leader_exited(pid: int) -> bool:
 
 
 def _describe(argv: list[str]) -> str:
-    text = shlex.join(argv[2:] if argv[:2] == [_SH, "-c"] else argv)
+    text = redact_text(shlex.join(argv[2:] if argv[:2] == [_SH, "-c"] else argv))  # before the cut
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -202,7 +203,7 @@ def run(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise StepTimeoutError(ctx.step_name, round(limit, 3))
     err_text = stderr.text()
     if check and code != 0:
-        tail = err_text[-_STDERR_TAIL:].strip()
+        tail = redact_text(err_text)[-_STDERR_TAIL:].strip()  # redacted before the cut
         raise StepFailedError(
             ctx.step_name,
             f"command {described} {_exit_text(code)}"
