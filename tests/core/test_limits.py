@@ -304,8 +304,8 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
                         "module": "test",
                         "action": "echo",
                         "dependencies": ["big"],
-                        # whole-value references share the value: 40 x 1 MiB in parameters costs nothing,
-                        # and the step's 40 MiB output is then capped like any other.
+                        # whole-value references share the value, but are charged for its size: 40 x 1 MiB
+                        # passed whole is as far over the budget as 40 x 1 MiB embedded.
                         "parameters": {"value": ["{{steps.big.output}}" for _ in range(40)]},
                     },
                 ],
@@ -313,14 +313,44 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
         )
         run = engine.execute_workflow("blowup", timeout=60)
         assert run.status is WorkflowStatus.FAILED
-        assert run.failed_steps == ["boom"]
-        err = run.steps["boom"].error
-        assert err is not None and err.type == "TemplateError"
-        assert "16777216" in err.message or "larger than" in err.message, err.message
+        assert run.failed_steps == ["boom", "shared"]
+        for name in run.failed_steps:
+            err = run.steps[name].error
+            assert err is not None and err.type == "TemplateError"
+            assert "16777216 characters, the template expansion budget" in err.message, err.message
         assert run.steps["big"].status is TaskStatus.COMPLETED
-        shared = run.steps["shared"].output
-        assert is_truncated(shared) and shared["size_bytes"] > 40 * 1024 * 1024
         assert engine.health_check().overall_status == "healthy"
+    finally:
+        engine.shutdown()
+
+
+def test_one_output_referenced_whole_many_times_fails_the_step_instead_of_multiplying_it(
+    tmp_path: Path,
+) -> None:
+    # The tester's workflow: a 1 MB echo, then an echo of it referenced whole 40 times (a 40 MB output
+    # from 600 bytes of definition). Before, the 40 MB list was built, serialised whole by the cap and
+    # spilled whole; now the step fails at the template budget and nothing of that size is allocated.
+    engine = _make(tmp_path, max_output_bytes=1024 * 1024)  # the default cap: a's output is kept whole
+    try:
+        big, refs = "A" * 1_000_000, ["{{a.output}}"] * 40
+        steps = [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"message": big}},
+            {"name": "b", "module": "core", "action": "echo", "parameters": {"message": refs}},
+        ]
+        engine.workflow_manager.create_workflow({"name": "amp", "steps": steps})
+        del big
+        tracemalloc.start()
+        try:
+            run = engine.execute_workflow("amp", timeout=60)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert run.steps["a"].status is TaskStatus.COMPLETED
+        assert run.failed_steps == ["b"]
+        err = run.steps["b"].error
+        assert err is not None and "the template expansion budget" in err.message, err.message
+        assert peak < 20_000_000, peak
+        assert not (engine.state_dir / "outputs").exists()  # nothing was spilled
     finally:
         engine.shutdown()
 

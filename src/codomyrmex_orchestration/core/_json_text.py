@@ -1,5 +1,5 @@
 """A value's compact JSON text in bounded pieces, so that it can be measured, previewed or written to a
-file without the whole text ever being held (the output cap measures and spills with it).
+file without the whole text ever being held (the output cap and the template budget measure with it).
 
 The pieces join to exactly what ``json.dumps(value, ensure_ascii=False, default=str,
 separators=(",", ":"))`` writes, and fail as it fails (a circular structure, a key JSON cannot have).
@@ -9,17 +9,26 @@ recursion. No state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from json.encoder import encode_basestring  # the C escaper json.dumps uses with ensure_ascii=False
 from typing import Any
 
-__all__ = ["PIECE_CHARS", "json_chars", "json_pieces", "utf8_size"]
+__all__ = ["PIECE_CHARS", "json_chars", "json_pieces", "json_size_bound", "utf8_size"]
 
 #: Pieces are about this many characters: small ones are joined up to it, long strings are escaped in
 #: slices of it (a slice's escaped text is at most 6 times as long: ``\\u001f`` for a control character).
 PIECE_CHARS = 64 * 1024
 _INF = float("inf")
 _END: Any = object()  # no more items; no value pending
+#: What json.dumps(ensure_ascii=False, default=str, separators=(",", ":")) uses, made once.
+_SMALL = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+#: A JSON string escapes one character to at most 6 bytes (``\\u001f``); UTF-8 uses at most 4.
+_MAX_BYTES_PER_CHAR = 6
+#: Nesting beyond this is measured by serialising (as are circular structures, which then fail).
+_MAX_BOUND_DEPTH = 16
+#: The longest JSON text of a float (``-1.7976931348623157e+308``) is 24 characters.
+_MAX_FLOAT_CHARS = 24
 
 
 def _float_text(value: float) -> str:
@@ -153,9 +162,54 @@ def json_pieces(value: Any) -> Iterator[str]:
         yield "".join(out)
 
 
+def json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
+    """An upper bound on the UTF-8 bytes of ``value``'s JSON text if it is within ``budget``, else ``None``.
+
+    Most values are small: bounding them without serialising saves the cap a serialisation on every
+    step. ``None`` also means "cannot tell cheaply" (a type JSON encodes through ``default=str``, a
+    non-string key, deep nesting): the caller then serialises to measure exactly.
+    """
+    kind = type(value)
+    if kind is str:
+        size = len(value) * _MAX_BYTES_PER_CHAR + 2
+    elif value is None or kind is bool:
+        size = 5
+    elif kind is int:
+        size = value.bit_length() // 3 + 2  # digits <= bits * log10(2) + 1, and a sign
+    elif kind is float:
+        size = _MAX_FLOAT_CHARS
+    elif depth >= _MAX_BOUND_DEPTH:
+        return None
+    elif kind is dict:
+        size = 2
+        for key, item in value.items():
+            if type(key) is not str:
+                return None
+            inner = json_size_bound(item, budget, depth + 1)
+            if inner is None:
+                return None
+            size += len(key) * _MAX_BYTES_PER_CHAR + 4 + inner  # quotes, colon, comma
+            if size > budget:
+                return None
+    elif kind is list or kind is tuple:
+        size = 2
+        for item in value:
+            inner = json_size_bound(item, budget, depth + 1)
+            if inner is None:
+                return None
+            size += inner + 1
+            if size > budget:
+                return None
+    else:
+        return None
+    return size if size <= budget else None
+
+
 def json_chars(value: Any, limit: int) -> int:
     """Characters of ``value``'s compact JSON text, counted until they pass ``limit`` (a result above
     ``limit`` means "more than ``limit``", not the exact size). Holds one piece at a time."""
+    if json_size_bound(value, PIECE_CHARS) is not None:  # plainly small: one call of the C encoder
+        return len(_SMALL.encode(value))
     total = 0
     for piece in json_pieces(value):
         total += len(piece)

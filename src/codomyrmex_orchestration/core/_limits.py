@@ -23,18 +23,12 @@ import structlog
 
 from codomyrmex_orchestration.errors import OrchestrationError
 
-from ._json_text import json_pieces, utf8_size
+from ._json_text import json_pieces, json_size_bound, utf8_size
 
 __all__ = ["MAX_SPILL_BYTES", "OutputLimiter", "is_truncated"]
 
 _log = structlog.get_logger("codomyrmex_orchestration.limits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-#: A JSON string escapes one character to at most 6 bytes (``\\u001f``); UTF-8 uses at most 4.
-_MAX_BYTES_PER_CHAR = 6
-#: Nesting beyond this is measured by serialising (as are circular structures, which then fail).
-_MAX_BOUND_DEPTH = 16
-#: The longest JSON text of a float (``-1.7976931348623157e+308``) is 24 characters.
-_MAX_FLOAT_CHARS = 24
 #: The most bytes one spill file takes (as much as an action may be told to capture): a longer output's
 #: file keeps its first bytes, and the marker says so.
 MAX_SPILL_BYTES = 64 * 1024 * 1024
@@ -43,49 +37,6 @@ MAX_SPILL_BYTES = 64 * 1024 * 1024
 def is_truncated(output: Any) -> bool:
     """Whether ``output`` is the marker :class:`OutputLimiter` left in place of a too-large output."""
     return isinstance(output, dict) and output.get("truncated") is True and "size_bytes" in output
-
-
-def _json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
-    """An upper bound on the UTF-8 bytes of ``value``'s JSON text if it is within ``budget``, else ``None``.
-
-    Most outputs are small: bounding them without serialising saves the ``json.dumps`` the cap would
-    otherwise pay on every step. ``None`` also means "cannot tell cheaply" (a type JSON encodes through
-    ``default=str``, a non-string key, deep nesting): the caller then serialises to measure exactly.
-    """
-    kind = type(value)
-    if kind is str:
-        size = len(value) * _MAX_BYTES_PER_CHAR + 2
-    elif value is None or kind is bool:
-        size = 5
-    elif kind is int:
-        size = value.bit_length() // 3 + 2  # digits <= bits * log10(2) + 1, and a sign
-    elif kind is float:
-        size = _MAX_FLOAT_CHARS
-    elif depth >= _MAX_BOUND_DEPTH:
-        return None
-    elif kind is dict:
-        size = 2
-        for key, item in value.items():
-            if type(key) is not str:
-                return None
-            inner = _json_size_bound(item, budget, depth + 1)
-            if inner is None:
-                return None
-            size += len(key) * _MAX_BYTES_PER_CHAR + 4 + inner  # quotes, colon, comma
-            if size > budget:
-                return None
-    elif kind is list or kind is tuple:
-        size = 2
-        for item in value:
-            inner = _json_size_bound(item, budget, depth + 1)
-            if inner is None:
-                return None
-            size += inner + 1
-            if size > budget:
-                return None
-    else:
-        return None
-    return size if size <= budget else None
 
 
 class SpillBudget(Protocol):
@@ -158,7 +109,7 @@ class OutputLimiter:
         preview, never the text."""
         if value is None or isinstance(value, bool | int | float):
             return None
-        if _json_size_bound(value, self.max_bytes) is not None:
+        if json_size_bound(value, self.max_bytes) is not None:
             return None
         size = 0
         preview: list[str] = []
