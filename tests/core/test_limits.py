@@ -4,6 +4,7 @@ any action's output (marker + spill file), and bounded template expansion."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,80 @@ def test_small_outputs_are_kept_without_serialising_and_the_cap_still_measures_e
     assert limiter.truncated_count == 1
 
 
+def test_an_output_far_over_the_cap_is_measured_and_spilled_without_building_its_text(tmp_path: Path) -> None:
+    value = {"rows": ["é" * 250_000] * 40}  # one string shared: 20 MB of UTF-8 JSON from 250 KB in memory
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    limiter = OutputLimiter(CAP, spill_dir=tmp_path)
+    tracemalloc.start()
+    try:
+        marker = limiter(value, run_id="r", step_name="s", task_id="t")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Serialising it whole took the 10 M-character text and its 20 MB of UTF-8: pieces take under 2 MB.
+    assert peak < 2_000_000, peak
+    assert marker["size_bytes"] == size == 20_000_130 and "spill_error" not in marker
+    assert marker["preview"] == '{"rows":["' + "é" * (4096 - 10)
+    spilled = Path(marker["spilled_to"])
+    assert spilled.stat().st_size == size
+    assert json.loads(spilled.read_text("utf-8")) == value
+
+
+def test_json_pieces_join_to_what_json_dumps_writes() -> None:
+    from decimal import Decimal
+
+    from codomyrmex_orchestration.core._json_text import PIECE_CHARS, json_pieces
+
+    class Text(str):
+        pass
+
+    circular: list[Any] = []
+    circular.append(circular)
+    values: list[Any] = [
+        None,
+        [True, False, 0, -(10**40), 1.5, float("nan"), float("-inf"), (), {}, [[]]],
+        {1: "a", 2.5: None, False: [], None: {'é\n"': "\x00"}, Text("k"): Decimal("1.5"), "s": b"x"},
+        ["\x01é" * PIECE_CHARS, {"k" * (PIECE_CHARS + 1): "v"}, [[[{"deep": ["x" * (3 * PIECE_CHARS)]}]]]],
+        [list(range(20_000)), {str(i): [i] for i in range(5_000)}],
+    ]
+    for value in values:
+        expected = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+        pieces = list(json_pieces(value))
+        assert "".join(pieces) == expected
+        assert max(map(len, pieces)) <= 6 * PIECE_CHARS + 2
+    nested: Any = "x"
+    for _ in range(50_000):  # deeper than the recursion limit: the walk keeps its own stack
+        nested = [nested]
+    assert "".join(json_pieces(nested)) == "[" * 50_000 + '"x"' + "]" * 50_000
+    with pytest.raises(ValueError, match="Circular reference"):
+        list(json_pieces(circular))
+    with pytest.raises(TypeError, match="keys must be str"):
+        list(json_pieces({(1, 2): 3}))
+
+
+def test_a_spill_keeps_at_most_its_own_limit_and_the_marker_says_so(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core._limits import MAX_SPILL_BYTES
+    from codomyrmex_orchestration.core._store_codec import spill_bytes
+    from codomyrmex_orchestration.core.models import StepResult
+
+    assert MAX_SPILL_BYTES == 64 * 1024 * 1024
+    limiter = OutputLimiter(1000, spill_dir=tmp_path, max_spill_bytes=10_000)
+    marker = limiter("é" * 20_000, run_id="r", step_name="s", task_id="t")  # 40,002 bytes of JSON
+    assert marker["size_bytes"] == 40_002
+    spilled = Path(marker["spilled_to"])
+    # Cut at a character: the 10,000th byte would split an "é".
+    assert spilled.read_text("utf-8") == '"' + "é" * 4999 and marker["spilled_bytes"] == 9999
+    assert marker["spill_error"] == (
+        "the spill file keeps the first 9999 of 40002 bytes: a spill file is limited to 10000 bytes"
+    )
+    # The state budget counts the bytes the file holds, not the output's size.
+    assert spill_bytes(StepResult(name="s", status=TaskStatus.COMPLETED, output=marker)) == 9999
+    whole = limiter("z" * 5000, run_id="r", step_name="small", task_id="t")
+    assert "spill_error" not in whole and "spilled_bytes" not in whole
+    with pytest.raises(ValueError, match="max_spill_bytes"):
+        OutputLimiter(1000, max_spill_bytes=0)
+
+
 def test_a_step_name_that_is_not_a_safe_file_name_spills_under_a_digest(tmp_path: Path) -> None:
     limiter = OutputLimiter(1024, spill_dir=tmp_path)
     marker = limiter("z" * 5000, run_id="../../etc", step_name="a/../../b", task_id="t")
@@ -229,8 +304,8 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
                         "module": "test",
                         "action": "echo",
                         "dependencies": ["big"],
-                        # whole-value references share the value: 40 x 1 MiB in parameters costs nothing,
-                        # and the step's 40 MiB output is then capped like any other.
+                        # whole-value references share the value, but are charged for its size: 40 x 1 MiB
+                        # passed whole is as far over the budget as 40 x 1 MiB embedded.
                         "parameters": {"value": ["{{steps.big.output}}" for _ in range(40)]},
                     },
                 ],
@@ -238,14 +313,44 @@ def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path
         )
         run = engine.execute_workflow("blowup", timeout=60)
         assert run.status is WorkflowStatus.FAILED
-        assert run.failed_steps == ["boom"]
-        err = run.steps["boom"].error
-        assert err is not None and err.type == "TemplateError"
-        assert "16777216" in err.message or "larger than" in err.message, err.message
+        assert run.failed_steps == ["boom", "shared"]
+        for name in run.failed_steps:
+            err = run.steps[name].error
+            assert err is not None and err.type == "TemplateError"
+            assert "16777216 characters, the template expansion budget" in err.message, err.message
         assert run.steps["big"].status is TaskStatus.COMPLETED
-        shared = run.steps["shared"].output
-        assert is_truncated(shared) and shared["size_bytes"] > 40 * 1024 * 1024
         assert engine.health_check().overall_status == "healthy"
+    finally:
+        engine.shutdown()
+
+
+def test_one_output_referenced_whole_many_times_fails_the_step_instead_of_multiplying_it(
+    tmp_path: Path,
+) -> None:
+    # The tester's workflow: a 1 MB echo, then an echo of it referenced whole 40 times (a 40 MB output
+    # from 600 bytes of definition). Before, the 40 MB list was built, serialised whole by the cap and
+    # spilled whole; now the step fails at the template budget and nothing of that size is allocated.
+    engine = _make(tmp_path, max_output_bytes=1024 * 1024)  # the default cap: a's output is kept whole
+    try:
+        big, refs = "A" * 1_000_000, ["{{a.output}}"] * 40
+        steps = [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"message": big}},
+            {"name": "b", "module": "core", "action": "echo", "parameters": {"message": refs}},
+        ]
+        engine.workflow_manager.create_workflow({"name": "amp", "steps": steps})
+        del big
+        tracemalloc.start()
+        try:
+            run = engine.execute_workflow("amp", timeout=60)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert run.steps["a"].status is TaskStatus.COMPLETED
+        assert run.failed_steps == ["b"]
+        err = run.steps["b"].error
+        assert err is not None and "the template expansion budget" in err.message, err.message
+        assert peak < 20_000_000, peak
+        assert not (engine.state_dir / "outputs").exists()  # nothing was spilled
     finally:
         engine.shutdown()
 

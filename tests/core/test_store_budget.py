@@ -187,6 +187,45 @@ def test_a_task_output_that_cannot_fit_the_budget_is_kept_as_a_marker_that_says_
         assert store.stats()["bytes_used"] <= BUDGET
 
 
+def test_a_run_step_whose_spill_the_budget_has_no_room_for_is_kept_as_a_marker_that_says_why(
+    tmp_path: Path,
+) -> None:
+    # Before, a run's spill was written whatever its size and evicted only after the run (the tester:
+    # a 200 MB file against a 20 MB budget). Now it gets the room first, evicting finished runs, or is
+    # not written.
+    from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
+
+    def big(params: dict[str, object], ctx: ActionContext) -> str:
+        return "b" * int(str(params["size"]))
+
+    state = tmp_path / "state"
+    budget = 2_000_000
+    engine = OrchestrationEngine(
+        state_dir=state, config_dir=None, max_output_bytes=10_000, state_max_bytes=budget, max_workers=2
+    )
+    try:
+        engine.registry.register(ActionDefinition("test", "big", big))
+        steps = [
+            {"name": "fits", "module": "test", "action": "big", "parameters": {"size": 600_000}},
+            {"name": "huge", "module": "test", "action": "big", "parameters": {"size": 3_000_000}},
+        ]
+        engine.workflow_manager.create_workflow({"name": "spills", "steps": steps})
+        for _ in range(4):  # the budget fills with finished runs: each new run's spill evicts the oldest
+            run = engine.execute_workflow("spills", timeout=60)
+            assert run.status is WorkflowStatus.COMPLETED, run.error
+            fits, huge = run.steps["fits"].output, run.steps["huge"].output
+            assert huge["truncated"] and huge["size_bytes"] == 3_000_002 and huge["spilled_to"] is None
+            assert huge["spill_error"] == (
+                "no room for 3000002 bytes in the state directory's byte budget (CODOMYRMEX_STATE_MAX_BYTES)"
+            )
+            assert not (state / "outputs" / run.run_id / "huge.json").exists()
+            assert Path(fits["spilled_to"]).stat().st_size == 600_002 and "spill_error" not in fits
+            assert _disk_bytes(state / "outputs") <= budget
+        assert engine.store.stats()["bytes_used"] <= budget
+    finally:
+        engine.shutdown()
+
+
 def test_a_run_whose_parameters_are_over_their_limit_is_refused_before_it_starts(tmp_path: Path) -> None:
     engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, max_parameters_bytes=1024)
     try:

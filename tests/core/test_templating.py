@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -163,11 +164,58 @@ def test_a_template_refuses_malformed_references_when_parsed(ctx: TemplateContex
 
 def test_resolving_refuses_to_build_text_beyond_the_size_bound() -> None:
     ctx = TemplateContext(steps={"big": ("completed", {"blob": ["x" * 1000] * 2000})})
-    assert resolve("{{big.output}}", ctx, max_size=10_000) is ctx.steps["big"][1]
+    assert resolve("{{big.output.blob.0}}", ctx, max_size=10_000) is ctx.steps["big"][1]["blob"][0]
     with pytest.raises(TemplateError, match="would exceed 10000 characters"):
         resolve("data: {{big.output}}", ctx, max_size=10_000)
     with pytest.raises(TemplateError, match="would exceed"):
         resolve(["{{big.output.blob.0}}!"] * 11, ctx, max_size=10_000)
+
+
+def test_whole_value_references_are_charged_for_the_size_of_the_value_they_pass() -> None:
+    # The tester's amplification: one output referenced whole many times. Shared, not copied, but
+    # what the action gets (and returns, and the cap measures) is every copy of it.
+    blob = {"rows": ["x" * 1000] * 20}  # 20,030 characters of JSON
+    steps: dict[str, tuple[str, Any]] = {"a": ("completed", "y" * 1000), "b": ("completed", blob)}
+    ctx = TemplateContext(steps=steps, params={"p": blob})
+    within = resolve({"m": ["{{a.output}}"] * 10, "b": "{{steps.b.output}}"}, ctx, max_size=40_000)
+    assert within["m"][0] is ctx.steps["a"][1] and within["b"] is blob  # still the value itself
+    for refs in (["{{a.output}}"] * 41, ["{{steps.b.output}}"] * 2, ["{{params.p}}", "{{b.output}}"]):
+        with pytest.raises(TemplateError) as caught:
+            resolve({"message": refs}, ctx, max_size=40_000)
+        assert "would exceed 40000 characters, the template expansion budget" in str(caught.value)
+        assert "MAX_RESOLVED_SIZE" in str(caught.value) and caught.value.field == "parameters"
+    # The default budget (16 MiB) holds sixteen 1 MiB strings, not seventeen.
+    mib = TemplateContext(steps={"a": ("completed", "A" * 2**20)})
+    assert len(resolve(["{{a.output}}"] * 16, mib)) == 16
+    with pytest.raises(TemplateError, match="16777216 characters"):
+        resolve(["{{a.output}}"] * 17, mib)
+
+
+def test_a_whole_value_over_the_budget_is_measured_without_its_text_being_built() -> None:
+    big = ["z" * 100_000] * 1000  # 100 MB of JSON, one string shared
+    ctx = TemplateContext(steps={"big": ("completed", big)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateError, match="would exceed"):
+            resolve({"data": "{{big.output}}"}, ctx, max_size=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+
+
+def test_a_template_measures_a_shared_value_once_for_all_its_items() -> None:
+    blob = {"rows": [{"id": i} for i in range(500)]}
+    template = Template({"data": "{{steps.b.output}}", "i": "{{item}}"}, {"b"})
+    ctx = TemplateContext(steps={"b": ("completed", blob)})
+    for index in range(3):
+        ctx.item = ([index] * 3, index)
+        assert template.resolve(ctx, max_size=100_000)["data"] is blob
+    # One size kept: the step's output (each item is another value, measured for itself).
+    assert [value for value, _ in template._sizes.values()] == [blob]
+    ctx.item = (["w" * 100_000], 3)
+    with pytest.raises(TemplateError, match="template 'item'"):
+        template.resolve(ctx, max_size=100_000)
 
 
 def test_deeply_nested_parameters_are_refused_not_overflowed() -> None:

@@ -3,8 +3,8 @@
 The scheduler calls an :class:`OutputLimiter` on the worker thread right after an action returns (outside
 its lock), so the cap holds for every action — shell stdout, HTTP bodies, ``python.call`` return values,
 plugins — and for single tasks as well as workflow steps. An output whose JSON text is larger than
-``max_bytes`` is replaced by a marker object; the full output is optionally spilled to a file under the
-state directory first.
+``max_bytes`` is replaced by a marker object; the output is optionally spilled to a file under the
+state directory first, in room the state's byte budget makes for it and up to ``MAX_SPILL_BYTES``.
 
 The no-op path costs one ``is None`` test in the scheduler; outputs that are plainly small (scalars,
 short strings, small dicts and lists of them) are bounded without serialising them.
@@ -12,7 +12,6 @@ short strings, small dicts and lists of them) are bounded without serialising th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -22,16 +21,17 @@ from typing import Any, Protocol
 
 import structlog
 
-__all__ = ["OutputLimiter", "is_truncated"]
+from codomyrmex_orchestration.errors import OrchestrationError
+
+from ._json_text import json_pieces, json_size_bound, utf8_size
+
+__all__ = ["MAX_SPILL_BYTES", "OutputLimiter", "is_truncated"]
 
 _log = structlog.get_logger("codomyrmex_orchestration.limits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-#: A JSON string escapes one character to at most 6 bytes (``\\u001f``); UTF-8 uses at most 4.
-_MAX_BYTES_PER_CHAR = 6
-#: Nesting beyond this is measured by serialising (as are circular structures, which then fail).
-_MAX_BOUND_DEPTH = 16
-#: The longest JSON text of a float (``-1.7976931348623157e+308``) is 24 characters.
-_MAX_FLOAT_CHARS = 24
+#: The most bytes one spill file takes (as much as an action may be told to capture): a longer output's
+#: file keeps its first bytes, and the marker says so.
+MAX_SPILL_BYTES = 64 * 1024 * 1024
 
 
 def is_truncated(output: Any) -> bool:
@@ -39,57 +39,12 @@ def is_truncated(output: Any) -> bool:
     return isinstance(output, dict) and output.get("truncated") is True and "size_bytes" in output
 
 
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-
-
-def _json_size_bound(value: Any, budget: int, depth: int = 0) -> int | None:
-    """An upper bound on the UTF-8 bytes of ``value``'s JSON text if it is within ``budget``, else ``None``.
-
-    Most outputs are small: bounding them without serialising saves the ``json.dumps`` the cap would
-    otherwise pay on every step. ``None`` also means "cannot tell cheaply" (a type JSON encodes through
-    ``default=str``, a non-string key, deep nesting): the caller then serialises to measure exactly.
-    """
-    kind = type(value)
-    if kind is str:
-        size = len(value) * _MAX_BYTES_PER_CHAR + 2
-    elif value is None or kind is bool:
-        size = 5
-    elif kind is int:
-        size = value.bit_length() // 3 + 2  # digits <= bits * log10(2) + 1, and a sign
-    elif kind is float:
-        size = _MAX_FLOAT_CHARS
-    elif depth >= _MAX_BOUND_DEPTH:
-        return None
-    elif kind is dict:
-        size = 2
-        for key, item in value.items():
-            if type(key) is not str:
-                return None
-            inner = _json_size_bound(item, budget, depth + 1)
-            if inner is None:
-                return None
-            size += len(key) * _MAX_BYTES_PER_CHAR + 4 + inner  # quotes, colon, comma
-            if size > budget:
-                return None
-    elif kind is list or kind is tuple:
-        size = 2
-        for item in value:
-            inner = _json_size_bound(item, budget, depth + 1)
-            if inner is None:
-                return None
-            size += inner + 1
-            if size > budget:
-                return None
-    else:
-        return None
-    return size if size <= budget else None
-
-
 class SpillBudget(Protocol):
     """The state directory's byte budget, as the output limiter sees it (the SQLite store)."""
 
-    def make_room_for_spill(self, nbytes: int, *, reserve: bool = False) -> bool: ...
+    def make_room_for_spill(
+        self, nbytes: int, *, reserve: bool = False, evict_runs: bool = False
+    ) -> bool: ...
     def release_spill_room(self, nbytes: int) -> None: ...
     def note_task_spill(self, path: Path, nbytes: int, *, reserved: bool = False) -> None: ...
 
@@ -98,7 +53,11 @@ class OutputLimiter:
     """Replace outputs larger than ``max_bytes`` of JSON with a truncation marker.
 
     The marker is ``{"truncated": True, "size_bytes": N, "limit_bytes": L, "preview": "<first K chars of
-    the JSON text>", "spilled_to": "<path>" | None}`` (plus ``"spill_error"`` when the spill failed).
+    the JSON text>", "spilled_to": "<path>" | None}``, plus ``"spill_error"`` when the spill file is
+    missing or incomplete, saying why, and ``"spilled_bytes"`` when it holds only the first bytes.
+
+    An output is measured a piece of its JSON text at a time (see :mod:`._json_text`), and spilled the
+    same way: neither ever holds the whole text, however large the output.
 
     Args:
         max_bytes: the most bytes of JSON an output may take and be kept as is.
@@ -106,11 +65,21 @@ class OutputLimiter:
             ``<spill_dir>/tasks/<task_id>.json`` for a task outside a run); ``None`` keeps only the marker.
         preview_chars: characters of the JSON text kept in the marker (default: a quarter of
             ``max_bytes``, at most 4096).
-        budget: the state directory's byte budget: asked for room before each spill (a task's output
-            that does not fit is not written) and told of each task spill at once.
+        budget: the state directory's byte budget: room is reserved in it before each spill (finished
+            runs are evicted for a run's spill; a spill that does not fit is not written), and told of
+            each task spill at once.
+        max_spill_bytes: the most bytes one spill file takes; a longer output keeps its first bytes.
     """
 
-    __slots__ = ("_count_lock", "budget", "max_bytes", "preview_chars", "spill_dir", "truncated_count")
+    __slots__ = (
+        "_count_lock",
+        "budget",
+        "max_bytes",
+        "max_spill_bytes",
+        "preview_chars",
+        "spill_dir",
+        "truncated_count",
+    )
 
     def __init__(
         self,
@@ -119,71 +88,54 @@ class OutputLimiter:
         spill_dir: Path | str | None = None,
         preview_chars: int | None = None,
         budget: SpillBudget | None = None,
+        max_spill_bytes: int = MAX_SPILL_BYTES,
     ):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        if max_spill_bytes < 1:
+            raise ValueError(f"max_spill_bytes must be at least 1, got {max_spill_bytes}")
         self.max_bytes = max_bytes
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self.preview_chars = preview_chars if preview_chars is not None else min(4096, max_bytes // 4)
         self.budget = budget
+        self.max_spill_bytes = max_spill_bytes
         self.truncated_count = 0  # guarded by _count_lock: workers truncate at the same time
         self._count_lock = threading.Lock()
 
-    def fits(self, value: Any) -> tuple[bool, str | None]:
-        """(within the limit, the JSON text when it had to be computed)."""
+    def measure(self, value: Any) -> tuple[int, str] | None:
+        """``None`` when ``value`` is within the limit, else (the bytes of its JSON text, the preview).
+
+        The text is produced a piece at a time and only counted, so measuring holds one piece and the
+        preview, never the text."""
         if value is None or isinstance(value, bool | int | float):
-            return True, None
-        if _json_size_bound(value, self.max_bytes) is not None:
-            return True, None
-        text = _json_text(value)
-        # len(text) <= bytes <= 4 * len(text): only encode when the cheap bounds do not decide.
-        if len(text) > self.max_bytes:
-            return False, text
-        if len(text) * 4 <= self.max_bytes:
-            return True, text
-        return len(text.encode("utf-8")) <= self.max_bytes, text
+            return None
+        if json_size_bound(value, self.max_bytes) is not None:
+            return None
+        size = 0
+        preview: list[str] = []
+        wanted = self.preview_chars
+        for piece in json_pieces(value):
+            if wanted > 0:
+                preview.append(piece[:wanted])
+                wanted -= len(preview[-1])
+            size += utf8_size(piece)
+        return None if size <= self.max_bytes else (size, "".join(preview))
 
     def __call__(self, value: Any, *, run_id: str | None, step_name: str | None, task_id: str) -> Any:
         """``value`` itself when small enough, else the truncation marker (never raises for size)."""
-        ok, text = self.fits(value)
-        if ok:
+        measured = self.measure(value)
+        if measured is None:
             return value
-        assert text is not None
-        data = text.encode("utf-8")
+        size, preview = measured
         marker: dict[str, Any] = {
             "truncated": True,
-            "size_bytes": len(data),
+            "size_bytes": size,
             "limit_bytes": self.max_bytes,
-            "preview": text[: self.preview_chars],
+            "preview": preview,
             "spilled_to": None,
         }
-        in_run = run_id is not None and step_name is not None
-        # A task's spill file counts against the budget the moment it is written, so its room is
-        # reserved: workers spilling at once cannot each claim the same free bytes. (A run's spill
-        # counts with its step's row, and the writer evicts at that commit if it went over.)
-        reserve = self.spill_dir is not None and not in_run
-        room = self.budget is None or self.budget.make_room_for_spill(len(data), reserve=reserve)
-        reserved = reserve and room and self.budget is not None
-        if self.spill_dir is not None and not room and not in_run:
-            marker["spill_error"] = (
-                f"no room for {len(data)} bytes in the state directory's byte budget "
-                "(CODOMYRMEX_STATE_MAX_BYTES)"
-            )
-        elif self.spill_dir is not None:
-            try:
-                path = self._spill(data, run_id, step_name, task_id)
-            except OSError as exc:
-                if reserved:
-                    assert self.budget is not None
-                    self.budget.release_spill_room(len(data))
-                marker["spill_error"] = f"{type(exc).__name__}: {exc}"
-                _log.error(
-                    "output spill failed", run_id=run_id, step=step_name, task_id=task_id, error=str(exc)
-                )
-            else:
-                marker["spilled_to"] = str(path)
-                if self.budget is not None and not in_run:
-                    self.budget.note_task_spill(path, len(data), reserved=reserved)
+        if self.spill_dir is not None:
+            self._spill_within_budget(value, size, marker, run_id, step_name, task_id)
         with self._count_lock:
             self.truncated_count += 1
         _log.warning(
@@ -191,13 +143,70 @@ class OutputLimiter:
             run_id=run_id,
             step=step_name,
             task_id=task_id,
-            size_bytes=len(data),
+            size_bytes=size,
             limit_bytes=self.max_bytes,
             spilled_to=marker["spilled_to"],
         )
         return marker
 
-    def _spill(self, data: bytes, run_id: str | None, step_name: str | None, task_id: str) -> Path:
+    def _spill_within_budget(
+        self,
+        value: Any,
+        size: int,
+        marker: dict[str, Any],
+        run_id: str | None,
+        step_name: str | None,
+        task_id: str,
+    ) -> None:
+        """Write ``value``'s JSON text (at most ``max_spill_bytes`` of it) to its spill file, in room
+        reserved in the budget first; the marker says where, or why not."""
+        keep = min(size, self.max_spill_bytes)
+        in_run = run_id is not None and step_name is not None
+        budget = self.budget
+        # The room is reserved before a byte is written, so workers spilling at once cannot each claim
+        # the same free bytes. A task's file counts against the budget once written (the reservation
+        # becomes its count); a run's counts with its step's row, so its reservation ends with the write.
+        if budget is not None:
+            try:
+                room = budget.make_room_for_spill(keep, reserve=True, evict_runs=in_run)
+            except OrchestrationError as exc:  # the store cannot evict (failed or closed)
+                marker["spill_error"] = f"{type(exc).__name__}: {exc}"
+                return
+            if not room:
+                marker["spill_error"] = (
+                    f"no room for {keep} bytes in the state directory's byte budget "
+                    "(CODOMYRMEX_STATE_MAX_BYTES)"
+                )
+                return
+        try:
+            path, written = self._spill(value, keep, run_id, step_name, task_id)
+        except BaseException as exc:
+            if budget is not None:
+                budget.release_spill_room(keep)
+            if not isinstance(exc, OSError):
+                raise
+            marker["spill_error"] = f"{type(exc).__name__}: {exc}"
+            _log.error("output spill failed", run_id=run_id, step=step_name, task_id=task_id, error=str(exc))
+            return
+        marker["spilled_to"] = str(path)
+        if written < size:
+            marker["spilled_bytes"] = written
+            marker["spill_error"] = (
+                f"the spill file keeps the first {written} of {size} bytes: a spill file is limited to "
+                f"{self.max_spill_bytes} bytes"
+            )
+        if budget is not None:
+            if in_run:
+                budget.release_spill_room(keep)
+            else:
+                budget.release_spill_room(keep - written)
+                budget.note_task_spill(path, written, reserved=True)
+
+    def _spill(
+        self, value: Any, keep: int, run_id: str | None, step_name: str | None, task_id: str
+    ) -> tuple[Path, int]:
+        """Write the first ``keep`` bytes of ``value``'s JSON text (cut at a character) atomically;
+        return the file and the bytes written."""
         assert self.spill_dir is not None
         if run_id is not None and step_name is not None:
             directory, stem = self.spill_dir / _safe(run_id), _safe(step_name)
@@ -206,14 +215,25 @@ class OutputLimiter:
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"{stem}.json"
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}.", suffix=".tmp")
+        written = 0
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for piece in json_pieces(value):
+                    data = piece.encode("utf-8", "surrogatepass")  # as measure() counted it
+                    if written + len(data) > keep:
+                        cut = keep - written
+                        while cut > 0 and data[cut] & 0xC0 == 0x80:  # not inside a character
+                            cut -= 1
+                        handle.write(data[:cut])
+                        written += cut
+                        break
+                    handle.write(data)
+                    written += len(data)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return target
+        return target, written
 
 
 def _safe(name: str) -> str:

@@ -56,7 +56,7 @@ def spill_bytes(step: StepResult) -> int:
     """Bytes of the file the step's output was spilled to (its truncation marker says), else 0."""
     output = step.output
     if type(output) is dict and output.get("truncated") is True and output.get("spilled_to"):
-        size = output.get("size_bytes")
+        size = output.get("spilled_bytes", output.get("size_bytes"))  # spilled_bytes: only a part was
         return size if type(size) is int and size > 0 else 0
     return 0
 

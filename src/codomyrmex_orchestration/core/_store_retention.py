@@ -117,13 +117,17 @@ class Retention:
         with self._usage_lock:
             return Usage(self._stored, task_bytes, self.max_bytes, self.wal_reserve)
 
-    def make_room(self, nbytes: int, *, reserve: bool = False) -> bool:
+    def make_room(
+        self, nbytes: int, *, reserve: bool = False, evict: Callable[[], None] | None = None
+    ) -> bool:
         """Make room for a spill file of ``nbytes`` now, on the caller's thread, by deleting the oldest
         task spill files; False when that is not enough (finished runs go at the writer's next pass).
 
         With ``reserve`` the room found is held for the caller until :meth:`note_task_spill` counts
         the file or :meth:`release_room` gives the room back, so spills checked at the same time on
-        several workers never count the same free bytes twice."""
+        several workers never count the same free bytes twice. With ``evict`` (a retention pass on the
+        writer, waited for), when that is not enough the bytes are held during the pass, so that it
+        evicts the oldest finished runs until they fit as well."""
         if self.max_bytes is None:
             return True
         stored = self.usage.stored + self.wal_reserve
@@ -133,8 +137,18 @@ class Retention:
                 self._task_bytes -= size
                 _unlink_quietly(name)
             fits = stored + self._task_bytes + self._reserved + nbytes <= self.max_bytes
-            if fits and reserve:
+            if (fits and reserve) or (not fits and evict is not None and nbytes <= self.max_bytes):
                 self._reserved += nbytes
+        if fits or evict is None or nbytes > self.max_bytes:
+            return fits
+        try:
+            evict()
+        except BaseException:
+            self.release_room(nbytes)
+            raise
+        fits = not self.usage.over
+        if not (fits and reserve):
+            self.release_room(nbytes)
         return fits
 
     def release_room(self, nbytes: int) -> None:

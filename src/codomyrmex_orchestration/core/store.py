@@ -268,9 +268,12 @@ class SqliteStore:
         if usage.over and usage.max_bytes is not None:
             raise refuse_over_budget(usage.total, usage.max_bytes)
 
-    def make_room_for_spill(self, nbytes: int, *, reserve: bool = False) -> bool:
-        """See :meth:`Retention.make_room`: room for a spill of ``nbytes`` (``reserve``: held for it)."""
-        return self._retention.make_room(nbytes, reserve=reserve)
+    def make_room_for_spill(self, nbytes: int, *, reserve: bool = False, evict_runs: bool = False) -> bool:
+        """See :meth:`Retention.make_room`: room for a spill of ``nbytes`` (``reserve``: held for it;
+        ``evict_runs``: the writer evicts finished runs now if need be, raising StateStoreError if it
+        cannot)."""
+        evict = self._writer.run_retention if evict_runs else None
+        return self._retention.make_room(nbytes, reserve=reserve, evict=evict)
 
     def release_spill_room(self, nbytes: int) -> None:
         self._retention.release_room(nbytes)

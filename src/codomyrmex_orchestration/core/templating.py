@@ -12,7 +12,6 @@ nothing is ever passed to ``eval``.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -20,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codomyrmex_orchestration.errors import TemplateError
+
+from ._template_budget import Budget as _Budget
+from ._template_budget import to_text as _to_text
 
 __all__ = [
     "MAX_RESOLVED_SIZE",
@@ -36,7 +38,8 @@ __all__ = [
     "scan_references",
 ]
 
-#: Upper bound (characters) on the text :func:`resolve` builds for one value; larger -> TemplateError.
+#: Upper bound (characters) on what :func:`resolve` puts into one value: embedded text and the JSON size
+#: of each whole-value reference; larger -> TemplateError.
 MAX_RESOLVED_SIZE = 16 * 1024 * 1024
 #: Parameters nested deeper than this are refused (keeps :func:`resolve` far from the recursion limit).
 MAX_NESTING = 200
@@ -330,35 +333,6 @@ def lookup(ref: Reference, ctx: TemplateContext, *, field: str = "parameters") -
     return _walk(output, ref.path, f"steps.{ref.step}.output", ref.raw, field)
 
 
-class _Budget:
-    __slots__ = ("left", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
-
-    def take(self, n: int, raw: str) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise TemplateError(
-                raw,
-                f"the resolved text would exceed {self.limit} characters; reference a smaller value",
-            )
-
-
-def _to_text(value: Any, budget: _Budget, raw: str) -> str:
-    if isinstance(value, str):
-        budget.take(len(value), raw)
-        return value
-    # JSON for everything else (true/false/null, numbers, objects, lists); iterencode lets a huge
-    # value fail the budget before the whole string exists.
-    parts: list[str] = []
-    for chunk in json.JSONEncoder(ensure_ascii=False, default=str).iterencode(value):
-        budget.take(len(chunk), raw)
-        parts.append(chunk)
-    return "".join(parts)
-
-
 #: A parsed value: called with a context and the size budget, it builds the resolved value.
 _Build = Callable[[TemplateContext, _Budget], Any]
 
@@ -374,10 +348,14 @@ def _compile_string(text: str, known: Collection[str]) -> _Build:
             at = ITEM_ROOTS.index(ref.root)
 
             def item(ctx: TemplateContext, budget: _Budget) -> Any:
-                return lookup(ref, ctx) if ctx.item is None else ctx.item[at]  # None: lookup explains
+                value = lookup(ref, ctx) if ctx.item is None else ctx.item[at]  # None: lookup explains
+                return budget.charge(value, ref.raw, keep=False)  # another value for each item
 
             return item
-        return lambda ctx, budget: lookup(ref, ctx)
+        # A shared value, not a copy, but charged for its size: a large output referenced many times
+        # cannot hand an action (and its output, and a spill) many times the budget.
+        keep = ref.root not in ITEM_ROOTS
+        return lambda ctx, budget: budget.charge(lookup(ref, ctx), ref.raw, keep=keep)
     pieces: list[tuple[str, str, Reference]] = []  # (literal before, reference text, reference)
     last = 0
     for m in matches:
@@ -419,14 +397,16 @@ class Template:
         TemplateError: a malformed reference, or nesting deeper than ``MAX_NESTING``.
     """
 
-    __slots__ = ("_build",)
+    __slots__ = ("_build", "_sizes")
 
     def __init__(self, value: Any, known: Collection[str]) -> None:
         self._build = _compile(value, _as_set(known), 0)
+        # The JSON sizes of the values its whole-value references passed: measured once, not per item.
+        self._sizes: dict[int, tuple[Any, int]] = {}
 
     def resolve(self, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
         """The value with every reference replaced by what it names in ``ctx`` (see :func:`resolve`)."""
-        return self._build(ctx, _Budget(max_size))
+        return self._build(ctx, _Budget(max_size, self._sizes))
 
 
 def resolve(value: Any, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SIZE) -> Any:
@@ -439,11 +419,12 @@ def resolve(value: Any, ctx: TemplateContext, *, max_size: int = MAX_RESOLVED_SI
     Args:
         value: a parameter value or a whole parameters dict.
         ctx: params, step results and run fields to resolve against.
-        max_size: bound on the characters built while stringifying embedded references.
+        max_size: bound on the characters the references put in: the text of embedded references
+            and the JSON size of each value a whole-value reference passes.
 
     Raises:
         TemplateError: a missing parameter, step or key (the message names the path), a malformed
-            reference, or text larger than ``max_size``.
+            reference, or more than ``max_size`` characters put in (naming the budget).
     """
     return Template(value, ctx.steps).resolve(ctx, max_size=max_size)
 
