@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from codomyrmex_orchestration.core.models import TaskPriority, TaskStatus
 from codomyrmex_orchestration.core.resources import (
     Allocation,
     Resource,
@@ -25,6 +26,7 @@ from codomyrmex_orchestration.core.resources import (
     ResourceType,
     parse_size_mib,
 )
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
@@ -580,6 +582,41 @@ def test_try_acquire_is_all_or_nothing_and_release_listeners_hear_of_freed_capac
         manager.try_acquire("step-3", {"database": 11})
     with pytest.raises(InvalidInputError):
         manager.release_handle("not a handle")
+
+
+def test_a_running_task_keeps_its_burst_admission_until_it_ends() -> None:
+    # burst_max_seconds bounds what allocate() lends; a task admitted on burst holds it while it runs.
+    config = {"resources": {"gpu": {"capacity": 2, "burst_limit": 3, "burst_max_seconds": 0.05}}}
+    with make(config) as rm, TaskOrchestrator(2, resource_manager=rm, name="burst") as orch:
+        log = EventLog()
+        rm.add_listener(log)
+        started, release = threading.Event(), threading.Event()
+
+        def hold(ctx: Any) -> str:
+            started.set()
+            release.wait(WAIT)
+            return "held"
+
+        first = orch.submit(hold, name="first", resources={"gpu": 3})  # 1 of its 3 is burst
+        assert started.wait(WAIT)
+        [admitted] = rm.get_allocations(first)
+        assert admitted.burst and admitted.expires_at is None
+        # A burst allocation made after the task's admission: once its (later) burst bound has passed,
+        # the task's would have passed too had it one.
+        probe = rm.allocate("gpu", "probe", 1)
+        assert probe.burst and probe.expires_at is not None
+        assert log.wait_for("resource.released")
+        assert [p["allocation_id"] for p in log.named("resource.released")] == [probe.allocation_id]
+        assert rm.get_usage("gpu")["allocated"] == 3
+        second = orch.submit(lambda ctx: "second", name="second", resources={"gpu": 3})  # 6 > 2 + 3
+        other = orch.submit(lambda ctx: "other", name="other", priority=TaskPriority.LOW)
+        assert orch.wait(other, WAIT).status is TaskStatus.COMPLETED  # the dispatcher passed "second"
+        assert orch.get_task(second).status is TaskStatus.READY
+        release.set()
+        assert orch.wait(first, WAIT).status is TaskStatus.COMPLETED
+        assert orch.wait(second, WAIT).status is TaskStatus.COMPLETED
+        assert rm.get_usage("gpu")["allocated"] == 0
+        assert rm.check_invariants() == []
 
 
 def test_try_acquire_reports_a_requesters_shortage_once(manager: ResourceManager) -> None:

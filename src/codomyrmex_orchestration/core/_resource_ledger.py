@@ -223,7 +223,7 @@ class ResourceLedger:
                 with self._lock:
                     shortfall = self._shortfall_locked(wanted)
                     if not shortfall:
-                        return self._grant_locked(requester, wanted, ttl, notes)
+                        return self._grant_locked(requester, wanted, notes, ttl=ttl, bound_burst=True)
                     remaining = deadline - time.monotonic()
                     if not announced:
                         # Once per call, and delivered before waiting: listeners learn of the
@@ -244,7 +244,11 @@ class ResourceLedger:
                 self.listeners.deliver(notes)
 
     def try_acquire(self, requester: str, wanted: Mapping[str, float]) -> list[Allocation] | None:
-        """Grant all of ``wanted`` now, or nothing (None); a refusal is reported once per requester."""
+        """Grant all of ``wanted`` now, or nothing (None); a refusal is reported once per requester.
+
+        This is a step's admission: held until the step ends, so burst in it is not bounded in time
+        (reclaiming it would leave the step running on capacity the ledger lends again).
+        """
         notes = _Notes()
         try:
             with self._lock:
@@ -252,7 +256,7 @@ class ResourceLedger:
                 if shortfall:
                     self._note_exhausted_locked(requester, wanted, shortfall, notes, always=False)
                     return None
-                return self._grant_locked(requester, wanted, None, notes)
+                return self._grant_locked(requester, wanted, notes, ttl=None, bound_burst=False)
         finally:
             self.listeners.deliver(notes)
 
@@ -369,7 +373,13 @@ class ResourceLedger:
         return "; ".join(parts)
 
     def _grant_locked(
-        self, requester: str, wanted: Mapping[str, float], ttl: float | None, notes: _Notes
+        self,
+        requester: str,
+        wanted: Mapping[str, float],
+        notes: _Notes,
+        *,
+        ttl: float | None,
+        bound_burst: bool,
     ) -> list[Allocation]:
         created = utcnow()
         granted: list[Allocation] = []
@@ -380,7 +390,8 @@ class ResourceLedger:
             burst_amount = min(amount, over) if over > EPS * max(1.0, r.capacity) else 0.0
             delay, reason = ttl, "expired"
             if (
-                burst_amount > 0
+                bound_burst
+                and burst_amount > 0
                 and r.burst_max_seconds is not None
                 and (delay is None or r.burst_max_seconds < delay)
             ):

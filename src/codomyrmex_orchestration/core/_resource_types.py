@@ -38,7 +38,8 @@ __all__ = [
 DEFAULT_RESOURCES_CONFIG = Path("config/resources.json")
 #: Network capacity in Mbit/s when neither the config nor the caller gives one.
 DEFAULT_NETWORK_MBPS = 1000.0
-#: How long (seconds) an allocation that uses burst capacity may be held before it is reclaimed.
+#: How long (seconds) an allocation made with ``allocate`` that uses burst capacity may be held before
+#: it is reclaimed (a step's admission keeps its burst until the step ends).
 DEFAULT_BURST_MAX_SECONDS = 300.0
 #: Requirement keys accepted besides resource ids and ResourceType values.
 KEY_ALIASES: Mapping[str, str] = {"cpu": "compute", "disk": "storage"}
@@ -102,8 +103,8 @@ class Resource(BaseModel):
     unit: str = Field(default="units", min_length=1, max_length=40)
     #: Extra amount that may be lent above ``capacity``; allocations using it are flagged ``burst``.
     burst_limit: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    #: A burst allocation is released automatically this many seconds after it was made
-    #: (``None``: no bound besides its own ``ttl``).
+    #: A burst allocation made with ``allocate`` is released automatically this many seconds after it
+    #: was made (``None``: no bound besides its own ``ttl``); a step's admission is held until it ends.
     burst_max_seconds: float | None = Field(default=DEFAULT_BURST_MAX_SECONDS, gt=0, allow_inf_nan=False)
     #: Bounds on the amount of any single allocation.
     min_allocation: float | None = Field(default=None, gt=0, allow_inf_nan=False)

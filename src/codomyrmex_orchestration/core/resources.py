@@ -1,9 +1,10 @@
 """ResourceManager: capacities derived from the machine, atomic allocation, and scheduler admission.
 
-A resource is a counter with a ``capacity`` (plus an optional ``burst_limit`` lent above it for a
-bounded time); an allocation holds part of it until released, until its ``ttl`` runs out, or until
-its burst time is up. The scheduler admits a step only when :meth:`ResourceManager.try_acquire`
-grants the step's whole requirement (the :class:`ResourceAdmission` protocol in ARCHITECTURE.md).
+A resource is a counter with a ``capacity`` (plus an optional ``burst_limit`` lent above it); an
+allocation holds part of it until released, until its ``ttl`` runs out, or (made with ``allocate``)
+until its burst time is up. The scheduler admits a step only when :meth:`ResourceManager.try_acquire`
+grants the step's whole requirement (the :class:`ResourceAdmission` protocol in ARCHITECTURE.md), and
+the step holds that grant, burst included, until it ends.
 
 This module is the public face; it validates arguments and owns only the lifetime of its parts:
 ``_resource_probe`` (machine capacities), ``_resource_config`` (units and ``config/resources.json``),
@@ -252,7 +253,9 @@ class ResourceManager:
     def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> ResourceHandle | None:
         """Grant all of ``requirements`` now, or nothing: returns a handle, or None if it must wait.
 
-        Never blocks. Raises like :meth:`check_satisfiable` for a requirement that can never fit.
+        The grant is held until :meth:`release_handle`: burst in it is never reclaimed by
+        ``burst_max_seconds`` (a running step keeps what it was admitted with). Never blocks. Raises
+        like :meth:`check_satisfiable` for a requirement that can never fit.
         """
         requester = _check_requester(requester_id)
         granted = self._ledger.try_acquire(requester, self._ledger.requirements(requirements))
