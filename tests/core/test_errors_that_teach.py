@@ -53,6 +53,22 @@ def test_step_resources_are_checked_against_the_machines_capacities_at_validatio
     engine.workflow_manager.validate_workflow(modest)
 
 
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [({"lock": 0.5}, "requirements.lock: 'lock' (lock) is held in whole units: use exactly 1, got 0.5")],
+    ids=["half-a-lock"],
+)
+def test_step_resources_no_allocation_could_take_are_problems_at_validation(
+    engine: OrchestrationEngine, resources: dict[str, Any], expected: str
+) -> None:
+    spec = {"name": "w", "steps": [echo("a", resources=resources)]}
+    with pytest.raises(DAGValidationError) as info:
+        engine.workflow_manager.validate_workflow(spec)
+    assert info.value.problems == [f"step 'a': resources: {expected}"]
+    with pytest.raises(DAGValidationError):
+        engine.workflow_manager.create_workflow(spec)
+
+
 def test_an_unknown_workflow_name_suggests_the_closest_known_one(engine: OrchestrationEngine) -> None:
     engine.workflow_manager.create_workflow({"name": "greet_and_collect", "steps": [echo("a")]})
     with pytest.raises(WorkflowNotFoundError, match="did you mean 'greet_and_collect'"):

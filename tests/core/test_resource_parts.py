@@ -76,6 +76,14 @@ def test_amounts_respect_units_and_allocation_bounds() -> None:
         parse_amount(0.25, gpu, field="f")
     with pytest.raises(InvalidInputError, match="not a number"):
         parse_amount("1GB", gpu, field="f")
+    lock = Resource(id="lock", name="l", type=ResourceType.LOCK, capacity=1, max_allocation=1)
+    assert parse_amount(1, lock, field="f") == 1
+    with pytest.raises(InvalidInputError, match=r"^f: 'lock' \(lock\) is held in whole units: use exactly 1"):
+        parse_amount(0.5, lock, field="f")
+    threads = Resource(id="thread", name="t", type=ResourceType.THREAD, capacity=6)
+    assert parse_amount("2", threads, field="f") == 2
+    with pytest.raises(InvalidInputError, match=r"use a whole number from 1 to 6, got 2\.5$"):
+        parse_amount(2.5, threads, field="f")
     assert check_seconds(None, "ttl", allow_zero=False) is None
     assert check_seconds(0, "timeout", allow_zero=True) == 0
     with pytest.raises(InvalidInputError, match="> 0 seconds"):

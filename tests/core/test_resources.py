@@ -238,6 +238,29 @@ def test_non_positive_or_non_numeric_amounts_are_refused(manager: ResourceManage
     assert manager.get_usage("compute")["allocated"] == 0
 
 
+def test_the_lock_is_exclusive_and_counted_resources_take_whole_amounts(manager: ResourceManager) -> None:
+    # Two holders of half the "global mutex" each would both be inside it: a lock is taken whole.
+    for doors in (
+        lambda: manager.allocate_resources("a", {"lock": 0.5}),
+        lambda: manager.try_acquire("step", {"lock": 0.5}),
+        lambda: manager.check_satisfiable({"lock": 0.5}),
+    ):
+        with pytest.raises(InvalidInputError, match="exactly 1") as info:
+            doors()
+        assert info.value.field == "requirements.lock"
+    held = manager.allocate("lock", "a", 1)
+    with pytest.raises(InsufficientResourcesError):
+        manager.allocate("lock", "b", 1)
+    manager.release(held.allocation_id)
+    for rid in ("thread", "process", "file_handle"):
+        with pytest.raises(InvalidInputError, match="whole number from 1 to") as info:
+            manager.allocate_resources("r", {rid: 1.5})
+        assert info.value.field == f"requirements.{rid}"
+        manager.allocate_resources("r", {rid: 2})
+    manager.allocate_resources("r", {"compute": 0.5, "database": 0.5})  # not counted in whole units
+    assert manager.get_usage("lock")["allocated"] == 0
+
+
 def test_an_unknown_key_lists_the_known_ids_and_aliases(manager: ResourceManager) -> None:
     with pytest.raises(ResourceNotFoundError) as info:
         manager.allocate_resources("r", {"compute": 1, "gpu": 1})

@@ -20,6 +20,7 @@ from codomyrmex_orchestration.core._resource_types import (
     MIB,
     SIZED_TYPES,
     TYPE_NAMES,
+    WHOLE_TYPES,
     Resource,
     ResourceType,
 )
@@ -94,6 +95,15 @@ def parse_amount(value: object, resource: Resource, *, field: str) -> float:
         number = parse_number(value, field=field, accepted=f"a positive number of {resource.unit}")
     if number <= 0:
         raise InvalidInputError(field, f"amount must be greater than 0 {resource.unit}, got {value!r}")
+    if resource.type in WHOLE_TYPES and not number.is_integer():
+        most = resource.capacity + resource.burst_limit
+        if resource.max_allocation is not None:
+            most = min(most, resource.max_allocation)
+        accepted = "exactly 1" if most < 2 else f"a whole number from 1 to {math.floor(most):g}"
+        raise InvalidInputError(
+            field,
+            f"{resource.id!r} ({resource.type.value}) is held in whole units: use {accepted}, got {value!r}",
+        )
     if resource.min_allocation is not None and number < resource.min_allocation - EPS:
         raise InvalidInputError(
             field,

@@ -26,6 +26,7 @@ __all__ = [
     "OPERATOR_STATUSES",
     "SIZED_TYPES",
     "TYPE_NAMES",
+    "WHOLE_TYPES",
     "Allocation",
     "EventListener",
     "Resource",
@@ -89,6 +90,11 @@ TYPE_NAMES = ", ".join(t.value for t in ResourceType)
 OPERATOR_STATUSES = frozenset({ResourceStatus.MAINTENANCE, ResourceStatus.OFFLINE})
 #: Types whose amounts are sizes in MiB and accept strings such as "512MB".
 SIZED_TYPES = frozenset({ResourceType.MEMORY, ResourceType.STORAGE})
+#: Types counted in whole units (a thread, a process, an open file, the lock): half of one is no
+#: amount at all, and two holders of half the lock would both be inside the mutex.
+WHOLE_TYPES = frozenset(
+    {ResourceType.THREAD, ResourceType.PROCESS, ResourceType.FILE_HANDLE, ResourceType.LOCK}
+)
 
 
 class Resource(BaseModel):
