@@ -260,6 +260,32 @@ class ResourceLedger:
         finally:
             self.listeners.deliver(notes)
 
+    def restore(self, allocation: Allocation, wanted: Mapping[str, float]) -> Allocation:
+        """Hold ``allocation`` (a previous process's) again under its own id, holder, amount, creation
+        time and expiry; ``wanted`` is its requirement as :meth:`requirements` parsed it. Burst in it
+        is bounded again from now.
+
+        Raises:
+            AlreadyExistsError: an allocation with its id is held.
+            InsufficientResourcesError: there is no room for it now.
+        """
+        notes = _Notes()
+        try:
+            with self._lock:
+                if allocation.allocation_id in self._by_allocation:
+                    raise AlreadyExistsError("allocation", allocation.allocation_id, "it is held already")
+                shortfall = self._shortfall_locked(wanted)
+                if shortfall:
+                    raise InsufficientResourcesError(
+                        dict(wanted), shortfall, "no room for it after a restart"
+                    )
+                [granted] = self._grant_locked(
+                    allocation.requester_id, wanted, notes, ttl=None, bound_burst=True, restoring=allocation
+                )
+                return granted
+        finally:
+            self.listeners.deliver(notes)
+
     def release(self, allocation_ids: Iterable[str], reason: str = "released") -> int:
         """Release the allocations still held among ``allocation_ids``; returns how many were."""
         notes = _Notes()
@@ -316,29 +342,10 @@ class ResourceLedger:
 
     def invariants(self) -> list[str]:
         """Problems in the bookkeeping (empty when healthy); see ``ResourceManager.check_invariants``."""
-        with self._lock:
-            problems = [p for rid, state in self._states.items() for p in _state_problems(rid, state)]
-            problems.extend(
-                f"{rid}: allocation {aid} missing from the allocation index"
-                for rid, state in self._states.items()
-                for aid in state.held
-                if self._by_allocation.get(aid) is not state
+        with self._lock:  # once closed, nothing is expected to expire
+            return _ledger_problems(
+                self._states, self._by_allocation, self._by_requester, timers=not self._closed
             )
-            indexed = sum(len(ids) for ids in self._by_requester.values())
-            if indexed != len(self._by_allocation):
-                problems.append(
-                    f"requester index holds {indexed} allocations, "
-                    f"allocation index {len(self._by_allocation)}"
-                )
-            if not self._closed:
-                problems.extend(
-                    f"{h.allocation.resource_id}: allocation {h.allocation.allocation_id} expires "
-                    "but has no expiry timer"
-                    for s in self._states.values()
-                    for h in s.held.values()
-                    if h.allocation.expires_at is not None and h.timer is None
-                )
-            return problems
 
     def close(self) -> None:
         """Cancel every pending expiry and wake waiters; held allocations stay until released."""
@@ -380,23 +387,28 @@ class ResourceLedger:
         *,
         ttl: float | None,
         bound_burst: bool,
+        restoring: Allocation | None = None,
     ) -> list[Allocation]:
-        created = utcnow()
+        now = utcnow()
         granted: list[Allocation] = []
         for rid, amount in wanted.items():
             state = self._states[rid]
             r = state.resource
             over = max(0.0, state.allocated + amount - r.capacity)
             burst_amount = min(amount, over) if over > EPS * max(1.0, r.capacity) else 0.0
-            delay, reason = ttl, "expired"
-            if (
-                bound_burst
-                and burst_amount > 0
-                and r.burst_max_seconds is not None
-                and (delay is None or r.burst_max_seconds < delay)
-            ):
-                delay, reason = r.burst_max_seconds, "burst_expired"
-            aid = f"alloc-{next(self._ids)}-{os.urandom(4).hex()}"
+            expires = now + timedelta(seconds=ttl) if ttl is not None else None
+            if restoring is not None:
+                expires = restoring.expires_at
+            reason = "expired"
+            if bound_burst and burst_amount > 0 and r.burst_max_seconds is not None:
+                burst_end = now + timedelta(seconds=r.burst_max_seconds)
+                if expires is None or burst_end < expires:
+                    expires, reason = burst_end, "burst_expired"
+            aid = (
+                f"alloc-{next(self._ids)}-{os.urandom(4).hex()}"
+                if restoring is None
+                else restoring.allocation_id
+            )
             allocation = Allocation(
                 allocation_id=aid,
                 resource_id=rid,
@@ -404,12 +416,12 @@ class ResourceLedger:
                 amount=amount,
                 burst=burst_amount > 0,
                 burst_amount=burst_amount,
-                created_at=created,
-                expires_at=created + timedelta(seconds=delay) if delay is not None else None,
+                created_at=now if restoring is None else restoring.created_at,
+                expires_at=expires,
             )
             held = _Held(allocation, reason)
-            if delay is not None and not self._closed:
-                held.timer = self._arm_expiry(aid, delay)
+            if expires is not None and not self._closed:
+                held.timer = self._arm_expiry(aid, (expires - now).total_seconds())
             state.held[aid] = held
             state.allocated += amount
             self._by_allocation[aid] = state
@@ -592,4 +604,33 @@ def _state_problems(rid: str, state: _State) -> list[str]:
         )
     if abs(total - state.allocated) > tol * max(1, len(state.held)):
         problems.append(f"{rid}: allocated {state.allocated:g} but held allocations sum to {total:g}")
+    return problems
+
+
+def _ledger_problems(
+    states: Mapping[str, _State],
+    by_allocation: Mapping[str, _State],
+    by_requester: Mapping[str, set[str]],
+    *,
+    timers: bool,
+) -> list[str]:
+    """The bookkeeping problems of a ledger's state (its lock held); ``timers``: expect expiry timers."""
+    problems = [p for rid, state in states.items() for p in _state_problems(rid, state)]
+    problems.extend(
+        f"{rid}: allocation {aid} missing from the allocation index"
+        for rid, state in states.items()
+        for aid in state.held
+        if by_allocation.get(aid) is not state
+    )
+    indexed = sum(len(ids) for ids in by_requester.values())
+    if indexed != len(by_allocation):
+        problems.append(f"requester index holds {indexed} allocations, allocation index {len(by_allocation)}")
+    if timers:
+        problems.extend(
+            f"{h.allocation.resource_id}: allocation {h.allocation.allocation_id} expires "
+            "but has no expiry timer"
+            for s in states.values()
+            for h in s.held.values()
+            if h.allocation.expires_at is not None and h.timer is None
+        )
     return problems

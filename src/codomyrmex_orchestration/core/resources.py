@@ -227,6 +227,20 @@ class ResourceManager:
         timeout_s = check_seconds(timeout, "timeout", allow_zero=True) or 0.0
         return self._ledger.acquire(requester, self._ledger.requirements(requirements), ttl_s, timeout_s)
 
+    def restore(self, allocation: Allocation) -> Allocation:
+        """Hold again an allocation a previous process made: the same id, holder, amount, creation
+        time and ``expires_at`` (burst in it is bounded again from now). Used to recover after a restart.
+
+        Raises:
+            InsufficientResourcesError: no room for it now.
+            InvalidInputError / ResourceNotFoundError: the resource is gone or the amount no longer fits
+                its definition.
+            AlreadyExistsError: an allocation with that id is held.
+        """
+        _check_requester(allocation.requester_id)
+        wanted = self._ledger.requirements({allocation.resource_id: allocation.amount})
+        return self._ledger.restore(allocation, wanted)
+
     def release(self, allocation_id: str) -> bool:
         """Release one allocation. Returns False if it was not held (already released or expired)."""
         return self._ledger.release((allocation_id,)) == 1
