@@ -261,6 +261,25 @@ def test_the_lock_is_exclusive_and_counted_resources_take_whole_amounts(manager:
     assert manager.get_usage("lock")["allocated"] == 0
 
 
+def test_amounts_and_ttls_too_large_for_a_float_or_a_date_are_refused_naming_the_field(
+    manager: ResourceManager,
+) -> None:
+    for requirements in ({"compute": 10**309}, {"memory": "1e400GB"}):
+        key = next(iter(requirements))
+        with pytest.raises(InvalidInputError) as info:
+            manager.allocate_resources("r", requirements)
+        assert info.value.field == f"requirements.{key}"
+        with pytest.raises(InvalidInputError):
+            manager.try_acquire("step", requirements)
+    for ttl in (3e11, 1e308):  # past the year 9999: no expiry date could be computed
+        with pytest.raises(InvalidInputError, match="at most 31536000 seconds") as info:
+            manager.allocate_resources("r", {"database": 1}, ttl=ttl)
+        assert info.value.field == "ttl"
+    assert manager.get_total_usage()["allocations"] == 0
+    year = manager.allocate_resources("r", {"database": 1}, ttl=365 * 24 * 3600)
+    assert year[0].expires_at is not None
+
+
 def test_an_unknown_key_lists_the_known_ids_and_aliases(manager: ResourceManager) -> None:
     with pytest.raises(ResourceNotFoundError) as info:
         manager.allocate_resources("r", {"compute": 1, "gpu": 1})

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_RESOURCES_CONFIG",
     "EPS",
     "KEY_ALIASES",
+    "MAX_TTL_SECONDS",
     "MIB",
     "OPERATOR_STATUSES",
     "SIZED_TYPES",
@@ -42,6 +43,9 @@ DEFAULT_NETWORK_MBPS = 1000.0
 #: How long (seconds) an allocation made with ``allocate`` that uses burst capacity may be held before
 #: it is reclaimed (a step's admission keeps its burst until the step ends).
 DEFAULT_BURST_MAX_SECONDS = 300.0
+#: The longest ``ttl`` (and ``burst_max_seconds``) an allocation may have, 365 days (leave the ttl out
+#: for no expiry): far longer ones name no date a ``datetime`` can hold.
+MAX_TTL_SECONDS = 365 * 24 * 3600.0
 #: Requirement keys accepted besides resource ids and ResourceType values.
 KEY_ALIASES: Mapping[str, str] = {"cpu": "compute", "disk": "storage"}
 
@@ -111,7 +115,9 @@ class Resource(BaseModel):
     burst_limit: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     #: A burst allocation made with ``allocate`` is released automatically this many seconds after it
     #: was made (``None``: no bound besides its own ``ttl``); a step's admission is held until it ends.
-    burst_max_seconds: float | None = Field(default=DEFAULT_BURST_MAX_SECONDS, gt=0, allow_inf_nan=False)
+    burst_max_seconds: float | None = Field(
+        default=DEFAULT_BURST_MAX_SECONDS, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
+    )
     #: Bounds on the amount of any single allocation.
     min_allocation: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_allocation: float | None = Field(default=None, gt=0, allow_inf_nan=False)

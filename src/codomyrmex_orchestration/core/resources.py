@@ -33,6 +33,7 @@ from codomyrmex_orchestration.core._resource_types import (
     DEFAULT_NETWORK_MBPS,
     DEFAULT_RESOURCES_CONFIG,
     KEY_ALIASES,
+    MAX_TTL_SECONDS,
     OPERATOR_STATUSES,
     Allocation,
     EventListener,
@@ -200,7 +201,8 @@ class ResourceManager:
             resource_id: a resource id, an alias (``cpu``, ``disk``) or a type name.
             requester_id: who holds it (a step, task or session id); see :meth:`deallocate_resources`.
             amount: in the resource's unit; memory/storage accept size strings such as ``"512MB"``.
-            ttl: seconds after which the allocation is released automatically.
+            ttl: seconds after which the allocation is released automatically (at most
+                ``MAX_TTL_SECONDS``, 365 days; None: no expiry).
             timeout: seconds to wait for capacity; ``None`` or 0 refuses at once.
 
         Raises:
@@ -223,7 +225,7 @@ class ResourceManager:
         ResourceType value naming exactly one resource. Arguments and errors as :meth:`allocate`.
         """
         requester = _check_requester(requester_id)
-        ttl_s = check_seconds(ttl, "ttl", allow_zero=False)
+        ttl_s = check_seconds(ttl, "ttl", allow_zero=False, at_most=MAX_TTL_SECONDS)
         timeout_s = check_seconds(timeout, "timeout", allow_zero=True) or 0.0
         return self._ledger.acquire(requester, self._ledger.requirements(requirements), ttl_s, timeout_s)
 
