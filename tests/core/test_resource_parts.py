@@ -66,6 +66,28 @@ def test_config_errors_name_their_origin_and_the_accepted_settings(tmp_path: Pat
     assert base["lock"].capacity == 1  # the input mapping is left as it was
 
 
+def test_a_configured_memory_or_storage_resource_reports_the_mib_its_amounts_are_in(tmp_path: Path) -> None:
+    base = {r.id: r for r in machine_resources(tmp_path, 2, 100.0)}
+    applied = apply_config(
+        base,
+        {
+            "resources": {
+                "vram": {"type": "memory", "capacity": "16GB"},
+                "scratch": {"type": "storage", "capacity": 10, "unit": "MiB"},
+            }
+        },
+        origin="",
+    )
+    assert (applied["vram"].unit, applied["vram"].capacity) == ("MiB", 16384)
+    assert applied["scratch"].unit == "MiB"
+    with pytest.raises(InvalidInputError) as info:
+        apply_config(
+            base, {"resources": {"vram": {"type": "memory", "capacity": 16, "unit": "GB"}}}, origin=""
+        )
+    assert info.value.field == "resources.vram.unit"
+    assert "MiB" in info.value.reason
+
+
 def test_amounts_respect_units_and_allocation_bounds() -> None:
     memory = Resource(id="mem", name="m", type=ResourceType.MEMORY, capacity=4096, max_allocation=1024)
     assert parse_amount("1GB", memory, field="f") == 1024

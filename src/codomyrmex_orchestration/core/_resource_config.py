@@ -239,6 +239,14 @@ def apply_config(
         if base is None and "capacity" not in entry:
             raise InvalidInputError(f"{where}.capacity", "required for a new resource")
         sized = values["type"] in SIZED_TYPES
+        if sized:  # amounts of memory and storage are parsed as MiB: the unit says so
+            if entry.get("unit", "MiB") != "MiB":
+                raise InvalidInputError(
+                    f"{where}.unit",
+                    f"{values['type'].value} amounts are in MiB (sizes such as \"16GB\" are converted); "
+                    f"leave unit out or set it to \"MiB\", got {shown(entry['unit'])}",
+                )
+            values["unit"] = "MiB"
         for key, raw in entry.items():
             if key == "type":
                 continue
