@@ -453,6 +453,27 @@ def test_deallocate_releases_everything_a_requester_holds(manager: ResourceManag
     assert summary["resources"]["network"]["allocated"] == 10
 
 
+def test_usage_figures_do_not_drift_and_list_a_bounded_few_of_many_allocations(
+    manager: ResourceManager,
+) -> None:
+    big = manager.allocate("api_quota", "whale", 5)
+    small = [manager.allocate("api_quota", f"u{i % 10}", 0.01) for i in range(2000)]
+    usage = manager.get_usage("api_quota")
+    assert (usage["allocated"], usage["available"]) == (25.0, 75.0)  # not 25.000000000000327
+    assert usage["utilization"] == 0.25
+    assert usage["allocation_count"] == 2001
+    listed = [a["allocation_id"] for a in usage["allocations"]]
+    assert len(listed) == 10 and usage["allocations_omitted"] == 1991
+    assert big.allocation_id in listed  # the largest
+    assert small[-1].allocation_id in listed  # and the newest
+    assert "get_allocations" in usage["allocations_note"]
+    assert len(manager.get_usage("api_quota", limit=None)["allocations"]) == 2001
+    assert manager.get_total_usage()["resources"]["api_quota"]["allocated"] == 25.0
+    assert manager.deallocate_resources("u1") == 200
+    assert manager.get_usage("api_quota")["allocated"] == 23.0
+    assert manager.get_usage("compute")["allocations_omitted"] == 0
+
+
 # --------------------------------------------------------------------------- time: ttl, burst bound, waits
 
 

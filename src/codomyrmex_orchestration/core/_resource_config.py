@@ -243,8 +243,8 @@ def apply_config(
             if entry.get("unit", "MiB") != "MiB":
                 raise InvalidInputError(
                     f"{where}.unit",
-                    f"{values['type'].value} amounts are in MiB (sizes such as \"16GB\" are converted); "
-                    f"leave unit out or set it to \"MiB\", got {shown(entry['unit'])}",
+                    f'{values["type"].value} amounts are in MiB (sizes such as "16GB" are converted); '
+                    f'leave unit out or set it to "MiB", got {shown(entry["unit"])}',
                 )
             values["unit"] = "MiB"
         for key, raw in entry.items():

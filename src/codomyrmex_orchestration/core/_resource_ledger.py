@@ -11,6 +11,7 @@ it read, so adding or removing a listener during a delivery is safe. Listeners r
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import math
 import os
@@ -319,15 +320,14 @@ class ResourceLedger:
         with self._lock:
             return _status(self._states[_resolve(self._states, key, field="resource_id")])
 
-    def usage(self, key: str) -> dict[str, Any]:
+    def usage(self, key: str, limit: int | None) -> dict[str, Any]:
         with self._lock:
-            return _usage(
-                self._states[_resolve(self._states, key, field="resource_id")], with_allocations=True
-            )
+            state = self._states[_resolve(self._states, key, field="resource_id")]
+            return {**_usage(state), **_listed(state, limit)}
 
     def total_usage(self) -> dict[str, Any]:
         with self._lock:
-            per = {rid: _usage(s, with_allocations=False) for rid, s in sorted(self._states.items())}
+            per = {rid: _usage(s) for rid, s in sorted(self._states.items())}
             burst = sum(1 for s in self._states.values() for h in s.held.values() if h.allocation.burst)
             return {
                 "resources": per,
@@ -563,32 +563,51 @@ def _status(state: _State) -> ResourceStatus:
     return ResourceStatus.ALLOCATED
 
 
-def _usage(state: _State, *, with_allocations: bool) -> dict[str, Any]:
+def _usage(state: _State) -> dict[str, Any]:
     r = state.resource
     allocated = state.allocated
-    usage: dict[str, Any] = {
+    return {
         "id": r.id,
         "name": r.name,
         "type": r.type.value,
         "unit": r.unit,
         "capacity": r.capacity,
         "burst_limit": r.burst_limit,
-        "allocated": allocated,
-        "available": max(0.0, r.capacity - allocated) if state.operator_status is None else 0.0,
-        "available_with_burst": _available(state),
-        "burst_in_use": max(0.0, allocated - r.capacity),
-        "utilization": allocated / r.capacity if r.capacity > 0 else (1.0 if allocated > 0 else 0.0),
+        "allocated": _figure(allocated),
+        "available": _figure(max(0.0, r.capacity - allocated)) if state.operator_status is None else 0.0,
+        "available_with_burst": _figure(_available(state)),
+        "burst_in_use": _figure(max(0.0, allocated - r.capacity)),
+        "utilization": _figure(allocated / r.capacity if r.capacity > 0 else (1.0 if allocated > 0 else 0.0)),
         "status": _status(state).value,
         "capacity_known": r.capacity_known,
         "derived_from": r.derived_from,
         "allocation_count": len(state.held),
     }
-    if with_allocations:
-        usage["allocations"] = [
-            h.allocation.model_dump(mode="json")
-            for h in sorted(state.held.values(), key=lambda h: h.allocation.created_at)
-        ]
-    return usage
+
+
+def _figure(value: float) -> float:
+    """A total for a report: sums of amounts such as 0.01 drift in the last digits (2000 of them make
+    20.000000000000327); 12 significant digits keep every real difference (a byte of a TiB) and drop that."""
+    return float(f"{value:.12g}")
+
+
+def _listed(state: _State, limit: int | None) -> dict[str, Any]:
+    """The held allocations in the order granted; past ``limit``, only the largest half and the newest."""
+    held = list(state.held.values())  # a dict keeps the order they were granted (or restored) in
+    if limit is None or len(held) <= limit:
+        return {"allocations": [h.allocation.model_dump(mode="json") for h in held], "allocations_omitted": 0}
+    cut = len(held) - (limit - limit // 2)  # the newest are held[cut:]
+    largest = sorted(heapq.nlargest(limit // 2, enumerate(held[:cut]), key=lambda p: p[1].allocation.amount))
+    shown = [h for _n, h in largest] + held[cut:]
+    return {
+        "allocations": [h.allocation.model_dump(mode="json") for h in shown],
+        "allocations_omitted": len(held) - len(shown),
+        "allocations_note": (
+            f"{len(shown)} of {len(held)} allocations listed: the {limit // 2} largest and the newest; "
+            "ResourceManager.get_allocations() or get_usage(id, limit=None) lists them all, and "
+            "release_resources with a user_id frees everything one user holds"
+        ),
+    }
 
 
 def _state_problems(rid: str, state: _State) -> list[str]:

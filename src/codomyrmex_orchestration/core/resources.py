@@ -61,6 +61,8 @@ __all__ = [
     "parse_size_mib",
 ]
 
+#: How many allocations :meth:`ResourceManager.get_usage` lists by default (system status shows it).
+USAGE_LISTED = 10
 #: The thread name of a manager's own timer service (when none is shared with it).
 EXPIRY_THREAD_NAME = "resource-expiry"
 
@@ -289,14 +291,18 @@ class ResourceManager:
 
     # ------------------------------------------------------------------ usage and health
 
-    def get_usage(self, resource_id: str) -> dict[str, Any]:
+    def get_usage(self, resource_id: str, *, limit: int | None = USAGE_LISTED) -> dict[str, Any]:
         """Capacity, allocated, available (below capacity), available_with_burst, burst_in_use,
-        utilization (allocated / capacity), status and the held allocations of one resource.
+        utilization (allocated / capacity), status, allocation_count and the held allocations of one
+        resource, oldest first. Past ``limit`` (``None``: no limit) only the ``limit // 2`` largest and
+        the newest are listed; ``allocations_omitted`` counts the rest and ``allocations_note`` says so.
 
         Raises:
             ResourceNotFoundError: unknown resource.
         """
-        return self._ledger.usage(resource_id)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidInputError("limit", f"must be an integer >= 1 or None, got {limit!r}")
+        return self._ledger.usage(resource_id, limit)
 
     def get_total_usage(self) -> dict[str, Any]:
         """A summary: per-resource usage (without allocation lists) and allocation counts."""
