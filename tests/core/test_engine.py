@@ -544,6 +544,29 @@ def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Pa
         second.shutdown()
 
 
+def test_a_restored_allocation_keeps_its_id_and_expiry_and_is_released_by_that_id(tmp_path: Path) -> None:
+    first = _engine_on(tmp_path)
+    try:
+        [kept] = first.allocate_resources("alice", {"database": 2})
+        [timed] = first.allocate_resources("bob", {"api_quota": 1}, ttl=3600)
+        first.store.flush()
+    finally:
+        first.shutdown()
+    second = _engine_on(tmp_path)  # the same SQLite state file
+    try:
+        held = {a.allocation_id: a for a in second.resource_manager.get_allocations()}
+        assert set(held) == {kept.allocation_id, timed.allocation_id}
+        assert held[kept.allocation_id] == kept  # amount, holder, created_at: the same grant
+        assert held[timed.allocation_id].expires_at == timed.expires_at  # not a fresh hour
+        assert second.release_resources(allocation_id=kept.allocation_id) == 1
+        assert second.resource_manager.get_usage("database")["allocated"] == 0
+        second.store.flush()
+        assert [a["allocation_id"] for a in second.store.list_allocations()] == [timed.allocation_id]
+        assert second.resource_manager.check_invariants() == []
+    finally:
+        second.shutdown()
+
+
 def test_projects_are_in_the_durable_registry_after_a_restart(tmp_path: Path) -> None:
     first = _engine_on(tmp_path)
     try:

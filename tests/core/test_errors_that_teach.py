@@ -53,6 +53,27 @@ def test_step_resources_are_checked_against_the_machines_capacities_at_validatio
     engine.workflow_manager.validate_workflow(modest)
 
 
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({"lock": 0.5}, "requirements.lock: 'lock' (lock) is held in whole units: use exactly 1, got 0.5"),
+        ({"compute": 10**309}, "requirements.compute: an integer of 310 digits is too large; use a number"),
+        ({"memory": "1e400GB"}, "requirements.memory: '1e400GB' is not a finite size; use a number"),
+    ],
+    ids=["half-a-lock", "beyond-a-float", "infinite-size"],
+)
+def test_step_resources_no_allocation_could_take_are_problems_at_validation(
+    engine: OrchestrationEngine, resources: dict[str, Any], expected: str
+) -> None:
+    spec = {"name": "w", "steps": [echo("a", resources=resources)]}
+    with pytest.raises(DAGValidationError) as info:
+        engine.workflow_manager.validate_workflow(spec)
+    [problem] = info.value.problems
+    assert problem.startswith(f"step 'a': resources: {expected}")
+    with pytest.raises(DAGValidationError):
+        engine.workflow_manager.create_workflow(spec)
+
+
 def test_an_unknown_workflow_name_suggests_the_closest_known_one(engine: OrchestrationEngine) -> None:
     engine.workflow_manager.create_workflow({"name": "greet_and_collect", "steps": [echo("a")]})
     with pytest.raises(WorkflowNotFoundError, match="did you mean 'greet_and_collect'"):

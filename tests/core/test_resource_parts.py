@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from codomyrmex_orchestration.core._resource_config import apply_config, check_seconds, parse_amount
 from codomyrmex_orchestration.core._resource_ledger import ResourceLedger
 from codomyrmex_orchestration.core._resource_probe import free_disk_mib, machine_resources, memory_mib
-from codomyrmex_orchestration.core._resource_types import Resource, ResourceType
+from codomyrmex_orchestration.core._resource_types import MAX_TTL_SECONDS, Resource, ResourceType
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError
 
@@ -66,6 +66,28 @@ def test_config_errors_name_their_origin_and_the_accepted_settings(tmp_path: Pat
     assert base["lock"].capacity == 1  # the input mapping is left as it was
 
 
+def test_a_configured_memory_or_storage_resource_reports_the_mib_its_amounts_are_in(tmp_path: Path) -> None:
+    base = {r.id: r for r in machine_resources(tmp_path, 2, 100.0)}
+    applied = apply_config(
+        base,
+        {
+            "resources": {
+                "vram": {"type": "memory", "capacity": "16GB"},
+                "scratch": {"type": "storage", "capacity": 10, "unit": "MiB"},
+            }
+        },
+        origin="",
+    )
+    assert (applied["vram"].unit, applied["vram"].capacity) == ("MiB", 16384)
+    assert applied["scratch"].unit == "MiB"
+    with pytest.raises(InvalidInputError) as info:
+        apply_config(
+            base, {"resources": {"vram": {"type": "memory", "capacity": 16, "unit": "GB"}}}, origin=""
+        )
+    assert info.value.field == "resources.vram.unit"
+    assert "MiB" in info.value.reason
+
+
 def test_amounts_respect_units_and_allocation_bounds() -> None:
     memory = Resource(id="mem", name="m", type=ResourceType.MEMORY, capacity=4096, max_allocation=1024)
     assert parse_amount("1GB", memory, field="f") == 1024
@@ -76,10 +98,42 @@ def test_amounts_respect_units_and_allocation_bounds() -> None:
         parse_amount(0.25, gpu, field="f")
     with pytest.raises(InvalidInputError, match="not a number"):
         parse_amount("1GB", gpu, field="f")
+    lock = Resource(id="lock", name="l", type=ResourceType.LOCK, capacity=1, max_allocation=1)
+    assert parse_amount(1, lock, field="f") == 1
+    with pytest.raises(InvalidInputError, match=r"^f: 'lock' \(lock\) is held in whole units: use exactly 1"):
+        parse_amount(0.5, lock, field="f")
+    threads = Resource(id="thread", name="t", type=ResourceType.THREAD, capacity=6)
+    assert parse_amount("2", threads, field="f") == 2
+    with pytest.raises(InvalidInputError, match=r"use a whole number from 1 to 6, got 2\.5$"):
+        parse_amount(2.5, threads, field="f")
     assert check_seconds(None, "ttl", allow_zero=False) is None
     assert check_seconds(0, "timeout", allow_zero=True) == 0
     with pytest.raises(InvalidInputError, match="> 0 seconds"):
         check_seconds(0, "ttl", allow_zero=False)
+
+
+def test_numbers_beyond_a_float_are_refused_naming_the_field_and_the_range() -> None:
+    cores = Resource(
+        id="compute", name="c", type=ResourceType.COMPUTE, capacity=2, burst_limit=2, unit="cores"
+    )
+    with pytest.raises(InvalidInputError) as info:
+        parse_amount(10**309, cores, field="requirements.compute")
+    assert str(info.value) == (
+        "requirements.compute: an integer of 310 digits is too large; "
+        "use a number of cores greater than 0 and at most 4 (capacity + burst)"
+    )
+    memory = Resource(id="memory", name="m", type=ResourceType.MEMORY, capacity=4096, unit="MiB")
+    for size in ("1e400GB", "1e309", 10**400):
+        with pytest.raises(
+            InvalidInputError, match=r"^f: .* is (not a finite size|too large); use a number"
+        ) as info:
+            parse_amount(size, memory, field="f")
+        assert "a number of MiB greater than 0 and at most 4096 (capacity + burst)" in str(info.value)
+    with pytest.raises(InvalidInputError, match=r"^ttl: must be at most 31536000 seconds \(365 days\)"):
+        check_seconds(3e11, "ttl", allow_zero=False, at_most=MAX_TTL_SECONDS)
+    assert check_seconds(MAX_TTL_SECONDS, "ttl", allow_zero=False, at_most=MAX_TTL_SECONDS) == MAX_TTL_SECONDS
+    with pytest.raises(InvalidInputError, match=r"^resources\.compute\.burst_max_seconds: .* 31536000$"):
+        apply_config({"compute": cores}, {"resources": {"compute": {"burst_max_seconds": 1e308}}}, origin="")
 
 
 # --------------------------------------------------------------------------- ledger

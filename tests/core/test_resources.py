@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from codomyrmex_orchestration.core.models import TaskPriority, TaskStatus
 from codomyrmex_orchestration.core.resources import (
     Allocation,
     Resource,
@@ -25,6 +26,7 @@ from codomyrmex_orchestration.core.resources import (
     ResourceType,
     parse_size_mib,
 )
+from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.timers import TimerService
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
@@ -236,6 +238,48 @@ def test_non_positive_or_non_numeric_amounts_are_refused(manager: ResourceManage
     assert manager.get_usage("compute")["allocated"] == 0
 
 
+def test_the_lock_is_exclusive_and_counted_resources_take_whole_amounts(manager: ResourceManager) -> None:
+    # Two holders of half the "global mutex" each would both be inside it: a lock is taken whole.
+    for doors in (
+        lambda: manager.allocate_resources("a", {"lock": 0.5}),
+        lambda: manager.try_acquire("step", {"lock": 0.5}),
+        lambda: manager.check_satisfiable({"lock": 0.5}),
+    ):
+        with pytest.raises(InvalidInputError, match="exactly 1") as info:
+            doors()
+        assert info.value.field == "requirements.lock"
+    held = manager.allocate("lock", "a", 1)
+    with pytest.raises(InsufficientResourcesError):
+        manager.allocate("lock", "b", 1)
+    manager.release(held.allocation_id)
+    for rid in ("thread", "process", "file_handle"):
+        with pytest.raises(InvalidInputError, match="whole number from 1 to") as info:
+            manager.allocate_resources("r", {rid: 1.5})
+        assert info.value.field == f"requirements.{rid}"
+        manager.allocate_resources("r", {rid: 2})
+    manager.allocate_resources("r", {"compute": 0.5, "database": 0.5})  # not counted in whole units
+    assert manager.get_usage("lock")["allocated"] == 0
+
+
+def test_amounts_and_ttls_too_large_for_a_float_or_a_date_are_refused_naming_the_field(
+    manager: ResourceManager,
+) -> None:
+    for requirements in ({"compute": 10**309}, {"memory": "1e400GB"}):
+        key = next(iter(requirements))
+        with pytest.raises(InvalidInputError) as info:
+            manager.allocate_resources("r", requirements)
+        assert info.value.field == f"requirements.{key}"
+        with pytest.raises(InvalidInputError):
+            manager.try_acquire("step", requirements)
+    for ttl in (3e11, 1e308):  # past the year 9999: no expiry date could be computed
+        with pytest.raises(InvalidInputError, match="at most 31536000 seconds") as info:
+            manager.allocate_resources("r", {"database": 1}, ttl=ttl)
+        assert info.value.field == "ttl"
+    assert manager.get_total_usage()["allocations"] == 0
+    year = manager.allocate_resources("r", {"database": 1}, ttl=365 * 24 * 3600)
+    assert year[0].expires_at is not None
+
+
 def test_an_unknown_key_lists_the_known_ids_and_aliases(manager: ResourceManager) -> None:
     with pytest.raises(ResourceNotFoundError) as info:
         manager.allocate_resources("r", {"compute": 1, "gpu": 1})
@@ -409,6 +453,27 @@ def test_deallocate_releases_everything_a_requester_holds(manager: ResourceManag
     assert summary["resources"]["network"]["allocated"] == 10
 
 
+def test_usage_figures_do_not_drift_and_list_a_bounded_few_of_many_allocations(
+    manager: ResourceManager,
+) -> None:
+    big = manager.allocate("api_quota", "whale", 5)
+    small = [manager.allocate("api_quota", f"u{i % 10}", 0.01) for i in range(2000)]
+    usage = manager.get_usage("api_quota")
+    assert (usage["allocated"], usage["available"]) == (25.0, 75.0)  # not 25.000000000000327
+    assert usage["utilization"] == 0.25
+    assert usage["allocation_count"] == 2001
+    listed = [a["allocation_id"] for a in usage["allocations"]]
+    assert len(listed) == 10 and usage["allocations_omitted"] == 1991
+    assert big.allocation_id in listed  # the largest
+    assert small[-1].allocation_id in listed  # and the newest
+    assert "get_allocations" in usage["allocations_note"]
+    assert len(manager.get_usage("api_quota", limit=None)["allocations"]) == 2001
+    assert manager.get_total_usage()["resources"]["api_quota"]["allocated"] == 25.0
+    assert manager.deallocate_resources("u1") == 200
+    assert manager.get_usage("api_quota")["allocated"] == 23.0
+    assert manager.get_usage("compute")["allocations_omitted"] == 0
+
+
 # --------------------------------------------------------------------------- time: ttl, burst bound, waits
 
 
@@ -580,6 +645,41 @@ def test_try_acquire_is_all_or_nothing_and_release_listeners_hear_of_freed_capac
         manager.try_acquire("step-3", {"database": 11})
     with pytest.raises(InvalidInputError):
         manager.release_handle("not a handle")
+
+
+def test_a_running_task_keeps_its_burst_admission_until_it_ends() -> None:
+    # burst_max_seconds bounds what allocate() lends; a task admitted on burst holds it while it runs.
+    config = {"resources": {"gpu": {"capacity": 2, "burst_limit": 3, "burst_max_seconds": 0.05}}}
+    with make(config) as rm, TaskOrchestrator(2, resource_manager=rm, name="burst") as orch:
+        log = EventLog()
+        rm.add_listener(log)
+        started, release = threading.Event(), threading.Event()
+
+        def hold(ctx: Any) -> str:
+            started.set()
+            release.wait(WAIT)
+            return "held"
+
+        first = orch.submit(hold, name="first", resources={"gpu": 3})  # 1 of its 3 is burst
+        assert started.wait(WAIT)
+        [admitted] = rm.get_allocations(first)
+        assert admitted.burst and admitted.expires_at is None
+        # A burst allocation made after the task's admission: once its (later) burst bound has passed,
+        # the task's would have passed too had it one.
+        probe = rm.allocate("gpu", "probe", 1)
+        assert probe.burst and probe.expires_at is not None
+        assert log.wait_for("resource.released")
+        assert [p["allocation_id"] for p in log.named("resource.released")] == [probe.allocation_id]
+        assert rm.get_usage("gpu")["allocated"] == 3
+        second = orch.submit(lambda ctx: "second", name="second", resources={"gpu": 3})  # 6 > 2 + 3
+        other = orch.submit(lambda ctx: "other", name="other", priority=TaskPriority.LOW)
+        assert orch.wait(other, WAIT).status is TaskStatus.COMPLETED  # the dispatcher passed "second"
+        assert orch.get_task(second).status is TaskStatus.READY
+        release.set()
+        assert orch.wait(first, WAIT).status is TaskStatus.COMPLETED
+        assert orch.wait(second, WAIT).status is TaskStatus.COMPLETED
+        assert rm.get_usage("gpu")["allocated"] == 0
+        assert rm.check_invariants() == []
 
 
 def test_try_acquire_reports_a_requesters_shortage_once(manager: ResourceManager) -> None:

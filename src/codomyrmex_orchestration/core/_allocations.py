@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -112,27 +111,30 @@ class UserAllocations:
             self._store.delete_allocation(allocation_id)
 
     def restore(self) -> None:
-        """Re-grant the user allocations a previous process held (those not expired)."""
+        """Hold again the user allocations a previous process held (those not expired) under their own
+        ids, creation times and expiries, so an id given out before a restart still releases them."""
         now = utcnow()
         for data in self._store.list_allocations():
-            old_id = str(data.get("allocation_id"))
-            self._store.delete_allocation(old_id)
-            expires = data.get("expires_at")
-            ttl = None
-            if expires:
-                ttl = (datetime.fromisoformat(str(expires)) - now).total_seconds()
-                if ttl <= 0:
-                    continue
-            if data.get("session_id"):
-                continue  # sessions do not outlive their process
+            allocation_id = str(data.get("allocation_id"))
             try:
-                self.allocate(
-                    str(data.get("user_id") or data.get("requester_id")),
-                    {str(data["resource_id"]): data["amount"]},
-                    ttl=ttl,
-                    timeout=0.0,
-                    session_id=None,
-                )
+                allocation = Allocation.model_validate(data)
+            except ValueError as exc:  # pydantic's ValidationError: a record this version cannot read
+                self._drop(allocation_id, InvalidInputError("allocations", f"unreadable record: {exc}"))
+                continue
+            expired = allocation.expires_at is not None and allocation.expires_at <= now
+            if expired or data.get("session_id"):  # a session does not outlive its process
+                self._store.delete_allocation(allocation_id)
+                continue
+            with self._lock:  # before it is held: an expiry at once must find it persisted
+                self._persisted.add(allocation_id)
+            try:
+                self._resources.restore(allocation)
             except OrchestrationError as exc:
-                self._counters.record_error("resources", exc)
-                _log.warning("could not restore an allocation", allocation_id=old_id, error=str(exc))
+                with self._lock:
+                    self._persisted.discard(allocation_id)
+                self._drop(allocation_id, exc)
+
+    def _drop(self, allocation_id: str, exc: OrchestrationError) -> None:
+        self._store.delete_allocation(allocation_id)
+        self._counters.record_error("resources", exc)
+        _log.warning("could not restore an allocation", allocation_id=allocation_id, error=str(exc))

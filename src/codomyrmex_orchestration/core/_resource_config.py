@@ -20,6 +20,7 @@ from codomyrmex_orchestration.core._resource_types import (
     MIB,
     SIZED_TYPES,
     TYPE_NAMES,
+    WHOLE_TYPES,
     Resource,
     ResourceType,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "parse_number",
     "parse_size_mib",
     "parse_type",
+    "shown",
 ]
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
@@ -54,46 +56,74 @@ _SIZE_FACTORS_MIB = {
     "tb": 1024.0 * 1024,
     "tib": 1024.0 * 1024,
 }
-_SIZE_ACCEPTED = 'a number of MiB or a string such as "512MB", "2GB", "1.5GiB" (binary units: 1 GB = 1024 MB)'
+_SIZE_HINT = 'a string such as "512MB", "2GB", "1.5GiB" (binary units: 1 GB = 1024 MB)'
+_SIZE_ACCEPTED = f"a number of MiB or {_SIZE_HINT}"
 
 
-def parse_size_mib(value: object, *, field: str = "amount") -> float:
+def parse_size_mib(value: object, *, field: str = "amount", accepted: str = _SIZE_ACCEPTED) -> float:
     """Parse a memory/storage size into MiB.
 
     Numbers are MiB already. Strings take a unit (case-insensitive): B, KB/KiB, MB/MiB, GB/GiB,
     TB/TiB, all binary (``"1GB"`` and ``"1GiB"`` are both 1024 MiB); no unit means MiB.
 
     Raises:
-        InvalidInputError: not a number or size string (``field`` names where).
+        InvalidInputError: not a number or size string, or not finite (``field`` names where,
+            ``accepted`` what would do).
     """
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
         if match is None or match.group(2).lower() not in _SIZE_FACTORS_MIB:
-            raise InvalidInputError(field, f"{value!r} is not a size; use {_SIZE_ACCEPTED}")
-        return float(match.group(1)) * _SIZE_FACTORS_MIB[match.group(2).lower()]
-    return parse_number(value, field=field, accepted=_SIZE_ACCEPTED)
+            raise InvalidInputError(field, f"{shown(value)} is not a size; use {accepted}")
+        number = float(match.group(1)) * _SIZE_FACTORS_MIB[match.group(2).lower()]
+        if not math.isfinite(number):
+            raise InvalidInputError(field, f"{shown(value)} is not a finite size; use {accepted}")
+        return number
+    return parse_number(value, field=field, accepted=accepted)
 
 
 def parse_number(value: object, *, field: str, accepted: str) -> float:
+    """``value`` (a number or a numeric string) as a finite float; ``accepted`` is said when it is not."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidInputError(field, f"{value!r} is not a number; use {accepted}")
+        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}")
     try:
         number = float(value)
     except ValueError:
-        raise InvalidInputError(field, f"{value!r} is not a number; use {accepted}") from None
+        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}") from None
+    except OverflowError:  # an integer beyond the largest float (about 1.8e308)
+        raise InvalidInputError(field, f"{shown(value)} is too large; use {accepted}") from None
     if math.isnan(number) or math.isinf(number):
-        raise InvalidInputError(field, f"{value!r} is not a finite number; use {accepted}")
+        raise InvalidInputError(field, f"{shown(value)} is not a finite number; use {accepted}")
     return number
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, kept short: a huge integer is named by its number of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {math.floor(math.log10(abs(value))) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def parse_amount(value: object, resource: Resource, *, field: str) -> float:
     """A requested amount in the resource's unit: finite, > 0, within min/max_allocation."""
+    most = resource.capacity + resource.burst_limit
+    bound = "capacity + burst"
+    if resource.max_allocation is not None and resource.max_allocation < most:
+        most, bound = resource.max_allocation, "max_allocation"
+    in_range = f"greater than 0 and at most {most:g} ({bound})"
     if resource.type in SIZED_TYPES:
-        number = parse_size_mib(value, field=field)
+        number = parse_size_mib(value, field=field, accepted=f"a number of MiB {in_range}, or {_SIZE_HINT}")
     else:
-        number = parse_number(value, field=field, accepted=f"a positive number of {resource.unit}")
+        number = parse_number(value, field=field, accepted=f"a number of {resource.unit} {in_range}")
     if number <= 0:
-        raise InvalidInputError(field, f"amount must be greater than 0 {resource.unit}, got {value!r}")
+        raise InvalidInputError(field, f"amount must be greater than 0 {resource.unit}, got {shown(value)}")
+    if resource.type in WHOLE_TYPES and not number.is_integer():
+        accepted = "exactly 1" if most < 2 else f"a whole number from 1 to {math.floor(most):g}"
+        raise InvalidInputError(
+            field,
+            f"{resource.id!r} ({resource.type.value}) is held in whole units: use {accepted}, "
+            f"got {shown(value)}",
+        )
     if resource.min_allocation is not None and number < resource.min_allocation - EPS:
         raise InvalidInputError(
             field,
@@ -107,13 +137,20 @@ def parse_amount(value: object, resource: Resource, *, field: str) -> float:
     return number
 
 
-def check_seconds(value: float | None, name: str, *, allow_zero: bool) -> float | None:
-    """``value`` as seconds (None stays None): finite, > 0 (or >= 0 when ``allow_zero``)."""
+def check_seconds(
+    value: float | None, name: str, *, allow_zero: bool, at_most: float | None = None
+) -> float | None:
+    """``value`` as seconds (None stays None): finite, > 0 (or >= 0 when ``allow_zero``), and no more
+    than ``at_most`` when given."""
     if value is None:
         return None
     number = parse_number(value, field=name, accepted="seconds as a finite number")
     if number < 0 or (number == 0 and not allow_zero):
         raise InvalidInputError(name, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+    if at_most is not None and number > at_most:
+        raise InvalidInputError(
+            name, f"must be at most {at_most:.12g} seconds ({at_most / 86400:g} days), got {shown(value)}"
+        )
     return number
 
 
@@ -202,6 +239,14 @@ def apply_config(
         if base is None and "capacity" not in entry:
             raise InvalidInputError(f"{where}.capacity", "required for a new resource")
         sized = values["type"] in SIZED_TYPES
+        if sized:  # amounts of memory and storage are parsed as MiB: the unit says so
+            if entry.get("unit", "MiB") != "MiB":
+                raise InvalidInputError(
+                    f"{where}.unit",
+                    f'{values["type"].value} amounts are in MiB (sizes such as "16GB" are converted); '
+                    f'leave unit out or set it to "MiB", got {shown(entry["unit"])}',
+                )
+            values["unit"] = "MiB"
         for key, raw in entry.items():
             if key == "type":
                 continue

@@ -11,6 +11,7 @@ it read, so adding or removing a listener during a delivery is safe. Listeners r
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import math
 import os
@@ -223,7 +224,7 @@ class ResourceLedger:
                 with self._lock:
                     shortfall = self._shortfall_locked(wanted)
                     if not shortfall:
-                        return self._grant_locked(requester, wanted, ttl, notes)
+                        return self._grant_locked(requester, wanted, notes, ttl=ttl, bound_burst=True)
                     remaining = deadline - time.monotonic()
                     if not announced:
                         # Once per call, and delivered before waiting: listeners learn of the
@@ -244,7 +245,11 @@ class ResourceLedger:
                 self.listeners.deliver(notes)
 
     def try_acquire(self, requester: str, wanted: Mapping[str, float]) -> list[Allocation] | None:
-        """Grant all of ``wanted`` now, or nothing (None); a refusal is reported once per requester."""
+        """Grant all of ``wanted`` now, or nothing (None); a refusal is reported once per requester.
+
+        This is a step's admission: held until the step ends, so burst in it is not bounded in time
+        (reclaiming it would leave the step running on capacity the ledger lends again).
+        """
         notes = _Notes()
         try:
             with self._lock:
@@ -252,7 +257,33 @@ class ResourceLedger:
                 if shortfall:
                     self._note_exhausted_locked(requester, wanted, shortfall, notes, always=False)
                     return None
-                return self._grant_locked(requester, wanted, None, notes)
+                return self._grant_locked(requester, wanted, notes, ttl=None, bound_burst=False)
+        finally:
+            self.listeners.deliver(notes)
+
+    def restore(self, allocation: Allocation, wanted: Mapping[str, float]) -> Allocation:
+        """Hold ``allocation`` (a previous process's) again under its own id, holder, amount, creation
+        time and expiry; ``wanted`` is its requirement as :meth:`requirements` parsed it. Burst in it
+        is bounded again from now.
+
+        Raises:
+            AlreadyExistsError: an allocation with its id is held.
+            InsufficientResourcesError: there is no room for it now.
+        """
+        notes = _Notes()
+        try:
+            with self._lock:
+                if allocation.allocation_id in self._by_allocation:
+                    raise AlreadyExistsError("allocation", allocation.allocation_id, "it is held already")
+                shortfall = self._shortfall_locked(wanted)
+                if shortfall:
+                    raise InsufficientResourcesError(
+                        dict(wanted), shortfall, "no room for it after a restart"
+                    )
+                [granted] = self._grant_locked(
+                    allocation.requester_id, wanted, notes, ttl=None, bound_burst=True, restoring=allocation
+                )
+                return granted
         finally:
             self.listeners.deliver(notes)
 
@@ -289,15 +320,14 @@ class ResourceLedger:
         with self._lock:
             return _status(self._states[_resolve(self._states, key, field="resource_id")])
 
-    def usage(self, key: str) -> dict[str, Any]:
+    def usage(self, key: str, limit: int | None) -> dict[str, Any]:
         with self._lock:
-            return _usage(
-                self._states[_resolve(self._states, key, field="resource_id")], with_allocations=True
-            )
+            state = self._states[_resolve(self._states, key, field="resource_id")]
+            return {**_usage(state), **_listed(state, limit)}
 
     def total_usage(self) -> dict[str, Any]:
         with self._lock:
-            per = {rid: _usage(s, with_allocations=False) for rid, s in sorted(self._states.items())}
+            per = {rid: _usage(s) for rid, s in sorted(self._states.items())}
             burst = sum(1 for s in self._states.values() for h in s.held.values() if h.allocation.burst)
             return {
                 "resources": per,
@@ -312,29 +342,10 @@ class ResourceLedger:
 
     def invariants(self) -> list[str]:
         """Problems in the bookkeeping (empty when healthy); see ``ResourceManager.check_invariants``."""
-        with self._lock:
-            problems = [p for rid, state in self._states.items() for p in _state_problems(rid, state)]
-            problems.extend(
-                f"{rid}: allocation {aid} missing from the allocation index"
-                for rid, state in self._states.items()
-                for aid in state.held
-                if self._by_allocation.get(aid) is not state
+        with self._lock:  # once closed, nothing is expected to expire
+            return _ledger_problems(
+                self._states, self._by_allocation, self._by_requester, timers=not self._closed
             )
-            indexed = sum(len(ids) for ids in self._by_requester.values())
-            if indexed != len(self._by_allocation):
-                problems.append(
-                    f"requester index holds {indexed} allocations, "
-                    f"allocation index {len(self._by_allocation)}"
-                )
-            if not self._closed:
-                problems.extend(
-                    f"{h.allocation.resource_id}: allocation {h.allocation.allocation_id} expires "
-                    "but has no expiry timer"
-                    for s in self._states.values()
-                    for h in s.held.values()
-                    if h.allocation.expires_at is not None and h.timer is None
-                )
-            return problems
 
     def close(self) -> None:
         """Cancel every pending expiry and wake waiters; held allocations stay until released."""
@@ -369,23 +380,35 @@ class ResourceLedger:
         return "; ".join(parts)
 
     def _grant_locked(
-        self, requester: str, wanted: Mapping[str, float], ttl: float | None, notes: _Notes
+        self,
+        requester: str,
+        wanted: Mapping[str, float],
+        notes: _Notes,
+        *,
+        ttl: float | None,
+        bound_burst: bool,
+        restoring: Allocation | None = None,
     ) -> list[Allocation]:
-        created = utcnow()
+        now = utcnow()
         granted: list[Allocation] = []
         for rid, amount in wanted.items():
             state = self._states[rid]
             r = state.resource
             over = max(0.0, state.allocated + amount - r.capacity)
             burst_amount = min(amount, over) if over > EPS * max(1.0, r.capacity) else 0.0
-            delay, reason = ttl, "expired"
-            if (
-                burst_amount > 0
-                and r.burst_max_seconds is not None
-                and (delay is None or r.burst_max_seconds < delay)
-            ):
-                delay, reason = r.burst_max_seconds, "burst_expired"
-            aid = f"alloc-{next(self._ids)}-{os.urandom(4).hex()}"
+            expires = now + timedelta(seconds=ttl) if ttl is not None else None
+            if restoring is not None:
+                expires = restoring.expires_at
+            reason = "expired"
+            if bound_burst and burst_amount > 0 and r.burst_max_seconds is not None:
+                burst_end = now + timedelta(seconds=r.burst_max_seconds)
+                if expires is None or burst_end < expires:
+                    expires, reason = burst_end, "burst_expired"
+            aid = (
+                f"alloc-{next(self._ids)}-{os.urandom(4).hex()}"
+                if restoring is None
+                else restoring.allocation_id
+            )
             allocation = Allocation(
                 allocation_id=aid,
                 resource_id=rid,
@@ -393,12 +416,12 @@ class ResourceLedger:
                 amount=amount,
                 burst=burst_amount > 0,
                 burst_amount=burst_amount,
-                created_at=created,
-                expires_at=created + timedelta(seconds=delay) if delay is not None else None,
+                created_at=now if restoring is None else restoring.created_at,
+                expires_at=expires,
             )
             held = _Held(allocation, reason)
-            if delay is not None and not self._closed:
-                held.timer = self._arm_expiry(aid, delay)
+            if expires is not None and not self._closed:
+                held.timer = self._arm_expiry(aid, (expires - now).total_seconds())
             state.held[aid] = held
             state.allocated += amount
             self._by_allocation[aid] = state
@@ -540,32 +563,51 @@ def _status(state: _State) -> ResourceStatus:
     return ResourceStatus.ALLOCATED
 
 
-def _usage(state: _State, *, with_allocations: bool) -> dict[str, Any]:
+def _usage(state: _State) -> dict[str, Any]:
     r = state.resource
     allocated = state.allocated
-    usage: dict[str, Any] = {
+    return {
         "id": r.id,
         "name": r.name,
         "type": r.type.value,
         "unit": r.unit,
         "capacity": r.capacity,
         "burst_limit": r.burst_limit,
-        "allocated": allocated,
-        "available": max(0.0, r.capacity - allocated) if state.operator_status is None else 0.0,
-        "available_with_burst": _available(state),
-        "burst_in_use": max(0.0, allocated - r.capacity),
-        "utilization": allocated / r.capacity if r.capacity > 0 else (1.0 if allocated > 0 else 0.0),
+        "allocated": _figure(allocated),
+        "available": _figure(max(0.0, r.capacity - allocated)) if state.operator_status is None else 0.0,
+        "available_with_burst": _figure(_available(state)),
+        "burst_in_use": _figure(max(0.0, allocated - r.capacity)),
+        "utilization": _figure(allocated / r.capacity if r.capacity > 0 else (1.0 if allocated > 0 else 0.0)),
         "status": _status(state).value,
         "capacity_known": r.capacity_known,
         "derived_from": r.derived_from,
         "allocation_count": len(state.held),
     }
-    if with_allocations:
-        usage["allocations"] = [
-            h.allocation.model_dump(mode="json")
-            for h in sorted(state.held.values(), key=lambda h: h.allocation.created_at)
-        ]
-    return usage
+
+
+def _figure(value: float) -> float:
+    """A total for a report: sums of amounts such as 0.01 drift in the last digits (2000 of them make
+    20.000000000000327); 12 significant digits keep every real difference (a byte of a TiB) and drop that."""
+    return float(f"{value:.12g}")
+
+
+def _listed(state: _State, limit: int | None) -> dict[str, Any]:
+    """The held allocations in the order granted; past ``limit``, only the largest half and the newest."""
+    held = list(state.held.values())  # a dict keeps the order they were granted (or restored) in
+    if limit is None or len(held) <= limit:
+        return {"allocations": [h.allocation.model_dump(mode="json") for h in held], "allocations_omitted": 0}
+    cut = len(held) - (limit - limit // 2)  # the newest are held[cut:]
+    largest = sorted(heapq.nlargest(limit // 2, enumerate(held[:cut]), key=lambda p: p[1].allocation.amount))
+    shown = [h for _n, h in largest] + held[cut:]
+    return {
+        "allocations": [h.allocation.model_dump(mode="json") for h in shown],
+        "allocations_omitted": len(held) - len(shown),
+        "allocations_note": (
+            f"{len(shown)} of {len(held)} allocations listed: the {limit // 2} largest and the newest; "
+            "ResourceManager.get_allocations() or get_usage(id, limit=None) lists them all, and "
+            "release_resources with a user_id frees everything one user holds"
+        ),
+    }
 
 
 def _state_problems(rid: str, state: _State) -> list[str]:
@@ -581,4 +623,33 @@ def _state_problems(rid: str, state: _State) -> list[str]:
         )
     if abs(total - state.allocated) > tol * max(1, len(state.held)):
         problems.append(f"{rid}: allocated {state.allocated:g} but held allocations sum to {total:g}")
+    return problems
+
+
+def _ledger_problems(
+    states: Mapping[str, _State],
+    by_allocation: Mapping[str, _State],
+    by_requester: Mapping[str, set[str]],
+    *,
+    timers: bool,
+) -> list[str]:
+    """The bookkeeping problems of a ledger's state (its lock held); ``timers``: expect expiry timers."""
+    problems = [p for rid, state in states.items() for p in _state_problems(rid, state)]
+    problems.extend(
+        f"{rid}: allocation {aid} missing from the allocation index"
+        for rid, state in states.items()
+        for aid in state.held
+        if by_allocation.get(aid) is not state
+    )
+    indexed = sum(len(ids) for ids in by_requester.values())
+    if indexed != len(by_allocation):
+        problems.append(f"requester index holds {indexed} allocations, allocation index {len(by_allocation)}")
+    if timers:
+        problems.extend(
+            f"{h.allocation.resource_id}: allocation {h.allocation.allocation_id} expires "
+            "but has no expiry timer"
+            for s in states.values()
+            for h in s.held.values()
+            if h.allocation.expires_at is not None and h.timer is None
+        )
     return problems

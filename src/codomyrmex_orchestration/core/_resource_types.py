@@ -22,10 +22,12 @@ __all__ = [
     "DEFAULT_RESOURCES_CONFIG",
     "EPS",
     "KEY_ALIASES",
+    "MAX_TTL_SECONDS",
     "MIB",
     "OPERATOR_STATUSES",
     "SIZED_TYPES",
     "TYPE_NAMES",
+    "WHOLE_TYPES",
     "Allocation",
     "EventListener",
     "Resource",
@@ -38,8 +40,12 @@ __all__ = [
 DEFAULT_RESOURCES_CONFIG = Path("config/resources.json")
 #: Network capacity in Mbit/s when neither the config nor the caller gives one.
 DEFAULT_NETWORK_MBPS = 1000.0
-#: How long (seconds) an allocation that uses burst capacity may be held before it is reclaimed.
+#: How long (seconds) an allocation made with ``allocate`` that uses burst capacity may be held before
+#: it is reclaimed (a step's admission keeps its burst until the step ends).
 DEFAULT_BURST_MAX_SECONDS = 300.0
+#: The longest ``ttl`` (and ``burst_max_seconds``) an allocation may have, 365 days (leave the ttl out
+#: for no expiry): far longer ones name no date a ``datetime`` can hold.
+MAX_TTL_SECONDS = 365 * 24 * 3600.0
 #: Requirement keys accepted besides resource ids and ResourceType values.
 KEY_ALIASES: Mapping[str, str] = {"cpu": "compute", "disk": "storage"}
 
@@ -88,6 +94,11 @@ TYPE_NAMES = ", ".join(t.value for t in ResourceType)
 OPERATOR_STATUSES = frozenset({ResourceStatus.MAINTENANCE, ResourceStatus.OFFLINE})
 #: Types whose amounts are sizes in MiB and accept strings such as "512MB".
 SIZED_TYPES = frozenset({ResourceType.MEMORY, ResourceType.STORAGE})
+#: Types counted in whole units (a thread, a process, an open file, the lock): half of one is no
+#: amount at all, and two holders of half the lock would both be inside the mutex.
+WHOLE_TYPES = frozenset(
+    {ResourceType.THREAD, ResourceType.PROCESS, ResourceType.FILE_HANDLE, ResourceType.LOCK}
+)
 
 
 class Resource(BaseModel):
@@ -102,9 +113,11 @@ class Resource(BaseModel):
     unit: str = Field(default="units", min_length=1, max_length=40)
     #: Extra amount that may be lent above ``capacity``; allocations using it are flagged ``burst``.
     burst_limit: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    #: A burst allocation is released automatically this many seconds after it was made
-    #: (``None``: no bound besides its own ``ttl``).
-    burst_max_seconds: float | None = Field(default=DEFAULT_BURST_MAX_SECONDS, gt=0, allow_inf_nan=False)
+    #: A burst allocation made with ``allocate`` is released automatically this many seconds after it
+    #: was made (``None``: no bound besides its own ``ttl``); a step's admission is held until it ends.
+    burst_max_seconds: float | None = Field(
+        default=DEFAULT_BURST_MAX_SECONDS, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
+    )
     #: Bounds on the amount of any single allocation.
     min_allocation: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_allocation: float | None = Field(default=None, gt=0, allow_inf_nan=False)

@@ -1,9 +1,10 @@
 """ResourceManager: capacities derived from the machine, atomic allocation, and scheduler admission.
 
-A resource is a counter with a ``capacity`` (plus an optional ``burst_limit`` lent above it for a
-bounded time); an allocation holds part of it until released, until its ``ttl`` runs out, or until
-its burst time is up. The scheduler admits a step only when :meth:`ResourceManager.try_acquire`
-grants the step's whole requirement (the :class:`ResourceAdmission` protocol in ARCHITECTURE.md).
+A resource is a counter with a ``capacity`` (plus an optional ``burst_limit`` lent above it); an
+allocation holds part of it until released, until its ``ttl`` runs out, or (made with ``allocate``)
+until its burst time is up. The scheduler admits a step only when :meth:`ResourceManager.try_acquire`
+grants the step's whole requirement (the :class:`ResourceAdmission` protocol in ARCHITECTURE.md), and
+the step holds that grant, burst included, until it ends.
 
 This module is the public face; it validates arguments and owns only the lifetime of its parts:
 ``_resource_probe`` (machine capacities), ``_resource_config`` (units and ``config/resources.json``),
@@ -32,6 +33,7 @@ from codomyrmex_orchestration.core._resource_types import (
     DEFAULT_NETWORK_MBPS,
     DEFAULT_RESOURCES_CONFIG,
     KEY_ALIASES,
+    MAX_TTL_SECONDS,
     OPERATOR_STATUSES,
     Allocation,
     EventListener,
@@ -59,6 +61,8 @@ __all__ = [
     "parse_size_mib",
 ]
 
+#: How many allocations :meth:`ResourceManager.get_usage` lists by default (system status shows it).
+USAGE_LISTED = 10
 #: The thread name of a manager's own timer service (when none is shared with it).
 EXPIRY_THREAD_NAME = "resource-expiry"
 
@@ -199,7 +203,8 @@ class ResourceManager:
             resource_id: a resource id, an alias (``cpu``, ``disk``) or a type name.
             requester_id: who holds it (a step, task or session id); see :meth:`deallocate_resources`.
             amount: in the resource's unit; memory/storage accept size strings such as ``"512MB"``.
-            ttl: seconds after which the allocation is released automatically.
+            ttl: seconds after which the allocation is released automatically (at most
+                ``MAX_TTL_SECONDS``, 365 days; None: no expiry).
             timeout: seconds to wait for capacity; ``None`` or 0 refuses at once.
 
         Raises:
@@ -222,9 +227,23 @@ class ResourceManager:
         ResourceType value naming exactly one resource. Arguments and errors as :meth:`allocate`.
         """
         requester = _check_requester(requester_id)
-        ttl_s = check_seconds(ttl, "ttl", allow_zero=False)
+        ttl_s = check_seconds(ttl, "ttl", allow_zero=False, at_most=MAX_TTL_SECONDS)
         timeout_s = check_seconds(timeout, "timeout", allow_zero=True) or 0.0
         return self._ledger.acquire(requester, self._ledger.requirements(requirements), ttl_s, timeout_s)
+
+    def restore(self, allocation: Allocation) -> Allocation:
+        """Hold again an allocation a previous process made: the same id, holder, amount, creation
+        time and ``expires_at`` (burst in it is bounded again from now). Used to recover after a restart.
+
+        Raises:
+            InsufficientResourcesError: no room for it now.
+            InvalidInputError / ResourceNotFoundError: the resource is gone or the amount no longer fits
+                its definition.
+            AlreadyExistsError: an allocation with that id is held.
+        """
+        _check_requester(allocation.requester_id)
+        wanted = self._ledger.requirements({allocation.resource_id: allocation.amount})
+        return self._ledger.restore(allocation, wanted)
 
     def release(self, allocation_id: str) -> bool:
         """Release one allocation. Returns False if it was not held (already released or expired)."""
@@ -252,7 +271,9 @@ class ResourceManager:
     def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> ResourceHandle | None:
         """Grant all of ``requirements`` now, or nothing: returns a handle, or None if it must wait.
 
-        Never blocks. Raises like :meth:`check_satisfiable` for a requirement that can never fit.
+        The grant is held until :meth:`release_handle`: burst in it is never reclaimed by
+        ``burst_max_seconds`` (a running step keeps what it was admitted with). Never blocks. Raises
+        like :meth:`check_satisfiable` for a requirement that can never fit.
         """
         requester = _check_requester(requester_id)
         granted = self._ledger.try_acquire(requester, self._ledger.requirements(requirements))
@@ -270,14 +291,18 @@ class ResourceManager:
 
     # ------------------------------------------------------------------ usage and health
 
-    def get_usage(self, resource_id: str) -> dict[str, Any]:
+    def get_usage(self, resource_id: str, *, limit: int | None = USAGE_LISTED) -> dict[str, Any]:
         """Capacity, allocated, available (below capacity), available_with_burst, burst_in_use,
-        utilization (allocated / capacity), status and the held allocations of one resource.
+        utilization (allocated / capacity), status, allocation_count and the held allocations of one
+        resource, oldest first. Past ``limit`` (``None``: no limit) only the ``limit // 2`` largest and
+        the newest are listed; ``allocations_omitted`` counts the rest and ``allocations_note`` says so.
 
         Raises:
             ResourceNotFoundError: unknown resource.
         """
-        return self._ledger.usage(resource_id)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidInputError("limit", f"must be an integer >= 1 or None, got {limit!r}")
+        return self._ledger.usage(resource_id, limit)
 
     def get_total_usage(self) -> dict[str, Any]:
         """A summary: per-resource usage (without allocation lists) and allocation counts."""
