@@ -350,3 +350,22 @@ def test_a_long_valid_line_is_read_whole(tmp_path: Path) -> None:
         assert wire.reply() == {"jsonrpc": "2.0", "id": 9, "result": {}}
     finally:
         wire.close()
+
+
+def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(tmp_path: Path) -> None:
+    # MCP: a request id is a string or an integer, never null; the SDK would read these as notifications
+    # and drop them, leaving the client waiting for an answer that never comes.
+    ids = ["null", "true", "1.5", "1.0", "[1]", '{"n": 1}']
+    wire = _Wire(tmp_path)
+    try:
+        for raw_id in ids:
+            wire.send(b'{"jsonrpc": "2.0", "id": ' + raw_id.encode() + b', "method": "ping"}')
+            reply = wire.reply()
+            error = reply["error"]
+            assert reply["id"] is None and isinstance(error, dict), (raw_id, reply)
+            assert error["code"] == -32600 and '"id"' in str(error["message"]), (raw_id, reply)
+        wire.send(b'{"jsonrpc": "2.0", "id": 0, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 0, "result": {}}
+    finally:
+        errors = wire.close()
+    assert errors.count("stdio.malformed_message") == len(ids), errors

@@ -51,10 +51,12 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
     """``None`` when ``line`` is a JSON-RPC message the SDK accepts, else ``(code, message, id)`` of the
     error to answer it with."""
     try:
-        types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError as exc:
         problem = exc.errors()[0]
     else:
+        if isinstance(message, types.JSONRPCNotification):
+            return _id_problem(line)
         return None
     if problem["type"] == "json_invalid":
         # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
@@ -84,6 +86,24 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
         'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
         f"({detail})",
         _request_id(line),
+    )
+
+
+def _id_problem(line: bytes) -> tuple[int, str, None] | None:
+    """The error for a notification that has an ``id`` member: a request whose id is not a string or an
+    integer (null, a boolean, a fraction, a list...), which the SDK's parser reads as a notification and
+    so would drop unanswered. Notifications are few and short: parsing one again costs little."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # the SDK's parser took it: not expected
+        return None
+    if not isinstance(message, dict) or "id" not in message:
+        return None
+    return (
+        INVALID_REQUEST,
+        f'Invalid Request: "id" must be a string or an integer, got {json.dumps(message["id"])[:40]} '
+        '(a notification has no "id" member)',
+        None,
     )
 
 
