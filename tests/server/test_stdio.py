@@ -369,3 +369,23 @@ def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(
     finally:
         errors = wire.close()
     assert errors.count("stdio.malformed_message") == len(ids), errors
+
+
+def test_a_byte_order_mark_before_a_message_is_ignored_and_other_encodings_are_parse_errors(
+    tmp_path: Path,
+) -> None:
+    # RFC 8259 lets a parser ignore a byte order mark; the wire is UTF-8, so UTF-16 is not JSON to it.
+    utf16 = b"\xff\xfe" + '{"jsonrpc": "2.0", "id": 3, "method": "ping"}'.encode("utf-16-le")
+    wire = _Wire(tmp_path)
+    try:
+        wire.send(b'\xef\xbb\xbf{"jsonrpc": "2.0", "id": "bom", "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": "bom", "result": {}}
+        wire.send(utf16)
+        reply = wire.reply()
+        error = reply["error"]
+        assert reply["id"] is None and isinstance(error, dict), reply
+        assert error["code"] == -32700 and str(error["message"]).startswith("Parse error"), reply
+        wire.send(b'{"jsonrpc": "2.0", "id": 4, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 4, "result": {}}
+    finally:
+        wire.close()
