@@ -191,6 +191,21 @@ def _resource_not_found(uri: str, reason: str) -> Exception:
     return MCPError(code=-32002, message=f"resource {uri!r}: {reason}", data={"uri": uri})
 
 
+def _one_page(method: str, params: Any) -> None:
+    """Refuse a cursor: this server's lists are never paged, so no cursor is one it handed out (the
+    pagination spec: an invalid cursor SHOULD be -32602)."""
+    cursor = getattr(params, "cursor", None)
+    if cursor is not None:
+        from mcp.shared.exceptions import MCPError
+
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"invalid cursor {cursor!r}: {method} answers in one page and hands out no cursor; "
+            "call it without one",
+            data={"cursor": cursor},
+        )
+
+
 def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The input schemas the SDK's ``Mcp-Param-*`` header check can reject a call with: those carrying
     valid ``x-mcp-header`` annotations. For any other schema the check walks the whole schema twice per
@@ -277,6 +292,7 @@ def build_server(
     ]
 
     async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        _one_page("tools/list", params)
         # Only a client that negotiated MCP Apps is pointed at the run view; results are the same for all.
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
@@ -330,6 +346,7 @@ def build_server(
         return await anyio.to_thread.run_sync(fn, limiter=the_tools._call_limiter)
 
     async def on_list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        _one_page("resources/list", params)
         hub.watch_engine()
         resources = [
             types.Resource(
@@ -367,6 +384,7 @@ def build_server(
         return types.ListResourcesResult(resources=resources)
 
     async def on_list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        _one_page("resources/templates/list", params)
         templates = [
             types.ResourceTemplate(
                 uri_template=f"{URI_SCHEME}workflows/{{name}}",
@@ -437,6 +455,7 @@ def build_server(
         return _text_resource(uri, result.structured)
 
     async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        _one_page("prompts/list", params)
         return types.ListPromptsResult(
             prompts=[
                 types.Prompt(
