@@ -141,6 +141,19 @@ async def test_a_cursor_given_to_a_list_of_one_page_is_refused_naming_it(
             await listing(cursor=None, cache_mode="bypass")  # and without one, the list
 
 
+@pytest.mark.parametrize(("mode", "code"), [("legacy", -32002), ("auto", -32602)])
+async def test_an_unknown_resource_is_not_found_with_the_code_of_the_negotiated_version(
+    tools_without_engine: OrchestrationMCPTools, mode: Literal["legacy", "auto"], code: int
+) -> None:
+    # 2025-11-25 names -32002 "resource not found"; 2026-07-28 retired it for -32602 (SEP-2164).
+    async with Client(build_server(tools_without_engine), mode=mode) as client:
+        for uri in ("file:///etc/passwd", "orchestration://nothing"):
+            with pytest.raises(MCPError) as missing:
+                await client.read_resource(uri)
+            assert missing.value.error.code == code, (client.protocol_version, missing.value.error)
+            assert missing.value.error.data == {"uri": uri}
+
+
 # --------------------------------------------------------------------------- fuzz
 
 _WRONG_BY_TYPE: dict[str, list[Any]] = {

@@ -184,11 +184,12 @@ def _text_resource(uri: str, value: Any) -> types.ReadResourceResult:
     )
 
 
-def _resource_not_found(uri: str, reason: str) -> Exception:
+def _resource_not_found(ctx: Any, uri: str, reason: str) -> Exception:
     from mcp.shared.exceptions import MCPError
 
-    # -32002 is the spec's "resource not found" code.
-    return MCPError(code=-32002, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+    # -32002 is "resource not found" up to 2025-11-25; 2026-07-28 retired it for -32602 (SEP-2164).
+    code = types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else -32002
+    return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
 
 
 def _one_page(method: str, params: Any) -> None:
@@ -419,7 +420,7 @@ def build_server(
             contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
             return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
-            raise _resource_not_found(uri, f"unknown scheme; resources start with {URI_SCHEME}")
+            raise _resource_not_found(ctx, uri, f"unknown scheme; resources start with {URI_SCHEME}")
         kind, _, key = uri[len(URI_SCHEME) :].partition("/")
         key = unquote(key)
         tool, args = {
@@ -441,17 +442,18 @@ def build_server(
             match = [p for p in items if p.get(key_field) == key]
             if not match:
                 raise _resource_not_found(
-                    uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
+                    ctx, uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
                 )
             return _text_resource(uri, match[0])
         if tool is None:
             raise _resource_not_found(
+                ctx,
                 uri,
                 "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
             )
         result = await the_tools.execute_tool_async(tool, args)
         if result.is_error:
-            raise _resource_not_found(uri, result.text)
+            raise _resource_not_found(ctx, uri, result.text)
         return _text_resource(uri, result.structured)
 
     async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
