@@ -274,6 +274,24 @@ async def test_a_tool_without_task_support_called_as_a_task_is_refused_and_unkno
     assert bad_ttl.value.error.code == types.INVALID_PARAMS and "ttl" in bad_ttl.value.error.message
 
 
+async def test_a_task_field_that_is_not_an_object_is_refused_naming_it_and_starts_nothing(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", chain(1))
+        dispatcher = client.session._dispatcher
+        for task in ("x", [], 5, False):
+            params = {"name": "execute_workflow", "arguments": {"workflow_name": "chain1"}, "task": task}
+            with pytest.raises(MCPError) as refused, anyio.fail_after(30):
+                await dispatcher.send_raw_request("tools/call", params, {})
+            error = refused.value.error
+            assert error.code == types.INVALID_PARAMS and "'task'" in error.message, (task, error)
+            assert "object" in error.message and error.data == {"field": "task"}, (task, error)
+        listed = await list_tasks(client)
+        runs = await ok(client, "list_workflow_runs", {})
+    assert listed.tasks == [] and runs["runs"] == []
+
+
 async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(
     tools: OrchestrationMCPTools,
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -288,6 +289,14 @@ class ToolTasks:
                 return await call_next(ctx)
         elif params.get("task") is None:
             return await call_next(ctx)
+        elif not isinstance(params["task"], Mapping):
+            # What the SDK's own validation of TaskMetadata would say, had the call reached it.
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"'task' must be an object (TaskMetadata, e.g. {{}} or {{\"ttl\": 60000}}), "
+                f"got {json.dumps(params['task'])}",
+                data={"field": "task"},
+            )
         name = params.get("name")
         if name not in TASK_TOOLS:
             if name not in self._tools.tool_names():
