@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -268,7 +269,8 @@ class _Wire:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.send(json.dumps(INITIALIZE).encode())
-        assert self.reply()["id"] == 1
+        self.initialized = self.reply()  # the answer to INITIALIZE (protocol 2025-06-18)
+        assert self.initialized["id"] == 1
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -282,6 +284,15 @@ class _Wire:
 
     def reply(self) -> dict[str, object]:
         return self.replies.get(timeout=20)
+
+    def request(self, request_id: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request and return the answer to it (notifications in between are passed over)."""
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        self.send(json.dumps(message | ({"params": params} if params is not None else {})).encode())
+        while True:
+            reply = self.reply()
+            if reply.get("id") == request_id:
+                return dict(reply)
 
     def close(self) -> str:
         try:

@@ -57,7 +57,7 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
-from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
+from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support, serves_tasks
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
@@ -243,7 +243,10 @@ class _OrchestrationServer(Server[Any]):
 
     def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
         capabilities = super().get_capabilities(*args, **kwargs)
-        if kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:  # tasks are 2025-11-25's
+        version = kwargs.get("protocol_version")
+        # None: the initialize answer, built once for every handshake version (ToolTasks drops the
+        # capability from it for the versions before tasks). 2026-07-28 has tasks as an extension.
+        if version is None or (serves_tasks(version) and version not in MODERN_PROTOCOL_VERSIONS):
             capabilities.tasks = TASKS_CAPABILITY
         return capabilities
 
