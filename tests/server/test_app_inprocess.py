@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -116,6 +116,42 @@ async def test_resources_list_the_collections_and_templates_even_without_an_engi
         "orchestration://projects/{name}",
         "orchestration://templates/{name}",
     }
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_cursor_given_to_a_list_of_one_page_is_refused_naming_it(
+    tools_without_engine: OrchestrationMCPTools, mode: Literal["legacy", "auto"]
+) -> None:
+    # The pagination spec: an invalid cursor SHOULD be -32602. These lists are never paged, so no cursor
+    # is one this server handed out.
+    async with Client(build_server(tools_without_engine), mode=mode) as client:
+        listings = {
+            "tools/list": client.list_tools,
+            "resources/list": client.list_resources,
+            "resources/templates/list": client.list_resource_templates,
+            "prompts/list": client.list_prompts,
+        }
+        for method, listing in listings.items():
+            with pytest.raises(MCPError) as refused:
+                await listing(cursor="not-a-cursor", cache_mode="bypass")
+            error = refused.value.error
+            assert error.code == -32602, (method, error)
+            assert "'not-a-cursor'" in error.message and method in error.message, error.message
+            assert error.data == {"cursor": "not-a-cursor"}
+            await listing(cursor=None, cache_mode="bypass")  # and without one, the list
+
+
+@pytest.mark.parametrize(("mode", "code"), [("legacy", -32002), ("auto", -32602)])
+async def test_an_unknown_resource_is_not_found_with_the_code_of_the_negotiated_version(
+    tools_without_engine: OrchestrationMCPTools, mode: Literal["legacy", "auto"], code: int
+) -> None:
+    # 2025-11-25 names -32002 "resource not found"; 2026-07-28 retired it for -32602 (SEP-2164).
+    async with Client(build_server(tools_without_engine), mode=mode) as client:
+        for uri in ("file:///etc/passwd", "orchestration://nothing"):
+            with pytest.raises(MCPError) as missing:
+                await client.read_resource(uri)
+            assert missing.value.error.code == code, (client.protocol_version, missing.value.error)
+            assert missing.value.error.data == {"uri": uri}
 
 
 # --------------------------------------------------------------------------- fuzz

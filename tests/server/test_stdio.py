@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -268,7 +269,8 @@ class _Wire:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.send(json.dumps(INITIALIZE).encode())
-        assert self.reply()["id"] == 1
+        self.initialized = self.reply()  # the answer to INITIALIZE (protocol 2025-06-18)
+        assert self.initialized["id"] == 1
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -282,6 +284,15 @@ class _Wire:
 
     def reply(self) -> dict[str, object]:
         return self.replies.get(timeout=20)
+
+    def request(self, request_id: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request and return the answer to it (notifications in between are passed over)."""
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        self.send(json.dumps(message | ({"params": params} if params is not None else {})).encode())
+        while True:
+            reply = self.reply()
+            if reply.get("id") == request_id:
+                return dict(reply)
 
     def close(self) -> str:
         try:
@@ -348,5 +359,44 @@ def test_a_long_valid_line_is_read_whole(tmp_path: Path) -> None:
         big = {"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"_meta": {"pad": "y" * 20_000_000}}}
         wire.send(json.dumps(big).encode())
         assert wire.reply() == {"jsonrpc": "2.0", "id": 9, "result": {}}
+    finally:
+        wire.close()
+
+
+def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(tmp_path: Path) -> None:
+    # MCP: a request id is a string or an integer, never null; the SDK would read these as notifications
+    # and drop them, leaving the client waiting for an answer that never comes.
+    ids = ["null", "true", "1.5", "1.0", "[1]", '{"n": 1}']
+    wire = _Wire(tmp_path)
+    try:
+        for raw_id in ids:
+            wire.send(b'{"jsonrpc": "2.0", "id": ' + raw_id.encode() + b', "method": "ping"}')
+            reply = wire.reply()
+            error = reply["error"]
+            assert reply["id"] is None and isinstance(error, dict), (raw_id, reply)
+            assert error["code"] == -32600 and '"id"' in str(error["message"]), (raw_id, reply)
+        wire.send(b'{"jsonrpc": "2.0", "id": 0, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 0, "result": {}}
+    finally:
+        errors = wire.close()
+    assert errors.count("stdio.malformed_message") == len(ids), errors
+
+
+def test_a_byte_order_mark_before_a_message_is_ignored_and_other_encodings_are_parse_errors(
+    tmp_path: Path,
+) -> None:
+    # RFC 8259 lets a parser ignore a byte order mark; the wire is UTF-8, so UTF-16 is not JSON to it.
+    utf16 = b"\xff\xfe" + '{"jsonrpc": "2.0", "id": 3, "method": "ping"}'.encode("utf-16-le")
+    wire = _Wire(tmp_path)
+    try:
+        wire.send(b'\xef\xbb\xbf{"jsonrpc": "2.0", "id": "bom", "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": "bom", "result": {}}
+        wire.send(utf16)
+        reply = wire.reply()
+        error = reply["error"]
+        assert reply["id"] is None and isinstance(error, dict), reply
+        assert error["code"] == -32700 and str(error["message"]).startswith("Parse error"), reply
+        wire.send(b'{"jsonrpc": "2.0", "id": 4, "method": "ping"}')
+        assert wire.reply() == {"jsonrpc": "2.0", "id": 4, "result": {}}
     finally:
         wire.close()

@@ -39,6 +39,7 @@ from tests.helpers.mcp_tasks import (
     task_result,
 )
 from tests.server.test_http import TOKEN, serving
+from tests.server.test_stdio import _Wire
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +134,34 @@ async def test_a_2025_client_is_offered_tasks_on_the_run_tools_and_a_2026_client
         assert modern.protocol_version == "2026-07-28"
         assert modern.server_capabilities.tasks is None
         assert all(t.execution is None for t in (await modern.list_tools()).tools)
+
+
+def test_a_2025_06_18_client_is_offered_no_tasks_and_a_task_field_from_it_is_ignored(tmp_path: Path) -> None:
+    # Tasks came with 2025-11-25. The spec: a receiver that does not declare the capability processes the
+    # request normally, ignoring any task-augmentation metadata; its clients follow runs by their handles.
+    wire = _Wire(tmp_path)  # the real server over stdio, initialized with protocol 2025-06-18
+    try:
+        initialized = wire.initialized["result"]
+        assert isinstance(initialized, dict) and initialized["protocolVersion"] == "2025-06-18"
+        assert "tasks" not in initialized["capabilities"]
+        wire.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        listed = wire.request(2, "tools/list")["result"]["tools"]
+        assert len(listed) == 24 and not [tool["name"] for tool in listed if "execution" in tool]
+        wire.request(3, "tools/call", {"name": "create_workflow", "arguments": chain(1)})
+        handles = [
+            wire.request(
+                request_id,
+                "tools/call",
+                {"name": "execute_workflow", "arguments": {"workflow_name": "chain1"}, "task": task},
+            )["result"]
+            for request_id, task in ((4, {"ttl": 60_000}), (5, "x"))
+        ]
+        refused = [wire.request(6, "tasks/list", {}), wire.request(7, "tasks/get", {"taskId": "t"})]
+    finally:
+        wire.close()
+    for handle in handles:  # the plain call's answer: the run, finished
+        assert "task" not in handle and handle["structuredContent"]["status"] == "completed", handle
+    assert [answer["error"]["code"] for answer in refused] == [-32601, -32601]
 
 
 async def test_a_workflow_run_as_a_task_answers_at_once_and_ends_with_the_result_of_the_plain_call(
@@ -272,6 +301,24 @@ async def test_a_tool_without_task_support_called_as_a_task_is_refused_and_unkno
     assert unknown_tool.value.error.code == types.INVALID_PARAMS
     assert missing.value.error.code == types.INVALID_PARAMS and "not found" in missing.value.error.message
     assert bad_ttl.value.error.code == types.INVALID_PARAMS and "ttl" in bad_ttl.value.error.message
+
+
+async def test_a_task_field_that_is_not_an_object_is_refused_naming_it_and_starts_nothing(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", chain(1))
+        dispatcher = client.session._dispatcher
+        for task in ("x", [], 5, False):
+            params = {"name": "execute_workflow", "arguments": {"workflow_name": "chain1"}, "task": task}
+            with pytest.raises(MCPError) as refused, anyio.fail_after(30):
+                await dispatcher.send_raw_request("tools/call", params, {})
+            error = refused.value.error
+            assert error.code == types.INVALID_PARAMS and "'task'" in error.message, (task, error)
+            assert "object" in error.message and error.data == {"field": "task"}, (task, error)
+        listed = await list_tasks(client)
+        runs = await ok(client, "list_workflow_runs", {})
+    assert listed.tasks == [] and runs["runs"] == []
 
 
 async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(

@@ -3,6 +3,7 @@
 Owns the two wire descriptors while serving. Malformed input is answered here as JSON-RPC 2.0 says
 (-32700 parse error, -32600 invalid request, ``id`` null when none can be read) and logged once at
 warning; a line longer than the limit is refused and discarded as it streams in, never buffered whole.
+A UTF-8 byte order mark before a message is ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 _CHUNK = 1 << 16
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 
 def _request_id(text: bytes) -> str | int | None:
@@ -51,15 +53,17 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
     """``None`` when ``line`` is a JSON-RPC message the SDK accepts, else ``(code, message, id)`` of the
     error to answer it with."""
     try:
-        types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError as exc:
         problem = exc.errors()[0]
     else:
+        if isinstance(message, types.JSONRPCNotification):
+            return _id_problem(line)
         return None
     if problem["type"] == "json_invalid":
         # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
         try:
-            message = json.loads(line)
+            message = json.loads(line.decode("utf-8"))  # the wire is UTF-8: no guessing UTF-16 or -32
         except RecursionError:
             return INVALID_REQUEST, "Invalid Request: the message is nested too deeply", None
         except ValueError as err:
@@ -84,6 +88,24 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
         'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
         f"({detail})",
         _request_id(line),
+    )
+
+
+def _id_problem(line: bytes) -> tuple[int, str, None] | None:
+    """The error for a notification that has an ``id`` member: a request whose id is not a string or an
+    integer (null, a boolean, a fraction, a list...), which the SDK's parser reads as a notification and
+    so would drop unanswered. Notifications are few and short: parsing one again costs little."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # the SDK's parser took it: not expected
+        return None
+    if not isinstance(message, dict) or "id" not in message:
+        return None
+    return (
+        INVALID_REQUEST,
+        f'Invalid Request: "id" must be a string or an integer, got {json.dumps(message["id"])[:40]} '
+        '(a notification has no "id" member)',
+        None,
     )
 
 
@@ -124,6 +146,8 @@ class StdinLines:
             line = await self._next_line()
             if line is None:
                 raise StopAsyncIteration
+            if line.startswith(_BOM):
+                line = line[len(_BOM) :]  # RFC 8259: a parser may ignore it (some writers add one)
             if not line.strip():
                 continue  # blank lines between messages are tolerated, like trailing whitespace
             problem = diagnose(line)

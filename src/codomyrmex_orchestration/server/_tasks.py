@@ -2,7 +2,8 @@
 answers at once with the task, ``tasks/get``, ``tasks/result``, ``tasks/list`` and ``tasks/cancel`` follow
 it, and ``notifications/tasks/status`` tells the requesting client when its status changes. On 2026-07-28
 the same tasks take the shape of the ``io.modelcontextprotocol/tasks`` extension (``resultType: "task"``,
-``tasks/get`` carrying the result, ``tasks/cancel``) for a client that declares it.
+``tasks/get`` carrying the result, ``tasks/cancel``) for a client that declares it. A client of an older
+version is served no tasks (:func:`serves_tasks`).
 
 A task follows a run (its id is the run id) or a single task (the scheduler's task id); while it is
 working its status is read from that run or task, so ``get_workflow_run`` and the tasks API agree. Once it
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -33,7 +35,7 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import BaseModel
 
 from codomyrmex_orchestration.core.models import RunRecord
@@ -55,6 +57,7 @@ __all__ = [
     "ToolTasks",
     "declare_task_support",
     "owner_of",
+    "serves_tasks",
 ]
 
 log = get_logger("codomyrmex_orchestration.server")
@@ -71,6 +74,10 @@ CAPABILITY = types.ServerTasksCapability(
         tools=types.TasksToolsCapability(call=types.TasksCallCapability())
     ),
 )
+
+#: The protocol version that brought tasks (``capabilities.tasks``, ``tasks/*``); 2026-07-28 has them as
+#: an extension, and the versions before have none.
+TASKS_SINCE = "2025-11-25"
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 #: The tasks extension of protocol 2026-07-28 (SEP-2663), advertised under ``capabilities.extensions``.
@@ -115,6 +122,14 @@ _TASK_STATUS: dict[str, Status] = {
     "skipped": "failed",
     "cancelled": "cancelled",
 }
+
+
+def serves_tasks(version: str | None) -> bool:
+    """Whether a client on protocol ``version`` is served tasks: 2025-11-25's own, or 2026-07-28's
+    extension. Before 2025-11-25 there are none: the capability is not offered, ``tasks/*`` are unknown
+    methods, and a ``task`` field on ``tools/call`` is ignored, as the specification requires of a
+    receiver that does not declare the capability."""
+    return version is not None and is_version_at_least(version, TASKS_SINCE)
 
 
 def declare_task_support(tools: list[types.Tool]) -> list[types.Tool]:
@@ -192,7 +207,18 @@ def _declares_extension(ctx: Any) -> bool:
     return extensions is not None and EXTENSION_ID in extensions
 
 
+def _served(ctx: Any, method: str) -> None:
+    if not serves_tasks(ctx.protocol_version):
+        raise MCPError(
+            code=types.METHOD_NOT_FOUND,
+            message=f"{method} is not part of protocol {ctx.protocol_version} (tasks came with "
+            f"{TASKS_SINCE}): follow a run with get_workflow_run",
+            data=method,
+        )
+
+
 def _legacy_only(ctx: Any, method: str) -> None:
+    _served(ctx, method)
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
         raise MCPError(
             code=types.METHOD_NOT_FOUND,
@@ -200,6 +226,28 @@ def _legacy_only(ctx: Any, method: str) -> None:
             "whose answer carries the result once the task is completed",
             data=method,
         )
+
+
+def _offered(initialized: Any) -> Any:
+    """The ``initialize`` answer, without ``capabilities.tasks`` for a version before tasks (the SDK
+    builds the answer's capabilities once, for every handshake version)."""
+    if not isinstance(initialized, Mapping) or serves_tasks(initialized.get("protocolVersion")):
+        return initialized
+    capabilities = {k: v for k, v in initialized.get("capabilities", {}).items() if k != "tasks"}
+    return {**initialized, "capabilities": capabilities}
+
+
+async def _without_tasks(ctx: Any, call_next: Callable[[Any], Any]) -> Any:
+    """A request on a version before tasks: ``tools/list`` without ``execution.taskSupport``, a
+    ``tools/call`` without its ``task`` field (ignored, as the specification requires), the rest as is."""
+    params = ctx.params
+    if ctx.method == "tools/call" and isinstance(params, Mapping) and "task" in params:
+        return await call_next(replace(ctx, params={k: v for k, v in params.items() if k != "task"}))
+    answer = await call_next(ctx)
+    if ctx.method == "tools/list" and isinstance(answer, Mapping) and "tools" in answer:
+        tools = [{k: v for k, v in tool.items() if k != "execution"} for tool in answer["tools"]]
+        return {**answer, "tools": tools}
+    return answer
 
 
 def _not_found(task_id: str) -> MCPError:
@@ -278,6 +326,10 @@ class ToolTasks:
 
     async def _middleware(self, ctx: Any, call_next: Callable[[Any], Any]) -> Any:
         params = ctx.params
+        if ctx.method == "initialize":
+            return _offered(await call_next(ctx))
+        if not serves_tasks(ctx.protocol_version):
+            return await _without_tasks(ctx, call_next)
         if ctx.method != "tools/call" or not isinstance(params, Mapping):
             return await call_next(ctx)
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
@@ -288,6 +340,14 @@ class ToolTasks:
                 return await call_next(ctx)
         elif params.get("task") is None:
             return await call_next(ctx)
+        elif not isinstance(params["task"], Mapping):
+            # What the SDK's own validation of TaskMetadata would say, had the call reached it.
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"'task' must be an object (TaskMetadata, e.g. {{}} or {{\"ttl\": 60000}}), "
+                f"got {json.dumps(params['task'])}",
+                data={"field": "task"},
+            )
         name = params.get("name")
         if name not in TASK_TOOLS:
             if name not in self._tools.tool_names():
@@ -572,6 +632,7 @@ class ToolTasks:
         return record
 
     async def _on_get(self, ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
+        _served(ctx, "tasks/get")
         record = await self._core(self._with_news, await self._owned(ctx, params.task_id))
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             return _wire(record)
@@ -580,6 +641,7 @@ class ToolTasks:
         return _detailed_2026(record, result)
 
     async def _on_update(self, ctx: Any, params: types.GetTaskRequestParams) -> dict[str, Any]:
+        _served(ctx, "tasks/update")
         record = await self._owned(ctx, params.task_id)
         raise MCPError(
             code=types.INVALID_PARAMS,
@@ -632,6 +694,7 @@ class ToolTasks:
         return result
 
     async def _on_cancel(self, ctx: Any, params: types.CancelTaskRequestParams) -> dict[str, Any]:
+        _served(ctx, "tasks/cancel")
         record = await self._owned(ctx, params.task_id)
         if record["status"] in _TERMINAL:
             raise MCPError(

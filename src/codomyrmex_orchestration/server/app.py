@@ -57,7 +57,7 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
-from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support
+from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support, serves_tasks
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
@@ -184,11 +184,27 @@ def _text_resource(uri: str, value: Any) -> types.ReadResourceResult:
     )
 
 
-def _resource_not_found(uri: str, reason: str) -> Exception:
+def _resource_not_found(ctx: Any, uri: str, reason: str) -> Exception:
     from mcp.shared.exceptions import MCPError
 
-    # -32002 is the spec's "resource not found" code.
-    return MCPError(code=-32002, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+    # -32002 is "resource not found" up to 2025-11-25; 2026-07-28 retired it for -32602 (SEP-2164).
+    code = types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else -32002
+    return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+def _one_page(method: str, params: Any) -> None:
+    """Refuse a cursor: this server's lists are never paged, so no cursor is one it handed out (the
+    pagination spec: an invalid cursor SHOULD be -32602)."""
+    cursor = getattr(params, "cursor", None)
+    if cursor is not None:
+        from mcp.shared.exceptions import MCPError
+
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"invalid cursor {cursor!r}: {method} answers in one page and hands out no cursor; "
+            "call it without one",
+            data={"cursor": cursor},
+        )
 
 
 def _header_schemas(input_schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -227,7 +243,10 @@ class _OrchestrationServer(Server[Any]):
 
     def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
         capabilities = super().get_capabilities(*args, **kwargs)
-        if kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:  # tasks are 2025-11-25's
+        version = kwargs.get("protocol_version")
+        # None: the initialize answer, built once for every handshake version (ToolTasks drops the
+        # capability from it for the versions before tasks). 2026-07-28 has tasks as an extension.
+        if version is None or (serves_tasks(version) and version not in MODERN_PROTOCOL_VERSIONS):
             capabilities.tasks = TASKS_CAPABILITY
         return capabilities
 
@@ -277,6 +296,7 @@ def build_server(
     ]
 
     async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        _one_page("tools/list", params)
         # Only a client that negotiated MCP Apps is pointed at the run view; results are the same for all.
         return types.ListToolsResult(tools=listed_with_ui if client_supports_apps(ctx) else listed)
 
@@ -330,6 +350,7 @@ def build_server(
         return await anyio.to_thread.run_sync(fn, limiter=the_tools._call_limiter)
 
     async def on_list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        _one_page("resources/list", params)
         hub.watch_engine()
         resources = [
             types.Resource(
@@ -367,6 +388,7 @@ def build_server(
         return types.ListResourcesResult(resources=resources)
 
     async def on_list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        _one_page("resources/templates/list", params)
         templates = [
             types.ResourceTemplate(
                 uri_template=f"{URI_SCHEME}workflows/{{name}}",
@@ -401,7 +423,7 @@ def build_server(
             contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
             return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
-            raise _resource_not_found(uri, f"unknown scheme; resources start with {URI_SCHEME}")
+            raise _resource_not_found(ctx, uri, f"unknown scheme; resources start with {URI_SCHEME}")
         kind, _, key = uri[len(URI_SCHEME) :].partition("/")
         key = unquote(key)
         tool, args = {
@@ -423,20 +445,22 @@ def build_server(
             match = [p for p in items if p.get(key_field) == key]
             if not match:
                 raise _resource_not_found(
-                    uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
+                    ctx, uri, listed_items.text if listed_items.is_error else f"no such {kind[:-1]}"
                 )
             return _text_resource(uri, match[0])
         if tool is None:
             raise _resource_not_found(
+                ctx,
                 uri,
                 "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
             )
         result = await the_tools.execute_tool_async(tool, args)
         if result.is_error:
-            raise _resource_not_found(uri, result.text)
+            raise _resource_not_found(ctx, uri, result.text)
         return _text_resource(uri, result.structured)
 
     async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        _one_page("prompts/list", params)
         return types.ListPromptsResult(
             prompts=[
                 types.Prompt(
@@ -476,7 +500,7 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
-        on_completion=completion_handler(the_tools, hub.watch_engine),
+        on_completion=completion_handler(the_tools, (PROMPT_NAME,), hub.watch_engine),
         # 2025-era resources/subscribe, and the 2026-07-28 subscriptions/listen streams over the hub's bus.
         **_subscriptions.handlers(hub),
         on_subscriptions_listen=ListenHandler(hub.bus),
