@@ -33,6 +33,7 @@ APPLY = {
     "dns-rebinding-protection",
     "server-sse-multiple-streams",
     "logging-set-level",
+    "completion-complete",
     "resources-subscribe",
     "resources-unsubscribe",
 }
@@ -66,9 +67,6 @@ NOT_APPLICABLE = {
     "prompts-get-with-args": _FIXTURE_PROMPT.format("test_prompt_with_arguments"),
     "prompts-get-embedded-resource": _FIXTURE_PROMPT.format("test_prompt_with_embedded_resource"),
     "prompts-get-with-image": _FIXTURE_PROMPT.format("test_prompt_with_image"),
-    "completion-complete": "completes an argument of the suite's fixture prompt "
-    "'test_prompt_with_arguments', which this server does not define (an unknown prompt is -32602, as "
-    "the completion spec says); completion: tests/server/test_protocol.py",
 }
 
 

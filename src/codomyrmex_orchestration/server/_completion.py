@@ -4,11 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import mcp_types as types
-from mcp.shared.exceptions import MCPError
 
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
@@ -37,33 +36,10 @@ _RESOURCE_ARGUMENTS: Final[dict[tuple[str, str], str]] = {
 }
 
 
-_TEMPLATES: Final = tuple(dict.fromkeys(uri for uri, _ in _RESOURCE_ARGUMENTS))
-
-
 def _kind(ref: types.ResourceTemplateReference | types.PromptReference, argument: str) -> str | None:
     if isinstance(ref, types.ResourceTemplateReference):
         return _RESOURCE_ARGUMENTS.get((ref.uri, argument))
     return None
-
-
-def _check_ref(
-    ref: types.ResourceTemplateReference | types.PromptReference, prompts: Collection[str]
-) -> None:
-    """Refuse a prompt or resource template this server does not have (the specification: an invalid
-    prompt name SHOULD be -32602; a template the same, as for ``prompts/get`` and ``resources/read``)."""
-    if isinstance(ref, types.PromptReference):
-        if ref.name not in prompts:
-            raise MCPError(
-                code=types.INVALID_PARAMS,
-                message=f"unknown prompt {ref.name!r}; available: {', '.join(prompts)}",
-                data={"ref": {"type": "ref/prompt", "name": ref.name}},
-            )
-    elif ref.uri not in _TEMPLATES:
-        raise MCPError(
-            code=types.INVALID_PARAMS,
-            message=f"unknown resource template {ref.uri!r}; available: {', '.join(_TEMPLATES)}",
-            data={"ref": {"type": "ref/resource", "uri": ref.uri}},
-        )
 
 
 def rank(candidates: list[str], typed: str) -> list[str]:
@@ -77,18 +53,16 @@ def rank(candidates: list[str], typed: str) -> list[str]:
 
 
 def completion_handler(
-    tools: OrchestrationMCPTools, prompts: Collection[str], before: Callable[[], None] = lambda: None
+    tools: OrchestrationMCPTools, before: Callable[[], None] = lambda: None
 ) -> Callable[[Any, types.CompleteRequestParams], Awaitable[types.CompleteResult]]:
-    """The server's ``on_completion`` for its resource templates and ``prompts`` (their names); ``before``
-    runs first (the hub's engine watch)."""
+    """The server's ``on_completion``; ``before`` runs first (the hub's engine watch)."""
 
     async def on_completion(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
-        _check_ref(params.ref, prompts)
         before()
         kind = _kind(params.ref, params.argument.name)
         if kind is None:
-            # An argument that names nothing this server lists (free text such as the prompt's goal):
-            # no suggestions, which is a valid answer.
+            # An argument that names nothing this server lists (free text such as the prompt's goal, or a
+            # reference this server does not have): no suggestions, which is a valid answer.
             return types.CompleteResult(completion=types.Completion(values=[], total=0, has_more=False))
         tool, arguments, key, item_field = _SOURCES[kind]
         result = await tools.execute_tool_async(tool, arguments)

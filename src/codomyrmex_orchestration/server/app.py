@@ -500,7 +500,7 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
-        on_completion=completion_handler(the_tools, (PROMPT_NAME,), hub.watch_engine),
+        on_completion=completion_handler(the_tools, hub.watch_engine),
         # 2025-era resources/subscribe, and the 2026-07-28 subscriptions/listen streams over the hub's bus.
         **_subscriptions.handlers(hub),
         on_subscriptions_listen=ListenHandler(hub.bus),
