@@ -81,8 +81,11 @@ def test_a_session_refuses_more_workflows_than_its_limit_until_one_ends(engine: 
     sid = engine.create_session("ann", max_parallel_workflows=1)
     _gated_workflow(engine, "held", "hold")
     first = engine.execute_workflow("held", session_id=sid, wait=False)
-    with pytest.raises(LimitExceededError, match="session_id"):
+    with pytest.raises(LimitExceededError, match="session_id") as refused:
         engine.execute_workflow("held", session_id=sid, wait=False)
+    # What is running now, not what would be: one run, at a limit of one.
+    assert "(parallel) has 1 workflow running already; the limit is 1" in str(refused.value)
+    assert "is 2" not in str(refused.value)
     _gate(engine, "hold").set()
     assert engine.workflow_manager.wait_run(first.run_id, 10).status is WorkflowStatus.COMPLETED
     assert engine.drain_events()
@@ -120,8 +123,9 @@ def test_a_session_refuses_tasks_beyond_its_limit(engine: OrchestrationEngine) -
     sid = engine.create_session(max_parallel_tasks=1)
     spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "t"})
     first = engine.execute_task(spec, session_id=sid, wait=False)
-    with pytest.raises(LimitExceededError):
+    with pytest.raises(LimitExceededError) as refused:
         engine.execute_task(spec, session_id=sid, wait=False)
+    assert "has 1 task running or queued already; the limit is 1" in str(refused.value)
     _gate(engine, "t").set()
     assert engine.task_orchestrator.wait(first.task_id, 10).status is TaskStatus.COMPLETED
 
