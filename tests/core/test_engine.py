@@ -349,6 +349,28 @@ def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: Orche
     assert any(issue.startswith("store:") for issue in health.issues)
 
 
+def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
+    config = tmp_path / "config" / "workflows" / "production"
+    config.mkdir(parents=True)
+    (config / "broken.json").write_text("{not json", encoding="utf-8")
+    (config / "fine.json").write_text(
+        '{"name": "fine", "steps": [{"name": "a", "module": "core", "action": "echo", '
+        '"parameters": {"message": 1}}]}',
+        encoding="utf-8",
+    )
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=config, projects_dir=tmp_path / "p", templates_dir=None
+    )
+    try:
+        health = eng.health_check()
+        assert health.overall_status == "degraded"
+        [issue] = health.issues
+        assert issue.startswith("workflows: 1 workflow config file(s) not loaded: ")
+        assert str(config / "broken.json") in issue and "double quotes" in issue
+    finally:
+        eng.shutdown()
+
+
 def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: OrchestrationEngine) -> None:
     record = engine.execute_complex_workflow(
         {
