@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -438,8 +439,19 @@ async def test_projects_are_created_from_templates_and_listed(client: Client) ->
     listed = await _ok(client, "list_projects", {"type": "data_pipeline"})
     assert [p["name"] for p in listed["projects"]] == ["demo"]
     assert (await _ok(client, "list_projects", {"type": "research"}))["count"] == 0
-    assert "already exists" in await _error(client, "create_project", {"name": "demo"})
+    taken = await _error(client, "create_project", {"name": "demo"})
+    # Each refusal names what the caller can do through the tools, never a Python-only argument.
+    assert "already exists" in taken and "orchestration://projects/demo" in taken
+    assert "list_projects" in taken and "get_project" not in taken
     assert "../x" in await _error(client, "create_project", {"name": "../x"})
+    root = Path(project["project_path"]).parent
+    (root / "somebodys").mkdir()
+    folder = await _error(client, "create_project", {"name": "somebodys"})
+    assert "not made by create_project" in folder and "choose another project name" in folder
+    (root / "a_file").write_text("not a folder", encoding="utf-8")
+    file = await _error(client, "create_project", {"name": "a_file"})
+    assert "file" in file and "choose another project name" in file
+    assert "exist_ok" not in folder + file
 
 
 async def test_resources_expose_workflows_runs_and_projects(client: Client) -> None:

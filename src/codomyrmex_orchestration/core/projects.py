@@ -220,7 +220,12 @@ class ProjectManager:
         with self._lock:
             self._projects = self._registry.load()
             if name in self._projects:
-                raise AlreadyExistsError("project", name, "choose another name or use get_project")
+                raise AlreadyExistsError(
+                    "project",
+                    name,
+                    f"choose another name (list_projects and the resource orchestration://projects/{name} "
+                    "show the existing one)",
+                )
             if (target / MANIFEST_FILE).exists():
                 raise AlreadyExistsError("project folder", str(target), f"it already holds a {MANIFEST_FILE}")
             registrations = (
