@@ -106,7 +106,7 @@ async def test_the_readme_tool_table_and_counts_match_the_server(readme_tools: O
     assert f"\n{len(tools)} tools." in text
     assert actions is not None and templates is not None
     assert f"the {actions['count']} actions a step can run" in text
-    assert f"the {templates['count']} project templates" in text
+    assert f"the {templates['count']} packaged project templates" in text
     for action in actions["actions"]:
         assert f"`{action['name']}`" in text, action["name"]
 

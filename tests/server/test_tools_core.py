@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,27 @@ async def test_projects_are_created_from_templates_and_listed(client: Client) ->
     file = await _error(client, "create_project", {"name": "a_file"})
     assert "file" in file and "choose another project name" in file
     assert "exist_ok" not in folder + file
+
+
+async def test_create_project_takes_any_template_the_server_knows_and_names_the_known_ones(
+    client: Client, tmp_path: Path
+) -> None:
+    custom = tmp_path / "templates" / "projects"  # the engine's templates_dir (conftest.make_engine)
+    custom.mkdir(parents=True)
+    blog = {"type": "documentation", "description": "my blog", "directory_structure": {"posts": "Posts"}}
+    (custom / "blog.json").write_text(json.dumps(blog), encoding="utf-8")
+    listed = await _ok(client, "list_project_templates", {})
+    assert "blog" in {t["name"] for t in listed["templates"]} and listed["count"] == 8
+    project = await _ok(client, "create_project", {"name": "myblog", "template": "blog"})
+    assert project["template_used"] == "blog" and project["project_type"] == "documentation"
+    assert (Path(project["project_path"]) / "posts").is_dir()
+    typo = await _error(client, "create_project", {"name": "x", "template": "blgo"})
+    assert "template: 'blgo' is not a template (did you mean 'blog'?)" in typo
+    assert "ai_analysis" in typo and "blog" in typo.split("available: ")[1]
+    schema = next(t for t in (await client.list_tools()).tools if t.name == "create_project").input_schema
+    template = schema["properties"]["template"]
+    assert template["type"] == "string" and "enum" not in template
+    assert "data_pipeline" in template["description"] and "list_project_templates" in template["description"]
 
 
 async def test_resources_expose_workflows_runs_and_projects(client: Client) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.core._project_models import (
     MANIFEST_FILE,
     MAX_PROJECT_NAME,
@@ -91,7 +92,9 @@ class TemplateLibrary:
         key = name.strip().lower() if name.strip().lower() in templates else name
         if key not in templates:
             raise InvalidInputError(
-                "template", f"{name!r} is not a template; available: {', '.join(templates)}"
+                "template",
+                f"{name!r} is not a template{did_you_mean(name, templates)}; available: "
+                f"{', '.join(templates)} (list_project_templates shows what each makes)",
             )
         return templates[key]
 

@@ -100,7 +100,17 @@ class CreateWorkflowArgs(Args):
 
 class CreateProjectArgs(Args):
     name: str = Field(min_length=1, max_length=128, description="Project folder name.")
-    template: ProjectTypeName = Field(default="ai_analysis", description="Project type / template.")
+    # Any template the project manager knows, checked by it (an unknown name lists the known ones): the
+    # packaged ones and those in <templates_dir>/projects/, which a Literal here could not name.
+    template: str = Field(
+        default="ai_analysis",
+        min_length=1,
+        max_length=64,
+        description="A template name, as list_project_templates lists them: the packaged "
+        + ", ".join(PROJECT_TYPES)
+        + ", or one of your own in <data dir>/config/templates/projects/<name>.json.",
+        examples=list(PROJECT_TYPES),
+    )
     description: str = Field(default="", max_length=10_000)
     owner: str = Field(default="", max_length=256)
     overwrite_workflows: bool = Field(

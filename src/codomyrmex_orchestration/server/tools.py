@@ -771,10 +771,10 @@ def _build_tools() -> tuple[_Tool, ...]:
         _Tool(
             "create_project",
             "Create a project",
-            "Scaffold a project folder from a template (ai_analysis, web_application, data_pipeline, "
-            "ml_model, "
-            "documentation, research, custom) with its documentation, and register the workflows the "
-            "template provides. Returns the path, files created and workflow names. Example: "
+            "Scaffold a project folder from a template (the packaged ai_analysis, web_application, "
+            "data_pipeline, ml_model, documentation, research, custom, or your own: list_project_templates "
+            "lists them) with its documentation, and register the workflows the template provides. Returns "
+            "the path, files created, workflow names and those not registered (and why). Example: "
             '{"name": "churn_study", "template": "data_pipeline", "description": "Monthly churn analysis"}',
             m.CreateProjectArgs,
             m.ProjectResult,
