@@ -132,6 +132,24 @@ class ExecuteTaskArgs(Args):
     priority: PriorityName = "normal"
     dependencies: list[str] = Field(default_factory=list, description="Task ids that must complete first.")
     resources: dict[str, ResourceAmount] = Field(default_factory=dict)
+    # The task's own knobs, named and bounded as a workflow step's (models._Retryable): ``timeout`` stops
+    # an attempt, ``timeout_seconds`` only bounds how long this call waits for the result.
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds each attempt may run before it is stopped (status timed_out), as a step's "
+        "timeout; not the wait (timeout_seconds). Default: no limit.",
+    )
+    max_retries: int = Field(
+        default=0, ge=0, le=100, description="Extra attempts after a failure or timeout."
+    )
+    retry_delay: float = Field(default=0.0, ge=0, le=3600, description="Seconds before the first retry.")
+    backoff: float = Field(default=2.0, ge=1.0, le=10.0, description="Delay multiplier per further retry.")
+    session_id: str | None = Field(
+        default=None,
+        description="Run inside this session (see create_session): counted against its max_parallel_tasks, "
+        "cancelled by close_session with cancel_running.",
+    )
     timeout_seconds: float = _TIMEOUT
     wait: bool = _WAIT
 
