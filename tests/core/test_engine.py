@@ -371,6 +371,35 @@ def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(t
         eng.shutdown()
 
 
+def test_step_counts_start_a_map_step_once_and_keep_cached_steps_apart(engine: OrchestrationEngine) -> None:
+    engine.workflow_manager.create_workflow(
+        "m",
+        [
+            {
+                "name": "each",
+                "module": "core",
+                "action": "echo",
+                "for_each": [1, 2, 3, 4, 5],
+                "parameters": {"message": "{{item}}"},
+            },
+            {
+                "name": "c",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": "x"},
+                "cache": {"ttl_seconds": 60},
+            },
+        ],
+    )
+    for _ in range(3):
+        assert engine.execute_workflow("m", timeout=10).status is WorkflowStatus.COMPLETED
+    assert engine.drain_events()
+    steps = engine.get_system_status().steps
+    # The map step three times (not each of its items), the cached step once: what started completed;
+    # the two cache hits ran no attempt.
+    assert steps == {"started": 4, "completed": 4, "cached": 2}
+
+
 def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: OrchestrationEngine) -> None:
     record = engine.execute_complex_workflow(
         {
