@@ -265,6 +265,8 @@ class OrchestrationEngine:
             workflow_manager=self.workflow_manager,
             store=self.store,
         )
+        if recover:  # the state's owner: projects get the workflows this policy refused them earlier
+            self.project_manager.register_allowed_workflows()
         self.workflow_manager.add_listener(self._on_workflow_event)
         self.allocations = UserAllocations(
             resources=self.resource_manager, store=self.store, sessions=self.sessions, counters=self.counters
