@@ -119,6 +119,47 @@ def test_a_sequential_session_runs_one_step_at_a_time(engine: OrchestrationEngin
     assert peak[0] > 1
 
 
+@pytest.mark.parametrize("mode", [OrchestrationMode.PRIORITY, OrchestrationMode.PARALLEL, None])
+def test_step_priorities_order_a_runs_steps_alike_in_a_priority_or_parallel_session_or_none(
+    tmp_path: Path, mode: OrchestrationMode | None
+) -> None:
+    # One worker: the steps queue together, and the scheduler's priority queue alone orders them.
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "s",
+        config_dir=None,
+        projects_dir=tmp_path / "p",
+        templates_dir=None,
+        max_workers=1,
+    )
+    try:
+        levels = ["background", "low", "normal", "high", "critical"]
+        eng.workflow_manager.create_workflow(
+            "prio",
+            [
+                {
+                    "name": f"s_{p}",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": p},
+                    "priority": p,
+                }
+                for p in levels
+            ],
+        )
+        starts: list[str] = []  # in the order the one worker starts them
+        eng.workflow_manager.add_listener(
+            lambda event, payload: starts.append(payload["step"]) if event == "step.started" else None
+        )
+        session_id = eng.create_session(mode=mode) if mode is not None else None
+        record = eng.execute_workflow("prio", session_id=session_id, timeout=10)
+        assert record.status is WorkflowStatus.COMPLETED
+        assert starts == [f"s_{p}" for p in reversed(levels)]
+        if session_id is not None:
+            assert eng.get_session(session_id).mode is mode
+    finally:
+        eng.shutdown()
+
+
 def test_a_session_refuses_tasks_beyond_its_limit(engine: OrchestrationEngine) -> None:
     sid = engine.create_session(max_parallel_tasks=1)
     spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "t"})

@@ -61,10 +61,12 @@ StopWork = Callable[["Session", Collection[str], Collection[str], bool], tuple[l
 class OrchestrationMode(enum.StrEnum):
     """How a session's work is run.
 
-    SEQUENTIAL: one workflow at a time, one step at a time. PARALLEL: steps run as their
-    dependencies allow. PRIORITY: the caller's priority is honoured (otherwise runs use NORMAL).
-    RESOURCE_AWARE: every step is admitted by the ResourceManager (``{"compute": 1}`` when it
-    declares nothing), and the session's own requirements are reserved while it is open.
+    SEQUENTIAL: one workflow at a time, one step at a time, in the order steps become ready.
+    PARALLEL: steps run as their dependencies allow. PRIORITY: as PARALLEL; it names the original's
+    "execute based on priority ordering", which the one scheduler does in every mode (a step's, a
+    task's or a run's priority orders the queue; the mode changes nothing). RESOURCE_AWARE: every step
+    is admitted by the ResourceManager (``{"compute": 1}`` when it declares nothing), and the session's
+    own requirements are reserved while it is open.
     """
 
     SEQUENTIAL = "sequential"
@@ -149,7 +151,7 @@ class LiveSession:
             return {"max_parallel": 1}
         if session.mode is OrchestrationMode.RESOURCE_AWARE:
             return {"default_resources": {"compute": 1}}
-        return {}
+        return {}  # PARALLEL and PRIORITY: priorities order the scheduler's queue in every mode
 
     def task_spec(self, spec: TaskSpec) -> TaskSpec:
         """``spec`` as the session's mode runs it.

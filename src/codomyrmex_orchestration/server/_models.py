@@ -268,7 +268,12 @@ class CreateSessionArgs(Args):
     user_id: str = Field(default="anonymous", min_length=1, max_length=256)
     name: str = Field(default="", max_length=256)
     description: str = Field(default="", max_length=10_000)
-    mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = None
+    mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = Field(
+        default=None,
+        description="sequential: one workflow and one step at a time; parallel (default): as dependencies "
+        "allow; priority: the same as parallel (step and task priorities order the queue in every mode); "
+        'resource_aware: each step holds resources, {"compute": 1} when it declares none.',
+    )
     max_parallel_tasks: int | None = Field(default=None, ge=1, le=1024)
     max_parallel_workflows: int | None = Field(default=None, ge=1, le=1024)
     timeout_seconds: float | None = Field(default=None, gt=0)
