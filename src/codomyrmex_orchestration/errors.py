@@ -262,12 +262,19 @@ class InvalidNameError(InvalidInputError):
 
 
 class LimitExceededError(InvalidInputError):
-    """A configured limit (steps per workflow, nesting depth, sizes) would be exceeded."""
+    """A configured limit (steps per workflow, nesting depth, sizes) would be exceeded.
 
-    def __init__(self, field: str, limit: int | float, value: int | float, what: str) -> None:
+    ``value`` is what the refused request would have made it; ``reason`` replaces the default wording
+    ("<what> is <value>, above the limit of <limit>") where another says it better (a count of things
+    already running).
+    """
+
+    def __init__(
+        self, field: str, limit: int | float, value: int | float, what: str, *, reason: str | None = None
+    ) -> None:
         self.limit = limit
         self.value = value
-        super().__init__(field, f"{what} is {value}, above the limit of {limit}")
+        super().__init__(field, reason or f"{what} is {value}, above the limit of {limit}")
 
 
 # --------------------------------------------------------------------------- lookup

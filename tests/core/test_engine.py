@@ -81,8 +81,11 @@ def test_a_session_refuses_more_workflows_than_its_limit_until_one_ends(engine: 
     sid = engine.create_session("ann", max_parallel_workflows=1)
     _gated_workflow(engine, "held", "hold")
     first = engine.execute_workflow("held", session_id=sid, wait=False)
-    with pytest.raises(LimitExceededError, match="session_id"):
+    with pytest.raises(LimitExceededError, match="session_id") as refused:
         engine.execute_workflow("held", session_id=sid, wait=False)
+    # What is running now, not what would be: one run, at a limit of one.
+    assert "(parallel) has 1 workflow running already; the limit is 1" in str(refused.value)
+    assert "is 2" not in str(refused.value)
     _gate(engine, "hold").set()
     assert engine.workflow_manager.wait_run(first.run_id, 10).status is WorkflowStatus.COMPLETED
     assert engine.drain_events()
@@ -116,12 +119,54 @@ def test_a_sequential_session_runs_one_step_at_a_time(engine: OrchestrationEngin
     assert peak[0] > 1
 
 
+@pytest.mark.parametrize("mode", [OrchestrationMode.PRIORITY, OrchestrationMode.PARALLEL, None])
+def test_step_priorities_order_a_runs_steps_alike_in_a_priority_or_parallel_session_or_none(
+    tmp_path: Path, mode: OrchestrationMode | None
+) -> None:
+    # One worker: the steps queue together, and the scheduler's priority queue alone orders them.
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "s",
+        config_dir=None,
+        projects_dir=tmp_path / "p",
+        templates_dir=None,
+        max_workers=1,
+    )
+    try:
+        levels = ["background", "low", "normal", "high", "critical"]
+        eng.workflow_manager.create_workflow(
+            "prio",
+            [
+                {
+                    "name": f"s_{p}",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": p},
+                    "priority": p,
+                }
+                for p in levels
+            ],
+        )
+        starts: list[str] = []  # in the order the one worker starts them
+        eng.workflow_manager.add_listener(
+            lambda event, payload: starts.append(payload["step"]) if event == "step.started" else None
+        )
+        session_id = eng.create_session(mode=mode) if mode is not None else None
+        record = eng.execute_workflow("prio", session_id=session_id, timeout=10)
+        assert record.status is WorkflowStatus.COMPLETED
+        assert starts == [f"s_{p}" for p in reversed(levels)]
+        if session_id is not None:
+            assert eng.get_session(session_id).mode is mode
+    finally:
+        eng.shutdown()
+
+
 def test_a_session_refuses_tasks_beyond_its_limit(engine: OrchestrationEngine) -> None:
     sid = engine.create_session(max_parallel_tasks=1)
     spec = TaskSpec(name="held", module="test", action="gate", parameters={"name": "t"})
     first = engine.execute_task(spec, session_id=sid, wait=False)
-    with pytest.raises(LimitExceededError):
+    with pytest.raises(LimitExceededError) as refused:
         engine.execute_task(spec, session_id=sid, wait=False)
+    assert "has 1 task running or queued already; the limit is 1" in str(refused.value)
     _gate(engine, "t").set()
     assert engine.task_orchestrator.wait(first.task_id, 10).status is TaskStatus.COMPLETED
 
@@ -343,6 +388,57 @@ def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: Orche
     assert health.overall_status == "unhealthy"
     assert health.components["store"].status == "unhealthy"
     assert any(issue.startswith("store:") for issue in health.issues)
+
+
+def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
+    config = tmp_path / "config" / "workflows" / "production"
+    config.mkdir(parents=True)
+    (config / "broken.json").write_text("{not json", encoding="utf-8")
+    (config / "fine.json").write_text(
+        '{"name": "fine", "steps": [{"name": "a", "module": "core", "action": "echo", '
+        '"parameters": {"message": 1}}]}',
+        encoding="utf-8",
+    )
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=config, projects_dir=tmp_path / "p", templates_dir=None
+    )
+    try:
+        health = eng.health_check()
+        assert health.overall_status == "degraded"
+        [issue] = health.issues
+        assert issue.startswith("workflows: 1 workflow config file(s) not loaded: ")
+        assert str(config / "broken.json") in issue and "double quotes" in issue
+    finally:
+        eng.shutdown()
+
+
+def test_step_counts_start_a_map_step_once_and_keep_cached_steps_apart(engine: OrchestrationEngine) -> None:
+    engine.workflow_manager.create_workflow(
+        "m",
+        [
+            {
+                "name": "each",
+                "module": "core",
+                "action": "echo",
+                "for_each": [1, 2, 3, 4, 5],
+                "parameters": {"message": "{{item}}"},
+            },
+            {
+                "name": "c",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": "x"},
+                "cache": {"ttl_seconds": 60},
+            },
+        ],
+    )
+    for _ in range(3):
+        assert engine.execute_workflow("m", timeout=10).status is WorkflowStatus.COMPLETED
+    assert engine.drain_events()
+    steps = engine.get_system_status().steps
+    # The map step three times (not each of its items), the cached step once: what started completed;
+    # the two cache hits ran no attempt.
+    assert steps == {"started": 4, "completed": 4, "cached": 2}
 
 
 def test_complex_workflow_merges_the_dependency_map_and_reports_success(engine: OrchestrationEngine) -> None:

@@ -129,3 +129,52 @@ def test_a_creation_that_fails_after_replacing_a_workflow_registers_the_old_one_
     assert [(s.name, s.module) for s in kept.steps] == [("mine", "core")]
     assert not (tmp_path / "projects" / "victim").exists()
     assert own_engine.project_manager.list_projects() == []
+
+
+def test_a_project_gets_the_workflows_refused_to_it_from_the_first_start_that_allows_them(
+    tmp_path: Path,
+) -> None:
+    def start(allow: bool) -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=None,
+            max_workers=2,
+            allow_code_execution=allow,
+        )
+
+    locked = start(False)
+    try:
+        project = locked.project_manager.create_project("later", ProjectType.CUSTOM)
+        locked.project_manager.create_project("taken", ProjectType.CUSTOM)
+        # Someone else takes one of the names meanwhile (an echo is allowed everywhere).
+        locked.workflow_manager.create_workflow(
+            "taken.check", [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}]
+        )
+    finally:
+        locked.shutdown()
+    assert project.workflows == [] and list(project.workflows_not_registered) == ["later.check"]
+    readme = (Path(project.path) / "README.md").read_text(encoding="utf-8")
+    registered_part, refused_part = readme.split("Not registered on this server")
+    assert "later.check" not in registered_part and "_No workflows are registered._" in registered_part
+    assert "`later.check`" in refused_part and "allow-shell" in refused_part
+    spec_md = (Path(project.path) / "SPEC.md").read_text(encoding="utf-8")
+    assert "lists as registered" in spec_md
+
+    allowed = start(True)
+    try:
+        later = allowed.project_manager.get_project("later")
+        assert later.workflows == ["later.check"] and later.workflows_not_registered == {}
+        record = allowed.execute_workflow("later.check", timeout=120)
+        assert record.status is WorkflowStatus.COMPLETED, record.steps
+        readme = (Path(later.path) / "README.md").read_text(encoding="utf-8")
+        assert "`later.check`" in readme and "Not registered" not in readme
+        taken = allowed.project_manager.get_project("taken")
+        assert (
+            taken.workflows == [] and "registered meanwhile" in taken.workflows_not_registered["taken.check"]
+        )
+        kept = allowed.workflow_manager.get_workflow("taken.check")
+        assert [s.module for s in kept.steps] == ["core"]
+    finally:
+        allowed.shutdown()

@@ -233,13 +233,23 @@ def test_an_existing_folder_is_refused_unless_exist_ok_and_then_its_files_are_ke
     folder = manager.root / "existing"
     (folder / "src").mkdir(parents=True)
     (folder / "src" / "main.py").write_text("# mine\n", encoding="utf-8")
-    with pytest.raises(AlreadyExistsError, match="exist_ok"):
+    with pytest.raises(AlreadyExistsError, match="not made by create_project; choose another project name"):
         manager.create_project("existing", "custom")
     assert sorted(p.name for p in folder.rglob("*")) == ["main.py", "src"]
 
     project = manager.create_project("existing", "custom", exist_ok=True)
     assert (folder / "src" / "main.py").read_text(encoding="utf-8") == "# mine\n"
     assert (folder / "tests" / "test_main.py").is_file() and Path(project.path) == folder
+
+
+def test_a_file_where_the_folder_would_go_is_refused_by_name_even_with_exist_ok(
+    manager: ProjectManager,
+) -> None:
+    (manager.root / "plain").write_text("mine\n", encoding="utf-8")
+    for exist_ok in (False, True):
+        with pytest.raises(AlreadyExistsError, match="needs a folder there; choose another project name"):
+            manager.create_project("plain", "custom", exist_ok=exist_ok)
+    assert (manager.root / "plain").read_text(encoding="utf-8") == "mine\n"
 
 
 def broken_template(templates_dir: Path) -> None:

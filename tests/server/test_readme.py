@@ -106,7 +106,7 @@ async def test_the_readme_tool_table_and_counts_match_the_server(readme_tools: O
     assert f"\n{len(tools)} tools." in text
     assert actions is not None and templates is not None
     assert f"the {actions['count']} actions a step can run" in text
-    assert f"the {templates['count']} project templates" in text
+    assert f"the {templates['count']} packaged project templates" in text
     for action in actions["actions"]:
         assert f"`{action['name']}`" in text, action["name"]
 
@@ -126,3 +126,17 @@ def test_the_readme_limits_table_states_the_http_body_limits_the_server_enforces
     assert len(rows) == 1, "the limits table has no row for the HTTP request body"
     assert f"{DEFAULT_MAX_REQUEST_BODY_SIZE // 2**20} MiB" in rows[0] and "`/mcp`" in rows[0]
     assert f"{_ui._MAX_BODY // 1024} KiB" in rows[0] and "`/ui/api/call`" in rows[0]
+
+
+def test_the_readme_state_layout_lists_every_file_the_engine_reads_from_the_data_dir(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.config import DEFAULT_CONFIG_DIR
+    from codomyrmex_orchestration.core.engine import _resources_file
+
+    text = README.read_text()
+    layout = text[text.index("## Where state lives") : text.index("## Configuration")]
+    config_dir = tmp_path / DEFAULT_CONFIG_DIR
+    config_dir.mkdir(parents=True)
+    resources = tmp_path / "config" / "resources.json"
+    resources.write_text("{}", encoding="utf-8")
+    assert _resources_file(config_dir) == resources  # where the engine looks for it
+    assert "\n  config/resources.json " in layout

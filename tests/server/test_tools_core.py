@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -318,6 +320,44 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
     assert pending["status"] == "running" and pending["note"]
 
 
+async def test_execute_task_stops_an_attempt_at_its_timeout_apart_from_the_wait(client: Client) -> None:
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    task = await _ok(client, "execute_task", {**nap, "timeout": 0.2, "timeout_seconds": 30})
+    assert task["status"] == "timed_out" and task["attempts"] == 1
+    assert "timed out after 0.2 s" in task["error"]["message"]
+    bad = await _error(client, "execute_task", {**nap, "timeout": 0})
+    assert "timeout" in bad and "greater than 0" in bad
+
+
+async def test_execute_task_retries_with_its_delay_and_backoff(client: Client) -> None:
+    failing = {"name": "f", "module": "core", "action": "fail"}
+    task = await _ok(
+        client, "execute_task", {**failing, "max_retries": 2, "retry_delay": 0.2, "backoff": 3.0}
+    )
+    assert task["status"] == "failed" and task["attempts"] == 3
+    assert task["duration_seconds"] >= 0.2 + 0.2 * 3  # the retries waited 0.2 s, then 0.6 s
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    timed_out = await _ok(client, "execute_task", {**nap, "timeout": 0.1, "max_retries": 1})
+    assert timed_out["status"] == "timed_out" and timed_out["attempts"] == 2
+    too_many = await _error(client, "execute_task", {**failing, "max_retries": 101})
+    assert "max_retries" in too_many
+
+
+async def test_execute_task_in_a_session_counts_against_its_limit_and_closes_with_it(client: Client) -> None:
+    session_id = (await _ok(client, "create_session", {"max_parallel_tasks": 1}))["session_id"]
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}, "wait": False}
+    first = await _ok(client, "execute_task", {**nap, "session_id": session_id})
+    refused = await _error(client, "execute_task", {**nap, "session_id": session_id})
+    assert f"session {session_id} has 1 task running or queued already; the limit is 1" in refused
+    assert (await _ok(client, "execute_task", nap))["status"] in ("pending", "ready", "running")  # no session
+    closed = await _ok(client, "close_session", {"session_id": session_id, "cancel_running": True})
+    assert closed["cancelled_tasks"] == [first["task_id"]] and closed["tasks"] == [first["task_id"]]
+    final = await _ok(client, "get_task", {"task_id": first["task_id"], "wait_seconds": 10})
+    assert final["status"] == "cancelled"
+    gone = await _error(client, "execute_task", {**nap, "session_id": session_id})
+    assert "create_session" in gone
+
+
 async def test_execute_task_of_workflow_run_says_it_runs_only_as_a_step_and_points_to_execute_workflow(
     client: Client,
 ) -> None:
@@ -438,8 +478,40 @@ async def test_projects_are_created_from_templates_and_listed(client: Client) ->
     listed = await _ok(client, "list_projects", {"type": "data_pipeline"})
     assert [p["name"] for p in listed["projects"]] == ["demo"]
     assert (await _ok(client, "list_projects", {"type": "research"}))["count"] == 0
-    assert "already exists" in await _error(client, "create_project", {"name": "demo"})
+    taken = await _error(client, "create_project", {"name": "demo"})
+    # Each refusal names what the caller can do through the tools, never a Python-only argument.
+    assert "already exists" in taken and "orchestration://projects/demo" in taken
+    assert "list_projects" in taken and "get_project" not in taken
     assert "../x" in await _error(client, "create_project", {"name": "../x"})
+    root = Path(project["project_path"]).parent
+    (root / "somebodys").mkdir()
+    folder = await _error(client, "create_project", {"name": "somebodys"})
+    assert "not made by create_project" in folder and "choose another project name" in folder
+    (root / "a_file").write_text("not a folder", encoding="utf-8")
+    file = await _error(client, "create_project", {"name": "a_file"})
+    assert "file" in file and "choose another project name" in file
+    assert "exist_ok" not in folder + file
+
+
+async def test_create_project_takes_any_template_the_server_knows_and_names_the_known_ones(
+    client: Client, tmp_path: Path
+) -> None:
+    custom = tmp_path / "templates" / "projects"  # the engine's templates_dir (conftest.make_engine)
+    custom.mkdir(parents=True)
+    blog = {"type": "documentation", "description": "my blog", "directory_structure": {"posts": "Posts"}}
+    (custom / "blog.json").write_text(json.dumps(blog), encoding="utf-8")
+    listed = await _ok(client, "list_project_templates", {})
+    assert "blog" in {t["name"] for t in listed["templates"]} and listed["count"] == 8
+    project = await _ok(client, "create_project", {"name": "myblog", "template": "blog"})
+    assert project["template_used"] == "blog" and project["project_type"] == "documentation"
+    assert (Path(project["project_path"]) / "posts").is_dir()
+    typo = await _error(client, "create_project", {"name": "x", "template": "blgo"})
+    assert "template: 'blgo' is not a template (did you mean 'blog'?)" in typo
+    assert "ai_analysis" in typo and "blog" in typo.split("available: ")[1]
+    schema = next(t for t in (await client.list_tools()).tools if t.name == "create_project").input_schema
+    template = schema["properties"]["template"]
+    assert template["type"] == "string" and "enum" not in template
+    assert "data_pipeline" in template["description"] and "list_project_templates" in template["description"]
 
 
 async def test_resources_expose_workflows_runs_and_projects(client: Client) -> None:

@@ -50,6 +50,12 @@ async def test_resources_are_allocated_released_and_refused_with_figures(client:
     )
     assert refused.is_error
     assert "requested" in refused.content[0].text and "available" in refused.content[0].text
+    held = await _call(client, "allocate_resources", {"user_id": "h", "requirements": {"database": 10}})
+    assert not held.is_error, held.content[0].text
+    busy = await _call(client, "allocate_resources", {"user_id": "x", "requirements": {"database": 1}})
+    # What the caller can do through the tools: the tool takes no timeout to wait with.
+    assert busy.is_error and "retry later, or free some: release_resources" in busy.content[0].text
+    assert "timeout" not in busy.content[0].text
     both = await _call(client, "release_resources", {"allocation_id": "a", "user_id": "b"})
     assert both.is_error and "exactly one" in both.content[0].text
 

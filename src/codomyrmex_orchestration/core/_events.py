@@ -156,7 +156,7 @@ class Publisher:
         self.bus = EventBus(self._handler_failed)
 
     def publish(self, event: str, payload: dict[str, Any]) -> None:
-        self._counters.count_event(event)
+        self._counters.count_event(event, cached=payload.get("cached") is True)
         if not event.startswith("step.started"):
             try:
                 self._store.append_event(event, payload)

@@ -168,7 +168,13 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
 
     def workflows() -> tuple[HealthStatus, dict[str, Any]]:
         stats = engine.workflow_manager.stats()
-        return ("degraded" if stats["load_errors"] else "healthy"), stats
+        failed: list[dict[str, str]] = stats["load_errors"]
+        if not failed:
+            return "healthy", stats
+        shown = "; ".join(f"{e['path']}: {e['reason']}" for e in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        stats["reason"] = f"{len(failed)} workflow config file(s) not loaded: {shown}{more}"
+        return "degraded", stats
 
     def events() -> tuple[HealthStatus, dict[str, Any]]:
         alive = engine.events.alive

@@ -39,11 +39,16 @@ class EngineCounters:
         self._errors: Counter[str] = Counter()
         self._last_errors: dict[str, str] = {}
 
-    def count_event(self, event: str) -> None:
-        """Count ``event`` if it is one the metrics report (steps by status, runs that ended)."""
+    def count_event(self, event: str, *, cached: bool = False) -> None:
+        """Count ``event`` if it is one the metrics report (steps by status, runs that ended).
+
+        A step served from the step cache (``cached``) never started: its ``step.completed`` counts as
+        ``cached``, so ``completed`` counts only steps that ``started`` (a map step once, not per item).
+        """
         if event.startswith("step."):
+            kind = "cached" if cached and event == "step.completed" else event.removeprefix("step.")
             with self._lock:
-                self._step_events[event.removeprefix("step.")] += 1
+                self._step_events[kind] += 1
         elif event.startswith("run.") and event != "run.started":
             with self._lock:
                 self._run_events[event] += 1

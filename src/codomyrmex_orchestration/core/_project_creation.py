@@ -34,10 +34,19 @@ class Creation:
 
     def begin(self, exist_ok: bool) -> None:
         """Create the folder, or with ``exist_ok`` note what an existing one holds (it is kept)."""
+        # Neither message names exist_ok: the create_project tool does not take it (Python callers find
+        # it in the docstring), and it cannot make a file a folder.
+        if self.target.exists() and not self.target.is_dir():
+            raise AlreadyExistsError(
+                "file", str(self.target), "a project needs a folder there; choose another project name"
+            )
         if self.target.exists():
             if not exist_ok:
                 raise AlreadyExistsError(
-                    "project folder", str(self.target), "pass exist_ok=True to scaffold into it"
+                    "project folder",
+                    str(self.target),
+                    "it was not made by create_project; choose another project name, or move that folder "
+                    "out of the projects root",
                 )
             self.before = {self.target, *self.target.rglob("*")}
         else:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.core._project_models import (
     MANIFEST_FILE,
     MAX_PROJECT_NAME,
@@ -91,7 +92,9 @@ class TemplateLibrary:
         key = name.strip().lower() if name.strip().lower() in templates else name
         if key not in templates:
             raise InvalidInputError(
-                "template", f"{name!r} is not a template; available: {', '.join(templates)}"
+                "template",
+                f"{name!r} is not a template{did_you_mean(name, templates)}; available: "
+                f"{', '.join(templates)} (list_project_templates shows what each makes)",
             )
         return templates[key]
 
@@ -230,7 +233,21 @@ def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[Wo
     return specs
 
 
-def doc_variables(template: ProjectTemplate, specs: list[WorkflowSpec]) -> dict[str, str]:
-    """The extra variables of a project's docs: the template's description and its workflow list."""
-    listing = "\n".join(f"- `{s.name}` — {s.description}" for s in specs) or "_No workflows._"
+def doc_variables(
+    template: ProjectTemplate, specs: list[WorkflowSpec], not_registered: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The extra variables of a project's docs: the template's description and its workflow list, the
+    registered workflows first, then those ``not_registered`` (name -> why), each with its reason."""
+    refused = not_registered or {}
+    listing = "\n".join(f"- `{s.name}` — {s.description}" for s in specs if s.name not in refused)
+    if not listing:
+        listing = "_No workflows are registered._" if refused else "_No workflows._"
+    if refused:
+        listing += (
+            "\n\nNot registered on this server, so not run (a server that allows them registers them when "
+            "it starts):\n\n"
+            + "\n".join(
+                f"- `{s.name}` — {s.description} Why: {refused[s.name]}" for s in specs if s.name in refused
+            )
+        )
     return {"template_description": template.description, "workflow_list": listing}

@@ -376,7 +376,7 @@ class ResourceLedger:
             for rid in shortfall
             if self._states[rid].operator_status is not None
         ]
-        parts.append(f"waited {waited:g} s" if waited > 0 else "retry later or pass a timeout to wait")
+        parts.append(f"waited {waited:g} s" if waited > 0 else "retry later, or free some: release_resources")
         return "; ".join(parts)
 
     def _grant_locked(

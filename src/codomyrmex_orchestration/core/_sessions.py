@@ -61,10 +61,12 @@ StopWork = Callable[["Session", Collection[str], Collection[str], bool], tuple[l
 class OrchestrationMode(enum.StrEnum):
     """How a session's work is run.
 
-    SEQUENTIAL: one workflow at a time, one step at a time. PARALLEL: steps run as their
-    dependencies allow. PRIORITY: the caller's priority is honoured (otherwise runs use NORMAL).
-    RESOURCE_AWARE: every step is admitted by the ResourceManager (``{"compute": 1}`` when it
-    declares nothing), and the session's own requirements are reserved while it is open.
+    SEQUENTIAL: one workflow at a time, one step at a time, in the order steps become ready.
+    PARALLEL: steps run as their dependencies allow. PRIORITY: as PARALLEL; it names the original's
+    "execute based on priority ordering", which the one scheduler does in every mode (a step's, a
+    task's or a run's priority orders the queue; the mode changes nothing). RESOURCE_AWARE: every step
+    is admitted by the ResourceManager (``{"compute": 1}`` when it declares nothing), and the session's
+    own requirements are reserved while it is open.
     """
 
     SEQUENTIAL = "sequential"
@@ -134,18 +136,22 @@ class LiveSession:
         """
         session = self.session
         limit = 1 if session.mode is OrchestrationMode.SEQUENTIAL else session.max_parallel_workflows
-        if len(self.active_runs) >= limit:
+        running = len(self.active_runs)
+        if running >= limit:
             raise LimitExceededError(
                 "session_id",
                 limit,
-                len(self.active_runs) + 1,
-                f"session {session.session_id} ({session.mode.value}) running workflows",
+                running + 1,
+                "running workflows",
+                reason=f"session {session.session_id} ({session.mode.value}) has "
+                f"{_count(running, 'workflow')} running already; the limit is {limit}: start this one when "
+                "one ends, or in another session",
             )
         if session.mode is OrchestrationMode.SEQUENTIAL:
             return {"max_parallel": 1}
         if session.mode is OrchestrationMode.RESOURCE_AWARE:
             return {"default_resources": {"compute": 1}}
-        return {}
+        return {}  # PARALLEL and PRIORITY: priorities order the scheduler's queue in every mode
 
     def task_spec(self, spec: TaskSpec) -> TaskSpec:
         """``spec`` as the session's mode runs it.
@@ -154,16 +160,23 @@ class LiveSession:
             LimitExceededError: the session runs as many tasks as it may.
         """
         session = self.session
-        if len(self.active_tasks) >= session.max_parallel_tasks:
+        running, limit = len(self.active_tasks), session.max_parallel_tasks
+        if running >= limit:
             raise LimitExceededError(
                 "session_id",
-                session.max_parallel_tasks,
-                len(self.active_tasks) + 1,
-                f"session {session.session_id} running tasks",
+                limit,
+                running + 1,
+                "running tasks",
+                reason=f"session {session.session_id} has {_count(running, 'task')} running or queued "
+                f"already; the limit is {limit}: submit this one when one ends, or in another session",
             )
         if session.mode is OrchestrationMode.RESOURCE_AWARE and not spec.resources:
             return spec.model_copy(update={"resources": {"compute": 1}})
         return spec
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def new_session(

@@ -140,6 +140,9 @@ class RunDriver:
         work = deque((advance,))
         while work:
             adv = work.popleft()
+            if adv.started and self.listeners:
+                for name in adv.started:
+                    self.listeners.emit("step.started", {"run_id": run.run_id, "step": name, "attempt": 1})
             if adv.settled:
                 self.recorder.steps_settled(adv.settled, made_ready=bool(adv.submit))
                 for result in adv.settled:
@@ -320,15 +323,15 @@ class RunDriver:
 
     def _announce(self, run: RunState, result: StepResult) -> None:
         if self.listeners:
-            self.listeners.emit(
-                STEP_EVENTS.get(result.status, "step.failed"),
-                {
-                    "run_id": run.run_id,
-                    "step": result.name,
-                    "status": result.status.value,
-                    "duration_seconds": result.duration_seconds,
-                },
-            )
+            payload = {
+                "run_id": run.run_id,
+                "step": result.name,
+                "status": result.status.value,
+                "duration_seconds": result.duration_seconds,
+            }
+            if result.cached:  # served from the step cache: no attempt, never started
+                payload["cached"] = True
+            self.listeners.emit(STEP_EVENTS.get(result.status, "step.failed"), payload)
         self._notify(run, result)
 
     def _notify(self, run: RunState, result: StepResult) -> None:

@@ -503,6 +503,7 @@ class RunMaps:
         )
         run.record.steps[name] = row
         run.save(row)
+        advance.started.append(name)  # the step runs from now on, once, whatever its items do
         state.parse(*run.condition_of(name), run.names)
         if state.left == 0:  # an empty list, or every item kept by a resume
             run.settle(state.result(cancelled=run.cancelled), advance)

@@ -110,13 +110,15 @@ def new_record(
 
 
 class Advance:
-    """What one transition asks of its caller, in this order: record and announce ``settled`` (final
-    results), submit ``submit`` (steps cleared to run, with their resolved parameters), and finish the
-    run if ``finished``."""
+    """What one transition asks of its caller, in this order: announce ``started`` (map steps whose
+    items began: a map step is no task, so no task start announces it), record and announce ``settled``
+    (final results), submit ``submit`` (steps cleared to run, with their resolved parameters), and
+    finish the run if ``finished``."""
 
-    __slots__ = ("finished", "settled", "submit")
+    __slots__ = ("finished", "settled", "started", "submit")
 
     def __init__(self) -> None:
+        self.started: list[str] = []
         self.settled: list[StepResult] = []
         self.submit: list[tuple[str, dict[str, Any]]] = []
         self.finished = False

@@ -259,12 +259,11 @@ class OrchestrationEngine:
         self._session_runs = SessionRuns(self.sessions, self.workflow_manager)
         for session_id in self.sessions.recover() if recover else []:  # sessions the last process left open
             self._publish("session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value})
+        templates = Path(templates_dir) if templates_dir is not None else None
         self.project_manager = ProjectManager(
-            Path(projects_dir),
-            templates_dir=Path(templates_dir) if templates_dir is not None else None,
-            workflow_manager=self.workflow_manager,
-            store=self.store,
+            projects_dir, templates_dir=templates, workflow_manager=self.workflow_manager, store=self.store
         )
+        self.project_manager.register_allowed_workflows() if recover else None  # those refused before
         self.workflow_manager.add_listener(self._on_workflow_event)
         self.allocations = UserAllocations(
             resources=self.resource_manager, store=self.store, sessions=self.sessions, counters=self.counters

@@ -220,7 +220,12 @@ class ProjectManager:
         with self._lock:
             self._projects = self._registry.load()
             if name in self._projects:
-                raise AlreadyExistsError("project", name, "choose another name or use get_project")
+                raise AlreadyExistsError(
+                    "project",
+                    name,
+                    f"choose another name (list_projects and the resource orchestration://projects/{name} "
+                    "show the existing one)",
+                )
             if (target / MANIFEST_FILE).exists():
                 raise AlreadyExistsError("project folder", str(target), f"it already holds a {MANIFEST_FILE}")
             registrations = (
@@ -237,6 +242,12 @@ class ProjectManager:
                     creation.write(rel, text)
                 if tmpl.config_file is not None:
                     creation.write(tmpl.config_file, json.dumps(project.config, indent=2) + "\n")
+                if registrations is not None:  # before the docs, which say what was registered
+                    for spec in specs:
+                        refusal = registrations.register(spec, overwrite=overwrite_workflows)
+                        if refusal is not None:
+                            project.workflows.remove(spec.name)
+                            project.workflows_not_registered[spec.name] = refusal
                 self.docs.generate_all_documentation(
                     target,
                     project_name=name,
@@ -247,15 +258,9 @@ class ProjectManager:
                     created_at=now,
                     directories=tmpl.directory_structure,
                     project_template_dir=loaded.docs_dir,
-                    extra_variables=doc_variables(tmpl, specs),
+                    extra_variables=doc_variables(tmpl, specs, project.workflows_not_registered),
                     hashes=project.docs,
                 )
-                if registrations is not None:
-                    for spec in specs:
-                        refusal = registrations.register(spec, overwrite=overwrite_workflows)
-                        if refusal is not None:
-                            project.workflows.remove(spec.name)
-                            project.workflows_not_registered[spec.name] = refusal
                 self._registry.save_manifest(project)
                 self._projects[name] = project
                 self._registry.write_index(self._projects)
@@ -363,7 +368,7 @@ class ProjectManager:
                 created_at=project.created_at,
                 directories=loaded.template.directory_structure,
                 project_template_dir=loaded.docs_dir,
-                extra_variables=doc_variables(loaded.template, specs),
+                extra_variables=doc_variables(loaded.template, specs, project.workflows_not_registered),
                 hashes=hashes,
                 force=force,
             )
@@ -391,3 +396,54 @@ class ProjectManager:
             if names != project.workflows or refused != project.workflows_not_registered:
                 self._update(name, workflows=names, workflows_not_registered=refused)
             return specs
+
+    def register_allowed_workflows(self) -> dict[str, list[str]]:
+        """Register the template workflows projects left unregistered (``workflows_not_registered``: this
+        server refused their actions then) that it accepts now, and rewrite the docs that list them.
+
+        The engine calls it at start, so a project made while code execution was refused gets its
+        workflows from the first start that allows it. A workflow still refused keeps its reason; one
+        whose name another workflow took since is left to that one, with a reason saying so. A project
+        that cannot be updated is logged and skipped. Returns project -> workflows registered.
+        """
+        done: dict[str, list[str]] = {}
+        if self.workflow_manager is None:
+            return done
+        with self._lock:
+            self._projects = self._registry.load()
+            for name, project in sorted(self._projects.items()):
+                if not project.workflows_not_registered:
+                    continue
+                try:
+                    registered = self._register_missing(project, self.workflow_manager)
+                except (OrchestrationError, OSError) as exc:  # a start never fails for one project
+                    _log.warning("project.workflows_not_registered", project=name, error=str(exc))
+                    continue
+                if registered:
+                    done[name] = registered
+                    _log.info("project.workflows_registered", project=name, workflows=registered)
+        return done
+
+    def _register_missing(self, project: Project, workflows: WorkflowRegistrar) -> list[str]:
+        specs = build_workflow_specs(project, self._templates.get(project.template).template)
+        missing = project.workflows_not_registered
+        registrations = Registrations(workflows, project.name)
+        refused: dict[str, str] = {}
+        for spec in specs:
+            if spec.name not in missing:
+                continue
+            try:
+                refusal = registrations.register(spec, overwrite=False)
+            except AlreadyExistsError:
+                refusal = (
+                    f"another workflow named {spec.name!r} was registered meanwhile and is kept; delete it "
+                    "(delete_workflow) and restart the server to register the project's"
+                )
+            if refusal is not None:
+                refused[spec.name] = refusal
+        if refused == missing:
+            return []
+        added = [s.name for s in specs if s.name in missing and s.name not in refused]
+        self._update(project.name, workflows=[*project.workflows, *added], workflows_not_registered=refused)
+        self.generate_docs(project.name)  # a doc a person edited is kept
+        return added

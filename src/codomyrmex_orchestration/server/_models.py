@@ -100,7 +100,17 @@ class CreateWorkflowArgs(Args):
 
 class CreateProjectArgs(Args):
     name: str = Field(min_length=1, max_length=128, description="Project folder name.")
-    template: ProjectTypeName = Field(default="ai_analysis", description="Project type / template.")
+    # Any template the project manager knows, checked by it (an unknown name lists the known ones): the
+    # packaged ones and those in <templates_dir>/projects/, which a Literal here could not name.
+    template: str = Field(
+        default="ai_analysis",
+        min_length=1,
+        max_length=64,
+        description="A template name, as list_project_templates lists them: the packaged "
+        + ", ".join(PROJECT_TYPES)
+        + ", or one of your own in <data dir>/config/templates/projects/<name>.json.",
+        examples=list(PROJECT_TYPES),
+    )
     description: str = Field(default="", max_length=10_000)
     owner: str = Field(default="", max_length=256)
     overwrite_workflows: bool = Field(
@@ -122,6 +132,24 @@ class ExecuteTaskArgs(Args):
     priority: PriorityName = "normal"
     dependencies: list[str] = Field(default_factory=list, description="Task ids that must complete first.")
     resources: dict[str, ResourceAmount] = Field(default_factory=dict)
+    # The task's own knobs, named and bounded as a workflow step's (models._Retryable): ``timeout`` stops
+    # an attempt, ``timeout_seconds`` only bounds how long this call waits for the result.
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds each attempt may run before it is stopped (status timed_out), as a step's "
+        "timeout; not the wait (timeout_seconds). Default: no limit.",
+    )
+    max_retries: int = Field(
+        default=0, ge=0, le=100, description="Extra attempts after a failure or timeout."
+    )
+    retry_delay: float = Field(default=0.0, ge=0, le=3600, description="Seconds before the first retry.")
+    backoff: float = Field(default=2.0, ge=1.0, le=10.0, description="Delay multiplier per further retry.")
+    session_id: str | None = Field(
+        default=None,
+        description="Run inside this session (see create_session): counted against its max_parallel_tasks, "
+        "cancelled by close_session with cancel_running.",
+    )
     timeout_seconds: float = _TIMEOUT
     wait: bool = _WAIT
 
@@ -240,7 +268,12 @@ class CreateSessionArgs(Args):
     user_id: str = Field(default="anonymous", min_length=1, max_length=256)
     name: str = Field(default="", max_length=256)
     description: str = Field(default="", max_length=10_000)
-    mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = None
+    mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = Field(
+        default=None,
+        description="sequential: one workflow and one step at a time; parallel (default): as dependencies "
+        "allow; priority: the same as parallel (step and task priorities order the queue in every mode); "
+        'resource_aware: each step holds resources, {"compute": 1} when it declares none.',
+    )
     max_parallel_tasks: int | None = Field(default=None, ge=1, le=1024)
     max_parallel_workflows: int | None = Field(default=None, ge=1, le=1024)
     timeout_seconds: float | None = Field(default=None, gt=0)

@@ -195,8 +195,12 @@ class _Tool:
     # execute_task and get_task take the scheduler's lock (in-memory transitions only: callbacks, actions
     # and admission waits run outside it) and, without a session, no session lock; their waits are a
     # ``_Pending`` delivered by on_settled. Anything taking a run's lock, the store or a session's lock
-    # (get_workflow_run, create_session, execute_workflow...) runs in a worker thread.
-    starts_on_loop: bool = False
+    # (get_workflow_run, create_session, execute_workflow...) runs in a worker thread. A function of the
+    # arguments decides per call (execute_task with a session_id takes the session's lock).
+    starts_on_loop: bool | Callable[[Any], bool] = False
+
+    def on_loop(self, args: BaseModel) -> bool:
+        return self.starts_on_loop(args) if callable(self.starts_on_loop) else self.starts_on_loop
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -571,12 +575,17 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
         priority=TaskPriority[a.priority.upper()],
         dependencies=a.dependencies,
         resources=a.resources,
+        timeout=a.timeout,
+        max_retries=a.max_retries,
+        retry_delay=a.retry_delay,
+        backoff=a.backoff,
     )
     engine = tools.engine
     orchestrator = engine.task_orchestrator
     # The id alone while the call waits: the task's record is built once, when it is final (a task
-    # that is already final is delivered at once by on_settled).
-    task_id = engine.start_task(spec)  # queued for the calling client (core._client)
+    # that is already final is delivered at once by on_settled). Queued for the session, else for the
+    # calling client (core._client).
+    task_id = engine.start_task(spec, session_id=a.session_id)
     tools._remember_task(task_id)
     if not a.wait:
         return _task_result(orchestrator.get_task(task_id), None)
@@ -771,10 +780,10 @@ def _build_tools() -> tuple[_Tool, ...]:
         _Tool(
             "create_project",
             "Create a project",
-            "Scaffold a project folder from a template (ai_analysis, web_application, data_pipeline, "
-            "ml_model, "
-            "documentation, research, custom) with its documentation, and register the workflows the "
-            "template provides. Returns the path, files created and workflow names. Example: "
+            "Scaffold a project folder from a template (the packaged ai_analysis, web_application, "
+            "data_pipeline, ml_model, documentation, research, custom, or your own: list_project_templates "
+            "lists them) with its documentation, and register the workflows the template provides. Returns "
+            "the path, files created, workflow names and those not registered (and why). Example: "
             '{"name": "churn_study", "template": "data_pipeline", "description": "Monthly churn analysis"}',
             m.CreateProjectArgs,
             m.ProjectResult,
@@ -795,16 +804,16 @@ def _build_tools() -> tuple[_Tool, ...]:
             "execute_task",
             "Execute one task",
             "Run a single module.action through the scheduler (with priority, dependencies on other task "
-            "ids, "
-            "resources and a timeout) and return task_id, status, result or error. Waits up to "
-            "timeout_seconds unless wait=false. Example: "
+            "ids, resources, a timeout per attempt, retries with a delay and backoff, optionally in a "
+            "session) and return task_id, status, result or error. Waits up to timeout_seconds (the wait, "
+            "not the task's timeout) unless wait=false. Example: "
             '{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1}, '
-            '"priority": "high"}',
+            '"priority": "high", "timeout": 5, "max_retries": 1}',
             m.ExecuteTaskArgs,
             m.TaskResult,
             _execute_task,
             open_world=True,
-            starts_on_loop=True,
+            starts_on_loop=lambda a: a.session_id is None,  # a session's lock is not taken on the loop
         ),
         _Tool(
             "get_system_status",
@@ -1229,7 +1238,7 @@ class OrchestrationMCPTools:
         if progress is not None and tool.reports_progress:
             return await self._call_with_progress(name, tool, args, progress)
         try:
-            if tool.starts_on_loop and self.engine_started:
+            if self.engine_started and tool.on_loop(args):
                 outcome = tool.run(self, args, _Call())
             else:
                 outcome = await anyio.to_thread.run_sync(
