@@ -445,6 +445,7 @@ def _dump(value: Any) -> None:
 def _owner_label(settings: Settings, record: RunRecord) -> str:
     """``running`` plus who runs it, for a run the store says is running."""
     from codomyrmex_orchestration.core._run_owners import owner_of
+    from codomyrmex_orchestration.core.models import WorkflowStatus
 
     status = record.status.value
     if record.status.is_terminal:
@@ -454,6 +455,8 @@ def _owner_label(settings: Settings, record: RunRecord) -> str:
         return f"{status} (pid {owner.pid})"
     if owner.exists:
         return f"{status} (its CLI process is gone)"
+    if record.status is WorkflowStatus.WAITING_FOR_INPUT:  # a server continues it, or will as it starts
+        return f"{status} (answered over MCP: respond_to_run)"
     return f"{status} (another process)"
 
 

@@ -353,6 +353,8 @@ def test_run_of_a_run_waiting_for_a_person_names_the_question_exits_3_and_a_serv
     assert "    answer: accept with reason (string, required), or decline" in lines
     assert "respond_to_run" in result.stdout
     assert cli.json("show", run_id)["status"] == "waiting_for_input"
+    listed = cli("runs")
+    assert "waiting_for_input (answered over MCP: respond_to_run)" in listed.stdout, listed.stdout
 
     # What the message promises: the next process that owns the state (a server) continues it and
     # takes the answer.

@@ -25,12 +25,12 @@ def reachable_host(host: str) -> str:
 
 
 def _other_hosts(settings: Settings) -> str:
-    """Which names a request may give this server in Host/Origin; any other gets 421 (DNS-rebinding
-    protection), and how to accept one more."""
+    """Which names a request may give this server in Host/Origin; another Host gets 421, another Origin
+    403 (DNS-rebinding protection), and how to accept one more."""
     bound = settings.host.strip("[]")
     names = ["loopback", *([] if bound in _WILDCARDS else [reachable_host(bound)]), *settings.allowed_hosts]
     return (
-        f"Host/Origin other than {', '.join(names)} get 421; "
+        f"Host/Origin other than {', '.join(names)} get 421/403; "
         "accept one with --allowed-host NAME (CODOMYRMEX_ALLOWED_HOSTS)"
     )
 
