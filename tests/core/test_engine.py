@@ -34,6 +34,7 @@ from codomyrmex_orchestration.errors import (
     SessionNotFoundError,
 )
 from codomyrmex_orchestration.samples import SAMPLES_DIR
+from tests.helpers.engines import engine_on
 
 
 @pytest.fixture
@@ -310,7 +311,7 @@ def test_closing_a_closed_session_again_with_cancel_running_cancels_what_it_stil
 
 
 def test_sessions_open_at_a_restart_are_closed_by_it_and_their_ids_still_answer(tmp_path: Path) -> None:
-    first = _engine_on(tmp_path)
+    first = engine_on(tmp_path)
     try:
         first.workflow_manager.create_workflow(
             "nap", [{"name": "s", "module": "core", "action": "sleep", "parameters": {"seconds": 30}}]
@@ -321,7 +322,7 @@ def test_sessions_open_at_a_restart_are_closed_by_it_and_their_ids_still_answer(
         first.close_session(closed)
     finally:
         first.shutdown()
-    second = _engine_on(tmp_path)
+    second = engine_on(tmp_path)
     try:
         restarted = second.get_session(left_open)
         assert restarted.status is SessionStatus.CLOSED and restarted.closed_at is not None
@@ -605,19 +606,8 @@ def test_a_step_needing_more_than_exists_is_refused_when_defined_naming_the_reso
     assert problem.startswith("step 'x': resources:") and "memory" in problem
 
 
-def _engine_on(tmp_path: Path, **options: Any) -> OrchestrationEngine:
-    return OrchestrationEngine(
-        state_dir=tmp_path / "state",
-        config_dir=None,
-        projects_dir=tmp_path / "projects",
-        templates_dir=None,
-        max_workers=2,
-        **options,
-    )
-
-
 def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Path) -> None:
-    first = _engine_on(tmp_path)
+    first = engine_on(tmp_path)
     try:
         kept = first.allocate_resources("alice", {"memory": "64MB"})
         first.allocate_resources("bob", {"compute": 1}, ttl=0.2)
@@ -628,7 +618,7 @@ def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Pa
         assert [a["user_id"] for a in first.store.list_allocations()] == ["alice"]
     finally:
         first.shutdown()
-    second = _engine_on(tmp_path)
+    second = engine_on(tmp_path)
     try:
         held = second.resource_manager.get_allocations("alice")
         assert [(a.resource_id, a.amount) for a in held] == [("memory", kept[0].amount)]
@@ -641,14 +631,14 @@ def test_user_allocations_survive_a_restart_and_expired_ones_do_not(tmp_path: Pa
 
 
 def test_a_restored_allocation_keeps_its_id_and_expiry_and_is_released_by_that_id(tmp_path: Path) -> None:
-    first = _engine_on(tmp_path)
+    first = engine_on(tmp_path)
     try:
         [kept] = first.allocate_resources("alice", {"database": 2})
         [timed] = first.allocate_resources("bob", {"api_quota": 1}, ttl=3600)
         first.store.flush()
     finally:
         first.shutdown()
-    second = _engine_on(tmp_path)  # the same SQLite state file
+    second = engine_on(tmp_path)  # the same SQLite state file
     try:
         held = {a.allocation_id: a for a in second.resource_manager.get_allocations()}
         assert set(held) == {kept.allocation_id, timed.allocation_id}
@@ -664,13 +654,13 @@ def test_a_restored_allocation_keeps_its_id_and_expiry_and_is_released_by_that_i
 
 
 def test_projects_are_in_the_durable_registry_after_a_restart(tmp_path: Path) -> None:
-    first = _engine_on(tmp_path)
+    first = engine_on(tmp_path)
     try:
         first.project_manager.create_project("kept", "research", description="x")
     finally:
         first.shutdown()
     (tmp_path / "projects" / ".projects.json").unlink()
-    second = _engine_on(tmp_path)
+    second = engine_on(tmp_path)
     try:
         assert [p.name for p in second.project_manager.list_projects()] == ["kept"]
         assert [p["name"] for p in second.store.list_projects()] == ["kept"]
@@ -720,7 +710,7 @@ def test_retention_from_settings_bounds_the_runs_kept(tmp_path: Path) -> None:
 def test_shutdown_cancels_queued_tasks_that_start_while_it_is_cancelling(tmp_path: Path) -> None:
     import time
 
-    eng = _engine_on(tmp_path)  # two workers
+    eng = engine_on(tmp_path)  # two workers
     two_running = threading.Event()
     started: list[str] = []
 
@@ -746,7 +736,7 @@ def test_shutdown_cancels_queued_tasks_that_start_while_it_is_cancelling(tmp_pat
 def test_shutdown_cancels_running_single_tasks_promptly(tmp_path: Path) -> None:
     import time
 
-    eng = _engine_on(tmp_path)
+    eng = engine_on(tmp_path)
     record = eng.execute_task(
         TaskSpec(name="long", module="core", action="sleep", parameters={"seconds": 60}), wait=False
     )
@@ -816,7 +806,7 @@ def test_waiting_for_a_task_with_no_timeout_returns_its_final_record(engine: Orc
 
 
 def test_draining_events_and_shutting_down_accept_no_timeout(tmp_path: Path) -> None:
-    eng = _engine_on(tmp_path)
+    eng = engine_on(tmp_path)
     heard = threading.Event()
     eng.register_event_handler("session.created", lambda event, payload: heard.set())
     eng.create_session()
@@ -912,7 +902,7 @@ def test_a_shared_timer_service_carries_session_ttls_and_outlives_the_engine(tmp
 
     timers = TimerService(name="shared-test-timers")
     try:
-        eng = _engine_on(tmp_path, timers=timers)
+        eng = engine_on(tmp_path, timers=timers)
         before = timers.pending
         sid = eng.create_session(timeout_seconds=3600)
         assert timers.pending == before + 1

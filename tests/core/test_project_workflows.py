@@ -11,6 +11,7 @@ from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.projects import INDEX_FILE, ProjectType
 from codomyrmex_orchestration.errors import AlreadyExistsError, ProjectCreationError
+from tests.helpers.engines import engine_on
 
 
 @pytest.fixture  # per test: the leak check sees every thread a test starts, an engine's workers too
@@ -134,17 +135,7 @@ def test_a_creation_that_fails_after_replacing_a_workflow_registers_the_old_one_
 def test_a_project_gets_the_workflows_refused_to_it_from_the_first_start_that_allows_them(
     tmp_path: Path,
 ) -> None:
-    def start(allow: bool) -> OrchestrationEngine:
-        return OrchestrationEngine(
-            state_dir=tmp_path / "state",
-            config_dir=None,
-            projects_dir=tmp_path / "projects",
-            templates_dir=None,
-            max_workers=2,
-            allow_code_execution=allow,
-        )
-
-    locked = start(False)
+    locked = engine_on(tmp_path, allow_code_execution=False)
     try:
         project = locked.project_manager.create_project("later", ProjectType.CUSTOM)
         locked.project_manager.create_project("taken", ProjectType.CUSTOM)
@@ -162,7 +153,7 @@ def test_a_project_gets_the_workflows_refused_to_it_from_the_first_start_that_al
     spec_md = (Path(project.path) / "SPEC.md").read_text(encoding="utf-8")
     assert "lists as registered" in spec_md
 
-    allowed = start(True)
+    allowed = engine_on(tmp_path, allow_code_execution=True)
     try:
         later = allowed.project_manager.get_project("later")
         assert later.workflows == ["later.check"] and later.workflows_not_registered == {}
