@@ -25,7 +25,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.helpers.served import free_port, reap
+from tests.helpers.served import INITIALIZE, free_port, reap
 
 pytestmark = pytest.mark.anyio
 
@@ -255,16 +255,6 @@ def test_bound_to_every_interface_the_banner_prints_urls_that_work_and_how_to_al
     import httpx
 
     headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {TOKEN}"}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "b", "version": "0"},
-        },
-    }
     with _make_run(tmp_path, "--host", bind, CODOMYRMEX_AUTH_TOKEN=TOKEN) as (_url, banner, _seconds):
         (served,) = re.findall(r"serving MCP \(streamable-http\) at (\S+)", banner)
         (inspector,) = re.findall(r"list the tools:\s+npx \S+ --cli (\S+)", banner)
@@ -272,10 +262,10 @@ def test_bound_to_every_interface_the_banner_prints_urls_that_work_and_how_to_al
         (health,) = re.findall(r"health:\s+curl (\S+)", banner)
         assert served == inspector == claude, banner
         answers = [
-            httpx.post(served, json=initialize, headers=headers, timeout=10),
+            httpx.post(served, json=INITIALIZE, headers=headers, timeout=10),
             httpx.get(health, timeout=10),
         ]
-        foreign = httpx.post(served, json=initialize, headers={**headers, "Host": "evil.example"}, timeout=10)
+        foreign = httpx.post(served, json=INITIALIZE, headers={**headers, "Host": "evil.example"}, timeout=10)
     assert [a.status_code for a in answers] == [200, 200], (banner, [a.text[:200] for a in answers])
     assert foreign.status_code == 421  # still no other Host by default
     assert "--allowed-host" in banner and "CODOMYRMEX_ALLOWED_HOSTS" in banner, banner
