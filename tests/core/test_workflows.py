@@ -638,8 +638,10 @@ def test_stats_count_the_unfinished_steps_of_an_in_memory_run(
     assert manager.stats()["active_steps_by_status"] == {}
 
 
+# None, and timeouts longer than a thread can wait (threading.TIMEOUT_MAX), all mean: no limit.
+@pytest.mark.parametrize("timeout", [None, 1e10, float("inf")])
 def test_timeout_none_waits_without_limit_in_execute_wait_and_resume(
-    manager: WorkflowManager, registry: ActionRegistry
+    manager: WorkflowManager, registry: ActionRegistry, timeout: float | None
 ) -> None:
     started, release = threading.Event(), threading.Event()
     fail_first = [True]
@@ -654,36 +656,12 @@ def test_timeout_none_waits_without_limit_in_execute_wait_and_resume(
 
     registry.register(ActionDefinition("test", "gated", gated))
     manager.create_workflow("unbounded", [step("g", module="test", action="gated")])
-    failed = manager.execute_workflow("unbounded", timeout=None)
+    failed = manager.execute_workflow("unbounded", timeout=timeout)
     assert failed.status is WorkflowStatus.FAILED
     opener = threading.Thread(target=lambda: started.wait(10) and release.set())
     opener.start()
-    resumed = manager.resume_run(failed.run_id, timeout=None)
-    opener.join(10)
-    assert resumed.status is WorkflowStatus.COMPLETED and resumed.steps["g"].output == "done"
-    assert manager.wait_run(failed.run_id, None).status is WorkflowStatus.COMPLETED
-
-
-@pytest.mark.parametrize("timeout", [1e10, float("inf")])
-def test_a_timeout_longer_than_a_thread_can_wait_is_no_limit_in_execute_wait_and_resume(
-    manager: WorkflowManager, registry: ActionRegistry, timeout: float
-) -> None:
-    release = threading.Event()
-    fail_first = [True]
-
-    def gated(params: dict[str, Any], ctx: ActionContext) -> str:
-        if fail_first[0]:
-            fail_first[0] = False
-            raise RuntimeError("first attempt fails")
-        assert release.wait(10)
-        return "done"
-
-    registry.register(ActionDefinition("test", "gated", gated))
-    manager.create_workflow("far", [step("g", module="test", action="gated")])
-    failed = manager.execute_workflow("far", timeout=timeout)
-    assert failed.status is WorkflowStatus.FAILED
-    threading.Timer(0.05, release.set).start()
     resumed = manager.resume_run(failed.run_id, timeout=timeout)
+    opener.join(10)
     assert resumed.status is WorkflowStatus.COMPLETED and resumed.steps["g"].output == "done"
     assert manager.wait_run(failed.run_id, timeout).status is WorkflowStatus.COMPLETED
 
