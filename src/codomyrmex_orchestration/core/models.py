@@ -183,8 +183,8 @@ class _Retryable(_Spec):
 #: The longest a cached step output may be kept: one year.
 MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600
 #: Most levels of objects and lists in a workflow's or a step's ``parameters`` (the object itself is the
-#: first) and in a step's ``for_each``: what templating resolves (``templating.MAX_NESTING``), far from
-#: the recursion limits of Python and pydantic that deeper values run into when stored.
+#: first) and in a step's ``for_each``, and what templating resolves (``templating.MAX_NESTING`` is this),
+#: far from the recursion limits of Python and pydantic that deeper values run into when stored.
 MAX_PARAMETER_NESTING = 200
 
 

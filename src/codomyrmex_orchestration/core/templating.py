@@ -22,6 +22,7 @@ from codomyrmex_orchestration.errors import TemplateError
 
 from ._template_budget import Budget as _Budget
 from ._template_budget import to_text as _to_text
+from .models import MAX_PARAMETER_NESTING
 
 __all__ = [
     "MAX_RESOLVED_SIZE",
@@ -41,8 +42,9 @@ __all__ = [
 #: Upper bound (characters) on what :func:`resolve` puts into one value: embedded text and the JSON size
 #: of each whole-value reference; larger -> TemplateError.
 MAX_RESOLVED_SIZE = 16 * 1024 * 1024
-#: Parameters nested deeper than this are refused (keeps :func:`resolve` far from the recursion limit).
-MAX_NESTING = 200
+#: Parameters nested deeper than this are refused (keeps :func:`resolve` far from the recursion limit):
+#: the one limit a definition's parameters are validated against.
+MAX_NESTING = MAX_PARAMETER_NESTING
 
 _ROOTS = ("params", "steps", "run", "secrets")
 #: A secret's name: what follows ``secrets.`` and ``CODOMYRMEX_SECRET_`` (exactly, case included).
