@@ -534,6 +534,42 @@ def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) 
     assert cli.json("show", run_id)["status"] == "cancelled"
 
 
+def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server (or any engine that recovers the state directory) may start at any moment of a CLI run;
+    here one recovers it the moment the run is first recorded (its ``run.started``, before any step)."""
+    from codomyrmex_orchestration import cli as command_line
+    from codomyrmex_orchestration.compose import build_engine
+    from codomyrmex_orchestration.config import Settings
+    from codomyrmex_orchestration.core._run_owners import owner_alive
+
+    settings = Settings(data_dir=tmp_path)
+    engine = build_engine(settings, recover=False)  # as `run` opens it
+    seen: list[tuple[bool, list[str]]] = []
+
+    def server_starts(event: str, payload: dict[str, Any]) -> None:
+        if event != "run.started":
+            return
+        engine.store.flush()  # the run's first record is committed: what a starting server reads
+        server_store = SqliteStore(settings.state_db)
+        try:
+            seen.append((owner_alive(settings.state_dir, payload["run_id"]), server_store.recover()))
+        finally:
+            server_store.close()
+
+    engine.workflow_manager.add_listener(server_starts)
+    try:
+        engine.workflow_manager.create_workflow(DEMO)
+        args = command_line.build_parser("run").parse_args(["run", "demo", "--json"])
+        code = command_line._run_workflow(engine, settings, args, "demo", {})
+    finally:
+        engine.shutdown()
+    assert seen == [(True, [])]  # owned already: the recovery left the run alone
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+
+
 def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:
     record = cli.json("run", cli.write("demo.json", DEMO))
     result = cli("cancel", record["run_id"])
