@@ -848,7 +848,8 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         rows = []
         for r in records:
-            finished = sum(1 for s in r.steps.values() if s.status.value == "completed")
+            # Done as the live display counts it: finished whatever the outcome (`show` says which).
+            finished = sum(1 for s in r.steps.values() if s.status.is_terminal)
             rows.append(
                 [
                     r.run_id,
