@@ -480,15 +480,12 @@ def _execute(
     args: argparse.Namespace,
     steps: Mapping[str, StepResult],
     start: Callable[[StepCallback], RunRecord],
-    *,
-    owner_held: bool = False,
 ) -> int:
     """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code.
 
-    ``owner_held``: the caller holds the run's owner lock already (``resume``); else it is taken here
-    once the run has an id.
+    The caller holds the run's owner lock throughout (a durable state directory), from before ``start``
+    records the run.
     """
-    from codomyrmex_orchestration.core._run_owners import RunOwnership
     from codomyrmex_orchestration.core.models import WorkflowStatus
 
     display = _make_display(args, steps)
@@ -499,24 +496,18 @@ def _execute(
         run_id = record.run_id
         display.start(run_id, record.workflow_name)
         sigint.started(run_id)
-        owned = (
-            RunOwnership(settings.state_dir, run_id)
-            if settings.durable and not owner_held
-            else contextlib.nullcontext()
-        )
         timed_out = waiting = False
         try:
-            with owned:
-                # Until it ends, or waits on a question nobody here can answer (a core.approve step).
-                final = engine.workflow_manager.inputs.wait(run_id, args.timeout)
-                waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
-                if waiting and not settings.durable:
-                    display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
-                    final = _cancel_here(engine, run_id)
-                elif not waiting and not final.status.is_terminal:
-                    timed_out = True
-                    display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
-                    final = _cancel_here(engine, run_id)
+            # Until it ends, or waits on a question nobody here can answer (a core.approve step).
+            final = engine.workflow_manager.inputs.wait(run_id, args.timeout)
+            waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
+            if waiting and not settings.durable:
+                display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
+                final = _cancel_here(engine, run_id)
+            elif not waiting and not final.status.is_terminal:
+                timed_out = True
+                display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
+                final = _cancel_here(engine, run_id)
         finally:
             display.stop()
     interrupted = sigint.interrupted
@@ -643,8 +634,6 @@ def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core.models import StepResult
-
     params = _parse_params(args.param)
     document = _workflow_object(Path(args.workflow)) if _is_file_argument(args.workflow) else None
     engine = _open_engine(settings)
@@ -654,16 +643,38 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             name = manager.create_workflow(document, overwrite=True, source="file").name
         else:
             name = args.workflow
-        steps = {s.name: StepResult(name=s.name) for s in manager.get_workflow(name).steps}
-        return _execute(
-            engine,
-            settings,
-            args,
-            steps,
-            lambda on_step: engine.execute_workflow(name, parameters=params, wait=False, on_step=on_step),
-        )
+        return _run_workflow(engine, settings, args, name, params)
     finally:
         engine.shutdown()
+
+
+def _run_workflow(
+    engine: OrchestrationEngine,
+    settings: Settings,
+    args: argparse.Namespace,
+    name: str,
+    params: dict[str, Any],
+) -> int:
+    """Run ``name`` to its end (see :func:`_execute`), holding the new run's owner lock from before its
+    first record is saved: a server (or any engine recovering the state directory) that opens it at any
+    moment of the run finds a live owner, never a RUNNING run that nobody holds."""
+    from codomyrmex_orchestration.core._run_owners import RunOwnership
+    from codomyrmex_orchestration.core.models import StepResult
+
+    manager = engine.workflow_manager
+    steps = {s.name: StepResult(name=s.name) for s in manager.get_workflow(name).steps}
+    with contextlib.ExitStack() as owned:
+
+        def claim(run_id: str) -> None:
+            owned.enter_context(RunOwnership(settings.state_dir, run_id))
+
+        def start(on_step: StepCallback) -> RunRecord:
+            run_id = manager.start_workflow(
+                name, params, on_step=on_step, before_record=claim if settings.durable else None
+            )
+            return manager.get_run(run_id)
+
+        return _execute(engine, settings, args, steps, start)
 
 
 def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
@@ -692,7 +703,7 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
                 claim.started()
                 return record
 
-            return _execute(engine, settings, args, steps, start, owner_held=True)
+            return _execute(engine, settings, args, steps, start)
         finally:
             engine.shutdown()
 
@@ -837,7 +848,8 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         rows = []
         for r in records:
-            finished = sum(1 for s in r.steps.values() if s.status.value == "completed")
+            # Done as the live display counts it: finished whatever the outcome (`show` says which).
+            finished = sum(1 for s in r.steps.values() if s.status.is_terminal)
             rows.append(
                 [
                     r.run_id,

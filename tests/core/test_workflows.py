@@ -486,6 +486,34 @@ def test_start_workflow_returns_the_run_id_of_a_run_that_goes_on(
         manager.start_workflow("no-such-workflow")
 
 
+def test_before_record_sees_the_new_run_id_before_anything_of_the_run_is_saved_and_can_refuse_it(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    manager.create_workflow("one", [step("a", parameters={"x": 1})])
+    saved_before: dict[str, bool] = {}
+
+    def look(run_id: str) -> None:
+        saved_before[run_id] = store.get_run(run_id) is not None  # reads wait for pending writes
+
+    def refuse(run_id: str) -> None:
+        saved_before[run_id] = store.get_run(run_id) is not None
+        raise InvalidStateError("run", run_id, "unowned", "a lock this test refuses to give")
+
+    try:
+        run_id = manager.start_workflow("one", before_record=look)
+        assert manager.wait_run(run_id, 10).status is WorkflowStatus.COMPLETED
+        with pytest.raises(InvalidStateError):
+            manager.start_workflow("one", before_record=refuse)
+        [refused] = set(saved_before) - {run_id}
+        assert saved_before == {run_id: False, refused: False}
+        assert manager.active_run_ids() == [] and store.get_run(refused) is None  # nothing left of it
+        assert [r.run_id for r in manager.list_runs()] == [run_id]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("mode", ["memory", "memory+on_step", "sqlite"])
 def test_a_run_lists_every_step_in_declaration_order_live_and_final(
     orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, mode: str

@@ -23,7 +23,7 @@ import pytest
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.cli import main
-from codomyrmex_orchestration.core.models import RunRecord, StepResult, WorkflowStatus
+from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import SqliteStore
 
 SCRIPT = Path(sys.executable).with_name("codomyrmex-orchestration")
@@ -421,7 +421,7 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
     table = cli("runs").stdout.splitlines()
     assert table[0].split() == ["RUN", "ID", "WORKFLOW", "STATUS", "DONE", "CREATED", "DURATION"]
     assert len(table) == 3
-    assert table[1].split()[1:4] == ["flaky", "failed", "1/3"]  # newest first
+    assert table[1].split()[1:4] == ["flaky", "failed", "3/3"]  # newest first
     assert table[2].split()[:4] == [ok["run_id"], "demo", "completed", "2/2"]
 
     assert [r["workflow_name"] for r in cli.json("runs", "--status", "completed")] == ["demo"]
@@ -439,6 +439,40 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
     assert steps[0].split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]
     assert steps[1].split()[:3] == ["fetch", "completed", "1"]
     assert steps[1].split()[-1] == '{"n":3}'
+
+
+def test_runs_done_counts_the_finished_steps_whatever_their_outcome_as_the_live_display_does(
+    cli: Cli,
+) -> None:
+    gated = {
+        "name": "gated",
+        "steps": [
+            {"name": "ran", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "passed_over", "module": "core", "action": "echo", "parameters": {"message": 2},
+             "run_if": "1 > 2"},
+        ],
+    }  # fmt: skip
+    skipped = cli.json("run", cli.write("gated.json", gated))
+    assert [s["status"] for s in skipped["steps"].values()] == ["completed", "skipped"]
+    failed = cli.json_any("run", cli.write("flaky.json", flaky(cli.root / "absent")))
+    assert [s["status"] for s in failed["steps"].values()] == ["completed", "failed", "skipped"]
+    store = SqliteStore(cli.state_dir / "state.db")
+    store.save_run(
+        RunRecord(
+            run_id="cut-short",
+            workflow_name="slow",
+            status=WorkflowStatus.INTERRUPTED,
+            steps={
+                "first": StepResult(name="first", status=TaskStatus.COMPLETED, attempts=1),
+                "nap": StepResult(name="nap", status=TaskStatus.RUNNING, attempts=1),
+                "after": StepResult(name="after"),
+            },
+        )
+    )
+    store.close()
+
+    done = {row.split()[0]: row.split()[3] for row in cli("runs").stdout.splitlines()[1:]}
+    assert done == {skipped["run_id"]: "2/2", failed["run_id"]: "3/3", "cut-short": "1/3"}
 
 
 def test_cancel_reaches_a_run_that_a_cli_process_is_running(cli: Cli) -> None:
@@ -532,6 +566,42 @@ def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) 
     proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert cli.json("show", run_id)["status"] == "cancelled"
+
+
+def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server (or any engine that recovers the state directory) may start at any moment of a CLI run;
+    here one recovers it the moment the run is first recorded (its ``run.started``, before any step)."""
+    from codomyrmex_orchestration import cli as command_line
+    from codomyrmex_orchestration.compose import build_engine
+    from codomyrmex_orchestration.config import Settings
+    from codomyrmex_orchestration.core._run_owners import owner_alive
+
+    settings = Settings(data_dir=tmp_path)
+    engine = build_engine(settings, recover=False)  # as `run` opens it
+    seen: list[tuple[bool, list[str]]] = []
+
+    def server_starts(event: str, payload: dict[str, Any]) -> None:
+        if event != "run.started":
+            return
+        engine.store.flush()  # the run's first record is committed: what a starting server reads
+        server_store = SqliteStore(settings.state_db)
+        try:
+            seen.append((owner_alive(settings.state_dir, payload["run_id"]), server_store.recover()))
+        finally:
+            server_store.close()
+
+    engine.workflow_manager.add_listener(server_starts)
+    try:
+        engine.workflow_manager.create_workflow(DEMO)
+        args = command_line.build_parser("run").parse_args(["run", "demo", "--json"])
+        code = command_line._run_workflow(engine, settings, args, "demo", {})
+    finally:
+        engine.shutdown()
+    assert seen == [(True, [])]  # owned already: the recovery left the run alone
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
 
 
 def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:

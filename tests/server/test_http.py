@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -361,3 +362,50 @@ async def test_an_unexpected_failure_on_a_run_view_route_answers_500_with_a_refe
     assert "/secret/path" not in answer.text and "Traceback" not in answer.text
     logged = capsys.readouterr().err
     assert ref.group(1) in logged and "disk at /secret/path on fire" in logged
+
+
+async def test_a_request_whose_id_is_null_a_fraction_or_a_boolean_gets_400_invalid_request_not_202(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # The SDK's parser reads such a request as a notification: it answered 202 and nothing else. MCP:
+    # a request id MUST be a string or an integer. The answer has the shape of the SDK's own to a
+    # malformed message (400, a JSON-RPC error with id null), on both eras' paths.
+    bad_ids = [None, 1.5, 2.0, True]
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            opened = await _open_session(http, base)
+            session = {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(f"{base}/mcp", json=initialized, headers=session)).status_code == 202
+            modern = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28"}
+            answers = {}
+            for era, headers in (("2025", session), ("2026", modern)):
+                for bad in bad_ids:
+                    request = {"jsonrpc": "2.0", "id": bad, "method": "tools/list", "params": {}}
+                    answers[era, json.dumps(bad)] = await http.post(
+                        f"{base}/mcp", json=request, headers=headers
+                    )
+            escaped = b'{"jsonrpc": "2.0", "\\u0069d": null, "method": "tools/list"}'  # "id", escaped
+            answers["2025", "escaped"] = await http.post(f"{base}/mcp", content=escaped, headers=session)
+            opening = await http.post(f"{base}/mcp", json={**INITIALIZE, "id": None}, headers=MCP_HEADERS)
+            malformed = await http.post(f"{base}/mcp", content=b'{"jsonrpc": "2.0"}', headers=session)
+            # A good id, and a null "id" deeper in the request: served.
+            good = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": {"id": None}}}
+            still = await http.post(f"{base}/mcp", json=good, headers=session)
+            sessions_open = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+    for (era, shown), answer in [*answers.items(), (("2025", "null"), opening)]:
+        assert answer.status_code == 400, (era, shown, answer.status_code, answer.text)
+        assert answer.headers["content-type"] == malformed.headers["content-type"] == "application/json"
+        body = answer.json()
+        assert set(body) == set(malformed.json()) == {"jsonrpc", "id", "error"}
+        assert body["id"] is None and body["error"]["code"] == -32600, (era, body)
+        got = "null" if shown == "escaped" else shown
+        assert f'"id" must be a string or an integer, got {got}' in body["error"]["message"], body
+    assert malformed.status_code == 400
+    # The session still serves (its answer comes as an SSE event).
+    [event] = [json.loads(line[5:]) for line in still.text.splitlines() if line.startswith("data:")]
+    assert still.status_code == 200 and event["id"] == 7 and len(event["result"]["tools"]) == 24
+    assert sessions_open == 1  # the opening request with a null id opened no session

@@ -9,8 +9,10 @@ warning is expected there, and those tests exercise the 2025 wire on purpose.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -241,6 +243,33 @@ async def test_completion_suggests_workflows_runs_projects_and_templates_by_what
     assert projects.completion.values == ["demo"]
     assert templates.completion.values[0] == "ai_analysis"
     assert free_text.completion.values == unknown.completion.values == []
+
+
+async def test_completion_of_a_template_suggests_the_names_create_project_and_the_resource_accept(
+    tools: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    # A custom template whose name is not its type (conftest.make_engine's templates_dir).
+    custom = tmp_path / "templates" / "projects"
+    custom.mkdir(parents=True)
+    blog = {"type": "documentation", "description": "my blog", "directory_structure": {"posts": "Posts"}}
+    (custom / "blog.json").write_text(json.dumps(blog), encoding="utf-8")
+    template = types.ResourceTemplateReference(uri="orchestration://templates/{name}")
+    async with Client(build_server(tools)) as client:
+        listed = await call(client, "list_project_templates", {})
+        with anyio.fail_after(WAIT):
+            typed = await client.complete(template, arg("name", "bl"))
+            every = await client.complete(template, arg("name", ""))
+            read = {}
+            for value in every.completion.values:
+                shown = await client.read_resource(f"orchestration://templates/{value}")
+                read[value] = json.loads(shown.contents[0].text)  # type: ignore[union-attr]  # JSON text
+        chosen = typed.completion.values[0]
+        created = await call(client, "create_project", {"name": "myblog", "template": chosen})
+    assert typed.completion.values == ["blog"]
+    assert every.completion.values == [t["name"] for t in listed["templates"]]
+    assert {value: shown["name"] for value, shown in read.items()} == {v: v for v in every.completion.values}
+    assert read["blog"]["description"] == "my blog"
+    assert created["template_used"] == "blog"
 
 
 async def test_completion_ranks_a_match_inside_the_name_after_those_starting_with_it(

@@ -366,20 +366,26 @@ def test_a_long_valid_line_is_read_whole(tmp_path: Path) -> None:
 def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(tmp_path: Path) -> None:
     # MCP: a request id is a string or an integer, never null; the SDK would read these as notifications
     # and drop them, leaving the client waiting for an answer that never comes.
-    ids = ["null", "true", "1.5", "1.0", "[1]", '{"n": 1}']
+    ids = ["null", "true", "1.5", "1.0", "1e2", "[1]", '{"n": 1}']
+    keys = ['"id": ', '"id"  :\tnull, "x": ', '"\\u0069d": ']  # spaced, or spelled with an escape
+    lines = [f'{{"jsonrpc": "2.0", {keys[0]}{raw_id}, "method": "ping"}}' for raw_id in ids]
+    lines += [f'{{"jsonrpc": "2.0", {key}null, "method": "ping"}}' for key in keys[1:]]
     wire = _Wire(tmp_path)
     try:
-        for raw_id in ids:
-            wire.send(b'{"jsonrpc": "2.0", "id": ' + raw_id.encode() + b', "method": "ping"}')
+        for line in lines:
+            wire.send(line.encode())
             reply = wire.reply()
             error = reply["error"]
-            assert reply["id"] is None and isinstance(error, dict), (raw_id, reply)
-            assert error["code"] == -32600 and '"id"' in str(error["message"]), (raw_id, reply)
+            assert reply["id"] is None and isinstance(error, dict), (line, reply)
+            assert error["code"] == -32600 and '"id"' in str(error["message"]), (line, reply)
+        # A notification whose parameters hold an "id" is a notification: no answer (the next reply is
+        # the ping's, written after anything said about the line before it).
+        wire.send(b'{"jsonrpc": "2.0", "method": "notifications/x", "params": {"id": null}}')
         wire.send(b'{"jsonrpc": "2.0", "id": 0, "method": "ping"}')
         assert wire.reply() == {"jsonrpc": "2.0", "id": 0, "result": {}}
     finally:
         errors = wire.close()
-    assert errors.count("stdio.malformed_message") == len(ids), errors
+    assert errors.count("stdio.malformed_message") == len(lines), errors
 
 
 def test_a_byte_order_mark_before_a_message_is_ignored_and_other_encodings_are_parse_errors(

@@ -2,12 +2,13 @@
 
 ``<state_dir>/cli-runs/<run_id>.pid`` holds the owner's pid under an exclusive ``flock``. The kernel
 drops the lock when the owner exits, however it exits, so a held lock means a live owner and a free one
-a dead owner — no pid-reuse guesswork. The CLI's ``run`` and ``resume`` take it; runs started by other
-processes (the MCP server) have no lock file. Taking the lock is also how a process claims a run:
-``resume`` takes it before it reads the run, so of two resumes of the same run exactly one goes ahead
-(the other gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the owner turns
-into a clean cancellation) and waits for the lock to be released. The store's start-up marking
-(``SqliteStore.recover``) leaves alone the runs whose owner is alive.
+a dead owner — no pid-reuse guesswork. The CLI's ``run`` and ``resume`` take it before the run is first
+recorded (``run`` from the run's ``before_record`` hook), so no recovery ever sees their run unowned; runs
+started by other processes (the MCP server) have no lock file. Taking the lock is also how a process
+claims a run: ``resume`` takes it before it reads the run, so of two resumes of the same run exactly one
+goes ahead (the other gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the
+owner turns into a clean cancellation) and waits for the lock to be released. The store's start-up
+marking (``SqliteStore.recover``) leaves alone the runs whose owner is alive.
 
 State owned: the files of ``cli-runs/``; nothing in memory.
 """

@@ -11,7 +11,7 @@ Timeouts: every ``timeout`` argument here is in seconds, and ``None`` means wait
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -337,7 +337,8 @@ class WorkflowManager:
         return _wait(run, timeout) if wait else run.snapshot()
 
     def start_workflow(self, name: str, parameters: Mapping[str, Any] | None = None, **options: Any) -> str:
-        """Start a run like ``execute_workflow(wait=False)``; only its run id (same options and errors)."""
+        """Start a run like ``execute_workflow(wait=False)``; only its run id (same options and errors;
+        also ``before_record(run_id)``, called before anything of the run is saved or started)."""
         return self._start_run(self.definitions.plan(name), parameters, **options).run_id
 
     def is_active(self, run_id: str) -> bool:
@@ -359,6 +360,7 @@ class WorkflowManager:
         default_resources: Mapping[str, Any] | None = None,
         client: str | None = None,
         use_cache: bool = True,
+        before_record: Callable[[str], object] | None = None,
     ) -> RunState:
         # Who reads a run while it goes, besides snapshots: a durable store and on_step read its live
         # record (every row), and they and listeners hear each step start as it happens.
@@ -373,6 +375,8 @@ class WorkflowManager:
             pending_rows=live_readers,
         )
         self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
+        if before_record is not None:  # e.g. the CLI's owner lock: held before a recovery can see the run
+            before_record(record.run_id)
         run = RunState(
             record,
             plan,

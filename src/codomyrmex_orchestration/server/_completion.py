@@ -24,7 +24,8 @@ _SOURCES: Final[dict[str, tuple[str, dict[str, Any], str, str]]] = {
     "workflow": ("list_workflows", {}, "workflows", "name"),
     "run": ("list_workflow_runs", {"limit": 500}, "runs", "run_id"),
     "project": ("list_projects", {}, "projects", "name"),
-    "template": ("list_project_templates", {}, "templates", "type"),
+    # A template's name, what create_project's ``template`` takes (a custom template's differs from its type).
+    "template": ("list_project_templates", {}, "templates", "name"),
 }
 
 # What each argument of each resource template names. The one prompt's argument ("goal") is free text.

@@ -1,10 +1,11 @@
 """MCP sessions on streamable HTTP and what the server reports about itself beside the engine's health.
 
-``SessionManager`` is the SDK's session manager with two changes: idle sessions expire after minutes
-(a setting), and at the session cap the session idle the longest is closed to let a new client in,
-so clients that open sessions and never close them cannot lock everyone else out. ``ServerStatus``
-owns nothing but references: the transport, the code-execution exposure and the session manager,
-read by ``/healthz`` and ``get_health_status``.
+``SessionManager`` is the SDK's session manager with three changes: idle sessions expire after minutes
+(a setting); at the session cap the session idle the longest is closed to let a new client in, so
+clients that open sessions and never close them cannot lock everyone else out; a request whose ``id``
+is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
+notification. ``ServerStatus`` owns nothing but references: the transport, the code-execution
+exposure and the session manager, read by ``/healthz`` and ``get_health_status``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -57,6 +62,33 @@ class SessionManager(StreamableHTTPSessionManager):
     @property
     def open_sessions(self) -> int:
         return len(self._server_instances)
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The SDK's, behind its body limit, which has read a POST's body whole and replays it as one
+        message: a request with an id that is not a string or an integer is refused here, before the
+        SDK's parser takes it for a notification, in the shape of the SDK's answer to a malformed one.
+        """
+        if scope.get("method") != "POST":
+            await super()._handle_request(scope, receive, send)
+            return
+        first = await receive()
+        problem = None
+        if first["type"] == "http.request" and not first.get("more_body", False):
+            problem = body_id_problem(first.get("body", b""))
+        if problem is not None:
+            log.warning("http.malformed_message", code=INVALID_REQUEST, error=problem)
+            error = types.JSONRPCError(
+                jsonrpc="2.0", id=None, error=types.ErrorData(code=INVALID_REQUEST, message=problem)
+            )
+            body = error.model_dump_json(by_alias=True, exclude_unset=True)
+            await Response(body, status_code=400, media_type="application/json")(scope, receive, send)
+            return
+        pending: list[Message] = [first]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await super()._handle_request(scope, replay, send)
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:

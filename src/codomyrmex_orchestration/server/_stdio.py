@@ -23,6 +23,7 @@ from mcp.server.stdio import stdio_server
 from pydantic import ValidationError
 
 from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "serve_stdio"]
 
@@ -31,7 +32,6 @@ log = get_logger("codomyrmex_orchestration.server")
 #: Longest protocol line (one JSON-RPC message) accepted on stdin.
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
 PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
 _CHUNK = 1 << 16
 _BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
@@ -58,7 +58,9 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
         problem = exc.errors()[0]
     else:
         if isinstance(message, types.JSONRPCNotification):
-            return _id_problem(line)
+            # Or a request whose id the SDK's parser refused (see _request_ids).
+            refused = body_id_problem(line)
+            return (INVALID_REQUEST, refused, None) if refused is not None else None
         return None
     if problem["type"] == "json_invalid":
         # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
@@ -88,24 +90,6 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
         'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
         f"({detail})",
         _request_id(line),
-    )
-
-
-def _id_problem(line: bytes) -> tuple[int, str, None] | None:
-    """The error for a notification that has an ``id`` member: a request whose id is not a string or an
-    integer (null, a boolean, a fraction, a list...), which the SDK's parser reads as a notification and
-    so would drop unanswered. Notifications are few and short: parsing one again costs little."""
-    try:
-        message = json.loads(line)
-    except (ValueError, RecursionError):  # the SDK's parser took it: not expected
-        return None
-    if not isinstance(message, dict) or "id" not in message:
-        return None
-    return (
-        INVALID_REQUEST,
-        f'Invalid Request: "id" must be a string or an integer, got {json.dumps(message["id"])[:40]} '
-        '(a notification has no "id" member)',
-        None,
     )
 
 

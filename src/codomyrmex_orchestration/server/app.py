@@ -438,7 +438,7 @@ def build_server(
         if kind in ("projects", "templates") and key:
             list_tool, items_key, key_field = {
                 "projects": ("list_projects", "projects", "name"),
-                "templates": ("list_project_templates", "templates", "type"),
+                "templates": ("list_project_templates", "templates", "name"),
             }[kind]
             listed_items = await the_tools.execute_tool_async(list_tool, {})
             items = (listed_items.structured or {}).get(items_key, [])
