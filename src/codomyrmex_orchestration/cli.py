@@ -402,6 +402,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
                 config_dir=settings.config_dir if registered else None,
                 sample_dir=SAMPLES_DIR if registered and settings.load_samples else None,
                 max_steps=settings.max_steps,
+                max_map_items=settings.max_map_items,
             )
     finally:
         orchestrator.shutdown(wait=True)

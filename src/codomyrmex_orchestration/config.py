@@ -135,7 +135,8 @@ class Settings(BaseModel):
     #: new work is refused, naming this setting. Clients take turns within a priority level.
     max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
-    #: Most items one map step (``for_each``) may have; a longer list fails the step, naming this setting.
+    #: Most items one map step (``for_each``) may have: a longer literal list is refused as the workflow is
+    #: validated, a longer resolved one fails the step; both name this setting.
     max_map_items: int = Field(default=DEFAULT_MAX_MAP_ITEMS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)

@@ -57,6 +57,7 @@ __all__ = [
     "resolve_for_each",
     "split_item",
     "stored_form",
+    "too_many_items",
 ]
 
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
@@ -120,10 +121,15 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
         kind = "null" if values is None else type(values).__name__
         raise InvalidInputError("for_each", f"step {name!r}: {for_each!r} is a {kind}, not a list")
     if len(values) > limit:
-        raise LimitExceededError(
-            MAX_MAP_ITEMS_SETTING, limit, len(values), f"the number of items of map step {name!r}"
-        )
+        raise too_many_items(name, len(values), limit)
     return values
+
+
+def too_many_items(name: str, count: int, limit: int) -> LimitExceededError:
+    """The refusal of map step ``name`` with ``count`` items, over ``limit``: in a run as its list resolves,
+    and for a literal list when the definition is validated."""
+    what = f"the number of items of map step {name!r}"
+    return LimitExceededError(MAX_MAP_ITEMS_SETTING, limit, count, what)
 
 
 # --------------------------------------------------------------------------- one expansion

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_MAP_ITEMS,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_QUEUED_TASKS,
     DEFAULT_MAX_STEPS,
@@ -149,6 +150,7 @@ class OrchestrationEngine:
         max_workers: the scheduler's worker threads.
         max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
         max_steps: most steps a workflow may have.
+        max_map_items: most items one map step (``for_each``) may have.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
@@ -178,6 +180,7 @@ class OrchestrationEngine:
         max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -243,6 +246,7 @@ class OrchestrationEngine:
             config_dir=config_dir,
             sample_dir=sample_dir,
             max_steps=max_steps,
+            max_map_items=max_map_items,
             max_subworkflow_depth=max_subworkflow_depth,
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,

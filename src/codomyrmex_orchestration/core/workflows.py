@@ -194,6 +194,7 @@ class WorkflowManager:
             registry=registry,
             store=self.store,
             max_steps=max_steps,
+            max_map_items=max_map_items,
             check_resources=orchestrator.check_resources,
         )
         taken = self.definitions.load_stored()
