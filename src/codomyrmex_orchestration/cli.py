@@ -388,13 +388,16 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
     """
     from codomyrmex_orchestration.compose import build_registry
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.store import MemoryStore
     from codomyrmex_orchestration.core.workflows import WorkflowManager
     from codomyrmex_orchestration.samples import SAMPLES_DIR
 
     registry = build_registry(settings)
     orchestrator = TaskOrchestrator(1, registry=registry)
     try:
-        with _read_store(settings) if registered else contextlib.nullcontext() as store:
+        with _read_store(settings) if registered else contextlib.nullcontext() as stored:
+            # Definitions' default parameters are held to the store's limit, as runs' parameters are.
+            store = stored or MemoryStore(max_parameters_bytes=settings.max_parameters_bytes)
             yield WorkflowManager(
                 orchestrator=orchestrator,
                 registry=registry,
@@ -420,7 +423,7 @@ def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
     if not settings.state_db.is_file():
         yield None
         return
-    store = SqliteStore(settings.state_db)
+    store = SqliteStore(settings.state_db, max_parameters_bytes=settings.max_parameters_bytes)
     try:
         yield store
     finally:

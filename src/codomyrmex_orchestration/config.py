@@ -170,7 +170,8 @@ class Settings(BaseModel):
     #: The byte budget of the state directory (stored runs, steps, spill files): past it the oldest
     #: finished runs are evicted, and new runs are refused while it cannot be met.
     state_max_bytes: int = Field(default=DEFAULT_STATE_MAX_BYTES, ge=1)
-    #: The most bytes of JSON a run's parameters may take.
+    #: The most bytes of JSON a run's parameters may take (a workflow's default parameters too, checked as
+    #: the workflow is validated).
     max_parameters_bytes: int = Field(default=DEFAULT_MAX_PARAMETERS_BYTES, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
     #: ``codomyrmex-orchestration[dask]``). See docs/ENGINE.md, "Scale-out with Dask".

@@ -629,6 +629,20 @@ def test_validate_refuses_a_literal_for_each_longer_than_the_item_limit_naming_t
     assert cli("validate", big).stdout == f"{big}: big: ok (1 steps, 1 levels)\n"
 
 
+def test_validate_refuses_default_parameters_over_their_limit_naming_the_setting(cli: Cli) -> None:
+    document = {**DEMO, "parameters": {"n": "x" * 100}}  # {"n":"xx..."}: 108 bytes of JSON
+    big = cli.write("big.json", document)
+    cli.env["CODOMYRMEX_MAX_PARAMETERS_BYTES"] = "100"
+    checked = cli("validate", big)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines() == [
+        f"{big}: demo: parameters: CODOMYRMEX_MAX_PARAMETERS_BYTES: the default parameters every run "
+        "starts with, in bytes of JSON, is 108, above the limit of 100"
+    ]
+    cli.env["CODOMYRMEX_MAX_PARAMETERS_BYTES"] = "108"
+    assert cli("validate", big).stdout == f"{big}: demo: ok (2 steps, 2 levels)\n"
+
+
 def nested(depth: int) -> str:
     """A workflow whose one step has a parameter ``depth`` lists deep (as text: json.dumps recurses)."""
     deep = "[" * depth + "]" * depth

@@ -169,15 +169,16 @@ def check_intervals(**seconds: float) -> None:
             raise InvalidInputError(name, f"must be >= 0 seconds, got {value}")
 
 
-def check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> None:
-    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record)."""
+def check_parameters(
+    parameters: Mapping[str, Any] | None, limit: int, *, what: str = "the run's parameters"
+) -> None:
+    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record);
+    ``what`` names them in the refusal (a definition's defaults are checked as it is validated)."""
     if not parameters:
         return
     size = len(pydantic_core.to_json(dict(parameters), fallback=str))
     if size > limit:
-        raise LimitExceededError(
-            MAX_PARAMETERS_BYTES_SETTING, limit, size, "the run's parameters, in bytes of JSON,"
-        )
+        raise LimitExceededError(MAX_PARAMETERS_BYTES_SETTING, limit, size, f"{what}, in bytes of JSON,")
 
 
 def refuse_over_budget(used: int, limit: int) -> LimitExceededError:

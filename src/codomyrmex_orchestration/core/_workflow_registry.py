@@ -20,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.core._store_codec import check_parameters
 from codomyrmex_orchestration.core._workflow_map import too_many_items
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.actions import ActionRegistry
@@ -62,15 +63,22 @@ def digest_of(spec: WorkflowSpec) -> str:
     return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
 
 
-def _limit_problems(spec: WorkflowSpec, max_map_items: int) -> list[str]:
+def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes: int) -> list[str]:
     """What the definition as written puts over a configured limit, in the words a run would meet it
     in: a literal ``for_each`` list longer than ``max_map_items`` (a reference is counted when a run
-    resolves it)."""
-    return [
+    resolves it), default parameters larger than ``max_parameters_bytes`` (every run starts with them)."""
+    problems = [
         f"step {step.name!r} for_each: {too_many_items(step.name, len(step.for_each), max_map_items)}"
         for step in spec.steps
         if isinstance(step.for_each, list) and len(step.for_each) > max_map_items
     ]
+    try:
+        check_parameters(
+            spec.parameters, max_parameters_bytes, what="the default parameters every run starts with"
+        )
+    except LimitExceededError as exc:
+        problems.append(f"parameters: {exc}")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,13 +332,15 @@ class DefinitionRegistry:
         Raises:
             LimitExceededError: too many steps.
             DAGValidationError: every graph problem at once; then resources no capacity allows and
-                limits the definition itself exceeds (a literal ``for_each`` list too long).
+                limits the definition itself exceeds (a literal ``for_each`` list too long, default
+                parameters too large for the store's ``max_parameters_bytes``).
         """
         if len(spec.steps) > self.max_steps:
             raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
         dag = WorkflowDAG.from_spec(spec, self.registry)
         dag.validate()
-        problems = self._resource_problems(spec) + _limit_problems(spec, self.max_map_items)
+        limits = _limit_problems(spec, self.max_map_items, self.store.max_parameters_bytes)
+        problems = self._resource_problems(spec) + limits
         if problems:
             raise DAGValidationError(problems, workflow=spec.name)
         return Plan(spec, dag)

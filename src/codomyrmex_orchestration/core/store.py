@@ -89,6 +89,9 @@ class StateStore(Protocol):
     durable: bool
     # Cached step outputs (core/_step_cache.py), counted in the byte budget where there is one.
     step_cache: CacheTable
+    # The most bytes of JSON a run's parameters may take (check_budget refuses more; definitions' default
+    # parameters are held to it as they are validated).
+    max_parameters_bytes: int
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...
