@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_MAX_QUEUED_TASKS",
+    "DEFAULT_MAX_RESOLVED_SIZE",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
@@ -64,6 +65,8 @@ DEFAULT_MAX_STEPS = 10_000
 #: Most items one map step (a step with ``for_each``) may run.
 DEFAULT_MAX_MAP_ITEMS = 100_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+#: Most characters a step's references may put into its parameters (``templating.MAX_RESOLVED_SIZE``).
+DEFAULT_MAX_RESOLVED_SIZE = 16 * 1024 * 1024
 DEFAULT_STATE_MAX_BYTES = 1024**3
 DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
@@ -139,6 +142,9 @@ class Settings(BaseModel):
     #: validated, a longer resolved one fails the step; both name this setting.
     max_map_items: int = Field(default=DEFAULT_MAX_MAP_ITEMS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
+    #: The template expansion budget: most characters a step's ``{{...}}`` references may put into its
+    #: parameters (embedded text, and the JSON size of each value passed whole); more fails the step.
+    max_resolved_size: int = Field(default=DEFAULT_MAX_RESOLVED_SIZE, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
     #: Most sub-workflow runs under one top-level run (all nesting levels together).
     max_subworkflow_runs: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_RUNS, ge=0)

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from codomyrmex_orchestration._redact import redact
-from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
@@ -174,8 +174,9 @@ class ConditionView:
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``saves_steps``, ``secrets``, ``conditions``, ``use_cache``, ``done``, ``start_mono``, ``hears_starts``,
-    ``starts_from``, ``definitions`` (its own lookups need no lock) and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``conditions``, ``use_cache``, ``max_resolved_size``, ``done``,
+    ``start_mono``, ``hears_starts``, ``starts_from``, ``definitions`` (its own lookups need no lock) and
+    ``record.run_id``)."""
 
     def __init__(
         self,
@@ -192,6 +193,7 @@ class RunState:
         secrets: Callable[[str], str] | None = None,
         use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         starts_from: StartsReader | None = None,
     ) -> None:
         self.record = record
@@ -203,6 +205,7 @@ class RunState:
         self.hears_starts = starts_from is None
         self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
         self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
+        self.max_resolved_size = max_resolved_size  # what a step's references may put in (templating)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
@@ -556,7 +559,11 @@ class RunState:
         try:
             if condition is not None and not condition.evaluate(self.conditions.of(ctx)):
                 return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
-            params = resolve(step.parameters, ctx) if info.templated else step.parameters
+            params = (
+                resolve(step.parameters, ctx, max_size=self.max_resolved_size)
+                if info.templated
+                else step.parameters
+            )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
         return TaskStatus.READY, None, params

@@ -24,6 +24,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_MAP_ITEMS,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_QUEUED_TASKS,
+    DEFAULT_MAX_RESOLVED_SIZE,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -151,6 +152,7 @@ class OrchestrationEngine:
         max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
         max_steps: most steps a workflow may have.
         max_map_items: most items one map step (``for_each``) may have.
+        max_resolved_size: most characters a step's references may put into its parameters.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
@@ -181,6 +183,7 @@ class OrchestrationEngine:
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -247,6 +250,7 @@ class OrchestrationEngine:
             sample_dir=sample_dir,
             max_steps=max_steps,
             max_map_items=max_map_items,
+            max_resolved_size=max_resolved_size,
             max_subworkflow_depth=max_subworkflow_depth,
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
