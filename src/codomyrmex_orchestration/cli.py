@@ -388,13 +388,16 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
     """
     from codomyrmex_orchestration.compose import build_registry
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
+    from codomyrmex_orchestration.core.store import MemoryStore
     from codomyrmex_orchestration.core.workflows import WorkflowManager
     from codomyrmex_orchestration.samples import SAMPLES_DIR
 
     registry = build_registry(settings)
     orchestrator = TaskOrchestrator(1, registry=registry)
     try:
-        with _read_store(settings) if registered else contextlib.nullcontext() as store:
+        with _read_store(settings) if registered else contextlib.nullcontext() as stored:
+            # Definitions' default parameters are held to the store's limit, as runs' parameters are.
+            store = stored or MemoryStore(max_parameters_bytes=settings.max_parameters_bytes)
             yield WorkflowManager(
                 orchestrator=orchestrator,
                 registry=registry,
@@ -402,6 +405,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
                 config_dir=settings.config_dir if registered else None,
                 sample_dir=SAMPLES_DIR if registered and settings.load_samples else None,
                 max_steps=settings.max_steps,
+                max_map_items=settings.max_map_items,
             )
     finally:
         orchestrator.shutdown(wait=True)
@@ -419,7 +423,7 @@ def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
     if not settings.state_db.is_file():
         yield None
         return
-    store = SqliteStore(settings.state_db)
+    store = SqliteStore(settings.state_db, max_parameters_bytes=settings.max_parameters_bytes)
     try:
         yield store
     finally:

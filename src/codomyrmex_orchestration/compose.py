@@ -50,6 +50,7 @@ ENGINE_SETTINGS = (
     "max_queued_tasks",
     "max_steps",
     "max_map_items",
+    "max_resolved_size",
     "max_output_bytes",
     "max_subworkflow_depth",
     "max_subworkflow_runs",
@@ -82,6 +83,8 @@ def engine_arguments(settings: Settings) -> dict[str, Any]:
         "max_workers": settings.max_workers,
         "max_queued_tasks": settings.max_queued_tasks,
         "max_steps": settings.max_steps,
+        "max_map_items": settings.max_map_items,
+        "max_resolved_size": settings.max_resolved_size,
         "max_output_bytes": settings.max_output_bytes,
         "max_subworkflow_depth": settings.max_subworkflow_depth,
         "max_subworkflow_runs": settings.max_subworkflow_runs,
@@ -131,7 +134,6 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
         )
     engine = OrchestrationEngine(**kwargs)
     engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
-    engine.workflow_manager.max_map_items = settings.max_map_items  # read by each run as it starts
     if settings.python_call_allow:
         # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
         pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})

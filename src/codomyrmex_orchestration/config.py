@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_MAX_QUEUED_TASKS",
+    "DEFAULT_MAX_RESOLVED_SIZE",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
@@ -64,6 +65,8 @@ DEFAULT_MAX_STEPS = 10_000
 #: Most items one map step (a step with ``for_each``) may run.
 DEFAULT_MAX_MAP_ITEMS = 100_000
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+#: Most characters a step's references may put into its parameters (``templating.MAX_RESOLVED_SIZE``).
+DEFAULT_MAX_RESOLVED_SIZE = 16 * 1024 * 1024
 DEFAULT_STATE_MAX_BYTES = 1024**3
 DEFAULT_MAX_PARAMETERS_BYTES = 1024 * 1024
 DEFAULT_MAX_SUBWORKFLOW_DEPTH = 8
@@ -135,9 +138,13 @@ class Settings(BaseModel):
     #: new work is refused, naming this setting. Clients take turns within a priority level.
     max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
-    #: Most items one map step (``for_each``) may have; a longer list fails the step, naming this setting.
+    #: Most items one map step (``for_each``) may have: a longer literal list is refused as the workflow is
+    #: validated, a longer resolved one fails the step; both name this setting.
     max_map_items: int = Field(default=DEFAULT_MAX_MAP_ITEMS, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1024)
+    #: The template expansion budget: most characters a step's ``{{...}}`` references may put into its
+    #: parameters (embedded text, and the JSON size of each value passed whole); more fails the step.
+    max_resolved_size: int = Field(default=DEFAULT_MAX_RESOLVED_SIZE, ge=1024)
     max_subworkflow_depth: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_DEPTH, ge=0)
     #: Most sub-workflow runs under one top-level run (all nesting levels together).
     max_subworkflow_runs: int = Field(default=DEFAULT_MAX_SUBWORKFLOW_RUNS, ge=0)
@@ -169,7 +176,8 @@ class Settings(BaseModel):
     #: The byte budget of the state directory (stored runs, steps, spill files): past it the oldest
     #: finished runs are evicted, and new runs are refused while it cannot be met.
     state_max_bytes: int = Field(default=DEFAULT_STATE_MAX_BYTES, ge=1)
-    #: The most bytes of JSON a run's parameters may take.
+    #: The most bytes of JSON a run's parameters may take (a workflow's default parameters too, checked as
+    #: the workflow is validated).
     max_parameters_bytes: int = Field(default=DEFAULT_MAX_PARAMETERS_BYTES, ge=1)
     #: Where ready steps run: ``local`` (the scheduler's worker threads) or ``dask`` (needs the extra
     #: ``codomyrmex-orchestration[dask]``). See docs/ENGINE.md, "Scale-out with Dask".

@@ -120,6 +120,28 @@ def test_a_sequential_session_runs_one_step_at_a_time(engine: OrchestrationEngin
     assert peak[0] > 1
 
 
+def test_a_sequential_session_starts_the_highest_priority_of_the_steps_ready_at_once(
+    engine: OrchestrationEngine,
+) -> None:
+    # Four workers: the scheduler would take every ready step at once; the run's one slot decides.
+    levels = ["background", "low", "normal", "high", "critical"]
+    steps: list[dict[str, Any]] = [
+        {"name": f"s_{p}", "module": "core", "action": "echo", "parameters": {"message": p}, "priority": p}
+        for p in levels
+    ]
+    # Ready only once s_high is done, then ahead of the three lower steps still waiting.
+    steps.append({**steps[-1], "name": "late_critical", "dependencies": ["s_high"]})
+    engine.workflow_manager.create_workflow("prio", steps)
+    starts: list[str] = []  # in the order the steps start, one at a time
+    engine.workflow_manager.add_listener(
+        lambda event, payload: starts.append(payload["step"]) if event == "step.started" else None
+    )
+    sid = engine.create_session(mode=OrchestrationMode.SEQUENTIAL)
+    record = engine.execute_workflow("prio", session_id=sid, timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED
+    assert starts == ["s_critical", "s_high", "late_critical", "s_normal", "s_low", "s_background"]
+
+
 @pytest.mark.parametrize("mode", [OrchestrationMode.PRIORITY, OrchestrationMode.PARALLEL, None])
 def test_step_priorities_order_a_runs_steps_alike_in_a_priority_or_parallel_session_or_none(
     tmp_path: Path, mode: OrchestrationMode | None

@@ -267,6 +267,41 @@ def test_settings_limit_the_steps_of_a_workflow(tmp_path: Path) -> None:
         engine.shutdown()
 
 
+def test_the_template_budget_is_a_setting_and_a_step_over_it_fails_naming_the_setting(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"CODOMYRMEX_MAX_RESOLVED_SIZE": "2048"},
+        state_dir=tmp_path / "state",
+        projects_dir=tmp_path / "projects",
+        config_dir=tmp_path / "config",
+        durable=False,
+    )
+    engine = build_engine(settings, templates_dir=None)
+    engine.registry.register(ActionDefinition("test", "echo", _echo))
+    try:
+        embedded = {"value": "<{{params.p}}>"}
+        steps = [
+            {"name": "plain", "module": "test", "action": "echo", "parameters": embedded},
+            {"name": "each", "module": "test", "action": "echo", "for_each": [1], "parameters": embedded},
+        ]
+        engine.workflow_manager.create_workflow({"name": "budget", "steps": steps})
+        fits = engine.execute_workflow("budget", parameters={"p": "x" * 2000}, timeout=30)
+        assert fits.status is WorkflowStatus.COMPLETED, fits.error
+        run = engine.execute_workflow("budget", parameters={"p": "x" * 2100}, timeout=30)
+        assert sorted(run.failed_steps) == ["each", "plain"]  # a step's parameters, and an item's
+        plain = run.steps["plain"].error
+        assert plain is not None and plain.type == "TemplateError"
+        assert plain.message == (
+            "parameters: template 'params.p': the resolved parameters would exceed 2048 characters, the "
+            "template expansion budget (CODOMYRMEX_MAX_RESOLVED_SIZE); reference a smaller value or a part "
+            "of it, or raise the setting"
+        )
+        each = run.steps["each"].error
+        assert each is not None and "would exceed 2048 characters" in each.message
+        assert "CODOMYRMEX_MAX_RESOLVED_SIZE" in each.message
+    finally:
+        engine.shutdown()
+
+
 def test_settings_limit_sub_workflow_depth_and_the_run_fails_saying_so(tmp_path: Path) -> None:
     engine = _make(tmp_path, max_subworkflow_depth=1)
     try:

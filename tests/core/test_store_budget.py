@@ -12,7 +12,7 @@ import pytest
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
-from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError
+from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, LimitExceededError
 
 BUDGET = 1_000_000
 SPILL = 100_000  # bytes of each spilled output
@@ -235,6 +235,29 @@ def test_a_run_whose_parameters_are_over_their_limit_is_refused_before_it_starts
             engine.execute_workflow("wf", parameters={"p": "x" * 2048}, timeout=30)
         assert engine.workflow_manager.list_runs() == []  # nothing was started or stored
         assert engine.execute_workflow("wf", parameters={"p": "small"}, timeout=30).succeeded
+    finally:
+        engine.shutdown()
+
+
+def test_default_parameters_over_their_limit_are_refused_when_the_workflow_is_created_or_validated(
+    tmp_path: Path,
+) -> None:
+    engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, max_parameters_bytes=1024)
+    try:
+        manager = engine.workflow_manager
+        step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": "{{params.p}}"}}
+        big = {"name": "wf", "parameters": {"p": "x" * 2048}, "steps": [step]}
+        expected = (
+            "steps: workflow 'wf' is invalid, 1 problem: parameters: CODOMYRMEX_MAX_PARAMETERS_BYTES: the "
+            "default parameters every run starts with, in bytes of JSON, is 2056, above the limit of 1024"
+        )  # the field, the size, the limit and the setting, measured as a run's parameters are
+        for refuse in (manager.validate_workflow, manager.create_workflow):
+            with pytest.raises(DAGValidationError) as refused:
+                refuse(big)
+            assert str(refused.value) == expected
+        assert manager.list_workflows() == [] and manager.list_runs() == []
+        manager.create_workflow({**big, "parameters": {"p": "x" * 1000}})  # 1008 bytes of JSON fit
+        assert engine.execute_workflow("wf", timeout=30).succeeded
     finally:
         engine.shutdown()
 

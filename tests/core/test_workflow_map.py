@@ -435,6 +435,56 @@ def test_the_item_limit_is_a_setting_read_from_the_environment(tmp_path: Path) -
         engine.shutdown()
 
 
+def test_a_literal_list_longer_than_the_limit_is_refused_by_validate_and_create_naming_everything(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, calls: Calls
+) -> None:
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None, max_map_items=3)
+    too_long = {"name": "big", "steps": [mapped(for_each=[1, 2, 3, 4])]}
+    expected = (
+        "steps: workflow 'big' is invalid, 1 problem: step 'each' for_each: CODOMYRMEX_MAX_MAP_ITEMS: "
+        "the number of items of map step 'each' is 4, above the limit of 3"
+    )  # the run's own words, after the workflow, the step and the field
+    for refuse in (manager.validate_workflow, manager.create_workflow):
+        with pytest.raises(DAGValidationError) as refused:
+            refuse(too_long)
+        assert str(refused.value) == expected
+    assert manager.list_workflows() == []
+    manager.create_workflow({"name": "fits", "steps": [mapped(for_each=[1, 2, 3])]})
+    assert manager.execute_workflow("fits", timeout=WAIT).steps["each"].output == [2, 4, 6]
+    # A reference is counted when a run resolves it (see the test above): the definition is valid.
+    manager.create_workflow("later", [lister([1, 2, 3, 4]), mapped()])
+
+
+def test_the_item_limit_setting_refuses_a_config_file_with_a_longer_literal_list(tmp_path: Path) -> None:
+    config = tmp_path / "c"
+    config.mkdir()
+    step = {
+        "name": "each",
+        "module": "core",
+        "action": "echo",
+        "for_each": [1, 2, 3],
+        "parameters": {"message": 1},
+    }
+    (config / "big.json").write_text(json.dumps({"name": "big", "steps": [step]}))
+    settings = Settings.from_env(
+        {"CODOMYRMEX_MAX_MAP_ITEMS": "2"},
+        state_dir=tmp_path / "s",
+        config_dir=config,
+        projects_dir=tmp_path / "p",
+        durable=False,
+        load_samples=False,
+    )
+    engine = build_engine(settings)
+    try:
+        [(path, reason)] = engine.workflow_manager.load_errors  # checked with the setting as it loaded
+        assert path == str(config / "big.json")
+        limit = "CODOMYRMEX_MAX_MAP_ITEMS: the number of items of map step 'each' is 3, above the limit of 2"
+        assert reason.endswith(f"step 'each' for_each: {limit}"), reason
+        assert engine.workflow_manager.list_workflows() == []
+    finally:
+        engine.shutdown()
+
+
 def test_a_for_each_that_resolves_to_something_else_than_a_list_fails_the_step_clearly(
     manager: WorkflowManager,
 ) -> None:

@@ -137,6 +137,22 @@ def test_max_parallel_holds_cleared_steps_as_ready_and_releases_one_per_finished
     assert [n for n, _ in released.submit] == ["s2"]
 
 
+def test_max_parallel_hands_a_free_slot_to_the_highest_priority_of_the_held_steps(
+    registry: ActionRegistry,
+) -> None:
+    run = make_run(
+        registry,
+        [step("low", priority="low"), step("high", priority="high"), step("normal"), step("urgent")],
+        max_parallel=1,
+    )
+    # All four ready at once: "high" first; "normal" and "urgent" share the run's priority (normal), so
+    # they keep the order they were cleared in; "low" last, however early it was declared.
+    assert [n for n, _ in run.begin().submit] == ["high"]
+    assert [n for n, _ in run.step_finished(ok("high"), held_slot=True).submit] == ["normal"]
+    assert [n for n, _ in run.step_finished(ok("normal"), held_slot=True).submit] == ["urgent"]
+    assert [n for n, _ in run.step_finished(ok("urgent"), held_slot=True).submit] == ["low"]
+
+
 def test_a_resumed_run_clears_only_the_steps_its_previous_run_did_not_complete(
     registry: ActionRegistry,
 ) -> None:

@@ -684,6 +684,35 @@ def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cl
     assert cli("validate", good).returncode == 0
 
 
+def test_validate_refuses_a_literal_for_each_longer_than_the_item_limit_naming_the_setting(cli: Cli) -> None:
+    steps = [{"name": "each", "module": "core", "action": "echo", "for_each": [1, 2, 3, 4],
+              "parameters": {"message": "{{item}}"}}]  # fmt: skip
+    big = cli.write("big.json", {"name": "big", "steps": steps})
+    cli.env["CODOMYRMEX_MAX_MAP_ITEMS"] = "3"
+    checked = cli("validate", big)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines() == [
+        f"{big}: big: step 'each' for_each: CODOMYRMEX_MAX_MAP_ITEMS: the number of items of map step "
+        "'each' is 4, above the limit of 3"
+    ]
+    cli.env["CODOMYRMEX_MAX_MAP_ITEMS"] = "4"
+    assert cli("validate", big).stdout == f"{big}: big: ok (1 steps, 1 levels)\n"
+
+
+def test_validate_refuses_default_parameters_over_their_limit_naming_the_setting(cli: Cli) -> None:
+    document = {**DEMO, "parameters": {"n": "x" * 100}}  # {"n":"xx..."}: 108 bytes of JSON
+    big = cli.write("big.json", document)
+    cli.env["CODOMYRMEX_MAX_PARAMETERS_BYTES"] = "100"
+    checked = cli("validate", big)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines() == [
+        f"{big}: demo: parameters: CODOMYRMEX_MAX_PARAMETERS_BYTES: the default parameters every run "
+        "starts with, in bytes of JSON, is 108, above the limit of 100"
+    ]
+    cli.env["CODOMYRMEX_MAX_PARAMETERS_BYTES"] = "108"
+    assert cli("validate", big).stdout == f"{big}: demo: ok (2 steps, 2 levels)\n"
+
+
 def nested(depth: int) -> str:
     """A workflow whose one step has a parameter ``depth`` lists deep (as text: json.dumps recurses)."""
     deep = "[" * depth + "]" * depth

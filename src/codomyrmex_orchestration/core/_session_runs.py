@@ -1,29 +1,38 @@
-"""The engine's work inside sessions: runs started and resumed under a session's limits and mode, and
-the work and resources a closing session stops. It owns no state: the sessions' is the
-:class:`~codomyrmex_orchestration.core._sessions.SessionRegistry`'s, the runs' the workflow manager's.
+"""The engine's work inside sessions: runs started and resumed and tasks submitted under a session's
+limits and mode, and the work and resources a closing session stops. It owns no state: the sessions' is
+the :class:`~codomyrmex_orchestration.core._sessions.SessionRegistry`'s, the runs' the workflow
+manager's, the tasks' the scheduler's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._sessions import Session, SessionRegistry
-from codomyrmex_orchestration.core.models import RunRecord
+from codomyrmex_orchestration.core.models import RunRecord, TaskRecord, TaskSpec
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import OrchestrationError
 
-__all__ = ["SessionRuns", "stop_session_work"]
+__all__ = ["SessionWork", "stop_session_work"]
+
+Publish = Callable[[str, dict[str, Any]], None]
 
 
-class SessionRuns:
-    """Runs started and resumed within sessions (see the module's docstring)."""
+class SessionWork:
+    """Runs and tasks started within sessions (see the module's docstring); ``publish`` announces the
+    tasks' ends."""
 
-    def __init__(self, sessions: SessionRegistry, workflows: WorkflowManager) -> None:
+    def __init__(
+        self, sessions: SessionRegistry, workflows: WorkflowManager, tasks: TaskOrchestrator, publish: Publish
+    ) -> None:
         self._sessions = sessions
         self._workflows = workflows
+        self._tasks = tasks
+        self._publish = publish
 
     def start(
         self, name: str, parameters: Mapping[str, Any] | None, *, session_id: str | None, **options: Any
@@ -71,6 +80,43 @@ class SessionRuns:
             if live is not None:
                 sessions.record_run(live, run_id, active=workflows.is_active(run_id))
         return record
+
+    def start_task(self, spec: TaskSpec, *, session_id: str | None) -> str:
+        """Submit ``spec`` within the open session ``session_id`` (its limit, its mode's resources;
+        ``None``: no session), queued for the session, else the calling client (clients take turns
+        within a priority); the task id. Its end is announced and frees its slot in the session.
+
+        Raises:
+            SessionNotFoundError / InvalidStateError: an unknown or closed session.
+            LimitExceededError: the session runs as many tasks as it may.
+        """
+        sessions, tasks = self._sessions, self._tasks
+        with sessions.holding(session_id) as live:
+            if live is not None:
+                spec = live.task_spec(spec)
+                sessions.touch(live)
+        on_done = _task_done(self._publish, sessions, session_id)
+        task_id = tasks.submit_task(spec, on_done=on_done, session_id=session_id or calling_client.get())
+        if session_id is not None:
+            get = tasks.get_task
+            sessions.record_task(session_id, task_id, lambda: not get(task_id).status.is_terminal)
+        return task_id
+
+
+def _task_done(
+    publish: Publish, sessions: SessionRegistry, session_id: str | None
+) -> Callable[[TaskRecord], None]:
+    """A task's ``on_done``: announce how it ended and free its session slot."""
+
+    def done(record: TaskRecord) -> None:
+        publish(
+            f"task.{record.status.value}",
+            {"task_id": record.task_id, "name": record.name, "session_id": session_id},
+        )
+        if session_id is not None:
+            sessions.task_ended(session_id, record.task_id)
+
+    return done
 
 
 def stop_session_work(

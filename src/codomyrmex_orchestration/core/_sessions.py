@@ -61,7 +61,9 @@ StopWork = Callable[["Session", Collection[str], Collection[str], bool], tuple[l
 class OrchestrationMode(enum.StrEnum):
     """How a session's work is run.
 
-    SEQUENTIAL: one workflow at a time, one step at a time, in the order steps become ready.
+    SEQUENTIAL: one workflow at a time, one step at a time: of the steps ready at once, the one of
+    highest priority first (the run's ``max_parallel`` slots order them), then in the order they became
+    ready.
     PARALLEL: steps run as their dependencies allow. PRIORITY: as PARALLEL; it names the original's
     "execute based on priority ordering", which the one scheduler does in every mode (a step's, a
     task's or a run's priority orders the queue; the mode changes nothing). RESOURCE_AWARE: every step

@@ -24,11 +24,9 @@ DEFAULT_FLUSH_INTERVAL = 0.05
 #: Seconds between housekeeping passes of the SQLite store (run, version and event limits, expired
 #: cached outputs); a full flush brings one forward. The byte budget is kept at every commit.
 DEFAULT_HOUSEKEEPING_INTERVAL = 1.0
-#: The byte budget of the state directory (stored runs, steps and spill files).
-DEFAULT_STATE_MAX_BYTES = 1 << 30
-#: The most bytes of JSON a run's parameters may take.
-DEFAULT_MAX_PARAMETERS_BYTES = 1 << 20
-#: The settings that set them, named in refusals.
+#: The settings that set the byte budget of the state directory and the most bytes of JSON a run's
+#: parameters may take (their defaults: ``config.DEFAULT_STATE_MAX_BYTES``, ``..._MAX_PARAMETERS_BYTES``),
+#: named in refusals.
 STATE_MAX_BYTES_SETTING = "CODOMYRMEX_STATE_MAX_BYTES"
 MAX_PARAMETERS_BYTES_SETTING = "CODOMYRMEX_MAX_PARAMETERS_BYTES"
 INTERRUPTED_REASON = "the process stopped while this run was in progress"
@@ -171,15 +169,16 @@ def check_intervals(**seconds: float) -> None:
             raise InvalidInputError(name, f"must be >= 0 seconds, got {value}")
 
 
-def check_parameters(parameters: Mapping[str, Any] | None, limit: int) -> None:
-    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record)."""
+def check_parameters(
+    parameters: Mapping[str, Any] | None, limit: int, *, what: str = "the run's parameters"
+) -> None:
+    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record);
+    ``what`` names them in the refusal (a definition's defaults are checked as it is validated)."""
     if not parameters:
         return
     size = len(pydantic_core.to_json(dict(parameters), fallback=str))
     if size > limit:
-        raise LimitExceededError(
-            MAX_PARAMETERS_BYTES_SETTING, limit, size, "the run's parameters, in bytes of JSON,"
-        )
+        raise LimitExceededError(MAX_PARAMETERS_BYTES_SETTING, limit, size, f"{what}, in bytes of JSON,")
 
 
 def refuse_over_budget(used: int, limit: int) -> LimitExceededError:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..config import DEFAULT_MAX_PARAMETERS_BYTES
 from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
-    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
     STEPS_JSON,

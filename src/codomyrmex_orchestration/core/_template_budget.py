@@ -18,8 +18,8 @@ from ._json_text import json_chars
 
 __all__ = ["BUDGET_NAME", "Budget", "to_text"]
 
-#: How the refusal names the budget: the constant that sets it (no setting changes it).
-BUDGET_NAME = "the template expansion budget (templating.MAX_RESOLVED_SIZE; no setting changes it)"
+#: How the refusal names the budget: the setting that sets it.
+BUDGET_NAME = "the template expansion budget (CODOMYRMEX_MAX_RESOLVED_SIZE)"
 
 
 class Budget:
@@ -45,7 +45,7 @@ class Budget:
             raise TemplateError(
                 raw,
                 f"the resolved parameters would exceed {self.limit} characters, {BUDGET_NAME}; "
-                "reference a smaller value or a part of it",
+                "reference a smaller value or a part of it, or raise the setting",
             )
 
     def charge(self, value: Any, raw: str, *, keep: bool = True) -> Any:

@@ -57,6 +57,7 @@ __all__ = [
     "resolve_for_each",
     "split_item",
     "stored_form",
+    "too_many_items",
 ]
 
 MAX_MAP_ITEMS_SETTING = "CODOMYRMEX_MAX_MAP_ITEMS"
@@ -106,8 +107,8 @@ def map_problems(name: str, step: StepSpec) -> list[str]:
     return problems
 
 
-def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int) -> list[Any]:
-    """The items of map step ``name`` in this run.
+def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int, max_size: int) -> list[Any]:
+    """The items of map step ``name`` in this run (``max_size``: the template expansion budget).
 
     Raises:
         TemplateError: the reference does not resolve.
@@ -115,15 +116,20 @@ def resolve_for_each(name: str, step: StepSpec, ctx: TemplateContext, limit: int
         LimitExceededError: more items than ``limit`` (``CODOMYRMEX_MAX_MAP_ITEMS``).
     """
     for_each = step.for_each
-    values = resolve(for_each, ctx)  # a literal list's items may hold references too
+    values = resolve(for_each, ctx, max_size=max_size)  # a literal list's items may hold references too
     if not isinstance(values, list):
         kind = "null" if values is None else type(values).__name__
         raise InvalidInputError("for_each", f"step {name!r}: {for_each!r} is a {kind}, not a list")
     if len(values) > limit:
-        raise LimitExceededError(
-            MAX_MAP_ITEMS_SETTING, limit, len(values), f"the number of items of map step {name!r}"
-        )
+        raise too_many_items(name, len(values), limit)
     return values
+
+
+def too_many_items(name: str, count: int, limit: int) -> LimitExceededError:
+    """The refusal of map step ``name`` with ``count`` items, over ``limit``: in a run as its list resolves,
+    and for a literal list when the definition is validated."""
+    what = f"the number of items of map step {name!r}"
+    return LimitExceededError(MAX_MAP_ITEMS_SETTING, limit, count, what)
 
 
 # --------------------------------------------------------------------------- one expansion
@@ -482,7 +488,7 @@ class RunMaps:
         """A map step cleared by the graph: READY with its items, or FAILED (why in the error)."""
         try:
             ctx = replace(self.run.template_context(), secrets=None)  # no secrets: dag refuses them
-            values = resolve_for_each(name, step, ctx, self.limit)
+            values = resolve_for_each(name, step, ctx, self.limit, self.run.max_resolved_size)
             return TaskStatus.READY, None, values
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
@@ -605,11 +611,13 @@ class RunMaps:
                 return TaskStatus.SKIPPED, f"run_if is false: {spec.run_if}", None
             if not templated:
                 return TaskStatus.READY, None, spec.parameters
-            template = state.template
+            template, budget = state.template, run.max_resolved_size
             return (
                 TaskStatus.READY,
                 None,
-                template.resolve(ctx) if template else resolve(spec.parameters, ctx),
+                template.resolve(ctx, max_size=budget)
+                if template
+                else resolve(spec.parameters, ctx, max_size=budget),
             )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)

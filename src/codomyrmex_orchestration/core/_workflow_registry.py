@@ -19,6 +19,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.core._store_codec import check_parameters
+from codomyrmex_orchestration.core._workflow_map import too_many_items
 from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core.actions import ActionRegistry
 from codomyrmex_orchestration.core.dag import WorkflowDAG
@@ -60,6 +63,24 @@ def digest_of(spec: WorkflowSpec) -> str:
     return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
 
 
+def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes: int) -> list[str]:
+    """What the definition as written puts over a configured limit, in the words a run would meet it
+    in: a literal ``for_each`` list longer than ``max_map_items`` (a reference is counted when a run
+    resolves it), default parameters larger than ``max_parameters_bytes`` (every run starts with them)."""
+    problems = [
+        f"step {step.name!r} for_each: {too_many_items(step.name, len(step.for_each), max_map_items)}"
+        for step in spec.steps
+        if isinstance(step.for_each, list) and len(step.for_each) > max_map_items
+    ]
+    try:
+        check_parameters(
+            spec.parameters, max_parameters_bytes, what="the default parameters every run starts with"
+        )
+    except LimitExceededError as exc:
+        problems.append(f"parameters: {exc}")
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class Definition:
     """One registered version of a workflow."""
@@ -78,6 +99,7 @@ class DefinitionRegistry:
         registry: the action registry steps are validated against.
         store: where API-created definitions and every version are kept.
         max_steps: most steps a workflow may have.
+        max_map_items: most items a literal ``for_each`` list may have (``CODOMYRMEX_MAX_MAP_ITEMS``).
     """
 
     def __init__(
@@ -86,12 +108,14 @@ class DefinitionRegistry:
         registry: ActionRegistry,
         store: StateStore,
         max_steps: int,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
         check_resources: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.check_resources = check_resources  # raises for requirements the capacities never allow
         self.store = store
         self.max_steps = max_steps
+        self.max_map_items = max_map_items
         self.load_errors: list[tuple[str, str]] = []
         # Guards _entries, _plans and _latest. Held for dict operations only: the server reads
         # definitions on its event loop, so nothing slow (validation, serialising) happens under it.
@@ -307,13 +331,16 @@ class DefinitionRegistry:
 
         Raises:
             LimitExceededError: too many steps.
-            DAGValidationError: every graph problem at once.
+            DAGValidationError: every graph problem at once; then resources no capacity allows and
+                limits the definition itself exceeds (a literal ``for_each`` list too long, default
+                parameters too large for the store's ``max_parameters_bytes``).
         """
         if len(spec.steps) > self.max_steps:
             raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
         dag = WorkflowDAG.from_spec(spec, self.registry)
         dag.validate()
-        problems = self._resource_problems(spec)
+        limits = _limit_problems(spec, self.max_map_items, self.store.max_parameters_bytes)
+        problems = self._resource_problems(spec) + limits
         if problems:
             raise DAGValidationError(problems, workflow=spec.name)
         return Plan(spec, dag)

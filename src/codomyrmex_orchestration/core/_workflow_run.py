@@ -4,13 +4,13 @@ A :class:`RunState` owns, under its one ``lock``: the run's record (``record.ste
 steps that have one: a result, a start, a map step's items; a step without a row is pending, and
 snapshots and the final record show every step in declaration order, ``names``), the run's
 :class:`~codomyrmex_orchestration.core.graph.DependencyGraph`, the steps whose failure propagates,
-the ``max_parallel`` queue, and the cancelled and final flags; and the scheduler's task group of its
-steps (``group``: cancelling the run cancels it). Every transition happens under the lock and returns
-an :class:`Advance` saying what the caller must do outside it (notify, submit to the scheduler,
-finish); step starts reach the record through a queue the next holder of the lock applies (see
-``_starts``). The one call out under the lock is ``save_step``
-(the recorder's enqueue to a durable store): a step's result is queued for the store before any step
-that depends on it can be cleared to run, and a step's start is never queued after its end.
+its ``max_parallel`` slots (:class:`~._workflow_slots.Slots`), and the cancelled and final flags; and
+the scheduler's task group of its steps (``group``: cancelling the run cancels it). Every transition
+happens under the lock and returns an :class:`Advance` saying what the caller must do outside it
+(notify, submit to the scheduler, finish); step starts reach the record through a queue the next
+holder of the lock applies (see ``_starts``). The one call out under the lock is ``save_step`` (the
+recorder's enqueue to a durable store): a step's result is queued for the store before any step that
+depends on it can be cleared to run, and a step's start is never queued after its end.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from datetime import datetime
 from typing import Any
 
 from codomyrmex_orchestration._redact import redact
-from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.core._task import TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
+from codomyrmex_orchestration.core._workflow_slots import Slots
 from codomyrmex_orchestration.core._workflow_steps import RunSteps
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -173,8 +174,9 @@ class ConditionView:
 class RunState:
     """One active run. Every field is guarded by ``lock`` except the immutable ones set in ``__init__``
     (``plan``, ``params``, ``priority``, ``depth``, ``on_step``, ``max_parallel``, ``default_resources``,
-    ``saves_steps``, ``secrets``, ``conditions``, ``use_cache``, ``done``, ``start_mono``, ``hears_starts``,
-    ``starts_from``, ``definitions`` (its own lookups need no lock) and ``record.run_id``)."""
+    ``saves_steps``, ``secrets``, ``conditions``, ``use_cache``, ``max_resolved_size``, ``done``,
+    ``start_mono``, ``hears_starts``, ``starts_from``, ``definitions`` (its own lookups need no lock) and
+    ``record.run_id``)."""
 
     def __init__(
         self,
@@ -191,6 +193,7 @@ class RunState:
         secrets: Callable[[str], str] | None = None,
         use_cache: bool = True,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         starts_from: StartsReader | None = None,
     ) -> None:
         self.record = record
@@ -202,6 +205,7 @@ class RunState:
         self.hears_starts = starts_from is None
         self.secrets = secrets  # a secret's value by name, looked up when a step using it is cleared
         self.use_cache = use_cache  # False: steps with a cache run anyway (their fresh output is kept)
+        self.max_resolved_size = max_resolved_size  # what a step's references may put in (templating)
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
@@ -215,6 +219,7 @@ class RunState:
         self.depth = depth
         self.on_step = on_step
         self.max_parallel = _parallel_limit(max_parallel, plan.spec.max_parallel)
+        self.slots = Slots(self.max_parallel)  # cleared steps held for a slot, and those holding one
         self.default_resources = dict(default_resources) if default_resources else None
         self.start_mono = time.monotonic()
         self.done = threading.Event()  # set once the final record is saved
@@ -226,8 +231,6 @@ class RunState:
         # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
         self.group = TaskGroup(keep_final=False)
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
-        self.in_flight = 0  # submitted steps not final (counted only under max_parallel)
-        self.queue: deque[tuple[str, dict[str, Any]]] = deque()  # cleared to run, held by max_parallel
         # Step starts reported by workers without the lock (deque appends are thread-safe), applied in
         # order by the next holder of the lock before it reads or changes a step: no lock per start.
         self._starts: deque[tuple[str, int, datetime | None]] = deque()
@@ -267,8 +270,8 @@ class RunState:
         advance = Advance()
         with self.lock:
             self._apply_starts(ending=result.name)
-            if held_slot and self.max_parallel is not None:
-                self.in_flight -= 1
+            if held_slot:
+                self.slots.release()
             if isinstance(result, ItemEnd) or not self.status_of(result.name).is_terminal:  # item: by index
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
@@ -284,8 +287,7 @@ class RunState:
         with self.lock:
             self._save_run = save_run
             self._apply_starts()
-            if self.max_parallel is not None:
-                self.in_flight -= 1
+            self.slots.release()
             if self.cancelled:
                 self._settle(_cancelled(question.step), advance, announce=True)
                 return False, self._drain(advance)
@@ -347,8 +349,7 @@ class RunState:
                 return advance
             self.cancelled = True
             self._apply_starts()
-            while self.queue:
-                name, _params = self.queue.popleft()
+            for name in self.slots.drop():
                 self._settle(_cancelled(name), advance, announce=True)
             for name in list(self.waiting):
                 self._settle(_cancelled(name), advance, announce=True)
@@ -470,12 +471,7 @@ class RunState:
         """Decide every step the graph made ready, until none is left; fill ``advance``."""
         graph = self.graph
         steps = self.record.steps
-        limit = self.max_parallel
         while True:
-            if limit is not None:
-                while self.queue and self.in_flight < limit and not self.cancelled:
-                    self.in_flight += 1
-                    advance.submit.append(self.queue.popleft())
             if self.items:
                 self.maps.pump(advance)
             ready = graph.get_ready()
@@ -498,22 +494,22 @@ class RunState:
                     self.maps.expand(name, payload, advance)
                 else:
                     self.admit(name, payload, advance)
+        if self.slots and not self.cancelled:  # every ready step decided: the highest priorities first
+            self.slots.fill(advance.submit)
         if not graph.is_active() and not self._finishing:
             self._finishing = True
             advance.finished = True
         return advance
 
     def admit(self, name: str, params: dict[str, Any], advance: Advance) -> None:
-        """A step (or item) cleared to run: submitted, or queued under the run's ``max_parallel``."""
-        limit = self.max_parallel
-        if limit is not None and self.in_flight >= limit:
-            self.queue.append((name, params))
-            if not (self.items and is_item(name)):
-                self.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
+        """A step (or item) cleared to run: submitted, or held for a slot under the run's ``max_parallel``
+        (READY until it has one: :meth:`_drain` hands the slots out by priority)."""
+        if self.max_parallel is None:
+            advance.submit.append((name, params))
             return
-        if limit is not None:
-            self.in_flight += 1
-        advance.submit.append((name, params))
+        self.slots.hold(name, params, self.priority_of(self.info(name)))
+        if not (self.items and is_item(name)):
+            self.record.steps[name] = StepResult(name=name, status=TaskStatus.READY)
 
     def _row(self, name: str) -> StepResult:
         """The row of a step that has none yet (pending), added to the record."""
@@ -563,7 +559,11 @@ class RunState:
         try:
             if condition is not None and not condition.evaluate(self.conditions.of(ctx)):
                 return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
-            params = resolve(step.parameters, ctx) if info.templated else step.parameters
+            params = (
+                resolve(step.parameters, ctx, max_size=self.max_resolved_size)
+                if info.templated
+                else step.parameters
+            )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
         return TaskStatus.READY, None, params

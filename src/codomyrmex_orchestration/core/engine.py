@@ -21,8 +21,10 @@ from pydantic import ValidationError
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
+    DEFAULT_MAX_MAP_ITEMS,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_QUEUED_TASKS,
+    DEFAULT_MAX_RESOLVED_SIZE,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -32,7 +34,6 @@ from codomyrmex_orchestration.config import (
     DEFAULT_TEMPLATES_DIR,
 )
 from codomyrmex_orchestration.core._allocations import UserAllocations
-from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._complex import complex_workflow_document
 from codomyrmex_orchestration.core._events import EventHandler, Publisher
 from codomyrmex_orchestration.core._health import (
@@ -46,7 +47,7 @@ from codomyrmex_orchestration.core._health import (
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._procs import guard_processes
-from codomyrmex_orchestration.core._session_runs import SessionRuns, stop_session_work
+from codomyrmex_orchestration.core._session_runs import SessionWork, stop_session_work
 from codomyrmex_orchestration.core._sessions import (
     ClosedSession,
     OrchestrationMode,
@@ -150,6 +151,8 @@ class OrchestrationEngine:
         max_workers: the scheduler's worker threads.
         max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
         max_steps: most steps a workflow may have.
+        max_map_items: most items one map step (``for_each``) may have.
+        max_resolved_size: most characters a step's references may put into its parameters.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
@@ -179,6 +182,8 @@ class OrchestrationEngine:
         max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -244,6 +249,8 @@ class OrchestrationEngine:
             config_dir=config_dir,
             sample_dir=sample_dir,
             max_steps=max_steps,
+            max_map_items=max_map_items,
+            max_resolved_size=max_resolved_size,
             max_subworkflow_depth=max_subworkflow_depth,
             max_subworkflow_runs=max_subworkflow_runs,
             max_output_bytes=max_output_bytes,
@@ -256,7 +263,9 @@ class OrchestrationEngine:
             ),
             on_closed=partial(_announce_closed, self),
         )
-        self._session_runs = SessionRuns(self.sessions, self.workflow_manager)
+        self._session_work = SessionWork(
+            self.sessions, self.workflow_manager, self.task_orchestrator, self._publish
+        )
         for session_id in self.sessions.recover() if recover else []:  # sessions the last process left open
             self._publish("session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value})
         templates = Path(templates_dir) if templates_dir is not None else None
@@ -418,7 +427,7 @@ class OrchestrationEngine:
         record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
         """
         options: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
-        run_id = self._session_runs.start(name, parameters, session_id=session_id, on_step=on_step, **options)
+        run_id = self._session_work.start(name, parameters, session_id=session_id, on_step=on_step, **options)
         if not wait:
             return self.workflow_manager.get_run(run_id)
         return self.workflow_manager.wait_run(run_id, timeout)
@@ -465,18 +474,7 @@ class OrchestrationEngine:
     def start_task(self, spec: TaskSpec | Mapping[str, Any], *, session_id: str | None = None) -> str:
         """Submit one action as a task like ``execute_task(wait=False)``, returning only its task id.
         It is queued for the session, else the calling client (clients take turns within a priority)."""
-        spec = _task_spec(spec)
-        with self.sessions.holding(session_id) as live:
-            if live is not None:
-                spec = live.task_spec(spec)
-                self.sessions.touch(live)
-        on_done = _task_done(self._publish, self.sessions, session_id)
-        client = session_id or calling_client.get()
-        task_id = self.task_orchestrator.submit_task(spec, on_done=on_done, session_id=client)
-        if session_id is not None:
-            get = self.task_orchestrator.get_task
-            self.sessions.record_task(session_id, task_id, lambda: not get(task_id).status.is_terminal)
-        return task_id
+        return self._session_work.start_task(_task_spec(spec), session_id=session_id)
 
     def resume_run(
         self,
@@ -489,7 +487,7 @@ class OrchestrationEngine:
         """Re-execute the unfinished steps of an interrupted, failed or cancelled run (waits like
         :meth:`execute_workflow`), in its session under its limit and mode while that is open, else (it
         closed, expired or a restart closed it) outside any session, its ``session_id`` cleared."""
-        record = self._session_runs.resume(run_id, on_step=on_step)
+        record = self._session_work.resume(run_id, on_step=on_step)
         return self.workflow_manager.wait_run(run_id, timeout) if wait else record
 
     # ------------------------------------------------------------------ health and metrics
@@ -560,22 +558,6 @@ def _cancel_unfinished(orchestrator: TaskOrchestrator) -> None:
     for task in orchestrator.list_tasks(limit=1_000_000):
         if not task.status.is_terminal:
             orchestrator.cancel_task(task.task_id, "the engine is shutting down")
-
-
-def _task_done(
-    publish: Callable[[str, dict[str, Any]], None], sessions: SessionRegistry, session_id: str | None
-) -> Callable[[TaskRecord], None]:
-    """A task's ``on_done``: announce how it ended and free its session slot."""
-
-    def done(record: TaskRecord) -> None:
-        publish(
-            f"task.{record.status.value}",
-            {"task_id": record.task_id, "name": record.name, "session_id": session_id},
-        )
-        if session_id is not None:
-            sessions.task_ended(session_id, record.task_id)
-
-    return done
 
 
 def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:

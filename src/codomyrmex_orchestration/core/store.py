@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import DEFAULT_MAX_PARAMETERS_BYTES, DEFAULT_STATE_MAX_BYTES
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._run_owners import owner_alive
@@ -27,10 +28,8 @@ from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_HOUSEKEEPING_INTERVAL,
-    DEFAULT_MAX_PARAMETERS_BYTES,
     DEFAULT_RETENTION_EVENTS,
     DEFAULT_RETENTION_RUNS,
-    DEFAULT_STATE_MAX_BYTES,
     check_intervals,
     check_limits,
     check_parameters,
@@ -90,6 +89,9 @@ class StateStore(Protocol):
     durable: bool
     # Cached step outputs (core/_step_cache.py), counted in the byte budget where there is one.
     step_cache: CacheTable
+    # The most bytes of JSON a run's parameters may take (check_budget refuses more; definitions' default
+    # parameters are held to it as they are validated).
+    max_parameters_bytes: int
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
     def delete_workflow(self, name: str) -> None: ...

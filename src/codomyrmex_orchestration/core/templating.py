@@ -18,6 +18,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from codomyrmex_orchestration.config import DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.errors import TemplateError
 
 from ._template_budget import Budget as _Budget
@@ -40,8 +41,9 @@ __all__ = [
 ]
 
 #: Upper bound (characters) on what :func:`resolve` puts into one value: embedded text and the JSON size
-#: of each whole-value reference; larger -> TemplateError.
-MAX_RESOLVED_SIZE = 16 * 1024 * 1024
+#: of each whole-value reference; larger -> TemplateError. The default of ``CODOMYRMEX_MAX_RESOLVED_SIZE``,
+#: which runs pass as ``max_size``.
+MAX_RESOLVED_SIZE = DEFAULT_MAX_RESOLVED_SIZE
 #: Parameters nested deeper than this are refused (keeps :func:`resolve` far from the recursion limit):
 #: the one limit a definition's parameters are validated against.
 MAX_NESTING = MAX_PARAMETER_NESTING

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_MAX_MAP_ITEMS,
+    DEFAULT_MAX_RESOLVED_SIZE,
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
@@ -141,6 +142,7 @@ class WorkflowManager:
         max_output_bytes: the default cap actions apply to what they capture (``shell.run`` stdout,
             ``http.request`` bodies) when a step does not set its own; ``None``: the actions' default.
         max_map_items: most items one map step (``for_each``) may have (``CODOMYRMEX_MAX_MAP_ITEMS``).
+        max_resolved_size: the template budget of each step (``CODOMYRMEX_MAX_RESOLVED_SIZE``).
     """
 
     def __init__(
@@ -156,12 +158,14 @@ class WorkflowManager:
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
         max_output_bytes: int | None = None,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
     ) -> None:
         self.orchestrator = orchestrator
         self.registry = registry
         self.store: StateStore = store if store is not None else MemoryStore()
         self.max_steps = max_steps
         self.max_map_items = max_map_items
+        self.max_resolved_size = max_resolved_size
         self.max_subworkflow_depth = max_subworkflow_depth
         self.max_subworkflow_runs = max_subworkflow_runs
         self.config_dir = Path(config_dir) if config_dir is not None else None
@@ -194,6 +198,7 @@ class WorkflowManager:
             registry=registry,
             store=self.store,
             max_steps=max_steps,
+            max_map_items=max_map_items,
             check_resources=orchestrator.check_resources,
         )
         taken = self.definitions.load_stored()
@@ -387,6 +392,7 @@ class WorkflowManager:
             default_resources=default_resources,
             save_step=self._recorder.step_saver,
             max_map_items=self.max_map_items,
+            max_resolved_size=self.max_resolved_size,
             client=client or session_id or calling_client.get(),
             secrets=self.secrets.get,
             use_cache=use_cache,

@@ -270,7 +270,8 @@ class CreateSessionArgs(Args):
     description: str = Field(default="", max_length=10_000)
     mode: Literal["sequential", "parallel", "priority", "resource_aware"] | None = Field(
         default=None,
-        description="sequential: one workflow and one step at a time; parallel (default): as dependencies "
+        description="sequential: one workflow and one step at a time, the highest step priority first "
+        "among the steps ready; parallel (default): as dependencies "
         "allow; priority: the same as parallel (step and task priorities order the queue in every mode); "
         'resource_aware: each step holds resources, {"compute": 1} when it declares none.',
     )
