@@ -1,17 +1,18 @@
 """WorkflowManager: the public face of workflow definitions and runs, composed of named parts.
 
 The parts, each an underscore module saying what state it owns: the definition registry
-(``_workflow_registry``), the run state machine (``_workflow_run``, driving the shared
-:class:`~codomyrmex_orchestration.core.graph.DependencyGraph`), the run recorder (``_workflow_recorder``:
-what is flushed to the store when), the bridge to the scheduler (``_workflow_dispatch``) and the event
-listeners (``_workflow_events``). This module owns the table of active runs and the sub-run counts.
+(``_workflow_registry``), the start of a run (``_workflow_start``), the run state machine
+(``_workflow_run``, driving the shared :class:`~codomyrmex_orchestration.core.graph.DependencyGraph`),
+the run recorder (``_workflow_recorder``: what is flushed to the store when), the bridge to the
+scheduler (``_workflow_dispatch``) and the event listeners (``_workflow_events``). This module owns
+the table of active runs and the sub-run counts.
 
 Timeouts: every ``timeout`` argument here is in seconds, and ``None`` means wait without limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +25,6 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
-from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
@@ -34,7 +34,8 @@ from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
-from codomyrmex_orchestration.core._workflow_run import RunState, StepCallback, new_record
+from codomyrmex_orchestration.core._workflow_run import RunState, StepCallback
+from codomyrmex_orchestration.core._workflow_start import RunStarter
 from codomyrmex_orchestration.core._workflow_subruns import SubRuns
 from codomyrmex_orchestration.core.actions import ActionRegistry
 from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
@@ -193,6 +194,16 @@ class WorkflowManager:
             run_child=self._subruns.run_child,
             on_finished=self._forget,
         )
+        self._starter = RunStarter(
+            orchestrator=orchestrator,
+            recorder=self._recorder,
+            listeners=self._listeners,
+            active=self._active,
+            driver=self._driver,
+            secrets=self.secrets,
+            max_map_items=max_map_items,
+            max_resolved_size=max_resolved_size,
+        )
         self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
         self.definitions = DefinitionRegistry(
             registry=registry,
@@ -350,57 +361,8 @@ class WorkflowManager:
         """Whether ``run_id`` is a run that has not ended yet."""
         return run_id in self._active
 
-    def _start_run(
-        self,
-        plan: Plan,
-        parameters: Mapping[str, Any] | None,
-        *,
-        priority: TaskPriority = TaskPriority.NORMAL,
-        session_id: str | None = None,
-        on_step: StepCallback | None = None,
-        depth: int = 0,
-        parent_run_id: str | None = None,
-        previous: RunRecord | None = None,
-        max_parallel: int | None = None,
-        default_resources: Mapping[str, Any] | None = None,
-        client: str | None = None,
-        use_cache: bool = True,
-        before_record: Callable[[str], object] | None = None,
-    ) -> RunState:
-        # Who reads a run while it goes, besides snapshots: a durable store and on_step read its live
-        # record (every row), and they and listeners hear each step start as it happens.
-        live_readers = self._recorder.durable or on_step is not None
-        record = new_record(
-            plan,
-            parameters,
-            priority=priority,
-            session_id=session_id,
-            parent_run_id=parent_run_id,
-            previous=previous,
-            pending_rows=live_readers,
-        )
-        self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
-        if before_record is not None:  # e.g. the CLI's owner lock: held before a recovery can see the run
-            before_record(record.run_id)
-        run = RunState(
-            record,
-            plan,
-            priority=priority,
-            depth=depth,
-            on_step=on_step,
-            max_parallel=max_parallel,
-            default_resources=default_resources,
-            save_step=self._recorder.step_saver,
-            max_map_items=self.max_map_items,
-            max_resolved_size=self.max_resolved_size,
-            client=client or session_id or calling_client.get(),
-            secrets=self.secrets.get,
-            use_cache=use_cache,
-            starts_from=None if live_readers or self._listeners else self.orchestrator.group_starts,
-        )
-        self._active.add(run)
-        self._driver.start(run)
-        return run
+    def _start_run(self, plan: Plan, parameters: Mapping[str, Any] | None, **options: Any) -> RunState:
+        return self._starter.start(plan, parameters, **options)  # RunStarter.start's options
 
     def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
