@@ -36,7 +36,7 @@ class RunStarter:
         listeners: Listeners,
         active: ActiveRuns,
         driver: RunDriver,
-        secrets: SecretSource,
+        secrets: Callable[[], SecretSource],
         max_map_items: int,
         max_resolved_size: int,
     ) -> None:
@@ -45,7 +45,7 @@ class RunStarter:
         self._listeners = listeners
         self._active = active
         self._driver = driver
-        self._secrets = secrets
+        self._secrets = secrets  # the manager's current source: compose and the CLI replace it
         self.max_map_items = max_map_items
         self.max_resolved_size = max_resolved_size
 
@@ -101,7 +101,7 @@ class RunStarter:
             max_map_items=self.max_map_items,
             max_resolved_size=self.max_resolved_size,
             client=client or session_id or calling_client.get(),
-            secrets=self._secrets.get,
+            secrets=self._secrets().get,
             use_cache=use_cache,
             starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,
         )

@@ -200,7 +200,7 @@ class WorkflowManager:
             listeners=self._listeners,
             active=self._active,
             driver=self._driver,
-            secrets=self.secrets,
+            secrets=lambda: self.secrets,
             max_map_items=max_map_items,
             max_resolved_size=max_resolved_size,
         )
