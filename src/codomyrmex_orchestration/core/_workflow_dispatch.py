@@ -44,6 +44,7 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 ChildRunner = Callable[..., dict[str, Any]]
 #: The fields-set every step result built from a task's end shares (see models.trusted).
 _ALL_STEP_FIELDS = set(StepResult.model_fields)
+_COMPLETED = TaskStatus.COMPLETED  # read once: TaskStatus.X is slow on Python 3.11 (see _dispatch)
 
 
 class _StepCall(RunCall):
@@ -306,7 +307,7 @@ class RunDriver:
         fields = {
             "name": call.name,
             "status": status,
-            "output": state.result if status is TaskStatus.COMPLETED else None,
+            "output": state.result if status is _COMPLETED else None,
             "error": state.error,
             "attempts": state.attempts,
             "started_at": state.started_at,
