@@ -109,7 +109,6 @@ class Dispatcher:
             self.cond,
             self._work,
             self._pending_locked,
-            self._pending_instant_locked,
             max_workers=max_workers,
             max_abandoned=max_abandoned,
             name=name,
@@ -278,13 +277,11 @@ class Dispatcher:
                 if task.handed and task.status is TaskStatus.PENDING:
                     self._enqueue_locked(task)
 
-    def _pending_locked(self) -> int:
-        """Work waiting for a worker: ready tasks, and notices from the timer thread to deliver."""
-        return len(self.queue) + (1 if self._backlog else 0)
-
-    def _pending_instant_locked(self) -> int:
-        """Of that, the ready tasks that are instant (see ``WorkerPool``)."""
-        return self.queue.instant
+    def _pending_locked(self) -> tuple[int, int]:
+        """Work waiting for a worker (ready tasks, and notices from the timer thread to deliver) and, of
+        that, the ready tasks that are instant (see ``WorkerPool``)."""
+        queue = self.queue
+        return queue.size + (1 if self._backlog else 0), queue.instant
 
     def _next_task_locked(self, worker: Worker, out: Outbox) -> Task | None:
         """The next task for ``worker``, waiting idle if there is none. ``None``: ``out`` holds work to
