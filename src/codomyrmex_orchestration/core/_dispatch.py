@@ -214,7 +214,8 @@ class Dispatcher:
                     task = self._next_task_locked(worker, out)
                     if task is not None:
                         started = task, self._start_locked(task, worker, out)
-            _release(out, self._resources)
+            if out.cancels or out.handles or out.releases:
+                _release(out, self._resources)
             delivered = _deliver(out) if out.notices else []
             if held:
                 self._release_held(held)
@@ -239,7 +240,7 @@ class Dispatcher:
                     raise SchedulerShutdownError()
                 if self.max_queued is not None and waiting >= self.max_queued:
                     raise _queue_full(self.max_queued, waiting + 1)
-                accepted.append((task, [self.table.require(d) for d in task.dependencies]))
+                accepted.append((task, list(map(self.table.require, task.dependencies))))
             except OrchestrationError as exc:
                 if strict:
                     raise
@@ -260,7 +261,8 @@ class Dispatcher:
                     continue
                 task.group.tasks.add(task)
             task.held = held
-            self._notice_locked(task, "task.queued", False, out)
+            if held:  # news for the listeners only
+                self._notice_locked(task, "task.queued", False, out)
             if task.handed and not held:
                 task.status = _READY
                 self.queue.push(task)
@@ -330,7 +332,8 @@ class Dispatcher:
         record = None
         if self.listeners or (task.on_start is not None and not task.live_state):
             record = task.snapshot()
-        self._notice_locked(task, "task.started", False, out, record)
+        if self.listeners:  # news for them only: on_start is called by the worker
+            self._notice_locked(task, "task.started", False, out, record)
         start_arg = task if task.live_state else record
         early = task.on_done is not None and not self.listeners
         return task.fn, task.on_start, start_arg, task.attempts, cancel_event, deadline, early
@@ -532,7 +535,7 @@ def _attempt(d: Dispatcher, worker: Worker, task: Task, started: _Started) -> _E
         block_hook=worker.block_hook,
     )
     try:
-        result = d._results(fn(ctx), run_id=task.run_id, step_name=task.step_name, task_id=task.id)
+        result = d._results(fn(ctx), task.run_id, task.step_name, task.id)
         failure = None
     except BaseException as exc:  # a worker must survive anything an action raises
         # Recorded, not kept: the exception's traceback reaches the frames of the call (and their

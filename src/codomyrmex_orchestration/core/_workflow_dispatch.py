@@ -179,9 +179,11 @@ class RunDriver:
         step = info.spec
         if self.ask is not None and (step.module, step.action) == APPROVE:
             return self.ask(run, name, params)
-        cache_key, cached = self.cache.lookup(run, name, step, params)
-        if cached is not None:  # no attempt: the output of an identical earlier call
-            return run.step_finished(cached, held_slot=True)
+        cache_key = None
+        if step.cache is not None:
+            cache_key, cached = self.cache.lookup(run, name, step, params)
+            if cached is not None:  # no attempt: the output of an identical earlier call
+                return run.step_finished(cached, held_slot=True)
         try:
             definition = self.registry.get(step.module, step.action)
             mark = self.recorder.write_mark(bool(info.parents))
@@ -333,7 +335,8 @@ class RunDriver:
             if result.cached:  # served from the step cache: no attempt, never started
                 payload["cached"] = True
             self.listeners.emit(STEP_EVENTS.get(result.status, "step.failed"), payload)
-        self._notify(run, result)
+        if run.on_step is not None:
+            self._notify(run, result)
 
     def _notify(self, run: RunState, result: StepResult) -> None:
         if run.on_step is None:
