@@ -25,8 +25,7 @@ class Owner:
         self.pool = WorkerPool(
             self.cond,
             self.work,
-            lambda: len(self.jobs),
-            lambda: sum(instant for _, instant in self.jobs),
+            lambda: (len(self.jobs), sum(instant for _, instant in self.jobs)),
             max_workers=max_workers,
             max_abandoned=max_abandoned,
             name="pooltest",

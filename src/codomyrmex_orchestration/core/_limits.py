@@ -121,8 +121,9 @@ class OutputLimiter:
             size += utf8_size(piece)
         return None if size <= self.max_bytes else (size, "".join(preview))
 
-    def __call__(self, value: Any, *, run_id: str | None, step_name: str | None, task_id: str) -> Any:
-        """``value`` itself when small enough, else the truncation marker (never raises for size)."""
+    def __call__(self, value: Any, run_id: str | None, step_name: str | None, task_id: str) -> Any:
+        """``value`` itself when small enough, else the truncation marker (never raises for size). Called
+        positionally on every attempt (see ``ResultPipeline``)."""
         measured = self.measure(value)
         if measured is None:
             return value

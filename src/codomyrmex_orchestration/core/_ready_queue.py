@@ -112,27 +112,27 @@ class ReadyQueue(Generic[T]):
         admission: consulted before a task that needs resources leaves the queue; ``None`` admits all.
     """
 
-    __slots__ = ("_admission", "_levels", "_size", "instant")
+    __slots__ = ("_admission", "_levels", "instant", "size")
 
     def __init__(self, admission: ResourceAdmission | None = None) -> None:
         self._admission = admission
         self._levels: tuple[_Level[T], ...] = tuple(_Level() for _ in _PRIORITIES)
-        self._size = 0
+        self.size = 0  # how many tasks are queued (read as an attribute on the worker's path)
         self.instant = 0  # how many of the queued tasks are instant
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def push(self, task: T) -> None:
         self._levels[task.priority].push(task)
-        self._size += 1
+        self.size += 1
         self.instant += task.instant
 
     def remove(self, task: T) -> bool:
         """Take ``task`` out (it was cancelled); False if it is not queued."""
         removed = self._levels[task.priority].remove(task)
         if removed:
-            self._size -= 1
+            self.size -= 1
             self.instant -= task.instant
         return removed
 
@@ -154,14 +154,14 @@ class ReadyQueue(Generic[T]):
                         handle = admission.try_acquire(task.id, task.resources)
                     except Exception as exc:
                         level.pop_head()
-                        self._size -= 1
+                        self.size -= 1
                         self.instant -= task.instant
                         refused.append((task, exc))
                         continue
                     if handle is None:
                         break  # this level waits for its head; a lower level may still start
                     task.resource_handle = handle
-                self._size -= 1
+                self.size -= 1
                 self.instant -= task.instant
                 return level.pop_head()
         return None

@@ -30,11 +30,12 @@ class ResultPipeline:
     def __init__(self, output_limit: OutputLimiter | None = None) -> None:
         self.output_limit = output_limit
 
-    def __call__(self, value: Any, *, run_id: str | None, step_name: str | None, task_id: str) -> Any:
-        """``value`` as it may be recorded: redacted and within the cap."""
+    def __call__(self, value: Any, run_id: str | None, step_name: str | None, task_id: str) -> Any:
+        """``value`` as it may be recorded: redacted and within the cap. Every attempt calls it: called
+        with keywords, an instance's ``__call__`` costs CPython a dict of them (about 0.25 µs)."""
         if value is None:
             return None
         value = redact(value)
         if self.output_limit is not None:
-            value = self.output_limit(value, run_id=run_id, step_name=step_name, task_id=task_id)
+            value = self.output_limit(value, run_id, step_name, task_id)
         return value

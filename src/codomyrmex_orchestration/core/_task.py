@@ -32,6 +32,7 @@ FINAL_EVENT = {
     TaskStatus.SKIPPED: "task.skipped",
 }
 FINAL = frozenset(FINAL_EVENT)
+_PENDING = TaskStatus.PENDING  # read once: TaskStatus.X is slow on Python 3.11 (see _dispatch)
 
 TaskCallable = Callable[["ActionContext"], Any]
 
@@ -111,7 +112,7 @@ class Task:
         self.on_start = on_start
         self.on_done = on_done
         self.live_state = live_state
-        self.status = TaskStatus.PENDING
+        self.status = _PENDING
         self.handed = False  # its dependency graph node came out of get_ready(): it may be queued
         self.held = False  # not queued before its "task.queued" notice reached the listeners
         self.settled = False  # final and its callbacks have run: waiters may return

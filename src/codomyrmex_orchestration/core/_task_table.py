@@ -61,6 +61,9 @@ class TaskTable:
         self.tasks[task.id] = task
         self.active += 1
         self.totals["submitted"] += 1
+        if not dependencies:  # most tasks
+            task.handed = True
+            return None
         waiting_for: list[Task] = []
         for dep in dependencies:
             if dep.status in FINAL:
@@ -122,12 +125,14 @@ class TaskTable:
         self.active -= 1
         self.totals[task.status] += 1  # a StrEnum member finds its value's key
         ready: list[Task] = []
-        if task.handed and task in self._graph:
+        in_graph = task in self._graph  # most tasks never join it (see add)
+        if task.handed and in_graph:
             self._graph.done(task)
             ready = self._take_ready()
         if task.group is not None and not task.group.keep_final:
             del self.tasks[task.id]  # its owner keeps its outcome (see TaskGroup.keep_final)
-            self._forget_if_evicted(task)
+            if in_graph:
+                self._forget_if_evicted(task)
             return ready
         order = self._finished_order
         order.append(task.id)

@@ -61,8 +61,8 @@ class WorkerPool:
     Args:
         cond: the owner's condition; its lock guards the pool, idle workers wait on it.
         target: each thread's body, called with its :class:`Worker`.
-        pending: how many pieces of work wait for a worker now (called with the lock held).
-        pending_instant: how many of those are instant (likewise; default: none).
+        pending: how many pieces of work wait for a worker now, and how many of those are instant
+            (called with the lock held, each time the invariant is checked: twice per task).
         max_workers: slots.
         max_abandoned: threads stuck in abandoned tasks that are replaced; beyond it a stuck thread
             keeps its slot until its call returns.
@@ -73,8 +73,7 @@ class WorkerPool:
         self,
         cond: threading.Condition,
         target: Callable[[Worker], None],
-        pending: Callable[[], int],
-        pending_instant: Callable[[], int] = lambda: 0,
+        pending: Callable[[], tuple[int, int]],
         *,
         max_workers: int,
         max_abandoned: int,
@@ -83,7 +82,6 @@ class WorkerPool:
         self._cond = cond
         self._target = target
         self._pending = pending
-        self._pending_instant = pending_instant
         self.max_workers = max_workers
         self.max_abandoned = max_abandoned
         self._name = name
@@ -107,8 +105,7 @@ class WorkerPool:
         """Wake or start workers until every pending piece of work has a seeking worker, instant work
         one in all (capacity allowing). Call after work is added, after a worker starts a task and after
         a slot frees up."""
-        needed = self._pending()
-        instant = self._pending_instant()
+        needed, instant = self._pending()
         if instant:  # one worker serves all of it: a seeking one, or one inside an instant call already
             needed -= instant if self.instant else instant - 1
         if needed <= self.seeking:

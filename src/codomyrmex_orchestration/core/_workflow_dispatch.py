@@ -7,7 +7,6 @@ a transition needs: the scheduler, the action registry, the recorder and the lis
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -23,7 +22,7 @@ from codomyrmex_orchestration.core._workflow_map import is_item
 from codomyrmex_orchestration.core._workflow_plan import StepInfo
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core._workflow_run import Advance, RunState
-from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
+from codomyrmex_orchestration.core.actions import ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -44,26 +43,14 @@ _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 ChildRunner = Callable[..., dict[str, Any]]
 #: The fields-set every step result built from a task's end shares (see models.trusted).
 _ALL_STEP_FIELDS = set(StepResult.model_fields)
+_COMPLETED = TaskStatus.COMPLETED  # read once: TaskStatus.X is slow on Python 3.11 (see _dispatch)
 
 
 class _StepCall(RunCall):
     """One submitted step: the callable the scheduler runs and its start/done callbacks in one object
     (one object per queued step instead of three closures: thousands of queued steps stay cheap)."""
 
-    __slots__ = ("cache_key",)
-
-    def __init__(
-        self,
-        driver: RunDriver,
-        run: RunState,
-        name: str,
-        func: Callable[[dict[str, Any], ActionContext], Any],
-        params: dict[str, Any],
-        mark: int | None,
-        cache_key: str | None = None,
-    ) -> None:
-        super().__init__(driver, run, name, func, params, mark)
-        self.cache_key = cache_key  # the step cache's key of this call (None: the step is not cached)
+    __slots__ = ()
 
     def started(self, state: TaskState) -> None:
         self.driver.step_started(self, state)
@@ -137,9 +124,8 @@ class RunDriver:
     def apply(self, run: RunState, advance: Advance, after: TaskState | None = None) -> None:
         """Carry out what transitions asked for (iteratively: a failed submission is one more).
         ``after``: the state of the task whose ``on_done`` this is; its worker queues the new steps."""
-        work = deque((advance,))
-        while work:
-            adv = work.popleft()
+        work = [advance]
+        for adv in work:  # a failed submission appends one more
             if adv.started and self.listeners:
                 for name in adv.started:
                     self.listeners.emit("step.started", {"run_id": run.run_id, "step": name, "attempt": 1})
@@ -178,9 +164,11 @@ class RunDriver:
         step = info.spec
         if self.ask is not None and (step.module, step.action) == APPROVE:
             return self.ask(run, name, params)
-        cache_key, cached = self.cache.lookup(run, name, step, params)
-        if cached is not None:  # no attempt: the output of an identical earlier call
-            return run.step_finished(cached, held_slot=True)
+        cache_key = None
+        if step.cache is not None:
+            cache_key, cached = self.cache.lookup(run, name, step, params)
+            if cached is not None:  # no attempt: the output of an identical earlier call
+                return run.step_finished(cached, held_slot=True)
         try:
             definition = self.registry.get(step.module, step.action)
             mark = self.recorder.write_mark(bool(info.parents))
@@ -215,7 +203,7 @@ class RunDriver:
         result = StepResult(name=name, status=TaskStatus.FAILED, error=ErrorInfo.from_exception(exc))
         return run.step_finished(result, held_slot=True)
 
-    def _queue(self, run: RunState, batch: list[Task], work: deque[Advance], after: TaskState | None) -> None:
+    def _queue(self, run: RunState, batch: list[Task], work: list[Advance], after: TaskState | None) -> None:
         """Queue a wave's steps together. Refused as a whole (the queue's cap, a shutdown), they go one
         by one: those that fit are queued, the others fail (what that settles goes to ``work``)."""
         try:
@@ -231,7 +219,7 @@ class RunDriver:
         self,
         run: RunState,
         entries: Sequence[tuple[str, dict[str, Any]]],
-        work: deque[Advance],
+        work: list[Advance],
     ) -> None:
         """Submit a row of items of one map step in one call to the scheduler (one lock acquisition);
         what settles at once goes to ``work``. Items asking
@@ -261,7 +249,7 @@ class RunDriver:
         self,
         run: RunState,
         entries: Sequence[tuple[str, dict[str, Any]]],
-        work: deque[Advance],
+        work: list[Advance],
     ) -> None:
         """Submit ``entries`` one at a time; what settles at once goes to ``work``."""
         for name, params in entries:
@@ -306,7 +294,7 @@ class RunDriver:
         fields = {
             "name": call.name,
             "status": status,
-            "output": state.result if status is TaskStatus.COMPLETED else None,
+            "output": state.result if status is _COMPLETED else None,
             "error": state.error,
             "attempts": state.attempts,
             "started_at": state.started_at,
@@ -332,7 +320,8 @@ class RunDriver:
             if result.cached:  # served from the step cache: no attempt, never started
                 payload["cached"] = True
             self.listeners.emit(STEP_EVENTS.get(result.status, "step.failed"), payload)
-        self._notify(run, result)
+        if run.on_step is not None:
+            self._notify(run, result)
 
     def _notify(self, run: RunState, result: StepResult) -> None:
         if run.on_step is None:

@@ -30,7 +30,7 @@ class RunCall:
     context (the sub-run starter, the depth, the driver's extras). Subclasses add the start/done
     callbacks (one object per queued call instead of three closures)."""
 
-    __slots__ = ("driver", "func", "mark", "name", "params", "run")
+    __slots__ = ("cache_key", "driver", "func", "mark", "name", "params", "run")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class RunCall:
         func: Callable[[dict[str, Any], ActionContext], Any],
         params: dict[str, Any],
         mark: int | None,
+        cache_key: str | None = None,
     ) -> None:
         self.driver = driver
         self.run = run
@@ -47,6 +48,7 @@ class RunCall:
         self.func = func
         self.params = params
         self.mark = mark  # the store's write mark when it was cleared to run (its parents saved)
+        self.cache_key = cache_key  # the step cache's key of this call (None: not cached; items never are)
 
     def __call__(self, ctx: ActionContext) -> Any:
         ctx.run_workflow = self.driver.run_child

@@ -25,7 +25,7 @@ from typing import Any
 
 from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
-from codomyrmex_orchestration.core._task import TaskGroup
+from codomyrmex_orchestration.core._task import FINAL, TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
 from codomyrmex_orchestration.core._workflow_slots import Slots
@@ -56,6 +56,14 @@ StartsReader = Callable[[TaskGroup], dict[str, tuple[int, datetime | None]]]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 _PENDING_VALUE = TaskStatus.PENDING.value
+# The statuses every step passes, read once: on Python 3.11 each ``TaskStatus.X`` goes through the slow
+# path of ``EnumType.__getattr__``.
+_PENDING, _READY, _COMPLETED, _SKIPPED = (
+    TaskStatus.PENDING,
+    TaskStatus.READY,
+    TaskStatus.COMPLETED,
+    TaskStatus.SKIPPED,
+)
 
 
 def new_record(
@@ -270,9 +278,9 @@ class RunState:
         advance = Advance()
         with self.lock:
             self._apply_starts(ending=result.name)
-            if held_slot:
+            if held_slot and self.max_parallel is not None:
                 self.slots.release()
-            if isinstance(result, ItemEnd) or not self.status_of(result.name).is_terminal:  # item: by index
+            if isinstance(result, ItemEnd) or self.status_of(result.name) not in FINAL:  # item: by index
                 self._settle(result, advance, announce=True)
             return self._drain(advance)
 
@@ -339,7 +347,7 @@ class RunState:
         if self.items and is_item(name):
             return self.maps.item_status(name)
         row = self.record.steps.get(name)
-        return TaskStatus.PENDING if row is None else row.status
+        return _PENDING if row is None else row.status
 
     def cancel(self) -> Advance:
         """Cancel the run: what settled at once (the caller cancels its tasks: ``group``)."""
@@ -435,7 +443,7 @@ class RunState:
                 self.maps.started(name, attempt, started_at)
                 continue
             result = steps.get(name) or self._row(name)
-            if result.status.is_terminal:  # cancelled between the scheduler's start and now
+            if result.status in FINAL:  # cancelled between the scheduler's start and now
                 continue
             result.attempts = attempt
             result.started_at = result.started_at or started_at or utcnow()
@@ -454,7 +462,7 @@ class RunState:
         self.save(result)
         if result.status in FAILED and self.spec_of(name).required:
             self.blocked.add(name)
-        elif result.status is TaskStatus.SKIPPED and any(up in self.blocked for up in self.parents_of(name)):
+        elif result.status is _SKIPPED and any(up in self.blocked for up in self.parents_of(name)):
             self.blocked.add(name)
         self.graph.done(name)
         if announce:
@@ -482,12 +490,12 @@ class RunState:
                     self.maps.ready(name, advance)  # decided when the graph hands it out
                     continue
                 kept = steps.get(name)
-                if kept is not None and kept.status is TaskStatus.COMPLETED:  # kept by a resume
+                if kept is not None and kept.status is _COMPLETED:  # kept by a resume
                     graph.done(name)
                     continue
                 info = self.info(name)
                 status, reason, payload = self._decide(name, info)
-                if status is not TaskStatus.READY:
+                if status is not _READY:
                     result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
                     self._settle(result, advance, announce=True)
                 elif info.spec.for_each is not None:
@@ -554,7 +562,7 @@ class RunState:
         if step.for_each is not None:
             return self.maps.items_of(name, step)
         if condition is None and not info.templated:
-            return TaskStatus.READY, None, step.parameters
+            return _READY, None, step.parameters
         ctx = self.template_context()
         try:
             if condition is not None and not condition.evaluate(self.conditions.of(ctx)):
@@ -566,7 +574,7 @@ class RunState:
             )
         except OrchestrationError as exc:
             return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
-        return TaskStatus.READY, None, params
+        return _READY, None, params
 
 
 def _parallel_limit(given: int | None, workflow: int | None) -> int | None:
