@@ -387,13 +387,21 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
     for reading, never recovered); without, none: it only validates. Nothing is created on disk either way.
     """
     from codomyrmex_orchestration.compose import build_registry
+    from codomyrmex_orchestration.core.engine import build_resource_manager
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
     from codomyrmex_orchestration.core.store import MemoryStore
     from codomyrmex_orchestration.core.workflows import WorkflowManager
     from codomyrmex_orchestration.samples import SAMPLES_DIR
 
     registry = build_registry(settings)
-    orchestrator = TaskOrchestrator(1, registry=registry)
+    # The capacities a run's engine has (resources.json included): steps' resources are checked as run would.
+    resources = build_resource_manager(
+        state_dir=settings.state_dir,
+        config_dir=settings.config_dir,
+        max_workers=settings.max_workers,
+        durable=settings.durable,
+    )
+    orchestrator = TaskOrchestrator(1, registry=registry, resource_manager=resources)
     try:
         with _read_store(settings) if registered else contextlib.nullcontext() as stored:
             # Definitions' default parameters are held to the store's limit, as runs' parameters are.
@@ -409,6 +417,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
             )
     finally:
         orchestrator.shutdown(wait=True)
+        resources.shutdown()
         registry.close()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from codomyrmex_orchestration.core.actions import create_registry
+from codomyrmex_orchestration.core.actions import ActionContext, create_registry
 from codomyrmex_orchestration.core.actions.http import METHODS
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.models import StepSpec, WorkflowSpec
@@ -294,6 +294,57 @@ def test_a_literal_parameter_the_step_would_fail_on_is_a_validation_problem() ->
         "'ftp://example.com/x'",
         "step 'post': parameters.method: http.request accepts methods " + ", ".join(METHODS),
     ]
+
+
+@pytest.mark.parametrize(
+    ("module", "action", "parameters"),
+    [
+        ("http", "request", {"url": "https://x.test", "json": {"a": 1}, "body": "x"}),
+        ("http", "request", {"url": "https://x.test", "timeout": 0}),
+        ("http", "request", {"url": "https://x.test", "headers": {"h": [1]}}),
+        ("shell", "run", {"command": "true", "check": "no"}),
+        ("shell", "run", {"command": "true", "timeout": -5}),
+        ("shell", "run", {"command": "true", "max_output_bytes": -1}),
+        ("shell", "run", {"command": "true", "input": 3}),
+        ("shell", "run", {"command": "true", "env": {"A": [1]}}),
+        ("python", "call", {"function": "json:dumps", "args": {"a": 1}}),
+        ("python", "call", {"function": "notavalidspec"}),
+        ("python", "call", {"function": "json:dumps", "kwargs": [1]}),
+        ("workflow", "run", {"workflow": "sub", "parameters": [1]}),
+        ("workflow", "run", {"workflow": ""}),
+    ],
+)
+def test_a_literal_parameter_is_a_problem_with_the_message_the_action_refuses_it_with_when_run(
+    module: str, action: str, parameters: dict[str, Any]
+) -> None:
+    # Each action's own readers of its parameters are its validation: the problem is the very error the
+    # action raises when called with these parameters.
+    registry = create_registry()
+
+    def problems(given: dict[str, Any]) -> list[str]:
+        steps = [step("s", module=module, action=action, parameters=given)]
+        return WorkflowDAG(steps, registry=registry).problems()
+
+    with pytest.raises(InvalidInputError) as refused:
+        registry.get(module, action).func(dict(parameters), ActionContext("s"))
+    assert problems(parameters) == [f"step 's': {refused.value}"]
+    # A template stands for a value known only when the step runs: not judged now (giving both json and
+    # body is wrong whatever they hold).
+    templated = problems(dict.fromkeys(parameters, "{{params.x}}"))
+    assert templated == ([] if "body" not in parameters else problems(parameters))
+
+
+def test_literal_parameters_the_actions_accept_are_no_problem() -> None:
+    steps = [
+        step("h", module="http", action="request", parameters={"url": "https://x.test", "timeout": 5,
+             "json": {}, "headers": {"a": "{{params.h}}"}, "check": False, "max_output_bytes": 0}),
+        step("sh", module="shell", action="run", parameters={"command": ["echo", "{{params.x}}"],
+             "cwd": "/made/by/an/earlier/step", "env": {"A": "1", "B": None}, "input": "", "timeout": 1}),
+        step("py", module="python", action="call", parameters={"function": "pkg.mod:Cls.method",
+             "args": [1], "kwargs": {"a": "{{params.a}}"}}),
+        step("w", module="workflow", action="run", parameters={"workflow": "sub"}),
+    ]  # fmt: skip
+    assert WorkflowDAG(steps, registry=create_registry()).problems() == []
 
 
 def test_unknown_names_get_the_closest_known_one_only_when_one_is_close() -> None:

@@ -56,9 +56,9 @@ def test_step_resources_are_checked_against_the_machines_capacities_at_validatio
 @pytest.mark.parametrize(
     ("resources", "expected"),
     [
-        ({"lock": 0.5}, "requirements.lock: 'lock' (lock) is held in whole units: use exactly 1, got 0.5"),
-        ({"compute": 10**309}, "requirements.compute: an integer of 310 digits is too large; use a number"),
-        ({"memory": "1e400GB"}, "requirements.memory: '1e400GB' is not a finite size; use a number"),
+        ({"lock": 0.5}, "resources.lock: 'lock' (lock) is held in whole units: use exactly 1, got 0.5"),
+        ({"compute": 10**309}, "resources.compute: an integer of 310 digits is too large; use a number"),
+        ({"memory": "1e400GB"}, "resources.memory: '1e400GB' is not a finite size; use a number"),
     ],
     ids=["half-a-lock", "beyond-a-float", "infinite-size"],
 )
@@ -69,7 +69,7 @@ def test_step_resources_no_allocation_could_take_are_problems_at_validation(
     with pytest.raises(DAGValidationError) as info:
         engine.workflow_manager.validate_workflow(spec)
     [problem] = info.value.problems
-    assert problem.startswith(f"step 'a': resources: {expected}")
+    assert problem.startswith(f"step 'a': {expected}")  # the field as the step names it
     with pytest.raises(DAGValidationError):
         engine.workflow_manager.create_workflow(spec)
 

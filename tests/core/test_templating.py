@@ -284,6 +284,48 @@ def test_unsafe_or_malformed_conditions_are_rejected_when_parsed(condition: str,
     assert info.value.field == "run_if"
 
 
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("params.flag == 1", False),
+        ("params.flag != 1", True),
+        ("params.zero == false", False),
+        ("params.flag == true and params.zero == 0", True),
+        ("1 in [true]", False),
+        ("true in [1, true]", True),
+        ("0 not in [false]", True),
+        ("params.flags == [1, 0]", False),
+        ("params.flags == [true, false]", True),
+        ("params.nested == {{steps.fetch.output.ok}}", False),
+        ("params.zero == 0.0 and 1 <= 1.0 and [1, 2] < [1, 3] and 'a' >= 'a'", True),
+    ],
+)
+def test_a_boolean_equals_only_a_boolean_as_in_json(condition: str, expected: bool) -> None:
+    ctx = TemplateContext(
+        params={"flag": True, "zero": 0, "flags": [True, False], "nested": 1},
+        steps={"fetch": ("completed", {"ok": True})},
+    )
+    assert parse_condition(condition, ctx.steps).evaluate(ctx) is expected
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ("params.flag > 0", "cannot compare a bool > a int"),
+        ("0 <= params.flag", "cannot compare a int <= a bool"),
+        ("params.flag >= false", "cannot compare a bool >= a bool"),
+        ("[params.flag] < [2]", "cannot compare a list of 1 items < a list of 1 items"),
+        ("params.flag in 'true'", "cannot compare a bool in a str"),
+    ],
+)
+def test_a_boolean_has_no_order_and_is_refused_like_a_string_against_a_number(
+    condition: str, message: str
+) -> None:
+    ctx = TemplateContext(params={"flag": True}, steps={})
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        parse_condition(condition, ()).evaluate(ctx)
+
+
 def test_comparing_incompatible_values_fails_with_a_clear_message(ctx: TemplateContext) -> None:
     condition = parse_condition("steps.optional.output > 3", ctx.steps)
     with pytest.raises(TemplateError, match="cannot compare null > a int"):

@@ -121,6 +121,55 @@ def test_non_required_failure_lets_the_run_succeed_and_skips_only_steps_using_it
     assert record.steps["checks_status"].output == {"s": "failed"}
 
 
+def test_run_if_reading_a_skipped_steps_output_is_evaluated_and_a_guard_decides(
+    manager: WorkflowManager,
+) -> None:
+    # The condition runs after `s` (an inferred edge) and reads its output as null; only the parameters
+    # that use the output skip the step, and only an operand that reads into the null fails it.
+    manager.create_workflow(
+        "guarded",
+        [
+            step("s", action="echo", run_if="1 == 2", parameters={"message": {"n": 5}}),
+            step(
+                "fallback",
+                action="echo",
+                run_if="steps.s.status == 'skipped' or steps.s.output.n > 1",
+                parameters={"message": "fb"},
+            ),
+            step("is_null", action="echo", run_if="steps.s.output == null", parameters={"message": 1}),
+            step(
+                "guarded_off",
+                action="echo",
+                run_if="steps.s.status == 'completed' and steps.s.output.n > 1",
+                parameters={"message": 1},
+            ),
+            step(
+                "unguarded",
+                action="echo",
+                run_if="steps.s.output.n > 1",
+                required=False,
+                parameters={"message": 1},
+            ),
+            step("uses_it", action="echo", parameters={"message": "{{steps.s.output.n}}"}),
+        ],
+    )
+    record = manager.execute_workflow("guarded", timeout=10)
+    steps = record.steps
+    assert steps["s"].status is TaskStatus.SKIPPED
+    assert (steps["fallback"].output, steps["is_null"].output) == ("fb", 1)
+    assert manager.describe_workflow("guarded").inferred_dependencies["fallback"] == ["s"]
+    assert steps["guarded_off"].status is TaskStatus.SKIPPED
+    assert (
+        steps["guarded_off"].skipped_reason
+        == "run_if is false: steps.s.status == 'completed' and steps.s.output.n > 1"
+    )
+    assert steps["unguarded"].status is TaskStatus.FAILED and steps["unguarded"].error is not None
+    assert "steps.s.output is null (the step is skipped)" in steps["unguarded"].error.message
+    assert steps["uses_it"].status is TaskStatus.SKIPPED
+    assert steps["uses_it"].skipped_reason == "uses the output of 's', which did not complete"
+    assert record.status is WorkflowStatus.COMPLETED  # the failing step is not required
+
+
 def test_run_if_false_skips_the_step_and_true_runs_it(manager: WorkflowManager) -> None:
     manager.create_workflow(
         "cond",

@@ -713,6 +713,36 @@ def test_validate_refuses_default_parameters_over_their_limit_naming_the_setting
     assert cli("validate", big).stdout == f"{big}: demo: ok (2 steps, 2 levels)\n"
 
 
+def test_validate_checks_steps_resources_against_the_capacities_run_would_have(cli: Cli) -> None:
+    def needs(name: str, resources: dict[str, Any]) -> dict[str, Any]:
+        step = {"name": "s", "module": "core", "action": "echo", "parameters": {"message": 1}}
+        return {"name": name, "steps": [{**step, "resources": resources}]}
+
+    ok = cli.write("ok.json", needs("res_ok", {"compute": 1, "memory": "256MB"}))
+    checked = cli("validate", ok)
+    assert (checked.returncode, checked.stdout) == (0, f"{ok}: res_ok: ok (1 steps, 1 levels)\n")
+    assert cli("run", ok).returncode == 0
+
+    bad = cli.write("bad.json", needs("res_bad", {"memory": "lots"}))
+    checked = cli("validate", bad)
+    assert checked.returncode == 1
+    assert checked.stdout.startswith(f"{bad}: res_bad: step 's': resources.memory: 'lots' is not a size")
+    assert "resources: resources" not in checked.stdout
+
+    # resources.json beside the config tree adds a resource: validate grants it as run does.
+    config = cli.root / "conf" / "workflows" / "production"
+    config.mkdir(parents=True)
+    gpus = {"resources": {"gpu": {"type": "custom", "capacity": 2, "burst_limit": 0, "unit": "gpus"}}}
+    (cli.root / "conf" / "resources.json").write_text(json.dumps(gpus), encoding="utf-8")
+    gpu = cli.write("gpu.json", needs("gpu", {"gpu": 1}))
+    assert cli("validate", gpu).returncode == 1  # no gpu without the file
+    assert cli("validate", gpu, "--config-dir", config).returncode == 0
+    assert cli("run", gpu, "--config-dir", config).returncode == 0
+    many = cli.write("many.json", needs("many", {"gpu": 3}))
+    checked = cli("validate", many, "--config-dir", config)
+    assert checked.returncode == 1 and "gpu: requested 3" in checked.stdout, checked.stdout
+
+
 def nested(depth: int) -> str:
     """A workflow whose one step has a parameter ``depth`` lists deep (as text: json.dumps recurses)."""
     deep = "[" * depth + "]" * depth

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
+from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus, WorkflowSpec
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -109,6 +109,30 @@ async def test_validate_workflow_returns_every_problem_without_registering(clien
     good = await _ok(client, "validate_workflow", {"name": "ok", "steps": HELLO["steps"]})
     assert good["valid"] is True and good["execution_levels"] == [["greet"], ["shape"]]
     assert (await _ok(client, "list_workflows", {}))["count"] == 0
+
+
+async def test_the_workflow_tools_take_every_field_of_the_workflow_format_and_get_workflow_shows_them(
+    client: Client,
+) -> None:
+    step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    fields = {"description": "d", "parameters": {"p": 1}, "max_parallel": 2, "version": "2.1"}
+    assert set(WorkflowSpec.model_fields) == {"name", "steps", *fields}  # the whole format
+    checked = await _ok(client, "validate_workflow", {"name": "w", "steps": [step], **fields})
+    assert checked["valid"] is True, checked
+    await _ok(client, "create_workflow", {"name": "w", "steps": [step], **fields})
+    detail = await _ok(client, "get_workflow", {"name": "w"})
+    assert (detail["max_parallel"], detail["version_label"], detail["version"]) == (2, "2.1", 1)
+    assert (detail["description"], detail["parameters"]) == ("d", {"p": 1})
+    # Out of the format's bounds: a problem for validate_workflow, refused by create_workflow.
+    bad = {"name": "w2", "steps": [step], "max_parallel": 0}
+    assert "max_parallel" in " ".join((await _ok(client, "validate_workflow", bad))["problems"])
+    assert "max_parallel" in await _error(client, "create_workflow", bad)
+
+    definition = {"steps": [step], **fields, "max_parallel": 1}
+    run = await _ok(client, "create_complex_workflow", {"name": "cx", "workflow_definition": definition})
+    assert run["status"] == "completed" and run["parameters"] == {"p": 1}
+    detail = await _ok(client, "get_workflow", {"name": "cx"})
+    assert (detail["max_parallel"], detail["version_label"], detail["description"]) == (1, "2.1", "d")
 
 
 async def test_an_unknown_step_field_lists_the_step_fields_and_the_one_it_meant(client: Client) -> None:

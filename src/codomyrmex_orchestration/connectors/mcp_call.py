@@ -18,7 +18,7 @@ from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.connectors._servers import ServerEntry, StdioServer, load_servers
 from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, ActionRegistry
-from codomyrmex_orchestration.core.actions._params import check_known
+from codomyrmex_orchestration.core.actions._params import ParameterReaders
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
     InvalidInputError,
@@ -98,6 +98,14 @@ class McpCall:
         self._lock = threading.Lock()
         self._connections: McpConnections | None = None  # built on first use, under _lock
         self._closed = False  # under _lock
+        #: Every rule of mcp.call's parameters, run when the step runs and on literal values at validation.
+        self._readers = ParameterReaders(
+            _ACTION,
+            PARAMETERS,
+            server=(("server",), self._configured_server),
+            tool=(("tool",), _tool),
+            arguments=(("arguments",), _arguments),
+        )
 
     @property
     def connections(self) -> McpConnections:
@@ -167,10 +175,10 @@ class McpCall:
         """
         from mcp import MCPError
 
-        check_known(params, PARAMETERS, _ACTION)
-        server, tool, arguments = _server(params), _tool(params), _arguments(params)
-        if server not in self.servers:
-            raise InvalidInputError("parameters.server", self._unknown_server(server))
+        read = self._readers.read(params)
+        server: str = read["server"]
+        tool: str = read["tool"]
+        arguments: dict[str, Any] = read["arguments"]
         ctx.check_cancelled()
         started = time.monotonic()
         remaining = ctx.remaining()
@@ -216,20 +224,15 @@ class McpCall:
     # ------------------------------------------------------------------ validation
 
     def check(self, params: Mapping[str, Any]) -> list[str]:
-        """Quick checks (no I/O): the parameters' types and that the server is configured."""
-        problems: list[str] = []
-        server = params.get("server")
-        if not isinstance(server, str) or not server:
-            problems.append(f"parameters.server: {_NEEDS_SERVER}")
-        elif not _templated(server) and server not in self.servers:
-            problems.append(f"parameters.server: {self._unknown_server(server)}")
-        tool = params.get("tool")
-        if not isinstance(tool, str) or not tool:
-            problems.append("parameters.tool: mcp.call needs 'tool', the name of a tool of that server")
-        arguments = params.get("arguments", {})
-        if not isinstance(arguments, dict) and not _templated(arguments):
-            problems.append("parameters.arguments: mcp.call needs 'arguments' to be an object")
-        return problems
+        """Quick checks (no I/O): the parameters' readers on their literal values (types, and that the
+        server is configured)."""
+        return self._readers.check(params)
+
+    def _configured_server(self, params: Mapping[str, Any]) -> str:
+        server = _server(params)
+        if server not in self.servers:
+            raise InvalidInputError("parameters.server", self._unknown_server(server))
+        return server
 
     def probe(self, params: dict[str, Any]) -> list[str]:
         """When the server can be reached: the tool exists and the arguments fit its input schema.

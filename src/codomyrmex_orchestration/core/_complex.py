@@ -53,6 +53,7 @@ def complex_workflow_document(definition: Mapping[str, Any], *, name: str) -> di
         "steps": merged,
         "parameters": dict(definition.get("parameters") or {}),
     }
-    if definition.get("max_parallel") is not None:
-        document["max_parallel"] = definition["max_parallel"]
+    for name in ("max_parallel", "version"):  # the workflow format's other fields, when given
+        if definition.get(name) is not None:
+            document[name] = definition[name]
     return document

@@ -33,8 +33,10 @@ class WorkflowValidation(BaseModel):
 class StepInfo:
     """What a run needs of one step, digested once: its spec, its dependencies (sorted: the order skip
     reasons are reported in), its own priority (None: the run's applies), its parsed ``run_if``, whether
-    its parameters hold templates, the steps whose output it reads (it is skipped if one did not
-    complete), and its scheduling ``profile``. Immutable once built."""
+    its parameters hold templates, the steps whose output its parameters or ``for_each`` read (it is
+    skipped if one did not complete; its ``run_if`` is evaluated instead, reading such an output as
+    null, so that a guard on the step's status can decide), and its scheduling ``profile``. Immutable
+    once built."""
 
     __slots__ = ("condition", "needs_output", "parents", "priority", "profile", "spec", "templated")
 
@@ -65,12 +67,12 @@ class StepInfo:
         info = cls(spec, parents, refs)
         if spec.for_each is not None:  # a map step: the list it reads is an input too
             refs = [*refs, *find_references(spec.for_each, known)]
-        if spec.run_if:
-            info.condition = parse_condition(spec.run_if, known)
-            refs = [*refs, *info.condition.references]
         info.needs_output = tuple(
             sorted({r.step for r in refs if r.root == "steps" and r.attr == "output" and r.step})
         )
+        if spec.run_if:  # its references are parents (inferred edges) but not needed outputs
+            info.condition = parse_condition(spec.run_if, known)
+            refs = [*refs, *info.condition.references]
         return info, refs
 
 

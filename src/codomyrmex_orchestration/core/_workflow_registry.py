@@ -355,6 +355,11 @@ class DefinitionRegistry:
             if step.resources:
                 try:
                     self.check_resources(step.resources)
+                except InvalidInputError as exc:  # its field is the requirement's: say it as the step's
+                    field = exc.field.replace("requirements", "resources", 1)
+                    where = field if field.startswith("resources") or not field else f"resources: {field}"
+                    where = where or "resources"
+                    problems.append(f"step {step.name!r}: {where}: {exc.reason}")
                 except OrchestrationError as exc:
                     problems.append(f"step {step.name!r}: resources: {exc}")
         return problems

@@ -544,9 +544,9 @@ class RunState:
 
     def _decide(self, name: str, info: StepInfo) -> tuple[TaskStatus, str | None, Any]:
         """READY with resolved parameters, or the final status (and reason or error) of a step that will
-        not run: cancelled, skipped (an upstream failure, an output it reads missing, ``run_if`` false)
-        or failed (its templates do not resolve). A map step's payload is its list of items (its
-        ``run_if`` and parameters are decided per item)."""
+        not run: cancelled, skipped (an upstream failure, an output its parameters read missing,
+        ``run_if`` false) or failed (its templates do not resolve). A map step's payload is its list of
+        items (its ``run_if`` and parameters are decided per item)."""
         step, condition = info.spec, info.condition
         if self.cancelled:
             return TaskStatus.CANCELLED, "run cancelled", None

@@ -83,6 +83,7 @@ __all__ = [
     "OrchestrationMode",
     "Session",
     "SessionStatus",
+    "build_resource_manager",
 ]
 
 _log = structlog.get_logger("codomyrmex_orchestration.engine")
@@ -116,6 +117,27 @@ def _resources_file(config_dir: Path | str | None) -> Path | None:
     """``resources.json`` beside the ``config/`` tree holding ``config_dir``, if there is one."""
     path = Path(config_dir).parent.parent / "resources.json" if config_dir else None
     return path if path is not None and path.is_file() else None
+
+
+def build_resource_manager(
+    *,
+    state_dir: Path | str = DEFAULT_STATE_DIR,
+    config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    durable: bool = True,
+    resources_config: Mapping[str, Any] | None = None,
+    timers: TimerService | None = None,
+) -> ResourceManager:
+    """The resource manager an engine built with these arguments has (so that a command checking steps'
+    ``resources`` without an engine grants what a run would): the machine's capacities, storage where
+    the state lives, ``resources.json`` beside the config tree, then ``resources_config``."""
+    return ResourceManager(
+        state_dir=Path(state_dir) if durable else None,
+        worker_threads=max_workers,
+        config=resources_config,
+        config_path=_resources_file(config_dir),
+        timers=timers,
+    )
 
 
 def _output_limiter(
@@ -223,11 +245,12 @@ class OrchestrationEngine:
         self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
         if durable:  # before any resume can start a step again: kill the groups a crash left running
             guard_processes(self.registry, self.state_dir / "procs")
-        self.resource_manager = ResourceManager(
-            state_dir=self.state_dir if durable else None,
-            worker_threads=max_workers,
-            config=resources_config,
-            config_path=_resources_file(config_dir),
+        self.resource_manager = build_resource_manager(
+            state_dir=self.state_dir,
+            config_dir=config_dir,
+            max_workers=max_workers,
+            durable=durable,
+            resources_config=resources_config,
             timers=self.timers,
         )
         self.output_limiter = _output_limiter(

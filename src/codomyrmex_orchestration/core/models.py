@@ -270,8 +270,18 @@ class WorkflowSpec(_Spec):
     description: str = Field(default="", max_length=10_000)
     steps: list[StepSpec] = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
-    max_parallel: int | None = Field(default=None, ge=1, le=1024)
-    version: str = Field(default="1", max_length=64)
+    max_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Most steps of one run in flight at once (default: no bound).",
+    )
+    version: str = Field(
+        default="1",
+        max_length=64,
+        description="A free-form label of yours (e.g. '2.1'). Not the definition version: the server numbers "
+        "each registered change of a workflow itself (get_workflow's version, which runs are pinned to).",
+    )
 
     _shallow_parameters = field_validator("parameters", mode="before")(_shallow)
 

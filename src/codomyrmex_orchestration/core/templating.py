@@ -21,6 +21,7 @@ from typing import Any
 from codomyrmex_orchestration.config import DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.errors import TemplateError
 
+from ._json_compare import json_contains, json_equal, json_less
 from ._template_budget import Budget as _Budget
 from ._template_budget import to_text as _to_text
 from .models import MAX_PARAMETER_NESTING
@@ -638,22 +639,15 @@ class Condition:
 
 
 def _compare(op: ast.cmpop, left: Any, right: Any, text: str) -> bool:
+    """``left op right`` as JSON means it (``_json_compare``: a boolean is not a number)."""
     try:
-        if isinstance(op, ast.Eq):
-            return bool(left == right)
-        if isinstance(op, ast.NotEq):
-            return bool(left != right)
-        if isinstance(op, ast.Lt):
-            return bool(left < right)
-        if isinstance(op, ast.LtE):
-            return bool(left <= right)
-        if isinstance(op, ast.Gt):
-            return bool(left > right)
-        if isinstance(op, ast.GtE):
-            return bool(left >= right)
-        if isinstance(op, ast.In):
-            return bool(left in right)
-        return bool(left not in right)
+        if isinstance(op, ast.Eq | ast.NotEq):
+            return json_equal(left, right) is isinstance(op, ast.Eq)
+        if isinstance(op, ast.Lt | ast.GtE):
+            return json_less(left, right) is isinstance(op, ast.Lt)
+        if isinstance(op, ast.Gt | ast.LtE):
+            return json_less(right, left) is isinstance(op, ast.Gt)
+        return json_contains(right, left) is isinstance(op, ast.In)
     except TypeError:
         raise TemplateError(
             text,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import datetime
 from types import UnionType
@@ -18,6 +19,7 @@ from codomyrmex_orchestration.core.models import (
     RunRecord,
     StepSpec,
     WorkflowInfo,
+    WorkflowSpec,
 )
 
 #: How long a waiting call blocks before it returns the run handle (below common 60 s client timeouts).
@@ -55,6 +57,12 @@ class Args(BaseModel):
 
 def _name(description: str) -> Any:
     return Field(pattern=NAME_PATTERN, description=description)
+
+
+def _workflow_field(name: str) -> Any:
+    """A field of the workflow format as ``WorkflowSpec`` defines it (type bounds, default, description),
+    so that the tools take it with the meaning a workflow file gives it."""
+    return copy.copy(WorkflowSpec.model_fields[name])
 
 
 _WAIT = Field(
@@ -95,6 +103,8 @@ class CreateWorkflowArgs(Args):
     steps: list[StepSpec] = Field(min_length=1, description="The steps; see the step_format prompt.")
     description: str = Field(default="", max_length=10_000)
     parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults for {{params.x}}.")
+    max_parallel: int | None = _workflow_field("max_parallel")
+    version: str = _workflow_field("version")
     overwrite: bool = Field(default=False, description="Replace an existing workflow of the same name.")
 
 
@@ -166,10 +176,18 @@ class AllocateResourcesArgs(Args):
 
 
 class ComplexWorkflowDefinition(Args):
+    """The workflow format without its name (the tool's ``name``), plus a dependencies map."""
+
     steps: list[StepSpec] = Field(min_length=1)
     dependencies: dict[str, list[str]] = Field(
         default_factory=dict, description="Step name -> names of the steps it waits for."
     )
+    description: str = _workflow_field("description")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Defaults for {{params.x}} (the tool's parameters override them)."
+    )
+    max_parallel: int | None = _workflow_field("max_parallel")
+    version: str = _workflow_field("version")
 
 
 class CreateComplexWorkflowArgs(Args):
@@ -245,10 +263,15 @@ class GetWorkflowArgs(WorkflowNameArgs):
 
 
 class ValidateWorkflowArgs(Args):
+    """The fields of create_workflow, loosely typed: what the workflow format refuses is a problem listed
+    in the result."""
+
     name: str = _name("Workflow name (checked too).")
     steps: list[dict[str, Any]] = Field(min_length=1, description="Steps as for create_workflow.")
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    max_parallel: int | None = Field(default=None, description="As for create_workflow.")
+    version: str = Field(default="1", description="As for create_workflow.")
 
 
 class ListActionsArgs(Args):
@@ -363,11 +386,13 @@ class AllocationResult(Result):
 
 class WorkflowDetail(Result):
     name: str
-    version: int | None = None
+    version: int | None = Field(default=None, description="The definition version the server numbered.")
     digest: str | None = None
     description: str
     steps: list[StepSpec]
     parameters: dict[str, Any]
+    max_parallel: int | None = None
+    version_label: str = Field(default="1", description="The workflow document's own 'version' label.")
     steps_count: int
     execution_levels: list[list[str]]
     inferred_dependencies: dict[str, list[str]]

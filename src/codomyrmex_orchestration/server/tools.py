@@ -433,7 +433,7 @@ def _validation_fields(validation: WorkflowValidation) -> dict[str, Any]:
 
 def _create_workflow(tools: OrchestrationMCPTools, a: m.CreateWorkflowArgs, call: _Call) -> _Outcome:
     manager = tools.engine.workflow_manager
-    spec = WorkflowSpec(name=a.name, description=a.description, steps=a.steps, parameters=a.parameters)
+    spec = WorkflowSpec(**{name: getattr(a, name) for name in WorkflowSpec.model_fields})
     created = manager.create_workflow(spec, overwrite=a.overwrite, source="api")
     validation = manager.validate_workflow(created)
     return m.CreateWorkflowResult(workflow_name=created.name, **_validation_fields(validation))
@@ -456,12 +456,14 @@ def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Cal
         description=spec.description,
         steps=spec.steps,
         parameters=spec.parameters,
+        max_parallel=spec.max_parallel,
+        version_label=spec.version,
         **_validation_fields(validation),
     )
 
 
 def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> _Outcome:
-    document = {"name": a.name, "steps": a.steps, "description": a.description, "parameters": a.parameters}
+    document = {name: getattr(a, name) for name in WorkflowSpec.model_fields}
     try:
         spec = WorkflowSpec.model_validate(document)
     except ValidationError as exc:

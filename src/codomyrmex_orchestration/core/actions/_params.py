@@ -16,6 +16,7 @@ from codomyrmex_orchestration.errors import InvalidInputError
 __all__ = [
     "MAX_OUTPUT_BYTES_LIMIT",
     "CappedBuffer",
+    "ParameterReaders",
     "check_known",
     "get_bool",
     "get_max_output_bytes",
@@ -24,6 +25,7 @@ __all__ = [
     "get_str_map",
     "json_safe",
     "literal_check",
+    "output_cap",
 ]
 
 #: Upper bound for any ``max_output_bytes`` parameter: outputs live in memory and in the state store.
@@ -58,6 +60,41 @@ def literal_check(
 
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
+
+
+#: Reads (and checks) some of an action's parameters, raising :class:`InvalidInputError`.
+Reader = Callable[[Mapping[str, Any]], Any]
+
+
+class ParameterReaders:
+    """An action's readers of its parameters, the one list of its parameter rules: :meth:`read` runs
+    them all when the step runs, and :attr:`check` (its ``ActionDefinition.check``) runs the same ones
+    on a step's literal parameters when a workflow is validated (see :func:`literal_check`), so that
+    nothing the step would refuse is left to be found when it runs.
+
+    Args:
+        action: ``module.action``, named in messages.
+        accepted: the parameter names and their descriptions (unknown names are refused).
+        readers: ``key=(names, read)``: ``read(parameters)`` gives the value :meth:`read` returns under
+            ``key``; ``names`` are the parameters whose values it judges (a template in one of them
+            leaves the reader to the step's run). A reader must not look outside its parameters (no
+            files, no server setting): what depends on those is checked by the action when it runs.
+    """
+
+    def __init__(self, action: str, accepted: Mapping[str, str], **readers: tuple[tuple[str, ...], Reader]):
+        self.action = action
+        self.accepted = accepted
+        self._readers = readers
+        self.check = literal_check(*readers.values())
+
+    def read(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every reader's value by its key, after refusing unknown names.
+
+        Raises:
+            InvalidInputError: the first parameter that is unknown or malformed.
+        """
+        check_known(params, self.accepted, self.action)
+        return {key: read(params) for key, (_names, read) in self._readers.items()}
 
 
 def check_known(params: Mapping[str, Any], accepted: Mapping[str, str], action: str) -> None:
@@ -133,16 +170,25 @@ def get_str_map(params: Mapping[str, Any], name: str, action: str) -> dict[str, 
     return result
 
 
-def get_max_output_bytes(params: Mapping[str, Any], ctx: ActionContext, action: str) -> int:
-    """``max_output_bytes`` from the step, else from ``ctx.extras`` (the server's setting), else 1 MiB."""
-    fallback = ctx.extras.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)
-    value = params.get("max_output_bytes", fallback)
+def get_max_output_bytes(params: Mapping[str, Any], action: str) -> int | None:
+    """The step's ``max_output_bytes``, or None when it gives none (see :func:`output_cap`)."""
+    value = params.get("max_output_bytes")
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OUTPUT_BYTES_LIMIT:
         raise InvalidInputError(
             "parameters.max_output_bytes",
             f"{action} needs 'max_output_bytes' to be an integer from 0 to {MAX_OUTPUT_BYTES_LIMIT}",
         )
     return value
+
+
+def output_cap(given: int | None, ctx: ActionContext) -> int:
+    """The step's ``max_output_bytes``, else ``ctx.extras``' (the server's setting), else 1 MiB."""
+    if given is not None:
+        return given
+    fallback: int = ctx.extras.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)
+    return fallback
 
 
 class CappedBuffer:

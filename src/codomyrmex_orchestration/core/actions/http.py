@@ -17,13 +17,13 @@ from codomyrmex_orchestration._redact import redact_text
 from codomyrmex_orchestration.core.actions._netguard import AddressGuard
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
-    check_known,
+    ParameterReaders,
     get_bool,
     get_max_output_bytes,
     get_number,
     get_str,
     get_str_map,
-    literal_check,
+    output_cap,
 )
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
@@ -93,6 +93,41 @@ def _url(params: Mapping[str, Any]) -> httpx.URL:
             "parameters.url", f"http.request accepts only http:// and https:// URLs with a host, got {raw!r}"
         )
     return url
+
+
+def _one_body(params: Mapping[str, Any]) -> None:
+    if "json" in params and "body" in params:
+        raise InvalidInputError("parameters.body", "give either 'json' or 'body', not both")
+
+
+def _payload(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request options that carry the body (``json`` or ``content``), if any (``_one_body`` has
+    refused both)."""
+    if "json" in params:
+        return {"json": params["json"]}
+    if "body" in params:
+        body = params["body"]
+        if not isinstance(body, str):
+            raise InvalidInputError("parameters.body", "http.request needs 'body' to be a string")
+        return {"content": body.encode("utf-8")}
+    return {}
+
+
+#: Every rule of http.request's parameters, run when the step runs and on literal values at validation.
+_READERS = ParameterReaders(
+    _ACTION,
+    PARAMETERS,
+    method=(("method",), _method),
+    url=(("url",), _url),
+    headers=(("headers",), lambda p: get_str_map(p, "headers", _ACTION)),
+    query=(("params",), _query),
+    one_body=((), _one_body),  # whatever json and body hold, both is wrong
+    payload=(("body",), _payload),
+    timeout=(("timeout",), lambda p: get_number(p, "timeout", DEFAULT_TIMEOUT, _ACTION, maximum=3600.0)),
+    check=(("check",), lambda p: get_bool(p, "check", True, _ACTION)),
+    follow_redirects=(("follow_redirects",), lambda p: get_bool(p, "follow_redirects", False, _ACTION)),
+    max_output_bytes=(("max_output_bytes",), lambda p: get_max_output_bytes(p, _ACTION)),
+)
 
 
 def _text(buffer: CappedBuffer, cap: int) -> str:
@@ -206,34 +241,24 @@ def request(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         StepFailedError: the request failed, or the status is not 2xx while ``check`` is true.
         StepCancelledError / StepTimeoutError: cancelled, or the timeout / step deadline passed.
     """
-    check_known(params, PARAMETERS, _ACTION)
-    method = _method(params)
-    url = _url(params)
+    read = _READERS.read(params)
+    method: str = read["method"]
+    url: httpx.URL = read["url"]
     # Messages show the URL as the step wrote it: httpx's form lowercases the host and percent-encodes
     # the path, which hid a secret in it from redaction (now caught too) and is not what the user wrote.
     written = params["url"]
-    options: dict[str, Any] = {"headers": get_str_map(params, "headers", _ACTION)}
-    query = _query(params)
-    if query:  # an empty mapping would replace the URL's own query
-        options["params"] = query
-    if "json" in params and "body" in params:
-        raise InvalidInputError("parameters.body", "give either 'json' or 'body', not both")
-    if "json" in params:
-        options["json"] = params["json"]
-    elif "body" in params:
-        body = params["body"]
-        if not isinstance(body, str):
-            raise InvalidInputError("parameters.body", "http.request needs 'body' to be a string")
-        options["content"] = body.encode("utf-8")
-    timeout = get_number(params, "timeout", DEFAULT_TIMEOUT, _ACTION, maximum=3600.0) or DEFAULT_TIMEOUT
+    options: dict[str, Any] = {"headers": read["headers"], **read["payload"]}
+    if read["query"]:  # an empty mapping would replace the URL's own query
+        options["params"] = read["query"]
+    timeout: float = read["timeout"] or DEFAULT_TIMEOUT
     remaining = ctx.remaining()
     if remaining is not None:
         if remaining <= 0:
             raise StepTimeoutError(ctx.step_name, 0.0)
         timeout = min(timeout, remaining)
-    check = get_bool(params, "check", True, _ACTION)
-    follow_redirects = get_bool(params, "follow_redirects", False, _ACTION)
-    cap = get_max_output_bytes(params, ctx, _ACTION)
+    check: bool = read["check"]
+    follow_redirects: bool = read["follow_redirects"]
+    cap = output_cap(read["max_output_bytes"], ctx)
     guard = (
         AddressGuard(ctx.extras.get("http_allow", ()), resolver=ctx.extras.get("resolver"))
         if ctx.extras.get("block_private_addresses", False)
@@ -311,6 +336,6 @@ def register(registry: ActionRegistry) -> None:
             output='{"status": int, "headers": object, "json": value} for JSON responses, else '
             '{"status", "headers", "text"} (text capped at max_output_bytes)',
             network=True,
-            check=literal_check((("url",), _url), (("method",), _method), (("params",), _query)),
+            check=_READERS.check,
         )
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, NoReturn, cast
 
-from codomyrmex_orchestration.core.actions._params import check_known, json_safe
+from codomyrmex_orchestration.core.actions._params import ParameterReaders, json_safe
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
     ActionRefusedError,
@@ -50,11 +50,7 @@ def resolve_callable(
         ActionRefusedError: ``allow`` is set and ``spec`` leaves it.
         StepFailedError: the module cannot be imported, the attribute is missing or not callable.
     """
-    if not isinstance(spec, str) or not _FUNCTION_RE.match(spec):
-        raise InvalidInputError(
-            "parameters.function",
-            f'python.call needs \'function\' as "package.module:callable" (e.g. "json:dumps"), got {spec!r}',
-        )
+    spec = _spec(spec)
     module_name, _, attr_path = spec.partition(":")
     if allow and not _inside(module_name, allow):
         # Checked before the import: importing a module runs its code.
@@ -97,6 +93,45 @@ def resolve_callable(
             where = "in no module" if home is None else f"in the module {home!r}"
             _refuse(spec, f"it is defined {where}, which is not in", allow)
     return cast(Callable[..., Any], target)
+
+
+def _spec(spec: object) -> str:
+    if not isinstance(spec, str) or not _FUNCTION_RE.match(spec):
+        raise InvalidInputError(
+            "parameters.function",
+            f'python.call needs \'function\' as "package.module:callable" (e.g. "json:dumps"), got {spec!r}',
+        )
+    return spec
+
+
+def _args(params: Mapping[str, Any]) -> list[Any]:
+    args = params.get("args")
+    if args is None:
+        return []
+    if not isinstance(args, list):
+        raise InvalidInputError("parameters.args", "python.call needs 'args' to be a list")
+    return args
+
+
+def _kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = params.get("kwargs")
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidInputError("parameters.kwargs", "python.call needs 'kwargs' to be an object")
+    return dict(kwargs)
+
+
+#: Every rule of python.call's parameters, run when the step runs and on literal values at validation
+#: (the function's form only: importing its module runs code, so that waits for the step, as does the
+#: server's allow-list).
+_READERS = ParameterReaders(
+    _ACTION,
+    PARAMETERS,
+    args=(("args",), _args),
+    kwargs=(("kwargs",), _kwargs),
+    function=(("function",), lambda p: _spec(p.get("function"))),
+)
 
 
 def _inside(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -150,20 +185,11 @@ def call(params: dict[str, Any], ctx: ActionContext) -> Any:
             leaves it (see :func:`resolve_callable`).
         StepFailedError: import/lookup failure, the callable raised, or its result is not JSON-serialisable.
     """
-    check_known(params, PARAMETERS, _ACTION)
-    args = params.get("args", [])
-    if args is None:
-        args = []
-    if not isinstance(args, list):
-        raise InvalidInputError("parameters.args", "python.call needs 'args' to be a list")
-    kwargs = params.get("kwargs", {})
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise InvalidInputError("parameters.kwargs", "python.call needs 'kwargs' to be an object")
-    spec = params.get("function")
+    read = _READERS.read(params)
+    args: list[Any] = read["args"]
+    kwargs: dict[str, Any] = read["kwargs"]
+    spec: str = read["function"]
     func = resolve_callable(spec, ctx.step_name, allow=tuple(ctx.extras.get("python_call_allow", ())))
-    kwargs = dict(kwargs)
     keyword = _context_keyword(func)
     if keyword is not None and keyword not in kwargs:
         kwargs[keyword] = ctx
@@ -194,5 +220,6 @@ def register(registry: ActionRegistry) -> None:
             parameters=dict(PARAMETERS),
             output="the callable's return value (must be JSON-serialisable)",
             executes_code=True,
+            check=_READERS.check,
         )
     )

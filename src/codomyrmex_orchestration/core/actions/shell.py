@@ -19,13 +19,13 @@ from codomyrmex_orchestration._redact import redact_text
 from codomyrmex_orchestration.core._procs import PROCS_KEY, parent_death_signal, record_group
 from codomyrmex_orchestration.core.actions._params import (
     CappedBuffer,
-    check_known,
+    ParameterReaders,
     get_bool,
     get_max_output_bytes,
     get_number,
     get_str,
     get_str_map,
-    literal_check,
+    output_cap,
 )
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import (
@@ -91,19 +91,46 @@ def _argv(params: Mapping[str, Any]) -> list[str]:
     )
 
 
-def _environment(params: Mapping[str, Any]) -> dict[str, str]:
-    env_clear = get_bool(params, "env_clear", False, _ACTION)
+def _env_changes(params: Mapping[str, Any]) -> tuple[dict[str, str], set[str]]:
+    """The variables ``env`` sets, and those it removes (null values)."""
     raw = params.get("env")
     removals: set[str] = set()
     if isinstance(raw, Mapping):
         removals = {k for k, v in raw.items() if v is None}
         raw = {k: v for k, v in raw.items() if v is not None}
-    overrides = get_str_map({"env": raw}, "env", _ACTION)
+    return get_str_map({"env": raw}, "env", _ACTION), removals
+
+
+def _environment(env_clear: bool, changes: tuple[dict[str, str], set[str]]) -> dict[str, str]:
+    overrides, removals = changes
     env = {} if env_clear else dict(os.environ)
     env.update(overrides)
     for key in removals:
         env.pop(key, None)
     return env
+
+
+def _input(params: Mapping[str, Any]) -> str | None:
+    stdin_text = params.get("input")
+    if stdin_text is not None and not isinstance(stdin_text, str):
+        raise InvalidInputError("parameters.input", "shell.run needs 'input' to be a string")
+    return stdin_text
+
+
+#: Every rule of shell.run's parameters, run when the step runs and on literal values at validation.
+#: Whether ``cwd`` exists is asked only when the step runs (an earlier step may create it).
+_READERS = ParameterReaders(
+    _ACTION,
+    PARAMETERS,
+    argv=(("command", "shell"), _argv),
+    cwd=(("cwd",), lambda p: get_str(p, "cwd", _ACTION)),
+    env_clear=(("env_clear",), lambda p: get_bool(p, "env_clear", False, _ACTION)),
+    env=(("env",), _env_changes),
+    input=(("input",), _input),
+    check=(("check",), lambda p: get_bool(p, "check", True, _ACTION)),
+    timeout=(("timeout",), lambda p: get_number(p, "timeout", None, _ACTION)),
+    max_output_bytes=(("max_output_bytes",), lambda p: get_max_output_bytes(p, _ACTION)),
+)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -149,18 +176,16 @@ def run(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         StepCancelledError: ``ctx.cancel_event`` was set; the process group was killed.
         StepTimeoutError: ``timeout`` or the step deadline passed; the process group was killed.
     """
-    check_known(params, PARAMETERS, _ACTION)
-    argv = _argv(params)
-    cwd = get_str(params, "cwd", _ACTION)
+    read = _READERS.read(params)
+    argv: list[str] = read["argv"]
+    cwd: str | None = read["cwd"]
     if cwd is not None and not os.path.isdir(cwd):
         raise InvalidInputError("parameters.cwd", f"{cwd!r} is not an existing directory")
-    env = _environment(params)
-    stdin_text = params.get("input")
-    if stdin_text is not None and not isinstance(stdin_text, str):
-        raise InvalidInputError("parameters.input", "shell.run needs 'input' to be a string")
-    check = get_bool(params, "check", True, _ACTION)
-    timeout = get_number(params, "timeout", None, _ACTION)
-    cap = get_max_output_bytes(params, ctx, _ACTION)
+    env = _environment(read["env_clear"], read["env"])
+    stdin_text: str | None = read["input"]
+    check: bool = read["check"]
+    timeout: float | None = read["timeout"]
+    cap = output_cap(read["max_output_bytes"], ctx)
 
     ctx.check_cancelled()
     described = _describe(argv)
@@ -328,6 +353,6 @@ def register(registry: ActionRegistry) -> None:
             output='{"exit_code": int, "stdout": text, "stderr": text} (each capped at max_output_bytes, '
             'truncation marked "…[truncated N bytes]")',
             executes_code=True,
-            check=literal_check((("command", "shell"), _argv)),
+            check=_READERS.check,
         )
     )

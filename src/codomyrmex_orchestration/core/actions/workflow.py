@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SUBWORKFLOW_DEPTH
-from codomyrmex_orchestration.core.actions._params import check_known, get_str
+from codomyrmex_orchestration.core.actions._params import ParameterReaders, get_str
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, StepFailedError
 
@@ -20,6 +20,22 @@ PARAMETERS = {
 _ACTION = "workflow.run"
 
 
+def _sub_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    sub_params = params.get("parameters") or {}
+    if not isinstance(sub_params, Mapping):
+        raise InvalidInputError("parameters.parameters", "workflow.run needs 'parameters' to be an object")
+    return dict(sub_params)
+
+
+#: Every rule of workflow.run's parameters, run when the step runs and on literal values at validation.
+_READERS = ParameterReaders(
+    _ACTION,
+    PARAMETERS,
+    workflow=(("workflow",), lambda p: get_str(p, "workflow", _ACTION, required=True)),
+    parameters=(("parameters",), _sub_params),
+)
+
+
 def run(params: dict[str, Any], ctx: ActionContext) -> Any:
     """Run ``params["workflow"]`` with ``params["parameters"]`` and return the sub-run's outputs.
 
@@ -28,12 +44,9 @@ def run(params: dict[str, Any], ctx: ActionContext) -> Any:
         LimitExceededError: the sub-run would nest deeper than ``ctx.extras["max_depth"]`` (default 8).
         StepFailedError: not a workflow step (a single task: no runner on the context).
     """
-    check_known(params, PARAMETERS, _ACTION)
-    name = get_str(params, "workflow", _ACTION, required=True)
-    assert name is not None
-    sub_params = params.get("parameters") or {}
-    if not isinstance(sub_params, Mapping):
-        raise InvalidInputError("parameters.parameters", "workflow.run needs 'parameters' to be an object")
+    read = _READERS.read(params)
+    name: str = read["workflow"]
+    sub_params: dict[str, Any] = read["parameters"]
     max_depth = ctx.extras.get("max_depth", DEFAULT_MAX_SUBWORKFLOW_DEPTH)
     if ctx.depth + 1 > max_depth:
         raise LimitExceededError(
@@ -46,7 +59,7 @@ def run(params: dict[str, Any], ctx: ActionContext) -> Any:
             f"not as a single task: run workflow {name!r} with execute_workflow instead",
         )
     ctx.check_cancelled()
-    return ctx.run_workflow(name, dict(sub_params), ctx=ctx)
+    return ctx.run_workflow(name, sub_params, ctx=ctx)
 
 
 def register(registry: ActionRegistry) -> None:
@@ -60,5 +73,6 @@ def register(registry: ActionRegistry) -> None:
             "return its outputs. Only as a workflow step: to run a workflow alone, use execute_workflow.",
             parameters=dict(PARAMETERS),
             output="the sub-run's outputs (an object)",
+            check=_READERS.check,
         )
     )
