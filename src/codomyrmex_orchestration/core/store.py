@@ -44,6 +44,7 @@ from ._store_codec import (
     status_of,
 )
 from ._store_memory import MemoryStore
+from ._store_pages import give_back_for
 from ._store_reads import StoreReader
 from ._store_retention import Retention
 from ._store_schema import (
@@ -74,6 +75,10 @@ __all__ = [
 ]
 
 _log = get_logger("codomyrmex_orchestration.store")
+
+#: At most this long at open giving back free pages (measured: 50-100 MB a second); the rest
+#: goes a chunk per housekeeping pass.
+_OPEN_GIVE_BACK_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- contracts
@@ -233,8 +238,12 @@ class SqliteStore:
         self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = SqliteToolTasks(self._writer.call)
-        # Measure the bytes used and apply limits lowered since the last start (no scan of the history).
+        # Measure the bytes used and apply limits lowered since the last start (no scan of the history),
+        # then give back the pages that freed (and any a previous process left free), for a bounded time:
+        # the housekeeping passes give back the rest a chunk at a time.
         self._writer.run_retention()
+        wal_bytes = wal_limit_for(max_bytes)
+        self._writer.call(partial(give_back_for, wal_bytes=wal_bytes, seconds=_OPEN_GIVE_BACK_SECONDS))
 
     @property
     def retention_runs(self) -> int:
