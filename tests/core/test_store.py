@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -597,8 +598,8 @@ _DISK_FULL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def _fill_the_disk(path: Path) -> tuple[dict[str, Any], str]:
+    """Run the disk-full script on ``path``: what it printed, and its log (stderr)."""
     done = subprocess.run(
         [sys.executable, "-c", _DISK_FULL_SCRIPT, str(path)],
         capture_output=True,
@@ -607,11 +608,22 @@ def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_p
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    out, _ = _fill_the_disk(path)
     assert "the writer has failed" in out["flush"] and str(path) in out["flush"]
     assert out["health"]["ok"] is False
     assert out["health"]["last_error"]
     assert out["stats_dropped"] >= 1
+
+
+def test_closing_after_a_writer_failure_logs_every_dropped_write_as_lost(tmp_path: Path) -> None:
+    out, log = _fill_the_disk(tmp_path / "state.db")
+    [lost] = re.findall(r"state_store_closed_with_loss.*?lost=(\d+)", log)
+    assert int(lost) >= out["stats_dropped"] >= 1
 
 
 def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) -> None:

@@ -419,7 +419,8 @@ class GroupCommitWriter:
         with self._lock:
             self._closed = True
             self._done.notify_all()
-            lost = self._enqueued - self._committed + self._logged - self._log_committed
+            # what was never committed: writes still pending, and those dropped after a failure
+            lost = self._enqueued - self._committed + self._logged - self._log_committed + self._dropped
         if self._failure is not None or lost:
             _log.error("state_store_closed_with_loss", path=self.path, lost=lost, reason=self._failure)
         if not self._thread.is_alive():
