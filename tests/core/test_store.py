@@ -524,6 +524,43 @@ def test_a_corrupt_database_file_is_refused_at_open_naming_the_path(tmp_path: Pa
     assert str(path) in str(info.value)
 
 
+def _stored_runs_with_needles(path: Path, count: int) -> None:
+    with SqliteStore(path) as store:
+        for i in range(count):  # running: retention never reads them at open
+            store.save_run(_run(f"r{i:03d}", parameters={"needle": f"needle-{i:03d}", "pad": "p" * 2_000}))
+
+
+def test_a_truncated_database_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _stored_runs_with_needles(path, 200)
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(StateStoreError, match="malformed") as info:
+        with SqliteStore(path) as store:
+            store.list_runs(limit=1_000)
+    assert str(path) in str(info.value)
+    assert "move it away" in str(info.value)
+
+
+def test_a_page_damaged_mid_file_makes_reads_say_what_to_do_and_health_report_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _stored_runs_with_needles(path, 200)
+    data = path.read_bytes()
+    page = 4096
+    at = data.index(b"needle-100") // page * page
+    with path.open("r+b") as handle:  # scribble over most of the page that holds run r100's record
+        handle.seek(at + 8)
+        handle.write(b"\xff" * 3_000)
+    with SqliteStore(path) as store:
+        assert store.health()["ok"] is True  # nothing has read the damaged page yet
+        with pytest.raises(StateStoreError, match="malformed") as info:
+            store.list_runs(limit=1_000)
+        assert str(path) in str(info.value) and "move it away" in str(info.value)
+        health = store.health()
+        assert health["ok"] is False
+        assert "damaged" in health["reason"] and "move it away" in health["reason"]
+
+
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("")

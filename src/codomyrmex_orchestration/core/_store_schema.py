@@ -221,6 +221,8 @@ def open_database(
         StateStoreError: the directory cannot be created or written, the file is not a database
             (corrupt), or its schema is newer than this program.
     """
+    from ._store_damage import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
+
     where = str(path)
     parent = path.parent
     try:
@@ -272,7 +274,7 @@ def open_database(
         raise
     except sqlite3.Error as exc:
         close_quietly(writer, reader)
-        raise StateStoreError(where, sqlite_reason(exc)) from exc
+        raise StateStoreError(where, damage_reason(exc)) from exc
     return writer, reader
 
 

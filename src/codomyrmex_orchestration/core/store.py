@@ -43,6 +43,7 @@ from ._store_codec import (
     spill_bytes,
     status_of,
 )
+from ._store_damage import Damage, sqlite_reason
 from ._store_memory import MemoryStore
 from ._store_pages import give_back_for
 from ._store_reads import StoreReader
@@ -53,7 +54,6 @@ from ._store_schema import (
     open_database,
     probe,
     rollback_quietly,
-    sqlite_reason,
     wal_limit_for,
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
@@ -233,8 +233,12 @@ class SqliteStore:
         )
         writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
-        self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
-        self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        # The first sign of a damaged file any read or commit meets: health() is not ok from then on.
+        self._damage = Damage()
+        self._writer = GroupCommitWriter(
+            writer_conn, where, self._retention, flush_interval=flush_interval, damage=self._damage
+        )
+        self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read, self._damage)
         self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = SqliteToolTasks(self._writer.call)
@@ -487,6 +491,9 @@ class SqliteStore:
             return "the store is closed"
         if failure is not None:
             return f"the writer has failed: {failure}"
+        damage = self._damage.reason
+        if damage is not None:
+            return f"a read found the database file damaged: {damage}"
         if not self._writer.is_alive():
             return "the writer thread is not running"
         current = inode(self.path)
@@ -502,6 +509,7 @@ class SqliteStore:
         except StateStoreError as exc:
             return exc.reason
         except sqlite3.Error as exc:
+            self._damage.note(exc)
             return f"read failed: {sqlite_reason(exc)}"
         if read_back != token:
             return "a probe row written was not read back"
