@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core._run_owners import RunOwnership
+from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
+from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     RunRecord,
@@ -559,6 +561,27 @@ def test_a_page_damaged_mid_file_makes_reads_say_what_to_do_and_health_report_it
         health = store.health()
         assert health["ok"] is False
         assert "damaged" in health["reason"] and "move it away" in health["reason"]
+
+
+def test_a_read_only_store_reads_committed_runs_and_upgrades_an_older_schema_first(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(MIGRATIONS[:-1]))  # the schema as the previous version left it
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.close()
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {}
+    with SqliteStore(path) as store:
+        store.save_run(_run("r1", status=WorkflowStatus.COMPLETED))
+        store.flush()
+        with ReadOnlyStore(path) as read_only:  # beside a live writer: what it committed
+            assert [r.run_id for r in read_only.list_runs()] == ["r1"]
+            assert read_only.count_runs() == {"completed": 1}
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateStoreError, match="newer than this program"):
+        ReadOnlyStore(path)
 
 
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:
