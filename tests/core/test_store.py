@@ -231,6 +231,53 @@ def test_recover_leaves_runs_whose_owner_lock_a_live_process_holds_and_their_sub
         store.close()
 
 
+def _leftovers(outputs: Path) -> None:
+    """What processes killed mid-spill and mid-eviction leave in the spill folder."""
+    for folder, names in {
+        "done": ["a.json", ".a.1x2y.tmp"],  # a finished run: its folder is kept as it is
+        "live": ["a.json", ".b.3z4w.tmp"],  # the run the killed process ran: its temporary file goes
+        "gone": ["a.json"],  # retention deleted the row, the process died before the folder
+        "tasks": ["t-1.json", ".t-2.5v6u.tmp"],
+    }.items():
+        (outputs / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (outputs / folder / name).write_text("{}")
+
+
+def _spill_files(outputs: Path) -> list[str]:
+    return sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*") if p.is_file())
+
+
+def test_recovery_removes_half_written_spills_and_the_folders_of_runs_that_have_no_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "state.db"
+    with SqliteStore(path) as store:
+        store.save_run(_run("done", status=WorkflowStatus.COMPLETED))
+        store.save_run(_run("live"))
+    outputs = path.parent / "outputs"
+    _leftovers(outputs)
+    with SqliteStore(path) as store:
+        assert store.recover() == ["live"]
+    assert _spill_files(outputs) == ["done/.a.1x2y.tmp", "done/a.json", "live/a.json", "tasks/t-1.json"]
+    assert not (outputs / "gone").exists()
+
+
+def test_recovery_leaves_what_a_live_process_may_still_be_spilling(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    with SqliteStore(path) as store:
+        store.save_run(_run("live"))
+    outputs = path.parent / "outputs"
+    _leftovers(outputs)
+    (outputs / "owned").mkdir()  # a live CLI run's folder, its row not committed yet
+    (outputs / "old").mkdir()  # long untouched: no live process is writing there
+    os.utime(outputs / "old", (1_000_000_000, 1_000_000_000))
+    with RunOwnership(path.parent, "owned"), SqliteStore(path) as store:
+        assert store.recover() == ["live"]
+        assert (outputs / "owned").is_dir() and (outputs / "gone").is_dir()  # recent: may be in use
+        assert not (outputs / "old").exists()
+
+
 def test_sessions_round_trip_filter_by_status_and_delete(store: Store) -> None:
     store.save_session("s1", {"id": "s1", "status": "active", "limits": {"tasks": 4}})
     store.save_session("s2", {"id": "s2", "status": "active"})

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import StateStoreError
-from ._store_damage import sqlite_reason
+from ._store_health import sqlite_reason
 from ._store_reads import StoreReader
 from ._store_schema import SCHEMA_VERSION, close_quietly
 from .models import RunRecord, WorkflowStatus

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import StateStoreError
 from ._store_codec import build_run, event_dict, parse_cursor, window
-from ._store_damage import Damage, sqlite_reason
+from ._store_health import Damage, sqlite_reason
 from ._store_schema import close_quietly
 from .models import RunRecord, WorkflowSpec, WorkflowStatus
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
-from ._store_damage import sqlite_reason
+from ._store_health import sqlite_reason
 from ._store_pages import chunk_pages, free_pages, give_back
 from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
 

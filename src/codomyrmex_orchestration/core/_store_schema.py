@@ -221,7 +221,7 @@ def open_database(
         StateStoreError: the directory cannot be created or written, the file is not a database
             (corrupt), or its schema is newer than this program.
     """
-    from ._store_damage import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
+    from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
 
     where = str(path)
     parent = path.parent

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._store_batch import Batch, bytes_bound, write_batch
-from ._store_damage import Damage, sqlite_reason
+from ._store_health import Damage, sqlite_reason
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly
 
