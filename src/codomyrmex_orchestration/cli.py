@@ -11,7 +11,7 @@ Opening state without declaring other processes' runs dead: the engine marks eve
 INTERRUPTED when it starts (``store.recover()``, which spares runs whose CLI owner is alive), which is
 right for the one process that owns a state directory (the server), wrong for a CLI command that shares
 it with a live server or another ``run``.
-So ``runs``, ``show`` and ``cancel`` open the SQLite store directly and only read it; ``run``,
+So ``runs``, ``show`` and ``cancel`` open the SQLite store read-only; ``run``,
 ``resume``, ``status`` and ``health`` build an engine with ``recover=False``. A run started by the CLI
 is owned by its process through a lock file (``core._run_owners``), which is how ``cancel`` reaches it
 from another terminal and how ``resume`` refuses to take over a run that is still alive.
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from codomyrmex_orchestration._cli_display import RunDisplay
+    from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.models import RunRecord, StepResult
     from codomyrmex_orchestration.core.store import SqliteStore
@@ -403,7 +404,7 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
     )
     orchestrator = TaskOrchestrator(1, registry=registry, resource_manager=resources)
     try:
-        with _read_store(settings) if registered else contextlib.nullcontext() as stored:
+        with _definitions_store(settings) if registered else contextlib.nullcontext() as stored:
             # Definitions' default parameters are held to the store's limit, as runs' parameters are.
             store = stored or MemoryStore(max_parameters_bytes=settings.max_parameters_bytes)
             yield WorkflowManager(
@@ -422,14 +423,15 @@ def _definitions(settings: Settings, *, registered: bool) -> Iterator[WorkflowMa
 
 
 @contextlib.contextmanager
-def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
-    """The state store opened for reading, or None when nothing was ever recorded there.
+def _definitions_store(settings: Settings) -> Iterator[SqliteStore | None]:
+    """The state store, for the workflows it keeps, or None when nothing was ever recorded there.
 
     Never calls ``recover()``: a RUNNING run may belong to a live process.
     """
+    from codomyrmex_orchestration.core._store_readonly import recorded
     from codomyrmex_orchestration.core.store import SqliteStore
 
-    if not settings.state_db.is_file():
+    if not recorded(settings.state_db):
         yield None
         return
     store = SqliteStore(settings.state_db, max_parameters_bytes=settings.max_parameters_bytes)
@@ -437,6 +439,19 @@ def _read_store(settings: Settings) -> Iterator[SqliteStore | None]:
         yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _read_store(settings: Settings) -> Iterator[ReadOnlyStore | None]:
+    """The state store opened read-only (on a read-only mount too), or None when nothing was ever
+    recorded there; a state directory or file of another kind, or unreadable, is a StateStoreError."""
+    from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore, recorded
+
+    if not recorded(settings.state_db):
+        yield None
+        return
+    with ReadOnlyStore(settings.state_db) as store:
+        yield store
 
 
 def _open_engine(settings: Settings) -> OrchestrationEngine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core._run_owners import RunOwnership
+from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
+from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     RunRecord,
@@ -226,6 +229,53 @@ def test_recover_leaves_runs_whose_owner_lock_a_live_process_holds_and_their_sub
         assert store.recover() == ["owned", "child"]  # its owner is gone now
     finally:
         store.close()
+
+
+def _leftovers(outputs: Path) -> None:
+    """What processes killed mid-spill and mid-eviction leave in the spill folder."""
+    for folder, names in {
+        "done": ["a.json", ".a.1x2y.tmp"],  # a finished run: its folder is kept as it is
+        "live": ["a.json", ".b.3z4w.tmp"],  # the run the killed process ran: its temporary file goes
+        "gone": ["a.json"],  # retention deleted the row, the process died before the folder
+        "tasks": ["t-1.json", ".t-2.5v6u.tmp"],
+    }.items():
+        (outputs / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (outputs / folder / name).write_text("{}")
+
+
+def _spill_files(outputs: Path) -> list[str]:
+    return sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*") if p.is_file())
+
+
+def test_recovery_removes_half_written_spills_and_the_folders_of_runs_that_have_no_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "state.db"
+    with SqliteStore(path) as store:
+        store.save_run(_run("done", status=WorkflowStatus.COMPLETED))
+        store.save_run(_run("live"))
+    outputs = path.parent / "outputs"
+    _leftovers(outputs)
+    with SqliteStore(path) as store:
+        assert store.recover() == ["live"]
+    assert _spill_files(outputs) == ["done/.a.1x2y.tmp", "done/a.json", "live/a.json", "tasks/t-1.json"]
+    assert not (outputs / "gone").exists()
+
+
+def test_recovery_leaves_what_a_live_process_may_still_be_spilling(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    with SqliteStore(path) as store:
+        store.save_run(_run("live"))
+    outputs = path.parent / "outputs"
+    _leftovers(outputs)
+    (outputs / "owned").mkdir()  # a live CLI run's folder, its row not committed yet
+    (outputs / "old").mkdir()  # long untouched: no live process is writing there
+    os.utime(outputs / "old", (1_000_000_000, 1_000_000_000))
+    with RunOwnership(path.parent, "owned"), SqliteStore(path) as store:
+        assert store.recover() == ["live"]
+        assert (outputs / "owned").is_dir() and (outputs / "gone").is_dir()  # recent: may be in use
+        assert not (outputs / "old").exists()
 
 
 def test_sessions_round_trip_filter_by_status_and_delete(store: Store) -> None:
@@ -523,6 +573,64 @@ def test_a_corrupt_database_file_is_refused_at_open_naming_the_path(tmp_path: Pa
     assert str(path) in str(info.value)
 
 
+def _stored_runs_with_needles(path: Path, count: int) -> None:
+    with SqliteStore(path) as store:
+        for i in range(count):  # running: retention never reads them at open
+            store.save_run(_run(f"r{i:03d}", parameters={"needle": f"needle-{i:03d}", "pad": "p" * 2_000}))
+
+
+def test_a_truncated_database_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _stored_runs_with_needles(path, 200)
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(StateStoreError, match="malformed") as info:
+        with SqliteStore(path) as store:
+            store.list_runs(limit=1_000)
+    assert str(path) in str(info.value)
+    assert "move it away" in str(info.value)
+
+
+def test_a_page_damaged_mid_file_makes_reads_say_what_to_do_and_health_report_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _stored_runs_with_needles(path, 200)
+    data = path.read_bytes()
+    page = 4096
+    at = data.index(b"needle-100") // page * page
+    with path.open("r+b") as handle:  # scribble over most of the page that holds run r100's record
+        handle.seek(at + 8)
+        handle.write(b"\xff" * 3_000)
+    with SqliteStore(path) as store:
+        assert store.health()["ok"] is True  # nothing has read the damaged page yet
+        with pytest.raises(StateStoreError, match="malformed") as info:
+            store.list_runs(limit=1_000)
+        assert str(path) in str(info.value) and "move it away" in str(info.value)
+        health = store.health()
+        assert health["ok"] is False
+        assert "damaged" in health["reason"] and "move it away" in health["reason"]
+
+
+def test_a_read_only_store_reads_committed_runs_and_upgrades_an_older_schema_first(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(MIGRATIONS[:-1]))  # the schema as the previous version left it
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.close()
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {}
+    with SqliteStore(path) as store:
+        store.save_run(_run("r1", status=WorkflowStatus.COMPLETED))
+        store.flush()
+        with ReadOnlyStore(path) as read_only:  # beside a live writer: what it committed
+            assert [r.run_id for r in read_only.list_runs()] == ["r1"]
+            assert read_only.count_runs() == {"completed": 1}
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateStoreError, match="newer than this program"):
+        ReadOnlyStore(path)
+
+
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("")
@@ -597,8 +705,8 @@ _DISK_FULL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def _fill_the_disk(path: Path) -> tuple[dict[str, Any], str]:
+    """Run the disk-full script on ``path``: what it printed, and its log (stderr)."""
     done = subprocess.run(
         [sys.executable, "-c", _DISK_FULL_SCRIPT, str(path)],
         capture_output=True,
@@ -607,11 +715,22 @@ def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_p
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_writer_failure_is_reported_by_health_and_flush_without_crashing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    out, _ = _fill_the_disk(path)
     assert "the writer has failed" in out["flush"] and str(path) in out["flush"]
     assert out["health"]["ok"] is False
     assert out["health"]["last_error"]
     assert out["stats_dropped"] >= 1
+
+
+def test_closing_after_a_writer_failure_logs_every_dropped_write_as_lost(tmp_path: Path) -> None:
+    out, log = _fill_the_disk(tmp_path / "state.db")
+    [lost] = re.findall(r"state_store_closed_with_loss.*?lost=(\d+)", log)
+    assert int(lost) >= out["stats_dropped"] >= 1
 
 
 def test_reads_from_other_threads_see_writes_made_before_them(tmp_path: Path) -> None:

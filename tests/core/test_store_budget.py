@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,6 +99,58 @@ def test_the_budget_holds_across_a_restart_and_a_lowered_budget_evicts_at_once(t
         store.check_budget()
         assert [r.run_id for r in store.list_runs()] == ["r9", "r8", "r7"]
         assert sorted(p.name for p in outputs.iterdir()) == ["r7", "r8", "r9"]
+
+
+def _file_bytes(path: Path) -> int:
+    return sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+
+
+def _free_pages(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _finished_runs(store: SqliteStore, count: int, output_bytes: int) -> None:
+    for i in range(count):
+        record = RunRecord(run_id=f"r{i:04d}", workflow_name="wf", status=WorkflowStatus.COMPLETED)
+        record.steps["a"] = StepResult(name="a", status=TaskStatus.COMPLETED, output="z" * output_bytes)
+        store.save_run(record)
+    store.flush()
+
+
+@pytest.mark.parametrize(
+    "lowered", [{"max_bytes": 2_000_000}, {"retention_runs": 5}], ids=["byte budget", "run retention"]
+)
+def test_a_limit_lowered_at_restart_shrinks_the_file_not_only_the_rows(
+    lowered: dict[str, int], tmp_path: Path
+) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path, max_bytes=None) as store:
+        _finished_runs(store, 60, 200_000)  # 12 MB of step results
+    assert _file_bytes(path) > 12_000_000
+    with SqliteStore(path, **lowered) as store:
+        assert store.count_runs()["completed"] <= 10
+    # The pages the evicted runs took went back to the file system: the file is about what is kept.
+    assert _file_bytes(path) < 2_500_000, _file_bytes(path)
+    assert _free_pages(path) < 300
+
+
+def test_runs_deleted_by_retention_while_open_give_their_pages_back_a_chunk_per_pass(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqliteStore(path, retention_runs=5) as store:
+        _finished_runs(store, 60, 200_000)  # one pass deletes 55 runs: 11 MB of free pages
+        chunks = 0
+        while _free_pages(path) > 300:
+            chunks += 1
+            assert chunks < 100, _free_pages(path)
+            store.save_run(RunRecord(run_id=f"more{chunks}", workflow_name="wf"))  # a pass owes a commit
+            store.flush()  # a full flush runs the housekeeping pass that is owed
+        assert chunks > 1  # a chunk per pass, not all of it at once
+        store.flush()
+    assert _file_bytes(path) < 2_500_000, _file_bytes(path)
 
 
 def test_spill_files_of_tasks_outside_runs_count_and_the_oldest_finished_work_goes_first(

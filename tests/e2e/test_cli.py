@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -439,6 +440,82 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
     assert steps[0].split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]
     assert steps[1].split()[:3] == ["fetch", "completed", "1"]
     assert steps[1].split()[-1] == '{"n":3}'
+
+
+_NO_ROOT_POWERS = ["dac_override", "dac_read_search", "fowner"]
+
+
+def _without_root_powers(cli: Cli, *, readable: bool) -> list[str]:
+    """Take the state directory away from this user (readable: still listable, not writable), and
+    return the command prefix that runs the CLI without the powers that would ignore it: as root,
+    setpriv drops the capabilities that override file permissions (the directory goes to nobody)."""
+    if os.geteuid() != 0:
+        prefix: list[str] = []
+    elif (setpriv := shutil.which("setpriv")) is not None:
+        caps = ",".join(f"-{cap}" for cap in _NO_ROOT_POWERS)
+        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+        for path in (cli.state_dir, *cli.state_dir.rglob("*")):
+            os.chown(path, 65534, -1)  # nobody: root's own files would still be its own
+    else:
+        pytest.skip("running as root without setpriv: permissions cannot be taken away")
+    for path in cli.state_dir.rglob("*"):
+        path.chmod(0o444 if path.is_file() else 0o555)
+    cli.state_dir.chmod(0o555 if readable else 0o000)
+    return prefix
+
+
+def _as(prefix: list[str], cli: Cli, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, *COMMAND, *args],
+        cwd=cli.root,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_state_directory_that_cannot_be_read_is_one_clear_error_for_every_command(cli: Cli) -> None:
+    ok = cli.json("run", cli.write("demo.json", DEMO))
+    prefix = _without_root_powers(cli, readable=False)
+    try:
+        for args in (["runs"], ["show", ok["run_id"]], ["health"], ["run", "demo.json"]):
+            result = _as(prefix, cli, *args)
+            assert result.returncode == 1, (args, result.stderr)
+            line = single_error_line(result.stderr)
+            assert "internal error" not in line, args
+            assert f"cannot read the state directory {cli.state_dir}: Permission denied" in line, args
+    finally:
+        cli.state_dir.chmod(0o700)
+
+
+def test_runs_and_show_read_a_state_directory_they_cannot_write(cli: Cli) -> None:
+    ok = cli.json("run", cli.write("demo.json", DEMO))
+    prefix = _without_root_powers(cli, readable=True)
+    try:
+        listed = _as(prefix, cli, "runs", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [r["run_id"] for r in json.loads(listed.stdout)] == [ok["run_id"]]
+        shown = _as(prefix, cli, "show", ok["run_id"])
+        assert shown.returncode == 0, shown.stderr
+        assert "status    completed" in shown.stdout
+    finally:
+        cli.state_dir.chmod(0o700)
+
+
+def test_runs_says_what_is_wrong_when_the_state_paths_are_of_the_wrong_kind(cli: Cli) -> None:
+    cli.state_dir.mkdir()
+    (cli.state_dir / "state.db").mkdir()  # the database file is a directory
+    result = cli("runs")
+    assert result.returncode == 1
+    assert "state.db: exists but is not a regular file" in single_error_line(result.stderr)
+    (cli.state_dir / "state.db").rmdir()
+    cli.state_dir.rmdir()
+    cli.state_dir.write_text("")  # the state directory is a file
+    result = cli("runs")
+    assert result.returncode == 1
+    assert f"{cli.state_dir} exists but is not a directory" in single_error_line(result.stderr)
 
 
 def test_runs_done_counts_the_finished_steps_whatever_their_outcome_as_the_live_display_does(

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import StateStoreError
 from ._store_codec import build_run, event_dict, parse_cursor, window
-from ._store_schema import close_quietly, sqlite_reason
+from ._store_health import Damage, sqlite_reason
+from ._store_schema import close_quietly
 from .models import RunRecord, WorkflowSpec, WorkflowStatus
 
 __all__ = ["StoreReader"]
@@ -31,11 +32,15 @@ class StoreReader:
         conn: the ``query_only`` connection (the reader owns it from now on and closes it).
         path: the database file, for messages.
         sync: called before each read; returns once what was written before is committed.
+        damage: where a read that finds the file damaged says so (the store's health reads it).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str, sync: Callable[[], None]) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, sync: Callable[[], None], damage: Damage | None = None
+    ) -> None:
         self.path = path
         self._sync = sync
+        self.damage = damage if damage is not None else Damage()
         self._conn = conn
         self._lock = threading.Lock()  # guards _conn: one read at a time on it
 
@@ -45,6 +50,7 @@ class StoreReader:
             with self._lock:
                 return self._conn.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
+            self.damage.note(exc)
             raise StateStoreError(self.path, f"read failed: {sqlite_reason(exc)}") from exc
 
     def probe_token(self) -> str | None:

@@ -26,7 +26,9 @@ from pathlib import Path
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
-from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, sqlite_reason
+from ._store_health import sqlite_reason
+from ._store_pages import chunk_pages, free_pages, give_back
+from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
 
 __all__ = ["Retention", "Usage", "oldest_finished_runs", "stored_runs"]
 
@@ -99,6 +101,7 @@ class Retention:
         self._measure = True  # the next budget check measures (the bound is unknown)
         self._budget_due = True  # the next commit checks the budget (set by worker threads too)
         self._doomed: list[str] = []  # run ids deleted in the open transaction: their spill folders go
+        self._chunk = 0  # free pages given back per pass (and kept for reuse), once the page size is read
         # Task spill files arrive from worker threads (note_task_spill) as well as from scans on the
         # writer: _task_lock guards the list and its byte total.
         self._task_lock = threading.Lock()
@@ -251,6 +254,26 @@ class Retention:
             return
         with self._usage_lock:
             self._stored = stored
+        self._give_back(conn)
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        """Give the pages deleted rows freed back to the file system, a chunk per pass (in a savepoint
+        of its own: a failure is logged and retried by the next pass, the trim it follows stays)."""
+        if not self._chunk:
+            self._chunk = chunk_pages(conn, self.wal_reserve or wal_limit_for(None))
+        if free_pages(conn) <= self._chunk:
+            return  # a few free pages are reused by the next writes
+        conn.execute("SAVEPOINT give_back")
+        try:
+            left = give_back(conn, self._chunk)
+            conn.execute("RELEASE give_back")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO give_back")
+            conn.execute("RELEASE give_back")
+            _log.warning("state_store_vacuum_failed", path=self.path, error=sqlite_reason(exc))
+            left = self._chunk + 1
+        if left > self._chunk:
+            self._dirty = True  # the next housekeeping pass gives back the next chunk
 
     def _measured_now(self, conn: sqlite3.Connection) -> int:
         self._measured = stored_bytes(conn)
@@ -346,9 +369,6 @@ class Retention:
                 deleted += self._delete_oldest_runs(conn, _BYTES_STEP)
             else:
                 break  # nothing finished is left to delete: the budget cannot be met
-        if deleted:
-            # Give the freed pages back to the file system (a no-op on a file without auto_vacuum).
-            conn.execute("PRAGMA incremental_vacuum").fetchall()
 
     def _scan_task_spill(self) -> None:
         if self.spill_dir is None or time.monotonic() - self._task_scanned < _TASK_SPILL_EVERY:

@@ -221,6 +221,8 @@ def open_database(
         StateStoreError: the directory cannot be created or written, the file is not a database
             (corrupt), or its schema is newer than this program.
     """
+    from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
+
     where = str(path)
     parent = path.parent
     try:
@@ -235,9 +237,14 @@ def open_database(
             else os_reason(exc)
         )
         raise StateStoreError(where, f"cannot create the state directory {parent}: {reason}") from exc
-    if not parent.is_dir():
+    try:
+        parent_is_dir = parent.is_dir()
+        path_is_other = path.exists() and not path.is_file()
+    except OSError as exc:  # Path.exists() raises for EACCES: a directory we cannot look into
+        raise StateStoreError(where, f"cannot read the state directory {parent}: {os_reason(exc)}") from exc
+    if not parent_is_dir:
         raise StateStoreError(where, f"{parent} exists but is not a directory")
-    if path.exists() and not path.is_file():
+    if path_is_other:
         raise StateStoreError(where, "exists but is not a regular file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StateStoreError(where, f"the state directory {parent} is not writable")
@@ -272,7 +279,7 @@ def open_database(
         raise
     except sqlite3.Error as exc:
         close_quietly(writer, reader)
-        raise StateStoreError(where, sqlite_reason(exc)) from exc
+        raise StateStoreError(where, damage_reason(exc)) from exc
     return writer, reader
 
 

@@ -22,8 +22,9 @@ from typing import Any, TypeVar, cast
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._store_batch import Batch, bytes_bound, write_batch
+from ._store_health import Damage, sqlite_reason
 from ._store_retention import Retention
-from ._store_schema import close_quietly, rollback_quietly, sqlite_reason
+from ._store_schema import close_quietly, rollback_quietly
 
 __all__ = ["GroupCommitWriter"]
 
@@ -66,12 +67,20 @@ class GroupCommitWriter:
         retention: its budget's part runs with each commit that adds bytes, its housekeeping on its
             own schedule or with a full flush; on the committing thread.
         flush_interval: seconds the writer waits to gather a batch before committing it.
+        damage: where a commit or call that finds the file damaged says so (for health()).
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, path: str, retention: Retention, *, flush_interval: float
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        retention: Retention,
+        *,
+        flush_interval: float,
+        damage: Damage | None = None,
     ) -> None:
         self.path = path
+        self.damage = damage if damage is not None else Damage()
         self.flush_interval = flush_interval
         self._retention = retention
         self._conn = conn
@@ -242,6 +251,7 @@ class GroupCommitWriter:
         if not call.done.wait(timeout):
             raise StateStoreError(self.path, f"the writer did not answer within {timeout:g} s")
         if call.error is not None:
+            self.damage.note(call.error)
             raise StateStoreError(self.path, sqlite_reason(call.error)) from call.error
         return cast(_T, call.result)
 
@@ -339,6 +349,7 @@ class GroupCommitWriter:
             try:
                 self._commit(batch, tidy=tidy, budget=budget)
             except sqlite3.Error as exc:
+                self.damage.note(exc)
                 self._retention.after_commit(False)
                 self._fail(f"commit of {batch.size} writes failed: {sqlite_reason(exc)}", dropped=batch.size)
                 _fail_calls(calls, exc)
@@ -419,7 +430,8 @@ class GroupCommitWriter:
         with self._lock:
             self._closed = True
             self._done.notify_all()
-            lost = self._enqueued - self._committed + self._logged - self._log_committed
+            # what was never committed: writes still pending, and those dropped after a failure
+            lost = self._enqueued - self._committed + self._logged - self._log_committed + self._dropped
         if self._failure is not None or lost:
             _log.error("state_store_closed_with_loss", path=self.path, lost=lost, reason=self._failure)
         if not self._thread.is_alive():

@@ -43,16 +43,17 @@ from ._store_codec import (
     spill_bytes,
     status_of,
 )
+from ._store_health import Damage, health_problem
 from ._store_memory import MemoryStore
+from ._store_orphans import tidy_spills
+from ._store_pages import give_back_for
 from ._store_reads import StoreReader
 from ._store_retention import Retention
 from ._store_schema import (
     SCHEMA_VERSION,
     inode,
     open_database,
-    probe,
     rollback_quietly,
-    sqlite_reason,
     wal_limit_for,
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
@@ -74,6 +75,10 @@ __all__ = [
 ]
 
 _log = get_logger("codomyrmex_orchestration.store")
+
+#: At most this long at open giving back free pages (measured: 50-100 MB a second); the rest
+#: goes a chunk per housekeeping pass.
+_OPEN_GIVE_BACK_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- contracts
@@ -228,13 +233,21 @@ class SqliteStore:
         )
         writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
-        self._writer = GroupCommitWriter(writer_conn, where, self._retention, flush_interval=flush_interval)
-        self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read)
+        # The first sign of a damaged file any read or commit meets: health() is not ok from then on.
+        self._damage = Damage()
+        self._writer = GroupCommitWriter(
+            writer_conn, where, self._retention, flush_interval=flush_interval, damage=self._damage
+        )
+        self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read, self._damage)
         self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
         #: The records of tool calls run as MCP tasks (``server/_tasks.py``).
         self.tool_tasks = SqliteToolTasks(self._writer.call)
-        # Measure the bytes used and apply limits lowered since the last start (no scan of the history).
+        # Measure the bytes used and apply limits lowered since the last start (no scan of the history),
+        # then give back the pages that freed (and any a previous process left free), for a bounded time:
+        # the housekeeping passes give back the rest a chunk at a time.
         self._writer.run_retention()
+        wal_bytes = wal_limit_for(max_bytes)
+        self._writer.call(partial(give_back_for, wal_bytes=wal_bytes, seconds=_OPEN_GIVE_BACK_SECONDS))
 
     @property
     def retention_runs(self) -> int:
@@ -438,6 +451,8 @@ class SqliteStore:
 
         Called once by the engine at start, never implicitly (a ``status`` opening the file must not
         interrupt a live server's runs). Steps stay as they were, so a resume sees the completed ones.
+        Then what dead processes left in the spill folder goes: temporary files of half-written spills,
+        folders of runs whose rows are gone (``_store_orphans``).
 
         Returns:
             The ids of the runs marked, oldest first.
@@ -446,6 +461,18 @@ class SqliteStore:
         ids = self._writer.call(partial(_mark_interrupted, owned=partial(owner_alive, self.path.parent)))
         if ids:
             _log.warning("state_store_runs_interrupted", path=str(self.path), run_ids=ids)
+        spill_dir = self._retention.spill_dir
+        if spill_dir is not None:
+            try:
+                run_ids = [run_id for (run_id,) in self._reads.read("SELECT run_id FROM runs")]
+            except StateStoreError as exc:  # the spill folder is tidied at a later start
+                _log.warning("state_store_spills_not_tidied", path=str(self.path), error=exc.reason)
+                return ids
+            files, folders = tidy_spills(
+                spill_dir, state_dir=self.path.parent, run_ids=run_ids, interrupted=ids
+            )
+            if files or folders:
+                _log.info("state_store_spills_tidied", path=str(spill_dir), files=files, folders=folders)
         return ids
 
     def health(self, timeout: float = 5.0) -> dict[str, Any]:
@@ -467,36 +494,11 @@ class SqliteStore:
             "dropped_writes": state.dropped,
             **self._bytes_report(),
         }
-        report["reason"] = self._health_problem(state.closed, state.failure, timeout)
+        report["reason"] = health_problem(self._writer, self._reads, self.path, self._inode, timeout=timeout)
         if not report["reason"]:
             report["ok"] = True
             report["reason"] = "readable and writable"
         return report
-
-    def _health_problem(self, closed: bool, failure: str | None, timeout: float) -> str:
-        if closed:
-            return "the store is closed"
-        if failure is not None:
-            return f"the writer has failed: {failure}"
-        if not self._writer.is_alive():
-            return "the writer thread is not running"
-        current = inode(self.path)
-        if current != self._inode:
-            return (
-                "the database file was removed or replaced while open"
-                if current is None
-                else "the database file was replaced by another file while open"
-            )
-        try:
-            token = self._writer.call(probe, timeout=timeout)
-            read_back = self._reads.probe_token()
-        except StateStoreError as exc:
-            return exc.reason
-        except sqlite3.Error as exc:
-            return f"read failed: {sqlite_reason(exc)}"
-        if read_back != token:
-            return "a probe row written was not read back"
-        return ""
 
     def stats(self) -> dict[str, Any]:
         """Row counts per table, file sizes and writer counters; never raises."""
