@@ -52,6 +52,7 @@ class _MemRun:
     status: str
     record: str
     version: int | None = None  # the definition version the run refers to
+    parent: str | None = None  # the run whose step started this one (workflow.run)
     # The steps of the last save_run that had any, as one JSON object (see STEPS_JSON), and the
     # others one by one (saved by save_step, or from an older batch): never the same step in both.
     batch: bytes | None = None
@@ -166,6 +167,7 @@ class MemoryStore:
                 self._runs[record.run_id] = run
             run.status = record.status.value
             run.workflow_name = record.workflow_name
+            run.parent = record.parent_run_id
             run.record = raw
             if run.version != record.workflow_version:
                 self._refer(run, None)
@@ -220,6 +222,13 @@ class MemoryStore:
                 return None
             raw, batch, steps = run.record, run.batch, list(run.steps.values())
         return build_run(raw, steps, batch)
+
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        with self._lock:
+            found = sorted(
+                (r.created, r.seq, r.record) for r in self._runs.values() if r.parent == parent_run_id
+            )
+        return [build_run(raw, ()) for _, _, raw in found]
 
     def list_runs(
         self,

@@ -389,6 +389,9 @@ class RunRecord(_Record):
     failed_steps: list[str] = Field(default_factory=list)
     error: str | None = None
     parent_run_id: str | None = None
+    #: The step of the parent run that started this sub-run (``step[index]`` for an item of a map step):
+    #: resuming the parent resumes this run for that step instead of starting another.
+    parent_step: str | None = None
     #: The definition version the run started with (resume continues with it); None for runs recorded
     #: before definitions had versions.
     workflow_version: int | None = None

@@ -103,6 +103,8 @@ class StateStore(Protocol):
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
+    # The runs started by the steps of run ``parent_run_id`` (workflow.run), oldest first, without steps.
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]: ...
     # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
     # on created_at; ``cursor``: run_cursor() of the last run of the previous page.
     def list_runs(
@@ -385,6 +387,9 @@ class SqliteStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         return self._reads.get_run(run_id)
+
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        return self._reads.sub_runs(parent_run_id)
 
     def list_runs(
         self,

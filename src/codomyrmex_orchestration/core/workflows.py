@@ -171,10 +171,18 @@ class WorkflowManager:
             extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._listeners = Listeners()
         self._active = ActiveRuns()
+        self.definitions = DefinitionRegistry(
+            registry=registry,
+            store=self.store,
+            max_steps=max_steps,
+            check_resources=orchestrator.check_resources,
+        )
         self._subruns = SubRuns(
-            start_child=self._start_child,
+            start_run=self._start_run,
             cancel=lambda run: self._driver.cancel(run),  # the driver is built next, with run_child
-            parent_of=self._active.parent_of,
+            active=self._active,
+            definitions=self.definitions,
+            store=self.store,
             max_depth=max_subworkflow_depth,
             max_runs=max_subworkflow_runs,
         )
@@ -190,12 +198,6 @@ class WorkflowManager:
             on_finished=self._forget,
         )
         self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
-        self.definitions = DefinitionRegistry(
-            registry=registry,
-            store=self.store,
-            max_steps=max_steps,
-            check_resources=orchestrator.check_resources,
-        )
         taken = self.definitions.load_stored()
         if self.config_dir is not None:
             taken.update(self.definitions.load_config_dir(self.config_dir, skip=taken))
@@ -354,6 +356,7 @@ class WorkflowManager:
         on_step: StepCallback | None = None,
         depth: int = 0,
         parent_run_id: str | None = None,
+        parent_step: str | None = None,
         previous: RunRecord | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
@@ -371,6 +374,7 @@ class WorkflowManager:
             parent_run_id=parent_run_id,
             previous=previous,
             pending_rows=live_readers,
+            parent_step=parent_step,
         )
         self.store.check_budget(record.parameters)  # refuses work the state directory has no room for
         run = RunState(
@@ -388,6 +392,8 @@ class WorkflowManager:
             use_cache=use_cache,
             starts_from=None if live_readers or self._listeners else self.orchestrator.group_starts,
         )
+        if previous is not None:  # its steps take over the sub-runs its earlier attempts left
+            self._subruns.resuming(run.run_id, plan)
         self._active.add(run)
         self._driver.start(run)
         return run
@@ -395,18 +401,6 @@ class WorkflowManager:
     def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
-
-    def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
-        parent_run = self._active.get(parent) if parent is not None else None
-        return self._start_run(
-            self.definitions.plan(name),
-            parameters,
-            priority=TaskPriority.NORMAL,
-            depth=depth,
-            parent_run_id=parent,
-            client=parent_run.client if parent_run is not None else None,  # the parent's turn
-            use_cache=parent_run.use_cache if parent_run is not None else True,
-        )
 
     def cancel_run(self, run_id: str) -> RunRecord:
         """Cancel an active run: queued steps never start, running steps are stopped.
