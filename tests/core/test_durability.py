@@ -95,6 +95,8 @@ def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothin
         completed = [n for n, s in interrupted.steps.items() if s.status is TaskStatus.COMPLETED]
         assert len(completed) == GATE_AT
         assert interrupted.steps[f"s{GATE_AT - 1:03d}"].output == GATE_AT
+        # Never left `running` (its start may not have been committed before the kill: then pending).
+        assert interrupted.steps["gate"].status in (TaskStatus.INTERRUPTED, TaskStatus.PENDING)
         assert "durable_chain" in [w.name for w in engine.workflow_manager.list_workflows()]
         assert [p.name for p in engine.project_manager.list_projects()] == ["durable_proj"]
 

@@ -34,12 +34,13 @@ from ._store_codec import (
     dump_step,
     event_dict,
     interrupted,
+    interrupted_step,
     parse_cursor,
     status_of,
     window,
 )
 from ._store_tool_tasks import MemoryToolTasks
-from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
+from .models import RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -271,15 +272,21 @@ class MemoryStore:
         return counts
 
     def recover(self) -> list[str]:
-        """Mark every PENDING or RUNNING run INTERRUPTED; return their ids, oldest first."""
+        """Mark every PENDING or RUNNING run INTERRUPTED, and its RUNNING steps and items; return their
+        ids, oldest first."""
         with self._lock:
             found = sorted(
                 ((r.created, r.seq, rid, r) for rid, r in self._runs.items() if r.status in ACTIVE_RUN),
                 key=lambda item: (item[0], item[1]),
             )
+            when = utcnow()
             for created, seq, rid, run in found:
                 run.status = WorkflowStatus.INTERRUPTED.value
                 run.record = interrupted(run.record)
+                run.unbatch(())
+                for name, raw in run.steps.items():
+                    if StepResult.model_validate_json(raw).status is TaskStatus.RUNNING:
+                        run.steps[name] = interrupted_step(raw, when)
                 heapq.heappush(self._finished, (created, seq, rid))
         return [rid for _, _, rid, _ in found]
 

@@ -97,7 +97,8 @@ JsonItem = Annotated[
 
 
 class TaskStatus(enum.StrEnum):
-    """Lifecycle of a task or workflow step."""
+    """Lifecycle of a task or workflow step. INTERRUPTED: a step (or map item) that was running when its
+    process died, as recovery marks it in the store; a resume runs it again (a task never ends so)."""
 
     PENDING = "pending"
     READY = "ready"
@@ -108,6 +109,7 @@ class TaskStatus(enum.StrEnum):
     BLOCKED = "blocked"
     SKIPPED = "skipped"
     TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
@@ -121,6 +123,7 @@ _TERMINAL_TASK = frozenset(
         TaskStatus.CANCELLED,
         TaskStatus.SKIPPED,
         TaskStatus.TIMED_OUT,
+        TaskStatus.INTERRUPTED,
     }
 )
 
