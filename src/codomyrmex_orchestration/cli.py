@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from codomyrmex_orchestration._cli_display import RunDisplay
+    from codomyrmex_orchestration.core._run_owners import Owner
     from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.models import RunRecord, StepResult
@@ -470,15 +471,32 @@ def _dump(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _run_owner(settings: Settings, record: RunRecord) -> tuple[str, Owner]:
+    """(the run whose owner lock says who runs ``record``'s, that owner): its own lock, or for a sub-run
+    without one (it runs in the process of its top-level run) its top-level run's."""
+    from codomyrmex_orchestration.core._run_owners import owner_of
+
+    run_id, parent, seen = record.run_id, record.parent_run_id, {record.run_id}
+    owner = owner_of(settings.state_dir, run_id)
+    while not owner.exists and parent is not None and parent not in seen:
+        seen.add(parent)
+        run_id = parent
+        owner = owner_of(settings.state_dir, run_id)
+        try:
+            parent = _get_run(settings, run_id).parent_run_id
+        except RunNotFoundError:  # trimmed by retention: the lock of the last run found decides
+            break
+    return run_id, owner
+
+
 def _owner_label(settings: Settings, record: RunRecord) -> str:
     """``running`` plus who runs it, for a run the store says is running."""
-    from codomyrmex_orchestration.core._run_owners import owner_of
     from codomyrmex_orchestration.core.models import WorkflowStatus
 
     status = record.status.value
     if record.status.is_terminal:
         return status
-    owner = owner_of(settings.state_dir, record.run_id)
+    _, owner = _run_owner(settings, record)
     if owner.alive:
         return f"{status} (pid {owner.pid})"
     if owner.exists:
@@ -763,6 +781,14 @@ def _claim(settings: Settings, run_id: str) -> Iterator[_Claim]:
         yield _Claim(None, stale=False)
         return
     stale = owner_of(settings.state_dir, run_id).exists
+    if not stale and settings.state_db.is_file():  # a sub-run runs in its top-level run's process
+        top, owner = _run_owner(settings, _get_run(settings, run_id))
+        if top != run_id and owner.alive:
+            raise _Failed(
+                f"run {run_id} is a sub-run of run {top}, which process {owner.pid} is running; "
+                f"cancel that run first: {PROG} cancel {top}"
+            )
+        stale = top != run_id and owner.exists
     ownership = RunOwnership(settings.state_dir, run_id, keep_file=stale)
     try:
         ownership.__enter__()
@@ -965,12 +991,22 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from codomyrmex_orchestration.core._run_owners import owner_of, wait_released
+    from codomyrmex_orchestration.core._run_owners import wait_released
 
     record = _get_run(settings, args.run_id)
     if record.status.is_terminal:
         raise _Failed(f"run {args.run_id} already ended ({record.status.value}); nothing to cancel")
-    owner = owner_of(settings.state_dir, args.run_id)
+    top, owner = _run_owner(settings, record)
+    if top != args.run_id and owner.exists:
+        if owner.alive:  # SIGINT would cancel the whole top-level run: say so rather than do it
+            raise _Failed(
+                f"run {args.run_id} is a sub-run of run {top}, which process {owner.pid} is running; "
+                f"cancelling that run cancels it: {PROG} cancel {top}"
+            )
+        raise _Failed(
+            f"run {args.run_id} is a sub-run of run {top}, started by a CLI process that is gone; it is not "
+            f"running. Resuming that run resumes it: {PROG} resume {top}"
+        )
     if not owner.alive:
         if owner.exists:
             raise _Failed(

@@ -24,6 +24,7 @@ from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
+    MapItems,
     RunRecord,
     StepResult,
     StepSpec,
@@ -208,6 +209,42 @@ def test_recover_marks_pending_and_running_runs_interrupted_and_keeps_their_step
     assert store.get_run("done").status is WorkflowStatus.COMPLETED  # type: ignore[union-attr]  # saved above
     assert [r.run_id for r in store.list_runs(status=WorkflowStatus.INTERRUPTED)] == ["pending", "running"]
     assert store.recover() == []
+
+
+def test_recover_marks_the_steps_and_items_that_were_running_interrupted_with_a_finish_time(
+    store: Store,
+) -> None:
+    started = utcnow() - timedelta(seconds=5)
+    store.save_run(_run("r", age=2))
+    store.save_step("r", StepResult(name="a", status=TaskStatus.COMPLETED, output="kept"))
+    store.save_step("r", StepResult(name="b", status=TaskStatus.RUNNING, attempts=2, started_at=started))
+    store.save_step("r", StepResult(name="c"))  # never started: still pending
+    items = MapItems(total=2, counts={"completed": 1, "running": 1}, required=True)
+    store.save_step("r", StepResult(name="m", status=TaskStatus.RUNNING, items=items, started_at=started))
+    store.save_step("r", StepResult(name="m[0]", status=TaskStatus.COMPLETED, output=1))
+    store.save_step("r", StepResult(name="m[1]", status=TaskStatus.RUNNING, attempts=1, started_at=started))
+    store.save_run(_run("waiting", age=1, status=WorkflowStatus.WAITING_FOR_INPUT))  # not interrupted
+    store.save_step("waiting", StepResult(name="ask", status=TaskStatus.RUNNING, started_at=started))
+    before = utcnow()
+    assert store.recover() == ["r"]
+
+    run = store.get_run("r")
+    assert run is not None and run.status is WorkflowStatus.INTERRUPTED
+    assert {n: s.status.value for n, s in run.steps.items()} == {
+        "a": "completed", "b": "interrupted", "c": "pending", "m": "interrupted"
+    }  # fmt: skip
+    b = run.steps["b"]
+    assert b.finished_at is not None and b.finished_at >= before
+    assert (b.attempts, b.started_at) == (2, started)
+    assert b.error is not None and "stopped while this step was running" in b.error.message
+    assert run.steps["a"].output == "kept"
+    mapped = run.steps["m"].items
+    assert mapped is not None
+    assert [i.status.value for i in mapped.items] == ["completed", "interrupted"]
+    assert mapped.counts == {"completed": 1, "interrupted": 1}
+    assert mapped.items[1].finished_at is not None
+    waiting = store.get_run("waiting")
+    assert waiting is not None and waiting.steps["ask"].status is TaskStatus.RUNNING
 
 
 def test_recover_leaves_runs_whose_owner_lock_a_live_process_holds_and_their_sub_runs(

@@ -587,6 +587,46 @@ def test_the_workflows_max_parallel_bounds_items_too_and_cancel_settles_the_queu
     assert calls.most == 2 and sum(calls.per_item.values()) == 2
 
 
+@pytest.mark.parametrize(
+    ("workers", "max_parallel"), [(4, 1), (1, None)], ids=["max_parallel_1", "queued_together"]
+)
+def test_an_item_that_does_work_starts_only_once_the_items_completed_before_it_are_on_disk(
+    registry: ActionRegistry, tmp_path: Path, workers: int, max_parallel: int | None
+) -> None:
+    # The writer would wait an hour before committing on its own: what an item sees on disk as it starts
+    # was committed because it was about to start. A map with no parents, so its items have no parent
+    # results to wait for; with one worker and no max_parallel the items are queued in the scheduler
+    # together and start one after another.
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, flush_interval=3600)
+    orchestrator = TaskOrchestrator(workers, registry=registry)
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    seen: dict[int, set[str]] = {}
+
+    def look(params: dict[str, Any], ctx: ActionContext) -> int:
+        conn = sqlite3.connect(path)  # another connection: only committed rows
+        try:
+            rows = conn.execute(
+                "SELECT name FROM steps WHERE run_id = ? AND status = 'completed'", (ctx.run_id,)
+            )
+            seen[params["item"]] = {name for (name,) in rows}
+        finally:
+            conn.close()
+        return int(params["item"])
+
+    registry.register(ActionDefinition("test", "look", look))  # not instant: it does work
+    step = {**mapped(list(range(6)), max_parallel=max_parallel), "action": "look"}
+    manager.create_workflow({"name": "looking", "steps": [step]})
+    try:
+        record = manager.execute_workflow("looking", timeout=WAIT)
+    finally:
+        store.close()
+        orchestrator.shutdown(wait=True, timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    for item in range(6):
+        assert {f"each[{i}]" for i in range(item)} <= seen[item], (item, sorted(seen[item]))
+
+
 def test_items_are_stored_one_row_each_and_read_back_into_their_map_step(
     manager: WorkflowManager, store: SqliteStore, tmp_path: Path
 ) -> None:

@@ -296,6 +296,54 @@ def test_sub_workflow_runs_as_a_child_and_returns_outputs(manager: WorkflowManag
     assert manager.get_run(output["run_id"]).parent_run_id == record.run_id
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+def test_resuming_a_failed_parent_resumes_each_item_s_sub_run_in_place(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path, durable: bool
+) -> None:
+    store = SqliteStore(tmp_path / "state.db") if durable else MemoryStore()
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    marks, marker = tmp_path / "marks", tmp_path / "fixed"
+    marks.mkdir()
+    record = {"function": "tests.helpers.durable_steps:record", "args": [str(marks), "prep", 0]}
+    manager.create_workflow(
+        "checked",
+        [
+            step("prep", module="python", action="call", parameters=record),
+            step("check", module="shell", action="run", dependencies=["prep"],
+                 parameters={"command": ["test", "-f", str(marker)]}),
+            step("echo", action="echo", dependencies=["check"], parameters={"message": "{{params.n}}"}),
+        ],
+        parameters={"n": 0},
+    )  # fmt: skip
+    manager.create_workflow(
+        "fan",
+        [
+            step("subs", module="workflow", action="run", for_each=[1, 2],
+                 parameters={"workflow": "checked", "parameters": {"n": "{{item}}"}}),
+        ],
+    )  # fmt: skip
+    try:
+        failed = manager.execute_workflow("fan", timeout=30)
+        assert failed.status is WorkflowStatus.FAILED
+        children = {r.parameters["n"]: r.run_id for r in manager.list_runs(workflow_name="checked")}
+        assert set(children) == {1, 2}
+
+        marker.touch()
+        final = manager.resume_run(failed.run_id, timeout=30)
+        assert final.status is WorkflowStatus.COMPLETED, final.error
+        outputs = final.steps["subs"].output
+        # Each item took over its own sub-run: same ids, its own parameters, `prep` not run again.
+        assert [o["run_id"] for o in outputs] == [children[1], children[2]]
+        assert [o["outputs"]["echo"] for o in outputs] == [1, 2]
+        assert len(list(marks.iterdir())) == 2
+        runs = manager.list_runs(workflow_name="checked")
+        assert sorted(r.run_id for r in runs) == sorted(children.values())
+        assert {r.status for r in runs} == {WorkflowStatus.COMPLETED}
+        assert {r.parameters["n"]: r.parent_step for r in runs} == {1: "subs[0]", 2: "subs[1]"}
+    finally:
+        store.close()
+
+
 def test_duplicate_names_are_refused_unless_overwrite(manager: WorkflowManager) -> None:
     manager.create_workflow("dup", [step("a")])
     with pytest.raises(AlreadyExistsError, match="overwrite"):

@@ -681,6 +681,51 @@ def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(
     assert json.loads(capsys.readouterr().out)["status"] == "completed"
 
 
+def test_a_sub_run_of_a_killed_cli_run_reads_as_gone_and_resuming_the_parent_resumes_it(cli: Cli) -> None:
+    effects, gate, fifo = cli.root / "effects.txt", cli.root / "gate", cli.root / "started.fifo"
+    os.mkfifo(fifo)
+    gate.touch()
+    wait = f"if [ -e {gate} ]; then echo $$ > {fifo}; exec sleep 60; fi"
+    inner = {"name": "inner", "steps": [
+        {"name": "first", "module": "shell", "action": "run",
+         "parameters": {"shell": True, "command": f"echo first >> {effects}"}},
+        {"name": "wait", "module": "shell", "action": "run", "dependencies": ["first"],
+         "parameters": {"shell": True, "command": wait}},
+    ]}  # fmt: skip
+    (cli.root / "config" / "inner.json").write_text(json.dumps(inner), encoding="utf-8")
+    outer = {"name": "outer", "steps": [
+        {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "inner"}},
+        {"name": "done", "module": "core", "action": "echo", "parameters": {"message": 1},
+         "dependencies": ["sub"]},
+    ]}  # fmt: skip
+    proc = cli.popen("run", cli.write("outer.json", outer))
+    sleeper = int(fifo.read_text())  # the sub-run's `wait` step has started (its parents committed)
+    try:
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+    runs = {r["workflow_name"]: r["run_id"] for r in cli.json("runs")}
+    parent, child = runs["outer"], runs["inner"]
+
+    # Nothing runs it: it reads as its top-level run does, and says what to do.
+    assert "status    running (its CLI process is gone)" in cli("show", child).stdout
+    cancel = cli("cancel", child)
+    assert cancel.returncode == 1
+    line = single_error_line(cancel.stderr)
+    assert f"sub-run of run {parent}, started by a CLI process that is gone" in line, line
+    assert f"resume {parent}" in line
+
+    gate.unlink()
+    resumed = cli.json_any("resume", parent)
+    assert resumed["status"] == "completed", resumed
+    assert resumed["steps"]["sub"]["output"]["run_id"] == child
+    assert [(r["run_id"], r["status"]) for r in cli.json("runs", "--workflow", "inner")] == [
+        (child, "completed")
+    ]
+    assert effects.read_text().splitlines() == ["first"]  # kept, not run again
+
+
 def test_cancel_of_a_finished_run_says_there_is_nothing_to_cancel(cli: Cli) -> None:
     record = cli.json("run", cli.write("demo.json", DEMO))
     result = cli("cancel", record["run_id"])

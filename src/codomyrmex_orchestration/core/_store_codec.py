@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 from .._redact import holds_secret, redact
 from ..errors import InvalidInputError, LimitExceededError
 from ._workflow_map import fold_items, stored_form
-from .models import RunRecord, StepResult, WorkflowStatus
+from .models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 
 DEFAULT_RETENTION_RUNS = 10_000
 DEFAULT_RETENTION_EVENTS = 100_000
@@ -30,6 +30,7 @@ DEFAULT_HOUSEKEEPING_INTERVAL = 1.0
 STATE_MAX_BYTES_SETTING = "CODOMYRMEX_STATE_MAX_BYTES"
 MAX_PARAMETERS_BYTES_SETTING = "CODOMYRMEX_MAX_PARAMETERS_BYTES"
 INTERRUPTED_REASON = "the process stopped while this run was in progress"
+INTERRUPTED_STEP = "the process stopped while this step was running; resuming the run runs it again"
 
 ACTIVE_RUN = (WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value)
 TERMINAL_RUN = tuple(s.value for s in WorkflowStatus if s.is_terminal)
@@ -107,6 +108,16 @@ def interrupted(record_json: str) -> str:
     data = json.loads(record_json)
     data["status"] = WorkflowStatus.INTERRUPTED.value
     data["error"] = data.get("error") or INTERRUPTED_REASON
+    return json.dumps(data, separators=(",", ":"))
+
+
+def interrupted_step(result_json: str, when: datetime) -> str:
+    """A running step's (or item's) stored JSON marked INTERRUPTED, finished ``when`` (recovery's time:
+    when the process died is not known), with an error saying why (a step's own error kept)."""
+    data = json.loads(result_json)
+    data["status"] = TaskStatus.INTERRUPTED.value
+    data["finished_at"] = when.isoformat()
+    data["error"] = data.get("error") or {"message": INTERRUPTED_STEP, "type": "Interrupted"}
     return json.dumps(data, separators=(",", ":"))
 
 

@@ -34,12 +34,13 @@ from ._store_codec import (
     dump_step,
     event_dict,
     interrupted,
+    interrupted_step,
     parse_cursor,
     status_of,
     window,
 )
 from ._store_tool_tasks import MemoryToolTasks
-from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
+from .models import RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -52,6 +53,7 @@ class _MemRun:
     status: str
     record: str
     version: int | None = None  # the definition version the run refers to
+    parent: str | None = None  # the run whose step started this one (workflow.run)
     # The steps of the last save_run that had any, as one JSON object (see STEPS_JSON), and the
     # others one by one (saved by save_step, or from an older batch): never the same step in both.
     batch: bytes | None = None
@@ -166,6 +168,7 @@ class MemoryStore:
                 self._runs[record.run_id] = run
             run.status = record.status.value
             run.workflow_name = record.workflow_name
+            run.parent = record.parent_run_id
             run.record = raw
             if run.version != record.workflow_version:
                 self._refer(run, None)
@@ -221,6 +224,13 @@ class MemoryStore:
             raw, batch, steps = run.record, run.batch, list(run.steps.values())
         return build_run(raw, steps, batch)
 
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        with self._lock:
+            found = sorted(
+                (r.created, r.seq, r.record) for r in self._runs.values() if r.parent == parent_run_id
+            )
+        return [build_run(raw, ()) for _, _, raw in found]
+
     def list_runs(
         self,
         *,
@@ -262,15 +272,21 @@ class MemoryStore:
         return counts
 
     def recover(self) -> list[str]:
-        """Mark every PENDING or RUNNING run INTERRUPTED; return their ids, oldest first."""
+        """Mark every PENDING or RUNNING run INTERRUPTED, and its RUNNING steps and items; return their
+        ids, oldest first."""
         with self._lock:
             found = sorted(
                 ((r.created, r.seq, rid, r) for rid, r in self._runs.items() if r.status in ACTIVE_RUN),
                 key=lambda item: (item[0], item[1]),
             )
+            when = utcnow()
             for created, seq, rid, run in found:
                 run.status = WorkflowStatus.INTERRUPTED.value
                 run.record = interrupted(run.record)
+                run.unbatch(())
+                for name, raw in run.steps.items():
+                    if StepResult.model_validate_json(raw).status is TaskStatus.RUNNING:
+                        run.steps[name] = interrupted_step(raw, when)
                 heapq.heappush(self._finished, (created, seq, rid))
         return [rid for _, _, rid, _ in found]
 

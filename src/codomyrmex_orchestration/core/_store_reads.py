@@ -90,6 +90,14 @@ class StoreReader:
         steps = self.read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
         return build_run(rows[0][0], (s for (s,) in steps))
 
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        # No index on parent_run_id: a resume (the one caller) scans the runs once, and no run start
+        # pays for one more b-tree.
+        rows = self.read(
+            "SELECT record FROM runs WHERE parent_run_id = ? ORDER BY created_at, rowid", (parent_run_id,)
+        )
+        return [build_run(record, ()) for (record,) in rows]
+
     def list_runs(
         self,
         *,

@@ -171,7 +171,10 @@ class RunDriver:
                 return run.step_finished(cached, held_slot=True)
         try:
             definition = self.registry.get(step.module, step.action)
-            mark = self.recorder.write_mark(bool(info.parents))
+            if run.items and is_item(name):
+                mark = self.recorder.item_mark(bool(info.parents), definition.instant)
+            else:
+                mark = self.recorder.write_mark(bool(info.parents))
             call = _StepCall(self, run, name, definition.func, params, mark, cache_key)
             self.orchestrator.submit(
                 call,
@@ -237,7 +240,7 @@ class RunDriver:
             for name, _ in entries:
                 work.append(self._refused(run, name, exc))
             return
-        mark = self.recorder.write_mark(bool(info.parents))
+        mark = self.recorder.item_mark(bool(info.parents), definition.instant)
         action = partial(self._action, run, step) if self._remote else None
         calls = item_calls(self, run, entries, definition.func, mark, action, _instant(definition, mark))
         try:

@@ -5,7 +5,9 @@ for a durable store (SQLite): a run is saved with every step (pending placeholde
 starts, so an interrupted run lists every step; a step is saved when it starts and when it ends; a
 step's result is committed before anything that depends on it starts (each dependent takes the store's
 write mark when it is cleared to run and flushes up to it when it starts), so after a kill -9, resume
-never re-runs a step whose dependents already ran; the final record is saved (the run row alone: its
+never re-runs a step whose dependents already ran; a map item whose action does work (not instant)
+commits every write made before it starts, so resume never re-runs an item that completed before a later
+one started; the final record is saved (the run row alone: its
 steps are saved already) and flushed. A store that dies with the process gets the run once, at the end.
 """
 
@@ -22,6 +24,9 @@ from codomyrmex_orchestration.errors import OrchestrationError
 __all__ = ["RunRecorder"]
 
 _log = structlog.get_logger("codomyrmex_orchestration.workflows")
+
+#: The write mark of an item whose action does work: it flushes every write made before it starts.
+EVERY_WRITE = -1
 
 
 class RunRecorder:
@@ -41,6 +46,15 @@ class RunRecorder:
         """The mark a step cleared to run flushes up to when it starts (None: nothing to wait for)."""
         return self.store.write_mark() if self.durable and has_parents else None
 
+    def item_mark(self, has_parents: bool, instant: bool) -> int | None:
+        """The mark an item cleared to run flushes up to when it starts: for an action that does work,
+        :data:`EVERY_WRITE` (the items that completed before it starts, however long it was queued);
+        an instant action's item (pure: run again after a crash, it does nothing twice) waits for its
+        map step's parents alone, as a step does."""
+        if self.durable and not instant:
+            return EVERY_WRITE
+        return self.write_mark(has_parents)
+
     @property
     def step_saver(self) -> Callable[[str, StepResult], None] | None:
         """What a run calls, under its lock, with each step start and result (None: a store that keeps
@@ -48,9 +62,10 @@ class RunRecorder:
         return self.store.save_step if self.durable else None
 
     def step_starting(self, mark: int | None) -> None:
-        """Before a step's action runs: its parents' results are committed."""
+        """Before a step's action runs: its parents' results are committed (for an item's
+        :data:`EVERY_WRITE`, every write made until now)."""
         if mark is not None:
-            self.flush(upto=mark)
+            self.flush(upto=self.store.write_mark() if mark == EVERY_WRITE else mark)
 
     def steps_settled(self, results: list[StepResult], *, made_ready: bool) -> None:
         """Final step results (saved by the run already); ``made_ready``: they cleared steps to run."""

@@ -75,6 +75,7 @@ def new_record(
     parent_run_id: str | None,
     previous: RunRecord | None,
     pending_rows: bool = False,
+    parent_step: str | None = None,
 ) -> RunRecord:
     """The record a new run (or the resumption of ``previous``) starts with: the results ``previous``
     completed and the items its map steps kept; with ``pending_rows`` (a durable store, which saves every
@@ -113,6 +114,7 @@ def new_record(
         created_at=previous.created_at if previous is not None else utcnow(),
         started_at=utcnow(),
         parent_run_id=previous.parent_run_id if previous is not None else parent_run_id,
+        parent_step=previous.parent_step if previous is not None else parent_step,
         workflow_version=plan.version or None,
         workflow_digest=plan.digest or None,
     )

@@ -39,6 +39,7 @@ class RunStarter:
         secrets: Callable[[], SecretSource],
         max_map_items: int,
         max_resolved_size: int,
+        on_resume: Callable[[str, Plan], None],
     ) -> None:
         self._orchestrator = orchestrator
         self._recorder = recorder
@@ -48,6 +49,7 @@ class RunStarter:
         self._secrets = secrets  # the manager's current source: compose and the CLI replace it
         self.max_map_items = max_map_items
         self.max_resolved_size = max_resolved_size
+        self._on_resume = on_resume  # a resumed run's steps take over the sub-runs its earlier attempts left
 
     def start(
         self,
@@ -59,6 +61,7 @@ class RunStarter:
         on_step: StepCallback | None = None,
         depth: int = 0,
         parent_run_id: str | None = None,
+        parent_step: str | None = None,
         previous: RunRecord | None = None,
         max_parallel: int | None = None,
         default_resources: Mapping[str, Any] | None = None,
@@ -83,6 +86,7 @@ class RunStarter:
             parent_run_id=parent_run_id,
             previous=previous,
             pending_rows=live_readers,
+            parent_step=parent_step,
         )
         self._recorder.store.check_budget(
             record.parameters
@@ -105,6 +109,8 @@ class RunStarter:
             use_cache=use_cache,
             starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,
         )
+        if previous is not None:
+            self._on_resume(run.run_id, plan)
         self._active.add(run)
         self._driver.start(run)
         return run

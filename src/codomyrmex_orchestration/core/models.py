@@ -97,7 +97,8 @@ JsonItem = Annotated[
 
 
 class TaskStatus(enum.StrEnum):
-    """Lifecycle of a task or workflow step."""
+    """Lifecycle of a task or workflow step. INTERRUPTED: a step (or map item) that was running when its
+    process died, as recovery marks it in the store; a resume runs it again (a task never ends so)."""
 
     PENDING = "pending"
     READY = "ready"
@@ -108,6 +109,7 @@ class TaskStatus(enum.StrEnum):
     BLOCKED = "blocked"
     SKIPPED = "skipped"
     TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
@@ -121,6 +123,7 @@ _TERMINAL_TASK = frozenset(
         TaskStatus.CANCELLED,
         TaskStatus.SKIPPED,
         TaskStatus.TIMED_OUT,
+        TaskStatus.INTERRUPTED,
     }
 )
 
@@ -399,6 +402,9 @@ class RunRecord(_Record):
     failed_steps: list[str] = Field(default_factory=list)
     error: str | None = None
     parent_run_id: str | None = None
+    #: The step of the parent run that started this sub-run (``step[index]`` for an item of a map step):
+    #: resuming the parent resumes this run for that step instead of starting another.
+    parent_step: str | None = None
     #: The definition version the run started with (resume continues with it); None for runs recorded
     #: before definitions had versions.
     workflow_version: int | None = None

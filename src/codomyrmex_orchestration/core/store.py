@@ -38,6 +38,7 @@ from ._store_codec import (
     dump_run,
     dump_step,
     interrupted,
+    interrupted_step,
     refuse_over_budget,
     run_cursor,
     spill_bytes,
@@ -58,7 +59,7 @@ from ._store_schema import (
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
 from ._store_writer import CLOSE_TIMEOUT, FLUSH_TIMEOUT, GroupCommitWriter
-from .models import RunRecord, StepResult, WorkflowSpec, WorkflowStatus
+from .models import RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -110,6 +111,8 @@ class StateStore(Protocol):
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
     def get_run(self, run_id: str) -> RunRecord | None: ...
+    # The runs started by the steps of run ``parent_run_id`` (workflow.run), oldest first, without steps.
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]: ...
     # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
     # on created_at; ``cursor``: run_cursor() of the last run of the previous page.
     def list_runs(
@@ -401,6 +404,9 @@ class SqliteStore:
     def get_run(self, run_id: str) -> RunRecord | None:
         return self._reads.get_run(run_id)
 
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        return self._reads.sub_runs(parent_run_id)
+
     def list_runs(
         self,
         *,
@@ -450,9 +456,10 @@ class SqliteStore:
         ``_run_owners`` lock (beside this file) a live process holds: a CLI ``run`` or ``resume``.
 
         Called once by the engine at start, never implicitly (a ``status`` opening the file must not
-        interrupt a live server's runs). Steps stay as they were, so a resume sees the completed ones.
-        Then what dead processes left in the spill folder goes: temporary files of half-written spills,
-        folders of runs whose rows are gone (``_store_orphans``).
+        interrupt a live server's runs). Its RUNNING steps and items become INTERRUPTED (finished now, an
+        error saying why); the others stay as they were, so a resume sees the completed ones. Then what
+        dead processes left in the spill folder goes: temporary files of half-written spills, folders of
+        runs whose rows are gone (``_store_orphans``).
 
         Returns:
             The ids of the runs marked, oldest first.
@@ -556,7 +563,8 @@ class SqliteStore:
 
 def _mark_interrupted(conn: sqlite3.Connection, owned: Callable[[str], bool]) -> list[str]:
     """On the writer connection: every PENDING or RUNNING run becomes INTERRUPTED, except those ``owned``
-    by a live process and their sub-workflow runs; the ids marked, oldest first."""
+    by a live process and their sub-workflow runs, and so do its RUNNING steps and items; the ids marked,
+    oldest first."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         active = conn.execute(
@@ -575,6 +583,16 @@ def _mark_interrupted(conn: sqlite3.Connection, owned: Callable[[str], bool]) ->
         conn.executemany(
             "UPDATE runs SET status = ?, record = ?, updated_at = ? WHERE run_id = ?",
             [(WorkflowStatus.INTERRUPTED.value, interrupted(rec), now, rid) for rid, rec in rows],
+        )
+        when, steps = utcnow(), []
+        for rid, _ in rows:  # a few rows each: at most the steps and items in flight when it died
+            for name, result in conn.execute(
+                "SELECT name, result FROM steps WHERE run_id = ? AND status = ?",
+                (rid, TaskStatus.RUNNING.value),
+            ):
+                steps.append((TaskStatus.INTERRUPTED.value, interrupted_step(result, when), now, rid, name))
+        conn.executemany(
+            "UPDATE steps SET status = ?, result = ?, updated_at = ? WHERE run_id = ? AND name = ?", steps
         )
         conn.execute("COMMIT")
     except BaseException:

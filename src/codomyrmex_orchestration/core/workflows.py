@@ -176,10 +176,19 @@ class WorkflowManager:
             extras["max_output_bytes"] = min(max_output_bytes, MAX_OUTPUT_BYTES_LIMIT)
         self._listeners = Listeners()
         self._active = ActiveRuns()
+        self.definitions = DefinitionRegistry(
+            registry=registry,
+            store=self.store,
+            max_steps=max_steps,
+            max_map_items=max_map_items,
+            check_resources=orchestrator.check_resources,
+        )
         self._subruns = SubRuns(
-            start_child=self._start_child,
+            start_run=self._start_run,
             cancel=lambda run: self._driver.cancel(run),  # the driver is built next, with run_child
-            parent_of=self._active.parent_of,
+            active=self._active,
+            definitions=self.definitions,
+            store=self.store,
             max_depth=max_subworkflow_depth,
             max_runs=max_subworkflow_runs,
         )
@@ -203,15 +212,9 @@ class WorkflowManager:
             secrets=lambda: self.secrets,
             max_map_items=max_map_items,
             max_resolved_size=max_resolved_size,
+            on_resume=lambda run_id, plan: self._subruns.resuming(run_id, plan),
         )
         self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
-        self.definitions = DefinitionRegistry(
-            registry=registry,
-            store=self.store,
-            max_steps=max_steps,
-            max_map_items=max_map_items,
-            check_resources=orchestrator.check_resources,
-        )
         taken = self.definitions.load_stored()
         if self.config_dir is not None:
             taken.update(self.definitions.load_config_dir(self.config_dir, skip=taken))
@@ -367,18 +370,6 @@ class WorkflowManager:
     def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
-
-    def _start_child(self, name: str, parameters: dict[str, Any], depth: int, parent: str | None) -> RunState:
-        parent_run = self._active.get(parent) if parent is not None else None
-        return self._start_run(
-            self.definitions.plan(name),
-            parameters,
-            priority=TaskPriority.NORMAL,
-            depth=depth,
-            parent_run_id=parent,
-            client=parent_run.client if parent_run is not None else None,  # the parent's turn
-            use_cache=parent_run.use_cache if parent_run is not None else True,
-        )
 
     def cancel_run(self, run_id: str) -> RunRecord:
         """Cancel an active run: queued steps never start, running steps are stopped.
