@@ -6,6 +6,7 @@ eyeballed: ``--json`` is loaded, tables and progress lines are matched, exit cod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import SqliteStore
+from tests.helpers.served import INITIALIZE, reap
 
 SCRIPT = Path(sys.executable).with_name("codomyrmex-orchestration")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "codomyrmex_orchestration"]
@@ -530,8 +532,6 @@ def test_read_only_commands_never_mark_another_process_run_interrupted(cli: Cli)
 
 
 def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) -> None:
-    from tests.helpers.served import INITIALIZE
-
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
     server = subprocess.Popen(
@@ -564,6 +564,87 @@ def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) 
     cancelled = cli("cancel", run_id)
     assert cancelled.returncode == 0, cancelled.stderr
     proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert cli.json("show", run_id)["status"] == "cancelled"
+
+
+@contextlib.contextmanager
+def serving(cli: Cli) -> Iterator[Callable[[str, dict[str, Any]], dict[str, Any]]]:
+    """A real stdio server on ``cli``'s state; yields ``call(tool, arguments)`` -> the tool's result."""
+    server = subprocess.Popen(
+        [*COMMAND, "serve"], cwd=cli.root, env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    stdin, stdout = server.stdin, server.stdout
+    ids = iter(range(2, 1_000))
+
+    def send(message: dict[str, Any]) -> None:
+        stdin.write(json.dumps(message) + "\n")
+        stdin.flush()
+
+    def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(ids)
+        send({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+              "params": {"name": tool, "arguments": arguments}})  # fmt: skip
+        reply: dict[str, Any] = {}
+        while reply.get("id") != request_id:  # notifications may come first
+            reply = json.loads(stdout.readline())
+        assert "result" in reply, reply
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    try:
+        send(INITIALIZE)
+        assert json.loads(stdout.readline())["id"] == 1
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        yield call
+    finally:
+        stdin.close()
+        try:
+            server.wait(timeout=30)
+        finally:
+            reap(server)
+
+
+def test_the_server_refuses_to_resume_a_live_cli_run_naming_the_process_and_what_to_do(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    try:
+        with serving(cli) as call:
+            assert call("get_workflow_run", {"run_id": run_id})["structuredContent"]["status"] == "running"
+            refused = call("resume_workflow_run", {"run_id": run_id, "wait": False})
+            assert refused["isError"] is True
+            text = refused["content"][0]["text"]
+            assert f"is running in CLI process {proc.pid}" in text, text
+            assert f"codomyrmex-orchestration cancel {run_id}" in text, text
+        # Nothing of the run started a second time: the CLI still runs it, alone.
+        assert f"running (pid {proc.pid})" in cli("runs").stdout
+        record = cli.json("show", run_id)
+        assert record["steps"]["nap"]["attempts"] == 1 and record["steps"]["after"]["status"] == "pending"
+    finally:
+        cli("cancel", run_id)
+        try:
+            proc.communicate(timeout=30)
+        finally:
+            reap(proc)
+    assert proc.returncode == 130
+
+
+def test_the_server_cancels_a_live_cli_run_by_asking_its_process_as_cli_cancel_does(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    try:
+        with serving(cli) as call:
+            cancelled = call("cancel_workflow_run", {"run_id": run_id})
+            assert cancelled["isError"] is False, cancelled
+            assert cancelled["structuredContent"]["status"] == "cancelled"
+            again = call("cancel_workflow_run", {"run_id": run_id})
+            assert again["isError"] is True
+            assert "is cancelled; only a running run can be cancelled" in again["content"][0]["text"]
+        proc.communicate(timeout=30)
+    finally:
+        reap(proc)
     assert proc.returncode == 130
     assert cli.json("show", run_id)["status"] == "cancelled"
 
