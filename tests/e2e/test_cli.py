@@ -568,9 +568,15 @@ def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) 
     assert cli.json("show", run_id)["status"] == "cancelled"
 
 
+@dataclass
+class StdioServer:
+    proc: subprocess.Popen[str]
+    call: Callable[[str, dict[str, Any]], dict[str, Any]]  # (tool, arguments) -> the tool's result
+
+
 @contextlib.contextmanager
-def serving(cli: Cli) -> Iterator[Callable[[str, dict[str, Any]], dict[str, Any]]]:
-    """A real stdio server on ``cli``'s state; yields ``call(tool, arguments)`` -> the tool's result."""
+def serving(cli: Cli) -> Iterator[StdioServer]:
+    """A real stdio server on ``cli``'s state, initialized."""
     server = subprocess.Popen(
         [*COMMAND, "serve"], cwd=cli.root, env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
@@ -598,7 +604,7 @@ def serving(cli: Cli) -> Iterator[Callable[[str, dict[str, Any]], dict[str, Any]
         send(INITIALIZE)
         assert json.loads(stdout.readline())["id"] == 1
         send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        yield call
+        yield StdioServer(server, call)
     finally:
         stdin.close()
         try:
@@ -611,7 +617,8 @@ def test_the_server_refuses_to_resume_a_live_cli_run_naming_the_process_and_what
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
     try:
-        with serving(cli) as call:
+        with serving(cli) as server:
+            call = server.call
             assert call("get_workflow_run", {"run_id": run_id})["structuredContent"]["status"] == "running"
             refused = call("resume_workflow_run", {"run_id": run_id, "wait": False})
             assert refused["isError"] is True
@@ -635,7 +642,8 @@ def test_the_server_cancels_a_live_cli_run_by_asking_its_process_as_cli_cancel_d
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
     try:
-        with serving(cli) as call:
+        with serving(cli) as server:
+            call = server.call
             cancelled = call("cancel_workflow_run", {"run_id": run_id})
             assert cancelled["isError"] is False, cancelled
             assert cancelled["structuredContent"]["status"] == "cancelled"
@@ -647,6 +655,24 @@ def test_the_server_cancels_a_live_cli_run_by_asking_its_process_as_cli_cancel_d
         reap(proc)
     assert proc.returncode == 130
     assert cli.json("show", run_id)["status"] == "cancelled"
+
+
+def test_a_second_server_on_a_served_state_directory_exits_2_naming_it_and_the_first_server_pid(
+    cli: Cli,
+) -> None:
+    with serving(cli) as first:
+        second = cli("serve")
+        assert second.returncode == 2
+        line = single_error_line(second.stderr)
+        assert str(cli.state_dir) in line and f"another server (process {first.proc.pid})" in line, line
+        # The first server still serves, and CLI runs and readers still work beside it.
+        assert first.call("list_workflows", {})["isError"] is False
+        assert cli.json("run", cli.write("demo.json", DEMO))["status"] == "completed"
+        assert cli("runs").returncode == 0 and cli("status").returncode == 0
+        first.proc.kill()  # kill -9: the kernel drops its lock, nothing stale is left
+        first.proc.wait(timeout=30)
+    with serving(cli) as third:
+        assert third.call("list_workflows", {})["isError"] is False
 
 
 def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(

@@ -39,6 +39,7 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._client import calling_client
+from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
@@ -768,6 +769,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
 
     Raises:
         InvalidInputError: unsafe network settings (non-loopback bind without a token).
+        StateStoreError: another server serves the state directory (its pid named).
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
@@ -780,6 +782,16 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             "transport",
             "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
         )
+    with contextlib.ExitStack() as held:
+        if settings.durable:
+            # One server per state directory, held from before anything of it is opened until the
+            # engine has flushed at exit (core/_serving_lock.py).
+            held.enter_context(ServingLock(settings.state_dir))
+        return _serve(settings, token, engine_factory)
+
+
+def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory | None) -> int:
+    transport = settings.transport
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
     policy = ServerPolicy.for_transport(
         transport, settings.allow_shell, settings.http_allow, settings.python_call_allow
