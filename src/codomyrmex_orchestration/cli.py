@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from codomyrmex_orchestration._cli_display import RunDisplay
-    from codomyrmex_orchestration.core._run_owners import Owner
+    from codomyrmex_orchestration.core._run_owners import Claim, Owner
     from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.models import RunRecord, StepResult
@@ -733,7 +733,7 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
         engine = _open_engine(settings)
         try:
             previous = engine.workflow_manager.get_run(args.run_id)
-            if not previous.status.is_terminal and not claim.stale and not args.force:
+            if not previous.status.is_terminal and not (claim and claim.stale) and not args.force:
                 raise _Failed(
                     f"run {args.run_id} is marked {previous.status.value} and no CLI process owns it: "
                     "another process (an MCP server) may be running it. If that process is gone, "
@@ -746,7 +746,8 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
 
             def start(on_step: StepCallback) -> RunRecord:
                 record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
-                claim.started()
+                if claim is not None:
+                    claim.started()
                 return record
 
             return _execute(engine, settings, args, steps, start)
@@ -754,53 +755,39 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
             engine.shutdown()
 
 
-class _Claim:
-    """This process's hold on a run's owner lock (see :func:`_claim`)."""
-
-    def __init__(self, ownership: Any, *, stale: bool) -> None:
-        self._ownership = ownership
-        #: a lock file was there, left by a CLI owner that is gone
-        self.stale = stale
-
-    def started(self) -> None:
-        """The run is this process's now: its lock file goes when the process lets go."""
-        if self._ownership is not None:
-            self._ownership.keep_file = False
-
-
 @contextlib.contextmanager
-def _claim(settings: Settings, run_id: str) -> Iterator[_Claim]:
-    """Hold ``run_id``'s owner lock (``core._run_owners``) or refuse: a live process holds it.
+def _claim(settings: Settings, run_id: str) -> Iterator[Claim | None]:
+    """Hold ``run_id``'s owner lock (``core._run_owners.Claim``) or refuse: a live process holds it.
 
-    Until :meth:`_Claim.started`, letting go leaves a dead owner's lock file as it was found, so a run
-    that is not resumed after all still reads as one whose CLI process is gone.
+    Until ``started()``, letting go leaves a dead owner's lock file as it was found, so a run that is
+    not resumed after all still reads as one whose CLI process is gone. ``None`` without a state dir.
     """
-    from codomyrmex_orchestration.core._run_owners import OwnedElsewhere, RunOwnership, owner_of
+    from codomyrmex_orchestration.core._run_owners import Claim, OwnedElsewhere, owner_of
 
     if not settings.durable:
-        yield _Claim(None, stale=False)
+        yield None
         return
-    stale = owner_of(settings.state_dir, run_id).exists
-    if not stale and settings.state_db.is_file():  # a sub-run runs in its top-level run's process
-        top, owner = _run_owner(settings, _get_run(settings, run_id))
+    stale = None
+    if not owner_of(settings.state_dir, run_id).exists and settings.state_db.is_file():
+        top, owner = _run_owner(settings, _get_run(settings, run_id))  # a sub-run: its top run's process
         if top != run_id and owner.alive:
             raise _Failed(
                 f"run {run_id} is a sub-run of run {top}, which process {owner.pid} is running; "
                 f"cancel that run first: {PROG} cancel {top}"
             )
         stale = top != run_id and owner.exists
-    ownership = RunOwnership(settings.state_dir, run_id, keep_file=stale)
+    claim = Claim(settings.state_dir, run_id, stale=stale)
     try:
-        ownership.__enter__()
+        claim.__enter__()
     except OwnedElsewhere as exc:
         raise _Failed(
             f"run {run_id} is running in process {exc.pid if exc.pid is not None else '(unknown)'}; "
             f"cancel it first: {PROG} cancel {run_id}"
         ) from None
     try:
-        yield _Claim(ownership, stale=stale)
+        yield claim
     finally:
-        ownership.__exit__(None, None, None)
+        claim.__exit__()
 
 
 # ---------------------------------------------------------------------- validate and graph

@@ -692,6 +692,62 @@ def test_a_database_with_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteStore(path)
 
 
+_OPENER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from codomyrmex_orchestration.core.store import SqliteStore
+
+    print("ready", flush=True)
+    for line in sys.stdin:  # one database path per trial, sent to every opener at once
+        try:
+            SqliteStore(Path(line.strip())).close()
+            print("ok", flush=True)
+        except Exception as exc:
+            print(f"{type(exc).__name__}: {exc}".replace("\\n", " "), flush=True)
+    """
+)
+
+
+def test_processes_opening_a_new_database_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    # A server and CLI runs started together on a new state directory each migrate the file: every
+    # migration must be applied once, whoever gets there first.
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    failures: list[str] = []
+    try:
+        for proc in openers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for trial in range(12):
+            path = tmp_path / str(trial) / "state.db"
+            for proc in openers:
+                assert proc.stdin is not None
+                proc.stdin.write(f"{path}\n")
+                proc.stdin.flush()
+            for proc in openers:
+                assert proc.stdout is not None
+                answer = proc.stdout.readline().strip()
+                if answer != "ok":
+                    failures.append(f"trial {trial}: {answer}")
+            with SqliteStore(path) as store:
+                assert store.stats()["schema_version"] == SCHEMA_VERSION
+    finally:
+        for proc in openers:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+            proc.wait(timeout=30)
+            proc.stdout.close()
+    assert failures == []
+
+
 def test_health_reports_a_database_file_removed_while_open(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with SqliteStore(path) as store:

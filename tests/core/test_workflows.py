@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -11,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.core._run_owners import RunOwnership
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
     ActionRegistry,
     create_registry,
 )
-from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import RunRecord, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
@@ -827,6 +829,38 @@ def test_two_threads_resuming_one_run_start_exactly_one_run_and_the_other_gets_a
         assert manager.wait_run(failed.run_id, 10).status is WorkflowStatus.COMPLETED
         assert calls[failed.run_id] == 2  # the failed run's call and one resumed run's
     store.close()
+
+
+def test_a_run_that_a_cli_process_left_or_owns_through_its_top_run_is_not_cancelled_here_saying_why(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        _refuses_what_a_cli_process_owns(orchestrator, registry, store, tmp_path)
+    finally:
+        store.close()
+
+
+def _refuses_what_a_cli_process_owns(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, store: SqliteStore, state_dir: Path
+) -> None:
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    running = WorkflowStatus.RUNNING
+    store.save_run(RunRecord(run_id="left", workflow_name="w", status=running))
+    store.save_run(RunRecord(run_id="top", workflow_name="w", status=running))
+    store.save_run(RunRecord(run_id="child", workflow_name="w", status=running, parent_run_id="top"))
+    store.flush()
+    with RunOwnership(state_dir, "left", keep_file=True):
+        pass  # the CLI process that ran it is gone, its lock file is left
+    with pytest.raises(InvalidStateError, match="marked running by a CLI process that is gone") as gone:
+        manager.cancel_run("left")
+    assert "nothing runs it any more" in str(gone.value) and "resume it" in str(gone.value)
+    with RunOwnership(state_dir, "top"):  # a CLI `run` of the top-level run, as its lock says
+        for attempt in (manager.cancel_run, manager.resume_run):
+            with pytest.raises(InvalidStateError, match=f"part of run top, which CLI process {os.getpid()}"):
+                attempt("child")
+    child = store.get_run("child")
+    assert child is not None and child.status is running  # neither cancelled nor resumed here
 
 
 def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_others(

@@ -6,6 +6,7 @@ eyeballed: ``--json`` is loaded, tables and progress lines are matched, exit cod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import SqliteStore
+from tests.helpers.served import INITIALIZE, reap
 
 SCRIPT = Path(sys.executable).with_name("codomyrmex-orchestration")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "codomyrmex_orchestration"]
@@ -607,8 +609,6 @@ def test_read_only_commands_never_mark_another_process_run_interrupted(cli: Cli)
 
 
 def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) -> None:
-    from tests.helpers.served import INITIALIZE
-
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
     server = subprocess.Popen(
@@ -643,6 +643,113 @@ def test_a_server_starting_on_the_state_leaves_a_live_cli_run_running(cli: Cli) 
     proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert cli.json("show", run_id)["status"] == "cancelled"
+
+
+@dataclass
+class StdioServer:
+    proc: subprocess.Popen[str]
+    call: Callable[[str, dict[str, Any]], dict[str, Any]]  # (tool, arguments) -> the tool's result
+
+
+@contextlib.contextmanager
+def serving(cli: Cli) -> Iterator[StdioServer]:
+    """A real stdio server on ``cli``'s state, initialized."""
+    server = subprocess.Popen(
+        [*COMMAND, "serve"], cwd=cli.root, env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    stdin, stdout = server.stdin, server.stdout
+    ids = iter(range(2, 1_000))
+
+    def send(message: dict[str, Any]) -> None:
+        stdin.write(json.dumps(message) + "\n")
+        stdin.flush()
+
+    def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(ids)
+        send({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+              "params": {"name": tool, "arguments": arguments}})  # fmt: skip
+        reply: dict[str, Any] = {}
+        while reply.get("id") != request_id:  # notifications may come first
+            reply = json.loads(stdout.readline())
+        assert "result" in reply, reply
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    try:
+        send(INITIALIZE)
+        assert json.loads(stdout.readline())["id"] == 1
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        yield StdioServer(server, call)
+    finally:
+        stdin.close()
+        try:
+            server.wait(timeout=30)
+        finally:
+            reap(server)
+
+
+def test_the_server_refuses_to_resume_a_live_cli_run_naming_the_process_and_what_to_do(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    try:
+        with serving(cli) as server:
+            call = server.call
+            assert call("get_workflow_run", {"run_id": run_id})["structuredContent"]["status"] == "running"
+            refused = call("resume_workflow_run", {"run_id": run_id, "wait": False})
+            assert refused["isError"] is True
+            text = refused["content"][0]["text"]
+            assert f"is running in CLI process {proc.pid}" in text, text
+            assert f"codomyrmex-orchestration cancel {run_id}" in text, text
+        # Nothing of the run started a second time: the CLI still runs it, alone.
+        assert f"running (pid {proc.pid})" in cli("runs").stdout
+        record = cli.json("show", run_id)
+        assert record["steps"]["nap"]["attempts"] == 1 and record["steps"]["after"]["status"] == "pending"
+    finally:
+        cli("cancel", run_id)
+        try:
+            proc.communicate(timeout=30)
+        finally:
+            reap(proc)
+    assert proc.returncode == 130
+
+
+def test_the_server_cancels_a_live_cli_run_by_asking_its_process_as_cli_cancel_does(cli: Cli) -> None:
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    try:
+        with serving(cli) as server:
+            call = server.call
+            cancelled = call("cancel_workflow_run", {"run_id": run_id})
+            assert cancelled["isError"] is False, cancelled
+            assert cancelled["structuredContent"]["status"] == "cancelled"
+            again = call("cancel_workflow_run", {"run_id": run_id})
+            assert again["isError"] is True
+            assert "is cancelled; only a running run can be cancelled" in again["content"][0]["text"]
+        proc.communicate(timeout=30)
+    finally:
+        reap(proc)
+    assert proc.returncode == 130
+    assert cli.json("show", run_id)["status"] == "cancelled"
+
+
+def test_a_second_server_on_a_served_state_directory_exits_2_naming_it_and_the_first_server_pid(
+    cli: Cli,
+) -> None:
+    with serving(cli) as first:
+        second = cli("serve")
+        assert second.returncode == 2
+        line = single_error_line(second.stderr)
+        assert str(cli.state_dir) in line and f"another server (process {first.proc.pid})" in line, line
+        # The first server still serves, and CLI runs and readers still work beside it.
+        assert first.call("list_workflows", {})["isError"] is False
+        assert cli.json("run", cli.write("demo.json", DEMO))["status"] == "completed"
+        assert cli("runs").returncode == 0 and cli("status").returncode == 0
+        first.proc.kill()  # kill -9: the kernel drops its lock, nothing stale is left
+        first.proc.wait(timeout=30)
+    with serving(cli) as third:
+        assert third.call("list_workflows", {})["isError"] is False
 
 
 def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(

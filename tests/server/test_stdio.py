@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from codomyrmex_orchestration.server.app import _StdoutLines
-from tests.helpers.served import INITIALIZE, reap
+from tests.helpers.served import INITIALIZE, reap, served
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +115,51 @@ def test_the_http_server_process_answers_healthz_and_stops_cleanly_on_sigterm(tm
     assert code == 0, errors
     assert out == ""
     assert f"http://127.0.0.1:{port}/mcp" in errors and "server.stop" in errors
+
+
+async def test_sigterm_cancels_the_run_an_http_client_waits_on_answers_it_and_the_server_exits_promptly(
+    tmp_path: Path,
+) -> None:
+    # As on stdio: the signal cancels the running work (left resumable) rather than waiting for it; the
+    # client waiting on the run gets its final record.
+    workflow = {
+        "name": "slow",
+        "steps": [
+            {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60},
+             "dependencies": ["quick"]},
+        ],
+    }  # fmt: skip
+    first_step_done = anyio.Event()
+    answers: list[Any] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        first_step_done.set()
+
+    with served(tmp_path) as server:
+        async with Client(server.url) as client:
+            assert not (await client.call_tool("create_workflow", workflow)).is_error
+
+            async def execute() -> None:
+                arguments = {"workflow_name": "slow", "timeout_seconds": 120}
+                answer = await client.call_tool("execute_workflow", arguments, progress_callback=on_progress)
+                answers.append(answer)
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(execute)
+                    await first_step_done.wait()
+                    server.proc.send_signal(signal.SIGTERM)
+                    signalled = time.monotonic()
+                # The task group has waited for the call: before, it waited out the step's minute.
+            answered = time.monotonic() - signalled
+        code = await anyio.to_thread.run_sync(lambda: server.proc.wait(timeout=10))
+        exited = time.monotonic() - signalled
+    [answer] = answers
+    assert not answer.is_error and answer.structured_content["status"] == "cancelled", answer
+    assert answered < 5, answered
+    assert code == 0 and exited < 10, exited
+    assert "server.stop" in server.logs()
 
 
 def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) -> None:

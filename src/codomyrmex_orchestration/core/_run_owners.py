@@ -6,11 +6,15 @@ a dead owner — no pid-reuse guesswork. The CLI's ``run`` and ``resume`` take i
 recorded (``run`` from the run's ``before_record`` hook), so no recovery ever sees their run unowned; runs
 started by other processes (the MCP server) have no lock file. Taking the lock is also how a process
 claims a run: ``resume`` takes it before it reads the run, so of two resumes of the same run exactly one
-goes ahead (the other gets :class:`OwnedElsewhere`). ``cancel`` signals the owner (SIGINT, which the
+goes ahead (the other gets :class:`OwnedElsewhere`); an engine resuming a run for another caller (the
+server's resume tool) holds the lock while it reads and starts the run (:class:`Claim`), so a CLI
+``resume`` at the same moment cannot start it too. ``cancel`` signals the owner (SIGINT, which the
 owner turns into a clean cancellation) and waits for the lock to be released. The store's start-up
 marking (``SqliteStore.recover``) leaves alone the runs whose owner is alive.
 
-State owned: the files of ``cli-runs/``; nothing in memory.
+State owned: the files of ``cli-runs/``; the set of them this process holds (``_held``, under
+``_held_lock``: a second ``flock`` of a file from the process that holds it would fail as if another
+process held it).
 """
 
 from __future__ import annotations
@@ -22,9 +26,21 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OwnedElsewhere", "Owner", "RunOwnership", "owner_alive", "owner_of", "wait_released"]
+__all__ = [
+    "Claim",
+    "OwnedElsewhere",
+    "Owner",
+    "RunOwnership",
+    "held_here",
+    "owner_alive",
+    "owner_of",
+    "wait_released",
+]
 
 _DIR = "cli-runs"
+
+_held_lock = threading.Lock()
+_held: set[Path] = set()
 
 
 def _path(state_dir: Path, run_id: str) -> Path:
@@ -83,15 +99,51 @@ class RunOwnership:
                 os.close(fd)
                 raise
             self._fd = fd
+            with _held_lock:
+                _held.add(self.path)
             return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            with _held_lock:
+                _held.discard(self.path)
             if not self.keep_file:
                 with contextlib.suppress(OSError):
                     self.path.unlink()
             os.close(self._fd)
             self._fd = None
+
+
+class Claim:
+    """A hold on ``run_id``'s lock taken to start it again (a resume); a context manager.
+
+    Until :meth:`started`, letting go leaves a dead owner's lock file as it was found, so a run that is
+    not resumed after all still reads as one whose CLI process is gone. Entering it raises
+    :class:`OwnedElsewhere` when a live process holds the lock.
+    """
+
+    def __init__(self, state_dir: Path, run_id: str, *, stale: bool | None = None) -> None:
+        #: a lock file was there, left by a CLI owner that is gone (``stale``: the caller knows better,
+        #: e.g. a sub-run whose top-level run's CLI process is gone)
+        self.stale = owner_of(state_dir, run_id).exists if stale is None else stale
+        self._ownership = RunOwnership(state_dir, run_id, keep_file=self.stale)
+
+    def __enter__(self) -> Claim:
+        self._ownership.__enter__()
+        return self
+
+    def started(self) -> None:
+        """The run is this holder's now: its lock file goes when the hold is let go."""
+        self._ownership.keep_file = False
+
+    def __exit__(self, *exc: object) -> None:
+        self._ownership.__exit__()
+
+
+def held_here(state_dir: Path, run_id: str) -> bool:
+    """This process holds ``run_id``'s lock (a CLI ``resume`` calling into its own engine)."""
+    with _held_lock:
+        return _path(state_dir, run_id) in _held
 
 
 def _still_linked(fd: int, path: Path) -> bool:
@@ -139,16 +191,17 @@ def wait_released(state_dir: Path, run_id: str, timeout: float | None) -> bool:
     released = threading.Event()
 
     def block() -> None:
+        # The waiter closes the descriptor itself: a wait that timed out (a server's cancel) leaves no
+        # descriptor behind once the owner lets go.
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            released.set()
         except OSError:
+            pass  # the lock cannot be waited on: report the owner as gone rather than wait forever
+        finally:
+            os.close(fd)
             released.set()
 
     # Daemon: if the owner never lets go, the thread must not keep this process alive.
     waiter = threading.Thread(target=block, name="cli-owner-wait", daemon=True)
     waiter.start()
-    done = released.wait(timeout)
-    if done:
-        os.close(fd)
-    return done
+    return released.wait(timeout)

@@ -308,22 +308,29 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise StateStoreError(
-            str(path),
-            f"schema version {version} is newer than this program supports ({SCHEMA_VERSION}); "
-            "use a newer codomyrmex-orchestration or another state directory",
-        )
-    for number in range(version + 1, SCHEMA_VERSION + 1):
+    # The version is read inside each migration's write transaction: processes opening a new file at
+    # the same moment (a server and a CLI run, two servers) each see the version the one before them
+    # committed, so every migration is applied exactly once.
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StateStoreError(
+                    str(path),
+                    f"schema version {version} is newer than this program supports ({SCHEMA_VERSION}); "
+                    "use a newer codomyrmex-orchestration or another state directory",
+                )
+            if version == SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            number = version + 1
             for statement in _statements(MIGRATIONS[number - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         _log.info("state_store_migrated", path=str(path), schema_version=number)
 

@@ -25,6 +25,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
 )
+from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
@@ -193,6 +194,7 @@ class WorkflowManager:
             max_runs=max_subworkflow_runs,
         )
         self._recorder = RunRecorder(self.store)
+        self._foreign = ForeignRuns(self.store, self._recorder.flush)  # runs a CLI process owns
         self.secrets = SecretSource()  # {{secrets.NAME}}: the environment; compose adds the secrets file
         self._driver = RunDriver(
             orchestrator=orchestrator,
@@ -372,19 +374,18 @@ class WorkflowManager:
         self._subruns.forget(final.run_id)
 
     def cancel_run(self, run_id: str) -> RunRecord:
-        """Cancel an active run: queued steps never start, running steps are stopped.
+        """Cancel a run: queued steps never start, running steps are stopped (a CLI's: it is asked to).
 
         Returns:
             The record once the run has settled (or as it stands after 10 seconds).
 
         Raises:
             RunNotFoundError: unknown run id.
-            InvalidStateError: the run already ended.
+            InvalidStateError: the run ended, nothing runs it, or it is a CLI run's sub-run (as it says).
         """
         run = self._active.get(run_id)
         if run is None:
-            record = self.get_run(run_id)
-            raise InvalidStateError("run", run_id, record.status.value, "only a running run can be cancelled")
+            return self._foreign.cancel(self.get_run(run_id), _CANCEL_WAIT)
         self._driver.cancel(run)
         return _wait(run, _CANCEL_WAIT)
 
@@ -449,16 +450,17 @@ class WorkflowManager:
 
         Raises:
             RunNotFoundError: unknown run id.
-            InvalidStateError: the run is active, being resumed by another call, or completed; or the
-                definition version it started with is no longer stored (the message names both versions).
+            InvalidStateError: the run is active (here, or in a CLI process: pid named), being resumed, or
+                completed; or the definition version it started with is gone (both versions named).
         """
-        with self._active.claim(run_id):
+        with self._active.claim(run_id), self._foreign.resuming(run_id) as started:
             # Claimed: no other resume passes until this run is active (then it sees the run), and a
             # run that ends is saved before it leaves the table (then the store says how it ended).
             previous = self.get_run(run_id)
             plan = _resumed_plan(self.definitions, previous)
             options = {"session_id": previous.session_id, "priority": previous.priority, **options}
             run = self._start_run(plan, None, on_step=on_step, previous=previous, **options)
+            started()
         return _wait(run, timeout) if wait else run.snapshot()
 
     def stats(self) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,6 +41,7 @@ from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._client import calling_client
+from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server import _subscriptions, _ui
@@ -688,16 +691,31 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-async def _serve_http(
-    app: ASGIApp, host: str, port: int, on_bound: Callable[[int], None] = lambda port: None
-) -> None:
-    import threading
+#: Seconds an HTTP server gives open responses to finish after SIGINT/SIGTERM (its runs and tasks are
+#: cancelled at the signal, so calls waiting on them answer at once); then it closes what is still open,
+#: such as a client's stream of notifications.
+HTTP_SHUTDOWN_GRACE = 2
 
+
+async def _serve_http(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    on_bound: Callable[[int], None] = lambda port: None,
+    on_signal: Callable[[], None] = lambda: None,
+) -> None:
     import uvicorn
 
     class _Server(uvicorn.Server):
         """uvicorn, minus re-raising the signal after its graceful shutdown: we still have the engine to
-        shut down, and a clean stop should exit 0."""
+        shut down, and a clean stop should exit 0. The first SIGINT/SIGTERM also calls ``on_signal``
+        (on the event loop's thread: it must not block)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            first = not self.should_exit
+            super().handle_exit(sig, frame)
+            if first:
+                on_signal()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -717,8 +735,17 @@ async def _serve_http(
             if self.started:
                 on_bound(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
 
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
-    # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses and runs the lifespan exit.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+    )
+    # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses (for at most the grace period: then
+    # it cancels what is still open) and runs the lifespan exit.
     await _Server(config).serve()
 
 
@@ -768,6 +795,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
 
     Raises:
         InvalidInputError: unsafe network settings (non-loopback bind without a token).
+        StateStoreError: another server serves the state directory (its pid named).
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
@@ -780,6 +808,16 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             "transport",
             "stdio needs the process's stdin and stdout open (the client's pipes); one of them is closed",
         )
+    with contextlib.ExitStack() as held:
+        if settings.durable:
+            # One server per state directory, held from before anything of it is opened until the
+            # engine has flushed at exit (core/_serving_lock.py).
+            held.enter_context(ServingLock(settings.state_dir))
+        return _serve(settings, token, engine_factory)
+
+
+def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory | None) -> int:
+    transport = settings.transport
     register_secret(token)  # read from a file, it is in no environment variable: redact it explicitly
     policy = ServerPolicy.for_transport(
         transport, settings.allow_shell, settings.http_allow, settings.python_call_allow
@@ -788,6 +826,7 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools)
     recorded: list[Path] = []  # where this process said its run view is (removed at exit)
+    stopping: list[threading.Thread] = []  # HTTP: the thread cancelling the work at the first signal
     status = _server_status(settings, policy)
     tools.server_status = status.component
     log.info(
@@ -823,12 +862,25 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
                 _print_ui_link(_base_url(settings.host, port), ui_access)
                 recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
 
+            def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
+                stop = threading.Thread(target=_stop_work, args=(tools,), name="codomyrmex-stop", daemon=True)
+                stopping.append(stop)
+                stop.start()
+
             anyio.run(
-                _serve_http, app, settings.host, settings.port, on_bound, backend_options=_loop_options()
+                _serve_http,
+                app,
+                settings.host,
+                settings.port,
+                on_bound,
+                on_signal,
+                backend_options=_loop_options(),
             )
     except KeyboardInterrupt:
         pass
     finally:
+        for thread in stopping:
+            thread.join()  # bounded: cancelling waits at most the engine's own cancel timeouts
         for path in recorded:
             _ui.forget_server(path)
         try:
@@ -843,6 +895,18 @@ def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) ->
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
     return 0
+
+
+def _stop_work(tools: OrchestrationMCPTools) -> None:
+    """Cancel the server's running tasks and runs (left resumable) before the transport closes: a
+    client waiting on one gets its final record instead of holding the server's exit for as long as the
+    work would take. The engine itself is shut down once the transport has closed."""
+    try:
+        if tools.engine_started:
+            tools.cancel_running_tasks()
+            tools.engine.workflow_manager.shutdown(cancel_running=True)
+    except Exception as exc:  # the shutdown that follows still runs; say why this one could not
+        log.warning("server.stop_work_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
