@@ -516,3 +516,60 @@ async def test_a_failed_run_resumed_as_a_task_is_a_new_task_and_the_failed_one_s
     assert old.status == "failed" and old_result.structured_content == failed.structured_content
     assert (failed.structured_content or {})["status"] == "failed"
     assert old.status_message is not None and "resumed after this task ended" in old.status_message
+
+
+#: One step waiting for a person (nobody is asked: the legacy client has no elicitation).
+GATE = {
+    "name": "gate",
+    "steps": [{"name": "approve", "module": "core", "action": "approve", "parameters": {"message": "go?"}}],
+}
+NAP = {
+    "name": "nap",
+    "steps": [{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}],
+}
+
+
+async def test_waits_hold_no_thread_so_each_returns_by_its_deadline_however_many_are_waiting(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # More tasks/result waits than the 64 threads waits once shared: a wait queued for a thread
+    # started its own timeout only once it had one (here, after a 10 s slice of tasks/result).
+    blocked, timeout = 70, 1.0
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", GATE)
+        await ok(client, "create_workflow", NAP)
+        gates = [
+            (await call_as_task(client, "execute_workflow", {"workflow_name": "gate"}))["taskId"]
+            for _ in range(blocked)
+        ]
+        results: dict[str, types.CallToolResult] = {}
+        returned: list[tuple[float, dict[str, Any]]] = []
+
+        async def collect(task_id: str) -> None:
+            results[task_id] = await task_result(client, task_id, wait=60)
+
+        args = {"workflow_name": "nap", "timeout_seconds": timeout}
+
+        async def nap() -> None:
+            start = time.monotonic()
+            handle = await ok(client, "execute_workflow", args)
+            returned.append((time.monotonic() - start, handle))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for task_id in gates:
+                    tg.start_soon(collect, task_id)
+                await anyio.wait_all_tasks_blocked()
+                async with anyio.create_task_group() as naps:
+                    for _ in range(4):
+                        naps.start_soon(nap)
+                # Seventy results are awaited, and not one of them holds a thread to do so.
+                assert tools._call_limiter.borrowed_tokens == 0
+                for run_id in [handle["run_id"] for _, handle in returned] + gates:
+                    await ok(client, "cancel_workflow_run", {"run_id": run_id})
+    # Each returned by its deadline (a generous margin: this is no timing benchmark), still running.
+    assert [status for _, handle in returned for status in [handle["status"]]] == ["running"] * 4
+    assert max(took for took, _ in returned) < timeout + 4, returned
+    # Every tasks/result answered when its run ended.
+    assert sorted(results) == sorted(gates)
+    assert {(r.structured_content or {})["status"] for r in results.values()} == {"cancelled"}

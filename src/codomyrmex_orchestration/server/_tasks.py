@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -90,7 +91,7 @@ MAX_TTL_MS = 7 * 24 * 3600 * 1000
 POLL_INTERVAL_MS = 500
 #: Tasks per tasks/list page.
 PAGE_SIZE = 50
-#: The longest single wait of tasks/result on a worker thread before it looks again (seconds).
+#: The longest tasks/result waits without reading its record again (seconds).
 _WAIT_SLICE = 10.0
 #: How long tasks/cancel waits for the cancelled work to stop (seconds).
 _STOP_WAIT = 5.0
@@ -653,11 +654,17 @@ class ToolTasks:
     async def _on_result(self, ctx: Any, params: types.GetTaskPayloadRequestParams) -> dict[str, Any]:
         _legacy_only(ctx, "tasks/result")
         record = await self._owned(ctx, params.task_id)
-        while record["status"] not in _TERMINAL:
-            await anyio.to_thread.run_sync(
-                self._wait_slice, record, limiter=self._tools._wait_limiter, abandon_on_cancel=True
-            )
-            record = await self._owned(ctx, params.task_id)
+        if record["status"] not in _TERMINAL:
+            # No thread waits: the run or task wakes this request when it ends. The record is read
+            # again then, and at least once a slice (tasks/cancel or its time to live may end it first).
+            token, ended = anyio.lowlevel.current_token(), anyio.Event()
+            await self._core(self._on_end, record, partial(_call_soon, token, ended.set))
+            while record["status"] not in _TERMINAL:
+                with anyio.move_on_after(_WAIT_SLICE):
+                    await ended.wait()
+                if ended.is_set():  # it ended: the record says so now (else, from now on, a slice each)
+                    ended = anyio.Event()
+                record = await self._owned(ctx, params.task_id)
         try:
             result = await self._core(self._final_result, record)
         except OrchestrationError as exc:
@@ -666,16 +673,16 @@ class ToolTasks:
         meta[RELATED_TASK] = {"taskId": record["task_id"]}
         return {**result, "_meta": meta}
 
-    def _wait_slice(self, record: Mapping[str, Any]) -> None:
-        """Wait up to a slice for the run or task to end (tasks/result then reads it again)."""
-        engine = self._tools.engine
+    def _on_end(self, record: Mapping[str, Any], callback: Callable[[], None]) -> None:
+        """``callback()`` once the task's run or task ends (at once if it has, or is gone). Core thread."""
+        engine, target = self._tools.engine, record["target"]
         try:
             if record["kind"] == "run":
-                engine.workflow_manager.wait_run(record["target"], _WAIT_SLICE)
+                engine.workflow_manager.inputs.on_stop(target, lambda _: callback(), questions=False)
             else:
-                engine.task_orchestrator.wait(record["target"], _WAIT_SLICE)
-        except (WaitTimeoutError, NotFoundError):
-            return
+                engine.task_orchestrator.on_settled(target, lambda _: callback())
+        except NotFoundError:
+            callback()
 
     async def _on_list(self, ctx: Any, params: types.PaginatedRequestParams) -> dict[str, Any]:
         _legacy_only(ctx, "tasks/list")
