@@ -38,6 +38,7 @@ from tests.helpers.mcp_tasks import (
     list_tasks,
     task_result,
 )
+from tests.server.conftest import make_engine
 from tests.server.test_http import TOKEN, serving
 from tests.server.test_stdio import _Wire
 
@@ -321,35 +322,72 @@ async def test_a_task_field_that_is_not_an_object_is_refused_naming_it_and_start
     assert listed.tasks == [] and runs["runs"] == []
 
 
-async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(
+async def test_without_a_token_a_task_id_answers_in_any_session_after_its_own_ended_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # No token, no authorization context (the spec's tasks page): every client of the server is one
+    # requestor, so a task is reached by its id from any session, and tasks/list shows the server's tasks.
+    # An Authorization header that nothing checks changes nothing.
+    tools = OrchestrationMCPTools(engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True))
+    stray = httpx2.AsyncClient(headers={"Authorization": "Bearer left-over-from-elsewhere"})
+    try:
+        async with serving(tools, "streamable-http", None) as base:
+            async with Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as creator:
+                await ok(creator, "create_workflow", chain(2))
+                task_id = (await call_as_task(creator, "execute_workflow", {"workflow_name": "chain2"}))[
+                    "taskId"
+                ]
+            # The creating session has ended (the client closed it).
+            async with (
+                stray,
+                Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as other,
+                Client(streamable_http_client(f"{base}/mcp", http_client=stray), mode="legacy") as headed,
+            ):
+                result = await task_result(other, task_id)
+                assert (await get_task(headed, task_id)).status == "completed"
+                listed = [[t.task_id for t in (await list_tasks(c)).tasks] for c in (other, headed)]
+    finally:
+        tools.close()
+    assert (result.structured_content or {})["status"] == "completed"
+    assert listed == [[task_id], [task_id]]
+    restarted = OrchestrationMCPTools(
+        engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True)
+    )
+    try:
+        async with serving(restarted, "streamable-http", None) as base:
+            async with Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as later:
+                assert (await get_task(later, task_id)).status == "completed"
+                again = await task_result(later, task_id)
+    finally:
+        restarted.close()
+    assert again.structured_content == result.structured_content
+
+
+async def test_with_a_token_a_task_belongs_to_the_verified_token_however_the_header_spells_it(
     tools: OrchestrationMCPTools,
 ) -> None:
-    async with serving(tools, "streamable-http", None) as base:
-        async with (
-            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as mine,
-            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as other,
-        ):
-            await ok(mine, "create_workflow", chain(2))
-            task = await call_as_task(mine, "execute_workflow", {"workflow_name": "chain2"})
-            assert (await task_result(mine, task["taskId"])).structured_content is not None
-            for request in (get_task, task_result, cancel_task):
-                with pytest.raises(MCPError) as hidden:
-                    await request(other, task["taskId"])
-                assert "not found" in hidden.value.error.message
-            assert [t.task_id for t in (await list_tasks(mine)).tasks] == [task["taskId"]]
-            assert (await list_tasks(other)).tasks == []
     async with serving(tools, "streamable-http", TOKEN) as base:
-        authed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
-        async with authed:
-            async with Client(
-                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
-            ) as first:
-                task = await call_as_task(first, "execute_workflow", {"workflow_name": "chain2"})
-            # Another session with the same token: the same owner.
-            async with Client(
-                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
-            ) as second:
-                assert (await task_result(second, task["taskId"])).structured_content is not None
+
+        def client_with(header: str) -> tuple[httpx2.AsyncClient, Client]:
+            http = httpx2.AsyncClient(headers={"Authorization": header})
+            return http, Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy")
+
+        first_http, first = client_with(f"Bearer {TOKEN}")
+        async with first_http, first:
+            await ok(first, "create_workflow", chain(2))
+            task_id = (await call_as_task(first, "execute_workflow", {"workflow_name": "chain2"}))["taskId"]
+        # Another session, the scheme in lower case and more spaces: the same token, so the same owner.
+        second_http, second = client_with(f"bearer   {TOKEN}")
+        async with second_http, second:
+            assert (await task_result(second, task_id)).structured_content is not None
+            assert [t.task_id for t in (await list_tasks(second)).tasks] == [task_id]
+    # The token's tasks are not the local ones: a client without the token (over a pipe) gets "not found".
+    async with legacy(tools) as (local, _):
+        for request in (get_task, task_result, cancel_task):
+            with pytest.raises(MCPError) as hidden:
+                await request(local, task_id)
+            assert "not found" in hidden.value.error.message
+        assert (await list_tasks(local)).tasks == []
 
 
 async def test_an_expired_task_is_removed_with_its_record(tools: OrchestrationMCPTools) -> None:

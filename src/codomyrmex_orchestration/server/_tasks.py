@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from codomyrmex_orchestration.core.models import RunRecord
 from codomyrmex_orchestration.errors import NotFoundError, OrchestrationError, WaitTimeoutError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._notifications import NotificationHub, Peer, connection_of
+from codomyrmex_orchestration.server._notifications import NotificationHub, Peer
 from codomyrmex_orchestration.server.tools import (
     OrchestrationMCPTools,
     _call_soon,
@@ -53,12 +53,15 @@ from codomyrmex_orchestration.server.tools import (
 __all__ = [
     "CAPABILITY",
     "EXTENSION_ID",
+    "LOCAL_OWNER",
+    "OWNER_SCOPE_KEY",
     "RELATED_TASK",
     "TASK_TOOLS",
     "ToolTasks",
     "declare_task_support",
     "owner_of",
     "serves_tasks",
+    "token_owner",
 ]
 
 log = get_logger("codomyrmex_orchestration.server")
@@ -83,6 +86,11 @@ TASKS_SINCE = "2025-11-25"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 #: The tasks extension of protocol 2026-07-28 (SEP-2663), advertised under ``capabilities.extensions``.
 EXTENSION_ID = "io.modelcontextprotocol/tasks"
+
+#: The owner of every task on a server without a token (see :func:`owner_of`).
+LOCAL_OWNER = "local"
+#: The ASGI scope key where the HTTP auth middleware leaves the verified token's :func:`token_owner`.
+OWNER_SCOPE_KEY = "codomyrmex.task_owner"
 
 #: Time to live when the client asks for none, and the most it may ask for (milliseconds from creation).
 DEFAULT_TTL_MS = 24 * 3600 * 1000
@@ -139,26 +147,22 @@ def declare_task_support(tools: list[types.Tool]) -> list[types.Tool]:
     return [t.model_copy(update={"execution": optional}) if t.name in TASK_TOOLS else t for t in tools]
 
 
+def token_owner(token: str) -> str:
+    """The owner of the tasks created with bearer ``token``: a digest of the header as clients send it,
+    ``Bearer <token>`` (the form the records of earlier versions, keyed on the raw header, mostly have)."""
+    return "token-" + hashlib.sha256(f"Bearer {token}".encode()).hexdigest()[:32]
+
+
 def owner_of(ctx: Any) -> str:
-    """Who owns the tasks a request creates: with a bearer token, the token (a digest of it, so that a
-    client reconnecting with it finds its tasks); else the streamable-HTTP session; else, on a pipe
-    (stdio, where one process serves one client), ``"local"`` (the same after a restart)."""
-    request = getattr(ctx, "request", None)
-    headers = getattr(request, "headers", None)
-    authorization = headers.get("authorization") if headers is not None else None
-    if authorization:
-        return "token-" + hashlib.sha256(authorization.encode()).hexdigest()[:32]
-    try:
-        connection = connection_of(ctx)
-    except TypeError:
-        return "local"
-    if connection.session_id:
-        return f"session-{connection.session_id}"
-    if request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        # A pipe's one client; or, on 2026-07-28 over HTTP without a token (loopback only), any client
-        # holding the task id: that protocol has no session, and no tasks/list to show others' tasks.
-        return "local"
-    return f"connection-{id(connection):x}"
+    """Who owns the tasks a request creates, and may read, await, cancel and list them: its
+    authorization context. On HTTP with a token, the token :class:`~.app.BearerAuthMiddleware` verified
+    (left in the request's ASGI scope, so a header spelled ``bearer`` or with more spaces is the same
+    owner, and the same after a restart). Without a token there is none to bind a task to (stdio, or
+    HTTP on loopback): every client of the server is one requestor, :data:`LOCAL_OWNER`, and a task id
+    answers in any session and after a restart (an ``Authorization`` header nobody checks is ignored)."""
+    scope = getattr(getattr(ctx, "request", None), "scope", None)
+    owner = scope.get(OWNER_SCOPE_KEY) if isinstance(scope, Mapping) else None
+    return owner if isinstance(owner, str) else LOCAL_OWNER
 
 
 def _iso(moment: float) -> str:

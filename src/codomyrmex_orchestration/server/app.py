@@ -57,7 +57,13 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
-from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support, serves_tasks
+from codomyrmex_orchestration.server._tasks import (
+    OWNER_SCOPE_KEY,
+    ToolTasks,
+    declare_task_support,
+    serves_tasks,
+    token_owner,
+)
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
@@ -548,6 +554,7 @@ class BearerAuthMiddleware:
     ) -> None:
         self.app = app
         self._token = token.encode()
+        self._owner = token_owner(token)
         self._open = frozenset(open_paths)
         self._ui = ui
 
@@ -570,6 +577,8 @@ class BearerAuthMiddleware:
             )
             await response(scope, receive, send)
             return
+        # The verified token owns the request's MCP tasks (server/_tasks.py owner_of), not the header's text.
+        scope[OWNER_SCOPE_KEY] = self._owner
         await self.app(scope, receive, send)
 
     def _bearer_ok(self, scope: Scope) -> bool:
