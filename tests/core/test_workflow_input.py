@@ -13,7 +13,12 @@ import pytest
 from codomyrmex_orchestration.core._workflow_input import check_answer, parse_question
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import InputRequest, TaskStatus, WorkflowStatus
-from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, InvalidStateError
+from codomyrmex_orchestration.errors import (
+    DAGValidationError,
+    InvalidInputError,
+    InvalidStateError,
+    RunNotFoundError,
+)
 
 WAIT = 30.0
 SCHEMA = {
@@ -226,6 +231,37 @@ def test_cancelling_a_waiting_run_cancels_its_question(engine: OrchestrationEngi
     assert final.status is WorkflowStatus.CANCELLED
     assert final.steps["ask"].status is TaskStatus.CANCELLED
     assert final.pending_inputs == []
+
+
+def test_on_stop_calls_back_when_the_run_waits_on_a_question_nobody_is_asked_or_else_when_it_ends(
+    engine: OrchestrationEngine,
+) -> None:
+    manager = engine.workflow_manager
+    manager.create_workflow(approval_workflow())
+    run_id = manager.start_workflow("gated")
+    stopped: list[Any] = []
+    ended: list[Any] = []
+    calls = threading.Semaphore(0)
+
+    def on(into: list[Any]) -> Any:
+        return lambda record: (into.append(record), calls.release())
+
+    manager.inputs.on_stop(run_id, on(stopped))  # before or after the question is asked: either way
+    manager.inputs.on_stop(run_id, on(ended), questions=False)
+    assert calls.acquire(timeout=WAIT)
+    [asked] = stopped
+    assert asked.status is WorkflowStatus.WAITING_FOR_INPUT and asked.pending_inputs[0].step == "ask"
+    assert ended == []
+    manager.inputs.on_stop(run_id, on(stopped))  # it waits already: at once
+    assert calls.acquire(timeout=0) and stopped[1].status is WorkflowStatus.WAITING_FOR_INPUT
+    manager.inputs.respond(run_id, "ask", "accept")
+    assert calls.acquire(timeout=WAIT)
+    assert [record.status for record in ended] == [WorkflowStatus.COMPLETED]
+    manager.inputs.on_stop(run_id, on(ended), questions=False)  # ended: at once, once each
+    assert calls.acquire(timeout=0) and not calls.acquire(timeout=0)
+    assert [record.status for record in ended] == [WorkflowStatus.COMPLETED] * 2 and len(stopped) == 2
+    with pytest.raises(RunNotFoundError):
+        manager.inputs.on_stop("no-such-run", on(ended))
 
 
 def test_the_broker_hears_each_question_with_the_client_of_the_run(engine: OrchestrationEngine) -> None:

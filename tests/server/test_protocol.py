@@ -19,8 +19,10 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 
+from codomyrmex_orchestration.server._logging import LEVELS
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -330,3 +332,33 @@ async def test_a_2026_request_that_asks_for_log_messages_gets_those_of_the_run_i
     ]
     assert {m["run_id"] for m in inbox.logged()} == {run["run_id"]}
     assert silent.logged() == []
+
+
+async def test_malformed_params_are_refused_naming_the_field_and_what_it_takes(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    asked = {
+        "logging/setLevel": [{"level": "verbose"}, {}],
+        "resources/subscribe": [{}],
+        "tasks/get": [{"taskId": 7}],
+    }
+    refused: list[tuple[str, Any]] = []
+    async with legacy_client(build_server(tools_without_engine)) as (client, _):
+        dispatcher = client.session._dispatcher  # raw: the Client's own helpers validate before sending
+        for method, attempts in asked.items():
+            for params in attempts:
+                with pytest.raises(MCPError) as caught, anyio.fail_after(WAIT):
+                    await dispatcher.send_raw_request(method, params, {})
+                refused.append((method, caught.value.error))
+    assert {error.code for _, error in refused} == {types.INVALID_PARAMS}
+    assert [(method, error.data["field"]) for method, error in refused] == [
+        ("logging/setLevel", "params.level"),
+        ("logging/setLevel", "params.level"),
+        ("resources/subscribe", "params.uri"),
+        ("tasks/get", "params.taskId"),
+    ]
+    wrong, missing, no_uri, not_text = (error.message for _, error in refused)
+    for message in (wrong, missing):  # the levels a client may pick, whether it sent a wrong one or none
+        assert message.startswith("invalid logging/setLevel params: ") and all(lv in message for lv in LEVELS)
+    assert "missing required field 'params.level'" in missing and "'params.uri'" in no_uri
+    assert "params.taskId" in not_text and "string" in not_text

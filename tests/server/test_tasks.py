@@ -38,6 +38,7 @@ from tests.helpers.mcp_tasks import (
     list_tasks,
     task_result,
 )
+from tests.server.conftest import make_engine
 from tests.server.test_http import TOKEN, serving
 from tests.server.test_stdio import _Wire
 
@@ -321,35 +322,72 @@ async def test_a_task_field_that_is_not_an_object_is_refused_naming_it_and_start
     assert listed.tasks == [] and runs["runs"] == []
 
 
-async def test_a_task_belongs_to_the_session_that_created_it_or_to_its_token(
+async def test_without_a_token_a_task_id_answers_in_any_session_after_its_own_ended_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # No token, no authorization context (the spec's tasks page): every client of the server is one
+    # requestor, so a task is reached by its id from any session, and tasks/list shows the server's tasks.
+    # An Authorization header that nothing checks changes nothing.
+    tools = OrchestrationMCPTools(engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True))
+    stray = httpx2.AsyncClient(headers={"Authorization": "Bearer left-over-from-elsewhere"})
+    try:
+        async with serving(tools, "streamable-http", None) as base:
+            async with Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as creator:
+                await ok(creator, "create_workflow", chain(2))
+                task_id = (await call_as_task(creator, "execute_workflow", {"workflow_name": "chain2"}))[
+                    "taskId"
+                ]
+            # The creating session has ended (the client closed it).
+            async with (
+                stray,
+                Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as other,
+                Client(streamable_http_client(f"{base}/mcp", http_client=stray), mode="legacy") as headed,
+            ):
+                result = await task_result(other, task_id)
+                assert (await get_task(headed, task_id)).status == "completed"
+                listed = [[t.task_id for t in (await list_tasks(c)).tasks] for c in (other, headed)]
+    finally:
+        tools.close()
+    assert (result.structured_content or {})["status"] == "completed"
+    assert listed == [[task_id], [task_id]]
+    restarted = OrchestrationMCPTools(
+        engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True)
+    )
+    try:
+        async with serving(restarted, "streamable-http", None) as base:
+            async with Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as later:
+                assert (await get_task(later, task_id)).status == "completed"
+                again = await task_result(later, task_id)
+    finally:
+        restarted.close()
+    assert again.structured_content == result.structured_content
+
+
+async def test_with_a_token_a_task_belongs_to_the_verified_token_however_the_header_spells_it(
     tools: OrchestrationMCPTools,
 ) -> None:
-    async with serving(tools, "streamable-http", None) as base:
-        async with (
-            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as mine,
-            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as other,
-        ):
-            await ok(mine, "create_workflow", chain(2))
-            task = await call_as_task(mine, "execute_workflow", {"workflow_name": "chain2"})
-            assert (await task_result(mine, task["taskId"])).structured_content is not None
-            for request in (get_task, task_result, cancel_task):
-                with pytest.raises(MCPError) as hidden:
-                    await request(other, task["taskId"])
-                assert "not found" in hidden.value.error.message
-            assert [t.task_id for t in (await list_tasks(mine)).tasks] == [task["taskId"]]
-            assert (await list_tasks(other)).tasks == []
     async with serving(tools, "streamable-http", TOKEN) as base:
-        authed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
-        async with authed:
-            async with Client(
-                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
-            ) as first:
-                task = await call_as_task(first, "execute_workflow", {"workflow_name": "chain2"})
-            # Another session with the same token: the same owner.
-            async with Client(
-                streamable_http_client(f"{base}/mcp", http_client=authed), mode="legacy"
-            ) as second:
-                assert (await task_result(second, task["taskId"])).structured_content is not None
+
+        def client_with(header: str) -> tuple[httpx2.AsyncClient, Client]:
+            http = httpx2.AsyncClient(headers={"Authorization": header})
+            return http, Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy")
+
+        first_http, first = client_with(f"Bearer {TOKEN}")
+        async with first_http, first:
+            await ok(first, "create_workflow", chain(2))
+            task_id = (await call_as_task(first, "execute_workflow", {"workflow_name": "chain2"}))["taskId"]
+        # Another session, the scheme in lower case and more spaces: the same token, so the same owner.
+        second_http, second = client_with(f"bearer   {TOKEN}")
+        async with second_http, second:
+            assert (await task_result(second, task_id)).structured_content is not None
+            assert [t.task_id for t in (await list_tasks(second)).tasks] == [task_id]
+    # The token's tasks are not the local ones: a client without the token (over a pipe) gets "not found".
+    async with legacy(tools) as (local, _):
+        for request in (get_task, task_result, cancel_task):
+            with pytest.raises(MCPError) as hidden:
+                await request(local, task_id)
+            assert "not found" in hidden.value.error.message
+        assert (await list_tasks(local)).tasks == []
 
 
 async def test_an_expired_task_is_removed_with_its_record(tools: OrchestrationMCPTools) -> None:
@@ -516,3 +554,60 @@ async def test_a_failed_run_resumed_as_a_task_is_a_new_task_and_the_failed_one_s
     assert old.status == "failed" and old_result.structured_content == failed.structured_content
     assert (failed.structured_content or {})["status"] == "failed"
     assert old.status_message is not None and "resumed after this task ended" in old.status_message
+
+
+#: One step waiting for a person (nobody is asked: the legacy client has no elicitation).
+GATE = {
+    "name": "gate",
+    "steps": [{"name": "approve", "module": "core", "action": "approve", "parameters": {"message": "go?"}}],
+}
+NAP = {
+    "name": "nap",
+    "steps": [{"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}],
+}
+
+
+async def test_waits_hold_no_thread_so_each_returns_by_its_deadline_however_many_are_waiting(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # More tasks/result waits than the 64 threads waits once shared: a wait queued for a thread
+    # started its own timeout only once it had one (here, after a 10 s slice of tasks/result).
+    blocked, timeout = 70, 1.0
+    async with legacy(tools) as (client, _):
+        await ok(client, "create_workflow", GATE)
+        await ok(client, "create_workflow", NAP)
+        gates = [
+            (await call_as_task(client, "execute_workflow", {"workflow_name": "gate"}))["taskId"]
+            for _ in range(blocked)
+        ]
+        results: dict[str, types.CallToolResult] = {}
+        returned: list[tuple[float, dict[str, Any]]] = []
+
+        async def collect(task_id: str) -> None:
+            results[task_id] = await task_result(client, task_id, wait=60)
+
+        args = {"workflow_name": "nap", "timeout_seconds": timeout}
+
+        async def nap() -> None:
+            start = time.monotonic()
+            handle = await ok(client, "execute_workflow", args)
+            returned.append((time.monotonic() - start, handle))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for task_id in gates:
+                    tg.start_soon(collect, task_id)
+                await anyio.wait_all_tasks_blocked()
+                async with anyio.create_task_group() as naps:
+                    for _ in range(4):
+                        naps.start_soon(nap)
+                # Seventy results are awaited, and not one of them holds a thread to do so.
+                assert tools._call_limiter.borrowed_tokens == 0
+                for run_id in [handle["run_id"] for _, handle in returned] + gates:
+                    await ok(client, "cancel_workflow_run", {"run_id": run_id})
+    # Each returned by its deadline (a generous margin: this is no timing benchmark), still running.
+    assert [status for _, handle in returned for status in [handle["status"]]] == ["running"] * 4
+    assert max(took for took, _ in returned) < timeout + 4, returned
+    # Every tasks/result answered when its run ended.
+    assert sorted(results) == sorted(gates)
+    assert {(r.structured_content or {})["status"] for r in results.values()} == {"cancelled"}

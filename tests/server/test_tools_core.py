@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +419,7 @@ async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_requ
                 tg.start_soon(lambda: client.call_tool("execute_task", {**nap, "timeout_seconds": 50}))
             assert await anyio.to_thread.run_sync(all_started.wait, 10)
             # Six calls are waiting for their tasks, and not one of them holds a thread to do so.
-            assert tools._call_limiter.borrowed_tokens + tools._wait_limiter.borrowed_tokens == 0
+            assert tools._call_limiter.borrowed_tokens == 0
             with anyio.fail_after(3):
                 assert (await _ok(client, "list_workflows", {}))["count"] == 0
             tg.cancel_scope.cancel()  # the client abandons the six requests
@@ -446,7 +447,7 @@ async def test_get_task_waits_without_a_thread_and_an_abandoned_wait_leaves_the_
                 tg.start_soon(follow, task_id)
             await anyio.wait_all_tasks_blocked()
             # Three calls wait for running tasks, and not one of them holds a thread to do so.
-            assert tools._call_limiter.borrowed_tokens + tools._wait_limiter.borrowed_tokens == 0
+            assert tools._call_limiter.borrowed_tokens == 0
             orchestrator.cancel_task(ids[0], "ended by the test")
             await first_done.wait()  # the wait ends with the task
             tg.cancel_scope.cancel()  # the client abandons the other two waits
@@ -639,3 +640,37 @@ async def test_a_full_last_page_of_runs_has_no_cursor_to_an_empty_page(client: C
     assert first["count"] == 2 and first["next_cursor"] is not None
     last = await _ok(client, "list_workflow_runs", {"limit": 2, "cursor": first["next_cursor"]})
     assert last["count"] == 2 and last["next_cursor"] is None
+
+
+async def test_a_wait_counts_from_the_calls_arrival_even_while_every_call_thread_is_busy(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    sleep = {"name": "n", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    nap = {"name": "nap", "steps": [sleep]}
+    await _ok(client, "create_workflow", nap)
+    limiter = tools._call_limiter
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:  # as if every call thread were stuck in a slow tool
+        await limiter.acquire_on_behalf_of(holder)
+    answers: list[tuple[float, dict[str, Any]]] = []
+
+    async def call() -> None:
+        handle = await _ok(client, "execute_workflow", {"workflow_name": "nap", "timeout_seconds": 3})
+        answers.append((time.monotonic(), handle))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.sleep(3.5)  # the call's whole wait passes while no thread can start its run
+            released = time.monotonic()
+            for holder in holders:
+                limiter.release_on_behalf_of(holder)
+            holders = []
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    [(returned, handle)] = answers
+    # It started the run as soon as a thread was free and, its time being up, answered at once.
+    assert handle["status"] in ("pending", "running") and "still" in handle["note"]
+    assert returned - released < 1.5
+    await _ok(client, "cancel_workflow_run", {"run_id": handle["run_id"]})

@@ -5,10 +5,11 @@ A question lives in its run (``RunState.waiting``, under the run's lock) and in 
 (``pending_inputs``, saved with the run row); a waiting step is never a scheduler task, so it holds no
 worker thread. :class:`InputDesk` owns the rest, under ``_lock`` (with ``_changed`` for waiters): the
 deadline timer of each question asked, the questions nobody is being asked (no client is prompted: they
-wait for respond_to_run, and :meth:`InputDesk.wait` returns on them), and the questions of waiting runs
-read back from the store at start (until their runs ask them again). Its ``broker`` is the hook the
-server installs to put a question to the client that started the run (MCP elicitation); without one, or
-when that client cannot be asked, the question waits for :meth:`InputDesk.respond`.
+wait for respond_to_run, and :meth:`InputDesk.wait` and :meth:`InputDesk.on_stop` return on them),
+the callbacks waiting for that, and the questions of waiting runs read back from the store at start
+(until their runs ask them again). Its ``broker`` is the hook the server installs to put a question to the
+client that started the run (MCP elicitation); without one, or when that client cannot be asked, the
+question waits for :meth:`InputDesk.respond`.
 """
 
 from __future__ import annotations
@@ -365,12 +366,14 @@ class InputDesk:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a question or a run settles
         # Guarded by _lock: each asked question's deadline timer, the questions nobody is being asked, the
-        # runs wait() is watching (and those of them that ended), and the questions of reloaded runs.
+        # runs wait() is watching (and those of them that ended), the questions of reloaded runs, and the
+        # on_stop() callbacks not called yet.
         self._timers: dict[tuple[str, str], Timer] = {}
         self._unattended: set[tuple[str, str]] = set()
         self._watched: dict[str, int] = {}  # run id -> calls of wait() on it
         self._ended: set[str] = set()  # watched runs that ended
         self._restored: dict[tuple[str, str], InputRequest] = {}
+        self._on_stop: dict[str, list[Callable[[], None]]] = {}  # run id -> on_stop() callbacks to call
         driver.ask = self.ask
 
     # ------------------------------------------------------------------ asking
@@ -433,11 +436,15 @@ class InputDesk:
         run = self._active.get(run_id)
         if run is None:
             return
+        callbacks: list[Callable[[], None]] = []
         with run.lock:  # the run's lock, then ours: a question answered meanwhile is not marked
             if step in run.waiting:
                 with self._changed:
                     self._unattended.add((run_id, step))
                     self._changed.notify_all()
+                    callbacks = self._on_stop.pop(run_id, [])
+        for callback in callbacks:
+            callback()
 
     def wait(self, run_id: str, timeout: float | None) -> RunRecord:
         """Wait up to ``timeout`` seconds for run ``run_id`` to end or to wait on a question nobody is being
@@ -462,6 +469,40 @@ class InputDesk:
                     del self._watched[run_id]
                     ended.discard(run_id)
         return run.snapshot()
+
+    def on_stop(self, run_id: str, callback: Callable[[RunRecord], None], *, questions: bool = True) -> None:
+        """Call ``callback(record)`` once, with the record as it stands then, when run ``run_id`` ends or
+        (with ``questions``) waits on a question nobody is being asked: what :meth:`wait` waits for, with no
+        thread blocked. At once if it has (the caller's thread); else on the thread that ends the run or
+        marks the question. Raises RunNotFoundError."""
+        run = self._active.get(run_id)
+        if run is None:
+            callback(self._runs.get_run(run_id))
+            return
+
+        def call() -> None:
+            try:
+                callback(run.snapshot())
+            except Exception:
+                _log.exception("on_stop callback failed", run_id=run_id)
+
+        if not questions:
+            run.watch(call)
+            return
+        with self._changed:
+            asked = any(key[0] == run_id for key in self._unattended)
+            if not asked:
+                self._on_stop.setdefault(run_id, []).append(call)
+        if asked:
+            call()
+        else:  # its end calls what a question has not (one watcher per call: a run has few waiters)
+            run.watch(partial(self._stopped, run_id))
+
+    def _stopped(self, run_id: str) -> None:
+        with self._changed:
+            callbacks = self._on_stop.pop(run_id, [])
+        for callback in callbacks:
+            callback()
 
     def _arm(self, run_id: str, step: str, deadline: datetime) -> None:
         delay = (deadline - utcnow()).total_seconds()

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -41,7 +42,7 @@ from pydantic import BaseModel
 from codomyrmex_orchestration.core.models import RunRecord
 from codomyrmex_orchestration.errors import NotFoundError, OrchestrationError, WaitTimeoutError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._notifications import NotificationHub, Peer, connection_of
+from codomyrmex_orchestration.server._notifications import NotificationHub, Peer
 from codomyrmex_orchestration.server.tools import (
     OrchestrationMCPTools,
     _call_soon,
@@ -52,12 +53,15 @@ from codomyrmex_orchestration.server.tools import (
 __all__ = [
     "CAPABILITY",
     "EXTENSION_ID",
+    "LOCAL_OWNER",
+    "OWNER_SCOPE_KEY",
     "RELATED_TASK",
     "TASK_TOOLS",
     "ToolTasks",
     "declare_task_support",
     "owner_of",
     "serves_tasks",
+    "token_owner",
 ]
 
 log = get_logger("codomyrmex_orchestration.server")
@@ -83,6 +87,11 @@ RELATED_TASK = "io.modelcontextprotocol/related-task"
 #: The tasks extension of protocol 2026-07-28 (SEP-2663), advertised under ``capabilities.extensions``.
 EXTENSION_ID = "io.modelcontextprotocol/tasks"
 
+#: The owner of every task on a server without a token (see :func:`owner_of`).
+LOCAL_OWNER = "local"
+#: The ASGI scope key where the HTTP auth middleware leaves the verified token's :func:`token_owner`.
+OWNER_SCOPE_KEY = "codomyrmex.task_owner"
+
 #: Time to live when the client asks for none, and the most it may ask for (milliseconds from creation).
 DEFAULT_TTL_MS = 24 * 3600 * 1000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
@@ -90,7 +99,7 @@ MAX_TTL_MS = 7 * 24 * 3600 * 1000
 POLL_INTERVAL_MS = 500
 #: Tasks per tasks/list page.
 PAGE_SIZE = 50
-#: The longest single wait of tasks/result on a worker thread before it looks again (seconds).
+#: The longest tasks/result waits without reading its record again (seconds).
 _WAIT_SLICE = 10.0
 #: How long tasks/cancel waits for the cancelled work to stop (seconds).
 _STOP_WAIT = 5.0
@@ -138,26 +147,22 @@ def declare_task_support(tools: list[types.Tool]) -> list[types.Tool]:
     return [t.model_copy(update={"execution": optional}) if t.name in TASK_TOOLS else t for t in tools]
 
 
+def token_owner(token: str) -> str:
+    """The owner of the tasks created with bearer ``token``: a digest of the header as clients send it,
+    ``Bearer <token>`` (the form the records of earlier versions, keyed on the raw header, mostly have)."""
+    return "token-" + hashlib.sha256(f"Bearer {token}".encode()).hexdigest()[:32]
+
+
 def owner_of(ctx: Any) -> str:
-    """Who owns the tasks a request creates: with a bearer token, the token (a digest of it, so that a
-    client reconnecting with it finds its tasks); else the streamable-HTTP session; else, on a pipe
-    (stdio, where one process serves one client), ``"local"`` (the same after a restart)."""
-    request = getattr(ctx, "request", None)
-    headers = getattr(request, "headers", None)
-    authorization = headers.get("authorization") if headers is not None else None
-    if authorization:
-        return "token-" + hashlib.sha256(authorization.encode()).hexdigest()[:32]
-    try:
-        connection = connection_of(ctx)
-    except TypeError:
-        return "local"
-    if connection.session_id:
-        return f"session-{connection.session_id}"
-    if request is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        # A pipe's one client; or, on 2026-07-28 over HTTP without a token (loopback only), any client
-        # holding the task id: that protocol has no session, and no tasks/list to show others' tasks.
-        return "local"
-    return f"connection-{id(connection):x}"
+    """Who owns the tasks a request creates, and may read, await, cancel and list them: its
+    authorization context. On HTTP with a token, the token :class:`~.app.BearerAuthMiddleware` verified
+    (left in the request's ASGI scope, so a header spelled ``bearer`` or with more spaces is the same
+    owner, and the same after a restart). Without a token there is none to bind a task to (stdio, or
+    HTTP on loopback): every client of the server is one requestor, :data:`LOCAL_OWNER`, and a task id
+    answers in any session and after a restart (an ``Authorization`` header nobody checks is ignored)."""
+    scope = getattr(getattr(ctx, "request", None), "scope", None)
+    owner = scope.get(OWNER_SCOPE_KEY) if isinstance(scope, Mapping) else None
+    return owner if isinstance(owner, str) else LOCAL_OWNER
 
 
 def _iso(moment: float) -> str:
@@ -653,11 +658,17 @@ class ToolTasks:
     async def _on_result(self, ctx: Any, params: types.GetTaskPayloadRequestParams) -> dict[str, Any]:
         _legacy_only(ctx, "tasks/result")
         record = await self._owned(ctx, params.task_id)
-        while record["status"] not in _TERMINAL:
-            await anyio.to_thread.run_sync(
-                self._wait_slice, record, limiter=self._tools._wait_limiter, abandon_on_cancel=True
-            )
-            record = await self._owned(ctx, params.task_id)
+        if record["status"] not in _TERMINAL:
+            # No thread waits: the run or task wakes this request when it ends. The record is read
+            # again then, and at least once a slice (tasks/cancel or its time to live may end it first).
+            token, ended = anyio.lowlevel.current_token(), anyio.Event()
+            await self._core(self._on_end, record, partial(_call_soon, token, ended.set))
+            while record["status"] not in _TERMINAL:
+                with anyio.move_on_after(_WAIT_SLICE):
+                    await ended.wait()
+                if ended.is_set():  # it ended: the record says so now (else, from now on, a slice each)
+                    ended = anyio.Event()
+                record = await self._owned(ctx, params.task_id)
         try:
             result = await self._core(self._final_result, record)
         except OrchestrationError as exc:
@@ -666,16 +677,16 @@ class ToolTasks:
         meta[RELATED_TASK] = {"taskId": record["task_id"]}
         return {**result, "_meta": meta}
 
-    def _wait_slice(self, record: Mapping[str, Any]) -> None:
-        """Wait up to a slice for the run or task to end (tasks/result then reads it again)."""
-        engine = self._tools.engine
+    def _on_end(self, record: Mapping[str, Any], callback: Callable[[], None]) -> None:
+        """``callback()`` once the task's run or task ends (at once if it has, or is gone). Core thread."""
+        engine, target = self._tools.engine, record["target"]
         try:
             if record["kind"] == "run":
-                engine.workflow_manager.wait_run(record["target"], _WAIT_SLICE)
+                engine.workflow_manager.inputs.on_stop(target, lambda _: callback(), questions=False)
             else:
-                engine.task_orchestrator.wait(record["target"], _WAIT_SLICE)
-        except (WaitTimeoutError, NotFoundError):
-            return
+                engine.task_orchestrator.on_settled(target, lambda _: callback())
+        except NotFoundError:
+            callback()
 
     async def _on_list(self, ctx: Any, params: types.PaginatedRequestParams) -> dict[str, Any]:
         _legacy_only(ctx, "tasks/list")

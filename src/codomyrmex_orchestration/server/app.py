@@ -44,7 +44,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _subscriptions, _ui
+from codomyrmex_orchestration.server import _params, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
@@ -60,7 +60,13 @@ from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # 
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
 from codomyrmex_orchestration.server._tasks import CAPABILITY as TASKS_CAPABILITY
-from codomyrmex_orchestration.server._tasks import ToolTasks, declare_task_support, serves_tasks
+from codomyrmex_orchestration.server._tasks import (
+    OWNER_SCOPE_KEY,
+    ToolTasks,
+    declare_task_support,
+    serves_tasks,
+    token_owner,
+)
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
@@ -516,6 +522,7 @@ def build_server(
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
+    _params.install(server)  # last, innermost: malformed params answered with the field and its values
     return server
 
 
@@ -551,6 +558,7 @@ class BearerAuthMiddleware:
     ) -> None:
         self.app = app
         self._token = token.encode()
+        self._owner = token_owner(token)
         self._open = frozenset(open_paths)
         self._ui = ui
 
@@ -573,6 +581,8 @@ class BearerAuthMiddleware:
             )
             await response(scope, receive, send)
             return
+        # The verified token owns the request's MCP tasks (server/_tasks.py owner_of), not the header's text.
+        scope[OWNER_SCOPE_KEY] = self._owner
         await self.app(scope, receive, send)
 
     def _bearer_ok(self, scope: Scope) -> bool:

@@ -4,8 +4,8 @@ Each tool is one :class:`_Tool` entry: pydantic argument and result models (whic
 ``inputSchema``/``outputSchema`` and validate calls), annotations, a description written for a language
 model, and a synchronous ``run`` that calls the engine. :meth:`OrchestrationMCPTools.execute_tool` runs a
 tool from plain Python; :meth:`OrchestrationMCPTools.execute_tool_async` is what the MCP server awaits: it
-runs the core in worker threads on dedicated capacity limiters, relays progress, stops waiting at the
-timeout and cancels the run when the request is cancelled.
+runs the core in worker threads on a dedicated capacity limiter, waits for long work without a thread,
+relays progress, stops waiting at the timeout and cancels the run when the request is cancelled.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -155,18 +156,21 @@ class _Call:
 @dataclass
 class _Pending:
     """A started piece of long work: ``wait(timeout)`` blocks up to ``timeout`` and returns the result as
-    it stands; ``cancel()`` stops the work (called when the client cancels the request).
+    it stands (the plain-Python door); ``cancel()`` stops the work (called when the client cancels the
+    request).
 
-    With ``subscribe`` and ``unfinished`` the async path waits without a thread: ``subscribe(deliver)``
-    arranges ``deliver(result)`` from whichever thread finishes the work (or at once if it is over), and
-    ``unfinished(waited)`` is the handle as it stands when the wait runs out.
+    The server waits without a thread: ``subscribe(deliver)`` arranges ``deliver(result)`` from whichever
+    thread finishes the work (or at once if it is over), and ``unfinished(waited)`` is the handle as it
+    stands when the wait runs out. With ``in_thread`` those two take locks held across the store (a run's),
+    so each runs as a quick call in a worker thread instead of on the event loop.
     """
 
     wait: Callable[[float], BaseModel]
     cancel: Callable[[], None]
     timeout: float
-    subscribe: Callable[[Callable[[BaseModel], None]], None] | None = None
-    unfinished: Callable[[float], BaseModel] | None = None
+    subscribe: Callable[[Callable[[BaseModel], None]], None]
+    unfinished: Callable[[float], BaseModel]
+    in_thread: bool = False
 
 
 _Outcome = BaseModel | _Pending
@@ -371,21 +375,28 @@ def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, S
 def _run_pending(
     tools: OrchestrationMCPTools, record: RunRecord, wait: bool, timeout: float, *, owns_run: bool = True
 ) -> _Outcome:
-    """The run handle now, or a wait for it. ``owns_run``: the call started the run (or resumed it), so
-    cancelling the call cancels the run; an answer to its question (respond_to_run) only waits on it."""
+    """The run handle now, or a wait for it: until the run ends, or waits on a person (respond_to_run).
+    ``owns_run``: the call started the run (or resumed it), so cancelling the call cancels the run; an
+    answer to its question (respond_to_run) only waits on it."""
     if not wait or record.status.is_terminal:
         return _run_handle(record, None)
     run_id = record.run_id
     manager = tools.engine.workflow_manager
 
-    def wait_for(seconds: float) -> BaseModel:  # until the run ends, or waits on a person (respond_to_run)
+    def wait_for(seconds: float) -> BaseModel:
         return _run_handle(manager.inputs.wait(run_id, seconds), seconds)
+
+    def subscribe(deliver: Callable[[BaseModel], None]) -> None:
+        manager.inputs.on_stop(run_id, lambda now: deliver(_run_handle(now, None)))
+
+    def unfinished(waited: float) -> BaseModel:
+        return _run_handle(manager.get_run(run_id), waited)
 
     def cancel() -> None:
         if owns_run:
             manager.cancel_run(run_id)
 
-    return _Pending(wait_for, cancel, timeout)
+    return _Pending(wait_for, cancel, timeout, subscribe, unfinished, in_thread=True)
 
 
 def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> _Outcome:
@@ -617,7 +628,7 @@ def _pending_task(
     def unfinished(waited: float) -> BaseModel:
         return _task_result(orchestrator.get_task(task_id), waited)
 
-    return _Pending(wait_for, cancel, timeout, subscribe=subscribe, unfinished=unfinished)
+    return _Pending(wait_for, cancel, timeout, subscribe, unfinished)
 
 
 def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
@@ -1078,9 +1089,8 @@ class OrchestrationMCPTools:
         engine_factory: builds one on first use from the policy (the default uses the shared singleton
             configured from ``Settings``).
         policy: what the transport allows (code execution, private addresses).
-        call_threads: worker threads for quick core calls (a dedicated ``CapacityLimiter``).
-        wait_threads: worker threads for bounded waits on long work (another limiter, so waits never
-            starve quick calls such as ``list_workflows``).
+        call_threads: worker threads for quick core calls (a dedicated ``CapacityLimiter``). Waits for
+            long work take none: the work wakes the event loop when it ends.
 
     Raises:
         RuntimeError: the ``mcp`` package cannot be imported (no fallback: the server would be fake).
@@ -1095,7 +1105,6 @@ class OrchestrationMCPTools:
         engine_factory: EngineFactory | None = None,
         policy: ServerPolicy | None = None,
         call_threads: int = 16,
-        wait_threads: int = 64,
     ) -> None:
         _import_mcp()
         self.policy = policy or ServerPolicy()
@@ -1105,7 +1114,6 @@ class OrchestrationMCPTools:
         # The newest ids only: appending past the cap drops the oldest (no list shifted per call).
         self._tasks: deque[str] = deque(maxlen=self._MAX_TRACKED_TASKS)
         self._call_limiter = anyio.CapacityLimiter(call_threads)
-        self._wait_limiter = anyio.CapacityLimiter(wait_threads)
         #: Reports the server's own health component (set by ``server.app.serve``).
         self.server_status: Callable[[], dict[str, Any]] | None = None
 
@@ -1231,14 +1239,16 @@ class OrchestrationMCPTools:
         which is started on the loop once the engine exists; waits for scheduled work take no thread at
         all. Progress from core threads reaches ``progress`` through the event loop; when the awaiting
         task is cancelled (the client cancelled the request) the run or task is cancelled before
-        re-raising.
+        re-raising. A wait's ``timeout_seconds`` counts from the call's arrival here, however long the
+        call then waited for a worker thread to start the work.
         """
+        arrived = time.monotonic()
         try:
             tool, args = self._prepare(name, arguments)
         except Exception as exc:
             return self._failure(name, exc)
         if progress is not None and tool.reports_progress:
-            return await self._call_with_progress(name, tool, args, progress)
+            return await self._call_with_progress(name, tool, args, progress, arrived)
         try:
             if self.engine_started and tool.on_loop(args):
                 outcome = tool.run(self, args, _Call())
@@ -1247,13 +1257,13 @@ class OrchestrationMCPTools:
                     tool.run, self, args, _Call(), limiter=self._call_limiter
                 )
             if isinstance(outcome, _Pending):
-                outcome = await self._await_pending(outcome)
+                outcome = await self._await_pending(outcome, arrived)
             return self._render(outcome)
         except Exception as exc:
             return self._failure(name, exc)
 
     async def _call_with_progress(
-        self, name: str, tool: _Tool, args: BaseModel, progress: ProgressReporter
+        self, name: str, tool: _Tool, args: BaseModel, progress: ProgressReporter, arrived: float
     ) -> ToolResult:
         token = anyio.lowlevel.current_token()
         sender, receiver = anyio.create_memory_object_stream[tuple[float, float | None, str | None]](math.inf)
@@ -1288,7 +1298,7 @@ class OrchestrationMCPTools:
                     tool.run, self, args, _Call(progress=report), limiter=self._call_limiter
                 )
                 if isinstance(outcome, _Pending):
-                    outcome = await self._await_pending(outcome)
+                    outcome = await self._await_pending(outcome, arrived)
             except Exception as exc:
                 failure = exc
             finally:
@@ -1300,13 +1310,11 @@ class OrchestrationMCPTools:
         except Exception as exc:
             return self._failure(name, exc)
 
-    async def _await_pending(self, pending: _Pending) -> BaseModel:
+    async def _await_pending(self, pending: _Pending, arrived: float) -> BaseModel:
+        """The result of ``pending`` once delivered, or as it stands at ``arrived`` (the call's
+        ``time.monotonic()``) plus its timeout. No thread waits: a full pool cannot delay the deadline."""
         try:
-            if pending.subscribe is not None and pending.unfinished is not None:
-                return await self._await_delivery(pending, pending.subscribe, pending.unfinished)
-            return await anyio.to_thread.run_sync(
-                pending.wait, pending.timeout, limiter=self._wait_limiter, abandon_on_cancel=True
-            )
+            return await self._await_delivery(pending, arrived + pending.timeout)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 try:
@@ -1315,21 +1323,56 @@ class OrchestrationMCPTools:
                     log.warning("tool.cancel_failed", error=str(exc))
             raise
 
-    @staticmethod
-    async def _await_delivery(
-        pending: _Pending,
-        subscribe: Callable[[Callable[[BaseModel], None]], None],
-        unfinished: Callable[[float], BaseModel],
-    ) -> BaseModel:
-        """Wait on the loop for the work to deliver its result: no thread blocked, one wake-up."""
+    async def _await_delivery(self, pending: _Pending, deadline: float) -> BaseModel:
+        """Wait on the loop for the work to deliver its result until ``deadline``: one wake-up."""
         try:
             # asyncio's own loop, not anyio's token for it: the token costs two running-loop lookups per
             # call, each a getpid() system call on Python 3.11.
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): anyio's event and token
-            pass
+            result = await self._await_on_anyio(pending, deadline)
         else:
-            return await _await_on_asyncio(loop, pending.timeout, subscribe, unfinished)
+            result = await self._await_on_asyncio(loop, pending, deadline)
+        if result is not None:
+            return result
+        if pending.in_thread:
+            limiter = self._call_limiter
+            return await anyio.to_thread.run_sync(pending.unfinished, pending.timeout, limiter=limiter)
+        return pending.unfinished(pending.timeout)
+
+    async def _subscribe(self, pending: _Pending, deliver: Callable[[BaseModel], None]) -> None:
+        if pending.in_thread:
+            await anyio.to_thread.run_sync(pending.subscribe, deliver, limiter=self._call_limiter)
+        else:
+            pending.subscribe(deliver)
+
+    async def _await_on_asyncio(
+        self, loop: asyncio.AbstractEventLoop, pending: _Pending, deadline: float
+    ) -> BaseModel | None:
+        """The wait with asyncio's own future and timer: the same wait for a fraction of the loop's work
+        of an anyio Event inside a cancel scope (the server's loop does it at every call). A cancelled
+        request cancels the await like any other (the caller cancels the work)."""
+        arrived: asyncio.Future[BaseModel | None] = loop.create_future()
+
+        def settle(result: BaseModel | None) -> None:
+            if not arrived.done():
+                arrived.set_result(result)
+
+        def deliver(result: BaseModel) -> None:  # on the thread that finished the work
+            try:
+                loop.call_soon_threadsafe(settle, result)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+        await self._subscribe(pending, deliver)
+        # A timer, not a cancel scope: the wait's limit (asyncio's clock is time.monotonic()).
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), settle, None)
+        try:
+            return await arrived
+        finally:
+            timer.cancel()
+
+    async def _await_on_anyio(self, pending: _Pending, deadline: float) -> BaseModel | None:
         token = anyio.lowlevel.current_token()
         arrived = anyio.Event()
         delivered: list[BaseModel] = []
@@ -1338,40 +1381,10 @@ class OrchestrationMCPTools:
             delivered.append(result)
             _call_soon(token, arrived.set)
 
-        subscribe(deliver)
-        with anyio.move_on_after(pending.timeout):
+        await self._subscribe(pending, deliver)
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await arrived.wait()
-        return delivered[0] if delivered else unfinished(pending.timeout)
-
-
-async def _await_on_asyncio(
-    loop: asyncio.AbstractEventLoop,
-    seconds: float,
-    subscribe: Callable[[Callable[[BaseModel], None]], None],
-    unfinished: Callable[[float], BaseModel],
-) -> BaseModel:
-    """``_await_delivery`` with asyncio's own future and timer: the same wait for a fraction of the
-    loop's work of an anyio Event inside a cancel scope (the server's loop does it at every call).
-    A cancelled request cancels the await like any other (the caller cancels the work)."""
-    arrived: asyncio.Future[BaseModel | None] = loop.create_future()
-
-    def settle(result: BaseModel | None) -> None:
-        if not arrived.done():
-            arrived.set_result(result)
-
-    def deliver(result: BaseModel) -> None:  # on the thread that finished the work
-        try:
-            loop.call_soon_threadsafe(settle, result)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            return
-
-    subscribe(deliver)
-    timer = loop.call_later(seconds, settle, None)  # a timer, not a cancel scope: the wait's limit
-    try:
-        result = await arrived
-    finally:
-        timer.cancel()
-    return result if result is not None else unfinished(seconds)
+        return delivered[0] if delivered else None
 
 
 def _call_soon(token: anyio.lowlevel.EventLoopToken, fn: Callable[[], None]) -> None:
