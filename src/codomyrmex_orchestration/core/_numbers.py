@@ -1,0 +1,53 @@
+"""Numbers given at an API boundary (seconds, counts, amounts), checked the same way everywhere: each
+refusal is an :class:`InvalidInputError` naming the field and what would be accepted.
+
+Pure functions, shared by the resource manager and the scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+
+from codomyrmex_orchestration.errors import InvalidInputError
+
+__all__ = ["check_seconds", "parse_number", "shown"]
+
+
+def parse_number(value: object, *, field: str, accepted: str) -> float:
+    """``value`` (a number or a numeric string) as a finite float; ``accepted`` is said when it is not."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}") from None
+    except OverflowError:  # an integer beyond the largest float (about 1.8e308)
+        raise InvalidInputError(field, f"{shown(value)} is too large; use {accepted}") from None
+    if math.isnan(number) or math.isinf(number):
+        raise InvalidInputError(field, f"{shown(value)} is not a finite number; use {accepted}")
+    return number
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, kept short: a huge integer is named by its number of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {math.floor(math.log10(abs(value))) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def check_seconds(
+    value: float | None, name: str, *, allow_zero: bool, at_most: float | None = None
+) -> float | None:
+    """``value`` as seconds (None stays None): finite, > 0 (or >= 0 when ``allow_zero``), and no more
+    than ``at_most`` when given."""
+    if value is None:
+        return None
+    number = parse_number(value, field=name, accepted="seconds as a finite number")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidInputError(name, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+    if at_most is not None and number > at_most:
+        raise InvalidInputError(
+            name, f"must be at most {at_most:.12g} seconds ({at_most / 86400:g} days), got {shown(value)}"
+        )
+    return number
