@@ -103,6 +103,16 @@ def test_an_unknown_dependency_name_is_invalid_input() -> None:
         executor.execute_tasks({"a": lambda: 1}, {"a": ["nope"]})
 
 
+def test_a_task_name_that_is_not_a_string_is_refused_naming_tasks_and_the_key() -> None:
+    start = time.monotonic()
+    with ParallelExecutor(max_workers=2, timeout=3) as executor:
+        with pytest.raises(InvalidInputError, match=r"^tasks: task names must be strings, got the key 1$"):
+            executor.execute_tasks({1: lambda: "one", 2: lambda: "two"})  # type: ignore[dict-item]  # on purpose
+        assert executor.execute_tasks({"ok": lambda: "fine"})["ok"].result == "fine"
+        assert executor.orchestrator.health()["workers_alive"] >= 1
+    assert time.monotonic() - start < 3
+
+
 def test_a_dependency_cycle_is_reported_with_its_path() -> None:
     with ParallelExecutor(max_workers=1) as executor, pytest.raises(CycleDetectedError) as info:
         executor.execute_tasks({"a": lambda: 1, "b": lambda: 2, "c": lambda: 3}, {"a": ["b"], "b": ["a"]})

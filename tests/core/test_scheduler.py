@@ -596,6 +596,58 @@ def test_failing_listeners_and_callbacks_do_not_break_the_scheduler(make_orch: A
     assert orch.health()["workers_alive"] >= 1
 
 
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("name", {"name": 123}),
+        ("name", {"name": None}),
+        ("step_name", {"name": "x", "step_name": 5}),
+        ("run_id", {"name": "x", "run_id": 7}),
+        ("session_id", {"name": "x", "session_id": ["unhashable"]}),
+    ],
+)
+def test_a_name_or_id_that_is_not_a_string_is_refused_at_submission_naming_the_field(
+    make_orch: Any, field: str, kwargs: dict[str, Any]
+) -> None:
+    orch = make_orch(1)
+    with pytest.raises(InvalidInputError, match=rf"^{field}: must be a string"):
+        orch.submit(lambda ctx: 1, on_done=lambda record: None, **kwargs)
+    assert orch.get_execution_stats()["submitted_total"] == 0
+    assert orch.wait(orch.submit(lambda ctx: "ok", name="ok", on_done=lambda r: None), WAIT).result == "ok"
+
+
+class Abort(BaseException):
+    """What a callback may raise that is not an ``Exception`` (as ``SystemExit`` is not)."""
+
+
+@pytest.mark.parametrize("failure", ["on_done raises", "a listener and on_done raise", "no record"])
+def test_a_failure_while_a_task_settles_neither_kills_its_worker_nor_leaves_the_task_running(
+    make_orch: Any, failure: str
+) -> None:
+    orch = make_orch(1)
+    heard: list[Any] = []
+
+    def on_done(state: Any) -> None:
+        heard.append(state.status)
+        if failure != "no record":
+            raise Abort("from on_done")
+
+    def listener(event: str, record: TaskRecord) -> None:
+        raise SystemExit("from a listener")
+
+    settings = None
+    if failure == "a listener and on_done raise":
+        orch.add_listener(listener)
+    elif failure == "no record":  # a hand-made TaskSettings skips the checks: its record cannot validate
+        settings = orch.settings()._replace(run_id=7)
+    task_id = orch.submit(lambda ctx: 42, name="answer", on_done=on_done, settings=settings)
+    record = orch.wait(task_id, WAIT)
+    assert (record.status, record.result, heard) == (TaskStatus.COMPLETED, 42, [TaskStatus.COMPLETED])
+    assert orch.wait(orch.submit(lambda ctx: "next", name="next"), WAIT).result == "next"
+    health = orch.health()
+    assert (health["workers_alive"], health["running"], health["active"]) == (1, 0, 0)
+
+
 def test_on_done_runs_once_for_every_way_a_task_ends(make_orch: Any) -> None:
     orch = make_orch(1)
     finals: dict[str, list[TaskStatus]] = {}

@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from codomyrmex_orchestration.core._callbacks import safe_call
 from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import (
@@ -57,7 +58,7 @@ from codomyrmex_orchestration.errors import (
     StepTimeoutError,
 )
 
-__all__ = ["MAX_QUEUED_SETTING", "Dispatcher", "safe_call"]
+__all__ = ["MAX_QUEUED_SETTING", "Dispatcher"]
 
 #: The setting named when the cap on queued tasks refuses a submission.
 MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
@@ -684,10 +685,3 @@ def _deliver(out: Outbox) -> list[Task]:
 
 def _noop(ctx: ActionContext) -> None:
     return None
-
-
-def safe_call(fn: Callable[..., Any], kind: str, task: Task, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        _log.exception("scheduler.callback_failed", callback=kind, task_id=task.id, task=task.name)

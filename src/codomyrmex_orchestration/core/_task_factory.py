@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from codomyrmex_orchestration.core._numbers import shown
 from codomyrmex_orchestration.core._retry import RetryPolicy
 from codomyrmex_orchestration.core._task import Task, TaskGroup
 from codomyrmex_orchestration.core.actions import (
@@ -100,6 +101,10 @@ class TaskFactory:
         group: TaskGroup | None = None,
     ) -> TaskSettings:
         """The settings tasks share, checked (see :meth:`TaskOrchestrator.submit`)."""
+        if run_id is not None and not isinstance(run_id, str):
+            raise _not_text("run_id", run_id)
+        if session_id is not None and not isinstance(session_id, str):  # a key of the ready queue
+            raise _not_text("session_id", session_id)
         if timeout is not None and not timeout > 0:
             raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
         retry = RetryPolicy.of(max_retries, retry_delay, backoff)
@@ -126,6 +131,10 @@ class TaskFactory:
         """A new task with the next id (not queued yet). ``instant``: its callable returns at once and
         never blocks (an action task is instant when its action is); never so on a backend that runs
         the action elsewhere, since the worker then waits for it."""
+        if not isinstance(name, str):  # every record of the task carries it
+            raise InvalidInputError("name", f"must be a string, got {shown(name)}")
+        if step_name is not None and not isinstance(step_name, str):
+            raise _not_text("step_name", step_name)
         priority, timeout, retry, resources, run_id, live_state, session_id, group = settings
         if action is not None:
             if fn is None:
@@ -145,6 +154,10 @@ class TaskFactory:
         deps = tuple(dependencies)
         run = (run_id, step_name, on_start, on_done, live_state, session_id, group, instant)
         return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
+
+
+def _not_text(field: str, value: object) -> InvalidInputError:
+    return InvalidInputError(field, f"must be a string or None, got {shown(value)}")
 
 
 def _action_callable(definition: ActionDefinition, call: ActionCall) -> TaskCallable:

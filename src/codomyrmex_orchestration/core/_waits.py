@@ -9,7 +9,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
+from codomyrmex_orchestration.core._callbacks import safe_call
+from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._task import Task
 from codomyrmex_orchestration.core.models import TaskRecord
 from codomyrmex_orchestration.core.timers import wait_limit

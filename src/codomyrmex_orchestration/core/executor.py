@@ -111,11 +111,14 @@ class ParallelExecutor:
         A task whose dependency did not complete is not run (SKIPPED).
 
         Raises:
-            InvalidInputError: a dependency names an unknown task, or a value is not callable.
+            InvalidInputError: a name is not a string, a dependency names an unknown task, or a value
+                is not callable.
             CycleDetectedError: the dependencies form a cycle (``.cycle`` has the path).
         """
         deps = {name: list(dependencies.get(name, ())) if dependencies else [] for name in tasks}
         for name, fn in tasks.items():
+            if not isinstance(name, str):  # the name of the task's record
+                raise InvalidInputError("tasks", f"task names must be strings, got the key {name!r}")
             if not callable(fn):
                 raise InvalidInputError(
                     f"tasks.{name}", f"must be a callable taking no arguments, got {fn!r}"

@@ -267,7 +267,7 @@ class TaskOrchestrator:
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
             TaskNotFoundError: a dependency id is unknown (or its record was already evicted).
-            InvalidInputError: a bad timeout / retry setting.
+            InvalidInputError: a bad timeout / retry setting, a name or id that is not a string.
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
