@@ -337,7 +337,7 @@ class Dispatcher:
 
     def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
         task, result, failure, finished_at, mono, outcome = ended
-        if not self.pool.call_returned_locked(worker, claimed=outcome is not None):
+        if not self.pool.call_returned_locked(worker, outcome is not None, out.handles):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
         task.worker = None
@@ -380,8 +380,11 @@ class Dispatcher:
         """The running attempt of ``task`` is over for us; its thread's slot goes to a new worker. False
         if its worker claimed the outcome first (the call returned): the task ends as its worker says."""
         worker = task.worker
-        if worker is not None and not self.pool.abandon_locked(worker, task):
-            return False
+        if worker is not None:
+            # The call may still be inside what it was admitted for: the pool keeps that until it returns.
+            if not self.pool.abandon_locked(worker, task, task.resource_handle):
+                return False
+            task.resource_handle = None
         task.worker = None
         self.running -= 1
         _cancel_timer(task)
