@@ -815,6 +815,26 @@ def test_execution_stats_count_by_status_and_priority(make_orch: Any) -> None:
     assert stats["submitted_total"] == 2 and stats["uptime_seconds"] > 0
 
 
+def test_list_tasks_takes_a_status_or_its_value_and_refuses_unknown_ones_and_limits_below_one(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(2)
+    done = [orch.submit(lambda ctx: 1, name=f"ok{i}") for i in range(3)]
+    failed = orch.submit(lambda ctx: 1 / 0, name="bad")
+    orch.wait_all([*done, failed], timeout=WAIT)
+    for status in (TaskStatus.COMPLETED, "completed", "COMPLETED"):
+        assert [r.name for r in orch.list_tasks(status=status)] == ["ok2", "ok1", "ok0"]
+    assert [r.name for r in orch.list_tasks(status="failed", limit=5)] == ["bad"]
+    assert [r.name for r in orch.list_tasks(limit=1)] == ["bad"]
+    with pytest.raises(
+        InvalidInputError, match=r"^status: 'bogus' is not a task status; use one of pending, "
+    ):
+        orch.list_tasks(status="bogus")
+    for limit in (0, -1, 2.5, "5"):
+        with pytest.raises(InvalidInputError, match=r"^limit: must be a whole number of at least 1"):
+            orch.list_tasks(limit=limit)
+
+
 def test_only_the_newest_finished_records_are_kept(make_orch: Any) -> None:
     orch = make_orch(1, max_finished=2)
     ids = [orch.submit(lambda ctx: None, name=f"t{i}") for i in range(4)]

@@ -10,7 +10,7 @@ import math
 
 from codomyrmex_orchestration.errors import InvalidInputError
 
-__all__ = ["check_seconds", "parse_number", "shown"]
+__all__ = ["check_count", "check_seconds", "parse_number", "shown"]
 
 
 def parse_number(value: object, *, field: str, accepted: str) -> float:
@@ -51,3 +51,17 @@ def check_seconds(
             name, f"must be at most {at_most:.12g} seconds ({at_most / 86400:g} days), got {shown(value)}"
         )
     return number
+
+
+def check_count(value: object, name: str, *, at_least: int, at_most: int | None = None) -> int:
+    """``value`` as a whole number from ``at_least`` (to ``at_most`` when given); a bool, a fraction or
+    a string is refused."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < at_least
+        or (at_most is not None and value > at_most)
+    ):
+        bounds = f"from {at_least} to {at_most}" if at_most is not None else f"of at least {at_least}"
+        raise InvalidInputError(name, f"must be a whole number {bounds}, got {shown(value)}")
+    return value

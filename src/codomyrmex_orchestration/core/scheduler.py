@@ -27,6 +27,7 @@ import structlog
 
 from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._numbers import check_count, shown
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
@@ -364,16 +365,17 @@ class TaskOrchestrator:
         with self._d.lock:
             return self._d.table.require(task_id).snapshot()
 
-    def list_tasks(self, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Up to ``limit`` records (most recently submitted first), optionally of one status."""
+    def list_tasks(self, status: TaskStatus | str | None = None, limit: int = 100) -> list[TaskRecord]:
+        """Up to ``limit`` records (most recently submitted first), optionally of one ``status`` (a
+        :class:`TaskStatus` or its value: ``"completed"``).
+
+        Raises:
+            InvalidInputError: an unknown ``status`` (the message lists them), or ``limit`` below 1.
+        """
+        wanted = None if status is None else _task_status(status)
+        limit = check_count(limit, "limit", at_least=1)
         with self._d.lock:
-            out: list[TaskRecord] = []
-            for task in reversed(self._d.table.tasks.values()):
-                if status is None or task.status is status:
-                    out.append(task.snapshot())
-                    if len(out) >= limit:
-                        break
-            return out
+            return self._d.table.records(wanted, limit)
 
     def group_starts(self, group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
         """``(attempts, first start time)`` of the tasks of ``group`` that started and are not final, by
@@ -518,6 +520,18 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _task_status(value: object) -> TaskStatus:
+    """A :class:`TaskStatus` from itself or its value (in any case)."""
+    if isinstance(value, str):
+        try:
+            return TaskStatus(value.lower())
+        except ValueError:
+            pass
+    raise InvalidInputError(
+        "status", f"{shown(value)} is not a task status; use one of {', '.join(TaskStatus)}"
+    )
 
 
 def _checked_sizes(max_workers: int | None, max_queued: int | None, max_finished: int) -> int:
