@@ -459,6 +459,63 @@ def test_an_unknown_dependency_id_is_an_error_at_submission(make_orch: Any) -> N
     assert orch.get_execution_stats()["submitted_total"] == 0
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("retry_delay", {"max_retries": 1, "retry_delay": INF}),
+        ("retry_delay", {"max_retries": 2, "retry_delay": NAN}),
+        ("backoff", {"max_retries": 3, "retry_delay": 0.01, "backoff": INF}),
+        ("backoff", {"max_retries": 3, "retry_delay": 0.01, "backoff": 1e308}),
+        ("max_retries", {"max_retries": NAN}),
+        ("max_retries", {"max_retries": 1.5}),
+        ("priority", {"priority": "urgent"}),
+        ("priority", {"priority": 7}),
+        ("timeout", {"timeout": "soon"}),
+        ("timeout", {"timeout": NAN}),
+        ("timeout", {"timeout": True}),
+        ("dependencies", {"dependencies": "abc"}),
+        ("dependencies", {"dependencies": [1]}),
+        ("fn", {"fn": 5}),
+    ],
+)
+def test_bad_submit_arguments_are_refused_naming_the_argument(
+    make_orch: Any, field: str, kwargs: dict[str, Any]
+) -> None:
+    orch = make_orch(1)
+    fn = kwargs.get("fn", lambda ctx: 1 / 0)
+    with pytest.raises(InvalidInputError, match=rf"^{field}: "):
+        orch.submit(fn, name="x", **{k: v for k, v in kwargs.items() if k != "fn"})
+    assert orch.get_execution_stats()["submitted_total"] == 0
+
+
+def test_a_priority_may_be_named_in_any_case_and_a_timeout_given_as_text(make_orch: Any) -> None:
+    orch = make_orch(1)
+    ids = [orch.submit(lambda ctx: 1, name=p, priority=p, timeout="30") for p in ("high", "LOW", "Critical")]
+    records = orch.wait_all(ids, timeout=WAIT)
+    assert [r.priority for r in records] == [TaskPriority.HIGH, TaskPriority.LOW, TaskPriority.CRITICAL]
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("max_workers", {"max_workers": "2"}),
+        ("max_workers", {"max_workers": 1.5}),
+        ("max_workers", {"max_workers": True}),
+        ("max_queued", {"max_queued": 0}),
+        ("max_finished", {"max_finished": -1}),
+        ("max_abandoned", {"max_abandoned": -1}),
+    ],
+)
+def test_scheduler_sizes_that_are_not_whole_numbers_in_range_are_refused(
+    field: str, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidInputError, match=rf"^{field}: must be a whole number"):
+        TaskOrchestrator(**kwargs)
+
+
 # --------------------------------------------------------------------------- waiting
 
 
@@ -470,6 +527,20 @@ def test_wait_raises_wait_timeout_error_when_the_task_is_still_running(make_orch
     assert isinstance(info.value, TimeoutError)
     release.set()
     assert orch.wait(task_id, timeout=None).result == "released"
+
+
+def test_a_wait_refuses_a_negative_or_nan_timeout_and_with_zero_only_looks(make_orch: Any) -> None:
+    orch = make_orch(1)
+    task_id, release = blocker(orch)
+    for bad in (-1, NAN, "soon"):
+        with pytest.raises(InvalidInputError, match=r"^timeout: "):
+            orch.wait(task_id, bad)
+        with pytest.raises(InvalidInputError, match=r"^timeout: "):
+            orch.wait_all([task_id], bad)
+    with pytest.raises(WaitTimeoutError, match="within 0 s"):
+        orch.wait(task_id, 0)
+    release.set()
+    assert orch.wait(task_id, INF).status is TaskStatus.COMPLETED
 
 
 def test_wait_all_shares_one_timeout(make_orch: Any) -> None:

@@ -13,8 +13,9 @@ from codomyrmex_orchestration.errors import InvalidInputError
 __all__ = ["check_count", "check_seconds", "parse_number", "shown"]
 
 
-def parse_number(value: object, *, field: str, accepted: str) -> float:
-    """``value`` (a number or a numeric string) as a finite float; ``accepted`` is said when it is not."""
+def parse_number(value: object, *, field: str, accepted: str, allow_inf: bool = False) -> float:
+    """``value`` (a number or a numeric string) as a finite float (``allow_inf``: or +infinity);
+    ``accepted`` is said when it is not."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}")
     try:
@@ -23,7 +24,7 @@ def parse_number(value: object, *, field: str, accepted: str) -> float:
         raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}") from None
     except OverflowError:  # an integer beyond the largest float (about 1.8e308)
         raise InvalidInputError(field, f"{shown(value)} is too large; use {accepted}") from None
-    if math.isnan(number) or math.isinf(number):
+    if math.isnan(number) or (math.isinf(number) and not (allow_inf and number > 0)):
         raise InvalidInputError(field, f"{shown(value)} is not a finite number; use {accepted}")
     return number
 
@@ -37,13 +38,19 @@ def shown(value: object) -> str:
 
 
 def check_seconds(
-    value: float | None, name: str, *, allow_zero: bool, at_most: float | None = None
+    value: float | None,
+    name: str,
+    *,
+    allow_zero: bool,
+    at_most: float | None = None,
+    unlimited: bool = False,
 ) -> float | None:
     """``value`` as seconds (None stays None): finite, > 0 (or >= 0 when ``allow_zero``), and no more
-    than ``at_most`` when given."""
+    than ``at_most`` when given. ``unlimited``: infinity is accepted too (a wait without limit)."""
     if value is None:
         return None
-    number = parse_number(value, field=name, accepted="seconds as a finite number")
+    accepted = "seconds as a number (inf: without limit)" if unlimited else "seconds as a finite number"
+    number = parse_number(value, field=name, accepted=accepted, allow_inf=unlimited)
     if number < 0 or (number == 0 and not allow_zero):
         raise InvalidInputError(name, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
     if at_most is not None and number > at_most:

@@ -141,7 +141,7 @@ class TaskOrchestrator:
         timers: TimerService | None = None,
         max_queued: int | None = None,
     ) -> None:
-        max_workers = _checked_sizes(max_workers, max_queued, max_finished)
+        max_workers, max_abandoned = _checked_sizes(max_workers, max_queued, max_finished, max_abandoned)
         self.name = name
         self.max_workers = max_workers
         self._resources = resource_manager
@@ -151,7 +151,7 @@ class TaskOrchestrator:
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
             max_workers=max_workers,
-            max_abandoned=max_workers if max_abandoned is None else max(0, max_abandoned),
+            max_abandoned=max_abandoned,
             max_finished=max_finished,
             name=name,
             resources=resource_manager,
@@ -196,7 +196,7 @@ class TaskOrchestrator:
         the arguments are :meth:`submit`'s of the same names.
 
         Raises:
-            InvalidInputError: a bad timeout / retry setting.
+            InvalidInputError: a bad priority, timeout or retry setting, an id that is not a string.
             InsufficientResourcesError: ``resources`` can never be satisfied.
         """
         return self._factory.settings(
@@ -242,11 +242,13 @@ class TaskOrchestrator:
             fn: called on a worker thread with an :class:`ActionContext`; its return value is the result.
                 May be ``None`` when ``action`` is given (the action is then looked up in the registry).
             name: a label for records and logs.
-            priority: lower values run first; within a level sessions take turns, FIFO within a session.
+            priority: lower values run first (a name such as ``"high"`` too); within a level sessions
+                take turns, FIFO within a session.
             dependencies: task ids that must complete first; if one ends in any other way this task
-                is SKIPPED.
-            timeout: seconds per attempt; the attempt is then TIMED_OUT (its ``cancel_event`` set).
-            max_retries, retry_delay, backoff: see :class:`~._retry.RetryPolicy`.
+                is SKIPPED. A completed one counts at once while its record is kept (see ``max_finished``).
+            timeout: seconds per attempt (inf: no limit); the attempt is then TIMED_OUT (its
+                ``cancel_event`` set).
+            max_retries, retry_delay, backoff: see :class:`~._retry.RetryPolicy` (a step's ranges).
             resources: requirements held while an attempt runs (needs a ``resource_manager``).
             run_id, step_name: set when the task is a workflow step.
             on_start: called with a record snapshot when each attempt starts.
@@ -268,7 +270,7 @@ class TaskOrchestrator:
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
             TaskNotFoundError: a dependency id is unknown (or its record was already evicted).
-            InvalidInputError: a bad timeout / retry setting, a name or id that is not a string.
+            InvalidInputError: an argument of the wrong type or out of range (the message names it).
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
@@ -384,15 +386,8 @@ class TaskOrchestrator:
             return {t.step_name or t.name: (t.attempts, t.started_at) for t in group.tasks if t.attempts}
 
     def wait(self, task_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> TaskRecord:
-        """Block until the task is final (and its callbacks have run) and return its record.
-
-        Args:
-            timeout: seconds (default :data:`DEFAULT_WAIT_TIMEOUT`); ``None``: without limit.
-
-        Raises:
-            TaskNotFoundError: unknown id (or a finished record already evicted).
-            WaitTimeoutError: the task is still not final after ``timeout`` (it goes on running).
-        """
+        """Block until the task is final (and its callbacks have run) and return its record: what
+        :meth:`wait_all` does for one task, with the same ``timeout`` and errors."""
         return self.wait_all([task_id], timeout)[0]
 
     def wait_all(
@@ -402,9 +397,13 @@ class TaskOrchestrator:
 
         The tasks are looked up once at the start, so records evicted while waiting are still returned.
 
+        Args:
+            timeout: seconds, 0 or more (default :data:`DEFAULT_WAIT_TIMEOUT`); ``None`` or inf: no limit.
+
         Raises:
-            TaskNotFoundError: an unknown id.
-            WaitTimeoutError: not all were final in time.
+            TaskNotFoundError: an unknown id (or a finished record already evicted).
+            WaitTimeoutError: not all were final in time (they go on running).
+            InvalidInputError: a negative or NaN ``timeout``.
         """
         return wait_all(self._d, task_ids, timeout)
 
@@ -534,14 +533,17 @@ def _task_status(value: object) -> TaskStatus:
     )
 
 
-def _checked_sizes(max_workers: int | None, max_queued: int | None, max_finished: int) -> int:
-    """``max_workers`` (its default when ``None``), once the scheduler's three sizes are checked."""
+def _checked_sizes(
+    max_workers: int | None, max_queued: int | None, max_finished: int, max_abandoned: int | None
+) -> tuple[int, int]:
+    """``max_workers`` and ``max_abandoned`` (their defaults for ``None``), once the scheduler's sizes
+    are checked: whole numbers, ``max_queued`` (``None``: no cap) and ``max_workers`` at least 1."""
     if max_workers is None:
         max_workers = min(32, (os.cpu_count() or 1) + 4)
-    if max_workers < 1:
-        raise InvalidInputError("max_workers", f"must be at least 1, got {max_workers}")
-    if max_queued is not None and max_queued < 1:
-        raise InvalidInputError("max_queued", f"must be at least 1 or null, got {max_queued}")
-    if max_finished < 0:
-        raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
-    return max_workers
+    check_count(max_workers, "max_workers", at_least=1)
+    if max_queued is not None:
+        check_count(max_queued, "max_queued", at_least=1)
+    check_count(max_finished, "max_finished", at_least=0)
+    if max_abandoned is None:
+        return max_workers, max_workers
+    return max_workers, check_count(max_abandoned, "max_abandoned", at_least=0)
