@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -101,6 +103,49 @@ def test_a_task_group_list_gives_results_in_order() -> None:
 def test_an_unknown_dependency_name_is_invalid_input() -> None:
     with ParallelExecutor(max_workers=1) as executor, pytest.raises(InvalidInputError, match="nope"):
         executor.execute_tasks({"a": lambda: 1}, {"a": ["nope"]})
+
+
+def test_a_task_name_that_is_not_a_string_is_refused_naming_tasks_and_the_key() -> None:
+    start = time.monotonic()
+    with ParallelExecutor(max_workers=2, timeout=3) as executor:
+        with pytest.raises(InvalidInputError, match=r"^tasks: task names must be strings, got the key 1$"):
+            executor.execute_tasks({1: lambda: "one", 2: lambda: "two"})  # type: ignore[dict-item]  # on purpose
+        assert executor.execute_tasks({"ok": lambda: "fine"})["ok"].result == "fine"
+        assert executor.orchestrator.health()["workers_alive"] >= 1
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize(
+    ("tasks", "dependencies", "field"),
+    [
+        (None, None, "tasks"),
+        ([lambda: 1], None, "tasks"),
+        ({"a": lambda: 1}, ["a"], "dependencies"),
+        ({"a": lambda: 1}, {"a": None}, "dependencies.a"),
+        ({"a": lambda: 1, "b": lambda: 2, "c": lambda: 3}, {"a": "bc"}, "dependencies.a"),
+    ],
+)
+def test_tasks_and_dependencies_of_the_wrong_shape_are_refused_naming_the_key(
+    tasks: Any, dependencies: Any, field: str
+) -> None:
+    with ParallelExecutor(max_workers=1) as executor:
+        with pytest.raises(InvalidInputError, match=rf"^{re.escape(field)}: "):
+            executor.execute_tasks(tasks, dependencies)
+        assert executor.orchestrator.get_execution_stats()["submitted_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_workers": "2"}, "max_workers"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
+def test_bad_executor_settings_are_refused_naming_them(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInputError, match=rf"^{field}: "):
+        ParallelExecutor(**kwargs)
 
 
 def test_a_dependency_cycle_is_reported_with_its_path() -> None:

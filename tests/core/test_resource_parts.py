@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from codomyrmex_orchestration.core._resource_config import apply_config, check_seconds, parse_amount
+from codomyrmex_orchestration.core._numbers import check_seconds
+from codomyrmex_orchestration.core._resource_config import apply_config, parse_amount
 from codomyrmex_orchestration.core._resource_ledger import ResourceLedger
 from codomyrmex_orchestration.core._resource_probe import free_disk_mib, machine_resources, memory_mib
 from codomyrmex_orchestration.core._resource_types import MAX_TTL_SECONDS, Resource, ResourceType

@@ -682,6 +682,43 @@ def test_a_running_task_keeps_its_burst_admission_until_it_ends() -> None:
         assert rm.check_invariants() == []
 
 
+@pytest.mark.parametrize("given_up", [TaskStatus.TIMED_OUT, TaskStatus.CANCELLED])
+def test_a_task_given_up_on_keeps_the_lock_until_its_call_returns(
+    state_dir: Path, given_up: TaskStatus
+) -> None:
+    # Its record is final at once, but a call that ignores its cancel event is still inside the mutex:
+    # the next holder must not enter before it leaves.
+    with (
+        ResourceManager(state_dir=state_dir, worker_threads=4) as rm,
+        TaskOrchestrator(4, resource_manager=rm, name="mutex") as orch,
+    ):
+        inside, leave = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def first(ctx: Any) -> None:
+            inside.set()
+            leave.wait(WAIT)  # a blocking call that cannot be interrupted
+            order.append("first leaves")
+
+        timeout = 0.05 if given_up is TaskStatus.TIMED_OUT else None
+        holder = orch.submit(first, name="first", resources={"lock": 1}, timeout=timeout)
+        assert inside.wait(WAIT)
+        waiter = orch.submit(lambda ctx: order.append("second enters"), name="second", resources={"lock": 1})
+        if given_up is TaskStatus.CANCELLED:
+            assert orch.cancel_task(holder)
+        assert orch.wait(holder, WAIT).status is given_up
+        [held] = rm.get_allocations(holder)
+        assert held.resource_id == "lock" and rm.get_usage("lock")["allocated"] == 1
+        assert orch.get_task(waiter).status is TaskStatus.READY
+        health = orch.health()
+        assert (health["abandoned"], health["abandoned_holding_resources"]) == (1, 1)
+        leave.set()
+        assert orch.wait(waiter, WAIT).status is TaskStatus.COMPLETED
+        assert order == ["first leaves", "second enters"]
+        assert rm.get_allocations(holder) == [] and rm.get_usage("lock")["allocated"] == 0
+        assert orch.health()["abandoned_holding_resources"] == 0
+
+
 def test_try_acquire_reports_a_requesters_shortage_once(manager: ResourceManager) -> None:
     log = EventLog()
     manager.add_listener(log)

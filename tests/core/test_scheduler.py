@@ -459,6 +459,63 @@ def test_an_unknown_dependency_id_is_an_error_at_submission(make_orch: Any) -> N
     assert orch.get_execution_stats()["submitted_total"] == 0
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("retry_delay", {"max_retries": 1, "retry_delay": INF}),
+        ("retry_delay", {"max_retries": 2, "retry_delay": NAN}),
+        ("backoff", {"max_retries": 3, "retry_delay": 0.01, "backoff": INF}),
+        ("backoff", {"max_retries": 3, "retry_delay": 0.01, "backoff": 1e308}),
+        ("max_retries", {"max_retries": NAN}),
+        ("max_retries", {"max_retries": 1.5}),
+        ("priority", {"priority": "urgent"}),
+        ("priority", {"priority": 7}),
+        ("timeout", {"timeout": "soon"}),
+        ("timeout", {"timeout": NAN}),
+        ("timeout", {"timeout": True}),
+        ("dependencies", {"dependencies": "abc"}),
+        ("dependencies", {"dependencies": [1]}),
+        ("fn", {"fn": 5}),
+    ],
+)
+def test_bad_submit_arguments_are_refused_naming_the_argument(
+    make_orch: Any, field: str, kwargs: dict[str, Any]
+) -> None:
+    orch = make_orch(1)
+    fn = kwargs.get("fn", lambda ctx: 1 / 0)
+    with pytest.raises(InvalidInputError, match=rf"^{field}: "):
+        orch.submit(fn, name="x", **{k: v for k, v in kwargs.items() if k != "fn"})
+    assert orch.get_execution_stats()["submitted_total"] == 0
+
+
+def test_a_priority_may_be_named_in_any_case_and_a_timeout_given_as_text(make_orch: Any) -> None:
+    orch = make_orch(1)
+    ids = [orch.submit(lambda ctx: 1, name=p, priority=p, timeout="30") for p in ("high", "LOW", "Critical")]
+    records = orch.wait_all(ids, timeout=WAIT)
+    assert [r.priority for r in records] == [TaskPriority.HIGH, TaskPriority.LOW, TaskPriority.CRITICAL]
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("max_workers", {"max_workers": "2"}),
+        ("max_workers", {"max_workers": 1.5}),
+        ("max_workers", {"max_workers": True}),
+        ("max_queued", {"max_queued": 0}),
+        ("max_finished", {"max_finished": -1}),
+        ("max_abandoned", {"max_abandoned": -1}),
+    ],
+)
+def test_scheduler_sizes_that_are_not_whole_numbers_in_range_are_refused(
+    field: str, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidInputError, match=rf"^{field}: must be a whole number"):
+        TaskOrchestrator(**kwargs)
+
+
 # --------------------------------------------------------------------------- waiting
 
 
@@ -470,6 +527,20 @@ def test_wait_raises_wait_timeout_error_when_the_task_is_still_running(make_orch
     assert isinstance(info.value, TimeoutError)
     release.set()
     assert orch.wait(task_id, timeout=None).result == "released"
+
+
+def test_a_wait_refuses_a_negative_or_nan_timeout_and_with_zero_only_looks(make_orch: Any) -> None:
+    orch = make_orch(1)
+    task_id, release = blocker(orch)
+    for bad in (-1, NAN, "soon"):
+        with pytest.raises(InvalidInputError, match=r"^timeout: "):
+            orch.wait(task_id, bad)
+        with pytest.raises(InvalidInputError, match=r"^timeout: "):
+            orch.wait_all([task_id], bad)
+    with pytest.raises(WaitTimeoutError, match="within 0 s"):
+        orch.wait(task_id, 0)
+    release.set()
+    assert orch.wait(task_id, INF).status is TaskStatus.COMPLETED
 
 
 def test_wait_all_shares_one_timeout(make_orch: Any) -> None:
@@ -594,6 +665,58 @@ def test_failing_listeners_and_callbacks_do_not_break_the_scheduler(make_orch: A
     orch.remove_listener(bad_listener)
     assert orch.wait(orch.submit(lambda ctx: 1, name="next"), WAIT).status is TaskStatus.COMPLETED
     assert orch.health()["workers_alive"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("name", {"name": 123}),
+        ("name", {"name": None}),
+        ("step_name", {"name": "x", "step_name": 5}),
+        ("run_id", {"name": "x", "run_id": 7}),
+        ("session_id", {"name": "x", "session_id": ["unhashable"]}),
+    ],
+)
+def test_a_name_or_id_that_is_not_a_string_is_refused_at_submission_naming_the_field(
+    make_orch: Any, field: str, kwargs: dict[str, Any]
+) -> None:
+    orch = make_orch(1)
+    with pytest.raises(InvalidInputError, match=rf"^{field}: must be a string"):
+        orch.submit(lambda ctx: 1, on_done=lambda record: None, **kwargs)
+    assert orch.get_execution_stats()["submitted_total"] == 0
+    assert orch.wait(orch.submit(lambda ctx: "ok", name="ok", on_done=lambda r: None), WAIT).result == "ok"
+
+
+class Abort(BaseException):
+    """What a callback may raise that is not an ``Exception`` (as ``SystemExit`` is not)."""
+
+
+@pytest.mark.parametrize("failure", ["on_done raises", "a listener and on_done raise", "no record"])
+def test_a_failure_while_a_task_settles_neither_kills_its_worker_nor_leaves_the_task_running(
+    make_orch: Any, failure: str
+) -> None:
+    orch = make_orch(1)
+    heard: list[Any] = []
+
+    def on_done(state: Any) -> None:
+        heard.append(state.status)
+        if failure != "no record":
+            raise Abort("from on_done")
+
+    def listener(event: str, record: TaskRecord) -> None:
+        raise SystemExit("from a listener")
+
+    settings = None
+    if failure == "a listener and on_done raise":
+        orch.add_listener(listener)
+    elif failure == "no record":  # a hand-made TaskSettings skips the checks: its record cannot validate
+        settings = orch.settings()._replace(run_id=7)
+    task_id = orch.submit(lambda ctx: 42, name="answer", on_done=on_done, settings=settings)
+    record = orch.wait(task_id, WAIT)
+    assert (record.status, record.result, heard) == (TaskStatus.COMPLETED, 42, [TaskStatus.COMPLETED])
+    assert orch.wait(orch.submit(lambda ctx: "next", name="next"), WAIT).result == "next"
+    health = orch.health()
+    assert (health["workers_alive"], health["running"], health["active"]) == (1, 0, 0)
 
 
 def test_on_done_runs_once_for_every_way_a_task_ends(make_orch: Any) -> None:
@@ -761,6 +884,26 @@ def test_execution_stats_count_by_status_and_priority(make_orch: Any) -> None:
     stats = orch.get_execution_stats()
     assert stats["by_status"]["completed"] == 2 and stats["completed_total"] == 2
     assert stats["submitted_total"] == 2 and stats["uptime_seconds"] > 0
+
+
+def test_list_tasks_takes_a_status_or_its_value_and_refuses_unknown_ones_and_limits_below_one(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(2)
+    done = [orch.submit(lambda ctx: 1, name=f"ok{i}") for i in range(3)]
+    failed = orch.submit(lambda ctx: 1 / 0, name="bad")
+    orch.wait_all([*done, failed], timeout=WAIT)
+    for status in (TaskStatus.COMPLETED, "completed", "COMPLETED"):
+        assert [r.name for r in orch.list_tasks(status=status)] == ["ok2", "ok1", "ok0"]
+    assert [r.name for r in orch.list_tasks(status="failed", limit=5)] == ["bad"]
+    assert [r.name for r in orch.list_tasks(limit=1)] == ["bad"]
+    with pytest.raises(
+        InvalidInputError, match=r"^status: 'bogus' is not a task status; use one of pending, "
+    ):
+        orch.list_tasks(status="bogus")
+    for limit in (0, -1, 2.5, "5"):
+        with pytest.raises(InvalidInputError, match=r"^limit: must be a whole number of at least 1"):
+            orch.list_tasks(limit=limit)
 
 
 def test_only_the_newest_finished_records_are_kept(make_orch: Any) -> None:

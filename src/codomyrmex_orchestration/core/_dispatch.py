@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from codomyrmex_orchestration.core._callbacks import safe_call
 from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import (
@@ -57,7 +58,7 @@ from codomyrmex_orchestration.errors import (
     StepTimeoutError,
 )
 
-__all__ = ["MAX_QUEUED_SETTING", "Dispatcher", "safe_call"]
+__all__ = ["MAX_QUEUED_SETTING", "Dispatcher"]
 
 #: The setting named when the cap on queued tasks refuses a submission.
 MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
@@ -340,7 +341,7 @@ class Dispatcher:
 
     def _end_attempt_locked(self, worker: Worker, ended: _Ended, out: Outbox) -> None:
         task, result, failure, finished_at, mono, outcome = ended
-        if not self.pool.call_returned_locked(worker, claimed=outcome is not None):
+        if not self.pool.call_returned_locked(worker, outcome is not None, out.handles):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
         task.worker = None
@@ -383,8 +384,11 @@ class Dispatcher:
         """The running attempt of ``task`` is over for us; its thread's slot goes to a new worker. False
         if its worker claimed the outcome first (the call returned): the task ends as its worker says."""
         worker = task.worker
-        if worker is not None and not self.pool.abandon_locked(worker, task):
-            return False
+        if worker is not None:
+            # The call may still be inside what it was admitted for: the pool keeps that until it returns.
+            if not self.pool.abandon_locked(worker, task, task.resource_handle):
+                return False
+            task.resource_handle = None
         task.worker = None
         self.running -= 1
         _cancel_timer(task)
@@ -688,10 +692,3 @@ def _deliver(out: Outbox) -> list[Task]:
 
 def _noop(ctx: ActionContext) -> None:
     return None
-
-
-def safe_call(fn: Callable[..., Any], kind: str, task: Task, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        _log.exception("scheduler.callback_failed", callback=kind, task_id=task.id, task=task.name)

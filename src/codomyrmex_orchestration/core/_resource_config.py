@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from codomyrmex_orchestration.core._numbers import parse_number, shown
 from codomyrmex_orchestration.core._resource_types import (
     EPS,
     MIB,
@@ -28,13 +29,10 @@ from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededErro
 
 __all__ = [
     "apply_config",
-    "check_seconds",
     "load_config_file",
     "parse_amount",
-    "parse_number",
     "parse_size_mib",
     "parse_type",
-    "shown",
 ]
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
@@ -81,29 +79,6 @@ def parse_size_mib(value: object, *, field: str = "amount", accepted: str = _SIZ
     return parse_number(value, field=field, accepted=accepted)
 
 
-def parse_number(value: object, *, field: str, accepted: str) -> float:
-    """``value`` (a number or a numeric string) as a finite float; ``accepted`` is said when it is not."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInputError(field, f"{shown(value)} is not a number; use {accepted}") from None
-    except OverflowError:  # an integer beyond the largest float (about 1.8e308)
-        raise InvalidInputError(field, f"{shown(value)} is too large; use {accepted}") from None
-    if math.isnan(number) or math.isinf(number):
-        raise InvalidInputError(field, f"{shown(value)} is not a finite number; use {accepted}")
-    return number
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` for a message, kept short: a huge integer is named by its number of digits."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
-        return f"an integer of {math.floor(math.log10(abs(value))) + 1} digits"
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def parse_amount(value: object, resource: Resource, *, field: str) -> float:
     """A requested amount in the resource's unit: finite, > 0, within min/max_allocation."""
     most = resource.capacity + resource.burst_limit
@@ -133,23 +108,6 @@ def parse_amount(value: object, resource: Resource, *, field: str) -> float:
     if resource.max_allocation is not None and number > resource.max_allocation + EPS:
         raise LimitExceededError(
             field, resource.max_allocation, number, f"the amount of one allocation of {resource.id!r}"
-        )
-    return number
-
-
-def check_seconds(
-    value: float | None, name: str, *, allow_zero: bool, at_most: float | None = None
-) -> float | None:
-    """``value`` as seconds (None stays None): finite, > 0 (or >= 0 when ``allow_zero``), and no more
-    than ``at_most`` when given."""
-    if value is None:
-        return None
-    number = parse_number(value, field=name, accepted="seconds as a finite number")
-    if number < 0 or (number == 0 and not allow_zero):
-        raise InvalidInputError(name, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
-    if at_most is not None and number > at_most:
-        raise InvalidInputError(
-            name, f"must be at most {at_most:.12g} seconds ({at_most / 86400:g} days), got {shown(value)}"
         )
     return number
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codomyrmex_orchestration.core._numbers import check_count, parse_number, shown
+from codomyrmex_orchestration.core.models import MAX_BACKOFF, MAX_RETRIES, MAX_RETRY_DELAY
 from codomyrmex_orchestration.errors import InvalidInputError
 
 __all__ = ["NO_RETRY", "RetryPolicy"]
@@ -18,7 +20,9 @@ class RetryPolicy:
     attempt before it ended.
 
     Raises:
-        InvalidInputError: a negative ``max_retries`` or ``retry_delay``, or ``backoff`` below 1.
+        InvalidInputError: a setting outside a workflow step's ranges (``max_retries`` a whole number
+            from 0 to 100, ``retry_delay`` 0 to 3600 seconds, ``backoff`` 1 to 10), which keep every
+            delay finite.
     """
 
     max_retries: int = 0
@@ -26,13 +30,11 @@ class RetryPolicy:
     backoff: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise InvalidInputError("max_retries", f"must be 0 or more, got {self.max_retries}")
-        if self.retry_delay < 0 or self.backoff < 1:
-            raise InvalidInputError(
-                "retry_delay",
-                f"retry_delay must be >= 0 and backoff >= 1, got {self.retry_delay}, {self.backoff}",
-            )
+        check_count(self.max_retries, "max_retries", at_least=0, at_most=MAX_RETRIES)
+        # Numbers as floats: a numeric string is accepted as everywhere seconds are.
+        delay = _within(self.retry_delay, "retry_delay", 0, MAX_RETRY_DELAY, "seconds")
+        object.__setattr__(self, "retry_delay", delay)
+        object.__setattr__(self, "backoff", _within(self.backoff, "backoff", 1, MAX_BACKOFF, "a number"))
 
     @classmethod
     def of(cls, max_retries: int = 0, retry_delay: float = 0.0, backoff: float = 2.0) -> RetryPolicy:
@@ -47,6 +49,14 @@ class RetryPolicy:
         if attempts > self.max_retries:
             return None
         return self.retry_delay * self.backoff ** (attempts - 1)
+
+
+def _within(value: object, name: str, low: float, high: float, what: str) -> float:
+    accepted = f"{what} from {low:g} to {high:g}"
+    number = parse_number(value, field=name, accepted=accepted)
+    if not low <= number <= high:
+        raise InvalidInputError(name, f"{shown(value)} is out of range; use {accepted}")
+    return number
 
 
 NO_RETRY = RetryPolicy()

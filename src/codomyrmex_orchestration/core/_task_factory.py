@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from codomyrmex_orchestration.core._numbers import check_seconds, shown
 from codomyrmex_orchestration.core._retry import RetryPolicy
 from codomyrmex_orchestration.core._task import Task, TaskGroup
 from codomyrmex_orchestration.core.actions import (
@@ -23,7 +24,7 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.actions._policy import pinned_extras
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
-from codomyrmex_orchestration.core.models import TaskPriority
+from codomyrmex_orchestration.core.models import TaskPriority, parse_priority
 from codomyrmex_orchestration.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -100,11 +101,16 @@ class TaskFactory:
         group: TaskGroup | None = None,
     ) -> TaskSettings:
         """The settings tasks share, checked (see :meth:`TaskOrchestrator.submit`)."""
-        if timeout is not None and not timeout > 0:
-            raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
+        if run_id is not None and not isinstance(run_id, str):
+            raise _not_text("run_id", run_id)
+        if session_id is not None and not isinstance(session_id, str):  # a key of the ready queue
+            raise _not_text("session_id", session_id)
+        if timeout is not None and not ((type(timeout) is float or type(timeout) is int) and timeout > 0):
+            # not a plain positive number (inf is one: without limit): refused, or a numeric string read
+            timeout = check_seconds(timeout, "timeout", allow_zero=False, unlimited=True)
         retry = RetryPolicy.of(max_retries, retry_delay, backoff)
         if type(priority) is not TaskPriority:
-            priority = TaskPriority(priority)
+            priority = _priority(priority)
         if resources:
             self._check_resources(resources)
         return TaskSettings(
@@ -126,6 +132,10 @@ class TaskFactory:
         """A new task with the next id (not queued yet). ``instant``: its callable returns at once and
         never blocks (an action task is instant when its action is); never so on a backend that runs
         the action elsewhere, since the worker then waits for it."""
+        if not isinstance(name, str):  # every record of the task carries it
+            raise InvalidInputError("name", f"must be a string, got {shown(name)}")
+        if step_name is not None and not isinstance(step_name, str):
+            raise _not_text("step_name", step_name)
         priority, timeout, retry, resources, run_id, live_state, session_id, group = settings
         if action is not None:
             if fn is None:
@@ -141,10 +151,45 @@ class TaskFactory:
             instant = instant and not self._backend.remote
         elif fn is None:
             raise InvalidInputError("fn", "give a callable, or an action (module, action, parameters)")
+        elif not callable(fn):
+            raise InvalidInputError("fn", f"must be a callable taking an ActionContext, got {shown(fn)}")
+        deps = _task_ids(dependencies) if dependencies else ()
         task_id = f"{self._id_prefix}{next(self._ids)}"
-        deps = tuple(dependencies)
         run = (run_id, step_name, on_start, on_done, live_state, session_id, group, instant)
         return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
+
+
+def _priority(value: object) -> TaskPriority:
+    try:
+        return parse_priority(value)
+    except ValueError:
+        raise InvalidInputError(
+            "priority",
+            f"{shown(value)} is not a priority; use critical, high, normal, low or background (or 0-4)",
+        ) from None
+
+
+def _task_ids(value: object) -> tuple[str, ...]:
+    """Dependencies: a list (or another iterable) of task ids; one string is refused, not read as ids of
+    one character each."""
+    if type(value) is list:
+        value = tuple(value)
+    elif type(value) is not tuple:
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            raise _not_ids(value)
+        value = tuple(value)
+    for task_id in value:
+        if not isinstance(task_id, str):
+            raise _not_ids(value)
+    return value
+
+
+def _not_ids(value: object) -> InvalidInputError:
+    return InvalidInputError("dependencies", f"must be a list of task ids (strings), got {shown(value)}")
+
+
+def _not_text(field: str, value: object) -> InvalidInputError:
+    return InvalidInputError(field, f"must be a string or None, got {shown(value)}")
 
 
 def _action_callable(definition: ActionDefinition, call: ActionCall) -> TaskCallable:

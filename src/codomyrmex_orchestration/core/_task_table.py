@@ -15,7 +15,7 @@ from typing import Any
 
 from codomyrmex_orchestration.core._task import FINAL, Task
 from codomyrmex_orchestration.core.graph import DependencyGraph
-from codomyrmex_orchestration.core.models import TaskPriority, TaskStatus
+from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskStatus
 from codomyrmex_orchestration.errors import TaskNotFoundError
 
 __all__ = ["TaskTable"]
@@ -166,6 +166,17 @@ class TaskTable:
             "retried_total": totals["retried"],
             "records_kept": len(self.tasks),
         }
+
+    def records(self, status: TaskStatus | None, limit: int) -> list[TaskRecord]:
+        """Snapshots of up to ``limit`` kept tasks, the most recently submitted first; of ``status`` only,
+        if given."""
+        out: list[TaskRecord] = []
+        for task in reversed(self.tasks.values()):
+            if status is None or task.status is status:
+                out.append(task.snapshot())
+                if len(out) >= limit:
+                    break
+        return out
 
     def count_retry(self) -> None:
         self.totals["retried"] += 1

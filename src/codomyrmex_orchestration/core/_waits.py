@@ -9,7 +9,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from codomyrmex_orchestration.core._dispatch import Dispatcher, safe_call
+from codomyrmex_orchestration.core._callbacks import safe_call
+from codomyrmex_orchestration.core._dispatch import Dispatcher
+from codomyrmex_orchestration.core._numbers import check_seconds
 from codomyrmex_orchestration.core._task import Task
 from codomyrmex_orchestration.core.models import TaskRecord
 from codomyrmex_orchestration.core.timers import wait_limit
@@ -19,9 +21,10 @@ __all__ = ["on_settled", "wait_all"]
 
 
 def wait_all(d: Dispatcher, task_ids: Iterable[str], timeout: float | None) -> list[TaskRecord]:
-    """Block until every task of ``task_ids`` settled, within one overall ``timeout`` (``None``: without
-    limit); their records in the same order (see ``TaskOrchestrator.wait_all``)."""
-    limit = wait_limit(timeout)
+    """Block until every task of ``task_ids`` settled, within one overall ``timeout`` (``None`` or inf:
+    without limit; negative or NaN: ``InvalidInputError``); their records in the same order (see
+    ``TaskOrchestrator.wait_all``)."""
+    limit = wait_limit(check_seconds(timeout, "timeout", allow_zero=True, unlimited=True))
     deadline = None if limit is None else time.monotonic() + limit
     pending: list[tuple[Task, threading.Event]] = []
     with d.lock:

@@ -42,11 +42,14 @@ class Worker:
     """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread, and
     ``claimed``, guarded by the pool's claims lock; ``abandoned`` is written holding both locks)."""
 
-    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "instant", "thread")
+    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "held", "instant", "thread")
 
     def __init__(self) -> None:
         self.claimed: object | None = None  # the last task whose outcome it kept (WorkerPool.claim)
         self.abandoned = False  # its task was given up on; its slot went to another worker
+        # What its abandoned call still holds (the task's resource admission): the call may still be
+        # using it, so it is handed back only when the call returns (see call_returned_locked).
+        self.held: object | None = None
         self.blocked = False  # inside lend_slot(): waiting on other scheduled work, slot lent
         self.gone = False  # left the pool: its thread returns
         self.instant = False  # inside the call of an instant task
@@ -158,10 +161,13 @@ class WorkerPool:
             self.returning += 1
             return True
 
-    def call_returned_locked(self, worker: Worker, claimed: bool = False) -> bool:
+    def call_returned_locked(
+        self, worker: Worker, claimed: bool = False, freed: list[object] | None = None
+    ) -> bool:
         """The calling worker's task call returned (``claimed``: and it claimed the outcome). False: its
-        task was abandoned meanwhile (the outcome is void); the worker then rejoins if a slot is free,
-        else leaves (``gone``)."""
+        task was abandoned meanwhile (the outcome is void; what the call held, if anything, is appended
+        to ``freed`` for the owner to release); the worker then rejoins if a slot is free, else leaves
+        (``gone``)."""
         if claimed:
             with self._claims:
                 self.returning -= 1
@@ -170,6 +176,9 @@ class WorkerPool:
             self.seeking += 1
             return True
         self.abandoned -= 1
+        if worker.held is not None and freed is not None:
+            freed.append(worker.held)
+            worker.held = None
         if self.live >= self.max_workers or self.closing:
             self._discard_locked(worker)
         else:
@@ -192,8 +201,9 @@ class WorkerPool:
         self.seeking -= 1
         self._discard_locked(worker)
 
-    def abandon_locked(self, worker: Worker, task: object) -> bool:
-        """Give up on ``task``, which ``worker`` runs: its slot goes to a replacement worker at once.
+    def abandon_locked(self, worker: Worker, task: object, held: object | None = None) -> bool:
+        """Give up on ``task``, which ``worker`` runs: its slot goes to a replacement worker at once, and
+        ``held`` (what the call holds, its resource admission) stays taken until the call returns.
         False if the worker already claimed the task's outcome (its call returned: see :meth:`claim`)."""
         with self._claims:
             if worker.claimed is task:
@@ -201,6 +211,7 @@ class WorkerPool:
             if worker.abandoned:
                 return True
             worker.abandoned = True
+        worker.held = held
         if not worker.blocked:
             self.live -= 1
         self._instant_over_locked(worker)
@@ -286,11 +297,13 @@ class WorkerPool:
         return [w.thread for w in self.workers if w.abandoned is abandoned and w.thread is not None]
 
     def figures_locked(self) -> dict[str, int]:
-        """Threads alive, slots held and their cap, abandoned threads and their cap."""
+        """Threads alive, slots held and their cap, abandoned threads, their cap, and how many of them
+        still hold their task's resources."""
         return {
             "workers_alive": sum(1 for t in self.threads_locked(abandoned=False) if t.is_alive()),
             "workers": self.live,
             "max_workers": self.max_workers,
             "abandoned": self.abandoned,
             "max_abandoned": self.max_abandoned,
+            "abandoned_holding_resources": sum(1 for w in self.workers if w.held is not None),
         }

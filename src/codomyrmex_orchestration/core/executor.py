@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import graphlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
+from codomyrmex_orchestration.core._numbers import check_seconds, shown
 from codomyrmex_orchestration.core.actions import ActionContext
 from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
 from codomyrmex_orchestration.core.scheduler import DEFAULT_WAIT_TIMEOUT, TaskOrchestrator
@@ -68,7 +69,8 @@ class ParallelExecutor:
         max_workers: workers of the executor's own scheduler (ignored when ``orchestrator`` is given).
         timeout: seconds for a whole :meth:`execute_tasks` / :meth:`execute_task_group` call; tasks not
             finished by then are cancelled and reported TIMED_OUT (default
-            :data:`~codomyrmex_orchestration.core.scheduler.DEFAULT_WAIT_TIMEOUT`; ``None``: without limit).
+            :data:`~codomyrmex_orchestration.core.scheduler.DEFAULT_WAIT_TIMEOUT`; ``None`` or inf: without
+            limit).
         orchestrator: the scheduler to submit to; when ``None`` the executor creates one and shuts it
             down on :meth:`close` / context exit.
     """
@@ -79,9 +81,7 @@ class ParallelExecutor:
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         orchestrator: TaskOrchestrator | None = None,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            raise InvalidInputError("timeout", f"must be a positive number of seconds or null, got {timeout}")
-        self.timeout = timeout
+        self.timeout = check_seconds(timeout, "timeout", allow_zero=False, unlimited=True)
         self._owned = orchestrator is None
         self._orchestrator = orchestrator or TaskOrchestrator(max_workers, name="parallel-executor")
         self.max_workers = self._orchestrator.max_workers
@@ -111,26 +111,11 @@ class ParallelExecutor:
         A task whose dependency did not complete is not run (SKIPPED).
 
         Raises:
-            InvalidInputError: a dependency names an unknown task, or a value is not callable.
+            InvalidInputError: ``tasks`` is not a mapping of names (strings) to callables, or
+                ``dependencies`` not one of names to lists of known task names (never one string).
             CycleDetectedError: the dependencies form a cycle (``.cycle`` has the path).
         """
-        deps = {name: list(dependencies.get(name, ())) if dependencies else [] for name in tasks}
-        for name, fn in tasks.items():
-            if not callable(fn):
-                raise InvalidInputError(
-                    f"tasks.{name}", f"must be a callable taking no arguments, got {fn!r}"
-                )
-        if dependencies:
-            for name, wanted in dependencies.items():
-                if name not in tasks:
-                    raise InvalidInputError(
-                        "dependencies", f"{name!r} has dependencies but is not a task; tasks: {sorted(tasks)}"
-                    )
-                unknown = [d for d in wanted if d not in tasks]
-                if unknown:
-                    raise InvalidInputError(
-                        f"dependencies.{name}", f"unknown task(s) {unknown}; tasks: {sorted(tasks)}"
-                    )
+        deps = _checked(tasks, dependencies)
         sorter = graphlib.TopologicalSorter(deps)
         try:
             order = list(sorter.static_order())
@@ -195,9 +180,49 @@ class ParallelExecutor:
         mapping in gives a dict out."""
         if isinstance(tasks, Mapping):
             return self.execute_tasks(tasks)
+        if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+            raise InvalidInputError("tasks", f"must be a list of callables or a mapping, got {shown(tasks)}")
         named = {f"task_{i}": fn for i, fn in enumerate(tasks)}
         results = self.execute_tasks(named)
         return [results[name] for name in named]
+
+
+def _checked(tasks: object, dependencies: object) -> dict[str, list[str]]:
+    """Each task's dependencies, once ``tasks`` (names to callables) and ``dependencies`` (names to lists
+    of names) are checked; a refusal names the argument and the key."""
+    if not isinstance(tasks, Mapping):
+        raise InvalidInputError(
+            "tasks",
+            f"must be a mapping of task names to callables (execute_task_group takes a list), "
+            f"got {shown(tasks)}",
+        )
+    if dependencies is not None and not isinstance(dependencies, Mapping):
+        raise InvalidInputError(
+            "dependencies",
+            f"must be a mapping of task names to lists of task names, got {shown(dependencies)}",
+        )
+    for name, fn in tasks.items():
+        if not isinstance(name, str):  # the name of the task's record
+            raise InvalidInputError("tasks", f"task names must be strings, got the key {name!r}")
+        if not callable(fn):
+            raise InvalidInputError(f"tasks.{name}", f"must be a callable taking no arguments, got {fn!r}")
+    deps: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, wanted in (dependencies or {}).items():
+        if name not in tasks:
+            raise InvalidInputError(
+                "dependencies", f"{name!r} has dependencies but is not a task; tasks: {sorted(tasks)}"
+            )
+        if isinstance(wanted, str | bytes) or not isinstance(wanted, Iterable):
+            raise InvalidInputError(
+                f"dependencies.{name}", f"must be a list of task names, got {shown(wanted)}"
+            )
+        deps[name] = wanted = list(wanted)
+        unknown = [d for d in wanted if not isinstance(d, str) or d not in tasks]
+        if unknown:
+            raise InvalidInputError(
+                f"dependencies.{name}", f"unknown task(s) {unknown}; tasks: {sorted(tasks)}"
+            )
+    return deps
 
 
 def _call(fn: Callable[[], Any]) -> Callable[[ActionContext], Any]:

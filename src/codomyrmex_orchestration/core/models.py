@@ -24,6 +24,9 @@ from pydantic import (
 from codomyrmex_orchestration._redact import redact_text
 
 __all__ = [
+    "MAX_BACKOFF",
+    "MAX_RETRIES",
+    "MAX_RETRY_DELAY",
     "NAME_PATTERN",
     "WORKFLOW_FIELD_NAMES",
     "ErrorInfo",
@@ -165,13 +168,23 @@ class _Record(BaseModel):
 ResourceAmount = float | int | str
 
 
+#: The ranges of the retry settings, of a workflow step as of any task (``TaskOrchestrator.submit``).
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = 3600
+MAX_BACKOFF = 10.0
+
+
 class _Retryable(_Spec):
     """Execution knobs shared by a workflow step and a single task."""
 
     timeout: float | None = Field(default=None, gt=0, description="Seconds before the step is stopped.")
-    max_retries: int = Field(default=0, ge=0, le=100, description="Extra attempts after a failure.")
-    retry_delay: float = Field(default=0.0, ge=0, le=3600, description="Seconds before the first retry.")
-    backoff: float = Field(default=2.0, ge=1.0, le=10.0, description="Delay multiplier per further retry.")
+    max_retries: int = Field(default=0, ge=0, le=MAX_RETRIES, description="Extra attempts after a failure.")
+    retry_delay: float = Field(
+        default=0.0, ge=0, le=MAX_RETRY_DELAY, description="Seconds before the first retry."
+    )
+    backoff: float = Field(
+        default=2.0, ge=1.0, le=MAX_BACKOFF, description="Delay multiplier per further retry."
+    )
     priority: Priority = Field(default=TaskPriority.NORMAL)
     resources: dict[str, ResourceAmount] = Field(
         default_factory=dict,

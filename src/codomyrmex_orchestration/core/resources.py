@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from codomyrmex_orchestration.core._numbers import check_seconds
 from codomyrmex_orchestration.core._resource_config import (
     apply_config,
-    check_seconds,
     load_config_file,
     parse_size_mib,
     parse_type,

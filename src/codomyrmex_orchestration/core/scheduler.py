@@ -27,6 +27,7 @@ import structlog
 
 from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.core._numbers import check_count, shown
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
@@ -140,7 +141,7 @@ class TaskOrchestrator:
         timers: TimerService | None = None,
         max_queued: int | None = None,
     ) -> None:
-        max_workers = _checked_sizes(max_workers, max_queued, max_finished)
+        max_workers, max_abandoned = _checked_sizes(max_workers, max_queued, max_finished, max_abandoned)
         self.name = name
         self.max_workers = max_workers
         self._resources = resource_manager
@@ -150,7 +151,7 @@ class TaskOrchestrator:
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
             max_workers=max_workers,
-            max_abandoned=max_workers if max_abandoned is None else max(0, max_abandoned),
+            max_abandoned=max_abandoned,
             max_finished=max_finished,
             name=name,
             resources=resource_manager,
@@ -195,7 +196,7 @@ class TaskOrchestrator:
         the arguments are :meth:`submit`'s of the same names.
 
         Raises:
-            InvalidInputError: a bad timeout / retry setting.
+            InvalidInputError: a bad priority, timeout or retry setting, an id that is not a string.
             InsufficientResourcesError: ``resources`` can never be satisfied.
         """
         return self._factory.settings(
@@ -241,11 +242,13 @@ class TaskOrchestrator:
             fn: called on a worker thread with an :class:`ActionContext`; its return value is the result.
                 May be ``None`` when ``action`` is given (the action is then looked up in the registry).
             name: a label for records and logs.
-            priority: lower values run first; within a level sessions take turns, FIFO within a session.
+            priority: lower values run first (a name such as ``"high"`` too); within a level sessions
+                take turns, FIFO within a session.
             dependencies: task ids that must complete first; if one ends in any other way this task
-                is SKIPPED.
-            timeout: seconds per attempt; the attempt is then TIMED_OUT (its ``cancel_event`` set).
-            max_retries, retry_delay, backoff: see :class:`~._retry.RetryPolicy`.
+                is SKIPPED. A completed one counts at once while its record is kept (see ``max_finished``).
+            timeout: seconds per attempt (inf: no limit); the attempt is then TIMED_OUT (its
+                ``cancel_event`` set).
+            max_retries, retry_delay, backoff: see :class:`~._retry.RetryPolicy` (a step's ranges).
             resources: requirements held while an attempt runs (needs a ``resource_manager``).
             run_id, step_name: set when the task is a workflow step.
             on_start: called with a record snapshot when each attempt starts.
@@ -267,7 +270,7 @@ class TaskOrchestrator:
         Raises:
             SchedulerShutdownError: the scheduler no longer accepts work.
             TaskNotFoundError: a dependency id is unknown (or its record was already evicted).
-            InvalidInputError: a bad timeout / retry setting.
+            InvalidInputError: an argument of the wrong type or out of range (the message names it).
             InsufficientResourcesError: ``resources`` can never be satisfied.
             LimitExceededError: ``max_queued`` tasks are already waiting to start.
         """
@@ -364,16 +367,17 @@ class TaskOrchestrator:
         with self._d.lock:
             return self._d.table.require(task_id).snapshot()
 
-    def list_tasks(self, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Up to ``limit`` records (most recently submitted first), optionally of one status."""
+    def list_tasks(self, status: TaskStatus | str | None = None, limit: int = 100) -> list[TaskRecord]:
+        """Up to ``limit`` records (most recently submitted first), optionally of one ``status`` (a
+        :class:`TaskStatus` or its value: ``"completed"``).
+
+        Raises:
+            InvalidInputError: an unknown ``status`` (the message lists them), or ``limit`` below 1.
+        """
+        wanted = None if status is None else _task_status(status)
+        limit = check_count(limit, "limit", at_least=1)
         with self._d.lock:
-            out: list[TaskRecord] = []
-            for task in reversed(self._d.table.tasks.values()):
-                if status is None or task.status is status:
-                    out.append(task.snapshot())
-                    if len(out) >= limit:
-                        break
-            return out
+            return self._d.table.records(wanted, limit)
 
     def group_starts(self, group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
         """``(attempts, first start time)`` of the tasks of ``group`` that started and are not final, by
@@ -382,15 +386,8 @@ class TaskOrchestrator:
             return {t.step_name or t.name: (t.attempts, t.started_at) for t in group.tasks if t.attempts}
 
     def wait(self, task_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT) -> TaskRecord:
-        """Block until the task is final (and its callbacks have run) and return its record.
-
-        Args:
-            timeout: seconds (default :data:`DEFAULT_WAIT_TIMEOUT`); ``None``: without limit.
-
-        Raises:
-            TaskNotFoundError: unknown id (or a finished record already evicted).
-            WaitTimeoutError: the task is still not final after ``timeout`` (it goes on running).
-        """
+        """Block until the task is final (and its callbacks have run) and return its record: what
+        :meth:`wait_all` does for one task, with the same ``timeout`` and errors."""
         return self.wait_all([task_id], timeout)[0]
 
     def wait_all(
@@ -400,9 +397,13 @@ class TaskOrchestrator:
 
         The tasks are looked up once at the start, so records evicted while waiting are still returned.
 
+        Args:
+            timeout: seconds, 0 or more (default :data:`DEFAULT_WAIT_TIMEOUT`); ``None`` or inf: no limit.
+
         Raises:
-            TaskNotFoundError: an unknown id.
-            WaitTimeoutError: not all were final in time.
+            TaskNotFoundError: an unknown id (or a finished record already evicted).
+            WaitTimeoutError: not all were final in time (they go on running).
+            InvalidInputError: a negative or NaN ``timeout``.
         """
         return wait_all(self._d, task_ids, timeout)
 
@@ -520,14 +521,29 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
         }
 
 
-def _checked_sizes(max_workers: int | None, max_queued: int | None, max_finished: int) -> int:
-    """``max_workers`` (its default when ``None``), once the scheduler's three sizes are checked."""
+def _task_status(value: object) -> TaskStatus:
+    """A :class:`TaskStatus` from itself or its value (in any case)."""
+    if isinstance(value, str):
+        try:
+            return TaskStatus(value.lower())
+        except ValueError:
+            pass
+    raise InvalidInputError(
+        "status", f"{shown(value)} is not a task status; use one of {', '.join(TaskStatus)}"
+    )
+
+
+def _checked_sizes(
+    max_workers: int | None, max_queued: int | None, max_finished: int, max_abandoned: int | None
+) -> tuple[int, int]:
+    """``max_workers`` and ``max_abandoned`` (their defaults for ``None``), once the scheduler's sizes
+    are checked: whole numbers, ``max_queued`` (``None``: no cap) and ``max_workers`` at least 1."""
     if max_workers is None:
         max_workers = min(32, (os.cpu_count() or 1) + 4)
-    if max_workers < 1:
-        raise InvalidInputError("max_workers", f"must be at least 1, got {max_workers}")
-    if max_queued is not None and max_queued < 1:
-        raise InvalidInputError("max_queued", f"must be at least 1 or null, got {max_queued}")
-    if max_finished < 0:
-        raise InvalidInputError("max_finished", f"must be 0 or more, got {max_finished}")
-    return max_workers
+    check_count(max_workers, "max_workers", at_least=1)
+    if max_queued is not None:
+        check_count(max_queued, "max_queued", at_least=1)
+    check_count(max_finished, "max_finished", at_least=0)
+    if max_abandoned is None:
+        return max_workers, max_workers
+    return max_workers, check_count(max_abandoned, "max_abandoned", at_least=0)
