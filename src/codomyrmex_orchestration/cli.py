@@ -338,7 +338,7 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     log_level = getattr(args, "log_level", None)
-    if log_level is None and "CODOMYRMEX_LOG_LEVEL" not in os.environ:
+    if log_level is None and not os.environ.get("CODOMYRMEX_LOG_LEVEL"):  # empty is unset
         log_level = getattr(args, "default_log_level", None)
     return Settings.from_env(
         os.environ,

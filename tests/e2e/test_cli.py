@@ -222,6 +222,40 @@ def test_usage_errors_exit_2_with_one_readable_line_and_no_traceback(cli: Cli) -
     assert cli("runs", "--limit", "0").returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("CODOMYRMEX_MAX_WORKERS", "0", "Input should be greater than or equal to 1"),
+        ("CODOMYRMEX_SESSION_IDLE_TIMEOUT", "nan", "Input should be a finite number"),
+        ("CODOMYRMEX_DASK_SCHEDULER", "notaurl", "'notaurl' is not the address of a Dask scheduler"),
+        ("CODOMYRMEX_DASK_RESOURCE_MAP", "garbage", "expected name=value entries separated by commas"),
+        ("CODOMYRMEX_DASK_WORKER_RESOURCES", "GPU", "expected name=value entries separated by commas"),
+        ("CODOMYRMEX_DASK_WORKER_RESOURCES", "GPU=lots", "'GPU=lots': the amount must be a number"),
+        ("CODOMYRMEX_DASK_WORKER_SATURATION", "nan", "must be a number above 0 (inf: no limit), not NaN"),
+    ],
+)
+def test_a_bad_setting_is_one_error_line_naming_the_variable_not_the_field(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["paths"]) == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line == f"error: {variable}: {says}" or line.startswith(f"error: {variable}: {says}"), line
+    field = variable.removeprefix("CODOMYRMEX_").lower()
+    assert f"{field}:" not in line
+
+
+def test_an_unreadable_token_file_is_refused_naming_its_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-token"
+    code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0",
+                 "--auth-token-file", str(missing)])  # fmt: skip
+    assert code == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: CODOMYRMEX_AUTH_TOKEN_FILE: cannot read {missing}: No such file"), line
+
+
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
     result = cli("show", "nope", "--debug")
     assert result.returncode != 0

@@ -163,6 +163,20 @@ def test_serving_stdio_with_a_closed_stdin_or_stdout_is_refused_with_a_clear_err
     assert "internal error" not in done.stderr
 
 
+def test_serving_with_a_malformed_dask_scheduler_address_is_refused_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    env = {**_env(tmp_path), "CODOMYRMEX_EXECUTOR": "dask", "CODOMYRMEX_DASK_SCHEDULER": "notaurl"}
+    command = [str(SCRIPT), "serve"]
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, text=True, timeout=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: CODOMYRMEX_DASK_SCHEDULER: 'notaurl' is not the address"), (
+        done.stderr
+    )
+
+
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks = []
     while size > 0:
