@@ -12,17 +12,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
-from codomyrmex_orchestration.core.backends import create_backend
+from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import WorkflowManager
-from codomyrmex_orchestration.errors import InvalidStateError
+from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError
 from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 __all__ = [
@@ -123,7 +123,24 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             settings.model_copy(update={"allow_shell": kwargs["allow_code_execution"]}), procs_dir=procs_dir
         )
     if "backend" not in kwargs and settings.executor != "local":
-        kwargs["backend"] = create_backend(
+        kwargs["backend"] = _backend(settings)
+    engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
+    if settings.python_call_allow:
+        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
+        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    return engine
+
+
+def _backend(settings: Settings) -> ExecutionBackend:
+    """The backend ``settings.executor`` names.
+
+    Raises:
+        InvalidInputError: it cannot start (no scheduler at ``dask_scheduler``, no Dask installed), named
+            as the variable a user sets (``CODOMYRMEX_DASK_SCHEDULER``), as settings errors are.
+    """
+    try:
+        return create_backend(
             settings.executor,
             dask_scheduler=settings.dask_scheduler,
             dask_n_workers=settings.dask_n_workers,
@@ -132,12 +149,10 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_resource_map=settings.dask_resource_map,
             dask_worker_saturation=settings.dask_worker_saturation,
         )
-    engine = OrchestrationEngine(**kwargs)
-    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
-    if settings.python_call_allow:
-        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
-        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
-    return engine
+    except InvalidInputError as exc:
+        if exc.field not in Settings.model_fields:
+            raise
+        raise InvalidInputError(ENV_PREFIX + exc.field.upper(), exc.reason) from None
 
 
 # ---------------------------------------------------------------------- the process-wide engine

@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -254,6 +255,27 @@ def test_an_unreadable_token_file_is_refused_naming_its_variable(
     assert code == 2
     line = single_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: CODOMYRMEX_AUTH_TOKEN_FILE: cannot read {missing}: No such file"), line
+
+
+def test_run_on_an_unusable_dask_scheduler_is_a_configuration_error_naming_the_setting(cli: Cli) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    demo = cli.write("demo.json", DEMO)
+    cli.env.update(CODOMYRMEX_EXECUTOR="dask", CODOMYRMEX_DASK_SCHEDULER="notaurl")
+    malformed = cli("run", demo)
+    assert malformed.returncode == 2, malformed.stderr
+    assert "error: CODOMYRMEX_DASK_SCHEDULER: 'notaurl' is not the address" in single_error_line(
+        malformed.stderr
+    )
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    cli.env.update(CODOMYRMEX_DASK_SCHEDULER=address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    unreachable = cli("run", demo)
+    assert unreachable.returncode == 2, unreachable.stderr
+    line = single_error_line(unreachable.stderr)
+    assert line.startswith(
+        f"error: CODOMYRMEX_DASK_SCHEDULER: cannot connect to a Dask scheduler at {address!r}"
+    )
 
 
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
