@@ -8,6 +8,7 @@ by ``_lock``.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,15 @@ def _configuration(settings: Settings, overrides: dict[str, Any]) -> dict[str, A
 
 
 def configure_engine(settings: Settings | None = None, **overrides: Any) -> OrchestrationEngine:
-    """Create the process-wide engine from ``settings`` (default ``Settings()``) and ``overrides``.
+    """Create the process-wide engine from ``settings`` and ``overrides``.
 
-    Configuring again with the same engine settings returns the live engine; ``configure_engine()``
-    with no arguments returns it whatever it was built from.
+    ``settings`` defaults to the ``CODOMYRMEX_*`` variables of this process's environment, read as the
+    CLI and the server read them (``Settings.from_env(os.environ)``), so a library user shares their
+    state directory. Configuring again with the same engine settings returns the live engine;
+    ``configure_engine()`` with no arguments returns it whatever it was built from.
 
     Raises:
+        InvalidInputError: a ``CODOMYRMEX_*`` variable has a value its setting does not accept (named).
         InvalidStateError: an engine is live and was built from different settings (they are named):
             call :func:`reset_engine` first to rebuild it.
     """
@@ -181,7 +185,7 @@ def configure_engine(settings: Settings | None = None, **overrides: Any) -> Orch
         if _engine is not None:
             if settings is None and not overrides:
                 return _engine
-            wanted = _configuration(settings or Settings(), overrides)
+            wanted = _configuration(settings or _from_environment(), overrides)
             differing = sorted(
                 name
                 for name in wanted.keys() | _configured.keys()
@@ -195,14 +199,19 @@ def configure_engine(settings: Settings | None = None, **overrides: Any) -> Orch
                     "call reset_engine() first to rebuild it with these settings",
                 )
             return _engine
-        settings = settings or Settings()
+        settings = settings or _from_environment()
         _engine = build_engine(settings, **overrides)
         _configured = _configuration(settings, overrides)
         return _engine
 
 
+def _from_environment() -> Settings:
+    return Settings.from_env(os.environ)
+
+
 def get_orchestration_engine() -> OrchestrationEngine:
-    """The process-wide engine (created with default settings on first use)."""
+    """The process-wide engine (created on first use from the ``CODOMYRMEX_*`` environment, as the CLI
+    and the server are)."""
     engine = _engine
     return engine if engine is not None else configure_engine()
 
