@@ -205,7 +205,12 @@ def test_usage_errors_exit_2_with_one_readable_line_and_no_traceback(cli: Cli) -
     demo = cli.write("demo.json", DEMO)
     no_args = cli("run")
     assert no_args.returncode == 2
-    assert "the following arguments are required" in no_args.stderr
+    assert single_error_line(no_args.stderr) == (
+        "error: the following arguments are required: FILE|NAME (see codomyrmex-orchestration run --help)"
+    )
+    unknown_command = cli("nope")
+    assert unknown_command.returncode == 2
+    assert "invalid choice: 'nope'" in single_error_line(unknown_command.stderr)
 
     bad_param = cli("run", demo, "--param", "no-equals-sign")
     assert bad_param.returncode == 2
@@ -435,6 +440,7 @@ def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why
     assert result.returncode == 1, result.stderr
     assert "waits for an answer; its state is in memory: cancelling it" in result.stderr
     assert "it waited for an answer (a core.approve step)" in result.stdout
+    assert "resume it with" not in result.stdout  # its state went with the process: nothing to resume
 
 
 def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_refused(cli: Cli) -> None:
@@ -446,7 +452,10 @@ def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_ref
         command = ["cancel", "some_run"] if flag == "--wait" else ["run", demo]
         refused = cli(*command, flag, value)
         assert refused.returncode == 2, refused.stderr
-        assert f"argument {flag}: {value!r} is not a finite number of seconds" in refused.stderr
+        line = single_error_line(refused.stderr)
+        assert f"argument {flag}: {value!r} is not a finite number of seconds" in line
+        # Leaving --wait out means 30 s, not no limit: the message says what does mean no limit.
+        assert "about 292 years, means no limit" in line and "leave the option out" not in line
     assert not (cli.state_dir / "state.db").exists() or len(cli.json("runs")) == 1  # nothing else ran
 
 
