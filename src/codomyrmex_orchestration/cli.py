@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
@@ -280,10 +280,18 @@ _PARSERS: dict[str, Callable[[Any], None]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other error (subcommands' parsers are of
+    the class of their parent)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with ``command``, only that subcommand's (what ``main`` parses with when the
     command line starts with one: building all eleven is ~0.005x of a cold server's start)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Run workflows as DAGs of real actions, and serve them to agents over MCP.",
     )
@@ -304,7 +312,8 @@ def _seconds(raw: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a finite number of seconds (leave the option out for no limit)"
+            f"{raw!r} is not a finite number of seconds (one above {threading.TIMEOUT_MAX:.3g}, about 292 "
+            "years, means no limit)"
         )
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{raw!r} must be above 0")
@@ -340,7 +349,7 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     log_level = getattr(args, "log_level", None)
-    if log_level is None and "CODOMYRMEX_LOG_LEVEL" not in os.environ:
+    if log_level is None and not os.environ.get("CODOMYRMEX_LOG_LEVEL"):  # empty is unset
         log_level = getattr(args, "default_log_level", None)
     return Settings.from_env(
         os.environ,
@@ -562,7 +571,7 @@ def _execute(
     elif final.status is WorkflowStatus.WAITING_FOR_INPUT:
         _report_waiting(final)
     else:
-        _report(final, interrupted=interrupted, timed_out=timed_out)
+        _report(final, interrupted=interrupted, timed_out=timed_out, resumable=settings.durable)
         if waiting:  # in memory: nobody could have answered it after this process
             print("  it waited for an answer (a core.approve step): run it with a durable state directory")
     if interrupted:
@@ -642,12 +651,14 @@ class _Sigint:
             signal.signal(signal.SIGINT, previous)
 
 
-def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
+def _report(record: RunRecord, *, interrupted: bool, timed_out: bool, resumable: bool) -> None:
+    """The run's outcome; ``resumable``: its state outlives this process (a durable state directory),
+    so the hint to resume it is true."""
     from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
 
     took = f" in {record.duration_seconds:.2f}s" if record.duration_seconds is not None else ""
     head = f"run {record.run_id} of {record.workflow_name} {record.status.value}{took}"
-    resume_hint = f"resume it with: {PROG} resume {record.run_id}"
+    resume_hint = f"resume it with: {PROG} resume {record.run_id}" if resumable else None
     if record.status is WorkflowStatus.COMPLETED:
         print(head)
         last = [s for s in record.steps.values() if s.status is TaskStatus.COMPLETED and s.output is not None]
@@ -673,10 +684,12 @@ def _report(record: RunRecord, *, interrupted: bool, timed_out: bool) -> None:
         print(f"  completed: {', '.join(done) or '(none)'}")
         print(f"  cancelled while running: {', '.join(stopped) or '(none)'}")
         print(f"  not run: {', '.join(not_run) or '(none)'}")
-        print(resume_hint)
+        if resume_hint:
+            print(resume_hint)
         return
     print(f"{head}: {record.error or 'see the steps above'}")
-    print(resume_hint)
+    if resume_hint:
+        print(resume_hint)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:

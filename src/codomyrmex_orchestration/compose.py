@@ -8,21 +8,22 @@ by ``_lock``.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
-from codomyrmex_orchestration.core.backends import create_backend
+from codomyrmex_orchestration.core.backends import ExecutionBackend, create_backend
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import WorkflowManager
-from codomyrmex_orchestration.errors import InvalidStateError
+from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError
 from codomyrmex_orchestration.samples import SAMPLES_DIR
 
 __all__ = [
@@ -123,7 +124,24 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             settings.model_copy(update={"allow_shell": kwargs["allow_code_execution"]}), procs_dir=procs_dir
         )
     if "backend" not in kwargs and settings.executor != "local":
-        kwargs["backend"] = create_backend(
+        kwargs["backend"] = _backend(settings)
+    engine = OrchestrationEngine(**kwargs)
+    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
+    if settings.python_call_allow:
+        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
+        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    return engine
+
+
+def _backend(settings: Settings) -> ExecutionBackend:
+    """The backend ``settings.executor`` names.
+
+    Raises:
+        InvalidInputError: it cannot start (no scheduler at ``dask_scheduler``, no Dask installed), named
+            as the variable a user sets (``CODOMYRMEX_DASK_SCHEDULER``), as settings errors are.
+    """
+    try:
+        return create_backend(
             settings.executor,
             dask_scheduler=settings.dask_scheduler,
             dask_n_workers=settings.dask_n_workers,
@@ -132,12 +150,10 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
             dask_resource_map=settings.dask_resource_map,
             dask_worker_saturation=settings.dask_worker_saturation,
         )
-    engine = OrchestrationEngine(**kwargs)
-    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
-    if settings.python_call_allow:
-        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
-        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
-    return engine
+    except InvalidInputError as exc:
+        if exc.field not in Settings.model_fields:
+            raise
+        raise InvalidInputError(ENV_PREFIX + exc.field.upper(), exc.reason) from None
 
 
 # ---------------------------------------------------------------------- the process-wide engine
@@ -152,12 +168,15 @@ def _configuration(settings: Settings, overrides: dict[str, Any]) -> dict[str, A
 
 
 def configure_engine(settings: Settings | None = None, **overrides: Any) -> OrchestrationEngine:
-    """Create the process-wide engine from ``settings`` (default ``Settings()``) and ``overrides``.
+    """Create the process-wide engine from ``settings`` and ``overrides``.
 
-    Configuring again with the same engine settings returns the live engine; ``configure_engine()``
-    with no arguments returns it whatever it was built from.
+    ``settings`` defaults to the ``CODOMYRMEX_*`` variables of this process's environment, read as the
+    CLI and the server read them (``Settings.from_env(os.environ)``), so a library user shares their
+    state directory. Configuring again with the same engine settings returns the live engine;
+    ``configure_engine()`` with no arguments returns it whatever it was built from.
 
     Raises:
+        InvalidInputError: a ``CODOMYRMEX_*`` variable has a value its setting does not accept (named).
         InvalidStateError: an engine is live and was built from different settings (they are named):
             call :func:`reset_engine` first to rebuild it.
     """
@@ -166,7 +185,7 @@ def configure_engine(settings: Settings | None = None, **overrides: Any) -> Orch
         if _engine is not None:
             if settings is None and not overrides:
                 return _engine
-            wanted = _configuration(settings or Settings(), overrides)
+            wanted = _configuration(settings or _from_environment(), overrides)
             differing = sorted(
                 name
                 for name in wanted.keys() | _configured.keys()
@@ -180,14 +199,19 @@ def configure_engine(settings: Settings | None = None, **overrides: Any) -> Orch
                     "call reset_engine() first to rebuild it with these settings",
                 )
             return _engine
-        settings = settings or Settings()
+        settings = settings or _from_environment()
         _engine = build_engine(settings, **overrides)
         _configured = _configuration(settings, overrides)
         return _engine
 
 
+def _from_environment() -> Settings:
+    return Settings.from_env(os.environ)
+
+
 def get_orchestration_engine() -> OrchestrationEngine:
-    """The process-wide engine (created with default settings on first use)."""
+    """The process-wide engine (created on first use from the ``CODOMYRMEX_*`` environment, as the CLI
+    and the server are)."""
     engine = _engine
     return engine if engine is not None else configure_engine()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,9 +15,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from codomyrmex_orchestration.errors import InvalidInputError
 
@@ -100,7 +103,12 @@ def default_data_dir() -> Path:
     return platformdirs.user_data_path(APP_NAME, appauthor=False)
 
 
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+#: A Dask scheduler's address as ``distributed`` parses it: an optional scheme, a host, a port.
+_DASK_ADDRESS = re.compile(
+    r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})/?"
+)
 
 
 class Settings(BaseModel):
@@ -159,7 +167,9 @@ class Settings(BaseModel):
     auth_token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     #: Seconds a streamable-HTTP session may stay idle (no request in flight) before it is closed.
-    session_idle_timeout: float = Field(default=DEFAULT_SESSION_IDLE_TIMEOUT, gt=0, le=86_400)
+    session_idle_timeout: float = Field(
+        default=DEFAULT_SESSION_IDLE_TIMEOUT, gt=0, le=86_400, allow_inf_nan=False
+    )
     #: Streamable-HTTP sessions open at once; at the cap the longest-idle one is closed for a new client.
     max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=1)
     #: Module prefixes ``python.call`` may import from (e.g. ``json``, ``mypkg.tasks``); empty: any.
@@ -206,17 +216,57 @@ class Settings(BaseModel):
         # CODOMYRMEX_LOG_LEVEL=WARNING as well as warning: logging's own names are in capitals.
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _a_scheduler_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _DASK_ADDRESS.fullmatch(value.strip())
+        if match is None or int(match.group(1)) > 65535:
+            raise PydanticCustomError(
+                "dask_address",
+                "{value} is not the address of a Dask scheduler: expected tcp://host:port "
+                "(e.g. tcp://127.0.0.1:8786), or leave it unset to start a cluster on this machine",
+                {"value": repr(value)},
+            )
+        return value.strip()
+
+    @field_validator("dask_worker_saturation", mode="before")
+    @classmethod
+    def _saturation_not_nan(cls, value: Any) -> Any:
+        if isinstance(value, str | float) and str(value).strip().lower() == "nan":
+            raise PydanticCustomError("nan", "must be a number above 0 (inf: no limit), not NaN")
+        return value
+
+    @field_validator("dask_worker_resources", "dask_resource_map")
+    @classmethod
+    def _name_value_pairs(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        for entry in value:
+            name, sep, amount = entry.partition("=")
+            if not sep or not name.strip() or not amount.strip():
+                raise PydanticCustomError(
+                    "pairs",
+                    "expected name=value entries separated by commas, got {entry}",
+                    {"entry": repr(entry)},
+                )
+            if info.field_name == "dask_worker_resources" and not _is_number(amount):
+                raise PydanticCustomError(
+                    "pairs", "{entry}: the amount must be a number (e.g. GPU=1)", {"entry": repr(entry)}
+                )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _place_in_data_dir(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
         placed = dict(values)
-        if placed.get("data_dir") is None:
+        # An empty path is unset, as an empty variable is (see from_env): never the working directory.
+        if placed.get("data_dir") in (None, ""):
             placed["data_dir"] = default_data_dir()
         data_dir = Path(placed["data_dir"])
         for name, relative in _LAYOUT.items():
-            if placed.get(name) is None:
+            if placed.get(name) in (None, ""):
                 placed[name] = data_dir / relative
         return placed
 
@@ -224,13 +274,15 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from ``CODOMYRMEX_*`` variables in ``environ``; ``overrides`` win.
 
+        A variable set to an empty value counts as unset: the setting keeps its default.
+
         Raises:
             InvalidInputError: a variable has a value the field does not accept (named).
         """
         values: dict[str, Any] = {}
         for name, info in cls.model_fields.items():
             raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None:
+            if not raw:  # unset, or set to "" (as a client's JSON config often leaves it)
                 continue
             annotation = str(info.annotation)
             if "bool" in annotation:
@@ -251,9 +303,8 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problem = InvalidInputError.from_validation(exc)
             # Named as the variable a user sets (a CLI flag wins over it, but names the same setting).
-            raise InvalidInputError(ENV_PREFIX + problem.field.upper(), problem.reason) from None
+            raise InvalidInputError.from_validation(_AsVariables(exc)) from None
 
     @property
     def state_db(self) -> Path:
@@ -275,3 +326,27 @@ class Settings(BaseModel):
             "secrets_file": self.secrets_file,
             "samples_dir": SAMPLES_DIR,
         }
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _AsVariables:
+    """A settings ``ValidationError`` whose problems are located at the variables a user sets
+    (``CODOMYRMEX_MAX_WORKERS``) rather than the fields, for the one validation-error formatter."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        self._exc = exc
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [
+            {**err, "loc": (ENV_PREFIX + str(err["loc"][0]).upper(), *err["loc"][1:])}
+            if err["loc"]
+            else dict(err)
+            for err in self._exc.errors()
+        ]

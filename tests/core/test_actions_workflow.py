@@ -37,7 +37,9 @@ def test_outside_a_workflow_it_fails_saying_it_runs_only_as_a_step() -> None:
 def test_nesting_beyond_max_depth_is_refused_before_the_runner_is_called() -> None:
     runner = Runner()
     ctx = ActionContext("child", run_workflow=runner, depth=2, extras={"max_depth": 2})
-    with pytest.raises(LimitExceededError, match="nesting depth"):
+    with pytest.raises(
+        LimitExceededError, match=r"^CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH: the sub-workflow nesting depth"
+    ):
         RUN({"workflow": "x"}, ctx)
     assert runner.calls == []
     RUN({"workflow": "x"}, ActionContext("child", run_workflow=runner, depth=1, extras={"max_depth": 2}))

@@ -4,8 +4,10 @@ workflows' own contract tests also run over both backends (``make_backend`` in c
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -317,3 +319,27 @@ def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> Non
         assert os.getpid() not in pids and 1 <= len(pids) <= 2
     finally:
         orch.shutdown(wait=True, timeout=30)
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_scheduler_address_without_a_scheduler_is_refused_naming_it_and_its_client_is_closed() -> None:
+    distributed = pytest.importorskip("distributed", reason=DASK_MISSING)
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    def open_clients() -> set[int]:
+        return {id(o) for o in gc.get_objects() if isinstance(o, distributed.Client) and o.status != "closed"}
+
+    before = open_clients()
+    for address in ("notaurl", f"tcp://127.0.0.1:{_closed_port()}"):
+        with pytest.raises(InvalidInputError, match="cannot connect to a Dask scheduler at") as info:
+            DaskBackend(address=address, connect_timeout=2)
+        assert info.value.field == "dask_scheduler" and repr(address) in str(info.value)
+        # Closed at once, while the error (and the traceback that holds the client) is still alive: left
+        # to the garbage collector, the server's event loop thread waited on it and the server never exited.
+        assert open_clients() <= before, address

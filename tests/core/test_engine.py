@@ -939,3 +939,23 @@ def test_a_shared_timer_service_carries_session_ttls_and_outlives_the_engine(tmp
         assert fired.wait(5)
     finally:
         timers.close()
+
+
+def test_the_singletons_read_the_codomyrmex_environment_as_the_cli_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codomyrmex_orchestration import get_workflow_manager
+    from codomyrmex_orchestration.cli import main
+
+    monkeypatch.setenv("CODOMYRMEX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CODOMYRMEX_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("CODOMYRMEX_PROJECTS_DIR", str(tmp_path / "projects"))
+    monkeypatch.setenv("CODOMYRMEX_MAX_STEPS", "6")  # fan_out_join has 6
+    reset_engine()
+    engine = get_orchestration_engine()
+    assert engine.state_dir == tmp_path / "state"
+    assert engine.workflow_manager.max_steps == 6
+    record = get_workflow_manager().execute_workflow("fan_out_join", timeout=30)
+    reset_engine()  # flushes the store
+    # The CLI, reading the same environment, finds the library's run in the same store.
+    assert main(["show", record.run_id, "--json"]) == 0

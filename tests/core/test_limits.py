@@ -259,9 +259,10 @@ def test_settings_limit_the_steps_of_a_workflow(tmp_path: Path) -> None:
     engine = _make(tmp_path, max_steps=3)
     try:
         steps = [{"name": f"s{i}", "module": "test", "action": "echo"} for i in range(4)]
-        with pytest.raises(LimitExceededError, match="the number of steps is 4, above the limit of 3"):
+        refusal = "^CODOMYRMEX_MAX_STEPS: the number of steps is 4, above the limit of 3$"
+        with pytest.raises(LimitExceededError, match=refusal):
             engine.workflow_manager.create_workflow({"name": "four", "steps": steps})
-        with pytest.raises(LimitExceededError):
+        with pytest.raises(LimitExceededError, match=refusal):
             engine.execute_complex_workflow({"steps": steps}, name="four_again")
     finally:
         engine.shutdown()
@@ -313,7 +314,10 @@ def test_settings_limit_sub_workflow_depth_and_the_run_fails_saying_so(tmp_path:
         assert engine.execute_workflow("mid", timeout=30).status is WorkflowStatus.COMPLETED
         run = engine.execute_workflow("top", timeout=30)
         assert run.status is WorkflowStatus.FAILED
-        assert "depth" in (run.error or "") and "limit of 1" in (run.error or "")
+        refusal = (
+            "CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH: the sub-workflow nesting depth for 'leaf' is 2, above the"
+        )
+        assert f"{refusal} limit of 1" in (run.error or "")
         assert engine.health_check().overall_status == "healthy"
     finally:
         engine.shutdown()
@@ -416,7 +420,9 @@ def test_sub_workflows_that_fan_out_recursively_are_bounded_in_number(tmp_path: 
         )
         record = manager.execute_workflow("hydra", timeout=60)
         assert record.status is WorkflowStatus.FAILED
-        assert "sub-workflow runs" in (record.error or "")
+        assert "CODOMYRMEX_MAX_SUBWORKFLOW_RUNS: the number of sub-workflow runs under run" in (
+            record.error or ""
+        )
         children = [r for r in manager.list_runs(limit=1000) if r.parent_run_id is not None]
         assert len(children) <= 20
     finally:

@@ -13,6 +13,7 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,7 +208,12 @@ def test_usage_errors_exit_2_with_one_readable_line_and_no_traceback(cli: Cli) -
     demo = cli.write("demo.json", DEMO)
     no_args = cli("run")
     assert no_args.returncode == 2
-    assert "the following arguments are required" in no_args.stderr
+    assert single_error_line(no_args.stderr) == (
+        "error: the following arguments are required: FILE|NAME (see codomyrmex-orchestration run --help)"
+    )
+    unknown_command = cli("nope")
+    assert unknown_command.returncode == 2
+    assert "invalid choice: 'nope'" in single_error_line(unknown_command.stderr)
 
     bad_param = cli("run", demo, "--param", "no-equals-sign")
     assert bad_param.returncode == 2
@@ -223,6 +229,61 @@ def test_usage_errors_exit_2_with_one_readable_line_and_no_traceback(cli: Cli) -
 
     assert "run 'nope' not found" in single_error_line(cli("show", "nope").stderr)
     assert cli("runs", "--limit", "0").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("CODOMYRMEX_MAX_WORKERS", "0", "Input should be greater than or equal to 1"),
+        ("CODOMYRMEX_SESSION_IDLE_TIMEOUT", "nan", "Input should be a finite number"),
+        ("CODOMYRMEX_DASK_SCHEDULER", "notaurl", "'notaurl' is not the address of a Dask scheduler"),
+        ("CODOMYRMEX_DASK_RESOURCE_MAP", "garbage", "expected name=value entries separated by commas"),
+        ("CODOMYRMEX_DASK_WORKER_RESOURCES", "GPU", "expected name=value entries separated by commas"),
+        ("CODOMYRMEX_DASK_WORKER_RESOURCES", "GPU=lots", "'GPU=lots': the amount must be a number"),
+        ("CODOMYRMEX_DASK_WORKER_SATURATION", "nan", "must be a number above 0 (inf: no limit), not NaN"),
+    ],
+)
+def test_a_bad_setting_is_one_error_line_naming_the_variable_not_the_field(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["paths"]) == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line == f"error: {variable}: {says}" or line.startswith(f"error: {variable}: {says}"), line
+    field = variable.removeprefix("CODOMYRMEX_").lower()
+    assert f"{field}:" not in line
+
+
+def test_an_unreadable_token_file_is_refused_naming_its_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-token"
+    code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0",
+                 "--auth-token-file", str(missing)])  # fmt: skip
+    assert code == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: CODOMYRMEX_AUTH_TOKEN_FILE: cannot read {missing}: No such file"), line
+
+
+def test_run_on_an_unusable_dask_scheduler_is_a_configuration_error_naming_the_setting(cli: Cli) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    demo = cli.write("demo.json", DEMO)
+    cli.env.update(CODOMYRMEX_EXECUTOR="dask", CODOMYRMEX_DASK_SCHEDULER="notaurl")
+    malformed = cli("run", demo)
+    assert malformed.returncode == 2, malformed.stderr
+    assert "error: CODOMYRMEX_DASK_SCHEDULER: 'notaurl' is not the address" in single_error_line(
+        malformed.stderr
+    )
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    cli.env.update(CODOMYRMEX_DASK_SCHEDULER=address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    unreachable = cli("run", demo)
+    assert unreachable.returncode == 2, unreachable.stderr
+    line = single_error_line(unreachable.stderr)
+    assert line.startswith(
+        f"error: CODOMYRMEX_DASK_SCHEDULER: cannot connect to a Dask scheduler at {address!r}"
+    )
 
 
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:
@@ -382,6 +443,7 @@ def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why
     assert result.returncode == 1, result.stderr
     assert "waits for an answer; its state is in memory: cancelling it" in result.stderr
     assert "it waited for an answer (a core.approve step)" in result.stdout
+    assert "resume it with" not in result.stdout  # its state went with the process: nothing to resume
 
 
 def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_refused(cli: Cli) -> None:
@@ -393,7 +455,10 @@ def test_a_timeout_beyond_what_a_thread_can_wait_is_no_limit_and_infinity_is_ref
         command = ["cancel", "some_run"] if flag == "--wait" else ["run", demo]
         refused = cli(*command, flag, value)
         assert refused.returncode == 2, refused.stderr
-        assert f"argument {flag}: {value!r} is not a finite number of seconds" in refused.stderr
+        line = single_error_line(refused.stderr)
+        assert f"argument {flag}: {value!r} is not a finite number of seconds" in line
+        # Leaving --wait out means 30 s, not no limit: the message says what does mean no limit.
+        assert "about 292 years, means no limit" in line and "leave the option out" not in line
     assert not (cli.state_dir / "state.db").exists() or len(cli.json("runs")) == 1  # nothing else ran
 
 

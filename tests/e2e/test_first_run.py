@@ -237,6 +237,25 @@ def test_the_cli_paths_and_status_name_the_state_directory_the_server_uses(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
 
 
+def test_empty_settings_are_unset_so_nothing_lands_in_the_working_folder(tmp_path: Path) -> None:
+    # As a client's config with "CODOMYRMEX_DATA_DIR": "" passes them: each empty value is the default.
+    empty = ("DATA_DIR", "STATE_DIR", "CONFIG_DIR", "PROJECTS_DIR", "MAX_WORKERS", "DURABLE", "LOG_LEVEL")
+    env = _env(tmp_path / "xdg", **{f"CODOMYRMEX_{name}": "" for name in empty})
+    run = subprocess.run(
+        [str(SCRIPT), "run", "fan_out_join", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # the commands' default log level, not the setting's "info"
+    paths = subprocess.run(
+        [str(SCRIPT), "paths", "--json"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
+    state_dir = _data_dir(tmp_path / "xdg") / ".workflows"
+    assert json.loads(paths.stdout)["state_dir"] == str(state_dir)
+    assert (state_dir / "state.db").exists()  # durable: the run was recorded there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xdg"]
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:

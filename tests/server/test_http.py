@@ -273,12 +273,12 @@ def test_a_blank_or_short_token_is_refused_at_start_naming_the_setting(
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     from_file = Settings(transport="streamable-http", host="0.0.0.0", auth_token_file=token_file)
-    with pytest.raises(InvalidInputError, match=r"auth_token_file|empty"):
+    with pytest.raises(InvalidInputError, match=r"CODOMYRMEX_AUTH_TOKEN_FILE|empty"):
         check_network_settings(from_file)
     code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0",
                  "--auth-token-file", str(token_file)])  # fmt: skip
     assert code == 2
-    assert "auth" in capsys.readouterr().err
+    assert "CODOMYRMEX_AUTH_TOKEN" in capsys.readouterr().err
 
 
 async def _open_session(http: httpx.AsyncClient, base: str) -> httpx.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -207,6 +208,61 @@ def test_serving_stdio_with_a_closed_stdin_or_stdout_is_refused_with_a_clear_err
     assert done.returncode == 2, done.stderr
     assert "stdio needs the process's stdin and stdout open" in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_a_dask_scheduler_nobody_answers_is_a_clear_error_and_the_server_still_exits_at_eof(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**_env(tmp_path), "CODOMYRMEX_EXECUTOR": "dask", "CODOMYRMEX_DASK_SCHEDULER": address}
+    env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "2s"  # Dask's own knob: no 30 s wait per call
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        call = {"name": "list_workflows", "arguments": {}}
+        for message in (
+            INITIALIZE,
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+        ):
+            proc.stdin.write(json.dumps(message) + "\n")
+        proc.stdin.flush()
+        replies = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.stdin.close()  # the client is gone: the server must end although its engine never started
+        code = proc.wait(timeout=30)
+        errors = proc.stderr.read()
+    finally:
+        reap(proc)
+    result = replies[1]["result"]
+    text = result["content"][0]["text"]
+    assert result["isError"] and text.startswith("CODOMYRMEX_DASK_SCHEDULER: cannot connect"), text
+    assert repr(address) in text and "internal error" not in errors
+    assert code == 0, errors
+
+
+def test_serving_with_a_malformed_dask_scheduler_address_is_refused_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    env = {**_env(tmp_path), "CODOMYRMEX_EXECUTOR": "dask", "CODOMYRMEX_DASK_SCHEDULER": "notaurl"}
+    command = [str(SCRIPT), "serve"]
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, text=True, timeout=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: CODOMYRMEX_DASK_SCHEDULER: 'notaurl' is not the address"), (
+        done.stderr
+    )
 
 
 def _read_exactly(fd: int, size: int) -> bytes:

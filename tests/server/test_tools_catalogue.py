@@ -91,6 +91,8 @@ def test_required_arguments_match_the_issue(tools_without_engine: OrchestrationM
     }
     assert sorted(schemas["create_workflow"]["required"]) == ["name", "steps"]
     assert sorted(schemas["allocate_resources"]["required"]) == ["requirements", "user_id"]
+    ttl = next(t for t in schemas["allocate_resources"]["properties"]["ttl_seconds"]["anyOf"] if "type" in t)
+    assert ttl["exclusiveMinimum"] == 0 and ttl["maximum"] == 31_536_000  # what the engine enforces, said
     assert sorted(schemas["create_complex_workflow"]["required"]) == ["name", "workflow_definition"]
     assert sorted(schemas["execute_task"]["required"]) == ["action", "module", "name"]
     assert "required" not in schemas["list_workflows"]

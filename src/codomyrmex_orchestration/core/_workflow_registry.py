@@ -63,6 +63,14 @@ def digest_of(spec: WorkflowSpec) -> str:
     return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:16]
 
 
+#: The setting that moves the most steps a workflow may have, named by its refusal.
+MAX_STEPS_SETTING = "CODOMYRMEX_MAX_STEPS"
+
+
+def too_many_steps(count: int, limit: int) -> LimitExceededError:
+    return LimitExceededError(MAX_STEPS_SETTING, limit, count, "the number of steps")
+
+
 def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes: int) -> list[str]:
     """What the definition as written puts over a configured limit, in the words a run would meet it
     in: a literal ``for_each`` list longer than ``max_map_items`` (a reference is counted when a run
@@ -320,7 +328,7 @@ class DefinitionRegistry:
         else:
             raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
         if isinstance(document.get("steps"), list) and len(document["steps"]) > self.max_steps:
-            raise LimitExceededError("steps", self.max_steps, len(document["steps"]), "the number of steps")
+            raise too_many_steps(len(document["steps"]), self.max_steps)
         try:
             return WorkflowSpec.model_validate(document)
         except ValidationError as exc:
@@ -336,7 +344,7 @@ class DefinitionRegistry:
                 parameters too large for the store's ``max_parameters_bytes``).
         """
         if len(spec.steps) > self.max_steps:
-            raise LimitExceededError("steps", self.max_steps, len(spec.steps), "the number of steps")
+            raise too_many_steps(len(spec.steps), self.max_steps)
         dag = WorkflowDAG.from_spec(spec, self.registry)
         dag.validate()
         limits = _limit_problems(spec, self.max_map_items, self.store.max_parameters_bytes)

@@ -16,6 +16,10 @@ from codomyrmex_orchestration.core._workflow_plan import Plan
 from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry
 from codomyrmex_orchestration.core._workflow_run import RunState
 from codomyrmex_orchestration.core.actions import ActionContext
+from codomyrmex_orchestration.core.actions.workflow import (
+    MAX_SUBWORKFLOW_DEPTH_SETTING,
+    MAX_SUBWORKFLOW_RUNS_SETTING,
+)
 from codomyrmex_orchestration.core.models import RunRecord, TaskPriority, WorkflowStatus
 from codomyrmex_orchestration.core.store import StateStore
 from codomyrmex_orchestration.errors import InvalidStateError, LimitExceededError, StepFailedError
@@ -95,7 +99,7 @@ class SubRuns:
             count = self._counts.get(root, 0) + 1
             if count > self.max_runs:
                 raise LimitExceededError(
-                    "parameters.workflow",
+                    MAX_SUBWORKFLOW_RUNS_SETTING,
                     self.max_runs,
                     count,
                     f"the number of sub-workflow runs under run {root}",
@@ -106,7 +110,7 @@ class SubRuns:
         """``workflow.run``: a sub-run that ends with its step (cancelled when the step is)."""
         if ctx.depth + 1 > self.max_depth:
             raise LimitExceededError(
-                "parameters.workflow", self.max_depth, ctx.depth + 1, "the sub-workflow depth"
+                MAX_SUBWORKFLOW_DEPTH_SETTING, self.max_depth, ctx.depth + 1, "the sub-workflow depth"
             )
         self._count(ctx.run_id)
         child = self._start(name, parameters, ctx)

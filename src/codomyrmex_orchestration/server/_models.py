@@ -11,7 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field
 
 # From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
-from codomyrmex_orchestration.core._resource_types import Allocation
+from codomyrmex_orchestration.core._resource_types import MAX_TTL_SECONDS, Allocation
 from codomyrmex_orchestration.core._sessions import ClosedSession, Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
@@ -171,7 +171,13 @@ class AllocateResourcesArgs(Args):
         description='Resource -> amount, e.g. {"compute": 2, "memory": "512MB"}; keys compute/cpu, '
         "memory, storage/disk, network or a resource id.",
     )
-    ttl_seconds: float | None = Field(default=None, gt=0, description="Release automatically after this.")
+    ttl_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        allow_inf_nan=False,
+        description="Release automatically after this many seconds (at most 365 days).",
+    )
     session_id: str | None = None
 
 

@@ -684,14 +684,16 @@ def check_network_settings(settings: Settings) -> str | None:
             token = settings.auth_token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise InvalidInputError(
-                "auth_token_file", f"cannot read {settings.auth_token_file}: {exc}"
+                "CODOMYRMEX_AUTH_TOKEN_FILE",
+                f"cannot read {settings.auth_token_file}: {exc.strerror or exc}; give a file holding the "
+                "bearer token (or set CODOMYRMEX_AUTH_TOKEN)",
             ) from None
         if not token:
-            raise InvalidInputError("auth_token_file", f"{settings.auth_token_file} is empty")
-        token = check_token(token, f"auth_token_file ({settings.auth_token_file})")
+            raise InvalidInputError("CODOMYRMEX_AUTH_TOKEN_FILE", f"{settings.auth_token_file} is empty")
+        token = check_token(token, f"CODOMYRMEX_AUTH_TOKEN_FILE ({settings.auth_token_file})")
     if not token and not is_loopback(settings.host):
         raise InvalidInputError(
-            "auth_token",
+            "CODOMYRMEX_AUTH_TOKEN",
             f"serving on {settings.host} (not loopback) needs a bearer token: set CODOMYRMEX_AUTH_TOKEN "
             "or pass --auth-token-file",
         )

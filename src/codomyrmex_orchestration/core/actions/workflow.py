@@ -11,7 +11,17 @@ from codomyrmex_orchestration.core.actions._params import ParameterReaders, get_
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import InvalidInputError, LimitExceededError, StepFailedError
 
-__all__ = ["PARAMETERS", "register", "run"]
+__all__ = [
+    "MAX_SUBWORKFLOW_DEPTH_SETTING",
+    "MAX_SUBWORKFLOW_RUNS_SETTING",
+    "PARAMETERS",
+    "register",
+    "run",
+]
+
+#: The settings that move the sub-workflow limits, named by their refusals.
+MAX_SUBWORKFLOW_DEPTH_SETTING = "CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH"
+MAX_SUBWORKFLOW_RUNS_SETTING = "CODOMYRMEX_MAX_SUBWORKFLOW_RUNS"
 
 PARAMETERS = {
     "workflow": "name of a registered workflow (required)",
@@ -50,7 +60,10 @@ def run(params: dict[str, Any], ctx: ActionContext) -> Any:
     max_depth = ctx.extras.get("max_depth", DEFAULT_MAX_SUBWORKFLOW_DEPTH)
     if ctx.depth + 1 > max_depth:
         raise LimitExceededError(
-            "parameters.workflow", max_depth, ctx.depth + 1, f"sub-workflow nesting depth for {name!r}"
+            MAX_SUBWORKFLOW_DEPTH_SETTING,
+            max_depth,
+            ctx.depth + 1,
+            f"the sub-workflow nesting depth for {name!r}",
         )
     if ctx.run_workflow is None:  # a single task (execute_task): there is no run to start a sub-run in
         raise StepFailedError(

@@ -33,7 +33,12 @@ from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCal
 from codomyrmex_orchestration.core.backends._dask_results import Outcome, ResultCollector
 from codomyrmex_orchestration.core.backends._dask_submit import Submission, SubmitBatcher
 from codomyrmex_orchestration.core.models import TaskPriority
-from codomyrmex_orchestration.errors import ActionUnavailableError, StepFailedError, UnknownActionError
+from codomyrmex_orchestration.errors import (
+    ActionUnavailableError,
+    InvalidInputError,
+    StepFailedError,
+    UnknownActionError,
+)
 
 __all__ = ["CANCEL_PLUGIN_NAME", "DaskBackend", "RemoteStep", "run_remote_step"]
 
@@ -161,6 +166,46 @@ class CancelPlugin(WorkerPlugin):
 # ---------------------------------------------------------------------------- scheduler side
 
 
+class _StartedClient(Client):
+    """A client that closes itself when it cannot start (an unusable address, no scheduler there).
+
+    Left half-built, its ``__del__`` closes it later on whatever thread the garbage collector runs: in
+    the server that was the event loop's thread, which then waited on the client's own loop for a
+    minute per client and kept the server alive after its client closed stdin.
+    """
+
+    def start(self, **kwargs: Any) -> None:
+        try:
+            super().start(**kwargs)
+        except BaseException:
+            try:
+                self.close(timeout=5)
+            except Exception as exc:  # the start error is the one to report
+                _log.warning("dask.client_close_failed", error=str(exc))
+            raise
+
+
+def _connect(target: str | LocalCluster, timeout: float | None) -> Client:
+    """A started client of ``target`` (``timeout`` None: Dask's configured connect timeout).
+
+    Raises:
+        InvalidInputError: ``target`` is an address that is malformed or where no scheduler answers
+            within ``timeout`` seconds (field ``dask_scheduler``).
+    """
+    try:
+        if timeout is None:
+            return _StartedClient(target)
+        return _StartedClient(target, timeout=timeout)
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        if not isinstance(target, str):
+            raise
+        raise InvalidInputError(
+            "dask_scheduler",
+            f"cannot connect to a Dask scheduler at {target!r} ({exc}); give the address of a running "
+            "scheduler, tcp://host:port, or leave the setting unset to start a cluster on this machine",
+        ) from None
+
+
 class DaskBackend:
     """Runs action steps on a Dask cluster; closures and local-only actions stay on local threads.
 
@@ -174,7 +219,13 @@ class DaskBackend:
         worker_saturation: ``distributed.scheduler.worker-saturation`` for the LocalCluster.
         local_actions: ``module.action`` or ``module.*`` run on the scheduler's threads instead
             (default :data:`LOCAL_ONLY_ACTIONS`, which need the server process).
-        connect_timeout: seconds to wait for the scheduler.
+        connect_timeout: seconds to wait for the scheduler (default: Dask's
+            ``distributed.comm.timeouts.connect``, 30 s unless configured, e.g. by
+            ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT``).
+
+    Raises:
+        InvalidInputError: no scheduler answers at ``address`` (field ``dask_scheduler``); what it
+            started (a client, a LocalCluster) is closed first.
     """
 
     name = "dask"
@@ -192,7 +243,7 @@ class DaskBackend:
         resource_map: Mapping[str, str] | None = None,
         worker_saturation: float | None = None,
         local_actions: frozenset[str] | set[str] = LOCAL_ONLY_ACTIONS,
-        connect_timeout: float = 30.0,
+        connect_timeout: float | None = None,
     ) -> None:
         self._cluster: LocalCluster | None = None
         self._owns_client = client is None
@@ -212,15 +263,22 @@ class DaskBackend:
                         # Dask serves HTTP (metrics) even without a dashboard: any free local port.
                         dashboard_address="127.0.0.1:0",
                     )
-                client = Client(self._cluster, timeout=connect_timeout)
-            else:
-                client = Client(address, timeout=connect_timeout)
+            target: str | LocalCluster = self._cluster if self._cluster is not None else str(address)
+            try:
+                client = _connect(target, connect_timeout)
+            except BaseException:
+                self._close_cluster()
+                raise
         self.client = client
         self.resource_map = dict(resource_map or {})
         self.local_actions = frozenset(local_actions)
         self._local_modules = frozenset(a[:-2] for a in self.local_actions if a.endswith(".*"))
-        # Fails here, at start, when the workers cannot import this package.
-        client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+        try:
+            # Fails here, at start, when the workers cannot import this package.
+            client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+        except BaseException:
+            self._close_client()
+            raise
         self._results = ResultCollector(client)
         self._submitter = SubmitBatcher(client, self._results)
 
@@ -295,8 +353,14 @@ class DaskBackend:
 
     def close(self) -> None:
         self._results.close()
+        self._close_client()
+
+    def _close_client(self) -> None:
         if self._owns_client:
             self.client.close()
+        self._close_cluster()
+
+    def _close_cluster(self) -> None:
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
