@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -544,8 +545,7 @@ def _execute(
         sigint.started(run_id)
         timed_out = waiting = False
         try:
-            # Until it ends, or waits on a question nobody here can answer (a core.approve step).
-            final = engine.workflow_manager.inputs.wait(run_id, args.timeout)
+            final = _wait_settled(engine, run_id, args.timeout)
             waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
             if waiting and not settings.durable:
                 display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
@@ -570,6 +570,30 @@ def _execute(
     if final.status is WorkflowStatus.WAITING_FOR_INPUT:
         return EXIT_WAITING
     return EXIT_OK if final.succeeded else EXIT_FAILED
+
+
+def _wait_settled(engine: OrchestrationEngine, run_id: str, timeout: float | None) -> RunRecord:
+    """The run's record once it ended, or waits on a question nobody here can answer (a core.approve
+    step) with every step that can go on without the answer done (so what is printed is what is stored,
+    and stays so), or as it stands after ``timeout`` seconds."""
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+
+    manager = engine.workflow_manager
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if end is None else max(0.0, end - time.monotonic())
+        record = manager.inputs.wait(run_id, left)
+        if record.status is not WorkflowStatus.WAITING_FOR_INPUT:
+            return record
+        left = None if end is None else max(0.0, end - time.monotonic())
+        busy = manager.wait_quiet(run_id, left)
+        record = manager.get_run(run_id)
+        if (
+            busy
+            or record.status is not WorkflowStatus.RUNNING
+            or (end is not None and time.monotonic() >= end)
+        ):
+            return record  # quiet and still waiting, ended, or out of time
 
 
 def _report_waiting(record: RunRecord) -> None:

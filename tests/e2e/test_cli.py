@@ -376,6 +376,35 @@ def test_run_of_a_run_waiting_for_a_person_names_the_question_exits_3_and_a_serv
     assert final.steps["act"].output == "tidy"
 
 
+SNAP = {
+    "name": "snap",
+    "steps": [
+        {"name": "q", "module": "core", "action": "approve", "parameters": {"message": "ok?"}},
+        {"name": "a", "module": "core", "action": "echo", "parameters": {"message": "a"}},
+        {"name": "b", "module": "core", "action": "echo", "parameters": {"message": "{{a.output}}"}},
+        {"name": "c", "module": "core", "action": "set", "parameters": {"x": 1}},
+    ],
+}
+
+
+def test_a_run_exiting_3_first_finishes_what_needs_no_answer_and_prints_what_it_stored(cli: Cli) -> None:
+    # Before: `run --json` printed the record the moment q parked (a, b, c pending), and the shutdown then
+    # raced the steps still going (some completed, some cancelled "the engine is shutting down").
+    for _ in range(3):
+        result = cli("run", "--json", cli.write("snap.json", SNAP), timeout=30)
+        assert result.returncode == 3, result.stderr
+        printed = json.loads(result.stdout)
+        assert {n: s["status"] for n, s in printed["steps"].items()} == {
+            "q": "running",
+            "a": "completed",
+            "b": "completed",
+            "c": "completed",
+        }
+        assert printed["steps"]["b"]["output"] == "a"
+        assert cli.json("show", printed["run_id"]) == printed
+        assert "shutdown stage failed" not in result.stderr
+
+
 def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why(cli: Cli) -> None:
     cli.env["CODOMYRMEX_DURABLE"] = "0"
     result = cli("run", cli.write("gated.json", GATED), timeout=30)
