@@ -23,7 +23,7 @@ class ActiveRuns:
     """Active runs by id. A run enters when it starts and leaves once its final record is saved, so a
     reader that misses it here finds it final in the store."""
 
-    __slots__ = ("_changed", "_claimed", "_lock", "_runs", "_transitions")
+    __slots__ = ("_changed", "_claimed", "_lock", "_quiet_waiters", "_runs", "_transitions")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _runs and _claimed
@@ -32,11 +32,15 @@ class ActiveRuns:
         # Taken under a run's lock (its transitions), never around one: wait_quiet reads runs without it.
         self._changed = threading.Condition(threading.Lock())
         self._transitions = 0
+        # While anyone waits in wait_quiet (under _lock): runs report their transitions, else they pay
+        # nothing for it.
+        self._quiet_waiters = 0
 
     def add(self, run: RunState) -> None:
-        run.on_change = self._bump
         with self._lock:
             self._runs[run.run_id] = run
+            if self._quiet_waiters:
+                run.on_change = self._bump
 
     def remove(self, run_id: str) -> None:
         with self._lock:
@@ -51,6 +55,20 @@ class ActiveRuns:
     def wait_quiet(self, run_id: str, timeout: float | None) -> list[str]:
         """Wait up to ``timeout`` seconds (``None``: no limit) until run ``run_id`` has nothing to do
         but wait for answers (or ended); the steps still busy then (empty: quiet)."""
+        with self._lock:
+            self._quiet_waiters += 1
+            for run in self._runs.values():  # its sub-runs too: their transitions change the answer
+                run.on_change = self._bump
+        try:
+            return self._wait_quiet(run_id, timeout)
+        finally:
+            with self._lock:
+                self._quiet_waiters -= 1
+                if not self._quiet_waiters:
+                    for run in self._runs.values():
+                        run.on_change = None
+
+    def _wait_quiet(self, run_id: str, timeout: float | None) -> list[str]:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._changed:
