@@ -1003,6 +1003,7 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.core._run_owners import wait_released
+    from codomyrmex_orchestration.core.models import WorkflowStatus
 
     record = _get_run(settings, args.run_id)
     if record.status.is_terminal:
@@ -1018,6 +1019,8 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
             f"run {args.run_id} is a sub-run of run {top}, started by a CLI process that is gone; it is not "
             f"running. Resuming that run resumes it: {PROG} resume {top}"
         )
+    if record.status is WorkflowStatus.WAITING_FOR_INPUT and not owner.alive:
+        return _cancel_waiting(settings, args.run_id)  # left waiting by a `run` that exited 3
     if not owner.alive:
         if owner.exists:
             raise _Failed(
@@ -1037,6 +1040,36 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     final = _get_run(settings, args.run_id)
     print(f"run {args.run_id}: {final.status.value}")
     return EXIT_OK if final.status.value == "cancelled" else EXIT_FAILED
+
+
+def _cancel_waiting(settings: Settings, run_id: str) -> int:
+    """Cancel a run that waits for an answer and that no process runs (a `run` left it, exiting 3), as
+    ``cancel_workflow_run`` would: here, holding the state directory's server lock, unless a server holds
+    it (that server continues such runs: cancel it there)."""
+    from codomyrmex_orchestration.compose import build_engine
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+    from codomyrmex_orchestration.errors import StateStoreError
+
+    serving = ServingLock(settings.state_dir)
+    try:
+        serving.__enter__()
+    except StateStoreError:
+        raise _Failed(
+            f"run {run_id} waits for an answer in the server of this state directory; cancel it there "
+            "(the server's cancel_workflow_run tool)"
+        ) from None
+    try:
+        with _claim(settings, run_id):
+            engine = build_engine(settings, recover=True)  # recovery continues the waiting runs
+            try:
+                final = engine.workflow_manager.cancel_run(run_id)
+            finally:
+                engine.shutdown()
+    finally:
+        serving.__exit__()
+    print(f"run {run_id}: {final.status.value}")
+    return EXIT_OK if final.status is WorkflowStatus.CANCELLED else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------- status and health

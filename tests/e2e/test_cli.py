@@ -376,6 +376,30 @@ def test_run_of_a_run_waiting_for_a_person_names_the_question_exits_3_and_a_serv
     assert final.steps["act"].output == "tidy"
 
 
+def test_cancel_of_a_run_left_waiting_cancels_it_unless_a_server_holds_the_state_directory(cli: Cli) -> None:
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+
+    result = cli("run", "--json", cli.write("gated.json", GATED), timeout=30)
+    assert result.returncode == 3, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+
+    with ServingLock(cli.state_dir):  # as a server holds it: that server continues the run
+        refused = cli("cancel", run_id)
+    assert refused.returncode == 1
+    assert "waits for an answer in the server of this state directory" in refused.stderr, refused.stderr
+    assert "cancel_workflow_run" in refused.stderr
+    assert cli.json("show", run_id)["status"] == "waiting_for_input"
+
+    # Before: "running in another process (not a CLI `run`, e.g. the MCP server)", exit 1, nothing done.
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"run {run_id}: cancelled" in cancelled.stdout
+    shown = cli.json("show", run_id)
+    assert shown["status"] == "cancelled"
+    assert shown["steps"]["approve"]["status"] == "cancelled"
+    assert shown["steps"]["plan"]["status"] == "completed"  # kept
+
+
 SNAP = {
     "name": "snap",
     "steps": [
