@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -553,8 +554,7 @@ def _execute(
         sigint.started(run_id)
         timed_out = waiting = False
         try:
-            # Until it ends, or waits on a question nobody here can answer (a core.approve step).
-            final = engine.workflow_manager.inputs.wait(run_id, args.timeout)
+            final = _wait_settled(engine, run_id, args.timeout)
             waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
             if waiting and not settings.durable:
                 display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
@@ -579,6 +579,30 @@ def _execute(
     if final.status is WorkflowStatus.WAITING_FOR_INPUT:
         return EXIT_WAITING
     return EXIT_OK if final.succeeded else EXIT_FAILED
+
+
+def _wait_settled(engine: OrchestrationEngine, run_id: str, timeout: float | None) -> RunRecord:
+    """The run's record once it ended, or waits on a question nobody here can answer (a core.approve
+    step) with every step that can go on without the answer done (so what is printed is what is stored,
+    and stays so), or as it stands after ``timeout`` seconds."""
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+
+    manager = engine.workflow_manager
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if end is None else max(0.0, end - time.monotonic())
+        record = manager.inputs.wait(run_id, left)
+        if record.status is not WorkflowStatus.WAITING_FOR_INPUT:
+            return record
+        left = None if end is None else max(0.0, end - time.monotonic())
+        busy = manager.wait_quiet(run_id, left)
+        record = manager.get_run(run_id)
+        if (
+            busy
+            or record.status is not WorkflowStatus.RUNNING
+            or (end is not None and time.monotonic() >= end)
+        ):
+            return record  # quiet and still waiting, ended, or out of time
 
 
 def _report_waiting(record: RunRecord) -> None:
@@ -992,6 +1016,7 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.core._run_owners import wait_released
+    from codomyrmex_orchestration.core.models import WorkflowStatus
 
     record = _get_run(settings, args.run_id)
     if record.status.is_terminal:
@@ -1007,6 +1032,8 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
             f"run {args.run_id} is a sub-run of run {top}, started by a CLI process that is gone; it is not "
             f"running. Resuming that run resumes it: {PROG} resume {top}"
         )
+    if record.status is WorkflowStatus.WAITING_FOR_INPUT and not owner.alive:
+        return _cancel_waiting(settings, args.run_id)  # left waiting by a `run` that exited 3
     if not owner.alive:
         if owner.exists:
             raise _Failed(
@@ -1026,6 +1053,36 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     final = _get_run(settings, args.run_id)
     print(f"run {args.run_id}: {final.status.value}")
     return EXIT_OK if final.status.value == "cancelled" else EXIT_FAILED
+
+
+def _cancel_waiting(settings: Settings, run_id: str) -> int:
+    """Cancel a run that waits for an answer and that no process runs (a `run` left it, exiting 3), as
+    ``cancel_workflow_run`` would: here, holding the state directory's server lock, unless a server holds
+    it (that server continues such runs: cancel it there)."""
+    from codomyrmex_orchestration.compose import build_engine
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+    from codomyrmex_orchestration.core.models import WorkflowStatus
+    from codomyrmex_orchestration.errors import StateStoreError
+
+    serving = ServingLock(settings.state_dir)
+    try:
+        serving.__enter__()
+    except StateStoreError:
+        raise _Failed(
+            f"run {run_id} waits for an answer in the server of this state directory; cancel it there "
+            "(the server's cancel_workflow_run tool)"
+        ) from None
+    try:
+        with _claim(settings, run_id):
+            engine = build_engine(settings, recover=True)  # recovery continues the waiting runs
+            try:
+                final = engine.workflow_manager.cancel_run(run_id)
+            finally:
+                engine.shutdown()
+    finally:
+        serving.__exit__()
+    print(f"run {run_id}: {final.status.value}")
+    return EXIT_OK if final.status is WorkflowStatus.CANCELLED else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------- status and health

@@ -437,6 +437,59 @@ def test_run_of_a_run_waiting_for_a_person_names_the_question_exits_3_and_a_serv
     assert final.steps["act"].output == "tidy"
 
 
+def test_cancel_of_a_run_left_waiting_cancels_it_unless_a_server_holds_the_state_directory(cli: Cli) -> None:
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+
+    result = cli("run", "--json", cli.write("gated.json", GATED), timeout=30)
+    assert result.returncode == 3, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+
+    with ServingLock(cli.state_dir):  # as a server holds it: that server continues the run
+        refused = cli("cancel", run_id)
+    assert refused.returncode == 1
+    assert "waits for an answer in the server of this state directory" in refused.stderr, refused.stderr
+    assert "cancel_workflow_run" in refused.stderr
+    assert cli.json("show", run_id)["status"] == "waiting_for_input"
+
+    # Before: "running in another process (not a CLI `run`, e.g. the MCP server)", exit 1, nothing done.
+    cancelled = cli("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"run {run_id}: cancelled" in cancelled.stdout
+    shown = cli.json("show", run_id)
+    assert shown["status"] == "cancelled"
+    assert shown["steps"]["approve"]["status"] == "cancelled"
+    assert shown["steps"]["plan"]["status"] == "completed"  # kept
+
+
+SNAP = {
+    "name": "snap",
+    "steps": [
+        {"name": "q", "module": "core", "action": "approve", "parameters": {"message": "ok?"}},
+        {"name": "a", "module": "core", "action": "echo", "parameters": {"message": "a"}},
+        {"name": "b", "module": "core", "action": "echo", "parameters": {"message": "{{a.output}}"}},
+        {"name": "c", "module": "core", "action": "set", "parameters": {"x": 1}},
+    ],
+}
+
+
+def test_a_run_exiting_3_first_finishes_what_needs_no_answer_and_prints_what_it_stored(cli: Cli) -> None:
+    # Before: `run --json` printed the record the moment q parked (a, b, c pending), and the shutdown then
+    # raced the steps still going (some completed, some cancelled "the engine is shutting down").
+    for _ in range(3):
+        result = cli("run", "--json", cli.write("snap.json", SNAP), timeout=30)
+        assert result.returncode == 3, result.stderr
+        printed = json.loads(result.stdout)
+        assert {n: s["status"] for n, s in printed["steps"].items()} == {
+            "q": "running",
+            "a": "completed",
+            "b": "completed",
+            "c": "completed",
+        }
+        assert printed["steps"]["b"]["output"] == "a"
+        assert cli.json("show", printed["run_id"]) == printed
+        assert "shutdown stage failed" not in result.stderr
+
+
 def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why(cli: Cli) -> None:
     cli.env["CODOMYRMEX_DURABLE"] = "0"
     result = cli("run", cli.write("gated.json", GATED), timeout=30)

@@ -236,6 +236,7 @@ class RunState:
         self.lock = threading.Lock()
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
+        self.on_change: Callable[[], None] | None = None  # after each transition (ActiveRuns.quiet)
         self.cancelled = False
         # The scheduler's tasks of its steps and items: cancelled together, and not kept once they end
         # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
@@ -509,6 +510,8 @@ class RunState:
         if not graph.is_active() and not self._finishing:
             self._finishing = True
             advance.finished = True
+        if self.on_change is not None:
+            self.on_change()
         return advance
 
     def admit(self, name: str, params: dict[str, Any], advance: Advance) -> None:

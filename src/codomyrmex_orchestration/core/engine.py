@@ -9,6 +9,7 @@ singletons live outside ``core`` in :mod:`codomyrmex_orchestration.compose`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ from codomyrmex_orchestration.core.timers import TimerService, wait_limit
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
+    TaskNotFoundError,
 )
 
 __all__ = [
@@ -578,9 +580,12 @@ def _cancel_unfinished(orchestrator: TaskOrchestrator) -> None:
     # One listing, then a cancel for each task not final yet: cancel_task handles whatever state a task
     # has reached by then. (Listing RUNNING, then READY, missed a task that started in between, and
     # shutdown then waited its whole timeout for it.)
+    # A task that ends after the listing may be gone by its cancel (a workflow step's record is dropped
+    # as it ends, and finished records are evicted): it needs no cancelling.
     for task in orchestrator.list_tasks(limit=1_000_000):
         if not task.status.is_terminal:
-            orchestrator.cancel_task(task.task_id, "the engine is shutting down")
+            with contextlib.suppress(TaskNotFoundError):
+                orchestrator.cancel_task(task.task_id, "the engine is shutting down")
 
 
 def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:

@@ -397,6 +397,11 @@ class WorkflowManager:
             return self.get_run(run_id)
         return _wait(run, timeout)
 
+    def wait_quiet(self, run_id: str, timeout: float | None) -> list[str]:
+        """Wait up to ``timeout`` seconds (``None``: without limit) until a run has nothing left to do but
+        wait for answers (or ended); the names of its steps still going then (empty: quiet)."""
+        return self._active.wait_quiet(run_id, timeout)
+
     def get_run(self, run_id: str) -> RunRecord:
         """A run's record: live for an active run, else from the store. Raises RunNotFoundError."""
         run = self._active.get(run_id)
