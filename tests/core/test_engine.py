@@ -437,6 +437,27 @@ def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(t
         eng.shutdown()
 
 
+def test_a_malformed_project_template_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    (templates / "projects").mkdir(parents=True)
+    (templates / "projects" / "bad.json").write_text(
+        '{"type": "custom", "files": {"../../outside/x.txt": "x"}}', encoding="utf-8"
+    )
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=None, projects_dir=tmp_path / "p", templates_dir=templates
+    )
+    try:
+        health = eng.health_check()
+        assert health.overall_status == "degraded"
+        [issue] = health.issues
+        assert issue.startswith("projects: 1 project template file(s) not loaded: ")
+        assert str(templates / "projects" / "bad.json") in issue and "must stay inside the project" in issue
+        assert health.components["projects"].details["template_errors"][0]["path"].endswith("bad.json")
+        assert eng.project_manager.create_project("fine", "research").name == "fine"
+    finally:
+        eng.shutdown()
+
+
 def test_step_counts_start_a_map_step_once_and_keep_cached_steps_apart(engine: OrchestrationEngine) -> None:
     engine.workflow_manager.create_workflow(
         "m",
