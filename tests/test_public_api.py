@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,19 @@ def test_the_singletons_are_exported() -> None:
         "get_project_manager",
     ):
         assert callable(getattr(pkg, name))
+
+
+def test_the_mcp_tools_are_exported_lazily_so_the_package_alone_loads_neither_mcp_nor_anyio() -> None:
+    script = (
+        "import sys, json\n"
+        "import codomyrmex_orchestration as pkg\n"
+        "before = sorted(m for m in ('mcp', 'anyio') if m in sys.modules)\n"
+        "from codomyrmex_orchestration import OrchestrationMCPTools\n"
+        "from codomyrmex_orchestration.server.tools import OrchestrationMCPTools as direct\n"
+        "print(json.dumps([before, OrchestrationMCPTools is direct, 'mcp' in sys.modules]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(proc.stdout) == [[], True, True]
+    assert "OrchestrationMCPTools" in pkg.__all__

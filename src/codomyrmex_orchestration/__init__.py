@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         OrchestrationError,
         TaskNotFoundError,
     )
+    from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
 __version__ = "0.1.0"
 
@@ -90,6 +91,7 @@ __all__ = [
     "MetricsReport",
     "OrchestrationEngine",
     "OrchestrationError",
+    "OrchestrationMCPTools",
     "OrchestrationMode",
     "ParallelExecutor",
     "Project",
@@ -189,6 +191,8 @@ _LAZY: dict[str, str] = {
         ),
         "errors",
     ),
+    # The MCP tools need mcp and anyio: they load on first access only, the core never imports them.
+    "OrchestrationMCPTools": "server.tools",
 }
 
 

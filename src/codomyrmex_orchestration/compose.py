@@ -8,11 +8,15 @@ by ``_lock``.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
@@ -114,22 +118,42 @@ def build_engine(settings: Settings, **overrides: Any) -> OrchestrationEngine:
     """A new engine configured from ``settings``; ``overrides`` (engine keyword arguments) win.
 
     A non-local ``settings.executor`` builds its backend here unless ``backend`` is overridden; the
-    registry (with ``mcp.call``) here unless ``registry`` is.
+    registry (with ``mcp.call``) here unless ``registry`` is. If the engine cannot be built, what was
+    built for it here (the registry's connections, the backend) is closed again.
+
+    Raises:
+        InvalidInputError: an override is not an engine argument (the accepted ones are listed), or an
+            argument is out of range (named as passed).
     """
+    _check_overrides(overrides)
     kwargs = {**engine_arguments(settings), **overrides}
-    if "registry" not in kwargs:
-        durable = kwargs.get("durable", True)
-        procs_dir = Path(kwargs["state_dir"]) / "procs" if durable else None
-        kwargs["registry"] = build_registry(
-            settings.model_copy(update={"allow_shell": kwargs["allow_code_execution"]}), procs_dir=procs_dir
-        )
-    if "backend" not in kwargs and settings.executor != "local":
-        kwargs["backend"] = _backend(settings)
-    engine = OrchestrationEngine(**kwargs)
-    engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
-    if settings.python_call_allow:
-        # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
-        pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    opened: list[Callable[[], object]] = []  # closers of what is built here, for a failed build
+    engine: OrchestrationEngine | None = None
+    try:
+        if "registry" not in kwargs:
+            durable = kwargs.get("durable", True)
+            procs_dir = Path(kwargs["state_dir"]) / "procs" if durable else None
+            kwargs["registry"] = build_registry(
+                settings.model_copy(update={"allow_shell": kwargs["allow_code_execution"]}),
+                procs_dir=procs_dir,
+            )
+            opened.append(kwargs["registry"].close)
+        if "backend" not in kwargs and settings.executor != "local":
+            kwargs["backend"] = _backend(settings)
+            opened.append(kwargs["backend"].close)
+        engine = OrchestrationEngine(**kwargs)
+        engine.workflow_manager.secrets = SecretSource(settings.secrets_file)
+        if settings.python_call_allow:
+            # the CLI's runs too: the server pins its whole transport policy again (tools.apply_policy)
+            pin_extras(engine.registry, {"python_call_allow": settings.python_call_allow})
+    except BaseException:
+        if engine is not None:
+            engine.shutdown()  # it closes the registry and the backend too
+        else:
+            for close in reversed(opened):
+                with contextlib.suppress(Exception):  # the build's own error is the one to report
+                    close()
+        raise
     return engine
 
 
@@ -154,6 +178,19 @@ def _backend(settings: Settings) -> ExecutionBackend:
         if exc.field not in Settings.model_fields:
             raise
         raise InvalidInputError(ENV_PREFIX + exc.field.upper(), exc.reason) from None
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    accepted = list(inspect.signature(OrchestrationEngine).parameters)
+    for name in overrides:
+        if name in accepted:
+            continue
+        hint = (
+            f"a Settings field, not an engine argument: give it as Settings({name}=...)"
+            if name in Settings.model_fields
+            else f"not an engine argument{did_you_mean(name, accepted)}"
+        )
+        raise InvalidInputError(name, f"{hint}; engine arguments: {', '.join(sorted(accepted))}")
 
 
 # ---------------------------------------------------------------------- the process-wide engine

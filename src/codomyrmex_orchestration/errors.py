@@ -201,7 +201,10 @@ class DAGValidationError(InvalidInputError):
 
 
 class CycleDetectedError(DAGValidationError):
-    """The step graph has a cycle; ``cycle`` is the path, first node repeated at the end."""
+    """The step graph has a cycle; ``cycle`` is the path, first node repeated at the end (in full: the
+    message names at most :attr:`SHOWN_STEPS` of its steps)."""
+
+    SHOWN_STEPS = 20
 
     def __init__(
         self,
@@ -211,8 +214,17 @@ class CycleDetectedError(DAGValidationError):
         workflow: str | None = None,
     ) -> None:
         self.cycle = list(cycle)
-        path = " -> ".join(self.cycle)
-        super().__init__(problems or [f"dependency cycle: {path}"], workflow=workflow)
+        super().__init__(problems or [f"dependency cycle: {self.path_text(self.cycle)}"], workflow=workflow)
+
+    @classmethod
+    def path_text(cls, cycle: Sequence[str]) -> str:
+        """``a -> b -> c -> a``; a long cycle shows its first :attr:`SHOWN_STEPS` steps and how many
+        more there are (a 100,000-step ring made a 1 MB message)."""
+        steps = len(cycle) - 1  # the first step closes the cycle again
+        if steps <= cls.SHOWN_STEPS:
+            return " -> ".join(cycle)
+        shown = " -> ".join(cycle[: cls.SHOWN_STEPS])
+        return f"{shown} -> ... ({steps - cls.SHOWN_STEPS} more steps, {steps} in the cycle) -> {cycle[0]}"
 
 
 class UnknownActionError(InvalidInputError):

@@ -14,7 +14,7 @@ from codomyrmex_orchestration.core.docs import (
     relative_links,
     render_template,
 )
-from codomyrmex_orchestration.errors import TemplateError
+from codomyrmex_orchestration.errors import InvalidInputError, TemplateError
 
 
 def make_tree(root: Path) -> Path:
@@ -162,3 +162,30 @@ def test_a_template_with_an_unknown_placeholder_writes_nothing(tmp_path: Path) -
     with pytest.raises(TemplateError, match="no_such_thing"):
         generate(root, templates_dir=config)
     assert not list(root.rglob("*.md"))
+
+
+@pytest.mark.parametrize("escaping", ["../outside", "a/../../outside", "/tmp", ""])
+def test_a_directories_entry_leaving_the_project_is_refused_by_name_before_anything_is_written(
+    tmp_path: Path, escaping: str
+) -> None:
+    """'../outside' used to plan '../README.md', write the root's four documents, then fail blaming a
+    symbolic link on project_path; the kept files then read as edited by a person on the next run."""
+    root = make_tree(tmp_path / "p")
+    (tmp_path / "outside").mkdir()
+    generator = DocumentationGenerator(None)
+    for call in (generator.plan, generator.generate_all_documentation):
+        with pytest.raises(InvalidInputError) as info:
+            call(root, project_name="demo", directories={"src": "code", escaping: "evil"})
+        assert info.value.field == "directories"
+        assert repr(escaping) in str(info.value)
+    assert not list(tmp_path.rglob("*.md"))
+
+
+def test_a_symbolic_link_among_the_targets_is_refused_before_any_document_is_written(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "p")
+    (tmp_path / "outside").mkdir()
+    (root / "src" / "pkg" / "README.md").symlink_to(tmp_path / "outside" / "victim.md")
+    with pytest.raises(InvalidInputError, match="symbolic link"):
+        generate(root)
+    assert [p.name for p in root.rglob("*.md")] == ["README.md"]  # the link only
+    assert not (tmp_path / "outside" / "victim.md").exists()

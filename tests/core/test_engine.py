@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -435,6 +437,27 @@ def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(t
         eng.shutdown()
 
 
+def test_a_malformed_project_template_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    (templates / "projects").mkdir(parents=True)
+    (templates / "projects" / "bad.json").write_text(
+        '{"type": "custom", "files": {"../../outside/x.txt": "x"}}', encoding="utf-8"
+    )
+    eng = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=None, projects_dir=tmp_path / "p", templates_dir=templates
+    )
+    try:
+        health = eng.health_check()
+        assert health.overall_status == "degraded"
+        [issue] = health.issues
+        assert issue.startswith("projects: 1 project template file(s) not loaded: ")
+        assert str(templates / "projects" / "bad.json") in issue and "must stay inside the project" in issue
+        assert health.components["projects"].details["template_errors"][0]["path"].endswith("bad.json")
+        assert eng.project_manager.create_project("fine", "research").name == "fine"
+    finally:
+        eng.shutdown()
+
+
 def test_step_counts_start_a_map_step_once_and_keep_cached_steps_apart(engine: OrchestrationEngine) -> None:
     engine.workflow_manager.create_workflow(
         "m",
@@ -791,6 +814,58 @@ def test_configure_engine_with_different_settings_raises_naming_them(tmp_path: P
         with pytest.raises(InvalidStateError, match="durable"):
             configure_engine(_settings(tmp_path, max_workers=2), durable=False)
         assert get_orchestration_engine() is live
+    finally:
+        reset_engine()
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    targets = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            targets.append(os.readlink(fd))
+    return sorted(t for t in targets if t.startswith(str(folder)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list open files")
+def test_an_engine_that_fails_half_built_closes_its_store_threads_and_files(tmp_path: Path) -> None:
+    """The store (writer thread, state.db and its WAL) was open when the malformed resources config was
+    refused; the failed construction used to leave them open, one more set per attempt."""
+    before = set(threading.enumerate())
+    for _ in range(2):
+        with pytest.raises(InvalidInputError, match="resources"):
+            OrchestrationEngine(
+                state_dir=tmp_path / "state",
+                config_dir=None,
+                projects_dir=tmp_path / "p",
+                templates_dir=None,
+                resources_config={"resources": [1]},
+            )
+        assert [t.name for t in threading.enumerate() if t not in before] == []
+        assert _open_files_under(tmp_path) == []
+    engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, projects_dir=tmp_path / "p")
+    engine.shutdown()
+
+
+def test_bad_engine_arguments_are_named_as_passed_before_anything_opens(tmp_path: Path) -> None:
+    reset_engine()
+    before = set(threading.enumerate())
+    settings = _settings(tmp_path)
+    try:
+        for overrides, field, accepted in [
+            ({"max_workers": -1}, "max_workers", "an integer >= 1"),
+            ({"max_workers": "x"}, "max_workers", "an integer >= 1"),
+            ({"state_max_bytes": 0}, "state_max_bytes", "or None (no limit)"),
+            ({"bogus": 1}, "bogus", "engine arguments: allow_code_execution, backend"),
+            ({"session_idle_timeout": 5}, "session_idle_timeout", "Settings(session_idle_timeout=...)"),
+        ]:
+            with pytest.raises(InvalidInputError) as caught:
+                configure_engine(settings, **overrides)
+            assert caught.value.field == field
+            assert accepted in str(caught.value)
+            reset_engine()
+            assert [t.name for t in threading.enumerate() if t not in before] == []
+        assert not (tmp_path / "s" / "state.db").exists()  # nothing was opened
     finally:
         reset_engine()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +179,13 @@ def test_an_executor_shuts_its_own_scheduler_down_on_exit() -> None:
         executor.execute_task_group([lambda: None, lambda: None])
     assert not executor.orchestrator.health()["accepting"]
     assert not [t for t in threading.enumerate() if t.name.startswith("parallel-executor-")]
+
+
+def test_the_engine_guide_states_the_executors_real_defaults() -> None:
+    """ENGINE.md showed timeout=None while the default is 300 s (None means no limit)."""
+    guide = (Path(__file__).parents[2] / "docs" / "ENGINE.md").read_text(encoding="utf-8")
+    shown = re.search(r"`ParallelExecutor\(([^)]*)\)`", guide)
+    assert shown is not None, "ENGINE.md no longer shows the ParallelExecutor signature"
+    documented = dict(part.strip().split("=") for part in shown.group(1).split(","))
+    real = {name: repr(p.default) for name, p in inspect.signature(ParallelExecutor).parameters.items()}
+    assert documented == real

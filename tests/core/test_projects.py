@@ -294,6 +294,52 @@ def test_a_failure_midway_in_an_existing_folder_removes_only_what_the_call_creat
 # ----------------------------------------------------------------------------- templates
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            {"files": {"../../outside/x.txt": "x"}},
+            "files: '../../outside/x.txt' must stay inside the project",
+        ),
+        ({"directory_structure": {"../out": "x"}}, "directory_structure: '../out' must stay inside"),
+        ({"config_file": "/etc/cfg.json"}, "config_file: '/etc/cfg.json' must be a relative path"),
+        ("{oops", "invalid project template: Expecting property name"),
+    ],
+)
+def test_a_malformed_template_file_refuses_only_its_own_template_and_is_named_with_why(
+    manager: ProjectManager, tmp_path: Path, content: Any, reason: str
+) -> None:
+    """One bad file used to make every creation and list_templates() fail, packaged templates too."""
+    folder = tmp_path / "config" / "templates" / "projects"
+    folder.mkdir(parents=True)
+    text = content if isinstance(content, str) else json.dumps({"type": "custom", **content})
+    (folder / "bad.json").write_text(text, encoding="utf-8")
+    assert manager.create_project("q", template="research").template == "research"
+    listed = {t["name"] for t in manager.list_templates()}
+    assert "research" in listed and "bad" not in listed
+    [error] = manager.template_errors()
+    assert error["path"] == f"{folder}/bad.json"
+    assert error["reason"].startswith(reason), error
+    with pytest.raises(InvalidInputError) as info:
+        manager.create_project("b", template="bad")
+    assert info.value.field.startswith(f"{folder}/bad.json") and reason in str(info.value)
+    assert not (manager.root / "b").exists()
+    assert not (tmp_path / "outside").exists()
+
+
+def test_a_malformed_override_of_a_packaged_template_refuses_that_name_not_the_package_copy(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    folder = tmp_path / "config" / "templates" / "projects"
+    folder.mkdir(parents=True)
+    (folder / "research.json").write_text(
+        json.dumps({"type": "research", "files": {"../x": "x"}}), encoding="utf-8"
+    )
+    with pytest.raises(InvalidInputError, match=r"research\.json\.files: '\.\./x' must stay inside"):
+        manager.create_project("r", "research")
+    assert manager.create_project("d", "documentation").template == "documentation"
+
+
 def test_a_custom_template_in_the_config_folder_is_listed_and_used(
     manager: ProjectManager, tmp_path: Path
 ) -> None:

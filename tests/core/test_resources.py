@@ -32,6 +32,7 @@ from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
     InsufficientResourcesError,
     InvalidInputError,
+    InvalidStateError,
     LimitExceededError,
     ResourceNotFoundError,
 )
@@ -544,9 +545,38 @@ def test_shutdown_closes_the_managers_own_expiry_thread_and_held_allocations_sta
     assert not any(t.is_alive() for t in reapers)
     assert rm.get_allocations() == [held]  # nothing expires any more; a release still works
     assert rm.release(held.allocation_id)
-    rm.allocate("lock", "r2", 1, ttl=0.01)
+    with pytest.raises(InvalidStateError, match="after shutdown"):  # refused, no expiry thread again
+        rm.allocate("lock", "r2", 1, ttl=0.01)
     assert rm.check_invariants() == []
     assert not any(t.is_alive() for t in threading.enumerate() if t.name == "resource-expiry")
+
+
+def test_shutdown_wakes_a_caller_waiting_for_capacity_and_refuses_later_allocations(state_dir: Path) -> None:
+    """A waiter used to sleep its whole timeout through shutdown (8 s in the report), and allocate went
+    on granting afterwards."""
+    rm = ResourceManager(state_dir=state_dir)
+    rm.allocate("lock", "holder", 1)
+    log = EventLog()
+    rm.add_listener(log)
+    outcome: list[BaseException] = []
+
+    def wait_for_the_lock() -> None:
+        try:
+            rm.allocate("lock", "waiter", 1, timeout=60)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_the_lock)
+    waiter.start()
+    assert log.wait_for("resource.exhausted")  # it is waiting now
+    rm.shutdown()
+    waiter.join(WAIT)
+    assert not waiter.is_alive(), "shutdown did not wake the waiter"
+    assert isinstance(outcome[0], InvalidStateError)
+    assert "'lock'" in str(outcome[0]) and "'waiter'" in str(outcome[0])
+    with pytest.raises(InvalidStateError, match="shut down"):
+        rm.allocate_resources("late", {"cpu": 1})
+    assert [a.requester_id for a in rm.get_allocations()] == ["holder"]
 
 
 def test_a_shared_timer_service_runs_the_expiries_and_is_never_closed_by_the_manager(state_dir: Path) -> None:

@@ -176,6 +176,15 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
         stats["reason"] = f"{len(failed)} workflow config file(s) not loaded: {shown}{more}"
         return "degraded", stats
 
+    def projects() -> tuple[HealthStatus, dict[str, Any]]:
+        failed = engine.project_manager.template_errors()
+        if not failed:
+            return "healthy", {"template_errors": []}
+        shown = "; ".join(f"{e['path']}: {e['reason']}" for e in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        reason = f"{len(failed)} project template file(s) not loaded: {shown}{more}"
+        return "degraded", {"template_errors": failed, "reason": reason}
+
     def events() -> tuple[HealthStatus, dict[str, Any]]:
         alive = engine.events.alive
         failures, _ = counters.errors("events")
@@ -196,6 +205,7 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
     check("store", True, store)
     check("resources", True, resources)
     check("workflows", False, workflows)
+    check("projects", False, projects)
     check("events", False, events)
     check("sessions", False, sessions)
     issues = [

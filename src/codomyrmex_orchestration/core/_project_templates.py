@@ -68,28 +68,63 @@ class TemplateLibrary:
             places.append((str(self.templates_dir / "projects"), self.templates_dir / "projects"))
         return places
 
-    def all(self) -> dict[str, LoadedTemplate]:
-        """Every template by name; a configured one replaces a packaged one of the same name.
+    def scan(
+        self, *, packaged: bool = True
+    ) -> tuple[dict[str, LoadedTemplate], dict[str, tuple[str, InvalidInputError]]]:
+        """Every template by name, and the refused ones: name -> (its file, the error naming the file,
+        the field and why).
 
-        Raises:
-            InvalidInputError: a template file is malformed (the file and the problem are named).
+        A configured template replaces a packaged one of the same name, a malformed configured one too
+        (that name is refused rather than silently served by the package). A malformed file refuses
+        only its own template: it is named by its ``name`` field, else by its file name. With
+        ``packaged=False`` only the configured folder is read.
         """
         found: dict[str, LoadedTemplate] = {}
-        for label, place in self._places():
+        refused: dict[str, tuple[str, InvalidInputError]] = {}
+        for label, place in self._places()[0 if packaged else 1 :]:
             for entry in sorted(place.iterdir(), key=lambda e: e.name):
-                if entry.is_file() and entry.name.endswith(".json"):
+                if not (entry.is_file() and entry.name.endswith(".json")):
+                    continue
+                path = f"{label}/{entry.name}"
+                try:
                     loaded = _read_template(label, place, entry)
-                    found[loaded.template.name] = loaded  # later places (config) override the package
+                except (OrchestrationError, OSError, ValueError) as exc:
+                    name = _declared_name(entry)
+                    found.pop(name, None)
+                    error = exc if isinstance(exc, InvalidInputError) else None
+                    refused[name] = (path, error or InvalidInputError(path, f"cannot be read: {exc}"))
+                    continue
+                refused.pop(loaded.template.name, None)
+                found[loaded.template.name] = loaded  # later places (config) override the package
+        return found, refused
+
+    def all(self) -> dict[str, LoadedTemplate]:
+        """Every template that loads, by name (see :meth:`scan`; :meth:`problems` lists the others)."""
+        return self.scan()[0]
+
+    def problems(self) -> list[dict[str, str]]:
+        """The template files refused, each as ``{"path", "reason"}`` (health reports them). Only the
+        configured folder can hold one: the packaged templates are read by the tests."""
+        found = []
+        for path, error in self.scan(packaged=False)[1].values():
+            reason = str(error)  # its field starts with the path: keep what follows it
+            for prefix in (f"{path}.", f"{path}: "):
+                reason = reason.removeprefix(prefix)
+            found.append({"path": path, "reason": reason})
         return found
 
     def get(self, name: str) -> LoadedTemplate:
         """The template called ``name`` (case-insensitive for the packaged type names).
 
         Raises:
-            InvalidInputError: no such template (the message lists the available ones).
+            InvalidInputError: no such template (the message lists the available ones), or its file is
+                malformed (``field`` names the file and the field, the message why).
         """
-        templates = self.all()
-        key = name.strip().lower() if name.strip().lower() in templates else name
+        templates, refused = self.scan()
+        lowered = name.strip().lower()
+        key = lowered if lowered in templates or lowered in refused else name
+        if key in refused:
+            raise refused[key][1]
         if key not in templates:
             raise InvalidInputError(
                 "template",
@@ -145,6 +180,16 @@ def _read_template(label: str, place: Traversable, entry: Traversable) -> Loaded
     return LoadedTemplate(
         template.model_copy(update={"files": checked}), source, docs_dir if docs_dir.is_dir() else None
     )
+
+
+def _declared_name(entry: Traversable) -> str:
+    """The name a template file gives itself (its ``name`` field), else its file name without .json."""
+    try:
+        raw = json.loads(entry.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None
+    declared = raw.get("name") if isinstance(raw, dict) else None
+    return declared if isinstance(declared, str) and declared else entry.name.removesuffix(".json")
 
 
 def _walk_files(base: Traversable, prefix: str = "") -> Iterator[tuple[str, Traversable]]:

@@ -38,6 +38,7 @@ from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
     InsufficientResourcesError,
     InvalidInputError,
+    InvalidStateError,
     ResourceNotFoundError,
 )
 from codomyrmex_orchestration.logs import get_logger
@@ -215,6 +216,7 @@ class ResourceLedger:
 
         Raises:
             InsufficientResourcesError: still short when the timeout ran out (at once for 0).
+            InvalidStateError: the ledger is closed (also to a caller waiting when it closes).
         """
         deadline = time.monotonic() + timeout
         announced = False
@@ -222,6 +224,8 @@ class ResourceLedger:
             notes = _Notes()
             try:
                 with self._lock:
+                    if self._closed:  # close() wakes the waiters: they are refused here
+                        raise _closed_error(requester, wanted)
                     shortfall = self._shortfall_locked(wanted)
                     if not shortfall:
                         return self._grant_locked(requester, wanted, notes, ttl=ttl, bound_burst=True)
@@ -273,6 +277,8 @@ class ResourceLedger:
         notes = _Notes()
         try:
             with self._lock:
+                if self._closed:
+                    raise _closed_error(allocation.requester_id, wanted)
                 if allocation.allocation_id in self._by_allocation:
                     raise AlreadyExistsError("allocation", allocation.allocation_id, "it is held already")
                 shortfall = self._shortfall_locked(wanted)
@@ -348,7 +354,8 @@ class ResourceLedger:
             )
 
     def close(self) -> None:
-        """Cancel every pending expiry and wake waiters; held allocations stay until released."""
+        """Cancel every pending expiry and wake waiters (refused, as every later :meth:`acquire` and
+        :meth:`restore` is); held allocations stay until released."""
         with self._lock:
             self._closed = True
             for state in self._states.values():
@@ -509,6 +516,16 @@ class ResourceLedger:
                 held.timer = None  # fired: nothing to cancel
                 self._release_locked(allocation_id, held.expiry_reason, notes)
         self.listeners.deliver(notes)
+
+
+def _closed_error(requester: str, wanted: Mapping[str, float]) -> InvalidStateError:
+    return InvalidStateError(
+        "resource",
+        ", ".join(wanted),
+        "shut down with its ResourceManager",
+        f"no allocation is granted to {requester!r} after shutdown(); create a new manager (or engine) "
+        "to allocate again",
+    )
 
 
 # --------------------------------------------------------------------------- per-resource figures

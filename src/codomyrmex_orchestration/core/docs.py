@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from codomyrmex_orchestration.config import DEFAULT_TEMPLATES_DIR
 from codomyrmex_orchestration.core._files import atomic_write
@@ -176,7 +176,7 @@ class DocumentationGenerator:
         found: set[str] = set()
         if directories is not None:
             for rel in directories:
-                parts = Path(rel).parts
+                parts = _inside(rel)
                 for i in range(1, len(parts) + 1):
                     found.add(Path(*parts[:i]).as_posix())
         else:
@@ -206,10 +206,12 @@ class DocumentationGenerator:
         project_template_dir: Traversable | Path | None = None,
         extra_variables: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """Render every document without writing: relative posix path -> content.
+        """Render every document without writing: relative posix path -> content, every path inside
+        the project.
 
         Raises:
             TemplateError: a template is missing or has an unknown placeholder (nothing is written).
+            InvalidInputError: a ``directories`` entry is absolute or leaves the project (``..``).
         """
         root = Path(project_path)
         purposes = dict(directories or {})
@@ -304,14 +306,17 @@ class DocumentationGenerator:
             project_template_dir=project_template_dir,
             extra_variables=extra_variables,
         )
-        known = dict(hashes or {})
-        report = DocsReport()
-        for rel, text in rendered.items():
+        # Every target is checked before the first is written: a refusal leaves the tree as it was.
+        for rel in rendered:
             target = root / rel
             if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
                 raise InvalidInputError(
                     "project_path", f"{rel} is or lies under a symbolic link leaving the project; refused"
                 )
+        known = dict(hashes or {})
+        report = DocsReport()
+        for rel, text in rendered.items():
+            target = root / rel
             new_hash = content_hash(text)
             if target.exists():
                 current = content_hash(target.read_text(encoding="utf-8", errors="surrogateescape"))
@@ -374,7 +379,8 @@ class DocumentationGenerator:
 
         Raises:
             TemplateError: a template is missing or names an unknown variable (nothing is written).
-            InvalidInputError: ``project_path`` is not a directory, or a target is a symbolic link.
+            InvalidInputError: ``project_path`` is not a directory, a ``directories`` entry leaves the
+                project, or a target is a symbolic link (nothing is written).
         """
         report = self.generate(
             project_path,
@@ -394,6 +400,20 @@ class DocumentationGenerator:
             hashes.clear()
             hashes.update(report.hashes)
         return report.written
+
+
+def _inside(rel: object) -> tuple[str, ...]:
+    """The parts of a ``directories`` entry, which must be a relative path staying inside the project."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise InvalidInputError("directories", f"entries must be relative folder paths, got {rel!r}")
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts:
+        raise InvalidInputError(
+            "directories",
+            f"{rel!r} must be a relative path inside the project (not absolute, no '..'); "
+            "the documentation is written only inside it",
+        )
+    return pure.parts
 
 
 def relative_links(markdown: str) -> Sequence[str]:

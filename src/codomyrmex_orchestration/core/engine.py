@@ -9,10 +9,9 @@ singletons live outside ``core`` in :mod:`codomyrmex_orchestration.compose`.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from codomyrmex_orchestration.config import (
 )
 from codomyrmex_orchestration.core._allocations import UserAllocations
 from codomyrmex_orchestration.core._complex import complex_workflow_document
+from codomyrmex_orchestration.core._engine_lifecycle import check_arguments, close_parts
 from codomyrmex_orchestration.core._events import EventHandler, Publisher
 from codomyrmex_orchestration.core._health import (
     HealthReport,
@@ -76,7 +76,6 @@ from codomyrmex_orchestration.core.timers import TimerService, wait_limit
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import (
     InvalidInputError,
-    TaskNotFoundError,
 )
 
 __all__ = [
@@ -225,13 +224,14 @@ class OrchestrationEngine:
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         recover: bool = True,
     ) -> None:
-        self.started_at = time.monotonic()
-        self.state_dir = Path(state_dir)
-        self.counters = EngineCounters()
-        self._owns_timers = timers is None
-        self.timers = timers if timers is not None else TimerService()
-        if store is None:
-            store = _default_store(
+        check_arguments(locals())  # before anything opens, so each is named as it was passed
+        try:
+            self.started_at = time.monotonic()
+            self.state_dir = Path(state_dir)
+            self.counters = EngineCounters()
+            self._owns_timers = timers is None
+            self.timers = timers if timers is not None else TimerService()
+            self.store: EngineStateStore = store or _default_store(
                 self.state_dir,
                 durable,
                 retention_runs=retention_runs,
@@ -239,74 +239,86 @@ class OrchestrationEngine:
                 max_bytes=state_max_bytes,
                 max_parameters_bytes=max_parameters_bytes,
             )
-        self.store: EngineStateStore = store
-        self._publisher = Publisher(store=self.store, counters=self.counters)
-        self._publish = self._publisher.publish
-        self.events = self._publisher.bus
-        self.interrupted_runs: list[str] = self.store.recover() if recover else []
-        self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
-        if durable:  # before any resume can start a step again: kill the groups a crash left running
-            guard_processes(self.registry, self.state_dir / "procs")
-        self.resource_manager = build_resource_manager(
-            state_dir=self.state_dir,
-            config_dir=config_dir,
-            max_workers=max_workers,
-            durable=durable,
-            resources_config=resources_config,
-            timers=self.timers,
-        )
-        self.output_limiter = _output_limiter(
-            max_output_bytes, self.store, self.state_dir, durable and spill_outputs
-        )
-        self.task_orchestrator = TaskOrchestrator(
-            max_workers,
-            registry=self.registry,
-            resource_manager=self.resource_manager,
-            backend=backend,
-            output_limit=self.output_limiter,
-            timers=self.timers,
-            max_queued=max_queued_tasks,
-        )
-        self.workflow_manager = WorkflowManager(
-            orchestrator=self.task_orchestrator,
-            registry=self.registry,
-            store=self.store,
-            config_dir=config_dir,
-            sample_dir=sample_dir,
-            max_steps=max_steps,
-            max_map_items=max_map_items,
-            max_resolved_size=max_resolved_size,
-            max_subworkflow_depth=max_subworkflow_depth,
-            max_subworkflow_runs=max_subworkflow_runs,
-            max_output_bytes=max_output_bytes,
-        )
-        self.sessions = SessionRegistry(
-            store=self.store,
-            timers=self.timers,
-            stop_work=partial(
-                stop_session_work, self.workflow_manager, self.task_orchestrator, self.resource_manager
-            ),
-            on_closed=partial(_announce_closed, self),
-        )
-        self._session_work = SessionWork(
-            self.sessions, self.workflow_manager, self.task_orchestrator, self._publish
-        )
-        for session_id in self.sessions.recover() if recover else []:  # sessions the last process left open
-            self._publish("session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value})
-        templates = Path(templates_dir) if templates_dir is not None else None
-        self.project_manager = ProjectManager(
-            projects_dir, templates_dir=templates, workflow_manager=self.workflow_manager, store=self.store
-        )
-        self.project_manager.register_allowed_workflows() if recover else None  # those refused before
-        self.workflow_manager.add_listener(self._on_workflow_event)
-        self.allocations = UserAllocations(
-            resources=self.resource_manager, store=self.store, sessions=self.sessions, counters=self.counters
-        )
-        self.resource_manager.add_listener(self._on_resource_event)
-        self.allocations.restore()
-        for run_id in self.interrupted_runs:
-            self._publish("run.interrupted", {"run_id": run_id})
-        self.workflow_manager.inputs.reload() if recover else None  # continue the runs waiting for input
+            self._publisher = Publisher(store=self.store, counters=self.counters)
+            self._publish = self._publisher.publish
+            self.events = self._publisher.bus
+            self.interrupted_runs: list[str] = self.store.recover() if recover else []
+            self.registry = registry or create_registry(allow_code_execution=allow_code_execution)
+            if durable:  # before any resume can start a step again: kill the groups a crash left running
+                guard_processes(self.registry, self.state_dir / "procs")
+            self.resource_manager = build_resource_manager(
+                state_dir=self.state_dir,
+                config_dir=config_dir,
+                max_workers=max_workers,
+                durable=durable,
+                resources_config=resources_config,
+                timers=self.timers,
+            )
+            self.output_limiter = _output_limiter(
+                max_output_bytes, self.store, self.state_dir, durable and spill_outputs
+            )
+            self.task_orchestrator = TaskOrchestrator(
+                max_workers,
+                registry=self.registry,
+                resource_manager=self.resource_manager,
+                backend=backend,
+                output_limit=self.output_limiter,
+                timers=self.timers,
+                max_queued=max_queued_tasks,
+            )
+            self.workflow_manager = WorkflowManager(
+                orchestrator=self.task_orchestrator,
+                registry=self.registry,
+                store=self.store,
+                config_dir=config_dir,
+                sample_dir=sample_dir,
+                max_steps=max_steps,
+                max_map_items=max_map_items,
+                max_resolved_size=max_resolved_size,
+                max_subworkflow_depth=max_subworkflow_depth,
+                max_subworkflow_runs=max_subworkflow_runs,
+                max_output_bytes=max_output_bytes,
+            )
+            self.sessions = SessionRegistry(
+                store=self.store,
+                timers=self.timers,
+                stop_work=partial(
+                    stop_session_work, self.workflow_manager, self.task_orchestrator, self.resource_manager
+                ),
+                on_closed=partial(_announce_closed, self),
+            )
+            self._session_work = SessionWork(
+                self.sessions, self.workflow_manager, self.task_orchestrator, self._publish
+            )
+            for session_id in (
+                self.sessions.recover() if recover else []
+            ):  # sessions the last process left open
+                self._publish(
+                    "session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value}
+                )
+            templates = Path(templates_dir) if templates_dir is not None else None
+            self.project_manager = ProjectManager(
+                projects_dir,
+                templates_dir=templates,
+                workflow_manager=self.workflow_manager,
+                store=self.store,
+            )
+            self.project_manager.register_allowed_workflows() if recover else None  # those refused before
+            self.workflow_manager.add_listener(self._on_workflow_event)
+            self.allocations = UserAllocations(
+                resources=self.resource_manager,
+                store=self.store,
+                sessions=self.sessions,
+                counters=self.counters,
+            )
+            self.resource_manager.add_listener(self._on_resource_event)
+            self.allocations.restore()
+            for run_id in self.interrupted_runs:
+                self._publish("run.interrupted", {"run_id": run_id})
+            self.workflow_manager.inputs.reload() if recover else None  # continue the runs waiting for input
+        except BaseException:  # nothing may outlive a failed construction: no thread, no open file
+            close_parts(self, keep=(store, registry))  # what the caller gave is still the caller's
+            raise
 
     # ------------------------------------------------------------------ events
 
@@ -532,33 +544,13 @@ class OrchestrationEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def shutdown(self, *, cancel_running: bool = True, timeout: float | None = 10.0) -> None:
-        """Cancel running work (it stays resumable), stop threads and flush the store.
+        """Cancel running work (it stays resumable), stop threads and flush the store. Never raises: a
+        stage that fails is logged and counted, and the others still run.
 
         ``timeout`` bounds each wait for threads and work to finish (``None``: no limit of the engine's
         own; the scheduler then applies its default).
         """
-        # Every stage runs even if an earlier one fails (a broken store, a stuck backend): shutdown is
-        # what a SIGTERM handler calls, and it must leave nothing running behind it.
-        stages: list[tuple[str, Callable[[], object]]] = [
-            ("sessions", lambda: self.sessions.close(timeout)),
-            ("workflows", lambda: self.workflow_manager.shutdown(cancel_running=cancel_running)),
-            ("tasks", lambda: _cancel_unfinished(self.task_orchestrator) if cancel_running else None),
-            (
-                "scheduler",
-                lambda: self.task_orchestrator.shutdown(wait=True, cancel_pending=True, timeout=timeout),
-            ),
-            ("actions", self.registry.close),  # services the actions share (MCP connections)
-            ("resources", self.resource_manager.shutdown),
-            ("events", lambda: self.events.close(timeout)),
-            ("timers", lambda: self.timers.close(timeout) if self._owns_timers else None),
-            ("store", self.store.close),
-        ]
-        for component, stage in stages:
-            try:
-                stage()
-            except Exception as exc:
-                self.counters.record_error(component, exc)
-                _log.error("shutdown stage failed", component=component, error=f"{type(exc).__name__}: {exc}")
+        close_parts(self, cancel_running=cancel_running, timeout=timeout)
 
 
 def _wait_task(orchestrator: TaskOrchestrator, task_id: str, timeout: float | None) -> TaskRecord:
@@ -574,18 +566,6 @@ def _wait_task(orchestrator: TaskOrchestrator, task_id: str, timeout: float | No
     if settled.wait(wait_limit(timeout)):
         return final[0]
     return orchestrator.get_task(task_id)
-
-
-def _cancel_unfinished(orchestrator: TaskOrchestrator) -> None:
-    # One listing, then a cancel for each task not final yet: cancel_task handles whatever state a task
-    # has reached by then. (Listing RUNNING, then READY, missed a task that started in between, and
-    # shutdown then waited its whole timeout for it.)
-    # A task that ends after the listing may be gone by its cancel (a workflow step's record is dropped
-    # as it ends, and finished records are evicted): it needs no cancelling.
-    for task in orchestrator.list_tasks(limit=1_000_000):
-        if not task.status.is_terminal:
-            with contextlib.suppress(TaskNotFoundError):
-                orchestrator.cancel_task(task.task_id, "the engine is shutting down")
 
 
 def _announce_closed(engine: OrchestrationEngine, session: Session) -> None:

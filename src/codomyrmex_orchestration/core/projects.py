@@ -129,8 +129,13 @@ class ProjectManager:
         return self._templates.get(str(name)).template
 
     def list_templates(self) -> list[dict[str, Any]]:
-        """What each template makes: its type, directories (with purposes), files, config and workflows."""
+        """What each template makes: its type, directories (with purposes), files, config and workflows.
+        A malformed template file is left out (:meth:`template_errors` names it)."""
         return self._templates.describe()
+
+    def template_errors(self) -> list[dict[str, str]]:
+        """The template files refused as malformed, each as ``{"path", "reason"}``; the others work."""
+        return self._templates.problems()
 
     def build_workflow_specs(self, project: Project, template: ProjectTemplate) -> list[WorkflowSpec]:
         """The template's workflows for ``project`` as ``WorkflowSpec`` named ``<project>.<workflow>``.

@@ -211,6 +211,7 @@ class ResourceManager:
             InsufficientResourcesError: not enough capacity (now, or within ``timeout``), or more
                 than capacity + burst ever could give.
             InvalidInputError / ResourceNotFoundError: a bad argument.
+            InvalidStateError: the manager is shut down (a caller waiting for capacity is woken with it).
         """
         return self.allocate_resources(requester_id, {resource_id: amount}, ttl=ttl, timeout=timeout)[0]
 
@@ -322,7 +323,8 @@ class ResourceManager:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop expiring allocations: cancel their timers, and close the timer service if it is the
-        manager's own (its thread joined for at most ``timeout`` s). Idempotent."""
+        manager's own (its thread joined for at most ``timeout`` s). Callers waiting in :meth:`allocate`
+        are woken and refused (``InvalidStateError``), as every later allocation is. Idempotent."""
         self._ledger.close()
         if self._owns_timers:
             self._timers.close(timeout)
