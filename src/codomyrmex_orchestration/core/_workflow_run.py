@@ -237,6 +237,7 @@ class RunState:
         self.final: RunRecord | None = None
         self.watchers: list[Callable[[], None]] = []
         self.cancelled = False
+        self.cancel_reason: str | None = None
         # The scheduler's tasks of its steps and items: cancelled together, and not kept once they end
         # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
         self.group = TaskGroup(keep_final=False)
@@ -351,13 +352,14 @@ class RunState:
         row = self.record.steps.get(name)
         return _PENDING if row is None else row.status
 
-    def cancel(self) -> Advance:
-        """Cancel the run: what settled at once (the caller cancels its tasks: ``group``)."""
+    def cancel(self, reason: str | None = None) -> Advance:
+        """Cancel the run (``reason``: its error, "run cancelled" if None): what settled at once (the
+        caller cancels its tasks: ``group``)."""
         advance = Advance()
         with self.lock:
             if self.cancelled or self.final is not None:
                 return advance
-            self.cancelled = True
+            self.cancelled, self.cancel_reason = True, reason
             self._apply_starts()
             for name in self.slots.drop():
                 self._settle(_cancelled(name), advance, announce=True)
@@ -374,7 +376,7 @@ class RunState:
             steps = _in_order(record.steps, self.names)
             failed = [n for n, s in steps.items() if s.status in FAILED and self.spec_of(n).required]
             if self.cancelled:
-                record.status, record.error = WorkflowStatus.CANCELLED, "run cancelled"
+                record.status, record.error = WorkflowStatus.CANCELLED, self.cancel_reason or "run cancelled"
             elif failed:
                 details = []
                 for n in failed:
