@@ -127,6 +127,8 @@ class SubRuns:
                 wake.wait(ctx.remaining())
         finally:
             remove()
+        if not child.done.is_set() and child.kept:  # left waiting at shutdown: its parent resumes it
+            ctx.check_cancelled()
         if not child.done.is_set():
             # The step's deadline (whether its own wait or the scheduler's timer saw it first) makes it
             # timed out, never failed with the child's "cancelled": the child hears why it stops.
