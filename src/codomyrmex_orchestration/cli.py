@@ -615,7 +615,8 @@ def _report_waiting(record: RunRecord) -> None:
             for name, prop in schema.get("properties", {}).items()
         )
         deadline = f"; unanswered, it fails at {question.deadline.isoformat()}" if question.deadline else ""
-        print(f"  step {question.step!r} asks: {question.message}")
+        sub = f" of sub-run {question.run_id}" if question.run_id not in (None, record.run_id) else ""
+        print(f"  step {question.step!r}{sub} asks: {question.message}")
         print(f"    answer: accept{f' with {fields}' if fields else ''}, or decline{deadline}")
     print(
         f"answer it over MCP: `{PROG} serve` on this state directory continues waiting runs as it starts, "

@@ -381,3 +381,112 @@ def test_an_approval_map_asks_once_per_item_and_collects_the_answers(engine: Orc
     final = manager.wait_run(run_id, WAIT)
     assert final.status is WorkflowStatus.COMPLETED
     assert final.steps["ask"].output == [{"action": "accept", "content": {}}] * 2
+
+
+def parent_of_approval(engine: OrchestrationEngine) -> str:
+    """A parent run whose step `sub` runs `gated` (which asks), started and waiting for input."""
+    manager = engine.workflow_manager
+    manager.create_workflow(approval_workflow())
+    manager.create_workflow(
+        {
+            "name": "parent",
+            "steps": [
+                {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "gated"}},
+                {
+                    "name": "after",
+                    "module": "core",
+                    "action": "echo",
+                    "parameters": {"message": "{{steps.sub.output.outputs}}"},
+                },
+            ],
+        }
+    )
+    run_id = manager.start_workflow("parent")
+    wait_for_status(engine, run_id, WorkflowStatus.WAITING_FOR_INPUT)
+    return run_id
+
+
+def child_of(engine: OrchestrationEngine, run_id: str) -> str:
+    [child] = [
+        r for r in engine.workflow_manager.list_runs(workflow_name="gated") if r.parent_run_id == run_id
+    ]
+    return child.run_id
+
+
+def test_a_question_of_a_sub_run_is_its_parent_s_question_and_the_parent_s_id_answers_it(
+    engine: OrchestrationEngine,
+) -> None:
+    manager = engine.workflow_manager
+    run_id = parent_of_approval(engine)
+    child_id = child_of(engine, run_id)
+    # The wait on the parent ends at once: nobody is being asked the question of its sub-run.
+    record = manager.inputs.wait(run_id, WAIT)
+    assert record.status is WorkflowStatus.WAITING_FOR_INPUT
+    [question] = record.pending_inputs
+    assert (question.run_id, question.step, question.message) == (child_id, "ask", "Delete 3 files?")
+    assert manager.get_run(child_id).pending_inputs == [question]
+    with pytest.raises(InvalidStateError, match=rf"steps waiting for an answer: ask \(sub-run {child_id}\)"):
+        manager.inputs.respond(run_id, "nope", "accept")
+
+    manager.inputs.respond(run_id, "ask", "accept")  # the parent's id and the child's step
+    final = manager.wait_run(run_id, WAIT)
+    assert final.status is WorkflowStatus.COMPLETED, final.error
+    assert final.pending_inputs == []
+    assert final.steps["sub"].output["run_id"] == child_id
+    assert manager.get_run(child_id).steps["ask"].output == {"action": "accept", "content": {}}
+
+
+def test_the_child_s_id_answers_its_question_and_a_decline_fails_the_parent_step(
+    engine: OrchestrationEngine,
+) -> None:
+    manager = engine.workflow_manager
+    run_id = parent_of_approval(engine)
+    manager.inputs.respond(child_of(engine, run_id), "ask", "decline")
+    final = manager.wait_run(run_id, WAIT)
+    assert final.status is WorkflowStatus.FAILED
+    assert final.steps["sub"].status is TaskStatus.FAILED
+    assert final.pending_inputs == []
+
+
+def test_the_broker_is_asked_a_sub_run_s_question_with_the_client_of_the_top_level_run(
+    engine: OrchestrationEngine,
+) -> None:
+    asked: list[tuple[str, str, str | None, str]] = []
+    manager = engine.workflow_manager
+
+    def broker(run_id: str, step: str, question: InputRequest, client: str | None) -> bool:
+        asked.append((run_id, step, client, manager.inputs.root_of(run_id)))
+        return True  # being asked: the wait on the parent does not end on it
+
+    manager.inputs.broker = broker
+    run_id = parent_of_approval(engine)
+    assert manager.inputs.wait(run_id, 0.05).status is WorkflowStatus.WAITING_FOR_INPUT
+    assert asked == [(child_of(engine, run_id), "ask", None, run_id)]
+    [(child_id, step, _, _)] = asked
+    manager.inputs.respond(child_id, step, "accept")
+    assert manager.wait_run(run_id, WAIT).status is WorkflowStatus.COMPLETED
+
+
+def test_a_parent_waiting_on_its_sub_run_s_question_survives_a_restart(tmp_path: Path) -> None:
+    first = engine_at(tmp_path)
+    try:
+        run_id = parent_of_approval(first)
+        child_id = child_of(first, run_id)
+        [asked] = first.workflow_manager.get_run(run_id).pending_inputs
+    finally:
+        first.shutdown()
+
+    second = engine_at(tmp_path)
+    try:
+        manager = second.workflow_manager
+        assert manager.is_active(run_id)
+        record = manager.inputs.wait(run_id, WAIT)  # its step takes over the same sub-run, which asks again
+        assert record.status is WorkflowStatus.WAITING_FOR_INPUT
+        assert record.pending_inputs == [asked]
+        manager.inputs.respond(run_id, "ask", "accept")
+        final = manager.wait_run(run_id, WAIT)
+        assert final.status is WorkflowStatus.COMPLETED, final.error
+        assert final.steps["sub"].output["run_id"] == child_id
+        assert [r.run_id for r in manager.list_runs(workflow_name="gated")] == [child_id]
+    finally:
+        second.shutdown()

@@ -486,6 +486,35 @@ def test_cancelling_a_parent_run_cancels_its_running_sub_workflow(manager: Workf
     assert child.status is WorkflowStatus.CANCELLED
 
 
+def test_a_sub_workflow_step_past_its_timeout_is_timed_out_and_its_child_hears_why(
+    manager: WorkflowManager, registry: ActionRegistry
+) -> None:
+    # The child's step ends only when it is cancelled; the parent step's deadline is both the scheduler's
+    # timer and the step's own wait, and whichever sees it first, the step is timed out (before the fix, a
+    # few runs in ten ended failed with the child's "run cancelled").
+    def block(params: dict[str, Any], ctx: ActionContext) -> None:
+        ctx.cancel_event.wait(30)
+
+    registry.register(ActionDefinition("test", "block", block))
+    manager.create_workflow("blocker", [step("b", module="test", action="block")])
+    manager.create_workflow(
+        "outer",
+        [step("sub", module="workflow", action="run", timeout=0.05, parameters={"workflow": "blocker"})],
+    )
+    for _ in range(20):
+        record = manager.execute_workflow("outer", timeout=20)
+        sub = record.steps["sub"]
+        assert sub.status is TaskStatus.TIMED_OUT, sub.error
+        assert sub.error is not None and "timed out after 0.05 s" in sub.error.message
+        assert "cancelled" not in sub.error.message
+        [child] = [r for r in manager.list_runs(workflow_name="blocker") if r.parent_run_id == record.run_id]
+        child = manager.wait_run(child.run_id, timeout=10)
+        assert child.status is WorkflowStatus.CANCELLED
+        assert child.error == (
+            f"run cancelled: its parent step 'sub' (run {record.run_id}) timed out after 0.05 s"
+        )
+
+
 def test_a_step_starts_only_once_its_parents_results_are_committed_to_disk(
     orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
 ) -> None:

@@ -490,6 +490,44 @@ def test_a_run_exiting_3_first_finishes_what_needs_no_answer_and_prints_what_it_
         assert "shutdown stage failed" not in result.stderr
 
 
+def test_run_of_a_parent_whose_sub_run_asks_prints_the_question_exits_3_and_a_server_continues_it(
+    cli: Cli,
+) -> None:
+    child = {"name": "ch_appr", "steps": [
+        {"name": "q", "module": "core", "action": "approve", "parameters": {"message": "child asks"}}
+    ]}  # fmt: skip
+    parent = {"name": "pa_appr", "steps": [
+        {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "ch_appr"}}
+    ]}  # fmt: skip
+    assert cli("run", cli.write("ch.json", child), timeout=30).returncode == 3  # registers ch_appr too
+    result = cli("run", cli.write("pa.json", parent), timeout=30)  # before the fix: it never returned
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    run_id = next(line for line in lines if "pa_appr is waiting for input" in line).split()[1]
+    record = cli.json("show", run_id)
+    assert record["status"] == "waiting_for_input"
+    [question] = record["pending_inputs"]
+    child_id = question["run_id"]
+    assert child_id != run_id
+    assert f"  step 'q' of sub-run {child_id} asks: child asks" in lines
+    assert cli.json("show", child_id)["status"] == "waiting_for_input"
+
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+
+    engine = OrchestrationEngine(
+        state_dir=cli.state_dir, config_dir=None, projects_dir=cli.root / "projects", templates_dir=None
+    )
+    try:  # as `serve` starts: the parent continues, its step takes over the same sub-run, which asks again
+        manager = engine.workflow_manager
+        assert manager.inputs.wait(run_id, 30).status is WorkflowStatus.WAITING_FOR_INPUT
+        manager.inputs.respond(run_id, "q", "accept")
+        final = manager.wait_run(run_id, 30)
+    finally:
+        engine.shutdown()
+    assert final.status is WorkflowStatus.COMPLETED, final.error
+    assert final.steps["sub"].output["run_id"] == child_id
+
+
 def test_a_run_waiting_for_a_person_with_state_in_memory_is_cancelled_saying_why(cli: Cli) -> None:
     cli.env["CODOMYRMEX_DURABLE"] = "0"
     result = cli("run", cli.write("gated.json", GATED), timeout=30)

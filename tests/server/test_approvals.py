@@ -146,6 +146,50 @@ async def test_without_elicitation_the_run_waits_and_respond_to_run_answers_it(
     assert final.steps["act"].output == "tidy"
 
 
+PARENT = {
+    "name": "parent",
+    "steps": [{"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "gated"}}],
+}
+
+
+async def test_a_client_with_elicitation_is_asked_the_question_of_its_run_s_sub_run(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "from the child"})
+    async with Client(build_server(tools), mode="legacy", elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        await ok(client, "create_workflow", PARENT)
+        run = await ok(client, "execute_workflow", {"workflow_name": "parent"})
+    assert run["status"] == "completed", run
+    [question] = asked
+    assert question.message == "Delete 3 files?"
+    assert run["steps"]["sub"]["output"]["outputs"]
+
+
+async def test_a_sub_run_s_question_ends_the_parent_s_wait_and_the_parent_s_id_answers_it(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    await ok(client, "create_workflow", GATED)
+    await ok(client, "create_workflow", PARENT)
+    with anyio.fail_after(WAIT / 2):  # before the fix: the whole timeout, then "still running"
+        run = await ok(client, "execute_workflow", {"workflow_name": "parent", "timeout_seconds": WAIT})
+    assert run["status"] == "waiting_for_input"
+    [question] = run["pending_inputs"]
+    child_id = question["run_id"]
+    assert child_id != run["run_id"] and question["step"] == "approve"
+    assert f"step approve of sub-run {child_id}" in run["note"]
+    wrong = await call(client, "respond_to_run", {"run_id": run["run_id"], "step": "sub", "action": "accept"})
+    assert (
+        wrong.is_error
+        and f"steps waiting for an answer: approve (sub-run {child_id})" in wrong.content[0].text
+    )
+
+    answer = {"run_id": run["run_id"], "step": "approve", "action": "accept", "content": {"reason": "tidy"}}
+    final = await ok(client, "respond_to_run", answer)
+    assert final["status"] == "completed", final
+    assert final["steps"]["sub"]["output"]["run_id"] == child_id
+
+
 async def test_cancelling_a_waiting_answer_leaves_the_run_going(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:

@@ -113,12 +113,13 @@ class RunDriver:
         """Add steps to a running run (see :meth:`RunState.add_steps`) and dispatch those ready."""
         self.apply(run, run.add_steps(steps))
 
-    def cancel(self, run: RunState) -> None:
-        """Cancel a run: queued steps never start, running ones are stopped."""
-        advance = run.cancel()
+    def cancel(self, run: RunState, reason: str | None = None) -> None:
+        """Cancel a run: queued steps never start, running ones are stopped (``reason``: the run's
+        error, "run cancelled" if None)."""
+        advance = run.cancel(reason)
         # After the run's own flag: a step it clears from now on is decided CANCELLED, and a task of it
         # the scheduler receives from now on (submitted by a transition just before) ends CANCELLED.
-        self.orchestrator.cancel_group(run.group, "run cancelled")
+        self.orchestrator.cancel_group(run.group, reason or "run cancelled")
         self.apply(run, advance)
 
     def apply(self, run: RunState, advance: Advance, after: TaskState | None = None) -> None:

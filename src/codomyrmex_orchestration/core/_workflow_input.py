@@ -390,7 +390,7 @@ class InputDesk:
         with self._lock:
             kept = self._restored.pop((run.run_id, name), None)
         if kept is not None:
-            request = kept
+            request = kept if kept.run_id is not None else kept.model_copy(update={"run_id": run.run_id})
         else:
             asked_at = utcnow()
             deadline = asked_at + timedelta(seconds=question.timeout) if question.timeout else None
@@ -400,6 +400,7 @@ class InputDesk:
                 requested_schema=redact(question.schema),
                 asked_at=asked_at,
                 deadline=deadline,
+                run_id=run.run_id,
             )
         store = self._runs.store
         parked, advance = run.await_input(request, store.save_run if store.durable else None)
@@ -442,7 +443,8 @@ class InputDesk:
                 with self._changed:
                     self._unattended.add((run_id, step))
                     self._changed.notify_all()
-                    callbacks = self._on_stop.pop(run_id, [])
+                    # A sub-run's question is its parents' too: their on_stop callers stop waiting.
+                    callbacks = [c for r in self._lineage(run_id) for c in self._on_stop.pop(r, [])]
         for callback in callbacks:
             callback()
 
@@ -452,7 +454,7 @@ class InputDesk:
         run = self._active.get(run_id)
         if run is None:
             return self._runs.get_run(run_id)
-        unattended, ended = self._unattended, self._ended
+        unattended, ended, under = self._unattended, self._ended, self._under
         with self._changed:
             self._watched[run_id] = self._watched.get(run_id, 0) + 1
         run.watch(partial(self.forget, run_id))  # wakes this wait when the run ends
@@ -460,7 +462,7 @@ class InputDesk:
             if run_id in self._active:  # else it ended before it was watched: forget() did not mark it
                 with self._changed:
                     self._changed.wait_for(
-                        lambda: run_id in ended or any(key[0] == run_id for key in unattended), timeout
+                        lambda: run_id in ended or any(under(key[0], run_id) for key in unattended), timeout
                     )
         finally:
             with self._changed:
@@ -472,9 +474,9 @@ class InputDesk:
 
     def on_stop(self, run_id: str, callback: Callable[[RunRecord], None], *, questions: bool = True) -> None:
         """Call ``callback(record)`` once, with the record as it stands then, when run ``run_id`` ends or
-        (with ``questions``) waits on a question nobody is being asked: what :meth:`wait` waits for, with no
-        thread blocked. At once if it has (the caller's thread); else on the thread that ends the run or
-        marks the question. Raises RunNotFoundError."""
+        (with ``questions``) waits on a question nobody is being asked (its own or a sub-run's): what
+        :meth:`wait` waits for, with no thread blocked. At once if it has (the caller's thread); else on
+        the thread that ends the run or marks the question. Raises RunNotFoundError."""
         run = self._active.get(run_id)
         if run is None:
             callback(self._runs.get_run(run_id))
@@ -490,7 +492,7 @@ class InputDesk:
             run.watch(call)
             return
         with self._changed:
-            asked = any(key[0] == run_id for key in self._unattended)
+            asked = any(self._under(key[0], run_id) for key in self._unattended)
             if not asked:
                 self._on_stop.setdefault(run_id, []).append(call)
         if asked:
@@ -503,6 +505,27 @@ class InputDesk:
             callbacks = self._on_stop.pop(run_id, [])
         for callback in callbacks:
             callback()
+
+    def _under(self, run_id: str, top: str) -> bool:
+        """Whether active run ``run_id`` is ``top`` or one of its sub-runs (at any depth)."""
+        at: str | None = run_id
+        while at is not None and at != top:
+            at = self._active.parent_of(at)
+        return at is not None
+
+    def _lineage(self, run_id: str) -> list[str]:
+        """Active run ``run_id`` and the runs above it, nearest first."""
+        lineage = [run_id]
+        while (parent := self._active.parent_of(lineage[-1])) is not None and parent not in lineage:
+            lineage.append(parent)
+        return lineage
+
+    def root_of(self, run_id: str) -> str:
+        """The top-level run that active run ``run_id`` is a sub-run of (itself if it is top-level):
+        whose client a question of a sub-run is put to."""
+        while (parent := self._active.parent_of(run_id)) is not None:
+            run_id = parent
+        return run_id
 
     def _arm(self, run_id: str, step: str, deadline: datetime) -> None:
         delay = (deadline - utcnow()).total_seconds()
@@ -565,6 +588,18 @@ class InputDesk:
             question = run.waiting.get(step)
             waiting = sorted(run.waiting)
             known = step in run.names
+            asked_below = [q for qs in run.sub_inputs.values() for q in qs if q.run_id]
+            waiting += [f"{q.step} (sub-run {q.run_id})" for q in asked_below]
+            below = [q for q in asked_below if q.step == step]
+        if question is None and len(below) == 1:  # a sub-run's question, named by its step
+            assert below[0].run_id is not None
+            self._answer(below[0].run_id, step, action, content)
+            return run.snapshot()
+        if question is None and len(below) > 1:
+            runs = ", ".join(f"run {q.run_id}" for q in below)
+            raise InvalidInputError(
+                "step", f"{step!r} is asked by several sub-runs ({runs}): give the one to answer as run_id"
+            )
         if question is None:
             state = "not waiting for an answer" if known else f"not a step of run {run_id}"
             raise InvalidStateError(
@@ -591,8 +626,8 @@ class InputDesk:
     def cancel_at_shutdown(self, run: RunState) -> None:
         """Cancel an active run at shutdown, unless it waits for input and its store is durable: that one
         stays waiting, and the next start continues it (:meth:`reload`)."""
-        with run.lock:
-            kept = self._runs.store.durable and bool(run.waiting)
+        with run.lock:  # waiting on a question of its own or of a sub-run
+            kept = run.kept = self._runs.store.durable and bool(run.waiting or run.sub_inputs)
         if not kept:
             self._driver.cancel(run)
 
@@ -621,9 +656,13 @@ class InputDesk:
         if not store.durable:
             return []
         records = store.list_runs(status=WorkflowStatus.WAITING_FOR_INPUT, limit=100_000)
+        waiting = {r.run_id for r in records}
         continued = []
         for record in records:
-            keys = [(record.run_id, q.step) for q in record.pending_inputs]
+            if record.parent_run_id in waiting:  # its parent continues it in place, in its step
+                continue
+            # Its sub-runs' questions too (their runs are asked again once the parent's steps resume them).
+            keys = [(q.run_id or record.run_id, q.step) for q in record.pending_inputs]
             with self._lock:
                 self._restored.update(zip(keys, record.pending_inputs, strict=True))
             try:
@@ -632,8 +671,9 @@ class InputDesk:
                 _log.warning("waiting run not continued", run_id=record.run_id, error=str(exc))
                 continue
             finally:
-                with self._lock:
+                with self._lock:  # a sub-run's are taken when asked: its parent's step starts it later
                     for key in keys:
-                        self._restored.pop(key, None)
+                        if key[0] == record.run_id:
+                            self._restored.pop(key, None)
             continued.append(record.run_id)
         return continued

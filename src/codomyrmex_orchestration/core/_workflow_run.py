@@ -205,6 +205,7 @@ class RunState:
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
         max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         starts_from: StartsReader | None = None,
+        save_run: Callable[[RunRecord], None] | None = None,
     ) -> None:
         self.record = record
         # Where the starts of this run's steps are read when a snapshot needs them (the scheduler's
@@ -219,8 +220,13 @@ class RunState:
         self.client = client  # whom the steps are queued for (fair turns between clients)
         self._save_step = save_step
         self.saves_steps = save_step is not None  # a durable store: item rows are written one by one
-        self._save_run: Callable[[RunRecord], None] | None = None  # when its questions change (durable)
+        self._save_run = save_run  # saves the run row when its questions change (durable)
         self.waiting: dict[str, InputRequest] = {}  # steps parked on a question (core.approve), by step
+        # The questions its sub-runs (and theirs) wait on, by the step that started each: the run waits
+        # on them too. ``parent``: the run and step whose sub-run this is (set before it starts).
+        self.sub_inputs: dict[str, list[InputRequest]] = {}
+        self.parent: tuple[RunState, str] | None = None
+        self.kept = False  # left waiting at shutdown: it never finishes in this process
         self.run_id = record.run_id
         self.plan = plan
         self.params = record.parameters
@@ -238,6 +244,7 @@ class RunState:
         self.watchers: list[Callable[[], None]] = []
         self.on_change: Callable[[], None] | None = None  # after each transition (ActiveRuns.quiet)
         self.cancelled = False
+        self.cancel_reason: str | None = None
         # The scheduler's tasks of its steps and items: cancelled together, and not kept once they end
         # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
         self.group = TaskGroup(keep_final=False)
@@ -296,7 +303,7 @@ class RunState:
         (the step cancelled) when the run was cancelled meanwhile."""
         advance = Advance()
         with self.lock:
-            self._save_run = save_run
+            self._save_run = self._save_run or save_run
             self._apply_starts()
             self.slots.release()
             if self.cancelled:
@@ -352,13 +359,14 @@ class RunState:
         row = self.record.steps.get(name)
         return _PENDING if row is None else row.status
 
-    def cancel(self) -> Advance:
-        """Cancel the run: what settled at once (the caller cancels its tasks: ``group``)."""
+    def cancel(self, reason: str | None = None) -> Advance:
+        """Cancel the run (``reason``: its error, "run cancelled" if None): what settled at once (the
+        caller cancels its tasks: ``group``)."""
         advance = Advance()
         with self.lock:
             if self.cancelled or self.final is not None:
                 return advance
-            self.cancelled = True
+            self.cancelled, self.cancel_reason = True, reason
             self._apply_starts()
             for name in self.slots.drop():
                 self._settle(_cancelled(name), advance, announce=True)
@@ -375,7 +383,7 @@ class RunState:
             steps = _in_order(record.steps, self.names)
             failed = [n for n, s in steps.items() if s.status in FAILED and self.spec_of(n).required]
             if self.cancelled:
-                record.status, record.error = WorkflowStatus.CANCELLED, "run cancelled"
+                record.status, record.error = WorkflowStatus.CANCELLED, self.cancel_reason or "run cancelled"
             elif failed:
                 details = []
                 for n in failed:
@@ -471,12 +479,28 @@ class RunState:
         if announce:
             advance.settled.append(result)
 
+    def sub_inputs_changed(self, step: str, questions: list[InputRequest]) -> None:
+        """The sub-run of step ``step`` now waits on ``questions`` (its own and its sub-runs')."""
+        with self.lock:
+            if self.final is not None or (not questions and step not in self.sub_inputs):
+                return
+            if questions:
+                self.sub_inputs[step] = questions
+            else:
+                del self.sub_inputs[step]
+            self._inputs_changed()
+
     def _inputs_changed(self) -> None:
         record = self.record
-        record.pending_inputs = list(self.waiting.values())
-        record.status = WorkflowStatus.WAITING_FOR_INPUT if self.waiting else WorkflowStatus.RUNNING
+        pending = list(self.waiting.values())
+        for questions in self.sub_inputs.values():
+            pending.extend(questions)
+        record.pending_inputs = pending
+        record.status = WorkflowStatus.WAITING_FOR_INPUT if pending else WorkflowStatus.RUNNING
         if self._save_run is not None:  # under the lock: a later save of the run is queued after this one
             self._save_run(record.model_copy(update={"steps": {}}))
+        if self.parent is not None:  # this run's lock, then its parent's: run locks nest upwards only
+            self.parent[0].sub_inputs_changed(self.parent[1], list(pending))
 
     def _drain(self, advance: Advance) -> Advance:
         """Decide every step the graph made ready, until none is left; fill ``advance``."""
@@ -497,7 +521,7 @@ class RunState:
                     graph.done(name)
                     continue
                 info = self.info(name)
-                status, reason, payload = self._decide(name, info)
+                status, reason, payload = _decide(self, name, info)
                 if status is not _READY:
                     result = StepResult(name=name, status=status, skipped_reason=reason, error=payload)
                     self._settle(result, advance, announce=True)
@@ -507,7 +531,7 @@ class RunState:
                     self.admit(name, payload, advance)
         if self.slots and not self.cancelled:  # every ready step decided: the highest priorities first
             self.slots.fill(advance.submit)
-        if not graph.is_active() and not self._finishing:
+        if not graph.is_active() and not self._finishing and not self.kept:
             self._finishing = True
             advance.finished = True
         if self.on_change is not None:
@@ -547,40 +571,6 @@ class RunState:
             secrets=self.secrets,
         )
 
-    def _decide(self, name: str, info: StepInfo) -> tuple[TaskStatus, str | None, Any]:
-        """READY with resolved parameters, or the final status (and reason or error) of a step that will
-        not run: cancelled, skipped (an upstream failure, an output its parameters read missing,
-        ``run_if`` false) or failed (its templates do not resolve). A map step's payload is its list of
-        items (its ``run_if`` and parameters are decided per item)."""
-        step, condition = info.spec, info.condition
-        if self.cancelled:
-            return TaskStatus.CANCELLED, "run cancelled", None
-        if self.blocked:
-            for up in info.parents:
-                if up in self.blocked:
-                    return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
-        steps = self.record.steps
-        for up in info.needs_output:
-            row = steps.get(up)
-            if row is None or row.status is not TaskStatus.COMPLETED:
-                return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
-        if step.for_each is not None:
-            return self.maps.items_of(name, step)
-        if condition is None and not info.templated:
-            return _READY, None, step.parameters
-        ctx = self.template_context()
-        try:
-            if condition is not None and not condition.evaluate(self.conditions.of(ctx)):
-                return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
-            params = (
-                resolve(step.parameters, ctx, max_size=self.max_resolved_size)
-                if info.templated
-                else step.parameters
-            )
-        except OrchestrationError as exc:
-            return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
-        return _READY, None, params
-
 
 def _parallel_limit(given: int | None, workflow: int | None) -> int | None:
     """The stricter of the caller's and the workflow's ``max_parallel`` (``None``: no limit)."""
@@ -613,3 +603,38 @@ def _no_starts(group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
 
 def _cancelled(name: str) -> StepResult:
     return StepResult(name=name, status=TaskStatus.CANCELLED, skipped_reason="run cancelled")
+
+
+def _decide(run: RunState, name: str, info: StepInfo) -> tuple[TaskStatus, str | None, Any]:
+    """READY with resolved parameters, or the final status (and reason or error) of a step that will
+    not run: cancelled, skipped (an upstream failure, an output its parameters read missing,
+    ``run_if`` false) or failed (its templates do not resolve). A map step's payload is its list of
+    items (its ``run_if`` and parameters are decided per item)."""
+    step, condition = info.spec, info.condition
+    if run.cancelled:
+        return TaskStatus.CANCELLED, "run cancelled", None
+    if run.blocked:
+        for up in info.parents:
+            if up in run.blocked:
+                return TaskStatus.SKIPPED, f"upstream step {up!r} did not complete", None
+    steps = run.record.steps
+    for up in info.needs_output:
+        row = steps.get(up)
+        if row is None or row.status is not TaskStatus.COMPLETED:
+            return TaskStatus.SKIPPED, f"uses the output of {up!r}, which did not complete", None
+    if step.for_each is not None:
+        return run.maps.items_of(name, step)
+    if condition is None and not info.templated:
+        return _READY, None, step.parameters
+    ctx = run.template_context()
+    try:
+        if condition is not None and not condition.evaluate(run.conditions.of(ctx)):
+            return TaskStatus.SKIPPED, f"run_if is false: {step.run_if}", None
+        params = (
+            resolve(step.parameters, ctx, max_size=run.max_resolved_size)
+            if info.templated
+            else step.parameters
+        )
+    except OrchestrationError as exc:
+        return TaskStatus.FAILED, None, ErrorInfo.from_exception(exc)
+    return _READY, None, params

@@ -108,7 +108,11 @@ class RunStarter:
             secrets=self._secrets().get,
             use_cache=use_cache,
             starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,
+            save_run=self._recorder.store.save_run if self._recorder.durable else None,
         )
+        parent = self._active.get(record.parent_run_id) if record.parent_run_id is not None else None
+        if parent is not None and record.parent_step is not None:  # its questions are its parent's too
+            run.parent = (parent, record.parent_step)
         if previous is not None:
             self._on_resume(run.run_id, plan)
         self._active.add(run)

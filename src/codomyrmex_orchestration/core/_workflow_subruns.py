@@ -8,6 +8,7 @@ each resumed run's earlier attempts left, by the step that started them (taken o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,12 @@ from codomyrmex_orchestration.core.actions.workflow import (
 )
 from codomyrmex_orchestration.core.models import RunRecord, TaskPriority, WorkflowStatus
 from codomyrmex_orchestration.core.store import StateStore
-from codomyrmex_orchestration.errors import InvalidStateError, LimitExceededError, StepFailedError
+from codomyrmex_orchestration.errors import (
+    InvalidStateError,
+    LimitExceededError,
+    StepFailedError,
+    StepTimeoutError,
+)
 
 __all__ = ["SubRuns"]
 
@@ -41,7 +47,7 @@ class SubRuns:
 
     Args:
         start_run: the workflow manager's run starter: (plan, parameters, **options) -> the run.
-        cancel: cancels a run.
+        cancel: cancels a run, with the reason its record gives.
         active: the active runs (a parent's client and cache choice; a resume's claim).
         definitions: the definitions a new sub-run starts with, and a taken-over one's version.
         store: where a resumed run's earlier sub-runs are found.
@@ -53,7 +59,7 @@ class SubRuns:
         self,
         *,
         start_run: Callable[..., RunState],
-        cancel: Callable[[RunState], None],
+        cancel: Callable[[RunState, str | None], None],
         active: ActiveRuns,
         definitions: DefinitionRegistry,
         store: StateStore,
@@ -113,6 +119,7 @@ class SubRuns:
                 MAX_SUBWORKFLOW_DEPTH_SETTING, self.max_depth, ctx.depth + 1, "the sub-workflow depth"
             )
         self._count(ctx.run_id)
+        timeout = self._timeout_of(ctx)  # now: once the scheduler times the step out, its run may end
         child = self._start(name, parameters, ctx)
         if isinstance(child, RunRecord):  # taken over, completed already
             return {"run_id": child.run_id, "outputs": child.outputs()}
@@ -124,9 +131,17 @@ class SubRuns:
                 wake.wait(ctx.remaining())
         finally:
             remove()
+        if not child.done.is_set() and child.kept:  # left waiting at shutdown: its parent resumes it
+            ctx.check_cancelled()
         if not child.done.is_set():
-            self._cancel(child)
+            # The step's deadline (whether its own wait or the scheduler's timer saw it first) makes it
+            # timed out, never failed with the child's "cancelled": the child hears why it stops.
+            timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
+            why = f"timed out after {timeout:g} s" if timed_out else "was cancelled"
+            self._cancel(child, f"run cancelled: its parent step {ctx.step_name!r} (run {ctx.run_id}) {why}")
             child.done.wait(_CANCEL_WAIT)
+            if timed_out:
+                raise StepTimeoutError(ctx.step_name, timeout)
             ctx.check_cancelled()
         record = child.snapshot()
         if record.status is not WorkflowStatus.COMPLETED:
@@ -135,6 +150,12 @@ class SubRuns:
                 f"sub-workflow {name!r} (run {record.run_id}) {record.status.value}: {record.error}",
             )
         return {"run_id": record.run_id, "outputs": record.outputs()}
+
+    def _timeout_of(self, ctx: ActionContext) -> float:
+        """The ``timeout`` of the step ``ctx`` runs (what its deadline was set from)."""
+        parent = self._active.get(ctx.run_id) if ctx.run_id is not None else None
+        timeout = parent.spec_of(ctx.step_name).timeout if parent is not None else None
+        return float(timeout) if timeout is not None else 0.0
 
     def _start(self, name: str, parameters: dict[str, Any], ctx: ActionContext) -> RunState | RunRecord:
         """The sub-run of step ``ctx.step_name``: the one left to it taken over, or a new one."""

@@ -387,13 +387,17 @@ class StepResult(_Record):
 
 
 class InputRequest(_Record):
-    """A question a run is waiting on: the ``core.approve`` step ``step`` asks ``message`` and expects an
-    answer fitting ``requested_schema`` (a flat object schema, or None for a plain yes/no)."""
+    """A question a run is waiting on: the ``core.approve`` step ``step`` of run ``run_id`` asks ``message``
+    and expects an answer fitting ``requested_schema`` (a flat object schema, or None for a plain
+    yes/no)."""
 
     step: str
     message: str
     requested_schema: dict[str, Any] | None = None
     asked_at: datetime
+    #: The run whose step asks: the run itself, or one of its sub-runs (``workflow.run``), whose question
+    #: the parent run waits on and lists too (None in records saved before it was recorded).
+    run_id: str | None = None
     #: When an unanswered question fails its step (None: it waits without limit).
     deadline: datetime | None = None
 

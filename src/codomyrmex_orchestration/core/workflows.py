@@ -186,7 +186,7 @@ class WorkflowManager:
         )
         self._subruns = SubRuns(
             start_run=self._start_run,
-            cancel=lambda run: self._driver.cancel(run),  # the driver is built next, with run_child
+            cancel=lambda run, reason: self._driver.cancel(run, reason),  # the driver is built next
             active=self._active,
             definitions=self.definitions,
             store=self.store,

@@ -91,8 +91,9 @@ class Approvals:
         self, inputs: InputDesk, run_id: str, step: str, question: InputRequest, client: str | None
     ) -> bool:
         """On a core thread, at once: schedule the elicitation if the run's starter is still connected and
-        can be asked (False: the question waits for respond_to_run)."""
-        peer, loop = self._hub.owner(run_id), self._loop
+        can be asked (False: the question waits for respond_to_run). A sub-run's question goes to whoever
+        started its top-level run."""
+        peer, loop = self._hub.owner(run_id) or self._hub.owner(inputs.root_of(run_id)), self._loop
         if peer is None or loop is None or not _asks_forms(peer.connection):
             return False
         ask = partial(self._ask, inputs, peer, run_id, step, question)

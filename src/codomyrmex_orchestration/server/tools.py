@@ -337,7 +337,10 @@ def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -
 def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
     handle = m.RunHandle.model_validate(record.model_dump())
     if record.pending_inputs:
-        steps = ", ".join(q.step for q in record.pending_inputs)
+        steps = ", ".join(
+            q.step + (f" of sub-run {q.run_id}" if q.run_id not in (None, record.run_id) else "")
+            for q in record.pending_inputs
+        )
         handle.note = f"the run is waiting for input (step {steps}): read pending_inputs, then respond_to_run"
     elif not record.status.is_terminal:
         handle.note = (
