@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +29,11 @@ GRACE_SECONDS = 600.0
 
 
 def tidy_spills(
-    spill_dir: Path, *, state_dir: Path, run_ids: Iterable[str], interrupted: Collection[str]
+    spill_dir: Path,
+    *,
+    state_dir: Path,
+    stored: Callable[[list[str]], Collection[str]],
+    interrupted: Collection[str],
 ) -> tuple[int, int]:
     """Remove leftover temporary files and the spill folders of runs that have no row.
 
@@ -40,14 +44,14 @@ def tidy_spills(
     Args:
         spill_dir: the spill folder.
         state_dir: the state directory (where the run owners' locks are).
-        run_ids: every stored run's id (their folders are kept).
+        stored: given folder names, those that are stored runs' folders (kept); asked only about the
+            folders there are, so a start with a big history and few spills reads few rows.
         interrupted: the runs recovery just marked INTERRUPTED (their folders' temporary files go).
 
     Returns:
         (temporary files removed, folders removed).
     """
     alive = partial(owner_alive, state_dir)
-    keep = {spill_folder_name(run_id) for run_id in run_ids}
     cutoff = time.time() - GRACE_SECONDS if _any_owner_alive(state_dir, alive) else float("inf")
     files = folders = 0
     for name in ("tasks", *(spill_folder_name(run_id) for run_id in interrupted)):
@@ -57,8 +61,10 @@ def tidy_spills(
         entries = list(os.scandir(spill_dir))
     except OSError:
         return files, folders  # nothing was ever spilled
-    for entry in entries:
-        if entry.name == "tasks" or entry.name in keep or not entry.is_dir(follow_symlinks=False):
+    folders_there = [e for e in entries if e.name != "tasks" and e.is_dir(follow_symlinks=False)]
+    keep = stored([e.name for e in folders_there]) if folders_there else ()
+    for entry in folders_there:
+        if entry.name in keep:
             continue
         try:
             recent = entry.stat(follow_symlinks=False).st_mtime >= cutoff

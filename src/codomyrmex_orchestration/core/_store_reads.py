@@ -7,6 +7,7 @@ writer commit what is pending (read-your-writes).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -14,10 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import StateStoreError
+from ._limits import _safe
 from ._store_codec import build_run, event_dict, parse_cursor, window
 from ._store_health import Damage, sqlite_reason
 from ._store_schema import close_quietly
 from .models import RunRecord, WorkflowSpec, WorkflowStatus
+
+#: The folder name the output limiter gives a run id that is no safe file name (``_limits._safe``).
+_DIGEST_NAME = re.compile(r"x[0-9a-f]{32}")
 
 __all__ = ["StoreReader"]
 
@@ -52,6 +57,20 @@ class StoreReader:
         except sqlite3.Error as exc:
             self.damage.note(exc)
             raise StateStoreError(self.path, f"read failed: {sqlite_reason(exc)}") from exc
+
+    def stored_folders(self, names: list[str]) -> set[str]:
+        """Of spill folder names, those of stored runs: looked up by id, a chunk at a time (the output
+        limiter names a folder after its run id, or a digest of an id that is no file name: those are
+        matched by reading every id, a case our own uuid run ids never make)."""
+        found: set[str] = set()
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r for (r,) in self.read(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", chunk))
+        if any(name not in found and _DIGEST_NAME.fullmatch(name) for name in names):
+            digests = {_safe(run_id) for (run_id,) in self.read("SELECT run_id FROM runs")}
+            found.update(name for name in names if name in digests)
+        return found
 
     def probe_token(self) -> str | None:
         """The probe row's token as committed (no sync: health() wrote it through the writer)."""

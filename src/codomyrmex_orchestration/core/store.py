@@ -471,13 +471,12 @@ class SqliteStore:
         spill_dir = self._retention.spill_dir
         if spill_dir is not None:
             try:
-                run_ids = [run_id for (run_id,) in self._reads.read("SELECT run_id FROM runs")]
+                files, folders = tidy_spills(
+                    spill_dir, state_dir=self.path.parent, stored=self._reads.stored_folders, interrupted=ids
+                )
             except StateStoreError as exc:  # the spill folder is tidied at a later start
                 _log.warning("state_store_spills_not_tidied", path=str(self.path), error=exc.reason)
                 return ids
-            files, folders = tidy_spills(
-                spill_dir, state_dir=self.path.parent, run_ids=run_ids, interrupted=ids
-            )
             if files or folders:
                 _log.info("state_store_spills_tidied", path=str(spill_dir), files=files, folders=folders)
         return ids
