@@ -149,51 +149,32 @@ class Task:
         scheduler records the end)."""
         # Validating is cheaper than model_construct here (pydantic-core does it in Rust, ~2 µs).
         state: Task | Outcome = self if outcome is None else outcome
+        fields = {
+            "task_id": self.id,
+            "name": self.name,
+            "status": state.status,
+            "priority": self.priority,
+            "result": state.result,
+            "error": state.error,
+            "attempts": state.attempts,
+            "dependencies": self.dependencies,
+            "run_id": self.run_id,
+            "step_name": self.step_name,
+            "submitted_at": self.submitted_at,
+            "started_at": state.started_at,
+            "finished_at": state.finished_at,
+            "duration_seconds": state.duration_seconds,
+        }
         try:
-            return TaskRecord(
-                task_id=self.id,
-                name=self.name,
-                status=state.status,
-                priority=self.priority,
-                result=state.result,
-                error=state.error,
-                attempts=state.attempts,
-                dependencies=self.dependencies,
-                run_id=self.run_id,
-                step_name=self.step_name,
-                submitted_at=self.submitted_at,
-                started_at=state.started_at,
-                finished_at=state.finished_at,
-                duration_seconds=state.duration_seconds,
-            )
+            return TaskRecord(**fields)
         except ValidationError:
-            return _unchecked_record(self, state)
+            # Fields that got past the submission checks (a hand-made ``TaskSettings``): a record that
+            # cannot be validated must not kill the thread settling the task nor leave it RUNNING.
+            _log.error("scheduler.invalid_task_fields", task_id=self.id, name=repr(self.name)[:80])
+            return TaskRecord.model_construct(**{**fields, "dependencies": list(self.dependencies)})
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.name!r} {self.status.value}>"
-
-
-def _unchecked_record(task: Task, state: Task | Outcome) -> TaskRecord:
-    """The record of a task whose fields got past the submission checks (a hand-made ``TaskSettings``),
-    built without validation: a record that cannot be built must not kill the thread settling the task
-    nor leave it RUNNING."""
-    _log.error("scheduler.invalid_task_fields", task_id=task.id, name=repr(task.name)[:80])
-    return TaskRecord.model_construct(
-        task_id=task.id,
-        name=task.name,
-        status=state.status,
-        priority=task.priority,
-        result=state.result,
-        error=state.error,
-        attempts=state.attempts,
-        dependencies=list(task.dependencies),
-        run_id=task.run_id,
-        step_name=task.step_name,
-        submitted_at=task.submitted_at,
-        started_at=state.started_at,
-        finished_at=state.finished_at,
-        duration_seconds=state.duration_seconds,
-    )
 
 
 class TaskGroup:
