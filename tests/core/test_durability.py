@@ -59,13 +59,16 @@ CHILD = textwrap.dedent(
 ) % {"steps": STEPS, "gate": GATE_AT}
 
 
-def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothing(tmp_path: Path) -> None:
+def _killed_at_the_gate(script: str, tmp_path: Path) -> tuple[Path, Path, Path, Path, list[str]]:
+    """Run ``script`` (argv: state dir, marks dir, projects dir, gate fifo) in a child process until it
+    prints its first line (the gate step started), then kill -9 it: (state, marks, projects, fifo, the
+    line's words)."""
     state, marks, projects = tmp_path / "state", tmp_path / "marks", tmp_path / "projects"
     marks.mkdir()
     fifo = tmp_path / "gate.fifo"
     os.mkfifo(fifo)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(state), str(marks), str(projects), str(fifo)],
+        [sys.executable, "-c", script, str(state), str(marks), str(projects), str(fifo)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -73,13 +76,18 @@ def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothin
     )
     try:
         words = read_line(proc, timeout=60).split()
-        assert words[0] == "gate"
-        run_id = words[1]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+    return state, marks, projects, fifo, words
+
+
+def test_kill_9_midway_then_resume_runs_no_completed_step_twice_and_loses_nothing(tmp_path: Path) -> None:
+    state, marks, projects, fifo, words = _killed_at_the_gate(CHILD, tmp_path)
+    assert words[0] == "gate"
+    run_id = words[1]
     before = executions(str(marks))
     # The kill lands as the gate step starts: its function may or may not have begun.
     assert before.get("gate", 0) <= 1
@@ -156,24 +164,8 @@ SUB_CHILD = textwrap.dedent(
 def test_resuming_a_parent_after_kill_9_resumes_its_sub_run_in_place_without_redoing_its_steps(
     tmp_path: Path,
 ) -> None:
-    state, marks, projects = tmp_path / "state", tmp_path / "marks", tmp_path / "projects"
-    marks.mkdir()
-    fifo = tmp_path / "gate.fifo"
-    os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SUB_CHILD, str(state), str(marks), str(projects), str(fifo)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        child_id = read_line(proc, timeout=60).split()[1]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    state, marks, projects, fifo, words = _killed_at_the_gate(SUB_CHILD, tmp_path)
+    child_id = words[1]
     before = executions(str(marks))
     assert {step: before.get(step) for step in ("o0", "i0", "i1", "i2", "o1")} == {
         "o0": 1, "i0": 1, "i1": 1, "i2": None, "o1": None
