@@ -20,6 +20,7 @@ from codomyrmex_orchestration.errors import (
     StepFailedError,
     StepTimeoutError,
 )
+from tests.helpers.loopback_http import serving
 
 REQUEST = create_registry(load_plugins=False).get("http", "request").func
 
@@ -81,20 +82,14 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def httpd() -> Iterator[Server]:
-    httpd = Server(("127.0.0.1", 0), Handler)
-    httpd.release = threading.Event()
-    httpd.slow_started = threading.Event()
-    # One server for the module (shutdown costs a poll interval); daemon so the per-test leak check
-    # does not count it, and joined below.
-    thread = threading.Thread(target=httpd.serve_forever, name="test-http-server", daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    # One server for the module (shutdown costs a poll interval).
+    with serving(Handler, name="test-http-server", server_class=Server) as httpd:
+        httpd.release = threading.Event()
+        httpd.slow_started = threading.Event()
+        try:
+            yield httpd
+        finally:
+            httpd.release.set()
 
 
 @pytest.fixture

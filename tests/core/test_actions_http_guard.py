@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +20,7 @@ from codomyrmex_orchestration.errors import (
     StepFailedError,
     StepTimeoutError,
 )
+from tests.helpers.loopback_http import serving
 
 REQUEST = create_registry(load_plugins=False).get("http", "request").func
 PUBLIC = "8.8.8.8"  # globally routable; in a sandbox the connection is refused at once
@@ -52,16 +53,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="test-http-origin", daemon=True)
-    thread.start()
-    try:
+    with serving(Handler, name="test-http-origin") as httpd:
         yield f"127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 class Listener:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
@@ -24,6 +23,7 @@ from codomyrmex_orchestration.core.store import SqliteStore
 from codomyrmex_orchestration.core.workflows import WorkflowManager
 from codomyrmex_orchestration.errors import DAGValidationError, SecretsFileError
 from codomyrmex_orchestration.logs import configure_logging
+from tests.helpers.loopback_http import serving
 
 TOKEN = "tok-9f8e7d6c5b4a-secret"
 
@@ -383,16 +383,8 @@ class _Reflector(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def reflector() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Reflector)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="test-reflector", daemon=True)
-    thread.start()
-    try:
+    with serving(_Reflector, name="test-reflector") as httpd:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 def readable_parts(secret: str, text: str) -> list[str]:
