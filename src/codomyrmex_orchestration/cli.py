@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -764,19 +765,16 @@ def _run_workflow(
 def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration.core.models import StepResult, TaskStatus
 
-    # The owner lock first, then the engine and the record: of two resumes of one run, the one that
-    # takes the lock resumes and the other is refused before it starts anything (not even an engine),
-    # whatever the record says yet.
+    # The owner locks first, then the engine and the record: of two resumes of one run (or of a sub-run
+    # and of its top-level run, which takes it over in place), the one that takes the lock resumes and
+    # the other is refused before it starts anything (not even an engine), whatever the records say yet.
     with _claim(settings, args.run_id) as claim:
         engine = _open_engine(settings)
         try:
-            previous = engine.workflow_manager.get_run(args.run_id)
-            if not previous.status.is_terminal and not (claim and claim.stale) and not args.force:
-                raise _Failed(
-                    f"run {args.run_id} is marked {previous.status.value} and no CLI process owns it: "
-                    "another process (an MCP server) may be running it. If that process is gone, "
-                    "pass --force to resume it here"
-                )
+            manager = engine.workflow_manager
+            previous = manager.get_run(args.run_id)
+            if not args.force:
+                _refuse_unowned(settings, manager, previous, claim)
             steps = {
                 n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
                 for n, s in previous.steps.items()
@@ -785,7 +783,7 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
             def start(on_step: StepCallback) -> RunRecord:
                 record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
                 if claim is not None:
-                    claim.started()
+                    claim.run.started()
                 return record
 
             return _execute(engine, settings, args, steps, start)
@@ -793,39 +791,121 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
             engine.shutdown()
 
 
+@dataclass
+class _Claimed:
+    """What ``resume`` holds: the run's own lock and, for a sub-run, its top-level run's (``top``)."""
+
+    run: Claim
+    top: str
+    top_claim: Claim | None
+
+    @property
+    def stale(self) -> bool:
+        """A CLI process that is gone left the run (or its top-level run) running."""
+        return self.run.stale or (self.top_claim is not None and self.top_claim.stale)
+
+
 @contextlib.contextmanager
-def _claim(settings: Settings, run_id: str) -> Iterator[Claim | None]:
-    """Hold ``run_id``'s owner lock (``core._run_owners.Claim``) or refuse: a live process holds it.
+def _claim(settings: Settings, run_id: str) -> Iterator[_Claimed | None]:
+    """Hold ``run_id``'s owner lock (``core._run_owners.Claim``) or refuse: a live process holds it. A
+    sub-run's top-level run's lock is taken first and held too: resuming that run takes the sub-run over
+    in place, so while one process resumes either, the other's resume is refused.
 
     Until ``started()``, letting go leaves a dead owner's lock file as it was found, so a run that is
-    not resumed after all still reads as one whose CLI process is gone. ``None`` without a state dir.
+    not resumed after all still reads as one whose CLI process is gone (the top-level run's always is).
+    ``None`` without a state dir.
     """
-    from codomyrmex_orchestration.core._run_owners import Claim, OwnedElsewhere, owner_of
+    from codomyrmex_orchestration.core._run_owners import Claim, OwnedElsewhere
 
     if not settings.durable:
         yield None
         return
-    stale = None
-    if not owner_of(settings.state_dir, run_id).exists and settings.state_db.is_file():
-        top, owner = _run_owner(settings, _get_run(settings, run_id))  # a sub-run: its top run's process
-        if top != run_id and owner.alive:
+    top = _top_run(settings, run_id)
+    with contextlib.ExitStack() as held:
+        top_claim = Claim(settings.state_dir, top) if top != run_id else None
+        if top_claim is not None:
+            try:
+                held.enter_context(top_claim)
+            except OwnedElsewhere as exc:
+                raise _Failed(
+                    f"run {run_id} is a sub-run of run {top}, which process {_pid(exc.pid)} is running; "
+                    f"cancel that run first: {PROG} cancel {top}"
+                ) from None
+        claim = Claim(settings.state_dir, run_id)
+        try:
+            held.enter_context(claim)
+        except OwnedElsewhere as exc:
             raise _Failed(
-                f"run {run_id} is a sub-run of run {top}, which process {owner.pid} is running; "
-                f"cancel that run first: {PROG} cancel {top}"
+                f"run {run_id} is running in process {_pid(exc.pid)} (it, or one of its sub-runs); "
+                f"cancel it first: {PROG} cancel {run_id}"
+            ) from None
+        yield _Claimed(claim, top, top_claim)
+
+
+def _pid(pid: int | None) -> str:
+    return str(pid) if pid is not None else "(unknown)"
+
+
+def _top_run(settings: Settings, run_id: str) -> str:
+    """The top-level run of ``run_id`` (itself when it is one, or not recorded; past a run trimmed by
+    retention, the last one found). Its ancestry never changes, so it is read before any lock."""
+    with _read_store(settings) as store:
+        record = store.get_run(run_id) if store is not None else None
+        seen = {run_id}
+        while store is not None and record is not None:
+            up = record.parent_run_id
+            parent = store.get_run(up) if up is not None and up not in seen else None
+            if parent is None:
+                break
+            seen.add(parent.run_id)
+            record = parent
+    return record.run_id if record is not None else run_id
+
+
+def _refuse_unowned(
+    settings: Settings, manager: WorkflowManager, record: RunRecord, claim: _Claimed | None
+) -> None:
+    """Refuse to resume a run that another kind of process (an MCP server) may be running: the run
+    itself, its top-level run (which takes it over in place) or one of its sub-runs (which it would take
+    over), marked running or waiting without a CLI process, gone since, having left it so."""
+    from codomyrmex_orchestration.core._run_owners import owner_of
+    from codomyrmex_orchestration.core._serving_lock import serving_pid
+
+    if claim is not None and claim.stale:
+        return
+    subject = None
+    if not record.status.is_terminal:
+        subject = f"run {record.run_id} is marked {record.status.value}"
+    elif claim is not None and claim.top != record.run_id:
+        top = manager.get_run(claim.top)
+        if not top.status.is_terminal:
+            subject = (
+                f"run {record.run_id} is a sub-run of run {top.run_id}, which is marked {top.status.value}"
             )
-        stale = top != run_id and owner.exists
-    claim = Claim(settings.state_dir, run_id, stale=stale)
-    try:
-        claim.__enter__()
-    except OwnedElsewhere as exc:
-        raise _Failed(
-            f"run {run_id} is running in process {exc.pid if exc.pid is not None else '(unknown)'}; "
-            f"cancel it first: {PROG} cancel {run_id}"
-        ) from None
-    try:
-        yield claim
-    finally:
-        claim.__exit__()
+    if subject is None:
+        for sub in _sub_runs(manager, record.run_id):
+            if not sub.status.is_terminal and not owner_of(settings.state_dir, sub.run_id).exists:
+                subject = f"run {record.run_id} has a sub-run, {sub.run_id}, marked {sub.status.value},"
+                break
+    if subject is None:
+        return
+    server = serving_pid(settings.state_dir)
+    who = "an MCP server" if server is None else f"an MCP server, process {server}"
+    raise _Failed(
+        f"{subject} and no CLI process owns it: another process ({who}) may be running it. "
+        "If that process is gone, pass --force to resume it here"
+    )
+
+
+def _sub_runs(manager: WorkflowManager, run_id: str) -> Iterator[RunRecord]:
+    """Every run under ``run_id``, any depth."""
+    queue, seen = [run_id], {run_id}
+    while queue:
+        for sub in manager.store.sub_runs(queue.pop()):
+            if sub.run_id not in seen:
+                seen.add(sub.run_id)
+                queue.append(sub.run_id)
+                yield sub
 
 
 # ---------------------------------------------------------------------- validate and graph

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from codomyrmex_orchestration.core._run_owners import RunOwnership
+from codomyrmex_orchestration.core._run_owners import Claim, RunOwnership, owner_of
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
     ActionDefinition,
@@ -890,6 +890,23 @@ def _refuses_what_a_cli_process_owns(
                 attempt("child")
     child = store.get_run("child")
     assert child is not None and child.status is running  # neither cancelled nor resumed here
+
+
+def test_a_claim_reads_a_lock_file_as_a_gone_cli_s_only_if_it_still_is_one_when_the_lock_is_taken(
+    tmp_path: Path,
+) -> None:
+    """A resume finds the lock file a dead CLI left; before it locks it, another resume (a server's)
+    locks it, starts the run and removes the file: what the first then locks is new, not left over."""
+    with RunOwnership(tmp_path, "r", keep_file=True):
+        pass  # the CLI process that ran it is gone, its lock file is left
+    late = Claim(tmp_path, "r")  # a CLI resume, about to take the lock
+    with Claim(tmp_path, "r") as first:  # the server's resume takes it first
+        assert first.stale
+        first.started()
+    assert not owner_of(tmp_path, "r").exists  # the run is the server's now
+    with late:
+        assert not late.stale  # so it is not one a gone CLI left running: not resumed again
+    assert not owner_of(tmp_path, "r").exists
 
 
 def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_others(

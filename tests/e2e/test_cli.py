@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -1040,6 +1041,133 @@ def test_two_resumes_started_at_once_run_the_steps_once(cli: Cli) -> None:
     assert f"run {run_id} is running in process" in single_error_line(loser[2])
     [winner] = [r for r in results if r[1]]
     assert "of effect failed" in winner[1] and "Traceback" not in winner[2]
+
+
+@dataclass
+class GatedSubRun:
+    """A failed run of ``outer`` (``parent``) whose sub-run of ``inner`` (``child``) failed at its one
+    step. That step appends a line to ``effects`` each time it runs and passes from now on; the first
+    run of it waits at a gate: :meth:`at_gate` returns once it is there, :meth:`release` lets it go."""
+
+    parent: str
+    child: str
+    effects: Path
+    started: Path
+    release_fifo: Path
+
+    def at_gate(self) -> None:
+        self.started.read_text()  # the gated step writes its pid once it holds the gate
+
+    def release(self) -> None:
+        self.release_fifo.write_text("go\n")
+
+    def runs_of_the_step(self) -> int:
+        return self.effects.read_text().count("\n")
+
+
+def gated_sub_run(cli: Cli) -> GatedSubRun:
+    effects, gate, ok = cli.root / "effects.txt", cli.root / "gate", cli.root / "ok"
+    started, release = cli.root / "started.fifo", cli.root / "release.fifo"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    command = (
+        f"echo $$ >> {effects}; if mv {gate} {gate}.taken 2>/dev/null; then echo $$ > {started}; "
+        f"read x < {release}; fi; test -f {ok}"
+    )
+    inner = {"name": "inner", "steps": [
+        {"name": "effect", "module": "shell", "action": "run",
+         "parameters": {"shell": True, "command": command}},
+    ]}  # fmt: skip
+    (cli.root / "config" / "inner.json").write_text(json.dumps(inner), encoding="utf-8")
+    outer = {"name": "outer", "steps": [
+        {"name": "sub", "module": "workflow", "action": "run", "parameters": {"workflow": "inner"}},
+        {"name": "done", "module": "core", "action": "echo", "parameters": {"message": 1},
+         "dependencies": ["sub"]},
+    ]}  # fmt: skip
+    failed = cli.json_any("run", cli.write("outer.json", outer))
+    assert failed["status"] == "failed", failed
+    [child] = [r["run_id"] for r in cli.json("runs", "--workflow", "inner")]
+    ok.touch()
+    gate.touch()
+    return GatedSubRun(failed["run_id"], child, effects, started, release)
+
+
+@pytest.mark.parametrize("first", ["sub-run", "parent"])
+def test_resumes_of_a_sub_run_and_of_its_parent_at_once_run_the_sub_run_once(cli: Cli, first: str) -> None:
+    """The parent's resume takes its failed sub-run over in place; a resume of the sub-run itself must
+    not run it beside that, whichever starts first."""
+    runs = gated_sub_run(cli)
+    first_id, second_id = (runs.child, runs.parent) if first == "sub-run" else (runs.parent, runs.child)
+    proc = cli.popen("resume", first_id)
+    try:
+        runs.at_gate()  # the first resume runs the sub-run's step and holds it there
+        second = cli("resume", second_id)
+        runs.release()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, (out, err)
+    assert second.returncode == 1, (second.stdout, second.stderr)
+    line = single_error_line(second.stderr)
+    assert f"process {proc.pid}" in line, line
+    assert second.stdout == ""
+    assert runs.runs_of_the_step() == 2  # the first run and exactly one resume
+    # The loser marked nothing: the parent resumes to completion with the sub-run the winner completed.
+    resumed = cli.json_any("resume", runs.parent) if first == "sub-run" else cli.json("show", runs.parent)
+    assert resumed["status"] == "completed", resumed
+    assert resumed["steps"]["sub"]["output"]["run_id"] == runs.child
+    assert runs.runs_of_the_step() == 2
+
+
+@pytest.mark.parametrize(("first", "run"), [
+    ("cli", "sub-run"), ("cli", "parent"), ("server", "sub-run"), ("server", "parent"),
+])  # fmt: skip
+def test_a_server_and_a_cli_resuming_a_sub_run_and_its_parent_at_once_run_the_sub_run_once(
+    cli: Cli, first: str, run: str
+) -> None:
+    """``first`` resumes ``run`` and holds the sub-run's step at the gate; the other kind of process then
+    resumes the other run and is refused, naming who runs it."""
+    with serving(cli) as server:
+        runs = gated_sub_run(cli)
+        first_id, second_id = (runs.child, runs.parent) if run == "sub-run" else (runs.parent, runs.child)
+        resumed: list[dict[str, Any]] = []
+        if first == "cli":
+            proc = cli.popen("resume", first_id)
+            owner = f"process {proc.pid}"
+        else:
+            worker = threading.Thread(
+                target=lambda: resumed.append(server.call("resume_workflow_run", {"run_id": first_id}))
+            )
+            worker.start()
+            owner = f"process {server.proc.pid}"
+        try:
+            runs.at_gate()
+            if first == "cli":
+                result = server.call("resume_workflow_run", {"run_id": second_id})
+                assert result["isError"] is True, result
+                message = result["content"][0]["text"]
+            else:
+                second = cli("resume", second_id)
+                assert second.returncode == 1, (second.stdout, second.stderr)
+                message = single_error_line(second.stderr)
+            runs.release()
+        finally:
+            if first == "cli":
+                out, err = proc.communicate(timeout=60)
+                reap(proc)
+            else:
+                worker.join(60)
+        assert owner in message, message
+        if first == "cli":
+            assert proc.returncode == 0, (out, err)
+        else:
+            [record] = resumed
+            assert record["isError"] is False and record["structuredContent"]["status"] == "completed", record
+        assert runs.runs_of_the_step() == 2  # the first run and exactly one resume
+    final = cli.json_any("resume", runs.parent) if run == "sub-run" else cli.json("show", runs.parent)
+    assert final["status"] == "completed", final
+    assert final["steps"]["sub"]["output"]["run_id"] == runs.child
+    assert runs.runs_of_the_step() == 2
 
 
 # ---------------------------------------------------------------------- validate and graph

@@ -5,7 +5,9 @@ its sub-runs belong to it too. An engine asked to resume such a run (the server'
 naming the process; asked to cancel it, it asks that process to cancel the run, as
 ``codomyrmex-orchestration cancel`` does (SIGINT, which the CLI handles like Ctrl-C), and waits for it to
 let go. A resume holds the run's lock while it reads and starts the run, so of a server's and a CLI's
-resume of one run at the same moment exactly one starts it.
+resume of one run at the same moment exactly one starts it; a sub-run's resume holds its top-level run's
+lock first, as the CLI's does, so it and a resume of that run (which takes the sub-run over in place)
+never both run it.
 
 State owned: none (the lock files are ``_run_owners``'; the records the store's).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from codomyrmex_orchestration.core._run_owners import (
@@ -69,38 +71,35 @@ class ForeignRuns:
         if self.owners_dir is None or held_here(self.owners_dir, run_id):
             yield lambda: None
             return
-        claim = Claim(self.owners_dir, run_id)
-        try:
-            claim.__enter__()
-        except OwnedElsewhere as exc:
-            raise InvalidStateError(
-                "run",
-                run_id,
-                f"running in {_process(exc.pid)}",
-                f"wait for it to end, or cancel it first ({_CANCEL} {run_id}, or cancel_workflow_run)",
-            ) from None
+        record = self._read(run_id)  # its ancestry only: that never changes
+        top = self._top(record) if record is not None else run_id
+        with ExitStack() as held:
+            if top != run_id:  # held while it starts, let go as found: the sub-run is not its run's
+                try:
+                    held.enter_context(Claim(self.owners_dir, top))
+                except OwnedElsewhere as exc:
+                    raise InvalidStateError(
+                        "run",
+                        run_id,
+                        f"part of run {top}, which {_process(exc.pid)} runs",
+                        f"wait for that run to end, or cancel it first ({_CANCEL} {top})",
+                    ) from None
+            claim = Claim(self.owners_dir, run_id)
+            try:
+                held.enter_context(claim)
+            except OwnedElsewhere as exc:
+                raise InvalidStateError(
+                    "run",
+                    run_id,
+                    f"running in {_process(exc.pid)}",
+                    f"wait for it to end, or cancel it first ({_CANCEL} {run_id}, or cancel_workflow_run)",
+                ) from None
 
-        def started() -> None:
-            claim.started()
-            self._flush()
+            def started() -> None:
+                claim.started()
+                self._flush()
 
-        try:
-            record = self._read(run_id)
-            if record is not None:
-                self._check_top(record)
             yield started
-        finally:
-            claim.__exit__()
-
-    def _check_top(self, record: RunRecord) -> None:
-        top, owner = self._top_owner(record)
-        if top != record.run_id and owner.alive:
-            raise InvalidStateError(
-                "run",
-                record.run_id,
-                f"part of run {top}, which {_process(owner.pid)} runs",
-                f"wait for that run to end, or cancel it first ({_CANCEL} {top})",
-            )
 
     def cancel(self, record: RunRecord, timeout: float) -> RunRecord:
         """Cancel a run that no run of this engine is, as ``codomyrmex-orchestration cancel`` does: ask
@@ -156,6 +155,11 @@ class ForeignRuns:
         """The top-level run of ``record`` (itself when it is one) and who holds its lock."""
         if self.owners_dir is None:
             return record.run_id, Owner(exists=False, alive=False, pid=None)
+        top = self._top(record)
+        return top, owner_of(self.owners_dir, top)
+
+    def _top(self, record: RunRecord) -> str:
+        """The top-level run of ``record`` (itself when it is one; the last found, past a trimmed one)."""
         top = record
         for _ in range(_MAX_ANCESTRY):
             if top.parent_run_id is None:
@@ -164,4 +168,4 @@ class ForeignRuns:
             if parent is None:
                 break
             top = parent
-        return top.run_id, owner_of(self.owners_dir, top.run_id)
+        return top.run_id

@@ -8,7 +8,9 @@ started by other processes (the MCP server) have no lock file. Taking the lock i
 claims a run: ``resume`` takes it before it reads the run, so of two resumes of the same run exactly one
 goes ahead (the other gets :class:`OwnedElsewhere`); an engine resuming a run for another caller (the
 server's resume tool) holds the lock while it reads and starts the run (:class:`Claim`), so a CLI
-``resume`` at the same moment cannot start it too. ``cancel`` signals the owner (SIGINT, which the
+``resume`` at the same moment cannot start it too. A sub-run resumed on its own is claimed under its
+top-level run's lock as well (taken first): resuming that run would take the sub-run over in place, so
+the two resumes exclude each other by the one lock both take. ``cancel`` signals the owner (SIGINT, which the
 owner turns into a clean cancellation) and waits for the lock to be released. The store's start-up
 marking (``SqliteStore.recover``) leaves alone the runs whose owner is alive.
 
@@ -76,6 +78,9 @@ class RunOwnership:
         self.path = _path(state_dir, run_id)
         self.run_id = run_id
         self.keep_file = keep_file
+        #: the file it locked holds the pid of an earlier owner that let go without removing it: a CLI
+        #: process that is gone (read under the lock, so a file another claimant just made reads empty)
+        self.left_behind = False
         self._fd: int | None = None
 
     def __enter__(self) -> RunOwnership:
@@ -93,6 +98,7 @@ class RunOwnership:
                     # created and locked a new one: lock what the path names now.
                     os.close(fd)
                     continue
+                self.left_behind = bool(os.read(fd, 32).strip())
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
             except BaseException:
@@ -122,14 +128,17 @@ class Claim:
     :class:`OwnedElsewhere` when a live process holds the lock.
     """
 
-    def __init__(self, state_dir: Path, run_id: str, *, stale: bool | None = None) -> None:
-        #: a lock file was there, left by a CLI owner that is gone (``stale``: the caller knows better,
-        #: e.g. a sub-run whose top-level run's CLI process is gone)
-        self.stale = owner_of(state_dir, run_id).exists if stale is None else stale
-        self._ownership = RunOwnership(state_dir, run_id, keep_file=self.stale)
+    def __init__(self, state_dir: Path, run_id: str) -> None:
+        self._ownership = RunOwnership(state_dir, run_id)
+
+    @property
+    def stale(self) -> bool:
+        """(Once entered) the lock file was there, left by a CLI owner that is gone."""
+        return self._ownership.left_behind
 
     def __enter__(self) -> Claim:
         self._ownership.__enter__()
+        self._ownership.keep_file = self._ownership.left_behind
         return self
 
     def started(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from codomyrmex_orchestration.errors import StateStoreError
 
-__all__ = ["LOCK_FILE", "ServingLock"]
+__all__ = ["LOCK_FILE", "ServingLock", "serving_pid"]
 
 LOCK_FILE = "server.lock"
 
@@ -72,3 +72,22 @@ class ServingLock:
                 os.ftruncate(self._fd, 0)  # no pid of a server that is gone left to read
             os.close(self._fd)
             self._fd = None
+
+
+def serving_pid(state_dir: Path) -> int | None:
+    """The pid of the live server of ``state_dir`` (``None``: none serves it, or its pid is unreadable;
+    never raises)."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.read(fd, 32).decode(errors="replace").strip()
+            return int(raw) if raw.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
