@@ -549,7 +549,30 @@ def _respond(tools: OrchestrationMCPTools, a: m.RespondArgs, call: _Call) -> _Ou
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
-    return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
+    """Cancel, then wait for the run to settle as ``WorkflowManager.cancel_run`` does (the record then,
+    or as it stands after its wait), holding no thread: many cancels waiting on a run that is slow to
+    stop (a stopped CLI process) must not block other calls."""
+    from codomyrmex_orchestration.core.workflows import CANCEL_WAIT  # the engine has loaded it
+
+    manager, run_id = tools.engine.workflow_manager, a.run_id
+    record = manager.request_cancel(run_id)
+    if record.status.is_terminal:
+        return _run_handle(record, None)
+
+    def wait_for(seconds: float) -> BaseModel:
+        settled = threading.Event()
+        manager.on_settled(run_id, lambda now: settled.set())
+        settled.wait(seconds)
+        return _run_handle(manager.get_run(run_id), None)
+
+    def subscribe(deliver: Callable[[BaseModel], None]) -> None:
+        manager.on_settled(run_id, lambda now: deliver(_run_handle(now, None)))
+
+    def unfinished(waited: float) -> BaseModel:
+        return _run_handle(manager.get_run(run_id), None)
+
+    # Cancelling the request leaves the cancellation asked for: there is nothing more to stop.
+    return _Pending(wait_for, lambda: None, CANCEL_WAIT, subscribe, unfinished, in_thread=True)
 
 
 def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
