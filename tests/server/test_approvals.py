@@ -313,6 +313,74 @@ async def test_a_2026_client_declining_by_retry_fails_the_step(tools: Orchestrat
     assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]
 
 
+#: Asks who it is for; its last step echoes the answer's reason.
+ASK = {
+    "name": "ask",
+    "parameters": {"who": "nobody"},
+    "steps": [
+        {
+            "name": "approve",
+            "module": "core",
+            "action": "approve",
+            "parameters": {"message": "Go for {{params.who}}?", "schema": SCHEMA},
+        },
+        {
+            "name": "act",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": "{{steps.approve.output.content.reason}}"},
+        },
+    ],
+}
+#: Two sub-runs of ASK, whose questions have the same step name, and a question of the parent's own.
+TWINS = {
+    "name": "twins",
+    "steps": [
+        *({"name": name, "module": "workflow", "action": "run",
+           "parameters": {"workflow": "ask", "parameters": {"who": name}}} for name in ("alpha", "beta")),
+        {"name": "gate", "module": "core", "action": "approve", "parameters": {"message": "Open the gate?"}},
+    ],
+}  # fmt: skip
+
+
+def answering_by_message() -> tuple[Any, list[str]]:
+    """An elicitation callback that accepts each question with a reason naming it, and the messages."""
+    asked: list[str] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"reason": f"answer to {params.message}"})
+
+    return callback, asked
+
+
+async def test_a_2026_client_answers_two_sub_runs_asking_a_step_of_the_same_name_each_its_own(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The input requests were keyed by step name: the two sub-runs' "approve" questions were one
+    # request, whose answer, given through the parent's id, was refused as ambiguous.
+    callback, asked = answering_by_message()
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", ASK)
+        await ok(client, "create_workflow", TWINS)
+        three = threading.Semaphore(0)
+        manager = tools.engine.workflow_manager
+        listener = lambda event, _: three.release() if event == "run.waiting_for_input" else None  # noqa: E731
+        manager.add_listener(listener)
+        try:
+            started = await ok(client, "execute_workflow", {"workflow_name": "twins", "wait": False})
+            for _ in range(3):  # every question waits: the answer to the gate finds the two others
+                assert await anyio.to_thread.run_sync(three.acquire, True, WAIT)
+        finally:
+            manager.remove_listener(listener)
+        gate = {"run_id": started["run_id"], "step": "gate", "action": "accept", "timeout_seconds": 600}
+        run = await ok(client, "respond_to_run", gate)
+    assert run["status"] == "completed", run
+    assert sorted(asked) == ["Go for alpha?", "Go for beta?"]
+    for name in ("alpha", "beta"):
+        assert run["steps"][name]["output"]["outputs"]["act"] == f"answer to Go for {name}?", run["steps"]
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path: Path, mode: Any) -> None:
     script = Path(sys.executable).parent / "codomyrmex-orchestration"

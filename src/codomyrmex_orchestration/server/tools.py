@@ -1288,6 +1288,25 @@ class OrchestrationMCPTools:
         except Exception as exc:
             return self._failure(name, exc)
 
+    async def await_run(self, run_id: str, timeout_seconds: float = m.DEFAULT_WAIT_SECONDS) -> ToolResult:
+        """The handle of run ``run_id`` once it ends or waits on a person nobody is asking, waited for as
+        ``respond_to_run`` waits after its answer (no thread; dropping the wait leaves the run going):
+        for a call that has answered the run's questions some other way."""
+        arrived = time.monotonic()
+        try:
+            if not 0 < timeout_seconds <= m.MAX_WAIT_SECONDS:
+                raise InvalidInputError(
+                    "timeout_seconds", f"a number of seconds above 0 and at most {m.MAX_WAIT_SECONDS:g}"
+                )
+            manager = self.engine.workflow_manager
+            record = await anyio.to_thread.run_sync(manager.get_run, run_id, limiter=self._call_limiter)
+            outcome = _run_pending(self, record, True, timeout_seconds, owns_run=False)
+            if isinstance(outcome, _Pending):
+                outcome = await self._await_pending(outcome, arrived)
+            return self._render(outcome)
+        except Exception as exc:
+            return self._failure("respond_to_run", exc)
+
     async def _call_with_progress(
         self, name: str, tool: _Tool, args: BaseModel, progress: ProgressReporter, arrived: float
     ) -> ToolResult:
