@@ -1288,12 +1288,15 @@ class OrchestrationMCPTools:
         except Exception as exc:
             return self._failure(name, exc)
 
-    async def await_run(self, run_id: str, timeout_seconds: float = m.DEFAULT_WAIT_SECONDS) -> ToolResult:
+    async def await_run(self, run_id: str, timeout_seconds: float | None = None) -> ToolResult:
         """The handle of run ``run_id`` once it ends or waits on a person nobody is asking, waited for as
         ``respond_to_run`` waits after its answer (no thread; dropping the wait leaves the run going):
-        for a call that has answered the run's questions some other way."""
+        for a call that has answered the run's questions some other way. ``timeout_seconds``: the
+        tools' default when None."""
         arrived = time.monotonic()
         try:
+            if timeout_seconds is None:
+                timeout_seconds = m.DEFAULT_WAIT_SECONDS
             if not 0 < timeout_seconds <= m.MAX_WAIT_SECONDS:
                 raise InvalidInputError(
                     "timeout_seconds", f"a number of seconds above 0 and at most {m.MAX_WAIT_SECONDS:g}"
