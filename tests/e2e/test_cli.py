@@ -1484,3 +1484,45 @@ def test_run_enforces_the_python_call_module_allow_list_from_the_environment(cli
     assert refused.returncode == 1
     step = json.loads(refused.stdout)["steps"]["call"]
     assert step["status"] == "failed" and "CODOMYRMEX_PYTHON_CALL_ALLOW" in step["error"]["message"]
+
+
+def test_cancels_waiting_on_a_stopped_cli_run_hold_no_thread_so_other_calls_go_on(cli: Cli) -> None:
+    # Each cancel_workflow_run waits up to 10 s for the CLI process to let go of the run. That wait held
+    # one of the server's 16 call threads: 20 of them on a CLI process that does not answer (stopped,
+    # as by Ctrl-Z) blocked every call that needs a thread (here get_workflow_run) until they gave up.
+    cancels = 20
+    proc = cli.popen("run", cli.write("slow.json", SLOW))
+    run_id = wait_for_line(proc, "nap", "running")[0].split()[1]
+    try:
+        with serving(cli) as server:
+            call = server.call
+            assert call("get_workflow_run", {"run_id": run_id})["structuredContent"]["status"] == "running"
+            os.kill(proc.pid, signal.SIGSTOP)  # it answers no SIGINT now
+            stdin, stdout = server.proc.stdin, server.proc.stdout
+            assert stdin is not None and stdout is not None
+            for request_id in range(100, 100 + cancels):
+                params = {"name": "cancel_workflow_run", "arguments": {"run_id": run_id}}
+                stdin.write(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                                        "params": params}) + "\n")  # fmt: skip
+            reading = {"name": "get_workflow_run", "arguments": {"run_id": run_id}}
+            stdin.write(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                                    "params": reading}) + "\n")  # fmt: skip
+            stdin.flush()
+            replies: list[dict[str, Any]] = []
+            while not replies or replies[-1].get("id") != 99:
+                reply = json.loads(stdout.readline())
+                if "id" in reply:
+                    replies.append(reply)
+            # The reading came back while every cancel still waited on the stopped process.
+            assert [r["id"] for r in replies] == [99], [r["id"] for r in replies]
+            # The owner goes away (killed: a second SIGINT from a late cancel would be its "quit at
+            # once"): every cancel answers then, with the run as it stands, well before its 10 s.
+            proc.kill()
+            while len(replies) < 1 + cancels:
+                reply = json.loads(stdout.readline())
+                if "id" in reply:
+                    replies.append(reply)
+    finally:
+        reap(proc)
+    results = [r["result"] for r in replies[1:]]
+    assert {(r["isError"], r["structuredContent"]["run_id"]) for r in results} == {(False, run_id)}, results

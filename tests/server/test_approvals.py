@@ -313,6 +313,141 @@ async def test_a_2026_client_declining_by_retry_fails_the_step(tools: Orchestrat
     assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]
 
 
+#: Asks who it is for; its last step echoes the answer's reason.
+ASK = {
+    "name": "ask",
+    "parameters": {"who": "nobody"},
+    "steps": [
+        {
+            "name": "approve",
+            "module": "core",
+            "action": "approve",
+            "parameters": {"message": "Go for {{params.who}}?", "schema": SCHEMA},
+        },
+        {
+            "name": "act",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": "{{steps.approve.output.content.reason}}"},
+        },
+    ],
+}
+#: Two sub-runs of ASK, whose questions have the same step name, and a question of the parent's own.
+TWINS = {
+    "name": "twins",
+    "steps": [
+        *({"name": name, "module": "workflow", "action": "run",
+           "parameters": {"workflow": "ask", "parameters": {"who": name}}} for name in ("alpha", "beta")),
+        {"name": "gate", "module": "core", "action": "approve", "parameters": {"message": "Open the gate?"}},
+    ],
+}  # fmt: skip
+
+
+def answering_by_message() -> tuple[Any, list[str]]:
+    """An elicitation callback that accepts each question with a reason naming it, and the messages."""
+    asked: list[str] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"reason": f"answer to {params.message}"})
+
+    return callback, asked
+
+
+async def test_a_2026_client_answers_two_sub_runs_asking_a_step_of_the_same_name_each_its_own(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The input requests were keyed by step name: the two sub-runs' "approve" questions were one
+    # request, whose answer, given through the parent's id, was refused as ambiguous.
+    callback, asked = answering_by_message()
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", ASK)
+        await ok(client, "create_workflow", TWINS)
+        three = threading.Semaphore(0)
+        manager = tools.engine.workflow_manager
+        listener = lambda event, _: three.release() if event == "run.waiting_for_input" else None  # noqa: E731
+        manager.add_listener(listener)
+        try:
+            started = await ok(client, "execute_workflow", {"workflow_name": "twins", "wait": False})
+            for _ in range(3):  # every question waits: the answer to the gate finds the two others
+                assert await anyio.to_thread.run_sync(three.acquire, True, WAIT)
+        finally:
+            manager.remove_listener(listener)
+        gate = {"run_id": started["run_id"], "step": "gate", "action": "accept", "timeout_seconds": 600}
+        run = await ok(client, "respond_to_run", gate)
+    assert run["status"] == "completed", run
+    assert sorted(asked) == ["Go for alpha?", "Go for beta?"]
+    for name in ("alpha", "beta"):
+        assert run["steps"][name]["output"]["outputs"]["act"] == f"answer to Go for {name}?", run["steps"]
+
+
+#: A map step whose items are sub-runs of ASK, each asking its own question.
+FANNED = {
+    "name": "fanned",
+    "steps": [
+        {"name": "each", "module": "workflow", "action": "run", "for_each": ["alpha", "beta"],
+         "parameters": {"workflow": "ask", "parameters": {"who": "{{item}}"}}},
+    ],
+}  # fmt: skip
+
+
+async def test_the_items_of_a_sub_run_map_step_ask_their_parent_and_each_gets_its_own_answer(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    await ok(client, "create_workflow", ASK)
+    await ok(client, "create_workflow", FANNED)
+    asked = threading.Semaphore(0)
+    manager = tools.engine.workflow_manager
+    listener = lambda event, _: asked.release() if event == "run.waiting_for_input" else None  # noqa: E731
+    manager.add_listener(listener)
+    try:
+        started = await ok(client, "execute_workflow", {"workflow_name": "fanned", "wait": False})
+        for _ in range(2):
+            assert await anyio.to_thread.run_sync(asked.acquire, True, WAIT)
+    finally:
+        manager.remove_listener(listener)
+    parent = started["run_id"]
+    run = await ok(client, "get_workflow_run", {"run_id": parent})
+    assert run["status"] == "waiting_for_input"
+    by_message = {q["message"]: q for q in run["pending_inputs"]}
+    assert sorted(by_message) == ["Go for alpha?", "Go for beta?"]
+    assert {q["step"] for q in by_message.values()} == {"approve"}
+    alpha, beta = by_message["Go for alpha?"]["run_id"], by_message["Go for beta?"]["run_id"]
+    assert len({alpha, beta, parent}) == 3
+    # By the parent's id, "approve" names two questions: refused, naming the sub-runs.
+    both = await call(client, "respond_to_run", {"run_id": parent, "step": "approve", "action": "accept"})
+    assert both.is_error and alpha in both.content[0].text and beta in both.content[0].text
+    # One by its sub-run's id, then the other, the only one left, by the parent's.
+    first = {
+        "run_id": beta,
+        "step": "approve",
+        "action": "accept",
+        "content": {"reason": "b-side"},
+        "wait": False,
+    }
+    await ok(client, "respond_to_run", first)
+    last = {"run_id": parent, "step": "approve", "action": "accept", "content": {"reason": "a-side"}}
+    final = await ok(client, "respond_to_run", last)
+    assert final["status"] == "completed", final
+    outputs = [item["outputs"]["act"] for item in final["steps"]["each"]["output"]]
+    assert outputs == ["a-side", "b-side"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_client_with_elicitation_answers_each_item_of_a_sub_run_map_step(
+    tools: OrchestrationMCPTools, mode: Any
+) -> None:
+    callback, asked = answering_by_message()
+    async with Client(build_server(tools), mode=mode, elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", ASK)
+        await ok(client, "create_workflow", FANNED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "fanned", "timeout_seconds": 600})
+    assert run["status"] == "completed", run
+    assert sorted(asked) == ["Go for alpha?", "Go for beta?"]
+    outputs = [item["outputs"]["act"] for item in run["steps"]["each"]["output"]]
+    assert outputs == ["answer to Go for alpha?", "answer to Go for beta?"]
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path: Path, mode: Any) -> None:
     script = Path(sys.executable).parent / "codomyrmex-orchestration"

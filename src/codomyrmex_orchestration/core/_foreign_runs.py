@@ -27,6 +27,7 @@ from codomyrmex_orchestration.core._run_owners import (
     held_here,
     owner_of,
     wait_released,
+    when_released,
 )
 from codomyrmex_orchestration.core.models import RunRecord
 from codomyrmex_orchestration.core.store import SqliteStore, StateStore
@@ -103,10 +104,33 @@ class ForeignRuns:
 
     def cancel(self, record: RunRecord, timeout: float) -> RunRecord:
         """Cancel a run that no run of this engine is, as ``codomyrmex-orchestration cancel`` does: ask
-        the CLI process that owns it (SIGINT), wait up to ``timeout`` seconds for it to let go.
+        the CLI process that owns it (SIGINT, :meth:`ask_to_cancel`), wait up to ``timeout`` seconds for
+        it to let go.
 
         Returns:
             The run's record once its owner let go (or as it stands after ``timeout``).
+        """
+        self.ask_to_cancel(record)
+        assert self.owners_dir is not None  # asked: there is a lock file
+        wait_released(self.owners_dir, record.run_id, timeout)
+        return self._read(record.run_id) or record
+
+    def on_let_go(self, record: RunRecord, callback: Callable[[RunRecord], None]) -> None:
+        """Call ``callback(record)`` with the run's record once no process owns it any more (at once if
+        none does); no thread of the caller waits for it."""
+        run_id = record.run_id
+
+        def released() -> None:
+            callback(self._read(run_id) or record)
+
+        if self.owners_dir is None:
+            released()
+        else:
+            when_released(self.owners_dir, run_id, released)
+
+    def ask_to_cancel(self, record: RunRecord) -> None:
+        """Ask the CLI process that owns ``record``'s run to cancel it (SIGINT); :meth:`on_let_go` says
+        when it has.
 
         Raises:
             InvalidStateError: the run ended, or no live process here or elsewhere runs it (resume it),
@@ -147,9 +171,6 @@ class ForeignRuns:
                 f"that process cannot be asked to cancel it from here ({exc.strerror or exc}); "
                 f"cancel it as its user: {_CANCEL} {run_id}",
             ) from None
-        assert self.owners_dir is not None  # owner.alive: there is a lock file
-        wait_released(self.owners_dir, run_id, timeout)
-        return self._read(run_id) or record
 
     def _top_owner(self, record: RunRecord) -> tuple[str, Owner]:
         """The top-level run of ``record`` (itself when it is one) and who holds its lock."""

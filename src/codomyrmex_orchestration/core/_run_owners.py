@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ __all__ = [
     "owner_alive",
     "owner_of",
     "wait_released",
+    "when_released",
 ]
 
 _DIR = "cli-runs"
@@ -188,19 +190,27 @@ def owner_alive(state_dir: Path, run_id: str) -> bool:
 
 def wait_released(state_dir: Path, run_id: str, timeout: float | None) -> bool:
     """Wait up to ``timeout`` seconds (``None``: no limit) for the owner of ``run_id`` to let go; True
-    when it did.
+    when it did."""
+    released = threading.Event()
+    when_released(state_dir, run_id, released.set)
+    return released.wait(timeout)
 
-    A blocking ``flock`` on a helper thread, so the wait wakes the moment the owner exits (no polling).
+
+def when_released(state_dir: Path, run_id: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once the owner of ``run_id`` lets go (at once, on the caller's thread, if there
+    is no lock file): no caller's thread waits.
+
+    A blocking ``flock`` on a helper thread, so the callback runs the moment the owner exits (no polling).
     """
     path = _path(state_dir, run_id)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return True
-    released = threading.Event()
+        callback()
+        return
 
     def block() -> None:
-        # The waiter closes the descriptor itself: a wait that timed out (a server's cancel) leaves no
+        # The helper closes the descriptor itself: a wait that timed out (a server's cancel) leaves no
         # descriptor behind once the owner lets go.
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
@@ -208,9 +218,8 @@ def wait_released(state_dir: Path, run_id: str, timeout: float | None) -> bool:
             pass  # the lock cannot be waited on: report the owner as gone rather than wait forever
         finally:
             os.close(fd)
-            released.set()
+            callback()
 
     # Daemon: if the owner never lets go, the thread must not keep this process alive.
     waiter = threading.Thread(target=block, name="cli-owner-wait", daemon=True)
     waiter.start()
-    return released.wait(timeout)

@@ -12,7 +12,7 @@ Timeouts: every ``timeout`` argument here is in seconds, and ``None`` means wait
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -87,7 +87,7 @@ def _merge_listing(
     return ordered[:limit]
 
 
-__all__ = ["RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
+__all__ = ["CANCEL_WAIT", "RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
 
 def _resumed_plan(definitions: DefinitionRegistry, previous: RunRecord) -> Plan:
@@ -124,8 +124,9 @@ def _wait(run: RunState, timeout: float | None) -> RunRecord:
     return run.snapshot()
 
 
-#: How long cancel_run waits for the cancelled run to settle before returning it as it stands.
-_CANCEL_WAIT = 10.0
+#: How long cancel_run (and the server's cancel_workflow_run) waits for the cancelled run to settle
+#: before returning it as it stands (seconds).
+CANCEL_WAIT = 10.0
 
 
 class WorkflowManager:
@@ -385,9 +386,29 @@ class WorkflowManager:
         """
         run = self._active.get(run_id)
         if run is None:
-            return self._foreign.cancel(self.get_run(run_id), _CANCEL_WAIT)
+            return self._foreign.cancel(self.get_run(run_id), CANCEL_WAIT)
         self._driver.cancel(run)
-        return _wait(run, _CANCEL_WAIT)
+        return _wait(run, CANCEL_WAIT)
+
+    def request_cancel(self, run_id: str) -> RunRecord:
+        """Cancel a run as :meth:`cancel_run` does, without waiting for it to settle: the record as it
+        stands; :meth:`on_settled` says when it has. Raises as :meth:`cancel_run` does."""
+        run = self._active.get(run_id)
+        if run is None:
+            record = self.get_run(run_id)
+            self._foreign.ask_to_cancel(record)
+            return record
+        self._driver.cancel(run)
+        return run.snapshot()
+
+    def on_settled(self, run_id: str, callback: Callable[[RunRecord], None]) -> None:
+        """Call ``callback(record)`` once, with the record then, when run ``run_id`` has ended and nothing
+        runs it any more (an active run's end, or the CLI process owning it letting go); at once if so.
+        No thread waits for it. Raises RunNotFoundError."""
+        if self._active.get(run_id) is not None:
+            self.inputs.on_stop(run_id, callback, questions=False)
+        else:
+            self._foreign.on_let_go(self.get_run(run_id), callback)
 
     def wait_run(self, run_id: str, timeout: float | None) -> RunRecord:
         """Wait up to ``timeout`` seconds (``None``: without limit) for a run to end; returns the record

@@ -36,10 +36,19 @@ log = get_logger("codomyrmex_orchestration.server")
 
 # Marks a call's request_state as ours: the run whose questions the retry answers follows it.
 _STATE = "codomyrmex-approval:"
+# Between a sub-run's id and its step in the key of the sub-run's question.
+_SUB_RUN = "/"
 # The calls that wait on a run and may end with it waiting for input.
 _WAITING_TOOLS = frozenset(
     {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "respond_to_run"}
 )
+
+
+def _key(run_id: str, question: dict[str, Any]) -> str:
+    """The input request key of a question of run ``run_id`` (``pending_inputs`` entry): its step, or
+    for a sub-run's question ``<sub-run id>/<step>`` (a step name never holds a slash)."""
+    asker = question.get("run_id")
+    return question["step"] if asker in (None, run_id) else f"{asker}{_SUB_RUN}{question['step']}"
 
 
 def _takes_forms(connection: Any) -> bool:
@@ -111,20 +120,25 @@ class Approvals:
         timeout = (params.arguments or {}).get("timeout_seconds")
         if not answers:
             return await self._tools.execute_tool_async("get_workflow_run", {"run_id": run_id})
-        result: ToolResult | None = None
-        for i, (step, response) in enumerate(answers):
+        for key, response in answers:
             action, content = _answer_of(response)
-            arguments: dict[str, Any] = {"run_id": run_id, "step": step, "action": action}
+            # Each question answered where it is asked (a sub-run's by its own id: the parent's would
+            # find two sub-runs asking a step of one name), then the wait is on the run the call follows.
+            asker, _, step = key.rpartition(_SUB_RUN)
+            arguments: dict[str, Any] = {
+                "run_id": asker or run_id,
+                "step": step,
+                "action": action,
+                "wait": False,
+            }
             if content is not None:
                 arguments["content"] = content
-            last = i == len(answers) - 1
-            arguments["wait"] = last
-            if last and isinstance(timeout, int | float) and not isinstance(timeout, bool):
-                arguments["timeout_seconds"] = timeout
             result = await self._tools.execute_tool_async("respond_to_run", arguments)
             if result.is_error:
                 return result
-        return result
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            return await self._tools.await_run(run_id, timeout)
+        return await self._tools.await_run(run_id)
 
     def input_required(
         self, ctx: Any, params: types.CallToolRequestParams, result: ToolResult
@@ -143,8 +157,9 @@ class Approvals:
             or connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
         ):
             return None
+        run_id = record["run_id"]
         requests: dict[str, types.InputRequest] = {
-            q["step"]: types.ElicitRequest(
+            _key(run_id, q): types.ElicitRequest(
                 params=types.ElicitRequestFormParams(
                     message=q["message"],
                     requested_schema=q["requested_schema"] or {"type": "object", "properties": {}},
@@ -152,7 +167,7 @@ class Approvals:
             )
             for q in pending
         }
-        return types.InputRequiredResult(input_requests=requests, request_state=f"{_STATE}{record['run_id']}")
+        return types.InputRequiredResult(input_requests=requests, request_state=f"{_STATE}{run_id}")
 
     async def _ask(
         self, inputs: InputDesk, peer: Peer, run_id: str, step: str, question: InputRequest

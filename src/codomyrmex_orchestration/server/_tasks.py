@@ -40,7 +40,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import BaseModel
 
 from codomyrmex_orchestration.core.models import RunRecord
-from codomyrmex_orchestration.errors import NotFoundError, OrchestrationError, WaitTimeoutError
+from codomyrmex_orchestration.errors import NotFoundError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._notifications import NotificationHub, Peer
 from codomyrmex_orchestration.server.tools import (
@@ -714,23 +714,30 @@ class ToolTasks:
                 "input_required task can be cancelled",
                 data={"taskId": record["task_id"], "status": record["status"]},
             )
-        record = await self._core(self._cancel, record)
+        # Cancelled, then a bounded wait for it to stop (so that tasks/result reads the final record)
+        # that holds no thread: the run or task wakes this request when it has stopped.
+        token, stopped = anyio.lowlevel.current_token(), anyio.Event()
+        await self._core(self._stop, record, partial(_call_soon, token, stopped.set))
+        with anyio.move_on_after(_STOP_WAIT):
+            await stopped.wait()
+        record = await self._core(self._cancelled, record)
         self._announce_soon(record["task_id"])
         # 2026-07-28: an empty acknowledgement (the status is read with tasks/get).
         return {} if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else _wire(record)
 
-    def _cancel(self, record: dict[str, Any]) -> dict[str, Any]:
-        engine = self._tools.engine
-        # Cancelled, then a bounded wait for it to stop, so that tasks/result reads the final record.
-        try:
-            if record["kind"] == "run":
-                engine.workflow_manager.cancel_run(record["target"])
-                engine.workflow_manager.wait_run(record["target"], _STOP_WAIT)
-            else:
-                engine.task_orchestrator.cancel_task(record["target"], "cancelled by tasks/cancel")
-                engine.task_orchestrator.wait(record["target"], _STOP_WAIT)
-        except WaitTimeoutError:
-            pass
+    def _stop(self, record: Mapping[str, Any], callback: Callable[[], None]) -> None:
+        """Cancel the task's run or task; ``callback()`` once it has stopped. Core thread."""
+        engine, target = self._tools.engine, record["target"]
+        if record["kind"] == "run":
+            manager = engine.workflow_manager
+            manager.request_cancel(target)
+            manager.on_settled(target, lambda _: callback())
+        else:
+            engine.task_orchestrator.cancel_task(target, "cancelled by tasks/cancel")
+            engine.task_orchestrator.on_settled(target, lambda _: callback())
+
+    def _cancelled(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The task's record as cancelled, with the result its run or task has now, saved. Core thread."""
         message = "cancelled by tasks/cancel"
         record = {**record, "status": "cancelled", "message": message, "resumable": False}
         record["updated_at"] = time.time()

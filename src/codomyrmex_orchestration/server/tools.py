@@ -549,7 +549,30 @@ def _respond(tools: OrchestrationMCPTools, a: m.RespondArgs, call: _Call) -> _Ou
 
 
 def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
-    return _run_handle(tools.engine.workflow_manager.cancel_run(a.run_id), None)
+    """Cancel, then wait for the run to settle as ``WorkflowManager.cancel_run`` does (the record then,
+    or as it stands after its wait), holding no thread: many cancels waiting on a run that is slow to
+    stop (a stopped CLI process) must not block other calls."""
+    from codomyrmex_orchestration.core.workflows import CANCEL_WAIT  # the engine has loaded it
+
+    manager, run_id = tools.engine.workflow_manager, a.run_id
+    record = manager.request_cancel(run_id)
+    if record.status.is_terminal:
+        return _run_handle(record, None)
+
+    def wait_for(seconds: float) -> BaseModel:
+        settled = threading.Event()
+        manager.on_settled(run_id, lambda now: settled.set())
+        settled.wait(seconds)
+        return _run_handle(manager.get_run(run_id), None)
+
+    def subscribe(deliver: Callable[[BaseModel], None]) -> None:
+        manager.on_settled(run_id, lambda now: deliver(_run_handle(now, None)))
+
+    def unfinished(waited: float) -> BaseModel:
+        return _run_handle(manager.get_run(run_id), None)
+
+    # Cancelling the request leaves the cancellation asked for: there is nothing more to stop.
+    return _Pending(wait_for, lambda: None, CANCEL_WAIT, subscribe, unfinished, in_thread=True)
 
 
 def _task_result(record: TaskRecord, waited: float | None) -> m.TaskResult:
@@ -1264,6 +1287,28 @@ class OrchestrationMCPTools:
             return self._render(outcome)
         except Exception as exc:
             return self._failure(name, exc)
+
+    async def await_run(self, run_id: str, timeout_seconds: float | None = None) -> ToolResult:
+        """The handle of run ``run_id`` once it ends or waits on a person nobody is asking, waited for as
+        ``respond_to_run`` waits after its answer (no thread; dropping the wait leaves the run going):
+        for a call that has answered the run's questions some other way. ``timeout_seconds``: the
+        tools' default when None."""
+        arrived = time.monotonic()
+        try:
+            if timeout_seconds is None:
+                timeout_seconds = m.DEFAULT_WAIT_SECONDS
+            if not 0 < timeout_seconds <= m.MAX_WAIT_SECONDS:
+                raise InvalidInputError(
+                    "timeout_seconds", f"a number of seconds above 0 and at most {m.MAX_WAIT_SECONDS:g}"
+                )
+            manager = self.engine.workflow_manager
+            record = await anyio.to_thread.run_sync(manager.get_run, run_id, limiter=self._call_limiter)
+            outcome = _run_pending(self, record, True, timeout_seconds, owns_run=False)
+            if isinstance(outcome, _Pending):
+                outcome = await self._await_pending(outcome, arrived)
+            return self._render(outcome)
+        except Exception as exc:
+            return self._failure("respond_to_run", exc)
 
     async def _call_with_progress(
         self, name: str, tool: _Tool, args: BaseModel, progress: ProgressReporter, arrived: float
