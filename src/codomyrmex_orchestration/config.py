@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
     "DEFAULT_MAX_MAP_ITEMS",
+    "DEFAULT_MAX_OPEN_SESSIONS",
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_MAX_QUEUED_TASKS",
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_SUBWORKFLOW_DEPTH",
     "DEFAULT_MAX_SUBWORKFLOW_RUNS",
     "DEFAULT_MAX_WORKERS",
+    "DEFAULT_MAX_WORKFLOWS",
     "DEFAULT_MCP_SERVERS_FILE",
     "DEFAULT_PORT",
     "DEFAULT_PROJECTS_DIR",
@@ -78,6 +80,10 @@ DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
 DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 1000
 DEFAULT_MAX_QUEUED_TASKS = 10_000
+#: Most workflows registered at once (create_workflow refuses a new name past it).
+DEFAULT_MAX_WORKFLOWS = 1000
+#: Most sessions (create_session) open at once.
+DEFAULT_MAX_OPEN_SESSIONS = 1000
 
 Transport = Literal["stdio", "sse", "streamable-http"]
 LogFormat = Literal["console", "json"]
@@ -146,6 +152,11 @@ class Settings(BaseModel):
     #: new work is refused, naming this setting. Clients take turns within a priority level.
     max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
+    #: Workflows registered at once (every source); past it a new name is refused, naming this setting.
+    max_workflows: int = Field(default=DEFAULT_MAX_WORKFLOWS, ge=1)
+    #: Sessions opened with create_session and open at once; past it a new one is refused, naming this
+    #: setting (streamable-HTTP sessions are ``max_sessions``).
+    max_open_sessions: int = Field(default=DEFAULT_MAX_OPEN_SESSIONS, ge=1)
     #: Most items one map step (``for_each``) may have: a longer literal list is refused as the workflow is
     #: validated, a longer resolved one fails the step; both name this setting.
     max_map_items: int = Field(default=DEFAULT_MAX_MAP_ITEMS, ge=1)
@@ -183,8 +194,9 @@ class Settings(BaseModel):
     #: Most finished runs (with their steps) and events the state store keeps; the oldest go first.
     retention_runs: int = Field(default=10_000, ge=1)
     retention_events: int = Field(default=100_000, ge=1)
-    #: The byte budget of the state directory (stored runs, steps, spill files): past it the oldest
-    #: finished runs are evicted, and new runs are refused while it cannot be met.
+    #: The byte budget of the state directory (stored runs, steps, spill files, workflow definitions,
+    #: sessions): past it the oldest finished runs and closed sessions are evicted, and new runs,
+    #: workflows and sessions are refused while it cannot be met.
     state_max_bytes: int = Field(default=DEFAULT_STATE_MAX_BYTES, ge=1)
     #: The most bytes of JSON a run's parameters may take (a workflow's default parameters too, checked as
     #: the workflow is validated).

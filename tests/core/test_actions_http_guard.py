@@ -152,6 +152,14 @@ def test_a_name_answering_public_and_loopback_at_once_is_refused(
         "240.0.0.1",
         "224.0.1.1",  # multicast, though "global"
         "[fc00::1]",
+        # Ranges Python 3.11's is_global calls global:
+        "[::7f00:1]",  # IPv4-compatible form of 127.0.0.1 (::/96)
+        "[::a9fe:a9fe]",  # IPv4-compatible form of 169.254.169.254
+        "[::ffff:0:7f00:1]",  # IPv4-translated form of 127.0.0.1 (::ffff:0:0:0/96)
+        "[64:ff9b:1::7f00:1]",  # local-use NAT64 (64:ff9b:1::/48), whatever it embeds
+        "[64:ff9b:1::808:808]",
+        "[3fff::1]",  # documentation (3fff::/20)
+        "[5f00::1]",  # SRv6 SIDs (5f00::/16)
     ],
 )
 def test_addresses_that_are_not_globally_routable_are_refused(host: str) -> None:
@@ -159,7 +167,9 @@ def test_addresses_that_are_not_globally_routable_are_refused(host: str) -> None
         REQUEST({"url": f"http://{host}:9/", "timeout": 2}, guarded())
 
 
-@pytest.mark.parametrize("host", [PUBLIC, "[2002:808:808::1]", "[64:ff9b::808:808]"])
+@pytest.mark.parametrize(
+    "host", [PUBLIC, "[2002:808:808::1]", "[64:ff9b::808:808]", "[::808:808]", "[::ffff:0:808:808]"]
+)
 def test_globally_routable_addresses_and_their_ipv6_forms_pass_the_guard(host: str) -> None:
     # Passing the guard means a connection is tried: refused or unreachable here, never ActionRefused.
     with pytest.raises((StepFailedError, StepTimeoutError)) as info:

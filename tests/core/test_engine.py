@@ -23,6 +23,7 @@ from codomyrmex_orchestration.compose import (
     get_workflow_manager,
     reset_engine,
 )
+from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
 from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
 from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
@@ -1034,3 +1035,44 @@ def test_the_singletons_read_the_codomyrmex_environment_as_the_cli_does(
     reset_engine()  # flushes the store
     # The CLI, reading the same environment, finds the library's run in the same store.
     assert main(["show", record.run_id, "--json"]) == 0
+
+
+def test_open_sessions_are_capped_by_their_setting_and_a_refused_one_reserves_nothing(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "CODOMYRMEX_MAX_OPEN_SESSIONS": "2",
+            "CODOMYRMEX_DATA_DIR": str(tmp_path),
+            "CODOMYRMEX_LOAD_SAMPLES": "0",
+        }
+    )
+    engine = build_engine(settings, max_workers=2)
+    try:
+        first = engine.create_session()
+        engine.create_session(resource_requirements={"compute": 1})
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_OPEN_SESSIONS") as refused:
+            engine.create_session(resource_requirements={"compute": 1})
+        assert refused.value.limit == 2 and "close_session" in str(refused.value)
+        held = engine.resource_manager.get_allocations()
+        assert len(held) == 1  # the refused session's requirements were never reserved
+        assert len(engine.list_sessions(SessionStatus.ACTIVE)) == 2
+        engine.close_session(first)
+        engine.create_session()  # a closed one frees its place
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("timeout", [1e308, float("inf"), float("nan"), "1e308", 365 * 24 * 3600.0 + 1])
+def test_a_session_timeout_past_365_days_is_refused_naming_the_field(
+    engine: OrchestrationEngine, timeout: Any
+) -> None:
+    with pytest.raises(InvalidInputError, match="timeout_seconds") as refused:
+        engine.create_session(timeout_seconds=timeout)
+    assert "365 days" in str(refused.value) or "greater than 0" in str(refused.value)
+    assert engine.list_sessions() == []
+
+
+def test_a_session_timeout_of_365_days_or_none_is_accepted(engine: OrchestrationEngine) -> None:
+    year = engine.create_session(timeout_seconds=365 * 24 * 3600.0)
+    never = engine.create_session(timeout_seconds=None)
+    assert engine.get_session(year).timeout_seconds == 365 * 24 * 3600.0
+    assert engine.get_session(never).timeout_seconds is None

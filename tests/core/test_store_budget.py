@@ -350,3 +350,111 @@ def test_task_outputs_spilled_by_many_workers_at_once_keep_the_state_under_its_b
         assert all(m["spilled_to"] or "CODOMYRMEX_STATE_MAX_BYTES" in str(m["spill_error"]) for m in markers)
         assert any(m["spilled_to"] for m in markers)
         assert store.stats()["bytes_used"] <= BUDGET
+
+
+def _big_workflow(name: str, chars: int) -> dict[str, object]:
+    """A definition of three echo steps, each carrying ``chars`` characters."""
+    return {
+        "name": name,
+        "steps": [
+            {"name": f"s{i}", "module": "core", "action": "echo", "parameters": {"message": "x" * chars}}
+            for i in range(3)
+        ],
+    }
+
+
+def test_workflow_definitions_count_in_the_budget_and_past_it_new_ones_are_refused_not_evicted(
+    tmp_path: Path,
+) -> None:
+    def engine() -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=None,
+            max_workers=2,
+            state_max_bytes=2_000_000,
+        )
+
+    created: list[str] = []
+    first = engine()
+    try:
+        empty = first.store.health()["bytes_used"]
+        refused = None
+        for i in range(10):  # each definition is about 300 KB, stored with its version: 600 KB
+            try:
+                first.workflow_manager.create_workflow(_big_workflow(f"w{i}", 100_000))
+            except LimitExceededError as exc:
+                refused = exc
+                break
+            created.append(f"w{i}")
+            used = first.store.health()["bytes_used"]
+            assert used >= empty + 600_000 * len(created), (i, used)  # health shows what they take
+        assert refused is not None and 2 <= len(created) <= 4, created
+        assert "CODOMYRMEX_STATE_MAX_BYTES" in str(refused) and "workflow definitions" in str(refused)
+        # Nothing a user created went to make room: every definition is still registered.
+        assert [w.name for w in first.workflow_manager.list_workflows()] == created
+        # Sessions count in the same budget: once it is spent, a new one is refused too.
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_STATE_MAX_BYTES"):
+            first.create_session()
+        used = first.store.health()["bytes_used"]
+    finally:
+        first.shutdown()
+    # The bytes are measured from the tallies at a restart (no scan), and the refusal holds.
+    second = engine()
+    try:
+        assert second.store.health()["bytes_used"] == used
+        assert [w.name for w in second.workflow_manager.list_workflows()] == created
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_STATE_MAX_BYTES"):
+            second.workflow_manager.create_workflow(_big_workflow("one-more", 10))
+    finally:
+        second.shutdown()
+
+
+def _session(session_id: str, status: str, chars: int) -> dict[str, object]:
+    return {"session_id": session_id, "status": status, "description": "d" * chars}
+
+
+def test_closed_sessions_go_oldest_first_past_the_budget_and_open_ones_are_never_evicted(
+    tmp_path: Path,
+) -> None:
+    budget = 600_000  # the write-ahead log's cap takes 64 KiB of it
+    with SqliteStore(tmp_path / "state.db", max_bytes=budget) as store:
+        for i in range(40):  # 800 KB of closed sessions
+            store.save_session(f"closed-{i:02d}", _session(f"closed-{i:02d}", "closed", 20_000))
+            store.flush()
+            assert store.health()["bytes_used"] <= budget, i
+        assert store.get_session("closed-39") is not None and store.get_session("closed-00") is None
+        refused = None
+        for i in range(40):  # open sessions count and are never evicted: new work is refused instead
+            try:
+                store.check_budget()
+            except LimitExceededError as exc:
+                refused = exc
+                break
+            store.save_session(f"open-{i:02d}", _session(f"open-{i:02d}", "active", 20_000))
+            store.flush()
+        assert refused is not None and "CODOMYRMEX_STATE_MAX_BYTES" in str(refused)
+        assert all(store.get_session(f"open-{j:02d}") is not None for j in range(i))
+        assert not store.list_sessions(status="closed")  # every closed one went first
+
+
+def test_definitions_and_sessions_stored_before_the_upgrade_count_once_it_is_applied(
+    tmp_path: Path,
+) -> None:
+    from codomyrmex_orchestration.core._store_schema import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(MIGRATIONS[:-1]))  # the schema as the previous version left it
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.execute("INSERT INTO workflows VALUES ('w', ?, 'api', 0, 0)", ("s" * 100_000,))
+    conn.execute("INSERT INTO workflow_versions VALUES ('w', 1, 'd', ?, 0)", ("v" * 50_000,))
+    conn.execute("INSERT INTO sessions VALUES ('x', ?, 'closed', 0, 0)", ('"' + "d" * 30_000 + '"',))
+    conn.commit()
+    conn.close()
+    with SqliteStore(path, max_bytes=None) as store:
+        assert store.health()["bytes_used"] == 100_000 + 50_000 + 30_002
+        store.delete_workflow("w")
+        store.flush()
+        assert store.health()["bytes_used"] == 50_000 + 30_002  # the definition's bytes went with it

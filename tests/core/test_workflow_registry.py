@@ -87,3 +87,21 @@ def test_a_definition_stored_through_the_api_wins_over_the_config_file_and_keeps
             assert registry.entry("w").spec.steps[0].parameters["message"] == "from the api"
             assert (registry.entry("w").version, registry.entry("other").version) == (1, 1)
             assert {i.name: i.source for i in registry.infos()} == {"other": "config", "w": "api"}
+
+
+def test_new_workflows_past_the_cap_are_refused_naming_the_setting_while_replacing_one_is_not(
+    actions: ActionRegistry, tmp_path: Path
+) -> None:
+    with SqliteStore(tmp_path / "state.db") as store:
+        registry = DefinitionRegistry(registry=actions, store=store, max_steps=10, max_workflows=2)
+        registry.create(spec("a"))
+        registry.create(spec("b"))
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_WORKFLOWS") as refused:
+            registry.create(spec("c"))
+        assert refused.value.limit == 2 and refused.value.value == 3
+        assert "'c'" in str(refused.value) and "delete_workflow" in str(refused.value)
+        assert [i.name for i in registry.infos()] == ["a", "b"]  # nothing evicted to make room
+        assert registry.create(spec("b", message="changed"), overwrite=True)[0].version == 2
+        assert registry.delete("a")
+        registry.create(spec("c"))
+        assert sorted(s.name for s, _ in store.load_workflows()) == ["b", "c"]

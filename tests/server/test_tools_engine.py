@@ -77,6 +77,13 @@ async def test_sessions_group_runs_and_close(client: Client) -> None:
     assert unknown.is_error and "not found" in unknown.content[0].text
 
 
+async def test_a_session_timeout_past_365_days_is_refused_naming_the_field(client: Client) -> None:
+    refused = await _call(client, "create_session", {"timeout_seconds": 1e308})
+    assert refused.is_error and "timeout_seconds" in refused.content[0].text
+    accepted = await _call(client, "create_session", {"timeout_seconds": 365 * 24 * 3600})
+    assert not accepted.is_error, accepted.content[0].text
+
+
 async def test_the_console_script_runs_a_workflow_over_stdio_with_its_own_engine(tmp_path: Path) -> None:
     import os
     import sys

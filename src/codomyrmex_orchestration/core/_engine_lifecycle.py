@@ -29,6 +29,8 @@ _INTEGERS: dict[str, tuple[int, bool]] = {
     "max_workers": (1, False),
     "max_queued_tasks": (1, True),
     "max_steps": (1, False),
+    "max_workflows": (1, False),
+    "max_open_sessions": (1, False),
     "max_map_items": (1, False),
     "max_resolved_size": (1, False),
     "max_output_bytes": (1, True),

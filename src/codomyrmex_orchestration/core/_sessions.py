@@ -46,6 +46,10 @@ __all__ = [
 
 #: Closed sessions kept in memory (older ones are read back from the store).
 CLOSED_KEPT = 10_000
+#: The longest ``timeout_seconds`` a session may have, 365 days (as every TTL here; ``None``: never).
+MAX_SESSION_TIMEOUT_SECONDS = 365 * 24 * 3600.0
+#: The setting that moves the most sessions open at once, named by its refusal.
+MAX_OPEN_SESSIONS_SETTING = "CODOMYRMEX_MAX_OPEN_SESSIONS"
 
 #: Why a session closed, as its record says.
 CLOSED_ON_REQUEST = "closed by close_session"
@@ -196,7 +200,7 @@ def new_session(
     """A new open session with a fresh id.
 
     Raises:
-        InvalidInputError: a limit or the mode is out of range (named).
+        InvalidInputError: a limit, the timeout or the mode is out of range (named).
     """
     try:
         chosen = OrchestrationMode(mode)
@@ -205,7 +209,7 @@ def new_session(
             "mode", f"{mode!r} is not one of {', '.join(m.value for m in OrchestrationMode)}"
         ) from None
     try:
-        return Session(
+        session = Session(
             session_id=uuid.uuid4().hex,
             user_id=user_id,
             name=name,
@@ -219,6 +223,14 @@ def new_session(
         )
     except ValidationError as exc:
         raise InvalidInputError.from_validation(exc) from None
+    # Checked here, not by the model: records stored before this limit still load.
+    if session.timeout_seconds is not None and not session.timeout_seconds <= MAX_SESSION_TIMEOUT_SECONDS:
+        raise InvalidInputError(
+            "timeout_seconds",
+            f"{timeout_seconds!r} is out of range: a number of seconds above 0 and at most "
+            f"{MAX_SESSION_TIMEOUT_SECONDS:.0f} (365 days), or none (null) for a session that never expires",
+        )
+    return session
 
 
 class SessionRegistry:
@@ -233,6 +245,7 @@ class SessionRegistry:
             and ``tasks`` still running as the session's; it returns the ids it cancelled. For an
             expired session it runs on the registry's own thread and may block.
         on_closed: ``on_closed(session)`` once a session is closed (its event).
+        max_open: most sessions open at once (``CODOMYRMEX_MAX_OPEN_SESSIONS``): past it ``add`` refuses.
     """
 
     def __init__(
@@ -242,8 +255,10 @@ class SessionRegistry:
         timers: TimerService,
         stop_work: StopWork,
         on_closed: Callable[[Session], None],
+        max_open: int | None = None,
     ) -> None:
         self._store = store
+        self.max_open = max_open
         self._timers = timers
         self._stop_work = stop_work
         self._on_closed = on_closed
@@ -314,10 +329,38 @@ class SessionRegistry:
 
     # -- open sessions
 
+    def check_room(self) -> None:
+        """Refuse a new session now if it could not be added (before anything is reserved for it).
+
+        Raises:
+            LimitExceededError: ``max_open`` sessions are open already, or the state directory's byte
+                budget cannot be met (each naming its setting).
+        """
+        with self._lock:
+            self._check_open_locked()
+        self._store.check_budget()  # sessions count in the state's byte budget
+
+    def _check_open_locked(self) -> None:
+        if self.max_open is not None and len(self._live) >= self.max_open:
+            raise LimitExceededError(
+                MAX_OPEN_SESSIONS_SETTING,
+                self.max_open,
+                len(self._live) + 1,
+                "open sessions",
+                reason=f"{_count(len(self._live), 'session')} open already, the limit "
+                f"({MAX_OPEN_SESSIONS_SETTING}) is {self.max_open}: close one you no longer need "
+                "(close_session), or wait for one to expire",
+            )
+
     def add(self, session: Session) -> None:
-        """Register a new open session and arm its TTL."""
+        """Register a new open session and arm its TTL.
+
+        Raises:
+            LimitExceededError: ``max_open`` sessions are open already (naming the setting).
+        """
         live = LiveSession(session)
         with self._lock:
+            self._check_open_locked()
             self._live[session.session_id] = live
             self._arm_locked(live)
         self.save(session)

@@ -107,10 +107,22 @@ def write_batch(conn: sqlite3.Connection, batch: Batch, now: float) -> None:
 
 def bytes_bound(batch: Batch) -> int | None:
     """At most how many bytes ``batch`` adds to the bytes the tallies count (run records, step results
-    and spill files): a row's new size bounds its growth. None for cached outputs: measured instead."""
+    and spill files, definitions and their versions, sessions): a row's new size bounds its growth. None
+    for cached outputs and deleted definitions or sessions: measured instead (rare, and what they free
+    shows at once)."""
     if batch.statements:
         return None
     grown = 0
+    for wf in batch.workflows.values():
+        if wf is None:
+            return None
+        grown += _utf8_len(wf[0])
+    for _, spec in batch.workflow_versions.values():
+        grown += _utf8_len(spec)
+    for session in batch.sessions.values():
+        if session is None:
+            return None
+        grown += _utf8_len(session[0])
     for row in batch.runs.values():
         grown += _utf8_len(row[_RUN_RECORD])
     for row in batch.steps.values():

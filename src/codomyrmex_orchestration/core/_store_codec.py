@@ -197,6 +197,7 @@ def refuse_over_budget(used: int, limit: int) -> LimitExceededError:
         STATE_MAX_BYTES_SETTING,
         limit,
         used,
-        "the state directory's size in bytes (the byte budget; every finished run that could be "
-        "evicted is gone, so finish or cancel running work, or raise the budget)",
+        "the state directory's size in bytes (the byte budget: runs, workflow definitions, sessions; "
+        "every finished run and closed session that could be evicted is gone, so finish or cancel running "
+        "work, delete workflows or close sessions no longer needed, or raise the budget)",
     )

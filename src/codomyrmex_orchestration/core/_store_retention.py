@@ -1,6 +1,8 @@
 """Retention for the SQLite store, in two parts. The byte budget's part runs with every commit that
 adds bytes: it measures the bytes used and, over the budget, evicts cached outputs, then the oldest
-finished runs (with their spill folders) and task spill files. The housekeeping runs at most once a
+finished work: finished runs (with their spill folders and the definition versions only they referred
+to), closed sessions and task spill files. Workflow definitions and open sessions count but are never
+evicted: new ones are refused instead (``check_budget``). The housekeeping runs at most once a
 second (or when a full flush asks): the run limit, unreferenced definition versions, the event limit
 and expired step-cache entries, in bounded passes.
 
@@ -46,7 +48,9 @@ _log = get_logger("codomyrmex_orchestration.store")
 class Usage:
     """Bytes the state takes, as of the last retention pass."""
 
-    stored: int  # run records, step results, the run spill files they report, cached step outputs
+    # run records, step results, the run spill files they report, cached step outputs, workflow
+    # definitions and their kept versions, sessions
+    stored: int
     task_spill: int  # files under <spill_dir>/tasks
     max_bytes: int | None
     wal: int = 0  # room kept for the database's write-ahead log: its size cap (see wal_limit_for)
@@ -318,9 +322,19 @@ class Retention:
             if runs - self.runs > _CHUNK:
                 self._dirty = True
 
-    def _delete_oldest_runs(self, conn: sqlite3.Connection, count: int) -> int:
+    def _delete_oldest_runs(self, conn: sqlite3.Connection, count: int, *, versions: bool = False) -> int:
         ids = [run_id for _, run_id in oldest_finished_runs(conn, count)]
+        pinned = _versions_of(conn, ids) if versions else []
         conn.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
+        # Evicting by bytes, the definition versions only these runs referred to go with them (they
+        # count too): else the pass would evict more runs than it needs to while they wait for
+        # housekeeping's _trim_versions.
+        conn.executemany(
+            "DELETE FROM workflow_versions WHERE name = ?1 AND version = ?2 "
+            "AND version < (SELECT max(version) FROM workflow_versions w WHERE w.name = ?1) "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = ?1 AND r.workflow_version = ?2)",
+            pinned,
+        )
         if self.spill_dir is not None:
             self._doomed.extend(ids)
         return len(ids)
@@ -339,7 +353,8 @@ class Retention:
                     self._dirty = True
 
     def _trim_bytes(self, conn: sqlite3.Connection) -> None:
-        """Delete the oldest finished work (runs, task spill files), oldest first, until under budget."""
+        """Delete the oldest finished work (runs, closed sessions, task spill files), oldest first, until
+        under budget."""
         assert self.max_bytes is not None
         self._scan_task_spill()
         deleted = 0
@@ -355,20 +370,23 @@ class Retention:
                 deleted += 1
                 continue
             oldest_run = next(iter(oldest_finished_runs(conn, 1)), None)
+            session = oldest_closed_session(conn)
+            oldest = min((found for found in (oldest_run, session) if found is not None), default=None)
             with self._task_lock:
-                task_first = bool(self._task_files) and (
-                    oldest_run is None or self._task_files[0][0] < oldest_run[0]
-                )
+                task_first = bool(self._task_files) and (oldest is None or self._task_files[0][0] < oldest[0])
                 if task_first:  # deleted under the lock, as make_room does: a scan sees it gone
                     _, size, name = self._task_files.pop(0)
                     self._task_bytes -= size
                     _unlink_quietly(name)
             if task_first:
                 deleted += 1
-            elif oldest_run is not None:
-                deleted += self._delete_oldest_runs(conn, _BYTES_STEP)
-            else:
+            elif oldest is None:
                 break  # nothing finished is left to delete: the budget cannot be met
+            elif oldest is session:
+                conn.execute("DELETE FROM sessions WHERE id = ?", (oldest[1],))
+                deleted += 1
+            else:
+                deleted += self._delete_oldest_runs(conn, _BYTES_STEP, versions=True)
 
     def _scan_task_spill(self) -> None:
         if self.spill_dir is None or time.monotonic() - self._task_scanned < _TASK_SPILL_EVERY:
@@ -414,6 +432,27 @@ def oldest_finished_runs(conn: sqlite3.Connection, count: int) -> list[tuple[flo
     return found[:count]
 
 
+def oldest_closed_session(conn: sqlite3.Connection) -> tuple[float, str] | None:
+    """The closed (or expired) session closed first, as ``(updated_at, id)``, or None."""
+    row = conn.execute(
+        "SELECT updated_at, id FROM sessions INDEXED BY sessions_closed WHERE status <> 'active' "
+        "ORDER BY updated_at, id LIMIT 1"
+    ).fetchone()
+    return (float(row[0]), str(row[1])) if row else None
+
+
+def _versions_of(conn: sqlite3.Connection, run_ids: list[str]) -> list[tuple[str, int]]:
+    """The (workflow name, definition version) each of ``run_ids`` started with, where it has one."""
+    pinned = set()
+    for run_id in run_ids:
+        row = conn.execute(
+            "SELECT workflow_name, workflow_version FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is not None and row[1] is not None:
+            pinned.add((str(row[0]), int(row[1])))
+    return sorted(pinned)
+
+
 def stored_runs(conn: sqlite3.Connection) -> int:
     """Runs stored, from the tallies (one index range, no count over the runs table)."""
     row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE {RUN_TALLIES}").fetchone()
@@ -421,7 +460,8 @@ def stored_runs(conn: sqlite3.Connection) -> int:
 
 
 def stored_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of run records, step results, run spill files and cached outputs, from the tallies."""
+    """Bytes of run records, step results, run spill files, cached outputs, definitions and sessions,
+    from the tallies."""
     row = conn.execute("SELECT n FROM tallies WHERE key = 'bytes'").fetchone()
     return int(row[0]) if row else 0
 

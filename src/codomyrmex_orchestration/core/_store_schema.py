@@ -199,6 +199,43 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX IF EXISTS runs_finished;
     """,
+    # 7: workflow definitions (and their kept versions) and sessions count in the byte budget too, so
+    # what a client can create is bounded by it. Their bytes are added to the tally once, here; closed
+    # sessions are found oldest first by a partial index, for eviction by bytes.
+    """
+    UPDATE tallies SET n = n
+        + coalesce((SELECT sum(length(CAST(spec AS BLOB))) FROM workflows), 0)
+        + coalesce((SELECT sum(length(CAST(spec AS BLOB))) FROM workflow_versions), 0)
+        + coalesce((SELECT sum(length(CAST(data AS BLOB))) FROM sessions), 0)
+        WHERE key = 'bytes';
+    CREATE TRIGGER IF NOT EXISTS workflows_tally_insert AFTER INSERT ON workflows BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.spec AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS workflows_tally_update AFTER UPDATE OF spec ON workflows BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.spec AS BLOB)) - length(CAST(OLD.spec AS BLOB))
+            WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS workflows_tally_delete AFTER DELETE ON workflows BEGIN
+        UPDATE tallies SET n = n - length(CAST(OLD.spec AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS workflow_versions_tally_insert AFTER INSERT ON workflow_versions BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.spec AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS workflow_versions_tally_delete AFTER DELETE ON workflow_versions BEGIN
+        UPDATE tallies SET n = n - length(CAST(OLD.spec AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS sessions_tally_insert AFTER INSERT ON sessions BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.data AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS sessions_tally_update AFTER UPDATE OF data ON sessions BEGIN
+        UPDATE tallies SET n = n + length(CAST(NEW.data AS BLOB)) - length(CAST(OLD.data AS BLOB))
+            WHERE key = 'bytes';
+    END;
+    CREATE TRIGGER IF NOT EXISTS sessions_tally_delete AFTER DELETE ON sessions BEGIN
+        UPDATE tallies SET n = n - length(CAST(OLD.data AS BLOB)) WHERE key = 'bytes';
+    END;
+    CREATE INDEX IF NOT EXISTS sessions_closed ON sessions (updated_at, id) WHERE status <> 'active';
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"

@@ -341,7 +341,15 @@ class GroupCommitWriter:
         """Commit a batch taken from ``_pending`` (and ``_log``) (caller holds ``_commit_lock``); False
         if that failed. ``target``, ``log_target``: the counts it brings the committed counts to.
         ``housekeeping``: run a housekeeping pass now if there is anything for it to check."""
-        if batch.runs or batch.steps or batch.statements or batch.events:
+        if (
+            batch.runs
+            or batch.steps
+            or batch.statements
+            or batch.events
+            or batch.workflows
+            or batch.workflow_versions
+            or batch.sessions
+        ):
             self._retention.note_added(bytes_bound(batch))
         tidy = self._retention.due(forced=housekeeping)
         budget = tidy or self._retention.budget_due()

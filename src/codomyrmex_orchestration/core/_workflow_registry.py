@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS
+from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_WORKFLOWS
 from codomyrmex_orchestration.core._store_codec import check_parameters
 from codomyrmex_orchestration.core._workflow_map import too_many_items
 from codomyrmex_orchestration.core._workflow_plan import Plan
@@ -71,6 +71,22 @@ def too_many_steps(count: int, limit: int) -> LimitExceededError:
     return LimitExceededError(MAX_STEPS_SETTING, limit, count, "the number of steps")
 
 
+#: The setting that moves the most workflows registered at once, named by its refusal.
+MAX_WORKFLOWS_SETTING = "CODOMYRMEX_MAX_WORKFLOWS"
+
+
+def too_many_workflows(count: int, limit: int, name: str) -> LimitExceededError:
+    return LimitExceededError(
+        MAX_WORKFLOWS_SETTING,
+        limit,
+        count + 1,
+        "the number of workflows",
+        reason=f"{count} workflows are registered already, the limit ({MAX_WORKFLOWS_SETTING}) is {limit}: "
+        f"workflow {name!r} is not created; delete one you no longer need (delete_workflow) or replace "
+        "one of the same name (overwrite)",
+    )
+
+
 def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes: int) -> list[str]:
     """What the definition as written puts over a configured limit, in the words a run would meet it
     in: a literal ``for_each`` list longer than ``max_map_items`` (a reference is counted when a run
@@ -86,6 +102,28 @@ def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes
         )
     except LimitExceededError as exc:
         problems.append(f"parameters: {exc}")
+    return problems
+
+
+def _resource_problems(
+    spec: WorkflowSpec, check_resources: Callable[[Mapping[str, Any]], None] | None
+) -> list[str]:
+    """Steps asking for resources the machine's capacities can never grant (``{"gpu": 1}`` on a
+    machine without one, ``{"compute": 999}``), each named with the reason."""
+    if check_resources is None:
+        return []
+    problems = []
+    for step in spec.steps:
+        if step.resources:
+            try:
+                check_resources(step.resources)
+            except InvalidInputError as exc:  # its field is the requirement's: say it as the step's
+                field = exc.field.replace("requirements", "resources", 1)
+                where = field if field.startswith("resources") or not field else f"resources: {field}"
+                where = where or "resources"
+                problems.append(f"step {step.name!r}: {where}: {exc.reason}")
+            except OrchestrationError as exc:
+                problems.append(f"step {step.name!r}: resources: {exc}")
     return problems
 
 
@@ -108,6 +146,8 @@ class DefinitionRegistry:
         store: where API-created definitions and every version are kept.
         max_steps: most steps a workflow may have.
         max_map_items: most items a literal ``for_each`` list may have (``CODOMYRMEX_MAX_MAP_ITEMS``).
+        max_workflows: most workflows registered at once: a new name past it is refused by ``create``
+            (definitions loaded at start are all registered).
     """
 
     def __init__(
@@ -118,8 +158,10 @@ class DefinitionRegistry:
         max_steps: int,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
         check_resources: Callable[[Mapping[str, Any]], None] | None = None,
+        max_workflows: int = DEFAULT_MAX_WORKFLOWS,
     ) -> None:
         self.registry = registry
+        self.max_workflows = max_workflows
         self.check_resources = check_resources  # raises for requirements the capacities never allow
         self.store = store
         self.max_steps = max_steps
@@ -218,6 +260,11 @@ class DefinitionRegistry:
                 if reuse and existing.digest == digest_of(workflow):
                     return existing, False
                 raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            with self._lock:
+                count = len(self._entries) + len(self._refused)
+            if existing is None and workflow.name not in self._refused and count >= self.max_workflows:
+                raise too_many_workflows(count, self.max_workflows, workflow.name)
+            self.store.check_budget()  # definitions count in the state's byte budget
             self.store.save_workflow(workflow, source)
             definition = self._register(workflow, source, None, plan)
         self.store.flush()
@@ -348,29 +395,10 @@ class DefinitionRegistry:
         dag = WorkflowDAG.from_spec(spec, self.registry)
         dag.validate()
         limits = _limit_problems(spec, self.max_map_items, self.store.max_parameters_bytes)
-        problems = self._resource_problems(spec) + limits
+        problems = _resource_problems(spec, self.check_resources) + limits
         if problems:
             raise DAGValidationError(problems, workflow=spec.name)
         return Plan(spec, dag)
-
-    def _resource_problems(self, spec: WorkflowSpec) -> list[str]:
-        """Steps asking for resources the machine's capacities can never grant (``{"gpu": 1}`` on a
-        machine without one, ``{"compute": 999}``), each named with the reason."""
-        if self.check_resources is None:
-            return []
-        problems = []
-        for step in spec.steps:
-            if step.resources:
-                try:
-                    self.check_resources(step.resources)
-                except InvalidInputError as exc:  # its field is the requirement's: say it as the step's
-                    field = exc.field.replace("requirements", "resources", 1)
-                    where = field if field.startswith("resources") or not field else f"resources: {field}"
-                    where = where or "resources"
-                    problems.append(f"step {step.name!r}: {where}: {exc.reason}")
-                except OrchestrationError as exc:
-                    problems.append(f"step {step.name!r}: resources: {exc}")
-        return problems
 
     # ------------------------------------------------------------------ reading
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_MAX_MAP_ITEMS,
+    DEFAULT_MAX_OPEN_SESSIONS,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_QUEUED_TASKS,
     DEFAULT_MAX_RESOLVED_SIZE,
@@ -29,6 +30,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
     DEFAULT_MAX_WORKERS,
+    DEFAULT_MAX_WORKFLOWS,
     DEFAULT_PROJECTS_DIR,
     DEFAULT_STATE_DIR,
     DEFAULT_TEMPLATES_DIR,
@@ -174,6 +176,7 @@ class OrchestrationEngine:
         max_workers: the scheduler's worker threads.
         max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
         max_steps: most steps a workflow may have.
+        max_workflows, max_open_sessions: most workflows registered, sessions open, at once.
         max_map_items: most items one map step (``for_each``) may have.
         max_resolved_size: most characters a step's references may put into its parameters.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
@@ -205,6 +208,8 @@ class OrchestrationEngine:
         max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_workflows: int = DEFAULT_MAX_WORKFLOWS,
+        max_open_sessions: int = DEFAULT_MAX_OPEN_SESSIONS,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
         max_resolved_size: int = DEFAULT_MAX_RESOLVED_SIZE,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
@@ -273,6 +278,7 @@ class OrchestrationEngine:
                 config_dir=config_dir,
                 sample_dir=sample_dir,
                 max_steps=max_steps,
+                max_workflows=max_workflows,
                 max_map_items=max_map_items,
                 max_resolved_size=max_resolved_size,
                 max_subworkflow_depth=max_subworkflow_depth,
@@ -286,6 +292,7 @@ class OrchestrationEngine:
                     stop_session_work, self.workflow_manager, self.task_orchestrator, self.resource_manager
                 ),
                 on_closed=partial(_announce_closed, self),
+                max_open=max_open_sessions,
             )
             self._session_work = SessionWork(
                 self.sessions, self.workflow_manager, self.task_orchestrator, self._publish
@@ -399,7 +406,8 @@ class OrchestrationEngine:
         ``timeout_seconds`` is how long the session may stay unused before it expires (``None``: never).
 
         Raises:
-            InvalidInputError: a limit or the mode is out of range (named).
+            InvalidInputError: a limit, the timeout (at most 365 days) or the mode is out of range (named).
+            LimitExceededError: ``max_open_sessions`` are open, or the state's byte budget is spent.
             InsufficientResourcesError: the requirements cannot be reserved.
         """
         session = new_session(
@@ -413,12 +421,16 @@ class OrchestrationEngine:
             resource_requirements=resource_requirements,
             metadata=metadata,
         )
+        self.sessions.check_room()
+        requester = f"session:{session.session_id}"
         if session.resource_requirements:
-            allocations = self.resource_manager.allocate_resources(
-                f"session:{session.session_id}", session.resource_requirements
-            )
-            session.allocations = [a.allocation_id for a in allocations]
-        self.sessions.add(session)
+            allocated = self.resource_manager.allocate_resources(requester, session.resource_requirements)
+            session.allocations = [a.allocation_id for a in allocated]
+        try:
+            self.sessions.add(session)
+        except BaseException:  # the cap was reached meanwhile: give back what was reserved for it
+            self.resource_manager.deallocate_resources(requester)
+            raise
         self._publish("session.created", {"session_id": session.session_id, "user_id": user_id})
         return session.session_id
 

@@ -24,6 +24,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_STEPS,
     DEFAULT_MAX_SUBWORKFLOW_DEPTH,
     DEFAULT_MAX_SUBWORKFLOW_RUNS,
+    DEFAULT_MAX_WORKFLOWS,
 )
 from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
 from codomyrmex_orchestration.core._secrets import SecretSource
@@ -140,6 +141,7 @@ class WorkflowManager:
         sample_dir: directory of sample workflows (source ``"sample"``); a config file or a stored
             workflow of the same name wins.
         max_steps: most steps a workflow may have.
+        max_workflows: most workflows registered at once (``CODOMYRMEX_MAX_WORKFLOWS``).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
         max_subworkflow_runs: most sub-workflow runs under one top-level run, all levels together.
         max_output_bytes: the default cap actions apply to what they capture (``shell.run`` stdout,
@@ -157,6 +159,7 @@ class WorkflowManager:
         config_dir: Path | str | None = DEFAULT_CONFIG_DIR,
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        max_workflows: int = DEFAULT_MAX_WORKFLOWS,
         max_subworkflow_depth: int = DEFAULT_MAX_SUBWORKFLOW_DEPTH,
         max_subworkflow_runs: int = DEFAULT_MAX_SUBWORKFLOW_RUNS,
         max_output_bytes: int | None = None,
@@ -182,6 +185,7 @@ class WorkflowManager:
             registry=registry,
             store=self.store,
             max_steps=max_steps,
+            max_workflows=max_workflows,
             max_map_items=max_map_items,
             check_resources=orchestrator.check_resources,
         )

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
 from codomyrmex_orchestration.core._resource_types import MAX_TTL_SECONDS, Allocation
-from codomyrmex_orchestration.core._sessions import ClosedSession, Session
+from codomyrmex_orchestration.core._sessions import MAX_SESSION_TIMEOUT_SECONDS, ClosedSession, Session
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
     ErrorInfo,
@@ -306,7 +306,12 @@ class CreateSessionArgs(Args):
     )
     max_parallel_tasks: int | None = Field(default=None, ge=1, le=1024)
     max_parallel_workflows: int | None = Field(default=None, ge=1, le=1024)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SESSION_TIMEOUT_SECONDS,
+        description="Seconds the session may stay unused before it expires (default 3600, at most 365 days).",
+    )
 
 
 class CloseSessionArgs(Args):

@@ -23,22 +23,31 @@ Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv4-compatible (::a.b.c.d in ::/96, deprecated but still tunnelled by a kernel's sit0) and
+# IPv4-translated (::ffff:0:a.b.c.d in ::ffff:0:0:0/96, RFC 2765): the low 32 bits are the IPv4 host.
+# ``::`` and ``::1`` fall in the first and are judged as 0.0.0.0 and 0.0.0.1, both refused.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 # Special-purpose ranges (RFC 6890 and successors) refused whatever this Python's ``is_global`` says:
-# older releases miss some (3.11 calls 192.0.0.8 global).
+# older releases miss some (3.11 calls 192.0.0.8, 3fff::/20 and 5f00::/16 global). The local-use NAT64
+# prefix 64:ff9b:1::/48 (RFC 8215) is refused whole: it is not globally reachable, and where its IPv4
+# address sits depends on the prefix length each network chose inside it (RFC 6052).
 _SPECIAL: tuple[Network, ...] = tuple(
     ipaddress.ip_network(net)
     for net in (
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
         "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
         "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/127", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+        "::/127", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16",
+        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
 
 
 def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 transition form carries (IPv4-mapped, 6to4, Teredo client, NAT64), else
-    ``None``: such an address reaches that IPv4 host, so it is judged by it."""
+    """The IPv4 address an IPv6 transition form carries (IPv4-mapped, IPv4-compatible, IPv4-translated,
+    6to4, Teredo client, NAT64), else ``None``: such an address reaches that IPv4 host, so it is judged
+    by it."""
     if not isinstance(ip, ipaddress.IPv6Address):
         return None
     if ip.ipv4_mapped is not None:
@@ -47,7 +56,7 @@ def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
         return ip.sixtofour
     if ip in _TEREDO and ip.teredo is not None:
         return ip.teredo[1]
-    if ip in _NAT64:
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE or ip in _IPV4_TRANSLATED:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -137,7 +146,8 @@ class AddressGuard:
             "http",
             "request",
             f"host {host!r} resolves to {ip}, which is not a globally routable address (loopback, private, "
-            "link-local, shared 100.64.0.0/10, reserved, or a 6to4/Teredo/NAT64/IPv4-mapped form of one), "
+            "link-local, shared 100.64.0.0/10, reserved, or a 6to4/Teredo/NAT64/IPv4-mapped, -compatible or "
+            "-translated form of one), "
             "and requests to internal addresses are blocked on this server; an operator can open chosen "
             "targets with CODOMYRMEX_HTTP_ALLOW (host names or CIDRs)",
         )
