@@ -48,6 +48,7 @@ from codomyrmex_orchestration.server import _params, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
+from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._sessions import (
@@ -715,6 +716,7 @@ async def _serve_http(
     port: int,
     on_bound: Callable[[int], None] = lambda port: None,
     on_signal: Callable[[], None] = lambda: None,
+    guard: ConnectionGuard | None = None,
 ) -> None:
     import uvicorn
 
@@ -755,6 +757,10 @@ async def _serve_http(
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+        # Connections waiting for a request are bounded in time and number (server/_connections.py).
+        http=protocol_class(guard) if guard is not None else "auto",
+        # No WebSocket routes: an upgrade would also hand the connection to a protocol the guard never sees.
+        ws="none",
     )
     # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses (for at most the grace period: then
     # it cancels what is still open) and runs the lifespan exit.
@@ -879,6 +885,10 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 stopping.append(stop)
                 stop.start()
 
+            guard = ConnectionGuard(
+                request_timeout=settings.http_request_timeout,
+                max_connections=fit_to_file_limit(settings.http_max_connections),
+            )
             anyio.run(
                 _serve_http,
                 app,
@@ -886,6 +896,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 settings.port,
                 on_bound,
                 on_signal,
+                guard,
                 backend_options=_loop_options(),
             )
     except KeyboardInterrupt:
