@@ -116,6 +116,35 @@ def test_foreign_host_and_origin_are_refused_even_with_the_token(locked: Served)
     assert fine.status_code == 200
 
 
+def test_a_refused_host_or_origin_header_is_logged_shortened_not_whole(locked: Served) -> None:
+    # The attack: /ui/login needs no token, and the SDK's refusal logged the whole header value at
+    # warning: 1000 requests with a 15,000-character Origin grew stderr by 15 MB in 0.9 s.
+    huge_origin = "http://" + "a" * 15000 + ".com"
+    huge_host = "h" * 15000
+    foreign = {**MCP_HEADERS, "Origin": huge_origin}
+    before = locked.stderr_path.stat().st_size
+    with httpx.Client(base_url=locked.base, timeout=10) as http:
+        answers = [
+            status
+            for _ in range(40)
+            for status in (
+                http.get("/ui/login", headers={"Origin": huge_origin}).status_code,
+                http.post("/ui/login", headers={"Host": huge_host}).status_code,
+                http.post("/mcp", json=INITIALIZE, headers=foreign).status_code,
+            )
+        ]
+    with locked.stderr_path.open("rb") as stderr:
+        stderr.seek(before)
+        logged = stderr.read().decode()
+    assert answers == [403, 421, 403] * 40
+    lines = [line for line in logged.splitlines() if re.search(r"Invalid (Origin|Host) header", line)]
+    assert len(lines) == 120, logged[:2000]
+    assert all(len(line) < 1000 for line in lines), max(lines, key=len)[:300]
+    assert "Invalid Origin header: http://aaaa" in lines[0], lines[0]
+    assert re.search(r"\.\.\. \(\d+ more characters\)$", lines[0]), lines[0]
+    assert len(logged) < 120 * 1000 + 10_000  # was about 120 x 15,000
+
+
 def test_oversized_and_absurdly_nested_bodies_are_refused_and_the_server_keeps_serving(
     locked: Served,
 ) -> None:
