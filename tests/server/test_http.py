@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from tests.helpers.served import INITIALIZE
 pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-token-for-tests"
+ROOT = Path(__file__).parents[2]
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -108,6 +110,59 @@ async def test_streamable_http_refuses_a_foreign_host_or_origin(
             assert host.status_code == 421
             assert origin.status_code == 403
             assert local.status_code == 200
+
+
+async def test_healthz_refuses_a_foreign_host_or_origin_and_answers_probes_by_address(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # A DNS-rebinding page could read /healthz (version, code execution, sessions open): it checked
+    # neither Host nor Origin. Probes keep working: by loopback name, and by IP address (Kubernetes and
+    # load balancers send the address they reach; a rebinding page's requests always carry its name).
+    declared = re.search(
+        r"^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE
+    )
+    assert declared is not None
+    healthcheck = json.loads(declared.group(1))
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", TOKEN) as base,
+            httpx.AsyncClient() as http,
+        ):
+            port = base.rsplit(":", 1)[1]
+
+            async def health(**headers: str) -> int:
+                return (await http.get(f"{base}/healthz", headers=headers)).status_code
+
+            answers = {
+                "foreign host": await health(Host="attacker.example"),
+                "foreign host and port": await health(Host=f"attacker.example:{port}"),
+                "foreign origin": await health(Origin="http://attacker.example"),
+                "look-alike origin": await health(Origin="http://127.0.0.1.attacker.example"),
+                "address, foreign origin": await health(
+                    Host="10.1.2.3:8765", Origin="http://attacker.example"
+                ),
+                "loopback": await health(),
+                "localhost": await health(Host=f"localhost:{port}"),
+                "ipv4 address": await health(Host="10.1.2.3:8765"),
+                "ipv6 address": await health(Host="[fd00::5]:8765"),
+                "local origin": await health(Origin=f"http://127.0.0.1:{port}"),
+            }
+            assert healthcheck[0] == "python"  # the image's; here, this interpreter
+            command = [sys.executable, *(part.replace(":8765/", f":{port}/") for part in healthcheck[1:])]
+            docker = await anyio.run_process(command, check=False)
+    assert answers == {
+        "foreign host": 421,
+        "foreign host and port": 421,
+        "foreign origin": 403,
+        "look-alike origin": 403,
+        "address, foreign origin": 403,
+        "loopback": 200,
+        "localhost": 200,
+        "ipv4 address": 200,
+        "ipv6 address": 200,
+        "local origin": 200,
+    }
+    assert docker.returncode == 0, docker.stderr  # the Dockerfile's HEALTHCHECK, against this server
 
 
 async def test_streamable_http_on_loopback_works_without_a_token(
