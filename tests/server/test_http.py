@@ -464,3 +464,41 @@ async def test_a_request_whose_id_is_null_a_fraction_or_a_boolean_gets_400_inval
     [event] = [json.loads(line[5:]) for line in still.text.splitlines() if line.startswith("data:")]
     assert still.status_code == 200 and event["id"] == 7 and len(event["result"]["tools"]) == 24
     assert sessions_open == 1  # the opening request with a null id opened no session
+
+
+async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supported_as_on_stdio(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # A batch (or []) got 400 with -32602 and a 1,228-byte pydantic dump ("Validation error: 4
+    # validation errors for union[JSONRPCRequest,..."); stdio answers -32600 saying batches are not
+    # supported. Both transports now say the same.
+    from codomyrmex_orchestration.server._stdio import diagnose
+
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    bodies = [b"[]", json.dumps([ping]).encode(), b" \r\n" + json.dumps([INITIALIZE, ping]).encode()]
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            opened = await _open_session(http, base)
+            eras = {
+                "opening": MCP_HEADERS,
+                "session": {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]},
+                "2026": {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28"},
+            }
+            answers = {
+                (era, body): await http.post(f"{base}/mcp", content=body, headers=headers)
+                for era, headers in eras.items()
+                for body in bodies
+            }
+            sessions_open = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+    stdio = diagnose(b"[]")
+    assert stdio is not None
+    for (era, body), answer in answers.items():
+        assert answer.status_code == 400, (era, body, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        expected = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": stdio[1]}}
+        assert answer.json() == expected, (era, body, answer.text)
+        assert "batches are not supported" in stdio[1]
+    assert sessions_open == 1  # none opened by a refused request

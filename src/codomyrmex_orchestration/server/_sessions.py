@@ -4,8 +4,9 @@
 (a setting); at the session cap the session idle the longest is closed to let a new client in, so
 clients that open sessions and never close them cannot lock everyone else out; a request whose ``id``
 is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
-notification. ``ServerStatus`` owns nothing but references: the transport, the code-execution
-exposure and the session manager, read by ``/healthz`` and ``get_health_status``.
+notification, and so is a batch (as on stdio). ``ServerStatus`` owns nothing but references: the
+transport, the code-execution exposure and the session manager, read by ``/healthz`` and
+``get_health_status``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -65,8 +66,9 @@ class SessionManager(StreamableHTTPSessionManager):
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The SDK's, behind its body limit, which has read a POST's body whole and replays it as one
-        message: a request with an id that is not a string or an integer is refused here, before the
-        SDK's parser takes it for a notification, in the shape of the SDK's answer to a malformed one.
+        message: a batch, or a request with an id that is not a string or an integer, is refused here
+        (``_request_ids``), before the SDK's parser reads the id as a notification's or reports the
+        array with pydantic's dump, in the shape of the SDK's answer to a malformed message.
         """
         if scope.get("method") != "POST":
             await super()._handle_request(scope, receive, send)
@@ -74,7 +76,7 @@ class SessionManager(StreamableHTTPSessionManager):
         first = await receive()
         problem = None
         if first["type"] == "http.request" and not first.get("more_body", False):
-            problem = body_id_problem(first.get("body", b""))
+            problem = body_problem(first.get("body", b""))
         if problem is not None:
             log.warning("http.malformed_message", code=INVALID_REQUEST, error=problem)
             error = types.JSONRPCError(
