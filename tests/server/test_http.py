@@ -502,3 +502,33 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
         assert answer.json() == expected, (era, body, answer.text)
         assert "batches are not supported" in stdio[1]
     assert sessions_open == 1  # none opened by a refused request
+
+
+async def test_a_request_refused_without_a_session_gets_no_session_id(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # Every refused request without a session (a parse error, a request before initialize...) got 400
+    # with a fresh Mcp-Session-Id, each time another, and sending it back got 404 "Session not found":
+    # the SDK had discarded the session it opened for the request. Only a session that stays open
+    # may be named.
+    tools_list = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            refused = {
+                "parse error": await http.post(f"{base}/mcp", content=b"{not json", headers=MCP_HEADERS),
+                "not a message": await http.post(f"{base}/mcp", json={"jsonrpc": "2.0"}, headers=MCP_HEADERS),
+                "before initialize": await http.post(f"{base}/mcp", json=tools_list, headers=MCP_HEADERS),
+                "stream": await http.get(f"{base}/mcp", headers={"Accept": "text/event-stream"}),
+                "delete": await http.delete(f"{base}/mcp", headers=MCP_HEADERS),
+            }
+            before = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+            opened = await _open_session(http, base)
+            after = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+    for what, answer in refused.items():
+        assert answer.status_code >= 400, (what, answer.status_code, answer.text)
+        assert "mcp-session-id" not in answer.headers, (what, answer.status_code, answer.headers)
+    assert before == 0
+    assert opened.status_code == 200 and opened.headers["mcp-session-id"] and after == 1

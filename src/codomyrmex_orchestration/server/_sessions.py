@@ -1,10 +1,11 @@
 """MCP sessions on streamable HTTP and what the server reports about itself beside the engine's health.
 
-``SessionManager`` is the SDK's session manager with three changes: idle sessions expire after minutes
+``SessionManager`` is the SDK's session manager with four changes: idle sessions expire after minutes
 (a setting); at the session cap the session idle the longest is closed to let a new client in, so
 clients that open sessions and never close them cannot lock everyone else out; a request whose ``id``
 is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
-notification, and so is a batch (as on stdio). ``ServerStatus`` owns nothing but references: the
+notification, and so is a batch (as on stdio); a refused request that names no session gets no session
+id (the SDK discards the session it opened for it). ``ServerStatus`` owns nothing but references: the
 transport, the code-execution exposure and the session manager, read by ``/healthz`` and
 ``get_health_status``.
 """
@@ -70,6 +71,8 @@ class SessionManager(StreamableHTTPSessionManager):
         (``_request_ids``), before the SDK's parser reads the id as a notification's or reports the
         array with pydantic's dump, in the shape of the SDK's answer to a malformed message.
         """
+        if not any(key == _SESSION_HEADER for key, _ in scope.get("headers", ())):
+            send = _no_session_id_on_refusal(send)
         if scope.get("method") != "POST":
             await super()._handle_request(scope, receive, send)
             return
@@ -120,6 +123,23 @@ class SessionManager(StreamableHTTPSessionManager):
             reason=f"{self.max_sessions} sessions open (the cap): the longest-idle one made room",
             session=session_id[:8],
         )
+
+
+_SESSION_HEADER = b"mcp-session-id"
+
+
+def _no_session_id_on_refusal(send: Send) -> Send:
+    """``send`` for a request that names no session, dropping ``Mcp-Session-Id`` from an answer of 400
+    or more: the SDK opens a session for such a request and discards it again when it is refused
+    (``_serve_opening_request``), but its answer still named it, an id that then got 404."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _SESSION_HEADER]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 @dataclass
