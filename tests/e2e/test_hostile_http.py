@@ -337,6 +337,23 @@ async def test_a_client_with_the_token_is_served_while_more_half_open_connection
     assert "over_cap=" in dropped[0] and "CODOMYRMEX_HTTP_MAX_CONNECTIONS" in dropped[0], dropped
 
 
+def test_the_open_file_limit_is_raised_to_fit_the_connection_cap_or_the_cap_lowered_to_fit_it(
+    tmp_path: Path,
+) -> None:
+    # Without room for its connections the cap would not protect the server: past its file limit it
+    # accepts nobody. The default cap (2,048) needs 2,048 + 256 files.
+    with served(tmp_path / "raised", open_files=(1024, 8192)) as server:
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+        raised = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
+        raised_logs = server.logs()
+    with served(tmp_path / "lowered", open_files=(600, 600)) as server:
+        lowered_logs = server.logs()
+    assert raised is not None and raised.groups() == ("2304", "8192"), limits
+    assert "max_connections_lowered" not in raised_logs
+    [line] = [line for line in lowered_logs.splitlines() if "server.max_connections_lowered" in line]
+    assert "max_connections=344" in line and "600 files" in line and "CODOMYRMEX_HTTP_MAX_CONNECTIONS" in line
+
+
 # --------------------------------------------------------------------------- refused actions
 
 
