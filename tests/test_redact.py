@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 
 from codomyrmex_orchestration._redact import REDACTED, is_secret_name, redact, redact_text, register_secret
 from codomyrmex_orchestration.core.actions._params import CappedBuffer
+from codomyrmex_orchestration.logs import MAX_LIBRARY_MESSAGE, configure_logging
 
 
 def test_secret_looking_environment_values_are_redacted_in_nested_values(
@@ -103,3 +106,20 @@ def test_a_text_cut_to_a_size_never_shows_the_start_or_end_of_a_secret_across_th
                 limit,
                 shown,
             )
+
+
+def test_a_long_library_log_message_is_cut_after_redaction_so_no_part_of_a_secret_shows() -> None:
+    # Library messages are cut (the SDK quotes refused headers whole); cutting first would leave the
+    # start of a secret across the cut unrecognised, and shown.
+    secret = "Qz7-Kw9-Pv3-Mn5-Xr1"
+    register_secret(secret, "LOGCUT")
+    stream = io.StringIO()
+    configure_logging("info", "console", stream=stream)
+    library = logging.getLogger("mcp.server.transport_security")
+    for offset in range(MAX_LIBRARY_MESSAGE - 25, MAX_LIBRARY_MESSAGE + 5):  # the secret across the cut
+        library.warning("Invalid Origin header: %s", "x" * offset + secret + "y" * 15000)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 30
+    for line in lines:
+        assert line.endswith(" more characters)") and len(line) < MAX_LIBRARY_MESSAGE + 200, line[-80:]
+        assert not any(secret[i : i + 4] in line for i in range(len(secret) - 3)), line[-80:]

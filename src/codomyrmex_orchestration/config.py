@@ -28,6 +28,8 @@ Executor = Literal["local", "dask"]
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "DEFAULT_HOST",
+    "DEFAULT_HTTP_MAX_CONNECTIONS",
+    "DEFAULT_HTTP_REQUEST_TIMEOUT",
     "DEFAULT_MAX_MAP_ITEMS",
     "DEFAULT_MAX_OPEN_SESSIONS",
     "DEFAULT_MAX_OUTPUT_BYTES",
@@ -79,6 +81,10 @@ DEFAULT_MAX_SUBWORKFLOW_RUNS = 1000
 DEFAULT_STDIO_MAX_LINE_BYTES = 32 * 1024 * 1024
 DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 1000
+#: Seconds an HTTP client has to send a request whole once it connects or starts one.
+DEFAULT_HTTP_REQUEST_TIMEOUT = 10.0
+#: HTTP connections open at once (over twice the default session cap: a session may hold a stream).
+DEFAULT_HTTP_MAX_CONNECTIONS = 2048
 DEFAULT_MAX_QUEUED_TASKS = 10_000
 #: Most workflows registered at once (create_workflow refuses a new name past it).
 DEFAULT_MAX_WORKFLOWS = 1000
@@ -183,6 +189,15 @@ class Settings(BaseModel):
     )
     #: Streamable-HTTP sessions open at once; at the cap the longest-idle one is closed for a new client.
     max_sessions: int = Field(default=DEFAULT_MAX_SESSIONS, ge=1)
+    #: Seconds an HTTP client has, once it connects (or sends the first byte of a request on a kept-alive
+    #: connection), to send the request's head; a body may pause as long between two reads. Slower
+    #: connections are closed (408 when part of a request came).
+    http_request_timeout: float = Field(
+        default=DEFAULT_HTTP_REQUEST_TIMEOUT, gt=0, le=3600, allow_inf_nan=False
+    )
+    #: HTTP connections open at once; a newcomer past it closes the one waiting longest for its request
+    #: (or is refused when every other is being served).
+    http_max_connections: int = Field(default=DEFAULT_HTTP_MAX_CONNECTIONS, ge=1)
     #: Module prefixes ``python.call`` may import from (e.g. ``json``, ``mypkg.tasks``); empty: any.
     python_call_allow: tuple[str, ...] = ()
     #: Longest line (one JSON-RPC message) read on stdio; a longer one is refused and discarded.

@@ -87,11 +87,27 @@ def _redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]
     return redacted
 
 
+#: Most characters of a library's log message kept (mcp, uvicorn, httpx): some quote what a client sent,
+#: such as the Host or Origin header the SDK refuses (up to ~16 KB, from clients that need no token).
+MAX_LIBRARY_MESSAGE = 500
+
+
 class _RedactingFormatter(logging.Formatter):
-    """The stdlib side (mcp, uvicorn, httpx): formatted lines are redacted too."""
+    """The stdlib side (mcp, uvicorn, httpx): formatted lines are redacted too, and a message longer than
+    :data:`MAX_LIBRARY_MESSAGE` is cut (a traceback that follows it is kept whole)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return redact_text(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if len(message) > MAX_LIBRARY_MESSAGE:
+            message = redact_text(message)  # before the cut: a secret cut in two is no longer recognised
+            if len(message) > MAX_LIBRARY_MESSAGE:
+                cut = len(message) - MAX_LIBRARY_MESSAGE
+                record = logging.makeLogRecord(record.__dict__)  # other handlers keep the whole message
+                record.message = f"{message[:MAX_LIBRARY_MESSAGE]}... ({cut} more characters)"
+        return super().formatMessage(record)
 
 
 def get_logger(name: str = "codomyrmex_orchestration", **bindings: Any) -> Any:

@@ -4,12 +4,16 @@ secrets that must not leak, clients that vanish mid-call, and a small load run."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import resource
+import selectors
 import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +116,35 @@ def test_foreign_host_and_origin_are_refused_even_with_the_token(locked: Served)
     assert fine.status_code == 200
 
 
+def test_a_refused_host_or_origin_header_is_logged_shortened_not_whole(locked: Served) -> None:
+    # The attack: /ui/login needs no token, and the SDK's refusal logged the whole header value at
+    # warning: 1000 requests with a 15,000-character Origin grew stderr by 15 MB in 0.9 s.
+    huge_origin = "http://" + "a" * 15000 + ".com"
+    huge_host = "h" * 15000
+    foreign = {**MCP_HEADERS, "Origin": huge_origin}
+    before = locked.stderr_path.stat().st_size
+    with httpx.Client(base_url=locked.base, timeout=10) as http:
+        answers = [
+            status
+            for _ in range(40)
+            for status in (
+                http.get("/ui/login", headers={"Origin": huge_origin}).status_code,
+                http.post("/ui/login", headers={"Host": huge_host}).status_code,
+                http.post("/mcp", json=INITIALIZE, headers=foreign).status_code,
+            )
+        ]
+    with locked.stderr_path.open("rb") as stderr:
+        stderr.seek(before)
+        logged = stderr.read().decode()
+    assert answers == [403, 421, 403] * 40
+    lines = [line for line in logged.splitlines() if re.search(r"Invalid (Origin|Host) header", line)]
+    assert len(lines) == 120, logged[:2000]
+    assert all(len(line) < 1000 for line in lines), max(lines, key=len)[:300]
+    assert "Invalid Origin header: http://aaaa" in lines[0], lines[0]
+    assert re.search(r"\.\.\. \(\d+ more characters\)$", lines[0]), lines[0]
+    assert len(logged) < 120 * 1000 + 10_000  # was about 120 x 15,000
+
+
 def test_oversized_and_absurdly_nested_bodies_are_refused_and_the_server_keeps_serving(
     locked: Served,
 ) -> None:
@@ -185,6 +218,140 @@ def test_absurdly_nested_json_to_the_run_views_api_gets_400_saying_so(locked: Se
         assert answer.status_code == 400, answer.text[:300]
         assert "nested too deeply" in answer.json()["error"], answer.text[:300]
     assert health.status_code == 200 and "RecursionError" not in locked.logs()
+
+
+def _closed_by_the_server(sock: socket.socket, start: float, within: float) -> tuple[bytes, float]:
+    """What the server sent on ``sock`` before closing it, and how many seconds after ``start`` (a
+    ``time.monotonic()``) it closed it; fails when it is still open ``within`` seconds after ``start``
+    (a bounded wait on the socket, no sleep)."""
+    received = b""
+    while True:
+        left = start + within - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"the server kept the connection open for {within} s (got {received[:100]!r})")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return received, time.monotonic() - start
+        received += chunk
+
+
+def test_a_request_sent_in_part_or_not_at_all_is_closed_after_the_request_timeout(tmp_path: Path) -> None:
+    # The attack: connections that send part of a request (or nothing) were never closed, and the token
+    # check needs the whole head: anyone could hold connections until the server ran out of files.
+    env = {"CODOMYRMEX_AUTH_TOKEN": TOKEN, "CODOMYRMEX_HTTP_REQUEST_TIMEOUT": "1"}
+    with served(tmp_path, env=env) as server, contextlib.ExitStack() as sockets:
+        port = int(server.base.rsplit(":", 1)[1])
+        host = f"Host: 127.0.0.1:{port}\r\n"
+
+        def connect(*parts: bytes) -> socket.socket:
+            sock = sockets.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            for part in parts:
+                sock.sendall(part)
+            return sock
+
+        silent = connect()
+        half_head = connect(f"GET /mcp HTTP/1.1\r\n{host}".encode())
+        form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+        half_body = connect(f"POST /ui/login HTTP/1.1\r\n{host}{form}token=".encode())
+        # A refused request whose announced body never comes: the 401 is answered at once, and the body's
+        # first bytes must not keep the connection open.
+        answered = connect(f"POST /mcp HTTP/1.1\r\n{host}Content-Length: 1000000\r\n\r\n".encode())
+        first = answered.recv(65536)
+        answered.sendall(b"x" * 1000)
+        start = time.monotonic()
+        results = {
+            name: _closed_by_the_server(sock, start, within=15)
+            for name, sock in [
+                ("silent", silent),
+                ("half_head", half_head),
+                ("half_body", half_body),
+                ("answered", answered),
+            ]
+        }
+        with httpx.Client(base_url=server.base, timeout=10) as http:
+            health = http.get("/healthz")
+            listed = http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+        logs = server.logs()
+    assert first.startswith(b"HTTP/1.1 401 "), first[:200]
+    for name, (_, after) in results.items():
+        assert 0.5 <= after < 15, (name, after)
+    assert results["silent"][0] == b""
+    said, _ = results["half_head"]
+    assert said.startswith(b"HTTP/1.1 408 ") and b"CODOMYRMEX_HTTP_REQUEST_TIMEOUT" in said, said
+    assert health.status_code == 200 and listed.status_code == 200  # whole requests are served as ever
+    dropped = [line for line in logs.splitlines() if "http.connections_dropped" in line]
+    assert len(dropped) == 1, logs  # once, not a line per connection
+    assert "timed_out=" in dropped[0] and "CODOMYRMEX_HTTP_REQUEST_TIMEOUT" in dropped[0], dropped
+
+
+async def test_a_client_with_the_token_is_served_while_more_half_open_connections_than_the_cap_are_held(
+    tmp_path: Path,
+) -> None:
+    # The attack: 20,000 connections that never finish their request exhausted the server's files, and
+    # every client (with the token too) got "Empty reply from server". Here the server may open 256 files
+    # and 400 such connections are held; the cap is 32.
+    env = {"CODOMYRMEX_AUTH_TOKEN": TOKEN, "CODOMYRMEX_HTTP_MAX_CONNECTIONS": "32"}
+    with served(tmp_path, env=env) as server:
+        resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+        port = int(server.base.rsplit(":", 1)[1])
+        with contextlib.ExitStack() as sockets:
+            held = []
+            for _ in range(400):
+                sock = sockets.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+                sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+                held.append(sock)
+            http, mcp_client = client(server)
+            async with http, mcp_client as c:
+                with anyio.fail_after(30):
+                    listed = await c.list_tools()
+                    result = await c.call_tool("list_workflows", {})
+            async with httpx.AsyncClient(timeout=10) as plain:
+                health = await plain.get(f"{server.base}/healthz")
+            with selectors.DefaultSelector() as waiting:
+                for sock in held:
+                    waiting.register(sock, selectors.EVENT_READ)
+                closed = 0
+                deadline = time.monotonic() + 10  # the oldest are closed as newcomers arrive: already done
+                while closed < 400 - 32 and time.monotonic() < deadline:
+                    for key, _ in waiting.select(timeout=max(0.0, deadline - time.monotonic())):
+                        sock = key.fileobj
+                        assert isinstance(sock, socket.socket)
+                        waiting.unregister(sock)
+                        try:
+                            assert sock.recv(4096) == b""
+                        except ConnectionResetError:
+                            pass
+                        closed += 1
+        logs = server.logs()
+    assert len(listed.tools) == 24 and not result.is_error, text(result)
+    assert health.status_code == 200
+    assert closed >= 400 - 32, closed
+    dropped = [line for line in logs.splitlines() if "http.connections_dropped" in line]
+    assert len(dropped) == 1, logs
+    assert "over_cap=" in dropped[0] and "CODOMYRMEX_HTTP_MAX_CONNECTIONS" in dropped[0], dropped
+
+
+def test_the_open_file_limit_is_raised_to_fit_the_connection_cap_or_the_cap_lowered_to_fit_it(
+    tmp_path: Path,
+) -> None:
+    # Without room for its connections the cap would not protect the server: past its file limit it
+    # accepts nobody. The default cap (2,048) needs 2,048 + 256 files.
+    with served(tmp_path / "raised", open_files=(1024, 8192)) as server:
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+        raised = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
+        raised_logs = server.logs()
+    with served(tmp_path / "lowered", open_files=(600, 600)) as server:
+        lowered_logs = server.logs()
+    assert raised is not None and raised.groups() == ("2304", "8192"), limits
+    assert "max_connections_lowered" not in raised_logs
+    [line] = [line for line in lowered_logs.splitlines() if "server.max_connections_lowered" in line]
+    assert "max_connections=344" in line and "600 files" in line and "CODOMYRMEX_HTTP_MAX_CONNECTIONS" in line
 
 
 # --------------------------------------------------------------------------- refused actions

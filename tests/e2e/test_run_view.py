@@ -207,6 +207,34 @@ def test_without_the_token_the_page_and_its_data_answer_401_and_a_foreign_host_4
     assert refused.status_code == 403 and "only reads" in refused.json()["error"]
 
 
+def test_another_site_cannot_frame_the_sign_in_page(browser: Any, server: Served) -> None:
+    # The sign-in page (GET /ui/login, and the 401 page /ui/ answers without credentials) sent no CSP
+    # and no X-Frame-Options while /ui/ sends frame-ancestors 'none': any site could frame the form
+    # that takes the token.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_content(
+            f'<iframe src="{server.base}/ui/login"></iframe><iframe src="{server.base}/ui/"></iframe>',
+            wait_until="load",
+        )
+        framed = page.frames[1:]
+        assert len(framed) == 2
+        for frame in framed:
+            assert frame.query_selector("input[name=token]") is None, frame.url
+        shot(page, "sign-in-not-framed")
+        # Opened as a page of its own, the form works (its CSP lets its style and form through).
+        sign_in(page, server.base, TOKEN)
+    finally:
+        context.close()
+    for path, headers, status in [("/ui/login", {}, 200), ("/ui/", {}, 401), ("/ui/", AUTH, 200)]:
+        answer = httpx.get(f"{server.base}{path}", headers=headers)
+        csp = answer.headers.get("content-security-policy", "")
+        assert answer.status_code == status, (path, answer.status_code)
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, (path, answer.headers)
+        assert answer.headers.get("x-frame-options") == "DENY", (path, answer.headers)
+
+
 def sign_in(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/ui/login")
     page.fill("input[name=token]", token)

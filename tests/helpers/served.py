@@ -66,6 +66,12 @@ class Served:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
 
+def _limit_files(limits: tuple[int, int]) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -89,8 +95,10 @@ def served(
     *,
     token: str | None = None,
     startup_timeout: float = 30.0,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[Served]:
-    """Run ``serve --transport streamable-http`` on 127.0.0.1 until the block ends (then SIGTERM)."""
+    """Run ``serve --transport streamable-http`` on 127.0.0.1 until the block ends (then SIGTERM);
+    ``open_files``: the process's (soft, hard) limit on open files from its start."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     stderr_path = root / "server.stderr.log"
@@ -104,6 +112,7 @@ def served(
             stderr=stderr,
             cwd=root,
             env=server_env(root, env or {}),
+            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
         )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from tests.helpers.served import INITIALIZE
 pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-token-for-tests"
+ROOT = Path(__file__).parents[2]
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -108,6 +110,59 @@ async def test_streamable_http_refuses_a_foreign_host_or_origin(
             assert host.status_code == 421
             assert origin.status_code == 403
             assert local.status_code == 200
+
+
+async def test_healthz_refuses_a_foreign_host_or_origin_and_answers_probes_by_address(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # A DNS-rebinding page could read /healthz (version, code execution, sessions open): it checked
+    # neither Host nor Origin. Probes keep working: by loopback name, and by IP address (Kubernetes and
+    # load balancers send the address they reach; a rebinding page's requests always carry its name).
+    declared = re.search(
+        r"^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE
+    )
+    assert declared is not None
+    healthcheck = json.loads(declared.group(1))
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", TOKEN) as base,
+            httpx.AsyncClient() as http,
+        ):
+            port = base.rsplit(":", 1)[1]
+
+            async def health(**headers: str) -> int:
+                return (await http.get(f"{base}/healthz", headers=headers)).status_code
+
+            answers = {
+                "foreign host": await health(Host="attacker.example"),
+                "foreign host and port": await health(Host=f"attacker.example:{port}"),
+                "foreign origin": await health(Origin="http://attacker.example"),
+                "look-alike origin": await health(Origin="http://127.0.0.1.attacker.example"),
+                "address, foreign origin": await health(
+                    Host="10.1.2.3:8765", Origin="http://attacker.example"
+                ),
+                "loopback": await health(),
+                "localhost": await health(Host=f"localhost:{port}"),
+                "ipv4 address": await health(Host="10.1.2.3:8765"),
+                "ipv6 address": await health(Host="[fd00::5]:8765"),
+                "local origin": await health(Origin=f"http://127.0.0.1:{port}"),
+            }
+            assert healthcheck[0] == "python"  # the image's; here, this interpreter
+            command = [sys.executable, *(part.replace(":8765/", f":{port}/") for part in healthcheck[1:])]
+            docker = await anyio.run_process(command, check=False)
+    assert answers == {
+        "foreign host": 421,
+        "foreign host and port": 421,
+        "foreign origin": 403,
+        "look-alike origin": 403,
+        "address, foreign origin": 403,
+        "loopback": 200,
+        "localhost": 200,
+        "ipv4 address": 200,
+        "ipv6 address": 200,
+        "local origin": 200,
+    }
+    assert docker.returncode == 0, docker.stderr  # the Dockerfile's HEALTHCHECK, against this server
 
 
 async def test_streamable_http_on_loopback_works_without_a_token(
@@ -409,3 +464,71 @@ async def test_a_request_whose_id_is_null_a_fraction_or_a_boolean_gets_400_inval
     [event] = [json.loads(line[5:]) for line in still.text.splitlines() if line.startswith("data:")]
     assert still.status_code == 200 and event["id"] == 7 and len(event["result"]["tools"]) == 24
     assert sessions_open == 1  # the opening request with a null id opened no session
+
+
+async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supported_as_on_stdio(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # A batch (or []) got 400 with -32602 and a 1,228-byte pydantic dump ("Validation error: 4
+    # validation errors for union[JSONRPCRequest,..."); stdio answers -32600 saying batches are not
+    # supported. Both transports now say the same.
+    from codomyrmex_orchestration.server._stdio import diagnose
+
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    bodies = [b"[]", json.dumps([ping]).encode(), b" \r\n" + json.dumps([INITIALIZE, ping]).encode()]
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            opened = await _open_session(http, base)
+            eras = {
+                "opening": MCP_HEADERS,
+                "session": {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]},
+                "2026": {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28"},
+            }
+            answers = {
+                (era, body): await http.post(f"{base}/mcp", content=body, headers=headers)
+                for era, headers in eras.items()
+                for body in bodies
+            }
+            sessions_open = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+    stdio = diagnose(b"[]")
+    assert stdio is not None
+    for (era, body), answer in answers.items():
+        assert answer.status_code == 400, (era, body, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        expected = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": stdio[1]}}
+        assert answer.json() == expected, (era, body, answer.text)
+        assert "batches are not supported" in stdio[1]
+    assert sessions_open == 1  # none opened by a refused request
+
+
+async def test_a_request_refused_without_a_session_gets_no_session_id(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # Every refused request without a session (a parse error, a request before initialize...) got 400
+    # with a fresh Mcp-Session-Id, each time another, and sending it back got 404 "Session not found":
+    # the SDK had discarded the session it opened for the request. Only a session that stays open
+    # may be named.
+    tools_list = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            refused = {
+                "parse error": await http.post(f"{base}/mcp", content=b"{not json", headers=MCP_HEADERS),
+                "not a message": await http.post(f"{base}/mcp", json={"jsonrpc": "2.0"}, headers=MCP_HEADERS),
+                "before initialize": await http.post(f"{base}/mcp", json=tools_list, headers=MCP_HEADERS),
+                "stream": await http.get(f"{base}/mcp", headers={"Accept": "text/event-stream"}),
+                "delete": await http.delete(f"{base}/mcp", headers=MCP_HEADERS),
+            }
+            before = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+            opened = await _open_session(http, base)
+            after = (await http.get(f"{base}/healthz")).json()["sessions_open"]
+    for what, answer in refused.items():
+        assert answer.status_code >= 400, (what, answer.status_code, answer.text)
+        assert "mcp-session-id" not in answer.headers, (what, answer.status_code, answer.headers)
+    assert before == 0
+    assert opened.status_code == 200 and opened.headers["mcp-session-id"] and after == 1

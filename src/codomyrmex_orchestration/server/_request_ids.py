@@ -1,9 +1,11 @@
-"""The rule for a JSON-RPC request's ``id``, shared by the stdio and streamable-HTTP transports.
+"""The rule for a JSON-RPC request's ``id``, shared by the stdio and streamable-HTTP transports, and
+streamable HTTP's refusal of a batch.
 
 MCP: a request id MUST be a string or an integer, never null. The SDK's parser reads a message that
 has a method and any other ``id`` (null, a boolean, a fraction, a list...) as a notification, which
 gets no answer (HTTP 202 on streamable HTTP); both transports answer it -32600 Invalid Request instead.
-Owns no state.
+A JSON array (a JSON-RPC batch, which MCP no longer has) gets -32600 saying so, where the SDK's HTTP
+transport answered -32602 with pydantic's whole report. Owns no state.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import json
 import re
 from typing import Any
 
-__all__ = ["INVALID_REQUEST", "body_id_problem", "id_problem"]
+__all__ = ["BATCH_REFUSED", "INVALID_REQUEST", "body_id_problem", "body_problem", "id_problem"]
 
 INVALID_REQUEST = -32600
+#: What stdio answers a batch (or any message that is not one JSON object) with; HTTP answers a batch so.
+BATCH_REFUSED = "Invalid Request: a message must be one JSON object (batches are not supported)"
 
 # What follows an "id" key whose value does not start like a string or an integer: null, true, false,
 # [, {, or a number with a fraction or an exponent.
@@ -60,3 +64,16 @@ def body_id_problem(body: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None
     return id_problem(message)
+
+
+def body_problem(body: bytes) -> str | None:
+    """The Invalid Request message for one HTTP request body: a JSON array (:data:`BATCH_REFUSED`), or a
+    request id that is not a string or an integer (:func:`body_id_problem`); ``None`` otherwise, also
+    for a body that is not JSON (the transport answers that, -32700)."""
+    if body.lstrip(b" \t\r\n")[:1] == b"[":
+        try:
+            batch = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        return BATCH_REFUSED if isinstance(batch, list) else None
+    return body_id_problem(body)

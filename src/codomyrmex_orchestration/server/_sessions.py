@@ -1,11 +1,13 @@
 """MCP sessions on streamable HTTP and what the server reports about itself beside the engine's health.
 
-``SessionManager`` is the SDK's session manager with three changes: idle sessions expire after minutes
+``SessionManager`` is the SDK's session manager with four changes: idle sessions expire after minutes
 (a setting); at the session cap the session idle the longest is closed to let a new client in, so
 clients that open sessions and never close them cannot lock everyone else out; a request whose ``id``
 is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
-notification. ``ServerStatus`` owns nothing but references: the transport, the code-execution
-exposure and the session manager, read by ``/healthz`` and ``get_health_status``.
+notification, and so is a batch (as on stdio); a refused request that names no session gets no session
+id (the SDK discards the session it opened for it). ``ServerStatus`` owns nothing but references: the
+transport, the code-execution exposure and the session manager, read by ``/healthz`` and
+``get_health_status``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -65,16 +67,19 @@ class SessionManager(StreamableHTTPSessionManager):
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The SDK's, behind its body limit, which has read a POST's body whole and replays it as one
-        message: a request with an id that is not a string or an integer is refused here, before the
-        SDK's parser takes it for a notification, in the shape of the SDK's answer to a malformed one.
+        message: a batch, or a request with an id that is not a string or an integer, is refused here
+        (``_request_ids``), before the SDK's parser reads the id as a notification's or reports the
+        array with pydantic's dump, in the shape of the SDK's answer to a malformed message.
         """
+        if not any(key == _SESSION_HEADER for key, _ in scope.get("headers", ())):
+            send = _no_session_id_on_refusal(send)
         if scope.get("method") != "POST":
             await super()._handle_request(scope, receive, send)
             return
         first = await receive()
         problem = None
         if first["type"] == "http.request" and not first.get("more_body", False):
-            problem = body_id_problem(first.get("body", b""))
+            problem = body_problem(first.get("body", b""))
         if problem is not None:
             log.warning("http.malformed_message", code=INVALID_REQUEST, error=problem)
             error = types.JSONRPCError(
@@ -118,6 +123,23 @@ class SessionManager(StreamableHTTPSessionManager):
             reason=f"{self.max_sessions} sessions open (the cap): the longest-idle one made room",
             session=session_id[:8],
         )
+
+
+_SESSION_HEADER = b"mcp-session-id"
+
+
+def _no_session_id_on_refusal(send: Send) -> Send:
+    """``send`` for a request that names no session, dropping ``Mcp-Session-Id`` from an answer of 400
+    or more: the SDK opens a session for such a request and discards it again when it is refused
+    (``_serve_opening_request``), but its answer still named it, an id that then got 404."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _SESSION_HEADER]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 @dataclass

@@ -65,7 +65,17 @@ _TOO_LARGE = f"Request body too large: the run view takes at most {_MAX_BODY // 
 _TOO_DEEP = 'the body is JSON nested too deeply to read; expected {"name": <tool>, "arguments": {...}}'
 _NEEDS_TOKEN = "This page needs the server's bearer token."
 _REALM = 'Bearer realm="codomyrmex-orchestration"'
-_PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+_NOT_FRAMED = {"X-Frame-Options": "DENY"}  # for browsers that predate CSP's frame-ancestors
+_PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", **_NOT_FRAMED}
+# The sign-in page: no script, its own inline style, a form posting to this server, never framed. Not
+# Referrer-Policy: no-referrer: a form posted under it carries "Origin: null", which the check refuses.
+_LOGIN_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    **_NOT_FRAMED,
+    "WWW-Authenticate": _REALM,
+}
 
 
 @functools.cache
@@ -177,7 +187,7 @@ class UiAccess:
         return HTMLResponse(
             _LOGIN_FORM.format(message=html.escape(message)),
             status_code=status,
-            headers={"Cache-Control": "no-store", "WWW-Authenticate": _REALM},
+            headers=_LOGIN_HEADERS,
         )
 
 

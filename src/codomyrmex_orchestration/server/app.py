@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hmac
 import importlib.util
+import ipaddress
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -27,7 +28,7 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.subscriptions import ListenHandler
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
@@ -48,6 +49,7 @@ from codomyrmex_orchestration.server import _params, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
+from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._sessions import (
@@ -546,6 +548,24 @@ def transport_security(host: str, allowed_hosts: Sequence[str] = ()) -> Transpor
     )
 
 
+class _ProbeGuard(TransportSecurityMiddleware):
+    """The Host/Origin checks of every route, for ``/healthz``, which also answers an IP address as Host:
+    health probes (Kubernetes, load balancers) send the address they reach, and a DNS-rebinding page
+    cannot send one (a browser's Host is the page's own name)."""
+
+    def _validate_host(self, host: str | None) -> bool:
+        return _is_ip_address(host) or super()._validate_host(host)
+
+
+def _is_ip_address(host: str | None) -> bool:
+    """Whether a Host header names an IP address (``10.0.0.5``, ``10.0.0.5:8765``, ``[fd00::5]:8765``)."""
+    try:
+        name = urlsplit(f"//{host}").hostname if host else None
+        return name is not None and ipaddress.ip_address(name) is not None
+    except ValueError:
+        return False
+
+
 class BearerAuthMiddleware:
     """Require ``Authorization: Bearer <token>`` on every HTTP route except ``open_paths``."""
 
@@ -609,7 +629,8 @@ def build_http_app(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
-    open ``GET /healthz``, wrapped in bearer auth when ``auth_token`` is set. With ``tools``, the read-only
+    open ``GET /healthz`` (Host/Origin checked, an IP address as Host taken), wrapped in bearer auth when
+    ``auth_token`` is set. With ``tools``, the read-only
     run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks).
     Streamable-HTTP sessions expire after ``session_idle_timeout`` seconds idle; at ``max_sessions`` the
     longest-idle one is closed for a new client. ``/healthz`` reports ``status`` (sessions open and the
@@ -618,7 +639,11 @@ def build_http_app(
     ui_access = ui_access or _ui.UiAccess(auth_token)
     status = status or ServerStatus(transport=transport, code_execution=False)
 
+    probe_guard = _ProbeGuard(security)
+
     async def healthz(request: Request) -> Response:
+        if refused := await probe_guard.validate_request(request):
+            return refused
         return JSONResponse(
             {"status": "ok", "server": SERVER_NAME, "version": __version__, **status.snapshot()}
         )
@@ -715,6 +740,7 @@ async def _serve_http(
     port: int,
     on_bound: Callable[[int], None] = lambda port: None,
     on_signal: Callable[[], None] = lambda: None,
+    guard: ConnectionGuard | None = None,
 ) -> None:
     import uvicorn
 
@@ -755,6 +781,10 @@ async def _serve_http(
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+        # Connections waiting for a request are bounded in time and number (server/_connections.py).
+        http=protocol_class(guard) if guard is not None else "auto",
+        # No WebSocket routes: an upgrade would also hand the connection to a protocol the guard never sees.
+        ws="none",
     )
     # On SIGINT/SIGTERM uvicorn stops accepting, finishes responses (for at most the grace period: then
     # it cancels what is still open) and runs the lifespan exit.
@@ -879,6 +909,10 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 stopping.append(stop)
                 stop.start()
 
+            guard = ConnectionGuard(
+                request_timeout=settings.http_request_timeout,
+                max_connections=fit_to_file_limit(settings.http_max_connections),
+            )
             anyio.run(
                 _serve_http,
                 app,
@@ -886,6 +920,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 settings.port,
                 on_bound,
                 on_signal,
+                guard,
                 backend_options=_loop_options(),
             )
     except KeyboardInterrupt:
