@@ -300,3 +300,44 @@ def test_an_allowed_host_is_named_in_the_banner_and_accepted(tmp_path: Path) -> 
         other = httpx.get(health.replace("/healthz", "/ui/login"), headers={"Host": "evil.example"})
     assert "orchestration.internal" in banner, banner
     assert named.status_code == 200 and other.status_code == 421
+
+
+@pytest.fixture(scope="module")
+def oldest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The console script of this checkout installed with the oldest version of each dependency that
+    pyproject allows (uv's ``--resolution lowest-direct``), as a user with old packages gets it."""
+    uv = shutil.which("uv", path=str(SCRIPT.parent))
+    if uv is None:
+        pytest.skip("uv is not installed (pip install -e '.[dev]')")
+    venv = tmp_path_factory.mktemp("oldest") / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
+    for argv in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+         "--resolution", "lowest-direct", str(Path(__file__).resolve().parents[2])],
+    ):  # fmt: skip
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return venv / "bin" / "codomyrmex-orchestration"
+
+
+async def test_with_the_oldest_dependencies_allowed_a_workflow_call_reports_its_progress(
+    oldest: Path, tmp_path: Path
+) -> None:
+    # anyio before 4.11 has no EventLoopToken.native_token: the call failed and no progress arrived.
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    params = StdioServerParameters(
+        command=str(oldest), args=["serve"], cwd=tmp_path, env=_env(tmp_path / "xdg")
+    )
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            run = await client.call_tool(
+                "execute_workflow", {"workflow_name": "fan_out_join"}, progress_callback=on_progress
+            )
+    assert not run.is_error, run.content
+    assert run.structured_content is not None and run.structured_content["status"] == "completed"
+    assert progress, "no progress notification arrived"
