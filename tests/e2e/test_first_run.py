@@ -341,3 +341,57 @@ async def test_with_the_oldest_dependencies_allowed_a_workflow_call_reports_its_
     assert not run.is_error, run.content
     assert run.structured_content is not None and run.structured_content["status"] == "completed"
     assert progress, "no progress notification arrived"
+
+
+def _homeless(tmp_path: Path, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """The console script as a uid with no password entry and no HOME (a container's ``--user 54321``),
+    in a user namespace of its own (``unshare``), so the test needs no second account."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--user", "--map-user=54321", "true"]).returncode:
+        pytest.skip("unshare cannot make a user namespace here")
+    environ = {k: v for k, v in _env(tmp_path / "xdg", **env).items() if not k.startswith(("HOME", "XDG_"))}
+    return subprocess.run(
+        [unshare, "--user", "--map-user=54321", "--map-group=54321", str(SCRIPT), *args],
+        input=stdin, capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=60,
+    )  # fmt: skip
+
+
+def test_without_a_home_serve_starts_with_a_data_dir_and_the_cli_says_what_to_set(tmp_path: Path) -> None:
+    # Before: the tool-definition cache's folder raised at start (exit 1, no reply) even with
+    # CODOMYRMEX_DATA_DIR set, and without it every command printed a traceback.
+    data = tmp_path / "data"
+    listed = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    served = _homeless(
+        tmp_path, "serve", stdin=json.dumps(INITIALIZE) + "\n" + listed + "\n", CODOMYRMEX_DATA_DIR=str(data)
+    )
+    assert served.returncode == 0, served.stderr
+    replies = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [r["id"] for r in replies] == [1, 2] and len(replies[1]["result"]["tools"]) == 24, served.stdout
+    paths = json.loads(_homeless(tmp_path, "paths", "--json", CODOMYRMEX_DATA_DIR=str(data)).stdout)
+    assert paths["data_dir"] == str(data) and paths["cache_dir"] is None
+    for command in (["paths"], ["status"], ["run", "fan_out_join"]):
+        refused = _homeless(tmp_path, *command)
+        assert refused.returncode == 2, (command, refused.stderr)
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("error: CODOMYRMEX_DATA_DIR: ") and "absolute path" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_with_the_oldest_dependencies_allowed_a_relative_xdg_data_home_is_ignored(
+    oldest: Path, tmp_path: Path
+) -> None:
+    # platformdirs 4.10 and before honour a relative XDG_DATA_HOME: state landed in the working folder.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = _env(tmp_path / "unused", XDG_DATA_HOME="relative", HOME=str(tmp_path / "home"))
+    run = subprocess.run(
+        [str(oldest), "run", "fan_out_join", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "home" / ".local" / "share" / "codomyrmex-orchestration" / ".workflows").is_dir()
