@@ -395,3 +395,33 @@ def test_with_the_oldest_dependencies_allowed_a_relative_xdg_data_home_is_ignore
     assert run.returncode == 0, run.stderr
     assert list(cwd.iterdir()) == []
     assert (tmp_path / "home" / ".local" / "share" / "codomyrmex-orchestration" / ".workflows").is_dir()
+
+
+def test_with_json_logs_every_line_serve_writes_to_stderr_is_one_json_object(tmp_path: Path) -> None:
+    # The Dockerfile's setting. Before: uvicorn's and mcp's lines, and the banner, were plain text.
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", "--transport", "streamable-http", "--port", str(port), "--log-level", "info"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=_env(tmp_path / "xdg", CODOMYRMEX_LOG_FORMAT="json"),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # up to the run view's link, the banner's last line
+            lines.append(line)
+            if "run view:" in line:
+                break
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        lines += proc.stderr.readlines()
+    finally:
+        reap(proc)
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and {"event", "level", "timestamp"} <= r.keys() for r in records), lines
+    events = {r["event"] for r in records}
+    assert {"server.banner", "server.run_view", "server.stop"} <= events, events
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records), records
+    (banner,) = (r["text"] for r in records if r["event"] == "server.banner")
+    assert f"http://127.0.0.1:{port}/mcp" in banner

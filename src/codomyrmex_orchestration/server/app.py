@@ -43,7 +43,7 @@ from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
-from codomyrmex_orchestration.logs import get_logger
+from codomyrmex_orchestration.logs import announce, get_logger
 from codomyrmex_orchestration.server import _internal, _params, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
@@ -870,9 +870,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
             def on_bound(port: int) -> None:  # the banner, only once the port is ours
                 code = policy.allow_code_execution
                 banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
-                sys.stderr.write(banner + "\n")
-                sys.stderr.flush()
-                _print_ui_link(_base_url(settings.host, port), ui_access)
+                announce("server.banner", banner, settings.log_format)
+                _print_ui_link(_base_url(settings.host, port), ui_access, settings.log_format)
                 recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
 
             def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
@@ -934,8 +933,7 @@ def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
         log.warning("server.code_execution_exposed", warning=warning)
         # Also as a banner, whatever the log level: the person starting the server must see it.
         rule = "!" * 78
-        sys.stderr.write(f"{rule}\n! WARNING: {warning}\n{rule}\n")
-        sys.stderr.flush()
+        announce("server.warning", f"{rule}\n! WARNING: {warning}\n{rule}", settings.log_format)
     return status
 
 
@@ -944,14 +942,13 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{reachable_host(host)}:{port}"
 
 
-def _print_ui_link(base: str, access: _ui.UiAccess) -> None:
+def _print_ui_link(base: str, access: _ui.UiAccess, log_format: str) -> None:
     """Tell the person starting the server where the run view is (stderr: never the protocol)."""
     link = f"{base}/ui/"
     if access.required:
         code = access.one_time_code()
         link = f"{base}/ui/login?code={code}  (a one-time sign-in link)"
-    sys.stderr.write(f"run view: {link}\n")
-    sys.stderr.flush()
+    announce("server.run_view", f"run view: {link}", log_format)
 
 
 def _url(settings: Settings) -> str:
