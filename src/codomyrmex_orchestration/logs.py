@@ -46,7 +46,8 @@ _STDERR: Any = _Stderr()
 
 
 def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
-    """Send structlog (and stdlib logging) to ``stream`` (default stderr) at ``level``.
+    """Send structlog (and stdlib logging, every library's loggers included) to ``stream`` (default
+    stderr) at ``level``.
 
     Level filtering happens in the bound logger before any formatting, so debug calls on the hot
     path cost a method call and nothing more.
@@ -94,6 +95,9 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     else:
         formatter = _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
+    # On the handler as well as the root: a library that sets its own loggers' levels (distributed sets
+    # its to info from dask's config, whatever ours is) would otherwise reach it through propagation.
+    handler.setLevel(numeric)
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
 

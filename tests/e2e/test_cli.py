@@ -1455,6 +1455,20 @@ def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path:
     assert isinstance(pid, int) and pid != proc.pid  # ran in a Dask worker process, not the CLI
 
 
+@pytest.mark.parametrize("level", ["error", "warning"])
+def test_dasks_loggers_follow_the_log_level_asked_for(tmp_path: Path, level: str) -> None:
+    # Before, distributed's scheduler, nanny and comms logged ~34 INFO lines whatever --log-level said.
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env |= {"CODOMYRMEX_DATA_DIR": str(tmp_path), "CODOMYRMEX_DASK_N_WORKERS": "1"}
+    args = [sys.executable, "-m", "codomyrmex_orchestration", "run", "fan_out_join", "--json"]
+    args += ["--executor", "dask", "--log-level", level]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["status"] == "completed"
+    assert " INFO " not in done.stderr and "distributed.scheduler" not in done.stderr, done.stderr[-2000:]
+
+
 def test_run_enforces_the_python_call_module_allow_list_from_the_environment(cli: Cli) -> None:
     def workflow(function: str) -> dict[str, Any]:
         parameters = {"function": function, "args": [] if function == "os:getcwd" else [[1, 2]]}
