@@ -8,6 +8,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,30 @@ def test_the_dockerfile_serves_http_as_a_non_root_user_with_state_in_a_volume() 
     assert "EXPOSE 8765" in text and 'VOLUME ["/data"]' in text
     assert "CODOMYRMEX_DATA_DIR=/data " in text
     assert '"--transport", "streamable-http", "--host", "0.0.0.0"' in text
+
+
+def test_the_wheel_and_the_sdist_ship_the_licence_and_the_py_typed_marker(tmp_path: Path) -> None:
+    # METADATA said MIT with no licence text anywhere, and downstream mypy found no py.typed marker.
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        pytest.skip("uv is not installed (pip install -e '.[dev]')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
+    done = subprocess.run(
+        [uv, "build", "--quiet", "--python", sys.executable, "--out-dir", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        headers = archive.read(metadata).decode()
+        licence = archive.read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))).decode()
+    assert "codomyrmex_orchestration/py.typed" in names
+    assert "License-Expression: MIT" in headers and "License-File: LICENSE" in headers
+    assert licence == (ROOT / "LICENSE").read_text() and licence.startswith("MIT License")
+    with tarfile.open(sdist) as archive:
+        top = archive.getnames()[0].split("/")[0]
+        shipped = {name.removeprefix(top + "/") for name in archive.getnames()}
+    assert {"LICENSE", "src/codomyrmex_orchestration/py.typed"} <= shipped
