@@ -636,15 +636,19 @@ def _as(prefix: list[str], cli: Cli, *args: str) -> subprocess.CompletedProcess[
 
 
 def test_a_state_directory_that_cannot_be_read_is_one_clear_error_for_every_command(cli: Cli) -> None:
+    # Exit 2, bad configuration, as serve exits for the same cause (before: 1, as for a failed run).
     ok = cli.json("run", cli.write("demo.json", DEMO))
     prefix = _without_root_powers(cli, readable=False)
     try:
-        for args in (["runs"], ["show", ok["run_id"]], ["health"], ["run", "demo.json"]):
+        for args in (["runs"], ["show", ok["run_id"]], ["health"], ["status"], ["run", "demo.json"]):
             result = _as(prefix, cli, *args)
-            assert result.returncode == 1, (args, result.stderr)
+            assert result.returncode == 2, (args, result.stderr)
             line = single_error_line(result.stderr)
             assert "internal error" not in line, args
             assert f"cannot read the state directory {cli.state_dir}: Permission denied" in line, args
+        served = _as(prefix, cli, "serve")
+        assert served.returncode == 2, served.stderr
+        assert f"state store {cli.state_dir}: cannot create" in single_error_line(served.stderr)
     finally:
         cli.state_dir.chmod(0o700)
 
@@ -667,13 +671,13 @@ def test_runs_says_what_is_wrong_when_the_state_paths_are_of_the_wrong_kind(cli:
     cli.state_dir.mkdir()
     (cli.state_dir / "state.db").mkdir()  # the database file is a directory
     result = cli("runs")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "state.db: exists but is not a regular file" in single_error_line(result.stderr)
     (cli.state_dir / "state.db").rmdir()
     cli.state_dir.rmdir()
     cli.state_dir.write_text("")  # the state directory is a file
     result = cli("runs")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{cli.state_dir} exists but is not a directory" in single_error_line(result.stderr)
 
 
