@@ -145,7 +145,7 @@ async def test_make_run_serves_a_healthy_server_whose_samples_run_with_code_exec
             )
     assert f"serving MCP (streamable-http) at {url}" in banner
     assert "auth:            off" in banner and "code execution:  off" in banner
-    assert f"npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list" in banner
+    assert f"npx @modelcontextprotocol/inspector@2 --cli {url} --transport http --method tools/list" in banner
     assert health.structured_content["overall_status"] == "healthy", health.structured_content["issues"]
     # Uptime counts from the process start, not from the engine the first tool call created.
     assert health.structured_content["uptime_seconds"] >= seconds_to_banner * 0.9
@@ -188,7 +188,10 @@ def test_the_banner_inspector_command_works_as_printed_with_a_token_and_runs_bot
         assert "auth:            on" in banner
         (command,) = re.findall(r"list the tools:\s+(.*)", banner)
         assert '--header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"' in command
-        command = command.replace("npx @modelcontextprotocol/inspector ", f"npx -y {INSPECTOR} ", 1)
+        # Pinned to the major the tests run (an unpinned npx on Node.js < 22.19 got 0.15: no --header).
+        assert command.startswith("npx @modelcontextprotocol/inspector@2 --cli "), command
+        assert INSPECTOR.startswith("@modelcontextprotocol/inspector@2.")
+        command = command.replace("npx @modelcontextprotocol/inspector@2 ", f"npx -y {INSPECTOR} ", 1)
         listed = _shell(command, tmp_path)
         # Both samples run to completed through the Inspector over HTTP (code execution is off).
         runs = [
