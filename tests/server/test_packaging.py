@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,20 @@ def test_the_wheel_and_the_sdist_ship_the_licence_and_the_py_typed_marker(tmp_pa
         top = archive.getnames()[0].split("/")[0]
         shipped = {name.removeprefix(top + "/") for name in archive.getnames()}
     assert {"LICENSE", "src/codomyrmex_orchestration/py.typed"} <= shipped
+
+
+def test_the_package_says_it_runs_on_linux_and_macos_only_as_its_code_requires() -> None:
+    # The README gave a %LOCALAPPDATA% path and pyproject kept uvloop off win32, yet fcntl and resource
+    # (POSIX only) are imported at module top: Windows could never start it.
+    posix_only = [
+        path.name
+        for path in (ROOT / "src").rglob("*.py")
+        if re.search(r"^import (fcntl|resource)$", path.read_text(), re.MULTILINE)
+    ]
+    assert posix_only
+    readme = (ROOT / "README.md").read_text()
+    assert "It runs on Linux and macOS (POSIX only" in readme and "%LOCALAPPDATA%" not in readme
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"Operating System :: POSIX :: Linux", "Operating System :: MacOS"} <= set(project["classifiers"])
+    assert not [c for c in project["classifiers"] if "Windows" in c]
+    assert not [d for d in project["dependencies"] if "win32" in d]

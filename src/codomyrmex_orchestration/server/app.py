@@ -799,7 +799,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _loop_options() -> dict[str, Any]:
-    """uvloop when it is installed (a dependency, except on Windows): less event-loop time per message."""
+    """uvloop when it is installed (a dependency): less event-loop time per message."""
     return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
