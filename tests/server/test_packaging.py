@@ -117,6 +117,25 @@ def test_the_dockerfile_serves_http_as_a_non_root_user_with_state_in_a_volume() 
     assert '"--transport", "streamable-http", "--host", "0.0.0.0"' in text
 
 
+def test_the_docker_build_context_is_what_the_dockerfile_copies_and_the_build_needs() -> None:
+    # Without a .dockerignore the context held .venv, .tools (236 MB) and .git.
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            *sources, _destination = line.split()[1:]
+            copied |= {source.rstrip("/") for source in sources}
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"  # everything out, then only what is copied back in
+    assert {p.removeprefix("!").rstrip("/") for p in ignore if p.startswith("!")} == copied
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {project["readme"], *project["license-files"], "pyproject.toml", "src"} <= copied
+    assert all((ROOT / path).exists() for path in copied)
+
+
 def test_the_wheel_and_the_sdist_ship_the_licence_and_the_py_typed_marker(tmp_path: Path) -> None:
     # METADATA said MIT with no licence text anywhere, and downstream mypy found no py.typed marker.
     uv = shutil.which("uv", path=str(Path(sys.executable).parent))
