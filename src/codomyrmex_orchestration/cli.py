@@ -43,6 +43,7 @@ from codomyrmex_orchestration.errors import (
     NotFoundError,
     OrchestrationError,
     RunNotFoundError,
+    StateStoreError,
 )
 from codomyrmex_orchestration.logs import configure_logging, import_structlog_plain
 
@@ -1282,7 +1283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _COMMANDS[args.command](args, settings)
-    except (InvalidInputError, NotFoundError) as exc:
+    except (InvalidInputError, NotFoundError, StateStoreError) as exc:
+        # A state directory that cannot be created, read or written is bad configuration, as for serve.
         if args.debug:
             raise
         _error(str(exc))

@@ -54,6 +54,7 @@ __all__ = [
     "ENV_PREFIX",
     "Settings",
     "default_data_dir",
+    "per_user_dir",
 ]
 
 ENV_PREFIX = "CODOMYRMEX_"
@@ -111,8 +112,32 @@ _TRUE = {"1", "true", "yes", "on"}
 def default_data_dir() -> Path:
     """The per-user data directory (``~/.local/share/codomyrmex-orchestration`` on Linux, the platform's
     equivalent elsewhere): a desktop client may start the server in any folder, often ``/``.
+
+    Raises:
+        InvalidInputError: it has no home to go in (named as ``CODOMYRMEX_DATA_DIR``, which places it).
     """
-    return platformdirs.user_data_path(APP_NAME, appauthor=False)
+    path = per_user_dir("data")
+    if path is None:
+        raise InvalidInputError(
+            ENV_PREFIX + "DATA_DIR",
+            f"not set, and the per-user data directory cannot be placed: HOME is unset or relative and user "
+            f"{os.getuid()} has no home directory; set {ENV_PREFIX}DATA_DIR (or HOME) to an absolute path",
+        )
+    return path
+
+
+def per_user_dir(kind: Literal["data", "cache"]) -> Path | None:
+    """The package's per-user data or cache directory (platformdirs), or None when there is no absolute
+    home to put it in. A relative ``XDG_DATA_HOME``/``XDG_CACHE_HOME`` is ignored, as the XDG spec says:
+    platformdirs 4.10 and before honour it, putting state under the working folder."""
+    find = platformdirs.user_data_path if kind == "data" else platformdirs.user_cache_path
+    try:
+        path = find(APP_NAME, appauthor=False)
+        if not path.is_absolute():  # only a relative XDG variable gets here (older platformdirs)
+            path = Path(os.path.expanduser("~/.local/share" if kind == "data" else "~/.cache")) / APP_NAME
+    except RuntimeError:  # newer platformdirs: no absolute home
+        return None
+    return path if path.is_absolute() else None  # older platformdirs leave the ~ when there is no home
 
 
 _FALSE = {"0", "false", "no", "off"}
@@ -327,6 +352,8 @@ class Settings(BaseModel):
             else:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" not in values:  # here, not in the field's factory, so its error is not re-worded
+            values["data_dir"] = default_data_dir()
         try:
             return cls(**values)
         except ValidationError as exc:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from codomyrmex_orchestration._redact import redact, redact_text
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["announce", "configure_logging", "get_logger"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -46,7 +46,8 @@ _STDERR: Any = _Stderr()
 
 
 def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO | None = None) -> None:
-    """Send structlog (and stdlib logging) to ``stream`` (default stderr) at ``level``.
+    """Send structlog (and stdlib logging, every library's loggers included) to ``stream`` (default
+    stderr) at ``level``.
 
     Level filtering happens in the bound logger before any formatting, so debug calls on the hot
     path cost a method call and nothing more.
@@ -76,9 +77,44 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter: logging.Formatter
+    if fmt == "json":  # every line one JSON object, as a log collector parses it: the same chain as ours
+        formatter = structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact_event,
+                renderer,
+            ],
+        )
+    else:
+        formatter = _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    # On the handler as well as the root: a library that sets its own loggers' levels (distributed sets
+    # its to info from dask's config, whatever ours is) would otherwise reach it through propagation.
+    handler.setLevel(numeric)
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.INFO) if numeric > logging.DEBUG else numeric)
+
+
+def announce(event: str, text: str, fmt: str = "console") -> None:
+    """Show ``text`` to the person starting the server on stderr, whatever the log level: as it is on a
+    console; with ``fmt`` json as one JSON object (``event``, ``level`` info, ``timestamp``, ``text``), so
+    that every line a log collector reads parses, the banner's too."""
+    if fmt == "json":
+        import json
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line = {"event": event, "level": "info", "timestamp": stamp, "text": text}
+        text = json.dumps(line, ensure_ascii=False)
+    _STDERR.write(text + "\n")
+    _STDERR.flush()
 
 
 def _redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:

@@ -636,15 +636,19 @@ def _as(prefix: list[str], cli: Cli, *args: str) -> subprocess.CompletedProcess[
 
 
 def test_a_state_directory_that_cannot_be_read_is_one_clear_error_for_every_command(cli: Cli) -> None:
+    # Exit 2, bad configuration, as serve exits for the same cause (before: 1, as for a failed run).
     ok = cli.json("run", cli.write("demo.json", DEMO))
     prefix = _without_root_powers(cli, readable=False)
     try:
-        for args in (["runs"], ["show", ok["run_id"]], ["health"], ["run", "demo.json"]):
+        for args in (["runs"], ["show", ok["run_id"]], ["health"], ["status"], ["run", "demo.json"]):
             result = _as(prefix, cli, *args)
-            assert result.returncode == 1, (args, result.stderr)
+            assert result.returncode == 2, (args, result.stderr)
             line = single_error_line(result.stderr)
             assert "internal error" not in line, args
             assert f"cannot read the state directory {cli.state_dir}: Permission denied" in line, args
+        served = _as(prefix, cli, "serve")
+        assert served.returncode == 2, served.stderr
+        assert f"state store {cli.state_dir}: cannot create" in single_error_line(served.stderr)
     finally:
         cli.state_dir.chmod(0o700)
 
@@ -667,13 +671,13 @@ def test_runs_says_what_is_wrong_when_the_state_paths_are_of_the_wrong_kind(cli:
     cli.state_dir.mkdir()
     (cli.state_dir / "state.db").mkdir()  # the database file is a directory
     result = cli("runs")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "state.db: exists but is not a regular file" in single_error_line(result.stderr)
     (cli.state_dir / "state.db").rmdir()
     cli.state_dir.rmdir()
     cli.state_dir.write_text("")  # the state directory is a file
     result = cli("runs")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{cli.state_dir} exists but is not a directory" in single_error_line(result.stderr)
 
 
@@ -1453,6 +1457,20 @@ def test_run_with_executor_dask_runs_the_steps_on_a_local_dask_cluster(tmp_path:
     assert record["status"] == "completed"
     pid = record["steps"]["pid"]["output"]
     assert isinstance(pid, int) and pid != proc.pid  # ran in a Dask worker process, not the CLI
+
+
+@pytest.mark.parametrize("level", ["error", "warning"])
+def test_dasks_loggers_follow_the_log_level_asked_for(tmp_path: Path, level: str) -> None:
+    # Before, distributed's scheduler, nanny and comms logged ~34 INFO lines whatever --log-level said.
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    env |= {"CODOMYRMEX_DATA_DIR": str(tmp_path), "CODOMYRMEX_DASK_N_WORKERS": "1"}
+    args = [sys.executable, "-m", "codomyrmex_orchestration", "run", "fan_out_join", "--json"]
+    args += ["--executor", "dask", "--log-level", level]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["status"] == "completed"
+    assert " INFO " not in done.stderr and "distributed.scheduler" not in done.stderr, done.stderr[-2000:]
 
 
 def test_run_enforces_the_python_call_module_allow_list_from_the_environment(cli: Cli) -> None:

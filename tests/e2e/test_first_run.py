@@ -145,7 +145,7 @@ async def test_make_run_serves_a_healthy_server_whose_samples_run_with_code_exec
             )
     assert f"serving MCP (streamable-http) at {url}" in banner
     assert "auth:            off" in banner and "code execution:  off" in banner
-    assert f"npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list" in banner
+    assert f"npx @modelcontextprotocol/inspector@2 --cli {url} --transport http --method tools/list" in banner
     assert health.structured_content["overall_status"] == "healthy", health.structured_content["issues"]
     # Uptime counts from the process start, not from the engine the first tool call created.
     assert health.structured_content["uptime_seconds"] >= seconds_to_banner * 0.9
@@ -188,7 +188,10 @@ def test_the_banner_inspector_command_works_as_printed_with_a_token_and_runs_bot
         assert "auth:            on" in banner
         (command,) = re.findall(r"list the tools:\s+(.*)", banner)
         assert '--header "Authorization: Bearer $CODOMYRMEX_AUTH_TOKEN"' in command
-        command = command.replace("npx @modelcontextprotocol/inspector ", f"npx -y {INSPECTOR} ", 1)
+        # Pinned to the major the tests run (an unpinned npx on Node.js < 22.19 got 0.15: no --header).
+        assert command.startswith("npx @modelcontextprotocol/inspector@2 --cli "), command
+        assert INSPECTOR.startswith("@modelcontextprotocol/inspector@2.")
+        command = command.replace("npx @modelcontextprotocol/inspector@2 ", f"npx -y {INSPECTOR} ", 1)
         listed = _shell(command, tmp_path)
         # Both samples run to completed through the Inspector over HTTP (code execution is off).
         runs = [
@@ -300,3 +303,128 @@ def test_an_allowed_host_is_named_in_the_banner_and_accepted(tmp_path: Path) -> 
         other = httpx.get(health.replace("/healthz", "/ui/login"), headers={"Host": "evil.example"})
     assert "orchestration.internal" in banner, banner
     assert named.status_code == 200 and other.status_code == 421
+
+
+@pytest.fixture(scope="module")
+def oldest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The console script of this checkout installed with the oldest version of each dependency that
+    pyproject allows (uv's ``--resolution lowest-direct``), as a user with old packages gets it."""
+    uv = shutil.which("uv", path=str(SCRIPT.parent))
+    if uv is None:
+        pytest.skip("uv is not installed (pip install -e '.[dev]')")
+    venv = tmp_path_factory.mktemp("oldest") / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
+    for argv in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+         "--resolution", "lowest-direct", str(Path(__file__).resolve().parents[2])],
+    ):  # fmt: skip
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return venv / "bin" / "codomyrmex-orchestration"
+
+
+async def test_with_the_oldest_dependencies_allowed_a_workflow_call_reports_its_progress(
+    oldest: Path, tmp_path: Path
+) -> None:
+    # anyio before 4.11 has no EventLoopToken.native_token: the call failed and no progress arrived.
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    params = StdioServerParameters(
+        command=str(oldest), args=["serve"], cwd=tmp_path, env=_env(tmp_path / "xdg")
+    )
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            run = await client.call_tool(
+                "execute_workflow", {"workflow_name": "fan_out_join"}, progress_callback=on_progress
+            )
+    assert not run.is_error, run.content
+    assert run.structured_content is not None and run.structured_content["status"] == "completed"
+    assert progress, "no progress notification arrived"
+
+
+def _homeless(tmp_path: Path, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """The console script as a uid with no password entry and no HOME (a container's ``--user 54321``),
+    in a user namespace of its own (``unshare``), so the test needs no second account."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--user", "--map-user=54321", "true"]).returncode:
+        pytest.skip("unshare cannot make a user namespace here")
+    environ = {k: v for k, v in _env(tmp_path / "xdg", **env).items() if not k.startswith(("HOME", "XDG_"))}
+    return subprocess.run(
+        [unshare, "--user", "--map-user=54321", "--map-group=54321", str(SCRIPT), *args],
+        input=stdin, capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=60,
+    )  # fmt: skip
+
+
+def test_without_a_home_serve_starts_with_a_data_dir_and_the_cli_says_what_to_set(tmp_path: Path) -> None:
+    # Before: the tool-definition cache's folder raised at start (exit 1, no reply) even with
+    # CODOMYRMEX_DATA_DIR set, and without it every command printed a traceback.
+    data = tmp_path / "data"
+    listed = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    served = _homeless(
+        tmp_path, "serve", stdin=json.dumps(INITIALIZE) + "\n" + listed + "\n", CODOMYRMEX_DATA_DIR=str(data)
+    )
+    assert served.returncode == 0, served.stderr
+    replies = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [r["id"] for r in replies] == [1, 2] and len(replies[1]["result"]["tools"]) == 24, served.stdout
+    paths = json.loads(_homeless(tmp_path, "paths", "--json", CODOMYRMEX_DATA_DIR=str(data)).stdout)
+    assert paths["data_dir"] == str(data) and paths["cache_dir"] is None
+    for command in (["paths"], ["status"], ["run", "fan_out_join"]):
+        refused = _homeless(tmp_path, *command)
+        assert refused.returncode == 2, (command, refused.stderr)
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("error: CODOMYRMEX_DATA_DIR: ") and "absolute path" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_with_the_oldest_dependencies_allowed_a_relative_xdg_data_home_is_ignored(
+    oldest: Path, tmp_path: Path
+) -> None:
+    # platformdirs 4.10 and before honour a relative XDG_DATA_HOME: state landed in the working folder.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = _env(tmp_path / "unused", XDG_DATA_HOME="relative", HOME=str(tmp_path / "home"))
+    run = subprocess.run(
+        [str(oldest), "run", "fan_out_join", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "home" / ".local" / "share" / "codomyrmex-orchestration" / ".workflows").is_dir()
+
+
+def test_with_json_logs_every_line_serve_writes_to_stderr_is_one_json_object(tmp_path: Path) -> None:
+    # The Dockerfile's setting. Before: uvicorn's and mcp's lines, and the banner, were plain text.
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", "--transport", "streamable-http", "--port", str(port), "--log-level", "info"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=_env(tmp_path / "xdg", CODOMYRMEX_LOG_FORMAT="json"),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # up to the run view's link, the banner's last line
+            lines.append(line)
+            if "run view:" in line:
+                break
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        lines += proc.stderr.readlines()
+    finally:
+        reap(proc)
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and {"event", "level", "timestamp"} <= r.keys() for r in records), lines
+    events = {r["event"] for r in records}
+    assert {"server.banner", "server.run_view", "server.stop"} <= events, events
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records), records
+    (banner,) = (r["text"] for r in records if r["event"] == "server.banner")
+    assert f"http://127.0.0.1:{port}/mcp" in banner

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, PaginatedRequestParams
 
 from codomyrmex_orchestration.server._models import CreateWorkflowArgs
 from codomyrmex_orchestration.server.app import build_server
@@ -76,6 +77,29 @@ async def test_an_internal_error_has_a_reference_and_the_server_keeps_serving(
     assert all(refs)
     assert refs[0] and refs[1] and refs[0].group(1) != refs[1].group(1)
     assert len(tools.tools) == 24
+
+
+async def test_a_handler_failing_unexpectedly_is_an_internal_error_with_a_reference_not_its_text(
+    tools_without_engine: OrchestrationMCPTools, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The SDK answered any exception outside a tool (as anyio < 4.11 raised for every call with a progress
+    # token) with code 0 and the exception's own text.
+    server = build_server(tools_without_engine)
+
+    async def broken(ctx: Any, params: Any) -> Any:
+        raise AttributeError("'Loop' at /secret/path has no attribute 'native_token'")
+
+    server.add_request_handler("prompts/list", PaginatedRequestParams, broken)
+    async with Client(server) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.list_prompts()
+        tools = await client.list_tools()  # the server keeps serving
+    error = caught.value.error
+    ref = re.fullmatch(r"internal error \(ref ([0-9a-f]{12})\); the server logged the details", error.message)
+    assert error.code == INTERNAL_ERROR and ref is not None, error
+    assert "/secret/path" not in str(error) and len(tools.tools) == 24
+    logged = capsys.readouterr().err
+    assert ref.group(1) in logged and "/secret/path has no attribute" in logged
 
 
 async def test_the_prompt_teaches_the_step_format_with_a_valid_example(

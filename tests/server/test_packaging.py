@@ -8,6 +8,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +115,66 @@ def test_the_dockerfile_serves_http_as_a_non_root_user_with_state_in_a_volume() 
     assert "EXPOSE 8765" in text and 'VOLUME ["/data"]' in text
     assert "CODOMYRMEX_DATA_DIR=/data " in text
     assert '"--transport", "streamable-http", "--host", "0.0.0.0"' in text
+
+
+def test_the_docker_build_context_is_what_the_dockerfile_copies_and_the_build_needs() -> None:
+    # Without a .dockerignore the context held .venv, .tools (236 MB) and .git.
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            *sources, _destination = line.split()[1:]
+            copied |= {source.rstrip("/") for source in sources}
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"  # everything out, then only what is copied back in
+    assert {p.removeprefix("!").rstrip("/") for p in ignore if p.startswith("!")} == copied
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {project["readme"], *project["license-files"], "pyproject.toml", "src"} <= copied
+    assert all((ROOT / path).exists() for path in copied)
+
+
+def test_the_wheel_and_the_sdist_ship_the_licence_and_the_py_typed_marker(tmp_path: Path) -> None:
+    # METADATA said MIT with no licence text anywhere, and downstream mypy found no py.typed marker.
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    if uv is None:
+        pytest.skip("uv is not installed (pip install -e '.[dev]')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
+    done = subprocess.run(
+        [uv, "build", "--quiet", "--python", sys.executable, "--out-dir", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        headers = archive.read(metadata).decode()
+        licence = archive.read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))).decode()
+    assert "codomyrmex_orchestration/py.typed" in names
+    assert "License-Expression: MIT" in headers and "License-File: LICENSE" in headers
+    assert licence == (ROOT / "LICENSE").read_text() and licence.startswith("MIT License")
+    with tarfile.open(sdist) as archive:
+        top = archive.getnames()[0].split("/")[0]
+        shipped = {name.removeprefix(top + "/") for name in archive.getnames()}
+    assert {"LICENSE", "src/codomyrmex_orchestration/py.typed"} <= shipped
+
+
+def test_the_package_says_it_runs_on_linux_and_macos_only_as_its_code_requires() -> None:
+    # The README gave a %LOCALAPPDATA% path and pyproject kept uvloop off win32, yet fcntl and resource
+    # (POSIX only) are imported at module top: Windows could never start it.
+    posix_only = [
+        path.name
+        for path in (ROOT / "src").rglob("*.py")
+        if re.search(r"^import (fcntl|resource)$", path.read_text(), re.MULTILINE)
+    ]
+    assert posix_only
+    readme = (ROOT / "README.md").read_text()
+    assert "It runs on Linux and macOS (POSIX only" in readme and "%LOCALAPPDATA%" not in readme
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"Operating System :: POSIX :: Linux", "Operating System :: MacOS"} <= set(project["classifiers"])
+    assert not [c for c in project["classifiers"] if "Windows" in c]
+    assert not [d for d in project["dependencies"] if "win32" in d]

@@ -104,3 +104,24 @@ def test_each_installation_has_its_own_cache_file(tmp_path: Path) -> None:
     assert cache_file(tmp_path / "one") != cache_file(tmp_path / "two")
     assert cache_file() == cache_file(_tool_cache.PACKAGE_DIR)
     assert str(tmp_path) not in str(cache_file(tmp_path / "one"))  # named by a hash, not the path
+
+
+def test_writing_the_cache_removes_the_files_of_installations_that_are_gone(
+    tools_without_engine: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    # Before, a file per install path piled up for ever (seven after one session of venvs and uvx).
+    folder = tmp_path / "cache"
+    other_install, gone_install = _sources(tmp_path), tmp_path / "uninstalled"
+    tool_definitions(tools_without_engine, package_dir=other_install, path=folder / "tool-definitions-a.json")
+    gone = folder / "tool-definitions-b.json"
+    gone.write_text(json.dumps({"key": "k", "package_dir": str(gone_install), "definitions": []}))
+    unnamed = folder / "tool-definitions-c.json"  # written before the files named their installation
+    unnamed.write_text(json.dumps({"key": "k", "definitions": []}))
+    unrelated = folder / "notes.json"
+    unrelated.write_text("{}")
+    tool_definitions(tools_without_engine, path=folder / "tool-definitions-d.json")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "notes.json",
+        "tool-definitions-a.json",  # its installation is still there
+        "tool-definitions-d.json",
+    ]

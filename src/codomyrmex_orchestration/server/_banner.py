@@ -11,6 +11,9 @@ from codomyrmex_orchestration.server._hardening import is_loopback
 
 __all__ = ["http_banner", "reachable_host"]
 
+#: The Inspector the printed command runs: major 2 has --header (and needs Node.js 22.19 or newer).
+INSPECTOR = "@modelcontextprotocol/inspector@2"
+
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
 
 
@@ -71,8 +74,8 @@ def http_banner(settings: Settings, *, port: int, auth: bool, code_execution: bo
             else "off: shell.run, python.call and mcp.call are refused (allow with --allow-shell)"
         ),
         f"  state:           {settings.state_dir}  (all paths: codomyrmex-orchestration paths)",
-        f"  list the tools:  npx @modelcontextprotocol/inspector --cli {url} --transport {transport}"
-        f" --method tools/list{header}",
+        # Pinned: on a Node.js older than 22.19 an unpinned npx picks Inspector 0.15, which has no --header.
+        f"  list the tools:  npx {INSPECTOR} --cli {url} --transport {transport} --method tools/list{header}",
         f"  Claude Code:     claude mcp add --transport {transport} orchestration {url}{header}",
         f"  health:          curl {base}/healthz",
     ]

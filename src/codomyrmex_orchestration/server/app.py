@@ -44,8 +44,8 @@ from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
-from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _params, _subscriptions, _ui
+from codomyrmex_orchestration.logs import announce, get_logger
+from codomyrmex_orchestration.server import _internal, _params, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
@@ -522,6 +522,7 @@ def build_server(
         get_tool_input_schema=_header_schemas(input_schemas).get,
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
+    _internal.install(server)  # first, outermost: an unexpected failure answered -32603 with a reference
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
     _params.install(server)  # last, innermost: malformed params answered with the field and its values
@@ -828,7 +829,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _loop_options() -> dict[str, Any]:
-    """uvloop when it is installed (a dependency, except on Windows): less event-loop time per message."""
+    """uvloop when it is installed (a dependency): less event-loop time per message."""
     return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
@@ -899,9 +900,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
             def on_bound(port: int) -> None:  # the banner, only once the port is ours
                 code = policy.allow_code_execution
                 banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
-                sys.stderr.write(banner + "\n")
-                sys.stderr.flush()
-                _print_ui_link(_base_url(settings.host, port), ui_access)
+                announce("server.banner", banner, settings.log_format)
+                _print_ui_link(_base_url(settings.host, port), ui_access, settings.log_format)
                 recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
 
             def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
@@ -968,8 +968,7 @@ def _server_status(settings: Settings, policy: ServerPolicy) -> ServerStatus:
         log.warning("server.code_execution_exposed", warning=warning)
         # Also as a banner, whatever the log level: the person starting the server must see it.
         rule = "!" * 78
-        sys.stderr.write(f"{rule}\n! WARNING: {warning}\n{rule}\n")
-        sys.stderr.flush()
+        announce("server.warning", f"{rule}\n! WARNING: {warning}\n{rule}", settings.log_format)
     return status
 
 
@@ -978,14 +977,13 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{reachable_host(host)}:{port}"
 
 
-def _print_ui_link(base: str, access: _ui.UiAccess) -> None:
+def _print_ui_link(base: str, access: _ui.UiAccess, log_format: str) -> None:
     """Tell the person starting the server where the run view is (stderr: never the protocol)."""
     link = f"{base}/ui/"
     if access.required:
         code = access.one_time_code()
         link = f"{base}/ui/login?code={code}  (a one-time sign-in link)"
-    sys.stderr.write(f"run view: {link}\n")
-    sys.stderr.flush()
+    announce("server.run_view", f"run view: {link}", log_format)
 
 
 def _url(settings: Settings) -> str:
