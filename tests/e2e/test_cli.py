@@ -1484,3 +1484,22 @@ def test_run_enforces_the_python_call_module_allow_list_from_the_environment(cli
     assert refused.returncode == 1
     step = json.loads(refused.stdout)["steps"]["call"]
     assert step["status"] == "failed" and "CODOMYRMEX_PYTHON_CALL_ALLOW" in step["error"]["message"]
+
+
+def test_run_of_a_step_listing_a_file_name_that_is_not_utf8_fails_the_step_and_ends(cli: Cli) -> None:
+    """``os.listdir`` decodes such a name to lone surrogates, which the store refused: the recording
+    callback failed, the run never ended and the CLI waited for ever. Now the step fails saying why."""
+    folder = cli.root / "names"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.txt")).touch()
+    parameters = {"function": "os:listdir", "args": [str(folder)]}
+    step = {"name": "ls", "module": "python", "action": "call", "parameters": parameters}
+    done = cli("run", cli.write("ls.json", {"name": "ls", "steps": [step]}), "--json", timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "callback_failed" not in done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "failed"
+    error = record["steps"]["ls"]["error"]["message"]
+    assert "its output[0] holds text that is not valid UTF-8 ('caf\\udce9.txt'" in error
+    shown = cli("show", record["run_id"], "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["steps"]["ls"]["status"] == "failed"
