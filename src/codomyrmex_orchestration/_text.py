@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["lone_surrogate_at", "readable"]
+__all__ = ["holds_lone_surrogate", "lone_surrogate_at", "readable", "readable_value"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Characters of the offending text an error quotes.
 _QUOTED = 60
 
 
-def _holds_surrogate(text: str) -> bool:
+def holds_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate."""
     # isascii() reads a flag of the string: most text is decided without a scan.
     return not text.isascii() and _SURROGATE.search(text) is not None
 
@@ -28,12 +29,24 @@ def readable(text: str) -> str:
     """``text`` as UTF-8 can carry it: bytes that were decoded with ``surrogateescape`` are decoded again
     as UTF-8 (under a C locale, ``ü`` given as UTF-8 bytes reads as ``ü`` again), and those that are not
     UTF-8, or any other lone surrogate, become U+FFFD. ``text`` itself when it has none."""
-    if not _holds_surrogate(text):
+    if not holds_lone_surrogate(text):
         return text
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate surrogateescape never makes
         return _SURROGATE.sub("\ufffd", text)
+
+
+def readable_value(value: Any) -> Any:
+    """A JSON-like ``value`` with every string (keys too) made :func:`readable`; other values as they are."""
+    kind = type(value)
+    if kind is str:
+        return readable(value)
+    if kind is dict:
+        return {readable(k) if type(k) is str else k: readable_value(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [readable_value(v) for v in value]
+    return value
 
 
 def lone_surrogate_at(value: Any) -> tuple[str, str] | None:
@@ -42,7 +55,7 @@ def lone_surrogate_at(value: Any) -> tuple[str, str] | None:
     ``value`` itself; the text ``repr``-quoted and cut), or ``None`` when there is none."""
     kind = type(value)
     if kind is str:
-        return ("", _quote(value)) if _holds_surrogate(value) else None
+        return ("", _quote(value)) if holds_lone_surrogate(value) else None
     if (kind is not dict and kind is not list and kind is not tuple) or not _any_surrogate(value):
         return None
     return _locate(value)
@@ -74,11 +87,11 @@ def _locate(value: Any) -> tuple[str, str] | None:
         path, item = stack.pop()
         kind = type(item)
         if kind is str:
-            if _holds_surrogate(item):
+            if holds_lone_surrogate(item):
                 return path, _quote(item)
         elif kind is dict:
             for key in item:
-                if type(key) is str and _holds_surrogate(key):
+                if type(key) is str and holds_lone_surrogate(key):
                     return f"{path} (a key)", _quote(key)
             stack.extend((f"{path}.{key}", inner) for key, inner in reversed(item.items()))
         elif kind is list or kind is tuple:
