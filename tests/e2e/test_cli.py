@@ -1503,3 +1503,27 @@ def test_run_of_a_step_listing_a_file_name_that_is_not_utf8_fails_the_step_and_e
     assert "its output[0] holds text that is not valid UTF-8 ('caf\\udce9.txt'" in error
     shown = cli("show", record["run_id"], "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["steps"]["ls"]["status"] == "failed"
+
+
+def test_a_param_that_is_not_utf8_is_a_usage_error_and_utf8_under_a_c_locale_is_read_right(cli: Cli) -> None:
+    """``--param`` bytes that are not UTF-8 were an internal error (the parameters' JSON encoder refused
+    the lone surrogates Python decodes them to), exit 1; so was ``Zoë`` under a C locale without UTF-8 mode,
+    whose bytes are UTF-8."""
+    greet = cli.write("greet.json", {**DEMO, "name": "greet", "parameters": {"n": "x"}})
+    refused = cli("run", greet, "--param", os.fsdecode(b"n=\xff\xfe"))
+    assert refused.returncode == 2
+    line = single_error_line(refused.stderr)
+    assert line.startswith("error: --param n: the value b'\\xff\\xfe' is not valid UTF-8"), line
+    c_locale = {**cli.env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run(
+        [*COMMAND, "run", str(greet), "--param", "n=Zoë", "--json"],
+        cwd=cli.root,
+        env=c_locale,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["parameters"] == {"n": "Zoë"} and record["steps"]["double"]["output"] == "Zoë"
