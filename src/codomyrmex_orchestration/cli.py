@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
+from codomyrmex_orchestration._text import holds_lone_surrogate
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
@@ -340,14 +341,33 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; a value that parses as JSON is that JSON (``n=3`` is 3), else a string."""
     params: dict[str, Any] = {}
     for pair in pairs:
+        pair = _decoded(pair)
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise InvalidInputError("--param", f"{pair!r}: expected KEY=VALUE")
+        if holds_lone_surrogate(pair):  # bytes that are not UTF-8: the JSON parameters go to cannot hold them
+            named = not holds_lone_surrogate(key)
+            raise InvalidInputError(
+                f"--param {key}" if named else "--param",
+                f"the {'value' if named else 'argument'} {os.fsencode(raw if named else pair)!r} is not "
+                "valid UTF-8; a parameter is text, a number or JSON",
+            )
         try:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
     return params
+
+
+def _decoded(argument: str) -> str:
+    """A command-line argument as UTF-8 text where its bytes are UTF-8: under a C locale Python decodes
+    the bytes of ``Zoë`` to lone surrogates, which no JSON can hold. Otherwise it is returned as is."""
+    if not holds_lone_surrogate(argument):
+        return argument
+    try:
+        return os.fsencode(argument).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return argument
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -134,6 +134,77 @@ def test_an_action_raising_a_base_exception_fails_its_step_by_type_and_the_worke
     assert threading.active_count() <= threads_before + engine.task_orchestrator.max_workers
 
 
+# --------------------------------------------------------------------------- results that cannot be stored
+
+
+class _Unstorable:
+    """A plugin's output the store cannot encode: its repr (the store's fallback for non-JSON) raises."""
+
+    def __str__(self) -> str:
+        return "unstorable"
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _raise_with_a_file_name(folder: str) -> None:
+    raise ValueError(f"cannot use {os.listdir(folder)[0]}")
+
+
+@pytest.mark.parametrize("source", ["a file name in the output", "a file name in the error", "a plugin"])
+def test_a_step_whose_result_cannot_be_stored_fails_saying_why_and_the_run_ends(
+    tmp_path: Path, source: str
+) -> None:
+    """A name that is not UTF-8 (``os.listdir`` decodes it to lone surrogates) in a step's output or error,
+    or an output the store cannot encode at all, used to make recording the step raise: the step never
+    settled and the run ran for ever. Now the step fails with an error saying why and the run ends."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.txt")).touch()
+    eng = _engine(tmp_path, allow_code_execution=True)
+    eng.registry.register(ActionDefinition("test", "unstorable", lambda p, c: _Unstorable()))
+    step = {
+        "a file name in the output": {
+            "module": "python", "action": "call",
+            "parameters": {"function": "os:listdir", "args": [str(folder)]},
+        },
+        "a file name in the error": {
+            "module": "python", "action": "call",
+            "parameters": {"function": f"{__name__}:_raise_with_a_file_name", "args": [str(folder)]},
+        },
+        "a plugin": {"module": "test", "action": "unstorable"},
+    }[source]  # fmt: skip
+    try:
+        eng.workflow_manager.create_workflow(
+            {
+                "name": "names",
+                "steps": [
+                    {"name": "bad", **step},
+                    {"name": "after", "module": "test", "action": "echo", "dependencies": ["bad"]},
+                    {"name": "beside", "module": "test", "action": "echo", "parameters": {"value": 2}},
+                ],
+            }
+        )
+        run = eng.execute_workflow("names", timeout=30)
+        assert run.status is WorkflowStatus.FAILED, run.status
+        bad = run.steps["bad"]
+        assert bad.status is TaskStatus.FAILED and bad.error is not None and bad.output is None
+        message = bad.error.message
+        if source == "a file name in the output":
+            assert "its output[0] holds text that is not valid UTF-8 ('caf\\udce9.txt'" in message
+        elif source == "a file name in the error":
+            assert "cannot use caf\ufffd.txt" in message  # the byte that is not UTF-8 shown replaced
+        else:
+            assert "its result could not be recorded" in message
+        assert run.steps["after"].status is TaskStatus.SKIPPED
+        assert run.steps["beside"].output == 2
+        stored = eng.workflow_manager.get_run(run.run_id)  # read back from the SQLite state
+        assert stored.steps["bad"].error == bad.error
+        assert eng.health_check().overall_status == "healthy"
+    finally:
+        eng.shutdown(timeout=10)
+
+
 # --------------------------------------------------------------------------- hangs
 
 

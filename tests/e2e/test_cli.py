@@ -1544,3 +1544,46 @@ def test_cancels_waiting_on_a_stopped_cli_run_hold_no_thread_so_other_calls_go_o
         reap(proc)
     results = [r["result"] for r in replies[1:]]
     assert {(r["isError"], r["structuredContent"]["run_id"]) for r in results} == {(False, run_id)}, results
+
+
+def test_run_of_a_step_listing_a_file_name_that_is_not_utf8_fails_the_step_and_ends(cli: Cli) -> None:
+    """``os.listdir`` decodes such a name to lone surrogates, which the store refused: the recording
+    callback failed, the run never ended and the CLI waited for ever. Now the step fails saying why."""
+    folder = cli.root / "names"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.txt")).touch()
+    parameters = {"function": "os:listdir", "args": [str(folder)]}
+    step = {"name": "ls", "module": "python", "action": "call", "parameters": parameters}
+    done = cli("run", cli.write("ls.json", {"name": "ls", "steps": [step]}), "--json", timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "callback_failed" not in done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "failed"
+    error = record["steps"]["ls"]["error"]["message"]
+    assert "its output[0] holds text that is not valid UTF-8 ('caf\\udce9.txt'" in error
+    shown = cli("show", record["run_id"], "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["steps"]["ls"]["status"] == "failed"
+
+
+def test_a_param_that_is_not_utf8_is_a_usage_error_and_utf8_under_a_c_locale_is_read_right(cli: Cli) -> None:
+    """``--param`` bytes that are not UTF-8 were an internal error (the parameters' JSON encoder refused
+    the lone surrogates Python decodes them to), exit 1; so was ``Zoë`` under a C locale without UTF-8 mode,
+    whose bytes are UTF-8."""
+    greet = cli.write("greet.json", {**DEMO, "name": "greet", "parameters": {"n": "x"}})
+    refused = cli("run", greet, "--param", os.fsdecode(b"n=\xff\xfe"))
+    assert refused.returncode == 2
+    line = single_error_line(refused.stderr)
+    assert line.startswith("error: --param n: the value b'\\xff\\xfe' is not valid UTF-8"), line
+    c_locale = {**cli.env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run(
+        [*COMMAND, "run", str(greet), "--param", "n=Zoë", "--json"],
+        cwd=cli.root,
+        env=c_locale,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["parameters"] == {"n": "Zoë"} and record["steps"]["double"]["output"] == "Zoë"

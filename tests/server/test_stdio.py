@@ -508,3 +508,95 @@ def test_a_byte_order_mark_before_a_message_is_ignored_and_other_encodings_are_p
         assert wire.reply() == {"jsonrpc": "2.0", "id": 4, "result": {}}
     finally:
         wire.close()
+
+
+# --------------------------------------------------------------------------- text that is not UTF-8
+
+
+def _not_utf8_env(data_dir: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODOMYRMEX_")}
+    return {**env, "CODOMYRMEX_DATA_DIR": data_dir, **extra}
+
+
+async def test_paths_and_names_that_are_not_utf8_are_shown_replaced_and_the_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """A data folder and a template's file named with bytes that are not UTF-8 (the OS hands them over as
+    lone surrogates) made the server's reply unencodable: the stdio server exited ("internal error
+    (ExceptionGroup ...)") and every later call got "Connection closed"."""
+    data = tmp_path / os.fsdecode(b"lat\xe9")
+    templates = data / "config" / "templates" / "projects"
+    (templates / "mine" / "files").mkdir(parents=True)
+    (templates / "mine.json").write_text(json.dumps({"name": "mine", "type": "custom"}), encoding="utf-8")
+    (templates / "mine" / "files" / os.fsdecode(b"caf\xe9.txt")).write_text("hi", encoding="utf-8")
+    params = StdioServerParameters(
+        command=str(SCRIPT), args=["serve"], cwd=tmp_path, env=_not_utf8_env(str(data))
+    )
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            status = await client.call_tool("get_system_status", {})
+            health = await client.call_tool("get_health_status", {})
+            listed = await client.call_tool("list_project_templates", {})
+            tools = await client.list_tools()  # the server still serves
+    assert not status.is_error and not health.is_error and not listed.is_error
+    assert status.structured_content is not None
+    assert "lat\ufffd" in json.dumps(status.structured_content, ensure_ascii=False)
+    assert "lat\ufffd" in str(health.content[0].text)
+    assert listed.structured_content is not None
+    mine = next(t for t in listed.structured_content["templates"] if t["name"] == "mine")
+    assert mine["files"] == ["caf\ufffd.txt"]
+    assert len(tools.tools) == 24
+
+
+async def test_under_a_c_locale_a_utf8_data_folder_reads_right_and_create_project_explains_the_path(
+    tmp_path: Path,
+) -> None:
+    """With LC_ALL=C and UTF-8 mode off, Python decodes the UTF-8 bytes of ``ü`` to lone surrogates:
+    get_system_status killed the server and create_project was an internal error."""
+    data = str(tmp_path / "data ü c")
+    env = _not_utf8_env(data, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    params = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp_path, env=env)
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            status = await client.call_tool("get_system_status", {})
+            created = await client.call_tool("create_project", {"name": "p1", "template": "ai_analysis"})
+            projects = await client.call_tool("list_projects", {})
+    assert not status.is_error and "data ü c" in str(status.content[0].text)
+    assert created.is_error
+    message = str(created.content[0].text)
+    assert "internal error" not in message
+    assert "parameters.project_path" in message and "not valid UTF-8" in message and "PYTHONUTF8=1" in message
+    assert projects.structured_content is not None and projects.structured_content["count"] == 0
+
+
+async def test_a_message_that_cannot_be_encoded_becomes_an_error_reply_and_the_writer_goes_on() -> None:
+    """The general guard behind the fixes above: the SDK's writer died on the first message holding a lone
+    surrogate, and the stdio server with it. Now a reply becomes an error reply to its request, a
+    notification is sent with the text replaced, and the messages after them are written."""
+    import mcp_types as types
+    from mcp.shared.message import SessionMessage
+
+    from codomyrmex_orchestration.server._wire import encoded_writes
+
+    bad = types.JSONRPCResponse(jsonrpc="2.0", id=7, result={"path": "/tmp/lat\udce9"})
+    note = types.JSONRPCNotification(
+        jsonrpc="2.0", method="notifications/message", params={"data": "caf\udce9"}
+    )
+    good = types.JSONRPCResponse(jsonrpc="2.0", id=8, result={"ok": True})
+    read_end, write_end = os.pipe()
+    wire = _StdoutLines(write_end)  # the real wire writer, on a pipe
+    try:
+        with anyio.fail_after(30):
+            async with encoded_writes(wire) as write:
+                for message in (bad, note, good):
+                    await write.send(SessionMessage(message))
+    finally:
+        wire.close()
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as wire_out:
+        lines = [json.loads(line) for line in wire_out.read().splitlines()]
+    error, notified, answered = lines
+    assert error["id"] == 7 and error["error"]["code"] == types.INTERNAL_ERROR
+    assert "not valid UTF-8" in error["error"]["message"] and "ref " in error["error"]["message"]
+    assert notified["params"]["data"] == "caf\ufffd"
+    assert answered == {"jsonrpc": "2.0", "id": 8, "result": {"ok": True}}

@@ -2,7 +2,8 @@
 on the worker thread, before it becomes a record, a store row or a tool result.
 
 Secrets are redacted first (see :mod:`codomyrmex_orchestration._redact`; a workflow secret a step echoes
-back becomes ``[secret:NAME]``), then the output cap applies
+back becomes ``[secret:NAME]``); text JSON cannot carry (a lone surrogate: a file name that is not UTF-8)
+fails the attempt, naming where it is; then the output cap applies
 (see :class:`~codomyrmex_orchestration.core._limits.OutputLimiter`): a spilled file holds the redacted
 value. The pipeline owns no state of its own; the limiter counts what it truncated.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from codomyrmex_orchestration._redact import redact
+from codomyrmex_orchestration._text import lone_surrogate_at
 from codomyrmex_orchestration.core._limits import OutputLimiter
+from codomyrmex_orchestration.errors import StepFailedError
 
 __all__ = ["ResultPipeline"]
 
 
 class ResultPipeline:
-    """Redact, then cap.
+    """Redact, refuse text JSON cannot carry, then cap.
 
     Args:
         output_limit: the cap on an output's size (too-large outputs become a truncation marker,
@@ -36,6 +39,28 @@ class ResultPipeline:
         if value is None:
             return None
         value = redact(value)
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():  # a flag of the string: most text is decided without a scan
+                _refuse_lone_surrogates(value, step_name or task_id)
+        elif kind is not int and kind is not float and kind is not bool:
+            _refuse_lone_surrogates(value, step_name or task_id)
         if self.output_limit is not None:
             value = self.output_limit(value, run_id, step_name, task_id)
         return value
+
+
+def _refuse_lone_surrogates(value: Any, name: str) -> None:
+    """Raise when ``value`` holds text no store or client can take (it would be refused when recorded)."""
+    found = lone_surrogate_at(value)
+    if found is None:
+        return
+    where, text = found
+    raise StepFailedError(
+        name,
+        f"its output{where} holds text that is not valid UTF-8 ({text}: a lone surrogate, what Python makes "
+        "of bytes it cannot decode, e.g. a file name from os.listdir); JSON cannot carry it. Return text "
+        "decoded with errors='replace' (name.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')) "
+        "or the bytes as hex or base64",
+        error_type="UnicodeEncodeError",
+    )

@@ -14,6 +14,7 @@ import pydantic_core
 from pydantic import TypeAdapter
 
 from .._redact import holds_secret, redact
+from .._text import lone_surrogate_at
 from ..errors import InvalidInputError, LimitExceededError
 from ._workflow_map import fold_items, stored_form
 from .models import RunRecord, StepResult, TaskStatus, WorkflowStatus
@@ -183,11 +184,24 @@ def check_intervals(**seconds: float) -> None:
 def check_parameters(
     parameters: Mapping[str, Any] | None, limit: int, *, what: str = "the run's parameters"
 ) -> None:
-    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record);
-    ``what`` names them in the refusal (a definition's defaults are checked as it is validated)."""
+    """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record), or
+    that hold text JSON cannot carry; ``what`` names them in the refusal (a definition's defaults are
+    checked as it is validated)."""
     if not parameters:
         return
-    size = len(pydantic_core.to_json(dict(parameters), fallback=str))
+    try:
+        size = len(pydantic_core.to_json(dict(parameters), fallback=str))
+    except pydantic_core.PydanticSerializationError:
+        found = lone_surrogate_at(dict(parameters))
+        if found is None:
+            raise
+        where, text = found
+        raise InvalidInputError(
+            f"parameters{where}",
+            f"{what} hold text that is not valid UTF-8 ({text}: bytes that could not be decoded, from a "
+            "command line, a variable or a file name; under a C locale, PYTHONUTF8=1 decodes UTF-8); "
+            "give valid text",
+        ) from None
     if size > limit:
         raise LimitExceededError(MAX_PARAMETERS_BYTES_SETTING, limit, size, f"{what}, in bytes of JSON,")
 

@@ -100,8 +100,8 @@ def _limit_problems(spec: WorkflowSpec, max_map_items: int, max_parameters_bytes
         check_parameters(
             spec.parameters, max_parameters_bytes, what="the default parameters every run starts with"
         )
-    except LimitExceededError as exc:
-        problems.append(f"parameters: {exc}")
+    except InvalidInputError as exc:  # over the limit, or text JSON cannot carry
+        problems.append(str(exc) if exc.field.startswith("parameters") else f"parameters: {exc}")
     return problems
 
 

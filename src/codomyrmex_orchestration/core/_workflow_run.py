@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from codomyrmex_orchestration._redact import redact
+from codomyrmex_orchestration._text import readable
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.core._task import FINAL, TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
@@ -48,6 +51,8 @@ from codomyrmex_orchestration.core.templating import (
 from codomyrmex_orchestration.errors import InvalidInputError, InvalidStateError, OrchestrationError
 
 __all__ = ["FAILED", "Advance", "RunState", "StepCallback", "new_record"]
+
+_log = structlog.get_logger("codomyrmex_orchestration.workflows")
 
 StepCallback = Callable[[RunRecord, StepResult], None]
 #: ``(attempts, first start)`` of the started tasks of a group not final, by step (the scheduler's
@@ -554,9 +559,13 @@ class RunState:
         return row
 
     def save(self, result: StepResult) -> None:
-        """Queue a step's (or an item's) row for a durable store."""
+        """Queue a step's (or an item's) row for a durable store; a row the store cannot encode is saved
+        failed instead (see :func:`_unrecordable`), so that the step still settles and the run ends."""
         if self._save_step is not None:
-            self._save_step(self.run_id, result)
+            try:
+                self._save_step(self.run_id, result)
+            except Exception as exc:
+                self._save_step(self.run_id, _unrecordable(self.run_id, result, exc))
 
     def settle(self, result: StepResult, advance: Advance) -> None:
         """A step's final result, announced (for the parts of the run: its map steps)."""
@@ -599,6 +608,20 @@ def _in_order(
 
 def _no_starts(group: TaskGroup) -> dict[str, tuple[int, datetime | None]]:
     return {}
+
+
+def _unrecordable(run_id: str, result: StepResult, exc: Exception) -> StepResult:
+    """``result``, changed in place, as a step whose result could not be stored: FAILED (when it had
+    ended) with an error saying why, its output dropped. In place, so that the run's record, what is
+    announced and what its dependents see all agree with the store. Had the error gone up instead, the
+    step would never have been marked done in the run's graph, and the run would have run for ever."""
+    _log.error("step.unrecordable", run_id=run_id, step=result.name, error=f"{type(exc).__name__}: {exc}")
+    reason = readable(f"its result could not be recorded ({type(exc).__name__}: {exc})")
+    if result.status.is_terminal:
+        result.status = TaskStatus.FAILED
+    result.output = None
+    result.error = ErrorInfo(message=f"step {result.name!r} failed: {reason}", type=type(exc).__name__)
+    return result
 
 
 def _cancelled(name: str) -> StepResult:

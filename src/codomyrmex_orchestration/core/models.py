@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from codomyrmex_orchestration._redact import redact_text
+from codomyrmex_orchestration._text import readable
 
 __all__ = [
     "MAX_BACKOFF",
@@ -340,8 +341,10 @@ class ErrorInfo(_Record):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        # Messages quote stderr, URLs and values: secrets must not reach the record (see _redact).
-        return cls(message=redact_text(str(exc) or type(exc).__name__), type=type(exc).__name__)
+        # Messages quote stderr, URLs and values: secrets must not reach the record (see _redact), nor
+        # text JSON cannot carry (a file name that is not UTF-8: see _text).
+        message = readable(redact_text(str(exc) or type(exc).__name__))
+        return cls(message=message, type=type(exc).__name__)
 
 
 class ItemResult(_Record):

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._wire import encoded_writes
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "serve_stdio"]
 
@@ -261,8 +262,10 @@ async def serve_stdio(server: Server[Any], max_line_bytes: int = DEFAULT_MAX_LIN
 
             tg.start_soon(stop_on_signal)
             # Duck-typed: stdin is only iterated, stdout only written and flushed.
-            async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):  # type: ignore[arg-type]
-                await server.run(read, write, server.create_initialization_options())
+            async with stdio_server(stdin=stdin, stdout=stdout) as (read, sdk_write):  # type: ignore[arg-type]
+                sdk_write.close()  # replies go through encoded_writes: one that cannot be encoded is answered
+                async with encoded_writes(stdout) as write:
+                    await server.run(read, write, server.create_initialization_options())
             tg.cancel_scope.cancel()
     except* (BrokenPipeError, ConnectionResetError):
         # The client closed its end of the wire: the session is over, like at EOF (not a server error).

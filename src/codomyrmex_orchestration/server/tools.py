@@ -33,6 +33,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration._text import holds_lone_surrogate, readable, readable_value
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
     RunRecord,
@@ -1228,12 +1229,18 @@ class OrchestrationMCPTools:
         # pydantic's JSON mode already gives JSON values (``fallback`` stringifies what it cannot), so no
         # second walk; the text is the same JSON on one line (the C encoder: indenting is pure Python).
         structured = redact(result.model_dump(mode="json", fallback=str))
-        return ToolResult(text=json.dumps(structured, ensure_ascii=False), structured=structured)
+        text = json.dumps(structured, ensure_ascii=False)
+        if holds_lone_surrogate(text):
+            # A path or file name the OS gave as bytes that are not UTF-8 (a data folder, a template's
+            # file): shown with those bytes replaced, as no client could decode the reply otherwise.
+            structured = readable_value(structured)
+            text = json.dumps(structured, ensure_ascii=False)
+        return ToolResult(text=text, structured=structured)
 
     @staticmethod
     def _failure(name: str, exc: BaseException) -> ToolResult:
         if isinstance(exc, OrchestrationError):
-            return ToolResult.error(redact_text(str(exc)))
+            return ToolResult.error(readable(redact_text(str(exc))))
         ref = uuid.uuid4().hex[:12]
         log.error("tool.internal_error", tool=name, ref=ref, exc_info=exc)
         return ToolResult.error(f"internal error (ref {ref}); the server logged the details")
