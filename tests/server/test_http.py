@@ -532,3 +532,29 @@ async def test_a_request_refused_without_a_session_gets_no_session_id(
         assert "mcp-session-id" not in answer.headers, (what, answer.status_code, answer.headers)
     assert before == 0
     assert opened.status_code == 200 and opened.headers["mcp-session-id"] and after == 1
+
+
+async def test_a_5000_item_map_steps_record_reaches_an_sse_client_without_dropping_its_connection(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The SDK's SSE client refuses an event over 1 MiB and then closes the connection: every run record
+    # used to embed each item, several MB for 5,000.
+    step = {"name": "m", "module": "core", "action": "echo", "parameters": {"message": "{{index}}"}}
+    workflow = {"name": "bigmap", "steps": [{**step, "for_each": list(range(5000))}]}
+    with anyio.fail_after(60):
+        async with serving(tools, "sse", None) as base:
+            async with Client(sse_client(f"{base}/sse"), mode="legacy") as client:
+                assert not (await client.call_tool("create_workflow", workflow)).is_error
+                run = await client.call_tool("execute_workflow", {"workflow_name": "bigmap"})
+                assert not run.is_error and run.structured_content is not None
+                run_id = run.structured_content["run_id"]
+                again = await client.call_tool("get_workflow_run", {"run_id": run_id})
+                resource = await client.read_resource(f"orchestration://runs/{run_id}")
+                listed = await client.call_tool("list_workflows", {})  # the connection still serves
+    assert run.structured_content["status"] == "completed"
+    assert (
+        again.structured_content is not None
+        and again.structured_content["steps"]["m"]["items"]["total"] == 5000
+    )
+    assert '"total": 5000' in resource.contents[0].text  # type: ignore[union-attr]
+    assert not listed.is_error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from mcp import Client
 
@@ -79,3 +81,69 @@ async def test_the_step_format_prompt_and_list_actions_teach_for_each(client: Cl
     assert "for_each" in str(prompt.messages[0].content) and "{{item}}" in str(prompt.messages[0].content)
     described = {t.name: t.description or "" for t in (await client.list_tools()).tools}
     assert "for_each" in described["list_actions"] and "for_each" in described["create_workflow"]
+
+
+def _big_map(n: int, *, broken_every: int | None = None) -> dict[str, Any]:
+    """A workflow of one ``core.echo`` map step over ``n`` items; with ``broken_every``, every such item
+    lacks the key the message reads, so it fails (the step is not required: the run completes)."""
+    values = [
+        {} if broken_every is not None and i % broken_every == broken_every - 1 else {"x": i}
+        for i in range(n)
+    ]
+    step = {"name": "m", "module": "core", "action": "echo", "parameters": {"message": "{{item.x}}"}}
+    return {"name": "big", "steps": [{**step, "for_each": values, "required": False}]}
+
+
+async def test_a_big_map_steps_record_lists_one_page_of_items_and_pages_through_the_rest(
+    client: Client,
+) -> None:
+    await ok(client, "create_workflow", _big_map(5000, broken_every=1000))
+    started = await call(client, "execute_workflow", {"workflow_name": "big", "wait": False})
+    assert len(started.content[0].text) < 64_000  # 5,000 items used to be 0.9 MB of text, and as much again
+    finished = await call(client, "execute_workflow", {"workflow_name": "big"})
+    run = finished.structured_content
+    assert len(finished.content[0].text) < 64_000 and run["status"] == "completed"
+    items = run["steps"]["m"]["items"]
+    assert items["total"] == 5000 and items["counts"] == {"completed": 4995, "failed": 5}
+    assert [i["index"] for i in items["items"]] == list(range(100))
+    assert (items["offset"], items["matching"], items["next_offset"]) == (0, 5000, 100)
+    # The step's output (every item's output in one list) is left out, and the note says how to page.
+    assert items["output_omitted"] is True and run["steps"]["m"]["output"] is None
+    assert "items_offset" in run["note"] and "items_status" in run["note"]
+
+    last = await ok(client, "get_workflow_run", {"run_id": run["run_id"], "items_offset": 4990})
+    page = last["steps"]["m"]["items"]
+    assert [i["index"] for i in page["items"]] == list(range(4990, 5000)) and page["next_offset"] is None
+    assert page["items"][-1]["status"] == "failed" and page["items"][0]["output"] == 4990
+
+    failed = await ok(
+        client, "get_workflow_run", {"run_id": run["run_id"], "items_status": ["failed"], "items_limit": 3}
+    )
+    page = failed["steps"]["m"]["items"]
+    assert [i["index"] for i in page["items"]] == [999, 1999, 2999]
+    assert "has no key 'x'" in page["items"][0]["error"]["message"]
+    assert (page["matching"], page["next_offset"]) == (5, 3)
+
+    resource = await client.read_resource(f"orchestration://runs/{run['run_id']}")
+    assert len(resource.contents[0].text) < 64_000  # type: ignore[union-attr]
+
+
+async def test_a_small_map_steps_record_still_lists_every_item_and_its_output(client: Client) -> None:
+    await ok(client, "create_workflow", _big_map(100))
+    run = await ok(client, "execute_workflow", {"workflow_name": "big"})
+    items = run["steps"]["m"]["items"]
+    assert len(items["items"]) == 100 and items["next_offset"] is None and items["output_omitted"] is False
+    assert run["steps"]["m"]["output"] == {"outputs": list(range(100)), "failed": []}
+    assert run["note"] is None
+
+
+async def test_get_workflow_run_refuses_a_page_argument_it_cannot_take(client: Client) -> None:
+    await ok(client, "create_workflow", _big_map(3))
+    run = await ok(client, "execute_workflow", {"workflow_name": "big"})
+    for bad, named in (
+        ({"items_limit": 5000}, "items_limit"),
+        ({"items_offset": -1}, "items_offset"),
+        ({"items_status": ["broken"]}, "items_status"),
+    ):
+        refused = await call(client, "get_workflow_run", {"run_id": run["run_id"], **bad})
+        assert refused.is_error and named in refused.content[0].text, refused.content

@@ -16,7 +16,9 @@ from codomyrmex_orchestration.core._sessions import MAX_SESSION_TIMEOUT_SECONDS,
 from codomyrmex_orchestration.core.models import (
     NAME_PATTERN,
     ErrorInfo,
+    MapItems,
     RunRecord,
+    StepResult,
     StepSpec,
     WorkflowInfo,
     WorkflowSpec,
@@ -42,6 +44,22 @@ PriorityName = Literal["critical", "high", "normal", "low", "background"]
 RunStatusName = Literal[
     "pending", "running", "waiting_for_input", "completed", "failed", "cancelled", "interrupted"
 ]
+ItemStatusName = Literal[
+    "pending",
+    "ready",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "blocked",
+    "skipped",
+    "timed_out",
+    "interrupted",
+]
+#: Items of each map step a run record lists unless get_workflow_run asks for another page, and the most
+#: one page lists (a 100,000-item step's record would otherwise be megabytes: every item, and its output).
+DEFAULT_ITEMS_LIMIT = 100
+MAX_ITEMS_LIMIT = 1000
 ResourceAmount = float | int | str
 
 
@@ -215,6 +233,27 @@ class RunIdArgs(Args):
     run_id: str = Field(min_length=1, max_length=128, description="A run_id returned by execute_workflow.")
 
 
+class GetRunArgs(RunIdArgs):
+    items_offset: int = Field(
+        default=0,
+        ge=0,
+        description="Each map step lists its items from this position on (among those of items_status, if "
+        "given): a page's next_offset.",
+    )
+    items_limit: int = Field(
+        default=DEFAULT_ITEMS_LIMIT,
+        ge=0,
+        le=MAX_ITEMS_LIMIT,
+        description="The most items each map step lists (0: only its counts); a page of large items stops "
+        "sooner.",
+    )
+    items_status: list[ItemStatusName] | None = Field(
+        default=None,
+        min_length=1,
+        description='List only the items in these statuses, e.g. ["failed", "timed_out"].',
+    )
+
+
 class RespondArgs(Args):
     run_id: str = Field(min_length=1, max_length=128, description="The run waiting for input.")
     step: str = Field(min_length=1, max_length=128, description="The core.approve step to answer.")
@@ -326,9 +365,33 @@ class Result(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use, as Args
 
 
-class RunHandle(RunRecord):
-    """A run record; ``note`` says what to do when it is still running."""
+class ItemsPage(MapItems):
+    """A map step's items in a tool result: ``total`` and ``counts`` cover them all, ``items`` one page."""
 
+    offset: int = Field(default=0, description="The page's first position among the matching items.")
+    matching: int = Field(default=0, description="How many items match the page's items_status (all: total).")
+    next_offset: int | None = Field(
+        default=None, description="items_offset of the next page (get_workflow_run); null: no more items."
+    )
+    output_omitted: bool = Field(
+        default=False,
+        description="The step's output (its items' outputs in one list) is left out, as this page does not "
+        "list every item: read the outputs from the items.",
+    )
+
+
+class StepView(StepResult):
+    """A step in a tool result: a map step's items are one page (:class:`ItemsPage`)."""
+
+    items: ItemsPage | None = None
+
+
+class RunHandle(RunRecord):
+    """A run record, each map step's items paged; ``note`` says what to do when it is still running, and
+    how to read the items a page leaves out."""
+
+    # The steps as shown, not stored: the handle is never written back as a RunRecord (dict is invariant).
+    steps: dict[str, StepView] = Field(default_factory=dict)  # type: ignore[assignment]
     note: str | None = None
 
 

@@ -335,21 +335,32 @@ def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -
     return error
 
 
-def _run_handle(record: RunRecord, waited: float | None) -> m.RunHandle:
-    handle = m.RunHandle.model_validate(record.model_dump())
+def _run_handle(record: RunRecord, waited: float | None, page: m.GetRunArgs | None = None) -> m.RunHandle:
+    """The record as a tool result: each map step's items one page (``page``'s, else the first)."""
+    from codomyrmex_orchestration.server._run_pages import paged_record  # with the first run, not at start
+
+    if page is None:
+        data, paged = paged_record(record)
+    else:
+        data, paged = paged_record(
+            record, offset=page.items_offset, limit=page.items_limit, statuses=page.items_status
+        )
+    handle = m.RunHandle.model_validate(data)
+    notes: list[str] = []
     if record.pending_inputs:
         steps = ", ".join(
             q.step + (f" of sub-run {q.run_id}" if q.run_id not in (None, record.run_id) else "")
             for q in record.pending_inputs
         )
-        handle.note = f"the run is waiting for input (step {steps}): read pending_inputs, then respond_to_run"
+        notes.append(f"the run is waiting for input (step {steps}): read pending_inputs, then respond_to_run")
     elif not record.status.is_terminal:
-        handle.note = (
+        notes.append(
             f"the run is still {record.status.value}"
             + (f" after waiting {waited:g} s" if waited else "")
             + f"; call get_workflow_run with run_id {record.run_id!r} to follow it, "
             "or cancel_workflow_run to stop it"
         )
+    handle.note = "; ".join(notes + paged) or None
     return handle
 
 
@@ -505,8 +516,8 @@ def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: 
     return m.DeleteResult(workflow_name=a.name, deleted=deleted)
 
 
-def _get_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _Outcome:
-    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None)
+def _get_run(tools: OrchestrationMCPTools, a: m.GetRunArgs, call: _Call) -> _Outcome:
+    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None, a)
 
 
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
@@ -910,8 +921,10 @@ def _build_tools() -> tuple[_Tool, ...]:
             "get_workflow_run",
             "Get a run",
             "The current record of a workflow run (status, each step's status, output and error). Use it to "
-            'follow a run returned with status running. Example: {"run_id": "<run_id>"}',
-            m.RunIdArgs,
+            "follow a run returned with status running. A map step (for_each) shows its item counts by "
+            "status and one page of its items: page with items_offset/items_limit, or list only some "
+            'with items_status, e.g. ["failed"]. Example: {"run_id": "<run_id>"}',
+            m.GetRunArgs,
             m.RunHandle,
             _get_run,
             read_only=True,
