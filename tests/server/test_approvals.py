@@ -13,6 +13,7 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 from codomyrmex_orchestration.core.actions import ActionDefinition
 from codomyrmex_orchestration.server.app import build_server
@@ -313,6 +314,121 @@ async def test_a_2026_client_declining_by_retry_fails_the_step(tools: Orchestrat
     assert "the approval was declined" in run["steps"]["approve"]["error"]["message"]
 
 
+#: A workflow that needs nobody: a forged retry must not start it either.
+PLAIN = {
+    "name": "plain",
+    "steps": [{"name": "say", "module": "core", "action": "echo", "parameters": {"message": "hi"}}],
+}
+#: The answer a retry carries for GATED's question.
+ANSWERS: dict[str, Any] = {"approve": types.ElicitResult(action="accept", content={"reason": "by retry"})}
+
+
+async def refused_state(client: Client, name: str, arguments: dict[str, Any], state: str) -> str:
+    """The message of the -32602 error the call with ``state`` gets (it must get one)."""
+    with anyio.fail_after(WAIT), pytest.raises(MCPError) as refused:
+        await client.call_tool(name, arguments, input_responses=ANSWERS, request_state=state)
+    assert refused.value.error.code == types.INVALID_PARAMS
+    assert "requestState" in refused.value.error.message
+    assert refused.value.error.data["field"] == "requestState"
+    return refused.value.error.message
+
+
+async def test_a_made_up_request_state_is_refused_and_neither_answers_a_run_nor_starts_one(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "forged"})
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", PLAIN)
+        run_id = await waiting_run(client, tools)  # another client's run, waiting for respond_to_run
+        forged = f"codomyrmex-approval:{run_id}"  # what the state looked like in plain text
+        for state in (forged, f"{forged}x", "made up", ""):
+            await refused_state(client, "execute_workflow", {"workflow_name": "plain"}, state)
+        task = {"name": "x", "module": "core", "action": "echo", "parameters": {"message": 1}}
+        await refused_state(client, "execute_task", task, forged)
+        run = await ok(client, "get_workflow_run", {"run_id": run_id})
+        listed = await ok(client, "list_workflow_runs", {})
+    assert asked == []
+    assert run["status"] == "waiting_for_input"
+    assert [q["step"] for q in run["pending_inputs"]] == ["approve"]
+    assert [r["run_id"] for r in listed["runs"]] == [run_id]
+
+
+async def test_a_request_state_answers_only_the_retry_of_the_call_it_was_issued_for(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, _ = answering("accept")  # declares elicitation; the answers go in by hand
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        await ok(client, "create_workflow", PLAIN)
+        arguments = {"workflow_name": "gated", "timeout_seconds": 600}
+        with anyio.fail_after(WAIT):
+            asked = await client.session.call_tool("execute_workflow", arguments, allow_input_required=True)
+        assert isinstance(asked, types.InputRequiredResult)
+        state = asked.request_state
+        assert state is not None and list(asked.input_requests or {}) == ["approve"]
+        for name, other in (
+            ("execute_workflow", {"workflow_name": "plain"}),
+            ("execute_workflow", {**arguments, "timeout_seconds": 5}),
+            ("resume_workflow_run", {"run_id": "x"}),
+            ("execute_task", {"name": "x", "module": "core", "action": "echo", "parameters": {"message": 1}}),
+        ):
+            await refused_state(client, name, other, state)
+        listed = await ok(client, "list_workflow_runs", {})
+        [waiting] = listed["runs"]
+        assert waiting["status"] == "waiting_for_input"
+        with anyio.fail_after(WAIT):
+            done = await client.call_tool(
+                "execute_workflow", arguments, input_responses=ANSWERS, request_state=state
+            )
+    assert not done.is_error, done.content
+    assert done.structured_content is not None
+    assert done.structured_content["run_id"] == waiting["run_id"]
+    assert done.structured_content["status"] == "completed"
+    assert done.structured_content["steps"]["act"]["output"] == "by retry"
+
+
+async def test_a_request_state_issued_before_a_restart_answers_the_run_after_it(tmp_path: Path) -> None:
+    callback, _ = answering("accept")
+
+    def durable_client(tools: OrchestrationMCPTools) -> Client:
+        server = build_server(tools, state_dir=tmp_path / "state")  # as serve builds it, durable
+        return Client(server, elicitation_callback=callback)
+
+    def durable_tools() -> OrchestrationMCPTools:
+        return OrchestrationMCPTools(
+            engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True)
+        )
+
+    arguments = {"workflow_name": "gated", "timeout_seconds": 600}
+    first = durable_tools()
+    try:
+        async with durable_client(first) as client:
+            await ok(client, "create_workflow", GATED)
+            with anyio.fail_after(WAIT):
+                asked = await client.session.call_tool(
+                    "execute_workflow", arguments, allow_input_required=True
+                )
+        assert isinstance(asked, types.InputRequiredResult)
+    finally:
+        first.close()
+    key = tmp_path / "state" / "request-state.key"
+    assert key.stat().st_mode & 0o777 == 0o600  # the owner's alone, like the secrets file
+    second = durable_tools()
+    try:
+        async with durable_client(second) as client:
+            state = asked.request_state
+            with anyio.fail_after(WAIT):
+                done = await client.call_tool(
+                    "execute_workflow", arguments, input_responses=ANSWERS, request_state=state
+                )
+        assert not done.is_error, done.content
+        assert done.structured_content is not None
+        assert done.structured_content["status"] == "completed"
+        assert done.structured_content["steps"]["act"]["output"] == "by retry"
+    finally:
+        second.close()
+
+
 #: Asks who it is for; its last step echoes the answer's reason.
 ASK = {
     "name": "ask",
@@ -464,3 +580,4 @@ async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path:
     assert len(asked) == 1
     assert run["status"] == "completed"
     assert run["steps"]["act"]["output"] == "over stdio"
+    assert (tmp_path / "state" / "request-state.key").is_file()  # serve keeps its requestState key there

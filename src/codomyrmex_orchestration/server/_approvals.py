@@ -34,7 +34,8 @@ __all__ = ["Approvals"]
 
 log = get_logger("codomyrmex_orchestration.server")
 
-# Marks a call's request_state as ours: the run whose questions the retry answers follows it.
+# Marks a call's request_state as ours: the run whose questions the retry answers follows it. Sealed with
+# the call it was issued for (_request_state.py), so a retry's state reaching a handler is one we issued.
 _STATE = "codomyrmex-approval:"
 # Between a sub-run's id and its step in the key of the sub-run's question.
 _SUB_RUN = "/"

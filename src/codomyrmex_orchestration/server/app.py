@@ -45,7 +45,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import announce, get_logger
-from codomyrmex_orchestration.server import _internal, _params, _subscriptions, _ui
+from codomyrmex_orchestration.server import _internal, _params, _request_state, _subscriptions, _ui
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
@@ -285,11 +285,17 @@ def build_server(
     *,
     engine_factory: EngineFactory | None = None,
     policy: ServerPolicy | None = None,
+    state_dir: Path | None = None,
 ) -> Server[Any]:
     """The low-level MCP server over ``tools`` (built from ``engine_factory``/``policy`` when omitted).
 
     Every definition from ``tools.get_tool_definitions()`` becomes a tool; calls go to
-    ``tools.execute_tool_async`` with the request's progress channel.
+    ``tools.execute_tool_async`` with the request's progress channel. ``state_dir`` keeps the key that
+    seals ``requestState`` (a durable server's: its states outlive a restart as its runs do); without
+    it the key is this process's alone.
+
+    Raises:
+        StateStoreError: the key cannot be read or made in ``state_dir``.
     """
     if tools is None:
         tools = OrchestrationMCPTools(engine_factory=engine_factory, policy=policy)
@@ -523,6 +529,7 @@ def build_server(
     )
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     _internal.install(server)  # first, outermost: an unexpected failure answered -32603 with a reference
+    _request_state.install(server, SERVER_NAME, state_dir)  # then requestState verified, before any handler
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
     _params.install(server)  # last, innermost: malformed params answered with the field and its values
@@ -867,7 +874,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     )
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
-    server = build_server(tools)
+    server = build_server(tools, state_dir=settings.state_dir if settings.durable else None)
     recorded: list[Path] = []  # where this process said its run view is (removed at exit)
     stopping: list[threading.Thread] = []  # HTTP: the thread cancelling the work at the first signal
     status = _server_status(settings, policy)
