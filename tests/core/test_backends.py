@@ -8,6 +8,8 @@ import gc
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -300,7 +302,7 @@ def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> Non
     orch = TaskOrchestrator(4, registry=registry, backend=backend)
     try:
         described = orch.health()["backend"]
-        assert described["workers"] == 2 and described["scheduler_address"].startswith("tcp://")
+        assert described["workers"] == 2 and described["scheduler_address"].startswith("tls://")
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
         pid = {"module": "python", "action": "call", "parameters": {"function": "os:getpid"}}
         manager.create_workflow("pids", [{"name": f"p{i}", **pid} for i in range(6)])
@@ -319,6 +321,45 @@ def test_steps_run_in_two_worker_processes_and_sub_workflows_stay_local() -> Non
         assert os.getpid() not in pids and 1 <= len(pids) <= 2
     finally:
         orch.shutdown(wait=True, timeout=30)
+
+
+#: Another local process, without the cluster's certificate, tries to run code on its workers: over plain
+#: TCP, then over TLS with a certificate of its own. It prints what each attempt got.
+_INTRUDER = """
+import os, sys
+from distributed import Client
+from distributed.security import Security
+host_port = sys.argv[1].split("://")[1]
+for address, security in ((f"tcp://{host_port}", None), (f"tls://{host_port}", Security.temporary())):
+    try:
+        with Client(address, timeout=3, security=security) as client:
+            print("ran as uid", client.submit(os.getuid).result(timeout=10))
+    except Exception as exc:
+        print("refused", type(exc).__name__)
+"""
+
+
+def test_the_cluster_we_start_admits_no_other_process_and_still_runs_steps() -> None:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    backend = create_backend("dask", dask_n_workers=1, dask_processes=True)
+    orch = TaskOrchestrator(1, backend=backend)
+    try:
+        address = orch.health()["backend"]["scheduler_address"]
+        intruder = subprocess.run(
+            [sys.executable, "-c", _INTRUDER, address], capture_output=True, text=True, timeout=60
+        )
+        attempts = intruder.stdout.splitlines()
+        assert len(attempts) == 2 and all(a.startswith("refused") for a in attempts), intruder
+        spec = TaskSpec(name="e", module="core", action="echo", parameters={"message": "ours"})
+        assert orch.wait(orch.submit_task(spec), WAIT * 3).result == "ours"
+    finally:
+        orch.shutdown(wait=True, timeout=30)
+    # Thread workers listen nowhere: Dask's in-process transport.
+    threads = create_backend("dask", dask_n_workers=1, dask_processes=False)
+    try:
+        assert threads.describe()["scheduler_address"].startswith("inproc://")
+    finally:
+        threads.close()
 
 
 def _closed_port() -> int:

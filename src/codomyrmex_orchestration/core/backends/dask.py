@@ -27,6 +27,7 @@ from typing import Any
 import dask
 import structlog
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+from distributed.security import Security
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
@@ -206,6 +207,29 @@ def _connect(target: str | LocalCluster, timeout: float | None) -> Client:
         ) from None
 
 
+def _cluster_security(processes: bool) -> Security | None:
+    """What keeps the LocalCluster we start to ourselves: anyone who can talk to a Dask scheduler or
+    worker runs code as its workers, and plain ``tcp://`` on 127.0.0.1 admits every local process.
+
+    Worker processes talk over TLS with a certificate made here, in memory, that every party must present
+    (mutual authentication): a process without it cannot connect. Thread workers need no ports at all:
+    Dask then uses its in-process transport (``inproc://``), and ``None`` keeps that.
+
+    Raises:
+        InvalidInputError: ``cryptography`` (which makes the certificate) is not installed.
+    """
+    if not processes:
+        return None
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise InvalidInputError(
+            "executor",
+            "the Dask cluster started on this machine is secured with TLS, which needs cryptography: "
+            "pip install 'codomyrmex-orchestration[dask]'",
+        ) from None
+
+
 class DaskBackend:
     """Runs action steps on a Dask cluster; closures and local-only actions stay on local threads.
 
@@ -262,6 +286,7 @@ class DaskBackend:
                         resources=dict(worker_resources) if worker_resources else None,
                         # Dask serves HTTP (metrics) even without a dashboard: any free local port.
                         dashboard_address="127.0.0.1:0",
+                        security=_cluster_security(processes),
                     )
             target: str | LocalCluster = self._cluster if self._cluster is not None else str(address)
             try:
