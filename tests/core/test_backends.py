@@ -12,13 +12,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import codomyrmex_orchestration
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend, create_backend, parse_pairs
+from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import WorkflowManager
@@ -384,3 +387,91 @@ def test_a_scheduler_address_without_a_scheduler_is_refused_naming_it_and_its_cl
         # Closed at once, while the error (and the traceback that holds the client) is still alive: left
         # to the garbage collector, the server's event loop thread waited on it and the server never exited.
         assert open_clients() <= before, address
+
+
+class ExternalCluster:
+    """``dask scheduler`` and one ``dask worker`` (2 threads) in processes of their own, on one port: what
+    a user runs with CODOMYRMEX_DASK_SCHEDULER. ``stop`` kills them (-9); ``start`` starts them again."""
+
+    def __init__(self) -> None:
+        self.address = f"tcp://127.0.0.1:{_closed_port()}"
+        self._procs: list[subprocess.Popen[bytes]] = []
+        src = os.path.dirname(os.path.dirname(os.path.abspath(codomyrmex_orchestration.__file__)))
+        # The workers import this checkout (python.call targets in tests/ too), not an installed copy.
+        self._env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.getcwd()])}
+
+    def start(self) -> None:
+        host, port = self.address.removeprefix("tcp://").split(":")
+        common = ["--host", host, "--dashboard-address", "127.0.0.1:0"]
+        for argv in (
+            ["distributed.cli.dask_scheduler", "--port", port, "--no-show", *common],
+            ["distributed.cli.dask_worker", self.address, "--nthreads", "2", "--no-nanny", *common],
+        ):
+            self._procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", *argv],
+                    env=self._env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        distributed = pytest.importorskip("distributed", reason=DASK_MISSING)
+        with distributed.Client(self.address, timeout=60) as probe:
+            probe.wait_for_workers(1, timeout=60)
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.kill()
+            proc.wait(WAIT)
+        self._procs = []
+
+
+@pytest.fixture
+def external_cluster() -> Iterator[ExternalCluster]:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    cluster = ExternalCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _echo(orch: TaskOrchestrator, message: object, timeout: float = 30) -> Any:
+    spec = TaskSpec(name="e", module="core", action="echo", parameters={"message": message}, timeout=timeout)
+    return orch.wait(orch.submit_task(spec), timeout * 2)
+
+
+def test_steps_sent_after_the_scheduler_is_lost_fail_naming_the_setting_and_a_restarted_one_is_used(
+    external_cluster: ExternalCluster, tmp_path: Path
+) -> None:
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    # Dask's client tries to reconnect for the connect timeout (2 s here), then closes for good.
+    backend = DaskBackend(address=external_cluster.address, connect_timeout=2)
+    engine = OrchestrationEngine(
+        state_dir=tmp_path / "state", config_dir=None, projects_dir=tmp_path / "p", backend=backend
+    )
+    orch = engine.task_orchestrator
+    try:
+        assert _echo(orch, 1).result == 1
+        assert engine.health_check().overall_status == "healthy"
+        external_cluster.stop()
+        failures = []
+        for _ in range(4):  # a step fails at most after the 2 s the client retries; then it has closed
+            failures.append(_echo(orch, 2))
+            if backend.client.status == "closed":
+                break
+        failures.append(_echo(orch, 3))  # sent to the closed client: it tries a new one, none answers
+        for failed in failures:
+            assert failed.status is TaskStatus.FAILED, failed
+            assert failed.error is not None and "CODOMYRMEX_DASK_SCHEDULER" in failed.error.message, failed
+            assert repr(external_cluster.address) in failed.error.message
+        health = engine.health_check()
+        assert health.overall_status == "unhealthy", health
+        reason = health.components["scheduler"].details["reason"]
+        assert "cannot be reached" in reason and "CODOMYRMEX_DASK_SCHEDULER" in reason, reason
+        external_cluster.start()  # a new scheduler and worker at the same address
+        record = _echo(orch, 4)
+        assert (record.status, record.result) == (TaskStatus.COMPLETED, 4), record
+        assert engine.health_check().overall_status == "healthy"
+    finally:
+        engine.shutdown()

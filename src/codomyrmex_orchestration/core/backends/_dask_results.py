@@ -27,14 +27,16 @@ __all__ = ["Outcome", "ResultCollector"]
 
 
 class Outcome:
-    """What the collector found for one future; ``wake`` is the slot's event (also set on cancel)."""
+    """What the collector found for one future; ``wake`` is the slot's event (also set on cancel).
+    ``error`` is set instead when the submission itself failed (the client refused it)."""
 
-    __slots__ = ("has_value", "value", "wake")
+    __slots__ = ("error", "has_value", "value", "wake")
 
     def __init__(self, wake: threading.Event) -> None:
         self.wake = wake
         self.has_value = False
         self.value: Any = None
+        self.error: BaseException | None = None
 
 
 class ResultCollector:

@@ -1,10 +1,11 @@
 """The ``dask`` backend: ready action steps run on a Dask distributed cluster.
 
-Only this module (and ``_dask_submit`` and ``_dask_results``, which it uses) imports Dask. The
-scheduler's worker threads become dispatch slots: each attempt is sent as
+Only this module (and ``_dask_client``, ``_dask_submit`` and ``_dask_results``, which it uses) imports
+Dask. The scheduler's worker threads become dispatch slots: each attempt is sent as
 ``run_remote_step(RemoteStep)`` (action name + resolved parameters, no closures), in a batch with the
-other steps ready at that moment (``_dask_submit``), and the slot waits until ``_dask_results`` wakes
-it with the value, gathered in one call with every other step that finished meanwhile. Ordering,
+other steps ready at that moment (``_dask_submit``), through the current client (``_dask_client``, which
+replaces one that gave up on a lost scheduler), and the slot waits until ``_dask_results`` wakes it with
+the value, gathered in one call with every other step that finished meanwhile. Ordering,
 priorities, dependencies, resource admission, timeouts and retries stay with the scheduler; Dask only
 runs what is ready. On cancellation or timeout the future is cancelled on the cluster, and a worker
 plugin sets the running action's ``cancel_event`` so cooperative actions (``core.sleep``, ``shell.run``
@@ -27,16 +28,21 @@ from typing import Any
 import dask
 import structlog
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
-from distributed.security import Security
+from distributed.utils import LoopRunner
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
-from codomyrmex_orchestration.core.backends._dask_results import Outcome, ResultCollector
-from codomyrmex_orchestration.core.backends._dask_submit import Submission, SubmitBatcher
+from codomyrmex_orchestration.core.backends._dask_client import (
+    Connection,
+    cluster_security,
+    connect,
+    unreachable,
+)
+from codomyrmex_orchestration.core.backends._dask_results import Outcome
+from codomyrmex_orchestration.core.backends._dask_submit import Submission
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import (
     ActionUnavailableError,
-    InvalidInputError,
     StepFailedError,
     UnknownActionError,
 )
@@ -167,67 +173,8 @@ class CancelPlugin(WorkerPlugin):
 # ---------------------------------------------------------------------------- scheduler side
 
 
-class _StartedClient(Client):
-    """A client that closes itself when it cannot start (an unusable address, no scheduler there).
-
-    Left half-built, its ``__del__`` closes it later on whatever thread the garbage collector runs: in
-    the server that was the event loop's thread, which then waited on the client's own loop for a
-    minute per client and kept the server alive after its client closed stdin.
-    """
-
-    def start(self, **kwargs: Any) -> None:
-        try:
-            super().start(**kwargs)
-        except BaseException:
-            try:
-                self.close(timeout=5)
-            except Exception as exc:  # the start error is the one to report
-                _log.warning("dask.client_close_failed", error=str(exc))
-            raise
-
-
-def _connect(target: str | LocalCluster, timeout: float | None) -> Client:
-    """A started client of ``target`` (``timeout`` None: Dask's configured connect timeout).
-
-    Raises:
-        InvalidInputError: ``target`` is an address that is malformed or where no scheduler answers
-            within ``timeout`` seconds (field ``dask_scheduler``).
-    """
-    try:
-        if timeout is None:
-            return _StartedClient(target)
-        return _StartedClient(target, timeout=timeout)
-    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-        if not isinstance(target, str):
-            raise
-        raise InvalidInputError(
-            "dask_scheduler",
-            f"cannot connect to a Dask scheduler at {target!r} ({exc}); give the address of a running "
-            "scheduler, tcp://host:port, or leave the setting unset to start a cluster on this machine",
-        ) from None
-
-
-def _cluster_security(processes: bool) -> Security | None:
-    """What keeps the LocalCluster we start to ourselves: anyone who can talk to a Dask scheduler or
-    worker runs code as its workers, and plain ``tcp://`` on 127.0.0.1 admits every local process.
-
-    Worker processes talk over TLS with a certificate made here, in memory, that every party must present
-    (mutual authentication): a process without it cannot connect. Thread workers need no ports at all:
-    Dask then uses its in-process transport (``inproc://``), and ``None`` keeps that.
-
-    Raises:
-        InvalidInputError: ``cryptography`` (which makes the certificate) is not installed.
-    """
-    if not processes:
-        return None
-    try:
-        return Security.temporary()
-    except ImportError:
-        raise InvalidInputError(
-            "executor",
-            "the Dask cluster started on this machine is secured with TLS, which needs cryptography: "
-            "pip install 'codomyrmex-orchestration[dask]'",
-        ) from None
+def _register_plugin(client: Client) -> None:
+    client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
 
 
 class DaskBackend:
@@ -271,6 +218,7 @@ class DaskBackend:
     ) -> None:
         self._cluster: LocalCluster | None = None
         self._owns_client = client is None
+        loop: LoopRunner | None = None
         if client is None:
             if address is None:
                 config = (
@@ -286,26 +234,46 @@ class DaskBackend:
                         resources=dict(worker_resources) if worker_resources else None,
                         # Dask serves HTTP (metrics) even without a dashboard: any free local port.
                         dashboard_address="127.0.0.1:0",
-                        security=_cluster_security(processes),
+                        security=cluster_security(processes),
                     )
+            else:
+                # Clients of an address share a loop of ours: one that closed itself (its scheduler
+                # gone for longer than the connect timeout) is replaced, and leaves no thread behind.
+                loop = LoopRunner()
+                loop.start()
             target: str | LocalCluster = self._cluster if self._cluster is not None else str(address)
             try:
-                client = _connect(target, connect_timeout)
+                client = connect(target, connect_timeout, None if loop is None else loop.loop)
             except BaseException:
+                if loop is not None:
+                    loop.stop()
                 self._close_cluster()
                 raise
-        self.client = client
         self.resource_map = dict(resource_map or {})
         self.local_actions = frozenset(local_actions)
         self._local_modules = frozenset(a[:-2] for a in self.local_actions if a.endswith(".*"))
         try:
             # Fails here, at start, when the workers cannot import this package.
-            client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+            _register_plugin(client)
         except BaseException:
-            self._close_client()
+            if self._owns_client:
+                client.close()
+            if loop is not None:
+                loop.stop()
+            self._close_cluster()
             raise
-        self._results = ResultCollector(client)
-        self._submitter = SubmitBatcher(client, self._results)
+        self._connection = Connection(
+            client,
+            address=str(address) if self._owns_client and self._cluster is None else None,
+            loop=loop,
+            prepare=_register_plugin,
+            connect_timeout=connect_timeout,
+        )
+
+    @property
+    def client(self) -> Client:
+        """The current client (a new one after the old one gave up on a lost scheduler)."""
+        return self._connection.client
 
     def runs_locally(self, call: ActionCall) -> bool:
         return call.qualified_name in self.local_actions or call.module in self._local_modules
@@ -335,54 +303,63 @@ class DaskBackend:
         key = f"{call.qualified_name}-{ctx.task_id}-{ctx.attempt}"
         step = RemoteStep(call, key, ctx.step_name, ctx.run_id, ctx.task_id, ctx.attempt, ctx.remaining())
         wake = threading.Event()
+        channel = self._connection.channel(ctx.step_name)
         # The scheduler sets the cancel event under its own lock: only wake this thread there, and
         # talk to the cluster from here.
         remove = ctx.on_cancel(wake.set)
         try:
             outcome = Outcome(wake)
             submission = Submission(run_remote_step, step, key, priority, resources, outcome)
-            self._submitter.submit(submission)
+            channel.submitter.submit(submission)
             # Bounded by the scheduler: a deadline, a cancellation or shutdown sets the cancel event.
             wake.wait()
             if outcome.has_value:
                 return outcome.value
+            if outcome.error is not None:  # the client refused the submission (it is closed)
+                raise unreachable(ctx.step_name, self._connection.address, outcome.error)
             future = submission.future
             if future is None or not future.done():
                 # Cancelled or timed out: the wake came from the cancel event, not from the cluster.
-                future = self._submitter.abandon(submission, f"step {ctx.step_name!r} cancelled or timed out")
+                future = channel.submitter.abandon(
+                    submission, f"step {ctx.step_name!r} cancelled or timed out"
+                )
                 if future is not None:
-                    self._results.forget(future)
+                    channel.results.forget(future)
                     future.cancel(reason=submission.reason)
                 ctx.check_cancelled()
             assert future is not None  # only the cluster or a cancellation sets the wake event
+            if future.cancelled():
+                # Not by us (that raised above): the client lost its scheduler and dropped its futures.
+                raise unreachable(ctx.step_name, self._connection.address, "the connection was lost")
             return future.result()  # an error, or a value the batch could not gather
         finally:
             remove()
 
     def describe(self) -> dict[str, Any]:
+        client = self.client
         info: dict[str, Any] = {
             "name": self.name,
             "scheduler_address": None,
             "local_cluster": self._cluster is not None,
             "local_actions": sorted(self.local_actions),
+            "reachable": False,
+            "status": client.status,
         }
         try:
-            info["scheduler_address"] = self.client.scheduler.address if self.client.scheduler else None
-            threads = self.client.nthreads()
+            info["scheduler_address"] = client.scheduler.address if client.scheduler else None
+            if client.status != "running":  # asking a lost scheduler would wait for its connect timeout
+                info["status"] = f"unreachable: the client is {client.status}"
+                return info
+            threads = client.nthreads()
             info["workers"] = len(threads)
             info["threads"] = sum(threads.values())
-            info["status"] = self.client.status
+            info["reachable"] = True
         except Exception as exc:  # health must report, not raise, when the cluster is gone
             info["status"] = f"unreachable: {exc}"
         return info
 
     def close(self) -> None:
-        self._results.close()
-        self._close_client()
-
-    def _close_client(self) -> None:
-        if self._owns_client:
-            self.client.close()
+        self._connection.close(owns_client=self._owns_client)
         self._close_cluster()
 
     def _close_cluster(self) -> None:
