@@ -5,6 +5,7 @@ workflows' own contract tests also run over both backends (``make_backend`` in c
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 import codomyrmex_orchestration
+from codomyrmex_orchestration._redact import register_secret
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition, create_registry
 from codomyrmex_orchestration.core.actions._policy import pin_extras
 from codomyrmex_orchestration.core.backends import ActionCall, LocalBackend, create_backend, parse_pairs
@@ -189,6 +191,59 @@ def test_an_action_error_comes_back_with_its_type_and_message(dask_orch: Any) ->
     assert record.attempts == 2  # retries stay with our scheduler
     assert record.error is not None
     assert (record.error.type, record.error.message) == ("StepFailedError", "step 'f' failed: nope")
+
+
+#: What the session cluster's scheduler did with each task key: the states it passed through.
+_key_states: dict[str, list[str]] = {}
+_key_states_changed = threading.Condition()
+
+
+def _watch_keys(dask_scheduler: Any) -> None:
+    """Run on the scheduler (in this process): record every task's transitions in ``_key_states``."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Watch(SchedulerPlugin):
+        def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+            with _key_states_changed:
+                _key_states.setdefault(str(key), []).append(finish)
+                _key_states_changed.notify_all()
+
+    dask_scheduler.add_plugin(Watch(), name="tests-watch-keys", idempotent=True)
+
+
+def test_a_failed_step_leaves_no_secret_in_the_workers_log_and_no_task_on_the_cluster(
+    dask_orch: Any, dask_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "Sup3rS3cretV4lue-dask"
+    register_secret(secret, "TOK")
+    dask_client.run_on_scheduler(_watch_keys)
+    orch = dask_orch()
+    specs = [
+        TaskSpec(name="f", module="core", action="fail", parameters={"message": f"bad token {secret}"}),
+        TaskSpec(
+            name="i",
+            module="python",
+            action="call",
+            parameters={"function": "builtins:int", "args": [secret]},
+        ),
+    ]
+    with caplog.at_level(logging.INFO):
+        ids = [orch.submit_task(spec) for spec in specs * 5]
+        records = [orch.wait(task_id, WAIT) for task_id in ids]
+    for record in records:
+        assert record.status is TaskStatus.FAILED and record.error is not None, record
+        assert secret not in record.error.message and "[secret:TOK]" in record.error.message, record.error
+    assert records[1].error is not None and "ValueError: invalid literal" in records[1].error.message
+    # Dask logged a failing task with its arguments and error ("Compute Failed"): the secret in clear.
+    assert secret not in caplog.text
+    keys = {key for key in list(_key_states) if any(task_id in key for task_id in ids)}
+    assert len(keys) == len(ids)
+    with _key_states_changed:
+        # Released once their step ended, as completed ones are (an erred task was kept forever).
+        assert _key_states_changed.wait_for(
+            lambda: all(_key_states[k][-1] == "forgotten" for k in keys), WAIT
+        )
+        assert not [k for k in keys if "erred" in _key_states[k]]
 
 
 def test_cancelling_a_step_running_on_a_worker_stops_it_there(dask_orch: Any) -> None:

@@ -47,7 +47,7 @@ from codomyrmex_orchestration.errors import (
     UnknownActionError,
 )
 
-__all__ = ["CANCEL_PLUGIN_NAME", "DaskBackend", "RemoteStep", "run_remote_step"]
+__all__ = ["CANCEL_PLUGIN_NAME", "DaskBackend", "RemoteFailure", "RemoteStep", "run_remote_step"]
 
 CANCEL_PLUGIN_NAME = "codomyrmex-orchestration-cancel"
 
@@ -104,12 +104,24 @@ def _portable(exc: BaseException, step: str) -> BaseException:
     return exc
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteFailure:
+    """What :func:`run_remote_step` returns when the attempt raised: the error (made picklable).
+
+    A value, not a raise: a task that raises is logged by the worker with its arguments and error
+    ("Compute Failed", secrets in clear on the worker's stderr) and kept on the scheduler as ``erred``;
+    this way it finishes like any other, and our side redacts the error as it does for local steps.
+    """
+
+    error: BaseException
+
+
 def run_remote_step(step: RemoteStep) -> Any:
     """Run one attempt of an action step on a Dask worker (the function Dask pickles by reference).
 
-    Raises:
-        ActionUnavailableError: this worker's registry lacks the action.
-        Whatever the action raises (made picklable).
+    Returns:
+        The action's result, or a :class:`RemoteFailure` holding what it raised (made picklable):
+        :class:`ActionUnavailableError` when this worker's registry lacks the action.
     """
     call = step.call
     cancel = CancelEvent()
@@ -139,7 +151,7 @@ def run_remote_step(step: RemoteStep) -> Any:
         )
         return definition.func(dict(call.parameters), ctx)
     except BaseException as exc:
-        raise _portable(exc, step.step_name) from None
+        return RemoteFailure(_portable(exc.with_traceback(None), step.step_name))
     finally:
         with _worker_lock:
             _running.pop(step.key, None)
@@ -299,6 +311,20 @@ class DaskBackend:
     def _run(
         self, call: ActionCall, priority: int, resources: dict[str, float] | None, ctx: ActionContext
     ) -> Any:
+        value = self._send(call, priority, resources, ctx)
+        if isinstance(value, RemoteFailure):
+            # Raised from here, whose frame refers to no future: a traceback through a frame holding the
+            # step's future would keep it (and its task on the cluster) until a full garbage collection.
+            error = value.error
+            del value
+            raise error
+        return value
+
+    def _send(
+        self, call: ActionCall, priority: int, resources: dict[str, float] | None, ctx: ActionContext
+    ) -> Any:
+        """One attempt on the cluster: its value, or a :class:`RemoteFailure` (what the worker returned
+        or what its future raised). Raises on cancellation and when the scheduler cannot be reached."""
         ctx.check_cancelled()
         key = f"{call.qualified_name}-{ctx.task_id}-{ctx.attempt}"
         step = RemoteStep(call, key, ctx.step_name, ctx.run_id, ctx.task_id, ctx.attempt, ctx.remaining())
@@ -331,7 +357,10 @@ class DaskBackend:
             if future.cancelled():
                 # Not by us (that raised above): the client lost its scheduler and dropped its futures.
                 raise unreachable(ctx.step_name, self._connection.address, "the connection was lost")
-            return future.result()  # an error, or a value the batch could not gather
+            try:
+                return future.result()  # a value the batch could not gather
+            except Exception as exc:  # the task erred (its worker died): the error without this frame
+                return RemoteFailure(exc.with_traceback(None))
         finally:
             remove()
 
