@@ -445,10 +445,11 @@ def test_a_scheduler_address_without_a_scheduler_is_refused_naming_it_and_its_cl
 
 
 class ExternalCluster:
-    """``dask scheduler`` and one ``dask worker`` (2 threads) in processes of their own, on one port: what
-    a user runs with CODOMYRMEX_DASK_SCHEDULER. ``stop`` kills them (-9); ``start`` starts them again."""
+    """``dask scheduler`` and one ``dask worker`` in processes of their own, on one port: what a user
+    runs with CODOMYRMEX_DASK_SCHEDULER. ``stop`` kills them (-9); ``start`` starts them again."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = threads
         self.address = f"tcp://127.0.0.1:{_closed_port()}"
         self._procs: list[subprocess.Popen[bytes]] = []
         src = os.path.dirname(os.path.dirname(os.path.abspath(codomyrmex_orchestration.__file__)))
@@ -460,7 +461,14 @@ class ExternalCluster:
         common = ["--host", host, "--dashboard-address", "127.0.0.1:0"]
         for argv in (
             ["distributed.cli.dask_scheduler", "--port", port, "--no-show", *common],
-            ["distributed.cli.dask_worker", self.address, "--nthreads", "2", "--no-nanny", *common],
+            [
+                "distributed.cli.dask_worker",
+                self.address,
+                "--nthreads",
+                str(self.threads),
+                "--no-nanny",
+                *common,
+            ],
         ):
             self._procs.append(
                 subprocess.Popen(
@@ -530,3 +538,25 @@ def test_steps_sent_after_the_scheduler_is_lost_fail_naming_the_setting_and_a_re
         assert engine.health_check().overall_status == "healthy"
     finally:
         engine.shutdown()
+
+
+def test_cancellation_and_timeouts_reach_the_workers_of_a_restarted_scheduler() -> None:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    from codomyrmex_orchestration.core.backends.dask import DaskBackend
+
+    cluster = ExternalCluster(threads=1)
+    cluster.start()
+    # A connect timeout long enough for the client to reconnect by itself to the restarted scheduler.
+    orch = TaskOrchestrator(2, backend=DaskBackend(address=cluster.address, connect_timeout=60))
+    try:
+        assert _echo(orch, 1).result == 1
+        cluster.stop()
+        cluster.start()  # a new scheduler and worker at the same address: neither has our worker plugin
+        sleeper = TaskSpec(name="s", module="core", action="sleep", parameters={"seconds": 60}, timeout=1)
+        assert orch.wait(orch.submit_task(sleeper), WAIT * 3).status is TaskStatus.TIMED_OUT
+        # The worker's one thread is free again only if the timeout stopped core.sleep there.
+        record = _echo(orch, 2, timeout=WAIT)
+        assert (record.status, record.result) == (TaskStatus.COMPLETED, 2), record
+    finally:
+        orch.shutdown(wait=True, timeout=30)
+        cluster.stop()

@@ -28,7 +28,7 @@ from typing import Any
 import dask
 import structlog
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
-from distributed.utils import LoopRunner
+from distributed.utils import LoopRunner, sync
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
@@ -129,7 +129,7 @@ def run_remote_step(step: RemoteStep) -> Any:
         _running[step.key] = cancel
         cancelled = step.key in _cancelled_early
         _cancelled_early.discard(step.key)
-    if cancelled:
+    if cancelled or _install_cancel_plugin(step.key):
         cancel.set()
     try:
         registry = _worker_registry(call.allow_code_execution)
@@ -156,6 +156,30 @@ def run_remote_step(step: RemoteStep) -> Any:
         with _worker_lock:
             _running.pop(step.key, None)
             _cancelled_early.discard(step.key)
+
+
+def _install_cancel_plugin(key: str) -> bool:
+    """Make sure this worker has the :class:`CancelPlugin`; True if ``key`` was released before it had.
+
+    The client registers the plugin with its scheduler, which gives it to the workers it knows and to
+    those that join it later; a scheduler restarted at the same address (the client reconnects) and its
+    workers have never heard of it, and cancellations and timeouts stopped nothing there. So the first
+    step on a worker without it installs it, on the worker's event loop (where the hook runs).
+    """
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a Dask worker (called directly)
+        return False
+    if CANCEL_PLUGIN_NAME in worker.plugins:
+        return False
+
+    async def install() -> bool:
+        if CANCEL_PLUGIN_NAME not in worker.plugins:
+            await worker.plugin_add(plugin=CancelPlugin(), name=CANCEL_PLUGIN_NAME)
+        state = worker.state.tasks.get(key)
+        return state is None or state.state not in ("executing", "long-running")
+
+    return bool(sync(worker.loop, install))
 
 
 class CancelPlugin(WorkerPlugin):
