@@ -420,6 +420,29 @@ def test_the_cluster_we_start_admits_no_other_process_and_still_runs_steps() -> 
         threads.close()
 
 
+def test_a_step_whose_worker_dies_fails_at_once_and_our_retry_policy_decides_if_it_runs_again(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    backend = create_backend("dask", dask_n_workers=1, dask_processes=True)
+    orch = TaskOrchestrator(1, backend=backend)
+    runs = tmp_path / "runs"
+    try:
+        # Each run notes itself, then kills the worker process running it (the shell's parent).
+        kill = {"command": ["sh", "-c", f'echo run >> "{runs}"; kill -9 $PPID']}
+        spec = TaskSpec(name="k", module="shell", action="run", parameters=kill, max_retries=1)
+        record = orch.wait(orch.submit_task(spec), 120)
+        assert record.status is TaskStatus.FAILED and record.error is not None, record
+        assert (
+            "the Dask worker running it died" in record.error.message
+            and "max_retries" in record.error.message
+        )
+        # One run per attempt: Dask re-ran each attempt up to 3 more times on a new worker.
+        assert (record.attempts, runs.read_text().count("run")) == (2, 2)
+    finally:
+        orch.shutdown(wait=True, timeout=30)
+
+
 def _closed_port() -> int:
     """A local port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

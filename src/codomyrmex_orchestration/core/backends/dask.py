@@ -28,6 +28,7 @@ from typing import Any
 import dask
 import structlog
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+from distributed.scheduler import KilledWorker
 from distributed.utils import LoopRunner, sync
 
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
@@ -209,6 +210,15 @@ class CancelPlugin(WorkerPlugin):
 # ---------------------------------------------------------------------------- scheduler side
 
 
+def _worker_died(step: str, exc: KilledWorker) -> StepFailedError:
+    return StepFailedError(
+        step,
+        f"the Dask worker running it died ({exc}); whether it runs again is up to the step's max_retries "
+        "(and, on an external cluster, to its scheduler's distributed.scheduler.allowed-failures)",
+        error_type="KilledWorker",
+    )
+
+
 def _register_plugin(client: Client) -> None:
     client.register_plugin(CancelPlugin(), name=CANCEL_PLUGIN_NAME)
 
@@ -257,11 +267,11 @@ class DaskBackend:
         loop: LoopRunner | None = None
         if client is None:
             if address is None:
-                config = (
-                    {}
-                    if worker_saturation is None
-                    else {"distributed.scheduler.worker-saturation": worker_saturation}
-                )
+                # A step whose worker dies fails at once (KilledWorker): our retry policy decides whether
+                # it runs again. Dask's default re-ran it up to 3 more times, whatever max_retries said.
+                config: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0}
+                if worker_saturation is not None:
+                    config["distributed.scheduler.worker-saturation"] = worker_saturation
                 with dask.config.set(config):
                     self._cluster = LocalCluster(
                         n_workers=n_workers,
@@ -383,7 +393,9 @@ class DaskBackend:
                 raise unreachable(ctx.step_name, self._connection.address, "the connection was lost")
             try:
                 return future.result()  # a value the batch could not gather
-            except Exception as exc:  # the task erred (its worker died): the error without this frame
+            except KilledWorker as exc:
+                return RemoteFailure(_worker_died(ctx.step_name, exc))
+            except Exception as exc:  # the task erred otherwise: the error, without this frame
                 return RemoteFailure(exc.with_traceback(None))
         finally:
             remove()
