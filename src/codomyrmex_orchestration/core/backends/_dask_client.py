@@ -69,8 +69,18 @@ def connect(target: str | LocalCluster, timeout: float | None, loop: Any = None)
     kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     if loop is not None:
         kwargs["loop"] = loop
+    if isinstance(target, str) and target.startswith(("tls://", "wss://")):
+        _check_tls_settings(target)
     try:
         return _StartedClient(target, **kwargs)
+    except TypeError as exc:  # a transport Dask knows but cannot use here (ucx:// without ucx-py)
+        if not isinstance(target, str):
+            raise
+        raise InvalidInputError(
+            "dask_scheduler",
+            f"cannot use the Dask scheduler address {target!r} ({exc}); give tcp://host:port (or "
+            "tls://host:port with Dask's TLS settings)",
+        ) from None
     except (OSError, ValueError) as exc:  # TimeoutError is an OSError
         if not isinstance(target, str):
             raise
@@ -79,6 +89,31 @@ def connect(target: str | LocalCluster, timeout: float | None, loop: Any = None)
             f"cannot connect to a Dask scheduler at {target!r} ({exc}); give the address of a running "
             "scheduler, tcp://host:port, or leave the setting unset to start a cluster on this machine",
         ) from None
+
+
+def _check_tls_settings(address: str) -> None:
+    """A TLS scheduler needs a certificate authority to trust and a client certificate from Dask's own
+    configuration (Security() reads it); without them Dask failed with a bare TypeError.
+
+    Raises:
+        InvalidInputError: they are not configured (field ``dask_scheduler``).
+    """
+    security = Security()
+    missing = [
+        variable
+        for variable, value in (
+            ("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", getattr(security, "tls_ca_file", None)),
+            ("DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT", getattr(security, "tls_client_cert", None)),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidInputError(
+            "dask_scheduler",
+            f"{address!r} is a TLS address, but Dask's TLS settings for this client are not configured: "
+            f"set {' and '.join(missing)} (and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY if the key is not in "
+            "the certificate file), or give a tcp:// address",
+        )
 
 
 def cluster_security(processes: bool) -> Security | None:
