@@ -92,6 +92,22 @@ class GpuPool:
         return None
 
 
+class Unlimited:
+    """Admission that grants any amount of anything (what Dask itself places is under test)."""
+
+    def check_satisfiable(self, requirements: Mapping[str, Any]) -> None:
+        return None
+
+    def try_acquire(self, requester_id: str, requirements: Mapping[str, Any]) -> object | None:
+        return requirements
+
+    def release_handle(self, handle: object) -> None:
+        return None
+
+    def add_release_listener(self, callback: Callable[[], None]) -> None:
+        return None
+
+
 @pytest.fixture
 def dask_orch(dask_client: Any) -> Iterator[Callable[..., TaskOrchestrator]]:
     from codomyrmex_orchestration.core.backends.dask import DaskBackend
@@ -439,6 +455,35 @@ def test_a_step_whose_worker_dies_fails_at_once_and_our_retry_policy_decides_if_
         )
         # One run per attempt: Dask re-ran each attempt up to 3 more times on a new worker.
         assert (record.attempts, runs.read_text().count("run")) == (2, 2)
+    finally:
+        orch.shutdown(wait=True, timeout=30)
+
+
+def test_a_mapped_requirement_no_worker_of_our_cluster_declares_is_refused_at_submission() -> None:
+    pytest.importorskip("distributed", reason=DASK_MISSING)
+    backend = create_backend(
+        "dask",
+        dask_n_workers=1,
+        dask_processes=False,
+        dask_worker_resources=("CPU=1",),
+        dask_resource_map=("compute=CPU",),
+    )
+    registry = create_registry(load_plugins=False)
+    orch = TaskOrchestrator(1, registry=registry, backend=backend, resource_manager=Unlimited())
+    try:
+        step = {"module": "core", "action": "echo", "parameters": {"message": 1}}
+        # It waited forever for a worker declaring CPU=2, with no timeout.
+        with pytest.raises(InsufficientResourcesError, match="compute: requested 2, available 1") as info:
+            orch.submit_task(TaskSpec(name="big", resources={"compute": 2}, **step))
+        assert "CODOMYRMEX_DASK_WORKER_RESOURCES" in str(info.value)
+        fits = orch.wait(orch.submit_task(TaskSpec(name="fits", resources={"compute": 1}, **step)), WAIT)
+        assert fits.status is TaskStatus.COMPLETED
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        manager.create_workflow("big", [{"name": "big", "resources": {"compute": 2}, **step}])
+        record = manager.execute_workflow("big", timeout=WAIT)
+        assert record.status is WorkflowStatus.FAILED
+        error = record.steps["big"].error
+        assert error is not None and "CODOMYRMEX_DASK_WORKER_RESOURCES" in error.message, error
     finally:
         orch.shutdown(wait=True, timeout=30)
 

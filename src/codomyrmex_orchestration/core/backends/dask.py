@@ -44,6 +44,7 @@ from codomyrmex_orchestration.core.backends._dask_submit import Submission
 from codomyrmex_orchestration.core.models import TaskPriority
 from codomyrmex_orchestration.errors import (
     ActionUnavailableError,
+    InsufficientResourcesError,
     StepFailedError,
     UnknownActionError,
 )
@@ -296,6 +297,11 @@ class DaskBackend:
                 self._close_cluster()
                 raise
         self.resource_map = dict(resource_map or {})
+        #: What each worker of the LocalCluster we started declares (None: a cluster we do not know, whose
+        #: workers may come and go; a step then waits for one that has what it needs).
+        self._declared: dict[str, float] | None = (
+            dict(worker_resources or {}) if self._cluster is not None else None
+        )
         self.local_actions = frozenset(local_actions)
         self._local_modules = frozenset(a[:-2] for a in self.local_actions if a.endswith(".*"))
         try:
@@ -339,8 +345,32 @@ class DaskBackend:
             dask_resources = {
                 self.resource_map[k]: float(v) for k, v in resources.items() if k in self.resource_map
             } or None
+            self._check_declared(resources)
         # Dask runs higher priorities first; ours are lower-first.
         return partial(self._run, call, -int(priority), dask_resources)
+
+    def _check_declared(self, resources: Mapping[str, Any]) -> None:
+        """Refuse at submission a mapped requirement no worker of our LocalCluster declares: Dask would
+        keep the step waiting for such a worker forever.
+
+        Raises:
+            InsufficientResourcesError: naming the requirement and what each worker declares.
+        """
+        if self._declared is None:
+            return
+        short = {
+            ours: (float(amount), self._declared.get(self.resource_map[ours], 0.0))
+            for ours, amount in resources.items()
+            if ours in self.resource_map and float(amount) > self._declared.get(self.resource_map[ours], 0.0)
+        }
+        if short:
+            raise InsufficientResourcesError(
+                {k: need for k, (need, _) in short.items()},
+                {k: has for k, (_, has) in short.items()},
+                "no worker of the Dask cluster started here declares that much ("
+                + ", ".join(f"{k} is {self.resource_map[k]} there" for k in short)
+                + "; each worker's resources are CODOMYRMEX_DASK_WORKER_RESOURCES)",
+            )
 
     def _run(
         self, call: ActionCall, priority: int, resources: dict[str, float] | None, ctx: ActionContext
