@@ -285,6 +285,15 @@ def test_run_on_an_unusable_dask_scheduler_is_a_configuration_error_naming_the_s
     assert line.startswith(
         f"error: CODOMYRMEX_DASK_SCHEDULER: cannot connect to a Dask scheduler at {address!r}"
     )
+    # A well-formed tls:// address without Dask's TLS settings was an internal error (TypeError), exit 1.
+    cli.env.update(CODOMYRMEX_DASK_SCHEDULER=address.replace("tcp://", "tls://"))
+    no_tls = cli("run", demo)
+    assert no_tls.returncode == 2, no_tls.stderr
+    line = single_error_line(no_tls.stderr)
+    assert (
+        line.startswith("error: CODOMYRMEX_DASK_SCHEDULER: ")
+        and "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in line
+    )
 
 
 def test_debug_shows_the_traceback_that_is_otherwise_hidden(cli: Cli) -> None:

@@ -154,6 +154,12 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
             health["reason"] = "the scheduler is shut down and accepts no work"
         elif stalled:
             health["reason"] = "work is queued but no worker thread is alive"
+        elif health.get("backend", {}).get("reachable") is False:
+            backend = health["backend"]
+            health["reason"] = (
+                f"the {backend['name']} backend's scheduler cannot be reached ({backend.get('status')}): "
+                "steps sent to it fail (CODOMYRMEX_DASK_SCHEDULER)"
+            )
         return ("unhealthy" if "reason" in health else "healthy"), health
 
     def store() -> tuple[HealthStatus, dict[str, Any]]:

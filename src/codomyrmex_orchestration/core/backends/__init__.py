@@ -4,8 +4,8 @@ The :class:`~codomyrmex_orchestration.core.scheduler.TaskOrchestrator` keeps ord
 dependencies, resource admission, timeouts, retries and state; a backend only decides how one attempt of
 an *action* step is executed. A step is described to the backend as an :class:`ActionCall` (the action's
 name and its resolved, picklable parameters), never as a closure, so a backend may run it in another
-process. Only :mod:`codomyrmex_orchestration.core.backends.dask` (with its ``_dask_submit`` and
-``_dask_results``) imports Dask, and only when selected.
+process. Only :mod:`codomyrmex_orchestration.core.backends.dask` (with its ``_dask_client``,
+``_dask_submit`` and ``_dask_results``) imports Dask, and only when selected.
 """
 
 from __future__ import annotations

@@ -27,14 +27,16 @@ __all__ = ["Outcome", "ResultCollector"]
 
 
 class Outcome:
-    """What the collector found for one future; ``wake`` is the slot's event (also set on cancel)."""
+    """What the collector found for one future; ``wake`` is the slot's event (also set on cancel).
+    ``error`` is set instead when the submission itself failed (the client refused it)."""
 
-    __slots__ = ("has_value", "value", "wake")
+    __slots__ = ("error", "has_value", "value", "wake")
 
     def __init__(self, wake: threading.Event) -> None:
         self.wake = wake
         self.has_value = False
         self.value: Any = None
+        self.error: BaseException | None = None
 
 
 class ResultCollector:
@@ -51,8 +53,10 @@ class ResultCollector:
     def track(self, future: Future[Any], outcome: Outcome) -> None:
         """On the client's event loop: set ``outcome.wake`` once ``future`` is finished (with its value
         in ``outcome``, if gathered)."""
-        if self._task is None or self._task.done():
-            # First use, or tracked again after close(): a backend may outlive a scheduler.
+        if self._task is None or self._task.done() or self._closed:
+            # First use, or tracked again after close(): a backend may outlive a scheduler. A task told
+            # to close may not have ended yet: it would end without delivering this one, so it is left
+            # to end and a new one collects.
             self._closed = False
             self._has_work = asyncio.Event()
             self._task = asyncio.ensure_future(self._collect())
@@ -80,21 +84,27 @@ class ResultCollector:
             self._has_work.set()
 
     async def _collect(self) -> None:
-        assert self._has_work is not None
-        while not self._closed:
+        has_work = self._has_work  # this task's own: a newer task has another
+        assert has_work is not None
+        while not self._closed and self._has_work is has_work:
             if not self._waiting:
-                self._has_work.clear()
-                await self._has_work.wait()
+                has_work.clear()
+                await has_work.wait()
                 continue
-            try:
-                first = await self._finished.__anext__()
-            except StopAsyncIteration:
-                # Nothing in flight: a slot still listed can only be answered by its own future.
-                stranded, self._waiting = list(self._waiting.values()), {}
-                for outcome in stranded:
-                    outcome.wake.set()
-                continue
-            await self._deliver([first, *self._finished.next_batch(block=False)])
+            await self._deliver_next()
+
+    async def _deliver_next(self) -> None:
+        # Its own coroutine: a future left in a local of _collect, which waits for work, stayed referenced
+        # and kept its task (and value) on the cluster until the next step finished.
+        try:
+            first = await self._finished.__anext__()
+        except StopAsyncIteration:
+            # Nothing in flight: a slot still listed can only be answered by its own future.
+            stranded, self._waiting = list(self._waiting.values()), {}
+            for outcome in stranded:
+                outcome.wake.set()
+            return
+        await self._deliver([first, *self._finished.next_batch(block=False)])
 
     async def _deliver(self, batch: Sequence[Future[Any]]) -> None:
         owned = [(f, self._waiting.pop(str(f.key))) for f in batch if str(f.key) in self._waiting]

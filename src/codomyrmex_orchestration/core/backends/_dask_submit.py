@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Client, Future
+from distributed.client import ClosedClientError
 
 from codomyrmex_orchestration.core.backends._dask_results import Outcome, ResultCollector
 
 __all__ = ["Submission", "SubmitBatcher"]
+
+#: Client states in which a submission reaches the scheduler (``connecting``: once reconnected, or
+#: cancelled when the client gives up; either way the slot hears of it).
+_SENDING = frozenset({"running", "connecting", "newly-created"})
 
 
 @dataclass(slots=True, eq=False)
@@ -55,8 +60,10 @@ class SubmitBatcher:
             self._queue.append(submission)
         if first:
             loop = self._client.loop
-            assert loop is not None  # a client has its loop from construction until it is closed
-            loop.add_callback(self._flush)
+            if loop is None:  # a closed client of its own loop: nothing will ever submit
+                self._flush()
+            else:
+                loop.add_callback(self._flush)
 
     def abandon(self, submission: Submission, reason: str) -> Future[Any] | None:
         """The slot stops waiting: a submission not sent yet never will be; returns the future if sent."""
@@ -74,9 +81,22 @@ class SubmitBatcher:
             with self._lock:
                 if sub.abandoned:
                     continue
-            future = self._client.submit(
-                sub.fn, sub.argument, key=sub.key, priority=sub.priority, resources=sub.resources, pure=False
-            )
+            try:
+                if self._client.status not in _SENDING:
+                    # A closing client drops what it is given without a word: refuse it here.
+                    raise ClosedClientError(f"the client is {self._client.status}")
+                future = self._client.submit(
+                    sub.fn,
+                    sub.argument,
+                    key=sub.key,
+                    priority=sub.priority,
+                    resources=sub.resources,
+                    pure=False,
+                )
+            except Exception as exc:  # ClosedClientError: each slot must hear it, or it waits forever
+                sub.outcome.error = exc
+                sub.outcome.wake.set()
+                continue
             with self._lock:
                 sub.future = future
                 abandoned = sub.abandoned
