@@ -146,7 +146,7 @@ def test_resume_refuses_when_the_pinned_version_is_gone_naming_both_versions(
 def test_an_old_version_is_kept_while_a_run_refers_to_it_and_dropped_after(
     orchestrator: TaskOrchestrator, registry: ActionRegistry
 ) -> None:
-    store = MemoryStore(retention_runs=1)
+    store = MemoryStore(retention_runs=1, retention_grace=0)
     manager = manager_on(store, orchestrator, registry)
     manager.create_workflow(definition("one"))
     manager.execute_workflow("pinned", timeout=10)
@@ -162,7 +162,7 @@ def test_an_old_version_is_kept_while_a_run_refers_to_it_and_dropped_after(
 def test_sqlite_retention_drops_versions_no_run_refers_to(
     tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
 ) -> None:
-    with SqliteStore(tmp_path / "state.db", retention_runs=1) as store:
+    with SqliteStore(tmp_path / "state.db", retention_runs=1, retention_grace=0) as store:
         manager = manager_on(store, orchestrator, registry)
         manager.create_workflow(definition("one"))
         manager.execute_workflow("pinned", timeout=10)

@@ -1,8 +1,9 @@
 """Retention for the SQLite store, in two parts. The byte budget's part runs with every commit that
 adds bytes: it measures the bytes used and, over the budget, evicts cached outputs, then the oldest
 finished runs (with their spill folders) and task spill files. The housekeeping runs at most once a
-second (or when a full flush asks): the run limit, unreferenced definition versions, the event limit
-and expired step-cache entries, in bounded passes.
+second (or when a full flush asks): the run limit (finished runs, each kept at least ``grace`` seconds
+after its last save), unreferenced definition versions, the event limit and expired step-cache entries,
+in bounded passes.
 
 It owns the limits, when the next housekeeping pass is due, the spill folders of deleted runs until they
 are removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
@@ -28,9 +29,9 @@ from ._limits import _safe as spill_folder_name  # the folder name the output li
 from ._step_cache import evict_oldest_entry, trim_expired
 from ._store_health import sqlite_reason
 from ._store_pages import chunk_pages, free_pages, give_back
-from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
+from ._store_schema import FINISHED_STATUSES, wal_limit_for
 
-__all__ = ["Retention", "Usage", "oldest_finished_runs", "stored_runs"]
+__all__ = ["Retention", "Usage", "finished_runs", "oldest_finished_runs"]
 
 #: Retention deletes at most this many rows per pass, so one pass never stalls the writer for long.
 _CHUNK = 5_000
@@ -61,11 +62,15 @@ class Usage:
 
 
 class Retention:
-    """Keeps at most ``runs`` runs and ``events`` events, and (with ``max_bytes``) the bytes under it.
+    """Keeps at most ``runs`` finished runs and ``events`` events, and (with ``max_bytes``) the bytes
+    under it.
 
     Args:
         path: the database file, for messages.
-        runs, events: the most runs and events kept (finished runs and events go oldest first).
+        runs, events: the most finished runs and events kept (both go oldest first). Unfinished runs
+            (running, waiting for input) do not count and are never deleted.
+        grace: seconds a finished run is kept after its last save whatever the run limit (a run that
+            just ended is read by whoever waited for it); the byte budget does not wait for it.
         max_bytes: the byte budget (``None``: none); see :class:`Usage` for what counts.
         spill_dir: where step outputs are spilled (``<spill_dir>/<run_id>/``, ``<spill_dir>/tasks/``).
         wal_reserve: bytes kept aside for the write-ahead log.
@@ -82,10 +87,12 @@ class Retention:
         spill_dir: Path | None = None,
         wal_reserve: int = 0,
         every: float = 1.0,
+        grace: float = 0.0,
     ) -> None:
         self.path = path
         self.runs = runs
         self.events = events
+        self.grace = grace
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
         # The WAL lives in the state directory too. Its live size swings with every commit (and with
@@ -310,16 +317,19 @@ class Retention:
 
     def _trim_runs(self, conn: sqlite3.Connection) -> None:
         # Every query here reads a tally row or walks an index from its oldest end: a pass costs the
-        # same on an empty store and a full one.
-        runs = stored_runs(conn)
+        # same on an empty store and a full one. Only finished runs count: unfinished ones cannot be
+        # deleted, so counting them would make the runs that just finished go in their place.
+        runs = finished_runs(conn)
         excess = min(runs - self.runs, _CHUNK)
         if excess > 0:
-            self._delete_oldest_runs(conn, excess)
-            if runs - self.runs > _CHUNK:
-                self._dirty = True
+            deleted = self._delete_oldest_runs(conn, excess, saved_before=time.time() - self.grace)
+            if runs - self.runs > deleted:
+                self._dirty = True  # more to delete, or runs still in their grace: the next pass looks
 
-    def _delete_oldest_runs(self, conn: sqlite3.Connection, count: int) -> int:
-        ids = [run_id for _, run_id in oldest_finished_runs(conn, count)]
+    def _delete_oldest_runs(
+        self, conn: sqlite3.Connection, count: int, *, saved_before: float | None = None
+    ) -> int:
+        ids = [run_id for _, run_id in oldest_finished_runs(conn, count, saved_before=saved_before)]
         conn.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
         if self.spill_dir is not None:
             self._doomed.extend(ids)
@@ -397,26 +407,35 @@ class Retention:
             self._task_bytes = sum(size for _, size, _ in files)
 
 
-def oldest_finished_runs(conn: sqlite3.Connection, count: int) -> list[tuple[float, str]]:
+def oldest_finished_runs(
+    conn: sqlite3.Connection, count: int, *, saved_before: float | None = None
+) -> list[tuple[float, str]]:
     """The ``count`` oldest finished runs as ``(created_at, run_id)``, oldest first: the oldest
     ``count`` of each finished status, one range of ``runs_by_status`` each, merged. (Python orders
-    ``(float, str)`` pairs as SQLite orders ``created_at, run_id``: UTF-8 keeps code point order.)"""
+    ``(float, str)`` pairs as SQLite orders ``created_at, run_id``: UTF-8 keeps code point order.)
+
+    With ``saved_before`` (a ``time.time()``), each status's range stops at its first run saved since
+    then, so the walk stays as short as the runs it returns (those behind such a run wait for it)."""
     found: list[tuple[float, str]] = []
     for status in FINISHED_STATUSES:
-        found.extend(
-            conn.execute(
-                "SELECT created_at, run_id FROM runs INDEXED BY runs_by_status WHERE status = ? "
-                "ORDER BY created_at, run_id LIMIT ?",
-                (status, count),
-            )
+        rows = conn.execute(
+            "SELECT created_at, run_id, updated_at FROM runs INDEXED BY runs_by_status WHERE status = ? "
+            "ORDER BY created_at, run_id LIMIT ?",
+            (status, count),
         )
+        for created_at, run_id, updated_at in rows:
+            if saved_before is not None and updated_at > saved_before:
+                break
+            found.append((created_at, run_id))
+        rows.close()  # a range left at a run in its grace: its statement is not left open
     found.sort()
     return found[:count]
 
 
-def stored_runs(conn: sqlite3.Connection) -> int:
-    """Runs stored, from the tallies (one index range, no count over the runs table)."""
-    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE {RUN_TALLIES}").fetchone()
+def finished_runs(conn: sqlite3.Connection) -> int:
+    """Finished runs stored (the ones the run limit counts), from the tallies."""
+    keys = ", ".join(f"'runs/{status}'" for status in FINISHED_STATUSES)
+    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE key IN ({keys})").fetchone()
     return int(row[0])
 
 

@@ -29,6 +29,7 @@ from ._store_codec import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_HOUSEKEEPING_INTERVAL,
     DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_GRACE,
     DEFAULT_RETENTION_RUNS,
     check_intervals,
     check_limits,
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_RETENTION_EVENTS",
+    "DEFAULT_RETENTION_GRACE",
     "DEFAULT_RETENTION_RUNS",
     "DEFAULT_STATE_MAX_BYTES",
     "SCHEMA_VERSION",
@@ -188,7 +190,9 @@ class SqliteStore:
 
     Args:
         path: the database file (the engine passes ``<state_dir>/state.db``); its directory is created.
-        retention_runs: finished runs kept (oldest finished ones are deleted, with their steps).
+        retention_runs: finished runs kept (oldest finished ones are deleted, with their steps); runs not
+            finished (running, waiting for input) do not count and are never deleted.
+        retention_grace: seconds a finished run is kept after its last save whatever ``retention_runs``.
         retention_events: events kept (oldest deleted).
         flush_interval: seconds the writer waits to gather a batch before committing it.
         max_bytes: the byte budget (``None``: none): run records, step results, spill files and cached
@@ -218,8 +222,9 @@ class SqliteStore:
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         spill_dir: Path | str | None = None,
         housekeeping_interval: float = DEFAULT_HOUSEKEEPING_INTERVAL,
+        retention_grace: float = DEFAULT_RETENTION_GRACE,
     ) -> None:
-        check_retention(retention_runs, retention_events)
+        check_retention(retention_runs, retention_events, retention_grace)
         check_limits(max_bytes, max_parameters_bytes)
         check_intervals(flush_interval=flush_interval, housekeeping_interval=housekeeping_interval)
         self.path = Path(path).absolute()
@@ -233,6 +238,7 @@ class SqliteStore:
             spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
             wal_reserve=wal_limit_for(max_bytes) if max_bytes is not None else 0,
             every=housekeeping_interval,
+            grace=retention_grace,
         )
         writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
