@@ -105,6 +105,8 @@ class MemoryStore:
         self._versions: dict[tuple[str, int], tuple[str, str]] = {}
         self._newest: dict[str, int] = {}
         self._version_refs: collections.Counter[tuple[str, int]] = collections.Counter()
+        # Deleted names -> their newest version then: versions up to it go once no run refers to them.
+        self._deleted: dict[str, int] = {}
         self._runs: dict[str, _MemRun] = {}
         # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
         # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
@@ -126,9 +128,13 @@ class MemoryStore:
         with self._lock:
             self._workflows[spec.name] = (raw, source)
 
-    def delete_workflow(self, name: str) -> None:
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None:
         with self._lock:
             self._workflows.pop(name, None)
+            if versions_upto is not None:
+                self._deleted[name] = max(versions_upto, self._deleted.get(name, 0))
+                for key in [key for key in self._versions if key[0] == name and key[1] <= versions_upto]:
+                    self._drop_version_if_unused(key)
 
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
         with self._lock:
@@ -155,12 +161,28 @@ class MemoryStore:
 
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
         with self._lock:
-            return {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}
+            latest = {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}
+            for name, upto in self._deleted.items():  # numbers go on past a deleted name's versions
+                if upto > latest.get(name, (0, ""))[0]:
+                    latest[name] = (upto, "")
+            return latest
 
     def _drop_version_if_unused(self, key: tuple[str, int]) -> None:
-        if self._version_refs[key] <= 0 and self._newest.get(key[0]) != key[1]:
-            self._versions.pop(key, None)
-            self._version_refs.pop(key, None)
+        name, version = key
+        deleted = self._deleted.get(name, 0) >= version  # a deleted name's: its newest goes too
+        if self._version_refs[key] > 0 or (self._newest.get(name) == version and not deleted):
+            return
+        self._versions.pop(key, None)
+        self._version_refs.pop(key, None)
+        if deleted:
+            left = [v for n, v in self._versions if n == name]
+            if self._newest.get(name) == version:
+                if left:
+                    self._newest[name] = max(left)
+                else:
+                    del self._newest[name]
+            if not any(v <= self._deleted[name] for v in left):
+                del self._deleted[name]
 
     # runs
     def save_run(self, record: RunRecord) -> None:

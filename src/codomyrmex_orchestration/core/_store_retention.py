@@ -27,16 +27,30 @@ from pathlib import Path
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
+from ._store_batch import DELETE, Batch
 from ._store_health import sqlite_reason
 from ._store_pages import chunk_pages, free_pages, give_back
-from ._store_schema import FINISHED_STATUSES, wal_limit_for
+from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
 
-__all__ = ["Retention", "Usage", "finished_runs", "oldest_finished_runs"]
+__all__ = [
+    "DELETED_VERSIONS",
+    "Retention",
+    "Usage",
+    "finished_runs",
+    "forget_workflow",
+    "oldest_finished_runs",
+    "stored_runs",
+]
 
 #: Retention deletes at most this many rows per pass, so one pass never stalls the writer for long.
 _CHUNK = 5_000
 #: Runs deleted at a time while evicting by bytes: each deletion is measured, so none goes needlessly.
 _BYTES_STEP = 1
+#: Selects the marks of deleted workflows in the tallies: ``deleted/<name>`` -> the newest version the
+#: name had when it was deleted (SqliteStore.delete_workflow). Its versions up to that one go once no
+#: stored run refers to them, the newest too (a registered name keeps its newest).
+DELETED_VERSIONS = "key > 'deleted/' AND key < 'deleted0'"
+_DELETED_AT = len("deleted/") + 1  # where the name starts in such a key (substr() counts from 1)
 #: The spill files of tasks outside runs (``<spill_dir>/tasks``) are measured at most this often.
 _TASK_SPILL_EVERY = 1.0
 
@@ -314,6 +328,19 @@ class Retention:
             "AND r.workflow_version = v.version) LIMIT ?)",
             (_CHUNK,),
         )
+        # A deleted workflow's versions (up to its newest when it was deleted: see DELETED_VERSIONS) go,
+        # the newest too, once no stored run refers to them; then the mark goes.
+        conn.execute(
+            "DELETE FROM workflow_versions WHERE rowid IN (SELECT v.rowid FROM tallies t "
+            f"JOIN workflow_versions v ON v.name = substr(t.key, {_DELETED_AT}) AND v.version <= t.n "
+            f"WHERE {DELETED_VERSIONS} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = v.name "
+            "AND r.workflow_version = v.version) LIMIT ?)",
+            (_CHUNK,),
+        )
+        conn.execute(
+            f"DELETE FROM tallies WHERE {DELETED_VERSIONS} AND NOT EXISTS (SELECT 1 FROM workflow_versions v "
+            f"WHERE v.name = substr(tallies.key, {_DELETED_AT}) AND v.version <= tallies.n)"
+        )
 
     def _trim_runs(self, conn: sqlite3.Connection) -> None:
         # Every query here reads a tally row or walks an index from its oldest end: a pass costs the
@@ -432,10 +459,9 @@ def oldest_finished_runs(
     return found[:count]
 
 
-def finished_runs(conn: sqlite3.Connection) -> int:
-    """Finished runs stored (the ones the run limit counts), from the tallies."""
-    keys = ", ".join(f"'runs/{status}'" for status in FINISHED_STATUSES)
-    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE key IN ({keys})").fetchone()
+def stored_runs(conn: sqlite3.Connection) -> int:
+    """Runs stored, from the tallies (one index range, no count over the runs table)."""
+    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE {RUN_TALLIES}").fetchone()
     return int(row[0])
 
 
@@ -443,6 +469,27 @@ def stored_bytes(conn: sqlite3.Connection) -> int:
     """Bytes of run records, step results, run spill files and cached outputs, from the tallies."""
     row = conn.execute("SELECT n FROM tallies WHERE key = 'bytes'").fetchone()
     return int(row[0]) if row else 0
+
+
+def finished_runs(conn: sqlite3.Connection) -> int:
+    """Finished runs stored (the ones the run limit counts), from the tallies."""
+    keys = ", ".join(f"'runs/{status}'" for status in FINISHED_STATUSES)
+    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE key IN ({keys})").fetchone()
+    return int(row[0])
+
+
+def forget_workflow(batch: Batch, *, name: str, versions_upto: int | None) -> None:
+    """Delete definition ``name`` in ``batch`` and, with ``versions_upto``, mark its versions up to that
+    one (``deleted/<name>``, see DELETED_VERSIONS): housekeeping drops each once no run refers to it."""
+    batch.workflows[name] = DELETE
+    if versions_upto is not None:
+        batch.statements.append(
+            (
+                "INSERT INTO tallies (key, n) VALUES ('deleted/' || ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET n = max(n, excluded.n)",
+                (name, versions_upto),
+            )
+        )
 
 
 def _unlink_quietly(name: str) -> None:

@@ -50,7 +50,7 @@ from ._store_memory import MemoryStore
 from ._store_orphans import tidy_spills
 from ._store_pages import give_back_for
 from ._store_reads import StoreReader
-from ._store_retention import Retention
+from ._store_retention import Retention, forget_workflow
 from ._store_schema import (
     SCHEMA_VERSION,
     inode,
@@ -102,7 +102,8 @@ class StateStore(Protocol):
     max_parameters_bytes: int
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
-    def delete_workflow(self, name: str) -> None: ...
+    # With ``versions_upto``: the name's versions up to that one go too, once no stored run refers to one.
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None: ...
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]: ...
     # Definition versions: kept while they are the newest of their name or a stored run refers to one
     # (RunRecord.workflow_version); a (name, version) once saved never changes.
@@ -312,8 +313,9 @@ class SqliteStore:
         row = (spec.model_dump_json(), source)
         self._writer.enqueue(lambda b: b.workflows.__setitem__(spec.name, row))
 
-    def delete_workflow(self, name: str) -> None:
-        self._writer.enqueue(lambda b: b.workflows.__setitem__(name, DELETE))
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None:
+        """Forget ``name``; with ``versions_upto``, its versions up to it once no run refers to one."""
+        self._writer.enqueue(partial(forget_workflow, name=name, versions_upto=versions_upto))
 
     def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None:
         """Keep version ``version`` of workflow ``name`` (its spec JSON ``source``); no-op if kept."""
