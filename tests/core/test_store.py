@@ -377,20 +377,20 @@ def test_event_payloads_that_are_not_plain_json_are_stored_readably(store: Store
 
 
 def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_store: StoreFactory) -> None:
-    store = make_store(retention_runs=3)
+    store = make_store(retention_runs=3, retention_grace=0)
     store.save_run(_run("active-oldest", age=100))
     for i in range(6):
         store.save_run(_run(f"done-{i}", age=50 - i, status=WorkflowStatus.COMPLETED))
         store.save_step(f"done-{i}", StepResult(name="a", status=TaskStatus.COMPLETED))
     store.flush()
     kept = [r.run_id for r in store.list_runs()]
-    assert kept == ["done-5", "done-4", "active-oldest"]
+    assert kept == ["done-5", "done-4", "done-3", "active-oldest"]  # three finished, besides the active
     assert store.get_run("done-0") is None
-    assert store.stats()["rows"]["steps"] == 2  # the trimmed runs' steps went with them
+    assert store.stats()["rows"]["steps"] == 3  # the trimmed runs' steps went with them
 
 
 def test_retention_deletes_the_oldest_finished_runs_whatever_their_status(make_store: StoreFactory) -> None:
-    store = make_store(retention_runs=4)
+    store = make_store(retention_runs=4, retention_grace=0)
     store.save_run(_run("waiting-oldest", age=100, status=WorkflowStatus.WAITING_FOR_INPUT))
     store.save_run(_run("running-old", age=90))
     finished = (
@@ -403,19 +403,40 @@ def test_retention_deletes_the_oldest_finished_runs_whatever_their_status(make_s
         store.save_run(_run(f"done-{i}", age=50 - i, status=finished[i % 4]))
     store.flush()
     kept = [r.run_id for r in store.list_runs()]
-    assert kept == ["done-7", "done-6", "running-old", "waiting-oldest"]
+    assert kept == ["done-7", "done-6", "done-5", "done-4", "running-old", "waiting-oldest"]
 
 
 def test_retention_spares_a_finished_run_that_was_resumed_and_is_running_again(
     make_store: StoreFactory,
 ) -> None:
-    store = make_store(retention_runs=2)
+    store = make_store(retention_runs=2, retention_grace=0)
     store.save_run(_run("resumed", age=100, status=WorkflowStatus.FAILED))
     store.save_run(_run("resumed", age=100, status=WorkflowStatus.RUNNING))  # resume_run saves it again
     for i in range(4):
         store.save_run(_run(f"done-{i}", age=50 - i, status=WorkflowStatus.COMPLETED))
     store.flush()
-    assert [r.run_id for r in store.list_runs()] == ["done-3", "resumed"]
+    assert [r.run_id for r in store.list_runs()] == ["done-3", "done-2", "resumed"]
+
+
+def test_a_run_that_just_finished_is_kept_for_the_grace_whatever_the_run_limit(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(retention_runs=1, retention_grace=0.5)
+    store.save_run(_run("long", age=100))  # started first, finishes last: the oldest finished run
+    store.save_run(_run("quick", age=50, status=WorkflowStatus.COMPLETED))
+    store.save_run(_run("long", age=100, status=WorkflowStatus.COMPLETED))
+    store.flush()
+    assert [r.run_id for r in store.list_runs()] == ["quick", "long"]  # whoever waited on it reads it
+    threading.Event().wait(0.6)  # the grace passes
+    store.save_run(_run("next", age=0))  # a write for the next trim to follow
+    store.flush()
+    assert [r.run_id for r in store.list_runs()] == ["next", "quick"]
+
+
+def test_a_negative_or_infinite_retention_grace_is_refused(make_store: StoreFactory) -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(InvalidInputError, match="retention_grace"):
+            make_store(retention_grace=bad)
 
 
 def test_retention_keeps_only_the_newest_events(make_store: StoreFactory) -> None:

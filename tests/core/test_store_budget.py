@@ -122,7 +122,9 @@ def _finished_runs(store: SqliteStore, count: int, output_bytes: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "lowered", [{"max_bytes": 2_000_000}, {"retention_runs": 5}], ids=["byte budget", "run retention"]
+    "lowered",
+    [{"max_bytes": 2_000_000}, {"retention_runs": 5, "retention_grace": 0}],
+    ids=["byte budget", "run retention"],
 )
 def test_a_limit_lowered_at_restart_shrinks_the_file_not_only_the_rows(
     lowered: dict[str, int], tmp_path: Path
@@ -140,7 +142,7 @@ def test_a_limit_lowered_at_restart_shrinks_the_file_not_only_the_rows(
 
 def test_runs_deleted_by_retention_while_open_give_their_pages_back_a_chunk_per_pass(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    with SqliteStore(path, retention_runs=5) as store:
+    with SqliteStore(path, retention_runs=5, retention_grace=0) as store:
         _finished_runs(store, 60, 200_000)  # one pass deletes 55 runs: 11 MB of free pages
         chunks = 0
         while _free_pages(path) > 300:

@@ -101,17 +101,18 @@ def test_a_malformed_cursor_is_refused_naming_the_field(make_store: Callable[...
 
 
 def test_run_counts_follow_inserts_status_changes_and_retention(make_store: Callable[..., Store]) -> None:
-    store = make_store(retention_runs=4)
+    store = make_store(retention_runs=2, retention_grace=0)
     store.save_run(_run("active", 0, status=WorkflowStatus.RUNNING))
-    for i in range(1, 4):
+    for i in range(1, 3):
         store.save_run(_run(f"done{i}", i))
     store.flush()
-    assert store.count_runs() == {"running": 1, "completed": 3}
+    assert store.count_runs() == {"running": 1, "completed": 2}
     store.save_run(_run("active", 0, status=WorkflowStatus.FAILED))  # the run ends
     store.save_run(_run("late", 9, status=WorkflowStatus.RUNNING))
     store.save_run(_run("later", 10, status=WorkflowStatus.RUNNING))
+    store.save_run(_run("done3", 11))
     store.flush()
-    # Six runs, four kept: the two oldest finished ones ("active", then "done1") went.
+    # Four finished runs, two kept: the two oldest ("active", then "done1") went; running ones stay.
     assert store.count_runs() == {"completed": 2, "running": 2}
     assert store.get_run("active") is None and store.get_run("done1") is None
     assert store.stats()["rows"]["runs"] == 4

@@ -46,7 +46,9 @@ def test_a_burst_of_big_outputs_between_housekeeping_passes_never_takes_the_stat
 
 
 def test_housekeeping_trims_the_runs_without_a_full_flush_within_a_bounded_wait(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "state.db", retention_runs=2, housekeeping_interval=0.2) as store:
+    with SqliteStore(
+        tmp_path / "state.db", retention_runs=2, retention_grace=0, housekeeping_interval=0.2
+    ) as store:
         for i in range(6):
             record = RunRecord(run_id=f"run{i}", workflow_name="wf", status=WorkflowStatus.COMPLETED)
             record.steps["a"] = StepResult(name="a", status=TaskStatus.COMPLETED, output=i)

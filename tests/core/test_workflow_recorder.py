@@ -92,7 +92,7 @@ def test_a_run_end_leaves_housekeeping_to_its_schedule_and_a_full_flush_brings_i
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.db"
-    with SqliteStore(path, retention_runs=1, housekeeping_interval=3600) as store:
+    with SqliteStore(path, retention_runs=1, retention_grace=0, housekeeping_interval=3600) as store:
         recorder = RunRecorder(store)
         for i in range(3):
             record = RunRecord(run_id=f"r{i}", workflow_name="w", status=WorkflowStatus.RUNNING)

@@ -146,7 +146,7 @@ def test_resume_refuses_when_the_pinned_version_is_gone_naming_both_versions(
 def test_an_old_version_is_kept_while_a_run_refers_to_it_and_dropped_after(
     orchestrator: TaskOrchestrator, registry: ActionRegistry
 ) -> None:
-    store = MemoryStore(retention_runs=1)
+    store = MemoryStore(retention_runs=1, retention_grace=0)
     manager = manager_on(store, orchestrator, registry)
     manager.create_workflow(definition("one"))
     manager.execute_workflow("pinned", timeout=10)
@@ -162,7 +162,7 @@ def test_an_old_version_is_kept_while_a_run_refers_to_it_and_dropped_after(
 def test_sqlite_retention_drops_versions_no_run_refers_to(
     tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
 ) -> None:
-    with SqliteStore(tmp_path / "state.db", retention_runs=1) as store:
+    with SqliteStore(tmp_path / "state.db", retention_runs=1, retention_grace=0) as store:
         manager = manager_on(store, orchestrator, registry)
         manager.create_workflow(definition("one"))
         manager.execute_workflow("pinned", timeout=10)
@@ -174,6 +174,40 @@ def test_sqlite_retention_drops_versions_no_run_refers_to(
         store.flush()
         kept = [v for v in (1, 2, 3) if store.get_workflow_version("pinned", v) is not None]
         assert kept == [3]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_deleted_workflows_versions_go_once_no_run_refers_to_them_and_its_runs_still_resume(
+    kind: str, tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    limits: dict[str, Any] = {"retention_runs": 1, "retention_grace": 0}
+    store: StateStore = (
+        SqliteStore(tmp_path / "state.db", **limits) if kind == "sqlite" else MemoryStore(**limits)
+    )
+    try:
+        manager = manager_on(store, orchestrator, registry)
+        echo = [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}]
+        for i in range(20):
+            manager.create_workflow({"name": f"c_{i}", "parameters": {"blob": "y" * 50_000}, "steps": echo})
+            manager.delete_workflow(f"c_{i}")
+        assert [store.workflow_versions(f"c_{i}") for i in range(20)] == [[]] * 20
+        assert store.latest_workflow_versions() == {}
+
+        manager.create_workflow(definition("one"))
+        failed = manager.execute_workflow("pinned", timeout=10)  # gate fails in a run's first attempt
+        assert failed.status is WorkflowStatus.FAILED
+        manager.delete_workflow("pinned")
+        assert store.workflow_versions("pinned") == [1]  # the run refers to it
+        resumed = manager.resume_run(failed.run_id, timeout=10)
+        assert resumed.status is WorkflowStatus.COMPLETED and resumed.steps["say"].output == "one 7"
+        manager.create_workflow(definition("one"))  # the same content again: a new version, kept
+        assert manager.workflow_version("pinned")[0] == 2
+        manager.execute_workflow("pinned", timeout=10)  # the limit (one run) drops the run of version 1
+        store.flush()
+        assert store.workflow_versions("pinned") == [2]
+        assert store.latest_workflow_versions() == {"pinned": manager.workflow_version("pinned")}
+    finally:
+        store.close()
 
 
 def test_a_state_file_from_before_versions_opens_and_its_runs_resume_with_the_current_definition(
@@ -234,8 +268,8 @@ def test_a_version_that_is_not_kept_is_refused_listing_the_kept_ones(
             manager.get_workflow("pinned", version=1).steps[2].parameters["message"]
             == "one {{steps.a.output.n}}"
         )
-        manager.delete_workflow("pinned")
-        with pytest.raises(WorkflowNotFoundError, match=r"no version 5; kept versions: 1, 2 \(the workflow"):
+        manager.delete_workflow("pinned")  # version 2 goes with it; the run keeps version 1
+        with pytest.raises(WorkflowNotFoundError, match=r"no version 5; kept versions: 1 \(the workflow"):
             manager.describe_workflow("pinned", version=5)
         with pytest.raises(WorkflowNotFoundError, match=r"^workflow 'never' not found"):
             manager.get_workflow("never", version=1)

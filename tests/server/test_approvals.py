@@ -274,6 +274,48 @@ async def test_a_waiting_run_is_answered_after_the_server_restarts(tmp_path: Pat
         second.close()
 
 
+async def test_runs_waiting_for_answers_never_push_out_runs_that_just_completed(tmp_path: Path) -> None:
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.core.store import SqliteStore
+
+    # More runs waiting for an answer than the run limit: each run that completes is still answered
+    # with its record and found right after, and so is a waiting run, older than all, once answered.
+    # Housekeeping at every commit: a run limit that would delete a run does so before it is read.
+    def engine(policy: Any) -> Any:
+        store = SqliteStore(tmp_path / "state" / "state.db", retention_runs=2, housekeeping_interval=0)
+        return OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=tmp_path / "templates",
+            max_workers=4,
+            store=store,
+        )
+
+    tools = OrchestrationMCPTools(engine_factory=engine)
+    try:
+        async with Client(build_server(tools)) as client:
+            await ok(client, "create_workflow", GATED)
+            hello = [{"name": "greet", "module": "core", "action": "echo", "parameters": {"message": "hi"}}]
+            await ok(client, "create_workflow", {"name": "hello", "steps": hello})
+            waiting = [(await ok(client, "execute_workflow", {"workflow_name": "gated"})) for _ in range(3)]
+            assert [run["status"] for run in waiting] == ["waiting_for_input"] * 3
+            for _ in range(20):
+                done = await ok(client, "execute_workflow", {"workflow_name": "hello"})
+                assert done["status"] == "completed"
+                read = await ok(client, "get_workflow_run", {"run_id": done["run_id"]})
+                assert read["status"] == "completed" and read["steps"]["greet"]["output"] == "hi"
+            oldest = waiting[0]["run_id"]
+            answer = {"run_id": oldest, "step": "approve", "action": "accept", "content": {"reason": "late"}}
+            assert (await ok(client, "respond_to_run", answer))["status"] == "completed"
+            read = await ok(client, "get_workflow_run", {"run_id": oldest})
+            assert read["status"] == "completed" and read["steps"]["act"]["output"] == "late"
+            listed = await ok(client, "list_workflow_runs", {"status": "waiting_for_input"})
+            assert sorted(r["run_id"] for r in listed["runs"]) == sorted(r["run_id"] for r in waiting[1:])
+    finally:
+        tools.close()
+
+
 async def test_a_wait_ends_when_the_run_needs_a_person_and_the_answer_waits_for_the_end(
     client: Client,
 ) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -261,7 +260,7 @@ def build_metrics(engine: OrchestrationEngine) -> MetricsReport:
         resource_manager = engine.resource_manager
         return MetricsReport(
             uptime_seconds=process_uptime(),  # the process's; throughput divides by the engine's
-            sessions_by_status=dict(Counter(s.status.value for s in engine.sessions.list())),
+            sessions_by_status=engine.sessions.count_by_status(),
             workflows_registered=len(engine.workflow_manager.list_workflows()),
             # Counted in the store: building up to retention_runs records per status call made each
             # call slower as runs accumulated (found by the multi-round load test).

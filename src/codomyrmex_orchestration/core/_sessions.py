@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -320,6 +321,14 @@ class SessionRegistry:
     def active_count(self) -> int:
         with self._lock:
             return len(self._live)
+
+    def count_by_status(self) -> dict[str, int]:
+        """Sessions kept in memory by status value: counted, none copied (up to CLOSED_KEPT are closed,
+        and a status report must not cost a copy of each)."""
+        with self._lock:
+            counts = Counter(live.session.status.value for live in self._live.values())
+            counts.update(session.status.value for session in self._closed.values())
+        return dict(counts)
 
     @property
     def alive(self) -> bool:

@@ -21,6 +21,9 @@ from .models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 
 DEFAULT_RETENTION_RUNS = 10_000
 DEFAULT_RETENTION_EVENTS = 100_000
+#: Seconds a finished run is kept after its last save whatever the run limit: whoever waited for it (an
+#: execute_workflow call, a get_workflow_run right after) still finds it.
+DEFAULT_RETENTION_GRACE = 60.0
 DEFAULT_FLUSH_INTERVAL = 0.05
 #: Seconds between housekeeping passes of the SQLite store (run, version and event limits, expired
 #: cached outputs); a full flush brings one forward. The byte budget is kept at every commit.
@@ -126,11 +129,13 @@ def event_dict(event_id: int, ts: float, type: str, raw: str) -> dict[str, Any]:
     return {"id": event_id, "ts": ts, "type": type, "payload": json.loads(raw)}
 
 
-def check_retention(runs: int, events: int) -> None:
+def check_retention(runs: int, events: int, grace: float = DEFAULT_RETENTION_GRACE) -> None:
     if runs < 1:
         raise InvalidInputError("retention_runs", f"must be at least 1, got {runs}")
     if events < 1:
         raise InvalidInputError("retention_events", f"must be at least 1, got {events}")
+    if not 0 <= grace < float("inf"):
+        raise InvalidInputError("retention_grace", f"must be a finite number of seconds >= 0, got {grace}")
 
 
 def run_cursor(record: RunRecord) -> str:

@@ -22,6 +22,7 @@ from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
     DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_GRACE,
     DEFAULT_RETENTION_RUNS,
     STEPS_JSON,
     TERMINAL_RUN,
@@ -52,6 +53,7 @@ class _MemRun:
     workflow_name: str
     status: str
     record: str
+    saved: float = 0.0  # time.time() of its last save: a finished run is kept retention_grace after it
     version: int | None = None  # the definition version the run refers to
     parent: str | None = None  # the run whose step started this one (workflow.run)
     # The steps of the last save_run that had any, as one JSON object (see STEPS_JSON), and the
@@ -85,12 +87,14 @@ class MemoryStore:
         retention_runs: int = DEFAULT_RETENTION_RUNS,
         retention_events: int = DEFAULT_RETENTION_EVENTS,
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
+        retention_grace: float = DEFAULT_RETENTION_GRACE,
     ) -> None:
-        check_retention(retention_runs, retention_events)
+        check_retention(retention_runs, retention_events, retention_grace)
         check_limits(None, max_parameters_bytes)
         self.max_parameters_bytes = max_parameters_bytes
         self.retention_runs = retention_runs
         self.retention_events = retention_events
+        self.retention_grace = retention_grace
         # Guards every table below; held for dict operations only, never across I/O or decoding.
         self._lock = threading.Lock()
         self._seq = itertools.count()
@@ -101,10 +105,14 @@ class MemoryStore:
         self._versions: dict[tuple[str, int], tuple[str, str]] = {}
         self._newest: dict[str, int] = {}
         self._version_refs: collections.Counter[tuple[str, int]] = collections.Counter()
+        # Deleted names -> their newest version then: versions up to it go once no run refers to them.
+        self._deleted: dict[str, int] = {}
         self._runs: dict[str, _MemRun] = {}
         # Finished runs, oldest first, for retention: (created, seq, run_id). Entries of runs that were
         # saved unfinished again (resumed) or already trimmed are stale and skipped when popped.
+        # Retention counts finished runs alone (_finished_count): unfinished ones cannot be trimmed.
         self._finished: list[tuple[float, int, str]] = []
+        self._finished_count = 0
         self._sessions: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._allocations: dict[str, str] = {}
@@ -120,9 +128,13 @@ class MemoryStore:
         with self._lock:
             self._workflows[spec.name] = (raw, source)
 
-    def delete_workflow(self, name: str) -> None:
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None:
         with self._lock:
             self._workflows.pop(name, None)
+            if versions_upto is not None:
+                self._deleted[name] = max(versions_upto, self._deleted.get(name, 0))
+                for key in [key for key in self._versions if key[0] == name and key[1] <= versions_upto]:
+                    self._drop_version_if_unused(key)
 
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]:
         with self._lock:
@@ -149,12 +161,28 @@ class MemoryStore:
 
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
         with self._lock:
-            return {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}
+            latest = {name: (v, self._versions[(name, v)][0]) for name, v in self._newest.items()}
+            for name, upto in self._deleted.items():  # numbers go on past a deleted name's versions
+                if upto > latest.get(name, (0, ""))[0]:
+                    latest[name] = (upto, "")
+            return latest
 
     def _drop_version_if_unused(self, key: tuple[str, int]) -> None:
-        if self._version_refs[key] <= 0 and self._newest.get(key[0]) != key[1]:
-            self._versions.pop(key, None)
-            self._version_refs.pop(key, None)
+        name, version = key
+        deleted = self._deleted.get(name, 0) >= version  # a deleted name's: its newest goes too
+        if self._version_refs[key] > 0 or (self._newest.get(name) == version and not deleted):
+            return
+        self._versions.pop(key, None)
+        self._version_refs.pop(key, None)
+        if deleted:
+            left = [v for n, v in self._versions if n == name]
+            if self._newest.get(name) == version:
+                if left:
+                    self._newest[name] = max(left)
+                else:
+                    del self._newest[name]
+            if not any(v <= self._deleted[name] for v in left):
+                del self._deleted[name]
 
     # runs
     def save_run(self, record: RunRecord) -> None:
@@ -166,7 +194,9 @@ class MemoryStore:
             if run is None:
                 run = _MemRun(next(self._seq), record.created_at.timestamp(), record.workflow_name, "", "")
                 self._runs[record.run_id] = run
+            self._finished_count += (record.status.value in TERMINAL_RUN) - (run.status in TERMINAL_RUN)
             run.status = record.status.value
+            run.saved = time.time()
             run.workflow_name = record.workflow_name
             run.parent = record.parent_run_id
             run.record = raw
@@ -182,7 +212,7 @@ class MemoryStore:
                 run.batch, run.batch_size = batch, len(record.steps)
             if run.status in TERMINAL_RUN:
                 heapq.heappush(self._finished, (run.created, run.seq, record.run_id))
-            if len(self._runs) > self.retention_runs:
+            if self._finished_count > self.retention_runs:
                 self._trim_runs()
 
     def save_step(self, run_id: str, step: StepResult) -> None:
@@ -195,15 +225,24 @@ class MemoryStore:
 
     def _trim_runs(self) -> None:
         # A heap rather than sorting every run on each save: past retention, every new run trims one.
-        excess = len(self._runs) - self.retention_runs
+        # The oldest run still in its grace stops the trim (the runs behind it wait for it, as in
+        # SqliteStore): a save costs the same however many runs have just finished.
+        excess = self._finished_count - self.retention_runs
         finished = self._finished
+        saved_before = time.time() - self.retention_grace
         while excess > 0 and finished:
-            _, seq, run_id = heapq.heappop(finished)
+            _, seq, run_id = finished[0]
             run = self._runs.get(run_id)
-            if run is not None and run.seq == seq and run.status in TERMINAL_RUN:
-                del self._runs[run_id]
-                self._refer(run, None)
-                excess -= 1
+            if run is None or run.seq != seq or run.status not in TERMINAL_RUN:
+                heapq.heappop(finished)  # stale
+                continue
+            if run.saved > saved_before:
+                break
+            heapq.heappop(finished)
+            del self._runs[run_id]
+            self._finished_count -= 1
+            self._refer(run, None)
+            excess -= 1
 
     def _refer(self, run: _MemRun, delta: int | None) -> None:
         """Count ``run``'s reference to its definition version (``delta`` 1), or drop it (None)."""
@@ -282,6 +321,8 @@ class MemoryStore:
             when = utcnow()
             for created, seq, rid, run in found:
                 run.status = WorkflowStatus.INTERRUPTED.value
+                run.saved = time.time()
+                self._finished_count += 1
                 run.record = interrupted(run.record)
                 run.unbatch(())
                 for name, raw in run.steps.items():

@@ -18,6 +18,7 @@ from ..errors import StateStoreError
 from ._limits import _safe
 from ._store_codec import build_run, event_dict, parse_cursor, window
 from ._store_health import Damage, sqlite_reason
+from ._store_retention import DELETED_VERSIONS
 from ._store_schema import close_quietly
 from .models import RunRecord, WorkflowSpec, WorkflowStatus
 
@@ -95,12 +96,17 @@ class StoreReader:
         return [int(v) for (v,) in rows]
 
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
-        """Each name's newest kept version and its digest."""
+        """Each name's newest kept version and its digest; for a deleted name whose versions are still
+        going (see DELETED_VERSIONS), the newest it had, digest "", if higher: numbers go on past it."""
         rows = self.read(
             "SELECT name, version, digest FROM workflow_versions v "
             "WHERE version = (SELECT max(version) FROM workflow_versions w WHERE w.name = v.name)"
         )
-        return {str(n): (int(v), str(d)) for n, v, d in rows}
+        latest = {str(n): (int(v), str(d)) for n, v, d in rows}
+        for name, upto in self.read(f"SELECT substr(key, 9), n FROM tallies WHERE {DELETED_VERSIONS}"):
+            if int(upto) > latest.get(str(name), (0, ""))[0]:
+                latest[str(name)] = (int(upto), "")
+        return latest
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))

@@ -3,8 +3,9 @@ adds bytes: it measures the bytes used and, over the budget, evicts cached outpu
 finished work: finished runs (with their spill folders and the definition versions only they referred
 to), closed sessions and task spill files. Workflow definitions and open sessions count but are never
 evicted: new ones are refused instead (``check_budget``). The housekeeping runs at most once a
-second (or when a full flush asks): the run limit, unreferenced definition versions, the event limit
-and expired step-cache entries, in bounded passes.
+second (or when a full flush asks): the run limit (finished runs, each kept at least ``grace`` seconds
+after its last save), unreferenced definition versions, the event limit and expired step-cache entries,
+in bounded passes.
 
 It owns the limits, when the next housekeeping pass is due, the spill folders of deleted runs until they
 are removed, and the last measure of the bytes used. Passes run only on whichever thread holds the
@@ -28,16 +29,30 @@ from pathlib import Path
 from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
+from ._store_batch import DELETE, Batch
 from ._store_health import sqlite_reason
 from ._store_pages import chunk_pages, free_pages, give_back
 from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
 
-__all__ = ["Retention", "Usage", "oldest_finished_runs", "stored_runs"]
+__all__ = [
+    "DELETED_VERSIONS",
+    "Retention",
+    "Usage",
+    "finished_runs",
+    "forget_workflow",
+    "oldest_finished_runs",
+    "stored_runs",
+]
 
 #: Retention deletes at most this many rows per pass, so one pass never stalls the writer for long.
 _CHUNK = 5_000
 #: Runs deleted at a time while evicting by bytes: each deletion is measured, so none goes needlessly.
 _BYTES_STEP = 1
+#: Selects the marks of deleted workflows in the tallies: ``deleted/<name>`` -> the newest version the
+#: name had when it was deleted (SqliteStore.delete_workflow). Its versions up to that one go once no
+#: stored run refers to them, the newest too (a registered name keeps its newest).
+DELETED_VERSIONS = "key > 'deleted/' AND key < 'deleted0'"
+_DELETED_AT = len("deleted/") + 1  # where the name starts in such a key (substr() counts from 1)
 #: The spill files of tasks outside runs (``<spill_dir>/tasks``) are measured at most this often.
 _TASK_SPILL_EVERY = 1.0
 
@@ -65,11 +80,15 @@ class Usage:
 
 
 class Retention:
-    """Keeps at most ``runs`` runs and ``events`` events, and (with ``max_bytes``) the bytes under it.
+    """Keeps at most ``runs`` finished runs and ``events`` events, and (with ``max_bytes``) the bytes
+    under it.
 
     Args:
         path: the database file, for messages.
-        runs, events: the most runs and events kept (finished runs and events go oldest first).
+        runs, events: the most finished runs and events kept (both go oldest first). Unfinished runs
+            (running, waiting for input) do not count and are never deleted.
+        grace: seconds a finished run is kept after its last save whatever the run limit (a run that
+            just ended is read by whoever waited for it); the byte budget does not wait for it.
         max_bytes: the byte budget (``None``: none); see :class:`Usage` for what counts.
         spill_dir: where step outputs are spilled (``<spill_dir>/<run_id>/``, ``<spill_dir>/tasks/``).
         wal_reserve: bytes kept aside for the write-ahead log.
@@ -86,10 +105,12 @@ class Retention:
         spill_dir: Path | None = None,
         wal_reserve: int = 0,
         every: float = 1.0,
+        grace: float = 0.0,
     ) -> None:
         self.path = path
         self.runs = runs
         self.events = events
+        self.grace = grace
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
         # The WAL lives in the state directory too. Its live size swings with every commit (and with
@@ -311,19 +332,40 @@ class Retention:
             "AND r.workflow_version = v.version) LIMIT ?)",
             (_CHUNK,),
         )
+        # A deleted workflow's versions (up to its newest when it was deleted: see DELETED_VERSIONS) go,
+        # the newest too, once no stored run refers to them; then the mark goes.
+        conn.execute(
+            "DELETE FROM workflow_versions WHERE rowid IN (SELECT v.rowid FROM tallies t "
+            f"JOIN workflow_versions v ON v.name = substr(t.key, {_DELETED_AT}) AND v.version <= t.n "
+            f"WHERE {DELETED_VERSIONS} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = v.name "
+            "AND r.workflow_version = v.version) LIMIT ?)",
+            (_CHUNK,),
+        )
+        conn.execute(
+            f"DELETE FROM tallies WHERE {DELETED_VERSIONS} AND NOT EXISTS (SELECT 1 FROM workflow_versions v "
+            f"WHERE v.name = substr(tallies.key, {_DELETED_AT}) AND v.version <= tallies.n)"
+        )
 
     def _trim_runs(self, conn: sqlite3.Connection) -> None:
         # Every query here reads a tally row or walks an index from its oldest end: a pass costs the
-        # same on an empty store and a full one.
-        runs = stored_runs(conn)
+        # same on an empty store and a full one. Only finished runs count: unfinished ones cannot be
+        # deleted, so counting them would make the runs that just finished go in their place.
+        runs = finished_runs(conn)
         excess = min(runs - self.runs, _CHUNK)
         if excess > 0:
-            self._delete_oldest_runs(conn, excess)
-            if runs - self.runs > _CHUNK:
-                self._dirty = True
+            deleted = self._delete_oldest_runs(conn, excess, saved_before=time.time() - self.grace)
+            if runs - self.runs > deleted:
+                self._dirty = True  # more to delete, or runs still in their grace: the next pass looks
 
-    def _delete_oldest_runs(self, conn: sqlite3.Connection, count: int, *, versions: bool = False) -> int:
-        ids = [run_id for _, run_id in oldest_finished_runs(conn, count)]
+    def _delete_oldest_runs(
+        self,
+        conn: sqlite3.Connection,
+        count: int,
+        *,
+        versions: bool = False,
+        saved_before: float | None = None,
+    ) -> int:
+        ids = [run_id for _, run_id in oldest_finished_runs(conn, count, saved_before=saved_before)]
         pinned = _versions_of(conn, ids) if versions else []
         conn.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
         # Evicting by bytes, the definition versions only these runs referred to go with them (they
@@ -415,19 +457,27 @@ class Retention:
             self._task_bytes = sum(size for _, size, _ in files)
 
 
-def oldest_finished_runs(conn: sqlite3.Connection, count: int) -> list[tuple[float, str]]:
+def oldest_finished_runs(
+    conn: sqlite3.Connection, count: int, *, saved_before: float | None = None
+) -> list[tuple[float, str]]:
     """The ``count`` oldest finished runs as ``(created_at, run_id)``, oldest first: the oldest
     ``count`` of each finished status, one range of ``runs_by_status`` each, merged. (Python orders
-    ``(float, str)`` pairs as SQLite orders ``created_at, run_id``: UTF-8 keeps code point order.)"""
+    ``(float, str)`` pairs as SQLite orders ``created_at, run_id``: UTF-8 keeps code point order.)
+
+    With ``saved_before`` (a ``time.time()``), each status's range stops at its first run saved since
+    then, so the walk stays as short as the runs it returns (those behind such a run wait for it)."""
     found: list[tuple[float, str]] = []
     for status in FINISHED_STATUSES:
-        found.extend(
-            conn.execute(
-                "SELECT created_at, run_id FROM runs INDEXED BY runs_by_status WHERE status = ? "
-                "ORDER BY created_at, run_id LIMIT ?",
-                (status, count),
-            )
+        rows = conn.execute(
+            "SELECT created_at, run_id, updated_at FROM runs INDEXED BY runs_by_status WHERE status = ? "
+            "ORDER BY created_at, run_id LIMIT ?",
+            (status, count),
         )
+        for created_at, run_id, updated_at in rows:
+            if saved_before is not None and updated_at > saved_before:
+                break
+            found.append((created_at, run_id))
+        rows.close()  # a range left at a run in its grace: its statement is not left open
     found.sort()
     return found[:count]
 
@@ -464,6 +514,27 @@ def stored_bytes(conn: sqlite3.Connection) -> int:
     from the tallies."""
     row = conn.execute("SELECT n FROM tallies WHERE key = 'bytes'").fetchone()
     return int(row[0]) if row else 0
+
+
+def finished_runs(conn: sqlite3.Connection) -> int:
+    """Finished runs stored (the ones the run limit counts), from the tallies."""
+    keys = ", ".join(f"'runs/{status}'" for status in FINISHED_STATUSES)
+    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM tallies WHERE key IN ({keys})").fetchone()
+    return int(row[0])
+
+
+def forget_workflow(batch: Batch, *, name: str, versions_upto: int | None) -> None:
+    """Delete definition ``name`` in ``batch`` and, with ``versions_upto``, mark its versions up to that
+    one (``deleted/<name>``, see DELETED_VERSIONS): housekeeping drops each once no run refers to it."""
+    batch.workflows[name] = DELETE
+    if versions_upto is not None:
+        batch.statements.append(
+            (
+                "INSERT INTO tallies (key, n) VALUES ('deleted/' || ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET n = max(n, excluded.n)",
+                (name, versions_upto),
+            )
+        )
 
 
 def _unlink_quietly(name: str) -> None:

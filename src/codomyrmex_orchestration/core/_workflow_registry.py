@@ -339,13 +339,15 @@ class DefinitionRegistry:
         return definition
 
     def delete(self, name: str) -> bool:
-        """Unregister ``name`` (its version counter goes on: a new definition gets a higher number)."""
+        """Unregister ``name``; its versions go once no run refers to them, its numbers go on."""
         with self._define_lock:
             with self._lock:
                 if self._entries.pop(name, None) is None and self._refused.pop(name, None) is None:
                     return False
                 self._plans.pop(name, None)
-            self.store.delete_workflow(name)
+                if (latest := self._latest.get(name)) is not None:  # same content again: a new version
+                    self._latest[name] = (latest[0], "")
+            self.store.delete_workflow(name, latest[0] if latest is not None else None)
         self.store.flush()
         return True
 

@@ -29,6 +29,7 @@ from ._store_codec import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_HOUSEKEEPING_INTERVAL,
     DEFAULT_RETENTION_EVENTS,
+    DEFAULT_RETENTION_GRACE,
     DEFAULT_RETENTION_RUNS,
     check_intervals,
     check_limits,
@@ -49,7 +50,7 @@ from ._store_memory import MemoryStore
 from ._store_orphans import tidy_spills
 from ._store_pages import give_back_for
 from ._store_reads import StoreReader
-from ._store_retention import Retention
+from ._store_retention import Retention, forget_workflow
 from ._store_schema import (
     SCHEMA_VERSION,
     inode,
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PARAMETERS_BYTES",
     "DEFAULT_RETENTION_EVENTS",
+    "DEFAULT_RETENTION_GRACE",
     "DEFAULT_RETENTION_RUNS",
     "DEFAULT_STATE_MAX_BYTES",
     "SCHEMA_VERSION",
@@ -100,7 +102,8 @@ class StateStore(Protocol):
     max_parameters_bytes: int
 
     def save_workflow(self, spec: WorkflowSpec, source: str) -> None: ...
-    def delete_workflow(self, name: str) -> None: ...
+    # With ``versions_upto``: the name's versions up to that one go too, once no stored run refers to one.
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None: ...
     def load_workflows(self) -> list[tuple[WorkflowSpec, str]]: ...
     # Definition versions: kept while they are the newest of their name or a stored run refers to one
     # (RunRecord.workflow_version); a (name, version) once saved never changes.
@@ -188,7 +191,9 @@ class SqliteStore:
 
     Args:
         path: the database file (the engine passes ``<state_dir>/state.db``); its directory is created.
-        retention_runs: finished runs kept (oldest finished ones are deleted, with their steps).
+        retention_runs: finished runs kept (oldest finished ones are deleted, with their steps); runs not
+            finished (running, waiting for input) do not count and are never deleted.
+        retention_grace: seconds a finished run is kept after its last save whatever ``retention_runs``.
         retention_events: events kept (oldest deleted).
         flush_interval: seconds the writer waits to gather a batch before committing it.
         max_bytes: the byte budget (``None``: none): run records, step results, spill files and cached
@@ -218,8 +223,9 @@ class SqliteStore:
         max_parameters_bytes: int = DEFAULT_MAX_PARAMETERS_BYTES,
         spill_dir: Path | str | None = None,
         housekeeping_interval: float = DEFAULT_HOUSEKEEPING_INTERVAL,
+        retention_grace: float = DEFAULT_RETENTION_GRACE,
     ) -> None:
-        check_retention(retention_runs, retention_events)
+        check_retention(retention_runs, retention_events, retention_grace)
         check_limits(max_bytes, max_parameters_bytes)
         check_intervals(flush_interval=flush_interval, housekeeping_interval=housekeeping_interval)
         self.path = Path(path).absolute()
@@ -233,6 +239,7 @@ class SqliteStore:
             spill_dir=Path(spill_dir) if spill_dir is not None else self.path.parent / "outputs",
             wal_reserve=wal_limit_for(max_bytes) if max_bytes is not None else 0,
             every=housekeeping_interval,
+            grace=retention_grace,
         )
         writer_conn, reader_conn = open_database(self.path, wal_limit=wal_limit_for(max_bytes))
         self._inode = inode(self.path)
@@ -306,8 +313,9 @@ class SqliteStore:
         row = (spec.model_dump_json(), source)
         self._writer.enqueue(lambda b: b.workflows.__setitem__(spec.name, row))
 
-    def delete_workflow(self, name: str) -> None:
-        self._writer.enqueue(lambda b: b.workflows.__setitem__(name, DELETE))
+    def delete_workflow(self, name: str, versions_upto: int | None = None) -> None:
+        """Forget ``name``; with ``versions_upto``, its versions up to it once no run refers to one."""
+        self._writer.enqueue(partial(forget_workflow, name=name, versions_upto=versions_upto))
 
     def save_workflow_version(self, name: str, version: int, digest: str, source: str) -> None:
         """Keep version ``version`` of workflow ``name`` (its spec JSON ``source``); no-op if kept."""
