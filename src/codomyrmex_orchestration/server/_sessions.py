@@ -20,12 +20,14 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._versions import send_naming_served
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -68,6 +70,8 @@ class SessionManager(StreamableHTTPSessionManager):
         message: a request with an id that is not a string or an integer is refused here, before the
         SDK's parser takes it for a notification, in the shape of the SDK's answer to a malformed one.
         """
+        if _routed_modern(scope):  # where the SDK refuses a version, naming its modern ones only
+            send = send_naming_served(send)
         if scope.get("method") != "POST":
             await super()._handle_request(scope, receive, send)
             return
@@ -118,6 +122,13 @@ class SessionManager(StreamableHTTPSessionManager):
             reason=f"{self.max_sessions} sessions open (the cap): the longest-idle one made room",
             session=session_id[:8],
         )
+
+
+def _routed_modern(scope: Scope) -> bool:
+    """Whether the SDK serves this request on its 2026-07-28 path: it has an ``MCP-Protocol-Version``
+    header naming no handshake version (as the SDK's session manager routes)."""
+    version = next((v for k, v in scope.get("headers", ()) if k == b"mcp-protocol-version"), None)
+    return version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 @dataclass

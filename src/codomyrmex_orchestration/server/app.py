@@ -44,7 +44,7 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server import _params, _subscriptions, _ui
+from codomyrmex_orchestration.server import _params, _subscriptions, _ui, _versions
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
@@ -522,6 +522,7 @@ def build_server(
     server.extensions[_ui.EXTENSION_ID] = {}  # MCP Apps: the run view resource above
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
+    _versions.install(server)  # server/discover lists the handshake versions served too
     _params.install(server)  # last, innermost: malformed params answered with the field and its values
     return server
 
