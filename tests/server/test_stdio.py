@@ -550,3 +550,25 @@ def test_discover_and_an_unsupported_version_name_every_version_served_newest_fi
         finally:
             legacy.close()
         assert answer["result"]["protocolVersion"] == version
+
+
+def test_a_request_before_initialize_is_told_what_each_protocol_era_needs_first(tmp_path: Path) -> None:
+    # It got -32602 "Invalid request parameters" with data "", naming nothing.
+    wire = _Wire(tmp_path, initialize=False)
+    try:
+        early = [wire.request(1, "tools/list", {}), wire.request(2, "resources/list")]
+        pong = wire.request(3, "ping")  # the one request the handshake does not gate
+        opened = wire.request(4, "initialize", INITIALIZE["params"])
+        wire.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        listed = wire.request(5, "tools/list", {})
+    finally:
+        wire.close()
+    for answer, method in zip(early, ("tools/list", "resources/list"), strict=True):
+        error = answer["error"]
+        assert error["code"] == -32602 and error["data"] == {"method": method}, error
+        message = error["message"]
+        assert message.startswith(f"{method} before initialize"), message
+        assert "send initialize first" in message and "2025-11-25" in message, message
+        assert "2026-07-28" in message and "'io.modelcontextprotocol/protocolVersion'" in message, message
+    assert pong["result"] == {} and opened["result"]["protocolVersion"] == "2025-06-18"
+    assert len(listed["result"]["tools"]) == 24

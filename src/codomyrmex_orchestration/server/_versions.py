@@ -1,19 +1,24 @@
 """The protocol versions this server serves, and the answers that name them: ``server/discover``'s
 ``supportedVersions`` and an ``UnsupportedProtocolVersionError``'s ``data.supported``, which the SDK
-builds from its modern versions only although the server also serves the handshake era. Holds no state.
+builds from its modern versions only although the server also serves the handshake era; and the answer
+to a request sent before ``initialize``, which says what each era needs first. Holds no state.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
+
+from codomyrmex_orchestration.server._notifications import connection_of
 
 if TYPE_CHECKING:  # the stdio wire imports this module too, without the HTTP stack
     from starlette.types import Message, Send
@@ -27,13 +32,20 @@ SERVED_VERSIONS: tuple[str, ...] = (
     *reversed(HANDSHAKE_PROTOCOL_VERSIONS),
 )
 
+# The requests the SDK serves before initialize (the handshake itself, and ping).
+_UNGATED = frozenset({"initialize", "ping"})
+# What a 2026-07-28 request's envelope must carry (the SDK's ladder refuses it without either).
+_ENVELOPE_KEYS = (types.PROTOCOL_VERSION_META_KEY, types.CLIENT_CAPABILITIES_META_KEY)
+
 # How an UnsupportedProtocolVersionError's code reads in the SDK's compact JSON: only an outbound
 # message holding it is parsed again (every other one is passed on untouched).
 _MARK = f'"code":{UNSUPPORTED_PROTOCOL_VERSION}'
 
 
 def install(server: Server[Any]) -> None:
-    """Answer ``server/discover`` as the SDK does, listing :data:`SERVED_VERSIONS`."""
+    """Answer ``server/discover`` as the SDK does, listing :data:`SERVED_VERSIONS`, and a request
+    before ``initialize`` naming what comes first (:func:`_before_initialize`)."""
+    server.middleware.append(partial(_before_initialize, server))
     entry = server.get_request_handler("server/discover")
     assert entry is not None, "the SDK serves server/discover"
     default = entry.handler
@@ -44,6 +56,28 @@ def install(server: Server[Any]) -> None:
         return result.model_copy(update={"supported_versions": list(SERVED_VERSIONS)})
 
     server.add_request_handler("server/discover", entry.params_type, on_discover)
+
+
+async def _before_initialize(server: Server[Any], ctx: Any, call_next: Callable[[Any], Any]) -> Any:
+    """A request the SDK refuses because the connection has not been initialized, refused naming what
+    either era needs first (the SDK says -32602 "Invalid request parameters" with empty data). The code
+    stays: a client keys its fallback to no particular one, and the SDK's is this."""
+    try:
+        connection = connection_of(ctx)
+    except TypeError:
+        return await call_next(ctx)
+    method = ctx.method
+    gated = method not in _UNGATED and server.get_request_handler(method) is not None
+    if not gated or connection.initialize_accepted:  # an unknown method stays -32601, as in the SDK
+        return await call_next(ctx)
+    raise MCPError(
+        code=types.INVALID_PARAMS,
+        message=f"{method} before initialize: this server speaks two protocol eras. On 2025-11-25 (or "
+        "earlier) send initialize first, then notifications/initialized; on 2026-07-28 every request, "
+        "from a connection's first one, carries params._meta with "
+        f"{', '.join(repr(key) for key in _ENVELOPE_KEYS)}",
+        data={"method": method},
+    )
 
 
 def _renamed(message: Any) -> dict[str, Any] | None:
