@@ -50,6 +50,7 @@ from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
+from codomyrmex_orchestration.server._resource_uris import key_problem, scheme_problem
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -432,9 +433,11 @@ def build_server(
             contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
             return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
-            raise _resource_not_found(ctx, uri, f"unknown scheme; resources start with {URI_SCHEME}")
-        kind, _, key = uri[len(URI_SCHEME) :].partition("/")
+            raise _resource_not_found(ctx, uri, scheme_problem(uri, URI_SCHEME, _ui.UI_RESOURCE_URI))
+        kind, slash, key = uri[len(URI_SCHEME) :].partition("/")
         key = unquote(key)
+        if slash and (problem := key_problem(URI_SCHEME, kind, key)) is not None:
+            raise _resource_not_found(ctx, uri, problem)
         tool, args = {
             ("workflows", False): ("list_workflows", {}),
             ("workflows", True): ("get_workflow", {"name": key}),
