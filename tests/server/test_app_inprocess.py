@@ -178,6 +178,41 @@ async def test_an_unknown_resource_is_not_found_with_the_code_of_the_negotiated_
             assert missing.value.error.data == {"uri": uri}
 
 
+async def test_a_resource_uri_that_names_nothing_is_not_found_saying_what_it_may_name(
+    tools: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools), mode="legacy") as client:
+        step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+        created = await client.call_tool("create_workflow", {"name": "hello", "steps": [step]})
+        assert not created.is_error, created
+        missing: dict[str, Any] = {}
+        for uri in (
+            "ui://codomyrmex-orchestration/other.html",  # was "unknown scheme": ui:// is served
+            "orchestration://workflows/",  # was the whole list, under this URI
+            "orchestration://runs/",
+            "orchestration://workflows/../runs",  # was "invalid arguments for tool 'get_workflow'"
+            "orchestration://runs/" + "r" * 129,
+            "file:///etc/passwd",
+        ):
+            with pytest.raises(MCPError) as refused:
+                await client.read_resource(uri)
+            missing[uri] = refused.value.error
+        listed = await client.read_resource("orchestration://workflows")
+    for uri, error in missing.items():
+        assert error.code == -32002 and error.data == {"uri": uri}, (uri, error)
+        assert "tool" not in error.message, (uri, error.message)
+    assert "no such ui:// resource" in missing["ui://codomyrmex-orchestration/other.html"].message
+    assert "ui://codomyrmex-orchestration/run-view.html" in missing["file:///etc/passwd"].message
+    assert "unknown scheme" in missing["file:///etc/passwd"].message
+    for kind in ("workflows", "runs"):
+        message = missing[f"orchestration://{kind}/"].message
+        assert "names no" in message and f"orchestration://{kind} for the list" in message, message
+    slashed = missing["orchestration://workflows/../runs"].message
+    assert "'../runs' is not a workflow name" in slashed and "letters, digits" in slashed, slashed
+    assert "1 to 128 characters" in missing["orchestration://runs/" + "r" * 129].message
+    assert "hello" in listed.contents[0].text  # the list itself, without the slash
+
+
 # --------------------------------------------------------------------------- fuzz
 
 _WRONG_BY_TYPE: dict[str, list[Any]] = {

@@ -606,6 +606,32 @@ async def test_a_client_with_elicitation_answers_each_item_of_a_sub_run_map_step
     assert outputs == ["answer to Go for alpha?", "answer to Go for beta?"]
 
 
+async def test_a_2026_answer_that_does_not_fit_the_schema_is_asked_again_saying_why(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # MRTR (2026-07-28): an answer missing what is needed SHOULD get a new InputRequiredResult, not an
+    # error; this one ended the call with isError "content.reason: expected a string, got int 7".
+    asked: list[types.ElicitRequestParams] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        content: dict[str, Any] = {"reason": 7} if len(asked) == 1 else {"reason": "fits now"}
+        return types.ElicitResult(action="accept", content=content)
+
+    async with Client(build_server(tools), elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+    assert run["status"] == "completed" and run["steps"]["act"]["output"] == "fits now"
+    first, again = asked
+    assert first.message == "Delete 3 files?"
+    assert again.message.startswith("Delete 3 files? (the previous answer was refused: "), again.message
+    assert "content.reason: expected a string, got int 7" in again.message
+    assert isinstance(again, types.ElicitRequestFormParams) and isinstance(
+        first, types.ElicitRequestFormParams
+    )
+    assert again.requested_schema == first.requested_schema
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path: Path, mode: Any) -> None:
     script = Path(sys.executable).parent / "codomyrmex-orchestration"

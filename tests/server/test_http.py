@@ -558,3 +558,35 @@ async def test_a_5000_item_map_steps_record_reaches_an_sse_client_without_droppi
     )
     assert '"total": 5000' in resource.contents[0].text  # type: ignore[union-attr]
     assert not listed.is_error
+
+
+async def test_over_http_discover_and_an_unsupported_version_name_every_version_served(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    from tests.server.test_stdio import SERVED_VERSIONS, envelope
+
+    def modern(version: str, method: str) -> dict[str, str]:
+        return {**MCP_HEADERS, "mcp-protocol-version": version, "mcp-method": method}
+
+    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": envelope("2026-07-28")}
+    unsupported = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": envelope("1900-01-01")}
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            discovered = await http.post(
+                f"{base}/mcp", json=discover, headers=modern("2026-07-28", "server/discover")
+            )
+            refused = await http.post(
+                f"{base}/mcp", json=unsupported, headers=modern("1900-01-01", "tools/list")
+            )
+            opened = await _open_session(http, base)  # and the handshake era is served, as listed
+    [event] = [json.loads(line[5:]) for line in discovered.text.splitlines() if line.startswith("data:")] or [
+        discovered.json()
+    ]
+    assert event["result"]["supportedVersions"] == SERVED_VERSIONS
+    assert refused.status_code == 400 and refused.headers["content-length"] == str(len(refused.content))
+    assert refused.json()["error"]["code"] == -32022
+    assert refused.json()["error"]["data"] == {"supported": SERVED_VERSIONS, "requested": "1900-01-01"}
+    assert opened.status_code == 200 and "mcp-session-id" in opened.headers

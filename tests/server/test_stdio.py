@@ -354,7 +354,7 @@ class _Wire:
     """A real ``serve`` subprocess fed raw bytes; replies are read by a thread into a queue, so a reply
     that never comes fails the test after a bounded wait instead of hanging it."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, *, initialize: bool = True) -> None:
         import queue
 
         self.stderr_path = tmp_path / "stderr.log"
@@ -370,9 +370,10 @@ class _Wire:
         self.replies: queue.Queue[dict[str, object]] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.send(json.dumps(INITIALIZE).encode())
-        self.initialized = self.reply()  # the answer to INITIALIZE (protocol 2025-06-18)
-        assert self.initialized["id"] == 1
+        if initialize:  # else a fresh process, whose first request decides its protocol era
+            self.send(json.dumps(INITIALIZE).encode())
+            self.initialized = self.reply()  # the answer to INITIALIZE (protocol 2025-06-18)
+            assert self.initialized["id"] == 1
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -600,3 +601,66 @@ async def test_a_message_that_cannot_be_encoded_becomes_an_error_reply_and_the_w
     assert "not valid UTF-8" in error["error"]["message"] and "ref " in error["error"]["message"]
     assert notified["params"]["data"] == "caf\ufffd"
     assert answered == {"jsonrpc": "2.0", "id": 8, "result": {"ok": True}}
+
+
+#: Every protocol version the server serves, newest first (the spec's example for a server of both eras
+#: lists "2026-07-28", "2025-11-25"): 2026-07-28 per request, the others by the initialize handshake.
+SERVED_VERSIONS = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
+
+
+def envelope(version: str) -> dict[str, Any]:
+    """A 2026-07-28 request's ``params._meta`` claiming protocol ``version``."""
+    return {
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+    }
+
+
+def test_discover_and_an_unsupported_version_name_every_version_served_newest_first(tmp_path: Path) -> None:
+    # They named 2026-07-28 only, while initialize with 2025-11-25 (and older) is served too.
+    wire = _Wire(tmp_path, initialize=False)
+    try:
+        discovered = wire.request(1, "server/discover", envelope("2026-07-28"))
+        refused = wire.request(2, "tools/list", envelope("1900-01-01"))
+    finally:
+        wire.close()
+    assert discovered["result"]["supportedVersions"] == SERVED_VERSIONS
+    assert refused["error"]["code"] == -32022
+    assert refused["error"]["data"] == {"supported": SERVED_VERSIONS, "requested": "1900-01-01"}
+    for version in SERVED_VERSIONS[1:]:  # served indeed: each one a fresh process's handshake takes
+        legacy = _Wire(tmp_path, initialize=False)
+        try:
+            opened = {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            }
+            answer = legacy.request(1, "initialize", opened)
+        finally:
+            legacy.close()
+        assert answer["result"]["protocolVersion"] == version
+
+
+def test_a_request_before_initialize_is_told_what_each_protocol_era_needs_first(tmp_path: Path) -> None:
+    # It got -32602 "Invalid request parameters" with data "", naming nothing.
+    wire = _Wire(tmp_path, initialize=False)
+    try:
+        early = [wire.request(1, "tools/list", {}), wire.request(2, "resources/list")]
+        pong = wire.request(3, "ping")  # the one request the handshake does not gate
+        opened = wire.request(4, "initialize", INITIALIZE["params"])
+        wire.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        listed = wire.request(5, "tools/list", {})
+    finally:
+        wire.close()
+    for answer, method in zip(early, ("tools/list", "resources/list"), strict=True):
+        error = answer["error"]
+        assert error["code"] == -32602 and error["data"] == {"method": method}, error
+        message = error["message"]
+        assert message.startswith(f"{method} before initialize"), message
+        assert "send initialize first" in message and "2025-11-25" in message, message
+        assert "2026-07-28" in message and "'io.modelcontextprotocol/protocolVersion'" in message, message
+    assert pong["result"] == {} and opened["result"]["protocolVersion"] == "2025-06-18"
+    assert len(listed["result"]["tools"]) == 24

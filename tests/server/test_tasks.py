@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -271,16 +272,42 @@ async def test_a_single_task_runs_as_a_task_with_the_result_of_the_plain_call(
     }
 
 
-async def test_a_call_that_cannot_start_is_a_failed_task_whose_result_is_the_plain_calls_error(
+async def test_a_call_that_cannot_start_is_a_task_that_fails_at_once_with_the_plain_calls_error(
     tools: OrchestrationMCPTools,
 ) -> None:
     async with legacy(tools) as (client, _):
         plain = await client.call_tool("execute_workflow", {"workflow_name": "nowhere"})
         task = await call_as_task(client, "execute_workflow", {"workflow_name": "nowhere"})
+        got = await get_task(client, task["taskId"])
         result = await task_result(client, task["taskId"])
     assert plain.is_error and result.is_error
-    assert task["status"] == "failed" and "nowhere" in task["statusMessage"]
+    # Every task begins working (the spec); it has failed by the first tasks/get, later than it began.
+    assert task["status"] == "working" and "statusMessage" not in task
+    assert got.status == "failed" and "nowhere" in (got.status_message or "")
+    assert got.created_at == task["createdAt"]
+    assert datetime.fromisoformat(got.last_updated_at) > datetime.fromisoformat(got.created_at)
     assert result.content == plain.content
+
+
+async def test_a_task_s_create_answer_says_working_even_when_its_work_ended_or_waits_already(
+    tools: OrchestrationMCPTools,
+) -> None:
+    from tests.server.test_approvals import GATED
+
+    echo = {"name": "hello", "module": "core", "action": "echo", "parameters": {"message": "hi"}}
+    async with legacy(tools) as (client, statuses):
+        await ok(client, "create_workflow", GATED)
+        # Done or waiting for a person (before the answer, most times): the answer still says working,
+        # and the status it has moved on to reaches the client by notification and tasks/get.
+        tasks = [await call_as_task(client, "execute_task", echo, ttl=60_000) for _ in range(3)]
+        gated = await call_as_task(client, "execute_workflow", {"workflow_name": "gated"})
+        for task in tasks:
+            await statuses.expect(task["taskId"], "completed")
+        await statuses.expect(gated["taskId"], "input_required")
+        polled = [await get_task(client, task["taskId"]) for task in [*tasks, gated]]
+    assert [task["status"] for task in [*tasks, gated]] == ["working"] * 4
+    assert all(task["createdAt"] == task["lastUpdatedAt"] for task in [*tasks, gated])
+    assert [got.status for got in polled] == ["completed"] * 3 + ["input_required"]
 
 
 async def test_a_tool_without_task_support_called_as_a_task_is_refused_and_unknown_tasks_are_not_found(

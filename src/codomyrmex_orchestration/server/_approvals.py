@@ -136,10 +136,27 @@ class Approvals:
                 arguments["content"] = content
             result = await self._tools.execute_tool_async("respond_to_run", arguments)
             if result.is_error:
-                return result
+                return await self._asked_again(run_id, step, result, params)
         if isinstance(timeout, int | float) and not isinstance(timeout, bool):
             return await self._tools.await_run(run_id, timeout)
         return await self._tools.await_run(run_id)
+
+    async def _asked_again(
+        self, run_id: str, step: str, refused: ToolResult, params: types.CallToolRequestParams
+    ) -> ToolResult:
+        """After ``refused`` (the answer to ``step`` did not fit its schema, or named no action), the run
+        with that question still open and its message saying why, so that :meth:`input_required` asks it
+        again (MRTR: missing information SHOULD be asked for again, not answered with an error). The
+        refusal itself when the question is no longer open or the call will not ask (``wait: false``)."""
+        run = await self._tools.execute_tool_async("get_workflow_run", {"run_id": run_id})
+        record = run.structured or {}
+        pending = record.get("pending_inputs") or []
+        waits = (params.arguments or {}).get("wait", True) is not False
+        if run.is_error or not waits or not any(q.get("step") == step for q in pending):
+            return refused
+        why = f" (the previous answer was refused: {refused.text})"
+        pending = [{**q, "message": q["message"] + why} if q.get("step") == step else q for q in pending]
+        return ToolResult(text=run.text, structured={**record, "pending_inputs": pending})
 
     def input_required(
         self, ctx: Any, params: types.CallToolRequestParams, result: ToolResult

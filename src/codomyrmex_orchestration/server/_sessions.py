@@ -22,12 +22,14 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem
+from codomyrmex_orchestration.server._versions import send_naming_served
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -73,6 +75,8 @@ class SessionManager(StreamableHTTPSessionManager):
         """
         if not any(key == _SESSION_HEADER for key, _ in scope.get("headers", ())):
             send = _no_session_id_on_refusal(send)
+        if _routed_modern(scope):  # where the SDK refuses a version, naming its modern ones only
+            send = send_naming_served(send)
         if scope.get("method") != "POST":
             await super()._handle_request(scope, receive, send)
             return
@@ -140,6 +144,13 @@ def _no_session_id_on_refusal(send: Send) -> Send:
         await send(message)
 
     return sending
+
+
+def _routed_modern(scope: Scope) -> bool:
+    """Whether the SDK serves this request on its 2026-07-28 path: it has an ``MCP-Protocol-Version``
+    header naming no handshake version (as the SDK's session manager routes)."""
+    version = next((v for k, v in scope.get("headers", ()) if k == b"mcp-protocol-version"), None)
+    return version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 @dataclass

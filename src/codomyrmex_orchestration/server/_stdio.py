@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._versions import naming_served
 from codomyrmex_orchestration.server._wire import encoded_writes
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "serve_stdio"]
@@ -246,6 +247,20 @@ class StdoutLines:
         """Nothing is buffered: every ``write`` has reached the descriptor when it returns."""
 
 
+class _NamingServed:
+    """The SDK's side of ``stdout``: its refusal of a protocol version names every version served
+    (:func:`~._versions.naming_served`)."""
+
+    def __init__(self, stdout: StdoutLines) -> None:
+        self._stdout = stdout
+
+    async def write(self, text: str) -> None:
+        await self._stdout.write(naming_served(text))
+
+    async def flush(self) -> None:
+        await self._stdout.flush()
+
+
 async def serve_stdio(server: Server[Any], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
     """Run ``server`` on stdin/stdout until EOF, SIGINT or SIGTERM."""
     stdout = StdoutLines()
@@ -262,9 +277,10 @@ async def serve_stdio(server: Server[Any], max_line_bytes: int = DEFAULT_MAX_LIN
 
             tg.start_soon(stop_on_signal)
             # Duck-typed: stdin is only iterated, stdout only written and flushed.
-            async with stdio_server(stdin=stdin, stdout=stdout) as (read, sdk_write):  # type: ignore[arg-type]
+            sdk_out = _NamingServed(stdout)  # a refused protocol version names every version served
+            async with stdio_server(stdin=stdin, stdout=sdk_out) as (read, sdk_write):  # type: ignore[arg-type]
                 sdk_write.close()  # replies go through encoded_writes: one that cannot be encoded is answered
-                async with encoded_writes(stdout) as write:
+                async with encoded_writes(sdk_out) as write:
                     await server.run(read, write, server.create_initialization_options())
             tg.cancel_scope.cancel()
     except* (BrokenPipeError, ConnectionResetError):

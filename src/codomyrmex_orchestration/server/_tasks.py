@@ -184,6 +184,14 @@ def _wire(record: Mapping[str, Any]) -> dict[str, Any]:
     return task
 
 
+def _begun(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The task as a 2025-11-25 ``CreateTaskResult`` shows it: ``working``, as it was created (the spec:
+    "Tasks MUST begin in the working status"), even when its work has already ended, failed to start or
+    waits for a person by the time the answer leaves; ``tasks/get`` and ``notifications/tasks/status``
+    tell where it stands now."""
+    return {**record, "status": "working", "message": None, "updated_at": record["created_at"]}
+
+
 def _wire_2026(record: Mapping[str, Any]) -> dict[str, Any]:
     """The tasks extension's ``Task`` (2026-07-28): ``ttlMs``/``pollIntervalMs``, and no
     ``input_required`` without input requests the client could answer (a person approves through
@@ -379,7 +387,7 @@ class ToolTasks:
         if modern:
             answer = {**_wire_2026(record), "resultType": "task"}
             return answer | ({"_meta": started["_meta"]} if started.get("_meta") else {})  # serverInfo
-        return {"task": _wire(record)}
+        return {"task": _wire(_begun(record))}
 
     @staticmethod
     def _ttl(task: Any) -> int:
@@ -405,10 +413,12 @@ class ToolTasks:
             "resumable": False,
         }
         if started.get("isError") or not isinstance(structured, Mapping):
-            # It did not start: the task has failed, and its result is the error the call returned.
+            # It did not start: the task, working as it began, fails at once (a status change, so its
+            # time is later than the creation's), and its result is the error the call returned.
             text = " ".join(c.get("text", "") for c in started.get("content", []) if isinstance(c, Mapping))
             record |= {"task_id": uuid.uuid4().hex, "kind": "none", "target": None, "status": "failed"}
             record |= {"message": text or None, "result": dict(started)}
+            record["updated_at"] = max(time.time(), now + 1e-6)
         elif name in _RUN_TOOLS:
             record |= {"task_id": structured["run_id"], "kind": "run", "target": structured["run_id"]}
             record["status"] = "working"

@@ -45,13 +45,14 @@ from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import announce, get_logger
-from codomyrmex_orchestration.server import _internal, _params, _request_state, _subscriptions, _ui
+from codomyrmex_orchestration.server import _internal, _params, _request_state, _subscriptions, _ui, _versions
 from codomyrmex_orchestration.server._approvals import Approvals
 from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
+from codomyrmex_orchestration.server._resource_uris import key_problem, scheme_problem
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -440,9 +441,11 @@ def build_server(
             contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
             return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
-            raise _resource_not_found(ctx, uri, f"unknown scheme; resources start with {URI_SCHEME}")
-        kind, _, key = uri[len(URI_SCHEME) :].partition("/")
+            raise _resource_not_found(ctx, uri, scheme_problem(uri, URI_SCHEME, _ui.UI_RESOURCE_URI))
+        kind, slash, key = uri[len(URI_SCHEME) :].partition("/")
         key = unquote(key)
+        if slash and (problem := key_problem(URI_SCHEME, kind, key)) is not None:
+            raise _resource_not_found(ctx, uri, problem)
         tool, args = {
             ("workflows", False): ("list_workflows", {}),
             ("workflows", True): ("get_workflow", {"name": key}),
@@ -532,6 +535,7 @@ def build_server(
     _request_state.install(server, SERVER_NAME, state_dir)  # then requestState verified, before any handler
     hub.install(server)  # logging/setLevel and the peer registration at notifications/initialized
     ToolTasks(the_tools, hub).install(server)  # MCP tasks: task-augmented tools/call and tasks/*
+    _versions.install(server)  # server/discover lists the handshake versions served too
     _params.install(server)  # last, innermost: malformed params answered with the field and its values
     return server
 
