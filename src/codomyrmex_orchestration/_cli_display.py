@@ -164,7 +164,7 @@ class RunDisplay:
         """After a transition, outside the lock."""
 
     def note(self, message: str) -> None:
-        """A message for the person at the terminal (stderr); may be called from a signal handler."""
+        """A message for the person at the terminal (stderr), from the main thread."""
 
     def stop(self) -> None:
         """The run is over (or abandoned): stop redrawing."""

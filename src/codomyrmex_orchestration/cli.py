@@ -70,6 +70,8 @@ EXIT_WAITING = 3
 EXIT_INTERRUPTED = 130
 #: how long ``cancel`` waits for the owning process to stop the run
 DEFAULT_CANCEL_WAIT = 30.0
+#: ``run``/``resume``: the longest the main thread blocks at a time while it runs a run (see ``_Sigint``)
+_SIGNAL_SLICE = 0.1
 
 
 class _Failed(Exception):
@@ -558,35 +560,35 @@ def _execute(
     args: argparse.Namespace,
     steps: Mapping[str, StepResult],
     start: Callable[[StepCallback], RunRecord],
+    sigint: _Sigint,
 ) -> int:
     """Start a run (``start`` must not wait), show it until it ends, report, and choose the exit code.
 
     The caller holds the run's owner lock throughout (a durable state directory), from before ``start``
-    records the run.
+    records the run, and ``sigint`` installed until its engine has shut down.
     """
     from codomyrmex_orchestration.core.models import WorkflowStatus
 
     display = _make_display(args, steps)
-    sigint = _Sigint(engine, display)
-    # The handler goes in before the run starts: a Ctrl-C while it starts cancels it once it has an id.
-    with sigint.installed():
-        record = start(display.on_step)
-        run_id = record.run_id
-        display.start(run_id, record.workflow_name)
-        sigint.started(run_id)
-        timed_out = waiting = False
-        try:
-            final = _wait_settled(engine, run_id, args.timeout)
-            waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
-            if waiting and not settings.durable:
-                display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
-                final = _cancel_here(engine, run_id)
-            elif not waiting and not final.status.is_terminal:
-                timed_out = True
-                display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
-                final = _cancel_here(engine, run_id)
-        finally:
-            display.stop()
+    # Armed before the run starts: a Ctrl-C while it starts cancels it once it has an id.
+    sigint.arm(display)
+    record = start(display.on_step)
+    run_id = record.run_id
+    display.start(run_id, record.workflow_name)
+    sigint.started(run_id)
+    timed_out = waiting = False
+    try:
+        final = _wait_settled(engine, run_id, args.timeout, sigint.poll)
+        waiting = final.status is WorkflowStatus.WAITING_FOR_INPUT
+        if waiting and not settings.durable:
+            display.note(f"run {run_id} waits for an answer; its state is in memory: cancelling it")
+            final = _cancel_here(engine, run_id, sigint.poll)
+        elif not waiting and not final.status.is_terminal:
+            timed_out = True
+            display.note(f"run {run_id} did not finish within {args.timeout:g}s: cancelling it")
+            final = _cancel_here(engine, run_id, sigint.poll)
+    finally:
+        display.stop()
     interrupted = sigint.interrupted
     if args.json:
         _dump(final.model_dump(mode="json"))
@@ -603,21 +605,22 @@ def _execute(
     return EXIT_OK if final.succeeded else EXIT_FAILED
 
 
-def _wait_settled(engine: OrchestrationEngine, run_id: str, timeout: float | None) -> RunRecord:
+def _wait_settled(
+    engine: OrchestrationEngine, run_id: str, timeout: float | None, poll: Callable[[], None]
+) -> RunRecord:
     """The run's record once it ended, or waits on a question nobody here can answer (a core.approve
     step) with every step that can go on without the answer done (so what is printed is what is stored,
-    and stays so), or as it stands after ``timeout`` seconds."""
+    and stays so), or as it stands after ``timeout`` seconds. Waits in slices (:func:`_in_slices`)."""
     from codomyrmex_orchestration.core.models import WorkflowStatus
 
     manager = engine.workflow_manager
     end = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = None if end is None else max(0.0, end - time.monotonic())
-        record = manager.inputs.wait(run_id, left)
+        _until_stopped(manager, run_id, end, poll)
+        record = manager.get_run(run_id)
         if record.status is not WorkflowStatus.WAITING_FOR_INPUT:
             return record
-        left = None if end is None else max(0.0, end - time.monotonic())
-        busy = manager.wait_quiet(run_id, left)
+        busy = _until_quiet(manager, run_id, end, poll)
         record = manager.get_run(run_id)
         if (
             busy
@@ -625,6 +628,30 @@ def _wait_settled(engine: OrchestrationEngine, run_id: str, timeout: float | Non
             or (end is not None and time.monotonic() >= end)
         ):
             return record  # quiet and still waiting, ended, or out of time
+
+
+def _until_stopped(
+    manager: WorkflowManager, run_id: str, end: float | None, poll: Callable[[], None]
+) -> None:
+    """What ``inputs.wait`` waits for (the run ended, or waits on a question nobody is asked), in slices
+    (one watcher for the whole wait, where a slice of inputs.wait would add one each)."""
+    stopped = threading.Event()
+    manager.inputs.on_stop(run_id, lambda _record: stopped.set())
+    _in_slices(stopped.wait, end, poll)
+
+
+def _until_quiet(
+    manager: WorkflowManager, run_id: str, end: float | None, poll: Callable[[], None]
+) -> list[str]:
+    """``wait_quiet`` in slices: the steps still busy at ``end`` (empty: quiet)."""
+    busy: list[str] = []
+
+    def quiet(seconds: float) -> bool:
+        busy[:] = manager.wait_quiet(run_id, seconds)
+        return not busy
+
+    _in_slices(quiet, end, poll)
+    return busy
 
 
 def _report_waiting(record: RunRecord) -> None:
@@ -647,47 +674,93 @@ def _report_waiting(record: RunRecord) -> None:
     )
 
 
-def _cancel_here(engine: OrchestrationEngine, run_id: str) -> RunRecord:
+def _in_slices(wait: Callable[[float], bool], end: float | None, poll: Callable[[], None]) -> bool:
+    """``wait(seconds)`` (true once what it waits for has happened) a slice at a time, until it is true
+    or the monotonic time ``end`` has come (None: no end); ``poll()`` before each slice, so the main
+    thread acts on a Ctrl-C within a slice, whichever thread the kernel gave it to (see ``_Sigint``)."""
+    while True:
+        poll()
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return wait(0)
+        if wait(_SIGNAL_SLICE if left is None else min(left, _SIGNAL_SLICE)):
+            return True
+
+
+def _request_cancel(engine: OrchestrationEngine, run_id: str) -> bool:
+    """Cancel the run without waiting for it to settle; False if it had ended on its own meanwhile."""
     try:
-        return engine.workflow_manager.cancel_run(run_id)
-    except OrchestrationError:  # it ended on its own meanwhile
-        return engine.workflow_manager.get_run(run_id)
+        engine.workflow_manager.request_cancel(run_id)
+    except OrchestrationError:
+        return False
+    return True
+
+
+def _cancel_here(engine: OrchestrationEngine, run_id: str, poll: Callable[[], None]) -> RunRecord:
+    """Cancel the run and wait (in slices, as ``cancel_run`` would, up to ``CANCEL_WAIT``) for it to
+    settle; its record then."""
+    from codomyrmex_orchestration.core.workflows import CANCEL_WAIT
+
+    manager = engine.workflow_manager
+    if _request_cancel(engine, run_id):
+        settled = threading.Event()
+        manager.on_settled(run_id, lambda _record: settled.set())
+        _in_slices(settled.wait, time.monotonic() + CANCEL_WAIT, poll)
+    return manager.get_run(run_id)
 
 
 class _Sigint:
-    """First SIGINT: cancel the run cleanly (the wait then returns the CANCELLED record). Second: quit.
+    """Ctrl-C (SIGINT) during ``run``/``resume``: the first cancels the run cleanly (the wait then
+    returns the CANCELLED record), the second quits at once (KeyboardInterrupt; the engine's shutdown
+    records the run as it stands).
 
-    Python runs signal handlers on the main thread, between the main thread's own steps, so the handler
-    and :meth:`started` never interleave. ``cancel_run`` waits for the run to wind down, so it runs on a
-    thread, not in the handler.
+    Once armed, the handler only counts, and the main thread acts on the count between its waits
+    (:meth:`poll`), never blocking longer than ``_SIGNAL_SLICE`` at a time. CPython runs a handler on the
+    main thread only, between any two of its steps, once that thread runs: the kernel gives a process's
+    SIGINT to any thread that does not block it (one forking a shell.run command, or after SIGCONT
+    whichever runs first), and the main thread, blocked until the run ended, left it unanswered; a
+    handler that acted itself ran inside the engine's code, and its second Ctrl-C's KeyboardInterrupt
+    cut short a cancel under way (the run's end was then never stored). It stays installed until the
+    engine has shut down: a Ctrl-C after the run (or a quit) is counted, and never cuts the shutdown
+    that stores the run short. Before :meth:`arm` it raises KeyboardInterrupt, as Python's own does.
     """
 
-    def __init__(self, engine: OrchestrationEngine, display: RunDisplay) -> None:
+    def __init__(self, engine: OrchestrationEngine) -> None:
         self._engine = engine
-        self._display = display
+        self._display: RunDisplay | None = None
         self._run_id: str | None = None
-        self._cancelling = False
-        self.interrupted = False
+        self._count = 0  # Ctrl-Cs since arm(); the handler's only state
+        self._acted = 0  # the Ctrl-Cs poll() acted on: 1 cancelled the run, 2 quit
+
+    @property
+    def interrupted(self) -> bool:
+        """A Ctrl-C came while a run was shown."""
+        return self._count > 0
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.interrupted:
+        if self._display is None:
             raise KeyboardInterrupt
-        self.interrupted = True
-        self._cancel()
+        self._count += 1
+
+    def arm(self, display: RunDisplay) -> None:
+        """A run is about to start, shown by ``display``: count Ctrl-Cs from now on."""
+        self._display = display
 
     def started(self, run_id: str) -> None:
         self._run_id = run_id
-        if self.interrupted:
-            self._cancel()
 
-    def _cancel(self) -> None:
-        if self._run_id is None or self._cancelling:
-            return  # not started yet: started() cancels it
-        self._cancelling = True
-        self._display.note(f"interrupted: cancelling run {self._run_id} (Ctrl-C again to quit at once)")
-        threading.Thread(
-            target=_cancel_here, args=(self._engine, self._run_id), name="cli-cancel", daemon=True
-        ).start()
+    def poll(self) -> None:
+        """Act on the Ctrl-Cs counted so far (on the main thread, between waits, holding no lock of the
+        engine's): cancel the run at the first, quit at the second (raises KeyboardInterrupt)."""
+        if self._run_id is None or self._display is None:
+            return  # not started yet: the first poll after started() acts
+        if self._count and not self._acted:
+            self._acted = 1
+            self._display.note(f"interrupted: cancelling run {self._run_id} (Ctrl-C again to quit at once)")
+            _request_cancel(self._engine, self._run_id)
+        if self._count > 1 and self._acted == 1:
+            self._acted = 2
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -743,15 +816,17 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     params = _parse_params(args.param)
     document = _workflow_object(Path(args.workflow)) if _is_file_argument(args.workflow) else None
     engine = _open_engine(settings)
-    try:
-        manager = engine.workflow_manager
-        if document is not None:
-            name = manager.create_workflow(document, overwrite=True, source="file").name
-        else:
-            name = args.workflow
-        return _run_workflow(engine, settings, args, name, params)
-    finally:
-        engine.shutdown()
+    sigint = _Sigint(engine)
+    with sigint.installed():  # until the engine has shut down (see _Sigint)
+        try:
+            manager = engine.workflow_manager
+            if document is not None:
+                name = manager.create_workflow(document, overwrite=True, source="file").name
+            else:
+                name = args.workflow
+            return _run_workflow(engine, settings, args, name, params, sigint)
+        finally:
+            engine.shutdown()
 
 
 def _run_workflow(
@@ -760,6 +835,7 @@ def _run_workflow(
     args: argparse.Namespace,
     name: str,
     params: dict[str, Any],
+    sigint: _Sigint,
 ) -> int:
     """Run ``name`` to its end (see :func:`_execute`), holding the new run's owner lock from before its
     first record is saved: a server (or any engine recovering the state directory) that opens it at any
@@ -780,7 +856,7 @@ def _run_workflow(
             )
             return manager.get_run(run_id)
 
-        return _execute(engine, settings, args, steps, start)
+        return _execute(engine, settings, args, steps, start, sigint)
 
 
 def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
@@ -791,25 +867,27 @@ def _cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     # the other is refused before it starts anything (not even an engine), whatever the records say yet.
     with _claim(settings, args.run_id) as claim:
         engine = _open_engine(settings)
-        try:
-            manager = engine.workflow_manager
-            previous = manager.get_run(args.run_id)
-            if not args.force:
-                _refuse_unowned(settings, manager, previous, claim)
-            steps = {
-                n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
-                for n, s in previous.steps.items()
-            }
+        sigint = _Sigint(engine)
+        with sigint.installed():  # until the engine has shut down (see _Sigint)
+            try:
+                manager = engine.workflow_manager
+                previous = manager.get_run(args.run_id)
+                if not args.force:
+                    _refuse_unowned(settings, manager, previous, claim)
+                steps = {
+                    n: s if s.status is TaskStatus.COMPLETED else StepResult(name=n)
+                    for n, s in previous.steps.items()
+                }
 
-            def start(on_step: StepCallback) -> RunRecord:
-                record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
-                if claim is not None:
-                    claim.run.started()
-                return record
+                def start(on_step: StepCallback) -> RunRecord:
+                    record = engine.resume_run(args.run_id, wait=False, on_step=on_step)
+                    if claim is not None:
+                        claim.run.started()
+                    return record
 
-            return _execute(engine, settings, args, steps, start)
-        finally:
-            engine.shutdown()
+                return _execute(engine, settings, args, steps, start, sigint)
+            finally:
+                engine.shutdown()
 
 
 @dataclass

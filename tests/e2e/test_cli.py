@@ -27,8 +27,10 @@ import pytest
 
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration.cli import main
+from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import SqliteStore
+from tests.helpers import sigint_steps
 from tests.helpers.served import INITIALIZE, reap
 
 SCRIPT = Path(sys.executable).with_name("codomyrmex-orchestration")
@@ -580,6 +582,88 @@ def test_ctrl_c_cancels_the_run_cleanly_reports_what_was_left_and_exits_130(cli:
     assert record["steps"]["first"]["status"] == "completed"
 
 
+def _gated_run(cli: Cli, monkeypatch: pytest.MonkeyPatch, function: str) -> Path:
+    """A workflow whose one step is ``tests.helpers.sigint_steps:<function>``, for ``main`` run in this
+    process (the test's main thread) on ``cli``'s directories."""
+    for name in [n for n in os.environ if n.startswith("CODOMYRMEX_")]:
+        monkeypatch.delenv(name)
+    for name, value in cli.env.items():
+        if name.startswith("CODOMYRMEX_"):
+            monkeypatch.setenv(name, value)
+    sigint_steps.STARTED.clear()
+    sigint_steps.RETURNED.clear()
+    function = f"tests.helpers.sigint_steps:{function}"
+    step = {
+        "name": "gate",
+        "module": "python",
+        "action": "call",
+        "parameters": {"function": function, "args": [30]},
+    }
+    return cli.write("gated_step.json", {"name": "gated_step", "steps": [step]})
+
+
+def _stored_status(cli: Cli, run_id: str) -> str:
+    with ReadOnlyStore(cli.state_dir / "state.db") as store:
+        record = store.get_run(run_id)
+    assert record is not None
+    return record.status.value
+
+
+def test_a_ctrl_c_that_another_thread_takes_cancels_the_run_at_once(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The kernel hands a process its SIGINT on any thread that does not block it: the one forking a
+    # shell.run command at that moment, or after SIGCONT whichever runs first. CPython runs the handler on
+    # the main thread only, once that thread runs again; it waited, without a limit, for the run to end:
+    # the run went on (a `cancel` waiting for it gave up) until its step ended on its own, here after 30 s.
+    workflow = _gated_run(cli, monkeypatch, "wait_for_cancel")
+
+    def press_ctrl_c_here() -> None:
+        if sigint_steps.STARTED.wait(30):
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # taken here, not on the main thread
+
+    presser = threading.Thread(target=press_ctrl_c_here)
+    presser.start()
+    try:
+        code = main(["run", str(workflow), "--json"])
+    finally:
+        presser.join()
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert code == 130, err
+    assert "interrupted: cancelling run" in err
+    assert record["status"] == "cancelled", record
+    assert record["steps"]["gate"]["status"] == "cancelled"
+    assert _stored_status(cli, record["run_id"]) == "cancelled"
+
+
+def test_a_second_ctrl_c_while_the_first_cancel_is_processed_quits_leaving_the_run_cancelled(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first Ctrl-C cancelled the run on a thread of its own; a second one meanwhile quit the main
+    # thread, whose engine shutdown closed the store under that thread: the run's end was never written,
+    # and the run stayed `running (its CLI process is gone)` in the state directory. The step's cancel
+    # callback presses the second Ctrl-C from the cancelling thread and holds it there until main returns.
+    workflow = _gated_run(cli, monkeypatch, "ctrl_c_again_while_cancelled")
+
+    def press_ctrl_c() -> None:
+        if sigint_steps.STARTED.wait(30):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        code = main(["run", str(workflow)])
+    finally:
+        sigint_steps.RETURNED.set()
+        presser.join()
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert err.rstrip().endswith("interrupted"), err  # quit: no report of the run
+    run_id = out.split()[1]
+    assert _stored_status(cli, run_id) == "cancelled"
+
+
 # ---------------------------------------------------------------------- runs, show, cancel
 
 
@@ -950,7 +1034,7 @@ def test_run_holds_its_owner_lock_from_before_the_run_is_first_recorded(
     try:
         engine.workflow_manager.create_workflow(DEMO)
         args = command_line.build_parser("run").parse_args(["run", "demo", "--json"])
-        code = command_line._run_workflow(engine, settings, args, "demo", {})
+        code = command_line._run_workflow(engine, settings, args, "demo", {}, command_line._Sigint(engine))
     finally:
         engine.shutdown()
     assert seen == [(True, [])]  # owned already: the recovery left the run alone
