@@ -48,10 +48,12 @@ class Served:
     proc: subprocess.Popen[bytes]
     stderr_path: Path
     state_dir: Path
+    transport: str = "streamable-http"
 
     @property
     def url(self) -> str:
-        return f"{self.base}/mcp"
+        """The MCP endpoint: ``/mcp``, or the event stream ``/sse`` on SSE."""
+        return f"{self.base}/sse" if self.transport == "sse" else f"{self.base}/mcp"
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -96,13 +98,14 @@ def served(
     token: str | None = None,
     startup_timeout: float = 30.0,
     open_files: tuple[int, int] | None = None,
+    transport: str = "streamable-http",
 ) -> Iterator[Served]:
-    """Run ``serve --transport streamable-http`` on 127.0.0.1 until the block ends (then SIGTERM);
+    """Run ``serve --transport <transport>`` on 127.0.0.1 until the block ends (then SIGTERM);
     ``open_files``: the process's (soft, hard) limit on open files from its start."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     stderr_path = root / "server.stderr.log"
-    command = [str(SCRIPT), "serve", "--transport", "streamable-http", "--host", "127.0.0.1"]
+    command = [str(SCRIPT), "serve", "--transport", transport, "--host", "127.0.0.1"]
     command += ["--port", str(port), *args]
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
@@ -128,7 +131,9 @@ def served(
                     raise
             # Polling a port a subprocess is still opening: there is no event to wait on across processes.
             time.sleep(0.05)
-        yield Served(base=base, proc=proc, stderr_path=stderr_path, state_dir=root / "state")
+        yield Served(
+            base=base, proc=proc, stderr_path=stderr_path, state_dir=root / "state", transport=transport
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

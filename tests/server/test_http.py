@@ -26,6 +26,7 @@ from mcp.shared.inbound import validate_mcp_param_headers
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.errors import InvalidInputError
+from codomyrmex_orchestration.server._sse import SseSessions, deferred_stream_close
 from codomyrmex_orchestration.server.app import (
     _header_schemas,
     build_http_app,
@@ -239,6 +240,57 @@ async def test_sse_serves_tools_with_the_token_and_refuses_without_it(
                     await client.call_tool("frobnicate", {})
             assert len(tools.tools) == 24
             assert unknown.value.error.code == -32602
+
+
+async def test_an_sse_stream_open_at_shutdown_ends_once_the_call_waiting_on_it_is_answered(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # serve()'s SSE shutdown without the signal: uvicorn stops, and the sessions are told to close. The
+    # call's work is not cancelled here (serve cancels it too), so its answer comes a second later:
+    # the stream must stay open for it, then end. sse-starlette, left to itself, ends every stream
+    # within half a second of uvicorn's stop, the answer not on it ("Connection closed").
+    workflow = {
+        "name": "nap",
+        "steps": [
+            {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 1.5},
+             "dependencies": ["quick"]},
+        ],
+    }  # fmt: skip
+    sessions = SseSessions()
+    app = build_http_app(build_server(tools), transport="sse", sse_sessions=sessions)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
+    started, stopped = anyio.Event(), anyio.Event()
+
+    async def serve() -> None:
+        await web.serve(sockets=[sock])
+        stopped.set()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        if not started.is_set():
+            started.set()
+            web.should_exit = True  # uvicorn stops accepting and waits for the open responses
+            sessions.close_when_answered()
+
+    with anyio.fail_after(30), deferred_stream_close():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            async with Client(sse_client(f"http://127.0.0.1:{port}/sse"), mode="legacy") as client:
+                assert not (await client.call_tool("create_workflow", workflow)).is_error
+                await client.list_tools()
+                answer = await client.call_tool(
+                    "execute_workflow", {"workflow_name": "nap"}, progress_callback=on_progress
+                )
+                # Still connected: uvicorn stops once the session has ended the stream (it waits for
+                # open responses without limit here).
+                await stopped.wait()
+    sock.close()
+    assert started.is_set()
+    assert not answer.is_error and answer.structured_content["status"] == "completed", answer
 
 
 def test_a_non_loopback_bind_without_a_token_is_refused(

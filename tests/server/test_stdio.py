@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
 
 from codomyrmex_orchestration.server.app import _StdoutLines
 from tests.helpers.served import INITIALIZE, reap, served
@@ -161,6 +163,87 @@ async def test_sigterm_cancels_the_run_an_http_client_waits_on_answers_it_and_th
     assert answered < 5, answered
     assert code == 0 and exited < 10, exited
     assert "server.stop" in server.logs()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_shutdown_signal_answers_every_sse_client_waiting_on_a_run_before_its_stream_closes(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    # As over streamable HTTP: each client waiting on a run gets its record, cancelled, on its own event
+    # stream, and the stream then ends. Before, sse-starlette ended every stream within half a second of
+    # the signal whether or not its answer was on it, and uvicorn logged a traceback per stream
+    # ("Unexpected ASGI message 'http.response.start' sent, after response already completed").
+    # A client listening for changes is answered only when its stream ends: it must not hold the exit
+    # until uvicorn's grace runs out ("Cancel 1 running task(s), timeout graceful shutdown exceeded").
+    workflow = {
+        "name": "slow",
+        "steps": [
+            {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60},
+             "dependencies": ["quick"]},
+        ],
+    }  # fmt: skip
+    clients = 3
+    started = [anyio.Event() for _ in range(clients)]
+    listening = anyio.Event()
+    answers: dict[int, Any] = {}
+    all_answered = anyio.Event()  # the clients stay connected until then, as an agent's client would
+
+    with served(tmp_path, transport="sse") as server:
+
+        def answered(i: int, answer: Any) -> None:
+            answers[i] = answer
+            if len(answers) == clients:
+                all_answered.set()
+
+        async def wait_on_a_run(i: int) -> None:
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                started[i].set()
+
+            try:
+                async with Client(sse_client(server.url), mode="legacy") as client:
+                    # The SDK's client checks a result against the tool's output schema, listing the
+                    # tools first if it has not: a request the stopping server could not take.
+                    await client.list_tools()
+                    arguments = {"workflow_name": "slow", "timeout_seconds": 120}
+                    answer = await client.call_tool(
+                        "execute_workflow", arguments, progress_callback=on_progress
+                    )
+                    answered(i, answer)
+                    await all_answered.wait()
+            except Exception as exc:  # what the client saw instead of its answer
+                answered(i, exc)
+
+        async def listen() -> None:
+            with contextlib.suppress(Exception):  # the subscription ends with the session, abruptly
+                async with Client(sse_client(server.url)) as client:
+                    async with client.listen(tools_list_changed=True) as subscription:
+                        listening.set()
+                        async for _event in subscription:
+                            pass
+
+        async with Client(sse_client(server.url), mode="legacy") as setup:
+            assert not (await setup.call_tool("create_workflow", workflow)).is_error
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listen)
+                for i in range(clients):
+                    tg.start_soon(wait_on_a_run, i)
+                await listening.wait()
+                for event in started:
+                    await event.wait()
+                server.proc.send_signal(signum)
+        code = await anyio.to_thread.run_sync(lambda: server.proc.wait(timeout=10))
+    statuses = [
+        answer.structured_content["status"] if not isinstance(answer, Exception) else repr(answer)
+        for answer in (answers[i] for i in range(clients))
+    ]
+    assert statuses == ["cancelled"] * clients, statuses
+    assert code == 0
+    logs = server.logs()
+    assert "Traceback" not in logs and "Exception in ASGI application" not in logs, logs
+    assert "graceful shutdown exceeded" not in logs, logs
+    assert "server.stop" in logs
 
 
 def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) -> None:

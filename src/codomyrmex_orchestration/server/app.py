@@ -59,6 +59,7 @@ from codomyrmex_orchestration.server._sessions import (
     ServerStatus,
     SessionManager,
 )
+from codomyrmex_orchestration.server._sse import SseSessions, deferred_stream_close
 from codomyrmex_orchestration.server._stdio import StdinLines as _StdinLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import StdoutLines as _StdoutLines  # noqa: F401  # re-exported
 from codomyrmex_orchestration.server._stdio import serve_stdio as _serve_stdio
@@ -639,6 +640,7 @@ def build_http_app(
     status: ServerStatus | None = None,
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    sse_sessions: SseSessions | None = None,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
     open ``GET /healthz`` (Host/Origin checked, an IP address as Host taken), wrapped in bearer auth when
@@ -646,7 +648,8 @@ def build_http_app(
     run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks).
     Streamable-HTTP sessions expire after ``session_idle_timeout`` seconds idle; at ``max_sessions`` the
     longest-idle one is closed for a new client. ``/healthz`` reports ``status`` (sessions open and the
-    cap, code-execution exposure)."""
+    cap, code-execution exposure). SSE sessions are served by ``sse_sessions`` (``serve`` closes them at
+    shutdown)."""
     security = transport_security(host, allowed_hosts)
     ui_access = ui_access or _ui.UiAccess(auth_token)
     status = status or ServerStatus(transport=transport, code_execution=False)
@@ -666,18 +669,9 @@ def build_http_app(
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None
     if transport == "sse":
         sse = SseServerTransport("/messages/", security_settings=security)
-
-        async def handle_sse(request: Request) -> Response:
-            try:
-                async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
-                    await server.run(read, write, server.create_initialization_options())
-            except ValueError:
-                # connect_sse already answered a refused request (bad Host/Origin).
-                pass
-            return Response()
-
+        sessions = sse_sessions or SseSessions()
         routes += [
-            Route("/sse", endpoint=handle_sse, methods=["GET"]),
+            Route("/sse", endpoint=sessions.endpoint(server, sse), methods=["GET"]),
             Mount("/messages/", app=sse.handle_post_message),
         ]
     elif transport == "streamable-http":
@@ -895,6 +889,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
             anyio.run(_serve_stdio, server, settings.stdio_max_line_bytes, backend_options=_loop_options())
         else:
             ui_access = _ui.UiAccess(token)
+            sse_sessions = SseSessions() if transport == "sse" else None
             app = build_http_app(
                 server,
                 transport=transport,
@@ -906,6 +901,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 status=status,
                 session_idle_timeout=settings.session_idle_timeout,
                 max_sessions=settings.max_sessions,
+                sse_sessions=sse_sessions,
             )
 
             def on_bound(port: int) -> None:  # the banner, only once the port is ours
@@ -916,7 +912,9 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
 
             def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
-                stop = threading.Thread(target=_stop_work, args=(tools,), name="codomyrmex-stop", daemon=True)
+                stop = threading.Thread(
+                    target=_stop_work, args=(tools, sse_sessions), name="codomyrmex-stop", daemon=True
+                )
                 stopping.append(stop)
                 stop.start()
 
@@ -924,16 +922,18 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 request_timeout=settings.http_request_timeout,
                 max_connections=fit_to_file_limit(settings.http_max_connections),
             )
-            anyio.run(
-                _serve_http,
-                app,
-                settings.host,
-                settings.port,
-                on_bound,
-                on_signal,
-                guard,
-                backend_options=_loop_options(),
-            )
+            # SSE answers on each client's event stream: the sessions end the streams, once answered.
+            with deferred_stream_close() if sse_sessions is not None else contextlib.nullcontext():
+                anyio.run(
+                    _serve_http,
+                    app,
+                    settings.host,
+                    settings.port,
+                    on_bound,
+                    on_signal,
+                    guard,
+                    backend_options=_loop_options(),
+                )
     except KeyboardInterrupt:
         pass
     finally:
@@ -955,10 +955,14 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     return 0
 
 
-def _stop_work(tools: OrchestrationMCPTools) -> None:
+def _stop_work(tools: OrchestrationMCPTools, sse_sessions: SseSessions | None = None) -> None:
     """Cancel the server's running tasks and runs (left resumable) before the transport closes: a
     client waiting on one gets its final record instead of holding the server's exit for as long as the
-    work would take. The engine itself is shut down once the transport has closed."""
+    work would take. The engine itself is shut down once the transport has closed. SSE sessions end
+    their event streams once their requests are answered (streamable HTTP answers each request on its
+    own response, which uvicorn lets finish)."""
+    if sse_sessions is not None:
+        sse_sessions.close_when_answered()
     try:
         if tools.engine_started:
             tools.cancel_running_tasks()
