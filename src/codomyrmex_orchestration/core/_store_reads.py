@@ -24,7 +24,7 @@ from .models import RunRecord, WorkflowSpec, WorkflowStatus
 #: The folder name the output limiter gives a run id that is no safe file name (``_limits._safe``).
 _DIGEST_NAME = re.compile(r"x[0-9a-f]{32}")
 
-__all__ = ["StoreReader"]
+__all__ = ["RunReads", "StoreReader"]
 
 #: Tables whose row counts stats() reports.
 TABLES = ("workflows", "runs", "steps", "sessions", "projects", "allocations", "events", "step_cache")
@@ -223,3 +223,39 @@ class StoreReader:
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class RunReads:
+    """The run reads of a store that reads through a :class:`StoreReader` (its ``_reads``): the SQLite
+    store's, and the read-only store's the CLI opens. See ``StateStore`` for each."""
+
+    _reads: StoreReader
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        return self._reads.get_run(run_id)
+
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        return self._reads.sub_runs(parent_run_id)
+
+    def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+    ) -> list[RunRecord]:
+        """Up to ``limit`` runs, newest first, filtered.
+
+        Raises:
+            InvalidInputError: ``cursor`` is not one ``run_cursor`` made.
+        """
+        return self._reads.list_runs(
+            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+        )
+
+    def count_runs(self) -> dict[str, int]:
+        """Stored runs by status value: one aggregate query, no records built."""
+        return self._reads.count_runs()

@@ -8,10 +8,8 @@ Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step 
 brackets), added as slots open and forgotten once done (see :class:`RunMaps`); they share the step's
 spec (nothing is copied per item) and go through the one scheduler like steps.
 
-The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
-the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
-the map step itself holds neither items nor output) and :func:`fold_items` rebuilds the map step's
-result from those rows when a run is read back.
+The rest of the module is stateless: the static checks of ``for_each``. A map step's output, the
+compact form a durable store keeps (one row per item) and its folding back are ``_map_items``'s.
 """
 
 from __future__ import annotations
@@ -19,11 +17,12 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+from codomyrmex_orchestration.core._map_items import FAILED_ITEM, is_item, item_name, map_output, split_item
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     ItemResult,
@@ -49,14 +48,11 @@ __all__ = [
     "MapState",
     "RunMaps",
     "carried",
-    "fold_items",
     "is_item",
     "item_name",
-    "map_output",
     "map_problems",
     "resolve_for_each",
     "split_item",
-    "stored_form",
     "too_many_items",
 ]
 
@@ -68,24 +64,7 @@ FOR_EACH_LABEL = "for each"
 WAVE = 128
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
-_ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
-
-
-def item_name(step: str, index: int) -> str:
-    """The graph node (and stored row) of item ``index`` of map step ``step``."""
-    return f"{step}[{index}]"
-
-
-def is_item(name: str) -> bool:
-    """Whether ``name`` is an item node (step names cannot end with ``]``)."""
-    return name.endswith("]")
-
-
-def split_item(name: str) -> tuple[str, int]:
-    """``("step", index)`` from an item node's name."""
-    step, _, rest = name.rpartition("[")
-    return step, int(rest[:-1])
 
 
 # --------------------------------------------------------------------------- static checks
@@ -417,7 +396,7 @@ class MapState:
 
 _PENDING, _READY, _RUNNING = TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RUNNING  # not final
 _COMPLETED = TaskStatus.COMPLETED
-_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+_FAILED = FAILED_ITEM
 
 
 class RunMaps:
@@ -629,64 +608,3 @@ def carried(name: str, previous: StepResult | None) -> StepResult:
     if previous is not None and previous.items is not None:
         return StepResult(name=name, items=previous.items)
     return StepResult(name=name)
-
-
-def _as_item(index: int, row: StepResult | None) -> ItemResult:
-    if row is None:
-        return ItemResult(index=index)
-    fields = {f: getattr(row, f) for f in _ITEM_FIELDS}
-    return ItemResult(index=index, skipped_reason=row.skipped_reason, **fields)
-
-
-# --------------------------------------------------------------------------- output and storage
-
-
-def map_output(items: Sequence[ItemResult], *, required: bool) -> Any:
-    """A map step's output: the completed items' outputs in item order (a skipped item has none).
-
-    A step with ``required: false`` lets items fail: its output is then always
-    ``{"outputs": [...], "failed": [{"index": i, "status": "failed", "error": "..."}]}``, so its
-    shape depends on the definition, never on how a run went.
-    """
-    outputs = [i.output for i in items if i.status is TaskStatus.COMPLETED]
-    if required:
-        return outputs
-    failed = [
-        {"index": i.index, "status": i.status.value, "error": i.error.message if i.error else None}
-        for i in items
-        if i.status in _FAILED
-    ]
-    return {"outputs": outputs, "failed": failed}
-
-
-def stored_form(step: StepResult) -> StepResult:
-    """What a durable store keeps of a map step's own row: its items and output live in item rows."""
-    if step.items is None:
-        return step
-    return step.model_copy(update={"output": None, "items": step.items.model_copy(update={"items": []})})
-
-
-def fold_items(steps: Mapping[str, StepResult]) -> dict[str, StepResult]:
-    """A run's stored rows back into steps: item rows become their map step's ``items``, and a
-    completed map step's output is rebuilt from them."""
-    folded: dict[str, StepResult] = {}
-    rows: dict[str, dict[int, StepResult]] = {}
-    for name, step in steps.items():
-        if is_item(name):
-            base, index = split_item(name)
-            rows.setdefault(base, {})[index] = step
-        else:
-            folded[name] = step
-    for name, step in folded.items():
-        if step.items is None:
-            continue
-        found = rows.get(name, {})
-        if found:
-            items = [_as_item(i, found.get(i)) for i in range(max(step.items.total, max(found) + 1))]
-            counts: dict[str, int] = {}
-            for item in items:
-                counts[item.status.value] = counts.get(item.status.value, 0) + 1
-            step.items = step.items.model_copy(update={"items": items, "counts": counts})
-        if step.status is TaskStatus.COMPLETED and step.output is None:
-            step.output = map_output(step.items.items, required=step.items.required)
-    return folded
