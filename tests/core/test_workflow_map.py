@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
@@ -912,3 +913,22 @@ def test_cancelling_a_map_without_max_parallel_stops_the_wave_in_the_scheduler(
         assert len(ends) == WAVE
         assert all(events[0] == "task.queued" and events[-1] == "task.cancelled" for events in ends.values())
     assert set(calls.per_item) <= set(range(WAVE))  # no item past the first wave was started
+
+
+def test_a_listing_of_run_summaries_reads_no_step_row(
+    manager: WorkflowManager, store: SqliteStore, tmp_path: Path
+) -> None:
+    manager.create_workflow("listed", [lister([1, 2, 3]), mapped()])
+    record = manager.execute_workflow("listed", timeout=WAIT)
+    store.flush()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    try:
+        with conn:
+            conn.execute("UPDATE steps SET result = 'not JSON' WHERE run_id = ?", (record.run_id,))
+    finally:
+        conn.close()
+    with pytest.raises(ValidationError):
+        manager.list_runs()  # whole records: every step's row, and every item's
+    (summary,) = manager.list_runs(steps=False)
+    assert summary.steps == {}
+    assert summary == record.model_copy(update={"steps": {}})

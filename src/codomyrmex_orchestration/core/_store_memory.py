@@ -240,6 +240,7 @@ class MemoryStore:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
         wanted = WorkflowStatus(status).value if status is not None else None
         low, high = window(since, until)
@@ -255,8 +256,11 @@ class MemoryStore:
                 and (after is None or (r.created, run_id) < after)
             ]
             newest = heapq.nlargest(max(0, limit), runs, key=lambda item: (item[0], item[1]))
-            picked = [(r.record, list(r.steps.values()), r.batch) for _, _, r in newest]
-        return [build_run(raw, steps, batch) for raw, steps, batch in picked]
+            picked = [
+                (r.record, list(r.steps.values()), r.batch) if steps else (r.record, [], None)  # summaries
+                for _, _, r in newest
+            ]
+        return [build_run(raw, rows, batch) for raw, rows, batch in picked]
 
     def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
         """Refuse parameters over ``max_parameters_bytes``; memory has no byte budget (retention

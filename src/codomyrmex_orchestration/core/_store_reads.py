@@ -126,7 +126,10 @@ class StoreReader:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
+        """The runs as ``StateStore.list_runs`` lists them; ``steps=False``: their own rows alone (no
+        step row is read)."""
         where: list[str] = []
         params: list[Any] = []
         if workflow_name is not None:
@@ -151,16 +154,16 @@ class StoreReader:
             f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, run_id DESC LIMIT ?",
             (*params, max(0, limit)),
         )
-        if not rows:
-            return []
-        steps: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
-        for chunk in _chunks(list(steps), 500):
+        if not rows or not steps:
+            return [build_run(record, ()) for _, record in rows]
+        found: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
+        for chunk in _chunks(list(found), 500):
             marks = ",".join("?" * len(chunk))
             for run_id, result in self.read(
                 f"SELECT run_id, result FROM steps WHERE run_id IN ({marks}) ORDER BY rowid", chunk
             ):
-                steps[run_id].append(result)
-        return [build_run(record, steps[run_id]) for run_id, record in rows]
+                found[run_id].append(result)
+        return [build_run(record, found[run_id]) for run_id, record in rows]
 
     def count_runs(self) -> dict[str, int]:
         rows = self.read(
@@ -246,14 +249,21 @@ class RunReads:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
-        """Up to ``limit`` runs, newest first, filtered.
+        """Up to ``limit`` runs, newest first, filtered (``steps=False``: summaries, no step read).
 
         Raises:
             InvalidInputError: ``cursor`` is not one ``run_cursor`` made.
         """
         return self._reads.list_runs(
-            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+            workflow_name=workflow_name,
+            status=status,
+            limit=limit,
+            since=since,
+            until=until,
+            cursor=cursor,
+            steps=steps,
         )
 
     def count_runs(self) -> dict[str, int]:

@@ -434,6 +434,11 @@ class RunState:
             self.maps.show(steps)
             return self.record.model_copy(update={"steps": steps})
 
+    def summary(self) -> RunRecord:
+        """A copy of the record's own fields as they stand, without its steps (``steps`` is empty)."""
+        with self.lock:
+            return (self.final or self.record).model_copy(update={"steps": {}})
+
     def count_steps(self, into: dict[str, int]) -> None:
         """Add this run's steps, by status, to ``into``."""
         with self.lock:

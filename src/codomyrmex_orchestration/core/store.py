@@ -114,7 +114,8 @@ class StateStore(Protocol):
     # The runs started by the steps of run ``parent_run_id`` (workflow.run), oldest first, without steps.
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]: ...
     # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
-    # on created_at; ``cursor``: run_cursor() of the last run of the previous page.
+    # on created_at; ``cursor``: run_cursor() of the last run of the previous page; ``steps=False``:
+    # summaries, the runs' own fields alone (``steps`` empty: no step is read).
     def list_runs(
         self,
         *,
@@ -124,6 +125,7 @@ class StateStore(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]: ...
     def count_runs(self) -> dict[str, int]: ...
     # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no

@@ -446,16 +446,24 @@ class WorkflowManager:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
         """Runs, newest first (active runs as they stand), created in ``[since, until)``, after
-        ``cursor`` (``store.run_cursor`` of the previous page's last run). Raises InvalidInputError
-        for a cursor it did not make."""
+        ``cursor`` (``store.run_cursor`` of the previous page's last run); ``steps=False``: summaries,
+        every ``steps`` empty (no step is read). Raises InvalidInputError for a cursor it did not make."""
         stored = self.store.list_runs(
-            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+            workflow_name=workflow_name,
+            status=status,
+            limit=limit,
+            since=since,
+            until=until,
+            cursor=cursor,
+            steps=steps,
         )
         after = parse_cursor(cursor) if cursor is not None else None
         wanted = _RunFilter(workflow_name, status, since, until, after)
-        return _merge_listing(stored, [run.snapshot() for run in self._active.runs()], wanted, limit)
+        live = [run.snapshot() if steps else run.summary() for run in self._active.runs()]
+        return _merge_listing(stored, live, wanted, limit)
 
     def active_run_ids(self) -> list[str]:
         return self._active.ids()

@@ -529,6 +529,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         since=_aware(a.since),
         until=_aware(a.until),
         cursor=a.cursor,
+        steps=False,  # a summary shows none: no step or item row is read
     )
     records = found[: a.limit]
     runs = [
