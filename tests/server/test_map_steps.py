@@ -190,3 +190,17 @@ async def test_list_workflow_runs_reads_no_step_row(
         run_id = await _stored_big_map(client, durable_tools, tmp_path / "state" / "state.db")
         listed = await ok(client, "list_workflow_runs", {})  # summaries: they show no step
         assert [(r["run_id"], r["status"]) for r in listed["runs"]] == [(run_id, "completed")]
+
+
+async def test_a_page_of_a_stored_map_reads_only_the_rows_of_its_items(
+    durable_tools: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    async with Client(build_server(durable_tools)) as client:
+        run_id = await _stored_big_map(client, durable_tools, tmp_path / "state" / "state.db")
+        shown = await ok(
+            client, "get_workflow_run", {"run_id": run_id, "items_offset": 1000, "items_limit": 10}
+        )
+        page = shown["steps"]["m"]["items"]
+        assert [(i["index"], i["output"]) for i in page["items"]] == [(i, i) for i in range(1000, 1010)]
+        assert page["counts"] == {"completed": 2997, "failed": 3} and page["next_offset"] == 1010
+        assert shown["steps"]["m"]["output"] is None and page["output_omitted"] is True

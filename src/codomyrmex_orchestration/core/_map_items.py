@@ -1,15 +1,18 @@
-"""A map step's items as a record holds them: their names, the step's output made from them, and the
-compact form a durable store keeps and its folding back.
+"""A map step's items as a record holds them: their names, the step's output made from them, the compact
+form a durable store keeps and its folding back, and windows (one page of them, :class:`ItemWindow`).
 
-No state: functions from records to records.
+No state: functions from records to records. A window of a record whose items are all built costs a
+shallow copy of the page; the live run and the SQLite store build only the page's items themselves
+(``MapState.view``, ``_store_items``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .models import ItemResult, StepResult, TaskStatus
+from .models import ItemResult, ItemWindow, MapItems, RunRecord, StepResult, TaskStatus
 
 __all__ = [
     "FAILED_ITEM",
@@ -18,8 +21,12 @@ __all__ = [
     "is_item",
     "item_name",
     "map_output",
+    "positions",
     "split_item",
     "stored_form",
+    "window_items",
+    "window_record",
+    "window_steps",
 ]
 
 #: The statuses of an item that failed: a required map step fails with them, a step that is not
@@ -101,3 +108,42 @@ def fold_items(steps: Mapping[str, StepResult]) -> dict[str, StepResult]:
         if step.status is TaskStatus.COMPLETED and step.output is None:
             step.output = map_output(step.items.items, required=step.items.required)
     return folded
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def positions(statuses: Sequence[TaskStatus], window: ItemWindow) -> list[int]:
+    """The indexes of the items ``window`` lists, in order, given every item's status (a map's column)."""
+    start, end, wanted = window.offset, window.offset + window.limit, window.statuses
+    if wanted is None:
+        return list(range(start, min(end, len(statuses))))
+    return list(itertools.islice((i for i, s in enumerate(statuses) if s in wanted), start, end))
+
+
+def window_items(items: MapItems, window: ItemWindow) -> MapItems:
+    """``items`` (every item built) with only the window's items listed; the counts unchanged."""
+    listed: Iterable[ItemResult] = items.items
+    start, end, wanted = window.offset, window.offset + window.limit, window.statuses
+    if wanted is not None:
+        listed = (i for i in items.items if i.status in wanted)
+    return items.model_copy(update={"items": list(itertools.islice(listed, start, end))})
+
+
+def window_steps(steps: Mapping[str, StepResult], window: ItemWindow) -> dict[str, StepResult]:
+    """``steps`` with each map step's items cut to ``window``: a step whose window does not list every
+    item leaves its output out (None: it is every item's output again); the other steps as they are."""
+    shown = dict(steps)
+    for name, step in steps.items():
+        items = step.items
+        if items is not None:
+            page = window_items(items, window)
+            whole = window.offset == 0 and len(page.items) == len(items.items)
+            shown[name] = step.model_copy(update={"items": page, "output": step.output if whole else None})
+    return shown
+
+
+def window_record(record: RunRecord, window: ItemWindow) -> RunRecord:
+    """``record`` with each map step's items cut to ``window`` (see :func:`window_steps`): a shallow
+    copy, ``record`` is left as it is."""
+    return record.model_copy(update={"steps": window_steps(record.steps, window)})

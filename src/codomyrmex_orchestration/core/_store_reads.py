@@ -18,8 +18,9 @@ from ..errors import StateStoreError
 from ._limits import _safe
 from ._store_codec import build_run, event_dict, parse_cursor, window
 from ._store_health import Damage, sqlite_reason
+from ._store_items import windowed_steps
 from ._store_schema import close_quietly
-from .models import RunRecord, WorkflowSpec, WorkflowStatus
+from .models import ItemWindow, RunRecord, WorkflowSpec, WorkflowStatus
 
 #: The folder name the output limiter gives a run id that is no safe file name (``_limits._safe``).
 _DIGEST_NAME = re.compile(r"x[0-9a-f]{32}")
@@ -102,10 +103,16 @@ class StoreReader:
         )
         return {str(n): (int(v), str(d)) for n, v, d in rows}
 
-    def get_run(self, run_id: str) -> RunRecord | None:
+    def get_run(self, run_id: str, items: ItemWindow | None = None) -> RunRecord | None:
+        """The run's record; with ``items``, each map step lists only that window of its items, and only
+        their rows are decoded (``_store_items``)."""
         rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             return None
+        if items is not None:
+            record = build_run(rows[0][0], ())
+            record.steps = windowed_steps(self.read, run_id, items)
+            return record
         steps = self.read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
         return build_run(rows[0][0], (s for (s,) in steps))
 
@@ -234,8 +241,8 @@ class RunReads:
 
     _reads: StoreReader
 
-    def get_run(self, run_id: str) -> RunRecord | None:
-        return self._reads.get_run(run_id)
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord | None:
+        return self._reads.get_run(run_id, items)
 
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
         return self._reads.sub_runs(parent_run_id)

@@ -9,7 +9,8 @@ brackets), added as slots open and forgotten once done (see :class:`RunMaps`); t
 spec (nothing is copied per item) and go through the one scheduler like steps.
 
 The rest of the module is stateless: the static checks of ``for_each``. A map step's output, the
-compact form a durable store keeps (one row per item) and its folding back are ``_map_items``'s.
+compact form a durable store keeps (one row per item) and its folding back, and pages of items are
+``_map_items``'s.
 """
 
 from __future__ import annotations
@@ -17,15 +18,23 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from codomyrmex_orchestration.core._map_items import FAILED_ITEM, is_item, item_name, map_output, split_item
+from codomyrmex_orchestration.core._map_items import (
+    FAILED_ITEM,
+    is_item,
+    item_name,
+    map_output,
+    positions,
+    split_item,
+)
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     ItemResult,
+    ItemWindow,
     MapItems,
     StepResult,
     StepSpec,
@@ -318,32 +327,41 @@ class MapState:
             skipped_reason=self.reasons.get(index),
         )
 
-    def items(self) -> list[ItemResult]:
-        """Every item as the run record shows it, built unvalidated (the fields are typed already; a
-        100,000-item map builds 100,000 of these at its end) with one shared fields-set (see
-        :func:`~codomyrmex_orchestration.core.models.trusted`: a set of its own costs each item 728
-        bytes)."""
+    def items(self, indexes: Sequence[int] | None = None) -> list[ItemResult]:
+        """Every item (or those of ``indexes``) as the run record shows it, built unvalidated (the fields
+        are typed already; a 100,000-item map builds 100,000 of these at its end) with one shared
+        fields-set (see :func:`~codomyrmex_orchestration.core.models.trusted`: a set of its own costs
+        each item 728 bytes)."""
         errors, reasons = self.errors, self.reasons
+        columns: Iterable[tuple[int, TaskStatus, Any, int, datetime | None, datetime | None, float | None]]
+        if indexes is None:
+            columns = zip(
+                range(len(self.status)),
+                self.status,
+                self.output,
+                self.attempts,
+                self.started,
+                self.finished,
+                self.duration,
+                strict=True,
+            )
+        else:
+            status, output, attempts = self.status, self.output, self.attempts
+            started, finished, duration = self.started, self.finished, self.duration
+            columns = (
+                (i, status[i], output[i], attempts[i], started[i], finished[i], duration[i]) for i in indexes
+            )
         out: list[ItemResult] = []
-        for index, status, output, attempts, started, finished, duration in zip(
-            range(len(self.status)),
-            self.status,
-            self.output,
-            self.attempts,
-            self.started,
-            self.finished,
-            self.duration,
-            strict=True,
-        ):
+        for index, status_, output_, attempts_, started_, finished_, duration_ in columns:
             fields = {
                 "index": index,
-                "status": status,
-                "output": output,
+                "status": status_,
+                "output": output_,
                 "error": errors.get(index) if errors else None,
-                "attempts": attempts,
-                "started_at": started,
-                "finished_at": finished,
-                "duration_seconds": duration,
+                "attempts": attempts_,
+                "started_at": started_,
+                "finished_at": finished_,
+                "duration_seconds": duration_,
                 "skipped_reason": reasons.get(index) if reasons else None,
             }
             out.append(trusted(ItemResult, fields, _ALL_ITEM_FIELDS))
@@ -355,10 +373,12 @@ class MapState:
         found = {s.value: status.count(s) for s in TaskStatus}
         return {k: n for k, n in found.items() if n}
 
-    def view(self) -> MapItems:
-        """The items as the run record shows them."""
+    def view(self, window: ItemWindow | None = None) -> MapItems:
+        """The items as the run record shows them: every one, or only those of ``window`` (the counts
+        cover every item either way)."""
+        listed = self.items() if window is None else self.items(positions(self.status, window))
         return MapItems(
-            total=len(self.status), counts=self.counts(), required=self.spec.required, items=self.items()
+            total=len(self.status), counts=self.counts(), required=self.spec.required, items=listed
         )
 
     def result(self, *, cancelled: bool) -> StepResult:
@@ -554,12 +574,12 @@ class RunMaps:
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
-    def show(self, steps: dict[str, StepResult]) -> None:
-        """Put the live items of running map steps into a snapshot's ``steps``."""
+    def show(self, steps: dict[str, StepResult], window: ItemWindow | None = None) -> None:
+        """Put the live items of running map steps into a snapshot's ``steps`` (those of ``window``)."""
         self.apply_starts()
         for name, state in self.maps.items():
             if not steps[name].status.is_terminal:
-                steps[name] = steps[name].model_copy(update={"items": state.view()})
+                steps[name] = steps[name].model_copy(update={"items": state.view(window)})
 
     def _settle(
         self, state: MapState, index: int, result: StepResult, advance: Advance, node: str | None

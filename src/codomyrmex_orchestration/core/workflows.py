@@ -42,6 +42,7 @@ from codomyrmex_orchestration.core._workflow_subruns import SubRuns
 from codomyrmex_orchestration.core.actions import ActionRegistry
 from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
 from codomyrmex_orchestration.core.models import (
+    ItemWindow,
     RunRecord,
     StepSpec,
     TaskPriority,
@@ -427,12 +428,13 @@ class WorkflowManager:
         wait for answers (or ended); the names of its steps still going then (empty: quiet)."""
         return self._active.wait_quiet(run_id, timeout)
 
-    def get_run(self, run_id: str) -> RunRecord:
-        """A run's record: live for an active run, else from the store. Raises RunNotFoundError."""
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord:
+        """A run's record: live for an active run, else from the store; with ``items``, each map step
+        lists only the items of that window, the only ones read and built. Raises RunNotFoundError."""
         run = self._active.get(run_id)
         if run is not None:
-            return run.snapshot()
-        record = self.store.get_run(run_id)
+            return run.snapshot(items)
+        record = self.store.get_run(run_id, items=items)
         if record is None:
             raise RunNotFoundError(run_id)
         return record
