@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from codomyrmex_orchestration.core.models import (
+    ItemWindow,
     RunRecord,
     StepResult,
     StepSpec,
@@ -15,6 +16,7 @@ from codomyrmex_orchestration.core.models import (
     WorkflowSpec,
     trusted,
 )
+from codomyrmex_orchestration.errors import InvalidInputError
 
 
 def test_priority_accepts_names_in_any_case_and_ints() -> None:
@@ -71,3 +73,24 @@ def test_a_trusted_record_is_the_validated_one_and_records_sharing_a_fields_set_
     first.attempts = 2  # assignment adds a name the shared set holds already
     assert (first.attempts, second.attempts, every) == (2, 1, set(StepResult.model_fields))
     assert first.model_copy(update={"attempts": 3}).attempts == 3 and first.attempts == 2
+
+
+def test_an_item_window_refuses_what_it_cannot_take_naming_the_field_and_what_it_accepts() -> None:
+    for given, field, says in (
+        ({"offset": -1}, "offset", "a whole number of items, 0 or more; got -1"),
+        ({"limit": 2.5}, "limit", "a whole number of items, 0 or more; got 2.5"),
+        ({"limit": True}, "limit", "got True"),
+        (
+            {"statuses": []},
+            "statuses",
+            "an empty list; give one or more of blocked, cancelled, completed, failed",
+        ),
+        ({"statuses": ["failed", "broken"]}, "statuses", "unknown status 'broken'; give one or more of"),
+    ):
+        with pytest.raises(InvalidInputError) as caught:
+            ItemWindow(**given)  # type: ignore[arg-type]  # the wrong types are the point
+        assert caught.value.field == field and says in str(caught.value), caught.value
+    window = ItemWindow(5, 10, ["failed", TaskStatus.TIMED_OUT])
+    assert (window.offset, window.limit) == (5, 10)
+    assert window.statuses == {TaskStatus.FAILED, TaskStatus.TIMED_OUT}
+    assert ItemWindow(statuses="failed").statuses == {TaskStatus.FAILED}

@@ -13,14 +13,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core._map_items import window_record
 from codomyrmex_orchestration.core._workflow_map import WAVE
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
@@ -31,7 +35,11 @@ from codomyrmex_orchestration.core.actions import (
 from codomyrmex_orchestration.core.dag import WorkflowDAG
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import (
+    ErrorInfo,
     ItemResult,
+    ItemWindow,
+    MapItems,
+    RunRecord,
     StepResult,
     StepSpec,
     TaskRecord,
@@ -912,3 +920,178 @@ def test_cancelling_a_map_without_max_parallel_stops_the_wave_in_the_scheduler(
         assert len(ends) == WAVE
         assert all(events[0] == "task.queued" and events[-1] == "task.cancelled" for events in ends.values())
     assert set(calls.per_item) <= set(range(WAVE))  # no item past the first wave was started
+
+
+# --------------------------------------------------------------------------- pages of items
+
+
+def test_a_page_of_a_running_100000_item_map_builds_only_the_pages_items() -> None:
+    echo = {
+        "name": "each",
+        "module": "core",
+        "action": "echo",
+        "for_each": list(range(100_000)),
+        "max_parallel": 2,
+        "parameters": {"message": "{{item}}"},
+    }
+    run = make_run(create_registry(load_plugins=False), [echo])
+    assert [n for n, _ in run.begin().submit] == ["each[0]", "each[1]"]
+    broke = ErrorInfo(message="item 0 broke", type="RuntimeError")
+    run.step_finished(StepResult(name="each[0]", status=TaskStatus.FAILED, error=broke), held_slot=True)
+    run.step_finished(StepResult(name="each[1]", status=TaskStatus.COMPLETED, output=1), held_slot=True)
+    tracemalloc.start()
+    try:
+        page = run.snapshot(ItemWindow(offset=50_000, limit=3))
+        page_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        whole = run.snapshot()
+        whole_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Built under the run's lock: the whole snapshot builds 100,000 items (about 40 MB), a page three.
+    assert page_peak < 256 * 1024 and page_peak * 100 < whole_peak, (page_peak, whole_peak)
+    items = page.steps["each"].items
+    assert items is not None and items.total == 100_000
+    assert items.counts == {"pending": 99_998, "completed": 1, "failed": 1}
+    assert [(i.index, i.status) for i in items.items] == [
+        (n, TaskStatus.PENDING) for n in (50_000, 50_001, 50_002)
+    ]
+    shown = whole.steps["each"].items
+    assert shown is not None and items.items == shown.items[50_000:50_003]
+    failed = run.snapshot(ItemWindow(statuses=["failed", "timed_out"])).steps["each"].items
+    assert failed is not None and [(i.index, i.error) for i in failed.items] == [(0, broke)]
+
+
+def _stored_maps(store: SqliteStore | MemoryStore) -> str:
+    """A run saved as a durable run leaves it after a crash: a plain step, a map step whose items 0-7 have
+    rows in every status (8-11 never started: no row), a completed one and one none of whose items
+    started; its id."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    statuses = ["completed", "failed", "running", "skipped", "completed", "pending", "timed_out", "completed"]
+    record = RunRecord(
+        run_id="r1",
+        workflow_name="w",
+        status=WorkflowStatus.INTERRUPTED,
+        steps={
+            "list": StepResult(name="list", status=TaskStatus.COMPLETED, output={"n": 12}),
+            "each": StepResult(name="each", status=TaskStatus.RUNNING, items=MapItems(total=12)),
+            "done": StepResult(
+                name="done", status=TaskStatus.COMPLETED, items=MapItems(total=3, required=False)
+            ),
+            "idle": StepResult(name="idle", status=TaskStatus.RUNNING, items=MapItems(total=4)),
+        },
+    )
+    store.save_run(record)
+    for i, status in enumerate(statuses):
+        error = (
+            ErrorInfo(message=f"item {i} broke", type="RuntimeError")
+            if status in ("failed", "timed_out")
+            else None
+        )
+        output = i * 10 if status == "completed" else None
+        row = StepResult(
+            name=f"each[{i}]", status=TaskStatus(status), output=output, error=error, started_at=at
+        )
+        store.save_step("r1", row)
+    for i in range(3):
+        store.save_step("r1", StepResult(name=f"done[{i}]", status=TaskStatus.COMPLETED, output=[i]))
+    store.flush()
+    return record.run_id
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_page_of_a_stored_run_is_the_whole_records_page_whatever_the_window(
+    tmp_path: Path, kind: str
+) -> None:
+    store = SqliteStore(tmp_path / "state.db") if kind == "sqlite" else MemoryStore()
+    try:
+        run_id = _stored_maps(store)
+        whole = store.get_run(run_id)
+        assert whole is not None
+        windows = [
+            ItemWindow(),
+            ItemWindow(offset=3, limit=4),
+            ItemWindow(offset=10, limit=5),
+            ItemWindow(offset=40),
+            ItemWindow(limit=0),
+            ItemWindow(statuses=["pending"]),
+            ItemWindow(offset=1, limit=2, statuses=["failed", "timed_out", "completed"]),
+            ItemWindow(statuses=[TaskStatus.RUNNING, TaskStatus.INTERRUPTED]),
+        ]
+        for window in windows:
+            page = store.get_run(run_id, items=window)
+            assert page is not None
+            assert list(page.steps) == list(whole.steps) == ["list", "each", "done", "idle"]
+            expected = window_record(whole, window)
+            assert page.steps == expected.steps, window
+    finally:
+        store.close()
+    each = whole.steps["each"].items
+    assert each is not None and each.counts == {
+        "pending": 5,
+        "running": 1,
+        "completed": 3,
+        "failed": 1,
+        "skipped": 1,
+        "timed_out": 1,
+    }
+    assert whole.steps["done"].output == {"outputs": [[0], [1], [2]], "failed": []}
+    assert expected.steps["done"].output is None  # the last window lists no item of it
+
+
+def test_a_page_of_a_stored_map_decodes_only_its_items_rows(
+    manager: WorkflowManager, store: SqliteStore, calls: Calls, tmp_path: Path
+) -> None:
+    calls.failing = {7, 1500}
+    manager.create_workflow("paged", [lister(list(range(2000))), mapped(required=False)])
+    record = manager.execute_workflow("paged", timeout=WAIT)
+    assert record.status is WorkflowStatus.COMPLETED, record.error
+    store.flush()
+    # Every item row but the pages' is made undecodable in the file: a read that decoded one would fail.
+    kept = [f"each[{i}]" for i in (*range(1000, 1010), 7, 1500)]
+    conn = sqlite3.connect(tmp_path / "state.db")
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE steps SET result = 'not JSON' WHERE run_id = ? AND name GLOB 'each[[]*' "
+                f"AND name NOT IN ({','.join('?' * len(kept))})",
+                (record.run_id, *kept),
+            )
+    finally:
+        conn.close()
+    with pytest.raises(ValidationError):
+        store.get_run(record.run_id)  # the whole record decodes every item's row
+    shown = record.steps["each"].items
+    assert shown is not None and shown.counts == {"completed": 1998, "failed": 2}
+    page = store.get_run(record.run_id, items=ItemWindow(offset=1000, limit=10))
+    assert page is not None and page.steps["list"] == record.steps["list"]
+    items = page.steps["each"].items
+    assert items is not None and (items.total, items.counts) == (2000, shown.counts)
+    assert items.items == shown.items[1000:1010]
+    assert page.steps["each"].output is None  # every item's output: not read for a page
+    failed = store.get_run(record.run_id, items=ItemWindow(statuses=["failed"]))
+    assert failed is not None
+    failures = failed.steps["each"].items
+    assert failures is not None and [(i.index, i.error) for i in failures.items] == [
+        (7, shown.items[7].error),
+        (1500, shown.items[1500].error),
+    ]
+
+
+def test_a_listing_of_run_summaries_reads_no_step_row(
+    manager: WorkflowManager, store: SqliteStore, tmp_path: Path
+) -> None:
+    manager.create_workflow("listed", [lister([1, 2, 3]), mapped()])
+    record = manager.execute_workflow("listed", timeout=WAIT)
+    store.flush()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    try:
+        with conn:
+            conn.execute("UPDATE steps SET result = 'not JSON' WHERE run_id = ?", (record.run_id,))
+    finally:
+        conn.close()
+    with pytest.raises(ValidationError):
+        manager.list_runs()  # whole records: every step's row, and every item's
+    (summary,) = manager.list_runs(steps=False)
+    assert summary.steps == {}
+    assert summary == record.model_copy(update={"steps": {}})

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 
+from codomyrmex_orchestration.server.app import build_server
+from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import call, ok
+from tests.server.conftest import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +153,54 @@ async def test_get_workflow_run_refuses_a_page_argument_it_cannot_take(client: C
     ):
         refused = await call(client, "get_workflow_run", {"run_id": run["run_id"], **bad})
         assert refused.is_error and named in refused.content[0].text, refused.content
+
+
+@pytest.fixture
+def durable_tools(tmp_path: Path) -> Iterator[OrchestrationMCPTools]:
+    tools = OrchestrationMCPTools(engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True))
+    yield tools
+    tools.close()
+
+
+async def _stored_big_map(client: Client, tools: OrchestrationMCPTools, state_db: Path) -> str:
+    """A finished run of a 3,000-item map (3 failed) in the durable store, every item row of which but
+    those of items 1000-1009 is made undecodable in the file: a call that read one would fail."""
+    await ok(client, "create_workflow", _big_map(3000, broken_every=1000))
+    run = await ok(client, "execute_workflow", {"workflow_name": "big"})
+    assert run["status"] == "completed"
+    tools.engine.workflow_manager.store.flush()
+    kept = [f"m[{i}]" for i in range(1000, 1010)]
+    conn = sqlite3.connect(state_db)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE steps SET result = 'not JSON' WHERE run_id = ? AND name GLOB 'm[[]*' "
+                f"AND name NOT IN ({','.join('?' * len(kept))})",
+                (run["run_id"], *kept),
+            )
+    finally:
+        conn.close()
+    return str(run["run_id"])
+
+
+async def test_list_workflow_runs_reads_no_step_row(
+    durable_tools: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    async with Client(build_server(durable_tools)) as client:
+        run_id = await _stored_big_map(client, durable_tools, tmp_path / "state" / "state.db")
+        listed = await ok(client, "list_workflow_runs", {})  # summaries: they show no step
+        assert [(r["run_id"], r["status"]) for r in listed["runs"]] == [(run_id, "completed")]
+
+
+async def test_a_page_of_a_stored_map_reads_only_the_rows_of_its_items(
+    durable_tools: OrchestrationMCPTools, tmp_path: Path
+) -> None:
+    async with Client(build_server(durable_tools)) as client:
+        run_id = await _stored_big_map(client, durable_tools, tmp_path / "state" / "state.db")
+        shown = await ok(
+            client, "get_workflow_run", {"run_id": run_id, "items_offset": 1000, "items_limit": 10}
+        )
+        page = shown["steps"]["m"]["items"]
+        assert [(i["index"], i["output"]) for i in page["items"]] == [(i, i) for i in range(1000, 1010)]
+        assert page["counts"] == {"completed": 2997, "failed": 3} and page["next_offset"] == 1010
+        assert shown["steps"]["m"]["output"] is None and page["output_omitted"] is True

@@ -11,13 +11,16 @@ from typing import Any
 
 from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._sessions import Session, SessionRegistry
-from codomyrmex_orchestration.core.models import RunRecord, TaskRecord, TaskSpec
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, TaskRecord, TaskSpec
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
 from codomyrmex_orchestration.errors import OrchestrationError
 
 __all__ = ["SessionWork", "stop_session_work"]
+
+#: A run read for its own fields: no map step item is built.
+_NO_ITEMS = ItemWindow(limit=0)
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -66,7 +69,7 @@ class SessionWork:
             LimitExceededError: the run's open session runs as many workflows as it may.
         """
         sessions, workflows = self._sessions, self._workflows
-        session_id = workflows.get_run(run_id).session_id
+        session_id = workflows.get_run(run_id, items=_NO_ITEMS).session_id
         with sessions.holding_if_open(session_id) as live:
             options: dict[str, Any] = {"session_id": None}
             if live is not None:
@@ -135,8 +138,10 @@ def stop_session_work(
     cancelled_tasks: list[str] = []
     if cancel_running:
         for run_id in run_ids:
-            if not workflows.is_active(run_id) or workflows.get_run(run_id).session_id != session_id:
-                continue  # ended, or resumed outside the session since
+            if not workflows.is_active(run_id):
+                continue  # ended
+            if workflows.get_run(run_id, items=_NO_ITEMS).session_id != session_id:
+                continue  # resumed outside the session since
             try:
                 workflows.cancel_run(run_id)
             except OrchestrationError:

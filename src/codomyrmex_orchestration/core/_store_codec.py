@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 from .._redact import holds_secret, redact
 from .._text import lone_surrogate_at
 from ..errors import InvalidInputError, LimitExceededError
-from ._workflow_map import fold_items, stored_form
+from ._map_items import fold_items, stored_form
 from .models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 
 DEFAULT_RETENTION_RUNS = 10_000

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..config import DEFAULT_MAX_PARAMETERS_BYTES
+from ._map_items import window_record
 from ._step_cache import CacheTable, MemoryCacheTable
 from ._store_codec import (
     ACTIVE_RUN,
@@ -41,7 +42,7 @@ from ._store_codec import (
     window,
 )
 from ._store_tool_tasks import MemoryToolTasks
-from .models import RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
+from .models import ItemWindow, RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -255,13 +256,15 @@ class MemoryStore:
         self._version_refs[key] -= 1
         self._drop_version_if_unused(key)
 
-    def get_run(self, run_id: str) -> RunRecord | None:
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord | None:
+        """The run's record (``items``: each map step's items cut to that window, after decoding them)."""
         with self._lock:
             run = self._runs.get(run_id)
             if run is None:
                 return None
             raw, batch, steps = run.record, run.batch, list(run.steps.values())
-        return build_run(raw, steps, batch)
+        record = build_run(raw, steps, batch)
+        return record if items is None else window_record(record, items)
 
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
         with self._lock:
@@ -279,6 +282,7 @@ class MemoryStore:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
         wanted = WorkflowStatus(status).value if status is not None else None
         low, high = window(since, until)
@@ -294,8 +298,11 @@ class MemoryStore:
                 and (after is None or (r.created, run_id) < after)
             ]
             newest = heapq.nlargest(max(0, limit), runs, key=lambda item: (item[0], item[1]))
-            picked = [(r.record, list(r.steps.values()), r.batch) for _, _, r in newest]
-        return [build_run(raw, steps, batch) for raw, steps, batch in picked]
+            picked = [
+                (r.record, list(r.steps.values()), r.batch) if steps else (r.record, [], None)  # summaries
+                for _, _, r in newest
+            ]
+        return [build_run(raw, rows, batch) for raw, rows, batch in picked]
 
     def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
         """Refuse parameters over ``max_parameters_bytes``; memory has no byte budget (retention

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import StateStoreError
 from ._store_health import sqlite_reason
-from ._store_reads import StoreReader
+from ._store_reads import RunReads, StoreReader
 from ._store_schema import SCHEMA_VERSION, close_quietly
-from .models import RunRecord, WorkflowStatus
 from .store import SqliteStore
 
 __all__ = ["ReadOnlyStore", "recorded"]
@@ -46,7 +44,7 @@ def recorded(path: Path) -> bool:
     return True
 
 
-class ReadOnlyStore:
+class ReadOnlyStore(RunReads):
     """The runs of the store at ``path`` (a file :func:`recorded` found), read and never written.
 
     A file of an older schema is migrated first, by opening it as a :class:`SqliteStore` once (which
@@ -80,27 +78,6 @@ class ReadOnlyStore:
             close_quietly(conn)
             raise
         self._reads = StoreReader(conn, where, lambda: None)  # nothing of ours to wait for
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        return self._reads.get_run(run_id)
-
-    def list_runs(
-        self,
-        *,
-        workflow_name: str | None = None,
-        status: WorkflowStatus | None = None,
-        limit: int = 100,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: str | None = None,
-    ) -> list[RunRecord]:
-        """Up to ``limit`` runs, newest first, filtered; see ``StateStore.list_runs``."""
-        return self._reads.list_runs(
-            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
-        )
-
-    def count_runs(self) -> dict[str, int]:
-        return self._reads.count_runs()
 
     def close(self) -> None:
         self._reads.close()

@@ -18,14 +18,15 @@ from ..errors import StateStoreError
 from ._limits import _safe
 from ._store_codec import build_run, event_dict, parse_cursor, window
 from ._store_health import Damage, sqlite_reason
+from ._store_items import windowed_steps
 from ._store_retention import DELETED_VERSIONS
 from ._store_schema import close_quietly
-from .models import RunRecord, WorkflowSpec, WorkflowStatus
+from .models import ItemWindow, RunRecord, WorkflowSpec, WorkflowStatus
 
 #: The folder name the output limiter gives a run id that is no safe file name (``_limits._safe``).
 _DIGEST_NAME = re.compile(r"x[0-9a-f]{32}")
 
-__all__ = ["StoreReader"]
+__all__ = ["RunReads", "StoreReader"]
 
 #: Tables whose row counts stats() reports.
 TABLES = ("workflows", "runs", "steps", "sessions", "projects", "allocations", "events", "step_cache")
@@ -108,10 +109,16 @@ class StoreReader:
                 latest[str(name)] = (int(upto), "")
         return latest
 
-    def get_run(self, run_id: str) -> RunRecord | None:
+    def get_run(self, run_id: str, items: ItemWindow | None = None) -> RunRecord | None:
+        """The run's record; with ``items``, each map step lists only that window of its items, and only
+        their rows are decoded (``_store_items``)."""
         rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             return None
+        if items is not None:
+            record = build_run(rows[0][0], ())
+            record.steps = windowed_steps(self.read, run_id, items)
+            return record
         steps = self.read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
         return build_run(rows[0][0], (s for (s,) in steps))
 
@@ -132,7 +139,10 @@ class StoreReader:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
+        """The runs as ``StateStore.list_runs`` lists them; ``steps=False``: their own rows alone (no
+        step row is read)."""
         where: list[str] = []
         params: list[Any] = []
         if workflow_name is not None:
@@ -157,16 +167,16 @@ class StoreReader:
             f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, run_id DESC LIMIT ?",
             (*params, max(0, limit)),
         )
-        if not rows:
-            return []
-        steps: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
-        for chunk in _chunks(list(steps), 500):
+        if not rows or not steps:
+            return [build_run(record, ()) for _, record in rows]
+        found: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
+        for chunk in _chunks(list(found), 500):
             marks = ",".join("?" * len(chunk))
             for run_id, result in self.read(
                 f"SELECT run_id, result FROM steps WHERE run_id IN ({marks}) ORDER BY rowid", chunk
             ):
-                steps[run_id].append(result)
-        return [build_run(record, steps[run_id]) for run_id, record in rows]
+                found[run_id].append(result)
+        return [build_run(record, found[run_id]) for run_id, record in rows]
 
     def count_runs(self) -> dict[str, int]:
         rows = self.read(
@@ -229,3 +239,46 @@ class StoreReader:
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class RunReads:
+    """The run reads of a store that reads through a :class:`StoreReader` (its ``_reads``): the SQLite
+    store's, and the read-only store's the CLI opens. See ``StateStore`` for each."""
+
+    _reads: StoreReader
+
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord | None:
+        return self._reads.get_run(run_id, items)
+
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        return self._reads.sub_runs(parent_run_id)
+
+    def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        steps: bool = True,
+    ) -> list[RunRecord]:
+        """Up to ``limit`` runs, newest first, filtered (``steps=False``: summaries, no step read).
+
+        Raises:
+            InvalidInputError: ``cursor`` is not one ``run_cursor`` made.
+        """
+        return self._reads.list_runs(
+            workflow_name=workflow_name,
+            status=status,
+            limit=limit,
+            since=since,
+            until=until,
+            cursor=cursor,
+            steps=steps,
+        )
+
+    def count_runs(self) -> dict[str, int]:
+        """Stored runs by status value: one aggregate query, no records built."""
+        return self._reads.count_runs()

@@ -8,10 +8,9 @@ Items are nodes of the run's dependency graph named ``<step>[<index>]`` (a step 
 brackets), added as slots open and forgotten once done (see :class:`RunMaps`); they share the step's
 spec (nothing is copied per item) and go through the one scheduler like steps.
 
-The rest of the module is stateless: the static checks of ``for_each``, the map step's output, and
-the compact stored form. A durable store keeps one row per item (status, output, timing; the row of
-the map step itself holds neither items nor output) and :func:`fold_items` rebuilds the map step's
-result from those rows when a run is read back.
+The rest of the module is stateless: the static checks of ``for_each``. A map step's output, the
+compact form a durable store keeps (one row per item) and its folding back, and pages of items are
+``_map_items``'s.
 """
 
 from __future__ import annotations
@@ -19,14 +18,23 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+from codomyrmex_orchestration.core._map_items import (
+    FAILED_ITEM,
+    is_item,
+    item_name,
+    map_output,
+    positions,
+    split_item,
+)
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     ItemResult,
+    ItemWindow,
     MapItems,
     StepResult,
     StepSpec,
@@ -49,14 +57,11 @@ __all__ = [
     "MapState",
     "RunMaps",
     "carried",
-    "fold_items",
     "is_item",
     "item_name",
-    "map_output",
     "map_problems",
     "resolve_for_each",
     "split_item",
-    "stored_form",
     "too_many_items",
 ]
 
@@ -68,24 +73,7 @@ FOR_EACH_LABEL = "for each"
 WAVE = 128
 #: Failed items named in a map step's error, at most.
 _ERRORS_SHOWN = 5
-_ITEM_FIELDS = ("status", "output", "error", "attempts", "started_at", "finished_at", "duration_seconds")
 _ALL_ITEM_FIELDS = set(ItemResult.model_fields)
-
-
-def item_name(step: str, index: int) -> str:
-    """The graph node (and stored row) of item ``index`` of map step ``step``."""
-    return f"{step}[{index}]"
-
-
-def is_item(name: str) -> bool:
-    """Whether ``name`` is an item node (step names cannot end with ``]``)."""
-    return name.endswith("]")
-
-
-def split_item(name: str) -> tuple[str, int]:
-    """``("step", index)`` from an item node's name."""
-    step, _, rest = name.rpartition("[")
-    return step, int(rest[:-1])
 
 
 # --------------------------------------------------------------------------- static checks
@@ -339,32 +327,41 @@ class MapState:
             skipped_reason=self.reasons.get(index),
         )
 
-    def items(self) -> list[ItemResult]:
-        """Every item as the run record shows it, built unvalidated (the fields are typed already; a
-        100,000-item map builds 100,000 of these at its end) with one shared fields-set (see
-        :func:`~codomyrmex_orchestration.core.models.trusted`: a set of its own costs each item 728
-        bytes)."""
+    def items(self, indexes: Sequence[int] | None = None) -> list[ItemResult]:
+        """Every item (or those of ``indexes``) as the run record shows it, built unvalidated (the fields
+        are typed already; a 100,000-item map builds 100,000 of these at its end) with one shared
+        fields-set (see :func:`~codomyrmex_orchestration.core.models.trusted`: a set of its own costs
+        each item 728 bytes)."""
         errors, reasons = self.errors, self.reasons
+        columns: Iterable[tuple[int, TaskStatus, Any, int, datetime | None, datetime | None, float | None]]
+        if indexes is None:
+            columns = zip(
+                range(len(self.status)),
+                self.status,
+                self.output,
+                self.attempts,
+                self.started,
+                self.finished,
+                self.duration,
+                strict=True,
+            )
+        else:
+            status, output, attempts = self.status, self.output, self.attempts
+            started, finished, duration = self.started, self.finished, self.duration
+            columns = (
+                (i, status[i], output[i], attempts[i], started[i], finished[i], duration[i]) for i in indexes
+            )
         out: list[ItemResult] = []
-        for index, status, output, attempts, started, finished, duration in zip(
-            range(len(self.status)),
-            self.status,
-            self.output,
-            self.attempts,
-            self.started,
-            self.finished,
-            self.duration,
-            strict=True,
-        ):
+        for index, status_, output_, attempts_, started_, finished_, duration_ in columns:
             fields = {
                 "index": index,
-                "status": status,
-                "output": output,
+                "status": status_,
+                "output": output_,
                 "error": errors.get(index) if errors else None,
-                "attempts": attempts,
-                "started_at": started,
-                "finished_at": finished,
-                "duration_seconds": duration,
+                "attempts": attempts_,
+                "started_at": started_,
+                "finished_at": finished_,
+                "duration_seconds": duration_,
                 "skipped_reason": reasons.get(index) if reasons else None,
             }
             out.append(trusted(ItemResult, fields, _ALL_ITEM_FIELDS))
@@ -376,10 +373,12 @@ class MapState:
         found = {s.value: status.count(s) for s in TaskStatus}
         return {k: n for k, n in found.items() if n}
 
-    def view(self) -> MapItems:
-        """The items as the run record shows them."""
+    def view(self, window: ItemWindow | None = None) -> MapItems:
+        """The items as the run record shows them: every one, or only those of ``window`` (the counts
+        cover every item either way)."""
+        listed = self.items() if window is None else self.items(positions(self.status, window))
         return MapItems(
-            total=len(self.status), counts=self.counts(), required=self.spec.required, items=self.items()
+            total=len(self.status), counts=self.counts(), required=self.spec.required, items=listed
         )
 
     def result(self, *, cancelled: bool) -> StepResult:
@@ -417,7 +416,7 @@ class MapState:
 
 _PENDING, _READY, _RUNNING = TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RUNNING  # not final
 _COMPLETED = TaskStatus.COMPLETED
-_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+_FAILED = FAILED_ITEM
 
 
 class RunMaps:
@@ -575,12 +574,12 @@ class RunMaps:
         if last:
             run.settle(state.result(cancelled=run.cancelled), advance)
 
-    def show(self, steps: dict[str, StepResult]) -> None:
-        """Put the live items of running map steps into a snapshot's ``steps``."""
+    def show(self, steps: dict[str, StepResult], window: ItemWindow | None = None) -> None:
+        """Put the live items of running map steps into a snapshot's ``steps`` (those of ``window``)."""
         self.apply_starts()
         for name, state in self.maps.items():
             if not steps[name].status.is_terminal:
-                steps[name] = steps[name].model_copy(update={"items": state.view()})
+                steps[name] = steps[name].model_copy(update={"items": state.view(window)})
 
     def _settle(
         self, state: MapState, index: int, result: StepResult, advance: Advance, node: str | None
@@ -629,64 +628,3 @@ def carried(name: str, previous: StepResult | None) -> StepResult:
     if previous is not None and previous.items is not None:
         return StepResult(name=name, items=previous.items)
     return StepResult(name=name)
-
-
-def _as_item(index: int, row: StepResult | None) -> ItemResult:
-    if row is None:
-        return ItemResult(index=index)
-    fields = {f: getattr(row, f) for f in _ITEM_FIELDS}
-    return ItemResult(index=index, skipped_reason=row.skipped_reason, **fields)
-
-
-# --------------------------------------------------------------------------- output and storage
-
-
-def map_output(items: Sequence[ItemResult], *, required: bool) -> Any:
-    """A map step's output: the completed items' outputs in item order (a skipped item has none).
-
-    A step with ``required: false`` lets items fail: its output is then always
-    ``{"outputs": [...], "failed": [{"index": i, "status": "failed", "error": "..."}]}``, so its
-    shape depends on the definition, never on how a run went.
-    """
-    outputs = [i.output for i in items if i.status is TaskStatus.COMPLETED]
-    if required:
-        return outputs
-    failed = [
-        {"index": i.index, "status": i.status.value, "error": i.error.message if i.error else None}
-        for i in items
-        if i.status in _FAILED
-    ]
-    return {"outputs": outputs, "failed": failed}
-
-
-def stored_form(step: StepResult) -> StepResult:
-    """What a durable store keeps of a map step's own row: its items and output live in item rows."""
-    if step.items is None:
-        return step
-    return step.model_copy(update={"output": None, "items": step.items.model_copy(update={"items": []})})
-
-
-def fold_items(steps: Mapping[str, StepResult]) -> dict[str, StepResult]:
-    """A run's stored rows back into steps: item rows become their map step's ``items``, and a
-    completed map step's output is rebuilt from them."""
-    folded: dict[str, StepResult] = {}
-    rows: dict[str, dict[int, StepResult]] = {}
-    for name, step in steps.items():
-        if is_item(name):
-            base, index = split_item(name)
-            rows.setdefault(base, {})[index] = step
-        else:
-            folded[name] = step
-    for name, step in folded.items():
-        if step.items is None:
-            continue
-        found = rows.get(name, {})
-        if found:
-            items = [_as_item(i, found.get(i)) for i in range(max(step.items.total, max(found) + 1))]
-            counts: dict[str, int] = {}
-            for item in items:
-                counts[item.status.value] = counts.get(item.status.value, 0) + 1
-            step.items = step.items.model_copy(update={"items": items, "counts": counts})
-        if step.status is TaskStatus.COMPLETED and step.output is None:
-            step.output = map_output(step.items.items, required=step.items.required)
-    return folded

@@ -28,6 +28,7 @@ import structlog
 from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration._text import readable
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
+from codomyrmex_orchestration.core._map_items import window_record, window_steps
 from codomyrmex_orchestration.core._task import FINAL, TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
@@ -36,6 +37,7 @@ from codomyrmex_orchestration.core._workflow_steps import RunSteps
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     InputRequest,
+    ItemWindow,
     RunRecord,
     StepResult,
     StepSpec,
@@ -418,21 +420,19 @@ class RunState:
 
     # ------------------------------------------------------------------ reading
 
-    def snapshot(self) -> RunRecord:
-        """A copy of the record as it stands (final once the run ended)."""
+    def snapshot(self, items: ItemWindow | None = None) -> RunRecord:
+        """A copy of the record as it stands (final once the run ended); with ``items``, each map step
+        lists only the items of that window, and a running one builds only those (under the lock)."""
         with self.lock:
-            if self.final is not None:
-                return self.final.model_copy()
-            self._apply_starts()
-            steps = _in_order(self.record.steps, self.names, copies=True)
-            for name, (attempts, started_at) in _running(self).items():
-                row = steps.get(name)
-                if row is None:  # an item: its start goes to its map step's columns
-                    self.maps.started(name, attempts, started_at)
-                    continue
-                row.status, row.attempts, row.started_at = TaskStatus.RUNNING, attempts, started_at
-            self.maps.show(steps)
-            return self.record.model_copy(update={"steps": steps})
+            final = self.final
+            if final is None:
+                return self.record.model_copy(update={"steps": _live_steps(self, items)})
+        return final.model_copy() if items is None else window_record(final, items)
+
+    def summary(self) -> RunRecord:
+        """A copy of the record's own fields as they stand, without its steps (``steps`` is empty)."""
+        with self.lock:
+            return (self.final or self.record).model_copy(update={"steps": {}})
 
     def count_steps(self, into: dict[str, int]) -> None:
         """Add this run's steps, by status, to ``into``."""
@@ -592,6 +592,24 @@ def _running(run: RunState) -> dict[str, tuple[int, datetime | None]]:
     if run.hears_starts:
         return {}
     return {n: start for n, start in run.starts_from(run.group).items() if not run.status_of(n).is_terminal}
+
+
+def _live_steps(run: RunState, window: ItemWindow | None) -> dict[str, StepResult]:
+    """A copy of every step's row as it stands (under the run's lock): with the starts the scheduler
+    knows of, and each map step's items, all of them or those of ``window`` (a running map step's are
+    built from its columns, only the window's)."""
+    run._apply_starts()
+    steps = _in_order(run.record.steps, run.names, copies=True)
+    for name, (attempts, started_at) in _running(run).items():
+        row = steps.get(name)
+        if row is None:  # an item: its start goes to its map step's columns
+            run.maps.started(name, attempts, started_at)
+            continue
+        row.status, row.attempts, row.started_at = TaskStatus.RUNNING, attempts, started_at
+    if window is not None:  # the items a settled map step holds (a running one's are shown next)
+        steps = window_steps(steps, window)
+    run.maps.show(steps, window)
+    return steps
 
 
 def _in_order(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +24,7 @@ from pydantic import (
 
 from codomyrmex_orchestration._redact import redact_text
 from codomyrmex_orchestration._text import readable
+from codomyrmex_orchestration.errors import InvalidInputError
 
 __all__ = [
     "MAX_BACKOFF",
@@ -33,6 +35,7 @@ __all__ = [
     "ErrorInfo",
     "InputRequest",
     "ItemResult",
+    "ItemWindow",
     "MapItems",
     "RunRecord",
     "StepCacheSpec",
@@ -369,6 +372,49 @@ class MapItems(_Record):
     #: The step's ``required``: False makes the output ``{"outputs": [...], "failed": [...]}``.
     required: bool = True
     items: list[ItemResult] = Field(default_factory=list)
+
+
+class ItemWindow:
+    """Which items of each map step a run record lists (``WorkflowManager.get_run(run_id, items=...)``):
+    the counts still cover every item, and only the window's items are built, so a page of a
+    100,000-item run costs what its items do.
+
+    Args:
+        offset: the position of the first item listed, among the items in ``statuses``.
+        limit: the most items listed per map step (0: the counts alone).
+        statuses: list only the items in these statuses (``TaskStatus`` or their values, such as
+            ``["failed", "timed_out"]``); None: every item.
+
+    Raises:
+        InvalidInputError: a negative ``offset`` or ``limit``, or ``statuses`` empty or naming an
+            unknown status (the accepted ones are listed).
+    """
+
+    __slots__ = ("limit", "offset", "statuses")
+
+    def __init__(
+        self, offset: int = 0, limit: int = 100, statuses: Iterable[TaskStatus | str] | None = None
+    ) -> None:
+        for name, value in (("offset", offset), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(name, f"a whole number of items, 0 or more; got {value!r}")
+        self.offset, self.limit = offset, limit
+        self.statuses: frozenset[TaskStatus] | None = None
+        if statuses is not None:
+            given = [statuses] if isinstance(statuses, str) else list(statuses)
+            known = {s.value for s in TaskStatus}
+            unknown = [s for s in given if s not in known]
+            if not given or unknown:
+                raise InvalidInputError(
+                    "statuses",
+                    f"{'unknown status ' + repr(unknown[0]) if unknown else 'an empty list'}; give one or "
+                    f"more of {', '.join(sorted(known))} (or None for every item)",
+                )
+            self.statuses = frozenset(TaskStatus(s) for s in given)
+
+    def __repr__(self) -> str:
+        wanted = None if self.statuses is None else sorted(s.value for s in self.statuses)
+        return f"ItemWindow(offset={self.offset}, limit={self.limit}, statuses={wanted})"
 
 
 class StepResult(_Record):

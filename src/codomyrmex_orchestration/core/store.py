@@ -49,7 +49,7 @@ from ._store_health import Damage, health_problem
 from ._store_memory import MemoryStore
 from ._store_orphans import tidy_spills
 from ._store_pages import give_back_for
-from ._store_reads import StoreReader
+from ._store_reads import RunReads, StoreReader
 from ._store_retention import Retention, forget_workflow
 from ._store_schema import (
     SCHEMA_VERSION,
@@ -60,7 +60,7 @@ from ._store_schema import (
 )
 from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
 from ._store_writer import CLOSE_TIMEOUT, FLUSH_TIMEOUT, GroupCommitWriter
-from .models import RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
+from .models import ItemWindow, RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -113,11 +113,13 @@ class StateStore(Protocol):
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]: ...
     def save_run(self, record: RunRecord) -> None: ...
     def save_step(self, run_id: str, step: StepResult) -> None: ...
-    def get_run(self, run_id: str) -> RunRecord | None: ...
+    # ``items``: each map step lists only that window of its items (see ItemWindow), all when None.
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord | None: ...
     # The runs started by the steps of run ``parent_run_id`` (workflow.run), oldest first, without steps.
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]: ...
     # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
-    # on created_at; ``cursor``: run_cursor() of the last run of the previous page.
+    # on created_at; ``cursor``: run_cursor() of the last run of the previous page; ``steps=False``:
+    # summaries, the runs' own fields alone (``steps`` empty: no step is read).
     def list_runs(
         self,
         *,
@@ -127,6 +129,7 @@ class StateStore(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]: ...
     def count_runs(self) -> dict[str, int]: ...
     # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no
@@ -166,7 +169,7 @@ class EngineStateStore(StateStore, Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-class SqliteStore:
+class SqliteStore(RunReads):
     """The durable :class:`EngineStateStore`: one SQLite file (WAL), written by one group-committing thread.
 
     Writes (``save_*``, ``delete_*``, ``append_event``) serialise their argument on the calling thread,
@@ -408,35 +411,6 @@ class SqliteStore:
 
     def latest_workflow_versions(self) -> dict[str, tuple[int, str]]:
         return self._reads.latest_workflow_versions()
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        return self._reads.get_run(run_id)
-
-    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
-        return self._reads.sub_runs(parent_run_id)
-
-    def list_runs(
-        self,
-        *,
-        workflow_name: str | None = None,
-        status: WorkflowStatus | None = None,
-        limit: int = 100,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: str | None = None,
-    ) -> list[RunRecord]:
-        """Up to ``limit`` runs, newest first, filtered; see :class:`StateStore`.
-
-        Raises:
-            InvalidInputError: ``cursor`` is not one :func:`run_cursor` made.
-        """
-        return self._reads.list_runs(
-            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
-        )
-
-    def count_runs(self) -> dict[str, int]:
-        """Stored runs by status value: one aggregate query, no records built."""
-        return self._reads.count_runs()
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         return self._reads.get_session(session_id)

@@ -42,6 +42,7 @@ from codomyrmex_orchestration.core._workflow_subruns import SubRuns
 from codomyrmex_orchestration.core.actions import ActionRegistry
 from codomyrmex_orchestration.core.actions._params import MAX_OUTPUT_BYTES_LIMIT
 from codomyrmex_orchestration.core.models import (
+    ItemWindow,
     RunRecord,
     StepSpec,
     TaskPriority,
@@ -427,12 +428,13 @@ class WorkflowManager:
         wait for answers (or ended); the names of its steps still going then (empty: quiet)."""
         return self._active.wait_quiet(run_id, timeout)
 
-    def get_run(self, run_id: str) -> RunRecord:
-        """A run's record: live for an active run, else from the store. Raises RunNotFoundError."""
+    def get_run(self, run_id: str, *, items: ItemWindow | None = None) -> RunRecord:
+        """A run's record: live for an active run, else from the store; with ``items``, each map step
+        lists only the items of that window, the only ones read and built. Raises RunNotFoundError."""
         run = self._active.get(run_id)
         if run is not None:
-            return run.snapshot()
-        record = self.store.get_run(run_id)
+            return run.snapshot(items)
+        record = self.store.get_run(run_id, items=items)
         if record is None:
             raise RunNotFoundError(run_id)
         return record
@@ -446,16 +448,24 @@ class WorkflowManager:
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
+        steps: bool = True,
     ) -> list[RunRecord]:
         """Runs, newest first (active runs as they stand), created in ``[since, until)``, after
-        ``cursor`` (``store.run_cursor`` of the previous page's last run). Raises InvalidInputError
-        for a cursor it did not make."""
+        ``cursor`` (``store.run_cursor`` of the previous page's last run); ``steps=False``: summaries,
+        every ``steps`` empty (no step is read). Raises InvalidInputError for a cursor it did not make."""
         stored = self.store.list_runs(
-            workflow_name=workflow_name, status=status, limit=limit, since=since, until=until, cursor=cursor
+            workflow_name=workflow_name,
+            status=status,
+            limit=limit,
+            since=since,
+            until=until,
+            cursor=cursor,
+            steps=steps,
         )
         after = parse_cursor(cursor) if cursor is not None else None
         wanted = _RunFilter(workflow_name, status, since, until, after)
-        return _merge_listing(stored, [run.snapshot() for run in self._active.runs()], wanted, limit)
+        live = [run.snapshot() if steps else run.summary() for run in self._active.runs()]
+        return _merge_listing(stored, live, wanted, limit)
 
     def active_run_ids(self) -> list[str]:
         return self._active.ids()

@@ -46,6 +46,7 @@ from codomyrmex_orchestration.server._notifications import NotificationHub, Peer
 from codomyrmex_orchestration.server.tools import (
     OrchestrationMCPTools,
     _call_soon,
+    _read_run,
     _run_handle,
     _task_result,
 )
@@ -506,7 +507,7 @@ class ToolTasks:
         engine = self._tools.engine
         if record["kind"] == "run":
             try:
-                run = engine.workflow_manager.get_run(record["target"])
+                run = _read_run(engine.workflow_manager, record["target"])
             except NotFoundError:
                 return "failed", "the run's record is gone (removed by retention)", False, None
             mapped = _RUN_STATUS.get(run.status.value, "working")
@@ -558,7 +559,7 @@ class ToolTasks:
         engine = self._tools.engine
         outcome: Any
         if record["kind"] == "run":
-            outcome = _run_handle(engine.workflow_manager.get_run(record["target"]), None)
+            outcome = _run_handle(_read_run(engine.workflow_manager, record["target"]), None)
         else:
             outcome = _task_result(engine.task_orchestrator.get_task(record["target"]), None)
         return self._rendered(outcome, None)
@@ -568,7 +569,7 @@ class ToolTasks:
         if record["kind"] != "run" or record["status"] not in _TERMINAL:
             return record
         try:
-            news = _moved_on(record, self._tools.engine.workflow_manager.get_run(record["target"]))
+            news = _moved_on(record, _read_run(self._tools.engine.workflow_manager, record["target"]))
         except NotFoundError:
             return record
         if news is None:

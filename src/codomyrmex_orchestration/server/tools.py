@@ -36,6 +36,7 @@ from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration._text import holds_lone_surrogate, readable, readable_value
 from codomyrmex_orchestration.core.models import (
     WORKFLOW_FIELD_NAMES,
+    ItemWindow,
     RunRecord,
     StepResult,
     TaskPriority,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionRegistry
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
-    from codomyrmex_orchestration.core.workflows import WorkflowValidation
+    from codomyrmex_orchestration.core.workflows import WorkflowManager, WorkflowValidation
     from codomyrmex_orchestration.server import _models as m
 else:
     # The argument and result models (44 pydantic classes, ~0.03x of a cold start): imported with the
@@ -335,16 +336,17 @@ def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -
     return error
 
 
-def _run_handle(record: RunRecord, waited: float | None, page: m.GetRunArgs | None = None) -> m.RunHandle:
-    """The record as a tool result: each map step's items one page (``page``'s, else the first)."""
-    from codomyrmex_orchestration.server._run_pages import paged_record  # with the first run, not at start
+def _run_handle(record: RunRecord, waited: float | None, page: ItemWindow | None = None) -> m.RunHandle:
+    """The record as a tool result: each map step's items one page. ``page``: the window ``record`` was
+    read with (get_workflow_run's); None: the first page, cut here (nothing to cut in a record read with
+    ``FIRST_PAGE``, as :func:`_read_run` reads)."""
+    from codomyrmex_orchestration.core._map_items import window_record
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE, paged_record  # with the first run
 
     if page is None:
-        data, paged = paged_record(record)
-    else:
-        data, paged = paged_record(
-            record, offset=page.items_offset, limit=page.items_limit, statuses=page.items_status
-        )
+        page = FIRST_PAGE
+        record = window_record(record, page)
+    data, paged = paged_record(record, page)
     handle = m.RunHandle.model_validate(data)
     notes: list[str] = []
     if record.pending_inputs:
@@ -362,6 +364,14 @@ def _run_handle(record: RunRecord, waited: float | None, page: m.GetRunArgs | No
         )
     handle.note = "; ".join(notes + paged) or None
     return handle
+
+
+def _read_run(manager: WorkflowManager, run_id: str) -> RunRecord:
+    """Run ``run_id``'s record with the first page of each map step's items, the only ones read and built
+    (what :func:`_run_handle` shows). Raises RunNotFoundError."""
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE
+
+    return manager.get_run(run_id, items=FIRST_PAGE)
 
 
 def _step_progress(call: _Call, already_done: int = 0) -> Callable[[RunRecord, StepResult], None] | None:
@@ -405,7 +415,7 @@ def _run_pending(
         manager.inputs.on_stop(run_id, lambda now: deliver(_run_handle(now, None)))
 
     def unfinished(waited: float) -> BaseModel:
-        return _run_handle(manager.get_run(run_id), waited)
+        return _run_handle(_read_run(manager, run_id), waited)
 
     def cancel() -> None:
         if owns_run:
@@ -446,7 +456,7 @@ def _create_complex_workflow(
 def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> _Outcome:
     engine = tools.engine
     # The steps a resume keeps (its completed ones) count as ended from the first notification on.
-    steps = engine.workflow_manager.get_run(a.run_id).steps.values()
+    steps = engine.workflow_manager.get_run(a.run_id, items=ItemWindow(limit=0)).steps.values()
     kept = sum(1 for s in steps if s.status is TaskStatus.COMPLETED)
     # Through the engine: a run of an open session resumes within its limits and is closed with it.
     record = engine.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept))
@@ -517,7 +527,8 @@ def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: 
 
 
 def _get_run(tools: OrchestrationMCPTools, a: m.GetRunArgs, call: _Call) -> _Outcome:
-    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id), None, a)
+    page = ItemWindow(a.items_offset, a.items_limit, a.items_status)
+    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id, items=page), None, page)
 
 
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
@@ -529,6 +540,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         since=_aware(a.since),
         until=_aware(a.until),
         cursor=a.cursor,
+        steps=False,  # a summary shows none: no step or item row is read
     )
     records = found[: a.limit]
     runs = [
@@ -575,13 +587,13 @@ def _cancel_run(tools: OrchestrationMCPTools, a: m.RunIdArgs, call: _Call) -> _O
         settled = threading.Event()
         manager.on_settled(run_id, lambda now: settled.set())
         settled.wait(seconds)
-        return _run_handle(manager.get_run(run_id), None)
+        return _run_handle(_read_run(manager, run_id), None)
 
     def subscribe(deliver: Callable[[BaseModel], None]) -> None:
         manager.on_settled(run_id, lambda now: deliver(_run_handle(now, None)))
 
     def unfinished(waited: float) -> BaseModel:
-        return _run_handle(manager.get_run(run_id), None)
+        return _run_handle(_read_run(manager, run_id), None)
 
     # Cancelling the request leaves the cancellation asked for: there is nothing more to stop.
     return _Pending(wait_for, lambda: None, CANCEL_WAIT, subscribe, unfinished, in_thread=True)
@@ -1322,7 +1334,7 @@ class OrchestrationMCPTools:
                     "timeout_seconds", f"a number of seconds above 0 and at most {m.MAX_WAIT_SECONDS:g}"
                 )
             manager = self.engine.workflow_manager
-            record = await anyio.to_thread.run_sync(manager.get_run, run_id, limiter=self._call_limiter)
+            record = await anyio.to_thread.run_sync(_read_run, manager, run_id, limiter=self._call_limiter)
             outcome = _run_pending(self, record, True, timeout_seconds, owns_run=False)
             if isinstance(outcome, _Pending):
                 outcome = await self._await_pending(outcome, arrived)
