@@ -6,6 +6,7 @@ No state: functions from records to the strings the stores hold, and back.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,8 @@ DEFAULT_RETENTION_EVENTS = 100_000
 #: Seconds a finished run is kept after its last save whatever the run limit: whoever waited for it (an
 #: execute_workflow call, a get_workflow_run right after) still finds it.
 DEFAULT_RETENTION_GRACE = 60.0
+#: The fewest finished runs the grace may keep past the run limit (see :func:`grace_cutoff`).
+GRACE_MIN_SLACK = 1_000
 DEFAULT_FLUSH_INTERVAL = 0.05
 #: Seconds between housekeeping passes of the SQLite store (run, version and event limits, expired
 #: cached outputs); a full flush brings one forward. The byte budget is kept at every commit.
@@ -136,6 +139,16 @@ def check_retention(runs: int, events: int, grace: float = DEFAULT_RETENTION_GRA
         raise InvalidInputError("retention_events", f"must be at least 1, got {events}")
     if not 0 <= grace < float("inf"):
         raise InvalidInputError("retention_grace", f"must be a finite number of seconds >= 0, got {grace}")
+
+
+def grace_cutoff(finished: int, limit: int, grace: float) -> float | None:
+    """The ``time.time()`` before which a finished run must have been saved to be trimmed by the run
+    limit, or None: no grace. The grace keeps at most ``max(limit, GRACE_MIN_SLACK)`` finished runs past
+    the limit: a server finishing runs faster than that a minute trims past their grace, so that memory
+    and the file stay bounded (at most about twice the limit) however fast runs finish."""
+    if finished - limit > max(limit, GRACE_MIN_SLACK):
+        return None
+    return time.time() - grace
 
 
 def run_cursor(record: RunRecord) -> str:

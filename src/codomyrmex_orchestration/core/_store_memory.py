@@ -35,6 +35,7 @@ from ._store_codec import (
     dump_run,
     dump_step,
     event_dict,
+    grace_cutoff,
     interrupted,
     interrupted_step,
     parse_cursor,
@@ -230,7 +231,8 @@ class MemoryStore:
         # SqliteStore): a save costs the same however many runs have just finished.
         excess = self._finished_count - self.retention_runs
         finished = self._finished
-        saved_before = time.time() - self.retention_grace
+        cutoff = grace_cutoff(self._finished_count, self.retention_runs, self.retention_grace)
+        saved_before = float("inf") if cutoff is None else cutoff
         while excess > 0 and finished:
             _, seq, run_id = finished[0]
             run = self._runs.get(run_id)

@@ -30,6 +30,7 @@ from ..logs import get_logger
 from ._limits import _safe as spill_folder_name  # the folder name the output limiter writes to
 from ._step_cache import evict_oldest_entry, trim_expired
 from ._store_batch import DELETE, Batch
+from ._store_codec import grace_cutoff
 from ._store_health import sqlite_reason
 from ._store_pages import chunk_pages, free_pages, give_back
 from ._store_schema import FINISHED_STATUSES, RUN_TALLIES, wal_limit_for
@@ -353,7 +354,8 @@ class Retention:
         runs = finished_runs(conn)
         excess = min(runs - self.runs, _CHUNK)
         if excess > 0:
-            deleted = self._delete_oldest_runs(conn, excess, saved_before=time.time() - self.grace)
+            saved_before = grace_cutoff(runs, self.runs, self.grace)
+            deleted = self._delete_oldest_runs(conn, excess, saved_before=saved_before)
             if runs - self.runs > deleted:
                 self._dirty = True  # more to delete, or runs still in their grace: the next pass looks
 
