@@ -101,12 +101,30 @@ class _Unanswered:
             await self._emptied.wait()
 
 
-class _Reading:
-    """The session's read stream, noting each request as the server takes it."""
+class _Noting:
+    """A stream of the session wrapped to note what passes (``_unanswered``); closing it closes the
+    stream it wraps."""
 
-    def __init__(self, inner: ReadStream[_Incoming], unanswered: _Unanswered) -> None:
+    def __init__(self, inner: Any, unanswered: _Unanswered) -> None:
         self._inner = inner
         self._unanswered = unanswered
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _Reading(_Noting):
+    """The session's read stream, noting each request as the server takes it."""
+
+    _inner: ReadStream[_Incoming]
 
     @property
     def last_context(self) -> Any:
@@ -118,9 +136,6 @@ class _Reading:
         self._unanswered.received(item)
         return item
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
     def __aiter__(self) -> Self:
         return self
 
@@ -129,36 +144,15 @@ class _Reading:
         self._unanswered.received(item)
         return item
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class _Writing:
+class _Writing(_Noting):
     """The session's write stream, noting each answer once the event stream has taken it."""
 
-    def __init__(self, inner: WriteStream[SessionMessage], unanswered: _Unanswered) -> None:
-        self._inner = inner
-        self._unanswered = unanswered
+    _inner: WriteStream[SessionMessage]
 
     async def send(self, item: SessionMessage, /) -> None:
         await self._inner.send(item)
         self._unanswered.sent(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class SseSessions:
