@@ -914,26 +914,21 @@ def _claim(settings: Settings, run_id: str) -> Iterator[_Claimed | None]:
     not resumed after all still reads as one whose CLI process is gone (the top-level run's always is).
     ``None`` without a state dir.
     """
-    from codomyrmex_orchestration.core._run_owners import Claim, OwnedElsewhere
+    from codomyrmex_orchestration.core._run_owners import OwnedElsewhere, with_top
 
     if not settings.durable:
         yield None
         return
     top = _top_run(settings, run_id)
     with contextlib.ExitStack() as held:
-        top_claim = Claim(settings.state_dir, top) if top != run_id else None
-        if top_claim is not None:
-            try:
-                held.enter_context(top_claim)
-            except OwnedElsewhere as exc:
+        try:
+            claim, top_claim = held.enter_context(with_top(settings.state_dir, run_id, top))
+        except OwnedElsewhere as exc:
+            if exc.run_id != run_id:
                 raise _Failed(
                     f"run {run_id} is a sub-run of run {top}, which process {_pid(exc.pid)} is running; "
                     f"cancel that run first: {PROG} cancel {top}"
                 ) from None
-        claim = Claim(settings.state_dir, run_id)
-        try:
-            held.enter_context(claim)
-        except OwnedElsewhere as exc:
             raise _Failed(
                 f"run {run_id} is running in process {_pid(exc.pid)} (it, or one of its sub-runs); "
                 f"cancel it first: {PROG} cancel {run_id}"

@@ -21,13 +21,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from codomyrmex_orchestration.core._run_owners import (
-    Claim,
     OwnedElsewhere,
     Owner,
     held_here,
     owner_of,
     wait_released,
     when_released,
+    with_top,
 )
 from codomyrmex_orchestration.core.models import RunRecord
 from codomyrmex_orchestration.core.store import SqliteStore, StateStore
@@ -74,21 +74,18 @@ class ForeignRuns:
             return
         record = self._read(run_id)  # its ancestry only: that never changes
         top = self._top(record) if record is not None else run_id
+        # The top-level run's claim is held while the sub-run starts and let go as found: not its run.
         with ExitStack() as held:
-            if top != run_id:  # held while it starts, let go as found: the sub-run is not its run's
-                try:
-                    held.enter_context(Claim(self.owners_dir, top))
-                except OwnedElsewhere as exc:
+            try:
+                claim, _ = held.enter_context(with_top(self.owners_dir, run_id, top))
+            except OwnedElsewhere as exc:
+                if exc.run_id != run_id:
                     raise InvalidStateError(
                         "run",
                         run_id,
                         f"part of run {top}, which {_process(exc.pid)} runs",
                         f"wait for that run to end, or cancel it first ({_CANCEL} {top})",
                     ) from None
-            claim = Claim(self.owners_dir, run_id)
-            try:
-                held.enter_context(claim)
-            except OwnedElsewhere as exc:
                 raise InvalidStateError(
                     "run",
                     run_id,

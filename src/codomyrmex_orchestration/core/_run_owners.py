@@ -25,7 +25,7 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ __all__ = [
     "owner_of",
     "wait_released",
     "when_released",
+    "with_top",
 ]
 
 _DIR = "cli-runs"
@@ -149,6 +150,20 @@ class Claim:
 
     def __exit__(self, *exc: object) -> None:
         self._ownership.__exit__()
+
+
+@contextlib.contextmanager
+def with_top(state_dir: Path, run_id: str, top: str) -> Iterator[tuple[Claim, Claim | None]]:
+    """Hold the claims a resume of ``run_id`` needs: first its top-level run's (``top``; none when it is
+    one), since resuming that run takes its sub-runs over in place, then its own. Yields ``(its claim,
+    the top-level run's)``.
+
+    Raises:
+        OwnedElsewhere: a live process holds one of the two; its ``run_id`` says which.
+    """
+    with contextlib.ExitStack() as held:
+        top_claim = held.enter_context(Claim(state_dir, top)) if top != run_id else None
+        yield held.enter_context(Claim(state_dir, run_id)), top_claim
 
 
 def held_here(state_dir: Path, run_id: str) -> bool:
