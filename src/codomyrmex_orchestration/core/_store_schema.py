@@ -297,7 +297,7 @@ def open_database(
             # A new file: pages freed by evicting runs are given back to the file system (retention
             # runs incremental_vacuum after evicting by bytes). It can only be set before any table.
             writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _wal_mode(writer)
         if str(mode).lower() != "wal":
             _log.warning("state_store_not_wal", path=where, journal_mode=mode)
         writer.execute("PRAGMA synchronous=NORMAL")
@@ -342,6 +342,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _wal_mode(conn: sqlite3.Connection) -> str:
+    """Switch a connection's database to WAL; the journal mode it is in after. SQLite does not call the
+    busy handler for this switch: processes opening a new file at the same moment get "database is
+    locked" at once while another one switches it, so it is tried again, up to the busy timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # a back-off between tries, not a wait for an event: there is none to wait on
+        pause = min(pause * 2, 0.05)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
