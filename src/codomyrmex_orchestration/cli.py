@@ -941,19 +941,12 @@ def _pid(pid: int | None) -> str:
 
 
 def _top_run(settings: Settings, run_id: str) -> str:
-    """The top-level run of ``run_id`` (itself when it is one, or not recorded; past a run trimmed by
-    retention, the last one found). Its ancestry never changes, so it is read before any lock."""
+    """The top-level run of ``run_id`` (itself when it is one, or not recorded; see ``top_run_id``)."""
+    from codomyrmex_orchestration.core._run_owners import top_run_id
+
     with _read_store(settings) as store:
         record = store.get_run(run_id) if store is not None else None
-        seen = {run_id}
-        while store is not None and record is not None:
-            up = record.parent_run_id
-            parent = store.get_run(up) if up is not None and up not in seen else None
-            if parent is None:
-                break
-            seen.add(parent.run_id)
-            record = parent
-    return record.run_id if record is not None else run_id
+        return top_run_id(record, store.get_run) if store is not None and record is not None else run_id
 
 
 def _refuse_unowned(

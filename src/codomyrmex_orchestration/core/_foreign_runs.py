@@ -25,6 +25,7 @@ from codomyrmex_orchestration.core._run_owners import (
     Owner,
     held_here,
     owner_of,
+    top_run_id,
     wait_released,
     when_released,
     with_top,
@@ -36,8 +37,6 @@ from codomyrmex_orchestration.errors import InvalidStateError
 __all__ = ["ForeignRuns"]
 
 _CANCEL = "codomyrmex-orchestration cancel"
-#: Deepest chain of parent runs followed to a run's top-level run (sub-workflows nest far less).
-_MAX_ANCESTRY = 64
 
 
 def _process(pid: int | None) -> str:
@@ -73,7 +72,7 @@ class ForeignRuns:
             yield lambda: None
             return
         record = self._read(run_id)  # its ancestry only: that never changes
-        top = self._top(record) if record is not None else run_id
+        top = top_run_id(record, self._read) if record is not None else run_id
         # The top-level run's claim is held while the sub-run starts and let go as found: not its run.
         with ExitStack() as held:
             try:
@@ -173,17 +172,5 @@ class ForeignRuns:
         """The top-level run of ``record`` (itself when it is one) and who holds its lock."""
         if self.owners_dir is None:
             return record.run_id, Owner(exists=False, alive=False, pid=None)
-        top = self._top(record)
+        top = top_run_id(record, self._read)
         return top, owner_of(self.owners_dir, top)
-
-    def _top(self, record: RunRecord) -> str:
-        """The top-level run of ``record`` (itself when it is one; the last found, past a trimmed one)."""
-        top = record
-        for _ in range(_MAX_ANCESTRY):
-            if top.parent_run_id is None:
-                break
-            parent = self._read(top.parent_run_id)
-            if parent is None:
-                break
-            top = parent
-        return top.run_id

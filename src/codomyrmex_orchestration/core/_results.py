@@ -19,6 +19,11 @@ from codomyrmex_orchestration.errors import StepFailedError
 
 __all__ = ["ResultPipeline"]
 
+#: Values that hold no text, and containers that hold none when empty (most steps' outputs: ``None``, a
+#: number, ``{}``): neither redaction nor the text check has anything to look at.
+_HOLD_NO_TEXT = frozenset({int, float, bool})
+_CONTAINERS = frozenset({dict, list, tuple})
+
 
 class ResultPipeline:
     """Redact, refuse text JSON cannot carry, then cap.
@@ -38,13 +43,14 @@ class ResultPipeline:
         with keywords, an instance's ``__call__`` costs CPython a dict of them (about 0.25 µs)."""
         if value is None:
             return None
-        value = redact(value)
         kind = type(value)
-        if kind is str:
-            if not value.isascii():  # a flag of the string: most text is decided without a scan
+        if kind not in _HOLD_NO_TEXT and (kind not in _CONTAINERS or value):
+            value = redact(value)
+            if type(value) is str:
+                if not value.isascii():  # a flag of the string: most text is decided without a scan
+                    _refuse_lone_surrogates(value, step_name or task_id)
+            else:
                 _refuse_lone_surrogates(value, step_name or task_id)
-        elif kind is not int and kind is not float and kind is not bool:
-            _refuse_lone_surrogates(value, step_name or task_id)
         if self.output_limit is not None:
             value = self.output_limit(value, run_id, step_name, task_id)
         return value

@@ -28,6 +28,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from codomyrmex_orchestration.core.models import RunRecord
 
 __all__ = [
     "Claim",
@@ -37,6 +41,7 @@ __all__ = [
     "held_here",
     "owner_alive",
     "owner_of",
+    "top_run_id",
     "wait_released",
     "when_released",
     "with_top",
@@ -164,6 +169,21 @@ def with_top(state_dir: Path, run_id: str, top: str) -> Iterator[tuple[Claim, Cl
     with contextlib.ExitStack() as held:
         top_claim = held.enter_context(Claim(state_dir, top)) if top != run_id else None
         yield held.enter_context(Claim(state_dir, run_id)), top_claim
+
+
+def top_run_id(record: RunRecord, read: Callable[[str], RunRecord | None]) -> str:
+    """The id of the top-level run of ``record`` (its own when it is one), following ``parent_run_id``
+    through ``read`` (``None``: not recorded). Past a run trimmed by retention, the last one found; a
+    loop in damaged records ends at the first run seen again. A run's ancestry never changes, so this may
+    be read before any lock is taken."""
+    seen = {record.run_id}
+    while (up := record.parent_run_id) is not None and up not in seen:
+        parent = read(up)
+        if parent is None:
+            break
+        seen.add(up)
+        record = parent
+    return record.run_id
 
 
 def held_here(state_dir: Path, run_id: str) -> bool:
