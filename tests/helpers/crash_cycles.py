@@ -2,8 +2,9 @@
 
 Each cycle runs the engine in a subprocess. The child's step listener prints ``kill`` when its K-th step
 completes in that process (or the first after it that others wait for) and then holds that completion
-(so the step's dependents do not start, and the run cannot end); the parent reads the line and sends
-SIGKILL — no sleeps. Between cycles the parent opens an engine on the same
+and every later one (so no step's dependents start, the run cannot end, and the other workers cannot
+finish the run's remaining steps before the kill lands, however loaded the machine); the parent reads the
+line and sends SIGKILL — no sleeps. Between cycles the parent opens an engine on the same
 state directory (which recovers the run as INTERRUPTED) and checks, from the files each step execution
 leaves behind:
 
@@ -107,9 +108,13 @@ CHILD = textwrap.dedent(
             count[0] += 1
             mine = count[0] >= kill_after and payload["step"] in UPSTREAMS and not held[0]
             held[0] = held[0] or mine
+            stop = held[0]
         if mine:
             print("kill", payload["step"], flush=True)
-            hold.wait()  # the parent kills us while this completion is held
+        if stop:
+            # The parent kills us while this completion is held, and every one after it: the workers
+            # not holding the kill step must not race through the run before the SIGKILL lands.
+            hold.wait()
 
     engine.workflow_manager.add_listener(listener)
     if run_id == "-":
