@@ -9,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,19 @@ from codomyrmex_orchestration.core._procs import proc_start_time, reap_orphans, 
 from tests.helpers.served import INITIALIZE, SCRIPT, reap, server_env
 
 # The side effect is made by a background subshell: the parent-death signal reaches only the group's
-# leader (sh), so this child survives the server unless the restarted engine kills its group.
-COMMAND = "(echo start $$ >> {log}; sleep 3; echo end $$ >> {log}) & wait"
+# leader (sh), so this child survives the server unless the restarted engine kills its group. It ends once
+# the test creates {release}: a copy lives exactly as long as the test needs, however slow the machine.
+COMMAND = (
+    "(echo start $$ >> {log}; while [ ! -e {release} ]; do sleep 0.05; done; echo end $$ >> {log}) & wait"
+)
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Iterator[Path]:
+    """The file that lets every copy of the step end; made at teardown too, so no copy outlives a test."""
+    path = tmp_path / "release"
+    yield path
+    path.touch()
 
 
 def _overlaps(lines: list[str]) -> list[str]:
@@ -68,7 +79,9 @@ def _run_saved(db: Path, run_id: str) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(tmp_path: Path) -> None:
+def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(
+    tmp_path: Path, release: Path
+) -> None:
     log = tmp_path / "effects.log"
     config = tmp_path / "config"
     config.mkdir()
@@ -76,7 +89,7 @@ def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(tmp
         "name": "append",
         "module": "shell",
         "action": "run",
-        "parameters": {"command": COMMAND.format(log=log), "shell": True},
+        "parameters": {"command": COMMAND.format(log=log, release=release), "shell": True},
         "timeout": 60,
     }
     (config / "appender.json").write_text(json.dumps({"name": "appender", "steps": [step]}))
@@ -116,14 +129,23 @@ def test_a_step_killed_with_the_server_never_runs_twice_at_once_after_resume(tmp
     finally:
         reap(server)
 
-    resumed = subprocess.run(
+    resume = subprocess.Popen(
         [str(SCRIPT), "resume", run_id, "--force", "--json"],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
     )
+    try:
+        # Both copies are held until the second has started: had the first survived, it would end after.
+        _wait_until(lambda: log.read_text().count("start") == 2, "the resumed step never started", 90)
+        release.touch()
+        out, err = resume.communicate(timeout=90)
+    finally:
+        release.touch()
+        reap(resume)
+    resumed = subprocess.CompletedProcess(resume.args, resume.returncode, out, err)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["status"] == "completed"
     assert not _group_alive(first_group), "the first copy still runs after the resume finished"
@@ -161,13 +183,15 @@ def test_a_recycled_pid_is_never_killed_and_a_stale_record_is_dropped(tmp_path: 
 
 
 @pytest.mark.timeout(120)
-def test_an_engine_opening_the_state_never_kills_the_steps_of_a_live_cli_run(tmp_path: Path) -> None:
+def test_an_engine_opening_the_state_never_kills_the_steps_of_a_live_cli_run(
+    tmp_path: Path, release: Path
+) -> None:
     log = tmp_path / "effects.log"
     step = {
         "name": "append",
         "module": "shell",
         "action": "run",
-        "parameters": {"command": COMMAND.format(log=log), "shell": True},
+        "parameters": {"command": COMMAND.format(log=log, release=release), "shell": True},
     }
     workflow = tmp_path / "appender.json"
     workflow.write_text(json.dumps({"name": "appender", "steps": [step]}))
@@ -197,8 +221,10 @@ def test_an_engine_opening_the_state_never_kills_the_steps_of_a_live_cli_run(tmp
         )
         assert status.returncode == 0, status.stderr
         assert "procs.orphan_killed" not in status.stderr
+        release.touch()  # the step was held alive through the status command
         out, err = run.communicate(timeout=60)
     finally:
+        release.touch()
         reap(run)
     assert run.returncode == 0, err.decode()
     assert json.loads(out)["status"] == "completed"
