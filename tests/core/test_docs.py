@@ -189,3 +189,36 @@ def test_a_symbolic_link_among_the_targets_is_refused_before_any_document_is_wri
         generate(root)
     assert [p.name for p in root.rglob("*.md")] == ["README.md"]  # the link only
     assert not (tmp_path / "outside" / "victim.md").exists()
+
+
+# ----------------------------------------------------------------------------- literal braces
+
+
+def test_four_braces_write_literal_braces_for_vue_github_actions_and_jinja_files() -> None:
+    text = "<p>{{{{ message }}}}</p> ${{{{ secrets.TOKEN }}}} {{{{ '{{{{' }}}} {{name}}"
+    assert render_template(text, {"name": "N"}) == "<p>{{ message }}</p> ${{ secrets.TOKEN }} {{ '{{' }} N"
+    assert render_template("{{{{steps.a.output}}}}", {}, keep_references=True) == "{{steps.a.output}}"
+
+
+def test_an_unknown_name_in_braces_names_the_literal_escape_before_the_optional_form() -> None:
+    with pytest.raises(TemplateError) as info:
+        render_template("<p>{{ message }}</p>", {"name": "x"}, source="App.vue")
+    message = str(info.value)
+    assert "App.vue" in message and "{{{{ message }}}}" in message and "{{message?}}" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("${{ secrets.TOKEN }}", "{{{{ secrets.TOKEN }}}}"),
+        ("{{ '{{' }}", "{{{{ '{{{{' }}}}"),
+        ("{{ user.name | upper }}", "{{{{ user.name | upper }}}}"),
+    ],
+)
+def test_braces_that_cannot_be_a_variable_get_only_the_escape_as_advice(text: str, escaped: str) -> None:
+    """'write {{secrets.TOKEN?}}' was the advice once; following it deleted the text silently."""
+    with pytest.raises(TemplateError) as info:
+        render_template(text, {"name": "x"})
+    message = str(info.value)
+    assert escaped in message and "?}}" not in message
+    assert render_template(escaped, {}) == text.removeprefix("$")

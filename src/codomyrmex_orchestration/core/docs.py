@@ -1,8 +1,8 @@
 """DocumentationGenerator: RASP docs (README, AGENTS, SPEC, PAI) for a project tree, from templates.
 
 Templates use ``{{variable}}`` placeholders replaced literally (backslashes and ``$`` in values are kept
-as written); ``{{variable?}}`` marks one optional. Generated files are tracked by content hash so a file a
-person edited is never overwritten unless asked.
+as written); ``{{variable?}}`` marks one optional; ``{{{{`` and ``}}}}`` write literal ``{{`` and ``}}``.
+Generated files are tracked by content hash so a file a person edited is never overwritten unless asked.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ DOC_TEMPLATE_NAMES: dict[str, dict[str, str]] = {
     "nested": {name: "directory_" + name.replace(".md", ".template.md") for name in NESTED_DOCS},
 }
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+# ``{{{{`` and ``}}}}`` are tried first at each position: they are the escapes for literal braces.
+_PLACEHOLDER = re.compile(r"\{\{\{\{|\}\}\}\}|\{\{(.*?)\}\}", re.DOTALL)
+_ESCAPES = {"{{{{": "{{", "}}}}": "}}"}
 _VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\?)?$")
 _SKIPPED_DIRS = {"__pycache__", "node_modules"}
 
@@ -65,8 +67,10 @@ def render_template(
 ) -> str:
     """Replace every ``{{name}}`` in ``text`` with ``variables[name]``, literally.
 
-    ``{{name?}}`` is optional: replaced by ``""`` when ``name`` is not given. Values are inserted as
-    written (no escape processing), so ``C:\\new\\1x`` and ``$HOME`` survive unchanged.
+    ``{{name?}}`` is optional: replaced by ``""`` when ``name`` is not given. ``{{{{`` and ``}}}}`` stand
+    for literal ``{{`` and ``}}`` (Vue ``{{{{ message }}}}``, GitHub Actions ``${{{{ secrets.TOKEN }}}}``).
+    Values are inserted as written (no escape processing), so ``C:\\new\\1x`` and ``$HOME`` survive
+    unchanged.
 
     Args:
         text: the template text.
@@ -77,19 +81,23 @@ def render_template(
 
     Raises:
         TemplateError: a placeholder names an unknown variable (the message lists the known ones) or
-            is not a variable name.
+            is not a variable name; the message shows how to write the braces literally.
     """
+    known = ", ".join(sorted(variables)) or "(none)"
 
     def substitute(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return _ESCAPES[match.group(0)]
         inner = match.group(1).strip()
         found = _VARIABLE.match(inner)
+        literal = "{{{{" + _shorten(_escape(match.group(1))) + "}}}}"
         if found is None:
             if keep_references and "." in inner:
                 return match.group(0)
             raise TemplateError(
                 inner,
-                "is not a variable placeholder; write {{name}} or {{name?}} (optional) with a name of "
-                f"letters, digits and '_'; known variables: {', '.join(sorted(variables)) or '(none)'}",
+                "is not a variable placeholder (variable names are letters, digits and '_'); to keep "
+                f"these braces as literal text write {literal}; known variables: {known}",
                 field=source,
             )
         name, optional = found.group(1), found.group(2) == "?"
@@ -99,12 +107,22 @@ def render_template(
             return ""
         raise TemplateError(
             name,
-            f"unknown variable; known variables: {', '.join(sorted(variables)) or '(none)'} "
-            f"(write {{{{{name}?}}}} to make it optional)",
+            f"unknown variable; known variables: {known}. If the braces are literal text (Vue, Jinja, "
+            f"Handlebars) write {literal}; if {name!r} is a variable that may be unset, write "
+            f"{{{{{name}?}}}} (it becomes empty)",
             field=source,
         )
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def _escape(text: str) -> str:
+    """``text`` written so that :func:`render_template` gives it back unchanged."""
+    return text.replace("{{", "{{{{").replace("}}", "}}}}")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
