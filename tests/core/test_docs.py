@@ -3,6 +3,8 @@ order of templates, and regeneration that is idempotent and keeps what a person 
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,20 @@ def test_braces_that_cannot_be_a_variable_get_only_the_escape_as_advice(text: st
     message = str(info.value)
     assert escaped in message and "?}}" not in message
     assert render_template(escaped, {}) == text.removeprefix("$")
+
+
+def test_new_docs_follow_the_umask_and_a_rewritten_doc_keeps_its_mode(tmp_path: Path) -> None:
+    """Every generated file used to be 0600 whatever the umask, and regenerating reset a 0644 doc."""
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    previous = os.umask(0o027)
+    try:
+        generate(root, description="first", hashes=hashes)
+        assert stat.S_IMODE((root / "README.md").stat().st_mode) == 0o640
+        assert stat.S_IMODE((root / "src" / "AGENTS.md").stat().st_mode) == 0o640
+        (root / "README.md").chmod(0o604)
+        assert root / "README.md" in generate(root, description="second", hashes=hashes)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((root / "README.md").stat().st_mode) == 0o604
+    assert not list(root.rglob("*.tmp"))

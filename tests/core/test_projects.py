@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -514,3 +515,19 @@ def test_regenerating_project_docs_keeps_an_edited_readme_unless_forced(manager:
     assert (root / "README.md").read_text(encoding="utf-8") == "edited\n"
     assert manager.generate_docs("docs", force=True) == [root / "README.md"]
     assert (root / "README.md").read_text(encoding="utf-8").startswith("# docs")
+
+
+def test_project_files_follow_the_umask_while_the_manifest_and_index_stay_private(
+    manager: ProjectManager,
+) -> None:
+    previous = os.umask(0o022)
+    try:
+        root = Path(manager.create_project("modes", "web_application").path)
+    finally:
+        os.umask(previous)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root / "README.md") == mode(root / "deploy" / "serve.py") == 0o644
+    assert mode(root / MANIFEST_FILE) == mode(manager.root / INDEX_FILE) == 0o600

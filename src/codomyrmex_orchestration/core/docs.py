@@ -348,7 +348,7 @@ class DocumentationGenerator:
                     if rel in known:
                         report.hashes[rel] = known[rel]
                     continue
-            atomic_write(target, text)
+            atomic_write(target, text, private=False)
             report.written.append(target)
             report.hashes[rel] = new_hash
         _log.debug(
