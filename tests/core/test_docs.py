@@ -226,6 +226,43 @@ def test_braces_that_cannot_be_a_variable_get_only_the_escape_as_advice(text: st
     assert render_template(escaped, {}) == text.removeprefix("$")
 
 
+# ----------------------------------------------------------------------------- existing targets
+
+
+def test_a_doc_saved_in_another_encoding_is_kept_while_the_others_are_refreshed(tmp_path: Path) -> None:
+    """Such a SPEC.md used to stop regeneration with UnicodeEncodeError after README.md was rewritten."""
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    generate(root, description="first", hashes=hashes)
+    latin1 = "Sp\xe9c written by a person\n".encode("latin-1")
+    (root / "SPEC.md").write_bytes(latin1)
+
+    written = generate(root, description="second", hashes=hashes)
+    assert root / "README.md" in written and root / "SPEC.md" not in written
+    assert (root / "SPEC.md").read_bytes() == latin1
+    assert hashes["README.md"] == content_hash((root / "README.md").read_text(encoding="utf-8"))
+
+
+def test_a_folder_named_like_a_doc_is_refused_by_name_before_any_document_is_written(tmp_path: Path) -> None:
+    """It used to fail with IsADirectoryError after the documents before it were written."""
+    root = make_tree(tmp_path / "p")
+    (root / "SPEC.md").mkdir()
+    with pytest.raises(InvalidInputError) as info:
+        generate(root)
+    assert "SPEC.md is a folder" in str(info.value) and "rename or remove it" in str(info.value)
+    assert [p.name for p in root.rglob("*.md")] == ["SPEC.md"]
+
+
+def test_a_lone_surrogate_in_a_value_is_refused_by_file_before_any_document_is_written(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "p")
+    with pytest.raises(InvalidInputError) as info:
+        generate(root, description="caf\udce9")
+    assert "README.md would contain '\\udce9'" in str(info.value)
+    assert not list(root.rglob("*.md"))
+
+
 def test_new_docs_follow_the_umask_and_a_rewritten_doc_keeps_its_mode(tmp_path: Path) -> None:
     """Every generated file used to be 0600 whatever the umask, and regenerating reset a 0644 doc."""
     root = make_tree(tmp_path / "p")

@@ -25,10 +25,14 @@ def atomic_write(path: Path, text: str, *, private: bool = True) -> None:
             any file an editor creates.
 
     Raises:
-        UnicodeEncodeError: ``text`` is not valid UTF-8 (a lone surrogate).
+        UnicodeEncodeError: ``text`` is not valid UTF-8 (a lone surrogate); the reason names ``path``.
         OSError: the folder refuses the write.
     """
-    data = text.encode("utf-8")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        exc.reason = f"{exc.reason} (writing {path})"
+        raise
     if private:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         keep_mode = None

@@ -2,7 +2,8 @@
 
 Templates use ``{{variable}}`` placeholders replaced literally (backslashes and ``$`` in values are kept
 as written); ``{{variable?}}`` marks one optional; ``{{{{`` and ``}}}}`` write literal ``{{`` and ``}}``.
-Generated files are tracked by content hash so a file a person edited is never overwritten unless asked.
+Generated files are tracked by content hash so a file a person edited is never overwritten unless asked;
+every target is examined before the first is written.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +58,55 @@ _log = get_logger("codomyrmex_orchestration.docs")
 def content_hash(text: str) -> str:
     """The hex SHA-256 of ``text`` encoded as UTF-8 (what the manifest records per generated file)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_encodable(rel: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} would contain {exc.object[exc.start : exc.end]!r} at character {exc.start}, which is not "
+            "text UTF-8 can hold (a lone surrogate, from a template or a value such as the description); "
+            "nothing was written",
+        ) from None
+
+
+def _existing_hash(root: Path, rel: str) -> str | None:
+    """The SHA-256 of the bytes of ``root/rel`` (equal to :func:`content_hash` of the same text, and
+    defined for a file in any encoding), or None if there is no such file.
+
+    Raises:
+        InvalidInputError: the target is a symbolic link (or lies under one leaving the project), is a
+            folder or other non-file, or cannot be read; the message names it.
+    """
+    target = root / rel
+    if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
+        raise InvalidInputError(
+            "project_path", f"{rel} is or lies under a symbolic link leaving the project; refused"
+        )
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInputError(
+            "project_path", f"{rel} cannot be examined ({exc.strerror}); nothing was written"
+        ) from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} is {what} where a documentation file goes; rename or remove it (nothing was written)",
+        )
+    try:
+        with target.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} cannot be read ({exc.strerror}); make it readable or remove it (nothing was written)",
+        ) from None
 
 
 def render_template(
@@ -307,8 +358,13 @@ class DocumentationGenerator:
         extra_variables: Mapping[str, str] | None = None,
         hashes: Mapping[str, str] | None = None,
         force: bool = False,
+        report: DocsReport | None = None,
     ) -> DocsReport:
-        """Render and write the RASP documents; see :meth:`generate_all_documentation`."""
+        """Render and write the RASP documents; see :meth:`generate_all_documentation`.
+
+        ``report``, when given, is filled in as the files are written and returned: if a write fails,
+        it still says what this call wrote before the failure (and their hashes).
+        """
         root = Path(project_path).resolve()
         if not root.is_dir():
             raise InvalidInputError("project_path", f"{root} is not a directory")
@@ -324,25 +380,25 @@ class DocumentationGenerator:
             project_template_dir=project_template_dir,
             extra_variables=extra_variables,
         )
-        # Every target is checked before the first is written: a refusal leaves the tree as it was.
-        for rel in rendered:
-            target = root / rel
-            if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
-                raise InvalidInputError(
-                    "project_path", f"{rel} is or lies under a symbolic link leaving the project; refused"
-                )
+        # Every target is checked, and every existing one read, before the first is written: a refusal
+        # leaves the tree as it was, and a file written earlier in this call is never mistaken for the
+        # person's when the hashes are compared.
+        current: dict[str, str | None] = {}
+        for rel, text in rendered.items():
+            _check_encodable(rel, text)
+            current[rel] = _existing_hash(root, rel)
         known = dict(hashes or {})
-        report = DocsReport()
+        report = DocsReport() if report is None else report
         for rel, text in rendered.items():
             target = root / rel
             new_hash = content_hash(text)
-            if target.exists():
-                current = content_hash(target.read_text(encoding="utf-8", errors="surrogateescape"))
-                if current == new_hash:
+            found = current[rel]
+            if found is not None:
+                if found == new_hash:
                     report.unchanged.append(target)
                     report.hashes[rel] = new_hash
                     continue
-                if current != known.get(rel) and not force:
+                if found != known.get(rel) and not force:
                     # Edited by a person (or never ours): keep it, and keep its old record.
                     report.kept_edited.append(target)
                     if rel in known:
@@ -389,7 +445,8 @@ class DocumentationGenerator:
                 walks the tree (skipping hidden folders, ``__pycache__`` and symbolic links).
             project_template_dir: first folder searched for templates.
             extra_variables: more template variables (override the computed ones).
-            hashes: relative path -> SHA-256 of what was last generated; updated in place.
+            hashes: relative path -> SHA-256 of what was last generated; updated in place, also when
+                a write fails (then with the files written before the failure).
             force: overwrite edited files too.
 
         Returns:
@@ -398,22 +455,31 @@ class DocumentationGenerator:
         Raises:
             TemplateError: a template is missing or names an unknown variable (nothing is written).
             InvalidInputError: ``project_path`` is not a directory, a ``directories`` entry leaves the
-                project, or a target is a symbolic link (nothing is written).
+                project, or a target is a symbolic link, a folder or unreadable (nothing is written; the
+                message names the target).
+            OSError: the file system refused a write (the files before it are written and recorded).
         """
-        report = self.generate(
-            project_path,
-            project_name=project_name,
-            project_type=project_type,
-            description=description,
-            version=version,
-            author=author,
-            created_at=created_at,
-            directories=directories,
-            project_template_dir=project_template_dir,
-            extra_variables=extra_variables,
-            hashes=hashes,
-            force=force,
-        )
+        report = DocsReport()
+        try:
+            self.generate(
+                project_path,
+                project_name=project_name,
+                project_type=project_type,
+                description=description,
+                version=version,
+                author=author,
+                created_at=created_at,
+                directories=directories,
+                project_template_dir=project_template_dir,
+                extra_variables=extra_variables,
+                hashes=hashes,
+                force=force,
+                report=report,
+            )
+        except BaseException:
+            if hashes is not None:  # what was written before the failure is ours: record it
+                hashes.update(report.hashes)
+            raise
         if hashes is not None:
             hashes.clear()
             hashes.update(report.hashes)
