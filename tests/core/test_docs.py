@@ -3,6 +3,8 @@ order of templates, and regeneration that is idempotent and keeps what a person 
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +191,90 @@ def test_a_symbolic_link_among_the_targets_is_refused_before_any_document_is_wri
         generate(root)
     assert [p.name for p in root.rglob("*.md")] == ["README.md"]  # the link only
     assert not (tmp_path / "outside" / "victim.md").exists()
+
+
+# ----------------------------------------------------------------------------- literal braces
+
+
+def test_four_braces_write_literal_braces_for_vue_github_actions_and_jinja_files() -> None:
+    text = "<p>{{{{ message }}}}</p> ${{{{ secrets.TOKEN }}}} {{{{ '{{{{' }}}} {{name}}"
+    assert render_template(text, {"name": "N"}) == "<p>{{ message }}</p> ${{ secrets.TOKEN }} {{ '{{' }} N"
+    assert render_template("{{{{steps.a.output}}}}", {}, keep_references=True) == "{{steps.a.output}}"
+
+
+def test_an_unknown_name_in_braces_names_the_literal_escape_before_the_optional_form() -> None:
+    with pytest.raises(TemplateError) as info:
+        render_template("<p>{{ message }}</p>", {"name": "x"}, source="App.vue")
+    message = str(info.value)
+    assert "App.vue" in message and "{{{{ message }}}}" in message and "{{message?}}" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("${{ secrets.TOKEN }}", "{{{{ secrets.TOKEN }}}}"),
+        ("{{ '{{' }}", "{{{{ '{{{{' }}}}"),
+        ("{{ user.name | upper }}", "{{{{ user.name | upper }}}}"),
+    ],
+)
+def test_braces_that_cannot_be_a_variable_get_only_the_escape_as_advice(text: str, escaped: str) -> None:
+    """'write {{secrets.TOKEN?}}' was the advice once; following it deleted the text silently."""
+    with pytest.raises(TemplateError) as info:
+        render_template(text, {"name": "x"})
+    message = str(info.value)
+    assert escaped in message and "?}}" not in message
+    assert render_template(escaped, {}) == text.removeprefix("$")
+
+
+# ----------------------------------------------------------------------------- existing targets
+
+
+def test_a_doc_saved_in_another_encoding_is_kept_while_the_others_are_refreshed(tmp_path: Path) -> None:
+    """Such a SPEC.md used to stop regeneration with UnicodeEncodeError after README.md was rewritten."""
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    generate(root, description="first", hashes=hashes)
+    latin1 = "Sp\xe9c written by a person\n".encode("latin-1")
+    (root / "SPEC.md").write_bytes(latin1)
+
+    written = generate(root, description="second", hashes=hashes)
+    assert root / "README.md" in written and root / "SPEC.md" not in written
+    assert (root / "SPEC.md").read_bytes() == latin1
+    assert hashes["README.md"] == content_hash((root / "README.md").read_text(encoding="utf-8"))
+
+
+def test_a_folder_named_like_a_doc_is_refused_by_name_before_any_document_is_written(tmp_path: Path) -> None:
+    """It used to fail with IsADirectoryError after the documents before it were written."""
+    root = make_tree(tmp_path / "p")
+    (root / "SPEC.md").mkdir()
+    with pytest.raises(InvalidInputError) as info:
+        generate(root)
+    assert "SPEC.md is a folder" in str(info.value) and "rename or remove it" in str(info.value)
+    assert [p.name for p in root.rglob("*.md")] == ["SPEC.md"]
+
+
+def test_a_lone_surrogate_in_a_value_is_refused_by_file_before_any_document_is_written(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "p")
+    with pytest.raises(InvalidInputError) as info:
+        generate(root, description="caf\udce9")
+    assert "README.md would contain '\\udce9'" in str(info.value)
+    assert not list(root.rglob("*.md"))
+
+
+def test_new_docs_follow_the_umask_and_a_rewritten_doc_keeps_its_mode(tmp_path: Path) -> None:
+    """Every generated file used to be 0600 whatever the umask, and regenerating reset a 0644 doc."""
+    root = make_tree(tmp_path / "p")
+    hashes: dict[str, str] = {}
+    previous = os.umask(0o027)
+    try:
+        generate(root, description="first", hashes=hashes)
+        assert stat.S_IMODE((root / "README.md").stat().st_mode) == 0o640
+        assert stat.S_IMODE((root / "src" / "AGENTS.md").stat().st_mode) == 0o640
+        (root / "README.md").chmod(0o604)
+        assert root / "README.md" in generate(root, description="second", hashes=hashes)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((root / "README.md").stat().st_mode) == 0o604
+    assert not list(root.rglob("*.tmp"))

@@ -3,11 +3,14 @@ that cleans up after itself, and a registry that survives a restart."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -514,3 +517,108 @@ def test_regenerating_project_docs_keeps_an_edited_readme_unless_forced(manager:
     assert (root / "README.md").read_text(encoding="utf-8") == "edited\n"
     assert manager.generate_docs("docs", force=True) == [root / "README.md"]
     assert (root / "README.md").read_text(encoding="utf-8").startswith("# docs")
+
+
+def test_regeneration_refuses_a_folder_named_like_a_doc_before_writing_and_refreshes_once_it_is_gone(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    """The refused call used to rewrite README.md first without recording it; from then on the README
+    counted as edited by a person and never followed the template again."""
+    root = Path(manager.create_project("demo", "custom").path)
+    before = (root / "README.md").read_bytes()
+    (root / "SPEC.md").unlink()
+    (root / "SPEC.md").mkdir()
+    docs = tmp_path / "config" / "templates" / "docs"
+    docs.mkdir(parents=True)
+    (docs / "README.template.md").write_text("# {{project_name}} v2\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"SPEC\.md is a folder"):
+        manager.generate_docs("demo")
+    assert (root / "README.md").read_bytes() == before
+
+    (root / "SPEC.md").rmdir()
+    (docs / "README.template.md").write_text("# {{project_name}} v3\n", encoding="utf-8")
+    assert root / "README.md" in manager.generate_docs("demo")
+    assert (root / "README.md").read_text(encoding="utf-8") == "# demo v3\n"
+
+
+FILE_SIZE_LIMIT = 64 * 1024
+FAIL_A_WRITE = """
+import resource, signal, sys
+from codomyrmex_orchestration.core.projects import ProjectManager
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    ProjectManager(sys.argv[1], templates_dir=sys.argv[2]).generate_docs("demo")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_regeneration_that_fails_midway_records_the_docs_it_wrote_so_the_next_one_refreshes_them(
+    tmp_path: Path,
+) -> None:
+    """A write that fails after README.md was rewritten used to leave the old hash in project.json."""
+    templates = tmp_path / "templates"
+    manager = ProjectManager(tmp_path / "projects", templates_dir=templates)
+    root = Path(manager.create_project("demo", "custom").path)
+    (templates / "docs").mkdir(parents=True)
+    (templates / "docs" / "README.template.md").write_text("# {{project_name}} v2\n", encoding="utf-8")
+    too_big = templates / "docs" / "directory_README.template.md"
+    too_big.write_text("x" * (2 * FILE_SIZE_LIMIT), encoding="utf-8")
+    # A real write failure in a child process: root ignores permissions, not the file size limit.
+    child = subprocess.run(
+        [sys.executable, "-c", FAIL_A_WRITE, str(manager.root), str(templates), str(FILE_SIZE_LIMIT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0 and child.stdout.strip() == str(errno.EFBIG), child.stderr
+    assert (root / "README.md").read_text(encoding="utf-8") == "# demo v2\n"
+    assert not (root / "config" / "README.md").read_text(encoding="utf-8").startswith("x")
+
+    too_big.unlink()
+    (templates / "docs" / "README.template.md").write_text("# {{project_name}} v3\n", encoding="utf-8")
+    later = ProjectManager(tmp_path / "projects", templates_dir=templates)
+    assert root / "README.md" in later.generate_docs("demo")
+    assert (root / "README.md").read_text(encoding="utf-8") == "# demo v3\n"
+
+
+def test_exist_ok_keeps_a_doc_saved_in_another_encoding(manager: ProjectManager) -> None:
+    """It used to fail with a bare UnicodeEncodeError naming no file."""
+    folder = manager.root / "legacy"
+    folder.mkdir()
+    latin1 = "Caf\xe9 notes\n".encode("latin-1")
+    (folder / "README.md").write_bytes(latin1)
+    project = manager.create_project("legacy", "custom", exist_ok=True)
+    assert (folder / "README.md").read_bytes() == latin1
+    assert "README.md" not in project.docs and "AGENTS.md" in project.docs
+
+
+def test_a_file_text_utf8_cannot_hold_is_a_creation_error_naming_the_file(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    projects = tmp_path / "config" / "templates" / "projects"
+    projects.mkdir(parents=True)
+    odd = {"type": "custom", "files": {"notes/cafe.txt": "caf\udce9"}}
+    (projects / "odd.json").write_text(json.dumps(odd), encoding="utf-8")
+    with pytest.raises(ProjectCreationError) as info:
+        manager.create_project("odd", template="odd")
+    assert "cafe.txt" in str(info.value) and "surrogates not allowed" in str(info.value)
+    assert not (manager.root / "odd").exists()
+
+
+def test_project_files_follow_the_umask_while_the_manifest_and_index_stay_private(
+    manager: ProjectManager,
+) -> None:
+    previous = os.umask(0o022)
+    try:
+        root = Path(manager.create_project("modes", "web_application").path)
+    finally:
+        os.umask(previous)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root / "README.md") == mode(root / "deploy" / "serve.py") == 0o644
+    assert mode(root / MANIFEST_FILE) == mode(manager.root / INDEX_FILE) == 0o600

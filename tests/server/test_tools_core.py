@@ -539,6 +539,23 @@ async def test_create_project_takes_any_template_the_server_knows_and_names_the_
     assert "data_pipeline" in template["description"] and "list_project_templates" in template["description"]
 
 
+async def test_a_template_writes_literal_braces_as_four_and_the_error_for_two_says_so(
+    client: Client, tmp_path: Path
+) -> None:
+    custom = tmp_path / "templates" / "projects"  # the engine's templates_dir (conftest.make_engine)
+    custom.mkdir(parents=True)
+    vue = {"type": "custom", "files": {"src/App.vue": "<p>{{{{ message }}}}</p><!-- {{project_name}} -->\n"}}
+    (custom / "vue.json").write_text(json.dumps(vue), encoding="utf-8")
+    gha = {"type": "custom", "files": {"ci.yml": "env:\n  TOKEN: ${{ secrets.TOKEN }}\n"}}
+    (custom / "gha.json").write_text(json.dumps(gha), encoding="utf-8")
+
+    project = await _ok(client, "create_project", {"name": "web", "template": "vue"})
+    app = Path(project["project_path"]) / "src" / "App.vue"
+    assert app.read_text(encoding="utf-8") == "<p>{{ message }}</p><!-- web -->\n"
+    refused = await _error(client, "create_project", {"name": "ci", "template": "gha"})
+    assert "ci.yml" in refused and "write {{{{ secrets.TOKEN }}}}" in refused and "?}}" not in refused
+
+
 async def test_resources_expose_workflows_runs_and_projects(client: Client) -> None:
     await _ok(client, "create_workflow", HELLO)
     run = await _ok(client, "execute_workflow", {"workflow_name": "hello"})

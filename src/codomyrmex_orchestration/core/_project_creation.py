@@ -80,7 +80,7 @@ class Creation:
             if path in self.before:
                 return False  # exist_ok: a file already there is the person's; keep it
             raise FileExistsError(f"{rel} is written twice or collides with a directory")
-        atomic_write(path, text)
+        atomic_write(path, text, private=False)  # the person's file: the umask decides its mode
         return True
 
     def rollback(self) -> None:

@@ -1,8 +1,9 @@
 """DocumentationGenerator: RASP docs (README, AGENTS, SPEC, PAI) for a project tree, from templates.
 
 Templates use ``{{variable}}`` placeholders replaced literally (backslashes and ``$`` in values are kept
-as written); ``{{variable?}}`` marks one optional. Generated files are tracked by content hash so a file a
-person edited is never overwritten unless asked.
+as written); ``{{variable?}}`` marks one optional; ``{{{{`` and ``}}}}`` write literal ``{{`` and ``}}``.
+Generated files are tracked by content hash so a file a person edited is never overwritten unless asked;
+every target is examined before the first is written.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +46,9 @@ DOC_TEMPLATE_NAMES: dict[str, dict[str, str]] = {
     "nested": {name: "directory_" + name.replace(".md", ".template.md") for name in NESTED_DOCS},
 }
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+# ``{{{{`` and ``}}}}`` are tried first at each position: they are the escapes for literal braces.
+_PLACEHOLDER = re.compile(r"\{\{\{\{|\}\}\}\}|\{\{(.*?)\}\}", re.DOTALL)
+_ESCAPES = {"{{{{": "{{", "}}}}": "}}"}
 _VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\?)?$")
 _SKIPPED_DIRS = {"__pycache__", "node_modules"}
 
@@ -56,6 +60,55 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _check_encodable(rel: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} would contain {exc.object[exc.start : exc.end]!r} at character {exc.start}, which is not "
+            "text UTF-8 can hold (a lone surrogate, from a template or a value such as the description); "
+            "nothing was written",
+        ) from None
+
+
+def _existing_hash(root: Path, rel: str) -> str | None:
+    """The SHA-256 of the bytes of ``root/rel`` (equal to :func:`content_hash` of the same text, and
+    defined for a file in any encoding), or None if there is no such file.
+
+    Raises:
+        InvalidInputError: the target is a symbolic link (or lies under one leaving the project), is a
+            folder or other non-file, or cannot be read; the message names it.
+    """
+    target = root / rel
+    if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
+        raise InvalidInputError(
+            "project_path", f"{rel} is or lies under a symbolic link leaving the project; refused"
+        )
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInputError(
+            "project_path", f"{rel} cannot be examined ({exc.strerror}); nothing was written"
+        ) from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} is {what} where a documentation file goes; rename or remove it (nothing was written)",
+        )
+    try:
+        with target.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise InvalidInputError(
+            "project_path",
+            f"{rel} cannot be read ({exc.strerror}); make it readable or remove it (nothing was written)",
+        ) from None
+
+
 def render_template(
     text: str,
     variables: Mapping[str, str],
@@ -65,8 +118,10 @@ def render_template(
 ) -> str:
     """Replace every ``{{name}}`` in ``text`` with ``variables[name]``, literally.
 
-    ``{{name?}}`` is optional: replaced by ``""`` when ``name`` is not given. Values are inserted as
-    written (no escape processing), so ``C:\\new\\1x`` and ``$HOME`` survive unchanged.
+    ``{{name?}}`` is optional: replaced by ``""`` when ``name`` is not given. ``{{{{`` and ``}}}}`` stand
+    for literal ``{{`` and ``}}`` (Vue ``{{{{ message }}}}``, GitHub Actions ``${{{{ secrets.TOKEN }}}}``).
+    Values are inserted as written (no escape processing), so ``C:\\new\\1x`` and ``$HOME`` survive
+    unchanged.
 
     Args:
         text: the template text.
@@ -77,19 +132,23 @@ def render_template(
 
     Raises:
         TemplateError: a placeholder names an unknown variable (the message lists the known ones) or
-            is not a variable name.
+            is not a variable name; the message shows how to write the braces literally.
     """
+    known = ", ".join(sorted(variables)) or "(none)"
 
     def substitute(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return _ESCAPES[match.group(0)]
         inner = match.group(1).strip()
         found = _VARIABLE.match(inner)
+        literal = "{{{{" + _shorten(_escape(match.group(1))) + "}}}}"
         if found is None:
             if keep_references and "." in inner:
                 return match.group(0)
             raise TemplateError(
                 inner,
-                "is not a variable placeholder; write {{name}} or {{name?}} (optional) with a name of "
-                f"letters, digits and '_'; known variables: {', '.join(sorted(variables)) or '(none)'}",
+                "is not a variable placeholder (variable names are letters, digits and '_'); to keep "
+                f"these braces as literal text write {literal}; known variables: {known}",
                 field=source,
             )
         name, optional = found.group(1), found.group(2) == "?"
@@ -99,12 +158,22 @@ def render_template(
             return ""
         raise TemplateError(
             name,
-            f"unknown variable; known variables: {', '.join(sorted(variables)) or '(none)'} "
-            f"(write {{{{{name}?}}}} to make it optional)",
+            f"unknown variable; known variables: {known}. If the braces are literal text (Vue, Jinja, "
+            f"Handlebars) write {literal}; if {name!r} is a variable that may be unset, write "
+            f"{{{{{name}?}}}} (it becomes empty)",
             field=source,
         )
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def _escape(text: str) -> str:
+    """``text`` written so that :func:`render_template` gives it back unchanged."""
+    return text.replace("{{", "{{{{").replace("}}", "}}}}")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -289,8 +358,13 @@ class DocumentationGenerator:
         extra_variables: Mapping[str, str] | None = None,
         hashes: Mapping[str, str] | None = None,
         force: bool = False,
+        report: DocsReport | None = None,
     ) -> DocsReport:
-        """Render and write the RASP documents; see :meth:`generate_all_documentation`."""
+        """Render and write the RASP documents; see :meth:`generate_all_documentation`.
+
+        ``report``, when given, is filled in as the files are written and returned: if a write fails,
+        it still says what this call wrote before the failure (and their hashes).
+        """
         root = Path(project_path).resolve()
         if not root.is_dir():
             raise InvalidInputError("project_path", f"{root} is not a directory")
@@ -306,31 +380,31 @@ class DocumentationGenerator:
             project_template_dir=project_template_dir,
             extra_variables=extra_variables,
         )
-        # Every target is checked before the first is written: a refusal leaves the tree as it was.
-        for rel in rendered:
-            target = root / rel
-            if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
-                raise InvalidInputError(
-                    "project_path", f"{rel} is or lies under a symbolic link leaving the project; refused"
-                )
+        # Every target is checked, and every existing one read, before the first is written: a refusal
+        # leaves the tree as it was, and a file written earlier in this call is never mistaken for the
+        # person's when the hashes are compared.
+        current: dict[str, str | None] = {}
+        for rel, text in rendered.items():
+            _check_encodable(rel, text)
+            current[rel] = _existing_hash(root, rel)
         known = dict(hashes or {})
-        report = DocsReport()
+        report = DocsReport() if report is None else report
         for rel, text in rendered.items():
             target = root / rel
             new_hash = content_hash(text)
-            if target.exists():
-                current = content_hash(target.read_text(encoding="utf-8", errors="surrogateescape"))
-                if current == new_hash:
+            found = current[rel]
+            if found is not None:
+                if found == new_hash:
                     report.unchanged.append(target)
                     report.hashes[rel] = new_hash
                     continue
-                if current != known.get(rel) and not force:
+                if found != known.get(rel) and not force:
                     # Edited by a person (or never ours): keep it, and keep its old record.
                     report.kept_edited.append(target)
                     if rel in known:
                         report.hashes[rel] = known[rel]
                     continue
-            atomic_write(target, text)
+            atomic_write(target, text, private=False)
             report.written.append(target)
             report.hashes[rel] = new_hash
         _log.debug(
@@ -371,7 +445,8 @@ class DocumentationGenerator:
                 walks the tree (skipping hidden folders, ``__pycache__`` and symbolic links).
             project_template_dir: first folder searched for templates.
             extra_variables: more template variables (override the computed ones).
-            hashes: relative path -> SHA-256 of what was last generated; updated in place.
+            hashes: relative path -> SHA-256 of what was last generated; updated in place, also when
+                a write fails (then with the files written before the failure).
             force: overwrite edited files too.
 
         Returns:
@@ -380,22 +455,31 @@ class DocumentationGenerator:
         Raises:
             TemplateError: a template is missing or names an unknown variable (nothing is written).
             InvalidInputError: ``project_path`` is not a directory, a ``directories`` entry leaves the
-                project, or a target is a symbolic link (nothing is written).
+                project, or a target is a symbolic link, a folder or unreadable (nothing is written; the
+                message names the target).
+            OSError: the file system refused a write (the files before it are written and recorded).
         """
-        report = self.generate(
-            project_path,
-            project_name=project_name,
-            project_type=project_type,
-            description=description,
-            version=version,
-            author=author,
-            created_at=created_at,
-            directories=directories,
-            project_template_dir=project_template_dir,
-            extra_variables=extra_variables,
-            hashes=hashes,
-            force=force,
-        )
+        report = DocsReport()
+        try:
+            self.generate(
+                project_path,
+                project_name=project_name,
+                project_type=project_type,
+                description=description,
+                version=version,
+                author=author,
+                created_at=created_at,
+                directories=directories,
+                project_template_dir=project_template_dir,
+                extra_variables=extra_variables,
+                hashes=hashes,
+                force=force,
+                report=report,
+            )
+        except BaseException:
+            if hashes is not None:  # what was written before the failure is ours: record it
+                hashes.update(report.hashes)
+            raise
         if hashes is not None:
             hashes.clear()
             hashes.update(report.hashes)

@@ -274,7 +274,8 @@ class ProjectManager:
                 if registrations is not None:
                     registrations.undo()
                 creation.rollback()
-                if isinstance(exc, OSError) and not isinstance(exc, OrchestrationError):
+                # A UnicodeEncodeError (a lone surrogate in a file's text) names the file it was writing.
+                if isinstance(exc, OSError | UnicodeError) and not isinstance(exc, OrchestrationError):
                     raise ProjectCreationError(name, str(target), f"{type(exc).__name__}: {exc}") from exc
                 raise
         _log.info("project.created", project=name, type=tmpl.type.value, template=tmpl.name, path=str(target))
@@ -363,20 +364,27 @@ class ProjectManager:
             loaded = self._templates.get(project.template)
             specs = build_workflow_specs(project, loaded.template)
             hashes = dict(project.docs)
-            written = self.docs.generate_all_documentation(
-                project.path,
-                project_name=project.name,
-                project_type=project.type.value,
-                description=project.description,
-                version=project.version,
-                author=project.owner,
-                created_at=project.created_at,
-                directories=loaded.template.directory_structure,
-                project_template_dir=loaded.docs_dir,
-                extra_variables=doc_variables(loaded.template, specs, project.workflows_not_registered),
-                hashes=hashes,
-                force=force,
-            )
+            try:
+                written = self.docs.generate_all_documentation(
+                    project.path,
+                    project_name=project.name,
+                    project_type=project.type.value,
+                    description=project.description,
+                    version=project.version,
+                    author=project.owner,
+                    created_at=project.created_at,
+                    directories=loaded.template.directory_structure,
+                    project_template_dir=loaded.docs_dir,
+                    extra_variables=doc_variables(loaded.template, specs, project.workflows_not_registered),
+                    hashes=hashes,
+                    force=force,
+                )
+            except BaseException:
+                # A write failed midway: the docs written before it are ours and must be recorded, or
+                # the next regeneration would keep them as if a person had edited them.
+                if hashes != project.docs:
+                    self._update(name, docs=hashes)
+                raise
             self._update(name, docs=hashes)
             return written
 
