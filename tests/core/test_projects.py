@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from codomyrmex_orchestration.errors import (
     ProjectCreationError,
     ProjectNotFoundError,
 )
+from tests.helpers.durable_steps import read_line
 
 ALL_TYPES = list(ProjectType)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RecordingWorkflows:
@@ -460,6 +463,68 @@ def test_a_new_manager_on_the_same_root_lists_the_project(tmp_path: Path) -> Non
     assert found.name == "durable" and found.created_at == created.created_at
     assert found.milestones[0].name == "v1" and str(found.milestones[0].due_date) == "2030-01-31"
     assert json.loads((tmp_path / "projects" / INDEX_FILE).read_text())["projects"] == {"durable": "durable"}
+
+
+def test_two_managers_on_one_root_keep_each_others_updates(tmp_path: Path) -> None:
+    """The second manager used to write its stale copy back: v1 lost, and the status a docs refresh."""
+    a = ProjectManager(tmp_path / "projects", templates_dir=None)
+    a.create_project("demo", "custom")
+    b = ProjectManager(tmp_path / "projects", templates_dir=None)
+    assert b.get_project("demo").milestones == []  # b now holds a copy of its own
+    a.add_milestone("demo", "v1", due_date="2030-01-31")
+    assert [m.name for m in b.get_project("demo").milestones] == ["v1"]
+    b.add_milestone("demo", "v2")
+    with pytest.raises(AlreadyExistsError):
+        a.add_milestone("demo", "v2")
+    a.update_project_status("demo", "paused")
+    b.generate_docs("demo")
+    again = ProjectManager(tmp_path / "projects", templates_dir=None).get_project("demo")
+    assert [m.name for m in again.milestones] == ["v1", "v2"] and again.status is ProjectStatus.PAUSED
+
+
+_ADD_MILESTONES = """
+import sys
+from codomyrmex_orchestration.core.projects import ProjectManager
+root, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+manager = ProjectManager(root, templates_dir=None)
+manager.get_project("shared")
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(count):
+    manager.add_milestone("shared", f"{who}-{i}")
+"""
+
+
+def test_updates_from_several_processes_at_once_are_all_kept(tmp_path: Path) -> None:
+    root = tmp_path / "projects"
+    ProjectManager(root, templates_dir=None).create_project("shared", "custom")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ADD_MILESTONES, str(root), f"p{n}", "15"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    try:
+        for child in children:
+            assert read_line(child, timeout=60).strip() == "ready"
+        for child in children:  # all start their writes together
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.close()
+        assert [child.wait(timeout=120) for child in children] == [0, 0, 0, 0]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+            if child.stdout is not None:
+                child.stdout.close()
+    names = {m.name for m in ProjectManager(root, templates_dir=None).get_project("shared").milestones}
+    assert names == {f"p{n}-{i}" for n in range(4) for i in range(15)}
 
 
 def test_manifests_on_disk_are_discovered_without_the_index(tmp_path: Path) -> None:
