@@ -388,6 +388,26 @@ def test_a_custom_template_in_the_config_folder_is_listed_and_used(
     assert project.workflows == ["lab.list"]
 
 
+def test_binary_files_of_a_template_are_copied_byte_for_byte_and_text_beside_them_rendered(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    """A PNG under files/ used to refuse the whole template as malformed, naming its JSON file."""
+    folder = tmp_path / "config" / "templates" / "projects"
+    (folder / "site" / "files" / "assets").mkdir(parents=True)
+    (folder / "site.json").write_text(json.dumps({"type": "documentation"}), encoding="utf-8")
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe{{project_name}}"
+    (folder / "site" / "files" / "assets" / "logo.png").write_bytes(png)
+    (folder / "site" / "files" / "assets" / "blob.bin.tmpl").write_bytes(b"\xff\x00{{oops}}")
+    (folder / "site" / "files" / "index.md.tmpl").write_text("# {{project_name}}\n", encoding="utf-8")
+    assert manager.template_errors() == []
+    [listed] = [t for t in manager.list_templates() if t["name"] == "site"]
+    assert listed["files"] == ["assets/blob.bin", "assets/logo.png", "index.md"]
+    root = Path(manager.create_project("handbook", template="site").path)
+    assert (root / "assets" / "logo.png").read_bytes() == png
+    assert (root / "assets" / "blob.bin").read_bytes() == b"\xff\x00{{oops}}"
+    assert (root / "index.md").read_text(encoding="utf-8") == "# handbook\n"
+
+
 def test_unknown_types_and_templates_are_refused_with_the_choices(manager: ProjectManager) -> None:
     with pytest.raises(InvalidInputError, match="ai_analysis"):
         manager.create_project("p", "spaceship")

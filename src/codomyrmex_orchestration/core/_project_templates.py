@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
@@ -43,11 +43,13 @@ _TMPL_SUFFIX = ".tmpl"
 
 @dataclass(frozen=True)
 class LoadedTemplate:
-    """A validated template, where it came from, and its doc templates folder (if it has one)."""
+    """A validated template, where it came from, its doc templates folder (if it has one), and the files
+    of its ``files/`` folder that are not UTF-8 text (relative path -> bytes, copied, never rendered)."""
 
     template: ProjectTemplate
     source: str
     docs_dir: Traversable | None
+    copies: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class TemplateLibrary:
@@ -143,7 +145,7 @@ class TemplateLibrary:
                 "description": t.template.description,
                 "source": t.source,
                 "directories": dict(t.template.directory_structure),
-                "files": sorted(t.template.files),
+                "files": sorted([*t.template.files, *t.copies]),
                 "config_file": t.template.config_file,
                 "default_config": t.template.default_config,
                 "workflows": [{"name": w.name, "description": w.description} for w in t.template.workflows],
@@ -168,9 +170,21 @@ def _read_template(label: str, place: Traversable, entry: Traversable) -> Loaded
         raise InvalidInputError(source, f"invalid project template: {exc}") from None
     folder = place.joinpath(template.name)
     files = dict(template.files)
+    copies: dict[str, bytes] = {}
     if folder.joinpath("files").is_dir():
         for rel, item in _walk_files(folder.joinpath("files")):
-            files.setdefault(rel.removesuffix(_TMPL_SUFFIX), item.read_text(encoding="utf-8"))
+            target = rel.removesuffix(_TMPL_SUFFIX)
+            if target in files or target in copies:
+                continue  # the template's own "files" entry (or the first of two names) wins
+            try:
+                data = item.read_bytes()
+            except OSError as exc:
+                where = f"{label}/{template.name}/files/{rel}"
+                raise InvalidInputError(where, f"cannot be read: {exc.strerror or exc}") from None
+            try:
+                files[target] = data.decode("utf-8")
+            except UnicodeDecodeError:  # an image, an archive: copied byte for byte, not rendered
+                copies[target] = data
     checked = {_relpath(f"{source}.files", rel): text for rel, text in files.items()}
     for rel in template.directory_structure:
         _relpath(f"{source}.directory_structure", rel)
@@ -178,7 +192,10 @@ def _read_template(label: str, place: Traversable, entry: Traversable) -> Loaded
         _relpath(f"{source}.config_file", template.config_file)
     docs_dir = folder.joinpath("docs")
     return LoadedTemplate(
-        template.model_copy(update={"files": checked}), source, docs_dir if docs_dir.is_dir() else None
+        template.model_copy(update={"files": checked}),
+        source,
+        docs_dir if docs_dir.is_dir() else None,
+        {_relpath(f"{source}.files", rel): data for rel, data in copies.items()},
     )
 
 

@@ -219,10 +219,10 @@ class ProjectManager:
         )
         variables = template_variables(project, tmpl)
         specs = build_workflow_specs(project, tmpl)
-        files = {
+        files: dict[str, str | bytes] = {
             rel: render_template(text, variables, source=f"{loaded.source}:{rel}")
             for rel, text in tmpl.files.items()
-        }
+        } | dict(loaded.copies)
         project.config = render_value(tmpl.default_config, variables, f"{loaded.source}.default_config")
         project.workflows = [s.name for s in specs]
 
