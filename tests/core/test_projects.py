@@ -178,9 +178,10 @@ def test_path_escape_and_malformed_names_are_refused_and_nothing_is_written(
 
 def test_a_name_whose_workflow_names_would_be_too_long_is_refused_before_writing(tmp_path: Path) -> None:
     manager = ProjectManager(tmp_path / "projects", templates_dir=None)
-    with pytest.raises(InvalidNameError, match="shorter project name"):
-        manager.create_project("x" * 128, "custom")
+    with pytest.raises(InvalidNameError, match=r"'ml_model' accepts project names of at most 109 characters"):
+        manager.create_project("x" * 110, "ml_model")
     assert list((tmp_path / "projects").iterdir()) == []
+    assert manager.create_project("x" * 109, "ml_model").workflows == ["x" * 109 + ".train_and_evaluate"]
 
 
 def test_a_path_outside_the_root_is_refused(manager: ProjectManager, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "TemplateLibrary",
     "build_workflow_specs",
     "doc_variables",
+    "longest_project_name",
     "render_value",
     "template_variables",
 ]
@@ -146,6 +147,7 @@ class TemplateLibrary:
                 "source": t.source,
                 "directories": dict(t.template.directory_structure),
                 "files": sorted([*t.template.files, *t.copies]),
+                "max_project_name": longest_project_name(t.template),
                 "config_file": t.template.config_file,
                 "default_config": t.template.default_config,
                 "workflows": [{"name": w.name, "description": w.description} for w in t.template.workflows],
@@ -259,13 +261,34 @@ def template_variables(project: Project, template: ProjectTemplate) -> dict[str,
     }
 
 
+def longest_project_name(template: ProjectTemplate) -> int:
+    """The longest project name ``template`` accepts: its workflows are named ``<project>.<workflow>``,
+    and a workflow name has at most 128 characters."""
+    longest_workflow = max((len(w.name) for w in template.workflows), default=None)
+    return MAX_PROJECT_NAME if longest_workflow is None else MAX_PROJECT_NAME - 1 - longest_workflow
+
+
 def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[WorkflowSpec]:
     """The template's workflows for ``project`` as ``WorkflowSpec`` named ``<project>.<workflow>``.
 
+    The name limit holds where the workflows are not registered too (a server refusing code
+    execution): the first start that allows them registers them under these names.
+
     Raises:
-        InvalidNameError: a workflow name would be too long for this project name.
+        InvalidNameError: the project name is longer than :func:`longest_project_name` allows.
         InvalidInputError: a step is malformed.
     """
+    longest = longest_project_name(template)
+    if len(project.name) > longest:
+        widest = max(template.workflows, key=lambda w: len(w.name)).name
+        raise InvalidNameError(
+            "project",
+            project.name,
+            f"template {template.name!r} accepts project names of at most {longest} characters "
+            f"(this one has {len(project.name)}): its workflow {widest!r} is named "
+            f"'<project>.{widest}' and a workflow name has at most {MAX_PROJECT_NAME} characters, also "
+            "on a server that registers it only once code execution is allowed; choose a shorter name",
+        )
     variables = template_variables(project, template)
     specs: list[WorkflowSpec] = []
     for workflow in template.workflows:
@@ -283,13 +306,6 @@ def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[Wo
                 version=template.version,
             )
         except ValidationError as exc:
-            if len(name) > MAX_PROJECT_NAME:
-                raise InvalidNameError(
-                    "project",
-                    project.name,
-                    f"its workflow name {name!r} would exceed {MAX_PROJECT_NAME} characters; "
-                    "choose a shorter project name",
-                ) from None
             raise InvalidInputError.from_validation(exc, where=source) from None
         specs.append(spec)
     return specs
