@@ -32,8 +32,10 @@ from codomyrmex_orchestration.errors import (
     ProjectCreationError,
     ProjectNotFoundError,
 )
+from tests.helpers.durable_steps import read_line
 
 ALL_TYPES = list(ProjectType)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RecordingWorkflows:
@@ -178,9 +180,10 @@ def test_path_escape_and_malformed_names_are_refused_and_nothing_is_written(
 
 def test_a_name_whose_workflow_names_would_be_too_long_is_refused_before_writing(tmp_path: Path) -> None:
     manager = ProjectManager(tmp_path / "projects", templates_dir=None)
-    with pytest.raises(InvalidNameError, match="shorter project name"):
-        manager.create_project("x" * 128, "custom")
+    with pytest.raises(InvalidNameError, match=r"'ml_model' accepts project names of at most 109 characters"):
+        manager.create_project("x" * 110, "ml_model")
     assert list((tmp_path / "projects").iterdir()) == []
+    assert manager.create_project("x" * 109, "ml_model").workflows == ["x" * 109 + ".train_and_evaluate"]
 
 
 def test_a_path_outside_the_root_is_refused(manager: ProjectManager, tmp_path: Path) -> None:
@@ -388,6 +391,26 @@ def test_a_custom_template_in_the_config_folder_is_listed_and_used(
     assert project.workflows == ["lab.list"]
 
 
+def test_binary_files_of_a_template_are_copied_byte_for_byte_and_text_beside_them_rendered(
+    manager: ProjectManager, tmp_path: Path
+) -> None:
+    """A PNG under files/ used to refuse the whole template as malformed, naming its JSON file."""
+    folder = tmp_path / "config" / "templates" / "projects"
+    (folder / "site" / "files" / "assets").mkdir(parents=True)
+    (folder / "site.json").write_text(json.dumps({"type": "documentation"}), encoding="utf-8")
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe{{project_name}}"
+    (folder / "site" / "files" / "assets" / "logo.png").write_bytes(png)
+    (folder / "site" / "files" / "assets" / "blob.bin.tmpl").write_bytes(b"\xff\x00{{oops}}")
+    (folder / "site" / "files" / "index.md.tmpl").write_text("# {{project_name}}\n", encoding="utf-8")
+    assert manager.template_errors() == []
+    [listed] = [t for t in manager.list_templates() if t["name"] == "site"]
+    assert listed["files"] == ["assets/blob.bin", "assets/logo.png", "index.md"]
+    root = Path(manager.create_project("handbook", template="site").path)
+    assert (root / "assets" / "logo.png").read_bytes() == png
+    assert (root / "assets" / "blob.bin").read_bytes() == b"\xff\x00{{oops}}"
+    assert (root / "index.md").read_text(encoding="utf-8") == "# handbook\n"
+
+
 def test_unknown_types_and_templates_are_refused_with_the_choices(manager: ProjectManager) -> None:
     with pytest.raises(InvalidInputError, match="ai_analysis"):
         manager.create_project("p", "spaceship")
@@ -463,6 +486,68 @@ def test_a_new_manager_on_the_same_root_lists_the_project(tmp_path: Path) -> Non
     assert found.name == "durable" and found.created_at == created.created_at
     assert found.milestones[0].name == "v1" and str(found.milestones[0].due_date) == "2030-01-31"
     assert json.loads((tmp_path / "projects" / INDEX_FILE).read_text())["projects"] == {"durable": "durable"}
+
+
+def test_two_managers_on_one_root_keep_each_others_updates(tmp_path: Path) -> None:
+    """The second manager used to write its stale copy back: v1 lost, and the status a docs refresh."""
+    a = ProjectManager(tmp_path / "projects", templates_dir=None)
+    a.create_project("demo", "custom")
+    b = ProjectManager(tmp_path / "projects", templates_dir=None)
+    assert b.get_project("demo").milestones == []  # b now holds a copy of its own
+    a.add_milestone("demo", "v1", due_date="2030-01-31")
+    assert [m.name for m in b.get_project("demo").milestones] == ["v1"]
+    b.add_milestone("demo", "v2")
+    with pytest.raises(AlreadyExistsError):
+        a.add_milestone("demo", "v2")
+    a.update_project_status("demo", "paused")
+    b.generate_docs("demo")
+    again = ProjectManager(tmp_path / "projects", templates_dir=None).get_project("demo")
+    assert [m.name for m in again.milestones] == ["v1", "v2"] and again.status is ProjectStatus.PAUSED
+
+
+_ADD_MILESTONES = """
+import sys
+from codomyrmex_orchestration.core.projects import ProjectManager
+root, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+manager = ProjectManager(root, templates_dir=None)
+manager.get_project("shared")
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(count):
+    manager.add_milestone("shared", f"{who}-{i}")
+"""
+
+
+def test_updates_from_several_processes_at_once_are_all_kept(tmp_path: Path) -> None:
+    root = tmp_path / "projects"
+    ProjectManager(root, templates_dir=None).create_project("shared", "custom")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ADD_MILESTONES, str(root), f"p{n}", "15"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    try:
+        for child in children:
+            assert read_line(child, timeout=60).strip() == "ready"
+        for child in children:  # all start their writes together
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.close()
+        assert [child.wait(timeout=120) for child in children] == [0, 0, 0, 0]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+            if child.stdout is not None:
+                child.stdout.close()
+    names = {m.name for m in ProjectManager(root, templates_dir=None).get_project("shared").milestones}
+    assert names == {f"p{n}-{i}" for n in range(4) for i in range(15)}
 
 
 def test_manifests_on_disk_are_discovered_without_the_index(tmp_path: Path) -> None:

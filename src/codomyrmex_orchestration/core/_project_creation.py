@@ -70,8 +70,9 @@ class Creation:
             if not parent.exists():
                 parent.mkdir()
 
-    def write(self, rel: str, text: str) -> bool:
-        """Write a new file (atomically); False if ``exist_ok`` kept a file that was already there."""
+    def write(self, rel: str, content: str | bytes) -> bool:
+        """Write a new file, text atomically, bytes (a template's binary file) as they are; False if
+        ``exist_ok`` kept a file that was already there."""
         path = self.target / rel
         if "/" in rel:
             self.mkdir(str(PurePosixPath(rel).parent))
@@ -80,7 +81,11 @@ class Creation:
             if path in self.before:
                 return False  # exist_ok: a file already there is the person's; keep it
             raise FileExistsError(f"{rel} is written twice or collides with a directory")
-        atomic_write(path, text, private=False)  # the person's file: the umask decides its mode
+        if isinstance(content, bytes):
+            with path.open("xb") as handle:  # a new file: a rollback removes it if the creation fails
+                handle.write(content)
+        else:
+            atomic_write(path, content, private=False)  # the person's file: the umask decides its mode
         return True
 
     def rollback(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
@@ -34,6 +34,7 @@ __all__ = [
     "TemplateLibrary",
     "build_workflow_specs",
     "doc_variables",
+    "longest_project_name",
     "render_value",
     "template_variables",
 ]
@@ -43,11 +44,13 @@ _TMPL_SUFFIX = ".tmpl"
 
 @dataclass(frozen=True)
 class LoadedTemplate:
-    """A validated template, where it came from, and its doc templates folder (if it has one)."""
+    """A validated template, where it came from, its doc templates folder (if it has one), and the files
+    of its ``files/`` folder that are not UTF-8 text (relative path -> bytes, copied, never rendered)."""
 
     template: ProjectTemplate
     source: str
     docs_dir: Traversable | None
+    copies: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class TemplateLibrary:
@@ -143,7 +146,8 @@ class TemplateLibrary:
                 "description": t.template.description,
                 "source": t.source,
                 "directories": dict(t.template.directory_structure),
-                "files": sorted(t.template.files),
+                "files": sorted([*t.template.files, *t.copies]),
+                "max_project_name": longest_project_name(t.template),
                 "config_file": t.template.config_file,
                 "default_config": t.template.default_config,
                 "workflows": [{"name": w.name, "description": w.description} for w in t.template.workflows],
@@ -168,9 +172,21 @@ def _read_template(label: str, place: Traversable, entry: Traversable) -> Loaded
         raise InvalidInputError(source, f"invalid project template: {exc}") from None
     folder = place.joinpath(template.name)
     files = dict(template.files)
+    copies: dict[str, bytes] = {}
     if folder.joinpath("files").is_dir():
         for rel, item in _walk_files(folder.joinpath("files")):
-            files.setdefault(rel.removesuffix(_TMPL_SUFFIX), item.read_text(encoding="utf-8"))
+            target = rel.removesuffix(_TMPL_SUFFIX)
+            if target in files or target in copies:
+                continue  # the template's own "files" entry (or the first of two names) wins
+            try:
+                data = item.read_bytes()
+            except OSError as exc:
+                where = f"{label}/{template.name}/files/{rel}"
+                raise InvalidInputError(where, f"cannot be read: {exc.strerror or exc}") from None
+            try:
+                files[target] = data.decode("utf-8")
+            except UnicodeDecodeError:  # an image, an archive: copied byte for byte, not rendered
+                copies[target] = data
     checked = {_relpath(f"{source}.files", rel): text for rel, text in files.items()}
     for rel in template.directory_structure:
         _relpath(f"{source}.directory_structure", rel)
@@ -178,7 +194,10 @@ def _read_template(label: str, place: Traversable, entry: Traversable) -> Loaded
         _relpath(f"{source}.config_file", template.config_file)
     docs_dir = folder.joinpath("docs")
     return LoadedTemplate(
-        template.model_copy(update={"files": checked}), source, docs_dir if docs_dir.is_dir() else None
+        template.model_copy(update={"files": checked}),
+        source,
+        docs_dir if docs_dir.is_dir() else None,
+        {_relpath(f"{source}.files", rel): data for rel, data in copies.items()},
     )
 
 
@@ -242,13 +261,34 @@ def template_variables(project: Project, template: ProjectTemplate) -> dict[str,
     }
 
 
+def longest_project_name(template: ProjectTemplate) -> int:
+    """The longest project name ``template`` accepts: its workflows are named ``<project>.<workflow>``,
+    and a workflow name has at most 128 characters."""
+    longest_workflow = max((len(w.name) for w in template.workflows), default=None)
+    return MAX_PROJECT_NAME if longest_workflow is None else MAX_PROJECT_NAME - 1 - longest_workflow
+
+
 def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[WorkflowSpec]:
     """The template's workflows for ``project`` as ``WorkflowSpec`` named ``<project>.<workflow>``.
 
+    The name limit holds where the workflows are not registered too (a server refusing code
+    execution): the first start that allows them registers them under these names.
+
     Raises:
-        InvalidNameError: a workflow name would be too long for this project name.
+        InvalidNameError: the project name is longer than :func:`longest_project_name` allows.
         InvalidInputError: a step is malformed.
     """
+    longest = longest_project_name(template)
+    if len(project.name) > longest:
+        widest = max(template.workflows, key=lambda w: len(w.name)).name
+        raise InvalidNameError(
+            "project",
+            project.name,
+            f"template {template.name!r} accepts project names of at most {longest} characters "
+            f"(this one has {len(project.name)}): its workflow {widest!r} is named "
+            f"'<project>.{widest}' and a workflow name has at most {MAX_PROJECT_NAME} characters, also "
+            "on a server that registers it only once code execution is allowed; choose a shorter name",
+        )
     variables = template_variables(project, template)
     specs: list[WorkflowSpec] = []
     for workflow in template.workflows:
@@ -266,13 +306,6 @@ def build_workflow_specs(project: Project, template: ProjectTemplate) -> list[Wo
                 version=template.version,
             )
         except ValidationError as exc:
-            if len(name) > MAX_PROJECT_NAME:
-                raise InvalidNameError(
-                    "project",
-                    project.name,
-                    f"its workflow name {name!r} would exceed {MAX_PROJECT_NAME} characters; "
-                    "choose a shorter project name",
-                ) from None
             raise InvalidInputError.from_validation(exc, where=source) from None
         specs.append(spec)
     return specs

@@ -7,8 +7,10 @@ of its type gets.
 
 This module is the public face; its parts: ``_project_models`` (the vocabulary), ``_project_templates``
 (loading and rendering templates), ``_project_creation`` (the creation transaction: files and workflow
-registrations, undone together) and ``_project_registry`` (manifests and the index on disk). The manager
-owns the in-memory view of the registry (``_projects``) under ``_lock``.
+registrations, undone together), ``_project_registry`` (manifests and the index on disk) and
+``_project_lock`` (the writers of a root, across processes). The manager owns the in-memory view of the
+registry (``_projects``) under ``_lock``; every write re-reads what it changes from disk under
+``_exclusive`` (``_lock`` plus the root's lock file), so managers in other processes lose nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import ValidationError
 
 from codomyrmex_orchestration.config import DEFAULT_PROJECTS_DIR, DEFAULT_TEMPLATES_DIR
 from codomyrmex_orchestration.core._project_creation import Creation, Registrations, target_for
+from codomyrmex_orchestration.core._project_lock import ProjectsLock
 from codomyrmex_orchestration.core._project_models import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -116,6 +119,7 @@ class ProjectManager:
         self._templates = TemplateLibrary(self.templates_dir)
         self._registry = ProjectRegistry(self.root, self.registry_path, store)
         self._lock = threading.RLock()  # guards _projects and serialises writes to the registry
+        self._exclusive = ProjectsLock(self.root, self._lock)  # and excludes other processes' writes
         self._projects: dict[str, Project] = self._registry.load()
 
     # ------------------------------------------------------------------ templates
@@ -215,14 +219,14 @@ class ProjectManager:
         )
         variables = template_variables(project, tmpl)
         specs = build_workflow_specs(project, tmpl)
-        files = {
+        files: dict[str, str | bytes] = {
             rel: render_template(text, variables, source=f"{loaded.source}:{rel}")
             for rel, text in tmpl.files.items()
-        }
+        } | dict(loaded.copies)
         project.config = render_value(tmpl.default_config, variables, f"{loaded.source}.default_config")
         project.workflows = [s.name for s in specs]
 
-        with self._lock:
+        with self._exclusive:
             self._projects = self._registry.load()
             if name in self._projects:
                 raise AlreadyExistsError(
@@ -290,12 +294,19 @@ class ProjectManager:
             ProjectNotFoundError: no such project (the message lists the known ones).
         """
         with self._lock:
-            if name not in self._projects:
-                self._projects = self._registry.load()
+            return self._current(name).model_copy(deep=True)
+
+    def _current(self, name: str) -> Project:
+        """The project as its manifest says now (another manager may have written it since)."""
+        known = self._projects.get(name)
+        project = self._registry.read_manifest(Path(known.path)) if known is not None else None
+        if project is None or project.name != name:  # moved, removed or made elsewhere: look again
+            self._projects = self._registry.load()
             project = self._projects.get(name)
             if project is None:
                 raise ProjectNotFoundError(name, known=self._projects)
-            return project.model_copy(deep=True)
+        self._projects[name] = project
+        return project
 
     def list_projects(
         self, status: ProjectStatus | str | None = None, type: ProjectType | str | None = None
@@ -313,8 +324,10 @@ class ProjectManager:
             ]
 
     def _update(self, name: str, **changes: Any) -> Project:
-        with self._lock:
-            current = self.get_project(name)
+        """Apply ``changes`` to the manifest as it is on disk now, under the root's lock: a field this
+        call does not change keeps what any other manager wrote."""
+        with self._exclusive:
+            current = self._current(name)
             updated = current.model_copy(update={**changes, "updated_at": utcnow()})
             self._registry.save_manifest(updated)
             self._projects[name] = updated
@@ -337,8 +350,8 @@ class ProjectManager:
             AlreadyExistsError: the project already has a milestone of that name.
             InvalidInputError: ``due_date`` is not an ISO date.
         """
-        with self._lock:
-            project = self.get_project(name)
+        with self._exclusive:  # the check and the write see the same manifest
+            project = self._current(name)
             if any(m.name == milestone for m in project.milestones):
                 raise AlreadyExistsError("milestone", milestone, f"project {name!r} already has it")
             try:
@@ -394,7 +407,7 @@ class ProjectManager:
         These are the project's own names (``<project>.<workflow>``), so they are replaced. Returns the
         specs (also when no workflow manager is attached, so callers can register them).
         """
-        with self._lock:
+        with self._exclusive:
             project = self.get_project(name)
             specs = build_workflow_specs(project, self._templates.get(project.template).template)
             names = [s.name for s in specs]
@@ -422,7 +435,7 @@ class ProjectManager:
         done: dict[str, list[str]] = {}
         if self.workflow_manager is None:
             return done
-        with self._lock:
+        with self._exclusive:  # the manifests read here are the ones updated
             self._projects = self._registry.load()
             for name, project in sorted(self._projects.items()):
                 if not project.workflows_not_registered:

@@ -127,7 +127,12 @@ class CreateWorkflowArgs(Args):
 
 
 class CreateProjectArgs(Args):
-    name: str = Field(min_length=1, max_length=128, description="Project folder name.")
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Project folder name: at most the template's max_project_name characters "
+        "(list_project_templates), 128 less its longest '.<workflow>'.",
+    )
     # Any template the project manager knows, checked by it (an unknown name lists the known ones): the
     # packaged ones and those in <templates_dir>/projects/, which a Literal here could not name.
     template: str = Field(

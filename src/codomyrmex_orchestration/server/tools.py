@@ -1096,7 +1096,8 @@ def _build_tools() -> tuple[_Tool, ...]:
         _Tool(
             "list_project_templates",
             "List project templates",
-            "The project templates create_project accepts and what each one creates. Example: {}",
+            "The project templates create_project accepts, what each one creates, and the longest project "
+            "name each accepts (max_project_name). Example: {}",
             m.NoArgs,
             m.TemplateListResult,
             _list_project_templates,
