@@ -704,6 +704,45 @@ def test_a_read_only_store_reads_committed_runs_and_upgrades_an_older_schema_fir
         ReadOnlyStore(path)
 
 
+# ---------------------------------------------------------------- files whose tables and version disagree
+
+
+def _database(path: Path, scripts: list[str], version: int) -> None:
+    """A file holding what ``scripts`` make, marked ``user_version`` ``version``: the shape a build that
+    numbered its migrations differently leaves, or a damaged or hand-edited file."""
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(scripts))
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+
+
+def _objects(path: Path) -> tuple[int, set[tuple[str, str]]]:
+    """The file's version and the (type, name) of everything in its ``sqlite_master``."""
+    conn = sqlite3.connect(path)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        return version, set(conn.execute("SELECT type, name FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
+def test_a_migration_that_meets_other_tables_names_itself_and_leaves_the_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # A side branch's migration 2 made workflow_versions: main's 2 was the tallies, its 3 makes the table.
+    path = tmp_path / "state.db"
+    _database(path, [MIGRATIONS[0], MIGRATIONS[2]], 2)
+    before = _objects(path)
+    for opener in (SqliteStore, ReadOnlyStore):
+        with pytest.raises(StateStoreError) as info:
+            opener(path)
+        message = str(info.value)
+        assert f"migration 3 of {SCHEMA_VERSION} failed" in message, message
+        assert "schema history does not match" in message and "left as it was" in message, message
+        assert "another state directory" in message, message
+        assert _objects(path) == before
+
+
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("")

@@ -1,11 +1,13 @@
 """The SQLite file's schema: the numbered migrations, opening and checking the file, and SQLite helpers.
 
-No state of its own: it opens the two connections a store owns (writer, reader) on a migrated file.
+A migration that fails names itself and leaves the file as it was. No state of its own: it opens the two
+connections a store owns (writer, reader) on a migrated file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -256,7 +258,8 @@ def open_database(
 
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
-            (corrupt), or its schema is newer than this program.
+            (corrupt), its schema is newer than this program, or a migration of it fails (its schema
+            history is not this program's).
     """
     from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
 
@@ -378,14 +381,39 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute("COMMIT")
                 return
             number = version + 1
-            for statement in _statements(MIGRATIONS[number - 1]):
-                conn.execute(statement)
+            try:
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+            except sqlite3.OperationalError as exc:
+                if not _SCHEMA_MISMATCH.search(str(exc)):
+                    raise
+                raise StateStoreError(str(path), _mismatch(version, number, exc)) from exc
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
         _log.info("state_store_migrated", path=str(path), schema_version=number)
+
+
+#: What to do with a file whose schema history is not this program's (a migration of it failed, or it
+#: lacks part of the schema its version stands for).
+HISTORY_ADVICE = (
+    "it was written by another build of codomyrmex-orchestration (one that numbered its migrations "
+    "differently), or damaged or edited by hand. Use another state directory (--state-dir or "
+    "CODOMYRMEX_STATE_DIR), or read what you need from it with the version that wrote it (runs --json, "
+    "show --json) and move it away (with its -wal and -shm files) to start afresh"
+)
+# What SQLite says when a migration meets tables other than the ones the migrations before it made.
+_SCHEMA_MISMATCH = re.compile(r"already exists|no such (table|index|column|trigger)|duplicate column")
+
+
+def _mismatch(version: int, number: int, exc: sqlite3.Error) -> str:
+    return (
+        f"migration {number} of {SCHEMA_VERSION} failed ({exc}): the file says schema version {version} "
+        "but its tables are not what this program's migrations up to that version make, so its schema "
+        f"history does not match this program's. The file is left as it was; {HISTORY_ADVICE}"
+    )
 
 
 def probe(conn: sqlite3.Connection) -> str:
