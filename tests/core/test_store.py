@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core._run_owners import RunOwnership
-from codomyrmex_orchestration.core._store_codec import GRACE_MIN_SLACK
+from codomyrmex_orchestration.core._store_codec import DEFAULT_RETENTION_RUNS, GRACE_MIN_SLACK
 from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
@@ -741,6 +741,23 @@ def test_a_migration_that_meets_other_tables_names_itself_and_leaves_the_file_as
         assert "schema history does not match" in message and "left as it was" in message, message
         assert "another state directory" in message, message
         assert _objects(path) == before
+
+
+def test_a_reader_upgrading_an_older_file_applies_no_retention(tmp_path: Path) -> None:
+    # A file kept under a larger run limit than the default: a reader must not trim it to the default.
+    path = tmp_path / "state.db"
+    _database(path, list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    conn = sqlite3.connect(path)
+    runs = DEFAULT_RETENTION_RUNS + 1
+    conn.executemany(
+        "INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at) "
+        "VALUES (?, 'wf', 'completed', '{}', ?, ?)",
+        ((f"r{i}", float(i), float(i)) for i in range(runs)),
+    )
+    conn.commit()
+    conn.close()
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {"completed": runs}
 
 
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:

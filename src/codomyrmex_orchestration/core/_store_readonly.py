@@ -15,8 +15,7 @@ from urllib.parse import quote
 from ..errors import StateStoreError
 from ._store_health import sqlite_reason
 from ._store_reads import RunReads, StoreReader
-from ._store_schema import SCHEMA_VERSION, close_quietly
-from .store import SqliteStore
+from ._store_schema import SCHEMA_VERSION, close_quietly, upgrade
 
 __all__ = ["ReadOnlyStore", "recorded"]
 
@@ -47,8 +46,9 @@ def recorded(path: Path) -> bool:
 class ReadOnlyStore(RunReads):
     """The runs of the store at ``path`` (a file :func:`recorded` found), read and never written.
 
-    A file of an older schema is migrated first, by opening it as a :class:`SqliteStore` once (which
-    needs write access, as any upgrade does).
+    A file of an older schema is migrated first, as a writer opens it but with nothing else done to it:
+    no retention, so a file kept under larger limits than the defaults loses nothing (it needs write
+    access, as any upgrade does).
 
     Raises:
         StateStoreError: the file cannot be opened or read (its reason names what to do), or its schema
@@ -63,7 +63,7 @@ class ReadOnlyStore(RunReads):
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version < SCHEMA_VERSION:
                 close_quietly(conn)
-                _migrate(self.path, version)
+                _upgrade(self.path, version)
                 conn = _connect(self.path)
             elif version > SCHEMA_VERSION:
                 raise StateStoreError(
@@ -126,9 +126,9 @@ def _open(uri: str) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(path: Path, version: int) -> None:
+def _upgrade(path: Path, version: int) -> None:
     try:
-        SqliteStore(path).close()
+        upgrade(path)
     except StateStoreError as exc:
         raise StateStoreError(
             str(path), f"schema version {version} must be upgraded to {SCHEMA_VERSION} first: {exc.reason}"

@@ -416,6 +416,17 @@ def _mismatch(version: int, number: int, exc: sqlite3.Error) -> str:
     )
 
 
+def upgrade(path: Path) -> None:
+    """Migrate the file at ``path`` to the current schema, and close it: what a reader that
+    never writes needs before it reads an older file. Nothing else is done to it (no retention).
+
+    Raises:
+        StateStoreError: as :func:`open_database`.
+    """
+    writer, reader = open_database(path)
+    close_quietly(writer, reader)
+
+
 def probe(conn: sqlite3.Connection) -> str:
     """Write a fresh token to the probe row and read it back, inside one transaction."""
     token = uuid.uuid4().hex
