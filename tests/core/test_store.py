@@ -726,6 +726,54 @@ def _objects(path: Path) -> tuple[int, set[tuple[str, str]]]:
         conn.close()
 
 
+def test_a_file_lacking_what_an_idempotent_migration_makes_is_completed_at_open(tmp_path: Path) -> None:
+    # A side branch's migration 4 made step_cache instead of tool_tasks: main runs 5-7 on it.
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    path = tmp_path / "state.db"
+    _database(path, [*MIGRATIONS[:3], MIGRATIONS[4]], 4)
+    with SqliteStore(path) as store:
+        assert store.tool_tasks.get("t1") is None  # no "no such table: tool_tasks"
+    assert _objects(path) == _objects(fresh)
+    # The same file marked current, opened by a reader first: completed before it is read.
+    path = tmp_path / "current.db"
+    _database(path, [*MIGRATIONS[:3], *MIGRATIONS[4:]], SCHEMA_VERSION)
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {}
+    assert _objects(path) == _objects(fresh)
+
+
+def test_a_file_lacking_what_cannot_be_made_afresh_is_refused_naming_it_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    _database(path, [*MIGRATIONS[:2], *MIGRATIONS[3:6]], SCHEMA_VERSION)  # without migrations 3 and 7
+    before = _objects(path)
+    for opener in (SqliteStore, ReadOnlyStore):
+        with pytest.raises(StateStoreError) as info:
+            opener(path)
+        message = str(info.value)
+        assert "lacks" in message and "table workflow_versions" in message, message
+        assert "column runs.workflow_version" in message and "another state directory" in message, message
+        assert _objects(path) == before
+    # A tally trigger of a table that holds rows: the rows written without it are not in the tallies.
+    path = tmp_path / "trigger.db"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER step_cache_tally_insert")
+    conn.execute("INSERT INTO step_cache VALUES ('k', 'wf', '1', 0, 1e12)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateStoreError, match="lacks trigger step_cache_tally_insert"):
+        SqliteStore(path)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM step_cache")
+    conn.commit()
+    conn.close()
+    SqliteStore(path).close()  # an empty table: the trigger is made again
+    assert ("trigger", "step_cache_tally_insert") in _objects(path)[1]
+
+
 def test_a_migration_that_meets_other_tables_names_itself_and_leaves_the_file_as_it_was(
     tmp_path: Path,
 ) -> None:

@@ -1,7 +1,7 @@
 """The SQLite file's schema: the numbered migrations, opening and checking the file, and SQLite helpers.
 
 A migration that fails names itself and leaves the file as it was. No state of its own: it opens the two
-connections a store owns (writer, reader) on a migrated file.
+connections a store owns (writer, reader) on a migrated file whose tables are checked (``_store_shape.py``).
 """
 
 from __future__ import annotations
@@ -258,10 +258,11 @@ def open_database(
 
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
-            (corrupt), its schema is newer than this program, or a migration of it fails (its schema
-            history is not this program's).
+            (corrupt), its schema is newer than this program, a migration of it fails (its schema history
+            is not this program's), or it lacks part of the current schema that cannot be created afresh.
     """
     from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
+    from ._store_shape import check_shape  # it builds on this module's migrations
 
     where = str(path)
     parent = path.parent
@@ -310,6 +311,7 @@ def open_database(
         page = int(writer.execute("PRAGMA page_size").fetchone()[0])
         writer.execute(f"PRAGMA wal_autocheckpoint={max(16, wal_limit // page)}")
         _migrate(writer, path)
+        check_shape(writer, path)  # the tables must be what the version says (one read on a sound file)
         probe(writer)  # fails now, with the path, if the file cannot be written
         reader = _connect(path)
         reader.execute("PRAGMA query_only=ON")
@@ -382,7 +384,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 return
             number = version + 1
             try:
-                for statement in _statements(MIGRATIONS[number - 1]):
+                for statement in split_statements(MIGRATIONS[number - 1]):
                     conn.execute(statement)
             except sqlite3.OperationalError as exc:
                 if not _SCHEMA_MISMATCH.search(str(exc)):
@@ -417,7 +419,7 @@ def _mismatch(version: int, number: int, exc: sqlite3.Error) -> str:
 
 
 def upgrade(path: Path) -> None:
-    """Migrate the file at ``path`` to the current schema, and close it: what a reader that
+    """Migrate (or repair) the file at ``path`` to the current schema, and close it: what a reader that
     never writes needs before it reads an older file. Nothing else is done to it (no retention).
 
     Raises:
@@ -447,7 +449,7 @@ def probe(conn: sqlite3.Connection) -> str:
     return token
 
 
-def _statements(script: str) -> list[str]:
+def split_statements(script: str) -> list[str]:
     """``script`` cut into statements; a trigger's body (``BEGIN ... END``) stays in one piece."""
     statements: list[str] = []
     current = ""
