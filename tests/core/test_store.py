@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core._run_owners import RunOwnership
+from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.core._store_codec import DEFAULT_RETENTION_RUNS, GRACE_MIN_SLACK
 from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
@@ -789,6 +790,58 @@ def test_a_migration_that_meets_other_tables_names_itself_and_leaves_the_file_as
         assert "schema history does not match" in message and "left as it was" in message, message
         assert "another state directory" in message, message
         assert _objects(path) == before
+
+
+_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+
+    with ServingLock(Path(sys.argv[1])):
+        print("serving", flush=True)
+        sys.stdin.read()  # until the test closes it
+    """
+)
+
+
+def test_an_older_file_is_not_migrated_while_another_process_serves_its_directory(tmp_path: Path) -> None:
+    # A server of the older version reads the schema it knows: migration 6 dropped an index it named.
+    path = tmp_path / "state.db"
+    _database(path, list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    before = _objects(path)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_SCRIPT, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "serving"
+        for opener in (SqliteStore, ReadOnlyStore):
+            with pytest.raises(StateStoreError) as info:
+                opener(path)
+            assert f"process {server.pid} serves this state directory" in str(info.value)
+            assert f"schema version {SCHEMA_VERSION - 1}" in str(info.value)
+            assert _objects(path) == before
+        # A new file is no other program's: the one creating it beside a starting server migrates it.
+        with SqliteStore(tmp_path / "new.db") as store:
+            assert store.stats()["schema_version"] == SCHEMA_VERSION
+    finally:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        server.stdout.close()
+    with ReadOnlyStore(path) as read_only:  # nobody serves it now
+        assert read_only.count_runs() == {}
+    assert _objects(path)[0] == SCHEMA_VERSION
+    # The server that holds the lock upgrades the file it serves.
+    own = tmp_path / "own"
+    own.mkdir()
+    _database(own / "state.db", list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    with ServingLock(own), SqliteStore(own / "state.db") as store:
+        assert store.stats()["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_reader_upgrading_an_older_file_applies_no_retention(tmp_path: Path) -> None:

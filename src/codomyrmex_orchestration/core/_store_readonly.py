@@ -49,7 +49,8 @@ class ReadOnlyStore(RunReads):
 
     A file of an older schema, or one of the current schema that lacks part of it, is migrated (or
     repaired) first, as a writer opens it but with nothing else done to it: no retention, so a file kept
-    under larger limits than the defaults loses nothing (it needs write access, as any upgrade does).
+    under larger limits than the defaults loses nothing (it needs write access, as any upgrade does, and
+    is refused while another process serves the directory).
 
     Raises:
         StateStoreError: the file cannot be opened or read (its reason names what to do), or its schema

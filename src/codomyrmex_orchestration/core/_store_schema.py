@@ -1,7 +1,8 @@
 """The SQLite file's schema: the numbered migrations, opening and checking the file, and SQLite helpers.
 
-A migration that fails names itself and leaves the file as it was. No state of its own: it opens the two
-connections a store owns (writer, reader) on a migrated file whose tables are checked (``_store_shape.py``).
+A migration that fails names itself and leaves the file as it was; an older file is not migrated while
+another process serves its directory. No state of its own: it opens the two connections a store owns
+(writer, reader) on a migrated file whose tables are checked (``_store_shape.py``).
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def open_database(
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
             (corrupt), its schema is newer than this program, a migration of it fails (its schema history
-            is not this program's), or it lacks part of the current schema that cannot be created afresh.
+            is not this program's), it lacks part of the current schema that cannot be created afresh,
+            or it is older and another process serves its directory.
     """
     from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
     from ._store_shape import check_shape  # it builds on this module's migrations
@@ -369,6 +371,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     # The version is read inside each migration's write transaction: processes opening a new file at
     # the same moment (a server and a CLI run, two servers) each see the version the one before them
     # committed, so every migration is applied exactly once.
+    first = True
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -382,6 +385,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             if version == SCHEMA_VERSION:
                 conn.execute("COMMIT")
                 return
+            if first and version > 0:  # a file some program already used (and may still be using)
+                _refuse_under_a_server(path, version)
+            first = False
             number = version + 1
             try:
                 for statement in split_statements(MIGRATIONS[number - 1]):
@@ -415,6 +421,24 @@ def _mismatch(version: int, number: int, exc: sqlite3.Error) -> str:
         f"migration {number} of {SCHEMA_VERSION} failed ({exc}): the file says schema version {version} "
         "but its tables are not what this program's migrations up to that version make, so its schema "
         f"history does not match this program's. The file is left as it was; {HISTORY_ADVICE}"
+    )
+
+
+def _refuse_under_a_server(path: Path, version: int) -> None:
+    """Refuse to migrate a file another process serves: a server of an older version reads the schema it
+    knows (a migration may drop an index its queries name), and fails when it changes under it."""
+    from ._serving_lock import serving_pid
+
+    pid = serving_pid(path.parent)
+    if pid is None or pid == os.getpid():  # our own server migrates the file it serves
+        return
+    raise StateStoreError(
+        str(path),
+        f"schema version {version} must be upgraded to {SCHEMA_VERSION}, but process {pid} serves this "
+        "state directory, likely with an older codomyrmex-orchestration that reads the old schema: "
+        "upgrading the file under it would break it. Stop that server (or the MCP client that started "
+        "it), then run this again (a server of this version upgrades the file as it starts: if it was "
+        "starting, try again)",
     )
 
 
