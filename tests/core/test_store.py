@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from codomyrmex_orchestration.core._run_owners import RunOwnership
-from codomyrmex_orchestration.core._store_codec import GRACE_MIN_SLACK
+from codomyrmex_orchestration.core._serving_lock import ServingLock
+from codomyrmex_orchestration.core._store_codec import DEFAULT_RETENTION_RUNS, GRACE_MIN_SLACK
 from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
@@ -702,6 +703,162 @@ def test_a_read_only_store_reads_committed_runs_and_upgrades_an_older_schema_fir
     conn.close()
     with pytest.raises(StateStoreError, match="newer than this program"):
         ReadOnlyStore(path)
+
+
+# ---------------------------------------------------------------- files whose tables and version disagree
+
+
+def _database(path: Path, scripts: list[str], version: int) -> None:
+    """A file holding what ``scripts`` make, marked ``user_version`` ``version``: the shape a build that
+    numbered its migrations differently leaves, or a damaged or hand-edited file."""
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(scripts))
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+
+
+def _objects(path: Path) -> tuple[int, set[tuple[str, str]]]:
+    """The file's version and the (type, name) of everything in its ``sqlite_master``."""
+    conn = sqlite3.connect(path)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        return version, set(conn.execute("SELECT type, name FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
+def test_a_file_lacking_what_an_idempotent_migration_makes_is_completed_at_open(tmp_path: Path) -> None:
+    # A side branch's migration 4 made step_cache instead of tool_tasks: main runs 5-7 on it.
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    path = tmp_path / "state.db"
+    _database(path, [*MIGRATIONS[:3], MIGRATIONS[4]], 4)
+    with SqliteStore(path) as store:
+        assert store.tool_tasks.get("t1") is None  # no "no such table: tool_tasks"
+    assert _objects(path) == _objects(fresh)
+    # The same file marked current, opened by a reader first: completed before it is read.
+    path = tmp_path / "current.db"
+    _database(path, [*MIGRATIONS[:3], *MIGRATIONS[4:]], SCHEMA_VERSION)
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {}
+    assert _objects(path) == _objects(fresh)
+
+
+def test_a_file_lacking_what_cannot_be_made_afresh_is_refused_naming_it_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    _database(path, [*MIGRATIONS[:2], *MIGRATIONS[3:6]], SCHEMA_VERSION)  # without migrations 3 and 7
+    before = _objects(path)
+    for opener in (SqliteStore, ReadOnlyStore):
+        with pytest.raises(StateStoreError) as info:
+            opener(path)
+        message = str(info.value)
+        assert "lacks" in message and "table workflow_versions" in message, message
+        assert "column runs.workflow_version" in message and "another state directory" in message, message
+        assert _objects(path) == before
+    # A tally trigger of a table that holds rows: the rows written without it are not in the tallies.
+    path = tmp_path / "trigger.db"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER step_cache_tally_insert")
+    conn.execute("INSERT INTO step_cache VALUES ('k', 'wf', '1', 0, 1e12)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateStoreError, match="lacks trigger step_cache_tally_insert"):
+        SqliteStore(path)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM step_cache")
+    conn.commit()
+    conn.close()
+    SqliteStore(path).close()  # an empty table: the trigger is made again
+    assert ("trigger", "step_cache_tally_insert") in _objects(path)[1]
+
+
+def test_a_migration_that_meets_other_tables_names_itself_and_leaves_the_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # A side branch's migration 2 made workflow_versions: main's 2 was the tallies, its 3 makes the table.
+    path = tmp_path / "state.db"
+    _database(path, [MIGRATIONS[0], MIGRATIONS[2]], 2)
+    before = _objects(path)
+    for opener in (SqliteStore, ReadOnlyStore):
+        with pytest.raises(StateStoreError) as info:
+            opener(path)
+        message = str(info.value)
+        assert f"migration 3 of {SCHEMA_VERSION} failed" in message, message
+        assert "schema history does not match" in message and "left as it was" in message, message
+        assert "another state directory" in message, message
+        assert _objects(path) == before
+
+
+_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from codomyrmex_orchestration.core._serving_lock import ServingLock
+
+    with ServingLock(Path(sys.argv[1])):
+        print("serving", flush=True)
+        sys.stdin.read()  # until the test closes it
+    """
+)
+
+
+def test_an_older_file_is_not_migrated_while_another_process_serves_its_directory(tmp_path: Path) -> None:
+    # A server of the older version reads the schema it knows: migration 6 dropped an index it named.
+    path = tmp_path / "state.db"
+    _database(path, list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    before = _objects(path)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_SCRIPT, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "serving"
+        for opener in (SqliteStore, ReadOnlyStore):
+            with pytest.raises(StateStoreError) as info:
+                opener(path)
+            assert f"process {server.pid} serves this state directory" in str(info.value)
+            assert f"schema version {SCHEMA_VERSION - 1}" in str(info.value)
+            assert _objects(path) == before
+        # A new file is no other program's: the one creating it beside a starting server migrates it.
+        with SqliteStore(tmp_path / "new.db") as store:
+            assert store.stats()["schema_version"] == SCHEMA_VERSION
+    finally:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        server.stdout.close()
+    with ReadOnlyStore(path) as read_only:  # nobody serves it now
+        assert read_only.count_runs() == {}
+    assert _objects(path)[0] == SCHEMA_VERSION
+    # The server that holds the lock upgrades the file it serves.
+    own = tmp_path / "own"
+    own.mkdir()
+    _database(own / "state.db", list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    with ServingLock(own), SqliteStore(own / "state.db") as store:
+        assert store.stats()["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_reader_upgrading_an_older_file_applies_no_retention(tmp_path: Path) -> None:
+    # A file kept under a larger run limit than the default: a reader must not trim it to the default.
+    path = tmp_path / "state.db"
+    _database(path, list(MIGRATIONS[:-1]), SCHEMA_VERSION - 1)
+    conn = sqlite3.connect(path)
+    runs = DEFAULT_RETENTION_RUNS + 1
+    conn.executemany(
+        "INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at) "
+        "VALUES (?, 'wf', 'completed', '{}', ?, ?)",
+        ((f"r{i}", float(i), float(i)) for i in range(runs)),
+    )
+    conn.commit()
+    conn.close()
+    with ReadOnlyStore(path) as read_only:
+        assert read_only.count_runs() == {"completed": runs}
 
 
 def test_a_state_dir_under_a_regular_file_is_refused_naming_the_path(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from urllib.parse import quote
 from ..errors import StateStoreError
 from ._store_health import sqlite_reason
 from ._store_reads import RunReads, StoreReader
-from ._store_schema import SCHEMA_VERSION, close_quietly
-from .store import SqliteStore
+from ._store_schema import SCHEMA_VERSION, close_quietly, upgrade
+from ._store_shape import lacking
 
 __all__ = ["ReadOnlyStore", "recorded"]
 
@@ -47,12 +47,14 @@ def recorded(path: Path) -> bool:
 class ReadOnlyStore(RunReads):
     """The runs of the store at ``path`` (a file :func:`recorded` found), read and never written.
 
-    A file of an older schema is migrated first, by opening it as a :class:`SqliteStore` once (which
-    needs write access, as any upgrade does).
+    A file of an older schema, or one of the current schema that lacks part of it, is migrated (or
+    repaired) first, as a writer opens it but with nothing else done to it: no retention, so a file kept
+    under larger limits than the defaults loses nothing (it needs write access, as any upgrade does, and
+    is refused while another process serves the directory).
 
     Raises:
         StateStoreError: the file cannot be opened or read (its reason names what to do), or its schema
-            is newer than this program, or an older one cannot be migrated.
+            is newer than this program, or an older one cannot be migrated (or repaired).
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -61,9 +63,9 @@ class ReadOnlyStore(RunReads):
         conn = _connect(self.path)
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION or (version == SCHEMA_VERSION and lacking(conn)):
                 close_quietly(conn)
-                _migrate(self.path, version)
+                _upgrade(self.path, version)
                 conn = _connect(self.path)
             elif version > SCHEMA_VERSION:
                 raise StateStoreError(
@@ -126,10 +128,12 @@ def _open(uri: str) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(path: Path, version: int) -> None:
+def _upgrade(path: Path, version: int) -> None:
     try:
-        SqliteStore(path).close()
+        upgrade(path)
     except StateStoreError as exc:
-        raise StateStoreError(
-            str(path), f"schema version {version} must be upgraded to {SCHEMA_VERSION} first: {exc.reason}"
-        ) from exc
+        if version < SCHEMA_VERSION:
+            reason = f"schema version {version} must be upgraded to {SCHEMA_VERSION} first: {exc.reason}"
+        else:
+            reason = f"the file must be repaired first: {exc.reason}"
+        raise StateStoreError(str(path), reason) from exc

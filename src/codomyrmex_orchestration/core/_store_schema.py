@@ -1,11 +1,14 @@
 """The SQLite file's schema: the numbered migrations, opening and checking the file, and SQLite helpers.
 
-No state of its own: it opens the two connections a store owns (writer, reader) on a migrated file.
+A migration that fails names itself and leaves the file as it was; an older file is not migrated while
+another process serves its directory. No state of its own: it opens the two connections a store owns
+(writer, reader) on a migrated file whose tables are checked (``_store_shape.py``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -256,9 +259,12 @@ def open_database(
 
     Raises:
         StateStoreError: the directory cannot be created or written, the file is not a database
-            (corrupt), or its schema is newer than this program.
+            (corrupt), its schema is newer than this program, a migration of it fails (its schema history
+            is not this program's), it lacks part of the current schema that cannot be created afresh,
+            or it is older and another process serves its directory.
     """
     from ._store_health import sqlite_reason as damage_reason  # the reason, with advice for a damaged file
+    from ._store_shape import check_shape  # it builds on this module's migrations
 
     where = str(path)
     parent = path.parent
@@ -307,6 +313,7 @@ def open_database(
         page = int(writer.execute("PRAGMA page_size").fetchone()[0])
         writer.execute(f"PRAGMA wal_autocheckpoint={max(16, wal_limit // page)}")
         _migrate(writer, path)
+        check_shape(writer, path)  # the tables must be what the version says (one read on a sound file)
         probe(writer)  # fails now, with the path, if the file cannot be written
         reader = _connect(path)
         reader.execute("PRAGMA query_only=ON")
@@ -364,6 +371,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     # The version is read inside each migration's write transaction: processes opening a new file at
     # the same moment (a server and a CLI run, two servers) each see the version the one before them
     # committed, so every migration is applied exactly once.
+    first = True
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -377,15 +385,72 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             if version == SCHEMA_VERSION:
                 conn.execute("COMMIT")
                 return
+            if first and version > 0:  # a file some program already used (and may still be using)
+                _refuse_under_a_server(path, version)
+            first = False
             number = version + 1
-            for statement in _statements(MIGRATIONS[number - 1]):
-                conn.execute(statement)
+            try:
+                for statement in split_statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+            except sqlite3.OperationalError as exc:
+                if not _SCHEMA_MISMATCH.search(str(exc)):
+                    raise
+                raise StateStoreError(str(path), _mismatch(version, number, exc)) from exc
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
         _log.info("state_store_migrated", path=str(path), schema_version=number)
+
+
+#: What to do with a file whose schema history is not this program's (a migration of it failed, or it
+#: lacks part of the schema its version stands for).
+HISTORY_ADVICE = (
+    "it was written by another build of codomyrmex-orchestration (one that numbered its migrations "
+    "differently), or damaged or edited by hand. Use another state directory (--state-dir or "
+    "CODOMYRMEX_STATE_DIR), or read what you need from it with the version that wrote it (runs --json, "
+    "show --json) and move it away (with its -wal and -shm files) to start afresh"
+)
+# What SQLite says when a migration meets tables other than the ones the migrations before it made.
+_SCHEMA_MISMATCH = re.compile(r"already exists|no such (table|index|column|trigger)|duplicate column")
+
+
+def _mismatch(version: int, number: int, exc: sqlite3.Error) -> str:
+    return (
+        f"migration {number} of {SCHEMA_VERSION} failed ({exc}): the file says schema version {version} "
+        "but its tables are not what this program's migrations up to that version make, so its schema "
+        f"history does not match this program's. The file is left as it was; {HISTORY_ADVICE}"
+    )
+
+
+def _refuse_under_a_server(path: Path, version: int) -> None:
+    """Refuse to migrate a file another process serves: a server of an older version reads the schema it
+    knows (a migration may drop an index its queries name), and fails when it changes under it."""
+    from ._serving_lock import serving_pid
+
+    pid = serving_pid(path.parent)
+    if pid is None or pid == os.getpid():  # our own server migrates the file it serves
+        return
+    raise StateStoreError(
+        str(path),
+        f"schema version {version} must be upgraded to {SCHEMA_VERSION}, but process {pid} serves this "
+        "state directory, likely with an older codomyrmex-orchestration that reads the old schema: "
+        "upgrading the file under it would break it. Stop that server (or the MCP client that started "
+        "it), then run this again (a server of this version upgrades the file as it starts: if it was "
+        "starting, try again)",
+    )
+
+
+def upgrade(path: Path) -> None:
+    """Migrate (or repair) the file at ``path`` to the current schema, and close it: what a reader that
+    never writes needs before it reads an older file. Nothing else is done to it (no retention).
+
+    Raises:
+        StateStoreError: as :func:`open_database`.
+    """
+    writer, reader = open_database(path)
+    close_quietly(writer, reader)
 
 
 def probe(conn: sqlite3.Connection) -> str:
@@ -408,7 +473,7 @@ def probe(conn: sqlite3.Connection) -> str:
     return token
 
 
-def _statements(script: str) -> list[str]:
+def split_statements(script: str) -> list[str]:
     """``script`` cut into statements; a trigger's body (``BEGIN ... END``) stays in one piece."""
     statements: list[str] = []
     current = ""
