@@ -554,3 +554,91 @@ def test_a_malformed_escape_in_the_address_says_the_address_is_bad(
         assert "Loading" not in page.inner_text("#main") and errors == []
     finally:
         context.close()
+
+
+# --------------------------------------------------------------------------- losing the server
+
+API = "**/ui/api/call"
+
+
+def gated(name: str, gate: Path) -> dict[str, Any]:
+    """One shell step that runs until ``gate`` exists."""
+    return {"name": name, "steps": [mixed_workflow(gate)["steps"][3]]}
+
+
+def start_run(server: Served, spec: dict[str, Any]) -> str:
+    created = mcp_call(server.url, "create_workflow", {**spec, "overwrite": True}, AUTH)
+    assert not created.is_error, created.content
+    started = mcp_call(server.url, "execute_workflow", {"workflow_name": spec["name"], "wait": False}, AUTH)
+    assert not started.is_error, started.content
+    return str(started.structured_content["run_id"])
+
+
+def test_a_run_view_that_loses_the_server_keeps_its_view_retries_and_catches_up_when_it_answers(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    # One failed request (the server stopped and started again) froze the page on "running" with only
+    # "Failed to fetch" in its body, and it never polled again, while the run had ended.
+    gate = tmp_path / "gate"
+    run_id = start_run(server, gated("lost_server", gate))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+
+        def refused(route: Any) -> None:
+            route.abort("connectionrefused")
+
+        page.route(API, refused)
+        page.wait_for_selector("#connection:has-text('disconnected, retrying')", timeout=WAIT_MS)
+        assert "cannot be reached" in page.inner_text("#connection")
+        assert page.locator(node(page, "gate", "running")).count() == 1  # the last view is kept
+        assert page.locator("#load-error").count() == 0
+        page.unroute(API, refused)
+
+        def unavailable(route: Any) -> None:
+            route.fulfill(status=503, content_type="application/json", body='{"error": "starting"}')
+
+        page.route(API, unavailable)
+        page.wait_for_selector("#connection:has-text('answered 503 (starting)')", timeout=WAIT_MS)
+        gate.touch()  # the run ends while the page cannot see it
+        page.unroute(API, unavailable)
+        page.wait_for_selector(node(page, "gate", "completed"), timeout=WAIT_MS)
+        page.wait_for_selector('#status [data-run-status="completed"]', timeout=WAIT_MS)
+        assert page.inner_text("#connection") == ""
+
+        page.evaluate("location.hash = '#/'")  # the list, too
+        page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
+        page.route(API, refused)
+        page.wait_for_selector("#connection:has-text('disconnected, retrying')", timeout=WAIT_MS)
+        assert page.locator(f'tr[data-run="{run_id}"]').count() == 1
+        page.unroute(API, refused)
+        page.wait_for_function(
+            "() => document.getElementById('connection').textContent === ''", timeout=WAIT_MS
+        )
+    finally:
+        gate.touch()
+        context.close()
+
+
+def test_a_run_view_signed_out_meanwhile_says_so_and_links_to_the_sign_in(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    run_id = start_run(server, gated("signed_out", gate))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+        context.clear_cookies()  # as when the server's token changes: the next poll gets a real 401
+        page.wait_for_selector("#connection:has-text('signed out')", timeout=WAIT_MS)
+        assert "retrying" not in page.inner_text("#connection")
+        assert page.get_attribute("#sign-in-again", "href") == "login"
+        assert page.locator(node(page, "gate", "running")).count() == 1
+    finally:
+        gate.touch()
+        context.close()
