@@ -642,3 +642,63 @@ def test_a_run_view_signed_out_meanwhile_says_so_and_links_to_the_sign_in(
     finally:
         gate.touch()
         context.close()
+
+
+# --------------------------------------------------------------------------- every status drawn
+
+
+def test_a_step_interrupted_by_a_crash_is_drawn_in_its_own_colour_counted_done_and_in_the_legend(
+    browser: Any, tmp_path: Path
+) -> None:
+    # A step interrupted by a crash was drawn in the grey of a step never run, counted as not done, and
+    # the legend had no entry for it.
+    from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+
+    gate = tmp_path / "gate"
+    spec = {
+        "name": "crashy",
+        "steps": [
+            {"name": "s1", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {**mixed_workflow(gate)["steps"][3], "name": "s2", "dependencies": ["s1"]},
+            {
+                "name": "s3",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 3},
+                "dependencies": ["s2"],
+            },
+        ],
+    }
+    root = tmp_path / "crash"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with served(root, ["--allow-shell"], {"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as first:
+            run_id = start_run(first, spec)
+            sign_in(page, first.base, TOKEN)
+            page.goto(f"{first.base}/ui/#/runs/{run_id}")
+            page.wait_for_selector(node(page, "s2", "running"), timeout=WAIT_MS)
+            first.proc.kill()  # SIGKILL: no clean shutdown, the run stays "running" in the store
+            first.proc.wait()
+        with served(root, ["--allow-shell"], {"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as second:
+            # the cookie is per host, not per port: still signed in
+            page.goto(f"{second.base}/ui/#/runs/{run_id}")
+            page.wait_for_selector(node(page, "s2", "interrupted"), timeout=WAIT_MS)
+            stroke = page.get_attribute(node(page, "s2", "interrupted") + " rect", "stroke")
+            assert stroke == "var(--interrupted)"
+            assert page.get_attribute("#meta", "data-progress") == "2/3"
+            shot(page, "run-view-interrupted")
+            legend = page.locator(".legend [data-statuses]")
+            listed = " ".join(
+                legend.nth(i).get_attribute("data-statuses") or "" for i in range(legend.count())
+            )
+            for status in [*TaskStatus, *WorkflowStatus]:
+                assert status.value in listed.split(), status
+            # each legend colour is its own: none but pending's is the grey of a step never run
+            colours = page.eval_on_selector_all(
+                ".legend .badge", "(all) => all.map((b) => getComputedStyle(b).backgroundColor)"
+            )
+            assert len(set(colours)) == len(colours), colours
+    finally:
+        gate.touch()
+        context.close()
