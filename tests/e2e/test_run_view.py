@@ -702,3 +702,55 @@ def test_a_step_interrupted_by_a_crash_is_drawn_in_its_own_colour_counted_done_a
     finally:
         gate.touch()
         context.close()
+
+
+# --------------------------------------------------------------------------- map steps
+
+
+def test_a_map_step_shows_its_item_counts_and_lists_its_failed_items_page_by_page(
+    browser: Any, server: Served
+) -> None:
+    # A map step with 50 failed items of 150 was a green "completed" box whose details never said so.
+    spec = {
+        "name": "mapped",
+        "steps": [
+            {
+                "name": "bad",
+                "module": "core",
+                "action": "fail",
+                "for_each": [{"i": n, "f": n % 3 == 0} for n in range(150)],
+                "required": False,
+                "run_if": "item.f == true",
+                "parameters": {"message": "item {{item.i}} broke"},
+            }
+        ],
+    }
+    assert not mcp_call(server.url, "create_workflow", {**spec, "overwrite": True}, AUTH).is_error
+    ran = mcp_call(server.url, "execute_workflow", {"workflow_name": "mapped", "wait": True}, AUTH)
+    run_id = ran.structured_content["run_id"]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "bad", "completed"), timeout=WAIT_MS)
+        assert page.text_content('g.node[data-step="bad"] text.items') == "150 items · 50 failed"
+        page.click('g.node[data-step="bad"]')
+        assert page.inner_text("#step-items") == "150 items: 50 failed, 100 skipped"
+        assert "Output left out" in page.inner_text("#step-output-omitted")
+        page.wait_for_selector("#failed-items h4", timeout=WAIT_MS)
+        assert page.inner_text("#failed-items h4") == "Failed items 1–20 of 50"
+        first = page.locator("#failed-items li").first.inner_text()
+        assert first.startswith("#0 failed") and "item 0 broke" in first
+        page.click("#items-next")
+        page.wait_for_selector("#failed-items h4:has-text('21–40')", timeout=WAIT_MS)
+        page.click("#items-next")
+        page.wait_for_selector("#failed-items h4:has-text('41–50 of 50')", timeout=WAIT_MS)
+        assert page.locator("#failed-items li").count() == 10
+        assert page.locator("#items-next").count() == 0
+        assert page.locator("#failed-items li").last.get_attribute("data-item") == "147"
+        shot(page, "run-view-map-failed-items")
+        page.click("#items-previous")
+        page.wait_for_selector("#failed-items h4:has-text('21–40')", timeout=WAIT_MS)
+    finally:
+        context.close()
