@@ -754,3 +754,47 @@ def test_a_map_step_shows_its_item_counts_and_lists_its_failed_items_page_by_pag
         page.wait_for_selector("#failed-items h4:has-text('21–40')", timeout=WAIT_MS)
     finally:
         context.close()
+
+
+# --------------------------------------------------------------------------- questions
+
+
+def test_a_run_waiting_for_a_person_shows_the_question_the_step_asking_it_and_how_to_answer(
+    browser: Any, server: Served
+) -> None:
+    # The run was waiting_for_input; the page drew the asking step as "running" and showed the question
+    # nowhere.
+    question = "Deploy <b>2.1</b> to production?"  # shown as text, never as markup
+    spec = {
+        "name": "asks",
+        "steps": [
+            {"name": "plan", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "approve", "module": "core", "action": "approve", "parameters": {"message": question}},
+            {
+                "name": "ship",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 2},
+                "dependencies": ["approve"],
+            },
+        ],
+    }
+    run_id = start_run(server, spec)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "approve", "waiting"), timeout=WAIT_MS)
+        assert page.get_attribute(node(page, "approve", "waiting") + " rect", "stroke") == "var(--waiting)"
+        page.wait_for_selector('#status [data-run-status="waiting_for_input"]', timeout=WAIT_MS)
+        asks = page.inner_text('#pending-inputs li[data-asks="approve"]')
+        assert asks == f"step approve asks: {question}"
+        assert page.locator("#pending-inputs b").count() == 0
+        assert "respond_to_run" in page.inner_text("#pending-inputs")
+        page.click('g.node[data-step="approve"]')
+        assert page.inner_text("#step-question") == f"Asks: {question}"
+        shot(page, "run-view-waiting-for-input")
+    finally:
+        mcp_call(server.url, "cancel_workflow_run", {"run_id": run_id}, AUTH)
+        context.close()
