@@ -798,3 +798,21 @@ def test_a_run_waiting_for_a_person_shows_the_question_the_step_asking_it_and_ho
     finally:
         mcp_call(server.url, "cancel_workflow_run", {"run_id": run_id}, AUTH)
         context.close()
+
+
+def test_loading_the_page_puts_no_error_in_the_console(browser: Any, server: Served) -> None:
+    # Every load asked for /favicon.ico: a 404 (401 with a token) logged as an error in the console.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        errors: list[str] = []
+        refused: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("response", lambda answer: refused.append(answer.url) if answer.status >= 400 else None)
+        page.goto(f"{server.base}/ui/")
+        page.wait_for_selector("#main h2", timeout=WAIT_MS)
+        page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # the icon is asked for after load
+        assert errors == [] and refused == [], (errors, refused)
+    finally:
+        context.close()
