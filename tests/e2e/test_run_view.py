@@ -816,3 +816,54 @@ def test_loading_the_page_puts_no_error_in_the_console(browser: Any, server: Ser
         assert errors == [] and refused == [], (errors, refused)
     finally:
         context.close()
+
+
+# --------------------------------------------------------------------------- keyboard and contrast
+
+#: WCAG's contrast ratio of an element's text colour on its background colour (both opaque rgb()).
+CONTRAST = """(e) => {
+  const lum = (css) => {
+    const [r, g, b] = css.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number).map((v) => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const style = getComputedStyle(e);
+  const [a, b] = [lum(style.color), lum(style.backgroundColor)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
+def test_steps_are_buttons_a_keyboard_selects_with_a_visible_focus_and_badges_are_readable(
+    browser: Any, server: Served
+) -> None:
+    # Tab reached a node but Enter and Space did nothing, the focused node looked like the others, the
+    # graph was one image to a screen reader, and white on four badge colours was under 4.5:1.
+    assert not mcp_call(server.url, "create_workflow", one_step("keys", "k1", "k2"), AUTH).is_error
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.evaluate("location.hash = '#/workflows/keys'")
+        page.wait_for_selector(node(page, "k2", "defined"), timeout=WAIT_MS)
+        assert page.get_attribute("svg#dag", "role") != "img"
+        assert page.get_attribute('g.node[data-step="k1"]', "role") == "button"
+        assert page.get_attribute('g.node[data-step="k1"]', "aria-label") == "step k1: defined"
+        page.focus('g.node[data-step="k1"]')
+        page.keyboard.press("Tab")  # keyboard focus: :focus-visible applies
+        assert page.evaluate("document.activeElement.dataset.step") == "k2"
+        widths = page.eval_on_selector_all(
+            "g.node rect", "(all) => all.map((r) => getComputedStyle(r).strokeDasharray)"
+        )
+        assert widths[0] != widths[1], widths  # the focused node is drawn apart
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#details h3:has-text('k2')", timeout=WAIT_MS)
+        assert page.get_attribute('g.node[data-step="k2"]', "aria-pressed") == "true"
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press(" ")
+        page.wait_for_selector("#details h3:has-text('k1')", timeout=WAIT_MS)
+        ratios = page.eval_on_selector_all(".legend .badge", f"(all) => all.map({CONTRAST})")
+        names = page.eval_on_selector_all(".legend .badge", "(all) => all.map((b) => b.textContent)")
+        low = {n: round(r, 2) for n, r in zip(names, ratios, strict=True) if r < 4.5}
+        assert low == {}, low
+    finally:
+        context.close()
