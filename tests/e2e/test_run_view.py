@@ -739,19 +739,19 @@ def test_a_map_step_shows_its_item_counts_and_lists_its_failed_items_page_by_pag
         assert page.inner_text("#step-items") == "150 items: 50 failed, 100 skipped"
         assert "Output left out" in page.inner_text("#step-output-omitted")
         page.wait_for_selector("#failed-items h4", timeout=WAIT_MS)
-        assert page.inner_text("#failed-items h4") == "Failed items 1–20 of 50"
+        assert page.inner_text("#failed-items h4") == "Failed items 1 to 20 of 50"
         first = page.locator("#failed-items li").first.inner_text()
         assert first.startswith("#0 failed") and "item 0 broke" in first
         page.click("#items-next")
-        page.wait_for_selector("#failed-items h4:has-text('21–40')", timeout=WAIT_MS)
+        page.wait_for_selector("#failed-items h4:has-text('21 to 40')", timeout=WAIT_MS)
         page.click("#items-next")
-        page.wait_for_selector("#failed-items h4:has-text('41–50 of 50')", timeout=WAIT_MS)
+        page.wait_for_selector("#failed-items h4:has-text('41 to 50 of 50')", timeout=WAIT_MS)
         assert page.locator("#failed-items li").count() == 10
         assert page.locator("#items-next").count() == 0
         assert page.locator("#failed-items li").last.get_attribute("data-item") == "147"
         shot(page, "run-view-map-failed-items")
         page.click("#items-previous")
-        page.wait_for_selector("#failed-items h4:has-text('21–40')", timeout=WAIT_MS)
+        page.wait_for_selector("#failed-items h4:has-text('21 to 40')", timeout=WAIT_MS)
     finally:
         context.close()
 
