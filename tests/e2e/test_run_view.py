@@ -554,3 +554,316 @@ def test_a_malformed_escape_in_the_address_says_the_address_is_bad(
         assert "Loading" not in page.inner_text("#main") and errors == []
     finally:
         context.close()
+
+
+# --------------------------------------------------------------------------- losing the server
+
+API = "**/ui/api/call"
+
+
+def gated(name: str, gate: Path) -> dict[str, Any]:
+    """One shell step that runs until ``gate`` exists."""
+    return {"name": name, "steps": [mixed_workflow(gate)["steps"][3]]}
+
+
+def start_run(server: Served, spec: dict[str, Any]) -> str:
+    created = mcp_call(server.url, "create_workflow", {**spec, "overwrite": True}, AUTH)
+    assert not created.is_error, created.content
+    started = mcp_call(server.url, "execute_workflow", {"workflow_name": spec["name"], "wait": False}, AUTH)
+    assert not started.is_error, started.content
+    return str(started.structured_content["run_id"])
+
+
+def test_a_run_view_that_loses_the_server_keeps_its_view_retries_and_catches_up_when_it_answers(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    # One failed request (the server stopped and started again) froze the page on "running" with only
+    # "Failed to fetch" in its body, and it never polled again, while the run had ended.
+    gate = tmp_path / "gate"
+    run_id = start_run(server, gated("lost_server", gate))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+
+        def refused(route: Any) -> None:
+            route.abort("connectionrefused")
+
+        page.route(API, refused)
+        page.wait_for_selector("#connection:has-text('disconnected, retrying')", timeout=WAIT_MS)
+        assert "cannot be reached" in page.inner_text("#connection")
+        assert page.locator(node(page, "gate", "running")).count() == 1  # the last view is kept
+        assert page.locator("#load-error").count() == 0
+        page.unroute(API, refused)
+
+        def unavailable(route: Any) -> None:
+            route.fulfill(status=503, content_type="application/json", body='{"error": "starting"}')
+
+        page.route(API, unavailable)
+        page.wait_for_selector("#connection:has-text('answered 503 (starting)')", timeout=WAIT_MS)
+        gate.touch()  # the run ends while the page cannot see it
+        page.unroute(API, unavailable)
+        page.wait_for_selector(node(page, "gate", "completed"), timeout=WAIT_MS)
+        page.wait_for_selector('#status [data-run-status="completed"]', timeout=WAIT_MS)
+        assert page.inner_text("#connection") == ""
+
+        page.evaluate("location.hash = '#/'")  # the list, too
+        page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=WAIT_MS)
+        page.route(API, refused)
+        page.wait_for_selector("#connection:has-text('disconnected, retrying')", timeout=WAIT_MS)
+        assert page.locator(f'tr[data-run="{run_id}"]').count() == 1
+        page.unroute(API, refused)
+        page.wait_for_function(
+            "() => document.getElementById('connection').textContent === ''", timeout=WAIT_MS
+        )
+    finally:
+        gate.touch()
+        context.close()
+
+
+def test_a_run_view_signed_out_meanwhile_says_so_and_links_to_the_sign_in(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    run_id = start_run(server, gated("signed_out", gate))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+        context.clear_cookies()  # as when the server's token changes: the next poll gets a real 401
+        page.wait_for_selector("#connection:has-text('signed out')", timeout=WAIT_MS)
+        assert "retrying" not in page.inner_text("#connection")
+        assert page.get_attribute("#sign-in-again", "href") == "login"
+        assert page.locator(node(page, "gate", "running")).count() == 1
+    finally:
+        gate.touch()
+        context.close()
+
+
+# --------------------------------------------------------------------------- every status drawn
+
+
+def test_a_step_interrupted_by_a_crash_is_drawn_in_its_own_colour_counted_done_and_in_the_legend(
+    browser: Any, tmp_path: Path
+) -> None:
+    # A step interrupted by a crash was drawn in the grey of a step never run, counted as not done, and
+    # the legend had no entry for it.
+    from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+
+    gate = tmp_path / "gate"
+    spec = {
+        "name": "crashy",
+        "steps": [
+            {"name": "s1", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {**mixed_workflow(gate)["steps"][3], "name": "s2", "dependencies": ["s1"]},
+            {
+                "name": "s3",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 3},
+                "dependencies": ["s2"],
+            },
+        ],
+    }
+    root = tmp_path / "crash"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with served(root, ["--allow-shell"], {"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as first:
+            run_id = start_run(first, spec)
+            sign_in(page, first.base, TOKEN)
+            page.goto(f"{first.base}/ui/#/runs/{run_id}")
+            page.wait_for_selector(node(page, "s2", "running"), timeout=WAIT_MS)
+            first.proc.kill()  # SIGKILL: no clean shutdown, the run stays "running" in the store
+            first.proc.wait()
+        with served(root, ["--allow-shell"], {"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as second:
+            # the cookie is per host, not per port: still signed in
+            page.goto(f"{second.base}/ui/#/runs/{run_id}")
+            page.wait_for_selector(node(page, "s2", "interrupted"), timeout=WAIT_MS)
+            stroke = page.get_attribute(node(page, "s2", "interrupted") + " rect", "stroke")
+            assert stroke == "var(--interrupted)"
+            assert page.get_attribute("#meta", "data-progress") == "2/3"
+            shot(page, "run-view-interrupted")
+            legend = page.locator(".legend [data-statuses]")
+            listed = " ".join(
+                legend.nth(i).get_attribute("data-statuses") or "" for i in range(legend.count())
+            )
+            for status in [*TaskStatus, *WorkflowStatus]:
+                assert status.value in listed.split(), status
+            # each legend colour is its own: none but pending's is the grey of a step never run
+            colours = page.eval_on_selector_all(
+                ".legend .badge", "(all) => all.map((b) => getComputedStyle(b).backgroundColor)"
+            )
+            assert len(set(colours)) == len(colours), colours
+    finally:
+        gate.touch()
+        context.close()
+
+
+# --------------------------------------------------------------------------- map steps
+
+
+def test_a_map_step_shows_its_item_counts_and_lists_its_failed_items_page_by_page(
+    browser: Any, server: Served
+) -> None:
+    # A map step with 50 failed items of 150 was a green "completed" box whose details never said so.
+    spec = {
+        "name": "mapped",
+        "steps": [
+            {
+                "name": "bad",
+                "module": "core",
+                "action": "fail",
+                "for_each": [{"i": n, "f": n % 3 == 0} for n in range(150)],
+                "required": False,
+                "run_if": "item.f == true",
+                "parameters": {"message": "item {{item.i}} broke"},
+            }
+        ],
+    }
+    assert not mcp_call(server.url, "create_workflow", {**spec, "overwrite": True}, AUTH).is_error
+    ran = mcp_call(server.url, "execute_workflow", {"workflow_name": "mapped", "wait": True}, AUTH)
+    run_id = ran.structured_content["run_id"]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "bad", "completed"), timeout=WAIT_MS)
+        assert page.text_content('g.node[data-step="bad"] text.items') == "150 items · 50 failed"
+        page.click('g.node[data-step="bad"]')
+        assert page.inner_text("#step-items") == "150 items: 50 failed, 100 skipped"
+        assert "Output left out" in page.inner_text("#step-output-omitted")
+        page.wait_for_selector("#failed-items h4", timeout=WAIT_MS)
+        assert page.inner_text("#failed-items h4") == "Failed items 1 to 20 of 50"
+        first = page.locator("#failed-items li").first.inner_text()
+        assert first.startswith("#0 failed") and "item 0 broke" in first
+        page.click("#items-next")
+        page.wait_for_selector("#failed-items h4:has-text('21 to 40')", timeout=WAIT_MS)
+        page.click("#items-next")
+        page.wait_for_selector("#failed-items h4:has-text('41 to 50 of 50')", timeout=WAIT_MS)
+        assert page.locator("#failed-items li").count() == 10
+        assert page.locator("#items-next").count() == 0
+        assert page.locator("#failed-items li").last.get_attribute("data-item") == "147"
+        shot(page, "run-view-map-failed-items")
+        page.click("#items-previous")
+        page.wait_for_selector("#failed-items h4:has-text('21 to 40')", timeout=WAIT_MS)
+    finally:
+        context.close()
+
+
+# --------------------------------------------------------------------------- questions
+
+
+def test_a_run_waiting_for_a_person_shows_the_question_the_step_asking_it_and_how_to_answer(
+    browser: Any, server: Served
+) -> None:
+    # The run was waiting_for_input; the page drew the asking step as "running" and showed the question
+    # nowhere.
+    question = "Deploy <b>2.1</b> to production?"  # shown as text, never as markup
+    spec = {
+        "name": "asks",
+        "steps": [
+            {"name": "plan", "module": "core", "action": "echo", "parameters": {"message": 1}},
+            {"name": "approve", "module": "core", "action": "approve", "parameters": {"message": question}},
+            {
+                "name": "ship",
+                "module": "core",
+                "action": "echo",
+                "parameters": {"message": 2},
+                "dependencies": ["approve"],
+            },
+        ],
+    }
+    run_id = start_run(server, spec)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector(node(page, "approve", "waiting"), timeout=WAIT_MS)
+        assert page.get_attribute(node(page, "approve", "waiting") + " rect", "stroke") == "var(--waiting)"
+        page.wait_for_selector('#status [data-run-status="waiting_for_input"]', timeout=WAIT_MS)
+        asks = page.inner_text('#pending-inputs li[data-asks="approve"]')
+        assert asks == f"step approve asks: {question}"
+        assert page.locator("#pending-inputs b").count() == 0
+        assert "respond_to_run" in page.inner_text("#pending-inputs")
+        page.click('g.node[data-step="approve"]')
+        assert page.inner_text("#step-question") == f"Asks: {question}"
+        shot(page, "run-view-waiting-for-input")
+    finally:
+        mcp_call(server.url, "cancel_workflow_run", {"run_id": run_id}, AUTH)
+        context.close()
+
+
+def test_loading_the_page_puts_no_error_in_the_console(browser: Any, server: Served) -> None:
+    # Every load asked for /favicon.ico: a 404 (401 with a token) logged as an error in the console.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        errors: list[str] = []
+        refused: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("response", lambda answer: refused.append(answer.url) if answer.status >= 400 else None)
+        page.goto(f"{server.base}/ui/")
+        page.wait_for_selector("#main h2", timeout=WAIT_MS)
+        page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # the icon is asked for after load
+        assert errors == [] and refused == [], (errors, refused)
+    finally:
+        context.close()
+
+
+# --------------------------------------------------------------------------- keyboard and contrast
+
+#: WCAG's contrast ratio of an element's text colour on its background colour (both opaque rgb()).
+CONTRAST = """(e) => {
+  const lum = (css) => {
+    const [r, g, b] = css.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number).map((v) => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const style = getComputedStyle(e);
+  const [a, b] = [lum(style.color), lum(style.backgroundColor)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
+def test_steps_are_buttons_a_keyboard_selects_with_a_visible_focus_and_badges_are_readable(
+    browser: Any, server: Served
+) -> None:
+    # Tab reached a node but Enter and Space did nothing, the focused node looked like the others, the
+    # graph was one image to a screen reader, and white on four badge colours was under 4.5:1.
+    assert not mcp_call(server.url, "create_workflow", one_step("keys", "k1", "k2"), AUTH).is_error
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.evaluate("location.hash = '#/workflows/keys'")
+        page.wait_for_selector(node(page, "k2", "defined"), timeout=WAIT_MS)
+        assert page.get_attribute("svg#dag", "role") != "img"
+        assert page.get_attribute('g.node[data-step="k1"]', "role") == "button"
+        assert page.get_attribute('g.node[data-step="k1"]', "aria-label") == "step k1: defined"
+        page.focus('g.node[data-step="k1"]')
+        page.keyboard.press("Tab")  # keyboard focus: :focus-visible applies
+        assert page.evaluate("document.activeElement.dataset.step") == "k2"
+        widths = page.eval_on_selector_all(
+            "g.node rect", "(all) => all.map((r) => getComputedStyle(r).strokeDasharray)"
+        )
+        assert widths[0] != widths[1], widths  # the focused node is drawn apart
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#details h3:has-text('k2')", timeout=WAIT_MS)
+        assert page.get_attribute('g.node[data-step="k2"]', "aria-pressed") == "true"
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press(" ")
+        page.wait_for_selector("#details h3:has-text('k1')", timeout=WAIT_MS)
+        ratios = page.eval_on_selector_all(".legend .badge", f"(all) => all.map({CONTRAST})")
+        names = page.eval_on_selector_all(".legend .badge", "(all) => all.map((b) => b.textContent)")
+        low = {n: round(r, 2) for n, r in zip(names, ratios, strict=True) if r < 4.5}
+        assert low == {}, low
+    finally:
+        context.close()
