@@ -469,7 +469,15 @@ def _definitions_store(settings: Settings) -> Iterator[SqliteStore | None]:
     if not recorded(settings.state_db):
         yield None
         return
-    store = SqliteStore(settings.state_db, max_parameters_bytes=settings.max_parameters_bytes)
+    # Opening applies retention: with the limits the server keeps, not the defaults (a directory kept
+    # under a larger run limit or byte budget lost every run past the defaults to a `graph NAME`).
+    store = SqliteStore(
+        settings.state_db,
+        retention_runs=settings.retention_runs,
+        retention_events=settings.retention_events,
+        max_bytes=settings.state_max_bytes,
+        max_parameters_bytes=settings.max_parameters_bytes,
+    )
     try:
         yield store
     finally:

@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -1401,6 +1402,26 @@ def test_graph_prints_mermaid_or_dot_for_a_file_or_a_registered_name(cli: Cli) -
     invalid = cli("graph", cli.write("bad.json", BAD))
     assert invalid.returncode == 2
     assert "problems" in single_error_line(invalid.stderr)
+
+
+def test_graph_of_a_registered_name_keeps_the_runs_a_larger_run_limit_keeps(cli: Cli) -> None:
+    # `graph NAME` opens the store for the workflows it keeps, and opening applies retention: with the
+    # configured limit, not the default (10,000), or every run past the default was deleted.
+    (cli.root / "config" / "demo.json").write_text(json.dumps(DEMO), encoding="utf-8")
+    db = cli.state_dir / "state.db"
+    SqliteStore(db).close()
+    runs = 10_050
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.executemany(
+            "INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at) "
+            "VALUES (?, 'demo', 'completed', '{}', ?, ?)",
+            ((f"r{i}", float(i), float(i)) for i in range(runs)),
+        )
+        conn.commit()
+    cli.env["CODOMYRMEX_RETENTION_RUNS"] = "20000"
+    assert cli("graph", "demo").returncode == 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == runs
 
 
 # ---------------------------------------------------------------------- status and health
