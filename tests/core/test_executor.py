@@ -92,6 +92,21 @@ def test_the_overall_timeout_stops_waiting_and_reports_unfinished_tasks_as_timed
     assert "0.2" in (results["stuck"].error or "")
 
 
+def test_leaving_the_block_does_not_wait_for_the_calls_the_timeout_gave_up_on() -> None:
+    """The executor's exit shut its scheduler down with the default grace, so it waited 2 s more for a
+    call it had already reported TIMED_OUT (and that, taking no context, could never notice)."""
+    release = threading.Event()
+    try:
+        with ParallelExecutor(max_workers=1, timeout=0.2) as executor:
+            results = executor.execute_tasks({"deaf": lambda: release.wait(WAIT)})
+            returned = time.monotonic()
+        exited = time.monotonic()
+    finally:
+        release.set()
+    assert results["deaf"].status is TaskStatus.TIMED_OUT
+    assert exited - returned < 1.0, f"the block's exit took {exited - returned:.2f} s"
+
+
 def test_a_task_group_list_gives_results_in_order() -> None:
     with ParallelExecutor(max_workers=3) as executor:
         results = executor.execute_task_group([lambda i=i: i * i for i in range(5)])

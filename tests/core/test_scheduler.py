@@ -943,6 +943,29 @@ def test_shutdown_with_cancel_pending_cancels_queued_tasks(make_orch: Any) -> No
     assert orch.get_task(running).status is TaskStatus.COMPLETED
 
 
+def test_shutdown_returns_within_its_timeout_when_running_calls_ignore_cancellation() -> None:
+    """It waited the timeout for the work, then up to the timeout again (at most 2 s) for the threads
+    left in the calls it had cancelled: shutdown(timeout=1) took 2 s."""
+    orch = TaskOrchestrator(2, name="deafstop")
+    release = threading.Event()
+    started = [threading.Event(), threading.Event()]
+
+    def deaf(ctx: ActionContext, i: int) -> None:
+        started[i].set()
+        release.wait(WAIT)  # ignores ctx.cancel_event on purpose
+
+    ids = [orch.submit(lambda ctx, i=i: deaf(ctx, i), name=f"deaf{i}") for i in range(2)]
+    assert all(event.wait(WAIT) for event in started)
+    try:
+        start = time.monotonic()
+        orch.shutdown(wait=True, timeout=1.0)
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    assert took < 1.5, f"shutdown(timeout=1.0) took {took:.2f} s"
+    assert [orch.get_task(i).status for i in ids] == [TaskStatus.CANCELLED] * 2
+
+
 def test_tasks_submitted_from_an_on_done_callback_still_run_in_parallel() -> None:
     # The worker delivering on_done keeps the first task it submits for itself; the second must still
     # wake another worker, or these two (each waiting for the other to start) would never both run.

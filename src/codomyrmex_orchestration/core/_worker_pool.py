@@ -274,23 +274,22 @@ class WorkerPool:
         worker.gone = True
         self.workers.discard(worker)
 
-    def join(self, grace: float, abandoned_grace: float) -> None:
-        """Wait for the workers' threads to exit, each up to ``grace`` seconds, then up to
-        ``abandoned_grace`` seconds in all for the threads still inside abandoned calls: a cooperative
-        action (shell.run killing its process group) gets a short, bounded grace to clean up before the
-        process may exit; one that ignores cancellation is left behind (daemon) and reported by health.
-        The calling thread is not waited for."""
+    def join(self, until: float, abandoned_until: float) -> None:
+        """Wait for the workers' threads to exit until ``until`` (a ``time.monotonic()`` value), then
+        for the threads still inside abandoned calls until ``abandoned_until``: a cooperative action
+        (shell.run killing its process group) gets a short, bounded grace to clean up before the process
+        may exit; one that ignores cancellation is left behind (daemon) and reported by health. The
+        calling thread is not waited for."""
         with self._cond:
             threads = self.threads_locked(abandoned=False)
             abandoned = self.threads_locked(abandoned=True)
         me = threading.current_thread()
         for thread in threads:
             if thread is not me:
-                thread.join(grace)
-        deadline = time.monotonic() + abandoned_grace
+                thread.join(max(0.0, until - time.monotonic()))
         for thread in abandoned:
             if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, abandoned_until - time.monotonic()))
 
     def threads_locked(self, *, abandoned: bool) -> list[threading.Thread]:
         """The threads of the workers holding a slot, or of those left in abandoned calls."""

@@ -93,7 +93,9 @@ class ParallelExecutor:
     def close(self) -> None:
         """Shut down the executor's own scheduler (a shared one is left running)."""
         if self._owned:
-            self._orchestrator.shutdown(wait=True, cancel_pending=True)
+            # Its calls take no context, so one it gave up on cannot notice the cancellation: waiting
+            # for such a call to return would only delay the exit (it is left behind, a daemon).
+            self._orchestrator.shutdown(wait=True, cancel_pending=True, abandoned_grace=0.0)
 
     def __enter__(self) -> ParallelExecutor:
         return self

@@ -16,6 +16,7 @@ This module is the public face: validation, submission, queries, waits and shutd
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ import structlog
 
 from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
-from codomyrmex_orchestration.core._numbers import check_count, shown
+from codomyrmex_orchestration.core._numbers import check_count, check_seconds, shown
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
@@ -36,10 +37,11 @@ from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
-from codomyrmex_orchestration.core.timers import TimerService
+from codomyrmex_orchestration.core.timers import TimerService, wait_limit
 from codomyrmex_orchestration.errors import InvalidInputError
 
 __all__ = [
+    "DEFAULT_ABANDONED_GRACE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_WAIT_TIMEOUT",
     "TASK_EVENTS",
@@ -56,12 +58,12 @@ __all__ = [
 #: Seconds ``wait``/``wait_all`` wait unless told otherwise (``timeout=None``: without limit, as in
 #: every API of the package).
 DEFAULT_WAIT_TIMEOUT = 300.0
-#: Seconds ``shutdown(wait=True)`` waits for outstanding work unless told otherwise.
+#: Seconds ``shutdown(wait=True)`` takes at most unless told otherwise.
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
-#: Seconds ``shutdown`` gives each of its own threads to exit after the work is over.
+#: Seconds ``shutdown`` gives its own threads, in all, to exit after the work is over.
 _JOIN_GRACE = 5.0
-#: Longest shutdown waits, in all, for threads abandoned in cancelled calls to return.
-_ABANDONED_GRACE = 2.0
+#: Longest ``shutdown`` waits by default, in all, for threads abandoned in cancelled calls to return.
+DEFAULT_ABANDONED_GRACE = 2.0
 
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
@@ -465,25 +467,39 @@ class TaskOrchestrator:
         wait: bool = True,
         cancel_pending: bool = False,
         timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        *,
+        abandoned_grace: float = DEFAULT_ABANDONED_GRACE,
     ) -> None:
         """Stop accepting work and let the threads end.
 
         Args:
-            wait: block until outstanding work is final (bounded by ``timeout``) and the threads exited.
+            wait: block until outstanding work is final and the threads exited, within ``timeout``.
             cancel_pending: cancel tasks that have not started (queued, waiting for dependencies or a
                 retry) instead of running them.
-            timeout: seconds to wait for outstanding work (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
-                ``None``: without limit); whatever is still unfinished then is cancelled.
+            timeout: seconds the whole shutdown takes at most (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
+                ``None``: without limit): outstanding work may use all of it (whatever is still unfinished
+                then is cancelled), the threads are waited for in what is left.
+            abandoned_grace: seconds, within ``timeout``, for threads still inside abandoned (timed-out
+                or cancelled) calls to return, so that a cooperative action finishes cleaning up (a
+                ``shell.run`` kills its process group); 0: they are not waited for.
+
+        Raises:
+            InvalidInputError: a negative or NaN ``abandoned_grace``.
         """
+        grace = check_seconds(abandoned_grace, "abandoned_grace", allow_zero=True, unlimited=True) or 0.0
         self._d.close("scheduler shut down" if cancel_pending else None)
         if not wait:
             return
-        limit = None if timeout is None else max(0.0, timeout)
+        limit = wait_limit(timeout)
+        deadline = math.inf if limit is None else time.monotonic() + limit
         if not self._d.wait_quiet(limit):
             self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
-        self._d.pool.join(_JOIN_GRACE, _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE))
+        # One deadline for everything (a caller's timeout is a promise): the workers get what is left of
+        # it, up to _JOIN_GRACE; the threads in abandoned calls up to the grace, counted from now.
+        now = time.monotonic()
+        self._d.pool.join(min(deadline, now + _JOIN_GRACE), min(deadline, now + grace))
         if self._own_timers:
-            self._timers.close(_JOIN_GRACE)
+            self._timers.close(max(0.0, min(deadline, time.monotonic() + _JOIN_GRACE) - time.monotonic()))
         self._close_backend()
 
     def _close_backend(self) -> None:
