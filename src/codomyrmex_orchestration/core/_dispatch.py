@@ -189,9 +189,6 @@ class Dispatcher:
                 "timers_alive": timers_alive,
                 "dispatcher_alive": timers_alive,  # the name before the shared timer service
                 **self.pool.figures_locked(),
-                "abandoned_tasks": [
-                    f"{t.name!r} ({t.id})" for t in self.pool.stuck_locked(10) if type(t) is Task
-                ],
                 "accepting": self.accepting,
                 "queue_depth": len(self.queue),
                 "running": self.running,

@@ -428,8 +428,12 @@ class TaskOrchestrator:
         return stats
 
     def health(self) -> dict[str, Any]:
-        """Liveness of the timers and workers, whether work is accepted, and load figures."""
+        """Liveness of the timers and workers, whether work is accepted, and load figures
+        (``abandoned_tasks``: up to 10 of the tasks whose abandoned calls still hold a thread)."""
         health = self._d.health(timers_alive=not self._timers.closed)
+        with self._d.lock:
+            stuck = self._d.pool.stuck_locked(10)
+        health["abandoned_tasks"] = [f"{t.name!r} ({t.id})" for t in stuck if isinstance(t, Task)]
         health["backend"] = self.backend.describe()
         return health
 
