@@ -418,7 +418,10 @@ def test_dependents_of_a_failed_task_are_skipped_and_independent_tasks_complete(
         TaskStatus.COMPLETED,
     ]
     assert records[1].error is not None
-    assert records[1].error.message == f"step 'child' was skipped: its dependency {bad} ('bad') ended failed"
+    assert (
+        records[1].error.message
+        == f"step 'child' was skipped: its dependency 'bad' (task {bad}) ended failed"
+    )
     assert records[1].error.type == "DependencyFailed"
     assert records[2].error is not None and child in records[2].error.message
 

@@ -448,16 +448,20 @@ class TaskOrchestrator:
         with self._d.lock:
             self._d.listeners = tuple(f for f in self._d.listeners if f != fn)
 
-    def cancel_task(self, task_id: str, reason: str = "cancelled by request") -> bool:
+    def cancel_task(
+        self, task_id: str, reason: str = "cancelled by request", *, timed_out: bool = False
+    ) -> bool:
         """Cancel a queued, waiting or running task; False if it is already final.
 
         A running task's ``cancel_event`` is set (cooperative actions stop, subprocess actions kill
         their process group) and its record is CANCELLED at once; a late return value is discarded.
+        ``timed_out``: the caller's own deadline passed; the record is TIMED_OUT instead (error type
+        ``StepTimeoutError``, the message ending with ``reason``) and dependents skipped say so.
 
         Raises:
             TaskNotFoundError: unknown id.
         """
-        return self._d.cancel(task_id, reason)
+        return self._d.cancel(task_id, reason, timed_out)
 
     def cancel_group(self, group: TaskGroup, reason: str) -> None:
         """Cancel every task of ``group`` that is not final, and every task submitted to it from now on
