@@ -532,6 +532,51 @@ def test_wait_raises_wait_timeout_error_when_the_task_is_still_running(make_orch
     assert orch.wait(task_id, timeout=None).result == "released"
 
 
+def test_a_wait_timeout_says_where_the_task_is_and_counts_only_the_unfinished_ones(make_orch: Any) -> None:
+    """It said "it is still running" of a task never started, and counted a completed task among those
+    waited on together that "did not finish"."""
+    orch = make_orch(2)
+    retrying = threading.Event()
+    orch.add_listener(lambda event, record: event == "task.retrying" and retrying.set())
+    done = orch.submit(lambda ctx: "done", name="done")
+    assert orch.wait(done, WAIT).status is TaskStatus.COMPLETED
+    running, release_running = blocker(orch)
+
+    def fail(ctx: ActionContext) -> None:
+        raise RuntimeError("again later")
+
+    retry = orch.submit(fail, name="retry", max_retries=1, retry_delay=WAIT * 10)
+    assert retrying.wait(WAIT)
+    _, release_other = blocker(orch)
+    queued = orch.submit(lambda ctx: None, name="queued")
+    waiting = orch.submit(lambda ctx: None, name="waiting", dependencies=[queued])
+    try:
+        for task_id, name, where in [
+            (queued, "queued", "queued"),
+            (waiting, "waiting", "waiting for its dependencies"),
+            (retry, "retry", "waiting to retry"),
+            (running, "blocker", "running"),
+        ]:
+            with pytest.raises(WaitTimeoutError) as info:
+                orch.wait(task_id, 0)
+            assert (
+                str(info.value) == f"task {task_id!r} ({name}) did not finish within 0 s; it is still {where}"
+            )
+            assert info.value.state == where
+        with pytest.raises(WaitTimeoutError) as info:
+            orch.wait_all([running, done], 0)
+        assert str(info.value).endswith("; it is still running") and info.value.others == 0
+        with pytest.raises(WaitTimeoutError) as info:
+            orch.wait_all([done, running, queued], 0)
+        assert str(info.value).endswith(
+            "; it is still running; 1 other task(s) waited on together did not finish either"
+        )
+    finally:
+        orch.cancel_task(retry)
+        release_running.set()
+        release_other.set()
+
+
 def test_a_wait_refuses_a_negative_or_nan_timeout_and_with_zero_only_looks(make_orch: Any) -> None:
     orch = make_orch(1)
     task_id, release = blocker(orch)
