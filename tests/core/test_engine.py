@@ -880,6 +880,23 @@ def test_configure_engine_with_different_settings_raises_naming_them(tmp_path: P
         reset_engine()
 
 
+def test_a_misspelt_configure_engine_argument_is_named_as_such_while_an_engine_is_live(
+    tmp_path: Path,
+) -> None:
+    """With an engine live, it was reported as a settings conflict ("already configured with other
+    max_wrokers")."""
+    reset_engine()
+    try:
+        live = configure_engine(_settings(tmp_path))
+        with pytest.raises(
+            InvalidInputError, match=r"^max_wrokers: not an engine argument \(did you mean 'max_workers'\?\)"
+        ):
+            configure_engine(max_wrokers=3)
+        assert get_orchestration_engine() is live
+    finally:
+        reset_engine()
+
+
 def _open_files_under(folder: Path) -> list[str]:
     fds = Path("/proc/self/fd")
     targets = []
