@@ -428,12 +428,9 @@ class TaskOrchestrator:
         return stats
 
     def health(self) -> dict[str, Any]:
-        """Liveness of the timers and workers, whether work is accepted, and load figures
-        (``abandoned_tasks``: up to 10 of the tasks whose abandoned calls still hold a thread)."""
+        """Liveness of the timers and workers, whether work is accepted, load figures, stuck tasks."""
         health = self._d.health(timers_alive=not self._timers.closed)
-        with self._d.lock:
-            stuck = self._d.pool.stuck_locked(10)
-        health["abandoned_tasks"] = [f"{t.name!r} ({t.id})" for t in stuck if isinstance(t, Task)]
+        health["abandoned_tasks"] = _stuck_tasks(self._d)
         health["backend"] = self.backend.describe()
         return health
 
@@ -455,8 +452,7 @@ class TaskOrchestrator:
 
         A running task's ``cancel_event`` is set (cooperative actions stop, subprocess actions kill
         their process group) and its record is CANCELLED at once; a late return value is discarded.
-        ``timed_out``: the caller's own deadline passed; the record is TIMED_OUT instead (error type
-        ``StepTimeoutError``, the message ending with ``reason``) and dependents skipped say so.
+        ``timed_out``: a caller's deadline passed: TIMED_OUT instead (``StepTimeoutError``, ``reason``).
 
         Raises:
             TaskNotFoundError: unknown id.
@@ -485,30 +481,14 @@ class TaskOrchestrator:
             cancel_pending: cancel tasks that have not started (queued, waiting for dependencies or a
                 retry) instead of running them.
             timeout: seconds the whole shutdown takes at most (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
-                ``None``: without limit): outstanding work may use all of it (whatever is still unfinished
-                then is cancelled), the threads are waited for in what is left.
-            abandoned_grace: seconds, within ``timeout``, for threads still inside abandoned (timed-out
-                or cancelled) calls to return, so that a cooperative action finishes cleaning up (a
-                ``shell.run`` kills its process group); 0: they are not waited for.
-
-        Raises:
-            InvalidInputError: a negative or NaN ``abandoned_grace``.
+                ``None``: no limit); the work unfinished then is cancelled, the threads get what is left.
+            abandoned_grace: of ``timeout``, seconds for threads in abandoned calls to return (0: none).
         """
         grace = check_seconds(abandoned_grace, "abandoned_grace", allow_zero=True, unlimited=True) or 0.0
         self._d.close("scheduler shut down" if cancel_pending else None)
-        if not wait:
-            return
-        limit = wait_limit(timeout)
-        deadline = math.inf if limit is None else time.monotonic() + limit
-        if not self._d.wait_quiet(limit):
-            self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
-        # One deadline for everything (a caller's timeout is a promise): the workers get what is left of
-        # it, up to _JOIN_GRACE; the threads in abandoned calls up to the grace, counted from now.
-        now = time.monotonic()
-        self._d.pool.join(min(deadline, now + _JOIN_GRACE), min(deadline, now + grace))
-        if self._own_timers:
-            self._timers.close(max(0.0, min(deadline, time.monotonic() + _JOIN_GRACE) - time.monotonic()))
-        self._close_backend()
+        if wait:
+            _wait_out(self._d, self._timers if self._own_timers else None, wait_limit(timeout), grace)
+            self._close_backend()
 
     def _close_backend(self) -> None:
         """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
@@ -543,6 +523,26 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _wait_out(d: Dispatcher, own_timers: TimerService | None, limit: float | None, grace: float) -> None:
+    """``shutdown``'s wait: for the work, then the threads, then the scheduler's own timer service, all
+    within one deadline ``limit`` seconds away (``None``: none), as a caller's timeout promises."""
+    deadline = math.inf if limit is None else time.monotonic() + limit
+    if not d.wait_quiet(limit):
+        d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
+    # The workers get what is left of it, up to _JOIN_GRACE; threads in abandoned calls up to the grace.
+    now = time.monotonic()
+    d.pool.join(min(deadline, now + _JOIN_GRACE), min(deadline, now + grace))
+    if own_timers is not None:
+        own_timers.close(max(0.0, min(deadline, time.monotonic() + _JOIN_GRACE) - time.monotonic()))
+
+
+def _stuck_tasks(d: Dispatcher) -> list[str]:
+    """Up to 10 of the tasks whose abandoned calls still hold a thread, by name and id."""
+    with d.lock:
+        stuck = d.pool.stuck_locked(10)
+    return [f"{t.name!r} ({t.id})" for t in stuck if isinstance(t, Task)]
 
 
 def _task_status(value: object) -> TaskStatus:
