@@ -64,6 +64,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 300.0
 _JOIN_GRACE = 5.0
 #: Longest ``shutdown`` waits by default, in all, for threads abandoned in cancelled calls to return.
 DEFAULT_ABANDONED_GRACE = 2.0
+#: The reason ``cancel_task`` gives unless told otherwise.
+_BY_REQUEST = "cancelled by request"
 
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
@@ -445,9 +447,7 @@ class TaskOrchestrator:
         with self._d.lock:
             self._d.listeners = tuple(f for f in self._d.listeners if f != fn)
 
-    def cancel_task(
-        self, task_id: str, reason: str = "cancelled by request", *, timed_out: bool = False
-    ) -> bool:
+    def cancel_task(self, task_id: str, reason: str = _BY_REQUEST, *, timed_out: bool = False) -> bool:
         """Cancel a queued, waiting or running task; False if it is already final.
 
         A running task's ``cancel_event`` is set (cooperative actions stop, subprocess actions kill
