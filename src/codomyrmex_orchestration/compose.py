@@ -217,11 +217,13 @@ def configure_engine(settings: Settings | None = None, **overrides: Any) -> Orch
     ``configure_engine()`` with no arguments returns it whatever it was built from.
 
     Raises:
-        InvalidInputError: a ``CODOMYRMEX_*`` variable has a value its setting does not accept (named).
+        InvalidInputError: an override is not an engine argument (checked first, engine live or not), or
+            a ``CODOMYRMEX_*`` variable has a value its setting does not accept (named).
         InvalidStateError: an engine is live and was built from different settings (they are named):
             call :func:`reset_engine` first to rebuild it.
     """
     global _engine, _configured
+    _check_overrides(overrides)  # a misspelt name is that, not a settings conflict with a live engine
     with _lock:
         if _engine is not None:
             if settings is None and not overrides:

@@ -28,7 +28,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
     │   ├── StepFailedError                     .error_type
     │   ├── StepTimeoutError (TimeoutError)     .timeout
     │   └── StepCancelledError
-    ├── WaitTimeoutError (TimeoutError)         .what, .timeout
+    ├── WaitTimeoutError (TimeoutError)         .what, .timeout, .state, .others
     ├── InsufficientResourcesError              .requested, .available
     ├── InvalidStateError                       .kind, .key, .state
     ├── SchedulerShutdownError (RuntimeError)
@@ -439,12 +439,17 @@ class StepCancelledError(StepError):
 
 
 class WaitTimeoutError(OrchestrationError, TimeoutError):
-    """A bounded wait ended before the awaited thing finished (the thing itself goes on)."""
+    """A bounded wait ended before the awaited thing finished (the thing itself goes on); ``state`` says
+    where it is (``"running"``, ``"queued"``, ``"waiting to retry"``...), ``others`` how many other
+    tasks waited on together had not finished either."""
 
-    def __init__(self, what: str, timeout: float) -> None:
+    def __init__(self, what: str, timeout: float, state: str = "running", others: int = 0) -> None:
         self.what = what
         self.timeout = timeout
-        super().__init__(f"{what} did not finish within {timeout:g} s; it is still running")
+        self.state = state
+        self.others = others
+        also = f"; {others} other task(s) waited on together did not finish either" if others else ""
+        super().__init__(f"{what} did not finish within {timeout:g} s; it is still {state}{also}")
 
 
 class InsufficientResourcesError(OrchestrationError):

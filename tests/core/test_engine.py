@@ -438,6 +438,40 @@ def test_breaking_the_store_makes_health_unhealthy_with_the_reason(engine: Orche
     assert any(issue.startswith("store:") for issue in health.issues)
 
 
+def test_health_says_every_worker_slot_is_held_by_abandoned_calls_not_that_no_worker_is_alive(
+    tmp_path: Path,
+) -> None:
+    """Past max_abandoned, stuck threads keep their slots; health said "no worker thread is alive"
+    (workers_alive counts only threads holding a slot) while the stuck ones were alive."""
+    eng = OrchestrationEngine(  # one worker; max_abandoned defaults to max_workers: 1
+        state_dir=tmp_path / "state",
+        config_dir=None,
+        projects_dir=tmp_path / "p",
+        templates_dir=None,
+        max_workers=1,
+    )
+    orch = eng.task_orchestrator
+    release = threading.Event()
+    try:
+        deaf = [orch.submit(lambda ctx: release.wait(10), name=f"deaf{i}", timeout=0.1) for i in range(2)]
+        assert [orch.wait(i, 10).status for i in deaf] == [TaskStatus.TIMED_OUT] * 2
+        queued = orch.submit(lambda ctx: "ran", name="queued")
+        scheduler = eng.health_check().components["scheduler"]
+        details = scheduler.details
+        assert scheduler.status == "unhealthy"
+        assert details["reason"].startswith(
+            "all 1 worker slots are held by abandoned calls (max_abandoned 1 reached; 2 abandoned: "
+        )
+        assert details["reason"].endswith("); queued work starts when they return")
+        assert (details["workers_alive"], details["abandoned_alive"], details["queue_depth"]) == (0, 2, 1)
+        assert {"'deaf0'", "'deaf1'"} <= {name.split(" ")[0] for name in details["abandoned_tasks"]}
+        release.set()
+        assert orch.wait(queued, 10).result == "ran"
+    finally:
+        release.set()
+        eng.shutdown()
+
+
 def test_a_broken_workflow_config_file_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
     config = tmp_path / "config" / "workflows" / "production"
     config.mkdir(parents=True)
@@ -841,6 +875,23 @@ def test_configure_engine_with_different_settings_raises_naming_them(tmp_path: P
         assert "reset_engine" in str(caught.value)
         with pytest.raises(InvalidStateError, match="durable"):
             configure_engine(_settings(tmp_path, max_workers=2), durable=False)
+        assert get_orchestration_engine() is live
+    finally:
+        reset_engine()
+
+
+def test_a_misspelt_configure_engine_argument_is_named_as_such_while_an_engine_is_live(
+    tmp_path: Path,
+) -> None:
+    """With an engine live, it was reported as a settings conflict ("already configured with other
+    max_wrokers")."""
+    reset_engine()
+    try:
+        live = configure_engine(_settings(tmp_path))
+        with pytest.raises(
+            InvalidInputError, match=r"^max_wrokers: not an engine argument \(did you mean 'max_workers'\?\)"
+        ):
+            configure_engine(max_wrokers=3)
         assert get_orchestration_engine() is live
     finally:
         reset_engine()

@@ -92,6 +92,44 @@ def test_the_overall_timeout_stops_waiting_and_reports_unfinished_tasks_as_timed
     assert "0.2" in (results["stuck"].error or "")
 
 
+def test_a_task_stopped_by_the_timeout_and_its_dependent_tell_the_same_story() -> None:
+    """The task was reported TIMED_OUT while its dependent said it "ended cancelled", naming it by a
+    scheduler id first."""
+    release = threading.Event()
+    try:
+        with ParallelExecutor(max_workers=2, timeout=0.2) as executor:
+            results = executor.execute_tasks(
+                {"slow": lambda: release.wait(WAIT), "after": lambda: 4}, {"after": ["slow"]}
+            )
+            records = {r.name: r for r in executor.orchestrator.list_tasks()}
+    finally:
+        release.set()
+    slow, after = results["slow"], results["after"]
+    assert (slow.status, slow.error_type) == (TaskStatus.TIMED_OUT, "StepTimeoutError")
+    assert slow.error == "step 'slow' timed out: the executor's timeout of 0.2 s expired"
+    assert records["slow"].status is TaskStatus.TIMED_OUT  # the scheduler's record says the same
+    assert (after.status, after.error_type) == (TaskStatus.SKIPPED, "DependencyFailed")
+    assert re.fullmatch(
+        r"step 'after' was skipped: its dependency 'slow' \(task t-\w+-\d+\) ended timed_out",
+        after.error or "",
+    ), after.error
+
+
+def test_leaving_the_block_does_not_wait_for_the_calls_the_timeout_gave_up_on() -> None:
+    """The executor's exit shut its scheduler down with the default grace, so it waited 2 s more for a
+    call it had already reported TIMED_OUT (and that, taking no context, could never notice)."""
+    release = threading.Event()
+    try:
+        with ParallelExecutor(max_workers=1, timeout=0.2) as executor:
+            results = executor.execute_tasks({"deaf": lambda: release.wait(WAIT)})
+            returned = time.monotonic()
+        exited = time.monotonic()
+    finally:
+        release.set()
+    assert results["deaf"].status is TaskStatus.TIMED_OUT
+    assert exited - returned < 1.0, f"the block's exit took {exited - returned:.2f} s"
+
+
 def test_a_task_group_list_gives_results_in_order() -> None:
     with ParallelExecutor(max_workers=3) as executor:
         results = executor.execute_task_group([lambda i=i: i * i for i in range(5)])

@@ -201,6 +201,21 @@ def test_a_config_file_that_is_not_json_names_the_file(tmp_path: Path) -> None:
         ResourceManager(config_path=tmp_path / "missing.json")
 
 
+def test_paths_are_taken_as_strings_too_and_anything_else_is_refused_naming_the_argument(
+    tmp_path: Path,
+) -> None:
+    """ResourceManager(state_dir="/tmp") raised AttributeError ('str' object has no attribute 'resolve')."""
+    path = tmp_path / "resources.json"
+    path.write_text(json.dumps({"resources": {"gpu": {"type": "custom", "capacity": 2}}}))
+    with ResourceManager(state_dir=str(tmp_path), config_path=str(path)) as rm:
+        assert rm.get_resource("storage").capacity > 0 and rm.get_resource("gpu").capacity == 2
+    for field in ("state_dir", "config_path"):
+        with pytest.raises(
+            InvalidInputError, match=rf"^{field}: must be a path \(str or pathlib.Path\) or None, got 3$"
+        ):
+            ResourceManager(**{field: 3})
+
+
 # --------------------------------------------------------------------------- amounts and keys
 
 

@@ -418,7 +418,10 @@ def test_dependents_of_a_failed_task_are_skipped_and_independent_tasks_complete(
         TaskStatus.COMPLETED,
     ]
     assert records[1].error is not None
-    assert records[1].error.message == f"step 'child' was skipped: its dependency {bad} ('bad') ended failed"
+    assert (
+        records[1].error.message
+        == f"step 'child' was skipped: its dependency 'bad' (task {bad}) ended failed"
+    )
     assert records[1].error.type == "DependencyFailed"
     assert records[2].error is not None and child in records[2].error.message
 
@@ -527,6 +530,51 @@ def test_wait_raises_wait_timeout_error_when_the_task_is_still_running(make_orch
     assert isinstance(info.value, TimeoutError)
     release.set()
     assert orch.wait(task_id, timeout=None).result == "released"
+
+
+def test_a_wait_timeout_says_where_the_task_is_and_counts_only_the_unfinished_ones(make_orch: Any) -> None:
+    """It said "it is still running" of a task never started, and counted a completed task among those
+    waited on together that "did not finish"."""
+    orch = make_orch(2)
+    retrying = threading.Event()
+    orch.add_listener(lambda event, record: event == "task.retrying" and retrying.set())
+    done = orch.submit(lambda ctx: "done", name="done")
+    assert orch.wait(done, WAIT).status is TaskStatus.COMPLETED
+    running, release_running = blocker(orch)
+
+    def fail(ctx: ActionContext) -> None:
+        raise RuntimeError("again later")
+
+    retry = orch.submit(fail, name="retry", max_retries=1, retry_delay=WAIT * 10)
+    assert retrying.wait(WAIT)
+    _, release_other = blocker(orch)
+    queued = orch.submit(lambda ctx: None, name="queued")
+    waiting = orch.submit(lambda ctx: None, name="waiting", dependencies=[queued])
+    try:
+        for task_id, name, where in [
+            (queued, "queued", "queued"),
+            (waiting, "waiting", "waiting for its dependencies"),
+            (retry, "retry", "waiting to retry"),
+            (running, "blocker", "running"),
+        ]:
+            with pytest.raises(WaitTimeoutError) as info:
+                orch.wait(task_id, 0)
+            assert (
+                str(info.value) == f"task {task_id!r} ({name}) did not finish within 0 s; it is still {where}"
+            )
+            assert info.value.state == where
+        with pytest.raises(WaitTimeoutError) as info:
+            orch.wait_all([running, done], 0)
+        assert str(info.value).endswith("; it is still running") and info.value.others == 0
+        with pytest.raises(WaitTimeoutError) as info:
+            orch.wait_all([done, running, queued], 0)
+        assert str(info.value).endswith(
+            "; it is still running; 1 other task(s) waited on together did not finish either"
+        )
+    finally:
+        orch.cancel_task(retry)
+        release_running.set()
+        release_other.set()
 
 
 def test_a_wait_refuses_a_negative_or_nan_timeout_and_with_zero_only_looks(make_orch: Any) -> None:
@@ -941,6 +989,29 @@ def test_shutdown_with_cancel_pending_cancels_queued_tasks(make_orch: Any) -> No
     stopper.join(WAIT)
     assert not stopper.is_alive()
     assert orch.get_task(running).status is TaskStatus.COMPLETED
+
+
+def test_shutdown_returns_within_its_timeout_when_running_calls_ignore_cancellation() -> None:
+    """It waited the timeout for the work, then up to the timeout again (at most 2 s) for the threads
+    left in the calls it had cancelled: shutdown(timeout=1) took 2 s."""
+    orch = TaskOrchestrator(2, name="deafstop")
+    release = threading.Event()
+    started = [threading.Event(), threading.Event()]
+
+    def deaf(ctx: ActionContext, i: int) -> None:
+        started[i].set()
+        release.wait(WAIT)  # ignores ctx.cancel_event on purpose
+
+    ids = [orch.submit(lambda ctx, i=i: deaf(ctx, i), name=f"deaf{i}") for i in range(2)]
+    assert all(event.wait(WAIT) for event in started)
+    try:
+        start = time.monotonic()
+        orch.shutdown(wait=True, timeout=1.0)
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    assert took < 1.5, f"shutdown(timeout=1.0) took {took:.2f} s"
+    assert [orch.get_task(i).status for i in ids] == [TaskStatus.CANCELLED] * 2
 
 
 def test_tasks_submitted_from_an_on_done_callback_still_run_in_parallel() -> None:

@@ -140,15 +140,15 @@ class Dispatcher:
             self.deliver_here(out)
             self._release_held(held)
 
-    def cancel(self, task_id: str, reason: str) -> bool:
-        """Cancel a task that is not final; False if it is, or if its call has returned (it ends as it
-        returned)."""
+    def cancel(self, task_id: str, reason: str, timed_out: bool = False) -> bool:
+        """Cancel a task that is not final (``timed_out``: it ends TIMED_OUT); False if it is, or if its
+        call has returned (it ends as it returned)."""
         out = Outbox()
         with self.lock:
             task = self.table.require(task_id)
             if task.status in FINAL:
                 return False
-            cancelled = self._cancel_locked(task, reason, out)
+            cancelled = self._cancel_locked(task, reason, out, timed_out)
         self.deliver_here(out)
         return cancelled
 
@@ -396,7 +396,7 @@ class Dispatcher:
             out.cancels.append(task.cancel_event)
         return True
 
-    def _cancel_locked(self, task: Task, reason: str, out: Outbox) -> bool:
+    def _cancel_locked(self, task: Task, reason: str, out: Outbox, timed_out: bool = False) -> bool:
         """Cancel a task that is not final; False if it ends another way (its worker claimed the outcome)."""
         if task.status is TaskStatus.RUNNING:
             if not self._abandon_running_locked(task, out):
@@ -404,8 +404,12 @@ class Dispatcher:
         elif task.status is TaskStatus.READY:
             self.queue.remove(task)
         _cancel_timer(task)  # a pending retry
-        error = ErrorInfo.from_exception(StepCancelledError(task.step_name or task.name, reason))
-        self._finish_locked(task, TaskStatus.CANCELLED, None, error, out)
+        name = task.step_name or task.name
+        error = ErrorInfo.from_exception(StepCancelledError(name, reason))
+        if timed_out:  # a caller's own deadline passed (ParallelExecutor's timeout): dependents hear it too
+            error = ErrorInfo(message=f"step {name!r} timed out: {reason}", type=StepTimeoutError.__name__)
+        status = TaskStatus.TIMED_OUT if timed_out else TaskStatus.CANCELLED
+        self._finish_locked(task, status, None, error, out)
         return True
 
     def _finish_locked(
@@ -644,11 +648,9 @@ def _cancel_timer(task: Task) -> None:
 
 
 def _skip_error(task: Task, dep: Task) -> ErrorInfo:
-    # Skipped, not cancelled: nobody asked for it; what it waited for did not complete.
-    message = (
-        f"step {task.step_name or task.name!r} was skipped: its dependency {dep.id} ({dep.name!r}) ended "
-        f"{dep.status.value}"
-    )
+    # Skipped, not cancelled: nobody asked for it; what it waited for did not complete. Names lead.
+    name, dep_name, ended = task.step_name or task.name, dep.step_name or dep.name, dep.status.value
+    message = f"step {name!r} was skipped: its dependency {dep_name!r} (task {dep.id}) ended {ended}"
     return ErrorInfo(message=message, type="DependencyFailed")
 
 

@@ -151,6 +151,8 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
             health["reason"] = "the scheduler's timer service is closed: no deadline or retry can fire"
         elif not health.get("accepting"):
             health["reason"] = "the scheduler is shut down and accepts no work"
+        elif stalled and _slots_stuck(health):
+            health["reason"] = _stuck_reason(health)
         elif stalled:
             health["reason"] = "work is queued but no worker thread is alive"
         elif health.get("backend", {}).get("reachable") is False:
@@ -232,6 +234,23 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
         error_counts={name: c.error_count for name, c in components.items()},
         issues=issues,
         pid=os.getpid(),
+    )
+
+
+def _slots_stuck(health: dict[str, Any]) -> bool:
+    """Every slot is held by a thread stuck in an abandoned call: past ``max_abandoned`` such threads
+    are not replaced (their threads are alive, and not counted in ``workers_alive``)."""
+    abandoned, cap = health.get("abandoned", 0), health.get("max_workers", 0) + health.get("max_abandoned", 0)
+    return bool(health.get("abandoned_alive")) and abandoned >= cap
+
+
+def _stuck_reason(health: dict[str, Any]) -> str:
+    stuck: list[str] = health.get("abandoned_tasks", [])
+    more = ", ..." if health["abandoned"] > min(3, len(stuck)) else ""
+    return (
+        f"all {health['max_workers']} worker slots are held by abandoned calls (max_abandoned "
+        f"{health['max_abandoned']} reached; {health['abandoned']} abandoned: {', '.join(stuck[:3])}{more}); "
+        "queued work starts when they return"
     )
 
 

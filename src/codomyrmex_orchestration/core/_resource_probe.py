@@ -13,9 +13,28 @@ import shutil
 from pathlib import Path
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_WORKERS
+from codomyrmex_orchestration.core._numbers import shown
 from codomyrmex_orchestration.core._resource_types import MIB, Resource, ResourceType
+from codomyrmex_orchestration.errors import InvalidInputError
 
-__all__ = ["cpu_count", "free_disk_mib", "machine_resources", "memory_mib", "open_files_limit"]
+__all__ = [
+    "checked_path",
+    "cpu_count",
+    "free_disk_mib",
+    "machine_resources",
+    "memory_mib",
+    "open_files_limit",
+]
+
+
+def checked_path(value: object, field: str) -> Path | None:
+    """``value`` (a ``str`` or ``os.PathLike``; ``None`` stays ``None``) as a :class:`Path`, as every
+    public constructor of the package takes paths; anything else is refused naming ``field``."""
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    raise InvalidInputError(field, f"must be a path (str or pathlib.Path) or None, got {shown(value)}")
 
 
 def cpu_count() -> int | None:

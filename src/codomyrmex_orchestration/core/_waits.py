@@ -13,7 +13,7 @@ from codomyrmex_orchestration.core._callbacks import safe_call
 from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._numbers import check_seconds
 from codomyrmex_orchestration.core._task import Task
-from codomyrmex_orchestration.core.models import TaskRecord
+from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus
 from codomyrmex_orchestration.core.timers import wait_limit
 from codomyrmex_orchestration.errors import WaitTimeoutError
 
@@ -36,12 +36,23 @@ def wait_all(d: Dispatcher, task_ids: Iterable[str], timeout: float | None) -> l
                 pending.append((task, task.done_event))
     for task, event in pending:
         if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
-            what = f"task {task.id!r} ({task.name})"
-            if len(tasks) > 1:
-                what += f" and {len(tasks) - 1} other task(s) waited on together"
-            raise WaitTimeoutError(what, limit or 0.0)
+            others = sum(1 for other, done in pending if other is not task and not done.is_set())
+            with d.lock:
+                state = _where(task)
+            raise WaitTimeoutError(f"task {task.id!r} ({task.name})", limit or 0.0, state, others)
     with d.lock:
         return [task.snapshot() for task in tasks]
+
+
+def _where(task: Task) -> str:
+    """Where a task that has not settled is, for a wait's timeout message."""
+    if task.status is TaskStatus.READY:
+        return "queued"
+    if task.status is TaskStatus.PENDING:
+        return "waiting to retry" if task.attempts else "waiting for its dependencies"
+    if task.status is TaskStatus.RUNNING:
+        return "running"
+    return f"delivering its result (it ended {task.status.value})"  # final, its callbacks still running
 
 
 def on_settled(d: Dispatcher, task_id: str, callback: Callable[[TaskRecord], None]) -> None:

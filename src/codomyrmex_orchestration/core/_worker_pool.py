@@ -42,7 +42,17 @@ class Worker:
     """One worker thread's state (guarded by the pool's lock, except ``gone``, read by its own thread, and
     ``claimed``, guarded by the pool's claims lock; ``abandoned`` is written holding both locks)."""
 
-    __slots__ = ("abandoned", "block_hook", "blocked", "claimed", "gone", "held", "instant", "thread")
+    __slots__ = (
+        "abandoned",
+        "block_hook",
+        "blocked",
+        "claimed",
+        "gone",
+        "held",
+        "instant",
+        "stuck_on",
+        "thread",
+    )
 
     def __init__(self) -> None:
         self.claimed: object | None = None  # the last task whose outcome it kept (WorkerPool.claim)
@@ -50,6 +60,7 @@ class Worker:
         # What its abandoned call still holds (the task's resource admission): the call may still be
         # using it, so it is handed back only when the call returns (see call_returned_locked).
         self.held: object | None = None
+        self.stuck_on: object | None = None  # the task of its abandoned call, for health to name
         self.blocked = False  # inside lend_slot(): waiting on other scheduled work, slot lent
         self.gone = False  # left the pool: its thread returns
         self.instant = False  # inside the call of an instant task
@@ -176,6 +187,7 @@ class WorkerPool:
             self.seeking += 1
             return True
         self.abandoned -= 1
+        worker.stuck_on = None
         if worker.held is not None and freed is not None:
             freed.append(worker.held)
             worker.held = None
@@ -212,6 +224,7 @@ class WorkerPool:
                 return True
             worker.abandoned = True
         worker.held = held
+        worker.stuck_on = task
         if not worker.blocked:
             self.live -= 1
         self._instant_over_locked(worker)
@@ -274,36 +287,42 @@ class WorkerPool:
         worker.gone = True
         self.workers.discard(worker)
 
-    def join(self, grace: float, abandoned_grace: float) -> None:
-        """Wait for the workers' threads to exit, each up to ``grace`` seconds, then up to
-        ``abandoned_grace`` seconds in all for the threads still inside abandoned calls: a cooperative
-        action (shell.run killing its process group) gets a short, bounded grace to clean up before the
-        process may exit; one that ignores cancellation is left behind (daemon) and reported by health.
-        The calling thread is not waited for."""
+    def join(self, until: float, abandoned_until: float) -> None:
+        """Wait for the workers' threads to exit until ``until`` (a ``time.monotonic()`` value), then
+        for the threads still inside abandoned calls until ``abandoned_until``: a cooperative action
+        (shell.run killing its process group) gets a short, bounded grace to clean up before the process
+        may exit; one that ignores cancellation is left behind (daemon) and reported by health. The
+        calling thread is not waited for."""
         with self._cond:
             threads = self.threads_locked(abandoned=False)
             abandoned = self.threads_locked(abandoned=True)
         me = threading.current_thread()
         for thread in threads:
             if thread is not me:
-                thread.join(grace)
-        deadline = time.monotonic() + abandoned_grace
+                thread.join(max(0.0, until - time.monotonic()))
         for thread in abandoned:
             if thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, abandoned_until - time.monotonic()))
 
     def threads_locked(self, *, abandoned: bool) -> list[threading.Thread]:
         """The threads of the workers holding a slot, or of those left in abandoned calls."""
         return [w.thread for w in self.workers if w.abandoned is abandoned and w.thread is not None]
 
+    def stuck_locked(self, limit: int) -> list[object]:
+        """Up to ``limit`` of the tasks whose abandoned calls still hold a thread."""
+        stuck = (w.stuck_on for w in self.workers if w.abandoned and w.stuck_on is not None)
+        return list(itertools.islice(stuck, limit))
+
     def figures_locked(self) -> dict[str, int]:
-        """Threads alive, slots held and their cap, abandoned threads, their cap, and how many of them
-        still hold their task's resources."""
+        """Threads alive holding a slot (``workers_alive``: threads inside abandoned calls are not
+        counted there, but in ``abandoned_alive``), slots held and their cap, abandoned threads, their
+        cap, and how many of them still hold their task's resources."""
         return {
             "workers_alive": sum(1 for t in self.threads_locked(abandoned=False) if t.is_alive()),
             "workers": self.live,
             "max_workers": self.max_workers,
             "abandoned": self.abandoned,
+            "abandoned_alive": sum(1 for t in self.threads_locked(abandoned=True) if t.is_alive()),
             "max_abandoned": self.max_abandoned,
             "abandoned_holding_resources": sum(1 for w in self.workers if w.held is not None),
         }

@@ -93,7 +93,9 @@ class ParallelExecutor:
     def close(self) -> None:
         """Shut down the executor's own scheduler (a shared one is left running)."""
         if self._owned:
-            self._orchestrator.shutdown(wait=True, cancel_pending=True)
+            # Its calls take no context, so one it gave up on cannot notice the cancellation: waiting
+            # for such a call to return would only delay the exit (it is left behind, a daemon).
+            self._orchestrator.shutdown(wait=True, cancel_pending=True, abandoned_grace=0.0)
 
     def __enter__(self) -> ParallelExecutor:
         return self
@@ -155,17 +157,12 @@ class ParallelExecutor:
         limit = self.timeout or 0.0
         if expired:
             reason = f"the executor's timeout of {limit:g} s expired"
-            for task_id in ids.values():
-                orch.cancel_task(task_id, reason=reason)
+            for task_id in ids.values():  # in dependency order: a dependent hears its dependency timed out
+                orch.cancel_task(task_id, reason=reason, timed_out=True)
             # Every task is final now (cancel_task finalizes at once); on_done may still be running.
             if not all_done.wait(_SETTLE_GRACE):
                 raise WaitTimeoutError("the executor's tasks", limit)
-        results = {name: ExecutionResult.from_record(name, records[ids[name]]) for name in tasks}
-        if expired:
-            for name, result in results.items():
-                if result.status is TaskStatus.CANCELLED:
-                    results[name] = _timed_out(result)
-        return results
+        return {name: ExecutionResult.from_record(name, records[ids[name]]) for name in tasks}
 
     @overload
     def execute_task_group(self, tasks: Mapping[str, Callable[[], Any]]) -> dict[str, ExecutionResult]: ...
@@ -230,15 +227,3 @@ def _call(fn: Callable[[], Any]) -> Callable[[ActionContext], Any]:
         return fn()
 
     return run
-
-
-def _timed_out(result: ExecutionResult) -> ExecutionResult:
-    return ExecutionResult(
-        task_name=result.task_name,
-        success=False,
-        result=None,
-        error=result.error,
-        error_type="StepTimeoutError",
-        status=TaskStatus.TIMED_OUT,
-        duration=result.duration,
-    )

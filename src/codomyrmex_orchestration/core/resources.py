@@ -27,7 +27,7 @@ from codomyrmex_orchestration.core._resource_config import (
     parse_type,
 )
 from codomyrmex_orchestration.core._resource_ledger import ResourceLedger
-from codomyrmex_orchestration.core._resource_probe import machine_resources
+from codomyrmex_orchestration.core._resource_probe import checked_path, machine_resources
 from codomyrmex_orchestration.core._resource_types import (
     DEFAULT_BURST_MAX_SECONDS,
     DEFAULT_NETWORK_MBPS,
@@ -85,15 +85,16 @@ class ResourceManager:
             :meth:`shutdown`.
 
     Raises:
-        InvalidInputError: the config is malformed; ``field`` names the offending entry.
+        InvalidInputError: the config is malformed (``field`` names the offending entry), or a path is
+            not a ``str`` or ``pathlib.Path``.
     """
 
     def __init__(
         self,
-        state_dir: Path | None = None,
+        state_dir: Path | str | None = None,
         worker_threads: int | None = None,
         config: Mapping[str, Any] | None = None,
-        config_path: Path | None = None,
+        config_path: Path | str | None = None,
         *,
         network_mbps: float | None = None,
         timers: TimerService | None = None,
@@ -103,6 +104,10 @@ class ResourceManager:
         mbps = DEFAULT_NETWORK_MBPS if network_mbps is None else network_mbps
         if not math.isfinite(mbps) or mbps <= 0:
             raise InvalidInputError("network_mbps", f"must be a finite number > 0, got {network_mbps!r}")
+        state_dir, config_path = (
+            checked_path(state_dir, "state_dir"),
+            checked_path(config_path, "config_path"),
+        )
         resources = {r.id: r for r in machine_resources(state_dir, worker_threads, mbps)}
         if config_path is not None:
             resources = apply_config(resources, load_config_file(config_path), origin=str(config_path))

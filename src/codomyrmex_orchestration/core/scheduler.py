@@ -16,6 +16,7 @@ This module is the public face: validation, submission, queries, waits and shutd
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ import structlog
 
 from codomyrmex_orchestration.core._dispatch import Dispatcher
 from codomyrmex_orchestration.core._limits import OutputLimiter
-from codomyrmex_orchestration.core._numbers import check_count, shown
+from codomyrmex_orchestration.core._numbers import check_count, check_seconds, shown
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
@@ -36,10 +37,11 @@ from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskPriority, TaskRecord, TaskSpec, TaskStatus
-from codomyrmex_orchestration.core.timers import TimerService
+from codomyrmex_orchestration.core.timers import TimerService, wait_limit
 from codomyrmex_orchestration.errors import InvalidInputError
 
 __all__ = [
+    "DEFAULT_ABANDONED_GRACE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_WAIT_TIMEOUT",
     "TASK_EVENTS",
@@ -56,12 +58,14 @@ __all__ = [
 #: Seconds ``wait``/``wait_all`` wait unless told otherwise (``timeout=None``: without limit, as in
 #: every API of the package).
 DEFAULT_WAIT_TIMEOUT = 300.0
-#: Seconds ``shutdown(wait=True)`` waits for outstanding work unless told otherwise.
+#: Seconds ``shutdown(wait=True)`` takes at most unless told otherwise.
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
-#: Seconds ``shutdown`` gives each of its own threads to exit after the work is over.
+#: Seconds ``shutdown`` gives its own threads, in all, to exit after the work is over.
 _JOIN_GRACE = 5.0
-#: Longest shutdown waits, in all, for threads abandoned in cancelled calls to return.
-_ABANDONED_GRACE = 2.0
+#: Longest ``shutdown`` waits by default, in all, for threads abandoned in cancelled calls to return.
+DEFAULT_ABANDONED_GRACE = 2.0
+#: The reason ``cancel_task`` gives unless told otherwise.
+_BY_REQUEST = "cancelled by request"
 
 TaskCallable = Callable[[ActionContext], Any]
 TaskListener = Callable[[str, TaskRecord], None]
@@ -426,8 +430,9 @@ class TaskOrchestrator:
         return stats
 
     def health(self) -> dict[str, Any]:
-        """Liveness of the timers and workers, whether work is accepted, and load figures."""
+        """Liveness of the timers and workers, whether work is accepted, load figures, stuck tasks."""
         health = self._d.health(timers_alive=not self._timers.closed)
+        health["abandoned_tasks"] = _stuck_tasks(self._d)
         health["backend"] = self.backend.describe()
         return health
 
@@ -442,16 +447,17 @@ class TaskOrchestrator:
         with self._d.lock:
             self._d.listeners = tuple(f for f in self._d.listeners if f != fn)
 
-    def cancel_task(self, task_id: str, reason: str = "cancelled by request") -> bool:
+    def cancel_task(self, task_id: str, reason: str = _BY_REQUEST, *, timed_out: bool = False) -> bool:
         """Cancel a queued, waiting or running task; False if it is already final.
 
         A running task's ``cancel_event`` is set (cooperative actions stop, subprocess actions kill
         their process group) and its record is CANCELLED at once; a late return value is discarded.
+        ``timed_out``: a caller's deadline passed: TIMED_OUT instead (``StepTimeoutError``, ``reason``).
 
         Raises:
             TaskNotFoundError: unknown id.
         """
-        return self._d.cancel(task_id, reason)
+        return self._d.cancel(task_id, reason, timed_out)
 
     def cancel_group(self, group: TaskGroup, reason: str) -> None:
         """Cancel every task of ``group`` that is not final, and every task submitted to it from now on
@@ -465,26 +471,24 @@ class TaskOrchestrator:
         wait: bool = True,
         cancel_pending: bool = False,
         timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        *,
+        abandoned_grace: float = DEFAULT_ABANDONED_GRACE,
     ) -> None:
         """Stop accepting work and let the threads end.
 
         Args:
-            wait: block until outstanding work is final (bounded by ``timeout``) and the threads exited.
+            wait: block until outstanding work is final and the threads exited, within ``timeout``.
             cancel_pending: cancel tasks that have not started (queued, waiting for dependencies or a
                 retry) instead of running them.
-            timeout: seconds to wait for outstanding work (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
-                ``None``: without limit); whatever is still unfinished then is cancelled.
+            timeout: seconds the whole shutdown takes at most (default :data:`DEFAULT_SHUTDOWN_TIMEOUT`;
+                ``None``: no limit); the work unfinished then is cancelled, the threads get what is left.
+            abandoned_grace: of ``timeout``, seconds for threads in abandoned calls to return (0: none).
         """
+        grace = check_seconds(abandoned_grace, "abandoned_grace", allow_zero=True, unlimited=True) or 0.0
         self._d.close("scheduler shut down" if cancel_pending else None)
-        if not wait:
-            return
-        limit = None if timeout is None else max(0.0, timeout)
-        if not self._d.wait_quiet(limit):
-            self._d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
-        self._d.pool.join(_JOIN_GRACE, _ABANDONED_GRACE if limit is None else min(limit, _ABANDONED_GRACE))
-        if self._own_timers:
-            self._timers.close(_JOIN_GRACE)
-        self._close_backend()
+        if wait:
+            _wait_out(self._d, self._timers if self._own_timers else None, wait_limit(timeout), grace)
+            self._close_backend()
 
     def _close_backend(self) -> None:
         """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
@@ -519,6 +523,26 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _wait_out(d: Dispatcher, own_timers: TimerService | None, limit: float | None, grace: float) -> None:
+    """``shutdown``'s wait: for the work, then the threads, then the scheduler's own timer service, all
+    within one deadline ``limit`` seconds away (``None``: none), as a caller's timeout promises."""
+    deadline = math.inf if limit is None else time.monotonic() + limit
+    if not d.wait_quiet(limit):
+        d.close(f"scheduler shut down after waiting {limit:g} s", running_too=True)
+    # The workers get what is left of it, up to _JOIN_GRACE; threads in abandoned calls up to the grace.
+    now = time.monotonic()
+    d.pool.join(min(deadline, now + _JOIN_GRACE), min(deadline, now + grace))
+    if own_timers is not None:
+        own_timers.close(max(0.0, min(deadline, time.monotonic() + _JOIN_GRACE) - time.monotonic()))
+
+
+def _stuck_tasks(d: Dispatcher) -> list[str]:
+    """Up to 10 of the tasks whose abandoned calls still hold a thread, by name and id."""
+    with d.lock:
+        stuck = d.pool.stuck_locked(10)
+    return [f"{t.name!r} ({t.id})" for t in stuck if isinstance(t, Task)]
 
 
 def _task_status(value: object) -> TaskStatus:
