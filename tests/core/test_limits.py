@@ -410,14 +410,11 @@ def test_sub_workflows_that_fan_out_recursively_are_bounded_in_number(tmp_path: 
             max_subworkflow_depth=8,
             max_subworkflow_runs=20,
         )
-        # Each run starts three runs of itself: unbounded, 3 + 9 + 27 + ... runs down to depth 8.
-        manager.create_workflow(
-            "hydra",
-            [
-                {"name": f"h{i}", "module": "workflow", "action": "run", "parameters": {"workflow": "hydra"}}
-                for i in range(3)
-            ],
-        )
+        # Each run starts three runs of itself: unbounded, 3 + 9 + 27 + ... runs down to depth 8. (Its
+        # name is a parameter: validation refuses a workflow that names itself.)
+        call = {"module": "workflow", "action": "run", "parameters": {"workflow": "{{params.w}}"}}
+        steps = [{"name": f"h{i}", **call} for i in range(3)]
+        manager.create_workflow({"name": "hydra", "steps": steps, "parameters": {"w": "hydra"}})
         record = manager.execute_workflow("hydra", timeout=60)
         assert record.status is WorkflowStatus.FAILED
         assert "CODOMYRMEX_MAX_SUBWORKFLOW_RUNS: the number of sub-workflow runs under run" in (
