@@ -283,6 +283,24 @@ def test_malformed_steps_are_collected_problems_naming_their_position() -> None:
         assert info.value.field == "steps"
 
 
+def test_a_dependency_or_reference_on_a_step_that_did_not_parse_is_no_second_problem() -> None:
+    uses_a = step("b", "a", parameters={"message": "{{a.output}} {{steps.a.status}}"})
+    assert WorkflowDAG([uses_a], unparsed=["a"]).problems() == []
+    assert WorkflowDAG([uses_a], unparsed=["a"]).dependencies_of("b") == set()
+    assert WorkflowDAG([], unparsed=["a"]).problems() == []  # the schema names what is wrong with 'a'
+    assert WorkflowDAG([uses_a]).problems()[0].startswith("step 'b' depends on unknown step 'a'")
+
+
+def test_a_workflow_run_step_that_runs_its_own_workflow_unguarded_is_a_problem() -> None:
+    runs = {"module": "workflow", "action": "run"}
+    itself = step("a", parameters={"workflow": "loop"}, **runs)
+    (problem,) = WorkflowDAG([itself], workflow_name="loop").problems()
+    assert problem.startswith("step 'a' runs workflow 'loop', itself, with no run_if to stop it: ")
+    assert WorkflowDAG([itself], workflow_name="other").problems() == []
+    guarded = step("a", parameters={"workflow": "loop"}, run_if="{{params.more}}", **runs)
+    assert WorkflowDAG([guarded], workflow_name="loop").problems() == []
+
+
 def test_twenty_thousand_steps_with_three_dependencies_each_validate_quickly() -> None:
     n = 20_000
     steps = [

@@ -323,6 +323,39 @@ def test_settings_limit_sub_workflow_depth_and_the_run_fails_saying_so(tmp_path:
         engine.shutdown()
 
 
+def test_a_run_failing_at_the_depth_limit_says_the_cause_once_with_its_chain_not_once_per_level(
+    tmp_path: Path,
+) -> None:
+    engine = _make(tmp_path, max_subworkflow_depth=4)
+    try:
+        wm = engine.workflow_manager
+        # It names itself by a parameter (validation refuses a literal self-reference): it nests to the limit.
+        step = {
+            "name": "a",
+            "module": "workflow",
+            "action": "run",
+            "parameters": {"workflow": "{{params.w}}"},
+        }
+        wm.create_workflow({"name": "loop", "steps": [step], "parameters": {"w": "loop"}})
+        run = engine.execute_workflow("loop", timeout=30)
+        assert run.status is WorkflowStatus.FAILED
+        children = {r.parent_run_id: r.run_id for r in wm.list_runs(limit=50) if r.parent_run_id}
+        chain = [children[run.run_id]]
+        while chain[-1] in children:
+            chain.append(children[chain[-1]])
+        assert len(chain) == 4
+        error = run.steps["a"].error
+        assert error is not None
+        assert error.message == (
+            f"step 'a' failed: sub-workflow 'loop' (run {chain[0]}) failed 3 levels down (loop -> loop -> "
+            f"loop -> loop), in run {chain[-1]}: failed steps: a (CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH: the "
+            "sub-workflow nesting depth for 'loop' is 5, above the limit of 4)"
+        )
+        assert engine.health_check().overall_status == "healthy"
+    finally:
+        engine.shutdown()
+
+
 def test_a_huge_output_embedded_many_times_fails_the_step_clearly(tmp_path: Path) -> None:
     engine = _make(tmp_path, max_output_bytes=2 * 1024 * 1024)
     try:
@@ -410,14 +443,11 @@ def test_sub_workflows_that_fan_out_recursively_are_bounded_in_number(tmp_path: 
             max_subworkflow_depth=8,
             max_subworkflow_runs=20,
         )
-        # Each run starts three runs of itself: unbounded, 3 + 9 + 27 + ... runs down to depth 8.
-        manager.create_workflow(
-            "hydra",
-            [
-                {"name": f"h{i}", "module": "workflow", "action": "run", "parameters": {"workflow": "hydra"}}
-                for i in range(3)
-            ],
-        )
+        # Each run starts three runs of itself: unbounded, 3 + 9 + 27 + ... runs down to depth 8. (Its
+        # name is a parameter: validation refuses a workflow that names itself.)
+        call = {"module": "workflow", "action": "run", "parameters": {"workflow": "{{params.w}}"}}
+        steps = [{"name": f"h{i}", **call} for i in range(3)]
+        manager.create_workflow({"name": "hydra", "steps": steps, "parameters": {"w": "hydra"}})
         record = manager.execute_workflow("hydra", timeout=60)
         assert record.status is WorkflowStatus.FAILED
         assert "CODOMYRMEX_MAX_SUBWORKFLOW_RUNS: the number of sub-workflow runs under run" in (

@@ -369,6 +369,60 @@ def test_invalid_workflows_are_rejected_with_every_problem(manager: WorkflowMana
         manager.execute_workflow("bad")
 
 
+def test_validation_lists_every_schema_problem_with_the_problems_of_the_steps_that_parse(
+    manager: WorkflowManager,
+) -> None:
+    steps = [
+        step("a", action="echo", paramters={"message": 1}, timeout=-1),  # two schema problems
+        step(
+            "b",
+            action="echo",
+            parameters={"message": "{{steps.zz.output}} {{a.output}}"},
+            dependencies=["b", "a"],
+        ),
+        step("c", action="nope"),
+    ]
+    with pytest.raises(DAGValidationError) as info:
+        manager.validate_workflow({"name": "v", "steps": steps})
+    problems = info.value.problems
+    assert problems[:2] == ["steps.0.timeout: Input should be greater than 0", problems[1]]
+    assert problems[1].startswith("unknown field 'steps.0.paramters' (did you mean 'parameters'?)")
+    assert problems[2:4] == [
+        "step 'b' depends on itself",
+        "step 'b' references unknown step 'zz' in '{{steps.zz.output}}'; known steps: 'b', 'c', 'a'",
+    ]  # and 'b' using step 'a', which did not parse, is no second problem
+    assert problems[4].startswith("step 'c': action: unknown action core.nope; known actions: ")
+    assert len(problems) == 5
+    assert manager.list_workflows() == []
+
+
+def test_a_workflow_that_runs_itself_directly_or_through_registered_ones_is_invalid_naming_the_path(
+    manager: WorkflowManager,
+) -> None:
+    def run(name: str, target: str, **kw: Any) -> dict[str, Any]:
+        return step(name, module="workflow", action="run", parameters={"workflow": target}, **kw)
+
+    with pytest.raises(DAGValidationError) as info:
+        manager.validate_workflow({"name": "loop", "steps": [run("a", "loop")]})
+    assert info.value.problems == [
+        "step 'a' runs workflow 'loop', itself, with no run_if to stop it: every run would start sub-runs "
+        "of it down to the nesting limit (CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH) and fail there; run another "
+        "workflow, or give the step a run_if that ends the recursion"
+    ]
+    manager.create_workflow("other", [run("x", "third")])  # 'third' and 'loop' need not exist yet
+    manager.create_workflow("third", [run("y", "loop")])
+    with pytest.raises(DAGValidationError) as info:
+        manager.create_workflow("loop", [run("a", "other"), step("b")])
+    (problem,) = info.value.problems
+    assert problem.startswith("step 'a' runs workflow 'other', which runs 'loop' again: ")
+    assert "loop -> other -> third -> loop; every run would start sub-runs" in problem
+    # A guard that can end the recursion, or a name chosen at run time, is the author's to bound.
+    guarded = run("a", "other", run_if="{{params.more}}")
+    assert manager.validate_workflow({"name": "loop", "steps": [guarded]}).steps_count == 1
+    chosen = step("a", module="workflow", action="run", parameters={"workflow": "{{params.w}}"})
+    manager.create_workflow({"name": "loop", "steps": [chosen], "parameters": {"w": "loop"}})
+
+
 def test_config_dir_loads_good_files_and_reports_bad_ones(
     tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
 ) -> None:

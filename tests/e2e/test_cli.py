@@ -1294,6 +1294,13 @@ def test_validate_lists_every_problem_with_its_file_and_step_and_exits_1(cli: Cl
 
     assert cli("validate", good).returncode == 0
 
+    # A schema problem hides none of the others.
+    typo = {**BAD, "steps": [{**BAD["steps"][0], "paramters": {}}, *BAD["steps"][1:]]}
+    listed = cli("validate", cli.write("typo.json", typo)).stdout
+    assert "unknown field 'steps.0.paramters' (did you mean 'parameters'?)" in listed
+    assert "dependency cycle: c -> d -> c" in listed and "unknown step 'zzz'" in listed
+    assert len(listed.splitlines()) == 3, listed  # step a did not parse: its action is not checked
+
 
 def test_validate_refuses_a_literal_for_each_longer_than_the_item_limit_naming_the_setting(cli: Cli) -> None:
     steps = [{"name": "each", "module": "core", "action": "echo", "for_each": [1, 2, 3, 4],

@@ -112,6 +112,36 @@ async def test_validate_workflow_returns_every_problem_without_registering(clien
     assert (await _ok(client, "list_workflows", {}))["count"] == 0
 
 
+async def test_validate_workflow_lists_schema_problems_with_every_other_problem_at_once(
+    client: Client,
+) -> None:
+    steps = [
+        {"name": "a", "module": "core", "action": "echo", "paramters": {"message": 1}},
+        {
+            "name": "b",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": "{{steps.zz.output}}"},
+            "dependencies": ["b", "a"],
+        },
+        {"name": "c", "module": "core", "action": "nope"},
+    ]
+    report = await _ok(client, "validate_workflow", {"name": "v", "steps": steps})
+    assert report["valid"] is False
+    problems = report["problems"]
+    assert problems[0] == "unknown field 'steps.0.paramters' (did you mean 'parameters'?)"
+    assert problems[1:3] == [
+        "step 'b' depends on itself",
+        "step 'b' references unknown step 'zz' in '{{steps.zz.output}}'; known steps: 'b', 'c', 'a'",
+    ]
+    assert problems[3].startswith("step 'c': action: unknown action core.nope")
+    assert len(problems) == 4
+    loop = [{"name": "a", "module": "workflow", "action": "run", "parameters": {"workflow": "loop"}}]
+    report = await _ok(client, "validate_workflow", {"name": "loop", "steps": loop})
+    assert report["valid"] is False
+    assert report["problems"][0].startswith("step 'a' runs workflow 'loop', itself")
+
+
 async def test_the_workflow_tools_take_every_field_of_the_workflow_format_and_get_workflow_shows_them(
     client: Client,
 ) -> None:

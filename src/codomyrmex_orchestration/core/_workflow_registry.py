@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,15 +244,18 @@ class DefinitionRegistry:
         overwrite: bool = False,
         source: str = "api",
         reuse: bool = False,
+        plan: Plan | None = None,
     ) -> tuple[Definition, bool]:
-        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``).
+        """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``);
+        ``plan``: the definition's, when the caller validated it already.
 
         Returns:
             The definition, and whether it was registered now (False: with ``reuse``, one of the same
             name and content was registered already, and is returned as it is).
         """
         workflow = self.coerce(spec, steps, description, parameters)
-        plan = self.check(workflow)
+        if plan is None or plan.spec is not workflow:
+            plan = self.check(workflow)
         with self._define_lock:
             with self._lock:
                 existing = self._entries.get(workflow.name)
@@ -383,8 +386,8 @@ class DefinitionRegistry:
         except ValidationError as exc:
             raise InvalidInputError.from_validation(exc, known_fields=WORKFLOW_FIELD_NAMES) from None
 
-    def check(self, spec: WorkflowSpec) -> Plan:
-        """Validate ``spec`` against the actions and as a graph.
+    def check(self, spec: WorkflowSpec, *, unparsed: Collection[str] = ()) -> Plan:
+        """Validate ``spec`` against the actions and as a graph (``unparsed``: see ``WorkflowDAG``).
 
         Raises:
             LimitExceededError: too many steps.
@@ -394,7 +397,7 @@ class DefinitionRegistry:
         """
         if len(spec.steps) > self.max_steps:
             raise too_many_steps(len(spec.steps), self.max_steps)
-        dag = WorkflowDAG.from_spec(spec, self.registry)
+        dag = WorkflowDAG(spec.steps, registry=self.registry, workflow_name=spec.name, unparsed=unparsed)
         dag.validate()
         limits = _limit_problems(spec, self.max_map_items, self.store.max_parameters_bytes)
         problems = _resource_problems(spec, self.check_resources) + limits

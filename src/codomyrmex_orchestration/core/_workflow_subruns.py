@@ -1,8 +1,10 @@
 """Sub-workflow runs (``workflow.run``): starting a child run from a step, taking over the one an earlier
 attempt of a resumed run left, and bounding how many there are.
 
-:class:`SubRuns` owns the count of sub-runs started under each active top-level run, and the sub-runs
-each resumed run's earlier attempts left, by the step that started them (taken over at most once).
+:class:`SubRuns` owns the count of sub-runs started under each active top-level run, the sub-runs
+each resumed run's earlier attempts left, by the step that started them (taken over at most once), and
+the sub-run failures not yet read by the step above (so that a failure eight levels down is told once,
+with its chain, instead of nested once per level).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
@@ -35,6 +38,32 @@ __all__ = ["SubRuns"]
 #: How long a cancelled child run may take to settle before its step gives up on it.
 _CANCEL_WAIT = 10.0
 _SUB_RUN = ("workflow", "run")
+#: A failure's chain of workflows shows at most this many names (the first and the last ones).
+_SHOWN_CHAIN = 6
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why a step's sub-run did not complete, as far down as the failure began."""
+
+    step: str  # the step whose sub-run failed
+    chain: tuple[str, ...]  # the workflows from that sub-run down to the run where it began
+    run_id: str  # that run
+    status: str  # its status
+    error: str | None  # its error
+
+    def reason(self, run_id: str) -> str:
+        """The step's failure, the sub-run it started being ``run_id``: the cause once, not nested."""
+        name = self.chain[0]
+        if len(self.chain) == 1:
+            return f"sub-workflow {name!r} (run {run_id}) {self.status}: {self.error}"
+        chain = list(self.chain)
+        if len(chain) > _SHOWN_CHAIN:
+            chain[_SHOWN_CHAIN // 2 : -2] = [f"... ({len(self.chain) - _SHOWN_CHAIN // 2 - 2} more)"]
+        return (
+            f"sub-workflow {name!r} (run {run_id}) {self.status} {len(self.chain) - 1} levels down "
+            f"({' -> '.join(chain)}), in run {self.run_id}: {self.error}"
+        )
 
 
 class SubRuns:
@@ -76,6 +105,8 @@ class SubRuns:
         self._lock = threading.Lock()  # guards _counts and _left
         self._counts: dict[str, int] = {}  # top-level run id -> sub-runs started under it
         self._left: dict[str, dict[str, str]] = {}  # resumed run id -> its step -> the sub-run left
+        # top-level run id -> sub-run id -> the failure of one of its steps, until the step above reads it
+        self._failures: dict[str, dict[str, _Failure]] = {}
 
     def resuming(self, run_id: str, plan: Plan) -> None:
         """Run ``run_id`` is resumed with ``plan`` (before it starts): note the sub-runs its earlier
@@ -92,13 +123,19 @@ class SubRuns:
         with self._lock:
             self._counts.pop(run_id, None)
             self._left.pop(run_id, None)
+            self._failures.pop(run_id, None)
+
+    def _root(self, run_id: str | None) -> str | None:
+        """The top-level run ``run_id`` is under (itself, if it is one)."""
+        root = run_id
+        while root is not None and (parent := self._active.parent_of(root)) is not None:
+            root = parent
+        return root
 
     def _count(self, parent_run_id: str | None) -> None:
         """Bound the sub-runs under one top-level run: depth alone lets a workflow whose steps each
         run it again multiply (10 steps, 8 levels: 10**8 runs)."""
-        root = parent_run_id
-        while root is not None and (parent := self._active.parent_of(root)) is not None:
-            root = parent
+        root = self._root(parent_run_id)
         if root is None:
             return
         with self._lock:
@@ -145,11 +182,24 @@ class SubRuns:
             ctx.check_cancelled()
         record = child.snapshot()
         if record.status is not WorkflowStatus.COMPLETED:
-            raise StepFailedError(
-                ctx.step_name,
-                f"sub-workflow {name!r} (run {record.run_id}) {record.status.value}: {record.error}",
-            )
+            raise StepFailedError(ctx.step_name, self._failed(name, record, ctx).reason(record.run_id))
         return {"run_id": record.run_id, "outputs": record.outputs()}
+
+    def _failed(self, name: str, record: RunRecord, ctx: ActionContext) -> _Failure:
+        """The failure of step ``ctx.step_name``, whose sub-run ``record`` of ``name`` did not complete:
+        when that run failed only because its own sub-run did, the failure below with one more level;
+        kept for the step above while this run is itself a sub-run."""
+        root = self._root(ctx.run_id)
+        with self._lock:
+            below = self._failures.get(root, {}).pop(record.run_id, None) if root is not None else None
+        if below is not None and record.failed_steps == [below.step]:
+            failure = _Failure(ctx.step_name, (name, *below.chain), below.run_id, below.status, below.error)
+        else:
+            failure = _Failure(ctx.step_name, (name,), record.run_id, record.status.value, record.error)
+        if root is not None and ctx.run_id is not None and ctx.run_id != root:
+            with self._lock:
+                self._failures.setdefault(root, {})[ctx.run_id] = failure
+        return failure
 
     def _timeout_of(self, ctx: ActionContext) -> float:
         """The ``timeout`` of the step ``ctx`` runs (what its deadline was set from)."""

@@ -31,12 +31,28 @@ from codomyrmex_orchestration.errors import (
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionRegistry
 
-__all__ = ["MAX_REPORTED_PROBLEMS", "WorkflowDAG"]
+__all__ = ["ENDLESS", "MAX_REPORTED_PROBLEMS", "WorkflowDAG", "sub_workflow_of"]
 
 #: problems() lists at most this many problems, then one line saying how many more there are.
 MAX_REPORTED_PROBLEMS = 200
 #: A cycle's problem names at most this many of its template references.
 _SHOWN_REFERENCES = 5
+
+
+#: Why a workflow that runs itself with nothing to stop it is refused (said after the step that does).
+ENDLESS = (
+    "every run would start sub-runs of it down to the nesting limit (CODOMYRMEX_MAX_SUBWORKFLOW_DEPTH) "
+    "and fail there; run another workflow, or give the step a run_if that ends the recursion"
+)
+
+
+def sub_workflow_of(step: StepSpec) -> str | None:
+    """The workflow a ``workflow.run`` step always runs: its literal ``workflow`` parameter, when the step
+    has no ``run_if`` that could stop it (None: another action, a template, or a guarded step)."""
+    if (step.module, step.action) != ("workflow", "run") or step.run_if is not None:
+        return None
+    target = step.parameters.get("workflow")
+    return target if isinstance(target, str) and "{{" not in target else None
 
 
 def _names(names: Collection[str], limit: int = 20) -> str:
@@ -71,7 +87,8 @@ class WorkflowDAG:
         steps: the workflow's steps, in declaration order: ``StepSpec`` objects or mappings of their
             fields.
         registry: when given, every step's ``module.action`` must be registered and allowed.
-        workflow_name: used in error messages.
+        workflow_name: used in error messages, and to find ``workflow.run`` steps running it.
+        unparsed: names of steps that did not parse (reported by the parser): using one is no problem.
 
     Raises:
         InvalidInputError: ``steps`` is not a sequence (``None``, a string, a mapping...).
@@ -88,6 +105,7 @@ class WorkflowDAG:
         *,
         registry: ActionRegistry | None = None,
         workflow_name: str | None = None,
+        unparsed: Collection[str] = (),
     ) -> None:
         self.workflow_name = workflow_name
         self.steps: dict[str, StepSpec] = {}
@@ -110,7 +128,8 @@ class WorkflowDAG:
                 continue
             self.steps[step.name] = step
             positions[step.name] = position
-        if not self.steps and not self._problems:  # (malformed steps are named already)
+        self._unparsed = frozenset(unparsed) - self.steps.keys()
+        if not self.steps and not self._problems and not unparsed:  # (malformed steps are named already)
             self._problems.append("a workflow needs at least one step")
         # Plain adjacency lists carry building, validation and levels (the hot path: networkx's
         # add_edges_from alone takes over a second for 300,000 edges); the networkx graph is built on
@@ -129,6 +148,8 @@ class WorkflowDAG:
             for dep in step.dependencies:
                 if dep == name:
                     self._problems.append(f"step {name!r} depends on itself")
+                elif dep in self._unparsed:
+                    continue
                 elif dep not in known:
                     self._problems.append(
                         f"step {name!r} depends on unknown step {dep!r}{did_you_mean(dep, known)}; "
@@ -155,6 +176,7 @@ class WorkflowDAG:
 
         if registry is not None:
             self._check_actions(registry)
+        self._problems.extend(_self_runs(self.steps, workflow_name) if workflow_name is not None else ())
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -180,6 +202,8 @@ class WorkflowDAG:
 
     def _template_upstreams(self, name: str, step: StepSpec, known: AbstractSet[str]) -> list[str]:
         """Steps referenced by ``step``'s parameters and run_if; records bad references as problems."""
+        # The names of steps that did not parse still read as step references (``{{a.output}}``).
+        known = dict.fromkeys([*known, *sorted(self._unparsed)]).keys() if self._unparsed else known
         refs, errors = scan_references(step.parameters, known)
         self._problems.extend(f"step {name!r} parameters: {exc.reason}" for exc in errors)
         if step.for_each is not None:
@@ -203,7 +227,7 @@ class WorkflowDAG:
                 self._problems.append(
                     f"step {name!r} uses '{{{{{ref.raw}}}}}', which exists only in a step with for_each"
                 )
-            if ref.step is None:
+            if ref.step is None or ref.step in self._unparsed:
                 continue
             if ref.step not in known:
                 self._problems.append(
@@ -452,6 +476,15 @@ class WorkflowDAG:
             lines.append(f"    {_dot_quote(up)} -> {_dot_quote(down)}{style};")
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+
+def _self_runs(steps: Mapping[str, StepSpec], workflow: str) -> list[str]:
+    """The steps that always run ``workflow``, their own, again."""
+    return [
+        f"step {name!r} runs workflow {workflow!r}, itself, with no run_if to stop it: {ENDLESS}"
+        for name, step in steps.items()
+        if sub_workflow_of(step) == workflow
+    ]
 
 
 def _strong_components(nodes: AbstractSet[str], succ: Mapping[str, list[str]]) -> list[set[str]]:

@@ -30,6 +30,7 @@ from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
+from codomyrmex_orchestration.core._workflow_checks import check_document
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
 from codomyrmex_orchestration.core._workflow_input import InputDesk
@@ -245,8 +246,9 @@ class WorkflowManager:
         return self.definitions.refused()
 
     def validate_workflow(self, spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowValidation:
-        """Validate without registering (naming secrets set nowhere). Raises DAGValidationError."""
-        return self.definitions.check(self.definitions.coerce(spec)).describe(self.secrets)
+        """Validate without registering (naming secrets set nowhere). Raises DAGValidationError with every
+        problem at once (see ``_workflow_checks.check_document``)."""
+        return check_document(self.definitions, spec).describe(self.secrets)
 
     def create_workflow(
         self,
@@ -264,11 +266,14 @@ class WorkflowManager:
 
         Raises:
             InvalidInputError: malformed spec (the field is named).
-            DAGValidationError: every graph problem at once (CycleDetectedError for cycles).
+            DAGValidationError: every graph problem at once (CycleDetectedError for cycles), steps running it.
             AlreadyExistsError: the name is taken (by other content) and ``overwrite`` is false.
         """
         spec = self.definitions.coerce(spec, steps, description, parameters)
-        definition, created = self.definitions.create(spec, overwrite=overwrite, source=source, reuse=reuse)
+        plan = check_document(self.definitions, spec)  # with cycles through registered workflows
+        definition, created = self.definitions.create(
+            spec, overwrite=overwrite, source=source, reuse=reuse, plan=plan
+        )
         if created:
             self._listeners.emit("workflow.created", {"workflow_name": spec.name, "source": source})
         return definition.spec

@@ -35,7 +35,6 @@ from pydantic import BaseModel, ValidationError
 from codomyrmex_orchestration._redact import redact, redact_text
 from codomyrmex_orchestration._text import holds_lone_surrogate, readable, readable_value
 from codomyrmex_orchestration.core.models import (
-    WORKFLOW_FIELD_NAMES,
     ItemWindow,
     RunRecord,
     StepResult,
@@ -51,7 +50,6 @@ from codomyrmex_orchestration.errors import (
     InvalidInputError,
     OrchestrationError,
     WaitTimeoutError,
-    validation_problems,
 )
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._lazy import LazyModule
@@ -500,17 +498,13 @@ def _get_workflow(tools: OrchestrationMCPTools, a: m.GetWorkflowArgs, call: _Cal
 
 def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, call: _Call) -> _Outcome:
     document = {name: getattr(a, name) for name in WorkflowSpec.model_fields}
-    try:
-        spec = WorkflowSpec.model_validate(document)
-    except ValidationError as exc:
-        problems, _ = validation_problems(exc.errors(), known_fields=WORKFLOW_FIELD_NAMES)
-        return m.ValidationResult(valid=False, workflow_name=a.name, problems=problems)
-    try:
-        validation = tools.engine.workflow_manager.validate_workflow(spec)
+    try:  # every problem at once: the schema's, and the other checks over the steps that parse
+        validation = tools.engine.workflow_manager.validate_workflow(document)
     except DAGValidationError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=exc.problems)
     except InvalidInputError as exc:
         return m.ValidationResult(valid=False, workflow_name=a.name, problems=[str(exc)])
+    spec = WorkflowSpec.model_validate(document)  # valid: it parsed above
     # Checks that reach outside (mcp.call: the server's tools and their input schemas)
     problems = tools.engine.registry.probe(spec.steps)
     return m.ValidationResult(
@@ -1019,10 +1013,11 @@ def _build_tools() -> tuple[_Tool, ...]:
         _Tool(
             "validate_workflow",
             "Validate a workflow",
-            "Check a workflow definition without registering it: returns valid, every problem found (cycles, "
-            "unknown actions, missing dependencies, bad templates; for mcp.call steps an unknown server and, "
-            "when the server can be reached, an unknown tool or arguments its input schema refuses), the "
-            "execution levels and a Mermaid diagram. "
+            "Check a workflow definition without registering it: returns valid, every problem found at once "
+            "(misspelt or missing fields in any step, cycles, unknown actions, missing dependencies, bad "
+            "templates, a workflow.run step that runs its own workflow; for mcp.call steps an unknown server "
+            "and, when the server can be reached, an unknown tool or arguments its input schema refuses), "
+            "the execution levels and a Mermaid diagram. "
             'Example: {"name": "draft", "steps": [{"name": "a", "module": "core", "action": "echo", '
             '"parameters": {"message": "x"}}]}',
             m.ValidateWorkflowArgs,
