@@ -39,6 +39,7 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -343,12 +344,62 @@ class WorkflowNotFoundError(NotFoundError):
         )
 
 
-class RunNotFoundError(NotFoundError):
+#: How ids look: a task's is ``t-`` + its scheduler instance's 8 hex digits + a count; a run's (and a
+#: session's) is 32 hex digits.
+_TASK_ID = re.compile(r"^(t-[0-9a-f]{8}-)[0-9]+$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _HintedNotFound(NotFoundError):
+    def _hint(self, hint: str) -> None:
+        if hint:
+            self.message = f"{self.message}: {hint}"
+            self.args = (self.message,)
+
+
+class RunNotFoundError(_HintedNotFound):
+    """No run ``key``; a task id given instead says which tool takes it."""
+
     kind = "run"
 
+    def __init__(self, key: str, *, known: Iterable[str] | None = None) -> None:
+        super().__init__(key, known=known)
+        if _TASK_ID.match(key):
+            self._hint("that is a task id (execute_task's); get_task takes it")
 
-class TaskNotFoundError(NotFoundError):
+
+class TaskNotFoundError(_HintedNotFound):
+    """No task ``key`` in this scheduler. ``instance``: this scheduler's id prefix (``t-1a2b3c4d-``), to
+    tell an id of another (or an earlier) server instance (tasks are kept in memory only); ``kept``: how many
+    finished tasks it keeps. A run id given instead says which tool takes it."""
+
     kind = "task"
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        known: Iterable[str] | None = None,
+        instance: str | None = None,
+        kept: int | None = None,
+    ) -> None:
+        super().__init__(key, known=known)
+        task_id = _TASK_ID.match(key)
+        if _RUN_ID.match(key):
+            hint = "that is the shape of a run id (get_workflow_run takes it) or a session id, not a task id"
+        elif task_id is None:
+            hint = "task ids look like t-1a2b3c4d-7 (execute_task returns them)"
+        elif instance is not None and task_id.group(1) != instance:
+            hint = (
+                f"it was made by another server instance (this one's task ids begin {instance}): single tasks "
+                "are kept in memory only, by the server that ran them, and are lost when it restarts; "
+                "workflow runs are kept (list_workflow_runs)"
+            )
+        elif kept is not None:
+            hint = f"it may have ended and been dropped: the last {kept} finished tasks are kept"
+        else:
+            hint = ""
+        self._hint(hint)
 
 
 class SessionNotFoundError(NotFoundError):

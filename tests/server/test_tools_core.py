@@ -15,6 +15,7 @@ from mcp import Client
 from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus, WorkflowSpec
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.server.conftest import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -674,3 +675,30 @@ async def test_a_wait_counts_from_the_calls_arrival_even_while_every_call_thread
     assert handle["status"] in ("pending", "running") and "still" in handle["note"]
     assert returned - released < 1.5
     await _ok(client, "cancel_workflow_run", {"run_id": handle["run_id"]})
+
+
+async def test_an_id_of_the_wrong_kind_or_of_another_server_instance_says_why_it_is_not_found(
+    client: Client, tmp_path: Path
+) -> None:
+    # Was "task '...' not found" alone, for a run id, and for a task of the server before a restart.
+    other = OrchestrationMCPTools(engine_factory=lambda policy: make_engine(tmp_path / "other", policy))
+    try:
+        async with Client(build_server(other)) as before_restart:
+            echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}}
+            old_task = (await _ok(before_restart, "execute_task", echo))["task_id"]
+    finally:
+        other.close()
+    lost = await _error(client, "get_task", {"task_id": old_task})
+    assert lost.startswith(f"task {old_task!r} not found: it was made by another server instance")
+    assert "single tasks are kept in memory only" in lost
+    echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    depends = await _error(client, "execute_task", {**echo, "dependencies": [old_task]})
+    assert "single tasks are kept in memory only" in depends
+
+    await _ok(client, "create_workflow", HELLO)
+    run_id = (await _ok(client, "execute_workflow", {"workflow_name": "hello"}))["run_id"]
+    assert "get_workflow_run takes it" in await _error(client, "get_task", {"task_id": run_id})
+    task_id = (await _ok(client, "execute_task", echo))["task_id"]
+    assert (await _error(client, "get_workflow_run", {"run_id": task_id})) == (
+        f"run {task_id!r} not found: that is a task id (execute_task's); get_task takes it"
+    )
