@@ -391,8 +391,8 @@ class TaskNotFoundError(_HintedNotFound):
             hint = "task ids look like t-1a2b3c4d-7 (execute_task returns them)"
         elif instance is not None and task_id.group(1) != instance:
             hint = (
-                f"it was made by another server instance (this one's task ids begin {instance}): single tasks "
-                "are kept in memory only, by the server that ran them, and are lost when it restarts; "
+                f"it was made by another server instance (this one's task ids begin {instance}): single "
+                "tasks are kept in memory only, by the server that ran them, and are lost when it restarts; "
                 "workflow runs are kept (list_workflow_runs)"
             )
         elif kept is not None:
