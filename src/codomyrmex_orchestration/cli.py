@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from codomyrmex_orchestration import __version__
 from codomyrmex_orchestration._cli_paths import add_paths_parser, cmd_paths
 from codomyrmex_orchestration._text import holds_lone_surrogate
-from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.config import ENV_PREFIX, Settings
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
@@ -267,7 +267,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings)
     except OrchestrationError as exc:
         # Configuration refused before serving (e.g. a non-loopback bind without a token).
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_by_flag(exc, args)}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -372,21 +372,52 @@ def _decoded(argument: str) -> str:
         return argument
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    log_level = getattr(args, "log_level", None)
-    if log_level is None and not os.environ.get("CODOMYRMEX_LOG_LEVEL"):  # empty is unset
-        log_level = getattr(args, "default_log_level", None)
-    return Settings.from_env(
-        os.environ,
-        log_level=log_level,
-        log_format=getattr(args, "log_format", None),
-        state_dir=getattr(args, "state_dir", None),
-        config_dir=getattr(args, "config_dir", None),
-        projects_dir=getattr(args, "projects_dir", None),
-        executor=getattr(args, "executor", None),
-        dask_scheduler=getattr(args, "dask_scheduler", None),
+#: The flag of a setting whose flag is not ``--`` and its name with dashes.
+_FLAG_OF = {"allowed_hosts": "--allowed-host"}
+
+
+def _flagged(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line can give, by name (None: its flag was not given)."""
+    return {
+        "log_level": getattr(args, "log_level", None),
+        "log_format": getattr(args, "log_format", None),
+        "state_dir": getattr(args, "state_dir", None),
+        "config_dir": getattr(args, "config_dir", None),
+        "projects_dir": getattr(args, "projects_dir", None),
+        "executor": getattr(args, "executor", None),
+        "dask_scheduler": getattr(args, "dask_scheduler", None),
         **(_serve_overrides(args) if args.command == "serve" else {}),
-    )
+    }
+
+
+def _given_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag that gave each setting given on the command line (``{"port": "--port"}``)."""
+    return {
+        name: _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        for name, value in _flagged(args).items()
+        if value is not None
+    }
+
+
+def _by_flag(exc: OrchestrationError, args: argparse.Namespace) -> str:
+    """The error's message, naming the flag besides the variable a setting's check names when the flag
+    gave the value (a user who typed --auth-token-file never set CODOMYRMEX_AUTH_TOKEN_FILE)."""
+    if isinstance(exc, InvalidInputError):
+        for name, flag in _given_flags(args).items():
+            variable = ENV_PREFIX + name.upper()
+            if exc.field == variable or exc.field.startswith(variable + " "):
+                return str(InvalidInputError(f"{flag} ({exc.field})", exc.reason))
+    return str(exc)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flagged = _flagged(args)
+    # A value's error names the flag that gave it (a user who typed --port 99999 never set CODOMYRMEX_PORT).
+    flags = _given_flags(args)
+    log_level = flagged.pop("log_level")
+    if log_level is None and not os.environ.get("CODOMYRMEX_LOG_LEVEL"):  # empty is unset
+        log_level = getattr(args, "default_log_level", None)  # the command's default: no flag gave it
+    return Settings.from_env(os.environ, flags=flags, log_level=log_level, **flagged)
 
 
 def _load_document(path: Path) -> Any:
@@ -1381,7 +1412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A state directory that cannot be created, read or written is bad configuration, as for serve.
         if args.debug:
             raise
-        _error(str(exc))
+        _error(_by_flag(exc, args))
         return EXIT_USAGE
     except (OrchestrationError, _Failed) as exc:
         if args.debug:

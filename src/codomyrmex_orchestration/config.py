@@ -323,10 +323,15 @@ class Settings(BaseModel):
         return placed
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str], *, flags: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
         """Build settings from ``CODOMYRMEX_*`` variables in ``environ``; ``overrides`` win.
 
-        A variable set to an empty value counts as unset: the setting keeps its default.
+        A variable set to an empty value counts as unset: the setting keeps its default. ``flags``
+        names the command-line flag that gave an override (``{"port": "--port"}``): an error in its
+        value names the flag and the variable (``--port (CODOMYRMEX_PORT): ...``), not the variable
+        alone, which the user may never have set.
 
         Raises:
             InvalidInputError: a variable has a value the field does not accept (named).
@@ -357,8 +362,9 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            # Named as the variable a user sets (a CLI flag wins over it, but names the same setting).
-            raise InvalidInputError.from_validation(_AsVariables(exc)) from None
+            # Named as the variable a user sets, and as the flag when one gave the value.
+            given = {name: flag for name, flag in (flags or {}).items() if overrides.get(name) is not None}
+            raise InvalidInputError.from_validation(_AsVariables(exc, given)) from None
 
     @property
     def state_db(self) -> Path:
@@ -392,15 +398,20 @@ def _is_number(text: str) -> bool:
 
 class _AsVariables:
     """A settings ``ValidationError`` whose problems are located at the variables a user sets
-    (``CODOMYRMEX_MAX_WORKERS``) rather than the fields, for the one validation-error formatter."""
+    (``CODOMYRMEX_MAX_WORKERS``) rather than the fields, or at the flag that gave the value and its
+    variable (``--port (CODOMYRMEX_PORT)``), for the one validation-error formatter."""
 
-    def __init__(self, exc: ValidationError) -> None:
+    def __init__(self, exc: ValidationError, flags: Mapping[str, str]) -> None:
         self._exc = exc
+        self._flags = flags
+
+    def _name(self, field: str) -> str:
+        variable = ENV_PREFIX + field.upper()
+        flag = self._flags.get(field)
+        return f"{flag} ({variable})" if flag else variable
 
     def errors(self) -> list[dict[str, Any]]:
         return [
-            {**err, "loc": (ENV_PREFIX + str(err["loc"][0]).upper(), *err["loc"][1:])}
-            if err["loc"]
-            else dict(err)
+            {**err, "loc": (self._name(str(err["loc"][0])), *err["loc"][1:])} if err["loc"] else dict(err)
             for err in self._exc.errors()
         ]

@@ -39,7 +39,9 @@ mixed in (``ValueError``, ``LookupError``, ``TimeoutError``, ``PermissionError``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 __all__ = [
@@ -136,12 +138,11 @@ class InvalidInputError(OrchestrationError, ValueError):
             An error whose ``field`` is the first problem's path and whose message lists the first five
             problems, then how many more there were.
         """
-        errors = list(exc.errors())
         parts, fields = validation_problems(
-            errors[:5], where=where, accepted=accepted, known_fields=known_fields, accepted_at=accepted_at
+            exc.errors(), where=where, accepted=accepted, known_fields=known_fields, accepted_at=accepted_at
         )
-        if len(errors) > 5:
-            parts.append(f"and {len(errors) - 5} more")
+        if len(parts) > 5:
+            parts[5:] = [f"and {len(parts) - 5} more"]
         error = InvalidInputError("", "; ".join(parts) or f"{where or 'input'} is invalid")
         error.field = fields[0] if fields else (where or "input")
         return error
@@ -158,23 +159,27 @@ def validation_problems(
     """Each pydantic error (``ValidationError.errors()``) as one sentence, with the field paths.
 
     An unknown field lists what is accepted where it was found (``accepted_at``, else ``accepted``) and
-    suggests the closest name; a missing one says so; any other gives pydantic's message after the path.
+    suggests the closest name; a missing one says so; any other says what is expected there. The members
+    of a union pydantic tried are not part of a path (``compute``, not ``compute.float``): their failures
+    are one problem naming every shape accepted ("a number or a string"); a class name reads as the
+    object expected, with its fields where ``accepted_at`` knows them.
     """
     from codomyrmex_orchestration._suggest import did_you_mean
+    from codomyrmex_orchestration._validation_text import describe, union_problems
 
     accepted_names = list(accepted) if accepted is not None else None
     known = list(known_fields)
     parts: list[str] = []
     fields: list[str] = []
-    for err in errors:
-        loc = [str(p) for p in err.get("loc", ())]
+    for problem in union_problems(list(errors), frozenset([*known, *(accepted_names or ())])):
+        err, loc = problem.error, [str(p) for p in problem.path]
         path = ".".join([where, *loc] if where else loc) or "input"
         fields.append(path)
         kind = err.get("type", "")
         if kind == "extra_forbidden":
             names = accepted_names
             if accepted_at is not None:
-                level = accepted_at(tuple(err.get("loc", ()))[:-1])
+                level = accepted_at(problem.loc[:-1])
                 names = list(level) if level is not None else None
             suggestible = [*(names or ()), *known]
             hint = did_you_mean(loc[-1], suggestible) if loc and suggestible else ""
@@ -183,7 +188,9 @@ def validation_problems(
         elif kind == "missing":
             parts.append(f"missing required field {path!r}")
         else:
-            parts.append(f"{path}: {err.get('msg', 'invalid value')}")
+            at = problem.loc
+            fields_there = partial(accepted_at, at) if accepted_at is not None else lambda: None
+            parts.append(f"{path}: {describe(problem, fields_there)}")
     return parts, fields
 
 
@@ -337,12 +344,62 @@ class WorkflowNotFoundError(NotFoundError):
         )
 
 
-class RunNotFoundError(NotFoundError):
+#: How ids look: a task's is ``t-`` + its scheduler instance's 8 hex digits + a count; a run's (and a
+#: session's) is 32 hex digits.
+_TASK_ID = re.compile(r"^(t-[0-9a-f]{8}-)[0-9]+$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _HintedNotFound(NotFoundError):
+    def _hint(self, hint: str) -> None:
+        if hint:
+            self.message = f"{self.message}: {hint}"
+            self.args = (self.message,)
+
+
+class RunNotFoundError(_HintedNotFound):
+    """No run ``key``; a task id given instead says which tool takes it."""
+
     kind = "run"
 
+    def __init__(self, key: str, *, known: Iterable[str] | None = None) -> None:
+        super().__init__(key, known=known)
+        if _TASK_ID.match(key):
+            self._hint("that is a task id (execute_task's); get_task takes it")
 
-class TaskNotFoundError(NotFoundError):
+
+class TaskNotFoundError(_HintedNotFound):
+    """No task ``key`` in this scheduler. ``instance``: this scheduler's id prefix (``t-1a2b3c4d-``), to
+    tell an id of another (or an earlier) server instance (tasks are kept in memory only); ``kept``: how many
+    finished tasks it keeps. A run id given instead says which tool takes it."""
+
     kind = "task"
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        known: Iterable[str] | None = None,
+        instance: str | None = None,
+        kept: int | None = None,
+    ) -> None:
+        super().__init__(key, known=known)
+        task_id = _TASK_ID.match(key)
+        if _RUN_ID.match(key):
+            hint = "that is the shape of a run id (get_workflow_run takes it) or a session id, not a task id"
+        elif task_id is None:
+            hint = "task ids look like t-1a2b3c4d-7 (execute_task returns them)"
+        elif instance is not None and task_id.group(1) != instance:
+            hint = (
+                f"it was made by another server instance (this one's task ids begin {instance}): single "
+                "tasks are kept in memory only, by the server that ran them, and are lost when it restarts; "
+                "workflow runs are kept (list_workflow_runs)"
+            )
+        elif kept is not None:
+            hint = f"it may have ended and been dropped: the last {kept} finished tasks are kept"
+        else:
+            hint = ""
+        self._hint(hint)
 
 
 class SessionNotFoundError(NotFoundError):

@@ -490,3 +490,50 @@ def test_a_parent_waiting_on_its_sub_run_s_question_survives_a_restart(tmp_path:
         assert [r.run_id for r in manager.list_runs(workflow_name="gated")] == [child_id]
     finally:
         second.shutdown()
+
+
+def test_a_run_cancelled_at_shutdown_says_why_and_how_to_continue_it_and_a_resume_continues_it(
+    tmp_path: Path,
+) -> None:
+    # Was "run cancelled" alone, read after a restart with nothing saying the server had stopped.
+    steps = [
+        {"name": "first", "module": "core", "action": "echo", "parameters": {"message": "kept"}},
+        {
+            "name": "s",
+            "module": "core",
+            "action": "sleep",
+            "parameters": {"seconds": 600},
+            "dependencies": ["first"],
+        },
+    ]
+    started = threading.Event()
+    first = engine_at(tmp_path)
+    try:
+        first.workflow_manager.create_workflow({"name": "slow", "steps": steps})
+        first.workflow_manager.add_listener(
+            lambda event, payload: (
+                started.set() if event == "step.started" and payload["step"] == "s" else None
+            )
+        )
+        run_id = first.workflow_manager.execute_workflow("slow", wait=False).run_id
+        assert started.wait(WAIT)
+    finally:
+        first.shutdown()
+
+    second = engine_at(tmp_path)
+    try:
+        manager = second.workflow_manager
+        record = manager.get_run(run_id)
+        assert record.status is WorkflowStatus.CANCELLED
+        assert record.error == (
+            "cancelled because the server (or program) running it shut down; resume_workflow_run continues "
+            f"it from its completed steps (from a shell: codomyrmex-orchestration resume {run_id})"
+        )
+        step_error = record.steps["s"].error
+        assert step_error is not None and "shut down" in step_error.message
+        resumed = manager.resume_run(run_id, wait=False)  # what the error promises
+        assert resumed.status is WorkflowStatus.RUNNING
+        assert resumed.steps["first"].output == "kept"
+        assert manager.cancel_run(run_id).status is WorkflowStatus.CANCELLED
+    finally:
+        second.shutdown()

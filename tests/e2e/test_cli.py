@@ -258,15 +258,36 @@ def test_a_bad_setting_is_one_error_line_naming_the_variable_not_the_field(
     assert f"{field}:" not in line
 
 
-def test_an_unreadable_token_file_is_refused_naming_its_variable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_an_unreadable_token_file_is_refused_naming_its_flag_and_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "no-token"
     code = main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0",
                  "--auth-token-file", str(missing)])  # fmt: skip
     assert code == 2
     line = single_error_line(capsys.readouterr().err)
-    assert line.startswith(f"error: CODOMYRMEX_AUTH_TOKEN_FILE: cannot read {missing}: No such file"), line
+    assert line.startswith(
+        f"error: --auth-token-file (CODOMYRMEX_AUTH_TOKEN_FILE): cannot read {missing}: No such file"
+    ), line
+    # Given by the variable alone, the variable alone is named.
+    monkeypatch.setenv("CODOMYRMEX_AUTH_TOKEN_FILE", str(missing))
+    assert main(["serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "0"]) == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: CODOMYRMEX_AUTH_TOKEN_FILE: cannot read {missing}"), line
+
+
+def test_a_bad_value_given_by_a_flag_names_the_flag_with_its_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was "error: CODOMYRMEX_PORT: ...", a variable the user never set.
+    monkeypatch.delenv("CODOMYRMEX_PORT", raising=False)
+    assert main(["serve", "--transport", "streamable-http", "--port", "99999"]) == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line == "error: --port (CODOMYRMEX_PORT): Input should be less than or equal to 65535"
+    monkeypatch.setenv("CODOMYRMEX_PORT", "99999")
+    assert main(["serve", "--transport", "streamable-http"]) == 2
+    line = single_error_line(capsys.readouterr().err)
+    assert line == "error: CODOMYRMEX_PORT: Input should be less than or equal to 65535"
 
 
 def test_run_on_an_unusable_dask_scheduler_is_a_configuration_error_naming_the_setting(cli: Cli) -> None:

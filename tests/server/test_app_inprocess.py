@@ -321,3 +321,17 @@ async def test_a_hundred_malformed_argument_sets_per_tool_are_refused_and_the_se
                 assert text.startswith(f"invalid arguments for tool {d['name']!r}"), (d["name"], args, text)
         assert len((await client.list_tools()).tools) == len(definitions)
         assert (await client.call_tool("list_actions", {"x": 1})).is_error
+
+
+async def test_a_step_field_of_the_wrong_shape_is_named_by_its_path_and_the_shape_it_takes(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    step = {"name": "a", "module": "core", "action": "echo", "resources": {"compute": [1]}, "cache": 600}
+    async with Client(build_server(tools_without_engine)) as client:
+        result = await client.call_tool("create_workflow", {"name": "w", "steps": [step]})
+    assert result.is_error
+    assert _text(result) == (
+        "invalid arguments for tool 'create_workflow': "
+        "steps.0.resources.compute: Input should be a number or a string; "
+        "steps.0.cache: Input should be an object with the fields ttl_seconds"
+    )

@@ -15,6 +15,7 @@ from mcp import Client
 from codomyrmex_orchestration.core.models import TaskRecord, TaskStatus, WorkflowSpec
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
+from tests.server.conftest import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -721,3 +722,82 @@ async def test_a_wait_counts_from_the_calls_arrival_even_while_every_call_thread
     assert handle["status"] in ("pending", "running") and "still" in handle["note"]
     assert returned - released < 1.5
     await _ok(client, "cancel_workflow_run", {"run_id": handle["run_id"]})
+
+
+async def test_an_id_of_the_wrong_kind_or_of_another_server_instance_says_why_it_is_not_found(
+    client: Client, tmp_path: Path
+) -> None:
+    # Was "task '...' not found" alone, for a run id, and for a task of the server before a restart.
+    other = OrchestrationMCPTools(engine_factory=lambda policy: make_engine(tmp_path / "other", policy))
+    try:
+        async with Client(build_server(other)) as before_restart:
+            echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}}
+            old_task = (await _ok(before_restart, "execute_task", echo))["task_id"]
+    finally:
+        other.close()
+    lost = await _error(client, "get_task", {"task_id": old_task})
+    assert lost.startswith(f"task {old_task!r} not found: it was made by another server instance")
+    assert "single tasks are kept in memory only" in lost
+    echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    depends = await _error(client, "execute_task", {**echo, "dependencies": [old_task]})
+    assert "single tasks are kept in memory only" in depends
+
+    await _ok(client, "create_workflow", HELLO)
+    run_id = (await _ok(client, "execute_workflow", {"workflow_name": "hello"}))["run_id"]
+    assert "get_workflow_run takes it" in await _error(client, "get_task", {"task_id": run_id})
+    task_id = (await _ok(client, "execute_task", echo))["task_id"]
+    assert (await _error(client, "get_workflow_run", {"run_id": task_id})) == (
+        f"run {task_id!r} not found: that is a task id (execute_task's); get_task takes it"
+    )
+
+
+async def test_a_delete_or_release_of_nothing_is_no_error_but_its_note_says_so_and_names_a_close_one(
+    client: Client,
+) -> None:
+    # Was {"deleted": false} and {"released": 0} alone, as if the call had done what was asked.
+    await _ok(client, "create_workflow", HELLO)
+    missed = await _ok(client, "delete_workflow", {"name": "helo"})
+    assert missed["deleted"] is False
+    assert missed["note"] == (
+        "no workflow 'helo' is registered (did you mean 'hello'?): nothing was deleted; known: hello"
+    )
+    held = await _ok(client, "allocate_resources", {"user_id": "agent-1", "requirements": {"compute": 1}})
+    allocation = held["allocations"][0]["allocation_id"]
+    nothing = await _ok(client, "release_resources", {"allocation_id": allocation + "x"})
+    assert nothing["released"] == 0
+    assert nothing["note"].startswith(
+        f"no allocation {allocation + 'x'!r} is held (did you mean {allocation!r}?)"
+    )
+    nobody = await _ok(client, "release_resources", {"user_id": "agent-2"})
+    assert (
+        nobody["note"] == "user 'agent-2' holds no allocation (did you mean 'agent-1'?): nothing was released"
+    )
+    released = await _ok(client, "release_resources", {"allocation_id": allocation})
+    assert released["released"] == 1 and released["note"] is None
+
+
+async def test_deleting_a_sample_says_it_returns_on_restart_and_which_workflows_call_it(
+    tmp_path: Path,
+) -> None:
+    from codomyrmex_orchestration.core.engine import OrchestrationEngine
+    from codomyrmex_orchestration.samples import SAMPLES_DIR
+
+    tools = OrchestrationMCPTools(
+        engine_factory=lambda policy: OrchestrationEngine(
+            state_dir=tmp_path / "state", config_dir=None, projects_dir=tmp_path / "projects",
+            templates_dir=None, sample_dir=SAMPLES_DIR, durable=False,
+        )
+    )  # fmt: skip
+    try:
+        async with Client(build_server(tools)) as client:
+            gone = await _ok(client, "delete_workflow", {"name": "fan_out_join"})
+            assert gone["deleted"] is True
+            assert gone["note"] == (
+                "it is a shipped sample: the server registers it again when it restarts, unless samples are "
+                "turned off (CODOMYRMEX_LOAD_SAMPLES=0); these workflows call it (workflow.run) and now fail "
+                "at that step: service_report"
+            )
+            again = await _ok(client, "delete_workflow", {"name": "fan_out_join"})  # idempotent
+            assert again["deleted"] is False and "nothing was deleted" in again["note"]
+    finally:
+        tools.close()

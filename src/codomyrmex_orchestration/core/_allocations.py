@@ -102,6 +102,21 @@ class UserAllocations:
             raise InvalidInputError("allocation_id", "give an allocation_id or a requester_id (user_id)")
         return self._resources.deallocate_resources(requester_id)
 
+    def nothing_released(self, *, allocation_id: str | None, requester_id: str | None) -> str:
+        """Why a release freed nothing, for the caller that asked: the release is idempotent (a repeat
+        is no error), but an id or user that holds nothing may be a typo (a close one is named)."""
+        from codomyrmex_orchestration._suggest import did_you_mean
+
+        held = self._resources.get_allocations()
+        if allocation_id is not None:
+            hint = did_you_mean(allocation_id, [a.allocation_id for a in held])
+            return (
+                f"no allocation {allocation_id!r} is held{hint}: nothing was released (it was released "
+                f"already, expired, or never existed; {len(held)} allocations are held now)"
+            )
+        hint = did_you_mean(str(requester_id), {a.requester_id for a in held})
+        return f"user {requester_id!r} holds no allocation{hint}: nothing was released"
+
     def released(self, allocation_id: str) -> None:
         """The resource manager released ``allocation_id``: forget its stored copy, if any."""
         with self._lock:

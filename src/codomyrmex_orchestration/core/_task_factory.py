@@ -82,6 +82,11 @@ class TaskFactory:
         self._ids = itertools.count(1)
         self._id_prefix = f"t-{uuid.uuid4().hex[:8]}-"
 
+    @property
+    def id_prefix(self) -> str:
+        """What the ids of its tasks begin with (``t-`` and 8 hex digits of this instance, ``-``)."""
+        return self._id_prefix
+
     def registry(self) -> ActionRegistry:
         if self._registry is None:
             self._registry = create_registry()

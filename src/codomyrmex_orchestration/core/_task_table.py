@@ -28,8 +28,9 @@ class TaskTable:
         max_finished: finished tasks kept for lookups; the oldest are forgotten beyond it.
     """
 
-    def __init__(self, max_finished: int) -> None:
+    def __init__(self, max_finished: int, id_prefix: str | None = None) -> None:
         self.max_finished = max_finished
+        self.id_prefix = id_prefix  # of the ids of its tasks (an unknown id of another is explained)
         self.tasks: dict[str, Task] = {}
         self._finished_order: deque[str] = deque()
         self._graph: DependencyGraph[Task] = DependencyGraph()
@@ -44,7 +45,7 @@ class TaskTable:
         """The task, or :class:`TaskNotFoundError` if it is unknown or was evicted."""
         task = self.tasks.get(task_id)
         if task is None:
-            raise TaskNotFoundError(task_id)
+            raise TaskNotFoundError(task_id, instance=self.id_prefix, kept=self.max_finished)
         return task
 
     def add(self, task: Task, dependencies: list[Task]) -> Task | None:

@@ -307,6 +307,17 @@ def _formatted(fmt: str, value: str) -> bool:
     return True
 
 
+def _shutdown_reason(run_id: str, *, durable: bool) -> str:
+    """The error of a run cancelled because the engine running it shut down."""
+    why = "cancelled because the server (or program) running it shut down"
+    if not durable:
+        return f"{why}; its state was in memory only, so it cannot be resumed"
+    return (
+        f"{why}; resume_workflow_run continues it from its completed steps "
+        f"(from a shell: codomyrmex-orchestration resume {run_id})"
+    )
+
+
 def _outcome(step: str, question: InputRequest, action: str, content: dict[str, Any]) -> StepResult:
     """The step result an answer (or the deadline, ``_TIMEOUT``) makes."""
     now = utcnow()
@@ -625,11 +636,13 @@ class InputDesk:
 
     def cancel_at_shutdown(self, run: RunState) -> None:
         """Cancel an active run at shutdown, unless it waits for input and its store is durable: that one
-        stays waiting, and the next start continues it (:meth:`reload`)."""
+        stays waiting, and the next start continues it (:meth:`reload`). The run's error says why, and,
+        in a durable store, that a resume continues it (a cancelled run is resumable)."""
+        durable = self._runs.store.durable
         with run.lock:  # waiting on a question of its own or of a sub-run
-            kept = run.kept = self._runs.store.durable and bool(run.waiting or run.sub_inputs)
+            kept = run.kept = durable and bool(run.waiting or run.sub_inputs)
         if not kept:
-            self._driver.cancel(run)
+            self._driver.cancel(run, _shutdown_reason(run.run_id, durable=durable))
 
     def forget(self, run_id: str) -> None:
         """The run ended (and left the active runs): drop its deadlines, wake its waiters."""

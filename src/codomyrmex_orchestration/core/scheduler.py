@@ -163,6 +163,7 @@ class TaskOrchestrator:
             timers=self._timers,
             max_queued=max_queued,
         )
+        self._d.table.id_prefix = self._factory.id_prefix  # to tell an id of an earlier instance
         self._backend_lock = threading.Lock()  # guards _backend_open
         self._backend_open = True
         self._started_mono = time.monotonic()

@@ -496,6 +496,10 @@ class ValidationResult(Result):
 class DeleteResult(Result):
     workflow_name: str
     deleted: bool
+    note: str | None = Field(
+        default=None,
+        description="Why nothing was deleted (close names); or what returns on restart and who calls it.",
+    )
 
 
 class RunSummary(Result):
@@ -519,6 +523,7 @@ class ReleaseResult(Result):
     released: int
     allocation_id: str | None = None
     user_id: str | None = None
+    note: str | None = Field(default=None, description="Why nothing was released (a close id or user).")
 
 
 class SessionResult(Session):

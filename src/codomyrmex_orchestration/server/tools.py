@@ -516,8 +516,11 @@ def _validate_workflow(tools: OrchestrationMCPTools, a: m.ValidateWorkflowArgs, 
 
 
 def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: _Call) -> _Outcome:
-    deleted = bool(tools.engine.workflow_manager.delete_workflow(a.name))
-    return m.DeleteResult(workflow_name=a.name, deleted=deleted)
+    from codomyrmex_orchestration.core._workflow_deletion import delete_with_note
+
+    # A name that matched nothing is no error (a repeat delete is fine), but the note says so.
+    deleted, note = delete_with_note(tools.engine.workflow_manager, a.name)
+    return m.DeleteResult(workflow_name=a.name, deleted=deleted, note=note)
 
 
 def _get_run(tools: OrchestrationMCPTools, a: m.GetRunArgs, call: _Call) -> _Outcome:
@@ -699,7 +702,13 @@ def _release_resources(tools: OrchestrationMCPTools, a: m.ReleaseResourcesArgs, 
     if (a.allocation_id is None) == (a.user_id is None):
         raise InvalidInputError("allocation_id", "give exactly one of allocation_id or user_id")
     released = tools.engine.release_resources(allocation_id=a.allocation_id, requester_id=a.user_id)
-    return m.ReleaseResult(released=released, allocation_id=a.allocation_id, user_id=a.user_id)
+    # Nothing released is no error (a repeat release is fine), but the note says why.
+    note = (
+        tools.engine.allocations.nothing_released(allocation_id=a.allocation_id, requester_id=a.user_id)
+        if not released
+        else None
+    )
+    return m.ReleaseResult(released=released, allocation_id=a.allocation_id, user_id=a.user_id, note=note)
 
 
 def _create_project(tools: OrchestrationMCPTools, a: m.CreateProjectArgs, call: _Call) -> _Outcome:
