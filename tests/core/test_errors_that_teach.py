@@ -78,3 +78,37 @@ def test_an_unknown_workflow_name_suggests_the_closest_known_one(engine: Orchest
     engine.workflow_manager.create_workflow({"name": "greet_and_collect", "steps": [echo("a")]})
     with pytest.raises(WorkflowNotFoundError, match="did you mean 'greet_and_collect'"):
         engine.execute_workflow("greet_and_colect")
+
+
+@pytest.mark.parametrize(
+    ("action", "parameters", "field"),
+    [
+        ("sleep", {"secs": 2}, "parameters.secs"),
+        ("echo", {"message": "a", "mesage": "b"}, "parameters.mesage"),
+        ("sleep", {"seconds": -1}, "parameters.seconds"),
+    ],
+    ids=["misspelt-name", "extra-misspelt-name", "bad-literal"],
+)
+def test_a_single_task_is_refused_before_it_runs_with_the_problem_a_workflow_step_would_have(
+    engine: OrchestrationEngine, action: str, parameters: dict[str, Any], field: str
+) -> None:
+    call = {"module": "core", "action": action, "parameters": parameters}
+    with pytest.raises(DAGValidationError) as as_step:
+        engine.workflow_manager.validate_workflow({"name": "w", "steps": [{"name": "a", **call}]})
+    [problem] = as_step.value.problems
+    with pytest.raises(InvalidInputError) as as_task:
+        engine.execute_task({"name": "t", **call})
+    assert as_task.value.field == field
+    assert as_task.value.reason in problem  # the same words, without the step's name
+    with pytest.raises(InvalidInputError):
+        engine.start_task({"name": "t", **call})
+    assert engine.task_orchestrator.list_tasks() == []  # nothing was queued
+
+
+def test_a_single_task_passes_a_value_that_looks_like_a_template_as_it_is(
+    engine: OrchestrationEngine,
+) -> None:
+    task = engine.execute_task(
+        {"name": "t", "module": "core", "action": "echo", "parameters": {"message": "{{steps.x.output}}"}}
+    )
+    assert task.status.value == "completed" and task.result == "{{steps.x.output}}"

@@ -345,6 +345,14 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
     assert pending["status"] == "running" and pending["note"]
 
 
+async def test_execute_task_refuses_a_misspelt_parameter_before_anything_runs(client: Client) -> None:
+    nap = {"name": "t", "module": "core", "action": "sleep", "parameters": {"secs": 2}}
+    refused = await _error(client, "execute_task", nap)
+    assert "parameters.secs: core.sleep does not accept parameter 'secs' (did you mean 'seconds'?)" in refused
+    echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": "a", "mesage": "b"}}
+    assert "(did you mean 'message'?)" in await _error(client, "execute_task", echo)
+
+
 async def test_execute_task_stops_an_attempt_at_its_timeout_apart_from_the_wait(client: Client) -> None:
     nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
     task = await _ok(client, "execute_task", {**nap, "timeout": 0.2, "timeout_seconds": 30})

@@ -31,7 +31,12 @@ from codomyrmex_orchestration.core._numbers import check_count, shown
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
-from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory, TaskSettings
+from codomyrmex_orchestration.core._task_factory import (
+    TaskCall,
+    TaskFactory,
+    TaskSettings,
+    check_task_parameters,
+)
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
@@ -330,9 +335,13 @@ class TaskOrchestrator:
 
         Raises:
             UnknownActionError, ActionRefusedError: at submission, from the registry.
+            InvalidInputError: a parameter the action does not accept, or a literal value it would
+                refuse (the checks a workflow's validation makes of the same step).
             Everything :meth:`submit` raises.
         """
-        allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
+        registry = self._factory.registry()
+        check_task_parameters(registry.get(spec.module, spec.action), spec.parameters)
+        allow = registry.allow_code_execution  # a worker's registry refuses what ours does
         call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
             None,
