@@ -408,7 +408,11 @@ async def test_execute_task_of_workflow_run_says_it_runs_only_as_a_step_and_poin
 async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_request(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:
-    await _ok(client, "execute_task", {"name": "warm", "module": "core", "action": "echo"})  # engine up
+    await _ok(
+        client,
+        "execute_task",
+        {"name": "warm", "module": "core", "action": "echo", "parameters": {"message": 1}},
+    )  # engine up
     orchestrator = tools.engine.task_orchestrator
     started: list[str] = []
     all_started = threading.Event()
