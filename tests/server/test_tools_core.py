@@ -170,6 +170,24 @@ async def test_execute_workflow_returns_the_run_record_with_outputs(client: Clie
     assert [r["run_id"] for r in runs["runs"]] == [run["run_id"]]
 
 
+async def test_a_run_given_a_parameter_name_its_workflow_does_not_take_is_refused_naming_the_field(
+    client: Client,
+) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    refused = await _error(
+        client, "execute_workflow", {"workflow_name": "hello", "parameters": {"woh": "you"}}
+    )
+    assert refused.startswith("parameters.woh: workflow 'hello' neither declares nor uses parameter 'woh'")
+    assert "(did you mean 'who'?); accepted parameters: who" in refused
+    complex_call = {
+        "name": "c",
+        "workflow_definition": {"steps": HELLO["steps"]},
+        "parameters": {"woh": "you"},
+    }
+    assert "(did you mean 'who'?)" in await _error(client, "create_complex_workflow", complex_call)
+    assert (await _ok(client, "list_workflow_runs", {}))["count"] == 0  # nothing was recorded
+
+
 async def test_a_failed_run_is_a_record_and_an_unknown_workflow_is_an_error(client: Client) -> None:
     failing = {
         "name": "bad",

@@ -108,7 +108,9 @@ class NoArgs(Args):
 class ExecuteWorkflowArgs(Args):
     workflow_name: str = _name("Name of a registered workflow (see list_workflows).")
     parameters: dict[str, Any] = Field(
-        default_factory=dict, description="Values for {{params.x}} references; override the defaults."
+        default_factory=dict,
+        description="Values for {{params.x}} references; override the defaults. A name the workflow neither "
+        "declares nor references is refused.",
     )
     session_id: str | None = Field(default=None, description="Run inside this session (see create_session).")
     wait: bool = _WAIT
