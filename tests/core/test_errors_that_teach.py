@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration._suggest import closest
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, WorkflowNotFoundError
 
@@ -112,3 +113,28 @@ def test_a_single_task_passes_a_value_that_looks_like_a_template_as_it_is(
         {"name": "t", "module": "core", "action": "echo", "parameters": {"message": "{{steps.x.output}}"}}
     )
     assert task.status.value == "completed" and task.result == "{{steps.x.output}}"
+
+
+@pytest.mark.parametrize(
+    ("module", "action", "written", "meant"),
+    [
+        ("shell", "run", "cmd", "command"),  # closer in letters to 'cwd'
+        ("shell", "run", "args", "command"),
+        ("shell", "run", "stdin", "input"),
+        ("core", "sleep", "duration", "seconds"),
+        ("http", "request", "endpoint", "url"),
+    ],
+)
+def test_a_parameter_written_under_a_common_alias_suggests_the_name_it_stands_for(
+    engine: OrchestrationEngine, module: str, action: str, written: str, meant: str
+) -> None:
+    step = {"name": "a", "module": module, "action": action, "parameters": {written: "x"}}
+    with pytest.raises(DAGValidationError) as info:
+        engine.workflow_manager.validate_workflow({"name": "w", "steps": [step]})
+    assert f"does not accept parameter {written!r} (did you mean {meant!r}?)" in info.value.problems[0]
+
+
+def test_a_name_that_differs_only_in_case_is_suggested_as_itself_not_as_an_alias() -> None:
+    assert closest("Name", ["name", "workflow"]) == "name"
+    assert closest("name", ["workflow"]) == "workflow"
+    assert closest("cmd", ["cwd", "shell"]) == "cwd"  # an alias not known here: spelling decides
