@@ -120,7 +120,7 @@ class ExecuteWorkflowArgs(Args):
 
 class CreateWorkflowArgs(Args):
     name: str = _name("Workflow name: 1-128 letters, digits, '-', '_', '.'.")
-    steps: list[StepSpec] = Field(min_length=1, description="The steps; see the step_format prompt.")
+    steps: list[StepSpec] = Field(min_length=1, description="The steps; see the workflow_step_format prompt.")
     description: str = Field(default="", max_length=10_000)
     parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults for {{params.x}}.")
     max_parallel: int | None = _workflow_field("max_parallel")
