@@ -334,14 +334,12 @@ class TaskOrchestrator:
         """Queue an action task: ``registry.get(spec.module, spec.action).func(spec.parameters, ctx)``.
 
         Raises:
-            UnknownActionError, ActionRefusedError: at submission, from the registry.
-            InvalidInputError: a parameter the action does not accept, or a literal value it would
-                refuse (the checks a workflow's validation makes of the same step).
+            UnknownActionError, ActionRefusedError, InvalidInputError: at submission, from the registry,
+                or what validating the same step would refuse (``check_task_parameters``).
             Everything :meth:`submit` raises.
         """
-        registry = self._factory.registry()
-        check_task_parameters(registry.get(spec.module, spec.action), spec.parameters)
-        allow = registry.allow_code_execution  # a worker's registry refuses what ours does
+        check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
+        allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
         call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
             None,
