@@ -20,7 +20,7 @@ CUTOFF = 0.6
 ALIASES: dict[str, tuple[str, ...]] = {
     "cmd": ("command",),
     "args": ("command", "parameters"),
-    "argv": ("command",),
+    "argv": ("args", "command"),
     "script": ("command",),
     "exec": ("command",),
     "dir": ("cwd",),
