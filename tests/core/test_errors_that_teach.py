@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration._suggest import closest
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.errors import DAGValidationError, InvalidInputError, WorkflowNotFoundError
 
@@ -78,3 +79,62 @@ def test_an_unknown_workflow_name_suggests_the_closest_known_one(engine: Orchest
     engine.workflow_manager.create_workflow({"name": "greet_and_collect", "steps": [echo("a")]})
     with pytest.raises(WorkflowNotFoundError, match="did you mean 'greet_and_collect'"):
         engine.execute_workflow("greet_and_colect")
+
+
+@pytest.mark.parametrize(
+    ("action", "parameters", "field"),
+    [
+        ("sleep", {"secs": 2}, "parameters.secs"),
+        ("echo", {"message": "a", "mesage": "b"}, "parameters.mesage"),
+        ("sleep", {"seconds": -1}, "parameters.seconds"),
+    ],
+    ids=["misspelt-name", "extra-misspelt-name", "bad-literal"],
+)
+def test_a_single_task_is_refused_before_it_runs_with_the_problem_a_workflow_step_would_have(
+    engine: OrchestrationEngine, action: str, parameters: dict[str, Any], field: str
+) -> None:
+    call = {"module": "core", "action": action, "parameters": parameters}
+    with pytest.raises(DAGValidationError) as as_step:
+        engine.workflow_manager.validate_workflow({"name": "w", "steps": [{"name": "a", **call}]})
+    [problem] = as_step.value.problems
+    with pytest.raises(InvalidInputError) as as_task:
+        engine.execute_task({"name": "t", **call})
+    assert as_task.value.field == field
+    assert as_task.value.reason in problem  # the same words, without the step's name
+    with pytest.raises(InvalidInputError):
+        engine.start_task({"name": "t", **call})
+    assert engine.task_orchestrator.list_tasks() == []  # nothing was queued
+
+
+def test_a_single_task_passes_a_value_that_looks_like_a_template_as_it_is(
+    engine: OrchestrationEngine,
+) -> None:
+    task = engine.execute_task(
+        {"name": "t", "module": "core", "action": "echo", "parameters": {"message": "{{steps.x.output}}"}}
+    )
+    assert task.status.value == "completed" and task.result == "{{steps.x.output}}"
+
+
+@pytest.mark.parametrize(
+    ("module", "action", "written", "meant"),
+    [
+        ("shell", "run", "cmd", "command"),  # closer in letters to 'cwd'
+        ("shell", "run", "args", "command"),
+        ("shell", "run", "stdin", "input"),
+        ("core", "sleep", "duration", "seconds"),
+        ("http", "request", "endpoint", "url"),
+    ],
+)
+def test_a_parameter_written_under_a_common_alias_suggests_the_name_it_stands_for(
+    engine: OrchestrationEngine, module: str, action: str, written: str, meant: str
+) -> None:
+    step = {"name": "a", "module": module, "action": action, "parameters": {written: "x"}}
+    with pytest.raises(DAGValidationError) as info:
+        engine.workflow_manager.validate_workflow({"name": "w", "steps": [step]})
+    assert f"does not accept parameter {written!r} (did you mean {meant!r}?)" in info.value.problems[0]
+
+
+def test_a_name_that_differs_only_in_case_is_suggested_as_itself_not_as_an_alias() -> None:
+    assert closest("Name", ["name", "workflow"]) == "name"
+    assert closest("name", ["workflow"]) == "workflow"
+    assert closest("cmd", ["cwd", "shell"]) == "cwd"  # an alias not known here: spelling decides

@@ -206,6 +206,44 @@ def test_parameters_default_and_override_and_missing_ones_are_named(manager: Wor
     assert record.steps["s"].output == "hi world 3"
 
 
+def test_a_parameter_name_the_workflow_neither_declares_nor_uses_is_refused_before_the_run_is_recorded(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow(
+        {
+            "name": "rates",
+            "parameters": {"error_rate": 0.07, "spare": 1},  # declared, used by no step: accepted
+            "steps": [
+                step("s", action="echo", parameters={"message": "{{params.error_rate}}"}),
+                step("t", action="echo", parameters={"message": 1}, run_if="params.threshold > 0"),
+            ],
+        }
+    )
+    with pytest.raises(InvalidInputError) as info:
+        manager.execute_workflow("rates", {"eror_rate": 0.9, "threshold": 1})
+    assert info.value.field == "parameters.eror_rate"
+    assert "neither declares nor uses parameter 'eror_rate' (did you mean 'error_rate'?)" in info.value.reason
+    assert "accepted parameters: error_rate, spare, threshold" in info.value.reason
+    with pytest.raises(InvalidInputError, match=r"parameters 'x', 'y'; accepted"):
+        manager.start_workflow("rates", {"x": 1, "y": 2, "threshold": 1})
+    assert manager.list_runs() == []  # nothing was recorded
+    run = manager.execute_workflow("rates", {"error_rate": 0.5, "spare": 2, "threshold": 1}, timeout=10)
+    assert run.status is WorkflowStatus.COMPLETED and run.steps["s"].output == 0.5
+
+
+def test_a_sub_workflow_given_a_parameter_it_does_not_take_fails_its_step_naming_it(
+    manager: WorkflowManager,
+) -> None:
+    manager.create_workflow("child", [step("c", action="echo", parameters={"message": "{{params.x}}"})])
+    call = {"workflow": "child", "parameters": {"x": 1, "xx": 2}}
+    manager.create_workflow("parent", [step("sub", module="workflow", action="run", parameters=call)])
+    record = manager.execute_workflow("parent", timeout=10)
+    assert record.status is WorkflowStatus.FAILED
+    error = record.steps["sub"].error
+    assert error is not None and "parameters.xx: workflow 'child' neither declares nor uses" in error.message
+    assert [r.workflow_name for r in manager.list_runs()] == ["parent"]  # no child run was recorded
+
+
 def test_retries_are_counted_in_attempts(manager: WorkflowManager, registry: ActionRegistry) -> None:
     calls: list[int] = []
 

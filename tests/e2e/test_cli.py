@@ -370,6 +370,16 @@ def test_run_json_prints_only_the_final_record_and_the_run_is_kept_in_the_state_
     assert shown["steps"]["fetch"]["output"] == {"n": 3}
 
 
+def test_a_misspelt_param_exits_2_naming_it_and_the_accepted_names_and_runs_nothing(cli: Cli) -> None:
+    result = cli("run", cli.write("demo.json", DEMO), "--param", "nn=21")
+    assert result.returncode == 2
+    assert single_error_line(result.stderr).startswith(
+        "error: parameters.nn: workflow 'demo' neither declares nor uses parameter 'nn' (did you mean 'n'?); "
+        "accepted parameters: n"
+    )
+    assert cli.json("runs") == []
+
+
 def test_a_registered_workflow_runs_by_name_from_the_config_dir(cli: Cli) -> None:
     (cli.root / "config" / "demo.json").write_text(json.dumps(DEMO), encoding="utf-8")
     record = cli.json("run", "demo", "--param", "n=5")

@@ -117,6 +117,37 @@ async def test_the_prompt_teaches_the_step_format_with_a_valid_example(
     CreateWorkflowArgs.model_validate(example)  # the example is a valid create_workflow call
 
 
+#: How a text names a prompt: "the step_format prompt", "the prompt 'workflow_step_format'".
+_PROMPT_MENTIONS = (re.compile(r"\b(\w+) prompt\b"), re.compile(r"""\bprompt ['"`](\w+)['"`]"""))
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+async def test_every_prompt_a_tool_description_or_schema_names_is_a_prompt_the_server_serves(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    async with Client(build_server(tools_without_engine)) as client:
+        served = {p.name for p in (await client.list_prompts()).prompts}
+        tools = (await client.list_tools()).tools
+        texts = [client.instructions or ""]
+        for tool in tools:
+            texts += _texts(tool.model_dump(mode="json", exclude_none=True))
+        found = {name for text in texts for pattern in _PROMPT_MENTIONS for name in pattern.findall(text)}
+        named = {name for name in found if name.lower() not in {"the", "a", "this", "that"}}
+        assert "workflow_step_format" in named  # the search finds the mentions there are
+        assert named <= served, f"named but not served: {sorted(named - served)}; served: {sorted(served)}"
+        for name in named:
+            assert (await client.get_prompt(name)).messages
+
+
 async def test_resources_list_the_collections_and_templates_even_without_an_engine(
     tools_without_engine: OrchestrationMCPTools,
 ) -> None:

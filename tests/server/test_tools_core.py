@@ -201,6 +201,24 @@ async def test_execute_workflow_returns_the_run_record_with_outputs(client: Clie
     assert [r["run_id"] for r in runs["runs"]] == [run["run_id"]]
 
 
+async def test_a_run_given_a_parameter_name_its_workflow_does_not_take_is_refused_naming_the_field(
+    client: Client,
+) -> None:
+    await _ok(client, "create_workflow", HELLO)
+    refused = await _error(
+        client, "execute_workflow", {"workflow_name": "hello", "parameters": {"woh": "you"}}
+    )
+    assert refused.startswith("parameters.woh: workflow 'hello' neither declares nor uses parameter 'woh'")
+    assert "(did you mean 'who'?); accepted parameters: who" in refused
+    complex_call = {
+        "name": "c",
+        "workflow_definition": {"steps": HELLO["steps"]},
+        "parameters": {"woh": "you"},
+    }
+    assert "(did you mean 'who'?)" in await _error(client, "create_complex_workflow", complex_call)
+    assert (await _ok(client, "list_workflow_runs", {}))["count"] == 0  # nothing was recorded
+
+
 async def test_a_failed_run_is_a_record_and_an_unknown_workflow_is_an_error(client: Client) -> None:
     failing = {
         "name": "bad",
@@ -376,6 +394,14 @@ async def test_execute_task_runs_one_action_through_the_scheduler(client: Client
     assert pending["status"] == "running" and pending["note"]
 
 
+async def test_execute_task_refuses_a_misspelt_parameter_before_anything_runs(client: Client) -> None:
+    nap = {"name": "t", "module": "core", "action": "sleep", "parameters": {"secs": 2}}
+    refused = await _error(client, "execute_task", nap)
+    assert "parameters.secs: core.sleep does not accept parameter 'secs' (did you mean 'seconds'?)" in refused
+    echo = {"name": "t", "module": "core", "action": "echo", "parameters": {"message": "a", "mesage": "b"}}
+    assert "(did you mean 'message'?)" in await _error(client, "execute_task", echo)
+
+
 async def test_execute_task_stops_an_attempt_at_its_timeout_apart_from_the_wait(client: Client) -> None:
     nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
     task = await _ok(client, "execute_task", {**nap, "timeout": 0.2, "timeout_seconds": 30})
@@ -431,7 +457,11 @@ async def test_execute_task_of_workflow_run_says_it_runs_only_as_a_step_and_poin
 async def test_long_tasks_wait_without_threads_and_are_cancelled_with_their_request(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:
-    await _ok(client, "execute_task", {"name": "warm", "module": "core", "action": "echo"})  # engine up
+    await _ok(
+        client,
+        "execute_task",
+        {"name": "warm", "module": "core", "action": "echo", "parameters": {"message": 1}},
+    )  # engine up
     orchestrator = tools.engine.task_orchestrator
     started: list[str] = []
     all_started = threading.Event()

@@ -30,7 +30,10 @@ from codomyrmex_orchestration.errors import InvalidInputError
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core.scheduler import StateCallback, TaskCallable, TaskCallback
 
-__all__ = ["TaskCall", "TaskFactory", "TaskSettings"]
+__all__ = ["TaskCall", "TaskFactory", "TaskSettings", "check_task_parameters"]
+
+#: The name of the one step :func:`check_task_parameters` checks (its problems start with it).
+_TASK_STEP = "task"
 
 
 class TaskSettings(NamedTuple):
@@ -162,6 +165,35 @@ class TaskFactory:
         task_id = f"{self._id_prefix}{next(self._ids)}"
         run = (run_id, step_name, on_start, on_done, live_state, session_id, group, instant)
         return Task(task_id, fn, name, priority, deps, timeout, retry, resources, *run)
+
+
+def check_task_parameters(definition: ActionDefinition, parameters: Mapping[str, Any]) -> None:
+    """Refuse what validating the same call as a workflow step would refuse, before the task is queued:
+    a parameter name the action does not declare (the workflow's own check, run on a step of the names
+    alone: a task's values are passed as they are, never read as templates) and a malformed literal
+    value (the action's ``check``).
+
+    Raises:
+        InvalidInputError: naming ``parameters.<name>`` and what the action accepts.
+    """
+    accepted = definition.parameters
+    unknown = sorted(parameters.keys() - accepted.keys()) if accepted and "*" not in accepted else []
+    if unknown:  # (building a DAG for every task would cost an eighth of what execute_task takes)
+        # Imported here: the DAG library comes with the first task refused, not with the scheduler.
+        from codomyrmex_orchestration.core.dag import WorkflowDAG
+
+        step = {"name": _TASK_STEP, "module": definition.module, "action": definition.action}
+        dag = WorkflowDAG([{**step, "parameters": dict.fromkeys(parameters)}])
+        qualified = f"{definition.module}.{definition.action}"
+        if dag._check_parameters(qualified, [_TASK_STEP], accepted):  # the workflows' check, not a copy
+            problem = dag.problems()[-1].removeprefix(f"step {_TASK_STEP!r}: ")
+            raise InvalidInputError(f"parameters.{unknown[0]}", problem)
+    problems = definition.check(parameters) if definition.check is not None else []
+    if problems:  # each one reads "parameters.<name>: what is wrong" (an InvalidInputError's text)
+        field, sep, reason = problems[0].partition(": ")
+        if not sep or not field.startswith("parameters"):
+            field, reason = "parameters", problems[0]
+        raise InvalidInputError(field, "; ".join([reason, *problems[1:]]))
 
 
 def _priority(value: object) -> TaskPriority:

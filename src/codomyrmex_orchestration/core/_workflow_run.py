@@ -29,6 +29,7 @@ from codomyrmex_orchestration._redact import redact
 from codomyrmex_orchestration._text import readable
 from codomyrmex_orchestration.config import DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_RESOLVED_SIZE
 from codomyrmex_orchestration.core._map_items import window_record, window_steps
+from codomyrmex_orchestration.core._run_parameters import run_parameters
 from codomyrmex_orchestration.core._task import FINAL, TaskGroup
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, RunMaps, carried, is_item
 from codomyrmex_orchestration.core._workflow_plan import Plan, StepInfo
@@ -89,18 +90,14 @@ def new_record(
     step at the start for recovery), a pending row for every other step too.
 
     Raises:
-        InvalidInputError: a ``{{params.x}}`` has no value.
+        InvalidInputError: a parameter name the workflow neither declares nor uses, or a
+            ``{{params.x}}`` without a value (see :func:`~._run_parameters.run_parameters`).
     """
     spec = plan.spec
-    given = previous.parameters if previous is not None else dict(parameters or {})
-    params = {**spec.parameters, **given}
-    for step_name, param, raw in plan.param_refs:
-        if param not in params:
-            raise InvalidInputError(
-                f"parameters.{param}",
-                f"required by step {step_name!r} ({{{{{raw}}}}}) and has no default; "
-                f"given: {', '.join(sorted(params)) or '(none)'}",
-            )
+    if previous is not None:  # a resumed run keeps the values it was started with
+        params = run_parameters(plan, previous.parameters, check_names=False)
+    else:
+        params = run_parameters(plan, parameters or {})
     kept = previous.steps if previous is not None else {}
     steps: dict[str, StepResult] = {}
     if kept or pending_rows:

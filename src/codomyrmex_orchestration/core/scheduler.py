@@ -32,7 +32,12 @@ from codomyrmex_orchestration.core._numbers import check_count, check_seconds, s
 from codomyrmex_orchestration.core._ready_queue import ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import FINAL_EVENT, Outcome, Task, TaskGroup
-from codomyrmex_orchestration.core._task_factory import TaskCall, TaskFactory, TaskSettings
+from codomyrmex_orchestration.core._task_factory import (
+    TaskCall,
+    TaskFactory,
+    TaskSettings,
+    check_task_parameters,
+)
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend, LocalBackend
@@ -334,9 +339,11 @@ class TaskOrchestrator:
         """Queue an action task: ``registry.get(spec.module, spec.action).func(spec.parameters, ctx)``.
 
         Raises:
-            UnknownActionError, ActionRefusedError: at submission, from the registry.
+            UnknownActionError, ActionRefusedError, InvalidInputError: at submission, from the registry,
+                or what validating the same step would refuse (``check_task_parameters``).
             Everything :meth:`submit` raises.
         """
+        check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
         allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
         call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(

@@ -108,7 +108,9 @@ class NoArgs(Args):
 class ExecuteWorkflowArgs(Args):
     workflow_name: str = _name("Name of a registered workflow (see list_workflows).")
     parameters: dict[str, Any] = Field(
-        default_factory=dict, description="Values for {{params.x}} references; override the defaults."
+        default_factory=dict,
+        description="Values for {{params.x}} references; override the defaults. A name the workflow neither "
+        "declares nor references is refused.",
     )
     session_id: str | None = Field(default=None, description="Run inside this session (see create_session).")
     wait: bool = _WAIT
@@ -118,7 +120,7 @@ class ExecuteWorkflowArgs(Args):
 
 class CreateWorkflowArgs(Args):
     name: str = _name("Workflow name: 1-128 letters, digits, '-', '_', '.'.")
-    steps: list[StepSpec] = Field(min_length=1, description="The steps; see the step_format prompt.")
+    steps: list[StepSpec] = Field(min_length=1, description="The steps; see the workflow_step_format prompt.")
     description: str = Field(default="", max_length=10_000)
     parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults for {{params.x}}.")
     max_parallel: int | None = _workflow_field("max_parallel")
