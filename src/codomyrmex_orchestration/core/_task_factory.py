@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskCall", "TaskFactory", "TaskSettings", "check_task_parameters"]
 
-#: The name of the one step :func:`check_task_parameters` checks (its problems start with it).
-_TASK_STEP = "task"
-
 
 class TaskSettings(NamedTuple):
     """What tasks share, checked (:meth:`TaskOrchestrator.settings`): one value serves any number of
@@ -169,25 +166,22 @@ class TaskFactory:
 
 def check_task_parameters(definition: ActionDefinition, parameters: Mapping[str, Any]) -> None:
     """Refuse what validating the same call as a workflow step would refuse, before the task is queued:
-    a parameter name the action does not declare (the workflow's own check, run on a step of the names
-    alone: a task's values are passed as they are, never read as templates) and a malformed literal
-    value (the action's ``check``).
+    a parameter name the action does not declare (worded as for a workflow step: ``dag.unknown_parameters``;
+    a task's values are passed as they are, never read as templates) and a malformed literal value (the
+    action's ``check``).
 
     Raises:
         InvalidInputError: naming ``parameters.<name>`` and what the action accepts.
     """
     accepted = definition.parameters
     unknown = sorted(parameters.keys() - accepted.keys()) if accepted and "*" not in accepted else []
-    if unknown:  # (building a DAG for every task would cost an eighth of what execute_task takes)
-        # Imported here: the DAG library comes with the first task refused, not with the scheduler.
-        from codomyrmex_orchestration.core.dag import WorkflowDAG
+    if unknown:
+        # Imported here: the DAG module (and networkx) comes with the first task refused, not with the
+        # scheduler.
+        from codomyrmex_orchestration.core.dag import unknown_parameters
 
-        step = {"name": _TASK_STEP, "module": definition.module, "action": definition.action}
-        dag = WorkflowDAG([{**step, "parameters": dict.fromkeys(parameters)}])
         qualified = f"{definition.module}.{definition.action}"
-        if dag._check_parameters(qualified, [_TASK_STEP], accepted):  # the workflows' check, not a copy
-            problem = dag.problems()[-1].removeprefix(f"step {_TASK_STEP!r}: ")
-            raise InvalidInputError(f"parameters.{unknown[0]}", problem)
+        raise InvalidInputError(f"parameters.{unknown[0]}", unknown_parameters(qualified, unknown, accepted))
     problems = definition.check(parameters) if definition.check is not None else []
     if problems:  # each one reads "parameters.<name>: what is wrong" (an InvalidInputError's text)
         field, sep, reason = problems[0].partition(": ")

@@ -31,7 +31,7 @@ from codomyrmex_orchestration.errors import (
 if TYPE_CHECKING:
     from codomyrmex_orchestration.core.actions import ActionRegistry
 
-__all__ = ["ENDLESS", "MAX_REPORTED_PROBLEMS", "WorkflowDAG", "sub_workflow_of"]
+__all__ = ["ENDLESS", "MAX_REPORTED_PROBLEMS", "WorkflowDAG", "sub_workflow_of", "unknown_parameters"]
 
 #: problems() lists at most this many problems, then one line saying how many more there are.
 MAX_REPORTED_PROBLEMS = 200
@@ -70,6 +70,17 @@ def _action_hint(module: str, action: str, known: Sequence[str]) -> str:
         return did_you_mean(f"{module}.{action}", known)
     match = closest(action, in_module)
     return f" (did you mean '{module}.{match}'?)" if match is not None else ""
+
+
+def unknown_parameters(action: str, unknown: Sequence[str], accepted: Mapping[str, str]) -> str:
+    """What a call of ``action`` (``module.action``) is told about the parameter names ``unknown`` it
+    does not declare: each with a suggestion, then the names it accepts. For workflow steps and single
+    tasks alike."""
+    what = ", ".join(f"{u!r}{did_you_mean(u, accepted)}" for u in unknown)
+    return (
+        f"{action} does not accept parameter{'s' if len(unknown) > 1 else ''} {what}; "
+        f"accepted parameters: {', '.join(sorted(accepted))}"
+    )
 
 
 def _who(names: Sequence[str]) -> str:
@@ -292,11 +303,7 @@ class WorkflowDAG:
             if unknown:
                 by_unknown.setdefault(unknown, []).append(name)
         for unknown, users in by_unknown.items():
-            what = ", ".join(f"{u!r}{did_you_mean(u, accepted)}" for u in unknown)
-            self._problems.append(
-                f"{_who(users)}: {action} does not accept parameter{'s' if len(unknown) > 1 else ''} "
-                f"{what}; accepted parameters: {', '.join(sorted(accepted))}"
-            )
+            self._problems.append(f"{_who(users)}: {unknown_parameters(action, unknown, accepted)}")
         return {name for users in by_unknown.values() for name in users}
 
     # ------------------------------------------------------------------ validation
