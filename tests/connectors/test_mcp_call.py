@@ -3,6 +3,7 @@ built by the composition module: the one scheduler, a real SQLite store, real su
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,10 +19,11 @@ import pytest
 
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
-from codomyrmex_orchestration.core._procs import reap_orphans
+from codomyrmex_orchestration.core._procs import proc_start_time, reap_orphans
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import DAGValidationError
+from tests.helpers import unruly_mcp_server
 from tests.helpers.echo_mcp_server import calls, entry, gone
 
 WAIT = 60.0
@@ -219,6 +221,106 @@ def test_a_stdio_server_dies_with_the_process_that_started_it(tmp_path: Path) ->
     )
     pid = int(owner.stdout.split()[-1])
     assert gone(pid)
+
+
+def _wait_for_file(path: Path, timeout: float = WAIT) -> None:
+    """Bounded wait for a file another process writes (nothing to block on across processes)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        threading.Event().wait(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+_SECOND_ENGINE = """
+import sys
+from pathlib import Path
+from codomyrmex_orchestration.compose import build_engine
+from codomyrmex_orchestration.config import Settings
+settings = Settings(data_dir=Path(sys.argv[1]), mcp_servers_file=Path(sys.argv[2]), load_samples=False)
+build_engine(settings).shutdown()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups are recorded on Linux")
+def test_a_second_engine_on_the_same_state_leaves_the_server_of_a_call_in_flight_alone(
+    tmp_path: Path,
+) -> None:
+    servers = write_servers(tmp_path / "servers.json", {"unruly": unruly_mcp_server.entry()})
+    engine = build_engine(settings_for(tmp_path, servers))
+    release = tmp_path / "release"
+    step = {"name": "held", "module": "mcp", "action": "call"}
+    step["parameters"] = {"server": "unruly", "tool": "hold", "arguments": {"path": str(release)}}
+    records: list[RunRecord] = []
+    runner = threading.Thread(target=lambda: records.append(run(engine, "held", [step])))
+    try:
+        runner.start()
+        _wait_for_file(Path(f"{release}.started"))
+        [recorded] = [json.loads(p.read_text()) for p in (engine.state_dir / "procs").glob("*.json")]
+        # Another process (a CLI `status`, a second `run`) opens an engine on the same state directory.
+        second = subprocess.run(
+            [sys.executable, "-c", _SECOND_ENGINE, str(tmp_path), str(servers)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert second.returncode == 0, second.stderr
+        assert "procs.orphan_killed" not in second.stderr
+        assert _alive(recorded["pid"])
+        release.touch()
+        runner.join(WAIT)
+    finally:
+        release.touch()
+        runner.join(WAIT)
+        engine.shutdown()
+    [record] = records
+    assert record.status is WorkflowStatus.COMPLETED, record.steps
+    assert record.steps["held"].output == {"pid": recorded["pid"]}
+
+
+_DYING_OWNER = """
+import json, os, sys
+from pathlib import Path
+from codomyrmex_orchestration.connectors import StdioServer
+from codomyrmex_orchestration.connectors._connections import McpConnections
+servers = {"unruly": StdioServer.model_validate(json.loads(sys.argv[1]))}
+connections = McpConnections(servers, procs_dir=Path(sys.argv[2]))
+result = connections.call_tool("unruly", "spawn", {}, timeout=60)
+print(result.structured_content["child"], flush=True)
+os._exit(0)  # no shutdown: the server dies of the parent-death signal, its helper lives on
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups are recorded on Linux")
+def test_a_server_group_whose_engine_died_is_still_killed_by_the_next_engine(tmp_path: Path) -> None:
+    procs = tmp_path / "procs"
+    owner = subprocess.run(
+        [sys.executable, "-c", _DYING_OWNER, json.dumps(unruly_mcp_server.entry()), str(procs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the helper would hold a captured stderr open for its 300 s
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
+    child = int(owner.stdout.split()[-1])
+    try:
+        [recorded] = [json.loads(p.read_text()) for p in procs.glob("*.json")]
+        assert proc_start_time(recorded["owner_pid"]) != recorded["owner_start_time"]  # the owner is gone
+        assert _alive(child)
+        assert reap_orphans(procs) == [recorded["pid"]]
+        assert gone(child)
+        assert list(procs.glob("*.json")) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- validation and configuration

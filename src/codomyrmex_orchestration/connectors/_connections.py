@@ -43,6 +43,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
 from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost, wait_for
+from codomyrmex_orchestration.core._procs import owner_fields
 from codomyrmex_orchestration.logs import get_logger
 
 __all__ = ["CONNECT_TIMEOUT", "McpConnections"]
@@ -425,7 +426,9 @@ def _stdio_parameters(entry: StdioServer, link: _Link) -> StdioServerParameters:
         # Said here: behind the launcher the child would only exit, and the handshake see the pipe close.
         raise ConnectionLost(f"command {command!r} not found (PATH is {path!r})")
     if sys.platform.startswith("linux"):
-        about = json.dumps({"server": link.server, "step": f"mcp server {link.server}"})
+        # The owner fields make an engine opening the same state directory leave this server alone
+        # while we are alive (core._procs.reap_orphans); without them the record reads as a crash's.
+        about = json.dumps({"server": link.server, "step": f"mcp server {link.server}", **owner_fields()})
         record = str(link.record) if link.record is not None else ""
         if link.record is not None:
             link.record.parent.mkdir(parents=True, exist_ok=True)
