@@ -323,6 +323,31 @@ def test_a_server_group_whose_engine_died_is_still_killed_by_the_next_engine(tmp
             os.kill(child, signal.SIGKILL)
 
 
+def unruly_step(name: str, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    parameters = {"server": "unruly", "tool": tool, "arguments": arguments or {}}
+    return {"name": name, "module": "mcp", "action": "call", "parameters": parameters}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups are recorded on Linux")
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "in-memory"])
+def test_what_a_stdio_server_started_in_its_group_is_stopped_when_its_connection_closes(
+    tmp_path: Path, durable: bool
+) -> None:
+    servers = write_servers(tmp_path / "servers.json", {"unruly": unruly_mcp_server.entry()})
+    engine = build_engine(settings_for(tmp_path, servers, durable=durable))
+    child = None
+    try:
+        record = run(engine, "spawner", [unruly_step("spawn", "spawn")])
+        assert record.status is WorkflowStatus.COMPLETED, record.steps
+        child = record.steps["spawn"].output["child"]
+        assert _alive(child)
+    finally:
+        engine.shutdown()
+        if child is not None:
+            assert gone(child), "the server's helper outlived the engine's shutdown"
+    assert list((engine.state_dir / "procs").glob("*.json")) == []
+
+
 # --------------------------------------------------------------------------- validation and configuration
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "proc_start_time",
     "reap_orphans",
     "record_group",
+    "stop_group",
 ]
 
 log = get_logger("codomyrmex_orchestration.procs")
@@ -153,6 +154,28 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
             select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         finally:
             os.close(fd)
+
+
+def stop_group(pid: int, start: int, grace: float) -> int:
+    """Stop what is left of process group ``pid`` (its leader started at ``start``, ``/proc`` clock
+    ticks): SIGTERM, SIGKILL to what remains after ``grace`` seconds, then a bounded wait for the
+    members to exit. Returns how many processes were left. A group whose id a new process has taken
+    (the leader's pid alive with another start time) is left alone."""
+    leader_start = proc_start_time(pid)
+    if leader_start is not None and leader_start != start:
+        return 0
+    members = _members(pid, start)
+    if not members:
+        return 0
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    _wait_gone(members, grace)
+    rest = _members(pid, start)
+    if rest:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _wait_gone(rest, _EXIT_WAIT)
+    return len(members)
 
 
 def reap_orphans(directory: Path | str) -> list[int]:
