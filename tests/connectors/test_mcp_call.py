@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from codomyrmex_orchestration.compose import build_engine
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.connectors._stderr import RATE_LINES, RATE_WINDOW, ServerStderr
 from codomyrmex_orchestration.core._procs import proc_start_time, reap_orphans
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepSpec, TaskStatus, WorkflowStatus
@@ -346,6 +348,63 @@ def test_what_a_stdio_server_started_in_its_group_is_stopped_when_its_connection
         if child is not None:
             assert gone(child), "the server's helper outlived the engine's shutdown"
     assert list((engine.state_dir / "procs").glob("*.json")) == []
+
+
+_SECRET = "S3cr3tV4lu3XYZ"
+
+
+def test_a_stdio_servers_stderr_is_logged_line_by_line_with_secrets_redacted(tmp_path: Path) -> None:
+    write_servers(tmp_path / "config" / "mcp_servers.json", {"unruly": unruly_mcp_server.entry()})
+    steps = [
+        unruly_step("crash", "crash", {"message": "bad token {{secrets.TOK}}"}),  # a traceback on stderr
+        unruly_step("unknown", "nosuch{{secrets.TOK}}"),  # the server logs the unknown name
+        # a long line: the secret sits across the cut, still redacted
+        unruly_step("long", "complain", {"text": "x" * 995 + "{{secrets.TOK}}" + "y" * 5000}),
+    ]
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps({"name": "stderr", "steps": steps}), encoding="utf-8")
+    env = {
+        **os.environ,
+        "CODOMYRMEX_DATA_DIR": str(tmp_path),
+        "CODOMYRMEX_SECRET_TOK": _SECRET,
+        "CODOMYRMEX_LOG_FORMAT": "json",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "codomyrmex_orchestration", "run", str(workflow), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert json.loads(done.stdout)["status"] == "failed"  # crash and unknown fail; long completes
+    assert "S3cr3t" not in done.stderr  # not even the part of it before a cut
+    # Nothing of the server reaches our stderr raw: every line is one of our JSON log events.
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    server_lines = [
+        e["line"] for e in events if e["event"] == "mcp.server_stderr" and e["server"] == "unruly"
+    ]
+    assert any("ValueError: bad token [secret:TOK]" in line for line in server_lines), done.stderr
+    assert any("nosuch[secret:TOK]" in line for line in server_lines), done.stderr
+    [long] = [line for line in server_lines if "xxxxxxxxxx" in line]
+    assert long == "x" * 995 + "[secr…[line cut: 6009 bytes]"
+
+
+def test_stderr_lines_past_the_rate_cap_are_counted_not_logged() -> None:
+    now = [0.0]
+    lines = ServerStderr("noisy", clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logged:
+        lines.feed(b"".join(b"line %d\n" % i for i in range(RATE_LINES + 30)))
+        now[0] += RATE_WINDOW
+        lines.feed(b"next window\nunterminated")
+        lines.finish()
+    events = [(e["event"], e.get("line"), e.get("lines")) for e in logged]
+    assert events[:RATE_LINES] == [("mcp.server_stderr", f"line {i}", None) for i in range(RATE_LINES)]
+    assert events[RATE_LINES:] == [
+        ("mcp.server_stderr_dropped", None, 30),
+        ("mcp.server_stderr", "next window", None),
+        ("mcp.server_stderr", "unterminated", None),
+    ]
 
 
 # --------------------------------------------------------------------------- validation and configuration

@@ -13,7 +13,8 @@ so handing the loop a task while holding it cannot deadlock).
 A stdio server runs in its own process group, gets SIGKILL when our loop thread dies (Linux
 parent-death signal), and is recorded under ``procs_dir`` while it runs (with our pid as its owner) so
 that a restarted engine kills what a crash left behind (``core._procs``). When its connection closes,
-what is left in its group (helpers it started) gets SIGTERM, then SIGKILL, before the record goes.
+what is left in its group (helpers it started) gets SIGTERM, then SIGKILL, before the record goes. Its
+stderr is a pipe read into our log (``_stderr``), never inherited.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment, std
 from mcp.client.streamable_http import streamable_http_client
 
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
+from codomyrmex_orchestration.connectors._stderr import stderr_into_log
 from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost, wait_for
 from codomyrmex_orchestration.core._procs import owner_fields, stop_group
 from codomyrmex_orchestration.core.actions.shell import KILL_GRACE_SECONDS
@@ -420,9 +422,11 @@ async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) ->
             read, write = await stack.enter_async_context(streamable_http_client(entry.url, http_client=http))
         else:
             parameters = _stdio_parameters(entry, link)
+            errlog = await stack.enter_async_context(stderr_into_log(link.server))
             if link.record is not None:  # runs once the transport below has closed (the server stopped)
                 stack.push_async_callback(_stop_leftovers, link)
-            read, write = await stack.enter_async_context(stdio_client(parameters))
+            read, write = await stack.enter_async_context(stdio_client(parameters, errlog=errlog))
+            errlog.close()  # the child has its own copy: the pipe ends when it and its helpers close theirs
 
         @asynccontextmanager
         async def streams() -> AsyncIterator[Any]:
