@@ -437,7 +437,8 @@ def test_a_malformed_servers_file_does_not_stop_the_engine_and_every_call_names_
     try:
         with pytest.raises(DAGValidationError) as info:
             engine.workflow_manager.create_workflow({"name": "w", "steps": [echo_step("x")]})
-        assert "mcpServers.echo.command" in str(info.value) and str(servers) in str(info.value)
+        assert "mcpServers.echo.command" in str(info.value)
+        assert str(info.value).count(str(servers)) == 1  # the file is named once, not once per layer
     finally:
         engine.shutdown()
 
