@@ -11,8 +11,10 @@ State owned: the portal and its thread, and the live link of each server, guarde
 so handing the loop a task while holding it cannot deadlock).
 
 A stdio server runs in its own process group, gets SIGKILL when our loop thread dies (Linux
-parent-death signal), and is recorded under ``procs_dir`` while it runs so that a restarted engine
-kills what a crash left behind (``core._procs``).
+parent-death signal), and is recorded under ``procs_dir`` while it runs (with our pid as its owner) so
+that a restarted engine kills what a crash left behind (``core._procs``). When its connection closes,
+what is left in its group (helpers it started) gets SIGTERM, then SIGKILL, before the record goes. Its
+stderr is a pipe read into our log (``_stderr``), never inherited.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -42,7 +45,10 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment, std
 from mcp.client.streamable_http import streamable_http_client
 
 from codomyrmex_orchestration.connectors._servers import HttpServer, ServerEntry, StdioServer
+from codomyrmex_orchestration.connectors._stderr import stderr_into_log
 from codomyrmex_orchestration.connectors._waits import CallCancelled, CallTimedOut, ConnectionLost, wait_for
+from codomyrmex_orchestration.core._procs import owner_fields, stop_group
+from codomyrmex_orchestration.core.actions.shell import KILL_GRACE_SECONDS
 from codomyrmex_orchestration.logs import get_logger
 
 __all__ = ["CONNECT_TIMEOUT", "McpConnections"]
@@ -158,7 +164,8 @@ class McpConnections:
 
     Args:
         servers: name -> entry (see :func:`~codomyrmex_orchestration.connectors.load_servers`).
-        procs_dir: where stdio servers' process groups are recorded while they run (``None``: nowhere).
+        procs_dir: where stdio servers' process groups are recorded while they run (``None``: in a
+            private folder, where no restarted engine looks).
         connect_timeout: longest a connection may take to start.
     """
 
@@ -179,6 +186,8 @@ class McpConnections:
         #: Links replaced while their connection may still be closing (close() waits for them).
         self._retired: list[_Link] = []
         self._closed = False
+        #: The private records folder without ``procs_dir`` (created on first use, removed by close()).
+        self._scratch: Path | None = None
 
     # ------------------------------------------------------------------ calls
 
@@ -245,13 +254,15 @@ class McpConnections:
             self._retired = []
             for link in links:
                 self._stop_locked(link, portal)
-        if portal is None or portal_cm is None:
-            return
-        for link in links:
-            if link.task is not None:
-                with contextlib.suppress(Exception, CancelledError):
-                    link.task.exception(timeout=_CLOSE_TIMEOUT)
-        portal_cm.__exit__(None, None, None)
+            scratch, self._scratch = self._scratch, None
+        if portal is not None and portal_cm is not None:
+            for link in links:
+                if link.task is not None:
+                    with contextlib.suppress(Exception, CancelledError):
+                        link.task.exception(timeout=_CLOSE_TIMEOUT)
+            portal_cm.__exit__(None, None, None)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ the links
 
@@ -289,9 +300,8 @@ class McpConnections:
                 self._retire_locked(link)
             portal = self._portal_locked()
             link = _Link(server, portal=portal)
-            recorded = self.procs_dir is not None and sys.platform.startswith("linux")
-            if isinstance(entry, StdioServer) and self.procs_dir is not None and recorded:
-                link.record = self.procs_dir / f"mcp-{uuid.uuid4().hex}.json"
+            if isinstance(entry, StdioServer) and sys.platform.startswith("linux"):
+                link.record = self._records_locked() / f"mcp-{uuid.uuid4().hex}.json"
             link.task = portal.start_task_soon(self._hold, link, entry, name=f"mcp:{server}")
             self._links[server] = link
             return link
@@ -312,6 +322,15 @@ class McpConnections:
     def _stop_locked(link: _Link, portal: BlockingPortal | None) -> None:
         if portal is not None and link.task is not None and not link.task.done():
             portal.start_task_soon(_stop, link)  # the loop closes the connection; nobody waits here
+
+    def _records_locked(self) -> Path:
+        """Where a stdio server's group is recorded: ``procs_dir``, else a private folder (the record
+        is also how its leftovers are found when its connection closes)."""
+        if self.procs_dir is not None:
+            return self.procs_dir
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="codomyrmex-mcp-"))
+        return self._scratch
 
     def _portal_locked(self) -> BlockingPortal:
         if self._closed:
@@ -402,7 +421,12 @@ async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) ->
             )
             read, write = await stack.enter_async_context(streamable_http_client(entry.url, http_client=http))
         else:
-            read, write = await stack.enter_async_context(stdio_client(_stdio_parameters(entry, link)))
+            parameters = _stdio_parameters(entry, link)
+            errlog = await stack.enter_async_context(stderr_into_log(link.server))
+            if link.record is not None:  # runs once the transport below has closed (the server stopped)
+                stack.push_async_callback(_stop_leftovers, link)
+            read, write = await stack.enter_async_context(stdio_client(parameters, errlog=errlog))
+            errlog.close()  # the child has its own copy: the pipe ends when it and its helpers close theirs
 
         @asynccontextmanager
         async def streams() -> AsyncIterator[Any]:
@@ -412,6 +436,21 @@ async def _transport(entry: ServerEntry, link: _Link, procs_dir: Path | None) ->
             yield _WatchedRead(read, link.lost), write
 
         yield streams()
+
+
+async def _stop_leftovers(link: _Link) -> None:
+    """Once a stdio server has stopped: stop what it started in its process group (the SDK does only
+    when the server itself must be killed), as ``shell.run`` does; its record is then removed."""
+    assert link.record is not None
+    try:
+        record = json.loads(link.record.read_text(encoding="utf-8"))
+        pid, start = int(record["pid"]), int(record["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the launcher never got to write it: the server never ran
+    with anyio.CancelScope(shield=True):  # bounded: the grace, then a bounded wait after SIGKILL
+        left = await anyio.to_thread.run_sync(stop_group, pid, start, KILL_GRACE_SECONDS)
+    if left:
+        log.info("mcp.server_group_stopped", server=link.server, processes=left)
 
 
 def _stdio_parameters(entry: StdioServer, link: _Link) -> StdioServerParameters:
@@ -425,7 +464,9 @@ def _stdio_parameters(entry: StdioServer, link: _Link) -> StdioServerParameters:
         # Said here: behind the launcher the child would only exit, and the handshake see the pipe close.
         raise ConnectionLost(f"command {command!r} not found (PATH is {path!r})")
     if sys.platform.startswith("linux"):
-        about = json.dumps({"server": link.server, "step": f"mcp server {link.server}"})
+        # The owner fields make an engine opening the same state directory leave this server alone
+        # while we are alive (core._procs.reap_orphans); without them the record reads as a crash's.
+        about = json.dumps({"server": link.server, "step": f"mcp server {link.server}", **owner_fields()})
         record = str(link.record) if link.record is not None else ""
         if link.record is not None:
             link.record.parent.mkdir(parents=True, exist_ok=True)

@@ -363,7 +363,7 @@ def register(registry: ActionRegistry, servers_file: Path, *, procs_dir: Path | 
     try:
         servers, error = load_servers(servers_file), None
     except InvalidInputError as exc:
-        servers, error = {}, f"{servers_file} is invalid: {exc}"
+        servers, error = {}, str(exc)  # load_servers names the file (and the field) already
         log.error("mcp.servers_file_invalid", path=str(servers_file), error=str(exc))
     call = McpCall(
         servers,

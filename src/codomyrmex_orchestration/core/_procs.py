@@ -1,8 +1,9 @@
 """Records of the process groups that running steps started, so none outlives a crash of the engine.
 
-Each running ``shell.run`` child has one small JSON file under ``state_dir/procs/`` (its pid = process
-group id, and its start time from ``/proc``; the pid and start time of the process that started it),
-written when it starts and removed once its group is killed and reaped. After a crash the files of the
+Each running ``shell.run`` child and stdio MCP server has one small JSON file under ``state_dir/procs/``
+(its pid = process group id, and its start time from ``/proc``; the pid and start time of the process
+that started it, :func:`owner_fields`), written when it starts and removed once its group is killed
+and reaped. After a crash the files of the
 dead engine remain: :func:`guard_processes`, called when an engine opens the state directory and before
 any run can be resumed, kills every recorded group that is still alive (the start time must match, so a
 recycled pid is never killed) and whose starting process is gone (another live process — a CLI ``run``,
@@ -33,10 +34,12 @@ from codomyrmex_orchestration.logs import get_logger
 __all__ = [
     "PROCS_KEY",
     "guard_processes",
+    "owner_fields",
     "parent_death_signal",
     "proc_start_time",
     "reap_orphans",
     "record_group",
+    "stop_group",
 ]
 
 log = get_logger("codomyrmex_orchestration.procs")
@@ -84,6 +87,14 @@ def parent_death_signal() -> Callable[[], None] | None:
     return preexec
 
 
+def owner_fields() -> dict[str, Any]:
+    """The fields that name this process as the starter of a recorded group (``owner_pid`` and
+    ``owner_start_time``). Every record carries them: an engine opening the state directory leaves a
+    group alone while its owner is alive (:func:`reap_orphans`), and takes a record without them for a
+    crash's leftover."""
+    return {"owner_pid": os.getpid(), "owner_start_time": proc_start_time(os.getpid())}
+
+
 @contextlib.contextmanager
 def record_group(directory: Path | str | None, pid: int, **about: Any) -> Iterator[None]:
     """Keep a record of process group ``pid`` (its leader's pid) in ``directory`` while the block runs.
@@ -100,7 +111,7 @@ def record_group(directory: Path | str | None, pid: int, **about: Any) -> Iterat
         return
     folder = Path(directory)
     path = folder / f"{pid}-{start}.json"
-    owner = {"owner_pid": os.getpid(), "owner_start_time": proc_start_time(os.getpid())}
+    owner = owner_fields()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
@@ -143,6 +154,28 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
             select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         finally:
             os.close(fd)
+
+
+def stop_group(pid: int, start: int, grace: float) -> int:
+    """Stop what is left of process group ``pid`` (its leader started at ``start``, ``/proc`` clock
+    ticks): SIGTERM, SIGKILL to what remains after ``grace`` seconds, then a bounded wait for the
+    members to exit. Returns how many processes were left. A group whose id a new process has taken
+    (the leader's pid alive with another start time) is left alone."""
+    leader_start = proc_start_time(pid)
+    if leader_start is not None and leader_start != start:
+        return 0
+    members = _members(pid, start)
+    if not members:
+        return 0
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    _wait_gone(members, grace)
+    rest = _members(pid, start)
+    if rest:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _wait_gone(rest, _EXIT_WAIT)
+    return len(members)
 
 
 def reap_orphans(directory: Path | str) -> list[int]:
