@@ -27,6 +27,7 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_WORKFLOWS,
 )
 from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
+from codomyrmex_orchestration.core._map_items import window_record
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
@@ -380,7 +381,7 @@ class WorkflowManager:
     def _start_run(self, plan: Plan, parameters: Mapping[str, Any] | None, **options: Any) -> RunState:
         return self._starter.start(plan, parameters, **options)  # RunStarter.start's options
 
-    def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
+    def _forget(self, final: RunRecord) -> None:  # saved, or kept by the recorder until it is
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
 
@@ -439,6 +440,8 @@ class WorkflowManager:
         run = self._active.get(run_id)
         if run is not None:
             return run.snapshot(items)
+        for final in self._recorder.unsaved(run_id):  # ended, not committed yet: the store is behind
+            return final.model_copy() if items is None else window_record(final, items)
         record = self.store.get_run(run_id, items=items)
         if record is None:
             raise RunNotFoundError(run_id)
@@ -470,6 +473,7 @@ class WorkflowManager:
         after = parse_cursor(cursor) if cursor is not None else None
         wanted = _RunFilter(workflow_name, status, since, until, after)
         live = [run.snapshot() if steps else run.summary() for run in self._active.runs()]
+        live += [r.model_copy(update=None if steps else {"steps": {}}) for r in self._recorder.unsaved()]
         return _merge_listing(stored, live, wanted, limit)
 
     def active_run_ids(self) -> list[str]:
