@@ -23,7 +23,8 @@ from collections.abc import Callable
 
 import structlog
 
-from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus
+from codomyrmex_orchestration.core._map_items import window_record
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, StepResult, TaskStatus
 from codomyrmex_orchestration.core.store import StateStore
 from codomyrmex_orchestration.errors import OrchestrationError
 
@@ -106,6 +107,13 @@ class RunRecorder:
             else:
                 records.append(final)
         return records
+
+    def unsaved_run(self, run_id: str, items: ItemWindow | None = None) -> RunRecord | None:
+        """Run ``run_id``'s final record if it ended and the store has not committed it yet; with
+        ``items``, each map step lists only that window of its items."""
+        for final in self.unsaved(run_id):
+            return final.model_copy() if items is None else window_record(final, items)
+        return None
 
     def flush(self, upto: int | None = None, *, wait: bool = True) -> None:
         """Flush as ``store.flush`` does, never raising (see :meth:`_flushed`)."""

@@ -27,7 +27,6 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_WORKFLOWS,
 )
 from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
-from codomyrmex_orchestration.core._map_items import window_record
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
@@ -440,9 +439,8 @@ class WorkflowManager:
         run = self._active.get(run_id)
         if run is not None:
             return run.snapshot(items)
-        for final in self._recorder.unsaved(run_id):  # ended, not committed yet: the store is behind
-            return final.model_copy() if items is None else window_record(final, items)
-        record = self.store.get_run(run_id, items=items)
+        # Ended, but not committed yet (the store cannot save now): the store is behind.
+        record = self._recorder.unsaved_run(run_id, items) or self.store.get_run(run_id, items=items)
         if record is None:
             raise RunNotFoundError(run_id)
         return record
