@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,9 @@ import pytest
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.errors import StateStoreError
 from tests.helpers.durable_steps import executions
+from tests.helpers.log_spot import spot_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -369,10 +372,10 @@ def test_a_full_disk_mid_run_keeps_the_run_truthful_in_memory_and_health_names_t
     out = json.loads(done.stdout)
     assert out["status"] == "completed" and out["outputs_ok"]
     assert out["overall"] == "unhealthy" and out["store_status"] == "unhealthy"
-    assert any(issue.startswith("store:") and "writer has failed" in issue for issue in out["issues"]), out[
+    assert any(issue.startswith("store:") and "cannot save now" in issue for issue in out["issues"]), out[
         "issues"
     ]
-    assert "state_store_writer_failed" in done.stderr  # the clear error in the log
+    assert done.stderr.count("state_store_cannot_save") == 1  # the clear error in the log, once
 
 
 def test_a_full_tmpfs_state_dir_mid_run_is_survived_and_reported(tmp_path: Path) -> None:
@@ -517,3 +520,46 @@ def test_sigterm_mid_run_cancels_running_work_flushes_and_the_run_resumes_to_com
         assert final.steps["s05"].output == 6 and final.steps["s11"].output == 12
     finally:
         engine.shutdown()
+
+
+def test_a_run_that_ends_while_the_store_is_locked_stays_readable_and_is_saved_once_the_lock_goes(
+    tmp_path: Path,
+) -> None:
+    """A run ending while another connection holds the database locked is read from memory (never
+    "not found", never its stale stored row), new runs are refused naming the cause, and once the lock
+    is released the run is committed: a restarted engine reads it COMPLETED."""
+    gate = threading.Event()
+    engine = _engine(tmp_path)
+    db = tmp_path / "state" / "state.db"
+    try:
+        engine.registry.register(ActionDefinition("test", "gate", lambda p, c: gate.wait(30) and "passed"))
+        steps = [{"name": "wait", "module": "test", "action": "gate"}]
+        engine.workflow_manager.create_workflow({"name": "gated", "steps": steps})
+        engine.store.flush()
+        run_id = engine.execute_workflow("gated", wait=False).run_id
+        with spot_log("state_store_saving_again") as logs:
+            locker = sqlite3.connect(db, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                gate.set()
+                ended = engine.workflow_manager.wait_run(run_id, timeout=60)
+                assert ended.status is WorkflowStatus.COMPLETED
+                record = engine.workflow_manager.get_run(run_id)  # left the active runs
+                assert record.status is WorkflowStatus.COMPLETED and record.steps["wait"].output == "passed"
+                listed = engine.workflow_manager.list_runs(steps=False)
+                assert [(r.run_id, r.status) for r in listed] == [(run_id, WorkflowStatus.COMPLETED)]
+                with pytest.raises(StateStoreError, match=r"new work is refused while .*database is locked"):
+                    engine.execute_workflow("gated")
+            finally:
+                locker.execute("COMMIT")
+                locker.close()
+            assert logs.seen.wait(30), "saving did not resume after the lock was released"
+        assert engine.workflow_manager.get_run(run_id).status is WorkflowStatus.COMPLETED
+        assert engine.execute_workflow("gated", timeout=30).status is WorkflowStatus.COMPLETED
+    finally:
+        engine.shutdown(timeout=10)
+    again = _engine(tmp_path)
+    try:
+        assert again.workflow_manager.get_run(run_id).status is WorkflowStatus.COMPLETED
+    finally:
+        again.shutdown(timeout=10)

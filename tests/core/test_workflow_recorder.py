@@ -10,6 +10,7 @@ from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
+from tests.helpers.log_spot import spot_log
 
 
 def _record() -> RunRecord:
@@ -103,3 +104,34 @@ def test_a_run_end_leaves_housekeeping_to_its_schedule_and_a_full_flush_brings_i
         store.flush()  # nothing is pending: the housekeeping owed is committed alone
         with closing(sqlite3.connect(path)) as conn:
             assert [r for (r,) in conn.execute("SELECT run_id FROM runs")] == ["r2"]
+
+
+def test_runs_ending_while_saving_fails_log_once_when_it_stops_and_once_when_it_works_again(
+    tmp_path: Path,
+) -> None:
+    """No error line per run: one when saving stops (the cause and what to do), one when it works
+    again (how long, how many writes waited, how many flushes were refused); meanwhile the recorder
+    serves the ended runs the store has not committed."""
+    path = tmp_path / "state.db"
+    with spot_log("state_store_saving_again") as logs, SqliteStore(path, flush_interval=0.01) as store:
+        recorder = RunRecorder(store)
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(3):
+                final = _record().model_copy(update={"run_id": f"r{i}", "status": WorkflowStatus.COMPLETED})
+                recorder.run_finished(final)
+            errors = [e["event"] for e in logs.entries if e["log_level"] in ("error", "critical")]
+            assert errors == ["state_store_cannot_save"]  # one line, not one per run
+            assert sorted(r.run_id for r in recorder.unsaved()) == ["r0", "r1", "r2"]
+        finally:
+            locker.execute("COMMIT")
+            locker.close()
+        assert logs.seen.wait(30), "saving did not resume after the lock was released"
+        assert recorder.unsaved() == []  # the store has them now
+        assert store.get_run("r2") is not None
+    assert len([e for e in logs.entries if e["log_level"] in ("error", "critical")]) == 1
+    [started] = logs.named("state_store_cannot_save")
+    assert "fuser" in started["what_to_do"]
+    [ended] = logs.named("state_store_saving_again")
+    assert ended["flushes_refused"] >= 3 and ended["writes_waited"] >= 3 and ended["seconds"] > 0

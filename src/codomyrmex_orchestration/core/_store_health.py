@@ -76,7 +76,7 @@ def health_problem(
     *,
     timeout: float,
 ) -> str:
-    """What is wrong with the store (``""``: nothing): closed, its writer failed or stopped, its file
+    """What is wrong with the store (``""``: nothing): closed, its writer failed, failing or stopped, its file
     damaged, removed or replaced (``opened``: the file's identity when it was opened), or a probe row
     written through the writer is not read back."""
     state = writer.state()
@@ -84,6 +84,8 @@ def health_problem(
         return "the store is closed"
     if state.failure is not None:
         return f"the writer has failed: {state.failure}"
+    if state.stalled is not None:
+        return f"the writer cannot save now (retrying): {state.stalled}"
     damage = reads.damage.reason
     if damage is not None:
         return f"a read found the database file damaged: {damage}"

@@ -4,6 +4,12 @@ batches, and the flushes that commit them now on the caller's thread.
 It owns the pending batch, the pending event log rows, the queued calls, the write counters (enqueued,
 committed, dropped), the writer failure, the writer connection and its thread.
 
+A commit that fails for a reason that passes (a lock, a full disk: ``_store_stall``) keeps its writes:
+they go back in front of the pending ones, in order, and the writer tries again with backoff while
+flushes raise at once (what runs goes on in memory), up to ``MAX_WAITING`` writes; closing tries for
+``CLOSE_RETRY`` seconds more. Any other failure (a damaged, replaced or read-only file) is permanent:
+what is pending, and every later write, is dropped and counted.
+
 Event log rows are kept apart from the state writes (runs, steps, ...): a partial flush (a step's
 parents, a run's end) commits the state writes alone, and the event rows go with the writer's next
 batch (within the flush interval) or with a full flush (``flush()``, a read). A run's commit then writes
@@ -25,6 +31,7 @@ from ._store_batch import Batch, bytes_bound, write_batch
 from ._store_health import Damage, sqlite_reason
 from ._store_retention import Retention
 from ._store_schema import close_quietly, rollback_quietly
+from ._store_stall import CLOSE_RETRY, MAX_WAITING, Stall, put_back, transient_cause
 
 __all__ = ["GroupCommitWriter"]
 
@@ -56,10 +63,11 @@ class WriterState:
     batches: int
     failure: str | None
     closed: bool
+    stalled: str | None = None  # commits fail for a reason that passes; they are tried again
 
 
-class GroupCommitWriter:
-    """Queues writes and commits them in batches on one thread (or on a flushing caller's thread).
+class _WriteQueue:
+    """The callers' side of :class:`GroupCommitWriter`: the state below, enqueueing, flushes, calls.
 
     Args:
         conn: the writer connection (the writer owns it from now on and closes it).
@@ -101,6 +109,8 @@ class GroupCommitWriter:
         self._closing = False
         self._closed = False
         self._failure: str | None = None
+        self._stall = Stall()  # a transient failure being retried
+        self._give_up_at: float | None = None  # closing: when the retries stop (monotonic)
         self._dropped = 0
         self._batches = 0
         self._retention_due = False  # a full flush asked for a housekeeping pass
@@ -109,18 +119,15 @@ class GroupCommitWriter:
         # flush()), until _committed is updated: batches commit in order, one thread uses the writer
         # connection at a time. Lock order: _commit_lock, then _lock.
         self._commit_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._main, name="state-store-writer", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ enqueueing
 
     def enqueue(self, put: Callable[[Batch], None]) -> None:
         """Apply ``put`` to the pending batch; never raises (a write after a failure is counted lost)."""
         with self._lock:
-            if self._failure is not None or self._closing:
+            if (self._failure is not None or self._closing or self._stall.reason) and self._lost_write():
                 # Never raise into the worker that recorded a transition; the loss is counted and
                 # reported by health() / stats() (and flush() raises while the writer is failed).
-                self._dropped += 1
                 return
             was_empty = self._pending.size == 0 and not self._log
             put(self._pending)
@@ -131,13 +138,30 @@ class GroupCommitWriter:
     def append_log(self, row: tuple[float, str, str]) -> None:
         """Append an event row; committed by the writer's next batch or a full flush; never raises."""
         with self._lock:
-            if self._failure is not None or self._closing:
-                self._dropped += 1
+            if (self._failure is not None or self._closing or self._stall.reason) and self._lost_write():
                 return
             was_empty = self._pending.size == 0 and not self._log
             self._log.append(row)
             self._logged += 1
             self._wake_if_needed(was_empty, len(self._log))
+
+    def _lost_write(self) -> bool:
+        """Whether a write now is lost (counted): the writer failed or is closing, or commits fail and
+        ``MAX_WAITING`` writes wait already (caller holds _lock)."""
+        if self._failure is None and not self._closing:
+            waiting = self._enqueued - self._committed + self._logged - self._log_committed
+            if waiting < MAX_WAITING:
+                return False  # it waits behind the failing commit
+            if self._stall.lose():
+                _log.error(
+                    "state_store_writes_lost",
+                    path=self.path,
+                    reason=self._stall.reason,
+                    waiting=waiting,
+                    what_happens=f"past {MAX_WAITING} waiting writes, new ones are lost (counted)",
+                )
+        self._dropped += 1
+        return True
 
     def _wake_if_needed(self, was_empty: bool, size: int) -> None:
         # Only a writer idle-waiting for work needs waking: in its flush-interval wait it comes back by
@@ -193,35 +217,31 @@ class GroupCommitWriter:
                 while not self._reached(target, log_target):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
+                        _log.warning("state_store_flush_timeout", path=self.path, timeout=timeout)
                         raise StateStoreError(
                             self.path, f"the writer did not commit within {timeout:g} s (flush)"
                         )
                     self._done.wait(remaining)
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
+            if self._stall.reason is not None and not self._counts_reached(target, log_target):
+                self._stall.refused += 1  # logged once, when saving works again
+                raise StateStoreError(self.path, f"the writer cannot save now: {self._stall.reason}")
 
     def _reached(self, target: int, log_target: int) -> bool:
         """The writes up to ``target`` and event rows up to ``log_target`` are committed, or the writer
         has failed (caller holds _lock)."""
-        return self._failure is not None or (self._committed >= target and self._log_committed >= log_target)
+        return (
+            self._failure is not None
+            or self._stall.reason is not None
+            or self._counts_reached(target, log_target)
+        )
+
+    def _counts_reached(self, target: int, log_target: int) -> bool:
+        return self._committed >= target and self._log_committed >= log_target
 
     def _commit_pending(self, target: int, log_target: int, *, housekeeping: bool) -> None:
-        """Commit the pending state writes (and the event rows, when ``log_target`` asks for any; and an
-        owed housekeeping pass, with ``housekeeping``) unless another commit did meanwhile (caller holds
-        _commit_lock)."""
-        with self._lock:
-            if self._failure is not None or self._closed:
-                return
-            owed = not self._reached(target, log_target)
-            if not owed and not (housekeeping and self._retention.due(forced=True)):
-                return
-            batch, self._pending = self._pending, Batch()
-            batch_target, log_taken = self._enqueued, self._log_committed
-            if log_target:
-                batch.events, self._log = self._log, []
-                batch.size += len(batch.events)
-                log_taken = self._logged
-        self._commit_taken(batch, batch_target, log_taken, [], housekeeping=housekeeping)
+        raise NotImplementedError  # the writer's side: GroupCommitWriter
 
     def sync_for_read(self) -> None:
         """Read-your-writes: wait until pending writes are committed (free when nothing is pending)."""
@@ -246,6 +266,8 @@ class GroupCommitWriter:
                 raise StateStoreError(self.path, "the store is closed")
             if self._failure is not None:
                 raise StateStoreError(self.path, f"the writer has failed: {self._failure}")
+            if self._stall.reason is not None:
+                raise StateStoreError(self.path, f"the writer cannot save now: {self._stall.reason}")
             self._calls.append(call)
             self._work.notify()
         if not call.done.wait(timeout):
@@ -263,12 +285,57 @@ class GroupCommitWriter:
                 batches=self._batches,
                 failure=self._failure,
                 closed=self._closed or self._closing,
+                stalled=self._stall.reason,
             )
+
+    def saving_problem(self) -> str | None:
+        """Why nothing can be saved now (a failed writer, or commits failing meanwhile), or None."""
+        failure, stalled = self._failure, self._stall.reason  # read without the lock: a hint
+        if failure is not None:
+            return f"the writer has failed: {failure}"
+        return f"the writer cannot save now: {stalled}" if stalled is not None else None
+
+
+class GroupCommitWriter(_WriteQueue):
+    """Queues writes and commits them in batches on one thread (or on a flushing caller's thread);
+    this class is the committing side (the writer thread, commits, retries, closing). Arguments as
+    :class:`_WriteQueue`'s."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        retention: Retention,
+        *,
+        flush_interval: float,
+        damage: Damage | None = None,
+    ) -> None:
+        super().__init__(conn, path, retention, flush_interval=flush_interval, damage=damage)
+        self._thread = threading.Thread(target=self._main, name="state-store-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _commit_pending(self, target: int, log_target: int, *, housekeeping: bool) -> None:
+        """Commit the pending state writes (and the event rows, when ``log_target`` asks for any; and an
+        owed housekeeping pass, with ``housekeeping``) unless another commit did meanwhile (caller holds
+        _commit_lock)."""
+        with self._lock:
+            if self._failure is not None or self._closed or self._stall.reason is not None:
+                return  # a failing commit is retried by the writer thread alone
+            owed = not self._reached(target, log_target)
+            if not owed and not (housekeeping and self._retention.due(forced=True)):
+                return
+            batch, self._pending = self._pending, Batch()
+            batch_target, log_taken = self._enqueued, self._log_committed
+            if log_target:
+                batch.events, self._log = self._log, []
+                batch.size += len(batch.events)
+                log_taken = self._logged
+        self._commit_taken(batch, batch_target, log_taken, [], housekeeping=housekeeping)
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
-
-    # ------------------------------------------------------------------ the writer thread
 
     def _main(self) -> None:
         try:
@@ -279,7 +346,10 @@ class GroupCommitWriter:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                if self._pending.size == 0 and not self._log and not self._calls and not self._closing:
+                if self._stall.reason is not None:
+                    if not self._wait_to_retry():
+                        return
+                elif self._pending.size == 0 and not self._log and not self._calls and not self._closing:
                     self._writer_idle = True
                     while self._writer_idle and not (self._calls or self._flush_wanted or self._closing):
                         # Housekeeping owed by earlier commits is not left waiting for the next write.
@@ -323,7 +393,9 @@ class GroupCommitWriter:
                     _fail_calls(calls, exc)  # the callers taken with this batch learn why, now
                     raise
                 if not committed:
-                    return
+                    if self._stall.reason is None:  # a permanent failure: nothing more is written
+                        return
+                    continue
                 for call in calls:
                     try:
                         call.result = call.fn(self._conn)
@@ -359,17 +431,62 @@ class GroupCommitWriter:
             except sqlite3.Error as exc:
                 self.damage.note(exc)
                 self._retention.after_commit(False)
-                self._fail(f"commit of {batch.size} writes failed: {sqlite_reason(exc)}", dropped=batch.size)
-                _fail_calls(calls, exc)
+                reason = f"commit of {batch.size} writes failed: {sqlite_reason(exc)}"
+                cause = transient_cause(exc, self.path)
+                if cause is None:
+                    self._fail(reason, dropped=batch.size)
+                    _fail_calls(calls, exc)
+                else:
+                    self._stalled(batch, reason, cause)
+                    _fail_calls(calls, StateStoreError(self.path, f"the writer cannot save now: {reason}"))
                 return False
             self._retention.after_commit(True)
             if batch.size:
                 self._batches += 1
         with self._lock:
+            ended = None
+            if self._stall.reason is not None:  # saving works again
+                waited = target - self._committed + log_target - self._log_committed
+                ended = self._stall.ended(waited)
             self._committed = target
             self._log_committed = log_target
             self._done.notify_all()
+        if ended is not None:
+            _log.warning("state_store_saving_again", path=self.path, **ended)
         return True
+
+    def _stalled(self, batch: Batch, reason: str, cause: str) -> None:
+        """A commit of ``batch`` failed for a reason that passes: its writes go back in front of those
+        enqueued since, and the writer tries again after a backoff."""
+        with self._lock:
+            self._log[:0] = batch.events
+            self._pending = put_back(batch, self._pending)
+            waiting = self._enqueued - self._committed + self._logged - self._log_committed
+            started = self._stall.failed(reason, cause, waiting)
+            self._done.notify_all()  # flushes waiting for it raise now
+            self._writer_idle = False
+            self._work.notify()
+        if started is not None:
+            _log.error("state_store_cannot_save", path=self.path, **started)
+
+    def _wait_to_retry(self) -> bool:
+        """Wait out the backoff before the next attempt at a failing commit (closing: for at most
+        ``CLOSE_RETRY`` seconds in all); False once closing has tried for that long: what waits is
+        dropped (caller holds _lock)."""
+        now = time.monotonic()
+        until = now + self._stall.delay()
+        closing = self._closing
+        while not (self._closing and not closing):  # closing: one attempt at once
+            if self._give_up_at is not None:
+                until = min(until, self._give_up_at)
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            self._work.wait(remaining)
+        if self._give_up_at is None or time.monotonic() < self._give_up_at:
+            return True
+        self._drop_all(f"closed while commits failed: {self._stall.reason}", 0)
+        return False
 
     def _commit(self, batch: Batch, *, tidy: bool, budget: bool) -> None:
         """One transaction: the batch's writes, then a housekeeping pass (``tidy``, which includes the
@@ -408,15 +525,20 @@ class GroupCommitWriter:
     def _fail(self, reason: str, *, dropped: int = 0) -> None:
         _log.error("state_store_writer_failed", path=self.path, reason=reason)
         with self._lock:
-            if self._failure is None:
-                self._failure = reason
-            self._dropped += dropped + self._pending.size + len(self._log)
-            self._pending = Batch()
-            self._log = []
-            self._committed = self._enqueued  # nothing is pending any more: it was all dropped
-            self._log_committed = self._logged
-            calls, self._calls = self._calls, []
-            self._done.notify_all()
+            self._drop_all(reason, dropped)
+
+    def _drop_all(self, reason: str, dropped: int) -> None:
+        """Fail the writer for good: what is pending is dropped and counted (caller holds _lock)."""
+        if self._failure is None:
+            self._failure = reason
+        self._stall.reason = None  # the failure is what health and flush report from now on
+        self._dropped += dropped + self._pending.size + len(self._log)
+        self._pending = Batch()
+        self._log = []
+        self._committed = self._enqueued  # nothing is pending any more: it was all dropped
+        self._log_committed = self._logged
+        calls, self._calls = self._calls, []
+        self._done.notify_all()
         _fail_calls(calls, StateStoreError(self.path, reason))
 
     # ------------------------------------------------------------------ closing
@@ -431,6 +553,8 @@ class GroupCommitWriter:
             if self._closed:
                 return False
             self._closing = True
+            # A failing commit is tried for a while yet; the rest of the wait is for the last attempt.
+            self._give_up_at = time.monotonic() + min(CLOSE_RETRY, timeout / 2)
             self._work.notify()
         self._thread.join(timeout)
         if self._thread.is_alive():

@@ -9,15 +9,22 @@ never re-runs a step whose dependents already ran; a map item whose action does 
 commits every write made before it starts, so resume never re-runs an item that completed before a later
 one started; the final record is saved (the run row alone: its
 steps are saved already) and flushed. A store that dies with the process gets the run once, at the end.
+
+It owns the finished runs whose final record the store could not commit yet (it is failing, or retrying a
+commit): :meth:`RunRecorder.unsaved` serves them until the store has committed up to their mark, so a run
+that ended is never "not found" meanwhile. A flush that fails is not logged here: the store logs when
+saving stops and when it works again.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import structlog
 
-from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus
+from codomyrmex_orchestration.core._map_items import window_record
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, StepResult, TaskStatus
 from codomyrmex_orchestration.core.store import StateStore
 from codomyrmex_orchestration.errors import OrchestrationError
 
@@ -32,11 +39,13 @@ EVERY_WRITE = -1
 class RunRecorder:
     """Writes runs to ``store`` following the rules in this module's docstring."""
 
-    __slots__ = ("durable", "store")
+    __slots__ = ("_lock", "_unsaved", "durable", "store")
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.durable = store.durable
+        self._lock = threading.Lock()  # guards _unsaved
+        self._unsaved: dict[str, tuple[int, RunRecord]] = {}  # run id -> (write mark, final record)
 
     def run_started(self, record: RunRecord) -> None:
         # Pending steps matter only to a durable store (recovery); any other gets them at the end.
@@ -79,12 +88,43 @@ class RunRecorder:
         self.store.save_run(final.model_copy(update={"steps": {}}) if self.durable else final)
         # Up to the final record, not a full flush: the run's own writes (and all before them) are
         # committed when this returns; the event log and the housekeeping keep the writer's schedule.
-        self.flush(upto=self.store.write_mark())
+        mark = self.store.write_mark()
+        if not self._flushed(upto=mark):  # read from here until the store has it
+            with self._lock:
+                self._unsaved[final.run_id] = (mark, final)
+
+    def unsaved(self, run_id: str | None = None) -> list[RunRecord]:
+        """The finished runs (``run_id``'s alone, if given) the store has not committed yet."""
+        if not self._unsaved:  # the usual case: nothing to check
+            return []
+        with self._lock:
+            waiting = [(rid, entry) for rid, entry in self._unsaved.items() if run_id in (None, rid)]
+        records = []
+        for rid, (mark, final) in waiting:
+            if self._flushed(upto=mark):  # at once: committed already, or raises while saving fails
+                with self._lock:
+                    self._unsaved.pop(rid, None)
+            else:
+                records.append(final)
+        return records
+
+    def unsaved_run(self, run_id: str, items: ItemWindow | None = None) -> RunRecord | None:
+        """Run ``run_id``'s final record if it ended and the store has not committed it yet; with
+        ``items``, each map step lists only that window of its items."""
+        for final in self.unsaved(run_id):
+            return final.model_copy() if items is None else window_record(final, items)
+        return None
 
     def flush(self, upto: int | None = None, *, wait: bool = True) -> None:
+        """Flush as ``store.flush`` does, never raising (see :meth:`_flushed`)."""
+        self._flushed(upto, wait=wait)
+
+    def _flushed(self, upto: int | None = None, *, wait: bool = True) -> bool:
+        """Flush as ``store.flush`` does; False if it raised. The run goes on in memory; the store logs
+        and health reports why (losing durability must not also lose the run)."""
         try:
             self.store.flush(upto=upto, wait=wait)
         except OrchestrationError as exc:
-            # The run goes on in memory; health reports the store. Losing durability must not also
-            # lose the run.
-            _log.error("state store flush failed", error=str(exc))
+            _log.debug("state store flush failed", error=str(exc))
+            return False
+        return True

@@ -188,9 +188,13 @@ class SqliteStore(RunReads):
     the event log (:meth:`append_event`) to the writer's next batch. A power loss may additionally lose
     the last committed transactions (NORMAL does not fsync each commit).
 
-    If the writer fails (disk full, file made read-only), the failure is recorded: :meth:`health`
-    reports it, :meth:`flush` raises :class:`StateStoreError`, later writes are dropped and counted,
-    reads keep serving what was committed. Nothing raises into the thread that called ``save_*``.
+    If a commit fails for a reason that passes (a lock another process holds, a full disk), its writes
+    are kept and committed again with backoff (``_store_stall``): meanwhile :meth:`health` reports it,
+    :meth:`flush` raises, :meth:`check_budget` refuses new work, later writes wait (up to a bound) and
+    reads serve what was committed. If the writer fails for good (a damaged or read-only file), the
+    failure is recorded: :meth:`health` reports it, :meth:`flush` raises :class:`StateStoreError`, later
+    writes are dropped and counted (:attr:`lost_writes`). Nothing raises into the thread that called
+    ``save_*``.
 
     Args:
         path: the database file (the engine passes ``<state_dir>/state.db``); its directory is created.
@@ -287,7 +291,11 @@ class SqliteStore(RunReads):
         Raises:
             LimitExceededError: the parameters are too large, or the bytes used are over ``max_bytes``
                 even after evicting every finished run (naming the budget and its setting).
+            StateStoreError: nothing can be saved now (the cause, and what to do, in the message).
         """
+        problem = self._writer.saving_problem()
+        if problem is not None:
+            raise StateStoreError(str(self.path), f"new work is refused while {problem}")
         check_parameters(parameters, self.max_parameters_bytes)
         if not self._retention.usage.over:
             return
@@ -477,7 +485,7 @@ class SqliteStore(RunReads):
             "reason": "",
             "kind": "sqlite",
             "path": str(self.path),
-            "last_error": state.failure,
+            "last_error": state.failure or state.stalled,
             "pending_writes": state.pending,
             "dropped_writes": state.dropped,
             **self._bytes_report(),
@@ -512,7 +520,7 @@ class SqliteStore(RunReads):
             "pending_writes": state.pending,
             "dropped_writes": state.dropped,
             "batches_committed": state.batches,
-            "last_error": state.failure,
+            "last_error": state.failure or state.stalled,
             **self._bytes_report(),
         }
 
@@ -523,6 +531,12 @@ class SqliteStore(RunReads):
             "max_bytes": usage.max_bytes,
             "spill_bytes_tasks": usage.task_spill,
         }
+
+    @property
+    def lost_writes(self) -> int:
+        """Writes never committed and never to be: dropped by a failed writer, or by closing while
+        commits failed (for an exit status: non-zero once the store has closed with any)."""
+        return self._writer.state().dropped
 
     # ------------------------------------------------------------------ closing
 

@@ -380,7 +380,7 @@ class WorkflowManager:
     def _start_run(self, plan: Plan, parameters: Mapping[str, Any] | None, **options: Any) -> RunState:
         return self._starter.start(plan, parameters, **options)  # RunStarter.start's options
 
-    def _forget(self, final: RunRecord) -> None:  # the run's final record is saved: read it from there
+    def _forget(self, final: RunRecord) -> None:  # saved, or kept by the recorder until it is
         self._active.remove(final.run_id)
         self._subruns.forget(final.run_id)
 
@@ -439,7 +439,8 @@ class WorkflowManager:
         run = self._active.get(run_id)
         if run is not None:
             return run.snapshot(items)
-        record = self.store.get_run(run_id, items=items)
+        # Ended, but not committed yet (the store cannot save now): the store is behind.
+        record = self._recorder.unsaved_run(run_id, items) or self.store.get_run(run_id, items=items)
         if record is None:
             raise RunNotFoundError(run_id)
         return record
@@ -470,6 +471,7 @@ class WorkflowManager:
         after = parse_cursor(cursor) if cursor is not None else None
         wanted = _RunFilter(workflow_name, status, since, until, after)
         live = [run.snapshot() if steps else run.summary() for run in self._active.runs()]
+        live += [r.model_copy(update=None if steps else {"steps": {}}) for r in self._recorder.unsaved()]
         return _merge_listing(stored, live, wanted, limit)
 
     def active_run_ids(self) -> list[str]:
