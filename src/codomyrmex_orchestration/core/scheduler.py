@@ -339,8 +339,7 @@ class TaskOrchestrator:
         """Queue an action task: ``registry.get(spec.module, spec.action).func(spec.parameters, ctx)``.
 
         Raises:
-            UnknownActionError, ActionRefusedError, InvalidInputError: at submission, from the registry,
-                or what validating the same step would refuse (``check_task_parameters``).
+            UnknownActionError, ActionRefusedError, InvalidInputError: at submission (the registry's, a step's).
             Everything :meth:`submit` raises.
         """
         check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
