@@ -339,7 +339,7 @@ class TaskOrchestrator:
         """Queue an action task: ``registry.get(spec.module, spec.action).func(spec.parameters, ctx)``.
 
         Raises:
-            UnknownActionError, ActionRefusedError, InvalidInputError: at submission (the registry's, a step's).
+            UnknownActionError, ActionRefusedError, InvalidInputError: at submission (as a step's would be).
             Everything :meth:`submit` raises.
         """
         check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
