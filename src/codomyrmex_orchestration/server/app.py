@@ -347,12 +347,13 @@ def build_server(
         client = calling_client.set(_client_key(ctx))
         try:
             async with hub.request_logs(ctx) as request_peer:
-                with hub.calling(peer or request_peer):
+                with hub.calling(peer or request_peer), approvals.waiting(ctx, params):
                     result = await approvals.answered(params) or await the_tools.execute_tool_async(
                         params.name, params.arguments, progress=progress
                     )
         finally:
             calling_client.reset(client)
+        result = approvals.noted(result)  # why a question is no longer put to the client, if it is not
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
