@@ -52,7 +52,13 @@ from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
-from codomyrmex_orchestration.server._resource_uris import key_problem, scheme_problem
+from codomyrmex_orchestration.server._resource_uris import (
+    RUNS_PAGE_TEMPLATE,
+    key_problem,
+    runs_body,
+    runs_query,
+    scheme_problem,
+)
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -203,6 +209,28 @@ def _resource_not_found(ctx: Any, uri: str, reason: str) -> Exception:
     # -32002 is "resource not found" up to 2025-11-25; 2026-07-28 retired it for -32602 (SEP-2164).
     code = types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else -32002
     return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+_KNOWN_RESOURCES = "workflows[/name], runs[/run_id], runs?cursor=&limit=, projects[/name], templates[/name]"
+
+
+def _invalid_query(uri: str, reason: str) -> Exception:
+    from mcp.shared.exceptions import MCPError
+
+    # -32602: the resource exists; what the read asks of it does not fit.
+    return MCPError(code=types.INVALID_PARAMS, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+def _runs_page(ctx: Any, uri: str, kind: str, query: str) -> dict[str, Any]:
+    """The list_workflow_runs arguments of a read of ``uri``, a collection ``kind`` with a query."""
+    if kind not in ("workflows", "runs", "projects", "templates"):
+        raise _resource_not_found(ctx, uri, "known resources: " + _KNOWN_RESOURCES)
+    if kind != "runs":
+        raise _invalid_query(uri, f"{URI_SCHEME}{kind} takes no query: only {URI_SCHEME}runs is paged")
+    page, problem = runs_query(query)
+    if problem is not None:
+        raise _invalid_query(uri, problem)
+    return page
 
 
 def _one_page(method: str, params: Any) -> None:
@@ -417,6 +445,12 @@ def build_server(
                 mime_type="application/json",
             ),
             types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}runs{RUNS_PAGE_TEMPLATE}",
+                name="runs-page",
+                description="A page of runs, newest first: cursor is a page's next_cursor, limit 1 to 500",
+                mime_type="application/json",
+            ),
+            types.ResourceTemplate(
                 uri_template=f"{URI_SCHEME}runs/{{run_id}}",
                 name="run",
                 description="A workflow run record",
@@ -445,6 +479,8 @@ def build_server(
         if not uri.startswith(URI_SCHEME):
             raise _resource_not_found(ctx, uri, scheme_problem(uri, URI_SCHEME, _ui.UI_RESOURCE_URI))
         kind, slash, key = uri[len(URI_SCHEME) :].partition("/")
+        kind, queried, query = kind.partition("?") if not slash else (kind, "", "")
+        page = _runs_page(ctx, uri, kind, query) if queried else None  # orchestration://runs?cursor=&limit=
         key = unquote(key)
         if slash and (problem := key_problem(URI_SCHEME, kind, key)) is not None:
             raise _resource_not_found(ctx, uri, problem)
@@ -474,11 +510,15 @@ def build_server(
             raise _resource_not_found(
                 ctx,
                 uri,
-                "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
+                "known resources: " + _KNOWN_RESOURCES,
             )
-        result = await the_tools.execute_tool_async(tool, args)
+        result = await the_tools.execute_tool_async(tool, page or args)
         if result.is_error:
-            raise _resource_not_found(ctx, uri, result.text)
+            raise _invalid_query(uri, result.text) if page else _resource_not_found(ctx, uri, result.text)
+        if tool == "list_workflow_runs":
+            return _text_resource(
+                uri, runs_body(URI_SCHEME, result.structured or {}, (page or {}).get("limit"))
+            )
         return _text_resource(uri, result.structured)
 
     async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
