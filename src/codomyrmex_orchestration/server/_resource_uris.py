@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from codomyrmex_orchestration.core.models import NAME_PATTERN
-from codomyrmex_orchestration.server._models import ListRunsArgs
 
 __all__ = ["RUNS_PAGE_TEMPLATE", "key_problem", "runs_body", "runs_query", "scheme_problem", "uri_problem"]
 
@@ -55,6 +54,8 @@ def key_problem(scheme: str, kind: str, key: str) -> str | None:
 
 def _limit_bounds() -> tuple[int, int]:
     """The bounds list_workflow_runs puts on ``limit`` (read from its arguments, so both stay one)."""
+    from codomyrmex_orchestration.server._models import ListRunsArgs  # with the first read of a page
+
     low, high = 1, 500
     for rule in ListRunsArgs.model_fields["limit"].metadata:
         low = getattr(rule, "ge", low)
