@@ -167,6 +167,7 @@ async def test_resources_list_the_collections_and_templates_even_without_an_engi
     }
     assert {t.uri_template for t in templates} == {
         "orchestration://workflows/{name}",
+        "orchestration://runs{?cursor,limit}",
         "orchestration://runs/{run_id}",
         "orchestration://projects/{name}",
         "orchestration://templates/{name}",
@@ -242,6 +243,58 @@ async def test_a_resource_uri_that_names_nothing_is_not_found_saying_what_it_may
     assert "'../runs' is not a workflow name" in slashed and "letters, digits" in slashed, slashed
     assert "1 to 128 characters" in missing["orchestration://runs/" + "r" * 129].message
     assert "hello" in listed.contents[0].text  # the list itself, without the slash
+
+
+async def test_the_list_of_runs_is_read_a_page_at_a_time_through_its_next_uri(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # Its next_cursor was one no read accepted: "runs?cursor=" was not found (-32002) and "runs/?cursor="
+    # was "run '?cursor=...' not found".
+    async with Client(build_server(tools), mode="legacy") as client:
+        step = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+        created = await client.call_tool("create_workflow", {"name": "e", "steps": [step]})
+        assert not created.is_error, created
+        started = []
+        for _ in range(5):
+            run = await client.call_tool("execute_workflow", {"workflow_name": "e"})
+            started.append((run.structured_content or {})["run_id"])
+        first = json.loads((await client.read_resource("orchestration://runs?limit=2")).contents[0].text)
+        pages, uri = [first], first["next_uri"]
+        while uri is not None:
+            assert uri.startswith("orchestration://runs?cursor=") and uri.endswith("&limit=2"), uri
+            page = json.loads((await client.read_resource(uri)).contents[0].text)
+            pages.append(page)
+            uri = page["next_uri"]
+        whole = json.loads((await client.read_resource("orchestration://runs")).contents[0].text)
+        refused: dict[str, Any] = {}
+        for bad in (
+            "orchestration://runs?limit=0",
+            "orchestration://runs?limit=501",
+            "orchestration://runs?limit=many",
+            "orchestration://runs?cursor=not-a-cursor",
+            "orchestration://runs?page=2",
+            "orchestration://workflows?limit=2",
+        ):
+            with pytest.raises(MCPError) as error:
+                await client.read_resource(bad)
+            refused[bad] = error.value.error
+    assert [len(p["runs"]) for p in pages] == [2, 2, 1]
+    assert [p["count"] for p in pages] == [2, 2, 1]
+    assert [r["run_id"] for p in pages for r in p["runs"]] == started[::-1]  # newest first, each once
+    assert "count is the number of runs on this page" in first["note"]
+    assert "last page" in pages[-1]["note"] and pages[-1]["next_cursor"] is None
+    assert whole["count"] == 5 and whole["next_uri"] is None
+    for bad, error in refused.items():
+        assert error.code == -32602 and error.data == {"uri": bad}, (bad, error)
+    for bad in (
+        "orchestration://runs?limit=0",
+        "orchestration://runs?limit=501",
+        "orchestration://runs?limit=many",
+    ):
+        assert "limit: a whole number of runs from 1 to 500" in refused[bad].message, refused[bad].message
+    assert "cursor" in refused["orchestration://runs?cursor=not-a-cursor"].message
+    assert "'page'" in refused["orchestration://runs?page=2"].message
+    assert "takes no query" in refused["orchestration://workflows?limit=2"].message
 
 
 # --------------------------------------------------------------------------- fuzz

@@ -16,6 +16,7 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from codomyrmex_orchestration.core.actions import ActionDefinition
+from codomyrmex_orchestration.server._approvals import ASKS
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import WAIT, call, ok
@@ -649,3 +650,50 @@ async def test_over_stdio_the_sdk_clients_elicitation_callback_answers(tmp_path:
     assert run["status"] == "completed"
     assert run["steps"]["act"]["output"] == "over stdio"
     assert (tmp_path / "state" / "request-state.key").is_file()  # serve keeps its requestState key there
+
+
+async def test_a_2025_answer_that_does_not_fit_the_schema_is_asked_again_saying_why(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # On 2025 the refused answer was dropped: one elicitation/create, then waiting_for_input with a note
+    # that never said why (the reason went to the server log only).
+    asked: list[types.ElicitRequestParams] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        content: dict[str, Any] = {"reason": "x"} if len(asked) == 1 else {"reason": "fits now"}
+        return types.ElicitResult(action="accept", content=content)
+
+    async with Client(build_server(tools), mode="legacy", elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+    assert run["status"] == "completed" and run["steps"]["act"]["output"] == "fits now", run
+    first, again = asked
+    assert first.message == "Delete 3 files?"
+    assert again.message == (
+        "Delete 3 files? (the previous answer was refused: content.reason: at least 3 characters)"
+    )
+
+
+async def test_a_2025_client_that_keeps_answering_off_the_schema_is_asked_a_bounded_number_of_times(
+    tools: OrchestrationMCPTools,
+) -> None:
+    callback, asked = answering("accept", {"reason": "x"})
+    async with Client(build_server(tools), mode="legacy", elicitation_callback=callback) as client:
+        await ok(client, "create_workflow", GATED)
+        run = await ok(client, "execute_workflow", {"workflow_name": "gated", "timeout_seconds": 600})
+        assert len(asked) == ASKS
+        assert run["status"] == "waiting_for_input"
+        assert "'approve' were refused (content.reason: at least 3 characters)" in run["note"], run["note"]
+        assert "respond_to_run" in run["note"]
+        answered = await ok(
+            client,
+            "respond_to_run",
+            {
+                "run_id": run["run_id"],
+                "step": "approve",
+                "action": "accept",
+                "content": {"reason": "by hand"},
+            },
+        )
+    assert answered["status"] == "completed" and answered["steps"]["act"]["output"] == "by hand"

@@ -642,3 +642,84 @@ async def test_over_http_discover_and_an_unsupported_version_name_every_version_
     assert refused.json()["error"]["code"] == -32022
     assert refused.json()["error"]["data"] == {"supported": SERVED_VERSIONS, "requested": "1900-01-01"}
     assert opened.status_code == 200 and "mcp-session-id" in opened.headers
+
+
+async def _sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE response body, as they arrive."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            if data[0]:
+                yield json.loads("\n".join(data))
+            data = []
+
+
+async def test_over_streamable_http_a_question_rides_the_waiting_calls_stream_without_a_get_stream(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The GET stream is a MAY: a client that declared elicitation and never opened one got nothing, and
+    # its execute_workflow blocked until its timeout (the question was sent where no stream carried it).
+    gate = {
+        "name": "gate",
+        "steps": [
+            {
+                "name": "approve",
+                "module": "core",
+                "action": "approve",
+                "parameters": {
+                    "message": "Deploy?",
+                    "schema": {"type": "object", "properties": {"note": {"type": "string"}}},
+                },
+            }
+        ],
+    }
+    initialize = {
+        **INITIALIZE,
+        "params": {
+            **INITIALIZE["params"],
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"elicitation": {}},
+        },
+    }
+    with anyio.fail_after(60):
+        async with serving(tools, "streamable-http", None) as base, httpx.AsyncClient(timeout=60) as http:
+            opened = await http.post(f"{base}/mcp", json=initialize, headers=MCP_HEADERS)
+            headers = {
+                **MCP_HEADERS,
+                "mcp-session-id": opened.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            await http.post(
+                f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+            )
+            created = {"name": "create_workflow", "arguments": gate}
+            made = await http.post(
+                f"{base}/mcp",
+                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": created},
+                headers=headers,
+            )
+            assert made.status_code == 200, made.text
+            execute = {
+                "name": "execute_workflow",
+                "arguments": {"workflow_name": "gate", "timeout_seconds": 20},
+            }
+            asked: list[dict[str, Any]] = []
+            final: dict[str, Any] = {}
+            call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": execute}
+            async with http.stream("POST", f"{base}/mcp", json=call, headers=headers) as stream:
+                async for message in _sse_messages(stream):
+                    if message.get("method") == "elicitation/create":
+                        asked.append(message["params"])
+                        answer = {"action": "accept", "content": {"note": "ship it"}}
+                        reply = {"jsonrpc": "2.0", "id": message["id"], "result": answer}
+                        assert (
+                            await http.post(f"{base}/mcp", json=reply, headers=headers)
+                        ).status_code == 202
+                    elif message.get("id") == 3:
+                        final = message["result"]["structuredContent"]
+                        break
+    assert [q["message"] for q in asked] == ["Deploy?"]
+    assert final["status"] == "completed", final
+    assert final["steps"]["approve"]["output"] == {"action": "accept", "content": {"note": "ship it"}}

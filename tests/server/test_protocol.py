@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 
 from codomyrmex_orchestration.server._logging import LEVELS
+from codomyrmex_orchestration.server._subscriptions import MAX_SUBSCRIPTIONS, MAX_URI_CHARS
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -163,7 +164,7 @@ async def test_a_subscribed_run_is_updated_as_it_moves_and_an_unsubscribed_resou
         run = await call(client, "execute_workflow", {"workflow_name": "slow", "wait": False})
         uri = f"orchestration://runs/{run['run_id']}"
         # The list of runs changes only when a run starts or ends: nothing can touch it in between.
-        for subscribed in (uri, "test://not-ours", "orchestration://runs", "orchestration://workflows"):
+        for subscribed in (uri, "orchestration://runs", "orchestration://workflows"):
             await client.subscribe_resource(subscribed)
         await client.unsubscribe_resource("orchestration://runs")
         await call(client, "cancel_workflow_run", {"run_id": run["run_id"]})
@@ -178,8 +179,43 @@ async def test_a_subscribed_run_is_updated_as_it_moves_and_an_unsubscribed_resou
         record = await client.read_resource(uri)
     assert uri in inbox.updated()
     assert "orchestration://runs" not in inbox.updated()
-    assert "test://not-ours" not in inbox.updated()
     assert '"cancelled"' in record.contents[0].text
+
+
+async def test_subscriptions_are_refused_past_a_uri_length_a_count_per_client_and_outside_the_servers_uris(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # Any URI of any size was kept, without a bound: 100 subscriptions of 1 MB URIs that named nothing
+    # grew the server by 100 MB.
+    refused: list[Any] = []
+    async with legacy_client(build_server(tools)) as (client, _):
+        for uri in (
+            "orchestration://runs/" + "x" * 1_000_000,
+            "orchestration://runs/" + "x" * 129,
+            "test://not-ours",
+            "orchestration://nothing",
+            "orchestration://runs?limit=5",
+        ):
+            with pytest.raises(MCPError) as caught, anyio.fail_after(WAIT):
+                await client.subscribe_resource(uri)
+            refused.append(caught.value.error)
+        with anyio.fail_after(120):
+            for n in range(MAX_SUBSCRIPTIONS):
+                await client.subscribe_resource(f"orchestration://runs/run-{n}")
+            with pytest.raises(MCPError) as full:
+                await client.subscribe_resource("orchestration://workflows")
+            await client.subscribe_resource("orchestration://runs/run-0")  # one it holds: no change
+            await client.unsubscribe_resource("orchestration://runs/run-0")
+            await client.subscribe_resource("orchestration://workflows")  # room again
+    huge, long_id, foreign, nothing, page = refused
+    assert huge.code == types.INVALID_PARAMS and f"at most {MAX_URI_CHARS} characters" in huge.message
+    assert len(huge.message) < 300 and "(1000021 characters)" in huge.message
+    assert long_id.code == -32002 and "1 to 128 characters" in long_id.message
+    assert foreign.code == -32002 and "unknown scheme" in foreign.message
+    assert nothing.code == -32002 and "known resources" in nothing.message
+    assert page.code == types.INVALID_PARAMS and "subscribe to orchestration://runs" in page.message
+    assert full.value.error.code == types.INVALID_PARAMS
+    assert f"subscribed to {MAX_SUBSCRIPTIONS} resources" in full.value.error.message
 
 
 async def test_workflow_and_project_changes_update_the_lists_for_every_client(

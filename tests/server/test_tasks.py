@@ -638,3 +638,38 @@ async def test_waits_hold_no_thread_so_each_returns_by_its_deadline_however_many
     # Every tasks/result answered when its run ended.
     assert sorted(results) == sorted(gates)
     assert {(r.structured_content or {})["status"] for r in results.values()} == {"cancelled"}
+
+
+async def test_on_2026_07_28_a_task_waiting_for_a_person_says_which_step_asks_what_and_how_to_answer(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # It polled as "working" with "1 of 2 steps completed" until the approval's deadline: nothing said
+    # a person was awaited, while get_workflow_run said waiting_for_input.
+    question = "Deploy to production? " + "Details follow. " * 20
+    ask = {
+        "name": "asks",
+        "steps": [
+            {"name": "plan", "module": "core", "action": "set", "parameters": {"files": 3}},
+            {"name": "approve", "module": "core", "action": "approve", "parameters": {"message": question}},
+        ],
+    }
+    waiting = threading.Event()
+    manager = tools.engine.workflow_manager
+    manager.add_listener(lambda event, payload: waiting.set() if event == "run.waiting_for_input" else None)
+    async with Client(build_server(tools), extensions=[TasksExtension()]) as client:
+        await ok(client, "create_workflow", ask)
+        answer = await client.session.call_tool(
+            "execute_workflow", {"workflow_name": "asks"}, allow_claimed=True
+        )
+        assert isinstance(answer, TaskHandle)
+        assert await anyio.to_thread.run_sync(waiting.wait, 30)
+        detail = await get_detailed(client.session, answer.task_id)
+        await ok(client, "respond_to_run", {"run_id": answer.task_id, "step": "approve", "action": "accept"})
+    assert detail.status == "working"
+    message = detail.status_message or ""
+    assert message.startswith("step 'approve' waits for a person: 'Deploy to production? Details follow."), (
+        message
+    )
+    assert "…'" in message and question not in message  # the question cut short
+    assert f"answer with respond_to_run (run_id {answer.task_id!r}" in message
+    assert len(message) < 300

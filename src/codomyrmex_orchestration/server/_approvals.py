@@ -2,10 +2,16 @@
 MCP elicitation (``respond_to_run``, in ``tools.py``, answers them by hand).
 
 :class:`Approvals` owns the server's event loop entry it last saw (where elicitations run as tasks of the
-server's lifespan) and the engine it installed its broker on. Two ways to ask, by protocol era:
+server's lifespan), the engine it installed its broker on, and under ``_lock`` the 2025-era calls waiting
+on runs (per connection) and why the answers to a question no longer asked were refused. Two ways to
+ask, by protocol era:
 
-- 2025: a client still connected that declared form elicitation gets ``elicitation/create`` on its
-  connection as soon as the question is asked (the broker); its answer settles the step.
+- 2025: a client still connected that declared form elicitation gets ``elicitation/create`` as soon as
+  the question is asked (the broker): related to a call of its that waits on a run, so that on
+  streamable HTTP it rides that call's POST stream; with no such call, on the connection's own channel
+  where it always has one (stdio, SSE; a streamable HTTP session's needs a GET stream the server cannot
+  see, so there it is not asked). Each request has a deadline; an answer that does not fit the
+  schema is asked again with the reason, up to :data:`ASKS` times. Its answer settles the step.
 - 2026-07-28 (no server-initiated requests): a call that waits on the run (``execute_workflow``,
   ``create_complex_workflow``, ``resume_workflow_run``, ``respond_to_run``) from a client that declared
   elicitation and finds it waiting for input returns an ``InputRequiredResult`` carrying the questions;
@@ -16,21 +22,29 @@ Otherwise, or when asking fails, the question waits in the run for ``respond_to_
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core.models import InputRequest
-from codomyrmex_orchestration.errors import OrchestrationError
+from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._notifications import NotificationHub, Peer, connection_of
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools, ToolResult, _call_soon
 
-__all__ = ["Approvals"]
+__all__ = ["ASKS", "ASK_SECONDS", "Approvals"]
 
 log = get_logger("codomyrmex_orchestration.server")
 
@@ -43,6 +57,22 @@ _SUB_RUN = "/"
 _WAITING_TOOLS = frozenset(
     {"execute_workflow", "create_complex_workflow", "resume_workflow_run", "respond_to_run"}
 )
+#: How often one question is put to a 2025-era client whose answers do not fit its schema; then it waits
+#: for respond_to_run, and the run's note says why.
+ASKS = 3
+#: The longest one ``elicitation/create`` waits for its answer (seconds); a question with an earlier
+#: deadline waits until that deadline. Then the question waits for respond_to_run.
+ASK_SECONDS = 600.0
+# Refusal reasons kept for the notes of results (the oldest forgotten past this many).
+_REFUSALS_KEPT = 256
+
+
+@dataclass(eq=False)
+class _WaitingCall:
+    """A 2025-era call that waits on a run: the request a question can be sent related to."""
+
+    session: Any
+    request_id: Any
 
 
 def _key(run_id: str, question: dict[str, Any]) -> str:
@@ -66,9 +96,24 @@ def _answer_of(response: Any) -> tuple[str, dict[str, Any] | None]:
 
 
 def _asks_forms(connection: Any) -> bool:
-    """Whether the client on ``connection`` can be sent a form ``elicitation/create`` now (2025 era)."""
-    modern = connection.protocol_version in MODERN_PROTOCOL_VERSIONS
-    return bool(_takes_forms(connection) and not modern and connection.has_standalone_channel)
+    """Whether the client on ``connection`` takes form ``elicitation/create`` requests (2025 era)."""
+    return _takes_forms(connection) and connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
+
+
+def _own_channel(connection: Any) -> bool:
+    """Whether a request sent on ``connection``'s standalone channel reaches its client: on stdio and
+    SSE (no session id) it is the connection itself; a streamable HTTP session's needs a GET stream the
+    client may never open, and the SDK drops what it cannot carry without a word."""
+    return bool(connection.has_standalone_channel and connection.session_id is None)
+
+
+def _ask_seconds(question: InputRequest) -> float:
+    """How long one ``elicitation/create`` for ``question`` waits: up to its deadline, at most
+    :data:`ASK_SECONDS`."""
+    if question.deadline is None:
+        return ASK_SECONDS
+    left = question.deadline.timestamp() - time.time()
+    return min(ASK_SECONDS, max(left, 1.0))
 
 
 class Approvals:
@@ -87,6 +132,11 @@ class Approvals:
         # run in, and the engine whose broker is installed.
         self._loop: Any = None
         self._engine: Any = None
+        self._lock = threading.Lock()
+        # Guarded by _lock: the waiting calls of each 2025-era connection (newest last), and why the last
+        # answers a client gave to a question were refused, by (run_id, step), once it is no longer asked.
+        self._waiting: dict[Any, list[_WaitingCall]] = {}
+        self._refusals: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def watch(self, ctx: Any) -> None:
         """On each tool call (event loop): note the server's loop, install the broker on a started engine."""
@@ -106,6 +156,10 @@ class Approvals:
         peer, loop = self._hub.owner(run_id) or self._hub.owner(inputs.root_of(run_id)), self._loop
         if peer is None or loop is None or not _asks_forms(peer.connection):
             return False
+        if self._waiting_call(peer.connection) is None and not _own_channel(peer.connection):
+            return False  # no stream to ask on: the question waits for respond_to_run
+        with self._lock:  # a question asked anew: a refusal of an earlier asking no longer says why
+            self._refusals.pop((run_id, step), None)
         ask = partial(self._ask, inputs, peer, run_id, step, question)
         _call_soon(loop.token, lambda: loop.tasks.start_soon(ask))
         return True
@@ -187,24 +241,105 @@ class Approvals:
         }
         return types.InputRequiredResult(input_requests=requests, request_state=f"{_STATE}{run_id}")
 
+    def waiting(
+        self, ctx: Any, params: types.CallToolRequestParams
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around a tool call (event loop): while a 2025-era call that waits on a run goes on, questions
+        for its client are sent related to it (on streamable HTTP they ride its POST stream)."""
+        if params.name not in _WAITING_TOOLS or (params.arguments or {}).get("wait", True) is False:
+            return contextlib.nullcontext()
+        try:
+            connection = connection_of(ctx)
+        except TypeError:
+            return contextlib.nullcontext()
+        if not _asks_forms(connection):
+            return contextlib.nullcontext()
+        return self._waiting_on(connection, _WaitingCall(ctx.session, ctx.request_id))
+
+    @contextlib.contextmanager
+    def _waiting_on(self, connection: Any, call: _WaitingCall) -> Iterator[None]:
+        with self._lock:
+            self._waiting.setdefault(connection, []).append(call)
+        try:
+            yield
+        finally:
+            with self._lock:
+                calls = self._waiting.get(connection, [])
+                calls.remove(call)
+                if not calls:
+                    self._waiting.pop(connection, None)
+
+    def _waiting_call(self, connection: Any) -> _WaitingCall | None:
+        """The newest call of ``connection`` waiting on a run that can still carry a request, if any."""
+        with self._lock:
+            calls = list(self._waiting.get(connection, ()))
+        return next((c for c in reversed(calls) if c.session.can_send_request), None)
+
+    def noted(self, result: ToolResult) -> ToolResult:
+        """``result``, its note saying why a question it shows waiting was no longer put to the client
+        (its answers did not fit the schema): the client's reason to answer with respond_to_run."""
+        record = result.structured
+        if not self._refusals or result.is_error or not record or not record.get("pending_inputs"):
+            return result
+        run_id = record.get("run_id")
+        with self._lock:
+            why = [
+                f"the client's answers to step {q['step']!r} were refused ({reason}): answer it with "
+                "respond_to_run"
+                for q in record["pending_inputs"]
+                if (reason := self._refusals.get((str(q.get("run_id") or run_id), q["step"]))) is not None
+            ]
+        if not why:
+            return result
+        note = "; ".join([*why, *([record["note"]] if record.get("note") else [])])
+        structured = {**record, "note": note}
+        return ToolResult(text=json.dumps(structured, ensure_ascii=False), structured=structured)
+
     async def _ask(
         self, inputs: InputDesk, peer: Peer, run_id: str, step: str, question: InputRequest
     ) -> None:
-        connection = peer.connection
+        """Put ``question`` to ``peer`` until an answer fits it (at most :data:`ASKS` times); a question
+        nobody can be asked any more waits for respond_to_run."""
         schema = question.requested_schema or {"type": "object", "properties": {}}
+        core = self._tools._call_limiter
+        message, refused = question.message, None
+        for _ in range(ASKS):
+            try:
+                result = await self._send(peer, message, schema, _ask_seconds(question))
+            except Exception as exc:  # gone, refused, an error answer or no answer in time
+                log.info("approval.elicitation_failed", run_id=run_id, step=step, error=str(exc) or repr(exc))
+                break
+            content = result.content if result.action == "accept" else None
+            respond = partial(inputs.respond, run_id, step, result.action, content)
+            try:
+                await anyio.to_thread.run_sync(respond, limiter=core)
+                return
+            except InvalidInputError as exc:  # content off the schema: asked again, saying why
+                log.info("approval.answer_refused", run_id=run_id, step=step, error=str(exc))
+                refused = str(exc)
+                message = f"{question.message} (the previous answer was refused: {refused})"
+            except OrchestrationError as exc:  # answered meanwhile, or the run ended
+                log.info("approval.answer_refused", run_id=run_id, step=step, error=str(exc))
+                return
+        if refused is not None:
+            with self._lock:
+                self._refusals[(run_id, step)] = refused
+                while len(self._refusals) > _REFUSALS_KEPT:
+                    self._refusals.popitem(last=False)
+        await anyio.to_thread.run_sync(inputs.unattended, run_id, step, limiter=core)
+
+    async def _send(self, peer: Peer, message: str, schema: dict[str, Any], seconds: float) -> Any:
+        """One ``elicitation/create`` to ``peer``: related to a call of its waiting on a run if there is
+        one, else on its connection's own channel (RuntimeError when it has none that reaches it)."""
         request = types.ElicitRequest(
-            params=types.ElicitRequestFormParams(message=question.message, requested_schema=schema)
+            params=types.ElicitRequestFormParams(message=message, requested_schema=schema)
         )
-        try:
-            result = await connection.send_request(request)
-        except Exception as exc:  # gone, refused or an error answer: the question waits for respond_to_run
-            log.info("approval.elicitation_failed", run_id=run_id, step=step, error=str(exc))
-            await anyio.to_thread.run_sync(inputs.unattended, run_id, step, limiter=self._tools._call_limiter)
-            return
-        content = result.content if result.action == "accept" else None
-        respond = partial(inputs.respond, run_id, step, result.action, content)
-        try:
-            await anyio.to_thread.run_sync(respond, limiter=self._tools._call_limiter)
-        except OrchestrationError as exc:  # answered meanwhile, the run ended, or content off the schema
-            log.info("approval.answer_refused", run_id=run_id, step=step, error=str(exc))
-            await anyio.to_thread.run_sync(inputs.unattended, run_id, step, limiter=self._tools._call_limiter)
+        call = self._waiting_call(peer.connection)
+        if call is not None:
+            related = ServerMessageMetadata(related_request_id=call.request_id)
+            return await call.session.send_request(
+                request, types.ElicitResult, request_read_timeout_seconds=seconds, metadata=related
+            )
+        if not _own_channel(peer.connection):
+            raise RuntimeError("no stream to ask on: the client has no call waiting on a run")
+        return await peer.connection.send_request(request, opts={"timeout": seconds})

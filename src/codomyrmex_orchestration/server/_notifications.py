@@ -282,9 +282,13 @@ class NotificationHub:
         with self._lock:
             peer.level = level
 
-    def subscribe(self, peer: Peer, uri: str) -> None:
+    def subscribe(self, peer: Peer, uri: str, *, limit: int) -> bool:
+        """Subscribe ``peer`` to ``uri``; False (nothing changes) when it holds ``limit`` others."""
         with self._lock:
+            if uri not in peer.subscriptions and len(peer.subscriptions) >= limit:
+                return False
             peer.subscriptions.add(uri)
+            return True
 
     def unsubscribe(self, peer: Peer, uri: str) -> None:
         with self._lock:

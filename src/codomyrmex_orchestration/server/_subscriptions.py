@@ -1,6 +1,7 @@
 """Resource subscriptions: which ``orchestration://`` resources a core event changes, and the
-``resources/subscribe`` / ``resources/unsubscribe`` handlers. Holds no state (the hub keeps each
-client's subscriptions).
+``resources/subscribe`` / ``resources/unsubscribe`` handlers, which bound what a client may keep: URIs of
+this server's resources (the reads' own test of a URI), at most :data:`MAX_URI_CHARS` long, at most
+:data:`MAX_SUBSCRIPTIONS` per client. Holds no state (the hub keeps each client's subscriptions).
 """
 
 from __future__ import annotations
@@ -10,13 +11,30 @@ from urllib.parse import quote
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from codomyrmex_orchestration.server._resource_uris import uri_problem
+from codomyrmex_orchestration.server._ui import UI_RESOURCE_URI
 
 if TYPE_CHECKING:
     from codomyrmex_orchestration.server._notifications import NotificationHub
 
-__all__ = ["LIST_URIS", "SCHEME", "changed_by", "handlers", "project_uris", "run_uri"]
+__all__ = [
+    "LIST_URIS",
+    "MAX_SUBSCRIPTIONS",
+    "MAX_URI_CHARS",
+    "SCHEME",
+    "changed_by",
+    "handlers",
+    "project_uris",
+    "run_uri",
+]
 
 SCHEME: Final = "orchestration://"
+#: The longest URI a client may subscribe to (a run's, its id quoted, is far shorter).
+MAX_URI_CHARS: Final = 2048
+#: The most resources one client may be subscribed to at once.
+MAX_SUBSCRIPTIONS: Final = 1000
 LIST_URIS: Final = (f"{SCHEME}workflows", f"{SCHEME}runs", f"{SCHEME}projects")
 
 _RUN_BOUNDS: Final = frozenset({"run.started", "run.completed", "run.failed", "run.cancelled"})
@@ -54,19 +72,52 @@ def _invalid_uri(uri: str) -> MCPError:
     return MCPError(code=types.INVALID_PARAMS, message=f"resource uri {uri!r}: a non-empty URI is required")
 
 
+def _refused(uri: str, reason: str) -> MCPError:
+    # -32602: the request's params are wrong; the URI shown cut short (it may be megabytes).
+    shown = uri if len(uri) <= 120 else f"{uri[:100]}... ({len(uri)} characters)"
+    return MCPError(
+        code=types.INVALID_PARAMS, message=f"resource uri {shown!r}: {reason}", data={"uri": shown}
+    )
+
+
+def _not_ours(ctx: Any, uri: str, reason: str) -> MCPError:
+    # As a read of it answers: -32002 "resource not found" up to 2025-11-25 (the era of this method).
+    code = types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else -32002
+    return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+def _check(ctx: Any, uri: str) -> None:
+    """Refuse a URI no subscription could ever be told of: blank, too long, or naming nothing this
+    server serves (what a read of it would answer), or a page of runs (the list changes as a whole)."""
+    if not uri.strip():
+        raise _invalid_uri(uri)
+    if len(uri) > MAX_URI_CHARS:
+        raise _refused(uri, f"at most {MAX_URI_CHARS} characters may be subscribed to")
+    problem = uri_problem(uri, SCHEME, UI_RESOURCE_URI)
+    if problem is not None:
+        raise _not_ours(ctx, uri, problem)
+    if "?" in uri and uri.startswith(f"{SCHEME}runs?"):
+        raise _refused(uri, f"a page is not a resource of its own: subscribe to {SCHEME}runs")
+
+
 def handlers(hub: NotificationHub) -> dict[str, Any]:
     """``on_subscribe_resource`` and ``on_unsubscribe_resource`` for the server.
 
-    Any URI may be subscribed to, as the specification allows: one that names no resource of this server
-    (or a run not started yet) is accepted and simply never changes.
+    A URI of this server's resources may be subscribed to before what it names exists (a run not
+    started yet): it changes once it does. Any other URI, one longer than :data:`MAX_URI_CHARS`, or
+    more than :data:`MAX_SUBSCRIPTIONS` per client, is refused.
     """
 
     async def on_subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        if not params.uri.strip():
-            raise _invalid_uri(params.uri)
+        uri = str(params.uri)
+        _check(ctx, uri)
         peer = hub.join(ctx)
-        if peer is not None:
-            hub.subscribe(peer, str(params.uri))
+        if peer is not None and not hub.subscribe(peer, uri, limit=MAX_SUBSCRIPTIONS):
+            raise _refused(
+                uri,
+                f"this client is subscribed to {MAX_SUBSCRIPTIONS} resources, the most one client may be: "
+                "unsubscribe from one first",
+            )
         hub.watch_engine()
         return types.EmptyResult()
 

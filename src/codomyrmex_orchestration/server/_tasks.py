@@ -106,6 +106,9 @@ _WAIT_SLICE = 10.0
 _STOP_WAIT = 5.0
 #: Expired records are deleted by the tasks/* requests, at most this often (seconds).
 _SWEEP_EVERY = 30.0
+#: The characters of a question a task's status message shows, and how many questions it names.
+_QUESTION_CHARS = 120
+_QUESTIONS_SHOWN = 3
 
 Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -196,7 +199,8 @@ def _begun(record: Mapping[str, Any]) -> dict[str, Any]:
 def _wire_2026(record: Mapping[str, Any]) -> dict[str, Any]:
     """The tasks extension's ``Task`` (2026-07-28): ``ttlMs``/``pollIntervalMs``, and no
     ``input_required`` without input requests the client could answer (a person approves through
-    the server's own tools), so a run waiting on one is ``working`` with that message."""
+    the server's own tools), so a run waiting on one is ``working`` with a message naming the step, its
+    question and respond_to_run (:func:`_waiting_message`)."""
     task = _wire(record)
     task["ttlMs"], task["pollIntervalMs"] = task.pop("ttl"), task.pop("pollInterval")
     if task["status"] == "input_required":
@@ -277,6 +281,26 @@ def _steps_message(run: RunRecord) -> str:
     completed = ended.pop("completed", 0)
     others = "".join(f", {n} {status.replace('_', ' ')}" for status, n in sorted(ended.items()))
     return f"{completed} of {len(run.steps)} steps completed{others}"
+
+
+def _waiting_message(run: RunRecord) -> str:
+    """What a run waiting for a person waits on, and how to answer: "step 'approve' waits for a person:
+    'Deploy?'; answer with respond_to_run (run_id '...')". Each question cut to :data:`_QUESTION_CHARS`,
+    the first :data:`_QUESTIONS_SHOWN` named (get_workflow_run's pending_inputs lists them all)."""
+    questions = run.pending_inputs
+    if not questions:
+        return _steps_message(run)
+    parts = []
+    for q in questions[:_QUESTIONS_SHOWN]:
+        text = q.message if len(q.message) <= _QUESTION_CHARS else q.message[: _QUESTION_CHARS - 1] + "…"
+        sub = f" of sub-run {q.run_id}" if q.run_id not in (None, run.run_id) else ""
+        parts.append(f"step {q.step!r}{sub} waits for a person: {text!r}")
+    if len(questions) > _QUESTIONS_SHOWN:
+        parts.append(f"{len(questions) - _QUESTIONS_SHOWN} more questions wait")
+    return (
+        "; ".join(parts) + f"; answer with respond_to_run (run_id {run.run_id!r}; get_workflow_run lists "
+        "pending_inputs with each question's schema)"
+    )
 
 
 def _moved_on(record: Mapping[str, Any], run: RunRecord) -> str | None:
@@ -523,6 +547,8 @@ class ToolTasks:
                 )
             if mapped == "working":
                 return mapped, _steps_message(run), False, None
+            if mapped == "input_required":
+                return mapped, _waiting_message(run), False, None
             return mapped, run.error if mapped == "failed" else _steps_message(run), False, outcome
         try:
             task = engine.task_orchestrator.get_task(record["target"])

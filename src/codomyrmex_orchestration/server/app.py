@@ -52,7 +52,13 @@ from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
-from codomyrmex_orchestration.server._resource_uris import key_problem, scheme_problem
+from codomyrmex_orchestration.server._resource_uris import (
+    RUNS_PAGE_TEMPLATE,
+    key_problem,
+    runs_body,
+    runs_query,
+    scheme_problem,
+)
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -205,6 +211,28 @@ def _resource_not_found(ctx: Any, uri: str, reason: str) -> Exception:
     return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
 
 
+_KNOWN_RESOURCES = "workflows[/name], runs[/run_id], runs?cursor=&limit=, projects[/name], templates[/name]"
+
+
+def _invalid_query(uri: str, reason: str) -> Exception:
+    from mcp.shared.exceptions import MCPError
+
+    # -32602: the resource exists; what the read asks of it does not fit.
+    return MCPError(code=types.INVALID_PARAMS, message=f"resource {uri!r}: {reason}", data={"uri": uri})
+
+
+def _runs_page(ctx: Any, uri: str, kind: str, query: str) -> dict[str, Any]:
+    """The list_workflow_runs arguments of a read of ``uri``, a collection ``kind`` with a query."""
+    if kind not in ("workflows", "runs", "projects", "templates"):
+        raise _resource_not_found(ctx, uri, "known resources: " + _KNOWN_RESOURCES)
+    if kind != "runs":
+        raise _invalid_query(uri, f"{URI_SCHEME}{kind} takes no query: only {URI_SCHEME}runs is paged")
+    page, problem = runs_query(query)
+    if problem is not None:
+        raise _invalid_query(uri, problem)
+    return page
+
+
 def _one_page(method: str, params: Any) -> None:
     """Refuse a cursor: this server's lists are never paged, so no cursor is one it handed out (the
     pagination spec: an invalid cursor SHOULD be -32602)."""
@@ -347,12 +375,13 @@ def build_server(
         client = calling_client.set(_client_key(ctx))
         try:
             async with hub.request_logs(ctx) as request_peer:
-                with hub.calling(peer or request_peer):
+                with hub.calling(peer or request_peer), approvals.waiting(ctx, params):
                     result = await approvals.answered(params) or await the_tools.execute_tool_async(
                         params.name, params.arguments, progress=progress
                     )
         finally:
             calling_client.reset(client)
+        result = approvals.noted(result)  # why a question is no longer put to the client, if it is not
         hub.watch_engine()
         if params.name == "create_project" and not result.is_error:
             hub.projects_changed((result.structured or {}).get("project_name"))
@@ -416,6 +445,12 @@ def build_server(
                 mime_type="application/json",
             ),
             types.ResourceTemplate(
+                uri_template=f"{URI_SCHEME}runs{RUNS_PAGE_TEMPLATE}",
+                name="runs-page",
+                description="A page of runs, newest first: cursor is a page's next_cursor, limit 1 to 500",
+                mime_type="application/json",
+            ),
+            types.ResourceTemplate(
                 uri_template=f"{URI_SCHEME}runs/{{run_id}}",
                 name="run",
                 description="A workflow run record",
@@ -444,6 +479,8 @@ def build_server(
         if not uri.startswith(URI_SCHEME):
             raise _resource_not_found(ctx, uri, scheme_problem(uri, URI_SCHEME, _ui.UI_RESOURCE_URI))
         kind, slash, key = uri[len(URI_SCHEME) :].partition("/")
+        kind, queried, query = kind.partition("?") if not slash else (kind, "", "")
+        page = _runs_page(ctx, uri, kind, query) if queried else None  # orchestration://runs?cursor=&limit=
         key = unquote(key)
         if slash and (problem := key_problem(URI_SCHEME, kind, key)) is not None:
             raise _resource_not_found(ctx, uri, problem)
@@ -473,11 +510,15 @@ def build_server(
             raise _resource_not_found(
                 ctx,
                 uri,
-                "known resources: workflows[/name], runs[/run_id], projects[/name], templates[/name]",
+                "known resources: " + _KNOWN_RESOURCES,
             )
-        result = await the_tools.execute_tool_async(tool, args)
+        result = await the_tools.execute_tool_async(tool, page or args)
         if result.is_error:
-            raise _resource_not_found(ctx, uri, result.text)
+            raise _invalid_query(uri, result.text) if page else _resource_not_found(ctx, uri, result.text)
+        if tool == "list_workflow_runs":
+            return _text_resource(
+                uri, runs_body(URI_SCHEME, result.structured or {}, (page or {}).get("limit"))
+            )
         return _text_resource(uri, result.structured)
 
     async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
