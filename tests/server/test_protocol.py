@@ -182,20 +182,14 @@ async def test_a_subscribed_run_is_updated_as_it_moves_and_an_unsubscribed_resou
     assert '"cancelled"' in record.contents[0].text
 
 
-async def test_subscriptions_are_refused_past_a_uri_length_a_count_per_client_and_outside_the_servers_uris(
+async def test_subscriptions_are_refused_past_a_uri_length_and_a_count_per_client(
     tools: OrchestrationMCPTools,
 ) -> None:
     # Any URI of any size was kept, without a bound: 100 subscriptions of 1 MB URIs that named nothing
     # grew the server by 100 MB.
     refused: list[Any] = []
     async with legacy_client(build_server(tools)) as (client, _):
-        for uri in (
-            "orchestration://runs/" + "x" * 1_000_000,
-            "orchestration://runs/" + "x" * 129,
-            "test://not-ours",
-            "orchestration://nothing",
-            "orchestration://runs?limit=5",
-        ):
+        for uri in ("orchestration://runs/" + "x" * 1_000_000, "orchestration://runs?limit=5"):
             with pytest.raises(MCPError) as caught, anyio.fail_after(WAIT):
                 await client.subscribe_resource(uri)
             refused.append(caught.value.error)
@@ -207,12 +201,9 @@ async def test_subscriptions_are_refused_past_a_uri_length_a_count_per_client_an
             await client.subscribe_resource("orchestration://runs/run-0")  # one it holds: no change
             await client.unsubscribe_resource("orchestration://runs/run-0")
             await client.subscribe_resource("orchestration://workflows")  # room again
-    huge, long_id, foreign, nothing, page = refused
+    huge, page = refused
     assert huge.code == types.INVALID_PARAMS and f"at most {MAX_URI_CHARS} characters" in huge.message
     assert len(huge.message) < 300 and "(1000021 characters)" in huge.message
-    assert long_id.code == -32002 and "1 to 128 characters" in long_id.message
-    assert foreign.code == -32002 and "unknown scheme" in foreign.message
-    assert nothing.code == -32002 and "known resources" in nothing.message
     assert page.code == types.INVALID_PARAMS and "subscribe to orchestration://runs" in page.message
     assert full.value.error.code == types.INVALID_PARAMS
     assert f"subscribed to {MAX_SUBSCRIPTIONS} resources" in full.value.error.message

@@ -1,7 +1,8 @@
 """Resource subscriptions: which ``orchestration://`` resources a core event changes, and the
-``resources/subscribe`` / ``resources/unsubscribe`` handlers, which bound what a client may keep: URIs of
-this server's resources (the reads' own test of a URI), at most :data:`MAX_URI_CHARS` long, at most
-:data:`MAX_SUBSCRIPTIONS` per client. Holds no state (the hub keeps each client's subscriptions).
+``resources/subscribe`` / ``resources/unsubscribe`` handlers, which bound what a client may keep: URIs at
+most :data:`MAX_URI_CHARS` long, at most :data:`MAX_SUBSCRIPTIONS` per client. Any URI is accepted (the
+MCP conformance suite subscribes to one of its own): one this server never changes is never notified.
+Holds no state (the hub keeps each client's subscriptions).
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from urllib.parse import quote
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-
-from codomyrmex_orchestration.server._resource_uris import uri_problem
-from codomyrmex_orchestration.server._ui import UI_RESOURCE_URI
 
 if TYPE_CHECKING:
     from codomyrmex_orchestration.server._notifications import NotificationHub
@@ -80,22 +77,12 @@ def _refused(uri: str, reason: str) -> MCPError:
     )
 
 
-def _not_ours(ctx: Any, uri: str, reason: str) -> MCPError:
-    # As a read of it answers: -32002 "resource not found" up to 2025-11-25 (the era of this method).
-    code = types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else -32002
-    return MCPError(code=code, message=f"resource {uri!r}: {reason}", data={"uri": uri})
-
-
-def _check(ctx: Any, uri: str) -> None:
-    """Refuse a URI no subscription could ever be told of: blank, too long, or naming nothing this
-    server serves (what a read of it would answer), or a page of runs (the list changes as a whole)."""
+def _check(uri: str) -> None:
+    """Refuse a URI that is blank, too long, or a page of runs (the list changes as a whole)."""
     if not uri.strip():
         raise _invalid_uri(uri)
     if len(uri) > MAX_URI_CHARS:
         raise _refused(uri, f"at most {MAX_URI_CHARS} characters may be subscribed to")
-    problem = uri_problem(uri, SCHEME, UI_RESOURCE_URI)
-    if problem is not None:
-        raise _not_ours(ctx, uri, problem)
     if "?" in uri and uri.startswith(f"{SCHEME}runs?"):
         raise _refused(uri, f"a page is not a resource of its own: subscribe to {SCHEME}runs")
 
@@ -103,14 +90,14 @@ def _check(ctx: Any, uri: str) -> None:
 def handlers(hub: NotificationHub) -> dict[str, Any]:
     """``on_subscribe_resource`` and ``on_unsubscribe_resource`` for the server.
 
-    A URI of this server's resources may be subscribed to before what it names exists (a run not
-    started yet): it changes once it does. Any other URI, one longer than :data:`MAX_URI_CHARS`, or
-    more than :data:`MAX_SUBSCRIPTIONS` per client, is refused.
+    A URI may be subscribed to before what it names exists (a run not started yet): it changes once it
+    does. One longer than :data:`MAX_URI_CHARS`, or more than :data:`MAX_SUBSCRIPTIONS` per client, is
+    refused.
     """
 
     async def on_subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
         uri = str(params.uri)
-        _check(ctx, uri)
+        _check(uri)
         peer = hub.join(ctx)
         if peer is not None and not hub.subscribe(peer, uri, limit=MAX_SUBSCRIPTIONS):
             raise _refused(
