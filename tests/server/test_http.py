@@ -723,3 +723,66 @@ async def test_over_streamable_http_a_question_rides_the_waiting_calls_stream_wi
     assert [q["message"] for q in asked] == ["Deploy?"]
     assert final["status"] == "completed", final
     assert final["steps"]["approve"]["output"] == {"action": "accept", "content": {"note": "ship it"}}
+
+
+async def _read_value(client: Client, run_id: str, read: dict[str, Any]) -> Any:
+    """The value a record's ``{"omitted": ...}`` marker stands for, read a page at a time."""
+    pages: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await client.call_tool("get_workflow_run", {**read, "run_id": run_id, "value_offset": offset})
+        assert not page.is_error and page.structured_content is not None, page.content
+        value = page.structured_content["value"]
+        pages.append(value["json_text"])
+        offset = value["next_offset"]
+    return json.loads("".join(pages))
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_run_record_over_a_mib_reaches_the_sdk_client_and_its_large_values_read_in_pages(
+    tools: OrchestrationMCPTools, transport: str
+) -> None:
+    # 600 KB and 700 KB outputs (under the 1 MiB output cap) and 700 KB of parameters: the record used to
+    # be sent whole twice (text and structured content), over the SDK client's 1 MiB SSE event limit.
+    steps = [
+        {"name": "a", "module": "core", "action": "echo", "parameters": {"message": "x" * 600_000}},
+        {"name": "b", "module": "core", "action": "echo", "parameters": {"message": "{{params.ys}}"}},
+        {"name": "c", "module": "core", "action": "echo", "parameters": {"message": "small"}},
+    ]
+    with anyio.fail_after(60):
+        async with serving(tools, transport, None) as base:
+            connect = (
+                streamable_http_client(f"{base}/mcp") if transport != "sse" else sse_client(f"{base}/sse")
+            )
+            async with Client(connect, mode="legacy") as client:
+                assert not (
+                    await client.call_tool("create_workflow", {"name": "big", "steps": steps})
+                ).is_error
+                params = {"ys": "y" * 700_000}
+                run = await client.call_tool(
+                    "execute_workflow", {"workflow_name": "big", "parameters": params}
+                )
+                assert not run.is_error and run.structured_content is not None, run.content
+                run_id = run.structured_content["run_id"]
+                again = await client.call_tool("get_workflow_run", {"run_id": run_id, "items_limit": 0})
+                read_a = await _read_value(client, run_id, {"step": "a"})
+                read_ys = await _read_value(client, run_id, {"parameter": "ys"})
+                wrong = await client.call_tool("get_workflow_run", {"run_id": run_id, "step": "zz"})
+    record = again.structured_content
+    assert record is not None and record["status"] == "completed"
+    assert record["steps"]["c"]["output"] == run.structured_content["steps"]["c"]["output"]
+    assert record["steps"]["a"]["output"]["omitted"]["read"] == {"run_id": run_id, "step": "a"}
+    assert record["steps"]["b"]["output"]["omitted"]["read"] == {"run_id": run_id, "step": "b"}
+    assert record["parameters"]["ys"]["omitted"]["read"] == {"run_id": run_id, "parameter": "ys"}
+    assert "get_workflow_run" in record["note"]
+    assert len(json.dumps(record)) <= 256 * 1024
+    text = again.content[0].text  # type: ignore[union-attr]
+    assert len(text) < 64 * 1024 and json.loads(text)["steps"] == {
+        "a": "completed",
+        "b": "completed",
+        "c": "completed",
+    }
+    assert "x" * 600_000 in json.dumps(read_a) and read_ys == "y" * 700_000
+    assert (
+        wrong.is_error and "step: run" in wrong.content[0].text and "'a', 'b', 'c'" in wrong.content[0].text
+    )  # type: ignore[union-attr]

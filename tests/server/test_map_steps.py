@@ -204,3 +204,17 @@ async def test_a_page_of_a_stored_map_reads_only_the_rows_of_its_items(
         assert [(i["index"], i["output"]) for i in page["items"]] == [(i, i) for i in range(1000, 1010)]
         assert page["counts"] == {"completed": 2997, "failed": 3} and page["next_offset"] == 1010
         assert shown["steps"]["m"]["output"] is None and page["output_omitted"] is True
+
+
+async def test_the_128_kib_of_listed_items_are_shared_by_all_map_steps_of_a_record(client: Client) -> None:
+    # Each map step's page used to stop at 128 KiB on its own: ten map steps made a record of 1.3 MB.
+    step = {"module": "core", "action": "echo", "parameters": {"message": "{{item}}"}}
+    items = ["z" * 60_000] * 3
+    steps = [{**step, "name": "m1", "for_each": items}, {**step, "name": "m2", "for_each": items}]
+    run = await client.call_tool(
+        "create_complex_workflow", {"name": "twomaps", "workflow_definition": {"steps": steps}}
+    )
+    assert run.structured_content is not None, run.content
+    pages = {name: run.structured_content["steps"][name]["items"] for name in ("m1", "m2")}
+    assert [len(pages[n]["items"]) for n in ("m1", "m2")] == [2, 1]
+    assert pages["m2"]["next_offset"] == 1 and pages["m2"]["output_omitted"]

@@ -747,3 +747,36 @@ def test_a_request_before_initialize_is_told_what_each_protocol_era_needs_first(
         assert "2026-07-28" in message and "'io.modelcontextprotocol/protocolVersion'" in message, message
     assert pong["result"] == {} and opened["result"]["protocolVersion"] == "2025-06-18"
     assert len(listed["result"]["tools"]) == 24
+
+
+async def test_over_stdio_a_map_items_large_output_is_a_marker_read_a_page_at_a_time(tmp_path: Path) -> None:
+    step = {"name": "m", "module": "core", "action": "echo", "parameters": {"message": "{{item}}"}}
+    workflow = {"name": "bigitems", "steps": [{**step, "for_each": ["p" * 300_000, "q" * 300_000]}]}
+    params = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp_path, env=_env(tmp_path))
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            assert not (await client.call_tool("create_workflow", workflow)).is_error
+            run = await client.call_tool("execute_workflow", {"workflow_name": "bigitems"})
+            assert run.structured_content is not None, run.content
+            pages: list[str] = []
+            offset: int | None = 0
+            while offset is not None:
+                args = {
+                    "run_id": run.structured_content["run_id"],
+                    "step": "m",
+                    "item": 0,
+                    "value_offset": offset,
+                }
+                page = await client.call_tool("get_workflow_run", args)
+                assert page.structured_content is not None, page.content
+                pages.append(page.structured_content["value"]["json_text"])
+                offset = page.structured_content["value"]["next_offset"]
+            past = await client.call_tool("get_workflow_run", {**args, "item": 2})
+    items = run.structured_content["steps"]["m"]["items"]
+    assert (
+        run.structured_content["status"] == "completed"
+        and len(json.dumps(run.structured_content)) <= 256 * 1024
+    )
+    assert items["items"][0]["output"]["omitted"]["read"]["item"] == 0 and items["next_offset"] == 1
+    assert "p" * 300_000 in "".join(pages) and len(pages) == 3
+    assert past.is_error and "item: step 'm' has items 0 to 1; got 2" in past.content[0].text  # type: ignore[union-attr]

@@ -259,6 +259,25 @@ class GetRunArgs(RunIdArgs):
         min_length=1,
         description='List only the items in these statuses, e.g. ["failed", "timed_out"].',
     )
+    step: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Also read this step's output (with item: that item's), a page of its JSON text: for an "
+        'output a record shows as {"omitted": ...}.',
+    )
+    item: int | None = Field(default=None, ge=0, description="With step (a map step): the item's index.")
+    parameter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Also read this run parameter, a page of its JSON text (instead of step).",
+    )
+    value_offset: int = Field(
+        default=0,
+        ge=0,
+        description="With step or parameter: the page's first character (a page's next_offset).",
+    )
 
 
 class RespondArgs(Args):
@@ -393,6 +412,18 @@ class StepView(StepResult):
     items: ItemsPage | None = None
 
 
+class ValuePage(Result):
+    """A page of one value of a run (a step's or item's output, or a parameter): its JSON text, cut."""
+
+    of: str = Field(
+        description='What the value is: "steps.a.output", "steps.m.items.3.output", "parameters.p".'
+    )
+    json_length: int = Field(description="The characters of the value's whole JSON text.")
+    offset: int = Field(description="The character of that text this page starts at.")
+    json_text: str = Field(description="The page: join the pages in order and parse them as JSON.")
+    next_offset: int | None = Field(description="value_offset of the next page; null: this is the last.")
+
+
 class RunHandle(RunRecord):
     """A run record, each map step's items paged; ``note`` says what to do when it is still running, and
     how to read the items a page leaves out."""
@@ -400,6 +431,9 @@ class RunHandle(RunRecord):
     # The steps as shown, not stored: the handle is never written back as a RunRecord (dict is invariant).
     steps: dict[str, StepView] = Field(default_factory=dict)  # type: ignore[assignment]
     note: str | None = None
+    value: ValuePage | None = Field(
+        default=None, description="The page of the value get_workflow_run's step or parameter asked for."
+    )
 
 
 class CreateWorkflowResult(Result):

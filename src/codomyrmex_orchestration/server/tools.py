@@ -364,6 +364,46 @@ def _run_handle(record: RunRecord, waited: float | None, page: ItemWindow | None
     return handle
 
 
+#: A result's text is its whole JSON up to this many characters; a larger result's text is a summary (the
+#: record is in the structured content once, not twice: the SDK client refuses SSE events over 1 MiB).
+FULL_TEXT_CHARS = 64 * 1024
+#: The most bytes of JSON a tool result's structured content may be; a larger one is an error saying so.
+MAX_RESULT_BYTES = 896 * 1024
+_SUMMARY_VALUE_CHARS = 2048
+_SUMMARY_STEPS = 200
+
+
+def _large_result(result: BaseModel, structured: dict[str, Any], text: str) -> ToolResult:
+    """A result of more than :data:`FULL_TEXT_CHARS`: a run record cut to its budget, shown with a summary
+    text; anything still over :data:`MAX_RESULT_BYTES` (no client could read it) an error saying so."""
+    if isinstance(result, m.RunHandle):
+        from codomyrmex_orchestration.server._run_pages import fit_record
+
+        if (left_out := fit_record(structured, len(text))) is not None:
+            structured["note"] = "; ".join(filter(None, (structured.get("note"), left_out)))
+            text = json.dumps(structured, ensure_ascii=False)
+    size = len(text) if len(text) * 4 <= MAX_RESULT_BYTES else len(text.encode())
+    if size > MAX_RESULT_BYTES:
+        return ToolResult.error(
+            f"the result is {size} bytes of JSON, more than the {MAX_RESULT_BYTES // 1024} KiB a tool "
+            "result may be (MCP clients refuse larger messages): ask for less (get_workflow_run's "
+            "items_limit; a large output is read in pages when it is a workflow step's: get_workflow_run's "
+            "step)"
+        )
+    brief: dict[str, Any] = {
+        key: value
+        for key, value in structured.items()
+        if len(json.dumps(value, ensure_ascii=False, default=str)) <= _SUMMARY_VALUE_CHARS or key == "note"
+    }
+    steps = structured.get("steps")
+    if isinstance(steps, dict) and len(steps) <= _SUMMARY_STEPS:
+        brief["steps"] = {name: step.get("status") for name, step in steps.items() if isinstance(step, dict)}
+    brief["summary"] = (
+        f"this text is a summary: the whole result ({len(text)} characters of JSON) is the structured content"
+    )
+    return ToolResult(text=json.dumps(brief, ensure_ascii=False), structured=structured)
+
+
 def _read_run(manager: WorkflowManager, run_id: str) -> RunRecord:
     """Run ``run_id``'s record with the first page of each map step's items, the only ones read and built
     (what :func:`_run_handle` shows). Raises RunNotFoundError."""
@@ -525,7 +565,16 @@ def _delete_workflow(tools: OrchestrationMCPTools, a: m.WorkflowNameArgs, call: 
 
 def _get_run(tools: OrchestrationMCPTools, a: m.GetRunArgs, call: _Call) -> _Outcome:
     page = ItemWindow(a.items_offset, a.items_limit, a.items_status)
-    return _run_handle(tools.engine.workflow_manager.get_run(a.run_id, items=page), None, page)
+    manager = tools.engine.workflow_manager
+    record = manager.get_run(a.run_id, items=page)
+    handle = _run_handle(record, None, page)
+    if a.step is not None or a.parameter is not None or a.item is not None:
+        from codomyrmex_orchestration.server._run_pages import value_page
+
+        handle.value = value_page(
+            manager, record, step=a.step, item=a.item, parameter=a.parameter, offset=a.value_offset
+        )
+    return handle
 
 
 def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> _Outcome:
@@ -938,7 +987,9 @@ def _build_tools() -> tuple[_Tool, ...]:
             "The current record of a workflow run (status, each step's status, output and error). Use it to "
             "follow a run returned with status running. A map step (for_each) shows its item counts by "
             "status and one page of its items: page with items_offset/items_limit, or list only some "
-            'with items_status, e.g. ["failed"]. Example: {"run_id": "<run_id>"}',
+            'with items_status, e.g. ["failed"]. A value shown as {"omitted": ...} (the record is capped at '
+            "256 KiB) is read with the arguments in its read, a page of its JSON text at a time "
+            '(value_offset). Example: {"run_id": "<run_id>"}',
             m.GetRunArgs,
             m.RunHandle,
             _get_run,
@@ -1265,6 +1316,8 @@ class OrchestrationMCPTools:
             # file): shown with those bytes replaced, as no client could decode the reply otherwise.
             structured = readable_value(structured)
             text = json.dumps(structured, ensure_ascii=False)
+        if len(text) > FULL_TEXT_CHARS:
+            return _large_result(result, structured, text)
         return ToolResult(text=text, structured=structured)
 
     @staticmethod
