@@ -133,7 +133,8 @@ class TaskOrchestrator:
         timers: the timer service for deadlines and retry delays; when ``None`` the scheduler makes its
             own and closes it on shutdown (a given one is left open).
         max_queued: the most tasks accepted and not yet started (queued, waiting for dependencies or
-            a retry); beyond it :meth:`submit` raises ``LimitExceededError``. ``None``: no cap.
+            a retry); beyond it :meth:`submit` raises ``LimitExceededError``, except for the tasks of an
+            accepted :class:`TaskGroup` (see :meth:`check_queue_room`). ``None``: no cap.
     """
 
     def __init__(
@@ -363,6 +364,12 @@ class TaskOrchestrator:
             session_id=session_id,
         )
 
+    def check_queue_room(self) -> None:
+        """Raise ``LimitExceededError`` (naming ``CODOMYRMEX_MAX_QUEUED_TASKS``) if ``max_queued`` tasks
+        already wait to start: the door of work accepted as a whole, a run, whose steps (a group created
+        ``accepted``) the cap then never refuses, however many become ready at once."""
+        self._d.check_room()
+
     def check_resources(self, requirements: Mapping[str, Any]) -> None:
         """Raise unless ``requirements`` could ever be granted here (``InsufficientResourcesError`` past
         a capacity, ``InvalidInputError`` / ``ResourceNotFoundError`` for a bad key or amount)."""
@@ -439,7 +446,7 @@ class TaskOrchestrator:
 
     def health(self) -> dict[str, Any]:
         """Liveness of the timers and workers, whether work is accepted, load figures, stuck tasks."""
-        health = self._d.health(timers_alive=not self._timers.closed)
+        health = _health(self._d, timers_alive=not self._timers.closed)
         health["abandoned_tasks"] = _stuck_tasks(self._d)
         health["backend"] = self.backend.describe()
         return health
@@ -496,24 +503,28 @@ class TaskOrchestrator:
         self._d.close("scheduler shut down" if cancel_pending else None)
         if wait:
             _wait_out(self._d, self._timers if self._own_timers else None, wait_limit(timeout), grace)
-            self._close_backend()
-
-    def _close_backend(self) -> None:
-        """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
-        with self._backend_lock:
-            if not self._backend_open:
-                return
-            self._backend_open = False
-        try:
-            self.backend.close()
-        except Exception:
-            _log.exception("scheduler.backend_close_failed", scheduler=self.name, backend=self.backend.name)
+            _close_backend(self)
 
     def __enter__(self) -> TaskOrchestrator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _health(d: Dispatcher, *, timers_alive: bool) -> dict[str, Any]:
+    """The dispatcher's liveness and load figures (``timers_alive``: the timer service is open)."""
+    with d.lock:
+        timers_alive = timers_alive and not d.closing
+        return {
+            "timers_alive": timers_alive,
+            "dispatcher_alive": timers_alive,  # the name before the shared timer service
+            **d.pool.figures_locked(),
+            "accepting": d.accepting,
+            "queue_depth": len(d.queue),
+            "running": d.running,
+            "active": d.table.active,
+        }
 
 
 def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str, Any]:
@@ -531,6 +542,18 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _close_backend(orch: TaskOrchestrator) -> None:
+    """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
+    with orch._backend_lock:
+        if not orch._backend_open:
+            return
+        orch._backend_open = False
+    try:
+        orch.backend.close()
+    except Exception:
+        _log.exception("scheduler.backend_close_failed", scheduler=orch.name, backend=orch.backend.name)
 
 
 def _wait_out(d: Dispatcher, own_timers: TimerService | None, limit: float | None, grace: float) -> None:
