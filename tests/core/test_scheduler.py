@@ -1121,6 +1121,19 @@ def test_a_batch_an_on_done_submits_past_the_queue_cap_is_admitted_as_work_alrea
     assert [heard[i] for i in ids] == [TaskStatus.COMPLETED] * 3
 
 
+def test_a_task_whose_parameters_are_over_the_byte_limit_is_refused_naming_the_setting() -> None:
+    # Queued tasks keep their parameters in memory: without a limit, the queue cap times the request
+    # size was the only bound. The same limit (and setting) as a run's parameters.
+    with TaskOrchestrator(1, max_parameters_bytes=1000) as orch:
+        big = TaskSpec(name="big", module="core", action="echo", parameters={"message": "z" * 1000})
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_PARAMETERS_BYTES") as refused:
+            orch.submit_task(big)
+        assert refused.value.limit == 1000 and "the task's parameters" in str(refused.value)
+        assert orch.get_execution_stats()["submitted_total"] == 0
+        fits = TaskSpec(name="fits", module="core", action="echo", parameters={"message": "z" * 900})
+        assert orch.wait(orch.submit_task(fits), WAIT).status is TaskStatus.COMPLETED
+
+
 def test_the_queue_cap_refuses_new_tasks_but_never_those_of_an_accepted_group(make_orch: Any) -> None:
     orch = make_orch(1, max_queued=2)
     _, release = blocker(orch)

@@ -149,3 +149,29 @@ async def test_another_clients_backlog_never_fails_a_run_accepted_before_it_and_
         gate.touch()  # the run's first step ends: its eight next steps join the full queue
         record = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, 30)
     assert record.status.value == "completed", {name: r.error for name, r in record.steps.items()}
+
+
+async def test_execute_task_refuses_parameters_over_the_byte_limit_naming_the_setting(tmp_path: Path) -> None:
+    def engine(policy: Any) -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=tmp_path / "templates",
+            max_workers=1,
+            max_parameters_bytes=1024,
+            durable=False,
+        )
+
+    tools = OrchestrationMCPTools(engine_factory=engine)
+    try:
+        async with Client(build_server(tools)) as client:
+            big = {**echo("big"), "parameters": {"message": "z" * 2000}}
+            refused = await client.call_tool("execute_task", big)
+            assert refused.is_error
+            text = refused.content[0].text
+            assert "CODOMYRMEX_MAX_PARAMETERS_BYTES" in text and "1024" in text and "parameters" in text
+            fits = await client.call_tool("execute_task", {**echo("fits"), "wait": True})
+            assert not fits.is_error and fits.structured_content["status"] == "completed"
+    finally:
+        tools.close()

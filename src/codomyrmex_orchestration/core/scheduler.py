@@ -36,7 +36,6 @@ from codomyrmex_orchestration.core._task_factory import (
     TaskCall,
     TaskFactory,
     TaskSettings,
-    check_task_parameters,
 )
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -135,6 +134,8 @@ class TaskOrchestrator:
         max_queued: the most tasks accepted and not yet started (queued, waiting for dependencies or
             a retry); beyond it :meth:`submit` raises ``LimitExceededError``, except for the tasks of an
             accepted :class:`TaskGroup` (see :meth:`check_queue_room`). ``None``: no cap.
+        max_parameters_bytes: the most bytes of JSON an action task's parameters may take
+            (:meth:`submit_task`; ``CODOMYRMEX_MAX_PARAMETERS_BYTES``, as a run's). ``None``: no limit.
     """
 
     def __init__(
@@ -150,13 +151,14 @@ class TaskOrchestrator:
         output_limit: OutputLimiter | None = None,
         timers: TimerService | None = None,
         max_queued: int | None = None,
+        max_parameters_bytes: int | None = None,
     ) -> None:
         max_workers, max_abandoned = _checked_sizes(max_workers, max_queued, max_finished, max_abandoned)
         self.name = name
         self.max_workers = max_workers
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
-        self._factory = TaskFactory(registry, self.backend, self.check_resources)
+        self._factory = TaskFactory(registry, self.backend, self.check_resources, max_parameters_bytes)
         self._own_timers = timers is None
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
@@ -342,14 +344,12 @@ class TaskOrchestrator:
         Raises:
             UnknownActionError, ActionRefusedError, InvalidInputError: at submission, from the registry,
                 or what validating the same step would refuse (``check_task_parameters``).
+            LimitExceededError: the parameters' JSON is over ``max_parameters_bytes``.
             Everything :meth:`submit` raises.
         """
-        check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
-        allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
-        call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
             None,
-            action=call,
+            action=self._factory.action_call(spec),
             name=spec.name,
             priority=spec.priority,
             dependencies=spec.dependencies,
