@@ -1095,17 +1095,14 @@ def test_a_batch_submitted_with_the_state_on_done_was_given_is_queued_by_that_wo
     assert order == [f"done-{i}" for i in range(51)]
 
 
-def test_a_batch_an_on_done_submits_past_the_queue_cap_fails_the_tasks_that_do_not_fit() -> None:
-    # Admitted by the worker after on_done returned, a refusal cannot be raised to the caller: the
-    # refused tasks end FAILED with the reason, as their own on_done hears.
+def test_a_batch_an_on_done_submits_past_the_queue_cap_is_admitted_as_work_already_accepted() -> None:
+    # What a task's on_done submits continues work the cap let in (a run's next wave): refusing it would
+    # fail accepted work because of what others queued meanwhile. It counts, so new work waits for room.
     heard: dict[str, TaskStatus] = {}
-    errors: dict[str, str] = {}
     done = threading.Event()
 
     def note(state: TaskState) -> None:
         heard[state.task_id] = state.status
-        if state.error is not None:
-            errors[state.task_id] = state.error.message
         if len(heard) == 3:
             done.set()
 
@@ -1117,12 +1114,43 @@ def test_a_batch_an_on_done_submits_past_the_queue_cap_fails_the_tasks_that_do_n
             ids.extend(
                 orch.submit(noop, name=f"f{i}", on_done=note, live_state=True, batch=batch) for i in range(3)
             )
-            orch.submit_batch(batch, after=state)  # admitted together: two fit under the cap
+            orch.submit_batch(batch, after=state)  # admitted by its worker: three, past the cap of two
 
         orch.submit(lambda ctx: None, name="first", on_done=fan_out, live_state=True)
         assert done.wait(20)
-    assert [heard[i] for i in ids] == [TaskStatus.COMPLETED, TaskStatus.COMPLETED, TaskStatus.FAILED]
-    assert "CODOMYRMEX_MAX_QUEUED_TASKS" in errors[ids[2]]
+    assert [heard[i] for i in ids] == [TaskStatus.COMPLETED] * 3
+
+
+def test_a_task_whose_parameters_are_over_the_byte_limit_is_refused_naming_the_setting() -> None:
+    # Queued tasks keep their parameters in memory: without a limit, the queue cap times the request
+    # size was the only bound. The same limit (and setting) as a run's parameters.
+    with TaskOrchestrator(1, max_parameters_bytes=1000) as orch:
+        big = TaskSpec(name="big", module="core", action="echo", parameters={"message": "z" * 1000})
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_PARAMETERS_BYTES") as refused:
+            orch.submit_task(big)
+        assert refused.value.limit == 1000 and "the task's parameters" in str(refused.value)
+        assert orch.get_execution_stats()["submitted_total"] == 0
+        fits = TaskSpec(name="fits", module="core", action="echo", parameters={"message": "z" * 900})
+        assert orch.wait(orch.submit_task(fits), WAIT).status is TaskStatus.COMPLETED
+
+
+def test_the_queue_cap_refuses_new_tasks_but_never_those_of_an_accepted_group(make_orch: Any) -> None:
+    orch = make_orch(1, max_queued=2)
+    _, release = blocker(orch)
+    run = TaskGroup(accepted=True)  # a run's steps: its start checked the room (check_queue_room)
+    steps = orch.submit_many([TaskCall(noop, f"s{i}") for i in range(3)], orch.settings(group=run))
+    with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_TASKS") as refused:
+        orch.submit(noop, name="new work")  # three wait: counted against new work
+    assert refused.value.limit == 2
+    with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_TASKS"):
+        orch.check_queue_room()  # the door of a new run
+    with pytest.raises(LimitExceededError):
+        orch.submit(noop, name="grouped, not accepted", group=TaskGroup())
+    steps.append(orch.submit(noop, name="s3", group=run))  # a later wave of the accepted run
+    release.set()
+    assert all(r.status is TaskStatus.COMPLETED for r in orch.wait_all(steps, WAIT))
+    orch.check_queue_room()  # drained: room again
+    assert orch.wait(orch.submit(noop, name="later"), WAIT).status is TaskStatus.COMPLETED
 
 
 def test_cancelling_tasks_as_they_finish_ends_each_once_as_its_on_done_heard() -> None:

@@ -29,6 +29,7 @@ from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
     InvalidStateError,
+    LimitExceededError,
     WorkflowNotFoundError,
     WorkflowRefusedError,
 )
@@ -1001,32 +1002,57 @@ def test_a_claim_reads_a_lock_file_as_a_gone_cli_s_only_if_it_still_is_one_when_
     assert not owner_of(tmp_path, "r").exists
 
 
-def test_a_wave_past_the_queue_cap_queues_the_steps_that_fit_and_fails_the_others(
+def test_a_run_whose_first_wave_is_wider_than_the_queue_cap_runs_every_step_and_item(
+    registry: ActionRegistry,
+) -> None:
+    # The cap refuses a run at its start, when the queue is full; a run it accepted is carried through,
+    # however many of its steps become ready at once: validate_workflow called it valid.
+    orch = TaskOrchestrator(1, registry=registry, max_queued=3)
+    try:
+        manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
+        steps = [step(f"s{i}") for i in range(5)]
+        steps.append(step("m", action="echo", parameters={"message": "{{item}}"}, for_each=list(range(10))))
+        manager.create_workflow("wide", steps)
+        record = manager.execute_workflow("wide", timeout=10)
+    finally:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=10)
+    assert record.status is WorkflowStatus.COMPLETED, record.failed_steps
+    assert len(record.steps["m"].output) == 10
+
+
+def test_a_backlog_queued_after_a_run_started_never_fails_its_next_steps_and_new_runs_are_refused(
     registry: ActionRegistry,
 ) -> None:
     orch = TaskOrchestrator(1, registry=registry, max_queued=3)
     gate, holding = threading.Event(), threading.Event()
 
-    def hold(ctx: ActionContext) -> bool:
+    def hold(params: dict[str, Any], ctx: ActionContext) -> bool:
         holding.set()
         return gate.wait(10)
 
+    registry.register(ActionDefinition("test", "hold", hold))
     try:
-        busy = orch.submit(hold, name="busy")  # holds the one worker, so it counts as running
-        assert holding.wait(10)
         manager = WorkflowManager(orchestrator=orch, registry=registry, config_dir=None)
-        manager.create_workflow("wide", [step(f"s{i}") for i in range(5)])
-        run_id = manager.execute_workflow("wide", wait=False).run_id
-        gate.set()
-        orch.wait(busy, timeout=10)
+        first = step("first", module="test", action="hold")
+        then = [step(f"then{i}", dependencies=["first"]) for i in range(5)]
+        manager.create_workflow("mine", [first, *then])
+        run_id = manager.execute_workflow("mine", wait=False).run_id
+        assert holding.wait(10)  # the run's first step holds the one worker: its next steps wait on it
+        backlog = [orch.submit(lambda ctx: None, name=f"b{i}") for i in range(3)]  # another client's
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_TASKS"):
+            orch.submit(lambda ctx: None, name="one too many")
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_TASKS") as refused:
+            manager.execute_workflow("mine", wait=False)  # a new run: refused at its door
+        assert refused.value.limit == 3
+        assert [r.run_id for r in manager.list_runs()] == [run_id]  # the refused run left nothing
+        gate.set()  # the first step ends: its five dependents join the full queue
         record = manager.wait_run(run_id, timeout=10)
+        assert all(r.status is TaskStatus.COMPLETED for r in orch.wait_all(backlog, timeout=10))
     finally:
+        gate.set()
         orch.shutdown(wait=True, cancel_pending=True, timeout=10)
-    statuses = {name: result.status for name, result in record.steps.items()}
-    assert sorted(n for n, s in statuses.items() if s is TaskStatus.COMPLETED) == ["s0", "s1", "s2"]
-    assert record.status is WorkflowStatus.FAILED and record.failed_steps == ["s3", "s4"]
-    error = record.steps["s4"].error
-    assert error is not None and "CODOMYRMEX_MAX_QUEUED_TASKS" in error.message
+    assert record.status is WorkflowStatus.COMPLETED, {n: r.error for n, r in record.steps.items()}
+    assert all(r.status is TaskStatus.COMPLETED for r in record.steps.values())
 
 
 def test_a_running_step_shows_in_snapshots_and_stats_when_nobody_listens_to_starts(

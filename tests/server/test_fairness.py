@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp_types import Implementation
@@ -112,3 +113,65 @@ async def test_past_the_queue_cap_new_tasks_are_refused_naming_the_setting(
         assert done.structured_content["status"] == "completed"
         again = await client.call_tool("execute_task", echo("after-the-backlog"))
         assert not again.is_error  # the cap counts waiting work, not work ever accepted
+
+
+async def test_another_clients_backlog_never_fails_a_run_accepted_before_it_and_new_runs_are_refused(
+    make_tools: Any, tmp_path: Path
+) -> None:
+    tools = make_tools(max_queued=5)
+    server = build_server(tools)
+    gate = tmp_path / "gate"
+    first = {key: value for key, value in gate_task(gate).items() if key != "wait"}
+    then = [
+        {
+            "name": f"then{i}",
+            "module": "core",
+            "action": "echo",
+            "parameters": {"message": i},
+            "dependencies": ["gate"],
+        }
+        for i in range(8)
+    ]
+    a_client = Client(server, client_info=Implementation(name="a", version="1"))
+    b_client = Client(server, client_info=Implementation(name="b", version="1"))
+    async with a_client as a, b_client as b:
+        created = await a.call_tool("create_workflow", {"name": "mine", "steps": [first, *then]})
+        assert not created.is_error, created.content
+        started = await a.call_tool("execute_workflow", {"workflow_name": "mine", "wait": False})
+        assert not started.is_error, started.content
+        run_id = started.structured_content["run_id"]
+        queued = [await b.call_tool("execute_task", echo(f"b{i}")) for i in range(5)]  # the gate runs
+        assert not any(result.is_error for result in queued)
+        refused = await b.call_tool("execute_task", echo("one-too-many"))
+        assert refused.is_error and "CODOMYRMEX_MAX_QUEUED_TASKS" in refused.content[0].text
+        refused_run = await b.call_tool("execute_workflow", {"workflow_name": "mine", "wait": False})
+        assert refused_run.is_error and "CODOMYRMEX_MAX_QUEUED_TASKS" in refused_run.content[0].text
+        gate.touch()  # the run's first step ends: its eight next steps join the full queue
+        record = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, 30)
+    assert record.status.value == "completed", {name: r.error for name, r in record.steps.items()}
+
+
+async def test_execute_task_refuses_parameters_over_the_byte_limit_naming_the_setting(tmp_path: Path) -> None:
+    def engine(policy: Any) -> OrchestrationEngine:
+        return OrchestrationEngine(
+            state_dir=tmp_path / "state",
+            config_dir=None,
+            projects_dir=tmp_path / "projects",
+            templates_dir=tmp_path / "templates",
+            max_workers=1,
+            max_parameters_bytes=1024,
+            durable=False,
+        )
+
+    tools = OrchestrationMCPTools(engine_factory=engine)
+    try:
+        async with Client(build_server(tools)) as client:
+            big = {**echo("big"), "parameters": {"message": "z" * 2000}}
+            refused = await client.call_tool("execute_task", big)
+            assert refused.is_error
+            text = refused.content[0].text
+            assert "CODOMYRMEX_MAX_PARAMETERS_BYTES" in text and "1024" in text and "parameters" in text
+            fits = await client.call_tool("execute_task", {**echo("fits"), "wait": True})
+            assert not fits.is_error and fits.structured_content["status"] == "completed"
+    finally:
+        tools.close()

@@ -176,24 +176,19 @@ class Dispatcher:
             self.pool.wake_all_locked()
         self.deliver_here(out)
 
+    def check_room(self) -> None:
+        """Raise ``LimitExceededError`` if ``max_queued`` tasks already wait to start (the door of work
+        accepted as a whole, whose tasks the cap then never refuses: see :meth:`_admit_locked`)."""
+        if self.max_queued is not None:
+            with self.lock:
+                waiting = self.table.active - self.running
+            if waiting >= self.max_queued:
+                raise _queue_full(self.max_queued, waiting + 1)
+
     def wait_quiet(self, timeout: float | None) -> bool:
         """After :meth:`close`: wait until no task is active; False if some still are."""
         with self.lock:
             return self._quiet.wait_for(lambda: self.table.active == 0, timeout)
-
-    def health(self, *, timers_alive: bool) -> dict[str, Any]:
-        """Liveness and load figures (``timers_alive``: the timer service is open)."""
-        with self.lock:
-            timers_alive = timers_alive and not self.closing
-            return {
-                "timers_alive": timers_alive,
-                "dispatcher_alive": timers_alive,  # the name before the shared timer service
-                **self.pool.figures_locked(),
-                "accepting": self.accepting,
-                "queue_depth": len(self.queue),
-                "running": self.running,
-                "active": self.table.active,
-            }
 
     def _work(self, worker: Worker) -> None:
         """A worker thread: record the task it ran and take the next, deliver news, run; repeat."""
@@ -230,17 +225,19 @@ class Dispatcher:
         """Take new tasks into the table, their group and the queue (or hold them on their dependencies).
         ``strict`` (:meth:`add`): all or none, raising what refuses one; else (what a worker's task's
         ``on_done`` submitted, see :meth:`TaskOrchestrator.submit_batch`) a refused task fails and its
-        ``on_done`` says why. Returns the tasks held until listeners heard of them (:meth:`_release_held`)."""
-        waiting = self.table.active - self.running  # accepted, not final, not running
-        if strict and self.max_queued is not None and waiting + len(tasks) > self.max_queued:
-            raise _queue_full(self.max_queued, waiting + len(tasks))
+        ``on_done`` says why. The cap on queued tasks refuses new work only: a strict call, unless its
+        tasks are all of an accepted group (a run's steps); what an ``on_done`` submits continues work
+        already accepted. Returns the tasks held until listeners heard of them (:meth:`_release_held`)."""
+        cap = self.max_queued
+        if strict and cap is not None:
+            waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
+            if waiting > cap and not all(t.group is not None and t.group.accepted for t in tasks):
+                raise _queue_full(cap, waiting)
         accepted: list[tuple[Task, list[Task]]] = []
         for task in tasks:
             try:
                 if not self.accepting:
                     raise SchedulerShutdownError()
-                if self.max_queued is not None and waiting >= self.max_queued:
-                    raise _queue_full(self.max_queued, waiting + 1)
                 accepted.append((task, list(map(self.table.require, task.dependencies))))
             except OrchestrationError as exc:
                 if strict:
@@ -248,7 +245,6 @@ class Dispatcher:
                 self.table.add(task, [])
                 self._finish_locked(task, TaskStatus.FAILED, None, ErrorInfo.from_exception(exc), out)
                 continue
-            waiting += 1
         # With listeners, a task is queued once "task.queued" was delivered: none sees it start first.
         held = bool(self.listeners)
         for task, its_deps in accepted:

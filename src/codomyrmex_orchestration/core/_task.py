@@ -182,15 +182,18 @@ class TaskGroup:
     tasks not final are cancelled and any task submitted to it later ends CANCELLED as it arrives.
     Guarded by the scheduler's lock; its owner only creates it and hands it to submissions."""
 
-    __slots__ = ("cancelled", "keep_final", "reason", "tasks")
+    __slots__ = ("accepted", "cancelled", "keep_final", "reason", "tasks")
 
-    def __init__(self, *, keep_final: bool = True) -> None:
+    def __init__(self, *, keep_final: bool = True, accepted: bool = False) -> None:
         self.tasks: set[Task] = set()  # its tasks queued, waiting or running (not final)
         self.cancelled = False
         self.reason = ""
         # False: its tasks are forgotten as they end (their owner keeps what they ended with, as a
         # run keeps its steps' results), so they never take a place in the finished-task retention.
         self.keep_final = keep_final
+        # True: its tasks are work accepted as a whole (a run, whose start checked the queue's room,
+        # ``TaskOrchestrator.check_queue_room``): the queue's cap counts them but never refuses one.
+        self.accepted = accepted
 
 
 class Outcome:

@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from codomyrmex_orchestration.core._numbers import check_seconds, shown
+from codomyrmex_orchestration.core._numbers import check_count, check_seconds, shown
 from codomyrmex_orchestration.core._retry import RetryPolicy
+from codomyrmex_orchestration.core._store_codec import check_parameters
 from codomyrmex_orchestration.core._task import Task, TaskGroup
 from codomyrmex_orchestration.core.actions import (
     ActionContext,
@@ -24,7 +25,7 @@ from codomyrmex_orchestration.core.actions import (
 )
 from codomyrmex_orchestration.core.actions._policy import pinned_extras
 from codomyrmex_orchestration.core.backends import ActionCall, ExecutionBackend
-from codomyrmex_orchestration.core.models import TaskPriority, parse_priority
+from codomyrmex_orchestration.core.models import TaskPriority, TaskSpec, parse_priority
 from codomyrmex_orchestration.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class TaskFactory:
         registry: the action registry (``None``: ``create_registry()`` at the first action task).
         backend: binds an action task's callable to where it runs.
         check_resources: raises unless requirements could ever be granted (the scheduler's check).
+        max_parameters_bytes: the most bytes of JSON an action task's parameters may take (``None``: no
+            limit); a queued task keeps them in memory until it runs.
     """
 
     def __init__(
@@ -75,7 +78,11 @@ class TaskFactory:
         registry: ActionRegistry | None,
         backend: ExecutionBackend,
         check_resources: Callable[[Mapping[str, Any]], None],
+        max_parameters_bytes: int | None = None,
     ) -> None:
+        if max_parameters_bytes is not None:
+            check_count(max_parameters_bytes, "max_parameters_bytes", at_least=1)
+        self.max_parameters_bytes = max_parameters_bytes
         self._registry = registry
         self._backend = backend
         self._check_resources = check_resources
@@ -91,6 +98,22 @@ class TaskFactory:
         if self._registry is None:
             self._registry = create_registry()
         return self._registry
+
+    def action_call(self, spec: TaskSpec) -> ActionCall:
+        """The checked action call of a single task (``TaskOrchestrator.submit_task``): its parameters'
+        size (before anything reads them), then what validating the same step would refuse.
+
+        Raises:
+            LimitExceededError: the parameters' JSON is over ``max_parameters_bytes`` (naming
+                ``CODOMYRMEX_MAX_PARAMETERS_BYTES``).
+            UnknownActionError, ActionRefusedError, InvalidInputError: see :func:`check_task_parameters`.
+        """
+        if self.max_parameters_bytes is not None:  # about 1 µs for a few short values (pydantic_core)
+            check_parameters(spec.parameters, self.max_parameters_bytes, what="the task's parameters")
+        registry = self.registry()
+        check_task_parameters(registry.get(spec.module, spec.action), spec.parameters)
+        allow = registry.allow_code_execution  # a worker's registry refuses what ours does
+        return ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
 
     def settings(
         self,

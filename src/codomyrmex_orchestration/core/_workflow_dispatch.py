@@ -208,8 +208,9 @@ class RunDriver:
         return run.step_finished(result, held_slot=True)
 
     def _queue(self, run: RunState, batch: list[Task], work: list[Advance], after: TaskState | None) -> None:
-        """Queue a wave's steps together. Refused as a whole (the queue's cap, a shutdown), they go one
-        by one: those that fit are queued, the others fail (what that settles goes to ``work``)."""
+        """Queue a wave's steps together. Refused as a whole (a shutdown; the queue's cap never refuses a
+        run's steps), they go one by one: those that fit are queued, the others fail (what that settles
+        goes to ``work``)."""
         try:
             self.orchestrator.submit_batch(batch, after)
         except OrchestrationError:
@@ -227,7 +228,7 @@ class RunDriver:
     ) -> None:
         """Submit a row of items of one map step in one call to the scheduler (one lock acquisition);
         what settles at once goes to ``work``. Items asking
-        a question or using the step cache, and a row the scheduler refuses (its queue cap), go one by
+        a question or using the step cache, and a row the scheduler refuses (a shutdown), go one by
         one as steps do."""
         first = entries[0][0]
         info = run.info(first)

@@ -250,8 +250,9 @@ class RunState:
         self.cancelled = False
         self.cancel_reason: str | None = None
         # The scheduler's tasks of its steps and items: cancelled together, and not kept once they end
-        # (their results are the run's), so a big run never pushes single tasks out of the scheduler.
-        self.group = TaskGroup(keep_final=False)
+        # (their results are the run's), so a big run never pushes single tasks out of the scheduler;
+        # accepted: the queue's cap may refuse the run at its start (RunStarter), never a step of it.
+        self.group = TaskGroup(keep_final=False, accepted=True)
         self.blocked: set[str] = set()  # required failures and the steps skipped because of them
         # Step starts reported by workers without the lock (deque appends are thread-safe), applied in
         # order by the next holder of the lock before it reads or changes a step: no lock per start.

@@ -74,7 +74,13 @@ class RunStarter:
         ``before_record(run_id)`` is called once the run has its id, before anything of it is saved
         or started (e.g. the CLI's owner lock: held before a recovery can see the run); if it raises,
         the run is refused and nothing is left behind.
+
+        Raises:
+            LimitExceededError: the scheduler's queue is at its cap (a sub-run is never refused so), the
+                parameters are too large, or the state directory has no room.
         """
+        if parent_run_id is None:  # the door of new work; a sub-run continues its parent's
+            self._orchestrator.check_queue_room()
         # Who reads a run while it goes, besides snapshots: a durable store and on_step read its live
         # record (every row), and they and listeners hear each step start as it happens.
         live_readers = self._recorder.durable or on_step is not None

@@ -192,7 +192,7 @@ class OrchestrationEngine:
         backend: where ready steps run (``None``: the scheduler's threads; see ``backends.create_backend``).
         timers: the timer service to share (one is made, and closed on shutdown, when ``None``).
         retention_runs, retention_events: most finished runs and events the store keeps.
-        state_max_bytes, max_parameters_bytes: byte budgets of the state directory, of a run's parameters.
+        state_max_bytes, max_parameters_bytes: byte budgets of the state, of a run's or a task's parameters.
         recover: at start, mark the store's PENDING/RUNNING runs INTERRUPTED and continue those waiting
             for input; only for the process that owns the state directory (the CLI, beside a server, not).
     """
@@ -270,6 +270,7 @@ class OrchestrationEngine:
                 output_limit=self.output_limiter,
                 timers=self.timers,
                 max_queued=max_queued_tasks,
+                max_parameters_bytes=max_parameters_bytes,
             )
             self.workflow_manager = WorkflowManager(
                 orchestrator=self.task_orchestrator,
@@ -297,9 +298,8 @@ class OrchestrationEngine:
             self._session_work = SessionWork(
                 self.sessions, self.workflow_manager, self.task_orchestrator, self._publish
             )
-            for session_id in (
-                self.sessions.recover() if recover else []
-            ):  # sessions the last process left open
+            # sessions the last process left open
+            for session_id in self.sessions.recover() if recover else []:
                 self._publish(
                     "session.closed", {"session_id": session_id, "status": SessionStatus.CLOSED.value}
                 )

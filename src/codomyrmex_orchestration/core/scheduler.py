@@ -36,7 +36,6 @@ from codomyrmex_orchestration.core._task_factory import (
     TaskCall,
     TaskFactory,
     TaskSettings,
-    check_task_parameters,
 )
 from codomyrmex_orchestration.core._waits import on_settled, wait_all
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry
@@ -133,7 +132,10 @@ class TaskOrchestrator:
         timers: the timer service for deadlines and retry delays; when ``None`` the scheduler makes its
             own and closes it on shutdown (a given one is left open).
         max_queued: the most tasks accepted and not yet started (queued, waiting for dependencies or
-            a retry); beyond it :meth:`submit` raises ``LimitExceededError``. ``None``: no cap.
+            a retry); beyond it :meth:`submit` raises ``LimitExceededError``, except for the tasks of an
+            accepted :class:`TaskGroup` (see :meth:`check_queue_room`). ``None``: no cap.
+        max_parameters_bytes: the most bytes of JSON an action task's parameters may take
+            (:meth:`submit_task`; ``CODOMYRMEX_MAX_PARAMETERS_BYTES``, as a run's). ``None``: no limit.
     """
 
     def __init__(
@@ -149,13 +151,14 @@ class TaskOrchestrator:
         output_limit: OutputLimiter | None = None,
         timers: TimerService | None = None,
         max_queued: int | None = None,
+        max_parameters_bytes: int | None = None,
     ) -> None:
         max_workers, max_abandoned = _checked_sizes(max_workers, max_queued, max_finished, max_abandoned)
         self.name = name
         self.max_workers = max_workers
         self._resources = resource_manager
         self.backend: ExecutionBackend = backend if backend is not None else LocalBackend()
-        self._factory = TaskFactory(registry, self.backend, self.check_resources)
+        self._factory = TaskFactory(registry, self.backend, self.check_resources, max_parameters_bytes)
         self._own_timers = timers is None
         self._timers = timers if timers is not None else TimerService(name=f"{name}-timers")
         self._d = Dispatcher(
@@ -340,14 +343,12 @@ class TaskOrchestrator:
 
         Raises:
             UnknownActionError, ActionRefusedError, InvalidInputError: at submission (as a step's would be).
+            LimitExceededError: the parameters' JSON is over ``max_parameters_bytes``.
             Everything :meth:`submit` raises.
         """
-        check_task_parameters(self._factory.registry().get(spec.module, spec.action), spec.parameters)
-        allow = self._factory.registry().allow_code_execution  # a worker's registry refuses what ours does
-        call = ActionCall(spec.module, spec.action, dict(spec.parameters), allow_code_execution=allow)
         return self.submit(
             None,
-            action=call,
+            action=self._factory.action_call(spec),
             name=spec.name,
             priority=spec.priority,
             dependencies=spec.dependencies,
@@ -361,6 +362,12 @@ class TaskOrchestrator:
             on_done=on_done,
             session_id=session_id,
         )
+
+    def check_queue_room(self) -> None:
+        """Raise ``LimitExceededError`` (naming ``CODOMYRMEX_MAX_QUEUED_TASKS``) if ``max_queued`` tasks
+        already wait to start: the door of work accepted as a whole, a run, whose steps (a group created
+        ``accepted``) the cap then never refuses, however many become ready at once."""
+        self._d.check_room()
 
     def check_resources(self, requirements: Mapping[str, Any]) -> None:
         """Raise unless ``requirements`` could ever be granted here (``InsufficientResourcesError`` past
@@ -438,7 +445,7 @@ class TaskOrchestrator:
 
     def health(self) -> dict[str, Any]:
         """Liveness of the timers and workers, whether work is accepted, load figures, stuck tasks."""
-        health = self._d.health(timers_alive=not self._timers.closed)
+        health = _health(self._d, timers_alive=not self._timers.closed)
         health["abandoned_tasks"] = _stuck_tasks(self._d)
         health["backend"] = self.backend.describe()
         return health
@@ -495,24 +502,28 @@ class TaskOrchestrator:
         self._d.close("scheduler shut down" if cancel_pending else None)
         if wait:
             _wait_out(self._d, self._timers if self._own_timers else None, wait_limit(timeout), grace)
-            self._close_backend()
-
-    def _close_backend(self) -> None:
-        """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
-        with self._backend_lock:
-            if not self._backend_open:
-                return
-            self._backend_open = False
-        try:
-            self.backend.close()
-        except Exception:
-            _log.exception("scheduler.backend_close_failed", scheduler=self.name, backend=self.backend.name)
+            _close_backend(self)
 
     def __enter__(self) -> TaskOrchestrator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _health(d: Dispatcher, *, timers_alive: bool) -> dict[str, Any]:
+    """The dispatcher's liveness and load figures (``timers_alive``: the timer service is open)."""
+    with d.lock:
+        timers_alive = timers_alive and not d.closing
+        return {
+            "timers_alive": timers_alive,
+            "dispatcher_alive": timers_alive,  # the name before the shared timer service
+            **d.pool.figures_locked(),
+            "accepting": d.accepting,
+            "queue_depth": len(d.queue),
+            "running": d.running,
+            "active": d.table.active,
+        }
 
 
 def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str, Any]:
@@ -530,6 +541,18 @@ def _execution_stats(d: Dispatcher, max_workers: int, uptime: float) -> dict[str
             "blocked_threads": d.pool.blocked,
             "uptime_seconds": uptime,
         }
+
+
+def _close_backend(orch: TaskOrchestrator) -> None:
+    """Close the backend once, after the threads that use it are gone (``shutdown(wait=True)``)."""
+    with orch._backend_lock:
+        if not orch._backend_open:
+            return
+        orch._backend_open = False
+    try:
+        orch.backend.close()
+    except Exception:
+        _log.exception("scheduler.backend_close_failed", scheduler=orch.name, backend=orch.backend.name)
 
 
 def _wait_out(d: Dispatcher, own_timers: TimerService | None, limit: float | None, grace: float) -> None:
