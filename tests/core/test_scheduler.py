@@ -678,6 +678,65 @@ def test_submit_task_rejects_unknown_and_refused_actions_at_submission(make_orch
     assert orch.get_execution_stats()["submitted_total"] == 0
 
 
+def _sleepers(orch: TaskOrchestrator, count: int, session: str = "a") -> tuple[list[str], threading.Event]:
+    """Submit ``count`` ten-minute ``core.sleep`` tasks; the event is set once all of them are running."""
+    started: list[str] = []
+    all_started = threading.Event()
+
+    def listener(event: str, record: Any) -> None:
+        if event == "task.started" and record.name == "nap":
+            started.append(record.task_id)
+            if len(started) == count:
+                all_started.set()
+
+    orch.add_listener(listener)
+    nap = TaskSpec(name="nap", module="core", action="sleep", parameters={"seconds": 600})
+    return [orch.submit_task(nap, session_id=session) for _ in range(count)], all_started
+
+
+def test_sleeping_tasks_leave_their_worker_to_other_work_and_end_at_once_when_cancelled() -> None:
+    # Seen by a tester: one client's ten 20 s sleeps held all six workers; another client's echo, even at
+    # critical priority, waited 19 s for one of them to end.
+    orch = TaskOrchestrator(1, name="sleepers")
+    try:
+        naps, all_started = _sleepers(orch, 3)
+        ping = TaskSpec(name="ping", module="core", action="echo", parameters={"message": 1})
+        assert orch.wait(orch.submit_task(ping, session_id="b"), WAIT).result == 1
+        assert all_started.wait(WAIT)  # every sleep runs at once on the pool of one
+        stats = orch.get_execution_stats()
+        assert stats["running"] == 3 and stats["workers"] <= 1, stats
+        started = time.monotonic()
+        for task_id in naps:
+            assert orch.cancel_task(task_id)
+        assert {orch.wait(task_id, WAIT).status for task_id in naps} == {TaskStatus.CANCELLED}
+        assert time.monotonic() - started < 2.0
+    finally:
+        orch.shutdown(wait=True, timeout=5)
+
+
+def test_sleeps_past_the_registry_limit_hold_their_worker_so_threads_stay_bounded() -> None:
+    from codomyrmex_orchestration.core.actions import ActionRegistry, core
+
+    registry = ActionRegistry()
+    core.register(registry, sleeps_off_slot=2)
+    orch = TaskOrchestrator(1, name="sleepers", registry=registry)
+    try:
+        naps, all_started = _sleepers(orch, 3)
+        assert all_started.wait(WAIT)
+        stats = orch.get_execution_stats()
+        assert (stats["running"], stats["blocked_threads"], stats["workers"]) == (3, 2, 1)
+        ping = orch.submit_task(
+            TaskSpec(name="ping", module="core", action="echo", parameters={"message": 1})
+        )
+        with pytest.raises(WaitTimeoutError):
+            orch.wait(ping, 0)  # the third sleep holds the one worker
+        for task_id in naps:
+            orch.cancel_task(task_id)
+        assert orch.wait(ping, WAIT).result == 1
+    finally:
+        orch.shutdown(wait=True, timeout=5)
+
+
 # --------------------------------------------------------------------------- callbacks and listeners
 
 

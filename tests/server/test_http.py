@@ -6,8 +6,10 @@ import json
 import re
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from mcp.shared.inbound import validate_mcp_param_headers
 
 from codomyrmex_orchestration.cli import main
 from codomyrmex_orchestration.config import Settings
+from codomyrmex_orchestration.core.actions import ActionDefinition
 from codomyrmex_orchestration.errors import InvalidInputError
 from codomyrmex_orchestration.server._sse import SseSessions, deferred_stream_close
 from codomyrmex_orchestration.server.app import (
@@ -431,6 +434,96 @@ async def test_at_the_session_cap_the_longest_idle_session_makes_room_for_a_new_
                 assert (await _open_session(http, base)).status_code == 200
             async with Client(streamable_http_client(f"{base}/mcp")) as client:
                 assert len((await client.list_tools()).tools) == 24
+
+
+async def _open_with_get_stream(
+    http: httpx.AsyncClient, base: str, streams: AsyncExitStack
+) -> tuple[str, httpx.Response]:
+    """A session that holds its standalone GET stream open, as every SDK client does."""
+    opened = await _open_session(http, base)
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post(f"{base}/mcp", json=initialized, headers={**MCP_HEADERS, **headers})).is_success
+    stream = await streams.enter_async_context(
+        http.stream("GET", f"{base}/mcp", headers={"Accept": "text/event-stream", **headers})
+    )
+    assert stream.status_code == 200
+    return session, stream
+
+
+async def test_sessions_holding_their_get_stream_are_idle_and_the_longest_idle_makes_room_at_the_cap(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # Seen by a tester: a session with its GET stream open never counted as idle, so at the cap real SDK
+    # clients (each holds one) were never closed and the fourth client got 503.
+    with anyio.fail_after(30):
+        async with (
+            serving(tools, "streamable-http", None, max_sessions=3) as base,
+            httpx.AsyncClient(timeout=10) as http,
+            AsyncExitStack() as streams,
+        ):
+            held = [await _open_with_get_stream(http, base, streams) for _ in range(3)]
+            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+            later = {**MCP_HEADERS, "mcp-session-id": held[0][0]}
+            assert (await http.post(f"{base}/mcp", json=ping, headers=later)).status_code == 200
+
+            newcomer = await _open_session(http, base)
+            assert newcomer.status_code == 200, newcomer.text
+            # The longest idle since its last request is closed (the first used since), its stream ended.
+            oldest = await http.post(
+                f"{base}/mcp", json=ping, headers={**MCP_HEADERS, "mcp-session-id": held[1][0]}
+            )
+            assert oldest.status_code == 404
+            async for _ in held[1][1].aiter_bytes():
+                pass
+            for session in (held[0][0], held[2][0]):
+                kept = await http.post(
+                    f"{base}/mcp", json=ping, headers={**MCP_HEADERS, "mcp-session-id": session}
+                )
+                assert kept.status_code == 200, kept.text
+            assert (await http.get(f"{base}/healthz")).json()["sessions_evicted"] == 1
+
+
+async def test_at_the_cap_with_every_session_busy_the_refusal_names_the_limit_and_its_setting(
+    tools: OrchestrationMCPTools,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: Any) -> str:
+        started.set()
+        release.wait(30)
+        return "released"
+
+    tools.engine.registry.register(ActionDefinition("test", "hold", hold))
+    arguments = {"name": "hold", "module": "test", "action": "hold", "parameters": {}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "execute_task", "arguments": arguments},
+    }
+    with anyio.fail_after(30):
+        async with (
+            serving(tools, "streamable-http", None, max_sessions=1) as base,
+            httpx.AsyncClient(timeout=30) as http,
+            AsyncExitStack() as streams,
+            anyio.create_task_group() as tg,
+        ):
+            session, _ = await _open_with_get_stream(http, base, streams)
+            headers = {**MCP_HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+            tg.start_soon(partial(http.post, f"{base}/mcp", json=call, headers=headers))
+            try:
+                assert await anyio.to_thread.run_sync(started.wait, 10)  # the session has a call in flight
+                refused = await _open_session(http, base)
+            finally:
+                release.set()
+            assert refused.status_code == 503
+            error = refused.json()["error"]
+            assert error["code"] == -32603
+            assert "1 are open" in error["message"] and "CODOMYRMEX_MAX_SESSIONS" in error["message"]
+            assert "mcp-session-id" not in refused.headers
 
 
 async def test_the_session_idle_timeout_is_a_setting_that_reaches_the_session_manager(

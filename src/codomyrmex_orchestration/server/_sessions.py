@@ -1,8 +1,9 @@
 """MCP sessions on streamable HTTP and what the server reports about itself beside the engine's health.
 
 ``SessionManager`` is the SDK's session manager with four changes: idle sessions expire after minutes
-(a setting); at the session cap the session idle the longest is closed to let a new client in, so
-clients that open sessions and never close them cannot lock everyone else out; a request whose ``id``
+(a setting); at the session cap the session idle the longest (since its last request, whether or not it
+holds its GET stream) is closed to let a new client in, so clients that open sessions and never close
+them cannot lock everyone else out, and a refusal names the cap and its setting; a request whose ``id``
 is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
 notification, and so is a batch (as on stdio); a refused request that names no session gets no session
 id (the SDK discards the session it opened for it). ``ServerStatus`` owns nothing but references: the
@@ -13,6 +14,7 @@ transport, the code-execution exposure and the session manager, read by ``/healt
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +40,17 @@ log = get_logger("codomyrmex_orchestration.server")
 
 class SessionManager(StreamableHTTPSessionManager):
     """``StreamableHTTPSessionManager`` that, at ``max_sessions``, closes the longest-idle session before
-    admitting a new one (and refuses, 503, only when every open session has a request in flight).
+    admitting a new one (and refuses, 503 naming ``CODOMYRMEX_MAX_SESSIONS``, only when every open session
+    has a request in flight).
 
     It reads the SDK's session table (``_server_instances``) and extends its admission step
     (``_admit_session``, called under the SDK's session-creation lock, so choosing and closing the
-    victim and admitting the newcomer happen as one step). A session is idle when its transport's
-    ``idle_scope`` has a finite deadline: the SDK sets it to infinity while a request is in flight and to
-    "end of the last request + idle timeout" otherwise, so the smallest deadline is the longest idle.
+    victim and admitting the newcomer happen as one step). A session is idle while none of its POSTs is
+    being served (the opening one included); it has been idle since the last of them ended. Its GET
+    stream does not count: every SDK client holds one open for the session's life, and the SDK's own
+    idle deadline, which counts it as a request in flight, made such sessions never idle. (That deadline
+    still decides the idle *timeout*: a session holding its GET stream does not expire, but makes room
+    at the cap.) ``_activity`` (event-loop state, no lock) holds each session's :class:`_Activity`.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class SessionManager(StreamableHTTPSessionManager):
             max_sessions=max_sessions,
         )
         self.evicted = 0
+        self._activity: dict[str, _Activity] = {}
 
     @property
     def open_sessions(self) -> int:
@@ -73,8 +80,9 @@ class SessionManager(StreamableHTTPSessionManager):
         (``_request_ids``), before the SDK's parser reads the id as a notification's or reports the
         array with pydantic's dump, in the shape of the SDK's answer to a malformed message.
         """
-        if not any(key == _SESSION_HEADER for key, _ in scope.get("headers", ())):
-            send = _no_session_id_on_refusal(send)
+        session = next((v for k, v in scope.get("headers", ()) if k == _SESSION_HEADER), None)
+        if session is None:
+            send = _no_session_id_on_refusal(send, self.max_sessions)
         if _routed_modern(scope):  # where the SDK refuses a version, naming its modern ones only
             send = send_naming_served(send)
         if scope.get("method") != "POST":
@@ -97,28 +105,55 @@ class SessionManager(StreamableHTTPSessionManager):
         async def replay() -> Message:
             return pending.pop() if pending else await receive()
 
-        await super()._handle_request(scope, replay, send)
+        activity = self._activity.get(session.decode("latin-1")) if session is not None else None
+        if activity is None:
+            await super()._handle_request(scope, replay, send)
+            return
+        activity.requests += 1
+        try:
+            await super()._handle_request(scope, replay, send)
+        finally:
+            activity.ended()
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
             self._close_longest_idle()
-        return super()._admit_session(requestor)
+        transport = super()._admit_session(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            self._activity[transport.mcp_session_id] = _Activity(requests=1)  # its opening request
+        return transport
+
+    async def _serve_opening_request(
+        self, http_transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        try:
+            await super()._serve_opening_request(http_transport, scope, receive, send)
+        finally:
+            activity = self._activity.get(http_transport.mcp_session_id or "")
+            if activity is not None:
+                activity.ended()
+
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        self._activity.pop(session_id, None)
+        await super()._discard_session(session_id, transport)
 
     def _close_longest_idle(self) -> None:
         oldest: tuple[float, str, StreamableHTTPServerTransport] | None = None
         for session_id, transport in self._server_instances.items():
             scope = transport.idle_scope
-            if scope is None or scope.cancel_called or not math.isfinite(scope.deadline):
-                continue  # serving a request, or not started yet
-            if oldest is None or scope.deadline < oldest[0]:
-                oldest = (scope.deadline, session_id, transport)
+            activity = self._activity.get(session_id)
+            if scope is None or scope.cancel_called or activity is None or activity.requests:
+                continue  # serving a request, not started yet, or closing
+            if oldest is None or activity.since < oldest[0]:
+                oldest = (activity.since, session_id, transport)
         if oldest is None:
             return
         _, session_id, transport = oldest
         # Forgotten at once (its id answers 404 from now on); cancelling its idle scope ends the
-        # session's server task, whose own clean-up terminates the transport.
+        # session's server task, whose own clean-up terminates the transport (and ends its GET stream).
         self._server_instances.pop(session_id, None)
         self._session_owners.pop(session_id, None)
+        self._activity.pop(session_id, None)
         assert transport.idle_scope is not None
         transport.idle_scope.cancel()
         self.evicted += 1
@@ -129,21 +164,57 @@ class SessionManager(StreamableHTTPSessionManager):
         )
 
 
+@dataclass(slots=True)
+class _Activity:
+    """One session's POSTs being served, and since when (``time.monotonic()``) it has had none."""
+
+    requests: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def ended(self) -> None:
+        self.requests -= 1
+        if not self.requests:
+            self.since = time.monotonic()
+
+
 _SESSION_HEADER = b"mcp-session-id"
 
 
-def _no_session_id_on_refusal(send: Send) -> Send:
+def _no_session_id_on_refusal(send: Send, max_sessions: int | None) -> Send:
     """``send`` for a request that names no session, dropping ``Mcp-Session-Id`` from an answer of 400
     or more: the SDK opens a session for such a request and discards it again when it is refused
-    (``_serve_opening_request``), but its answer still named it, an id that then got 404."""
+    (``_serve_opening_request``), but its answer still named it, an id that then got 404. Its 503 (the
+    session cap, the only 503 it sends) gets a body naming the cap and its setting."""
+    refusal = b""  # once answering 503: the body that replaces the SDK's
 
     async def sending(message: Message) -> None:
+        nonlocal refusal
         if message["type"] == "http.response.start" and message["status"] >= 400:
             headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _SESSION_HEADER]
+            if message["status"] == 503:
+                refusal = _refusal(max_sessions).encode()
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(refusal)).encode()))
             message = {**message, "headers": headers}
+        elif message["type"] == "http.response.body" and refusal:
+            if message.get("more_body", False):
+                return  # one body, sent with the last part of theirs
+            message = {**message, "body": refusal}
         await send(message)
 
     return sending
+
+
+def _refusal(max_sessions: int | None) -> str:
+    message = (
+        f"Too many open sessions: {max_sessions} are open (the cap, CODOMYRMEX_MAX_SESSIONS) and each has "
+        "a request in flight, so none could be closed to make room; retry when a request ends, or raise "
+        "CODOMYRMEX_MAX_SESSIONS"
+    )
+    error = types.JSONRPCError(
+        jsonrpc="2.0", id=None, error=types.ErrorData(code=types.INTERNAL_ERROR, message=message)
+    )
+    return error.model_dump_json(by_alias=True, exclude_unset=True)
 
 
 def _routed_modern(scope: Scope) -> bool:

@@ -1,9 +1,14 @@
 """The ``core`` module: echo, sleep, fail and set — small actions for shaping data, tests and demos — and
-approve, the declaration of a step that waits for a person (its waiting is in ``core/_workflow_input.py``)."""
+approve, the declaration of a step that waits for a person (its waiting is in ``core/_workflow_input.py``).
+
+A sleeping step does not keep other work waiting: it lends its worker's slot to the pool while it sleeps
+(``ActionContext.blocking``), up to ``SLEEPS_OFF_SLOT`` sleeps per registry at once."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from codomyrmex_orchestration.core._workflow_input import question_problems
@@ -11,7 +16,12 @@ from codomyrmex_orchestration.core.actions._params import literal_check
 from codomyrmex_orchestration.core.actions._registry import ActionContext, ActionDefinition, ActionRegistry
 from codomyrmex_orchestration.errors import InvalidInputError, StepCancelledError, StepFailedError
 
-__all__ = ["register"]
+__all__ = ["SLEEPS_OFF_SLOT", "register"]
+
+#: The most ``core.sleep`` steps of one registry (one engine) that sleep without holding a worker slot.
+#: Each still has its own thread, so past this a sleep holds its worker like any other step: a flood of
+#: sleeps cannot start threads without bound.
+SLEEPS_OFF_SLOT = 256
 
 
 def echo(params: dict[str, Any], ctx: ActionContext) -> Any:
@@ -24,11 +34,40 @@ def _message(params: Mapping[str, Any]) -> Any:
     return params["message"]
 
 
-def sleep(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    seconds = _seconds(params)
-    if ctx.wait(float(seconds)):
-        raise StepCancelledError(ctx.step_name, "cancelled while sleeping")
-    return {"slept": seconds}
+class _Sleep:
+    """``core.sleep``; ``off_slot`` (guarded by ``_lock``) counts its calls sleeping off their slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.off_slot = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        seconds = _seconds(params)
+        with self._slot_lent(ctx, seconds > 0):
+            cancelled = ctx.wait(float(seconds))
+        if cancelled:
+            raise StepCancelledError(ctx.step_name, "cancelled while sleeping")
+        return {"slept": seconds}
+
+    @contextmanager
+    def _slot_lent(self, ctx: ActionContext, sleeps: bool) -> Iterator[None]:
+        """While the sleep lasts, the pool lends its worker's slot to another worker, as for a step that
+        waits on other work (the slot is back when the sleep ends, however it ends); past ``limit`` such
+        sleeps, or when there is nothing to sleep, the worker keeps it."""
+        with self._lock:
+            lend = sleeps and self.off_slot < self.limit and not ctx.cancelled
+            if lend:
+                self.off_slot += 1
+        if not lend:
+            yield
+            return
+        try:
+            with ctx.blocking():
+                yield
+        finally:
+            with self._lock:
+                self.off_slot -= 1
 
 
 def _seconds(params: Mapping[str, Any]) -> int | float:
@@ -55,8 +94,13 @@ def approve(params: dict[str, Any], ctx: ActionContext) -> Any:
     )
 
 
-def register(registry: ActionRegistry) -> None:
-    """Add the ``core`` actions to ``registry``."""
+def register(registry: ActionRegistry, *, sleeps_off_slot: int = SLEEPS_OFF_SLOT) -> None:
+    """Add the ``core`` actions to ``registry``.
+
+    Args:
+        registry: where they go.
+        sleeps_off_slot: the most ``core.sleep`` steps sleeping at once without holding a worker slot.
+    """
     for definition in (
         ActionDefinition(
             "core",
@@ -71,8 +115,9 @@ def register(registry: ActionRegistry) -> None:
         ActionDefinition(
             "core",
             "sleep",
-            sleep,
-            description="Wait for a number of seconds; wakes early and fails as cancelled on cancellation.",
+            _Sleep(sleeps_off_slot),
+            description="Wait for a number of seconds (other work gets its worker meanwhile); wakes early "
+            "and fails as cancelled on cancellation.",
             parameters={"seconds": "number, 0-86400 (default 0)"},
             output='{"slept": seconds}',
             check=literal_check((("seconds",), _seconds)),
