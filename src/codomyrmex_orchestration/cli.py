@@ -214,7 +214,9 @@ def _add_status_parser(sub: Any) -> None:
 
 
 def _add_health_parser(sub: Any) -> None:
-    health = sub.add_parser("health", help="the engine's health checks; exit 1 when unhealthy")
+    health = sub.add_parser(
+        "health", help="the engine's health checks and the serving process's verdict; exit 1 when unhealthy"
+    )
     _common(health)
     health.add_argument("--json", action="store_true")
 
@@ -1303,6 +1305,29 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _serving_verdict(settings: Settings) -> dict[str, Any] | None:
+    """The health verdict the server serving ``settings.state_dir`` published in its ``server.json``
+    (``status`` ``starting`` until it has one), or ``None`` when no server serves the directory."""
+    from codomyrmex_orchestration.core._serving_lock import serving_pid
+    from codomyrmex_orchestration.server._server_record import read_record
+
+    pid = serving_pid(settings.state_dir)
+    if pid is None:
+        return None
+    record = read_record(settings.state_dir)
+    health = record.get("health") if record is not None and record.get("pid") == pid else None
+    if not isinstance(health, dict):
+        return {"pid": pid, "status": "starting", "issues": []}
+    return {"pid": pid, **health}
+
+
+def _serving_line(verdict: dict[str, Any] | None) -> str:
+    if verdict is None:
+        return "no server serves this state directory (the verdict above is this process's own)"
+    issues = "; ".join(str(i) for i in verdict.get("issues") or [])
+    return f"{verdict['status']} (the server, pid {verdict['pid']}){': ' + issues if issues else ''}"
+
+
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from codomyrmex_orchestration._cli_display import print_table
 
@@ -1311,12 +1336,14 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         report = engine.get_system_status()
     finally:
         engine.shutdown()
+    serving = _serving_verdict(settings)
     if args.json:
-        _dump(report.model_dump(mode="json"))
+        _dump({**report.model_dump(mode="json"), "serving_process": serving})
         return EXIT_OK
     console = _stdout_console()
     workflows = report.workflows
     print(f"overall     {report.overall_status}")
+    print(f"server      {_serving_line(serving)}")
     print(f"state dir   {report.state_dir}")
     print(
         f"workflows   {workflows.registered} registered, {len(workflows.load_errors)} config files rejected"
@@ -1348,10 +1375,12 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         report = engine.health_check()
     finally:
         engine.shutdown()
+    serving = _serving_verdict(settings)
     if args.json:
-        _dump(report.model_dump(mode="json"))
+        _dump({**report.model_dump(mode="json"), "serving_process": serving})
     else:
         print(f"overall {report.overall_status}")
+        print(f"server  {_serving_line(serving)}")
         rows = [
             [
                 name,
@@ -1368,7 +1397,8 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
             rows,
             styles={1: {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}},
         )
-    return EXIT_FAILED if report.overall_status == "unhealthy" else EXIT_OK
+    unhealthy = "unhealthy" in (report.overall_status, (serving or {}).get("status"))
+    return EXIT_FAILED if unhealthy else EXIT_OK
 
 
 # ---------------------------------------------------------------------- main

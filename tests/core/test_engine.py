@@ -515,6 +515,34 @@ def test_a_malformed_project_template_degrades_health_naming_the_file_and_why(tm
         eng.shutdown()
 
 
+def test_a_malformed_mcp_servers_file_degrades_health_naming_the_file_and_why(tmp_path: Path) -> None:
+    servers = tmp_path / "config" / "mcp_servers.json"
+    servers.parent.mkdir(parents=True)
+    servers.write_text('{"mcpServers": {"echo": {"command": "true"', encoding="utf-8")  # cut short
+    eng = compose.build_engine(Settings(data_dir=tmp_path, mcp_servers_file=servers, load_samples=False))
+    try:
+        health = eng.health_check()
+        assert health.overall_status == "degraded"
+        [issue] = health.issues
+        assert issue.startswith(f"mcp_servers: {servers} is invalid: "), issue
+        assert "every mcp.call step fails until the file is fixed" in issue
+        component = health.components["mcp_servers"]
+        assert not component.critical and str(servers) in component.details["servers_file_error"]
+    finally:
+        eng.shutdown()
+
+
+def test_a_good_or_absent_mcp_servers_file_keeps_health_healthy(tmp_path: Path) -> None:
+    eng = compose.build_engine(
+        Settings(data_dir=tmp_path, mcp_servers_file=tmp_path / "absent.json", load_samples=False)
+    )
+    try:
+        health = eng.health_check()
+        assert health.components["mcp_servers"].status == "healthy", health.issues
+    finally:
+        eng.shutdown()
+
+
 def test_step_counts_start_a_map_step_once_and_keep_cached_steps_apart(engine: OrchestrationEngine) -> None:
     engine.workflow_manager.create_workflow(
         "m",

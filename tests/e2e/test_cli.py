@@ -1477,9 +1477,52 @@ def test_status_and_health_report_the_engine_as_json_and_tables(cli: Cli) -> Non
     assert health["overall_status"] == "healthy"
     assert set(health["components"]) >= {"scheduler", "store", "resources", "workflows"}
 
+    assert health["serving_process"] is None and status["serving_process"] is None
+
     table = cli("health").stdout.splitlines()
     assert table[0] == "overall healthy"
-    assert table[1].split() == ["COMPONENT", "STATUS", "CRITICAL", "ERRORS", "REASON"]
+    # Said, since no server's verdict is there to show beside it.
+    assert table[1] == (
+        "server  no server serves this state directory (the verdict above is this process's own)"
+    )
+    assert table[2].split() == ["COMPONENT", "STATUS", "CRITICAL", "ERRORS", "REASON"]
+
+
+def test_health_and_status_show_the_serving_process_verdict_beside_their_own_and_health_exits_1(
+    cli: Cli,
+) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    with socket.socket() as sock:  # a port nothing listens on: the server's engine cannot start
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    env = {**cli.env, "CODOMYRMEX_EXECUTOR": "dask", "CODOMYRMEX_DASK_SCHEDULER": address}
+    env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "2s"
+    server = subprocess.Popen(
+        [*COMMAND, "serve"], cwd=cli.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdin is not None and server.stderr is not None
+        server.stdin.write(json.dumps(INITIALIZE) + "\n")
+        server.stdin.flush()
+        # Its verdict is published before this line is logged; this process's own engine is local.
+        for line in server.stderr:  # pytest-timeout bounds it
+            if "server.engine_failed" in line:
+                break
+        health = cli("health")
+        status = cli("status")
+        as_json = cli.json_any("health")
+    finally:
+        reap(server)
+    assert health.returncode == 1, health.stdout + health.stderr
+    own, theirs = health.stdout.splitlines()[:2]
+    assert own == "overall healthy"
+    assert theirs.startswith(f"server  unhealthy (the server, pid {server.pid}): engine: "), theirs
+    assert "CODOMYRMEX_DASK_SCHEDULER" in theirs and address in theirs
+    assert status.stdout.splitlines()[1].startswith("server      unhealthy (the server, pid ")
+    assert as_json["overall_status"] == "healthy"
+    assert as_json["serving_process"]["status"] == "unhealthy"
+    assert as_json["serving_process"]["pid"] == server.pid
 
 
 # ---------------------------------------------------------------------- a terminal

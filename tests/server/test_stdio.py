@@ -59,7 +59,10 @@ async def test_a_log_level_in_capitals_from_the_environment_is_accepted(tmp_path
     assert len(tools.tools) == 24
 
 
-def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     proc = subprocess.Popen(
         [str(SCRIPT), "serve", "--log-level", "debug"],
         stdin=subprocess.PIPE,
@@ -75,7 +78,7 @@ def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_p
         proc.stdin.flush()
         reply = json.loads(proc.stdout.readline())
         assert reply["id"] == 1 and reply["result"]["serverInfo"]["name"] == "codomyrmex-orchestration"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         code = proc.wait(timeout=15)
         rest = proc.stdout.read()
         assert proc.stderr is not None
@@ -85,6 +88,7 @@ def test_stdout_carries_only_protocol_and_sigterm_stops_the_server_cleanly(tmp_p
     assert code == 0, errors
     assert all(json.loads(line) for line in rest.splitlines() if line.strip())
     assert "server.start" in errors and "server.stop" in errors
+    assert f"signal={signum.name}" in errors
 
 
 def test_the_http_server_process_answers_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -120,11 +124,13 @@ def test_the_http_server_process_answers_healthz_and_stops_cleanly_on_sigterm(tm
     assert f"http://127.0.0.1:{port}/mcp" in errors and "server.stop" in errors
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 async def test_sigterm_cancels_the_run_an_http_client_waits_on_answers_it_and_the_server_exits_promptly(
-    tmp_path: Path,
+    tmp_path: Path, signum: signal.Signals
 ) -> None:
     # As on stdio: the signal cancels the running work (left resumable) rather than waiting for it; the
-    # client waiting on the run gets its final record.
+    # client waiting on the run gets its final record. SIGHUP (the terminal closed) too: before, it
+    # killed the process at once (exit 129, no log line, the waiting client cut off, the run interrupted).
     workflow = {
         "name": "slow",
         "steps": [
@@ -152,7 +158,7 @@ async def test_sigterm_cancels_the_run_an_http_client_waits_on_answers_it_and_th
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(execute)
                     await first_step_done.wait()
-                    server.proc.send_signal(signal.SIGTERM)
+                    server.proc.send_signal(signum)
                     signalled = time.monotonic()
                 # The task group has waited for the call: before, it waited out the step's minute.
             answered = time.monotonic() - signalled
@@ -162,7 +168,7 @@ async def test_sigterm_cancels_the_run_an_http_client_waits_on_answers_it_and_th
     assert not answer.is_error and answer.structured_content["status"] == "cancelled", answer
     assert answered < 5, answered
     assert code == 0 and exited < 10, exited
-    assert "server.stop" in server.logs()
+    assert "server.stop" in server.logs() and f"signal={signum.name}" in server.logs()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -780,3 +786,121 @@ async def test_over_stdio_a_map_items_large_output_is_a_marker_read_a_page_at_a_
     assert items["items"][0]["output"]["omitted"]["read"]["item"] == 0 and items["next_offset"] == 1
     assert "p" * 300_000 in "".join(pages) and len(pages) == 3
     assert past.is_error and "item: step 'm' has items 0 to 1; got 2" in past.content[0].text  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ the engine, built as the server listens
+
+
+class _Lines:
+    """A process's stderr read by a thread; :meth:`wait_for` waits (bounded) for a line holding a word."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, word: str, timeout: float = 30) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: any(word in line for line in self.lines), timeout)
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "".join(self.lines)
+
+
+def _stdio_server(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tmp_path, env=env or _env(tmp_path), text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}):
+        proc.stdin.write(json.dumps(message) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def test_a_state_file_that_is_not_a_database_stops_the_server_at_start_with_exit_2_and_one_error_line(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "state.db").write_bytes(os.urandom(8192))
+    proc = _stdio_server(tmp_path)
+    try:
+        assert proc.stderr is not None
+        # No tool call, and the client stays connected: before, the server served on (every call failing,
+        # nothing logged) until its client went, then exited 0.
+        code = proc.wait(timeout=30)
+        errors = proc.stderr.read()
+    finally:
+        reap(proc)
+    assert code == 2, errors
+    [logged] = [line for line in errors.splitlines() if "server.start_failed" in line]
+    assert "file is not a database" in logged and "move it away" in logged and "exit 2" in logged
+    assert errors.splitlines()[-1].startswith(
+        f"error: state store {state / 'state.db'}: file is not a database"
+    )
+    assert "Traceback" not in errors and "internal error" not in errors
+
+
+def test_a_run_left_running_by_a_crashed_server_is_interrupted_as_the_next_server_starts_before_any_call(
+    tmp_path: Path,
+) -> None:
+    from codomyrmex_orchestration.core.models import RunRecord, WorkflowStatus
+    from codomyrmex_orchestration.core.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "state" / "state.db")  # as a server killed mid-run left it
+    store.save_run(RunRecord(run_id="left-running", workflow_name="slow", status=WorkflowStatus.RUNNING))
+    store.flush()
+    store.close()
+    proc = _stdio_server(tmp_path)
+    try:
+        assert proc.stderr is not None
+        logs = _Lines(proc.stderr)
+        built = logs.wait_for("server.health")  # the first verdict: recovery has run before it
+        shown = subprocess.run(
+            [str(SCRIPT), "show", "left-running", "--json"],
+            capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path), timeout=60,
+        )  # fmt: skip
+        proc.stdin.close()  # type: ignore[union-attr]
+        code = proc.wait(timeout=30)
+    finally:
+        reap(proc)
+    assert json.loads(shown.stdout)["status"] == "interrupted", (shown.stdout, logs.text())
+    assert built and code == 0, logs.text()
+
+
+def test_healthz_reports_the_engine_verdict_and_answers_503_when_a_critical_part_is_unhealthy(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    import httpx
+
+    with served(tmp_path) as server:
+
+        async def health_status() -> dict[str, Any]:
+            async with Client(server.url) as client:
+                result = await client.call_tool("get_health_status", {})
+            assert result.structured_content is not None
+            return result.structured_content
+
+        assert anyio.run(health_status)["overall_status"] == "healthy"
+        healthy = httpx.get(f"{server.base}/healthz", timeout=10)
+        shutil.rmtree(server.state_dir)  # the state directory deleted under the running server
+        assert anyio.run(health_status)["overall_status"] == "unhealthy"
+        unhealthy = httpx.get(f"{server.base}/healthz", timeout=10)
+    assert healthy.status_code == 200, healthy.text
+    assert healthy.json()["status"] == "healthy" and healthy.json()["issues"] == []
+    assert unhealthy.status_code == 503, unhealthy.text
+    body = unhealthy.json()
+    assert body["status"] == "unhealthy" and body["server"] == "codomyrmex-orchestration"
+    assert [issue for issue in body["issues"] if issue.startswith("store: ")], body

@@ -192,6 +192,15 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
         reason = f"{len(failed)} project template file(s) not loaded: {shown}{more}"
         return "degraded", {"template_errors": failed, "reason": reason}
 
+    def mcp_servers() -> tuple[HealthStatus, dict[str, Any]]:
+        # The servers file of ``mcp.call`` (connectors/): read once as the registry is built; duck-typed,
+        # since the core never imports the connectors (they import mcp).
+        error = getattr(engine.registry.service("mcp"), "config_error", None)
+        if not error:
+            return "healthy", {"servers_file_error": None}
+        reason = f"{error}; every mcp.call step fails until the file is fixed and the server restarted"
+        return "degraded", {"servers_file_error": error, "reason": reason}
+
     def events() -> tuple[HealthStatus, dict[str, Any]]:
         alive = engine.events.alive
         failures, _ = counters.errors("events")
@@ -213,6 +222,7 @@ def build_health(engine: OrchestrationEngine) -> HealthReport:
     check("resources", True, resources)
     check("workflows", False, workflows)
     check("projects", False, projects)
+    check("mcp_servers", False, mcp_servers)
     check("events", False, events)
     check("sessions", False, sessions)
     issues = [

@@ -8,14 +8,18 @@ A UTF-8 byte order mark before a message is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
@@ -261,21 +265,32 @@ class _NamingServed:
         await self._stdout.flush()
 
 
-async def serve_stdio(server: Server[Any], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-    """Run ``server`` on stdin/stdout until EOF, SIGINT or SIGTERM."""
+async def serve_stdio(
+    server: Server[Any],
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    on_listening: Callable[[Callable[[], None]], None] = lambda stop: None,
+) -> None:
+    """Run ``server`` on stdin/stdout until EOF, SIGINT, SIGTERM or SIGHUP (the terminal closed). Once
+    the wire is read, ``on_listening`` gets a function another thread may call to stop serving."""
     stdout = StdoutLines()
     stdin = StdinLines(stdout, max_line_bytes)
     try:
         async with anyio.create_task_group() as tg:
+            token = anyio.lowlevel.current_token()
+
+            def stop() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has already ended
+                    anyio.from_thread.run_sync(tg.cancel_scope.cancel, token=token)
 
             async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                     async for signum in signals:
                         log.info("server.signal", signal=signal.Signals(signum).name)
                         tg.cancel_scope.cancel()
                         return
 
             tg.start_soon(stop_on_signal)
+            on_listening(stop)
             # Duck-typed: stdin is only iterated, stdout only written and flushed.
             sdk_out = _NamingServed(stdout)  # a refused protocol version names every version served
             async with stdio_server(stdin=stdin, stdout=sdk_out) as (read, sdk_write):  # type: ignore[arg-type]

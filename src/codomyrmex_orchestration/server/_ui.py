@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import html
 import json
-import os
 import secrets
 import threading
 import uuid
@@ -32,6 +31,7 @@ from starlette.routing import Route
 
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._hardening import is_loopback
+from codomyrmex_orchestration.server._server_record import read_record
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -304,37 +304,12 @@ def _call_result(result: Any) -> dict[str, Any]:
     }
 
 
-SERVER_FILE = "server.json"
-
-
-def record_server(state_dir: Path, base_url: str) -> Path:
-    """Write where this process serves its run view (``<state_dir>/server.json``) so that the CLI's
-    ``show RUN_ID --open`` can print a run's URL; removed by :func:`forget_server` at exit."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / SERVER_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"ui": f"{base_url}/ui/", "pid": os.getpid()}), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def forget_server(path: Path) -> None:
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
 def served_ui(state_dir: Path) -> str | None:
     """The run view's base URL of a server running on ``state_dir``, or None (none recorded, or its
     process is gone)."""
-    try:
-        record = json.loads((state_dir / SERVER_FILE).read_text(encoding="utf-8"))
-        os.kill(int(record["pid"]), 0)  # signal 0: is it alive?
-        return str(record["ui"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    record = read_record(state_dir)
+    ui = record.get("ui") if record is not None else None
+    return ui if isinstance(ui, str) else None
 
 
 def ui_path(path: str) -> bool:

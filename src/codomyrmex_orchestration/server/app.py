@@ -51,6 +51,7 @@ from codomyrmex_orchestration.server._banner import http_banner, reachable_host
 from codomyrmex_orchestration.server._completion import completion_handler
 from codomyrmex_orchestration.server._connections import ConnectionGuard, fit_to_file_limit, protocol_class
 from codomyrmex_orchestration.server._hardening import check_token, exposure_warning, is_loopback
+from codomyrmex_orchestration.server._health_watch import HealthWatch
 from codomyrmex_orchestration.server._notifications import NotificationHub, connection_of
 from codomyrmex_orchestration.server._resource_uris import (
     RUNS_PAGE_TEMPLATE,
@@ -59,6 +60,7 @@ from codomyrmex_orchestration.server._resource_uris import (
     runs_query,
     scheme_problem,
 )
+from codomyrmex_orchestration.server._server_record import ServerRecord
 from codomyrmex_orchestration.server._sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -682,6 +684,7 @@ def build_http_app(
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     sse_sessions: SseSessions | None = None,
+    health: HealthWatch | None = None,
 ) -> ASGIApp:
     """A Starlette app serving ``transport`` ("sse": /sse + /messages/; "streamable-http": /mcp) and an
     open ``GET /healthz`` (Host/Origin checked, an IP address as Host taken), wrapped in bearer auth when
@@ -689,7 +692,9 @@ def build_http_app(
     run view is served at ``/ui/`` too (same token, or its cookie; same Host/Origin checks).
     Streamable-HTTP sessions expire after ``session_idle_timeout`` seconds idle; at ``max_sessions`` the
     longest-idle one is closed for a new client. ``/healthz`` reports ``status`` (sessions open and the
-    cap, code-execution exposure). SSE sessions are served by ``sse_sessions`` (``serve`` closes them at
+    cap, code-execution exposure) and, with ``health``, the engine's verdict as last checked
+    (``starting``, ``healthy``, ``degraded``; ``unhealthy`` answers 503; without it ``ok``: the app only
+    knows that it answers). SSE sessions are served by ``sse_sessions`` (``serve`` closes them at
     shutdown)."""
     security = transport_security(host, allowed_hosts)
     ui_access = ui_access or _ui.UiAccess(auth_token)
@@ -700,8 +705,18 @@ def build_http_app(
     async def healthz(request: Request) -> Response:
         if refused := await probe_guard.validate_request(request):
             return refused
+        # The verdict as last checked (never checked here: a check may wait for a lock a run holds).
+        verdict = health.verdict() if health is not None else {"status": "ok"}
+        verdict_status = verdict.pop("status")
         return JSONResponse(
-            {"status": "ok", "server": SERVER_NAME, "version": __version__, **status.snapshot()}
+            {
+                "status": verdict_status,
+                "server": SERVER_NAME,
+                "version": __version__,
+                **status.snapshot(),
+                **verdict,
+            },
+            status_code=503 if verdict_status == "unhealthy" else 200,
         )
 
     routes: list[Route | Mount] = [Route("/healthz", endpoint=healthz, methods=["GET"])]
@@ -788,26 +803,33 @@ async def _serve_http(
     on_bound: Callable[[int], None] = lambda port: None,
     on_signal: Callable[[], None] = lambda: None,
     guard: ConnectionGuard | None = None,
+    on_listening: Callable[[Callable[[], None]], None] = lambda stop: None,
 ) -> None:
     import uvicorn
 
     class _Server(uvicorn.Server):
         """uvicorn, minus re-raising the signal after its graceful shutdown: we still have the engine to
-        shut down, and a clean stop should exit 0. The first SIGINT/SIGTERM also calls ``on_signal``
-        (on the event loop's thread: it must not block)."""
+        shut down, and a clean stop should exit 0. The first SIGINT/SIGTERM/SIGHUP also calls
+        ``on_signal`` (on the event loop's thread: it must not block). Once bound, ``on_listening`` gets
+        a function any thread may call to stop the server as a signal would."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             first = not self.should_exit
             super().handle_exit(sig, frame)
             if first:
+                log.info("server.signal", signal=signal.Signals(sig).name)
                 on_signal()
+
+        def request_exit(self) -> None:
+            self.should_exit = True  # uvicorn's main loop polls it every 0.1 s
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            handled = (signal.SIGINT, signal.SIGTERM)
+            # SIGHUP: the terminal the server was started from closed; stop as on SIGTERM (not die at once).
+            handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
             original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
             try:
                 yield
@@ -819,6 +841,7 @@ async def _serve_http(
             await super().startup(sockets)  # exits the process if the port cannot be bound
             if self.started:
                 on_bound(self.servers[0].sockets[0].getsockname()[1] if self.servers else port)
+                on_listening(self.request_exit)
 
     config = uvicorn.Config(
         app,
@@ -880,11 +903,14 @@ def _loop_options() -> dict[str, Any]:
 
 
 def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) -> int:
-    """Serve MCP on ``settings.transport`` until EOF (stdio) or SIGINT/SIGTERM; returns an exit code.
+    """Serve MCP on ``settings.transport`` until EOF (stdio) or SIGINT/SIGTERM/SIGHUP; returns an exit
+    code. The engine is built in the background as soon as the transport listens (recovery runs then).
 
     Raises:
         InvalidInputError: unsafe network settings (non-loopback bind without a token).
-        StateStoreError: another server serves the state directory (its pid named).
+        StateStoreError: another server serves the state directory (its pid named); or the engine found
+            its state unusable as it started (a file that is not an SQLite database, a schema newer than
+            the program): the server stopped serving at once.
     """
     transport = settings.transport
     token = check_network_settings(settings) if transport != "stdio" else None
@@ -914,10 +940,13 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools, state_dir=settings.state_dir if settings.durable else None)
-    recorded: list[Path] = []  # where this process said its run view is (removed at exit)
     stopping: list[threading.Thread] = []  # HTTP: the thread cancelling the work at the first signal
     status = _server_status(settings, policy)
     tools.server_status = status.component
+    # One server per durable state directory (server.lock): only its verdict goes in server.json.
+    record = ServerRecord(settings.state_dir)
+    health = HealthWatch(tools, record=record if settings.durable else None)
+    tools.health_observer = health.observe
     log.info(
         "server.start",
         transport=transport,
@@ -927,7 +956,13 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     )
     try:
         if transport == "stdio":
-            anyio.run(_serve_stdio, server, settings.stdio_max_line_bytes, backend_options=_loop_options())
+            anyio.run(
+                _serve_stdio,
+                server,
+                settings.stdio_max_line_bytes,
+                health.start,
+                backend_options=_loop_options(),
+            )
         else:
             ui_access = _ui.UiAccess(token)
             sse_sessions = SseSessions() if transport == "sse" else None
@@ -940,6 +975,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 tools=tools,
                 ui_access=ui_access,
                 status=status,
+                health=health,
                 session_idle_timeout=settings.session_idle_timeout,
                 max_sessions=settings.max_sessions,
                 sse_sessions=sse_sessions,
@@ -950,7 +986,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 banner = http_banner(settings, port=port, auth=bool(token), code_execution=code)
                 announce("server.banner", banner, settings.log_format)
                 _print_ui_link(_base_url(settings.host, port), ui_access, settings.log_format)
-                recorded.append(_ui.record_server(settings.state_dir, _base_url(settings.host, port)))
+                record.update(ui=f"{_base_url(settings.host, port)}/ui/")
 
             def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
                 stop = threading.Thread(
@@ -973,6 +1009,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                     on_bound,
                     on_signal,
                     guard,
+                    health.start,
                     backend_options=_loop_options(),
                 )
     except KeyboardInterrupt:
@@ -980,8 +1017,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     finally:
         for thread in stopping:
             thread.join()  # bounded: cancelling waits at most the engine's own cancel timeouts
-        for path in recorded:
-            _ui.forget_server(path)
+        health.stop()  # a build under way ends first: the engine shut down below is whole
+        record.remove()
         try:
             if engine_factory is not None:
                 tools.close()
@@ -993,6 +1030,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
         except OrchestrationError as exc:
             log.warning("server.shutdown_failed", error=str(exc))
         log.info("server.stop", transport=transport)
+    if health.fatal is not None:
+        raise health.fatal  # logged as it happened; the command line says it again and exits 2
     return 0
 
 

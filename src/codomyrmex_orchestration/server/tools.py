@@ -55,6 +55,7 @@ from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._lazy import LazyModule
 
 if TYPE_CHECKING:
+    from codomyrmex_orchestration.core._health import HealthReport
     from codomyrmex_orchestration.core.actions import ActionRegistry
     from codomyrmex_orchestration.core.engine import OrchestrationEngine
     from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
@@ -733,6 +734,8 @@ def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -
 
 def _get_health_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
     health = tools.engine.health_check()
+    if tools.health_observer is not None:  # the serving process's verdict (/healthz, server.json)
+        tools.health_observer(health)
     if tools.server_status is not None:  # the server's own component: sessions, code-execution exposure
         from codomyrmex_orchestration.core._health import ComponentHealth
 
@@ -1224,6 +1227,8 @@ class OrchestrationMCPTools:
         self._call_limiter = anyio.CapacityLimiter(call_threads)
         #: Reports the server's own health component (set by ``server.app.serve``).
         self.server_status: Callable[[], dict[str, Any]] | None = None
+        #: Told each fresh health report (set by ``server.app.serve``: its health watch).
+        self.health_observer: Callable[[HealthReport], None] | None = None
 
     # -- engine
 
