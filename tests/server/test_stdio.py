@@ -904,3 +904,38 @@ def test_healthz_reports_the_engine_verdict_and_answers_503_when_a_critical_part
     body = unhealthy.json()
     assert body["status"] == "unhealthy" and body["server"] == "codomyrmex-orchestration"
     assert [issue for issue in body["issues"] if issue.startswith("store: ")], body
+
+
+def test_a_server_stopping_with_writes_it_could_not_save_says_so_and_exits_1(tmp_path: Path) -> None:
+    # Another process holds the database's write lock through the server's whole shutdown: the writes
+    # queued meanwhile are never saved. Before, the server logged it at warning level and exited 0.
+    import sqlite3
+
+    proc = _stdio_server(tmp_path)
+    holder = None
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        logs = _Lines(proc.stderr)
+        assert logs.wait_for("server.health"), logs.text()  # the engine and its store are open
+        holder = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        step = {"name": "s", "module": "core", "action": "echo", "parameters": {"message": "hi"}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "create_workflow", "arguments": {"name": "held", "steps": [step]}},
+        }
+        proc.stdin.write(json.dumps(call) + "\n")
+        proc.stdin.flush()
+        assert logs.wait_for("state_store_cannot_save", timeout=60), logs.text()
+        proc.stdin.close()
+        code = proc.wait(timeout=60)
+    finally:
+        if holder is not None:
+            holder.close()
+        reap(proc)
+    errors = logs.text()
+    assert code == 1, errors
+    [lost] = [line for line in errors.splitlines() if "server.lost_writes" in line]
+    assert "could not save" in lost

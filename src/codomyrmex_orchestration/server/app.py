@@ -904,7 +904,8 @@ def _loop_options() -> dict[str, Any]:
 
 def serve(settings: Settings, *, engine_factory: EngineFactory | None = None) -> int:
     """Serve MCP on ``settings.transport`` until EOF (stdio) or SIGINT/SIGTERM/SIGHUP; returns an exit
-    code. The engine is built in the background as soon as the transport listens (recovery runs then).
+    code: 0, or 1 when the state store closed with writes it could not save. The engine is built in the
+    background as soon as the transport listens (recovery runs then).
 
     Raises:
         InvalidInputError: unsafe network settings (non-loopback bind without a token).
@@ -1019,6 +1020,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
             thread.join()  # bounded: cancelling waits at most the engine's own cancel timeouts
         health.stop()  # a build under way ends first: the engine shut down below is whole
         record.remove()
+        store = tools.engine.store if tools.engine_started else None
         try:
             if engine_factory is not None:
                 tools.close()
@@ -1032,6 +1034,15 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
         log.info("server.stop", transport=transport)
     if health.fatal is not None:
         raise health.fatal  # logged as it happened; the command line says it again and exits 2
+    lost = getattr(store, "lost_writes", 0)  # a SqliteStore closed while its commits kept failing
+    if lost:
+        log.error(
+            "server.lost_writes",
+            lost=lost,
+            reason="the state store could not save these writes before the server stopped (a lock held "
+            "by another process or a full disk): the runs they belong to may be missing or out of date",
+        )
+        return 1
     return 0
 
 
