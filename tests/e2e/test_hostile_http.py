@@ -538,7 +538,8 @@ async def test_secrets_never_reach_results_logs_or_the_state_db(open_server: Ser
             },
         ),
     ]
-    assert all(r.structured_content for r in results), [text(r)[:500] for r in results if not r.structured_content]
+    unstructured = [text(r)[:500] for r in results if not r.structured_content]
+    assert not unstructured, unstructured
     assert results[0].structured_content["status"] == "completed"
     shown = "\n".join(text(r) for r in results)
     assert "SERVICE_PASSWORD=" in shown and "[REDACTED]" in shown  # the variable is there, its value is not
