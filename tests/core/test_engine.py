@@ -524,7 +524,7 @@ def test_a_malformed_mcp_servers_file_degrades_health_naming_the_file_and_why(tm
         health = eng.health_check()
         assert health.overall_status == "degraded"
         [issue] = health.issues
-        assert issue.startswith(f"mcp_servers: {servers} is invalid: "), issue
+        assert issue.startswith(f"mcp_servers: {servers}: is not valid JSON"), issue  # the path once
         assert "every mcp.call step fails until the file is fixed" in issue
         component = health.components["mcp_servers"]
         assert not component.critical and str(servers) in component.details["servers_file_error"]
