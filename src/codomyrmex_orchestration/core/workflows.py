@@ -141,8 +141,7 @@ class WorkflowManager:
         registry: the action registry steps are validated against.
         store: where workflows and runs are kept (in memory when omitted).
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
-        sample_dir: directory of sample workflows (source ``"sample"``); a config file or a stored
-            workflow of the same name wins.
+        sample_dir: sample workflows (source ``"sample"``); a config file or stored one of a name wins.
         max_steps: most steps a workflow may have.
         max_workflows: most workflows registered at once (``CODOMYRMEX_MAX_WORKFLOWS``).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
