@@ -229,6 +229,31 @@ def test_closing_a_session_releases_its_allocations_and_cancels_work_when_asked(
         engine.get_session("nope")
 
 
+def test_closing_a_session_as_its_runs_complete_lists_as_cancelled_only_runs_that_were(
+    engine: OrchestrationEngine,
+) -> None:
+    # A race repeated (bounded): close_session(cancel_running) meets a one-step run as it completes
+    # (the session's task before it delays the close just enough). A run that ended COMPLETED must not
+    # be answered as one this close cancelled; before the fix 2-12 of 200 closes here answered so.
+    engine.workflow_manager.create_workflow(
+        "quick", [{"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}]
+    )
+    wrong, cancelled = [], 0
+    for _ in range(300):
+        sid = engine.create_session()
+        engine.start_task(
+            {"name": "t", "module": "core", "action": "echo", "parameters": {"message": 1}}, session_id=sid
+        )
+        run_id = engine.execute_workflow("quick", session_id=sid, wait=False).run_id
+        closed = engine.close_session(sid, cancel_running=True)
+        status = engine.workflow_manager.wait_run(run_id, 10).status
+        cancelled += status is WorkflowStatus.CANCELLED
+        if (run_id in closed.cancelled_runs) != (status is WorkflowStatus.CANCELLED):
+            wrong.append((status.value, closed.cancelled_runs))
+    assert not wrong, f"{len(wrong)} closes of 300 answered wrongly, e.g. {wrong[:3]}"
+    assert cancelled  # the close did cancel runs it met going
+
+
 def test_sessions_expire_after_their_timeout(engine: OrchestrationEngine) -> None:
     expired = threading.Event()
     engine.register_event_handler(

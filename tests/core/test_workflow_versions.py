@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,45 @@ def test_a_deleted_workflows_versions_go_once_no_run_refers_to_them_and_its_runs
         store.flush()
         assert store.workflow_versions("pinned") == [2]
         assert store.latest_workflow_versions() == {"pinned": manager.workflow_version("pinned")}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("change", ["delete", "overwrite"])
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_delete_or_overwrite_landing_as_a_run_starts_keeps_the_version_the_run_is_pinned_to(
+    kind: str, change: str, tmp_path: Path, orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    # Lined up: another thread deletes (or overwrites) the workflow after the run took its plan and
+    # before anything of the run is saved (before_record). The version the run is pinned to must stay
+    # kept: readable, and the run resumable with it, also after a restart.
+    store: StateStore = SqliteStore(tmp_path / "state.db") if kind == "sqlite" else MemoryStore()
+    try:
+        manager = manager_on(store, orchestrator, registry)
+        manager.create_workflow(definition("one"))
+
+        def change_it(run_id: str) -> None:
+            if change == "delete":
+                racer = threading.Thread(target=manager.delete_workflow, args=("pinned",))
+            else:
+                racer = threading.Thread(
+                    target=manager.create_workflow, args=(definition("two"),), kwargs={"overwrite": True}
+                )
+            racer.start()
+            racer.join(10)
+
+        run_id = manager.start_workflow("pinned", before_record=change_it)
+        failed = manager.wait_run(run_id, 10)  # gate fails in a run's first attempt
+        assert failed.status is WorkflowStatus.FAILED and failed.workflow_version == 1
+        store.flush()
+        assert manager.get_workflow("pinned", version=1).steps[2].parameters["message"].startswith("one")
+        if kind == "sqlite":  # a restart in between: the pinned definition comes from the file
+            store.close()
+            store = SqliteStore(tmp_path / "state.db")
+            manager = manager_on(store, orchestrator, registry)
+        resumed = manager.resume_run(run_id, timeout=10)
+        assert resumed.status is WorkflowStatus.COMPLETED, resumed.error
+        assert resumed.steps["say"].output == "one 7"
     finally:
         store.close()
 

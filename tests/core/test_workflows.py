@@ -308,6 +308,28 @@ def test_cancel_run_stops_running_and_pending_steps(manager: WorkflowManager) ->
         manager.cancel_run(record.run_id)
 
 
+def test_a_cancel_arriving_after_every_step_completed_leaves_the_run_completed(
+    manager: WorkflowManager,
+) -> None:
+    # Lined up: the last step has completed (on_step hears it) and the run is not final yet; another
+    # thread cancels it then. There is nothing left to cancel: the run must end COMPLETED, not
+    # CANCELLED with every step completed.
+    manager.create_workflow("one", [step("a", action="echo", parameters={"message": "x"})])
+    asked: list[RunRecord] = []
+
+    def cancel_now(run: RunRecord, result: Any) -> None:
+        if result.status is TaskStatus.COMPLETED:
+            racer = threading.Thread(target=lambda: asked.append(manager.request_cancel(run.run_id)))
+            racer.start()
+            racer.join(10)
+
+    final = manager.execute_workflow("one", on_step=cancel_now, timeout=10)
+    assert [r.status for r in asked] == [WorkflowStatus.RUNNING]  # the cancel met the run still going
+    assert final.status is WorkflowStatus.COMPLETED, final.error
+    assert final.steps["a"].status is TaskStatus.COMPLETED
+    assert manager.get_run(final.run_id).status is WorkflowStatus.COMPLETED
+
+
 def test_wait_timeout_returns_the_running_record_and_the_run_goes_on(manager: WorkflowManager) -> None:
     manager.create_workflow("slow", [step("gate", action="sleep", parameters={"seconds": 0.3})])
     record = manager.execute_workflow("slow", timeout=0.01)

@@ -11,7 +11,7 @@ from typing import Any
 
 from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._sessions import Session, SessionRegistry
-from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, TaskRecord, TaskSpec
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, TaskRecord, TaskSpec, WorkflowStatus
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
@@ -143,9 +143,11 @@ def stop_session_work(
             if workflows.get_run(run_id, items=_NO_ITEMS).session_id != session_id:
                 continue  # resumed outside the session since
             try:
-                workflows.cancel_run(run_id)
+                record = workflows.cancel_run(run_id)
             except OrchestrationError:
                 continue  # ended meanwhile
+            if record.status.is_terminal and record.status is not WorkflowStatus.CANCELLED:
+                continue  # its steps had all settled: it ended as they did, the cancel changed nothing
             cancelled_runs.append(run_id)
         for task_id in task_ids:
             try:

@@ -369,7 +369,9 @@ class RunState:
         caller cancels its tasks: ``group``)."""
         advance = Advance()
         with self.lock:
-            if self.cancelled or self.final is not None:
+            # Finishing: every step has settled, so there is nothing left to cancel; the run ends as
+            # its steps did (a cancel arriving then made a run of completed steps CANCELLED).
+            if self.cancelled or self._finishing or self.final is not None:
                 return advance
             self.cancelled, self.cancel_reason = True, reason
             self._apply_starts()

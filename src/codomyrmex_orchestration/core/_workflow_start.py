@@ -40,6 +40,7 @@ class RunStarter:
         max_map_items: int,
         max_resolved_size: int,
         on_resume: Callable[[str, Plan], None],
+        keep_version: Callable[[Plan], None] | None = None,
     ) -> None:
         self._orchestrator = orchestrator
         self._recorder = recorder
@@ -50,6 +51,7 @@ class RunStarter:
         self.max_map_items = max_map_items
         self.max_resolved_size = max_resolved_size
         self._on_resume = on_resume  # a resumed run's steps take over the sub-runs its earlier attempts left
+        self._keep_version = keep_version  # after the run's record is queued: see _version_pins
 
     def start(
         self,
@@ -122,5 +124,7 @@ class RunStarter:
         if previous is not None:
             self._on_resume(run.run_id, plan)
         self._active.add(run)
-        self._driver.start(run)
+        self._driver.start(run)  # queues the run's record first
+        if self._keep_version is not None:
+            self._keep_version(plan)
         return run

@@ -29,6 +29,7 @@ from codomyrmex_orchestration.config import (
 from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
+from codomyrmex_orchestration.core._version_pins import keep_version
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_checks import check_document
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
@@ -140,8 +141,7 @@ class WorkflowManager:
         registry: the action registry steps are validated against.
         store: where workflows and runs are kept (in memory when omitted).
         config_dir: directory of workflow JSON files loaded at start (``None`` to skip).
-        sample_dir: directory of sample workflows (source ``"sample"``); a config file or a stored
-            workflow of the same name wins.
+        sample_dir: sample workflows (source ``"sample"``); a config file or stored one of a name wins.
         max_steps: most steps a workflow may have.
         max_workflows: most workflows registered at once (``CODOMYRMEX_MAX_WORKFLOWS``).
         max_subworkflow_depth: deepest nesting of ``workflow.run``.
@@ -222,6 +222,7 @@ class WorkflowManager:
             max_map_items=max_map_items,
             max_resolved_size=max_resolved_size,
             on_resume=lambda run_id, plan: self._subruns.resuming(run_id, plan),
+            keep_version=lambda plan: keep_version(self.definitions, plan),
         )
         self.inputs = InputDesk(self, self._driver, self._active, orchestrator, self._listeners)  # approvals
         taken = self.definitions.load_stored()
