@@ -185,7 +185,8 @@ class ActionDefinition:
 
     Attributes:
         module, action: the two halves of the step's ``module.action``.
-        func: ``func(parameters, ctx) -> JSON-serialisable output``; raising fails the step.
+        func: ``func(parameters, ctx) -> a JSON value`` (dict, list, tuple, str, int, float, bool or
+            None; anything else fails the step, naming where it is); raising fails the step.
         description: one line for catalogues and the MCP ``list_actions`` tool.
         parameters: name -> short description of each accepted parameter.
         output: what the action returns.
