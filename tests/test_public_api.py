@@ -68,3 +68,26 @@ def test_the_mcp_tools_are_exported_lazily_so_the_package_alone_loads_neither_mc
     )
     assert json.loads(proc.stdout) == [[], True, True]
     assert "OrchestrationMCPTools" in pkg.__all__
+
+
+def test_a_store_or_an_action_plugin_is_written_from_public_modules_alone() -> None:
+    """The docs point plugin authors at ParameterReaders and store authors at the StateStore contracts;
+    both used to need underscore modules (``actions._params``, ``_step_cache``, ``_store_tool_tasks``)."""
+    import codomyrmex_orchestration.core.actions as actions
+    import codomyrmex_orchestration.core.store as store
+
+    for name in ("CacheTable", "MemoryCacheTable", "ToolTaskStore", "MemoryToolTasks"):
+        assert name in store.__all__, name
+    memory = store.MemoryStore()
+    try:
+        assert isinstance(memory.step_cache, store.MemoryCacheTable)
+        assert isinstance(memory.tool_tasks, store.MemoryToolTasks)
+    finally:
+        memory.close()
+    for name in ("ParameterReaders", "get_bool", "get_number", "get_str", "get_str_map"):
+        assert name in actions.__all__, name
+    readers = actions.ParameterReaders(
+        "mine.greet", {"name": "who"}, name=(("name",), lambda p: actions.get_str(p, "name", "mine.greet"))
+    )
+    assert readers.read({"name": "ada"}) == {"name": "ada"}
+    assert readers.check({"name": 3}) != []  # what the step would refuse, found at validation

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,10 +15,16 @@ from structlog.testing import capture_logs
 from codomyrmex_orchestration.core.actions import (
     ENTRY_POINT_GROUP,
     ActionContext,
+    ActionDefinition,
     create_registry,
     load_plugins,
 )
-from codomyrmex_orchestration.errors import ActionRefusedError, UnknownActionError
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    AlreadyExistsError,
+    InvalidInputError,
+    UnknownActionError,
+)
 
 BUILT_INS = [
     "core.approve",
@@ -142,3 +149,46 @@ def test_a_plugin_cannot_replace_a_built_in(plugin_distribution: Path) -> None:
 
 def test_without_load_plugins_no_plugin_is_loaded(plugin_distribution: Path) -> None:
     assert create_registry(load_plugins=False).known() == BUILT_INS
+
+
+def _triple(params: dict[str, Any], ctx: ActionContext) -> int:
+    return int(params["n"]) * 3
+
+
+def _halve(params: dict[str, Any], ctx: ActionContext) -> float:
+    return float(params["n"]) / 2
+
+
+def test_registering_a_taken_name_says_how_to_replace_it() -> None:
+    registry = create_registry(load_plugins=False)
+    registry.register(ActionDefinition("mine", "triple", _triple))
+    with pytest.raises(AlreadyExistsError, match=r"action 'mine.triple' already exists; .*replace=True"):
+        registry.register(ActionDefinition("mine", "triple", _halve))
+    registry.register(ActionDefinition("mine", "triple", _halve), replace=True)
+    assert registry.get("mine", "triple").func is _halve
+
+
+def test_an_action_that_cannot_be_called_or_named_is_refused_when_registered() -> None:
+    registry = create_registry(load_plugins=False)
+    with pytest.raises(
+        InvalidInputError, match=r"^mine\.bad\.func: must be a callable func\(parameters, ctx\)"
+    ):
+        registry.register(ActionDefinition("mine", "bad", 42))  # type: ignore[arg-type]  # the mistake tested
+    with pytest.raises(
+        InvalidInputError, match=r"^action: .*a step names it as module \+ action, so no '\.'"
+    ):
+        registry.register(ActionDefinition("mine", "v1.run", _triple))
+    with pytest.raises(InvalidInputError, match=r"^module: must be a non-empty string"):
+        registry.register(ActionDefinition("", "run", _triple))
+    assert not any(name.startswith("mine.") for name in registry.known())
+
+
+def test_the_decorator_takes_every_field_a_definition_has() -> None:
+    registry = create_registry(load_plugins=False)
+
+    def check(params: Mapping[str, Any]) -> list[str]:
+        return [] if "n" in params else ["parameters.n is required"]
+
+    registry.action("mine", "triple", parameters={"n": "a number"}, check=check, instant=True)(_triple)
+    definition = registry.get("mine", "triple")
+    assert definition.instant and definition.check is check and definition.probe is None

@@ -1207,3 +1207,35 @@ def test_a_session_timeout_of_365_days_or_none_is_accepted(engine: Orchestration
     never = engine.create_session(timeout_seconds=None)
     assert engine.get_session(year).timeout_seconds == 365 * 24 * 3600.0
     assert engine.get_session(never).timeout_seconds is None
+
+
+def test_an_event_name_the_engine_never_publishes_is_refused_naming_the_accepted_ones(
+    engine: OrchestrationEngine,
+) -> None:
+    # "run.*" or a misspelt name used to register without a word and then never hear anything.
+    with pytest.raises(InvalidInputError, match=r"^event: 'run\.\*' is not an event.*accepted: '\*', "):
+        engine.register_event_handler("run.*", lambda event, payload: None)
+    with pytest.raises(InvalidInputError, match=r"did you mean 'run\.completed'\?"):
+        engine.register_event_handler("run.complete", lambda event, payload: None)
+
+
+def test_every_event_the_engine_publishes_can_be_registered_for_by_name(engine: OrchestrationEngine) -> None:
+    heard: list[str] = []
+    engine.register_event_handler("*", lambda event, payload: heard.append(event))
+    engine.workflow_manager.create_workflow(
+        "mixed",
+        [
+            {"name": "ok", "module": "core", "action": "set"},
+            {"name": "bad", "module": "core", "action": "fail", "max_retries": 1},
+            {"name": "after", "module": "core", "action": "set", "dependencies": ["bad"]},
+        ],
+    )
+    session = engine.create_session()
+    engine.execute_workflow("mixed", session_id=session, timeout=10)
+    engine.execute_task(TaskSpec(name="t", module="core", action="set"), timeout=10)
+    engine.close_session(session)
+    engine.workflow_manager.delete_workflow("mixed")
+    assert engine.drain_events()
+    assert {"run.failed", "step.retried", "step.skipped", "task.completed", "workflow.deleted"} <= set(heard)
+    for event in set(heard):
+        engine.register_event_handler(event, lambda event, payload: None)  # none is refused

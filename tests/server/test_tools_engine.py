@@ -278,3 +278,37 @@ async def test_sessions_a_restart_closed_still_answer_with_their_record(tmp_path
     finally:
         tools.close()
         second.shutdown()
+
+
+def _triple(params: dict[str, Any], ctx: Any) -> int:
+    return int(params["n"]) * 3
+
+
+async def test_an_action_registered_on_the_engine_runs_in_a_workflow_over_the_client(
+    tools: OrchestrationMCPTools, client: Client
+) -> None:
+    """ARCHITECTURE.md's 'an action of your own without packaging it': registered on the running engine,
+    listed, validated by its declared parameters and run as a step, all through the public MCP client."""
+    from codomyrmex_orchestration.core.actions import ActionDefinition
+
+    tools.engine.registry.register(
+        ActionDefinition("mine", "triple", _triple, description="n * 3", parameters={"n": "a number"})
+    )
+    listed = await _call(client, "list_actions", {})
+    assert "mine.triple" in [a["name"] for a in listed.structured_content["actions"]]
+    steps = [
+        {"name": "a", "module": "mine", "action": "triple", "parameters": {"n": 2}},
+        {"name": "b", "module": "mine", "action": "triple", "parameters": {"n": "{{steps.a.output}}"}},
+    ]
+    misspelt = await _call(
+        client, "create_workflow", {"name": "x3", "steps": [{**steps[0], "parameters": {"m": 2}}]}
+    )
+    assert (
+        misspelt.is_error
+        and "does not accept parameter 'm'; accepted parameters: n" in misspelt.content[0].text
+    )
+    created = await _call(client, "create_workflow", {"name": "x3", "steps": steps})
+    assert not created.is_error, created.content[0].text
+    run = await _call(client, "execute_workflow", {"workflow_name": "x3"})
+    assert not run.is_error, run.content[0].text
+    assert run.structured_content["steps"]["b"]["output"] == 18

@@ -5,6 +5,8 @@ delivery read it without a lock and a handler may register or unregister handler
 while events are delivered), the delivery queue, the delivery thread (started with the first
 handler) and the count of events published but not yet delivered (``_idle``).
 :class:`Publisher` is the engine's one way to announce an event: counted, logged in the store, delivered.
+:data:`ENGINE_EVENTS` names every event it publishes: a handler registered for another name would never
+be called, so the engine's bus refuses one.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.core._metrics import EngineCounters
+from codomyrmex_orchestration.core._workflow_events import RUN_EVENTS, STEP_EVENTS
+from codomyrmex_orchestration.core.models import TaskStatus
 from codomyrmex_orchestration.core.store import EngineStateStore
-from codomyrmex_orchestration.errors import OrchestrationError
+from codomyrmex_orchestration.errors import InvalidInputError, OrchestrationError
 from codomyrmex_orchestration.logs import get_logger
 
-__all__ = ["EventBus", "EventHandler", "Publisher"]
+__all__ = ["ENGINE_EVENTS", "EventBus", "EventHandler", "Publisher"]
 
 _log = get_logger("codomyrmex_orchestration.engine")
 
@@ -29,6 +34,30 @@ EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(event, payload)``; ``"*"`` registers for every event."""
 
 _EMPTY: Mapping[str, tuple[EventHandler, ...]] = MappingProxyType({})
+
+#: Every event the engine publishes (ENGINE.md lists them with their payloads' meaning).
+ENGINE_EVENTS: frozenset[str] = frozenset(
+    {
+        "session.created",
+        "session.closed",
+        "workflow.created",
+        "workflow.deleted",
+        "run.started",
+        "run.failed",
+        "run.interrupted",
+        "run.waiting_for_input",
+        "run.input_received",
+        *RUN_EVENTS.values(),
+        "step.started",
+        "step.retried",
+        "step.failed",
+        *STEP_EVENTS.values(),
+        *(f"task.{status.value}" for status in TaskStatus if status.is_terminal),
+        "resource.allocated",
+        "resource.released",
+        "resource.exhausted",
+    }
+)
 
 
 class EventBus:
@@ -38,13 +67,19 @@ class EventBus:
         on_error: called (on the delivery thread) with the event and the exception when a handler
             raises; the handler's failure never reaches the publisher.
         name: the delivery thread's name.
+        events: the names a handler may be registered for, besides ``"*"`` (``None``: any).
     """
 
     def __init__(
-        self, on_error: Callable[[str, BaseException], None], *, name: str = "codomyrmex-events"
+        self,
+        on_error: Callable[[str, BaseException], None],
+        *,
+        name: str = "codomyrmex-events",
+        events: Collection[str] | None = None,
     ) -> None:
         self._on_error = on_error
         self._name = name
+        self._events = events
         # _lock guards replacing _handlers (the snapshot itself is never mutated) and _thread/_closed.
         self._lock = threading.Lock()
         self._handlers: Mapping[str, tuple[EventHandler, ...]] = _EMPTY
@@ -57,6 +92,17 @@ class EventBus:
         self.delivered = 0
 
     def register(self, event: str, handler: EventHandler) -> None:
+        """Call ``handler(event, payload)`` for each ``event`` published (``"*"``: every one).
+
+        Raises:
+            InvalidInputError: ``event`` is none of the names this bus publishes (the message lists them).
+        """
+        if self._events is not None and event != "*" and event not in self._events:
+            raise InvalidInputError(
+                "event",
+                f"{event!r} is not an event the engine publishes{did_you_mean(str(event), self._events)} "
+                f"(no patterns); accepted: '*', {', '.join(sorted(self._events))}",
+            )
         with self._lock:
             table = dict(self._handlers)
             table[event] = (*table.get(event, ()), handler)
@@ -153,7 +199,7 @@ class Publisher:
     def __init__(self, *, store: EngineStateStore, counters: EngineCounters) -> None:
         self._store = store
         self._counters = counters
-        self.bus = EventBus(self._handler_failed)
+        self.bus = EventBus(self._handler_failed, events=ENGINE_EVENTS)
 
     def publish(self, event: str, payload: dict[str, Any]) -> None:
         self._counters.count_event(event, cached=payload.get("cached") is True)

@@ -6,6 +6,11 @@ back becomes ``[secret:NAME]``); text JSON cannot carry (a lone surrogate: a fil
 fails the attempt, naming where it is; then the output cap applies
 (see :class:`~codomyrmex_orchestration.core._limits.OutputLimiter`): a spilled file holds the redacted
 value. The pipeline owns no state of its own; the limiter counts what it truncated.
+
+Before it, an *action*'s return value must be a JSON value (:func:`json_output`, at each place an action
+is called): anything else (a set, bytes, a datetime, an object) fails the step, since redaction walks
+JSON values only and the store would write such a value in its own way (a set as a list, secret and all).
+A plain callable given to the scheduler (``ParallelExecutor``) may return any Python value.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from codomyrmex_orchestration._text import lone_surrogate_at
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.errors import StepFailedError
 
-__all__ = ["ResultPipeline"]
+__all__ = ["ResultPipeline", "json_output"]
 
 #: Values that hold no text, and containers that hold none when empty (most steps' outputs: ``None``, a
 #: number, ``{}``): neither redaction nor the text check has anything to look at.
@@ -70,3 +75,70 @@ def _refuse_lone_surrogates(value: Any, name: str) -> None:
         "or the bytes as hex or base64",
         error_type="UnicodeEncodeError",
     )
+
+
+#: What JSON holds (``bool`` is an ``int``; enums of ``str`` or ``int`` are written as their values).
+_JSON_SCALARS = (str, int, float)
+
+
+def json_output(value: Any, name: str) -> Any:
+    """``value``, the return value of an action run as step or task ``name``, when it is a JSON value.
+
+    Raises:
+        StepFailedError: ``value`` holds something else; the message names where and what is accepted.
+    """
+    if value is None or type(value) in _HOLD_NO_TEXT or type(value) is str:
+        return value
+    found = _not_json_at(value) if _holds_non_json(value) else None
+    if found is None:
+        return value
+    where, kind = found
+    raise StepFailedError(
+        name,
+        f"its output{where} is a {kind}, which JSON cannot hold; an action returns JSON values only: dict "
+        "(keys str, int, float, bool or None), list, tuple, str, int, float, bool or None (convert it: "
+        "list(a_set), a_datetime.isoformat(), bytes as hex or base64)",
+        error_type="TypeError",
+    )
+
+
+def _is_key(key: Any) -> bool:
+    return key is None or isinstance(key, _JSON_SCALARS)
+
+
+def _holds_non_json(value: Any) -> bool:
+    """The cheap pass: no path is built (a stack, so deep nesting costs no recursion)."""
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        if item is None or isinstance(item, _JSON_SCALARS):
+            continue
+        if isinstance(item, dict):
+            if not all(map(_is_key, item)):
+                return True
+            extend(item.values())
+        elif isinstance(item, list | tuple):
+            extend(item)
+        else:
+            return True
+    return False
+
+
+def _not_json_at(value: Any) -> tuple[str, str] | None:
+    """Where the first value JSON cannot hold is (``.key[2]``, empty for ``value`` itself), and its type."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if item is None or isinstance(item, _JSON_SCALARS):
+            continue
+        if isinstance(item, dict):
+            for key in item:
+                if not _is_key(key):
+                    return f"{path} (a key)", type(key).__name__
+            stack.extend((f"{path}.{key}", inner) for key, inner in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", inner) for i, inner in reversed(list(enumerate(item))))
+        else:
+            return path, type(item).__name__
+    return None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from codomyrmex_orchestration.core._numbers import check_count, check_seconds, shown
+from codomyrmex_orchestration.core._results import json_output
 from codomyrmex_orchestration.core._retry import RetryPolicy
 from codomyrmex_orchestration.core._store_codec import check_parameters
 from codomyrmex_orchestration.core._task import Task, TaskGroup
@@ -252,6 +253,6 @@ def _action_callable(definition: ActionDefinition, call: ActionCall) -> TaskCall
     parameters = dict(call.parameters)
 
     def run(ctx: ActionContext) -> Any:
-        return func(parameters, ctx)
+        return json_output(func(parameters, ctx), ctx.step_name)
 
     return run

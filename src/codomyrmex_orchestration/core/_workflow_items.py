@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from codomyrmex_orchestration.core._results import json_output
 from codomyrmex_orchestration.core._workflow_map import ItemEnd, MapState, split_item
 from codomyrmex_orchestration.core.scheduler import TaskCall
 
@@ -55,7 +56,7 @@ class RunCall:
         ctx.depth = self.run.depth
         for key, value in self.driver.extras.items():
             ctx.extras.setdefault(key, value)
-        return self.func(self.params, ctx)
+        return json_output(self.func(self.params, ctx), self.name)
 
 
 class ItemCall(RunCall):

@@ -1,6 +1,6 @@
 """The run recorder: what of a run is written to the state store, and when it is flushed.
 
-It owns no state of its own beyond the store and whether the store survives the process. The rules,
+It holds the store and whether the store survives the process (and the runs below). The rules,
 for a durable store (SQLite): a run is saved with every step (pending placeholders included) when it
 starts, so an interrupted run lists every step; a step is saved when it starts and when it ends; a
 step's result is committed before anything that depends on it starts (each dependent takes the store's

@@ -332,8 +332,8 @@ class OrchestrationEngine:
     def register_event_handler(self, event: str, handler: EventHandler) -> None:
         """Call ``handler(event, payload)`` for ``event`` (``"*"`` for all), on the event thread.
 
-        A handler that raises is logged and counted; it never breaks a run. A handler may register or
-        unregister handlers (itself included) while it runs.
+        ``event`` not in ``_events.ENGINE_EVENTS``: ``InvalidInputError`` listing them. A handler that raises
+        is logged and counted; it never breaks a run; it may register or unregister handlers while it runs.
         """
         self.events.register(event, handler)
 

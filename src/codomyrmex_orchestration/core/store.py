@@ -22,7 +22,7 @@ from ..config import DEFAULT_MAX_PARAMETERS_BYTES, DEFAULT_STATE_MAX_BYTES
 from ..errors import StateStoreError
 from ..logs import get_logger
 from ._run_owners import owner_alive
-from ._step_cache import CacheTable, SqliteCacheTable
+from ._step_cache import CacheTable, MemoryCacheTable, SqliteCacheTable
 from ._store_batch import DELETE, Batch
 from ._store_codec import (
     ACTIVE_RUN,
@@ -58,10 +58,12 @@ from ._store_schema import (
     rollback_quietly,
     wal_limit_for,
 )
-from ._store_tool_tasks import SqliteToolTasks, ToolTaskStore
+from ._store_tool_tasks import MemoryToolTasks, SqliteToolTasks, ToolTaskStore
 from ._store_writer import CLOSE_TIMEOUT, FLUSH_TIMEOUT, GroupCommitWriter
 from .models import ItemWindow, RunRecord, StepResult, TaskStatus, WorkflowSpec, WorkflowStatus, utcnow
 
+# CacheTable, ToolTaskStore and their memory forms are here for whoever writes a store of their own:
+# EngineStateStore's step_cache and tool_tasks are typed by them.
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PARAMETERS_BYTES",
@@ -70,10 +72,14 @@ __all__ = [
     "DEFAULT_RETENTION_RUNS",
     "DEFAULT_STATE_MAX_BYTES",
     "SCHEMA_VERSION",
+    "CacheTable",
     "EngineStateStore",
+    "MemoryCacheTable",
     "MemoryStore",
+    "MemoryToolTasks",
     "SqliteStore",
     "StateStore",
+    "ToolTaskStore",
     "run_cursor",
 ]
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 import importlib
 
 from codomyrmex_orchestration.core.actions import _plugins
+from codomyrmex_orchestration.core.actions._params import (
+    ParameterReaders,
+    get_bool,
+    get_number,
+    get_str,
+    get_str_map,
+)
 from codomyrmex_orchestration.core.actions._plugins import ENTRY_POINT_GROUP, load_plugins
 from codomyrmex_orchestration.core.actions._registry import (
     ActionContext,
@@ -22,8 +29,13 @@ __all__ = [
     "ActionFunc",
     "ActionRegistry",
     "CancelEvent",
+    "ParameterReaders",
     "SubWorkflowRunner",
     "create_registry",
+    "get_bool",
+    "get_number",
+    "get_str",
+    "get_str_map",
     "load_plugins",
 ]
 

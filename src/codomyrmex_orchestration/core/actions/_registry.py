@@ -11,7 +11,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from codomyrmex_orchestration.errors import ActionRefusedError, StepCancelledError, UnknownActionError
+from codomyrmex_orchestration.errors import (
+    ActionRefusedError,
+    AlreadyExistsError,
+    InvalidInputError,
+    StepCancelledError,
+    UnknownActionError,
+)
 
 __all__ = [
     "ActionContext",
@@ -185,9 +191,12 @@ class ActionDefinition:
 
     Attributes:
         module, action: the two halves of the step's ``module.action``.
-        func: ``func(parameters, ctx) -> JSON-serialisable output``; raising fails the step.
+        func: ``func(parameters, ctx) -> a JSON value`` (dict, list, tuple, str, int, float, bool or
+            None; anything else fails the step, naming where it is); raising fails the step.
         description: one line for catalogues and the MCP ``list_actions`` tool.
-        parameters: name -> short description of each accepted parameter.
+        parameters: name -> short description of each accepted parameter. The names are enforced: a
+            step or task passing another is refused before it runs (naming the accepted ones); empty, or
+            holding ``"*"``, accepts any name. Values are not checked here (``check`` does that).
         output: what the action returns.
         executes_code: True for actions that run arbitrary code (``shell.run``, ``python.call``);
             these are refused when the registry's ``allow_code_execution`` is off.
@@ -272,10 +281,22 @@ class ActionRegistry:
                 structlog.get_logger("codomyrmex_orchestration.action").exception("closing a service failed")
 
     def register(self, definition: ActionDefinition, *, replace: bool = False) -> None:
+        """Add ``definition``; steps name it as ``module`` + ``action``.
+
+        Raises:
+            InvalidInputError: ``module`` or ``action`` is not a non-empty string (an action's holding a
+                ``'.'``), or ``func`` is not callable.
+            AlreadyExistsError: the name is taken and ``replace`` is False.
+        """
+        _check_definition(definition)
         key = (definition.module, definition.action)
         with self._lock:
             if key in self._actions and not replace:
-                raise ValueError(f"action {definition.qualified_name} is already registered")
+                raise AlreadyExistsError(
+                    "action",
+                    definition.qualified_name,
+                    "register(definition, replace=True) replaces it, or choose another module or action name",
+                )
             self._actions[key] = definition
 
     def action(
@@ -288,8 +309,11 @@ class ActionRegistry:
         output: str = "",
         executes_code: bool = False,
         network: bool = False,
+        check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+        probe: Callable[[dict[str, Any]], list[str]] | None = None,
+        instant: bool = False,
     ) -> Callable[[ActionFunc], ActionFunc]:
-        """Decorator form of :meth:`register`."""
+        """Decorator form of :meth:`register`; the arguments are :class:`ActionDefinition`'s fields."""
 
         def decorate(func: ActionFunc) -> ActionFunc:
             self.register(
@@ -302,6 +326,9 @@ class ActionRegistry:
                     output=output,
                     executes_code=executes_code,
                     network=network,
+                    check=check,
+                    probe=probe,
+                    instant=instant,
                 )
             )
             return func
@@ -365,3 +392,22 @@ class ActionRegistry:
     def definitions(self) -> Iterable[ActionDefinition]:
         with self._lock:
             return list(self._actions.values())
+
+
+def _check_definition(definition: ActionDefinition) -> None:
+    for field_name in ("module", "action"):
+        value = getattr(definition, field_name)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInputError(field_name, f"must be a non-empty string, got {value!r}")
+    if "." in definition.action:
+        raise InvalidInputError(
+            "action",
+            f"{definition.action!r} holds a '.'; a step names it as module + action, so no '.' in the action "
+            f"(the module may hold one: {definition.module}.{definition.action.replace('.', '_')})",
+        )
+    if not callable(definition.func):
+        raise InvalidInputError(
+            f"{definition.qualified_name}.func",
+            "must be a callable func(parameters, ctx) returning a JSON value, "
+            f"got a {type(definition.func).__name__}",
+        )

@@ -31,6 +31,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 from distributed.scheduler import KilledWorker
 from distributed.utils import LoopRunner, sync
 
+from codomyrmex_orchestration.core._results import json_output
 from codomyrmex_orchestration.core.actions import ActionContext, ActionRegistry, CancelEvent, create_registry
 from codomyrmex_orchestration.core.backends import LOCAL_ONLY_ACTIONS, ActionCall, StepCallable
 from codomyrmex_orchestration.core.backends._dask_client import (
@@ -151,7 +152,7 @@ def run_remote_step(step: RemoteStep) -> Any:
             depth=call.depth,
             extras=dict(call.extras),
         )
-        return definition.func(dict(call.parameters), ctx)
+        return json_output(definition.func(dict(call.parameters), ctx), step.step_name)
     except BaseException as exc:
         return RemoteFailure(_portable(exc.with_traceback(None), step.step_name))
     finally:
