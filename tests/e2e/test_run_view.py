@@ -243,6 +243,74 @@ def sign_in(page: Any, base: str, token: str) -> None:
     page.wait_for_selector("#main h2", timeout=WAIT_MS)  # the list: signed in
 
 
+def test_a_link_to_a_run_leads_to_that_run_through_the_sign_in(browser: Any, server: Served) -> None:
+    # The address's #/runs/<id> was lost on the way through the sign-in form: the person landed on the
+    # list, not on the run the link named.
+    run_id = start_run(server, one_step("linked_run", "a"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        first = page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        assert first is not None and first.status == 401
+        page.fill("input[name=token]", "not-the-token-at-all")  # a wrong one first: the form keeps it too
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Wrong token.", timeout=WAIT_MS)
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector(node(page, "a", "completed"), timeout=WAIT_MS)
+        assert page.url == f"{server.base}/ui/#/runs/{run_id}"
+        assert page.inner_text("#title") == f"linked_run · {run_id}"
+    finally:
+        context.close()
+
+
+def test_signing_out_ends_the_sign_in_on_the_server_so_its_cookie_is_refused(
+    browser: Any, server: Served
+) -> None:
+    # There was no sign-out: a cookie, once given, worked for as long as the token did.
+    call = {"name": "list_workflows", "arguments": {}}
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        cookie = next(c for c in context.cookies() if c["name"] == UiAccess(TOKEN).cookie_name)
+        old = {"Cookie": f"{cookie['name']}={cookie['value']}"}
+        assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=old).status_code == 200
+        page.click("#sign-out button")
+        page.wait_for_selector("input[name=token]", timeout=WAIT_MS)
+        assert page.url == f"{server.base}/ui/login"
+        assert not any(c["name"] == cookie["name"] for c in context.cookies())
+        assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=old).status_code == 401
+        assert httpx.get(f"{server.base}/ui/", headers=old).status_code == 401
+        sign_in(page, server.base, TOKEN)  # a new sign-in is a new session
+        assert page.locator("#sign-out button").is_visible()
+    finally:
+        context.close()
+
+
+def test_failed_sign_ins_from_one_address_get_429_with_retry_after_past_a_few(tmp_path: Path) -> None:
+    # A wrong token could be tried at full speed, without end.
+    wrong = {"token": "not-the-token-0123456789"}
+    with served(tmp_path / "throttled", env={"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as guarded:
+        with httpx.Client(base_url=guarded.base) as http:
+            answers = [http.post("/ui/login", data=wrong) for _ in range(5)]
+            assert [a.status_code for a in answers] == [401] * 5
+            slowed = http.post("/ui/login", data=wrong)
+            assert slowed.status_code == 429 and slowed.headers["retry-after"] == "1", slowed.headers
+            assert (
+                "Too many failed sign-ins from this address" in slowed.text
+                and "try again in 1 s" in slowed.text
+            )
+            # each further failure doubles the wait (counted while it waits too): 2, 4, 8, 16 s
+            longer = [http.post("/ui/login", data=wrong) for _ in range(4)]
+            assert [a.headers.get("retry-after") for a in longer] == ["2", "4", "8", "16"]
+            # while it waits, the right token is refused too, and so is a one-time code
+            waiting = http.post("/ui/login", data={"token": TOKEN})
+            assert waiting.status_code == 429 and 0 < int(waiting.headers["retry-after"]) <= 16
+            assert http.get("/ui/login", params={"code": "guess"}).status_code == 429
+            assert http.get("/ui/login").status_code == 200  # the form itself is always shown
+
+
 def test_two_servers_on_one_host_keep_separate_sign_ins(browser: Any, server: Served, tmp_path: Path) -> None:
     other_token = "another-run-view-token-fedcba9876"
     with served(tmp_path / "other", env={"CODOMYRMEX_AUTH_TOKEN": other_token}) as other:
@@ -637,12 +705,12 @@ def test_a_run_view_signed_out_meanwhile_says_so_and_links_to_the_sign_in(
     browser: Any, server: Served, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    with gated_run_page(browser, server, gated("signed_out", gate), [gate]) as (page, _run_id):
+    with gated_run_page(browser, server, gated("signed_out", gate), [gate]) as (page, run_id):
         page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
         page.context.clear_cookies()  # as when the server's token changes: the next poll gets a real 401
         page.wait_for_selector("#connection:has-text('signed out')", timeout=WAIT_MS)
         assert "retrying" not in page.inner_text("#connection")
-        assert page.get_attribute("#sign-in-again", "href") == "login"
+        assert page.get_attribute("#sign-in-again", "href") == f"login#/runs/{run_id}"  # back to this run
         assert page.locator(node(page, "gate", "running")).count() == 1
 
 
