@@ -11,8 +11,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,74 @@ def sign_in(page: Any, base: str, token: str) -> None:
     page.fill("input[name=token]", token)
     page.click("button[type=submit]")
     page.wait_for_selector("#main h2", timeout=WAIT_MS)  # the list: signed in
+
+
+def test_a_link_to_a_run_leads_to_that_run_through_the_sign_in(browser: Any, server: Served) -> None:
+    # The address's #/runs/<id> was lost on the way through the sign-in form: the person landed on the
+    # list, not on the run the link named.
+    run_id = start_run(server, one_step("linked_run", "a"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        first = page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        assert first is not None and first.status == 401
+        page.fill("input[name=token]", "not-the-token-at-all")  # a wrong one first: the form keeps it too
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Wrong token.", timeout=WAIT_MS)
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector(node(page, "a", "completed"), timeout=WAIT_MS)
+        assert page.url == f"{server.base}/ui/#/runs/{run_id}"
+        assert page.inner_text("#title") == f"linked_run · {run_id}"
+    finally:
+        context.close()
+
+
+def test_signing_out_ends_the_sign_in_on_the_server_so_its_cookie_is_refused(
+    browser: Any, server: Served
+) -> None:
+    # There was no sign-out: a cookie, once given, worked for as long as the token did.
+    call = {"name": "list_workflows", "arguments": {}}
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        cookie = next(c for c in context.cookies() if c["name"] == UiAccess(TOKEN).cookie_name)
+        old = {"Cookie": f"{cookie['name']}={cookie['value']}"}
+        assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=old).status_code == 200
+        page.click("#sign-out button")
+        page.wait_for_selector("input[name=token]", timeout=WAIT_MS)
+        assert page.url == f"{server.base}/ui/login"
+        assert not any(c["name"] == cookie["name"] for c in context.cookies())
+        assert httpx.post(f"{server.base}/ui/api/call", json=call, headers=old).status_code == 401
+        assert httpx.get(f"{server.base}/ui/", headers=old).status_code == 401
+        sign_in(page, server.base, TOKEN)  # a new sign-in is a new session
+        assert page.locator("#sign-out button").is_visible()
+    finally:
+        context.close()
+
+
+def test_failed_sign_ins_from_one_address_get_429_with_retry_after_past_a_few(tmp_path: Path) -> None:
+    # A wrong token could be tried at full speed, without end.
+    wrong = {"token": "not-the-token-0123456789"}
+    with served(tmp_path / "throttled", env={"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as guarded:
+        with httpx.Client(base_url=guarded.base) as http:
+            answers = [http.post("/ui/login", data=wrong) for _ in range(5)]
+            assert [a.status_code for a in answers] == [401] * 5
+            slowed = http.post("/ui/login", data=wrong)
+            assert slowed.status_code == 429 and slowed.headers["retry-after"] == "1", slowed.headers
+            assert (
+                "Too many failed sign-ins from this address" in slowed.text
+                and "try again in 1 s" in slowed.text
+            )
+            # each further failure doubles the wait (counted while it waits too): 2, 4, 8, 16 s
+            longer = [http.post("/ui/login", data=wrong) for _ in range(4)]
+            assert [a.headers.get("retry-after") for a in longer] == ["2", "4", "8", "16"]
+            # while it waits, the right token is refused too, and so is a one-time code
+            waiting = http.post("/ui/login", data={"token": TOKEN})
+            assert waiting.status_code == 429 and 0 < int(waiting.headers["retry-after"]) <= 16
+            assert http.get("/ui/login", params={"code": "guess"}).status_code == 429
+            assert http.get("/ui/login").status_code == 200  # the form itself is always shown
 
 
 def test_two_servers_on_one_host_keep_separate_sign_ins(browser: Any, server: Served, tmp_path: Path) -> None:
@@ -471,18 +540,10 @@ def test_a_poll_in_flight_when_you_leave_a_run_never_draws_that_run_again(
     browser: Any, server: Served, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    waiting = {"name": "held_run", "steps": [mixed_workflow(gate)["steps"][3]]}
-    for spec in (waiting, one_step("elsewhere", "only")):
-        created = mcp_call(server.url, "create_workflow", spec, AUTH)
-        assert not created.is_error, created.content
-    started = mcp_call(server.url, "execute_workflow", {"workflow_name": "held_run", "wait": False}, AUTH)
-    run_id = started.structured_content["run_id"]
-    context = browser.new_context()
-    context.add_init_script(HOLD_RUN_FETCHES)
-    try:
-        page = context.new_page()
-        sign_in(page, server.base, TOKEN)
-        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+    created = mcp_call(server.url, "create_workflow", one_step("elsewhere", "only"), AUTH)
+    assert not created.is_error, created.content
+    waiting = gated("held_run", gate)
+    with gated_run_page(browser, server, waiting, [gate], init_script=HOLD_RUN_FETCHES) as (page, _run_id):
         page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
         page.evaluate("window.__holdRuns = true")
         page.wait_for_function("() => window.__held.length > 0", timeout=WAIT_MS)  # the next poll, in flight
@@ -495,9 +556,6 @@ def test_a_poll_in_flight_when_you_leave_a_run_never_draws_that_run_again(
         assert page.inner_text("#title") == "workflow elsewhere"
         assert page.locator(node(page, "only", "defined")).count() == 1
         assert page.locator('g.node[data-step="gate"]').count() == 0
-    finally:
-        gate.touch()
-        context.close()
 
 
 def test_the_list_shows_a_run_started_elsewhere_even_when_every_listed_run_had_finished(
@@ -574,18 +632,41 @@ def start_run(server: Served, spec: dict[str, Any]) -> str:
     return str(started.structured_content["run_id"])
 
 
+@contextmanager
+def gated_run_page(
+    browser: Any,
+    server: Served,
+    spec: dict[str, Any],
+    gates: Sequence[Path],
+    *,
+    init_script: str | None = None,
+    viewport: dict[str, int] | None = None,
+) -> Iterator[tuple[Any, str]]:
+    """A signed-in page showing a new run of ``spec`` (whose steps wait for ``gates``), with its first
+    step drawn; at the end the gates open, so no run outlives the test, and the browser context closes."""
+    run_id = start_run(server, spec)
+    context = browser.new_context(**({"viewport": viewport} if viewport else {}))
+    if init_script is not None:
+        context.add_init_script(init_script)
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+        page.wait_for_selector("svg#dag g.node", timeout=WAIT_MS)
+        yield page, run_id
+    finally:
+        for gate in gates:
+            gate.touch()
+        context.close()
+
+
 def test_a_run_view_that_loses_the_server_keeps_its_view_retries_and_catches_up_when_it_answers(
     browser: Any, server: Served, tmp_path: Path
 ) -> None:
     # One failed request (the server stopped and started again) froze the page on "running" with only
     # "Failed to fetch" in its body, and it never polled again, while the run had ended.
     gate = tmp_path / "gate"
-    run_id = start_run(server, gated("lost_server", gate))
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        sign_in(page, server.base, TOKEN)
-        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+    with gated_run_page(browser, server, gated("lost_server", gate), [gate]) as (page, run_id):
         page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
 
         def refused(route: Any) -> None:
@@ -618,30 +699,90 @@ def test_a_run_view_that_loses_the_server_keeps_its_view_retries_and_catches_up_
         page.wait_for_function(
             "() => document.getElementById('connection').textContent === ''", timeout=WAIT_MS
         )
-    finally:
-        gate.touch()
-        context.close()
 
 
 def test_a_run_view_signed_out_meanwhile_says_so_and_links_to_the_sign_in(
     browser: Any, server: Served, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    run_id = start_run(server, gated("signed_out", gate))
-    context = browser.new_context()
-    try:
-        page = context.new_page()
-        sign_in(page, server.base, TOKEN)
-        page.goto(f"{server.base}/ui/#/runs/{run_id}")
+    with gated_run_page(browser, server, gated("signed_out", gate), [gate]) as (page, run_id):
         page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
-        context.clear_cookies()  # as when the server's token changes: the next poll gets a real 401
+        page.context.clear_cookies()  # as when the server's token changes: the next poll gets a real 401
         page.wait_for_selector("#connection:has-text('signed out')", timeout=WAIT_MS)
         assert "retrying" not in page.inner_text("#connection")
-        assert page.get_attribute("#sign-in-again", "href") == "login"
+        assert page.get_attribute("#sign-in-again", "href") == f"login#/runs/{run_id}"  # back to this run
         assert page.locator(node(page, "gate", "running")).count() == 1
-    finally:
-        gate.touch()
-        context.close()
+
+
+#: Page instrumentation: how many answers of the server the page has read (each poll reads one).
+COUNT_ANSWERS = """
+window.__answers = 0;
+const readJson = Response.prototype.json;
+Response.prototype.json = function () {
+  return readJson.call(this).then((value) => { window.__answers++; return value; });
+};
+"""
+
+
+def test_a_poll_keeps_the_focus_the_selection_and_the_scroll_of_what_did_not_change(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    # Every poll (600 ms) drew the whole run again: the focused step, a selection in its details and the
+    # graph's scroll were lost each time.
+    first, second = tmp_path / "first", tmp_path / "second"
+    wait = mixed_workflow(first)["steps"][3]
+    spec = {
+        "name": "live",
+        "steps": [
+            {"name": "fetch", "module": "core", "action": "echo", "parameters": {"message": "keep me"}},
+            {**wait, "name": "gate"},
+            {**mixed_workflow(second)["steps"][3], "name": "hold"},
+        ]
+        + [{**wait, "name": f"more{n}", "dependencies": ["gate"]} for n in range(6)],
+    }
+    small = {"width": 760, "height": 260}
+    with gated_run_page(
+        browser, server, spec, [first, second], init_script=COUNT_ANSWERS, viewport=small
+    ) as (page, _run_id):
+        page.wait_for_selector(node(page, "fetch", "completed"), timeout=WAIT_MS)
+        page.click('g.node[data-step="fetch"]')  # selects it and focuses it
+        page.wait_for_selector("#details pre", timeout=WAIT_MS)
+        selected = page.evaluate(
+            """() => {
+              const range = document.createRange();
+              range.selectNodeContents(document.querySelector("#details pre"));
+              getSelection().removeAllRanges();
+              getSelection().addRange(range);
+              window.__fetch = document.querySelector('g.node[data-step="fetch"]');
+              window.__gate = document.querySelector('g.node[data-step="gate"]');
+              const graph = document.querySelector(".graph");
+              graph.scrollLeft = graph.scrollWidth;
+              window.scrollTo(0, document.documentElement.scrollHeight);
+              return [getSelection().toString(), graph.scrollLeft, window.scrollY];
+            }"""
+        )
+        text, graph_top, page_y = selected
+        assert "keep me" in text and graph_top > 0 and page_y > 0, selected
+        assert page.evaluate("document.activeElement.dataset.step") == "fetch"
+
+        first.touch()  # one step changes; the others stay as they were
+        page.wait_for_selector(node(page, "gate", "completed"), timeout=WAIT_MS)
+        seen = page.evaluate("window.__answers")
+        page.wait_for_function(f"() => window.__answers >= {seen + 4}", timeout=WAIT_MS)  # more polls
+
+        kept = page.evaluate(
+            """() => [document.activeElement === window.__fetch, getSelection().toString(),
+                      document.querySelector(".graph").scrollLeft, window.scrollY,
+                      document.querySelector('g.node[data-step="gate"]') === window.__gate]"""
+        )
+        assert kept == [True, text, graph_top, page_y, True], kept
+        label = page.get_attribute('g.node[data-step="gate"]', "aria-label") or ""
+        assert label.startswith("step gate: completed"), label
+
+        page.focus("#all-runs")  # the header is patched in place too
+        seen = page.evaluate("window.__answers")
+        page.wait_for_function(f"() => window.__answers >= {seen + 3}", timeout=WAIT_MS)
+        assert page.evaluate("document.activeElement.id") == "all-runs"
 
 
 # --------------------------------------------------------------------------- every status drawn

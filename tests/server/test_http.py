@@ -879,3 +879,36 @@ async def test_a_run_record_over_a_mib_reaches_the_sdk_client_and_its_large_valu
     assert (
         wrong.is_error and "step: run" in wrong.content[0].text and "'a', 'b', 'c'" in wrong.content[0].text
     )  # type: ignore[union-attr]
+
+
+def test_a_throttled_address_signs_in_once_its_wait_is_over_and_tracked_addresses_stay_bounded() -> None:
+    from codomyrmex_orchestration.server._ui_throttle import SignInThrottle
+
+    now = [1000.0]
+    throttle = SignInThrottle(free=2, first_wait=10, longest_wait=60, max_addresses=3, clock=lambda: now[0])
+    assert [throttle.failed("10.0.0.1") for _ in range(4)] == [0, 0, 10, 20]
+    assert throttle.retry_after("10.0.0.1") == 20
+    now[0] += 20  # the window is over: the next try is taken (and a right one clears the count)
+    assert throttle.retry_after("10.0.0.1") == 0
+    throttle.succeeded("10.0.0.1")
+    assert throttle.failed("10.0.0.1") == 0
+    for n in range(50):  # many addresses: the oldest are forgotten, memory stays bounded
+        throttle.failed(f"10.0.1.{n}")
+    assert throttle.tracked() == 3
+    assert throttle.failed("10.0.0.9") == 0 and throttle.tracked() == 3
+
+
+def test_a_signed_out_cookie_stays_refused_after_a_restart_and_a_new_token_refuses_every_cookie(
+    tmp_path: Path,
+) -> None:
+    from codomyrmex_orchestration.server._ui_sessions import UiSessions
+
+    path = tmp_path / "ui_sign_outs.json"
+    sessions = UiSessions(b"key-one", path=path)
+    kept, ended = sessions.issue(), sessions.issue()
+    assert sessions.valid(kept) and sessions.valid(ended)
+    assert sessions.revoke(ended) and not sessions.valid(ended) and sessions.valid(kept)
+    restarted = UiSessions(b"key-one", path=path)  # the server started again on the same state
+    assert restarted.valid(kept) and not restarted.valid(ended)
+    assert not UiSessions(b"key-two", path=path).valid(kept)  # another token
+    assert not sessions.valid(kept + "0") and not sessions.revoke("forged.value.abc")

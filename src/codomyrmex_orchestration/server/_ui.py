@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import html
 import json
+import math
 import secrets
 import threading
 import uuid
@@ -32,6 +33,8 @@ from starlette.routing import Route
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._hardening import is_loopback
 from codomyrmex_orchestration.server._server_record import read_record
+from codomyrmex_orchestration.server._ui_sessions import UiSessions
+from codomyrmex_orchestration.server._ui_throttle import SignInThrottle
 
 if TYPE_CHECKING:
     from starlette.types import Scope
@@ -60,6 +63,7 @@ READ_TOOLS = frozenset({"list_workflows", "get_workflow", "list_workflow_runs", 
 COOKIE_NAME = "codomyrmex_ui"
 log = get_logger("codomyrmex_orchestration.server")
 _MODE_MARK = '/*MODE*/"app"'
+_SIGN_OUT_MARK = '<form id="sign-out" hidden'
 _MAX_BODY = 64 * 1024
 _TOO_LARGE = f"Request body too large: the run view takes at most {_MAX_BODY // 1024} KiB"
 _TOO_DEEP = 'the body is JSON nested too deeply to read; expected {"name": <tool>, "arguments": {...}}'
@@ -67,15 +71,17 @@ _NEEDS_TOKEN = "This page needs the server's bearer token."
 _REALM = 'Bearer realm="codomyrmex-orchestration"'
 _NOT_FRAMED = {"X-Frame-Options": "DENY"}  # for browsers that predate CSP's frame-ancestors
 _PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", **_NOT_FRAMED}
-# The sign-in page: no script, its own inline style, a form posting to this server, never framed. Not
-# Referrer-Policy: no-referrer: a form posted under it carries "Origin: null", which the check refuses.
-_LOGIN_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'",
-    **_NOT_FRAMED,
-    "WWW-Authenticate": _REALM,
-}
+# The sign-in page: one script of its own (a nonce), its own inline style, a form posting to this server,
+# never framed. Not Referrer-Policy: no-referrer: a form posted under it carries "Origin: null", which the
+# check refuses.
+_LOGIN_HEADERS = {"Cache-Control": "no-store", **_NOT_FRAMED, "WWW-Authenticate": _REALM}
+
+
+def _login_csp(nonce: str) -> str:
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    )
 
 
 @functools.cache
@@ -88,8 +94,10 @@ def app_html() -> str:
     return _page()
 
 
-def _browser_page(nonce: str) -> str:
-    return _page().replace(_MODE_MARK, '"browser"', 1).replace("<script>", f'<script nonce="{nonce}">', 1)
+def _browser_page(nonce: str, *, signed_in: bool) -> str:
+    page = _page().replace(_MODE_MARK, '"browser"', 1).replace("<script>", f'<script nonce="{nonce}">', 1)
+    # Only a server with a token has a sign-in to end: its page shows the sign-out button.
+    return page.replace(_SIGN_OUT_MARK, '<form id="sign-out"', 1) if signed_in else page
 
 
 def _csp(nonce: str) -> str:
@@ -106,27 +114,35 @@ input{{width:100%;padding:6px;margin:8px 0}}.error{{color:#dc2626}}</style></hea
 <h1>codomyrmex-orchestration</h1><p>{message}</p>
 <form method="post" action="/ui/login"><label>Bearer token
 <input type="password" name="token" autocomplete="current-password" autofocus></label>
-<button type="submit">Sign in</button></form></body></html>"""
+<button type="submit">Sign in</button></form>
+<script nonce="{nonce}">if (location.hash) document.forms[0].action = "/ui/login" + location.hash;</script>
+</body></html>"""
+# The script keeps the address's #fragment (the run a link named) through sign-in: the browser never sends
+# a fragment, but it posts to the action's URL and carries that URL's fragment over the 303 to /ui/ (a
+# redirect whose Location has none inherits it), so the server never reads or redirects to it.
 
 
 class UiAccess:
-    """Who may read ``/ui/``: the bearer token (header), its cookie, or a one-time login code.
+    """Who may read ``/ui/``: the bearer token (header), a sign-in's cookie, or a one-time login code.
 
-    The cookie's value is an HMAC of the token, so it never carries the token itself and stops working
-    when the token changes. Its name (:attr:`cookie_name`) is derived from the token too: browsers keep
-    cookies per host, not per port, and two servers on one host (or two containers behind one) must not
-    overwrite each other's sign-in; servers sharing a token share a cookie, which both accept. One-time
-    codes are kept in memory (guarded by ``_lock``) and spent on use.
+    Each sign-in's cookie names a session of its own, signed with a key derived from the token
+    (:class:`UiSessions`), so it never carries the token itself, stops working when the token changes,
+    and stops working when signed out (:meth:`sign_out`). Its name (:attr:`cookie_name`) is derived from
+    the token too: browsers keep cookies per host, not per port, and two servers on one host (or two
+    containers behind one) must not overwrite each other's sign-in; servers sharing a token accept each
+    other's cookies. One-time codes are kept in memory (guarded by ``_lock``) and spent on use; failed
+    sign-ins are counted per client address (:attr:`throttle`).
 
     Args:
         token: the server's bearer token, or None when the server runs without auth (loopback only).
+        sign_outs: the file that keeps sign-outs across restarts (None: in memory only).
     """
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, sign_outs: Path | None = None) -> None:
         self.token = token
-        self._cookie = (
-            hmac.new(token.encode(), b"codomyrmex-ui-session", hashlib.sha256).hexdigest() if token else None
-        )
+        key = hmac.new(token.encode(), b"codomyrmex-ui-session", hashlib.sha256).digest() if token else None
+        self._sessions = UiSessions(key, path=sign_outs) if key is not None else None
+        self.throttle = SignInThrottle()
         tag = (
             hmac.new(token.encode(), b"codomyrmex-ui-cookie-name", hashlib.sha256).hexdigest()
             if token
@@ -158,37 +174,74 @@ class UiAccess:
     def token_ok(self, presented: str) -> bool:
         return self.token is None or hmac.compare_digest(presented.strip().encode(), self.token.encode())
 
-    def cookie_ok(self, scope: Scope) -> bool:
-        """True when the request carries this server's UI cookie (or no auth is required)."""
-        if self._cookie is None:
-            return True
+    def _cookies(self, scope: Scope) -> list[str]:
+        """The values of this server's UI cookies the request carries."""
+        found = []
         for key, value in scope.get("headers", []):
             if key != b"cookie":
                 continue
             for part in value.decode("latin-1").split(";"):
                 name, _, content = part.strip().partition("=")
-                if name == self.cookie_name and hmac.compare_digest(content.encode(), self._cookie.encode()):
-                    return True
-        return False
+                if name == self.cookie_name:
+                    found.append(content)
+        return found
+
+    def cookie_ok(self, scope: Scope) -> bool:
+        """True when the request carries a valid sign-in cookie of this server (or no auth is required)."""
+        sessions = self._sessions
+        return sessions is None or any(sessions.valid(value) for value in self._cookies(scope))
+
+    def sign_out(self, request: Request) -> Response:
+        """Revoke the request's sign-in (its cookie is refused from now on) and go to the sign-in form."""
+        if self._sessions is None:
+            return RedirectResponse("/ui/", status_code=303)
+        for value in self._cookies(request.scope):
+            self._sessions.revoke(value)
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(self.cookie_name, path="/ui", httponly=True, samesite="strict")
+        return response
 
     def signed_in(self, request: Request, target: str = "/ui/") -> Response:
         response = RedirectResponse(target, status_code=303)
-        if self._cookie is not None:
+        if self._sessions is not None:
             # Secure where the browser will send it back: HTTPS, or plain HTTP to a loopback name (which
             # browsers treat as a secure context); over plain HTTP to another host a Secure cookie is
             # dropped and the sign-in would loop.
             secure = request.url.scheme == "https" or is_loopback(request.url.hostname or "")
             response.set_cookie(
-                self.cookie_name, self._cookie, path="/ui", httponly=True, secure=secure, samesite="strict"
+                self.cookie_name,
+                self._sessions.issue(),
+                path="/ui",
+                httponly=True,
+                secure=secure,
+                samesite="strict",
             )
         return response
 
-    def login_page(self, message: str = _NEEDS_TOKEN, status: int = 401) -> Response:
+    def login_page(
+        self, message: str = _NEEDS_TOKEN, status: int = 401, headers: dict[str, str] | None = None
+    ) -> Response:
+        nonce = secrets.token_urlsafe(16)
         return HTMLResponse(
-            _LOGIN_FORM.format(message=html.escape(message)),
+            _LOGIN_FORM.format(message=html.escape(message), nonce=nonce),
             status_code=status,
-            headers=_LOGIN_HEADERS,
+            headers={**_LOGIN_HEADERS, "Content-Security-Policy": _login_csp(nonce), **(headers or {})},
         )
+
+    def refused(self, address: str, message: str) -> Response:
+        """A failed sign-in from ``address``: counted, and said (with the wait it now has, if any)."""
+        wait = self.throttle.failed(address)
+        return self.too_many(wait, message) if wait else self.login_page(message)
+
+    def too_many(self, wait: float, first: str = "") -> Response:
+        """429: ``address`` failed too often and must wait ``wait`` seconds (Retry-After)."""
+        seconds = max(math.ceil(wait), 1)
+        message = (
+            f"{first + ' ' if first else ''}Too many failed sign-ins from this address "
+            f"(more than {self.throttle.free}): try again in {seconds} s; each further failure doubles the "
+            "wait."
+        )
+        return self.login_page(message, status=429, headers={"Retry-After": str(seconds)})
 
 
 def ui_routes(
@@ -203,7 +256,7 @@ def ui_routes(
             return refused
         nonce = secrets.token_urlsafe(16)
         return HTMLResponse(
-            _browser_page(nonce),
+            _browser_page(nonce, signed_in=access.required),
             headers={"Content-Security-Policy": _csp(nonce), **_PAGE_HEADERS},
         )
 
@@ -212,20 +265,35 @@ def ui_routes(
             return refused
         if not access.required:
             return RedirectResponse("/ui/", status_code=303)
-        if request.method == "GET":
-            code = request.query_params.get("code")
-            if code is None:
-                return access.login_page(status=200)
-            if access.redeem(code):
+        code = request.query_params.get("code") if request.method == "GET" else None
+        if request.method == "GET" and code is None:
+            return access.login_page(status=200)
+        # While an address waits, a wrong try (and any code: one is never checked then) counts again, so
+        # the wait goes on growing; the right token is refused without counting.
+        address = request.client.host if request.client is not None else ""
+        waiting = access.throttle.retry_after(address)
+        if code is not None:
+            if not waiting and access.redeem(code):
+                access.throttle.succeeded(address)
                 return access.signed_in(request)
-            return access.login_page("That sign-in link was used already or is not valid.")
+            return access.refused(
+                address, "" if waiting else "That sign-in link was used already or is not valid."
+            )
         body = await _bounded_body(request)
         if body is None:
             return PlainTextResponse(f"{_TOO_LARGE}; the sign-in form sends far less", status_code=413)
         token = parse_qs(body.decode("utf-8", errors="replace")).get("token", [""])[0]
         if token and access.token_ok(token):
+            if waiting:
+                return access.too_many(waiting)
+            access.throttle.succeeded(address)
             return access.signed_in(request)
-        return access.login_page("Wrong token.")
+        return access.refused(address, "Wrong token.")
+
+    async def logout(request: Request) -> Response:
+        if refused := await guard.validate_request(request):
+            return refused
+        return access.sign_out(request)
 
     async def call(request: Request) -> Response:
         if refused := await guard.validate_request(request, is_post=True):
@@ -257,6 +325,7 @@ def ui_routes(
         Route("/ui", endpoint=lambda request: RedirectResponse("/ui/", status_code=307)),
         Route("/ui/", endpoint=_reported(page), methods=["GET"]),
         Route("/ui/login", endpoint=_reported(login), methods=["GET", "POST"]),
+        Route("/ui/logout", endpoint=_reported(logout), methods=["POST"]),
         Route("/ui/api/call", endpoint=_reported(call), methods=["POST"]),
     ]
 

@@ -965,7 +965,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 backend_options=_loop_options(),
             )
         else:
-            ui_access = _ui.UiAccess(token)
+            sign_outs = settings.state_dir / "ui_sign_outs.json" if settings.durable else None
+            ui_access = _ui.UiAccess(token, sign_outs=sign_outs)
             sse_sessions = SseSessions() if transport == "sse" else None
             app = build_http_app(
                 server,
