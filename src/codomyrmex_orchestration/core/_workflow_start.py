@@ -95,9 +95,8 @@ class RunStarter:
             pending_rows=live_readers,
             parent_step=parent_step,
         )
-        self._recorder.store.check_budget(
-            record.parameters
-        )  # refuses work the state directory has no room for
+        # Refuses work the state directory has no room for, the run's record (estimated) included.
+        self._recorder.store.check_budget(record.parameters, steps=len(plan.spec.steps))
         if before_record is not None:
             before_record(record.run_id)
         run = RunState(
