@@ -182,6 +182,12 @@ class Settings(BaseModel):
     #: Tasks and steps accepted but not started yet (queued, waiting on dependencies or a retry); past it
     #: new work is refused, naming this setting. Clients take turns within a priority level.
     max_queued_tasks: int = Field(default=DEFAULT_MAX_QUEUED_TASKS, ge=1)
+    #: One client's share of ``max_queued_tasks`` (a client: an MCP connection, or on 2026-07-28 a
+    #: clientInfo name and version; or the session a call names). Unset: three quarters of the cap, so a
+    #: lone client gets most of it and another still finds room; while several clients have tasks
+    #: waiting, the cap divided among them if that is less. Past it the client's new work is refused,
+    #: naming this setting; a run already accepted is never refused.
+    max_queued_per_client: int | None = Field(default=None, ge=1)
     max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1)
     #: Workflows registered at once (every source); past it a new name is refused, naming this setting.
     max_workflows: int = Field(default=DEFAULT_MAX_WORKFLOWS, ge=1)

@@ -276,3 +276,14 @@ def test_build_engine_turns_settings_into_plain_arguments(tmp_path: Path) -> Non
         assert not engine.store.durable and not engine.registry.allow_code_execution
     finally:
         engine.shutdown()
+
+
+def test_the_per_client_queue_share_is_read_from_its_variable_and_a_bad_one_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    environ = {"CODOMYRMEX_MAX_QUEUED_TASKS": "10", "CODOMYRMEX_MAX_QUEUED_PER_CLIENT": "3"}
+    settings = Settings.from_env(environ, state_dir=tmp_path / "s", durable=False)
+    assert engine_arguments(settings)["max_queued_per_client"] == 3
+    assert engine_arguments(Settings.from_env({}, durable=False))["max_queued_per_client"] is None
+    with pytest.raises(InvalidInputError, match="CODOMYRMEX_MAX_QUEUED_PER_CLIENT"):
+        Settings.from_env({"CODOMYRMEX_MAX_QUEUED_PER_CLIENT": "0"})

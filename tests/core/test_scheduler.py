@@ -1305,6 +1305,85 @@ def test_submissions_beyond_the_queue_cap_are_refused_naming_the_cap_and_the_set
     assert orch.wait(orch.submit(lambda ctx: "again", name="later"), WAIT).result == "again"
 
 
+def test_one_client_cannot_take_the_whole_queue_and_another_clients_task_is_accepted_beside_it(
+    make_orch: Any,
+) -> None:
+    # cap 12: a client's share is 9 (three quarters) alone, and the cap divided among the clients with
+    # tasks waiting once others have some. Before shares, the greedy client took all 12 places and
+    # every other client's task was refused by the cap.
+    orch = make_orch(1, max_queued=12)
+    _, release = blocker(orch)
+    greedy = [orch.submit(noop, name=f"g{i}", session_id="greedy") for i in range(9)]
+    with pytest.raises(LimitExceededError) as refused:
+        orch.submit(noop, name="g9", session_id="greedy")
+    assert refused.value.field == "max_queued_per_client" and refused.value.limit == 9
+    text = str(refused.value)
+    assert "'greedy' has 9 tasks waiting" in text and "its share of the queue is 9" in text
+    assert "CODOMYRMEX_MAX_QUEUED_PER_CLIENT is 9" in text and "wait for its queued tasks" in text
+    with pytest.raises(LimitExceededError, match="max_queued_per_client"):
+        orch.check_queue_room("greedy")  # a new run for it: refused at the door too
+    polite = [orch.submit(noop, name="p0", session_id="polite")]  # room was kept for another client
+    orch.check_queue_room("polite")
+    orch.check_queue_room()  # work for nobody in particular counts against the cap only
+    with pytest.raises(LimitExceededError) as refused:  # two clients wait now: 12 / 2 = 6 each
+        orch.submit(noop, name="g9", session_id="greedy")
+    assert refused.value.limit == 6 and "cap of 12 shared among the 2 clients" in str(refused.value)
+    polite += orch.submit_many([TaskCall(noop, f"p{i}") for i in (1, 2)], orch.settings(session_id="polite"))
+    release.set()
+    assert all(r.status is TaskStatus.COMPLETED for r in orch.wait_all([*greedy, *polite], WAIT))
+    again = [orch.submit(noop, name=f"again{i}", session_id="greedy") for i in range(9)]  # drained
+    assert len(orch.wait_all(again, WAIT)) == 9
+
+
+def test_a_clients_share_never_refuses_its_accepted_work_and_counts_retries_cancels_and_skips_right(
+    make_orch: Any,
+) -> None:
+    orch = make_orch(1, max_queued=8, max_queued_per_client=2)
+    _, release = blocker(orch)
+    run = TaskGroup(accepted=True)  # a run's steps for the client, accepted at the run's door
+    steps = orch.submit_many(
+        [TaskCall(noop, f"s{i}") for i in range(4)], orch.settings(group=run, session_id="a")
+    )
+    steps.append(orch.submit(noop, name="s4", group=run, session_id="a"))  # a later wave, past its share
+    with pytest.raises(LimitExceededError, match="CODOMYRMEX_MAX_QUEUED_PER_CLIENT is 2"):
+        orch.submit(noop, name="new work", session_id="a")
+    orch.check_queue_room("b")  # another client's run still finds room
+    release.set()
+    assert all(r.status is TaskStatus.COMPLETED for r in orch.wait_all(steps, WAIT))
+    # Every way out of the queue gives the place back: a retry, a cancel, a skip, a failure.
+    tries: list[int] = []
+
+    def flaky(ctx: ActionContext) -> str:
+        tries.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    assert orch.wait(orch.submit(flaky, name="flaky", max_retries=1, session_id="a"), WAIT).result == "ok"
+    _, release = blocker(orch)
+    doomed = orch.submit(noop, name="doomed", session_id="a")
+    assert orch.cancel_task(doomed)
+
+    def fail(ctx: ActionContext) -> None:
+        raise RuntimeError("fails")
+
+    failing = orch.submit(fail, name="fails", session_id="a")
+    skipped = orch.submit(noop, name="skipped", dependencies=[failing], session_id="a")
+    release.set()
+    assert orch.wait(skipped, WAIT).status is TaskStatus.SKIPPED and tries == [1, 2]
+    _, release = blocker(orch)
+    fits = [orch.submit(noop, name=f"f{i}", session_id="a") for i in range(2)]  # its whole share again
+    with pytest.raises(LimitExceededError, match="max_queued_per_client"):
+        orch.submit(noop, name="f2", session_id="a")
+    release.set()
+    orch.wait_all(fits, WAIT)
+
+
+def test_a_per_client_share_below_one_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidInputError, match="max_queued_per_client"):
+        TaskOrchestrator(1, max_queued=4, max_queued_per_client=0)
+
+
 class ExpiringResources(CountingResources):
     """Like a ResourceManager with burst expiry: granting may free expired capacity and tell the
     release listeners at once, on the thread that called try_acquire."""

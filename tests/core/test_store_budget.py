@@ -7,9 +7,11 @@ import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.core.actions import ActionDefinition
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.core.store import MemoryStore, SqliteStore
@@ -460,3 +462,46 @@ def test_definitions_and_sessions_stored_before_the_upgrade_count_once_it_is_app
         store.delete_workflow("w")
         store.flush()
         assert store.health()["bytes_used"] == 50_000 + 30_002  # the definition's bytes went with it
+
+
+def test_a_run_is_refused_before_its_record_would_take_the_state_past_its_budget(tmp_path: Path) -> None:
+    # Admission used to refuse only once the bytes used were already over the budget: runs admitted
+    # just under it overshot it by their records. Now the run's record (its parameters and a row per
+    # step, estimated) must fit before the run is accepted. A held run cannot be evicted, so an
+    # admitted one shows the overshoot.
+    budget = 1_000_000
+    engine = OrchestrationEngine(state_dir=tmp_path / "state", config_dir=None, state_max_bytes=budget)
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(params: dict[str, Any], ctx: Any) -> bool:
+        holding.set()
+        return gate.wait(30)
+
+    engine.registry.register(ActionDefinition("test", "hold", hold))
+    try:
+        manager = engine.workflow_manager
+        step = {"name": "a", "module": "test", "action": "hold", "parameters": {"p": "{{params.p}}"}}
+        manager.create_workflow({"name": "wf", "steps": [step]})
+
+        def room() -> int:
+            engine.store.flush()
+            return budget - int(engine.store.stats()["bytes_used"])
+
+        pads = 0
+        while room() > 30_000:  # definitions are never evicted: they fill the budget for good
+            pad = min(20_000, (room() - 20_000) // 3)  # a definition is kept with its version
+            manager.create_workflow({"name": f"pad{pads}", "parameters": {"p": "x" * pad}, "steps": [step]})
+            pads += 1
+        left = room()
+        assert 1_000 < left <= 30_000, left
+        with pytest.raises(LimitExceededError, match="CODOMYRMEX_STATE_MAX_BYTES") as refused:
+            manager.execute_workflow("wf", parameters={"p": "y" * 60_000}, wait=False)
+        assert "the new run's record" in str(refused.value) and refused.value.limit == budget
+        assert room() >= 0 and manager.list_runs() == []  # nothing of it was saved
+        small = manager.execute_workflow("wf", parameters={"p": "y"}, wait=False)  # its record fits
+        assert holding.wait(30)
+        gate.set()
+        assert manager.wait_run(small.run_id, timeout=30).status is WorkflowStatus.COMPLETED
+    finally:
+        gate.set()
+        engine.shutdown()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 BACKLOG = 40
 
 
-def one_worker_engine(root: Path, max_queued: int) -> OrchestrationEngine:
+def one_worker_engine(root: Path, max_queued: int, per_client: int | None = None) -> OrchestrationEngine:
     return OrchestrationEngine(
         state_dir=root / "state",
         config_dir=None,
@@ -32,6 +32,7 @@ def one_worker_engine(root: Path, max_queued: int) -> OrchestrationEngine:
         templates_dir=root / "templates",
         max_workers=1,
         max_queued_tasks=max_queued,
+        **({} if per_client is None else {"max_queued_per_client": per_client}),
         durable=False,
     )
 
@@ -40,8 +41,10 @@ def one_worker_engine(root: Path, max_queued: int) -> OrchestrationEngine:
 def make_tools(tmp_path: Path) -> Iterator[Any]:
     made: list[OrchestrationMCPTools] = []
 
-    def make(max_queued: int) -> OrchestrationMCPTools:
-        tools = OrchestrationMCPTools(engine_factory=lambda policy: one_worker_engine(tmp_path, max_queued))
+    def make(max_queued: int, per_client: int | None = None) -> OrchestrationMCPTools:
+        tools = OrchestrationMCPTools(
+            engine_factory=lambda policy: one_worker_engine(tmp_path, max_queued, per_client)
+        )
         made.append(tools)
         return tools
 
@@ -97,7 +100,7 @@ async def test_another_clients_task_is_not_starved_by_one_clients_backlog(
 async def test_past_the_queue_cap_new_tasks_are_refused_naming_the_setting(
     make_tools: Any, tmp_path: Path
 ) -> None:
-    server = build_server(make_tools(max_queued=5))
+    server = build_server(make_tools(max_queued=5, per_client=5))  # the cap itself, not a share of it
     gate = tmp_path / "gate"
     async with Client(server) as client:
         assert not (await client.call_tool("execute_task", gate_task(gate))).is_error
@@ -118,7 +121,7 @@ async def test_past_the_queue_cap_new_tasks_are_refused_naming_the_setting(
 async def test_another_clients_backlog_never_fails_a_run_accepted_before_it_and_new_runs_are_refused(
     make_tools: Any, tmp_path: Path
 ) -> None:
-    tools = make_tools(max_queued=5)
+    tools = make_tools(max_queued=5, per_client=5)
     server = build_server(tools)
     gate = tmp_path / "gate"
     first = {key: value for key, value in gate_task(gate).items() if key != "wait"}
@@ -149,6 +152,45 @@ async def test_another_clients_backlog_never_fails_a_run_accepted_before_it_and_
         gate.touch()  # the run's first step ends: its eight next steps join the full queue
         record = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, 30)
     assert record.status.value == "completed", {name: r.error for name, r in record.steps.items()}
+
+
+ONLY = {"name": "only", "module": "core", "action": "echo", "parameters": {"message": "only"}}
+
+
+async def test_one_client_filling_its_share_leaves_room_for_another_clients_task_and_run(
+    make_tools: Any, tmp_path: Path
+) -> None:
+    # cap 8: a client's share is 6. Before shares, client a queued 8 and b's task and run were refused.
+    tools = make_tools(max_queued=8)
+    server = build_server(tools)
+    gate = tmp_path / "gate"
+    a_client = Client(server, client_info=Implementation(name="a", version="1"))
+    b_client = Client(server, client_info=Implementation(name="b", version="1"))
+    async with a_client as a, b_client as b:
+        created = await b.call_tool("create_workflow", {"name": "one", "steps": [ONLY]})
+        assert not created.is_error, created.content
+        assert not (await a.call_tool("execute_task", gate_task(gate))).is_error  # holds the one worker
+        queued = [await a.call_tool("execute_task", echo(f"a{i}")) for i in range(6)]
+        assert not any(result.is_error for result in queued), [r.content for r in queued]
+        refused = await a.call_tool("execute_task", echo("a6"))
+        assert refused.is_error
+        text = refused.content[0].text
+        assert "'client-a/1' has 6 tasks waiting" in text and "share of the queue is 6" in text
+        assert "CODOMYRMEX_MAX_QUEUED_PER_CLIENT" in text and "wait for its queued tasks" in text
+        refused_run = await a.call_tool("execute_workflow", {"workflow_name": "one", "wait": False})
+        assert refused_run.is_error and "max_queued_per_client" in refused_run.content[0].text
+        mine = await b.call_tool("execute_task", echo("b0"))
+        assert not mine.is_error, mine.content  # b's task is accepted while a holds its share
+        run = await b.call_tool("execute_workflow", {"workflow_name": "one", "wait": False})
+        assert not run.is_error, run.content  # and so is b's run
+        gate.touch()
+        done = await b.call_tool(
+            "get_task", {"task_id": mine.structured_content["task_id"], "wait_seconds": 30}
+        )
+        assert done.structured_content["status"] == "completed"
+        run_id = run.structured_content["run_id"]
+        record = await anyio.to_thread.run_sync(tools.engine.workflow_manager.wait_run, run_id, 30)
+    assert record.status.value == "completed"
 
 
 async def test_execute_task_refuses_parameters_over_the_byte_limit_naming_the_setting(tmp_path: Path) -> None:

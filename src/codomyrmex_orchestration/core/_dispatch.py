@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from codomyrmex_orchestration.core._callbacks import safe_call
+from codomyrmex_orchestration.core._queue_room import MAX_QUEUED_SETTING, QueueRoom
 from codomyrmex_orchestration.core._ready_queue import ReadyQueue, ResourceAdmission
 from codomyrmex_orchestration.core._results import ResultPipeline
 from codomyrmex_orchestration.core._task import (
@@ -51,7 +52,6 @@ from codomyrmex_orchestration.core.actions import ActionContext, CancelEvent
 from codomyrmex_orchestration.core.models import ErrorInfo, TaskRecord, TaskStatus
 from codomyrmex_orchestration.core.timers import Timer, TimerService
 from codomyrmex_orchestration.errors import (
-    LimitExceededError,
     OrchestrationError,
     SchedulerShutdownError,
     StepCancelledError,
@@ -59,9 +59,6 @@ from codomyrmex_orchestration.errors import (
 )
 
 __all__ = ["MAX_QUEUED_SETTING", "Dispatcher"]
-
-#: The setting named when the cap on queued tasks refuses a submission.
-MAX_QUEUED_SETTING = "CODOMYRMEX_MAX_QUEUED_TASKS"
 
 _log = structlog.get_logger("codomyrmex_orchestration.scheduler")
 
@@ -96,15 +93,16 @@ class Dispatcher:
         results: ResultPipeline,
         timers: TimerService,
         max_queued: int | None = None,
+        max_queued_per_client: int | None = None,
     ) -> None:
-        self.max_queued = max_queued
+        self.room = QueueRoom(max_queued, max_queued_per_client)  # the cap and clients' shares of it
         self._resources = resources
         self._results = results
         self._timers = timers
         self.lock = threading.Lock()  # guards everything below, and the parts' state
         self.cond = threading.Condition(self.lock)  # idle workers wait here
         self._quiet = threading.Condition(self.lock)  # shutdown waits here for no active task
-        self.table = TaskTable(max_finished)
+        self.table = TaskTable(max_finished, self.room)
         self.queue: ReadyQueue[Task] = ReadyQueue(resources)
         self.pool = WorkerPool(
             self.cond,
@@ -131,7 +129,8 @@ class Dispatcher:
         Raises:
             SchedulerShutdownError: not accepting work.
             TaskNotFoundError: a dependency id is unknown, evicted, or of a task of the same call.
-            LimitExceededError: they would take the tasks waiting to start past ``max_queued``.
+            LimitExceededError: they would take the tasks waiting to start past ``max_queued``, or a
+                client's past its share (:mod:`._queue_room`).
         """
         out = Outbox()
         with self.lock:
@@ -176,14 +175,11 @@ class Dispatcher:
             self.pool.wake_all_locked()
         self.deliver_here(out)
 
-    def check_room(self) -> None:
-        """Raise ``LimitExceededError`` if ``max_queued`` tasks already wait to start (the door of work
-        accepted as a whole, whose tasks the cap then never refuses: see :meth:`_admit_locked`)."""
-        if self.max_queued is not None:
-            with self.lock:
-                waiting = self.table.active - self.running
-            if waiting >= self.max_queued:
-                raise _queue_full(self.max_queued, waiting + 1)
+    def check_room(self, client: str | None) -> None:
+        """Raise ``LimitExceededError`` if the cap, or ``client``'s share of it, is reached (the door of
+        work accepted as a whole, whose tasks the cap then never refuses: see :meth:`_admit_locked`)."""
+        with self.lock:
+            self.room.check_door(self.table.active - self.running, client)
 
     def wait_quiet(self, timeout: float | None) -> bool:
         """After :meth:`close`: wait until no task is active; False if some still are."""
@@ -225,14 +221,11 @@ class Dispatcher:
         """Take new tasks into the table, their group and the queue (or hold them on their dependencies).
         ``strict`` (:meth:`add`): all or none, raising what refuses one; else (what a worker's task's
         ``on_done`` submitted, see :meth:`TaskOrchestrator.submit_batch`) a refused task fails and its
-        ``on_done`` says why. The cap on queued tasks refuses new work only: a strict call, unless its
-        tasks are all of an accepted group (a run's steps); what an ``on_done`` submits continues work
-        already accepted. Returns the tasks held until listeners heard of them (:meth:`_release_held`)."""
-        cap = self.max_queued
-        if strict and cap is not None:
-            waiting = self.table.active - self.running + len(tasks)  # accepted, not final, not running
-            if waiting > cap and not all(t.group is not None and t.group.accepted for t in tasks):
-                raise _queue_full(cap, waiting)
+        ``on_done`` says why. The cap on queued tasks and clients' shares refuse new work only: a strict
+        call, unless its tasks are all of an accepted group (a run's steps); what an ``on_done`` submits
+        continues work already accepted. Returns the tasks held until listeners heard of them."""
+        if strict and self.room.max_queued is not None:
+            self.room.check_new(self.table.active - self.running, tasks)  # accepted, not final, not running
         accepted: list[tuple[Task, list[Task]]] = []
         for task in tasks:
             try:
@@ -326,6 +319,7 @@ class Dispatcher:
             deadline = now + task.timeout
             task.timer = self._arm(deadline, partial(_deadline_passed, self, task, task.attempts))
         self.running += 1
+        self.room.count(task, -1)
         record = None
         if self.listeners or (task.on_start is not None and not task.live_state):
             record = task.snapshot()
@@ -340,6 +334,7 @@ class Dispatcher:
         if not self.pool.call_returned_locked(worker, outcome is not None, out.handles):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
+        self.room.count(task, 1)  # waiting again until it ends or retries
         task.worker = None
         _cancel_timer(task)
         if outcome is not None:  # its worker claimed it and delivered on_done: final as delivered
@@ -387,6 +382,7 @@ class Dispatcher:
             task.resource_handle = None
         task.worker = None
         self.running -= 1
+        self.room.count(task, 1)
         _cancel_timer(task)
         if task.cancel_event is not None:
             out.cancels.append(task.cancel_event)
@@ -602,11 +598,6 @@ def _settle_locked(tasks: list[Task], out: Outbox) -> None:
             # Nobody waits on a settled task any more: its kept record holds no waiter, callback or
             # what they reach (a server's future and loop), which the garbage collector would walk.
             task.done_event = task.settle_callbacks = None
-
-
-def _queue_full(max_queued: int, waiting: int) -> LimitExceededError:
-    what = f"the number of tasks waiting to start, with these (setting {MAX_QUEUED_SETTING}),"
-    return LimitExceededError("max_queued", max_queued, waiting, what)
 
 
 def _make_final(

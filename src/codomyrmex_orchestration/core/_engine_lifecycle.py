@@ -28,6 +28,7 @@ _log = structlog.get_logger("codomyrmex_orchestration.engine")
 _INTEGERS: dict[str, tuple[int, bool]] = {
     "max_workers": (1, False),
     "max_queued_tasks": (1, True),
+    "max_queued_per_client": (1, True),
     "max_steps": (1, False),
     "max_workflows": (1, False),
     "max_open_sessions": (1, False),

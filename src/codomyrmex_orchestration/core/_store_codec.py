@@ -199,14 +199,27 @@ def check_intervals(**seconds: float) -> None:
             raise InvalidInputError(name, f"must be >= 0 seconds, got {value}")
 
 
+#: An estimate of what a new run's record takes in the state (besides its parameters): the run's row,
+#: and per step its result row with a small output (measured: ~300 bytes a step). Admission checks the
+#: byte budget with it (``SqliteStore.check_budget(steps=)``); outputs are not known in advance.
+RUN_ROW_BYTES = 512
+STEP_ROW_BYTES = 320
+
+
+def run_estimate(parameters_bytes: int, steps: int) -> int:
+    """The bytes a new run of ``steps`` steps is expected to add to the state: its parameters (kept in
+    its record) and the rows above."""
+    return parameters_bytes + RUN_ROW_BYTES + STEP_ROW_BYTES * steps
+
+
 def check_parameters(
     parameters: Mapping[str, Any] | None, limit: int, *, what: str = "the run's parameters"
-) -> None:
+) -> int:
     """Refuse parameters whose JSON is larger than ``limit`` bytes (a run stores them in its record), or
     that hold text JSON cannot carry; ``what`` names them in the refusal (a definition's defaults are
-    checked as it is validated)."""
+    checked as it is validated). Returns their size in bytes of JSON."""
     if not parameters:
-        return
+        return 0
     try:
         size = len(pydantic_core.to_json(dict(parameters), fallback=str))
     except pydantic_core.PydanticSerializationError:
@@ -222,14 +235,17 @@ def check_parameters(
         ) from None
     if size > limit:
         raise LimitExceededError(MAX_PARAMETERS_BYTES_SETTING, limit, size, f"{what}, in bytes of JSON,")
+    return size
 
 
-def refuse_over_budget(used: int, limit: int) -> LimitExceededError:
+def refuse_over_budget(used: int, limit: int, adding: int = 0) -> LimitExceededError:
+    """The budget's refusal; ``adding``: the estimate of the new run's record counted in ``used``."""
+    run = f", with about {adding} for the new run's record" if adding else ""
     return LimitExceededError(
         STATE_MAX_BYTES_SETTING,
         limit,
         used,
-        "the state directory's size in bytes (the byte budget: runs, workflow definitions, sessions; "
+        f"the state directory's size in bytes{run} (the byte budget: runs, workflow definitions, sessions; "
         "every finished run and closed session that could be evicted is gone, so finish or cancel running "
         "work, delete workflows or close sessions no longer needed, or raise the budget)",
     )

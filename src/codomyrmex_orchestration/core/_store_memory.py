@@ -306,9 +306,9 @@ class MemoryStore:
             ]
         return [build_run(raw, rows, batch) for raw, rows, batch in picked]
 
-    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
+    def check_budget(self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None) -> None:
         """Refuse parameters over ``max_parameters_bytes``; memory has no byte budget (retention
-        bounds it)."""
+        bounds it), so a run's ``steps`` do not matter."""
         check_parameters(parameters, self.max_parameters_bytes)
 
     def count_runs(self) -> dict[str, int]:

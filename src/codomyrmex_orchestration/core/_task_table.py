@@ -4,8 +4,9 @@ between tasks.
 It owns the tasks dict (live tasks and the newest ``max_finished`` finished ones), the counts since
 start, and the :class:`~codomyrmex_orchestration.core.graph.DependencyGraph` of tasks: a task is ready
 when the graph hands it out; the skip cascade (a task whose dependency ended without completing is
-SKIPPED, and so on downstream) is worked out here from the graph's edges and the tasks' outcomes. Not
-thread-safe: the scheduler guards it with its lock.
+SKIPPED, and so on downstream) is worked out here from the graph's edges and the tasks' outcomes. It
+tells the queue's room (:mod:`._queue_room`) of each task that joins or ends. Not thread-safe: the
+scheduler guards it with its lock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from codomyrmex_orchestration.core._queue_room import QueueRoom
 from codomyrmex_orchestration.core._task import FINAL, Task
 from codomyrmex_orchestration.core.graph import DependencyGraph
 from codomyrmex_orchestration.core.models import TaskPriority, TaskRecord, TaskStatus
@@ -26,10 +28,14 @@ class TaskTable:
 
     Args:
         max_finished: finished tasks kept for lookups; the oldest are forgotten beyond it.
+        room: counts each client's tasks not final (``None``: a room without cap or shares).
     """
 
-    def __init__(self, max_finished: int, id_prefix: str | None = None) -> None:
+    def __init__(
+        self, max_finished: int, room: QueueRoom | None = None, id_prefix: str | None = None
+    ) -> None:
         self.max_finished = max_finished
+        self.room = room if room is not None else QueueRoom(None)
         self.id_prefix = id_prefix  # of the ids of its tasks (an unknown id of another is explained)
         self.tasks: dict[str, Task] = {}
         self._finished_order: deque[str] = deque()
@@ -61,6 +67,7 @@ class TaskTable:
         """
         self.tasks[task.id] = task
         self.active += 1
+        self.room.count(task, 1)
         self.totals["submitted"] += 1
         if not dependencies:  # most tasks
             task.handed = True
@@ -124,6 +131,7 @@ class TaskTable:
             The tasks that may start now because it was the last thing they waited for.
         """
         self.active -= 1
+        self.room.count(task, -1)
         self.totals[task.status] += 1  # a StrEnum member finds its value's key
         ready: list[Task] = []
         in_graph = task in self._graph  # most tasks never join it (see add)

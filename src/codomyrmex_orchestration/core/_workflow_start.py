@@ -78,11 +78,12 @@ class RunStarter:
         the run is refused and nothing is left behind.
 
         Raises:
-            LimitExceededError: the scheduler's queue is at its cap (a sub-run is never refused so), the
-                parameters are too large, or the state directory has no room.
+            LimitExceededError: the scheduler's queue is at its cap or the client's share of it (a sub-run
+                is never refused so), the parameters are too large, or the state directory has no room.
         """
+        client = client or session_id or calling_client.get()  # whom its steps are queued for
         if parent_run_id is None:  # the door of new work; a sub-run continues its parent's
-            self._orchestrator.check_queue_room()
+            self._orchestrator.check_queue_room(client)
         # Who reads a run while it goes, besides snapshots: a durable store and on_step read its live
         # record (every row), and they and listeners hear each step start as it happens.
         live_readers = self._recorder.durable or on_step is not None
@@ -96,9 +97,8 @@ class RunStarter:
             pending_rows=live_readers,
             parent_step=parent_step,
         )
-        self._recorder.store.check_budget(
-            record.parameters
-        )  # refuses work the state directory has no room for
+        # Refuses work the state directory has no room for, the run's record (estimated) included.
+        self._recorder.store.check_budget(record.parameters, steps=len(plan.spec.steps))
         if before_record is not None:
             before_record(record.run_id)
         run = RunState(
@@ -112,7 +112,7 @@ class RunStarter:
             save_step=self._recorder.step_saver,
             max_map_items=self.max_map_items,
             max_resolved_size=self.max_resolved_size,
-            client=client or session_id or calling_client.get(),
+            client=client,
             secrets=self._secrets().get,
             use_cache=use_cache,
             starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,

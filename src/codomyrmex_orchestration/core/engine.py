@@ -171,18 +171,16 @@ class OrchestrationEngine:
         state_dir: where ``state.db`` lives (durable mode).
         config_dir: workflow JSON loaded at start.
         sample_dir: sample workflow JSON loaded before ``config_dir`` (``None``: none).
-        projects_dir: root for projects.
-        templates_dir: overrides for project and doc templates.
+        projects_dir, templates_dir: root for projects; overrides for project and doc templates.
         max_workers: the scheduler's worker threads.
         max_queued_tasks: most tasks and steps accepted and not started (``None``: no cap).
-        max_steps: most steps a workflow may have.
+        max_queued_per_client: most of those one client may have (``None``: 3/4 of the cap).
         max_workflows, max_open_sessions: most workflows registered, sessions open, at once.
-        max_map_items: most items one map step (``for_each``) may have.
+        max_steps, max_map_items: most steps a workflow, items one map step (``for_each``), may have.
         max_resolved_size: most characters a step's references may put into its parameters.
         max_output_bytes: most bytes of JSON a step's (or task's) output may take; larger outputs are
             replaced by a truncation marker (``None``: no cap).
-        max_subworkflow_depth: deepest nesting of ``workflow.run``.
-        max_subworkflow_runs: most sub-workflow runs under one top-level run.
+        max_subworkflow_depth, max_subworkflow_runs: deepest ``workflow.run`` nesting, most sub-runs per run.
         spill_outputs: write truncated outputs in full under ``state_dir/outputs/`` (durable mode).
         allow_code_execution: allow ``shell.run`` / ``python.call``.
         durable: keep state in SQLite under ``state_dir`` (else in memory).
@@ -206,6 +204,7 @@ class OrchestrationEngine:
         templates_dir: Path | str | None = DEFAULT_TEMPLATES_DIR,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_queued_tasks: int | None = DEFAULT_MAX_QUEUED_TASKS,
+        max_queued_per_client: int | None = None,
         sample_dir: Path | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         max_workflows: int = DEFAULT_MAX_WORKFLOWS,
@@ -270,6 +269,7 @@ class OrchestrationEngine:
                 output_limit=self.output_limiter,
                 timers=self.timers,
                 max_queued=max_queued_tasks,
+                max_queued_per_client=max_queued_per_client,
                 max_parameters_bytes=max_parameters_bytes,
             )
             self.workflow_manager = WorkflowManager(

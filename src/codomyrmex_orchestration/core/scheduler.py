@@ -134,6 +134,7 @@ class TaskOrchestrator:
         max_queued: the most tasks accepted and not yet started (queued, waiting for dependencies or
             a retry); beyond it :meth:`submit` raises ``LimitExceededError``, except for the tasks of an
             accepted :class:`TaskGroup` (see :meth:`check_queue_room`). ``None``: no cap.
+        max_queued_per_client: a client's share of them (see :mod:`._queue_room`; ``None``: 3/4 of it).
         max_parameters_bytes: the most bytes of JSON an action task's parameters may take
             (:meth:`submit_task`; ``CODOMYRMEX_MAX_PARAMETERS_BYTES``, as a run's). ``None``: no limit.
     """
@@ -152,6 +153,7 @@ class TaskOrchestrator:
         timers: TimerService | None = None,
         max_queued: int | None = None,
         max_parameters_bytes: int | None = None,
+        max_queued_per_client: int | None = None,
     ) -> None:
         max_workers, max_abandoned = _checked_sizes(max_workers, max_queued, max_finished, max_abandoned)
         self.name = name
@@ -170,6 +172,7 @@ class TaskOrchestrator:
             results=ResultPipeline(output_limit),
             timers=self._timers,
             max_queued=max_queued,
+            max_queued_per_client=max_queued_per_client,
         )
         self._d.table.id_prefix = self._factory.id_prefix  # to tell an id of an earlier instance
         self._backend_lock = threading.Lock()  # guards _backend_open
@@ -285,7 +288,7 @@ class TaskOrchestrator:
             TaskNotFoundError: a dependency id is unknown (or its record was already evicted).
             InvalidInputError: an argument of the wrong type or out of range (the message names it).
             InsufficientResourcesError: ``resources`` can never be satisfied.
-            LimitExceededError: ``max_queued`` tasks are already waiting to start.
+            LimitExceededError: ``max_queued`` tasks, or the client's share, are already waiting to start.
         """
         if settings is None:
             settings = self._factory.settings(
@@ -363,11 +366,11 @@ class TaskOrchestrator:
             session_id=session_id,
         )
 
-    def check_queue_room(self) -> None:
-        """Raise ``LimitExceededError`` (naming ``CODOMYRMEX_MAX_QUEUED_TASKS``) if ``max_queued`` tasks
-        already wait to start: the door of work accepted as a whole, a run, whose steps (a group created
-        ``accepted``) the cap then never refuses, however many become ready at once."""
-        self._d.check_room()
+    def check_queue_room(self, client: str | None = None) -> None:
+        """Raise ``LimitExceededError`` if ``max_queued`` tasks, or ``client``'s share, already wait to
+        start: the door of work accepted as a whole, a run, whose steps (a group created ``accepted``)
+        the cap then never refuses, however many become ready at once."""
+        self._d.check_room(client)
 
     def check_resources(self, requirements: Mapping[str, Any]) -> None:
         """Raise unless ``requirements`` could ever be granted here (``InsufficientResourcesError`` past

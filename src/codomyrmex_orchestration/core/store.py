@@ -42,6 +42,7 @@ from ._store_codec import (
     interrupted_step,
     refuse_over_budget,
     run_cursor,
+    run_estimate,
     spill_bytes,
     status_of,
 )
@@ -140,7 +141,9 @@ class StateStore(Protocol):
     def count_runs(self) -> dict[str, int]: ...
     # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no
     # room for; the run start path calls it before saving the run.
-    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None: ...
+    def check_budget(
+        self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None
+    ) -> None: ...
     # A mark of the writes saved so far, for flush(upto=...) later.
     def write_mark(self) -> int: ...
     # Block until the writes saved before ``upto`` (a write_mark(); default: now) are durable; with
@@ -288,27 +291,31 @@ class SqliteStore(RunReads):
     def max_bytes(self) -> int | None:
         return self._retention.max_bytes
 
-    def check_budget(self, parameters: Mapping[str, Any] | None = None) -> None:
+    def check_budget(self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None) -> None:
         """Refuse new work the state directory has no room for; call it before a run starts.
 
         Args:
             parameters: the new run's parameters, checked against ``max_parameters_bytes``.
+            steps: a new run's step count: its record (estimated, :func:`run_estimate`) must fit too, so
+                a run is refused before it would take the bytes used past the budget.
 
         Raises:
-            LimitExceededError: the parameters are too large, or the bytes used are over ``max_bytes``
-                even after evicting every finished run (naming the budget and its setting).
+            LimitExceededError: the parameters are too large, or the bytes used (with the new run's) are
+                over ``max_bytes`` even after evicting every finished run (naming the budget and setting).
             StateStoreError: nothing can be saved now (the cause, and what to do, in the message).
         """
         problem = self._writer.saving_problem()
         if problem is not None:
             raise StateStoreError(str(self.path), f"new work is refused while {problem}")
-        check_parameters(parameters, self.max_parameters_bytes)
-        if not self._retention.usage.over:
-            return
-        self._writer.run_retention()  # over at the last pass: evict now (pending commits first), measure
+        size = check_parameters(parameters, self.max_parameters_bytes)
+        adding = 0 if steps is None else run_estimate(size, steps)
         usage = self._retention.usage
-        if usage.over and usage.max_bytes is not None:
-            raise refuse_over_budget(usage.total, usage.max_bytes)
+        if usage.max_bytes is None or usage.total + adding <= usage.max_bytes:
+            return
+        self._writer.run_retention()  # no room at the last pass: evict now (pending commits first), measure
+        usage = self._retention.usage
+        if usage.max_bytes is not None and usage.total + adding > usage.max_bytes:
+            raise refuse_over_budget(usage.total + adding, usage.max_bytes, adding)
 
     def make_room_for_spill(self, nbytes: int, *, reserve: bool = False, evict_runs: bool = False) -> bool:
         """See :meth:`Retention.make_room`: room for a spill of ``nbytes`` (``reserve``: held for it;
