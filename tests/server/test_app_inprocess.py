@@ -419,3 +419,26 @@ async def test_a_step_field_of_the_wrong_shape_is_named_by_its_path_and_the_shap
         "steps.0.resources.compute: Input should be a number or a string; "
         "steps.0.cache: Input should be an object with the fields ttl_seconds"
     )
+
+
+async def test_a_step_number_given_as_a_string_is_refused_as_a_tool_argument_of_that_type_would_be(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    steps = [
+        {"name": "a", "module": "core", "action": "echo"},
+        {"name": "b", "module": "core", "action": "echo", "timeout": "5", "required": "true"},
+    ]
+    async with Client(build_server(tools_without_engine)) as client:
+        created = await client.call_tool("create_workflow", {"name": "w", "steps": steps})
+        task = await client.call_tool(
+            "execute_task", {"name": "t", "module": "core", "action": "echo", "timeout": "5"}
+        )
+    assert created.is_error and task.is_error
+    assert _text(created) == (
+        "invalid arguments for tool 'create_workflow': "
+        'steps.1.timeout: expected a number, got the string "5" (write 5, without the quotes); '
+        'steps.1.required: expected true or false, got the string "true" (write true, without the quotes)'
+    )
+    assert _text(task).endswith(
+        'timeout: expected a number, got the string "5" (write 5, without the quotes)'
+    )
