@@ -1159,3 +1159,60 @@ def test_a_definition_of_json_numbers_and_booleans_loads_as_written_and_again_fr
         assert again.workflow_source("typed") == "api"
     finally:
         reopened.close()
+
+
+def test_two_workflows_running_each_other_created_at_the_same_moment_are_refused_once(
+    registry: ActionRegistry,
+) -> None:
+    # No run starts: one backend is enough (the race is between definitions).
+    orchestrator = TaskOrchestrator(2, registry=registry)
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None)
+    try:
+        _create_pairs_together(manager)
+    finally:
+        orchestrator.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+def _create_pairs_together(manager: WorkflowManager) -> None:
+    # Steps enough that checking one takes several of the interpreter's thread switches: each check
+    # of the pair runs while the other's is under way, as two clients' calls would.
+    filler = [step(f"s{i}", dependencies=[f"s{i - 1}"] if i else []) for i in range(300)]
+
+    def runs(name: str, target: str) -> dict[str, Any]:
+        go = step("go", module="workflow", action="run", parameters={"workflow": target})
+        return {"name": name, "steps": [go, *filler]}
+
+    for attempt in range(50):  # each round a fresh pair, both released together
+        first, second = f"a{attempt}", f"b{attempt}"
+        barrier = threading.Barrier(2, timeout=10)
+        refused: list[DAGValidationError] = []
+
+        def create(
+            document: dict[str, Any],
+            barrier: threading.Barrier = barrier,
+            refused: list[DAGValidationError] = refused,
+        ) -> None:
+            barrier.wait()
+            try:
+                manager.create_workflow(document)
+            except DAGValidationError as exc:
+                refused.append(exc)
+
+        threads = [
+            threading.Thread(target=create, args=(runs(first, second),)),
+            threading.Thread(target=create, args=(runs(second, first),)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(t.is_alive() for t in threads)
+        registered = {w.name for w in manager.list_workflows()} & {first, second}
+        assert len(refused) == 1 and len(registered) == 1, (attempt, registered, refused)
+        (problem,) = refused[0].problems
+        loser = refused[0].workflow
+        winner = second if loser == first else first
+        assert problem.startswith(
+            f"step 'go' runs workflow {winner!r}, which runs {loser!r} again: "
+            f"{loser} -> {winner} -> {loser}; every run would start sub-runs"
+        )

@@ -245,9 +245,11 @@ class DefinitionRegistry:
         source: str = "api",
         reuse: bool = False,
         plan: Plan | None = None,
+        loops: Callable[[WorkflowSpec], list[str]] | None = None,
     ) -> tuple[Definition, bool]:
         """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``);
-        ``plan``: the definition's, when the caller validated it already.
+        ``plan``: the definition's, when the caller validated it already; ``loops``: the runs of it through
+        registered workflows, checked with the writers held off, so two creations cannot each miss the other.
 
         Returns:
             The definition, and whether it was registered now (False: with ``reuse``, one of the same
@@ -263,6 +265,8 @@ class DefinitionRegistry:
                 if reuse and existing.digest == digest_of(workflow):
                     return existing, False
                 raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            if loops is not None and (problems := loops(workflow)):
+                raise DAGValidationError(problems, workflow=workflow.name)
             with self._lock:
                 count = len(self._entries) + len(self._refused)
             if existing is None and workflow.name not in self._refused and count >= self.max_workflows:

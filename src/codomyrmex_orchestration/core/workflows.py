@@ -30,7 +30,7 @@ from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
 from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
-from codomyrmex_orchestration.core._workflow_checks import check_document
+from codomyrmex_orchestration.core._workflow_checks import check_document, run_cycles
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
 from codomyrmex_orchestration.core._workflow_input import InputDesk
@@ -271,8 +271,14 @@ class WorkflowManager:
         """
         spec = self.definitions.coerce(spec, steps, description, parameters)
         plan = check_document(self.definitions, spec)  # with cycles through registered workflows
+        # Checked again as it registers: a workflow created meanwhile may close a loop with this one.
         definition, created = self.definitions.create(
-            spec, overwrite=overwrite, source=source, reuse=reuse, plan=plan
+            spec,
+            overwrite=overwrite,
+            source=source,
+            reuse=reuse,
+            plan=plan,
+            loops=lambda checked: run_cycles(checked, self.definitions),
         )
         if created:
             self._listeners.emit("workflow.created", {"workflow_name": spec.name, "source": source})
