@@ -1216,3 +1216,29 @@ def _create_pairs_together(manager: WorkflowManager) -> None:
             f"step 'go' runs workflow {winner!r}, which runs {loser!r} again: "
             f"{loser} -> {winner} -> {loser}; every run would start sub-runs"
         )
+
+
+def test_create_lists_the_schema_problems_with_the_graph_problems_and_what_it_could_not_check(
+    manager: WorkflowManager,
+) -> None:
+    steps = [
+        step("a", dependencies=["c"]),
+        step("b", depends_on=["a"]),  # a schema problem: b is left out of the graph checks
+        step("c", dependencies=["a", "missing"]),
+    ]
+    with pytest.raises(DAGValidationError) as created:
+        manager.create_workflow({"name": "several", "steps": steps})
+    problems = created.value.problems
+    assert problems[0].startswith("unknown field 'steps.1.depends_on' (did you mean 'dependencies'?)")
+    assert any("'missing'" in p for p in problems[1:]), problems
+    assert any("cycle" in p and "a -> c -> a" in p for p in problems[1:]), problems
+    assert created.value.unchecked == [
+        "the graph, reference and action checks left out steps.1 ('b'), which the schema refused: they run "
+        "once it accepts them"
+    ]
+    assert "(not checked: the graph, reference and action checks left out steps.1 ('b')" in str(created.value)
+    # The name-and-steps form, and a replacement (overwrite), report the same way; nothing is registered.
+    with pytest.raises(DAGValidationError) as replaced:
+        manager.create_workflow("several", steps, overwrite=True)
+    assert replaced.value.problems == problems
+    assert manager.list_workflows() == []
