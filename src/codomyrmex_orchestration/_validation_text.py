@@ -9,6 +9,7 @@ fields; an agent reading ``compute.float`` would take it for one.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -63,6 +64,15 @@ _SHAPES = {
     "dataclass_type": "an object",
     "none_required": "null",
 }
+#: Strict scalar fields (a workflow's numbers and booleans, every tool argument): what each expects, and
+#: the JSON types a value given in quotes would have to be to fit it (``"5"`` for a number: write 5).
+_STRICT_SCALARS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "float_type": ("a number", (int, float)),
+    "int_type": ("a whole number", (int,)),
+    "bool_type": ("true or false", (bool,)),
+}
+#: Most characters of a wrong value quoted back.
+_QUOTED_CHARS = 40
 #: The error types whose message names a class.
 _CLASS_NAMING = frozenset({"model_type", "model_attributes_type", "dataclass_type"})
 #: What pydantic puts before the message of an error a validator raised.
@@ -139,6 +149,40 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg
 
 
+def _given(value: Any) -> str:
+    """A wrong value as the agent wrote it, in JSON words: ``the string "5"``, ``2.5``, ``true``."""
+    if isinstance(value, str):
+        text = json.dumps(value if len(value) <= _QUOTED_CHARS else value[:_QUOTED_CHARS] + "...")
+        return f"the string {text}"
+    if isinstance(value, bool) or value is None or isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "an object" if isinstance(value, Mapping) else f"a {type(value).__name__}"
+
+
+def _wrong_scalar(err: Mapping[str, Any]) -> str | None:
+    """For a strict number or boolean given as another JSON type: what was expected, what was given, and
+    the value to write when it is only quoted (``"5"``) or written as a float (``2.0`` for a count)."""
+    wanted = _STRICT_SCALARS.get(str(err.get("type", "")))
+    if wanted is None or "input" not in err:
+        return None
+    expected, fitting = wanted
+    value = err["input"]
+    hint = ""
+    if isinstance(value, str) and len(value) <= _QUOTED_CHARS:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        bool_ok = bool in fitting
+        if isinstance(parsed, fitting) and (bool_ok or not isinstance(parsed, bool)):
+            hint = f" (write {json.dumps(parsed)}, without the quotes)"
+    elif isinstance(value, float) and int in fitting and float not in fitting and value.is_integer():
+        hint = f" (write {int(value)})"
+    return f"expected {expected}, got {_given(value)}{hint}"
+
+
 def _shape(err: Mapping[str, Any], fields: Callable[[], Iterable[str] | None]) -> str | None:
     shape = _SHAPES.get(str(err.get("type", "")))
     if str(err.get("type")) in _CLASS_NAMING:
@@ -152,6 +196,8 @@ def describe(problem: Problem, fields: Callable[[], Iterable[str] | None]) -> st
     """What is wrong at ``problem.path``, in words: the shape expected (``fields()``: the fields of the
     object expected there, or None), or pydantic's message without its "Value error, " prefix."""
     if len(problem.errors) == 1:
+        if (wrong := _wrong_scalar(problem.error)) is not None:
+            return wrong
         if str(problem.error.get("type")) in _CLASS_NAMING:  # "... or instance of StepCacheSpec"
             return f"Input should be {_shape(problem.error, fields)}"
         return _message(problem.error)

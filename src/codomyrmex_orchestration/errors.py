@@ -197,13 +197,19 @@ def validation_problems(
 class DAGValidationError(InvalidInputError):
     """A workflow graph is invalid. ``problems`` lists every problem found, not only the first."""
 
-    def __init__(self, problems: Sequence[str], *, workflow: str | None = None) -> None:
+    def __init__(
+        self, problems: Sequence[str], *, workflow: str | None = None, unchecked: Sequence[str] = ()
+    ) -> None:
         self.problems = list(problems)
         self.workflow = workflow
+        #: The checks that could not run, each with why (a step the schema refused is left out of them).
+        self.unchecked = list(unchecked)
         where = f"workflow {workflow!r}" if workflow else "workflow"
         listing = "; ".join(self.problems)
         count = len(self.problems)
         reason = f"{count} problem{'s' if count != 1 else ''}: {listing}"
+        if self.unchecked:
+            reason += f" (not checked: {'; '.join(self.unchecked)})"
         super().__init__("steps", f"{where} is invalid, {reason}")
 
 

@@ -1111,3 +1111,156 @@ def test_records_list_steps_in_declaration_order_whatever_order_they_ran_in(mana
     record = manager.wait_run(run_id, timeout=10)
     assert shown == list(record.steps) == ["c", "b", "a", "d"]
     assert record.steps["c"].finished_at >= record.steps["a"].finished_at  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "timeout",
+            "5",
+            'steps.1.timeout: expected a number, got the string "5" (write 5, without the quotes)',
+        ),
+        ("max_retries", "2", 'steps.1.max_retries: expected a whole number, got the string "2" (write 2, '),
+        ("max_retries", 2.0, "steps.1.max_retries: expected a whole number, got 2.0 (write 2)"),
+        ("retry_delay", "1", 'steps.1.retry_delay: expected a number, got the string "1"'),
+        ("backoff", "2", 'steps.1.backoff: expected a number, got the string "2"'),
+        ("required", "true", 'steps.1.required: expected true or false, got the string "true" (write true,'),
+        ("required", 1, "steps.1.required: expected true or false, got 1"),
+        ("max_parallel", "4", 'steps.1.max_parallel: expected a whole number, got the string "4"'),
+        ("cache", {"ttl_seconds": "60"}, 'steps.1.cache.ttl_seconds: expected a number, got the string "60"'),
+        ("priority", "3", "steps.1.priority: expected one of critical, high, normal, low, background or a"),
+    ],
+)
+def test_a_step_number_or_boolean_given_as_another_json_type_is_refused_naming_the_step_and_field(
+    manager: WorkflowManager, tmp_path: Path, field: str, value: Any, expected: str
+) -> None:
+    extra = {"for_each": [1, 2]} if field == "max_parallel" else {}
+    document = {"name": "typed", "steps": [step("a"), step("b", **{field: value}, **extra)]}
+    with pytest.raises(InvalidInputError) as created:
+        manager.create_workflow(document)
+    assert expected in str(created.value)
+    with pytest.raises(DAGValidationError) as validated:
+        manager.validate_workflow(document)
+    assert validated.value.problems[0].startswith(expected)
+    (tmp_path / "typed.json").write_text(json.dumps(document))
+    assert manager.load_config_dir(tmp_path) == []
+    ((_, reason),) = manager.load_errors
+    assert expected in reason
+    assert manager.list_workflows() == []
+
+
+def test_a_definition_of_json_numbers_and_booleans_loads_as_written_and_again_from_the_store(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry, tmp_path: Path
+) -> None:
+    # Ints stand for floats (timeout 5), as in the tools' arguments; the store writes them back as numbers.
+    fields = {
+        "timeout": 5,
+        "max_retries": 2,
+        "retry_delay": 0,
+        "backoff": 1,
+        "required": False,
+        "priority": 3,
+    }
+    document = {
+        "name": "typed",
+        "max_parallel": 2,
+        "steps": [step("a", **fields, cache={"ttl_seconds": 60}), step("b", priority="high")],
+    }
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        first = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None, store=store)
+        created = first.create_workflow(document)
+        assert created.steps[0].timeout == 5.0 and created.steps[0].required is False
+    finally:
+        store.close()
+    reopened = SqliteStore(tmp_path / "state.db")
+    try:
+        again = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None, store=reopened)
+        assert again.get_workflow("typed") == created
+        assert again.workflow_source("typed") == "api"
+    finally:
+        reopened.close()
+
+
+def test_two_workflows_running_each_other_created_at_the_same_moment_are_refused_once(
+    registry: ActionRegistry,
+) -> None:
+    # No run starts: one backend is enough (the race is between definitions).
+    orchestrator = TaskOrchestrator(2, registry=registry)
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, config_dir=None)
+    try:
+        _create_pairs_together(manager)
+    finally:
+        orchestrator.shutdown(wait=True, cancel_pending=True, timeout=10)
+
+
+def _create_pairs_together(manager: WorkflowManager) -> None:
+    # Steps enough that checking one takes several of the interpreter's thread switches: each check
+    # of the pair runs while the other's is under way, as two clients' calls would.
+    filler = [step(f"s{i}", dependencies=[f"s{i - 1}"] if i else []) for i in range(300)]
+
+    def runs(name: str, target: str) -> dict[str, Any]:
+        go = step("go", module="workflow", action="run", parameters={"workflow": target})
+        return {"name": name, "steps": [go, *filler]}
+
+    for attempt in range(50):  # each round a fresh pair, both released together
+        first, second = f"a{attempt}", f"b{attempt}"
+        barrier = threading.Barrier(2, timeout=10)
+        refused: list[DAGValidationError] = []
+
+        def create(
+            document: dict[str, Any],
+            barrier: threading.Barrier = barrier,
+            refused: list[DAGValidationError] = refused,
+        ) -> None:
+            barrier.wait()
+            try:
+                manager.create_workflow(document)
+            except DAGValidationError as exc:
+                refused.append(exc)
+
+        threads = [
+            threading.Thread(target=create, args=(runs(first, second),)),
+            threading.Thread(target=create, args=(runs(second, first),)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert not any(t.is_alive() for t in threads)
+        registered = {w.name for w in manager.list_workflows()} & {first, second}
+        assert len(refused) == 1 and len(registered) == 1, (attempt, registered, refused)
+        (problem,) = refused[0].problems
+        loser = refused[0].workflow
+        winner = second if loser == first else first
+        assert problem.startswith(
+            f"step 'go' runs workflow {winner!r}, which runs {loser!r} again: "
+            f"{loser} -> {winner} -> {loser}; every run would start sub-runs"
+        )
+
+
+def test_create_lists_the_schema_problems_with_the_graph_problems_and_what_it_could_not_check(
+    manager: WorkflowManager,
+) -> None:
+    steps = [
+        step("a", dependencies=["c"]),
+        step("b", depends_on=["a"]),  # a schema problem: b is left out of the graph checks
+        step("c", dependencies=["a", "missing"]),
+    ]
+    with pytest.raises(DAGValidationError) as created:
+        manager.create_workflow({"name": "several", "steps": steps})
+    problems = created.value.problems
+    assert problems[0].startswith("unknown field 'steps.1.depends_on' (did you mean 'dependencies'?)")
+    assert any("'missing'" in p for p in problems[1:]), problems
+    assert any("cycle" in p and "a -> c -> a" in p for p in problems[1:]), problems
+    assert created.value.unchecked == [
+        "the graph, reference and action checks left out steps.1 ('b'), which the schema refused: they run "
+        "once it accepts them"
+    ]
+    assert "(not checked: the graph, reference and action checks left out steps.1 ('b')" in str(created.value)
+    # The name-and-steps form, and a replacement (overwrite), report the same way; nothing is registered.
+    with pytest.raises(DAGValidationError) as replaced:
+        manager.create_workflow("several", steps, overwrite=True)
+    assert replaced.value.problems == problems
+    assert manager.list_workflows() == []

@@ -418,4 +418,67 @@ async def test_a_step_field_of_the_wrong_shape_is_named_by_its_path_and_the_shap
         "invalid arguments for tool 'create_workflow': "
         "steps.0.resources.compute: Input should be a number or a string; "
         "steps.0.cache: Input should be an object with the fields ttl_seconds"
+        "; not checked: the graph, reference and action checks (the server's engine has not started yet); "
+        "validate_workflow runs them with the schema's checks"
+    )
+
+
+async def test_a_step_number_given_as_a_string_is_refused_as_a_tool_argument_of_that_type_would_be(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    steps = [
+        {"name": "a", "module": "core", "action": "echo"},
+        {"name": "b", "module": "core", "action": "echo", "timeout": "5", "required": "true"},
+    ]
+    async with Client(build_server(tools_without_engine)) as client:
+        created = await client.call_tool("create_workflow", {"name": "w", "steps": steps})
+        task = await client.call_tool(
+            "execute_task", {"name": "t", "module": "core", "action": "echo", "timeout": "5"}
+        )
+    assert created.is_error and task.is_error
+    assert _text(created) == (
+        "invalid arguments for tool 'create_workflow': "
+        'steps.1.timeout: expected a number, got the string "5" (write 5, without the quotes); '
+        'steps.1.required: expected true or false, got the string "true" (write true, without the quotes)'
+        "; not checked: the graph, reference and action checks (the server's engine has not started yet); "
+        "validate_workflow runs them with the schema's checks"
+    )
+    assert _text(task).endswith(
+        'timeout: expected a number, got the string "5" (write 5, without the quotes)'
+    )
+
+
+async def test_create_workflow_with_a_schema_problem_also_lists_the_graph_problems_of_the_steps_that_parse(
+    tools: OrchestrationMCPTools,
+) -> None:
+    steps = [
+        {"name": "a", "module": "core", "action": "set", "dependencies": ["c"]},
+        {"name": "b", "module": "core", "action": "set", "depends_on": ["a"]},
+        {"name": "c", "module": "core", "action": "set", "dependencies": ["a", "missing"]},
+    ]
+    async with Client(build_server(tools)) as client:
+        assert not (await client.call_tool("list_workflows", {})).is_error  # the engine has started
+        result = await client.call_tool("create_workflow", {"name": "several", "steps": steps})
+        listed = await client.call_tool("list_workflows", {})
+    assert result.is_error
+    text = _text(result)
+    assert text.startswith("invalid arguments for tool 'create_workflow': unknown field 'steps.1.depends_on'")
+    assert "'missing'" in text and "a -> c -> a" in text, text
+    assert text.endswith(
+        "not checked: the graph, reference and action checks left out steps.1 ('b'), which the schema "
+        "refused: they run once it accepts them"
+    )
+    assert listed.structured_content is not None and listed.structured_content["count"] == 0
+
+
+async def test_create_workflow_with_a_schema_problem_says_the_graph_checks_wait_for_the_engine(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    steps = [{"name": "a", "module": "core", "action": "set", "depends_on": ["zz"]}]
+    async with Client(build_server(tools_without_engine)) as client:
+        result = await client.call_tool("create_workflow", {"name": "w", "steps": steps})
+    assert result.is_error
+    assert _text(result).endswith(
+        "not checked: the graph, reference and action checks (the server's engine has not started yet); "
+        "validate_workflow runs them with the schema's checks"
     )

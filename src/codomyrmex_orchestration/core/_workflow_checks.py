@@ -2,7 +2,8 @@
 
 The schema's problems come first, every one of them; then the graph, reference and action checks run over
 the steps that did parse, and a workflow that runs itself through other registered workflows is named
-with its path. Nothing here registers anything.
+with its path. Only :func:`register` registers: the same checks, then the definition, its loops through
+other workflows checked again as it goes in.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from codomyrmex_orchestration.core._workflow_plan import Plan
-from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry
+from codomyrmex_orchestration.core._workflow_registry import Definition, DefinitionRegistry
 from codomyrmex_orchestration.core.dag import ENDLESS, sub_workflow_of
 from codomyrmex_orchestration.core.models import WORKFLOW_FIELD_NAMES, StepSpec, WorkflowSpec
 from codomyrmex_orchestration.errors import (
@@ -24,7 +25,7 @@ from codomyrmex_orchestration.errors import (
     validation_problems,
 )
 
-__all__ = ["check_document", "run_cycles"]
+__all__ = ["check_document", "graph_problems", "register", "run_cycles"]
 
 
 def check_document(definitions: DefinitionRegistry, document: WorkflowSpec | Mapping[str, Any]) -> Plan:
@@ -46,9 +47,10 @@ def check_document(definitions: DefinitionRegistry, document: WorkflowSpec | Map
     except InvalidInputError:
         if not isinstance(document, Mapping):
             raise
-        problems = _partial_problems(definitions, document)
+        problems, unchecked = _partial_problems(definitions, document)
         name = document.get("name")
-        raise DAGValidationError(problems, workflow=name if isinstance(name, str) else None) from None
+        workflow = name if isinstance(name, str) else None
+        raise DAGValidationError(problems, workflow=workflow, unchecked=unchecked) from None
     loops = run_cycles(spec, definitions)
     try:
         plan = definitions.check(spec)
@@ -61,29 +63,78 @@ def check_document(definitions: DefinitionRegistry, document: WorkflowSpec | Map
     return plan
 
 
-def _partial_problems(definitions: DefinitionRegistry, document: Mapping[str, Any]) -> list[str]:
-    """The problems of a document the schema refuses: every schema problem, then the checks of a valid
-    workflow over the steps that parsed (a step that did not is named once, by the schema)."""
+#: What the checks beyond the schema are, as a note on those that could not run names them.
+_GRAPH_CHECKS = "the graph, reference and action checks"
+
+
+def register(
+    definitions: DefinitionRegistry,
+    document: WorkflowSpec | Mapping[str, Any],
+    overwrite: bool,
+    *,
+    source: str,
+    reuse: bool,
+) -> tuple[Definition, bool]:
+    """Check ``document`` as :func:`check_document` does, then register it (see
+    ``DefinitionRegistry.create``). The loops through registered workflows are checked again with the
+    registry's writers held off: two workflows running each other, created at the same moment, would
+    otherwise each pass against a registry without the other.
+
+    Raises:
+        What :func:`check_document` and ``DefinitionRegistry.create`` raise.
+    """
+    plan = check_document(definitions, document)
+    return definitions.create(
+        plan.spec,
+        overwrite=overwrite,
+        source=source,
+        reuse=reuse,
+        plan=plan,
+        loops=lambda spec: run_cycles(spec, definitions),
+    )
+
+
+def _partial_problems(
+    definitions: DefinitionRegistry, document: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The problems of a document the schema refuses: every schema problem, then those of
+    :func:`graph_problems`; and what those checks had to leave out, with why."""
     try:
         WorkflowSpec.model_validate(document)
     except ValidationError as exc:
         problems, _ = validation_problems(exc.errors(), known_fields=WORKFLOW_FIELD_NAMES)
     else:  # coerce refused it for another reason than the schema
         problems = []
+    more, unchecked = graph_problems(definitions, document)
+    return problems + more, unchecked
+
+
+def graph_problems(
+    definitions: DefinitionRegistry, document: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The checks of a valid workflow over the steps of ``document`` that parse (a step that does not is
+    the schema's to name), cycles through registered workflows included: the problems they find, and
+    what they could not check, with why."""
     steps = document.get("steps")
     if not isinstance(steps, list):
-        return problems
+        return [], [f"{_GRAPH_CHECKS} did not run: 'steps' is not a list of steps"]
     parsed: list[StepSpec] = []
     unparsed: set[str] = set()
-    for item in steps:
+    left_out: list[str] = []
+    for index, item in enumerate(steps):
         try:
             parsed.append(item if isinstance(item, StepSpec) else StepSpec.model_validate(item))
         except ValidationError:
             name = item.get("name") if isinstance(item, Mapping) else None
             if isinstance(name, str):
                 unparsed.add(name)
+            left_out.append(f"steps.{index}" + (f" ({name!r})" if isinstance(name, str) else ""))
     if not parsed:
-        return problems
+        return [], [f"{_GRAPH_CHECKS} did not run: no step passed the schema"]
+    unchecked = [
+        f"{_GRAPH_CHECKS} left out {', '.join(left_out)}, which the schema refused: they run once it "
+        "accepts them"
+    ]
     name, parameters = document.get("name"), document.get("parameters")
     # Unchecked: only its steps, name and parameters are read, each as far as it is valid.
     partial = WorkflowSpec.model_construct(
@@ -91,11 +142,14 @@ def _partial_problems(definitions: DefinitionRegistry, document: Mapping[str, An
         steps=parsed,
         parameters=parameters if isinstance(parameters, dict) else {},
     )
+    problems: list[str] = []
     try:
         definitions.check(partial, unparsed=unparsed)
     except DAGValidationError as exc:
         problems += exc.problems
-    return problems + run_cycles(partial, definitions)
+    except LimitExceededError as exc:  # too many steps: the graph is not built
+        return [], [f"{_GRAPH_CHECKS} did not run: {exc}"]
+    return problems + run_cycles(partial, definitions), unchecked if left_out else []
 
 
 def run_cycles(spec: WorkflowSpec, definitions: DefinitionRegistry) -> list[str]:

@@ -39,7 +39,7 @@ from codomyrmex_orchestration.errors import (
     WorkflowRefusedError,
 )
 
-__all__ = ["Definition", "DefinitionRegistry", "digest_of"]
+__all__ = ["Definition", "DefinitionRegistry", "as_document", "digest_of"]
 
 _log = structlog.get_logger("codomyrmex_orchestration.workflows")
 
@@ -125,6 +125,30 @@ def _resource_problems(
             except OrchestrationError as exc:
                 problems.append(f"step {step.name!r}: resources: {exc}")
     return problems
+
+
+def as_document(
+    spec: WorkflowSpec | Mapping[str, Any] | str,
+    steps: Sequence[StepSpec | Mapping[str, Any]] | None = None,
+    description: str = "",
+    parameters: Mapping[str, Any] | None = None,
+) -> WorkflowSpec | dict[str, Any]:
+    """The workflow a creation call gives, as a spec or a JSON object, not validated yet: a spec as it
+    is, a JSON object copied, a name with steps as the object they make.
+
+    Raises:
+        InvalidInputError: none of those.
+    """
+    if isinstance(spec, WorkflowSpec):
+        return spec
+    if isinstance(spec, str):
+        document: dict[str, Any] = {"name": spec, "steps": list(steps or []), "description": description}
+        if parameters:
+            document["parameters"] = dict(parameters)
+        return document
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +269,11 @@ class DefinitionRegistry:
         source: str = "api",
         reuse: bool = False,
         plan: Plan | None = None,
+        loops: Callable[[WorkflowSpec], list[str]] | None = None,
     ) -> tuple[Definition, bool]:
         """Validate, register and persist a definition (see ``WorkflowManager.create_workflow``);
-        ``plan``: the definition's, when the caller validated it already.
+        ``plan``: the definition's, when the caller validated it already; ``loops``: the runs of it through
+        registered workflows, checked with the writers held off, so two creations cannot each miss the other.
 
         Returns:
             The definition, and whether it was registered now (False: with ``reuse``, one of the same
@@ -263,6 +289,8 @@ class DefinitionRegistry:
                 if reuse and existing.digest == digest_of(workflow):
                     return existing, False
                 raise AlreadyExistsError("workflow", workflow.name, "pass overwrite=true to replace it")
+            if loops is not None and (problems := loops(workflow)):
+                raise DAGValidationError(problems, workflow=workflow.name)
             with self._lock:
                 count = len(self._entries) + len(self._refused)
             if existing is None and workflow.name not in self._refused and count >= self.max_workflows:
@@ -369,16 +397,9 @@ class DefinitionRegistry:
             InvalidInputError: malformed (the field is named).
             LimitExceededError: more steps than ``max_steps``.
         """
-        if isinstance(spec, WorkflowSpec):
-            return spec
-        if isinstance(spec, str):
-            document: dict[str, Any] = {"name": spec, "steps": list(steps or []), "description": description}
-            if parameters:
-                document["parameters"] = dict(parameters)
-        elif isinstance(spec, Mapping):
-            document = dict(spec)
-        else:
-            raise InvalidInputError("workflow", "expected a WorkflowSpec, a JSON object or a name with steps")
+        document = as_document(spec, steps, description, parameters)
+        if isinstance(document, WorkflowSpec):
+            return document
         if isinstance(document.get("steps"), list) and len(document["steps"]) > self.max_steps:
             raise too_many_steps(len(document["steps"]), self.max_steps)
         try:

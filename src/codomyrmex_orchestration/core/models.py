@@ -1,7 +1,9 @@
 """Pydantic specs and records shared by every part of the core: steps, workflows, tasks and runs.
 
-Specs are what callers write (validated, ``extra="forbid"`` so a misspelt field is named in the error);
-records are what the engine reports (JSON-serialisable with ``model_dump(mode="json")``).
+Specs are what callers write (validated, ``extra="forbid"`` so a misspelt field is named in the error;
+their numbers and booleans are strict, as the tools' arguments are: ``"5"`` for a number, ``"true"`` for
+a boolean and ``2.0`` for a count are refused, naming the field, never converted); records are what
+the engine reports (JSON-serialisable with ``model_dump(mode="json")``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def parse_priority(value: object) -> TaskPriority:
             return TaskPriority[value.strip().upper()]
         except KeyError:
             pass
+        if value.strip().isdigit():  # a level in quotes: strict, as every number of a definition is
+            raise ValueError(
+                f"expected one of critical, high, normal, low, background or a number 0-4, got the string "
+                f'"{value}" (write {value.strip()}, without the quotes, or the level\'s name)'
+            )
     raise ValueError(f"priority {value!r} is not one of critical, high, normal, low, background (or 0-4)")
 
 
@@ -181,13 +188,17 @@ MAX_BACKOFF = 10.0
 class _Retryable(_Spec):
     """Execution knobs shared by a workflow step and a single task."""
 
-    timeout: float | None = Field(default=None, gt=0, description="Seconds before the step is stopped.")
-    max_retries: int = Field(default=0, ge=0, le=MAX_RETRIES, description="Extra attempts after a failure.")
+    timeout: float | None = Field(
+        default=None, gt=0, strict=True, description="Seconds before the step is stopped."
+    )
+    max_retries: int = Field(
+        default=0, ge=0, le=MAX_RETRIES, strict=True, description="Extra attempts after a failure."
+    )
     retry_delay: float = Field(
-        default=0.0, ge=0, le=MAX_RETRY_DELAY, description="Seconds before the first retry."
+        default=0.0, ge=0, le=MAX_RETRY_DELAY, strict=True, description="Seconds before the first retry."
     )
     backoff: float = Field(
-        default=2.0, ge=1.0, le=MAX_BACKOFF, description="Delay multiplier per further retry."
+        default=2.0, ge=1.0, le=MAX_BACKOFF, strict=True, description="Delay multiplier per further retry."
     )
     priority: Priority = Field(default=TaskPriority.NORMAL)
     resources: dict[str, ResourceAmount] = Field(
@@ -242,7 +253,10 @@ class StepCacheSpec(_Spec):
     definition version with the same resolved parameters, for ``ttl_seconds``."""
 
     ttl_seconds: float = Field(
-        gt=0, le=MAX_CACHE_TTL_SECONDS, description="Seconds a cached output stays usable (at most a year)."
+        gt=0,
+        le=MAX_CACHE_TTL_SECONDS,
+        strict=True,
+        description="Seconds a cached output stays usable (at most a year).",
     )
 
 
@@ -257,6 +271,7 @@ class StepSpec(_Retryable):
     run_if: str | None = Field(default=None, max_length=4096, description="Condition; false -> SKIPPED.")
     required: bool = Field(
         default=True,
+        strict=True,
         description="A failing non-required step does not fail the run nor skip dependents "
         "that do not reference its output.",
     )
@@ -266,7 +281,11 @@ class StepSpec(_Retryable):
         "{{item}} and {{index}} are available in parameters and run_if.",
     )
     max_parallel: int | None = Field(
-        default=None, ge=1, le=100_000, description="With for_each: most items in flight at once."
+        default=None,
+        ge=1,
+        le=100_000,
+        strict=True,
+        description="With for_each: most items in flight at once.",
     )
     cache: StepCacheSpec | None = Field(
         default=None, description='Reuse the output of an identical earlier call: {"ttl_seconds": 600}.'
@@ -294,6 +313,7 @@ class WorkflowSpec(_Spec):
         default=None,
         ge=1,
         le=1024,
+        strict=True,
         description="Most steps of one run in flight at once (default: no bound).",
     )
     version: str = Field(

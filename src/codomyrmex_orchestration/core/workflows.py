@@ -31,13 +31,13 @@ from codomyrmex_orchestration.core._secrets import SecretSource
 from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._version_pins import keep_version
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
-from codomyrmex_orchestration.core._workflow_checks import check_document
+from codomyrmex_orchestration.core._workflow_checks import check_document, register
 from codomyrmex_orchestration.core._workflow_dispatch import RunDriver
 from codomyrmex_orchestration.core._workflow_events import Listeners, RunListener
 from codomyrmex_orchestration.core._workflow_input import InputDesk
 from codomyrmex_orchestration.core._workflow_plan import Plan, WorkflowValidation
 from codomyrmex_orchestration.core._workflow_recorder import RunRecorder
-from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, digest_of
+from codomyrmex_orchestration.core._workflow_registry import DefinitionRegistry, as_document, digest_of
 from codomyrmex_orchestration.core._workflow_run import RunState, StepCallback
 from codomyrmex_orchestration.core._workflow_start import RunStarter
 from codomyrmex_orchestration.core._workflow_subruns import SubRuns
@@ -266,15 +266,14 @@ class WorkflowManager:
         the same name and content as it is (its version, its source) instead of refusing it.
 
         Raises:
-            InvalidInputError: malformed spec (the field is named).
-            DAGValidationError: every graph problem at once (CycleDetectedError for cycles), steps running it.
+            InvalidInputError: not a spec, a JSON object nor a name with steps.
+            DAGValidationError: every problem at once, as ``validate_workflow`` finds them (its
+                ``unchecked``: the checks a schema problem kept from running); CycleDetectedError for cycles.
             AlreadyExistsError: the name is taken (by other content) and ``overwrite`` is false.
         """
-        spec = self.definitions.coerce(spec, steps, description, parameters)
-        plan = check_document(self.definitions, spec)  # with cycles through registered workflows
-        definition, created = self.definitions.create(
-            spec, overwrite=overwrite, source=source, reuse=reuse, plan=plan
-        )
+        document = as_document(spec, steps, description, parameters)
+        definition, created = register(self.definitions, document, overwrite, source=source, reuse=reuse)
+        spec = definition.spec
         if created:
             self._listeners.emit("workflow.created", {"workflow_name": spec.name, "source": source})
         return definition.spec

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -326,11 +326,15 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _invalid_arguments(tool: str, exc: ValidationError, args: type[BaseModel]) -> InvalidInputError:
+def _invalid_arguments(
+    tool: str, exc: ValidationError, args: type[BaseModel], also: Sequence[str] = ()
+) -> InvalidInputError:
+    """``also``: what other checks found in the same arguments (create_workflow's graph checks)."""
     # An unknown field is answered with the fields accepted where it is (a step's, not the tool's).
     problem = InvalidInputError.from_validation(exc, accepted_at=lambda at: m.fields_at(args, at) or None)
     takes = "" if args.model_fields else " (it takes no arguments)"
-    error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {problem.reason}")
+    reason = "; ".join([problem.reason, *also])
+    error = InvalidInputError("", f"invalid arguments for tool {tool!r}{takes}: {reason}")
     error.field = problem.field
     return error
 
@@ -1308,7 +1312,24 @@ class OrchestrationMCPTools:
         try:
             return tool, tool.args.model_validate(dict(arguments or {}))
         except ValidationError as exc:
-            raise _invalid_arguments(name, exc, tool.args) from None
+            also = self._workflow_problems(arguments or {}) if name == "create_workflow" else []
+            raise _invalid_arguments(name, exc, tool.args, also) from None
+
+    def _workflow_problems(self, arguments: Mapping[str, Any]) -> list[str]:
+        """For a create_workflow call the schema refuses: what the graph, reference and action checks
+        find over the steps that parse, as validate_workflow lists them, and what they could not check.
+        Argument validation never starts the engine (it may be what fails): before it has started they
+        are named as not run."""
+        if not self.engine_started:
+            return [
+                "not checked: the graph, reference and action checks (the server's engine has not started "
+                "yet); validate_workflow runs them with the schema's checks"
+            ]
+        from codomyrmex_orchestration.core._workflow_checks import graph_problems
+
+        document = {key: value for key, value in arguments.items() if key in WorkflowSpec.model_fields}
+        problems, unchecked = graph_problems(self.engine.workflow_manager.definitions, document)
+        return problems + [f"not checked: {note}" for note in unchecked]
 
     @staticmethod
     def _render(result: BaseModel) -> ToolResult:
