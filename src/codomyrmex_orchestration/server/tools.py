@@ -472,6 +472,9 @@ def _run_pending(
 
 
 def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> _Outcome:
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE  # with the first run
+
+    # Read with the first page of each map step's items, the only ones built: what _run_handle shows.
     record = tools.engine.execute_workflow(
         a.workflow_name,
         parameters=a.parameters,
@@ -479,6 +482,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
         wait=False,
         on_step=_step_progress(call),
         use_cache=a.use_cache,
+        items=FIRST_PAGE,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -486,6 +490,8 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
 def _create_complex_workflow(
     tools: OrchestrationMCPTools, a: m.CreateComplexWorkflowArgs, call: _Call
 ) -> _Outcome:
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE  # with the first run
+
     definition = a.workflow_definition.model_dump(mode="json", exclude_defaults=False)
     record = tools.engine.execute_complex_workflow(
         definition,
@@ -496,6 +502,7 @@ def _create_complex_workflow(
         on_step=_step_progress(call),
         use_cache=a.use_cache,
         overwrite=a.overwrite,
+        items=FIRST_PAGE,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
