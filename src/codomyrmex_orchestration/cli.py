@@ -1118,8 +1118,10 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     status = WorkflowStatus(args.status) if args.status else None
     with _read_store(settings) as store:
+        # The table shows each run's own row and its steps counted by status: no step row is decoded,
+        # whatever its maps' size (--json prints whole records).
         records = (
-            store.list_runs(workflow_name=args.workflow, status=status, limit=args.limit)
+            store.list_runs(workflow_name=args.workflow, status=status, limit=args.limit, steps=args.json)
             if store is not None
             else []
         )
@@ -1134,15 +1136,16 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"no runs recorded in {settings.state_dir}")
             return EXIT_OK
         rows = []
+        # Done as the live display counts it: finished whatever the outcome (`show` says which).
+        tallies = store.step_tallies([r.run_id for r in records]) if store is not None else {}
         for r in records:
-            # Done as the live display counts it: finished whatever the outcome (`show` says which).
-            finished = sum(1 for s in r.steps.values() if s.status.is_terminal)
+            finished, total = tallies.get(r.run_id, (0, 0))
             rows.append(
                 [
                     r.run_id,
                     r.workflow_name,
                     _owner_label(settings, r),
-                    f"{finished}/{len(r.steps)}",
+                    f"{finished}/{total}",
                     r.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                     f"{r.duration_seconds:.2f}s" if r.duration_seconds is not None else "-",
                 ]

@@ -26,7 +26,7 @@ from codomyrmex_orchestration.compose import (
 from codomyrmex_orchestration.config import Settings
 from codomyrmex_orchestration.core.actions import ActionContext, ActionDefinition
 from codomyrmex_orchestration.core.engine import OrchestrationEngine, OrchestrationMode, SessionStatus
-from codomyrmex_orchestration.core.models import TaskSpec, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import ItemWindow, TaskSpec, TaskStatus, WorkflowStatus
 from codomyrmex_orchestration.errors import (
     AlreadyExistsError,
     DAGValidationError,
@@ -79,6 +79,23 @@ def _gated_workflow(engine: OrchestrationEngine, name: str, gate: str, width: in
         ],
         overwrite=True,
     )
+
+
+def test_execute_workflow_with_an_item_window_lists_only_those_items_waiting_or_not(
+    engine: OrchestrationEngine,
+) -> None:
+    step = {"name": "m", "module": "core", "action": "echo", "parameters": {"message": "{{item}}"}}
+    engine.workflow_manager.create_workflow("each", [{**step, "for_each": list(range(50))}])
+    window = ItemWindow(offset=10, limit=3)
+    done = engine.execute_workflow("each", timeout=30, items=window)
+    started = engine.execute_workflow("each", wait=False, items=window)
+    assert done.status is WorkflowStatus.COMPLETED
+    for record in (done, started):
+        items = record.steps["m"].items
+        assert items is not None and items.total == 50
+        assert [i.index for i in items.items] == [10, 11, 12]
+    assert done.steps["m"].output is None  # a page: each item has its own output
+    engine.workflow_manager.wait_run(started.run_id, 30)
 
 
 def test_a_session_refuses_more_workflows_than_its_limit_until_one_ends(engine: OrchestrationEngine) -> None:

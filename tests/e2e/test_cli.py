@@ -840,6 +840,25 @@ def test_runs_done_counts_the_finished_steps_whatever_their_outcome_as_the_live_
     assert done == {skipped["run_id"]: "2/2", failed["run_id"]: "3/3", "cut-short": "1/3"}
 
 
+def test_runs_counts_the_steps_from_the_listing_without_decoding_a_step_or_item_row(cli: Cli) -> None:
+    # It read every run whole (every step and map item decoded) only to count the steps done.
+    step = {"name": "m", "module": "core", "action": "echo", "parameters": {"message": "{{item}}"}}
+    mapped = {"name": "mapped", "steps": [{**step, "for_each": list(range(500))}, {**step, "name": "one",
+              "for_each": None, "parameters": {"message": "{{steps.m.output}}"}}]}  # fmt: skip
+    run_id = cli.json("run", cli.write("mapped.json", mapped))["run_id"]
+    conn = sqlite3.connect(cli.state_dir / "state.db")
+    try:
+        with conn:  # a read that decoded any step or item row would now fail
+            updated = conn.execute("UPDATE steps SET result = 'not JSON' WHERE run_id = ?", (run_id,))
+            assert updated.rowcount == 502
+    finally:
+        conn.close()
+    listed = cli("runs")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert (row[0], row[2], row[3]) == (run_id, "completed", "2/2")
+
+
 def test_cancel_reaches_a_run_that_a_cli_process_is_running(cli: Cli) -> None:
     proc = cli.popen("run", cli.write("slow.json", SLOW))
     first = wait_for_line(proc, "nap", "running")[0]

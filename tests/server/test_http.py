@@ -912,3 +912,35 @@ def test_a_signed_out_cookie_stays_refused_after_a_restart_and_a_new_token_refus
     assert restarted.valid(kept) and not restarted.valid(ended)
     assert not UiSessions(b"key-two", path=path).valid(kept)  # another token
     assert not sessions.valid(kept + "0") and not sessions.revoke("forged.value.abc")
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_single_tasks_result_near_a_mib_reaches_the_sdk_client_and_reads_in_pages(
+    tools: OrchestrationMCPTools, transport: str
+) -> None:
+    # A task's answer over 896 KiB was only the "too large" error: its result could never be read.
+    message = 'é"\n' * 1000 + "z" * 930_000
+    task = {"name": "big", "module": "core", "action": "echo", "parameters": {"message": message}}
+    with anyio.fail_after(60):
+        async with serving(tools, transport, None) as base:
+            connect = (
+                streamable_http_client(f"{base}/mcp") if transport != "sse" else sse_client(f"{base}/sse")
+            )
+            async with Client(connect, mode="legacy") as client:
+                done = await client.call_tool("execute_task", task)
+                assert not done.is_error and done.structured_content is not None, done.content
+                answer = done.structured_content
+                pages: list[str] = []
+                offset: int | None = 0
+                while offset is not None:
+                    read = {**answer["result"]["omitted"]["read"], "value_offset": offset}
+                    page = await client.call_tool("get_task", read)
+                    assert not page.is_error and page.structured_content is not None, page.content
+                    pages.append(page.structured_content["value"]["json_text"])
+                    offset = page.structured_content["value"]["next_offset"]
+                past = await client.call_tool("get_task", {**read, "value_offset": 10**7})
+    assert answer["status"] == "completed" and len(json.dumps(answer)) <= 256 * 1024
+    assert answer["result"]["omitted"]["read"] == {"task_id": answer["task_id"], "value_offset": 0}
+    assert "get_task" in answer["note"] and len(done.content[0].text) < 64 * 1024  # type: ignore[union-attr]
+    assert json.loads("".join(pages)) == message and len(pages) > 1
+    assert past.is_error and "value_offset: 10000000 is past the end of result" in past.content[0].text  # type: ignore[union-attr]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 from mcp import Client
+from pydantic import BaseModel
 
+from codomyrmex_orchestration.core.models import ItemResult, trusted
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import call, ok
@@ -132,6 +136,34 @@ async def test_a_big_map_steps_record_lists_one_page_of_items_and_pages_through_
 
     resource = await client.read_resource(f"orchestration://runs/{run['run_id']}")
     assert len(resource.contents[0].text) < 64_000  # type: ignore[union-attr]
+
+
+def test_execute_workflow_without_waiting_builds_only_the_items_its_answer_shows(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The answer listed 100 items, but the record behind it was built with all 5,000 items first.
+    step = {"name": "m", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    slow = {"name": "slowmap", "steps": [{**step, "for_each": list(range(5000)), "max_parallel": 1}]}
+    assert not tools.execute_tool("create_workflow", slow).is_error
+    built = 0
+    codes = (trusted.__code__, BaseModel.__init__.__code__)
+
+    def count(frame: FrameType, event: str, arg: Any) -> None:  # each item built in this thread
+        nonlocal built
+        if event == "call" and frame.f_code in codes:
+            made = frame.f_locals.get("model", type(frame.f_locals.get("self")))
+            built += made is ItemResult
+
+    sys.setprofile(count)  # the plain-Python door runs the tool, and the run's start, in this thread
+    try:
+        started = tools.execute_tool("execute_workflow", {"workflow_name": "slowmap", "wait": False})
+    finally:
+        sys.setprofile(None)
+    assert started.structured is not None, started.text
+    tools.engine.workflow_manager.cancel_run(started.structured["run_id"])
+    items = started.structured["steps"]["m"]["items"]
+    assert started.structured["status"] == "running" and items["total"] == 5000
+    assert len(items["items"]) == 100 and built == 100
 
 
 async def test_a_small_map_steps_record_still_lists_every_item_and_its_output(client: Client) -> None:

@@ -522,6 +522,42 @@ async def test_get_task_waits_without_a_thread_and_an_abandoned_wait_leaves_the_
     assert quick["status"] == "cancelled"
 
 
+async def test_get_task_pages_a_result_once_the_task_has_ended_also_after_waiting_for_it(
+    client: Client, tools: OrchestrationMCPTools
+) -> None:
+    nap = {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60}, "wait": False}
+    ids = [(await _ok(client, "execute_task", nap))["task_id"] for _ in range(2)]
+    early = await _ok(client, "get_task", {"task_id": ids[0], "value_offset": 0})
+    assert early["value"] is None and "read in pages (value_offset) once it has ended" in early["note"]
+    answers: dict[str, Any] = {}
+
+    async def follow(task_id: str, offset: int) -> None:
+        with anyio.fail_after(30):
+            answers[task_id] = await client.call_tool(
+                "get_task", {"task_id": task_id, "wait_seconds": 50, "value_offset": offset}
+            )
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, ids[0], 0)
+            tg.start_soon(follow, ids[1], 99)
+            await anyio.wait_all_tasks_blocked()  # both wait for their task's end
+            for task_id in ids:
+                tools.engine.task_orchestrator.cancel_task(task_id, "ended by the test")
+    paged = answers[ids[0]].structured_content
+    assert paged is not None and paged["status"] == "cancelled"
+    assert paged["value"] == {
+        "of": "result",
+        "json_length": 4,
+        "offset": 0,
+        "json_text": "null",
+        "next_offset": None,
+    }
+    # An offset past the end, known only once the task has ended, is the waiting call's error.
+    assert answers[ids[1]].is_error
+    assert _text(answers[ids[1]]) == "value_offset: 99 is past the end of result's JSON text: give 0 to 3"
+
+
 async def test_list_workflows_answers_while_every_call_thread_is_busy(
     client: Client, tools: OrchestrationMCPTools
 ) -> None:

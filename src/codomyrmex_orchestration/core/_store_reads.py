@@ -21,7 +21,7 @@ from ._store_health import Damage, sqlite_reason
 from ._store_items import windowed_steps
 from ._store_retention import DELETED_VERSIONS
 from ._store_schema import close_quietly
-from .models import ItemWindow, RunRecord, WorkflowSpec, WorkflowStatus
+from .models import ItemWindow, RunRecord, TaskStatus, WorkflowSpec, WorkflowStatus
 
 #: The folder name the output limiter gives a run id that is no safe file name (``_limits._safe``).
 _DIGEST_NAME = re.compile(r"x[0-9a-f]{32}")
@@ -178,6 +178,20 @@ class StoreReader:
                 found[run_id].append(result)
         return [build_run(record, found[run_id]) for run_id, record in rows]
 
+    def step_tallies(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``(finished, total)`` steps of each of ``run_ids`` that has step rows, from the rows' status
+        column: no step is decoded, and a map step's item rows are no steps."""
+        tallies: dict[str, tuple[int, int]] = {}
+        ended = tuple(s.value for s in TaskStatus if s.is_terminal)
+        for chunk in _chunks(run_ids, 500):
+            rows = self.read(
+                f"SELECT run_id, sum(status IN ({','.join('?' * len(ended))})), count(*) FROM steps "
+                f"WHERE run_id IN ({','.join('?' * len(chunk))}) AND name NOT GLOB '*]' GROUP BY run_id",
+                (*ended, *chunk),
+            )
+            tallies.update((run_id, (int(done), int(total))) for run_id, done, total in rows)
+        return tallies
+
     def count_runs(self) -> dict[str, int]:
         rows = self.read(
             "SELECT substr(key, 6), n FROM tallies WHERE key > 'runs/' AND key < 'runs0' AND n > 0"
@@ -282,3 +296,9 @@ class RunReads:
     def count_runs(self) -> dict[str, int]:
         """Stored runs by status value: one aggregate query, no records built."""
         return self._reads.count_runs()
+
+    def step_tallies(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``(finished, total)`` steps of each of ``run_ids`` (a run without step rows is left out),
+        counted from the rows' status alone: a listing's progress without decoding a step or map item
+        (a map step's items count as its one step, as in its record)."""
+        return self._reads.step_tallies(run_ids)

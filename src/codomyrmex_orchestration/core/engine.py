@@ -50,6 +50,7 @@ from codomyrmex_orchestration.core._health import (
 from codomyrmex_orchestration.core._limits import OutputLimiter
 from codomyrmex_orchestration.core._metrics import EngineCounters
 from codomyrmex_orchestration.core._procs import guard_processes
+from codomyrmex_orchestration.core._run_answers import run_answer
 from codomyrmex_orchestration.core._session_runs import SessionWork, stop_session_work
 from codomyrmex_orchestration.core._sessions import (
     ClosedSession,
@@ -61,7 +62,7 @@ from codomyrmex_orchestration.core._sessions import (
 )
 from codomyrmex_orchestration.core.actions import ActionRegistry, create_registry
 from codomyrmex_orchestration.core.backends import ExecutionBackend
-from codomyrmex_orchestration.core.models import RunRecord, TaskPriority, TaskRecord, TaskSpec
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, TaskPriority, TaskRecord, TaskSpec
 from codomyrmex_orchestration.core.projects import ProjectManager
 from codomyrmex_orchestration.core.resources import Allocation, ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
@@ -469,17 +470,16 @@ class OrchestrationEngine:
         priority: TaskPriority | None = None,
         on_step: StepCallback | None = None,
         use_cache: bool = True,
+        items: ItemWindow | None = None,
     ) -> RunRecord:
         """Run a registered workflow, within a session's limits and mode when one is given.
 
         With ``wait`` it waits up to ``timeout`` seconds (``None``: until the run ends) and returns the
-        record as it stands then. ``use_cache=False``: cached steps run anyway (and refresh the cache).
-        """
+        record as it stands then (``items``: each map step lists only this window of its items, the only
+        ones built). ``use_cache=False``: cached steps run anyway (and refresh the cache)."""
         options: dict[str, Any] = {"priority": priority or TaskPriority.NORMAL, "use_cache": use_cache}
         run_id = self._session_work.start(name, parameters, session_id=session_id, on_step=on_step, **options)
-        if not wait:
-            return self.workflow_manager.get_run(run_id)
-        return self.workflow_manager.wait_run(run_id, timeout)
+        return run_answer(self.workflow_manager, run_id, wait=wait, timeout=timeout, items=items)
 
     def execute_complex_workflow(
         self,
@@ -493,14 +493,15 @@ class OrchestrationEngine:
         on_step: StepCallback | None = None,
         use_cache: bool = True,
         overwrite: bool = False,
+        items: ItemWindow | None = None,
     ) -> RunRecord:
         """Register a workflow from ``{"steps": [...], "dependencies": {step: [steps]}}`` (merged into the
-        steps' own lists) and run it; waits, and takes ``use_cache``, like :meth:`execute_workflow`. Under
+        steps' own lists) and run it like :meth:`execute_workflow` (``wait``, ``use_cache``, ``items``). Under
         a taken name the same content runs again; other content needs ``overwrite`` (AlreadyExistsError)."""
         document = complex_workflow_document(definition, name=name)
         self.workflow_manager.create_workflow(document, overwrite=overwrite, reuse=True)
         waits: dict[str, Any] = {"wait": wait, "timeout": timeout, "on_step": on_step, "use_cache": use_cache}
-        return self.execute_workflow(name, parameters=parameters, session_id=session_id, **waits)
+        return self.execute_workflow(name, parameters=parameters, session_id=session_id, items=items, **waits)
 
     def execute_task(
         self,

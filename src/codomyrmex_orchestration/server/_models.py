@@ -300,6 +300,12 @@ class TaskIdArgs(Args):
     wait_seconds: float = Field(
         default=0, ge=0, le=300, description="Wait up to this long for the task to finish (0: answer now)."
     )
+    value_offset: int | None = Field(
+        default=None,
+        ge=0,
+        description="Also read the ended task's result, a page of its JSON text from this character (0, "
+        'then a page\'s next_offset): for a result shown as {"omitted": ...}.',
+    )
 
 
 class ListRunsArgs(Args):
@@ -413,10 +419,12 @@ class StepView(StepResult):
 
 
 class ValuePage(Result):
-    """A page of one value of a run (a step's or item's output, or a parameter): its JSON text, cut."""
+    """A page of one value of a run (a step's or item's output, or a parameter) or of a single task's
+    result: its JSON text, cut."""
 
     of: str = Field(
-        description='What the value is: "steps.a.output", "steps.m.items.3.output", "parameters.p".'
+        description='What the value is: "steps.a.output", "steps.m.items.3.output", "parameters.p", or '
+        '"result" (a task\'s).'
     )
     json_length: int = Field(description="The characters of the value's whole JSON text.")
     offset: int = Field(description="The character of that text this page starts at.")
@@ -491,6 +499,9 @@ class TaskResult(Result):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     note: str | None = None
+    value: ValuePage | None = Field(
+        default=None, description="The page of the result's JSON text get_task's value_offset asked for."
+    )
 
 
 class AllocationResult(Result):

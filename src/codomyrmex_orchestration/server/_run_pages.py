@@ -10,7 +10,9 @@ shows them.
 Values are capped the same way: a record whose JSON passes :data:`RECORD_CHARS` shows its largest step
 outputs, item outputs and run parameters as ``{"omitted": ...}`` markers (:func:`fit_record`), and
 get_workflow_run's ``step``/``item``/``parameter`` read one of them a page of its JSON text at a time
-(:func:`value_page`), so every record of a run fits one SSE event of the SDK client (1 MiB).
+(:func:`value_page`), so every record of a run fits one SSE event of the SDK client (1 MiB). A single
+task's answer (execute_task, get_task) is capped alike: its result becomes the same marker
+(:func:`fit_task`), read with get_task's ``value_offset``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ __all__ = [
     "RECORD_CHARS",
     "VALUE_PAGE_CHARS",
     "fit_record",
+    "fit_task",
     "paged_record",
+    "text_page",
     "value_page",
 ]
 
@@ -165,6 +169,24 @@ def fit_record(data: dict[str, Any], chars: int) -> str | None:
     )
 
 
+def fit_task(data: dict[str, Any], chars: int) -> str | None:
+    """Make ``data`` (a single task's answer as JSON values, ``chars`` characters of JSON) at most
+    :data:`RECORD_CHARS`: its ``result`` becomes ``{"omitted": {"json_length": n, "read": {"task_id":
+    ..., "value_offset": 0}}}``, the get_task arguments that read it a page at a time. Returns the
+    sentence for the answer's note, or None if nothing was left out.
+    """
+    if chars <= RECORD_CHARS or not isinstance(data.get("result"), str | list | dict):
+        return None
+    length = len(json.dumps(data["result"], ensure_ascii=False))
+    read = {"task_id": data.get("task_id"), "value_offset": 0}
+    data["result"] = {"omitted": {"json_length": length, "read": read}}
+    return (
+        f"the result is too large for one answer (an answer shows at most {RECORD_CHARS // 1024} KiB of "
+        'JSON) and is shown as {"omitted": {"json_length": ..., "read": {...}}}: read it with get_task and '
+        "those arguments, a page of its JSON text at a time (value_offset: the page's next_offset)"
+    )
+
+
 def value_page(
     manager: WorkflowManager,
     record: RunRecord,
@@ -203,6 +225,16 @@ def value_page(
         value, of = shown.output, f"steps.{step}.output"
         if item is not None:
             value, of = _item_output(manager, record, step, item), f"steps.{step}.items.{item}.output"
+    return text_page(value, of, offset)
+
+
+def text_page(value: Any, of: str, offset: int) -> ValuePage:
+    """The page of :data:`VALUE_PAGE_CHARS` of ``value``'s JSON text (secrets redacted) that starts at
+    character ``offset``; ``of`` names the value.
+
+    Raises:
+        InvalidInputError: ``offset`` (value_offset) past the text's end.
+    """
     text = json.dumps(redact(value), ensure_ascii=False, default=str)
     if offset >= len(text):
         raise InvalidInputError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import importlib
 import itertools
 import json
@@ -172,6 +173,12 @@ class _Pending:
     subscribe: Callable[[Callable[[BaseModel], None]], None]
     unfinished: Callable[[float], BaseModel]
     in_thread: bool = False
+    #: Completes the answer once it is in hand, on the caller's side (it may raise a tool error, which a
+    #: callback on the thread that settles the work could not report): get_task's page of the result.
+    finish: Callable[[BaseModel], BaseModel] | None = None
+
+    def finished(self, result: BaseModel) -> BaseModel:
+        return result if self.finish is None else self.finish(result)
 
 
 _Outcome = BaseModel | _Pending
@@ -381,10 +388,11 @@ _SUMMARY_STEPS = 200
 def _large_result(result: BaseModel, structured: dict[str, Any], text: str) -> ToolResult:
     """A result of more than :data:`FULL_TEXT_CHARS`: a run record cut to its budget, shown with a summary
     text; anything still over :data:`MAX_RESULT_BYTES` (no client could read it) an error saying so."""
-    if isinstance(result, m.RunHandle):
-        from codomyrmex_orchestration.server._run_pages import fit_record
+    if isinstance(result, m.RunHandle | m.TaskResult):
+        from codomyrmex_orchestration.server._run_pages import fit_record, fit_task
 
-        if (left_out := fit_record(structured, len(text))) is not None:
+        fit = fit_record if isinstance(result, m.RunHandle) else fit_task
+        if (left_out := fit(structured, len(text))) is not None:
             structured["note"] = "; ".join(filter(None, (structured.get("note"), left_out)))
             text = json.dumps(structured, ensure_ascii=False)
     size = len(text) if len(text) * 4 <= MAX_RESULT_BYTES else len(text.encode())
@@ -392,8 +400,8 @@ def _large_result(result: BaseModel, structured: dict[str, Any], text: str) -> T
         return ToolResult.error(
             f"the result is {size} bytes of JSON, more than the {MAX_RESULT_BYTES // 1024} KiB a tool "
             "result may be (MCP clients refuse larger messages): ask for less (get_workflow_run's "
-            "items_limit; a large output is read in pages when it is a workflow step's: get_workflow_run's "
-            "step)"
+            "items_limit; a large output is read in pages: a workflow step's with get_workflow_run's "
+            "step, a task's result with get_task's value_offset)"
         )
     brief: dict[str, Any] = {
         key: value
@@ -468,6 +476,9 @@ def _run_pending(
 
 
 def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, call: _Call) -> _Outcome:
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE  # with the first run
+
+    # Read with the first page of each map step's items, the only ones built: what _run_handle shows.
     record = tools.engine.execute_workflow(
         a.workflow_name,
         parameters=a.parameters,
@@ -475,6 +486,7 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
         wait=False,
         on_step=_step_progress(call),
         use_cache=a.use_cache,
+        items=FIRST_PAGE,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -482,6 +494,8 @@ def _execute_workflow(tools: OrchestrationMCPTools, a: m.ExecuteWorkflowArgs, ca
 def _create_complex_workflow(
     tools: OrchestrationMCPTools, a: m.CreateComplexWorkflowArgs, call: _Call
 ) -> _Outcome:
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE  # with the first run
+
     definition = a.workflow_definition.model_dump(mode="json", exclude_defaults=False)
     record = tools.engine.execute_complex_workflow(
         definition,
@@ -492,6 +506,7 @@ def _create_complex_workflow(
         on_step=_step_progress(call),
         use_cache=a.use_cache,
         overwrite=a.overwrite,
+        items=FIRST_PAGE,
     )
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
@@ -675,9 +690,29 @@ def _get_task(tools: OrchestrationMCPTools, a: m.TaskIdArgs, call: _Call) -> _Ou
     orchestrator = tools.engine.task_orchestrator
     task_id = a.task_id
     record = orchestrator.get_task(task_id)  # an unknown id fails now, before any wait
+    finish = None if a.value_offset is None else functools.partial(_result_page, offset=a.value_offset)
     if a.wait_seconds <= 0 or record.status.is_terminal:
-        return _task_result(record, None)
-    return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None)  # not this call's task
+        result = _task_result(record, None)
+        return result if finish is None else finish(result)
+    # Not this call's task: cancelling the call leaves it running.
+    return _pending_task(orchestrator, task_id, a.wait_seconds, cancel=lambda: None, finish=finish)
+
+
+def _result_page(result: BaseModel, offset: int) -> BaseModel:
+    """``result`` (a task's answer) with the page of its result's JSON text from ``offset`` once the task
+    has ended; a task still going says when it can be read.
+
+    Raises:
+        InvalidInputError: ``offset`` (value_offset) past the text's end.
+    """
+    assert isinstance(result, m.TaskResult)  # get_task's answers are
+    if not TaskStatus(result.status).is_terminal:
+        result.note = f"{result.note}; its result is read in pages (value_offset) once it has ended"
+        return result
+    from codomyrmex_orchestration.server._run_pages import text_page
+
+    result.value = text_page(result.result, "result", offset)
+    return result
 
 
 def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Call) -> _Outcome:
@@ -711,11 +746,16 @@ def _execute_task(tools: OrchestrationMCPTools, a: m.ExecuteTaskArgs, call: _Cal
 
 
 def _pending_task(
-    orchestrator: TaskOrchestrator, task_id: str, timeout: float, *, cancel: Callable[[], None]
+    orchestrator: TaskOrchestrator,
+    task_id: str,
+    timeout: float,
+    *,
+    cancel: Callable[[], None],
+    finish: Callable[[BaseModel], BaseModel] | None = None,
 ) -> _Pending:
     """A wait of up to ``timeout`` for a task's final record: without a thread on the server's loop
     (``on_settled`` delivers it), blocking the caller in plain Python; ``cancel`` runs if the client
-    cancels the request."""
+    cancels the request; ``finish`` completes the answer (see :class:`_Pending`)."""
 
     def wait_for(seconds: float) -> BaseModel:
         try:
@@ -729,7 +769,7 @@ def _pending_task(
     def unfinished(waited: float) -> BaseModel:
         return _task_result(orchestrator.get_task(task_id), waited)
 
-    return _Pending(wait_for, cancel, timeout, subscribe, unfinished)
+    return _Pending(wait_for, cancel, timeout, subscribe, unfinished, finish=finish)
 
 
 def _get_system_status(tools: OrchestrationMCPTools, a: m.NoArgs, call: _Call) -> _Outcome:
@@ -1007,7 +1047,9 @@ def _build_tools() -> tuple[_Tool, ...]:
             "Get a task",
             "The current record of a single task started by execute_task (status, result, error, attempts), "
             "optionally waiting up to wait_seconds for it to finish. Use it to follow a task returned while "
-            'still running. Example: {"task_id": "<task_id>", "wait_seconds": 10}',
+            'still running. A result shown as {"omitted": ...} (an answer is capped at 256 KiB) is read '
+            "with the arguments in its read, a page of its JSON text at a time (value_offset). "
+            'Example: {"task_id": "<task_id>", "wait_seconds": 10}',
             m.TaskIdArgs,
             m.TaskResult,
             _get_task,
@@ -1363,7 +1405,7 @@ class OrchestrationMCPTools:
             tool, args = self._prepare(name, arguments)
             outcome = tool.run(self, args, _Call())
             if isinstance(outcome, _Pending):
-                outcome = outcome.wait(outcome.timeout)
+                outcome = outcome.finished(outcome.wait(outcome.timeout))
             return self._render(outcome)
         except Exception as exc:
             return self._failure(name, exc)
@@ -1478,7 +1520,7 @@ class OrchestrationMCPTools:
         """The result of ``pending`` once delivered, or as it stands at ``arrived`` (the call's
         ``time.monotonic()``) plus its timeout. No thread waits: a full pool cannot delay the deadline."""
         try:
-            return await self._await_delivery(pending, arrived + pending.timeout)
+            return pending.finished(await self._await_delivery(pending, arrived + pending.timeout))
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 try:
