@@ -118,7 +118,7 @@ def test_a_missing_or_mistyped_argument_is_named(tools_without_engine: Orchestra
     missing = tools_without_engine.execute_tool("create_workflow", {"name": "w"})
     assert missing.is_error and "missing required field 'steps'" in missing.text
     mistyped = tools_without_engine.execute_tool("execute_workflow", {"workflow_name": "w", "wait": "yes"})
-    assert mistyped.is_error and "wait: " in mistyped.text and "boolean" in mistyped.text
+    assert mistyped.is_error and "wait: " in mistyped.text and "expected true or false" in mistyped.text
     nested = tools_without_engine.execute_tool(
         "create_workflow", {"name": "w", "steps": [{"name": "a", "module": "core"}]}
     )
