@@ -23,6 +23,7 @@ from codomyrmex_orchestration.core._run_owners import RunOwnership
 from codomyrmex_orchestration.core._serving_lock import ServingLock
 from codomyrmex_orchestration.core._store_codec import DEFAULT_RETENTION_RUNS, GRACE_MIN_SLACK
 from codomyrmex_orchestration.core._store_readonly import ReadOnlyStore
+from codomyrmex_orchestration.core._store_reads import StoreReader
 from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -390,6 +391,43 @@ def test_retention_deletes_the_oldest_finished_runs_and_keeps_active_ones(make_s
     assert kept == ["done-5", "done-4", "done-3", "active-oldest"]  # three finished, besides the active
     assert store.get_run("done-0") is None
     assert store.stats()["rows"]["steps"] == 3  # the trimmed runs' steps went with them
+
+
+@pytest.mark.parametrize("listing", [False, True], ids=["get_run", "list_runs"])
+def test_a_run_read_as_retention_evicts_it_is_read_whole_or_not_at_all(tmp_path: Path, listing: bool) -> None:
+    # A reader syncs with the writer before it reads; here the writer commits, at the reader's second
+    # sync, the run whose end makes retention evict the one being read. Before, a run's row and its
+    # steps were two reads, each after a sync: the row was read, retention deleted the run, and the
+    # record came back COMPLETED with no steps at all (show, get_workflow_run, list_workflow_runs).
+    db = tmp_path / "state" / "state.db"
+    store = SqliteStore(db, retention_runs=1, retention_grace=0)
+    conn: sqlite3.Connection | None = None
+    try:
+        store.save_run(_run("old", age=10, status=WorkflowStatus.COMPLETED))
+        for name in ("a", "b"):
+            store.save_step("old", StepResult(name=name, status=TaskStatus.COMPLETED, output=name))
+        store.flush()
+        syncs = 0
+
+        def sync_as_a_newer_run_ends() -> None:
+            nonlocal syncs
+            syncs += 1
+            if syncs == 2:  # the reader is part-way through: the next run's end evicts "old"
+                store.save_run(_run("new", status=WorkflowStatus.COMPLETED))
+                store.flush()
+
+        conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        reader = StoreReader(conn, str(db), sync_as_a_newer_run_ends)
+        if listing:
+            seen = [r for r in reader.list_runs(limit=10) if r.run_id == "old"]
+        else:
+            one = reader.get_run("old")
+            seen = [] if one is None else [one]
+        assert [sorted(r.steps) for r in seen] in ([], [["a", "b"]]), seen
+    finally:
+        if conn is not None:
+            conn.close()
+        store.close()
 
 
 def test_retention_deletes_the_oldest_finished_runs_whatever_their_status(make_store: StoreFactory) -> None:

@@ -330,6 +330,53 @@ def test_a_cancel_arriving_after_every_step_completed_leaves_the_run_completed(
     assert manager.get_run(final.run_id).status is WorkflowStatus.COMPLETED
 
 
+class _PausingStore(MemoryStore):
+    """A real MemoryStore whose ``sub_runs`` (read by a resume of a parent run alone, after the resume
+    has claimed the run and before it starts it) says so and waits for ``go``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resuming, self.go = threading.Event(), threading.Event()
+
+    def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
+        self.resuming.set()
+        self.go.wait(10)
+        return super().sub_runs(parent_run_id)
+
+
+def test_a_cancel_arriving_while_a_resume_starts_the_run_cancels_the_resumed_run(
+    orchestrator: TaskOrchestrator, registry: ActionRegistry
+) -> None:
+    # Lined up: a resume has claimed the cancelled run and not started it yet; a cancel arrives then.
+    # Before, the cancel read the old record and answered "run is cancelled; only a running run can be
+    # cancelled" while the resume went on to run the workflow to its end.
+    store = _PausingStore()
+    manager = WorkflowManager(orchestrator=orchestrator, registry=registry, store=store, config_dir=None)
+    manager.create_workflow("sleeper", [step("z", action="sleep", parameters={"seconds": 30})])
+    manager.create_workflow(
+        "outer", [step("sub", module="workflow", action="run", parameters={"workflow": "sleeper"})]
+    )
+    started = threading.Event()
+    record = manager.execute_workflow(
+        "outer", wait=False, on_step=lambda run, s: started.set() if s.status is TaskStatus.RUNNING else None
+    )
+    assert started.wait(10)
+    assert manager.cancel_run(record.run_id).status is WorkflowStatus.CANCELLED
+    resumed: list[RunRecord] = []
+    resumer = threading.Thread(target=lambda: resumed.append(manager.resume_run(record.run_id, timeout=20)))
+    resumer.start()
+    try:
+        assert store.resuming.wait(10)
+        store.go.set()  # the resume goes on as the cancel arrives
+        answer = manager.cancel_run(record.run_id)
+    finally:
+        store.go.set()
+        resumer.join(30)
+    assert answer.status is WorkflowStatus.CANCELLED, answer.error
+    assert [r.status for r in resumed] == [WorkflowStatus.CANCELLED]
+    assert manager.get_run(record.run_id).status is WorkflowStatus.CANCELLED
+
+
 def test_wait_timeout_returns_the_running_record_and_the_run_goes_on(manager: WorkflowManager) -> None:
     manager.create_workflow("slow", [step("gate", action="sleep", parameters={"seconds": 0.3})])
     record = manager.execute_workflow("slow", timeout=0.01)

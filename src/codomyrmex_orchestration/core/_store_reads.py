@@ -1,7 +1,8 @@
 """The SQLite store's reads: every query that builds records, rows or counts from the committed file.
 
 It owns the reader connection and the lock that serialises its use; before each read it lets the
-writer commit what is pending (read-your-writes).
+writer commit what is pending (read-your-writes). A record built from several queries (a run's row and
+its steps) reads them in one transaction: one committed state, never half of a commit between them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
@@ -53,9 +55,27 @@ class StoreReader:
 
     def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         self._sync()
+        with self._lock:
+            return self._read_locked(sql, params)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[..., list[Any]]]:
+        """Yield a ``read`` whose queries all see one committed state (one read transaction): a run's
+        row and its step rows read apart could straddle retention deleting the run, and build a
+        finished run without its steps. The body must read through the yielded function only."""
+        self._sync()
+        with self._lock:
+            self._read_locked("BEGIN")
+            try:
+                yield self._read_locked
+            finally:
+                # A read transaction: ending it loses nothing (and a failing file has its error raised).
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+
+    def _read_locked(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         try:
-            with self._lock:
-                return self._conn.execute(sql, tuple(params)).fetchall()
+            return self._conn.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
             self.damage.note(exc)
             raise StateStoreError(self.path, f"read failed: {sqlite_reason(exc)}") from exc
@@ -112,14 +132,15 @@ class StoreReader:
     def get_run(self, run_id: str, items: ItemWindow | None = None) -> RunRecord | None:
         """The run's record; with ``items``, each map step lists only that window of its items, and only
         their rows are decoded (``_store_items``)."""
-        rows = self.read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
-        if not rows:
-            return None
-        if items is not None:
-            record = build_run(rows[0][0], ())
-            record.steps = windowed_steps(self.read, run_id, items)
-            return record
-        steps = self.read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
+        with self.snapshot() as read:
+            rows = read("SELECT record FROM runs WHERE run_id = ?", (run_id,))
+            if not rows:
+                return None
+            if items is not None:
+                record = build_run(rows[0][0], ())
+                record.steps = windowed_steps(read, run_id, items)
+                return record
+            steps = read("SELECT result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
         return build_run(rows[0][0], (s for (s,) in steps))
 
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
@@ -163,19 +184,18 @@ class StoreReader:
             params.extend(parse_cursor(cursor))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         # Each run index ends in (created_at, run_id): the newest ``limit`` rows are read off its end.
-        rows = self.read(
-            f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, run_id DESC LIMIT ?",
-            (*params, max(0, limit)),
-        )
-        if not rows or not steps:
-            return [build_run(record, ()) for _, record in rows]
-        found: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
-        for chunk in _chunks(list(found), 500):
-            marks = ",".join("?" * len(chunk))
-            for run_id, result in self.read(
-                f"SELECT run_id, result FROM steps WHERE run_id IN ({marks}) ORDER BY rowid", chunk
-            ):
-                found[run_id].append(result)
+        query = f"SELECT run_id, record FROM runs {clause} ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        if not steps:
+            return [build_run(record, ()) for _, record in self.read(query, (*params, max(0, limit)))]
+        with self.snapshot() as read:  # the runs listed and their steps: one committed state
+            rows = read(query, (*params, max(0, limit)))
+            found: dict[str, list[str]] = {run_id: [] for run_id, _ in rows}
+            for chunk in _chunks(list(found), 500):
+                marks = ",".join("?" * len(chunk))
+                for run_id, result in read(
+                    f"SELECT run_id, result FROM steps WHERE run_id IN ({marks}) ORDER BY rowid", chunk
+                ):
+                    found[run_id].append(result)
         return [build_run(record, found[run_id]) for run_id, record in rows]
 
     def step_tallies(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:

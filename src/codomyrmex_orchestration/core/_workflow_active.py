@@ -1,8 +1,9 @@
 """The table of active runs: every run that has started and not yet ended, and the resume claims.
 
 :class:`ActiveRuns` owns the run id -> :class:`RunState` table and the set of run ids a resume has
-claimed but not yet started, both under one lock held for set operations only; and a count of the
-transitions of its runs (under ``_changed``), which :meth:`ActiveRuns.wait_quiet` waits on.
+claimed but not yet started, both under one lock held for set operations only (``_settled`` waits on
+it for a claimed run to start or its resume to give up); and a count of the transitions of its runs
+(under ``_changed``), which :meth:`ActiveRuns.wait_quiet` waits on.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ class ActiveRuns:
     """Active runs by id. A run enters when it starts and leaves once its final record is saved, so a
     reader that misses it here finds it final in the store."""
 
-    __slots__ = ("_changed", "_claimed", "_lock", "_quiet_waiters", "_runs", "_transitions")
+    __slots__ = ("_changed", "_claimed", "_lock", "_quiet_waiters", "_runs", "_settled", "_transitions")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _runs and _claimed
+        # Notified when a run enters or a claim goes: what get_starting waits for.
+        self._settled = threading.Condition(self._lock)
         self._runs: dict[str, RunState] = {}
         self._claimed: set[str] = set()
         # Taken under a run's lock (its transitions), never around one: wait_quiet reads runs without it.
@@ -41,6 +44,8 @@ class ActiveRuns:
             self._runs[run.run_id] = run
             if self._quiet_waiters:
                 run.on_change = self._bump
+            if run.run_id in self._claimed:
+                self._settled.notify_all()
 
     def remove(self, run_id: str) -> None:
         with self._lock:
@@ -90,6 +95,14 @@ class ActiveRuns:
         with self._lock:
             return self._runs.get(run_id)
 
+    def get_starting(self, run_id: str, timeout: float) -> RunState | None:
+        """The active run ``run_id``, as :meth:`get`; but while a resume has claimed it and not started
+        it yet, wait up to ``timeout`` seconds for that resume to start it or give up: a cancel arriving
+        then must meet the run the resume starts, not the ended record it is about to replace."""
+        with self._settled:
+            self._settled.wait_for(lambda: run_id in self._runs or run_id not in self._claimed, timeout)
+            return self._runs.get(run_id)
+
     def __contains__(self, run_id: object) -> bool:
         with self._lock:
             return run_id in self._runs
@@ -125,3 +138,4 @@ class ActiveRuns:
         finally:
             with self._lock:
                 self._claimed.discard(run_id)
+                self._settled.notify_all()

@@ -394,7 +394,7 @@ class WorkflowManager:
             RunNotFoundError: unknown run id.
             InvalidStateError: the run ended, nothing runs it, or it is a CLI run's sub-run (as it says).
         """
-        run = self._active.get(run_id)
+        run = self._active.get_starting(run_id, CANCEL_WAIT)  # a resume starting it: cancel what it starts
         if run is None:
             return self._foreign.cancel(self.get_run(run_id), CANCEL_WAIT)
         self._driver.cancel(run)
@@ -403,7 +403,7 @@ class WorkflowManager:
     def request_cancel(self, run_id: str) -> RunRecord:
         """Cancel a run as :meth:`cancel_run` does, without waiting for it to settle: the record as it
         stands; :meth:`on_settled` says when it has. Raises as :meth:`cancel_run` does."""
-        run = self._active.get(run_id)
+        run = self._active.get_starting(run_id, CANCEL_WAIT)
         if run is None:
             record = self.get_run(run_id)
             self._foreign.ask_to_cancel(record)
