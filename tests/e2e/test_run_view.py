@@ -785,6 +785,116 @@ def test_a_poll_keeps_the_focus_the_selection_and_the_scroll_of_what_did_not_cha
         assert page.evaluate("document.activeElement.id") == "all-runs"
 
 
+# --------------------------------------------------------------------------- sub-runs and the list
+
+
+def test_a_run_links_to_the_sub_runs_its_steps_started_and_a_sub_run_to_its_parent(
+    browser: Any, server: Served, tmp_path: Path
+) -> None:
+    # A workflow.run step's sub-run was nowhere to be found from its parent's page, nor the parent from it.
+    gate = tmp_path / "gate"
+    child = gated("linked_child", gate)
+    assert not mcp_call(server.url, "create_workflow", {**child, "overwrite": True}, AUTH).is_error
+    parent = {
+        "name": "linked_parent",
+        "steps": [
+            {"name": "call", "module": "workflow", "action": "run", "parameters": {"workflow": child["name"]}}
+        ],
+    }
+    with gated_run_page(browser, server, parent, [gate]) as (page, parent_id):
+        link = page.wait_for_selector('#sub-runs li[data-step="call"] a[data-sub-run]', timeout=WAIT_MS)
+        assert link is not None
+        child_id = link.get_attribute("data-sub-run")
+        assert child_id and child_id != parent_id
+        page.click('g.node[data-step="call"]')  # the step that started it names it too
+        assert (
+            page.get_attribute(f'#step-sub-runs a[data-sub-run="{child_id}"]', "href") == f"#/runs/{child_id}"
+        )
+
+        page.click(f'#sub-runs a[data-sub-run="{child_id}"]')
+        page.wait_for_selector(node(page, "gate", "running"), timeout=WAIT_MS)
+        assert child_id in page.inner_text("#title")
+        up = page.wait_for_selector("#parent-run", timeout=WAIT_MS)
+        assert up is not None and "step call" in up.inner_text()
+        up.click()
+        page.wait_for_selector('g.node[data-step="call"]', timeout=WAIT_MS)
+        assert parent_id in page.inner_text("#title")
+        assert page.locator("#parent-run").count() == 0  # a top-level run has no parent
+
+    # what the page reads: list_workflow_runs' parent_run_id, a malformed one refused naming the field
+    bad = {"name": "list_workflow_runs", "arguments": {"parent_run_id": ""}}
+    refused = httpx.post(f"{server.base}/ui/api/call", json=bad, headers=AUTH).json()
+    assert refused["isError"] and "parent_run_id" in refused["content"][0]["text"], refused
+
+
+def test_the_list_of_runs_filters_by_status_and_pages_to_older_runs_by_keyboard_across_polls(
+    browser: Any, tmp_path: Path
+) -> None:
+    # The list showed the newest 50 runs of any status, with no way to see older ones or only the failed.
+    with served(tmp_path / "many", env={"CODOMYRMEX_AUTH_TOKEN": TOKEN}) as many:
+        assert not mcp_call(many.url, "create_workflow", one_step("leaf"), AUTH).is_error
+        fan = {
+            "name": "fan",
+            "steps": [
+                {
+                    "name": "call",
+                    "module": "workflow",
+                    "action": "run",
+                    "parameters": {"workflow": "leaf"},
+                    "for_each": list(range(26)),
+                }
+            ],
+        }
+        assert not mcp_call(many.url, "create_workflow", fan, AUTH).is_error
+        done = mcp_call(many.url, "execute_workflow", {"workflow_name": "fan", "wait": True}, AUTH)
+        assert done.structured_content["status"] == "completed", done.content
+        bad = {
+            "name": "bad",
+            "steps": [{"name": "boom", "module": "core", "action": "fail", "parameters": {}}],
+        }
+        assert not mcp_call(many.url, "create_workflow", bad, AUTH).is_error
+        failed = mcp_call(many.url, "execute_workflow", {"workflow_name": "bad", "wait": True}, AUTH)
+        failed_id = failed.structured_content["run_id"]  # 28 runs: 27 completed, this one failed
+        context = browser.new_context()
+        context.add_init_script(COUNT_ANSWERS)
+        try:
+            page = context.new_page()
+            sign_in(page, many.base, TOKEN)
+            rows = "#runs tr[data-run]"
+            page.wait_for_function(
+                f"() => document.querySelectorAll('{rows}').length === 25", timeout=WAIT_MS
+            )
+            first_page = set(page.eval_on_selector_all(rows, "rows => rows.map((r) => r.dataset.run)"))
+            assert page.is_disabled("#runs-newer") and not page.is_disabled("#runs-older")
+            assert page.inner_text("label[for=status-filter]").strip() == "status"
+
+            page.focus("#runs-older")
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"() => document.querySelectorAll('{rows}').length === 3", timeout=WAIT_MS)
+            older = set(page.eval_on_selector_all(rows, "rows => rows.map((r) => r.dataset.run)"))
+            assert not older & first_page and page.inner_text("#runs-page") == "page 2"
+            assert page.is_disabled("#runs-older")
+            assert page.evaluate("document.activeElement.id") == "runs-newer"  # the focus stays on a button
+            seen = page.evaluate("window.__answers")
+            page.wait_for_function(f"() => window.__answers >= {seen + 2}", timeout=WAIT_MS)  # a poll
+            assert set(page.eval_on_selector_all(rows, "rows => rows.map((r) => r.dataset.run)")) == older
+
+            page.focus("#status-filter")
+            page.select_option("#status-filter", "failed")
+            page.wait_for_selector(f'{rows}[data-run="{failed_id}"]', timeout=WAIT_MS)
+            page.wait_for_function(f"() => document.querySelectorAll('{rows}').length === 1", timeout=WAIT_MS)
+            assert page.inner_text("#runs-page") == "page 1 of failed runs"
+            seen = page.evaluate("window.__answers")
+            page.wait_for_function(f"() => window.__answers >= {seen + 2}", timeout=WAIT_MS)  # a poll
+            kept = page.evaluate(
+                f"""() => [document.activeElement.id, document.getElementById("status-filter").value,
+                          [...document.querySelectorAll('{rows}')].map((r) => r.dataset.run)]"""
+            )
+            assert kept == ["status-filter", "failed", [failed_id]], kept
+        finally:
+            context.close()
+
+
 # --------------------------------------------------------------------------- every status drawn
 
 

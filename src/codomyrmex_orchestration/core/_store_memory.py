@@ -285,6 +285,7 @@ class MemoryStore:
         until: datetime | None = None,
         cursor: str | None = None,
         steps: bool = True,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
         wanted = WorkflowStatus(status).value if status is not None else None
         low, high = window(since, until)
@@ -295,6 +296,7 @@ class MemoryStore:
                 for run_id, r in self._runs.items()
                 if (workflow_name is None or r.workflow_name == workflow_name)
                 and (wanted is None or r.status == wanted)
+                and (parent_run_id is None or r.parent == parent_run_id)
                 and (low is None or r.created >= low)
                 and (high is None or r.created < high)
                 and (after is None or (r.created, run_id) < after)

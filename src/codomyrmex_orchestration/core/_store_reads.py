@@ -144,8 +144,9 @@ class StoreReader:
         return build_run(rows[0][0], (s for (s,) in steps))
 
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
-        # No index on parent_run_id: a resume (the one caller) scans the runs once, and no run start
-        # pays for one more b-tree.
+        # No index on parent_run_id: a resume scans the runs once, list_runs' parent filter (the run
+        # view asks it only of a run with workflow.run steps) scans them too, and no run start pays for
+        # one more b-tree.
         rows = self.read(
             "SELECT record FROM runs WHERE parent_run_id = ? ORDER BY created_at, rowid", (parent_run_id,)
         )
@@ -161,6 +162,7 @@ class StoreReader:
         until: datetime | None = None,
         cursor: str | None = None,
         steps: bool = True,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
         """The runs as ``StateStore.list_runs`` lists them; ``steps=False``: their own rows alone (no
         step row is read)."""
@@ -172,6 +174,9 @@ class StoreReader:
         if status is not None:
             where.append("status = ?")
             params.append(WorkflowStatus(status).value)
+        if parent_run_id is not None:
+            where.append("parent_run_id = ?")
+            params.append(parent_run_id)
         low, high = window(since, until)
         if low is not None:
             where.append("created_at >= ?")
@@ -297,6 +302,7 @@ class RunReads:
         until: datetime | None = None,
         cursor: str | None = None,
         steps: bool = True,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
         """Up to ``limit`` runs, newest first, filtered (``steps=False``: summaries, no step read).
 
@@ -311,6 +317,7 @@ class RunReads:
             until=until,
             cursor=cursor,
             steps=steps,
+            parent_run_id=parent_run_id,
         )
 
     def count_runs(self) -> dict[str, int]:

@@ -126,7 +126,8 @@ class StateStore(Protocol):
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]: ...
     # Newest first (created_at, then run_id, descending). ``since``/``until``: a [since, until) window
     # on created_at; ``cursor``: run_cursor() of the last run of the previous page; ``steps=False``:
-    # summaries, the runs' own fields alone (``steps`` empty: no step is read).
+    # summaries, the runs' own fields alone (``steps`` empty: no step is read); ``parent_run_id``: only the
+    # sub-runs started by that run's steps.
     def list_runs(
         self,
         *,
@@ -137,6 +138,7 @@ class StateStore(Protocol):
         until: datetime | None = None,
         cursor: str | None = None,
         steps: bool = True,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]: ...
     def count_runs(self) -> dict[str, int]: ...
     # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no

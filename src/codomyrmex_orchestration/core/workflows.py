@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from codomyrmex_orchestration.config import (
     DEFAULT_CONFIG_DIR,
@@ -27,8 +27,8 @@ from codomyrmex_orchestration.config import (
     DEFAULT_MAX_WORKFLOWS,
 )
 from codomyrmex_orchestration.core._foreign_runs import ForeignRuns
+from codomyrmex_orchestration.core._run_listing import RunQuery, merged_listing
 from codomyrmex_orchestration.core._secrets import SecretSource
-from codomyrmex_orchestration.core._store_codec import parse_cursor
 from codomyrmex_orchestration.core._version_pins import keep_version
 from codomyrmex_orchestration.core._workflow_active import ActiveRuns
 from codomyrmex_orchestration.core._workflow_checks import check_document, register
@@ -59,37 +59,6 @@ from codomyrmex_orchestration.errors import (
     InvalidStateError,
     RunNotFoundError,
 )
-
-
-class _RunFilter(NamedTuple):
-    """A run listing's filters, applied to the live runs the store does not have yet."""
-
-    workflow_name: str | None
-    status: WorkflowStatus | None
-    since: datetime | None
-    until: datetime | None
-    after: tuple[float, str] | None  # the cursor's (created_at, run_id): only older runs
-
-    def matches(self, run: RunRecord) -> bool:
-        return (
-            (self.workflow_name is None or run.workflow_name == self.workflow_name)
-            and (self.status is None or run.status is self.status)
-            and (self.since is None or run.created_at >= self.since)
-            and (self.until is None or run.created_at < self.until)
-            and (self.after is None or (run.created_at.timestamp(), run.run_id) < self.after)
-        )
-
-
-def _merge_listing(
-    stored: list[RunRecord], live: list[RunRecord], wanted: _RunFilter, limit: int
-) -> list[RunRecord]:
-    """The stored page with the live runs that belong in it, in the store's order (newest
-    ``(created_at, run_id)`` first); a live record replaces its stored copy."""
-    records = {r.run_id: r for r in stored}
-    records.update((run.run_id, run) for run in live if wanted.matches(run))
-    ordered = sorted(records.values(), key=lambda r: (r.created_at.timestamp(), r.run_id), reverse=True)
-    return ordered[:limit]
-
 
 __all__ = ["CANCEL_WAIT", "RunListener", "StepCallback", "WorkflowManager", "WorkflowValidation"]
 
@@ -455,24 +424,16 @@ class WorkflowManager:
         until: datetime | None = None,
         cursor: str | None = None,
         steps: bool = True,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
         """Runs, newest first (active runs as they stand), created in ``[since, until)``, after
-        ``cursor`` (``store.run_cursor`` of the previous page's last run); ``steps=False``: summaries,
-        every ``steps`` empty (no step is read). Raises InvalidInputError for a cursor it did not make."""
-        stored = self.store.list_runs(
-            workflow_name=workflow_name,
-            status=status,
-            limit=limit,
-            since=since,
-            until=until,
-            cursor=cursor,
-            steps=steps,
-        )
-        after = parse_cursor(cursor) if cursor is not None else None
-        wanted = _RunFilter(workflow_name, status, since, until, after)
+        ``cursor`` (``store.run_cursor`` of the previous page's last run), with ``parent_run_id``: only
+        the sub-runs its steps started; ``steps=False``: summaries, every ``steps`` empty (no step is
+        read). Raises InvalidInputError for a cursor it did not make."""
+        query = RunQuery(workflow_name, status, since, until, parent_run_id)
         live = [run.snapshot() if steps else run.summary() for run in self._active.runs()]
         live += [r.model_copy(update=None if steps else {"steps": {}}) for r in self._recorder.unsaved()]
-        return _merge_listing(stored, live, wanted, limit)
+        return merged_listing(self.store, query, live, limit=limit, cursor=cursor, steps=steps)
 
     def active_run_ids(self) -> list[str]:
         return self._active.ids()

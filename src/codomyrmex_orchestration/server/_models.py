@@ -321,6 +321,12 @@ class ListRunsArgs(Args):
     cursor: str | None = Field(
         default=None, max_length=256, description="next_cursor of the previous page: the page after it."
     )
+    parent_run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Only the sub-runs started by this run's workflow.run steps (a run_id).",
+    )
 
 
 class ResumeRunArgs(Args):
@@ -557,6 +563,9 @@ class RunSummary(Result):
     finished_at: str | None = None
     duration_seconds: float | None = None
     failed_steps: list[str] = Field(default_factory=list)
+    #: The run whose workflow.run step started this one, and that step (``step[index]`` for a map item).
+    parent_run_id: str | None = None
+    parent_step: str | None = None
 
 
 class RunListResult(Result):

@@ -607,6 +607,7 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
         until=_aware(a.until),
         cursor=a.cursor,
         steps=False,  # a summary shows none: no step or item row is read
+        parent_run_id=a.parent_run_id,
     )
     records = found[: a.limit]
     runs = [
@@ -618,6 +619,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
             finished_at=r.finished_at.isoformat() if r.finished_at is not None else None,
             duration_seconds=r.duration_seconds,
             failed_steps=r.failed_steps,
+            parent_run_id=r.parent_run_id,
+            parent_step=r.parent_step,
         )
         for r in records
     ]
