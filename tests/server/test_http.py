@@ -944,3 +944,39 @@ async def test_a_single_tasks_result_near_a_mib_reaches_the_sdk_client_and_reads
     assert "get_task" in answer["note"] and len(done.content[0].text) < 64 * 1024  # type: ignore[union-attr]
     assert json.loads("".join(pages)) == message and len(pages) > 1
     assert past.is_error and "value_offset: 10000000 is past the end of result" in past.content[0].text  # type: ignore[union-attr]
+
+
+async def test_an_unsupported_protocol_version_header_gets_400_naming_the_header_on_every_method(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # A handshake-era client whose MCP-Protocol-Version header named no served version was told
+    # "params._meta must be an object carrying ... envelope keys" (POST), and 405 Method Not Allowed on
+    # GET and DELETE of its own session; the transports' MUST is 400 for an unsupported version.
+    from tests.server.test_stdio import SERVED_VERSIONS
+
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            opened = await _open_session(http, base)
+            session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+            answers = {}
+            for version in ("2030-01-01", "garbage"):
+                bad = {**MCP_HEADERS, **session, "mcp-protocol-version": version}
+                ping = {"jsonrpc": "2.0", "id": "p1", "method": "ping"}
+                answers[version, "POST"] = await http.post(f"{base}/mcp", json=ping, headers=bad)
+                answers[version, "GET"] = await http.get(f"{base}/mcp", headers=bad)
+                answers[version, "DELETE"] = await http.delete(f"{base}/mcp", headers=bad)
+            good = {**MCP_HEADERS, **session, "mcp-protocol-version": "2025-06-18"}
+            still = await http.post(
+                f"{base}/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=good
+            )
+    for (version, method), answer in answers.items():
+        assert answer.status_code == 400, (version, method, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == -32022
+        assert f"MCP-Protocol-Version header says {version!r}" in error["message"]
+        assert error["data"] == {"supported": SERVED_VERSIONS, "requested": version}
+        assert answer.json()["id"] == ("p1" if method == "POST" else None)
+    assert still.status_code == 200 and '"result":{}' in still.text  # the session was not ended

@@ -13,6 +13,7 @@ transport, the code-execution exposure and the session manager, read by ``/healt
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem
-from codomyrmex_orchestration.server._versions import send_naming_served
+from codomyrmex_orchestration.server._versions import send_naming_served, unsupported_header
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -80,7 +81,21 @@ class SessionManager(StreamableHTTPSessionManager):
         (``_request_ids``), before the SDK's parser reads the id as a notification's or reports the
         array with pydantic's dump, in the shape of the SDK's answer to a malformed message.
         """
-        session = next((v for k, v in scope.get("headers", ()) if k == _SESSION_HEADER), None)
+        version = _header(scope, b"mcp-protocol-version")
+        if version is not None:
+            opening_body = b""
+            if scope.get("method") == "POST":
+                opening = await receive()
+                opening_body = opening.get("body", b"") if opening["type"] == "http.request" else b""
+                receive = _replaying(opening, receive)
+            refusal = unsupported_header(version.decode("latin-1"), opening_body)
+            if refusal is not None:
+                log.warning("http.unsupported_protocol_version", header=version[:40].decode("latin-1"))
+                await Response(
+                    json.dumps(refusal, separators=(",", ":")), status_code=400, media_type="application/json"
+                )(scope, receive, send)
+                return
+        session = _header(scope, _SESSION_HEADER)
         if session is None:
             send = _no_session_id_on_refusal(send, self.max_sessions)
         if _routed_modern(scope):  # where the SDK refuses a version, naming its modern ones only
@@ -215,6 +230,21 @@ def _refusal(max_sessions: int | None) -> str:
         jsonrpc="2.0", id=None, error=types.ErrorData(code=types.INTERNAL_ERROR, message=message)
     )
     return error.model_dump_json(by_alias=True, exclude_unset=True)
+
+
+def _replaying(message: Message, receive: Receive) -> Receive:
+    """``receive`` with ``message`` (read from it already) given back first."""
+    pending = [message]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def _header(scope: Scope, name: bytes) -> Any:
+    """The value of the request header ``name`` (lower case), as bytes, or None."""
+    return next((v for k, v in scope.get("headers", ()) if k == name), None)
 
 
 def _routed_modern(scope: Scope) -> bool:

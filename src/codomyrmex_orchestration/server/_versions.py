@@ -23,7 +23,7 @@ from codomyrmex_orchestration.server._notifications import connection_of
 if TYPE_CHECKING:  # the stdio wire imports this module too, without the HTTP stack
     from starlette.types import Message, Send
 
-__all__ = ["SERVED_VERSIONS", "install", "naming_served", "send_naming_served"]
+__all__ = ["SERVED_VERSIONS", "install", "naming_served", "send_naming_served", "unsupported_header"]
 
 #: Every version served, newest first, as the specification's example for a server of both eras lists
 #: them: 2026-07-28 with each request's envelope, the others through the ``initialize`` handshake.
@@ -78,6 +78,41 @@ async def _before_initialize(server: Server[Any], ctx: Any, call_next: Callable[
         f"{', '.join(repr(key) for key in _ENVELOPE_KEYS)}",
         data={"method": method},
     )
+
+
+def unsupported_header(version: str, body: bytes) -> dict[str, Any] | None:
+    """The error answering an HTTP request whose ``MCP-Protocol-Version`` header names a version this
+    server never serves (``body``: the request's, for its id); None for a served one.
+
+    The transports' MUST: "If the server receives a request with an invalid or unsupported
+    MCP-Protocol-Version, it MUST respond with 400 Bad Request". The SDK routes every such header to its
+    2026-07-28 path, whose answer to a handshake-era request (no ``params._meta`` envelope) spoke of
+    envelope keys, not of the header, and whose GET and DELETE answered 405 as if the session could not
+    be streamed or ended. The code and data are those of the SDK's UnsupportedProtocolVersionError.
+    """
+    if version in SERVED_VERSIONS:
+        return None
+    try:
+        request = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        request = None
+    request_id = request.get("id") if isinstance(request, dict) else None
+    if not (
+        isinstance(request_id, str) or (isinstance(request_id, int) and not isinstance(request_id, bool))
+    ):
+        request_id = None
+    served = ", ".join(SERVED_VERSIONS)
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": UNSUPPORTED_PROTOCOL_VERSION,
+            "message": "Unsupported protocol version: the MCP-Protocol-Version header says "
+            f"{version[:40]!r}; this server serves {served}. On a session send the version initialize "
+            "negotiated; on 2026-07-28 send the version of each request's params._meta",
+            "data": {"supported": list(SERVED_VERSIONS), "requested": version},
+        },
+    }
 
 
 def _renamed(message: Any) -> dict[str, Any] | None:
