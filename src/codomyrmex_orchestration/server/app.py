@@ -80,6 +80,7 @@ from codomyrmex_orchestration.server._tasks import (
     token_owner,
 )
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
+from codomyrmex_orchestration.server._unanswered import SHUTDOWN_GRACE
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -790,12 +791,6 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-#: Seconds an HTTP server gives open responses to finish after SIGINT/SIGTERM (its runs and tasks are
-#: cancelled at the signal, so calls waiting on them answer at once); then it closes what is still open,
-#: such as a client's stream of notifications.
-HTTP_SHUTDOWN_GRACE = 2
-
-
 async def _serve_http(
     app: ASGIApp,
     host: str,
@@ -850,7 +845,7 @@ async def _serve_http(
         log_config=None,
         lifespan="on",
         access_log=False,
-        timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
         # Connections waiting for a request are bounded in time and number (server/_connections.py).
         http=protocol_class(guard) if guard is not None else "auto",
         # No WebSocket routes: an upgrade would also hand the connection to a protocol the guard never sees.
