@@ -252,6 +252,101 @@ async def test_a_shutdown_signal_answers_every_sse_client_waiting_on_a_run_befor
     assert "server.stop" in logs
 
 
+_SLOW = {
+    "name": "slow",
+    "steps": [
+        {"name": "quick", "module": "core", "action": "echo", "parameters": {"message": 1}},
+        {"name": "nap", "module": "core", "action": "sleep", "parameters": {"seconds": 60},
+         "dependencies": ["quick"]},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_shutdown_signal_on_stdio_answers_the_call_waiting_on_a_run_with_its_cancelled_record(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    # As over HTTP: the signal cancels the run (left resumable), and the call waiting on it is answered
+    # before the wire closes. Before, the signal cancelled the session at once: the call never got an
+    # answer (the client saw its connection close).
+    from codomyrmex_orchestration.core._serving_lock import serving_pid
+
+    first_step_done = anyio.Event()
+    answers: list[Any] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        first_step_done.set()
+
+    params = StdioServerParameters(command=str(SCRIPT), args=["serve"], cwd=tmp_path, env=_env(tmp_path))
+    with anyio.fail_after(30):
+        async with Client(params) as client:
+            assert not (await client.call_tool("create_workflow", _SLOW)).is_error
+            pid = serving_pid(tmp_path / "state")
+            assert pid is not None
+
+            async def execute() -> None:
+                arguments = {"workflow_name": "slow", "timeout_seconds": 120}
+                answer = await client.call_tool("execute_workflow", arguments, progress_callback=on_progress)
+                answers.append(answer)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(execute)
+                await first_step_done.wait()
+                os.kill(pid, signum)
+    [answer] = answers
+    assert not answer.is_error and answer.structured_content["status"] == "cancelled", answer
+    assert answer.structured_content["steps"]["quick"]["status"] == "completed", answer
+
+
+def test_at_eof_on_stdio_every_request_received_is_answered_and_the_waiting_run_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    # The client sends its last requests and closes stdin: each is answered before the server exits,
+    # and the call waiting on a run gets the run's record, cancelled. Before, EOF ended the session at
+    # once: the waiting call got "Connection closed" and calls that had taken effect (a workflow
+    # saved) got no answer, or that same error.
+    proc = _stdio_server(tmp_path)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        logs = _Lines(proc.stderr)
+
+        def call(request_id: int, name: str, arguments: dict[str, Any], **meta: Any) -> None:
+            params: dict[str, Any] = {"name": name, "arguments": arguments}
+            if meta:
+                params["_meta"] = meta
+            message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+            proc.stdin.write(json.dumps(message) + "\n")  # type: ignore[union-attr]
+
+        def read_until(done: Any) -> list[dict[str, Any]]:
+            seen = []
+            for line in proc.stdout:  # type: ignore[union-attr]  # ends at EOF: bounded by the exit
+                seen.append(json.loads(line))
+                if done(seen[-1]):
+                    break
+            return seen
+
+        call(2, "create_workflow", _SLOW)
+        proc.stdin.flush()
+        assert any(m.get("id") == 2 for m in read_until(lambda m: m.get("id") == 2))
+        call(3, "execute_workflow", {"workflow_name": "slow", "timeout_seconds": 120}, progressToken="run")
+        proc.stdin.flush()
+        read_until(lambda m: m.get("method") == "notifications/progress")  # the run has started
+        last = range(10, 20)
+        for request_id in last:
+            call(request_id, "create_workflow", {**_SLOW, "name": f"w{request_id}"})
+        proc.stdin.close()
+        rest = [line for line in proc.stdout if line.strip()]
+        code = proc.wait(timeout=30)
+    finally:
+        reap(proc)
+    answers = {m["id"]: m for m in map(json.loads, rest) if "id" in m}
+    assert code == 0, logs.text()
+    assert "result" in answers[3], answers.get(3)
+    assert answers[3]["result"]["structuredContent"]["status"] == "cancelled", answers[3]
+    unanswered = [i for i in last if "result" not in answers.get(i, {})]
+    assert not unanswered, (unanswered, [answers.get(i) for i in unanswered])
+
+
 def test_a_client_that_stops_reading_ends_the_session_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(SCRIPT), "serve"],

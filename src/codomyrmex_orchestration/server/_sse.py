@@ -6,8 +6,8 @@ its shutdown grace; SSE answers every request on the one long event stream. sse-
 the stream, ends it within half a second of uvicorn beginning to stop, whether or not the answers of
 the calls waiting on work the signal cancels are on it: ``deferred_stream_close`` turns that off while
 ``serve`` runs, and ``SseSessions.close_when_answered`` (at the signal) makes each session end its own
-stream instead. Owns the loop event that starts the close and, per session, the ids of the requests
-still unanswered.
+stream instead. Owns the loop event that starts the close; each session notes the ids of its requests
+still unanswered (``_unanswered``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import anyio.lowlevel
-import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
 from mcp.shared._stream_protocols import ReadStream, WriteStream
@@ -29,12 +27,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from codomyrmex_orchestration.server._unanswered import Reading, Unanswered, Writing
 from codomyrmex_orchestration.server.tools import _call_soon
 
 __all__ = ["SseSessions", "deferred_stream_close"]
 
 _Incoming = SessionMessage | Exception
-_LISTEN = "subscriptions/listen"
 
 
 @contextlib.contextmanager
@@ -58,101 +56,6 @@ class _Sent(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         return None
-
-
-class _Unanswered:
-    """The ids of the requests one session has received and not yet answered: an answer counts once it
-    has been handed to the event stream, which then writes it before it ends. Touched on the event loop
-    only."""
-
-    def __init__(self) -> None:
-        self._ids: set[types.RequestId] = set()
-        self._emptied: anyio.Event | None = None
-
-    def received(self, item: _Incoming) -> None:
-        if not isinstance(item, SessionMessage):
-            return
-        message = item.message
-        if isinstance(message, types.JSONRPCRequest):
-            # A subscription stream is answered only when it ends: it does not hold the session open.
-            if message.method != _LISTEN:
-                self._ids.add(message.id)
-        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
-            # A request the client cancelled is never answered (the specification). The id is the
-            # client's JSON, not validated yet: only a string or an integer can name a request.
-            request_id = (message.params or {}).get("requestId")
-            if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-                self._settle(request_id)
-
-    def sent(self, item: SessionMessage) -> None:
-        message = item.message
-        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-            self._settle(message.id)
-
-    def _settle(self, request_id: types.RequestId) -> None:
-        if request_id in self._ids:
-            self._ids.discard(request_id)
-            if not self._ids and self._emptied is not None:
-                self._emptied.set()
-
-    async def none_left(self) -> None:
-        while self._ids:
-            self._emptied = anyio.Event()
-            await self._emptied.wait()
-
-
-class _Noting:
-    """A stream of the session wrapped to note what passes (``_unanswered``); closing it closes the
-    stream it wraps."""
-
-    def __init__(self, inner: Any, unanswered: _Unanswered) -> None:
-        self._inner = inner
-        self._unanswered = unanswered
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class _Reading(_Noting):
-    """The session's read stream, noting each request as the server takes it."""
-
-    _inner: ReadStream[_Incoming]
-
-    @property
-    def last_context(self) -> Any:
-        # The SDK reads the sender's context (its contextvars) from the stream it was given.
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> _Incoming:
-        item = await self._inner.receive()
-        self._unanswered.received(item)
-        return item
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> _Incoming:
-        item = await self._inner.__anext__()
-        self._unanswered.received(item)
-        return item
-
-
-class _Writing(_Noting):
-    """The session's write stream, noting each answer once the event stream has taken it."""
-
-    _inner: WriteStream[SessionMessage]
-
-    async def send(self, item: SessionMessage, /) -> None:
-        await self._inner.send(item)
-        self._unanswered.sent(item)
 
 
 class SseSessions:
@@ -193,13 +96,13 @@ class SseSessions:
     async def _serve(
         self, server: Server[Any], read: ReadStream[_Incoming], write: WriteStream[SessionMessage]
     ) -> None:
-        unanswered = _Unanswered()
+        unanswered = Unanswered()
         close = self._close_event()
         async with anyio.create_task_group() as tg:
 
             async def run() -> None:
                 options = server.create_initialization_options()
-                await server.run(_Reading(read, unanswered), _Writing(write, unanswered), options)
+                await server.run(Reading(read, unanswered), Writing(write, unanswered), options)
                 tg.cancel_scope.cancel()  # the client has gone: nothing left to wait for
 
             tg.start_soon(run)

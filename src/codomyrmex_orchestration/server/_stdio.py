@@ -3,7 +3,8 @@
 Owns the two wire descriptors while serving. Malformed input is answered here as JSON-RPC 2.0 says
 (-32700 parse error, -32600 invalid request, ``id`` null when none can be read) and logged once at
 warning; a line longer than the limit is refused and discarded as it streams in, never buffered whole.
-A UTF-8 byte order mark before a message is ignored.
+A UTF-8 byte order mark before a message is ignored. At EOF or a shutdown signal no further request is
+read, and those received are answered (within ``SHUTDOWN_GRACE``) before the session ends.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._unanswered import SHUTDOWN_GRACE, Unanswered, Writing
 from codomyrmex_orchestration.server._versions import naming_served
 from codomyrmex_orchestration.server._wire import encoded_writes
 
@@ -55,9 +58,18 @@ def _request_id(text: bytes) -> str | int | None:
     return None
 
 
-def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
+_Problem = tuple[int, str, str | int | None]
+
+
+def diagnose(line: bytes) -> _Problem | None:
     """``None`` when ``line`` is a JSON-RPC message the SDK accepts, else ``(code, message, id)`` of the
     error to answer it with."""
+    examined = _examine(line)
+    return examined if isinstance(examined, tuple) else None
+
+
+def _examine(line: bytes) -> types.JSONRPCMessage | _Problem:
+    """The message ``line`` holds, as the SDK will read it, or the error to answer it with."""
     try:
         message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError as exc:
@@ -66,8 +78,9 @@ def diagnose(line: bytes) -> tuple[int, str, str | int | None] | None:
         if isinstance(message, types.JSONRPCNotification):
             # Or a request whose id the SDK's parser refused (see _request_ids).
             refused = body_id_problem(line)
-            return (INVALID_REQUEST, refused, None) if refused is not None else None
-        return None
+            if refused is not None:
+                return INVALID_REQUEST, refused, None
+        return message
     if problem["type"] == "json_invalid":
         # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
         try:
@@ -106,11 +119,18 @@ class StdinLines:
     this one waits with ``anyio.wait_readable``. While serving, fd 0 points at the null device (so
     child processes never read the protocol) and the wire is read from a private duplicate. A line is
     found by scanning only the bytes that arrived since the last scan, so reading is linear in its
-    length. Lines that are not valid messages are answered through ``stdout`` and never handed on.
+    length. Lines that are not valid messages are answered through ``stdout`` and never handed on;
+    each valid one is shown to ``on_message`` before it is handed on.
     """
 
-    def __init__(self, stdout: StdoutLines, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+    def __init__(
+        self,
+        stdout: StdoutLines,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        on_message: Callable[[types.JSONRPCMessage], None] = lambda message: None,
+    ) -> None:
         self._stdout = stdout
+        self._on_message = on_message
         self._max = max_line_bytes
         self._fd = os.dup(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -140,10 +160,11 @@ class StdinLines:
                 line = line[len(_BOM) :]  # RFC 8259: a parser may ignore it (some writers add one)
             if not line.strip():
                 continue  # blank lines between messages are tolerated, like trailing whitespace
-            problem = diagnose(line)
-            if problem is None:
+            examined = _examine(line)
+            if not isinstance(examined, tuple):
+                self._on_message(examined)
                 return line  # the SDK's reader validates bytes as well as text
-            await self._refuse(*problem, size=len(line))
+            await self._refuse(*examined, size=len(line))
 
     async def _refuse(self, code: int, message: str, request_id: str | int | None, size: int) -> None:
         log.warning("stdio.malformed_message", code=code, error=message[:300], bytes=size, id=request_id)
@@ -265,15 +286,76 @@ class _NamingServed:
         await self._stdout.flush()
 
 
+class _UntilStopped:
+    """The lines of stdin until EOF or :meth:`stop` (a shutdown signal); then, before the stream ends,
+    the work is stopped (``on_stop``) and the requests already received get ``grace`` seconds to be
+    answered. The end of the stream ends the SDK's session, which cancels every handler still running
+    (each is answered "Connection closed"): ending it at once dropped the answers of the calls in flight.
+    """
+
+    def __init__(
+        self, lines: StdinLines, unanswered: Unanswered, on_stop: Callable[[], None], grace: float
+    ) -> None:
+        self._lines = lines
+        self._unanswered = unanswered
+        self._on_stop = on_stop
+        self._grace = grace
+        self.stopping = anyio.Event()
+        self._reading: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Read no further (a line being read is dropped with its rest): those received are answered."""
+        self.stopping.set()
+        if self._reading is not None:
+            self._reading.cancel()
+
+    def __aiter__(self) -> _UntilStopped:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.stopping.is_set():
+            with anyio.CancelScope() as self._reading:
+                try:
+                    return await self._lines.__anext__()
+                except StopAsyncIteration:
+                    self.stopping.set()
+                finally:
+                    self._reading = None
+        await self._drain()
+        raise StopAsyncIteration
+
+    async def _drain(self) -> None:
+        self._on_stop()
+        with anyio.move_on_after(self._grace) as waited:
+            await self._unanswered.none_left()
+        if waited.cancelled_caught:
+            log.warning(
+                "stdio.unanswered_at_shutdown",
+                requests=len(self._unanswered),
+                reason=f"not answered within {self._grace:g} s of the shutdown: answered 'Connection closed'",
+            )
+
+
 async def serve_stdio(
     server: Server[Any],
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_listening: Callable[[Callable[[], None]], None] = lambda stop: None,
+    on_stop: Callable[[], None] = lambda: None,
+    grace: float = SHUTDOWN_GRACE,
 ) -> None:
     """Run ``server`` on stdin/stdout until EOF, SIGINT, SIGTERM or SIGHUP (the terminal closed). Once
-    the wire is read, ``on_listening`` gets a function another thread may call to stop serving."""
+    the wire is read, ``on_listening`` gets a function another thread may call to stop serving at once.
+
+    At EOF or the first signal, no further request is read; ``on_stop`` is called (on the event loop's
+    thread: it must not block) to stop the work, so calls waiting on it are answered; the requests
+    received get ``grace`` seconds to be answered, and their answers are written before the wire closes.
+    SIGINT while stopping (Ctrl-C again) ends at once, as over HTTP.
+    """
     stdout = StdoutLines()
-    stdin = StdinLines(stdout, max_line_bytes)
+    unanswered = Unanswered()
+    # A request is noted before it is handed on, so none is in transit when the shutdown looks.
+    lines = StdinLines(stdout, max_line_bytes, lambda message: unanswered.received(SessionMessage(message)))
+    stdin = _UntilStopped(lines, unanswered, on_stop, grace)
     try:
         async with anyio.create_task_group() as tg:
             token = anyio.lowlevel.current_token()
@@ -286,8 +368,11 @@ async def serve_stdio(
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                     async for signum in signals:
                         log.info("server.signal", signal=signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
+                        if not stdin.stopping.is_set():
+                            stdin.stop()
+                        elif signum == signal.SIGINT:
+                            tg.cancel_scope.cancel()
+                            return
 
             tg.start_soon(stop_on_signal)
             on_listening(stop)
@@ -296,11 +381,12 @@ async def serve_stdio(
             async with stdio_server(stdin=stdin, stdout=sdk_out) as (read, sdk_write):  # type: ignore[arg-type]
                 sdk_write.close()  # replies go through encoded_writes: one that cannot be encoded is answered
                 async with encoded_writes(sdk_out) as write:
-                    await server.run(read, write, server.create_initialization_options())
+                    options = server.create_initialization_options()
+                    await server.run(read, Writing(write, unanswered), options)
             tg.cancel_scope.cancel()
     except* (BrokenPipeError, ConnectionResetError):
         # The client closed its end of the wire: the session is over, like at EOF (not a server error).
         log.info("server.client_gone", reason="the client stopped reading the server's output")
     finally:
         stdout.close()
-        stdin.close()
+        lines.close()

@@ -80,6 +80,7 @@ from codomyrmex_orchestration.server._tasks import (
     token_owner,
 )
 from codomyrmex_orchestration.server._tool_cache import tool_definitions
+from codomyrmex_orchestration.server._unanswered import SHUTDOWN_GRACE
 from codomyrmex_orchestration.server.tools import (
     EngineFactory,
     OrchestrationMCPTools,
@@ -790,12 +791,6 @@ def check_network_settings(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
-#: Seconds an HTTP server gives open responses to finish after SIGINT/SIGTERM (its runs and tasks are
-#: cancelled at the signal, so calls waiting on them answer at once); then it closes what is still open,
-#: such as a client's stream of notifications.
-HTTP_SHUTDOWN_GRACE = 2
-
-
 async def _serve_http(
     app: ASGIApp,
     host: str,
@@ -850,7 +845,7 @@ async def _serve_http(
         log_config=None,
         lifespan="on",
         access_log=False,
-        timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
         # Connections waiting for a request are bounded in time and number (server/_connections.py).
         http=protocol_class(guard) if guard is not None else "auto",
         # No WebSocket routes: an upgrade would also hand the connection to a protocol the guard never sees.
@@ -941,7 +936,7 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
     factory = engine_factory or _settings_engine_factory(settings)
     tools = OrchestrationMCPTools(engine_factory=factory, policy=policy)
     server = build_server(tools, state_dir=settings.state_dir if settings.durable else None)
-    stopping: list[threading.Thread] = []  # HTTP: the thread cancelling the work at the first signal
+    stopping: list[threading.Thread] = []  # the thread cancelling the work at the first signal (or EOF)
     status = _server_status(settings, policy)
     tools.server_status = status.component
     # One server per durable state directory (server.lock): only its verdict goes in server.json.
@@ -955,6 +950,15 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
         auth=bool(token),
         **({"url": _url(settings)} if transport != "stdio" else {}),
     )
+
+    def stop_work(sse_sessions: SseSessions | None = None) -> None:
+        """The runs and tasks stop now, so calls waiting on them get them; on the event loop's thread."""
+        stop = threading.Thread(
+            target=_stop_work, args=(tools, sse_sessions), name="codomyrmex-stop", daemon=True
+        )
+        stopping.append(stop)
+        stop.start()
+
     try:
         if transport == "stdio":
             anyio.run(
@@ -962,6 +966,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 server,
                 settings.stdio_max_line_bytes,
                 health.start,
+                stop_work,
+                SHUTDOWN_GRACE,
                 backend_options=_loop_options(),
             )
         else:
@@ -990,12 +996,8 @@ def _serve(settings: Settings, token: str | None, engine_factory: EngineFactory 
                 _print_ui_link(_base_url(settings.host, port), ui_access, settings.log_format)
                 record.update(ui=f"{_base_url(settings.host, port)}/ui/")
 
-            def on_signal() -> None:  # the runs and tasks stop now, as on stdio; waiting calls get them
-                stop = threading.Thread(
-                    target=_stop_work, args=(tools, sse_sessions), name="codomyrmex-stop", daemon=True
-                )
-                stopping.append(stop)
-                stop.start()
+            def on_signal() -> None:
+                stop_work(sse_sessions)
 
             guard = ConnectionGuard(
                 request_timeout=settings.http_request_timeout,
