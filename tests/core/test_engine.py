@@ -98,6 +98,25 @@ def test_execute_workflow_with_an_item_window_lists_only_those_items_waiting_or_
     engine.workflow_manager.wait_run(started.run_id, 30)
 
 
+def test_resume_run_with_an_item_window_lists_only_those_items_waiting_or_not(
+    engine: OrchestrationEngine,
+) -> None:
+    sleep = {"module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    engine.workflow_manager.create_workflow(
+        "slow", [{"name": "m", **sleep, "for_each": list(range(50)), "max_parallel": 1}]
+    )
+    run_id = engine.execute_workflow("slow", wait=False, items=ItemWindow(limit=0)).run_id
+    window = ItemWindow(offset=10, limit=3)
+    for wait in (False, True):
+        assert engine.workflow_manager.cancel_run(run_id).status is WorkflowStatus.CANCELLED
+        resumed = engine.resume_run(run_id, wait=wait, timeout=0, items=window)  # wait: as it stands now
+        assert resumed.status is WorkflowStatus.RUNNING
+        items = resumed.steps["m"].items
+        assert items is not None and items.total == 50
+        assert [i.index for i in items.items] == [10, 11, 12]
+    engine.workflow_manager.cancel_run(run_id)
+
+
 def test_a_session_refuses_more_workflows_than_its_limit_until_one_ends(engine: OrchestrationEngine) -> None:
     sid = engine.create_session("ann", max_parallel_workflows=1)
     _gated_workflow(engine, "held", "hold")

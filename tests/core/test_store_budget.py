@@ -446,12 +446,12 @@ def test_closed_sessions_go_oldest_first_past_the_budget_and_open_ones_are_never
 def test_definitions_and_sessions_stored_before_the_upgrade_count_once_it_is_applied(
     tmp_path: Path,
 ) -> None:
-    from codomyrmex_orchestration.core._store_schema import MIGRATIONS, SCHEMA_VERSION
+    from codomyrmex_orchestration.core._store_schema import MIGRATIONS
 
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
-    conn.executescript("".join(MIGRATIONS[:-1]))  # the schema as the previous version left it
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.executescript("".join(MIGRATIONS[:6]))  # the schema before migration 7 counted these bytes
+    conn.execute("PRAGMA user_version=6")
     conn.execute("INSERT INTO workflows VALUES ('w', ?, 'api', 0, 0)", ("s" * 100_000,))
     conn.execute("INSERT INTO workflow_versions VALUES ('w', 1, 'd', ?, 0)", ("v" * 50_000,))
     conn.execute("INSERT INTO sessions VALUES ('x', ?, 'closed', 0, 0)", ('"' + "d" * 30_000 + '"',))

@@ -200,3 +200,69 @@ def test_listings_lookups_and_retention_walk_an_index_never_the_whole_history(tm
                 plan,
             )
     assert "USING INDEX runs_by_workflow" in _plan(path, *queries["by workflow and window"])
+
+
+def test_a_runs_sub_runs_are_listed_along_an_index_of_their_parent_never_by_reading_the_history(
+    tmp_path: Path,
+) -> None:
+    # The run view polls a run's sub-runs every 600 ms; without an index on parent_run_id each poll
+    # walked every stored run (runs_by_created to its oldest end) to find the few that matched.
+    path = tmp_path / "state.db"
+    with SqliteStore(path) as store:
+        for i in range(40):
+            parent = "p1" if i % 4 == 1 else "p2" if i % 4 == 2 else None
+            store.save_run(_run(f"r{i:02d}", i).model_copy(update={"parent_run_id": parent}))
+        store.flush()
+        assert _ids(store.list_runs(parent_run_id="p1", limit=3)) == ["r37", "r33", "r29"]
+        cursor = run_cursor(store.list_runs(parent_run_id="p1", limit=3)[-1])
+        assert _ids(store.list_runs(parent_run_id="p1", limit=3, cursor=cursor)) == ["r25", "r21", "r17"]
+        assert _ids(store.sub_runs("p2")) == [f"r{i:02d}" for i in range(2, 40, 4)]
+    newest_first = "ORDER BY created_at DESC, run_id DESC LIMIT 50"
+    queries = {  # as list_runs and sub_runs build them
+        "listing": (f"SELECT run_id, record FROM runs WHERE parent_run_id = ? {newest_first}", ("p1",)),
+        "listing, next page in a window": (
+            "SELECT run_id, record FROM runs WHERE parent_run_id = ? AND created_at >= ? AND created_at < ? "
+            f"AND (created_at, run_id) < (?, ?) {newest_first}",
+            ("p1", T0.timestamp(), T0.timestamp() + 3600, T0.timestamp() + 1800, "r29"),
+        ),
+        "listing by status": (
+            f"SELECT run_id, record FROM runs WHERE status = ? AND parent_run_id = ? {newest_first}",
+            ("completed", "p1"),
+        ),
+        "listing by workflow": (
+            f"SELECT run_id, record FROM runs WHERE workflow_name = ? AND parent_run_id = ? {newest_first}",
+            ("wf", "p1"),
+        ),
+        "sub_runs": ("SELECT record FROM runs WHERE parent_run_id = ? ORDER BY created_at, rowid", ("p2",)),
+    }
+    for name, (sql, params) in queries.items():
+        plan = _plan(path, sql, params)
+        assert plan.startswith("SEARCH runs USING INDEX runs_by_parent (parent_run_id=?"), (name, plan)
+        if name != "sub_runs":  # ties of one parent's creation times alone are sorted (by rowid)
+            assert "TEMP B-TREE" not in plan, (name, plan)
+
+
+def test_a_file_of_the_previous_schema_gets_the_parent_index_with_its_sub_runs_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("".join(MIGRATIONS[:7]))  # schema 7: runs_by_parent did not exist
+    conn.execute("PRAGMA user_version=7")
+    conn.execute("PRAGMA journal_mode=WAL")  # as every store opened it
+    for i in range(6):
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow_name, status, record, created_at, updated_at, parent_run_id) "
+            "VALUES (?, 'wf', 'completed', ?, ?, 0, ?)",
+            (f"r{i}", _run(f"r{i}", i).model_dump_json(), float(i), "p" if i % 2 else None),
+        )
+    # A reader of the old file in the middle of a read: the migration goes on beside it (WAL).
+    conn.execute("BEGIN")
+    assert conn.execute("SELECT count(*) FROM runs").fetchone() == (6,)
+    with SqliteStore(path) as store:
+        assert store.stats()["schema_version"] == SCHEMA_VERSION
+        assert _ids(store.list_runs(parent_run_id="p")) == ["r5", "r3", "r1"]
+        assert _ids(store.sub_runs("p")) == ["r1", "r3", "r5"]
+    assert conn.execute("SELECT count(*) FROM runs").fetchone() == (6,)  # its snapshot, unbroken
+    conn.execute("COMMIT")
+    indexed = conn.execute("SELECT run_id FROM runs INDEXED BY runs_by_parent WHERE parent_run_id = 'p'")
+    assert sorted(r for (r,) in indexed) == ["r1", "r3", "r5"]
+    conn.close()

@@ -166,6 +166,38 @@ def test_execute_workflow_without_waiting_builds_only_the_items_its_answer_shows
     assert len(items["items"]) == 100 and built == 100
 
 
+def test_resume_workflow_run_without_waiting_builds_only_the_items_its_answer_shows(
+    tools: OrchestrationMCPTools,
+) -> None:
+    # The answer listed 100 items, but the resumed run's record behind it was built with all 5,000.
+    step = {"name": "m", "module": "core", "action": "sleep", "parameters": {"seconds": 60}}
+    slow = {"name": "slowmap", "steps": [{**step, "for_each": list(range(5000)), "max_parallel": 1}]}
+    assert not tools.execute_tool("create_workflow", slow).is_error
+    started = tools.execute_tool("execute_workflow", {"workflow_name": "slowmap", "wait": False})
+    assert started.structured is not None, started.text
+    run_id = started.structured["run_id"]
+    assert tools.engine.workflow_manager.cancel_run(run_id).status.value == "cancelled"
+    built = 0
+    codes = (trusted.__code__, BaseModel.__init__.__code__)
+
+    def count(frame: FrameType, event: str, arg: Any) -> None:  # each item built in this thread
+        nonlocal built
+        if event == "call" and frame.f_code in codes:
+            made = frame.f_locals.get("model", type(frame.f_locals.get("self")))
+            built += made is ItemResult
+
+    sys.setprofile(count)  # the plain-Python door runs the tool, and the resume's start, in this thread
+    try:
+        resumed = tools.execute_tool("resume_workflow_run", {"run_id": run_id, "wait": False})
+    finally:
+        sys.setprofile(None)
+    assert resumed.structured is not None, resumed.text
+    tools.engine.workflow_manager.cancel_run(run_id)
+    items = resumed.structured["steps"]["m"]["items"]
+    assert resumed.structured["status"] == "running" and items["total"] == 5000
+    assert len(items["items"]) == 100 and built == 100
+
+
 async def test_a_small_map_steps_record_still_lists_every_item_and_its_output(client: Client) -> None:
     await ok(client, "create_workflow", _big_map(100))
     run = await ok(client, "execute_workflow", {"workflow_name": "big"})

@@ -1,7 +1,7 @@
-"""What the engine answers when it starts a run: its record at once, or once the run ends or the wait
-runs out, with each map step's items cut to a window when the caller shows only one (a tool result
-shows its first page), and then, for a running run, only that window's items built. Owns no state:
-the runs are the workflow manager's.
+"""What the engine answers when it starts (or resumes) a run: its record at once, or once the run ends
+or the wait runs out, with each map step's items cut to a window when the caller shows only one (a tool
+result shows its first page), and then, for a running run, only that window's items built. Owns no
+state: the runs are the workflow manager's.
 """
 
 from __future__ import annotations

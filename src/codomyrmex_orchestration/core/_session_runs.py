@@ -11,7 +11,7 @@ from typing import Any
 
 from codomyrmex_orchestration.core._client import calling_client
 from codomyrmex_orchestration.core._sessions import Session, SessionRegistry
-from codomyrmex_orchestration.core.models import ItemWindow, RunRecord, TaskRecord, TaskSpec, WorkflowStatus
+from codomyrmex_orchestration.core.models import ItemWindow, TaskRecord, TaskSpec, WorkflowStatus
 from codomyrmex_orchestration.core.resources import ResourceManager
 from codomyrmex_orchestration.core.scheduler import TaskOrchestrator
 from codomyrmex_orchestration.core.workflows import StepCallback, WorkflowManager
@@ -59,10 +59,11 @@ class SessionWork:
                 sessions.record_run(live, run_id, active=workflows.is_active(run_id))
         return run_id
 
-    def resume(self, run_id: str, *, on_step: StepCallback | None) -> RunRecord:
+    def resume(self, run_id: str, *, on_step: StepCallback | None) -> None:
         """Resume ``run_id`` (without waiting) in its session when that is still open here, under the
         session's limit and mode like a new run; a run whose session has closed (or is unknown) resumes
-        outside any session, its ``session_id`` cleared.
+        outside any session, its ``session_id`` cleared. No record is built (as in :meth:`start`): the
+        caller reads the one it shows.
 
         Raises:
             RunNotFoundError / InvalidStateError: as ``WorkflowManager.resume_run``.
@@ -79,10 +80,9 @@ class SessionWork:
                 if run_id not in live.active_runs:
                     options.update(live.run_options())
                 sessions.touch(live)
-            record = workflows.resume_run(run_id, wait=False, on_step=on_step, **options)
+            workflows.resume_run(run_id, wait=False, on_step=on_step, items=_NO_ITEMS, **options)
             if live is not None:
                 sessions.record_run(live, run_id, active=workflows.is_active(run_id))
-        return record
 
     def start_task(self, spec: TaskSpec, *, session_id: str | None) -> str:
         """Submit ``spec`` within the open session ``session_id`` (its limit, its mode's resources;

@@ -144,9 +144,8 @@ class StoreReader:
         return build_run(rows[0][0], (s for (s,) in steps))
 
     def sub_runs(self, parent_run_id: str) -> list[RunRecord]:
-        # No index on parent_run_id: a resume scans the runs once, list_runs' parent filter (the run
-        # view asks it only of a run with workflow.run steps) scans them too, and no run start pays for
-        # one more b-tree.
+        # Along runs_by_parent (migration 8), a partial index only sub-runs are written to: the parent's
+        # sub-runs are found without reading the history, and a top-level run's start pays for no b-tree.
         rows = self.read(
             "SELECT record FROM runs WHERE parent_run_id = ? ORDER BY created_at, rowid", (parent_run_id,)
         )

@@ -239,6 +239,14 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     CREATE INDEX IF NOT EXISTS sessions_closed ON sessions (updated_at, id) WHERE status <> 'active';
     """,
+    # 8: a run's sub-runs (list_runs' parent filter, which the run view polls, and sub_runs on a resume)
+    # are found by their parent instead of by reading every run, newest first along the listing's order.
+    # Partial: a top-level run (most of the history) is never written to it, so its start pays nothing.
+    # Building it reads the runs table once, in the migration's write transaction: readers (WAL) go on.
+    """
+    CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id, created_at, run_id)
+        WHERE parent_run_id IS NOT NULL;
+    """,
 )
 #: Selects the per-status run tallies (``runs/<status>``) by a range of their primary key.
 RUN_TALLIES = "key > 'runs/' AND key < 'runs0'"

@@ -533,12 +533,12 @@ class OrchestrationEngine:
         wait: bool = True,
         timeout: float | None = None,
         on_step: StepCallback | None = None,
+        items: ItemWindow | None = None,
     ) -> RunRecord:
-        """Re-execute the unfinished steps of an interrupted, failed or cancelled run (waits like
-        :meth:`execute_workflow`), in its session under its limit and mode while that is open, else (it
-        closed, expired or a restart closed it) outside any session, its ``session_id`` cleared."""
-        record = self._session_work.resume(run_id, on_step=on_step)
-        return self.workflow_manager.wait_run(run_id, timeout) if wait else record
+        """Re-execute the unfinished steps of an interrupted, failed or cancelled run (``wait``, ``items``
+        as :meth:`execute_workflow`), in its open session (its limits and mode), else outside any session."""
+        self._session_work.resume(run_id, on_step=on_step)
+        return run_answer(self.workflow_manager, run_id, wait=wait, timeout=timeout, items=items)
 
     # ------------------------------------------------------------------ health and metrics
 

@@ -91,10 +91,11 @@ def _unpinned(previous: RunRecord, current: int | None) -> InvalidStateError:
     )
 
 
-def _wait(run: RunState, timeout: float | None) -> RunRecord:
-    """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then."""
+def _wait(run: RunState, timeout: float | None, items: ItemWindow | None = None) -> RunRecord:
+    """Wait up to ``timeout`` seconds (``None``: without limit) for ``run`` to end; its record then
+    (``items``: each map step's items cut to that window, the only ones built)."""
     run.done.wait(wait_limit(timeout))
-    return run.snapshot()
+    return run.snapshot(items)
 
 
 #: How long cancel_run (and the server's cancel_workflow_run) waits for the cancelled run to settle
@@ -445,6 +446,7 @@ class WorkflowManager:
         wait: bool = True,
         timeout: float | None = None,
         on_step: StepCallback | None = None,
+        items: ItemWindow | None = None,
         **options: Any,
     ) -> RunRecord:
         """Re-execute the steps of an ended run that had not COMPLETED, reusing completed outputs, with
@@ -453,6 +455,8 @@ class WorkflowManager:
         Args:
             wait: wait for the resumed run to end (bounded by ``timeout``).
             timeout: most seconds to wait, ``None`` without limit.
+            items: the record returned lists only this window of each map step's items, the only ones
+                built (``None``: all of them, a 100,000-item map's too).
             options: ``start_workflow``'s, as a session asks; ``session_id`` (default: the run's own) is
                 recorded on the run, ``None`` resumes it outside any session.
 
@@ -469,7 +473,7 @@ class WorkflowManager:
             options = {"session_id": previous.session_id, "priority": previous.priority, **options}
             run = self._start_run(plan, None, on_step=on_step, previous=previous, **options)
             started()
-        return _wait(run, timeout) if wait else run.snapshot()
+        return _wait(run, timeout, items) if wait else run.snapshot(items)
 
     def stats(self) -> dict[str, Any]:
         """Registered workflows, active runs and their steps by status, config load errors."""

@@ -512,12 +512,15 @@ def _create_complex_workflow(
 
 
 def _resume_run(tools: OrchestrationMCPTools, a: m.ResumeRunArgs, call: _Call) -> _Outcome:
+    from codomyrmex_orchestration.server._run_pages import FIRST_PAGE  # with the first run
+
     engine = tools.engine
     # The steps a resume keeps (its completed ones) count as ended from the first notification on.
     steps = engine.workflow_manager.get_run(a.run_id, items=ItemWindow(limit=0)).steps.values()
     kept = sum(1 for s in steps if s.status is TaskStatus.COMPLETED)
     # Through the engine: a run of an open session resumes within its limits and is closed with it.
-    record = engine.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept))
+    # Read with the first page of each map step's items, the only ones built: what _run_handle shows.
+    record = engine.resume_run(a.run_id, wait=False, on_step=_step_progress(call, kept), items=FIRST_PAGE)
     return _run_pending(tools, record, a.wait, a.timeout_seconds)
 
 
