@@ -197,8 +197,8 @@ def test_a_step_whose_result_cannot_be_stored_fails_saying_why_and_the_run_ends(
             assert "its output[0] holds text that is not valid UTF-8 ('caf\\udce9.txt'" in message
         elif source == "a file name in the error":
             assert "cannot use caf\ufffd.txt" in message  # the byte that is not UTF-8 shown replaced
-        else:
-            assert "its result could not be recorded" in message
+        else:  # refused as it returns (an action's output must be a JSON value), before the store
+            assert "its output is a _Unstorable, which JSON cannot hold" in message
         assert run.steps["after"].status is TaskStatus.SKIPPED
         assert run.steps["beside"].output == 2
         stored = eng.workflow_manager.get_run(run.run_id)  # read back from the SQLite state
