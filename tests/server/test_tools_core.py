@@ -763,6 +763,17 @@ async def test_a_time_window_reads_iso_8601_and_refuses_what_it_would_misread(cl
     assert "until" in backwards and "is before since" in backwards, backwards
 
 
+async def test_a_run_listed_shows_its_times_as_its_record_does(client: Client) -> None:
+    tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
+    record = await _ok(client, "execute_workflow", {"workflow_name": "tick"})
+    run = await _ok(client, "get_workflow_run", {"run_id": record["run_id"]})
+    listed = (await _ok(client, "list_workflow_runs", {}))["runs"][0]
+    # One spelling of one instant: a client may compare them, or pass one back as since.
+    assert (listed["created_at"], listed["finished_at"]) == (run["created_at"], run["finished_at"])
+    assert listed["created_at"].endswith("Z")
+
+
 async def test_a_full_last_page_of_runs_has_no_cursor_to_an_empty_page(client: Client) -> None:
     tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
     await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
