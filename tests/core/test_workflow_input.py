@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.core._asked_clock import AskedClock
 from codomyrmex_orchestration.core._workflow_input import check_answer, parse_question
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
-from codomyrmex_orchestration.core.models import InputRequest, TaskStatus, WorkflowStatus
+from codomyrmex_orchestration.core.models import InputRequest, TaskStatus, WorkflowStatus, utcnow
+from codomyrmex_orchestration.core.store import SqliteStore
 from codomyrmex_orchestration.errors import (
     DAGValidationError,
     InvalidInputError,
@@ -326,6 +329,48 @@ def test_a_reloaded_question_keeps_its_deadline(tmp_path: Path) -> None:
         assert final.steps["plan"].status is TaskStatus.COMPLETED
     finally:
         second.shutdown()
+
+
+def test_an_answered_question_waited_no_negative_time_when_the_wall_clock_stepped_back(
+    tmp_path: Path,
+) -> None:
+    first = engine_at(tmp_path)
+    try:
+        run_id = start_waiting(first)
+    finally:
+        first.shutdown()
+    # The wall clock stepped back an hour (an NTP correction) between the question and the restart: its
+    # asked_at is now an hour ahead of the clock, and only wall time spans the two processes.
+    store = SqliteStore(tmp_path / "state" / "state.db")
+    try:
+        record = store.get_run(run_id)
+        assert record is not None
+        question = record.pending_inputs[0]
+        question.asked_at += timedelta(hours=1)
+        store.save_run(record)
+    finally:
+        store.close()
+    second = engine_at(tmp_path)
+    try:
+        wait_for_status(second, run_id, WorkflowStatus.WAITING_FOR_INPUT)
+        second.workflow_manager.inputs.respond(run_id, "ask", "accept")
+        step = second.workflow_manager.wait_run(run_id, WAIT).steps["ask"]
+        assert step.status is TaskStatus.COMPLETED
+        assert step.duration_seconds == 0.0  # not -3600: what it waited is unknown, never negative
+    finally:
+        second.shutdown()
+
+
+def test_a_question_asked_here_counts_its_wait_on_the_monotonic_clock() -> None:
+    clock = AskedClock()
+    # Asked now by this process; the wall clock has since stepped back an hour, or forward a day.
+    for step in (timedelta(hours=1), -timedelta(days=1)):
+        question = InputRequest(step="ask", message="ok?", asked_at=utcnow() + step)
+        clock.asked("r1", question)
+        assert 0.0 <= clock.waited("r1", question, utcnow()) < 60.0
+    # One asked by an earlier process (not here): the wall clock's difference, never below zero.
+    ahead = InputRequest(step="ask", message="ok?", asked_at=utcnow() + timedelta(hours=1))
+    assert clock.waited("r1", ahead, utcnow()) == 0.0
 
 
 def test_an_answer_too_large_or_not_an_object_is_refused_and_the_question_stays(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -741,6 +742,36 @@ async def test_list_workflow_runs_filters_by_time_window_and_pages_with_a_cursor
     assert future["runs"] == []
     bad = await client.call_tool("list_workflow_runs", {"cursor": "not-a-cursor"})
     assert bad.is_error and "cursor" in bad.content[0].text
+
+
+async def test_a_time_window_reads_iso_8601_and_refuses_what_it_would_misread(client: Client) -> None:
+    tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
+    run_id = (await _ok(client, "execute_workflow", {"workflow_name": "tick"}))["run_id"]
+    created = datetime.fromisoformat((await _ok(client, "list_workflow_runs", {}))["runs"][0]["created_at"])
+    today, tomorrow = created.strftime("%Y%m%d"), (created + timedelta(days=1)).strftime("%Y%m%d")
+    # ISO 8601's basic format is ISO 8601: 20261208 is that day, not 20,261,208 s after 1970.
+    for since, until in [(today, tomorrow), (today + "T000000Z", tomorrow + "T000000Z")]:
+        window = await _ok(client, "list_workflow_runs", {"since": since, "until": until})
+        assert [r["run_id"] for r in window["runs"]] == [run_id]
+    later = await _ok(client, "list_workflow_runs", {"since": tomorrow})
+    assert later["runs"] == []
+    for wrong in [int(today), created.timestamp(), "yesterday", "2026-12-08T24:00:00Z"]:
+        text = await _error(client, "list_workflow_runs", {"since": wrong})
+        assert "since" in text and "ISO 8601" in text and "2026-12-08T09:30:00Z" in text, text
+    backwards = await _error(client, "list_workflow_runs", {"since": tomorrow, "until": today})
+    assert "until" in backwards and "is before since" in backwards, backwards
+
+
+async def test_a_run_listed_shows_its_times_as_its_record_does(client: Client) -> None:
+    tick = {"name": "a", "module": "core", "action": "echo", "parameters": {"message": 1}}
+    await _ok(client, "create_workflow", {"name": "tick", "steps": [tick]})
+    record = await _ok(client, "execute_workflow", {"workflow_name": "tick"})
+    run = await _ok(client, "get_workflow_run", {"run_id": record["run_id"]})
+    listed = (await _ok(client, "list_workflow_runs", {}))["runs"][0]
+    # One spelling of one instant: a client may compare them, or pass one back as since.
+    assert (listed["created_at"], listed["finished_at"]) == (run["created_at"], run["finished_at"])
+    assert listed["created_at"].endswith("Z")
 
 
 async def test_a_full_last_page_of_runs_has_no_cursor_to_an_empty_page(client: Client) -> None:

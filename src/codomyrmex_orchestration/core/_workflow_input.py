@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 
 from codomyrmex_orchestration._redact import redact, redact_text
+from codomyrmex_orchestration.core._asked_clock import AskedClock
 from codomyrmex_orchestration.core._workflow_events import Listeners
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
@@ -318,8 +319,10 @@ def _shutdown_reason(run_id: str, *, durable: bool) -> str:
     )
 
 
-def _outcome(step: str, question: InputRequest, action: str, content: dict[str, Any]) -> StepResult:
-    """The step result an answer (or the deadline, ``_TIMEOUT``) makes."""
+def _outcome(
+    step: str, question: InputRequest, action: str, content: dict[str, Any], clock: AskedClock, run_id: str
+) -> StepResult:
+    """The step result an answer (or the deadline, ``_TIMEOUT``) makes; ``clock`` says how long it waited."""
     now = utcnow()
     if action == "accept":
         status, output, error = TaskStatus.COMPLETED, {"action": action, "content": content}, None
@@ -343,7 +346,7 @@ def _outcome(step: str, question: InputRequest, action: str, content: dict[str, 
         attempts=1,
         started_at=question.asked_at,
         finished_at=now,
-        duration_seconds=round((now - question.asked_at).total_seconds(), 6),
+        duration_seconds=clock.waited(run_id, question, now),
     )
 
 
@@ -385,6 +388,7 @@ class InputDesk:
         self._ended: set[str] = set()  # watched runs that ended
         self._restored: dict[tuple[str, str], InputRequest] = {}
         self._on_stop: dict[str, list[Callable[[], None]]] = {}  # run id -> on_stop() callbacks to call
+        self._clock = AskedClock()  # how long each question asked here waited (its own lock)
         driver.ask = self.ask
 
     # ------------------------------------------------------------------ asking
@@ -413,6 +417,7 @@ class InputDesk:
                 deadline=deadline,
                 run_id=run.run_id,
             )
+            self._clock.asked(run.run_id, request)
         store = self._runs.store
         parked, advance = run.await_input(request, store.save_run if store.durable else None)
         if not parked:
@@ -617,7 +622,7 @@ class InputDesk:
                 "step", step, state, f"steps waiting for an answer: {', '.join(waiting) or 'none'}"
             )
         checked = check_answer(question.requested_schema, content) if action == "accept" else {}
-        advance = run.answer_input(_outcome(step, question, action, checked))
+        advance = run.answer_input(_outcome(step, question, action, checked, self._clock, run_id))
         if advance is None:  # another answer (or the deadline) settled it meanwhile
             raise InvalidStateError("step", step, "answered already", "each question takes one answer")
         with self._changed:
@@ -655,6 +660,7 @@ class InputDesk:
             self._changed.notify_all()
         for timer in timers:
             timer.cancel()
+        self._clock.forget(run_id)
 
     def reload(self) -> list[str]:
         """At start, in the one process that owns the state directory: continue every stored run that was

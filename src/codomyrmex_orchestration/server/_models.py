@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 # From the types module, not core.resources: the tool schemas need the model, not the resource ledger.
 from codomyrmex_orchestration.core._resource_types import MAX_TTL_SECONDS, Allocation
@@ -308,15 +308,41 @@ class TaskIdArgs(Args):
     )
 
 
+#: What ``since`` and ``until`` take, said in each refusal.
+_MOMENT = (
+    "an ISO 8601 date or time as a string, e.g. 2026-12-08T09:30:00Z, 2026-12-08T11:30:00+02:00, "
+    "2026-12-08 or 20261208 (a time without a zone is UTC)"
+)
+
+
+def _moment(value: object) -> object:
+    """``since``/``until`` as ISO 8601 reads them (``datetime.fromisoformat``: extended and basic format,
+    ``Z``, a date alone). A number is refused, not read as a Unix time: pydantic's lax datetime takes
+    ``20261208`` or ``"20261208"`` for 1970-08-23, a silent wrong window."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected {_MOMENT}; got {type(value).__name__} {str(value)[:40]}")
+    try:
+        return datetime.fromisoformat(value.strip().upper())  # "t" and "z" are ISO 8601 too
+    except ValueError:
+        raise ValueError(f"{value[:40]!r} is not {_MOMENT}") from None
+
+
+Moment = Annotated[datetime, BeforeValidator(_moment)]
+
+
 class ListRunsArgs(Args):
     workflow_name: str | None = None
     status: RunStatusName | None = None
     limit: int = Field(default=20, ge=1, le=500)
-    since: datetime | None = Field(
-        default=None, strict=False, description="Only runs created at or after (ISO 8601)."
+    since: Moment | None = Field(
+        default=None,
+        description="Only runs created at or after this time (ISO 8601; a time without a zone is UTC).",
     )
-    until: datetime | None = Field(
-        default=None, strict=False, description="Only runs created before (ISO 8601)."
+    until: Moment | None = Field(
+        default=None,
+        description="Only runs created before this time (ISO 8601; a time without a zone is UTC).",
     )
     cursor: str | None = Field(
         default=None, max_length=256, description="next_cursor of the previous page: the page after it."
@@ -327,6 +353,22 @@ class ListRunsArgs(Args):
         max_length=128,
         description="Only the sub-runs started by this run's workflow.run steps (a run_id).",
     )
+
+    @field_validator("until")
+    @classmethod
+    def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since, end = _utc(info.data.get("since")), _utc(until)
+        if since is not None and end is not None and end < since:
+            raise ValueError(
+                f"{end.isoformat()} is before since {since.isoformat()}, so no run could match; "
+                "give an until at or after since"
+            )
+        return until
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is read as UTC (every record is)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 class ResumeRunArgs(Args):

@@ -618,8 +618,8 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
             run_id=r.run_id,
             workflow_name=r.workflow_name,
             status=r.status.value,
-            created_at=r.created_at.isoformat(),
-            finished_at=r.finished_at.isoformat() if r.finished_at is not None else None,
+            created_at=_utc_text(r.created_at),
+            finished_at=_utc_text(r.finished_at) if r.finished_at is not None else None,
             duration_seconds=r.duration_seconds,
             failed_steps=r.failed_steps,
             parent_run_id=r.parent_run_id,
@@ -631,6 +631,12 @@ def _list_runs(tools: OrchestrationMCPTools, a: m.ListRunsArgs, call: _Call) -> 
 
     next_cursor = run_cursor(records[-1]) if len(found) > a.limit else None
     return m.RunListResult(runs=runs, count=len(runs), next_cursor=next_cursor)
+
+
+def _utc_text(moment: datetime) -> str:
+    """``moment`` spelt as a run record spells it (pydantic's JSON: UTC as ``Z``), so a run's times read
+    the same in a listing and in its record."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _aware(moment: datetime | None) -> datetime | None:
