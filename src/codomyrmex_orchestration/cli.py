@@ -1146,7 +1146,7 @@ def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
                     r.workflow_name,
                     _owner_label(settings, r),
                     f"{finished}/{total}",
-                    r.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                    r.created_at.astimezone().isoformat(sep=" ", timespec="seconds"),  # local, offset named
                     f"{r.duration_seconds:.2f}s" if r.duration_seconds is not None else "-",
                 ]
             )

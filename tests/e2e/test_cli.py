@@ -708,6 +708,11 @@ def test_runs_and_show_print_tables_filtered_by_status_and_workflow(cli: Cli) ->
     assert len(table) == 3
     assert table[1].split()[1:4] == ["flaky", "failed", "3/3"]  # newest first
     assert table[2].split()[:4] == [ok["run_id"], "demo", "completed", "2/2"]
+    # CREATED is local time with its offset named (it had been a local time with no zone).
+    cli.env["TZ"] = "Asia/Kolkata"
+    created = cli("runs").stdout.splitlines()[2].split()[5]
+    assert created.endswith("+05:30"), created
+    del cli.env["TZ"]
 
     assert [r["workflow_name"] for r in cli.json("runs", "--status", "completed")] == ["demo"]
     assert [r["workflow_name"] for r in cli.json("runs", "--workflow", "flaky", "--limit", "1")] == ["flaky"]

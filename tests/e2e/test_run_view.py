@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -1065,6 +1066,21 @@ def test_loading_the_page_puts_no_error_in_the_console(browser: Any, server: Ser
         page.wait_for_selector("#main h2", timeout=WAIT_MS)
         page.wait_for_load_state("networkidle", timeout=WAIT_MS)  # the icon is asked for after load
         assert errors == [] and refused == [], (errors, refused)
+    finally:
+        context.close()
+
+
+def test_a_time_of_another_day_is_shown_with_its_date(browser: Any, server: Served) -> None:
+    # Times were shown as the time of day only: runs of two days could not be told apart in the list.
+    context = browser.new_context(locale="en-US", timezone_id="UTC")
+    try:
+        page = context.new_page()
+        sign_in(page, server.base, TOKEN)
+        page.goto(f"{server.base}/ui/")
+        page.wait_for_selector("#main h2", timeout=WAIT_MS)
+        assert "2020" in page.evaluate("when('2020-03-04T05:06:07Z')")
+        today = page.evaluate("when(new Date().toISOString())")
+        assert today and str(datetime.now(UTC).year) not in today  # today: the time of day alone
     finally:
         context.close()
 
