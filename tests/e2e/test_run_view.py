@@ -389,6 +389,8 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
             read = await apps.read_resource(UI_RESOURCE_URI)
             found["mime"] = read.contents[0].mime_type
             found["html"] = read.contents[0].text
+            found["read_meta"] = read.contents[0].meta
+            found["listed_meta"] = next(r.meta for r in listed if str(r.uri) == UI_RESOURCE_URI)
             spec = {
                 "name": "pair",
                 "steps": [
@@ -428,6 +430,8 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
     assert found["linked"]["list_workflows"] is None
     assert found["listed"][UI_RESOURCE_URI] == APP_MIME_TYPE
     assert found["mime"] == APP_MIME_TYPE
+    # hosts' defaults differ: the view asks for the host's border and background (the spec recommends saying)
+    assert found["read_meta"] == found["listed_meta"] == {"ui": {"prefersBorder": True}}
     assert "cdn" not in found["html"].lower() and "https://" not in found["html"]  # no network at run time
 
     page = browser.new_page()
