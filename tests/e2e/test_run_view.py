@@ -602,6 +602,22 @@ def round_trip(page: Any, method: str = "ping") -> dict[str, Any]:
     return answer
 
 
+def test_in_a_host_a_sub_run_link_opens_the_sub_run_inside_the_app_and_its_parent_link_leads_back(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    run_id, sub_id = recorded["run_id"], recorded["sub_id"]
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening) as (page, frame):
+        # A srcdoc frame resolves "#/runs/..." against the host's address: followed, it unloads the app.
+        frame.locator(f'#sub-runs a[data-sub-run="{sub_id}"]').click()
+        frame.locator(node(frame, "c1", "completed")).wait_for(timeout=WAIT_MS)
+        assert frame.locator("#title").inner_text() == f"app_child · {sub_id}"
+        frame.locator("#parent-run").press("Enter")  # the keyboard follows the link too
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        assert frame.locator("#title").inner_text() == f"app_parent · {run_id}"
+        assert page.frames[1].url == "about:srcdoc"  # the app was never navigated away
+
+
 @pytest.mark.parametrize(
     ("ending", "said"),
     [
