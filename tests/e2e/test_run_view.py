@@ -639,6 +639,26 @@ def test_in_a_host_a_tool_call_that_failed_or_was_cancelled_is_said_not_waited_f
         assert said in frame.locator("#load-error").inner_text()
 
 
+def test_in_a_host_the_app_reports_the_height_of_its_content_each_time_it_changes(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening) as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        height = "() => Math.ceil(document.documentElement.getBoundingClientRect().height)"
+        # The host sizes its frame by what the app reports (200 px at first): the whole view must fit.
+        drawn = frame.locator("html").evaluate(height)
+        page.wait_for_function("(h) => window.sizes.some((s) => s.height === h)", arg=drawn, timeout=WAIT_MS)
+        assert drawn > 200
+        frame.locator(node(frame, "first", "completed")).click()  # the details grow
+        frame.locator("#details h3").wait_for(timeout=WAIT_MS)
+        grown = frame.locator("html").evaluate(height)
+        assert grown > drawn
+        page.wait_for_function("(h) => window.sizes.at(-1).height === h", arg=grown, timeout=WAIT_MS)
+        sizes = page.evaluate("window.sizes")
+        assert len(sizes) == len({json.dumps(s) for s in sizes})  # only changes are reported
+
+
 def test_in_a_host_the_app_answers_ping_and_teardown_and_unknown_requests_say_so(
     browser: Any, recorded: dict[str, Any]
 ) -> None:
