@@ -687,6 +687,25 @@ def test_in_a_host_that_echoes_the_apps_own_calls_only_the_opening_call_moves_th
         assert calls == 3  # the run, its definition, its sub-runs: once each (it has ended)
 
 
+def test_in_a_dark_host_the_app_is_dark_follows_a_theme_change_and_declares_its_display_modes(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    with in_spec_host(browser, recorded, opening, theme="dark") as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        assert page.evaluate("window.initialize.appCapabilities.availableDisplayModes") == ["inline", "fullscreen"]
+        dark = frame.locator("body").evaluate(background)
+        assert dark != "rgb(255, 255, 255)"
+        page.evaluate("window.notify('ui/notifications/host-context-changed', {theme: 'light'})")
+        round_trip(page)
+        assert frame.locator("body").evaluate(background) == "rgb(255, 255, 255)"
+        page.evaluate("window.notify('ui/notifications/host-context-changed', {displayMode: 'fullscreen'})")
+        round_trip(page)  # a change without a theme keeps the one there is
+        assert frame.locator("body").evaluate(background) == "rgb(255, 255, 255)"
+        shot(page, "run-view-mcp-app-light-after-dark")
+
+
 def test_the_cli_prints_a_runs_url_in_the_run_view_of_the_server_on_its_state(server: Served) -> None:
     import subprocess
 
