@@ -465,7 +465,11 @@ window.log = []; window.sizes = []; window.answers = {};
 let hostId = 1000;
 const send = (message) => frame.contentWindow.postMessage(message, "*");
 window.notify = (method, params) => send({ jsonrpc: "2.0", method, params });
-window.ask = (method, params) => { const id = hostId++; send({ jsonrpc: "2.0", id, method, params }); return id; };
+window.ask = (method, params) => {
+  const id = hostId++;
+  send({ jsonrpc: "2.0", id, method, params });
+  return id;
+};
 function answerTo(name, args) {
   const found = name === "get_workflow_run" ? recorded.runs[args.run_id]
     : name === "get_workflow" ? recorded.workflows[args.name]
@@ -526,11 +530,12 @@ def recorded(server: Served) -> dict[str, Any]:
                 },
             ):
                 assert not (await client.call_tool("create_workflow", spec)).is_error
-            executed = await client.call_tool("execute_workflow", {"workflow_name": "app_parent", "wait": True})
+            run = {"workflow_name": "app_parent", "wait": True}
+            executed = await client.call_tool("execute_workflow", run)
             run_id = executed.structured_content["run_id"]
             children = await client.call_tool("list_workflow_runs", {"parent_run_id": run_id, "limit": 500})
             sub_id = children.structured_content["runs"][0]["run_id"]
-            missing = await client.call_tool("execute_workflow", {"workflow_name": "app_nowhere", "wait": True})
+            missing = await client.call_tool("execute_workflow", {**run, "workflow_name": "app_nowhere"})
             read = await client.read_resource(UI_RESOURCE_URI)
             return {
                 "run_id": run_id,
@@ -694,7 +699,8 @@ def test_in_a_dark_host_the_app_is_dark_follows_a_theme_change_and_declares_its_
     background = "() => getComputedStyle(document.body).backgroundColor"
     with in_spec_host(browser, recorded, opening, theme="dark") as (page, frame):
         frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
-        assert page.evaluate("window.initialize.appCapabilities.availableDisplayModes") == ["inline", "fullscreen"]
+        modes = page.evaluate("window.initialize.appCapabilities.availableDisplayModes")
+        assert modes == ["inline", "fullscreen"]
         dark = frame.locator("body").evaluate(background)
         assert dark != "rgb(255, 255, 255)"
         page.evaluate("window.notify('ui/notifications/host-context-changed', {theme: 'light'})")
