@@ -390,6 +390,8 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
             read = await apps.read_resource(UI_RESOURCE_URI)
             found["mime"] = read.contents[0].mime_type
             found["html"] = read.contents[0].text
+            found["read_meta"] = read.contents[0].meta
+            found["listed_meta"] = next(r.meta for r in listed if str(r.uri) == UI_RESOURCE_URI)
             spec = {
                 "name": "pair",
                 "steps": [
@@ -429,6 +431,8 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
     assert found["linked"]["list_workflows"] is None
     assert found["listed"][UI_RESOURCE_URI] == APP_MIME_TYPE
     assert found["mime"] == APP_MIME_TYPE
+    # hosts' defaults differ: the view asks for the host's border and background (the spec recommends saying)
+    assert found["read_meta"] == found["listed_meta"] == {"ui": {"prefersBorder": True}}
     assert "cdn" not in found["html"].lower() and "https://" not in found["html"]  # no network at run time
 
     page = browser.new_page()
@@ -445,6 +449,268 @@ def test_the_mcp_app_is_linked_for_apps_clients_and_draws_the_dag_inside_a_host(
         shot(page, "run-view-mcp-app")
     finally:
         page.close()
+
+
+# A host as the MCP Apps specification (2026-01-26) describes one: it answers ui/initialize with a host
+# context, sends the opening call's tool-input then its tool-result (or tool-cancelled), relays the app's
+# tools/call (answering from results recorded on the server), sizes the frame by size-changed, and can send
+# the app requests of its own (ping, ui/resource-teardown). HOST["echo"]: it also sends tool-input and
+# tool-result for the app's own calls, as the specification's interactive-phase diagram draws.
+SPEC_HOST = """<!doctype html><html><body style="margin:0">
+<iframe id="app" sandbox="allow-scripts" style="width:900px;height:200px;border:0"></iframe>
+<script>
+const recorded = %(recorded)s;
+const HOST = %(host)s;
+const frame = document.getElementById("app");
+window.log = []; window.sizes = []; window.answers = {};
+let hostId = 1000;
+const send = (message) => frame.contentWindow.postMessage(message, "*");
+window.notify = (method, params) => send({ jsonrpc: "2.0", method, params });
+window.ask = (method, params) => {
+  const id = hostId++;
+  send({ jsonrpc: "2.0", id, method, params });
+  return id;
+};
+function answerTo(name, args) {
+  const found = name === "get_workflow_run" ? recorded.runs[args.run_id]
+    : name === "get_workflow" ? recorded.workflows[args.name]
+    : name === "list_workflow_runs" ? recorded.children[args.parent_run_id] : null;
+  return found || { isError: true, content: [{ type: "text", text: "not recorded: " + name }] };
+}
+window.addEventListener("message", (event) => {
+  if (event.source !== frame.contentWindow) return;
+  const msg = event.data;
+  if (!msg || msg.jsonrpc !== "2.0") return;
+  if (!msg.method) { window.answers[msg.id] = msg; return; }
+  window.log.push(msg.method);
+  const reply = (result) => send({ jsonrpc: "2.0", id: msg.id, result });
+  if (msg.method === "ui/initialize") {
+    window.initialize = msg.params;
+    reply({ protocolVersion: "2026-01-26", hostInfo: { name: "spec-host", version: "0" },
+            hostCapabilities: { serverTools: {} }, hostContext: HOST.context });
+  } else if (msg.method === "ui/notifications/initialized") {
+    for (const [method, params] of HOST.opening) window.notify(method, params);
+  } else if (msg.method === "ui/notifications/size-changed") {
+    window.sizes.push(msg.params);
+    frame.style.height = msg.params.height + "px";
+  } else if (msg.method === "tools/call") {
+    const result = answerTo(msg.params.name, msg.params.arguments || {});
+    reply(result);
+    if (HOST.echo) {
+      window.notify("ui/notifications/tool-input", { arguments: msg.params.arguments || {} });
+      window.notify("ui/notifications/tool-result", result);
+    }
+  }
+});
+frame.srcdoc = %(app)s;
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def recorded(server: Served) -> dict[str, Any]:
+    """A run whose step started a sub-run, recorded through an MCP Apps client: the tool results a host
+    hands the app, and the answers to the calls the app makes."""
+
+    async def go() -> dict[str, Any]:
+        http = httpx2.AsyncClient(headers=AUTH, timeout=60)
+        async with http, Client(streamable_http_client(server.url, http_client=http)) as client:
+            for spec in (
+                one_step("app_child", "c1"),
+                {
+                    "name": "app_parent",
+                    "steps": [
+                        {"name": "first", "module": "core", "action": "echo", "parameters": {"message": 1}},
+                        {
+                            "name": "sub",
+                            "module": "workflow",
+                            "action": "run",
+                            "parameters": {"workflow": "app_child"},
+                            "dependencies": ["first"],
+                        },
+                    ],
+                },
+            ):
+                assert not (await client.call_tool("create_workflow", spec)).is_error
+            run = {"workflow_name": "app_parent", "wait": True}
+            executed = await client.call_tool("execute_workflow", run)
+            run_id = executed.structured_content["run_id"]
+            children = await client.call_tool("list_workflow_runs", {"parent_run_id": run_id, "limit": 500})
+            sub_id = children.structured_content["runs"][0]["run_id"]
+            missing = await client.call_tool("execute_workflow", {**run, "workflow_name": "app_nowhere"})
+            read = await client.read_resource(UI_RESOURCE_URI)
+            return {
+                "run_id": run_id,
+                "sub_id": sub_id,
+                "executed": result_dict(executed),
+                "missing": result_dict(missing),
+                "html": read.contents[0].text,
+                "runs": {
+                    rid: result_dict(await client.call_tool("get_workflow_run", {"run_id": rid}))
+                    for rid in (run_id, sub_id)
+                },
+                "workflows": {
+                    name: result_dict(await client.call_tool("get_workflow", {"name": name}))
+                    for name in ("app_parent", "app_child")
+                },
+                "children": {
+                    run_id: result_dict(children),
+                    sub_id: result_dict(
+                        await client.call_tool("list_workflow_runs", {"parent_run_id": sub_id, "limit": 500})
+                    ),
+                },
+            }
+
+    with ThreadPoolExecutor(1) as pool:
+        found: dict[str, Any] = pool.submit(anyio.run, go).result(timeout=120)
+    return found
+
+
+@contextmanager
+def in_spec_host(
+    browser: Any,
+    recorded: dict[str, Any],
+    opening: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    echo: bool = False,
+    theme: str = "light",
+) -> Iterator[tuple[Any, Any]]:
+    """The app in :data:`SPEC_HOST`, which sends ``opening`` after ``ui/notifications/initialized``:
+    (the host page, the app's frame)."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    literal = {  # "</" escaped: the app's own </script> must not end the host page's script
+        "recorded": json.dumps({k: v for k, v in recorded.items() if k != "html"}).replace("</", "<\\/"),
+        "host": json.dumps({"opening": opening, "echo": echo, "context": {"theme": theme}}),
+        "app": json.dumps(recorded["html"]).replace("</", "<\\/"),
+    }
+    try:
+        page.set_content(SPEC_HOST % literal)
+        yield page, page.frame_locator("#app")
+        assert errors == []
+    finally:
+        page.close()
+
+
+def opened_by(result: dict[str, Any], arguments: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        ("ui/notifications/tool-input", {"arguments": arguments}),
+        ("ui/notifications/tool-result", result),
+    ]
+
+
+def round_trip(page: Any, method: str = "ping") -> dict[str, Any]:
+    """The app's answer to a request from the host; every message the host sent before it was handled
+    first (postMessage keeps order)."""
+    asked = page.evaluate("(method) => window.ask(method, {reason: 'the test is over'})", method)
+    page.wait_for_function("(id) => window.answers[id] !== undefined", arg=asked, timeout=WAIT_MS)
+    answer: dict[str, Any] = page.evaluate("(id) => window.answers[id]", asked)
+    return answer
+
+
+def test_in_a_host_a_sub_run_link_opens_the_sub_run_inside_the_app_and_its_parent_link_leads_back(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    run_id, sub_id = recorded["run_id"], recorded["sub_id"]
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening) as (page, frame):
+        # A srcdoc frame resolves "#/runs/..." against the host's address: followed, it unloads the app.
+        frame.locator(f'#sub-runs a[data-sub-run="{sub_id}"]').click()
+        frame.locator(node(frame, "c1", "completed")).wait_for(timeout=WAIT_MS)
+        assert frame.locator("#title").inner_text() == f"app_child · {sub_id}"
+        frame.locator("#parent-run").press("Enter")  # the keyboard follows the link too
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        assert frame.locator("#title").inner_text() == f"app_parent · {run_id}"
+        assert page.frames[1].url == "about:srcdoc"  # the app was never navigated away
+
+
+@pytest.mark.parametrize(
+    ("ending", "said"),
+    [
+        ("missing", "workflow 'app_nowhere' not found"),
+        ("cancelled", "The tool call was cancelled: the person pressed stop"),
+    ],
+)
+def test_in_a_host_a_tool_call_that_failed_or_was_cancelled_is_said_not_waited_for(
+    browser: Any, recorded: dict[str, Any], ending: str, said: str
+) -> None:
+    last = (
+        ("ui/notifications/tool-result", recorded["missing"])
+        if ending == "missing"
+        else ("ui/notifications/tool-cancelled", {"reason": "the person pressed stop"})
+    )
+    opening = [("ui/notifications/tool-input", {"arguments": {"workflow_name": "app_nowhere"}}), last]
+    with in_spec_host(browser, recorded, opening) as (_page, frame):
+        frame.locator("#load-error").wait_for(timeout=WAIT_MS)
+        assert said in frame.locator("#load-error").inner_text()
+
+
+def test_in_a_host_the_app_reports_the_height_of_its_content_each_time_it_changes(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening) as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        height = "() => Math.ceil(document.documentElement.getBoundingClientRect().height)"
+        # The host sizes its frame by what the app reports (200 px at first): the whole view must fit.
+        drawn = frame.locator("html").evaluate(height)
+        page.wait_for_function("(h) => window.sizes.some((s) => s.height === h)", arg=drawn, timeout=WAIT_MS)
+        assert drawn > 200
+        frame.locator(node(frame, "first", "completed")).click()  # the details grow
+        frame.locator("#details h3").wait_for(timeout=WAIT_MS)
+        grown = frame.locator("html").evaluate(height)
+        assert grown > drawn
+        page.wait_for_function("(h) => window.sizes.at(-1).height === h", arg=grown, timeout=WAIT_MS)
+        sizes = page.evaluate("window.sizes")
+        assert len(sizes) == len({json.dumps(s) for s in sizes})  # only changes are reported
+
+
+def test_in_a_host_the_app_answers_ping_and_teardown_and_unknown_requests_say_so(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening) as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        assert round_trip(page, "ping")["result"] == {}
+        assert round_trip(page, "ui/no-such-method")["error"]["code"] == -32601
+        assert round_trip(page, "ui/resource-teardown")["result"] == {}
+
+
+def test_in_a_host_that_echoes_the_apps_own_calls_only_the_opening_call_moves_the_view(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    with in_spec_host(browser, recorded, opening, echo=True) as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        # Not from the host (the app's own window): ignored.
+        frame.locator("body").evaluate(
+            """() => window.postMessage({jsonrpc: "2.0", method: "ui/notifications/tool-result",
+                 params: {structuredContent: {name: "app_child"}}}, "*")"""
+        )
+        round_trip(page)
+        assert frame.locator("#title").inner_text() == f"app_parent · {recorded['run_id']}"
+        calls = page.evaluate("window.log.filter((m) => m === 'tools/call').length")
+        assert calls == 3  # the run, its definition, its sub-runs: once each (it has ended)
+
+
+def test_in_a_dark_host_the_app_is_dark_follows_a_theme_change_and_declares_its_display_modes(
+    browser: Any, recorded: dict[str, Any]
+) -> None:
+    opening = opened_by(recorded["executed"], {"workflow_name": "app_parent", "wait": True})
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    with in_spec_host(browser, recorded, opening, theme="dark") as (page, frame):
+        frame.locator(node(frame, "sub", "completed")).wait_for(timeout=WAIT_MS)
+        modes = page.evaluate("window.initialize.appCapabilities.availableDisplayModes")
+        assert modes == ["inline", "fullscreen"]
+        dark = frame.locator("body").evaluate(background)
+        assert dark != "rgb(255, 255, 255)"
+        page.evaluate("window.notify('ui/notifications/host-context-changed', {theme: 'light'})")
+        round_trip(page)
+        assert frame.locator("body").evaluate(background) == "rgb(255, 255, 255)"
+        page.evaluate("window.notify('ui/notifications/host-context-changed', {displayMode: 'fullscreen'})")
+        round_trip(page)  # a change without a theme keeps the one there is
+        assert frame.locator("body").evaluate(background) == "rgb(255, 255, 255)"
+        shot(page, "run-view-mcp-app-light-after-dark")
 
 
 def test_the_cli_prints_a_runs_url_in_the_run_view_of_the_server_on_its_state(server: Served) -> None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
 __all__ = [
+    "APP_META",
     "APP_MIME_TYPE",
     "COOKIE_NAME",
     "EXTENSION_ID",
@@ -55,6 +56,11 @@ __all__ = [
 
 #: The MCP App resource the linked tools point at (``_meta.ui.resourceUri``).
 UI_RESOURCE_URI = "ui://codomyrmex-orchestration/run-view.html"
+#: The resource's ``_meta`` (MCP Apps ``UIResourceMeta``). No ``csp``: the page loads nothing from anywhere,
+#: so the host's restrictive default (inline script and style, ``data:`` images, no connections) is all it
+#: needs. A border, stated because hosts' defaults differ (the specification recommends saying): the view
+#: has no frame of its own.
+APP_META: dict[str, Any] = {"ui": {"prefersBorder": True}}
 #: Tools whose results the view can show: a run (execute, get) or a definition (create).
 UI_TOOLS = ("execute_workflow", "get_workflow_run", "create_workflow")
 #: The only tools the page may call: it is a view, never a way to change anything.

@@ -420,6 +420,7 @@ def build_server(
                 title="Run view",
                 description="The workflow run view (an MCP App): the DAG, each step coloured by status",
                 mime_type=_ui.APP_MIME_TYPE,
+                meta=_ui.APP_META,
             )
         )
         try:
@@ -477,7 +478,9 @@ def build_server(
     async def on_read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
         if uri == _ui.UI_RESOURCE_URI:
-            contents = types.TextResourceContents(uri=uri, mime_type=_ui.APP_MIME_TYPE, text=_ui.app_html())
+            contents = types.TextResourceContents(
+                uri=uri, mime_type=_ui.APP_MIME_TYPE, meta=_ui.APP_META, text=_ui.app_html()
+            )
             return types.ReadResourceResult(contents=[contents])
         if not uri.startswith(URI_SCHEME):
             raise _resource_not_found(ctx, uri, scheme_problem(uri, URI_SCHEME, _ui.UI_RESOURCE_URI))
