@@ -627,9 +627,15 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
             httpx.AsyncClient(timeout=10) as http,
         ):
             opened = await _open_session(http, base)
+            initialize_2025_03 = json.loads(json.dumps(INITIALIZE))
+            initialize_2025_03["params"]["protocolVersion"] = "2025-03-26"
+            session_2025_03 = {**MCP_HEADERS, "mcp-protocol-version": "2025-03-26"}
+            old = await http.post(f"{base}/mcp", json=initialize_2025_03, headers=MCP_HEADERS)
+            assert '"protocolVersion":"2025-03-26"' in old.text, old.text
             eras = {
                 "opening": MCP_HEADERS,
                 "session": {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]},
+                "2025-03-26 session": {**session_2025_03, "mcp-session-id": old.headers["mcp-session-id"]},
                 "2026": {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28"},
             }
             answers = {
@@ -645,8 +651,11 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
         assert answer.headers["content-type"] == "application/json"
         expected = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": stdio[1]}}
         assert answer.json() == expected, (era, body, answer.text)
-        assert "batches are not supported" in stdio[1]
-    assert sessions_open == 1  # none opened by a refused request
+    # Honest for a 2025-03-26 client, whose version said servers MUST receive batches: this one does not
+    # (nor does the SDK), and it says what to do instead.
+    assert "this server does not support JSON-RPC batches" in stdio[1], stdio
+    assert "MCP Python SDK" in stdio[1] and "one by one" in stdio[1], stdio
+    assert sessions_open == 2  # none opened by a refused request
 
 
 async def test_a_message_that_is_not_json_rpc_2_gets_400_invalid_request_in_one_line_as_on_stdio(

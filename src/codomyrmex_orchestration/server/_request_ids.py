@@ -4,7 +4,9 @@ transports: the rule for a request's ``id``, the refusal of a batch and :func:`d
 MCP: a request id MUST be a string or an integer, never null. The SDK's parser reads a message that
 has a method and any other ``id`` (null, a boolean, a fraction, a list...) as a notification, which
 gets no answer (HTTP 202 on streamable HTTP); both transports answer it -32600 Invalid Request instead.
-A JSON array (a JSON-RPC batch, which MCP no longer has) gets -32600 saying so, where the SDK's HTTP
+A JSON array (a JSON-RPC batch) gets -32600 saying this server takes no batches, whatever the protocol
+version (2025-03-26 said implementations MUST receive them; the MCP Python SDK's transports never did,
+python-sdk#934, and 2025-06-18 removed them), and to send the messages one by one, where the SDK's HTTP
 transport answered -32602 with pydantic's whole report. Any other message that is not JSON-RPC 2.0
 (``"jsonrpc": "1.0"``, no method, ``params`` an array...) gets -32600 with one line naming the first
 problem, never pydantic's report. Owns no state.
@@ -32,7 +34,10 @@ __all__ = [
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 #: What both transports answer a batch (a JSON array) with, in every protocol version.
-BATCH_REFUSED = "Invalid Request: a message must be one JSON object (batches are not supported)"
+BATCH_REFUSED = (
+    "Invalid Request: this server does not support JSON-RPC batches (nor does the MCP Python SDK it is "
+    "built on), whatever the protocol version; send the messages one by one, each a JSON object"
+)
 _NOT_AN_OBJECT = "Invalid Request: a message must be one JSON object"
 
 # What follows an "id" key whose value does not start like a string or an integer: null, true, false,
