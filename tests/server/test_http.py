@@ -617,7 +617,7 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
     # A batch (or []) got 400 with -32602 and a 1,228-byte pydantic dump ("Validation error: 4
     # validation errors for union[JSONRPCRequest,..."); stdio answers -32600 saying batches are not
     # supported. Both transports now say the same.
-    from codomyrmex_orchestration.server._stdio import diagnose
+    from codomyrmex_orchestration.server._request_ids import diagnose
 
     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     bodies = [b"[]", json.dumps([ping]).encode(), b" \r\n" + json.dumps([INITIALIZE, ping]).encode()]
@@ -627,9 +627,15 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
             httpx.AsyncClient(timeout=10) as http,
         ):
             opened = await _open_session(http, base)
+            initialize_2025_03 = json.loads(json.dumps(INITIALIZE))
+            initialize_2025_03["params"]["protocolVersion"] = "2025-03-26"
+            session_2025_03 = {**MCP_HEADERS, "mcp-protocol-version": "2025-03-26"}
+            old = await http.post(f"{base}/mcp", json=initialize_2025_03, headers=MCP_HEADERS)
+            assert '"protocolVersion":"2025-03-26"' in old.text, old.text
             eras = {
                 "opening": MCP_HEADERS,
                 "session": {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]},
+                "2025-03-26 session": {**session_2025_03, "mcp-session-id": old.headers["mcp-session-id"]},
                 "2026": {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28"},
             }
             answers = {
@@ -645,8 +651,57 @@ async def test_a_json_array_gets_400_invalid_request_saying_batches_are_not_supp
         assert answer.headers["content-type"] == "application/json"
         expected = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": stdio[1]}}
         assert answer.json() == expected, (era, body, answer.text)
-        assert "batches are not supported" in stdio[1]
-    assert sessions_open == 1  # none opened by a refused request
+    # Honest for a 2025-03-26 client, whose version said servers MUST receive batches: this one does not
+    # (nor does the SDK), and it says what to do instead.
+    assert "this server does not support JSON-RPC batches" in stdio[1], stdio
+    assert "MCP Python SDK" in stdio[1] and "one by one" in stdio[1], stdio
+    assert sessions_open == 2  # none opened by a refused request
+
+
+async def test_a_message_that_is_not_json_rpc_2_gets_400_invalid_request_in_one_line_as_on_stdio(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # "jsonrpc": "1.0", no method, params an array: 400 with -32602 "Validation error: 6 validation
+    # errors for union[JSONRPCRequest,..." and pydantic's URLs; JSON-RPC 2.0 says -32600 Invalid
+    # Request, which stdio answers with one line naming the problem. HTTP now answers as stdio does.
+    from codomyrmex_orchestration.server._request_ids import diagnose
+
+    bodies = [
+        json.dumps({"jsonrpc": "1.0", "id": 8, "method": "ping"}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 9}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 10, "method": "tools/list", "params": [1]}).encode(),
+    ]
+    with anyio.fail_after(30):
+        async with (
+            serving(tools_without_engine, "streamable-http", None) as base,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            opened = await _open_session(http, base)
+            session = {**MCP_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+            eras = {
+                "opening": MCP_HEADERS,
+                "session": {**session, "mcp-protocol-version": "2025-06-18"},
+                "2025-03-26 session": {**session, "mcp-protocol-version": "2025-03-26"},
+            }
+            answers = {
+                (era, body): await http.post(f"{base}/mcp", content=body, headers=headers)
+                for era, headers in eras.items()
+                for body in bodies
+            }
+            ping = {"jsonrpc": "2.0", "id": 11, "method": "ping"}
+            still = await http.post(f"{base}/mcp", json=ping, headers=eras["session"])
+    for (era, body), answer in answers.items():
+        stdio = diagnose(body)
+        assert stdio is not None and stdio[0] == -32600, body
+        assert answer.status_code == 400, (era, body, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        assert int(answer.headers["content-length"]) == len(answer.content)
+        expected = {"jsonrpc": "2.0", "id": stdio[2], "error": {"code": -32600, "message": stdio[1]}}
+        assert answer.json() == expected, (era, body, answer.text)
+        assert "\n" not in stdio[1] and "pydantic" not in stdio[1] and len(stdio[1]) < 200, stdio
+    assert {answer.json()["id"] for answer in answers.values()} == {8, 9, 10}
+    [event] = [json.loads(line[5:]) for line in still.text.splitlines() if line.startswith("data:")]
+    assert still.status_code == 200 and event == {"jsonrpc": "2.0", "id": 11, "result": {}}
 
 
 async def test_a_request_refused_without_a_session_gets_no_session_id(

@@ -274,6 +274,39 @@ async def test_completion_suggests_workflows_runs_projects_and_templates_by_what
     assert free_text.completion.values == unknown.completion.values == []
 
 
+async def test_completion_for_a_resource_the_server_does_not_have_is_invalid_params(
+    tools_without_engine: OrchestrationMCPTools,
+) -> None:
+    # completion/complete for a resource template the server does not have answered an empty list (as
+    # if nothing matched) while resources/read answers an error; the specification: servers SHOULD
+    # return errors for invalid references. A prompt it does not have still gets an empty list: the
+    # MCP conformance suite's completion-complete scenario (run in CI) asks about a fixture prompt.
+    refs = [
+        types.ResourceTemplateReference(uri="orchestration://workflow/{name}"),
+        types.ResourceTemplateReference(uri="nope://x/{y}"),
+    ]
+    refused: list[types.ErrorData] = []
+    async with Client(build_server(tools_without_engine)) as client:
+        for ref in refs:
+            with pytest.raises(MCPError) as caught, anyio.fail_after(WAIT):
+                await client.complete(ref, arg("name", ""))
+            refused.append(caught.value.error)
+        with anyio.fail_after(WAIT):  # what the server has still completes, and any prompt
+            listed = types.ResourceTemplateReference(uri="orchestration://workflows")
+            page = await client.complete(listed, arg("a", ""))
+            fixture = await client.complete(
+                types.PromptReference(name="test_prompt_with_arguments"), arg("a", "")
+            )
+    assert [error.code for error in refused] == [types.INVALID_PARAMS] * 2
+    template, foreign = (error.message for error in refused)
+    assert "unknown resource 'orchestration://workflow/{name}'" in template, template
+    assert "did you mean 'orchestration://workflows/{name}'" in template, template
+    for message in (template, foreign):
+        assert "orchestration://runs/{run_id}" in message and "orchestration://templates/{name}" in message
+    assert [error.data for error in refused] == [{"uri": ref.uri} for ref in refs]
+    assert page.completion.values == fixture.completion.values == []
+
+
 async def test_completion_of_a_template_suggests_the_names_create_project_and_the_resource_accept(
     tools: OrchestrationMCPTools, tmp_path: Path
 ) -> None:

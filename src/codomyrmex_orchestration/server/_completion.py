@@ -1,14 +1,21 @@
 """``completion/complete``: suggestions for the arguments of the server's resource templates and prompts
-(workflow names, run ids, project names, project template names), read through the tools. No state.
+(workflow names, run ids, project names, project template names), read through the tools. A reference to
+a resource or template the server does not have is -32602 naming the ones it has (the specification:
+servers SHOULD return errors for invalid references), not an empty list that looks like "nothing
+matches". A prompt it does not have still gets an empty list: the MCP conformance suite's
+``completion-complete`` scenario, which CI runs, asks about a fixture prompt of its own and expects an
+answer (docs/TOOLS.md). No state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import mcp_types as types
+from mcp.shared.exceptions import MCPError
 
+from codomyrmex_orchestration._suggest import did_you_mean
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 
@@ -53,17 +60,34 @@ def rank(candidates: list[str], typed: str) -> list[str]:
     return prefix + inside
 
 
+def _unknown_resource(uri: str, known: list[str]) -> MCPError:
+    return MCPError(
+        code=types.INVALID_PARAMS,
+        message=f"completion/complete: unknown resource {uri!r}{did_you_mean(uri, known)}; "
+        f"available: {', '.join(known)}",
+        data={"uri": uri},
+    )
+
+
 def completion_handler(
-    tools: OrchestrationMCPTools, before: Callable[[], None] = lambda: None
+    tools: OrchestrationMCPTools,
+    before: Callable[[], None] = lambda: None,
+    *,
+    resources: Iterable[str] = (),
 ) -> Callable[[Any, types.CompleteRequestParams], Awaitable[types.CompleteResult]]:
-    """The server's ``on_completion``; ``before`` runs first (the hub's engine watch)."""
+    """The server's ``on_completion``; ``before`` runs first (the hub's engine watch). ``resources``: the
+    resource URIs and URI templates served (a reference to any other is refused, -32602)."""
+    resource_uris = list(resources)
 
     async def on_completion(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
         before()
+        ref = params.ref
+        if isinstance(ref, types.ResourceTemplateReference) and ref.uri not in resource_uris:
+            raise _unknown_resource(ref.uri, resource_uris)
         kind = _kind(params.ref, params.argument.name)
         if kind is None:
-            # An argument that names nothing this server lists (free text such as the prompt's goal, or a
-            # reference this server does not have): no suggestions, which is a valid answer.
+            # An argument that names nothing this server lists (free text such as the prompt's goal, an
+            # argument a served template does not have, any prompt's): no suggestions, a valid answer.
             return types.CompleteResult(completion=types.Completion(values=[], total=0, has_more=False))
         tool, arguments, key, item_field = _SOURCES[kind]
         result = await tools.execute_tool_async(tool, arguments)

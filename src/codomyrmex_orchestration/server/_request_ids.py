@@ -1,11 +1,15 @@
-"""The rule for a JSON-RPC request's ``id``, shared by the stdio and streamable-HTTP transports, and
-streamable HTTP's refusal of a batch.
+"""What a malformed JSON-RPC message is answered with, shared by the stdio and streamable-HTTP
+transports: the rule for a request's ``id``, the refusal of a batch and :func:`diagnose` for the rest.
 
 MCP: a request id MUST be a string or an integer, never null. The SDK's parser reads a message that
 has a method and any other ``id`` (null, a boolean, a fraction, a list...) as a notification, which
 gets no answer (HTTP 202 on streamable HTTP); both transports answer it -32600 Invalid Request instead.
-A JSON array (a JSON-RPC batch, which MCP no longer has) gets -32600 saying so, where the SDK's HTTP
-transport answered -32602 with pydantic's whole report. Owns no state.
+A JSON array (a JSON-RPC batch) gets -32600 saying this server takes no batches, whatever the protocol
+version (2025-03-26 said implementations MUST receive them; the MCP Python SDK's transports never did,
+python-sdk#934, and 2025-06-18 removed them), and to send the messages one by one, where the SDK's HTTP
+transport answered -32602 with pydantic's whole report. Any other message that is not JSON-RPC 2.0
+(``"jsonrpc": "1.0"``, no method, ``params`` an array...) gets -32600 with one line naming the first
+problem, never pydantic's report. Owns no state.
 """
 
 from __future__ import annotations
@@ -14,11 +18,27 @@ import json
 import re
 from typing import Any
 
-__all__ = ["BATCH_REFUSED", "INVALID_REQUEST", "body_id_problem", "body_problem", "id_problem"]
+import mcp_types as types
+from pydantic import ValidationError
 
+__all__ = [
+    "BATCH_REFUSED",
+    "INVALID_REQUEST",
+    "PARSE_ERROR",
+    "body_id_problem",
+    "body_problem",
+    "diagnose",
+    "id_problem",
+]
+
+PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-#: What stdio answers a batch (or any message that is not one JSON object) with; HTTP answers a batch so.
-BATCH_REFUSED = "Invalid Request: a message must be one JSON object (batches are not supported)"
+#: What both transports answer a batch (a JSON array) with, in every protocol version.
+BATCH_REFUSED = (
+    "Invalid Request: this server does not support JSON-RPC batches (nor does the MCP Python SDK it is "
+    "built on), whatever the protocol version; send the messages one by one, each a JSON object"
+)
+_NOT_AN_OBJECT = "Invalid Request: a message must be one JSON object"
 
 # What follows an "id" key whose value does not start like a string or an integer: null, true, false,
 # [, {, or a number with a fraction or an exponent.
@@ -77,3 +97,65 @@ def body_problem(body: bytes) -> str | None:
             return None
         return BATCH_REFUSED if isinstance(batch, list) else None
     return body_id_problem(body)
+
+
+def _request_id(text: bytes) -> str | int | None:
+    """The ``id`` of a message that parses as a JSON object, for an error reply (null otherwise)."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(message, dict):
+        value = message.get("id")
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+#: An error to answer a message with: its code, its message and the request's id (when it has one).
+Problem = tuple[int, str, str | int | None]
+
+
+def diagnose(line: bytes) -> Problem | None:
+    """``None`` when ``line`` (one stdio line or HTTP body) is a JSON-RPC message the SDK accepts, else
+    ``(code, message, id)`` of the error to answer it with: -32700 for what is not JSON, -32600 with one
+    line naming the first problem for the rest."""
+    examined = examine(line)
+    return examined if isinstance(examined, tuple) else None
+
+
+def examine(line: bytes) -> types.JSONRPCMessage | Problem:
+    """The message ``line`` holds, as the SDK will read it, or the error to answer it with (see
+    :func:`diagnose`)."""
+    try:
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+    else:
+        if isinstance(message, types.JSONRPCNotification):
+            # Or a request whose id the SDK's parser refused (body_id_problem).
+            refused = body_id_problem(line)
+            if refused is not None:
+                return INVALID_REQUEST, refused, None
+        return message
+    if problem["type"] == "json_invalid":
+        # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
+        try:
+            message = json.loads(line.decode("utf-8"))  # the wire is UTF-8: no guessing UTF-16 or -32
+        except RecursionError:
+            return INVALID_REQUEST, "Invalid Request: the message is nested too deeply", None
+        except ValueError as err:
+            return PARSE_ERROR, f"Parse error: not valid UTF-8 JSON ({err})", None
+        if not isinstance(message, dict):
+            return INVALID_REQUEST, BATCH_REFUSED if isinstance(message, list) else _NOT_AN_OBJECT, None
+        return INVALID_REQUEST, f"Invalid Request: {problem['msg']}", _request_id(line)
+    if line.lstrip().startswith(b"["):
+        return INVALID_REQUEST, BATCH_REFUSED, None
+    where = ".".join(str(p) for p in problem["loc"][1:])
+    detail = f"{where}: {problem['msg']}" if where else problem["msg"]
+    return (
+        INVALID_REQUEST,
+        'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
+        f"({detail})",
+        _request_id(line),
+    )

@@ -5,7 +5,8 @@
 holds its GET stream) is closed to let a new client in, so clients that open sessions and never close
 them cannot lock everyone else out, and a refusal names the cap and its setting; a request whose ``id``
 is not a string or an integer is answered 400 Invalid Request (``_request_ids``), not taken for a
-notification, and so is a batch (as on stdio); a refused request that names no session gets no session
+notification, and so are a batch and a message that is not JSON-RPC 2.0 (as on stdio, one line, not
+pydantic's report); a refused request that names no session gets no session
 id (the SDK discards the session it opened for it). ``ServerStatus`` owns nothing but references: the
 transport, the code-execution exposure and the session manager, read by ``/healthz`` and
 ``get_health_status``.
@@ -31,7 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem, diagnose
 from codomyrmex_orchestration.server._versions import send_naming_served, unsupported_header
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
@@ -115,6 +116,8 @@ class SessionManager(StreamableHTTPSessionManager):
             body = error.model_dump_json(by_alias=True, exclude_unset=True)
             await Response(body, status_code=400, media_type="application/json")(scope, receive, send)
             return
+        if first["type"] == "http.request" and not first.get("more_body", False):
+            send = _diagnosing(send, first.get("body", b""))
         pending: list[Message] = [first]
 
         async def replay() -> Message:
@@ -240,6 +243,49 @@ def _replaying(message: Message, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replay
+
+
+def _diagnosing(send: Send, body: bytes) -> Send:
+    """``send`` for a POST of ``body``, the SDK's refusal of a message that is not JSON-RPC 2.0 (400,
+    -32602 and pydantic's report, "Validation error: 6 validation errors for union[...]") answered as
+    stdio answers it: -32600 Invalid Request with one line naming the problem (``_request_ids.diagnose``).
+    Only a refusal is read again: an accepted message costs nothing more."""
+    held: list[Message] = []
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 400:
+            held.append(message)  # until its body shows what it refuses
+            return
+        if held and message["type"] == "http.response.body":
+            start = held.pop()
+            refused = bytes(message.get("body", b""))
+            if not message.get("more_body") and _refused_as_invalid_params(refused):
+                problem = diagnose(body)
+                if problem is not None and problem[0] == INVALID_REQUEST:
+                    code, text, request_id = problem
+                    log.warning("http.malformed_message", code=code, error=text[:300])
+                    error = types.JSONRPCError(
+                        jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=text)
+                    )
+                    encoded = error.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    start = {**start, "headers": [*headers, (b"content-length", str(len(encoded)).encode())]}
+                    message = {**message, "body": encoded}
+            await send(start)
+        await send(message)
+
+    return sending
+
+
+def _refused_as_invalid_params(body: bytes) -> bool:
+    """Whether ``body`` is the SDK's answer to a message its parser refused (-32602, "Validation error")."""
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        return False
+    return error.get("code") == types.INVALID_PARAMS and str(error.get("message", "")).startswith(
+        "Validation error"
+    )
 
 
 def _header(scope: Scope, name: bytes) -> Any:

@@ -26,90 +26,21 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from pydantic import ValidationError
 
 from codomyrmex_orchestration.logs import get_logger
-from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_id_problem
+from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, PARSE_ERROR, diagnose, examine
 from codomyrmex_orchestration.server._unanswered import SHUTDOWN_GRACE, Unanswered, Writing
 from codomyrmex_orchestration.server._versions import naming_served
 from codomyrmex_orchestration.server._wire import encoded_writes
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "serve_stdio"]
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "INVALID_REQUEST", "PARSE_ERROR", "diagnose", "serve_stdio"]
 
 log = get_logger("codomyrmex_orchestration.server")
 
 #: Longest protocol line (one JSON-RPC message) accepted on stdin.
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
-PARSE_ERROR = -32700
 _CHUNK = 1 << 16
 _BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
-
-
-def _request_id(text: bytes) -> str | int | None:
-    """The ``id`` of a message that parses as a JSON object, for an error reply (null otherwise)."""
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(message, dict):
-        value = message.get("id")
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-_Problem = tuple[int, str, str | int | None]
-
-
-def diagnose(line: bytes) -> _Problem | None:
-    """``None`` when ``line`` is a JSON-RPC message the SDK accepts, else ``(code, message, id)`` of the
-    error to answer it with."""
-    examined = _examine(line)
-    return examined if isinstance(examined, tuple) else None
-
-
-def _examine(line: bytes) -> types.JSONRPCMessage | _Problem:
-    """The message ``line`` holds, as the SDK will read it, or the error to answer it with."""
-    try:
-        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-    else:
-        if isinstance(message, types.JSONRPCNotification):
-            # Or a request whose id the SDK's parser refused (see _request_ids).
-            refused = body_id_problem(line)
-            if refused is not None:
-                return INVALID_REQUEST, refused, None
-        return message
-    if problem["type"] == "json_invalid":
-        # pydantic's parser also refuses valid JSON it cannot represent: ask the standard one.
-        try:
-            message = json.loads(line.decode("utf-8"))  # the wire is UTF-8: no guessing UTF-16 or -32
-        except RecursionError:
-            return INVALID_REQUEST, "Invalid Request: the message is nested too deeply", None
-        except ValueError as err:
-            return PARSE_ERROR, f"Parse error: not valid UTF-8 JSON ({err})", None
-        if not isinstance(message, dict):
-            return (
-                INVALID_REQUEST,
-                "Invalid Request: a message must be one JSON object (batches are not supported)",
-                None,
-            )
-        return INVALID_REQUEST, f"Invalid Request: {problem['msg']}", _request_id(line)
-    if line.lstrip().startswith(b"["):
-        return (
-            INVALID_REQUEST,
-            "Invalid Request: a message must be one JSON object (batches are not supported)",
-            None,
-        )
-    where = ".".join(str(p) for p in problem["loc"][1:])
-    detail = f"{where}: {problem['msg']}" if where else problem["msg"]
-    return (
-        INVALID_REQUEST,
-        'Invalid Request: not a JSON-RPC 2.0 message with "jsonrpc": "2.0" and a method, result or error '
-        f"({detail})",
-        _request_id(line),
-    )
 
 
 class StdinLines:
@@ -160,7 +91,7 @@ class StdinLines:
                 line = line[len(_BOM) :]  # RFC 8259: a parser may ignore it (some writers add one)
             if not line.strip():
                 continue  # blank lines between messages are tolerated, like trailing whitespace
-            examined = _examine(line)
+            examined = examine(line)
             if not isinstance(examined, tuple):
                 self._on_message(examined)
                 return line  # the SDK's reader validates bytes as well as text

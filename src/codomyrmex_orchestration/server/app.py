@@ -439,41 +439,42 @@ def build_server(
         )
         return types.ListResourcesResult(resources=resources)
 
+    resource_templates = [
+        types.ResourceTemplate(
+            uri_template=f"{URI_SCHEME}workflows/{{name}}",
+            name="workflow",
+            description="A workflow definition with its execution levels and Mermaid diagram",
+            mime_type="application/json",
+        ),
+        types.ResourceTemplate(
+            uri_template=f"{URI_SCHEME}runs{RUNS_PAGE_TEMPLATE}",
+            name="runs-page",
+            description="A page of runs, newest first: cursor is a page's next_cursor, limit 1 to 500",
+            mime_type="application/json",
+        ),
+        types.ResourceTemplate(
+            uri_template=f"{URI_SCHEME}runs/{{run_id}}",
+            name="run",
+            description="A workflow run record",
+            mime_type="application/json",
+        ),
+        types.ResourceTemplate(
+            uri_template=f"{URI_SCHEME}projects/{{name}}",
+            name="project",
+            description="A project's manifest",
+            mime_type="application/json",
+        ),
+        types.ResourceTemplate(
+            uri_template=f"{URI_SCHEME}templates/{{name}}",
+            name="template",
+            description="A project template (what create_project with it creates)",
+            mime_type="application/json",
+        ),
+    ]
+
     async def on_list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
         _one_page("resources/templates/list", params)
-        templates = [
-            types.ResourceTemplate(
-                uri_template=f"{URI_SCHEME}workflows/{{name}}",
-                name="workflow",
-                description="A workflow definition with its execution levels and Mermaid diagram",
-                mime_type="application/json",
-            ),
-            types.ResourceTemplate(
-                uri_template=f"{URI_SCHEME}runs{RUNS_PAGE_TEMPLATE}",
-                name="runs-page",
-                description="A page of runs, newest first: cursor is a page's next_cursor, limit 1 to 500",
-                mime_type="application/json",
-            ),
-            types.ResourceTemplate(
-                uri_template=f"{URI_SCHEME}runs/{{run_id}}",
-                name="run",
-                description="A workflow run record",
-                mime_type="application/json",
-            ),
-            types.ResourceTemplate(
-                uri_template=f"{URI_SCHEME}projects/{{name}}",
-                name="project",
-                description="A project's manifest",
-                mime_type="application/json",
-            ),
-            types.ResourceTemplate(
-                uri_template=f"{URI_SCHEME}templates/{{name}}",
-                name="template",
-                description="A project template (what create_project with it creates)",
-                mime_type="application/json",
-            ),
-        ]
-        return types.ListResourceTemplatesResult(resource_templates=templates)
+        return types.ListResourceTemplatesResult(resource_templates=resource_templates)
 
     async def on_read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
@@ -568,7 +569,15 @@ def build_server(
         on_read_resource=on_read_resource,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
-        on_completion=completion_handler(the_tools, hub.watch_engine),
+        on_completion=completion_handler(
+            the_tools,
+            hub.watch_engine,
+            resources=(
+                *(t.uri_template for t in resource_templates),
+                *(f"{URI_SCHEME}{kind}" for kind in ("workflows", "runs", "projects", "templates")),
+                _ui.UI_RESOURCE_URI,
+            ),
+        ),
         # 2025-era resources/subscribe, and the 2026-07-28 subscriptions/listen streams over the hub's bus.
         **_subscriptions.handlers(hub),
         on_subscriptions_listen=ListenHandler(hub.bus),
