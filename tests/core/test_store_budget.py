@@ -137,7 +137,13 @@ def test_a_limit_lowered_at_restart_shrinks_the_file_not_only_the_rows(
     assert _file_bytes(path) > 12_000_000
     with SqliteStore(path, **lowered) as store:
         assert store.count_runs()["completed"] <= 10
-    # The pages the evicted runs took went back to the file system: the file is about what is kept.
+    # The pages the evicted runs took went back to the file system: the file is about what is kept. An
+    # open gives pages back for at most a second (the rest goes a chunk per housekeeping pass): on a
+    # loaded machine the 10 MB take more than one open, so open again, a bounded number of times.
+    for _ in range(10):
+        if _file_bytes(path) < 2_500_000:
+            break
+        SqliteStore(path, **lowered).close()
     assert _file_bytes(path) < 2_500_000, _file_bytes(path)
     assert _free_pages(path) < 300
 
