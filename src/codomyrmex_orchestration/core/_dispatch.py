@@ -319,7 +319,8 @@ class Dispatcher:
             deadline = now + task.timeout
             task.timer = self._arm(deadline, partial(_deadline_passed, self, task, task.attempts))
         self.running += 1
-        self.room.count(task, -1)
+        if task.session_id is not None:  # a client's share counts its tasks only
+            self.room.count(task, -1)
         record = None
         if self.listeners or (task.on_start is not None and not task.live_state):
             record = task.snapshot()
@@ -334,7 +335,8 @@ class Dispatcher:
         if not self.pool.call_returned_locked(worker, outcome is not None, out.handles):
             return  # abandoned (timed out or cancelled): the task was finished without this result
         self.running -= 1
-        self.room.count(task, 1)  # waiting again until it ends or retries
+        if task.session_id is not None:  # a client's share counts its tasks only
+            self.room.count(task, 1)  # waiting again until it ends or retries
         task.worker = None
         _cancel_timer(task)
         if outcome is not None:  # its worker claimed it and delivered on_done: final as delivered
@@ -382,7 +384,8 @@ class Dispatcher:
             task.resource_handle = None
         task.worker = None
         self.running -= 1
-        self.room.count(task, 1)
+        if task.session_id is not None:  # a client's share counts its tasks only
+            self.room.count(task, 1)
         _cancel_timer(task)
         if task.cancel_event is not None:
             out.cancels.append(task.cancel_event)

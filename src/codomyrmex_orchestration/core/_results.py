@@ -87,8 +87,9 @@ def json_output(value: Any, name: str) -> Any:
     Raises:
         StepFailedError: ``value`` holds something else; the message names where and what is accepted.
     """
-    if value is None or type(value) in _HOLD_NO_TEXT or type(value) is str:
-        return value
+    kind = type(value)
+    if value is None or kind in _HOLD_NO_TEXT or kind is str or (kind in _CONTAINERS and not value):
+        return value  # most outputs: nothing inside to look at
     found = _not_json_at(value) if _holds_non_json(value) else None
     if found is None:
         return value

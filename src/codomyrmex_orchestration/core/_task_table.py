@@ -67,7 +67,8 @@ class TaskTable:
         """
         self.tasks[task.id] = task
         self.active += 1
-        self.room.count(task, 1)
+        if task.session_id is not None:  # a client's share counts its tasks only
+            self.room.count(task, 1)
         self.totals["submitted"] += 1
         if not dependencies:  # most tasks
             task.handed = True
@@ -131,7 +132,8 @@ class TaskTable:
             The tasks that may start now because it was the last thing they waited for.
         """
         self.active -= 1
-        self.room.count(task, -1)
+        if task.session_id is not None:  # a client's share counts its tasks only
+            self.room.count(task, -1)
         self.totals[task.status] += 1  # a StrEnum member finds its value's key
         ready: list[Task] = []
         in_graph = task in self._graph  # most tasks never join it (see add)
