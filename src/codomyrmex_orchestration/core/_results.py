@@ -87,8 +87,8 @@ def json_output(value: Any, name: str) -> Any:
     Raises:
         StepFailedError: ``value`` holds something else; the message names where and what is accepted.
     """
-    kind = type(value)
-    if value is None or kind in _HOLD_NO_TEXT or kind is str or (kind in _CONTAINERS and not value):
+    of = type(value)
+    if value is None or of in _HOLD_NO_TEXT or of is str or (of in _CONTAINERS and not value):
         return value  # most outputs: nothing inside to look at
     found = _not_json_at(value) if _holds_non_json(value) else None
     if found is None:
