@@ -33,7 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 from codomyrmex_orchestration.config import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE_TIMEOUT
 from codomyrmex_orchestration.logs import get_logger
 from codomyrmex_orchestration.server._request_ids import INVALID_REQUEST, body_problem, diagnose
-from codomyrmex_orchestration.server._versions import send_naming_served, unsupported_header
+from codomyrmex_orchestration.server._versions import rewriting_400, send_naming_served, unsupported_header
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "DEFAULT_SESSION_IDLE_TIMEOUT", "ServerStatus", "SessionManager"]
 
@@ -250,31 +250,21 @@ def _diagnosing(send: Send, body: bytes) -> Send:
     -32602 and pydantic's report, "Validation error: 6 validation errors for union[...]") answered as
     stdio answers it: -32600 Invalid Request with one line naming the problem (``_request_ids.diagnose``).
     Only a refusal is read again: an accepted message costs nothing more."""
-    held: list[Message] = []
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start" and message.get("status") == 400:
-            held.append(message)  # until its body shows what it refuses
-            return
-        if held and message["type"] == "http.response.body":
-            start = held.pop()
-            refused = bytes(message.get("body", b""))
-            if not message.get("more_body") and _refused_as_invalid_params(refused):
-                problem = diagnose(body)
-                if problem is not None and problem[0] == INVALID_REQUEST:
-                    code, text, request_id = problem
-                    log.warning("http.malformed_message", code=code, error=text[:300])
-                    error = types.JSONRPCError(
-                        jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=text)
-                    )
-                    encoded = error.model_dump_json(by_alias=True, exclude_unset=True).encode()
-                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                    start = {**start, "headers": [*headers, (b"content-length", str(len(encoded)).encode())]}
-                    message = {**message, "body": encoded}
-            await send(start)
-        await send(message)
+    def diagnosed(refused: bytes) -> bytes | None:
+        if not _refused_as_invalid_params(refused):
+            return None
+        problem = diagnose(body)
+        if problem is None or problem[0] != INVALID_REQUEST:
+            return None
+        code, text, request_id = problem
+        log.warning("http.malformed_message", code=code, error=text[:300])
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=text)
+        )
+        return error.model_dump_json(by_alias=True, exclude_unset=True).encode()
 
-    return sending
+    return rewriting_400(send, diagnosed)
 
 
 def _refused_as_invalid_params(body: bytes) -> bool:

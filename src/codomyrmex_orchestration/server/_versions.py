@@ -23,7 +23,14 @@ from codomyrmex_orchestration.server._notifications import connection_of
 if TYPE_CHECKING:  # the stdio wire imports this module too, without the HTTP stack
     from starlette.types import Message, Send
 
-__all__ = ["SERVED_VERSIONS", "install", "naming_served", "send_naming_served", "unsupported_header"]
+__all__ = [
+    "SERVED_VERSIONS",
+    "install",
+    "naming_served",
+    "rewriting_400",
+    "send_naming_served",
+    "unsupported_header",
+]
 
 #: Every version served, newest first, as the specification's example for a server of both eras lists
 #: them: 2026-07-28 with each request's envelope, the others through the ``initialize`` handshake.
@@ -155,7 +162,19 @@ def naming_served(text: str) -> str:
 
 def send_naming_served(send: Send) -> Send:
     """``send`` for an HTTP exchange, its ``400`` answer naming every served version if it refuses a
-    version (the body is one message: its ``content-length`` is set again)."""
+    version."""
+
+    def named(body: bytes) -> bytes | None:
+        text = _named(body.decode("utf-8", "replace"))
+        return None if text is None else text.encode()
+
+    return rewriting_400(send, named)
+
+
+def rewriting_400(send: Send, rewrite: Callable[[bytes], bytes | None]) -> Send:
+    """``send`` for an HTTP exchange whose ``400`` answer, when it is one body, is replaced by what
+    ``rewrite`` makes of it (None: left as it is; its ``content-length`` is set again). Any other answer
+    passes untouched: only a refusal is read."""
     held: list[Message] = []
 
     async def sending(message: Message) -> None:
@@ -165,10 +184,9 @@ def send_naming_served(send: Send) -> Send:
         if held and message["type"] == "http.response.body":
             start = held.pop()
             body = bytes(message.get("body", b""))
-            named = None if message.get("more_body") else _named(body.decode("utf-8", "replace"))
-            if named is not None:
+            encoded = None if message.get("more_body") else rewrite(body)
+            if encoded is not None:
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                encoded = named.encode()
                 start = {**start, "headers": [*headers, (b"content-length", str(len(encoded)).encode())]}
                 message = {**message, "body": encoded}
             await send(start)
