@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from codomyrmex_orchestration.core._store_codec import run_estimate
 from codomyrmex_orchestration.core.actions import ActionDefinition
 from codomyrmex_orchestration.core.engine import OrchestrationEngine
 from codomyrmex_orchestration.core.models import RunRecord, StepResult, TaskStatus, WorkflowStatus
@@ -511,3 +513,85 @@ def test_a_run_is_refused_before_its_record_would_take_the_state_past_its_budget
     finally:
         gate.set()
         engine.shutdown()
+
+
+def test_runs_admitted_at_the_same_instant_near_the_budget_admit_only_those_whose_records_fit(
+    tmp_path: Path,
+) -> None:
+    # Admission checked each run's estimated record against the bytes used, which only a commit moves:
+    # runs admitted at the same instant all saw the same free room, and together overshot the budget.
+    # Each run's estimate is now held from its admission until its record is committed. The records
+    # stay uncommitted here (a 30 s flush interval, and a first step with no parents does not flush),
+    # and held runs cannot be evicted, so every admitted run counts.
+    budget, racers = 1_000_000, 8
+    state = tmp_path / "state"
+    store = SqliteStore(
+        state / "state.db", max_bytes=budget, flush_interval=30.0, spill_dir=state / "outputs"
+    )
+    engine = OrchestrationEngine(state_dir=state, config_dir=None, store=store, state_max_bytes=budget)
+    gate = threading.Event()
+
+    def hold(params: dict[str, Any], ctx: Any) -> bool:
+        return gate.wait(30)
+
+    engine.registry.register(ActionDefinition("test", "hold", hold))
+    try:
+        manager = engine.workflow_manager
+        step = {"name": "a", "module": "test", "action": "hold", "parameters": {"p": "{{params.p}}"}}
+        manager.create_workflow({"name": "wf", "steps": [step]})
+
+        def room() -> int:
+            store.flush()
+            return budget - int(store.stats()["bytes_used"])
+
+        pads = 0
+        while room() > 60_000:  # definitions are never evicted: they fill the budget for good
+            pad = min(20_000, (room() - 50_000) // 3)
+            manager.create_workflow({"name": f"pad{pads}", "parameters": {"p": "x" * pad}, "steps": [step]})
+            pads += 1
+        left = room()
+        parameters = {"p": "y" * 10_000}
+        estimate = run_estimate(len(json.dumps(parameters, separators=(",", ":"))), steps=1)
+        fit = left // estimate
+        assert 1 <= fit < racers, (left, estimate)  # each fits alone, not all together
+
+        lineup = threading.Barrier(racers)
+
+        def admit(_: int) -> str | LimitExceededError:
+            lineup.wait(timeout=30)
+            try:
+                return manager.execute_workflow("wf", parameters=parameters, wait=False).run_id
+            except LimitExceededError as exc:
+                return exc
+
+        with ThreadPoolExecutor(racers) as pool:
+            outcomes = list(pool.map(admit, range(racers)))
+        admitted = [o for o in outcomes if isinstance(o, str)]
+        refused = [o for o in outcomes if isinstance(o, LimitExceededError)]
+        assert len(admitted) == fit, (len(admitted), fit, left, estimate)
+        assert len(refused) == racers - fit
+        for exc in refused:
+            assert exc.limit == budget and "CODOMYRMEX_STATE_MAX_BYTES" in str(exc)
+            assert "the new run's record" in str(exc)
+        assert room() >= 0  # the admitted runs' records, committed, are within the budget
+    finally:
+        gate.set()
+        engine.shutdown()
+
+
+def test_the_room_held_for_an_admitted_run_goes_back_when_its_record_is_committed_or_its_start_fails(
+    tmp_path: Path,
+) -> None:
+    budget = 1_000_000
+    with SqliteStore(tmp_path / "state.db", max_bytes=budget, flush_interval=30.0) as store:
+        store.flush()
+        room = budget - int(store.stats()["bytes_used"])
+        parameters = {"p": "y" * (room * 6 // 10)}  # one run's record fits, two do not
+        store.check_budget(parameters, steps=1, run_id="first")
+        with pytest.raises(LimitExceededError, match="held for runs admitted but not saved yet"):
+            store.check_budget(parameters, steps=1, run_id="second")
+        store.release_admission("first")  # its start failed
+        store.check_budget(parameters, steps=1, run_id="second")
+        store.save_run(RunRecord(run_id="second", workflow_name="wf", status=WorkflowStatus.RUNNING))
+        store.flush()  # its record (small: the parameters were never saved) is counted instead
+        store.check_budget(parameters, steps=1, run_id="third")

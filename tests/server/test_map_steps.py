@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from pydantic import BaseModel
 
-from codomyrmex_orchestration.core.models import ItemResult, trusted
+from codomyrmex_orchestration.core.models import ItemResult, ItemWindow, TaskStatus, WorkflowStatus, trusted
 from codomyrmex_orchestration.server.app import build_server
 from codomyrmex_orchestration.server.tools import OrchestrationMCPTools
 from tests.helpers.mcp_calls import call, ok
@@ -196,6 +196,69 @@ def test_resume_workflow_run_without_waiting_builds_only_the_items_its_answer_sh
     items = resumed.structured["steps"]["m"]["items"]
     assert resumed.structured["status"] == "running" and items["total"] == 5000
     assert len(items["items"]) == 100 and built == 100
+
+
+def test_resume_workflow_run_without_waiting_builds_only_the_items_its_answer_shows_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # A restarted engine continues each run that waited for an answer with resume_run(wait=False) and
+    # throws the answer away, but that answer was built with every item of each running map step
+    # (3,000 here), and the listing of the waiting runs read each whole (3,000 more). The map step's
+    # items ask one at a time: the run waits on its first item's question, the map step running.
+    gated = {
+        "name": "gated",
+        "parameters": {"xs": list(range(3000))},
+        "steps": [
+            {
+                "name": "m",
+                "module": "core",
+                "action": "approve",
+                "for_each": "{{params.xs}}",
+                "max_parallel": 1,
+                "parameters": {"message": "item {{item}}?"},
+            }
+        ],
+    }
+
+    def durable_tools() -> OrchestrationMCPTools:
+        return OrchestrationMCPTools(
+            engine_factory=lambda policy: make_engine(tmp_path, policy, durable=True)
+        )
+
+    first = durable_tools()
+    try:
+        assert not first.execute_tool("create_workflow", gated).is_error
+        run_id = first.engine.workflow_manager.execute_workflow("gated", wait=False).run_id
+        waiting = first.engine.workflow_manager.inputs.wait(run_id, 60)
+        assert waiting.status is WorkflowStatus.WAITING_FOR_INPUT, waiting.status
+    finally:
+        first.close()
+
+    second = durable_tools()
+    built = 0
+    codes = (trusted.__code__, BaseModel.__init__.__code__)
+
+    def count(frame: FrameType, event: str, arg: Any) -> None:  # each item built in this thread
+        nonlocal built
+        if event == "call" and frame.f_code in codes:
+            made = frame.f_locals.get("model", type(frame.f_locals.get("self")))
+            built += made is ItemResult
+
+    sys.setprofile(count)  # the engine is built, and continues the waiting run, in this thread
+    try:
+        manager = second.engine.workflow_manager
+    finally:
+        sys.setprofile(None)
+    try:
+        assert manager.is_active(run_id)
+        record = manager.get_run(run_id, items=ItemWindow(limit=0))
+        assert record.status is WorkflowStatus.WAITING_FOR_INPUT
+        assert record.steps["m"].status is TaskStatus.RUNNING
+        assert record.steps["m"].items is not None and record.steps["m"].items.total == 3000
+        # The resume reads the run it continues whole, once: its items are what it continues.
+        assert built == 3000
+    finally:
+        second.close()
 
 
 async def test_a_small_map_steps_record_still_lists_every_item_and_its_output(client: Client) -> None:

@@ -18,6 +18,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 from codomyrmex_orchestration.core._run_owners import (
@@ -30,7 +31,7 @@ from codomyrmex_orchestration.core._run_owners import (
     when_released,
     with_top,
 )
-from codomyrmex_orchestration.core.models import RunRecord
+from codomyrmex_orchestration.core.models import ItemWindow, RunRecord
 from codomyrmex_orchestration.core.store import SqliteStore, StateStore
 from codomyrmex_orchestration.errors import InvalidStateError
 
@@ -55,6 +56,9 @@ class ForeignRuns:
     def __init__(self, store: StateStore, flush: Callable[[], None]) -> None:
         self.owners_dir: Path | None = store.path.parent if isinstance(store, SqliteStore) else None
         self._read = store.get_run
+        # A run's ancestry (``parent_run_id``) is on its own row: read with no map item built (a restart
+        # continuing a waiting run built all of its items for this read, then threw them away).
+        self._ancestry = partial(store.get_run, items=ItemWindow(limit=0))
         self._flush = flush
 
     @contextmanager
@@ -71,8 +75,8 @@ class ForeignRuns:
         if self.owners_dir is None or held_here(self.owners_dir, run_id):
             yield lambda: None
             return
-        record = self._read(run_id)  # its ancestry only: that never changes
-        top = top_run_id(record, self._read) if record is not None else run_id
+        record = self._ancestry(run_id)  # its ancestry only: that never changes
+        top = top_run_id(record, self._ancestry) if record is not None else run_id
         # The top-level run's claim is held while the sub-run starts and let go as found: not its run.
         with ExitStack() as held:
             try:
@@ -172,5 +176,5 @@ class ForeignRuns:
         """The top-level run of ``record`` (itself when it is one) and who holds its lock."""
         if self.owners_dir is None:
             return record.run_id, Owner(exists=False, alive=False, pid=None)
-        top = top_run_id(record, self._read)
+        top = top_run_id(record, self._ancestry)
         return top, owner_of(self.owners_dir, top)

@@ -238,9 +238,12 @@ def check_parameters(
     return size
 
 
-def refuse_over_budget(used: int, limit: int, adding: int = 0) -> LimitExceededError:
-    """The budget's refusal; ``adding``: the estimate of the new run's record counted in ``used``."""
+def refuse_over_budget(used: int, limit: int, adding: int = 0, *, held: int = 0) -> LimitExceededError:
+    """The budget's refusal; ``adding``: the estimate of the new run's record counted in ``used``;
+    ``held``: the room counted in it for runs admitted whose records are not saved yet."""
     run = f", with about {adding} for the new run's record" if adding else ""
+    if held:
+        run += f" and {held} held for runs admitted but not saved yet"
     return LimitExceededError(
         STATE_MAX_BYTES_SETTING,
         limit,

@@ -308,10 +308,19 @@ class MemoryStore:
             ]
         return [build_run(raw, rows, batch) for raw, rows, batch in picked]
 
-    def check_budget(self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None) -> None:
+    def check_budget(
+        self,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
         """Refuse parameters over ``max_parameters_bytes``; memory has no byte budget (retention
-        bounds it), so a run's ``steps`` do not matter."""
+        bounds it), so a run's ``steps`` do not matter and no room is held for ``run_id``."""
         check_parameters(parameters, self.max_parameters_bytes)
+
+    def release_admission(self, run_id: str) -> None:
+        """Nothing is held for a run here (see :meth:`check_budget`)."""
 
     def count_runs(self) -> dict[str, int]:
         """Stored runs by status value, without building a record."""

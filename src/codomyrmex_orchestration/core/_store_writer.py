@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -309,8 +309,11 @@ class GroupCommitWriter(_WriteQueue):
         *,
         flush_interval: float,
         damage: Damage | None = None,
+        on_runs_committed: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         super().__init__(conn, path, retention, flush_interval=flush_interval, damage=damage)
+        # Told the ids of the runs each commit wrote, once it has committed (the budget's admissions).
+        self._on_runs_committed = on_runs_committed
         self._thread = threading.Thread(target=self._main, name="state-store-writer", daemon=True)
         self._thread.start()
 
@@ -441,6 +444,8 @@ class GroupCommitWriter(_WriteQueue):
                     _fail_calls(calls, StateStoreError(self.path, f"the writer cannot save now: {reason}"))
                 return False
             self._retention.after_commit(True)
+            if batch.runs and self._on_runs_committed is not None:
+                self._on_runs_committed(batch.runs.keys())
             if batch.size:
                 self._batches += 1
         with self._lock:

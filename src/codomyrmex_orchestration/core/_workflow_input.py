@@ -29,6 +29,7 @@ from codomyrmex_orchestration.core._workflow_events import Listeners
 from codomyrmex_orchestration.core.models import (
     ErrorInfo,
     InputRequest,
+    ItemWindow,
     RunRecord,
     StepResult,
     TaskPriority,
@@ -667,6 +668,7 @@ class InputDesk:
         waiting for input. Its completed steps keep their outputs, its questions are asked again with
         their original time and deadline (one past its deadline fails at once), and steps that were
         running elsewhere in the run when the process stopped run again, as a resume would run them.
+        They are listed without steps, and resumed with answers that build no map item (neither is read).
 
         Returns:
             The ids of the runs continued.
@@ -674,7 +676,7 @@ class InputDesk:
         store = self._runs.store
         if not store.durable:
             return []
-        records = store.list_runs(status=WorkflowStatus.WAITING_FOR_INPUT, limit=100_000)
+        records = store.list_runs(status=WorkflowStatus.WAITING_FOR_INPUT, limit=100_000, steps=False)
         waiting = {r.run_id for r in records}
         continued = []
         for record in records:
@@ -685,7 +687,7 @@ class InputDesk:
             with self._lock:
                 self._restored.update(zip(keys, record.pending_inputs, strict=True))
             try:
-                self._runs.resume_run(record.run_id, wait=False)
+                self._runs.resume_run(record.run_id, wait=False, items=ItemWindow(limit=0))
             except OrchestrationError as exc:
                 _log.warning("waiting run not continued", run_id=record.run_id, error=str(exc))
                 continue

@@ -97,34 +97,41 @@ class RunStarter:
             pending_rows=live_readers,
             parent_step=parent_step,
         )
-        # Refuses work the state directory has no room for, the run's record (estimated) included.
-        self._recorder.store.check_budget(record.parameters, steps=len(plan.spec.steps))
-        if before_record is not None:
-            before_record(record.run_id)
-        run = RunState(
-            record,
-            plan,
-            priority=priority,
-            depth=depth,
-            on_step=on_step,
-            max_parallel=max_parallel,
-            default_resources=default_resources,
-            save_step=self._recorder.step_saver,
-            max_map_items=self.max_map_items,
-            max_resolved_size=self.max_resolved_size,
-            client=client,
-            secrets=self._secrets().get,
-            use_cache=use_cache,
-            starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,
-            save_run=self._recorder.store.save_run if self._recorder.durable else None,
-        )
-        parent = self._active.get(record.parent_run_id) if record.parent_run_id is not None else None
-        if parent is not None and record.parent_step is not None:  # its questions are its parent's too
-            run.parent = (parent, record.parent_step)
-        if previous is not None:
-            self._on_resume(run.run_id, plan)
-        self._active.add(run)
-        self._driver.start(run)  # queues the run's record first
+        # Refuses work the state directory has no room for, the run's record (estimated) included, and
+        # holds that room for the run until its record is committed.
+        store = self._recorder.store
+        store.check_budget(record.parameters, steps=len(plan.spec.steps), run_id=record.run_id)
+        try:
+            if before_record is not None:
+                before_record(record.run_id)
+            run = RunState(
+                record,
+                plan,
+                priority=priority,
+                depth=depth,
+                on_step=on_step,
+                max_parallel=max_parallel,
+                default_resources=default_resources,
+                save_step=self._recorder.step_saver,
+                max_map_items=self.max_map_items,
+                max_resolved_size=self.max_resolved_size,
+                client=client,
+                secrets=self._secrets().get,
+                use_cache=use_cache,
+                starts_from=None if live_readers or self._listeners else self._orchestrator.group_starts,
+                save_run=self._recorder.store.save_run if self._recorder.durable else None,
+            )
+            parent = self._active.get(record.parent_run_id) if record.parent_run_id is not None else None
+            if parent is not None and record.parent_step is not None:  # its questions are its parent's too
+                run.parent = (parent, record.parent_step)
+            if previous is not None:
+                self._on_resume(run.run_id, plan)
+            self._active.add(run)
+            self._driver.start(run)  # queues the run's record first
+        except BaseException:
+            # Its start failed: the room goes back (a record already queued counts once committed).
+            store.release_admission(record.run_id)
+            raise
         if self._keep_version is not None:
             self._keep_version(plan)
         return run

@@ -23,6 +23,7 @@ from ..errors import StateStoreError
 from ..logs import get_logger
 from ._run_owners import owner_alive
 from ._step_cache import CacheTable, MemoryCacheTable, SqliteCacheTable
+from ._store_admission import Admissions
 from ._store_batch import DELETE, Batch
 from ._store_codec import (
     ACTIVE_RUN,
@@ -40,7 +41,6 @@ from ._store_codec import (
     dump_step,
     interrupted,
     interrupted_step,
-    refuse_over_budget,
     run_cursor,
     run_estimate,
     spill_bytes,
@@ -143,9 +143,15 @@ class StateStore(Protocol):
     def count_runs(self) -> dict[str, int]: ...
     # Refuse (LimitExceededError) a new run whose parameters are too large or that the state has no
     # room for; the run start path calls it before saving the run.
+    # With ``run_id``, the run's estimated record is held until it is committed (or released).
     def check_budget(
-        self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None
+        self,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        run_id: str | None = None,
     ) -> None: ...
+    def release_admission(self, run_id: str) -> None: ...  # the run's start failed: its room goes back
     # A mark of the writes saved so far, for flush(upto=...) later.
     def write_mark(self) -> int: ...
     # Block until the writes saved before ``upto`` (a write_mark(); default: now) are durable; with
@@ -263,8 +269,14 @@ class SqliteStore(RunReads):
         self._inode = inode(self.path)
         # The first sign of a damaged file any read or commit meets: health() is not ok from then on.
         self._damage = Damage()
+        self._admissions = Admissions(self._retention)
         self._writer = GroupCommitWriter(
-            writer_conn, where, self._retention, flush_interval=flush_interval, damage=self._damage
+            writer_conn,
+            where,
+            self._retention,
+            flush_interval=flush_interval,
+            damage=self._damage,
+            on_runs_committed=self._admissions.committed,
         )
         self._reads = StoreReader(reader_conn, where, self._writer.sync_for_read, self._damage)
         self.step_cache: CacheTable = SqliteCacheTable(self._writer, self._reads)
@@ -293,31 +305,36 @@ class SqliteStore(RunReads):
     def max_bytes(self) -> int | None:
         return self._retention.max_bytes
 
-    def check_budget(self, parameters: Mapping[str, Any] | None = None, *, steps: int | None = None) -> None:
+    def check_budget(
+        self,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        steps: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
         """Refuse new work the state directory has no room for; call it before a run starts.
 
         Args:
             parameters: the new run's parameters, checked against ``max_parameters_bytes``.
             steps: a new run's step count: its record (estimated, :func:`run_estimate`) must fit too, so
                 a run is refused before it would take the bytes used past the budget.
+            run_id: the new run's id: its estimate is held until its first record is committed (or
+                :meth:`release_admission`), so runs admitted at once cannot all count the same room.
 
         Raises:
             LimitExceededError: the parameters are too large, or the bytes used (with the new run's) are
                 over ``max_bytes`` even after evicting every finished run (naming the budget and setting).
             StateStoreError: nothing can be saved now (the cause, and what to do, in the message).
         """
-        problem = self._writer.saving_problem()
-        if problem is not None:
+        if (problem := self._writer.saving_problem()) is not None:
             raise StateStoreError(str(self.path), f"new work is refused while {problem}")
         size = check_parameters(parameters, self.max_parameters_bytes)
         adding = 0 if steps is None else run_estimate(size, steps)
-        usage = self._retention.usage
-        if usage.max_bytes is None or usage.total + adding <= usage.max_bytes:
-            return
-        self._writer.run_retention()  # no room at the last pass: evict now (pending commits first), measure
-        usage = self._retention.usage
-        if usage.max_bytes is not None and usage.total + adding > usage.max_bytes:
-            raise refuse_over_budget(usage.total + adding, usage.max_bytes, adding)
+        self._admissions.admit(adding, run_id, evict=self._writer.run_retention)
+
+    def release_admission(self, run_id: str) -> None:
+        """Give back the room :meth:`check_budget` held for ``run_id``, whose start failed."""
+        self._admissions.release(run_id)
 
     def make_room_for_spill(self, nbytes: int, *, reserve: bool = False, evict_runs: bool = False) -> bool:
         """See :meth:`Retention.make_room`: room for a spill of ``nbytes`` (``reserve``: held for it;
